@@ -1,0 +1,5 @@
+import sys
+
+from tledge.cli import main
+
+sys.exit(main())

@@ -1,0 +1,53 @@
+"""The one place heavy optional imports go through. Never installs anything."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+
+from tledge.errors import MissingDependency
+
+# import name -> (pip name, extra)
+_KNOWN = {
+    "tensorflow": ("tensorflow", "export"),
+    "keras": ("keras", "export"),
+    "tf_keras": ("tf-keras", "export"),
+    "tf2onnx": ("tf2onnx", "export"),
+    "onnx": ("onnx", "export"),
+    "onnxruntime": ("onnxruntime", "runtime"),
+    "ai_edge_litert": ("ai-edge-litert", "runtime"),
+    "tflite_runtime": ("tflite-runtime", "runtime"),
+    "cv2": ("opencv-python-headless", "runtime"),
+    "matplotlib": ("matplotlib", "train"),
+    "flatbuffers": ("flatbuffers", "runtime"),
+}
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def require(name: str, extra: str | None = None, purpose: str | None = None):
+    """Import `name` or raise MissingDependency with the pip line that fixes it."""
+    if name in ("tensorflow", "keras", "tf_keras", "tf2onnx"):
+        _quiet_tensorflow()
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        pip_name, default_extra = _KNOWN.get(name.split(".")[0], (name, None))
+        extra = extra or default_extra
+        hint = f"pip install 'tledge[{extra}]'" if extra else f"pip install {pip_name}"
+        why = f" (needed for {purpose})" if purpose else ""
+        raise MissingDependency(
+            f"{name} is not installed{why}: {hint}  (or: pip install {pip_name}). "
+            f"Import failed with: {exc}"
+        ) from exc
+
+
+def available(name: str) -> bool:
+    """True when `name` can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False

@@ -1,0 +1,118 @@
+"""Backbone registry: name -> keras.applications constructor, preprocessing mode, default size.
+
+Importing this module does not import TensorFlow; `build()` does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tledge.errors import ContractError, TledgeError
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    constructor: str  # attribute of keras.applications
+    mode: str  # preprocess_input mode: tf / caffe / torch / raw (model normalises itself)
+    size: int  # default input size
+    family: str
+    takes_alpha: bool = False
+
+
+def _b(name, ctor, mode, size, family, alpha=False):
+    return name, Backbone(name, ctor, mode, size, family, alpha)
+
+
+BACKBONES: dict[str, Backbone] = dict([
+    _b("mobilenet", "MobileNet", "tf", 224, "mobilenet", True),
+    _b("mobilenet_v2", "MobileNetV2", "tf", 224, "mobilenet", True),
+    _b("mobilenet_v3_small", "MobileNetV3Small", "raw", 224, "mobilenet", True),
+    _b("mobilenet_v3_large", "MobileNetV3Large", "raw", 224, "mobilenet", True),
+    *[_b(f"efficientnet_b{i}", f"EfficientNetB{i}", "raw", s, "efficientnet")
+      for i, s in enumerate((224, 240, 260, 300, 380, 456, 528, 600))],
+    *[_b(f"efficientnet_v2_{k}", f"EfficientNetV2{k.upper()}", "raw", s, "efficientnet")
+      for k, s in (("b0", 224), ("b1", 240), ("b2", 260), ("b3", 300), ("s", 384), ("m", 480), ("l", 480))],
+    _b("resnet50", "ResNet50", "caffe", 224, "resnet"),
+    _b("resnet101", "ResNet101", "caffe", 224, "resnet"),
+    _b("resnet152", "ResNet152", "caffe", 224, "resnet"),
+    _b("resnet50_v2", "ResNet50V2", "tf", 224, "resnet"),
+    _b("resnet101_v2", "ResNet101V2", "tf", 224, "resnet"),
+    _b("resnet152_v2", "ResNet152V2", "tf", 224, "resnet"),
+    _b("densenet121", "DenseNet121", "torch", 224, "densenet"),
+    _b("densenet169", "DenseNet169", "torch", 224, "densenet"),
+    _b("densenet201", "DenseNet201", "torch", 224, "densenet"),
+    _b("vgg16", "VGG16", "caffe", 224, "vgg"),
+    _b("vgg19", "VGG19", "caffe", 224, "vgg"),
+    _b("inception_v3", "InceptionV3", "tf", 299, "inception"),
+    _b("inception_resnet_v2", "InceptionResNetV2", "tf", 299, "inception"),
+    _b("xception", "Xception", "tf", 299, "inception"),
+    _b("nasnet_mobile", "NASNetMobile", "tf", 224, "nasnet"),
+    *[_b(f"convnext_{k}", f"ConvNeXt{k.capitalize()}", "raw", 224, "convnext")
+      for k in ("tiny", "small", "base", "large", "xlarge")],
+])
+
+# Aliases people type (also accepted by --preprocess).
+ALIASES = {
+    "mobilenet_v1": "mobilenet", "mobilenetv2": "mobilenet_v2", "mobilenetv1": "mobilenet",
+    "efficientnet": "efficientnet_b0", "resnet": "resnet50", "resnet_v2": "resnet50_v2",
+    "densenet": "densenet121", "vgg": "vgg16", "inception": "inception_v3", "nasnet": "nasnet_mobile",
+    "convnext": "convnext_tiny", "mobilenet_v3": "mobilenet_v3_small",
+}
+
+MODES = ("tf", "caffe", "torch", "scale", "raw")
+
+
+def get(name: str) -> Backbone:
+    key = name.lower().replace("-", "_")
+    key = ALIASES.get(key, key)
+    if key not in BACKBONES:
+        raise TledgeError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}")
+    return BACKBONES[key]
+
+
+def preprocess_mode_for(name_or_mode: str) -> str:
+    """A preprocessing mode, or the mode of a backbone name (`mobilenet_v2` -> `tf`)."""
+    key = name_or_mode.lower()
+    if key in MODES or key == "custom":
+        return key
+    try:
+        return get(key).mode
+    except TledgeError:
+        raise ContractError(
+            f"unknown preprocessing {name_or_mode!r}. Give a mode ({', '.join(MODES)}) or a backbone "
+            f"name ({', '.join(sorted(BACKBONES)[:8])}, ...): tf = x/127.5-1 (MobileNet, Inception), "
+            "caffe = BGR minus ImageNet means (ResNet50, VGG), torch = x/255 then ImageNet mean/std "
+            "(DenseNet), scale = x/255, raw = the model normalises itself (EfficientNet, MobileNetV3)."
+        ) from None
+
+
+def default_size_for(name: str) -> int:
+    return get(name).size
+
+
+def build(name: str, input_shape: tuple[int, int, int], *, weights: str | Path | None = None,
+          alpha: float | None = None, pooling: str = "avg"):
+    """A keras.applications backbone without its top. `weights` is None, "imagenet" or a local file."""
+    from tledge._deps import require
+
+    keras = require("keras", purpose="building backbones")
+    spec = get(name)
+    ctor = getattr(keras.applications, spec.constructor)
+    kwargs = dict(include_top=False, input_shape=tuple(input_shape), pooling=pooling)
+    if alpha is not None and spec.takes_alpha:
+        kwargs["alpha"] = alpha
+    if spec.constructor.startswith(("MobileNetV3", "EfficientNetV2")):
+        kwargs["include_preprocessing"] = True  # these normalise raw 0..255 pixels themselves
+    if weights is not None and str(weights) != "imagenet":
+        if not Path(weights).is_file():
+            raise TledgeError(f"weights file not found: {weights}")
+    try:
+        return ctor(weights=None if weights is None else str(weights), **kwargs)
+    except Exception as exc:  # download failures, shape mismatches
+        if str(weights) == "imagenet":
+            raise TledgeError(
+                f"could not get ImageNet weights for {name} ({exc.__class__.__name__}: {exc}). Without network, "
+                "download the no-top .h5 file elsewhere and pass it with --weights PATH."
+            ) from None
+        raise TledgeError(f"could not build {name} with weights={weights}: {exc}") from None

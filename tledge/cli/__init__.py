@@ -1,0 +1,65 @@
+"""Command line: `tledge SUBCOMMAND ...`. main(argv) -> exit code (0 ok, 1 parity failed, 2 usage/input error)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from tledge.errors import TledgeError
+
+# subcommand -> module under tledge.cli with `add_arguments(parser)` and `run(args) -> int`
+COMMANDS = {
+    "export": "Convert a Keras model to TFLite/ONNX with the contract embedded, and check parity",
+    "run": "Classify images, folders, videos or cameras with an exported file (no TensorFlow)",
+    "info": "Show an exported file's contract, tensors and quantisation",
+    "bench": "Measure load time, latency, throughput and memory of exported files",
+    "train": "Fine-tune a pretrained backbone on class folders",
+    "parity": "Check exported files against the Keras model (CI gate)",
+    "devices": "List, show and detect device profiles",
+    "bundle": "Package an export for one device",
+    "demo": "Run the whole chain on a generated data set",
+}
+
+
+def _parser(available: dict[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tledge", description=__doc__)
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in available.items():
+        mod = importlib.import_module(f"tledge.cli.{name}")
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        mod.add_arguments(p)
+    return parser
+
+
+def _version() -> str:
+    from tledge import __version__
+
+    return f"tledge {__version__}"
+
+
+def _available() -> dict[str, str]:
+    import importlib.util
+
+    return {n: h for n, h in COMMANDS.items() if importlib.util.find_spec(f"tledge.cli.{n}") is not None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser(_available())
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: 0 for --help, 2 for usage errors
+        return int(exc.code or 0)
+    if not args.command:
+        parser.print_help()
+        return 2
+    mod = importlib.import_module(f"tledge.cli.{args.command}")
+    try:
+        return int(mod.run(args) or 0)
+    except TledgeError as exc:
+        print(f"tledge {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

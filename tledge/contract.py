@@ -1,0 +1,347 @@
+"""The preprocessing contract: how a raw image becomes a model's input, written once.
+
+One frozen dataclass with a JSON round trip, embedded in every exported file and written as
+`tledge.json` beside it. `Contract.prepare(image)` is the numpy + OpenCV reference that training,
+calibration, parity and the runtime all call. No TensorFlow here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from tledge.errors import ContractError
+
+CONTRACT_VERSION = 1
+METADATA_KEY = "tledge_contract"  # name of the TFLite metadata entry and the ONNX metadata_props key
+
+
+class ColorOrder(str, Enum):
+    RGB = "rgb"
+    BGR = "bgr"
+    GRAY = "gray"
+
+
+class Layout(str, Enum):
+    NHWC = "nhwc"
+    NCHW = "nchw"
+
+
+class Resize(str, Enum):
+    AREA = "area"
+    LINEAR = "linear"
+    NEAREST = "nearest"
+    CUBIC = "cubic"
+
+
+class Fit(str, Enum):
+    STRETCH = "stretch"  # resize to HxW, aspect ratio ignored
+    CROP = "crop"  # resize the short side to size/crop_fraction, then centre-crop HxW
+    LETTERBOX = "letterbox"  # fit inside HxW keeping aspect ratio, pad with `pad_value`
+
+
+class Norm(str, Enum):
+    """Normalisation modes: the three of keras.applications plus simple ones."""
+
+    CAFFE = "caffe"  # RGB->BGR, minus ImageNet BGR means, no scaling
+    TF = "tf"  # x / 127.5 - 1
+    TORCH = "torch"  # x / 255, minus ImageNet means, divided by ImageNet stds (RGB)
+    SCALE = "scale"  # x / 255
+    RAW = "raw"  # x as float (the model normalises itself)
+    CUSTOM = "custom"  # (x - mean) / std with the contract's mean and std
+
+
+class Output(str, Enum):
+    PROBABILITIES = "probabilities"
+    LOGITS = "logits"
+
+
+_CV2_INTERP = {Resize.AREA: "INTER_AREA", Resize.LINEAR: "INTER_LINEAR",
+               Resize.NEAREST: "INTER_NEAREST", Resize.CUBIC: "INTER_CUBIC"}
+
+# mean / std of each mode, in the channel order of the *model input after the mode* (caffe: BGR)
+_MODE_MEAN_STD = {
+    Norm.CAFFE: ((103.939, 116.779, 123.68), (1.0, 1.0, 1.0)),
+    Norm.TF: ((127.5, 127.5, 127.5), (127.5, 127.5, 127.5)),
+    Norm.TORCH: ((0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)),
+    Norm.SCALE: ((0.0, 0.0, 0.0), (255.0, 255.0, 255.0)),
+    Norm.RAW: ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
+
+
+@dataclass(frozen=True)
+class Quant:
+    """Affine quantisation of a tensor: real = (q - zero_point) * scale."""
+
+    scale: float
+    zero_point: int
+    dtype: str = "uint8"
+
+    def to_dict(self) -> dict:
+        return {"scale": float(self.scale), "zero_point": int(self.zero_point), "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "Quant | None":
+        return None if d is None else cls(float(d["scale"]), int(d["zero_point"]), str(d.get("dtype", "uint8")))
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        info = np.iinfo(np.dtype(self.dtype))
+        q = np.round(np.asarray(x, np.float32) / np.float32(self.scale)) + self.zero_point
+        return np.clip(q, info.min, info.max).astype(self.dtype)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        return (np.asarray(q, np.float32) - np.float32(self.zero_point)) * np.float32(self.scale)
+
+
+@dataclass(frozen=True)
+class Contract:
+    """How a raw image becomes the model's input, and what its output means.
+
+    `baked=True` means the normalisation is inside the model graph: the model takes raw pixel
+    values (0..255) and `prepare()` returns them untouched as `input_dtype`.
+    """
+
+    height: int
+    width: int
+    channels: int = 3
+    color: ColorOrder = ColorOrder.RGB
+    layout: Layout = Layout.NHWC
+    input_dtype: str = "uint8"
+    resize: Resize = Resize.AREA
+    fit: Fit = Fit.STRETCH
+    crop_fraction: float = 0.875
+    pad_value: int = 0
+    norm: Norm = Norm.TF
+    baked: bool = True
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    output: Output = Output.PROBABILITIES
+    input_quant: Quant | None = None
+    output_quant: Quant | None = None
+    labels: tuple[str, ...] = ()
+    version: int = CONTRACT_VERSION
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    # ---- validation -------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        for name, enum in (("color", ColorOrder), ("layout", Layout), ("resize", Resize),
+                           ("fit", Fit), ("norm", Norm), ("output", Output)):
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, enum(value.value if isinstance(value, Enum) else value))
+            except ValueError:
+                choices = ", ".join(e.value for e in enum)
+                raise ContractError(f"contract field {name}={value!r} is not one of: {choices}") from None
+        if self.height < 1 or self.width < 1:
+            raise ContractError(f"contract size must be positive, got {self.height}x{self.width}")
+        if self.channels not in (1, 3):
+            raise ContractError(f"contract channels must be 1 or 3, got {self.channels}")
+        if (self.channels == 1) != (self.color is ColorOrder.GRAY):
+            raise ContractError("a 1-channel contract must use color='gray' and a 3-channel one rgb/bgr")
+        if self.input_dtype not in ("uint8", "int8", "float32", "float16"):
+            raise ContractError(f"unsupported input dtype {self.input_dtype!r}")
+        if not 0.0 < self.crop_fraction <= 1.0:
+            raise ContractError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
+        if self.norm is Norm.CUSTOM and (self.mean is None or self.std is None):
+            raise ContractError("norm='custom' needs mean and std")
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if v is not None:
+                v = tuple(float(x) for x in v)
+                if len(v) == 1:
+                    v = v * self.channels
+                if len(v) != self.channels:
+                    raise ContractError(f"{name} needs {self.channels} values, got {len(v)}")
+                object.__setattr__(self, name, v)
+        if self.std is not None and any(s == 0 for s in self.std):
+            raise ContractError("std values must be non-zero")
+        object.__setattr__(self, "labels", tuple(str(x) for x in self.labels))
+
+    # ---- presets / variants -----------------------------------------------------------------
+    def replace(self, **changes: Any) -> "Contract":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.height, self.width)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """Shape of one prepared image (without batch)."""
+        if self.layout is Layout.NCHW:
+            return (self.channels, self.height, self.width)
+        return (self.height, self.width, self.channels)
+
+    def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel mean and std (in the model's channel order) that `normalize` applies."""
+        if self.norm is Norm.CUSTOM:
+            mean, std = self.mean, self.std
+        else:
+            mean, std = _MODE_MEAN_STD[self.norm]
+            if self.channels == 1:
+                mean, std = (float(np.mean(mean)),), (float(np.mean(std)),)
+        return np.asarray(mean, np.float32), np.asarray(std, np.float32)
+
+    # ---- the reference preprocessing --------------------------------------------------------
+    def prepare(self, image: Any) -> np.ndarray:
+        """One image (path, or HxW / HxWxC array in RGB order, any dtype) -> one model input."""
+        from tledge import images
+
+        rgb = images.load(image) if isinstance(image, (str, Path)) else images.to_uint8_rgb(image)
+        x = self.geometry(rgb)
+        x = self.colors(x)
+        if not self.baked:
+            x = self.normalize(x)
+        x = x.astype(self.input_dtype if self.baked else "float32", copy=False)
+        if self.layout is Layout.NCHW:
+            x = np.ascontiguousarray(x.transpose(2, 0, 1))
+        return x
+
+    def prepare_batch(self, items: Sequence[Any]) -> np.ndarray:
+        return np.stack([self.prepare(i) for i in items]) if len(items) else np.zeros((0,) + self.input_shape)
+
+    def geometry(self, rgb: np.ndarray) -> np.ndarray:
+        """Resize/crop/letterbox an HxWx3 uint8 RGB image to the contract's HxW."""
+        import cv2
+
+        interp = getattr(cv2, _CV2_INTERP[self.resize])
+        h, w = rgb.shape[:2]
+        H, W = self.height, self.width
+        if self.fit is Fit.STRETCH:
+            return rgb if (h, w) == (H, W) else cv2.resize(rgb, (W, H), interpolation=interp)
+        if self.fit is Fit.CROP:
+            scale = max(H / (h * self.crop_fraction), W / (w * self.crop_fraction))
+            nh, nw = max(H, round(h * scale)), max(W, round(w * scale))
+            resized = cv2.resize(rgb, (nw, nh), interpolation=interp)
+            top, left = (nh - H) // 2, (nw - W) // 2
+            return np.ascontiguousarray(resized[top:top + H, left:left + W])
+        scale = min(H / h, W / w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        resized = cv2.resize(rgb, (nw, nh), interpolation=interp)
+        out = np.full((H, W, 3), self.pad_value, np.uint8)
+        top, left = (H - nh) // 2, (W - nw) // 2
+        out[top:top + nh, left:left + nw] = resized
+        return out
+
+    def colors(self, rgb: np.ndarray) -> np.ndarray:
+        """RGB uint8 -> the model's channel order (gray via ITU-R BT.601 as OpenCV does)."""
+        import cv2
+
+        if self.color is ColorOrder.GRAY:
+            return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[:, :, None]
+        if self.color is ColorOrder.BGR:
+            return np.ascontiguousarray(rgb[:, :, ::-1])
+        return rgb
+
+    def normalize(self, x: np.ndarray) -> np.ndarray:
+        """Pixels in the model's channel order -> normalised float32 (caffe also flips RGB->BGR)."""
+        x = np.asarray(x, np.float32)
+        if self.norm is Norm.CAFFE and self.channels == 3 and self.color is ColorOrder.RGB:
+            x = x[..., ::-1]
+        mean, std = self.mean_std()
+        return ((x - mean) / std).astype(np.float32)
+
+    # ---- outputs ------------------------------------------------------------------------------
+    def label(self, index: int) -> str:
+        return self.labels[index] if 0 <= index < len(self.labels) else str(index)
+
+    # ---- JSON -----------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Enum):
+                v = v.value
+            elif isinstance(v, Quant):
+                v = v.to_dict()
+            elif isinstance(v, tuple):
+                v = list(v)
+            d[f.name] = v
+        d["format"] = "tledge.contract"
+        return d
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Contract":
+        if not isinstance(d, dict):
+            raise ContractError("a contract must be a JSON object")
+        d = dict(d)
+        d.pop("format", None)
+        version = int(d.get("version", CONTRACT_VERSION))
+        if version > CONTRACT_VERSION:
+            raise ContractError(f"contract version {version} is newer than this tledge ({CONTRACT_VERSION}): upgrade tledge")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ContractError(f"unknown contract fields: {sorted(unknown)}")
+        for q in ("input_quant", "output_quant"):
+            if q in d:
+                d[q] = Quant.from_dict(d[q])
+        for t in ("labels", "mean", "std"):
+            if d.get(t) is not None:
+                d[t] = tuple(d[t])
+        try:
+            return cls(**d)
+        except TypeError as exc:
+            raise ContractError(f"invalid contract: {exc}") from None
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "Contract":
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise ContractError(f"contract is not valid JSON: {exc}") from None
+
+    def save(self, path: str | Path) -> Path:
+        from tledge.io import atomic_write_text
+
+        return atomic_write_text(path, self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Contract":
+        p = Path(path)
+        if not p.is_file():
+            raise ContractError(f"no contract file at {p}")
+        return cls.from_json(p.read_text(encoding="utf-8"))
+
+    # ---- named presets --------------------------------------------------------------------------
+    @classmethod
+    def for_backbone(cls, name: str, size: int | tuple[int, int] | None = None, *, grayscale: bool = False,
+                     labels: Sequence[str] = (), baked: bool = True) -> "Contract":
+        """The contract of a keras.applications backbone (its preprocess_input mode, its default size)."""
+        from tledge.backbones import preprocess_mode_for, default_size_for
+
+        size = size or default_size_for(name)
+        h, w = (size, size) if isinstance(size, int) else size
+        return cls(height=h, width=w, channels=1 if grayscale else 3,
+                   color=ColorOrder.GRAY if grayscale else ColorOrder.RGB,
+                   norm=Norm(preprocess_mode_for(name)), baked=baked, labels=tuple(labels))
+
+    def for_file(self, *, input_dtype: str, input_quant: Quant | None = None,
+                 output_quant: Quant | None = None, layout: Layout | None = None) -> "Contract":
+        """This contract as embedded in one exported file (its own dtype and quantisation)."""
+        return self.replace(input_dtype=input_dtype, input_quant=input_quant, output_quant=output_quant,
+                            layout=layout or self.layout)
+
+
+def read_labels(path: str | Path) -> tuple[str, ...]:
+    """One label per line; also Teachable Machine's `0 name` lines. Blank lines are dropped."""
+    p = Path(path)
+    if not p.is_file():
+        raise ContractError(f"labels file not found: {p}")
+    lines = [ln.strip() for ln in p.read_text(encoding="utf-8", errors="replace").splitlines()]
+    lines = [ln for ln in lines if ln]
+    if not lines:
+        raise ContractError(f"labels file is empty: {p}")
+    parts = [ln.split(" ", 1) for ln in lines]
+    if all(len(pp) == 2 and pp[0].isdigit() for pp in parts) and \
+            [int(pp[0]) for pp in parts] == list(range(int(parts[0][0]), int(parts[0][0]) + len(parts))):
+        return tuple(pp[1].strip() for pp in parts)
+    return tuple(lines)

@@ -1,0 +1,46 @@
+"""Typed errors. Every user-facing failure is one of these, so the CLI can map it to exit code 2
+(usage / input errors) or 1 (parity failed) and print one clear line."""
+
+
+class TledgeError(Exception):
+    """Base class: a problem with the user's input or environment, explained in the message."""
+
+    exit_code = 2
+
+
+class ContractError(TledgeError):
+    """A preprocessing contract is invalid, missing, or does not fit the model."""
+
+
+class ModelLoadError(TledgeError):
+    """A model file is missing, truncated, of an unknown kind, or needs --unsafe."""
+
+
+class ImageError(TledgeError):
+    """An image could not be read or decoded."""
+
+
+class DataError(TledgeError):
+    """A data folder (training, calibration, validation) is unusable."""
+
+
+class ExportError(TledgeError):
+    """A conversion failed."""
+
+
+class ParityError(TledgeError):
+    """An exported file does not behave like the reference model."""
+
+    exit_code = 1
+
+    def __init__(self, message, report=None):
+        super().__init__(message)
+        self.report = report
+
+
+class MissingDependency(TledgeError, ImportError):
+    """An optional dependency is not installed; the message names the pip extra."""
+
+
+class TledgeWarning(UserWarning):
+    """Warnings raised by tledge itself (preprocessing guessed, slow backend, random calibration)."""
