@@ -36,3 +36,49 @@ def shapes_dataset(tmp_path_factory) -> Path:
     from tledge.datasets import make_split_shapes
 
     return make_split_shapes(tmp_path_factory.mktemp("shapes"))
+
+
+def build_tiny_classifier(n_classes: int = 3, size: int = 48, channels: int = 3, mode: str = "tf",
+                          baked: bool = True, seed: int = 0):
+    """A small conv net taking raw pixels (Preprocess baked in unless baked=False)."""
+    import keras
+
+    from tledge.layers import Preprocess
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((size, size, channels), name="pixels")
+    x = Preprocess(mode, channels=channels, name="preprocess")(inp) if baked else inp
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu")(x)
+    x = keras.layers.Conv2D(16, 1, strides=2, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    out = keras.layers.Dense(n_classes, activation="softmax")(x)
+    return keras.Model(inp, out)
+
+
+def train_tiny(model, folder: Path, contract, epochs: int = 40):
+    """Fit on a folder of class folders through contract.prepare, so predictions are confident."""
+    from tledge.images import labelled_images
+
+    files, y, _ = labelled_images(folder)
+    x = np.stack([contract.prepare(f) for f in files]).astype("float32")
+    if not contract.baked:
+        x = np.stack([contract.replace(baked=False).prepare(f) for f in files])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=epochs, batch_size=16, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_model(shapes_dataset, tmp_path_factory):
+    """A tiny trained 3-class model (48 px, tf preprocessing baked), saved as .keras and .h5."""
+    from tledge.contract import Contract
+
+    contract = Contract(48, 48, norm="tf", baked=True, input_dtype="float32",
+                        labels=("circle", "square", "stripes"))
+    model = train_tiny(build_tiny_classifier(), shapes_dataset / "train", contract)
+    d = tmp_path_factory.mktemp("tiny_model")
+    model.save(d / "model.keras")
+    model.save(d / "model.h5")
+    return {"dir": d, "keras": d / "model.keras", "h5": d / "model.h5", "contract": contract, "model": model}

@@ -1,0 +1,59 @@
+"""tledge export MODEL [--out DIR] [--int8] [--fp16] [--dynamic] [--formats tflite,onnx] ..."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from tledge.errors import TledgeError
+
+
+def _size(text: str) -> tuple[int, int]:
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        h, w = (int(parts[0]), int(parts[-1]))
+    except ValueError:
+        raise TledgeError(f"--input-size wants HxW or N, got {text!r}") from None
+    return h, w
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", help=".keras, .h5 (Keras 3 or Keras 2 era) or a SavedModel folder")
+    p.add_argument("--out", type=Path, help="output folder (default: <model stem>_export/)")
+    p.add_argument("--int8", action="store_true", help="also full-integer int8 TFLite (uint8 I/O) and ONNX QDQ")
+    p.add_argument("--fp16", action="store_true", help="also fp16 TFLite")
+    p.add_argument("--dynamic", action="store_true", help="also dynamic-range TFLite")
+    p.add_argument("--formats", default="tflite,onnx", help="comma list of tflite, onnx (default both)")
+    p.add_argument("--calib", help="calibration images folder for int8 (or 'random' for smoke tests)")
+    p.add_argument("--val", help="labelled validation images (class folders) for parity and accuracy")
+    p.add_argument("--labels", help="labels file: one per line, or Teachable Machine '0 name' lines")
+    p.add_argument("--preprocess", help="mode (tf, caffe, torch, scale, raw), backbone name, or auto")
+    p.add_argument("--input-size", help="HxW, for models with a dynamic input size")
+    p.add_argument("--thresholds", help="JSON/TOML file of parity thresholds per precision or file")
+    p.add_argument("--calib-limit", type=int, default=256, help="max calibration images (default 256)")
+    p.add_argument("--unsafe", action="store_true", help="allow code inside the model file (Lambda layers)")
+    p.add_argument("--json", action="store_true", help="print the parity report as JSON")
+
+
+def run(args) -> int:
+    from tledge.export.parity import load_thresholds
+    from tledge.export.pipeline import ExportConfig, export
+
+    cfg = ExportConfig(
+        out=args.out, formats=tuple(s.strip() for s in args.formats.split(",") if s.strip()),
+        int8=args.int8, fp16=args.fp16, dynamic=args.dynamic, calib=args.calib, val=args.val,
+        labels=args.labels, preprocess=args.preprocess,
+        input_size=_size(args.input_size) if args.input_size else None, unsafe=args.unsafe,
+        calib_limit=args.calib_limit, thresholds=load_thresholds(args.thresholds) if args.thresholds else {})
+    result = export(args.model, cfg)
+    if args.json:
+        print(json.dumps({**result.report.to_dict(), "out": str(result.out),
+                          "files": [str(f) for f in result.files], "seconds": result.seconds}, indent=2))
+    else:
+        print(result.report.table())
+        print(f"\nwrote {len(result.files)} file(s) to {result.out}/ (parity.md, parity.json, tledge.json)")
+        for r in result.report.results:
+            for f in r.failures:
+                print(f"  {r.file}: {f}", file=sys.stderr)
+        print("parity: " + ("PASSED" if result.passed else "FAILED"))
+    return 0 if result.passed else 1

@@ -1,0 +1,36 @@
+"""`--preprocess auto`: try each known normalisation on labelled images, keep the best."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from tledge.backbones import MODES
+from tledge.errors import ContractError, TledgeWarning
+
+
+def choose_preprocessing(lm, cfg, labels) -> str:
+    from tledge.export import loader
+    from tledge.export.pipeline import load_pixels
+
+    if not cfg.val:
+        raise ContractError("--preprocess auto needs labelled --val images (class folders)")
+    scores = {}
+    pixels = y = None
+    for mode in MODES:
+        contract, add = loader.resolve_contract(lm, preprocess=mode, input_size=cfg.input_size, labels=labels)
+        if pixels is None:
+            pixels, y = load_pixels(cfg.val, contract, min(cfg.val_limit, 256), labels)
+            if y is None:
+                raise ContractError("--preprocess auto needs --val images in class folders")
+        serve, _ = loader.trace(lm, contract, add)
+        scores[mode] = float(np.mean(np.argmax(loader.run_reference(serve, pixels), 1) == y))
+    best = max(scores, key=lambda m: scores[m])
+    n_classes = max(len(labels), int(y.max()) + 1)
+    summary = ", ".join(f"{m} {a:.3f}" for m, a in sorted(scores.items(), key=lambda kv: -kv[1]))
+    print(f"--preprocess auto: chose '{best}' (Keras accuracy by mode: {summary})")
+    if scores[best] <= 1.0 / n_classes + 0.1:
+        warnings.warn(f"the best preprocessing ({best}) gives accuracy {scores[best]:.3f}, near chance for "
+                      f"{n_classes} classes: the preprocessing (or the labels) is probably wrong",
+                      TledgeWarning, stacklevel=2)
+    return best

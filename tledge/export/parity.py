@@ -1,0 +1,207 @@
+"""Parity: does each exported file behave like the reference model on the same prepared images?
+
+Pure numpy comparisons (no TensorFlow here): a report that collects every failure, rendered as
+JSON and Markdown; `report.raise_if_failed()` raises ParityError once, with all of them.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from tledge.errors import ParityError
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    max_abs: float | None = None  # max |exported - reference| over all outputs
+    min_agreement: float = 1.0  # top-1 agreement with the reference
+    max_accuracy_drop: float | None = None  # in accuracy points (0.01 = 1 point)
+
+    @classmethod
+    def for_precision(cls, precision: str) -> "Thresholds":
+        return DEFAULT_THRESHOLDS.get(precision, DEFAULT_THRESHOLDS["int8"])
+
+
+DEFAULT_THRESHOLDS = {
+    "fp32": Thresholds(max_abs=1e-4, min_agreement=1.0),
+    "fp16": Thresholds(min_agreement=0.99),
+    "dynamic": Thresholds(min_agreement=0.99),
+    "int8": Thresholds(min_agreement=0.98, max_accuracy_drop=0.01),
+}
+
+
+def load_thresholds(path: str | Path) -> dict[str, Thresholds]:
+    """A JSON or TOML file: {"int8": {"min_agreement": 0.97}, "model_int8.onnx": {...}} (keys are
+    precisions or file names; values override the defaults)."""
+    p = Path(path)
+    text = p.read_text(encoding="utf-8")
+    if p.suffix == ".toml":
+        import tomllib
+
+        raw = tomllib.loads(text)
+    else:
+        raw = json.loads(text)
+    out = {}
+    for key, vals in raw.items():
+        base = DEFAULT_THRESHOLDS.get(key, Thresholds())
+        out[key] = replace(base, **{k: v for k, v in vals.items() if k in Thresholds.__dataclass_fields__})
+    return out
+
+
+@dataclass
+class ParityResult:
+    file: str
+    format: str
+    precision: str
+    images: int
+    max_abs_error: float
+    mean_abs_error: float
+    median_image_max_abs: float
+    top1_agreement: float
+    accuracy: float | None
+    reference_accuracy: float | None
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+    latency_ms: float | None = None
+    size_bytes: int | None = None
+
+
+def degenerate(outputs: np.ndarray) -> list[str]:
+    """Outputs that make argmax agreement meaningless: zero rows, constant outputs, ties."""
+    problems = []
+    if outputs.size == 0:
+        return ["no outputs"]
+    if not np.all(np.isfinite(outputs)):
+        problems.append("non-finite outputs (NaN or Inf)")
+    if np.any(np.all(outputs == 0, axis=1)):
+        problems.append(f"{int(np.sum(np.all(outputs == 0, axis=1)))} all-zero output rows")
+    if len(outputs) > 1 and float(np.max(np.std(outputs, axis=0))) < 1e-6:
+        problems.append("outputs are the same for every image (near-zero variance)")
+    srt = np.sort(outputs, axis=1)
+    if outputs.shape[1] > 1:
+        ties = int(np.sum(srt[:, -1] == srt[:, -2]))
+        if ties > max(1, len(outputs) // 10):
+            problems.append(f"{ties} images with a tie for top-1")
+    return problems
+
+
+def compare(reference: np.ndarray, outputs: np.ndarray, *, file: str, format: str, precision: str,
+            thresholds: Thresholds, labels: np.ndarray | None = None) -> ParityResult:
+    ref = np.asarray(reference, np.float32).reshape(len(reference), -1)
+    out = np.asarray(outputs, np.float32).reshape(len(outputs), -1)
+    failures: list[str] = []
+    if ref.shape != out.shape:
+        failures.append(f"output shape {out.shape} differs from the reference {ref.shape}")
+        return ParityResult(file, format, precision, len(ref), float("inf"), float("inf"), float("inf"),
+                            0.0, None, None, False, failures)
+    diff = np.abs(out - ref)
+    agree = float(np.mean(np.argmax(out, 1) == np.argmax(ref, 1))) if len(ref) else 0.0
+    acc = ref_acc = None
+    if labels is not None:
+        acc = float(np.mean(np.argmax(out, 1) == labels))
+        ref_acc = float(np.mean(np.argmax(ref, 1) == labels))
+    res = ParityResult(file, format, precision, len(ref), float(diff.max()), float(diff.mean()),
+                       float(np.median(diff.max(axis=1))), agree, acc, ref_acc, True, failures)
+    t = thresholds
+    if t.max_abs is not None and res.max_abs_error > t.max_abs:
+        failures.append(f"max abs error {res.max_abs_error:.3g} > {t.max_abs:g}")
+    if agree < t.min_agreement:
+        failures.append(f"top-1 agreement {agree:.3f} < {t.min_agreement:g}")
+    if t.max_accuracy_drop is not None and acc is not None and ref_acc - acc > t.max_accuracy_drop + 1e-9:
+        failures.append(f"accuracy {acc:.3f} is {100 * (ref_acc - acc):.1f} points below the reference {ref_acc:.3f}")
+    failures += [f"degenerate output: {d}" for d in degenerate(out)]
+    failures += [f"degenerate reference: {d}" for d in degenerate(ref)]
+    res.passed = not failures
+    return res
+
+
+@dataclass
+class ParityReport:
+    images: int
+    results: list[ParityResult]
+    reference: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.results) and all(r.passed for r in self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "images": self.images, "reference": self.reference,
+                "results": [asdict(r) for r in self.results], "notes": list(self.notes)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def to_markdown(self) -> str:
+        lines = [f"# Parity report ({'PASSED' if self.passed else 'FAILED'})", "",
+                 f"Reference: `{self.reference}`; {self.images} images.", "",
+                 "| file | precision | max abs | mean abs | top-1 agreement | accuracy | reference acc | result |",
+                 "|---|---|---|---|---|---|---|---|"]
+        for r in self.results:
+            lines.append(f"| {r.file} | {r.precision} | {r.max_abs_error:.2e} | {r.mean_abs_error:.2e} | "
+                         f"{r.top1_agreement:.3f} | {_fmt(r.accuracy)} | {_fmt(r.reference_accuracy)} | "
+                         f"{'pass' if r.passed else 'FAIL'} |")
+        fails = [(r.file, f) for r in self.results for f in r.failures]
+        if fails:
+            lines += ["", "## Failures", ""] + [f"- `{name}`: {f}" for name, f in fails]
+        if self.notes:
+            lines += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+    def table(self) -> str:
+        rows = [("file", "prec", "max abs", "agree", "acc", "ref acc", "result")]
+        for r in self.results:
+            rows.append((r.file, r.precision, f"{r.max_abs_error:.2e}", f"{r.top1_agreement:.3f}",
+                         _fmt(r.accuracy), _fmt(r.reference_accuracy), "pass" if r.passed else "FAIL"))
+        widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+        return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows)
+
+    def raise_if_failed(self) -> "ParityReport":
+        if not self.passed:
+            fails = [f"{r.file}: {f}" for r in self.results for f in r.failures] or ["no files checked"]
+            raise ParityError("parity failed:\n  " + "\n  ".join(fails), report=self)
+        return self
+
+    def write(self, folder: str | Path) -> None:
+        from tledge.io import atomic_write_text
+
+        atomic_write_text(Path(folder) / "parity.json", self.to_json() + "\n")
+        atomic_write_text(Path(folder) / "parity.md", self.to_markdown())
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def check_files(reference: np.ndarray, files: Sequence[tuple[Path, str, str]], pixels: np.ndarray, *,
+                labels: np.ndarray | None = None, thresholds: dict[str, Thresholds] | None = None,
+                threads: int | None = None) -> list[ParityResult]:
+    """Run each (path, format, precision) file through the tledge runtime on `pixels` and compare."""
+    import time
+
+    from tledge.runtime import load
+
+    thresholds = thresholds or {}
+    results = []
+    for path, fmt, precision in files:
+        t = thresholds.get(Path(path).name) or thresholds.get(precision) or Thresholds.for_precision(precision)
+        try:
+            model = load(path, threads=threads)
+            start = time.perf_counter()
+            out = np.concatenate([model.predict(pixels[i:i + 32]) for i in range(0, len(pixels), 32)])
+            latency = 1000 * (time.perf_counter() - start) / max(1, len(pixels))
+        except Exception as exc:  # a broken file is a parity failure, reported with the others
+            results.append(ParityResult(Path(path).name, fmt, precision, len(pixels), float("inf"),
+                                        float("inf"), float("inf"), 0.0, None, None, False,
+                                        [f"could not run: {exc.__class__.__name__}: {exc}"]))
+            continue
+        r = compare(reference, out, file=Path(path).name, format=fmt, precision=precision,
+                    thresholds=t, labels=labels)
+        r.latency_ms, r.size_bytes = latency, Path(path).stat().st_size
+        results.append(r)
+    return results
