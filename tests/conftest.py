@@ -82,3 +82,13 @@ def tiny_model(shapes_dataset, tmp_path_factory):
     model.save(d / "model.keras")
     model.save(d / "model.h5")
     return {"dir": d, "keras": d / "model.keras", "h5": d / "model.h5", "contract": contract, "model": model}
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_model, shapes_dataset):
+    """`tledge export model.keras --int8 --fp16 --dynamic` of the tiny model, made once per session."""
+    from tledge.export.pipeline import ExportConfig, export
+
+    cfg = ExportConfig(out=tiny_model["dir"] / "export", int8=True, fp16=True, dynamic=True,
+                       calib=str(shapes_dataset / "train"), val=str(shapes_dataset / "val"))
+    return export(tiny_model["keras"], cfg)

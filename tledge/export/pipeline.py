@@ -128,11 +128,11 @@ def load_pixels(folder: str | Path, contract: Contract, limit: int, labels: tupl
             keep.append(i)
         except TledgeError as exc:
             bad.append(f"{f.name}: {exc}")
+    if not xs:
+        raise DataError(f"no readable images in {folder} ({len(bad)} unreadable: {'; '.join(bad[:2])})")
     if bad:
         warnings.warn(f"skipped {len(bad)} unreadable image(s) in {folder}: {'; '.join(bad[:3])}",
                       TledgeWarning, stacklevel=2)
-    if not xs:
-        raise DataError(f"no readable images in {folder}")
     return np.stack(xs), (None if y is None else y[keep])
 
 

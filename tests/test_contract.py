@@ -1,0 +1,125 @@
+"""The preprocessing contract: JSON round trip, golden file, validation, reference prepare()."""
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tledge.contract import Contract, Fit, Layout, Norm, Quant, read_labels
+from tledge.errors import ContractError
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def golden_contract() -> Contract:
+    return Contract.for_backbone("mobilenet_v2", 96, labels=("ants", "bees")).replace(
+        input_dtype="uint8", input_quant=Quant(1.0, 0), output_quant=Quant(1 / 256, 0))
+
+
+def test_json_round_trip_is_lossless():
+    c = golden_contract().replace(fit="crop", crop_fraction=0.9, layout="nchw", norm="custom",
+                                  baked=False, mean=(1.0, 2.0, 3.0), std=(4.0, 5.0, 6.0))
+    assert Contract.from_json(c.to_json()) == c
+    assert Contract.from_dict(json.loads(c.to_json())).to_json() == c.to_json()
+
+
+def test_golden_file_pins_the_format():
+    # If this fails the on-disk format changed: bump CONTRACT_VERSION and regenerate on purpose.
+    expected = (GOLDEN / "contract_mobilenet_v2.json").read_text()
+    assert golden_contract().to_json() + "\n" == expected
+    assert Contract.from_json(expected) == golden_contract()
+
+
+def test_for_backbone_knows_modes_and_sizes():
+    assert Contract.for_backbone("resnet50").norm is Norm.CAFFE
+    assert Contract.for_backbone("densenet121").norm is Norm.TORCH
+    assert Contract.for_backbone("inception_v3").size == (299, 299)
+    assert Contract.for_backbone("efficientnet_b0").norm is Norm.RAW
+
+
+@pytest.mark.parametrize("bad", [
+    dict(height=0), dict(channels=2), dict(channels=1), dict(norm="nope"), dict(fit="zoom"),
+    dict(crop_fraction=1.5), dict(norm="custom"), dict(input_dtype="int64"),
+    dict(norm="custom", mean=(1, 2), std=(1, 1, 1)), dict(norm="custom", mean=(0,), std=(0,)),
+])
+def test_invalid_contracts_are_refused(bad):
+    fields = dict(height=8, width=8) | bad
+    with pytest.raises(ContractError):
+        Contract(**fields)
+
+
+def test_unknown_and_newer_fields_are_refused():
+    d = golden_contract().to_dict()
+    with pytest.raises(ContractError, match="unknown"):
+        Contract.from_dict(d | {"zoom": 2})
+    with pytest.raises(ContractError, match="newer"):
+        Contract.from_dict(d | {"version": 99})
+    with pytest.raises(ContractError):
+        Contract.from_json("{not json")
+
+
+def _image(h=30, w=40):
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_prepare_stretch_crop_letterbox_shapes_and_content():
+    img = _image()
+    for fit in Fit:
+        x = Contract(16, 16, fit=fit).prepare(img)
+        assert x.shape == (16, 16, 3) and x.dtype == np.uint8
+    # stretch is exactly cv2.resize with INTER_AREA
+    np.testing.assert_array_equal(Contract(16, 16).prepare(img), cv2.resize(img, (16, 16), interpolation=cv2.INTER_AREA))
+    # letterbox pads the short side with pad_value
+    lb = Contract(20, 20, fit="letterbox", pad_value=7).prepare(np.full((10, 20, 3), 200, np.uint8))
+    assert (lb[0] == 7).all() and (lb[10] == 200).all()
+    # centre crop of a wide image keeps the centre
+    wide = np.zeros((10, 40, 3), np.uint8)
+    wide[:, 15:25] = 255
+    cropped = Contract(10, 10, fit="crop", crop_fraction=1.0, resize="nearest").prepare(wide)
+    assert cropped.mean() == 255
+
+
+def test_prepare_colour_layout_and_normalisation():
+    img = _image()
+    bgr = Contract(8, 8, color="bgr").prepare(img)
+    np.testing.assert_array_equal(bgr, Contract(8, 8).prepare(img)[..., ::-1])
+    gray = Contract(8, 8, channels=1, color="gray").prepare(img)
+    assert gray.shape == (8, 8, 1)
+    nchw = Contract(8, 8, layout=Layout.NCHW).prepare(img)
+    np.testing.assert_array_equal(nchw, Contract(8, 8).prepare(img).transpose(2, 0, 1))
+    tf = Contract(8, 8, norm="tf", baked=False).prepare(img)
+    np.testing.assert_allclose(tf, Contract(8, 8).prepare(img) / 127.5 - 1, atol=1e-6)
+    assert tf.dtype == np.float32
+
+
+def test_prepare_accepts_gray_rgba_16bit_and_float_arrays():
+    c = Contract(8, 8)
+    gray = np.full((12, 12), 100, np.uint8)
+    assert (c.prepare(gray) == 100).all()
+    rgba = np.dstack([_image(12, 12), np.full((12, 12), 9, np.uint8)])
+    np.testing.assert_array_equal(c.prepare(rgba), c.prepare(rgba[..., :3]))
+    sixteen = np.full((12, 12, 3), 65535, np.uint16)
+    assert (c.prepare(sixteen) == 255).all()
+    assert (c.prepare(np.ones((12, 12, 3), np.float32)) == 255).all()
+    with pytest.raises(Exception):
+        c.prepare(np.zeros((3, 3, 5), np.uint8))
+
+
+def test_quant_round_trip():
+    q = Quant(0.5, 10, "uint8")
+    x = np.array([-5.0, 0.0, 3.2, 200.0], np.float32)
+    assert q.quantize(x).tolist() == [0, 10, 16, 255]
+    np.testing.assert_allclose(q.dequantize(q.quantize(np.array([1.0, 2.0]))), [1.0, 2.0])
+
+
+def test_read_labels_plain_and_teachable_machine(tmp_path):
+    (tmp_path / "a.txt").write_text("cat\ndog\n\n")
+    (tmp_path / "tm.txt").write_text("0 Class 1\n1 Class 2\n")
+    (tmp_path / "bg.txt").write_text("background\n1 thing\n")
+    assert read_labels(tmp_path / "a.txt") == ("cat", "dog")
+    assert read_labels(tmp_path / "tm.txt") == ("Class 1", "Class 2")
+    assert read_labels(tmp_path / "bg.txt") == ("background", "1 thing")
+    with pytest.raises(ContractError):
+        read_labels(tmp_path / "missing.txt")
