@@ -167,6 +167,23 @@ class ParityReport:
             raise ParityError("parity failed:\n  " + "\n  ".join(fails), report=self)
         return self
 
+    def to_junit(self, suite: str = "tledge.parity") -> str:
+        """JUnit XML: one test case per exported file, failures listed in the message."""
+        from xml.sax.saxutils import escape, quoteattr
+
+        failed = sum(not r.passed for r in self.results)
+        cases = []
+        for r in self.results:
+            body = ""
+            if not r.passed:
+                body = (f'<failure message={quoteattr("; ".join(r.failures))}>'
+                        f"{escape(json.dumps(asdict(r), indent=1))}</failure>")
+            cases.append(f'  <testcase classname={quoteattr(suite)} name={quoteattr(r.file)} '
+                         f'time="{(r.latency_ms or 0) * r.images / 1000:.3f}">{body}</testcase>')
+        return (f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name={quoteattr(suite)} '
+                f'tests="{len(self.results)}" failures="{failed}" errors="0">\n' + "\n".join(cases) +
+                "\n</testsuite>\n")
+
     def write(self, folder: str | Path) -> None:
         from tledge.io import atomic_write_text
 

@@ -1,0 +1,71 @@
+"""`tledge parity` as a CI gate: exit codes, JUnit XML, thresholds files, the pytest fixture."""
+import json
+import shutil
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from tledge.cli import main  # noqa: E402
+from tledge.export.parity import Thresholds  # noqa: E402
+
+
+def test_parity_passes_on_a_good_export_and_writes_junit(tiny_model, tiny_export, shapes_dataset, tmp_path):
+    junit = tmp_path / "parity.xml"
+    rc = main(["parity", str(tiny_model["keras"]), str(tiny_export.out), "--images",
+               str(shapes_dataset / "val"), "--junit", str(junit)])
+    assert rc == 0
+    suite = ET.parse(junit).getroot()
+    assert suite.get("tests") == "6" and suite.get("failures") == "0"
+    assert {c.get("name") for c in suite.iter("testcase")} == {p.name for p in tiny_export.files}
+
+
+def test_a_swapped_file_fails_with_one_failing_case(tiny_model, tiny_export, shapes_dataset, tmp_path, capsys):
+    import keras
+
+    from tledge.export.pipeline import ExportConfig, export
+
+    model = keras.models.clone_model(tiny_model["model"])
+    rng = np.random.default_rng(1)
+    model.set_weights([w + rng.normal(0, 0.3, w.shape).astype(w.dtype) if w.ndim > 1 else w
+                       for w in tiny_model["model"].get_weights()])
+    model.save(tmp_path / "other.keras")
+    other = export(tmp_path / "other.keras", ExportConfig(out=tmp_path / "other", formats=("onnx",),
+                                                         val=str(shapes_dataset / "val")))
+    folder = tmp_path / "mixed"
+    shutil.copytree(tiny_export.out, folder)
+    shutil.copy(other.files[0], folder / "model_fp32.onnx")
+    junit = tmp_path / "p.xml"
+    rc = main(["parity", str(tiny_model["keras"]), str(folder), "--images", str(shapes_dataset / "val"),
+               "--junit", str(junit), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 1 and not report["passed"]
+    assert [r["file"] for r in report["results"] if not r["passed"]] == ["model_fp32.onnx"]
+    assert ET.parse(junit).getroot().get("failures") == "1"
+
+
+def test_thresholds_file_is_applied(tiny_model, tiny_export, shapes_dataset, tmp_path):
+    strict = tmp_path / "t.toml"
+    strict.write_text('[int8]\nmax_abs = 1e-9\n\n["model_fp16.tflite"]\nmin_agreement = 0.5\n')
+    rc = main(["parity", str(tiny_model["keras"]), str(tiny_export.out / "model_int8.tflite"),
+               str(tiny_export.out / "model_fp16.tflite"), "--images", str(shapes_dataset / "val"),
+               "--thresholds", str(strict), "--junit", str(tmp_path / "j.xml")])
+    assert rc == 1
+    cases = {c.get("name"): c for c in ET.parse(tmp_path / "j.xml").getroot().iter("testcase")}
+    assert cases["model_int8.tflite"].find("failure") is not None
+    assert cases["model_fp16.tflite"].find("failure") is None
+
+
+def test_missing_images_is_a_usage_error(tiny_model, tiny_export, tmp_path):
+    assert main(["parity", str(tiny_model["keras"]), str(tiny_export.out), "--images", str(tmp_path / "no")]) == 2
+    assert main(["parity", str(tiny_model["keras"]), str(tmp_path / "none.tflite"), "--images", str(tmp_path)]) == 2
+
+
+def test_pytest_fixture_for_users(tledge_parity, tiny_model, tiny_export, shapes_dataset):
+    report = tledge_parity(tiny_model["keras"], tiny_export.out, images=shapes_dataset / "val")
+    assert report.passed and len(report.results) == 6
+    with pytest.raises(AssertionError, match="model_int8"):
+        tledge_parity(tiny_model["keras"], tiny_export.out / "model_int8.tflite", images=shapes_dataset / "val",
+                      thresholds={"int8": Thresholds(max_abs=0.0)})

@@ -1,0 +1,37 @@
+"""Parity checks for users' own test suites (also a pytest plugin: the `tledge_parity` fixture).
+
+    from tledge.testing import assert_parity
+
+    def test_exported_model_matches_keras():
+        assert_parity("model.keras", "model_export/", images="data/val")
+
+Importing this module does not import TensorFlow; checking does.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import pytest
+
+
+def assert_parity(reference: str | Path, exported: str | Path | Sequence[str | Path], images: str | Path, *,
+                  thresholds: str | Path | dict | None = None, preprocess: str | None = None):
+    """Raise AssertionError listing every failing file; return the report when all pass."""
+    from tledge.export.check import parity
+    from tledge.export.parity import load_thresholds
+
+    if isinstance(thresholds, (str, Path)):
+        thresholds = load_thresholds(thresholds)
+    files = [exported] if isinstance(exported, (str, Path)) else list(exported)
+    report = parity(reference, files, images, thresholds=thresholds, preprocess=preprocess)
+    if not report.passed:
+        raise AssertionError("tledge parity failed\n" + report.table() + "\n" + "\n".join(
+            f"  {r.file}: {f}" for r in report.results for f in r.failures))
+    return report
+
+
+@pytest.fixture
+def tledge_parity():
+    """The `assert_parity` function, as a fixture."""
+    return assert_parity
