@@ -48,16 +48,17 @@ def build_tiny_classifier(n_classes: int = 3, size: int = 48, channels: int = 3,
     keras.utils.set_random_seed(seed)
     inp = keras.Input((size, size, channels), name="pixels")
     x = Preprocess(mode, channels=channels, name="preprocess")(inp) if baked else inp
-    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
-    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False)(x)
+    x = keras.layers.BatchNormalization()(x)  # conv -> BN -> ReLU folds, as in real backbones
+    x = keras.layers.ReLU()(x)
     x = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu")(x)
-    x = keras.layers.Conv2D(16, 1, strides=2, activation="relu")(x)
+    x = keras.layers.Conv2D(32, 1, strides=2, activation="relu")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     out = keras.layers.Dense(n_classes, activation="softmax")(x)
     return keras.Model(inp, out)
 
 
-def train_tiny(model, folder: Path, contract, epochs: int = 40):
+def train_tiny(model, folder: Path, contract, epochs: int = 60):
     """Fit on a folder of class folders through contract.prepare, so predictions are confident."""
     from tledge.images import labelled_images
 
@@ -65,7 +66,9 @@ def train_tiny(model, folder: Path, contract, epochs: int = 40):
     x = np.stack([contract.prepare(f) for f in files]).astype("float32")
     if not contract.baked:
         x = np.stack([contract.replace(baked=False).prepare(f) for f in files])
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x, y, epochs=epochs, batch_size=16, verbose=0)
     return model
 
@@ -76,7 +79,7 @@ def tiny_model(shapes_dataset, tmp_path_factory):
     from tledge.contract import Contract
 
     contract = Contract(48, 48, norm="tf", baked=True, input_dtype="float32",
-                        labels=("circle", "square", "stripes"))
+                        labels=("circle", "hstripes", "vstripes"))
     model = train_tiny(build_tiny_classifier(), shapes_dataset / "train", contract)
     d = tmp_path_factory.mktemp("tiny_model")
     model.save(d / "model.keras")

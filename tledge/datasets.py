@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-SHAPE_CLASSES = ("circle", "square", "stripes")
+SHAPE_CLASSES = ("circle", "hstripes", "vstripes")
 
 
 def make_shapes(root: str | Path, n_per_class: int = 12, size: int = 48, seed: int = 0,
@@ -23,13 +23,15 @@ def make_shapes(root: str | Path, n_per_class: int = 12, size: int = 48, seed: i
             color = tuple(int(v) for v in rng.integers(120, 256, 3))
             c = size // 2 + int(rng.integers(-size // 8, size // 8 + 1))
             r = size // 4 + int(rng.integers(-2, 3))
+            step = max(4, size // 6)
             if name == "circle":
                 cv2.circle(img, (c, c), r, color, -1)
-            elif name == "square":
-                cv2.rectangle(img, (c - r, c - r), (c + r, c + r), color, -1)
+            elif name == "hstripes":
+                for y in range(int(rng.integers(0, step)), size, step):
+                    cv2.rectangle(img, (0, y), (size, y + step // 2 - 1), color, -1)
             else:
-                for y in range(int(rng.integers(0, 4)), size, 8):
-                    cv2.rectangle(img, (0, y), (size, y + 3), color, -1)
+                for x in range(int(rng.integers(0, step)), size, step):
+                    cv2.rectangle(img, (x, 0), (x + step // 2 - 1, size), color, -1)
             ext = ".png" if i % 2 else ".jpg"
             cv2.imwrite(str(d / f"{name}_{i:03d}{ext}"), img)
     return root

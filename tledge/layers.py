@@ -34,8 +34,8 @@ class Preprocess(keras.layers.Layer):
     def call(self, x):
         ops = keras.ops
         x = ops.cast(x, "float32")
-        if self._flip:
-            x = ops.flip(x, axis=-1)
+        if self._flip:  # RGB -> BGR as slices + concat: TFLite's int8 REVERSE_V2 corrupts values
+            x = ops.concatenate([x[..., 2:3], x[..., 1:2], x[..., 0:1]], axis=-1)
         if self.mode == "raw":
             return x
         return x * ops.convert_to_tensor(self._scale, "float32") + ops.convert_to_tensor(self._offset, "float32")

@@ -214,8 +214,8 @@ def trace(lm: LoadedModel, contract: Contract, add_norm: str | None):
     def serve(pixels):
         x = pixels
         if norm is not None:
-            if flip:
-                x = tf.reverse(x, axis=[-1])
+            if flip:  # not tf.reverse: TFLite's int8 REVERSE_V2 corrupts values
+                x = tf.concat([x[..., 2:3], x[..., 1:2], x[..., 0:1]], axis=-1)
             x = x * tf.constant(scale, tf.float32) + tf.constant(offset, tf.float32)
         y = model(x, training=False)
         if isinstance(y, (list, tuple)):
