@@ -18,9 +18,17 @@ def convert_fp32(serve, contract):
     """An onnx.ModelProto of the traced tf.function, input `pixels` NHWC float32, output `scores`."""
     tf = require("tensorflow", extra="export")
     tf2onnx = require("tf2onnx", extra="export")
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
     spec = (tf.TensorSpec([None, contract.height, contract.width, contract.channels], tf.float32, name=INPUT_NAME),)
     try:
-        model, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=OPSET)
+        # Freeze first: variables AND captured constants (e.g. a Normalization layer's mean) become
+        # Const nodes; from_function would turn captured constants into extra graph inputs.
+        frozen = convert_variables_to_constants_v2(serve.get_concrete_function(*spec))
+        graph_def = frozen.graph.as_graph_def()
+        inputs = [t.name for t in frozen.inputs if t.dtype != tf.resource]
+        outputs = [t.name for t in frozen.outputs]
+        model, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs, opset=OPSET)
     except Exception as exc:
         raise ExportError(f"ONNX conversion failed: {str(exc).strip().splitlines()[-1][:400]}") from None
     return _rename_io(model)
