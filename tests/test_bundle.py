@@ -1,0 +1,183 @@
+"""Deploy bundles from an export folder of placeholder files: choice of files, requirements, run.sh,
+manifest, Edge TPU compilation, atomic writing, the CLI. (The end-to-end run is test_bundle_e2e.py.)"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tledge.cli import main
+from tledge.contract import Contract
+from tledge.devices import bundle as bundle_mod
+from tledge.devices.bundle import make_bundle
+from tledge.errors import TledgeError
+
+MODEL_FILES = ("model_fp32.tflite", "model_int8.tflite", "model_fp16.tflite", "model_dynamic.tflite",
+               "model_fp32.onnx", "model_int8.onnx")
+
+
+@pytest.fixture
+def export_dir(tmp_path) -> Path:
+    d = tmp_path / "export"
+    d.mkdir()
+    for name in MODEL_FILES:
+        (d / name).write_bytes(f"placeholder {name}".encode())
+    Contract(height=8, width=8, labels=("ant", "bee")).save(d / "tledge.json")
+    (d / "labels.txt").write_text("ant\nbee\n")
+    (d / "parity.json").write_text("{}\n")
+    (d / "parity.md").write_text("# parity\n")
+    return d
+
+
+def read_tar(path: Path) -> dict[str, tarfile.TarInfo]:
+    with tarfile.open(path) as tar:
+        return {m.name: m for m in tar.getmembers()}
+
+
+def member_text(path: Path, name: str) -> str:
+    with tarfile.open(path) as tar:
+        return tar.extractfile(name).read().decode()
+
+
+def test_rpi4_bundle_contents(export_dir, tmp_path):
+    out = tmp_path / "dist" / "pi.tar.gz"
+    res = make_bundle(export_dir, "rpi4", out)
+    assert res.path == out and res.top == "pi" and res.model == "model_int8.tflite" and res.fallback is None
+    members = read_tar(out)
+    top = "pi/"
+    for rel in ("model/model_int8.tflite", "model/tledge.json", "model/labels.txt", "model/parity.json",
+                "requirements.txt", "run.sh", "README.md", "bundle.json", "lib/tledge/__init__.py",
+                "lib/tledge/runtime/model.py", "lib/tledge/devices/profiles.py", "lib/tledge/cli/__init__.py"):
+        assert top + rel in members, rel
+    assert not any(n.startswith((top + "lib/tledge/export", top + "lib/tledge/train")) for n in members)
+    assert top + "lib/tledge/layers.py" not in members and top + "model/model_fp32.tflite" not in members
+    assert members[top + "run.sh"].mode & stat.S_IXUSR
+    reqs = member_text(out, top + "requirements.txt")
+    assert "ai-edge-litert==" in reqs and "numpy==" in reqs and "opencv-python-headless==" in reqs
+    assert "tensorflow" not in reqs.lower().replace("no tensorflow", "") and "onnxruntime" not in reqs
+    run_sh = member_text(out, top + "run.sh")
+    assert "MODEL=${MODEL:-model_int8.tflite}" in run_sh
+    assert 'tledge run "$HERE/model/$MODEL" --source "$SOURCE" $DEVICE "$@"' in run_sh
+    assert 'DEVICE="--device rpi4"' in run_sh and "_edgetpu" not in run_sh
+    assert "SOURCE=${1:-0}" in run_sh
+    subprocess.run(["sh", "-n", "-"], input=run_sh, text=True, check=True)
+    readme = member_text(out, top + "README.md")
+    assert "--system-site-packages" in readme and "tledge bench" in readme and "picamera2" in readme
+
+
+def test_manifest_hashes_every_file(export_dir, tmp_path):
+    res = make_bundle(export_dir, "x86-cpu", tmp_path / "b.tar.gz")
+    manifest = json.loads(member_text(res.path, "b/bundle.json"))
+    assert manifest["device"] == "x86-cpu" and manifest["model"] == "model/model_int8.tflite"
+    assert manifest["options"]["backend"] == "tflite"
+    with tarfile.open(res.path) as tar:
+        for rel, digest in manifest["sha256"].items():
+            assert hashlib.sha256(tar.extractfile(f"b/{rel}").read()).hexdigest() == digest
+    assert set(manifest["sha256"]) | {"bundle.json"} == {n[2:] for n in read_tar(res.path) if n.startswith("b/")}
+
+
+def test_pins_are_this_machines_versions(export_dir, tmp_path):
+    from importlib.metadata import version
+
+    res = make_bundle(export_dir, "rpi5", tmp_path / "b.tar.gz")
+    reqs = member_text(res.path, "b/requirements.txt")
+    assert f"ai-edge-litert=={version('ai-edge-litert')}; python_version ==" in reqs
+    assert "ai-edge-litert>=2.3; python_version !=" in reqs
+
+
+def test_jetson_bundle_uses_onnx_and_no_pypi_onnxruntime(export_dir, tmp_path):
+    res = make_bundle(export_dir, "jetson-orin", tmp_path / "j.tar.gz")
+    assert (res.model, res.fallback) == ("model_fp32.onnx", "model_int8.tflite")
+    reqs = member_text(res.path, "j/requirements.txt")
+    assert "onnxruntime-gpu" in reqs and "Jetson_Zoo" in reqs
+    assert "onnxruntime==" not in reqs and "\nonnxruntime" not in reqs
+    assert "numpy>=1.23,<2" in reqs and "opencv-python-headless" not in reqs
+    assert "trt_engine_cache_enable" in json.dumps(res.options.to_dict())
+    readme = member_text(res.path, "j/README.md")
+    assert ".venv/bin/pip install onnxruntime-gpu" in readme and "MODEL=model_int8.tflite ./run.sh" in readme
+
+
+def test_explicit_format_and_precision_win(export_dir, tmp_path):
+    res = make_bundle(export_dir, "rpi4", tmp_path / "b.tar.gz", backend="onnx")
+    assert res.model == "model_int8.onnx"
+    assert "onnxruntime==" in member_text(res.path, "b/requirements.txt")
+    res = make_bundle(export_dir, "rpi4", tmp_path / "c.tar.gz", precision="fp32", threads=2)
+    assert res.model == "model_fp32.tflite" and res.options.threads == 2
+    assert 'DEVICE="--device rpi4 --threads 2"' in member_text(res.path, "c/run.sh")
+
+
+def test_falls_back_along_the_preference_list(export_dir, tmp_path):
+    (export_dir / "model_int8.tflite").unlink()
+    assert make_bundle(export_dir, "rpi4", tmp_path / "b.tar.gz").model == "model_fp32.tflite"
+    for f in export_dir.glob("model_*"):
+        f.unlink()
+    with pytest.raises(TledgeError, match="no usable model file"):
+        make_bundle(export_dir, "rpi4", tmp_path / "c.tar.gz")
+    assert not (tmp_path / "c.tar.gz").exists()
+
+
+def test_coral_without_compiler_ships_int8_and_says_how(export_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    if shutil.which("edgetpu_compiler"):
+        pytest.skip("a real edgetpu_compiler is installed here")
+    res = make_bundle(export_dir, "coral-usb", tmp_path / "c.tar.gz")
+    assert res.model == "model_int8.tflite" and res.fallback is None
+    assert any("edgetpu_compiler -s -o" in n for n in res.notes)
+    readme = member_text(res.path, "c/README.md")
+    assert "edgetpu_compiler" in readme and "libedgetpu1-std" in readme
+    assert "libedgetpu1-std" in member_text(res.path, "c/requirements.txt")
+
+
+def test_coral_with_compiler_ships_the_compiled_file(export_dir, tmp_path, monkeypatch):
+    from test_devices_edgetpu import FAKE_COMPILER, PARTIAL_LOG
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    script = bindir / "edgetpu_compiler"
+    script.write_text(FAKE_COMPILER.replace("@LOG@", PARTIAL_LOG))
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    res = make_bundle(export_dir, "coral-usb", tmp_path / "c.tar.gz")
+    assert (res.model, res.fallback) == ("model_int8_edgetpu.tflite", "model_int8.tflite")
+    assert res.options.delegates == ("libedgetpu.so.1",)
+    assert any("30 of 32 ops on the Edge TPU" in n for n in res.notes)
+    assert "c/model/model_int8_edgetpu.tflite" in read_tar(res.path)
+    run_sh = member_text(res.path, "c/run.sh")
+    assert 'case "$MODEL" in *_edgetpu.tflite) ;; *) DEVICE="" ;; esac' in run_sh
+    subprocess.run(["sh", "-n", "-"], input=run_sh, text=True, check=True)
+    assert not list(export_dir.glob("*_edgetpu*"))  # the export folder is left alone
+
+
+def test_not_an_export_folder(tmp_path):
+    with pytest.raises(TledgeError, match="no tledge.json"):
+        make_bundle(tmp_path, "rpi4", tmp_path / "x.tar.gz")
+
+
+def test_failure_leaves_no_file(export_dir, tmp_path, monkeypatch):
+    out = tmp_path / "dist" / "b.tar.gz"
+
+    def boom():
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(bundle_mod, "vendored_sources", boom)
+    with pytest.raises(RuntimeError):
+        make_bundle(export_dir, "rpi4", out)
+    assert list(out.parent.iterdir()) == []
+
+
+def test_cli_bundle(export_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["bundle", str(export_dir), "--device", "rpi-zero2w"]) == 0
+    assert (tmp_path / "export-rpi-zero2w.tar.gz").is_file()
+    assert "model/model_int8.tflite" in capsys.readouterr().out
+    assert main(["bundle", str(export_dir), "--device", "jetson-nano", "--out", "j.tar.gz", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == "model_fp32.onnx"
+    assert main(["bundle", str(export_dir), "--device", "nope"]) == 2
+    assert "unknown device" in capsys.readouterr().err

@@ -1,0 +1,155 @@
+"""End to end: a real (tiny) export -> `tledge bundle` -> unpacked into a fresh venv that has only the
+bundle's requirements.txt -> same predictions as the export folder, and TensorFlow never imported.
+
+Needs TensorFlow in the test process (to make the tiny model) and pip reaching PyPI or its cache.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tledge.contract import Contract
+from tledge.devices.bundle import make_bundle
+
+LABELS = ("red", "green", "blue")
+SNIPPET = r"""
+import json, sys
+from tledge.devices import load_for_device
+from tledge.runtime import load
+model_path, images = sys.argv[1], sys.argv[2:]
+a = load(model_path).classify(images, top_k=3)
+b = load_for_device(model_path, "x86-cpu").classify(images, top_k=3)
+import tledge
+print(json.dumps({
+    "preds": [[[p.index, p.label, p.score] for p in row] for row in a],
+    "same_via_device": [[p.index for p in r] for r in a] == [[p.index for p in r] for r in b],
+    "heavy": sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras")),
+    "tensorflow_installed": __import__("importlib.util").util.find_spec("tensorflow") is not None,
+    "tledge_file": tledge.__file__,
+}))
+"""
+
+
+def _tiny_tflite(path_fp32: Path, path_int8: Path) -> None:
+    tf = pytest.importorskip("tensorflow")
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 16, 3))
+    conv = keras.layers.Conv2D(3, 1, activation="relu")
+    x = keras.layers.GlobalAveragePooling2D()(conv(inp))
+    head = keras.layers.Dense(3, activation="softmax")
+    model = keras.Model(inp, head(x))
+    conv.set_weights([np.eye(3, dtype=np.float32).reshape(1, 1, 3, 3), np.zeros(3, np.float32)])
+    head.set_weights([8.0 * np.eye(3, dtype=np.float32), np.zeros(3, np.float32)])  # the dominant colour wins
+    path_fp32.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    rng = np.random.default_rng(0)
+    conv.representative_dataset = lambda: ([rng.random((1, 16, 16, 3), dtype=np.float32)] for _ in range(16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Statistics for quantized inputs were expected"
+        path_int8.write_bytes(conv.convert())
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory) -> tuple[Path, list[Path]]:
+    import cv2
+
+    d = tmp_path_factory.mktemp("export")
+    _tiny_tflite(d / "model_fp32.tflite", d / "model_int8.tflite")
+    Contract(height=16, width=16, norm="scale", baked=False, input_dtype="float32", labels=LABELS).save(
+        d / "tledge.json")
+    (d / "labels.txt").write_text("\n".join(LABELS) + "\n")
+    imgs = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(6):
+        rgb = rng.integers(0, 128, (24 + i, 20, 3), dtype=np.uint8)
+        rgb[..., i % 3] = 255  # image i is mostly LABELS[i % 3]
+        p = imgs / f"img{i}.png"
+        cv2.imwrite(str(p), rgb[..., ::-1])
+        paths.append(p)
+    return d, paths
+
+
+@pytest.fixture(scope="module")
+def unpacked(export, tmp_path_factory) -> Path:
+    d, _ = export
+    work = tmp_path_factory.mktemp("bundle")
+    res = make_bundle(d, "x86-cpu", work / "tiny-x86.tar.gz")
+    assert res.model == "model_int8.tflite"
+    with tarfile.open(res.path) as tar:
+        tar.extractall(work / "board", filter="data")
+    return work / "board" / res.top
+
+
+@pytest.fixture(scope="module")
+def venv_python(unpacked) -> Path:
+    """A clean venv (no --system-site-packages) with only the bundle's requirements."""
+    venv = unpacked / ".venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    py = venv / "bin" / "python"
+    proc = subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                           "-r", str(unpacked / "requirements.txt")],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"pip install -r requirements.txt failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return py
+
+
+def _clean_env(**extra: str) -> dict:
+    keep = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR") if k in os.environ}
+    return {**keep, "PYTHONNOUSERSITE": "1", **extra}
+
+
+def test_bundle_predicts_like_the_export_in_a_clean_venv(export, unpacked, venv_python):
+    from tledge.runtime import load
+
+    d, images = export
+    proc = subprocess.run([str(venv_python), "-c", SNIPPET, str(unpacked / "model" / "model_int8.tflite"),
+                           *map(str, images)], capture_output=True, text=True, timeout=300,
+                          env=_clean_env(PYTHONPATH=str(unpacked / "lib")), cwd=unpacked)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["heavy"] == [] and not got["tensorflow_installed"]
+    assert Path(got["tledge_file"]).is_relative_to(unpacked / "lib")
+    assert got["same_via_device"]
+    want = load(d / "model_int8.tflite").classify(images, top_k=3)
+    for row_got, row_want in zip(got["preds"], want):
+        assert [p[0] for p in row_got] == [p.index for p in row_want]
+        assert [p[1] for p in row_got] == [p.label for p in row_want]
+        np.testing.assert_allclose([p[2] for p in row_got], [p.score for p in row_want], rtol=1e-6, atol=1e-7)
+    assert [row[0][1] for row in got["preds"]] == [LABELS[i % 3] for i in range(len(images))]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tledge.cli.run") is None, reason="tledge run not available")
+def test_run_sh_on_a_folder(export, unpacked, venv_python):
+    from tledge.runtime import load
+
+    d, images = export
+    proc = subprocess.run(["sh", str(unpacked / "run.sh"), str(images[0].parent), "--json", "--top-k", "2"],
+                          capture_output=True, text=True, timeout=300, cwd=unpacked,
+                          env=_clean_env(PYTHON=str(venv_python)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert len(rows) == len(images) and all(r["status"] == "ok" for r in rows)
+    want = {p.name: row[0].label for p, row in zip(images, load(d / "model_int8.tflite").classify(images))}
+    assert {Path(r["source"]).name: r["top"][0]["label"] for r in rows} == want
+
+
+def test_run_sh_without_runtime_says_how_to_install(unpacked, tmp_path):
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=120)
+    proc = subprocess.run(["sh", str(unpacked / "run.sh"), "photos"], capture_output=True, text=True,
+                          timeout=60, env=_clean_env(PYTHON=str(bare / "bin" / "python")))
+    assert proc.returncode == 2
+    assert "pip install -r" in proc.stderr and "requirements.txt" in proc.stderr

@@ -1,0 +1,41 @@
+"""`tledge bundle EXPORT_DIR --device NAME [--out FILE]`: one .tar.gz to copy to a board."""
+from __future__ import annotations
+
+import json
+
+
+def add_arguments(parser) -> None:
+    from tledge.devices.profiles import profile_names
+
+    parser.add_argument("export_dir", metavar="EXPORT_DIR", help="folder written by `tledge export`")
+    parser.add_argument("--device", required=True, metavar="NAME",
+                        help=f"device profile: {', '.join(profile_names())}, or auto (this machine)")
+    parser.add_argument("--out", default=None, metavar="FILE",
+                        help="output .tar.gz (default ./<export>-<device>.tar.gz)")
+    parser.add_argument("--format", dest="backend", choices=("tflite", "onnx"), default=None,
+                        help="use this format instead of the profile's preference")
+    parser.add_argument("--precision", choices=("int8", "fp16", "fp32", "dynamic"), default=None,
+                        help="use this precision instead of the profile's preference")
+    parser.add_argument("--threads", type=int, default=None, help="threads recorded for the board")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run(args) -> int:
+    from tledge.devices.bundle import make_bundle
+    from tledge.devices.options import device_from_args
+
+    profile = device_from_args(args)
+    res = make_bundle(args.export_dir, profile, args.out, backend=args.backend,
+                      precision=args.precision, threads=args.threads)
+    if args.json:
+        print(json.dumps({"path": str(res.path), "top": res.top, "device": res.device, "model": res.model,
+                          "fallback": res.fallback, "options": res.options.to_dict(),
+                          "notes": list(res.notes), "members": list(res.members)}, indent=2))
+        return 0
+    size = res.path.stat().st_size / 2**20
+    print(f"wrote {res.path} ({size:.1f} MiB) for {res.device}: model/{res.model}"
+          + (f" (CPU fallback model/{res.fallback})" if res.fallback else ""))
+    for n in res.notes:
+        print(f"  note: {n}")
+    print(f"on the board: tar xzf {res.path.name} && cd {res.top} && cat README.md")
+    return 0

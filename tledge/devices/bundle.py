@@ -1,0 +1,288 @@
+"""A deploy bundle: one .tar.gz with what one board needs to classify, and nothing of TensorFlow.
+
+    <export>-<device>/
+      model/<chosen file(s)>, tledge.json, labels.txt, parity.json/.md (when the export has them)
+      lib/tledge/...      tledge's own source, minus training and export (run.sh puts lib/ on PYTHONPATH)
+      requirements.txt    the runtime for that board, pinned to the versions of the building machine
+      run.sh              ./run.sh [SOURCE] -> tledge run on camera 0 (default), an image, folder or video
+      README.md, bundle.json (manifest: device, options, sha256 of every file)
+
+tledge is vendored as source rather than built as a wheel: no build step (no setuptools on the
+board, no network), and the package is pure Python.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tledge.devices.options import Options, pick_model, resolve
+from tledge.devices.profiles import Family, Profile, get_profile
+from tledge.errors import TledgeError
+
+SIDE_FILES = ("tledge.json", "labels.txt", "parity.json", "parity.md")
+# package parts that need TensorFlow/Keras: left out of the bundle
+VENDOR_EXCLUDE = {"train", "export", "layers.py", "cli/export.py", "cli/train.py", "cli/parity.py", "cli/demo.py"}
+LOWER_BOUNDS = {"numpy": "1.23", "opencv-python-headless": "4.8", "ai-edge-litert": "2.3",
+                "onnxruntime": "1.20", "flatbuffers": "23.5"}
+
+
+@dataclass(frozen=True)
+class BundleResult:
+    path: Path
+    top: str  # the folder the tarball unpacks to
+    device: str
+    model: str  # the primary model file (name inside model/)
+    fallback: str | None  # a CPU file beside it when the primary needs an accelerator
+    members: tuple[str, ...]
+    options: Options
+    notes: tuple[str, ...] = ()
+
+
+# ---- choosing files ----------------------------------------------------------------------------------
+def _cpu_fallback(export_dir: Path, profile: Profile, primary: str) -> str | None:
+    for t in profile.targets:
+        if not t.needs_accelerator and t.filename != primary and (export_dir / t.filename).is_file():
+            return t.filename
+    return None
+
+
+def _maybe_compile(export_dir: Path, opts: Options, work: Path, notes: list[str]) -> Path | None:
+    """For an Edge TPU profile without a compiled file: compile the int8 file, or note how to."""
+    from tledge.devices.edgetpu import edgetpu_compile
+
+    src = export_dir / "model_int8.tflite"
+    if not opts.compile_edgetpu or opts.model_file != src.name or not src.is_file():
+        return None
+    res = edgetpu_compile(src, work)
+    if res.compiled and res.output:
+        notes.append(f"edgetpu_compiler: {res.summary()}")
+        return res.output
+    notes.append(f"not compiled for the Edge TPU (the int8 file runs on the host CPU): {res.message}")
+    return None
+
+
+def choose_models(export_dir: Path, profile: Profile, work: Path, notes: list[str],
+                  **explicit) -> tuple[list[Path], Options]:
+    """The model files for this board: the preferred one, plus a CPU fallback when it needs an accelerator."""
+    model, opts = pick_model(export_dir, profile, **explicit)
+    compiled = _maybe_compile(export_dir, opts, work, notes) if not explicit.get("backend") else None
+    if compiled is not None:
+        opts = resolve(profile, available=[compiled.name], **explicit)
+        return [compiled, model], opts
+    files = [model]
+    if opts.target is not None and opts.target.needs_accelerator:
+        fb = _cpu_fallback(export_dir, profile, model.name)
+        if fb:
+            files.append(export_dir / fb)
+    return files, opts
+
+
+# ---- generated files ---------------------------------------------------------------------------------
+def _installed_version(dist: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def requirement_lines(packages: list[str], constraints: tuple[str, ...] = ()) -> list[str]:
+    """Exact pins for this machine's Python (where the bundle was built), lower bounds elsewhere;
+    a profile's constraint (e.g. `numpy>=1.23,<2` on Jetson) replaces both."""
+    import re
+
+    fixed = {re.split(r"[<>=!~;\s\[]", c, maxsplit=1)[0].lower(): c for c in constraints}
+    py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    lines = []
+    for pkg in packages:
+        if pkg.lower() in fixed:
+            lines.append(f"{fixed[pkg.lower()]}  # set by the {pkg} constraint of this board's profile")
+            continue
+        ver = _installed_version(pkg)
+        low = LOWER_BOUNDS.get(pkg)
+        if ver:
+            lines.append(f'{pkg}=={ver}; python_version == "{py}"')
+            lines.append(f'{pkg}{">=" + low if low else ""}; python_version != "{py}"')
+        else:
+            lines.append(f"{pkg}{'>=' + low if low else ''}  # not installed where this bundle was built")
+    return lines
+
+
+def runtime_packages(profile: Profile, model_names: list[str]) -> tuple[list[str], list[str]]:
+    """(PyPI packages, comment lines) for the files in the bundle on this board."""
+    pkgs = [p for p in profile.pip if p in ("numpy", "opencv-python-headless")]
+    comments = []
+    if any(n.endswith(".tflite") for n in model_names):
+        pkgs += ["ai-edge-litert", "flatbuffers"]
+    if any(n.endswith(".onnx") for n in model_names):
+        if profile.family is Family.JETSON:
+            comments.append("# onnxruntime-gpu: not on PyPI for aarch64 -> NVIDIA's wheel for your JetPack "
+                            "(https://elinux.org/Jetson_Zoo#ONNX_Runtime); do not also install onnxruntime")
+        else:
+            pkgs.append("onnxruntime")
+        pkgs.append("flatbuffers")
+    if "opencv-python-headless" not in pkgs:
+        comments.append("# OpenCV: use the system's python3-opencv (built with GStreamer for the camera) "
+                        "through a venv made with --system-site-packages")
+    if profile.family is Family.CORAL:
+        comments.append("# Edge TPU runtime: libedgetpu1-std from Coral's apt repository (see README.md)")
+    return list(dict.fromkeys(pkgs)), comments
+
+
+def requirements_txt(profile: Profile, model_names: list[str]) -> str:
+    import tledge
+
+    pkgs, comments = runtime_packages(profile, model_names)
+    py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    head = [f"# tledge {tledge.__version__} runtime for {profile.name}: {profile.title}. No TensorFlow.",
+            f"# Exact pins: the versions this bundle was built and checked with (Python {py});",
+            "# other Pythons get the lowest versions tledge supports.",
+            "# tledge itself is vendored in lib/ (run.sh puts it on PYTHONPATH): nothing to install for it."]
+    return "\n".join(head + comments + requirement_lines(pkgs, profile.constraints)) + "\n"
+
+
+RUN_SH = """#!/bin/sh
+# Classify with tledge on this board ({device}). Usage: ./run.sh [SOURCE] [more tledge run options]
+# SOURCE: a camera index (default 0), picamera2, an image, a folder, a video, a URL or a GStreamer pipeline.
+# MODEL=<file in model/> ./run.sh ... picks another model file of this bundle (e.g. the CPU fallback).
+set -eu
+HERE=$(cd "$(dirname "$0")" && pwd)
+SOURCE=${{1:-0}}
+[ $# -gt 0 ] && shift
+MODEL=${{MODEL:-{model}}}
+if [ -n "${{PYTHON:-}}" ]; then PY=$PYTHON
+elif [ -x "$HERE/.venv/bin/python" ]; then PY="$HERE/.venv/bin/python"
+else PY=python3; fi
+PYTHONPATH="$HERE/lib${{PYTHONPATH:+:$PYTHONPATH}}"
+export PYTHONPATH
+case "$MODEL" in *.onnx) BACKEND=onnxruntime ;; *) BACKEND=ai_edge_litert ;; esac
+DEVICE="--device {device}{extra}"{plain_file_case}
+if ! "$PY" -c "import numpy, cv2, $BACKEND" 2>/dev/null; then
+  echo "run.sh: numpy, cv2 or $BACKEND cannot be imported by $PY; install the runtime (README.md):" >&2
+  echo "  python3 -m venv $HERE/.venv && $HERE/.venv/bin/pip install -r $HERE/requirements.txt" >&2
+  exit 2
+fi
+exec "$PY" -m tledge run "$HERE/model/$MODEL" --source "$SOURCE" $DEVICE "$@"
+"""
+
+
+def run_sh(profile: Profile, model: str, threads: int | None = None) -> str:
+    """threads: only when chosen explicitly at bundle time (the profile's own count comes with --device)."""
+    extra = f" --threads {int(threads)}" if threads else ""
+    plain = ""
+    if any(t.delegates for t in profile.targets):  # a plain file must not ask for the accelerator's delegate
+        plain = f'\ncase "$MODEL" in *_edgetpu.tflite) ;; *) DEVICE="{extra.strip()}" ;; esac'
+    return RUN_SH.format(device=profile.name, model=model, extra=extra, plain_file_case=plain)
+
+
+def _board_steps(profile: Profile) -> list[str]:
+    """The profile's install lines minus making a venv and installing tledge (the bundle does both)."""
+    skip = ("-m venv", "install 'tledge", "install --no-deps tledge", "pyenv install")
+    return [ln.replace("~/tledge-venv/", ".venv/") for ln in profile.install if not any(k in ln for k in skip)]
+
+
+def readme(profile: Profile, models: list[str], opts: Options, notes: list[str]) -> str:
+    venv_flag = " --system-site-packages" if profile.family in (Family.RPI, Family.JETSON) else ""
+    lines = [f"# tledge bundle for {profile.title}", "",
+             f"Model: `model/{models[0]}` ({opts.backend} {opts.precision}, {opts.target.accel.value if opts.target else 'cpu'})"
+             + (f"; CPU fallback `model/{models[1]}`" if len(models) > 1 else "") + ".",
+             f"Threads: {opts.threads or 'default'}. Assumes {profile.os}.", "",
+             "## Install (once)", "", "```sh", f"python3 -m venv{venv_flag} .venv",
+             ".venv/bin/pip install -r requirements.txt", "```", ""]
+    extra = _board_steps(profile)
+    if extra:
+        lines += ["Board-specific steps (from `tledge devices show " + profile.name + "`):", "", "```sh", *extra, "```", ""]
+    lines += ["## Run", "", "```sh", "./run.sh            # camera 0", "./run.sh photos/    # a folder of images",
+              "./run.sh clip.mp4   # a video", "./run.sh photos/ --json --top-k 3   # more tledge run options"]
+    if profile.family is Family.RPI:
+        lines.append("./run.sh picamera2  # the CSI camera (needs the venv made with --system-site-packages)")
+    if len(models) > 1:
+        lines.append(f"MODEL={models[1]} ./run.sh   # the CPU fallback, when the accelerator is missing")
+    lines += ["```", "",
+              "Check speed on the board: `PYTHONPATH=lib .venv/bin/python -m tledge bench "
+              f"model/{models[0]} --device {profile.name}`.", "", f"Camera: {profile.camera}", "",
+              "## Known limits", "", *[f"- {n}" for n in list(profile.notes) + notes], ""]
+    return "\n".join(lines)
+
+
+# ---- writing -----------------------------------------------------------------------------------------
+def vendored_sources() -> list[tuple[Path, str]]:
+    """(file, path inside lib/) for the tledge package, minus the parts that need TensorFlow."""
+    import tledge
+
+    root = Path(tledge.__file__).resolve().parent
+    out = []
+    for f in sorted(root.rglob("*.py")):
+        rel = f.relative_to(root).as_posix()
+        if "__pycache__" in rel or rel in VENDOR_EXCLUDE or rel.split("/")[0] in VENDOR_EXCLUDE:
+            continue
+        out.append((f, f"tledge/{rel}"))
+    return out
+
+
+class _Tar:
+    def __init__(self, tar: tarfile.TarFile, top: str):
+        self.tar, self.top, self.hashes = tar, top, {}
+
+    def add_bytes(self, rel: str, data: bytes, mode: int = 0o644) -> None:
+        info = tarfile.TarInfo(f"{self.top}/{rel}")
+        info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+        self.tar.addfile(info, io.BytesIO(data))
+        self.hashes[rel] = hashlib.sha256(data).hexdigest()
+
+    def add_file(self, rel: str, path: Path) -> None:
+        self.add_bytes(rel, path.read_bytes())
+
+
+def _manifest(profile: Profile, models: list[str], opts: Options, notes: list[str], hashes: dict) -> bytes:
+    import tledge
+
+    data = {"format": "tledge.bundle", "version": 1, "device": profile.name, "title": profile.title,
+            "model": f"model/{models[0]}", "fallback": f"model/{models[1]}" if len(models) > 1 else None,
+            "options": opts.to_dict(), "tledge": tledge.__version__,
+            "built_with_python": ".".join(map(str, sys.version_info[:3])),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "notes": notes,
+            "sha256": dict(sorted(hashes.items()))}
+    return (json.dumps(data, indent=2) + "\n").encode()
+
+
+def make_bundle(export_dir: "str | Path", device: "str | Profile", out: "str | Path | None" = None,
+                **explicit) -> BundleResult:
+    """Write `<out>` (default ./<export>-<device>.tar.gz) atomically; explicit backend/precision/threads win."""
+    from tledge.io import atomic_path
+
+    src = Path(export_dir)
+    profile = get_profile(device)
+    if not (src / "tledge.json").is_file():
+        raise TledgeError(f"{src} is not an export folder: no tledge.json (run tledge export first)")
+    dst = Path(out) if out is not None else Path.cwd() / f"{src.resolve().name}-{profile.name}.tar.gz"
+    top = dst.name[: -len(".tar.gz")] if dst.name.endswith(".tar.gz") else dst.stem
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="tledge-bundle-") as work:
+        files, opts = choose_models(src, profile, Path(work), notes, **explicit)
+        names = [f.name for f in files]
+        with atomic_path(dst) as tmp:
+            with tarfile.open(tmp, "w:gz") as tar:
+                t = _Tar(tar, top)
+                for f in files:
+                    t.add_file(f"model/{f.name}", f)
+                for side in SIDE_FILES:
+                    if (src / side).is_file():
+                        t.add_file(f"model/{side}", src / side)
+                for f, rel in vendored_sources():
+                    t.add_file(f"lib/{rel}", f)
+                t.add_bytes("requirements.txt", requirements_txt(profile, names).encode())
+                t.add_bytes("run.sh", run_sh(profile, names[0], explicit.get("threads")).encode(), mode=0o755)
+                t.add_bytes("README.md", readme(profile, names, opts, notes).encode())
+                members = sorted(t.hashes) + ["bundle.json"]
+                t.add_bytes("bundle.json", _manifest(profile, names, opts, notes, t.hashes))
+    return BundleResult(dst, top, profile.name, names[0], names[1] if len(names) > 1 else None,
+                        tuple(members), opts, tuple(notes))

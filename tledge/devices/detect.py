@@ -1,0 +1,189 @@
+"""Which profile is this machine? Read from files only, under a root folder (tests pass a fake one).
+
+Evidence, in order: /proc/device-tree/model (Raspberry Pi, Jetson), /etc/nv_tegra_release (L4T
+release: R32 = JetPack 4 = Nano era, R35/R36 = JetPack 5/6 = Orin), /proc/cpuinfo (Model line,
+CPU part, core count), the machine architecture (`uname -m`: an argument, else
+<root>/proc/sys/kernel/arch, else platform.machine() on the real root), and USB devices
+(/sys/bus/usb/devices/*/idVendor + idProduct: a Coral USB Accelerator is 1a6e:089a before its
+firmware is loaded and 18d1:9302 after).
+"""
+from __future__ import annotations
+
+import platform
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from tledge.devices.profiles import Profile, get_profile
+
+CORAL_USB_IDS = {
+    ("1a6e", "089a"): "Coral USB Accelerator (Global Unichip, firmware not loaded yet)",
+    ("18d1", "9302"): "Coral USB Accelerator (Google, firmware loaded)",
+}
+_ARM_PARTS = {"0xd03": "Cortex-A53", "0xd07": "Cortex-A57", "0xd08": "Cortex-A72", "0xd0b": "Cortex-A76",
+              "0xd42": "Cortex-A78AE", "0xd41": "Cortex-A78"}
+_ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "armv8l": "armv7l"}
+
+
+@dataclass(frozen=True)
+class Evidence:
+    source: str  # the file (relative to the root) or "uname -m"
+    value: str
+    meaning: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.value!r} -> {self.meaning}"
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "value": self.value, "meaning": self.meaning}
+
+
+@dataclass(frozen=True)
+class Detection:
+    profile: Profile
+    evidence: tuple[Evidence, ...]
+    host: str  # the host board's profile name (differs from profile.name when an accelerator is plugged in)
+    arch: str
+    confident: bool  # False when nothing identified the board and the architecture decided
+
+    def to_dict(self) -> dict:
+        return {"device": self.profile.name, "title": self.profile.title, "host": self.host,
+                "arch": self.arch, "confident": self.confident,
+                "evidence": [e.to_dict() for e in self.evidence]}
+
+
+def _read(root: Path, rel: str, limit: int = 1 << 16) -> str | None:
+    try:
+        with open(root / rel, "rb") as fh:
+            data = fh.read(limit)
+    except OSError:
+        return None
+    return data.replace(b"\x00", b"\n").decode("utf-8", "replace").strip()
+
+
+def _machine(root: Path, machine: str | None, ev: list[Evidence]) -> str:
+    if machine:
+        source, value = "uname -m", machine
+    elif (text := _read(root, "proc/sys/kernel/arch")) is not None:
+        source, value = "proc/sys/kernel/arch", text
+    elif root.resolve() == Path("/"):
+        source, value = "uname -m", platform.machine()
+    else:
+        return "unknown"
+    arch = _ARCH_ALIASES.get(value.strip().lower(), value.strip().lower())
+    meaning = {"x86_64": "64-bit x86", "aarch64": "64-bit ARM"}.get(
+        arch, "32-bit ARM userland: PyPI has no ai-edge-litert/onnxruntime wheels for it" if arch.startswith("arm")
+        else "architecture without a profile")
+    ev.append(Evidence(source, value, meaning))
+    return arch
+
+
+def _board_from_model(model: str) -> str | None:
+    m = model.lower()
+    if "raspberry pi" in m:
+        if "raspberry pi 5" in m or "compute module 5" in m:
+            return "rpi5"
+        if "zero 2" in m:
+            return "rpi-zero2w"
+        if "raspberry pi 4" in m or "raspberry pi 400" in m or "compute module 4" in m:
+            return "rpi4"
+        return None
+    if "jetson" in m or "nvidia" in m:
+        if "orin" in m:
+            return "jetson-orin"
+        if "nano" in m:
+            return "jetson-nano"
+    return None
+
+
+def _tegra(root: Path, ev: list[Evidence]) -> str | None:
+    text = _read(root, "etc/nv_tegra_release", 4096)
+    if text is None:
+        return None
+    first = text.splitlines()[0] if text else ""
+    m = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", first)
+    board = re.search(r"BOARD:\s*([\w-]+)", first)
+    if not m:
+        ev.append(Evidence("etc/nv_tegra_release", first, "a Jetson (L4T release unreadable)"))
+        return "jetson-orin"
+    release = int(m.group(1))
+    name = "jetson-nano" if release <= 32 else "jetson-orin"
+    jp = {32: "JetPack 4", 34: "JetPack 5 (developer preview)", 35: "JetPack 5", 36: "JetPack 6"}.get(release, "JetPack")
+    extra = f", board {board.group(1)}" if board else ""
+    ev.append(Evidence("etc/nv_tegra_release", first, f"L4T R{release}.{m.group(2)} = {jp}{extra} -> {name}"))
+    return name
+
+
+def _cpuinfo(root: Path, ev: list[Evidence]) -> tuple[str | None, int | None]:
+    text = _read(root, "proc/cpuinfo", 1 << 20)
+    if text is None:
+        return None, None
+    model = re.search(r"^Model\s*:\s*(.+)$", text, re.M)
+    cores = len(re.findall(r"^processor\s*:", text, re.M)) or None
+    parts = sorted(set(re.findall(r"^CPU part\s*:\s*(0x[0-9a-f]+)", text, re.M | re.I)))
+    names = ", ".join(_ARM_PARTS.get(p.lower(), p) for p in parts)
+    if model:
+        ev.append(Evidence("proc/cpuinfo", model.group(1).strip(), f"board model ({cores} cores{', ' + names if names else ''})"))
+        return model.group(1).strip(), cores
+    if names or cores:
+        ev.append(Evidence("proc/cpuinfo", names or f"{cores} processors", f"{cores} cores"))
+    return None, cores
+
+
+def usb_ids(root: "str | Path" = "/") -> list[tuple[str, str, str]]:
+    """(device folder, idVendor, idProduct) of every USB device under <root>/sys/bus/usb/devices."""
+    base = Path(root) / "sys/bus/usb/devices"
+    found = []
+    for vid_file in sorted(base.glob("*/idVendor")):
+        vid = _read(vid_file.parent, "idVendor", 64)
+        pid = _read(vid_file.parent, "idProduct", 64)
+        if vid and pid:
+            found.append((vid_file.parent.name, vid.lower(), pid.lower()))
+    return found
+
+
+def _coral(root: Path, ev: list[Evidence]) -> bool:
+    hit = False
+    for dev, vid, pid in usb_ids(root):
+        what = CORAL_USB_IDS.get((vid, pid))
+        if what:
+            ev.append(Evidence(f"sys/bus/usb/devices/{dev}", f"{vid}:{pid}", what))
+            hit = True
+    return hit
+
+
+def _host(model_name: str | None, tegra: str | None, cpu_model: str | None, arch: str) -> tuple[str, bool]:
+    for text in (model_name, cpu_model):
+        board = _board_from_model(text) if text else None
+        if board:
+            return board, True
+    if tegra:
+        return tegra, True
+    if any(t and "raspberry pi" in t.lower() for t in (model_name, cpu_model)):
+        return "arm64-generic", False  # an older Pi (3, Zero W): no profile of its own
+    if arch == "x86_64":
+        return "x86-cpu", True
+    if arch.startswith("arm") or arch == "aarch64":
+        return "arm64-generic", arch == "aarch64"
+    return "x86-cpu", False
+
+
+def detect(root: "str | Path" = "/", machine: str | None = None) -> Detection:
+    """The profile of the machine whose files are under `root`, and the evidence for it."""
+    r = Path(root)
+    ev: list[Evidence] = []
+    model = _read(r, "proc/device-tree/model", 4096)
+    if model:
+        model = model.splitlines()[0].strip()
+        board = _board_from_model(model)
+        ev.append(Evidence("proc/device-tree/model", model, f"board -> {board}" if board else "board without a profile"))
+    tegra = _tegra(r, ev)
+    cpu_model, _cores = _cpuinfo(r, ev)
+    arch = _machine(r, machine, ev)
+    host, confident = _host(model, tegra, cpu_model, arch)
+    if not ev:
+        ev.append(Evidence(str(r), "", "no evidence found; assuming an x86-64 CPU"))
+    name = "coral-usb" if _coral(r, ev) else host
+    if not confident and name == host:
+        ev.append(Evidence("decision", host, "no known board identified: the generic profile for the architecture"))
+    return Detection(get_profile(name), tuple(ev), host, arch, confident or name == "coral-usb")

@@ -1,0 +1,180 @@
+"""Coral Edge TPU: loading the delegate (libedgetpu) and running `edgetpu_compiler`.
+
+Neither needs TensorFlow. Without the runtime library the delegate helper returns None with a
+TledgeWarning that says how to install it; without the compiler `edgetpu_compile` returns a
+result that says how to compile (the command line, and where the compiler runs).
+"""
+from __future__ import annotations
+
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from tledge.errors import TledgeError, TledgeWarning
+
+COMPILER = "edgetpu_compiler"
+_LIBS = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
+INSTALL_RUNTIME = (
+    "install the Edge TPU runtime from Coral's apt repository: add "
+    "'deb https://packages.cloud.google.com/apt coral-edgetpu-stable main' to /etc/apt/sources.list.d/, "
+    "then sudo apt-get install libedgetpu1-std and replug the accelerator (see docs/devices.md)"
+)
+INSTALL_COMPILER = (
+    "edgetpu_compiler runs on x86-64 Debian/Ubuntu only: with Coral's apt repository added, "
+    "sudo apt-get install edgetpu-compiler (or use Coral's Colab notebook 'compile_for_edgetpu')"
+)
+
+
+def edgetpu_library() -> str:
+    return _LIBS.get(platform.system(), _LIBS["Linux"])
+
+
+def _delegate_loaders() -> list[tuple[str, Callable]]:
+    """`load_delegate` functions of the TFLite interpreters that are installed, best first."""
+    loaders = []
+    try:
+        from ai_edge_litert.interpreter import load_delegate
+
+        loaders.append(("ai_edge_litert", load_delegate))
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import load_delegate as tr_load
+
+        loaders.append(("tflite_runtime", tr_load))
+    except ImportError:
+        pass
+    return loaders
+
+
+def _missing_library(lib: str) -> str | None:
+    """Why the shared library cannot be opened, or None when it can."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(lib)
+    except OSError as exc:
+        return str(exc).strip() or "cannot be opened"
+    return None
+
+
+def load_edgetpu_delegate(device: str | None = None, library: str | None = None):
+    """The Edge TPU delegate, or None (with a TledgeWarning saying how to install it).
+
+    device: None for the first Edge TPU, or "usb", "usb:0", "pci:0" as libedgetpu names them.
+    """
+    lib = library or edgetpu_library()
+    options = {"device": device} if device else {}
+    loaders = _delegate_loaders()
+    if not loaders:
+        warnings.warn("no TFLite interpreter to load the Edge TPU delegate into: pip install ai-edge-litert; "
+                      "then " + INSTALL_RUNTIME, TledgeWarning, stacklevel=2)
+        return None
+    missing = _missing_library(lib)
+    if missing:  # checked first: ai_edge_litert's Delegate raises again from __del__ when the load fails
+        warnings.warn(f"Edge TPU runtime {lib} not found ({missing}). {INSTALL_RUNTIME[0].upper()}"
+                      f"{INSTALL_RUNTIME[1:]}. Running on the CPU instead.", TledgeWarning, stacklevel=2)
+        return None
+    errors = []
+    for name, load in loaders:
+        try:
+            return load(lib, options)
+        except (ValueError, OSError, RuntimeError) as exc:  # "Failed to load delegate from ..."
+            errors.append(f"{name}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
+    warnings.warn(f"Edge TPU delegate {lib} could not be loaded ({'; '.join(errors)}). If the accelerator is "
+                  f"plugged in, {INSTALL_RUNTIME}. Running on the CPU instead.", TledgeWarning, stacklevel=2)
+    return None
+
+
+# ---- the compiler ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CompileResult:
+    compiled: bool
+    command: tuple[str, ...]
+    output: Path | None = None  # the *_edgetpu.tflite file
+    ops_total: int | None = None
+    ops_on_tpu: int | None = None
+    ops_on_cpu: int | None = None
+    subgraphs: int | None = None
+    log: str = ""
+    message: str = ""
+
+    @property
+    def command_line(self) -> str:
+        return shlex.join(self.command)
+
+    @property
+    def fully_mapped(self) -> bool:
+        return self.compiled and self.ops_on_cpu == 0 and bool(self.ops_on_tpu)
+
+    def summary(self) -> str:
+        if not self.compiled:
+            return self.message
+        return (f"{self.ops_on_tpu} of {self.ops_total} ops on the Edge TPU, {self.ops_on_cpu} on the CPU "
+                f"({self.subgraphs} TPU subgraph(s)) -> {self.output}")
+
+
+_NUM = {
+    "ops_total": r"Total number of operations:\s*(\d+)",
+    "ops_on_tpu": r"Number of operations that will run on Edge TPU:\s*(\d+)",
+    "ops_on_cpu": r"Number of operations that will run on CPU:\s*(\d+)",
+    "subgraphs": r"Number of Edge TPU subgraphs:\s*(\d+)",
+}
+_TABLE_ROW = re.compile(r"^([A-Z][A-Z0-9_]+)\s+(\d+)\s+(\S.*?)\s*$", re.M)
+
+
+def parse_compiler_log(text: str) -> dict:
+    """Op counts from edgetpu_compiler's output (the summary lines, else its `-s` operator table)."""
+    out: dict = {}
+    for key, pat in _NUM.items():
+        m = re.search(pat, text)
+        out[key] = int(m.group(1)) if m else None
+    rows = [(op, int(n), status) for op, n, status in _TABLE_ROW.findall(text)]
+    if out["ops_on_tpu"] is None and rows:
+        out["ops_on_tpu"] = sum(n for _, n, s in rows if s.startswith("Mapped to Edge TPU"))
+        out["ops_on_cpu"] = sum(n for _, n, s in rows if not s.startswith("Mapped to Edge TPU"))
+    elif out["ops_on_tpu"] is None and out["ops_total"] is not None and "not all operations" not in text:
+        out["ops_on_tpu"], out["ops_on_cpu"] = out["ops_total"], 0  # everything mapped: no split printed
+    if out["ops_total"] is None and out["ops_on_tpu"] is not None and out["ops_on_cpu"] is not None:
+        out["ops_total"] = out["ops_on_tpu"] + out["ops_on_cpu"]
+    m = re.search(r"Output model:\s*(\S+)", text)
+    out["output_model"] = m.group(1) if m else None
+    return out
+
+
+def edgetpu_compile(tflite_path: "str | Path", out_dir: "str | Path | None" = None, *,
+                    compiler: str = COMPILER, extra_args: Sequence[str] = (),
+                    timeout: float = 900) -> CompileResult:
+    """Compile a full-int8 .tflite for the Edge TPU when the compiler is on PATH.
+
+    Output: `<out_dir>/<stem>_edgetpu.tflite` (out_dir defaults to the input's folder). Without the
+    compiler, returns compiled=False with the command line to run elsewhere and how to install it.
+    """
+    src = Path(tflite_path)
+    if not src.is_file():
+        raise TledgeError(f"no such TFLite file: {src}")
+    dst_dir = Path(out_dir) if out_dir is not None else src.parent
+    cmd = (compiler, "-s", "-o", str(dst_dir), *extra_args, str(src))
+    exe = shutil.which(compiler)
+    if exe is None:
+        return CompileResult(False, cmd, message=f"{compiler} not found on PATH; {INSTALL_COMPILER}; "
+                                                 f"then run: {shlex.join(cmd)}")
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        proc = subprocess.run([exe, *cmd[1:]], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return CompileResult(False, cmd, message=f"{compiler} did not finish within {timeout:.0f} s")
+    log = (proc.stdout or "") + (proc.stderr or "")
+    info = parse_compiler_log(log)
+    output = dst_dir / f"{src.stem}_edgetpu.tflite"
+    ok = proc.returncode == 0 and output.is_file()
+    tail = " | ".join(ln for ln in log.strip().splitlines()[-3:])
+    msg = "compiled" if ok else f"{compiler} failed (exit {proc.returncode}): {tail or 'no output'}"
+    return CompileResult(ok, cmd, output if ok else None, info["ops_total"], info["ops_on_tpu"],
+                         info["ops_on_cpu"], info["subgraphs"], log, msg)
