@@ -219,3 +219,15 @@ def test_labels_count_must_match_outputs(tiny_model, shapes_dataset, tmp_path, c
 def test_embedded_contract_read_back_from_export(tiny_export):
     for f in tiny_export.files:
         assert read_contract(f).labels == ("circle", "hstripes", "vstripes")
+
+
+def test_device_profile_chooses_formats_and_explicit_flags_win(tiny_model, shapes_dataset, tmp_path):
+    val = str(shapes_dataset / "val")
+    assert main(["export", str(tiny_model["keras"]), "--device", "coral-usb", "--calib", val, "--val", val,
+                 "--out", str(tmp_path / "coral")]) == 0
+    names = {p.name for p in (tmp_path / "coral").iterdir()}
+    assert "model_int8.tflite" in names and not any(n.endswith(".onnx") for n in names)
+    assert main(["export", str(tiny_model["keras"]), "--device", "rpi4", "--formats", "onnx", "--val", val,
+                 "--out", str(tmp_path / "explicit")]) == 0
+    names = {p.name for p in (tmp_path / "explicit").iterdir()}
+    assert "model_fp32.onnx" in names and not any(n.endswith(".tflite") for n in names)

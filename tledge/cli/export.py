@@ -23,7 +23,7 @@ def add_arguments(p) -> None:
     p.add_argument("--int8", action="store_true", help="also full-integer int8 TFLite (uint8 I/O) and ONNX QDQ")
     p.add_argument("--fp16", action="store_true", help="also fp16 TFLite")
     p.add_argument("--dynamic", action="store_true", help="also dynamic-range TFLite")
-    p.add_argument("--formats", default="tflite,onnx", help="comma list of tflite, onnx (default both)")
+    p.add_argument("--formats", default=None, help="comma list of tflite, onnx (default both)")
     p.add_argument("--calib", help="calibration images folder for int8 (or 'random' for smoke tests)")
     p.add_argument("--val", help="labelled validation images (class folders) for parity and accuracy")
     p.add_argument("--labels", help="labels file: one per line, or Teachable Machine '0 name' lines")
@@ -33,19 +33,46 @@ def add_arguments(p) -> None:
     p.add_argument("--calib-limit", type=int, default=256, help="max calibration images (default 256)")
     p.add_argument("--unsafe", action="store_true", help="allow code inside the model file (Lambda layers)")
     p.add_argument("--json", action="store_true", help="print the parity report as JSON")
+    from tledge.devices.options import add_device_argument
+
+    add_device_argument(p)
+
+
+def _plan(args) -> tuple[tuple[str, ...], set[str], object]:
+    """Formats and precisions to write: explicit flags win over a --device profile."""
+    formats = tuple(s.strip() for s in args.formats.split(",") if s.strip()) if args.formats else None
+    flags = {p for p in ("int8", "fp16", "dynamic") if getattr(args, p)}
+    if not args.device:
+        return formats or ("tflite", "onnx"), flags, None
+    from tledge.devices.options import device_from_args, resolve
+
+    opts = resolve(device_from_args(args), formats=list(formats) if formats else None,
+                   precisions=sorted(flags | {"fp32"}) if flags else None)
+    return formats or opts.formats, flags or (set(opts.precisions) - {"fp32"}), opts
+
+
+def _compile_for_edgetpu(result) -> None:
+    from tledge.devices.edgetpu import edgetpu_compile
+
+    int8 = result.out / "model_int8.tflite"
+    if int8.is_file():
+        print("edgetpu: " + edgetpu_compile(int8).summary())
 
 
 def run(args) -> int:
     from tledge.export.parity import load_thresholds
     from tledge.export.pipeline import ExportConfig, export
 
+    formats, precisions, device = _plan(args)
     cfg = ExportConfig(
-        out=args.out, formats=tuple(s.strip() for s in args.formats.split(",") if s.strip()),
-        int8=args.int8, fp16=args.fp16, dynamic=args.dynamic, calib=args.calib, val=args.val,
+        out=args.out, formats=formats, int8="int8" in precisions, fp16="fp16" in precisions,
+        dynamic="dynamic" in precisions, calib=args.calib, val=args.val,
         labels=args.labels, preprocess=args.preprocess,
         input_size=_size(args.input_size) if args.input_size else None, unsafe=args.unsafe,
         calib_limit=args.calib_limit, thresholds=load_thresholds(args.thresholds) if args.thresholds else {})
     result = export(args.model, cfg)
+    if device is not None and device.compile_edgetpu and not args.json:
+        _compile_for_edgetpu(result)
     if args.json:
         print(json.dumps({**result.report.to_dict(), "out": str(result.out),
                           "files": [str(f) for f in result.files], "seconds": result.seconds}, indent=2))
