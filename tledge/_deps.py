@@ -33,7 +33,7 @@ def require(name: str, extra: str | None = None, purpose: str | None = None):
     if name in ("tensorflow", "keras", "tf_keras", "tf2onnx"):
         _quiet_tensorflow()
     try:
-        return importlib.import_module(name)
+        module = importlib.import_module(name)
     except ImportError as exc:
         pip_name, default_extra = _KNOWN.get(name.split(".")[0], (name, None))
         extra = extra or default_extra
@@ -43,6 +43,17 @@ def require(name: str, extra: str | None = None, purpose: str | None = None):
             f"{name} is not installed{why}: {hint}  (or: pip install {pip_name}). "
             f"Import failed with: {exc}"
         ) from exc
+    if name == "tensorflow":
+        _quiet_python_loggers(module)
+    return module
+
+
+def _quiet_python_loggers(tf) -> None:
+    """TensorFlow's and absl's Python loggers print deprecation notices meant for TF developers."""
+    import logging
+
+    tf.get_logger().setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
 
 
 def available(name: str) -> bool:
