@@ -1,4 +1,9 @@
-"""The TensorFlow-free runtime. `load(path)` -> a model with `.contract`, `.predict`, `.classify`."""
-from tledge.runtime.model import EdgeModel, load
+"""The TensorFlow-free runtime. `load(path)` -> a model with `.contract`, `.predict`, `.classify`.
 
-__all__ = ["EdgeModel", "load"]
+Sources (`open_source`) and the overlapped pipeline (`Runner`) live in tledge.runtime.sources and
+tledge.runtime.pipeline; importing this package imports neither TensorFlow nor OpenCV.
+"""
+from tledge.runtime.foreign import infer_contract
+from tledge.runtime.model import EdgeModel, Prediction, load
+
+__all__ = ["EdgeModel", "Prediction", "infer_contract", "load"]

@@ -1,11 +1,18 @@
 """Inference backends, one table looked up by name. No TensorFlow import at module level.
 
-Each backend opens a file and exposes `inp` / `out` TensorInfo and `run(x) -> y` on arrays in
-the tensor's own dtype; quantisation at the boundary is done by EdgeModel.
+Each backend opens a file and exposes `inp` / `out` TensorInfo (plus `inputs` / `outputs` for
+`tledge info`), `metadata()` (the file's own key -> bytes/str entries) and `run(x) -> y` on arrays
+in the tensor's own dtype; quantisation at the boundary is done by EdgeModel.
+
+TFLite: LiteRT (ai-edge-litert), else tflite_runtime (warned: 10-40x slower for int8), else
+tensorflow.lite only when TensorFlow is already imported by the caller (warned). ONNX: onnxruntime
+with an ordered provider list (TensorRT, CUDA, CPU); providers that are not installed are skipped
+and a provider that fails to initialise is dropped and the session retried with the rest.
 """
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,31 +27,84 @@ from tledge.errors import MissingDependency, ModelLoadError, TledgeWarning
 @dataclass(frozen=True)
 class TensorInfo:
     name: str
-    shape: tuple  # -1 / None for dynamic
+    shape: tuple  # -1 for dynamic
     dtype: str
     quant: Quant | None = None
 
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
+                "quant": None if self.quant is None else self.quant.to_dict()}
+
 
 def default_threads() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+    """TLEDGE_THREADS, else the number of usable cores (at most 4)."""
+    env = os.environ.get("TLEDGE_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS / Windows
+        n = os.cpu_count() or 1
+    return max(1, min(4, n))
+
+
+# ---- TFLite ----------------------------------------------------------------------------------------
+
+def _tflite_interpreter_module():
+    """(interpreter module, provider name) in the order of preference."""
+    try:
+        from ai_edge_litert import interpreter as mod
+
+        return mod, "ai_edge_litert"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime import interpreter as mod
+    except ImportError:
+        pass
+    else:
+        warnings.warn("SLOW BACKEND: ai-edge-litert is not installed, using tflite_runtime, which is 10-40x "
+                      "slower for int8 models and cannot load files with newer op versions. "
+                      "Fix: pip install ai-edge-litert", TledgeWarning, stacklevel=4)
+        return mod, "tflite_runtime"
+    if "tensorflow" in sys.modules:  # only if the caller already paid for TensorFlow
+        warnings.warn("no TFLite runtime installed (ai-edge-litert): falling back to tensorflow.lite, which "
+                      "is deprecated and heavy. Fix: pip install ai-edge-litert", TledgeWarning, stacklevel=4)
+        return _TFModule(sys.modules["tensorflow"]), "tensorflow.lite"
+    raise MissingDependency("no TFLite interpreter installed: pip install 'tledge[runtime]' (ai-edge-litert)")
+
+
+class _TFModule:
+    """tensorflow.lite seen through the interpreter module's interface."""
+
+    def __init__(self, tf):
+        self.Interpreter = tf.lite.Interpreter
+        self.load_delegate = tf.lite.experimental.load_delegate
 
 
 class TFLiteBackend:
-    """LiteRT (ai-edge-litert), else tflite_runtime (slow, warned), else tensorflow.lite if present."""
-
     format = "tflite"
 
     def __init__(self, path: Path, threads: int | None = None, delegates: Sequence = ()):
-        Interpreter, self.provider = _tflite_interpreter_class()
+        mod, self.provider = _tflite_interpreter_module()
+        self.path, self.threads = Path(path), threads or default_threads()
+        self.notes: list[str] = []
+        loaded = [mod.load_delegate(d) if isinstance(d, str) else d for d in delegates]
         try:
-            self._it = Interpreter(model_path=str(path), num_threads=threads or default_threads(),
-                                   experimental_delegates=list(delegates) or None)
+            self._it = mod.Interpreter(model_path=str(path), num_threads=self.threads,
+                                       experimental_delegates=loaded or None)
             self._it.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
-            raise ModelLoadError(f"cannot load TFLite model {path}: {exc}") from None
-        self.inp = self._info(self._it.get_input_details()[0])
-        self.out = self._info(self._it.get_output_details()[0])
-        self._batch = self._it.get_input_details()[0]["shape"][0]
+        except (ValueError, RuntimeError, SystemError) as exc:
+            hint = " (tflite_runtime needs numpy<2)" if isinstance(exc, SystemError) else ""
+            raise ModelLoadError(f"cannot load TFLite model {path}: {str(exc).strip()[:300]}{hint}") from None
+        if loaded:
+            self.notes.append(f"{len(loaded)} delegate(s) loaded")
+        ins, outs = self._it.get_input_details(), self._it.get_output_details()
+        self.inputs = [self._info(d) for d in ins]
+        self.outputs = [self._info(d) for d in outs]
+        self.inp, self.out = self.inputs[0], self.outputs[0]
+        self._in_index, self._out_index = ins[0]["index"], outs[0]["index"]
+        self._shape = tuple(int(v) for v in ins[0]["shape"])
 
     @staticmethod
     def _info(d) -> TensorInfo:
@@ -55,46 +115,35 @@ class TFLiteBackend:
         return TensorInfo(d["name"], shape, dtype, quant)
 
     def run(self, x: np.ndarray) -> np.ndarray:
+        if x.shape != self._shape:
+            if self.inp.shape[0] != -1 and x.shape[1:] == self._shape[1:]:
+                # a fixed-batch file (most files made elsewhere): one image at a time
+                return np.concatenate([self.run(x[i:i + 1]) for i in range(x.shape[0])])
+            self._resize(x.shape)
         it = self._it
-        ind = it.get_input_details()[0]
-        if x.shape[0] != self._batch and self.inp.shape[0] != -1:
-            # a fixed-batch file (most files made elsewhere): one image at a time
-            return np.concatenate([self.run(x[i:i + 1]) for i in range(x.shape[0])])
-        if x.shape[0] != self._batch:
-            it.resize_tensor_input(ind["index"], list(x.shape), strict=False)
-            it.allocate_tensors()
-            self._batch = x.shape[0]
-        it.set_tensor(ind["index"], x)
+        it.set_tensor(self._in_index, x)
         it.invoke()
-        return it.get_tensor(it.get_output_details()[0]["index"])
+        return it.get_tensor(self._out_index)
+
+    def _resize(self, shape: tuple) -> None:
+        try:
+            self._it.resize_tensor_input(self._in_index, list(shape), strict=False)
+            self._it.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"{self.path.name} does not accept input shape {shape}: {exc}") from None
+        self._shape = tuple(shape)
+
+    def metadata(self) -> dict[str, bytes]:
+        from tledge.metadata import tflite_metadata
+
+        return tflite_metadata(self.path.read_bytes())
 
     @property
     def interpreter(self):
         return self._it
 
 
-def _tflite_interpreter_class():
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-
-        return Interpreter, "ai_edge_litert"
-    except ImportError:
-        pass
-    try:
-        from tflite_runtime.interpreter import Interpreter
-
-        warnings.warn("using tflite_runtime: it is 10-40x slower than ai-edge-litert for int8 models and "
-                      "cannot load files made with newer op versions; pip install ai-edge-litert",
-                      TledgeWarning, stacklevel=3)
-        return Interpreter, "tflite_runtime"
-    except ImportError:
-        pass
-    import sys
-
-    if "tensorflow" in sys.modules:  # only if the caller already paid for TensorFlow
-        return sys.modules["tensorflow"].lite.Interpreter, "tensorflow.lite"
-    raise MissingDependency("no TFLite interpreter installed: pip install 'tledge[runtime]' (ai-edge-litert)")
-
+# ---- ONNX --------------------------------------------------------------------------------------------
 
 class OnnxBackend:
     format = "onnx"
@@ -104,45 +153,104 @@ class OnnxBackend:
         from tledge._deps import require
 
         ort = require("onnxruntime", extra="runtime")
+        self.path, self.threads = Path(path), threads or default_threads()
+        self.notes: list[str] = []
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self._sess = self._session(ort, opts, self._candidates(ort, providers))
+        self.provider = self._sess.get_providers()[0]
+        self.inputs = [self._info(a) for a in self._sess.get_inputs()]
+        self.outputs = [self._info(a) for a in self._sess.get_outputs()]
+        self.inp, self.out = self.inputs[0], self.outputs[0]
+        self._feed_name, self._fetch = self.inp.name, [self.out.name]
+
+    def _candidates(self, ort, providers: Sequence | None) -> list:
         wanted = list(providers or self.DEFAULT_PROVIDERS)
         have = set(ort.get_available_providers())
-        chosen = [p for p in wanted if (p[0] if isinstance(p, tuple) else p) in have] or ["CPUExecutionProvider"]
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or default_threads()
-        opts.log_severity_level = 3
-        try:
-            self._sess = ort.InferenceSession(str(path), opts, providers=chosen)
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise ModelLoadError(f"cannot load ONNX model {path}: {exc}") from None
-        self.provider = self._sess.get_providers()[0]
-        i, o = self._sess.get_inputs()[0], self._sess.get_outputs()[0]
-        self.inp = TensorInfo(i.name, tuple(d if isinstance(d, int) else -1 for d in i.shape), _ort_dtype(i.type))
-        self.out = TensorInfo(o.name, tuple(d if isinstance(d, int) else -1 for d in o.shape), _ort_dtype(o.type))
+        chosen = [p for p in wanted if _pname(p) in have]
+        missing = [_pname(p) for p in wanted if _pname(p) not in have]
+        if providers and missing:
+            self.notes.append(f"not available in this onnxruntime: {', '.join(missing)}")
+        if "CPUExecutionProvider" not in [_pname(p) for p in chosen]:
+            chosen.append("CPUExecutionProvider")
+        return chosen
+
+    def _session(self, ort, opts, chosen: list):
+        last = None
+        while chosen:
+            try:
+                sess = ort.InferenceSession(str(self.path), opts, providers=chosen)
+            except Exception as exc:  # onnxruntime raises its own exception types
+                last = exc
+                if len(chosen) == 1 or "NO_SUCHFILE" in str(exc) or "INVALID_PROTOBUF" in str(exc):
+                    break
+                self.notes.append(f"{_pname(chosen[0])} failed to start ({str(exc).strip()[:120]}); trying "
+                                  f"{_pname(chosen[1])}")
+                chosen = chosen[1:]
+                continue
+            dropped = [_pname(p) for p in chosen if _pname(p) not in sess.get_providers()]
+            if dropped:
+                self.notes.append(f"fell back from {', '.join(dropped)} to {sess.get_providers()[0]}")
+            return sess
+        raise ModelLoadError(f"cannot load ONNX model {self.path}: {str(last).strip()[:300]}")
+
+    @staticmethod
+    def _info(a) -> TensorInfo:
+        return TensorInfo(a.name, tuple(d if isinstance(d, int) else -1 for d in a.shape), _ort_dtype(a.type))
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        return self._sess.run([self.out.name], {self.inp.name: x})[0]
+        return self._sess.run(self._fetch, {self._feed_name: x})[0]
+
+    def metadata(self) -> dict[str, str]:
+        meta = self._sess.get_modelmeta()
+        return dict(meta.custom_metadata_map)
+
+    def describe(self) -> dict:
+        meta = self._sess.get_modelmeta()
+        return {"producer": meta.producer_name, "graph": meta.graph_name, "providers": self._sess.get_providers()}
+
+    @property
+    def session(self):
+        return self._sess
+
+
+def _pname(p) -> str:
+    return p[0] if isinstance(p, tuple) else str(p)
 
 
 def _ort_dtype(t: str) -> str:
     return {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int8)": "int8",
-            "tensor(float16)": "float16"}.get(t, t)
+            "tensor(float16)": "float16", "tensor(int64)": "int64", "tensor(int32)": "int32"}.get(t, t)
 
+
+# ---- the table ----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class BackendSpec:
     name: str
     suffix: str
     opener: Callable
+    options: tuple[str, ...]  # keyword options the opener takes besides threads
 
 
 BACKENDS: dict[str, BackendSpec] = {
-    "tflite": BackendSpec("tflite", ".tflite", TFLiteBackend),
-    "onnx": BackendSpec("onnx", ".onnx", OnnxBackend),
+    "tflite": BackendSpec("tflite", ".tflite", TFLiteBackend, ("delegates",)),
+    "onnx": BackendSpec("onnx", ".onnx", OnnxBackend, ("providers",)),
 }
+MODEL_SUFFIXES = tuple(spec.suffix for spec in BACKENDS.values())
 
 
 def backend_for(path: Path) -> BackendSpec:
     for spec in BACKENDS.values():
-        if path.suffix.lower() == spec.suffix:
+        if Path(path).suffix.lower() == spec.suffix:
             return spec
-    raise ModelLoadError(f"unknown model file type {path.suffix!r} for {path}: expected .tflite or .onnx")
+    raise ModelLoadError(f"unknown model file type {Path(path).suffix!r} for {path}: expected .tflite or .onnx")
+
+
+def open_backend(path: Path, threads: int | None = None, **options):
+    """Open `path` with the backend of its suffix; options a backend does not take are ignored."""
+    spec = backend_for(path)
+    kwargs = {k: v for k, v in options.items() if k in spec.options and v}
+    return spec.opener(Path(path), threads=threads, **kwargs)

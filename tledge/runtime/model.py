@@ -1,15 +1,24 @@
-"""EdgeModel: a loaded .tflite / .onnx file plus its contract."""
+"""EdgeModel: a loaded .tflite / .onnx file plus its contract. No TensorFlow.
+
+`predict(batch)` takes what `contract.prepare` makes and returns float32 outputs (quantisation at
+the boundary). `to_input(image)` is the runtime's fast way to the tensor the backend takes: when
+preparation is per-channel elementwise after resizing (normalise, then quantise), it is one 256-entry
+look-up table computed *with* `contract.prepare`'s own functions, so it is bit-identical to
+`quantize(contract.prepare(image))` at a fraction of the cost.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from tledge.contract import ColorOrder, Contract, Layout, Norm, Quant
+from tledge.contract import METADATA_KEY, ColorOrder, Contract, Layout, Norm, Output
 from tledge.errors import ContractError, ModelLoadError
-from tledge.runtime.backends import TensorInfo, backend_for
+from tledge.runtime.backends import TensorInfo, open_backend
+from tledge.runtime.foreign import check_fits, complete, infer_contract, labels_option  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -18,94 +27,196 @@ class Prediction:
     label: str
     score: float
 
+    def to_dict(self) -> dict:
+        return {"label": self.label, "index": self.index, "score": round(self.score, 6)}
+
+
+@dataclass
+class LoadInfo:
+    contract_origin: str  # embedded / tledge.json / inferred / given
+    load_ms: float
+    notes: list[str] = field(default_factory=list)
+
 
 class EdgeModel:
-    def __init__(self, path: Path, backend, contract: Contract):
-        self.path, self.backend, self.contract = path, backend, contract
+    def __init__(self, path: Path, backend, contract: Contract, origin: str = "given", load_ms: float = 0.0):
+        self.path, self.backend, self.contract = Path(path), backend, contract
+        self.load_info = LoadInfo(origin, load_ms, list(getattr(backend, "notes", [])))
         inp = backend.inp
-        # Feeding prepared values straight in: same dtype and no quantisation step needed.
         self._in_quant = inp.quant
         if inp.quant is not None and contract.baked and contract.input_dtype == inp.dtype and \
                 inp.quant.scale == 1.0 and inp.quant.zero_point == 0:
-            self._in_quant = None
+            self._in_quant = None  # prepared raw pixels are the tensor's values already
         self._out_quant = backend.out.quant
+        self._lut = _lookup_table(contract, inp, self._in_quant)
 
     @property
     def format(self) -> str:
         return self.backend.format
 
+    @property
+    def provider(self) -> str:
+        return self.backend.provider
+
+    # ---- inputs -----------------------------------------------------------------------------------
+    def prepare(self, image: Any) -> np.ndarray:
+        """The reference preprocessing (`contract.prepare`): what `predict` takes."""
+        return self.contract.prepare(image)
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """Prepared values -> the input tensor's dtype (quantised when the tensor is)."""
+        if self._in_quant is not None:
+            return self._in_quant.quantize(x)
+        return x if x.dtype.name == self.backend.inp.dtype else x.astype(self.backend.inp.dtype)
+
+    def to_input(self, image: Any) -> np.ndarray:
+        """One raw image (path or array) -> one backend-ready input; == quantize(prepare(image))."""
+        if self._lut is None:
+            return self.quantize(self.contract.prepare(image))
+        from tledge import images
+
+        c = self.contract
+        rgb = images.load(image) if isinstance(image, (str, Path)) else images.to_uint8_rgb(image)
+        x = c.colors(c.geometry(rgb))
+        if self._lut is not _IDENTITY:
+            import cv2
+
+            x = cv2.LUT(x, self._lut).reshape(x.shape)
+        if c.layout is Layout.NCHW:
+            x = np.ascontiguousarray(x.transpose(2, 0, 1))
+        return x
+
+    # ---- inference --------------------------------------------------------------------------------
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Prepared inputs (as `contract.prepare` makes them, with a batch axis) -> float32 outputs."""
         x = np.asarray(batch)
-        if x.ndim == len(self.contract.input_shape):
+        if x.ndim == 3:
             x = x[None]
-        if self._in_quant is not None:
-            x = self._in_quant.quantize(x)
-        elif x.dtype.name != self.backend.inp.dtype:
-            x = x.astype(self.backend.inp.dtype)
-        y = self.backend.run(np.ascontiguousarray(x))
+        return self.run_inputs(self.quantize(x))
+
+    def run_inputs(self, x: np.ndarray) -> np.ndarray:
+        """Backend-ready inputs (from `to_input`, with a batch axis) -> float32 outputs."""
+        if x.ndim == 3:
+            x = x[None]
+        y = self.backend.run(x if x.flags.c_contiguous else np.ascontiguousarray(x))
         if self._out_quant is not None:
             return self._out_quant.dequantize(y)
-        return np.asarray(y, np.float32)
+        return y if y.dtype == np.float32 else y.astype(np.float32)
 
     def classify(self, images: Sequence[Any], top_k: int = 1) -> list[list[Prediction]]:
         """Raw images (paths or RGB arrays) -> top-k predictions per image."""
-        batch = self.contract.prepare_batch(list(images))
-        return [self.top(row, top_k) for row in self.predict(batch)]
+        items = list(images)
+        if not items:
+            return []
+        y = self.run_inputs(np.stack([self.to_input(i) for i in items]))
+        return [self.top(row, top_k) for row in self.scores(y)]
+
+    def scores(self, outputs: np.ndarray) -> np.ndarray:
+        """Model outputs -> per-class scores, one row per input (softmax when the model gives logits)."""
+        y = np.asarray(outputs, np.float32).reshape(len(outputs), -1)
+        if self.contract.output is Output.LOGITS:
+            e = np.exp(y - y.max(axis=1, keepdims=True))
+            y = e / e.sum(axis=1, keepdims=True)
+        return y
 
     def top(self, scores: np.ndarray, k: int = 1) -> list[Prediction]:
-        scores = np.asarray(scores).reshape(-1)
-        idx = np.argsort(-scores, kind="stable")[:k]
-        return [Prediction(int(i), self.contract.label(int(i)), float(scores[i])) for i in idx]
+        s = np.asarray(scores).reshape(-1)
+        k = max(1, min(int(k), s.size))
+        idx = np.argpartition(-s, k - 1)[:k] if k < s.size else np.arange(s.size)
+        idx = idx[np.argsort(-s[idx], kind="stable")]
+        return [Prediction(int(i), self.contract.label(int(i)), float(s[i])) for i in idx]
+
+    # ---- description ------------------------------------------------------------------------------
+    def info(self) -> dict:
+        b = self.backend
+        d = {"path": str(self.path), "format": self.format, "size_bytes": self.path.stat().st_size,
+             "backend": {"tflite": "tflite", "onnx": "onnxruntime"}[self.format], "provider": b.provider,
+             "threads": b.threads, "load_ms": round(self.load_info.load_ms, 2),
+             "contract_origin": self.load_info.contract_origin, "contract": self.contract.to_dict(),
+             "labels": len(self.contract.labels), "inputs": [t.to_dict() for t in b.inputs],
+             "outputs": [t.to_dict() for t in b.outputs], "notes": self.load_info.notes,
+             "fast_input_path": self._lut is not None}
+        if hasattr(b, "describe"):
+            d.update(b.describe())
+        return d
+
+    def __repr__(self) -> str:
+        c = self.contract
+        return f"EdgeModel({self.path.name}, {self.format}/{self.provider}, {c.height}x{c.width})"
 
 
-def infer_contract(inp: TensorInfo, out: TensorInfo, **options: Any) -> Contract:
-    """A contract for a file made elsewhere: from its input tensor, completed by `options`."""
-    shape = [d for d in inp.shape]
-    if len(shape) != 4:
-        raise ContractError(f"expected a 4-D image input, got shape {inp.shape}; pass a contract")
-    layout = Layout(options.pop("layout", None) or ("nchw" if shape[1] in (1, 3) and shape[3] not in (1, 3) else "nhwc"))
-    c, h, w = (shape[1], shape[2], shape[3]) if layout is Layout.NCHW else (shape[3], shape[1], shape[2])
-    if min(h, w) <= 0:
-        raise ContractError(f"the input size is dynamic ({inp.shape}); pass --input-size")
-    base = dict(height=h, width=w, channels=c, layout=layout,
-                color=ColorOrder.GRAY if c == 1 else ColorOrder.RGB, input_dtype=inp.dtype)
-    if inp.quant is not None and inp.dtype in ("uint8", "int8") and "norm" not in options:
-        # Quantised input: real = (q - zp) * scale. Choose the normalisation whose real values are
-        # exactly the quantised pixels, so quantize(prepare(pixel)) == pixel.
-        zp = inp.quant.zero_point + (128 if inp.dtype == "int8" else 0)
-        base.update(norm=Norm.CUSTOM, baked=False, mean=(float(zp),), std=(1.0 / inp.quant.scale,),
-                    input_quant=inp.quant)
-    elif inp.dtype == "uint8":
-        base.update(norm=Norm.RAW, baked=True)
-    else:
-        base.update(norm=Norm.RAW, baked=False, input_dtype="float32")
-    base.update({k: v for k, v in options.items() if v is not None})
-    if "norm" in options and options["norm"] is not None:
-        base["baked"] = options.get("baked", False)
-    return Contract(**base)
+_IDENTITY = object()
+
+
+def _lookup_table(contract: Contract, inp: TensorInfo, in_quant):
+    """A cv2.LUT table equal to prepare+quantize per pixel value, _IDENTITY, or None when it does not apply."""
+    if inp.dtype not in ("uint8", "int8", "float32"):
+        return None
+    if not contract.baked and contract.norm is Norm.CAFFE and contract.color is ColorOrder.RGB:
+        return None  # caffe swaps channels inside normalize: not per-channel elementwise
+    n = contract.channels
+    ramp = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], n, axis=2)  # (256, 1, C)
+    x = ramp.astype(contract.input_dtype) if contract.baked else contract.normalize(ramp)
+    q = in_quant.quantize(x) if in_quant is not None else x.astype(inp.dtype)
+    if q.dtype.name != inp.dtype:
+        return None
+    if q.dtype == np.uint8 and np.array_equal(q, ramp):
+        return _IDENTITY
+    table = q.reshape(256, n)
+    if n == 1 or all(np.array_equal(table[:, 0], table[:, i]) for i in range(1, n)):
+        return np.ascontiguousarray(table[:, 0])
+    return np.ascontiguousarray(table.reshape(1, 256, n))
+
+
+# ---- loading ---------------------------------------------------------------------------------------
+
+def _read_contract(path: Path, backend) -> tuple[Contract | None, str]:
+    try:
+        raw = backend.metadata().get(METADATA_KEY)
+    except ContractError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read the metadata of {path}: {exc}") from None
+    if raw:
+        return Contract.from_json(raw), "embedded"
+    beside = path.parent / "tledge.json"
+    if beside.is_file():
+        return Contract.load(beside), "tledge.json"
+    return None, "inferred"
 
 
 def load(path: str | Path, *, threads: int | None = None, contract: Contract | None = None,
-         providers: Sequence | None = None, **contract_options: Any) -> EdgeModel:
-    """Open a .tflite / .onnx file with its embedded contract (or an inferred one)."""
-    from tledge.metadata import read_contract
+         providers: Sequence | None = None, delegates: Sequence = (), device: str | None = None,
+         **contract_options: Any) -> EdgeModel:
+    """Open a .tflite / .onnx file with its embedded contract (or an inferred one).
 
+    contract_options (for files made elsewhere): labels (names or a labels file), preprocess (mode or
+    backbone), mean, std, layout, resize, crop, fit, color, input_size (h, w), logits.
+    `device` asks tledge.devices for threads / providers / delegates; explicit arguments win.
+    """
     p = Path(path)
     if not p.is_file():
-        raise ModelLoadError(f"model file not found: {p}")
-    spec = backend_for(p)
-    kwargs = {"providers": providers} if spec.name == "onnx" and providers else {}
-    backend = spec.opener(p, threads=threads, **kwargs)
+        raise ModelLoadError(f"model file not found: {p}" if not p.is_dir() else
+                             f"{p} is a folder: pass a .tflite or .onnx file")
+    if device:
+        from tledge.runtime.backends import backend_for
+        from tledge.runtime.device import device_hints
+
+        hints = device_hints(device, backend_for(p).name, p)
+        threads = threads or hints.threads
+        providers = providers or hints.providers
+        delegates = delegates or hints.delegates
+    if "labels" in contract_options:
+        contract_options["labels"] = labels_option(contract_options["labels"])
+    start = time.perf_counter()
+    backend = open_backend(p, threads=threads, providers=providers, delegates=delegates)
+    origin = "given"
     if contract is None:
-        try:
-            contract = read_contract(p)
-        except ContractError:
-            raise
-        except Exception as exc:
-            raise ModelLoadError(f"cannot read metadata of {p}: {exc}") from None
+        contract, origin = _read_contract(p, backend)
     if contract is None:
         contract = infer_contract(backend.inp, backend.out, **contract_options)
-    elif contract_options.get("labels"):
-        contract = contract.replace(labels=tuple(contract_options["labels"]))
-    return EdgeModel(p, backend, contract)
+    else:
+        contract = complete(contract, contract_options, embedded=origin != "given")
+    n_out = backend.out.shape[-1] if backend.out.shape else None
+    check_fits(contract, backend.inp, n_out)
+    return EdgeModel(p, backend, contract, origin, 1000 * (time.perf_counter() - start))

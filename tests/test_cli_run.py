@@ -1,0 +1,222 @@
+"""`tledge run`, `tledge info`, `tledge bench` end to end, and the no-TensorFlow guarantee."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from conftest import REPO, shared_asset
+from test_runtime_models import CLASSES, tiny_models  # noqa: F401  (session fixture)
+from test_runtime_sources import FlakyCamera, odd_folder, video  # noqa: F401  (fixtures)
+
+from tledge.cli import main
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_run_folder_json_csv_and_save(tiny_models, odd_folder, tmp_path, capsys):
+    code, out, err = run_cli(capsys, "run", tiny_models / "int8.tflite", "--source", odd_folder, "--json",
+                             "--top-k", "2", "--csv", tmp_path / "out.csv", "--save", tmp_path / "annotated")
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) >= 9 and [r["index"] for r in rows] == list(range(len(rows)))
+    for r in rows:
+        assert isinstance(r["source"], str) and r["status"] in ("ok", "skipped")
+        if r["status"] == "ok":
+            assert len(r["top"]) == 2 and isinstance(r["latency_ms"], float) and r["latency_ms"] > 0
+            assert {tuple(sorted(p)) for p in r["top"]} == {("index", "label", "score")}
+            assert r["top"][0]["label"] in CLASSES and isinstance(r["top"][0]["index"], int)
+            assert 0 <= r["top"][1]["score"] <= r["top"][0]["score"] <= 1
+        else:
+            assert r["top"] == [] and r["latency_ms"] is None and r["error"]
+    n_ok = sum(r["status"] == "ok" for r in rows)
+    assert f"{len(rows)} input(s): {n_ok} ok, 2 skipped, 0 errors" in err and "FPS" in err  # summary on stderr
+    with open(tmp_path / "out.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == len(rows) and table[0].keys() >= {"source", "label", "score", "latency_ms", "status"}
+    assert not list(tmp_path.glob(".out.csv*"))  # no temporary left behind
+    saved = sorted(p.relative_to(tmp_path / "annotated").as_posix() for p in (tmp_path / "annotated").rglob("*.*"))
+    assert len(saved) == n_ok and "sub/gray.png" in saved and "deep16.png" in saved
+
+
+def test_run_human_output_and_threshold(tiny_models, shapes_dataset, capsys):
+    src = shapes_dataset / "val" / CLASSES[2]
+    code, out, _ = run_cli(capsys, "run", tiny_models / "fp32.onnx", "--source", src, "--threshold", "0.5")
+    lines = out.splitlines()
+    assert code == 0 and lines[-1].startswith("summary: 8 input(s): 8 ok, 0 skipped, 0 errors")
+    assert sum(f": {CLASSES[2]} " in ln for ln in lines[:-1]) >= 7
+    code, out, _ = run_cli(capsys, "run", tiny_models / "fp32.onnx", "--source", src, "--threshold", "1.01")
+    assert "(nothing above the threshold)" in out
+
+
+def test_run_video_to_annotated_video(tiny_models, video, tmp_path, capsys):
+    import cv2
+
+    out_video = tmp_path / "annotated.mp4"
+    code, out, _ = run_cli(capsys, "run", tiny_models / "int8.onnx", "--source", video, "--json",
+                           "--save", out_video, "--max-frames", "10")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [r["source"] for r in rows] == [f"{video}#{i}" for i in range(10)]
+    cap = cv2.VideoCapture(str(out_video))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 10 and cap.get(cv2.CAP_PROP_FRAME_WIDTH) == 64
+    cap.release()
+    assert not list(tmp_path.glob(".annotated*"))
+
+
+def test_run_camera_that_drops_ends_cleanly(tiny_models, video, monkeypatch, capsys):
+    import tledge.runtime.sources as sources
+
+    monkeypatch.setattr(sources, "_cv2_opener", lambda target, api=None: FlakyCamera(video, [True, False]))
+    code, out, err = run_cli(capsys, "run", tiny_models / "int8.tflite", "--source", "0", "--json",
+                             "--reconnect", "1", "--reconnect-delay", "0.01")
+    assert code == 1  # the source was lost: reported, not a crash
+    assert "camera:0: stream lost after 24 frames; reconnecting in 0.0 s (attempt 1/1)" in err
+    assert "gave up after 1 reconnect attempts" in err and "source LOST" in err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert rows and all(r["status"] == "ok" and r["source"].startswith("camera:0#") for r in rows)
+
+
+def test_run_ctrl_c_prints_summary_and_keeps_csv(tiny_models, shapes_dataset, tmp_path, monkeypatch, capsys):
+    import tledge.runtime.outputs as outputs
+
+    real, calls = outputs.human_line, {"n": 0}
+
+    def interrupt_on_third(r):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(r)
+
+    monkeypatch.setattr(outputs, "human_line", interrupt_on_third)
+    code, out, _ = run_cli(capsys, "run", tiny_models / "int8.tflite", "--source", shapes_dataset / "val",
+                           "--csv", tmp_path / "partial.csv")
+    assert code == 130 and "interrupted" in out.splitlines()[-1]
+    assert len((tmp_path / "partial.csv").read_text().splitlines()) == 1 + 2  # header + rows written before
+
+
+def test_run_errors_exit_2(tiny_models, odd_folder, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "run", tiny_models / "int8.tflite", "--source", tmp_path / "missing")
+    assert code == 2 and "source not found" in err
+    code, out, _ = run_cli(capsys, "run", tiny_models / "int8.tflite", "--source", odd_folder / "corrupt.jpg")
+    assert code == 2 and "SKIPPED" in out  # nothing could be read at all
+    code, _, err = run_cli(capsys, "run", tiny_models / "int8.tflite", "--source", odd_folder, "--device", "toaster")
+    assert code == 2 and "toaster" in err
+    code, _, err = run_cli(capsys, "run", tiny_models / "int8.tflite", "--source", odd_folder, "--preprocess", "tf")
+    assert code == 2 and "carries its own tledge contract" in err
+
+
+def test_foreign_coral_models_through_tledge_run(capsys):
+    root = shared_asset("coral_tflite_classifiers")
+    images = root / "test_images"
+    for model in sorted(root.glob("*.tflite")):
+        code, out, _ = run_cli(capsys, "run", model, "--source", str(images / "*"), "--json",
+                               "--labels", root / "imagenet_labels.txt")
+        rows = {Path(r["source"]).name: r for r in map(json.loads, out.splitlines())}
+        assert code == 0 and len(rows) == 8
+        assert rows["cat.bmp"]["top"][0]["label"] == "Egyptian cat", model.name
+        assert rows["parrot.jpg"]["top"][0]["label"] == "macaw", model.name
+
+
+def test_info(tiny_models, capsys):
+    code, out, _ = run_cli(capsys, "info", tiny_models / "int8.tflite", "--json")
+    info = json.loads(out)
+    assert code == 0 and info["format"] == "tflite" and info["contract_origin"] == "embedded"
+    assert info["labels"] == 3 and info["inputs"][0]["dtype"] == "uint8" and info["inputs"][0]["quant"]["scale"] == 1
+    assert info["outputs"][0]["shape"][-1] == 3 and info["size_bytes"] > 1000
+    code, out, _ = run_cli(capsys, "info", tiny_models / "foreign" / "int8.tflite")
+    assert code == 0 and "INFERRED" in out and "quantised scale 1 zero point 0" in out
+    code, out, _ = run_cli(capsys, "info", tiny_models / "int8.onnx")
+    assert code == 0 and "onnxruntime (CPUExecutionProvider)" in out and "embedded in the file" in out
+
+
+def test_bench_side_by_side(tiny_models, capsys):
+    code, out, _ = run_cli(capsys, "bench", tiny_models, "--runs", "5", "--warmup", "1", "--batch", "2", "--json")
+    results = json.loads(out)
+    assert code == 0 and [r["name"] for r in results] == ["fp32.onnx", "fp32.tflite", "int8.onnx", "int8.tflite"]
+    for r in results:
+        assert r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["throughput_ips"] > 0 and r["batch"] == 2
+        assert 10 < r["peak_rss_mb"] < 400 and r["load_ms"] > 0 and not r["tensorflow_imported"]
+    code, out, _ = run_cli(capsys, "bench", tiny_models / "int8.tflite", "--runs", "3", "--same-process")
+    assert code == 0 and "p50 ms" in out.splitlines()[0] and "int8.tflite" in out
+
+
+NO_TF_SCRIPT = """
+import sys, io, contextlib, json
+from tledge.cli import main   # builds the parser: imports every cli module
+models, src = sys.argv[1], sys.argv[2]
+buf = io.StringIO()
+with contextlib.redirect_stdout(buf):
+    codes = [main(["run", models + "/int8.tflite", "--source", src, "--json"]),
+             main(["run", models + "/fp32.onnx", "--source", src]),
+             main(["info", models + "/int8.onnx"]),
+             main(["bench", models + "/int8.tflite", "--runs", "2", "--same-process"])]
+heavy = sorted(m for m in ("tensorflow", "keras", "tf_keras", "tf2onnx", "jax", "torch") if m in sys.modules)
+print(json.dumps({"codes": codes, "heavy": heavy}))
+"""
+
+
+def test_runtime_and_cli_never_import_tensorflow(tiny_models, shapes_dataset):
+    proc = subprocess.run([sys.executable, "-c", NO_TF_SCRIPT, str(tiny_models), str(shapes_dataset / "val")],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"codes": [0, 0, 0, 0], "heavy": []}, proc.stderr[-2000:]
+
+
+def test_ordered_json_matches_library(tiny_models, shapes_dataset, capsys):
+    from tledge.runtime import load
+
+    src = shapes_dataset / "val" / CLASSES[1]
+    _, out, _ = run_cli(capsys, "run", tiny_models / "fp32.tflite", "--source", src, "--json", "--top-k", "3")
+    rows = [json.loads(line) for line in out.splitlines()]
+    ref = load(tiny_models / "fp32.tflite").classify([r["source"] for r in rows], top_k=3)
+    for row, preds in zip(rows, ref):
+        assert [p["index"] for p in row["top"]] == [p.index for p in preds]
+        np.testing.assert_allclose([p["score"] for p in row["top"]], [p.score for p in preds], atol=1e-6)
+
+
+SIGINT_SCRIPT = """
+import sys, time, numpy as np
+import tledge.runtime.sources as sources
+from tledge.cli import main
+
+class EndlessCamera:
+    def isOpened(self):
+        return True
+    def read(self):
+        time.sleep(0.005)
+        return True, np.full((48, 64, 3), 90, np.uint8)
+    def release(self):
+        pass
+
+sources._cv2_opener = lambda target, api=None: EndlessCamera
+print("started", file=sys.stderr, flush=True)
+sys.exit(main(["run", sys.argv[1], "--source", "0", "--json"]))
+"""
+
+
+def test_real_ctrl_c_on_a_live_camera_stops_with_a_summary(tiny_models):
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", SIGINT_SCRIPT, str(tiny_models / "int8.tflite")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert proc.stderr.readline().strip() == "started"
+        first = proc.stdout.readline()  # a first result: the camera loop is running
+        assert json.loads(first)["source"] == "camera:0#0"
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "Traceback" not in err
+    assert all(json.loads(line)["status"] == "ok" for line in out.splitlines())

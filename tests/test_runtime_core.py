@@ -1,0 +1,229 @@
+"""EdgeModel and backends: the fast input path against the reference, foreign files, options,
+top-k, providers and interpreter fallbacks, the device hook."""
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import pytest
+from test_runtime_models import CLASSES, tiny_models  # noqa: F401  (session fixture)
+
+from tledge.contract import Contract, Quant
+from tledge.errors import ContractError, ModelLoadError, TledgeError, TledgeWarning
+from tledge.runtime import infer_contract, load
+from tledge.runtime.backends import TensorInfo
+from tledge.runtime.model import _lookup_table
+
+
+def _images():
+    rng = np.random.default_rng(3)
+    return [rng.integers(0, 256, (37, 53, 3), dtype=np.uint8), rng.integers(0, 65535, (20, 30), dtype=np.uint16),
+            rng.integers(0, 256, (64, 48, 4), dtype=np.uint8)]
+
+
+class FakeModel:
+    """An EdgeModel over a fake backend: to_input must equal quantize(prepare) bit for bit."""
+
+    def __init__(self, contract, inp):
+        from tledge.runtime.model import EdgeModel
+
+        backend = types.SimpleNamespace(inp=inp, out=TensorInfo("y", (1, 3), "float32"), notes=[], format="tflite",
+                                        provider="fake", threads=1)
+        self.m = EdgeModel(__import__("pathlib").Path("fake.tflite"), backend, contract)
+
+
+@pytest.mark.parametrize("contract,inp", [
+    # Coral-style: uint8 input whose quantisation encodes tf-mode normalisation
+    (Contract(16, 16, norm="custom", baked=False, mean=(128.0,), std=(128.0,)),
+     TensorInfo("x", (1, 16, 16, 3), "uint8", Quant(1 / 128, 128))),
+    (Contract(16, 16, norm="tf", baked=False), TensorInfo("x", (1, 16, 16, 3), "uint8", Quant(0.0078431, 127))),
+    (Contract(16, 16, norm="torch", baked=False), TensorInfo("x", (1, 16, 16, 3), "int8", Quant(0.0187, -14, "int8"))),
+    (Contract(16, 16, norm="caffe", baked=False), TensorInfo("x", (1, 16, 16, 3), "int8", Quant(0.9, 3, "int8"))),
+    (Contract(16, 16, norm="tf", baked=False, layout="nchw"), TensorInfo("x", (1, 3, 16, 16), "float32")),
+    (Contract(16, 16, channels=1, color="gray", norm="scale", baked=False), TensorInfo("x", (1, 16, 16, 1), "float32")),
+    (Contract(16, 16, baked=True, input_dtype="uint8"), TensorInfo("x", (1, 16, 16, 3), "uint8", Quant(1.0, 0))),
+    (Contract(16, 16, baked=True, input_dtype="uint8", color="bgr"),
+     TensorInfo("x", (1, 16, 16, 3), "uint8", Quant(0.5, 3))),
+    (Contract(16, 16, baked=True, input_dtype="float32", fit="crop"), TensorInfo("x", (1, 16, 16, 3), "float32")),
+])
+def test_fast_input_path_is_bit_identical_to_the_reference(contract, inp):
+    m = FakeModel(contract, inp).m
+    for img in _images():
+        ref = m.quantize(contract.prepare(img))
+        fast = m.to_input(img)
+        assert fast.dtype == ref.dtype and fast.shape == ref.shape == contract.input_shape
+        np.testing.assert_array_equal(fast, ref)
+
+
+def test_lookup_table_kinds():
+    coral = Contract(8, 8, norm="custom", baked=False, mean=(128.0,), std=(128.0,))
+    from tledge.runtime.model import _IDENTITY
+
+    assert _lookup_table(coral, TensorInfo("x", (1, 8, 8, 3), "uint8"), Quant(1 / 128, 128)) is _IDENTITY
+    caffe = Contract(8, 8, norm="caffe", baked=False)  # channel swap inside normalize: no table
+    assert _lookup_table(caffe, TensorInfo("x", (1, 8, 8, 3), "float32"), None) is None
+    torch = Contract(8, 8, norm="torch", baked=False)
+    assert _lookup_table(torch, TensorInfo("x", (1, 8, 8, 3), "float32"), None).shape == (1, 256, 3)
+
+
+def test_infer_contract_rules():
+    q = TensorInfo("x", (1, 224, 224, 3), "uint8", Quant(0.0078125, 128))
+    c = infer_contract(q)
+    assert (c.norm.value, c.baked, c.mean, c.input_quant) == ("custom", False, (128.0,) * 3, q.quant)
+    assert c.extra["origin"] == "inferred"
+    c = infer_contract(TensorInfo("x", (1, 3, 96, 128), "float32"), preprocess="resnet50", labels=("a", "b"))
+    assert (c.layout.value, c.height, c.width, c.norm.value, c.labels) == ("nchw", 96, 128, "caffe", ("a", "b"))
+    c = infer_contract(TensorInfo("x", (1, 64, 64, 3), "float32"), mean="127.5", std="127.5,127.5,127.5",
+                       resize="linear", crop=0.875, color="bgr", logits=True)
+    assert (c.norm.value, c.mean, c.fit.value, c.crop_fraction, c.color.value, c.output.value) == \
+        ("custom", (127.5,) * 3, "crop", 0.875, "bgr", "logits")
+    assert infer_contract(TensorInfo("x", (1, 8, 8, 1), "uint8")).color.value == "gray"
+    c = infer_contract(TensorInfo("x", (1, -1, -1, 3), "float32"), preprocess="tf", input_size=(40, 50))
+    assert (c.height, c.width) == (40, 50)
+    with pytest.raises(ContractError, match="dynamic"):
+        infer_contract(TensorInfo("x", (1, -1, -1, 3), "float32"), preprocess="tf")
+    with pytest.raises(ContractError, match="4-D"):
+        infer_contract(TensorInfo("x", (1, 10), "float32"))
+    with pytest.raises(ContractError, match="unknown preprocessing"):
+        infer_contract(TensorInfo("x", (1, 8, 8, 3), "float32"), preprocess="nonsense")
+    with pytest.raises(ContractError, match="not both"):
+        infer_contract(TensorInfo("x", (1, 8, 8, 3), "float32"), preprocess="tf", mean="1")
+    with pytest.warns(TledgeWarning, match="raw 0..255"):
+        assert infer_contract(TensorInfo("x", (1, 8, 8, 3), "float32")).norm.value == "raw"
+
+
+def test_foreign_files_with_options(tiny_models):
+    m = load(tiny_models / "foreign" / "int8.tflite", labels=CLASSES)
+    assert m.load_info.contract_origin == "inferred" and m.contract.labels == CLASSES
+    with pytest.warns(TledgeWarning):
+        assert load(tiny_models / "foreign" / "fp32.onnx").contract.labels == ()
+    onnx = load(tiny_models / "foreign" / "fp32.onnx", preprocess="raw", labels=list(CLASSES))
+    ref = load(tiny_models / "fp32.onnx")
+    x = list(np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.uint8))
+    np.testing.assert_allclose(onnx.predict(onnx.contract.prepare_batch(x)), ref.predict(ref.contract.prepare_batch(x)),
+                               atol=1e-6)
+    embedded = load(tiny_models / "int8.tflite")
+    assert [p[0].index for p in m.classify(x)] == [p[0].index for p in embedded.classify(x)]
+
+
+def test_options_on_embedded_contract_and_label_checks(tiny_models, tmp_path):
+    with pytest.raises(ContractError, match="carries its own tledge contract: --preprocess"):
+        load(tiny_models / "int8.tflite", preprocess="tf")
+    renamed = load(tiny_models / "int8.tflite", labels=("a", "b", "c"))
+    assert renamed.contract.labels == ("a", "b", "c")
+    with pytest.raises(ContractError, match="2 labels but the model has 3 outputs"):
+        load(tiny_models / "int8.tflite", labels=("a", "b"))
+    labels = tmp_path / "labels.txt"
+    labels.write_text("background\n" + "\n".join(CLASSES) + "\n")
+    with pytest.raises(ContractError, match="extra 'background' line"):
+        load(tiny_models / "foreign" / "int8.tflite", labels=str(labels))
+    with pytest.raises(ContractError, match="32 channels in nchw layout"):
+        load(tiny_models / "foreign" / "int8.tflite", layout="nchw")
+    with pytest.raises(ContractError, match=r"prepares \(40, 40, 3\)"):
+        load(tiny_models / "foreign" / "int8.tflite", input_size=(40, 40))
+    with pytest.raises(ModelLoadError, match="not found"):
+        load(tmp_path / "missing.tflite")
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"\0" * 64)
+    with pytest.raises(ModelLoadError):
+        load(bad)
+    with pytest.raises(ModelLoadError, match="unknown model file type"):
+        load(labels)
+
+
+def test_top_k_scores_and_logits(tiny_models):
+    m = load(tiny_models / "fp32.tflite")
+    y = np.array([[0.1, 0.7, 0.2]], np.float32)
+    top = m.top(m.scores(y)[0], 5)
+    assert [p.label for p in top] == [CLASSES[1], CLASSES[2], CLASSES[0]] and top[0].score == pytest.approx(0.7)
+    assert top[0].to_dict() == {"label": CLASSES[1], "index": 1, "score": 0.7}
+    logits = load(tiny_models / "foreign" / "fp32.onnx", preprocess="raw", logits=True)
+    s = logits.scores(np.array([[2.0, 0.0, -1.0]]))
+    assert s.sum() == pytest.approx(1.0) and s[0, 0] == pytest.approx(np.exp(2) / (np.exp(2) + 1 + np.exp(-1)))
+    assert m.classify([]) == []
+
+
+def test_batches_on_fixed_and_dynamic_files(tiny_models):
+    x = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3)).astype(np.uint8)
+    for name in ("int8.tflite", "fp32.onnx"):
+        m = load(tiny_models / name, threads=1)
+        batch = m.predict(m.contract.prepare_batch(list(x)))
+        one = np.concatenate([m.predict(m.contract.prepare(i)) for i in x])
+        np.testing.assert_allclose(batch, one, atol=1e-5)
+        assert m.backend.threads == 1
+
+
+def test_onnx_providers_fall_back_cleanly(tiny_models, monkeypatch):
+    m = load(tiny_models / "fp32.onnx", providers=["TensorrtExecutionProvider", "CUDAExecutionProvider"])
+    assert m.provider == "CPUExecutionProvider"
+    assert any("not available" in n for n in m.load_info.notes)
+    import onnxruntime as ort
+
+    real = ort.InferenceSession
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+
+    def session(path, opts, providers):
+        if "CUDAExecutionProvider" in providers:
+            raise RuntimeError("CUDA driver version is insufficient")
+        return real(path, opts, providers=providers)
+
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    m = load(tiny_models / "fp32.onnx")
+    assert m.provider == "CPUExecutionProvider"
+    assert any("CUDAExecutionProvider failed to start" in n for n in m.load_info.notes)
+    assert m.classify([np.zeros((32, 32, 3), np.uint8)])[0][0].label in CLASSES
+
+
+def test_tflite_fallbacks_warn_loudly(tiny_models, monkeypatch):
+    import ai_edge_litert
+    from ai_edge_litert import interpreter as litert
+
+    from tledge.errors import MissingDependency
+
+    monkeypatch.delattr(ai_edge_litert, "interpreter")  # LiteRT's interpreter "not installed"
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    monkeypatch.setitem(sys.modules, "tflite_runtime", None)
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
+    with pytest.raises(MissingDependency, match="ai-edge-litert"):
+        load(tiny_models / "int8.tflite")
+    # TensorFlow already imported by the caller: tensorflow.lite, with a warning
+    tf = types.SimpleNamespace(lite=types.SimpleNamespace(
+        Interpreter=litert.Interpreter, experimental=types.SimpleNamespace(load_delegate=litert.load_delegate)))
+    monkeypatch.setitem(sys.modules, "tensorflow", tf)
+    with pytest.warns(TledgeWarning, match="falling back to tensorflow.lite"):
+        assert load(tiny_models / "int8.tflite").provider == "tensorflow.lite"
+    # tflite_runtime comes before it, and is slow for int8: a loud warning
+    fake = types.ModuleType("tflite_runtime")
+    fake.interpreter = types.SimpleNamespace(Interpreter=litert.Interpreter, load_delegate=litert.load_delegate)
+    monkeypatch.setitem(sys.modules, "tflite_runtime", fake)
+    monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", fake.interpreter)
+    with pytest.warns(TledgeWarning, match="SLOW BACKEND.*tflite_runtime"):
+        m = load(tiny_models / "int8.tflite")
+    assert m.provider == "tflite_runtime" and m.classify([np.zeros((32, 32, 3), np.uint8)])
+
+
+def test_threads_from_environment(tiny_models, monkeypatch):
+    monkeypatch.setenv("TLEDGE_THREADS", "3")
+    assert load(tiny_models / "int8.tflite").backend.threads == 3
+    assert load(tiny_models / "int8.onnx", threads=1).backend.threads == 1
+
+
+def test_device_hook(tiny_models, monkeypatch):
+    import tledge.devices as devices
+
+    real = getattr(devices, "resolve", None)
+    monkeypatch.delattr(devices, "resolve", raising=False)
+    with pytest.raises(TledgeError, match="device profiles are not available"):
+        load(tiny_models / "int8.tflite", device="rpi5")
+    profiles = {"rpi5": {"threads": 3, "providers": ["CPUExecutionProvider"]}}
+    monkeypatch.setattr(devices, "resolve", profiles.get, raising=False)  # a resolve(name) without backend=
+    assert load(tiny_models / "int8.tflite", device="rpi5").backend.threads == 3
+    assert load(tiny_models / "fp32.onnx", device="rpi5", threads=1).backend.threads == 1  # explicit wins
+    with pytest.raises(TledgeError, match="unknown device"):
+        load(tiny_models / "int8.tflite", device="toaster")
+    if real is not None:  # the real profiles: a Jetson asks for TensorRT/CUDA, which fall back to the CPU here
+        monkeypatch.setattr(devices, "resolve", real)
+        m = load(tiny_models / "fp32.onnx", device="jetson-orin")
+        assert m.provider == "CPUExecutionProvider" and m.backend.threads == real("jetson-orin").threads
+        assert load(tiny_models / "int8.tflite", device="coral-usb").backend.notes == []  # plain file: no TPU

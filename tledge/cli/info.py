@@ -1,0 +1,62 @@
+"""tledge info MODEL [--json]: contract, tensors, quantisation, labels, size, backend. No TensorFlow."""
+from __future__ import annotations
+
+import json
+
+from tledge.runtime.options import add_model_options, load_kwargs
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", help="a .tflite or .onnx file")
+    p.add_argument("--json", action="store_true", help="print everything as one JSON object")
+    add_model_options(p)
+
+
+def run(args) -> int:
+    from tledge.runtime import load
+
+    model = load(args.model, **load_kwargs(args))
+    info = model.info()
+    if args.json:
+        print(json.dumps(info, indent=2, ensure_ascii=False))
+        return 0
+    print("\n".join(describe(info)))
+    return 0
+
+
+def _tensor(t: dict) -> str:
+    q = t["quant"]
+    quant = f", quantised scale {q['scale']:.6g} zero point {q['zero_point']}" if q else ""
+    return f"{t['name']}  {t['shape']}  {t['dtype']}{quant}"
+
+
+def _nums(values) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"
+
+
+def describe(info: dict) -> list[str]:
+    c = info["contract"]
+    lines = [f"file       {info['path']}  ({info['size_bytes'] / 1e6:.2f} MB)",
+             f"backend    {info['backend']} ({info['provider']}), {info['threads']} thread(s), "
+             f"loaded in {info['load_ms']:.0f} ms"]
+    lines += [f"input      {_tensor(t)}" for t in info["inputs"]]
+    lines += [f"output     {_tensor(t)}" for t in info["outputs"]]
+    origin = {"embedded": "embedded in the file", "tledge.json": "from tledge.json beside the file",
+              "inferred": "INFERRED from the input tensor (no tledge metadata) and options",
+              "given": "given by the caller"}.get(info["contract_origin"], info["contract_origin"])
+    lines.append(f"contract   {origin}")
+    norm = c["norm"] + (f" mean {_nums(c['mean'])} std {_nums(c['std'])}" if c["norm"] == "custom" else "")
+    where = "inside the model (feed raw pixels)" if c["baked"] else "by the runtime"
+    fit = c["fit"] + (f" {c['crop_fraction']}" if c["fit"] == "crop" else "")
+    lines.append(f"  input    {c['height']}x{c['width']}x{c['channels']} {c['color']} {c['layout']}, "
+                 f"resize {c['resize']} ({fit})")
+    lines.append(f"  normalise {norm}, {where}")
+    lines.append(f"  output   {c['output']}")
+    labels = c["labels"]
+    shown = ", ".join(labels[:5]) + (", ..." if len(labels) > 5 else "")
+    lines.append(f"labels     {len(labels)}" + (f": {shown}" if labels else " (indices are reported)"))
+    if info.get("producer"):
+        lines.append(f"producer   {info['producer']}")
+    for note in info.get("notes", []):
+        lines.append(f"note       {note}")
+    return lines

@@ -1,0 +1,94 @@
+"""tledge run MODEL --source SRC [--top-k K] [--threshold T] [--json] [--csv FILE] [--save PATH] ...
+
+Exit codes: 0 done (unreadable inputs are skipped and counted), 1 a live source was lost (gave up
+reconnecting), 2 bad arguments / model / source, or nothing could be read at all, 130 Ctrl-C.
+No TensorFlow is imported.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tledge.runtime.options import add_model_options, load_kwargs
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", help="a .tflite or .onnx file (tledge export, or made elsewhere)")
+    p.add_argument("--source", required=True,
+                   help="image, folder (recursive), glob ('photos/**/*.jpg'), video file, camera index, "
+                        "rtsp:// or http:// URL, GStreamer pipeline (with '!'), or picamera2")
+    p.add_argument("--top-k", type=int, default=1, help="predictions per input (default 1)")
+    p.add_argument("--threshold", type=float, help="only report predictions scoring at least T")
+    p.add_argument("--json", action="store_true", help="one JSON object per input on stdout (summary on stderr)")
+    p.add_argument("--csv", type=Path, help="also write the results to a CSV file (written atomically)")
+    p.add_argument("--save", type=Path, help="write annotated frames: a folder, or a video file (.mp4, .avi)")
+    p.add_argument("--max-frames", type=int, help="stop after N inputs")
+    p.add_argument("--workers", type=int, help="preparation threads for folders/videos (default: cores-1, 1..3)")
+    p.add_argument("--reconnect", type=int, default=5, metavar="N",
+                   help="live sources: reconnect attempts before giving up (default 5)")
+    p.add_argument("--reconnect-delay", type=float, default=1.0, metavar="S",
+                   help="first reconnect delay in seconds, doubled each attempt up to 30 (default 1)")
+    add_model_options(p)
+
+
+def run(args) -> int:
+    from tledge.errors import TledgeError
+    from tledge.runtime import load
+    from tledge.runtime.pipeline import Runner, split_cores
+    from tledge.runtime.sources import open_source
+
+    if args.top_k < 1:
+        raise TledgeError("--top-k must be at least 1")
+    source = open_source(args.source, retries=args.reconnect, backoff=args.reconnect_delay, on_event=_note)
+    kw = load_kwargs(args)
+    if not source.live and not args.threads and not args.device:
+        kw["threads"] = split_cores()[1]  # preparation runs alongside: share the cores
+    try:
+        model = load(args.model, **kw)
+    except BaseException:
+        source.close()
+        raise
+    _note(f"{model.path.name}: {model.format} via {model.provider}, {model.backend.threads} thread(s), "
+          f"contract {model.load_info.contract_origin}, {len(model.contract.labels)} labels; source {source.name}")
+    for note in model.load_info.notes:
+        _note(f"note: {note}")
+    runner = Runner(model, top_k=args.top_k, threshold=args.threshold, workers=args.workers,
+                    keep_images=args.save is not None, max_frames=args.max_frames)
+    _loop(runner, source, args)
+    s = runner.summary
+    print(s.line(), file=sys.stderr if args.json else sys.stdout, flush=True)
+    if s.interrupted:
+        return 130
+    if s.lost:
+        return 1
+    return 2 if s.total and not s.ok else 0
+
+
+def _loop(runner, source, args) -> None:
+    from tledge.runtime.outputs import CsvSink, SaveSink, human_line, json_line
+
+    csv_sink = CsvSink(args.csv) if args.csv else None
+    root = Path(source.name) if Path(source.name).is_dir() else None
+    save = SaveSink(args.save, fps=source.fps, root=root) if args.save else None
+    results = runner.run(source)
+    ok = False
+    try:
+        for r in results:
+            print(json_line(r) if args.json else human_line(r), flush=source.live)
+            if csv_sink:
+                csv_sink.write(r)
+            if save:
+                save.write(r)
+        ok = True
+    except KeyboardInterrupt:
+        runner.summary.interrupted = ok = True
+    finally:
+        results.close()
+        if save:
+            save.close()
+        if csv_sink:
+            csv_sink.close() if ok else csv_sink.abort()
+
+
+def _note(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,171 @@
+"""Benchmark exported files: load time, latency percentiles, throughput, peak RSS.
+
+Each file is measured in a fresh Python process (`python -m tledge.runtime.bench FILE ...`, which
+prints one JSON object), so peak RSS and load time are those of a clean runtime-only process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from tledge.errors import TledgeError
+
+def expand_models(paths: Sequence[str | Path]) -> list[Path]:
+    """Files as given; a folder stands for every .tflite / .onnx file in it (sorted)."""
+    from tledge.runtime.backends import MODEL_SUFFIXES
+
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in MODEL_SUFFIXES)
+            if not found:
+                raise TledgeError(f"no .tflite or .onnx files in {p}")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise TledgeError(f"model file not found: {p}")
+    return out
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process, MB. Linux: VmHWM of /proc/self/status, because
+    getrusage's ru_maxrss keeps the *parent's* peak across fork/vfork + exec."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def measure(path: str | Path, *, runs: int = 50, warmup: int = 5, batch: int = 1, threads: int | None = None,
+            load_kwargs: dict | None = None, t0: float | None = None) -> dict:
+    """Load `path` and time `runs` inferences of a `batch` of prepared inputs (after `warmup`).
+    `t0` (a time.time() taken before the process started) adds the time to a first result."""
+    import numpy as np
+
+    from tledge.runtime import load
+
+    start = time.perf_counter()
+    model = load(path, threads=threads, **(load_kwargs or {}))
+    load_ms = 1000 * (time.perf_counter() - start)
+    c = model.contract
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (c.height, c.width, 3), dtype=np.uint8)
+    x = np.stack([model.to_input(image)] * batch)
+    start = time.perf_counter()
+    model.run_inputs(x)
+    first_ms = 1000 * (time.perf_counter() - start)
+    first_result_s = None if t0 is None else time.time() - t0
+    for _ in range(warmup):
+        model.run_inputs(x)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        model.run_inputs(x)
+        times.append(time.perf_counter() - t)
+    ms = np.asarray(times) * 1000
+    return {"file": str(path), "name": Path(path).name, "format": model.format, "provider": model.provider,
+            "threads": model.backend.threads, "batch": batch, "runs": runs,
+            "input": f"{list(model.backend.inp.shape)} {model.backend.inp.dtype}",
+            "size_mb": round(Path(path).stat().st_size / 1e6, 3),
+            "first_result_s": None if first_result_s is None else round(first_result_s, 3),
+            "load_ms": round(load_ms, 2), "first_ms": round(first_ms, 2),
+            "p50_ms": round(float(np.percentile(ms, 50)), 3), "p90_ms": round(float(np.percentile(ms, 90)), 3),
+            "p99_ms": round(float(np.percentile(ms, 99)), 3), "mean_ms": round(float(ms.mean()), 3),
+            "throughput_ips": round(batch * runs / max(1e-9, ms.sum() / 1000), 1),
+            "peak_rss_mb": round(peak_rss_mb(), 1), "notes": model.load_info.notes,
+            "tensorflow_imported": "tensorflow" in sys.modules}
+
+
+def measure_in_subprocess(path: str | Path, *, runs: int, warmup: int, batch: int, threads: int | None,
+                          load_kwargs: dict | None = None, timeout: float = 600) -> dict:
+    cmd = [sys.executable, "-m", "tledge.runtime.bench", str(path), "--runs", str(runs), "--warmup", str(warmup),
+           "--batch", str(batch), "--options", json.dumps(load_kwargs or {}), "--t0", repr(time.time())]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    env = dict(os.environ, PYTHONWARNINGS=os.environ.get("PYTHONWARNINGS", "ignore"))
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    wall = time.perf_counter() - start
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"file": str(path), "name": Path(path).name, "error": err.removeprefix("error: ")[:300]}
+    result = json.loads(lines[-1])
+    result["process_s"] = round(wall, 3)  # the whole process, measurement runs included
+    return result
+
+
+def bench(paths: Sequence[str | Path], *, runs: int = 50, warmup: int = 5, batch: int = 1,
+          threads: int | None = None, load_kwargs: dict | None = None, subprocesses: bool = True) -> list[dict]:
+    files = expand_models(paths)
+    kw = dict(runs=runs, warmup=warmup, batch=batch, threads=threads, load_kwargs=load_kwargs)
+    results = []
+    for f in files:
+        if subprocesses:
+            results.append(measure_in_subprocess(f, **kw))
+        else:
+            try:
+                results.append(measure(f, **kw))
+            except TledgeError as exc:
+                results.append({"file": str(f), "name": f.name, "error": str(exc)})
+    return results
+
+
+COLUMNS = (("name", "file", "{}"), ("format", "fmt", "{}"), ("provider", "provider", "{}"),
+           ("threads", "thr", "{}"), ("load_ms", "load ms", "{:.1f}"), ("first_ms", "1st ms", "{:.1f}"),
+           ("p50_ms", "p50 ms", "{:.2f}"), ("p90_ms", "p90 ms", "{:.2f}"), ("p99_ms", "p99 ms", "{:.2f}"),
+           ("throughput_ips", "img/s", "{:.1f}"), ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
+           ("first_result_s", "1st result s", "{:.2f}"), ("size_mb", "MB", "{:.2f}"))
+
+
+def table(results: list[dict]) -> str:
+    head = [title for _, title, _ in COLUMNS]
+    good = [[fmt.format(r[k]) if r.get(k) is not None else "-" for k, _, fmt in COLUMNS]
+            for r in results if "error" not in r]
+    widths = [max(len(v) for v in col) for col in zip(head, *good)]
+
+    def line(row):
+        return "  ".join(v.ljust(w) if i < 3 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
+
+    rows, it = [line(head)], iter(good)
+    for r in results:
+        rows.append(f"{r['name']}  ERROR: {r['error']}" if "error" in r else line(next(it)))
+    return "\n".join(rows)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m tledge.runtime.bench")
+    p.add_argument("model")
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--options", default="{}", help="JSON of tledge.runtime.load keyword arguments")
+    p.add_argument("--t0", type=float, help="time.time() when the parent started this process")
+    a = p.parse_args(argv)
+    try:
+        r = measure(a.model, runs=a.runs, warmup=a.warmup, batch=a.batch, threads=a.threads,
+                    load_kwargs=json.loads(a.options), t0=a.t0)
+    except TledgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

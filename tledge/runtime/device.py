@@ -1,0 +1,61 @@
+"""A thin optional hook to the device profiles of `tledge.devices`.
+
+`tledge.devices.resolve(name, backend=FORMAT)` returns the profile's options; the runtime reads
+only `threads`, `providers` (onnxruntime form, in order) and `delegates` (TFLite delegate library
+names), as attributes or dict keys. `auto` asks `tledge.devices.detect()`. Delegates are only used
+for `*_edgetpu.tflite` files (a plain file would not run on the Edge TPU), loaded with
+`tledge.devices.load_delegates` when it exists. Explicit arguments of `load` win over all of it.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+
+from tledge.errors import TledgeError
+
+
+@dataclass(frozen=True)
+class DeviceHints:
+    name: str
+    threads: int | None = None
+    providers: tuple | None = None
+    delegates: tuple = ()
+
+
+def _devices():
+    try:
+        devices = importlib.import_module("tledge.devices")
+    except ImportError:
+        devices = None
+    if not callable(getattr(devices, "resolve", None)):
+        raise TledgeError("device profiles are not available in this tledge (tledge.devices.resolve is "
+                          "missing): use --threads / --providers instead of --device")
+    return devices
+
+
+def device_hints(name: str, fmt: str | None = None, path: str | Path | None = None) -> DeviceHints:
+    devices = _devices()
+    profile = name
+    if str(name).lower() == "auto" and hasattr(devices, "detect"):
+        profile = devices.detect().profile
+    takes_backend = "backend" in inspect.signature(devices.resolve).parameters or \
+        any(p.kind is p.VAR_KEYWORD for p in inspect.signature(devices.resolve).parameters.values())
+    opts = devices.resolve(profile, backend=fmt) if fmt and takes_backend else devices.resolve(profile)
+    if opts is None:
+        raise TledgeError(f"unknown device {name!r}: see `tledge devices`")
+
+    def get(key):
+        return opts.get(key) if isinstance(opts, dict) else getattr(opts, key, None)
+
+    threads, providers, delegates = get("threads"), get("providers"), tuple(get("delegates") or ())
+    if delegates and not (path and Path(path).stem.endswith("_edgetpu")):
+        delegates = ()
+    if delegates and callable(getattr(devices, "load_delegates", None)):
+        delegates = tuple(devices.load_delegates(delegates))  # warns and skips what cannot load
+        if not delegates:
+            raise TledgeError(f"{Path(path).name} needs the Edge TPU runtime, which could not be loaded; "
+                              "run the plain int8 file beside it instead")
+    return DeviceHints(str(name), int(threads) if threads else None,
+                       tuple(providers) if providers and fmt != "tflite" else None, delegates)

@@ -1,0 +1,144 @@
+"""Contracts for files made elsewhere (no tledge metadata): inferred from the input tensor, completed
+by options (labels, preprocess mode or backbone, mean/std, layout, resize, crop, color, size, logits).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Sequence
+
+from tledge.contract import ColorOrder, Contract, Fit, Layout, Norm, Output
+from tledge.errors import ContractError, TledgeWarning
+
+# options that describe preprocessing; `labels` is separate (it may also rename an embedded contract's)
+PREPROCESS_OPTIONS = ("preprocess", "mean", "std", "layout", "resize", "crop", "fit", "color", "input_size",
+                      "logits")
+KNOWN_OPTIONS = PREPROCESS_OPTIONS + ("labels",)
+
+
+def check_options(options: dict) -> dict:
+    unknown = set(options) - set(KNOWN_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown contract option(s): {sorted(unknown)}; known: {', '.join(KNOWN_OPTIONS)}")
+    return {k: v for k, v in options.items() if v is not None and v is not False and v != ()}
+
+
+def infer_contract(inp, out=None, **options: Any) -> Contract:
+    """A contract for a file made elsewhere: from its input tensor (TensorInfo), completed by `options`.
+
+    Without preprocessing options: a quantised input gets exactly the normalisation its quantisation
+    parameters describe, so raw pixels go in unchanged (the usual convention of such files); a uint8
+    input takes raw pixels; a float input gets raw 0..255 pixels, with a warning.
+    """
+    options = check_options(options)
+    layout, (c, h, w) = _geometry(inp, options)
+    base: dict[str, Any] = dict(height=h, width=w, channels=c, layout=layout,
+                                color=ColorOrder.GRAY if c == 1 else ColorOrder(options.get("color", "rgb")),
+                                input_quant=inp.quant, output_quant=getattr(out, "quant", None),
+                                input_dtype=inp.dtype if inp.dtype in ("uint8", "int8", "float16") else "float32",
+                                output=Output.LOGITS if options.get("logits") else Output.PROBABILITIES,
+                                labels=tuple(options.get("labels", ())), extra={"origin": "inferred"})
+    base.update(_normalisation(inp, options))
+    if "resize" in options:
+        base["resize"] = options["resize"]
+    if options.get("fit"):
+        base["fit"] = options["fit"]
+    if options.get("crop") is not None:
+        base.update(fit=Fit.CROP, crop_fraction=float(options["crop"]))
+    return Contract(**base)
+
+
+def _geometry(inp, options: dict) -> tuple[Layout, tuple[int, int, int]]:
+    shape = list(inp.shape)
+    if len(shape) != 4:
+        raise ContractError(f"expected a 4-D image input, got shape {tuple(inp.shape)}")
+    if options.get("layout"):
+        layout = Layout(str(options["layout"]).lower())
+    else:
+        layout = Layout.NCHW if shape[1] in (1, 3) and shape[3] not in (1, 3) else Layout.NHWC
+    c, h, w = (shape[1], shape[2], shape[3]) if layout is Layout.NCHW else (shape[3], shape[1], shape[2])
+    if options.get("input_size"):
+        h, w = options["input_size"]
+    if min(h, w) <= 0:
+        raise ContractError(f"the input size is dynamic {tuple(inp.shape)}: pass --input-size HxW")
+    if c not in (1, 3):
+        raise ContractError(f"input {tuple(inp.shape)} has {c} channels in {layout.value} layout; "
+                            "expected 1 or 3 (try --layout nchw / nhwc)")
+    return layout, (c, h, w)
+
+
+def _normalisation(inp, options: dict) -> dict:
+    if options.get("preprocess"):
+        from tledge.backbones import preprocess_mode_for
+
+        mode = preprocess_mode_for(str(options["preprocess"]))
+        if mode == "custom" and not ("mean" in options or "std" in options):
+            raise ContractError("--preprocess custom needs --mean and/or --std")
+        if mode != "custom":
+            if "mean" in options or "std" in options:
+                raise ContractError("give either --preprocess MODE or --mean/--std, not both")
+            return dict(norm=Norm(mode), baked=False)
+    if "mean" in options or "std" in options:
+        return dict(norm=Norm.CUSTOM, baked=False, mean=_floats(options.get("mean", (0.0,))),
+                    std=_floats(options.get("std", (1.0,))))
+    q = inp.quant
+    if q is not None and inp.dtype in ("uint8", "int8"):
+        # real = (q - zp) * scale: the normalisation whose quantised values are the raw pixels
+        zp = q.zero_point + (128 if inp.dtype == "int8" else 0)
+        return dict(norm=Norm.CUSTOM, baked=False, mean=(float(zp),), std=(1.0 / q.scale,))
+    if inp.dtype == "uint8":
+        return dict(norm=Norm.RAW, baked=True)
+    warnings.warn(f"a float-input model made elsewhere and no preprocessing given: feeding raw 0..255 pixels. "
+                  "If that is wrong, pass --preprocess MODE|BACKBONE or --mean/--std.", TledgeWarning,
+                  stacklevel=4)
+    return dict(norm=Norm.RAW, baked=False)
+
+
+def _floats(v) -> tuple[float, ...]:
+    if isinstance(v, str):
+        v = v.replace(",", " ").split()
+    if isinstance(v, (int, float)):
+        v = (v,)
+    try:
+        return tuple(float(x) for x in v)
+    except ValueError:
+        raise ContractError(f"expected numbers, got {v!r}") from None
+
+
+def complete(contract: Contract, options: dict, *, embedded: bool) -> Contract:
+    """Apply options to a contract read from a file. Only labels may change an embedded contract."""
+    options = check_options(options)
+    given = [k for k in PREPROCESS_OPTIONS if k in options]
+    if embedded and given:
+        raise ContractError(f"this file carries its own tledge contract: {', '.join('--' + g for g in given)} "
+                            "only apply to files made elsewhere (the embedded preprocessing is the one the "
+                            "model was exported and checked with)")
+    if options.get("labels"):
+        contract = contract.replace(labels=tuple(options["labels"]))
+    return contract
+
+
+def check_fits(contract: Contract, inp, n_outputs: int | None) -> None:
+    """The contract's input shape must match the tensor's static dims, and the labels the outputs."""
+    want = contract.input_shape
+    have = tuple(inp.shape[1:])
+    if len(have) != 3 or any(h > 0 and h != w for h, w in zip(have, want)):
+        raise ContractError(f"the contract prepares {want} ({contract.layout.value}) but the model input is "
+                            f"{tuple(inp.shape)}")
+    if contract.labels and n_outputs and n_outputs > 0 and len(contract.labels) != n_outputs:
+        hint = ""
+        if len(contract.labels) == n_outputs + 1:
+            hint = " (does the labels file have an extra 'background' line the model lacks?)"
+        elif len(contract.labels) + 1 == n_outputs:
+            hint = " (the model probably has a 'background' class 0: add it as the first line)"
+        raise ContractError(f"{len(contract.labels)} labels but the model has {n_outputs} outputs{hint}")
+
+
+def labels_option(labels: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """A labels file path or a sequence of names -> names."""
+    if labels is None:
+        return None
+    if isinstance(labels, str):
+        from tledge.contract import read_labels
+
+        return read_labels(labels)
+    return tuple(str(x) for x in labels)

@@ -1,0 +1,65 @@
+"""Command-line options shared by `tledge run`, `info` and `bench`: how to open a model file.
+
+Imports nothing heavy (the CLI builds every subcommand's parser at start-up).
+"""
+from __future__ import annotations
+
+from tledge.errors import TledgeError
+
+
+def input_size(text: str) -> tuple[int, int]:
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        h, w = int(parts[0]), int(parts[-1])
+    except ValueError:
+        raise TledgeError(f"--input-size wants HxW or N, got {text!r}") from None
+    return h, w
+
+
+def add_model_options(p, *, foreign: bool = True) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--threads", type=int, help="inference threads (default: usable cores, at most 4; "
+                                               "or TLEDGE_THREADS)")
+    g.add_argument("--device", help="device profile from tledge.devices (threads, providers, delegates)")
+    g.add_argument("--providers", help="onnxruntime providers in order, comma separated "
+                                       "(default TensorRT,CUDA,CPU: the unavailable ones are skipped)")
+    g.add_argument("--delegate", action="append", default=[], metavar="LIB",
+                   help="TFLite delegate library to load (e.g. libedgetpu.so.1); repeatable")
+    if not foreign:
+        return
+    f = p.add_argument_group("files made elsewhere (no tledge metadata)")
+    f.add_argument("--labels", help="labels file: one per line (a leading 'background' line is kept), "
+                                    "or Teachable Machine '0 name' lines")
+    f.add_argument("--preprocess", help="normalisation: tf, caffe, torch, scale, raw, or a backbone name "
+                                        "(mobilenet_v2, resnet50, ...)")
+    f.add_argument("--mean", help="per-channel mean in 0..255 pixel units, e.g. 123.7,116.3,103.5")
+    f.add_argument("--std", help="per-channel std in 0..255 pixel units, e.g. 58.4,57.1,57.4")
+    f.add_argument("--layout", choices=("nhwc", "nchw"), help="input layout (default: guessed from the shape)")
+    f.add_argument("--resize", choices=("area", "linear", "nearest", "cubic"), help="resize method (default area)")
+    f.add_argument("--crop", type=float, metavar="FRACTION",
+                   help="resize the short side to size/FRACTION then centre-crop (e.g. 0.875)")
+    f.add_argument("--fit", choices=("stretch", "crop", "letterbox"), help="how the image fits the input")
+    f.add_argument("--color", choices=("rgb", "bgr"), help="channel order the model wants (default rgb)")
+    f.add_argument("--input-size", help="HxW, for models with a dynamic input size")
+    f.add_argument("--logits", action="store_true", help="the model outputs logits: softmax them for scores")
+
+
+def load_kwargs(args) -> dict:
+    """Keyword arguments for tledge.runtime.load from parsed options."""
+    kw: dict = {"threads": args.threads, "device": args.device,
+                "providers": [s.strip() for s in args.providers.split(",") if s.strip()] if args.providers else None,
+                "delegates": tuple(args.delegate or ())}
+    if hasattr(args, "preprocess"):
+        kw.update(labels=args.labels, preprocess=args.preprocess, mean=args.mean, std=args.std,
+                  layout=args.layout, resize=args.resize, crop=args.crop, fit=args.fit, color=args.color,
+                  input_size=input_size(args.input_size) if args.input_size else None, logits=args.logits)
+    if kw["providers"]:
+        kw["providers"] = [_provider_name(s) for s in kw["providers"]]
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def _provider_name(s: str) -> str:
+    short = {"tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
+             "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider", "openvino": "OpenVINOExecutionProvider",
+             "coreml": "CoreMLExecutionProvider", "dml": "DmlExecutionProvider", "rocm": "ROCMExecutionProvider"}
+    return short.get(s.lower(), s)

@@ -1,0 +1,142 @@
+"""What `tledge run` writes: human lines, JSON lines, a CSV (atomic) and annotated images or video."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from tledge.errors import TledgeError
+from tledge.runtime.pipeline import Result
+from tledge.runtime.sources import VIDEO_SUFFIXES
+
+CSV_FIELDS = ("source", "index", "status", "label", "score", "latency_ms", "prep_ms", "top", "error")
+_WRITABLE = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def human_line(r: Result) -> str:
+    if r.status != "ok":
+        return f"{r.source}: {r.status.upper()}: {r.error}"
+    if not r.top:
+        return f"{r.source}: (nothing above the threshold)  [{r.latency_ms:.2f} ms]"
+    preds = ", ".join(f"{p.label} {p.score:.3f}" for p in r.top)
+    return f"{r.source}: {preds}  [{r.latency_ms:.2f} ms]"
+
+
+def json_line(r: Result) -> str:
+    return json.dumps(r.to_dict(), ensure_ascii=False)
+
+
+class CsvSink:
+    """Rows to a temporary file beside `path`, moved into place by `close()` (atomic: a reader never
+    sees half a file). `abort()` drops it."""
+
+    def __init__(self, path: str | Path):
+        from tledge.io import atomic_path
+
+        self.path = Path(path)
+        self._ctx = atomic_path(self.path)
+        self._tmp = self._ctx.__enter__()
+        self._fh = open(self._tmp, "w", newline="", encoding="utf-8")
+        self._w = csv.DictWriter(self._fh, fieldnames=CSV_FIELDS)
+        self._w.writeheader()
+
+    def write(self, r: Result) -> None:
+        best = r.top[0] if r.top else None
+        self._w.writerow({
+            "source": r.source, "index": r.index, "status": r.status,
+            "label": best.label if best else "", "score": f"{best.score:.6f}" if best else "",
+            "latency_ms": "" if r.latency_ms is None else f"{r.latency_ms:.3f}",
+            "prep_ms": "" if r.prep_ms is None else f"{r.prep_ms:.3f}",
+            "top": ";".join(f"{p.label}:{p.score:.6f}" for p in r.top), "error": r.error or ""})
+
+    def close(self) -> None:
+        self._fh.close()
+        self._ctx.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        self._fh.close()
+        try:
+            self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+        except RuntimeError:
+            pass
+
+
+def annotate(rgb: np.ndarray, r: Result) -> np.ndarray:
+    """A BGR copy of the frame with the top predictions written on a dark band at the top."""
+    import cv2
+
+    img = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    h, w = img.shape[:2]
+    scale = max(0.35, min(1.5, w / 640))
+    lines = [f"{p.label} {p.score:.2f}" for p in r.top] or ["(below threshold)"]
+    step = int(22 * scale) + 4
+    band = min(h, step * len(lines) + 6)
+    img[:band] = (img[:band] * 0.35).astype(np.uint8)
+    for i, text in enumerate(lines):
+        cv2.putText(img, text, (6, step * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, 0.7 * scale,
+                    (255, 255, 255), max(1, int(2 * scale)), cv2.LINE_AA)
+    return img
+
+
+class SaveSink:
+    """Annotated frames: a video when `path` ends in a video suffix, else image files in a folder."""
+
+    def __init__(self, path: str | Path, *, fps: float | None = None, root: Path | None = None):
+        self.path = Path(path)
+        self.video = self.path.suffix.lower() in VIDEO_SUFFIXES
+        self.fps, self.root = fps or 10.0, root
+        self._writer, self._size, self.written = None, None, 0
+        self._tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
+        if not self.video:
+            self.path.mkdir(parents=True, exist_ok=True)
+
+    def write(self, r: Result) -> None:
+        if r.status != "ok" or r.frame is None or r.frame.image is None:
+            return
+        img = annotate(r.frame.image, r)
+        if self.video:
+            self._write_video(img)
+        else:
+            import cv2
+
+            dst = self._image_path(r)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if not cv2.imwrite(str(dst), img):
+                raise TledgeError(f"cannot write {dst}")
+        self.written += 1
+
+    def _image_path(self, r: Result) -> Path:
+        p = r.frame.path
+        if p is None:
+            return self.path / f"frame_{r.index:06d}.jpg"
+        rel = Path(p.name)
+        if self.root is not None:
+            try:
+                rel = p.resolve().relative_to(self.root.resolve())
+            except ValueError:
+                pass
+        return self.path / (rel if rel.suffix.lower() in _WRITABLE else rel.with_suffix(".png"))
+
+    def _write_video(self, img: np.ndarray) -> None:
+        import cv2
+
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            h, w = img.shape[:2]
+            self._size = (w - w % 2, h - h % 2)  # most codecs want even sizes
+            fourcc = cv2.VideoWriter_fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
+            self._writer = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, self._size)
+            if not self._writer.isOpened():
+                raise TledgeError(f"cannot write video {self.path} (no encoder for {self.path.suffix})")
+        if (img.shape[1], img.shape[0]) != self._size:
+            img = cv2.resize(img, self._size, interpolation=cv2.INTER_AREA)
+        self._writer.write(img)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            os.replace(self._tmp, self.path)
+            self._writer = None

@@ -1,0 +1,344 @@
+"""Where frames come from: one Frame abstraction over image files, folders, globs, video files,
+cameras, RTSP/HTTP streams, GStreamer pipelines and the Raspberry Pi camera (picamera2).
+
+`open_source(spec)` -> a Source whose `frames()` yields Frames in order. File frames are decoded
+lazily (`frame.rgb()`, called by the pipeline's worker threads); a video is decoded sequentially;
+live sources keep only the newest frame (a grabber thread replaces it, so lag never grows) and
+reconnect with back-off when the stream drops. No TensorFlow; OpenCV is imported when used.
+"""
+from __future__ import annotations
+
+import glob
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from tledge.errors import ImageError, TledgeError
+
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts",
+                  ".3gp", ".mjpeg", ".mjpg"}
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
+
+
+@dataclass
+class Frame:
+    """One input. `image` is HxWx3 uint8 (RGB, or BGR while `bgr`), or None until a file is decoded."""
+
+    source: str
+    index: int
+    image: np.ndarray | None = None
+    error: str | None = None
+    path: Path | None = None
+    timestamp: float = 0.0
+    bgr: bool = False
+
+    def rgb(self) -> np.ndarray:
+        """The decoded RGB image (decodes a file frame; raises ImageError when it cannot)."""
+        if self.error:
+            raise ImageError(self.error)
+        if self.image is None and self.path is not None:
+            from tledge import images
+
+            self.image = images.load(self.path)
+        elif self.bgr:
+            import cv2
+
+            self.image = cv2.cvtColor(self.image, cv2.COLOR_BGR2RGB)
+            self.bgr = False
+        if self.image is None:
+            raise ImageError(f"{self.source}: no image")
+        return self.image
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Source:
+    name: str
+    kind: str = "files"  # files | video | live
+    fps: float | None = None
+    events: list[str] = field(default_factory=list)
+    dropped: int = 0
+    reconnects: int = 0
+    lost: bool = False
+    on_event: Callable[[str], None] = _stderr
+
+    @property
+    def live(self) -> bool:
+        return self.kind == "live"
+
+    def frames(self) -> Iterator[Frame]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def event(self, message: str) -> None:
+        self.events.append(message)
+        if self.on_event:
+            self.on_event(message)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class FileSource(Source):
+    def __init__(self, name: str, files: list[Path], **kw):
+        super().__init__(name, "files", **kw)
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def frames(self) -> Iterator[Frame]:
+        for i, f in enumerate(self.files):
+            yield Frame(str(f), i, path=f)
+
+
+class VideoSource(Source):
+    """Every frame of a video file, in order."""
+
+    def __init__(self, path: Path, **kw):
+        import cv2
+
+        super().__init__(str(path), "video", **kw)
+        self._lock = threading.Lock()  # read() on the reader thread, close() maybe on another
+        self._cap = cv2.VideoCapture(str(path))
+        if not self._cap.isOpened():
+            raise TledgeError(f"cannot open video {path}: not a video OpenCV can decode")
+        fps = self._cap.get(cv2.CAP_PROP_FPS)
+        self.fps = float(fps) if fps and fps > 0 else None
+
+    def frames(self) -> Iterator[Frame]:
+        i = 0
+        try:
+            while True:
+                with self._lock:
+                    ok, img = self._cap.read()
+                if not ok:
+                    break
+                yield Frame(f"{self.name}#{i}", i, image=img, bgr=True, timestamp=time.time())
+                i += 1
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._cap.release()
+
+
+class LiveSource(Source):
+    """A camera / stream: a grabber thread keeps only the newest frame; reconnects with back-off.
+
+    `opener()` returns a capture-like object (isOpened(), read() -> (ok, BGR frame), release()).
+    `retries` consecutive failed reconnect attempts end the stream (`lost` is then True); the delay
+    starts at `backoff` seconds and doubles up to `max_backoff`.
+    """
+
+    def __init__(self, name: str, opener: Callable, *, retries: int = 5, backoff: float = 1.0,
+                 max_backoff: float = 30.0, **kw):
+        super().__init__(name, "live", **kw)
+        self._opener, self.retries, self.backoff, self.max_backoff = opener, retries, backoff, max_backoff
+        self._cond = threading.Condition()
+        self._latest: tuple | None = None
+        self._ended = False
+        self._stop = threading.Event()
+        self.grabbed = 0
+        cap = opener()
+        if cap is None or not cap.isOpened():
+            raise TledgeError(f"cannot open {name}: {_open_hint(name)}")
+        self._cap = cap
+        self._thread = threading.Thread(target=self._grab_loop, name=f"tledge-grab-{name}", daemon=True)
+        self._thread.start()
+
+    def _put(self, img) -> None:
+        with self._cond:
+            if self._latest is not None:
+                self.dropped += 1
+            self._latest = (img, time.time())
+            self.grabbed += 1
+            self._cond.notify_all()
+
+    def _grab_loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                ok, img = self._cap.read()
+                if ok and img is not None:
+                    self._put(img)
+                    continue
+                self._cap.release()
+                if self._stop.is_set() or not self._reconnect():
+                    break
+        finally:
+            self._cap.release()
+            with self._cond:
+                self._ended = True
+                self._cond.notify_all()
+
+    def _reconnect(self) -> bool:
+        for attempt in range(1, self.retries + 1):
+            delay = min(self.backoff * 2 ** (attempt - 1), self.max_backoff)
+            self.event(f"{self.name}: stream lost after {self.grabbed} frames; reconnecting in {delay:.1f} s "
+                       f"(attempt {attempt}/{self.retries})")
+            if self._stop.wait(delay):
+                return False
+            cap = self._opener()
+            ok, img = (cap.read() if cap is not None and cap.isOpened() else (False, None))
+            if ok and img is not None:
+                self._cap = cap
+                self.reconnects += 1
+                self.event(f"{self.name}: reconnected")
+                self._put(img)
+                return True
+            if cap is not None:
+                cap.release()
+        self.lost = True
+        self.event(f"{self.name}: gave up after {self.retries} reconnect attempts")
+        return False
+
+    def frames(self) -> Iterator[Frame]:
+        i = 0
+        try:
+            while True:
+                with self._cond:
+                    while self._latest is None and not self._ended:
+                        self._cond.wait(0.1)  # a timeout keeps Ctrl-C responsive
+                    if self._latest is None:
+                        return
+                    img, t = self._latest
+                    self._latest = None
+                yield Frame(f"{self.name}#{i}", i, image=img, bgr=True, timestamp=t)
+                i += 1
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=5)
+
+
+def _open_hint(name: str) -> str:
+    if name.startswith("camera"):
+        return "is it connected, and readable by this user (the video group, /dev/video*)?"
+    if name.startswith("gstreamer"):
+        return "check the pipeline with gst-launch-1.0, ending it in `appsink`"
+    return "check the address, credentials and that the stream is up"
+
+
+class _PiCamera:
+    """picamera2 seen as a capture: read() -> (True, BGR frame). RGB888 is [B, G, R] in memory."""
+
+    def __init__(self, size=(640, 480)):
+        from picamera2 import Picamera2
+
+        self._cam = Picamera2()
+        self._cam.configure(self._cam.create_preview_configuration(main={"format": "RGB888", "size": size}))
+        self._cam.start()
+        self._open = True
+
+    def isOpened(self) -> bool:  # noqa: N802 (cv2's name)
+        return self._open
+
+    def read(self):
+        try:
+            return True, self._cam.capture_array()
+        except Exception:  # a camera error ends this capture; the source reconnects
+            return False, None
+
+    def release(self) -> None:
+        if self._open:
+            self._open = False
+            try:
+                self._cam.stop()
+                self._cam.close()
+            except Exception:
+                pass
+
+
+# ---- open_source ----------------------------------------------------------------------------------
+
+def open_source(spec: str | Path, *, retries: int = 5, backoff: float = 1.0,
+                on_event: Callable[[str], None] | None = _stderr, opener: Callable | None = None) -> Source:
+    """An image file, a folder (recursive), a glob, a video file, a camera index (or /dev/videoN), an
+    RTSP/HTTP URL, a GStreamer pipeline (contains '!') or `picamera2`. `opener` replaces the capture
+    factory of live sources (for tests and custom cameras)."""
+    s = str(spec).strip()
+    live = dict(retries=retries, backoff=backoff, on_event=on_event)
+    if s == "picamera2":
+        return LiveSource("picamera2", opener or _picamera_opener(), **live)
+    if re.fullmatch(r"\d+|/dev/video\d+", s):
+        return LiveSource(f"camera:{s}", opener or _cv2_opener(int(s) if s.isdigit() else s), **live)
+    if s.lower().startswith(STREAM_SCHEMES):
+        return LiveSource(_redact(s), opener or _cv2_opener(s, "CAP_FFMPEG"), **live)
+    if "!" in s:
+        _require_gstreamer()
+        return LiveSource("gstreamer", opener or _cv2_opener(s, "CAP_GSTREAMER"), **live)
+    return _file_source(s, on_event)
+
+
+def _file_source(s: str, on_event) -> Source:
+    from tledge.images import IMAGE_SUFFIXES, iter_image_files
+
+    p = Path(s).expanduser()
+    if p.is_dir():
+        files = list(iter_image_files(p))
+        if not files:
+            raise TledgeError(f"no image files in {p} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        return FileSource(str(p), files, on_event=on_event)
+    if p.is_file():
+        if p.suffix.lower() in VIDEO_SUFFIXES:
+            return VideoSource(p, on_event=on_event)
+        return FileSource(str(p), [p], on_event=on_event)
+    if glob.has_magic(s):
+        matches = [Path(m) for m in sorted(glob.glob(str(p), recursive=True))]
+        files = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
+        if not files:
+            raise TledgeError(f"no image files match {s!r}" + (f" ({len(matches)} other paths do)" if matches else ""))
+        return FileSource(s, files, on_event=on_event)
+    raise TledgeError(f"source not found: {s!r} (expected an image, folder, glob, video, camera index, "
+                      "rtsp:// or http:// URL, GStreamer pipeline or picamera2)")
+
+
+def _cv2_opener(target, api: str | None = None) -> Callable:
+    def open_capture():
+        import cv2
+
+        cap = cv2.VideoCapture(target, getattr(cv2, api)) if api else cv2.VideoCapture(target)
+        if cap.isOpened():
+            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # where supported: do not queue stale frames
+        return cap
+    return open_capture
+
+
+def _picamera_opener() -> Callable:
+    from tledge._deps import available
+
+    if not available("picamera2"):
+        raise TledgeError("--source picamera2 needs the picamera2 package (on Raspberry Pi OS: "
+                          "sudo apt install python3-picamera2, and create the venv with --system-site-packages)")
+    return _PiCamera
+
+
+def _require_gstreamer() -> None:
+    import cv2
+
+    if not cv2.videoio_registry.hasBackend(cv2.CAP_GSTREAMER):
+        raise TledgeError("this OpenCV build has no GStreamer support (opencv-python wheels do not): use the "
+                          "distribution's python3-opencv, or pass a camera index / URL instead")
+
+
+def _redact(url: str) -> str:
+    """rtsp://user:password@host -> rtsp://user:***@host (names appear in logs and outputs)."""
+    return re.sub(r"(://[^:/@]+):[^@/]+@", r"\1:***@", url)
