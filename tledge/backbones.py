@@ -48,8 +48,9 @@ BACKBONES: dict[str, Backbone] = dict([
     _b("inception_resnet_v2", "InceptionResNetV2", "tf", 299, "inception"),
     _b("xception", "Xception", "tf", 299, "inception"),
     _b("nasnet_mobile", "NASNetMobile", "tf", 224, "nasnet"),
-    *[_b(f"convnext_{k}", f"ConvNeXt{k.capitalize()}", "raw", 224, "convnext")
-      for k in ("tiny", "small", "base", "large", "xlarge")],
+    _b("nasnet_large", "NASNetLarge", "tf", 331, "nasnet"),
+    *[_b(f"convnext_{k}", f"ConvNeXt{c}", "raw", 224, "convnext")
+      for k, c in (("tiny", "Tiny"), ("small", "Small"), ("base", "Base"), ("large", "Large"), ("xlarge", "XLarge"))],
 ])
 
 # Aliases people type (also accepted by --preprocess).
@@ -113,6 +114,7 @@ def build(name: str, input_shape: tuple[int, int, int], *, weights: str | Path |
         if str(weights) == "imagenet":
             raise TledgeError(
                 f"could not get ImageNet weights for {name} ({exc.__class__.__name__}: {exc}). Without network, "
-                "download the no-top .h5 file elsewhere and pass it with --weights PATH."
+                "download the no-top .h5 file (the URL above) elsewhere and pass it with --weights PATH, or put "
+                "it in ~/.keras/models/ where Keras looks before downloading."
             ) from None
         raise TledgeError(f"could not build {name} with weights={weights}: {exc}") from None

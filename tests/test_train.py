@@ -1,0 +1,371 @@
+"""tledge train: both phases, real freezing, fast path, resume, bad data, the data path == contract.prepare,
+saved models that reload in safe mode. Tiny MobileNet (alpha 0.25, 32 px) on the generated shapes data."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tledge.contract import Contract
+from tledge.errors import DataError, TledgeError, TledgeWarning
+from tledge.train import TrainConfig, train
+from tledge.train import data as td
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """A 'pretrained' backbone file: random MobileNet-0.25 whose batch-norm statistics were measured on
+    random images (plain random init gives features ~1e-17, which no head can learn from)."""
+    import keras
+
+    from tledge import backbones
+    from tledge.train.checkpoint import numpy2_quiet
+
+    keras.utils.set_random_seed(1)
+    bb = backbones.build("mobilenet", (SIZE, SIZE, 3), weights=None, alpha=0.25)
+    bns = [l for l in bb.layers if isinstance(l, keras.layers.BatchNormalization)]
+    for layer in bns:
+        layer.momentum = 0.0
+    bb(np.random.default_rng(0).uniform(-1, 1, (32, SIZE, SIZE, 3)).astype("float32"), training=True)
+    path = tmp_path_factory.mktemp("weights") / "calibrated_mobilenet_025.weights.h5"
+    with numpy2_quiet():
+        bb.save_weights(str(path))
+    return path
+
+
+def cfg(weights, out, **kw) -> TrainConfig:
+    base = dict(backbone="mobilenet", alpha=0.25, weights=str(weights), size=SIZE, epochs=2, fine_tune_epochs=2,
+                batch=16, lr=1e-2, out=out, verbose=0)
+    return TrainConfig(**{**base, **kw})
+
+
+def backbone_weights(model_path: Path) -> dict[str, list[np.ndarray]]:
+    import keras
+
+    from tledge.layers import CUSTOM_OBJECTS
+
+    m = keras.saving.load_model(str(model_path), custom_objects=CUSTOM_OBJECTS, safe_mode=True, compile=False)
+    bb = next(l for l in m.layers if l.__class__.__name__ == "Functional")
+    return {l.name: [np.asarray(w) for w in l.get_weights()] for l in bb.layers if l.weights}
+
+
+def initial_backbone_weights(weights: Path) -> dict[str, list[np.ndarray]]:
+    from tledge import backbones
+
+    bb = backbones.build("mobilenet", (SIZE, SIZE, 3), weights=str(weights), alpha=0.25)
+    return {l.name: [np.asarray(w) for w in l.get_weights()] for l in bb.layers if l.weights}
+
+
+def r_labels(root) -> tuple[str, ...]:
+    return td.plan(root).classes
+
+
+def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+# ---- both phases, outputs, reload -------------------------------------------------------------------
+def test_two_phases_outputs_reload_and_partial_unfreezing(shapes_dataset, weights, tmp_path):
+    import keras
+
+    from tledge.layers import CUSTOM_OBJECTS, Preprocess
+
+    out = tmp_path / "run"
+    r = train(shapes_dataset, cfg(weights, out, unfreeze=12))
+    m = json.loads((out / "metrics.json").read_text())
+    assert [p["name"] for p in m["phases"]] == ["head", "fine_tune"]
+    assert [p["epochs_run"] for p in m["phases"]] == [2, 2] and len(m["history"]) == 4
+    assert m["phases"][0]["fast_path"] is False  # augmentation is on by default
+    assert m["phases"][1]["unfrozen"]["layers"] == 12
+    assert isinstance(m["val_accuracy"], float) and m["wall_time_s"] > 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["checkpoints", "confusion.png", "curves.png", "labels.txt", "metrics.json", "model.h5",
+                     "model.keras", "tledge.json"]  # and no temporary files left
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "labels.txt").read_text().split() == list(r.labels) == ["circle", "hstripes", "vstripes"]
+
+    contract = Contract.load(out / "tledge.json")
+    assert (contract.channels, contract.input_dtype, contract.baked, contract.norm.value) == (3, "float32", True, "tf")
+    assert contract.labels == r.labels and contract == r.contract
+    val = td.plan(shapes_dataset).val
+    x, y = contract.prepare_batch(val.files), val.y
+    preds = []
+    for path in (out / "model.keras", out / "model.h5"):
+        model = keras.saving.load_model(str(path), custom_objects=CUSTOM_OBJECTS, safe_mode=True, compile=False)
+        assert model.input.shape[1:] == (SIZE, SIZE, 3) and model.input.dtype == "float32"
+        assert isinstance(model.layers[1], Preprocess)
+        preds.append(np.asarray(model.predict(x, verbose=0)))
+    np.testing.assert_allclose(preds[0], preds[1], atol=1e-6)
+    # metrics.json's accuracy is the saved model's, recomputed independently from the files on disk
+    assert m["val_accuracy"] == pytest.approx(float((preds[0].argmax(1) == y).mean()))
+    assert np.asarray(m["confusion_matrix"]).sum() == len(y)
+
+    # phase 2 trained exactly the top 12 layers minus batch norm; everything below is bit-identical
+    before, after = initial_backbone_weights(weights), backbone_weights(out / "model.keras")
+    bb_layers = keras.applications.MobileNet(include_top=False, weights=None, alpha=0.25, pooling="avg",
+                                             input_shape=(SIZE, SIZE, 3)).layers
+    top = {l.name for l in bb_layers[-12:] if l.weights and not isinstance(l, keras.layers.BatchNormalization)}
+    changed = {n for n in before if not same(before[n], after[n])}
+    assert changed and changed <= top, (changed, top)
+
+
+def test_phase1_frozen_backbone_is_bit_identical(shapes_dataset, weights, tmp_path):
+    """With augmentation the frozen backbone is in the gradient path every step: it must not move (BN stats too)."""
+    out = tmp_path / "p1"
+    train(shapes_dataset, cfg(weights, out, epochs=3, fine_tune_epochs=0, dropout=0.5))
+    m = json.loads((out / "metrics.json").read_text())
+    assert [p.get("skipped", False) for p in m["phases"]] == [False, True]
+    assert len({round(h["loss"], 6) for h in m["history"]}) == 3  # the head did train
+    before, after = initial_backbone_weights(weights), backbone_weights(out / "model.keras")
+    assert before.keys() == after.keys()
+    assert all(same(before[n], after[n]) for n in before)
+
+
+def test_fast_path_cli_class_weights_and_fine_tune_at(tmp_path, weights, capsys):
+    """--no-augment: features computed once; CLI end to end; imbalanced classes with --class-weights auto."""
+    from tledge.cli import main
+    from tledge.datasets import make_shapes
+
+    data = make_shapes(tmp_path / "data", n_per_class=10, size=40)
+    for f in sorted((data / "circle").iterdir())[3:]:
+        f.unlink()  # 3 circles vs 10 + 10: imbalanced
+    out = tmp_path / "out"
+    code = main(["train", str(data), "--backbone", "mobilenet", "--alpha", "0.25", "--weights", str(weights),
+                 "--size", str(SIZE), "--epochs", "3", "--fine-tune-epochs", "1", "--no-augment", "--batch", "8",
+                 "--class-weights", "auto", "--fine-tune-at", "conv_pw_13", "--val-split", "0.3",
+                 "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "val accuracy" in printed and "head   3/3" in printed
+    m = json.loads((out / "metrics.json").read_text())
+    head, ft = m["phases"]
+    assert head["fast_path"] is True and "feature_time_s" in head and head["trainable_weights"] == 256 * 3 + 3
+    assert ft["unfrozen"]["from_layer"] == "conv_pw_13" and ft["epochs_run"] == 1
+    assert m["config"]["class_weights"] == "auto"
+    assert m["train_counts"] == [2, 7, 7] and m["val_counts"] == [1, 3, 3]
+    w = td.class_weights(np.repeat([0, 1, 2], m["train_counts"]), 3)
+    np.testing.assert_allclose(w * m["train_counts"], [16 / 3] * 3)  # each class weighs the same in total
+
+
+# ---- the data path is contract.prepare ---------------------------------------------------------------
+def test_training_arrays_equal_contract_prepare(tmp_path):
+    import cv2
+
+    from tledge.train.api import make_contract
+    from tledge.train.augment import Augment, batches
+
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        cv2.imwrite(str(tmp_path / cls / "rgb.jpg"), rng.integers(0, 255, (50, 70, 3), np.uint8))
+        cv2.imwrite(str(tmp_path / cls / "gray.png"), rng.integers(0, 255, (40, 40), np.uint8))
+        cv2.imwrite(str(tmp_path / cls / "rgba.png"), rng.integers(0, 255, (33, 21, 4), np.uint8))
+        cv2.imwrite(str(tmp_path / cls / "deep.png"), rng.integers(0, 65535, (64, 48, 3)).astype(np.uint16))
+    contract = make_contract(TrainConfig(backbone="mobilenet", weights="none", size=SIZE), ("a", "b"))
+    split = td.plan(tmp_path, val_split=0.25).train
+    x, y, kept = td.load(split, contract)
+    assert x.dtype == np.uint8 and len(kept.files) == len(x) == 6
+    seen = np.concatenate([xb for xb, _, _ in batches(x, y, 4, rng, shuffle=False)])
+    assert seen.dtype == np.float32
+    for i, f in enumerate(kept.files):
+        assert np.array_equal(seen[i], contract.prepare(f)), f  # exactly what the runtime feeds the model
+    keep = x.copy()
+    aug = Augment()(x, np.random.default_rng(1))
+    assert aug.shape == x.shape and aug.dtype == np.float32 and 0 <= aug.min() and aug.max() <= 255
+    assert not np.array_equal(aug, x.astype(np.float32)) and np.array_equal(x, keep)  # a copy, in training only
+
+
+# ---- resume ------------------------------------------------------------------------------------------
+def test_resume_continues_where_it_stopped(shapes_dataset, weights, tmp_path, monkeypatch):
+    from tledge.train import finetune
+
+    settings = dict(epochs=2, fine_tune_epochs=3, dropout=0.0, unfreeze=12, patience=0)
+    straight = train(shapes_dataset, cfg(weights, tmp_path / "straight", **settings))
+
+    real_epoch = finetune._epoch
+
+    def crash(run, net, x, phase, epoch, augment):
+        if phase == 1 and epoch == 2:
+            raise KeyboardInterrupt
+        return real_epoch(run, net, x, phase, epoch, augment)
+
+    out = tmp_path / "crashed"
+    monkeypatch.setattr(finetune, "_epoch", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(shapes_dataset, cfg(weights, out, **settings))
+    monkeypatch.setattr(finetune, "_epoch", real_epoch)
+    assert not (out / "model.keras").exists()  # nothing half-written
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert (state["phase"], state["epoch"], len(state["history"])) == ("fine_tune", 2, 4)
+
+    from tledge.train.api import _start
+    from tledge.train.checkpoint import Checkpoints
+
+    with pytest.warns(TledgeWarning, match="unfinished run"):  # a fresh start over it says what it replaces
+        assert _start(cfg(weights, out, **settings), Checkpoints(out / "checkpoints"), r_labels(shapes_dataset)) is None
+    with pytest.raises(TledgeError, match="different settings"):
+        train(shapes_dataset, cfg(weights, out, resume=True, **{**settings, "unfreeze": 6}))
+    resumed = train(shapes_dataset, cfg(weights, out, resume=True, **settings))
+    hist = resumed.metrics["history"]
+    assert [(h["phase"], h["epoch"]) for h in hist] == [("head", 1), ("head", 2), ("fine_tune", 1),
+                                                        ("fine_tune", 2), ("fine_tune", 3)]
+    def no_time(rows):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+    assert no_time(hist[:4]) == no_time(straight.metrics["history"][:4])  # carried over from the checkpoint
+    # the resumed run continues the same trajectory (weights, optimizer moments, data order)
+    assert hist[4]["loss"] == pytest.approx(straight.metrics["history"][4]["loss"], rel=1e-4)
+    a, b = backbone_weights(out / "model.keras"), backbone_weights(tmp_path / "straight" / "model.keras")
+    assert all(np.allclose(x, y, atol=1e-5) for n in a for x, y in zip(a[n], b[n]))
+    with pytest.raises(TledgeError, match="complete"):
+        train(shapes_dataset, cfg(weights, out, resume=True, **settings))
+
+
+# ---- bad data ----------------------------------------------------------------------------------------
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _classes(root: Path, spec: dict[str, int], size: int = 24) -> Path:
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for name, n in spec.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            cv2.imwrite(str(root / name / f"{i}.png"), rng.integers(0, 255, (size, size, 3), np.uint8))
+    return root
+
+
+def test_bad_folders_give_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        td.plan(tmp_path / "missing")
+    with pytest.raises(DataError, match="no class folders"):
+        (tmp_path / "flat").mkdir()
+        (tmp_path / "flat" / "x.png").write_bytes(b"")
+        td.plan(tmp_path / "flat")
+    with pytest.raises(DataError, match="without images.*empty"):
+        td.plan(_classes(tmp_path / "e", {"cat": 3, "dog": 3, "empty": 0}))
+    with pytest.raises(DataError, match="only one class"):
+        td.plan(_classes(tmp_path / "one", {"cat": 5}))
+    with pytest.raises(DataError, match="at least 2 per class"):
+        td.plan(_classes(tmp_path / "tiny", {"cat": 5, "dog": 1}))
+    root = _classes(tmp_path / "split", {"train/cat": 3, "train/dog": 3, "val/cat": 2, "val/bird": 1})
+    with pytest.raises(DataError, match="bird"):
+        td.plan(root)
+    with pytest.raises(DataError, match="drop --val-split"):
+        td.plan(_classes(tmp_path / "split2", {"train/cat": 3, "train/dog": 3, "val/cat": 1}), val_split=0.5)
+    with pytest.raises(TledgeError, match="inside the data folder"):
+        train(root, TrainConfig(weights="none", out=root / "runs"))
+    for bad in (dict(unfreeze=3, fine_tune_at="conv1"), dict(weights="nope.h5"), dict(class_weights="yes"),
+                dict(epochs=0, fine_tune_epochs=0), dict(val_split=1.5), dict(grayscale=True, precision="mixed")):
+        with pytest.raises(TledgeError):
+            TrainConfig(**bad)
+
+
+def test_bad_files_warn_are_skipped_and_left_alone(tmp_path):
+    from tledge.train.api import make_contract
+
+    root = _classes(tmp_path / "d", {"cat": 3, "dog": 3})
+    (root / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (root / "dog" / "notes.txt").write_text("hello")
+    (root / "readme.md").write_text("loose file")
+    before = _digest(root)
+    with pytest.warns(TledgeWarning) as got:
+        plan = td.plan(root, val_split=0.34)
+    msgs = " | ".join(str(w.message) for w in got)
+    assert "notes.txt" in msgs and "readme.md" in msgs
+    contract = make_contract(TrainConfig(weights="none", size=SIZE), plan.classes)
+    split = plan.train if any(f.name == "broken.jpg" for f in plan.train.files) else plan.val
+    with pytest.warns(TledgeWarning, match="broken.jpg"):
+        x, y, kept = td.load(split, contract)
+    assert len(kept.files) == len(split.files) - 1 and len(x) == len(y) == len(kept.files)
+    assert _digest(root) == before  # nothing deleted, moved or rewritten
+
+    for f in (root / "dog").glob("*.png"):
+        f.write_bytes(b"garbage")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TledgeWarning)
+        plan = td.plan(root, val_split=0.34)
+        with pytest.raises(DataError, match="no readable training images left for class.*dog"):
+            td.load(plan.train, contract)
+
+
+def test_cli_reports_bad_data_with_exit_code_2(tmp_path, capsys):
+    from tledge.cli import main
+
+    root = _classes(tmp_path / "d", {"cat": 4})
+    assert main(["train", str(root), "--weights", "none", "--out", str(tmp_path / "o")]) == 2
+    assert "only one class" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_imagenet_download_failure_says_how_to_pass_a_file(monkeypatch):
+    import keras.src.utils.file_utils as fu
+
+    from tledge import backbones
+
+    def offline(*a, **k):
+        raise Exception("URL fetch failure: no network")
+
+    monkeypatch.setattr(fu, "get_file", offline)
+    with pytest.raises(TledgeError, match="--weights PATH"):
+        backbones.build("mobilenet", (SIZE, SIZE, 3), weights="imagenet", alpha=0.25)
+
+
+def test_split_layout_and_held_out_split_are_stratified(tmp_path):
+    root = _classes(tmp_path / "flat", {"a": 10, "b": 5})
+    p1, p2 = td.plan(root, val_split=0.2, seed=3), td.plan(root, val_split=0.2, seed=3)
+    assert p1.val.files == p2.val.files  # deterministic
+    assert p1.val.counts() == [2, 1] and p1.train.counts() == [8, 4]
+    assert not set(p1.val.files) & set(p1.train.files)
+    split = _classes(tmp_path / "s", {"train/a": 3, "train/b": 3, "validation/a": 2, "validation/b": 2})
+    p = td.plan(split)
+    assert p.classes == ("a", "b") and len(p.val.files) == 4 and "validation" in p.source
+    shutil.rmtree(split / "validation")
+    assert len(td.plan(split).val.files) == 2  # train/ only: held out from it
+
+
+def test_mixed_precision_run_saves_a_float32_model(shapes_dataset, weights, tmp_path):
+    """precision="mixed" (what GPUs get by default) still saves float32 layers and restores the global policy."""
+    import keras
+
+    from tledge.layers import CUSTOM_OBJECTS
+
+    out = tmp_path / "mixed"
+    r = train(shapes_dataset, cfg(weights, out, epochs=2, fine_tune_epochs=0, augment=False, precision="mixed"))
+    assert "mixed_float16" in r.metrics["device"]
+    assert keras.mixed_precision.global_policy().name == "float32"
+    m = keras.saving.load_model(str(out / "model.keras"), custom_objects=CUSTOM_OBJECTS, safe_mode=True)
+    bb = next(l for l in m.layers if l.__class__.__name__ == "Functional")
+    assert {l.dtype_policy.name for l in [*m.layers, *bb.layers]} == {"float32"}
+
+
+def test_backbone_registry_matches_keras_applications():
+    """Every registry entry exists in keras.applications and its mode is what that family's preprocess_input does."""
+    import keras
+
+    from tledge.backbones import BACKBONES
+
+    module = {"MobileNet": "mobilenet", "MobileNetV2": "mobilenet_v2", "MobileNetV3": "mobilenet_v3",
+              "EfficientNetV2": "efficientnet_v2", "EfficientNet": "efficientnet", "ResNet50V2": "resnet_v2",
+              "ResNet101V2": "resnet_v2", "ResNet152V2": "resnet_v2", "ResNet": "resnet", "DenseNet": "densenet",
+              "VGG16": "vgg16", "VGG19": "vgg19", "InceptionV3": "inception_v3", "Xception": "xception",
+              "InceptionResNetV2": "inception_resnet_v2", "NASNet": "nasnet", "ConvNeXt": "convnext"}
+    x = np.random.default_rng(0).uniform(0, 255, (2, 5, 5, 3)).astype("float32")
+    for name, spec in BACKBONES.items():
+        assert hasattr(keras.applications, spec.constructor), name
+        mod = next(m for prefix, m in sorted(module.items(), key=lambda kv: -len(kv[0]))
+                   if spec.constructor.startswith(prefix))
+        expected = np.asarray(getattr(keras.applications, mod).preprocess_input(x.copy()))
+        c = Contract.for_backbone(name, 5, baked=False)
+        got = c.normalize(x) if spec.mode != "raw" else x
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4, err_msg=name)

@@ -1,0 +1,61 @@
+"""Acceptance on real photos (../shared/assets): hymenoptera_data with ImageNet MobileNet-0.25 weights."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.real]
+WEIGHTS = ("keras_imagenet_weights", "mobilenet_2_5_224_tf_no_top.h5")
+
+
+def asset(root, *parts):
+    p = root.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"shared asset not available: {p}")
+    return p
+
+
+def test_cli_reaches_085_on_hymenoptera(shared_assets, tmp_path):
+    import keras
+
+    from tledge.cli import main
+    from tledge.contract import Contract
+    from tledge.layers import CUSTOM_OBJECTS
+    from tledge.train import data as td
+
+    data, weights = asset(shared_assets, "hymenoptera_data"), asset(shared_assets, *WEIGHTS)
+    out = tmp_path / "run"
+    code = main(["train", str(data), "--backbone", "mobilenet", "--alpha", "0.25", "--weights", str(weights),
+                 "--size", "224", "--out", str(out)])
+    assert code == 0
+    m = json.loads((out / "metrics.json").read_text())
+    print(f"\nval_accuracy {m['val_accuracy']:.3f}, wall {m['wall_time_s']:.0f}s, best {m['best']}")
+    assert m["val_accuracy"] >= 0.85
+    assert m["train_counts"] == [124, 121] and m["val_counts"] == [70, 83]  # the placeholder GIF is kept
+    contract = Contract.load(out / "tledge.json")
+    model = keras.saving.load_model(str(out / "model.keras"), custom_objects=CUSTOM_OBJECTS, safe_mode=True)
+    val = td.plan(data).val
+    p = model.predict(contract.prepare_batch(val.files), verbose=0, batch_size=64)
+    assert float((p.argmax(1) == val.y).mean()) == pytest.approx(m["val_accuracy"])
+
+
+def test_grayscale_fold_of_real_imagenet_weights(shared_assets):
+    """MobileNet (tf mode): the folded 1-channel backbone gives the RGB backbone's features on gray photos."""
+    from tledge import backbones
+    from tledge.contract import Contract
+    from tledge.train import data as td
+    from tledge.train import model as tm
+    from tledge.train.grayscale import fold_to_gray
+
+    weights = asset(shared_assets, *WEIGHTS)
+    files = td.plan(asset(shared_assets, "hymenoptera_data")).val.files[::10]
+    c3, c1 = Contract.for_backbone("mobilenet", 224), Contract.for_backbone("mobilenet", 224, grayscale=True)
+    bb3 = backbones.build("mobilenet", (224, 224, 3), weights=str(weights), alpha=0.25)
+    bb1, rep = fold_to_gray(bb3, tm._preprocess(c3, "a"), tm._preprocess(c1, "b"))
+    assert rep.exact_at_borders
+    g = c1.prepare_batch(files)
+    f3 = np.asarray(tm.feature_model(tm.assemble(bb3, c3, 2, 0.2))(np.repeat(g, 3, axis=-1)))
+    f1 = np.asarray(tm.feature_model(tm.assemble(bb1, c1, 2, 0.2))(g))
+    assert np.abs(f3 - f1).max() <= 1e-5 * np.abs(f3).max()

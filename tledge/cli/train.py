@@ -1,0 +1,86 @@
+"""tledge train DATA_DIR [--backbone NAME] [--alpha A] [--weights imagenet|none|PATH] [--size N] [--grayscale]
+[--epochs E] [--fine-tune-epochs F] [--unfreeze N | --fine-tune-at LAYER] [--batch B] [--lr LR]
+[--augment/--no-augment] [--val DIR | --val-split F] [--class-weights auto] [--resume] [--out DIR]"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+
+def _defaults():
+    from tledge.train.config import TrainConfig
+
+    return TrainConfig()
+
+
+def add_arguments(p) -> None:
+    d = _defaults()
+    p.epilog = ("Writes OUT/model.keras and model.h5 (raw float32 pixels in, normalisation inside), labels.txt, "
+                "tledge.json, metrics.json, curves.png, confusion.png, and checkpoints/ for --resume. GPUs train "
+                "in mixed precision, several GPUs with MirroredStrategy; several machines: set TF_CONFIG on each "
+                "and run the same command (MultiWorkerMirroredStrategy; worker 0 writes OUT).")
+    p.add_argument("data", help="folder of class folders, or with train/ and val/ folders of class folders")
+    p.add_argument("--backbone", default=d.backbone, help=f"keras.applications backbone (default {d.backbone})")
+    p.add_argument("--alpha", type=float, help="width multiplier of MobileNet backbones (e.g. 0.25)")
+    p.add_argument("--weights", default=d.weights,
+                   help="imagenet (downloaded by Keras), none (random init) or a local no-top .h5 file")
+    p.add_argument("--size", type=int, help="input height and width (default: the backbone's)")
+    p.add_argument("--grayscale", action="store_true", help="1-channel model folded from the RGB weights")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"phase 1, frozen backbone (default {d.epochs})")
+    p.add_argument("--fine-tune-epochs", type=int, default=d.fine_tune_epochs,
+                   help=f"phase 2, top layers unfrozen (default {d.fine_tune_epochs}; 0 skips it)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--unfreeze", type=int, help="phase 2 trains the top N backbone layers (default 30%% of them)")
+    g.add_argument("--fine-tune-at", help="phase 2 trains from this backbone layer (name or index) up")
+    p.add_argument("--batch", type=int, default=d.batch, help=f"batch size (default {d.batch})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"phase 1 learning rate (default {d.lr:g})")
+    p.add_argument("--fine-tune-lr", type=float, help="phase 2 learning rate (default LR/10)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=d.augment,
+                   help="flips, small shifts, brightness in training (default on; --no-augment trains the head "
+                        "on features computed once: much faster)")
+    v = p.add_mutually_exclusive_group()
+    v.add_argument("--val", help="validation folder of class folders")
+    v.add_argument("--val-split", type=float, help="fraction of each class held out (default 0.2 without val/)")
+    p.add_argument("--class-weights", choices=("none", "auto"), default="none",
+                   help="auto: weigh classes by inverse frequency (imbalanced folders)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--out", default=str(d.out), help=f"output folder (default {d.out})")
+    p.add_argument("--patience", type=int, default=d.patience,
+                   help=f"early stopping: epochs without a better val accuracy (default {d.patience}; 0 = off)")
+    p.add_argument("--dropout", type=float, default=d.dropout, help=f"before the classifier (default {d.dropout})")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--precision", choices=("auto", "float32", "mixed"), default="auto",
+                   help="auto: mixed_float16 on GPUs, float32 on CPU")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+
+
+def _config(args):
+    from tledge.train.config import TrainConfig
+
+    return TrainConfig(
+        backbone=args.backbone, alpha=args.alpha, weights=args.weights, size=args.size, grayscale=args.grayscale,
+        epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs, unfreeze=args.unfreeze,
+        fine_tune_at=args.fine_tune_at, batch=args.batch, lr=args.lr, fine_tune_lr=args.fine_tune_lr,
+        augment=args.augment, val_dir=args.val, val_split=args.val_split, class_weights=args.class_weights,
+        resume=args.resume, out=args.out, patience=args.patience, dropout=args.dropout, seed=args.seed,
+        precision=args.precision, verbose=0 if args.quiet else 1)
+
+
+def run(args) -> int:
+    from tledge.errors import TledgeWarning
+    from tledge.train import train
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        kind = "warning" if issubclass(category, TledgeWarning) else category.__name__
+        print(f"tledge train: {kind}: {message}", file=sys.stderr)
+
+    cfg = _config(args)
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        result = train(args.data, cfg)
+    m = result.metrics
+    if args.quiet:  # otherwise train() has just said it
+        print(f"val accuracy {result.val_accuracy:.3f} on {m['val_images']} images, {m['wall_time_s']:.0f}s")
+    print(f"files in {result.out}/: {', '.join(m['files'].values())}")
+    return 0

@@ -1,0 +1,154 @@
+"""`train(data_dir, TrainConfig(...)) -> TrainResult`: the whole of `tledge train`."""
+from __future__ import annotations
+
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from tledge.contract import Contract
+from tledge.errors import TledgeError, TledgeWarning
+from tledge.train import data as td
+from tledge.train.checkpoint import Checkpoints
+from tledge.train.config import RESUME_KEYS, ClassWeights, TrainConfig, TrainResult
+
+
+def make_contract(cfg: TrainConfig, labels) -> Contract:
+    """The backbone's contract; the Keras model takes float32 raw pixels (normalisation baked in)."""
+    c = Contract.for_backbone(cfg.backbone, cfg.size, grayscale=cfg.grayscale, labels=labels, baked=True)
+    from tledge.backbones import get
+
+    extra = {"backbone": get(cfg.backbone).name, "alpha": cfg.alpha, "trained_by": "tledge train"}
+    return c.replace(input_dtype="float32", extra=extra)
+
+
+def _check_out(out: Path, *roots) -> None:
+    o = out.resolve()
+    for r in roots:
+        if r is not None and (o == Path(r).resolve() or Path(r).resolve() in o.parents):
+            raise TledgeError(f"--out {out} is inside the data folder {r}: its files would become training data")
+
+
+def _complete(ckpt: Checkpoints) -> bool:
+    try:
+        return bool(ckpt.load_state().get("complete"))
+    except TledgeError:
+        return False
+
+
+def _start(cfg: TrainConfig, ckpt: Checkpoints, labels) -> dict | None:
+    """The checkpoint state to resume from, or None for a fresh run."""
+    from tledge.train.finetune import new_state
+
+    if not cfg.resume:
+        if ckpt.exists() and not _complete(ckpt):
+            warnings.warn(f"{ckpt.folder} holds an unfinished run; starting afresh replaces it "
+                          "(pass --resume to continue it instead)", TledgeWarning, stacklevel=4)
+        return None
+    if not ckpt.exists():
+        warnings.warn(f"--resume: no checkpoint in {ckpt.folder}, starting afresh", TledgeWarning, stacklevel=4)
+        return None
+    state = ckpt.load_state()
+    if state.get("complete"):
+        raise TledgeError(f"the run in {cfg.out} is complete: nothing to resume (drop --resume to train again)")
+    old = state["config"]
+    diff = [k for k in RESUME_KEYS if old.get(k) != cfg.to_dict().get(k)]
+    if list(labels) != state["labels"]:
+        diff.append(f"classes {state['labels']} -> {list(labels)}")
+    if diff:
+        raise TledgeError(f"cannot resume {cfg.out}: the run was made with different settings ({', '.join(diff)})")
+    return {**new_state(cfg, labels), **state, "config": cfg.to_dict()}
+
+
+def _load_data(cfg: TrainConfig, plan: td.DataPlan, contract: Contract):
+    from tledge.train.finetune import Data
+
+    x, y, kept = td.load(plan.train, contract, what="training")
+    xv, yv, kept_v = td.load(plan.val, contract, what="validation")
+    w = td.class_weights(y, len(plan.classes)) if cfg.class_weights is ClassWeights.AUTO else None
+    skipped = len(plan.train.files) - len(kept.files) + len(plan.val.files) - len(kept_v.files)
+    return Data(x, y, xv, yv, w), skipped
+
+
+def _final_model(cfg, env, parts, contract, n):
+    """The model to save: float32 and outside any distribution strategy."""
+    if not env.rebuild_for_saving:
+        return parts.model
+    from tledge.train import model as tm
+
+    clean = tm.build(cfg, contract, n, pretrained=False)
+    clean.model.set_weights(parts.model.get_weights())
+    return clean.model
+
+
+def _metrics(cfg, run, probs, plan, env, skipped) -> dict:
+    import tledge
+    from tledge._deps import require
+    from tledge.train.finetune import scores
+    from tledge.train.report import confusion
+
+    keras, tf = require("keras"), require("tensorflow")
+
+    yv = run.data.yv
+    acc, loss = scores(probs, yv)
+    cm = confusion(yv, probs.argmax(1), len(plan.classes))
+    per_class = {c: (float(cm[i, i] / cm[i].sum()) if cm[i].sum() else None) for i, c in enumerate(plan.classes)}
+    best = run.state["best_score"]
+    return {"val_accuracy": acc, "val_loss": loss, "val_images": int(len(yv)), "train_images": int(len(run.data.y)),
+            "classes": list(plan.classes), "train_counts": np.bincount(run.data.y, minlength=len(plan.classes)).tolist(),
+            "val_counts": np.bincount(yv, minlength=len(plan.classes)).tolist(), "val_source": plan.source,
+            "skipped_files": skipped, "per_class_accuracy": per_class, "confusion_matrix": cm.tolist(),
+            "best": None if best is None else {"val_accuracy": best[0], "val_loss": best[1], "phase": best[2],
+                                               "epoch": best[3]},
+            "phases": run.state["phases_done"], "history": run.state["history"], "wall_time_s": None,
+            "device": env.description, "grayscale_fold": None if run.parts.fold is None else run.parts.fold.to_dict(),
+            "config": cfg.to_dict(), "versions": {"tledge": tledge.__version__, "keras": keras.__version__,
+                                                  "tensorflow": tf.__version__}}
+
+
+def train(data_dir: str | Path, config: TrainConfig | None = None) -> TrainResult:
+    """Train a classifier on class folders and write it to `config.out` (see TrainConfig)."""
+    cfg = config or TrainConfig()
+    t0 = time.perf_counter()
+    log = print if cfg.verbose else (lambda *a, **k: None)
+    _check_out(cfg.out, data_dir, cfg.val_dir)
+    plan = td.plan(data_dir, cfg.val_dir, cfg.val_split, cfg.seed)
+    contract = make_contract(cfg, plan.classes)
+    from tledge.train import hardware
+
+    out = cfg.out if hardware.is_chief() else Path(tempfile.mkdtemp(prefix="tledge-train-worker-"))
+    ckpt = Checkpoints(out / "checkpoints")
+    resumed = _start(cfg, ckpt, plan.classes)
+    data, skipped = _load_data(cfg, plan, contract)
+    log(f"data: {len(data.y)} training / {len(data.yv)} validation images, classes {', '.join(plan.classes)} "
+        f"(validation: {plan.source})")
+    with hardware.quiet_tensorflow():
+        return _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, skipped, log, t0)
+
+
+def _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, skipped, log, t0) -> TrainResult:
+    from tledge._deps import require
+    from tledge.train import finetune, hardware, model as tm
+    from tledge.train.report import write_all
+
+    require("keras", purpose="training").utils.set_random_seed(cfg.seed)
+    with hardware.environment(cfg.precision, grayscale=cfg.grayscale) as env:
+        log(f"model: {contract.extra['backbone']} {contract.height}x{contract.width}x{contract.channels}, "
+            f"{env.description}{', resuming' if resumed else ''}")
+        parts = tm.build(cfg, contract, len(plan.classes), pretrained=resumed is None)
+        if resumed is not None:
+            ckpt.load_weights(parts.model, resumed, "last")
+        run = finetune.Run(cfg, parts, data, ckpt, resumed or finetune.new_state(cfg, plan.classes), log)
+        finetune.run_all(run)
+    final = _final_model(cfg, env, parts, contract, len(plan.classes))
+    probs = finetune.predict(final, data.xv, cfg.batch * 2)
+    metrics = _metrics(cfg, run, probs, plan, env, skipped)
+    n_check = min(8, len(data.xv))
+    write_all(out, final, contract, metrics, data.xv[:n_check].astype(np.float32), probs[:n_check], t0)
+    ckpt.mark_complete(run.state)
+    log(f"val accuracy {metrics['val_accuracy']:.3f} ({metrics['val_images']} images), "
+        f"{metrics['wall_time_s']:.0f}s; wrote {out}/")
+    return TrainResult(out, out / "model.keras", out / "model.h5", contract, plan.classes,
+                       metrics["val_accuracy"], metrics["wall_time_s"], metrics)

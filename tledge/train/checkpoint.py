@@ -1,0 +1,121 @@
+"""Checkpoints after every epoch, and resuming from them.
+
+OUT/checkpoints/ holds `state.json` (where the run is, its history and best score) and the files it
+names: the model weights and optimizer variables of the last epoch, and the best weights so far.
+Every file is written under a temporary name and renamed; `state.json` is renamed last, so it always
+names complete files. Files no longer named are then removed (only ours, inside OUT/checkpoints).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from tledge.errors import TledgeError
+from tledge.io import atomic_write_text
+
+STATE = "state.json"
+FORMAT = "tledge.train.state"
+
+
+@contextmanager
+def numpy2_quiet():
+    """Keras' HDF5 writer triggers numpy 2's "__array__ ... copy keyword" DeprecationWarning per variable."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"__array__ implementation doesn't accept a copy keyword",
+                                category=DeprecationWarning)
+        yield
+
+
+@contextmanager
+def temp_sibling(path: Path):
+    """A temporary name next to `path` with the same suffixes (Keras checks them); renamed on success."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    os.unlink(tmp)  # Keras and numpy create the file themselves
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class Checkpoints:
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    @property
+    def state_path(self) -> Path:
+        return self.folder / STATE
+
+    def exists(self) -> bool:
+        return self.state_path.is_file()
+
+    def load_state(self) -> dict:
+        try:
+            state = json.loads(self.state_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise TledgeError(f"cannot read checkpoint state {self.state_path}: {exc}") from None
+        if state.get("format") != FORMAT:
+            raise TledgeError(f"{self.state_path} is not a tledge train checkpoint")
+        for key in ("last", "best"):
+            name = state.get(key)
+            if name and not (self.folder / f"{name}.weights.h5").is_file():
+                raise TledgeError(f"checkpoint file {self.folder / name}.weights.h5 is missing: cannot resume")
+        return state
+
+    def save(self, model, optimizer, state: dict, *, best: bool) -> dict:
+        """Write the last weights (the best ones too when `best`), optimizer variables, then the state (returned)."""
+        tag = f"{state['phase']}-{state['epoch']:03d}"
+        last = f"last-{tag}"
+        with temp_sibling(self.folder / f"{last}.weights.h5") as tmp, numpy2_quiet():
+            model.save_weights(str(tmp))
+        self._save_optimizer(optimizer, self.folder / f"{last}.optimizer.npz")
+        if best:
+            with temp_sibling(self.folder / f"best-{tag}.weights.h5") as tmp, numpy2_quiet():
+                model.save_weights(str(tmp))
+        state = dict(state, format=FORMAT, last=last, best=f"best-{tag}" if best else state.get("best"))
+        atomic_write_text(self.state_path, json.dumps(state, indent=1) + "\n")
+        self._prune(state)
+        return state
+
+    def mark_complete(self, state: dict) -> None:
+        atomic_write_text(self.state_path, json.dumps(dict(state, format=FORMAT, complete=True), indent=1) + "\n")
+
+    def load_weights(self, model, state: dict, which: str = "last") -> None:
+        model.load_weights(str(self.folder / f"{state[which]}.weights.h5"))
+
+    def load_optimizer(self, optimizer, variables, state: dict) -> bool:
+        """Restore optimizer variables saved with the last checkpoint; False when they do not fit."""
+        path = self.folder / f"{state['last']}.optimizer.npz"
+        if not path.is_file():
+            return False
+        with np.load(path) as data:
+            values = [data[f"v{i}"] for i in range(len(data.files))]
+        optimizer.build(variables)
+        if len(values) != len(optimizer.variables) or any(
+                tuple(v.shape) != tuple(x.shape) for v, x in zip(optimizer.variables, values)):
+            return False
+        for v, x in zip(optimizer.variables, values):
+            v.assign(x)
+        return True
+
+    def _save_optimizer(self, optimizer, path: Path) -> None:
+        arrays = {f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)}
+        with temp_sibling(path) as tmp:
+            np.savez(tmp, **arrays)
+
+    def _prune(self, state: dict) -> None:
+        keep = {state.get("last"), state.get("best")}
+        for f in self.folder.iterdir():
+            stem = f.name.split(".")[0]
+            if f.is_file() and stem.startswith(("last-", "best-")) and stem not in keep:
+                f.unlink()

@@ -1,0 +1,198 @@
+"""Training data: find the class folders, check them, split, and load them through `contract.prepare`.
+
+Layouts: DATA_DIR/<class>/... (a validation split is held out per class), DATA_DIR/train/<class> with
+DATA_DIR/val/<class> (or validation/, valid/), or any class-folder tree plus `--val DIR`.
+Nothing here ever writes to or deletes from the data folders. No TensorFlow.
+"""
+from __future__ import annotations
+
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tledge import images
+from tledge.errors import DataError, ImageError, TledgeWarning
+
+VAL_NAMES = ("val", "validation", "valid")
+SPLIT_NAMES = {"train", "test", *VAL_NAMES}
+DEFAULT_VAL_SPLIT = 0.2
+_SHOW = 5  # file names listed in one warning
+
+
+@dataclass(frozen=True)
+class Split:
+    files: tuple[Path, ...]
+    y: np.ndarray  # int64 class index per file
+    classes: tuple[str, ...]
+
+    def counts(self) -> list[int]:
+        return np.bincount(self.y, minlength=len(self.classes)).tolist()
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    train: Split
+    val: Split
+    classes: tuple[str, ...]
+    source: str  # how the validation set was chosen, for the report
+
+
+def _listing(paths) -> str:
+    paths = list(paths)
+    more = f" (and {len(paths) - _SHOW} more)" if len(paths) > _SHOW else ""
+    return ", ".join(str(p) for p in paths[:_SHOW]) + more
+
+
+def scan_classes(root: Path, *, what: str) -> dict[str, list[Path]]:
+    """{class: [image files]} of a folder of class folders; warns about files that are skipped."""
+    if not root.is_dir():
+        raise DataError(f"{what} folder not found: {root}")
+    dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    loose = sorted(f for f in root.iterdir() if f.is_file() and not f.name.startswith("."))
+    if not dirs:
+        hint = " (they must be in one sub-folder per class)" if loose else ""
+        raise DataError(f"{what} folder {root} has no class folders{hint}")
+    if loose:
+        warnings.warn(f"ignoring {len(loose)} file(s) directly in {root} (not in a class folder): "
+                      f"{_listing(loose)}", TledgeWarning, stacklevel=3)
+    classes: dict[str, list[Path]] = {}
+    others = []
+    for d in dirs:
+        classes[d.name] = list(images.iter_image_files(d))
+        others += [f for f in sorted(d.rglob("*")) if f.is_file() and not f.name.startswith(".")
+                   and f.suffix.lower() not in images.IMAGE_SUFFIXES]
+    if others:
+        warnings.warn(f"ignoring {len(others)} non-image file(s) in {root}: {_listing(others)}",
+                      TledgeWarning, stacklevel=3)
+    return classes
+
+
+def _split_layout(root: Path) -> tuple[Path, Path | None] | None:
+    """(train dir, val dir or None) when `root` holds train/ (and val/) instead of class folders."""
+    names = {d.name.lower(): d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")}
+    if "train" not in names or not set(names) <= SPLIT_NAMES:
+        return None
+    val = next((names[n] for n in VAL_NAMES if n in names), None)
+    return names["train"], val
+
+
+def _to_split(classes: dict[str, list[Path]], names: tuple[str, ...]) -> Split:
+    files, ys = [], []
+    for i, name in enumerate(names):
+        fs = classes.get(name, [])
+        files += fs
+        ys += [i] * len(fs)
+    return Split(tuple(files), np.asarray(ys, np.int64), names)
+
+
+def _check_train(classes: dict[str, list[Path]], root: Path) -> tuple[str, ...]:
+    empty = [c for c, fs in classes.items() if not fs]
+    if empty:
+        raise DataError(f"class folder(s) without images in {root}: {', '.join(empty)}. Add images "
+                        f"(.jpg, .png, ...) or move the empty folder(s) out of {root}")
+    if len(classes) < 2:
+        raise DataError(f"only one class ({next(iter(classes))!r}) in {root}: a classifier needs at "
+                        "least two class folders")
+    return tuple(classes)
+
+
+def _check_val(classes: dict[str, list[Path]], names: tuple[str, ...], root: Path) -> None:
+    unknown = sorted(set(classes) - set(names))
+    if unknown:
+        raise DataError(f"validation folder {root} has class folder(s) the training data lacks: "
+                        f"{', '.join(unknown)} (training classes: {', '.join(names)})")
+    missing = [c for c in names if not classes.get(c)]
+    if missing:
+        warnings.warn(f"no validation images for class(es) {', '.join(missing)} in {root}",
+                      TledgeWarning, stacklevel=3)
+    if not any(classes.values()):
+        raise DataError(f"no validation images in {root}")
+
+
+def hold_out(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """Stratified split: `fraction` of each class (at least one image) goes to validation."""
+    rng = np.random.default_rng(seed)
+    tr, va = [], []
+    for c, name in enumerate(split.classes):
+        idx = np.flatnonzero(split.y == c)
+        if len(idx) < 2:
+            raise DataError(f"class {name!r} has {len(idx)} image(s): holding out a validation split needs "
+                            "at least 2 per class (add images or pass --val DIR)")
+        idx = rng.permutation(idx)
+        n_val = min(len(idx) - 1, max(1, int(round(len(idx) * fraction))))
+        va += idx[:n_val].tolist()
+        tr += idx[n_val:].tolist()
+
+    def take(ix):
+        ix = sorted(ix)
+        return Split(tuple(split.files[i] for i in ix), split.y[ix], split.classes)
+
+    return take(tr), take(va)
+
+
+def plan(data_dir: str | Path, val_dir: str | Path | None = None, val_split: float | None = None,
+         seed: int = 0) -> DataPlan:
+    """Find training and validation files and labels, or raise DataError saying what is wrong."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(f"data folder not found: {root}")
+    layout = _split_layout(root)
+    train_dir, found_val = layout if layout else (root, None)
+    if val_dir is None and found_val is not None and val_split is not None:
+        raise DataError(f"{root} has a {found_val.name}/ folder: drop --val-split (or pass --val DIR)")
+    train_classes = scan_classes(train_dir, what="training")
+    names = _check_train(train_classes, train_dir)
+    everything = _to_split(train_classes, names)
+    val_root = Path(val_dir) if val_dir is not None else found_val
+    if val_root is not None:
+        val_classes = scan_classes(val_root, what="validation")
+        _check_val(val_classes, names, val_root)
+        return DataPlan(everything, _to_split(val_classes, names), names, f"folder {val_root}")
+    fraction = DEFAULT_VAL_SPLIT if val_split is None else val_split
+    train, val = hold_out(everything, fraction, seed)
+    return DataPlan(train, val, names, f"{fraction:g} of each class held out (seed {seed})")
+
+
+def load(split: Split, contract, *, what: str = "training", workers: int = 2) -> tuple[np.ndarray, np.ndarray, Split]:
+    """(X, y, kept split): every image through `contract.prepare`; unreadable files are skipped with a warning.
+
+    X is uint8 when the contract is baked (prepare returns raw pixel values, so nothing is lost) and
+    float32 otherwise; `X[i].astype(float32)` equals `contract.prepare(kept.files[i])`.
+    """
+    dtype = np.uint8 if contract.baked else np.float32
+    X = np.empty((len(split.files),) + tuple(contract.input_shape), dtype)
+    ok = np.ones(len(split.files), bool)
+    bad: list[tuple[Path, str]] = []
+
+    def one(i: int) -> None:
+        try:
+            X[i] = contract.prepare(split.files[i])
+        except ImageError as exc:
+            ok[i] = False
+            bad.append((split.files[i], str(exc)))
+
+    with ThreadPoolExecutor(max(1, workers)) as ex:  # OpenCV decodes without the GIL
+        list(ex.map(one, range(len(split.files))))
+    if bad:
+        bad.sort()
+        warnings.warn(f"skipping {len(bad)} unreadable {what} image(s) (left untouched on disk): "
+                      f"{_listing(p for p, _ in bad)}; first error: {bad[0][1]}", TledgeWarning, stacklevel=2)
+    kept = Split(tuple(f for f, k in zip(split.files, ok) if k), split.y[ok], split.classes)
+    lost = [c for i, c in enumerate(split.classes) if (split.y == i).any() and not (kept.y == i).any()]
+    if lost and what == "training":
+        raise DataError(f"no readable training images left for class(es) {', '.join(lost)}")
+    if len(kept.files) == 0:
+        raise DataError(f"no readable {what} images")
+    return X[ok] if not ok.all() else X, kept.y, kept
+
+
+def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Per-class weights n / (k * n_c): the weighted class totals are equal (sklearn's "balanced")."""
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    w = np.zeros(n_classes)
+    present = counts > 0
+    w[present] = len(y) / (present.sum() * counts[present])
+    return w.astype(np.float32)

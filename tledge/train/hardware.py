@@ -1,0 +1,80 @@
+"""Where training runs: plain CPU, one GPU, several GPUs, or several machines.
+
+- No GPU: float32, no distribution strategy.
+- GPUs: mixed precision (float16 compute, float32 weights) unless precision="float32" or --grayscale;
+  more than one GPU: `tf.distribute.MirroredStrategy` over all of them.
+- Several machines: set TF_CONFIG on every machine (the standard TensorFlow cluster JSON, e.g.
+  {"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}})
+  and run the same `tledge train` command on each: `MultiWorkerMirroredStrategy` is used, the batch
+  is per worker, and only the chief (worker 0) writes OUT; the others write to a temporary folder.
+
+The saved model is always float32 (it is rebuilt without the mixed policy before saving).
+"""
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+from tledge._deps import require
+from tledge.train.config import Precision
+
+
+@dataclass(frozen=True)
+class Env:
+    strategy: Any  # a tf.distribute strategy, or None
+    mixed: bool
+    description: str
+
+    @property
+    def rebuild_for_saving(self) -> bool:
+        return self.mixed or self.strategy is not None
+
+
+def is_chief() -> bool:
+    """False only for the non-chief workers of a TF_CONFIG cluster (they write to a temporary folder)."""
+    cfg = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = cfg.get("task") or {}
+    return task.get("type", "worker") == "chief" or (task.get("type", "worker") == "worker" and
+                                                      int(task.get("index", 0)) == 0 and
+                                                      "chief" not in cfg.get("cluster", {}))
+
+
+@contextmanager
+def environment(precision: Precision, *, grayscale: bool = False):
+    """Distribution strategy scope and dtype policy. --grayscale stays float32: its RGB->gray fold probes the
+    backbone's stem numerically, which float16 would make inexact."""
+    tf = require("tensorflow", purpose="training")
+    keras = require("keras", purpose="training")
+    gpus = tf.config.list_physical_devices("GPU")
+    mixed = precision is Precision.MIXED or (precision is Precision.AUTO and bool(gpus) and not grayscale)
+    if os.environ.get("TF_CONFIG"):
+        strategy, where = tf.distribute.MultiWorkerMirroredStrategy(), "multi-worker (TF_CONFIG)"
+    elif len(gpus) > 1:
+        strategy, where = tf.distribute.MirroredStrategy(), f"{len(gpus)} GPUs (MirroredStrategy)"
+    else:
+        strategy, where = None, "1 GPU" if gpus else f"CPU ({os.cpu_count()} cores)"
+    old = keras.mixed_precision.global_policy().name
+    if mixed:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    desc = f"{where}, {'mixed_float16' if mixed else 'float32'}"
+    try:
+        with strategy.scope() if strategy is not None else nullcontext():
+            yield Env(strategy, mixed, desc)
+    finally:
+        keras.mixed_precision.set_global_policy(old)
+
+
+@contextmanager
+def quiet_tensorflow():
+    """Hide TensorFlow's "N of the last M calls triggered tf.function retracing" (one trace per phase model)."""
+    tf = require("tensorflow")
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

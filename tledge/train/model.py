@@ -1,0 +1,128 @@
+"""The trained model: raw pixels (float32 0..255) -> Preprocess -> backbone -> Dropout -> Dense softmax.
+
+`Parts.model` is the functional model that is saved. Training goes through `trainer()`, a thin
+wrapper sharing the same layers that calls the backbone with training=False explicitly: in Keras 3 a
+`backbone(x, training=False)` recorded in a functional graph is overridden by fit's training=True
+(keras-team/keras#20285), so the wrapper is what keeps batch norm (and the backbone's own dropout)
+in inference mode. Batch-norm layers also stay non-trainable in fine-tuning.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tledge import backbones
+from tledge._deps import require
+from tledge.errors import TledgeError
+from tledge.train.config import DEFAULT_UNFREEZE_FRACTION, TrainConfig
+
+
+@dataclass
+class Parts:
+    model: Any  # the functional model that is saved
+    preprocess: Any
+    backbone: Any
+    dropout: Any
+    dense: Any
+    features: Any  # the backbone output tensor inside `model`
+    fold: Any = None  # grayscale.FoldReport when the model was folded to 1 channel
+
+
+def _preprocess(contract, name: str = "preprocess"):
+    from tledge.layers import Preprocess
+
+    return Preprocess(contract.norm.value, contract.mean, contract.std, contract.channels, name=name)
+
+
+def build_backbone(cfg: TrainConfig, contract, *, pretrained: bool = True):
+    """(backbone for the contract's channels, FoldReport or None). pretrained=False: random init (for resume)."""
+    shape = (contract.height, contract.width, 3)
+    weights = cfg.backbone_weights if pretrained else None
+    bb = backbones.build(cfg.backbone, shape, weights=weights, alpha=cfg.alpha)
+    if contract.channels == 3:
+        return bb, None
+    from tledge.train.grayscale import fold_to_gray
+
+    rgb = contract.replace(channels=3, color="rgb", mean=None, std=None)
+    return fold_to_gray(bb, _preprocess(rgb, "preprocess_rgb"), _preprocess(contract, "preprocess_gray"))
+
+
+def assemble(backbone, contract, n_classes: int, dropout: float, fold=None) -> Parts:
+    keras = require("keras", purpose="training")
+    inp = keras.Input(shape=(contract.height, contract.width, contract.channels), dtype="float32", name="pixels")
+    pre = _preprocess(contract)
+    feats = backbone(pre(inp), training=False)
+    if len(feats.shape) != 2:
+        raise TledgeError(f"backbone {backbone.name} gives features of shape {feats.shape}; expected (batch, n)")
+    drop = keras.layers.Dropout(dropout, name="head_dropout")
+    dense = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="head")
+    model = keras.Model(inp, dense(drop(feats)), name=f"tledge_{backbone.name}".replace(".", "_"))
+    return Parts(model, pre, backbone, drop, dense, feats, fold)
+
+
+def build(cfg: TrainConfig, contract, n_classes: int, *, pretrained: bool = True) -> Parts:
+    backbone, fold = build_backbone(cfg, contract, pretrained=pretrained)
+    return assemble(backbone, contract, n_classes, cfg.dropout, fold)
+
+
+def feature_model(parts: Parts):
+    keras = require("keras")
+    return keras.Model(parts.model.input, parts.features, name="features")
+
+
+def head_model(parts: Parts):
+    """Features -> Dropout -> Dense, sharing the saved model's head layers (the fast path trains this)."""
+    keras = require("keras")
+    inp = keras.Input(shape=tuple(parts.features.shape[1:]), dtype="float32", name="features")
+    return keras.Model(inp, parts.dense(parts.dropout(inp)), name="head_on_features")
+
+
+def trainer(parts: Parts):
+    """Pixels -> probabilities with the backbone always in inference mode (see the module doc)."""
+    keras = require("keras")
+
+    class Trainer(keras.Model):
+        def __init__(self, p: Parts):
+            super().__init__(name="trainer")
+            self.pre, self.bb, self.drop, self.dense = p.preprocess, p.backbone, p.dropout, p.dense
+
+        def call(self, x, training=False):
+            return self.dense(self.drop(self.bb(self.pre(x), training=False), training=training))
+
+    return Trainer(parts)
+
+
+def freeze(parts: Parts) -> None:
+    parts.backbone.trainable = False
+
+
+def cut_index(layers: list, unfreeze: int | None, fine_tune_at: str | int | None) -> int:
+    """Index of the first backbone layer trained in phase 2."""
+    n = len(layers)
+    if fine_tune_at is not None:
+        if isinstance(fine_tune_at, int):
+            if not -n <= fine_tune_at < n:
+                raise TledgeError(f"--fine-tune-at {fine_tune_at} is out of range: the backbone has {n} layers")
+            return fine_tune_at % n
+        names = [layer.name for layer in layers]
+        if fine_tune_at not in names:
+            raise TledgeError(f"--fine-tune-at: no layer {fine_tune_at!r} in the backbone; the top ones are: "
+                              f"{', '.join(names[-12:])}")
+        return names.index(fine_tune_at)
+    count = round(DEFAULT_UNFREEZE_FRACTION * n) if unfreeze is None else unfreeze
+    return max(0, n - count)
+
+
+def unfreeze_top(parts: Parts, unfreeze: int | None, fine_tune_at: str | int | None) -> dict:
+    """Make the top backbone layers trainable (batch norm excepted). Returns what was unfrozen."""
+    keras = require("keras")
+    layers = parts.backbone.layers
+    cut = cut_index(layers, unfreeze, fine_tune_at)
+    parts.backbone.trainable = True
+    trained = []
+    for i, layer in enumerate(layers):
+        layer.trainable = i >= cut and not isinstance(layer, keras.layers.BatchNormalization)
+        if layer.trainable and layer.weights:
+            trained.append(layer.name)
+    return {"from_layer": layers[cut].name if cut < len(layers) else None, "from_index": cut,
+            "layers": len(layers) - cut, "weighted_layers": len(trained)}

@@ -1,0 +1,132 @@
+"""What a run leaves in OUT: model.keras, model.h5, labels.txt, tledge.json, metrics.json and two plots.
+
+Every file is written under a temporary name in OUT and renamed. Both model files are reloaded in
+safe mode (with tledge's custom objects) and must predict what the trained model predicts before
+they replace anything; metrics.json is written last.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from tledge._deps import available, require
+from tledge.errors import ExportError, TledgeWarning
+from tledge.io import atomic_path, atomic_write_text
+from tledge.train.checkpoint import numpy2_quiet, temp_sibling
+
+RELOAD_TOLERANCE = 1e-5
+
+
+def save_model(model, path: Path, check_x: np.ndarray, expected: np.ndarray) -> Path:
+    """Save `model` (.keras or .h5 by suffix), reload it in safe mode and compare, then rename into place."""
+    keras = require("keras")
+    from tledge.layers import CUSTOM_OBJECTS
+
+    absl, level = logging.getLogger("absl"), logging.getLogger("absl").level
+    with temp_sibling(path) as tmp:
+        absl.setLevel(logging.ERROR)  # "HDF5 ... is considered legacy": model.h5 is asked for on purpose
+        try:
+            with numpy2_quiet():
+                model.save(str(tmp))
+        finally:
+            absl.setLevel(level)
+        try:
+            again = keras.saving.load_model(str(tmp), custom_objects=CUSTOM_OBJECTS, safe_mode=True, compile=False)
+        except Exception as exc:
+            raise ExportError(f"{path.name} does not reload in safe mode: {exc.__class__.__name__}: {exc}") from None
+        got = np.asarray(again.predict_on_batch(check_x), np.float32)
+        diff = float(np.abs(got - expected).max()) if len(check_x) else 0.0
+        if not diff <= RELOAD_TOLERANCE:
+            raise ExportError(f"{path.name} reloaded predicts differently (max abs diff {diff:.3g})")
+    return path
+
+
+def confusion(y: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
+    cm = np.zeros((n, n), np.int64)
+    np.add.at(cm, (y, pred), 1)
+    return cm
+
+
+def plot_curves(history: list[dict], path: Path) -> bool:
+    if not _can_plot(path):
+        return False
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)
+    x = np.arange(1, len(history) + 1)
+    for ax, key, title in zip(fig.subplots(1, 2), ("accuracy", "loss"), ("Accuracy", "Loss")):
+        ax.plot(x, [r[key] for r in history], label=f"train {key}")
+        ax.plot(x, [r[f"val_{key}"] for r in history], label=f"val {key}")
+        starts = [i + 1 for i, r in enumerate(history) if i and r["phase"] != history[i - 1]["phase"]]
+        for s in starts:
+            ax.axvline(s - 0.5, color="gray", linestyle="--", linewidth=0.8)
+        ax.set_title(title + (" (dashed: fine-tuning starts)" if starts else ""))
+        ax.set_xlabel("epoch (both phases)")
+        ax.legend()
+    fig.tight_layout()
+    return _save_fig(fig, path)
+
+
+def plot_confusion(cm: np.ndarray, labels, path: Path) -> bool:
+    if not _can_plot(path):
+        return False
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n = len(labels)
+    fig = Figure(figsize=(max(4.5, 0.6 * n + 2.5), max(4, 0.6 * n + 1.5)))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(n), labels, rotation=45, ha="right")
+    ax.set_yticks(range(n), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    half = cm.max() / 2 if cm.size else 0
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > half else "black")
+    ax.set_title(f"Validation: {int(np.trace(cm))}/{int(cm.sum())} right")
+    fig.tight_layout()
+    return _save_fig(fig, path)
+
+
+def _can_plot(path: Path) -> bool:
+    if available("matplotlib"):
+        return True
+    warnings.warn(f"matplotlib is not installed: skipping {path.name} (pip install 'tledge[train]')",
+                  TledgeWarning, stacklevel=3)
+    return False
+
+
+def _save_fig(fig, path: Path) -> bool:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return True
+
+
+def write_all(out: Path, model, contract, metrics: dict, check_x: np.ndarray, expected: np.ndarray,
+              t0: float | None = None) -> dict:
+    """Write every output (metrics.json last, with the wall time since `t0`); returns {kind: path}."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"keras": save_model(model, out / "model.keras", check_x, expected),
+             "h5": save_model(model, out / "model.h5", check_x, expected)}
+    files["labels"] = atomic_write_text(out / "labels.txt", "".join(f"{lab}\n" for lab in contract.labels))
+    files["contract"] = contract.save(out / "tledge.json")
+    cm = np.asarray(metrics["confusion_matrix"])
+    if plot_curves(metrics["history"], out / "curves.png"):
+        files["curves"] = out / "curves.png"
+    if plot_confusion(cm, contract.labels, out / "confusion.png"):
+        files["confusion"] = out / "confusion.png"
+    metrics["files"] = {k: Path(v).name for k, v in files.items()} | {"metrics": "metrics.json"}
+    if t0 is not None:
+        metrics["wall_time_s"] = round(time.perf_counter() - t0, 2)
+    files["metrics"] = atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return files
