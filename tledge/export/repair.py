@@ -1,24 +1,27 @@
-"""Weight-side int8 repairs applied to a Keras model before conversion.
+"""Weight-side int8 repairs applied to a Keras model before conversion (issue 7).
 
-Each step is a pure function model -> new model (Keras 3 functional; the input is never changed):
+`apply(model, calib_pixels, steps=DEFAULT_STEPS, stem=0) -> (new_model, RepairLog)`; each step is
+a pure function model -> new Keras 3 functional model (the input model is never changed):
 
-- `fold`: flatten nested models, drop Dropout, fold BatchNormalization into the conv/dense before
-  it. Function-preserving (checked: max abs difference is recorded in the log).
-- `cle`: cross-layer equalisation (Nagel et al. 2019) of conv/depthwise pairs joined by channel-wise
-  positively homogeneous ops (ReLU, ZeroPadding2D, GlobalAveragePooling2D). Through ReLU6 it is only
-  function-preserving while no channel is pushed past the clip: `relu6="bound"` limits each scale
-  so calibration data never crosses 6 (clipped channels keep scale 1) and records the change.
-- `round` (`nearest` / `adaptive`), `bias_correction`, `refit`: one sequential pass over the
-  calibration set that puts every conv/depthwise/dense kernel on the exact per-channel symmetric
-  int8 grid the converters use (scale = max|w| / 127, one element per channel at +-127, so TFLite
-  and onnxruntime re-derive the same scale and keep every value). `adaptive` chooses each rounding
-  to minimise the layer's output error on calibration inputs (GPTQ/OBQ closed form on the input
-  second moments, an AdaRound-style objective without training); `bias_correction` sets the bias
-  that removes the expected output shift; `refit` first solves the float kernel that best maps the
-  already-quantised inputs onto the float layer's outputs (ridge towards the original).
+- `fold` (always): flatten nested models, drop Dropout, fold BatchNormalization into the
+  conv/depthwise/dense before it (`_graph.fold_bn`; max abs vs the original is logged, ~2e-6).
+- `exact_input`: a baked `x/127.5 - 1` becomes `(x - 128)/127.5` with the first conv's bias
+  compensated, so every pixel lands exactly on the int8 input grid (`exact_input`).
+- `cle`: cross-layer equalisation (`cle.equalize`; ReLU6-bounded, see that module). Measured: no
+  gain with per-channel weights, so not in the defaults.
+- `nearest` / `adaptive`, `bias_correction`, `refit`: one sequential pass over the calibration set
+  (`quantize_weights`) that puts every conv/depthwise/dense kernel on the exact per-channel
+  symmetric int8 grid the converters use (scale = max|w|/127, one element per channel at +-127,
+  so TFLite and onnxruntime re-derive the same scale and keep every value). `adaptive` picks each
+  rounding to minimise the layer's output error on calibration inputs (GPTQ/OBQ closed form on the
+  input second moments: an AdaRound-style objective without training); `bias_correction` sets the
+  bias that removes the expected output shift (empirical, on calibration data); `refit` first
+  re-solves the float kernel for the already-quantised inputs (ridge towards the original).
+- `stem=k`: the first k conv layers (and everything before them) keep float weights; convert
+  with `selective.tflite_stem(k)` / `selective.onnx_stem(k)` so the files keep them float too.
 
-`apply(model, calib_pixels, steps=...) -> (new_model, RepairLog)` runs them in order. The repaired
-model's float weights *are* the int8 weights: compare exported files against the original model.
+The repaired model's float weights *are* the int8 weights: check parity of the exported files
+against the ORIGINAL model, not against the repaired one.
 """
 from __future__ import annotations
 
@@ -29,11 +32,13 @@ import numpy as np
 
 from tledge._deps import require
 from tledge.errors import ExportError
+from tledge.export._graph import (  # noqa: F401  (re-exported: repair.fold_bn, repair.predict, ...)
+    _apply_layer, _clone, _flat, _keras, _linear_kind, _rebuild, _single_use, flatten, fold_bn, kernel_out, nodes,
+    predict)
+from tledge.export.cle import _HOMOGENEOUS, _clip_of, cle_pairs, equalize  # noqa: F401
 
-DEFAULT_STEPS = ("fold", "adaptive", "bias_correction")
-KNOWN_STEPS = ("fold", "cle", "nearest", "adaptive", "bias_correction", "refit")
-_SKIP = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "AlphaDropout")
-_HOMOGENEOUS = ("ZeroPadding2D", "GlobalAveragePooling2D", "Dropout")
+DEFAULT_STEPS = ("fold", "exact_input", "adaptive", "bias_correction")
+KNOWN_STEPS = ("fold", "exact_input", "cle", "nearest", "adaptive", "bias_correction", "refit", "qat")
 
 
 @dataclass
@@ -50,6 +55,7 @@ class RepairLog:
     steps: tuple[str, ...]
     folded_bn: int = 0
     fold_max_abs: float | None = None  # float model after fold vs original, on calibration images
+    input_max_abs: float | None = None  # after exact_input vs original (None: not applicable)
     cle_pairs: int = 0
     cle_max_abs: float | None = None  # after cle vs after fold (0 only when no clip was crossed)
     cle_clip_hits: int = 0  # calibration activations that cross a moved ReLU6 clip
@@ -58,113 +64,324 @@ class RepairLog:
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        lines = [f"repair steps {','.join(self.steps)}: {self.folded_bn} BN folded "
-                 f"(max abs {self.fold_max_abs}), {self.cle_pairs} CLE pairs (max abs {self.cle_max_abs}, "
+        lines = [f"repair steps {','.join(self.steps)}: {self.folded_bn} BN folded (max abs {self.fold_max_abs}), "
+                 f"exact input {self.input_max_abs}, {self.cle_pairs} CLE pairs (max abs {self.cle_max_abs}, "
                  f"clip hits {self.cle_clip_hits}), {len(self.layers)} kernels on the int8 grid, {self.seconds:.1f}s"]
         return "\n".join(lines + self.notes)
 
 
-def _keras():
-    return require("keras", purpose="int8 repairs")
-
-
-# ---- graph rebuilding -------------------------------------------------------------------------
-def _nodes(model):
-    """(operation, node) of a functional model in topological order."""
-    by_depth = model._nodes_by_depth
-    for depth in sorted(by_depth, reverse=True):
-        for node in by_depth[depth]:
-            if node.operation is not None and not node.is_input:
-                yield node.operation, node
-
-
-def _clone(layer, weights=None, **config):
-    cfg = dict(layer.get_config(), **config)
-    return layer.__class__.from_config(cfg), (layer.get_weights() if weights is None else weights)
-
-
-def _rebuild(model, make):
-    """A flat functional copy of `model`: nested functional/Sequential models are inlined and every
-    layer is replaced by `make(layer) -> (new_layer | None, weights)` (None: identity)."""
-    keras = _keras()
-    inputs = [keras.Input(shape=t.shape[1:], dtype=t.dtype, name=t.name) for t in model.inputs]
-    pending = []
-
-    def call(op, *args, **kwargs):
-        kwargs.pop("training", None)
-        inner = getattr(op, "_functional", None) if isinstance(op, keras.Sequential) else op
-        if isinstance(inner, keras.Model) and hasattr(inner, "_nodes_by_depth"):
-            return inner._run_through_graph(keras.tree.flatten(args), operation_fn=lambda o: o, call_fn=call)
-        new, weights = make(op)
-        if new is None:
-            return args[0]
-        out = new(*args, **kwargs)
-        pending.append((new, weights))
-        return out
-
-    outputs = model._run_through_graph(inputs, operation_fn=lambda o: o, call_fn=call)
-    for new, weights in pending:
-        new.set_weights(weights)
-    return keras.Model(inputs, outputs, name=model.name)
-
-
-def flatten(model):
-    """Function-preserving flat copy: nested models inlined, dropout-like layers removed."""
-    return _rebuild(model, lambda op: (None, None) if type(op).__name__ in _SKIP else _clone(op))
-
-
-def _producer(layer):
-    return layer._inbound_nodes[0].input_tensors[0]._keras_history.operation
-
-
-def _single_use(layer) -> bool:
-    return len(layer._inbound_nodes) == 1 and len(layer._outbound_nodes) == 1
-
-
-def _linear_kind(layer) -> str | None:
-    kind = type(layer).__name__
-    if kind not in ("Conv2D", "DepthwiseConv2D", "Dense"):
-        return None
-    if kind == "Conv2D" and layer.groups != 1:
-        return None
-    return kind
-
-
-def _fold_weights(conv, bn):
-    w = conv.get_weights()
-    kernel, bias = w[0], (w[1] if len(w) > 1 else np.zeros(kernel_out(conv, w[0]), np.float32))
-    gamma = bn.gamma.numpy() if bn.gamma is not None else 1.0
-    beta = bn.beta.numpy() if bn.beta is not None else 0.0
-    scale = gamma / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
-    shift = beta - bn.moving_mean.numpy() * scale
-    if type(conv).__name__ == "DepthwiseConv2D":
-        kernel = kernel * scale.reshape(kernel.shape[2], kernel.shape[3])
-    else:
-        kernel = kernel * scale
-    return [kernel.astype(np.float32), (bias * scale + shift).astype(np.float32)]
-
-
-def kernel_out(layer, kernel) -> int:
-    return kernel.shape[2] * kernel.shape[3] if type(layer).__name__ == "DepthwiseConv2D" else kernel.shape[-1]
-
-
-def fold_bn(model):
-    """Flatten, drop dropout and fold every BatchNormalization that directly follows a single-use
-    linear conv/depthwise/dense into it. Returns (new_model, number folded)."""
+# ---- an input grid that holds every pixel exactly ---------------------------------------------
+def exact_input(model):
+    """Shift a baked `x/127.5 - 1` (any equal-channel Preprocess whose offset is a half-integer
+    number of pixel steps) to `(x - 128)/127.5`, whose per-tensor int8 grid holds all 256 pixel
+    values exactly, and compensate in the first conv's bias. With the half-integer offset the
+    zero point lands between two integers: every converter rounds half the pixels by half a
+    step, and onnxruntime's QLinearAdd rounds them all one way (a systematic input shift that
+    the first layers amplify). Exact except where that conv zero-pads (the pad differs by
+    1/255 in normalised units). Returns (new_model, shifted?)."""
     flat = flatten(model)
-    fold = {}
-    for layer in flat.layers:
-        if type(layer).__name__ != "BatchNormalization" or layer.axis not in (-1, len(layer.input.shape) - 1):
-            continue
-        prev = _producer(layer)
-        if _linear_kind(prev) and prev.get_config().get("activation") == "linear" and _single_use(prev):
-            fold[prev.name], fold[layer.name] = layer, None
+    pre = [layer for layer in flat.layers if type(layer).__name__ == "Preprocess"]
+    if len(pre) != 1 or pre[0].mode == "caffe" or not _single_use(pre[0]):
+        return flat, False
+    pre = pre[0]
+    scale, offset = np.asarray(pre._scale, np.float64), np.asarray(pre._offset, np.float64)
+    steps = -offset / scale  # the offset in pixel units
+    if np.ptp(scale) > 0 or np.ptp(steps) > 0 or abs(steps[0] - np.floor(steps[0]) - 0.5) > 1e-3:
+        return flat, False
+    op = pre._outbound_nodes[0].operation
+    while type(op).__name__ == "ZeroPadding2D" and _single_use(op):
+        op = op._outbound_nodes[0].operation
+    if _linear_kind(op) not in ("Conv2D", "DepthwiseConv2D") or len(op._inbound_nodes) != 1:
+        return flat, False
+    delta = 0.5 * scale  # new input = old input - delta
+    mean, std = np.round(steps + 0.5), 1.0 / scale
+    first = op.name
 
+    def make(layer):
+        if layer is pre:
+            return _clone(layer, mode="custom", mean=mean.tolist(), std=std.tolist())
+        if layer.name != first:
+            return _clone(layer)
+        w = layer.get_weights()
+        bias = w[1] if len(w) > 1 else np.zeros(kernel_out(layer, w[0]), np.float32)
+        if type(layer).__name__ == "DepthwiseConv2D":
+            shift = (w[0].sum(axis=(0, 1)) * delta[:, None]).reshape(-1)
+        else:
+            shift = np.einsum("hwio,i->o", w[0], delta)
+        return _clone(layer, [w[0], (bias + shift).astype(np.float32)], use_bias=True)
+
+    return _rebuild(flat, make), True
+
+
+# ---- the int8 grid and the sequential reconstruction -------------------------------------------
+def to_groups(kind, kernel):
+    """Kernel -> (G, d, k): G independent groups of d inputs and k output channels."""
+    if kind == "DepthwiseConv2D":
+        kh, kw, c, mult = kernel.shape
+        return kernel.reshape(kh * kw, c, mult).transpose(1, 0, 2)
+    return kernel.reshape(1, -1, kernel.shape[-1])
+
+
+def from_groups(kind, mats, shape):
+    if kind == "DepthwiseConv2D":
+        kh, kw, c, mult = shape
+        return mats.transpose(1, 0, 2).reshape(shape)
+    return mats.reshape(shape)
+
+
+def grid_scale(mats):
+    """Per output channel symmetric int8 scale, as TFLite and onnxruntime derive it."""
+    return np.abs(mats).max(axis=1, keepdims=True) / 127.0
+
+
+def round_nearest(mats, scale):
+    safe = np.where(scale > 0, scale, 1.0)
+    return np.clip(np.round(mats / safe), -127, 127) * scale
+
+
+def quantize_kernel(layer, kernel):
+    """Round-to-nearest per-channel symmetric int8, returned dequantised (float32)."""
+    kind = type(layer).__name__
+    g = to_groups(kind, kernel.astype(np.float64))
+    return from_groups(kind, round_nearest(g, grid_scale(g)), kernel.shape).astype(np.float32)
+
+
+def simulate_int8_weights(model):
+    """Copy of a *folded* model with every conv/depthwise/dense kernel rounded to nearest int8."""
     def make(op):
-        if op.name in fold and fold[op.name] is None:
-            return None, None
-        if op.name in fold:
-            return _clone(op, _fold_weights(op, fold[op.name]), use_bias=True)
-        return _clone(op)
+        new, w = _clone(op)
+        if _linear_kind(op):
+            w = [quantize_kernel(op, w[0])] + w[1:]
+        return new, w
+    return _rebuild(model, make)
 
-    return _rebuild(flat, make), len(fold) // 2
+
+def _patches(layer, x):
+    """Layer input -> (G, M, d) rows the kernel multiplies (same order as to_groups)."""
+    tf = require("tensorflow")
+    kind = type(layer).__name__
+    if kind == "Dense":
+        return x.reshape(1, -1, x.shape[-1])
+    kh, kw = layer.kernel_size
+    if (kh, kw) == (1, 1) and tuple(layer.strides) == (1, 1):
+        p = x
+    else:
+        p = tf.image.extract_patches(x, [1, kh, kw, 1], [1, *layer.strides, 1], [1, *layer.dilation_rate, 1],
+                                     layer.padding.upper()).numpy()
+    if kind == "DepthwiseConv2D":
+        return p.reshape(-1, kh * kw, x.shape[-1]).transpose(2, 0, 1)
+    return p.reshape(1, -1, p.shape[-1])
+
+
+def _moments(layer, xq, xf, budget=1 << 23):
+    """Sums of [x,1][x,1]^T for quantised-input and float-input rows: (Hqq, Hqf, Hff), float64."""
+    d = int(np.prod(layer.get_weights()[0].shape[:-1]))
+    if type(layer).__name__ == "DepthwiseConv2D":
+        d = int(np.prod(layer.get_weights()[0].shape[:-1]))
+    per_image = int(np.prod(xq.shape[1:-1])) if xq.ndim > 2 else 1
+    step = max(1, budget // (per_image * d))
+    acc = None
+    for i in range(0, len(xq), step):
+        pq, pf = (_patches(layer, a[i:i + step]).astype(np.float64) for a in (xq, xf))
+        one = np.ones(pq.shape[:2] + (1,))
+        pq, pf = np.concatenate([pq, one], 2), np.concatenate([pf, one], 2)
+        h = [np.matmul(a.transpose(0, 2, 1), b) for a, b in ((pq, pq), (pq, pf), (pf, pf))]
+        acc = h if acc is None else [s + t for s, t in zip(acc, h)]
+    return acc
+
+
+def _rel_err(w, wf, hqq, hqf, hff):
+    """Relative output MSE of [W;b] on quantised inputs against [Wf;bf] on float inputs."""
+    e = (np.einsum("gdk,gde,gek->", w, hqq, w) - 2 * np.einsum("gdk,gde,gek->", w, hqf, wf)
+         + np.einsum("gdk,gde,gek->", wf, hff, wf))
+    return float(max(e, 0.0) / max(np.einsum("gdk,gde,gek->", wf, hff, wf), 1e-30))
+
+
+def _gptq(w, h, scale, damp):
+    """Round rows 0..d-2 of w (G, d, k) to the grid, compensating later rows (OBQ/GPTQ order);
+    the last row (bias) stays free. The largest element of each channel goes to +-127 exactly."""
+    G, D, _ = w.shape
+    h = h.copy()
+    diag = np.einsum("gii->gi", h)
+    dead = diag <= 0
+    h[:, np.arange(D), np.arange(D)] += damp * diag.mean(axis=1, keepdims=True) + dead
+    u = np.linalg.cholesky(np.linalg.inv(h)).transpose(0, 2, 1)
+    top = np.abs(w[:, :-1]).argmax(axis=1)  # (G, k) the row holding each channel's extreme
+    sign = np.sign(np.take_along_axis(w[:, :-1], top[:, None], 1))[:, 0]
+    w = w.copy()
+    safe = np.where(scale > 0, scale, 1.0)[:, 0]
+    for i in range(D - 1):
+        col = w[:, i]
+        q = np.clip(np.round(col / safe), -127, 127)
+        q = np.where(top == i, 127 * sign, q) * scale[:, 0]
+        err = (col - q) / u[:, i, i][:, None]
+        w[:, i + 1:] -= u[:, i, i + 1:, None] * err[:, None, :]
+        w[:, i] = q
+    return w
+
+
+def _solve_layer(layer, hqq, hqf, hff, method, bias_correction, refit, damp, ridge):
+    kind = type(layer).__name__
+    weights = layer.get_weights()
+    kernel = weights[0]
+    bias = weights[1] if len(weights) > 1 else np.zeros(kernel_out(layer, kernel), np.float32)
+    g = to_groups(kind, kernel.astype(np.float64))
+    wf = np.concatenate([g, bias.reshape(g.shape[0], 1, -1).astype(np.float64)], 1)
+    target = wf
+    if refit:
+        reg = ridge * np.einsum("gii->gi", hqq).mean(axis=1)[:, None, None] * np.eye(hqq.shape[1])
+        target = np.linalg.solve(hqq + reg, np.einsum("gde,gek->gdk", hqf, wf) + reg @ wf)
+    scale = grid_scale(target[:, :-1])
+    if method == "adaptive":
+        w = _gptq(target, hqq, scale, damp)
+    else:
+        w = target.copy()
+        w[:, :-1] = round_nearest(target[:, :-1], scale)
+    if bias_correction:  # the bias that makes the mean output match the float layer's
+        n = hqq[:, -1, -1][:, None]
+        mean_f = np.einsum("gd,gdk->gk", hqf[:, -1, :], wf) / n
+        w[:, -1] = mean_f - np.einsum("gd,gdk->gk", hqq[:, -1, :-1], w[:, :-1]) / n
+    else:
+        w[:, -1] = wf[:, -1]
+    near = wf.copy()
+    near[:, :-1] = round_nearest(g, grid_scale(g))
+    errs = (_rel_err(near, wf, hqq, hqf, hff), _rel_err(w, wf, hqq, hqf, hff))
+    new = [from_groups(kind, w[:, :-1], kernel.shape).astype(np.float32),
+           w[:, -1].reshape(-1).astype(np.float32)]
+    return new, errs
+
+
+def _with_bias(op):
+    new, w = _clone(op, use_bias=True) if _linear_kind(op) else _clone(op)
+    if _linear_kind(op) and len(w) == 1:
+        w = w + [np.zeros(kernel_out(op, w[0]), np.float32)]
+    return new, w
+
+
+_NO_REQUANT = ("ZeroPadding2D", "Reshape", "Flatten", "Dropout", "MaxPooling2D", "InputLayer")
+
+
+def _requantised(op) -> bool:
+    """Whether a converter gives this op's output its own int8 tensor (activations fuse into the
+    conv/dense before them; padding and reshapes keep their input's quantisation)."""
+    if type(op).__name__ in _NO_REQUANT:
+        return False
+    if _linear_kind(op) and _single_use(op):
+        return _clip_of(op._outbound_nodes[0].operation) is False
+    return True
+
+
+def fake_quant(x, lo, hi, levels=256):
+    """Per-tensor asymmetric 8-bit quantise-dequantise with the range widened to hold 0."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if hi - lo <= 0:
+        return x
+    scale = (hi - lo) / (levels - 1)
+    zp = np.round(-lo / scale)
+    return ((np.clip(np.round(x / scale) + zp, 0, levels - 1) - zp) * scale).astype(np.float32)
+
+
+def stem_layers(model, k: int) -> list[str]:
+    """Names of the layers of a flat model up to its k-th conv/dense and that layer's activation:
+    the part `selective.tflite_stem` / `onnx_stem` keep float in the converted files."""
+    names, seen = [], 0
+    for op, _ in nodes(model):
+        if seen == k:
+            if _clip_of(op) is False or type(op).__name__ in _HOMOGENEOUS:
+                break
+        names.append(op.name)
+        seen += bool(_linear_kind(op))
+    return names if k > 0 else []
+
+
+def _quantised_output(op, keep) -> bool:
+    if op.name not in keep:
+        return _requantised(op)
+    return any(n.operation.name not in keep for n in op._outbound_nodes)  # leaves the float stem
+
+
+def quantize_weights(model, calib, *, method="adaptive", bias_correction=True, refit=False,
+                     act_quant=True, keep_float=(), damp=0.01, ridge=0.05, log: RepairLog | None = None):
+    """Sequentially put every kernel of a folded flat model on the int8 grid (see module doc).
+
+    Layers are visited in graph order; each one sees the float model's input (its target) and the
+    input produced by the already-quantised layers before it, over the whole calibration set.
+    `act_quant` also rounds those inputs to the per-tensor 8-bit activation grid the converter will
+    use (range = calibration min/max), so rounding and bias absorb the activation error too.
+    Layers named in `keep_float` (see `stem_layers`) keep float weights and float outputs."""
+    keep = set(keep_float)
+    qmodel = _rebuild(model, _with_bias)
+    qlayers = {layer.name: layer for layer in qmodel.layers}
+    uses: dict[int, int] = {}
+    for _, node in nodes(model):
+        for t in node.input_tensors:
+            uses[id(t)] = uses.get(id(t), 0) + 1
+    outputs = {id(t) for t in model.outputs}
+    acts_f = {id(t): np.asarray(calib, np.float32) for t in model.inputs}
+    acts_q = dict(acts_f)
+    for op, node in nodes(model):
+        (args_f, kw_f), (args_q, kw_q) = node.arguments.fill_in(acts_f), node.arguments.fill_in(acts_q)
+        flat_f, flat_q = list(_flat(args_f)), list(_flat(args_q))
+        qop = qlayers[op.name]
+        if _linear_kind(op) and len(flat_f) == 1 and op.name not in keep:
+            hqq, hqf, hff = _moments(op, flat_q[0], flat_f[0])
+            new, errs = _solve_layer(qop, hqq, hqf, hff, method, bias_correction, refit, damp, ridge)
+            qop.set_weights(new)
+            if log is not None:
+                log.layers.append(LayerRepair(op.name, type(op).__name__, hqq.shape[1] - 1, *errs))
+        out_f = _apply_layer(op, args_f, kw_f)
+        same = all(a is b for a, b in zip(flat_f, flat_q)) and not _linear_kind(op)
+        out_q = out_f if same else _apply_layer(qop, args_q, kw_q)
+        if act_quant and _quantised_output(op, keep) and op.name not in model.output_names:
+            out_q = fake_quant(out_q, out_f.min(), out_f.max())
+        for t in node.outputs:
+            acts_f[id(t)], acts_q[id(t)] = out_f, out_q
+        for t in node.input_tensors:
+            uses[id(t)] -= 1
+            if uses[id(t)] == 0 and id(t) not in outputs:
+                acts_f.pop(id(t), None)
+                acts_q.pop(id(t), None)
+    return qmodel
+
+
+# ---- the pipeline ------------------------------------------------------------------------------
+def apply(model, calib, steps=DEFAULT_STEPS, *, stem: int = 0, criterion="auto", relu6="bound", act_quant=True,
+          damp=0.01, ridge=0.05, qat: dict | None = None, check=16):
+    """Run the repair `steps` (see KNOWN_STEPS) on a Keras model that takes float32 pixels NHWC.
+
+    Returns (new_model, RepairLog). `calib` are calibration inputs exactly as the model takes
+    them (float32 pixels for a model with baked preprocessing)."""
+    steps = tuple(steps)
+    unknown = [s for s in steps if s not in KNOWN_STEPS]
+    if unknown:
+        raise ExportError(f"unknown repair steps {unknown}; known: {', '.join(KNOWN_STEPS)}")
+    if "nearest" in steps and "adaptive" in steps:
+        raise ExportError("choose one rounding: 'nearest' or 'adaptive'")
+    t0 = time.perf_counter()
+    calib = np.asarray(calib, np.float32)
+    log = RepairLog(steps)
+    sample = calib[:check]
+    ref = predict(model, sample)
+    m, log.folded_bn = fold_bn(model)
+    log.fold_max_abs = float(np.abs(predict(m, sample) - ref).max())
+    if "fold" not in steps:
+        log.notes.append("BN folding always runs: the converters fold BN themselves, after any rounding.")
+    if "exact_input" in steps:
+        m, shifted = exact_input(m)
+        log.input_max_abs = float(np.abs(predict(m, sample) - ref).max()) if shifted else None
+    if "cle" in steps:
+        before = predict(m, calib)
+        m, log.cle_pairs = equalize(m, calib, criterion=criterion, relu6=relu6)
+        diff = np.abs(predict(m, calib) - before)
+        log.cle_max_abs, log.cle_clip_hits = float(diff.max()), int((diff.max(axis=-1) > 1e-4).sum())
+    rounding = "adaptive" if "adaptive" in steps else "nearest"
+    if rounding in steps or "bias_correction" in steps or "refit" in steps:
+        m = quantize_weights(m, calib, method=rounding, bias_correction="bias_correction" in steps,
+                             refit="refit" in steps, act_quant=act_quant, keep_float=stem_layers(m, stem),
+                             damp=damp, ridge=ridge, log=log)
+    if "qat" in steps:
+        from tledge.export.qat import finetune
+
+        m = finetune(m, model, calib, keep_float=stem_layers(m, stem), log=log, **(qat or {}))
+    log.seconds = time.perf_counter() - t0
+    return m, log

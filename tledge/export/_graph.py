@@ -1,0 +1,142 @@
+"""Keras 3 functional-graph surgery for the int8 repairs: flatten nested models, rebuild with
+replaced layers, fold BatchNormalization, walk nodes in order, run layers on arrays."""
+from __future__ import annotations
+
+import numpy as np
+
+from tledge._deps import require
+
+_SKIP = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "AlphaDropout")
+
+
+def _keras():
+    return require("keras", purpose="int8 repairs")
+
+
+# ---- graph rebuilding -------------------------------------------------------------------------
+def nodes(model):
+    """(operation, node) of a functional model in topological order."""
+    by_depth = model._nodes_by_depth
+    for depth in sorted(by_depth, reverse=True):
+        for node in by_depth[depth]:
+            if node.operation is not None and not node.is_input:
+                yield node.operation, node
+
+
+def _clone(layer, weights=None, **config):
+    cfg = dict(layer.get_config(), **config)
+    return layer.__class__.from_config(cfg), (layer.get_weights() if weights is None else weights)
+
+
+def _rebuild(model, make):
+    """A flat functional copy of `model`: nested functional/Sequential models are inlined and every
+    layer is replaced by `make(layer) -> (new_layer | None, weights)` (None: identity)."""
+    keras = _keras()
+    inputs = [keras.Input(shape=t.shape[1:], dtype=t.dtype, name=t.name) for t in model.inputs]
+    pending = []
+
+    def call(op, *args, **kwargs):
+        kwargs.pop("training", None)
+        inner = getattr(op, "_functional", None) if isinstance(op, keras.Sequential) else op
+        if isinstance(inner, keras.Model) and hasattr(inner, "_nodes_by_depth"):
+            return inner._run_through_graph(keras.tree.flatten(args), operation_fn=lambda o: o, call_fn=call)
+        new, weights = make(op)
+        if new is None:
+            return args[0]
+        out = new(*args, **kwargs)
+        pending.append((new, weights))
+        return out
+
+    outputs = model._run_through_graph(inputs, operation_fn=lambda o: o, call_fn=call)
+    for new, weights in pending:
+        new.set_weights(weights)
+    return keras.Model(inputs[0] if len(inputs) == 1 else inputs, outputs, name=model.name)
+
+
+def flatten(model):
+    """Function-preserving flat copy: nested models inlined, dropout-like layers removed."""
+    return _rebuild(model, lambda op: (None, None) if type(op).__name__ in _SKIP else _clone(op))
+
+
+def _producer(layer):
+    return layer._inbound_nodes[0].input_tensors[0]._keras_history.operation
+
+
+def _single_use(layer) -> bool:
+    return len(layer._inbound_nodes) == 1 and len(layer._outbound_nodes) == 1
+
+
+def _linear_kind(layer) -> str | None:
+    kind = type(layer).__name__
+    if kind not in ("Conv2D", "DepthwiseConv2D", "Dense"):
+        return None
+    if kind == "Conv2D" and layer.groups != 1:
+        return None
+    return kind
+
+
+def _fold_weights(conv, bn):
+    w = conv.get_weights()
+    kernel = w[0]
+    bias = w[1] if len(w) > 1 else np.zeros(kernel_out(conv, kernel), np.float32)
+    gamma = bn.gamma.numpy() if bn.gamma is not None else 1.0
+    beta = bn.beta.numpy() if bn.beta is not None else 0.0
+    scale = gamma / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
+    shift = beta - bn.moving_mean.numpy() * scale
+    if type(conv).__name__ == "DepthwiseConv2D":
+        kernel = kernel * scale.reshape(kernel.shape[2], kernel.shape[3])
+    else:
+        kernel = kernel * scale
+    return [kernel.astype(np.float32), (bias * scale + shift).astype(np.float32)]
+
+
+def kernel_out(layer, kernel) -> int:
+    return kernel.shape[2] * kernel.shape[3] if type(layer).__name__ == "DepthwiseConv2D" else kernel.shape[-1]
+
+
+def fold_bn(model):
+    """Flatten, drop dropout and fold every BatchNormalization that directly follows a single-use
+    linear conv/depthwise/dense into it. Returns (new_model, number folded)."""
+    flat = flatten(model)
+    fold = {}
+    for layer in flat.layers:
+        if type(layer).__name__ != "BatchNormalization" or layer.axis not in (-1, len(layer.input.shape) - 1):
+            continue
+        prev = _producer(layer)
+        if _linear_kind(prev) and prev.get_config().get("activation") == "linear" and _single_use(prev):
+            fold[prev.name], fold[layer.name] = layer, None
+
+    def make(op):
+        if op.name in fold and fold[op.name] is None:
+            return None, None
+        if op.name in fold:
+            return _clone(op, _fold_weights(op, fold[op.name]), use_bias=True)
+        return _clone(op)
+
+    return _rebuild(flat, make), len(fold) // 2
+
+
+def _apply_layer(layer, args, kwargs=None, batch=32):
+    """Call `layer` on arrays (any nesting, e.g. Add's list) in batches; returns one array."""
+    keras = _keras()
+    kwargs = dict(kwargs or {})
+    kwargs.pop("training", None)
+    n = len(next(iter(_flat(args))))
+    outs = []
+    for i in range(0, n, batch):
+        part = keras.tree.map_structure(lambda a: a[i:i + batch] if isinstance(a, np.ndarray) else a, args)
+        outs.append(keras.ops.convert_to_numpy(layer(*part, **kwargs)))
+    return np.concatenate(outs)
+
+
+def _flat(args):
+    for a in args:
+        if isinstance(a, (list, tuple)):
+            yield from _flat(a)
+        elif isinstance(a, np.ndarray):
+            yield a
+
+
+def predict(model, x, batch=32):
+    keras = _keras()
+    return np.concatenate([keras.ops.convert_to_numpy(model(x[i:i + batch])) for i in range(0, len(x), batch)])

@@ -1,0 +1,274 @@
+"""int8 conversion with chosen layers kept in float, and the latency that costs.
+
+TFLite: one calibration (`calibrate_tflite`), then any number of quantisations of it with
+`denylisted_nodes` (output tensor names, as `explain.tflite_layer_errors` reports them) - the same
+mechanism as `tf.lite.experimental.QuantizationDebugger.get_nondebug_quantized_model`.
+ONNX: onnxruntime `quantize_static` (QDQ, per-channel, QUInt8 activations / QInt8 weights, the
+fast combination on x86) with `nodes_to_exclude`.
+
+These are self-contained so the repair benchmark and `explain` can convert; the export pipeline's
+own converters should pass the same options (see docs/int8-fidelity.md).
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from tledge._deps import require
+from tledge.errors import ExportError
+
+
+def concrete_function(model, batch: int | None = 1):
+    """A traced inference function of a Keras model with one NHWC float32 input."""
+    tf = require("tensorflow", purpose="TFLite conversion")
+    shape = [batch] + list(model.inputs[0].shape[1:])
+    fn = tf.function(lambda x: model(x, training=False))
+    return fn.get_concrete_function(tf.TensorSpec(shape, tf.float32, name=model.inputs[0].name))
+
+
+def _with_extremes(calib, limit=None) -> np.ndarray:
+    """Calibration images, the first carrying a 0 and a 255 pixel so a uint8 pixel input gets
+    scale 1 / zero point 0 (as tledge.export.tflite.representative does)."""
+    data = np.array(np.asarray(calib, np.float32)[:limit], copy=True)
+    if data.ndim == 4 and len(data):
+        data[0, 0, 0, :], data[0, 0, 1, :] = 0.0, 255.0
+    return data
+
+
+def _representative(calib, limit=None):
+    data = _with_extremes(calib, limit)
+
+    def gen():
+        for i in range(len(data)):
+            yield [data[i:i + 1]]
+    return gen
+
+
+def tflite_converter(model, calib, *, io: str = "uint8"):
+    """A TFLiteConverter set up for full-integer int8 with `io` ("uint8", "int8" or "float32") I/O."""
+    tf = require("tensorflow", purpose="TFLite conversion")
+    fn = concrete_function(model)
+    holder = tf.Module()  # the converter freezes the variables it finds on this object
+    holder.variables_ = [getattr(v, "value", v) for v in model.variables]
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([fn], holder)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = _representative(calib)
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if io != "float32":
+        conv.inference_input_type = conv.inference_output_type = getattr(tf, io)
+    return conv
+
+
+def tflite_fp32(model) -> bytes:
+    """Plain float32 TFLite (for latency references)."""
+    tf = require("tensorflow", purpose="TFLite conversion")
+    holder = tf.Module()
+    holder.variables_ = [getattr(v, "value", v) for v in model.variables]
+    return tf.lite.TFLiteConverter.from_concrete_functions([concrete_function(model)], holder).convert()
+
+
+def calibrate_tflite(model, calib) -> bytes:
+    """The calibrated float TFLite model (min/max recorded): quantise it with `quantize_tflite`."""
+    conv = tflite_converter(model, calib)
+    conv._experimental_calibrate_only = True  # the debugger's own path
+    conv.experimental_mlir_quantizer = True
+    return conv.convert()
+
+
+def quantize_tflite(calibrated: bytes, *, keep_float: Sequence[str] = (), io: str = "uint8") -> bytes:
+    """int8 TFLite from a calibrated model, ops whose output tensor is in `keep_float` left float."""
+    tf = require("tensorflow", purpose="TFLite conversion")
+    from tensorflow.lite.python import convert
+
+    dtype = getattr(tf, io)
+    return convert.mlir_quantize(calibrated, input_data_type=dtype, output_data_type=dtype,
+                                 denylisted_nodes=list(keep_float) or None)
+
+
+def tflite_int8(model, calib, *, keep_float: Sequence[str] = (), io: str = "uint8") -> bytes:
+    """Full-integer int8 TFLite (TFLiteConverter defaults: per-channel symmetric weights)."""
+    if not keep_float:
+        return tflite_converter(model, calib, io=io).convert()
+    return quantize_tflite(calibrate_tflite(model, calib), keep_float=keep_float, io=io)
+
+
+def onnx_float(model, *, opset: int = 17) -> bytes:
+    """tf2onnx export of a Keras model (input named as the Keras input, output 'probabilities')."""
+    tf2onnx = require("tf2onnx", purpose="ONNX export")
+    tf = require("tensorflow")
+    name = model.inputs[0].name
+    fn = tf.function(lambda x: {"probabilities": model(x, training=False)})
+    spec = (tf.TensorSpec([None] + list(model.inputs[0].shape[1:]), tf.float32, name=name),)
+    proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset)
+    return proto.SerializeToString()
+
+
+class _Reader:
+    def __init__(self, name, calib):
+        self.name, self.data, self.i = name, _with_extremes(calib), 0
+
+    def get_next(self):
+        if self.i >= len(self.data):
+            return None
+        self.i += 1
+        return {self.name: self.data[self.i - 1:self.i]}
+
+    def rewind(self):
+        self.i = 0
+
+    def __iter__(self):  # qdq_loss_debug.collect_activations iterates
+        return iter([{self.name: self.data[i:i + 1]} for i in range(len(self.data))])
+
+
+def _with_activations(model_bytes: bytes, exclude: Sequence[str]) -> list[str]:
+    """`exclude` plus the Relu/Clip nodes that directly follow an excluded node: quantising those
+    alone would put their *input* (the conv's unclipped output) on a coarse 8-bit grid."""
+    import onnx
+
+    names = set(exclude)
+    graph = onnx.load_from_string(model_bytes).graph
+    producer = {o: n.name for n in graph.node for o in n.output}
+    for n in graph.node:
+        if n.op_type in ("Relu", "Clip", "LeakyRelu") and producer.get(n.input[0]) in names:
+            names.add(n.name)
+    return sorted(names)
+
+
+def onnx_int8(float_onnx: bytes, calib, *, exclude: Sequence[str] = (), per_channel: bool = True,
+              float_softmax: bool = True) -> bytes:
+    """onnxruntime quantize_static: QDQ, per-channel QInt8 weights, QUInt8 activations, MinMax.
+    `exclude`: node names kept float (their Relu/Clip are kept float with them); the final Softmax
+    stays float by default, as tledge.export.onnx does."""
+    ort = require("onnxruntime", purpose="ONNX int8")
+    q = require("onnxruntime.quantization", purpose="ONNX int8")
+    with tempfile.TemporaryDirectory() as tmp:
+        src, pre, dst = (Path(tmp) / n for n in ("f.onnx", "p.onnx", "q.onnx"))
+        src.write_bytes(float_onnx)
+        try:
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+            quant_pre_process(str(src), str(pre))
+        except Exception:  # needs sympy; pre-processing only helps fusion, it is not required
+            pre = src
+        name = ort.InferenceSession(str(pre), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+        if float_softmax:
+            import onnx
+
+            exclude = list(exclude) + [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Softmax"]
+        q.quantize_static(str(pre), str(dst), _Reader(name, calib), quant_format=q.QuantFormat.QDQ,
+                          per_channel=per_channel, activation_type=q.QuantType.QUInt8,
+                          weight_type=q.QuantType.QInt8, nodes_to_exclude=_with_activations(float_onnx, exclude),
+                          calibrate_method=q.CalibrationMethod.MinMax)
+        return dst.read_bytes()
+
+
+# ---- float stems: the first k convolutions (and everything before them) kept float -------------
+_CONV_TFLITE = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+def tflite_ops(content: bytes) -> list[tuple[str, str]]:
+    """(op name, output tensor name) of a TFLite model in execution order."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=content)
+    names = {d["index"]: d["name"] for d in it.get_tensor_details()}
+    return [(op["op_name"], names[op["outputs"][0]]) for op in it._get_ops_details() if op["outputs"]]
+
+
+def tflite_stem(calibrated: bytes, k: int) -> list[str]:
+    """Output tensor names of every op up to the k-th convolution: pass as `keep_float`."""
+    ops, seen = tflite_ops(calibrated), 0
+    for i, (op, _) in enumerate(ops):
+        seen += op in _CONV_TFLITE
+        if seen == k:
+            return [name for _, name in ops[:i + 1]]
+    return [name for _, name in ops] if k > 0 else []
+
+
+def onnx_stem(float_onnx: bytes, k: int) -> list[str]:
+    """Node names from the graph input up to the k-th Conv (tf2onnx graphs are topologically
+    sorted): pass as `exclude`. A float island must start at the input in onnxruntime: an excluded
+    Conv between QuantizeLinear/DequantizeLinear pairs is re-quantised per-tensor at session load
+    by onnxruntime's WeightBiasQuantization transform, which is far worse than int8 per-channel."""
+    import onnx
+
+    nodes, seen = list(onnx.load_from_string(float_onnx).graph.node), 0
+    for i, n in enumerate(nodes):
+        seen += n.op_type in ("Conv", "Gemm", "MatMul")
+        if seen == k:
+            return [m.name for m in nodes[:i + 1]]
+    return [m.name for m in nodes] if k > 0 else []
+
+
+# ---- running and timing -------------------------------------------------------------------------
+class Runner:
+    """Run a TFLite or ONNX model (bytes) on float32 pixels; returns float outputs (dequantised)."""
+
+    def __init__(self, content: bytes, fmt: str, threads: int = 2):
+        self.fmt = fmt
+        if fmt == "tflite":
+            from ai_edge_litert.interpreter import Interpreter
+
+            self.it = Interpreter(model_content=content, num_threads=threads)
+            self.it.allocate_tensors()
+            self.inp, self.out = self.it.get_input_details()[0], self.it.get_output_details()[0]
+        elif fmt == "onnx":
+            ort = require("onnxruntime")
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            self.sess = ort.InferenceSession(content, opts, providers=["CPUExecutionProvider"])
+            self.name = self.sess.get_inputs()[0].name
+        else:
+            raise ExportError(f"unknown format {fmt!r}")
+
+    def _feed(self, x: np.ndarray) -> np.ndarray:
+        d = self.inp
+        if d["dtype"] == np.float32:
+            return x.astype(np.float32)
+        scale, zp = d["quantization"]
+        info = np.iinfo(d["dtype"])
+        return np.clip(np.round(x / scale + zp), info.min, info.max).astype(d["dtype"])
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        if self.fmt == "onnx":
+            return self.sess.run(None, {self.name: x})[0]
+        self.it.set_tensor(self.inp["index"], x)
+        self.it.invoke()
+        return self.it.get_tensor(self.out["index"])
+
+    def one(self, x: np.ndarray) -> np.ndarray:
+        if self.fmt == "onnx":
+            return self._run(x.astype(np.float32))
+        y = self._run(self._feed(x))
+        if self.out["dtype"] != np.float32:
+            scale, zp = self.out["quantization"]
+            y = (y.astype(np.float32) - zp) * scale
+        return y
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.concatenate([self.one(x[i:i + 1]) for i in range(len(x))])
+
+    def latency_ms(self, x: np.ndarray, runs: int = 50, warmup: int = 5) -> float:
+        """Median batch-1 latency in ms over `runs` invocations."""
+        one = x[:1].astype(np.float32) if self.fmt == "onnx" else self._feed(x[:1])
+        for _ in range(warmup):
+            self._run(one)
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            self._run(one)
+            times.append(time.perf_counter() - t)
+        return float(np.median(times) * 1e3)
+
+
+def compare_latency(runners: dict, x: np.ndarray, rounds: int = 5, runs: int = 40) -> dict:
+    """Batch-1 latency (ms) of several runners measured interleaved, so load from other processes
+    hits them alike: the best over `rounds` of the median over `runs`."""
+    best = {k: float("inf") for k in runners}
+    for _ in range(rounds):
+        for k, r in runners.items():
+            best[k] = min(best[k], r.latency_ms(x, runs=runs, warmup=3))
+    return best
