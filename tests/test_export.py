@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tledge.errors import TledgeWarning
+
 pytest.importorskip("tensorflow")
 
 from tledge.cli import main  # noqa: E402
@@ -114,14 +116,23 @@ def test_int8_calibrated_on_constant_images_fails_parity(tiny_model, shapes_data
     calib.mkdir()
     for i in range(8):
         cv2.imwrite(str(calib / f"{i}.png"), np.full((48, 48, 3), 128, np.uint8))
-    rc = main(["export", str(tiny_model["keras"]), "--out", str(tmp_path / "e"), "--formats", "tflite",
-               "--int8", "--calib", str(calib), "--val", str(shapes_dataset / "val")])
+    argv = ["export", str(tiny_model["keras"]), "--formats", "tflite", "--int8", "--calib", str(calib),
+            "--val", str(shapes_dataset / "val")]
+    rc = main(argv + ["--out", str(tmp_path / "e"), "--no-repair"])
     report = json.loads((tmp_path / "e" / "parity.json").read_text())
     by_file = {r["file"]: r for r in report["results"]}
     assert rc == 1 and report["passed"] is False
     assert by_file["model_fp32.tflite"]["passed"] is True
     assert by_file["model_int8.tflite"]["passed"] is False
     assert by_file["model_int8.tflite"]["failures"]
+    # with the fidelity loop, no repair can undo a constant calibration: the int8 file is set aside
+    # and fp16 ships, loudly
+    with pytest.warns(TledgeWarning, match="FALLBACK"):
+        rc = main(argv + ["--out", str(tmp_path / "f")])
+    report = json.loads((tmp_path / "f" / "parity.json").read_text())
+    assert [r["file"] for r in report["results"]] == ["model_fp32.tflite", "model_fp16.tflite"]
+    assert (tmp_path / "f" / "rejected" / "model_int8.tflite").is_file()
+    assert all(not a["passed"] for a in report["fidelity"]) and len(report["fidelity"]) == 2
 
 
 def test_perturbed_weights_fail_parity(tiny_model, tiny_export, shapes_dataset, tmp_path):

@@ -31,6 +31,13 @@ def add_arguments(p) -> None:
     p.add_argument("--input-size", help="HxW, for models with a dynamic input size")
     p.add_argument("--thresholds", help="JSON/TOML file of parity thresholds per precision or file")
     p.add_argument("--calib-limit", type=int, default=256, help="max calibration images (default 256)")
+    p.add_argument("--fidelity", type=float, metavar="AGREEMENT",
+                   help="int8 top-1 agreement target with the Keras model (default 0.98); failing int8 files "
+                        "go through the repair loop (calibration, weight rounding repair, float stem, fallback)")
+    p.add_argument("--no-repair", dest="repair", action="store_false",
+                   help="report failing int8 files as they are, without the repair loop")
+    p.add_argument("--explain", action="store_true",
+                   help="per-layer int8 error table in parity.md (always there when int8 fails)")
     p.add_argument("--unsafe", action="store_true", help="allow code inside the model file (Lambda layers)")
     p.add_argument("--json", action="store_true", help="print the parity report as JSON")
     from tledge.devices.options import add_device_argument
@@ -69,7 +76,9 @@ def run(args) -> int:
         dynamic="dynamic" in precisions, calib=args.calib, val=args.val,
         labels=args.labels, preprocess=args.preprocess,
         input_size=_size(args.input_size) if args.input_size else None, unsafe=args.unsafe,
-        calib_limit=args.calib_limit, thresholds=load_thresholds(args.thresholds) if args.thresholds else {})
+        calib_limit=args.calib_limit, thresholds=load_thresholds(args.thresholds) if args.thresholds else {},
+        fidelity=args.fidelity, repair=args.repair, explain=args.explain,
+        int8_only=bool(device is not None and device.compile_edgetpu))
     result = export(args.model, cfg)
     if device is not None and device.compile_edgetpu and not args.json:
         _compile_for_edgetpu(result)
@@ -78,6 +87,8 @@ def run(args) -> int:
                           "files": [str(f) for f in result.files], "seconds": result.seconds}, indent=2))
     else:
         print(result.report.table())
+        for note in result.report.notes:
+            print(f"note: {note}")
         print(f"\nwrote {len(result.files)} file(s) to {result.out}/ (parity.md, parity.json, tledge.json)")
         for r in result.report.results:
             for f in r.failures:

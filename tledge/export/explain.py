@@ -176,9 +176,16 @@ def markdown(rows: Sequence[LayerError], top: int | None = 15) -> str:
     else:
         head = ("| tensor | op | rmse/scale | rmse | mean error | max abs | scale |\n"
                 "|---|---|---|---|---|---|---|")
-        body = [f"| {r.name} | {r.op} | {_f(r.rmse_scale)} | {_f(r.rmse, 4)} | {_f(r.mean_error, 4)} | "
+        body = [f"| {short_name(r.name)} | {r.op} | {_f(r.rmse_scale)} | {_f(r.rmse, 4)} | {_f(r.mean_error, 4)} | "
                 f"{_f(r.max_abs, 4)} | {_f(r.scale, 5)} |" for r in rows]
     return "\n".join([head] + body)
+
+
+def short_name(name: str) -> str:
+    """A readable tensor name for tables: TFLite fuses names with ';' and nests model scopes;
+    keep the first fused name's last two scopes (`conv_pw_13_relu/Relu6`)."""
+    first = name.split(";")[0]
+    return "/".join(first.split("/")[-2:])
 
 
 def _f(v, digits=2):

@@ -125,6 +125,8 @@ class ParityReport:
     results: list[ParityResult]
     reference: str = ""
     notes: list[str] = field(default_factory=list)
+    fidelity: list[dict] = field(default_factory=list)  # int8 repair rungs tried (tledge.export.fidelity)
+    explain: str = ""  # Markdown: per-layer int8 error table
 
     @property
     def passed(self) -> bool:
@@ -132,7 +134,8 @@ class ParityReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "images": self.images, "reference": self.reference,
-                "results": [asdict(r) for r in self.results], "notes": list(self.notes)}
+                "results": [asdict(r) for r in self.results], "notes": list(self.notes),
+                "fidelity": list(self.fidelity)}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -151,6 +154,18 @@ class ParityReport:
             lines += ["", "## Failures", ""] + [f"- `{name}`: {f}" for name, f in fails]
         if self.notes:
             lines += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
+        if self.fidelity:
+            lines += ["", "## int8 fidelity loop", "", "| file | rung | top-1 agreement | accuracy | max abs | "
+                      "median image max abs | latency ms | result |", "|---|---|---|---|---|---|---|---|"]
+            for a in self.fidelity:
+                if "error" in a:
+                    lines.append(f"| {a['file']} | {a['rung']} | - | - | - | - | - | error: {a['error'][:80]} |")
+                    continue
+                lines.append(f"| {a['file']} | {a['rung']} | {a['agreement']:.3f} | {_fmt(a['accuracy'])} | "
+                             f"{a['max_abs']:.3g} | {a['median_image_max_abs']:.3g} | {_fmt(a['latency_ms'], 2)} | "
+                             f"{'pass' if a['passed'] else 'fail'} |")
+        if self.explain:
+            lines += ["", "## int8 per-layer diagnosis", "", self.explain.rstrip()]
         return "\n".join(lines) + "\n"
 
     def table(self) -> str:
@@ -191,8 +206,8 @@ class ParityReport:
         atomic_write_text(Path(folder) / "parity.md", self.to_markdown())
 
 
-def _fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:.3f}"
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
 
 
 def check_files(reference: np.ndarray, files: Sequence[tuple[Path, str, str]], pixels: np.ndarray, *,

@@ -33,6 +33,10 @@ class ExportConfig:
     val_limit: int = 1000
     thresholds: dict[str, Thresholds] = field(default_factory=dict)
     threads: int | None = None
+    fidelity: float | None = None  # int8 top-1 agreement target (default: the int8 threshold, 0.98)
+    repair: bool = True  # run the int8 fidelity loop on failing int8 files (tledge.export.fidelity)
+    explain: bool = False  # per-layer int8 error table in parity.md even when int8 passes
+    int8_only: bool = False  # the target runs int8 only (Edge TPU): no float layers, no fallback
 
 
 @dataclass
@@ -72,12 +76,62 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
 
         atomic_write_text(out / "labels.txt", "\n".join(contract.labels) + "\n")
     files, failed, seconds = _convert_all(chosen, serve, concrete, contract, calib, out)
+    thresholds = _thresholds(cfg)
     results = check_files(reference, [(out / f.filename, f.kind, f.precision) for f in files], val_x,
-                          labels=val_y, thresholds=cfg.thresholds, threads=cfg.threads)
+                          labels=val_y, thresholds=thresholds, threads=cfg.threads)
     report = ParityReport(images=len(val_x), results=results + failed, reference=str(model_path))
     report.notes += _notes(contract, add_norm, cfg)
+    start = time.perf_counter()
+    if _fidelity(cfg, report, FidelityInputs(lm, contract, add_norm, calib, reference, val_x, val_y, out, thresholds)):
+        seconds["int8 fidelity"] = round(time.perf_counter() - start, 2)
     report.write(out)
-    return ExportResult(out, contract, [out / f.filename for f in files], report, seconds)
+    written = [out / r.file for r in report.results if (out / r.file).is_file()]
+    return ExportResult(out, contract, written, report, seconds)
+
+
+@dataclass
+class FidelityInputs:
+    lm: object
+    contract: Contract
+    add_norm: str | None
+    calib: np.ndarray | None
+    reference: np.ndarray
+    val_x: np.ndarray
+    val_y: np.ndarray | None
+    out: Path
+    thresholds: dict[str, Thresholds]
+
+
+def _thresholds(cfg: ExportConfig) -> dict[str, Thresholds]:
+    if cfg.fidelity is None:
+        return dict(cfg.thresholds)
+    from dataclasses import replace
+
+    if not 0.0 < cfg.fidelity <= 1.0:
+        raise TledgeError(f"--fidelity is a top-1 agreement between 0 and 1, got {cfg.fidelity}")
+    base = cfg.thresholds.get("int8") or Thresholds.for_precision("int8")
+    return {**cfg.thresholds, "int8": replace(base, min_agreement=cfg.fidelity)}
+
+
+def _fidelity(cfg: ExportConfig, report: ParityReport, x: FidelityInputs) -> bool:
+    """The int8 fidelity loop on failing int8 files (and the per-layer table for --explain)."""
+    failing = [r for r in report.results if r.precision == "int8" and not r.passed and np.isfinite(r.max_abs_error)]
+    if x.calib is None or not ((cfg.repair and failing) or cfg.explain):
+        return False
+    from tledge.export import fidelity
+
+    ctx = fidelity.FidelityContext(x.lm, x.contract, x.add_norm, x.calib, x.reference, x.val_x, x.val_y, x.out,
+                                   x.thresholds, int8_only=cfg.int8_only, threads=cfg.threads, explain=cfg.explain)
+    outcome = fidelity.improve(failing if cfg.repair else [], ctx)
+    merged, seen = [], set()
+    for r in (outcome.results.get(r.file, r) for r in report.results):  # a fallback replaces its int8 row
+        if r.file not in seen:
+            merged.append(r)
+            seen.add(r.file)
+    report.results = merged
+    report.notes += outcome.notes
+    report.fidelity, report.explain = outcome.attempts, outcome.explain_md
+    return True
 
 
 def _check_calibration_source(cfg: ExportConfig, chosen: Sequence[F.Format]) -> None:

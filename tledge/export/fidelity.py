@@ -1,0 +1,303 @@
+"""The int8 fidelity loop (issue 7): when a plain int8 file misses its parity budget, try repairs in
+order of cost, measure each by parity against the ORIGINAL model, keep the first that passes.
+
+Rungs (`LADDER`, in order of cost):
+  1. `calibration-percentile` (ONNX): onnxruntime's Percentile calibration instead of MinMax;
+  2. `repaired`: BN folding, an exact input grid, adaptive rounding + bias correction of every
+     kernel on the calibration images (`repair.apply`, stem 0: still all-int8, Edge TPU friendly);
+  3. `repaired-stem4` (CPU targets only): the first 4 convolutions and what precedes them stay
+     float (selective quantisation; on x86 and ARM CPUs this is also faster, see docs/int8-fidelity.md);
+  4. last resort, loudly: the int8 file is moved to `rejected/` and replaced by fp16 (TFLite) /
+     fp32 (ONNX), unless the target is int8-only (Edge TPU), where the export fails instead.
+
+Repairs need a Keras 3 model; for tf_keras files and SavedModels only calibration choices and the
+fallback apply (said in the report).
+"""
+from __future__ import annotations
+
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from tledge._deps import require
+from tledge.contract import Contract
+from tledge.errors import TledgeError, TledgeWarning
+from tledge.export.parity import ParityResult, Thresholds, check_files
+
+
+@dataclass(frozen=True)
+class Rung:
+    name: str
+    repair: bool = True  # run repair.apply first (needs a Keras 3 model)
+    stem: int = 0  # convolutions kept float (0: all-int8)
+    calibrate: str = "minmax"  # ONNX calibration method
+    kinds: tuple[str, ...] = ("tflite", "onnx")
+
+
+LADDER: tuple[Rung, ...] = (
+    Rung("calibration-percentile", repair=False, calibrate="percentile", kinds=("onnx",)),
+    Rung("repaired"),
+    Rung("repaired-stem4", stem=4),
+)
+
+
+MIN_LAYERS_PER_STEM = 3  # a float stem of k convolutions needs >= 3k conv/dense layers in the model
+
+
+def _linear_layers(model) -> int:
+    """Conv / depthwise / dense layers, nested models included."""
+    kinds = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense", "Conv1D")
+    n = 0
+    for layer in getattr(model, "layers", []):
+        n += _linear_layers(layer) if hasattr(layer, "layers") else type(layer).__name__ in kinds
+    return n
+
+
+@dataclass
+class FidelityContext:
+    """What the loop needs from the export pipeline."""
+
+    lm: object  # loader.LoadedModel
+    contract: Contract
+    add_norm: str | None
+    calib: np.ndarray
+    reference: np.ndarray
+    val_x: np.ndarray
+    val_y: np.ndarray | None
+    out: Path
+    thresholds: dict[str, Thresholds]
+    int8_only: bool = False  # Edge TPU and other int8-only targets: no float stems, no fallback
+    threads: int | None = None
+    explain: bool = False
+
+
+@dataclass
+class FidelityOutcome:
+    results: dict[str, ParityResult]  # plain int8 file name -> its final row (a fallback's row, if so)
+    attempts: list[dict] = field(default_factory=list)  # every rung tried, with its parity figures
+    notes: list[str] = field(default_factory=list)
+    explain_md: str = ""
+
+
+def improve(failing: Sequence[ParityResult], ctx: FidelityContext) -> FidelityOutcome:
+    """Run the ladder for each failing int8 file; return the final parity rows."""
+    outcome = FidelityOutcome(results={})
+    cache: dict[int, object] = {}  # stem -> repaired Keras model
+    model = _pixel_model(ctx)
+    if model is None:
+        outcome.notes.append(f"int8 repairs need a Keras 3 model ({ctx.lm.kind} given): only calibration "
+                             "choices and the fallback were tried")
+    if ctx.explain or failing:
+        outcome.explain_md = _explain(ctx, model, failing)
+    try:
+        for plain in failing:
+            outcome.results[plain.file] = _one_file(plain, ctx, model, cache, outcome)
+    finally:
+        shutil.rmtree(ctx.out / ".fidelity", ignore_errors=True)
+    return outcome
+
+
+def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: FidelityOutcome) -> ParityResult:
+    kind = plain.format
+    outcome.attempts.append(_row(plain, "plain"))
+    best = plain
+    for rung in LADDER:
+        if kind not in rung.kinds or (rung.repair and model is None) or (rung.stem and ctx.int8_only):
+            continue
+        if rung.stem and _linear_layers(model) < MIN_LAYERS_PER_STEM * rung.stem:
+            continue  # a float stem would be most of the model: that is not an int8 file
+        try:
+            result, data = _attempt(rung, kind, ctx, model, cache)
+        except TledgeError as exc:
+            outcome.attempts.append({"file": plain.file, "rung": rung.name, "error": str(exc)})
+            continue
+        outcome.attempts.append(_row(result, rung.name))
+        if _better(result, best):
+            best = result
+            _install(ctx.out / plain.file, data)
+        if result.passed:
+            outcome.notes.append(f"{plain.file}: plain int8 missed the budget (agreement "
+                                 f"{plain.top1_agreement:.3f}); kept `{rung.name}` (agreement "
+                                 f"{result.top1_agreement:.3f}, max abs {result.max_abs_error:.3g})")
+            return result
+    return _fallback(plain, best, ctx, outcome)
+
+
+def _better(a: ParityResult, b: ParityResult) -> bool:
+    return (a.passed, a.top1_agreement, -a.median_image_max_abs) > (b.passed, b.top1_agreement, -b.median_image_max_abs)
+
+
+def _row(r: ParityResult, rung: str) -> dict:
+    return {"file": r.file, "rung": rung, "agreement": r.top1_agreement, "accuracy": r.accuracy,
+            "max_abs": r.max_abs_error, "median_image_max_abs": r.median_image_max_abs,
+            "latency_ms": r.latency_ms, "passed": r.passed, "failures": list(r.failures)}
+
+
+def _install(dst: Path, data: bytes) -> None:
+    from tledge.io import atomic_write_bytes
+
+    atomic_write_bytes(dst, data)
+
+
+# ---- one attempt ------------------------------------------------------------------------------
+def _attempt(rung: Rung, kind: str, ctx: FidelityContext, model, cache) -> tuple[ParityResult, bytes]:
+    """Convert with this rung's repairs into a scratch file, check parity against the original."""
+    src = _repaired(model, rung.stem, ctx, cache) if rung.repair else None
+    applied = {"int8_repair": rung.name, "float_convolutions": rung.stem,
+               "onnx_calibration": rung.calibrate if kind == "onnx" else None}
+    if kind == "tflite":
+        data = _tflite(src, rung.stem, ctx, applied)
+    else:
+        data = _onnx(src, rung, ctx, applied)
+    scratch = ctx.out / ".fidelity" / f"{rung.name}.{kind}"
+    scratch.parent.mkdir(exist_ok=True)
+    scratch.write_bytes(data)
+    name = f"model_int8.{kind}"
+    result = check_files(ctx.reference, [(scratch, kind, "int8")], ctx.val_x, labels=ctx.val_y,
+                         thresholds={"int8": _threshold(ctx, name)}, threads=ctx.threads)[0]
+    result.file = name
+    return result, data
+
+
+def _threshold(ctx: FidelityContext, name: str) -> Thresholds:
+    return ctx.thresholds.get(name) or ctx.thresholds.get("int8") or Thresholds.for_precision("int8")
+
+
+def _repaired(model, stem: int, ctx: FidelityContext, cache):
+    from tledge.export import repair
+
+    if stem not in cache:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cache[stem], _ = repair.apply(model, ctx.calib, stem=stem)
+    return cache[stem]
+
+
+def _tflite(model, stem: int, ctx: FidelityContext, applied: dict) -> bytes:
+    from tledge.export import selective
+    from tledge.export.formats import _tflite_io
+    from tledge.export.metadata import embed_tflite
+
+    try:
+        cal = selective.calibrate_tflite(model, ctx.calib)
+        data = selective.quantize_tflite(cal, keep_float=selective.tflite_stem(cal, stem) if stem else ())
+    except Exception as exc:
+        raise TledgeError(f"TFLite conversion of the repaired model failed: {str(exc).splitlines()[-1][:300]}") from None
+    qin, qout, dtype = _tflite_io(data)
+    contract = ctx.contract.for_file(input_dtype=dtype, input_quant=qin, output_quant=qout)
+    return embed_tflite(data, contract.replace(extra={**contract.extra, **applied}))
+
+
+def _onnx(model, rung: Rung, ctx: FidelityContext, applied: dict) -> bytes:
+    import tempfile
+
+    from tledge.export import onnx as onnx_export
+    from tledge.export.metadata import embed_onnx
+    from tledge.export.selective import _with_activations, onnx_stem
+
+    onnx = require("onnx", extra="export")
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        if model is None:
+            shutil.copy(ctx.out / "model_fp32.onnx", src)
+        else:
+            onnx_export.save(onnx_export.convert_fp32(_serve(model, ctx.contract), ctx.contract), src)
+        exclude = ()
+        if rung.stem:
+            raw = src.read_bytes()
+            exclude = _with_activations(raw, onnx_stem(raw, rung.stem))
+        onnx_export.quantize_int8(src, dst, ctx.calib, method=rung.calibrate, nodes_to_exclude=exclude)
+        per_file = ctx.contract.for_file(input_dtype="float32")
+        extra = {**per_file.extra, "onnx_quant": "QDQ U8S8 per-channel", **applied}
+        return embed_onnx(onnx.load(str(dst)), per_file.replace(extra=extra)).SerializeToString()
+
+
+def _serve(model, contract: Contract):
+    tf = require("tensorflow", extra="export")
+    spec = tf.TensorSpec([None, contract.height, contract.width, contract.channels], tf.float32, name="pixels")
+
+    @tf.function(input_signature=[spec])
+    def serve(pixels):
+        return tf.cast(model(pixels, training=False), tf.float32)
+
+    return serve
+
+
+# ---- the model the repairs work on -------------------------------------------------------------
+def _pixel_model(ctx: FidelityContext):
+    """A Keras 3 model taking float32 pixels with the preprocessing inside, or None."""
+    if ctx.lm.kind != "keras":
+        return None
+    keras = require("keras", extra="export")
+    from tledge.layers import Preprocess
+
+    c = ctx.contract
+    inp = keras.Input((c.height, c.width, c.channels), dtype="float32", name="pixels")
+    x = inp
+    if ctx.add_norm:
+        norm = c.replace(norm=ctx.add_norm, baked=False)
+        x = Preprocess(norm.norm.value, norm.mean, norm.std, c.channels, name="preprocess")(x)
+    y = ctx.lm.model(x)
+    if isinstance(y, (list, tuple)):
+        y = y[0]
+    return keras.Model(inp, y, name="tledge_pixels")
+
+
+# ---- diagnosis and the last resort ---------------------------------------------------------------
+def _explain(ctx: FidelityContext, model, failing: Sequence[ParityResult]) -> str:
+    """Per-layer error table of the plain int8 conversion (TFLite QuantizationDebugger)."""
+    from tledge.export import explain
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            source = model if model is not None else _concrete(ctx)
+            rows = explain.tflite_layer_errors(source, ctx.calib, debug_images=min(32, len(ctx.calib)))
+    except Exception as exc:  # diagnosis must never break an export
+        return f"(per-layer diagnosis unavailable: {exc.__class__.__name__}: {str(exc)[:200]})\n"
+    head = ("Per-layer error of the plain int8 TFLite conversion (`rmse/scale` is the layer's own error "
+            "in int8 steps; ~0.3 is the rounding floor, well above 1 means the layer loses information):\n\n")
+    return head + explain.markdown(rows, top=12)
+
+
+def _concrete(ctx: FidelityContext):
+    from tledge.export import loader
+
+    return loader.trace(ctx.lm, ctx.contract, ctx.add_norm)[1]
+
+
+def _fallback(plain: ParityResult, best: ParityResult, ctx: FidelityContext, outcome: FidelityOutcome) -> ParityResult:
+    """No rung met the budget: keep the best int8 file aside and ship a float variant, loudly."""
+    if ctx.int8_only:
+        outcome.notes.append(f"{plain.file}: no repair met the int8 budget (best agreement "
+                             f"{best.top1_agreement:.3f}) and the target is int8-only: no fallback")
+        return best
+    rejected = ctx.out / "rejected"
+    rejected.mkdir(exist_ok=True)
+    shutil.move(str(ctx.out / plain.file), rejected / plain.file)
+    kind = plain.format
+    fallback = _write_fallback(kind, ctx)
+    result = check_files(ctx.reference, [(ctx.out / fallback.filename, kind, fallback.precision)], ctx.val_x,
+                         labels=ctx.val_y, thresholds=ctx.thresholds, threads=ctx.threads)[0]
+    tried = [a["rung"] for a in outcome.attempts if a["file"] == plain.file and a["rung"] != "plain"]
+    msg = (f"FALLBACK: {plain.file} could not meet the int8 budget (best agreement {best.top1_agreement:.3f} "
+           f"after {', '.join(tried) or 'no applicable repair'}); it is kept in rejected/ and {fallback.filename} ships instead")
+    warnings.warn(msg, TledgeWarning, stacklevel=3)
+    outcome.notes.append(msg)
+    return result
+
+
+def _write_fallback(kind: str, ctx: FidelityContext):
+    from tledge.export import formats as F
+    from tledge.export import loader
+
+    fmt = F.FORMATS["tflite_fp16" if kind == "tflite" else "onnx_fp32"]
+    if not (ctx.out / fmt.filename).is_file():
+        serve, concrete = loader.trace(ctx.lm, ctx.contract, ctx.add_norm)
+        F.write(fmt, ctx.out / fmt.filename, serve=serve, concrete=concrete, contract=ctx.contract,
+                calib=ctx.calib, folder=ctx.out)
+    return fmt
