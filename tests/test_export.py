@@ -130,7 +130,8 @@ def test_int8_calibrated_on_constant_images_fails_parity(tiny_model, shapes_data
     with pytest.warns(TledgeWarning, match="FALLBACK"):
         rc = main(argv + ["--out", str(tmp_path / "f")])
     report = json.loads((tmp_path / "f" / "parity.json").read_text())
-    assert [r["file"] for r in report["results"]] == ["model_fp32.tflite", "model_fp16.tflite"]
+    assert rc == 1 and [r["file"] for r in report["results"]] == ["model_fp32.tflite", "rejected/model_int8.tflite",
+                                                                  "model_fp16.tflite"]
     assert (tmp_path / "f" / "rejected" / "model_int8.tflite").is_file()
     assert all(not a["passed"] for a in report["fidelity"]) and len(report["fidelity"]) == 2
 

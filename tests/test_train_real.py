@@ -17,18 +17,26 @@ def asset(root, *parts):
     return p
 
 
-def test_cli_reaches_085_on_hymenoptera(shared_assets, tmp_path):
+@pytest.fixture(scope="module")
+def hymenoptera_run(shared_assets, tmp_path_factory):
+    """`tledge train` with the acceptance command, once for this module."""
+    from tledge.cli import main
+
+    data, weights = asset(shared_assets, "hymenoptera_data"), asset(shared_assets, *WEIGHTS)
+    out = tmp_path_factory.mktemp("hymenoptera") / "run"
+    code = main(["train", str(data), "--backbone", "mobilenet", "--alpha", "0.25", "--weights", str(weights),
+                 "--size", "224", "--out", str(out)])
+    return code, out, data
+
+
+def test_cli_reaches_085_on_hymenoptera(hymenoptera_run):
     import keras
 
-    from tledge.cli import main
     from tledge.contract import Contract
     from tledge.layers import CUSTOM_OBJECTS
     from tledge.train import data as td
 
-    data, weights = asset(shared_assets, "hymenoptera_data"), asset(shared_assets, *WEIGHTS)
-    out = tmp_path / "run"
-    code = main(["train", str(data), "--backbone", "mobilenet", "--alpha", "0.25", "--weights", str(weights),
-                 "--size", "224", "--out", str(out)])
+    code, out, data = hymenoptera_run
     assert code == 0
     m = json.loads((out / "metrics.json").read_text())
     print(f"\nval_accuracy {m['val_accuracy']:.3f}, wall {m['wall_time_s']:.0f}s, best {m['best']}")
@@ -59,3 +67,24 @@ def test_grayscale_fold_of_real_imagenet_weights(shared_assets):
     f3 = np.asarray(tm.feature_model(tm.assemble(bb3, c3, 2, 0.2))(np.repeat(g, 3, axis=-1)))
     f1 = np.asarray(tm.feature_model(tm.assemble(bb1, c1, 2, 0.2))(g))
     assert np.abs(f3 - f1).max() <= 1e-5 * np.abs(f3).max()
+
+
+def test_chain_train_export_int8_run_keeps_accuracy(hymenoptera_run, capsys):
+    """Issue 4: train -> export --int8 -> run --source val/ keeps the val accuracy within 1 point."""
+    from tledge.cli import main
+
+    code, out, data = hymenoptera_run
+    assert code == 0
+    val_acc = json.loads((out / "metrics.json").read_text())["val_accuracy"]
+    exp = out.parent / "export"
+    assert main(["export", str(out / "model.h5"), "--int8", "--calib", str(data / "train"), "--val",
+                 str(data / "val"), "--out", str(exp)]) == 0
+    for name in ("model_int8.tflite", "model_int8.onnx"):
+        capsys.readouterr()
+        assert main(["run", str(exp / name), "--source", str(data / "val"), "--json"]) == 0
+        rows = [json.loads(s) for s in capsys.readouterr().out.splitlines() if s.startswith("{")]
+        rows = [r for r in rows if r.get("top")]
+        truth = ["ants" if "/ants/" in r["source"].replace("\\", "/") else "bees" for r in rows]
+        acc = float(np.mean([r["top"][0]["label"] == t for r, t in zip(rows, truth)]))
+        print(f"\n{name}: runtime val accuracy {acc:.3f} (Keras {val_acc:.3f}, {len(rows)} images)")
+        assert len(rows) == 153 and abs(acc - val_acc) <= 0.01 + 1e-9

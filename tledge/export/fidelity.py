@@ -77,7 +77,7 @@ class FidelityContext:
 
 @dataclass
 class FidelityOutcome:
-    results: dict[str, ParityResult]  # plain int8 file name -> its final row (a fallback's row, if so)
+    results: dict[str, list[ParityResult]]  # plain int8 file name -> its final row(s)
     attempts: list[dict] = field(default_factory=list)  # every rung tried, with its parity figures
     notes: list[str] = field(default_factory=list)
     explain_md: str = ""
@@ -101,7 +101,7 @@ def improve(failing: Sequence[ParityResult], ctx: FidelityContext) -> FidelityOu
     return outcome
 
 
-def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: FidelityOutcome) -> ParityResult:
+def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: FidelityOutcome) -> list[ParityResult]:
     kind = plain.format
     outcome.attempts.append(_row(plain, "plain"))
     best = plain
@@ -123,7 +123,7 @@ def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: 
             outcome.notes.append(f"{plain.file}: plain int8 missed the budget (agreement "
                                  f"{plain.top1_agreement:.3f}); kept `{rung.name}` (agreement "
                                  f"{result.top1_agreement:.3f}, max abs {result.max_abs_error:.3g})")
-            return result
+            return [result]
     return _fallback(plain, best, ctx, outcome)
 
 
@@ -270,12 +270,14 @@ def _concrete(ctx: FidelityContext):
     return loader.trace(ctx.lm, ctx.contract, ctx.add_norm)[1]
 
 
-def _fallback(plain: ParityResult, best: ParityResult, ctx: FidelityContext, outcome: FidelityOutcome) -> ParityResult:
-    """No rung met the budget: keep the best int8 file aside and ship a float variant, loudly."""
+def _fallback(plain: ParityResult, best: ParityResult, ctx: FidelityContext,
+              outcome: FidelityOutcome) -> list[ParityResult]:
+    """No rung met the budget: keep the best int8 file aside and ship a float variant, loudly. The
+    int8 row stays failed (the export exits 1: int8 was asked for and not delivered)."""
     if ctx.int8_only:
         outcome.notes.append(f"{plain.file}: no repair met the int8 budget (best agreement "
                              f"{best.top1_agreement:.3f}) and the target is int8-only: no fallback")
-        return best
+        return [best]
     rejected = ctx.out / "rejected"
     rejected.mkdir(exist_ok=True)
     shutil.move(str(ctx.out / plain.file), rejected / plain.file)
@@ -288,7 +290,10 @@ def _fallback(plain: ParityResult, best: ParityResult, ctx: FidelityContext, out
            f"after {', '.join(tried) or 'no applicable repair'}); it is kept in rejected/ and {fallback.filename} ships instead")
     warnings.warn(msg, TledgeWarning, stacklevel=3)
     outcome.notes.append(msg)
-    return result
+    best.file = f"rejected/{plain.file}"
+    best.failures = list(best.failures) + [f"fell back to {fallback.filename}"]
+    best.passed = False
+    return [best, result]
 
 
 def _write_fallback(kind: str, ctx: FidelityContext):

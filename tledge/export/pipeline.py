@@ -85,7 +85,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
     if _fidelity(cfg, report, FidelityInputs(lm, contract, add_norm, calib, reference, val_x, val_y, out, thresholds)):
         seconds["int8 fidelity"] = round(time.perf_counter() - start, 2)
     report.write(out)
-    written = [out / r.file for r in report.results if (out / r.file).is_file()]
+    written = [out / r.file for r in report.results if "/" not in r.file and (out / r.file).is_file()]
     return ExportResult(out, contract, written, report, seconds)
 
 
@@ -124,8 +124,8 @@ def _fidelity(cfg: ExportConfig, report: ParityReport, x: FidelityInputs) -> boo
                                    x.thresholds, int8_only=cfg.int8_only, threads=cfg.threads, explain=cfg.explain)
     outcome = fidelity.improve(failing if cfg.repair else [], ctx)
     merged, seen = [], set()
-    for r in (outcome.results.get(r.file, r) for r in report.results):  # a fallback replaces its int8 row
-        if r.file not in seen:
+    for r in (x for row in report.results for x in outcome.results.get(row.file, [row])):
+        if r.file not in seen:  # a fallback's row may already be there (fp32 ONNX, --fp16)
             merged.append(r)
             seen.add(r.file)
     report.results = merged
