@@ -369,3 +369,20 @@ def test_backbone_registry_matches_keras_applications():
         c = Contract.for_backbone(name, 5, baked=False)
         got = c.normalize(x) if spec.mode != "raw" else x
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4, err_msg=name)
+
+
+def test_random_init_sets_batchnorm_statistics_so_features_vary(shapes_dataset):
+    """--weights none: without data-set BN statistics a random MobileNet gives ~1e-17 features for
+    every image; after init_batchnorm_from_data they are O(1) and differ between images."""
+    from tledge.train import model as tm
+    from tledge.train.api import make_contract
+
+    c = make_contract(TrainConfig(backbone="mobilenet", alpha=0.25, weights="none", size=SIZE), ("a", "b", "c"))
+    files, _, _ = __import__("tledge.images", fromlist=["labelled_images"]).labelled_images(shapes_dataset / "train")
+    x = np.stack([c.prepare(f) for f in files]).astype(np.float32)
+    parts = tm.build(TrainConfig(backbone="mobilenet", alpha=0.25, weights="none", size=SIZE), c, 3)
+    before = np.asarray(tm.feature_model(parts)(x[:16]))
+    assert np.abs(before).max() < 1e-3  # the failure being fixed
+    assert tm.init_batchnorm_from_data(parts, x) > 10
+    after = np.asarray(tm.feature_model(parts)(x[:16]))
+    assert 0.05 < np.abs(after).mean() < 100 and after.std(axis=0).mean() > 0.01

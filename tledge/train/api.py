@@ -140,6 +140,10 @@ def _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, skipped, log, t
         parts = tm.build(cfg, contract, len(plan.classes), pretrained=resumed is None)
         if resumed is not None:
             ckpt.load_weights(parts.model, resumed, "last")
+        elif cfg.backbone_weights is None:
+            n = tm.init_batchnorm_from_data(parts, data.x, seed=cfg.seed)
+            log(f"random init: batch-norm statistics of {n} layers set from the training images"
+                + ("" if n == 0 else "; a frozen random backbone learns little: --fine-tune-at 0 trains it all"))
         run = finetune.Run(cfg, parts, data, ckpt, resumed or finetune.new_state(cfg, plan.classes), log)
         finetune.run_all(run)
     final = _final_model(cfg, env, parts, contract, len(plan.classes))

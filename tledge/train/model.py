@@ -65,6 +65,28 @@ def build(cfg: TrainConfig, contract, n_classes: int, *, pretrained: bool = True
     return assemble(backbone, contract, n_classes, cfg.dropout, fold)
 
 
+def init_batchnorm_from_data(parts: Parts, x, n: int = 128, seed: int = 0) -> int:
+    """For a randomly initialised backbone: set every batch-norm layer's moving mean / variance from
+    `n` training images (one forward pass in training mode with momentum 0). Keras' initial
+    statistics (0, 1) shrink activations ~10x per block, so a frozen random MobileNet outputs ~0 for
+    every image and nothing can learn. Returns the number of layers set."""
+    import numpy as np
+
+    keras = require("keras", purpose="training")
+    bns = [layer for layer in parts.backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    if not bns or len(x) == 0:
+        return 0
+    pick = np.random.default_rng(seed).permutation(len(x))[:n]
+    sample = np.asarray(parts.preprocess(np.asarray(x)[pick].astype("float32")))
+    saved = [layer.momentum for layer in bns]
+    for layer in bns:
+        layer.momentum = 0.0
+    parts.backbone(sample, training=True)
+    for layer, m in zip(bns, saved):
+        layer.momentum = m
+    return len(bns)
+
+
 def feature_model(parts: Parts):
     keras = require("keras")
     return keras.Model(parts.model.input, parts.features, name="features")
