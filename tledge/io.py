@@ -8,12 +8,19 @@ from pathlib import Path
 
 
 @contextmanager
-def atomic_path(path: str | Path):
-    """Yield a temporary path next to `path`; it replaces `path` only if the block succeeds."""
+def atomic_path(path: str | Path, *, same_suffix: bool = False):
+    """Yield a temporary path next to `path`; it replaces `path` only if the block succeeds.
+    same_suffix: the temporary name keeps `path`'s suffixes (Keras checks them) and does not exist
+    yet (writers that create the file themselves)."""
     dst = Path(path)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    if same_suffix:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name.split('.')[0]}.", suffix="".join(dst.suffixes), dir=dst.parent)
+    else:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
     os.close(fd)
+    if same_suffix:
+        os.unlink(tmp)
     try:
         yield Path(tmp)
         os.replace(tmp, dst)

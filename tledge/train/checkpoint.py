@@ -8,8 +8,6 @@ names complete files. Files no longer named are then removed (only ours, inside 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,20 +30,11 @@ def numpy2_quiet():
         yield
 
 
-@contextmanager
 def temp_sibling(path: Path):
     """A temporary name next to `path` with the same suffixes (Keras checks them); renamed on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    os.unlink(tmp)  # Keras and numpy create the file themselves
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from tledge.io import atomic_path
+
+    return atomic_path(path, same_suffix=True)  # Keras and numpy create the file themselves
 
 
 class Checkpoints:
