@@ -12,6 +12,7 @@ preprocessing baked in, converted here to full-int8 TFLite (uint8 I/O; represent
 photos) and cached under $TLEDGE_BENCH_CACHE (default ~/.cache/tledge-bench).
 
     .venv/bin/python benchmarks/runtime_bench.py [--json out.json] [--rounds N]
+    .venv/bin/python benchmarks/runtime_bench.py --quick     # smoke run: 3 rounds, 2+1 processes, no variants
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-ASSETS = REPO.parent / "shared" / "assets"
+ASSETS = Path(os.environ.get("TLEDGE_SHARED_ASSETS", REPO.parent / "shared" / "assets"))
 VAL = ASSETS / "hymenoptera_data" / "val"
 TRAIN = ASSETS / "hymenoptera_data" / "train"
 CACHE = Path(os.environ.get("TLEDGE_BENCH_CACHE", Path.home() / ".cache" / "tledge-bench"))
@@ -36,6 +37,14 @@ KERAS = CACHE / "mobilenet_v2_224.keras"
 
 
 # ---- the model (TensorFlow only here, once) ------------------------------------------------------------
+
+def missing_assets() -> str | None:
+    """Why this benchmark cannot run here, or None."""
+    for p in (VAL, TRAIN):
+        if not p.is_dir():
+            return f"shared asset not available: {p}"
+    return None
+
 
 def build_model() -> None:
     if MODEL.is_file() and KERAS.is_file():
@@ -264,27 +273,39 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=15, help="rounds of (1); (2) uses a third of them")
     p.add_argument("--process-runs", type=int, default=7)
     p.add_argument("--keras-runs", type=int, default=2)
+    p.add_argument("--no-variants", action="store_true",
+                   help="skip (2) with the other worker/thread splits (1+2, 2+2)")
+    p.add_argument("--quick", action="store_true", help="smoke run: --rounds 3 --process-runs 2 --keras-runs 1 "
+                                                        "--no-variants")
     p.add_argument("--wait-quiet", type=float, metavar="LOAD",
                    help="first wait (up to 30 min) for the 1-minute load average to drop under LOAD")
     a = p.parse_args(argv)
-    if not VAL.is_dir():
-        print(f"needs {VAL} (shared assets)", file=sys.stderr)
+    if a.quick:
+        a.rounds, a.process_runs, a.keras_runs, a.no_variants = 3, 2, 1, True
+    why = missing_assets()
+    if why:
+        print(f"skipped: {why}", file=sys.stderr)
+        if a.json:
+            a.json.write_text(json.dumps({"skipped": why}) + "\n")
+            return 0
         return 2
     build_model()
     if a.wait_quiet:
         deadline = time.time() + 1800
         while os.getloadavg()[0] >= a.wait_quiet and time.time() < deadline:
             time.sleep(10)
-    report = {"machine": machine(), "model": str(MODEL),
+    report = {"machine": machine(), "model": str(MODEL), "quick": a.quick,
               "overhead": overhead(a.rounds),
               "folder": folder(max(3, a.rounds // 3)),
-              "folder_variants": [folder(max(3, a.rounds // 3), threads=t, workers=w) for t, w in ((2, 1), (2, 2))],
+              "folder_variants": [] if a.no_variants else
+              [folder(max(3, a.rounds // 3), threads=t, workers=w) for t, w in ((2, 1), (2, 2))],
               "process": processes(a.process_runs, a.keras_runs)}
     report["load_avg_at_end"] = os.getloadavg()
     print_report(report)
-    print(json.dumps(report))
     if a.json:
         a.json.write_text(json.dumps(report, indent=2) + "\n")
+    else:
+        print(json.dumps(report))
     return 0
 
 
@@ -294,8 +315,13 @@ def machine() -> dict:
     import ai_edge_litert
     import cv2
 
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
     return {"python": platform.python_version(), "cpus": len(os.sched_getaffinity(0)),
-            "cpu": platform.processor() or platform.machine(), "numpy": np.__version__,
+            "cpu": cpu, "numpy": np.__version__,
             "opencv": cv2.__version__, "ai_edge_litert": getattr(ai_edge_litert, "__version__", "?"),
             "load_avg_at_start": os.getloadavg()}
 

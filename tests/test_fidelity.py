@@ -105,3 +105,16 @@ def test_fidelity_target_overrides_the_int8_agreement(tiny_model, shapes_dataset
     report = json.loads((tmp_path / "parity.json").read_text())
     int8 = [r for r in report["results"] if r["precision"] == "int8"][0]
     assert int8["passed"] and np.isfinite(int8["max_abs_error"])
+
+
+def test_dynamic_range_gets_the_weight_repair_then_falls_back(tiny_model, shapes_dataset, tmp_path):
+    from tledge.export.pipeline import ExportConfig, export
+
+    cfg = ExportConfig(out=tmp_path, formats=("tflite",), dynamic=True, calib=str(shapes_dataset / "train"),
+                       val=str(shapes_dataset / "val"), thresholds={"dynamic": Thresholds(max_abs=1e-9)})
+    with pytest.warns(TledgeWarning, match="FALLBACK: model_dynamic.tflite"):
+        res = export(tiny_model["keras"], cfg)
+    assert [(a["file"], a["rung"]) for a in res.report.fidelity] == [("model_dynamic.tflite", "plain"),
+                                                                      ("model_dynamic.tflite", "repaired")]
+    assert all(a["agreement"] >= 0.8 for a in res.report.fidelity)
+    assert (tmp_path / "rejected" / "model_dynamic.tflite").is_file() and (tmp_path / "model_fp16.tflite").is_file()

@@ -69,3 +69,36 @@ def test_pytest_fixture_for_users(tledge_parity, tiny_model, tiny_export, shapes
     with pytest.raises(AssertionError, match="model_int8"):
         tledge_parity(tiny_model["keras"], tiny_export.out / "model_int8.tflite", images=shapes_dataset / "val",
                       thresholds={"int8": Thresholds(max_abs=0.0)})
+
+
+def test_per_file_thresholds_start_from_their_precision_and_plain_dicts_work(tmp_path):
+    from tledge.errors import ParityError
+    from tledge.export.parity import load_thresholds, thresholds_from_dict
+
+    f = tmp_path / "t.json"
+    f.write_text(json.dumps({"model_int8.onnx": {"min_agreement": 0.95}, "fp16": {"min_agreement": 0.9}}))
+    t = load_thresholds(f)
+    assert t["model_int8.onnx"] == Thresholds(min_agreement=0.95, max_accuracy_drop=0.01)  # int8's accuracy rule kept
+    assert t["fp16"].min_agreement == 0.9
+    assert thresholds_from_dict({"x.bin": {"max_abs": 1.0}})["x.bin"] == Thresholds(max_abs=1.0)
+    with pytest.raises(ParityError, match="unknown field"):
+        thresholds_from_dict({"int8": {"min_agreemnt": 0.9}})
+
+
+def test_assert_parity_takes_plain_dict_thresholds(tiny_model, tiny_export, shapes_dataset):
+    from tledge.errors import ParityError
+    from tledge.testing import assert_parity
+
+    with pytest.raises((ParityError, AssertionError), match="model_int8"):
+        assert_parity(tiny_model["keras"], tiny_export.out / "model_int8.tflite", shapes_dataset / "val",
+                      thresholds={"int8": {"max_abs": 0.0}})
+
+
+def test_exported_files_get_normal_permissions(tiny_export):
+    import os
+    import stat
+
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in list(tiny_export.out.glob("*.tflite")) + [tiny_export.out / "parity.md", tiny_export.out / "tledge.json"]:
+        assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~mask, p

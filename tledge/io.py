@@ -7,6 +7,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
 @contextmanager
 def atomic_path(path: str | Path, *, same_suffix: bool = False):
     """Yield a temporary path next to `path`; it replaces `path` only if the block succeeds.
@@ -23,6 +32,8 @@ def atomic_path(path: str | Path, *, same_suffix: bool = False):
         os.unlink(tmp)
     try:
         yield Path(tmp)
+        if os.path.exists(tmp):  # mkstemp makes 0600 files: give the result the usual umask permissions
+            os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, dst)
     finally:
         if os.path.exists(tmp):

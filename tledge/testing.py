@@ -23,6 +23,10 @@ def assert_parity(reference: str | Path, exported: str | Path | Sequence[str | P
 
     if isinstance(thresholds, (str, Path)):
         thresholds = load_thresholds(thresholds)
+    elif isinstance(thresholds, dict):
+        from tledge.export.parity import thresholds_from_dict
+
+        thresholds = thresholds_from_dict(thresholds)
     files = [exported] if isinstance(exported, (str, Path)) else list(exported)
     report = parity(reference, files, images, thresholds=thresholds, preprocess=preprocess)
     if not report.passed:

@@ -101,17 +101,25 @@ def improve(failing: Sequence[ParityResult], ctx: FidelityContext) -> FidelityOu
     return outcome
 
 
+def _applies(rung: Rung, plain: ParityResult, ctx: FidelityContext, model) -> bool:
+    if plain.format not in rung.kinds or (rung.repair and model is None) or (rung.stem and ctx.int8_only):
+        return False
+    if plain.precision == "dynamic":  # int8 weights, float activations: only the weight repair applies
+        return rung.repair and not rung.stem
+    return True
+
+
 def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: FidelityOutcome) -> list[ParityResult]:
     kind = plain.format
     outcome.attempts.append(_row(plain, "plain"))
     best = plain
     for rung in LADDER:
-        if kind not in rung.kinds or (rung.repair and model is None) or (rung.stem and ctx.int8_only):
+        if not _applies(rung, plain, ctx, model):
             continue
         if rung.stem and _linear_layers(model) < MIN_LAYERS_PER_STEM * rung.stem:
             continue  # a float stem would be most of the model: that is not an int8 file
         try:
-            result, data = _attempt(rung, kind, ctx, model, cache)
+            result, data = _attempt(rung, plain, ctx, model, cache)
         except TledgeError as exc:
             outcome.attempts.append({"file": plain.file, "rung": rung.name, "error": str(exc)})
             continue
@@ -120,7 +128,7 @@ def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: 
             best = result
             _install(ctx.out / plain.file, data)
         if result.passed:
-            outcome.notes.append(f"{plain.file}: plain int8 missed the budget (agreement "
+            outcome.notes.append(f"{plain.file}: plain {plain.precision} missed the budget (agreement "
                                  f"{plain.top1_agreement:.3f}); kept `{rung.name}` (agreement "
                                  f"{result.top1_agreement:.3f}, max abs {result.max_abs_error:.3g})")
             return [result]
@@ -144,27 +152,27 @@ def _install(dst: Path, data: bytes) -> None:
 
 
 # ---- one attempt ------------------------------------------------------------------------------
-def _attempt(rung: Rung, kind: str, ctx: FidelityContext, model, cache) -> tuple[ParityResult, bytes]:
+def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, model, cache) -> tuple[ParityResult, bytes]:
     """Convert with this rung's repairs into a scratch file, check parity against the original."""
+    kind, precision = plain.format, plain.precision
     src = _repaired(model, rung.stem, ctx, cache) if rung.repair else None
     applied = {"int8_repair": rung.name, "float_convolutions": rung.stem,
                "onnx_calibration": rung.calibrate if kind == "onnx" else None}
     if kind == "tflite":
-        data = _tflite(src, rung.stem, ctx, applied)
+        data = _tflite(src, rung.stem, ctx, applied, dynamic=precision == "dynamic")
     else:
         data = _onnx(src, rung, ctx, applied)
-    scratch = ctx.out / ".fidelity" / f"{rung.name}.{kind}"
+    scratch = ctx.out / ".fidelity" / f"{rung.name}_{precision}.{kind}"
     scratch.parent.mkdir(exist_ok=True)
     scratch.write_bytes(data)
-    name = f"model_int8.{kind}"
-    result = check_files(ctx.reference, [(scratch, kind, "int8")], ctx.val_x, labels=ctx.val_y,
-                         thresholds={"int8": _threshold(ctx, name)}, threads=ctx.threads)[0]
-    result.file = name
+    result = check_files(ctx.reference, [(scratch, kind, precision)], ctx.val_x, labels=ctx.val_y,
+                         thresholds={precision: _threshold(ctx, plain.file, precision)}, threads=ctx.threads)[0]
+    result.file = plain.file
     return result, data
 
 
-def _threshold(ctx: FidelityContext, name: str) -> Thresholds:
-    return ctx.thresholds.get(name) or ctx.thresholds.get("int8") or Thresholds.for_precision("int8")
+def _threshold(ctx: FidelityContext, name: str, precision: str) -> Thresholds:
+    return ctx.thresholds.get(name) or ctx.thresholds.get(precision) or Thresholds.for_precision(precision)
 
 
 def _repaired(model, stem: int, ctx: FidelityContext, cache):
@@ -177,14 +185,17 @@ def _repaired(model, stem: int, ctx: FidelityContext, cache):
     return cache[stem]
 
 
-def _tflite(model, stem: int, ctx: FidelityContext, applied: dict) -> bytes:
+def _tflite(model, stem: int, ctx: FidelityContext, applied: dict, *, dynamic: bool = False) -> bytes:
     from tledge.export import selective
     from tledge.export.formats import _tflite_io
     from tledge.export.metadata import embed_tflite
 
     try:
-        cal = selective.calibrate_tflite(model, ctx.calib)
-        data = selective.quantize_tflite(cal, keep_float=selective.tflite_stem(cal, stem) if stem else ())
+        if dynamic:  # the repaired kernels sit on the int8 grid, so dynamic-range keeps them exactly
+            data = selective.tflite_fp32(model, optimize=True)
+        else:
+            cal = selective.calibrate_tflite(model, ctx.calib)
+            data = selective.quantize_tflite(cal, keep_float=selective.tflite_stem(cal, stem) if stem else ())
     except Exception as exc:
         raise TledgeError(f"TFLite conversion of the repaired model failed: {str(exc).splitlines()[-1][:300]}") from None
     qin, qout, dtype = _tflite_io(data)
@@ -300,7 +311,7 @@ def _write_fallback(kind: str, ctx: FidelityContext):
     from tledge.export import formats as F
     from tledge.export import loader
 
-    fmt = F.FORMATS["tflite_fp16" if kind == "tflite" else "onnx_fp32"]
+    fmt = F.FORMATS["tflite_fp16" if kind == "tflite" else "onnx_fp32"]  # fp16 for int8 and dynamic
     if not (ctx.out / fmt.filename).is_file():
         serve, concrete = loader.trace(ctx.lm, ctx.contract, ctx.add_norm)
         F.write(fmt, ctx.out / fmt.filename, serve=serve, concrete=concrete, contract=ctx.contract,

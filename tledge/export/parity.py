@@ -6,6 +6,7 @@ JSON and Markdown; `report.raise_if_failed()` raises ParityError once, with all 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -40,15 +41,31 @@ def load_thresholds(path: str | Path) -> dict[str, Thresholds]:
     p = Path(path)
     text = p.read_text(encoding="utf-8")
     if p.suffix == ".toml":
-        import tomllib
-
+        try:
+            import tomllib
+        except ImportError:  # Python < 3.11
+            raise ParityError(f"{p.name}: TOML thresholds need Python 3.11+; use a .json file") from None
         raw = tomllib.loads(text)
     else:
         raw = json.loads(text)
+    return thresholds_from_dict(raw)
+
+
+def thresholds_from_dict(raw: dict) -> dict[str, Thresholds]:
+    """{"int8": {"min_agreement": 0.97}, "model_int8.onnx": {...}} -> Thresholds per key. A key that
+    is a file name (model_<precision>.<ext>) starts from its precision's defaults."""
     out = {}
     for key, vals in raw.items():
-        base = DEFAULT_THRESHOLDS.get(key, Thresholds())
-        out[key] = replace(base, **{k: v for k, v in vals.items() if k in Thresholds.__dataclass_fields__})
+        if isinstance(vals, Thresholds):
+            out[key] = vals
+            continue
+        unknown = set(vals) - set(Thresholds.__dataclass_fields__)
+        if unknown:
+            raise ParityError(f"thresholds for {key!r}: unknown field(s) {sorted(unknown)}; "
+                              f"known: {', '.join(Thresholds.__dataclass_fields__)}")
+        m = re.fullmatch(r"model_(\w+)\.\w+", key)
+        base = DEFAULT_THRESHOLDS.get(key) or DEFAULT_THRESHOLDS.get(m.group(1) if m else "", Thresholds())
+        out[key] = replace(base, **vals)
     return out
 
 

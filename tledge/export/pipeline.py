@@ -115,8 +115,13 @@ def _thresholds(cfg: ExportConfig) -> dict[str, Thresholds]:
 
 def _fidelity(cfg: ExportConfig, report: ParityReport, x: FidelityInputs) -> bool:
     """The int8 fidelity loop on failing int8 files (and the per-layer table for --explain)."""
-    failing = [r for r in report.results if r.precision == "int8" and not r.passed and np.isfinite(r.max_abs_error)]
-    if x.calib is None or not ((cfg.repair and failing) or cfg.explain):
+    failing = [r for r in report.results if r.precision in ("int8", "dynamic") and not r.passed
+               and np.isfinite(r.max_abs_error)]
+    if x.calib is None:
+        if failing and cfg.repair:
+            report.notes.append("the repair loop needs calibration images: pass --calib DIR")
+        return False
+    if not ((cfg.repair and failing) or cfg.explain):
         return False
     from tledge.export import fidelity
 
@@ -193,7 +198,7 @@ def load_pixels(folder: str | Path, contract: Contract, limit: int, labels: tupl
 def _images(cfg: ExportConfig, contract: Contract, chosen):
     labels = contract.labels
     calib = None
-    if any(f.precision == "int8" for f in chosen):
+    if any(f.precision == "int8" for f in chosen) or (cfg.calib and any(f.precision == "dynamic" for f in chosen)):
         if cfg.calib == "random":
             warnings.warn("calibrating int8 on random noise: the int8 files will be inaccurate on real "
                           "images. Use --calib DIR with real images.", TledgeWarning, stacklevel=3)

@@ -63,12 +63,15 @@ def tflite_converter(model, calib, *, io: str = "uint8"):
     return conv
 
 
-def tflite_fp32(model) -> bytes:
-    """Plain float32 TFLite (for latency references)."""
+def tflite_fp32(model, *, optimize: bool = False) -> bytes:
+    """Plain float32 TFLite (for latency references); optimize=True: dynamic-range (int8 weights)."""
     tf = require("tensorflow", purpose="TFLite conversion")
     holder = tf.Module()
     holder.variables_ = [getattr(v, "value", v) for v in model.variables]
-    return tf.lite.TFLiteConverter.from_concrete_functions([concrete_function(model)], holder).convert()
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete_function(model)], holder)
+    if optimize:
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    return conv.convert()
 
 
 def calibrate_tflite(model, calib) -> bytes:
