@@ -297,7 +297,7 @@ def _fallback(plain: ParityResult, best: ParityResult, ctx: FidelityContext,
     result = check_files(ctx.reference, [(ctx.out / fallback.filename, kind, fallback.precision)], ctx.val_x,
                          labels=ctx.val_y, thresholds=ctx.thresholds, threads=ctx.threads)[0]
     tried = [a["rung"] for a in outcome.attempts if a["file"] == plain.file and a["rung"] != "plain"]
-    msg = (f"FALLBACK: {plain.file} could not meet the int8 budget (best agreement {best.top1_agreement:.3f} "
+    msg = (f"FALLBACK: {plain.file} could not meet the {plain.precision} budget (best agreement {best.top1_agreement:.3f} "
            f"after {', '.join(tried) or 'no applicable repair'}); it is kept in rejected/ and {fallback.filename} ships instead")
     warnings.warn(msg, TledgeWarning, stacklevel=3)
     outcome.notes.append(msg)
