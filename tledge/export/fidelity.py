@@ -110,7 +110,6 @@ def _applies(rung: Rung, plain: ParityResult, ctx: FidelityContext, model) -> bo
 
 
 def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: FidelityOutcome) -> list[ParityResult]:
-    kind = plain.format
     outcome.attempts.append(_row(plain, "plain"))
     best = plain
     for rung in LADDER:
@@ -197,7 +196,8 @@ def _tflite(model, stem: int, ctx: FidelityContext, applied: dict, *, dynamic: b
             cal = selective.calibrate_tflite(model, ctx.calib)
             data = selective.quantize_tflite(cal, keep_float=selective.tflite_stem(cal, stem) if stem else ())
     except Exception as exc:
-        raise TledgeError(f"TFLite conversion of the repaired model failed: {str(exc).splitlines()[-1][:300]}") from None
+        reason = str(exc).splitlines()[-1][:300]
+        raise TledgeError(f"TFLite conversion of the repaired model failed: {reason}") from None
     qin, qout, dtype = _tflite_io(data)
     contract = ctx.contract.for_file(input_dtype=dtype, input_quant=qin, output_quant=qout)
     return embed_tflite(data, contract.replace(extra={**contract.extra, **applied}))
@@ -297,8 +297,9 @@ def _fallback(plain: ParityResult, best: ParityResult, ctx: FidelityContext,
     result = check_files(ctx.reference, [(ctx.out / fallback.filename, kind, fallback.precision)], ctx.val_x,
                          labels=ctx.val_y, thresholds=ctx.thresholds, threads=ctx.threads)[0]
     tried = [a["rung"] for a in outcome.attempts if a["file"] == plain.file and a["rung"] != "plain"]
-    msg = (f"FALLBACK: {plain.file} could not meet the {plain.precision} budget (best agreement {best.top1_agreement:.3f} "
-           f"after {', '.join(tried) or 'no applicable repair'}); it is kept in rejected/ and {fallback.filename} ships instead")
+    msg = (f"FALLBACK: {plain.file} could not meet the {plain.precision} budget (best agreement "
+           f"{best.top1_agreement:.3f} after {', '.join(tried) or 'no applicable repair'}); it is kept in "
+           f"rejected/ and {fallback.filename} ships instead")
     warnings.warn(msg, TledgeWarning, stacklevel=3)
     outcome.notes.append(msg)
     best.file = f"rejected/{plain.file}"
