@@ -59,6 +59,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
 
     chosen = F.select(cfg.formats, int8=cfg.int8, fp16=cfg.fp16, dynamic=cfg.dynamic)
     _check_calibration_source(cfg, chosen)
+    thresholds = _thresholds(cfg)
     lm = loader.load_model(model_path, unsafe=cfg.unsafe)
     labels = _labels(cfg, lm)
     contract, add_norm = _contract(cfg, lm, labels)
@@ -76,7 +77,6 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
 
         atomic_write_text(out / "labels.txt", "\n".join(contract.labels) + "\n")
     files, failed, seconds = _convert_all(chosen, serve, concrete, contract, calib, out)
-    thresholds = _thresholds(cfg)
     results = check_files(reference, [(out / f.filename, f.kind, f.precision) for f in files], val_x,
                           labels=val_y, thresholds=thresholds, threads=cfg.threads)
     report = ParityReport(images=len(val_x), results=results + failed, reference=str(model_path))
@@ -129,7 +129,7 @@ def _fidelity(cfg: ExportConfig, report: ParityReport, x: FidelityInputs) -> boo
                                    x.thresholds, int8_only=cfg.int8_only, threads=cfg.threads, explain=cfg.explain)
     outcome = fidelity.improve(failing if cfg.repair else [], ctx)
     merged, seen = [], set()
-    for r in (x for row in report.results for x in outcome.results.get(row.file, [row])):
+    for r in (final for row in report.results for final in outcome.results.get(row.file, [row])):
         if r.file not in seen:  # a fallback's row may already be there (fp32 ONNX, --fp16)
             merged.append(r)
             seen.add(r.file)
@@ -247,4 +247,6 @@ def _notes(contract: Contract, add_norm: str | None, cfg: ExportConfig) -> list[
         notes.append(f"preprocessing `{add_norm}` was added in front of the model; files take raw pixels")
     if cfg.calib == "random":
         notes.append("int8 calibrated on random noise (--calib random)")
+    elif cfg.int8 and not cfg.calib:
+        notes.append("int8 calibrated on the --val images (no --calib): parity on the same images is optimistic")
     return notes
