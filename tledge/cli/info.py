@@ -52,6 +52,9 @@ def describe(info: dict) -> list[str]:
                  f"resize {c['resize']} ({fit})")
     lines.append(f"  normalise {norm}, {where}")
     lines.append(f"  output   {c['output']}")
+    extra = {k: v for k, v in (c.get("extra") or {}).items() if v is not None}
+    if extra:  # e.g. the ONNX quantisation types, the int8 repair the export applied
+        lines.append("  extra    " + ", ".join(f"{k}={v}" for k, v in sorted(extra.items())))
     labels = c["labels"]
     shown = ", ".join(labels[:5]) + (", ..." if len(labels) > 5 else "")
     lines.append(f"labels     {len(labels)}" + (f": {shown}" if labels else " (indices are reported)"))
