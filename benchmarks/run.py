@@ -370,7 +370,9 @@ def render_export(d: dict) -> list[str]:
     for note in d.get("report_notes", []):
         out.append(f"- note from the export: {note}")
     for c in d.get("conversion_failures", []):
-        out.append(f"- conversion failed: `{c['file']}`: {'; '.join(c['failures'])}")
+        what = "rejected by parity (the export fell back)" if c["file"].startswith("rejected/") else \
+            "conversion failed"
+        out.append(f"- {what}: `{c['file']}`: {'; '.join(c['failures'])}")
     return out
 
 

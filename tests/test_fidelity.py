@@ -65,6 +65,7 @@ def test_fallback_ships_float_and_keeps_the_int8_file_aside(fallback_export):
     md = (out / "parity.md").read_text()
     assert "FALLBACK" in md and "## int8 fidelity loop" in md and "calibration-percentile" in md
     assert "## int8 per-layer diagnosis" in md and "rmse/scale" in md
+    assert "Plain int8 ONNX, per activation" in md and "unavailable" not in md
     saved = json.loads((out / "parity.json").read_text())
     assert len(saved["fidelity"]) == 5
 

@@ -172,7 +172,7 @@ def markdown(rows: Sequence[LayerError], top: int | None = 15) -> str:
         body = [f"| {r.name} | {r.op} | {_f(r.rmse, 5)} | {_f(r.scale, 5)} |" for r in rows]
     elif rows and rows[0].backend == "onnx":
         head = "| tensor | node | SQNR vs float (dB) | QDQ SQNR (dB) |\n|---|---|---|---|"
-        body = [f"| {r.name} | {r.op} | {_f(r.sqnr_db)} | {_f(r.qdq_sqnr_db)} |" for r in rows]
+        body = [f"| {short_name(r.name)} | {short_name(r.op)} | {_f(r.sqnr_db)} | {_f(r.qdq_sqnr_db)} |" for r in rows]
     else:
         head = ("| tensor | op | rmse/scale | rmse | mean error | max abs | scale |\n"
                 "|---|---|---|---|---|---|---|")

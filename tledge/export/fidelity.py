@@ -260,19 +260,31 @@ def _pixel_model(ctx: FidelityContext):
 
 # ---- diagnosis and the last resort ---------------------------------------------------------------
 def _explain(ctx: FidelityContext, model, failing: Sequence[ParityResult]) -> str:
-    """Per-layer error table of the plain int8 conversion (TFLite QuantizationDebugger)."""
+    """Per-layer error tables of the plain int8 files: TFLite QuantizationDebugger, and onnxruntime's
+    QDQ debugging when an int8 ONNX file is there (before any repair replaces it)."""
     from tledge.export import explain
 
+    n = min(32, len(ctx.calib))
+    parts = []
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             source = model if model is not None else _concrete(ctx)
-            rows = explain.tflite_layer_errors(source, ctx.calib, debug_images=min(32, len(ctx.calib)))
+            rows = explain.tflite_layer_errors(source, ctx.calib, debug_images=n)
+        parts.append("Plain int8 TFLite, per layer (`rmse/scale` is the layer's own error in int8 steps; ~0.3 "
+                     "is the rounding floor, well above 1 means the layer loses information):\n\n"
+                     + explain.markdown(rows, top=12))
     except Exception as exc:  # diagnosis must never break an export
-        return f"(per-layer diagnosis unavailable: {exc.__class__.__name__}: {str(exc)[:200]})\n"
-    head = ("Per-layer error of the plain int8 TFLite conversion (`rmse/scale` is the layer's own error "
-            "in int8 steps; ~0.3 is the rounding floor, well above 1 means the layer loses information):\n\n")
-    return head + explain.markdown(rows, top=12)
+        parts.append(f"(TFLite per-layer diagnosis unavailable: {exc.__class__.__name__}: {str(exc)[:200]})")
+    fp32, int8 = ctx.out / "model_fp32.onnx", ctx.out / "model_int8.onnx"
+    if fp32.is_file() and int8.is_file():
+        try:
+            rows = explain.onnx_layer_errors(fp32.read_bytes(), int8.read_bytes(), ctx.calib, debug_images=n)
+            parts.append("Plain int8 ONNX, per activation (SQNR in dB of the QDQ model against the float "
+                         "model, accumulated; lowest first):\n\n" + explain.markdown(rows, top=12))
+        except Exception as exc:
+            parts.append(f"(ONNX per-activation diagnosis unavailable: {exc.__class__.__name__}: {str(exc)[:200]})")
+    return "\n\n".join(parts) + "\n"
 
 
 def _concrete(ctx: FidelityContext):
