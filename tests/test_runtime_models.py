@@ -108,16 +108,10 @@ def _build_onnx(serve, calib: np.ndarray, c: Contract, out: Path) -> None:
     from onnxruntime import quantization as q
 
     from tledge.export.metadata import embed_onnx
+    from tledge.export.onnx import _rename_io
 
     onnx_model, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=17)
-    g = onnx_model.graph
-    renames = {g.input[0].name: "pixels", g.output[0].name: "scores"}
-    for node in g.node:
-        node.input[:] = [renames.get(n, n) for n in node.input]
-        node.output[:] = [renames.get(n, n) for n in node.output]
-    for vi in (g.input[0], g.output[0]):
-        vi.name = renames[vi.name]
-        vi.type.tensor_type.shape.dim[0].dim_param = "batch"
+    onnx_model = _rename_io(onnx_model)  # pixels -> scores, dynamic batch, as the exporter names them
     (out / "foreign" / "fp32.onnx").write_bytes(onnx_model.SerializeToString())
     embed_onnx(onnx_model, c)
     (out / "fp32.onnx").write_bytes(onnx_model.SerializeToString())
@@ -130,7 +124,7 @@ def _build_onnx(serve, calib: np.ndarray, c: Contract, out: Path) -> None:
             x = next(self.items, None)
             return None if x is None else {"pixels": x[None].astype(np.float32)}
 
-    softmax = [n.name for n in g.node if n.op_type == "Softmax"]  # probabilities stay float
+    softmax = [n.name for n in onnx_model.graph.node if n.op_type == "Softmax"]  # probabilities stay float
     q.quantize_static(str(out / "fp32.onnx"), str(out / "int8.onnx"), Reader(), quant_format=q.QuantFormat.QDQ,
                       activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8, per_channel=True,
                       nodes_to_exclude=softmax)
