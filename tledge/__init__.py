@@ -1,10 +1,8 @@
-"""tledge: transfer learning to edge devices with one preprocessing contract."""
-import os as _os
+"""tledge: transfer learning to edge devices with one preprocessing contract.
 
-# Before anything imports TensorFlow: keep its C++ INFO/WARNING logs out of users' terminals
-# (errors still show), and use Keras 3 with the TensorFlow backend.
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-_os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+Importing tledge changes nothing in the user's process (no environment variables, no TensorFlow import);
+the `tledge` command quietens TensorFlow's C++ logs for its own process only (tledge.cli.main).
+"""
 from tledge.contract import Contract
 from tledge.errors import ContractError, MissingDependency, ParityError, TledgeError
 

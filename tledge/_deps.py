@@ -23,15 +23,15 @@ _KNOWN = {
 }
 
 
-def _quiet_tensorflow() -> None:
+def quiet_tensorflow() -> None:
+    """For tledge's own process (the CLI): keep TensorFlow's C++ INFO/WARNING lines out of the terminal
+    and use Keras 3 on TensorFlow. Library calls never change the environment."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 
 def require(name: str, extra: str | None = None, purpose: str | None = None):
     """Import `name` or raise MissingDependency with the pip line that fixes it."""
-    if name in ("tensorflow", "keras", "tf_keras", "tf2onnx"):
-        _quiet_tensorflow()
     try:
         module = importlib.import_module(name)
     except ImportError as exc:
@@ -45,6 +45,10 @@ def require(name: str, extra: str | None = None, purpose: str | None = None):
         ) from exc
     if name == "tensorflow":
         _quiet_python_loggers(module)
+    if name == "keras" and getattr(module, "backend", None) is not None and module.backend.backend() != "tensorflow":
+        raise MissingDependency(
+            f"tledge needs Keras on the TensorFlow backend, this process uses {module.backend.backend()!r} "
+            "(KERAS_BACKEND or ~/.keras/keras.json): set KERAS_BACKEND=tensorflow")
     return module
 
 

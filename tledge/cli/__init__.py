@@ -46,6 +46,9 @@ def _available() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from tledge._deps import quiet_tensorflow
+
+    quiet_tensorflow()  # tledge's own process: TensorFlow's C++ chatter off (set before it is imported)
     parser = _parser(_available())
     try:
         args = parser.parse_args(argv)

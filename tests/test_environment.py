@@ -1,0 +1,33 @@
+"""Importing tledge must not change the user's process, and its pytest plugin is opt-in."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib import metadata
+
+from conftest import REPO
+
+
+def _env_after(code: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "KERAS_BACKEND")}
+    out = subprocess.run([sys.executable, "-c", code + "\nimport os, json; print(json.dumps(dict(os.environ)))"],
+                         capture_output=True, text=True, env=env, cwd=REPO, check=True, timeout=120)
+    return json.loads(out.stdout.strip().splitlines()[-1]), env
+
+
+def test_import_tledge_changes_no_environment_variable():
+    after, before = _env_after("import tledge, tledge.runtime, tledge.contract, tledge.testing")
+    assert {k: v for k, v in after.items() if before.get(k) != v} == {}
+
+
+def test_import_tledge_imports_neither_tensorflow_nor_keras():
+    code = "import sys, tledge, tledge.testing; print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_pytest_plugin_is_not_registered_for_every_pytest_run():
+    groups = metadata.entry_points(group="pytest11")
+    assert not [ep for ep in groups if ep.value.startswith("tledge")], "tledge must not auto-load into pytest"
