@@ -269,19 +269,20 @@ def problems(folder: Path, entries: Iterable[Entry]) -> list[str]:
 
 def vouched(folder: str | Path, what: str) -> tuple[Manifest, list[Entry], list[str]]:
     """(manifest, model entries that verify and passed parity, notes about the others).
-    Side files (tledge.json, labels.txt) that do not verify are an error."""
+    A listed file that changed since export (side file or model) is an error naming it: the folder
+    is not what the export wrote. A missing model file is only left out (with a note)."""
     d = Path(folder)
     m = require(d, what)
-    bad = problems(d, [e for e in m.files if e.role == "side"])
-    if bad:
-        raise TledgeError(f"{d}: {'; '.join(bad)}: {what} refuses it; run tledge export again")
+    issues = {e.file: problems(d, [e]) for e in m.files if e.role != "rejected"}
+    changed = [i[0] for e in m.files for i in [issues.get(e.file)] if i and (e.role == "side" or "changed" in i[0])]
+    if changed:
+        raise TledgeError(f"{d}: {'; '.join(changed)}: {what} refuses the folder; run tledge export again")
     ok, notes = [], []
     for e in m.files:
         if e.role != "model":
             continue
-        issue = problems(d, [e])
-        if issue:
-            notes.append(f"{issue[0]}: not used")
+        if issues[e.file]:
+            notes.append(f"{issues[e.file][0]}: not used")
         elif e.verdict != "pass":
             notes.append(f"{e.file}: failed parity at export: not used")
         else:

@@ -65,10 +65,10 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
         F.select(cfg.formats, int8=cfg.int8, fp16=cfg.fp16, dynamic=cfg.dynamic)
     _check_calibration_source(cfg, chosen)
     thresholds = _thresholds(cfg)
-    lm = loader.load_model(model_path, unsafe=cfg.unsafe)
     out = Path(cfg.out) if cfg.out else Path(model_path).with_name(Path(model_path).stem + "_export")
-    with ExportFolder(out) as folder:
+    with ExportFolder(out) as folder:  # locked first: a second export into `out` fails at once
         stage = folder.staging
+        lm = loader.load_model(model_path, unsafe=cfg.unsafe)
         labels = _labels(cfg, lm)
         contract, add_norm = _contract(cfg, lm, labels)
         serve, concrete = loader.trace(lm, contract, add_norm)
