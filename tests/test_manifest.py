@@ -46,26 +46,27 @@ def test_every_module_derives_from_the_table():
         artifacts.lookup("onnx", "fp16")
 
 
-def _plan(device: str):
-    """What `tledge export MODEL --device X` would write (its argument handling, no conversion)."""
-    import argparse
+def _plan(device: str, monkeypatch):
+    """What `tledge export MODEL --device X` would convert: the CLI's config, given to export's own plan."""
+    from tledge.export import pipeline
 
-    from tledge.cli import export as cli_export
-    from tledge.export import formats as F
+    seen = {}
 
-    p = argparse.ArgumentParser()
-    cli_export.add_arguments(p)
-    args = p.parse_args(["m.keras", "--device", device])
-    formats, precisions, opts = cli_export._plan(args)
-    chosen = F.select_pairs(opts.pairs)
-    return {f.filename for f in chosen}, opts.compile_edgetpu
+    def capture(model, cfg):
+        seen["cfg"] = cfg
+        raise TledgeError("captured")
+
+    monkeypatch.setattr(pipeline, "export", capture)
+    assert main(["export", "m.keras", "--device", device]) == 2
+    cfg = seen["cfg"]
+    return {f.filename for f in pipeline.plan(cfg)}, cfg.compile_edgetpu
 
 
 @pytest.mark.parametrize("device", sorted(__import__("tledge.devices.profiles", fromlist=["x"]).PROFILES))
-def test_every_profile_choice_is_produced_by_export_for_that_device(device):
+def test_every_profile_choice_is_produced_by_export_for_that_device(device, monkeypatch, capsys):
     from tledge.devices.profiles import PROFILES
 
-    written, compiles = _plan(device)
+    written, compiles = _plan(device, monkeypatch)
     for t in PROFILES[device].targets:
         if t.compiled_for:  # compiled from a file export writes, by the compiler export runs
             assert t.artifact.source.filename in written and compiles, t.filename

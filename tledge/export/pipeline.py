@@ -61,8 +61,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
     from tledge.export import loader
     from tledge.export.unit import ExportFolder
 
-    chosen = F.select_pairs(cfg.pairs) if cfg.pairs else \
-        F.select(cfg.formats, int8=cfg.int8, fp16=cfg.fp16, dynamic=cfg.dynamic)
+    chosen = plan(cfg)
     _check_calibration_source(cfg, chosen)
     thresholds = _thresholds(cfg)
     out = Path(cfg.out) if cfg.out else Path(model_path).with_name(Path(model_path).stem + "_export")
@@ -96,6 +95,13 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
         folder.commit(model_path, {r.file: (r.passed, _figures(r)) for r in report.results}, derived)
     written = [out / r.file for r in report.results if "/" not in r.file and (out / r.file).is_file()]
     return ExportResult(out, contract, written, report, seconds)
+
+
+def plan(cfg: ExportConfig) -> list[F.Format]:
+    """The files an export with `cfg` converts, from tledge.artifacts' table."""
+    if cfg.pairs:
+        return F.select_pairs(cfg.pairs)
+    return F.select(cfg.formats, int8=cfg.int8, fp16=cfg.fp16, dynamic=cfg.dynamic)
 
 
 def _figures(r: ParityResult) -> dict:
