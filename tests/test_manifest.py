@@ -21,6 +21,7 @@ import pytest
 
 from tledge import artifacts
 from tledge.cli import main
+from tledge.devices.bundle import make_bundle
 from tledge.errors import ModelLoadError, TledgeError
 from tledge.export import unit
 
@@ -141,6 +142,24 @@ def test_check_file_refuses_a_changed_file_and_notes_unlisted(tmp_path):
     (d / "model_fp16.tflite").write_bytes(b"dropped in later")
     assert "not listed" in artifacts.check_file(d / "model_fp16.tflite")[0]
     assert artifacts.check_file(tmp_path / "elsewhere.tflite") == []  # no manifest: nothing to check
+
+
+def test_bundle_skips_files_that_failed_parity_or_are_missing(tmp_path):
+    d = tmp_path / "e"
+    verdicts = {n: (n != "model_int8.tflite", {}) for n in MODEL_FILES}
+    _placeholder_export(d, verdicts=verdicts)
+    res = make_bundle(d, "rpi4", tmp_path / "a.tar.gz")
+    assert res.model == "model_fp32.tflite"
+    assert any("model_int8.tflite: failed parity at export: not used" in n for n in res.notes)
+    with pytest.raises(TledgeError, match="no usable model file.*model_int8.tflite: failed parity"):
+        make_bundle(d, "rpi4", tmp_path / "b.tar.gz", precision="int8", backend="tflite")
+    (d / "model_fp32.tflite").unlink()  # a missing file is left out, with a note
+    res = make_bundle(d, "rpi4", tmp_path / "c.tar.gz")
+    assert res.model == "model_int8.onnx" and any("model_fp32.tflite: missing" in n for n in res.notes)
+    (d / "labels.txt").unlink()  # ... but not a missing side file
+    with pytest.raises(TledgeError, match="labels.txt: missing"):
+        make_bundle(d, "rpi4", tmp_path / "d.tar.gz")
+    assert not any((tmp_path / n).exists() for n in ("b.tar.gz", "d.tar.gz"))
 
 
 # ---- the lock -------------------------------------------------------------------------------------
@@ -330,6 +349,29 @@ def test_export_for_jetson_orin_writes_exactly_its_files(tiny_model, shapes_data
     written = {p.name for p in (tmp_path / "j").iterdir() if p.suffix in (".tflite", ".onnx")}
     assert written == {t.filename for t in PROFILES["jetson-orin"].targets}
     assert main(["bundle", str(tmp_path / "j"), "--device", "jetson-orin", "--out", str(tmp_path / "j.tar.gz")]) == 0
+
+
+@needs_tf
+def test_export_for_coral_lists_the_compiled_file_as_derived(tiny_model, shapes_dataset, tmp_path, monkeypatch,
+                                                             capsys):
+    from test_devices_edgetpu import FAKE_COMPILER, PARTIAL_LOG
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "edgetpu_compiler").write_text(FAKE_COMPILER.replace("@LOG@", PARTIAL_LOG))
+    (bindir / "edgetpu_compiler").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    val, out = str(shapes_dataset / "val"), tmp_path / "coral"
+    assert main(["export", str(tiny_model["keras"]), "--device", "coral-usb", "--calib", val, "--val", val,
+                 "--out", str(out)]) == 0
+    assert "edgetpu: " in capsys.readouterr().out
+    e = artifacts.read(out).entry("model_int8_edgetpu.tflite")
+    assert e.derived_from == "model_int8.tflite" and e.verdict == "pass" and e.vouched
+    res = make_bundle(out, "coral-usb", tmp_path / "c.tar.gz")
+    assert (res.model, res.fallback) == ("model_int8_edgetpu.tflite", "model_int8.tflite")
+    _tamper(out / "model_int8_edgetpu.tflite")
+    assert main(["bundle", str(out), "--device", "coral-usb", "--out", str(tmp_path / "d.tar.gz")]) == 2
+    assert "model_int8_edgetpu.tflite: changed since export" in capsys.readouterr().err
 
 
 # ---- kill -9 and concurrent exports (subprocesses) ------------------------------------------------
