@@ -82,7 +82,8 @@ def run(args) -> int:
         print(result.report.table())
         for note in result.report.notes:
             print(f"note: {note}")
-        print(f"\nwrote {len(result.files)} file(s) to {result.out}/ (manifest.json, parity.md, parity.json, tledge.json)")
+        print(f"\nwrote {len(result.files)} file(s) to {result.out}/ "
+              "(manifest.json, parity.md, parity.json, tledge.json)")
         for r in result.report.results:
             for f in r.failures:
                 print(f"  {r.file}: {f}", file=sys.stderr)
