@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tledge import artifacts
 from tledge.cli import main
 from tledge.contract import Contract
 from tledge.devices import bundle as bundle_mod
@@ -33,6 +34,8 @@ def export_dir(tmp_path) -> Path:
     (d / "labels.txt").write_text("ant\nbee\n")
     (d / "parity.json").write_text("{}\n")
     (d / "parity.md").write_text("# parity\n")
+    (tmp_path / "model.keras").write_bytes(b"placeholder model")
+    artifacts.write(d, artifacts.build(d, tmp_path / "model.keras", {n: (True, {}) for n in MODEL_FILES}))
     return d
 
 
@@ -156,7 +159,7 @@ def test_coral_with_compiler_ships_the_compiled_file(export_dir, tmp_path, monke
 
 
 def test_not_an_export_folder(tmp_path):
-    with pytest.raises(TledgeError, match="no tledge.json"):
+    with pytest.raises(TledgeError, match="not a tledge export folder"):
         make_bundle(tmp_path, "rpi4", tmp_path / "x.tar.gz")
 
 

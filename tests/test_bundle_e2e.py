@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tledge import artifacts
 from tledge.contract import Contract
 from tledge.devices.bundle import make_bundle
 
@@ -70,6 +71,9 @@ def export(tmp_path_factory) -> tuple[Path, list[Path]]:
     Contract(height=16, width=16, norm="scale", baked=False, input_dtype="float32", labels=LABELS).save(
         d / "tledge.json")
     (d / "labels.txt").write_text("\n".join(LABELS) + "\n")
+    # an export folder needs its manifest (tledge.artifacts): these two files stand for a checked export
+    artifacts.write(d, artifacts.build(d, "in-memory model", {n: (True, {}) for n in ("model_fp32.tflite",
+                                                                                        "model_int8.tflite")}))
     imgs = tmp_path_factory.mktemp("images")
     rng = np.random.default_rng(1)
     paths = []

@@ -58,14 +58,6 @@ def _plan(args) -> tuple[tuple[str, ...], set[str], object]:
     return formats or opts.formats, flags or (set(opts.precisions) - {"fp32"}), opts
 
 
-def _compile_for_edgetpu(result) -> None:
-    from tledge.devices.edgetpu import edgetpu_compile
-
-    int8 = result.out / "model_int8.tflite"
-    if int8.is_file():
-        print("edgetpu: " + edgetpu_compile(int8).summary())
-
-
 def run(args) -> int:
     from tledge.export.parity import load_thresholds
     from tledge.export.pipeline import ExportConfig, export
@@ -78,10 +70,11 @@ def run(args) -> int:
         input_size=_size(args.input_size) if args.input_size else None, unsafe=args.unsafe,
         calib_limit=args.calib_limit, thresholds=load_thresholds(args.thresholds) if args.thresholds else {},
         fidelity=args.fidelity, repair=args.repair, explain=args.explain,
-        int8_only=bool(device is not None and device.compile_edgetpu))
+        int8_only=bool(device is not None and device.compile_edgetpu),
+        # a device profile without precision flags: exactly its files (plus fp32 of each format)
+        pairs=device.pairs if device is not None and not (args.int8 or args.fp16 or args.dynamic) else (),
+        compile_edgetpu=bool(device is not None and device.compile_edgetpu))
     result = export(args.model, cfg)
-    if device is not None and device.compile_edgetpu and not args.json:
-        _compile_for_edgetpu(result)
     if args.json:
         print(json.dumps({**result.report.to_dict(), "out": str(result.out),
                           "files": [str(f) for f in result.files], "seconds": result.seconds}, indent=2))
@@ -89,7 +82,8 @@ def run(args) -> int:
         print(result.report.table())
         for note in result.report.notes:
             print(f"note: {note}")
-        print(f"\nwrote {len(result.files)} file(s) to {result.out}/ (parity.md, parity.json, tledge.json)")
+        print(f"\nwrote {len(result.files)} file(s) to {result.out}/ "
+              "(manifest.json, parity.md, parity.json, tledge.json)")
         for r in result.report.results:
             for f in r.failures:
                 print(f"  {r.file}: {f}", file=sys.stderr)

@@ -1,4 +1,6 @@
-"""tledge info MODEL [--json]: contract, tensors, quantisation, labels, size, backend. No TensorFlow."""
+"""tledge info MODEL|EXPORT_DIR [--json]: contract, tensors, quantisation, labels, size, backend; for an
+export folder, its manifest: every file with its precision, size, parity verdict and whether it still
+matches (exit 2 when a file is missing or changed). No TensorFlow."""
 from __future__ import annotations
 
 import json
@@ -7,15 +9,19 @@ from tledge.runtime.options import add_model_options, load_kwargs
 
 
 def add_arguments(p) -> None:
-    p.add_argument("model", help="a .tflite or .onnx file")
+    p.add_argument("model", help="a .tflite or .onnx file, or an export folder (its manifest)")
     p.add_argument("--json", action="store_true", help="print everything as one JSON object")
     add_model_options(p)
 
 
 def run(args) -> int:
+    from pathlib import Path
+
     from tledge.runtime import load
 
-    model = load(args.model, **load_kwargs(args))
+    if Path(args.model).is_dir():
+        return _folder(Path(args.model), args.json)
+    model = load(args.model, **load_kwargs(args))  # refuses a file changed since its export
     info = model.info()
     if args.json:
         print(json.dumps(info, indent=2, ensure_ascii=False))
@@ -63,3 +69,32 @@ def describe(info: dict) -> list[str]:
     for note in info.get("notes", []):
         lines.append(f"note       {note}")
     return lines
+
+
+def _folder(folder, as_json: bool) -> int:
+    """The export manifest, each file checked against it now. Exit 2 when one is missing or changed."""
+    from tledge import artifacts
+    from tledge.errors import TledgeError
+
+    m = artifacts.require(folder, "tledge info")
+    rows = artifacts.summary(m, folder)
+    bad = [f"{r['file']}: {r['state']}" for r in rows if r["state"] != "ok" and r["role"] != "rejected"]
+    if as_json:
+        print(json.dumps({**m.to_dict(), "files": rows, "problems": bad}, indent=2, ensure_ascii=False))
+    else:
+        src = m.source
+        print(f"export     {folder}  (tledge {m.tledge}, {m.created})")
+        print(f"source     {src.get('path')}  sha256 {str(src.get('sha256'))[:16]}")
+        for r in rows:
+            f = r["figures"] or {}
+            agree = f.get("top1_agreement")
+            what = f"{r['kind']} {r['precision']}" if r["kind"] else r["role"]
+            verdict = {"pass": "parity pass", "fail": "parity FAIL", None: ""}[r["verdict"]]
+            figures = f", agreement {agree:.3f}" if isinstance(agree, (int, float)) else ""
+            state = "" if r["state"] == "ok" else f"  <- {r['state'].upper()}"
+            print(f"  {r['file']:30} {what:14} {r['bytes'] / 1e6:8.2f} MB  {verdict}{figures}{state}")
+        vouched = [r["file"] for r in rows if r["state"] == "ok" and r["role"] == "model" and r["verdict"] == "pass"]
+        print(f"vouched    {', '.join(vouched) or 'none'}")
+    if bad:
+        raise TledgeError(f"{folder} no longer matches its {artifacts.MANIFEST}: {'; '.join(bad)}")
+    return 0

@@ -1,7 +1,8 @@
 """A deploy bundle: one .tar.gz with what one board needs to classify, and nothing of TensorFlow.
 
     <export>-<device>/
-      model/<chosen file(s)>, tledge.json, labels.txt, parity.json/.md (when the export has them)
+      model/<chosen file(s)>, tledge.json, labels.txt, parity.json/.md, manifest.json (the export's,
+                          restricted to these files): only files the export's manifest vouches for
       lib/tledge/...      tledge's own source, minus training and export (run.sh puts lib/ on PYTHONPATH)
       requirements.txt    the runtime for that board, pinned to the versions of the building machine
       run.sh              ./run.sh [SOURCE] -> tledge run on camera 0 (default), an image, folder or video
@@ -22,11 +23,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tledge.devices.options import Options, pick_model, resolve
+from tledge import artifacts
+from tledge.devices.options import Options, resolve
 from tledge.devices.profiles import Family, Profile, get_profile
 from tledge.errors import TledgeError
 
-SIDE_FILES = ("tledge.json", "labels.txt", "parity.json", "parity.md")
 # package parts that need TensorFlow/Keras: left out of the bundle
 VENDOR_EXCLUDE = {"train", "export", "layers.py", "cli/export.py", "cli/train.py", "cli/parity.py", "cli/demo.py"}
 LOWER_BOUNDS = {"numpy": "1.23", "opencv-python-headless": "4.8", "ai-edge-litert": "2.3",
@@ -46,19 +47,19 @@ class BundleResult:
 
 
 # ---- choosing files ----------------------------------------------------------------------------------
-def _cpu_fallback(export_dir: Path, profile: Profile, primary: str) -> str | None:
+def _cpu_fallback(names: list[str], profile: Profile, primary: str) -> str | None:
     for t in profile.targets:
-        if not t.needs_accelerator and t.filename != primary and (export_dir / t.filename).is_file():
+        if not t.needs_accelerator and t.filename != primary and t.filename in names:
             return t.filename
     return None
 
 
-def _maybe_compile(export_dir: Path, opts: Options, work: Path, notes: list[str]) -> Path | None:
-    """For an Edge TPU profile without a compiled file: compile the int8 file, or note how to."""
+def _maybe_compile(export_dir: Path, names: list[str], opts: Options, work: Path, notes: list[str]) -> Path | None:
+    """For an Edge TPU profile without a compiled file: compile the (vouched) int8 file, or note how to."""
     from tledge.devices.edgetpu import edgetpu_compile
 
     src = export_dir / "model_int8.tflite"
-    if not opts.compile_edgetpu or opts.model_file != src.name or not src.is_file():
+    if not opts.compile_edgetpu or opts.model_file != src.name or src.name not in names:
         return None
     res = edgetpu_compile(src, work)
     if res.compiled and res.output:
@@ -68,17 +69,22 @@ def _maybe_compile(export_dir: Path, opts: Options, work: Path, notes: list[str]
     return None
 
 
-def choose_models(export_dir: Path, profile: Profile, work: Path, notes: list[str],
+def choose_models(export_dir: Path, profile: Profile, work: Path, notes: list[str], names: list[str],
                   **explicit) -> tuple[list[Path], Options]:
-    """The model files for this board: the preferred one, plus a CPU fallback when it needs an accelerator."""
-    model, opts = pick_model(export_dir, profile, **explicit)
-    compiled = _maybe_compile(export_dir, opts, work, notes) if not explicit.get("backend") else None
+    """The model files for this board among `names` (the files the manifest vouches for): the
+    preferred one, plus a CPU fallback when it needs an accelerator."""
+    try:
+        opts = resolve(profile, available=names, **explicit)
+    except TledgeError as exc:
+        raise TledgeError(f"{exc}" + (f" ({'; '.join(notes)})" if notes else "")) from None
+    model = export_dir / opts.model_file
+    compiled = _maybe_compile(export_dir, names, opts, work, notes) if not explicit.get("backend") else None
     if compiled is not None:
         opts = resolve(profile, available=[compiled.name], **explicit)
         return [compiled, model], opts
     files = [model]
     if opts.target is not None and opts.target.needs_accelerator:
-        fb = _cpu_fallback(export_dir, profile, model.name)
+        fb = _cpu_fallback(names, profile, model.name)
         if fb:
             files.append(export_dir / fb)
     return files, opts
@@ -238,8 +244,13 @@ class _Tar:
         self.tar.addfile(info, io.BytesIO(data))
         self.hashes[rel] = hashlib.sha256(data).hexdigest()
 
-    def add_file(self, rel: str, path: Path) -> None:
-        self.add_bytes(rel, path.read_bytes())
+    def add_file(self, rel: str, path: Path, sha256: str | None = None) -> None:
+        """sha256: what the export manifest recorded; the bytes read now must still match it."""
+        data = path.read_bytes()
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            raise TledgeError(f"{path}: changed since export (sha256 differs from {artifacts.MANIFEST}): "
+                              "run tledge export again")
+        self.add_bytes(rel, data)
 
 
 def _manifest(profile: Profile, models: list[str], opts: Options, notes: list[str], hashes: dict) -> bytes:
@@ -254,29 +265,50 @@ def _manifest(profile: Profile, models: list[str], opts: Options, notes: list[st
     return (json.dumps(data, indent=2) + "\n").encode()
 
 
+def _export_manifest(m: artifacts.Manifest, shipped: list[str], compiled: Path | None, data: dict) -> bytes:
+    """The export's manifest restricted to what the bundle ships (so `tledge run model/` on the
+    board verifies them too), plus a file compiled at bundle time, derived from the int8 file."""
+    from dataclasses import replace
+
+    entries = [e for e in m.files if e.file in shipped]
+    if compiled is not None:
+        src = m.entry("model_int8.tflite")
+        entries.append(artifacts.Entry(compiled.name, "model", len(data[compiled.name]),
+                                       hashlib.sha256(data[compiled.name]).hexdigest(), "tflite", "int8",
+                                       src.verdict, {"note": "compiled at bundle time; the int8 file's "
+                                                             "parity verdict applies"}, src.file))
+    return (json.dumps(replace(m, files=tuple(entries)).to_dict(), indent=2) + "\n").encode()
+
+
 def make_bundle(export_dir: "str | Path", device: "str | Profile", out: "str | Path | None" = None,
                 **explicit) -> BundleResult:
-    """Write `<out>` (default ./<export>-<device>.tar.gz) atomically; explicit backend/precision/threads win."""
+    """Write `<out>` (default ./<export>-<device>.tar.gz) atomically; explicit backend/precision/threads win.
+    Only files the export's manifest.json vouches for (listed, passed parity, sha256 unchanged) are
+    shipped; a folder without a manifest, or whose tledge.json/labels.txt changed, is refused."""
     from tledge.io import atomic_path
 
     src = Path(export_dir)
     profile = get_profile(device)
-    if not (src / "tledge.json").is_file():
-        raise TledgeError(f"{src} is not an export folder: no tledge.json (run tledge export first)")
+    m, ok, notes = artifacts.vouched(src, "tledge bundle")
+    names = [e.file for e in ok]
     dst = Path(out) if out is not None else Path.cwd() / f"{src.resolve().name}-{profile.name}.tar.gz"
     top = dst.name[: -len(".tar.gz")] if dst.name.endswith(".tar.gz") else dst.stem
-    notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="tledge-bundle-") as work:
-        files, opts = choose_models(src, profile, Path(work), notes, **explicit)
+        files, opts = choose_models(src, profile, Path(work), notes, names, **explicit)
         names = [f.name for f in files]
+        compiled = files[0] if files[0].parent != src else None
         with atomic_path(dst) as tmp:
             with tarfile.open(tmp, "w:gz") as tar:
                 t = _Tar(tar, top)
                 for f in files:
-                    t.add_file(f"model/{f.name}", f)
-                for side in SIDE_FILES:
-                    if (src / side).is_file():
-                        t.add_file(f"model/{side}", src / side)
+                    entry = m.entry(f.name) if f.parent == src else None
+                    t.add_file(f"model/{f.name}", f, entry.sha256 if entry else None)
+                sides = [e for e in m.files if e.role == "side"]
+                for e in sides:
+                    t.add_file(f"model/{e.file}", src / e.file, e.sha256)
+                data = {compiled.name: compiled.read_bytes()} if compiled is not None else {}
+                t.add_bytes(f"model/{artifacts.MANIFEST}",
+                            _export_manifest(m, names + [e.file for e in sides], compiled, data))
                 for f, rel in vendored_sources():
                     t.add_file(f"lib/{rel}", f)
                 t.add_bytes("requirements.txt", requirements_txt(profile, names).encode())

@@ -155,11 +155,12 @@ def resolve(profile: "str | Profile | None", *, available: Sequence[str] | None 
 
 
 def pick_model(export_dir: "str | Path", profile: "str | Profile", **explicit: Any) -> tuple[Path, Options]:
-    """The best model file in an export folder for `profile`, and the options to run it with."""
+    """The best model file in an export folder for `profile` among those its manifest.json vouches
+    for (tledge.artifacts), and the options to run it with."""
+    from tledge import artifacts
+
     d = Path(export_dir)
-    if not d.is_dir():
-        raise TledgeError(f"export folder not found: {d}")
-    names = sorted(p.name for p in d.iterdir() if p.suffix in (".tflite", ".onnx"))
+    names = [e.file for e in artifacts.vouched(d, "pick_model")[1]]
     opts = resolve(profile, available=names, **explicit)
     return d / opts.model_file, opts
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from tledge.artifacts import KINDS, PRECISIONS, Artifact, lookup
 from tledge.errors import TledgeError
 
 
@@ -28,16 +29,9 @@ class Family(str, Enum):
     GENERIC = "generic"
 
 
-class Format(str, Enum):
-    TFLITE = "tflite"
-    ONNX = "onnx"
-
-
-class Precision(str, Enum):
-    INT8 = "int8"
-    FP16 = "fp16"
-    FP32 = "fp32"
-    DYNAMIC = "dynamic"
+# the formats and precisions of tledge.artifacts' table, as enums
+Format = Enum("Format", {k.upper(): k for k in KINDS}, type=str)
+Precision = Enum("Precision", {p.upper(): p for p in PRECISIONS}, type=str)
 
 
 class Accel(str, Enum):
@@ -79,10 +73,14 @@ class Target:
     compiled_for: str | None = None  # "edgetpu": the file is edgetpu_compiler's output
 
     @property
+    def artifact(self) -> Artifact:
+        """The file's entry in tledge.artifacts' table (TledgeError if export cannot make it)."""
+        return lookup(self.format.value, self.precision.value, self.compiled_for)
+
+    @property
     def filename(self) -> str:
         """The file's name in an export folder (`model_int8.tflite`, `model_int8_edgetpu.tflite`)."""
-        tag = f"_{self.compiled_for}" if self.compiled_for else ""
-        return f"model_{self.precision.value}{tag}.{self.format.value}"
+        return self.artifact.filename
 
     @property
     def needs_accelerator(self) -> bool:
@@ -150,9 +148,6 @@ ONNX_FP32_CPU = Target(Format.ONNX, Precision.FP32, Accel.CPU, "onnxruntime fp32
 ONNX_FP32_GPU = Target(Format.ONNX, Precision.FP32, Accel.TENSORRT,
                        "TensorRT builds fp16 kernels from the fp32 file (engine cached on disk: the first "
                        "start takes minutes), then CUDA, then the CPU", providers=_GPU_PROVIDERS)
-ONNX_FP16_GPU = Target(Format.ONNX, Precision.FP16, Accel.TENSORRT,
-                       "an fp16 ONNX file for TensorRT/CUDA (slow if it ends up on the CPU)",
-                       providers=_GPU_PROVIDERS)
 EDGETPU_INT8 = Target(Format.TFLITE, Precision.INT8, Accel.EDGETPU,
                       "full-int8 file compiled by edgetpu_compiler: the mapped ops run on the Edge TPU",
                       delegates=("edgetpu",), compiled_for="edgetpu")
@@ -210,7 +205,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
     Profile(
         "jetson-nano", "NVIDIA Jetson Nano (4x Cortex-A57, Maxwell GPU, JetPack 4)", Family.JETSON, Arch.AARCH64,
         cores=4, memory_mb=4096, threads=4,
-        targets=(ONNX_FP32_GPU, ONNX_FP16_GPU, TFLITE_INT8, TFLITE_FP32),
+        targets=(ONNX_FP32_GPU, TFLITE_INT8, TFLITE_FP32),
         os="JetPack 4.6 (L4T R32, Ubuntu 18.04, Python 3.6)",
         install=(
             "# PyPI has no aarch64 CUDA/TensorRT onnxruntime: NVIDIA's onnxruntime-gpu wheels come from the",
@@ -233,7 +228,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
     Profile(
         "jetson-orin", "NVIDIA Jetson Orin Nano / NX / AGX (6-12x Cortex-A78AE, Ampere GPU, JetPack 6)",
         Family.JETSON, Arch.AARCH64, cores=6, memory_mb=8192, threads=6,
-        targets=(ONNX_FP32_GPU, ONNX_FP16_GPU, TFLITE_INT8, TFLITE_FP32),
+        targets=(ONNX_FP32_GPU, TFLITE_INT8, TFLITE_FP32),
         os="JetPack 6 (L4T R36, Ubuntu 22.04, Python 3.10, CUDA 12, TensorRT 8.6/10)",
         install=(
             "# PyPI has no aarch64 onnxruntime-gpu (only x86-64 and Windows): install NVIDIA's build for",
@@ -255,6 +250,8 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             "Python 3.10 (JetPack 6): onnxruntime from PyPI stops at 1.23 there; numpy 2.3+ needs 3.11.",
             "Cores: Orin Nano 6, NX 8, AGX 12; threads only matter for ops that fall back to the CPU.",
             "int8 through TensorRT needs a QDQ file and trt_int8_enable: not a default here.",
+            "No fp16 ONNX file: TensorRT builds fp16 kernels from the fp32 file (trt_fp16_enable), and "
+            "tledge export writes no fp16 ONNX.",
             "JetPack's OpenCV is built against numpy 1.x: keep numpy < 2 in a venv that uses it.",
         ), constraints=_JETSON_NUMPY),
     Profile(

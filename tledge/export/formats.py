@@ -2,34 +2,18 @@
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from tledge.artifacts import Artifact, exportable, lookup
 from tledge.contract import Contract, Quant
 from tledge.errors import TledgeError
 from tledge.io import atomic_path, atomic_write_bytes
 
 
-@dataclass(frozen=True)
-class Format:
-    name: str
-    kind: str  # tflite | onnx
-    precision: str  # fp32 | fp16 | dynamic | int8
-
-    @property
-    def filename(self) -> str:
-        return f"model_{self.precision}.{self.kind}"
-
-
-FORMATS: dict[str, Format] = {f.name: f for f in (
-    Format("tflite_fp32", "tflite", "fp32"),
-    Format("tflite_fp16", "tflite", "fp16"),
-    Format("tflite_dynamic", "tflite", "dynamic"),
-    Format("tflite_int8", "tflite", "int8"),
-    Format("onnx_fp32", "onnx", "fp32"),
-    Format("onnx_int8", "onnx", "int8"),
-)}
+# The export formats ARE the table's convertible files (tledge.artifacts): no second list here.
+Format = Artifact
+FORMATS: dict[str, Format] = {a.name: a for a in exportable()}
 
 
 def select(kinds: Sequence[str], *, int8: bool = False, fp16: bool = False, dynamic: bool = False) -> list[Format]:
@@ -39,6 +23,13 @@ def select(kinds: Sequence[str], *, int8: bool = False, fp16: bool = False, dyna
         raise TledgeError(f"unknown format(s) {sorted(unknown) or '(none)'}: choose from tflite, onnx")
     wanted = {"fp32"} | {p for p, on in (("int8", int8), ("fp16", fp16), ("dynamic", dynamic)) if on}
     return [f for f in FORMATS.values() if f.kind in kinds and f.precision in wanted]
+
+
+def select_pairs(pairs: Sequence[tuple[str, str]]) -> list[Format]:
+    """Exactly these (kind, precision) files, plus fp32 of each kind (the exact file, and the ONNX
+    int8 quantiser's input), in table order; TledgeError for a pair the table does not have."""
+    wanted = {lookup(k, p).name for k, p in pairs} | {f"{k}_fp32" for k, _ in pairs}
+    return [f for f in FORMATS.values() if f.name in wanted]
 
 
 def write(fmt: Format, dst: Path, *, serve, concrete, contract: Contract, calib, folder: Path) -> None:

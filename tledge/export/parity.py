@@ -13,26 +13,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+# the thresholds and their defaults are the file table's (tledge.artifacts)
+from tledge.artifacts import DEFAULT_THRESHOLDS, Thresholds  # noqa: F401
 from tledge.errors import ParityError
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    max_abs: float | None = None  # max |exported - reference| over all outputs
-    min_agreement: float = 1.0  # top-1 agreement with the reference
-    max_accuracy_drop: float | None = None  # in accuracy points (0.01 = 1 point)
-
-    @classmethod
-    def for_precision(cls, precision: str) -> "Thresholds":
-        return DEFAULT_THRESHOLDS.get(precision, DEFAULT_THRESHOLDS["int8"])
-
-
-DEFAULT_THRESHOLDS = {
-    "fp32": Thresholds(max_abs=1e-4, min_agreement=1.0),
-    "fp16": Thresholds(min_agreement=0.99),
-    "dynamic": Thresholds(min_agreement=0.99),
-    "int8": Thresholds(min_agreement=0.98, max_accuracy_drop=0.01),
-}
 
 
 def load_thresholds(path: str | Path) -> dict[str, Thresholds]:

@@ -37,6 +37,8 @@ class ExportConfig:
     repair: bool = True  # run the int8 fidelity loop on failing int8 files (tledge.export.fidelity)
     explain: bool = False  # per-layer int8 error table in parity.md even when int8 passes
     int8_only: bool = False  # the target runs int8 only (Edge TPU): no float layers, no fallback
+    pairs: tuple[tuple[str, str], ...] = ()  # (kind, precision) files of a device profile: replaces the flags
+    compile_edgetpu: bool = False  # run edgetpu_compiler on the int8 TFLite file (when it is installed)
 
 
 @dataclass
@@ -53,40 +55,75 @@ class ExportResult:
 
 
 def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> ExportResult:
-    """Convert, embed the contract, write atomically, check parity. Raises TledgeError for bad input;
-    parity failures are in the returned report (see `report.raise_if_failed()`)."""
+    """Convert, embed the contract, check parity, and swap the files into `cfg.out` as a unit with
+    `manifest.json` written last (tledge.export.unit). Raises TledgeError for bad input (and when
+    another export holds the folder); parity failures are in the returned report."""
     from tledge.export import loader
+    from tledge.export.unit import ExportFolder
 
-    chosen = F.select(cfg.formats, int8=cfg.int8, fp16=cfg.fp16, dynamic=cfg.dynamic)
+    chosen = plan(cfg)
     _check_calibration_source(cfg, chosen)
     thresholds = _thresholds(cfg)
-    lm = loader.load_model(model_path, unsafe=cfg.unsafe)
-    labels = _labels(cfg, lm)
-    contract, add_norm = _contract(cfg, lm, labels)
-    serve, concrete = loader.trace(lm, contract, add_norm)
-    calib, val_x, val_y = _images(cfg, contract, chosen)
-    reference = loader.run_reference(serve, val_x)
-    contract = contract.replace(output=_output_kind(reference))
-    if contract.labels and reference.shape[1] != len(contract.labels):
-        raise TledgeError(f"{len(contract.labels)} labels but the model has {reference.shape[1]} outputs")
     out = Path(cfg.out) if cfg.out else Path(model_path).with_name(Path(model_path).stem + "_export")
-    out.mkdir(parents=True, exist_ok=True)
-    contract.save(out / "tledge.json")
-    if contract.labels:
-        from tledge.io import atomic_write_text
+    with ExportFolder(out) as folder:  # locked first: a second export into `out` fails at once
+        stage = folder.staging
+        lm = loader.load_model(model_path, unsafe=cfg.unsafe)
+        labels = _labels(cfg, lm)
+        contract, add_norm = _contract(cfg, lm, labels)
+        serve, concrete = loader.trace(lm, contract, add_norm)
+        calib, val_x, val_y = _images(cfg, contract, chosen)
+        reference = loader.run_reference(serve, val_x)
+        contract = contract.replace(output=_output_kind(reference))
+        if contract.labels and reference.shape[1] != len(contract.labels):
+            raise TledgeError(f"{len(contract.labels)} labels but the model has {reference.shape[1]} outputs")
+        contract.save(stage / "tledge.json")
+        if contract.labels:
+            from tledge.io import atomic_write_text
 
-        atomic_write_text(out / "labels.txt", "\n".join(contract.labels) + "\n")
-    files, failed, seconds = _convert_all(chosen, serve, concrete, contract, calib, out)
-    results = check_files(reference, [(out / f.filename, f.kind, f.precision) for f in files], val_x,
-                          labels=val_y, thresholds=thresholds, threads=cfg.threads)
-    report = ParityReport(images=len(val_x), results=results + failed, reference=str(model_path))
-    report.notes += _notes(contract, add_norm, cfg)
-    start = time.perf_counter()
-    if _fidelity(cfg, report, FidelityInputs(lm, contract, add_norm, calib, reference, val_x, val_y, out, thresholds)):
-        seconds["int8 fidelity"] = round(time.perf_counter() - start, 2)
-    report.write(out)
+            atomic_write_text(stage / "labels.txt", "\n".join(contract.labels) + "\n")
+        files, failed, seconds = _convert_all(chosen, serve, concrete, contract, calib, stage)
+        results = check_files(reference, [(stage / f.filename, f.kind, f.precision) for f in files], val_x,
+                              labels=val_y, thresholds=thresholds, threads=cfg.threads)
+        report = ParityReport(images=len(val_x), results=results + failed, reference=str(model_path))
+        report.notes += folder.notes + _notes(contract, add_norm, cfg)
+        start = time.perf_counter()
+        fx = FidelityInputs(lm, contract, add_norm, calib, reference, val_x, val_y, stage, thresholds)
+        if _fidelity(cfg, report, fx):
+            seconds["int8 fidelity"] = round(time.perf_counter() - start, 2)
+        derived = _compile_edgetpu(stage, report) if cfg.compile_edgetpu else {}
+        report.write(stage)
+        folder.commit(model_path, {r.file: (r.passed, _figures(r)) for r in report.results}, derived)
     written = [out / r.file for r in report.results if "/" not in r.file and (out / r.file).is_file()]
     return ExportResult(out, contract, written, report, seconds)
+
+
+def plan(cfg: ExportConfig) -> list[F.Format]:
+    """The files an export with `cfg` converts, from tledge.artifacts' table."""
+    if cfg.pairs:
+        return F.select_pairs(cfg.pairs)
+    return F.select(cfg.formats, int8=cfg.int8, fp16=cfg.fp16, dynamic=cfg.dynamic)
+
+
+def _figures(r: ParityResult) -> dict:
+    keys = ("images", "top1_agreement", "max_abs_error", "accuracy", "reference_accuracy", "latency_ms")
+    figures = {k: getattr(r, k) for k in keys}
+    figures = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in figures.items()}
+    return {**figures, "failures": list(r.failures)}
+
+
+def _compile_edgetpu(stage: Path, report: ParityReport) -> dict[str, str]:
+    """edgetpu_compiler on the int8 TFLite file, inside the staging folder: the compiled file is
+    listed in the manifest as derived from it (no Edge TPU here to run parity on it)."""
+    from tledge.devices.edgetpu import edgetpu_compile
+
+    src = stage / "model_int8.tflite"
+    if not src.is_file():
+        return {}
+    res = edgetpu_compile(src)
+    report.notes.append("edgetpu: " + res.summary())
+    if res.compiled and res.output is not None and res.output.parent == stage:
+        return {res.output.name: src.name}
+    return {}
 
 
 @dataclass

@@ -6,9 +6,10 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from tledge._deps import require
+from tledge.artifacts import exportable
 from tledge.errors import ExportError
 
-PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
+PRECISIONS = tuple(a.precision for a in exportable() if a.kind == "tflite")
 
 
 def convert(concrete, precision: str, calib: np.ndarray | None = None, *,

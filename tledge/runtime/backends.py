@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from tledge.artifacts import KINDS
 from tledge.contract import Quant
 from tledge.errors import MissingDependency, ModelLoadError, TledgeWarning
 
@@ -239,6 +240,7 @@ BACKENDS: dict[str, BackendSpec] = {
     "tflite": BackendSpec("tflite", ".tflite", TFLiteBackend, ("delegates",)),
     "onnx": BackendSpec("onnx", ".onnx", OnnxBackend, ("providers",)),
 }
+assert set(BACKENDS) == set(KINDS), "a backend for every kind of tledge.artifacts' table"
 MODEL_SUFFIXES = tuple(spec.suffix for spec in BACKENDS.values())
 
 
@@ -254,3 +256,28 @@ def open_backend(path: Path, threads: int | None = None, **options):
     spec = backend_for(path)
     kwargs = {k: v for k, v in options.items() if k in spec.options and v}
     return spec.opener(Path(path), threads=threads, **kwargs)
+
+
+# ---- an export folder -> the file to open ------------------------------------------------------------
+
+def model_in_folder(folder: Path, device: str | None = None) -> tuple[Path, list[str]]:
+    """The file of an export folder to run: among the files its manifest vouches for (listed, passed
+    parity, sha256 unchanged), the device profile's first preference, else tledge.artifacts'
+    DEFAULT_ORDER. Returns (path, notes about files left out)."""
+    from tledge import artifacts
+
+    _, ok, notes = artifacts.vouched(folder, "tledge run")
+    names = [e.file for e in ok]
+    if not names:
+        raise ModelLoadError(f"{folder}: no model file there passed parity and still matches "
+                             f"{artifacts.MANIFEST}" + (f" ({'; '.join(notes)})" if notes else ""))
+    if device:
+        import importlib
+
+        devices = importlib.import_module("tledge.devices")
+        profile = devices.detect().profile if str(device).lower() == "auto" else device
+        name = devices.resolve(profile, available=names).model_file
+    else:
+        order = [artifacts.ARTIFACTS[n].filename for n in artifacts.DEFAULT_ORDER]
+        name = next((n for n in order if n in names), names[0])
+    return Path(folder) / name, notes + [f"{name} chosen from {folder}: vouched for by its {artifacts.MANIFEST}"]

@@ -188,13 +188,20 @@ def _read_contract(path: Path, backend) -> tuple[Contract | None, str]:
 def load(path: str | Path, *, threads: int | None = None, contract: Contract | None = None,
          providers: Sequence | None = None, delegates: Sequence = (), device: str | None = None,
          **contract_options: Any) -> EdgeModel:
-    """Open a .tflite / .onnx file with its embedded contract (or an inferred one).
+    """Open a .tflite / .onnx file with its embedded contract (or an inferred one), or the best file
+    of an export folder that its manifest.json vouches for. A file listed in the manifest beside it
+    must still match its sha256 (ModelLoadError otherwise).
 
     contract_options (for files made elsewhere): labels (names or a labels file), preprocess (mode or
     backbone), mean, std, layout, resize, crop, fit, color, input_size (h, w), logits.
     `device` asks tledge.devices for threads / providers / delegates; explicit arguments win.
     """
+    from tledge.artifacts import check_file
+    from tledge.runtime.backends import model_in_folder
+
     p = Path(path)
+    # an export folder: the best file its manifest vouches for; a file: refused if changed since export
+    p, trust = model_in_folder(p, device) if p.is_dir() else (p, check_file(p) if p.is_file() else [])
     if not p.is_file():
         raise ModelLoadError(f"model file not found: {p}" if not p.is_dir() else
                              f"{p} is a folder: pass a .tflite or .onnx file")
@@ -219,4 +226,6 @@ def load(path: str | Path, *, threads: int | None = None, contract: Contract | N
         contract = complete(contract, contract_options, embedded=origin != "given")
     n_out = backend.out.shape[-1] if backend.out.shape else None
     check_fits(contract, backend.inp, n_out)
-    return EdgeModel(p, backend, contract, origin, 1000 * (time.perf_counter() - start))
+    model = EdgeModel(p, backend, contract, origin, 1000 * (time.perf_counter() - start))
+    model.load_info.notes[:0] = trust
+    return model

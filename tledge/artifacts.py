@@ -1,0 +1,323 @@
+"""The files `tledge export` writes, as one table, and the export folder's manifest. No TensorFlow,
+no numpy: importable by the runtime, the device profiles and the exporter alike.
+
+The table (ARTIFACTS) holds every model file kind: format x precision x file name x default parity
+thresholds. Export (which files it can write), parity (default thresholds), the device profiles
+(which files a board prefers), the runtime (which file of a folder to open) and `tledge bundle` all
+look files up here, so they cannot disagree.
+
+The manifest (`manifest.json`, written last and atomically by `tledge export`) lists every file of
+the export with its kind, precision, size, sha256 and parity verdict, plus the source model's
+sha256. A file is *vouched for* when the manifest lists it as a model file that passed parity and
+its bytes still hash to the recorded sha256; consumers (`bundle`, `run` and `info` on a folder)
+trust only those. A folder without a manifest (interrupted export, or a tledge before 0.1.0's
+manifest) is refused with a message telling to re-export.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable
+
+from tledge.errors import ModelLoadError, TledgeError
+
+MANIFEST = "manifest.json"
+SCHEMA = 1
+SIDE_FILES = ("tledge.json", "labels.txt", "parity.json", "parity.md")
+REJECTED = "rejected"  # the int8 fallback's folder: listed in the manifest, never vouched for
+KINDS = ("tflite", "onnx")
+PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    max_abs: float | None = None  # max |exported - reference| over all outputs
+    min_agreement: float = 1.0  # top-1 agreement with the reference
+    max_accuracy_drop: float | None = None  # in accuracy points (0.01 = 1 point)
+
+    @classmethod
+    def for_precision(cls, precision: str) -> "Thresholds":
+        return DEFAULT_THRESHOLDS.get(precision, DEFAULT_THRESHOLDS["int8"])
+
+
+DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
+    "fp32": Thresholds(max_abs=1e-4, min_agreement=1.0),
+    "fp16": Thresholds(min_agreement=0.99),
+    "dynamic": Thresholds(min_agreement=0.99),
+    "int8": Thresholds(min_agreement=0.98, max_accuracy_drop=0.01),
+}
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One kind of exported model file."""
+
+    kind: str  # tflite | onnx
+    precision: str  # fp32 | fp16 | dynamic | int8
+    compiled_for: str | None = None  # "edgetpu": edgetpu_compiler's output of the plain file
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}_{self.precision}" + (f"_{self.compiled_for}" if self.compiled_for else "")
+
+    @property
+    def filename(self) -> str:
+        tag = f"_{self.compiled_for}" if self.compiled_for else ""
+        return f"model_{self.precision}{tag}.{self.kind}"
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return DEFAULT_THRESHOLDS[self.precision]
+
+    @property
+    def source(self) -> "Artifact | None":
+        """The file a compiled file is made from (None for a converted file)."""
+        return replace(self, compiled_for=None) if self.compiled_for else None
+
+
+ARTIFACTS: dict[str, Artifact] = {a.name: a for a in (
+    Artifact("tflite", "fp32"),
+    Artifact("tflite", "fp16"),
+    Artifact("tflite", "dynamic"),
+    Artifact("tflite", "int8"),
+    Artifact("onnx", "fp32"),
+    Artifact("onnx", "int8"),
+    Artifact("tflite", "int8", compiled_for="edgetpu"),
+)}
+BY_FILENAME: dict[str, Artifact] = {a.filename: a for a in ARTIFACTS.values()}
+# other files a tool of ours leaves in an export folder (edgetpu_compiler's log)
+EXTRA_OWNED = ("model_int8_edgetpu.log",)
+# with no device profile: the order a folder's vouched files are tried in (fast CPU paths first)
+DEFAULT_ORDER = ("tflite_int8", "tflite_fp32", "onnx_int8", "onnx_fp32", "tflite_fp16", "tflite_dynamic")
+
+
+def lookup(kind: str, precision: str, compiled_for: str | None = None) -> Artifact:
+    """The table entry, or TledgeError naming what export can write."""
+    a = Artifact(kind, precision, compiled_for)
+    if a.name not in ARTIFACTS:
+        raise TledgeError(f"tledge export cannot write a {kind} {precision} file"
+                          f"{' compiled for ' + compiled_for if compiled_for else ''}; it writes: "
+                          f"{', '.join(x.filename for x in ARTIFACTS.values())}")
+    return ARTIFACTS[a.name]
+
+
+def exportable() -> list[Artifact]:
+    """The files `tledge export` converts itself (compiled files come from another tool)."""
+    return [a for a in ARTIFACTS.values() if a.compiled_for is None]
+
+
+def owned_names() -> set[str]:
+    """Top-level names an export folder's previous export may have left (removed before a new one)."""
+    return set(BY_FILENAME) | set(SIDE_FILES) | set(EXTRA_OWNED) | {MANIFEST}
+
+
+# ---- the manifest ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Entry:
+    file: str  # relative to the folder (`rejected/model_int8.tflite` for a rejected one)
+    role: str  # model | side | rejected
+    bytes: int
+    sha256: str
+    kind: str | None = None
+    precision: str | None = None
+    verdict: str | None = None  # pass | fail (models); None for side files
+    figures: dict = field(default_factory=dict)  # parity: agreement, max abs, accuracy ...
+    derived_from: str | None = None  # a compiled file: the file it was compiled from
+
+    @property
+    def vouched(self) -> bool:
+        return self.role == "model" and self.verdict == "pass"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    source: dict  # {"path": ..., "sha256": ...}
+    files: tuple[Entry, ...]
+    tledge: str = ""
+    created: str = ""
+    schema: int = SCHEMA
+
+    def entry(self, name: str) -> Entry | None:
+        return next((e for e in self.files if e.file == name), None)
+
+    def vouched(self) -> list[Entry]:
+        return [e for e in self.files if e.vouched]
+
+    def to_dict(self) -> dict:
+        return {"format": "tledge.export", "schema": self.schema, "tledge": self.tledge, "created": self.created,
+                "source": dict(self.source), "files": [asdict(e) for e in self.files]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Manifest":
+        if d.get("format") != "tledge.export" or not isinstance(d.get("files"), list):
+            raise ValueError("not a tledge export manifest")
+        if int(d.get("schema", 0)) > SCHEMA:
+            raise ValueError(f"schema {d['schema']} is newer than this tledge reads ({SCHEMA})")
+        known = set(Entry.__dataclass_fields__)
+        files = tuple(Entry(**{k: v for k, v in e.items() if k in known}) for e in d["files"])
+        for e in files:
+            _check_name(e.file)
+        return cls(dict(d.get("source") or {}), files, str(d.get("tledge", "")), str(d.get("created", "")),
+                   int(d.get("schema", SCHEMA)))
+
+
+_SAFE_NAME = re.compile(r"(rejected/)?[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _check_name(name: str) -> None:
+    if not _SAFE_NAME.fullmatch(name):
+        raise ValueError(f"unsafe file name {name!r}")
+
+
+def sha256_of(path: str | Path) -> str:
+    """sha256 of a file, or of a folder's files (relative names and contents, sorted): SavedModel."""
+    p, h = Path(path), hashlib.sha256()
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    for f in files:
+        if p.is_dir():
+            h.update(f.relative_to(p).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def build(folder: Path, source: str | Path, verdicts: dict[str, tuple[bool, dict]],
+          derived: dict[str, str] | None = None) -> Manifest:
+    """A manifest of `folder` as it is: side files, model files with their verdicts, rejected/.
+    verdicts: file name -> (passed, figures). derived: compiled file -> the file it came from."""
+    import tledge
+
+    derived = derived or {}
+    entries = []
+    for name in _present(folder):
+        p = folder / name
+        a = BY_FILENAME.get(Path(name).name)
+        if name in SIDE_FILES:
+            entries.append(Entry(name, "side", p.stat().st_size, sha256_of(p)))
+            continue
+        if name in derived:
+            passed, figures = verdicts.get(derived[name], (False, {}))
+            figures = {**figures, "note": f"compiled from {derived[name]}; its parity verdict applies"}
+        else:
+            passed, figures = verdicts.get(name, (False, {"note": "not checked by parity"}))
+        role = "rejected" if name.startswith(REJECTED + "/") else "model"
+        entries.append(Entry(name, role, p.stat().st_size, sha256_of(p), a.kind if a else None,
+                             a.precision if a else None, "pass" if passed and role == "model" else "fail",
+                             figures, derived.get(name)))
+    src = Path(source)
+    return Manifest({"path": str(source), "sha256": sha256_of(src) if src.exists() else None}, tuple(entries),
+                    tledge.__version__, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+
+def _present(folder: Path) -> list[str]:
+    names = [n for n in list(SIDE_FILES) + list(BY_FILENAME) if (folder / n).is_file()]
+    rej = folder / REJECTED
+    if rej.is_dir():
+        names += [f"{REJECTED}/{f.name}" for f in sorted(rej.iterdir()) if f.name in BY_FILENAME]
+    return names
+
+
+def write(folder: Path, manifest: Manifest) -> Path:
+    from tledge.io import atomic_write_text
+
+    return atomic_write_text(Path(folder) / MANIFEST, json.dumps(manifest.to_dict(), indent=2) + "\n")
+
+
+def read(folder: str | Path) -> Manifest | None:
+    """The folder's manifest, None when there is none; TledgeError when it is unreadable."""
+    p = Path(folder) / MANIFEST
+    if not p.is_file():
+        return None
+    try:
+        return Manifest.from_dict(json.loads(p.read_text(encoding="utf-8")))
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+        raise TledgeError(f"{p} is not a valid tledge manifest ({exc}): re-export with tledge export") from None
+
+
+def require(folder: str | Path, what: str) -> Manifest:
+    """The manifest, or a TledgeError saying why `what` cannot trust this folder."""
+    d = Path(folder)
+    if not d.is_dir():
+        raise TledgeError(f"export folder not found: {d}")
+    m = read(d)
+    if m is not None:
+        return m
+    if any(d.glob(".tledge-staging-*")) or any((d / n).is_file() for n in list(BY_FILENAME) + list(SIDE_FILES)):
+        raise TledgeError(f"{d} has no {MANIFEST}, so {what} cannot trust its files (an export into it was "
+                          f"interrupted, or it was written by a tledge without manifests): run tledge export "
+                          f"again into it")
+    raise TledgeError(f"{d} is not a tledge export folder (no {MANIFEST}): pass a folder written by tledge "
+                      f"export" + (", or a .tflite / .onnx file" if what == "tledge run" else ""))
+
+
+def problems(folder: Path, entries: Iterable[Entry]) -> list[str]:
+    """'<file>: missing' / '<file>: changed since export (...)' for each entry that does not verify."""
+    out = []
+    for e in entries:
+        p = Path(folder) / e.file
+        if not p.is_file():
+            out.append(f"{e.file}: missing")
+        elif p.stat().st_size != e.bytes or sha256_of(p) != e.sha256:
+            out.append(f"{e.file}: changed since export (sha256 differs from {MANIFEST})")
+    return out
+
+
+def vouched(folder: str | Path, what: str) -> tuple[Manifest, list[Entry], list[str]]:
+    """(manifest, model entries that verify and passed parity, notes about the others).
+    A listed file that changed since export (side file or model) is an error naming it: the folder
+    is not what the export wrote. A missing model file is only left out (with a note)."""
+    d = Path(folder)
+    m = require(d, what)
+    issues = {e.file: problems(d, [e]) for e in m.files if e.role != "rejected"}
+    changed = [i[0] for e in m.files for i in [issues.get(e.file)] if i and (e.role == "side" or "changed" in i[0])]
+    if changed:
+        raise TledgeError(f"{d}: {'; '.join(changed)}: {what} refuses the folder; run tledge export again")
+    ok, notes = [], []
+    for e in m.files:
+        if e.role != "model":
+            continue
+        if issues[e.file]:
+            notes.append(f"{issues[e.file][0]}: not used")
+        elif e.verdict != "pass":
+            notes.append(f"{e.file}: failed parity at export: not used")
+        else:
+            ok.append(e)
+    listed = {e.file for e in m.files}
+    notes += [f"{n}: not in {MANIFEST}: not used" for n in sorted(BY_FILENAME)
+              if (d / n).is_file() and n not in listed]
+    return m, ok, notes
+
+
+def check_file(path: str | Path) -> list[str]:
+    """A model file about to be opened: if its folder has a manifest that lists it, it must verify
+    (TledgeError naming it otherwise). Returns notes (failed parity, not listed)."""
+    p = Path(path)
+    try:
+        m = read(p.parent)
+    except TledgeError:
+        return [f"{p.parent / MANIFEST} is unreadable: {p.name} is not vouched for"]
+    if m is None:
+        return []
+    e = m.entry(p.name)
+    if e is None:
+        return [f"{p.name} is not listed in {MANIFEST} beside it: not vouched for by the export"]
+    bad = problems(p.parent, [e])
+    if bad:
+        raise ModelLoadError(f"{p}: changed since export (sha256 differs from {MANIFEST}); refusing to use it: "
+                          "run tledge export again")
+    return [] if e.verdict == "pass" else [f"{p.name} FAILED parity at export (see parity.md)"]
+
+
+def summary(m: Manifest, folder: Path) -> list[dict[str, Any]]:
+    """Per file: the entry and its state now (ok / missing / changed)."""
+    rows = []
+    for e in m.files:
+        issue = problems(folder, [e])
+        state = "ok" if not issue else ("missing" if issue[0].endswith("missing") else "changed")
+        rows.append({**asdict(e), "state": state})
+    return rows

@@ -1,0 +1,172 @@
+"""An export folder written as a unit: a lock, a staging folder, and a swap with the manifest last.
+
+    with ExportFolder(out) as folder:      # lock (a second export into `out` fails: exit 2)
+        ... write everything into folder.staging ...
+        folder.commit(source, verdicts)    # manifest into staging, then swapped in, manifest last
+
+Swap order: (1) the old manifest is removed, so from here until (4) the folder vouches for nothing;
+(2) the previous export's files (the old manifest's list, every name in tledge.artifacts' table,
+the side files, rejected/) are removed; (3) the new files are moved in (os.replace, same file
+system); (4) the new manifest is moved in. A `kill -9` at any point leaves either the old complete
+export, a folder without a manifest (which `bundle`/`run`/`info` refuse), or the new complete one.
+The staging folder of a killed export is removed by the next export into the folder.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+from tledge import artifacts
+from tledge.errors import TledgeError
+
+LOCK = ".tledge-export.lock"
+STAGING_PREFIX = ".tledge-staging-"
+
+
+class FolderLock:
+    """An exclusive lock on a folder: flock on POSIX (released by the kernel when the holder dies),
+    O_EXCL with a pid check elsewhere. A lock left by a dead process is taken over with a note."""
+
+    def __init__(self, folder: Path):
+        self.path, self.fd, self.notes = Path(folder) / LOCK, None, []
+
+    def acquire(self) -> "FolderLock":
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            return self._acquire_excl()
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 200).decode(errors="replace").strip()
+                os.close(fd)
+                raise self._busy(holder) from None
+            try:  # the file may have been unlinked by its previous holder between open and flock
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            self._take(fd, os.read(fd, 200).decode(errors="replace").strip())
+            return self
+
+    def _acquire_excl(self) -> "FolderLock":
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                holder = self.path.read_text(errors="replace").strip() if self.path.exists() else ""
+                pid = holder.split(" ")[0]
+                if pid.isdigit() and _alive(int(pid)):
+                    raise self._busy(holder) from None
+                self.path.unlink(missing_ok=True)
+                self.notes.append(f"took over the export lock of pid {pid or '?'}, which is no longer running")
+                continue
+            self._take(fd, "")
+            return self
+        raise self._busy("")
+
+    def _take(self, fd: int, previous: str) -> None:
+        if previous:  # written by a holder that died without releasing (kill -9)
+            self.notes.append(f"took over the export lock left by pid {previous.split(' ')[0]} "
+                              "(no longer running; its export was interrupted)")
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"
+                 .encode())
+        self.fd = fd
+
+    def _busy(self, holder: str) -> TledgeError:
+        parts = holder.split(" ")
+        who = f"pid {parts[0]} on {parts[1]}, started {parts[2]}" if len(parts) >= 3 else "another process"
+        return TledgeError(f"another tledge export ({who}) is writing into {self.path.parent}: wait for it to "
+                           f"finish or choose another --out")
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)  # while still holding it: see the samestat check
+        finally:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ExportFolder:
+    def __init__(self, out: str | Path):
+        self.out = Path(out)
+        self.staging = self.out / f"{STAGING_PREFIX}{os.getpid()}"
+        self.notes: list[str] = []
+        self._created = False
+        self._lock: FolderLock | None = None
+
+    def __enter__(self) -> "ExportFolder":
+        if self.out.exists() and not self.out.is_dir():
+            raise TledgeError(f"--out {self.out} is a file, not a folder")
+        self._created = not self.out.exists()
+        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock = FolderLock(self.out).acquire()
+        except BaseException:
+            self._remove_if_created()
+            raise
+        self.notes += self._lock.notes
+        for old in self.out.glob(STAGING_PREFIX + "*"):  # left by a killed export: we hold the lock
+            shutil.rmtree(old, ignore_errors=True)
+            self.notes.append(f"removed {old.name}, left by an interrupted export")
+        self.staging.mkdir()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+        if self._lock is not None:
+            self._lock.release()
+        if exc_type is not None:
+            self._remove_if_created()
+
+    def _remove_if_created(self) -> None:
+        if self._created and self.out.is_dir() and not any(self.out.iterdir()):
+            self.out.rmdir()
+
+    def commit(self, source: str | Path, verdicts: dict[str, tuple[bool, dict]],
+               derived: dict[str, str] | None = None) -> artifacts.Manifest:
+        """Write the manifest of the staging folder (last), then swap the staging folder in."""
+        manifest = artifacts.build(self.staging, source, verdicts, derived)
+        artifacts.write(self.staging, manifest)
+        swap_in(self.staging, self.out, manifest)
+        return manifest
+
+
+def swap_in(staging: Path, out: Path, manifest: artifacts.Manifest) -> None:
+    try:
+        old = artifacts.read(out)
+    except TledgeError:
+        old = None
+    (out / artifacts.MANIFEST).unlink(missing_ok=True)  # (1) from here on the folder vouches for nothing
+    names = artifacts.owned_names() | {e.file for e in (old.files if old else ())}
+    for name in sorted(names):  # (2) the previous export's files
+        p = out / name
+        if p.is_file() or p.is_symlink():
+            p.unlink()
+    shutil.rmtree(out / artifacts.REJECTED, ignore_errors=True)
+    for e in manifest.files:  # (3) the new files
+        dst = out / e.file
+        dst.parent.mkdir(exist_ok=True)
+        os.replace(staging / e.file, dst)
+    os.replace(staging / artifacts.MANIFEST, out / artifacts.MANIFEST)  # (4) the manifest, last
