@@ -13,8 +13,12 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from tledge.cli.validate import edge_model
     from tledge.runtime import load
+    from tledge.runtime.options import check_model_options
 
+    edge_model(args.model)
+    check_model_options(args)
     model = load(args.model, **load_kwargs(args))
     info = model.info()
     if args.json:

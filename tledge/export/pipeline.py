@@ -37,6 +37,7 @@ class ExportConfig:
     repair: bool = True  # run the int8 fidelity loop on failing int8 files (tledge.export.fidelity)
     explain: bool = False  # per-layer int8 error table in parity.md even when int8 passes
     int8_only: bool = False  # the target runs int8 only (Edge TPU): no float layers, no fallback
+    force: bool = False  # --preprocess auto: export even when the best mode scores near chance
 
 
 @dataclass
