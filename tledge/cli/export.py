@@ -135,7 +135,13 @@ def staging(out: Path):
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        yield stage
+        try:
+            yield stage
+        except OSError as exc:  # name the folder the user asked for, not the staging one
+            for attr in ("filename", "filename2"):
+                if getattr(exc, attr, None):
+                    setattr(exc, attr, str(getattr(exc, attr)).replace(str(stage), str(out)))
+            raise
         out.mkdir(exist_ok=True)
         for entry in sorted(stage.iterdir()):
             dst = out / entry.name
