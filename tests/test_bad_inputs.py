@@ -260,7 +260,7 @@ def _foreign_labels(t: Path) -> list[str]:
     return ["export", model, "--val", images(t, "hymenoptera", ("ants", "bees"))]
 
 
-def _snapshot(root: Path) -> dict:
+def snapshot(root: Path) -> dict:
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
@@ -281,7 +281,7 @@ def test_the_catalogue_is_large_and_covers_every_verb():
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     argv = case.argv(tmp_path)
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     rc = main(argv)
     cap = capsys.readouterr()
     lines = [ln for ln in cap.err.splitlines() if ln.strip()]
@@ -291,7 +291,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, tmp_path, caps
     assert lines[0].startswith(f"tledge {argv[0]}: error: "), lines[0]
     assert case.expect.format(tmp=tmp_path) in lines[0], lines[0]
     assert cap.out == ""
-    assert _snapshot(tmp_path) == before, "something was written"
+    assert snapshot(tmp_path) == before, "something was written"
 
 
 def test_json_thresholds_with_a_bom_are_read(tmp_path):

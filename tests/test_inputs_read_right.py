@@ -165,20 +165,12 @@ def test_truncated_keras_says_truncated(tiny_model, tmp_path, capsys):
 
 # ---- labels from folder names vs a third-party model ---------------------------------------------------
 
-@pytest.fixture(scope="module")
-def third_party(shapes_dataset, tmp_path_factory):
+@pytest.fixture
+def third_party(unbaked_model):
     """A trained model as a third party ships it: plain .keras, no tledge.json, no labels, normalisation
-    not baked (it takes x/127.5-1)."""
+    not baked."""
     pytest.importorskip("tensorflow")
-    from conftest import build_tiny_classifier, train_tiny
-
-    from tledge.contract import Contract
-
-    contract = Contract(48, 48, norm="tf", baked=False, input_dtype="float32")
-    model = train_tiny(build_tiny_classifier(baked=False), shapes_dataset / "train", contract)
-    d = tmp_path_factory.mktemp("third_party")
-    model.save(d / "m.keras")
-    return d / "m.keras"
+    return unbaked_model["keras"]
 
 
 def _copy(model: Path, tmp: Path) -> Path:

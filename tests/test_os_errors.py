@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_bad_inputs import _snapshot, bundle, h5, images, tfl
+from test_bad_inputs import bundle, h5, images, snapshot, tfl
 
 from tledge.cli import main
 
@@ -92,21 +92,21 @@ def _one_error_line(capsys, verb: str) -> str:
 def test_read_only_output_location(kind, readonly_dir, tmp_path, capsys):
     ro, reason = readonly_dir
     argv = _argv(kind, tmp_path, ro)
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     assert main(argv) == 2
     line = _one_error_line(capsys, argv[0])
     assert reason in line and str(ro) in line, line
-    assert _snapshot(tmp_path) == before
+    assert snapshot(tmp_path) == before
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_full_disk_is_refused_before_loading(kind, full_dir, tmp_path, capsys):
     argv = _argv(kind, tmp_path, full_dir)
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     assert main(argv) == 2
     line = _one_error_line(capsys, argv[0])
     assert "no space left on the device" in line and str(full_dir) in line, line
-    assert _snapshot(tmp_path) == before
+    assert snapshot(tmp_path) == before
 
 
 @pytest.mark.parametrize("kind", ["export --out", "run --csv", "parity --junit", "bundle --out"])
@@ -143,7 +143,7 @@ def test_disk_failing_half_way_through_an_export_leaves_no_half_folder(error, ti
     monkeypatch.setattr(ParityReport, "write", fail)
     out = tmp_path / "exp"
     (tmp_path / "labels.txt").write_text("circle\nhstripes\nvstripes\n")
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     rc = main(["export", str(tiny_model["keras"]), "--formats", "tflite", "--val", str(shapes_dataset / "val"),
                "--labels", str(tmp_path / "labels.txt"), "--out", str(out)])
     assert rc == 2
@@ -152,7 +152,7 @@ def test_disk_failing_half_way_through_an_export_leaves_no_half_folder(error, ti
               errno.EACCES: "permission denied", errno.EISDIR: "is a folder, not a file"}[error]
     assert line == f"tledge export: error: {out / 'parity.md'}: {reason}"
     assert not out.exists()
-    assert _snapshot(tmp_path) == before  # no staging folder left either
+    assert snapshot(tmp_path) == before  # no staging folder left either
 
 
 def test_export_into_an_existing_folder_keeps_other_files_and_replaces_its_own(tiny_model, shapes_dataset, tmp_path):

@@ -9,23 +9,17 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from conftest import build_tiny_classifier, train_tiny  # noqa: E402
 from tledge.cli import main  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def unbaked(shapes_dataset, tmp_path_factory):
-    """A tiny trained model that does NOT bake its preprocessing (it takes x/127.5-1), saved as a
-    plain .keras with no tledge.json, plus TFLite files converted without any tledge metadata."""
+def unbaked(unbaked_model, shapes_dataset, tmp_path_factory):
+    """The unbaked tiny model as the reference (plain .keras, no tledge.json) plus TFLite files
+    converted from it without any tledge metadata."""
     import tensorflow as tf
 
-    from tledge.contract import Contract
-
-    contract = Contract(48, 48, norm="tf", baked=False, input_dtype="float32")
-    model = train_tiny(build_tiny_classifier(baked=False), shapes_dataset / "train", contract)
+    model, contract = unbaked_model["model"], unbaked_model["contract"]
     d = tmp_path_factory.mktemp("foreign")
-    (d / "ref").mkdir()
-    model.save(d / "ref" / "ref.keras")
     files = d / "files"
     files.mkdir()
     (files / "foreign.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
@@ -43,7 +37,7 @@ def unbaked(shapes_dataset, tmp_path_factory):
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_input_type = conv.inference_output_type = tf.int8
     (files / "model.tflite").write_bytes(conv.convert())  # int8, and nothing in the name says so
-    return {"ref": d / "ref" / "ref.keras", "files": files, "model": model, "contract": contract}
+    return {"ref": unbaked_model["keras"], "files": files}
 
 
 def _parity(capsys, *argv):
