@@ -301,3 +301,22 @@ def test_json_thresholds_with_a_bom_are_read(tmp_path):
     p = tmp_path / "t.json"
     p.write_bytes(b"\xef\xbb\xbf" + json.dumps({"int8": {"min_agreement": 0.9}}).encode())
     assert load_thresholds(p)["int8"].min_agreement == 0.9
+
+
+def test_bad_inputs_are_refused_before_tensorflow_is_imported(tmp_path):
+    """export, parity and train check everything before importing TensorFlow or loading the model."""
+    import subprocess
+    import sys
+
+    for sub in "abce":
+        (tmp_path / sub).mkdir()
+    cases = [thresholds(tmp_path / "a", "{int8: }"), parity(tmp_path / "b", "--junit", d(tmp_path / "b", "j")),
+             train(tmp_path / "c", "--size", "100000"), export(tmp_path / "e", "--input-size", "10000x10000")]
+    code = ("import sys, json; from tledge.cli import main; "
+            "rcs = [main(a) for a in json.loads(sys.argv[1])]; "
+            "print(json.dumps([rcs, 'tensorflow' in sys.modules, 'keras' in sys.modules]))")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    r = subprocess.run([sys.executable, "-c", code, json.dumps(cases)], capture_output=True, text=True, env=env,
+                       timeout=120)
+    rcs, tf_loaded, keras_loaded = json.loads(r.stdout.strip().splitlines()[-1])
+    assert rcs == [2, 2, 2, 2] and not tf_loaded and not keras_loaded, r.stderr
