@@ -97,3 +97,16 @@ def tiny_export(tiny_model, shapes_dataset):
     cfg = ExportConfig(out=tiny_model["dir"] / "export", int8=True, fp16=True, dynamic=True,
                        calib=str(shapes_dataset / "train"), val=str(shapes_dataset / "val"))
     return export(tiny_model["keras"], cfg)
+
+
+@pytest.fixture(scope="session")
+def unbaked_model(shapes_dataset, tmp_path_factory):
+    """A tiny trained model as a third party ships it: plain .keras with no tledge.json and no labels,
+    normalisation NOT baked (it takes x/127.5-1)."""
+    from tledge.contract import Contract
+
+    contract = Contract(48, 48, norm="tf", baked=False, input_dtype="float32")
+    model = train_tiny(build_tiny_classifier(baked=False), shapes_dataset / "train", contract)
+    d = tmp_path_factory.mktemp("unbaked")
+    model.save(d / "m.keras")
+    return {"keras": d / "m.keras", "model": model, "contract": contract}

@@ -52,8 +52,10 @@ def test_run_human_output_and_threshold(tiny_models, shapes_dataset, capsys):
     lines = out.splitlines()
     assert code == 0 and lines[-1].startswith("summary: 8 input(s): 8 ok, 0 skipped, 0 errors")
     assert sum(f": {CLASSES[2]} " in ln for ln in lines[:-1]) >= 7
-    code, out, _ = run_cli(capsys, "run", tiny_models / "fp32.onnx", "--source", src, "--threshold", "1.01")
-    assert "(nothing above the threshold)" in out
+    code, out, _ = run_cli(capsys, "run", tiny_models / "fp32.onnx", "--source", src, "--threshold", "1")
+    assert code == 0 and "(nothing above the threshold)" in out  # no score reaches exactly 1 here
+    code, out, err = run_cli(capsys, "run", tiny_models / "fp32.onnx", "--source", src, "--threshold", "1.01")
+    assert code == 2 and out == "" and "--threshold must be in [0, 1], got 1.01" in err  # scores are 0..1
 
 
 def test_run_video_to_annotated_video(tiny_models, video, tmp_path, capsys):

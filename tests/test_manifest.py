@@ -47,9 +47,15 @@ def test_every_module_derives_from_the_table():
         artifacts.lookup("onnx", "fp16")
 
 
-def _plan(device: str, monkeypatch):
+def _plan(device: str, monkeypatch, tmp_path):
     """What `tledge export MODEL --device X` would convert: the CLI's config, given to export's own plan."""
+    import zipfile
+
     from tledge.export import pipeline
+
+    with zipfile.ZipFile(tmp_path / "m.keras", "w") as z:  # passes the CLI's checks; never loaded here
+        z.writestr("config.json", "{}")
+    monkeypatch.chdir(tmp_path)
 
     seen = {}
 
@@ -64,10 +70,10 @@ def _plan(device: str, monkeypatch):
 
 
 @pytest.mark.parametrize("device", sorted(__import__("tledge.devices.profiles", fromlist=["x"]).PROFILES))
-def test_every_profile_choice_is_produced_by_export_for_that_device(device, monkeypatch, capsys):
+def test_every_profile_choice_is_produced_by_export_for_that_device(device, monkeypatch, capsys, tmp_path):
     from tledge.devices.profiles import PROFILES
 
-    written, compiles = _plan(device, monkeypatch)
+    written, compiles = _plan(device, monkeypatch, tmp_path)
     for t in PROFILES[device].targets:
         if t.compiled_for:  # compiled from a file export writes, by the compiler export runs
             assert t.artifact.source.filename in written and compiles, t.filename

@@ -72,7 +72,7 @@ def test_pytest_fixture_for_users(tledge_parity, tiny_model, tiny_export, shapes
 
 
 def test_per_file_thresholds_start_from_their_precision_and_plain_dicts_work(tmp_path):
-    from tledge.errors import ParityError
+    from tledge.errors import TledgeError
     from tledge.export.parity import load_thresholds, thresholds_from_dict
 
     f = tmp_path / "t.json"
@@ -81,8 +81,9 @@ def test_per_file_thresholds_start_from_their_precision_and_plain_dicts_work(tmp
     assert t["model_int8.onnx"] == Thresholds(min_agreement=0.95, max_accuracy_drop=0.01)  # int8's accuracy rule kept
     assert t["fp16"].min_agreement == 0.9
     assert thresholds_from_dict({"x.bin": {"max_abs": 1.0}})["x.bin"] == Thresholds(max_abs=1.0)
-    with pytest.raises(ParityError, match="unknown field"):
+    with pytest.raises(TledgeError, match="unknown field") as err:  # a bad input (exit 2), not a parity failure
         thresholds_from_dict({"int8": {"min_agreemnt": 0.9}})
+    assert err.value.exit_code == 2
 
 
 def test_assert_parity_takes_plain_dict_thresholds(tiny_model, tiny_export, shapes_dataset):

@@ -336,7 +336,7 @@ def read_labels(path: str | Path) -> tuple[str, ...]:
     p = Path(path)
     if not p.is_file():
         raise ContractError(f"labels file not found: {p}")
-    lines = [ln.strip() for ln in p.read_text(encoding="utf-8", errors="replace").splitlines()]
+    lines = [ln.strip() for ln in p.read_text(encoding="utf-8-sig", errors="replace").splitlines()]
     lines = [ln for ln in lines if ln]
     if not lines:
         raise ContractError(f"labels file is empty: {p}")

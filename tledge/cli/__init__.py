@@ -21,8 +21,15 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `tledge run: error: argument --top-k: invalid int value: 'x'`."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser(available: dict[str, str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tledge", description=__doc__)
+    parser = _Parser(prog="tledge", description=__doc__)
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in available.items():
@@ -63,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     except TledgeError as exc:
         print(f"tledge {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a disk, permission or path problem: the user's to fix, never a traceback
+        from tledge.cli.validate import os_error_message
+
+        print(f"tledge {args.command}: error: {os_error_message(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

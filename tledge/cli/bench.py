@@ -22,11 +22,15 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from tledge.errors import TledgeError
+    from tledge.cli import validate as V
     from tledge.runtime.bench import bench, table
+    from tledge.runtime.options import check_model_options
 
-    if args.runs < 1 or args.batch < 1 or args.warmup < 0:
-        raise TledgeError("--runs and --batch must be at least 1, --warmup at least 0")
+    V.edge_models(args.models)
+    V.in_range(args.runs, "--runs", 1, 1_000_000)
+    V.in_range(args.warmup, "--warmup", 0, 1_000_000)
+    V.in_range(args.batch, "--batch", 1, 1024)
+    check_model_options(args)
     kw = load_kwargs(args)
     threads = kw.pop("threads", None)
     results = bench(args.models, runs=args.runs, warmup=args.warmup, batch=args.batch, threads=threads,

@@ -36,8 +36,16 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from tledge.cli import validate as V
     from tledge.demo import run_demo
 
+    V.output_dir(args.out, "--out")
+    if args.weights not in (None, "imagenet", "none"):
+        V.input_file(args.weights, "--weights", suffixes=(".h5",), what="weights file")
+    V.in_range(args.size, "--size", 32, 1024)
+    for flag in ("n_train", "n_val", "n_test"):
+        V.in_range(getattr(args, flag), "--" + flag.replace("_", "-"), 1, 100_000)
+    V.in_range(args.epochs, "--epochs", 1, 10_000)
     res = run_demo(args.out, weights=args.weights, size=args.size, n_train=args.n_train, n_val=args.n_val,
                    n_test=args.n_test, epochs=args.epochs, seed=args.seed, verbose=int(args.verbose))
     if args.json:

@@ -75,8 +75,10 @@ def _show(args) -> int:
 
 
 def _detect(args) -> int:
+    from tledge.cli.validate import input_dir
     from tledge.devices import detect
 
+    input_dir(args.root, "--root")
     det = detect(args.root, machine=args.machine)
     if args.json:
         print(json.dumps(det.to_dict(), indent=2))

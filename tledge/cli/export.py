@@ -8,15 +8,6 @@ from pathlib import Path
 from tledge.errors import TledgeError
 
 
-def _size(text: str) -> tuple[int, int]:
-    parts = text.lower().replace(",", "x").split("x")
-    try:
-        h, w = (int(parts[0]), int(parts[-1]))
-    except ValueError:
-        raise TledgeError(f"--input-size wants HxW or N, got {text!r}") from None
-    return h, w
-
-
 def add_arguments(p) -> None:
     p.add_argument("model", help=".keras, .h5 (Keras 3 or Keras 2 era) or a SavedModel folder")
     p.add_argument("--out", type=Path, help="output folder (default: <model stem>_export/)")
@@ -38,6 +29,8 @@ def add_arguments(p) -> None:
                    help="report failing int8 files as they are, without the repair loop")
     p.add_argument("--explain", action="store_true",
                    help="per-layer int8 error table in parity.md (always there when int8 fails)")
+    p.add_argument("--force", action="store_true",
+                   help="--preprocess auto: export even when the best mode scores near chance")
     p.add_argument("--unsafe", action="store_true", help="allow code inside the model file (Lambda layers)")
     p.add_argument("--json", action="store_true", help="print the parity report as JSON")
     from tledge.devices.options import add_device_argument
@@ -58,34 +51,79 @@ def _plan(args) -> tuple[tuple[str, ...], set[str], object]:
     return formats or opts.formats, flags or (set(opts.precisions) - {"fp32"}), opts
 
 
+def _validate(args):
+    """Every path and option, before TensorFlow or the model is loaded. Returns the output folder."""
+    from tledge.cli import validate as V
+    from tledge.export.formats import FORMATS
+
+    model = V.keras_model(args.model, "MODEL")
+    out = Path(args.out) if args.out else model.with_name(model.stem + "_export")
+    V.output_dir(out, "--out")
+    if args.calib and args.calib != "random":
+        V.input_dir(args.calib, "--calib")
+    if args.val:
+        V.input_dir(args.val, "--val")
+    if args.labels:
+        V.labels_file(args.labels)
+    V.preprocess(args.preprocess, allow_auto=True)
+    V.in_range(args.calib_limit, "--calib-limit", 1)
+    V.in_range(args.fidelity, "--fidelity", 0.0, 1.0, lo_open=True)
+    kinds = sorted({f.kind for f in FORMATS.values()})
+    for f in (s.strip() for s in (args.formats or "").split(",") if s.strip()):
+        if f not in kinds:
+            raise TledgeError(f"--formats: unknown format {f!r}; known: {', '.join(kinds)}")
+    if args.force and args.preprocess != "auto":
+        raise TledgeError("--force only applies to --preprocess auto")
+    return out
+
+
 def run(args) -> int:
+    from tledge.cli import validate as V
     from tledge.export.parity import load_thresholds
+
+    out = _validate(args)
+    input_size = V.size(args.input_size)
+    thresholds = load_thresholds(args.thresholds) if args.thresholds else {}
+    formats, precisions, device = _plan(args)
+    labels = _labels(args)
     from tledge.export.pipeline import ExportConfig, export
 
-    formats, precisions, device = _plan(args)
     cfg = ExportConfig(
-        out=args.out, formats=formats, int8="int8" in precisions, fp16="fp16" in precisions,
+        out=out, formats=formats, int8="int8" in precisions, fp16="fp16" in precisions,
         dynamic="dynamic" in precisions, calib=args.calib, val=args.val,
-        labels=args.labels, preprocess=args.preprocess,
-        input_size=_size(args.input_size) if args.input_size else None, unsafe=args.unsafe,
-        calib_limit=args.calib_limit, thresholds=load_thresholds(args.thresholds) if args.thresholds else {},
-        fidelity=args.fidelity, repair=args.repair, explain=args.explain,
-        int8_only=bool(device is not None and device.compile_edgetpu),
+        labels=labels, preprocess=args.preprocess, input_size=input_size, unsafe=args.unsafe,
+        calib_limit=args.calib_limit, thresholds=thresholds, fidelity=args.fidelity, repair=args.repair,
+        explain=args.explain, int8_only=bool(device is not None and device.compile_edgetpu), force=args.force,
         # a device profile without precision flags: exactly its files (plus fp32 of each format)
         pairs=device.pairs if device is not None and not (args.int8 or args.fp16 or args.dynamic) else (),
         compile_edgetpu=bool(device is not None and device.compile_edgetpu))
-    result = export(args.model, cfg)
+    result = export(args.model, cfg)  # staging folder, lock and manifest: tledge.export.unit
+    _print(result, args)
+    return 0 if result.passed else 1
+
+
+def _labels(args) -> str | None:
+    """--labels, else the model's own labels.txt; refuses class folders that contradict the model's labels."""
+    from tledge.cli.validate import export_labels
+
+    return export_labels(args.model, args.labels, {"--val": args.val, "--calib": args.calib}, note=_note)
+
+
+def _note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr)
+
+
+def _print(result, args) -> None:
     if args.json:
         print(json.dumps({**result.report.to_dict(), "out": str(result.out),
                           "files": [str(f) for f in result.files], "seconds": result.seconds}, indent=2))
-    else:
-        print(result.report.table())
-        for note in result.report.notes:
-            print(f"note: {note}")
-        print(f"\nwrote {len(result.files)} file(s) to {result.out}/ "
-              "(manifest.json, parity.md, parity.json, tledge.json)")
-        for r in result.report.results:
-            for f in r.failures:
-                print(f"  {r.file}: {f}", file=sys.stderr)
-        print("parity: " + ("PASSED" if result.passed else "FAILED"))
-    return 0 if result.passed else 1
+        return
+    print(result.report.table())
+    for note in result.report.notes:
+        print(f"note: {note}")
+    print(f"\nwrote {len(result.files)} file(s) to {result.out}/ "
+          "(manifest.json, parity.md, parity.json, tledge.json)")
+    for r in result.report.results:
+        for f in r.failures:
+            print(f"  {r.file}: {f}", file=sys.stderr)
+    print("parity: " + ("PASSED" if result.passed else "FAILED"))

@@ -17,10 +17,14 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from pathlib import Path
 
+    from tledge.cli.validate import edge_model
     from tledge.runtime import load
+    from tledge.runtime.options import check_model_options
 
     if Path(args.model).is_dir():
         return _folder(Path(args.model), args.json)
+    edge_model(args.model)
+    check_model_options(args)
     model = load(args.model, **load_kwargs(args))  # refuses a file changed since its export
     info = model.info()
     if args.json:

@@ -17,12 +17,21 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from tledge.export.check import parity
+    from tledge.cli import validate as V
     from tledge.export.parity import load_thresholds
     from tledge.io import atomic_write_text
 
+    V.keras_model(args.reference, "REFERENCE")
+    V.edge_models(args.exported, "EXPORTED")
+    V.input_dir(args.images, "--images")
+    V.preprocess(args.preprocess)
+    if args.junit:
+        V.output_file(args.junit, "--junit")
+    thresholds = load_thresholds(args.thresholds) if args.thresholds else None
+    from tledge.export.check import parity
+
     report = parity(args.reference, args.exported, args.images, preprocess=args.preprocess, unsafe=args.unsafe,
-                    thresholds=load_thresholds(args.thresholds) if args.thresholds else None)
+                    thresholds=thresholds)
     if args.junit:
         atomic_write_text(args.junit, report.to_junit())
     if args.json:

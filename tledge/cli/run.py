@@ -32,13 +32,11 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from tledge.errors import TledgeError
     from tledge.runtime import load
     from tledge.runtime.pipeline import Runner, split_cores
     from tledge.runtime.sources import open_source
 
-    if args.top_k < 1:
-        raise TledgeError("--top-k must be at least 1")
+    _validate(args)
     source = open_source(args.source, retries=args.reconnect, backoff=args.reconnect_delay, on_event=_note)
     kw = load_kwargs(args)
     if not source.live and not args.threads and not args.device:
@@ -62,6 +60,29 @@ def run(args) -> int:
     if s.lost:
         return 1
     return 2 if s.total and not s.ok else 0
+
+
+def _validate(args) -> None:
+    """Every path and option, before the source or the model is opened."""
+    from tledge.cli import validate as V
+    from tledge.runtime.options import check_model_options
+    from tledge.runtime.sources import VIDEO_SUFFIXES
+
+    V.edge_model_or_export(args.model)
+    V.in_range(args.top_k, "--top-k", 1)
+    V.in_range(args.threshold, "--threshold", 0.0, 1.0)
+    V.in_range(args.max_frames, "--max-frames", 1)
+    V.in_range(args.workers, "--workers", 1, 64)
+    V.in_range(args.reconnect, "--reconnect", 0)
+    V.in_range(args.reconnect_delay, "--reconnect-delay", 0.0, 3600.0)
+    check_model_options(args)
+    if args.csv:
+        V.output_file(args.csv, "--csv")
+    if args.save:
+        if args.save.suffix.lower() in VIDEO_SUFFIXES:
+            V.output_file(args.save, "--save")
+        else:
+            V.output_dir(args.save, "--save")
 
 
 def _loop(runner, source, args) -> None:

@@ -67,15 +67,33 @@ def _config(args):
         precision=args.precision, verbose=0 if args.quiet else 1)
 
 
+def _validate(args) -> None:
+    """Paths and sizes before TensorFlow is imported (TrainConfig checks the rest)."""
+    from tledge.cli import validate as V
+
+    V.input_dir(args.data, "DATA_DIR")
+    if args.val:
+        V.input_dir(args.val, "--val")
+    if args.weights not in ("imagenet", "none"):
+        V.input_file(args.weights, "--weights", suffixes=(".h5", ".weights.h5", ".keras"), what="weights file")
+    V.output_dir(args.out, "--out")
+    V.in_range(args.size, "--size", 8, V.MAX_SIDE)
+    V.in_range(args.batch, "--batch", 1, 65536)
+    V.in_range(args.epochs, "--epochs", 0, 100_000)
+    V.in_range(args.fine_tune_epochs, "--fine-tune-epochs", 0, 100_000)
+
+
 def run(args) -> int:
     from tledge.errors import TledgeWarning
+
+    _validate(args)
+    cfg = _config(args)
     from tledge.train import train
 
     def show(message, category, filename, lineno, file=None, line=None):
         kind = "warning" if issubclass(category, TledgeWarning) else category.__name__
         print(f"tledge train: {kind}: {message}", file=sys.stderr)
 
-    cfg = _config(args)
     with warnings.catch_warnings():
         warnings.showwarning = show
         result = train(args.data, cfg)

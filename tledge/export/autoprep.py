@@ -30,7 +30,10 @@ def choose_preprocessing(lm, cfg, labels) -> str:
     summary = ", ".join(f"{m} {a:.3f}" for m, a in sorted(scores.items(), key=lambda kv: -kv[1]))
     print(f"--preprocess auto: chose '{best}' (Keras accuracy by mode: {summary})")
     if scores[best] <= 1.0 / n_classes + 0.1:
-        warnings.warn(f"the best preprocessing ({best}) gives accuracy {scores[best]:.3f}, near chance for "
-                      f"{n_classes} classes: the preprocessing (or the labels) is probably wrong",
-                      TledgeWarning, stacklevel=2)
+        msg = (f"--preprocess auto: the best preprocessing ({best}) gives Keras accuracy {scores[best]:.3f} on "
+               f"{cfg.val}, near chance for {n_classes} classes: the preprocessing, the labels or the images "
+               "are probably wrong")
+        if not getattr(cfg, "force", False):
+            raise ContractError(msg + "; nothing was exported (--force exports anyway)")
+        warnings.warn(msg + "; exporting anyway (--force)", TledgeWarning, stacklevel=2)
     return best

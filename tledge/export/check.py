@@ -1,13 +1,23 @@
-"""Parity of existing exported files against a reference Keras model (`tledge parity`)."""
+"""Parity of existing exported files against a reference Keras model (`tledge parity`).
+
+Each file gets the input its own contract asks for: the embedded one (or tledge.json beside it), or
+for a file made elsewhere the contract `tledge run` would infer from its input tensor, completed by
+`--preprocess`. The reference gets its own. A file's precision comes from its tensors, not its name.
+"""
 from __future__ import annotations
 
+import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
-from tledge.errors import ContractError, DataError
-from tledge.export.parity import ParityReport, Thresholds, check_files
+import numpy as np
+
+from tledge.errors import ContractError, DataError, TledgeError, TledgeWarning
+from tledge.export.parity import ParityReport, ParityResult, Thresholds, compare
 
 _SUFFIX_KIND = {".tflite": "tflite", ".onnx": "onnx"}
+PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 
 
 def exported_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -15,7 +25,7 @@ def exported_files(paths: Sequence[str | Path]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(f for f in p.iterdir() if f.suffix in _SUFFIX_KIND)
+            out += sorted(f for f in p.iterdir() if f.suffix.lower() in _SUFFIX_KIND)
         elif p.is_file():
             out.append(p)
         else:
@@ -25,35 +35,183 @@ def exported_files(paths: Sequence[str | Path]) -> list[Path]:
     return out
 
 
-def precision_of(path: Path, contract) -> str:
-    """From the file name tledge writes (model_int8.tflite), else from the embedded quantisation."""
-    stem = path.stem.rsplit("_", 1)[-1]
-    if stem in ("fp32", "fp16", "dynamic", "int8"):
-        return stem
-    return "int8" if contract is not None and contract.input_quant is not None else "fp32"
+# ---- precision from the file -------------------------------------------------------------------------
+
+def precision_of(model) -> str:
+    """fp32 / fp16 / dynamic / int8 from a loaded EdgeModel's tensors and operators."""
+    if model.format == "tflite":
+        return _tflite_precision(model.backend.interpreter)
+    return _onnx_precision(model.path, model.backend)
+
+
+def _tflite_precision(interpreter) -> str:
+    counts: dict[str, int] = {}
+    for d in interpreter.get_tensor_details():
+        name = np.dtype(d["dtype"]).name
+        counts[name] = counts.get(name, 0) + 1
+    ints = counts.get("int8", 0) + counts.get("uint8", 0) + counts.get("int16", 0)
+    if ints > counts.get("float32", 0):
+        return "int8"  # integer activations (full-integer file, whatever its I/O types)
+    if ints:
+        return "dynamic"  # integer weights, float activations
+    return "fp16" if counts.get("float16") else "fp32"
+
+
+_ONNX_DYNAMIC_OPS = {"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul"}
+_ONNX_INT8_OPS = {"QuantizeLinear", "QLinearConv", "QLinearMatMul", "QGemm"}
+
+
+def _onnx_precision(path: Path, backend) -> str:
+    from tledge._deps import available
+
+    if backend.inp.dtype in ("uint8", "int8"):
+        return "int8"
+    if not available("onnx"):
+        return "fp32"
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    ops = {n.op_type for n in graph.node}
+    if ops & _ONNX_DYNAMIC_OPS:
+        return "dynamic"
+    if ops & _ONNX_INT8_OPS:
+        return "int8"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer):
+        return "fp16"
+    return "fp32"
+
+
+# ---- the reference ---------------------------------------------------------------------------------
+
+def _reference_contract(lm, base, preprocess: str | None):
+    """The reference's own contract (raw pixels in; normalisation added in front when it does not bake
+    it): from the model, a tledge.json beside it, the exported files' embedded contract, or --preprocess."""
+    from tledge.export import loader
+
+    if lm.baked_mode is not None or lm.contract is not None:
+        mode = None
+    elif base is not None:
+        mode = base.norm.value  # what the export put in front of the model
+    else:
+        mode = preprocess
+    contract, add = loader.resolve_contract(lm, preprocess=mode, input_size=base.size if base else None,
+                                            labels=base.labels if base else ())
+    if base is not None:  # the same geometry as the exported files
+        contract = contract.replace(resize=base.resize, fit=base.fit, crop_fraction=base.crop_fraction,
+                                    pad_value=base.pad_value)
+    return contract, add
+
+
+def _prep_key(c) -> tuple:
+    """Contracts with equal keys prepare identical values (dtype aside; quantisation is the model's)."""
+    norm = None if c.baked else (c.norm.value, tuple(c.mean_std()[0].tolist()), tuple(c.mean_std()[1].tolist()))
+    return (c.height, c.width, c.channels, c.color, c.layout, c.resize, c.fit, c.crop_fraction, c.pad_value, norm)
+
+
+class _Inputs:
+    """Images prepared once per distinct contract."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths, self._cache = paths, {}
+
+    def for_contract(self, contract) -> np.ndarray:
+        key = _prep_key(contract)
+        if key not in self._cache:
+            c = contract if not contract.baked else contract.replace(input_dtype="float32")
+            self._cache[key] = np.stack([c.prepare(p) for p in self.paths]).astype(np.float32)
+        return self._cache[key]
+
+
+def _images(images, labels: tuple[str, ...], contract, limit: int):
+    """Readable image paths (skipping the unreadable, with a warning) and labels or None."""
+    from tledge.images import labelled_images
+
+    files, y, _ = labelled_images(images, labels or None)
+    if len(files) > limit:
+        idx = np.linspace(0, len(files) - 1, limit).round().astype(int)
+        files, y = [files[i] for i in idx], (None if y is None else y[idx])
+    keep, bad = [], []
+    for i, f in enumerate(files):
+        try:
+            contract.prepare(f)
+            keep.append(i)
+        except TledgeError as exc:
+            bad.append(f"{f.name}: {exc}")
+    if not keep:
+        raise DataError(f"no readable images in {images} ({len(bad)} unreadable: {'; '.join(bad[:2])})")
+    if bad:
+        warnings.warn(f"skipped {len(bad)} unreadable image(s) in {images}: {'; '.join(bad[:3])}",
+                      TledgeWarning, stacklevel=3)
+    return [files[i] for i in keep], (None if y is None else y[keep])
+
+
+# ---- one file ----------------------------------------------------------------------------------------
+
+def _load(path: Path, has_contract: bool, preprocess: str | None, size: tuple[int, int], threads):
+    from tledge.runtime import load
+
+    options = {} if has_contract else {"preprocess": preprocess}
+    try:
+        return load(path, threads=threads, **options)
+    except ContractError as exc:
+        if has_contract or "dynamic" not in str(exc):
+            raise
+        return load(path, threads=threads, input_size=size, **options)
+
+
+def _failed(path: Path, kind: str, precision: str, n: int, message: str) -> ParityResult:
+    return ParityResult(path.name, kind, precision, n, float("inf"), float("inf"), float("inf"), 0.0, None, None,
+                        False, [message])
+
+
+def check_file(path: Path, has_contract: bool, reference: np.ndarray, inputs: _Inputs, *, labels,
+               thresholds: dict[str, Thresholds], preprocess: str | None, size, threads=None) -> ParityResult:
+    """Load `path`, feed it its own prepared inputs, compare with the reference outputs."""
+    kind = _SUFFIX_KIND.get(path.suffix.lower(), path.suffix)
+    try:
+        model = _load(path, has_contract, preprocess, size, threads)
+        precision = precision_of(model)
+        x = inputs.for_contract(model.contract)
+        start = time.perf_counter()
+        out = np.concatenate([model.predict(x[i:i + 32]) for i in range(0, len(x), 32)])
+        latency = 1000 * (time.perf_counter() - start) / max(1, len(x))
+    except Exception as exc:  # a broken file is a parity failure, reported with the others
+        return _failed(path, kind, "?", len(reference), f"could not run: {exc.__class__.__name__}: {exc}")
+    t = thresholds.get(path.name) or thresholds.get(precision) or Thresholds.for_precision(precision)
+    r = compare(reference, out, file=path.name, format=kind, precision=precision, thresholds=t, labels=labels)
+    r.latency_ms, r.size_bytes = latency, path.stat().st_size
+    return r
 
 
 def parity(reference: str | Path, exported: Sequence[str | Path], images: str | Path, *,
            thresholds: dict[str, Thresholds] | None = None, preprocess: str | None = None,
-           unsafe: bool = False, limit: int = 1000) -> ParityReport:
-    """Run each exported file and the reference on the same prepared images; collect every failure."""
+           unsafe: bool = False, limit: int = 1000, threads: int | None = None) -> ParityReport:
+    """Run each exported file and the reference on the same images, each prepared by its own contract;
+    collect every failure. `preprocess` completes the contract of files without one (and of the
+    reference when nothing else says how it normalises)."""
     from tledge.export import loader
-    from tledge.export.pipeline import load_pixels
     from tledge.metadata import read_contract
 
     files = exported_files(exported)
     contracts = [read_contract(f) for f in files]
     known = [c for c in contracts if c is not None]
-    if not known and preprocess is None:
-        raise ContractError("the exported files carry no tledge contract: pass --preprocess")
     lm = loader.load_model(reference, unsafe=unsafe)
-    base = known[0] if known else None
-    mode = preprocess or (None if lm.baked_mode else base.norm.value)
-    contract, add = loader.resolve_contract(lm, preprocess=mode, input_size=base.size if base else None,
-                                            labels=base.labels if base else ())
+    contract, add = _reference_contract(lm, known[0] if known else None, preprocess)
     serve, _ = loader.trace(lm, contract, add)
-    x, y = load_pixels(images, contract, limit, contract.labels)
-    ref = loader.run_reference(serve, x)
-    rows = [(f, _SUFFIX_KIND.get(f.suffix, f.suffix), precision_of(f, c)) for f, c in zip(files, contracts)]
-    results = check_files(ref, rows, x, labels=y, thresholds=thresholds)
-    return ParityReport(images=len(x), results=results, reference=str(reference))
+    paths, y = _images(images, contract.labels, contract, limit)
+    inputs = _Inputs(paths)
+    ref = loader.run_reference(serve, inputs.for_contract(contract))
+    results = [check_file(f, c is not None, ref, inputs, labels=y, thresholds=thresholds or {},
+                          preprocess=preprocess, size=contract.size, threads=threads)
+               for f, c in zip(files, contracts)]
+    report = ParityReport(images=len(paths), results=results, reference=str(reference))
+    for r in results:
+        named = r.file.rsplit(".", 1)[0].rsplit("_", 1)[-1]
+        if named in PRECISIONS and r.precision not in (named, "?"):
+            report.notes.append(f"{r.file}: named {named}, but its tensors are {r.precision}; checked as "
+                                f"{r.precision}")
+    foreign = [f.name for f, c in zip(files, contracts) if c is None]
+    if foreign:
+        report.notes.append(f"no tledge contract in {', '.join(foreign)}: input inferred from the file"
+                            + (f" with --preprocess {preprocess}" if preprocess else ""))
+    return report

@@ -3,6 +3,7 @@ SavedModel folder, in safe mode, traced once into a function that takes raw pixe
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -39,19 +40,36 @@ def load_model(path: str | Path, *, unsafe: bool = False) -> LoadedModel:
         if not (p / "saved_model.pb").is_file():
             raise ModelLoadError(f"{p} is a folder but not a SavedModel (no saved_model.pb)")
         loaded = _load_saved_model(p)
-    elif p.suffix == ".keras":
+    elif p.suffix.lower() == ".keras":
         _check_magic(p, _ZIP_MAGIC, "a .keras zip archive")
-        loaded = _load_keras(p, unsafe)
-    elif p.suffix in (".h5", ".hdf5"):
+        with _lowercase_suffix(p) as q:  # Keras only knows `.keras` / `.h5` in lower case
+            loaded = _load_keras(q, unsafe)
+    elif p.suffix.lower() in (".h5", ".hdf5"):
         _check_magic(p, _HDF5_MAGIC, "an HDF5 file")
         _refuse_code_in_h5(p, unsafe)
-        loaded = _load_h5(p, unsafe)
+        with _lowercase_suffix(p) as q:
+            loaded = _load_h5(q, unsafe)
     else:
         raise ModelLoadError(f"unsupported model file {p.name}: expected .keras, .h5 or a SavedModel folder")
+    loaded.path = p
     side = p.parent / "tledge.json" if p.is_file() else p / "tledge.json"
     if side.is_file():
         loaded.contract = Contract.load(side)
     return loaded
+
+
+@contextmanager
+def _lowercase_suffix(p: Path):
+    """`p`, or a symlink to it named with a lower-case suffix (MODEL.H5 -> model.h5) while loading."""
+    if p.suffix == p.suffix.lower():
+        yield p
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="tledge-") as d:
+        link = Path(d) / (p.stem + p.suffix.lower())
+        link.symlink_to(p.resolve())
+        yield link
 
 
 def _check_magic(p: Path, magic: bytes, what: str) -> None:

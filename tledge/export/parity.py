@@ -15,37 +15,78 @@ import numpy as np
 
 # the thresholds and their defaults are the file table's (tledge.artifacts)
 from tledge.artifacts import DEFAULT_THRESHOLDS, Thresholds  # noqa: F401
-from tledge.errors import ParityError
+from tledge.errors import ParityError, TledgeError
 
 
 def load_thresholds(path: str | Path) -> dict[str, Thresholds]:
     """A JSON or TOML file: {"int8": {"min_agreement": 0.97}, "model_int8.onnx": {...}} (keys are
-    precisions or file names; values override the defaults)."""
+    precisions or file names; values override the defaults). Raises TledgeError (exit 2) naming the
+    file for a missing or unreadable file, bad syntax, a wrong shape, unknown fields or bad values."""
     p = Path(path)
-    text = p.read_text(encoding="utf-8")
-    if p.suffix == ".toml":
+    if not p.is_file():
+        raise TledgeError(f"--thresholds {p} is a folder; expected a JSON or TOML file" if p.is_dir()
+                          else f"--thresholds {p}: file not found")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TledgeError(f"--thresholds {p}: cannot read it ({exc.__class__.__name__}: {exc})") from None
+    raw = _parse_thresholds_text(p, text)
+    try:
+        return thresholds_from_dict(raw)
+    except TledgeError as exc:
+        raise TledgeError(f"--thresholds {p}: {exc}") from None
+
+
+def _parse_thresholds_text(p: Path, text: str) -> dict:
+    if p.suffix.lower() == ".toml":
         try:
             import tomllib
         except ImportError:  # Python < 3.11
-            raise ParityError(f"{p.name}: TOML thresholds need Python 3.11+; use a .json file") from None
-        raw = tomllib.loads(text)
-    else:
-        raw = json.loads(text)
-    return thresholds_from_dict(raw)
+            raise TledgeError(f"--thresholds {p}: TOML thresholds need Python 3.11+; use a .json file") from None
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise TledgeError(f"--thresholds {p}: not valid TOML ({exc})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TledgeError(f"--thresholds {p}: not valid JSON ({exc}); TOML files need a .toml name") from None
+
+
+_RANGES = {"max_abs": (0.0, None), "min_agreement": (0.0, 1.0), "max_accuracy_drop": (0.0, 1.0)}
+
+
+def _check_value(key: str, name: str, value) -> None:
+    if value is None and name != "min_agreement":  # None switches a check off
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TledgeError(f"{key}.{name} must be a number, got {value!r}")
+    lo, hi = _RANGES[name]
+    if not (value >= lo and (hi is None or value <= hi)):  # also refuses NaN
+        raise TledgeError(f"{key}.{name} must be in [{lo:g}, {'inf' if hi is None else f'{hi:g}'}], got {value!r}")
 
 
 def thresholds_from_dict(raw: dict) -> dict[str, Thresholds]:
     """{"int8": {"min_agreement": 0.97}, "model_int8.onnx": {...}} -> Thresholds per key. A key that
-    is a file name (model_<precision>.<ext>) starts from its precision's defaults."""
+    is a file name (model_<precision>.<ext>) starts from its precision's defaults. Raises TledgeError
+    for a wrong shape, unknown fields and out-of-range values."""
+    if not isinstance(raw, dict):
+        raise TledgeError(f"thresholds must be a table of precision or file name -> fields, got "
+                          f"{type(raw).__name__}")
     out = {}
     for key, vals in raw.items():
         if isinstance(vals, Thresholds):
             out[key] = vals
             continue
+        if not isinstance(vals, dict):
+            raise TledgeError(f"thresholds for {key!r} must be a table of fields "
+                              f"({', '.join(Thresholds.__dataclass_fields__)}), got {vals!r}")
         unknown = set(vals) - set(Thresholds.__dataclass_fields__)
         if unknown:
-            raise ParityError(f"thresholds for {key!r}: unknown field(s) {sorted(unknown)}; "
+            raise TledgeError(f"thresholds for {key!r}: unknown field(s) {sorted(unknown)}; "
                               f"known: {', '.join(Thresholds.__dataclass_fields__)}")
+        for name, value in vals.items():
+            _check_value(key, name, value)
         m = re.fullmatch(r"model_(\w+)\.\w+", key)
         base = DEFAULT_THRESHOLDS.get(key) or DEFAULT_THRESHOLDS.get(m.group(1) if m else "", Thresholds())
         out[key] = replace(base, **vals)

@@ -39,6 +39,7 @@ class ExportConfig:
     int8_only: bool = False  # the target runs int8 only (Edge TPU): no float layers, no fallback
     pairs: tuple[tuple[str, str], ...] = ()  # (kind, precision) files of a device profile: replaces the flags
     compile_edgetpu: bool = False  # run edgetpu_compiler on the int8 TFLite file (when it is installed)
+    force: bool = False  # --preprocess auto: export even when the best mode scores near chance
 
 
 @dataclass

@@ -134,6 +134,10 @@ class ExportFolder:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if isinstance(exc, OSError):  # name the folder the user asked for, not the staging one
+            for attr in ("filename", "filename2"):
+                if getattr(exc, attr, None):
+                    setattr(exc, attr, str(getattr(exc, attr)).replace(str(self.staging), str(self.out)))
         shutil.rmtree(self.staging, ignore_errors=True)
         if self._lock is not None:
             self._lock.release()

@@ -49,6 +49,11 @@ class EdgeModel:
             self._in_quant = None  # prepared raw pixels are the tensor's values already
         self._out_quant = backend.out.quant
         self._lut = _lookup_table(contract, inp, self._in_quant)
+        batch = inp.shape[0] if inp.shape else -1
+        self.fixed_batch = int(batch) if isinstance(batch, int) and batch > 0 else None
+        if self.fixed_batch and self.fixed_batch > 1:
+            self.load_info.notes.append(f"the file takes batches of exactly {self.fixed_batch} images: "
+                                        "smaller batches are padded, larger ones split")
 
     @property
     def format(self) -> str:
@@ -98,6 +103,12 @@ class EdgeModel:
         """Backend-ready inputs (from `to_input`, with a batch axis) -> float32 outputs."""
         if x.ndim == 3:
             x = x[None]
+        b = self.fixed_batch
+        if b is not None and 0 < len(x) != b:  # a fixed-batch file: pad the last chunk, drop its outputs
+            n = len(x)
+            if n % b:
+                x = np.concatenate([x, np.zeros((b - n % b,) + x.shape[1:], x.dtype)])
+            return np.concatenate([self.run_inputs(x[i:i + b]) for i in range(0, len(x), b)])[:n]
         y = self.backend.run(x if x.flags.c_contiguous else np.ascontiguousarray(x))
         if self._out_quant is not None:
             return self._out_quant.dequantize(y)

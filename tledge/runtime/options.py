@@ -4,16 +4,45 @@ Imports nothing heavy (the CLI builds every subcommand's parser at start-up).
 """
 from __future__ import annotations
 
+import os
+
 from tledge.errors import TledgeError
+
+
+MAX_SIDE = 4096  # larger inputs are a typo, not a classifier
 
 
 def input_size(text: str) -> tuple[int, int]:
     parts = text.lower().replace(",", "x").split("x")
     try:
+        if len(parts) > 2:
+            raise ValueError
         h, w = int(parts[0]), int(parts[-1])
     except ValueError:
         raise TledgeError(f"--input-size wants HxW or N, got {text!r}") from None
+    if min(h, w) < 1 or max(h, w) > MAX_SIDE:
+        raise TledgeError(f"--input-size {text}: each side must be 1..{MAX_SIDE} pixels")
     return h, w
+
+
+def check_model_options(args) -> None:
+    """Ranges and files of the options above, before anything is loaded (TledgeError, exit 2)."""
+    from tledge.cli import validate as V
+
+    V.in_range(args.threads, "--threads", 1, 1024)
+    for lib in args.delegate or ():
+        if os.sep in lib and not os.path.isfile(lib):
+            raise TledgeError(f"--delegate {lib}: file not found")
+    if not hasattr(args, "preprocess"):
+        return
+    if args.labels:
+        V.labels_file(args.labels)
+    V.preprocess(args.preprocess)
+    V.numbers(args.mean, "--mean")
+    V.numbers(args.std, "--std", positive=True)
+    V.in_range(args.crop, "--crop", 0.0, 1.0, lo_open=True)
+    if args.input_size:
+        input_size(args.input_size)
 
 
 def add_model_options(p, *, foreign: bool = True) -> None:

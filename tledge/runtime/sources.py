@@ -272,10 +272,13 @@ class _PiCamera:
 def open_source(spec: str | Path, *, retries: int = 5, backoff: float = 1.0,
                 on_event: Callable[[str], None] | None = _stderr, opener: Callable | None = None) -> Source:
     """An image file, a folder (recursive), a glob, a video file, a camera index (or /dev/videoN), an
-    RTSP/HTTP URL, a GStreamer pipeline (contains '!') or `picamera2`. `opener` replaces the capture
+    RTSP/HTTP URL, a GStreamer pipeline (contains '!') or `picamera2`. An existing file or folder
+    always wins (a folder named `2024`, a photo with `!` in its name). `opener` replaces the capture
     factory of live sources (for tests and custom cameras)."""
     s = str(spec).strip()
     live = dict(retries=retries, backoff=backoff, on_event=on_event)
+    if Path(s).expanduser().exists() and not s.startswith("/dev/video"):
+        return _file_source(s, on_event)  # an existing file or folder wins: `2024/`, `a!b.jpg`, `picamera2/`
     if s == "picamera2":
         return LiveSource("picamera2", opener or _picamera_opener(), **live)
     if re.fullmatch(r"\d+|/dev/video\d+", s):

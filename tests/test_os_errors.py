@@ -1,0 +1,169 @@
+"""Output paths the OS refuses (issue 10, part 4): read-only file systems, a full disk, files where
+folders are expected, errors half way through an export. Exit 2, one line naming the path, nothing
+half-written; exit 1 stays for parity failures and lost live sources only.
+
+Read-only and full file systems are real: a small tmpfs mounted for the test when this process may
+mount (root in a container); otherwise a folder without write permission stands for the read-only
+case and the full-disk case is skipped.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_bad_inputs import bundle, h5, images, snapshot, tfl
+
+from tledge.cli import main
+
+
+def _mount_tmpfs(where: Path, options: str) -> bool:
+    where.mkdir()
+    if os.geteuid() != 0:
+        return False
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tledge-test", str(where)], capture_output=True)
+    return r.returncode == 0
+
+
+def _umount(where: Path) -> None:
+    subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@pytest.fixture
+def readonly_dir(tmp_path):
+    """A folder nothing can be created in: a read-only tmpfs, or (not root) a 0555 folder."""
+    ro = tmp_path / "ro"
+    if _mount_tmpfs(ro, "ro,size=64k"):
+        yield ro, "read-only file system"
+        _umount(ro)
+        return
+    if os.geteuid() == 0:
+        pytest.skip("root without mount permission: cannot build a read-only folder")
+    ro.chmod(0o555)
+    yield ro, "permission denied"
+    ro.chmod(0o755)
+
+
+@pytest.fixture
+def full_dir(tmp_path):
+    """A tmpfs of 256 KiB filled to the last byte."""
+    full = tmp_path / "full"
+    if not _mount_tmpfs(full, "size=256k"):
+        pytest.skip("cannot mount a small tmpfs here (needs root): no real full disk to test with")
+    try:
+        with open(full / "filler", "wb") as fh:
+            while True:
+                fh.write(b"\0" * 4096)
+                fh.flush()
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    yield full
+    _umount(full)
+
+
+def _argv(kind: str, t: Path, target: Path) -> list[str]:
+    return {
+        "export --out": lambda: ["export", h5(t), "--val", images(t), "--out", str(target / "out")],
+        "run --csv": lambda: ["run", tfl(t), "--source", images(t), "--csv", str(target / "r.csv")],
+        "run --save folder": lambda: ["run", tfl(t), "--source", images(t), "--save", str(target / "frames")],
+        "run --save video": lambda: ["run", tfl(t), "--source", images(t), "--save", str(target / "v.mp4")],
+        "parity --junit": lambda: ["parity", h5(t), tfl(t), "--images", images(t), "--junit", str(target / "j.xml")],
+        "bundle --out": lambda: bundle(t, "--device", "rpi4", "--out", str(target / "b.tar.gz")),
+        "train --out": lambda: ["train", images(t), "--out", str(target / "run")],
+        "demo --out": lambda: ["demo", "--out", str(target / "demo")],
+    }[kind]()
+
+
+KINDS = ["export --out", "run --csv", "run --save folder", "run --save video", "parity --junit", "bundle --out",
+         "train --out", "demo --out"]
+
+
+def _one_error_line(capsys, verb: str) -> str:
+    cap = capsys.readouterr()
+    lines = [ln for ln in cap.err.splitlines() if ln.strip()]
+    assert "Traceback" not in cap.err and len(lines) == 1, cap.err
+    assert lines[0].startswith(f"tledge {verb}: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_read_only_output_location(kind, readonly_dir, tmp_path, capsys):
+    ro, reason = readonly_dir
+    argv = _argv(kind, tmp_path, ro)
+    before = snapshot(tmp_path)
+    assert main(argv) == 2
+    line = _one_error_line(capsys, argv[0])
+    assert reason in line and str(ro) in line, line
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_full_disk_is_refused_before_loading(kind, full_dir, tmp_path, capsys):
+    argv = _argv(kind, tmp_path, full_dir)
+    before = snapshot(tmp_path)
+    assert main(argv) == 2
+    line = _one_error_line(capsys, argv[0])
+    assert "no space left on the device" in line and str(full_dir) in line, line
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("kind", ["export --out", "run --csv", "parity --junit", "bundle --out"])
+def test_output_under_proc_is_refused(kind, tmp_path, capsys):
+    argv = _argv(kind, tmp_path, Path("/proc/tledge-test"))
+    assert main(argv) == 2
+    assert "is under /proc" in _one_error_line(capsys, argv[0])
+
+
+def test_an_os_error_escaping_a_verb_is_one_line_exit_2(monkeypatch, capsys):
+    """Whatever OSError gets past the checks (a disk failing later) is mapped, never a traceback."""
+    import tledge.cli.info as info
+
+    def boom(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/out/model_fp32.tflite")
+
+    monkeypatch.setattr(info, "run", boom)
+    assert main(["info", "whatever.tflite"]) == 2
+    line = _one_error_line(capsys, "info")
+    assert line == "tledge info: error: /data/out/model_fp32.tflite: no space left on the device"
+
+
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EISDIR])
+def test_disk_failing_half_way_through_an_export_leaves_no_half_folder(error, tiny_model, shapes_dataset, tmp_path,
+                                                                     monkeypatch, capsys):
+    """The files are converted, then writing parity.md fails as on a disk that just filled up."""
+    pytest.importorskip("tensorflow")
+    from tledge.export.parity import ParityReport
+
+    def fail(self, folder):
+        (Path(folder) / "parity.json").write_text("{")  # a first byte made it to disk
+        raise OSError(error, os.strerror(error), str(Path(folder) / "parity.md"))
+
+    monkeypatch.setattr(ParityReport, "write", fail)
+    out = tmp_path / "exp"
+    (tmp_path / "labels.txt").write_text("circle\nhstripes\nvstripes\n")
+    before = snapshot(tmp_path)
+    rc = main(["export", str(tiny_model["keras"]), "--formats", "tflite", "--val", str(shapes_dataset / "val"),
+               "--labels", str(tmp_path / "labels.txt"), "--out", str(out)])
+    assert rc == 2
+    line = _one_error_line(capsys, "export")
+    reason = {errno.ENOSPC: "no space left on the device", errno.EROFS: "read-only file system",
+              errno.EACCES: "permission denied", errno.EISDIR: "is a folder, not a file"}[error]
+    assert line == f"tledge export: error: {out / 'parity.md'}: {reason}"
+    assert not out.exists()
+    assert snapshot(tmp_path) == before  # no staging folder left either
+
+
+def test_export_into_an_existing_folder_keeps_other_files_and_replaces_its_own(tiny_model, shapes_dataset, tmp_path):
+    pytest.importorskip("tensorflow")
+    out = tmp_path / "exp"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "model_fp32.tflite").write_bytes(b"stale")
+    rc = main(["export", str(tiny_model["keras"]), "--formats", "tflite", "--val", str(shapes_dataset / "val"),
+               "--out", str(out)])
+    assert rc == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "model_fp32.tflite").read_bytes()[4:8] == b"TFL3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]  # the staging folder is gone

@@ -1,0 +1,335 @@
+"""Checks of paths and options that every subcommand runs before loading anything, and OS errors
+turned into one clear line. No TensorFlow, no model code: only the standard library.
+
+Each check raises TledgeError (exit code 2) naming the option and the value it refused.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import zipfile
+from pathlib import Path
+from typing import Sequence
+
+from tledge.errors import TledgeError
+
+MAX_SIDE = 4096  # --input-size / --size: larger inputs are a typo, not a classifier
+MIN_FREE_BYTES = 1 << 20  # an output folder on a device with less free space than this is full
+PSEUDO_FS = ("/proc", "/sys", "/dev")  # never write outputs here
+
+# errno -> what it means for the user (the path is added by os_error_message)
+OS_REASONS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EISDIR: "is a folder, not a file",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.ENOENT: "no such file or folder",
+    errno.EEXIST: "already exists",
+    errno.ENAMETOOLONG: "file name too long",
+    errno.ELOOP: "too many levels of symbolic links",
+    errno.EFBIG: "file too large for this file system",
+    errno.EMFILE: "too many open files",
+    errno.EIO: "input/output error (failing disk or network file system?)",
+    errno.ENXIO: "no such device",
+}
+
+
+def os_error_message(exc: OSError, what: str | None = None) -> str:
+    """'WHAT PATH: reason' for an OSError, without the Python decoration."""
+    reason = OS_REASONS.get(exc.errno) or (exc.strerror or str(exc)).strip()
+    where = exc.filename if exc.filename is not None else ""
+    if exc.filename2 is not None:
+        where = f"{where} -> {exc.filename2}"
+    head = " ".join(str(s) for s in (what, where) if s)
+    return f"{head}: {reason}" if head else reason
+
+
+def _label(flag: str, path) -> str:
+    return f"{flag} {path}" if flag else str(path)
+
+
+# ---- inputs ------------------------------------------------------------------------------------------
+
+def input_file(path, flag: str, *, suffixes: Sequence[str] | None = None, what: str = "file") -> Path:
+    """An existing, readable, non-empty regular file (with one of `suffixes`, case-insensitive)."""
+    p = Path(str(path)).expanduser()
+    if not p.exists():
+        raise TledgeError(f"{_label(flag, p)}: {what} not found")
+    if p.is_dir():
+        raise TledgeError(f"{_label(flag, p)} is a folder; expected a {what}")
+    if not p.is_file():
+        raise TledgeError(f"{_label(flag, p)} is not a regular file")
+    if suffixes and p.suffix.lower() not in suffixes:
+        raise TledgeError(f"{_label(flag, p)}: unsupported file type {p.suffix or '(none)'!r}; "
+                          f"expected {', '.join(suffixes)}")
+    try:
+        with open(p, "rb") as fh:
+            empty = not fh.read(1)
+    except OSError as exc:
+        raise TledgeError(os_error_message(exc, flag or None)) from None
+    if empty:
+        raise TledgeError(f"{_label(flag, p)} is empty (0 bytes)")
+    return p
+
+
+def input_dir(path, flag: str, *, what: str = "folder") -> Path:
+    p = Path(str(path)).expanduser()
+    if not p.exists():
+        raise TledgeError(f"{_label(flag, p)}: {what} not found")
+    if not p.is_dir():
+        raise TledgeError(f"{_label(flag, p)} is a file; expected a {what}")
+    if not os.access(p, os.R_OK | os.X_OK):
+        raise TledgeError(f"{_label(flag, p)}: permission denied")
+    return p
+
+
+def keras_model(path, flag: str = "MODEL") -> Path:
+    """A .keras / .h5 / .hdf5 file (any case) or a SavedModel folder, checked without loading it."""
+    p = Path(str(path)).expanduser()
+    if p.is_dir():
+        if not (p / "saved_model.pb").is_file():
+            raise TledgeError(f"{_label(flag, p)} is a folder but not a SavedModel (no saved_model.pb)")
+        return p
+    p = input_file(p, flag, suffixes=(".keras", ".h5", ".hdf5"), what="model file")
+    if p.suffix.lower() == ".keras":
+        _check_zip(p, flag)
+    elif _head(p, 8) != b"\x89HDF\r\n\x1a\n":
+        raise TledgeError(f"{_label(flag, p)} is not an HDF5 file (wrong file type or corrupt)")
+    return p
+
+
+def _head(p: Path, n: int) -> bytes:
+    with open(p, "rb") as fh:
+        return fh.read(n)
+
+
+def _check_zip(p: Path, flag: str) -> None:
+    """A .keras file is a zip archive: a truncated one has no central directory."""
+    try:
+        with zipfile.ZipFile(p) as zf:
+            names = set(zf.namelist())
+    except zipfile.BadZipFile:
+        what = "truncated or corrupt" if _head(p, 4) == b"PK\x03\x04" else "not a .keras (zip) archive"
+        raise TledgeError(f"{_label(flag, p)} is {what}: cannot read it as a .keras archive") from None
+    if "config.json" not in names:
+        raise TledgeError(f"{_label(flag, p)} is a zip archive without config.json: not a .keras model")
+
+
+def edge_model(path, flag: str = "MODEL") -> Path:
+    """A .tflite / .onnx file (any case), checked without opening it."""
+    return input_file(path, flag, suffixes=(".tflite", ".onnx"), what="model file")
+
+
+def edge_model_or_export(path, flag: str = "MODEL", what: str = "tledge run") -> Path:
+    """A .tflite / .onnx file, or an export folder with its manifest (checked without loading anything)."""
+    p = Path(str(path)).expanduser()
+    if p.is_dir():
+        from tledge import artifacts
+
+        artifacts.require(p, what)
+        return p
+    return edge_model(p, flag)
+
+
+def edge_models(paths: Sequence, flag: str = "MODEL") -> list[Path]:
+    """Files or export folders holding .tflite / .onnx files."""
+    out = []
+    for path in paths:
+        p = Path(str(path)).expanduser()
+        if p.is_dir():
+            if not any(f.suffix.lower() in (".tflite", ".onnx") for f in p.iterdir() if f.is_file()):
+                raise TledgeError(f"{_label(flag, p)}: no .tflite or .onnx files in this folder")
+            out.append(p)
+        else:
+            out.append(edge_model(p, flag))
+    return out
+
+
+def labels_file(path, flag: str = "--labels") -> tuple[str, ...]:
+    from tledge.contract import read_labels
+
+    input_file(path, flag, what="labels file")
+    try:
+        return read_labels(path)
+    except TledgeError as exc:
+        raise TledgeError(f"{flag}: {exc}") from None
+
+
+# ---- outputs -----------------------------------------------------------------------------------------
+
+def _existing_ancestor(p: Path) -> Path:
+    q = p
+    while not q.exists():
+        if q.parent == q:
+            break
+        q = q.parent
+    return q
+
+
+def _refuse_pseudo(p: Path, flag: str) -> None:
+    resolved = p.resolve()
+    for root in PSEUDO_FS:
+        if resolved == Path(root) or Path(root) in resolved.parents:
+            raise TledgeError(f"{_label(flag, p)} is under {root}, a system pseudo file system: "
+                              "choose a normal folder")
+
+
+def _probe(folder: Path, flag: str, target: Path) -> None:
+    """Can files be created in the nearest existing folder? Read-only file systems, permissions and a
+    full disk show up now, without writing anything."""
+    try:
+        st = os.statvfs(folder)
+    except OSError as exc:
+        exc.filename = str(target)
+        raise TledgeError(os_error_message(exc, flag or None)) from None
+    if st.f_flag & os.ST_RDONLY:
+        raise TledgeError(f"{_label(flag, target)}: {OS_REASONS[errno.EROFS]} ({folder})")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise TledgeError(f"{_label(flag, target)}: {OS_REASONS[errno.EACCES]} (cannot create files in {folder})")
+    if st.f_bavail * st.f_frsize < MIN_FREE_BYTES:
+        raise TledgeError(f"{_label(flag, target)}: {OS_REASONS[errno.ENOSPC]} "
+                          f"({st.f_bavail * st.f_frsize} bytes free in {folder})")
+
+
+def _writable_parent(p: Path, flag: str) -> None:
+    _refuse_pseudo(p, flag)
+    anc = _existing_ancestor(p.parent)
+    if not anc.is_dir():
+        raise TledgeError(f"{_label(flag, p)}: {anc} is a file, not a folder")
+    _probe(anc, flag, p)
+
+
+def output_file(path, flag: str, *, suffixes: Sequence[str] | None = None) -> Path:
+    """A file to write (atomically): not a folder, not a device or pipe, in a writable folder."""
+    p = Path(str(path)).expanduser()
+    if str(path).endswith(("/", os.sep)) or p.is_dir():
+        raise TledgeError(f"{_label(flag, p)} is a folder; expected a file name")
+    if p.exists() and not p.is_file():
+        raise TledgeError(f"{_label(flag, p)} exists and is not a regular file")
+    if suffixes and not p.name.lower().endswith(tuple(suffixes)):
+        raise TledgeError(f"{_label(flag, p)}: expected a name ending in {', '.join(suffixes)}")
+    _writable_parent(p, flag)
+    return p
+
+
+def output_dir(path, flag: str) -> Path:
+    """A folder to create or fill: not a file, in a writable place with some free space."""
+    p = Path(str(path)).expanduser()
+    if p.exists() and not p.is_dir():
+        raise TledgeError(f"{_label(flag, p)} is a file; expected a folder")
+    _refuse_pseudo(p, flag)
+    anc = _existing_ancestor(p)
+    if not anc.is_dir():
+        raise TledgeError(f"{_label(flag, p)}: {anc} is a file, not a folder")
+    _probe(anc, flag, p)
+    return p
+
+
+# ---- numbers -----------------------------------------------------------------------------------------
+
+def _num(v) -> str:
+    return str(v) if isinstance(v, int) else f"{v:g}"
+
+
+def in_range(value, flag: str, lo=None, hi=None, *, lo_open: bool = False):
+    """`value` (when given) within [lo, hi] (lo excluded with lo_open); returns it."""
+    if value is None:
+        return None
+    low_bad = lo is not None and (value <= lo if lo_open else value < lo)
+    if low_bad or (hi is not None and value > hi) or value != value:  # NaN
+        if lo is not None and hi is not None:
+            want = f"in {'(' if lo_open else '['}{_num(lo)}, {_num(hi)}]"
+        elif lo is not None:
+            want = f"{'>' if lo_open else '>='} {_num(lo)}"
+        else:
+            want = f"<= {_num(hi)}"
+        raise TledgeError(f"{flag} must be {want}, got {_num(value)}")
+    return value
+
+
+def size(text: str | None, flag: str = "--input-size") -> tuple[int, int] | None:
+    """'HxW' or 'N' -> (h, w), each 1..MAX_SIDE."""
+    if text is None:
+        return None
+    parts = str(text).lower().replace(",", "x").split("x")
+    try:
+        if len(parts) > 2:
+            raise ValueError
+        h, w = int(parts[0]), int(parts[-1])
+    except ValueError:
+        raise TledgeError(f"{flag} wants HxW or N, got {text!r}") from None
+    if min(h, w) < 1 or max(h, w) > MAX_SIDE:
+        raise TledgeError(f"{flag} {text}: each side must be 1..{MAX_SIDE} pixels")
+    return h, w
+
+
+def numbers(text: str | None, flag: str, *, positive: bool = False) -> tuple[float, ...] | None:
+    """'1,2,3' or '1 2 3' -> floats (1 or 3 values)."""
+    if text is None:
+        return None
+    try:
+        vals = tuple(float(x) for x in str(text).replace(",", " ").split())
+    except ValueError:
+        raise TledgeError(f"{flag} wants 1 or 3 numbers, got {text!r}") from None
+    if len(vals) not in (1, 3) or any(v != v or abs(v) == float("inf") for v in vals):
+        raise TledgeError(f"{flag} wants 1 or 3 finite numbers, got {text!r}")
+    if positive and any(v <= 0 for v in vals):
+        raise TledgeError(f"{flag} values must be > 0, got {text!r}")
+    return vals
+
+
+def preprocess(name: str | None, flag: str = "--preprocess", *, allow_auto: bool = False) -> str | None:
+    if name is None or (allow_auto and name == "auto"):
+        return name
+    from tledge.backbones import preprocess_mode_for
+
+    try:
+        preprocess_mode_for(name)
+    except TledgeError as exc:
+        raise TledgeError(f"{flag}: {str(exc).split('. ')[0]}") from None
+    return name
+
+
+# ---- labels of a model made elsewhere ------------------------------------------------------------------
+
+def _own_labels(model: Path) -> tuple[tuple[str, ...], str]:
+    """The labels a model brings: its tledge.json, else a labels.txt beside it."""
+    from tledge.contract import Contract, read_labels
+
+    folder = model if model.is_dir() else model.parent
+    if (folder / "tledge.json").is_file():
+        labels = Contract.load(folder / "tledge.json").labels
+        if labels:
+            return labels, str(folder / "tledge.json")
+    if (folder / "labels.txt").is_file():
+        return read_labels(folder / "labels.txt"), str(folder / "labels.txt")
+    return (), ""
+
+
+def export_labels(model, labels: str | None, folders: dict[str, str | None], note) -> str | None:
+    """The labels file `tledge export` should use. --labels wins; else the model's own labels.txt.
+    Class-folder names that contradict the model's own labels are refused; a model with no labels of
+    its own gets the folder names, and `note` says so."""
+    from tledge.images import class_folders
+
+    if labels:
+        return labels
+    own, where = _own_labels(Path(str(model)))
+    for flag, folder in folders.items():
+        if not folder or folder == "random" or not Path(folder).is_dir():
+            continue
+        names = tuple(n for n, files in class_folders(folder) if files)
+        if len(names) < 2:
+            continue
+        if own and not set(names) <= set(own):
+            raise TledgeError(f"the class folders of {flag} {folder} ({', '.join(names)}) are not the model's own "
+                              f"labels ({', '.join(own[:6])}{', ...' if len(own) > 6 else ''} in {where}): pass "
+                              "--labels FILE to say what the outputs mean, or rename the folders")
+        if not own:
+            note(f"the model has no labels of its own: its outputs are named after the class folders of {flag} "
+                 f"({', '.join(names)}); pass --labels FILE if they mean something else")
+        break
+    return where if where.endswith("labels.txt") else None
