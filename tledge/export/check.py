@@ -49,11 +49,16 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
     lm = loader.load_model(reference, unsafe=unsafe)
     base = known[0] if known else None
     mode = preprocess or (None if lm.baked_mode else base.norm.value)
-    contract, add = loader.resolve_contract(lm, preprocess=mode, input_size=base.size if base else None,
-                                            labels=base.labels if base else ())
+    embedded = "the exported files' embedded contract"
+    contract, add = loader.resolve_contract(lm, preprocess=mode, input_size=None,
+                                            labels=base.labels if base else (), labels_from=embedded,
+                                            preprocess_from="--preprocess" if preprocess else embedded,
+                                            base=base, base_from=embedded)
     serve, _ = loader.trace(lm, contract, add)
     x, y = load_pixels(images, contract, limit, contract.labels)
     ref = loader.run_reference(serve, x)
     rows = [(f, _SUFFIX_KIND.get(f.suffix, f.suffix), precision_of(f, c)) for f, c in zip(files, contracts)]
     results = check_files(ref, rows, x, labels=y, thresholds=thresholds)
-    return ParityReport(images=len(x), results=results, reference=str(reference))
+    report = ParityReport(images=len(x), results=results, reference=str(reference))
+    report.notes += loader.report_notes(lm)
+    return report
