@@ -222,3 +222,43 @@ def test_tledge_objects_table_matches_the_registered_layers():
 def test_configs_that_are_not_plain_json_objects_are_refused(text, why):
     with pytest.raises(ModelLoadError, match=why):
         kerasconfig.parse(text, "m.h5")
+
+
+# ---- SavedModel: TF ops, not Python; ops that act outside the model need --unsafe ----------------
+
+def _saved_model(folder: Path, marker: Path | None):
+    import tensorflow as tf
+
+    class M(tf.Module):
+        def __init__(self):
+            self.w = tf.Variable(tf.ones([3, 3]))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32)])
+        def serve(self, x):
+            if marker is not None:
+                tf.io.write_file(str(marker), "ran")
+            return {"probs": tf.nn.softmax(tf.reduce_mean(x, [1, 2]) @ self.w)}
+
+    m = M()
+    tf.saved_model.save(m, str(folder), signatures={"serving_default": m.serve})
+    return folder
+
+
+def test_saved_model_that_writes_files_is_refused(tmp_path, shapes_dataset, capsys):
+    from tledge.export import savedmodel
+
+    marker = tmp_path / "MARKER"
+    bad = _saved_model(tmp_path / "bad", marker)
+    with pytest.raises(ModelLoadError, match=r"bad: op .*\(WriteFile\) writes a file.*--unsafe"):
+        loader.load_model(bad)
+    rc = main(["export", str(bad), "--preprocess", "raw", "--formats", "tflite",
+               "--val", str(shapes_dataset / "val"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "WriteFile" in err and not (tmp_path / "o").exists()
+    assert not marker.exists()
+    lm = loader.load_model(bad, unsafe=True)
+    lm.model(np.zeros((1, 8, 8, 3), np.float32))
+    assert marker.exists()  # it does write when run: allowed with --unsafe
+    good = _saved_model(tmp_path / "good", None)
+    assert savedmodel.find_acting_ops(good) == []  # its checkpoint save function is not on the serving path
+    assert loader.load_model(good).num_outputs == 3

@@ -60,7 +60,7 @@ def load_model(path: str | Path, *, unsafe: bool = False) -> LoadedModel:
     if p.is_dir():
         if not (p / "saved_model.pb").is_file():
             raise ModelLoadError(f"{p} is a folder but not a SavedModel (no saved_model.pb)")
-        loaded = _load_saved_model(p)
+        loaded = _load_saved_model(p, unsafe)
     elif p.suffix == ".keras":
         _check_magic(p, _ZIP_MAGIC, "a .keras zip archive")
         _refuse_code(p, kerasconfig.read_keras_config(p), unsafe)
@@ -147,8 +147,14 @@ def _load_h5(p: Path, config: dict, unsafe: bool, *, allow_tf_keras: bool) -> Lo
     return lm
 
 
-def _load_saved_model(p: Path) -> LoadedModel:
+def _load_saved_model(p: Path, unsafe: bool) -> LoadedModel:
+    """TF ops, not Python; ops that act outside the model (write files, call Python) need unsafe."""
+    from tledge.export import savedmodel
+
     tf = require("tensorflow", extra="export")
+    found = savedmodel.find_acting_ops(p)
+    if found and not unsafe:
+        raise ModelLoadError(savedmodel.refusal(p, found))
     try:
         obj = tf.saved_model.load(str(p))
     except Exception as exc:
