@@ -10,6 +10,7 @@ import pytest
 from conftest import shared_asset
 from tledge.cli import main
 from tledge.contract import Contract
+from tledge.errors import ModelLoadError
 from tledge.export import keras2, kerasconfig, loader
 
 tf_keras = pytest.importorskip("tf_keras")
@@ -78,7 +79,7 @@ def test_teachable_machine_like_h5_loads_as_keras3(tm_files, variant):
     import keras
 
     path = tm_files[variant]
-    with pytest.raises(Exception):  # as saved, Keras 3 refuses it: the translation is what loads it
+    with pytest.raises((TypeError, ValueError)):  # as saved, Keras 3 refuses it: the translation loads it
         keras.saving.load_model(path, compile=False)
     lm = loader.load_model(path)
     assert lm.kind == "keras_translated" and lm.is_keras3 and isinstance(lm.model, keras.Model)
@@ -153,3 +154,22 @@ def test_real_keras28_mobilenet_matches_tf_keras():
     assert (ours.argmax(1) == theirs.argmax(1)).all() and ours.max(1).mean() > 0.3  # confident, not flat
     truth = [int(f.parent.name.split("_", 1)[0]) for f in files]
     assert np.mean(ours.argmax(1) == truth) >= 0.375  # 0.655 top-1 on the whole set
+
+
+def test_layers_keras3_lacks_fall_back_to_tf_keras_after_the_walk(tmp_path, monkeypatch):
+    """ThresholdedReLU is gone from Keras 3: tf_keras loads the (code-free) file as the last resort."""
+    L = tf_keras.layers
+    tf_keras.utils.set_random_seed(0)
+    inp = tf_keras.Input((8, 8, 3))
+    out = L.Dense(3, activation="softmax")(L.GlobalAveragePooling2D()(L.ThresholdedReLU(0.1)(L.Conv2D(4, 3)(inp))))
+    tf_keras.Model(inp, out).save(tmp_path / "old.h5")
+    lm = loader.load_model(tmp_path / "old.h5")
+    assert lm.kind == "tf_keras" and not lm.is_keras3 and "ThresholdedReLU" in lm.notes[0]
+
+    # a file the walk flags never reaches a loader, tf_keras least of all
+    calls = []
+    monkeypatch.setattr(tf_keras.models, "load_model", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(kerasconfig, "find_code", lambda cfg: [kerasconfig.Finding("m > x", "X", "test")])
+    with pytest.raises(ModelLoadError, match="layer m > x"):
+        loader.load_model(tmp_path / "old.h5")
+    assert calls == []

@@ -15,7 +15,7 @@ import pytest
 
 from tledge.cli import main
 from tledge.errors import ModelLoadError
-from tledge.export import kerasconfig, keras2, loader
+from tledge.export import kerasconfig, loader
 
 tf_keras = pytest.importorskip("tf_keras")
 h5py = pytest.importorskip("h5py")
@@ -87,8 +87,8 @@ def _bidirectional(tmp, marker):
     """Bidirectional(LSTM) whose backward layer is swapped for the Lambda of another file."""
     lam = _plain(tmp, marker)
     with h5py.File(lam, "r") as f:
-        lambda_cfg = [l for l in json.loads(f.attrs["model_config"])["config"]["layers"]
-                      if l["class_name"] == "Lambda"][0]
+        lambda_cfg = [entry for entry in json.loads(f.attrs["model_config"])["config"]["layers"]
+                      if entry["class_name"] == "Lambda"][0]
     inp = tf_keras.Input((8, 8, 3))
     x = tf_keras.layers.Reshape((8, 24))(inp)
     x = tf_keras.layers.Bidirectional(tf_keras.layers.LSTM(2), name="bi")(x)
@@ -96,7 +96,7 @@ def _bidirectional(tmp, marker):
     tf_keras.Model(inp, tf_keras.layers.Dense(2)(x)).save(p)
 
     def swap(cfg):
-        bi = [l for l in cfg["config"]["layers"] if l["class_name"] == "Bidirectional"][0]
+        bi = [entry for entry in cfg["config"]["layers"] if entry["class_name"] == "Bidirectional"][0]
         bi["config"]["backward_layer"] = {k: lambda_cfg[k] for k in ("class_name", "config")}
 
     _rewrite_config(p, edit=swap, text=lambda c: json.dumps(c, separators=(",", ":")))
@@ -182,7 +182,8 @@ def _layer(cls, name, **extra):
     ({"module": "mypkg.layers", "class_name": "Mine", "config": {"name": "mine"}}, "mine"),
     ({"module": "tledge.layers", "class_name": "Other", "config": {"name": "other"}}, "other"),
     (_layer("Custom>Thing", "thing"), "thing"),
-    ({"module": "keras.layers", "class_name": "Dense", "registered_name": "evil>Dense", "config": {"name": "reg"}}, "reg"),
+    ({"module": "keras.layers", "class_name": "Dense", "registered_name": "evil>Dense",
+      "config": {"name": "reg"}}, "reg"),
     (_layer("Dense", "fn", activation={"function_type": "lambda", "function": ["AAAA", None, None]}), "fn"),
     (_layer("TimeDistributed", "td", layer=_layer("Bidirectional", "bi", layer=_layer("Lambda", "deep"))), "deep"),
 ])

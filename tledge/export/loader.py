@@ -117,34 +117,38 @@ def _load_h5(p: Path, config: dict, unsafe: bool, *, allow_tf_keras: bool) -> Lo
     from tledge.export import keras2
 
     keras = require("keras", extra="export")
-    tried = []
-    try:
-        model = keras.saving.load_model(p, custom_objects=_custom_objects(), compile=False, safe_mode=not unsafe)
+    tried: list[str] = []
+    model = _attempt(tried, "Keras 3", lambda: keras.saving.load_model(
+        p, custom_objects=_custom_objects(), compile=False, safe_mode=not unsafe))
+    if model is not None:
         return _describe(p, model, "keras")
-    except Exception as exc:  # Keras 3 refuses many Keras 2 era files
-        tried.append(f"Keras 3: {_first_line(str(exc))}")
     translation = keras2.translate(config)
     if translation.ok:
-        try:
-            model = keras2.load_translated(p, translation, _custom_objects(), unsafe=unsafe)
+        model = _attempt(tried, "Keras 3 after translation", lambda: keras2.load_translated(
+            p, translation, _custom_objects(), unsafe=unsafe))
+        if model is not None:
             lm = _describe(p, model, "keras_translated")
             lm.notes.append("Keras 2 config translated for Keras 3: " + ", ".join(translation.changes))
             return lm
-        except Exception as exc:
-            tried.append(f"Keras 3 after translation: {_first_line(str(exc))}")
     else:
         tried.append("no Keras 3 translation: " + "; ".join(translation.blockers[:3]))
-    if not allow_tf_keras:  # never reached in practice: code is refused before loading
-        raise ModelLoadError(f"cannot load {p} ({' | '.join(tried)})")
-    try:
+    if allow_tf_keras:  # only after the config walk found no code (or with --unsafe)
         tf_keras = require("tf_keras", extra="export", purpose="Keras 2 era .h5 files")
-        model = tf_keras.models.load_model(p, compile=False)
-    except Exception as exc:
-        tried.append(f"tf_keras: {exc.__class__.__name__}: {_first_line(str(exc))}")
-        raise ModelLoadError(f"cannot load {p} ({' | '.join(tried)})") from None
+        model = _attempt(tried, "tf_keras", lambda: tf_keras.models.load_model(p, compile=False))
+    if model is None:
+        raise ModelLoadError(f"cannot load {p} ({' | '.join(tried)})")
     lm = _describe(p, model, "tf_keras")
     lm.notes.append(f"loaded with tf_keras ({tried[-1]})")
     return lm
+
+
+def _attempt(tried: list[str], label: str, load: Callable[[], Any]):
+    """The loaded model, or None with the reason added to `tried`."""
+    try:
+        return load()
+    except Exception as exc:  # loaders raise many types for files they cannot read
+        tried.append(f"{label}: {exc.__class__.__name__}: {_first_line(str(exc))}")
+        return None
 
 
 def _load_saved_model(p: Path, unsafe: bool) -> LoadedModel:
