@@ -182,6 +182,8 @@ def _layer(cls, name, **extra):
     ({"module": "mypkg.layers", "class_name": "Mine", "config": {"name": "mine"}}, "mine"),
     ({"module": "tledge.layers", "class_name": "Other", "config": {"name": "other"}}, "other"),
     (_layer("Custom>Thing", "thing"), "thing"),
+    ({"module": "keras", "class_name": "layers.Lambda", "config": {"name": "dotted"}}, "dotted"),
+    ({"module": "keras.layers", "class_name": "Dense", "registered_name": "Lambda", "config": {"name": "rl"}}, "rl"),
     ({"module": "keras.layers", "class_name": "Dense", "registered_name": "evil>Dense",
       "config": {"name": "reg"}}, "reg"),
     (_layer("Dense", "fn", activation={"function_type": "lambda", "function": ["AAAA", None, None]}), "fn"),
@@ -263,3 +265,11 @@ def test_saved_model_that_writes_files_is_refused(tmp_path, shapes_dataset, caps
     good = _saved_model(tmp_path / "good", None)
     assert savedmodel.find_acting_ops(good) == []  # its checkpoint save function is not on the serving path
     assert loader.load_model(good).num_outputs == 3
+
+
+def test_a_config_too_deep_to_walk_is_refused():
+    deep: dict = {"class_name": "Dense", "config": {"name": "d"}}
+    for _ in range(3000):
+        deep = {"class_name": "Sequential", "config": {"name": "s", "layers": [deep]}}
+    found = kerasconfig.find_code(deep)
+    assert len(found) == 1 and "too deeply" in found[0].reason

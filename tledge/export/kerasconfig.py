@@ -30,6 +30,7 @@ CODE_CLASSES: dict[str, str] = {
     "TensorFlowOpLayer": "a TensorFlowOpLayer runs a TensorFlow op stored in the file",
     "__lambda__": "a serialised Python lambda",
 }
+_CODE_CLASSES_LOWER = {k.lower(): v for k, v in CODE_CLASSES.items()}
 # custom objects tledge registers itself (tledge.layers.CUSTOM_OBJECTS; a test keeps the two in step)
 TLEDGE_OBJECTS = frozenset({"Preprocess", "tledge>Preprocess"})
 # top-level packages whose classes Keras resolves without importing anything from the file
@@ -76,7 +77,10 @@ def parse(text: str | bytes, source: str | Path) -> dict:
 def find_code(config: Any) -> list[Finding]:
     """Every entry of a parsed config that carries code, in document order."""
     found: list[Finding] = []
-    _walk(config, (), found)
+    try:
+        _walk(config, (), found)
+    except RecursionError:  # no Keras model nests this deep: refuse rather than skip a part
+        return [Finding("(top)", "config", "the config is nested too deeply to check")]
     return found
 
 
@@ -112,8 +116,10 @@ def _code_reason(node: dict) -> str | None:
     cls, module, registered = node.get("class_name"), node.get("module"), node.get("registered_name")
     if not isinstance(cls, str):
         return f"class_name is not a string ({type(cls).__name__})"
-    if cls in CODE_CLASSES:
-        return CODE_CLASSES[cls]
+    for name in (cls, registered):  # "layers.Lambda" or "x>Lambda" resolve to Lambda in some loaders
+        code = _CODE_CLASSES_LOWER.get(_last_part(name)) if isinstance(name, str) else None
+        if code:
+            return code
     cfg = node.get("config")
     if isinstance(cfg, dict) and "function_type" in cfg:
         return "a Python function stored in the file"
@@ -125,6 +131,10 @@ def _code_reason(node: dict) -> str | None:
     if registered is not None and not isinstance(registered, str):
         return "registered_name is not a string"
     return None
+
+
+def _last_part(name: str) -> str:
+    return name.replace(">", ".").rsplit(".", 1)[-1].strip().lower()
 
 
 def _known_module(module: Any, cls: str) -> bool:
