@@ -229,7 +229,7 @@ def test_configs_that_are_not_plain_json_objects_are_refused(text, why):
 
 # ---- SavedModel: TF ops, not Python; ops that act outside the model need --unsafe ----------------
 
-def _saved_model(folder: Path, marker: Path | None):
+def _saved_model(folder: Path, marker: Path | None, how: str = "write"):
     import tensorflow as tf
 
     class M(tf.Module):
@@ -238,8 +238,10 @@ def _saved_model(folder: Path, marker: Path | None):
 
         @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32)])
         def serve(self, x):
-            if marker is not None:
+            if marker is not None and how == "write":
                 tf.io.write_file(str(marker), "ran")
+            elif marker is not None:
+                tf.print("ran", output_stream=f"file://{marker}")
             return {"probs": tf.nn.softmax(tf.reduce_mean(x, [1, 2]) @ self.w)}
 
     m = M()
@@ -247,17 +249,18 @@ def _saved_model(folder: Path, marker: Path | None):
     return folder
 
 
-def test_saved_model_that_writes_files_is_refused(tmp_path, shapes_dataset, capsys):
+@pytest.mark.parametrize("how, op", [("write", "WriteFile"), ("print", "PrintV2")])
+def test_saved_model_that_writes_files_is_refused(how, op, tmp_path, shapes_dataset, capsys):
     from tledge.export import savedmodel
 
     marker = tmp_path / "MARKER"
-    bad = _saved_model(tmp_path / "bad", marker)
-    with pytest.raises(ModelLoadError, match=r"bad: op .*\(WriteFile\) writes a file.*--unsafe"):
+    bad = _saved_model(tmp_path / "bad", marker, how)
+    with pytest.raises(ModelLoadError, match=rf"bad: op .*\({op}\) .*--unsafe"):
         loader.load_model(bad)
     rc = main(["export", str(bad), "--preprocess", "raw", "--formats", "tflite",
                "--val", str(shapes_dataset / "val"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and len(err.splitlines()) == 1 and "WriteFile" in err and not (tmp_path / "o").exists()
+    assert rc == 2 and len(err.splitlines()) == 1 and op in err and not (tmp_path / "o").exists()
     assert not marker.exists()
     lm = loader.load_model(bad, unsafe=True)
     lm.model(np.zeros((1, 8, 8, 3), np.float32))
@@ -265,6 +268,11 @@ def test_saved_model_that_writes_files_is_refused(tmp_path, shapes_dataset, caps
     good = _saved_model(tmp_path / "good", None)
     assert savedmodel.find_acting_ops(good) == []  # its checkpoint save function is not on the serving path
     assert loader.load_model(good).num_outputs == 3
+    import keras
+
+    inp = keras.Input((8, 8, 3))
+    keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(inp))).export(str(tmp_path / "k"), verbose=False)
+    assert savedmodel.find_acting_ops(tmp_path / "k") == []  # what Keras itself exports passes
 
 
 def test_a_config_too_deep_to_walk_is_refused():
