@@ -38,6 +38,8 @@ def run(args) -> int:
         print(report.to_json())
     else:
         print(report.table())
+        for note in report.notes:
+            print(f"note: {note}")
         for r in report.results:
             for f in r.failures:
                 print(f"  {r.file}: {f}", file=sys.stderr)

@@ -88,14 +88,19 @@ def _reference_contract(lm, base, preprocess: str | None):
     it): from the model, a tledge.json beside it, the exported files' embedded contract, or --preprocess."""
     from tledge.export import loader
 
-    if lm.baked_mode is not None or lm.contract is not None:
-        mode = None
+    embedded = "the exported files' embedded contract"
+    if lm.baked_mode is not None:
+        mode, mode_from = None, None
     elif base is not None:
-        mode = base.norm.value  # what the export put in front of the model
+        mode, mode_from = base.norm.value, embedded  # what the export put in front of the model
+    elif lm.contract is not None:
+        mode, mode_from = None, None  # the tledge.json beside the model
     else:
-        mode = preprocess
+        mode, mode_from = preprocess, "--preprocess"
     contract, add = loader.resolve_contract(lm, preprocess=mode, input_size=base.size if base else None,
-                                            labels=base.labels if base else ())
+                                            labels=base.labels if base else (), labels_from=embedded,
+                                            preprocess_from=mode_from or "--preprocess",
+                                            base=base, base_from=embedded if base is not None else None)
     if base is not None:  # the same geometry as the exported files
         contract = contract.replace(resize=base.resize, fit=base.fit, crop_fraction=base.crop_fraction,
                                     pad_value=base.pad_value)
@@ -214,4 +219,5 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
     if foreign:
         report.notes.append(f"no tledge contract in {', '.join(foreign)}: input inferred from the file"
                             + (f" with --preprocess {preprocess}" if preprocess else ""))
+    report.notes += loader.report_notes(lm)
     return report

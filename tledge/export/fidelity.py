@@ -241,7 +241,7 @@ def _serve(model, contract: Contract):
 # ---- the model the repairs work on -------------------------------------------------------------
 def _pixel_model(ctx: FidelityContext):
     """A Keras 3 model taking float32 pixels with the preprocessing inside, or None."""
-    if ctx.lm.kind != "keras":
+    if not ctx.lm.is_keras3:
         return None
     keras = require("keras", extra="export")
     from tledge.layers import Preprocess

@@ -1,10 +1,15 @@
-"""Loading a Keras model for export: `.keras`, `.h5` (Keras 3, or Keras 2 era via tf_keras) or a
-SavedModel folder, in safe mode, traced once into a function that takes raw pixels.
+"""Loading a Keras model for export: `.keras`, `.h5` (Keras 3, or Keras 2 era translated for Keras 3,
+tf_keras as a last resort) or a SavedModel folder, in safe mode, traced once into a function that
+takes raw pixels.
+
+Code in a model file never runs without `unsafe`: the config of a `.keras` / `.h5` is parsed and
+walked (tledge.export.kerasconfig) before any loader sees the file, and tf_keras, which has no safe
+mode for `.h5`, is only tried after that walk found nothing.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,10 +18,19 @@ import numpy as np
 from tledge._deps import require
 from tledge.contract import Contract, Norm
 from tledge.errors import ContractError, ModelLoadError
+from tledge.export import kerasconfig
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _ZIP_MAGIC = b"PK\x03\x04"
-_UNSAFE_LAYERS = {"Lambda", "TFOpLambda"}
+
+# LoadedModel.kind -> how the model was loaded
+KINDS = {
+    "keras": "Keras 3, as saved",
+    "keras_translated": "Keras 3 (safe mode), after translating the Keras 2 config",
+    "tf_keras": "tf_keras (Keras 2), after the config walk found no code",
+    "saved_model": "TensorFlow SavedModel signature",
+}
+KERAS3_KINDS = frozenset({"keras", "keras_translated"})
 
 
 @dataclass
@@ -25,11 +39,19 @@ class LoadedModel:
 
     path: Path
     model: Any  # keras.Model (Keras 3 or tf_keras) or a SavedModel signature
-    kind: str  # "keras", "tf_keras" or "saved_model"
+    kind: str  # a key of KINDS
     input_hw: tuple[int, int] | None
     channels: int
     baked_mode: str | None  # preprocessing mode found inside the model, if any
     contract: Contract | None  # a tledge.json found beside the model
+    num_outputs: int | None = None  # width of the (first) output, when static
+    contract_path: Path | None = None  # where `contract` was read from
+    notes: list[str] = field(default_factory=list)  # how it was loaded (translations applied)
+    contract_source: str | None = None  # where resolve_contract took each part from
+
+    @property
+    def is_keras3(self) -> bool:
+        return self.kind in KERAS3_KINDS
 
 
 def load_model(path: str | Path, *, unsafe: bool = False) -> LoadedModel:
@@ -39,22 +61,24 @@ def load_model(path: str | Path, *, unsafe: bool = False) -> LoadedModel:
     if p.is_dir():
         if not (p / "saved_model.pb").is_file():
             raise ModelLoadError(f"{p} is a folder but not a SavedModel (no saved_model.pb)")
-        loaded = _load_saved_model(p)
+        loaded = _load_saved_model(p, unsafe)
     elif p.suffix.lower() == ".keras":
         _check_magic(p, _ZIP_MAGIC, "a .keras zip archive")
+        _refuse_code(p, kerasconfig.read_keras_config(p), unsafe)
         with _lowercase_suffix(p) as q:  # Keras only knows `.keras` / `.h5` in lower case
             loaded = _load_keras(q, unsafe)
     elif p.suffix.lower() in (".h5", ".hdf5"):
         _check_magic(p, _HDF5_MAGIC, "an HDF5 file")
-        _refuse_code_in_h5(p, unsafe)
+        config = kerasconfig.read_h5_config(p)
+        has_code = _refuse_code(p, config, unsafe)
         with _lowercase_suffix(p) as q:
-            loaded = _load_h5(q, unsafe)
+            loaded = _load_h5(q, config, unsafe, allow_tf_keras=not has_code or unsafe)
     else:
         raise ModelLoadError(f"unsupported model file {p.name}: expected .keras, .h5 or a SavedModel folder")
     loaded.path = p
     side = p.parent / "tledge.json" if p.is_file() else p / "tledge.json"
     if side.is_file():
-        loaded.contract = Contract.load(side)
+        loaded.contract, loaded.contract_path = Contract.load(side), side
     return loaded
 
 
@@ -79,22 +103,12 @@ def _check_magic(p: Path, magic: bytes, what: str) -> None:
         raise ModelLoadError(f"{p} is not {what} (wrong file type or corrupt)")
 
 
-def _refuse_code_in_h5(p: Path, unsafe: bool) -> None:
-    """A Lambda layer in an .h5 holds marshalled Python code; never load that without --unsafe."""
-    h5py = require("h5py", extra="export")
-    try:
-        with h5py.File(p, "r") as f:
-            cfg = f.attrs.get("model_config")
-    except OSError as exc:
-        raise ModelLoadError(f"cannot read {p}: truncated or corrupt HDF5 ({exc})") from None
-    if cfg is None:
-        raise ModelLoadError(f"{p} holds weights only (no model_config): save the whole model, not just weights")
-    text = cfg.decode() if isinstance(cfg, bytes) else str(cfg)
-    found = sorted({c for c in _UNSAFE_LAYERS if f'"class_name": "{c}"' in text})
+def _refuse_code(p: Path, config: dict, unsafe: bool) -> bool:
+    """Refuse a file whose parsed config carries code, unless unsafe; True when it does."""
+    found = kerasconfig.find_code(config)
     if found and not unsafe:
-        raise ModelLoadError(
-            f"{p} contains {', '.join(found)} layers, which execute Python code stored in the file. "
-            "Refusing in safe mode; pass --unsafe only if you trust this file.")
+        raise ModelLoadError(kerasconfig.refusal(p, found))
+    return bool(found)
 
 
 def _custom_objects() -> dict:
@@ -116,24 +130,53 @@ def _load_keras(p: Path, unsafe: bool) -> LoadedModel:
     return _describe(p, model, "keras")
 
 
-def _load_h5(p: Path, unsafe: bool) -> LoadedModel:
+def _load_h5(p: Path, config: dict, unsafe: bool, *, allow_tf_keras: bool) -> LoadedModel:
+    """Keras 3 as saved; else Keras 3 on the translated Keras 2 config; else (no code found) tf_keras."""
+    from tledge.export import keras2
+
     keras = require("keras", extra="export")
-    try:
-        model = keras.saving.load_model(p, custom_objects=_custom_objects(), compile=False, safe_mode=not unsafe)
+    tried: list[str] = []
+    model = _attempt(tried, "Keras 3", lambda: keras.saving.load_model(
+        p, custom_objects=_custom_objects(), compile=False, safe_mode=not unsafe))
+    if model is not None:
         return _describe(p, model, "keras")
-    except Exception as first:  # Keras 3 refuses many Keras 2 era files: fall back to tf_keras
-        try:
-            tf_keras = require("tf_keras", extra="export", purpose="Keras 2 era .h5 files")
-            model = tf_keras.models.load_model(p, compile=False)
-        except Exception as second:
-            raise ModelLoadError(
-                f"cannot load {p} with Keras 3 ({_first_line(str(first))}) nor with tf_keras "
-                f"({second.__class__.__name__}: {_first_line(str(second))})") from None
-        return _describe(p, model, "tf_keras")
+    translation = keras2.translate(config)
+    if translation.ok:
+        model = _attempt(tried, "Keras 3 after translation", lambda: keras2.load_translated(
+            p, translation, _custom_objects(), unsafe=unsafe))
+        if model is not None:
+            lm = _describe(p, model, "keras_translated")
+            lm.notes.append("Keras 2 config translated for Keras 3: " + ", ".join(translation.changes))
+            return lm
+    else:
+        tried.append("no Keras 3 translation: " + "; ".join(translation.blockers[:3]))
+    if allow_tf_keras:  # only after the config walk found no code (or with --unsafe)
+        tf_keras = require("tf_keras", extra="export", purpose="Keras 2 era .h5 files")
+        model = _attempt(tried, "tf_keras", lambda: tf_keras.models.load_model(p, compile=False))
+    if model is None:
+        raise ModelLoadError(f"cannot load {p} ({' | '.join(tried)})")
+    lm = _describe(p, model, "tf_keras")
+    lm.notes.append(f"loaded with tf_keras ({tried[-1]})")
+    return lm
 
 
-def _load_saved_model(p: Path) -> LoadedModel:
+def _attempt(tried: list[str], label: str, load: Callable[[], Any]):
+    """The loaded model, or None with the reason added to `tried`."""
+    try:
+        return load()
+    except Exception as exc:  # loaders raise many types for files they cannot read
+        tried.append(f"{label}: {exc.__class__.__name__}: {_first_line(str(exc))}")
+        return None
+
+
+def _load_saved_model(p: Path, unsafe: bool) -> LoadedModel:
+    """TF ops, not Python; ops that act outside the model (write files, call Python) need unsafe."""
+    from tledge.export import savedmodel
+
     tf = require("tensorflow", extra="export")
+    found = savedmodel.find_acting_ops(p)
+    if found and not unsafe:
+        raise ModelLoadError(savedmodel.refusal(p, found))
     try:
         obj = tf.saved_model.load(str(p))
     except Exception as exc:
@@ -153,7 +196,8 @@ def _load_saved_model(p: Path) -> LoadedModel:
         return fn(**{in_key: tf.cast(x, spec[0].dtype)})[out_key]
 
     hw = (shape[1], shape[2]) if shape[1] and shape[2] else None
-    lm = LoadedModel(p, call, "saved_model", hw, int(shape[3] or 3), None, None)
+    out_shape = getattr(fn.structured_outputs[out_key], "shape", None)
+    lm = LoadedModel(p, call, "saved_model", hw, int(shape[3] or 3), None, None, _last_dim(out_shape))
     lm._keep = obj  # keep the trackable alive
     return lm
 
@@ -163,7 +207,16 @@ def _describe(p: Path, model, kind: str) -> LoadedModel:
     if shape is None or len(shape) != 4:
         raise ModelLoadError(f"{p}: expected one NHWC image input, got {shape}")
     hw = (int(shape[1]), int(shape[2])) if shape[1] and shape[2] else None
-    return LoadedModel(p, model, kind, hw, int(shape[3] or 3), _baked_mode(model), None)
+    outputs = getattr(model, "outputs", None) or [None]
+    return LoadedModel(p, model, kind, hw, int(shape[3] or 3), _baked_mode(model), None,
+                       _last_dim(getattr(outputs[0], "shape", None)))
+
+
+def _last_dim(shape) -> int | None:
+    try:
+        return int(shape[-1]) if shape is not None and len(shape) >= 2 and shape[-1] else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _baked_mode(model) -> str | None:
@@ -185,35 +238,105 @@ def _first_line(msg: str) -> str:
 
 
 def resolve_contract(lm: LoadedModel, *, preprocess: str | None, input_size: tuple[int, int] | None,
-                     labels: tuple[str, ...] = ()) -> tuple[Contract, str | None]:
-    """The contract the exported files take (raw pixels), and the normalisation to add (or None)."""
+                     labels: tuple[str, ...] = (), labels_from: str = "--labels",
+                     preprocess_from: str = "--preprocess", base: Contract | None = None,
+                     base_from: str | None = None) -> tuple[Contract, str | None]:
+    """The contract the exported files take (raw pixels), and the normalisation to add (or None).
+
+    Precedence: what the model itself fixes (its input size, a baked Preprocess layer), then explicit
+    flags (--preprocess, --labels, --input-size), then `base`: by default the tledge.json beside the
+    model, refused when it disagrees with the model. Where each part came from is kept in
+    `lm.contract_source` for the report."""
     from tledge.backbones import preprocess_mode_for
 
-    base = lm.contract
-    hw = input_size or lm.input_hw or (base.size if base else None)
-    if hw is None:
-        raise ContractError("the model's input size is dynamic: pass --input-size HxW")
-    add: str | None = None
-    if lm.baked_mode is not None or (base is not None and base.baked):
-        mode = lm.baked_mode or base.norm.value
-    elif preprocess is not None:
-        mode = add = preprocess_mode_for(preprocess)
-    elif base is not None:
-        mode = add = base.norm.value
-    else:
-        raise ContractError(
-            "this model does not bake its preprocessing and none was given. Pass --preprocess MODE "
-            "(tf = x/127.5-1 for MobileNet/Inception; caffe = BGR minus ImageNet means for ResNet50/VGG; "
-            "torch = x/255 then ImageNet mean/std for DenseNet; scale = x/255; raw = the model normalises "
-            "itself, e.g. EfficientNet, MobileNetV3), a backbone name such as mobilenet_v2 or resnet50, "
-            "or --preprocess auto with labelled --val images.")
+    if base is None and lm.contract is not None:
+        check_sidecar(lm)
+        base, base_from = lm.contract, f"the sidecar {lm.contract_path}"
+    src: dict[str, str] = {}
+    hw = _size(lm, input_size, base, base_from, src)
+    mode, add = _norm(lm, preprocess and preprocess_mode_for(preprocess), preprocess_from, base, base_from, src)
+    if labels:
+        if lm.num_outputs is not None and len(labels) != lm.num_outputs:
+            raise ContractError(f"{len(labels)} labels from {labels_from} but {lm.path.name} has "
+                                f"{lm.num_outputs} outputs")
+        src["labels"] = labels_from
+    elif base is not None and base.labels:
+        labels, src["labels"] = base.labels, str(base_from)
     fields = dict(height=hw[0], width=hw[1], channels=lm.channels, color="gray" if lm.channels == 1 else "rgb",
                   norm=Norm(mode), baked=True, input_dtype="float32")
     if base is not None:
-        contract = base.replace(**{k: v for k, v in fields.items() if k not in ("color",)}, labels=labels or base.labels)
+        contract = base.replace(**{k: v for k, v in fields.items() if k not in ("color",)}, labels=labels)
+        src["resize, fit and colour order"] = str(base_from)
     else:
         contract = Contract(**fields, labels=labels)
+    lm.contract_source = "contract: " + "; ".join(f"{k} from {v}" for k, v in src.items())
     return contract, add
+
+
+def _size(lm: LoadedModel, flag, base, base_from, src: dict) -> tuple[int, int]:
+    if flag is not None:
+        if lm.input_hw is not None and tuple(flag) != lm.input_hw:
+            raise ContractError(f"--input-size {flag[0]}x{flag[1]} but {lm.path.name} has a fixed "
+                                f"{lm.input_hw[0]}x{lm.input_hw[1]} input")
+        src["size"] = "--input-size"
+        return tuple(flag)
+    if lm.input_hw is not None:
+        if base is not None and base.size != lm.input_hw:
+            raise ContractError(f"{base_from} says {base.height}x{base.width} input but {lm.path.name} takes "
+                                f"{lm.input_hw[0]}x{lm.input_hw[1]}")
+        src["size"] = "the model's input"
+        return lm.input_hw
+    if base is not None:
+        src["size"] = str(base_from)
+        return base.size
+    raise ContractError("the model's input size is dynamic: pass --input-size HxW")
+
+
+def _norm(lm: LoadedModel, flag: str | None, flag_from: str, base, base_from, src: dict):
+    """(mode, mode to add in front of the model or None)."""
+    if lm.baked_mode is not None:
+        if flag is not None and flag != lm.baked_mode:
+            raise ContractError(f"{lm.path.name} normalises its input itself (a baked `{lm.baked_mode}` "
+                                f"Preprocess layer): {flag_from} `{flag}` would normalise twice; drop it")
+        src["normalisation"] = f"the model's baked Preprocess layer ({lm.baked_mode})"
+        return lm.baked_mode, None
+    if flag is not None:
+        src["normalisation"] = f"{flag_from} ({flag})"
+        return flag, flag
+    if base is not None:
+        src["normalisation"] = f"{base_from} ({base.norm.value}{', inside the model' if base.baked else ''})"
+        return base.norm.value, (None if base.baked else base.norm.value)
+    raise ContractError(
+        "this model does not bake its preprocessing and none was given. Pass --preprocess MODE "
+        "(tf = x/127.5-1 for MobileNet/Inception; caffe = BGR minus ImageNet means for ResNet50/VGG; "
+        "torch = x/255 then ImageNet mean/std for DenseNet; scale = x/255; raw = the model normalises "
+        "itself, e.g. EfficientNet, MobileNetV3), a backbone name such as mobilenet_v2 or resnet50, "
+        "or --preprocess auto with labelled --val images.")
+
+
+def check_sidecar(lm: LoadedModel) -> None:
+    """A tledge.json beside the model that contradicts the model is another model's: refuse it."""
+    side, c = lm.contract_path, lm.contract
+    if c is None:
+        return
+    problems = []
+    if lm.num_outputs is not None and c.labels and len(c.labels) != lm.num_outputs:
+        problems.append(f"it lists {len(c.labels)} labels but the model has {lm.num_outputs} outputs")
+    if lm.input_hw is not None and c.size != lm.input_hw:
+        problems.append(f"it says {c.height}x{c.width} input but the model takes "
+                        f"{lm.input_hw[0]}x{lm.input_hw[1]}")
+    if c.channels != lm.channels:
+        problems.append(f"it says {c.channels} channel(s) but the model takes {lm.channels}")
+    if problems:
+        raise ContractError(f"{side} does not describe {lm.path.name}: {'; '.join(problems)}. It was probably "
+                            "written for another model: move it away (flags such as --labels and --preprocess "
+                            "do not make a contradicting tledge.json safe to use)")
+
+
+def report_notes(lm: LoadedModel) -> list[str]:
+    """What the parity report says about how the model was loaded and where its contract came from."""
+    notes = [f"model loaded with {KINDS.get(lm.kind, lm.kind)}"] + list(lm.notes)
+    return notes + ([lm.contract_source] if lm.contract_source else [])
 
 
 def trace(lm: LoadedModel, contract: Contract, add_norm: str | None):

@@ -86,7 +86,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
         results = check_files(reference, [(stage / f.filename, f.kind, f.precision) for f in files], val_x,
                               labels=val_y, thresholds=thresholds, threads=cfg.threads)
         report = ParityReport(images=len(val_x), results=results + failed, reference=str(model_path))
-        report.notes += folder.notes + _notes(contract, add_norm, cfg)
+        report.notes += folder.notes + loader.report_notes(lm) + _notes(contract, add_norm, cfg)
         start = time.perf_counter()
         fx = FidelityInputs(lm, contract, add_norm, calib, reference, val_x, val_y, stage, thresholds)
         if _fidelity(cfg, report, fx):
@@ -184,6 +184,8 @@ def _check_calibration_source(cfg: ExportConfig, chosen: Sequence[F.Format]) -> 
 
 
 def _labels(cfg: ExportConfig, lm) -> tuple[str, ...]:
+    """--labels, else the sidecar's (checked against the model in loader.resolve_contract), else the
+    class folders of --val / --calib."""
     from tledge.images import class_folders
 
     if cfg.labels:
@@ -199,14 +201,24 @@ def _labels(cfg: ExportConfig, lm) -> tuple[str, ...]:
 
 
 def _contract(cfg: ExportConfig, lm, labels) -> tuple[Contract, str | None]:
+    """Explicit flags win over a tledge.json beside the model; lm.contract_source says who gave what."""
     from tledge.export import loader
 
-    if cfg.preprocess == "auto":
+    preprocess, preprocess_from = cfg.preprocess, "--preprocess"
+    if cfg.preprocess == "auto" and lm.baked_mode is not None:
+        preprocess = None  # the model normalises itself: nothing to choose
+    elif cfg.preprocess == "auto":
         from tledge.export.autoprep import choose_preprocessing
 
-        mode = choose_preprocessing(lm, cfg, labels)
-        return loader.resolve_contract(lm, preprocess=mode, input_size=cfg.input_size, labels=labels)
-    return loader.resolve_contract(lm, preprocess=cfg.preprocess, input_size=cfg.input_size, labels=labels)
+        preprocess, preprocess_from = choose_preprocessing(lm, cfg, labels), "--preprocess auto"
+    if cfg.labels:
+        labels_from = f"--labels {cfg.labels}"
+    elif lm.contract is not None and labels and labels == lm.contract.labels:
+        labels, labels_from = (), ""  # the sidecar's: resolve_contract checks and names it
+    else:
+        labels_from = f"the class folders of {cfg.val if cfg.val and cfg.val != 'random' else cfg.calib}"
+    return loader.resolve_contract(lm, preprocess=preprocess, input_size=cfg.input_size, labels=labels,
+                                   labels_from=labels_from, preprocess_from=preprocess_from)
 
 
 def load_pixels(folder: str | Path, contract: Contract, limit: int, labels: tuple[str, ...] = ()):

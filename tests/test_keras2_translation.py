@@ -1,0 +1,175 @@
+"""Keras 2 era .h5 files load as Keras 3 models in safe mode (tledge.export.keras2), tf_keras unused."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import shared_asset
+from tledge.cli import main
+from tledge.contract import Contract
+from tledge.errors import ModelLoadError
+from tledge.export import keras2, kerasconfig, loader
+
+tf_keras = pytest.importorskip("tf_keras")
+h5py = pytest.importorskip("h5py")
+
+SIZE = 32
+
+
+def _pixels(folder: Path, contract: Contract):
+    from tledge.images import labelled_images
+
+    files, y, _ = labelled_images(folder)
+    return np.stack([contract.prepare(f) for f in files]).astype("float32"), y
+
+
+def _teachable_machine_like(x, y):
+    """Teachable Machine's layout: Sequential[Sequential[Functional backbone], Sequential[head]]."""
+    L = tf_keras.layers
+    tf_keras.utils.set_random_seed(0)
+    inp = tf_keras.Input((SIZE, SIZE, 3))
+    h = L.Conv2D(8, 3, strides=2, use_bias=False)(inp)
+    h = L.ReLU(6.0)(L.BatchNormalization()(h))
+    h = L.DepthwiseConv2D(3, padding="same", use_bias=False)(h)  # writes groups=1: Keras 3 refuses it
+    h = L.ReLU(6.0)(L.BatchNormalization()(h))
+    h = L.GlobalAveragePooling2D()(L.Conv2D(16, 1, activation="relu")(h))
+    backbone = tf_keras.Model(inp, h, name="model1")
+    features = tf_keras.Sequential([L.InputLayer((SIZE, SIZE, 3)), backbone], name="sequential_1")
+    head = tf_keras.Sequential([L.Dense(16, activation="relu", input_shape=(16,)), L.Dense(3, activation="softmax")],
+                               name="sequential_3")
+    model = tf_keras.Sequential([features, head], name="sequential_4")
+    model.compile(tf_keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=30, batch_size=16, verbose=0)
+    return model
+
+
+def _keras24_spelling(node):
+    """What Keras <= 2.4 wrote: no module / registered_name / build_config keys, nested models as Model."""
+    if isinstance(node, list):
+        return [_keras24_spelling(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _keras24_spelling(v) for k, v in node.items() if k not in ("module", "registered_name", "build_config")}
+    if out.get("class_name") == "Functional":
+        out["class_name"] = "Model"
+    return out
+
+
+@pytest.fixture(scope="module")
+def tm_files(shapes_dataset, tmp_path_factory):
+    contract = Contract(SIZE, SIZE, norm="tf", baked=False)
+    x, y = _pixels(shapes_dataset / "train", contract)
+    model = _teachable_machine_like(x, y)
+    d = tmp_path_factory.mktemp("tm")
+    model.save(d / "keras_model.h5")
+    (d / "old").mkdir()
+    old = d / "old" / "keras_model.h5"
+    model.save(old)
+    with h5py.File(old, "r+") as f:
+        f.attrs["model_config"] = json.dumps(_keras24_spelling(json.loads(f.attrs["model_config"])))
+    vx, vy = _pixels(shapes_dataset / "val", contract)
+    return {"new": d / "keras_model.h5", "old": old, "val": (vx, vy)}
+
+
+@pytest.mark.parametrize("variant", ["new", "old"])
+def test_teachable_machine_like_h5_loads_as_keras3(tm_files, variant):
+    import keras
+
+    path = tm_files[variant]
+    with pytest.raises((TypeError, ValueError)):  # as saved, Keras 3 refuses it: the translation loads it
+        keras.saving.load_model(path, compile=False)
+    lm = loader.load_model(path)
+    assert lm.kind == "keras_translated" and lm.is_keras3 and isinstance(lm.model, keras.Model)
+    assert any("DepthwiseConv2D.groups" in n for n in lm.notes), lm.notes
+    assert lm.input_hw == (SIZE, SIZE) and lm.num_outputs == 3
+    vx, vy = tm_files["val"]
+    ours = np.asarray(lm.model(vx, training=False))
+    theirs = tf_keras.models.load_model(path, compile=False)(vx, training=False).numpy()
+    assert np.abs(ours - theirs).max() < 1e-5
+    assert np.mean(ours.argmax(1) == vy) > 0.6  # a trained model: equal outputs mean something
+
+
+def test_teachable_machine_like_export_says_how_it_was_loaded(tm_files, shapes_dataset, tmp_path):
+    out = tmp_path / "e"
+    rc = main(["export", str(tm_files["old"]), "--preprocess", "tf", "--formats", "tflite",
+               "--val", str(shapes_dataset / "val"), "--out", str(out)])
+    report = json.loads((out / "parity.json").read_text())
+    assert rc == 0, report
+    assert any("after translating the Keras 2 config" in n for n in report["notes"]), report["notes"]
+    assert report["results"][0]["reference_accuracy"] > 0.6
+
+
+def test_settings_without_a_keras3_equivalent_block_the_translation():
+    dw = {"class_name": "DepthwiseConv2D", "config": {"name": "dw", "groups": 2, "kernel_size": [3, 3]}}
+    sep = {"class_name": "SeparableConv2D", "config": {"name": "sep", "groups": 1, "kernel_initializer": {}}}
+    cfg = {"class_name": "Sequential", "config": {"name": "s", "layers": [dw, sep]}}
+    t = keras2.translate(cfg)
+    assert not t.ok and "dw has groups=2" in t.blockers[0] and len(t.blockers) == 1
+    assert "groups" not in t.config["config"]["layers"][1]["config"]
+    assert cfg["config"]["layers"][0]["config"]["groups"] == 2  # the input is left untouched
+
+
+def test_translation_spellings():
+    cfg = {"class_name": "Model", "config": {
+        "name": "m", "input_layers": [["in", 0, 0]], "output_layers": [["td", 0, 0]],
+        "layers": [{"class_name": "InputLayer", "config": {"name": "in", "batch_input_shape": [None, 4, 8]}},
+                   {"module": "tf_keras.src.engine.sequential", "class_name": "Sequential", "registered_name": None,
+                    "config": {"name": "s", "layers": [
+                        {"class_name": "Dense", "config": {"name": "d", "batch_input_shape": [None, 8]}},
+                        {"class_name": "BatchNormalization", "config": {"name": "bn", "axis": [1]}}]}},
+                   {"class_name": "TimeDistributed", "config": {"name": "td", "layer": {
+                       "class_name": "Dense", "config": {"name": "inner"}}}}]}}
+    t = keras2.translate(cfg)
+    c = t.config
+    assert t.ok and c["class_name"] == "Functional"
+    assert c["config"]["input_layers"] == ["in", 0, 0] and c["config"]["output_layers"] == ["td", 0, 0]
+    layers = c["config"]["layers"]
+    assert layers[0]["config"]["batch_shape"] == [None, 4, 8] and "batch_input_shape" not in layers[0]["config"]
+    assert "module" not in layers[1] and "registered_name" not in layers[1]
+    assert layers[1]["config"]["layers"][0]["config"]["input_shape"] == [8]
+    assert layers[1]["config"]["layers"][1]["config"]["axis"] == 1
+    assert layers[2]["config"]["layer"]["module"] == "keras.layers"
+    assert kerasconfig.find_code(c) == []
+
+
+@pytest.mark.real
+def test_real_keras28_mobilenet_matches_tf_keras():
+    """The Keras 2.8 1000-class MobileNet 0.25 that Keras 3 refuses as is, on real ImageNet photos."""
+    path = shared_asset("keras_imagenet_models", "mobilenet_v1_0.25_224.h5")
+    val = shared_asset("imagenet_val1300")
+    from tledge.images import labelled_images
+
+    lm = loader.load_model(path)
+    assert lm.kind == "keras_translated" and lm.input_hw == (224, 224) and lm.num_outputs == 1000
+    files, _, _ = labelled_images(val)
+    files = [files[i] for i in np.linspace(0, len(files) - 1, 8).round().astype(int)]
+    contract = Contract(224, 224, norm="tf", baked=False, fit="crop", crop_fraction=0.875)
+    x = np.stack([contract.prepare(f) for f in files]).astype("float32")
+    ours = np.asarray(lm.model(x, training=False))
+    theirs = tf_keras.models.load_model(path, compile=False)(x, training=False).numpy()
+    assert np.abs(ours - theirs).max() < 1e-4
+    assert (ours.argmax(1) == theirs.argmax(1)).all() and ours.max(1).mean() > 0.3  # confident, not flat
+    truth = [int(f.parent.name.split("_", 1)[0]) for f in files]
+    assert np.mean(ours.argmax(1) == truth) >= 0.375  # 0.655 top-1 on the whole set
+
+
+def test_layers_keras3_lacks_fall_back_to_tf_keras_after_the_walk(tmp_path, monkeypatch):
+    """ThresholdedReLU is gone from Keras 3: tf_keras loads the (code-free) file as the last resort."""
+    L = tf_keras.layers
+    tf_keras.utils.set_random_seed(0)
+    inp = tf_keras.Input((8, 8, 3))
+    out = L.Dense(3, activation="softmax")(L.GlobalAveragePooling2D()(L.ThresholdedReLU(0.1)(L.Conv2D(4, 3)(inp))))
+    tf_keras.Model(inp, out).save(tmp_path / "old.h5")
+    lm = loader.load_model(tmp_path / "old.h5")
+    assert lm.kind == "tf_keras" and not lm.is_keras3 and "ThresholdedReLU" in lm.notes[0]
+
+    # a file the walk flags never reaches a loader, tf_keras least of all
+    calls = []
+    monkeypatch.setattr(tf_keras.models, "load_model", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(kerasconfig, "find_code", lambda cfg: [kerasconfig.Finding("m > x", "X", "test")])
+    with pytest.raises(ModelLoadError, match="layer m > x"):
+        loader.load_model(tmp_path / "old.h5")
+    assert calls == []

@@ -1,0 +1,163 @@
+"""Keras 2 era `.h5` files loaded as Keras 3 models, in safe mode.
+
+Keras 3 refuses many full-model `.h5` files written by Keras 2 (Teachable Machine's, keras.applications
+of the TF 2.x years) over spellings, not substance: the `groups` kwarg every Keras 2 DepthwiseConv2D
+carries, `tf_keras` module paths, `Model` for `Functional`, `batch_input_shape` on the first layer of a
+nested Sequential, one-element `axis` lists, RNN `time_major`. `translate()` rewrites the parsed
+`model_config` (a dict: never text) into what Keras 3 reads; `load_translated()` writes it with the
+weights into a temporary `.h5` and loads that with `keras.saving.load_model(safe_mode=True)`, whose
+own legacy reader assigns the weights in the file's order. A setting with no Keras 3 equivalent (a
+DepthwiseConv2D with groups=2) is not translated: the caller falls back to tf_keras.
+"""
+from __future__ import annotations
+
+import copy
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tledge._deps import require
+
+# (class name, kwarg) -> the values with which Keras 3 behaves the same without the kwarg;
+# None in the tuple: any value (settings that only matter while training: initialisers, regularisers)
+DROPPED_KWARGS: dict[tuple[str, str], tuple | None] = {
+    ("DepthwiseConv2D", "groups"): (1,),
+    ("DepthwiseConv1D", "groups"): (1,),
+    ("SeparableConv1D", "groups"): (1,),
+    ("SeparableConv2D", "groups"): (1,),
+    ("SeparableConv2D", "kernel_initializer"): None,
+    ("SeparableConv2D", "kernel_regularizer"): None,
+    ("SeparableConv2D", "kernel_constraint"): None,
+    ("SeparableConv1D", "kernel_initializer"): None,
+    ("SeparableConv1D", "kernel_regularizer"): None,
+    ("SeparableConv1D", "kernel_constraint"): None,
+    ("Conv1DTranspose", "groups"): (1,),
+    ("Conv2DTranspose", "groups"): (1,),
+    ("Conv3DTranspose", "groups"): (1,),
+    ("LSTM", "time_major"): (False,),
+    ("GRU", "time_major"): (False,),
+    ("SimpleRNN", "time_major"): (False,),
+    ("SpatialDropout1D", "trainable"): None,
+    ("SpatialDropout2D", "trainable"): None,
+    ("SpatialDropout3D", "trainable"): None,
+}
+CLASS_RENAMES = {"Model": "Functional"}  # Keras <= 2.3 wrote nested functional models as "Model"
+MODEL_CLASSES = frozenset({"Functional", "Sequential", "Model"})
+WRAPPER_KEYS = frozenset({"layer", "forward_layer", "backward_layer", "cell"})  # deserialised one by one
+_KERAS_PACKAGES = ("keras", "tf_keras", "tensorflow")
+
+
+@dataclass
+class Translation:
+    config: dict
+    changes: list[str] = field(default_factory=list)  # what was rewritten, counted by kind
+    blockers: list[str] = field(default_factory=list)  # settings Keras 3 cannot express
+
+    @property
+    def ok(self) -> bool:
+        return not self.blockers
+
+
+def translate(config: dict) -> Translation:
+    """The Keras 3 spelling of a parsed Keras 2 `model_config` (the input is left untouched)."""
+    t = Translation(copy.deepcopy(config))
+    counts: dict[str, int] = {}
+    _object(t.config, "top", t, counts)
+    t.changes = [f"{what} x{n}" if n > 1 else what for what, n in sorted(counts.items())]
+    return t
+
+
+def _count(counts: dict[str, int], what: str) -> None:
+    counts[what] = counts.get(what, 0) + 1
+
+
+def _object(node: Any, position: str, t: Translation, counts: dict[str, int]) -> None:
+    """Rewrite one node in place; `position` is how Keras 3 will deserialise it."""
+    if isinstance(node, list):
+        for item in node:
+            _object(item, position, t, counts)
+        return
+    if not isinstance(node, dict):
+        return
+    if isinstance(node.get("class_name"), str) and isinstance(node.get("config"), dict):
+        _layer(node, position, t, counts)
+    for key, value in node.items():
+        if key == "layers":
+            _object(value, "layers", t, counts)
+        elif key in WRAPPER_KEYS:
+            _object(value, "wrapped", t, counts)
+        elif isinstance(value, (dict, list)):
+            _object(value, "other", t, counts)
+
+
+def _layer(node: dict, position: str, t: Translation, counts: dict[str, int]) -> None:
+    cls = node["class_name"]
+    if cls in CLASS_RENAMES:
+        node["class_name"] = cls = CLASS_RENAMES[cls]
+        _count(counts, f"class {cls}")
+    module = node.get("module")
+    keras_module = isinstance(module, str) and module.split(".", 1)[0] in _KERAS_PACKAGES
+    if position in ("top", "layers") and keras_module:
+        # Sequential / Functional read module-less entries with Keras' legacy reader (Keras 2 names)
+        node.pop("module")
+        node.pop("registered_name", None)
+        _count(counts, "Keras 2 module path")
+    elif position == "wrapped" and (module is None or keras_module) and cls not in MODEL_CLASSES:
+        if module != "keras.layers":
+            node["module"], node["registered_name"] = "keras.layers", None
+            _count(counts, "wrapped layer module")
+    if position in ("top", "layers", "wrapped"):
+        _kwargs(cls, node["config"], t, counts)
+
+
+def _kwargs(cls: str, cfg: dict, t: Translation, counts: dict[str, int]) -> None:
+    for (owner, kwarg), harmless in DROPPED_KWARGS.items():
+        if owner == cls and kwarg in cfg:
+            value = cfg.pop(kwarg)
+            if harmless is not None and value not in harmless:
+                t.blockers.append(f"{cls} {cfg.get('name', '')} has {kwarg}={value!r}")
+            _count(counts, f"{cls}.{kwarg} dropped")
+    shape = cfg.pop("batch_input_shape", None)
+    if shape is not None:
+        if cls == "InputLayer":
+            cfg["batch_shape"] = shape
+        elif isinstance(shape, list) and shape:
+            cfg["input_shape"] = shape[1:]
+        _count(counts, "batch_input_shape")
+    axis = cfg.get("axis")
+    if isinstance(axis, list) and len(axis) == 1 and isinstance(axis[0], int):
+        cfg["axis"] = axis[0]
+        _count(counts, "axis list")
+    if cls in ("Functional", "Model"):
+        for key in ("input_layers", "output_layers"):
+            ends = cfg.get(key)
+            if isinstance(ends, list) and len(ends) == 1 and _is_end(ends[0]):
+                cfg[key] = ends[0]  # one input / output: a tensor, not a list of one
+                _count(counts, f"single {key}")
+
+
+def _is_end(x: Any) -> bool:
+    return isinstance(x, list) and len(x) == 3 and isinstance(x[0], str)
+
+
+def load_translated(path: str | Path, translation: Translation, custom_objects: dict, *, unsafe: bool):
+    """A Keras 3 model from the translated config and the weights of the .h5 at `path`."""
+    import json
+
+    h5py = require("h5py", extra="export")
+    keras = require("keras", extra="export")
+    with tempfile.TemporaryDirectory(prefix="tledge_keras2_") as tmp:
+        dst = Path(tmp) / "translated.h5"
+        with h5py.File(path, "r") as src, h5py.File(dst, "w") as out:
+            if not isinstance(src.get("model_weights", getlink=True), h5py.HardLink):
+                raise ValueError("no model_weights group in the file (or a link to another file)")
+            for key in ("keras_version", "backend"):
+                if key in src.attrs:
+                    out.attrs[key] = src.attrs[key]
+            out.attrs["model_config"] = json.dumps(translation.config)
+            src.copy(src["model_weights"], out, "model_weights")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Keras 3's notes on legacy spellings it reads anyway
+            return keras.saving.load_model(dst, custom_objects=custom_objects, compile=False, safe_mode=not unsafe)

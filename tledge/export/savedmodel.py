@@ -1,0 +1,129 @@
+"""What in a SavedModel could act outside the model: read from `saved_model.pb` before loading it.
+
+A SavedModel holds TensorFlow ops, not Python: loading one never runs Python code from the file.
+But a few ops act on the world when the graph runs: they write files (WriteFile, summary writers,
+checkpoint savers, PrintV2 to a `file://` stream, debug dumps) or call back into Python (PyFunc,
+EagerPyFunc: the function itself is not in the file, but calling into the host process is not what an
+image classifier does). Those are refused unless --unsafe. Checkpoint save ops are expected in the
+SavedModel's own save function, which tledge never calls; they are refused only where the serving
+signature or the init op can reach them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tledge.errors import ModelLoadError
+
+# op type -> what it does when the graph runs
+ACTING_OPS: dict[str, str] = {
+    "WriteFile": "writes a file",
+    "PyFunc": "calls into the host Python process",
+    "PyFuncStateless": "calls into the host Python process",
+    "EagerPyFunc": "calls into the host Python process",
+    "CreateSummaryFileWriter": "writes event files",
+    "CreateSummaryDbWriter": "writes a database",
+    "WriteSummary": "writes event files",
+    "WriteScalarSummary": "writes event files",
+    "WriteImageSummary": "writes event files",
+    "WriteAudioSummary": "writes event files",
+    "WriteHistogramSummary": "writes event files",
+    "WriteGraphSummary": "writes event files",
+    "WriteRawProtoSummary": "writes event files",
+    "ImportEvent": "writes event files",
+    "DatasetToTFRecord": "writes a TFRecord file",
+    "ExperimentalDatasetToTFRecord": "writes a TFRecord file",
+    "DebugIdentity": "dumps tensors to debug URLs",
+    "DebugIdentityV2": "dumps tensors to debug URLs",
+    "DebugNanCount": "dumps tensors to debug URLs",
+    "DebugNumericSummary": "dumps tensors to debug URLs",
+    "DebugNumericSummaryV2": "dumps tensors to debug URLs",
+}
+SAVE_OPS = frozenset({"Save", "SaveV2", "SaveSlices", "MergeV2Checkpoints"})  # fine only in the save function
+
+
+@dataclass(frozen=True)
+class OpFinding:
+    where: str  # function (or "main graph") and node name
+    op: str
+    reason: str
+
+
+def find_acting_ops(folder: str | Path) -> list[OpFinding]:
+    """Ops of the SavedModel at `folder` that act outside the model when they run."""
+    from tledge._deps import require
+
+    require("tensorflow", extra="export")
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel()
+    try:
+        sm.ParseFromString((Path(folder) / "saved_model.pb").read_bytes())
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise ModelLoadError(f"cannot read {folder}/saved_model.pb: {exc}") from None
+    found: list[OpFinding] = []
+    for graph in sm.meta_graphs:
+        functions = {f.signature.name: f for f in graph.graph_def.library.function}
+        reached_fns, reached_nodes = _reachable(graph, functions)
+        for node in graph.graph_def.node:
+            reason = _reason(node, node.name in reached_nodes)
+            if reason:
+                found.append(OpFinding(f"main graph/{node.name}", node.op, reason))
+        for name, fn in functions.items():
+            for node in fn.node_def:
+                reason = _reason(node, name in reached_fns)
+                if reason:
+                    found.append(OpFinding(f"{name}/{node.name}", node.op, reason))
+    return found
+
+
+def _reason(node, reachable: bool) -> str | None:
+    if node.op in ACTING_OPS:
+        return ACTING_OPS[node.op]
+    if node.op == "PrintV2" and node.attr["output_stream"].s.decode(errors="replace").startswith("file://"):
+        return "prints to a file"
+    if node.op in SAVE_OPS and reachable:
+        return "writes a checkpoint from the serving path"
+    return None
+
+
+def _reachable(graph, functions: dict) -> tuple[set[str], set[str]]:
+    """Functions and main-graph nodes the signatures (serving, the init op) reach, following inputs and
+    function attributes."""
+    by_name = {n.name: n for n in graph.graph_def.node}
+    todo = [t.name.split(":")[0].lstrip("^") for s in graph.signature_def.values() for t in s.outputs.values()]
+    seen_nodes: set[str] = set()
+    called: list[str] = []
+    while todo:
+        name = todo.pop()
+        if name in seen_nodes or name not in by_name:
+            continue
+        seen_nodes.add(name)
+        node = by_name[name]
+        called += _called(node)
+        todo += [i.split(":")[0].lstrip("^") for i in node.input]
+    reached: set[str] = set()
+    while called:
+        fn = called.pop()
+        if fn in reached or fn not in functions:
+            continue
+        reached.add(fn)
+        for node in functions[fn].node_def:
+            called += _called(node)
+    return reached, seen_nodes
+
+
+def _called(node) -> list[str]:
+    names = []
+    for value in node.attr.values():
+        if value.HasField("func"):
+            names.append(value.func.name)
+        names += [f.name for f in value.list.func]
+    return names
+
+
+def refusal(folder: str | Path, found: list[OpFinding]) -> str:
+    more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+    f = found[0]
+    return (f"{folder}: op {f.where} ({f.op}) {f.reason}{more}. Refused in safe mode: pass --unsafe only if you "
+            "trust this SavedModel")
