@@ -18,6 +18,7 @@ COMMANDS = {
     "devices": "List, show and detect device profiles",
     "bundle": "Package an export for one device",
     "demo": "Run the whole chain on a generated data set",
+    "doctor": "Say what the runtime will use on this machine and why (paste it into bug reports)",
 }
 
 

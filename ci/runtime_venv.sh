@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The runtime as a Raspberry Pi gets it: a venv with only `pip install -e .[runtime] pytest` (no
+# TensorFlow), then the tests that need no TensorFlow (marker `runtime_only`, plus the runtime /
+# contract / device test files whose TensorFlow parts skip). A second venv has tflite-runtime 2.14 +
+# numpy<2 + OpenCV and no ai-edge-litert: `tledge run` on Coral's cat.bmp there.
+#
+#   ci/runtime_venv.sh            both
+#   ci/runtime_venv.sh runtime    the [runtime] venv and its tests only
+#   ci/runtime_venv.sh tflite     the tflite-runtime venv check only
+#
+# Venvs are cached under ${TLEDGE_VENV_CACHE:-~/.cache/tledge-venvs}, keyed by pyproject.toml's sha256:
+# a few seconds when cached, about a minute to build. Exit: 0 passed (or SKIP: line), 1 failed.
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+CACHE=${TLEDGE_VENV_CACHE:-$HOME/.cache/tledge-venvs}
+ASSETS=${TLEDGE_SHARED_ASSETS:-$REPO/../shared/assets}
+BASE_PY=${BASE_PYTHON:-python3}
+KEY=$(sha256sum "$REPO/pyproject.toml" | cut -c1-12)
+# test files the runtime-only venv runs; in them, what needs TensorFlow skips (importorskip)
+RUNTIME_TESTS=(tests/test_runtime_only.py tests/test_doctor.py tests/test_contract.py tests/test_runtime_core.py
+               tests/test_runtime_sources.py tests/test_devices.py tests/test_devices_edgetpu.py tests/test_bundle.py)
+
+log() { echo "runtime_venv: $*" >&2; }
+
+make_venv() {  # make_venv NAME PIP-ARGS...: a cached venv at $CACHE/NAME-$KEY; echoes its python
+  local name=$1 dir stamp t0
+  shift
+  dir=$CACHE/$name-$KEY
+  stamp="$dir/.ready"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$REPO" ]; then echo "$dir/bin/python"; return 0; fi
+  t0=$(date +%s)
+  if [ -f "$stamp" ]; then  # made from another checkout: point the editable install here
+    "$dir/bin/pip" install -q --no-deps -e "$REPO" >&2
+  else
+    rm -rf "$dir"
+    mkdir -p "$CACHE"
+    "$BASE_PY" -m venv "$dir" >&2
+    "$dir/bin/pip" install -q "$@" >&2
+  fi
+  echo "$REPO" >"$stamp"
+  log "venv $name ready in $(( $(date +%s) - t0 )) s"
+  echo "$dir/bin/python"
+}
+
+no_tensorflow() {  # the venv must not have TensorFlow or LiteRT's converter stack in it
+  "$1" - <<'PY'
+import importlib.util, sys
+bad = [m for m in ("tensorflow", "keras", "tf_keras", "tf2onnx", "onnx") if importlib.util.find_spec(m)]
+if bad:
+    sys.exit(f"runtime venv has {bad}: it must not")
+PY
+}
+
+runtime() {
+  local py t0
+  t0=$(date +%s)
+  py=$(make_venv runtime -e "$REPO[runtime]" pytest)
+  no_tensorflow "$py"
+  cd "$REPO"
+  # -p no:cacheprovider: the shared checkout is not written to
+  PYTHONPATH="$REPO" "$py" -m pytest -q -p no:cacheprovider -m "not slow" "${RUNTIME_TESTS[@]}"
+  log "runtime tests without TensorFlow: $(( $(date +%s) - t0 )) s"
+}
+
+tflite() {
+  local py img model labels t0 out
+  t0=$(date +%s)
+  model="$ASSETS/coral_tflite_classifiers/mobilenet_v1_0.25_128_quant.tflite"
+  img="$ASSETS/coral_tflite_classifiers/test_images/cat.bmp"
+  labels="$ASSETS/coral_tflite_classifiers/imagenet_labels.txt"
+  [ -f "$model" ] || { echo "SKIP: shared asset not available: $model"; return 0; }
+  py=$(make_venv tflite214 -e "$REPO" "tflite-runtime==2.14.0" "numpy<2" "opencv-python-headless<4.11")
+  "$py" -c "import ai_edge_litert" 2>/dev/null && { echo "tflite venv has ai_edge_litert: it must not" >&2; return 1; }
+  cd "$REPO"
+  out=$(PYTHONPATH="$REPO" "$py" -W "ignore::UserWarning" -m tledge run "$model" --source "$img" --labels "$labels" 2>&1) || {
+    echo "$out" >&2; log "tledge run with tflite-runtime 2.14 FAILED"; return 1; }
+  echo "$out"
+  grep -q "Egyptian cat" <<<"$out" || { log "tledge run with tflite-runtime 2.14 did not say 'Egyptian cat'"; return 1; }
+  log "tflite-runtime 2.14 venv: tledge run labels cat.bmp 'Egyptian cat' ($(( $(date +%s) - t0 )) s)"
+}
+
+case "${1:-all}" in
+  runtime) runtime ;;
+  tflite) tflite ;;
+  all) rc=0; runtime || rc=1; tflite || rc=1; exit $rc ;;
+  *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+esac
