@@ -30,7 +30,9 @@ ROOT=${TLEDGE_ARM64_ROOT:-$CACHE/bookworm}
 MIRROR=${TLEDGE_ARM64_MIRROR:-http://deb.debian.org/debian}
 ASSETS=${TLEDGE_SHARED_ASSETS:-$REPO/../shared/assets}
 VENV=/opt/tledge-venv
-PKGS=python3,python3-venv,python3-pip,ca-certificates,libgl1,libglib2.0-0
+# what the root holds besides minbase: Pi OS Bookworm's Python 3.11 and venv (OpenCV's headless wheel needs
+# no system libraries). Changing this list rebuilds the cached root.
+PKGS=python3,python3-venv,python3-pip,ca-certificates
 
 log() { echo "arm64: $*" >&2; }
 skip() {
@@ -87,8 +89,8 @@ ensure_binfmt() {
 
 # ---- the root --------------------------------------------------------------------------------------
 ensure_root() {
-  if [ -f "$ROOT/.tledge-root-ready" ]; then
-    log "reusing $ROOT ($(cat "$ROOT/.tledge-root-ready"))"
+  if [ -f "$ROOT/.tledge-root-ready" ] && grep -qxF "packages $PKGS" "$ROOT/.tledge-root-ready"; then
+    log "reusing $ROOT ($(head -1 "$ROOT/.tledge-root-ready"))"
     return 0
   fi
   local tmp="$ROOT.building" t0
@@ -107,9 +109,10 @@ ensure_root() {
   fi
   umount_all "$tmp"
   rm -rf "$ROOT"
-  echo "built $(date -u +%Y-%m-%dT%H:%MZ) in $(since "$t0") s, $(chroot "$tmp" python3 --version 2>&1)" >"$tmp/.tledge-root-ready"
+  printf 'built %s in %s s, %s\npackages %s\n' "$(date -u +%Y-%m-%dT%H:%MZ)" "$(since "$t0")" \
+    "$(chroot "$tmp" python3 --version 2>&1)" "$PKGS" >"$tmp/.tledge-root-ready"
   mv "$tmp" "$ROOT"
-  log "$(cat "$ROOT/.tledge-root-ready")"
+  log "$(head -1 "$ROOT/.tledge-root-ready")"
 }
 
 umount_all() {  # everything mounted under $1, deepest first

@@ -22,15 +22,25 @@ COMMANDS = {
 }
 
 
-def _parser(available: dict[str, str]) -> argparse.ArgumentParser:
+def _parser(available: dict[str, str], only: str | None = None) -> argparse.ArgumentParser:
+    """`only`: the one subcommand whose module (and options) to import; the others get a bare parser,
+    so `tledge run` does not pay for importing what `tledge train` or `tledge devices` need."""
     parser = argparse.ArgumentParser(prog="tledge", description=__doc__)
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in available.items():
-        mod = importlib.import_module(f"tledge.cli.{name}")
         p = sub.add_parser(name, help=help_text, description=help_text)
-        mod.add_arguments(p)
+        if only is None or name == only:
+            importlib.import_module(f"tledge.cli.{name}").add_arguments(p)
     return parser
+
+
+def _chosen(argv: list[str], available: dict[str, str]) -> str | None:
+    """The subcommand named on the command line (the first word that is not an option), if known."""
+    for a in argv:
+        if not a.startswith("-"):
+            return a if a in available else None
+    return None
 
 
 def _version() -> str:
@@ -47,7 +57,8 @@ def _available() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser(_available())
+    available = _available()
+    parser = _parser(available, _chosen(argv, available))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: 0 for --help, 2 for usage errors
