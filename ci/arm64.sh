@@ -40,7 +40,7 @@ skip() {
   if [ "${TLEDGE_ARM64_REQUIRED:-0}" = 1 ]; then exit 77; fi
   exit 0
 }
-die() { echo "arm64: error: $*" >&2; exit "${2:-1}"; }
+die() { echo "arm64: error: $1" >&2; exit "${2:-1}"; }
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
@@ -56,6 +56,7 @@ binfmt_ok() { [ -r /proc/sys/fs/binfmt_misc/qemu-aarch64 ] && grep -q '^enabled'
 ensure_tools() {
   [ "$(id -u)" = 0 ] || skip "not root (debootstrap, chroot and binfmt registration need root)"
   [ "$(uname -m)" = x86_64 ] || [ "$(uname -m)" = aarch64 ] || skip "host $(uname -m) is neither x86_64 nor aarch64"
+  mkdir -p "$CACHE"
   if ! command -v qemu-aarch64-static >/dev/null || ! command -v debootstrap >/dev/null; then
     if command -v apt-get >/dev/null; then
       log "installing qemu-user-static and debootstrap (apt-get)"
@@ -143,8 +144,8 @@ in_root() {  # in_root WORKDIR CMD...: run CMD in the root with a clean environm
 }
 
 setup() {
-  mkdir -p "$CACHE"
   ensure_tools
+  mkdir -p "$CACHE"
   ensure_binfmt
   ensure_root
 }
@@ -197,7 +198,7 @@ cmd_check() {
   [ -d "$ASSETS/hymenoptera_data/val" ] || skip "shared photos not available: $ASSETS/hymenoptera_data/val"
   setup
   py=$(host_python)
-  PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$py" "$HERE/arm64_check.py" "$export" --images "$ASSETS/hymenoptera_data/val" \
+  TLEDGE_ARM64_ROOT="$ROOT" PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$py" "$HERE/arm64_check.py" "$export" --images "$ASSETS/hymenoptera_data/val" \
     --n "$n" --arm64 "$0" --work "$CACHE/check"
 }
 

@@ -141,7 +141,15 @@ def main(argv=None) -> int:
     print(f"bundle {top.name}: {', '.join(models)}; {len(images)} photos", flush=True)
     env = dict(os.environ)
     t = time.time()
-    subprocess.run([a.arm64, "install", str(a.work / "requirements-arm64.txt")], check=True, env=env)
+    inst = subprocess.run([a.arm64, "install", str(a.work / "requirements-arm64.txt")], env=env,
+                          stdout=subprocess.PIPE, text=True)
+    skipped = [ln for ln in inst.stdout.splitlines() if ln.startswith("SKIP:")]
+    if skipped or inst.returncode == 77:
+        print("\n".join(skipped) or "SKIP: arm64 root not usable")
+        return inst.returncode
+    if inst.returncode:
+        print(inst.stdout, end="")
+        return inst.returncode
     install_s = time.time() - t
     arm_out = run_loop(top, models, a.arm64, env)
     host_out = run_loop(top, models, None, {**env, "PYTHON": sys.executable})
