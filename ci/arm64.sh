@@ -128,6 +128,8 @@ mount_root() {
   trap 'umount_all "$ROOT"' EXIT
   mountpoint -q "$ROOT/proc" || mount -t proc proc "$ROOT/proc"
   mountpoint -q "$ROOT/dev" || mount --bind /dev "$ROOT/dev"
+  # no /sys: XNNPACK's cpuinfo then says "Error in cpuinfo: failed to parse ... /sys/devices/system/cpu/present"
+  # and goes on; with the host's /sys mounted it crashes under qemu (SIGSEGV, measured)
   mkdir -p "$ROOT/etc/ssl/certs"
   # the host's CA bundle (a TLS-inspecting proxy's CA is in it) and resolver, for pip
   [ -f /etc/ssl/certs/ca-certificates.crt ] && cp /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/certs/tledge-host-ca.crt"

@@ -8,7 +8,14 @@ in the root's venv (`arm64.sh install`), then runs `MODEL=<file> ./run.sh photos
 for every model file inside the root (`arm64.sh run`) and on this host (PYTHON=this interpreter),
 and compares per image: top-1 label and every class score. Prints a table (file, images,
 agreement, max score diff, s/image arm64 and host) and exits 1 when a label differs or a score
-differs by more than the file's tolerance (fp32 1e-4; int8: one output quantisation step).
+differs by more than the file's tolerance (TOL below).
+
+Tolerances, from the first run (MobileNet v1 0.25 at 224, 30 hymenoptera photos, every label agreed):
+OpenCV 5.0's INTER_AREA resize gives +-1 pixel values on aarch64 vs x86 on 10 of 30 photos (decoding
+is identical), which moves fp32 scores by up to 1.3e-4; fed identical inputs, fp32 TFLite differs by
+3.8e-6, and int8 TFLite by up to 0.031 (8 output steps of 1/256), most likely XNNPACK's int8
+kernels rounding differently on ARM and x86 layer after layer. Under qemu XNNPACK's cpuinfo cannot read
+/sys ("Error in cpuinfo"), so its kernel choice may differ from a real Pi 5's.
 
 When the bundle's run.sh knows `--check` (golden outputs shipped in the bundle), that runs too,
 inside the root, and its exit code counts.
@@ -25,7 +32,7 @@ import tarfile
 import time
 from pathlib import Path
 
-TOL = {"fp32": 1e-4, "fp16": 1e-3, "dynamic": 1e-3, "int8": 1 / 255 + 1e-6}
+TOL = {"fp32": 5e-4, "fp16": 2e-3, "dynamic": 0.05, "int8": 0.06}
 
 
 def pick_images(folder: Path, n: int) -> list[Path]:
@@ -111,6 +118,15 @@ def read_out(out: Path, model: str) -> tuple[dict, float, int]:
     return rows, float(t[1]) - float(t[0]), rc
 
 
+def p50_ms(out: Path, model: str) -> float | None:
+    """run.sh's summary line: 'inference p50 X ms' (the model alone, without process start)."""
+    import re
+
+    err = out / f"{model}.err"
+    m = re.search(r"inference p50 ([\d.]+) ms", err.read_text()) if err.is_file() else None
+    return float(m.group(1)) if m else None
+
+
 def compare(a: dict, b: dict) -> tuple[float, float, int]:
     """(top-1 agreement, max abs score difference over the top-k classes of both, images compared)."""
     names = sorted(set(a) & set(b))
@@ -162,6 +178,7 @@ def main(argv=None) -> int:
         failed |= not ok
         rows.append({"file": m, "images": n, "agreement": agree, "max_score_diff": diff,
                      "arm64_s_per_image": ta / max(1, len(images)), "host_s_per_image": th / max(1, len(images)),
+                     "arm64_p50_ms": p50_ms(arm_out, m), "host_p50_ms": p50_ms(host_out, m),
                      "arm64_rc": rca, "host_rc": rch, "ok": ok})
         if rca:
             print(f"--- {m} in the arm64 root exited {rca}:\n" + (arm_out / f"{m}.err").read_text()[-1500:])
@@ -170,11 +187,12 @@ def main(argv=None) -> int:
         check = int((arm_out / "check.rc").read_text().strip() or 1)
         print(f"run.sh --check in the arm64 root: exit {check}\n" + (arm_out / "check.txt").read_text()[-1500:])
         failed |= check != 0
-    print(f"\n| file | images | top-1 agreement | max score diff | s/image arm64 (qemu) | s/image x86 | ok |\n"
-          f"|---|---|---|---|---|---|---|")
+    print("\n| file | images | top-1 agreement | max score diff (tolerance) | run.sh s/image arm64 (qemu) / x86 "
+          "| inference p50 ms arm64 / x86 | ok |\n|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['file']} | {r['images']} | {r['agreement']:.3f} | {r['max_score_diff']:.1e} | "
-              f"{r['arm64_s_per_image']:.2f} | {r['host_s_per_image']:.3f} | {'yes' if r['ok'] else 'NO'} |")
+        print(f"| {r['file']} | {r['images']} | {r['agreement']:.3f} | {r['max_score_diff']:.1e} "
+              f"({TOL[precision(r['file'])]:.0e}) | {r['arm64_s_per_image']:.2f} / {r['host_s_per_image']:.3f} | "
+              f"{r['arm64_p50_ms'] or 0:.0f} / {r['host_p50_ms'] or 0:.1f} | {'yes' if r['ok'] else 'NO'} |")
     total = time.time() - t0
     print(f"\nrequirements install {install_s:.0f} s; whole check {total:.0f} s; "
           f"{'FAILED' if failed else 'passed'}", flush=True)
