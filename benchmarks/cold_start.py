@@ -72,7 +72,8 @@ def measure(model: Path, image: Path, runs: int = 9, threads: int = 2) -> dict:
                      "median_peak_rss_mb": round(statistics.median(x["peak_rss_mb"] for x in rs), 1),
                      "output": rs[0]["out"].splitlines()[0] if rs[0]["out"] else ""}
     a, b = out["tledge run"], out["bare LiteRT script"]
-    out["ratio"] = {"time_median": round(a["median_s"] / b["median_s"], 2), "time_best": round(a["best_s"] / b["best_s"], 2),
+    out["ratio"] = {"time_median": round(a["median_s"] / b["median_s"], 2),
+                    "time_best": round(a["best_s"] / b["best_s"], 2),
                     "peak_rss": round(a["median_peak_rss_mb"] / b["median_peak_rss_mb"], 2)}
     out.update(model=str(model), image=str(image), runs=runs, threads=threads, load_avg=os.getloadavg())
     return out
@@ -83,9 +84,11 @@ def print_report(r: dict) -> None:
           f"{r['threads']} threads (load average {r['load_avg'][0]:.1f}):")
     for name in ("tledge run", "bare LiteRT script"):
         v = r[name]
-        print(f"    {name:<20} median {v['median_s']:.3f} s (best {v['best_s']:.3f}), peak RSS {v['median_peak_rss_mb']:.0f} MB")
+        print(f"    {name:<20} median {v['median_s']:.3f} s (best {v['best_s']:.3f}), "
+              f"peak RSS {v['median_peak_rss_mb']:.0f} MB")
     x = r["ratio"]
-    print(f"    tledge / bare: time {x['time_median']}x (best {x['time_best']}x), memory {x['peak_rss']}x (target <= 1.5x)")
+    print(f"    tledge / bare: time {x['time_median']}x (best {x['time_best']}x), memory {x['peak_rss']}x "
+          "(target <= 1.5x)")
 
 
 def main(argv=None) -> int:

@@ -54,7 +54,8 @@ def render(env: dict, reports: list) -> list[str]:
                                                             if th["TLEDGE_THREADS"] else ""))
     lines.append(f"cpu: {cpu['model'] or '?'}, {cpu['usable_cores']} usable core(s); "
                  + ("; ".join(cpu["feature_notes"].values()) or "no SIMD features read"))
-    lines.append(f"delegates: Edge TPU library {_yes(dl['edgetpu_library'])}, Coral USB {_yes(', '.join(dl['coral_usb']))}, "
+    lines.append(f"delegates: Edge TPU library {_yes(dl['edgetpu_library'])}, "
+                 f"Coral USB {_yes(', '.join(dl['coral_usb']))}, "
                  f"Edge TPU PCIe {_yes(', '.join(dl['edgetpu_pcie']))}, TFLite GPU delegate "
                  f"{_yes(dl['tflite_gpu_delegate'])}, NVIDIA devices {_yes(', '.join(dl['nvidia_devices']))}"
                  f"{', Jetson (L4T)' if dl['tegra'] else ''}")
