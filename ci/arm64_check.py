@@ -91,6 +91,7 @@ for m in "$@"; do
   e=$(date +%s.%N)
   echo "$s $e" > "out/$m.time"
 done
+PYTHONPATH=lib "${PYTHON:-python3}" -m tledge doctor > out/doctor.txt 2>&1
 if grep -q -- '--check' run.sh; then ./run.sh --check > out/check.txt 2>&1; echo $? > out/check.rc; fi
 """
 
@@ -182,6 +183,8 @@ def main(argv=None) -> int:
                      "arm64_rc": rca, "host_rc": rch, "ok": ok})
         if rca:
             print(f"--- {m} in the arm64 root exited {rca}:\n" + (arm_out / f"{m}.err").read_text()[-1500:])
+    if (arm_out / "doctor.txt").is_file():
+        print("tledge doctor in the arm64 root:\n" + (arm_out / "doctor.txt").read_text()[-3000:])
     check = None
     if (arm_out / "check.rc").is_file():
         check = int((arm_out / "check.rc").read_text().strip() or 1)

@@ -130,3 +130,8 @@ def test_registered_check_runs_and_its_failure_counts(capsys):
         doctor.MODEL_CHECKS[:] = before
     out = capsys.readouterr().out
     assert seen == ["model_int8.tflite"] and "golden: FAILED scores differ" in out
+
+
+def test_emulation_is_noticed():
+    assert doctor.emulation("aarch64", "x86_64").startswith("aarch64 userland on a x86_64 kernel")
+    assert doctor.emulation("arm64", "aarch64") is None and doctor.emulation("x86_64", "x86_64") is None

@@ -68,6 +68,8 @@ def render(env: dict, reports: list) -> list[str]:
         lines.append(f"device: {dev['device']} ({dev['title']}){'' if dev['confident'] else ' (a guess)'}; "
                      f"prefers {p['file']} on {p['backend']}, threads {p['threads'] or 'default'}")
         lines += [f"  evidence: {e['source']}: {e['value']!r} -> {e['meaning']}" for e in dev["evidence"]]
+    if env.get("emulation"):
+        lines.append(f"WARNING: {env['emulation']}")
     if env["tensorflow_imported"]:
         lines.append("WARNING: TensorFlow is imported in this process")
     for r in reports:

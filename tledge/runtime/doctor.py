@@ -237,6 +237,22 @@ def _imports_ok(names=("numpy", "cv2")) -> dict[str, str]:
     return out
 
 
+def emulation(machine: str | None = None, kernel_arch: str | None = None) -> str | None:
+    """A note when this userland's architecture is not the kernel's (qemu-user: /proc shows the host)."""
+    norm = {"amd64": "x86_64", "arm64": "aarch64"}
+    machine = norm.get((machine or platform.machine()).lower(), (machine or platform.machine()).lower())
+    if kernel_arch is None:
+        try:
+            kernel_arch = Path("/proc/sys/kernel/arch").read_text().strip()
+        except OSError:
+            return None
+    kernel_arch = norm.get(kernel_arch.lower(), kernel_arch.lower())
+    if not kernel_arch or kernel_arch == machine:
+        return None
+    return (f"{machine} userland on a {kernel_arch} kernel: emulated (qemu-user?); the CPU features and the "
+            "device detected are the host's, and speed means nothing")
+
+
 def threads() -> dict:
     from tledge.runtime.backends import default_threads
 
@@ -252,7 +268,7 @@ def environment(probe: bool = True) -> dict:
             "python": python_info(), "wheels": {k: v for k, v in w.items() if v},
             "imports": _imports_ok() if probe else {}, "tflite": tflite_choice(w), "onnx": onnx_choice(w, probe),
             "threads": threads(), "cpu": cpu_info(), "delegates": delegates(), "cameras": cameras(),
-            "device": device_profile(),
+            "device": device_profile(), "emulation": emulation(),
             "tensorflow_imported": "tensorflow" in sys.modules}
 
 
