@@ -5,7 +5,9 @@
   (2) folder throughput (decode + resize + infer, real JPEGs of hymenoptera_data/val) against the
       slower of the two stages alone (target >= 80 %, thanks to overlap);
   (3) a runtime-only process (import + load int8 MobileNetV2 + one inference on a JPEG) against the
-      same with TensorFlow/Keras (target < 0.5 s and < 150 MB peak RSS).
+      same with TensorFlow/Keras (target < 0.5 s and < 150 MB peak RSS);
+  (4) cold start of the command line: `tledge run MODEL --source JPEG` against a bare LiteRT script
+      doing the same (benchmarks/cold_start.py; target <= 1.5x in time and peak RSS).
 
 The model: keras.applications.MobileNetV2 224 (random weights: fine for speed) with its
 preprocessing baked in, converted here to full-int8 TFLite (uint8 I/O; representative set of real
@@ -267,6 +269,14 @@ def processes(runs: int, keras_runs: int) -> dict:
     return out
 
 
+def cold_start(runs: int) -> dict:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import cold_start as cs
+
+    image = next(iter(sorted(VAL.glob("ants/*.jpg"))))
+    return cs.measure(MODEL, image, runs=max(3, runs))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
@@ -299,7 +309,8 @@ def main(argv=None) -> int:
               "folder": folder(max(3, a.rounds // 3)),
               "folder_variants": [] if a.no_variants else
               [folder(max(3, a.rounds // 3), threads=t, workers=w) for t, w in ((2, 1), (2, 2))],
-              "process": processes(a.process_runs, a.keras_runs)}
+              "process": processes(a.process_runs, a.keras_runs),
+              "cold_start": cold_start(a.process_runs)}
     report["load_avg_at_end"] = os.getloadavg()
     print_report(report)
     if a.json:
@@ -352,6 +363,11 @@ def print_report(r: dict) -> None:
               f"1st inference {v['inference_s']:.3f}), peak RSS {v['peak_rss_mb']:.0f} MB, "
               f"TensorFlow imported: {v['tensorflow_imported']}")
     print(f"    TensorFlow/Keras is {pr['ratios']['process_time_x']}x slower and {pr['ratios']['peak_rss_x']}x bigger")
+    if r.get("cold_start"):
+        import cold_start as cs
+
+        print("(4) ", end="")
+        cs.print_report(r["cold_start"])
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ COMMANDS = {
     "devices": "List, show and detect device profiles",
     "bundle": "Package an export for one device",
     "demo": "Run the whole chain on a generated data set",
+    "doctor": "Say what the runtime will use on this machine and why (paste it into bug reports)",
 }
 
 
@@ -28,15 +29,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _parser(available: dict[str, str]) -> argparse.ArgumentParser:
+def _parser(available: dict[str, str], only: str | None = None) -> argparse.ArgumentParser:
+    """`only`: the one subcommand whose module (and options) to import; the others get a bare parser,
+    so `tledge run` does not pay for importing what `tledge train` or `tledge devices` need."""
     parser = _Parser(prog="tledge", description=__doc__)
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in available.items():
-        mod = importlib.import_module(f"tledge.cli.{name}")
         p = sub.add_parser(name, help=help_text, description=help_text)
-        mod.add_arguments(p)
+        if only is None or name == only:
+            importlib.import_module(f"tledge.cli.{name}").add_arguments(p)
     return parser
+
+
+def _chosen(argv: list[str], available: dict[str, str]) -> str | None:
+    """The subcommand named on the command line (the first word that is not an option), if known."""
+    for a in argv:
+        if not a.startswith("-"):
+            return a if a in available else None
+    return None
 
 
 def _version() -> str:
@@ -56,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     from tledge._deps import quiet_tensorflow
 
     quiet_tensorflow()  # tledge's own process: TensorFlow's C++ chatter off (set before it is imported)
-    parser = _parser(_available())
+    available = _available()
+    parser = _parser(available, _chosen(argv, available))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: 0 for --help, 2 for usage errors

@@ -1,7 +1,6 @@
 """What `tledge run` writes: human lines, JSON lines, a CSV (atomic) and annotated images or video."""
 from __future__ import annotations
 
-import csv
 import json
 import os
 from pathlib import Path
@@ -40,6 +39,8 @@ class CsvSink:
         self._ctx = atomic_path(self.path)
         self._tmp = self._ctx.__enter__()
         self._fh = open(self._tmp, "w", newline="", encoding="utf-8")
+        import csv
+
         self._w = csv.DictWriter(self._fh, fieldnames=CSV_FIELDS)
         self._w.writeheader()
 

@@ -13,11 +13,9 @@ import queue
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
-import numpy as np
 
 from tledge.errors import TledgeError
 from tledge.runtime.model import EdgeModel, Prediction
@@ -67,13 +65,13 @@ class Summary:
         return self.total / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def to_dict(self) -> dict:
-        lat = np.asarray(self.latencies_ms) if self.latencies_ms else None
+        lat = sorted(self.latencies_ms) if self.latencies_ms else None
         return {"source": self.source, "inputs": self.total, "ok": self.ok, "skipped": self.skipped,
                 "errors": self.errors, "dropped_frames": self.dropped, "reconnects": self.reconnects,
                 "lost": self.lost, "interrupted": self.interrupted, "elapsed_s": round(self.elapsed_s, 3),
                 "fps": round(self.fps, 2),
-                "latency_ms_p50": None if lat is None else round(float(np.percentile(lat, 50)), 3),
-                "latency_ms_p90": None if lat is None else round(float(np.percentile(lat, 90)), 3)}
+                "latency_ms_p50": None if lat is None else round(percentile(lat, 50), 3),
+                "latency_ms_p90": None if lat is None else round(percentile(lat, 90), 3)}
 
     def line(self) -> str:
         d = self.to_dict()
@@ -90,6 +88,14 @@ class Summary:
         if self.interrupted:
             parts.append("interrupted")
         return "summary: " + "; ".join(parts)
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """numpy.percentile's default (linear) on sorted values, without numpy.percentile's imports (numpy.ma)."""
+    pos = (len(sorted_values) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return float(sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo))
 
 
 def usable_cores() -> int:
@@ -127,7 +133,10 @@ class Runner:
         frames = source.frames()
         if self.max_frames:
             frames = _take(frames, self.max_frames)
-        prepared = self._prepare_live(frames) if source.live else self._prepare_ahead(frames, source.kind)
+        one_file = source.kind == "files" and len(getattr(source, "files", ())) == 1
+        # live sources and a single image: prepared by this thread (nothing to overlap with)
+        prepared = self._prepare_live(frames) if source.live or one_file else \
+            self._prepare_ahead(frames, source.kind)
         try:
             for frame, x, prep_ms, err in prepared:
                 r = self._infer(frame, x, prep_ms, err)
@@ -206,6 +215,8 @@ def _take(it: Iterator, n: int) -> Iterator:
 
 def ordered_map(fn: Callable, items: Iterable, *, workers: int, depth: int):
     """fn over items in a thread pool, at most `depth` in flight, results in input order."""
+    from concurrent.futures import ThreadPoolExecutor  # here: a one-image run does not pay for it
+
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tledge-prep")
     pending: deque = deque()
     it = iter(items)

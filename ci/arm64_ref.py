@@ -1,0 +1,58 @@
+"""The reference export the arm64 check runs: the issue's MobileNet v1 0.25 (ImageNet weights, frozen,
+2-class head trained on hymenoptera_data/train; tests/realdata.py) exported with --int8 to fp32 and
+int8 TFLite and ONNX. Made once (a few minutes: training, then the int8 fidelity loop) and cached.
+
+    python ci/arm64_ref.py --assets ../shared/assets --out ~/.cache/tledge-arm64/ref   # prints the export folder
+
+Needs TensorFlow (the host's tledge[all]); the arm64 root never does.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--assets", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--fresh", action="store_true", help="rebuild even when cached")
+    a = p.parse_args(argv)
+    export_dir = a.out / "export"
+    if (export_dir / "tledge.json").is_file() and not a.fresh:
+        print(f"reusing the reference export {export_dir}", file=sys.stderr)
+        print(export_dir)
+        return 0
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
+    sys.path.insert(0, str(REPO / "tests"))
+    import realdata
+
+    from tledge.export.pipeline import ExportConfig, export
+
+    t0 = time.time()
+    a.out.mkdir(parents=True, exist_ok=True)
+    h5 = realdata.hymenoptera_mobilenet(a.assets, a.out, size=224)
+    data = a.assets / "hymenoptera_data"
+    tmp = a.out / "export.partial"
+    cfg = ExportConfig(out=tmp, int8=True, calib=str(data / "train"), val=str(data / "val"),
+                       preprocess="mobilenet")
+    res = export(h5, cfg)
+    print(f"reference export: {time.time() - t0:.0f} s; parity {'passed' if res.passed else 'FAILED'}",
+          file=sys.stderr)
+    if export_dir.exists():
+        import shutil
+
+        shutil.rmtree(export_dir)
+    tmp.rename(export_dir)
+    print(export_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# The runtime as a Raspberry Pi gets it: a venv with only `pip install -e .[runtime] pytest` (no
+# TensorFlow), then the tests that need no TensorFlow (marker `runtime_only`, plus the runtime /
+# contract / device test files whose TensorFlow parts skip). A second venv has tflite-runtime 2.14 +
+# numpy<2 + OpenCV and no ai-edge-litert: `tledge run` on Coral's cat.bmp there.
+#
+#   ci/runtime_venv.sh            both
+#   ci/runtime_venv.sh runtime    the [runtime] venv and its tests only
+#   ci/runtime_venv.sh tflite     the tflite-runtime venv check only
+#
+# Venvs are cached under ${TLEDGE_VENV_CACHE:-~/.cache/tledge-venvs}, keyed by pyproject.toml's sha256:
+# a few seconds when cached, about a minute to build. Exit: 0 passed (or SKIP: line), 1 failed.
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+CACHE=${TLEDGE_VENV_CACHE:-$HOME/.cache/tledge-venvs}
+ASSETS=${TLEDGE_SHARED_ASSETS:-$REPO/../shared/assets}
+BASE_PY=${BASE_PYTHON:-python3}
+KEY=$(sha256sum "$REPO/pyproject.toml" | cut -c1-12)
+# test files the runtime-only venv runs; in them, what needs TensorFlow skips (importorskip)
+RUNTIME_TESTS=(tests/test_runtime_only.py tests/test_doctor.py tests/test_cold_start.py tests/test_ci_scripts.py tests/test_contract.py tests/test_runtime_core.py tests/test_cli_run.py
+               tests/test_runtime_sources.py tests/test_devices.py tests/test_devices_edgetpu.py tests/test_bundle.py tests/test_bundle_e2e.py)
+
+log() { echo "runtime_venv: $*" >&2; }
+
+make_venv() {  # make_venv NAME PIP-ARGS...: a cached venv at $CACHE/NAME-$KEY; echoes its python
+  local name=$1 dir stamp t0
+  shift
+  dir=$CACHE/$name-$KEY
+  stamp="$dir/.ready"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$REPO" ]; then echo "$dir/bin/python"; return 0; fi
+  t0=$(date +%s)
+  if [ -f "$stamp" ]; then  # made from another checkout: point the editable install here
+    "$dir/bin/pip" install -q --no-deps -e "$REPO" >&2
+  else
+    rm -rf "$dir" "$CACHE/$name"-*  # this key's partial build and the venvs of older pyproject.toml files
+    mkdir -p "$CACHE"
+    "$BASE_PY" -m venv "$dir" >&2
+    "$dir/bin/pip" install -q "$@" >&2
+  fi
+  echo "$REPO" >"$stamp"
+  log "venv $name ready in $(( $(date +%s) - t0 )) s"
+  echo "$dir/bin/python"
+}
+
+no_tensorflow() {  # the venv must not have TensorFlow or LiteRT's converter stack in it
+  "$1" - <<'PY'
+import importlib.util, sys
+bad = [m for m in ("tensorflow", "keras", "tf_keras", "tf2onnx", "onnx") if importlib.util.find_spec(m)]
+if bad:
+    sys.exit(f"runtime venv has {bad}: it must not")
+PY
+}
+
+runtime() {
+  local py t0
+  t0=$(date +%s)
+  py=$(make_venv runtime -e "$REPO[runtime]" pytest)
+  no_tensorflow "$py"
+  cd "$REPO"
+  # -p no:cacheprovider: the shared checkout is not written to
+  PYTHONPATH="$REPO" "$py" -m pytest -q -p no:cacheprovider -m "not slow" "${RUNTIME_TESTS[@]}"
+  log "runtime tests without TensorFlow: $(( $(date +%s) - t0 )) s"
+}
+
+tflite() {
+  local py img model labels t0 out rc=0
+  t0=$(date +%s)
+  model="$ASSETS/coral_tflite_classifiers/mobilenet_v1_0.25_128_quant.tflite"
+  img="$ASSETS/coral_tflite_classifiers/test_images/cat.bmp"
+  labels="$ASSETS/coral_tflite_classifiers/imagenet_labels.txt"
+  py=$(make_venv tflite214 -e "$REPO" "tflite-runtime==2.14.0" "numpy<2" "opencv-python-headless<4.11")
+  "$py" -c "import ai_edge_litert" 2>/dev/null && { echo "tflite venv has ai_edge_litert: it must not" >&2; return 1; }
+  cd "$REPO"
+  # (1) a file made elsewhere (no tledge metadata): Coral's MobileNet on cat.bmp
+  if [ ! -f "$model" ]; then
+    echo "SKIP: shared asset not available: $model"
+  elif out=$(PYTHONPATH="$REPO" "$py" -m tledge run "$model" --source "$img" --labels "$labels" 2>&1) \
+      && grep -q "Egyptian cat" <<<"$out"; then
+    log "tflite-runtime 2.14: tledge run labels cat.bmp 'Egyptian cat'"
+  else
+    echo "$out" >&2; log "tflite-runtime 2.14: tledge run on Coral's cat.bmp FAILED"; rc=1
+  fi
+  # (2) a tledge export (contract embedded as metadata): the committed tiny model on its images
+  if out=$(PYTHONPATH="$REPO" "$py" -m tledge run tests/assets/tiny/model_int8.tflite --source tests/assets/tiny/images \
+      --json 2>&1 >/tmp/tledge-tflite214.jsonl) && "$py" - /tmp/tledge-tflite214.jsonl <<'PY'
+import json, sys
+from pathlib import Path
+ref = json.loads(Path("tests/assets/tiny/reference.json").read_text())
+rows = [json.loads(x) for x in Path(sys.argv[1]).read_text().splitlines()]
+want = {k: ref["labels"][max(range(len(v)), key=v.__getitem__)] for k, v in ref["keras_probabilities"].items()}
+got = {Path(r["source"]).name: r["top"][0]["label"] for r in rows if r["status"] == "ok"}
+sys.exit(0 if got == want else f"labels {got} != {want}")
+PY
+  then
+    log "tflite-runtime 2.14: tledge run labels the tiny export's images as Keras does"
+  else
+    echo "$out" | tail -3 >&2; log "tflite-runtime 2.14: tledge run on tests/assets/tiny/model_int8.tflite FAILED"; rc=1
+  fi
+  log "tflite-runtime 2.14 venv checks: $(( $(date +%s) - t0 )) s"
+  return $rc
+}
+
+case "${1:-all}" in
+  runtime) runtime ;;
+  tflite) tflite ;;
+  all) rc=0; runtime || rc=1; tflite || rc=1; exit $rc ;;
+  *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+esac

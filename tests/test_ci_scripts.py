@@ -1,0 +1,66 @@
+"""ci/arm64.sh and ci/arm64_check.py: usage, skipping, and the comparison the target check relies on."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ARM64 = REPO / "ci" / "arm64.sh"
+pytestmark = pytest.mark.runtime_only
+
+
+def _check_module():
+    sys.path.insert(0, str(REPO / "ci"))
+    try:
+        import arm64_check
+    finally:
+        sys.path.pop(0)
+    return arm64_check
+
+
+def test_usage_errors_exit_2(tmp_path):
+    for args in ([], ["bogus"], ["install"], ["run", str(tmp_path)], ["check", str(tmp_path)]):
+        r = subprocess.run(["bash", str(ARM64), *args], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+    r = subprocess.run(["bash", str(ARM64), "check", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert "no tledge.json" in r.stderr and str(tmp_path) in r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"), reason="needs root to run as nobody")
+def test_not_root_skips_with_a_reason():
+    cmd = ["runuser", "-u", "nobody", "--", "bash", str(ARM64), "setup"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("SKIP: not root")
+    r = subprocess.run(cmd[:4] + ["env", "TLEDGE_ARM64_REQUIRED=1"] + cmd[4:], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 77 and "SKIP:" in r.stdout
+
+
+def test_compare_labels_and_scores():
+    c = _check_module()
+    a = {"x.jpg": {"top": [{"index": 1, "score": 0.9}, {"index": 0, "score": 0.1}]},
+         "y.jpg": {"top": [{"index": 0, "score": 0.6}, {"index": 1, "score": 0.4}]}}
+    same = {k: {"top": [dict(p) for p in v["top"]]} for k, v in a.items()}
+    assert c.compare(a, same) == (1.0, 0.0, 2)
+    moved = {k: {"top": [dict(p) for p in v["top"]]} for k, v in a.items()}
+    moved["y.jpg"]["top"] = [{"index": 1, "score": 0.52}, {"index": 0, "score": 0.48}]
+    agree, diff, n = c.compare(a, moved)
+    assert (agree, n) == (0.5, 2) and abs(diff - 0.12) < 1e-9
+    assert c.compare(a, {"x.jpg": a["x.jpg"]})[2] == 1  # only images both sides have
+
+
+def test_pick_images_takes_every_class_in_turn(tmp_path):
+    c = _check_module()
+    for cls, n in (("ants", 3), ("bees", 5)):
+        (tmp_path / cls).mkdir()
+        for i in range(n):
+            (tmp_path / cls / f"{i}.jpg").write_bytes(b"x")
+    picked = c.pick_images(tmp_path, 4)
+    assert [p.parent.name for p in picked] == ["ants", "bees", "ants", "bees"]
+    assert len(c.pick_images(tmp_path, 100)) == 8
+    assert c.precision("model_int8.onnx") == "int8" and c.precision("model_fp32.tflite") == "fp32"
