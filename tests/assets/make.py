@@ -22,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "tiny"
 KEEP = ("model_fp32.tflite", "model_int8.tflite", "model_fp32.onnx", "model_int8.onnx", "tledge.json",
-        "labels.txt", "parity.json", "manifest.json")
+        "labels.txt", "parity.json", "parity.md", "manifest.json")
 
 
 def main() -> int:
