@@ -240,3 +240,37 @@ def test_bad_export_options_exit_2_before_loading(tiny_model, shapes_dataset, tm
     err = capsys.readouterr().err
     assert rc == 2 and words in err, err
     assert "Traceback" not in err and not out.exists()
+
+
+def test_manifest_records_what_each_file_takes(nchw, nchw_uint8):
+    from tledge import artifacts
+
+    m = artifacts.read(nchw)
+    assert m.entry("model_fp32.onnx").input == {"layout": "nchw", "dtype": "float32", "shape": [-1, 3, 48, 48]}
+    assert m.entry("model_int8.onnx").input["layout"] == "nchw"
+    assert artifacts.read(nchw_uint8).entry("model_fp32.onnx").input["dtype"] == "uint8"
+    assert m.entry("tledge.json").input == {}
+
+
+def test_int8_repair_rungs_keep_the_onnx_conventions(tiny_model, shapes_dataset, tmp_path):
+    """An impossible int8 budget sends the NCHW uint8 int8 file through every ONNX rung (percentile
+    calibration, weight repair): each attempt is a working file of the same layout and dtype."""
+    import onnx
+
+    from tledge.errors import TledgeWarning
+    from tledge.export.parity import Thresholds
+    from tledge.export.pipeline import ExportConfig, export
+
+    cfg = ExportConfig(out=tmp_path / "x", formats=("onnx",), int8=True, calib=str(shapes_dataset / "train"),
+                       val=str(shapes_dataset / "val"), onnx_layout="nchw", onnx_input="uint8", explain=True,
+                       thresholds={"int8": Thresholds(max_abs=1e-9, min_agreement=1.0)})
+    with pytest.warns(TledgeWarning, match="FALLBACK"):
+        res = export(tiny_model["keras"], cfg)
+    rows = [r for r in res.report.fidelity if r["file"] == "model_int8.onnx"]
+    assert {r["rung"] for r in rows} >= {"plain", "calibration-percentile", "repaired"}
+    for r in rows:
+        assert "error" not in r and r["agreement"] >= 0.8, r
+    assert "ONNX per-activation diagnosis unavailable" not in res.report.explain
+    rejected = onnx.load(str(res.out / "rejected" / "model_int8.onnx"))
+    assert rejected.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [d.dim_value for d in rejected.graph.input[0].type.tensor_type.shape.dim[1:]] == [3, 48, 48]

@@ -98,7 +98,8 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
             seconds["int8 fidelity"] = round(time.perf_counter() - start, 2)
         derived = _compile_edgetpu(stage, report) if cfg.compile_edgetpu else {}
         report.write(stage)
-        folder.commit(model_path, {r.file: (r.passed, _figures(r)) for r in report.results}, derived)
+        folder.commit(model_path, {r.file: (r.passed, _figures(r)) for r in report.results}, derived,
+                      _inputs(stage, [r.file for r in report.results]))
     written = [out / r.file for r in report.results if "/" not in r.file and (out / r.file).is_file()]
     return ExportResult(out, contract, written, report, seconds)
 
@@ -108,6 +109,19 @@ def plan(cfg: ExportConfig) -> list[F.Format]:
     if cfg.pairs:
         return F.select_pairs(cfg.pairs)
     return F.select(cfg.formats, int8=cfg.int8, fp16=cfg.fp16, dynamic=cfg.dynamic)
+
+
+def _inputs(stage: Path, names: Sequence[str]) -> dict[str, dict]:
+    """What each written file takes, from its embedded contract: for the manifest."""
+    from tledge.metadata import read_contract
+
+    out = {}
+    for name in names:
+        p = stage / name
+        c = read_contract(p) if p.is_file() else None
+        if c is not None:
+            out[name] = {"layout": c.layout.value, "dtype": c.input_dtype, "shape": [-1, *c.input_shape]}
+    return out
 
 
 def _figures(r: ParityResult) -> dict:
