@@ -213,11 +213,10 @@ def _onnx(model, rung: Rung, ctx: FidelityContext, applied: dict) -> bytes:
     conv = onnx_export.Conventions.of(ctx.contract)  # the export's ONNX layout and input dtype
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        if model is None and conv.input_dtype == "float32":
-            shutil.copy(ctx.out / "model_fp32.onnx", src)
+        if model is None:  # the fp32 file's graph, float input
+            src.write_bytes(onnx_export.float_input((ctx.out / "model_fp32.onnx").read_bytes()))
         else:
-            serve = _serve(model, ctx.contract) if model is not None else _traced(ctx)
-            onnx_export.save(onnx_export.convert_fp32(serve, ctx.contract), src)
+            onnx_export.save(onnx_export.convert_fp32(_serve(model, ctx.contract), ctx.contract), src)
         exclude = ()
         if rung.stem:
             raw = src.read_bytes()
@@ -225,12 +224,6 @@ def _onnx(model, rung: Rung, ctx: FidelityContext, applied: dict) -> bytes:
         onnx_export.quantize_int8(src, dst, conv.calib(ctx.calib), method=rung.calibrate, nodes_to_exclude=exclude)
         per_file = conv.file_contract(ctx.contract, onnx_quant="QDQ U8S8 per-channel", **applied)
         return onnx_export.finish(onnx.load(str(dst)), per_file, conv).SerializeToString()
-
-
-def _traced(ctx: FidelityContext):
-    from tledge.export import loader
-
-    return loader.trace(ctx.lm, ctx.contract, ctx.add_norm)[0]
 
 
 def _serve(model, contract: Contract):
@@ -285,10 +278,10 @@ def _explain(ctx: FidelityContext, model, failing: Sequence[ParityResult]) -> st
     fp32, int8 = ctx.out / "model_fp32.onnx", ctx.out / "model_int8.onnx"
     if fp32.is_file() and int8.is_file():
         try:
-            from tledge.export.onnx import Conventions
+            from tledge.export.onnx import Conventions, float_input
 
-            rows = explain.onnx_layer_errors(fp32.read_bytes(), int8.read_bytes(),
-                                             Conventions.of(ctx.contract).file_inputs(ctx.calib), debug_images=n)
+            rows = explain.onnx_layer_errors(float_input(fp32.read_bytes()), float_input(int8.read_bytes()),
+                                             Conventions.of(ctx.contract).calib(ctx.calib), debug_images=n)
             parts.append("Plain int8 ONNX, per activation (SQNR in dB of the QDQ model against the float "
                          "model, accumulated; lowest first):\n\n" + explain.markdown(rows, top=12))
         except Exception as exc:

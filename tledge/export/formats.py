@@ -90,8 +90,8 @@ def _onnx_int8(serve, contract: Contract, conv, calib, folder: Path):
     with tempfile.TemporaryDirectory() as tmpdir:
         src = Path(tmpdir) / "fp32.onnx"
         fp32 = folder / "model_fp32.onnx"
-        if fp32.is_file() and conv.input_dtype == "float32":
-            src = fp32  # same layout, float input: the file itself
+        if fp32.is_file():  # the fp32 file's own graph (same layout and tensor names), float input
+            src.write_bytes(onnx_export.float_input(fp32.read_bytes()))
         else:
             onnx_export.save(onnx_export.convert_fp32(serve, contract), src)
         q = Path(tmpdir) / "int8.onnx"

@@ -61,11 +61,6 @@ class Conventions:
             return calib
         return np.ascontiguousarray(np.asarray(calib).transpose(0, 3, 1, 2))
 
-    def file_inputs(self, pixels: np.ndarray) -> np.ndarray:
-        """NHWC prepared raw pixels -> what the finished files take (layout and dtype)."""
-        x = self.calib(pixels)
-        return np.asarray(x, np.uint8) if self.input_dtype == "uint8" else x
-
 
 def convert_fp32(serve, contract):
     """An onnx.ModelProto of the traced tf.function, input `pixels` float32, output `scores`. The
@@ -181,6 +176,23 @@ def uint8_input(model):
     graph.node.insert(0, cast)
     inp.type.tensor_type.elem_type = _ONNX_UINT8
     return model
+
+
+def float_input(data: bytes) -> bytes:
+    """The inverse of uint8_input on a serialised model (for tools that feed float32, such as the
+    per-activation diagnosis): the Cast removed, input `pixels` float32 again."""
+    onnx = require("onnx", extra="export")
+    model = onnx.load_from_string(data)
+    graph = model.graph
+    cast = next((i for i, n in enumerate(graph.node) if n.name == "tledge_uint8_to_float"), None)
+    if cast is None:
+        return data
+    inner, name = graph.node[cast].output[0], graph.input[0].name
+    del graph.node[cast]
+    for node in graph.node:
+        node.input[:] = [name if n == inner else n for n in node.input]
+    graph.input[0].type.tensor_type.elem_type = _ONNX_FLOAT
+    return model.SerializeToString()
 
 
 def describe(model, contract) -> None:
