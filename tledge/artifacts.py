@@ -127,6 +127,7 @@ class Entry:
     verdict: str | None = None  # pass | fail (models); None for side files
     figures: dict = field(default_factory=dict)  # parity: agreement, max abs, accuracy ...
     derived_from: str | None = None  # a compiled file: the file it was compiled from
+    input: dict = field(default_factory=dict)  # what the file takes: {"layout", "dtype", "shape"} (models)
 
     @property
     def vouched(self) -> bool:
@@ -187,9 +188,10 @@ def sha256_of(path: str | Path) -> str:
 
 
 def build(folder: Path, source: str | Path, verdicts: dict[str, tuple[bool, dict]],
-          derived: dict[str, str] | None = None) -> Manifest:
+          derived: dict[str, str] | None = None, inputs: dict[str, dict] | None = None) -> Manifest:
     """A manifest of `folder` as it is: side files, model files with their verdicts, rejected/.
-    verdicts: file name -> (passed, figures). derived: compiled file -> the file it came from."""
+    verdicts: file name -> (passed, figures). derived: compiled file -> the file it came from.
+    inputs: file name -> what it takes ({"layout": "nchw", "dtype": "uint8", "shape": [...]})."""
     import tledge
 
     derived = derived or {}
@@ -208,7 +210,7 @@ def build(folder: Path, source: str | Path, verdicts: dict[str, tuple[bool, dict
         role = "rejected" if name.startswith(REJECTED + "/") else "model"
         entries.append(Entry(name, role, p.stat().st_size, sha256_of(p), a.kind if a else None,
                              a.precision if a else None, "pass" if passed and role == "model" else "fail",
-                             figures, derived.get(name)))
+                             figures, derived.get(name), dict((inputs or {}).get(name) or {})))
     src = Path(source)
     return Manifest({"path": str(source), "sha256": sha256_of(src) if src.exists() else None}, tuple(entries),
                     tledge.__version__, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))

@@ -331,6 +331,37 @@ class Contract:
                             layout=layout or self.layout)
 
 
+# The resize each client family applies by itself when the app hands it a whole image: (family,
+# interpolation, fit, how). `None`: the client does exactly the contract (tledge) or nothing (the app
+# resizes). Written into exported contracts (extra["resize_by_client"]) by `client_resizes`.
+CLIENT_RESIZE: tuple[tuple[str, str | None, str | None, str], ...] = (
+    ("tledge", None, None, "tledge run / Contract.prepare: this contract's resize and fit, exactly"),
+    ("opencv-dnn", "linear", "stretch", "cv2.dnn.blobFromImage(img, 1, (W, H), swapRB=...): cv2.resize "
+     "INTER_LINEAR to WxH (crop=True: short side to fit, then centre crop, i.e. crop fraction 1)"),
+    ("mediapipe", "linear", "stretch", "MediaPipe Tasks / TFLite Task Library ImageClassifier: bilinear to "
+     "the input size, aspect ratio not kept"),
+    ("onnxruntime-web", None, None, "no image preprocessing: the app resizes (canvas drawImage smoothing is "
+     "browser-defined) and must lay out and scale the tensor as this contract says"),
+)
+
+
+def client_resizes(contract: "Contract") -> dict[str, dict[str, str]]:
+    """Per client family: the resize it uses and whether it gives this contract's pixels:
+    exact (same OpenCV call), approximate (same method, another implementation), differs, or app."""
+    out = {}
+    for family, resize, fit, how in CLIENT_RESIZE:
+        if family == "tledge":
+            agreement, resize, fit = "exact", contract.resize.value, contract.fit.value
+        elif resize is None:
+            agreement = "app"
+        elif (resize, fit) != (contract.resize.value, contract.fit.value):
+            agreement = "differs"
+        else:
+            agreement = "exact" if family == "opencv-dnn" else "approximate"
+        out[family] = {"resize": resize or "app", "fit": fit or "app", "agreement": agreement, "how": how}
+    return out
+
+
 def read_labels(path: str | Path) -> tuple[str, ...]:
     """One label per line; also Teachable Machine's `0 name` lines. Blank lines are dropped."""
     p = Path(path)

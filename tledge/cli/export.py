@@ -20,6 +20,18 @@ def add_arguments(p) -> None:
     p.add_argument("--labels", help="labels file: one per line, or Teachable Machine '0 name' lines")
     p.add_argument("--preprocess", help="mode (tf, caffe, torch, scale, raw), backbone name, or auto")
     p.add_argument("--input-size", help="HxW, for models with a dynamic input size")
+    g = p.add_argument_group("image preparation (as `tledge run` takes them; recorded in the contract)")
+    g.add_argument("--resize", choices=("area", "linear", "nearest", "cubic"),
+                   help="resize method (default area; linear = what cv2.dnn.blobFromImage and MediaPipe do)")
+    g.add_argument("--fit", choices=("stretch", "crop", "letterbox"), help="how the image fits the input "
+                                                                         "(default stretch)")
+    g.add_argument("--crop", type=float, metavar="FRACTION",
+                   help="resize the short side to size/FRACTION then centre-crop (ImageNet: 0.875 = 256 -> 224)")
+    o = p.add_argument_group("ONNX files (TFLite files stay NHWC)")
+    o.add_argument("--layout", choices=("nhwc", "nchw"), default="nhwc",
+                   help="input layout of the ONNX files (nchw: for cv2.dnn.blobFromImage and NCHW pipelines)")
+    o.add_argument("--onnx-input", choices=("float32", "uint8"), default="float32",
+                   help="input dtype of the ONNX files (uint8: raw pixels, a Cast inside)")
     p.add_argument("--thresholds", help="JSON/TOML file of parity thresholds per precision or file")
     p.add_argument("--calib-limit", type=int, default=256, help="max calibration images (default 256)")
     p.add_argument("--fidelity", type=float, metavar="AGREEMENT",
@@ -68,6 +80,7 @@ def _validate(args):
     V.preprocess(args.preprocess, allow_auto=True)
     V.in_range(args.calib_limit, "--calib-limit", 1)
     V.in_range(args.fidelity, "--fidelity", 0.0, 1.0, lo_open=True)
+    V.geometry(args.fit, args.crop)
     kinds = sorted({f.kind for f in FORMATS.values()})
     for f in (s.strip() for s in (args.formats or "").split(",") if s.strip()):
         if f not in kinds:
@@ -85,6 +98,7 @@ def run(args) -> int:
     input_size = V.size(args.input_size)
     thresholds = load_thresholds(args.thresholds) if args.thresholds else {}
     formats, precisions, device = _plan(args)
+    _check_onnx_options(args, formats)
     labels = _labels(args)
     from tledge.export.pipeline import ExportConfig, export
 
@@ -96,10 +110,19 @@ def run(args) -> int:
         explain=args.explain, int8_only=bool(device is not None and device.compile_edgetpu), force=args.force,
         # a device profile without precision flags: exactly its files (plus fp32 of each format)
         pairs=device.pairs if device is not None and not (args.int8 or args.fp16 or args.dynamic) else (),
-        compile_edgetpu=bool(device is not None and device.compile_edgetpu))
+        compile_edgetpu=bool(device is not None and device.compile_edgetpu),
+        resize=args.resize, fit=args.fit, crop=args.crop, onnx_layout=args.layout, onnx_input=args.onnx_input)
     result = export(args.model, cfg)  # staging folder, lock and manifest: tledge.export.unit
     _print(result, args)
     return 0 if result.passed else 1
+
+
+def _check_onnx_options(args, formats) -> None:
+    given = [f for f, v, d in (("--layout", args.layout, "nhwc"), ("--onnx-input", args.onnx_input, "float32"))
+             if v != d]
+    if given and "onnx" not in formats:
+        raise TledgeError(f"{' and '.join(given)} only apply to ONNX files, and this export writes "
+                          f"{', '.join(formats)} only (TFLite files stay NHWC)")
 
 
 def _labels(args) -> str | None:

@@ -250,6 +250,12 @@ def in_range(value, flag: str, lo=None, hi=None, *, lo_open: bool = False):
     return value
 
 
+def geometry(fit: str | None, crop: float | None) -> None:
+    """--crop FRACTION in (0, 1], and not with a --fit other than crop (it means fit=crop)."""
+    in_range(crop, "--crop", 0.0, 1.0, lo_open=True)
+    if crop is not None and fit not in (None, "crop"):
+        raise TledgeError(f"--crop {_num(crop)} centre-crops: it cannot go with --fit {fit} (drop one)")
+
 def size(text: str | None, flag: str = "--input-size") -> tuple[int, int] | None:
     """'HxW' or 'N' -> (h, w), each 1..MAX_SIDE."""
     if text is None:

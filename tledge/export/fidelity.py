@@ -207,24 +207,23 @@ def _onnx(model, rung: Rung, ctx: FidelityContext, applied: dict) -> bytes:
     import tempfile
 
     from tledge.export import onnx as onnx_export
-    from tledge.export.metadata import embed_onnx
     from tledge.export.selective import _with_activations, onnx_stem
 
     onnx = require("onnx", extra="export")
+    conv = onnx_export.Conventions.of(ctx.contract)  # the export's ONNX layout and input dtype
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        if model is None:
-            shutil.copy(ctx.out / "model_fp32.onnx", src)
+        if model is None:  # the fp32 file's graph, float input
+            src.write_bytes(onnx_export.float_input((ctx.out / "model_fp32.onnx").read_bytes()))
         else:
             onnx_export.save(onnx_export.convert_fp32(_serve(model, ctx.contract), ctx.contract), src)
         exclude = ()
         if rung.stem:
             raw = src.read_bytes()
             exclude = _with_activations(raw, onnx_stem(raw, rung.stem))
-        onnx_export.quantize_int8(src, dst, ctx.calib, method=rung.calibrate, nodes_to_exclude=exclude)
-        per_file = ctx.contract.for_file(input_dtype="float32")
-        extra = {**per_file.extra, "onnx_quant": "QDQ U8S8 per-channel", **applied}
-        return embed_onnx(onnx.load(str(dst)), per_file.replace(extra=extra)).SerializeToString()
+        onnx_export.quantize_int8(src, dst, conv.calib(ctx.calib), method=rung.calibrate, nodes_to_exclude=exclude)
+        per_file = conv.file_contract(ctx.contract, onnx_quant="QDQ U8S8 per-channel", **applied)
+        return onnx_export.finish(onnx.load(str(dst)), per_file, conv).SerializeToString()
 
 
 def _serve(model, contract: Contract):
@@ -279,7 +278,10 @@ def _explain(ctx: FidelityContext, model, failing: Sequence[ParityResult]) -> st
     fp32, int8 = ctx.out / "model_fp32.onnx", ctx.out / "model_int8.onnx"
     if fp32.is_file() and int8.is_file():
         try:
-            rows = explain.onnx_layer_errors(fp32.read_bytes(), int8.read_bytes(), ctx.calib, debug_images=n)
+            from tledge.export.onnx import Conventions, float_input
+
+            rows = explain.onnx_layer_errors(float_input(fp32.read_bytes()), float_input(int8.read_bytes()),
+                                             Conventions.of(ctx.contract).calib(ctx.calib), debug_images=n)
             parts.append("Plain int8 ONNX, per activation (SQNR in dB of the QDQ model against the float "
                          "model, accumulated; lowest first):\n\n" + explain.markdown(rows, top=12))
         except Exception as exc:

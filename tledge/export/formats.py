@@ -64,26 +64,36 @@ def _tflite_io(data: bytes) -> tuple[Quant | None, Quant | None, str]:
 
 
 def _write_onnx(fmt: Format, dst: Path, serve, contract: Contract, calib, folder: Path) -> None:
+    """fp32: tf2onnx in the export's ONNX layout; int8: QDQ from that float graph (calibration images
+    in the same layout). Both then get the file conventions (uint8 input, description) and their
+    own contract (tledge.export.onnx.finish)."""
     from tledge.export import onnx as onnx_export
-    from tledge.export.metadata import embed_onnx
 
-    per_file = contract.for_file(input_dtype="float32")
+    conv = onnx_export.Conventions.of(contract)
     if fmt.precision == "fp32":
-        model = embed_onnx(onnx_export.convert_fp32(serve, contract), per_file)
-        with atomic_path(dst) as tmp:
-            onnx_export.save(model, tmp)
-        return
-    fp32 = folder / "model_fp32.onnx"
-    with tempfile.TemporaryDirectory() as tmpdir:
-        if not fp32.is_file():
-            src = Path(tmpdir) / "fp32.onnx"
-            onnx_export.save(onnx_export.convert_fp32(serve, contract), src)
-        else:
-            src = fp32
-        q = Path(tmpdir) / "int8.onnx"
-        onnx_export.quantize_int8(src, q, calib)
-        import onnx
+        model = onnx_export.convert_fp32(serve, contract)
+        per_file = conv.file_contract(contract)
+    else:
+        model = _onnx_int8(serve, contract, conv, calib, folder)
+        per_file = conv.file_contract(contract, onnx_quant="QDQ U8S8 per-channel")
+    model = onnx_export.finish(model, per_file, conv)
+    with atomic_path(dst) as tmp:
+        onnx_export.save(model, tmp)
 
-        model = embed_onnx(onnx.load(str(q)), per_file.replace(extra={"onnx_quant": "QDQ U8S8 per-channel"}))
-        with atomic_path(dst) as tmp:
-            onnx_export.save(model, tmp)
+
+def _onnx_int8(serve, contract: Contract, conv, calib, folder: Path):
+    """The QDQ model, quantised from a float-input graph of the export's layout."""
+    from tledge._deps import require
+    from tledge.export import onnx as onnx_export
+
+    onnx = require("onnx", extra="export")
+    with tempfile.TemporaryDirectory() as tmpdir:
+        src = Path(tmpdir) / "fp32.onnx"
+        fp32 = folder / "model_fp32.onnx"
+        if fp32.is_file():  # the fp32 file's own graph (same layout and tensor names), float input
+            src.write_bytes(onnx_export.float_input(fp32.read_bytes()))
+        else:
+            onnx_export.save(onnx_export.convert_fp32(serve, contract), src)
+        q = Path(tmpdir) / "int8.onnx"
+        onnx_export.quantize_int8(src, q, conv.calib(calib))
+        return onnx.load(str(q))

@@ -1,7 +1,15 @@
-"""ONNX conversion: tf2onnx from the traced function (fp32), onnxruntime static QDQ (int8)."""
+"""ONNX conversion: tf2onnx from the traced function (fp32), onnxruntime static QDQ (int8), and the
+file conventions other tools read (input layout and dtype, producer / graph name / doc_string, opset
+domains actually used).
+
+The export's ONNX conventions live in the export contract's `extra["onnx"]` ({"layout": "nchw",
+"input_dtype": "uint8"}), so `tledge.json` tells runtimes that cannot read `metadata_props`
+(onnxruntime-web) what the ONNX files take; TFLite files always stay NHWC float/uint8 as converted.
+"""
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -14,8 +22,50 @@ OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "pixels", "scores"
 
 
+LAYOUTS, INPUT_DTYPES = ("nhwc", "nchw"), ("float32", "uint8")
+_ONNX_UINT8, _ONNX_FLOAT = 2, 1  # onnx.TensorProto.UINT8 / FLOAT
+
+
+@dataclass(frozen=True)
+class Conventions:
+    """How the export's ONNX files take their input (the TFLite files are not affected)."""
+
+    layout: str = "nhwc"
+    input_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ExportError(f"ONNX layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        if self.input_dtype not in INPUT_DTYPES:
+            raise ExportError(f"ONNX input dtype must be one of {', '.join(INPUT_DTYPES)}, got {self.input_dtype!r}")
+
+    @classmethod
+    def of(cls, contract) -> "Conventions":
+        """The conventions recorded in an export contract (NHWC float32 when none are)."""
+        d = (contract.extra or {}).get("onnx") or {}
+        return cls(str(d.get("layout", "nhwc")), str(d.get("input_dtype", "float32")))
+
+    def to_dict(self) -> dict:
+        return {"layout": self.layout, "input_dtype": self.input_dtype}
+
+    def file_contract(self, contract, **extra):
+        """The contract embedded in one ONNX file of the export: its own layout and input dtype."""
+        from tledge.contract import Layout
+
+        per_file = contract.for_file(input_dtype=self.input_dtype, layout=Layout(self.layout))
+        return per_file.replace(extra={**per_file.extra, **extra})
+
+    def calib(self, calib: np.ndarray | None) -> np.ndarray | None:
+        """NHWC prepared images (the export's) -> what the float graph of this layout takes."""
+        if calib is None or self.layout == "nhwc":
+            return calib
+        return np.ascontiguousarray(np.asarray(calib).transpose(0, 3, 1, 2))
+
+
 def convert_fp32(serve, contract):
-    """An onnx.ModelProto of the traced tf.function, input `pixels` NHWC float32, output `scores`."""
+    """An onnx.ModelProto of the traced tf.function, input `pixels` float32, output `scores`. The
+    input is NCHW when the contract's ONNX conventions say so: tf2onnx then converts the graph
+    itself to NCHW (no transpose left at the input), as cv2.dnn and most NCHW pipelines want."""
     tf = require("tensorflow", extra="export")
     tf2onnx = require("tf2onnx", extra="export")
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
@@ -28,7 +78,9 @@ def convert_fp32(serve, contract):
         graph_def = frozen.graph.as_graph_def()
         inputs = [t.name for t in frozen.inputs if t.dtype != tf.resource]
         outputs = [t.name for t in frozen.outputs]
-        model, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs, opset=OPSET)
+        nchw = inputs if Conventions.of(contract).layout == "nchw" else None
+        model, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs, opset=OPSET,
+                                                  inputs_as_nchw=nchw)
     except Exception as exc:
         raise ExportError(f"ONNX conversion failed: {str(exc).strip().splitlines()[-1][:400]}") from None
     return _rename_io(model)
@@ -91,3 +143,94 @@ class _Reader:
 def save(model, path: Path) -> None:
     onnx = require("onnx", extra="export")
     onnx.save(model, str(path))
+
+
+# ---- file conventions (after conversion / quantisation) ---------------------------------------------
+
+def finish(model, contract, conventions: Conventions):
+    """The last steps of every ONNX file: uint8 input (a Cast inside) when asked, producer / graph
+    name / doc_string stating layout, dtype and pixel range, unused opset domains pruned, and the
+    file's own contract embedded in metadata_props. `model` takes float32 in the conventions' layout;
+    `contract` is the file's own contract (Conventions.file_contract)."""
+    from tledge.export.metadata import embed_onnx
+
+    if conventions.input_dtype == "uint8":
+        uint8_input(model)
+    describe(model, contract)
+    prune_opsets(model)
+    return embed_onnx(model, contract)
+
+
+def uint8_input(model):
+    """Make input `pixels` uint8: a Cast to float32 in front of the float graph, in place. Raw pixels
+    0..255 are exact in both, so the outputs are those of the float input."""
+    onnx = require("onnx", extra="export")
+    graph = model.graph
+    inp = graph.input[0]
+    if inp.type.tensor_type.elem_type == _ONNX_UINT8:
+        return model
+    inner = inp.name + "_float"
+    for node in graph.node:
+        node.input[:] = [inner if n == inp.name else n for n in node.input]
+    cast = onnx.helper.make_node("Cast", [inp.name], [inner], to=_ONNX_FLOAT, name="tledge_uint8_to_float")
+    graph.node.insert(0, cast)
+    inp.type.tensor_type.elem_type = _ONNX_UINT8
+    return model
+
+
+def float_input(data: bytes) -> bytes:
+    """The inverse of uint8_input on a serialised model (for tools that feed float32, such as the
+    per-activation diagnosis): the Cast removed, input `pixels` float32 again."""
+    onnx = require("onnx", extra="export")
+    model = onnx.load_from_string(data)
+    graph = model.graph
+    cast = next((i for i, n in enumerate(graph.node) if n.name == "tledge_uint8_to_float"), None)
+    if cast is None:
+        return data
+    inner, name = graph.node[cast].output[0], graph.input[0].name
+    del graph.node[cast]
+    for node in graph.node:
+        node.input[:] = [name if n == inner else n for n in node.input]
+    graph.input[0].type.tensor_type.elem_type = _ONNX_FLOAT
+    return model.SerializeToString()
+
+
+def describe(model, contract) -> None:
+    """producer, graph name and doc_string (model, graph, input) saying what the input is, in place."""
+    import tledge
+
+    layout = contract.layout.value.upper()
+    shape = "x".join(["batch"] + [str(d) for d in contract.input_shape])
+    order = contract.color.value.upper()
+    pixels = "raw pixel values 0..255" if contract.baked else f"pixels normalised `{contract.norm.value}`"
+    norm = f"; normalisation `{contract.norm.value}` is inside the model" if contract.baked else ""
+    fit = contract.fit.value + (f" (crop fraction {contract.crop_fraction:g})" if contract.fit.value == "crop" else "")
+    text = (f"Input `{INPUT_NAME}`: {contract.input_dtype} {layout} [{shape}], {order}, {pixels}{norm}. "
+            f"Resize: {contract.resize.value} (cv2 INTER_{contract.resize.value.upper()}), fit {fit}. "
+            f"Output `{OUTPUT_NAME}`: {contract.output.value} over {len(contract.labels) or 'N'} classes. "
+            "The full preprocessing contract is metadata_props['tledge_contract'], also written as "
+            "tledge.json beside this file for runtimes that cannot read metadata_props (onnxruntime-web).")
+    model.producer_name, model.producer_version = "tledge", tledge.__version__
+    model.doc_string = model.graph.doc_string = text
+    model.graph.name = (f"tledge_classifier_{contract.input_dtype}_{contract.layout.value}_"
+                        f"{contract.height}x{contract.width}x{contract.channels}_{contract.color.value}")
+    model.graph.input[0].doc_string = f"{contract.input_dtype} {layout} {order}, {pixels}"
+
+
+def prune_opsets(model) -> None:
+    """Drop opset imports of domains no node uses (tf2onnx adds ai.onnx.ml), in place. The default
+    domain stays."""
+    used = {n.domain or "" for n in _all_nodes(model.graph)}
+    used |= {n.domain or "" for f in model.functions for n in f.node} | {f.domain for f in model.functions}
+    keep = [o for o in model.opset_import if (o.domain or "") in used or (o.domain or "") in ("", "ai.onnx")]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+
+
+def _all_nodes(graph):
+    """Nodes of a graph and of its subgraphs (If / Loop / Scan bodies)."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _all_nodes(sub)

@@ -266,7 +266,8 @@ def check_files(reference: np.ndarray, files: Sequence[tuple[Path, str, str]], p
         try:
             model = load(path, threads=threads)
             start = time.perf_counter()
-            out = np.concatenate([model.predict(pixels[i:i + 32]) for i in range(0, len(pixels), 32)])
+            out = np.concatenate([model.predict(model.from_nhwc(pixels[i:i + 32]))  # NCHW ONNX files
+                                  for i in range(0, len(pixels), 32)])
             latency = 1000 * (time.perf_counter() - start) / max(1, len(pixels))
         except Exception as exc:  # a broken file is a parity failure, reported with the others
             results.append(ParityResult(Path(path).name, fmt, precision, len(pixels), float("inf"),

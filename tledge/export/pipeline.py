@@ -40,6 +40,11 @@ class ExportConfig:
     pairs: tuple[tuple[str, str], ...] = ()  # (kind, precision) files of a device profile: replaces the flags
     compile_edgetpu: bool = False  # run edgetpu_compiler on the int8 TFLite file (when it is installed)
     force: bool = False  # --preprocess auto: export even when the best mode scores near chance
+    resize: str | None = None  # area | linear | nearest | cubic (default: the sidecar's, else area)
+    fit: str | None = None  # stretch | crop | letterbox
+    crop: float | None = None  # crop fraction: fit=crop, short side to size/crop, centre crop
+    onnx_layout: str = "nhwc"  # the ONNX files' input layout (TFLite stays NHWC)
+    onnx_input: str = "float32"  # the ONNX files' input dtype: float32, or uint8 (a Cast inside)
 
 
 @dataclass
@@ -93,7 +98,8 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
             seconds["int8 fidelity"] = round(time.perf_counter() - start, 2)
         derived = _compile_edgetpu(stage, report) if cfg.compile_edgetpu else {}
         report.write(stage)
-        folder.commit(model_path, {r.file: (r.passed, _figures(r)) for r in report.results}, derived)
+        folder.commit(model_path, {r.file: (r.passed, _figures(r)) for r in report.results}, derived,
+                      _inputs(stage, [r.file for r in report.results]))
     written = [out / r.file for r in report.results if "/" not in r.file and (out / r.file).is_file()]
     return ExportResult(out, contract, written, report, seconds)
 
@@ -103,6 +109,19 @@ def plan(cfg: ExportConfig) -> list[F.Format]:
     if cfg.pairs:
         return F.select_pairs(cfg.pairs)
     return F.select(cfg.formats, int8=cfg.int8, fp16=cfg.fp16, dynamic=cfg.dynamic)
+
+
+def _inputs(stage: Path, names: Sequence[str]) -> dict[str, dict]:
+    """What each written file takes, from its embedded contract: for the manifest."""
+    from tledge.metadata import read_contract
+
+    out = {}
+    for name in names:
+        p = stage / name
+        c = read_contract(p) if p.is_file() else None
+        if c is not None:
+            out[name] = {"layout": c.layout.value, "dtype": c.input_dtype, "shape": [-1, *c.input_shape]}
+    return out
 
 
 def _figures(r: ParityResult) -> dict:
@@ -217,8 +236,33 @@ def _contract(cfg: ExportConfig, lm, labels) -> tuple[Contract, str | None]:
         labels, labels_from = (), ""  # the sidecar's: resolve_contract checks and names it
     else:
         labels_from = f"the class folders of {cfg.val if cfg.val and cfg.val != 'random' else cfg.calib}"
-    return loader.resolve_contract(lm, preprocess=preprocess, input_size=cfg.input_size, labels=labels,
-                                   labels_from=labels_from, preprocess_from=preprocess_from)
+    contract, add_norm = loader.resolve_contract(lm, preprocess=preprocess, input_size=cfg.input_size, labels=labels,
+                                                 labels_from=labels_from, preprocess_from=preprocess_from)
+    return with_export_options(contract, cfg), add_norm
+
+
+def with_export_options(contract: Contract, cfg: ExportConfig) -> Contract:
+    """--resize / --fit / --crop (as `tledge run` takes them), the ONNX conventions and the resize of
+    each client family, on the export contract: calibration and parity images are prepared with it."""
+    from tledge.contract import client_resizes
+    from tledge.export.onnx import Conventions
+
+    geometry: dict = {}
+    if cfg.resize:
+        geometry["resize"] = cfg.resize
+    if cfg.crop is not None:
+        if cfg.fit not in (None, "crop"):
+            raise TledgeError(f"--crop {cfg.crop:g} centre-crops: it cannot go with --fit {cfg.fit}")
+        geometry.update(fit="crop", crop_fraction=float(cfg.crop))
+    elif cfg.fit:
+        geometry["fit"] = cfg.fit
+    contract = contract.replace(**geometry)
+    conv = Conventions(cfg.onnx_layout, cfg.onnx_input)
+    extra = {k: v for k, v in contract.extra.items() if k not in ("onnx", "resize_by_client")}
+    if conv != Conventions() and "onnx" in cfg.formats + tuple(k for k, _ in cfg.pairs):
+        extra["onnx"] = conv.to_dict()
+    extra["resize_by_client"] = client_resizes(contract)
+    return contract.replace(extra=extra)
 
 
 def load_pixels(folder: str | Path, contract: Contract, limit: int, labels: tuple[str, ...] = ()):

@@ -91,6 +91,13 @@ class EdgeModel:
             x = np.ascontiguousarray(x.transpose(2, 0, 1))
         return x
 
+    def from_nhwc(self, batch: np.ndarray) -> np.ndarray:
+        """Prepared NHWC images (an export's reference layout) -> this file's layout."""
+        x = np.asarray(batch)
+        if self.contract.layout is Layout.NCHW and x.ndim == 4:
+            return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        return x
+
     # ---- inference --------------------------------------------------------------------------------
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Prepared inputs (as `contract.prepare` makes them, with a batch axis) -> float32 outputs."""
@@ -192,8 +199,21 @@ def _read_contract(path: Path, backend) -> tuple[Contract | None, str]:
         return Contract.from_json(raw), "embedded"
     beside = path.parent / "tledge.json"
     if beside.is_file():
-        return Contract.load(beside), "tledge.json"
+        return for_kind(Contract.load(beside), path.suffix.lower().lstrip(".")), "tledge.json"
     return None, "inferred"
+
+
+def for_kind(contract: Contract, kind: str) -> Contract:
+    """An export's tledge.json as one of its files takes it: the ONNX files' own layout and input
+    dtype (extra["onnx"], from `tledge export --layout / --onnx-input`); TFLite files stay NHWC."""
+    conv = (contract.extra or {}).get("onnx") if kind == "onnx" else None
+    if not isinstance(conv, dict):
+        return contract
+    try:
+        return contract.replace(layout=Layout(str(conv.get("layout", contract.layout.value))),
+                                input_dtype=str(conv.get("input_dtype", contract.input_dtype)))
+    except ValueError:
+        raise ContractError(f"tledge.json: extra.onnx {conv!r} is not a known layout / input dtype") from None
 
 
 def load(path: str | Path, *, threads: int | None = None, contract: Contract | None = None,
