@@ -217,3 +217,29 @@ def test_mediapipe_image_classifier_reads_every_precision_like_tledge_run(tiny_e
                     .classifications[0].categories
                 assert sorted(c.category_name for c in cats) == sorted(labels), precision
                 assert (cats[0].index, cats[0].category_name) == (mine.index, mine.label), (precision, image.name)
+
+
+def test_corrupt_files_raise_model_load_error_only(tiny_export):
+    from tledge.errors import ModelLoadError
+
+    data = (tiny_export.out / "model_int8.tflite").read_bytes()
+    raw = tflite_metadata(data)[sm.ENTRY_NAME]
+    rng = np.random.default_rng(0)
+    with pytest.raises(ModelLoadError):
+        tflite_metadata(b"1234TFL3")
+    with pytest.raises(ModelLoadError):
+        sm.parse(raw[:40])
+    failures = 0
+    for _ in range(300):  # random bytes flipped in the flatbuffers: a clean error or a result, nothing else
+        blob, meta = bytearray(data), bytearray(raw)
+        for buf in (blob, meta):
+            idx = rng.integers(0, len(buf), 4)
+            buf[idx[0]:idx[0] + 1] = bytes([int(rng.integers(0, 256))])
+            for i in idx[1:]:
+                buf[i] = int(rng.integers(0, 256))
+        for fn, arg in ((read_standard_metadata, bytes(blob)), (sm.parse, bytes(meta))):
+            try:
+                fn(arg)
+            except ModelLoadError:
+                failures += 1
+    assert failures > 0  # some flips do hit offsets

@@ -9,8 +9,6 @@ schema.fbs, table Model and the tables it points to) are in the constants below.
 from __future__ import annotations
 
 import struct
-from typing import Iterator
-
 from tledge.errors import ModelLoadError
 
 
@@ -75,29 +73,28 @@ class Table:
         at = self._field(slot)
         return Table(self.buf, self._indirect(at)) if at else None
 
-    def tables(self, slot: int) -> list["Table"]:
+    def _vector(self, slot: int, item: int) -> tuple[int, int]:
+        """(position of the first element, length) of the vector in `slot`; (0, 0) when absent."""
         at = self._field(slot)
         if not at:
-            return []
+            return 0, 0
         start = self._indirect(at)
         n = struct.unpack_from("<I", self.buf, start)[0]
-        return [Table(self.buf, self._indirect(start + 4 + 4 * i)) for i in range(n)]
+        if start + 4 + n * item > len(self.buf):
+            raise ModelLoadError("corrupt flatbuffer (a vector runs past the end of the file)")
+        return start + 4, n
+
+    def tables(self, slot: int) -> list["Table"]:
+        first, n = self._vector(slot, 4)
+        return [Table(self.buf, self._indirect(first + 4 * i)) for i in range(n)]
 
     def scalars(self, slot: int, fmt: str) -> tuple:
-        at = self._field(slot)
-        if not at:
-            return ()
-        start = self._indirect(at)
-        n = struct.unpack_from("<I", self.buf, start)[0]
-        return struct.unpack_from(f"<{n}{fmt}", self.buf, start + 4)
+        first, n = self._vector(slot, struct.calcsize("<" + fmt))
+        return struct.unpack_from(f"<{n}{fmt}", self.buf, first) if n else ()
 
     def strings(self, slot: int) -> list[str]:
-        at = self._field(slot)
-        if not at:
-            return []
-        start = self._indirect(at)
-        n = struct.unpack_from("<I", self.buf, start)[0]
-        return [self.raw_vector(self._indirect(start + 4 + 4 * i)).decode("utf-8", "replace") for i in range(n)]
+        first, n = self._vector(slot, 4)
+        return [self.raw_vector(self._indirect(first + 4 * i)).decode("utf-8", "replace") for i in range(n)]
 
     def union(self, type_slot: int) -> tuple[int, "Table | None"]:
         """(type, table) of the union whose type is in `type_slot` and value in the next slot."""
@@ -116,14 +113,29 @@ SIGNATURE_INPUTS, SIGNATURE_OUTPUTS, SIGNATURE_KEY, SIGNATURE_SUBGRAPH = 0, 1, 2
 TENSORMAP_NAME, TENSORMAP_INDEX = 0, 1
 
 
+def guarded(fn):
+    """Any out-of-range read of a corrupt file becomes a ModelLoadError (one line, no traceback)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (struct.error, IndexError, OverflowError) as exc:
+            raise ModelLoadError(f"corrupt flatbuffer ({exc})") from None
+    return wrapper
+
+
 def tflite_model(data: bytes) -> Table:
     if len(data) < 8 or data[4:8] != TFLITE_IDENTIFIER:
         raise ModelLoadError("not a TFLite flatbuffer (missing the TFL3 identifier)")
     return Table.root(data)
 
 
-def tflite_metadata_entries(data: bytes) -> Iterator[tuple[str, bytes]]:
+@guarded
+def tflite_metadata_entries(data: bytes) -> list[tuple[str, bytes]]:
     """(name, payload) of each `Model.metadata` entry of a TFLite flatbuffer."""
+    out = []
     model = tflite_model(data)
     buffers = model.tables(MODEL_BUFFERS)
     for md in model.tables(MODEL_METADATA):
@@ -136,9 +148,11 @@ def tflite_metadata_entries(data: bytes) -> Iterator[tuple[str, bytes]]:
         if not payload:
             offset, size = buf.scalar(BUFFER_OFFSET, "Q", 0), buf.scalar(BUFFER_SIZE, "Q", 0)
             payload = bytes(data[offset:offset + size]) if offset > 1 else b""  # large models: after the flatbuffer
-        yield name, payload
+        out.append((name, payload))
+    return out
 
 
+@guarded
 def tflite_signatures(data: bytes) -> dict[str, dict]:
     """signature key -> {"inputs": {name: tensor index}, "outputs": {...}, "subgraph": i}."""
     out = {}
@@ -150,6 +164,7 @@ def tflite_signatures(data: bytes) -> dict[str, dict]:
     return out
 
 
+@guarded
 def tflite_io_tensors(data: bytes, subgraph: int = 0) -> dict[str, list[dict]]:
     """{"inputs": [...], "outputs": [...]} of one subgraph: name, shape, shape_signature of each tensor."""
     sg = tflite_model(data).tables(MODEL_SUBGRAPHS)[subgraph]

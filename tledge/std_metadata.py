@@ -15,7 +15,7 @@ import zipfile
 from dataclasses import dataclass, field
 
 from tledge.errors import ModelLoadError
-from tledge.flatbuf import Table
+from tledge.flatbuf import Table, guarded
 
 ENTRY_NAME = "TFLITE_METADATA"  # Model.metadata name of the buffer holding the M001 flatbuffer
 IDENTIFIER = b"M001"
@@ -96,6 +96,7 @@ def labels_from_text(raw: bytes) -> tuple[str, ...]:
 
 # ---- reading ------------------------------------------------------------------------------------------
 
+@guarded
 def parse(meta: bytes, packed: dict | None = None) -> StandardMetadata:
     """An M001 flatbuffer (the TFLITE_METADATA buffer) -> StandardMetadata (first subgraph)."""
     root = Table.root(meta, IDENTIFIER)
@@ -134,15 +135,18 @@ def _tensor(t: Table) -> TensorMd:
                     for f in t.tables(TENSOR["files"])))
 
 
+MAX_PACKED_FILE = 16 << 20  # larger associated files (not labels) are not read
+
+
 def packed_files(data: bytes) -> dict[str, bytes]:
     """The associated files zipped after a TFLite flatbuffer (empty when there are none)."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            return {name: zf.read(name) for name in zf.namelist()}
+            return {i.filename: zf.read(i) for i in zf.infolist() if i.file_size <= MAX_PACKED_FILE}
     except zipfile.BadZipFile:
         return {}
-    except (zipfile.LargeZipFile, OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read the files packed in the TFLite file: {exc}") from None
+    except Exception as exc:  # a corrupt zip raises EOFError, zlib.error, NotImplementedError, ...
+        raise ModelLoadError(f"cannot read the files packed in the TFLite file: {type(exc).__name__} {exc}") from None
 
 
 # ---- writing ------------------------------------------------------------------------------------------
