@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import zipfile
+from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def test_metadata_flatbuffer_round_trip_and_packed_files():
     raw = sm.build(md)
     assert raw[4:8] == b"M001"
     back = sm.parse(raw, {"l.txt": b"a\nb\n\n", "fr.txt": b"x\ny\n"})
-    assert back == md.__class__(**{**md.__dict__, "min_parser_version": sm.MIN_PARSER_VERSION})
+    assert back == replace(md, min_parser_version=sm.MIN_PARSER_VERSION)
     assert back.labels() == ("a", "b")  # the file without a locale first
     packed = sm.pack_files(b"\x00" * 100, {"l.txt": b"a\nb\n"})
     assert packed[:100] == b"\x00" * 100 and sm.packed_files(packed) == {"l.txt": b"a\nb\n"}
@@ -122,8 +123,7 @@ def _as_made_elsewhere(data: bytes, mean=None, std=None) -> bytes:
     if mean is not None:
         entry = next(m for m in model.metadata if m.name.decode() == sm.ENTRY_NAME)
         old = sm.parse(bytes(model.buffers[entry.buffer].data))
-        new = old.__class__(**{**old.__dict__, "inputs": (old.inputs[0].__class__(
-            **{**old.inputs[0].__dict__, "mean": mean, "std": std}),)})
+        new = replace(old, inputs=(replace(old.inputs[0], mean=mean, std=std),))
         model.buffers[entry.buffer].data = list(sm.build(new))
     b = flatbuffers.Builder(len(data))
     b.Finish(model.Pack(b), file_identifier=b"TFL3")
