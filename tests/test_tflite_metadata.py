@@ -243,3 +243,15 @@ def test_corrupt_files_raise_model_load_error_only(tiny_export):
             except ModelLoadError:
                 failures += 1
     assert failures > 0  # some flips do hit offsets
+
+
+def test_embedding_again_replaces_every_entry_and_the_packed_labels(tiny_export):
+    from tledge.export.metadata import embed_tflite
+
+    data = (tiny_export.out / "model_int8.tflite").read_bytes()
+    again = embed_tflite(data, read_tflite_contract(data).replace(labels=("a", "b", "c")))
+    names = [n for n, _ in flatbuf.tflite_metadata_entries(again)]
+    assert len(names) == len(set(names)) and len(again) <= len(data) + 16
+    assert read_standard_metadata(again).labels() == read_tflite_contract(again).labels == ("a", "b", "c")
+    with zipfile.ZipFile(BytesIO(again)) as zf:
+        assert zf.namelist() == ["labels.txt"] and zf.read("labels.txt") == b"a\nb\nc\n"

@@ -39,14 +39,19 @@ def embed_tflite(data: bytes, contract: Contract) -> bytes:
                ENTRY_NAME: build(standard_metadata(contract))}
     if contract.labels:
         entries["labels"] = ("\n".join(contract.labels) + "\n").encode("utf-8")
+    existing = {_name(m.name): m for m in (model.metadata or [])}
     model.metadata = [m for m in (model.metadata or []) if _name(m.name) not in entries]
     for name, payload in entries.items():
         buf = schema.BufferT()
         buf.data = list(payload)
-        model.buffers.append(buf)
         md = schema.MetadataT()
         md.name = name
-        md.buffer = len(model.buffers) - 1
+        if name in existing:  # embedding again: reuse the entry's buffer, leave no orphan behind
+            md.buffer = existing[name].buffer
+            model.buffers[md.buffer] = buf
+        else:
+            model.buffers.append(buf)
+            md.buffer = len(model.buffers) - 1
         model.metadata.append(md)
     builder = flatbuffers.Builder(len(data) + 4096)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
