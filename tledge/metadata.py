@@ -1,49 +1,39 @@
 """Reading the contract embedded in exported files, without TensorFlow.
 
-TFLite: a `Model.metadata` entry named `tledge_contract` whose buffer holds the contract JSON
-(read with the flatbuffer schema that ai-edge-litert ships). ONNX: `metadata_props` key
-`tledge_contract`. Writing lives in tledge.export.metadata.
+TFLite: a `Model.metadata` entry named `tledge_contract` whose buffer holds the contract JSON, and the
+standard TFLite metadata (`TFLITE_METADATA`, tledge.std_metadata) that files made elsewhere may carry;
+both read by tledge.flatbuf with no dependency. ONNX: `metadata_props` key `tledge_contract`.
+Writing lives in tledge.export.metadata.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from tledge.contract import METADATA_KEY, Contract
-from tledge.errors import ModelLoadError
-
-
-def _tflite_schema():
-    try:
-        from ai_edge_litert import schema_py_generated as schema
-    except ImportError:
-        try:
-            from tensorflow.lite.python import schema_py_generated as schema  # noqa: F401
-        except ImportError:
-            from tledge._deps import require
-
-            require("ai_edge_litert", purpose="reading TFLite metadata")
-            raise
-    return schema
+from tledge.flatbuf import tflite_metadata_entries
+from tledge.std_metadata import ENTRY_NAME, StandardMetadata, packed_files, parse
 
 
 def tflite_metadata(data: bytes) -> dict[str, bytes]:
-    """All metadata entries of a TFLite flatbuffer: name -> raw bytes."""
-    if len(data) < 8 or data[4:8] != b"TFL3":
-        raise ModelLoadError("not a TFLite flatbuffer (missing the TFL3 identifier)")
-    schema = _tflite_schema()
-    model = schema.Model.GetRootAs(data, 0)
-    out = {}
-    for i in range(model.MetadataLength()):
-        md = model.Metadata(i)
-        name = md.Name().decode("utf-8", "replace") if md.Name() else ""
-        buf = model.Buffers(md.Buffer())
-        if buf.DataLength():
-            out[name] = buf.DataAsNumpy().tobytes()
-        elif buf.Offset() > 1:  # large models keep buffers after the flatbuffer
-            out[name] = data[buf.Offset(): buf.Offset() + buf.Size()]
-        else:
-            out[name] = b""
-    return out
+    """All metadata entries of a TFLite flatbuffer: name -> raw bytes (read with tledge.flatbuf: no
+    TFLite runtime, TensorFlow or flatbuffers package needed)."""
+    return dict(tflite_metadata_entries(bytes(data)))
+
+
+def read_standard_metadata(path_or_bytes) -> StandardMetadata | None:
+    """The standard TFLite metadata (TFLITE_METADATA entry + packed associated files) of a .tflite file,
+    or None when it has none (or the path is not a .tflite file)."""
+    if isinstance(path_or_bytes, (bytes, bytearray)):
+        data = bytes(path_or_bytes)
+    else:
+        p = Path(path_or_bytes)
+        if p.suffix.lower() != ".tflite":
+            return None
+        data = p.read_bytes()
+    raw = tflite_metadata(data).get(ENTRY_NAME)
+    if not raw:
+        return None
+    return parse(raw, packed_files(data))
 
 
 def read_tflite_contract(path_or_bytes) -> Contract | None:

@@ -1,4 +1,12 @@
-"""TFLite conversion from one traced function: fp32, fp16, dynamic range, full int8 (uint8 I/O)."""
+"""TFLite conversion from one traced function: fp32, fp16, dynamic range, full int8 (uint8 I/O).
+
+Conventions of every .tflite tledge writes, whatever the precision or the converter path (the repair
+loop's files go through `apply_conventions` too, in tledge.export.metadata.embed_tflite):
+- a fixed batch of 1 (the convention of on-device runtimes: MediaPipe Tasks, the Task Library, the
+  Edge TPU compiler, which refuses dynamic shapes); the tledge runtime runs larger batches image by image;
+- one `serving_default` SignatureDef, input `pixels`, output `scores`, the names of the ONNX file's
+  input and output, also given to the input and output tensors themselves.
+"""
 from __future__ import annotations
 
 from typing import Iterable, Sequence
@@ -8,7 +16,10 @@ import numpy as np
 from tledge._deps import require
 from tledge.artifacts import exportable
 from tledge.errors import ExportError
+from tledge.export.onnx import INPUT_NAME, OUTPUT_NAME
 
+BATCH = 1
+SIGNATURE_KEY = "serving_default"
 PRECISIONS = tuple(a.precision for a in exportable() if a.kind == "tflite")
 
 
@@ -20,7 +31,7 @@ def convert(concrete, precision: str, calib: np.ndarray | None = None, *,
         raise ExportError(f"unknown TFLite precision {precision!r}: {', '.join(PRECISIONS)}")
     # the path without trackable_obj freezes variables into constants, which every model kind
     # (Keras 3, tf_keras, SavedModel) converts reliably; it warns about deprecation only.
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete])
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([fixed_batch(concrete)])
     if precision == "fp16":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.target_spec.supported_types = [tf.float16]
@@ -59,3 +70,34 @@ def _convert_with_denylist(conv, calib, nodes: Sequence[str]) -> bytes:
     dbg = tf.lite.experimental.QuantizationDebugger(
         converter=conv, debug_dataset=lambda: representative(calib[:1]), debug_options=opts)
     return bytes(dbg.get_nondebug_quantized_model())
+
+
+def fixed_batch(concrete):
+    """`concrete` (batch dimension None) traced again with a batch of BATCH and the input named `pixels`,
+    so the converter folds every shape computation (no dynamic tensors at run time)."""
+    tf = require("tensorflow", extra="export")
+    shape = [BATCH] + list(concrete.inputs[0].shape)[1:]
+    if any(d is None for d in shape):
+        raise ExportError(f"the model input {tuple(concrete.inputs[0].shape)} has a dynamic size: pass --input-size")
+    fn = tf.function(lambda pixels: concrete(pixels))
+    return fn.get_concrete_function(tf.TensorSpec(shape, tf.float32, name=INPUT_NAME))
+
+
+def apply_conventions(model, schema) -> None:
+    """On a TFLite ModelT (object API of the TFLite schema `schema`), in place: the input and output tensors
+    named `pixels` / `scores` and one `serving_default` signature mapping those names to them."""
+    if len(model.subgraphs or []) != 1:
+        raise ExportError(f"expected a TFLite model with one subgraph, got {len(model.subgraphs or [])}")
+    sg = model.subgraphs[0]
+    if len(sg.inputs) != 1 or len(sg.outputs) != 1:
+        raise ExportError(f"expected one input and one output, got {len(sg.inputs)} and {len(sg.outputs)}")
+    maps = []
+    for name, index in ((INPUT_NAME, int(sg.inputs[0])), (OUTPUT_NAME, int(sg.outputs[0]))):
+        sg.tensors[index].name = name
+        tm = schema.TensorMapT()
+        tm.name, tm.tensorIndex = name, index
+        maps.append(tm)
+    sig = schema.SignatureDefT()
+    sig.signatureKey, sig.subgraphIndex = SIGNATURE_KEY, 0
+    sig.inputs, sig.outputs = [maps[0]], [maps[1]]
+    model.signatureDefs = [sig]

@@ -1,5 +1,7 @@
-"""Contracts for files made elsewhere (no tledge metadata): inferred from the input tensor, completed
-by options (labels, preprocess mode or backbone, mean/std, layout, resize, crop, color, size, logits).
+"""Contracts for files made elsewhere (no tledge metadata): inferred from the input tensor and the file's
+standard TFLite metadata when it has some (labels, normalisation, colour space: what MediaPipe Tasks and the
+Task Library read), completed by options (labels, preprocess mode or backbone, mean/std, layout, resize,
+crop, color, size, logits), which win over the metadata.
 """
 from __future__ import annotations
 
@@ -7,7 +9,10 @@ import warnings
 from typing import Any, Sequence
 
 from tledge.contract import ColorOrder, Contract, Fit, Layout, Norm, Output
-from tledge.errors import ContractError, TledgeWarning
+from tledge.errors import ContractError, ModelLoadError, TledgeWarning
+from tledge.std_metadata import StandardMetadata
+
+STANDARD_ORIGIN = "standard TFLite metadata"
 
 # options that describe preprocessing; `labels` is separate (it may also rename an embedded contract's)
 PREPROCESS_OPTIONS = ("preprocess", "mean", "std", "layout", "resize", "crop", "fit", "color", "input_size",
@@ -22,22 +27,43 @@ def check_options(options: dict) -> dict:
     return {k: v for k, v in options.items() if v is not None and v is not False and v != ()}
 
 
-def infer_contract(inp, out=None, **options: Any) -> Contract:
-    """A contract for a file made elsewhere: from its input tensor (TensorInfo), completed by `options`.
+def read_standard(path) -> StandardMetadata | None:
+    """The standard TFLite metadata of a file made elsewhere, or None (none, not TFLite, or unreadable)."""
+    from tledge.metadata import read_standard_metadata
+
+    try:
+        return read_standard_metadata(path)
+    except ModelLoadError as exc:
+        warnings.warn(f"ignoring the unreadable standard TFLite metadata of {path}: {exc}", TledgeWarning,
+                      stacklevel=3)
+        return None
+
+
+def infer_contract(inp, out=None, standard: StandardMetadata | None = None, **options: Any) -> Contract:
+    """A contract for a file made elsewhere: from its input tensor (TensorInfo) and its standard TFLite
+    metadata (`standard`), completed by `options`.
 
     Without preprocessing options: a quantised input gets exactly the normalisation its quantisation
-    parameters describe, so raw pixels go in unchanged (the usual convention of such files); a uint8
-    input takes raw pixels; a float input gets raw 0..255 pixels, with a warning.
+    parameters describe, so raw pixels go in unchanged (the usual convention of such files, and what
+    MediaPipe and the Task Library feed a uint8 input); a uint8 input takes raw pixels; a float input takes
+    the metadata's NormalizationOptions, else raw 0..255 pixels, with a warning. Labels: the option, else
+    the metadata's TENSOR_AXIS_LABELS file when it has one label per output.
     """
     options = check_options(options)
     layout, (c, h, w) = _geometry(inp, options)
+    extra: dict[str, Any] = {"origin": "inferred"}
+    labels = tuple(options.get("labels", ()))
+    if standard is not None:
+        extra = {"origin": STANDARD_ORIGIN, "metadata_name": standard.name or None}
+        if not labels:
+            labels = _standard_labels(standard, out, extra)
     base: dict[str, Any] = dict(height=h, width=w, channels=c, layout=layout,
                                 color=ColorOrder.GRAY if c == 1 else ColorOrder(options.get("color", "rgb")),
                                 input_quant=inp.quant, output_quant=getattr(out, "quant", None),
                                 input_dtype=inp.dtype if inp.dtype in ("uint8", "int8", "float16") else "float32",
                                 output=Output.LOGITS if options.get("logits") else Output.PROBABILITIES,
-                                labels=tuple(options.get("labels", ())), extra={"origin": "inferred"})
-    base.update(_normalisation(inp, options))
+                                labels=labels, extra=extra)
+    base.update(_normalisation(inp, options, standard))
     if "resize" in options:
         base["resize"] = options["resize"]
     if options.get("fit"):
@@ -66,7 +92,16 @@ def _geometry(inp, options: dict) -> tuple[Layout, tuple[int, int, int]]:
     return layout, (c, h, w)
 
 
-def _normalisation(inp, options: dict) -> dict:
+def _standard_labels(standard: StandardMetadata, out, extra: dict) -> tuple[str, ...]:
+    labels = standard.labels()
+    n_out = out.shape[-1] if out is not None and out.shape else -1
+    if labels and n_out > 0 and len(labels) != n_out:
+        extra["labels_ignored"] = f"{len(labels)} labels in the metadata for {n_out} outputs"
+        return ()
+    return labels
+
+
+def _normalisation(inp, options: dict, standard: StandardMetadata | None = None) -> dict:
     if options.get("preprocess"):
         from tledge.backbones import preprocess_mode_for
 
@@ -87,6 +122,11 @@ def _normalisation(inp, options: dict) -> dict:
         return dict(norm=Norm.CUSTOM, baked=False, mean=(float(zp),), std=(1.0 / q.scale,))
     if inp.dtype == "uint8":
         return dict(norm=Norm.RAW, baked=True)
+    md = standard.inputs[0] if standard is not None and standard.inputs else None
+    if md is not None and md.mean and md.std:
+        if all(m == 0 for m in md.mean) and all(s == 1 for s in md.std):
+            return dict(norm=Norm.RAW, baked=False)
+        return dict(norm=Norm.CUSTOM, baked=False, mean=tuple(md.mean), std=tuple(md.std))
     warnings.warn(f"a float-input model made elsewhere and no preprocessing given: feeding raw 0..255 pixels. "
                   "If that is wrong, pass --preprocess MODE|BACKBONE or --mean/--std.", TledgeWarning,
                   stacklevel=4)

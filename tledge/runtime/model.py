@@ -18,7 +18,8 @@ import numpy as np
 from tledge.contract import METADATA_KEY, ColorOrder, Contract, Layout, Norm, Output
 from tledge.errors import ContractError, ModelLoadError
 from tledge.runtime.backends import TensorInfo, open_backend
-from tledge.runtime.foreign import check_fits, complete, infer_contract, labels_option  # noqa: F401
+from tledge.runtime.foreign import (STANDARD_ORIGIN, check_fits, complete, infer_contract,  # noqa: F401
+                                    labels_option, read_standard)
 
 
 @dataclass(frozen=True)
@@ -252,7 +253,9 @@ def load(path: str | Path, *, threads: int | None = None, contract: Contract | N
     if contract is None:
         contract, origin = _read_contract(p, backend)
     if contract is None:
-        contract = infer_contract(backend.inp, backend.out, **contract_options)
+        standard = read_standard(p)  # files made elsewhere: labels and normalisation from standard metadata
+        contract = infer_contract(backend.inp, backend.out, standard=standard, **contract_options)
+        origin = STANDARD_ORIGIN if standard is not None else origin
     else:
         contract = complete(contract, contract_options, embedded=origin != "given")
     n_out = backend.out.shape[-1] if backend.out.shape else None

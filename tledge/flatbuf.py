@@ -1,0 +1,178 @@
+"""A minimal FlatBuffers reader (pure Python, no dependency) and the few TFLite `Model` fields tledge reads.
+
+Enough of the FlatBuffers binary format to walk tables, strings, vectors and unions, so the runtime
+reads metadata with nothing but the standard library (a venv with only tflite-runtime, numpy and
+OpenCV). Field slots are numbered from 0 in declaration order, as in the `.fbs` schema; a union
+takes two slots (its type, then its value). Field numbers of the TFLite schema (tensorflow/lite/schema/
+schema.fbs, table Model and the tables it points to) are in the constants below.
+"""
+from __future__ import annotations
+
+import struct
+from tledge.errors import ModelLoadError
+
+
+class Table:
+    """One table of a flatbuffer: `buf` the whole buffer, `pos` where the table starts."""
+
+    __slots__ = ("buf", "pos", "_vt", "_vt_len")
+
+    def __init__(self, buf: bytes, pos: int):
+        self.buf, self.pos = buf, pos
+        try:
+            self._vt = pos - struct.unpack_from("<i", buf, pos)[0]
+            self._vt_len = struct.unpack_from("<H", buf, self._vt)[0]
+        except struct.error:
+            raise ModelLoadError("corrupt flatbuffer (a table points outside the file)") from None
+
+    @classmethod
+    def root(cls, buf: bytes, identifier: bytes | None = None) -> "Table":
+        if len(buf) < 8:
+            raise ModelLoadError("not a flatbuffer (shorter than 8 bytes)")
+        if identifier is not None and buf[4:8] != identifier:
+            raise ModelLoadError(f"not a flatbuffer of the expected kind (identifier {buf[4:8]!r}, "
+                                 f"expected {identifier!r})")
+        return cls(buf, struct.unpack_from("<I", buf, 0)[0])
+
+    def _field(self, slot: int) -> int:
+        """Absolute position of field `slot`, or 0 when absent."""
+        entry = 4 + 2 * slot
+        if entry >= self._vt_len:
+            return 0
+        off = struct.unpack_from("<H", self.buf, self._vt + entry)[0]
+        return self.pos + off if off else 0
+
+    def _indirect(self, at: int) -> int:
+        return at + struct.unpack_from("<I", self.buf, at)[0]
+
+    def has(self, slot: int) -> bool:
+        return self._field(slot) != 0
+
+    def scalar(self, slot: int, fmt: str, default=0):
+        at = self._field(slot)
+        return struct.unpack_from("<" + fmt, self.buf, at)[0] if at else default
+
+    def string(self, slot: int) -> str | None:
+        at = self._field(slot)
+        if not at:
+            return None
+        return self.raw_vector(self._indirect(at)).decode("utf-8", "replace")
+
+    def blob(self, slot: int) -> bytes | None:
+        at = self._field(slot)
+        return self.raw_vector(self._indirect(at)) if at else None
+
+    def raw_vector(self, start: int, item: int = 1) -> bytes:
+        n = struct.unpack_from("<I", self.buf, start)[0]
+        end = start + 4 + n * item
+        if end > len(self.buf):
+            raise ModelLoadError("corrupt flatbuffer (a vector runs past the end of the file)")
+        return bytes(self.buf[start + 4:end])
+
+    def table(self, slot: int) -> "Table | None":
+        at = self._field(slot)
+        return Table(self.buf, self._indirect(at)) if at else None
+
+    def _vector(self, slot: int, item: int) -> tuple[int, int]:
+        """(position of the first element, length) of the vector in `slot`; (0, 0) when absent."""
+        at = self._field(slot)
+        if not at:
+            return 0, 0
+        start = self._indirect(at)
+        n = struct.unpack_from("<I", self.buf, start)[0]
+        if start + 4 + n * item > len(self.buf):
+            raise ModelLoadError("corrupt flatbuffer (a vector runs past the end of the file)")
+        return start + 4, n
+
+    def tables(self, slot: int) -> list["Table"]:
+        first, n = self._vector(slot, 4)
+        return [Table(self.buf, self._indirect(first + 4 * i)) for i in range(n)]
+
+    def scalars(self, slot: int, fmt: str) -> tuple:
+        first, n = self._vector(slot, struct.calcsize("<" + fmt))
+        return struct.unpack_from(f"<{n}{fmt}", self.buf, first) if n else ()
+
+    def strings(self, slot: int) -> list[str]:
+        first, n = self._vector(slot, 4)
+        return [self.raw_vector(self._indirect(first + 4 * i)).decode("utf-8", "replace") for i in range(n)]
+
+    def union(self, type_slot: int) -> tuple[int, "Table | None"]:
+        """(type, table) of the union whose type is in `type_slot` and value in the next slot."""
+        kind = self.scalar(type_slot, "B", 0)
+        return kind, (self.table(type_slot + 1) if kind else None)
+
+
+# ---- the TFLite model schema (tensorflow/lite/schema/schema.fbs), the fields read here ----------------
+TFLITE_IDENTIFIER = b"TFL3"
+MODEL_SUBGRAPHS, MODEL_BUFFERS, MODEL_METADATA, MODEL_SIGNATURE_DEFS = 2, 4, 6, 7
+BUFFER_DATA, BUFFER_OFFSET, BUFFER_SIZE = 0, 1, 2
+METADATA_NAME, METADATA_BUFFER = 0, 1
+SUBGRAPH_TENSORS, SUBGRAPH_INPUTS, SUBGRAPH_OUTPUTS = 0, 1, 2
+TENSOR_SHAPE, TENSOR_NAME, TENSOR_SHAPE_SIGNATURE = 0, 3, 7
+SIGNATURE_INPUTS, SIGNATURE_OUTPUTS, SIGNATURE_KEY, SIGNATURE_SUBGRAPH = 0, 1, 2, 4
+TENSORMAP_NAME, TENSORMAP_INDEX = 0, 1
+
+
+def guarded(fn):
+    """Any out-of-range read of a corrupt file becomes a ModelLoadError (one line, no traceback)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (struct.error, IndexError, OverflowError) as exc:
+            raise ModelLoadError(f"corrupt flatbuffer ({exc})") from None
+    return wrapper
+
+
+def tflite_model(data: bytes) -> Table:
+    if len(data) < 8 or data[4:8] != TFLITE_IDENTIFIER:
+        raise ModelLoadError("not a TFLite flatbuffer (missing the TFL3 identifier)")
+    return Table.root(data)
+
+
+@guarded
+def tflite_metadata_entries(data: bytes) -> list[tuple[str, bytes]]:
+    """(name, payload) of each `Model.metadata` entry of a TFLite flatbuffer."""
+    out = []
+    model = tflite_model(data)
+    buffers = model.tables(MODEL_BUFFERS)
+    for md in model.tables(MODEL_METADATA):
+        name = md.string(METADATA_NAME) or ""
+        index = md.scalar(METADATA_BUFFER, "I", 0)
+        if index >= len(buffers):
+            raise ModelLoadError(f"corrupt TFLite file: metadata {name!r} points at buffer {index} of {len(buffers)}")
+        buf = buffers[index]
+        payload = buf.blob(BUFFER_DATA)
+        if not payload:
+            offset, size = buf.scalar(BUFFER_OFFSET, "Q", 0), buf.scalar(BUFFER_SIZE, "Q", 0)
+            payload = bytes(data[offset:offset + size]) if offset > 1 else b""  # large models: after the flatbuffer
+        out.append((name, payload))
+    return out
+
+
+@guarded
+def tflite_signatures(data: bytes) -> dict[str, dict]:
+    """signature key -> {"inputs": {name: tensor index}, "outputs": {...}, "subgraph": i}."""
+    out = {}
+    for sig in tflite_model(data).tables(MODEL_SIGNATURE_DEFS):
+        def names(slot):
+            return {m.string(TENSORMAP_NAME): m.scalar(TENSORMAP_INDEX, "I", 0) for m in sig.tables(slot)}
+        out[sig.string(SIGNATURE_KEY) or ""] = {"inputs": names(SIGNATURE_INPUTS), "outputs": names(SIGNATURE_OUTPUTS),
+                                                "subgraph": sig.scalar(SIGNATURE_SUBGRAPH, "I", 0)}
+    return out
+
+
+@guarded
+def tflite_io_tensors(data: bytes, subgraph: int = 0) -> dict[str, list[dict]]:
+    """{"inputs": [...], "outputs": [...]} of one subgraph: name, shape, shape_signature of each tensor."""
+    sg = tflite_model(data).tables(MODEL_SUBGRAPHS)[subgraph]
+    tensors = sg.tables(SUBGRAPH_TENSORS)
+
+    def info(i):
+        t = tensors[i]
+        return {"index": i, "name": t.string(TENSOR_NAME) or "", "shape": list(t.scalars(TENSOR_SHAPE, "i")),
+                "shape_signature": list(t.scalars(TENSOR_SHAPE_SIGNATURE, "i")) or None}
+    return {"inputs": [info(i) for i in sg.scalars(SUBGRAPH_INPUTS, "i")],
+            "outputs": [info(i) for i in sg.scalars(SUBGRAPH_OUTPUTS, "i")]}
