@@ -82,5 +82,6 @@ def run(args) -> int:
     m = result.metrics
     if args.quiet:  # otherwise train() has just said it
         print(f"val accuracy {result.val_accuracy:.3f} on {m['val_images']} images, {m['wall_time_s']:.0f}s")
-    print(f"files in {result.out}/: {', '.join(m['files'].values())}")
+    if m["files"]:  # a non-chief worker of a multi-worker run writes nothing
+        print(f"files in {result.out}/: {', '.join(m['files'].values())}")
     return 0

@@ -27,6 +27,7 @@ class Env:
     strategy: Any  # a tf.distribute strategy, or None
     mixed: bool
     description: str
+    runner: Any = None  # the strategy the training step runs under (TensorFlow's default one when `strategy` is None)
 
     @property
     def rebuild_for_saving(self) -> bool:
@@ -62,7 +63,7 @@ def environment(precision: Precision, *, grayscale: bool = False):
     desc = f"{where}, {'mixed_float16' if mixed else 'float32'}"
     try:
         with strategy.scope() if strategy is not None else nullcontext():
-            yield Env(strategy, mixed, desc)
+            yield Env(strategy, mixed, desc, strategy or tf.distribute.get_strategy())
     finally:
         keras.mixed_precision.set_global_policy(old)
 

@@ -31,7 +31,8 @@ class Parts:
 def _preprocess(contract, name: str = "preprocess"):
     from tledge.layers import Preprocess
 
-    return Preprocess(contract.norm.value, contract.mean, contract.std, contract.channels, name=name)
+    # float32 under a mixed policy too: normalisation in float16 would differ from the saved float32 model
+    return Preprocess(contract.norm.value, contract.mean, contract.std, contract.channels, name=name, dtype="float32")
 
 
 def build_backbone(cfg: TrainConfig, contract, *, pretrained: bool = True):
