@@ -177,6 +177,7 @@ def _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, skipped, log, t
                 log(f"random init: batch-norm statistics of {n} layers set from the training images" + (
                     "" if n == 0 else "; a frozen random backbone learns little: --fine-tune-at 0 trains it all"))
             dist.sync_variables(env.runner, topo, parts.model.weights)  # every worker starts from the chief's
+        dtypes = tm.compute_dtypes(parts)
         finetune.run_all(run)
     if not run.chief:
         return _worker_result(cfg, run, plan, contract, t0, log)
@@ -184,6 +185,7 @@ def _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, skipped, log, t
     probs = finetune.predict(final, data.xv, cfg.batch * 2)
     metrics = _metrics(cfg, run, probs, plan, env, skipped)
     metrics["distribution"] = _distribution(cfg, run.topo)
+    metrics["training_dtypes"] = dtypes
     n_check = min(8, len(data.xv))
     write_all(out, final, contract, metrics, data.xv[:n_check].astype(np.float32), probs[:n_check], t0)
     ckpt.mark_complete(run.state)

@@ -173,7 +173,9 @@ def lost_message(text: str, cluster: Cluster) -> str:
     has_chief = any(k == "chief" for k, _ in kinds)
     others = [r for r in ranks if r != cluster.rank] if not has_chief else ranks
     who = ", ".join(cluster.name(r) for r in others) or "a peer worker"
-    first = text.strip().splitlines()[0][:300] if text.strip() else "collective operation failed"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "Graph execution error" not in ln]
+    hint = re.compile(r"refused|heartbeat|crashed|unavailable|failed to connect|deadline|timed? ?out", re.I)
+    first = next((ln for ln in lines if hint.search(ln)), lines[0] if lines else "collective operation failed")[:240]
     return (f"lost {who} of the {cluster.workers}-worker cluster; this is {cluster.name(cluster.rank)}. "
             f"Restart every worker with --resume to continue from the chief's last checkpoint. (TensorFlow: {first})")
 

@@ -66,6 +66,14 @@ def build(cfg: TrainConfig, contract, n_classes: int, *, pretrained: bool = True
     return assemble(backbone, contract, n_classes, cfg.dropout, fold)
 
 
+def compute_dtypes(parts: Parts) -> dict:
+    """The dtypes each part computes in while training (the policy: float16 in the backbone under
+    mixed precision; the baked preprocessing and the softmax head always float32)."""
+    conv = next((layer for layer in parts.backbone.layers if layer.weights), parts.backbone)
+    return {"preprocess": parts.preprocess.compute_dtype, "backbone": conv.compute_dtype,
+            "head": parts.dense.compute_dtype}
+
+
 def init_batchnorm_from_data(parts: Parts, x, n: int = 128, seed: int = 0) -> int:
     """For a randomly initialised backbone: set every batch-norm layer's moving mean / variance from
     `n` training images (one forward pass in training mode with momentum 0). Keras' initial
