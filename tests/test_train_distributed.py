@@ -251,7 +251,7 @@ def test_two_workers_train_like_one_process_with_the_global_batch(setup):
 def test_killed_worker_fails_the_other_fast_and_resume_continues(setup):
     root = setup["root"]
     outs = [root / "kill" / "out0", root / "kill" / "out1"]
-    args = [*TINY, "--epochs", "60", "--fine-tune-epochs", "1", "--batch", "8"]
+    args = [*TINY, "--epochs", "200", "--fine-tune-epochs", "1", "--batch", "8", "--no-augment"]  # the fast path
     with Workers(setup, "kill", args, outs) as w:
         end = time.monotonic() + 180
         while time.monotonic() < end and len(shard_rows(w.shards[0])) < 2:
@@ -269,7 +269,7 @@ def test_killed_worker_fails_the_other_fast_and_resume_continues(setup):
     done = state["epoch"]
 
     # every worker restarted with the recipe's --resume (fewer head epochs: those are not fixed by a run)
-    args = [*TINY, "--epochs", str(done + 2), "--fine-tune-epochs", "1", "--batch", "8"]
+    args = [*TINY, "--epochs", str(done + 2), "--fine-tune-epochs", "1", "--batch", "8", "--no-augment"]
     with Workers(setup, "resume", args, outs) as w2:
         codes = w2.wait(240)
         assert codes == [0, 0], (codes, w2.log(0)[-3000:], w2.log(1)[-3000:])
@@ -332,6 +332,8 @@ def run(strategy):
     with strategy.scope():
         net = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
                                 keras.layers.Dense(3, activation="softmax", dtype="float32")])
+        fixed = np.random.default_rng(1)
+        net.set_weights([fixed.normal(0, 0.5, v.shape).astype("float32") for v in net.weights])
         opt = keras.optimizers.Adam(0.05)
         opt.build(net.trainable_variables)
         topo = dist.Topology.of(strategy)
@@ -344,7 +346,7 @@ def run(strategy):
         losses = []
         for epoch in range(3):
             tot = np.zeros(3)
-            for b in local_batches(x, y, 5 * topo.replicas, topo.local_bounds, 0, 0, epoch, weights=w):
+            for b in local_batches(x, y, 10, topo.local_bounds, 0, 0, epoch, weights=w):  # global batch 10
                 tot += np.asarray(step(b.x, b.y, b.w, b.bounds, np.float32(b.n_global)))
             losses.append(tot.tolist())
         return topo.replicas, losses, dist.validate(evaluate, topo, x, y, 4), [v.numpy().tolist() for v in net.weights]
