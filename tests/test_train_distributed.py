@@ -76,6 +76,8 @@ def test_cluster_from_tf_config(monkeypatch):
     msg = dist.lost_message(text, dist.Cluster(("h0:1", "h1:2"), 0))
     assert "lost worker 1 (h1:2)" in msg and "this is worker 0" in msg and "--resume" in msg
     assert "Connection refused" in msg
+    msg = dist.lost_message("from remote target /job:chief/replica:0/task:0 ...", dist.Cluster(("a:1", "b:2"), 1, 1))
+    assert "lost worker 0 (a:1)" in msg
 
 
 # ---- real workers ------------------------------------------------------------------------------------
@@ -216,8 +218,8 @@ def test_two_workers_train_like_one_process_with_the_global_batch(setup):
     m = json.loads((outs[0] / "metrics.json").read_text())
     assert m["distribution"] == {"workers": 2, "replicas": 2, "batch_per_replica": 8, "global_batch": 16,
                                  "lr_scale": pytest.approx(math.sqrt(2)), "lr": pytest.approx(0.01 * math.sqrt(2)),
-                                 "fine_tune_lr": pytest.approx(1e-4 * math.sqrt(2))}
-    assert [p["lr"] for p in m["phases"]] == pytest.approx([0.01 * math.sqrt(2), 1e-4 * math.sqrt(2)])
+                                 "fine_tune_lr": pytest.approx(0.01 / 300 * math.sqrt(2))}
+    assert [p["lr"] for p in m["phases"]] == pytest.approx([0.01 * math.sqrt(2), 0.01 / 300 * math.sqrt(2)])
     assert load_and_score(outs[0], setup["data"]) == pytest.approx(m["val_accuracy"])
 
     # sharding, counted: every epoch each training image went to exactly one worker
@@ -242,7 +244,7 @@ def test_two_workers_train_like_one_process_with_the_global_batch(setup):
     print(f"\n2 workers: val {m['val_accuracy']:.3f}; 1 process: val {s['val_accuracy']:.3f}; "
           f"train loss per epoch {[round(r['loss'], 4) for r in m['history']]} vs "
           f"{[round(r['loss'], 4) for r in s['history']]}; {time.monotonic() - t0:.0f}s")
-    assert m["val_accuracy"] > 0.6  # learnt something (3 classes)
+    assert m["val_accuracy"] > 0.5  # learnt something (3 classes: chance is 0.33)
     assert abs(m["val_accuracy"] - s["val_accuracy"]) <= 1 / m["val_images"] + 1e-9
     np.testing.assert_allclose([r["loss"] for r in m["history"]], [r["loss"] for r in s["history"]], rtol=2e-3)
 

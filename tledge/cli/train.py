@@ -35,7 +35,7 @@ def add_arguments(p) -> None:
     g.add_argument("--fine-tune-at", help="phase 2 trains from this backbone layer (name or index) up")
     p.add_argument("--batch", type=int, default=d.batch, help=f"batch size (default {d.batch})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"phase 1 learning rate (default {d.lr:g})")
-    p.add_argument("--fine-tune-lr", type=float, help="phase 2 learning rate (default LR/100)")
+    p.add_argument("--fine-tune-lr", type=float, help="phase 2 learning rate (default LR/300)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=d.augment,
                    help="flips, small shifts, brightness in training (default on; --no-augment trains the head "
                         "on features computed once: much faster)")

@@ -40,6 +40,7 @@ class Cluster:
 
     addresses: tuple[str, ...]  # rank order: chief (if any), then workers
     rank: int
+    chiefs: int = 0  # 1 when the cluster has a "chief" task (then worker i is rank i + 1)
 
     @property
     def workers(self) -> int:
@@ -56,7 +57,7 @@ class Cluster:
         task = cfg.get("task") or {}
         kind, index = task.get("type", "worker"), int(task.get("index", 0))
         rank = index if kind == "chief" else index + len(chief)
-        return cls(tuple(chief + workers) or ("localhost",), rank if (chief or workers) else 0)
+        return cls(tuple(chief + workers) or ("localhost",), rank if (chief or workers) else 0, len(chief))
 
 
 @dataclass(frozen=True)
@@ -168,10 +169,9 @@ def guard(fn, *args, topo: Topology):
 
 
 def lost_message(text: str, cluster: Cluster) -> str:
-    ranks = sorted({int(m) for m in re.findall(r"/job:(?:worker|chief)/replica:\d+/task:(\d+)", text)})
-    kinds = re.findall(r"/job:(worker|chief)/replica:\d+/task:(\d+)", text)
-    has_chief = any(k == "chief" for k, _ in kinds)
-    others = [r for r in ranks if r != cluster.rank] if not has_chief else ranks
+    tasks = re.findall(r"/job:(worker|chief)/replica:\d+/task:(\d+)", text)
+    ranks = {int(i) if job == "chief" else int(i) + cluster.chiefs for job, i in tasks}
+    others = sorted(ranks - {cluster.rank})
     who = ", ".join(cluster.name(r) for r in others) or "a peer worker"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "Graph execution error" not in ln]
     hint = re.compile(r"refused|heartbeat|crashed|unavailable|failed to connect|deadline|timed? ?out", re.I)

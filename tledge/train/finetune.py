@@ -2,7 +2,7 @@
 
 Phase "head": backbone frozen. Without augmentation the backbone's features are computed once and only
 the head trains on them (fast path); with augmentation every batch goes through the frozen backbone.
-Phase "fine_tune": the top backbone layers are unfrozen (batch norm stays frozen) at a lower rate (LR/100).
+Phase "fine_tune": the top backbone layers are unfrozen (batch norm stays frozen) at a lower rate (LR/300).
 """
 from __future__ import annotations
 
