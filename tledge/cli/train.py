@@ -33,7 +33,7 @@ def add_arguments(p) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--unfreeze", type=int, help="phase 2 trains the top N backbone layers (default 30%% of them)")
     g.add_argument("--fine-tune-at", help="phase 2 trains from this backbone layer (name or index) up")
-    p.add_argument("--batch", type=int, default=d.batch, help=f"batch size (default {d.batch})")
+    p.add_argument("--batch", type=int, default=d.batch, help=f"batch size per replica: GPU or worker (default {d.batch})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"phase 1 learning rate (default {d.lr:g})")
     p.add_argument("--fine-tune-lr", type=float, help="phase 2 learning rate (default LR/300)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=d.augment,
