@@ -41,6 +41,10 @@ def test_cli_reaches_085_on_hymenoptera(hymenoptera_run):
     m = json.loads((out / "metrics.json").read_text())
     print(f"\nval_accuracy {m['val_accuracy']:.3f}, wall {m['wall_time_s']:.0f}s, best {m['best']}")
     assert m["val_accuracy"] >= 0.85
+    head = [r["val_accuracy"] for r in m["history"] if r["phase"] == "head"]
+    tune = [r["val_accuracy"] for r in m["history"] if r["phase"] == "fine_tune"]
+    print(f"best head epoch {max(head):.3f}, fine-tuning epochs {min(tune):.3f}-{max(tune):.3f}")
+    assert tune and max(head) - min(tune) <= 0.03 + 1e-9  # issue 14: fine-tuning keeps what the head learned
     assert m["train_counts"] == [124, 121] and m["val_counts"] == [70, 83]  # the placeholder GIF is kept
     contract = Contract.load(out / "tledge.json")
     model = keras.saving.load_model(str(out / "model.keras"), custom_objects=CUSTOM_OBJECTS, safe_mode=True)

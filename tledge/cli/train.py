@@ -33,9 +33,9 @@ def add_arguments(p) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--unfreeze", type=int, help="phase 2 trains the top N backbone layers (default 30%% of them)")
     g.add_argument("--fine-tune-at", help="phase 2 trains from this backbone layer (name or index) up")
-    p.add_argument("--batch", type=int, default=d.batch, help=f"batch size (default {d.batch})")
+    p.add_argument("--batch", type=int, default=d.batch, help=f"batch size per replica: GPU or worker (default {d.batch})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"phase 1 learning rate (default {d.lr:g})")
-    p.add_argument("--fine-tune-lr", type=float, help="phase 2 learning rate (default LR/10)")
+    p.add_argument("--fine-tune-lr", type=float, help="phase 2 learning rate (default LR/300)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=d.augment,
                    help="flips, small shifts, brightness in training (default on; --no-augment trains the head "
                         "on features computed once: much faster)")
@@ -100,5 +100,6 @@ def run(args) -> int:
     m = result.metrics
     if args.quiet:  # otherwise train() has just said it
         print(f"val accuracy {result.val_accuracy:.3f} on {m['val_images']} images, {m['wall_time_s']:.0f}s")
-    print(f"files in {result.out}/: {', '.join(m['files'].values())}")
+    if m["files"]:  # a non-chief worker of a multi-worker run writes nothing
+        print(f"files in {result.out}/: {', '.join(m['files'].values())}")
     return 0

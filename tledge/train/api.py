@@ -1,6 +1,7 @@
 """`train(data_dir, TrainConfig(...)) -> TrainResult`: the whole of `tledge train`."""
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 import warnings
@@ -108,6 +109,26 @@ def _metrics(cfg, run, probs, plan, env, skipped) -> dict:
                                                   "tensorflow": tf.__version__}}
 
 
+def _distribution(cfg: TrainConfig, topo) -> dict:
+    from tledge.train.distributed import lr_scale
+
+    return {"workers": topo.cluster.workers, "replicas": topo.replicas, "batch_per_replica": cfg.batch,
+            "global_batch": cfg.batch * topo.replicas, "lr_scale": lr_scale(topo),
+            "lr": cfg.lr * lr_scale(topo), "fine_tune_lr": cfg.effective_fine_tune_lr * lr_scale(topo)}
+
+
+def _worker_result(cfg: TrainConfig, run, plan, contract, t0: float, log) -> TrainResult:
+    """A non-chief worker writes nothing: it reports the run's last validation scores and returns."""
+    last = run.state["history"][-1] if run.state["history"] else {}
+    wall = round(time.perf_counter() - t0, 2)
+    metrics = {"role": f"{run.topo.cluster.name(run.topo.cluster.rank)} of {run.topo.cluster.workers}",
+               "files": {}, "history": run.state["history"], "val_images": int(len(run.data.yv)),
+               "wall_time_s": wall, "distribution": _distribution(cfg, run.topo)}
+    log(f"{metrics['role']}: done in {wall:.0f}s; the chief (worker 0) writes {cfg.out}/")
+    return TrainResult(cfg.out, cfg.out / "model.keras", cfg.out / "model.h5", contract, plan.classes,
+                       float(last.get("val_accuracy", float("nan"))), wall, metrics)
+
+
 def train(data_dir: str | Path, config: TrainConfig | None = None) -> TrainResult:
     """Train a classifier on class folders and write it to `config.out` (see TrainConfig)."""
     cfg = config or TrainConfig()
@@ -118,37 +139,53 @@ def train(data_dir: str | Path, config: TrainConfig | None = None) -> TrainResul
     contract = make_contract(cfg, plan.classes)
     from tledge.train import hardware
 
-    out = cfg.out if hardware.is_chief() else Path(tempfile.mkdtemp(prefix="tledge-train-worker-"))
+    chief = hardware.is_chief()
+    out = cfg.out if chief else Path(tempfile.mkdtemp(prefix="tledge-train-worker-"))
     ckpt = Checkpoints(out / "checkpoints")
-    resumed = _start(cfg, ckpt, plan.classes)
+    resumed = _start(cfg, ckpt, plan.classes) if chief else None  # a worker gets the chief's state
     data, skipped = _load_data(cfg, plan, contract)
     log(f"data: {len(data.y)} training / {len(data.yv)} validation images, classes {', '.join(plan.classes)} "
         f"(validation: {plan.source})")
-    with hardware.quiet_tensorflow():
-        return _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, skipped, log, t0)
+    try:
+        with hardware.quiet_tensorflow():
+            return _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, skipped, log, t0)
+    finally:
+        if not chief:
+            shutil.rmtree(out, ignore_errors=True)
 
 
 def _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, skipped, log, t0) -> TrainResult:
     from tledge._deps import require
+    from tledge.train import distributed as dist
     from tledge.train import finetune, hardware, model as tm
     from tledge.train.report import write_all
 
     require("keras", purpose="training").utils.set_random_seed(cfg.seed)
     with hardware.environment(cfg.precision, grayscale=cfg.grayscale) as env:
+        topo = dist.Topology.of(env.runner)
+        resumed = dist.broadcast_json(env.runner, topo, resumed)  # the chief's checkpoint state, everywhere
         log(f"model: {contract.extra['backbone']} {contract.height}x{contract.width}x{contract.channels}, "
             f"{env.description}{', resuming' if resumed else ''}")
         parts = tm.build(cfg, contract, len(plan.classes), pretrained=resumed is None)
+        run = finetune.Run(cfg, parts, data, ckpt, resumed or finetune.new_state(cfg, plan.classes), log,
+                           strategy=env.runner, topo=topo)
         if resumed is not None:
-            ckpt.load_weights(parts.model, resumed, "last")
-        elif cfg.backbone_weights is None:
-            n = tm.init_batchnorm_from_data(parts, data.x, seed=cfg.seed)
-            log(f"random init: batch-norm statistics of {n} layers set from the training images"
-                + ("" if n == 0 else "; a frozen random backbone learns little: --fine-tune-at 0 trains it all"))
-        run = finetune.Run(cfg, parts, data, ckpt, resumed or finetune.new_state(cfg, plan.classes), log)
+            run.load_checkpoint_weights(resumed, "last")
+        else:
+            if cfg.backbone_weights is None:
+                n = tm.init_batchnorm_from_data(parts, data.x, seed=cfg.seed)
+                log(f"random init: batch-norm statistics of {n} layers set from the training images" + (
+                    "" if n == 0 else "; a frozen random backbone learns little: --fine-tune-at 0 trains it all"))
+            dist.sync_variables(env.runner, topo, parts.model.weights)  # every worker starts from the chief's
+        dtypes = tm.compute_dtypes(parts)
         finetune.run_all(run)
+    if not run.chief:
+        return _worker_result(cfg, run, plan, contract, t0, log)
     final = _final_model(cfg, env, parts, contract, len(plan.classes))
     probs = finetune.predict(final, data.xv, cfg.batch * 2)
     metrics = _metrics(cfg, run, probs, plan, env, skipped)
+    metrics["distribution"] = _distribution(cfg, run.topo)
+    metrics["training_dtypes"] = dtypes
     n_check = min(8, len(data.xv))
     write_all(out, final, contract, metrics, data.xv[:n_check].astype(np.float32), probs[:n_check], t0)
     ckpt.mark_complete(run.state)

@@ -89,7 +89,8 @@ class Checkpoints:
             return False
         with np.load(path) as data:
             values = [data[f"v{i}"] for i in range(len(data.files))]
-        optimizer.build(variables)
+        if not getattr(optimizer, "built", False):
+            optimizer.build(variables)
         if len(values) != len(optimizer.variables) or any(
                 tuple(v.shape) != tuple(x.shape) for v, x in zip(optimizer.variables, values)):
             return False

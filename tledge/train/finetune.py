@@ -2,7 +2,7 @@
 
 Phase "head": backbone frozen. Without augmentation the backbone's features are computed once and only
 the head trains on them (fast path); with augmentation every batch goes through the frozen backbone.
-Phase "fine_tune": the top backbone layers are unfrozen (batch norm stays frozen) at a lower rate.
+Phase "fine_tune": the top backbone layers are unfrozen (batch norm stays frozen) at a lower rate (LR/300).
 """
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from typing import Any, Callable
 import numpy as np
 
 from tledge._deps import require
+from tledge.train import distributed as dist
 from tledge.train import model as tm
-from tledge.train.augment import Augment, batches, epoch_rng
+from tledge.train.augment import Augment, local_batches
 from tledge.train.checkpoint import Checkpoints
 from tledge.train.config import TrainConfig
 
@@ -41,6 +42,28 @@ class Run:
     state: dict
     log: Callable[[str], None] = print
     best_weights: list | None = None  # in memory; the file copy is checkpoints/best-*.weights.h5
+    strategy: Any = None  # the tf.distribute strategy in force (the default one in a single process)
+    topo: Any = None  # distributed.Topology
+
+    @property
+    def chief(self) -> bool:
+        return self.topo.cluster.rank == 0
+
+    def load_checkpoint_weights(self, state: dict, which: str) -> None:
+        """The chief reads its checkpoint file; every worker then holds the chief's weights."""
+        if self.chief:
+            self.ckpt.load_weights(self.parts.model, state, which)
+        dist.sync_variables(self.strategy, self.topo, self.parts.model.weights)
+
+
+@dataclass
+class Stepper:
+    """One phase's network, optimizer and compiled train / validation steps."""
+
+    net: Any
+    optimizer: Any
+    step: Any
+    evaluate: Any
 
 
 def new_state(cfg: TrainConfig, labels) -> dict:
@@ -49,7 +72,8 @@ def new_state(cfg: TrainConfig, labels) -> dict:
 
 
 def predict(net, x: np.ndarray, batch: int) -> np.ndarray:
-    out = [np.asarray(net.predict_on_batch(np.asarray(x[i:i + batch], np.float32)), np.float32)
+    """Outputs in inference mode (a plain call: Keras 3's predict functions fail under multi-worker strategies)."""
+    out = [np.asarray(net(np.asarray(x[i:i + batch], np.float32), training=False), np.float32)
            for i in range(0, len(x), batch)]
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
@@ -64,19 +88,25 @@ def _better(acc: float, loss: float, best: list | None) -> bool:
     return best is None or acc > best[0] or (acc == best[0] and loss < best[1])
 
 
-def _compile(net, lr: float) -> None:
+def _stepper(run: Run, net, lr: float, input_shape: tuple[int, ...]) -> Stepper:
+    """Adam at `lr` (with loss scaling under mixed precision), built for the net's trainable variables."""
     keras = require("keras")
-    net.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
-                metrics=["accuracy"])
+    opt = keras.optimizers.Adam(lr)
+    if keras.mixed_precision.global_policy().name == "mixed_float16":
+        opt = keras.optimizers.LossScaleOptimizer(opt)
+    opt.build(net.trainable_variables)
+    return Stepper(net, opt, dist.make_step(run.strategy, net, opt, run.topo, input_shape),
+                   dist.make_eval(run.strategy, net, run.topo, input_shape))
 
 
-def _prepare_phase(run: Run, name: str) -> tuple[Any, np.ndarray, np.ndarray, dict]:
-    """(network to train, training inputs, validation inputs, phase record) for phase `name`."""
+def _prepare_phase(run: Run, name: str) -> tuple[Stepper, np.ndarray, np.ndarray, dict]:
+    """(what trains, training inputs, validation inputs, phase record) for phase `name`."""
     cfg, parts, d = run.cfg, run.parts, run.data
+    scale = dist.lr_scale(run.topo)
     if name == "head":
         tm.freeze(parts)
         fast = not cfg.augment
-        rec = {"name": name, "lr": cfg.lr, "fast_path": fast, "augment": cfg.augment}
+        rec = {"name": name, "lr": cfg.lr * scale, "fast_path": fast, "augment": cfg.augment}
         if fast:
             t = time.perf_counter()
             feats = tm.feature_model(parts)
@@ -85,41 +115,46 @@ def _prepare_phase(run: Run, name: str) -> tuple[Any, np.ndarray, np.ndarray, di
             net = tm.head_model(parts)
         else:
             x, xv, net = d.x, d.xv, tm.trainer(parts)
-        _compile(net, cfg.lr)
     else:
-        rec = {"name": name, "lr": cfg.effective_fine_tune_lr, "fast_path": False, "augment": cfg.augment,
+        rec = {"name": name, "lr": cfg.effective_fine_tune_lr * scale, "fast_path": False, "augment": cfg.augment,
                "unfrozen": tm.unfreeze_top(parts, cfg.unfreeze, cfg.fine_tune_at)}
         x, xv, net = d.x, d.xv, tm.trainer(parts)
-        _compile(net, cfg.effective_fine_tune_lr)
+    stepper = _stepper(run, net, rec["lr"], tuple(x.shape[1:]))
     rec["epochs_planned"] = cfg.epochs if name == "head" else cfg.fine_tune_epochs
     rec["trainable_weights"] = int(sum(np.prod(v.shape) for v in net.trainable_weights))
-    return net, x, xv, rec
+    return stepper, x, xv, rec
 
 
-def _epoch(run: Run, net, x, phase: int, epoch: int, augment: Augment | None) -> dict:
-    """One pass over the training data; the epoch's sample-weighted mean loss and accuracy."""
-    rng = epoch_rng(run.cfg.seed, phase, epoch)
-    total = np.zeros(3)  # loss * n, accuracy * n, n  (train_on_batch reports one batch)
-    for xb, yb, wb in batches(x, run.data.y, run.cfg.batch, rng, weights=run.data.class_weights,
-                              augment=augment):
-        logs = net.train_on_batch(xb, yb, sample_weight=wb, return_dict=True)
-        total += (float(logs["loss"]) * len(yb), float(logs.get("accuracy", np.nan)) * len(yb), len(yb))
-    return {"loss": float(total[0] / total[2]), "accuracy": float(total[1] / total[2])}
+def _epoch(run: Run, stepper: Stepper, x, phase: int, epoch: int, augment: Augment | None) -> dict:
+    """One pass over the training data (this process's share of it); the epoch's sample-weighted mean loss
+    and accuracy over all replicas, and how many images this process trained on."""
+    cfg, topo = run.cfg, run.topo
+    total, mine = np.zeros(3), []  # weighted loss sum, correct, images (all replicas)
+    for b in local_batches(x, run.data.y, cfg.batch * topo.replicas, topo.local_bounds, cfg.seed, phase, epoch,
+                           weights=run.data.class_weights, augment=augment):
+        total += np.asarray(dist.guard(stepper.step, b.x, b.y, b.w, b.bounds, np.float32(b.n_global), topo=topo))
+        mine.append(b.index)
+    mine = np.concatenate(mine) if mine else np.zeros(0, int)
+    dist.shard_log({"rank": topo.cluster.rank, "phase": phase, "epoch": epoch, "images": sorted(mine.tolist())})
+    return {"loss": float(total[0] / total[2]), "accuracy": float(total[1] / total[2]), "images": int(total[2]),
+            "images_here": int(len(mine))}
 
 
 def run_phase(run: Run, name: str) -> None:
     cfg, st = run.cfg, run.state
     idx = PHASES.index(name)
-    net, x, xv, rec = _prepare_phase(run, name)
+    stepper, x, xv, rec = _prepare_phase(run, name)
     if st["epoch"] > 0:  # resuming inside this phase (the weights were loaded with the model)
-        if not run.ckpt.load_optimizer(net.optimizer, net.trainable_variables, st):
+        if run.chief and not run.ckpt.load_optimizer(stepper.optimizer, stepper.net.trainable_variables, st):
             run.log("  (optimizer state not restored: it starts fresh)")
+        dist.sync_variables(run.strategy, run.topo, stepper.optimizer.variables)
     augment = Augment() if cfg.augment and not rec["fast_path"] else None
     t0, stopped = time.perf_counter(), False
     for epoch in range(st["epoch"], rec["epochs_planned"]):
         t = time.perf_counter()
-        row = {"phase": name, "epoch": epoch + 1, **_epoch(run, net, x, idx, epoch, augment)}
-        row["val_accuracy"], row["val_loss"] = scores(predict(net, xv, cfg.batch * 2), run.data.yv)
+        row = {"phase": name, "epoch": epoch + 1, **_epoch(run, stepper, x, idx, epoch, augment)}
+        row["val_accuracy"], row["val_loss"] = dist.validate(stepper.evaluate, run.topo, xv, run.data.yv,
+                                                             cfg.batch * 2)
         row["seconds"] = round(time.perf_counter() - t, 2)
         improved = _better(row["val_accuracy"], row["val_loss"], st["best_score"])  # best of the run
         if improved:
@@ -134,7 +169,7 @@ def run_phase(run: Run, name: str) -> None:
         st["history"].append(row)
         st["epoch"] = epoch + 1
         stopped = bool(cfg.patience) and st["bad_epochs"] >= cfg.patience and epoch + 1 < rec["epochs_planned"]
-        run.state = st = run.ckpt.save(run.parts.model, net.optimizer, st, best=improved)
+        run.state = st = run.ckpt.save(run.parts.model, stepper.optimizer, st, best=improved)
         run.log(f"{name:>9} {epoch + 1:3d}/{rec['epochs_planned']}  loss {row['loss']:.4f}  "
                 f"acc {row['accuracy']:.3f}  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.3f}"
                 f"  {row['seconds']:.1f}s{'  *' if improved else ''}")
@@ -144,20 +179,20 @@ def run_phase(run: Run, name: str) -> None:
     rows = [r for r in st["history"] if r["phase"] == name]
     rec.update(epochs_run=len(rows), stopped_early=stopped, wall_time_s=round(time.perf_counter() - t0, 2),
                best_val_accuracy=max((r["val_accuracy"] for r in rows), default=None))
-    _end_phase(run, net, rec)
+    _end_phase(run, stepper, rec)
 
 
-def _end_phase(run: Run, net, rec: dict) -> None:
+def _end_phase(run: Run, stepper: Stepper, rec: dict) -> None:
     """Restore the best weights so far and checkpoint the start of the next phase."""
     st = run.state
     if run.best_weights is None and st.get("best"):
-        run.ckpt.load_weights(run.parts.model, st, "best")
+        run.load_checkpoint_weights(st, "best")
     elif run.best_weights is not None:
         run.parts.model.set_weights(run.best_weights)
     st["phases_done"].append(rec)
     nxt = PHASES.index(rec["name"]) + 1
     st.update(phase=PHASES[nxt] if nxt < len(PHASES) else "done", epoch=0, bad_epochs=0, phase_best=None)
-    run.state = run.ckpt.save(run.parts.model, net.optimizer, st, best=False)
+    run.state = run.ckpt.save(run.parts.model, stepper.optimizer, st, best=False)
 
 
 def run_all(run: Run) -> None:

@@ -2,13 +2,17 @@
 
 - No GPU: float32, no distribution strategy.
 - GPUs: mixed precision (float16 compute, float32 weights) unless precision="float32" or --grayscale;
-  more than one GPU: `tf.distribute.MirroredStrategy` over all of them.
+  the baked preprocessing and the softmax head stay float32 (tledge.train.model.compute_dtypes).
+  More than one GPU: `tf.distribute.MirroredStrategy` over all of them.
 - Several machines: set TF_CONFIG on every machine (the standard TensorFlow cluster JSON, e.g.
   {"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}})
-  and run the same `tledge train` command on each: `MultiWorkerMirroredStrategy` is used, the batch
-  is per worker, and only the chief (worker 0) writes OUT; the others write to a temporary folder.
+  and run the same `tledge train` command on each: `MultiWorkerMirroredStrategy` is used. Only the
+  chief (worker 0, or the "chief" task) writes OUT; the others write nothing there (see docs/train-cluster.md).
 
-The saved model is always float32 (it is rebuilt without the mixed policy before saving).
+In every case `--batch` is per replica (a GPU, or a CPU worker): the global batch is batch x replicas,
+and the learning rates are multiplied by sqrt(replicas) (tledge.train.distributed.lr_scale). The
+training step is tledge.train.distributed's (not Keras' fit). The saved model is always float32 (it is
+rebuilt without the mixed policy and outside the strategy before saving).
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ class Env:
     strategy: Any  # a tf.distribute strategy, or None
     mixed: bool
     description: str
+    runner: Any = None  # the strategy the training step runs under (TensorFlow's default one when `strategy` is None)
 
     @property
     def rebuild_for_saving(self) -> bool:
@@ -62,7 +67,7 @@ def environment(precision: Precision, *, grayscale: bool = False):
     desc = f"{where}, {'mixed_float16' if mixed else 'float32'}"
     try:
         with strategy.scope() if strategy is not None else nullcontext():
-            yield Env(strategy, mixed, desc)
+            yield Env(strategy, mixed, desc, strategy or tf.distribute.get_strategy())
     finally:
         keras.mixed_precision.set_global_policy(old)
 

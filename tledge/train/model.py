@@ -31,7 +31,8 @@ class Parts:
 def _preprocess(contract, name: str = "preprocess"):
     from tledge.layers import Preprocess
 
-    return Preprocess(contract.norm.value, contract.mean, contract.std, contract.channels, name=name)
+    # float32 under a mixed policy too: normalisation in float16 would differ from the saved float32 model
+    return Preprocess(contract.norm.value, contract.mean, contract.std, contract.channels, name=name, dtype="float32")
 
 
 def build_backbone(cfg: TrainConfig, contract, *, pretrained: bool = True):
@@ -63,6 +64,14 @@ def assemble(backbone, contract, n_classes: int, dropout: float, fold=None) -> P
 def build(cfg: TrainConfig, contract, n_classes: int, *, pretrained: bool = True) -> Parts:
     backbone, fold = build_backbone(cfg, contract, pretrained=pretrained)
     return assemble(backbone, contract, n_classes, cfg.dropout, fold)
+
+
+def compute_dtypes(parts: Parts) -> dict:
+    """The dtypes each part computes in while training (the policy: float16 in the backbone under
+    mixed precision; the baked preprocessing and the softmax head always float32)."""
+    conv = next((layer for layer in parts.backbone.layers if layer.weights), parts.backbone)
+    return {"preprocess": parts.preprocess.compute_dtype, "backbone": conv.compute_dtype,
+            "head": parts.dense.compute_dtype}
 
 
 def init_batchnorm_from_data(parts: Parts, x, n: int = 128, seed: int = 0) -> int:
