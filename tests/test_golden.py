@@ -35,13 +35,17 @@ class _Block:
         return None
 sys.meta_path.insert(0, _Block())
 """.format(heavy=HEAVY)
+NO_EDITABLE = """
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "").lower()]
+"""
 RUN_BLOCKED = BLOCKER + """
 import json
 from tledge.cli import main
 rc = main(sys.argv[1:])
 sys.stdout.flush()
 print(json.dumps({"rc": rc, "tried": _Block.tried,
-                  "heavy": sorted(m for m in sys.modules if m.split(".")[0] in %r)}), file=sys.stderr)
+                  "heavy": sorted(m for m in sys.modules if m.split(".")[0] in %r),
+                  "exporter": sorted(m for m in sys.modules if m.startswith("tledge.export"))}), file=sys.stderr)
 sys.exit(rc)
 """ % (HEAVY,)
 
@@ -134,7 +138,7 @@ def test_parity_golden_without_tensorflow_reproduces_parity_json(tiny_export, tm
     junit = tmp_path / "golden.xml"
     proc, tail = _blocked(["parity", "--golden", str(out), "--json", "--junit", str(junit)], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert tail["heavy"] == [] and tail["rc"] == 0
+    assert tail["heavy"] == [] and tail["tried"] == [] and tail["exporter"] == [] and tail["rc"] == 0
     got = {r["file"]: r for r in json.loads(proc.stdout)["results"]}
     want = {r["file"]: r for r in json.loads((out / "parity.json").read_text())["results"]}
     assert set(got) == set(want) and len(got) == 6
@@ -164,6 +168,9 @@ def test_golden_edited_consistently_fails_and_changed_bytes_are_refused(tiny_exp
     assert "parity: FAILED" in captured.out and "top-1 agreement 0.000" in captured.err
     cases = list(ET.parse(tmp_path / "j.xml").getroot().iter("testcase"))
     assert len(cases) == 6 and all(c.find("failure") is not None for c in cases)
+    (out / golden.GOLDEN).unlink()
+    assert main(["parity", "--golden", str(out)]) == 2
+    assert "golden.npz: missing, but listed in manifest.json" in capsys.readouterr().err
 
 
 @needs_tf
@@ -205,7 +212,7 @@ def test_export_without_golden_is_refused_with_a_reason(tiny_export, tmp_path, c
 
 # ---- a bundle on the "board" ---------------------------------------------------------------------------------
 @needs_tf
-def test_bundle_run_sh_check_passes_then_fails_when_outputs_disagree(tiny_export, tmp_path):
+def test_bundle_run_sh_check_passes_then_fails_when_outputs_disagree(tiny_export, tiny_model, tmp_path):
     from tledge.devices.bundle import make_bundle
 
     res = make_bundle(tiny_export.out, "rpi5", tmp_path / "b.tar.gz")
@@ -218,7 +225,8 @@ def test_bundle_run_sh_check_passes_then_fails_when_outputs_disagree(tiny_export
     shipped = sorted(p.name for p in (board / "model").iterdir() if p.suffix in (".tflite", ".onnx"))
     site = tmp_path / "site"  # sitecustomize: TensorFlow and Keras cannot be imported on this "board"
     site.mkdir()
-    (site / "sitecustomize.py").write_text(BLOCKER)
+    # ... and only the bundle's lib/ provides tledge (not this venv's editable install of the checkout)
+    (site / "sitecustomize.py").write_text(BLOCKER + NO_EDITABLE)
     env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(site)}
 
     def check(*extra):
@@ -229,6 +237,10 @@ def test_bundle_run_sh_check_passes_then_fails_when_outputs_disagree(tiny_export
     assert proc.returncode == 0, proc.stderr[-3000:]
     rep = json.loads(proc.stdout)
     assert sorted(r["file"] for r in rep["results"]) == shipped and rep["passed"]
+    proc = subprocess.run([sys.executable, "-m", "tledge", "parity", str(tiny_model["keras"]),
+                           str(board / "model"), "--images", str(board / "model")], capture_output=True, text=True,
+                          timeout=300, env={**env, "PYTHONPATH": f"{board / 'lib'}:{site}"}, cwd=tmp_path)
+    assert proc.returncode == 2 and "no exporter" in proc.stderr and "--golden" in proc.stderr, proc.stderr
     _swap_top1(board / "model" / golden.GOLDEN)
     proc = check()
     assert proc.returncode == 2 and "golden.npz: changed since export" in proc.stderr

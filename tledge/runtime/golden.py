@@ -160,10 +160,18 @@ def check(path: str | Path, *, thresholds: dict[str, Thresholds] | None = None, 
     """Every model file the manifest vouches for, on the stored pixels, against the stored Keras outputs.
     TledgeError (exit 2) when the folder or its golden file cannot be trusted (changed since export)."""
     d = model_folder(path)
-    m, ok, notes = artifacts.vouched(d, "tledge parity --golden")  # a changed golden.npz is refused here
-    if m.entry(GOLDEN) is None:
+    entry = artifacts.require(d, "tledge parity --golden").entry(GOLDEN)
+    if entry is None:
         raise TledgeError(f"{d}: no {GOLDEN} in {artifacts.MANIFEST} (exported by a tledge without golden "
                           f"outputs): run tledge export again to check this folder without TensorFlow")
+    problem = (artifacts.problems(d, [entry]) or [""])[0]
+    if problem.endswith("missing"):
+        raise TledgeError(f"{d / GOLDEN}: missing, but listed in {artifacts.MANIFEST}: copy the whole export "
+                          "folder (or bundle)")
+    if problem:
+        raise TledgeError(f"{d / GOLDEN}: {problem.split(': ', 1)[1]}: the stored Keras outputs are not the "
+                          "export's, so nothing can be compared; export (and bundle) again")
+    m, ok, notes = artifacts.vouched(d, "tledge parity --golden")  # any other changed file is refused here
     g = read(d / GOLDEN)
     used = {**g.thresholds, **(thresholds or {})}
     x = g.pixels.astype(np.float32)
