@@ -113,6 +113,33 @@ def test_a_damaged_golden_file_is_a_clear_error(tmp_path):
         golden.read(bad)
 
 
+def test_golden_file_round_trip_keeps_thresholds_names_and_exact_pixels(tmp_path):
+    from tledge.parity import Thresholds
+
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (40, 8, 8, 3)).astype(np.float32)  # raw pixels, as export prepares them
+    ref = rng.dirichlet(np.ones(4), 40).astype(np.float32)
+    files = [tmp_path / "val" / f"c{i % 4}" / f"{i}.png" for i in range(40)]
+    for i, f in enumerate(files):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(bytes([i]) * 10)
+    used = {"int8": Thresholds(min_agreement=0.9, max_accuracy_drop=None), "model_fp32.onnx": Thresholds(max_abs=1e-3)}
+    g = golden.from_export(pixels, ref, np.arange(40) % 4, files, tmp_path / "val", used)
+    golden.save(g, tmp_path / "g.npz")
+    back = golden.read(tmp_path / "g.npz")
+    idx = back.meta["indices"]
+    assert len(idx) == 32 and not back.all_parity_images and back.pixels.dtype == np.uint8
+    np.testing.assert_array_equal(back.pixels.astype(np.float32), pixels[idx])
+    np.testing.assert_array_equal(back.reference, ref[idx])
+    assert back.names[0] == f"c{idx[0] % 4}/{idx[0]}.png" and back.sha256[0] == artifacts.sha256_of(files[idx[0]])
+    assert back.thresholds == used and list(back.labels) == [i % 4 for i in idx]
+    noise = golden.from_export(pixels[:5] / 255.0, ref[:5], None, None, None)  # not whole numbers: float32 kept
+    golden.save(noise, tmp_path / "n.npz")
+    back = golden.read(tmp_path / "n.npz")
+    assert back.pixels.dtype == np.float32 and back.labels is None and back.sha256 == ("",) * 5
+    np.testing.assert_array_equal(back.pixels, (pixels[:5] / 255.0).astype(np.float32))
+
+
 # ---- a real export -----------------------------------------------------------------------------------------
 @needs_tf
 def test_export_writes_golden_listed_in_the_manifest(tiny_export, tiny_model, shapes_dataset):
