@@ -210,6 +210,19 @@ def test_thresholds_of_the_export_and_from_a_file(tiny_export, tmp_path, capsys)
     rep = json.loads(capsys.readouterr().out)
     failed = {r["file"] for r in rep["results"] if not r["passed"]}
     assert failed == {"model_int8.tflite", "model_int8.onnx"}
+    # the thresholds the export used travel in golden.npz and apply on the board (here: a strict fp16 line)
+    out = tmp_path / "out"
+    shutil.copytree(tiny_export.out, out)
+    meta = {**g.meta, "thresholds": {"fp16": {"max_abs": 1e-9, "min_agreement": 1.0, "max_accuracy_drop": None}}}
+    golden.save(golden.Golden(g.pixels, g.reference, g.labels, g.names, g.sha256, meta), out / golden.GOLDEN)
+    _rehash(out)
+    assert main(["parity", "--golden", str(out), "--json"]) == 1
+    rep = json.loads(capsys.readouterr().out)
+    assert {r["file"] for r in rep["results"] if not r["passed"]} == {"model_fp16.tflite"}
+    loose = tmp_path / "loose.json"  # a thresholds file replaces the export's
+    loose.write_text(json.dumps({"fp16": {"min_agreement": 0.99}}))
+    assert main(["parity", "--golden", str(out), "--thresholds", str(loose)]) == 0
+    capsys.readouterr()
 
 
 def test_golden_usage_errors(tmp_path, capsys):

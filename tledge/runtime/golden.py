@@ -173,7 +173,7 @@ def check(path: str | Path, *, thresholds: dict[str, Thresholds] | None = None, 
                           "export's, so nothing can be compared; export (and bundle) again")
     m, ok, notes = artifacts.vouched(d, "tledge parity --golden")  # any other changed file is refused here
     g = read(d / GOLDEN)
-    used = {**g.thresholds, **(thresholds or {})}
+    used = g.thresholds if thresholds is None else thresholds  # a thresholds file replaces the export's
     x = g.pixels.astype(np.float32)
     results = []
     for e in ok:
