@@ -101,6 +101,28 @@ def test_selection_is_deterministic_spread_over_classes_and_skips_the_least_conf
     assert len(small) == 32
 
 
+def test_images_a_passing_file_got_wrong_at_export_are_left_out(monkeypatch):
+    rng = np.random.default_rng(2)
+    n, k = 400, 4
+    labels = np.arange(n) % k
+    ref = rng.dirichlet(np.ones(k), n).astype(np.float32)
+    flips = set(range(0, n, 7))  # what the exported files got wrong
+    seen = []
+
+    def fake_agreeing(pixels, reference, models):
+        seen.append(len(pixels))
+        idx = [int(np.flatnonzero((ref == r).all(1))[0]) for r in reference]
+        return np.array([i not in flips for i in idx])
+
+    monkeypatch.setattr(golden, "agreeing", fake_agreeing)
+    idx, dropped = golden.choose(np.zeros((n, 2, 2, 3)), ref, labels, models=[Path("m.tflite")])
+    assert seen == [128] and len(idx) == 32 and dropped > 0  # a pool of 4n was run, not all 400 images
+    assert not flips & set(idx.tolist())
+    assert sorted(np.bincount(labels[idx], minlength=k).tolist()) == [8, 8, 8, 8]
+    idx2, _ = golden.choose(np.zeros((n, 2, 2, 3)), ref, labels)  # no files: nothing to leave out
+    assert flips & set(idx2.tolist())
+
+
 def test_a_damaged_golden_file_is_a_clear_error(tmp_path):
     from tledge.errors import TledgeError
 

@@ -92,7 +92,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
         if _fidelity(cfg, report, fx):
             seconds["int8 fidelity"] = round(time.perf_counter() - start, 2)
         derived = _compile_edgetpu(stage, report) if cfg.compile_edgetpu else {}
-        _write_golden(stage, val_x, reference, val_y, val_files, cfg, thresholds)
+        _write_golden(stage, val_x, reference, val_y, val_files, cfg, thresholds, report)
         report.write(stage)
         folder.commit(model_path, {r.file: (r.passed, _figures(r)) for r in report.results}, derived)
     written = [out / r.file for r in report.results if "/" not in r.file and (out / r.file).is_file()]
@@ -222,12 +222,15 @@ def _contract(cfg: ExportConfig, lm, labels) -> tuple[Contract, str | None]:
                                    labels_from=labels_from, preprocess_from=preprocess_from)
 
 
-def _write_golden(stage: Path, val_x, reference, val_y, val_files, cfg: ExportConfig, thresholds) -> None:
+def _write_golden(stage: Path, val_x, reference, val_y, val_files, cfg: ExportConfig, thresholds, report) -> None:
     """golden.npz: a few parity images and their Keras outputs, for `tledge parity --golden` on a board."""
     from tledge.runtime import golden
 
     root = cfg.val if cfg.val else (cfg.calib if val_files is not None else None)
-    golden.save(golden.from_export(val_x, reference, val_y, val_files, root, thresholds), stage / golden.GOLDEN)
+    passed = [stage / r.file for r in report.results if r.passed and "/" not in r.file and (stage / r.file).is_file()
+              and r.file.endswith((".tflite", ".onnx")) and "_edgetpu" not in r.file]
+    g = golden.from_export(val_x, reference, val_y, val_files, root, thresholds, models=passed)
+    golden.save(g, stage / golden.GOLDEN)
 
 
 def load_pixels(folder: str | Path, contract: Contract, limit: int, labels: tuple[str, ...] = ()):

@@ -56,18 +56,19 @@ class Golden:
 
 
 # ---- choosing and writing (at export) -----------------------------------------------------------------
-def select(reference: np.ndarray, labels: np.ndarray | None, n: int = N_GOLDEN) -> np.ndarray:
-    """Indices of at most `n` images, deterministic: all when there are no more than `n`; otherwise the
-    least confident quarter of the Keras outputs (smallest top-1 margin, where a kernel's rounding on
-    another machine could flip the top-1) is left out, and the rest is spread evenly over classes
-    (labels, else the Keras top-1) and over files within each class."""
+def select(reference: np.ndarray, labels: np.ndarray | None, n: int = N_GOLDEN, *,
+           confident: bool = True) -> np.ndarray:
+    """Indices of at most `n` images, deterministic: all when there are no more than `n`; otherwise
+    (`confident`) the least confident quarter of the Keras outputs (smallest top-1 margin, where a
+    kernel's rounding on another machine could flip the top-1) is left out, and the rest is spread
+    evenly over classes (labels, else the Keras top-1) and over files within each class."""
     ref = np.asarray(reference, np.float32).reshape(len(reference), -1)
     total = len(ref)
     if total <= n:
         return np.arange(total)
     srt = np.sort(ref, axis=1)
     margin = srt[:, -1] - srt[:, -2] if ref.shape[1] > 1 else np.abs(ref[:, 0])
-    floor = np.sort(margin)[min(total - n, total // 4)]
+    floor = np.sort(margin)[min(total - n, total // 4)] if confident else -np.inf
     cand = np.flatnonzero(margin >= floor)  # at least n of them
     group = np.asarray(labels) if labels is not None else ref.argmax(1)
     members = {int(c): cand[group[cand] == c] for c in np.unique(group[cand])}
@@ -82,11 +83,45 @@ def select(reference: np.ndarray, labels: np.ndarray | None, n: int = N_GOLDEN) 
     return np.sort(np.concatenate(picked))
 
 
+def agreeing(pixels: np.ndarray, reference: np.ndarray, models: Sequence[Path]) -> np.ndarray:
+    """Mask of the images on which every model file's top-1 (run by the tledge runtime) is Keras's."""
+    from tledge.runtime import load
+
+    x = np.asarray(pixels, np.float32)
+    ok = np.ones(len(x), bool)
+    for path in models:
+        m = load(path)
+        out = np.concatenate([m.predict(x[i:i + 32]) for i in range(0, len(x), 32)])
+        ok &= out.reshape(len(x), -1).argmax(1) == np.asarray(reference).reshape(len(x), -1).argmax(1)
+    return ok
+
+
+def choose(pixels: np.ndarray, reference: np.ndarray, labels: np.ndarray | None, models: Sequence[Path] = (),
+           n: int = N_GOLDEN) -> tuple[np.ndarray, int]:
+    """(indices, images left out because a file disagreed). Up to `n` parity images: all of them when
+    there are no more than `n`; else a pool of 4n (`select`), minus the images on which a file that
+    passed parity disagreed with Keras at export (the check on a board must flag the board, not the
+    export's known flips), spread again over classes."""
+    if len(reference) <= n:
+        return np.arange(len(reference)), 0
+    pool = select(reference, labels, 4 * n)
+    if models:
+        ok = agreeing(np.asarray(pixels)[pool], np.asarray(reference)[pool], models)
+        dropped, pool = int((~ok).sum()), (pool[ok] if ok.any() else pool)
+    else:
+        dropped = 0
+    sub = select(np.asarray(reference)[pool], None if labels is None else np.asarray(labels)[pool], n,
+                 confident=False)
+    return pool[sub], dropped
+
+
 def from_export(pixels: np.ndarray, reference: np.ndarray, labels: np.ndarray | None,
                 files: Sequence[Path] | None, root: str | Path | None,
-                thresholds: dict[str, Thresholds] | None = None, n: int = N_GOLDEN) -> Golden:
-    """The golden set of an export's parity images (`files`: their source files, None for noise)."""
-    idx = select(reference, labels, n)
+                thresholds: dict[str, Thresholds] | None = None, n: int = N_GOLDEN,
+                models: Sequence[Path] = ()) -> Golden:
+    """The golden set of an export's parity images (`files`: their source files, None for noise;
+    `models`: the files that passed parity, see `choose`)."""
+    idx, dropped = choose(pixels, reference, labels, models, n)
     x = np.asarray(pixels)[idx]
     if np.array_equal(x, np.clip(np.round(x), 0, 255)):
         x = x.astype(np.uint8)  # raw pixels: lossless as uint8
@@ -105,7 +140,7 @@ def from_export(pixels: np.ndarray, reference: np.ndarray, labels: np.ndarray | 
             names.append(f.name)
         hashes.append(artifacts.sha256_of(f))
     meta = {"format": "tledge.golden", "schema": SCHEMA, "images": int(len(idx)), "parity_images": int(len(pixels)),
-            "indices": [int(i) for i in idx], "source": str(root) if root else None,
+            "indices": [int(i) for i in idx], "source": str(root) if root else None, "left_out_disagreeing": dropped,
             "thresholds": {k: asdict(t) for k, t in (thresholds or {}).items()}}
     y = None if labels is None else np.asarray(labels, np.int64)[idx]
     return Golden(x, np.asarray(reference, np.float32)[idx], y, tuple(names), tuple(hashes), meta)
@@ -213,7 +248,8 @@ def check_file(path: Path, entry: artifacts.Entry, g: Golden, x: np.ndarray, thr
 def _notes(g: Golden, m: artifacts.Manifest, results: list[ParityResult]) -> list[str]:
     if not g.all_parity_images:
         return [f"{len(g.pixels)} golden images of the export's {g.meta.get('parity_images')} parity images "
-                "(spread over classes, the least confident quarter left out): figures differ from parity.json"]
+                "(spread over classes; the least confident quarter and images a file got wrong at export left "
+                "out): figures differ from parity.json"]
     notes = [f"the golden images are all {len(g.pixels)} parity images of the export: figures should equal "
              "parity.json's"]
     for r in results:
