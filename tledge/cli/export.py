@@ -145,7 +145,7 @@ def _print(result, args) -> None:
     for note in result.report.notes:
         print(f"note: {note}")
     print(f"\nwrote {len(result.files)} file(s) to {result.out}/ "
-          "(manifest.json, parity.md, parity.json, tledge.json)")
+          "(manifest.json, parity.md, parity.json, tledge.json, golden.npz)")
     for r in result.report.results:
         for f in r.failures:
             print(f"  {r.file}: {f}", file=sys.stderr)

@@ -1,14 +1,25 @@
-"""tledge parity REFERENCE EXPORTED... --images DIR [--thresholds FILE] [--json] [--junit FILE]"""
+"""tledge parity REFERENCE EXPORTED... --images DIR [--thresholds FILE] [--json] [--junit FILE]
+   tledge parity --golden EXPORT_OR_BUNDLE [--device NAME] [--thresholds FILE] [--json] [--junit FILE]
+
+The second form needs no TensorFlow and no Keras model: it compares every file the folder's manifest
+vouches for with the Keras outputs stored at export (golden.npz), on the board (`run.sh --check`)."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+from tledge.errors import TledgeError
+
 
 def add_arguments(p) -> None:
-    p.add_argument("reference", help="the Keras model (.keras, .h5, SavedModel folder)")
-    p.add_argument("exported", nargs="+", help="exported .tflite/.onnx files or export folders")
-    p.add_argument("--images", required=True, help="images (class folders give accuracy too)")
+    p.add_argument("reference", nargs="?", help="the Keras model (.keras, .h5, SavedModel folder)")
+    p.add_argument("exported", nargs="*", help="exported .tflite/.onnx files or export folders")
+    p.add_argument("--images", help="images (class folders give accuracy too)")
+    p.add_argument("--golden", metavar="EXPORT_OR_BUNDLE",
+                   help="check an export folder or unpacked bundle against the Keras outputs stored in it "
+                        "(golden.npz): no TensorFlow, no REFERENCE, no --images")
+    p.add_argument("--device", metavar="NAME", help="with --golden: run the files as on this device profile")
+    p.add_argument("--threads", type=int, help="with --golden: inference threads")
     p.add_argument("--thresholds", help="JSON/TOML thresholds per precision or per file name")
     p.add_argument("--preprocess", help="only for files without an embedded contract")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -16,22 +27,52 @@ def add_arguments(p) -> None:
     p.add_argument("--unsafe", action="store_true", help="allow code inside the reference model file")
 
 
-def run(args) -> int:
+def _validate(args) -> None:
     from tledge.cli import validate as V
-    from tledge.export.parity import load_thresholds
-    from tledge.io import atomic_write_text
 
-    V.keras_model(args.reference, "REFERENCE")
-    V.edge_models(args.exported, "EXPORTED")
-    V.input_dir(args.images, "--images")
-    V.preprocess(args.preprocess)
+    if args.golden:
+        extra = [n for n, v in (("REFERENCE", args.reference), ("EXPORTED", args.exported), ("--images", args.images),
+                                ("--preprocess", args.preprocess), ("--unsafe", args.unsafe)) if v]
+        if extra:
+            raise TledgeError(f"--golden compares with the outputs stored at export: it takes no {', '.join(extra)}")
+        V.input_dir(args.golden, "--golden")
+        V.in_range(args.threads, "--threads", 1, 1024)
+        if args.device and str(args.device).lower() != "auto":
+            from tledge.devices.profiles import get_profile
+
+            get_profile(args.device)
+    else:
+        missing = [n for n, v in (("REFERENCE", args.reference), ("EXPORTED", args.exported),
+                                  ("--images", args.images)) if not v]
+        if missing:
+            raise TledgeError(f"{', '.join(missing)} required (or --golden EXPORT_OR_BUNDLE)")
+        if args.device or args.threads:
+            raise TledgeError("--device and --threads go with --golden")
+        V.keras_model(args.reference, "REFERENCE")
+        V.edge_models(args.exported, "EXPORTED")
+        V.input_dir(args.images, "--images")
+        V.preprocess(args.preprocess)
     if args.junit:
         V.output_file(args.junit, "--junit")
-    thresholds = load_thresholds(args.thresholds) if args.thresholds else None
-    from tledge.export.check import parity
 
-    report = parity(args.reference, args.exported, args.images, preprocess=args.preprocess, unsafe=args.unsafe,
-                    thresholds=thresholds)
+
+def run(args) -> int:
+    from tledge.io import atomic_write_text
+    from tledge.parity import load_thresholds
+
+    _validate(args)
+    thresholds = load_thresholds(args.thresholds) if args.thresholds else None
+    if args.golden:
+        from tledge.runtime.golden import check
+
+        report = check(args.golden, thresholds=thresholds, device=args.device, threads=args.threads)
+    else:
+        try:
+            from tledge.export.check import parity
+        except ImportError:  # a deploy bundle carries the runtime only
+            raise TledgeError("this tledge has no exporter (a deploy bundle?): use tledge parity --golden") from None
+        report = parity(args.reference, args.exported, args.images, preprocess=args.preprocess,
+                        unsafe=args.unsafe, thresholds=thresholds)
     if args.junit:
         atomic_write_text(args.junit, report.to_junit())
     if args.json:

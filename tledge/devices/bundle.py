@@ -5,7 +5,9 @@
                           restricted to these files): only files the export's manifest vouches for
       lib/tledge/...      tledge's own source, minus training and export (run.sh puts lib/ on PYTHONPATH)
       requirements.txt    the runtime for that board, pinned to the versions of the building machine
-      run.sh              ./run.sh [SOURCE] -> tledge run on camera 0 (default), an image, folder or video
+      run.sh              ./run.sh [SOURCE] -> tledge run on camera 0 (default), an image, folder or video;
+                          ./run.sh --check -> tledge parity --golden: the board against the Keras outputs
+                          stored at export (model/golden.npz), exit 1 when it disagrees
       README.md, bundle.json (manifest: device, options, sha256 of every file)
 
 tledge is vendored as source rather than built as a wheel: no build step (no setuptools on the
@@ -29,7 +31,8 @@ from tledge.devices.profiles import Family, Profile, get_profile
 from tledge.errors import TledgeError
 
 # package parts that need TensorFlow/Keras: left out of the bundle
-VENDOR_EXCLUDE = {"train", "export", "layers.py", "cli/export.py", "cli/train.py", "cli/parity.py", "cli/demo.py"}
+# (cli/parity.py stays: `tledge parity --golden` is the board's TensorFlow-free check)
+VENDOR_EXCLUDE = {"train", "export", "layers.py", "cli/export.py", "cli/train.py", "cli/demo.py"}
 LOWER_BOUNDS = {"numpy": "1.23", "opencv-python-headless": "4.8", "ai-edge-litert": "2.3",
                 "onnxruntime": "1.20", "flatbuffers": "23.5"}
 
@@ -159,34 +162,49 @@ RUN_SH = """#!/bin/sh
 # Classify with tledge on this board ({device}). Usage: ./run.sh [SOURCE] [more tledge run options]
 # SOURCE: a camera index (default 0), picamera2, an image, a folder, a video, a URL or a GStreamer pipeline.
 # MODEL=<file in model/> ./run.sh ... picks another model file of this bundle (e.g. the CPU fallback).
+# ./run.sh --check [--json] [--junit FILE]: every model file of the bundle against the Keras outputs stored
+# at export (model/golden.npz); exit 0 = the board agrees, 1 = it disagrees, 2 = the bundle is not intact.
 set -eu
 HERE=$(cd "$(dirname "$0")" && pwd)
-SOURCE=${{1:-0}}
-[ $# -gt 0 ] && shift
-MODEL=${{MODEL:-{model}}}
 if [ -n "${{PYTHON:-}}" ]; then PY=$PYTHON
 elif [ -x "$HERE/.venv/bin/python" ]; then PY="$HERE/.venv/bin/python"
 else PY=python3; fi
 PYTHONPATH="$HERE/lib${{PYTHONPATH:+:$PYTHONPATH}}"
 export PYTHONPATH
+need() {{
+  if ! "$PY" -c "import $1" 2>/dev/null; then
+    echo "run.sh: $1 cannot be imported by $PY; install the runtime (README.md):" >&2
+    echo "  python3 -m venv $HERE/.venv && $HERE/.venv/bin/pip install -r $HERE/requirements.txt" >&2
+    exit 2
+  fi
+}}
+if [ "${{1:-}}" = "--check" ]; then
+  shift
+  need "numpy, {check_modules}"
+  exec "$PY" -m tledge parity --golden "$HERE" --device {device}{extra} "$@"
+fi
+SOURCE=${{1:-0}}
+[ $# -gt 0 ] && shift
+MODEL=${{MODEL:-{model}}}
 case "$MODEL" in *.onnx) BACKEND=onnxruntime ;; *) BACKEND=ai_edge_litert ;; esac
 DEVICE="--device {device}{extra}"{plain_file_case}
-if ! "$PY" -c "import numpy, cv2, $BACKEND" 2>/dev/null; then
-  echo "run.sh: numpy, cv2 or $BACKEND cannot be imported by $PY; install the runtime (README.md):" >&2
-  echo "  python3 -m venv $HERE/.venv && $HERE/.venv/bin/pip install -r $HERE/requirements.txt" >&2
-  exit 2
-fi
+need "numpy, cv2, $BACKEND"
 exec "$PY" -m tledge run "$HERE/model/$MODEL" --source "$SOURCE" $DEVICE "$@"
 """
 
 
-def run_sh(profile: Profile, model: str, threads: int | None = None) -> str:
-    """threads: only when chosen explicitly at bundle time (the profile's own count comes with --device)."""
+def run_sh(profile: Profile, model: str, threads: int | None = None, models: tuple[str, ...] = ()) -> str:
+    """threads: only when chosen explicitly at bundle time (the profile's own count comes with --device).
+    models: every model file the bundle ships (their backends must import for `--check`)."""
     extra = f" --threads {int(threads)}" if threads else ""
     plain = ""
     if any(t.delegates for t in profile.targets):  # a plain file must not ask for the accelerator's delegate
         plain = f'\ncase "$MODEL" in *_edgetpu.tflite) ;; *) DEVICE="{extra.strip()}" ;; esac'
-    return RUN_SH.format(device=profile.name, model=model, extra=extra, plain_file_case=plain)
+    kinds = {Path(m).suffix for m in (models or (model,))}
+    check = ", ".join(mod for suffix, mod in ((".tflite", "ai_edge_litert"), (".onnx", "onnxruntime"))
+                      if suffix in kinds)
+    return RUN_SH.format(device=profile.name, model=model, extra=extra, plain_file_case=plain,
+                         check_modules=check or "ai_edge_litert")
 
 
 def _board_steps(profile: Profile) -> list[str]:
@@ -195,7 +213,7 @@ def _board_steps(profile: Profile) -> list[str]:
     return [ln.replace("~/tledge-venv/", ".venv/") for ln in profile.install if not any(k in ln for k in skip)]
 
 
-def readme(profile: Profile, models: list[str], opts: Options, notes: list[str]) -> str:
+def readme(profile: Profile, models: list[str], opts: Options, notes: list[str], golden: bool = True) -> str:
     venv_flag = " --system-site-packages" if profile.family in (Family.RPI, Family.JETSON) else ""
     lines = [f"# tledge bundle for {profile.title}", "",
              f"Model: `model/{models[0]}` ({opts.backend} {opts.precision}, {opts.target.accel.value if opts.target else 'cpu'})"
@@ -206,6 +224,16 @@ def readme(profile: Profile, models: list[str], opts: Options, notes: list[str])
     extra = _board_steps(profile)
     if extra:
         lines += ["Board-specific steps (from `tledge devices show " + profile.name + "`):", "", "```sh", *extra, "```", ""]
+    if golden:
+        lines += ["## Check the board (once, after installing)", "", "```sh", "./run.sh --check", "```", "",
+                  "Runs every model file of this bundle on the parity images stored at export "
+                  "(`model/golden.npz`: prepared pixels and the Keras model's outputs) and compares, with the "
+                  "export's thresholds: exit 0 when this board reproduces them, 1 when it disagrees (a "
+                  "different runtime version, a broken delegate or kernel), 2 when a file changed since "
+                  "export. `--json` and `--junit FILE` as for `tledge parity`.", ""]
+    else:
+        lines += ["No golden outputs in this export (made by an older tledge): re-export to get "
+                  "`./run.sh --check`.", ""]
     lines += ["## Run", "", "```sh", "./run.sh            # camera 0", "./run.sh photos/    # a folder of images",
               "./run.sh clip.mp4   # a video", "./run.sh photos/ --json --top-k 3   # more tledge run options"]
     if profile.family is Family.RPI:
@@ -312,8 +340,10 @@ def make_bundle(export_dir: "str | Path", device: "str | Profile", out: "str | P
                 for f, rel in vendored_sources():
                     t.add_file(f"lib/{rel}", f)
                 t.add_bytes("requirements.txt", requirements_txt(profile, names).encode())
-                t.add_bytes("run.sh", run_sh(profile, names[0], explicit.get("threads")).encode(), mode=0o755)
-                t.add_bytes("README.md", readme(profile, names, opts, notes).encode())
+                t.add_bytes("run.sh", run_sh(profile, names[0], explicit.get("threads"), tuple(names)).encode(),
+                            mode=0o755)
+                golden = any(e.file == "golden.npz" for e in sides)
+                t.add_bytes("README.md", readme(profile, names, opts, notes, golden=golden).encode())
                 members = sorted(t.hashes) + ["bundle.json"]
                 t.add_bytes("bundle.json", _manifest(profile, names, opts, notes, t.hashes))
     return BundleResult(dst, top, profile.name, names[0], names[1] if len(names) > 1 else None,

@@ -77,7 +77,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
         labels = _labels(cfg, lm)
         contract, add_norm = _contract(cfg, lm, labels)
         serve, concrete = loader.trace(lm, contract, add_norm)
-        calib, val_x, val_y = _images(cfg, contract, chosen)
+        calib, val_x, val_y, val_files = _images(cfg, contract, chosen)
         reference = loader.run_reference(serve, val_x)
         contract = contract.replace(output=_output_kind(reference))
         if contract.labels and reference.shape[1] != len(contract.labels):
@@ -97,6 +97,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
         if _fidelity(cfg, report, fx):
             seconds["int8 fidelity"] = round(time.perf_counter() - start, 2)
         derived = _compile_edgetpu(stage, report) if cfg.compile_edgetpu else {}
+        _write_golden(stage, val_x, reference, val_y, val_files, cfg, thresholds, report)
         report.write(stage)
         folder.commit(model_path, {r.file: (r.passed, _figures(r)) for r in report.results}, derived,
                       _inputs(stage, [r.file for r in report.results]))
@@ -265,9 +266,26 @@ def with_export_options(contract: Contract, cfg: ExportConfig) -> Contract:
     return contract.replace(extra=extra)
 
 
+def _write_golden(stage: Path, val_x, reference, val_y, val_files, cfg: ExportConfig, thresholds, report) -> None:
+    """golden.npz: a few parity images and their Keras outputs, for `tledge parity --golden` on a board."""
+    from tledge.runtime import golden
+
+    root = cfg.val if cfg.val else (cfg.calib if val_files is not None else None)
+    passed = [stage / r.file for r in report.results if r.passed and "/" not in r.file and (stage / r.file).is_file()
+              and r.file.endswith((".tflite", ".onnx")) and "_edgetpu" not in r.file]
+    g = golden.from_export(val_x, reference, val_y, val_files, root, thresholds, models=passed)
+    golden.save(g, stage / golden.GOLDEN)
+
+
 def load_pixels(folder: str | Path, contract: Contract, limit: int, labels: tuple[str, ...] = ()):
     """Prepared pixels (contract.prepare) of a folder's images; unreadable files are skipped and
     counted. Returns (pixels, y or None)."""
+    pixels, y, _ = load_images(folder, contract, limit, labels)
+    return pixels, y
+
+
+def load_images(folder: str | Path, contract: Contract, limit: int, labels: tuple[str, ...] = ()):
+    """load_pixels, plus the files the pixels come from: (pixels, y or None, files)."""
     from tledge.images import labelled_images
 
     files, y, _ = labelled_images(folder, labels or None)
@@ -286,12 +304,12 @@ def load_pixels(folder: str | Path, contract: Contract, limit: int, labels: tupl
     if bad:
         warnings.warn(f"skipped {len(bad)} unreadable image(s) in {folder}: {'; '.join(bad[:3])}",
                       TledgeWarning, stacklevel=2)
-    return np.stack(xs), (None if y is None else y[keep])
+    return np.stack(xs), (None if y is None else y[keep]), [files[i] for i in keep]
 
 
 def _images(cfg: ExportConfig, contract: Contract, chosen):
     labels = contract.labels
-    calib = None
+    calib, val_files = None, None
     if any(f.precision == "int8" for f in chosen) or (cfg.calib and any(f.precision == "dynamic" for f in chosen)):
         if cfg.calib == "random":
             warnings.warn("calibrating int8 on random noise: the int8 files will be inaccurate on real "
@@ -301,16 +319,16 @@ def _images(cfg: ExportConfig, contract: Contract, chosen):
         else:
             calib, _ = load_pixels(cfg.calib or cfg.val, contract, cfg.calib_limit, labels)
     if cfg.val:
-        val_x, val_y = load_pixels(cfg.val, contract, cfg.val_limit, labels)
+        val_x, val_y, val_files = load_images(cfg.val, contract, cfg.val_limit, labels)
     elif calib is not None:
         val_x, val_y = calib, None
         if cfg.calib != "random":
-            val_x, val_y = load_pixels(cfg.calib, contract, cfg.val_limit, labels)
+            val_x, val_y, val_files = load_images(cfg.calib, contract, cfg.val_limit, labels)
     else:
         raise DataError("parity needs real images: pass --val DIR (or --calib DIR)")
     if calib is not None:
         calib = calib.astype(np.float32)
-    return calib, val_x.astype(np.float32), val_y
+    return calib, val_x.astype(np.float32), val_y, val_files
 
 
 def _output_kind(reference: np.ndarray) -> Output:

@@ -1,0 +1,253 @@
+"""Parity, the comparison: does a file's output match the reference's on the same prepared images?
+
+Pure numpy and the standard library (no TensorFlow, no tledge.export): the thresholds file, the
+per-file comparison and the report (JSON, Markdown, JUnit), shared by `tledge export` / `tledge
+parity` (tledge.export) and the TensorFlow-free golden check on a board (tledge.runtime.golden).
+`report.raise_if_failed()` raises ParityError once, with every failure.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# the thresholds and their defaults are the file table's (tledge.artifacts)
+from tledge.artifacts import DEFAULT_THRESHOLDS, Thresholds  # noqa: F401
+from tledge.errors import ParityError, TledgeError
+
+
+def load_thresholds(path: str | Path) -> dict[str, Thresholds]:
+    """A JSON or TOML file: {"int8": {"min_agreement": 0.97}, "model_int8.onnx": {...}} (keys are
+    precisions or file names; values override the defaults). Raises TledgeError (exit 2) naming the
+    file for a missing or unreadable file, bad syntax, a wrong shape, unknown fields or bad values."""
+    p = Path(path)
+    if not p.is_file():
+        raise TledgeError(f"--thresholds {p} is a folder; expected a JSON or TOML file" if p.is_dir()
+                          else f"--thresholds {p}: file not found")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TledgeError(f"--thresholds {p}: cannot read it ({exc.__class__.__name__}: {exc})") from None
+    raw = _parse_thresholds_text(p, text)
+    try:
+        return thresholds_from_dict(raw)
+    except TledgeError as exc:
+        raise TledgeError(f"--thresholds {p}: {exc}") from None
+
+
+def _parse_thresholds_text(p: Path, text: str) -> dict:
+    if p.suffix.lower() == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python < 3.11
+            raise TledgeError(f"--thresholds {p}: TOML thresholds need Python 3.11+; use a .json file") from None
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise TledgeError(f"--thresholds {p}: not valid TOML ({exc})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TledgeError(f"--thresholds {p}: not valid JSON ({exc}); TOML files need a .toml name") from None
+
+
+_RANGES = {"max_abs": (0.0, None), "min_agreement": (0.0, 1.0), "max_accuracy_drop": (0.0, 1.0)}
+
+
+def _check_value(key: str, name: str, value) -> None:
+    if value is None and name != "min_agreement":  # None switches a check off
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TledgeError(f"{key}.{name} must be a number, got {value!r}")
+    lo, hi = _RANGES[name]
+    if not (value >= lo and (hi is None or value <= hi)):  # also refuses NaN
+        raise TledgeError(f"{key}.{name} must be in [{lo:g}, {'inf' if hi is None else f'{hi:g}'}], got {value!r}")
+
+
+def thresholds_from_dict(raw: dict) -> dict[str, Thresholds]:
+    """{"int8": {"min_agreement": 0.97}, "model_int8.onnx": {...}} -> Thresholds per key. A key that
+    is a file name (model_<precision>.<ext>) starts from its precision's defaults. Raises TledgeError
+    for a wrong shape, unknown fields and out-of-range values."""
+    if not isinstance(raw, dict):
+        raise TledgeError(f"thresholds must be a table of precision or file name -> fields, got "
+                          f"{type(raw).__name__}")
+    out = {}
+    for key, vals in raw.items():
+        if isinstance(vals, Thresholds):
+            out[key] = vals
+            continue
+        if not isinstance(vals, dict):
+            raise TledgeError(f"thresholds for {key!r} must be a table of fields "
+                              f"({', '.join(Thresholds.__dataclass_fields__)}), got {vals!r}")
+        unknown = set(vals) - set(Thresholds.__dataclass_fields__)
+        if unknown:
+            raise TledgeError(f"thresholds for {key!r}: unknown field(s) {sorted(unknown)}; "
+                              f"known: {', '.join(Thresholds.__dataclass_fields__)}")
+        for name, value in vals.items():
+            _check_value(key, name, value)
+        m = re.fullmatch(r"model_(\w+)\.\w+", key)
+        base = DEFAULT_THRESHOLDS.get(key) or DEFAULT_THRESHOLDS.get(m.group(1) if m else "", Thresholds())
+        out[key] = replace(base, **vals)
+    return out
+
+
+@dataclass
+class ParityResult:
+    file: str
+    format: str
+    precision: str
+    images: int
+    max_abs_error: float
+    mean_abs_error: float
+    median_image_max_abs: float
+    top1_agreement: float
+    accuracy: float | None
+    reference_accuracy: float | None
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+    latency_ms: float | None = None
+    size_bytes: int | None = None
+
+
+def degenerate(outputs: np.ndarray) -> list[str]:
+    """Outputs that make argmax agreement meaningless: zero rows, constant outputs, ties."""
+    problems = []
+    if outputs.size == 0:
+        return ["no outputs"]
+    if not np.all(np.isfinite(outputs)):
+        problems.append("non-finite outputs (NaN or Inf)")
+    if np.any(np.all(outputs == 0, axis=1)):
+        problems.append(f"{int(np.sum(np.all(outputs == 0, axis=1)))} all-zero output rows")
+    if len(outputs) > 1 and float(np.max(np.std(outputs, axis=0))) < 1e-6:
+        problems.append("outputs are the same for every image (near-zero variance)")
+    srt = np.sort(outputs, axis=1)
+    if outputs.shape[1] > 1:
+        ties = int(np.sum(srt[:, -1] == srt[:, -2]))
+        if ties > max(1, len(outputs) // 10):
+            problems.append(f"{ties} images with a tie for top-1")
+    return problems
+
+
+def compare(reference: np.ndarray, outputs: np.ndarray, *, file: str, format: str, precision: str,
+            thresholds: Thresholds, labels: np.ndarray | None = None) -> ParityResult:
+    ref = np.asarray(reference, np.float32).reshape(len(reference), -1)
+    out = np.asarray(outputs, np.float32).reshape(len(outputs), -1)
+    failures: list[str] = []
+    if ref.shape != out.shape:
+        failures.append(f"output shape {out.shape} differs from the reference {ref.shape}")
+        return ParityResult(file, format, precision, len(ref), float("inf"), float("inf"), float("inf"),
+                            0.0, None, None, False, failures)
+    diff = np.abs(out - ref)
+    agree = float(np.mean(np.argmax(out, 1) == np.argmax(ref, 1))) if len(ref) else 0.0
+    acc = ref_acc = None
+    if labels is not None:
+        acc = float(np.mean(np.argmax(out, 1) == labels))
+        ref_acc = float(np.mean(np.argmax(ref, 1) == labels))
+    res = ParityResult(file, format, precision, len(ref), float(diff.max()), float(diff.mean()),
+                       float(np.median(diff.max(axis=1))), agree, acc, ref_acc, True, failures)
+    t = thresholds
+    if t.max_abs is not None and res.max_abs_error > t.max_abs:
+        failures.append(f"max abs error {res.max_abs_error:.3g} > {t.max_abs:g}")
+    if agree < t.min_agreement:
+        failures.append(f"top-1 agreement {agree:.3f} < {t.min_agreement:g}")
+    if t.max_accuracy_drop is not None and acc is not None and ref_acc - acc > t.max_accuracy_drop + 1e-9:
+        failures.append(f"accuracy {acc:.3f} is {100 * (ref_acc - acc):.1f} points below the reference {ref_acc:.3f}")
+    failures += [f"degenerate output: {d}" for d in degenerate(out)]
+    failures += [f"degenerate reference: {d}" for d in degenerate(ref)]
+    res.passed = not failures
+    return res
+
+
+@dataclass
+class ParityReport:
+    images: int
+    results: list[ParityResult]
+    reference: str = ""
+    notes: list[str] = field(default_factory=list)
+    fidelity: list[dict] = field(default_factory=list)  # int8 repair rungs tried (tledge.export.fidelity)
+    explain: str = ""  # Markdown: per-layer int8 error table
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.results) and all(r.passed for r in self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "images": self.images, "reference": self.reference,
+                "results": [asdict(r) for r in self.results], "notes": list(self.notes),
+                "fidelity": list(self.fidelity)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def to_markdown(self) -> str:
+        lines = [f"# Parity report ({'PASSED' if self.passed else 'FAILED'})", "",
+                 f"Reference: `{self.reference}`; {self.images} images.", "",
+                 "| file | precision | max abs | mean abs | top-1 agreement | accuracy | reference acc | result |",
+                 "|---|---|---|---|---|---|---|---|"]
+        for r in self.results:
+            lines.append(f"| {r.file} | {r.precision} | {r.max_abs_error:.2e} | {r.mean_abs_error:.2e} | "
+                         f"{r.top1_agreement:.3f} | {_fmt(r.accuracy)} | {_fmt(r.reference_accuracy)} | "
+                         f"{'pass' if r.passed else 'FAIL'} |")
+        fails = [(r.file, f) for r in self.results for f in r.failures]
+        if fails:
+            lines += ["", "## Failures", ""] + [f"- `{name}`: {f}" for name, f in fails]
+        if self.notes:
+            lines += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
+        if self.fidelity:
+            lines += ["", "## int8 fidelity loop", "", "| file | rung | top-1 agreement | accuracy | max abs | "
+                      "median image max abs | latency ms | result |", "|---|---|---|---|---|---|---|---|"]
+            for a in self.fidelity:
+                if "error" in a:
+                    lines.append(f"| {a['file']} | {a['rung']} | - | - | - | - | - | error: {a['error'][:80]} |")
+                    continue
+                lines.append(f"| {a['file']} | {a['rung']} | {a['agreement']:.3f} | {_fmt(a['accuracy'])} | "
+                             f"{a['max_abs']:.3g} | {a['median_image_max_abs']:.3g} | {_fmt(a['latency_ms'], 2)} | "
+                             f"{'pass' if a['passed'] else 'fail'} |")
+        if self.explain:
+            lines += ["", "## int8 per-layer diagnosis", "", self.explain.rstrip()]
+        return "\n".join(lines) + "\n"
+
+    def table(self) -> str:
+        rows = [("file", "prec", "max abs", "agree", "acc", "ref acc", "result")]
+        for r in self.results:
+            rows.append((r.file, r.precision, f"{r.max_abs_error:.2e}", f"{r.top1_agreement:.3f}",
+                         _fmt(r.accuracy), _fmt(r.reference_accuracy), "pass" if r.passed else "FAIL"))
+        widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+        return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows)
+
+    def raise_if_failed(self) -> "ParityReport":
+        if not self.passed:
+            fails = [f"{r.file}: {f}" for r in self.results for f in r.failures] or ["no files checked"]
+            raise ParityError("parity failed:\n  " + "\n  ".join(fails), report=self)
+        return self
+
+    def to_junit(self, suite: str = "tledge.parity") -> str:
+        """JUnit XML: one test case per exported file, failures listed in the message."""
+        from xml.sax.saxutils import escape, quoteattr
+
+        failed = sum(not r.passed for r in self.results)
+        cases = []
+        for r in self.results:
+            body = ""
+            if not r.passed:
+                body = (f'<failure message={quoteattr("; ".join(r.failures))}>'
+                        f"{escape(json.dumps(asdict(r), indent=1))}</failure>")
+            cases.append(f'  <testcase classname={quoteattr(suite)} name={quoteattr(r.file)} '
+                         f'time="{(r.latency_ms or 0) * r.images / 1000:.3f}">{body}</testcase>')
+        return (f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name={quoteattr(suite)} '
+                f'tests="{len(self.results)}" failures="{failed}" errors="0">\n' + "\n".join(cases) +
+                "\n</testsuite>\n")
+
+    def write(self, folder: str | Path) -> None:
+        from tledge.io import atomic_write_text
+
+        atomic_write_text(Path(folder) / "parity.json", self.to_json() + "\n")
+        atomic_write_text(Path(folder) / "parity.md", self.to_markdown())
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"

@@ -1,0 +1,261 @@
+"""Golden outputs: a few parity images and the Keras model's outputs for them, stored with every export
+(`golden.npz`, a side file of the manifest) so a board can re-run parity without TensorFlow.
+
+    golden.npz
+      pixels     uint8 N x H x W x C: the contract's prepared input (raw pixels: export files bake the
+                 normalisation), exactly what export's parity fed every file
+      reference  float32 N x K: the Keras outputs on those pixels, computed at export
+      labels     int64 N (-1 when the images had no class folders)
+      names      the source images (relative to the parity folder), sha256: their bytes' sha256
+      meta       JSON: schema, how many parity images there were, which were kept, the thresholds
+                 the export checked its files with
+
+`check(folder)` runs every file the folder's manifest vouches for on the stored pixels through the
+tledge runtime and compares its outputs with the stored reference, with the export's thresholds and
+tledge.parity's comparison (the one `tledge export` uses): same pixels, same reference, same files ->
+the same figures as parity.json. Numpy and the runtime only: no TensorFlow, no tledge.export.
+"""
+from __future__ import annotations
+
+import io
+import json
+import time
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from tledge import artifacts
+from tledge.errors import TledgeError
+from tledge.parity import ParityReport, ParityResult, Thresholds, compare, thresholds_from_dict
+
+GOLDEN = "golden.npz"
+SCHEMA = 1
+N_GOLDEN = 32
+_KEYS = ("pixels", "reference", "labels", "names", "sha256", "meta")
+
+
+@dataclass(frozen=True)
+class Golden:
+    pixels: np.ndarray  # N x input shape, uint8 (or float32 when the pixels are not whole numbers)
+    reference: np.ndarray  # N x K float32
+    labels: np.ndarray | None  # N ints, or None
+    names: tuple[str, ...]
+    sha256: tuple[str, ...]
+    meta: dict
+
+    @property
+    def thresholds(self) -> dict[str, Thresholds]:
+        return thresholds_from_dict(self.meta.get("thresholds") or {})
+
+    @property
+    def all_parity_images(self) -> bool:
+        return int(self.meta.get("parity_images", -1)) == len(self.pixels)
+
+
+# ---- choosing and writing (at export) -----------------------------------------------------------------
+def select(reference: np.ndarray, labels: np.ndarray | None, n: int = N_GOLDEN, *,
+           confident: bool = True) -> np.ndarray:
+    """Indices of at most `n` images, deterministic: all when there are no more than `n`; otherwise
+    (`confident`) the least confident quarter of the Keras outputs (smallest top-1 margin, where a
+    kernel's rounding on another machine could flip the top-1) is left out, and the rest is spread
+    evenly over classes (labels, else the Keras top-1) and over files within each class."""
+    ref = np.asarray(reference, np.float32).reshape(len(reference), -1)
+    total = len(ref)
+    if total <= n:
+        return np.arange(total)
+    srt = np.sort(ref, axis=1)
+    margin = srt[:, -1] - srt[:, -2] if ref.shape[1] > 1 else np.abs(ref[:, 0])
+    floor = np.sort(margin)[min(total - n, total // 4)] if confident else -np.inf
+    cand = np.flatnonzero(margin >= floor)  # at least n of them
+    group = np.asarray(labels) if labels is not None else ref.argmax(1)
+    members = {int(c): cand[group[cand] == c] for c in np.unique(group[cand])}
+    quota, left = dict.fromkeys(members, 0), n
+    while left:
+        for c in sorted(members):
+            if left and quota[c] < len(members[c]):
+                quota[c] += 1
+                left -= 1
+    picked = [members[c][np.linspace(0, len(members[c]) - 1, q).round().astype(int)]
+              for c, q in quota.items() if q]
+    return np.sort(np.concatenate(picked))
+
+
+def agreeing(pixels: np.ndarray, reference: np.ndarray, models: Sequence[Path]) -> np.ndarray:
+    """Mask of the images on which every model file's top-1 (run by the tledge runtime) is Keras's."""
+    from tledge.runtime import load
+
+    x = np.asarray(pixels, np.float32)
+    ok = np.ones(len(x), bool)
+    for path in models:
+        m = load(path)
+        out = np.concatenate([m.predict(x[i:i + 32]) for i in range(0, len(x), 32)])
+        ok &= out.reshape(len(x), -1).argmax(1) == np.asarray(reference).reshape(len(x), -1).argmax(1)
+    return ok
+
+
+def choose(pixels: np.ndarray, reference: np.ndarray, labels: np.ndarray | None, models: Sequence[Path] = (),
+           n: int = N_GOLDEN) -> tuple[np.ndarray, int]:
+    """(indices, images left out because a file disagreed). Up to `n` parity images: all of them when
+    there are no more than `n`; else a pool of 4n (`select`), minus the images on which a file that
+    passed parity disagreed with Keras at export (the check on a board must flag the board, not the
+    export's known flips), spread again over classes."""
+    if len(reference) <= n:
+        return np.arange(len(reference)), 0
+    pool = select(reference, labels, 4 * n)
+    if models:
+        ok = agreeing(np.asarray(pixels)[pool], np.asarray(reference)[pool], models)
+        dropped, pool = int((~ok).sum()), (pool[ok] if ok.any() else pool)
+    else:
+        dropped = 0
+    sub = select(np.asarray(reference)[pool], None if labels is None else np.asarray(labels)[pool], n,
+                 confident=False)
+    return pool[sub], dropped
+
+
+def from_export(pixels: np.ndarray, reference: np.ndarray, labels: np.ndarray | None,
+                files: Sequence[Path] | None, root: str | Path | None,
+                thresholds: dict[str, Thresholds] | None = None, n: int = N_GOLDEN,
+                models: Sequence[Path] = ()) -> Golden:
+    """The golden set of an export's parity images (`files`: their source files, None for noise;
+    `models`: the files that passed parity, see `choose`)."""
+    idx, dropped = choose(pixels, reference, labels, models, n)
+    x = np.asarray(pixels)[idx]
+    if np.array_equal(x, np.clip(np.round(x), 0, 255)):
+        x = x.astype(np.uint8)  # raw pixels: lossless as uint8
+    else:
+        x = x.astype(np.float32)
+    names, hashes = [], []
+    for i in idx:
+        if files is None:
+            names.append(f"(generated input {int(i)})")
+            hashes.append("")
+            continue
+        f = Path(files[i])
+        try:
+            names.append(f.relative_to(root).as_posix() if root else f.name)
+        except ValueError:
+            names.append(f.name)
+        hashes.append(artifacts.sha256_of(f))
+    meta = {"format": "tledge.golden", "schema": SCHEMA, "images": int(len(idx)), "parity_images": int(len(pixels)),
+            "indices": [int(i) for i in idx], "source": str(root) if root else None, "left_out_disagreeing": dropped,
+            "thresholds": {k: asdict(t) for k, t in (thresholds or {}).items()}}
+    y = None if labels is None else np.asarray(labels, np.int64)[idx]
+    return Golden(x, np.asarray(reference, np.float32)[idx], y, tuple(names), tuple(hashes), meta)
+
+
+def save(golden: Golden, path: str | Path) -> Path:
+    from tledge.io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    labels = golden.labels if golden.labels is not None else np.full(len(golden.pixels), -1, np.int64)
+    np.savez_compressed(buf, pixels=golden.pixels, reference=golden.reference.astype(np.float32),
+                        labels=labels.astype(np.int64), names=np.array(golden.names, dtype=str),
+                        sha256=np.array(golden.sha256, dtype=str), meta=np.array(json.dumps(golden.meta)))
+    return atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def read(path: str | Path) -> Golden:
+    """A golden file, or TledgeError naming it (never unpickles anything)."""
+    p = Path(path)
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            missing = [k for k in _KEYS if k not in z.files]
+            if missing:
+                raise ValueError(f"no {', '.join(missing)}")
+            arrays = {k: z[k] for k in _KEYS}
+        meta = json.loads(str(arrays["meta"]))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        raise TledgeError(f"{p} is not a readable tledge golden file ({exc}): run tledge export again") from None
+    if not isinstance(meta, dict) or meta.get("format") != "tledge.golden" or int(meta.get("schema", 0)) > SCHEMA:
+        raise TledgeError(f"{p}: not a tledge golden file this tledge reads (schema {SCHEMA})")
+    x, ref, y = arrays["pixels"], arrays["reference"], arrays["labels"]
+    n = len(x)
+    if x.dtype not in (np.uint8, np.float32) or ref.dtype != np.float32 or ref.ndim != 2 or len(ref) != n \
+            or len(y) != n or len(arrays["names"]) != n or n == 0:
+        raise TledgeError(f"{p}: inconsistent golden arrays (pixels {x.shape} {x.dtype}, reference {ref.shape} "
+                          f"{ref.dtype}, labels {y.shape}): run tledge export again")
+    labels = None if np.all(y < 0) else y
+    return Golden(x, ref, labels, tuple(map(str, arrays["names"])), tuple(map(str, arrays["sha256"])), meta)
+
+
+# ---- checking (on the board) --------------------------------------------------------------------------
+def model_folder(path: str | Path) -> Path:
+    """The folder holding manifest.json: an export folder, a bundle's model/ or the bundle itself."""
+    p = Path(path)
+    if p.is_dir() and not (p / artifacts.MANIFEST).is_file() and (p / "model" / artifacts.MANIFEST).is_file():
+        return p / "model"
+    return p
+
+
+def check(path: str | Path, *, thresholds: dict[str, Thresholds] | None = None, device: str | None = None,
+          threads: int | None = None) -> ParityReport:
+    """Every model file the manifest vouches for, on the stored pixels, against the stored Keras outputs.
+    TledgeError (exit 2) when the folder or its golden file cannot be trusted (changed since export)."""
+    d = model_folder(path)
+    entry = artifacts.require(d, "tledge parity --golden").entry(GOLDEN)
+    if entry is None:
+        raise TledgeError(f"{d}: no {GOLDEN} in {artifacts.MANIFEST} (exported by a tledge without golden "
+                          f"outputs): run tledge export again to check this folder without TensorFlow")
+    problem = (artifacts.problems(d, [entry]) or [""])[0]
+    if problem.endswith("missing"):
+        raise TledgeError(f"{d / GOLDEN}: missing, but listed in {artifacts.MANIFEST}: copy the whole export "
+                          "folder (or bundle)")
+    if problem:
+        raise TledgeError(f"{d / GOLDEN}: {problem.split(': ', 1)[1]}: the stored Keras outputs are not the "
+                          "export's, so nothing can be compared; export (and bundle) again")
+    m, ok, notes = artifacts.vouched(d, "tledge parity --golden")  # any other changed file is refused here
+    g = read(d / GOLDEN)
+    used = g.thresholds if thresholds is None else thresholds  # a thresholds file replaces the export's
+    x = g.pixels.astype(np.float32)
+    results = []
+    for e in ok:
+        if e.derived_from and not device:
+            notes.append(f"{e.file}: compiled for an accelerator: not checked (pass --device NAME on the board)")
+            continue
+        results.append(check_file(d / e.file, e, g, x, used, device=device, threads=threads))
+    src = m.source.get("path") or "the Keras model"
+    report = ParityReport(images=len(x), results=results, reference=f"{GOLDEN}: outputs of {src} stored at export")
+    report.notes += notes + _notes(g, m, results)
+    return report
+
+
+def check_file(path: Path, entry: artifacts.Entry, g: Golden, x: np.ndarray, thresholds: dict[str, Thresholds],
+               *, device: str | None = None, threads: int | None = None) -> ParityResult:
+    from tledge.runtime import load
+
+    kind, precision = entry.kind or path.suffix.lstrip("."), entry.precision or "int8"
+    try:
+        model = load(path, threads=threads, device=device)
+        c = model.contract
+        if not c.baked or tuple(c.input_shape) != tuple(x.shape[1:]):
+            raise TledgeError(f"its contract takes {'normalised ' if not c.baked else ''}input {c.input_shape}, "
+                              f"the golden pixels are raw {tuple(x.shape[1:])}")
+        start = time.perf_counter()
+        out = np.concatenate([model.predict(x[i:i + 32]) for i in range(0, len(x), 32)])
+        latency = 1000 * (time.perf_counter() - start) / len(x)
+    except Exception as exc:  # a file the board cannot run is a parity failure, reported with the others
+        return ParityResult(path.name, kind, precision, len(x), float("inf"), float("inf"), float("inf"), 0.0,
+                            None, None, False, [f"could not run: {exc.__class__.__name__}: {exc}"])
+    t = thresholds.get(path.name) or thresholds.get(precision) or Thresholds.for_precision(precision)
+    r = compare(g.reference, out, file=path.name, format=kind, precision=precision, thresholds=t, labels=g.labels)
+    r.latency_ms, r.size_bytes = latency, path.stat().st_size
+    return r
+
+
+def _notes(g: Golden, m: artifacts.Manifest, results: list[ParityResult]) -> list[str]:
+    if not g.all_parity_images:
+        return [f"{len(g.pixels)} golden images of the export's {g.meta.get('parity_images')} parity images "
+                "(spread over classes; the least confident quarter and images a file got wrong at export left "
+                "out): figures differ from parity.json"]
+    notes = [f"the golden images are all {len(g.pixels)} parity images of the export: figures should equal "
+             "parity.json's"]
+    for r in results:
+        f = (m.entry(r.file).figures if m.entry(r.file) else {}) or {}
+        was = f.get("max_abs_error")
+        if isinstance(was, (int, float)) and np.isfinite(r.max_abs_error):
+            notes.append(f"{r.file}: max abs error {r.max_abs_error:.3g} (export: {was:.3g}), top-1 agreement "
+                         f"{r.top1_agreement:.3f} (export: {f.get('top1_agreement', float('nan')):.3f})")
+    return notes
