@@ -181,7 +181,7 @@ def bn_initialised_weights(train_dir: Path, size: int, out_file: Path, *, n: int
 
 def train_settings(start: Start, epochs: int | None) -> dict:
     """TrainConfig fields for the start (epochs=None: the demo's defaults)."""
-    if start.pretrained:  # transfer learning: head on the frozen backbone, then the top 30% at lr/10
+    if start.pretrained:  # transfer learning: head on the frozen backbone, then the top 30% at lr/300
         head = 8 if epochs is None else max(1, epochs // 2)
         return {"epochs": head, "fine_tune_epochs": 6 if epochs is None else max(1, epochs - head),
                 "lr": 3e-3, "patience": 4}
