@@ -24,8 +24,10 @@ def main(argv=None) -> int:
     p.add_argument("--fresh", action="store_true", help="rebuild even when cached")
     a = p.parse_args(argv)
     export_dir = a.out / "export"
-    if (export_dir / "tledge.json").is_file() and not a.fresh:
-        print(f"reusing the reference export {export_dir}", file=sys.stderr)
+    stamp = a.out / "export.key"
+    key = _code_key()
+    if (export_dir / "manifest.json").is_file() and not a.fresh and stamp.is_file() and stamp.read_text() == key:
+        print(f"reusing the reference export {export_dir} (exporter unchanged)", file=sys.stderr)
         print(export_dir)
         return 0
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -50,8 +52,19 @@ def main(argv=None) -> int:
 
         shutil.rmtree(export_dir)
     tmp.rename(export_dir)
+    stamp.write_text(key)
     print(export_dir)
     return 0
+
+
+def _code_key() -> str:
+    """The exporter's code (every tledge/*.py), so a changed exporter rebuilds the cached export."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted((REPO / "tledge").rglob("*.py")):
+        h.update(f.relative_to(REPO).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 if __name__ == "__main__":

@@ -7,13 +7,12 @@ for a file made elsewhere the contract `tledge run` would infer from its input t
 from __future__ import annotations
 
 import time
-import warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from tledge.errors import ContractError, DataError, TledgeError, TledgeWarning
+from tledge.errors import ContractError, DataError
 from tledge.export.parity import ParityReport, ParityResult, Thresholds, compare
 
 _SUFFIX_KIND = {".tflite": "tflite", ".onnx": "onnx"}
@@ -129,25 +128,10 @@ class _Inputs:
 
 def _images(images, labels: tuple[str, ...], contract, limit: int):
     """Readable image paths (skipping the unreadable, with a warning) and labels or None."""
-    from tledge.images import labelled_images
+    from tledge.export.pipeline import load_images
 
-    files, y, _ = labelled_images(images, labels or None)
-    if len(files) > limit:
-        idx = np.linspace(0, len(files) - 1, limit).round().astype(int)
-        files, y = [files[i] for i in idx], (None if y is None else y[idx])
-    keep, bad = [], []
-    for i, f in enumerate(files):
-        try:
-            contract.prepare(f)
-            keep.append(i)
-        except TledgeError as exc:
-            bad.append(f"{f.name}: {exc}")
-    if not keep:
-        raise DataError(f"no readable images in {images} ({len(bad)} unreadable: {'; '.join(bad[:2])})")
-    if bad:
-        warnings.warn(f"skipped {len(bad)} unreadable image(s) in {images}: {'; '.join(bad[:3])}",
-                      TledgeWarning, stacklevel=3)
-    return [files[i] for i in keep], (None if y is None else y[keep])
+    _, y, files = load_images(images, contract, limit, labels)
+    return files, y
 
 
 # ---- one file ----------------------------------------------------------------------------------------

@@ -127,7 +127,7 @@ def _normalisation(inp, options: dict, standard: StandardMetadata | None = None)
         if all(m == 0 for m in md.mean) and all(s == 1 for s in md.std):
             return dict(norm=Norm.RAW, baked=False)
         return dict(norm=Norm.CUSTOM, baked=False, mean=tuple(md.mean), std=tuple(md.std))
-    warnings.warn(f"a float-input model made elsewhere and no preprocessing given: feeding raw 0..255 pixels. "
+    warnings.warn("a float-input model made elsewhere and no preprocessing given: feeding raw 0..255 pixels. "
                   "If that is wrong, pass --preprocess MODE|BACKBONE or --mean/--std.", TledgeWarning,
                   stacklevel=4)
     return dict(norm=Norm.RAW, baked=False)
