@@ -209,7 +209,9 @@ cmd_ci() {
   [ -d "$ASSETS/hymenoptera_data/val" ] || skip "shared photos not available: $ASSETS/hymenoptera_data"
   setup
   py=$(host_python)
-  export=$(PYTHONPATH="$REPO" "$py" "$HERE/arm64_ref.py" --assets "$ASSETS" --out "$CACHE/ref") || die "reference export failed"
+  # the folder is the last stdout line (converters print their own chatter to stdout)
+  export=$(PYTHONPATH="$REPO" "$py" "$HERE/arm64_ref.py" --assets "$ASSETS" --out "$CACHE/ref" | tail -n 1) \
+    || die "reference export failed"
   cmd_check "$export" "$n"
 }
 
