@@ -14,7 +14,7 @@ keras = pytest.importorskip("keras")
 pytest.importorskip("tensorflow")
 
 from tledge.export import explain, repair, selective  # noqa: E402
-from tledge.layers import Preprocess  # noqa: E402
+from tledge.layers import Preprocess, baked_norm  # noqa: E402
 
 SIZE = 32
 STEM = 4  # the acceptance configuration: the first 4 convolutions float (docs/int8-fidelity.md)
@@ -106,8 +106,9 @@ def test_exact_input_shift_is_near_function_preserving(tiny, calib):
     folded, _ = repair.fold_bn(tiny)
     shifted, ok = repair.exact_input(folded)
     assert ok
-    pre = [layer for layer in shifted.layers if type(layer).__name__ == "Preprocess"][0]
-    assert pre.mode == "custom" and pre.mean == [128.0] * 3
+    found = [baked_norm(layer) for layer in shifted.layers if baked_norm(layer) is not None]
+    assert len(found) == 1 and found[0][:2] == ("custom", [128.0] * 3)  # a built-in Rescaling now
+    assert found[0][2] == pytest.approx([127.5] * 3, rel=1e-6)  # std read back from the float32 scale
     # only the zero-padded border differs, by 1/255 of a normalised unit times the weights
     assert np.abs(_outputs(shifted, calib) - _outputs(folded, calib)).max() < 2e-3
 
