@@ -101,7 +101,7 @@ def test_progress_lines_and_each_warning_once(capsys):
         with pytest.raises(RuntimeError):
             with log.step("int8 TFLite: calibrating 8 images"):
                 raise RuntimeError("boom")  # a failed step prints nothing: the error line says it
-        with log.capture(c), warnings.catch_warnings():
+        with log.capture(c, hook_warnings=True), warnings.catch_warnings():
             warnings.simplefilter("always")  # Python's own once-per-place filter out of the way
             for _ in range(3):
                 warnings.warn("skipped 2 unreadable images", TledgeWarning)

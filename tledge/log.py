@@ -183,13 +183,23 @@ def _showwarning(c: Console, logfile):
     return show
 
 
+def _recording_warnings() -> bool:
+    """True inside `warnings.catch_warnings(record=True)` (pytest.warns, pytest's own per-test
+    recording): the caller collects the warnings, so they are left to it."""
+    impl = getattr(warnings, "_showwarnmsg_impl", None)
+    return impl is not None and getattr(impl, "__module__", None) != "warnings"
+
+
 @contextlib.contextmanager
-def capture(c: Console):
+def capture(c: Console, hook_warnings: bool | None = None):
     """While the command runs: fd 2 into the log file (unless -v), tledge's lines to the real stderr,
-    warnings through `c`. Restores everything after, then keeps or removes the log."""
+    warnings through `c` (unless something is recording them). Restores everything after, then
+    keeps the log where the verb asked."""
     saved_show = warnings.showwarning
+    hook = not _recording_warnings() if hook_warnings is None else hook_warnings
     if c.level >= VERBOSE:
-        warnings.showwarning = _showwarning(c, None)
+        if hook:
+            warnings.showwarning = _showwarning(c, None)
         try:
             yield c
         finally:
@@ -210,7 +220,8 @@ def capture(c: Console):
             sys.stderr = term
         c.stream = sys.stderr
         os.dup2(logfile.fileno(), 2)
-        warnings.showwarning = _showwarning(c, logfile)
+        if hook:
+            warnings.showwarning = _showwarning(c, logfile)
         yield c
     finally:
         warnings.showwarning = saved_show
