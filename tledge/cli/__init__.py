@@ -33,7 +33,8 @@ examples:
   classify images, a folder, a video or a camera, without TensorFlow:
     tledge run export/ --source photos/val --json
   one device: which file, then a bundle to copy to it:
-    tledge devices detect;  tledge export run/model.keras --device rpi4 --calib photos/train --val photos/val
+    tledge devices detect
+    tledge export run/model.keras --device rpi4 --calib photos/train --val photos/val --out export/
     tledge bundle export/ --device rpi4
   CI gate on files exported elsewhere:
     tledge parity run/model.keras export/model_int8.tflite --images photos/val --json
@@ -110,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if level(args) < log.VERBOSE:
         quiet_tensorflow()  # tledge's own process: TensorFlow's C++ chatter off (set before it is imported)
+    else:  # -v: TensorFlow's own log level, still Keras 3 on TensorFlow
+        import os
+
+        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     console = log.install(args.command, level(args))
     rc = None
     try:
