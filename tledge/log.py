@@ -260,14 +260,17 @@ def _settle_log(c: Console) -> None:
         except OSError:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+    if log.stat().st_size == 0:
+        log.unlink()
+        c.log_path = None
 
 
-def finish(c: Console, failed: bool) -> None:
-    """A log left in the temporary folder: named when the command failed (and it says something), else removed."""
+def finish(c: Console, crashed: bool) -> None:
+    """A log left in the temporary folder: named when the command crashed (and it says something), else removed."""
     log = c.log_path
     if log is None or c.keep == log or not log.exists():
         return
-    if failed and log.stat().st_size:
+    if crashed and log.stat().st_size:
         c.say("note", f"TensorFlow's and other libraries' messages are in {log} (-v shows them)")
         return
     log.unlink()

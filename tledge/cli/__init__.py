@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     rc = None
     try:
         rc = _run(args, console)
-    finally:  # a crash or an interrupt (not a bad input): say where the libraries' messages are
-        log.finish(console, rc is None or rc > 2)
+    finally:  # a crash (a traceback follows): say where the libraries' messages are
+        log.finish(console, rc is None)
         log.uninstall()
     return rc
 
