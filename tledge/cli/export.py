@@ -138,7 +138,7 @@ def wrote_line(result) -> str:
     from tledge import artifacts, log
 
     names = [f.name for f in result.files]
-    side = [n for n in (artifacts.MANIFEST, "parity.md", "parity.json", "tledge.json", "labels.txt")
+    side = [n for n in (artifacts.MANIFEST, "parity.md", "parity.json", "tledge.json", "labels.txt", "golden.npz")
             if (result.out / n).is_file()]
     if log.kept_log() is not None and log.kept_log().parent == result.out:
         side.append(log.kept_log().name)
