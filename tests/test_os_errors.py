@@ -8,6 +8,8 @@ case and the full-disk case is skipped.
 """
 from __future__ import annotations
 
+import re
+
 import errno
 import os
 import subprocess
@@ -82,7 +84,7 @@ KINDS = ["export --out", "run --csv", "run --save folder", "run --save video", "
 
 def _one_error_line(capsys, verb: str) -> str:
     cap = capsys.readouterr()
-    lines = [ln for ln in cap.err.splitlines() if ln.strip()]
+    lines = [ln for ln in cap.err.splitlines() if ln.strip() and not re.match(r"\[\d+/\d+\] ", ln)]  # not progress
     assert "Traceback" not in cap.err and len(lines) == 1, cap.err
     assert lines[0].startswith(f"tledge {verb}: error: ")
     return lines[0]

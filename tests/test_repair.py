@@ -14,7 +14,7 @@ keras = pytest.importorskip("keras")
 pytest.importorskip("tensorflow")
 
 from tledge.export import explain, repair, selective  # noqa: E402
-from tledge.layers import Preprocess  # noqa: E402
+from tledge.layers import Preprocess, baked_norm, preprocess_layer  # noqa: E402
 
 SIZE = 32
 STEM = 4  # the acceptance configuration: the first 4 convolutions float (docs/int8-fidelity.md)
@@ -28,7 +28,7 @@ def _randomise_bn(model, rng):
                                rng.normal(0, 0.5, n), rng.uniform(0.2, 3.0, n)])
 
 
-def _tiny(seed=0, clip=6.0):
+def _tiny(seed=0, clip=6.0, built_in=False):
     """Pixels -> Preprocess -> nested backbone (conv/BN/ReLU6, depthwise, 1x1, padding) -> head."""
     keras.utils.set_random_seed(seed)
     L = keras.layers
@@ -45,7 +45,8 @@ def _tiny(seed=0, clip=6.0):
     backbone = keras.Model(inner_in, L.GlobalAveragePooling2D()(x), name="backbone")
     _randomise_bn(backbone, np.random.default_rng(seed))
     inp = keras.Input((SIZE, SIZE, 3), name="pixels")
-    h = L.Dropout(0.2)(backbone(Preprocess("tf", name="preprocess")(inp)))
+    pre = preprocess_layer("tf") if built_in else Preprocess("tf", name="preprocess")  # new and old models
+    h = L.Dropout(0.2)(backbone(pre(inp)))
     return keras.Model(inp, L.Dense(3, activation="softmax", name="head")(h), name="tiny")
 
 
@@ -102,12 +103,14 @@ def test_cle_through_plain_relu_is_exact_on_unseen_data(calib):
     assert np.abs(_outputs(eq, fresh) - _outputs(folded, fresh)).max() < 1e-4
 
 
-def test_exact_input_shift_is_near_function_preserving(tiny, calib):
-    folded, _ = repair.fold_bn(tiny)
+@pytest.mark.parametrize("built_in", [False, True])
+def test_exact_input_shift_is_near_function_preserving(built_in, calib):
+    folded, _ = repair.fold_bn(_tiny(built_in=built_in))
     shifted, ok = repair.exact_input(folded)
     assert ok
-    pre = [layer for layer in shifted.layers if type(layer).__name__ == "Preprocess"][0]
-    assert pre.mode == "custom" and pre.mean == [128.0] * 3
+    found = [baked_norm(layer) for layer in shifted.layers if baked_norm(layer) is not None]
+    assert len(found) == 1 and found[0][:2] == ("custom", [128.0] * 3)  # a built-in Rescaling now
+    assert found[0][2] == pytest.approx([127.5] * 3, rel=1e-6)  # std read back from the float32 scale
     # only the zero-padded border differs, by 1/255 of a normalised unit times the weights
     assert np.abs(_outputs(shifted, calib) - _outputs(folded, calib)).max() < 2e-3
 

@@ -131,7 +131,7 @@ def test_cli_export_and_parity_refuse_code(hostile, shapes_dataset, tiny_export,
     out = tmp_path / "out"
     rc = main(["export", str(path), "--preprocess", "raw", "--formats", "tflite", "--input-size", "8x8",
                "--val", str(shapes_dataset / "val"), "--out", str(out)])
-    err = "\n".join(line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("note: "))
+    err = "\n".join(line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith(("note: ", "tledge export: note: ")))
     assert rc == 2 and len(err.splitlines()) == 1 and path.name in err and "--unsafe" in err, err
     assert not marker.exists() and not out.exists()
     rc = main(["parity", str(path), str(tiny_export.out / "model_fp32.tflite"), "--images", str(shapes_dataset / "val")])
@@ -253,7 +253,7 @@ def test_saved_model_that_writes_files_is_refused(how, op, tmp_path, shapes_data
         loader.load_model(bad)
     rc = main(["export", str(bad), "--preprocess", "raw", "--formats", "tflite",
                "--val", str(shapes_dataset / "val"), "--out", str(tmp_path / "o")])
-    err = "\n".join(line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("note: "))
+    err = "\n".join(line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith(("note: ", "tledge export: note: ")))
     assert rc == 2 and len(err.splitlines()) == 1 and op in err and not (tmp_path / "o").exists()
     assert not marker.exists()
     lm = loader.load_model(bad, unsafe=True)

@@ -101,7 +101,7 @@ def test_baked_model_refuses_a_contradicting_preprocess(tiny_model, shapes_datas
     lm = loader.load_model(tiny_model["keras"])
     contract, add = loader.resolve_contract(lm, preprocess="mobilenet", input_size=None, labels=LABELS)
     assert add is None and contract.norm.value == "tf"  # mobilenet is tf: the baked layer does it
-    assert "baked Preprocess layer (tf)" in lm.contract_source
+    assert "baked preprocessing layer (tf)" in lm.contract_source
     rc = main(["export", str(tiny_model["keras"]), "--preprocess", "caffe", "--val", str(shapes_dataset / "val"),
                "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err

@@ -1,35 +1,53 @@
 """Keras layers that bake a contract's preprocessing into a model graph.
 
-`Preprocess` reproduces keras.applications `preprocess_input` for the caffe / tf / torch modes
-(plus scale, raw and custom mean/std) as one multiply-add (and a channel flip for caffe), so the
-saved model takes raw pixel values. Registered for `.keras` and `.h5` loading.
+`preprocess_layer()` is what tledge saves: one *built-in* Keras layer named `tledge_preprocess`, so a
+saved model loads with plain `keras.models.load_model` in a Python that never imported tledge (Keras 3
+does not import the module of a registered custom object):
+
+    tf / scale / torch / custom / raw  ->  Rescaling(scale, offset), per-channel lists where needed
+    caffe (3 channels)                 ->  a frozen 1x1 Conv2D: permutation kernel (RGB->BGR) + bias (-mean)
+
+Both compute `x * scale + offset` (the conv: `x_c * 1 + 0 + 0 + bias`) in float32, bit-identical to the
+`Preprocess` layer. `baked_norm(layer)` recognises such a layer (and the older `Preprocess`, still
+registered so models saved before keep loading) from its class, name and config / weights.
 """
 from __future__ import annotations
+
+import numpy as np
 
 from tledge._deps import require
 
 keras = require("keras", purpose="the preprocessing layer")
 
+BAKED_NAME = "tledge_preprocess"  # the name tledge gives the built-in layer it bakes
+
+
+def affine(mode: str, mean=None, std=None, channels: int = 3) -> tuple[list[float], list[float], bool]:
+    """(scale, offset, flip) with normalised = flip(x) * scale + offset, in the model's channel order."""
+    from tledge.contract import ColorOrder, Contract, Norm
+
+    mode = Norm(mode).value
+    c = Contract(height=1, width=1, channels=int(channels),
+                 color=ColorOrder.GRAY if int(channels) == 1 else ColorOrder.RGB,
+                 norm=mode, baked=False, mean=mean, std=std)
+    m, s = c.mean_std()
+    return [float(1.0 / v) for v in s], [float(-mv / sv) for mv, sv in zip(m, s)], mode == "caffe" and channels == 3
+
 
 @keras.saving.register_keras_serializable(package="tledge")
 class Preprocess(keras.layers.Layer):
-    """Raw pixels (0..255, float or integer) -> the backbone's normalised input."""
+    """Raw pixels (0..255, float or integer) -> the backbone's normalised input. Kept to read models saved
+    before tledge baked built-in layers (see the module doc); new models use `preprocess_layer`."""
 
     def __init__(self, mode: str = "tf", mean=None, std=None, channels: int = 3, **kwargs):
         super().__init__(**kwargs)
-        from tledge.contract import ColorOrder, Contract, Norm
+        from tledge.contract import Norm
 
         self.mode = Norm(mode).value
         self.channels = int(channels)
         self.mean = None if mean is None else [float(v) for v in mean]
         self.std = None if std is None else [float(v) for v in std]
-        c = Contract(height=1, width=1, channels=self.channels,
-                     color=ColorOrder.GRAY if self.channels == 1 else ColorOrder.RGB,
-                     norm=self.mode, baked=False, mean=self.mean, std=self.std)
-        m, s = c.mean_std()
-        self._flip = self.mode == "caffe" and self.channels == 3
-        self._scale = [float(1.0 / v) for v in s]
-        self._offset = [float(-mv / sv) for mv, sv in zip(m, s)]
+        self._scale, self._offset, self._flip = affine(self.mode, self.mean, self.std, self.channels)
 
     def call(self, x):
         ops = keras.ops
@@ -52,8 +70,82 @@ class Preprocess(keras.layers.Layer):
 CUSTOM_OBJECTS = {"Preprocess": Preprocess, "tledge>Preprocess": Preprocess}
 
 
+def preprocess_layer(mode: str, mean=None, std=None, channels: int = 3, name: str = BAKED_NAME):
+    """A built-in Keras layer (float32, not trainable) that normalises raw pixels like `Preprocess`."""
+    scale, offset, flip = affine(mode, mean, std, channels)
+    if flip:
+        conv = keras.layers.Conv2D(3, 1, use_bias=True, trainable=False, dtype="float32", name=name)
+        conv.build((None, None, None, 3))
+        kernel = np.zeros((1, 1, 3, 3), np.float32)
+        for out_c, in_c in enumerate((2, 1, 0)):
+            kernel[0, 0, in_c, out_c] = 1.0
+        conv.set_weights([kernel, np.asarray(offset, np.float32)])  # caffe: scale is 1
+        return conv
+    same = len(set(scale)) == 1 and len(set(offset)) == 1
+    return keras.layers.Rescaling(scale[0] if same else scale, offset[0] if same else offset,
+                                  dtype="float32", trainable=False, name=name)
+
+
+def for_contract(contract, name: str = BAKED_NAME):
+    return preprocess_layer(contract.norm.value, contract.mean, contract.std, contract.channels, name=name)
+
+
+def baked_norm(layer) -> tuple[str, list[float] | None, list[float] | None] | None:
+    """(mode, mean, std) of a baked preprocessing layer, or None when `layer` is not one. mean/std are
+    given for `custom` (in the model's channel order), None for the named modes."""
+    kind = type(layer).__name__
+    if kind == "Preprocess" and hasattr(layer, "mode"):
+        return layer.mode, layer.mean, layer.std
+    if getattr(layer, "name", None) != BAKED_NAME:
+        return None
+    if kind == "Rescaling":
+        cfg = layer.get_config()
+        try:
+            scale = np.asarray(cfg.get("scale", 1.0), np.float64).reshape(-1)
+            offset = np.asarray(cfg.get("offset", 0.0), np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            return None
+        channels = _channels(layer)
+        if channels is None or np.any(scale == 0) or {scale.size, offset.size} - {1, channels}:
+            return None
+        return _match(np.broadcast_to(scale, channels), np.broadcast_to(offset, channels), channels, flip=False)
+    if kind == "Conv2D":
+        return _conv_norm(layer)
+    return None
+
+
+def _channels(layer) -> int | None:
+    try:
+        shape = layer.input.shape if hasattr(layer, "input") else None
+    except Exception:  # noqa: BLE001 - a layer used twice has no single input
+        shape = None
+    return int(shape[-1]) if shape is not None and shape[-1] else None
+
+
+def _conv_norm(layer):
+    w = layer.get_weights()
+    if len(w) != 2 or w[0].shape != (1, 1, 3, 3):
+        return None
+    perm = np.zeros((3, 3), np.float32)
+    perm[2, 0] = perm[1, 1] = perm[0, 2] = 1.0
+    if not np.array_equal(w[0][0, 0], perm):
+        return None
+    return _match(np.ones(3), np.asarray(w[1], np.float64), 3, flip=True)
+
+
+def _match(scale: np.ndarray, offset: np.ndarray, channels: int, *, flip: bool):
+    """The named mode whose affine map this is (within float32 rounding), else custom (flip: None)."""
+    for mode in ("caffe", "tf", "torch", "scale", "raw"):
+        s, o, f = affine(mode, channels=channels)
+        if f == flip and np.allclose(scale, s, rtol=1e-6, atol=0) and np.allclose(offset, o, rtol=1e-6, atol=1e-6):
+            return mode, None, None
+    if flip:
+        return None
+    std = np.float32(1.0) / scale.astype(np.float32)  # float32, as `affine` computed the scale
+    return "custom", [float(v) for v in -offset.astype(np.float32) * std], [float(v) for v in std]
+
+
 def with_preprocessing(model, contract, name: str = "tledge_model"):
     """Wrap a Keras 3 model that expects normalised input so it takes raw pixels (float32 0..255)."""
     inp = keras.Input(shape=(contract.height, contract.width, contract.channels), dtype="float32", name="pixels")
-    x = Preprocess(contract.norm.value, contract.mean, contract.std, contract.channels, name="preprocess")(inp)
-    return keras.Model(inp, model(x), name=name)
+    return keras.Model(inp, model(for_contract(contract)(inp)), name=name)

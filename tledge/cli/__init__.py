@@ -1,4 +1,4 @@
-"""Command line: `tledge SUBCOMMAND ...`. main(argv) -> exit code (0 ok, 1 parity failed, 2 usage/input error)."""
+"""Command line: `tledge [-q|-v] COMMAND ...`. main(argv) -> exit code (0 ok, 1 parity failed, 2 usage/input error)."""
 from __future__ import annotations
 
 import argparse
@@ -22,6 +22,48 @@ COMMANDS = {
 }
 
 
+DESCRIPTION = """\
+tledge takes an image classifier from transfer learning (Keras) to edge devices with one preprocessing
+contract embedded in every file, and checks every exported file against the Keras model."""
+
+EXAMPLES = """\
+examples:
+  train on class folders (or train/ and val/), then export with an int8 file for a board:
+    tledge train photos/ --backbone mobilenet --alpha 0.25 --size 224 --out run/
+    tledge export run/model.keras --int8 --calib photos/train --val photos/val --out export/
+  classify images, a folder, a video or a camera, without TensorFlow:
+    tledge run export/ --source photos/val --json
+  one device: which file, then a bundle to copy to it:
+    tledge devices detect
+    tledge export run/model.keras --device rpi4 --calib photos/train --val photos/val --out export/
+    tledge bundle export/ --device rpi4
+  CI gate on files exported elsewhere:
+    tledge parity run/model.keras export/model_int8.tflite --images photos/val --json
+  the whole chain on a generated data set:  tledge demo
+
+output: results on stdout (--json on every command for one JSON document); tledge's notes, warnings and
+progress lines on stderr; TensorFlow's own messages go to a log file (export: OUT/export.log, train:
+OUT/train.log) unless -v. -q: results and errors only. Exit codes: 0 ok, 1 parity failed, 2 bad input.
+`tledge COMMAND --help` for each command's options."""
+
+
+def _verbosity_arguments(p, top: bool) -> None:
+    """-q / -v, accepted before or after the command (`tledge -v export ...` == `tledge export -v ...`)."""
+    default = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)
+    p.add_argument("-q", "--quiet", action="store_true", default=default(False),
+                   help="only results and errors: no notes, no progress lines")
+    p.add_argument("-v", "--verbose", action="count", default=default(0),
+                   help="also TensorFlow's and other libraries' messages (instead of the log file)")
+
+
+def level(args) -> int:
+    from tledge import log
+
+    if getattr(args, "verbose", 0):
+        return log.VERBOSE
+    return log.QUIET if getattr(args, "quiet", False) else log.NORMAL
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: `tledge run: error: argument --top-k: invalid int value: 'x'`."""
 
@@ -32,11 +74,14 @@ class _Parser(argparse.ArgumentParser):
 def _parser(available: dict[str, str], only: str | None = None) -> argparse.ArgumentParser:
     """`only`: the one subcommand whose module (and options) to import; the others get a bare parser,
     so `tledge run` does not pay for importing what `tledge train` or `tledge devices` need."""
-    parser = _Parser(prog="tledge", description=__doc__)
+    parser = _Parser(prog="tledge", description=DESCRIPTION, epilog=EXAMPLES,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=_version())
+    _verbosity_arguments(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in available.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        _verbosity_arguments(p, top=False)
         if only is None or name == only:
             importlib.import_module(f"tledge.cli.{name}").add_arguments(p)
     return parser
@@ -64,9 +109,6 @@ def _available() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from tledge._deps import quiet_tensorflow
-
-    quiet_tensorflow()  # tledge's own process: TensorFlow's C++ chatter off (set before it is imported)
     available = _available()
     parser = _parser(available, _chosen(argv, available))
     try:
@@ -76,17 +118,41 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    mod = importlib.import_module(f"tledge.cli.{args.command}")
+    from tledge import log
+    from tledge._deps import quiet_tensorflow
+
+    if level(args) < log.VERBOSE:
+        quiet_tensorflow()  # tledge's own process: TensorFlow's C++ chatter off (set before it is imported)
+    else:  # -v: TensorFlow's own log level, still Keras 3 on TensorFlow
+        import os
+
+        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    console = log.install(args.command, level(args))
+    rc = None
     try:
-        return int(mod.run(args) or 0)
+        rc = _run(args, console)
+    finally:  # a crash (a traceback follows): say where the libraries' messages are
+        log.finish(console, rc is None)
+        log.uninstall()
+    return rc
+
+
+def _run(args, console) -> int:
+    from tledge import log
+
+    mod = importlib.import_module(f"tledge.cli.{args.command}")
+    prefix = f"tledge {args.command}"
+    try:
+        with log.capture(console):
+            return int(mod.run(args) or 0)
     except TledgeError as exc:
-        print(f"tledge {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prefix}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:  # a disk, permission or path problem: the user's to fix, never a traceback
         from tledge.cli.validate import os_error_message
 
-        print(f"tledge {args.command}: error: {os_error_message(exc)}", file=sys.stderr)
+        print(f"{prefix}: error: {os_error_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"{prefix}: interrupted", file=sys.stderr)
         return 130

@@ -31,7 +31,6 @@ def add_arguments(p) -> None:
     p.add_argument("--epochs", type=_positive, help="training epochs in all (default: 20 from random init, "
                                                     "8 + 6 from pretrained weights; early stopping may end sooner)")
     p.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
-    p.add_argument("--verbose", action="store_true", help="one line per training epoch")
     p.add_argument("--json", action="store_true", help="print the step summary as JSON at the end")
 
 
@@ -47,7 +46,7 @@ def run(args) -> int:
         V.in_range(getattr(args, flag), "--" + flag.replace("_", "-"), 1, 100_000)
     V.in_range(args.epochs, "--epochs", 1, 10_000)
     res = run_demo(args.out, weights=args.weights, size=args.size, n_train=args.n_train, n_val=args.n_val,
-                   n_test=args.n_test, epochs=args.epochs, seed=args.seed, verbose=int(args.verbose))
+                   n_test=args.n_test, epochs=args.epochs, seed=args.seed, verbose=int(bool(args.verbose)))  # -v: one line per training epoch
     if args.json:
         print(json.dumps(res.to_dict(), indent=2, default=str))
     return 0 if res.passed else 1

@@ -94,7 +94,10 @@ def run(args) -> int:
     from tledge.cli import validate as V
     from tledge.export.parity import load_thresholds
 
+    from tledge import log
+
     out = _validate(args)
+    log.keep_log(out / "export.log")  # TensorFlow's and the converters' own messages (shown with -v)
     input_size = V.size(args.input_size)
     thresholds = load_thresholds(args.thresholds) if args.thresholds else {}
     formats, precisions, device = _plan(args)
@@ -133,7 +136,9 @@ def _labels(args) -> str | None:
 
 
 def _note(message: str) -> None:
-    print(f"note: {message}", file=sys.stderr)
+    from tledge import log
+
+    log.note(message)
 
 
 def _print(result, args) -> None:
@@ -144,9 +149,21 @@ def _print(result, args) -> None:
     print(result.report.table())
     for note in result.report.notes:
         print(f"note: {note}")
-    print(f"\nwrote {len(result.files)} file(s) to {result.out}/ "
-          "(manifest.json, parity.md, parity.json, tledge.json, golden.npz)")
+    print(f"\n{wrote_line(result)}")
     for r in result.report.results:
         for f in r.failures:
-            print(f"  {r.file}: {f}", file=sys.stderr)
+            print(f"tledge export: parity: {r.file}: {f}", file=sys.stderr)
     print("parity: " + ("PASSED" if result.passed else "FAILED"))
+
+
+def wrote_line(result) -> str:
+    """`wrote 4 model files to export/: model_fp32.tflite, ... (+ manifest.json, parity.md, ...)`."""
+    from tledge import artifacts, log
+
+    names = [f.name for f in result.files]
+    side = [n for n in (artifacts.MANIFEST, "parity.md", "parity.json", "tledge.json", "labels.txt", "golden.npz")
+            if (result.out / n).is_file()]
+    if log.kept_log() is not None and log.kept_log().parent == result.out:
+        side.append(log.kept_log().name)
+    return (f"wrote {len(names)} model file{'s' if len(names) != 1 else ''} to {result.out}/: "
+            f"{', '.join(names) or 'none'} (+ {', '.join(side)})")

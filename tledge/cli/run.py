@@ -112,4 +112,4 @@ def _loop(runner, source, args) -> None:
 
 
 def _note(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    print(f"tledge run: {message}", file=sys.stderr, flush=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 
 
 def _defaults():
@@ -52,7 +51,8 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--precision", choices=("auto", "float32", "mixed"), default="auto",
                    help="auto: mixed_float16 on GPUs, float32 on CPU")
-    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    p.add_argument("--json", action="store_true",
+                   help="print the run's metrics (metrics.json) and files as JSON on stdout; progress goes to stderr")
 
 
 def _config(args):
@@ -64,7 +64,7 @@ def _config(args):
         fine_tune_at=args.fine_tune_at, batch=args.batch, lr=args.lr, fine_tune_lr=args.fine_tune_lr,
         augment=args.augment, val_dir=args.val, val_split=args.val_split, class_weights=args.class_weights,
         resume=args.resume, out=args.out, patience=args.patience, dropout=args.dropout, seed=args.seed,
-        precision=args.precision, verbose=0 if args.quiet else 1)
+        precision=args.precision, verbose=0 if args.quiet else 1)  # -q: no per-epoch lines
 
 
 def _validate(args) -> None:
@@ -84,20 +84,24 @@ def _validate(args) -> None:
 
 
 def run(args) -> int:
-    from tledge.errors import TledgeWarning
+    import contextlib
+    import json
+
+    from tledge import log
 
     _validate(args)
     cfg = _config(args)
+    log.keep_log(f"{args.out}/train.log")  # TensorFlow's own messages (shown with -v)
     from tledge.train import train
 
-    def show(message, category, filename, lineno, file=None, line=None):
-        kind = "warning" if issubclass(category, TledgeWarning) else category.__name__
-        print(f"tledge train: {kind}: {message}", file=sys.stderr)
-
-    with warnings.catch_warnings():
-        warnings.showwarning = show
+    # train() prints its progress lines on stdout; with --json stdout is the JSON document alone
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         result = train(args.data, cfg)
     m = result.metrics
+    if args.json:
+        print(json.dumps({"out": str(result.out), "files": m["files"], **{k: v for k, v in m.items() if k != "files"}},
+                         indent=2, default=str))
+        return 0
     if args.quiet:  # otherwise train() has just said it
         print(f"val accuracy {result.val_accuracy:.3f} on {m['val_images']} images, {m['wall_time_s']:.0f}s")
     if m["files"]:  # a non-chief worker of a multi-worker run writes nothing

@@ -28,7 +28,9 @@ def choose_preprocessing(lm, cfg, labels) -> str:
     best = max(scores, key=lambda m: scores[m])
     n_classes = max(len(labels), int(y.max()) + 1)
     summary = ", ".join(f"{m} {a:.3f}" for m, a in sorted(scores.items(), key=lambda kv: -kv[1]))
-    print(f"--preprocess auto: chose '{best}' (Keras accuracy by mode: {summary})")
+    from tledge import log
+
+    log.note(f"--preprocess auto: chose '{best}' (Keras accuracy by mode: {summary})")
     if scores[best] <= 1.0 / n_classes + 0.1:
         msg = (f"--preprocess auto: the best preprocessing ({best}) gives Keras accuracy {scores[best]:.3f} on "
                f"{cfg.val}, near chance for {n_classes} classes: the preprocessing, the labels or the images "

@@ -243,14 +243,14 @@ def _pixel_model(ctx: FidelityContext):
     if not ctx.lm.is_keras3:
         return None
     keras = require("keras", extra="export")
-    from tledge.layers import Preprocess
+    from tledge.layers import for_contract
 
     c = ctx.contract
     inp = keras.Input((c.height, c.width, c.channels), dtype="float32", name="pixels")
     x = inp
     if ctx.add_norm:
         norm = c.replace(norm=ctx.add_norm, baked=False)
-        x = Preprocess(norm.norm.value, norm.mean, norm.std, c.channels, name="preprocess")(x)
+        x = for_contract(norm)(x)
     y = ctx.lm.model(x)
     if isinstance(y, (list, tuple)):
         y = y[0]

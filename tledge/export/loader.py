@@ -220,9 +220,16 @@ def _last_dim(shape) -> int | None:
 
 
 def _baked_mode(model) -> str | None:
+    """The mode of the model's baked preprocessing: tledge's built-in `tledge_preprocess` layer (or the
+    older `Preprocess` layer), recognised from its config and weights (tledge.layers.baked_norm)."""
+    if not hasattr(model, "layers"):
+        return None
+    from tledge.layers import baked_norm
+
     for layer in _walk(model):
-        if layer.__class__.__name__ == "Preprocess":
-            return layer.mode
+        found = baked_norm(layer)
+        if found is not None:
+            return found[0]
     return None
 
 
@@ -243,7 +250,7 @@ def resolve_contract(lm: LoadedModel, *, preprocess: str | None, input_size: tup
                      base_from: str | None = None) -> tuple[Contract, str | None]:
     """The contract the exported files take (raw pixels), and the normalisation to add (or None).
 
-    Precedence: what the model itself fixes (its input size, a baked Preprocess layer), then explicit
+    Precedence: what the model itself fixes (its input size, a baked preprocessing layer), then explicit
     flags (--preprocess, --labels, --input-size), then `base`: by default the tledge.json beside the
     model, refused when it disagrees with the model. Where each part came from is kept in
     `lm.contract_source` for the report."""
@@ -297,8 +304,8 @@ def _norm(lm: LoadedModel, flag: str | None, flag_from: str, base, base_from, sr
     if lm.baked_mode is not None:
         if flag is not None and flag != lm.baked_mode:
             raise ContractError(f"{lm.path.name} normalises its input itself (a baked `{lm.baked_mode}` "
-                                f"Preprocess layer): {flag_from} `{flag}` would normalise twice; drop it")
-        src["normalisation"] = f"the model's baked Preprocess layer ({lm.baked_mode})"
+                                f"preprocessing layer): {flag_from} `{flag}` would normalise twice; drop it")
+        src["normalisation"] = f"the model's baked preprocessing layer ({lm.baked_mode})"
         return lm.baked_mode, None
     if flag is not None:
         src["normalisation"] = f"{flag_from} ({flag})"

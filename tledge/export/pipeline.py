@@ -64,6 +64,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
     """Convert, embed the contract, check parity, and swap the files into `cfg.out` as a unit with
     `manifest.json` written last (tledge.export.unit). Raises TledgeError for bad input (and when
     another export holds the folder); parity failures are in the returned report."""
+    from tledge import log
     from tledge.export import loader
     from tledge.export.unit import ExportFolder
 
@@ -73,12 +74,15 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
     out = Path(cfg.out) if cfg.out else Path(model_path).with_name(Path(model_path).stem + "_export")
     with ExportFolder(out) as folder:  # locked first: a second export into `out` fails at once
         stage = folder.staging
-        lm = loader.load_model(model_path, unsafe=cfg.unsafe)
-        labels = _labels(cfg, lm)
-        contract, add_norm = _contract(cfg, lm, labels)
-        serve, concrete = loader.trace(lm, contract, add_norm)
-        calib, val_x, val_y, val_files = _images(cfg, contract, chosen)
-        reference = loader.run_reference(serve, val_x)
+        log.plan(3 + len(chosen))  # progress lines on the CLI: load, images, each file, parity
+        with log.step(f"loading {Path(model_path).name}"):
+            lm = loader.load_model(model_path, unsafe=cfg.unsafe)
+            labels = _labels(cfg, lm)
+            contract, add_norm = _contract(cfg, lm, labels)
+            serve, concrete = loader.trace(lm, contract, add_norm)
+        with log.step("reading images and running the Keras model"):
+            calib, val_x, val_y, val_files = _images(cfg, contract, chosen)
+            reference = loader.run_reference(serve, val_x)
         contract = contract.replace(output=_output_kind(reference))
         if contract.labels and reference.shape[1] != len(contract.labels):
             raise TledgeError(f"{len(contract.labels)} labels but the model has {reference.shape[1]} outputs")
@@ -88,8 +92,9 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
 
             atomic_write_text(stage / "labels.txt", "\n".join(contract.labels) + "\n")
         files, failed, seconds = _convert_all(chosen, serve, concrete, contract, calib, stage)
-        results = check_files(reference, [(stage / f.filename, f.kind, f.precision) for f in files], val_x,
-                              labels=val_y, thresholds=thresholds, threads=cfg.threads)
+        with log.step(f"parity: {len(files)} file{'s' if len(files) != 1 else ''} on {len(val_x)} images"):
+            results = check_files(reference, [(stage / f.filename, f.kind, f.precision) for f in files], val_x,
+                                  labels=val_y, thresholds=thresholds, threads=cfg.threads)
         report = ParityReport(images=len(val_x), results=results + failed, reference=str(model_path))
         report.notes += folder.notes + loader.report_notes(lm) + _notes(contract, add_norm, cfg)
         start = time.perf_counter()
@@ -181,11 +186,15 @@ def _fidelity(cfg: ExportConfig, report: ParityReport, x: FidelityInputs) -> boo
         return False
     if not ((cfg.repair and failing) or cfg.explain):
         return False
+    from tledge import log
     from tledge.export import fidelity
 
+    log.add_steps(1)
     ctx = fidelity.FidelityContext(x.lm, x.contract, x.add_norm, x.calib, x.reference, x.val_x, x.val_y, x.out,
                                    x.thresholds, int8_only=cfg.int8_only, threads=cfg.threads, explain=cfg.explain)
-    outcome = fidelity.improve(failing if cfg.repair else [], ctx)
+    with log.step(f"int8 fidelity: {len(failing) if cfg.repair else 0} file(s) to repair"
+                  + (", per-layer table" if cfg.explain else "")):
+        outcome = fidelity.improve(failing if cfg.repair else [], ctx)
     merged, seen = [], set()
     for r in (final for row in report.results for final in outcome.results.get(row.file, [row])):
         if r.file not in seen:  # a fallback's row may already be there (fp32 ONNX, --fp16)
@@ -338,13 +347,23 @@ def _output_kind(reference: np.ndarray) -> Output:
     return Output.LOGITS
 
 
+def _step_title(fmt: F.Format, calib) -> str:
+    what = f"{fmt.precision} {'TFLite' if fmt.kind == 'tflite' else 'ONNX' if fmt.kind == 'onnx' else fmt.kind}"
+    if fmt.precision == "int8" and calib is not None:
+        return f"{what}: calibrating {len(calib)} images"
+    return f"{what}: converting"
+
+
 def _convert_all(chosen, serve, concrete, contract, calib, out: Path):
+    from tledge import log
+
     files, failed, seconds = [], [], {}
     for fmt in chosen:
         start = time.perf_counter()
         try:
-            F.write(fmt, out / fmt.filename, serve=serve, concrete=concrete, contract=contract, calib=calib,
-                    folder=out)
+            with log.step(_step_title(fmt, calib)):
+                F.write(fmt, out / fmt.filename, serve=serve, concrete=concrete, contract=contract, calib=calib,
+                        folder=out)
             files.append(fmt)
         except TledgeError as exc:
             failed.append(ParityResult(fmt.filename, fmt.kind, fmt.precision, 0, float("inf"), float("inf"),

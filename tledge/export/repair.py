@@ -72,19 +72,24 @@ class RepairLog:
 
 # ---- an input grid that holds every pixel exactly ---------------------------------------------
 def exact_input(model):
-    """Shift a baked `x/127.5 - 1` (any equal-channel Preprocess whose offset is a half-integer
+    """Shift a baked `x/127.5 - 1` (any equal-channel baked preprocessing whose offset is a half-integer
     number of pixel steps) to `(x - 128)/127.5`, whose per-tensor int8 grid holds all 256 pixel
     values exactly, and compensate in the first conv's bias. With the half-integer offset the
     zero point lands between two integers: every converter rounds half the pixels by half a
     step, and onnxruntime's QLinearAdd rounds them all one way (a systematic input shift that
     the first layers amplify). Exact except where that conv zero-pads (the pad differs by
     1/255 in normalised units). Returns (new_model, shifted?)."""
+    from tledge.layers import affine, baked_norm, preprocess_layer
+
     flat = flatten(model)
-    pre = [layer for layer in flat.layers if type(layer).__name__ == "Preprocess"]
-    if len(pre) != 1 or pre[0].mode == "caffe" or not _single_use(pre[0]):
+    found = [(layer, baked_norm(layer)) for layer in flat.layers]
+    found = [(layer, norm) for layer, norm in found if norm is not None]
+    if len(found) != 1 or found[0][1][0] == "caffe" or not _single_use(found[0][0]):
         return flat, False
-    pre = pre[0]
-    scale, offset = np.asarray(pre._scale, np.float64), np.asarray(pre._offset, np.float64)
+    pre, (mode, pre_mean, pre_std) = found[0]
+    channels = int(pre.output.shape[-1])
+    scale, offset, _ = affine(mode, pre_mean, pre_std, channels)
+    scale, offset = np.asarray(scale, np.float64), np.asarray(offset, np.float64)
     steps = -offset / scale  # the offset in pixel units
     if np.ptp(scale) > 0 or np.ptp(steps) > 0 or abs(steps[0] - np.floor(steps[0]) - 0.5) > 1e-3:
         return flat, False
@@ -99,7 +104,7 @@ def exact_input(model):
 
     def make(layer):
         if layer is pre:
-            return _clone(layer, mode="custom", mean=mean.tolist(), std=std.tolist())
+            return preprocess_layer("custom", mean.tolist(), std.tolist(), channels), []  # tledge_preprocess
         if layer.name != first:
             return _clone(layer)
         w = layer.get_weights()

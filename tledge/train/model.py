@@ -1,4 +1,4 @@
-"""The trained model: raw pixels (float32 0..255) -> Preprocess -> backbone -> Dropout -> Dense softmax.
+"""The trained model: raw pixels (float32 0..255) -> tledge_preprocess -> backbone -> Dropout -> Dense softmax.
 
 `Parts.model` is the functional model that is saved. Training goes through `trainer()`, a thin
 wrapper sharing the same layers that calls the backbone with training=False explicitly: in Keras 3 a
@@ -28,11 +28,12 @@ class Parts:
     fold: Any = None  # grayscale.FoldReport when the model was folded to 1 channel
 
 
-def _preprocess(contract, name: str = "preprocess"):
-    from tledge.layers import Preprocess
+def _preprocess(contract, name: str | None = None):
+    """The baked normalisation: a built-in Keras layer, so model.keras loads without tledge (tledge.layers)."""
+    from tledge.layers import BAKED_NAME, for_contract
 
-    # float32 under a mixed policy too: normalisation in float16 would differ from the saved float32 model
-    return Preprocess(contract.norm.value, contract.mean, contract.std, contract.channels, name=name, dtype="float32")
+    # float32 under a mixed policy too (tledge.layers makes it float32): normalisation in float16 would differ
+    return for_contract(contract, name=name or BAKED_NAME)
 
 
 def build_backbone(cfg: TrainConfig, contract, *, pretrained: bool = True):

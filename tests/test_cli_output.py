@@ -1,0 +1,133 @@
+"""The CLI's own output: tledge lines on stderr (prefixed, or progress lines), TensorFlow's and the
+converters' chatter in <out>/export.log unless -v, -q/-v on every verb, --json for train, a top-level help."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+from tledge import log
+from tledge.cli import main
+from tledge.errors import TledgeWarning
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROGRESS = re.compile(r"^\[\d+/\d+\] .+ \.\.\. \d+(\.\d)? s$")
+
+
+def _cli(*args, timeout=600):
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL",)}
+    env["PYTHONPATH"] = REPO
+    return subprocess.run([sys.executable, "-m", "tledge", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=timeout)
+
+
+def _foreign(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines()
+            if line.strip() and not line.startswith("tledge export: ") and not PROGRESS.match(line)]
+
+
+@pytest.fixture(scope="module")
+def quiet_export(tiny_model, shapes_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli_out") / "export"
+    res = _cli("export", tiny_model["keras"], "--int8", "--calib", shapes_dataset / "train",
+               "--val", shapes_dataset / "val", "--out", out)
+    return res, out
+
+
+def test_export_stderr_has_only_tledge_lines_and_the_rest_is_in_export_log(quiet_export):
+    res, out = quiet_export
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert _foreign(res.stderr) == [], res.stderr
+    steps = [line for line in res.stderr.splitlines() if PROGRESS.match(line)]
+    assert [s.split("]")[0] for s in steps] == [f"[{i}/7" for i in range(1, 8)]
+    assert any("int8 TFLite: calibrating" in s for s in steps)
+    text = (out / "export.log").read_text()
+    assert text.strip() and not any(line.startswith("tledge ") for line in text.splitlines())
+    # the log sits beside the export without belonging to it: not in the manifest, the export is still vouched for
+    from tledge import artifacts
+
+    manifest = artifacts.read(out)
+    assert "export.log" not in {e.file for e in manifest.files}
+    wrote = next(line for line in res.stdout.splitlines() if line.startswith("wrote "))
+    assert wrote.startswith(f"wrote 4 model files to {out}/: ") and "model_int8.tflite" in wrote
+    assert "export.log" in wrote
+    info = _cli("info", out, "--json", timeout=300)
+    assert info.returncode == 0, info.stderr
+    assert info.stderr.strip() == "" or all(line.startswith("tledge info: ") for line in info.stderr.splitlines())
+
+
+def test_verbose_export_shows_what_the_log_file_would_hold(tiny_model, shapes_dataset, tmp_path):
+    res = _cli("export", tiny_model["keras"], "-v", "--formats", "tflite", "--int8", "--calib",
+               shapes_dataset / "train", "--val", shapes_dataset / "val", "--out", tmp_path / "o")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert _foreign(res.stderr), res.stderr  # TensorFlow's own lines are on the terminal now
+    assert not (tmp_path / "o" / "export.log").exists()
+
+
+def test_export_json_keeps_stdout_a_single_document(quiet_export, tiny_model, shapes_dataset, tmp_path):
+    res = _cli("-q", "export", tiny_model["keras"], "--formats", "tflite", "--val", shapes_dataset / "val",
+               "--out", tmp_path / "o", "--json")
+    assert res.returncode == 0, res.stderr[-3000:]
+    doc = json.loads(res.stdout)
+    assert doc["passed"] is True and [os.path.basename(f) for f in doc["files"]] == ["model_fp32.tflite"]
+    assert res.stderr.strip() == ""  # -q: no notes, no progress lines
+
+
+def test_top_level_help_shows_the_main_flows(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for flow in ("tledge train ", "tledge export ", "tledge run ", "tledge bundle ", "tledge parity ", "-q", "-v"):
+        assert flow in out, flow
+
+
+@pytest.mark.parametrize("argv", [["-q", "devices", "--json"], ["devices", "--json", "-q"],
+                                  ["-v", "devices", "--json"], ["devices", "-v", "--json"]])
+def test_q_and_v_go_before_or_after_the_verb(argv, capsys):
+    assert main(argv) == 0
+    assert isinstance(json.loads(capsys.readouterr().out), list)
+
+
+def test_progress_lines_and_each_warning_once(capsys):
+    c = log.install("export")
+    try:
+        log.plan(2)
+        with log.step("fp32 TFLite: converting"):
+            pass
+        with pytest.raises(RuntimeError):
+            with log.step("int8 TFLite: calibrating 8 images"):
+                raise RuntimeError("boom")  # a failed step prints nothing: the error line says it
+        with log.capture(c, hook_warnings=True), warnings.catch_warnings():
+            warnings.simplefilter("always")  # Python's own once-per-place filter out of the way
+            for _ in range(3):
+                warnings.warn("skipped 2 unreadable images", TledgeWarning)
+            log.note("a note")
+            log.note("a note")
+        lines = capsys.readouterr().err.splitlines()
+    finally:
+        log.uninstall()
+    assert PROGRESS.match(lines[0]) and lines[0].startswith("[1/2] fp32 TFLite: converting ... ")
+    assert lines[1:] == ["tledge export: warning: skipped 2 unreadable images", "tledge export: note: a note"]
+
+
+def test_library_calls_print_nothing(capsys):
+    log.uninstall()
+    with log.step("anything"):
+        log.note("not shown")
+    assert capsys.readouterr() == ("", "")
+
+
+def test_train_json_is_one_document_on_stdout(shapes_dataset, tmp_path, capsys):
+    rc = main(["train", str(shapes_dataset), "--backbone", "mobilenet", "--alpha", "0.25", "--weights", "none",
+               "--size", "32", "--epochs", "1", "--fine-tune-epochs", "0", "--no-augment", "--batch", "16",
+               "--out", str(tmp_path / "run"), "--json"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    doc = json.loads(captured.out)
+    assert doc["out"] == str(tmp_path / "run") and doc["files"]["keras"] == "model.keras"
+    assert 0.0 <= doc["val_accuracy"] <= 1.0 and doc["val_images"] > 0
+    assert (tmp_path / "run" / "train.log").is_file()

@@ -1,0 +1,277 @@
+"""What tledge's command line shows, and where everything else goes.
+
+tledge's own lines go to stderr with one prefix (`tledge export: note: ...`, `tledge export: warning: ...`,
+each warning once) or are progress lines (`[3/6] int8 TFLite: calibrating 256 images ... 41 s`; a live
+bar only on a terminal). Everything else written to stderr while a command runs (TensorFlow's C++ logs,
+absl, `fully_quantize: ...`, calibrator and delegate chatter, other packages' Python warnings) goes to
+a log file at the file-descriptor level (os.dup2: TF_CPP_MIN_LOG_LEVEL does not catch absl's
+InitializeLog warning or cuInit errors). A verb names where the log is kept (`keep_log`, e.g.
+`<out>/export.log`); with `-v` nothing is redirected and it all shows on the terminal.
+
+Library calls print nothing from here: `note`, `step`, `plan` are silent until the CLI `install`s a console.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+QUIET, NORMAL, VERBOSE = -1, 0, 1
+
+
+class Console:
+    """One command's terminal output: level, prefix, warnings seen, step counter, log file."""
+
+    def __init__(self, verb: str, level: int = NORMAL):
+        self.verb, self.level = verb, level
+        self.stream = sys.stderr  # the terminal; `capture` points it at the real stderr when fd 2 is redirected
+        self.seen: set[str] = set()
+        self.total, self.done = 0, 0
+        self.log_path: Path | None = None  # the file fd 2 goes to while a command runs
+        self.keep: Path | None = None  # where the verb wants the log kept
+        self._lock = threading.Lock()
+
+    @property
+    def prefix(self) -> str:
+        return f"tledge {self.verb}" if self.verb else "tledge"
+
+    def line(self, text: str) -> None:
+        with self._lock:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def say(self, kind: str, message: str, *, once: bool = False, min_level: int = NORMAL) -> None:
+        if self.level < min_level or (once and message in self.seen):
+            return
+        self.seen.add(message)
+        self.line(f"{self.prefix}: {kind}: {message}")
+
+    @property
+    def tty(self) -> bool:
+        try:
+            return self.stream.isatty()
+        except (AttributeError, ValueError):
+            return False
+
+
+_console: Console | None = None
+
+
+def install(verb: str, level: int = NORMAL) -> Console:
+    global _console
+    _console = Console(verb, level)
+    return _console
+
+
+def uninstall() -> None:
+    global _console
+    _console = None
+
+
+def current() -> Console | None:
+    return _console
+
+
+def note(message: str) -> None:
+    """`tledge VERB: note: ...` on stderr (not with -q); silent outside the CLI."""
+    if _console is not None:
+        _console.say("note", message, once=True)
+
+
+def warn(message: str) -> None:
+    """`tledge VERB: warning: ...`, each message once (shown with -q too)."""
+    if _console is not None:
+        _console.say("warning", message, once=True, min_level=QUIET)
+    else:
+        from tledge.errors import TledgeWarning
+
+        warnings.warn(message, TledgeWarning, stacklevel=2)
+
+
+def keep_log(path: str | Path) -> None:
+    """Keep this command's third-party log at `path` when it ends (if its folder exists then)."""
+    if _console is not None:
+        _console.keep = Path(path)
+
+
+def kept_log() -> Path | None:
+    """Where this command's log will be kept (None with -v, outside the CLI, or when no verb asked)."""
+    c = _console
+    return c.keep if c is not None and c.keep is not None and c.log_path is not None else None
+
+
+# ---- progress ---------------------------------------------------------------------------------------------
+def plan(total: int) -> None:
+    """The number of steps the command will report (`[k/total]`); `add_steps` when more turn up."""
+    if _console is not None:
+        _console.total, _console.done = int(total), 0
+
+
+def add_steps(n: int = 1) -> None:
+    if _console is not None:
+        _console.total += n
+
+
+def _seconds(t: float) -> str:
+    return f"{t:.1f} s" if t < 10 else f"{t:.0f} s"
+
+
+@contextlib.contextmanager
+def step(title: str):
+    """One long step: on a terminal a live line with a bar and the elapsed time, otherwise one line
+    when it ends: `[3/6] int8 TFLite: calibrating 256 images ... 41 s`."""
+    c = _console
+    if c is None or c.level < NORMAL:
+        yield
+        return
+    c.done += 1
+    total = max(c.total, c.done)
+    head = f"[{c.done}/{total}]"
+    start = time.perf_counter()
+    stop = threading.Event()
+    ticker = None
+    if c.tty:
+        def tick():
+            while not stop.wait(0.5):
+                width = 20
+                fill = int(width * (c.done - 1) / total)
+                bar = "#" * fill + "-" * (width - fill)
+                with c._lock:
+                    c.stream.write(f"\r{head} [{bar}] {title} {_seconds(time.perf_counter() - start)}\x1b[K")
+                    c.stream.flush()
+
+        ticker = threading.Thread(target=tick, daemon=True)
+        ticker.start()
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        stop.set()
+        if ticker is not None:
+            ticker.join()
+        text = f"{head} {title} ... {_seconds(time.perf_counter() - start)}"
+        if ok:
+            c.line(f"\r{text}\x1b[K" if c.tty else text)
+        elif c.tty:  # the error line that follows says what went wrong
+            c.line(f"\r{text} (stopped)\x1b[K")
+
+
+# ---- third-party output -----------------------------------------------------------------------------------
+def _showwarning(c: Console, logfile):
+    from tledge.errors import TledgeWarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, TledgeWarning):
+            c.say("warning", str(message), once=True, min_level=QUIET)
+            return
+        text = warnings.formatwarning(message, category, filename, lineno, line)
+        if logfile is None:  # -v: on the terminal, once
+            if text not in c.seen:
+                c.seen.add(text)
+                c.stream.write(text)
+        else:
+            logfile.write(text)
+            logfile.flush()
+
+    return show
+
+
+def _recording_warnings() -> bool:
+    """True inside `warnings.catch_warnings(record=True)` (pytest.warns, pytest's own per-test
+    recording): the caller collects the warnings, so they are left to it."""
+    impl = getattr(warnings, "_showwarnmsg_impl", None)
+    return impl is not None and getattr(impl, "__module__", None) != "warnings"
+
+
+@contextlib.contextmanager
+def capture(c: Console, hook_warnings: bool | None = None):
+    """While the command runs: fd 2 into the log file (unless -v), tledge's lines to the real stderr,
+    warnings through `c` (unless something is recording them). Restores everything after, then
+    keeps the log where the verb asked."""
+    saved_show = warnings.showwarning
+    hook = not _recording_warnings() if hook_warnings is None else hook_warnings
+    if c.level >= VERBOSE:
+        if hook:
+            warnings.showwarning = _showwarning(c, None)
+        try:
+            yield c
+        finally:
+            warnings.showwarning = saved_show
+        return
+    fd, name = tempfile.mkstemp(prefix=f"tledge-{c.verb or 'cli'}-", suffix=".log")
+    c.log_path = Path(name)
+    logfile = os.fdopen(fd, "a", buffering=1, encoding="utf-8", errors="replace")
+    original_stderr, term = sys.stderr, None
+    for s in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            s.flush()
+    saved_fd = os.dup(2)
+    try:
+        if _is_fd2(sys.stderr):  # a real terminal / pipe: tledge's lines go to a copy of the original fd 2
+            term = os.fdopen(os.dup(saved_fd), "w", buffering=1, encoding=getattr(sys.stderr, "encoding", None)
+                             or "utf-8", errors="replace")
+            sys.stderr = term
+        c.stream = sys.stderr
+        os.dup2(logfile.fileno(), 2)
+        if hook:
+            warnings.showwarning = _showwarning(c, logfile)
+        yield c
+    finally:
+        warnings.showwarning = saved_show
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os.dup2(saved_fd, 2)
+        os.close(saved_fd)
+        sys.stderr = original_stderr
+        c.stream = original_stderr
+        if term is not None:
+            term.close()
+        logfile.close()
+        _settle_log(c)
+
+
+def _is_fd2(stream) -> bool:
+    try:
+        return stream.fileno() == 2
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def _settle_log(c: Console) -> None:
+    """Move the log where the verb asked (if that folder exists then); `finish` decides about the rest."""
+    log = c.log_path
+    if log is None or not log.exists():
+        return
+    if c.keep is not None and c.keep.parent.is_dir():
+        tmp = c.keep.with_name(f".{c.keep.name}.tmp")
+        try:
+            shutil.copyfile(log, tmp)
+            os.replace(tmp, c.keep)
+            log.unlink()
+            c.log_path = c.keep
+            return
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+    if log.stat().st_size == 0:
+        log.unlink()
+        c.log_path = None
+
+
+def finish(c: Console, crashed: bool) -> None:
+    """A log left in the temporary folder: named when the command crashed (and it says something), else removed."""
+    log = c.log_path
+    if log is None or c.keep == log or not log.exists():
+        return
+    if crashed and log.stat().st_size:
+        c.say("note", f"TensorFlow's and other libraries' messages are in {log} (-v shows them)")
+        return
+    log.unlink()
+    c.log_path = None
