@@ -128,6 +128,46 @@ def test_phase1_frozen_backbone_is_bit_identical(shapes_dataset, weights, tmp_pa
     assert all(same(before[n], after[n]) for n in before)
 
 
+def test_below_head_rule_on_a_fake_history():
+    from tledge.train.finetune import below_head
+
+    hist = [{"phase": "head", "val_accuracy": a} for a in (0.80, 0.90, 0.88)]
+    assert below_head(hist, 0.885, 0.02, 153) is None  # 1.5 points under the best head epoch: within 2
+    assert below_head(hist, 0.88, 0.02, 153) is None  # exactly 2 points: within (float noise aside)
+    assert below_head(hist, 0.87, 0.02, 153) == pytest.approx(0.03)
+    assert below_head(hist + [{"phase": "fine_tune", "val_accuracy": 0.99}], 0.87, 0.02, 153) == pytest.approx(0.03)
+    assert below_head(hist, 0.85, 0.02, 20) is None  # one image of 20 (5 points) is always allowed
+    assert below_head(hist, 0.80, 0.02, 20) == pytest.approx(0.10)  # two images are not
+    assert below_head([{"phase": "fine_tune", "val_accuracy": 0.9}], 0.1, 0.02, 153) is None  # no head phase
+
+
+def test_fine_tuning_stops_below_the_head_and_keeps_its_weights(shapes_dataset, weights, tmp_path, monkeypatch):
+    """Scripted val accuracies: fine-tuning epoch 2 falls 20 points (more than one val image) under the best
+    head epoch, so the phase stops there (of 5 planned, with patience 6 not reached) and the saved model is the head's best."""
+    from tledge.train import distributed
+
+    real, script = distributed.validate, iter([0.80, 0.90, 0.89, 0.70, 0.95, 0.95, 0.95])
+
+    def scripted(*args):
+        return next(script), real(*args)[1]
+
+    monkeypatch.setattr(distributed, "validate", scripted)
+    out = tmp_path / "guard"
+    r = train(shapes_dataset, cfg(weights, out, unfreeze=12, fine_tune_epochs=5, fine_tune_max_drop=0.02))
+    m = r.metrics
+    assert [(h["phase"], h["val_accuracy"]) for h in m["history"]] == [
+        ("head", 0.80), ("head", 0.90), ("fine_tune", 0.89), ("fine_tune", 0.70)]
+    ft = m["phases"][1]
+    assert ft["stopped_early"] and ft["epochs_run"] == 2 and "under the best head epoch" in ft["stop_reason"]
+    before, after = initial_backbone_weights(weights), backbone_weights(out / "model.keras")
+    assert m["best"]["phase"] == "head" and m["best"]["epoch"] == 2
+    assert all(same(before[n], after[n]) for n in before)  # the head's best: the backbone never moved
+    # the same script with the guard off (patience 0) runs all 5 fine-tuning epochs
+    script = iter([0.80, 0.90, 0.89, 0.70, 0.95, 0.95, 0.95])
+    r = train(shapes_dataset, cfg(weights, tmp_path / "off", unfreeze=12, fine_tune_epochs=5, patience=0))
+    assert r.metrics["phases"][1]["epochs_run"] == 5 and r.metrics["phases"][1]["stop_reason"] is None
+
+
 def test_fast_path_cli_class_weights_and_fine_tune_at(tmp_path, weights, capsys):
     """--no-augment: features computed once; CLI end to end; imbalanced classes with --class-weights auto."""
     from tledge.cli import main

@@ -47,6 +47,9 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default=str(d.out), help=f"output folder (default {d.out})")
     p.add_argument("--patience", type=int, default=d.patience,
                    help=f"early stopping: epochs without a better val accuracy (default {d.patience}; 0 = off)")
+    p.add_argument("--fine-tune-max-drop", type=float, default=d.fine_tune_max_drop,
+                   help="stop fine-tuning when val accuracy falls this much under the best head epoch "
+                        f"(default {d.fine_tune_max_drop}; at least one val image)")
     p.add_argument("--dropout", type=float, default=d.dropout, help=f"before the classifier (default {d.dropout})")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--precision", choices=("auto", "float32", "mixed"), default="auto",
@@ -63,7 +66,8 @@ def _config(args):
         epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs, unfreeze=args.unfreeze,
         fine_tune_at=args.fine_tune_at, batch=args.batch, lr=args.lr, fine_tune_lr=args.fine_tune_lr,
         augment=args.augment, val_dir=args.val, val_split=args.val_split, class_weights=args.class_weights,
-        resume=args.resume, out=args.out, patience=args.patience, dropout=args.dropout, seed=args.seed,
+        resume=args.resume, out=args.out, patience=args.patience,
+        fine_tune_max_drop=args.fine_tune_max_drop, dropout=args.dropout, seed=args.seed,
         precision=args.precision, verbose=0 if args.quiet else 1)  # -q: no per-epoch lines
 
 

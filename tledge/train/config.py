@@ -30,6 +30,9 @@ DEFAULT_UNFREEZE_FRACTION = 0.3  # phase 2 unfreezes the top 30% of the backbone
 # tutorial): at / 10 (3e-4) Adam moves the unfrozen MobileNet layers so far
 # that the first fine-tuning epoch loses 10-20 points of val accuracy (measured, docs/train-results.md)
 FINE_TUNE_LR_DIVISOR = 300.0
+# phase 2 stops (best weights so far restored) when an epoch's val accuracy falls more than this below the
+# best head epoch: fine-tuning must keep what the head learned (issue 14, docs/train-results.md)
+FINE_TUNE_MAX_DROP = 0.02
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,8 @@ class TrainConfig:
     class_weights: ClassWeights = ClassWeights.NONE
     resume: bool = False  # continue from `out`/checkpoints
     out: str | Path = "runs/train"
-    patience: int = 6  # early stopping on val accuracy per phase (0: never stop early)
+    patience: int = 6  # early stopping on val accuracy per phase (0: never stop early, no drop guard either)
+    fine_tune_max_drop: float = FINE_TUNE_MAX_DROP  # phase 2 stops when val accuracy is this far under the head's
     dropout: float = 0.2
     seed: int = 0
     precision: Precision = Precision.AUTO
@@ -105,6 +109,8 @@ class TrainConfig:
             bad("--grayscale folds the RGB weights in float32: use --precision float32 or auto")
         if self.patience < 0:
             bad(f"patience must be >= 0, got {self.patience}")
+        if not 0.0 <= self.fine_tune_max_drop <= 1.0:
+            bad(f"fine-tune max drop must be in [0, 1], got {self.fine_tune_max_drop}")
         w = str(self.weights)
         if w not in (WEIGHTS_IMAGENET, WEIGHTS_NONE) and not Path(w).is_file():
             bad(f"--weights must be 'imagenet', 'none' or a weights file; {w!r} is not a file")

@@ -2,7 +2,9 @@
 
 Phase "head": backbone frozen. Without augmentation the backbone's features are computed once and only
 the head trains on them (fast path); with augmentation every batch goes through the frozen backbone.
-Phase "fine_tune": the top backbone layers are unfrozen (batch norm stays frozen) at a lower rate (LR/300).
+Phase "fine_tune": the top backbone layers are unfrozen (batch norm stays frozen) at a lower rate (LR/300);
+it also stops as soon as an epoch's val accuracy falls more than `fine_tune_max_drop` (at least one val image)
+under the best head epoch, and the best weights so far (maybe the head's) are kept.
 """
 from __future__ import annotations
 
@@ -88,6 +90,17 @@ def _better(acc: float, loss: float, best: list | None) -> bool:
     return best is None or acc > best[0] or (acc == best[0] and loss < best[1])
 
 
+def below_head(history: list[dict], val_accuracy: float, max_drop: float, n_val: int) -> float | None:
+    """Fine-tuning's guard: how far `val_accuracy` is under the best head epoch in `history` when that is more
+    than the allowed drop (`max_drop`, but at least one of the `n_val` images), else None (within it, or no
+    head epoch to compare with)."""
+    head = [r["val_accuracy"] for r in history if r["phase"] == "head"]
+    if not head:
+        return None
+    drop = max(head) - val_accuracy
+    return drop if drop > max(max_drop, 1.0 / max(n_val, 1)) + 1e-9 else None
+
+
 def _stepper(run: Run, net, lr: float, input_shape: tuple[int, ...]) -> Stepper:
     """Adam at `lr` (with loss scaling under mixed precision), built for the net's trainable variables."""
     keras = require("keras")
@@ -149,7 +162,7 @@ def run_phase(run: Run, name: str) -> None:
             run.log("  (optimizer state not restored: it starts fresh)")
         dist.sync_variables(run.strategy, run.topo, stepper.optimizer.variables)
     augment = Augment() if cfg.augment and not rec["fast_path"] else None
-    t0, stopped = time.perf_counter(), False
+    t0, reason = time.perf_counter(), None
     for epoch in range(st["epoch"], rec["epochs_planned"]):
         t = time.perf_counter()
         row = {"phase": name, "epoch": epoch + 1, **_epoch(run, stepper, x, idx, epoch, augment)}
@@ -168,18 +181,31 @@ def run_phase(run: Run, name: str) -> None:
             st["bad_epochs"] += 1
         st["history"].append(row)
         st["epoch"] = epoch + 1
-        stopped = bool(cfg.patience) and st["bad_epochs"] >= cfg.patience and epoch + 1 < rec["epochs_planned"]
+        reason = _stop_reason(run, name, row) if epoch + 1 < rec["epochs_planned"] else None
         run.state = st = run.ckpt.save(run.parts.model, stepper.optimizer, st, best=improved)
         run.log(f"{name:>9} {epoch + 1:3d}/{rec['epochs_planned']}  loss {row['loss']:.4f}  "
                 f"acc {row['accuracy']:.3f}  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.3f}"
                 f"  {row['seconds']:.1f}s{'  *' if improved else ''}")
-        if stopped:
-            run.log(f"{name:>9} stopped early: val accuracy did not improve for {cfg.patience} epochs")
+        if reason:
+            run.log(f"{name:>9} stopped early: {reason}")
             break
     rows = [r for r in st["history"] if r["phase"] == name]
-    rec.update(epochs_run=len(rows), stopped_early=stopped, wall_time_s=round(time.perf_counter() - t0, 2),
+    rec.update(epochs_run=len(rows), stopped_early=bool(reason), stop_reason=reason,
+               wall_time_s=round(time.perf_counter() - t0, 2),
                best_val_accuracy=max((r["val_accuracy"] for r in rows), default=None))
     _end_phase(run, stepper, rec)
+
+
+def _stop_reason(run: Run, name: str, row: dict) -> str | None:
+    """Why the phase stops after this epoch (None: it goes on). patience 0 turns both rules off."""
+    cfg, st = run.cfg, run.state
+    if not cfg.patience:
+        return None
+    if st["bad_epochs"] >= cfg.patience:
+        return f"val accuracy did not improve for {cfg.patience} epochs"
+    drop = below_head(st["history"], row["val_accuracy"], cfg.fine_tune_max_drop, len(run.data.yv)) \
+        if name == "fine_tune" else None
+    return None if drop is None else f"val accuracy {100 * drop:.1f} points under the best head epoch"
 
 
 def _end_phase(run: Run, stepper: Stepper, rec: dict) -> None:
