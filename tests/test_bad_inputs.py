@@ -210,6 +210,8 @@ CASES = [
     Case("train-val-split-above-1", lambda t: train(t, "--val-split", "1.5"), "val split must be between 0 and 1"),
     Case("train-val-missing", lambda t: train(t, "--val", str(t / "v")), "--val {tmp}/v: folder not found"),
     Case("train-epochs-negative", lambda t: train(t, "--epochs", "-1"), "--epochs must be"),
+    Case("train-max-drop-above-1", lambda t: train(t, "--fine-tune-max-drop", "1.5"),
+         "--fine-tune-max-drop must be in [0, 1], got 1.5"),
     # ---- parity ------------------------------------------------------------------------------------------
     Case("parity-reference-missing", lambda t: ["parity", str(t / "r.h5"), tfl(t), "--images", images(t)],
          "REFERENCE {tmp}/r.h5: model file not found"),

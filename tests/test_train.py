@@ -139,6 +139,8 @@ def test_below_head_rule_on_a_fake_history():
     assert below_head(hist, 0.85, 0.02, 20) is None  # one image of 20 (5 points) is always allowed
     assert below_head(hist, 0.80, 0.02, 20) == pytest.approx(0.10)  # two images are not
     assert below_head([{"phase": "fine_tune", "val_accuracy": 0.9}], 0.1, 0.02, 153) is None  # no head phase
+    with pytest.raises(TledgeError, match="max drop"):
+        TrainConfig(fine_tune_max_drop=1.5)
 
 
 def test_fine_tuning_stops_below_the_head_and_keeps_its_weights(shapes_dataset, weights, tmp_path, monkeypatch):

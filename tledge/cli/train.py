@@ -85,6 +85,7 @@ def _validate(args) -> None:
     V.in_range(args.batch, "--batch", 1, 65536)
     V.in_range(args.epochs, "--epochs", 0, 100_000)
     V.in_range(args.fine_tune_epochs, "--fine-tune-epochs", 0, 100_000)
+    V.in_range(args.fine_tune_max_drop, "--fine-tune-max-drop", 0, 1)
 
 
 def run(args) -> int:
