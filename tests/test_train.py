@@ -145,7 +145,8 @@ def test_below_head_rule_on_a_fake_history():
 
 def test_fine_tuning_stops_below_the_head_and_keeps_its_weights(shapes_dataset, weights, tmp_path, monkeypatch):
     """Scripted val accuracies: fine-tuning epoch 2 falls 20 points (more than one val image) under the best
-    head epoch, so the phase stops there (of 5 planned, with patience 6 not reached) and the saved model is the head's best."""
+    head epoch, so the phase stops there (of 5 planned, patience 6 not reached) and the saved model is the
+    head's best."""
     from tledge.train import distributed
 
     real, script = distributed.validate, iter([0.80, 0.90, 0.89, 0.70, 0.95, 0.95, 0.95])
