@@ -63,6 +63,8 @@ def make_bundle_dir(export: Path, work: Path, images: list[Path]) -> tuple[Path,
                             if f.suffix in (".tflite", ".onnx") and f.name != res.model]
     for name in models[1:]:
         shutil.copy2(export / name, top / "model" / name)
+    # the export's whole manifest, so run.sh --check vouches for (and golden-checks) every model file added
+    shutil.copy2(export / "manifest.json", top / "model" / "manifest.json")
     reqs = (top / "requirements.txt").read_text()
     if any(m.endswith(".onnx") for m in models) and "onnxruntime" not in reqs:
         reqs += "\n".join(requirement_lines(["onnxruntime"])) + "\n"
