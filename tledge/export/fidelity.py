@@ -141,7 +141,9 @@ def _better(a: ParityResult, b: ParityResult) -> bool:
 def _row(r: ParityResult, rung: str) -> dict:
     return {"file": r.file, "rung": rung, "agreement": r.top1_agreement, "accuracy": r.accuracy,
             "max_abs": r.max_abs_error, "median_image_max_abs": r.median_image_max_abs,
-            "latency_ms": r.latency_ms, "passed": r.passed, "failures": list(r.failures)}
+            "latency_ms": r.latency_ms, "passed": r.passed, "failures": list(r.failures),
+            "agreement_ci": r.agreement_ci, "topk_agreement": r.topk_agreement,
+            "accuracy_change": r.accuracy_change, "accuracy_change_ci": r.accuracy_change_ci}
 
 
 def _install(dst: Path, data: bytes) -> None:
