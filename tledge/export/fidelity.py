@@ -16,6 +16,7 @@ fallback apply (said in the report).
 from __future__ import annotations
 
 import shutil
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,10 +37,12 @@ class Rung:
     stem: int = 0  # convolutions kept float (0: all-int8)
     calibrate: str = "minmax"  # ONNX calibration method
     kinds: tuple[str, ...] = ("tflite", "onnx")
+    graph: str | None = None  # a tledge.quant technique on the converted graph (any loader)
 
 
 LADDER: tuple[Rung, ...] = (
     Rung("calibration-percentile", repair=False, calibrate="percentile", kinds=("onnx",)),
+    Rung("onnx-bias", repair=False, kinds=("onnx",), graph="onnx-bias"),
     Rung("repaired"),
     Rung("repaired-stem4", stem=4),
 )
@@ -117,12 +120,14 @@ def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: 
             continue
         if rung.stem and _linear_layers(model) < MIN_LAYERS_PER_STEM * rung.stem:
             continue  # a float stem would be most of the model: that is not an int8 file
+        start = time.perf_counter()
         try:
             result, data = _attempt(rung, plain, ctx, model, cache)
         except TledgeError as exc:
-            outcome.attempts.append({"file": plain.file, "rung": rung.name, "error": str(exc)})
+            outcome.attempts.append({"file": plain.file, "rung": rung.name, "error": str(exc),
+                                     "seconds": round(time.perf_counter() - start, 2)})
             continue
-        outcome.attempts.append(_row(result, rung.name))
+        outcome.attempts.append({**_row(result, rung.name), "seconds": round(time.perf_counter() - start, 2)})
         if _better(result, best):
             best = result
             _install(ctx.out / plain.file, data)
@@ -215,18 +220,35 @@ def _onnx(model, rung: Rung, ctx: FidelityContext, applied: dict) -> bytes:
     onnx = require("onnx", extra="export")
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        if model is None:
+        if model is None or not rung.repair:
             shutil.copy(ctx.out / "model_fp32.onnx", src)
         else:
             onnx_export.save(onnx_export.convert_fp32(_serve(model, ctx.contract), ctx.contract), src)
+        scheme = None
+        if rung.graph == "onnx-bias":  # the scheme is chosen on the plain graph and kept
+            scheme = onnx_export.quantize_int8(src, dst, ctx.calib)
+            applied["onnx_bias_correction"] = _onnx_bias(src, ctx, scheme)
         exclude = ()
         if rung.stem:
             raw = src.read_bytes()
             exclude = _with_activations(raw, onnx_stem(raw, rung.stem))
-        onnx_export.quantize_int8(src, dst, ctx.calib, method=rung.calibrate, nodes_to_exclude=exclude)
+        scheme = onnx_export.quantize_int8(src, dst, ctx.calib, method=rung.calibrate, nodes_to_exclude=exclude,
+                                           scheme=scheme)
         per_file = ctx.contract.for_file(input_dtype="float32")
-        extra = {**per_file.extra, "onnx_quant": "QDQ U8S8 per-channel", **applied}
+        extra = {**per_file.extra, "onnx_quant": scheme.describe(), **applied}
         return embed_onnx(onnx.load(str(dst)), per_file.replace(extra=extra)).SerializeToString()
+
+
+def _onnx_bias(src: Path, ctx: FidelityContext, scheme) -> str:
+    """Replace the float graph at `src` by its bias-corrected version (tledge.quant.onnx_bias)."""
+    import functools
+
+    from tledge.export import onnx as onnx_export
+    from tledge.quant import onnx_bias
+
+    pre = onnx_export.preprocess(src, src.with_name("pre.onnx"))
+    log = onnx_bias.correct(pre, src, ctx.calib, functools.partial(onnx_export.quantize_int8, scheme=scheme))
+    return log.summary()
 
 
 def _serve(model, contract: Contract):
@@ -258,6 +280,28 @@ def _pixel_model(ctx: FidelityContext):
     if isinstance(y, (list, tuple)):
         y = y[0]
     return keras.Model(inp, y, name="tledge_pixels")
+
+
+def kernel_notes(results: Sequence[ParityResult], out: Path, pixels: np.ndarray, threads: int | None = None) -> list[str]:
+    """Each int8 ONNX file run on onnxruntime's x86 kernel paths (default, x64quantprecision, reference):
+    one note per file with this CPU's flags; a warning when the paths disagree."""
+    from tledge.export import onnx as onnx_export
+
+    notes = []
+    for r in results:
+        path = out / r.file
+        if r.format != "onnx" or r.precision != "int8" or not path.is_file():
+            continue
+        try:
+            note, same = onnx_export.kernel_check(path, pixels[:256], threads)
+        except Exception as exc:  # a check of the check: never break an export
+            notes.append(f"{r.file}: kernel-path check unavailable ({exc.__class__.__name__}: {str(exc)[:120]})")
+            continue
+        notes.append(note)
+        if not same:
+            warnings.warn(f"{r.file} answers differently on onnxruntime's kernel paths: {note}", TledgeWarning,
+                          stacklevel=3)
+    return notes
 
 
 # ---- diagnosis and the last resort ---------------------------------------------------------------

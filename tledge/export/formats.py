@@ -90,9 +90,9 @@ def _write_onnx(fmt: Format, dst: Path, serve, contract: Contract, calib, folder
         else:
             src = fp32
         q = Path(tmpdir) / "int8.onnx"
-        onnx_export.quantize_int8(src, q, calib)
+        scheme = onnx_export.quantize_int8(src, q, calib)
         import onnx
 
-        model = embed_onnx(onnx.load(str(q)), per_file.replace(extra={"onnx_quant": "QDQ U8S8 per-channel"}))
+        model = embed_onnx(onnx.load(str(q)), per_file.replace(extra={"onnx_quant": scheme.describe()}))
         with atomic_path(dst) as tmp:
             onnx_export.save(model, tmp)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -47,31 +48,82 @@ def _rename_io(model):
     return model
 
 
+@dataclass(frozen=True)
+class Scheme:
+    """How activations and weights are quantised. x86 has two int8 kernel paths in onnxruntime: with
+    VNNI (vpdpbusd, exact int32 sums) and without (AVX2 vpmaddubsw: u8 x s8 pairs summed in int16,
+    which SATURATES when both are large). `reduce_range` keeps weights in 7 bits so that pair sum
+    cannot overflow: the same file gives the same answer on both paths (docs/int8-fidelity.md)."""
+
+    activations: str = "uint8"  # uint8 | int8
+    weights: str = "int8"  # int8 | uint8
+    reduce_range: bool = False
+    per_channel: bool = True
+
+    def describe(self) -> str:
+        code = "".join("U8" if t == "uint8" else "S8" for t in (self.activations, self.weights))
+        return (f"QDQ {code} {'per-channel' if self.per_channel else 'per-tensor'}"
+                + (", reduce_range (7-bit weights)" if self.reduce_range else ""))
+
+
+SCHEMES = {
+    "u8s8": Scheme(),
+    "u8s8-rr": Scheme(reduce_range=True),
+    "s8s8": Scheme(activations="int8"),
+    "u8u8": Scheme(weights="uint8"),
+}
+DEFAULT_SCHEME = "u8s8"  # the first choice; ROBUST_SCHEME when its pair sums would saturate on AVX2
+ROBUST_SCHEME = "u8u8"
+
+
 def quantize_int8(fp32_path: Path, dst: Path, calib: np.ndarray, *, method: str = "minmax",
-                  nodes_to_exclude: Sequence[str] = (), per_channel: bool = True) -> None:
-    """onnxruntime static QDQ: uint8 activations x int8 per-channel weights (U8S8, fast on x86 and
-    ARM), the final Softmax kept in float so probabilities are not rounded to 1/256."""
+                  nodes_to_exclude: Sequence[str] = (), scheme: Scheme | None = None) -> Scheme:
+    """onnxruntime static QDQ, the final Softmax kept in float so probabilities are not rounded to
+    1/256. Without `scheme`: U8S8 (fastest, exact on VNNI and ARM) unless the file's own pair sums
+    saturate the AVX2 u8 x s8 kernels on the calibration images (tledge.quant.saturation); then U8U8,
+    which every x86 path and ARM compute exactly. Returns the scheme used."""
+    if scheme is not None:
+        _quantize(fp32_path, dst, calib, method, nodes_to_exclude, scheme)
+        return scheme
+    from tledge.quant import saturation
+
+    _quantize(fp32_path, dst, calib, method, nodes_to_exclude, SCHEMES["u8s8"])
+    if not any(layer.saturated for layer in saturation.check(dst.read_bytes(), calib)):
+        return SCHEMES["u8s8"]
+    _quantize(fp32_path, dst, calib, method, nodes_to_exclude, SCHEMES[ROBUST_SCHEME])
+    return SCHEMES[ROBUST_SCHEME]
+
+
+def _quantize(fp32_path: Path, dst: Path, calib: np.ndarray, method: str, nodes_to_exclude: Sequence[str],
+              scheme: Scheme) -> None:
     onnx = require("onnx", extra="export")
     q = require("onnxruntime.quantization", extra="export")
     model = onnx.load(str(fp32_path))
     exclude = list(nodes_to_exclude) + [n.name for n in model.graph.node if n.op_type == "Softmax"]
     methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
                "percentile": q.CalibrationMethod.Percentile}
+    qtype = {"uint8": q.QuantType.QUInt8, "int8": q.QuantType.QInt8}
     with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        try:
-            from onnxruntime.quantization.shape_inference import quant_pre_process
-
-            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
-        except Exception:  # pre-processing is an optimisation; quantise the plain graph instead
-            pre = fp32_path
+        pre = preprocess(fp32_path, Path(tmp) / "pre.onnx")
         try:
             q.quantize_static(str(pre), str(dst), _Reader(calib), quant_format=q.QuantFormat.QDQ,
-                              per_channel=per_channel, activation_type=q.QuantType.QUInt8,
-                              weight_type=q.QuantType.QInt8, calibrate_method=methods[method],
-                              nodes_to_exclude=exclude)
+                              per_channel=scheme.per_channel, reduce_range=scheme.reduce_range,
+                              activation_type=qtype[scheme.activations], weight_type=qtype[scheme.weights],
+                              calibrate_method=methods[method], nodes_to_exclude=exclude)
         except Exception as exc:
             raise ExportError(f"ONNX int8 quantisation failed: {str(exc).strip().splitlines()[-1][:400]}") from None
+
+
+def preprocess(src: Path, dst: Path) -> Path:
+    """onnxruntime's quant_pre_process (shape inference, BN/Mul/Add folding) into `dst`; `src` itself
+    when it fails (pre-processing is an optimisation; the plain graph quantises too)."""
+    try:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+        return dst
+    except Exception:
+        return src
 
 
 class _Reader:
@@ -91,3 +143,63 @@ class _Reader:
 def save(model, path: Path) -> None:
     onnx = require("onnx", extra="export")
     onnx.save(model, str(path))
+
+
+# ---- the same file on onnxruntime's other x86 kernel paths ------------------------------------------
+KERNEL_PATHS = {
+    "default": {},  # what `tledge run` uses: fused int8 kernels chosen by CPU (VNNI or AVX2 vpmaddubsw)
+    "x64quantprecision": {"session.x64quantprecision": "1"},  # the non-saturating x64 path
+    "reference": None,  # graph optimisation off: QDQ as Dequantize -> float op -> Quantize, no int kernels
+}
+
+
+def run_paths(path: Path, pixels: np.ndarray, threads: int | None = None) -> dict[str, np.ndarray]:
+    """Outputs of one ONNX file under each of KERNEL_PATHS (batches of 32)."""
+    ort = require("onnxruntime", extra="runtime")
+    outs = {}
+    for name, entries in KERNEL_PATHS.items():
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = threads
+        if entries is None:
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        for key, value in (entries or {}).items():
+            so.add_session_config_entry(key, value)
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        inp = sess.get_inputs()[0].name
+        outs[name] = np.concatenate([sess.run(None, {inp: pixels[i:i + 32].astype(np.float32)})[0]
+                                     for i in range(0, len(pixels), 32)])
+    return outs
+
+
+def cpu_flags() -> str:
+    """This CPU's int8-relevant instruction sets, for parity.md ('x86_64: avx2 avx512_vnni ...')."""
+    import platform
+
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")) and ":" in line:
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    keep = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "sve")
+    return f"{platform.machine()}: {' '.join(f for f in keep if f in flags) or 'no int8 dot-product extensions'}"
+
+
+def kernel_check(path: Path, pixels: np.ndarray, threads: int | None = None) -> tuple[str, bool]:
+    """Does the file give the same top-1 on every kernel path? (note for parity.md, consistent?)"""
+    outs = run_paths(path, pixels, threads)
+    base = np.argmax(outs["default"], 1)
+    parts, same = [], True
+    for name, out in outs.items():
+        if name == "default":
+            continue
+        agree = float(np.mean(np.argmax(out, 1) == base))
+        same &= agree >= 0.995
+        parts.append(f"{name} {agree:.3f} (max abs {float(np.abs(out - outs['default']).max()):.3g})")
+    return (f"{path.name} on onnxruntime's kernel paths ({cpu_flags()}), top-1 agreement with the default "
+            f"session: {', '.join(parts)}"), same
