@@ -41,8 +41,8 @@ class Rung:
 
 
 LADDER: tuple[Rung, ...] = (
-    Rung("calibration-percentile", repair=False, calibrate="percentile", kinds=("onnx",)),
     Rung("onnx-bias", repair=False, kinds=("onnx",), graph="onnx-bias"),
+    Rung("calibration-percentile", repair=False, calibrate="percentile", kinds=("onnx",)),
     Rung("repaired"),
     Rung("repaired-stem4", stem=4),
 )
@@ -225,9 +225,13 @@ def _onnx(model, rung: Rung, ctx: FidelityContext, applied: dict) -> bytes:
         else:
             onnx_export.save(onnx_export.convert_fp32(_serve(model, ctx.contract), ctx.contract), src)
         scheme = None
-        if rung.graph == "onnx-bias":  # the scheme is chosen on the plain graph and kept
-            scheme = onnx_export.quantize_int8(src, dst, ctx.calib)
-            applied["onnx_bias_correction"] = _onnx_bias(src, ctx, scheme)
+        if rung.graph == "onnx-bias":  # the plain int8 file's weights and scheme are kept
+            plain_int8 = ctx.out / "model_int8.onnx"
+            if not plain_int8.is_file():
+                plain_int8 = Path(tmp) / "plain.onnx"
+                onnx_export.quantize_int8(src, plain_int8, ctx.calib)
+            scheme = onnx_export.scheme_of(plain_int8)
+            applied["onnx_bias_correction"] = _onnx_bias(src, ctx, scheme, plain_int8)
         exclude = ()
         if rung.stem:
             raw = src.read_bytes()
@@ -239,7 +243,7 @@ def _onnx(model, rung: Rung, ctx: FidelityContext, applied: dict) -> bytes:
         return embed_onnx(onnx.load(str(dst)), per_file.replace(extra=extra)).SerializeToString()
 
 
-def _onnx_bias(src: Path, ctx: FidelityContext, scheme) -> str:
+def _onnx_bias(src: Path, ctx: FidelityContext, scheme, qdq: Path) -> str:
     """Replace the float graph at `src` by its bias-corrected version (tledge.quant.onnx_bias)."""
     import functools
 
@@ -247,7 +251,8 @@ def _onnx_bias(src: Path, ctx: FidelityContext, scheme) -> str:
     from tledge.quant import onnx_bias
 
     pre = onnx_export.preprocess(src, src.with_name("pre.onnx"))
-    log = onnx_bias.correct(pre, src, ctx.calib, functools.partial(onnx_export.quantize_int8, scheme=scheme))
+    log = onnx_bias.correct(pre, src, ctx.calib, functools.partial(onnx_export.quantize_int8, scheme=scheme),
+                            qdq=qdq)
     return log.summary()
 
 

@@ -114,6 +114,20 @@ def _quantize(fp32_path: Path, dst: Path, calib: np.ndarray, method: str, nodes_
             raise ExportError(f"ONNX int8 quantisation failed: {str(exc).strip().splitlines()[-1][:400]}") from None
 
 
+def scheme_of(path: Path) -> Scheme:
+    """The Scheme of a QDQ file, read from its activation and 4-D weight initializer types."""
+    onnx = require("onnx", extra="export")
+    model = onnx.load(str(path))
+    types = {i.name: i.data_type for i in model.graph.initializer}
+    dims = {i.name: len(i.dims) for i in model.graph.initializer}
+    u8 = onnx.TensorProto.UINT8
+    weights = [types[n.input[0]] for n in model.graph.node
+               if n.op_type == "DequantizeLinear" and dims.get(n.input[0]) == 4]
+    acts = [types.get(n.input[2]) for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    act = "uint8" if not acts or acts[0] == u8 else "int8"
+    return Scheme(activations=act, weights="uint8" if weights and weights[0] == u8 else "int8")
+
+
 def preprocess(src: Path, dst: Path) -> Path:
     """onnxruntime's quant_pre_process (shape inference, BN/Mul/Add folding) into `dst`; `src` itself
     when it fails (pre-processing is an optimisation; the plain graph quantises too)."""
@@ -191,15 +205,15 @@ def cpu_flags() -> str:
 
 
 def kernel_check(path: Path, pixels: np.ndarray, threads: int | None = None) -> tuple[str, bool]:
-    """Does the file give the same top-1 on every kernel path? (note for parity.md, consistent?)"""
+    """Top-1 agreement of the file's default session with the other paths: (note, consistent?). Only
+    the int kernel paths count for `consistent`; the unfused float emulation is reported beside them
+    (fused integer requantisation rounds differently from Dequantize -> float -> Quantize)."""
     outs = run_paths(path, pixels, threads)
     base = np.argmax(outs["default"], 1)
-    parts, same = [], True
-    for name, out in outs.items():
-        if name == "default":
-            continue
-        agree = float(np.mean(np.argmax(out, 1) == base))
-        same &= agree >= 0.995
-        parts.append(f"{name} {agree:.3f} (max abs {float(np.abs(out - outs['default']).max()):.3g})")
-    return (f"{path.name} on onnxruntime's kernel paths ({cpu_flags()}), top-1 agreement with the default "
-            f"session: {', '.join(parts)}"), same
+    figures = {name: (float(np.mean(np.argmax(out, 1) == base)), float(np.abs(out - outs["default"]).max()))
+               for name, out in outs.items() if name != "default"}
+    x64, ref = figures["x64quantprecision"], figures["reference"]
+    note = (f"{path.name} on onnxruntime's kernel paths ({cpu_flags()}): top-1 agreement with the default "
+            f"session, x64quantprecision {x64[0]:.3f} (max abs {x64[1]:.3g}); unfused float emulation "
+            f"{ref[0]:.3f} (max abs {ref[1]:.3g}); {len(pixels)} images")
+    return note, x64[0] >= 0.995

@@ -28,8 +28,9 @@ class Thresholds:
     many_classes: int = 20
     top_k: int = 5
     min_topk_agreement: float = 0.99
-    # An accuracy drop beyond max_accuracy_drop fails when McNemar's test says it is real (p below
-    # this); None judges the point estimate alone. The agreement rule bounds the drop either way.
+    # An accuracy drop beyond max_accuracy_drop fails when it is real: McNemar p below this, or a 95 %
+    # interval of the change below 0; None judges the point estimate alone. The agreement rule bounds
+    # the drop either way.
     significance: float | None = 0.05
 
     @classmethod
@@ -188,7 +189,8 @@ def _accuracy_rule(res: ParityResult, ref_ok: np.ndarray, out_ok: np.ndarray, t:
     what = (f"accuracy {res.accuracy:.3f} is {-100 * m.change:.1f} points below the reference "
             f"{res.reference_accuracy:.3f} ({stats.fmt_points(m.change, m.low, m.high)}, "
             f"McNemar p={m.p_value:.3g}: {m.lost} lost, {m.gained} gained)")
-    if t.significance is not None and m.p_value >= t.significance:
+    # resolvable: McNemar's exact test or the interval says the drop is real (either suffices)
+    if t.significance is not None and m.p_value >= t.significance and m.high >= 0:
         res.warnings.append(what + f": over the {100 * t.max_accuracy_drop:g}-point budget but not "
                             f"resolvable on {m.n} images (p >= {t.significance:g})")
         return []

@@ -140,18 +140,21 @@ def _shift(node, dw: np.ndarray, taps: np.ndarray) -> np.ndarray:
     return (dw @ taps) if (node.op_type == "Gemm" and trans_b) else (taps @ dw)
 
 
-def correct(fp32: Path, dst: Path, calib: np.ndarray, quantize, *, images: int = 64) -> BiasLog:
+def correct(fp32: Path, dst: Path, calib: np.ndarray, quantize, *, images: int = 64,
+            qdq: Path | None = None) -> BiasLog:
     """Write to `dst` the float graph `fp32` with every linear layer's bias absorbing the expected
-    output shift of its int8 weights (`quantize(src, dst, calib)` decides those weights); `fp32`
-    should be quant_pre_process'ed already so the quantiser sees the same node names."""
+    output shift of its int8 weights (those of `qdq`, else of `quantize(src, dst, calib)`); `fp32`
+    should be quant_pre_process'ed already so its node names are the quantised file's."""
     onnx = require("onnx", extra="export")
     from onnx import numpy_helper
 
     model = onnx.load(str(fp32))
     nodes = linear_nodes(model)
     with tempfile.TemporaryDirectory() as tmp:
-        q = Path(tmp) / "q.onnx"
-        quantize(fp32, q, calib)
+        q = qdq  # an int8 file quantised from this graph already (its weights are what count)
+        if q is None:
+            q = Path(tmp) / "q.onnx"
+            quantize(fp32, q, calib)
         errors = weight_errors(model, onnx.load(str(q)), nodes)
     by_name = {n.name: n for n in model.graph.node}
     convs = [by_name[name] for name, _, _ in nodes if name in errors]
