@@ -92,8 +92,10 @@ def improve(failing: Sequence[ParityResult], ctx: FidelityContext) -> FidelityOu
     cache: dict[int, object] = {}  # stem -> repaired Keras model
     model = _pixel_model(ctx)
     if model is None:
-        outcome.notes.append(f"int8 repairs need a Keras 3 model ({ctx.lm.kind} given): only calibration "
-                             "choices and the fallback were tried")
+        outcome.notes.append(f"Keras-level int8 repairs need a Keras 3 model ({ctx.lm.kind} given, and it could "
+                             "not be rebuilt as one): only graph-level repairs (ONNX) and calibration choices apply")
+    elif ctx.lm.kind == "tf_keras":
+        outcome.notes.append("the tf_keras model was rebuilt as Keras 3 for the int8 repairs (outputs checked equal)")
     if ctx.explain or failing:
         outcome.explain_md = _explain(ctx, model, failing)
     try:
@@ -270,18 +272,23 @@ def _serve(model, contract: Contract):
 # ---- the model the repairs work on -------------------------------------------------------------
 def _pixel_model(ctx: FidelityContext):
     """A Keras 3 model taking float32 pixels with the preprocessing inside, or None."""
-    if ctx.lm.kind != "keras":
-        return None
     keras = require("keras", extra="export")
     from tledge.layers import Preprocess
 
+    inner = ctx.lm.model
+    if ctx.lm.kind == "tf_keras":
+        inner = _rebuilt(ctx)
+    elif ctx.lm.kind != "keras":
+        return None
+    if inner is None:
+        return None
     c = ctx.contract
     inp = keras.Input((c.height, c.width, c.channels), dtype="float32", name="pixels")
     x = inp
     if ctx.add_norm:
         norm = c.replace(norm=ctx.add_norm, baked=False)
         x = Preprocess(norm.norm.value, norm.mean, norm.std, c.channels, name="preprocess")(x)
-    y = ctx.lm.model(x)
+    y = inner(x)
     if isinstance(y, (list, tuple)):
         y = y[0]
     return keras.Model(inp, y, name="tledge_pixels")
@@ -307,6 +314,20 @@ def kernel_notes(results: Sequence[ParityResult], out: Path, pixels: np.ndarray,
             warnings.warn(f"{r.file} answers differently on onnxruntime's kernel paths: {note}", TledgeWarning,
                           stacklevel=3)
     return notes
+
+
+def _rebuilt(ctx: FidelityContext):
+    """A verified Keras 3 copy of a tf_keras model (tledge.quant.rebuild), or None."""
+    from tledge.quant import rebuild
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        copy = rebuild.from_tf_keras(ctx.lm.model)
+        shape = (4,) + tuple(int(d) for d in ctx.lm.model.inputs[0].shape[1:])
+        probe = np.random.default_rng(0).uniform(-1.0, 1.0, shape).astype(np.float32)
+        if copy is None or not rebuild.verified(ctx.lm.model, copy, probe):
+            return None
+    return copy
 
 
 # ---- diagnosis and the last resort ---------------------------------------------------------------
