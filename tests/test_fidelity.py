@@ -120,3 +120,35 @@ def test_dynamic_range_gets_the_weight_repair_then_falls_back(tiny_model, shapes
                                                                       ("model_dynamic.tflite", "repaired")]
     assert all(a["agreement"] >= 0.8 for a in res.report.fidelity)
     assert (tmp_path / "rejected" / "model_dynamic.tflite").is_file() and (tmp_path / "model_fp16.tflite").is_file()
+
+
+def test_a_tf_keras_model_gets_the_keras_level_repairs(shapes_dataset, tmp_path):
+    """Issue 11: a Keras 2 .h5 (loads only through tf_keras) is rebuilt as Keras 3, so its TFLite file
+    gets the weight repair too, and its ONNX file the graph-level bias correction."""
+    tf_keras = pytest.importorskip("tf_keras")
+    from tledge.contract import Contract
+    from tledge.export.pipeline import ExportConfig, export
+    from tledge.images import labelled_images
+
+    files, y, _ = labelled_images(shapes_dataset / "train")
+    c = Contract(48, 48, norm="tf", baked=False)
+    x = np.stack([c.prepare(f) for f in files])
+    tf_keras.utils.set_random_seed(0)
+    m = tf_keras.Sequential([tf_keras.layers.InputLayer((48, 48, 3)),
+                             tf_keras.layers.Conv2D(16, 3, strides=2, activation="relu"),
+                             # Keras 3 refuses a Keras 2 DepthwiseConv2D (its `groups` argument): tf_keras loads it
+                             tf_keras.layers.DepthwiseConv2D(3, padding="same", activation="relu"),
+                             tf_keras.layers.Conv2D(16, 3, strides=2, activation="relu"),
+                             tf_keras.layers.GlobalAveragePooling2D(),
+                             tf_keras.layers.Dense(3, activation="softmax")])
+    m.compile(tf_keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+    m.fit(x, y, epochs=40, verbose=0)
+    m.save(tmp_path / "k2.h5")
+    cfg = ExportConfig(out=tmp_path / "e", int8=True, calib=str(shapes_dataset / "train"), preprocess="tf",
+                       val=str(shapes_dataset / "val"), thresholds=IMPOSSIBLE)
+    with pytest.warns(TledgeWarning, match="FALLBACK"):
+        res = export(tmp_path / "k2.h5", cfg)
+    rungs = {(a["file"], a["rung"]) for a in res.report.fidelity}
+    assert ("model_int8.tflite", "repaired") in rungs and ("model_int8.onnx", "onnx-bias") in rungs
+    assert all("error" not in a and a["agreement"] >= 0.8 for a in res.report.fidelity), res.report.fidelity
+    assert any("rebuilt as Keras 3" in n for n in res.report.notes)
