@@ -96,13 +96,17 @@ def improve(failing: Sequence[ParityResult], ctx: FidelityContext) -> FidelityOu
                              "not be rebuilt as one): only graph-level repairs (ONNX) and calibration choices apply")
     elif ctx.lm.kind == "tf_keras":
         outcome.notes.append("the tf_keras model was rebuilt as Keras 3 for the int8 repairs (outputs checked equal)")
-    if ctx.explain or failing:
-        outcome.explain_md = _explain(ctx, model, failing)
+    plain_onnx = ctx.out / "model_int8.onnx"
+    plain_bytes = plain_onnx.read_bytes() if plain_onnx.is_file() else None  # for the diagnosis
     try:
         for plain in failing:
             outcome.results[plain.file] = _one_file(plain, ctx, model, cache, outcome)
     finally:
         shutil.rmtree(ctx.out / ".fidelity", ignore_errors=True)
+    # the per-layer diagnosis is slow (minutes on a loaded 2-core machine): only for --explain, or when
+    # the ladder could not deliver
+    if ctx.explain or any(not rows[0].passed for rows in outcome.results.values()):
+        outcome.explain_md = _explain(ctx, model, plain_bytes)
     return outcome
 
 
@@ -331,7 +335,7 @@ def _rebuilt(ctx: FidelityContext):
 
 
 # ---- diagnosis and the last resort ---------------------------------------------------------------
-def _explain(ctx: FidelityContext, model, failing: Sequence[ParityResult]) -> str:
+def _explain(ctx: FidelityContext, model, plain_onnx: bytes | None) -> str:
     """Per-layer error tables of the plain int8 files: TFLite QuantizationDebugger, and onnxruntime's
     QDQ debugging when an int8 ONNX file is there (before any repair replaces it)."""
     from tledge.export import explain
@@ -348,10 +352,10 @@ def _explain(ctx: FidelityContext, model, failing: Sequence[ParityResult]) -> st
                      + explain.markdown(rows, top=12))
     except Exception as exc:  # diagnosis must never break an export
         parts.append(f"(TFLite per-layer diagnosis unavailable: {exc.__class__.__name__}: {str(exc)[:200]})")
-    fp32, int8 = ctx.out / "model_fp32.onnx", ctx.out / "model_int8.onnx"
-    if fp32.is_file() and int8.is_file():
+    fp32 = ctx.out / "model_fp32.onnx"
+    if fp32.is_file() and plain_onnx is not None:
         try:
-            rows = explain.onnx_layer_errors(fp32.read_bytes(), int8.read_bytes(), ctx.calib, debug_images=n)
+            rows = explain.onnx_layer_errors(fp32.read_bytes(), plain_onnx, ctx.calib, debug_images=n)
             parts.append("Plain int8 ONNX, per activation (SQNR in dB of the QDQ model against the float "
                          "model, accumulated; lowest first):\n\n" + explain.markdown(rows, top=12))
         except Exception as exc:
