@@ -92,10 +92,10 @@ def zoo(cache: Path) -> dict:
     return entries
 
 
-def run_one(name: str, model: Path, opts: dict, out: Path) -> list[dict]:
+def run_one(name: str, model: Path, opts: dict, out: Path, formats=("tflite", "onnx")) -> list[dict]:
     from tledge.export.pipeline import ExportConfig, export
 
-    cfg = ExportConfig(out=out, int8=True, calib_limit=300, threads=2, **opts)
+    cfg = ExportConfig(out=out, int8=True, calib_limit=300, threads=2, formats=tuple(formats), **opts)
     start = time.perf_counter()
     res = export(model, cfg)
     seconds = time.perf_counter() - start
@@ -156,6 +156,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=Path, default=Path("/tmp/tledge-int8-zoo"))
     ap.add_argument("--only", default="")
+    ap.add_argument("--formats", default="tflite,onnx")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     entries = zoo(args.cache)
@@ -163,7 +164,7 @@ def main(argv=None) -> int:
     all_rows = []
     for name in names:
         build, opts = entries[name]
-        all_rows += run_one(name, Path(build()), opts(), args.cache / "exports" / name)
+        all_rows += run_one(name, Path(build()), opts(), args.cache / "exports" / name, args.formats.split(","))
         print(markdown(all_rows[-2:], cpu_line()), flush=True)
     text = markdown(all_rows, cpu_line())
     print(text)

@@ -39,7 +39,8 @@ def test_every_rung_is_tried_and_measured_against_the_original(fallback_export):
     rungs = {(r["file"], r["rung"]) for r in rows}
     assert rungs == {("model_int8.tflite", "plain"), ("model_int8.tflite", "repaired"),
                      ("model_int8.onnx", "plain"), ("model_int8.onnx", "calibration-percentile"),
-                     ("model_int8.onnx", "onnx-bias"), ("model_int8.onnx", "repaired")}
+                     ("model_int8.onnx", "onnx-bias"), ("model_int8.onnx", "repaired"),
+                     ("model_int8.onnx", "repaired+bias")}
     for r in rows:
         assert "error" not in r, r
         assert not r["passed"] and 0.0 < r["agreement"] <= 1.0 and r["max_abs"] > 1e-9
@@ -67,7 +68,7 @@ def test_fallback_ships_float_and_keeps_the_int8_file_aside(fallback_export):
     assert "## int8 per-layer diagnosis" in md and "rmse/scale" in md
     assert "Plain int8 ONNX, per activation" in md and "unavailable" not in md
     saved = json.loads((out / "parity.json").read_text())
-    assert len(saved["fidelity"]) == 6 and all(a["seconds"] > 0 for a in saved["fidelity"] if a["rung"] != "plain")
+    assert len(saved["fidelity"]) == 7 and all(a["seconds"] > 0 for a in saved["fidelity"] if a["rung"] != "plain")
     assert "on onnxruntime's kernel paths (" in md  # the kept ONNX files are run on every kernel path
 
 

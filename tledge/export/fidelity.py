@@ -44,6 +44,7 @@ LADDER: tuple[Rung, ...] = (
     Rung("onnx-bias", repair=False, kinds=("onnx",), graph="onnx-bias"),
     Rung("calibration-percentile", repair=False, calibrate="percentile", kinds=("onnx",)),
     Rung("repaired"),
+    Rung("repaired+bias", kinds=("onnx",), graph="onnx-bias"),  # the ONNX grid may not be the repair's (U8U8)
     Rung("repaired-stem4", stem=4),
 )
 
@@ -233,7 +234,7 @@ def _onnx(model, rung: Rung, ctx: FidelityContext, applied: dict) -> bytes:
         scheme = None
         if rung.graph == "onnx-bias":  # the plain int8 file's weights and scheme are kept
             plain_int8 = ctx.out / "model_int8.onnx"
-            if not plain_int8.is_file():
+            if rung.repair or not plain_int8.is_file():
                 plain_int8 = Path(tmp) / "plain.onnx"
                 onnx_export.quantize_int8(src, plain_int8, ctx.calib)
             scheme = onnx_export.scheme_of(plain_int8)
