@@ -157,8 +157,13 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, default=Path("/tmp/tledge-int8-zoo"))
     ap.add_argument("--only", default="")
     ap.add_argument("--formats", default="tflite,onnx")
+    ap.add_argument("--robust-scheme", help="ONNX scheme when U8S8 would saturate (tledge.export.onnx.SCHEMES)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
+    if args.robust_scheme:
+        from tledge.export import onnx as onnx_export
+
+        onnx_export.ROBUST_SCHEME = args.robust_scheme
     entries = zoo(args.cache)
     names = [n for n in args.only.split(",") if n] or list(entries)
     all_rows = []

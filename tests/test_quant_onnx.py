@@ -37,7 +37,7 @@ def _conv_weight_ranges(path):
     return out
 
 
-@pytest.mark.parametrize("name", ["u8s8", "u8s8-rr", "u8u8"])
+@pytest.mark.parametrize("name", ["u8s8", "u8s8-rr", "u8u8", "u8u8-grid"])
 def test_schemes_put_weights_where_they_say(tiny_onnx, tmp_path, name):
     from tledge.export import onnx as ox
 
@@ -47,7 +47,9 @@ def test_schemes_put_weights_where_they_say(tiny_onnx, tmp_path, name):
     ranges = _conv_weight_ranges(dst)
     assert ranges
     for _, lo, hi, dtype in ranges.values():
-        if name == "u8u8":
+        if name == "u8u8-grid":  # the symmetric int8 grid stored as uint8: 128 +- 127, the extreme reached
+            assert dtype == np.uint8 and 1 <= lo and hi <= 255 and (lo == 1 or hi == 255)
+        elif name == "u8u8":
             assert dtype == np.uint8
         elif name == "u8s8-rr":  # 7-bit weights: no u8 x s8 pair sum can leave int16 (AVX2 vpmaddubsw)
             assert dtype == np.int8 and -64 <= lo and hi <= 64 and 2 * 255 * max(-lo, hi) < 32768

@@ -59,11 +59,15 @@ class Scheme:
     weights: str = "int8"  # int8 | uint8
     reduce_range: bool = False
     per_channel: bool = True
+    # uint8 conv weights on the symmetric int8 grid (scale max|w|/127, zero point 128): the grid the
+    # Keras repair rounds to, so its kernels survive a U8U8 file exactly
+    int8_grid: bool = False
 
     def describe(self) -> str:
         code = "".join("U8" if t == "uint8" else "S8" for t in (self.activations, self.weights))
         return (f"QDQ {code} {'per-channel' if self.per_channel else 'per-tensor'}"
-                + (", reduce_range (7-bit weights)" if self.reduce_range else ""))
+                + (", reduce_range (7-bit weights)" if self.reduce_range else "")
+                + (", conv weights on the symmetric int8 grid" if self.int8_grid else ""))
 
 
 SCHEMES = {
@@ -71,6 +75,7 @@ SCHEMES = {
     "u8s8-rr": Scheme(reduce_range=True),
     "s8s8": Scheme(activations="int8"),
     "u8u8": Scheme(weights="uint8"),
+    "u8u8-grid": Scheme(weights="uint8", int8_grid=True),
 }
 DEFAULT_SCHEME = "u8s8"  # the first choice; ROBUST_SCHEME when its pair sums would saturate on AVX2
 ROBUST_SCHEME = "u8u8"
@@ -109,9 +114,28 @@ def _quantize(fp32_path: Path, dst: Path, calib: np.ndarray, method: str, nodes_
             q.quantize_static(str(pre), str(dst), _Reader(calib), quant_format=q.QuantFormat.QDQ,
                               per_channel=scheme.per_channel, reduce_range=scheme.reduce_range,
                               activation_type=qtype[scheme.activations], weight_type=qtype[scheme.weights],
-                              calibrate_method=methods[method], nodes_to_exclude=exclude)
+                              calibrate_method=methods[method], nodes_to_exclude=exclude,
+                              extra_options=_grid_overrides(pre) if scheme.int8_grid else None)
         except Exception as exc:
             raise ExportError(f"ONNX int8 quantisation failed: {str(exc).strip().splitlines()[-1][:400]}") from None
+
+
+def _grid_overrides(model_path: Path) -> dict:
+    """TensorQuantOverrides putting every Conv weight (per output channel) on the symmetric int8 grid
+    as uint8: scale max|w|/127, zero point 128."""
+    onnx = require("onnx", extra="export")
+    from onnx import numpy_helper
+
+    model = onnx.load(str(model_path))
+    inits = {i.name: i for i in model.graph.initializer}
+    overrides = {}
+    for n in model.graph.node:
+        if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in inits:
+            w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)
+            amax = np.abs(w.reshape(len(w), -1)).max(axis=1)
+            scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+            overrides[n.input[1]] = [{"axis": 0, "scale": np.float32(s), "zero_point": np.uint8(128)} for s in scale]
+    return {"TensorQuantOverrides": overrides}
 
 
 def scheme_of(path: Path) -> Scheme:
