@@ -118,4 +118,5 @@ def test_saturation_replay_on_a_real_file_and_the_auto_scheme(tiny_onnx, tmp_pat
     auto = tmp_path / "auto.onnx"
     used = ox.quantize_int8(fp32, auto, calib)
     saturates = any(lay.saturated for lay in saturation.check(full.read_bytes(), calib))
-    assert used == ox.SCHEMES["u8u8" if saturates else "u8s8"]
+    assert used == ox.SCHEMES[ox.ROBUST_SCHEME if saturates else "u8s8"]
+    assert ox.scheme_of(auto) == used

@@ -78,15 +78,16 @@ SCHEMES = {
     "u8u8-grid": Scheme(weights="uint8", int8_grid=True),
 }
 DEFAULT_SCHEME = "u8s8"  # the first choice; ROBUST_SCHEME when its pair sums would saturate on AVX2
-ROBUST_SCHEME = "u8u8"
+ROBUST_SCHEME = "u8u8-grid"  # exact on every kernel path, and on the grid the Keras repair rounds to
 
 
 def quantize_int8(fp32_path: Path, dst: Path, calib: np.ndarray, *, method: str = "minmax",
                   nodes_to_exclude: Sequence[str] = (), scheme: Scheme | None = None) -> Scheme:
     """onnxruntime static QDQ, the final Softmax kept in float so probabilities are not rounded to
     1/256. Without `scheme`: U8S8 (fastest, exact on VNNI and ARM) unless the file's own pair sums
-    saturate the AVX2 u8 x s8 kernels on the calibration images (tledge.quant.saturation); then U8U8,
-    which every x86 path and ARM compute exactly. Returns the scheme used."""
+    saturate the AVX2 u8 x s8 kernels on the calibration images (tledge.quant.saturation); then U8U8
+    with conv weights on the symmetric int8 grid, which every x86 path and ARM compute exactly.
+    Returns the scheme used."""
     if scheme is not None:
         _quantize(fp32_path, dst, calib, method, nodes_to_exclude, scheme)
         return scheme
@@ -149,6 +150,8 @@ def scheme_of(path: Path) -> Scheme:
                if n.op_type == "DequantizeLinear" and dims.get(n.input[0]) == 4]
     acts = [types.get(n.input[2]) for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
     act = "uint8" if not acts or acts[0] == u8 else "int8"
+    if weights and weights[0] == u8 and act == "uint8":
+        return SCHEMES[ROBUST_SCHEME]  # quantize_int8 makes uint8 weights only as its robust choice
     return Scheme(activations=act, weights="uint8" if weights and weights[0] == u8 else "int8")
 
 
