@@ -96,10 +96,10 @@ def test_pair_sums_saturate_exactly_where_int16_overflows():
 
     x = np.array([[255, 255, 255, 1], [10, 10, 10, 10]], np.int32)  # two positions, K = 4 (two pairs)
     w = np.array([[127, 127, 64, 63], [-128, -128, 1, 1]], np.int32)  # two output channels
-    r = saturation._pairs("conv", "w", x, w)
+    r = saturation.pair_sums("conv", "w", x, w)
     # pair sums: 255*127*2 = 64770 (over), 255*64 + 1*63 (under), -65280 (over), 256; then 2540, 1270, -2560, 20
     assert (r.pairs, r.saturated, r.worst) == (8, 2, 65280)
-    assert saturation._pairs("conv", "w", x[:, :3], w[:, :3]).pairs == 8  # odd K is zero-padded
+    assert saturation.pair_sums("conv", "w", x[:, :3], w[:, :3]).pairs == 8  # odd K is zero-padded
 
 
 def test_saturation_replay_on_a_real_file_and_the_auto_scheme(tiny_onnx, tmp_path):

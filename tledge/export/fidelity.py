@@ -1,17 +1,20 @@
 """The int8 fidelity loop (issue 7): when a plain int8 file misses its parity budget, try repairs in
 order of cost, measure each by parity against the ORIGINAL model, keep the first that passes.
 
-Rungs (`LADDER`, in order of cost):
-  1. `calibration-percentile` (ONNX): onnxruntime's Percentile calibration instead of MinMax;
-  2. `repaired`: BN folding, an exact input grid, adaptive rounding + bias correction of every
+Rungs (`LADDER`, in order of cost; the first that passes is kept, each one's seconds recorded):
+  1. `onnx-bias` (ONNX, any loader): bias correction on the float graph for the plain file's int8
+     weights (tledge.quant.onnx_bias);
+  2. `calibration-percentile` (ONNX): onnxruntime's Percentile calibration instead of MinMax;
+  3. `repaired`: BN folding, an exact input grid, adaptive rounding + bias correction of every
      kernel on the calibration images (`repair.apply`, stem 0: still all-int8, Edge TPU friendly);
-  3. `repaired-stem4` (CPU targets only): the first 4 convolutions and what precedes them stay
+  4. `repaired+bias` (ONNX): the same, then the graph bias correction on the file's own weight grid;
+  5. `repaired-stem4` (CPU targets only): the first 4 convolutions and what precedes them stay
      float (selective quantisation; on x86 and ARM CPUs this is also faster, see docs/int8-fidelity.md);
-  4. last resort, loudly: the int8 file is moved to `rejected/` and replaced by fp16 (TFLite) /
+  6. last resort, loudly: the int8 file is moved to `rejected/` and replaced by fp16 (TFLite) /
      fp32 (ONNX), unless the target is int8-only (Edge TPU), where the export fails instead.
 
-Repairs need a Keras 3 model; for tf_keras files and SavedModels only calibration choices and the
-fallback apply (said in the report).
+The Keras-level rungs need a Keras 3 model: tf_keras files are rebuilt as one (tledge.quant.rebuild,
+checked equal); SavedModels get the ONNX graph-level rung, calibration choices and the fallback.
 """
 from __future__ import annotations
 
@@ -297,28 +300,6 @@ def _pixel_model(ctx: FidelityContext):
     if isinstance(y, (list, tuple)):
         y = y[0]
     return keras.Model(inp, y, name="tledge_pixels")
-
-
-def kernel_notes(results: Sequence[ParityResult], out: Path, pixels: np.ndarray, threads: int | None = None) -> list[str]:
-    """Each int8 ONNX file run on onnxruntime's x86 kernel paths (default, x64quantprecision, reference):
-    one note per file with this CPU's flags; a warning when the paths disagree."""
-    from tledge.export import onnx as onnx_export
-
-    notes = []
-    for r in results:
-        path = out / r.file
-        if r.format != "onnx" or r.precision != "int8" or not path.is_file():
-            continue
-        try:
-            note, same = onnx_export.kernel_check(path, pixels[:256], threads)
-        except Exception as exc:  # a check of the check: never break an export
-            notes.append(f"{r.file}: kernel-path check unavailable ({exc.__class__.__name__}: {str(exc)[:120]})")
-            continue
-        notes.append(note)
-        if not same:
-            warnings.warn(f"{r.file} answers differently on onnxruntime's kernel paths: {note}", TledgeWarning,
-                          stacklevel=3)
-    return notes
 
 
 def _rebuilt(ctx: FidelityContext):

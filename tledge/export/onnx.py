@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -9,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from tledge._deps import require
-from tledge.errors import ExportError
+from tledge.errors import ExportError, TledgeWarning
 
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "pixels", "scores"
@@ -244,3 +245,23 @@ def kernel_check(path: Path, pixels: np.ndarray, threads: int | None = None) -> 
             f"session, x64quantprecision {x64[0]:.3f} (max abs {x64[1]:.3g}); unfused float emulation "
             f"{ref[0]:.3f} (max abs {ref[1]:.3g}); {len(pixels)} images")
     return note, x64[0] >= 0.995
+
+
+def kernel_notes(results: Sequence, out: Path, pixels: np.ndarray, threads: int | None = None) -> list[str]:
+    """Each int8 ONNX file run on onnxruntime's x86 kernel paths (default, x64quantprecision, reference):
+    one note per file with this CPU's flags; a warning when the paths disagree."""
+    notes = []
+    for r in results:
+        path = out / r.file
+        if r.format != "onnx" or r.precision != "int8" or not path.is_file():
+            continue
+        try:
+            note, same = kernel_check(path, pixels[:256], threads)
+        except Exception as exc:  # a check of the check: never break an export
+            notes.append(f"{r.file}: kernel-path check unavailable ({exc.__class__.__name__}: {str(exc)[:120]})")
+            continue
+        notes.append(note)
+        if not same:
+            warnings.warn(f"{r.file} answers differently on onnxruntime's kernel paths: {note}", TledgeWarning,
+                          stacklevel=3)
+    return notes

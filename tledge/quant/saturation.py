@@ -103,7 +103,7 @@ def check(qdq_bytes: bytes, pixels: np.ndarray, *, images: int = 8, positions: i
         zp = int(zps[dq.input[2]].reshape(-1)[0]) if len(dq.input) > 2 else 0
         patches = _im2col(acts[t], w.shape[2:], node, zp, rng, positions)  # (P, K) uint8, K = (kh, kw, cin)
         wk = np.transpose(w, (0, 2, 3, 1)).reshape(w.shape[0], -1).astype(np.int32)  # (O, K)
-        res.append(_pairs(node.name, wname, patches.astype(np.int32), wk))
+        res.append(pair_sums(node.name, wname, patches.astype(np.int32), wk))
     return res
 
 
@@ -123,7 +123,7 @@ def _im2col(x: np.ndarray, kernel, node, zp: int, rng, positions: int) -> np.nda
     return np.concatenate(rows, axis=1)
 
 
-def _pairs(node: str, weight: str, patches: np.ndarray, wk: np.ndarray) -> LayerSaturation:
+def pair_sums(node: str, weight: str, patches: np.ndarray, wk: np.ndarray) -> LayerSaturation:
     k = patches.shape[1]
     if k % 2:  # the kernels pad the reduction axis with zeros
         patches = np.pad(patches, ((0, 0), (0, 1)))
