@@ -1,24 +1,9 @@
-"""int8 quantisation techniques that work on the converted graph, whatever loaded the model.
+"""int8 techniques that work on the converted graph or on any loader's model (issue 11).
 
-Each technique is one module; `TECHNIQUES` names them for the fidelity loop and the benchmarks.
-The Keras-level repairs of issue 7 still live in tledge/export (repair, selective, explain, cle, qat).
+- `onnx_bias`: bias correction on the float ONNX graph for its int8 weights (rungs onnx-bias, repaired+bias);
+- `saturation`: replays onnxruntime's AVX2 u8 x s8 pair sums to check a QDQ file for int16 saturation;
+- `rebuild`: a verified Keras 3 copy of a tf_keras model, so the Keras-level repairs apply.
+
+The Keras-level repairs of issue 7 (repair, selective, explain, cle, qat, _graph) still live in
+tledge/export; moving them here is not done yet.
 """
-from __future__ import annotations
-
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class Technique:
-    name: str
-    module: str  # tledge.quant.<module>
-    formats: tuple[str, ...]
-    int8_only_safe: bool  # keeps every op int8 (Edge TPU and other int8-only targets)
-    summary: str
-
-
-TECHNIQUES = {
-    "onnx-bias": Technique("onnx-bias", "onnx_bias", ("onnx",), True,
-                           "empirical bias correction on the float ONNX graph: every Conv/MatMul bias absorbs "
-                           "the mean output shift its int8 version shows on the calibration images"),
-}
