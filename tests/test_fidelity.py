@@ -39,7 +39,8 @@ def test_every_rung_is_tried_and_measured_against_the_original(fallback_export):
     rungs = {(r["file"], r["rung"]) for r in rows}
     assert rungs == {("model_int8.tflite", "plain"), ("model_int8.tflite", "repaired"),
                      ("model_int8.onnx", "plain"), ("model_int8.onnx", "calibration-percentile"),
-                     ("model_int8.onnx", "repaired")}
+                     ("model_int8.onnx", "onnx-bias"), ("model_int8.onnx", "repaired"),
+                     ("model_int8.onnx", "repaired+bias")}
     for r in rows:
         assert "error" not in r, r
         assert not r["passed"] and 0.0 < r["agreement"] <= 1.0 and r["max_abs"] > 1e-9
@@ -67,7 +68,8 @@ def test_fallback_ships_float_and_keeps_the_int8_file_aside(fallback_export):
     assert "## int8 per-layer diagnosis" in md and "rmse/scale" in md
     assert "Plain int8 ONNX, per activation" in md and "unavailable" not in md
     saved = json.loads((out / "parity.json").read_text())
-    assert len(saved["fidelity"]) == 5
+    assert len(saved["fidelity"]) == 7 and all(a["seconds"] > 0 for a in saved["fidelity"] if a["rung"] != "plain")
+    assert "on onnxruntime's kernel paths (" in md  # the kept ONNX files are run on every kernel path
 
 
 def test_int8_only_target_gets_no_float_layers_and_no_fallback(tiny_model, shapes_dataset, tmp_path):
@@ -119,3 +121,36 @@ def test_dynamic_range_gets_the_weight_repair_then_falls_back(tiny_model, shapes
                                                                       ("model_dynamic.tflite", "repaired")]
     assert all(a["agreement"] >= 0.8 for a in res.report.fidelity)
     assert (tmp_path / "rejected" / "model_dynamic.tflite").is_file() and (tmp_path / "model_fp16.tflite").is_file()
+
+
+def test_a_tf_keras_model_gets_the_keras_level_repairs(shapes_dataset, tmp_path):
+    """Issue 11: a Keras 2 .h5 (loads only through tf_keras) is rebuilt as Keras 3, so its TFLite file
+    gets the weight repair too, and its ONNX file the graph-level bias correction."""
+    tf_keras = pytest.importorskip("tf_keras")
+    from tledge.contract import Contract
+    from tledge.export.pipeline import ExportConfig, export
+    from tledge.images import labelled_images
+
+    files, y, _ = labelled_images(shapes_dataset / "train")
+    c = Contract(48, 48, norm="tf", baked=False)
+    x = np.stack([c.prepare(f) for f in files])
+    tf_keras.utils.set_random_seed(0)
+    m = tf_keras.Sequential([tf_keras.layers.InputLayer((48, 48, 3)),
+                             tf_keras.layers.Conv2D(16, 3, strides=2, activation="relu"),
+                             # Keras 3 refuses a Keras 2 DepthwiseConv2D (its `groups` argument): tf_keras loads it
+                             tf_keras.layers.DepthwiseConv2D(3, padding="same", activation="relu"),
+                             tf_keras.layers.Conv2D(16, 3, strides=2, activation="relu"),
+                             tf_keras.layers.GlobalAveragePooling2D(),
+                             tf_keras.layers.Dense(3, activation="softmax")])
+    m.compile(tf_keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+    m.fit(x, y, epochs=40, verbose=0)
+    m.save(tmp_path / "k2.h5")
+    cfg = ExportConfig(out=tmp_path / "e", int8=True, calib=str(shapes_dataset / "train"), preprocess="tf",
+                       val=str(shapes_dataset / "val"), thresholds=IMPOSSIBLE)
+    with pytest.warns(TledgeWarning, match="FALLBACK"):
+        res = export(tmp_path / "k2.h5", cfg)
+    rungs = {(a["file"], a["rung"]) for a in res.report.fidelity}
+    assert ("model_int8.tflite", "repaired") in rungs and ("model_int8.onnx", "onnx-bias") in rungs
+    assert all("error" not in a and a["agreement"] >= 0.8 for a in res.report.fidelity), res.report.fidelity
+    # Keras 3 either way: the Keras 2 config translated at load (tledge.export.keras2), or rebuilt for the repairs
+    assert any("rebuilt as Keras 3" in n or "after translating the Keras 2 config" in n for n in res.report.notes)

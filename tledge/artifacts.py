@@ -39,6 +39,16 @@ class Thresholds:
     max_abs: float | None = None  # max |exported - reference| over all outputs
     min_agreement: float = 1.0  # top-1 agreement with the reference
     max_accuracy_drop: float | None = None  # in accuracy points (0.01 = 1 point)
+    # Many-class models (>= many_classes outputs): top-1 agreement is dominated by near-ties, so the
+    # gate is top-k agreement (the reference's top-1 among the file's top k) >= min_topk_agreement;
+    # top-1 agreement is still reported with its interval (tledge.stats).
+    many_classes: int = 20
+    top_k: int = 5
+    min_topk_agreement: float = 0.99
+    # An accuracy drop beyond max_accuracy_drop fails when it is real: McNemar p below this, or a 95 %
+    # interval of the change below 0; None judges the point estimate alone. The agreement rule bounds
+    # the drop either way.
+    significance: float | None = 0.05
 
     @classmethod
     def for_precision(cls, precision: str) -> "Thresholds":

@@ -4,6 +4,7 @@ Everything returns HxWx3 uint8 RGB. No TensorFlow.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -87,6 +88,8 @@ def class_folders(root: str | Path) -> list[tuple[str, list[Path]]]:
 def labelled_images(root: str | Path, labels: tuple[str, ...] | None = None):
     """Files and integer labels from class folders. Returns (files, y or None, class names).
 
+    With `labels` (the model's, in output order) each folder is mapped to its label by name (see
+    `match_labels`), so a folder holding a subset of the classes, in any order, gives correct y.
     A folder without class sub-folders gives its images with y=None.
     """
     p = Path(root)
@@ -99,11 +102,72 @@ def labelled_images(root: str | Path, labels: tuple[str, ...] | None = None):
             raise DataError(f"no images found in {p}")
         return files, None, ()
     names = tuple(n for n, _ in classes)
-    index = {n: i for i, n in enumerate(labels or names)}
+    index = match_labels([n for n, fs in classes if fs], labels, where=p) if labels else \
+        {n: i for i, n in enumerate(names)}
     files, ys = [], []
     for name, fs in classes:
-        if name not in index:
-            raise DataError(f"class folder {name!r} in {p} is not among the model's labels {list(labels)}")
-        files += fs
-        ys += [index[name]] * len(fs)
+        if fs:
+            files += fs
+            ys += [index[name]] * len(fs)
     return files, np.asarray(ys, np.int64), names
+
+
+def _label_key(name: str, *, drop_index: bool) -> str:
+    """'001_Great-White shark' -> 'great white shark' (drop_index also drops a leading '001_')."""
+    key = re.sub(r"[\s_\-]+", " ", name.lower()).strip()
+    return re.sub(r"^\d+ ", "", key) if drop_index else key
+
+
+def match_labels(folders: list[str], labels: tuple[str, ...], *, where: Path | str = "") -> dict[str, int]:
+    """Folder name -> index in `labels`: exact name first, then case/space/underscore-insensitive, then
+    also ignoring a leading number ('000_tench' ~ 'tench' ~ '0 tench'). Every folder must match one
+    label and no two folders the same one; a DataError names the folders that do not."""
+    out: dict[str, int] = {}
+    exact = {n: i for i, n in enumerate(labels)}
+    keyed = [_keyed(labels, drop_index=d) for d in (False, True)]
+    missing = []
+    for name in folders:
+        i = exact.get(name)
+        for table, drop in zip(keyed, (False, True)):
+            if i is None:
+                i = table.get(_label_key(name, drop_index=drop))
+        if i is None or i < 0:
+            missing.append(name)
+        else:
+            out[name] = i
+    if missing:
+        raise DataError(f"class folder(s) {_few(missing)}{_in(where)} match none of the model's {len(labels)} "
+                        f"labels ({_few(list(labels))}){_hint(missing, labels)}")
+    clash = {i for i in out.values() if list(out.values()).count(i) > 1}
+    if clash:
+        both = sorted(n for n, i in out.items() if i in clash)
+        raise DataError(f"class folders {_few(both)}{_in(where)} map to the same label {labels[min(clash)]!r}")
+    return out
+
+
+def _keyed(labels: tuple[str, ...], *, drop_index: bool) -> dict[str, int]:
+    """Normalised label -> index; -1 where two labels share a key (ambiguous: never matched)."""
+    table: dict[str, int] = {}
+    for i, n in enumerate(labels):
+        k = _label_key(n, drop_index=drop_index)
+        table[k] = -1 if k in table else i
+    return table
+
+
+def _in(where) -> str:
+    return f" in {where}" if str(where) else ""
+
+
+def _few(names: list[str], n: int = 4) -> str:
+    return ", ".join(repr(x) for x in names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def _hint(names: list[str], labels: tuple[str, ...]) -> str:
+    import difflib
+
+    keys = [_label_key(x, drop_index=True) for x in labels]
+    for name in names[:20]:
+        close = difflib.get_close_matches(_label_key(name, drop_index=True), keys, n=1)
+        if close:
+            return f"; closest to {name!r}: {labels[keys.index(close[0])]!r}"
+    return ""

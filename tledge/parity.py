@@ -17,6 +17,7 @@ import numpy as np
 
 # the thresholds and their defaults are the file table's (tledge.artifacts)
 from tledge.artifacts import DEFAULT_THRESHOLDS, Thresholds  # noqa: F401
+from tledge import stats
 from tledge.errors import ParityError, TledgeError
 
 
@@ -55,11 +56,14 @@ def _parse_thresholds_text(p: Path, text: str) -> dict:
         raise TledgeError(f"--thresholds {p}: not valid JSON ({exc}); TOML files need a .toml name") from None
 
 
-_RANGES = {"max_abs": (0.0, None), "min_agreement": (0.0, 1.0), "max_accuracy_drop": (0.0, 1.0)}
+_RANGES = {"max_abs": (0.0, None), "min_agreement": (0.0, 1.0), "max_accuracy_drop": (0.0, 1.0),
+           "many_classes": (2, None), "top_k": (1, None), "min_topk_agreement": (0.0, 1.0),
+           "significance": (0.0, 1.0)}
 
 
 def _check_value(key: str, name: str, value) -> None:
-    if value is None and name != "min_agreement":  # None switches a check off
+    if value is None and name not in ("min_agreement", "many_classes", "top_k", "min_topk_agreement"):
+        # None switches a check off
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TledgeError(f"{key}.{name} must be a number, got {value!r}")
@@ -111,6 +115,15 @@ class ParityResult:
     failures: list[str] = field(default_factory=list)
     latency_ms: float | None = None
     size_bytes: int | None = None
+    classes: int = 0
+    agreement_ci: tuple[float, float] | None = None  # 95 % Wilson interval of top1_agreement
+    top_k: int | None = None  # set for many-class models
+    topk_agreement: float | None = None
+    topk_ci: tuple[float, float] | None = None
+    accuracy_change: float | None = None  # file minus reference, paired on the same images
+    accuracy_change_ci: tuple[float, float] | None = None  # 95 % (Agresti-Min)
+    mcnemar_p: float | None = None
+    warnings: list[str] = field(default_factory=list)  # the set is too small to resolve the budget
 
 
 def degenerate(outputs: np.ndarray) -> list[str]:
@@ -142,24 +155,65 @@ def compare(reference: np.ndarray, outputs: np.ndarray, *, file: str, format: st
         return ParityResult(file, format, precision, len(ref), float("inf"), float("inf"), float("inf"),
                             0.0, None, None, False, failures)
     diff = np.abs(out - ref)
-    agree = float(np.mean(np.argmax(out, 1) == np.argmax(ref, 1))) if len(ref) else 0.0
+    same = np.argmax(out, 1) == np.argmax(ref, 1)
+    agree = float(np.mean(same)) if len(ref) else 0.0
     acc = ref_acc = None
     if labels is not None:
         acc = float(np.mean(np.argmax(out, 1) == labels))
         ref_acc = float(np.mean(np.argmax(ref, 1) == labels))
     res = ParityResult(file, format, precision, len(ref), float(diff.max()), float(diff.mean()),
-                       float(np.median(diff.max(axis=1))), agree, acc, ref_acc, True, failures)
+                       float(np.median(diff.max(axis=1))), agree, acc, ref_acc, True, failures,
+                       classes=ref.shape[1], agreement_ci=stats.wilson(int(np.sum(same)), len(ref)))
     t = thresholds
     if t.max_abs is not None and res.max_abs_error > t.max_abs:
         failures.append(f"max abs error {res.max_abs_error:.3g} > {t.max_abs:g}")
-    if agree < t.min_agreement:
-        failures.append(f"top-1 agreement {agree:.3f} < {t.min_agreement:g}")
-    if t.max_accuracy_drop is not None and acc is not None and ref_acc - acc > t.max_accuracy_drop + 1e-9:
-        failures.append(f"accuracy {acc:.3f} is {100 * (ref_acc - acc):.1f} points below the reference {ref_acc:.3f}")
+    failures += _agreement_rule(res, ref, out, t)
+    if labels is not None:
+        failures += _accuracy_rule(res, np.argmax(ref, 1) == labels, np.argmax(out, 1) == labels, t)
     failures += [f"degenerate output: {d}" for d in degenerate(out)]
     failures += [f"degenerate reference: {d}" for d in degenerate(ref)]
     res.passed = not failures
     return res
+
+
+def _agreement_rule(res: ParityResult, ref: np.ndarray, out: np.ndarray, t: Thresholds) -> list[str]:
+    """Top-1 agreement for few classes; top-k agreement from t.many_classes classes on."""
+    n = len(ref)
+    if res.classes >= t.many_classes:
+        hit = stats.topk_agreement(ref, out, t.top_k)
+        res.top_k, res.topk_agreement = t.top_k, float(np.mean(hit)) if n else 0.0
+        res.topk_ci = stats.wilson(int(np.sum(hit)), n)
+        res.warnings += stats.resolution_warnings(n, min_share=t.min_topk_agreement, share_name=f"top-{t.top_k} "
+                                                  "agreement", max_accuracy_drop=None, labelled=False)
+        if res.topk_agreement < t.min_topk_agreement:
+            return [f"top-{t.top_k} agreement {res.topk_agreement:.3f} {stats.fmt_interval(*res.topk_ci)} "
+                    f"< {t.min_topk_agreement:g} ({res.classes} classes: top-1 agreement {res.top1_agreement:.3f})"]
+        return []
+    res.warnings += stats.resolution_warnings(n, min_share=t.min_agreement, share_name="top-1 agreement",
+                                              max_accuracy_drop=None, labelled=False)
+    if res.top1_agreement < t.min_agreement:
+        return [f"top-1 agreement {res.top1_agreement:.3f} {stats.fmt_interval(*res.agreement_ci)} "
+                f"< {t.min_agreement:g}"]
+    return []
+
+
+def _accuracy_rule(res: ParityResult, ref_ok: np.ndarray, out_ok: np.ndarray, t: Thresholds) -> list[str]:
+    """The paired accuracy change with its interval; a drop beyond the budget fails when it is real."""
+    m = stats.mcnemar(ref_ok, out_ok)
+    res.accuracy_change, res.accuracy_change_ci, res.mcnemar_p = m.change, (m.low, m.high), m.p_value
+    res.warnings += stats.resolution_warnings(m.n, min_share=None, share_name="", labelled=True,
+                                              max_accuracy_drop=t.max_accuracy_drop)
+    if t.max_accuracy_drop is None or -m.change <= t.max_accuracy_drop + 1e-9:
+        return []
+    what = (f"accuracy {res.accuracy:.3f} is {-100 * m.change:.1f} points below the reference "
+            f"{res.reference_accuracy:.3f} ({stats.fmt_points(m.change, m.low, m.high)}, "
+            f"McNemar p={m.p_value:.3g}: {m.lost} lost, {m.gained} gained)")
+    # resolvable: McNemar's exact test or the interval says the drop is real (either suffices)
+    if t.significance is not None and m.p_value >= t.significance and m.high >= 0:
+        res.warnings.append(what + f": over the {100 * t.max_accuracy_drop:g}-point budget but not "
+                            f"resolvable on {m.n} images (p >= {t.significance:g})")
+        return []
+    return [what]
 
 
 @dataclass
@@ -186,15 +240,19 @@ class ParityReport:
     def to_markdown(self) -> str:
         lines = [f"# Parity report ({'PASSED' if self.passed else 'FAILED'})", "",
                  f"Reference: `{self.reference}`; {self.images} images.", "",
-                 "| file | precision | max abs | mean abs | top-1 agreement | accuracy | reference acc | result |",
-                 "|---|---|---|---|---|---|---|---|"]
+                 "| file | precision | max abs | mean abs | top-1 agreement [95 %] | top-k agreement [95 %] | "
+                 "accuracy | reference acc | accuracy change [95 %], McNemar p | result |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
         for r in self.results:
             lines.append(f"| {r.file} | {r.precision} | {r.max_abs_error:.2e} | {r.mean_abs_error:.2e} | "
-                         f"{r.top1_agreement:.3f} | {_fmt(r.accuracy)} | {_fmt(r.reference_accuracy)} | "
-                         f"{'pass' if r.passed else 'FAIL'} |")
+                         f"{_with_ci(r.top1_agreement, r.agreement_ci)} | {_topk(r)} | {_fmt(r.accuracy)} | "
+                         f"{_fmt(r.reference_accuracy)} | {_change(r)} | {'pass' if r.passed else 'FAIL'} |")
         fails = [(r.file, f) for r in self.results for f in r.failures]
         if fails:
             lines += ["", "## Failures", ""] + [f"- `{name}`: {f}" for name, f in fails]
+        warns = [(r.file, w) for r in self.results for w in r.warnings]
+        if warns:
+            lines += ["", "## Statistical resolution", ""] + [f"- `{name}`: {w}" for name, w in warns]
         if self.notes:
             lines += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
         if self.fidelity:
@@ -251,3 +309,17 @@ class ParityReport:
 
 def _fmt(v: float | None, digits: int = 3) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _with_ci(v: float, ci) -> str:
+    return f"{v:.3f}" if ci is None else f"{v:.3f} {stats.fmt_interval(*ci)}"
+
+
+def _topk(r: ParityResult) -> str:
+    return "-" if r.topk_agreement is None else f"top-{r.top_k} {_with_ci(r.topk_agreement, r.topk_ci)}"
+
+
+def _change(r: ParityResult) -> str:
+    if r.accuracy_change is None or r.accuracy_change_ci is None:
+        return "-"
+    return f"{stats.fmt_points(r.accuracy_change, *r.accuracy_change_ci)}, p={r.mcnemar_p:.2g}"

@@ -1,21 +1,25 @@
 """The int8 fidelity loop (issue 7): when a plain int8 file misses its parity budget, try repairs in
 order of cost, measure each by parity against the ORIGINAL model, keep the first that passes.
 
-Rungs (`LADDER`, in order of cost):
-  1. `calibration-percentile` (ONNX): onnxruntime's Percentile calibration instead of MinMax;
-  2. `repaired`: BN folding, an exact input grid, adaptive rounding + bias correction of every
+Rungs (`LADDER`, in order of cost; the first that passes is kept, each one's seconds recorded):
+  1. `onnx-bias` (ONNX, any loader): bias correction on the float graph for the plain file's int8
+     weights (tledge.quant.onnx_bias);
+  2. `calibration-percentile` (ONNX): onnxruntime's Percentile calibration instead of MinMax;
+  3. `repaired`: BN folding, an exact input grid, adaptive rounding + bias correction of every
      kernel on the calibration images (`repair.apply`, stem 0: still all-int8, Edge TPU friendly);
-  3. `repaired-stem4` (CPU targets only): the first 4 convolutions and what precedes them stay
+  4. `repaired+bias` (ONNX): the same, then the graph bias correction on the file's own weight grid;
+  5. `repaired-stem4` (CPU targets only): the first 4 convolutions and what precedes them stay
      float (selective quantisation; on x86 and ARM CPUs this is also faster, see docs/int8-fidelity.md);
-  4. last resort, loudly: the int8 file is moved to `rejected/` and replaced by fp16 (TFLite) /
+  6. last resort, loudly: the int8 file is moved to `rejected/` and replaced by fp16 (TFLite) /
      fp32 (ONNX), unless the target is int8-only (Edge TPU), where the export fails instead.
 
-Repairs need a Keras 3 model; for tf_keras files and SavedModels only calibration choices and the
-fallback apply (said in the report).
+The Keras-level rungs need a Keras 3 model: tf_keras files are rebuilt as one (tledge.quant.rebuild,
+checked equal); SavedModels get the ONNX graph-level rung, calibration choices and the fallback.
 """
 from __future__ import annotations
 
 import shutil
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,11 +40,14 @@ class Rung:
     stem: int = 0  # convolutions kept float (0: all-int8)
     calibrate: str = "minmax"  # ONNX calibration method
     kinds: tuple[str, ...] = ("tflite", "onnx")
+    graph: str | None = None  # a tledge.quant technique on the converted graph (any loader)
 
 
 LADDER: tuple[Rung, ...] = (
+    Rung("onnx-bias", repair=False, kinds=("onnx",), graph="onnx-bias"),
     Rung("calibration-percentile", repair=False, calibrate="percentile", kinds=("onnx",)),
     Rung("repaired"),
+    Rung("repaired+bias", kinds=("onnx",), graph="onnx-bias"),  # the ONNX grid may not be the repair's (U8U8)
     Rung("repaired-stem4", stem=4),
 )
 
@@ -89,15 +96,21 @@ def improve(failing: Sequence[ParityResult], ctx: FidelityContext) -> FidelityOu
     cache: dict[int, object] = {}  # stem -> repaired Keras model
     model = _pixel_model(ctx)
     if model is None:
-        outcome.notes.append(f"int8 repairs need a Keras 3 model ({ctx.lm.kind} given): only calibration "
-                             "choices and the fallback were tried")
-    if ctx.explain or failing:
-        outcome.explain_md = _explain(ctx, model, failing)
+        outcome.notes.append(f"Keras-level int8 repairs need a Keras 3 model ({ctx.lm.kind} given, and it could "
+                             "not be rebuilt as one): only graph-level repairs (ONNX) and calibration choices apply")
+    elif ctx.lm.kind == "tf_keras":
+        outcome.notes.append("the tf_keras model was rebuilt as Keras 3 for the int8 repairs (outputs checked equal)")
+    plain_onnx = ctx.out / "model_int8.onnx"
+    plain_bytes = plain_onnx.read_bytes() if plain_onnx.is_file() else None  # for the diagnosis
     try:
         for plain in failing:
             outcome.results[plain.file] = _one_file(plain, ctx, model, cache, outcome)
     finally:
         shutil.rmtree(ctx.out / ".fidelity", ignore_errors=True)
+    # the per-layer diagnosis is slow (minutes on a loaded 2-core machine): only for --explain, or when
+    # the ladder could not deliver
+    if ctx.explain or any(not rows[0].passed for rows in outcome.results.values()):
+        outcome.explain_md = _explain(ctx, model, plain_bytes)
     return outcome
 
 
@@ -117,12 +130,14 @@ def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: 
             continue
         if rung.stem and _linear_layers(model) < MIN_LAYERS_PER_STEM * rung.stem:
             continue  # a float stem would be most of the model: that is not an int8 file
+        start = time.perf_counter()
         try:
             result, data = _attempt(rung, plain, ctx, model, cache)
         except TledgeError as exc:
-            outcome.attempts.append({"file": plain.file, "rung": rung.name, "error": str(exc)})
+            outcome.attempts.append({"file": plain.file, "rung": rung.name, "error": str(exc),
+                                     "seconds": round(time.perf_counter() - start, 2)})
             continue
-        outcome.attempts.append(_row(result, rung.name))
+        outcome.attempts.append({**_row(result, rung.name), "seconds": round(time.perf_counter() - start, 2)})
         if _better(result, best):
             best = result
             _install(ctx.out / plain.file, data)
@@ -141,7 +156,9 @@ def _better(a: ParityResult, b: ParityResult) -> bool:
 def _row(r: ParityResult, rung: str) -> dict:
     return {"file": r.file, "rung": rung, "agreement": r.top1_agreement, "accuracy": r.accuracy,
             "max_abs": r.max_abs_error, "median_image_max_abs": r.median_image_max_abs,
-            "latency_ms": r.latency_ms, "passed": r.passed, "failures": list(r.failures)}
+            "latency_ms": r.latency_ms, "passed": r.passed, "failures": list(r.failures),
+            "agreement_ci": r.agreement_ci, "topk_agreement": r.topk_agreement,
+            "accuracy_change": r.accuracy_change, "accuracy_change_ci": r.accuracy_change_ci}
 
 
 def _install(dst: Path, data: bytes) -> None:
@@ -213,17 +230,39 @@ def _onnx(model, rung: Rung, ctx: FidelityContext, applied: dict) -> bytes:
     conv = onnx_export.Conventions.of(ctx.contract)  # the export's ONNX layout and input dtype
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        if model is None:  # the fp32 file's graph, float input
+        if model is None or not rung.repair:  # the fp32 file's graph, float input
             src.write_bytes(onnx_export.float_input((ctx.out / "model_fp32.onnx").read_bytes()))
         else:
             onnx_export.save(onnx_export.convert_fp32(_serve(model, ctx.contract), ctx.contract), src)
+        scheme = None
+        if rung.graph == "onnx-bias":  # the plain int8 file's weights and scheme are kept
+            plain_int8 = ctx.out / "model_int8.onnx"
+            if rung.repair or not plain_int8.is_file():
+                plain_int8 = Path(tmp) / "plain.onnx"
+                onnx_export.quantize_int8(src, plain_int8, conv.calib(ctx.calib))
+            scheme = onnx_export.scheme_of(plain_int8)
+            applied["onnx_bias_correction"] = _onnx_bias(src, conv.calib(ctx.calib), scheme, plain_int8)
         exclude = ()
         if rung.stem:
             raw = src.read_bytes()
             exclude = _with_activations(raw, onnx_stem(raw, rung.stem))
-        onnx_export.quantize_int8(src, dst, conv.calib(ctx.calib), method=rung.calibrate, nodes_to_exclude=exclude)
-        per_file = conv.file_contract(ctx.contract, onnx_quant="QDQ U8S8 per-channel", **applied)
+        scheme = onnx_export.quantize_int8(src, dst, conv.calib(ctx.calib), method=rung.calibrate,
+                                           nodes_to_exclude=exclude, scheme=scheme)
+        per_file = conv.file_contract(ctx.contract, onnx_quant=scheme.describe(), **applied)
         return onnx_export.finish(onnx.load(str(dst)), per_file, conv).SerializeToString()
+
+
+def _onnx_bias(src: Path, calib, scheme, qdq: Path) -> str:
+    """Replace the float graph at `src` by its bias-corrected version (tledge.quant.onnx_bias)."""
+    import functools
+
+    from tledge.export import onnx as onnx_export
+    from tledge.quant import onnx_bias
+
+    pre = onnx_export.preprocess(src, src.with_name("pre.onnx"))
+    log = onnx_bias.correct(pre, src, calib, functools.partial(onnx_export.quantize_int8, scheme=scheme),
+                            qdq=qdq)
+    return log.summary()
 
 
 def _serve(model, contract: Contract):
@@ -240,25 +279,44 @@ def _serve(model, contract: Contract):
 # ---- the model the repairs work on -------------------------------------------------------------
 def _pixel_model(ctx: FidelityContext):
     """A Keras 3 model taking float32 pixels with the preprocessing inside, or None."""
-    if not ctx.lm.is_keras3:
-        return None
     keras = require("keras", extra="export")
     from tledge.layers import for_contract
 
+    inner = ctx.lm.model
+    if ctx.lm.kind == "tf_keras":
+        inner = _rebuilt(ctx)
+    elif not ctx.lm.is_keras3:
+        return None
+    if inner is None:
+        return None
     c = ctx.contract
     inp = keras.Input((c.height, c.width, c.channels), dtype="float32", name="pixels")
     x = inp
     if ctx.add_norm:
         norm = c.replace(norm=ctx.add_norm, baked=False)
         x = for_contract(norm)(x)
-    y = ctx.lm.model(x)
+    y = inner(x)
     if isinstance(y, (list, tuple)):
         y = y[0]
     return keras.Model(inp, y, name="tledge_pixels")
 
 
+def _rebuilt(ctx: FidelityContext):
+    """A verified Keras 3 copy of a tf_keras model (tledge.quant.rebuild), or None."""
+    from tledge.quant import rebuild
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        copy = rebuild.from_tf_keras(ctx.lm.model)
+        shape = (4,) + tuple(int(d) for d in ctx.lm.model.inputs[0].shape[1:])
+        probe = np.random.default_rng(0).uniform(-1.0, 1.0, shape).astype(np.float32)
+        if copy is None or not rebuild.verified(ctx.lm.model, copy, probe):
+            return None
+    return copy
+
+
 # ---- diagnosis and the last resort ---------------------------------------------------------------
-def _explain(ctx: FidelityContext, model, failing: Sequence[ParityResult]) -> str:
+def _explain(ctx: FidelityContext, model, plain_onnx: bytes | None) -> str:
     """Per-layer error tables of the plain int8 files: TFLite QuantizationDebugger, and onnxruntime's
     QDQ debugging when an int8 ONNX file is there (before any repair replaces it)."""
     from tledge.export import explain
@@ -275,12 +333,12 @@ def _explain(ctx: FidelityContext, model, failing: Sequence[ParityResult]) -> st
                      + explain.markdown(rows, top=12))
     except Exception as exc:  # diagnosis must never break an export
         parts.append(f"(TFLite per-layer diagnosis unavailable: {exc.__class__.__name__}: {str(exc)[:200]})")
-    fp32, int8 = ctx.out / "model_fp32.onnx", ctx.out / "model_int8.onnx"
-    if fp32.is_file() and int8.is_file():
+    fp32 = ctx.out / "model_fp32.onnx"
+    if fp32.is_file() and plain_onnx is not None:
         try:
             from tledge.export.onnx import Conventions, float_input
 
-            rows = explain.onnx_layer_errors(float_input(fp32.read_bytes()), float_input(int8.read_bytes()),
+            rows = explain.onnx_layer_errors(float_input(fp32.read_bytes()), float_input(plain_onnx),
                                              Conventions.of(ctx.contract).calib(ctx.calib), debug_images=n)
             parts.append("Plain int8 ONNX, per activation (SQNR in dB of the QDQ model against the float "
                          "model, accumulated; lowest first):\n\n" + explain.markdown(rows, top=12))

@@ -74,15 +74,15 @@ def _write_onnx(fmt: Format, dst: Path, serve, contract: Contract, calib, folder
         model = onnx_export.convert_fp32(serve, contract)
         per_file = conv.file_contract(contract)
     else:
-        model = _onnx_int8(serve, contract, conv, calib, folder)
-        per_file = conv.file_contract(contract, onnx_quant="QDQ U8S8 per-channel")
+        model, scheme = _onnx_int8(serve, contract, conv, calib, folder)
+        per_file = conv.file_contract(contract, onnx_quant=scheme.describe())
     model = onnx_export.finish(model, per_file, conv)
     with atomic_path(dst) as tmp:
         onnx_export.save(model, tmp)
 
 
 def _onnx_int8(serve, contract: Contract, conv, calib, folder: Path):
-    """The QDQ model, quantised from a float-input graph of the export's layout."""
+    """The QDQ model, quantised from a float-input graph of the export's layout, and the scheme used."""
     from tledge._deps import require
     from tledge.export import onnx as onnx_export
 
@@ -95,5 +95,5 @@ def _onnx_int8(serve, contract: Contract, conv, calib, folder: Path):
         else:
             onnx_export.save(onnx_export.convert_fp32(serve, contract), src)
         q = Path(tmpdir) / "int8.onnx"
-        onnx_export.quantize_int8(src, q, conv.calib(calib))
-        return onnx.load(str(q))
+        scheme = onnx_export.quantize_int8(src, q, conv.calib(calib))
+        return onnx.load(str(q)), scheme

@@ -9,6 +9,7 @@ The export's ONNX conventions live in the export contract's `extra["onnx"]` ({"l
 from __future__ import annotations
 
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -16,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from tledge._deps import require
-from tledge.errors import ExportError
+from tledge.errors import ExportError, TledgeWarning
 
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "pixels", "scores"
@@ -99,31 +100,123 @@ def _rename_io(model):
     return model
 
 
+@dataclass(frozen=True)
+class Scheme:
+    """How activations and weights are quantised. x86 has two int8 kernel paths in onnxruntime: with
+    VNNI (vpdpbusd, exact int32 sums) and without (AVX2 vpmaddubsw: u8 x s8 pairs summed in int16,
+    which SATURATES when both are large). `reduce_range` keeps weights in 7 bits so that pair sum
+    cannot overflow: the same file gives the same answer on both paths (docs/int8-fidelity.md)."""
+
+    activations: str = "uint8"  # uint8 | int8
+    weights: str = "int8"  # int8 | uint8
+    reduce_range: bool = False
+    per_channel: bool = True
+    # uint8 conv weights on the symmetric int8 grid (scale max|w|/127, zero point 128): the grid the
+    # Keras repair rounds to, so its kernels survive a U8U8 file exactly
+    int8_grid: bool = False
+
+    def describe(self) -> str:
+        code = "".join("U8" if t == "uint8" else "S8" for t in (self.activations, self.weights))
+        return (f"QDQ {code} {'per-channel' if self.per_channel else 'per-tensor'}"
+                + (", reduce_range (7-bit weights)" if self.reduce_range else "")
+                + (", conv weights on the symmetric int8 grid" if self.int8_grid else ""))
+
+
+SCHEMES = {
+    "u8s8": Scheme(),
+    "u8s8-rr": Scheme(reduce_range=True),
+    "s8s8": Scheme(activations="int8"),
+    "u8u8": Scheme(weights="uint8"),
+    "u8u8-grid": Scheme(weights="uint8", int8_grid=True),
+}
+DEFAULT_SCHEME = "u8s8"  # the first choice; ROBUST_SCHEME when its pair sums would saturate on AVX2
+ROBUST_SCHEME = "u8u8-grid"  # exact on every kernel path, and on the grid the Keras repair rounds to
+
+
 def quantize_int8(fp32_path: Path, dst: Path, calib: np.ndarray, *, method: str = "minmax",
-                  nodes_to_exclude: Sequence[str] = (), per_channel: bool = True) -> None:
-    """onnxruntime static QDQ: uint8 activations x int8 per-channel weights (U8S8, fast on x86 and
-    ARM), the final Softmax kept in float so probabilities are not rounded to 1/256."""
+                  nodes_to_exclude: Sequence[str] = (), scheme: Scheme | None = None) -> Scheme:
+    """onnxruntime static QDQ, the final Softmax kept in float so probabilities are not rounded to
+    1/256. Without `scheme`: U8S8 (fastest, exact on VNNI and ARM) unless the file's own pair sums
+    saturate the AVX2 u8 x s8 kernels on the calibration images (tledge.quant.saturation); then U8U8
+    with conv weights on the symmetric int8 grid, which every x86 path and ARM compute exactly.
+    Returns the scheme used."""
+    if scheme is not None:
+        _quantize(fp32_path, dst, calib, method, nodes_to_exclude, scheme)
+        return scheme
+    from tledge.quant import saturation
+
+    _quantize(fp32_path, dst, calib, method, nodes_to_exclude, SCHEMES["u8s8"])
+    if not any(layer.saturated for layer in saturation.check(dst.read_bytes(), calib)):
+        return SCHEMES["u8s8"]
+    _quantize(fp32_path, dst, calib, method, nodes_to_exclude, SCHEMES[ROBUST_SCHEME])
+    return SCHEMES[ROBUST_SCHEME]
+
+
+def _quantize(fp32_path: Path, dst: Path, calib: np.ndarray, method: str, nodes_to_exclude: Sequence[str],
+              scheme: Scheme) -> None:
     onnx = require("onnx", extra="export")
     q = require("onnxruntime.quantization", extra="export")
     model = onnx.load(str(fp32_path))
     exclude = list(nodes_to_exclude) + [n.name for n in model.graph.node if n.op_type == "Softmax"]
     methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
                "percentile": q.CalibrationMethod.Percentile}
+    qtype = {"uint8": q.QuantType.QUInt8, "int8": q.QuantType.QInt8}
     with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        try:
-            from onnxruntime.quantization.shape_inference import quant_pre_process
-
-            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
-        except Exception:  # pre-processing is an optimisation; quantise the plain graph instead
-            pre = fp32_path
+        pre = preprocess(fp32_path, Path(tmp) / "pre.onnx")
         try:
             q.quantize_static(str(pre), str(dst), _Reader(calib), quant_format=q.QuantFormat.QDQ,
-                              per_channel=per_channel, activation_type=q.QuantType.QUInt8,
-                              weight_type=q.QuantType.QInt8, calibrate_method=methods[method],
-                              nodes_to_exclude=exclude)
+                              per_channel=scheme.per_channel, reduce_range=scheme.reduce_range,
+                              activation_type=qtype[scheme.activations], weight_type=qtype[scheme.weights],
+                              calibrate_method=methods[method], nodes_to_exclude=exclude,
+                              extra_options=_grid_overrides(pre) if scheme.int8_grid else None)
         except Exception as exc:
             raise ExportError(f"ONNX int8 quantisation failed: {str(exc).strip().splitlines()[-1][:400]}") from None
+
+
+def _grid_overrides(model_path: Path) -> dict:
+    """TensorQuantOverrides putting every Conv weight (per output channel) on the symmetric int8 grid
+    as uint8: scale max|w|/127, zero point 128."""
+    onnx = require("onnx", extra="export")
+    from onnx import numpy_helper
+
+    model = onnx.load(str(model_path))
+    inits = {i.name: i for i in model.graph.initializer}
+    overrides = {}
+    for n in model.graph.node:
+        if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in inits:
+            w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)
+            amax = np.abs(w.reshape(len(w), -1)).max(axis=1)
+            scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+            overrides[n.input[1]] = [{"axis": 0, "scale": np.float32(s), "zero_point": np.uint8(128)} for s in scale]
+    return {"TensorQuantOverrides": overrides}
+
+
+def scheme_of(path: Path) -> Scheme:
+    """The Scheme of a QDQ file, read from its activation and 4-D weight initializer types."""
+    onnx = require("onnx", extra="export")
+    model = onnx.load(str(path))
+    types = {i.name: i.data_type for i in model.graph.initializer}
+    dims = {i.name: len(i.dims) for i in model.graph.initializer}
+    u8 = onnx.TensorProto.UINT8
+    weights = [types[n.input[0]] for n in model.graph.node
+               if n.op_type == "DequantizeLinear" and dims.get(n.input[0]) == 4]
+    acts = [types.get(n.input[2]) for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    act = "uint8" if not acts or acts[0] == u8 else "int8"
+    if weights and weights[0] == u8 and act == "uint8":
+        return SCHEMES[ROBUST_SCHEME]  # quantize_int8 makes uint8 weights only as its robust choice
+    return Scheme(activations=act, weights="uint8" if weights and weights[0] == u8 else "int8")
+
+
+def preprocess(src: Path, dst: Path) -> Path:
+    """onnxruntime's quant_pre_process (shape inference, BN/Mul/Add folding) into `dst`; `src` itself
+    when it fails (pre-processing is an optimisation; the plain graph quantises too)."""
+    try:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+        return dst
+    except Exception:
+        return src
 
 
 class _Reader:
@@ -234,3 +327,91 @@ def _all_nodes(graph):
         for attr in node.attribute:
             for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
                 yield from _all_nodes(sub)
+
+
+# ---- the same file on onnxruntime's other x86 kernel paths ------------------------------------------
+KERNEL_PATHS = {
+    "default": {},  # what `tledge run` uses: fused int8 kernels chosen by CPU (VNNI or AVX2 vpmaddubsw)
+    "x64quantprecision": {"session.x64quantprecision": "1"},  # the non-saturating x64 path
+    "reference": None,  # graph optimisation off: QDQ as Dequantize -> float op -> Quantize, no int kernels
+}
+
+
+def run_paths(path: Path, pixels: np.ndarray, threads: int | None = None) -> dict[str, np.ndarray]:
+    """Outputs of one ONNX file under each of KERNEL_PATHS (batches of 32)."""
+    ort = require("onnxruntime", extra="runtime")
+    outs = {}
+    for name, entries in KERNEL_PATHS.items():
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = threads
+        if entries is None:
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        for key, value in (entries or {}).items():
+            so.add_session_config_entry(key, value)
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        meta = sess.get_inputs()[0]
+        x = _as_input(pixels, meta.shape, meta.type)
+        outs[name] = np.concatenate([sess.run(None, {meta.name: x[i:i + 32]})[0] for i in range(0, len(x), 32)])
+    return outs
+
+
+def _as_input(pixels: np.ndarray, shape, dtype: str) -> np.ndarray:
+    """NHWC raw pixels as the file takes them (NCHW files: --layout nchw; uint8 files: --onnx-input uint8)."""
+    x = pixels
+    if len(shape) == 4 and shape[1] == x.shape[-1] and shape[-1] != x.shape[-1]:
+        x = x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x, np.uint8 if dtype == "tensor(uint8)" else np.float32)
+
+
+def cpu_flags() -> str:
+    """This CPU's int8-relevant instruction sets, for parity.md ('x86_64: avx2 avx512_vnni ...')."""
+    import platform
+
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")) and ":" in line:
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    keep = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "sve")
+    return f"{platform.machine()}: {' '.join(f for f in keep if f in flags) or 'no int8 dot-product extensions'}"
+
+
+def kernel_check(path: Path, pixels: np.ndarray, threads: int | None = None) -> tuple[str, bool]:
+    """Top-1 agreement of the file's default session with the other paths: (note, consistent?). Only
+    the int kernel paths count for `consistent`; the unfused float emulation is reported beside them
+    (fused integer requantisation rounds differently from Dequantize -> float -> Quantize)."""
+    outs = run_paths(path, pixels, threads)
+    base = np.argmax(outs["default"], 1)
+    figures = {name: (float(np.mean(np.argmax(out, 1) == base)), float(np.abs(out - outs["default"]).max()))
+               for name, out in outs.items() if name != "default"}
+    x64, ref = figures["x64quantprecision"], figures["reference"]
+    note = (f"{path.name} on onnxruntime's kernel paths ({cpu_flags()}): top-1 agreement with the default "
+            f"session, x64quantprecision {x64[0]:.3f} (max abs {x64[1]:.3g}); unfused float emulation "
+            f"{ref[0]:.3f} (max abs {ref[1]:.3g}); {len(pixels)} images")
+    return note, x64[0] >= 0.995
+
+
+def kernel_notes(results: Sequence, out: Path, pixels: np.ndarray, threads: int | None = None) -> list[str]:
+    """Each int8 ONNX file run on onnxruntime's x86 kernel paths (default, x64quantprecision, reference):
+    one note per file with this CPU's flags; a warning when the paths disagree."""
+    notes = []
+    for r in results:
+        path = out / r.file
+        if r.format != "onnx" or r.precision != "int8" or not path.is_file():
+            continue
+        try:
+            note, same = kernel_check(path, pixels[:256], threads)
+        except Exception as exc:  # a check of the check: never break an export
+            notes.append(f"{r.file}: kernel-path check unavailable ({exc.__class__.__name__}: {str(exc)[:120]})")
+            continue
+        notes.append(note)
+        if not same:
+            warnings.warn(f"{r.file} answers differently on onnxruntime's kernel paths: {note}", TledgeWarning,
+                          stacklevel=3)
+    return notes

@@ -177,33 +177,38 @@ def _thresholds(cfg: ExportConfig) -> dict[str, Thresholds]:
 
 
 def _fidelity(cfg: ExportConfig, report: ParityReport, x: FidelityInputs) -> bool:
-    """The int8 fidelity loop on failing int8 files (and the per-layer table for --explain)."""
+    """The int8 fidelity loop on failing int8 files (and the per-layer table for --explain); then the
+    final int8 ONNX files on onnxruntime's other kernel paths (a note with the CPU flags)."""
+    from tledge.export import fidelity
+    from tledge.export import onnx as onnx_export
+
     failing = [r for r in report.results if r.precision in ("int8", "dynamic") and not r.passed
                and np.isfinite(r.max_abs_error)]
+    ran = False
     if x.calib is None:
         if failing and cfg.repair:
             report.notes.append("the repair loop needs calibration images: pass --calib DIR")
-        return False
-    if not ((cfg.repair and failing) or cfg.explain):
-        return False
-    from tledge import log
-    from tledge.export import fidelity
+    elif (cfg.repair and failing) or cfg.explain:
+        from tledge import log
 
-    log.add_steps(1)
-    ctx = fidelity.FidelityContext(x.lm, x.contract, x.add_norm, x.calib, x.reference, x.val_x, x.val_y, x.out,
-                                   x.thresholds, int8_only=cfg.int8_only, threads=cfg.threads, explain=cfg.explain)
-    with log.step(f"int8 fidelity: {len(failing) if cfg.repair else 0} file(s) to repair"
-                  + (", per-layer table" if cfg.explain else "")):
-        outcome = fidelity.improve(failing if cfg.repair else [], ctx)
-    merged, seen = [], set()
-    for r in (final for row in report.results for final in outcome.results.get(row.file, [row])):
-        if r.file not in seen:  # a fallback's row may already be there (fp32 ONNX, --fp16)
-            merged.append(r)
-            seen.add(r.file)
-    report.results = merged
-    report.notes += outcome.notes
-    report.fidelity, report.explain = outcome.attempts, outcome.explain_md
-    return True
+        log.add_steps(1)
+        ctx = fidelity.FidelityContext(x.lm, x.contract, x.add_norm, x.calib, x.reference, x.val_x, x.val_y,
+                                       x.out, x.thresholds, int8_only=cfg.int8_only, threads=cfg.threads,
+                                       explain=cfg.explain)
+        with log.step(f"int8 fidelity: {len(failing) if cfg.repair else 0} file(s) to repair"
+                      + (", per-layer table" if cfg.explain else "")):
+            outcome = fidelity.improve(failing if cfg.repair else [], ctx)
+        merged, seen = [], set()
+        for r in (final for row in report.results for final in outcome.results.get(row.file, [row])):
+            if r.file not in seen:  # a fallback's row may already be there (fp32 ONNX, --fp16)
+                merged.append(r)
+                seen.add(r.file)
+        report.results = merged
+        report.notes += outcome.notes
+        report.fidelity, report.explain = outcome.attempts, outcome.explain_md
+        ran = True
+    report.notes += onnx_export.kernel_notes(report.results, x.out, x.val_x, cfg.threads)
+    return ran
 
 
 def _check_calibration_source(cfg: ExportConfig, chosen: Sequence[F.Format]) -> None:

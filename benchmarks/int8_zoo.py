@@ -1,0 +1,182 @@
+"""`tledge export --int8` on a zoo of models nobody tuned the fidelity loop for (issue 11).
+
+Per model and format: plain vs final int8 agreement with its 95 % Wilson interval, top-5 agreement,
+the top-1 change against the Keras model (McNemar interval), latency vs plain int8 and vs fp32 (the
+parity pass's per-image time over the val set, batches of 32), export time, and what the loop kept.
+
+Zoo (from ../shared/assets; models are built once into --cache):
+  imagenet-mnv1   keras_imagenet_models/mobilenet_v1_0.25_224.h5 (Keras 2.8 file, loads through
+                  tf_keras, 1000 classes) on imagenet_val1300, calibrated on 300 photos and checked on the
+                  other 1000 (a fixed split: every 13th photo at offsets 0, 4, 8 calibrates)
+  hym-mnv1-s{0,1,2}  MobileNet v1 0.25 ImageNet features + Dense(2) trained on hymenoptera (three seeds)
+  hym-tfkeras     the same architecture built and saved by tf_keras (loads only through tf_keras)
+Not in the zoo yet: MobileNetV2 / EfficientNetB0 / ResNet50 heads (no ImageNet weights for them in
+../shared/assets and no network: a random-feature backbone proves nothing about int8).
+
+    python benchmarks/int8_zoo.py [--only imagenet-mnv1,hym-mnv1-s0] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+ASSETS = REPO.parent / "shared" / "assets"
+IMAGENET = "imagenet_val1300"
+
+
+def imagenet_split(cache: Path) -> tuple[Path, Path]:
+    """Symlinked calib (300) / eval (1000) class folders of imagenet_val1300, disjoint."""
+    calib, ev = cache / "imagenet_calib", cache / "imagenet_eval"
+    if not calib.is_dir():
+        src = ASSETS / IMAGENET
+        files = sorted(p for p in src.rglob("*") if p.is_file() and p.parent != src)
+        for i, f in enumerate(files):
+            d = (calib if i % 13 in (0, 4, 8) else ev) / f.parent.name
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f.name).symlink_to(f)
+    return calib, ev
+
+
+def tf_keras_hymenoptera(out: Path, seed: int = 0) -> Path:
+    """MobileNet v1 0.25 + Dense(2) built, trained and saved by tf_keras (a Keras 2 .h5)."""
+    path = out / "hym_tfkeras.h5"
+    if path.is_file():
+        return path
+    import numpy as np
+    import tf_keras
+
+    from tledge.contract import Contract
+    from tledge.images import labelled_images
+
+    tf_keras.utils.set_random_seed(seed)
+    base = tf_keras.applications.MobileNet(input_shape=(224, 224, 3), alpha=0.25, include_top=False, pooling="avg",
+                                           weights=str(ASSETS / "keras_imagenet_weights/mobilenet_2_5_224_tf_no_top.h5"))
+    base.trainable = False
+    inp = tf_keras.Input((224, 224, 3))
+    x = tf_keras.layers.Dropout(0.2)(base(inp, training=False))
+    model = tf_keras.Model(inp, tf_keras.layers.Dense(2, activation="softmax")(x))
+    c = Contract(224, 224, norm="tf", baked=False)
+    files, y, _ = labelled_images(ASSETS / "hymenoptera_data" / "train")
+    model.compile(tf_keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    model.fit(np.stack([c.prepare(f) for f in files]), y, epochs=8, batch_size=32, verbose=0)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    return path
+
+
+def zoo(cache: Path) -> dict:
+    """name -> (model path builder, export options)."""
+    from realdata import hymenoptera_mobilenet
+
+    hym = {"calib": str(ASSETS / "hymenoptera_data" / "train"), "val": str(ASSETS / "hymenoptera_data" / "val"),
+           "preprocess": "tf"}
+    entries = {
+        "imagenet-mnv1": (lambda: ASSETS / "keras_imagenet_models" / "mobilenet_v1_0.25_224.h5",
+                          lambda: dict(zip(("calib", "val"), map(str, imagenet_split(cache))),
+                                       labels=str(ASSETS / IMAGENET / "labels1000.txt"), preprocess="tf")),
+        "hym-tfkeras": (lambda: tf_keras_hymenoptera(cache / "hym-tfkeras"), lambda: hym),
+    }
+    for seed in (0, 1, 2):
+        entries[f"hym-mnv1-s{seed}"] = (
+            lambda s=seed: hymenoptera_mobilenet(ASSETS, cache / f"hym-s{s}", seed=s), lambda: hym)
+    return entries
+
+
+def run_one(name: str, model: Path, opts: dict, out: Path, formats=("tflite", "onnx")) -> list[dict]:
+    from tledge.export.pipeline import ExportConfig, export
+
+    cfg = ExportConfig(out=out, int8=True, calib_limit=300, threads=2, formats=tuple(formats), **opts)
+    start = time.perf_counter()
+    res = export(model, cfg)
+    seconds = time.perf_counter() - start
+    return rows(name, res.report, seconds, res.seconds)
+
+
+def rows(name: str, report, seconds: float, parts: dict) -> list[dict]:
+    by_file = {r.file: r for r in report.results}
+    plain = {a["file"]: a for a in report.fidelity if a["rung"] == "plain"}
+    out = []
+    for kind, fp32 in (("tflite", "model_fp32.tflite"), ("onnx", "model_fp32.onnx")):
+        int8 = f"model_int8.{kind}"
+        final = by_file.get(int8) or by_file.get(f"rejected/{int8}")
+        if final is None:
+            continue
+        first = plain.get(int8)
+        kept = [a["rung"] for a in report.fidelity if a["file"] == int8 and a.get("passed")]
+        out.append({
+            "model": name, "format": kind, "classes": final.classes, "images": final.images,
+            "plain_agreement": first["agreement"] if first else final.top1_agreement,
+            "plain_latency_ms": first["latency_ms"] if first else final.latency_ms,
+            "agreement": final.top1_agreement, "agreement_ci": final.agreement_ci,
+            "topk_agreement": final.topk_agreement, "accuracy": final.accuracy,
+            "reference_accuracy": final.reference_accuracy, "accuracy_change": final.accuracy_change,
+            "accuracy_change_ci": final.accuracy_change_ci, "mcnemar_p": final.mcnemar_p,
+            "latency_ms": final.latency_ms,
+            "fp32_latency_ms": by_file[fp32].latency_ms if fp32 in by_file else None,
+            "passed": final.passed, "kept": kept[0] if kept else ("plain" if final.passed else "none"),
+            "rungs": {a["rung"]: a.get("seconds") for a in report.fidelity if a["file"] == int8},
+            "export_s": round(seconds, 1), "loop_s": parts.get("int8 fidelity"),
+            "failures": final.failures, "notes": [n for n in report.notes if "kernel paths" in n and int8 in n],
+        })
+    return out
+
+
+def markdown(all_rows: list[dict], machine: str) -> str:
+    from tledge import stats
+
+    lines = [f"Machine: {machine}", "",
+             "| model | format | plain agreement | final agreement [95 %] | top-5 | top-1 change vs Keras [95 %] | "
+             "latency vs plain int8 / fp32 | export s (loop s) | kept | result |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in all_rows:
+        ci = stats.fmt_interval(*r["agreement_ci"]) if r["agreement_ci"] else ""
+        change = stats.fmt_points(r["accuracy_change"], *r["accuracy_change_ci"]) if r["accuracy_change_ci"] else "-"
+        lat = (f"{r['latency_ms'] / r['plain_latency_ms']:.2f}x / "
+               f"{r['latency_ms'] / r['fp32_latency_ms']:.2f}x") if r["fp32_latency_ms"] and r["plain_latency_ms"] else "-"
+        top5 = f"{r['topk_agreement']:.3f}" if r["topk_agreement"] is not None else "-"
+        lines.append(f"| {r['model']} | {r['format']} | {r['plain_agreement']:.3f} | {r['agreement']:.3f} {ci} | {top5} | "
+                     f"{change} | {lat} | {r['export_s']:.0f} ({r['loop_s'] or 0:.0f}) | {r['kept']} | "
+                     f"{'pass' if r['passed'] else 'FAIL'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    from int8_onnx_kernels import cpu_line
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/tledge-int8-zoo"))
+    ap.add_argument("--only", default="")
+    ap.add_argument("--formats", default="tflite,onnx")
+    ap.add_argument("--robust-scheme", help="ONNX scheme when U8S8 would saturate (tledge.export.onnx.SCHEMES)")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    if args.robust_scheme:
+        from tledge.export import onnx as onnx_export
+
+        onnx_export.ROBUST_SCHEME = args.robust_scheme
+    entries = zoo(args.cache)
+    names = [n for n in args.only.split(",") if n] or list(entries)
+    all_rows = []
+    for name in names:
+        build, opts = entries[name]
+        all_rows += run_one(name, Path(build()), opts(), args.cache / "exports" / name, args.formats.split(","))
+        print(markdown(all_rows[-2:], cpu_line()), flush=True)
+    text = markdown(all_rows, cpu_line())
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps({"machine": cpu_line(), "rows": all_rows}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""--val class folders mapped to the model's labels by name (subsets, other spellings, clear errors)."""
+import numpy as np
+import pytest
+
+from tledge.errors import DataError
+from tledge.images import labelled_images, match_labels
+
+LABELS1000 = tuple(f"{i:03d}_class_{i}" for i in range(1000))
+
+
+def _folder(tmp_path, names, per=2):
+    import cv2
+
+    img = np.full((8, 8, 3), 127, np.uint8)
+    for n in names:
+        (tmp_path / n).mkdir()
+        for j in range(per):
+            cv2.imwrite(str(tmp_path / n / f"{j}.png"), img)
+    return tmp_path
+
+
+def test_a_subset_of_a_1000_class_set_gets_the_models_indices(tmp_path):
+    root = _folder(tmp_path, ["007_class_7", "002_class_2", "999_class_999"])
+    files, y, names = labelled_images(root, LABELS1000)
+    assert names == ("002_class_2", "007_class_7", "999_class_999")
+    assert y.tolist() == [2, 2, 7, 7, 999, 999]
+    assert [f.parent.name for f in files] == ["002_class_2"] * 2 + ["007_class_7"] * 2 + ["999_class_999"] * 2
+
+
+def test_names_match_across_spellings_and_index_prefixes():
+    labels = ("0 Great White Shark", "1 tench", "2 Golden-Retriever")  # Teachable Machine style labels.txt
+    m = match_labels(["tench", "great_white_shark", "002_golden retriever"], labels)
+    assert m == {"tench": 1, "great_white_shark": 0, "002_golden retriever": 2}
+    assert match_labels(["ants", "bees"], ("bees", "ants")) == {"ants": 1, "bees": 0}
+
+
+def test_unmatched_and_ambiguous_folders_are_named():
+    with pytest.raises(DataError, match=r"'wasps', 'bee' in /data match none of the model's 2 labels.*"
+                                         r"closest to 'bee': 'bees'"):
+        match_labels(["ants", "wasps", "bee"], ("ants", "bees"), where="/data")
+    with pytest.raises(DataError, match="map to the same label"):
+        match_labels(["Ants", "ants_"], ("ants", "bees"))
+    # two labels that normalise alike are never guessed between
+    with pytest.raises(DataError, match="match none"):
+        match_labels(["crane"], ("134_crane", "517_crane"))
+    assert match_labels(["517_crane"], ("134_crane", "517_crane")) == {"517_crane": 1}
+
+
+def test_without_labels_folders_are_the_classes(tmp_path):
+    _, y, names = labelled_images(_folder(tmp_path, ["b", "a"], per=1))
+    assert names == ("a", "b") and y.tolist() == [0, 1]

@@ -1,0 +1,108 @@
+"""The statistical parity gate: intervals, McNemar, top-k agreement for many classes, small-set warnings."""
+import math
+
+import numpy as np
+import pytest
+
+from tledge import stats
+from tledge.export.parity import ParityReport, Thresholds, compare
+
+INT8 = Thresholds(min_agreement=0.98, max_accuracy_drop=0.01)
+
+
+def test_wilson_matches_textbook_values():
+    # Newcombe (1998) table I: 81/263 -> 0.2553..0.3662; 15/148 -> 0.0624..0.1605; 0/10 -> 0..0.2775
+    assert stats.wilson(81, 263) == pytest.approx((0.2553, 0.3662), abs=1e-4)
+    assert stats.wilson(15, 148) == pytest.approx((0.0624, 0.1605), abs=1e-4)
+    assert stats.wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    lo, hi = stats.wilson(153, 153)
+    assert hi == 1.0 and lo == pytest.approx(153 / (153 + stats.Z95 ** 2))
+
+
+def test_mcnemar_exact_p_and_interval():
+    ref = np.array([True] * 100)
+    out = ref.copy()
+    out[:2] = False  # two lost, none gained
+    m = stats.mcnemar(ref, out)
+    assert (m.lost, m.gained, m.change) == (2, 0, -0.02)
+    assert m.p_value == pytest.approx(0.5)
+    assert m.low < m.change < m.high and m.high > 0  # not resolvable: the interval holds 0
+    out[:10] = False
+    m = stats.mcnemar(ref, out)
+    assert m.p_value == pytest.approx(2 / 2 ** 10) and m.high < 0
+    assert stats.binomial_two_sided(5, 10) == 1.0
+    assert stats.binomial_two_sided(1, 6) == pytest.approx(2 * 7 / 64)
+
+
+def test_topk_agreement_counts_the_reference_class_in_the_files_top_k():
+    ref = np.eye(10)[[0, 1, 2]]
+    out = np.array([np.arange(10)[::-1], np.arange(10), np.arange(10)], float)  # class 0 best, then 9..
+    hit = stats.topk_agreement(ref, out, 3)
+    assert hit.tolist() == [True, False, False]  # image 1: class 1 ranks 9th; image 2: class 2 ranks 8th
+    assert stats.topk_agreement(ref, out, 9).tolist() == [True, True, True]
+
+
+def _two_class(n, flips, rng):
+    """n images, a reference that is right on 80 %, a file that flips the first `flips` right answers."""
+    labels = rng.integers(0, 2, n)
+    right = np.arange(n) >= n // 5
+    ref_top = np.where(right, labels, 1 - labels)
+    ref = np.eye(2)[ref_top] * 0.6 + 0.2
+    out_top = ref_top.copy()
+    idx = np.flatnonzero(right)[:flips]
+    out_top[idx] = 1 - out_top[idx]
+    return ref, np.eye(2)[out_top] * 0.6 + 0.2, labels
+
+
+def test_small_drop_on_153_images_is_reported_not_failed(rng=np.random.default_rng(0)):
+    ref, out, labels = _two_class(153, 2, rng)  # agreement 0.987, accuracy -1.3 pt (2 lost, 0 gained)
+    r = compare(ref, out, file="m.tflite", format="tflite", precision="int8", thresholds=INT8, labels=labels)
+    assert r.passed, r.failures
+    assert r.accuracy_change == pytest.approx(-2 / 153) and r.mcnemar_p == pytest.approx(0.5)
+    assert r.agreement_ci[0] < 0.98 < r.agreement_ci[1]
+    text = " ".join(r.warnings)
+    assert "cannot show top-1 agreement >= 0.98" in text and "0.65 accuracy points" in text
+    assert "not resolvable on 153 images" in text
+    strict = compare(ref, out, file="m", format="tflite", precision="int8", labels=labels,
+                     thresholds=Thresholds(min_agreement=0.98, max_accuracy_drop=0.01, significance=None))
+    assert not strict.passed and "1.3 points below" in strict.failures[0]
+
+
+def test_a_real_drop_fails_even_within_the_agreement_budget(rng=np.random.default_rng(1)):
+    ref, out, labels = _two_class(1000, 15, rng)  # agreement 0.985 passes; -1.5 pt, p ~ 6e-5
+    r = compare(ref, out, file="m", format="onnx", precision="int8", thresholds=INT8, labels=labels)
+    assert r.top1_agreement == pytest.approx(0.985)
+    assert not r.passed and len(r.failures) == 1 and "McNemar p=6.1e-05" in r.failures[0]
+    assert not any("cannot show" in w for w in r.warnings)  # 1000 images resolve a 0.98 agreement rule
+
+
+def _many_class(n, classes, rng):
+    logits = rng.normal(size=(n, classes)).astype(np.float32)
+    top2 = np.argsort(logits, 1)[:, -2:]
+    return logits, top2
+
+
+def test_many_classes_gate_on_top_k_not_near_ties(rng=np.random.default_rng(2)):
+    ref, top2 = _many_class(1000, 1000, rng)
+    out = ref.copy()
+    rows = np.arange(20)  # 2 %: swap top-1 and top-2 (a near-tie flip); the reference class stays in top 5
+    out[rows, top2[rows, 1]], out[rows, top2[rows, 0]] = ref[rows, top2[rows, 0]], ref[rows, top2[rows, 1]]
+    r = compare(ref, out, file="m", format="tflite", precision="fp16", thresholds=Thresholds(min_agreement=0.99))
+    assert r.top1_agreement == pytest.approx(0.98) and r.topk_agreement == 1.0 and r.top_k == 5
+    assert r.passed, r.failures
+    few = compare(ref[:, :10], out[:, :10], file="m", format="tflite", precision="fp16",
+                  thresholds=Thresholds(min_agreement=0.99))
+    assert few.top_k is None  # 10 classes: top-1 rules
+    out[rows, top2[rows, 1]] = -100  # the reference's top-1 now ranks last in 2 % of the images
+    r = compare(ref, out, file="m", format="tflite", precision="fp16", thresholds=Thresholds(min_agreement=0.99))
+    assert not r.passed and r.failures[0].startswith("top-5 agreement 0.980")
+
+
+def test_markdown_shows_intervals_and_resolution(rng=np.random.default_rng(3)):
+    ref, out, labels = _two_class(153, 2, rng)
+    r = compare(ref, out, file="model_int8.tflite", format="tflite", precision="int8", thresholds=INT8, labels=labels)
+    md = ParityReport(images=153, results=[r]).to_markdown()
+    lo, hi = r.agreement_ci
+    assert f"0.987 [{lo:.3f}, {hi:.3f}]" in md and "-1.3 pt [" in md and "p=0.5" in md
+    assert "## Statistical resolution" in md
+    assert math.isclose(stats.images_needed(0.98), 189, abs_tol=1)

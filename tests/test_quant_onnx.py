@@ -1,0 +1,122 @@
+"""Graph-level int8 pieces for ONNX: quantisation schemes, bias correction on the float graph, and
+the kernel-path check (tledge.export.onnx, tledge.quant.onnx_bias)."""
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("tensorflow")
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny_export, shapes_dataset):
+    from tledge.export.pipeline import load_pixels
+
+    calib, _ = load_pixels(shapes_dataset / "train", tiny_export.contract, 64)
+    val, y = load_pixels(shapes_dataset / "val", tiny_export.contract, 200, tiny_export.contract.labels)
+    return tiny_export.out / "model_fp32.onnx", calib, val, y
+
+
+def _run(path, x):
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return s.run(None, {s.get_inputs()[0].name: x})[0]
+
+
+def _conv_weight_ranges(path):
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    out = {}
+    for n in m.graph.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].ndim == 4:
+            w = inits[n.input[0]].astype(int)
+            out[n.input[0]] = (w.dtype, int(w.min()), int(w.max()), inits[n.input[0]].dtype)
+    return out
+
+
+@pytest.mark.parametrize("name", ["u8s8", "u8s8-rr", "u8u8", "u8u8-grid"])
+def test_schemes_put_weights_where_they_say(tiny_onnx, tmp_path, name):
+    from tledge.export import onnx as ox
+
+    fp32, calib, val, _ = tiny_onnx
+    dst = tmp_path / f"{name}.onnx"
+    ox.quantize_int8(fp32, dst, calib, scheme=ox.SCHEMES[name])
+    ranges = _conv_weight_ranges(dst)
+    assert ranges
+    for _, lo, hi, dtype in ranges.values():
+        if name == "u8u8-grid":  # the symmetric int8 grid stored as uint8: 128 +- 127, the extreme reached
+            assert dtype == np.uint8 and 1 <= lo and hi <= 255 and (lo == 1 or hi == 255)
+        elif name == "u8u8":
+            assert dtype == np.uint8
+        elif name == "u8s8-rr":  # 7-bit weights: no u8 x s8 pair sum can leave int16 (AVX2 vpmaddubsw)
+            assert dtype == np.int8 and -64 <= lo and hi <= 64 and 2 * 255 * max(-lo, hi) < 32768
+        else:
+            assert dtype == np.int8 and max(-lo, hi) == 127
+    agree = np.mean(np.argmax(_run(dst, val), 1) == np.argmax(_run(fp32, val), 1))
+    assert agree >= 0.8, agree
+    assert ox.SCHEMES[name].describe().startswith("QDQ U8")
+
+
+def test_bias_correction_moves_int8_means_to_the_float_ones(tiny_onnx, tmp_path):
+    from tledge.export import onnx as ox
+    from tledge.quant import onnx_bias
+
+    fp32, calib, val, _ = tiny_onnx
+    pre = ox.preprocess(fp32, tmp_path / "pre.onnx")
+    fixed = tmp_path / "fixed.onnx"
+    log = onnx_bias.correct(pre, fixed, calib, ox.quantize_int8)
+    assert log.layers >= 4 and 0.0 < log.relative_shift < 1.0
+    # the corrected float graph is nearly the float model (biases moved by the small int8 shifts)
+    assert np.mean(np.argmax(_run(fixed, val), 1) == np.argmax(_run(fp32, val), 1)) >= 0.97
+    ox.quantize_int8(pre, tmp_path / "plain.onnx", calib)
+    ox.quantize_int8(fixed, tmp_path / "bc.onnx", calib)
+    # what the correction is for: the int8 model's mean output moves to the float model's
+    ref = _run(fp32, calib).mean(0)
+    err = {k: float(np.abs(_run(tmp_path / k, calib).mean(0) - ref).sum()) for k in ("plain.onnx", "bc.onnx")}
+    assert err["bc.onnx"] < err["plain.onnx"], err
+
+
+def test_kernel_check_runs_every_path_and_names_the_cpu(tiny_export, tiny_onnx):
+    from tledge.export import onnx as ox
+
+    _, _, val, _ = tiny_onnx
+    outs = ox.run_paths(tiny_export.out / "model_int8.onnx", val[:40])
+    assert set(outs) == {"default", "x64quantprecision", "reference"}
+    assert all(o.shape == (len(val[:40]), 3) for o in outs.values())
+    note, same = ox.kernel_check(tiny_export.out / "model_int8.onnx", val[:40])
+    assert "model_int8.onnx on onnxruntime's kernel paths (" in note and ox.cpu_flags().split(":")[0] in note
+    assert same == all(np.mean(np.argmax(o, 1) == np.argmax(outs["default"], 1)) >= 0.995 for o in outs.values())
+
+
+def test_pair_sums_saturate_exactly_where_int16_overflows():
+    from tledge.quant import saturation
+
+    x = np.array([[255, 255, 255, 1], [10, 10, 10, 10]], np.int32)  # two positions, K = 4 (two pairs)
+    w = np.array([[127, 127, 64, 63], [-128, -128, 1, 1]], np.int32)  # two output channels
+    r = saturation.pair_sums("conv", "w", x, w)
+    # pair sums: 255*127*2 = 64770 (over), 255*64 + 1*63 (under), -65280 (over), 256; then 2540, 1270, -2560, 20
+    assert (r.pairs, r.saturated, r.worst) == (8, 2, 65280)
+    assert saturation.pair_sums("conv", "w", x[:, :3], w[:, :3]).pairs == 8  # odd K is zero-padded
+
+
+def test_saturation_replay_on_a_real_file_and_the_auto_scheme(tiny_onnx, tmp_path):
+    from tledge.export import onnx as ox
+    from tledge.quant import saturation
+
+    fp32, calib, _, _ = tiny_onnx
+    rr = tmp_path / "rr.onnx"
+    ox.quantize_int8(fp32, rr, calib, scheme=ox.SCHEMES["u8s8-rr"])
+    layers = saturation.check(rr.read_bytes(), calib)
+    assert layers and all(lay.pairs > 0 and lay.saturated == 0 and lay.worst <= 2 * 255 * 64 for lay in layers)
+    full = tmp_path / "full.onnx"
+    ox.quantize_int8(fp32, full, calib, scheme=ox.SCHEMES["u8s8"])
+    worst = max(lay.worst for lay in saturation.check(full.read_bytes(), calib))
+    assert worst > max(lay.worst for lay in layers)  # 8-bit weights reach further
+    auto = tmp_path / "auto.onnx"
+    used = ox.quantize_int8(fp32, auto, calib)
+    saturates = any(lay.saturated for lay in saturation.check(full.read_bytes(), calib))
+    assert used == ox.SCHEMES[ox.ROBUST_SCHEME if saturates else "u8s8"]
+    assert ox.scheme_of(auto) == used
