@@ -98,6 +98,37 @@ if grep -q -- '--check' run.sh; then ./run.sh --check > out/check.txt 2>&1; echo
 """
 
 
+def corrupted_check(top: Path, arm64: str, env: dict) -> int:
+    """`run.sh --check` inside the root on a copy of the bundle whose golden outputs have each row's two
+    largest scores swapped and whose manifest vouches for the edited file: the board must say it disagrees."""
+    import hashlib
+
+    import numpy as np
+
+    bad = top.with_name(top.name + "-corrupted")
+    shutil.rmtree(bad, ignore_errors=True)
+    shutil.copytree(top, bad, ignore=shutil.ignore_patterns("out", "photos"))
+    g = bad / "model" / "golden.npz"
+    with np.load(g, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    ref = arrays["reference"].copy()
+    order = np.argsort(ref, axis=1)
+    rows = np.arange(len(ref))
+    ref[rows, order[:, -1]], ref[rows, order[:, -2]] = ref[rows, order[:, -2]], ref[rows, order[:, -1]]
+    arrays["reference"] = ref
+    with open(g, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+    manifest = bad / "model" / "manifest.json"
+    m = json.loads(manifest.read_text())
+    data = g.read_bytes()
+    for e in m["files"]:
+        if e["file"] == "golden.npz":
+            e["sha256"], e["bytes"] = hashlib.sha256(data).hexdigest(), len(data)
+    manifest.write_text(json.dumps(m, indent=2))
+    return subprocess.run([arm64, "run", str(bad), "--", "./run.sh", "--check"], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+
+
 def run_loop(folder: Path, models: list[str], arm64: str | None, env: dict) -> Path:
     (folder / "loop.sh").write_text(LOOP)
     os.chmod(folder / "loop.sh", 0o755)
@@ -192,6 +223,11 @@ def main(argv=None) -> int:
         check = int((arm_out / "check.rc").read_text().strip() or 1)
         print(f"run.sh --check in the arm64 root: exit {check}\n" + (arm_out / "check.txt").read_text()[-1500:])
         failed |= check != 0
+    if check == 0:  # the same check must fail on golden outputs that disagree with the files
+        bad_rc = corrupted_check(top, a.arm64, env)
+        print(f"run.sh --check in the arm64 root on golden outputs edited to disagree (manifest re-hashed): "
+              f"exit {bad_rc} (expected 1)")
+        failed |= bad_rc != 1
     print("\n| file | images | top-1 agreement | max score diff (tolerance) | run.sh s/image arm64 (qemu) / x86 "
           "| inference p50 ms arm64 / x86 | ok |\n|---|---|---|---|---|---|---|")
     for r in rows:
