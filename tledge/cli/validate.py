@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Sequence
 
 from tledge.errors import TledgeError
+from tledge.runtime.options import MAX_SIDE  # noqa: F401  (--input-size / --size: larger is a typo)
 
-MAX_SIDE = 4096  # --input-size / --size: larger inputs are a typo, not a classifier
 MIN_FREE_BYTES = 1 << 20  # an output folder on a device with less free space than this is full
 PSEUDO_FS = ("/proc", "/sys", "/dev")  # never write outputs here
 
@@ -257,19 +257,10 @@ def geometry(fit: str | None, crop: float | None) -> None:
         raise TledgeError(f"--crop {_num(crop)} centre-crops: it cannot go with --fit {fit} (drop one)")
 
 def size(text: str | None, flag: str = "--input-size") -> tuple[int, int] | None:
-    """'HxW' or 'N' -> (h, w), each 1..MAX_SIDE."""
-    if text is None:
-        return None
-    parts = str(text).lower().replace(",", "x").split("x")
-    try:
-        if len(parts) > 2:
-            raise ValueError
-        h, w = int(parts[0]), int(parts[-1])
-    except ValueError:
-        raise TledgeError(f"{flag} wants HxW or N, got {text!r}") from None
-    if min(h, w) < 1 or max(h, w) > MAX_SIDE:
-        raise TledgeError(f"{flag} {text}: each side must be 1..{MAX_SIDE} pixels")
-    return h, w
+    """'HxW' or 'N' -> (h, w), each 1..MAX_SIDE (tledge.runtime.options.input_size); None stays None."""
+    from tledge.runtime.options import input_size
+
+    return None if text is None else input_size(text, flag)
 
 
 def numbers(text: str | None, flag: str, *, positive: bool = False) -> tuple[float, ...] | None:

@@ -12,16 +12,17 @@ from tledge.errors import TledgeError
 MAX_SIDE = 4096  # larger inputs are a typo, not a classifier
 
 
-def input_size(text: str) -> tuple[int, int]:
-    parts = text.lower().replace(",", "x").split("x")
+def input_size(text: str, flag: str = "--input-size") -> tuple[int, int]:
+    """'HxW' or 'N' -> (h, w), each 1..MAX_SIDE."""
+    parts = str(text).lower().replace(",", "x").split("x")
     try:
         if len(parts) > 2:
             raise ValueError
         h, w = int(parts[0]), int(parts[-1])
     except ValueError:
-        raise TledgeError(f"--input-size wants HxW or N, got {text!r}") from None
+        raise TledgeError(f"{flag} wants HxW or N, got {text!r}") from None
     if min(h, w) < 1 or max(h, w) > MAX_SIDE:
-        raise TledgeError(f"--input-size {text}: each side must be 1..{MAX_SIDE} pixels")
+        raise TledgeError(f"{flag} {text}: each side must be 1..{MAX_SIDE} pixels")
     return h, w
 
 
