@@ -106,7 +106,8 @@ ensure_root() {
       skip "debootstrap could not reach $MIRROR (see $CACHE/debootstrap.log)"
     fi
     tail -5 "$CACHE/debootstrap.log" >&2
-    die "debootstrap failed (see $CACHE/debootstrap.log)"
+    # not the product's fault (a container that cannot mknod or chroot, a broken mirror): say so, skip
+    skip "debootstrap failed on this host (see $CACHE/debootstrap.log)"
   fi
   umount_all "$tmp"
   rm -rf "$ROOT"
@@ -126,8 +127,8 @@ umount_all() {  # everything mounted under $1, deepest first
 
 mount_root() {
   trap 'umount_all "$ROOT"' EXIT
-  mountpoint -q "$ROOT/proc" || mount -t proc proc "$ROOT/proc"
-  mountpoint -q "$ROOT/dev" || mount --bind /dev "$ROOT/dev"
+  mountpoint -q "$ROOT/proc" || mount -t proc proc "$ROOT/proc" || skip "cannot mount /proc in the arm64 root here"
+  mountpoint -q "$ROOT/dev" || mount --bind /dev "$ROOT/dev" || skip "cannot bind-mount /dev in the arm64 root here"
   # no /sys: XNNPACK's cpuinfo then says "Error in cpuinfo: failed to parse ... /sys/devices/system/cpu/present"
   # and goes on; with the host's /sys mounted it crashes under qemu (SIGSEGV, measured)
   mkdir -p "$ROOT/etc/ssl/certs"
