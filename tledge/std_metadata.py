@@ -10,8 +10,6 @@ NormalizationOptions, Stats and associated files. Reading needs nothing (tledge.
 """
 from __future__ import annotations
 
-import io
-import zipfile
 from dataclasses import dataclass, field
 
 from tledge.errors import ModelLoadError
@@ -140,6 +138,9 @@ MAX_PACKED_FILE = 16 << 20  # larger associated files (not labels) are not read
 
 def packed_files(data: bytes) -> dict[str, bytes]:
     """The associated files zipped after a TFLite flatbuffer (empty when there are none)."""
+    import io
+    import zipfile  # here, not at import: `tledge run` on a tledge file never needs it (cold start)
+
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             return {i.filename: zf.read(i) for i in zf.infolist() if i.file_size <= MAX_PACKED_FILE}
@@ -153,6 +154,9 @@ def packed_files(data: bytes) -> dict[str, bytes]:
 
 def pack_files(data: bytes, files: dict[str, bytes]) -> bytes:
     """`data` with `files` appended as a zip (stored, uncompressed), as the TFLite Support populator does."""
+    import io
+    import zipfile
+
     out = io.BytesIO(data)
     out.seek(0, io.SEEK_END)
     with zipfile.ZipFile(out, "a", compression=zipfile.ZIP_STORED) as zf:
