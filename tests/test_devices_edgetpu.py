@@ -27,7 +27,7 @@ def test_edgetpu_delegate_loaded_when_present(monkeypatch):
         calls.append((lib, options))
         return "DELEGATE"
 
-    monkeypatch.setattr(edgetpu_mod, "_delegate_loaders", lambda: [("fake", fake_load)])
+    monkeypatch.setattr(edgetpu_mod, "delegate_loaders", lambda: [("fake", fake_load)])
     monkeypatch.setattr(edgetpu_mod, "_missing_library", lambda lib: None)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -37,10 +37,10 @@ def test_edgetpu_delegate_loaded_when_present(monkeypatch):
     def failing_load(lib, options):
         raise ValueError("Failed to load delegate from libedgetpu.so.1\n")
 
-    monkeypatch.setattr(edgetpu_mod, "_delegate_loaders", lambda: [("fake", failing_load)])
+    monkeypatch.setattr(edgetpu_mod, "delegate_loaders", lambda: [("fake", failing_load)])
     with pytest.warns(TledgeWarning, match="fake: Failed to load delegate"):
         assert load_edgetpu_delegate() is None
-    monkeypatch.setattr(edgetpu_mod, "_delegate_loaders", lambda: [])
+    monkeypatch.setattr(edgetpu_mod, "delegate_loaders", lambda: [])
     with pytest.warns(TledgeWarning, match="pip install ai-edge-litert"):
         assert load_edgetpu_delegate() is None
 

@@ -86,7 +86,7 @@ def test_cle_is_function_preserving_through_relu6_when_bounded(tiny, calib):
         assert pairs == 5  # conv->dw, dw->1x1, 1x1->(pad)->dw, dw->1x1, 1x1->(GAP)->dense
         assert np.abs(_outputs(eq, calib) - _outputs(folded, calib)).max() < 1e-4
     changed = [not np.allclose(a.get_weights()[0], b.get_weights()[0])
-               for a, b in zip(folded.layers, eq.layers) if repair._linear_kind(a)]
+               for a, b in zip(folded.layers, eq.layers) if repair.linear_kind(a)]
     assert any(changed)
 
 
@@ -149,7 +149,7 @@ def test_apply_puts_every_kernel_on_the_int8_grid(repaired):
     model, log = repaired
     assert log.folded_bn == 5 and log.fold_max_abs < 1e-4 and len(log.layers) == 6
     for layer in model.layers:
-        if repair._linear_kind(layer):
+        if repair.linear_kind(layer):
             g = repair.to_groups(type(layer).__name__, layer.get_weights()[0].astype(np.float64))
             assert _on_grid(g), layer.name
     assert "BN folded" in log.summary()
@@ -158,7 +158,7 @@ def test_apply_puts_every_kernel_on_the_int8_grid(repaired):
 def _keras_kernels_tflite_layout(model):
     out = {}
     for layer in model.layers:
-        kind = repair._linear_kind(layer)
+        kind = repair.linear_kind(layer)
         if kind:
             w = layer.get_weights()[0]
             out[layer.name] = (w.T if kind == "Dense" else w.transpose(3, 0, 1, 2) if kind == "Conv2D"

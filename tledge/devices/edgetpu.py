@@ -35,7 +35,7 @@ def edgetpu_library() -> str:
     return _LIBS.get(platform.system(), _LIBS["Linux"])
 
 
-def _delegate_loaders() -> list[tuple[str, Callable]]:
+def delegate_loaders() -> list[tuple[str, Callable]]:
     """`load_delegate` functions of the TFLite interpreters that are installed, best first."""
     loaders = []
     try:
@@ -71,7 +71,7 @@ def load_edgetpu_delegate(device: str | None = None, library: str | None = None)
     """
     lib = library or edgetpu_library()
     options = {"device": device} if device else {}
-    loaders = _delegate_loaders()
+    loaders = delegate_loaders()
     if not loaders:
         warnings.warn("no TFLite interpreter to load the Edge TPU delegate into: pip install ai-edge-litert; "
                       "then " + INSTALL_RUNTIME, TledgeWarning, stacklevel=2)

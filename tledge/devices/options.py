@@ -192,9 +192,9 @@ def load_delegates(names: Sequence) -> list:
 
 
 def _load_other_delegate(name: str):
-    from tledge.devices.edgetpu import _delegate_loaders
+    from tledge.devices.edgetpu import delegate_loaders
 
-    loaders = _delegate_loaders()
+    loaders = delegate_loaders()
     try:
         if not loaders:
             raise ValueError("no TFLite interpreter installed (pip install ai-edge-litert)")

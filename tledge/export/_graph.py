@@ -9,7 +9,7 @@ from tledge._deps import require
 _SKIP = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "AlphaDropout")
 
 
-def _keras():
+def keras_lib():
     return require("keras", purpose="int8 repairs")
 
 
@@ -23,15 +23,15 @@ def nodes(model):
                 yield node.operation, node
 
 
-def _clone(layer, weights=None, **config):
+def clone_layer(layer, weights=None, **config):
     cfg = dict(layer.get_config(), **config)
     return layer.__class__.from_config(cfg), (layer.get_weights() if weights is None else weights)
 
 
-def _rebuild(model, make):
+def rebuild_model(model, make):
     """A flat functional copy of `model`: nested functional/Sequential models are inlined and every
     layer is replaced by `make(layer) -> (new_layer | None, weights)` (None: identity)."""
-    keras = _keras()
+    keras = keras_lib()
     inputs = [keras.Input(shape=t.shape[1:], dtype=t.dtype, name=t.name) for t in model.inputs]
     pending = []
 
@@ -55,18 +55,18 @@ def _rebuild(model, make):
 
 def flatten(model):
     """Function-preserving flat copy: nested models inlined, dropout-like layers removed."""
-    return _rebuild(model, lambda op: (None, None) if type(op).__name__ in _SKIP else _clone(op))
+    return rebuild_model(model, lambda op: (None, None) if type(op).__name__ in _SKIP else clone_layer(op))
 
 
 def _producer(layer):
     return layer._inbound_nodes[0].input_tensors[0]._keras_history.operation
 
 
-def _single_use(layer) -> bool:
+def single_use(layer) -> bool:
     return len(layer._inbound_nodes) == 1 and len(layer._outbound_nodes) == 1
 
 
-def _linear_kind(layer) -> str | None:
+def linear_kind(layer) -> str | None:
     kind = type(layer).__name__
     if kind not in ("Conv2D", "DepthwiseConv2D", "Dense"):
         return None
@@ -103,25 +103,25 @@ def fold_bn(model):
         if type(layer).__name__ != "BatchNormalization" or layer.axis not in (-1, len(layer.input.shape) - 1):
             continue
         prev = _producer(layer)
-        if _linear_kind(prev) and prev.get_config().get("activation") == "linear" and _single_use(prev):
+        if linear_kind(prev) and prev.get_config().get("activation") == "linear" and single_use(prev):
             fold[prev.name], fold[layer.name] = layer, None
 
     def make(op):
         if op.name in fold and fold[op.name] is None:
             return None, None
         if op.name in fold:
-            return _clone(op, _fold_weights(op, fold[op.name]), use_bias=True)
-        return _clone(op)
+            return clone_layer(op, _fold_weights(op, fold[op.name]), use_bias=True)
+        return clone_layer(op)
 
-    return _rebuild(flat, make), len(fold) // 2
+    return rebuild_model(flat, make), len(fold) // 2
 
 
-def _apply_layer(layer, args, kwargs=None, batch=32):
+def apply_layer(layer, args, kwargs=None, batch=32):
     """Call `layer` on arrays (any nesting, e.g. Add's list) in batches; returns one array."""
-    keras = _keras()
+    keras = keras_lib()
     kwargs = dict(kwargs or {})
     kwargs.pop("training", None)
-    n = len(next(iter(_flat(args))))
+    n = len(next(iter(flat_model(args))))
     outs = []
     for i in range(0, n, batch):
         part = keras.tree.map_structure(lambda a: a[i:i + batch] if isinstance(a, np.ndarray) else a, args)
@@ -129,14 +129,14 @@ def _apply_layer(layer, args, kwargs=None, batch=32):
     return np.concatenate(outs)
 
 
-def _flat(args):
+def flat_model(args):
     for a in args:
         if isinstance(a, (list, tuple)):
-            yield from _flat(a)
+            yield from flat_model(a)
         elif isinstance(a, np.ndarray):
             yield a
 
 
 def predict(model, x, batch=32):
-    keras = _keras()
+    keras = keras_lib()
     return np.concatenate([keras.ops.convert_to_numpy(model(x[i:i + batch])) for i in range(0, len(x), batch)])

@@ -10,16 +10,16 @@ from __future__ import annotations
 import numpy as np
 
 from tledge.errors import ExportError
-from tledge.export._graph import _clone, _keras, _linear_kind, _rebuild, _single_use
+from tledge.export._graph import clone_layer, keras_lib, linear_kind, rebuild_model, single_use
 
-_HOMOGENEOUS = ("ZeroPadding2D", "GlobalAveragePooling2D", "Dropout")
+HOMOGENEOUS = ("ZeroPadding2D", "GlobalAveragePooling2D", "Dropout")
 
 
-def _clip_of(layer) -> float | None | bool:
+def clip_of(layer) -> float | None | bool:
     """For a channel-wise positively homogeneous op: its clip value (6.0 for ReLU6), None for no
     clip; False when the op is not one we can equalise through."""
     kind = type(layer).__name__
-    if kind in _HOMOGENEOUS:
+    if kind in HOMOGENEOUS:
         return None
     if kind == "ReLU" and not layer.negative_slope and not layer.threshold:
         return None if layer.max_value is None else float(layer.max_value)
@@ -34,19 +34,19 @@ def cle_pairs(model):
     reach second's input channels through single-use channel-wise homogeneous ops only."""
     pairs = []
     for first in model.layers:
-        kind = _linear_kind(first)
+        kind = linear_kind(first)
         act = first.get_config().get("activation")
-        if kind is None or not _single_use(first) or act not in ("linear", "relu"):
+        if kind is None or not single_use(first) or act not in ("linear", "relu"):
             continue
         if kind == "DepthwiseConv2D" and first.depth_multiplier != 1:
             continue
         op, clip, rectified = first._outbound_nodes[0].operation, None, act == "relu"
-        while op is not None and _clip_of(op) is not False and _single_use(op):
-            c = _clip_of(op)
+        while op is not None and clip_of(op) is not False and single_use(op):
+            c = clip_of(op)
             clip = c if c is not None else clip
             rectified = rectified or type(op).__name__ in ("ReLU", "Activation")
             op = op._outbound_nodes[0].operation if op._outbound_nodes else None
-        if op is not None and _linear_kind(op) and len(op._inbound_nodes) == 1:
+        if op is not None and linear_kind(op) and len(op._inbound_nodes) == 1:
             if type(op).__name__ != "DepthwiseConv2D" or op.depth_multiplier == 1:
                 pairs.append((first, op, clip, rectified))
     return pairs
@@ -74,7 +74,7 @@ def _scale_in(layer, kernel, s):
 
 def _channel_range(model, pairs, calib, batch=16):
     """Per channel calibration range of each pair's first output: max (rectified) or max |x|."""
-    keras = _keras()
+    keras = keras_lib()
     probe = keras.Model(model.inputs[0] if len(model.inputs) == 1 else model.inputs, [p[0].output for p in pairs])
     out = None
     for i in range(0, len(calib), batch):
@@ -112,7 +112,7 @@ def equalize(model, calib=None, *, criterion: str = "auto", relu6: str = "bound"
     free, else "weights"). relu6: "bound" (scales limited so calibration activations stay below
     clip/headroom; clipped channels keep scale 1), "ignore" (the clip moves: not
     function-preserving), "skip" (pairs through a clip are left alone)."""
-    m = _rebuild(model, _clone)
+    m = rebuild_model(model, clone_layer)
     pairs = [p for p in cle_pairs(m) if not (p[2] is not None and relu6 == "skip")]
     if not pairs:
         return m, 0

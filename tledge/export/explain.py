@@ -54,9 +54,9 @@ def _converter(model_or_converter, calib, io):
         return tflite_converter(model_or_converter, calib, io=io)
     conv = tf.lite.TFLiteConverter.from_concrete_functions([model_or_converter])  # a concrete function
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    from tledge.export.selective import _representative
+    from tledge.export.selective import representative_data
 
-    conv.representative_dataset = _representative(calib)
+    conv.representative_dataset = representative_data(calib)
     return conv
 
 
@@ -66,12 +66,12 @@ def tflite_debugger(model_or_converter, calib, *, debug_images: int = 32, keep_f
     Calibration uses all of `calib` (as the real export does); the per-layer statistics use the
     first `debug_images`."""
     tf = require("tensorflow", purpose="the TFLite quantization debugger")
-    from tledge.export.selective import _representative
+    from tledge.export.selective import representative_data
 
     conv = _converter(model_or_converter, calib, io="float32")
     opts = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(keep_float) or None)
     dbg = tf.lite.experimental.QuantizationDebugger(
-        converter=conv, debug_dataset=_representative(calib, debug_images), debug_options=opts)
+        converter=conv, debug_dataset=representative_data(calib, debug_images), debug_options=opts)
     dbg.run()
     return dbg
 
@@ -98,7 +98,7 @@ def tflite_layer_errors(model_or_converter, calib, *, debug_images: int = 32,
 def onnx_layer_errors(float_onnx: bytes, qdq_onnx: bytes, calib, *, debug_images: int = 32) -> list[LayerError]:
     """Per-activation SQNR of a QDQ model against its float model, worst (lowest) first."""
     dbg = require("onnxruntime.quantization.qdq_loss_debug", purpose="ONNX quantisation debugging")
-    from tledge.export.selective import _Reader
+    from tledge.export.selective import CalibrationReader
 
     import onnx
 
@@ -109,7 +109,7 @@ def onnx_layer_errors(float_onnx: bytes, qdq_onnx: bytes, calib, *, debug_images
             src.write_bytes(content)
             dbg.modify_model_output_intermediate_tensors(str(src), str(aug))
             name = onnx.load(str(src)).graph.input[0].name
-            acts[tag] = dbg.collect_activations(str(aug), _Reader(name, np.asarray(calib)[:debug_images]))
+            acts[tag] = dbg.collect_activations(str(aug), CalibrationReader(name, np.asarray(calib)[:debug_images]))
         match = dbg.create_activation_matching(acts["qdq"], acts["float"])
         errors = dbg.compute_activation_error(match)
         producers = {o: n.name for n in onnx.load(str(Path(tmp) / "qdq.onnx")).graph.node for o in n.output}
@@ -118,7 +118,7 @@ def onnx_layer_errors(float_onnx: bytes, qdq_onnx: bytes, calib, *, debug_images
     return sorted(rows, key=lambda e: e.sqnr_db if e.sqnr_db is not None else math.inf)
 
 
-def _forward(model, x, quant=None):
+def forward_pass(model, x, quant=None):
     """Run a flat model node by node; returns (output, {layer: (min, max)}), rounding the outputs
     of the layers in `quant` ({name: (lo, hi)}) to their 8-bit grid."""
     from tledge.export import repair
@@ -126,7 +126,7 @@ def _forward(model, x, quant=None):
     acts, ranges, quant = {id(t): x for t in model.inputs}, {}, quant or {}
     for op, node in repair.nodes(model):
         args, kwargs = node.arguments.fill_in(acts)
-        out = repair._apply_layer(op, args, kwargs)
+        out = repair.apply_layer(op, args, kwargs)
         ranges[op.name] = (float(out.min()), float(out.max()))
         if op.name in quant:
             out = repair.fake_quant(out, *quant[op.name])
@@ -147,13 +147,13 @@ def activation_sensitivity(model, images, *, limit: int = 32) -> list[LayerError
 
     flat, _ = repair.fold_bn(model)
     x = np.asarray(images, np.float32)[:limit]
-    base, ranges = _forward(flat, x)
+    base, ranges = forward_pass(flat, x)
     rows = []
     for op, _ in repair.nodes(flat):
-        if not repair._requantised(op) or op.name in flat.output_names:
+        if not repair.requantised(op) or op.name in flat.output_names:
             continue
         lo, hi = min(ranges[op.name][0], 0.0), max(ranges[op.name][1], 0.0)
-        out, _ = _forward(flat, x, {op.name: (lo, hi)})
+        out, _ = forward_pass(flat, x, {op.name: (lo, hi)})
         rows.append(LayerError(op.name, type(op).__name__, "keras-sim", scale=(hi - lo) / 255,
                                rmse=float(np.sqrt(np.mean((out - base) ** 2)))))
     return sorted(rows, key=lambda r: -r.rmse)

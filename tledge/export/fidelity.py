@@ -203,7 +203,7 @@ def _repaired(model, stem: int, ctx: FidelityContext, cache):
 
 def _tflite(model, stem: int, ctx: FidelityContext, applied: dict, *, dynamic: bool = False) -> bytes:
     from tledge.export import selective
-    from tledge.export.formats import _tflite_io
+    from tledge.export.formats import tflite_io
     from tledge.export.metadata import embed_tflite
 
     try:
@@ -215,7 +215,7 @@ def _tflite(model, stem: int, ctx: FidelityContext, applied: dict, *, dynamic: b
     except Exception as exc:
         reason = str(exc).splitlines()[-1][:300]
         raise TledgeError(f"TFLite conversion of the repaired model failed: {reason}") from None
-    qin, qout, dtype = _tflite_io(data)
+    qin, qout, dtype = tflite_io(data)
     contract = ctx.contract.for_file(input_dtype=dtype, input_quant=qin, output_quant=qout)
     return embed_tflite(data, contract.replace(extra={**contract.extra, **applied}))
 
@@ -224,7 +224,7 @@ def _onnx(model, rung: Rung, ctx: FidelityContext, applied: dict) -> bytes:
     import tempfile
 
     from tledge.export import onnx as onnx_export
-    from tledge.export.selective import _with_activations, onnx_stem
+    from tledge.export.selective import with_activations, onnx_stem
 
     onnx = require("onnx", extra="export")
     conv = onnx_export.Conventions.of(ctx.contract)  # the export's ONNX layout and input dtype
@@ -245,7 +245,7 @@ def _onnx(model, rung: Rung, ctx: FidelityContext, applied: dict) -> bytes:
         exclude = ()
         if rung.stem:
             raw = src.read_bytes()
-            exclude = _with_activations(raw, onnx_stem(raw, rung.stem))
+            exclude = with_activations(raw, onnx_stem(raw, rung.stem))
         scheme = onnx_export.quantize_int8(src, dst, conv.calib(ctx.calib), method=rung.calibrate,
                                            nodes_to_exclude=exclude, scheme=scheme)
         per_file = conv.file_contract(ctx.contract, onnx_quant=scheme.describe(), **applied)

@@ -45,12 +45,12 @@ def _write_tflite(fmt: Format, dst: Path, concrete, contract: Contract, calib) -
     from tledge.export.metadata import embed_tflite
 
     data = tflite.convert(concrete, fmt.precision, calib)
-    qin, qout, dtype = _tflite_io(data)
+    qin, qout, dtype = tflite_io(data)
     atomic_write_bytes(dst, embed_tflite(data, contract.for_file(input_dtype=dtype, input_quant=qin,
                                                                  output_quant=qout)))
 
 
-def _tflite_io(data: bytes) -> tuple[Quant | None, Quant | None, str]:
+def tflite_io(data: bytes) -> tuple[Quant | None, Quant | None, str]:
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_content=data)

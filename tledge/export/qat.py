@@ -68,10 +68,10 @@ class _Forward:
         self.model, self.ranges, self.keep = model, ranges, set(keep_float)
         self.nodes = list(repair.nodes(model))
         self.last = self.nodes[-1][0]
-        self.quantised = {op.name for op, _ in self.nodes if repair._quantised_output(op, self.keep)}
+        self.quantised = {op.name for op, _ in self.nodes if repair.quantised_output(op, self.keep)}
         self.vars = {}
         for op, _ in self.nodes:
-            if repair._linear_kind(op) and op.name not in self.keep:
+            if repair.linear_kind(op) and op.name not in self.keep:
                 w = op.get_weights()
                 self.vars[op.name] = (self.tf.Variable(w[0]), self.tf.Variable(w[1]))
 
@@ -102,11 +102,11 @@ def finetune(model, reference, calib, *, epochs: int = 15, lr: float = 3e-5, bat
     lr 3e-5 x 15 epochs is stable on MobileNet; 2e-4 diverged."""
     tf = require("tensorflow", purpose="quantisation-aware fine-tuning")
     from tledge.export import repair
-    from tledge.export.explain import _forward
+    from tledge.export.explain import forward_pass
 
-    m = repair._rebuild(model, repair._clone)
+    m = repair.rebuild_model(model, repair.clone_layer)
     x = np.asarray(calib, np.float32)
-    _, ranges = _forward(m, x)
+    _, ranges = forward_pass(m, x)
     if flips and x.ndim == 4:
         x = np.concatenate([x, x[:, :, ::-1]])
     target = _logits(reference, x)

@@ -33,9 +33,9 @@ import numpy as np
 from tledge._deps import require
 from tledge.errors import ExportError
 from tledge.export._graph import (  # noqa: F401  (re-exported: repair.fold_bn, repair.predict, ...)
-    _apply_layer, _clone, _flat, _keras, _linear_kind, _rebuild, _single_use, flatten, fold_bn, kernel_out, nodes,
+    apply_layer, clone_layer, flat_model, keras_lib, linear_kind, rebuild_model, single_use, flatten, fold_bn, kernel_out, nodes,
     predict)
-from tledge.export.cle import _HOMOGENEOUS, _clip_of, cle_pairs, equalize  # noqa: F401
+from tledge.export.cle import HOMOGENEOUS, clip_of, cle_pairs, equalize  # noqa: F401
 
 DEFAULT_STEPS = ("fold", "exact_input", "adaptive", "bias_correction")
 KNOWN_STEPS = ("fold", "exact_input", "cle", "nearest", "adaptive", "bias_correction", "refit", "qat")
@@ -84,7 +84,7 @@ def exact_input(model):
     flat = flatten(model)
     found = [(layer, baked_norm(layer)) for layer in flat.layers]
     found = [(layer, norm) for layer, norm in found if norm is not None]
-    if len(found) != 1 or found[0][1][0] == "caffe" or not _single_use(found[0][0]):
+    if len(found) != 1 or found[0][1][0] == "caffe" or not single_use(found[0][0]):
         return flat, False
     pre, (mode, pre_mean, pre_std) = found[0]
     channels = int(pre.output.shape[-1])
@@ -94,9 +94,9 @@ def exact_input(model):
     if np.ptp(scale) > 0 or np.ptp(steps) > 0 or abs(steps[0] - np.floor(steps[0]) - 0.5) > 1e-3:
         return flat, False
     op = pre._outbound_nodes[0].operation
-    while type(op).__name__ == "ZeroPadding2D" and _single_use(op):
+    while type(op).__name__ == "ZeroPadding2D" and single_use(op):
         op = op._outbound_nodes[0].operation
-    if _linear_kind(op) not in ("Conv2D", "DepthwiseConv2D") or len(op._inbound_nodes) != 1:
+    if linear_kind(op) not in ("Conv2D", "DepthwiseConv2D") or len(op._inbound_nodes) != 1:
         return flat, False
     delta = 0.5 * scale  # new input = old input - delta
     mean, std = np.round(steps + 0.5), 1.0 / scale
@@ -106,16 +106,16 @@ def exact_input(model):
         if layer is pre:
             return preprocess_layer("custom", mean.tolist(), std.tolist(), channels), []  # tledge_preprocess
         if layer.name != first:
-            return _clone(layer)
+            return clone_layer(layer)
         w = layer.get_weights()
         bias = w[1] if len(w) > 1 else np.zeros(kernel_out(layer, w[0]), np.float32)
         if type(layer).__name__ == "DepthwiseConv2D":
             shift = (w[0].sum(axis=(0, 1)) * delta[:, None]).reshape(-1)
         else:
             shift = np.einsum("hwio,i->o", w[0], delta)
-        return _clone(layer, [w[0], (bias + shift).astype(np.float32)], use_bias=True)
+        return clone_layer(layer, [w[0], (bias + shift).astype(np.float32)], use_bias=True)
 
-    return _rebuild(flat, make), True
+    return rebuild_model(flat, make), True
 
 
 # ---- the int8 grid and the sequential reconstruction -------------------------------------------
@@ -154,11 +154,11 @@ def quantize_kernel(layer, kernel):
 def simulate_int8_weights(model):
     """Copy of a *folded* model with every conv/depthwise/dense kernel rounded to nearest int8."""
     def make(op):
-        new, w = _clone(op)
-        if _linear_kind(op):
+        new, w = clone_layer(op)
+        if linear_kind(op):
             w = [quantize_kernel(op, w[0])] + w[1:]
         return new, w
-    return _rebuild(model, make)
+    return rebuild_model(model, make)
 
 
 def _patches(layer, x):
@@ -257,8 +257,8 @@ def _solve_layer(layer, hqq, hqf, hff, method, bias_correction, refit, damp, rid
 
 
 def _with_bias(op):
-    new, w = _clone(op, use_bias=True) if _linear_kind(op) else _clone(op)
-    if _linear_kind(op) and len(w) == 1:
+    new, w = clone_layer(op, use_bias=True) if linear_kind(op) else clone_layer(op)
+    if linear_kind(op) and len(w) == 1:
         w = w + [np.zeros(kernel_out(op, w[0]), np.float32)]
     return new, w
 
@@ -266,13 +266,13 @@ def _with_bias(op):
 _NO_REQUANT = ("ZeroPadding2D", "Reshape", "Flatten", "Dropout", "MaxPooling2D", "InputLayer")
 
 
-def _requantised(op) -> bool:
+def requantised(op) -> bool:
     """Whether a converter gives this op's output its own int8 tensor (activations fuse into the
     conv/dense before them; padding and reshapes keep their input's quantisation)."""
     if type(op).__name__ in _NO_REQUANT:
         return False
-    if _linear_kind(op) and _single_use(op):
-        return _clip_of(op._outbound_nodes[0].operation) is False
+    if linear_kind(op) and single_use(op):
+        return clip_of(op._outbound_nodes[0].operation) is False
     return True
 
 
@@ -292,16 +292,16 @@ def stem_layers(model, k: int) -> list[str]:
     names, seen = [], 0
     for op, _ in nodes(model):
         if seen == k:
-            if _clip_of(op) is False or type(op).__name__ in _HOMOGENEOUS:
+            if clip_of(op) is False or type(op).__name__ in HOMOGENEOUS:
                 break
         names.append(op.name)
-        seen += bool(_linear_kind(op))
+        seen += bool(linear_kind(op))
     return names if k > 0 else []
 
 
-def _quantised_output(op, keep) -> bool:
+def quantised_output(op, keep) -> bool:
     if op.name not in keep:
-        return _requantised(op)
+        return requantised(op)
     return any(n.operation.name not in keep for n in op._outbound_nodes)  # leaves the float stem
 
 
@@ -315,7 +315,7 @@ def quantize_weights(model, calib, *, method="adaptive", bias_correction=True, r
     use (range = calibration min/max), so rounding and bias absorb the activation error too.
     Layers named in `keep_float` (see `stem_layers`) keep float weights and float outputs."""
     keep = set(keep_float)
-    qmodel = _rebuild(model, _with_bias)
+    qmodel = rebuild_model(model, _with_bias)
     qlayers = {layer.name: layer for layer in qmodel.layers}
     uses: dict[int, int] = {}
     for _, node in nodes(model):
@@ -326,18 +326,18 @@ def quantize_weights(model, calib, *, method="adaptive", bias_correction=True, r
     acts_q = dict(acts_f)
     for op, node in nodes(model):
         (args_f, kw_f), (args_q, kw_q) = node.arguments.fill_in(acts_f), node.arguments.fill_in(acts_q)
-        flat_f, flat_q = list(_flat(args_f)), list(_flat(args_q))
+        flat_f, flat_q = list(flat_model(args_f)), list(flat_model(args_q))
         qop = qlayers[op.name]
-        if _linear_kind(op) and len(flat_f) == 1 and op.name not in keep:
+        if linear_kind(op) and len(flat_f) == 1 and op.name not in keep:
             hqq, hqf, hff = _moments(op, flat_q[0], flat_f[0])
             new, errs = _solve_layer(qop, hqq, hqf, hff, method, bias_correction, refit, damp, ridge)
             qop.set_weights(new)
             if log is not None:
                 log.layers.append(LayerRepair(op.name, type(op).__name__, hqq.shape[1] - 1, *errs))
-        out_f = _apply_layer(op, args_f, kw_f)
-        same = all(a is b for a, b in zip(flat_f, flat_q)) and not _linear_kind(op)
-        out_q = out_f if same else _apply_layer(qop, args_q, kw_q)
-        if act_quant and _quantised_output(op, keep) and op.name not in model.output_names:
+        out_f = apply_layer(op, args_f, kw_f)
+        same = all(a is b for a, b in zip(flat_f, flat_q)) and not linear_kind(op)
+        out_q = out_f if same else apply_layer(qop, args_q, kw_q)
+        if act_quant and quantised_output(op, keep) and op.name not in model.output_names:
             out_q = fake_quant(out_q, out_f.min(), out_f.max())
         for t in node.outputs:
             acts_f[id(t)], acts_q[id(t)] = out_f, out_q

@@ -39,7 +39,7 @@ def _with_extremes(calib, limit=None) -> np.ndarray:
     return data
 
 
-def _representative(calib, limit=None):
+def representative_data(calib, limit=None):
     data = _with_extremes(calib, limit)
 
     def gen():
@@ -56,7 +56,7 @@ def tflite_converter(model, calib, *, io: str = "uint8"):
     holder.variables_ = [getattr(v, "value", v) for v in model.variables]
     conv = tf.lite.TFLiteConverter.from_concrete_functions([fn], holder)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = _representative(calib)
+    conv.representative_dataset = representative_data(calib)
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     if io != "float32":
         conv.inference_input_type = conv.inference_output_type = getattr(tf, io)
@@ -110,7 +110,7 @@ def onnx_float(model, *, opset: int = 17) -> bytes:
     return proto.SerializeToString()
 
 
-class _Reader:
+class CalibrationReader:
     def __init__(self, name, calib):
         self.name, self.data, self.i = name, _with_extremes(calib), 0
 
@@ -127,7 +127,7 @@ class _Reader:
         return iter([{self.name: self.data[i:i + 1]} for i in range(len(self.data))])
 
 
-def _with_activations(model_bytes: bytes, exclude: Sequence[str]) -> list[str]:
+def with_activations(model_bytes: bytes, exclude: Sequence[str]) -> list[str]:
     """`exclude` plus the Relu/Clip nodes that directly follow an excluded node: quantising those
     alone would put their *input* (the conv's unclipped output) on a coarse 8-bit grid."""
     import onnx
@@ -161,9 +161,9 @@ def onnx_int8(float_onnx: bytes, calib, *, exclude: Sequence[str] = (), per_chan
             import onnx
 
             exclude = list(exclude) + [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Softmax"]
-        q.quantize_static(str(pre), str(dst), _Reader(name, calib), quant_format=q.QuantFormat.QDQ,
+        q.quantize_static(str(pre), str(dst), CalibrationReader(name, calib), quant_format=q.QuantFormat.QDQ,
                           per_channel=per_channel, activation_type=q.QuantType.QUInt8,
-                          weight_type=q.QuantType.QInt8, nodes_to_exclude=_with_activations(float_onnx, exclude),
+                          weight_type=q.QuantType.QInt8, nodes_to_exclude=with_activations(float_onnx, exclude),
                           calibrate_method=q.CalibrationMethod.MinMax)
         return dst.read_bytes()
 
