@@ -80,7 +80,7 @@ def test_bias_correction_moves_int8_means_to_the_float_ones(tiny_onnx, tmp_path)
 
 
 def test_kernel_check_runs_every_path_and_names_the_cpu(tiny_export, tiny_onnx):
-    from tledge.export import onnx as ox
+    from tledge.quant import kernels as ox
 
     _, _, val, _ = tiny_onnx
     outs = ox.run_paths(tiny_export.out / "model_int8.onnx", val[:40])

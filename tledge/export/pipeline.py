@@ -180,7 +180,7 @@ def _fidelity(cfg: ExportConfig, report: ParityReport, x: FidelityInputs) -> boo
     """The int8 fidelity loop on failing int8 files (and the per-layer table for --explain); then the
     final int8 ONNX files on onnxruntime's other kernel paths (a note with the CPU flags)."""
     from tledge.export import fidelity
-    from tledge.export import onnx as onnx_export
+    from tledge.quant import kernels
 
     failing = [r for r in report.results if r.precision in ("int8", "dynamic") and not r.passed
                and np.isfinite(r.max_abs_error)]
@@ -207,7 +207,7 @@ def _fidelity(cfg: ExportConfig, report: ParityReport, x: FidelityInputs) -> boo
         report.notes += outcome.notes
         report.fidelity, report.explain = outcome.attempts, outcome.explain_md
         ran = True
-    report.notes += onnx_export.kernel_notes(report.results, x.out, x.val_x, cfg.threads)
+    report.notes += kernels.kernel_notes(report.results, x.out, x.val_x, cfg.threads)
     return ran
 
 
