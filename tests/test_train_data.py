@@ -1,0 +1,122 @@
+"""tledge train's data path: class folders, splits, bad folders and files (clear errors, warnings, nothing
+modified), and the ImageNet download failure that says how to pass a local file. No training here."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tledge.errors import DataError, TledgeError, TledgeWarning
+from tledge.train import TrainConfig, train
+from tledge.train import data as td
+
+SIZE = 32
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _classes(root: Path, spec: dict[str, int], size: int = 24) -> Path:
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for name, n in spec.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            cv2.imwrite(str(root / name / f"{i}.png"), rng.integers(0, 255, (size, size, 3), np.uint8))
+    return root
+
+
+def test_bad_folders_give_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        td.plan(tmp_path / "missing")
+    with pytest.raises(DataError, match="no class folders"):
+        (tmp_path / "flat").mkdir()
+        (tmp_path / "flat" / "x.png").write_bytes(b"")
+        td.plan(tmp_path / "flat")
+    with pytest.raises(DataError, match="without images.*empty"):
+        td.plan(_classes(tmp_path / "e", {"cat": 3, "dog": 3, "empty": 0}))
+    with pytest.raises(DataError, match="only one class"):
+        td.plan(_classes(tmp_path / "one", {"cat": 5}))
+    with pytest.raises(DataError, match="at least 2 per class"):
+        td.plan(_classes(tmp_path / "tiny", {"cat": 5, "dog": 1}))
+    root = _classes(tmp_path / "split", {"train/cat": 3, "train/dog": 3, "val/cat": 2, "val/bird": 1})
+    with pytest.raises(DataError, match="bird"):
+        td.plan(root)
+    with pytest.raises(DataError, match="drop --val-split"):
+        td.plan(_classes(tmp_path / "split2", {"train/cat": 3, "train/dog": 3, "val/cat": 1}), val_split=0.5)
+    with pytest.raises(TledgeError, match="inside the data folder"):
+        train(root, TrainConfig(weights="none", out=root / "runs"))
+    for bad in (dict(unfreeze=3, fine_tune_at="conv1"), dict(weights="nope.h5"), dict(class_weights="yes"),
+                dict(epochs=0, fine_tune_epochs=0), dict(val_split=1.5), dict(grayscale=True, precision="mixed")):
+        with pytest.raises(TledgeError):
+            TrainConfig(**bad)
+
+
+def test_bad_files_warn_are_skipped_and_left_alone(tmp_path):
+    from tledge.train.api import make_contract
+
+    root = _classes(tmp_path / "d", {"cat": 3, "dog": 3})
+    (root / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (root / "dog" / "notes.txt").write_text("hello")
+    (root / "readme.md").write_text("loose file")
+    before = _digest(root)
+    with pytest.warns(TledgeWarning) as got:
+        plan = td.plan(root, val_split=0.34)
+    msgs = " | ".join(str(w.message) for w in got)
+    assert "notes.txt" in msgs and "readme.md" in msgs
+    contract = make_contract(TrainConfig(weights="none", size=SIZE), plan.classes)
+    split = plan.train if any(f.name == "broken.jpg" for f in plan.train.files) else plan.val
+    with pytest.warns(TledgeWarning, match="broken.jpg"):
+        x, y, kept = td.load(split, contract)
+    assert len(kept.files) == len(split.files) - 1 and len(x) == len(y) == len(kept.files)
+    assert _digest(root) == before  # nothing deleted, moved or rewritten
+
+    for f in (root / "dog").glob("*.png"):
+        f.write_bytes(b"garbage")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TledgeWarning)
+        plan = td.plan(root, val_split=0.34)
+        with pytest.raises(DataError, match="no readable training images left for class.*dog"):
+            td.load(plan.train, contract)
+
+
+def test_cli_reports_bad_data_with_exit_code_2(tmp_path, capsys):
+    from tledge.cli import main
+
+    root = _classes(tmp_path / "d", {"cat": 4})
+    assert main(["train", str(root), "--weights", "none", "--out", str(tmp_path / "o")]) == 2
+    assert "only one class" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_imagenet_download_failure_says_how_to_pass_a_file(monkeypatch):
+    import keras.src.utils.file_utils as fu
+
+    from tledge import backbones
+
+    def offline(*a, **k):
+        raise Exception("URL fetch failure: no network")
+
+    monkeypatch.setattr(fu, "get_file", offline)
+    with pytest.raises(TledgeError, match="--weights PATH"):
+        backbones.build("mobilenet", (SIZE, SIZE, 3), weights="imagenet", alpha=0.25)
+
+
+def test_split_layout_and_held_out_split_are_stratified(tmp_path):
+    root = _classes(tmp_path / "flat", {"a": 10, "b": 5})
+    p1, p2 = td.plan(root, val_split=0.2, seed=3), td.plan(root, val_split=0.2, seed=3)
+    assert p1.val.files == p2.val.files  # deterministic
+    assert p1.val.counts() == [2, 1] and p1.train.counts() == [8, 4]
+    assert not set(p1.val.files) & set(p1.train.files)
+    split = _classes(tmp_path / "s", {"train/a": 3, "train/b": 3, "validation/a": 2, "validation/b": 2})
+    p = td.plan(split)
+    assert p.classes == ("a", "b") and len(p.val.files) == 4 and "validation" in p.source
+    shutil.rmtree(split / "validation")
+    assert len(td.plan(split).val.files) == 2  # train/ only: held out from it
