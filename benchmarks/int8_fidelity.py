@@ -146,7 +146,7 @@ def repaired(model, calib, cache: Path, tag: str, stem: int, steps):
     """repair.apply, cached as .keras (the repaired weights are plain Keras weights)."""
     import keras
 
-    from tledge.export import repair
+    from tledge.quant import repair
 
     path = cache / f"{tag}_{model.name}_repaired_{'-'.join(steps)}_stem{stem}.keras"
     if path.is_file():
@@ -158,7 +158,7 @@ def repaired(model, calib, cache: Path, tag: str, stem: int, steps):
 
 def files_for(model, calib, stem: int, tag: str, log):
     """(tflite Runner, onnx Runner) of one Keras model, the first `stem` convs kept float."""
-    from tledge.export import selective as sel
+    from tledge.quant import selective as sel
 
     t = time.perf_counter()
     cal = sel.calibrate_tflite(model, calib)
@@ -171,11 +171,11 @@ def files_for(model, calib, stem: int, tag: str, log):
 
 
 def run_family(name, model, calib, xv, yv, stems, steps, cache, log):
-    from tledge.export import repair
+    from tledge.quant import repair
 
     ref = repair.predict(model, xv.astype("float32"))
     rows = {"keras": {**metrics(ref, ref, yv), "latency_ms": None}}
-    from tledge.export import selective as sel
+    from tledge.quant import selective as sel
 
     fo = sel.onnx_float(model)
     runners = {"fp32 tflite": sel.Runner(sel.tflite_fp32(model), "tflite"), "fp32 onnx": sel.Runner(fo, "onnx")}
@@ -191,7 +191,7 @@ def run_family(name, model, calib, xv, yv, stems, steps, cache, log):
         runners |= files_for(m, calib, stem, label, log)
     for k, r in runners.items():
         rows[k] = metrics(r.predict(xv.astype("float32")), ref, yv)
-    from tledge.export.selective import compare_latency
+    from tledge.quant.selective import compare_latency
 
     for k, v in compare_latency(runners, xv.astype("float32")).items():
         rows[k]["latency_ms"] = v

@@ -39,15 +39,22 @@ class Rung:
     repair: bool = True  # run repair.apply first (needs a Keras 3 model)
     stem: int = 0  # convolutions kept float (0: all-int8)
     calibrate: str = "minmax"  # ONNX calibration method
-    kinds: tuple[str, ...] = ("tflite", "onnx")
     graph: str | None = None  # a tledge.quant technique on the converted graph (any loader)
+
+    @property
+    def techniques(self) -> tuple[str, ...]:
+        """The tledge.quant.registry entries this rung applies."""
+        names = ("weight-repair",) if self.repair else ()
+        names += ("float-layers",) if self.stem else ()
+        names += ("percentile-calibration",) if self.calibrate == "percentile" else ()
+        return names + ((self.graph,) if self.graph else ())
 
 
 LADDER: tuple[Rung, ...] = (
-    Rung("onnx-bias", repair=False, kinds=("onnx",), graph="onnx-bias"),
-    Rung("calibration-percentile", repair=False, calibrate="percentile", kinds=("onnx",)),
+    Rung("onnx-bias", repair=False, graph="onnx-bias"),
+    Rung("calibration-percentile", repair=False, calibrate="percentile"),
     Rung("repaired"),
-    Rung("repaired+bias", kinds=("onnx",), graph="onnx-bias"),  # the ONNX grid may not be the repair's (U8U8)
+    Rung("repaired+bias", graph="onnx-bias"),  # the ONNX grid may not be the repair's (U8U8)
     Rung("repaired-stem4", stem=4),
 )
 
@@ -115,7 +122,11 @@ def improve(failing: Sequence[ParityResult], ctx: FidelityContext) -> FidelityOu
 
 
 def _applies(rung: Rung, plain: ParityResult, ctx: FidelityContext, model) -> bool:
-    if plain.format not in rung.kinds or (rung.repair and model is None) or (rung.stem and ctx.int8_only):
+    from tledge.quant import registry
+
+    if rung.repair and model is None:
+        return False
+    if registry.check(rung.techniques, plain.format, int8_only=ctx.int8_only):
         return False
     if plain.precision == "dynamic":  # int8 weights, float activations: only the weight repair applies
         return rung.repair and not rung.stem
@@ -192,7 +203,7 @@ def _threshold(ctx: FidelityContext, name: str, precision: str) -> Thresholds:
 
 
 def _repaired(model, stem: int, ctx: FidelityContext, cache):
-    from tledge.export import repair
+    from tledge.quant import repair
 
     if stem not in cache:
         with warnings.catch_warnings():
@@ -202,7 +213,7 @@ def _repaired(model, stem: int, ctx: FidelityContext, cache):
 
 
 def _tflite(model, stem: int, ctx: FidelityContext, applied: dict, *, dynamic: bool = False) -> bytes:
-    from tledge.export import selective
+    from tledge.quant import selective
     from tledge.export.formats import tflite_io
     from tledge.export.metadata import embed_tflite
 
@@ -224,7 +235,7 @@ def _onnx(model, rung: Rung, ctx: FidelityContext, applied: dict) -> bytes:
     import tempfile
 
     from tledge.export import onnx as onnx_export
-    from tledge.export.selective import with_activations, onnx_stem
+    from tledge.quant.selective import with_activations, onnx_stem
 
     onnx = require("onnx", extra="export")
     conv = onnx_export.Conventions.of(ctx.contract)  # the export's ONNX layout and input dtype
@@ -319,7 +330,7 @@ def _rebuilt(ctx: FidelityContext):
 def _explain(ctx: FidelityContext, model, plain_onnx: bytes | None) -> str:
     """Per-layer error tables of the plain int8 files: TFLite QuantizationDebugger, and onnxruntime's
     QDQ debugging when an int8 ONNX file is there (before any repair replaces it)."""
-    from tledge.export import explain
+    from tledge.quant import explain
 
     n = min(32, len(ctx.calib))
     parts = []

@@ -5,6 +5,14 @@
 - `rebuild`: a verified Keras 3 copy of a tf_keras model, so the Keras-level repairs apply;
 - `kernels`: each int8 ONNX file on onnxruntime's x86 kernel paths at export (a note with the CPU flags).
 
-The Keras-level repairs of issue 7 (repair, selective, explain, cle, qat, _graph) still live in
-tledge/export; moving them here is not done yet.
+Keras-level techniques (any loader, through `rebuild` for tf_keras files):
+- `repair`: BN folding, an exact input grid, adaptive rounding + bias correction of every kernel;
+- `selective`: keep chosen layers float in the converted files (float stems), converter helpers;
+- `kerasgraph`: Keras 3 functional-graph surgery the techniques share.
+
+Diagnosis, apart from the techniques: `explain` (per-layer error and sensitivity tables).
+The registry the export loop reads is `registry.TECHNIQUES`. The loop itself (which rung, parity
+against the original model, fallback) is tledge/export/fidelity.py: it orchestrates converters,
+and this package never imports tledge.export. Experiments the product does not run (cross-layer
+equalisation, quantisation-aware fine-tuning) live in lab/quant/.
 """

@@ -1,4 +1,5 @@
-"""Cheap quantisation-aware fine-tuning of a folded flat Keras model (the `qat` repair step).
+"""Lab experiment, not run by the product (measured: validation does not follow, see
+docs/int8-fidelity.md). Cheap quantisation-aware fine-tuning of a folded flat Keras model (the `qat` repair step).
 
 Every conv/depthwise/dense kernel is used through per-channel symmetric int8 fake quantisation
 (scale = max|w|/127, straight-through gradients) and every tensor a converter requantises is
@@ -16,7 +17,7 @@ from tledge._deps import require
 
 def _logits(model, x, batch=32):
     """The final layer's pre-activation (centred log-probabilities for a softmax output)."""
-    from tledge.export._graph import predict
+    from tledge.quant.kerasgraph import predict
 
     p = predict(model, x, batch).astype(np.float64)
     if np.all(p >= 0) and np.allclose(p.sum(axis=1), 1, atol=1e-3):
@@ -62,7 +63,7 @@ class _Forward:
     """The fake-quantised forward pass of a folded flat model with trainable kernels/biases."""
 
     def __init__(self, model, ranges, keep_float):
-        from tledge.export import repair
+        from tledge.quant import repair
 
         self.tf = require("tensorflow", purpose="quantisation-aware fine-tuning")
         self.model, self.ranges, self.keep = model, ranges, set(keep_float)
@@ -101,8 +102,8 @@ def finetune(model, reference, calib, *, epochs: int = 15, lr: float = 3e-5, bat
     are on the int8 grid (round-to-nearest of the trained kernels, which is what the forward used).
     lr 3e-5 x 15 epochs is stable on MobileNet; 2e-4 diverged."""
     tf = require("tensorflow", purpose="quantisation-aware fine-tuning")
-    from tledge.export import repair
-    from tledge.export.explain import forward_pass
+    from tledge.quant import repair
+    from tledge.quant.explain import forward_pass
 
     m = repair.rebuild_model(model, repair.clone_layer)
     x = np.asarray(calib, np.float32)
@@ -141,3 +142,12 @@ def finetune(model, reference, calib, *, epochs: int = 15, lr: float = 3e-5, bat
             k, b = (v.numpy() for v in fwd.vars[op.name])
             op.set_weights([repair.quantize_kernel(op, k), b])
     return m
+
+
+def step(reference, stem: int = 0, **options):
+    """An `extra_after` step for tledge.quant.repair.apply: fine-tune against `reference` (the original model)."""
+    from tledge.quant.repair import stem_layers
+
+    def run(model, calib, log):
+        return finetune(model, reference, calib, keep_float=stem_layers(model, stem), log=log, **options)
+    return run

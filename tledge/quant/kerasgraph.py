@@ -140,3 +140,20 @@ def flat_model(args):
 def predict(model, x, batch=32):
     keras = keras_lib()
     return np.concatenate([keras.ops.convert_to_numpy(model(x[i:i + batch])) for i in range(0, len(x), batch)])
+
+
+HOMOGENEOUS = ("ZeroPadding2D", "GlobalAveragePooling2D", "Dropout")
+
+
+def clip_of(layer) -> float | None | bool:
+    """For a channel-wise positively homogeneous op: its clip value (6.0 for ReLU6), None for no
+    clip; False when the op is not one we can equalise through."""
+    kind = type(layer).__name__
+    if kind in HOMOGENEOUS:
+        return None
+    if kind == "ReLU" and not layer.negative_slope and not layer.threshold:
+        return None if layer.max_value is None else float(layer.max_value)
+    if kind == "Activation":
+        name = getattr(layer.activation, "__name__", str(layer.activation))
+        return {"relu": None, "relu6": 6.0, "linear": None}.get(name, False)
+    return False

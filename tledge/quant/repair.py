@@ -4,11 +4,13 @@
 a pure function model -> new Keras 3 functional model (the input model is never changed):
 
 - `fold` (always): flatten nested models, drop Dropout, fold BatchNormalization into the
-  conv/depthwise/dense before it (`_graph.fold_bn`; max abs vs the original is logged, ~2e-6).
+  conv/depthwise/dense before it (`kerasgraph.fold_bn`; max abs vs the original is logged, ~2e-6).
 - `exact_input`: a baked `x/127.5 - 1` becomes `(x - 128)/127.5` with the first conv's bias
   compensated, so every pixel lands exactly on the int8 input grid (`exact_input`).
-- `cle`: cross-layer equalisation (`cle.equalize`; ReLU6-bounded, see that module). Measured: no
-  gain with per-channel weights, so not in the defaults.
+- experiments the product does not run (cross-layer equalisation, quantisation-aware fine-tuning:
+  measured, no gain; see docs/int8-fidelity.md) live in lab/quant/ and plug in as `extra` steps:
+  `apply(model, calib, steps, extra={"cle": lab.quant.cle.step()})` (callables model, calib, log -> model,
+  run before rounding; `extra_after` after it).
 - `nearest` / `adaptive`, `bias_correction`, `refit`: one sequential pass over the calibration set
   (`quantize_weights`) that puts every conv/depthwise/dense kernel on the exact per-channel
   symmetric int8 grid the converters use (scale = max|w|/127, one element per channel at +-127,
@@ -32,13 +34,12 @@ import numpy as np
 
 from tledge._deps import require
 from tledge.errors import ExportError
-from tledge.export._graph import (  # noqa: F401  (re-exported: repair.fold_bn, repair.predict, ...)
-    apply_layer, clone_layer, flat_model, keras_lib, linear_kind, rebuild_model, single_use, flatten, fold_bn, kernel_out, nodes,
-    predict)
-from tledge.export.cle import HOMOGENEOUS, clip_of, cle_pairs, equalize  # noqa: F401
+from tledge.quant.kerasgraph import (  # noqa: F401  (re-exported: repair.fold_bn, repair.predict, ...)
+    HOMOGENEOUS, apply_layer, clip_of, clone_layer, flat_model, keras_lib, linear_kind, rebuild_model, single_use, flatten,
+    fold_bn, kernel_out, nodes, predict)
 
 DEFAULT_STEPS = ("fold", "exact_input", "adaptive", "bias_correction")
-KNOWN_STEPS = ("fold", "exact_input", "cle", "nearest", "adaptive", "bias_correction", "refit", "qat")
+KNOWN_STEPS = ("fold", "exact_input", "nearest", "adaptive", "bias_correction", "refit")
 
 
 @dataclass
@@ -56,17 +57,13 @@ class RepairLog:
     folded_bn: int = 0
     fold_max_abs: float | None = None  # float model after fold vs original, on calibration images
     input_max_abs: float | None = None  # after exact_input vs original (None: not applicable)
-    cle_pairs: int = 0
-    cle_max_abs: float | None = None  # after cle vs after fold (0 only when no clip was crossed)
-    cle_clip_hits: int = 0  # calibration activations that cross a moved ReLU6 clip
     layers: list[LayerRepair] = field(default_factory=list)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [f"repair steps {','.join(self.steps)}: {self.folded_bn} BN folded (max abs {self.fold_max_abs}), "
-                 f"exact input {self.input_max_abs}, {self.cle_pairs} CLE pairs (max abs {self.cle_max_abs}, "
-                 f"clip hits {self.cle_clip_hits}), {len(self.layers)} kernels on the int8 grid, {self.seconds:.1f}s"]
+                 f"exact input {self.input_max_abs}, {len(self.layers)} kernels on the int8 grid, {self.seconds:.1f}s"]
         return "\n".join(lines + self.notes)
 
 
@@ -350,14 +347,15 @@ def quantize_weights(model, calib, *, method="adaptive", bias_correction=True, r
 
 
 # ---- the pipeline ------------------------------------------------------------------------------
-def apply(model, calib, steps=DEFAULT_STEPS, *, stem: int = 0, criterion="auto", relu6="bound", act_quant=True,
-          damp=0.01, ridge=0.05, qat: dict | None = None, check=16):
+def apply(model, calib, steps=DEFAULT_STEPS, *, stem: int = 0, act_quant=True, damp=0.01, ridge=0.05,
+          extra: dict | None = None, extra_after: dict | None = None, check=16):
     """Run the repair `steps` (see KNOWN_STEPS) on a Keras model that takes float32 pixels NHWC.
 
     Returns (new_model, RepairLog). `calib` are calibration inputs exactly as the model takes
-    them (float32 pixels for a model with baked preprocessing)."""
-    steps = tuple(steps)
-    unknown = [s for s in steps if s not in KNOWN_STEPS]
+    them (float32 pixels for a model with baked preprocessing). `extra` / `extra_after`: named
+    callables (model, calib, log) -> model run before / after the rounding (lab experiments)."""
+    steps = tuple(steps) + tuple(extra or ()) + tuple(extra_after or ())
+    unknown = [s for s in steps if s not in KNOWN_STEPS + tuple(extra or ()) + tuple(extra_after or ())]
     if unknown:
         raise ExportError(f"unknown repair steps {unknown}; known: {', '.join(KNOWN_STEPS)}")
     if "nearest" in steps and "adaptive" in steps:
@@ -374,19 +372,14 @@ def apply(model, calib, steps=DEFAULT_STEPS, *, stem: int = 0, criterion="auto",
     if "exact_input" in steps:
         m, shifted = exact_input(m)
         log.input_max_abs = float(np.abs(predict(m, sample) - ref).max()) if shifted else None
-    if "cle" in steps:
-        before = predict(m, calib)
-        m, log.cle_pairs = equalize(m, calib, criterion=criterion, relu6=relu6)
-        diff = np.abs(predict(m, calib) - before)
-        log.cle_max_abs, log.cle_clip_hits = float(diff.max()), int((diff.max(axis=-1) > 1e-4).sum())
+    for step in (extra or {}).values():
+        m = step(m, calib, log)
     rounding = "adaptive" if "adaptive" in steps else "nearest"
     if rounding in steps or "bias_correction" in steps or "refit" in steps:
         m = quantize_weights(m, calib, method=rounding, bias_correction="bias_correction" in steps,
                              refit="refit" in steps, act_quant=act_quant, keep_float=stem_layers(m, stem),
                              damp=damp, ridge=ridge, log=log)
-    if "qat" in steps:
-        from tledge.export.qat import finetune
-
-        m = finetune(m, model, calib, keep_float=stem_layers(m, stem), log=log, **(qat or {}))
+    for step in (extra_after or {}).values():
+        m = step(m, calib, log)
     log.seconds = time.perf_counter() - t0
     return m, log

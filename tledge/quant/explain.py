@@ -49,12 +49,12 @@ def _converter(model_or_converter, calib, io):
     if isinstance(model_or_converter, tf.lite.TFLiteConverter):
         return model_or_converter
     if hasattr(model_or_converter, "inputs") and hasattr(model_or_converter, "layers"):
-        from tledge.export.selective import tflite_converter
+        from tledge.quant.selective import tflite_converter
 
         return tflite_converter(model_or_converter, calib, io=io)
     conv = tf.lite.TFLiteConverter.from_concrete_functions([model_or_converter])  # a concrete function
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    from tledge.export.selective import representative_data
+    from tledge.quant.selective import representative_data
 
     conv.representative_dataset = representative_data(calib)
     return conv
@@ -66,7 +66,7 @@ def tflite_debugger(model_or_converter, calib, *, debug_images: int = 32, keep_f
     Calibration uses all of `calib` (as the real export does); the per-layer statistics use the
     first `debug_images`."""
     tf = require("tensorflow", purpose="the TFLite quantization debugger")
-    from tledge.export.selective import representative_data
+    from tledge.quant.selective import representative_data
 
     conv = _converter(model_or_converter, calib, io="float32")
     opts = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(keep_float) or None)
@@ -98,7 +98,7 @@ def tflite_layer_errors(model_or_converter, calib, *, debug_images: int = 32,
 def onnx_layer_errors(float_onnx: bytes, qdq_onnx: bytes, calib, *, debug_images: int = 32) -> list[LayerError]:
     """Per-activation SQNR of a QDQ model against its float model, worst (lowest) first."""
     dbg = require("onnxruntime.quantization.qdq_loss_debug", purpose="ONNX quantisation debugging")
-    from tledge.export.selective import CalibrationReader
+    from tledge.quant.selective import CalibrationReader
 
     import onnx
 
@@ -121,7 +121,7 @@ def onnx_layer_errors(float_onnx: bytes, qdq_onnx: bytes, calib, *, debug_images
 def forward_pass(model, x, quant=None):
     """Run a flat model node by node; returns (output, {layer: (min, max)}), rounding the outputs
     of the layers in `quant` ({name: (lo, hi)}) to their 8-bit grid."""
-    from tledge.export import repair
+    from tledge.quant import repair
 
     acts, ranges, quant = {id(t): x for t in model.inputs}, {}, quant or {}
     for op, node in repair.nodes(model):
@@ -143,7 +143,7 @@ def activation_sensitivity(model, images, *, limit: int = 32) -> list[LayerError
     grid step). The per-layer debugger ranks layers by their own error, which after the weight
     repairs is the same rounding floor everywhere; this ranks them by what reaches the output.
     Thin early layers usually lead: keep those float (`selective.tflite_stem` / `onnx_stem`)."""
-    from tledge.export import repair
+    from tledge.quant import repair
 
     flat, _ = repair.fold_bn(model)
     x = np.asarray(images, np.float32)[:limit]

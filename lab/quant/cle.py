@@ -1,4 +1,5 @@
-"""Cross-layer equalisation (Nagel et al. 2019) of a folded flat Keras model.
+"""Lab experiment, not run by the product (measured: no gain with per-channel weights, see
+docs/int8-fidelity.md). Cross-layer equalisation (Nagel et al. 2019) of a folded flat Keras model.
 
 Pairs of conv/depthwise/dense layers joined only by single-use, channel-wise positively
 homogeneous ops (ReLU, ReLU6, ZeroPadding2D, GlobalAveragePooling2D) get the first layer's output
@@ -10,24 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from tledge.errors import ExportError
-from tledge.export._graph import clone_layer, keras_lib, linear_kind, rebuild_model, single_use
-
-HOMOGENEOUS = ("ZeroPadding2D", "GlobalAveragePooling2D", "Dropout")
-
-
-def clip_of(layer) -> float | None | bool:
-    """For a channel-wise positively homogeneous op: its clip value (6.0 for ReLU6), None for no
-    clip; False when the op is not one we can equalise through."""
-    kind = type(layer).__name__
-    if kind in HOMOGENEOUS:
-        return None
-    if kind == "ReLU" and not layer.negative_slope and not layer.threshold:
-        return None if layer.max_value is None else float(layer.max_value)
-    if kind == "Activation":
-        name = getattr(layer.activation, "__name__", str(layer.activation))
-        return {"relu": None, "relu6": 6.0, "linear": None}.get(name, False)
-    return False
-
+from tledge.quant.kerasgraph import clip_of, clone_layer, keras_lib, linear_kind, rebuild_model, single_use
 
 def cle_pairs(model):
     """[(first, second, clip, rectified)] of layers that can be equalised: first's output channels
@@ -133,3 +117,17 @@ def equalize(model, calib=None, *, criterion: str = "auto", relu6: str = "bound"
             a.set_weights(wa)
             b.set_weights(wb)
     return m, len(pairs)
+
+
+def step(criterion: str = "auto", relu6: str = "bound"):
+    """An `extra` step for tledge.quant.repair.apply: equalise, and note pairs / max abs / clip hits."""
+    from tledge.quant.kerasgraph import predict
+
+    def run(model, calib, log):
+        before = predict(model, calib)
+        m, pairs = equalize(model, calib, criterion=criterion, relu6=relu6)
+        diff = np.abs(predict(m, calib) - before)
+        log.notes.append(f"cle: {pairs} pairs, max abs {float(diff.max()):.2g}, "
+                         f"clip hits {int((diff.max(axis=-1) > 1e-4).sum())}")
+        return m
+    return run
