@@ -243,3 +243,22 @@ def test_device_profile_chooses_formats_and_explicit_flags_win(tiny_model, shape
                  "--out", str(tmp_path / "explicit")]) == 0
     names = {p.name for p in (tmp_path / "explicit").iterdir()}
     assert "model_fp32.onnx" in names and not any(n.endswith(".tflite") for n in names)
+
+
+def test_val_subset_without_labels_gives_no_accuracy_rather_than_a_wrong_one(tiny_model, shapes_dataset, tmp_path,
+                                                                               capsys):
+    sub = tmp_path / "val2"
+    sub.mkdir()
+    for name in ("circle", "vstripes"):  # 2 of the model's 3 classes: folder index 1 is not class 1
+        (sub / name).symlink_to(shapes_dataset / "val" / name)
+    with pytest.warns(TledgeWarning, match=r"accuracy not measured: 2 class folders .* 3 outputs .*--labels"):
+        rc = main(["export", str(tiny_model["keras"]), "--formats", "tflite", "--val", str(sub),
+                   "--out", str(tmp_path / "a")])
+    assert rc == 0, capsys.readouterr().err
+    assert not (tmp_path / "a" / "labels.txt").exists()
+    assert json.loads((tmp_path / "a" / "parity.json").read_text())["results"][0]["accuracy"] is None
+    (tmp_path / "l.txt").write_text("circle\nhstripes\nvstripes\n")
+    assert main(["export", str(tiny_model["keras"]), "--formats", "tflite", "--val", str(sub), "--labels",
+                 str(tmp_path / "l.txt"), "--out", str(tmp_path / "b")]) == 0
+    accuracy = json.loads((tmp_path / "b" / "parity.json").read_text())["results"][0]["accuracy"]
+    assert accuracy is not None and accuracy > 0.8  # mapped by name, the trained model is right on most

@@ -326,7 +326,8 @@ def export_labels(model, labels: str | None, folders: dict[str, str | None], not
                               f"labels ({', '.join(own[:6])}{', ...' if len(own) > 6 else ''} in {where}): pass "
                               "--labels FILE to say what the outputs mean, or rename the folders")
         if not own:
+            shown = ", ".join(names[:6]) + (f", ... ({len(names)} folders)" if len(names) > 6 else "")
             note(f"the model has no labels of its own: its outputs are named after the class folders of {flag} "
-                 f"({', '.join(names)}); pass --labels FILE if they mean something else")
+                 f"({shown}) if there is one folder per output; pass --labels FILE if they mean something else")
         break
     return where if where.endswith("labels.txt") else None

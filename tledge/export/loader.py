@@ -76,10 +76,22 @@ def load_model(path: str | Path, *, unsafe: bool = False) -> LoadedModel:
     else:
         raise ModelLoadError(f"unsupported model file {p.name}: expected .keras, .h5 or a SavedModel folder")
     loaded.path = p
+    if loaded.num_outputs is None:
+        loaded.num_outputs = output_width(loaded.model)
     side = p.parent / "tledge.json" if p.is_file() else p / "tledge.json"
     if side.is_file():
         loaded.contract, loaded.contract_path = Contract.load(side), side
     return loaded
+
+
+def output_width(model) -> int | None:
+    """The static width of a Keras model's (first) output, or None (SavedModel signatures, dynamic)."""
+    try:
+        shape = model.outputs[0].shape
+        width = shape[-1]
+        return int(width) if width is not None and len(shape) == 2 else None
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
 
 
 @contextmanager

@@ -84,6 +84,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
             calib, val_x, val_y, val_files = _images(cfg, contract, chosen)
             reference = loader.run_reference(serve, val_x)
         contract = contract.replace(output=_output_kind(reference))
+        val_y = _folder_truth(cfg, contract, reference, val_y)
         if contract.labels and reference.shape[1] != len(contract.labels):
             raise TledgeError(f"{len(contract.labels)} labels but the model has {reference.shape[1]} outputs")
         contract.save(stage / "tledge.json")
@@ -229,9 +230,25 @@ def _labels(cfg: ExportConfig, lm) -> tuple[str, ...]:
     for folder in (cfg.val, cfg.calib):
         if folder and folder != "random" and Path(folder).is_dir():
             names = [n for n, files in class_folders(folder) if files]
-            if len(names) > 1:
+            # a subset of the classes (725 folders of a 1000-class set) names nothing: no labels then
+            if len(names) > 1 and lm.num_outputs in (None, len(names)):
                 return tuple(names)
     return ()
+
+
+def _folder_truth(cfg: ExportConfig, contract: Contract, reference: np.ndarray, val_y):
+    """Without labels, folder i is class i only when there is one folder per output: a subset of a
+    1000-class set (725 folders) gives no accuracy rather than a wrong one."""
+    from tledge.images import class_folders
+
+    if val_y is None or contract.labels or not cfg.val or not Path(cfg.val).is_dir():
+        return val_y
+    n = len(class_folders(cfg.val))
+    if n != reference.shape[1]:
+        warnings.warn(f"accuracy not measured: {n} class folders in {cfg.val} for {reference.shape[1]} outputs "
+                      "and no labels to match them by name (pass --labels)", TledgeWarning, stacklevel=2)
+        return None
+    return val_y
 
 
 def _contract(cfg: ExportConfig, lm, labels) -> tuple[Contract, str | None]:
