@@ -3,6 +3,7 @@ no TensorFlow at test time, so these also run in the tledge[runtime]-only venv (
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,41 @@ def test_bundle_from_committed_export(tmp_path):
         names = tar.getnames()
     assert f"{res.top}/model/model_int8.tflite" in names and f"{res.top}/run.sh" in names
     assert not any("/lib/tledge/export/" in n or "/lib/tledge/train/" in n for n in names)
+
+
+# ---- the export folder's manifest, as the runtime checks it --------------------------------------------------
+def test_run_and_info_on_an_export_folder(capsys):
+    need("x.tflite")
+    need("x.onnx")
+    img = str(IMAGES[0])
+    assert main(["run", str(TINY), "--source", img, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "model_int8.tflite chosen" in captured.err and "vouched" in captured.err
+    assert json.loads(captured.out)["top"][0]["label"] == keras_label(img)
+    assert main(["run", str(TINY), "--source", img, "--device", "jetson-orin"]) == 0
+    assert "model_fp32.onnx chosen" in capsys.readouterr().err
+    assert main(["info", str(TINY)]) == 0
+    text = capsys.readouterr().out
+    assert "model_int8.onnx" in text and "parity pass" in text and "vouched" in text
+    assert main(["info", str(TINY), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["problems"] == []
+
+
+def test_tampered_file_is_refused_by_bundle_run_and_info(tmp_path, capsys):
+    need("x.tflite")
+    out = tmp_path / "out"
+    shutil.copytree(TINY, out)
+    data = bytearray((out / "model_int8.tflite").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (out / "model_int8.tflite").write_bytes(bytes(data))
+    img = str(IMAGES[0])
+    assert main(["bundle", str(out), "--device", "rpi4", "--out", str(tmp_path / "b.tar.gz")]) == 2
+    assert "model_int8.tflite: changed since export" in capsys.readouterr().err
+    assert not (tmp_path / "b.tar.gz").exists()
+    for argv in (["run", str(out / "model_int8.tflite"), "--source", img], ["run", str(out), "--source", img],
+                 ["info", str(out / "model_int8.tflite")], ["info", str(out)]):
+        assert main(argv) == 2, argv
+        captured = capsys.readouterr()
+        assert "model_int8.tflite" in captured.err and "changed" in captured.err.lower(), argv
+    assert main(["info", str(out / "model_fp32.tflite")]) == 0  # an intact file beside it is fine
+    capsys.readouterr()
