@@ -3,7 +3,7 @@ runtime tests run without TensorFlow (the runtime-only venv of ci/runtime_venv.s
 
     python -m tests.assets.make          # from the repository root, with tledge[all] installed
 
-What it writes (about 300 KB in all): the export folder as `tledge export --int8 --fp16 --dynamic` writes
+What it writes (about 320 KB in all): the export folder as `tledge export --int8 --fp16 --dynamic` writes
 it (model_fp32/int8/fp16/dynamic.tflite with the contract and the standard TFLite metadata, a serving_default
 signature and batch 1; model_fp32/int8.onnx; tledge.json, labels.txt, parity.json, parity.md, golden.npz,
 manifest.json), foreign/ (model_int8.tflite and model_fp32.onnx with no metadata at all: files "made
