@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny import CLASSES, IMAGES, MODELS, REF, TINY, keras_label, keras_probs, need
+from tiny import CLASSES, FOREIGN, IMAGES, MODELS, REF, TINY, keras_label, keras_probs, need
 
 from tledge.cli import main
 
@@ -91,6 +91,23 @@ def test_bundle_from_committed_export(tmp_path):
         names = tar.getnames()
     assert f"{res.top}/model/model_int8.tflite" in names and f"{res.top}/run.sh" in names
     assert not any("/lib/tledge/export/" in n or "/lib/tledge/train/" in n for n in names)
+
+
+def test_fixed_batch_tflite_runs_any_number_of_images():
+    need("x.tflite")
+    from tledge.runtime import load
+
+    # the tiny Keras model re-wrapped with a fixed batch of 4, converted with no metadata
+    model = load(FOREIGN / "fixed_batch4.tflite", preprocess="raw")  # the tiny model bakes its normalisation
+    assert model.backend.inp.shape[0] == 4 and model.fixed_batch == 4
+    assert any("exactly 4" in note for note in model.load_info.notes)
+    files = IMAGES[::3][:7]
+    x = model.contract.prepare_batch(files)
+    want = keras_probs(files)
+    for n in (1, 3, 4, 7):
+        got = model.predict(x[:n])
+        assert got.shape == (n, 3)
+        np.testing.assert_allclose(got, want[:n], atol=1e-5)
 
 
 # ---- the export folder's manifest, as the runtime checks it --------------------------------------------------

@@ -3,11 +3,11 @@ runtime tests run without TensorFlow (the runtime-only venv of ci/runtime_venv.s
 
     python -m tests.assets.make          # from the repository root, with tledge[all] installed
 
-What it writes (about 320 KB in all): the export folder as `tledge export --int8 --fp16 --dynamic` writes
+What it writes (about 330 KB in all): the export folder as `tledge export --int8 --fp16 --dynamic` writes
 it (model_fp32/int8/fp16/dynamic.tflite with the contract and the standard TFLite metadata, a serving_default
 signature and batch 1; model_fp32/int8.onnx; tledge.json, labels.txt, parity.json, parity.md, golden.npz,
 manifest.json), foreign/ (model_int8.tflite and model_fp32.onnx with no metadata at all: files "made
-elsewhere"), images/ (every generated val image, 8 per class, named CLASS_FILE) and reference.json: the
+elsewhere"; fixed_batch4.tflite, the model with a fixed batch of 4), images/ (every generated val image, 8 per class, named CLASS_FILE) and reference.json: the
 Keras model's probabilities on those images, the ground truth runtime tests compare with.
 The model: tests/conftest.py's tiny conv net (48 px, tf preprocessing baked in) trained on the
 generated 3-class shapes set (tledge.datasets.make_split_shapes), seed 0.
@@ -27,11 +27,14 @@ KEEP = ("model_fp32.tflite", "model_int8.tflite", "model_fp16.tflite", "model_dy
         "model_int8.onnx", "tledge.json", "labels.txt", "parity.json", "parity.md", "golden.npz", "manifest.json")
 
 
-def write_foreign(export_dir: Path, out: Path) -> None:
+def write_foreign(export_dir: Path, out: Path, keras_model) -> None:
     """model_int8.tflite and model_fp32.onnx as a converter alone writes them: every metadata entry
-    (tledge's contract, labels, the standard TFLite metadata and its packed labels.txt) left out."""
+    (tledge's contract, labels, the standard TFLite metadata and its packed labels.txt) left out; and
+    fixed_batch4.tflite: the Keras model re-wrapped with a fixed batch of 4, converted with no metadata."""
     import flatbuffers
+    import keras
     import onnx
+    import tensorflow as tf
     from ai_edge_litert import schema_py_generated as schema
 
     out.mkdir()
@@ -48,6 +51,9 @@ def write_foreign(export_dir: Path, out: Path) -> None:
     m = onnx.load(str(export_dir / "model_fp32.onnx"))
     del m.metadata_props[:]
     onnx.save(m, str(out / "model_fp32.onnx"))
+    inp = keras.Input((48, 48, 3), batch_size=4)
+    fixed = keras.Model(inp, keras_model(inp))
+    (out / "fixed_batch4.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(fixed).convert())
 
 
 def main() -> int:
@@ -79,7 +85,7 @@ def main() -> int:
         (new / "images").mkdir(parents=True)
         for name in KEEP:
             shutil.copy2(res.out / name, new / name)
-        write_foreign(res.out, new / "foreign")
+        write_foreign(res.out, new / "foreign", model)
         ref = {}
         for f in files:
             name = f"{Path(f).parent.name}_{Path(f).name}"
