@@ -7,8 +7,10 @@ What it writes (about 330 KB in all): the export folder as `tledge export --int8
 it (model_fp32/int8/fp16/dynamic.tflite with the contract and the standard TFLite metadata, a serving_default
 signature and batch 1; model_fp32/int8.onnx; tledge.json, labels.txt, parity.json, parity.md, golden.npz,
 manifest.json), foreign/ (model_int8.tflite and model_fp32.onnx with no metadata at all: files "made
-elsewhere"; fixed_batch4.tflite, the model with a fixed batch of 4), images/ (every generated val image, 8 per class, named CLASS_FILE) and reference.json: the
-Keras model's probabilities on those images, the ground truth runtime tests compare with.
+elsewhere"; fixed_batch4.tflite, the model with a fixed batch of 4), images/ (every generated val image,
+8 per class, named CLASS_FILE) and reference.json: the Keras model's probabilities on those images, the
+ground truth runtime tests compare with (tests/tiny.py reads it). Training and conversion are seeded but
+the converters' bytes may differ between runs: regenerate only when the export format changes.
 The model: tests/conftest.py's tiny conv net (48 px, tf preprocessing baked in) trained on the
 generated 3-class shapes set (tledge.datasets.make_split_shapes), seed 0.
 """
