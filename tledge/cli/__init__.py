@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from tledge.errors import TledgeError
@@ -64,8 +65,44 @@ def level(args) -> int:
     return log.QUIET if getattr(args, "quiet", False) else log.NORMAL
 
 
+def _columns() -> int:
+    """shutil.get_terminal_size().columns, without importing shutil (with bz2, lzma...): argparse makes a
+    help formatter for every option it adds, and each one imports shutil for this number (cold start)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", 0))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class _Width:
+    """A help formatter given its width (as argparse computes it) rather than computing it with shutil."""
+
+    def __init__(self, *args, **kwargs):
+        if len(args) < 4 and kwargs.get("width") is None:
+            kwargs["width"] = _columns() - 2
+        super().__init__(*args, **kwargs)
+
+
+class _HelpFormatter(_Width, argparse.HelpFormatter):
+    pass
+
+
+class _RawDescriptionFormatter(_Width, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: `tledge run: error: argument --top-k: invalid int value: 'x'`."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -77,7 +114,7 @@ def _parser(available: dict[str, str], only: str | None = None) -> argparse.Argu
     building nine parsers it does not use (argparse costs milliseconds per parser). Without it (no
     command, an unknown one, or `tledge --help`), every subcommand is listed."""
     parser = _Parser(prog="tledge", description=DESCRIPTION, epilog=EXAMPLES,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                     formatter_class=_RawDescriptionFormatter)
     parser.add_argument("--version", action="version", version=_version())
     _verbosity_arguments(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
