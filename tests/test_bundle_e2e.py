@@ -1,7 +1,8 @@
-"""End to end: a real (tiny) export -> `tledge bundle` -> unpacked into a fresh venv that has only the
-bundle's requirements.txt -> same predictions as the export folder, and TensorFlow never imported.
+"""End to end: a real (tiny) export (the committed tests/assets/tiny) -> `tledge bundle` -> unpacked into a
+fresh venv that has only the bundle's requirements.txt -> same predictions as the export folder and as Keras,
+and TensorFlow never imported.
 
-Needs TensorFlow in the test process (to make the tiny model) and pip reaching PyPI or its cache.
+Needs pip reaching PyPI or its cache (not TensorFlow).
 """
 from __future__ import annotations
 
@@ -11,17 +12,14 @@ import os
 import subprocess
 import sys
 import tarfile
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import CLASSES, IMAGES, TINY, images_of, keras_label
 
-from tledge import artifacts
-from tledge.contract import Contract
 from tledge.devices.bundle import make_bundle
 
-LABELS = ("red", "green", "blue")
 SNIPPET = r"""
 import json, sys
 from tledge.devices import load_for_device
@@ -40,50 +38,10 @@ print(json.dumps({
 """
 
 
-def _tiny_tflite(path_fp32: Path, path_int8: Path) -> None:
-    tf = pytest.importorskip("tensorflow")
-    import keras
-
-    keras.utils.set_random_seed(0)
-    inp = keras.Input((16, 16, 3))
-    conv = keras.layers.Conv2D(3, 1, activation="relu")
-    x = keras.layers.GlobalAveragePooling2D()(conv(inp))
-    head = keras.layers.Dense(3, activation="softmax")
-    model = keras.Model(inp, head(x))
-    conv.set_weights([np.eye(3, dtype=np.float32).reshape(1, 1, 3, 3), np.zeros(3, np.float32)])
-    head.set_weights([8.0 * np.eye(3, dtype=np.float32), np.zeros(3, np.float32)])  # the dominant colour wins
-    path_fp32.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    rng = np.random.default_rng(0)
-    conv.representative_dataset = lambda: ([rng.random((1, 16, 16, 3), dtype=np.float32)] for _ in range(16))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "Statistics for quantized inputs were expected"
-        path_int8.write_bytes(conv.convert())
-
-
 @pytest.fixture(scope="module")
-def export(tmp_path_factory) -> tuple[Path, list[Path]]:
-    import cv2
-
-    d = tmp_path_factory.mktemp("export")
-    _tiny_tflite(d / "model_fp32.tflite", d / "model_int8.tflite")
-    Contract(height=16, width=16, norm="scale", baked=False, input_dtype="float32", labels=LABELS).save(
-        d / "tledge.json")
-    (d / "labels.txt").write_text("\n".join(LABELS) + "\n")
-    # an export folder needs its manifest (tledge.artifacts): these two files stand for a checked export
-    artifacts.write(d, artifacts.build(d, "in-memory model", {n: (True, {}) for n in ("model_fp32.tflite",
-                                                                                        "model_int8.tflite")}))
-    imgs = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(1)
-    paths = []
-    for i in range(6):
-        rgb = rng.integers(0, 128, (24 + i, 20, 3), dtype=np.uint8)
-        rgb[..., i % 3] = 255  # image i is mostly LABELS[i % 3]
-        p = imgs / f"img{i}.png"
-        cv2.imwrite(str(p), rgb[..., ::-1])
-        paths.append(p)
-    return d, paths
+def export() -> tuple[Path, list[Path]]:
+    """The committed tiny export (manifest, golden outputs and all) and two images of each class."""
+    return TINY, [p for c in CLASSES for p in images_of(c)[:2]]
 
 
 @pytest.fixture(scope="module")
@@ -132,22 +90,18 @@ def test_bundle_predicts_like_the_export_in_a_clean_venv(export, unpacked, venv_
         assert [p[0] for p in row_got] == [p.index for p in row_want]
         assert [p[1] for p in row_got] == [p.label for p in row_want]
         np.testing.assert_allclose([p[2] for p in row_got], [p.score for p in row_want], rtol=1e-6, atol=1e-7)
-    assert [row[0][1] for row in got["preds"]] == [LABELS[i % 3] for i in range(len(images))]
+    assert [row[0][1] for row in got["preds"]] == [keras_label(p) for p in images]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tledge.cli.run") is None, reason="tledge run not available")
-def test_run_sh_on_a_folder(export, unpacked, venv_python):
-    from tledge.runtime import load
-
-    d, images = export
-    proc = subprocess.run(["sh", str(unpacked / "run.sh"), str(images[0].parent), "--json", "--top-k", "2"],
+def test_run_sh_on_a_folder(unpacked, venv_python):
+    proc = subprocess.run(["sh", str(unpacked / "run.sh"), str(TINY / "images"), "--json", "--top-k", "2"],
                           capture_output=True, text=True, timeout=300, cwd=unpacked,
                           env=_clean_env(PYTHON=str(venv_python)))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    assert len(rows) == len(images) and all(r["status"] == "ok" for r in rows)
-    want = {p.name: row[0].label for p, row in zip(images, load(d / "model_int8.tflite").classify(images))}
-    assert {Path(r["source"]).name: r["top"][0]["label"] for r in rows} == want
+    assert len(rows) == len(IMAGES) and all(r["status"] == "ok" for r in rows)
+    assert {Path(r["source"]).name: r["top"][0]["label"] for r in rows} == {p.name: keras_label(p) for p in IMAGES}
 
 
 def test_run_sh_without_runtime_says_how_to_install(unpacked, tmp_path):

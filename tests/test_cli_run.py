@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 from conftest import REPO, shared_asset
-from test_runtime_models import CLASSES, tiny_models  # noqa: F401  (session fixture)
 from test_runtime_sources import FlakyCamera, odd_folder, video  # noqa: F401  (fixtures)
+from tiny import CLASSES, FOREIGN, MODELS, REF, TINY, images_of, keras_label
 
 from tledge.cli import main
 
@@ -21,8 +21,8 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_run_folder_json_csv_and_save(tiny_models, odd_folder, tmp_path, capsys):
-    code, out, err = run_cli(capsys, "run", tiny_models / "int8.tflite", "--source", odd_folder, "--json",
+def test_run_folder_json_csv_and_save(odd_folder, tmp_path, capsys):
+    code, out, err = run_cli(capsys, "run", TINY / "model_int8.tflite", "--source", odd_folder, "--json",
                              "--top-k", "2", "--csv", tmp_path / "out.csv", "--save", tmp_path / "annotated")
     assert code == 0
     rows = [json.loads(line) for line in out.splitlines()]
@@ -37,6 +37,8 @@ def test_run_folder_json_csv_and_save(tiny_models, odd_folder, tmp_path, capsys)
         else:
             assert r["top"] == [] and r["latency_ms"] is None and r["error"]
     n_ok = sum(r["status"] == "ok" for r in rows)
+    committed = [r for r in rows if Path(r["source"]).name in REF["keras_probabilities"]]  # the two good images
+    assert len(committed) == 2 and all(r["top"][0]["label"] == keras_label(r["source"]) for r in committed)
     assert f"{len(rows)} input(s): {n_ok} ok, 2 skipped, 0 errors" in err and "FPS" in err  # summary on stderr
     with open(tmp_path / "out.csv", newline="") as fh:
         table = list(csv.DictReader(fh))
@@ -46,23 +48,24 @@ def test_run_folder_json_csv_and_save(tiny_models, odd_folder, tmp_path, capsys)
     assert len(saved) == n_ok and "sub/gray.png" in saved and "deep16.png" in saved
 
 
-def test_run_human_output_and_threshold(tiny_models, shapes_dataset, capsys):
-    src = shapes_dataset / "val" / CLASSES[2]
-    code, out, _ = run_cli(capsys, "run", tiny_models / "fp32.onnx", "--source", src, "--threshold", "0.5")
+def test_run_human_output_and_threshold(capsys):
+    src = str(TINY / "images" / f"{CLASSES[2]}_*")  # a glob: 8 images
+    code, out, _ = run_cli(capsys, "run", TINY / "model_fp32.onnx", "--source", src, "--threshold", "0.5")
     lines = out.splitlines()
     assert code == 0 and lines[-1].startswith("summary: 8 input(s): 8 ok, 0 skipped, 0 errors")
-    assert sum(f": {CLASSES[2]} " in ln for ln in lines[:-1]) >= 7
-    code, out, _ = run_cli(capsys, "run", tiny_models / "fp32.onnx", "--source", src, "--threshold", "1")
+    want = [f"{f}: {keras_label(f)} " for f in images_of(CLASSES[2])]  # one label above 0.5: Keras' top-1
+    assert [ln[:len(w)] for ln, w in zip(lines[:-1], want)] == want
+    code, out, _ = run_cli(capsys, "run", TINY / "model_fp32.onnx", "--source", src, "--threshold", "1")
     assert code == 0 and "(nothing above the threshold)" in out  # no score reaches exactly 1 here
-    code, out, err = run_cli(capsys, "run", tiny_models / "fp32.onnx", "--source", src, "--threshold", "1.01")
+    code, out, err = run_cli(capsys, "run", TINY / "model_fp32.onnx", "--source", src, "--threshold", "1.01")
     assert code == 2 and out == "" and "--threshold must be in [0, 1], got 1.01" in err  # scores are 0..1
 
 
-def test_run_video_to_annotated_video(tiny_models, video, tmp_path, capsys):
+def test_run_video_to_annotated_video(video, tmp_path, capsys):
     import cv2
 
     out_video = tmp_path / "annotated.mp4"
-    code, out, _ = run_cli(capsys, "run", tiny_models / "int8.onnx", "--source", video, "--json",
+    code, out, _ = run_cli(capsys, "run", TINY / "model_int8.onnx", "--source", video, "--json",
                            "--save", out_video, "--max-frames", "10")
     rows = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and [r["source"] for r in rows] == [f"{video}#{i}" for i in range(10)]
@@ -72,11 +75,11 @@ def test_run_video_to_annotated_video(tiny_models, video, tmp_path, capsys):
     assert not list(tmp_path.glob(".annotated*"))
 
 
-def test_run_camera_that_drops_ends_cleanly(tiny_models, video, monkeypatch, capsys):
+def test_run_camera_that_drops_ends_cleanly(video, monkeypatch, capsys):
     import tledge.runtime.sources as sources
 
     monkeypatch.setattr(sources, "_cv2_opener", lambda target, api=None: FlakyCamera(video, [True, False]))
-    code, out, err = run_cli(capsys, "run", tiny_models / "int8.tflite", "--source", "0", "--json",
+    code, out, err = run_cli(capsys, "run", TINY / "model_int8.tflite", "--source", "0", "--json",
                              "--reconnect", "1", "--reconnect-delay", "0.01")
     assert code == 1  # the source was lost: reported, not a crash
     assert "camera:0: stream lost after 24 frames; reconnecting in 0.0 s (attempt 1/1)" in err
@@ -85,7 +88,7 @@ def test_run_camera_that_drops_ends_cleanly(tiny_models, video, monkeypatch, cap
     assert rows and all(r["status"] == "ok" and r["source"].startswith("camera:0#") for r in rows)
 
 
-def test_run_ctrl_c_prints_summary_and_keeps_csv(tiny_models, shapes_dataset, tmp_path, monkeypatch, capsys):
+def test_run_ctrl_c_prints_summary_and_keeps_csv(tmp_path, monkeypatch, capsys):
     import tledge.runtime.outputs as outputs
 
     real, calls = outputs.human_line, {"n": 0}
@@ -97,20 +100,20 @@ def test_run_ctrl_c_prints_summary_and_keeps_csv(tiny_models, shapes_dataset, tm
         return real(r)
 
     monkeypatch.setattr(outputs, "human_line", interrupt_on_third)
-    code, out, _ = run_cli(capsys, "run", tiny_models / "int8.tflite", "--source", shapes_dataset / "val",
+    code, out, _ = run_cli(capsys, "run", TINY / "model_int8.tflite", "--source", TINY / "images",
                            "--csv", tmp_path / "partial.csv")
     assert code == 130 and "interrupted" in out.splitlines()[-1]
     assert len((tmp_path / "partial.csv").read_text().splitlines()) == 1 + 2  # header + rows written before
 
 
-def test_run_errors_exit_2(tiny_models, odd_folder, tmp_path, capsys):
-    code, _, err = run_cli(capsys, "run", tiny_models / "int8.tflite", "--source", tmp_path / "missing")
+def test_run_errors_exit_2(odd_folder, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "run", TINY / "model_int8.tflite", "--source", tmp_path / "missing")
     assert code == 2 and "source not found" in err
-    code, out, _ = run_cli(capsys, "run", tiny_models / "int8.tflite", "--source", odd_folder / "corrupt.jpg")
+    code, out, _ = run_cli(capsys, "run", TINY / "model_int8.tflite", "--source", odd_folder / "corrupt.jpg")
     assert code == 2 and "SKIPPED" in out  # nothing could be read at all
-    code, _, err = run_cli(capsys, "run", tiny_models / "int8.tflite", "--source", odd_folder, "--device", "toaster")
+    code, _, err = run_cli(capsys, "run", TINY / "model_int8.tflite", "--source", odd_folder, "--device", "toaster")
     assert code == 2 and "toaster" in err
-    code, _, err = run_cli(capsys, "run", tiny_models / "int8.tflite", "--source", odd_folder, "--preprocess", "tf")
+    code, _, err = run_cli(capsys, "run", TINY / "model_int8.tflite", "--source", odd_folder, "--preprocess", "tf")
     assert code == 2 and "carries its own tledge contract" in err
 
 
@@ -126,26 +129,26 @@ def test_foreign_coral_models_through_tledge_run(capsys):
         assert rows["parrot.jpg"]["top"][0]["label"] == "macaw", model.name
 
 
-def test_info(tiny_models, capsys):
-    code, out, _ = run_cli(capsys, "info", tiny_models / "int8.tflite", "--json")
+def test_info(capsys):
+    code, out, _ = run_cli(capsys, "info", TINY / "model_int8.tflite", "--json")
     info = json.loads(out)
     assert code == 0 and info["format"] == "tflite" and info["contract_origin"] == "embedded"
     assert info["labels"] == 3 and info["inputs"][0]["dtype"] == "uint8" and info["inputs"][0]["quant"]["scale"] == 1
     assert info["outputs"][0]["shape"][-1] == 3 and info["size_bytes"] > 1000
-    code, out, _ = run_cli(capsys, "info", tiny_models / "foreign" / "int8.tflite")
+    code, out, _ = run_cli(capsys, "info", FOREIGN / "model_int8.tflite")
     assert code == 0 and "INFERRED" in out and "quantised scale 1 zero point 0" in out
-    code, out, _ = run_cli(capsys, "info", tiny_models / "int8.onnx")
+    code, out, _ = run_cli(capsys, "info", TINY / "model_int8.onnx")
     assert code == 0 and "onnxruntime (CPUExecutionProvider)" in out and "embedded in the file" in out
 
 
-def test_bench_side_by_side(tiny_models, capsys):
-    code, out, _ = run_cli(capsys, "bench", tiny_models, "--runs", "5", "--warmup", "1", "--batch", "2", "--json")
+def test_bench_side_by_side(capsys):
+    code, out, _ = run_cli(capsys, "bench", TINY, "--runs", "5", "--warmup", "1", "--batch", "2", "--json")
     results = json.loads(out)
-    assert code == 0 and [r["name"] for r in results] == ["fp32.onnx", "fp32.tflite", "int8.onnx", "int8.tflite"]
+    assert code == 0 and [r["name"] for r in results] == sorted(MODELS)
     for r in results:
         assert r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["throughput_ips"] > 0 and r["batch"] == 2
         assert 10 < r["peak_rss_mb"] < 400 and r["load_ms"] > 0 and not r["tensorflow_imported"]
-    code, out, _ = run_cli(capsys, "bench", tiny_models / "int8.tflite", "--runs", "3", "--same-process")
+    code, out, _ = run_cli(capsys, "bench", TINY / "model_int8.tflite", "--runs", "3", "--same-process")
     assert code == 0 and "p50 ms" in out.splitlines()[0] and "int8.tflite" in out
 
 
@@ -155,30 +158,30 @@ from tledge.cli import main   # builds the parser: imports every cli module
 models, src = sys.argv[1], sys.argv[2]
 buf = io.StringIO()
 with contextlib.redirect_stdout(buf):
-    codes = [main(["run", models + "/int8.tflite", "--source", src, "--json"]),
-             main(["run", models + "/fp32.onnx", "--source", src]),
-             main(["info", models + "/int8.onnx"]),
-             main(["bench", models + "/int8.tflite", "--runs", "2", "--same-process"])]
+    codes = [main(["run", models + "/model_int8.tflite", "--source", src, "--json"]),
+             main(["run", models + "/model_fp32.onnx", "--source", src]),
+             main(["info", models + "/model_int8.onnx"]),
+             main(["bench", models + "/model_int8.tflite", "--runs", "2", "--same-process"])]
 heavy = sorted(m for m in ("tensorflow", "keras", "tf_keras", "tf2onnx", "jax", "torch") if m in sys.modules)
 print(json.dumps({"codes": codes, "heavy": heavy}))
 """
 
 
-def test_runtime_and_cli_never_import_tensorflow(tiny_models, shapes_dataset):
-    proc = subprocess.run([sys.executable, "-c", NO_TF_SCRIPT, str(tiny_models), str(shapes_dataset / "val")],
+def test_runtime_and_cli_never_import_tensorflow():
+    proc = subprocess.run([sys.executable, "-c", NO_TF_SCRIPT, str(TINY), str(TINY / "images")],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"codes": [0, 0, 0, 0], "heavy": []}, proc.stderr[-2000:]
 
 
-def test_ordered_json_matches_library(tiny_models, shapes_dataset, capsys):
+def test_ordered_json_matches_library(capsys):
     from tledge.runtime import load
 
-    src = shapes_dataset / "val" / CLASSES[1]
-    _, out, _ = run_cli(capsys, "run", tiny_models / "fp32.tflite", "--source", src, "--json", "--top-k", "3")
+    src = str(TINY / "images" / f"{CLASSES[1]}_*")
+    _, out, _ = run_cli(capsys, "run", TINY / "model_fp32.tflite", "--source", src, "--json", "--top-k", "3")
     rows = [json.loads(line) for line in out.splitlines()]
-    ref = load(tiny_models / "fp32.tflite").classify([r["source"] for r in rows], top_k=3)
+    ref = load(TINY / "model_fp32.tflite").classify([r["source"] for r in rows], top_k=3)
     for row, preds in zip(rows, ref):
         assert [p["index"] for p in row["top"]] == [p.index for p in preds]
         np.testing.assert_allclose([p["score"] for p in row["top"]], [p.score for p in preds], atol=1e-6)
@@ -204,11 +207,11 @@ sys.exit(main(["run", sys.argv[1], "--source", "0", "--json"]))
 """
 
 
-def test_real_ctrl_c_on_a_live_camera_stops_with_a_summary(tiny_models):
+def test_real_ctrl_c_on_a_live_camera_stops_with_a_summary():
     import signal
     import time
 
-    proc = subprocess.Popen([sys.executable, "-c", SIGINT_SCRIPT, str(tiny_models / "int8.tflite")],
+    proc = subprocess.Popen([sys.executable, "-c", SIGINT_SCRIPT, str(TINY / "model_int8.tflite")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert proc.stderr.readline().strip() == "started"

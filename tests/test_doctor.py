@@ -108,7 +108,8 @@ def test_doctor_runs_each_model_of_an_export(capsys):
     pytest.importorskip("onnxruntime")
     assert main(["doctor", str(TINY), "--json", "--threads", "1"]) == 0
     reps = {Path(r["path"]).name: r for r in json.loads(capsys.readouterr().out)["models"]}
-    assert set(reps) == {"model_fp32.tflite", "model_int8.tflite", "model_fp32.onnx", "model_int8.onnx"}
+    assert set(reps) == {"model_fp32.tflite", "model_fp16.tflite", "model_dynamic.tflite", "model_int8.tflite",
+                         "model_fp32.onnx", "model_int8.onnx"}
     for r in reps.values():
         assert r["ok"] and r["contract"] == "embedded"
         assert [c["check"] for c in r["checks"]] == ["load", "one inference"]

@@ -262,3 +262,23 @@ def test_val_subset_without_labels_gives_no_accuracy_rather_than_a_wrong_one(tin
                  str(tmp_path / "l.txt"), "--out", str(tmp_path / "b")]) == 0
     accuracy = json.loads((tmp_path / "b" / "parity.json").read_text())["results"][0]["accuracy"]
     assert accuracy is not None and accuracy > 0.8  # mapped by name, the trained model is right on most
+
+
+def test_export_writes_golden_listed_in_the_manifest(tiny_export, tiny_model, shapes_dataset):
+    from tledge import artifacts
+    from tledge.runtime import golden
+
+    out = tiny_export.out
+    e = artifacts.read(out).entry(golden.GOLDEN)
+    assert e is not None and e.role == "side" and e.sha256 == artifacts.sha256_of(out / golden.GOLDEN)
+    g = golden.read(out / golden.GOLDEN)
+    assert g.pixels.dtype == np.uint8 and g.pixels.shape == (24, 48, 48, 3)  # all 24 val images (<= 32)
+    assert g.all_parity_images and g.reference.dtype == np.float32 and g.reference.shape == (24, 3)
+    keras_out = tiny_model["model"].predict(g.pixels.astype(np.float32), verbose=0)
+    np.testing.assert_allclose(g.reference, keras_out, atol=1e-5)
+    val = shapes_dataset / "val"
+    for name, sha, y, px in zip(g.names, g.sha256, g.labels, g.pixels):
+        assert artifacts.sha256_of(val / name) == sha
+        assert tiny_model["contract"].labels[y] == name.split("/")[0]
+        np.testing.assert_array_equal(tiny_model["contract"].prepare(val / name).astype(np.uint8), px)
+    assert np.mean(g.reference.argmax(1) == g.labels) > 0.9  # a trained model, not flat outputs

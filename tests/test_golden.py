@@ -3,7 +3,6 @@ and `tledge parity --golden` / a bundle's `run.sh --check` re-run parity with th
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -11,17 +10,18 @@ import subprocess
 import sys
 import tarfile
 import xml.etree.ElementTree as ET
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import MODELS, TINY
 
 from tledge import artifacts
 from tledge.cli import main
 from tledge.runtime import golden
 
 REPO = Path(__file__).resolve().parents[1]
-needs_tf = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="needs TensorFlow")
 HEAVY = ("tensorflow", "keras", "tf_keras")
 # a process in which TensorFlow / Keras cannot be imported at all (and we can see whether anything tried)
 BLOCKER = """
@@ -162,35 +162,16 @@ def test_golden_file_round_trip_keeps_thresholds_names_and_exact_pixels(tmp_path
     np.testing.assert_array_equal(back.pixels, (pixels[:5] / 255.0).astype(np.float32))
 
 
-# ---- a real export -----------------------------------------------------------------------------------------
-@needs_tf
-def test_export_writes_golden_listed_in_the_manifest(tiny_export, tiny_model, shapes_dataset):
-    out = tiny_export.out
-    e = artifacts.read(out).entry(golden.GOLDEN)
-    assert e is not None and e.role == "side" and e.sha256 == artifacts.sha256_of(out / golden.GOLDEN)
-    g = golden.read(out / golden.GOLDEN)
-    assert g.pixels.dtype == np.uint8 and g.pixels.shape == (24, 48, 48, 3)  # all 24 val images (<= 32)
-    assert g.all_parity_images and g.reference.dtype == np.float32 and g.reference.shape == (24, 3)
-    keras_out = tiny_model["model"].predict(g.pixels.astype(np.float32), verbose=0)
-    np.testing.assert_allclose(g.reference, keras_out, atol=1e-5)
-    val = shapes_dataset / "val"
-    for name, sha, y, px in zip(g.names, g.sha256, g.labels, g.pixels):
-        assert artifacts.sha256_of(val / name) == sha
-        assert tiny_model["contract"].labels[y] == name.split("/")[0]
-        np.testing.assert_array_equal(tiny_model["contract"].prepare(val / name).astype(np.uint8), px)
-    assert np.mean(g.reference.argmax(1) == g.labels) > 0.9  # a trained model, not flat outputs
-
-
-@needs_tf
-def test_parity_golden_without_tensorflow_reproduces_parity_json(tiny_export, tmp_path):
-    out = tiny_export.out
+# ---- the committed tiny export (tests/assets/tiny) ------------------------------------------------------------
+def test_parity_golden_without_tensorflow_reproduces_parity_json(tmp_path):
+    out = TINY
     junit = tmp_path / "golden.xml"
     proc, tail = _blocked(["parity", "--golden", str(out), "--json", "--junit", str(junit)], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert tail["heavy"] == [] and tail["tried"] == [] and tail["exporter"] == [] and tail["rc"] == 0
     got = {r["file"]: r for r in json.loads(proc.stdout)["results"]}
     want = {r["file"]: r for r in json.loads((out / "parity.json").read_text())["results"]}
-    assert set(got) == set(want) and len(got) == 6
+    assert set(got) == set(want) == set(MODELS)
     for name, w in want.items():
         g = got[name]
         assert g["passed"] and g["images"] == w["images"] == 24
@@ -203,10 +184,9 @@ def test_parity_golden_without_tensorflow_reproduces_parity_json(tiny_export, tm
     assert sorted(c.get("name") for c in cases) == sorted(want) and all(c.find("failure") is None for c in cases)
 
 
-@needs_tf
-def test_golden_edited_consistently_fails_and_changed_bytes_are_refused(tiny_export, tmp_path, capsys):
+def test_golden_edited_consistently_fails_and_changed_bytes_are_refused(tmp_path, capsys):
     out = tmp_path / "out"
-    shutil.copytree(tiny_export.out, out)
+    shutil.copytree(TINY, out)
     _swap_top1(out / golden.GOLDEN)
     assert main(["parity", "--golden", str(out)]) == 2  # bytes changed, manifest not: not trusted
     err = capsys.readouterr().err
@@ -222,19 +202,18 @@ def test_golden_edited_consistently_fails_and_changed_bytes_are_refused(tiny_exp
     assert "golden.npz: missing, but listed in manifest.json" in capsys.readouterr().err
 
 
-@needs_tf
-def test_thresholds_of_the_export_and_from_a_file(tiny_export, tmp_path, capsys):
-    g = golden.read(tiny_export.out / golden.GOLDEN)
+def test_thresholds_of_the_export_and_from_a_file(tmp_path, capsys):
+    g = golden.read(TINY / golden.GOLDEN)
     assert g.thresholds == {}  # the export used the defaults
     strict = tmp_path / "t.json"
     strict.write_text(json.dumps({"int8": {"max_abs": 1e-9}}))
-    assert main(["parity", "--golden", str(tiny_export.out), "--thresholds", str(strict), "--json"]) == 1
+    assert main(["parity", "--golden", str(TINY), "--thresholds", str(strict), "--json"]) == 1
     rep = json.loads(capsys.readouterr().out)
     failed = {r["file"] for r in rep["results"] if not r["passed"]}
     assert failed == {"model_int8.tflite", "model_int8.onnx"}
     # the thresholds the export used travel in golden.npz and apply on the board (here: a strict fp16 line)
     out = tmp_path / "out"
-    shutil.copytree(tiny_export.out, out)
+    shutil.copytree(TINY, out)
     meta = {**g.meta, "thresholds": {"fp16": {"max_abs": 1e-9, "min_agreement": 1.0, "max_accuracy_drop": None}}}
     golden.save(golden.Golden(g.pixels, g.reference, g.labels, g.names, g.sha256, meta), out / golden.GOLDEN)
     _rehash(out)
@@ -259,10 +238,9 @@ def test_golden_usage_errors(tmp_path, capsys):
         assert msg in err and len(err.strip().splitlines()) == 1, (argv, err)
 
 
-@needs_tf
-def test_export_without_golden_is_refused_with_a_reason(tiny_export, tmp_path, capsys):
+def test_export_without_golden_is_refused_with_a_reason(tmp_path, capsys):
     out = tmp_path / "old"
-    shutil.copytree(tiny_export.out, out)
+    shutil.copytree(TINY, out)
     (out / golden.GOLDEN).unlink()
     m = artifacts.read(out)
     from dataclasses import replace
@@ -273,11 +251,10 @@ def test_export_without_golden_is_refused_with_a_reason(tiny_export, tmp_path, c
 
 
 # ---- a bundle on the "board" ---------------------------------------------------------------------------------
-@needs_tf
-def test_bundle_run_sh_check_passes_then_fails_when_outputs_disagree(tiny_export, tiny_model, tmp_path):
+def test_bundle_run_sh_check_passes_then_fails_when_outputs_disagree(tmp_path):
     from tledge.devices.bundle import make_bundle
 
-    res = make_bundle(tiny_export.out, "rpi5", tmp_path / "b.tar.gz")
+    res = make_bundle(TINY, "rpi5", tmp_path / "b.tar.gz")
     with tarfile.open(res.path) as tar:
         tar.extractall(tmp_path / "board", filter="data")
     board = tmp_path / "board" / res.top
@@ -299,7 +276,10 @@ def test_bundle_run_sh_check_passes_then_fails_when_outputs_disagree(tiny_export
     assert proc.returncode == 0, proc.stderr[-3000:]
     rep = json.loads(proc.stdout)
     assert sorted(r["file"] for r in rep["results"]) == shipped and rep["passed"]
-    proc = subprocess.run([sys.executable, "-m", "tledge", "parity", str(tiny_model["keras"]),
+    keras_file = tmp_path / "model.keras"  # a Keras model on the board: never loaded, the exporter is missing
+    with zipfile.ZipFile(keras_file, "w") as z:
+        z.writestr("config.json", json.dumps({"class_name": "Sequential", "config": {"layers": []}}))
+    proc = subprocess.run([sys.executable, "-m", "tledge", "parity", str(keras_file),
                            str(board / "model"), "--images", str(board / "model")], capture_output=True, text=True,
                           timeout=300, env={**env, "PYTHONPATH": f"{board / 'lib'}:{site}"}, cwd=tmp_path)
     assert proc.returncode == 2 and "no exporter" in proc.stderr and "--golden" in proc.stderr, proc.stderr

@@ -113,34 +113,6 @@ def test_fixed_batch_onnx_through_tledge_run(tmp_path, capsys):
     assert rc == 0 and [r["top"][0]["label"] for r in rows] == ["red", "blue", "green"]
 
 
-@pytest.fixture(scope="module")
-def fixed_batch_tflite(tiny_model, tmp_path_factory):
-    """The tiny trained model re-wrapped with a fixed batch of 4 and converted with no tledge metadata."""
-    tf = pytest.importorskip("tensorflow")
-    import keras
-
-    inp = keras.Input((48, 48, 3), batch_size=4)
-    fixed = keras.Model(inp, tiny_model["model"](inp))
-    path = tmp_path_factory.mktemp("fixed") / "fixed4.tflite"
-    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(fixed).convert())
-    return path
-
-
-def test_fixed_batch_tflite_runs_any_number_of_images(fixed_batch_tflite, tiny_model, shapes_dataset):
-    from tledge.images import iter_image_files
-    from tledge.runtime import load
-
-    model = load(fixed_batch_tflite, preprocess="raw")  # the tiny model bakes its normalisation
-    assert model.backend.inp.shape[0] == 4 and model.fixed_batch == 4
-    files = list(iter_image_files(shapes_dataset / "val"))[:7]
-    x = np.stack([tiny_model["contract"].prepare(f) for f in files])
-    want = np.asarray(tiny_model["model"](x))
-    for n in (1, 3, 4, 7):
-        got = model.predict(x[:n])
-        assert got.shape == (n, 3)
-        np.testing.assert_allclose(got, want[:n], atol=1e-5)
-
-
 # ---- model files ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["MODEL.H5", "Model.Keras"])

@@ -308,39 +308,6 @@ def test_reexport_of_another_model_leaves_no_stale_file(tiny_model, tiny_export,
 
 
 @needs_tf
-def test_tampered_file_is_refused_by_bundle_run_and_info(tiny_export, shapes_dataset, tmp_path, capsys):
-    out = tmp_path / "out"
-    shutil.copytree(tiny_export.out, out)
-    _tamper(out / "model_int8.tflite")
-    img = str(next((shapes_dataset / "val").rglob("*.png")))
-    assert main(["bundle", str(out), "--device", "rpi4", "--out", str(tmp_path / "b.tar.gz")]) == 2
-    assert "model_int8.tflite: changed since export" in capsys.readouterr().err
-    assert not (tmp_path / "b.tar.gz").exists()
-    for argv in (["run", str(out / "model_int8.tflite"), "--source", img], ["run", str(out), "--source", img],
-                 ["info", str(out / "model_int8.tflite")], ["info", str(out)]):
-        assert main(argv) == 2, argv
-        captured = capsys.readouterr()
-        assert "model_int8.tflite" in captured.err and "changed" in captured.err.lower(), argv
-    assert main(["info", str(out / "model_fp32.tflite")]) == 0  # an intact file beside it is fine
-    capsys.readouterr()
-
-
-@needs_tf
-def test_run_and_info_on_an_export_folder(tiny_export, shapes_dataset, capsys):
-    img = str(next((shapes_dataset / "val").rglob("*.png")))
-    assert main(["run", str(tiny_export.out), "--source", img, "--json"]) == 0
-    err = capsys.readouterr().err
-    assert "model_int8.tflite chosen" in err and "vouched" in err
-    assert main(["run", str(tiny_export.out), "--source", img, "--device", "jetson-orin"]) == 0
-    assert "model_fp32.onnx chosen" in capsys.readouterr().err
-    assert main(["info", str(tiny_export.out)]) == 0
-    text = capsys.readouterr().out
-    assert "model_int8.onnx" in text and "parity pass" in text and "vouched" in text
-    assert main(["info", str(tiny_export.out), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["problems"] == []
-
-
-@needs_tf
 def test_export_for_jetson_orin_writes_exactly_its_files(tiny_model, shapes_dataset, tmp_path, capsys):
     from tledge.devices.profiles import PROFILES
 

@@ -7,7 +7,7 @@ import types
 
 import numpy as np
 import pytest
-from test_runtime_models import CLASSES, tiny_models  # noqa: F401  (session fixture)
+from tiny import CLASSES, FOREIGN, TINY
 
 from tledge.contract import Contract, Quant
 from tledge.errors import ContractError, ModelLoadError, TledgeError, TledgeWarning
@@ -93,35 +93,35 @@ def test_infer_contract_rules():
         assert infer_contract(TensorInfo("x", (1, 8, 8, 3), "float32")).norm.value == "raw"
 
 
-def test_foreign_files_with_options(tiny_models):
-    m = load(tiny_models / "foreign" / "int8.tflite", labels=CLASSES)
+def test_foreign_files_with_options():
+    m = load(FOREIGN / "model_int8.tflite", labels=CLASSES)
     assert m.load_info.contract_origin == "inferred" and m.contract.labels == CLASSES
     with pytest.warns(TledgeWarning):
-        assert load(tiny_models / "foreign" / "fp32.onnx").contract.labels == ()
-    onnx = load(tiny_models / "foreign" / "fp32.onnx", preprocess="raw", labels=list(CLASSES))
-    ref = load(tiny_models / "fp32.onnx")
+        assert load(FOREIGN / "model_fp32.onnx").contract.labels == ()
+    onnx = load(FOREIGN / "model_fp32.onnx", preprocess="raw", labels=list(CLASSES))
+    ref = load(TINY / "model_fp32.onnx")
     x = list(np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.uint8))
     np.testing.assert_allclose(onnx.predict(onnx.contract.prepare_batch(x)), ref.predict(ref.contract.prepare_batch(x)),
                                atol=1e-6)
-    embedded = load(tiny_models / "int8.tflite")
+    embedded = load(TINY / "model_int8.tflite")
     assert [p[0].index for p in m.classify(x)] == [p[0].index for p in embedded.classify(x)]
 
 
-def test_options_on_embedded_contract_and_label_checks(tiny_models, tmp_path):
+def test_options_on_embedded_contract_and_label_checks(tmp_path):
     with pytest.raises(ContractError, match="carries its own tledge contract: --preprocess"):
-        load(tiny_models / "int8.tflite", preprocess="tf")
-    renamed = load(tiny_models / "int8.tflite", labels=("a", "b", "c"))
+        load(TINY / "model_int8.tflite", preprocess="tf")
+    renamed = load(TINY / "model_int8.tflite", labels=("a", "b", "c"))
     assert renamed.contract.labels == ("a", "b", "c")
     with pytest.raises(ContractError, match="2 labels but the model has 3 outputs"):
-        load(tiny_models / "int8.tflite", labels=("a", "b"))
+        load(TINY / "model_int8.tflite", labels=("a", "b"))
     labels = tmp_path / "labels.txt"
     labels.write_text("background\n" + "\n".join(CLASSES) + "\n")
     with pytest.raises(ContractError, match="extra 'background' line"):
-        load(tiny_models / "foreign" / "int8.tflite", labels=str(labels))
-    with pytest.raises(ContractError, match="32 channels in nchw layout"):
-        load(tiny_models / "foreign" / "int8.tflite", layout="nchw")
+        load(FOREIGN / "model_int8.tflite", labels=str(labels))
+    with pytest.raises(ContractError, match="48 channels in nchw layout"):
+        load(FOREIGN / "model_int8.tflite", layout="nchw")
     with pytest.raises(ContractError, match=r"prepares \(40, 40, 3\)"):
-        load(tiny_models / "foreign" / "int8.tflite", input_size=(40, 40))
+        load(FOREIGN / "model_int8.tflite", input_size=(40, 40))
     with pytest.raises(ModelLoadError, match="not found"):
         load(tmp_path / "missing.tflite")
     bad = tmp_path / "bad.tflite"
@@ -132,30 +132,30 @@ def test_options_on_embedded_contract_and_label_checks(tiny_models, tmp_path):
         load(labels)
 
 
-def test_top_k_scores_and_logits(tiny_models):
-    m = load(tiny_models / "fp32.tflite")
+def test_top_k_scores_and_logits():
+    m = load(TINY / "model_fp32.tflite")
     y = np.array([[0.1, 0.7, 0.2]], np.float32)
     top = m.top(m.scores(y)[0], 5)
     assert [p.label for p in top] == [CLASSES[1], CLASSES[2], CLASSES[0]] and top[0].score == pytest.approx(0.7)
     assert top[0].to_dict() == {"label": CLASSES[1], "index": 1, "score": 0.7}
-    logits = load(tiny_models / "foreign" / "fp32.onnx", preprocess="raw", logits=True)
+    logits = load(FOREIGN / "model_fp32.onnx", preprocess="raw", logits=True)
     s = logits.scores(np.array([[2.0, 0.0, -1.0]]))
     assert s.sum() == pytest.approx(1.0) and s[0, 0] == pytest.approx(np.exp(2) / (np.exp(2) + 1 + np.exp(-1)))
     assert m.classify([]) == []
 
 
-def test_batches_on_fixed_and_dynamic_files(tiny_models):
+def test_batches_on_fixed_and_dynamic_files():
     x = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3)).astype(np.uint8)
-    for name in ("int8.tflite", "fp32.onnx"):
-        m = load(tiny_models / name, threads=1)
+    for name in ("model_int8.tflite", "model_fp32.onnx"):
+        m = load(TINY / name, threads=1)
         batch = m.predict(m.contract.prepare_batch(list(x)))
         one = np.concatenate([m.predict(m.contract.prepare(i)) for i in x])
         np.testing.assert_allclose(batch, one, atol=1e-5)
         assert m.backend.threads == 1
 
 
-def test_onnx_providers_fall_back_cleanly(tiny_models, monkeypatch):
-    m = load(tiny_models / "fp32.onnx", providers=["TensorrtExecutionProvider", "CUDAExecutionProvider"])
+def test_onnx_providers_fall_back_cleanly(monkeypatch):
+    m = load(TINY / "model_fp32.onnx", providers=["TensorrtExecutionProvider", "CUDAExecutionProvider"])
     assert m.provider == "CPUExecutionProvider"
     assert any("not available" in n for n in m.load_info.notes)
     import onnxruntime as ort
@@ -169,13 +169,13 @@ def test_onnx_providers_fall_back_cleanly(tiny_models, monkeypatch):
         return real(path, opts, providers=providers)
 
     monkeypatch.setattr(ort, "InferenceSession", session)
-    m = load(tiny_models / "fp32.onnx")
+    m = load(TINY / "model_fp32.onnx")
     assert m.provider == "CPUExecutionProvider"
     assert any("CUDAExecutionProvider failed to start" in n for n in m.load_info.notes)
     assert m.classify([np.zeros((32, 32, 3), np.uint8)])[0][0].label in CLASSES
 
 
-def test_tflite_fallbacks_warn_loudly(tiny_models, monkeypatch):
+def test_tflite_fallbacks_warn_loudly(monkeypatch):
     import ai_edge_litert
     from ai_edge_litert import interpreter as litert
 
@@ -186,44 +186,44 @@ def test_tflite_fallbacks_warn_loudly(tiny_models, monkeypatch):
     monkeypatch.setitem(sys.modules, "tflite_runtime", None)
     monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
     with pytest.raises(MissingDependency, match="ai-edge-litert"):
-        load(tiny_models / "int8.tflite")
+        load(TINY / "model_int8.tflite")
     # TensorFlow already imported by the caller: tensorflow.lite, with a warning
     tf = types.SimpleNamespace(lite=types.SimpleNamespace(
         Interpreter=litert.Interpreter, experimental=types.SimpleNamespace(load_delegate=litert.load_delegate)))
     monkeypatch.setitem(sys.modules, "tensorflow", tf)
     with pytest.warns(TledgeWarning, match="falling back to tensorflow.lite"):
-        assert load(tiny_models / "int8.tflite").provider == "tensorflow.lite"
+        assert load(TINY / "model_int8.tflite").provider == "tensorflow.lite"
     # tflite_runtime comes before it, and is slow for int8: a loud warning
     fake = types.ModuleType("tflite_runtime")
     fake.interpreter = types.SimpleNamespace(Interpreter=litert.Interpreter, load_delegate=litert.load_delegate)
     monkeypatch.setitem(sys.modules, "tflite_runtime", fake)
     monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", fake.interpreter)
     with pytest.warns(TledgeWarning, match="SLOW BACKEND.*tflite_runtime"):
-        m = load(tiny_models / "int8.tflite")
+        m = load(TINY / "model_int8.tflite")
     assert m.provider == "tflite_runtime" and m.classify([np.zeros((32, 32, 3), np.uint8)])
 
 
-def test_threads_from_environment(tiny_models, monkeypatch):
+def test_threads_from_environment(monkeypatch):
     monkeypatch.setenv("TLEDGE_THREADS", "3")
-    assert load(tiny_models / "int8.tflite").backend.threads == 3
-    assert load(tiny_models / "int8.onnx", threads=1).backend.threads == 1
+    assert load(TINY / "model_int8.tflite").backend.threads == 3
+    assert load(TINY / "model_int8.onnx", threads=1).backend.threads == 1
 
 
-def test_device_hook(tiny_models, monkeypatch):
+def test_device_hook(monkeypatch):
     import tledge.devices as devices
 
     real = getattr(devices, "resolve", None)
     monkeypatch.delattr(devices, "resolve", raising=False)
     with pytest.raises(TledgeError, match="device profiles are not available"):
-        load(tiny_models / "int8.tflite", device="rpi5")
+        load(TINY / "model_int8.tflite", device="rpi5")
     profiles = {"rpi5": {"threads": 3, "providers": ["CPUExecutionProvider"]}}
     monkeypatch.setattr(devices, "resolve", profiles.get, raising=False)  # a resolve(name) without backend=
-    assert load(tiny_models / "int8.tflite", device="rpi5").backend.threads == 3
-    assert load(tiny_models / "fp32.onnx", device="rpi5", threads=1).backend.threads == 1  # explicit wins
+    assert load(TINY / "model_int8.tflite", device="rpi5").backend.threads == 3
+    assert load(TINY / "model_fp32.onnx", device="rpi5", threads=1).backend.threads == 1  # explicit wins
     with pytest.raises(TledgeError, match="unknown device"):
-        load(tiny_models / "int8.tflite", device="toaster")
+        load(TINY / "model_int8.tflite", device="toaster")
     if real is not None:  # the real profiles: a Jetson asks for TensorRT/CUDA, which fall back to the CPU here
         monkeypatch.setattr(devices, "resolve", real)
-        m = load(tiny_models / "fp32.onnx", device="jetson-orin")
+        m = load(TINY / "model_fp32.onnx", device="jetson-orin")
         assert m.provider == "CPUExecutionProvider" and m.backend.threads == real("jetson-orin").threads
-        assert load(tiny_models / "int8.tflite", device="coral-usb").backend.notes == []  # plain file: no TPU
+        assert load(TINY / "model_int8.tflite", device="coral-usb").backend.notes == []  # plain file: no TPU

@@ -15,7 +15,6 @@ manifest) is refused with a message telling to re-export.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
@@ -187,6 +186,8 @@ def _check_name(name: str) -> None:
 
 def sha256_of(path: str | Path) -> str:
     """sha256 of a file, or of a folder's files (relative names and contents, sorted): SavedModel."""
+    import hashlib  # here: loading OpenSSL costs milliseconds, and `tledge run` on a file with no manifest hashes nothing
+
     p, h = Path(path), hashlib.sha256()
     files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
     for f in files:

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -205,7 +203,7 @@ def capture(c: Console, hook_warnings: bool | None = None):
         finally:
             warnings.showwarning = saved_show
         return
-    fd, name = tempfile.mkstemp(prefix=f"tledge-{c.verb or 'cli'}-", suffix=".log")
+    fd, name = _temp_log(f"tledge-{c.verb or 'cli'}-")
     c.log_path = Path(name)
     logfile = os.fdopen(fd, "a", buffering=1, encoding="utf-8", errors="replace")
     original_stderr, term = sys.stderr, None
@@ -237,6 +235,25 @@ def capture(c: Console, hook_warnings: bool | None = None):
         _settle_log(c)
 
 
+def _temp_log(prefix: str) -> tuple[int, str]:
+    """tempfile.mkstemp(prefix=prefix, suffix=".log"), done directly in $TMPDIR or /tmp on POSIX: importing
+    tempfile (with shutil and random) is milliseconds of every command's start (`tledge run`'s cold start).
+    Anything unusual (no such folder, not writable) is left to tempfile itself."""
+    folder = os.path.abspath(os.environ.get("TMPDIR") or "/tmp")
+    if os.name == "posix" and os.path.isdir(folder):
+        for _ in range(10):
+            name = os.path.join(folder, f"{prefix}{os.urandom(6).hex()}.log")
+            try:  # mkstemp's flags; os.open makes the descriptor non-inheritable, as mkstemp's is
+                return os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), name
+            except FileExistsError:
+                continue
+            except OSError:
+                break
+    import tempfile
+
+    return tempfile.mkstemp(prefix=prefix, suffix=".log")
+
+
 def _is_fd2(stream) -> bool:
     try:
         return stream.fileno() == 2
@@ -252,6 +269,8 @@ def _settle_log(c: Console) -> None:
     if c.keep is not None and c.keep.parent.is_dir():
         tmp = c.keep.with_name(f".{c.keep.name}.tmp")
         try:
+            import shutil
+
             shutil.copyfile(log, tmp)
             os.replace(tmp, c.keep)
             log.unlink()

@@ -8,10 +8,13 @@ Writing lives in tledge.export.metadata.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tledge.contract import METADATA_KEY, Contract
 from tledge.flatbuf import tflite_metadata_entries
-from tledge.std_metadata import ENTRY_NAME, StandardMetadata, packed_files, parse
+
+if TYPE_CHECKING:  # the standard metadata is parsed only for files made elsewhere (cold start of tledge run)
+    from tledge.std_metadata import StandardMetadata
 
 
 def tflite_metadata(data: bytes) -> dict[str, bytes]:
@@ -23,6 +26,8 @@ def tflite_metadata(data: bytes) -> dict[str, bytes]:
 def read_standard_metadata(path_or_bytes) -> StandardMetadata | None:
     """The standard TFLite metadata (TFLITE_METADATA entry + packed associated files) of a .tflite file,
     or None when it has none (or the path is not a .tflite file)."""
+    from tledge.std_metadata import ENTRY_NAME, packed_files, parse
+
     if isinstance(path_or_bytes, (bytes, bytearray)):
         data = bytes(path_or_bytes)
     else:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from tledge.errors import TledgeError
@@ -64,32 +65,74 @@ def level(args) -> int:
     return log.QUIET if getattr(args, "quiet", False) else log.NORMAL
 
 
+def _columns() -> int:
+    """shutil.get_terminal_size().columns, without importing shutil (with bz2, lzma...): argparse makes a
+    help formatter for every option it adds, and each one imports shutil for this number (cold start)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", 0))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class _Width:
+    """A help formatter given its width (as argparse computes it) rather than computing it with shutil."""
+
+    def __init__(self, *args, **kwargs):
+        if len(args) < 4 and kwargs.get("width") is None:
+            kwargs["width"] = _columns() - 2
+        super().__init__(*args, **kwargs)
+
+
+class _HelpFormatter(_Width, argparse.HelpFormatter):
+    pass
+
+
+class _RawDescriptionFormatter(_Width, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: `tledge run: error: argument --top-k: invalid int value: 'x'`."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _parser(available: dict[str, str], only: str | None = None) -> argparse.ArgumentParser:
-    """`only`: the one subcommand whose module (and options) to import; the others get a bare parser,
-    so `tledge run` does not pay for importing what `tledge train` or `tledge devices` need."""
+    """`only`: the one subcommand named on the command line: only its parser is built (and only its
+    module imported), so `tledge run` pays neither for importing what `tledge train` needs nor for
+    building nine parsers it does not use (argparse costs milliseconds per parser). Without it (no
+    command, an unknown one, or `tledge --help`), every subcommand is listed."""
     parser = _Parser(prog="tledge", description=DESCRIPTION, epilog=EXAMPLES,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                     formatter_class=_RawDescriptionFormatter)
     parser.add_argument("--version", action="version", version=_version())
     _verbosity_arguments(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in available.items():
+        if only is not None and name != only:
+            continue
         p = sub.add_parser(name, help=help_text, description=help_text)
         _verbosity_arguments(p, top=False)
-        if only is None or name == only:
-            importlib.import_module(f"tledge.cli.{name}").add_arguments(p)
+        importlib.import_module(f"tledge.cli.{name}").add_arguments(p)
     return parser
 
 
 def _chosen(argv: list[str], available: dict[str, str]) -> str | None:
-    """The subcommand named on the command line (the first word that is not an option), if known."""
+    """The subcommand named on the command line (the first word that is not an option), if known;
+    None when top-level help or the version is asked for before it."""
     for a in argv:
+        if a in ("-h", "--help", "--version"):
+            return None
         if not a.startswith("-"):
             return a if a in available else None
     return None

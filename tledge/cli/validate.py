@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import os
-import zipfile
 from pathlib import Path
 from typing import Sequence
 
@@ -108,6 +107,8 @@ def _head(p: Path, n: int) -> bytes:
 
 def _check_zip(p: Path, flag: str) -> None:
     """A .keras file is a zip archive: a truncated one has no central directory."""
+    import zipfile
+
     try:
         with zipfile.ZipFile(p) as zf:
             names = set(zf.namelist())

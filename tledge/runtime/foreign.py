@@ -6,11 +6,13 @@ crop, color, size, logits), which win over the metadata.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from tledge.contract import ColorOrder, Contract, Fit, Layout, Norm, Output
 from tledge.errors import ContractError, ModelLoadError, TledgeWarning
-from tledge.std_metadata import StandardMetadata
+
+if TYPE_CHECKING:  # read only for files made elsewhere: not imported on a tledge file's path (cold start)
+    from tledge.std_metadata import StandardMetadata
 
 STANDARD_ORIGIN = "standard TFLite metadata"
 
