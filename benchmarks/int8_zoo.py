@@ -10,8 +10,13 @@ Zoo (from ../shared/assets; models are built once into --cache):
                   other 1000 (a fixed split: every 13th photo at offsets 0, 4, 8 calibrates)
   hym-mnv1-s{0,1,2}  MobileNet v1 0.25 ImageNet features + Dense(2) trained on hymenoptera (three seeds)
   hym-tfkeras     the same architecture built and saved by tf_keras (loads only through tf_keras)
-Not in the zoo yet: MobileNetV2 / EfficientNetB0 / ResNet50 heads (no ImageNet weights for them in
-../shared/assets and no network: a random-feature backbone proves nothing about int8).
+  hym-mnv2        MobileNetV2 1.0 with REAL ImageNet features (dequantised from Google's Coral
+                  tf2_mobilenet_v2_1.0_224_ptq.tflite, benchmarks/zoo_models.py) + Dense(2) trained on
+                  hymenoptera, preprocessing baked in (a .keras as `tledge train` saves it)
+  imagenet-mnv2   the same float MobileNetV2 with the Coral file's own classifier (background class
+                  dropped: 1000 classes) on the imagenet_val1300 split of imagenet-mnv1 (slow: ~6+ min)
+Not in the zoo yet: EfficientNetB0 / ResNet50 heads (no ImageNet weights for them in ../shared/assets,
+no network, and no Coral file to rebuild them from: a random-feature backbone proves nothing about int8).
 
     python benchmarks/int8_zoo.py [--only imagenet-mnv1,hym-mnv1-s0] [--json out.json]
 """
@@ -77,6 +82,7 @@ def tf_keras_hymenoptera(out: Path, seed: int = 0) -> Path:
 def zoo(cache: Path) -> dict:
     """name -> (model path builder, export options)."""
     from realdata import hymenoptera_mobilenet
+    from zoo_models import hymenoptera_mobilenet_v2, imagenet_mobilenet_v2
 
     hym = {"calib": str(ASSETS / "hymenoptera_data" / "train"), "val": str(ASSETS / "hymenoptera_data" / "val"),
            "preprocess": "tf"}
@@ -85,6 +91,11 @@ def zoo(cache: Path) -> dict:
                           lambda: dict(zip(("calib", "val"), map(str, imagenet_split(cache))),
                                        labels=str(ASSETS / IMAGENET / "labels1000.txt"), preprocess="tf")),
         "hym-tfkeras": (lambda: tf_keras_hymenoptera(cache / "hym-tfkeras"), lambda: hym),
+        "hym-mnv2": (lambda: hymenoptera_mobilenet_v2(cache),  # preprocessing baked in: no --preprocess
+                     lambda: {k: v for k, v in hym.items() if k != "preprocess"}),
+        "imagenet-mnv2": (lambda: imagenet_mobilenet_v2(cache / "imagenet-mnv2"),
+                          lambda: dict(zip(("calib", "val"), map(str, imagenet_split(cache))),
+                                       labels=str(ASSETS / IMAGENET / "labels1000.txt"))),
     }
     for seed in (0, 1, 2):
         entries[f"hym-mnv1-s{seed}"] = (
