@@ -13,6 +13,7 @@ Zoo (from ../shared/assets; models are built once into --cache):
   hym-mnv2        MobileNetV2 1.0 with REAL ImageNet features (dequantised from Google's Coral
                   tf2_mobilenet_v2_1.0_224_ptq.tflite, benchmarks/zoo_models.py) + Dense(2) trained on
                   hymenoptera, preprocessing baked in (a .keras as `tledge train` saves it)
+  hym-mnv1-0.5-160  the same recipe on MobileNet v1 0.5 at 160 px (Coral mobilenet_v1_0.5_160_quant.tflite)
   imagenet-mnv2   the same float MobileNetV2 with the Coral file's own classifier (background class
                   dropped: 1000 classes) on the imagenet_val1300 split of imagenet-mnv1 (slow: ~6+ min)
 Not in the zoo yet: EfficientNetB0 / ResNet50 heads (no ImageNet weights for them in ../shared/assets,
@@ -82,7 +83,7 @@ def tf_keras_hymenoptera(out: Path, seed: int = 0) -> Path:
 def zoo(cache: Path) -> dict:
     """name -> (model path builder, export options)."""
     from realdata import hymenoptera_mobilenet
-    from zoo_models import hymenoptera_mobilenet_v2, imagenet_mobilenet_v2
+    from zoo_models import hymenoptera_model, imagenet_model
 
     hym = {"calib": str(ASSETS / "hymenoptera_data" / "train"), "val": str(ASSETS / "hymenoptera_data" / "val"),
            "preprocess": "tf"}
@@ -91,12 +92,13 @@ def zoo(cache: Path) -> dict:
                           lambda: dict(zip(("calib", "val"), map(str, imagenet_split(cache))),
                                        labels=str(ASSETS / IMAGENET / "labels1000.txt"), preprocess="tf")),
         "hym-tfkeras": (lambda: tf_keras_hymenoptera(cache / "hym-tfkeras"), lambda: hym),
-        "hym-mnv2": (lambda: hymenoptera_mobilenet_v2(cache),  # preprocessing baked in: no --preprocess
-                     lambda: {k: v for k, v in hym.items() if k != "preprocess"}),
-        "imagenet-mnv2": (lambda: imagenet_mobilenet_v2(cache / "imagenet-mnv2"),
+        "imagenet-mnv2": (lambda: imagenet_model(cache / "imagenet-mnv2", "mnv2"),
                           lambda: dict(zip(("calib", "val"), map(str, imagenet_split(cache))),
                                        labels=str(ASSETS / IMAGENET / "labels1000.txt"))),
     }
+    for arch in ("mnv2", "mnv1-0.5-160"):  # preprocessing baked in: no --preprocess
+        entries[f"hym-{arch}"] = (lambda a=arch: hymenoptera_model(cache, a),
+                                  lambda: {k: v for k, v in hym.items() if k != "preprocess"})
     for seed in (0, 1, 2):
         entries[f"hym-mnv1-s{seed}"] = (
             lambda s=seed: hymenoptera_mobilenet(ASSETS, cache / f"hym-s{s}", seed=s), lambda: hym)
