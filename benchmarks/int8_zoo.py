@@ -19,7 +19,7 @@ Zoo (from ../shared/assets; models are built once into --cache):
 Not in the zoo yet: EfficientNetB0 / ResNet50 heads (no ImageNet weights for them in ../shared/assets,
 no network, and no Coral file to rebuild them from: a random-feature backbone proves nothing about int8).
 
-    python benchmarks/int8_zoo.py [--only imagenet-mnv1,hym-mnv1-s0] [--json out.json]
+    python benchmarks/int8_zoo.py [--only imagenet-mnv1,hym-mnv1-s0] [--json out.json] [--fidelity 0.99]
 """
 from __future__ import annotations
 
@@ -172,6 +172,8 @@ def main(argv=None) -> int:
     ap.add_argument("--formats", default="tflite,onnx")
     ap.add_argument("--robust-scheme", help="ONNX scheme when U8S8 would saturate (tledge.export.onnx.SCHEMES)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--fidelity", type=float, help="int8 top-1 agreement target (export --fidelity; the issue's "
+                                                   "2-class target is 0.99); exports go to exports/NAME-fFIDELITY")
     args = ap.parse_args(argv)
     if args.robust_scheme:
         from tledge.export import onnx as onnx_export
@@ -182,7 +184,9 @@ def main(argv=None) -> int:
     all_rows = []
     for name in names:
         build, opts = entries[name]
-        all_rows += run_one(name, Path(build()), opts(), args.cache / "exports" / name, args.formats.split(","))
+        extra, folder = ({"fidelity": args.fidelity}, f"{name}-f{args.fidelity}") if args.fidelity else ({}, name)
+        all_rows += run_one(folder, Path(build()), {**opts(), **extra}, args.cache / "exports" / folder,
+                            args.formats.split(","))
         print(markdown(all_rows[-2:], cpu_line()), flush=True)
     text = markdown(all_rows, cpu_line())
     print(text)
