@@ -10,10 +10,16 @@ Zoo (from ../shared/assets; models are built once into --cache):
                   other 1000 (a fixed split: every 13th photo at offsets 0, 4, 8 calibrates)
   hym-mnv1-s{0,1,2}  MobileNet v1 0.25 ImageNet features + Dense(2) trained on hymenoptera (three seeds)
   hym-tfkeras     the same architecture built and saved by tf_keras (loads only through tf_keras)
-Not in the zoo yet: MobileNetV2 / EfficientNetB0 / ResNet50 heads (no ImageNet weights for them in
-../shared/assets and no network: a random-feature backbone proves nothing about int8).
+  hym-mnv2        MobileNetV2 1.0 with REAL ImageNet features (dequantised from Google's Coral
+                  tf2_mobilenet_v2_1.0_224_ptq.tflite, benchmarks/zoo_models.py) + Dense(2) trained on
+                  hymenoptera, preprocessing baked in (a .keras as `tledge train` saves it)
+  hym-mnv1-0.5-160  the same recipe on MobileNet v1 0.5 at 160 px (Coral mobilenet_v1_0.5_160_quant.tflite)
+  imagenet-mnv2   the same float MobileNetV2 with the Coral file's own classifier (background class
+                  dropped: 1000 classes) on the imagenet_val1300 split of imagenet-mnv1 (slow: ~6+ min)
+Not in the zoo yet: EfficientNetB0 / ResNet50 heads (no ImageNet weights for them in ../shared/assets,
+no network, and no Coral file to rebuild them from: a random-feature backbone proves nothing about int8).
 
-    python benchmarks/int8_zoo.py [--only imagenet-mnv1,hym-mnv1-s0] [--json out.json]
+    python benchmarks/int8_zoo.py [--only imagenet-mnv1,hym-mnv1-s0] [--json out.json] [--fidelity 0.99]
 """
 from __future__ import annotations
 
@@ -77,6 +83,7 @@ def tf_keras_hymenoptera(out: Path, seed: int = 0) -> Path:
 def zoo(cache: Path) -> dict:
     """name -> (model path builder, export options)."""
     from realdata import hymenoptera_mobilenet
+    from zoo_models import hymenoptera_model, imagenet_model
 
     hym = {"calib": str(ASSETS / "hymenoptera_data" / "train"), "val": str(ASSETS / "hymenoptera_data" / "val"),
            "preprocess": "tf"}
@@ -85,7 +92,13 @@ def zoo(cache: Path) -> dict:
                           lambda: dict(zip(("calib", "val"), map(str, imagenet_split(cache))),
                                        labels=str(ASSETS / IMAGENET / "labels1000.txt"), preprocess="tf")),
         "hym-tfkeras": (lambda: tf_keras_hymenoptera(cache / "hym-tfkeras"), lambda: hym),
+        "imagenet-mnv2": (lambda: imagenet_model(cache / "imagenet-mnv2", "mnv2"),
+                          lambda: dict(zip(("calib", "val"), map(str, imagenet_split(cache))),
+                                       labels=str(ASSETS / IMAGENET / "labels1000.txt"))),
     }
+    for arch in ("mnv2", "mnv1-0.5-160"):  # preprocessing baked in: no --preprocess
+        entries[f"hym-{arch}"] = (lambda a=arch: hymenoptera_model(cache, a),
+                                  lambda: {k: v for k, v in hym.items() if k != "preprocess"})
     for seed in (0, 1, 2):
         entries[f"hym-mnv1-s{seed}"] = (
             lambda s=seed: hymenoptera_mobilenet(ASSETS, cache / f"hym-s{s}", seed=s), lambda: hym)
@@ -159,6 +172,8 @@ def main(argv=None) -> int:
     ap.add_argument("--formats", default="tflite,onnx")
     ap.add_argument("--robust-scheme", help="ONNX scheme when U8S8 would saturate (tledge.export.onnx.SCHEMES)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--fidelity", type=float, help="int8 top-1 agreement target (export --fidelity; the issue's "
+                                                   "2-class target is 0.99); exports go to exports/NAME-fFIDELITY")
     args = ap.parse_args(argv)
     if args.robust_scheme:
         from tledge.export import onnx as onnx_export
@@ -169,7 +184,9 @@ def main(argv=None) -> int:
     all_rows = []
     for name in names:
         build, opts = entries[name]
-        all_rows += run_one(name, Path(build()), opts(), args.cache / "exports" / name, args.formats.split(","))
+        extra, folder = ({"fidelity": args.fidelity}, f"{name}-f{args.fidelity}") if args.fidelity else ({}, name)
+        all_rows += run_one(folder, Path(build()), {**opts(), **extra}, args.cache / "exports" / folder,
+                            args.formats.split(","))
         print(markdown(all_rows[-2:], cpu_line()), flush=True)
     text = markdown(all_rows, cpu_line())
     print(text)
