@@ -243,3 +243,18 @@ def test_device_profile_chooses_formats_and_explicit_flags_win(tiny_model, shape
                  "--out", str(tmp_path / "explicit")]) == 0
     names = {p.name for p in (tmp_path / "explicit").iterdir()}
     assert "model_fp32.onnx" in names and not any(n.endswith(".tflite") for n in names)
+
+
+def test_parity_report_has_a_clients_section(tiny_export):
+    """MediaPipe's agreement where mediapipe is importable; otherwise why not, and how to measure it."""
+    import importlib.util
+
+    section = json.loads((tiny_export.out / "parity.json").read_text())["clients"]
+    md = (tiny_export.out / "parity.md").read_text()
+    assert "## Clients" in md
+    tflite = sorted(r.file for r in tiny_export.report.results if r.file.endswith(".tflite"))
+    if importlib.util.find_spec("mediapipe") is None:
+        assert section["measured"] is False and "clients_venv.sh" in section["how"] and "not measured" in md
+    else:
+        assert section["measured"] is True and sorted(r["file"] for r in section["files"]) == tflite
+        assert all(r["tledge"] == section["images"] for r in section["files"])  # warp-linear: MediaPipe's resize

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tledge.contract import Contract, Output, read_labels
+from tledge.contract import Contract, Fit, Output, Resize, read_labels
 from tledge.errors import DataError, TledgeError, TledgeWarning
 from tledge.export import formats as F
 from tledge.export.parity import ParityReport, ParityResult, Thresholds, check_files
@@ -64,7 +64,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
     """Convert, embed the contract, check parity, and swap the files into `cfg.out` as a unit with
     `manifest.json` written last (tledge.export.unit). Raises TledgeError for bad input (and when
     another export holds the folder); parity failures are in the returned report."""
-    from tledge import log
+    from tledge import clients, log
     from tledge.export import loader
     from tledge.export.unit import ExportFolder
 
@@ -103,6 +103,8 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
             seconds["int8 fidelity"] = round(time.perf_counter() - start, 2)
         derived = _compile_edgetpu(stage, report) if cfg.compile_edgetpu else {}
         _write_golden(stage, val_x, reference, val_y, val_files, cfg, thresholds, report)
+        report.clients = clients.measure(stage, [r.file for r in report.results], val_x, reference, val_files,
+                                         cfg.threads)  # MediaPipe, where importable
         report.write(stage)
         folder.commit(model_path, {r.file: (r.passed, _figures(r)) for r in report.results}, derived,
                       _inputs(stage, [r.file for r in report.results]))
@@ -272,6 +274,9 @@ def with_export_options(contract: Contract, cfg: ExportConfig) -> Contract:
     elif cfg.fit:
         geometry["fit"] = cfg.fit
     contract = contract.replace(**geometry)
+    if not cfg.resize and contract.fit is Fit.STRETCH and contract.resize is Resize.AREA:
+        # MediaPipe's own resize, bit for bit, so its tensor is the one parity checks (docs/tflite-metadata.md)
+        contract = contract.replace(resize=Resize.WARP_LINEAR)
     conv = Conventions(cfg.onnx_layout, cfg.onnx_input)
     extra = {k: v for k, v in contract.extra.items() if k not in ("onnx", "resize_by_client")}
     if conv != Conventions() and "onnx" in cfg.formats + tuple(k for k, _ in cfg.pairs):
@@ -379,6 +384,9 @@ def _convert_all(chosen, serve, concrete, contract, calib, out: Path):
 
 def _notes(contract: Contract, add_norm: str | None, cfg: ExportConfig) -> list[str]:
     notes = []
+    if contract.resize is Resize.WARP_LINEAR and not cfg.resize:
+        notes.append("resize warp-linear: MediaPipe Tasks' own resize, so MediaPipe feeds the files the pixels parity "
+                     "checked; `--resize area` keeps the area resize tledge train uses")
     if add_norm:
         notes.append(f"preprocessing `{add_norm}` was added in front of the model; files take raw pixels")
     if cfg.calib == "random":
