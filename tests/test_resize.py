@@ -106,3 +106,36 @@ def test_clients_section_markdown_of_a_measurement():
     md = "\n".join(clients.markdown(section))
     assert "| model_int8.tflite | warp-linear (stretch) | 153/153 (1.000) | 148/153 (0.967) |" in md
     assert "| model_bgr.tflite | area | error: refused | - |" in md
+
+
+def test_export_default_takes_warp_linear_only_when_keras_keeps_its_accuracy(tmp_path):
+    """tledge.export.resize_choice: warp-linear when Keras's accuracy on it is within 1 point of area's, with
+    the client table recomputed; area kept (and said) otherwise, or without labelled images."""
+    import cv2
+
+    from tledge.export import resize_choice
+
+    files = []
+    for i in range(4):
+        files.append(tmp_path / f"{i}.png")
+        cv2.imwrite(str(files[-1]), _noise(90, 120, seed=i))
+    y = np.array([0, 1, 0, 1])
+    area = Contract(32, 32)
+    reference = np.eye(2)[y]  # Keras right on every area image
+    seen = []
+
+    def keras(right: int):
+        def run(x):
+            seen.append(x)
+            return np.eye(2)[np.r_[y[:right], 1 - y[right:]]]
+        return run
+
+    assert resize_choice.candidate(area, None) and not resize_choice.candidate(area, "area")
+    assert not resize_choice.candidate(area.replace(fit="crop"), None)
+    chosen, note = resize_choice.choose(area, files, y, reference, keras(4))
+    assert chosen.resize is Resize.WARP_LINEAR and note.startswith("resize warp-linear")
+    assert chosen.extra["resize_by_client"]["mediapipe"]["agreement"] == "exact"
+    np.testing.assert_array_equal(seen[0][0], warp_linear(cv2.imread(str(files[0]))[:, :, ::-1], 32, 32))
+    kept, note = resize_choice.choose(area, files, y, reference, keras(3))  # 25 points worse
+    assert kept is area and note.startswith("resize area kept") and "0.750 with warp-linear vs 1.000" in note
+    assert resize_choice.choose(area, files, None, reference, keras(4))[0] is area

@@ -24,8 +24,9 @@ def add_arguments(p) -> None:
     p.add_argument("--input-size", help="HxW, for models with a dynamic input size")
     g = p.add_argument_group("image preparation (as `tledge run` takes them; recorded in the contract)")
     g.add_argument("--resize", choices=RESIZES,
-                   help="resize method (default: warp-linear, MediaPipe's, when the image is stretched and the "
-                        "model's own contract says area or nothing; else the model's; linear = cv2.dnn's)")
+                   help="resize method (default: warp-linear, MediaPipe's, when the image is stretched, the model's "
+                        "contract says area or nothing and Keras keeps its --val accuracy with it; else the "
+                        "model's, or area; linear = cv2.dnn's)")
     g.add_argument("--fit", choices=("stretch", "crop", "letterbox"), help="how the image fits the input "
                                                                          "(default stretch)")
     g.add_argument("--crop", type=float, metavar="FRACTION",

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tledge.contract import Contract, Fit, Output, Resize, read_labels
+from tledge.contract import Contract, Output, read_labels
 from tledge.errors import DataError, TledgeError, TledgeWarning
 from tledge.export import formats as F
 from tledge.export.parity import ParityReport, ParityResult, Thresholds, check_files
@@ -65,7 +65,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
     `manifest.json` written last (tledge.export.unit). Raises TledgeError for bad input (and when
     another export holds the folder); parity failures are in the returned report."""
     from tledge import clients, log
-    from tledge.export import loader
+    from tledge.export import loader, resize_choice
     from tledge.export.unit import ExportFolder
 
     chosen = plan(cfg)
@@ -76,13 +76,19 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
         stage = folder.staging
         log.plan(3 + len(chosen))  # progress lines on the CLI: load, images, each file, parity
         with log.step(f"loading {Path(model_path).name}"):
-            lm = loader.load_model(model_path, unsafe=cfg.unsafe)
+            lm, resize_note = loader.load_model(model_path, unsafe=cfg.unsafe), ""
             labels = _labels(cfg, lm)
             contract, add_norm = _contract(cfg, lm, labels)
             serve, concrete = loader.trace(lm, contract, add_norm)
         with log.step("reading images and running the Keras model"):
             calib, val_x, val_y, val_files = _images(cfg, contract, chosen)
             reference = loader.run_reference(serve, val_x)
+            if resize_choice.candidate(contract, cfg.resize):  # MediaPipe's resize, where it costs no accuracy
+                contract, resize_note = resize_choice.choose(contract, val_files, val_y, reference,
+                                                             lambda x: loader.run_reference(serve, x))
+                if contract.resize.value == "warp-linear":
+                    calib, val_x, val_y, val_files = _images(cfg, contract, chosen)
+                    reference = loader.run_reference(serve, val_x)
         contract = contract.replace(output=_output_kind(reference))
         if contract.labels and reference.shape[1] != len(contract.labels):
             raise TledgeError(f"{len(contract.labels)} labels but the model has {reference.shape[1]} outputs")
@@ -97,6 +103,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
                                   labels=val_y, thresholds=thresholds, threads=cfg.threads)
         report = ParityReport(images=len(val_x), results=results + failed, reference=str(model_path))
         report.notes += folder.notes + loader.report_notes(lm) + _notes(contract, add_norm, cfg)
+        report.notes += [resize_note] if resize_note else []
         start = time.perf_counter()
         fx = FidelityInputs(lm, contract, add_norm, calib, reference, val_x, val_y, stage, thresholds)
         if _fidelity(cfg, report, fx):
@@ -274,9 +281,6 @@ def with_export_options(contract: Contract, cfg: ExportConfig) -> Contract:
     elif cfg.fit:
         geometry["fit"] = cfg.fit
     contract = contract.replace(**geometry)
-    if not cfg.resize and contract.fit is Fit.STRETCH and contract.resize is Resize.AREA:
-        # MediaPipe's own resize, bit for bit, so its tensor is the one parity checks (docs/tflite-metadata.md)
-        contract = contract.replace(resize=Resize.WARP_LINEAR)
     conv = Conventions(cfg.onnx_layout, cfg.onnx_input)
     extra = {k: v for k, v in contract.extra.items() if k not in ("onnx", "resize_by_client")}
     if conv != Conventions() and "onnx" in cfg.formats + tuple(k for k, _ in cfg.pairs):
@@ -384,9 +388,6 @@ def _convert_all(chosen, serve, concrete, contract, calib, out: Path):
 
 def _notes(contract: Contract, add_norm: str | None, cfg: ExportConfig) -> list[str]:
     notes = []
-    if contract.resize is Resize.WARP_LINEAR and not cfg.resize:
-        notes.append("resize warp-linear: MediaPipe Tasks' own resize, so MediaPipe feeds the files the pixels parity "
-                     "checked; `--resize area` keeps the area resize tledge train uses")
     if add_norm:
         notes.append(f"preprocessing `{add_norm}` was added in front of the model; files take raw pixels")
     if cfg.calib == "random":
