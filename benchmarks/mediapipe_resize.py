@@ -1,83 +1,118 @@
-"""MediaPipe Tasks ImageClassifier against the tledge runtime on raw photos (any size): how far apart do
-their resizes put them? Needs `mediapipe` (its own venv: see docs/tflite-metadata.md).
+"""MediaPipe Tasks ImageClassifier against the tledge runtime on raw photos (any size), for each resize tledge
+could use: which one agrees with MediaPipe, and what it costs against the Keras model (trained on INTER_AREA
+images). Needs `mediapipe` (its own venv: docs/tflite-metadata.md); `--keras` also needs TensorFlow there.
 
-    python benchmarks/mediapipe_resize.py EXPORT/model_fp32.tflite hymenoptera_data/val [--json]
+    python benchmarks/mediapipe_resize.py EXPORT_DIR hymenoptera_data/val [--keras MODEL.h5 --keras-norm tf] [--json]
 
-Prints, for each OpenCV interpolation tledge could use (stretch to the input size), the top-1 agreement
-with MediaPipe and the mean absolute difference of the scores, and MediaPipe's agreement with tledge's
-default when MediaPipe is given photos tledge already resized (its own resize then does nothing).
+For every .tflite in EXPORT_DIR (and rejected/) and every candidate resize (stretch to the input size):
+top-1 agreement of `tledge run` with MediaPipe, with Keras given the same pixels (what export parity
+measures), with Keras given INTER_AREA pixels (what the model was trained on), and accuracies.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
-INTERPOLATIONS = ("INTER_AREA", "INTER_LINEAR", "INTER_NEAREST", "INTER_CUBIC", "INTER_LANCZOS4")
+CANDIDATES = ("area", "linear", "warp-linear")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("model", type=Path)
+    p.add_argument("export", type=Path, help="an export folder (its .tflite files)")
     p.add_argument("images", type=Path, help="a folder of class folders")
+    p.add_argument("--keras", type=Path, help="the Keras model the export came from")
+    p.add_argument("--keras-norm", default="tf", help="its normalisation when not baked in (default tf)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     try:
-        import mediapipe as mp
-        from mediapipe.tasks.python import BaseOptions, vision
+        import mediapipe  # noqa: F401
     except ImportError:
         print("mediapipe is not installed here: run this in a venv with mediapipe", file=sys.stderr)
         return 2
-    import cv2
-
+    from tledge.clients import mediapipe_scores
     from tledge.images import labelled_images
     from tledge.images import load as load_image
     from tledge.runtime import load
 
+    t0 = time.time()
     files, y, _ = labelled_images(args.images)
-    model = load(args.model)
-    h, w = model.contract.height, model.contract.width
     photos = [np.ascontiguousarray(load_image(f)) for f in files]
-    opts = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=str(args.model)), max_results=-1)
-    with vision.ImageClassifier.create_from_options(opts) as clf:
-        def scores(rgb):
-            cats = clf.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb)).classifications[0].categories
-            out = np.zeros(len(cats), np.float32)
-            for c in cats:
-                out[c.index] = c.score
-            return out
-        theirs = np.stack([scores(im) for im in photos])
-        pre = np.stack([scores(np.ascontiguousarray(model.contract.geometry(im))) for im in photos])
-    default = np.stack([model.scores(model.run_inputs(model.to_input(im)[None]))[0] for im in photos])
-    result = {"model": args.model.name, "images": len(files), "mediapipe_accuracy": _acc(theirs, y),
-              "tledge_default_accuracy": _acc(default, y),
-              "mediapipe_given_tledge_resized_photos_top1_agreement": _agree(pre, default), "interpolations": {}}
-    for name in INTERPOLATIONS:
-        ours = np.stack([model.scores(model.predict(model.contract.prepare(cv2.resize(
-            im, (w, h), interpolation=getattr(cv2, name)))[None]))[0] for im in photos])
-        result["interpolations"][name] = {"top1_agreement": _agree(ours, theirs), "accuracy": _acc(ours, y),
-                                          "mean_abs_score_diff": round(float(np.abs(ours - theirs).mean()), 4)}
+    models = sorted(args.export.glob("*.tflite")) + sorted(args.export.glob("rejected/*.tflite"))
+    keras = _keras_scores(args.keras, args.keras_norm, photos, load(models[0]).contract) if args.keras else None
+    rows = []
+    for path in models:
+        model = load(path)
+        theirs = mediapipe_scores(path, photos)
+        for cand in CANDIDATES:
+            c = model.contract.replace(resize=cand)
+            ours = np.stack([model.scores(model.predict(c.prepare(im)[None]))[0] for im in photos])
+            row = {"file": str(path.relative_to(args.export)), "resize": cand, "images": len(photos),
+                   "tledge_mediapipe": _agree(ours, theirs), "tledge_accuracy": _acc(ours, y),
+                   "mediapipe_accuracy": _acc(theirs, y)}
+            if keras is not None:
+                row.update(tledge_keras_same_pixels=_agree(ours, keras[cand]), tledge_keras_area=_agree(ours, keras["area"]),
+                           keras_accuracy=_acc(keras[cand], y), keras_vs_keras_area=_agree(keras[cand], keras["area"]),
+                           mediapipe_keras_area=_agree(theirs, keras["area"]))
+            rows.append(row)
+    result = {"machine": _machine(), "seconds": round(time.time() - t0, 1), "rows": rows}
     if args.json:
         print(json.dumps(result, indent=1))
-    else:
-        print(f"{result['model']} on {result['images']} photos: MediaPipe accuracy {result['mediapipe_accuracy']}, "
-              f"tledge {result['tledge_default_accuracy']}; MediaPipe on photos tledge resized: top-1 agreement "
-              f"{result['mediapipe_given_tledge_resized_photos_top1_agreement']}")
-        print(f"{'tledge resize':<16} {'agree':>6} {'acc':>6} {'|d score|':>9}")
-        for name, r in result["interpolations"].items():
-            print(f"{name:<16} {r['top1_agreement']:>6} {r['accuracy']:>6} {r['mean_abs_score_diff']:>9}")
+        return 0
+    print(result["machine"])
+    cols = [k for k in rows[0] if k not in ("file", "resize", "images")]
+    print(" | ".join(["file", "resize"] + cols))
+    for r in rows:
+        print(" | ".join([r["file"], r["resize"]] + [_fmt(r[k], r["images"]) for k in cols]))
     return 0
 
 
-def _agree(a: np.ndarray, b: np.ndarray) -> float:
-    return round(float((a.argmax(1) == b.argmax(1)).mean()), 4)
+def _keras_scores(model_path: Path, norm: str, photos, contract) -> dict[str, np.ndarray]:
+    """Keras outputs on the photos prepared with each candidate resize (normalisation added when the
+    model does not bake it)."""
+    import keras
+
+    from tledge.contract import Contract
+
+    model = keras.models.load_model(model_path, compile=False)
+    out = {}
+    for cand in CANDIDATES:
+        c = Contract(contract.height, contract.width, norm=norm, baked=False, resize=cand)
+        x = np.stack([c.prepare(im) for im in photos])
+        out[cand] = np.asarray(model.predict(x, batch_size=32, verbose=0), np.float32)
+    return out
 
 
-def _acc(s: np.ndarray, y) -> float | None:
-    return None if y is None else round(float((s.argmax(1) == np.asarray(y)).mean()), 4)
+def _agree(a: np.ndarray, b: np.ndarray) -> int:
+    return int((a.argmax(1) == b.argmax(1)).sum())
+
+
+def _acc(s: np.ndarray, y) -> int | None:
+    return None if y is None else int((s.argmax(1) == np.asarray(y)).sum())
+
+
+def _fmt(v, n) -> str:
+    return "-" if v is None else f"{v}/{n} ({v / n:.3f})"
+
+
+def _machine() -> str:
+    import os
+
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.is_file() else []
+    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.processor())
+    try:
+        import mediapipe
+        mp_version = mediapipe.__version__
+    except Exception:  # noqa: BLE001
+        mp_version = "?"
+    return (f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}; mediapipe {mp_version}; "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
 
 
 if __name__ == "__main__":

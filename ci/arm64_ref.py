@@ -3,12 +3,15 @@
 int8 TFLite and ONNX. Made once (a few minutes: training, then the int8 fidelity loop) and cached.
 
     python ci/arm64_ref.py --assets ../shared/assets --out ~/.cache/tledge-arm64/ref   # prints the export folder
+    python ci/arm64_ref.py --assets ../shared/assets --out ~/.cache/tledge-clients/ref --all-tflite
+        # every TFLite precision (fp32, fp16, dynamic, int8), no ONNX: what ci/clients_venv.sh checks MediaPipe on
 
 Needs TensorFlow (the host's tledge[all]); the arm64 root never does.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -22,10 +25,11 @@ def main(argv=None) -> int:
     p.add_argument("--assets", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--fresh", action="store_true", help="rebuild even when cached")
+    p.add_argument("--all-tflite", action="store_true", help="every TFLite precision and no ONNX")
     a = p.parse_args(argv)
     export_dir = a.out / "export"
     stamp = a.out / "export.key"
-    key = _code_key()
+    key = _code_key() + ("-all-tflite" if a.all_tflite else "")
     if (export_dir / "manifest.json").is_file() and not a.fresh and stamp.is_file() and stamp.read_text() == key:
         print(f"reusing the reference export {export_dir} (exporter unchanged)", file=sys.stderr)
         print(export_dir)
@@ -44,6 +48,8 @@ def main(argv=None) -> int:
     tmp = a.out / "export.partial"
     cfg = ExportConfig(out=tmp, int8=True, calib=str(data / "train"), val=str(data / "val"),
                        preprocess="mobilenet")
+    if a.all_tflite:
+        cfg = dataclasses.replace(cfg, formats=("tflite",), fp16=True, dynamic=True)
     res = export(h5, cfg)
     print(f"reference export: {time.time() - t0:.0f} s; parity {'passed' if res.passed else 'FAILED'}",
           file=sys.stderr)

@@ -64,3 +64,16 @@ def test_pick_images_takes_every_class_in_turn(tmp_path):
     assert [p.parent.name for p in picked] == ["ants", "bees", "ants", "bees"]
     assert len(c.pick_images(tmp_path, 100)) == 8
     assert c.precision("model_int8.onnx") == "int8" and c.precision("model_fp32.tflite") == "fp32"
+
+
+@pytest.mark.slow  # a venv is made before pip finds out (about 20 s)
+def test_clients_venv_skips_when_pip_cannot_reach_the_registry(tmp_path):
+    """ci/clients_venv.sh: no registry -> one SKIP: line and exit 0, nothing left in the venv cache."""
+    env = {**os.environ, "TLEDGE_VENV_CACHE": str(tmp_path / "venvs"), "TLEDGE_CLIENTS_CACHE": str(tmp_path / "c"),
+           "PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_NO_CACHE_DIR": "1",
+           "PIP_FIND_LINKS": "", "BASE_PYTHON": sys.executable}
+    r = subprocess.run(["bash", str(REPO / "ci" / "clients_venv.sh")], check=False, capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("SKIP: pip cannot reach the package registry"), (r.stdout, r.stderr[-2000:])
+    assert not any((tmp_path / "venvs").glob("clients-*"))

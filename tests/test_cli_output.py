@@ -131,3 +131,31 @@ def test_train_json_is_one_document_on_stdout(shapes_dataset, tmp_path, capsys):
     assert doc["out"] == str(tmp_path / "run") and doc["files"]["keras"] == "model.keras"
     assert 0.0 <= doc["val_accuracy"] <= 1.0 and doc["val_images"] > 0
     assert (tmp_path / "run" / "train.log").is_file()
+
+
+def test_train_epoch_lines_are_progress_lines_on_stderr_and_q_hides_them(shapes_dataset, tmp_path, capsys):
+    args = ["train", str(shapes_dataset), "--backbone", "mobilenet", "--alpha", "0.25", "--weights", "none",
+            "--size", "32", "--epochs", "2", "--fine-tune-epochs", "0", "--no-augment", "--batch", "16"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("val accuracy ") and "files in " in out  # results on stdout, nothing else
+    lines = err.splitlines()
+    epochs = [line for line in lines if PROGRESS.match(line)]
+    assert [e.split(" loss ")[0] for e in epochs] == ["[1/2] head:", "[2/2] head:"], err
+    assert all(PROGRESS.match(line) or line.startswith("tledge train: ") for line in lines), err
+    assert any(line.startswith("tledge train: note: data: ") for line in lines), err
+    assert main(["-q"] + args + ["--out", str(tmp_path / "b")]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("val accuracy ") and not [line for line in err.splitlines()
+                                                     if PROGRESS.match(line) or ": note: " in line], err
+
+
+def test_parity_failure_lines_are_prefixed(quiet_export, tmp_path):
+    _, out = quiet_export
+    strict = tmp_path / "strict.json"
+    strict.write_text(json.dumps({"int8": {"max_abs": 0.0}}))
+    res = _cli("parity", "--golden", out, "--thresholds", strict, timeout=300)
+    assert res.returncode == 1, res.stderr[-2000:]
+    fails = [line for line in res.stderr.splitlines() if "max abs" in line or "model_int8" in line]
+    assert fails and all(line.startswith("tledge parity: model_int8") for line in fails), res.stderr
+    assert all(line.startswith("tledge parity: ") for line in res.stderr.splitlines() if line.strip()), res.stderr

@@ -282,3 +282,18 @@ def test_export_writes_golden_listed_in_the_manifest(tiny_export, tiny_model, sh
         assert tiny_model["contract"].labels[y] == name.split("/")[0]
         np.testing.assert_array_equal(tiny_model["contract"].prepare(val / name).astype(np.uint8), px)
     assert np.mean(g.reference.argmax(1) == g.labels) > 0.9  # a trained model, not flat outputs
+
+
+def test_parity_report_has_a_clients_section(tiny_export):
+    """MediaPipe's agreement where mediapipe is importable; otherwise why not, and how to measure it."""
+    import importlib.util
+
+    section = json.loads((tiny_export.out / "parity.json").read_text())["clients"]
+    md = (tiny_export.out / "parity.md").read_text()
+    assert "## Clients" in md
+    tflite = sorted(r.file for r in tiny_export.report.results if r.file.endswith(".tflite"))
+    if importlib.util.find_spec("mediapipe") is None:
+        assert section["measured"] is False and "clients_venv.sh" in section["how"] and "not measured" in md
+    else:
+        assert section["measured"] is True and sorted(r["file"] for r in section["files"]) == tflite
+        assert all(r["tledge"] == section["images"] for r in section["files"])  # warp-linear: MediaPipe's resize

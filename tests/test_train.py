@@ -182,8 +182,10 @@ def test_fast_path_cli_class_weights_and_fine_tune_at(tmp_path, weights, capsys)
                  "--class-weights", "auto", "--fine-tune-at", "conv_pw_13", "--val-split", "0.3",
                  "--out", str(out)])
     assert code == 0
-    printed = capsys.readouterr().out
-    assert "val accuracy" in printed and "head   3/3" in printed
+    printed = capsys.readouterr()
+    assert printed.out.startswith("val accuracy") and "files in" in printed.out
+    epochs = [line for line in printed.err.splitlines() if line.startswith("[3/3] head: loss ")]
+    assert len(epochs) == 1 and epochs[0].endswith(" s"), printed.err
     m = json.loads((out / "metrics.json").read_text())
     head, ft = m["phases"]
     assert head["fast_path"] is True and "feature_time_s" in head and head["trainable_weights"] == 256 * 3 + 3

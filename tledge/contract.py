@@ -37,6 +37,9 @@ class Resize(str, Enum):
     LINEAR = "linear"
     NEAREST = "nearest"
     CUBIC = "cubic"
+    # bilinear sampled as OpenCV's fixed-point warpPerspective does (pixel-corner grid, positions rounded
+    # to 1/32 px, edges replicated): MediaPipe Tasks' CPU resize, bit for bit (tledge.resize)
+    WARP_LINEAR = "warp-linear"
 
 
 class Fit(str, Enum):
@@ -207,26 +210,33 @@ class Contract:
 
     def geometry(self, rgb: np.ndarray) -> np.ndarray:
         """Resize/crop/letterbox an HxWx3 uint8 RGB image to the contract's HxW."""
-        import cv2
-
-        interp = getattr(cv2, _CV2_INTERP[self.resize])
         h, w = rgb.shape[:2]
         H, W = self.height, self.width
         if self.fit is Fit.STRETCH:
-            return rgb if (h, w) == (H, W) else cv2.resize(rgb, (W, H), interpolation=interp)
+            return rgb if (h, w) == (H, W) else self.resize_to(rgb, W, H)
         if self.fit is Fit.CROP:
             scale = max(H / (h * self.crop_fraction), W / (w * self.crop_fraction))
             nh, nw = max(H, round(h * scale)), max(W, round(w * scale))
-            resized = cv2.resize(rgb, (nw, nh), interpolation=interp)
+            resized = self.resize_to(rgb, nw, nh)
             top, left = (nh - H) // 2, (nw - W) // 2
             return np.ascontiguousarray(resized[top:top + H, left:left + W])
         scale = min(H / h, W / w)
         nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        resized = cv2.resize(rgb, (nw, nh), interpolation=interp)
+        resized = self.resize_to(rgb, nw, nh)
         out = np.full((H, W, 3), self.pad_value, np.uint8)
         top, left = (H - nh) // 2, (W - nw) // 2
         out[top:top + nh, left:left + nw] = resized
         return out
+
+    def resize_to(self, rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+        """The contract's interpolation, to width x height (aspect ratio as given)."""
+        import cv2
+
+        if self.resize is Resize.WARP_LINEAR:
+            from tledge.resize import warp_linear
+
+            return warp_linear(rgb, width, height)
+        return cv2.resize(rgb, (width, height), interpolation=getattr(cv2, _CV2_INTERP[self.resize]))
 
     def colors(self, rgb: np.ndarray) -> np.ndarray:
         """RGB uint8 -> the model's channel order (gray via ITU-R BT.601 as OpenCV does)."""
@@ -332,32 +342,37 @@ class Contract:
 
 
 # The resize each client family applies by itself when the app hands it a whole image: (family,
-# interpolation, fit, how). `None`: the client does exactly the contract (tledge) or nothing (the app
-# resizes). Written into exported contracts (extra["resize_by_client"]) by `client_resizes`.
-CLIENT_RESIZE: tuple[tuple[str, str | None, str | None, str], ...] = (
-    ("tledge", None, None, "tledge run / Contract.prepare: this contract's resize and fit, exactly"),
-    ("opencv-dnn", "linear", "stretch", "cv2.dnn.blobFromImage(img, 1, (W, H), swapRB=...): cv2.resize "
-     "INTER_LINEAR to WxH (crop=True: short side to fit, then centre crop, i.e. crop fraction 1)"),
-    ("mediapipe", "linear", "stretch", "MediaPipe Tasks / TFLite Task Library ImageClassifier: bilinear to "
-     "the input size, aspect ratio not kept"),
-    ("onnxruntime-web", None, None, "no image preprocessing: the app resizes (canvas drawImage smoothing is "
-     "browser-defined) and must lay out and scale the tensor as this contract says"),
+# interpolation, fit, agreement when the contract uses that same resize and fit, how). `None`: the client
+# does exactly the contract (tledge) or nothing (the app resizes). Written into exported contracts
+# (extra["resize_by_client"]) by `client_resizes`.
+CLIENT_RESIZE: tuple[tuple[str, str | None, str | None, str, str], ...] = (
+    ("tledge", None, None, "exact", "tledge run / Contract.prepare: this contract's resize and fit, exactly"),
+    ("opencv-dnn", "linear", "stretch", "exact", ("cv2.dnn.blobFromImage(img, 1, (W, H), swapRB=...): cv2.resize "
+     "INTER_LINEAR to WxH (crop=True: short side to fit, then centre crop, i.e. crop fraction 1)")),
+    ("mediapipe", "warp-linear", "stretch", "exact", ("MediaPipe Tasks ImageClassifier, CPU: the whole image "
+     "stretched to the input size by cv::warpPerspective INTER_LINEAR, BORDER_REPLICATE (pixel-corner grid, "
+     "1/32-pixel positions), uint8 tensor or float with mean 0 / std 1; the same tensor as warp-linear, bit "
+     "for bit (mediapipe 1.2.3). Its GPU path samples a texture instead: approximate")),
+    ("tflite-task-library", "linear", "stretch", "approximate", ("TFLite Task Library ImageClassifier: bilinear "
+     "to the input size (libyuv), aspect ratio not kept; not measured against tledge here")),
+    ("onnxruntime-web", None, None, "app", ("no image preprocessing: the app resizes (canvas drawImage smoothing "
+     "is browser-defined) and must lay out and scale the tensor as this contract says")),
 )
 
 
 def client_resizes(contract: "Contract") -> dict[str, dict[str, str]]:
     """Per client family: the resize it uses and whether it gives this contract's pixels:
-    exact (same OpenCV call), approximate (same method, another implementation), differs, or app."""
+    exact (the same pixels), approximate (same method, another implementation), differs, or app."""
     out = {}
-    for family, resize, fit, how in CLIENT_RESIZE:
+    for family, resize, fit, same, how in CLIENT_RESIZE:
         if family == "tledge":
-            agreement, resize, fit = "exact", contract.resize.value, contract.fit.value
+            agreement, resize, fit = same, contract.resize.value, contract.fit.value
         elif resize is None:
             agreement = "app"
         elif (resize, fit) != (contract.resize.value, contract.fit.value):
             agreement = "differs"
         else:
-            agreement = "exact" if family == "opencv-dnn" else "approximate"
+            agreement = same
         out[family] = {"resize": resize or "app", "fit": fit or "app", "agreement": agreement, "how": how}
     return out
 

@@ -116,6 +116,19 @@ def add_steps(n: int = 1) -> None:
         _console.total += n
 
 
+def progress_line(done: int, total: int, title: str, seconds: float) -> str:
+    """`[3/20] head: loss 0.21 ... 4.2 s`: the finished form of a progress line."""
+    return f"[{done}/{total}] {title} ... {_seconds(seconds)}"
+
+
+def progress(done: int, total: int, title: str, seconds: float) -> None:
+    """A step its caller counts (a training epoch) as one finished progress line on stderr; not with -q,
+    silent outside the CLI."""
+    c = _console
+    if c is not None and c.level >= NORMAL:
+        c.line(progress_line(done, total, title, seconds))
+
+
 def _seconds(t: float) -> str:
     return f"{t:.1f} s" if t < 10 else f"{t:.0f} s"
 

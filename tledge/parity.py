@@ -224,6 +224,7 @@ class ParityReport:
     notes: list[str] = field(default_factory=list)
     fidelity: list[dict] = field(default_factory=list)  # int8 repair rungs tried (tledge.export.fidelity)
     explain: str = ""  # Markdown: per-layer int8 error table
+    clients: dict = field(default_factory=dict)  # MediaPipe's agreement (tledge.clients.measure)
 
     @property
     def passed(self) -> bool:
@@ -232,7 +233,7 @@ class ParityReport:
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "images": self.images, "reference": self.reference,
                 "results": [asdict(r) for r in self.results], "notes": list(self.notes),
-                "fidelity": list(self.fidelity)}
+                "fidelity": list(self.fidelity), **({"clients": self.clients} if self.clients else {})}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -265,6 +266,10 @@ class ParityReport:
                 lines.append(f"| {a['file']} | {a['rung']} | {a['agreement']:.3f} | {_fmt(a['accuracy'])} | "
                              f"{a['max_abs']:.3g} | {a['median_image_max_abs']:.3g} | {_fmt(a['latency_ms'], 2)} | "
                              f"{'pass' if a['passed'] else 'fail'} |")
+        if self.clients:
+            from tledge.clients import markdown
+
+            lines += markdown(self.clients)
         if self.explain:
             lines += ["", "## int8 per-layer diagnosis", "", self.explain.rstrip()]
         return "\n".join(lines) + "\n"

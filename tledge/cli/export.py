@@ -7,6 +7,8 @@ from pathlib import Path
 
 from tledge.errors import TledgeError
 
+RESIZES = ("area", "linear", "nearest", "cubic", "warp-linear")  # tledge.contract.Resize (a test checks)
+
 
 def add_arguments(p) -> None:
     p.add_argument("model", help=".keras, .h5 (Keras 3 or Keras 2 era) or a SavedModel folder")
@@ -21,8 +23,10 @@ def add_arguments(p) -> None:
     p.add_argument("--preprocess", help="mode (tf, caffe, torch, scale, raw), backbone name, or auto")
     p.add_argument("--input-size", help="HxW, for models with a dynamic input size")
     g = p.add_argument_group("image preparation (as `tledge run` takes them; recorded in the contract)")
-    g.add_argument("--resize", choices=("area", "linear", "nearest", "cubic"),
-                   help="resize method (default area; linear = what cv2.dnn.blobFromImage and MediaPipe do)")
+    g.add_argument("--resize", choices=RESIZES,
+                   help="resize method (default: warp-linear, MediaPipe's, when the image is stretched, the model's "
+                        "contract says area or nothing and Keras keeps its --val accuracy with it; else the "
+                        "model's, or area; linear = cv2.dnn's)")
     g.add_argument("--fit", choices=("stretch", "crop", "letterbox"), help="how the image fits the input "
                                                                          "(default stretch)")
     g.add_argument("--crop", type=float, metavar="FRACTION",

@@ -83,6 +83,6 @@ def run(args) -> int:
             print(f"note: {note}")
         for r in report.results:
             for f in r.failures:
-                print(f"  {r.file}: {f}", file=sys.stderr)
+                print(f"tledge parity: {r.file}: {f}", file=sys.stderr)  # prefixed like every tledge line
         print("parity: " + ("PASSED" if report.passed else "FAILED"))
     return 0 if report.passed else 1

@@ -99,7 +99,8 @@ def run(args) -> int:
     log.keep_log(f"{args.out}/train.log")  # TensorFlow's own messages (shown with -v)
     from tledge.train import train
 
-    # train() prints its progress lines on stdout; with --json stdout is the JSON document alone
+    # train() says its notes and epoch lines on stderr (tledge.log); anything else it prints goes there too
+    # with --json, so that stdout is the JSON document alone
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         result = train(args.data, cfg)
     m = result.metrics
@@ -107,8 +108,7 @@ def run(args) -> int:
         print(json.dumps({"out": str(result.out), "files": m["files"], **{k: v for k, v in m.items() if k != "files"}},
                          indent=2, default=str))
         return 0
-    if args.quiet:  # otherwise train() has just said it
-        print(f"val accuracy {result.val_accuracy:.3f} on {m['val_images']} images, {m['wall_time_s']:.0f}s")
+    print(f"val accuracy {result.val_accuracy:.3f} on {m['val_images']} images, {m['wall_time_s']:.0f}s")
     if m["files"]:  # a non-chief worker of a multi-worker run writes nothing
         print(f"files in {result.out}/: {', '.join(m['files'].values())}")
     return 0

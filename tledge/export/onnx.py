@@ -297,8 +297,10 @@ def describe(model, contract) -> None:
     pixels = "raw pixel values 0..255" if contract.baked else f"pixels normalised `{contract.norm.value}`"
     norm = f"; normalisation `{contract.norm.value}` is inside the model" if contract.baked else ""
     fit = contract.fit.value + (f" (crop fraction {contract.crop_fraction:g})" if contract.fit.value == "crop" else "")
+    how = "MediaPipe's: bilinear on a pixel-corner grid, tledge.resize.warp_linear" \
+        if contract.resize.value == "warp-linear" else f"cv2 INTER_{contract.resize.value.upper()}"
     text = (f"Input `{INPUT_NAME}`: {contract.input_dtype} {layout} [{shape}], {order}, {pixels}{norm}. "
-            f"Resize: {contract.resize.value} (cv2 INTER_{contract.resize.value.upper()}), fit {fit}. "
+            f"Resize: {contract.resize.value} ({how}), fit {fit}. "
             f"Output `{OUTPUT_NAME}`: {contract.output.value} over {len(contract.labels) or 'N'} classes. "
             "The full preprocessing contract is metadata_props['tledge_contract'], also written as "
             "tledge.json beside this file for runtimes that cannot read metadata_props (onnxruntime-web).")

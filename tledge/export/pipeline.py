@@ -64,8 +64,8 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
     """Convert, embed the contract, check parity, and swap the files into `cfg.out` as a unit with
     `manifest.json` written last (tledge.export.unit). Raises TledgeError for bad input (and when
     another export holds the folder); parity failures are in the returned report."""
-    from tledge import log
-    from tledge.export import loader
+    from tledge import clients, log
+    from tledge.export import loader, resize_choice
     from tledge.export.unit import ExportFolder
 
     chosen = plan(cfg)
@@ -76,13 +76,19 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
         stage = folder.staging
         log.plan(3 + len(chosen))  # progress lines on the CLI: load, images, each file, parity
         with log.step(f"loading {Path(model_path).name}"):
-            lm = loader.load_model(model_path, unsafe=cfg.unsafe)
+            lm, resize_note = loader.load_model(model_path, unsafe=cfg.unsafe), ""
             labels = _labels(cfg, lm)
             contract, add_norm = _contract(cfg, lm, labels)
             serve, concrete = loader.trace(lm, contract, add_norm)
         with log.step("reading images and running the Keras model"):
             calib, val_x, val_y, val_files = _images(cfg, contract, chosen)
             reference = loader.run_reference(serve, val_x)
+            if resize_choice.candidate(contract, cfg.resize):  # MediaPipe's resize, where it costs no accuracy
+                contract, resize_note = resize_choice.choose(contract, val_files, val_y, reference,
+                                                             lambda x: loader.run_reference(serve, x))
+                if contract.resize.value == "warp-linear":
+                    calib, val_x, val_y, val_files = _images(cfg, contract, chosen)
+                    reference = loader.run_reference(serve, val_x)
         contract = contract.replace(output=_output_kind(reference))
         val_y = _folder_truth(cfg, contract, reference, val_y)
         if contract.labels and reference.shape[1] != len(contract.labels):
@@ -98,12 +104,15 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
                                   labels=val_y, thresholds=thresholds, threads=cfg.threads)
         report = ParityReport(images=len(val_x), results=results + failed, reference=str(model_path))
         report.notes += folder.notes + loader.report_notes(lm) + _notes(contract, add_norm, cfg)
+        report.notes += [resize_note] if resize_note else []
         start = time.perf_counter()
         fx = FidelityInputs(lm, contract, add_norm, calib, reference, val_x, val_y, stage, thresholds)
         if _fidelity(cfg, report, fx):
             seconds["int8 fidelity"] = round(time.perf_counter() - start, 2)
         derived = _compile_edgetpu(stage, report) if cfg.compile_edgetpu else {}
         _write_golden(stage, val_x, reference, val_y, val_files, cfg, thresholds, report)
+        report.clients = clients.measure(stage, [r.file for r in report.results], val_x, reference, val_files,
+                                         cfg.threads)  # MediaPipe, where importable
         report.write(stage)
         folder.commit(model_path, {r.file: (r.passed, _figures(r)) for r in report.results}, derived,
                       _inputs(stage, [r.file for r in report.results]))

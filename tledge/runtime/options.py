@@ -8,6 +8,8 @@ import os
 
 from tledge.errors import TledgeError
 
+RESIZES = ("area", "linear", "nearest", "cubic", "warp-linear")  # tledge.contract.Resize (a test checks)
+
 
 MAX_SIDE = 4096  # larger inputs are a typo, not a classifier
 
@@ -65,7 +67,7 @@ def add_model_options(p, *, foreign: bool = True) -> None:
     f.add_argument("--mean", help="per-channel mean in 0..255 pixel units, e.g. 123.7,116.3,103.5")
     f.add_argument("--std", help="per-channel std in 0..255 pixel units, e.g. 58.4,57.1,57.4")
     f.add_argument("--layout", choices=("nhwc", "nchw"), help="input layout (default: guessed from the shape)")
-    f.add_argument("--resize", choices=("area", "linear", "nearest", "cubic"), help="resize method (default area)")
+    f.add_argument("--resize", choices=RESIZES, help="resize method (default: the file's contract, else area)")
     f.add_argument("--crop", type=float, metavar="FRACTION",
                    help="resize the short side to size/FRACTION then centre-crop (e.g. 0.875)")
     f.add_argument("--fit", choices=("stretch", "crop", "letterbox"), help="how the image fits the input")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -129,11 +130,24 @@ def _worker_result(cfg: TrainConfig, run, plan, contract, t0: float, log) -> Tra
                        float(last.get("val_accuracy", float("nan"))), wall, metrics)
 
 
+def _reporters(verbose: int):
+    """(note, epoch line) callables: through tledge.log on the CLI (stderr, prefixed notes, progress lines,
+    nothing but errors with -q); for a library call with verbose set, the same lines on stderr."""
+    from tledge import log as tlog
+
+    if not verbose:
+        return (lambda *a, **k: None), (lambda *a: None)
+    if tlog.current() is not None:
+        return tlog.note, tlog.progress
+    return (lambda text: print(text, file=sys.stderr)), \
+        (lambda *a: print(tlog.progress_line(*a), file=sys.stderr))
+
+
 def train(data_dir: str | Path, config: TrainConfig | None = None) -> TrainResult:
     """Train a classifier on class folders and write it to `config.out` (see TrainConfig)."""
     cfg = config or TrainConfig()
     t0 = time.perf_counter()
-    log = print if cfg.verbose else (lambda *a, **k: None)
+    log, progress = _reporters(cfg.verbose)
     _check_out(cfg.out, data_dir, cfg.val_dir)
     plan = td.plan(data_dir, cfg.val_dir, cfg.val_split, cfg.seed)
     contract = make_contract(cfg, plan.classes)
@@ -148,18 +162,19 @@ def train(data_dir: str | Path, config: TrainConfig | None = None) -> TrainResul
         f"(validation: {plan.source})")
     try:
         with hardware.quiet_tensorflow():
-            return _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, skipped, log, t0)
+            return _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, skipped, (log, progress), t0)
     finally:
         if not chief:
             shutil.rmtree(out, ignore_errors=True)
 
 
-def _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, skipped, log, t0) -> TrainResult:
+def _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, skipped, reporters, t0) -> TrainResult:
     from tledge._deps import require
     from tledge.train import distributed as dist
     from tledge.train import finetune, hardware, model as tm
     from tledge.train.report import write_all
 
+    log, progress = reporters
     require("keras", purpose="training").utils.set_random_seed(cfg.seed)
     with hardware.environment(cfg.precision, grayscale=cfg.grayscale) as env:
         topo = dist.Topology.of(env.runner)
@@ -168,7 +183,7 @@ def _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, skipped, log, t
             f"{env.description}{', resuming' if resumed else ''}")
         parts = tm.build(cfg, contract, len(plan.classes), pretrained=resumed is None)
         run = finetune.Run(cfg, parts, data, ckpt, resumed or finetune.new_state(cfg, plan.classes), log,
-                           strategy=env.runner, topo=topo)
+                           progress=progress, strategy=env.runner, topo=topo)
         if resumed is not None:
             run.load_checkpoint_weights(resumed, "last")
         else:
@@ -189,7 +204,10 @@ def _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, skipped, log, t
     n_check = min(8, len(data.xv))
     write_all(out, final, contract, metrics, data.xv[:n_check].astype(np.float32), probs[:n_check], t0)
     ckpt.mark_complete(run.state)
-    log(f"val accuracy {metrics['val_accuracy']:.3f} ({metrics['val_images']} images), "
-        f"{metrics['wall_time_s']:.0f}s; wrote {out}/")
+    from tledge import log as tlog
+
+    if tlog.current() is None:  # the CLI prints it as its result, on stdout
+        log(f"val accuracy {metrics['val_accuracy']:.3f} ({metrics['val_images']} images), "
+            f"{metrics['wall_time_s']:.0f}s; wrote {out}/")
     return TrainResult(out, out / "model.keras", out / "model.h5", contract, plan.classes,
                        metrics["val_accuracy"], metrics["wall_time_s"], metrics)

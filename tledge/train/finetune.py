@@ -43,6 +43,7 @@ class Run:
     ckpt: Checkpoints
     state: dict
     log: Callable[[str], None] = print
+    progress: Callable[[int, int, str, float], None] = lambda *a: None  # one line per epoch (tledge.log)
     best_weights: list | None = None  # in memory; the file copy is checkpoints/best-*.weights.h5
     strategy: Any = None  # the tf.distribute strategy in force (the default one in a single process)
     topo: Any = None  # distributed.Topology
@@ -183,11 +184,11 @@ def run_phase(run: Run, name: str) -> None:
         st["epoch"] = epoch + 1
         reason = _stop_reason(run, name, row) if epoch + 1 < rec["epochs_planned"] else None
         run.state = st = run.ckpt.save(run.parts.model, stepper.optimizer, st, best=improved)
-        run.log(f"{name:>9} {epoch + 1:3d}/{rec['epochs_planned']}  loss {row['loss']:.4f}  "
-                f"acc {row['accuracy']:.3f}  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.3f}"
-                f"  {row['seconds']:.1f}s{'  *' if improved else ''}")
+        run.progress(epoch + 1, rec["epochs_planned"], f"{name}: loss {row['loss']:.4f}  acc {row['accuracy']:.3f}  "
+                     f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.3f}{'  best' if improved else ''}",
+                     row["seconds"])
         if reason:
-            run.log(f"{name:>9} stopped early: {reason}")
+            run.log(f"{name} stopped early: {reason}")
             break
     rows = [r for r in st["history"] if r["phase"] == name]
     rec.update(epochs_run=len(rows), stopped_early=bool(reason), stop_reason=reason,

@@ -1,0 +1,141 @@
+"""The warp-linear resize (MediaPipe's CPU resize) and the contract's record of each client's resize.
+MediaPipe itself is compared in tests/test_clients_mediapipe.py (its own venv: ci/clients_venv.sh)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tledge import clients
+from tledge.contract import Contract, Resize, client_resizes
+from tledge.resize import warp_linear
+
+
+def _noise(h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _reference(img: np.ndarray, H: int, W: int) -> np.ndarray:
+    """Independent float version: pixel-corner grid (x = u * w / W), positions rounded to 1/32 pixel, float
+    bilinear weights, edges replicated. warp_linear's 15-bit weights may differ from it by one level."""
+    h, w = img.shape[:2]
+    sx = np.rint(np.arange(W) * w / W * 32) / 32
+    sy = np.rint(np.arange(H) * h / H * 32) / 32
+    x0, y0 = np.floor(sx).astype(int), np.floor(sy).astype(int)
+    fx, fy = (sx - x0)[None, :, None], (sy - y0)[:, None, None]
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    a = img.astype(np.float64)
+    top = a[y0][:, x0] * (1 - fx) + a[y0][:, x1] * fx
+    bottom = a[y1][:, x0] * (1 - fx) + a[y1][:, x1] * fx
+    return np.rint(top * (1 - fy) + bottom * fy)
+
+
+@pytest.mark.parametrize("shape", [(375, 500), (333, 500), (100, 150), (224, 331), (500, 224)])
+def test_warp_linear_samples_pixel_corners_at_one_32nd_of_a_pixel(shape):
+    img = _noise(*shape)
+    out = warp_linear(img, 224, 224)
+    assert out.shape == (224, 224, 3) and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - _reference(img, 224, 224)).max() <= 1
+
+
+def test_warp_linear_exact_cases():
+    img = _noise(448, 448)
+    np.testing.assert_array_equal(warp_linear(img, 224, 224), img[::2, ::2])  # corner grid: even pixels, no mean
+    same = _noise(224, 224)
+    assert warp_linear(same, 224, 224) is same
+    flat = np.full((375, 500, 3), 77, np.uint8)
+    assert (warp_linear(flat, 96, 128) == 77).all()
+
+
+def test_warp_linear_differs_from_cv2_resize_where_mediapipe_does():
+    """cv2.resize INTER_LINEAR samples pixel centres; the two are not the same resize."""
+    import cv2
+
+    img = _noise(375, 500)
+    assert (warp_linear(img, 224, 224) != cv2.resize(img, (224, 224), interpolation=cv2.INTER_LINEAR)).mean() > 0.3
+
+
+def test_contract_with_warp_linear_prepares_round_trips_and_fits():
+    img = _noise(375, 500)
+    c = Contract(224, 224, resize="warp-linear")
+    assert c.resize is Resize.WARP_LINEAR and Contract.from_json(c.to_json()) == c
+    np.testing.assert_array_equal(c.prepare(img), warp_linear(img, 224, 224))
+    for fit in ("crop", "letterbox"):
+        assert c.replace(fit=fit).prepare(img).shape == (224, 224, 3)
+    assert c.replace(color="gray", channels=1).prepare(img).shape == (224, 224, 1)
+
+
+def test_resize_choices_of_the_cli_are_the_contract_s():
+    from tledge.cli.export import RESIZES as EXPORT
+    from tledge.runtime.options import RESIZES as RUN
+
+    assert EXPORT == RUN == tuple(r.value for r in Resize)
+
+
+def test_client_resizes_say_mediapipe_is_exact_only_with_warp_linear():
+    c = Contract(224, 224)
+    assert client_resizes(c)["mediapipe"]["agreement"] == "differs"
+    warp = client_resizes(c.replace(resize="warp-linear"))
+    assert warp["mediapipe"] == {**warp["mediapipe"], "resize": "warp-linear", "agreement": "exact"}
+    assert warp["opencv-dnn"]["agreement"] == "differs" and warp["tledge"]["resize"] == "warp-linear"
+    assert client_resizes(c.replace(resize="warp-linear", fit="crop"))["mediapipe"]["agreement"] == "differs"
+    assert client_resizes(c.replace(resize="linear"))["tflite-task-library"]["agreement"] == "approximate"
+
+
+def test_clients_section_says_why_it_was_not_measured_and_how_to(tmp_path, monkeypatch):
+    from tledge.parity import ParityReport
+
+    (tmp_path / "model_fp32.tflite").write_bytes(b"x")
+    monkeypatch.setattr(clients, "mediapipe_available", lambda: False)
+    section = clients.measure(tmp_path, ["model_fp32.tflite", "model_fp32.onnx"], np.zeros((1, 8, 8, 3)),
+                              np.zeros((1, 2)), [tmp_path / "a.jpg"])
+    assert section["measured"] is False and "not importable" in section["why"]
+    assert "clients_venv.sh" in section["how"]
+    report = ParityReport(images=1, results=[], clients=section)
+    assert report.to_dict()["clients"] == section
+    md = report.to_markdown()
+    assert "## Clients" in md and "not measured (mediapipe is not importable here)" in md and "To measure it:" in md
+    assert clients.measure(tmp_path, ["model_fp32.onnx"], np.zeros((1, 8, 8, 3)), np.zeros((1, 2)), None)[
+        "why"] == "no .tflite file in this export"
+
+
+def test_clients_section_markdown_of_a_measurement():
+    section = {"client": "mediapipe", "measured": True, "images": 153, "version": "1.2.3",
+               "files": [{"file": "model_int8.tflite", "resize": "warp-linear", "fit": "stretch", "tledge": 153,
+                          "keras": 148},
+                         {"file": "model_bgr.tflite", "resize": "area", "fit": "stretch", "error": "refused"}]}
+    md = "\n".join(clients.markdown(section))
+    assert "| model_int8.tflite | warp-linear (stretch) | 153/153 (1.000) | 148/153 (0.967) |" in md
+    assert "| model_bgr.tflite | area | error: refused | - |" in md
+
+
+def test_export_default_takes_warp_linear_only_when_keras_keeps_its_accuracy(tmp_path):
+    """tledge.export.resize_choice: warp-linear when Keras's accuracy on it is within 1 point of area's, with
+    the client table recomputed; area kept (and said) otherwise, or without labelled images."""
+    import cv2
+
+    from tledge.export import resize_choice
+
+    files = []
+    for i in range(4):
+        files.append(tmp_path / f"{i}.png")
+        cv2.imwrite(str(files[-1]), _noise(90, 120, seed=i))
+    y = np.array([0, 1, 0, 1])
+    area = Contract(32, 32)
+    reference = np.eye(2)[y]  # Keras right on every area image
+    seen = []
+
+    def keras(right: int):
+        def run(x):
+            seen.append(x)
+            return np.eye(2)[np.r_[y[:right], 1 - y[right:]]]
+        return run
+
+    assert resize_choice.candidate(area, None) and not resize_choice.candidate(area, "area")
+    assert not resize_choice.candidate(area.replace(fit="crop"), None)
+    chosen, note = resize_choice.choose(area, files, y, reference, keras(4))
+    assert chosen.resize is Resize.WARP_LINEAR and note.startswith("resize warp-linear")
+    assert chosen.extra["resize_by_client"]["mediapipe"]["agreement"] == "exact"
+    np.testing.assert_array_equal(seen[0][0], warp_linear(cv2.imread(str(files[0]))[:, :, ::-1], 32, 32))
+    kept, note = resize_choice.choose(area, files, y, reference, keras(3))  # 25 points worse
+    assert kept is area and note.startswith("resize area kept") and "0.750 with warp-linear vs 1.000" in note
+    assert resize_choice.choose(area, files, None, reference, keras(4))[0] is area

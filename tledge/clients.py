@@ -1,0 +1,100 @@
+"""Clients other than tledge on exported files: MediaPipe Tasks ImageClassifier, measured against `tledge run`.
+
+`mediapipe_scores` runs MediaPipe on raw photos (MediaPipe resizes them itself); `measure` is the "clients"
+section of an export's parity report: per .tflite, MediaPipe's top-1 agreement with the tledge runtime and
+with the Keras reference on the parity photos, or why it was not measured and how to measure it. mediapipe
+is never a tledge dependency (it pulls opencv-contrib-python, a second `cv2`): it is used when importable.
+No TensorFlow here.
+"""
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HOW_TO_MEASURE = ("in a venv with `pip install 'tledge[runtime,clients]'` (mediapipe brings its own cv2: keep it "
+                  "out of the export venv), run `python benchmarks/mediapipe_resize.py EXPORT_DIR VAL_DIR`; "
+                  "CI: ci/clients_venv.sh")
+
+
+def mediapipe_available() -> bool:
+    return importlib.util.find_spec("mediapipe") is not None
+
+
+def mediapipe_scores(model: str | Path, images: Sequence[Any]) -> np.ndarray:
+    """MediaPipe Tasks ImageClassifier's scores (one row per image, columns in output order) for raw images
+    (paths or HxWx3 uint8 RGB arrays), each resized by MediaPipe itself."""
+    import mediapipe as mp
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    from tledge.images import load as load_image
+
+    opts = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=str(model)), max_results=-1)
+    rows = []
+    with vision.ImageClassifier.create_from_options(opts) as classifier:
+        for item in images:
+            rgb = load_image(item) if isinstance(item, (str, Path)) else item
+            image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb, np.uint8))
+            cats = classifier.classify(image).classifications[0].categories
+            row = np.zeros(max(c.index for c in cats) + 1, np.float32)
+            for c in cats:
+                row[c.index] = c.score
+            rows.append(row)
+    return np.stack(rows)
+
+
+def measure(folder: Path, files: Sequence[str], pixels: np.ndarray, reference: np.ndarray,
+            photos: Sequence[Path] | None, threads: int | None = None) -> dict:
+    """The clients section: MediaPipe on the raw `photos` (whose contract-prepared `pixels` gave the Keras
+    `reference`) for each .tflite among `files` (names relative to `folder`)."""
+    tflite = [f for f in files if f.endswith(".tflite") and "_edgetpu" not in f and (folder / f).is_file()]
+    section: dict = {"client": "mediapipe", "images": 0, "files": []}
+    if not tflite:
+        return {**section, "measured": False, "why": "no .tflite file in this export"}
+    if not mediapipe_available():
+        return {**section, "measured": False, "why": "mediapipe is not importable here", "how": HOW_TO_MEASURE}
+    if not photos:
+        return {**section, "measured": False, "why": "the parity images are not photo files", "how": HOW_TO_MEASURE}
+    import mediapipe
+
+    from tledge.runtime import load
+
+    section.update(measured=True, images=len(photos), version=getattr(mediapipe, "__version__", "?"))
+    keras_top = np.asarray(reference).argmax(1)
+    for name in tflite:
+        model = load(folder / name, threads=threads)
+        row: dict = {"file": name, "resize": model.contract.resize.value, "fit": model.contract.fit.value}
+        try:
+            theirs = mediapipe_scores(folder / name, photos).argmax(1)
+        except Exception as exc:  # noqa: BLE001 - MediaPipe refusing a file is a finding, not a crash
+            section["files"].append({**row, "error": f"{exc.__class__.__name__}: {exc}"[:200]})
+            continue
+        ours = np.concatenate([model.predict(model.from_nhwc(pixels[i:i + 32])) for i in range(0, len(pixels), 32)])
+        row.update(tledge=int((theirs == ours.argmax(1)).sum()), keras=int((theirs == keras_top).sum()))
+        section["files"].append(row)
+    return section
+
+
+def markdown(section: dict) -> list[str]:
+    """The parity.md lines of a clients section."""
+    lines = ["", "## Clients", ""]
+    if not section.get("measured"):
+        lines.append(f"MediaPipe Tasks ImageClassifier: not measured ({section.get('why', '?')}).")
+        if section.get("how"):
+            lines.append(f"To measure it: {section['how']}.")
+        return lines
+    n = section["images"]
+    lines += [(f"MediaPipe Tasks ImageClassifier {section.get('version', '')} on the {n} parity photos, each "
+               "resized by MediaPipe itself (its CPU resize is `warp-linear`): top-1 agreement with `tledge run` and "
+               "with the Keras reference."), "",
+              "| file | tledge resize | MediaPipe = tledge run | MediaPipe = Keras |", "|---|---|---|---|"]
+    for r in section["files"]:
+        if "error" in r:
+            lines.append(f"| {r['file']} | {r['resize']} | error: {r['error'][:80]} | - |")
+        else:
+            lines.append(f"| {r['file']} | {r['resize']} ({r['fit']}) | {r['tledge']}/{n} ({r['tledge'] / n:.3f}) | "
+                         f"{r['keras']}/{n} ({r['keras'] / n:.3f}) |")
+    return lines

@@ -1,0 +1,49 @@
+"""The export's default resize: MediaPipe's own (`warp-linear`) where the model does not lose accuracy by it.
+
+Models are trained on INTER_AREA images (tledge train's resize). MediaPipe Tasks resizes with `warp-linear`
+(tledge.resize), so an export whose contract says `area` gives MediaPipe users other pixels than parity
+checked (on the hymenoptera photos MediaPipe then agrees with `tledge run` on 146-148 of 153). warp-linear
+samples without averaging, which costs accuracy on fine detail shrunk a lot (the demo's striped shapes:
+Keras 0.833 vs 0.950). So when neither `--resize` nor the model's own contract chose a resize other than
+area and the image is stretched, the export runs Keras on the labelled --val images both ways and takes
+warp-linear when its accuracy is within the accuracy budget (1 point) of area's; otherwise it keeps area
+and says why.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from tledge.artifacts import DEFAULT_THRESHOLDS
+from tledge.contract import Contract, Fit, Resize, client_resizes
+
+BUDGET = DEFAULT_THRESHOLDS["int8"].max_accuracy_drop  # accuracy points (as a fraction) warp-linear may cost
+
+
+def candidate(contract: Contract, explicit_resize: str | None) -> bool:
+    """Whether the export may switch this contract to warp-linear by default."""
+    return not explicit_resize and contract.fit is Fit.STRETCH and contract.resize is Resize.AREA
+
+
+def choose(contract: Contract, files: Sequence[Path] | None, y: np.ndarray | None, reference: np.ndarray,
+           run: Callable[[np.ndarray], np.ndarray]) -> tuple[Contract, str]:
+    """(the contract to export with, a note saying what was chosen and why). `reference` is the Keras output
+    on the val `files` prepared with `contract` (area); `run` gives Keras outputs for prepared pixels."""
+    if files is None or y is None or not len(y):
+        return contract, ("resize area kept: MediaPipe's own resize (warp-linear) is chosen only after checking "
+                          "on labelled --val images that it costs no accuracy; --resize warp-linear forces it")
+    warp = contract.replace(resize=Resize.WARP_LINEAR)
+    out = run(np.stack([warp.prepare(f) for f in files]).astype(np.float32))
+    acc_area = float((reference.argmax(1) == y).mean())
+    acc_warp = float((out.argmax(1) == y).mean())
+    agree = float((out.argmax(1) == reference.argmax(1)).mean())
+    figures = (f"Keras accuracy {acc_warp:.3f} with warp-linear vs {acc_area:.3f} with area on {len(y)} --val "
+               f"images, top-1 the same on {agree:.3f}")
+    if acc_warp < acc_area - BUDGET - 1e-9:
+        return contract, (f"resize area kept: {figures}: MediaPipe's own resize (warp-linear) would cost more "
+                          f"than {BUDGET * 100:g} point, so MediaPipe's answers will differ from tledge run's")
+    warp = warp.replace(extra={**warp.extra, "resize_by_client": client_resizes(warp)})
+    return warp, (f"resize warp-linear, MediaPipe Tasks' own (so MediaPipe feeds the files the pixels parity "
+                  f"checked): {figures}; --resize area keeps tledge train's resize")
