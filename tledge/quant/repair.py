@@ -47,7 +47,7 @@ class LayerRepair:
     name: str
     kind: str
     rows: int  # input dimension of the layer's reconstruction (patch size)
-    err_nearest: float  # relative output MSE on calibration with round-to-nearest weights
+    err_nearest: float  # relative output MSE with round-to-nearest weights (first 32 calibration images)
     err_repaired: float  # the same with the chosen weights and bias
 
 
@@ -175,21 +175,55 @@ def _patches(layer, x):
     return p.reshape(1, -1, p.shape[-1])
 
 
-def _moments(layer, xq, xf, budget=1 << 23):
-    """Sums of [x,1][x,1]^T for quantised-input and float-input rows: (Hqq, Hqf, Hff), float64."""
+@dataclass
+class Moments:
+    """Sums over the rows a kernel multiplies, [x, 1] with the bias row last (float64).
+
+    `hqq` ([xq,1]^T [xq,1]) and `fsum` (sum of [xf,1]) cover every calibration image: the rounding
+    and the bias correction need nothing else. `hqf`, `hff` and `sub_qq` (cross and float second
+    moments, and hqq over the same images) cover the first `cross_images` images only unless the refit
+    needs them in full: they serve the logged error figures, whose cost would otherwise be 2/3 of
+    the pass (issue 11: the repair pass was most of an int8 export)."""
+
+    hqq: np.ndarray
+    fsum: np.ndarray
+    hqf: np.ndarray
+    hff: np.ndarray
+    sub_qq: np.ndarray
+
+
+def _gram(a, b, sa, sb, n):
+    """[a,1]^T [b,1] from a^T b, the column sums and the row count, without concatenating ones."""
+    g = np.matmul(a.transpose(0, 2, 1), b)
+    top = np.concatenate([g, sa[:, :, None]], 2)
+    bottom = np.concatenate([sb, np.full((len(sb), 1), float(n))], 1)[:, None, :]
+    return np.concatenate([top, bottom], 1)
+
+
+def _moments(layer, xq, xf, *, cross_images: int | None = 32, budget=1 << 23) -> Moments:
     d = int(np.prod(layer.get_weights()[0].shape[:-1]))
-    if type(layer).__name__ == "DepthwiseConv2D":
-        d = int(np.prod(layer.get_weights()[0].shape[:-1]))
     per_image = int(np.prod(xq.shape[1:-1])) if xq.ndim > 2 else 1
     step = max(1, budget // (per_image * d))
-    acc = None
+    cross_to = len(xq) if cross_images is None else max(1, min(cross_images, len(xq)))
+    acc: dict[str, np.ndarray] = {}
+
+    def add(key, value):
+        acc[key] = value if key not in acc else acc[key] + value
+
     for i in range(0, len(xq), step):
-        pq, pf = (_patches(layer, a[i:i + step]).astype(np.float64) for a in (xq, xf))
-        one = np.ones(pq.shape[:2] + (1,))
-        pq, pf = np.concatenate([pq, one], 2), np.concatenate([pf, one], 2)
-        h = [np.matmul(a.transpose(0, 2, 1), b) for a, b in ((pq, pq), (pq, pf), (pf, pf))]
-        acc = h if acc is None else [s + t for s, t in zip(acc, h)]
-    return acc
+        pq, pf = (_patches(layer, a[i:i + step]) for a in (xq, xf))
+        pq = pq.astype(np.float64)
+        n = pq.shape[1]
+        sq, sf = pq.sum(1), pf.sum(1, dtype=np.float64)
+        qq = _gram(pq, pq, sq, sq, n)
+        add("hqq", qq)
+        add("fsum", np.concatenate([sf, np.full((len(sf), 1), float(n))], 1))
+        if i < cross_to:
+            pf = pf.astype(np.float64)
+            add("hqf", _gram(pq, pf, sq, sf, n))
+            add("hff", _gram(pf, pf, sf, sf, n))
+            add("sub_qq", qq)
+    return Moments(**acc)
 
 
 def _rel_err(w, wf, hqq, hqf, hff):
@@ -222,15 +256,16 @@ def _gptq(w, h, scale, damp):
     return w
 
 
-def _solve_layer(layer, hqq, hqf, hff, method, bias_correction, refit, damp, ridge):
+def _solve_layer(layer, mom: Moments, method, bias_correction, refit, damp, ridge):
     kind = type(layer).__name__
     weights = layer.get_weights()
     kernel = weights[0]
     bias = weights[1] if len(weights) > 1 else np.zeros(kernel_out(layer, kernel), np.float32)
     g = to_groups(kind, kernel.astype(np.float64))
     wf = np.concatenate([g, bias.reshape(g.shape[0], 1, -1).astype(np.float64)], 1)
+    hqq, hqf = mom.hqq, mom.hqf
     target = wf
-    if refit:
+    if refit:  # quantize_weights gives full cross moments when refitting
         reg = ridge * np.einsum("gii->gi", hqq).mean(axis=1)[:, None, None] * np.eye(hqq.shape[1])
         target = np.linalg.solve(hqq + reg, np.einsum("gde,gek->gdk", hqf, wf) + reg @ wf)
     scale = grid_scale(target[:, :-1])
@@ -241,13 +276,14 @@ def _solve_layer(layer, hqq, hqf, hff, method, bias_correction, refit, damp, rid
         w[:, :-1] = round_nearest(target[:, :-1], scale)
     if bias_correction:  # the bias that makes the mean output match the float layer's
         n = hqq[:, -1, -1][:, None]
-        mean_f = np.einsum("gd,gdk->gk", hqf[:, -1, :], wf) / n
+        mean_f = np.einsum("gd,gdk->gk", mom.fsum, wf) / n
         w[:, -1] = mean_f - np.einsum("gd,gdk->gk", hqq[:, -1, :-1], w[:, :-1]) / n
     else:
         w[:, -1] = wf[:, -1]
     near = wf.copy()
     near[:, :-1] = round_nearest(g, grid_scale(g))
-    errs = (_rel_err(near, wf, hqq, hqf, hff), _rel_err(w, wf, hqq, hqf, hff))
+    sub = (mom.sub_qq, mom.hqf, mom.hff)
+    errs = (_rel_err(near, wf, *sub), _rel_err(w, wf, *sub))
     new = [from_groups(kind, w[:, :-1], kernel.shape).astype(np.float32),
            w[:, -1].reshape(-1).astype(np.float32)]
     return new, errs
@@ -326,11 +362,11 @@ def quantize_weights(model, calib, *, method="adaptive", bias_correction=True, r
         flat_f, flat_q = list(flat_model(args_f)), list(flat_model(args_q))
         qop = qlayers[op.name]
         if linear_kind(op) and len(flat_f) == 1 and op.name not in keep:
-            hqq, hqf, hff = _moments(op, flat_q[0], flat_f[0])
-            new, errs = _solve_layer(qop, hqq, hqf, hff, method, bias_correction, refit, damp, ridge)
+            mom = _moments(op, flat_q[0], flat_f[0], cross_images=None if refit else 32)
+            new, errs = _solve_layer(qop, mom, method, bias_correction, refit, damp, ridge)
             qop.set_weights(new)
             if log is not None:
-                log.layers.append(LayerRepair(op.name, type(op).__name__, hqq.shape[1] - 1, *errs))
+                log.layers.append(LayerRepair(op.name, type(op).__name__, mom.hqq.shape[1] - 1, *errs))
         out_f = apply_layer(op, args_f, kw_f)
         same = all(a is b for a, b in zip(flat_f, flat_q)) and not linear_kind(op)
         out_q = out_f if same else apply_layer(qop, args_q, kw_q)
