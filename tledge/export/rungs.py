@@ -150,8 +150,52 @@ class Shared:
             else:
                 key = stem
             scheme = self.onnx_qdq(src, dst, key=key, method=rung.calibrate, exclude=exclude, scheme=scheme)
+            if getattr(rung, "head", False):
+                applied["head_refit"] = self.onnx_head(src, dst, exclude, scheme)
             per_file = conv.file_contract(self.contract, onnx_quant=scheme.describe(), **applied)
             return onnx_export.finish(onnx.load(str(dst)), per_file, conv).SerializeToString()
+
+    def onnx_head(self, src: Path, dst: Path, exclude, scheme) -> str:
+        """Refit the head of the float graph `src` for the QDQ file `dst` (tledge.quant.headfit) and
+        quantise it again into `dst`; TledgeError when the refit does not help on held-out images."""
+        from tledge.export import onnx as onnx_export
+        from tledge.quant import headfit
+
+        onnx = require("onnx", extra="export")
+        calib = onnx_export.Conventions.of(self.contract).calib(self.calib)
+        pre = onnx_export.preprocess(src, src.with_name("pre_head.onnx"))
+        model = onnx.load(str(pre))
+        fp32 = self.onnx_float(None, None)
+        try:
+            fit = headfit.onnx_refit(model, fp32, dst.read_bytes(), calib)
+        except ValueError as exc:
+            raise TledgeError(f"head refit not applicable: {exc}") from None
+        self.runs["head-refit"] += 1
+        if not fit.accepted:
+            raise TledgeError(fit.summary())
+        onnx.save(model, str(pre))
+        self.onnx_qdq(pre, dst, exclude=exclude, scheme=scheme)
+        return fit.summary()
+
+    def tflite_head(self, model, stem: int, data: bytes, applied: dict) -> bytes:
+        """The TFLite file `data` (converted from `model`) again with its Dense head refitted
+        (tledge.quant.headfit); TledgeError when the refit does not help on held-out images."""
+        from tledge.quant import headfit
+
+        dense = headfit.keras_head(model)
+        try:
+            fit = headfit.tflite_refit(dense, (self.out / "model_fp32.tflite").read_bytes(), data, self.calib)
+        except (ValueError, OSError) as exc:
+            raise TledgeError(f"head refit not applicable: {exc}") from None
+        self.runs["head-refit"] += 1
+        if not fit.accepted:
+            raise TledgeError(fit.summary())
+        old = dense.get_weights()
+        dense.set_weights([fit.weights, fit.bias])
+        try:
+            return self.tflite(model, stem, {**applied, "head_refit": fit.summary()})
+        finally:
+            dense.set_weights(old)  # the cached repaired model stays as the other rungs expect it
 
     def onnx_bias(self, src: Path, scheme, qdq: Path) -> str:
         """Replace the float graph at `src` by its bias-corrected version (tledge.quant.onnx_bias)."""

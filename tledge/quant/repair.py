@@ -212,14 +212,14 @@ def _moments(layer, xq, xf, *, cross_images: int | None = 32, budget=1 << 23) ->
 
     for i in range(0, len(xq), step):
         pq, pf = (_patches(layer, a[i:i + step]) for a in (xq, xf))
-        pq = pq.astype(np.float64)
+        pq = np.ascontiguousarray(pq, dtype=np.float64)  # (a depthwise view is transposed: BLAS wants rows)
         n = pq.shape[1]
         sq, sf = pq.sum(1), pf.sum(1, dtype=np.float64)
         qq = _gram(pq, pq, sq, sq, n)
         add("hqq", qq)
         add("fsum", np.concatenate([sf, np.full((len(sf), 1), float(n))], 1))
         if i < cross_to:
-            pf = pf.astype(np.float64)
+            pf = np.ascontiguousarray(pf, dtype=np.float64)
             add("hqf", _gram(pq, pf, sq, sf, n))
             add("hff", _gram(pf, pf, sf, sf, n))
             add("sub_qq", qq)
