@@ -1,10 +1,16 @@
-"""Classifier-head refit (tledge.quant.headfit) and the int8 loop's shared work (tledge.export.rungs)."""
+"""Classifier-head refit (lab/quant/headfit.py: a measured lab experiment, not in the export loop)."""
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 import pytest
 
-from tledge.quant import headfit
+from conftest import REPO
+
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+from lab.quant import headfit  # noqa: E402
 
 
 def _features(rng, n=200, d=24, k=3):

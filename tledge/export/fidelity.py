@@ -40,7 +40,6 @@ class Rung:
     stem: int = 0  # convolutions kept float (0: all-int8)
     calibrate: str = "minmax"  # ONNX calibration method
     graph: str | None = None  # a tledge.quant technique on the converted graph (any loader)
-    head: bool = False  # then refit the classifier head to the int8 file's features (tledge.quant.headfit)
 
     @property
     def techniques(self) -> tuple[str, ...]:
@@ -48,19 +47,15 @@ class Rung:
         names = ("weight-repair",) if self.repair else ()
         names += ("float-layers",) if self.stem else ()
         names += ("percentile-calibration",) if self.calibrate == "percentile" else ()
-        names += ("head-refit",) if self.head else ()
         return names + ((self.graph,) if self.graph else ())
 
 
 LADDER: tuple[Rung, ...] = (
     Rung("onnx-bias", repair=False, graph="onnx-bias"),
-    Rung("onnx-bias+head", repair=False, graph="onnx-bias", head=True),
     Rung("calibration-percentile", repair=False, calibrate="percentile"),
     Rung("repaired"),
-    Rung("repaired+head", head=True),
     Rung("repaired+bias", graph="onnx-bias"),  # the ONNX grid may not be the repair's (U8U8)
     Rung("repaired-stem4", stem=4),
-    Rung("repaired-stem4+head", stem=4, head=True),
 )
 
 
@@ -138,7 +133,7 @@ def _applies(rung: Rung, plain: ParityResult, ctx: FidelityContext, model) -> bo
     if registry.check(rung.techniques, plain.format, int8_only=ctx.int8_only):
         return False
     if plain.precision == "dynamic":  # int8 weights, float activations: only the weight repair applies
-        return rung.repair and not rung.stem and not rung.head
+        return rung.repair and not rung.stem
     return True
 
 
@@ -196,8 +191,6 @@ def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, cache) -> tu
                "onnx_calibration": rung.calibrate if kind == "onnx" else None}
     if kind == "tflite":
         data = cache.tflite(src, rung.stem, applied, dynamic=precision == "dynamic", key=rung.stem)
-        if rung.head:
-            data = cache.tflite_head(src, rung.stem, data, applied)
     else:
         data = cache.onnx(src, rung, applied)
     scratch = cache.scratch / f"{rung.name}_{precision}.{kind}"

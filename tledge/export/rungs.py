@@ -7,8 +7,7 @@ repeated. `Shared` keeps, for one export:
 - the quantised ONNX file of each (graph, calibration, float nodes) choice, so `repaired+bias` starts
   from the `repaired` rung's file instead of quantising again;
 - onnxruntime's calibration ranges per pre-processed graph (`quantize_int8(calib_cache=...)`);
-- the calibrated float TFLite model per stem (calibrate once, quantise many);
-- the float model's head outputs for the classifier-head refit (`headfit`).
+- the calibrated float TFLite model per stem (calibrate once, quantise many).
 `runs` counts what was computed and `hits` what was reused (the tests check both).
 """
 from __future__ import annotations
@@ -66,7 +65,7 @@ class Shared:
     # ---- TFLite -----------------------------------------------------------------------------
     def tflite(self, model, stem: int, applied: dict, *, dynamic: bool = False, key=None) -> bytes:
         """int8 (or dynamic-range) TFLite of a repaired model with the file's contract embedded. `key`:
-        the calibrated model is cached under it (None: a model seen once, e.g. with a refitted head)."""
+        the calibrated model is cached under it (None: calibrated for this call only)."""
         from tledge.quant import selective
 
         try:
@@ -150,52 +149,8 @@ class Shared:
             else:
                 key = stem
             scheme = self.onnx_qdq(src, dst, key=key, method=rung.calibrate, exclude=exclude, scheme=scheme)
-            if getattr(rung, "head", False):
-                applied["head_refit"] = self.onnx_head(src, dst, exclude, scheme)
             per_file = conv.file_contract(self.contract, onnx_quant=scheme.describe(), **applied)
             return onnx_export.finish(onnx.load(str(dst)), per_file, conv).SerializeToString()
-
-    def onnx_head(self, src: Path, dst: Path, exclude, scheme) -> str:
-        """Refit the head of the float graph `src` for the QDQ file `dst` (tledge.quant.headfit) and
-        quantise it again into `dst`; TledgeError when the refit does not help on held-out images."""
-        from tledge.export import onnx as onnx_export
-        from tledge.quant import headfit
-
-        onnx = require("onnx", extra="export")
-        calib = onnx_export.Conventions.of(self.contract).calib(self.calib)
-        pre = onnx_export.preprocess(src, src.with_name("pre_head.onnx"))
-        model = onnx.load(str(pre))
-        fp32 = self.onnx_float(None, None)
-        try:
-            fit = headfit.onnx_refit(model, fp32, dst.read_bytes(), calib)
-        except ValueError as exc:
-            raise TledgeError(f"head refit not applicable: {exc}") from None
-        self.runs["head-refit"] += 1
-        if not fit.accepted:
-            raise TledgeError(fit.summary())
-        onnx.save(model, str(pre))
-        self.onnx_qdq(pre, dst, exclude=exclude, scheme=scheme)
-        return fit.summary()
-
-    def tflite_head(self, model, stem: int, data: bytes, applied: dict) -> bytes:
-        """The TFLite file `data` (converted from `model`) again with its Dense head refitted
-        (tledge.quant.headfit); TledgeError when the refit does not help on held-out images."""
-        from tledge.quant import headfit
-
-        dense = headfit.keras_head(model)
-        try:
-            fit = headfit.tflite_refit(dense, (self.out / "model_fp32.tflite").read_bytes(), data, self.calib)
-        except (ValueError, OSError) as exc:
-            raise TledgeError(f"head refit not applicable: {exc}") from None
-        self.runs["head-refit"] += 1
-        if not fit.accepted:
-            raise TledgeError(fit.summary())
-        old = dense.get_weights()
-        dense.set_weights([fit.weights, fit.bias])
-        try:
-            return self.tflite(model, stem, {**applied, "head_refit": fit.summary()})
-        finally:
-            dense.set_weights(old)  # the cached repaired model stays as the other rungs expect it
 
     def onnx_bias(self, src: Path, scheme, qdq: Path) -> str:
         """Replace the float graph at `src` by its bias-corrected version (tledge.quant.onnx_bias)."""

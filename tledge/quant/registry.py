@@ -10,8 +10,7 @@ from dataclasses import dataclass
 class Technique:
     name: str
     module: str  # tledge.quant.<module> that implements it ("" for a converter option)
-    works_on: str  # "keras3" (a Keras 3 model, any loader through `rebuild`), "onnx-graph", "converter",
-    # "int8-file" (reads the converted int8 file's features; writes the ONNX graph or the Keras model)
+    works_on: str  # "keras3" (a Keras 3 model, any loader through `rebuild`), "onnx-graph", "converter"
     formats: tuple[str, ...]  # exported file kinds it can improve
     all_int8: bool  # the result keeps every op int8 (usable for Edge TPU and other int8-only targets)
     summary: str
@@ -26,8 +25,6 @@ TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
               "bias correction on the float ONNX graph for the int8 file's own weight grid"),
     Technique("percentile-calibration", "", "converter", ("onnx",), True,
               "onnxruntime's Percentile calibration instead of MinMax"),
-    Technique("head-refit", "headfit", "int8-file", ("tflite", "onnx"), True,
-              "the classifier head re-solved (ridge, int8 grid) for the int8 file's own features"),
     Technique("kernel-robust-scheme", "saturation", "onnx-graph", ("onnx",), True,
               "U8U8 on the symmetric int8 weight grid when U8S8 would saturate on AVX2 without VNNI"),
 )}

@@ -1,4 +1,5 @@
-"""Classifier-head refit (issue 11): re-solve the last Dense / Gemm layer of an int8 model so that,
+"""Classifier-head refit (issue 11, a lab experiment: measured, no gain, not in the export loop; see
+docs/int8-fidelity.md "Classifier-head refit"): re-solve the last Dense / Gemm layer of an int8 model so that,
 fed what the int8 backbone actually produces, it gives the float model's logits.
 
 The backbone's int8 error reaches the head as a feature shift the head was never trained on. Here:
