@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tledge._deps import require
 from tledge.errors import ExportError
+from tledge.quant import moments
 from tledge.quant.kerasgraph import (  # noqa: F401  (re-exported: repair.fold_bn, repair.predict, ...)
     HOMOGENEOUS, apply_layer, clip_of, clone_layer, flat_model, keras_lib, linear_kind, rebuild_model, single_use, flatten,
     fold_bn, kernel_out, nodes, predict)
@@ -158,74 +158,6 @@ def simulate_int8_weights(model):
     return rebuild_model(model, make)
 
 
-def _patches(layer, x):
-    """Layer input -> (G, M, d) rows the kernel multiplies (same order as to_groups)."""
-    tf = require("tensorflow")
-    kind = type(layer).__name__
-    if kind == "Dense":
-        return x.reshape(1, -1, x.shape[-1])
-    kh, kw = layer.kernel_size
-    if (kh, kw) == (1, 1) and tuple(layer.strides) == (1, 1):
-        p = x
-    else:
-        p = tf.image.extract_patches(x, [1, kh, kw, 1], [1, *layer.strides, 1], [1, *layer.dilation_rate, 1],
-                                     layer.padding.upper()).numpy()
-    if kind == "DepthwiseConv2D":
-        return p.reshape(-1, kh * kw, x.shape[-1]).transpose(2, 0, 1)
-    return p.reshape(1, -1, p.shape[-1])
-
-
-@dataclass
-class Moments:
-    """Sums over the rows a kernel multiplies, [x, 1] with the bias row last (float64).
-
-    `hqq` ([xq,1]^T [xq,1]) and `fsum` (sum of [xf,1]) cover every calibration image: the rounding
-    and the bias correction need nothing else. `hqf`, `hff` and `sub_qq` (cross and float second
-    moments, and hqq over the same images) cover the first `cross_images` images only unless the refit
-    needs them in full: they serve the logged error figures, whose cost would otherwise be 2/3 of
-    the pass (issue 11: the repair pass was most of an int8 export)."""
-
-    hqq: np.ndarray
-    fsum: np.ndarray
-    hqf: np.ndarray
-    hff: np.ndarray
-    sub_qq: np.ndarray
-
-
-def _gram(a, b, sa, sb, n):
-    """[a,1]^T [b,1] from a^T b, the column sums and the row count, without concatenating ones."""
-    g = np.matmul(a.transpose(0, 2, 1), b)
-    top = np.concatenate([g, sa[:, :, None]], 2)
-    bottom = np.concatenate([sb, np.full((len(sb), 1), float(n))], 1)[:, None, :]
-    return np.concatenate([top, bottom], 1)
-
-
-def _moments(layer, xq, xf, *, cross_images: int | None = 32, budget=1 << 23) -> Moments:
-    d = int(np.prod(layer.get_weights()[0].shape[:-1]))
-    per_image = int(np.prod(xq.shape[1:-1])) if xq.ndim > 2 else 1
-    step = max(1, budget // (per_image * d))
-    cross_to = len(xq) if cross_images is None else max(1, min(cross_images, len(xq)))
-    acc: dict[str, np.ndarray] = {}
-
-    def add(key, value):
-        acc[key] = value if key not in acc else acc[key] + value
-
-    for i in range(0, len(xq), step):
-        pq, pf = (_patches(layer, a[i:i + step]) for a in (xq, xf))
-        pq = np.ascontiguousarray(pq, dtype=np.float64)  # (a depthwise view is transposed: BLAS wants rows)
-        n = pq.shape[1]
-        sq, sf = pq.sum(1), pf.sum(1, dtype=np.float64)
-        qq = _gram(pq, pq, sq, sq, n)
-        add("hqq", qq)
-        add("fsum", np.concatenate([sf, np.full((len(sf), 1), float(n))], 1))
-        if i < cross_to:
-            pf = np.ascontiguousarray(pf, dtype=np.float64)
-            add("hqf", _gram(pq, pf, sq, sf, n))
-            add("hff", _gram(pf, pf, sf, sf, n))
-            add("sub_qq", qq)
-    return Moments(**acc)
-
-
 def _rel_err(w, wf, hqq, hqf, hff):
     """Relative output MSE of [W;b] on quantised inputs against [Wf;bf] on float inputs."""
     e = (np.einsum("gdk,gde,gek->", w, hqq, w) - 2 * np.einsum("gdk,gde,gek->", w, hqf, wf)
@@ -256,7 +188,7 @@ def _gptq(w, h, scale, damp):
     return w
 
 
-def _solve_layer(layer, mom: Moments, method, bias_correction, refit, damp, ridge):
+def _solve_layer(layer, mom: moments.Moments, method, bias_correction, refit, damp, ridge):
     kind = type(layer).__name__
     weights = layer.get_weights()
     kernel = weights[0]
@@ -362,7 +294,7 @@ def quantize_weights(model, calib, *, method="adaptive", bias_correction=True, r
         flat_f, flat_q = list(flat_model(args_f)), list(flat_model(args_q))
         qop = qlayers[op.name]
         if linear_kind(op) and len(flat_f) == 1 and op.name not in keep:
-            mom = _moments(op, flat_q[0], flat_f[0], cross_images=None if refit else 32)
+            mom = moments.collect(op, flat_q[0], flat_f[0], cross_images=None if refit else 32)
             new, errs = _solve_layer(qop, mom, method, bias_correction, refit, damp, ridge)
             qop.set_weights(new)
             if log is not None:
