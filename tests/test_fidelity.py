@@ -26,11 +26,46 @@ def _export(tiny_model, shapes_dataset, out, **kw):
     return export(tiny_model["keras"], cfg)
 
 
+CALLS: dict[str, int] = {}  # what the fallback export computed (counted by `_counting`)
+
+
+def _counting(mp, module, name, key):
+    real = getattr(module, name)
+
+    def wrapper(*a, **kw):
+        CALLS[key] = CALLS.get(key, 0) + 1
+        return real(*a, **kw)
+    mp.setattr(module, name, wrapper)
+
+
 @pytest.fixture(scope="module")
 def fallback_export(tiny_model, shapes_dataset, tmp_path_factory):
-    with pytest.warns(TledgeWarning, match="FALLBACK") as rec:
-        res = _export(tiny_model, shapes_dataset, tmp_path_factory.mktemp("fallback"), thresholds=IMPOSSIBLE)
+    import importlib
+
+    ortq = importlib.import_module("onnxruntime.quantization.quantize")  # the package shadows it with a function
+
+    from tledge.export import onnx as onnx_export
+    from tledge.quant import repair
+
+    with pytest.MonkeyPatch.context() as mp:
+        for module, name, key in ((repair, "apply", "repair"), (onnx_export, "convert_fp32", "tf2onnx"),
+                                  (ortq, "create_calibrator", "ort-calibration"),
+                                  (ortq, "QDQQuantizer", "ort-quantize")):
+            _counting(mp, module, name, key)
+        with pytest.warns(TledgeWarning, match="FALLBACK") as rec:
+            res = _export(tiny_model, shapes_dataset, tmp_path_factory.mktemp("fallback"), thresholds=IMPOSSIBLE)
     return res, [str(w.message) for w in rec if issubclass(w.category, TledgeWarning)]
+
+
+def test_rungs_share_the_repair_pass_float_graphs_and_calibrations(fallback_export):
+    """Issue 11: the repaired model (stem 0) serves TFLite repaired / repaired+head and ONNX repaired /
+    repaired+bias / repaired+head, from one repair pass and one tf2onnx conversion of it; onnxruntime
+    calibrates each float graph once whatever the scheme and float nodes."""
+    rungs = [a["rung"] for a in fallback_export[0].report.fidelity]
+    assert rungs.count("repaired") == 2 and "repaired+bias" in rungs
+    assert CALLS["repair"] == 1
+    assert CALLS["tf2onnx"] == 2  # the fp32 file, and the repaired model once
+    assert CALLS["ort-calibration"] < CALLS["ort-quantize"]
 
 
 def test_every_rung_is_tried_and_measured_against_the_original(fallback_export):

@@ -225,6 +225,7 @@ class ParityReport:
     fidelity: list[dict] = field(default_factory=list)  # int8 repair rungs tried (tledge.export.fidelity)
     explain: str = ""  # Markdown: per-layer int8 error table
     clients: dict = field(default_factory=dict)  # MediaPipe's agreement (tledge.clients.measure)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per export step (tledge export)
 
     @property
     def passed(self) -> bool:
@@ -233,7 +234,8 @@ class ParityReport:
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "images": self.images, "reference": self.reference,
                 "results": [asdict(r) for r in self.results], "notes": list(self.notes),
-                "fidelity": list(self.fidelity), **({"clients": self.clients} if self.clients else {})}
+                "fidelity": list(self.fidelity), "seconds": dict(self.seconds),
+                **({"clients": self.clients} if self.clients else {})}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -258,18 +260,24 @@ class ParityReport:
             lines += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
         if self.fidelity:
             lines += ["", "## int8 fidelity loop", "", "| file | rung | top-1 agreement | accuracy | max abs | "
-                      "median image max abs | latency ms | result |", "|---|---|---|---|---|---|---|---|"]
+                      "median image max abs | latency ms | seconds | result |", "|---|---|---|---|---|---|---|---|---|"]
             for a in self.fidelity:
+                secs = _fmt(a.get("seconds"), 1)
                 if "error" in a:
-                    lines.append(f"| {a['file']} | {a['rung']} | - | - | - | - | - | error: {a['error'][:80]} |")
+                    lines.append(f"| {a['file']} | {a['rung']} | - | - | - | - | - | {secs} | "
+                                 f"not used: {a['error'][:160]} |")
                     continue
                 lines.append(f"| {a['file']} | {a['rung']} | {a['agreement']:.3f} | {_fmt(a['accuracy'])} | "
                              f"{a['max_abs']:.3g} | {a['median_image_max_abs']:.3g} | {_fmt(a['latency_ms'], 2)} | "
-                             f"{'pass' if a['passed'] else 'fail'} |")
+                             f"{secs} | {'pass' if a['passed'] else 'fail'} |")
         if self.clients:
             from tledge.clients import markdown
 
             lines += markdown(self.clients)
+        if self.seconds:
+            lines += ["", "## Time", "", "| step | seconds |", "|---|---|"]
+            lines += [f"| {step} | {sec:.1f} |" for step, sec in self.seconds.items()]
+            lines.append(f"| total | {sum(self.seconds.values()):.1f} |")
         if self.explain:
             lines += ["", "## int8 per-layer diagnosis", "", self.explain.rstrip()]
         return "\n".join(lines) + "\n"

@@ -95,13 +95,16 @@ class FidelityOutcome:
     attempts: list[dict] = field(default_factory=list)  # every rung tried, with its parity figures
     notes: list[str] = field(default_factory=list)
     explain_md: str = ""
+    reused: dict[str, int] = field(default_factory=dict)  # what later rungs took from earlier ones
 
 
 def improve(failing: Sequence[ParityResult], ctx: FidelityContext) -> FidelityOutcome:
     """Run the ladder for each failing int8 file; return the final parity rows."""
+    from tledge.export.rungs import Shared
+
     outcome = FidelityOutcome(results={})
-    cache: dict[int, object] = {}  # stem -> repaired Keras model
     model = _pixel_model(ctx)
+    cache = Shared(model, ctx.contract, ctx.calib, ctx.out)  # what the rungs share (tledge.export.rungs)
     if model is None:
         outcome.notes.append(f"Keras-level int8 repairs need a Keras 3 model ({ctx.lm.kind} given, and it could "
                              "not be rebuilt as one): only graph-level repairs (ONNX) and calibration choices apply")
@@ -113,6 +116,7 @@ def improve(failing: Sequence[ParityResult], ctx: FidelityContext) -> FidelityOu
         for plain in failing:
             outcome.results[plain.file] = _one_file(plain, ctx, model, cache, outcome)
     finally:
+        outcome.reused = dict(cache.hits)
         shutil.rmtree(ctx.out / ".fidelity", ignore_errors=True)
     # the per-layer diagnosis is slow (minutes on a loaded 2-core machine): only for --explain, or when
     # the ladder could not deliver
@@ -143,7 +147,7 @@ def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: 
             continue  # a float stem would be most of the model: that is not an int8 file
         start = time.perf_counter()
         try:
-            result, data = _attempt(rung, plain, ctx, model, cache)
+            result, data = _attempt(rung, plain, ctx, cache)
         except TledgeError as exc:
             outcome.attempts.append({"file": plain.file, "rung": rung.name, "error": str(exc),
                                      "seconds": round(time.perf_counter() - start, 2)})
@@ -179,18 +183,17 @@ def _install(dst: Path, data: bytes) -> None:
 
 
 # ---- one attempt ------------------------------------------------------------------------------
-def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, model, cache) -> tuple[ParityResult, bytes]:
+def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, cache) -> tuple[ParityResult, bytes]:
     """Convert with this rung's repairs into a scratch file, check parity against the original."""
     kind, precision = plain.format, plain.precision
-    src = _repaired(model, rung.stem, ctx, cache) if rung.repair else None
+    src = cache.repaired_model(rung.stem) if rung.repair else None
     applied = {"int8_repair": rung.name, "float_convolutions": rung.stem,
                "onnx_calibration": rung.calibrate if kind == "onnx" else None}
     if kind == "tflite":
-        data = _tflite(src, rung.stem, ctx, applied, dynamic=precision == "dynamic")
+        data = cache.tflite(src, rung.stem, applied, dynamic=precision == "dynamic", key=rung.stem)
     else:
-        data = _onnx(src, rung, ctx, applied)
-    scratch = ctx.out / ".fidelity" / f"{rung.name}_{precision}.{kind}"
-    scratch.parent.mkdir(exist_ok=True)
+        data = cache.onnx(src, rung, applied)
+    scratch = cache.scratch / f"{rung.name}_{precision}.{kind}"
     scratch.write_bytes(data)
     result = check_files(ctx.reference, [(scratch, kind, precision)], ctx.val_x, labels=ctx.val_y,
                          thresholds={precision: _threshold(ctx, plain.file, precision)}, threads=ctx.threads)[0]
@@ -200,91 +203,6 @@ def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, model, cache
 
 def _threshold(ctx: FidelityContext, name: str, precision: str) -> Thresholds:
     return ctx.thresholds.get(name) or ctx.thresholds.get(precision) or Thresholds.for_precision(precision)
-
-
-def _repaired(model, stem: int, ctx: FidelityContext, cache):
-    from tledge.quant import repair
-
-    if stem not in cache:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            cache[stem], _ = repair.apply(model, ctx.calib, stem=stem)
-    return cache[stem]
-
-
-def _tflite(model, stem: int, ctx: FidelityContext, applied: dict, *, dynamic: bool = False) -> bytes:
-    from tledge.quant import selective
-    from tledge.export.formats import tflite_io
-    from tledge.export.metadata import embed_tflite
-
-    try:
-        if dynamic:  # the repaired kernels sit on the int8 grid, so dynamic-range keeps them exactly
-            data = selective.tflite_fp32(model, optimize=True)
-        else:
-            cal = selective.calibrate_tflite(model, ctx.calib)
-            data = selective.quantize_tflite(cal, keep_float=selective.tflite_stem(cal, stem) if stem else ())
-    except Exception as exc:
-        reason = str(exc).splitlines()[-1][:300]
-        raise TledgeError(f"TFLite conversion of the repaired model failed: {reason}") from None
-    qin, qout, dtype = tflite_io(data)
-    contract = ctx.contract.for_file(input_dtype=dtype, input_quant=qin, output_quant=qout)
-    return embed_tflite(data, contract.replace(extra={**contract.extra, **applied}))
-
-
-def _onnx(model, rung: Rung, ctx: FidelityContext, applied: dict) -> bytes:
-    import tempfile
-
-    from tledge.export import onnx as onnx_export
-    from tledge.quant.selective import with_activations, onnx_stem
-
-    onnx = require("onnx", extra="export")
-    conv = onnx_export.Conventions.of(ctx.contract)  # the export's ONNX layout and input dtype
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        if model is None or not rung.repair:  # the fp32 file's graph, float input
-            src.write_bytes(onnx_export.float_input((ctx.out / "model_fp32.onnx").read_bytes()))
-        else:
-            onnx_export.save(onnx_export.convert_fp32(_serve(model, ctx.contract), ctx.contract), src)
-        scheme = None
-        if rung.graph == "onnx-bias":  # the plain int8 file's weights and scheme are kept
-            plain_int8 = ctx.out / "model_int8.onnx"
-            if rung.repair or not plain_int8.is_file():
-                plain_int8 = Path(tmp) / "plain.onnx"
-                onnx_export.quantize_int8(src, plain_int8, conv.calib(ctx.calib))
-            scheme = onnx_export.scheme_of(plain_int8)
-            applied["onnx_bias_correction"] = _onnx_bias(src, conv.calib(ctx.calib), scheme, plain_int8)
-        exclude = ()
-        if rung.stem:
-            raw = src.read_bytes()
-            exclude = with_activations(raw, onnx_stem(raw, rung.stem))
-        scheme = onnx_export.quantize_int8(src, dst, conv.calib(ctx.calib), method=rung.calibrate,
-                                           nodes_to_exclude=exclude, scheme=scheme)
-        per_file = conv.file_contract(ctx.contract, onnx_quant=scheme.describe(), **applied)
-        return onnx_export.finish(onnx.load(str(dst)), per_file, conv).SerializeToString()
-
-
-def _onnx_bias(src: Path, calib, scheme, qdq: Path) -> str:
-    """Replace the float graph at `src` by its bias-corrected version (tledge.quant.onnx_bias)."""
-    import functools
-
-    from tledge.export import onnx as onnx_export
-    from tledge.quant import onnx_bias
-
-    pre = onnx_export.preprocess(src, src.with_name("pre.onnx"))
-    log = onnx_bias.correct(pre, src, calib, functools.partial(onnx_export.quantize_int8, scheme=scheme),
-                            qdq=qdq)
-    return log.summary()
-
-
-def _serve(model, contract: Contract):
-    tf = require("tensorflow", extra="export")
-    spec = tf.TensorSpec([None, contract.height, contract.width, contract.channels], tf.float32, name="pixels")
-
-    @tf.function(input_signature=[spec])
-    def serve(pixels):
-        return tf.cast(model(pixels, training=False), tf.float32)
-
-    return serve
 
 
 # ---- the model the repairs work on -------------------------------------------------------------

@@ -133,43 +133,57 @@ ROBUST_SCHEME = "u8u8-grid"  # exact on every kernel path, and on the grid the K
 
 
 def quantize_int8(fp32_path: Path, dst: Path, calib: np.ndarray, *, method: str = "minmax",
-                  nodes_to_exclude: Sequence[str] = (), scheme: Scheme | None = None) -> Scheme:
+                  nodes_to_exclude: Sequence[str] = (), scheme: Scheme | None = None,
+                  calib_cache: Path | None = None) -> Scheme:
     """onnxruntime static QDQ, the final Softmax kept in float so probabilities are not rounded to
     1/256. Without `scheme`: U8S8 (fastest, exact on VNNI and ARM) unless the file's own pair sums
     saturate the AVX2 u8 x s8 kernels on the calibration images (tledge.quant.saturation); then U8U8
     with conv weights on the symmetric int8 grid, which every x86 path and ARM compute exactly.
-    Returns the scheme used."""
-    if scheme is not None:
-        _quantize(fp32_path, dst, calib, method, nodes_to_exclude, scheme)
-        return scheme
-    from tledge.quant import saturation
+    The graph is pre-processed once and calibrated once (the activation ranges do not depend on the
+    scheme); `calib_cache`: a folder keeping those ranges across calls, keyed by the pre-processed
+    graph and the method - the caller guarantees the same `calib` for one folder. Returns the scheme."""
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = preprocess(fp32_path, Path(tmp) / "pre.onnx")
+        ranges = _ranges_path(pre, method, Path(calib_cache) if calib_cache else Path(tmp))
+        if scheme is not None:
+            _quantize(pre, dst, calib, method, nodes_to_exclude, scheme, ranges)
+            return scheme
+        from tledge.quant import saturation
 
-    _quantize(fp32_path, dst, calib, method, nodes_to_exclude, SCHEMES["u8s8"])
-    if not any(layer.saturated for layer in saturation.check(dst.read_bytes(), calib)):
-        return SCHEMES["u8s8"]
-    _quantize(fp32_path, dst, calib, method, nodes_to_exclude, SCHEMES[ROBUST_SCHEME])
-    return SCHEMES[ROBUST_SCHEME]
+        _quantize(pre, dst, calib, method, nodes_to_exclude, SCHEMES["u8s8"], ranges)
+        if not any(layer.saturated for layer in saturation.check(dst.read_bytes(), calib)):
+            return SCHEMES["u8s8"]
+        _quantize(pre, dst, calib, method, nodes_to_exclude, SCHEMES[ROBUST_SCHEME], ranges)
+        return SCHEMES[ROBUST_SCHEME]
 
 
-def _quantize(fp32_path: Path, dst: Path, calib: np.ndarray, method: str, nodes_to_exclude: Sequence[str],
-              scheme: Scheme) -> None:
+def _ranges_path(pre: Path, method: str, folder: Path) -> Path:
+    """Where onnxruntime keeps the calibration ranges of this pre-processed graph and method."""
+    import hashlib
+
+    return folder / f"ranges-{method}-{hashlib.sha1(pre.read_bytes()).hexdigest()[:16]}.json"
+
+
+def _quantize(pre: Path, dst: Path, calib: np.ndarray, method: str, nodes_to_exclude: Sequence[str],
+              scheme: Scheme, ranges: Path | None = None) -> None:
+    """quantize_static of a pre-processed graph; `ranges`: onnxruntime's calibration cache file
+    (read when it exists, written otherwise)."""
     onnx = require("onnx", extra="export")
     q = require("onnxruntime.quantization", extra="export")
-    model = onnx.load(str(fp32_path))
+    model = onnx.load(str(pre))
     exclude = list(nodes_to_exclude) + [n.name for n in model.graph.node if n.op_type == "Softmax"]
     methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
                "percentile": q.CalibrationMethod.Percentile}
     qtype = {"uint8": q.QuantType.QUInt8, "int8": q.QuantType.QInt8}
-    with tempfile.TemporaryDirectory() as tmp:
-        pre = preprocess(fp32_path, Path(tmp) / "pre.onnx")
-        try:
-            q.quantize_static(str(pre), str(dst), _Reader(calib), quant_format=q.QuantFormat.QDQ,
-                              per_channel=scheme.per_channel, reduce_range=scheme.reduce_range,
-                              activation_type=qtype[scheme.activations], weight_type=qtype[scheme.weights],
-                              calibrate_method=methods[method], nodes_to_exclude=exclude,
-                              extra_options=_grid_overrides(pre) if scheme.int8_grid else None)
-        except Exception as exc:
-            raise ExportError(f"ONNX int8 quantisation failed: {str(exc).strip().splitlines()[-1][:400]}") from None
+    cache = {"calibration_cache_path": str(ranges)} if ranges is not None else {}
+    try:
+        q.quantize_static(str(pre), str(dst), _Reader(calib), quant_format=q.QuantFormat.QDQ,
+                          per_channel=scheme.per_channel, reduce_range=scheme.reduce_range,
+                          activation_type=qtype[scheme.activations], weight_type=qtype[scheme.weights],
+                          calibrate_method=methods[method], nodes_to_exclude=exclude,
+                          extra_options=_grid_overrides(pre) if scheme.int8_grid else None, **cache)
+    except Exception as exc:
+        raise ExportError(f"ONNX int8 quantisation failed: {str(exc).strip().splitlines()[-1][:400]}") from None
 
 
 def _grid_overrides(model_path: Path) -> dict:

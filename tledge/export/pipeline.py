@@ -75,11 +75,13 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
     with ExportFolder(out) as folder:  # locked first: a second export into `out` fails at once
         stage = folder.staging
         log.plan(3 + len(chosen))  # progress lines on the CLI: load, images, each file, parity
+        clock = time.perf_counter()
         with log.step(f"loading {Path(model_path).name}"):
             lm, resize_note = loader.load_model(model_path, unsafe=cfg.unsafe), ""
             labels = _labels(cfg, lm)
             contract, add_norm = _contract(cfg, lm, labels)
             serve, concrete = loader.trace(lm, contract, add_norm)
+        steps, clock = {"load and trace": time.perf_counter() - clock}, time.perf_counter()
         with log.step("reading images and running the Keras model"):
             calib, val_x, val_y, val_files = _images(cfg, contract, chosen)
             reference = loader.run_reference(serve, val_x)
@@ -98,10 +100,13 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
             from tledge.io import atomic_write_text
 
             atomic_write_text(stage / "labels.txt", "\n".join(contract.labels) + "\n")
+        steps["images and reference"] = time.perf_counter() - clock
         files, failed, seconds = _convert_all(chosen, serve, concrete, contract, calib, stage)
+        clock = time.perf_counter()
         with log.step(f"parity: {len(files)} file{'s' if len(files) != 1 else ''} on {len(val_x)} images"):
             results = check_files(reference, [(stage / f.filename, f.kind, f.precision) for f in files], val_x,
                                   labels=val_y, thresholds=thresholds, threads=cfg.threads)
+        steps.update({f"convert {name}": sec for name, sec in seconds.items()}, parity=time.perf_counter() - clock)
         report = ParityReport(images=len(val_x), results=results + failed, reference=str(model_path))
         report.notes += folder.notes + loader.report_notes(lm) + _notes(contract, add_norm, cfg)
         report.notes += [resize_note] if resize_note else []
@@ -109,6 +114,8 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
         fx = FidelityInputs(lm, contract, add_norm, calib, reference, val_x, val_y, stage, thresholds)
         if _fidelity(cfg, report, fx):
             seconds["int8 fidelity"] = round(time.perf_counter() - start, 2)
+        steps["int8 loop and kernel paths"] = time.perf_counter() - start
+        report.seconds = {k: round(v, 2) for k, v in steps.items()}
         derived = _compile_edgetpu(stage, report) if cfg.compile_edgetpu else {}
         _write_golden(stage, val_x, reference, val_y, val_files, cfg, thresholds, report)
         report.clients = clients.measure(stage, [r.file for r in report.results], val_x, reference, val_files,

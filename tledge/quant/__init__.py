@@ -14,5 +14,5 @@ Diagnosis, apart from the techniques: `explain` (per-layer error and sensitivity
 The registry the export loop reads is `registry.TECHNIQUES`. The loop itself (which rung, parity
 against the original model, fallback) is tledge/export/fidelity.py: it orchestrates converters,
 and this package never imports tledge.export. Experiments the product does not run (cross-layer
-equalisation, quantisation-aware fine-tuning) live in lab/quant/.
+equalisation, quantisation-aware fine-tuning, the classifier-head refit) live in lab/quant/.
 """

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tledge._deps import require
 from tledge.errors import ExportError
+from tledge.quant import moments
 from tledge.quant.kerasgraph import (  # noqa: F401  (re-exported: repair.fold_bn, repair.predict, ...)
     HOMOGENEOUS, apply_layer, clip_of, clone_layer, flat_model, keras_lib, linear_kind, rebuild_model, single_use, flatten,
     fold_bn, kernel_out, nodes, predict)
@@ -47,7 +47,7 @@ class LayerRepair:
     name: str
     kind: str
     rows: int  # input dimension of the layer's reconstruction (patch size)
-    err_nearest: float  # relative output MSE on calibration with round-to-nearest weights
+    err_nearest: float  # relative output MSE with round-to-nearest weights (first 32 calibration images)
     err_repaired: float  # the same with the chosen weights and bias
 
 
@@ -158,40 +158,6 @@ def simulate_int8_weights(model):
     return rebuild_model(model, make)
 
 
-def _patches(layer, x):
-    """Layer input -> (G, M, d) rows the kernel multiplies (same order as to_groups)."""
-    tf = require("tensorflow")
-    kind = type(layer).__name__
-    if kind == "Dense":
-        return x.reshape(1, -1, x.shape[-1])
-    kh, kw = layer.kernel_size
-    if (kh, kw) == (1, 1) and tuple(layer.strides) == (1, 1):
-        p = x
-    else:
-        p = tf.image.extract_patches(x, [1, kh, kw, 1], [1, *layer.strides, 1], [1, *layer.dilation_rate, 1],
-                                     layer.padding.upper()).numpy()
-    if kind == "DepthwiseConv2D":
-        return p.reshape(-1, kh * kw, x.shape[-1]).transpose(2, 0, 1)
-    return p.reshape(1, -1, p.shape[-1])
-
-
-def _moments(layer, xq, xf, budget=1 << 23):
-    """Sums of [x,1][x,1]^T for quantised-input and float-input rows: (Hqq, Hqf, Hff), float64."""
-    d = int(np.prod(layer.get_weights()[0].shape[:-1]))
-    if type(layer).__name__ == "DepthwiseConv2D":
-        d = int(np.prod(layer.get_weights()[0].shape[:-1]))
-    per_image = int(np.prod(xq.shape[1:-1])) if xq.ndim > 2 else 1
-    step = max(1, budget // (per_image * d))
-    acc = None
-    for i in range(0, len(xq), step):
-        pq, pf = (_patches(layer, a[i:i + step]).astype(np.float64) for a in (xq, xf))
-        one = np.ones(pq.shape[:2] + (1,))
-        pq, pf = np.concatenate([pq, one], 2), np.concatenate([pf, one], 2)
-        h = [np.matmul(a.transpose(0, 2, 1), b) for a, b in ((pq, pq), (pq, pf), (pf, pf))]
-        acc = h if acc is None else [s + t for s, t in zip(acc, h)]
-    return acc
-
-
 def _rel_err(w, wf, hqq, hqf, hff):
     """Relative output MSE of [W;b] on quantised inputs against [Wf;bf] on float inputs."""
     e = (np.einsum("gdk,gde,gek->", w, hqq, w) - 2 * np.einsum("gdk,gde,gek->", w, hqf, wf)
@@ -222,15 +188,16 @@ def _gptq(w, h, scale, damp):
     return w
 
 
-def _solve_layer(layer, hqq, hqf, hff, method, bias_correction, refit, damp, ridge):
+def _solve_layer(layer, mom: moments.Moments, method, bias_correction, refit, damp, ridge):
     kind = type(layer).__name__
     weights = layer.get_weights()
     kernel = weights[0]
     bias = weights[1] if len(weights) > 1 else np.zeros(kernel_out(layer, kernel), np.float32)
     g = to_groups(kind, kernel.astype(np.float64))
     wf = np.concatenate([g, bias.reshape(g.shape[0], 1, -1).astype(np.float64)], 1)
+    hqq, hqf = mom.hqq, mom.hqf
     target = wf
-    if refit:
+    if refit:  # quantize_weights gives full cross moments when refitting
         reg = ridge * np.einsum("gii->gi", hqq).mean(axis=1)[:, None, None] * np.eye(hqq.shape[1])
         target = np.linalg.solve(hqq + reg, np.einsum("gde,gek->gdk", hqf, wf) + reg @ wf)
     scale = grid_scale(target[:, :-1])
@@ -241,13 +208,14 @@ def _solve_layer(layer, hqq, hqf, hff, method, bias_correction, refit, damp, rid
         w[:, :-1] = round_nearest(target[:, :-1], scale)
     if bias_correction:  # the bias that makes the mean output match the float layer's
         n = hqq[:, -1, -1][:, None]
-        mean_f = np.einsum("gd,gdk->gk", hqf[:, -1, :], wf) / n
+        mean_f = np.einsum("gd,gdk->gk", mom.fsum, wf) / n
         w[:, -1] = mean_f - np.einsum("gd,gdk->gk", hqq[:, -1, :-1], w[:, :-1]) / n
     else:
         w[:, -1] = wf[:, -1]
     near = wf.copy()
     near[:, :-1] = round_nearest(g, grid_scale(g))
-    errs = (_rel_err(near, wf, hqq, hqf, hff), _rel_err(w, wf, hqq, hqf, hff))
+    sub = (mom.sub_qq, mom.hqf, mom.hff)
+    errs = (_rel_err(near, wf, *sub), _rel_err(w, wf, *sub))
     new = [from_groups(kind, w[:, :-1], kernel.shape).astype(np.float32),
            w[:, -1].reshape(-1).astype(np.float32)]
     return new, errs
@@ -326,11 +294,11 @@ def quantize_weights(model, calib, *, method="adaptive", bias_correction=True, r
         flat_f, flat_q = list(flat_model(args_f)), list(flat_model(args_q))
         qop = qlayers[op.name]
         if linear_kind(op) and len(flat_f) == 1 and op.name not in keep:
-            hqq, hqf, hff = _moments(op, flat_q[0], flat_f[0])
-            new, errs = _solve_layer(qop, hqq, hqf, hff, method, bias_correction, refit, damp, ridge)
+            mom = moments.collect(op, flat_q[0], flat_f[0], cross_images=None if refit else 32)
+            new, errs = _solve_layer(qop, mom, method, bias_correction, refit, damp, ridge)
             qop.set_weights(new)
             if log is not None:
-                log.layers.append(LayerRepair(op.name, type(op).__name__, hqq.shape[1] - 1, *errs))
+                log.layers.append(LayerRepair(op.name, type(op).__name__, mom.hqq.shape[1] - 1, *errs))
         out_f = apply_layer(op, args_f, kw_f)
         same = all(a is b for a, b in zip(flat_f, flat_q)) and not linear_kind(op)
         out_q = out_f if same else apply_layer(qop, args_q, kw_q)

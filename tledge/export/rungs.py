@@ -1,0 +1,177 @@
+"""Converting one rung of the int8 fidelity loop (tledge.export.fidelity), with what rungs share kept once.
+
+Issue 11: the loop was most of an int8 export (245 of 265 s on MobileNet 0.25 at 224 px), and much of it
+repeated. `Shared` keeps, for one export:
+- the repaired Keras model per float stem (`repair.apply` runs once per stem, for TFLite and ONNX alike);
+- the float ONNX graph of each repaired model (one tf2onnx conversion per stem);
+- the quantised ONNX file of each (graph, calibration, float nodes) choice, so `repaired+bias` starts
+  from the `repaired` rung's file instead of quantising again;
+- onnxruntime's calibration ranges per pre-processed graph (`quantize_int8(calib_cache=...)`);
+- the calibrated float TFLite model per stem (calibrate once, quantise many).
+`runs` counts what was computed and `hits` what was reused (the tests check both).
+"""
+from __future__ import annotations
+
+import tempfile
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tledge._deps import require
+from tledge.contract import Contract
+from tledge.errors import TledgeError
+
+
+@dataclass
+class Shared:
+    model: object  # the Keras 3 pixel model the repairs work on, or None
+    contract: Contract
+    calib: np.ndarray
+    out: Path  # the export's staging folder (model_fp32.onnx, model_int8.onnx, .fidelity/)
+    repaired: dict = field(default_factory=dict)  # stem -> repaired Keras model
+    onnx_fp32: dict = field(default_factory=dict)  # stem -> float ONNX graph (bytes) of the repaired model
+    qdq_files: dict = field(default_factory=dict)  # (stem, method, float nodes, scheme) -> (QDQ bytes, Scheme)
+    tflite_calibrated: dict = field(default_factory=dict)  # stem -> calibrated float TFLite
+    runs: Counter = field(default_factory=Counter)
+    hits: Counter = field(default_factory=Counter)
+
+    @property
+    def scratch(self) -> Path:
+        path = self.out / ".fidelity"
+        path.mkdir(exist_ok=True)
+        return path
+
+    def _get(self, table: dict, key, what: str, make):
+        if key in table:
+            self.hits[what] += 1
+        else:
+            self.runs[what] += 1
+            table[key] = make()
+        return table[key]
+
+    # ---- Keras ------------------------------------------------------------------------------
+    def repaired_model(self, stem: int):
+        from tledge.quant import repair
+
+        def make():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return repair.apply(self.model, self.calib, stem=stem)[0]
+        return self._get(self.repaired, stem, "repair", make)
+
+    # ---- TFLite -----------------------------------------------------------------------------
+    def tflite(self, model, stem: int, applied: dict, *, dynamic: bool = False, key=None) -> bytes:
+        """int8 (or dynamic-range) TFLite of a repaired model with the file's contract embedded. `key`:
+        the calibrated model is cached under it (None: calibrated for this call only)."""
+        from tledge.quant import selective
+
+        try:
+            if dynamic:  # the repaired kernels sit on the int8 grid, so dynamic-range keeps them exactly
+                data = selective.tflite_fp32(model, optimize=True)
+            else:
+                def calibrate():
+                    return selective.calibrate_tflite(model, self.calib)
+                cal = calibrate() if key is None else self._get(self.tflite_calibrated, key, "tflite-calibration",
+                                                                calibrate)
+                data = selective.quantize_tflite(cal, keep_float=selective.tflite_stem(cal, stem) if stem else ())
+        except Exception as exc:
+            reason = str(exc).splitlines()[-1][:300]
+            raise TledgeError(f"TFLite conversion of the repaired model failed: {reason}") from None
+        return self.embed_tflite(data, applied)
+
+    def embed_tflite(self, data: bytes, applied: dict) -> bytes:
+        from tledge.export.formats import tflite_io
+        from tledge.export.metadata import embed_tflite
+
+        qin, qout, dtype = tflite_io(data)
+        contract = self.contract.for_file(input_dtype=dtype, input_quant=qin, output_quant=qout)
+        return embed_tflite(data, contract.replace(extra={**contract.extra, **applied}))
+
+    # ---- ONNX -------------------------------------------------------------------------------
+    def onnx_float(self, model, stem: int | None) -> bytes:
+        """The float graph a rung quantises: the fp32 file's (stem None: no repair), else the repaired
+        model's, converted once per stem. Float input in the export's layout."""
+        from tledge.export import onnx as onnx_export
+
+        if stem is None:
+            return onnx_export.float_input((self.out / "model_fp32.onnx").read_bytes())
+
+        def convert():
+            return onnx_export.convert_fp32(_serve(model, self.contract), self.contract).SerializeToString()
+        return self._get(self.onnx_fp32, stem, "onnx-float", convert)
+
+    def onnx_qdq(self, src: Path, dst: Path, *, key=None, method: str = "minmax", exclude=(), scheme=None):
+        """quantize_int8 of `src` into `dst` with the shared calibration ranges; with `key`, the file is
+        kept and reused for the same key. Returns the Scheme."""
+        from tledge.export import onnx as onnx_export
+
+        calib = onnx_export.Conventions.of(self.contract).calib(self.calib)
+        ranges = self.scratch / "ranges"
+
+        def quantize():
+            used = onnx_export.quantize_int8(src, dst, calib, method=method, nodes_to_exclude=exclude,
+                                             scheme=scheme, calib_cache=ranges)
+            return dst.read_bytes(), used
+        if key is None:
+            self.runs["onnx-quantize"] += 1
+            return quantize()[1]
+        data, used = self._get(self.qdq_files, (key, method, tuple(exclude), scheme), "onnx-quantize", quantize)
+        dst.write_bytes(data)
+        return used
+
+    def onnx(self, model, rung, applied: dict) -> bytes:
+        """The int8 ONNX file of one rung (rung: a fidelity.Rung), contract embedded."""
+        from tledge.export import onnx as onnx_export
+        from tledge.quant.selective import onnx_stem, with_activations
+
+        onnx = require("onnx", extra="export")
+        conv = onnx_export.Conventions.of(self.contract)
+        stem = rung.stem if rung.repair and model is not None else None
+        with tempfile.TemporaryDirectory() as tmp:
+            src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+            src.write_bytes(self.onnx_float(model, stem))
+            exclude, scheme = (), None
+            if rung.stem:
+                raw = src.read_bytes()
+                exclude = with_activations(raw, onnx_stem(raw, rung.stem))
+            if rung.graph == "onnx-bias":  # the weights (and scheme) of the file without the correction
+                base = Path(tmp) / "base.onnx"
+                if stem is None and (self.out / "model_int8.onnx").is_file():
+                    base = self.out / "model_int8.onnx"  # the plain file, as the export wrote it
+                else:
+                    self.onnx_qdq(src, base, key=stem, exclude=exclude)
+                scheme = onnx_export.scheme_of(base)
+                applied["onnx_bias_correction"] = self.onnx_bias(src, scheme, base)
+                key = None  # a corrected graph: not shared
+            else:
+                key = stem
+            scheme = self.onnx_qdq(src, dst, key=key, method=rung.calibrate, exclude=exclude, scheme=scheme)
+            per_file = conv.file_contract(self.contract, onnx_quant=scheme.describe(), **applied)
+            return onnx_export.finish(onnx.load(str(dst)), per_file, conv).SerializeToString()
+
+    def onnx_bias(self, src: Path, scheme, qdq: Path) -> str:
+        """Replace the float graph at `src` by its bias-corrected version (tledge.quant.onnx_bias)."""
+        import functools
+
+        from tledge.export import onnx as onnx_export
+        from tledge.quant import onnx_bias
+
+        calib = onnx_export.Conventions.of(self.contract).calib(self.calib)
+        pre = onnx_export.preprocess(src, src.with_name("pre.onnx"))
+        log = onnx_bias.correct(pre, src, calib, functools.partial(onnx_export.quantize_int8, scheme=scheme),
+                                qdq=qdq)
+        return log.summary()
+
+
+def _serve(model, contract: Contract):
+    tf = require("tensorflow", extra="export")
+    spec = tf.TensorSpec([None, contract.height, contract.width, contract.channels], tf.float32, name="pixels")
+
+    @tf.function(input_signature=[spec])
+    def serve(pixels):
+        return tf.cast(model(pixels, training=False), tf.float32)
+
+    return serve
