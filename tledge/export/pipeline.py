@@ -10,8 +10,9 @@ from typing import Sequence
 
 import numpy as np
 
-from tledge.contract import Contract, Output, read_labels
+from tledge.contract import Contract, Output
 from tledge.errors import DataError, TledgeError, TledgeWarning
+from tledge.export import contracting
 from tledge.export import formats as F
 from tledge.export.parity import ParityReport, ParityResult, Thresholds, check_files
 
@@ -78,8 +79,8 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
         clock = time.perf_counter()
         with log.step(f"loading {Path(model_path).name}"):
             lm, resize_note = loader.load_model(model_path, unsafe=cfg.unsafe), ""
-            labels = _labels(cfg, lm)
-            contract, add_norm = _contract(cfg, lm, labels)
+            labels = contracting.labels_for(cfg, lm)
+            contract, add_norm = contracting.export_contract(cfg, lm, labels)
             serve, concrete = loader.trace(lm, contract, add_norm)
         steps, clock = {"load and trace": time.perf_counter() - clock}, time.perf_counter()
         with log.step("reading images and running the Keras model"):
@@ -92,7 +93,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
                     calib, val_x, val_y, val_files = _images(cfg, contract, chosen)
                     reference = loader.run_reference(serve, val_x)
         contract = contract.replace(output=_output_kind(reference))
-        val_y = _folder_truth(cfg, contract, reference, val_y)
+        val_y = contracting.folder_truth(cfg, contract, reference, val_y)
         if contract.labels and reference.shape[1] != len(contract.labels):
             raise TledgeError(f"{len(contract.labels)} labels but the model has {reference.shape[1]} outputs")
         contract.save(stage / "tledge.json")
@@ -232,85 +233,6 @@ def _check_calibration_source(cfg: ExportConfig, chosen: Sequence[F.Format]) -> 
     if any(f.precision == "int8" for f in chosen) and not (cfg.calib or cfg.val):
         raise DataError("--int8 needs calibration images: pass --calib DIR (or --val DIR). "
                         "--calib random calibrates on noise and is only for smoke tests.")
-
-
-def _labels(cfg: ExportConfig, lm) -> tuple[str, ...]:
-    """--labels, else the sidecar's (checked against the model in loader.resolve_contract), else the
-    class folders of --val / --calib."""
-    from tledge.images import class_folders
-
-    if cfg.labels:
-        return read_labels(cfg.labels)
-    if lm.contract is not None and lm.contract.labels:
-        return lm.contract.labels
-    for folder in (cfg.val, cfg.calib):
-        if folder and folder != "random" and Path(folder).is_dir():
-            names = [n for n, files in class_folders(folder) if files]
-            # a subset of the classes (725 folders of a 1000-class set) names nothing: no labels then
-            if len(names) > 1 and lm.num_outputs in (None, len(names)):
-                return tuple(names)
-    return ()
-
-
-def _folder_truth(cfg: ExportConfig, contract: Contract, reference: np.ndarray, val_y):
-    """Without labels, folder i is class i only when there is one folder per output: a subset of a
-    1000-class set (725 folders) gives no accuracy rather than a wrong one."""
-    from tledge.images import class_folders
-
-    if val_y is None or contract.labels or not cfg.val or not Path(cfg.val).is_dir():
-        return val_y
-    n = len(class_folders(cfg.val))
-    if n != reference.shape[1]:
-        warnings.warn(f"accuracy not measured: {n} class folders in {cfg.val} for {reference.shape[1]} outputs "
-                      "and no labels to match them by name (pass --labels)", TledgeWarning, stacklevel=2)
-        return None
-    return val_y
-
-
-def _contract(cfg: ExportConfig, lm, labels) -> tuple[Contract, str | None]:
-    """Explicit flags win over a tledge.json beside the model; lm.contract_source says who gave what."""
-    from tledge.export import loader
-
-    preprocess, preprocess_from = cfg.preprocess, "--preprocess"
-    if cfg.preprocess == "auto" and lm.baked_mode is not None:
-        preprocess = None  # the model normalises itself: nothing to choose
-    elif cfg.preprocess == "auto":
-        from tledge.export.autoprep import choose_preprocessing
-
-        preprocess, preprocess_from = choose_preprocessing(lm, cfg, labels), "--preprocess auto"
-    if cfg.labels:
-        labels_from = f"--labels {cfg.labels}"
-    elif lm.contract is not None and labels and labels == lm.contract.labels:
-        labels, labels_from = (), ""  # the sidecar's: resolve_contract checks and names it
-    else:
-        labels_from = f"the class folders of {cfg.val if cfg.val and cfg.val != 'random' else cfg.calib}"
-    contract, add_norm = loader.resolve_contract(lm, preprocess=preprocess, input_size=cfg.input_size, labels=labels,
-                                                 labels_from=labels_from, preprocess_from=preprocess_from)
-    return with_export_options(contract, cfg), add_norm
-
-
-def with_export_options(contract: Contract, cfg: ExportConfig) -> Contract:
-    """--resize / --fit / --crop (as `tledge run` takes them), the ONNX conventions and the resize of
-    each client family, on the export contract: calibration and parity images are prepared with it."""
-    from tledge.contract import client_resizes
-    from tledge.export.onnx import Conventions
-
-    geometry: dict = {}
-    if cfg.resize:
-        geometry["resize"] = cfg.resize
-    if cfg.crop is not None:
-        if cfg.fit not in (None, "crop"):
-            raise TledgeError(f"--crop {cfg.crop:g} centre-crops: it cannot go with --fit {cfg.fit}")
-        geometry.update(fit="crop", crop_fraction=float(cfg.crop))
-    elif cfg.fit:
-        geometry["fit"] = cfg.fit
-    contract = contract.replace(**geometry)
-    conv = Conventions(cfg.onnx_layout, cfg.onnx_input)
-    extra = {k: v for k, v in contract.extra.items() if k not in ("onnx", "resize_by_client")}
-    if conv != Conventions() and "onnx" in cfg.formats + tuple(k for k, _ in cfg.pairs):
-        extra["onnx"] = conv.to_dict()
-    extra["resize_by_client"] = client_resizes(contract)
-    return contract.replace(extra=extra)
 
 
 def _write_golden(stage: Path, val_x, reference, val_y, val_files, cfg: ExportConfig, thresholds, report) -> None:

@@ -1,0 +1,95 @@
+"""The export's contract, resolved before anything is converted: labels (flags, the sidecar, or the class
+folders when there is one per output), preprocessing, geometry (--resize/--fit/--crop), the ONNX
+conventions and the resize each client family uses."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tledge.contract import Contract, read_labels
+from tledge.errors import TledgeError, TledgeWarning
+
+if TYPE_CHECKING:
+    from tledge.export.pipeline import ExportConfig
+
+
+def labels_for(cfg: ExportConfig, lm) -> tuple[str, ...]:
+    """--labels, else the sidecar's (checked against the model in loader.resolve_contract), else the
+    class folders of --val / --calib."""
+    from tledge.images import class_folders
+
+    if cfg.labels:
+        return read_labels(cfg.labels)
+    if lm.contract is not None and lm.contract.labels:
+        return lm.contract.labels
+    for folder in (cfg.val, cfg.calib):
+        if folder and folder != "random" and Path(folder).is_dir():
+            names = [n for n, files in class_folders(folder) if files]
+            # a subset of the classes (725 folders of a 1000-class set) names nothing: no labels then
+            if len(names) > 1 and lm.num_outputs in (None, len(names)):
+                return tuple(names)
+    return ()
+
+
+def folder_truth(cfg: ExportConfig, contract: Contract, reference: np.ndarray, val_y):
+    """Without labels, folder i is class i only when there is one folder per output: a subset of a
+    1000-class set (725 folders) gives no accuracy rather than a wrong one."""
+    from tledge.images import class_folders
+
+    if val_y is None or contract.labels or not cfg.val or not Path(cfg.val).is_dir():
+        return val_y
+    n = len(class_folders(cfg.val))
+    if n != reference.shape[1]:
+        warnings.warn(f"accuracy not measured: {n} class folders in {cfg.val} for {reference.shape[1]} outputs "
+                      "and no labels to match them by name (pass --labels)", TledgeWarning, stacklevel=2)
+        return None
+    return val_y
+
+
+def export_contract(cfg: ExportConfig, lm, labels) -> tuple[Contract, str | None]:
+    """Explicit flags win over a tledge.json beside the model; lm.contract_source says who gave what."""
+    from tledge.export import loader
+
+    preprocess, preprocess_from = cfg.preprocess, "--preprocess"
+    if cfg.preprocess == "auto" and lm.baked_mode is not None:
+        preprocess = None  # the model normalises itself: nothing to choose
+    elif cfg.preprocess == "auto":
+        from tledge.export.autoprep import choose_preprocessing
+
+        preprocess, preprocess_from = choose_preprocessing(lm, cfg, labels), "--preprocess auto"
+    if cfg.labels:
+        labels_from = f"--labels {cfg.labels}"
+    elif lm.contract is not None and labels and labels == lm.contract.labels:
+        labels, labels_from = (), ""  # the sidecar's: resolve_contract checks and names it
+    else:
+        labels_from = f"the class folders of {cfg.val if cfg.val and cfg.val != 'random' else cfg.calib}"
+    contract, add_norm = loader.resolve_contract(lm, preprocess=preprocess, input_size=cfg.input_size, labels=labels,
+                                                 labels_from=labels_from, preprocess_from=preprocess_from)
+    return with_export_options(contract, cfg), add_norm
+
+
+def with_export_options(contract: Contract, cfg: ExportConfig) -> Contract:
+    """--resize / --fit / --crop (as `tledge run` takes them), the ONNX conventions and the resize of
+    each client family, on the export contract: calibration and parity images are prepared with it."""
+    from tledge.contract import client_resizes
+    from tledge.export.onnx import Conventions
+
+    geometry: dict = {}
+    if cfg.resize:
+        geometry["resize"] = cfg.resize
+    if cfg.crop is not None:
+        if cfg.fit not in (None, "crop"):
+            raise TledgeError(f"--crop {cfg.crop:g} centre-crops: it cannot go with --fit {cfg.fit}")
+        geometry.update(fit="crop", crop_fraction=float(cfg.crop))
+    elif cfg.fit:
+        geometry["fit"] = cfg.fit
+    contract = contract.replace(**geometry)
+    conv = Conventions(cfg.onnx_layout, cfg.onnx_input)
+    extra = {k: v for k, v in contract.extra.items() if k not in ("onnx", "resize_by_client")}
+    if conv != Conventions() and "onnx" in cfg.formats + tuple(k for k, _ in cfg.pairs):
+        extra["onnx"] = conv.to_dict()
+    extra["resize_by_client"] = client_resizes(contract)
+    return contract.replace(extra=extra)
