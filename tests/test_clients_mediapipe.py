@@ -141,3 +141,27 @@ def test_clients_section_measured_where_mediapipe_is_importable(photos):
             assert r["tledge"] == len(names), r
         assert r["keras"] >= 0.9 * len(names), r
     assert "## Clients" in "\n".join(markdown(section))
+
+
+def test_standard_metadata_read_back_with_mediapipes_own_schema():
+    """Every .tflite's standard metadata parsed by the schema MediaPipe ships (not our reader): RGB image
+    input, the normalisation the file declares, labels.txt as TENSOR_AXIS_LABELS, tledge's entries kept."""
+    from mediapipe.tasks.metadata import metadata_schema_py_generated as fb
+
+    from tledge import std_metadata as sm
+    from tledge.metadata import read_contract, tflite_metadata
+
+    for path in _tflite_files(_export()):
+        entries = tflite_metadata(path.read_bytes())
+        raw = entries[sm.ENTRY_NAME]
+        assert fb.ModelMetadata.ModelMetadataBufferHasIdentifier(raw, 0), path.name
+        md = fb.ModelMetadataT.InitFromObj(fb.ModelMetadata.GetRootAsModelMetadata(raw, 0))
+        inp = md.subgraphMetadata[0].inputTensorMetadata[0]
+        out = md.subgraphMetadata[0].outputTensorMetadata[0]
+        assert inp.content.contentProperties.colorSpace == fb.ColorSpaceType.RGB, path.name
+        unit = inp.processUnits[0]
+        assert unit.optionsType == fb.ProcessUnitOptions.NormalizationOptions
+        assert list(unit.options.mean) == [0.0] * 3 and list(unit.options.std) == [1.0] * 3  # baked in the model
+        assert out.associatedFiles[0].name.decode() == "labels.txt"
+        assert out.associatedFiles[0].type == fb.AssociatedFileType.TENSOR_AXIS_LABELS
+        assert read_contract(path).labels  # tledge's own entry survives beside the standard one
