@@ -8,9 +8,12 @@ Rungs (`LADDER`, in order of cost; the first that passes is kept, each one's sec
   3. `repaired`: BN folding, an exact input grid, adaptive rounding + bias correction of every
      kernel on the calibration images (`repair.apply`, stem 0: still all-int8, Edge TPU friendly);
   4. `repaired+bias` (ONNX): the same, then the graph bias correction on the file's own weight grid;
-  5. `repaired-stem4` (CPU targets only): the first 4 convolutions and what precedes them stay
+  5. `sensitive` (ONNX, no Keras 3 model) / `repaired+sensitive` (CPU targets only): the activations
+     whose rounding moves the output most, measured on held-out calibration images, stay precise
+     (TFLite: float ops; ONNX: int16 activations), cheapest first (tledge.quant.sensitivity);
+  6. `repaired-stem4` (CPU targets only): the first 4 convolutions and what precedes them stay
      float (selective quantisation; on x86 and ARM CPUs this is also faster, see docs/int8-fidelity.md);
-  6. last resort, loudly: the int8 file is moved to `rejected/` and replaced by fp16 (TFLite) /
+  7. last resort, loudly: the int8 file is moved to `rejected/` and replaced by fp16 (TFLite) /
      fp32 (ONNX), unless the target is int8-only (Edge TPU), where the export fails instead.
 
 The Keras-level rungs need a Keras 3 model: tf_keras files are rebuilt as one (tledge.quant.rebuild,
@@ -40,6 +43,7 @@ class Rung:
     stem: int = 0  # convolutions kept float (0: all-int8)
     calibrate: str = "minmax"  # ONNX calibration method
     graph: str | None = None  # a tledge.quant technique on the converted graph (any loader)
+    mixed: bool = False  # sensitivity-chosen activations kept precise (tledge.quant.sensitivity)
 
     @property
     def techniques(self) -> tuple[str, ...]:
@@ -47,6 +51,7 @@ class Rung:
         names = ("weight-repair",) if self.repair else ()
         names += ("float-layers",) if self.stem else ()
         names += ("percentile-calibration",) if self.calibrate == "percentile" else ()
+        names += ("sensitive-precision",) if self.mixed else ()
         return names + ((self.graph,) if self.graph else ())
 
 
@@ -55,6 +60,8 @@ LADDER: tuple[Rung, ...] = (
     Rung("calibration-percentile", repair=False, calibrate="percentile"),
     Rung("repaired"),
     Rung("repaired+bias", graph="onnx-bias"),  # the ONNX grid may not be the repair's (U8U8)
+    Rung("sensitive", repair=False, mixed=True),  # no Keras 3 model: the export's own float graph
+    Rung("repaired+sensitive", mixed=True),
     Rung("repaired-stem4", stem=4),
 )
 
@@ -126,10 +133,12 @@ def _applies(rung: Rung, plain: ParityResult, ctx: FidelityContext, model) -> bo
 
     if rung.repair and model is None:
         return False
+    if rung.mixed and not rung.repair and (model is not None or plain.format != "onnx"):
+        return False  # with a Keras 3 model the repaired variant runs; TFLite needs one
     if registry.check(rung.techniques, plain.format, int8_only=ctx.int8_only):
         return False
     if plain.precision == "dynamic":  # int8 weights, float activations: only the weight repair applies
-        return rung.repair and not rung.stem
+        return rung.repair and not rung.stem and not rung.mixed
     return True
 
 
@@ -143,12 +152,13 @@ def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: 
             continue  # a float stem would be most of the model: that is not an int8 file
         start = time.perf_counter()
         try:
-            result, data = _attempt(rung, plain, ctx, model, cache)
+            result, data, applied = _attempt(rung, plain, ctx, model, cache, outcome.notes)
         except TledgeError as exc:
             outcome.attempts.append({"file": plain.file, "rung": rung.name, "error": str(exc),
                                      "seconds": round(time.perf_counter() - start, 2)})
             continue
-        outcome.attempts.append({**_row(result, rung.name), "seconds": round(time.perf_counter() - start, 2)})
+        extra = {"float_layers": applied["float_layers"]} if "float_layers" in applied else {}
+        outcome.attempts.append({**_row(result, rung.name), **extra, "seconds": round(time.perf_counter() - start, 2)})
         if _better(result, best):
             best = result
             _install(ctx.out / plain.file, data)
@@ -179,23 +189,35 @@ def _install(dst: Path, data: bytes) -> None:
 
 
 # ---- one attempt ------------------------------------------------------------------------------
-def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, model, cache) -> tuple[ParityResult, bytes]:
+def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, model, cache,
+             notes: list[str]) -> tuple[ParityResult, bytes, dict]:
     """Convert with this rung's repairs into a scratch file, check parity against the original."""
+    from tledge.export import mixed
+
     kind, precision = plain.format, plain.precision
     src = _repaired(model, rung.stem, ctx, cache) if rung.repair else None
     applied = {"int8_repair": rung.name, "float_convolutions": rung.stem,
                "onnx_calibration": rung.calibrate if kind == "onnx" else None}
+    sel = mixed.selection(src, ctx, cache, _serve) if rung.mixed else None
+    if sel is not None:
+        if not sel.layers:
+            raise TledgeError(f"no layer worth raising: {sel.summary()}")
+        applied.update(mixed.contract_extra(sel, kind))
     if kind == "tflite":
-        data = _tflite(src, rung.stem, ctx, applied, dynamic=precision == "dynamic")
+        unmatched: list[str] = []
+        data = _tflite(src, rung.stem, ctx, applied, dynamic=precision == "dynamic",
+                       layers=sel.layers if sel else (), unmatched=unmatched)
     else:
-        data = _onnx(src, rung, ctx, applied)
+        data = _onnx(src, rung, ctx, applied, sel)
+    if sel is not None:
+        notes.append(mixed.note(plain.file, sel, kind, unmatched if kind == "tflite" else []))
     scratch = ctx.out / ".fidelity" / f"{rung.name}_{precision}.{kind}"
     scratch.parent.mkdir(exist_ok=True)
     scratch.write_bytes(data)
     result = check_files(ctx.reference, [(scratch, kind, precision)], ctx.val_x, labels=ctx.val_y,
                          thresholds={precision: _threshold(ctx, plain.file, precision)}, threads=ctx.threads)[0]
     result.file = plain.file
-    return result, data
+    return result, data, applied
 
 
 def _threshold(ctx: FidelityContext, name: str, precision: str) -> Thresholds:
@@ -212,8 +234,9 @@ def _repaired(model, stem: int, ctx: FidelityContext, cache):
     return cache[stem]
 
 
-def _tflite(model, stem: int, ctx: FidelityContext, applied: dict, *, dynamic: bool = False) -> bytes:
-    from tledge.quant import selective
+def _tflite(model, stem: int, ctx: FidelityContext, applied: dict, *, dynamic: bool = False,
+            layers: Sequence[str] = (), unmatched: list | None = None) -> bytes:
+    from tledge.quant import selective, sensitivity
     from tledge.export.formats import tflite_io
     from tledge.export.metadata import embed_tflite
 
@@ -222,7 +245,13 @@ def _tflite(model, stem: int, ctx: FidelityContext, applied: dict, *, dynamic: b
             data = selective.tflite_fp32(model, optimize=True)
         else:
             cal = selective.calibrate_tflite(model, ctx.calib)
-            data = selective.quantize_tflite(cal, keep_float=selective.tflite_stem(cal, stem) if stem else ())
+            keep = selective.tflite_stem(cal, stem) if stem else []
+            if layers:
+                ops = selective.tflite_graph(cal)
+                keep += sensitivity.tflite_keep_float(ops, layers)
+                (unmatched if unmatched is not None else []).extend(
+                    name for name in layers if not sensitivity.tflite_keep_float(ops, [name]))
+            data = selective.quantize_tflite(cal, keep_float=keep)
     except Exception as exc:
         reason = str(exc).splitlines()[-1][:300]
         raise TledgeError(f"TFLite conversion of the repaired model failed: {reason}") from None
@@ -231,11 +260,12 @@ def _tflite(model, stem: int, ctx: FidelityContext, applied: dict, *, dynamic: b
     return embed_tflite(data, contract.replace(extra={**contract.extra, **applied}))
 
 
-def _onnx(model, rung: Rung, ctx: FidelityContext, applied: dict) -> bytes:
+def _onnx(model, rung: Rung, ctx: FidelityContext, applied: dict, sel=None) -> bytes:
     import tempfile
 
     from tledge.export import onnx as onnx_export
     from tledge.quant.selective import with_activations, onnx_stem
+    from tledge.quant.sensitivity import onnx_overrides
 
     onnx = require("onnx", extra="export")
     conv = onnx_export.Conventions.of(ctx.contract)  # the export's ONNX layout and input dtype
@@ -258,7 +288,8 @@ def _onnx(model, rung: Rung, ctx: FidelityContext, applied: dict) -> bytes:
             raw = src.read_bytes()
             exclude = with_activations(raw, onnx_stem(raw, rung.stem))
         scheme = onnx_export.quantize_int8(src, dst, conv.calib(ctx.calib), method=rung.calibrate,
-                                           nodes_to_exclude=exclude, scheme=scheme)
+                                           nodes_to_exclude=exclude, scheme=scheme,
+                                           overrides=onnx_overrides(sel) if sel is not None else None)
         per_file = conv.file_contract(ctx.contract, onnx_quant=scheme.describe(), **applied)
         return onnx_export.finish(onnx.load(str(dst)), per_file, conv).SerializeToString()
 

@@ -1,0 +1,61 @@
+"""Sensitivity-driven mixed precision for the int8 fidelity loop (issue 11): the export side.
+
+tledge.quant.sensitivity measures and chooses on the float ONNX graph of the model a rung converts
+(the repaired Keras model, or the export's own fp32 ONNX graph when there is no Keras 3 model); this
+module gives it that graph and the export's quantiser, caches the choice per source (both formats of
+one rung share it), and states the result for the file's contract and parity.md.
+"""
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+
+from tledge.export import onnx as onnx_export
+
+AIM = 0.995  # expected top-1 agreement on the held-out calibration split (the issue's target: 0.99)
+
+
+def float_graph(model, ctx, serve) -> bytes:
+    """The float ONNX graph (float32 input, the export's layout) of `model`, or of the export's fp32
+    file when `model` is None."""
+    if model is None:
+        return onnx_export.float_input((ctx.out / "model_fp32.onnx").read_bytes())
+    proto = onnx_export.convert_fp32(serve(model, ctx.contract), ctx.contract)
+    return proto.SerializeToString()
+
+
+def scheme(ctx):
+    """The plain int8 ONNX file's scheme (what the rung's file will use), U8S8 without one."""
+    plain = ctx.out / "model_int8.onnx"
+    return onnx_export.scheme_of(plain) if plain.is_file() else onnx_export.SCHEMES[onnx_export.DEFAULT_SCHEME]
+
+
+def selection(model, ctx, cache: dict, serve):
+    """The chosen layers for this source model (cached: both formats of a rung use one choice)."""
+    from tledge.quant import sensitivity
+
+    key = ("sensitivity", id(model))
+    if key not in cache:
+        conv = onnx_export.Conventions.of(ctx.contract)
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / "fp32.onnx"
+            src.write_bytes(float_graph(model, ctx, serve))
+            quantize = functools.partial(onnx_export.quantize_int8, scheme=scheme(ctx))
+            cache[key] = sensitivity.select(src, quantize, conv.calib(ctx.calib), workdir=Path(tmp), aim=AIM)
+    return cache[key]
+
+
+def contract_extra(sel, kind: str) -> dict:
+    """What the file's contract records: every candidate layer's final precision."""
+    high = "float" if kind == "tflite" else "int16 activations (float op on int8 weights)"
+    return {"float_layers": list(sel.layers), "layer_precision": sel.precision(high),
+            "sensitivity": sel.summary()}
+
+
+def note(file: str, sel, kind: str, unmatched: list[str]) -> str:
+    how = "kept float (denylisted ops)" if kind == "tflite" else "int16 activations (TensorQuantOverrides)"
+    text = f"{file}: {sel.summary()}; in the file: {how}"
+    if unmatched:
+        text += f"; not found in the TFLite graph (left int8): {', '.join(unmatched)}"
+    return text
