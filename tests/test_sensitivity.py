@@ -118,3 +118,40 @@ def test_tflite_denylist_follows_consumers_through_pass_through_ops():
     assert tflite_keep_float(ops, ["conv_b_relu_1"]) == [ops[2][1], ops[3][1]]
     assert tflite_keep_float(ops, ["m_1"]) == []  # an enclosing scope names no layer
     assert tflite_keep_float(ops, ["nope"]) == []
+
+
+def test_the_loop_records_the_chosen_layers(tiny_model, shapes_dataset, tmp_path, monkeypatch):
+    """The rung wiring, with the choice forced to one real layer (the tiny healthy model has nothing
+    worth raising): the attempt row, parity.md and the kept file's contract name it."""
+    from tledge.export import fidelity
+    from tledge.export.parity import Thresholds
+    from tledge.export.pipeline import ExportConfig, export
+    from tledge.metadata import read_contract
+    from tledge.quant import sensitivity
+
+    def forced(qdq, ev, **_):
+        cands = sensitivity.candidates(qdq)
+        pick = cands[1]
+        return sensitivity.Selection(layers=[pick.layer], tensors=list(pick.tensors),
+                                     all_layers=[c.layer for c in cands], before=ev.score(qdq),
+                                     after=ev.score(sensitivity.bypass(qdq, pick.tensors)), images=len(ev.pixels))
+
+    monkeypatch.setattr(sensitivity, "choose", forced)
+    monkeypatch.setattr(fidelity, "LADDER", (fidelity.Rung("repaired+sensitive", mixed=True),))
+    cfg = ExportConfig(out=tmp_path, int8=True, calib=str(shapes_dataset / "train"), val=str(shapes_dataset / "val"),
+                       thresholds={"int8": Thresholds(max_abs=1e-9, min_agreement=1.0)})
+    with pytest.warns(Warning):
+        res = export(tiny_model["keras"], cfg)
+    rows = {(r["file"], r["rung"]): r for r in res.report.fidelity}
+    md = (tmp_path / "parity.md").read_text()
+    for kind in ("tflite", "onnx"):
+        name = f"model_int8.{kind}"
+        row, plain = rows[(name, "repaired+sensitive")], rows[(name, "plain")]
+        assert "error" not in row and len(row["float_layers"]) == 1
+        assert f"{name}: sensitivity on " in md and row["float_layers"][0] in md
+        extra = read_contract(tmp_path / "rejected" / name).extra
+        if (row["agreement"], -row["median_image_max_abs"]) > (plain["agreement"], -plain["median_image_max_abs"]):
+            assert extra["int8_repair"] == "repaired+sensitive" and extra["float_layers"] == row["float_layers"]
+            assert list(extra["layer_precision"].values()).count("int8") == len(extra["layer_precision"]) - 1
+        else:
+            assert "float_layers" not in extra
