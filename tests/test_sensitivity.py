@@ -96,6 +96,13 @@ def test_chosen_layers_are_precise_in_both_files(graphs, tiny_model):
     q_type = {n.input[0]: zp_type[n.input[2]] for n in m.graph.node if n.op_type == "QuantizeLinear"}
     assert all(q_type[t] == onnx.TensorProto.INT16 for t in sel.tensors)
     assert any(v == onnx.TensorProto.UINT8 for v in q_type.values())
+    # with their float weights given back, the linear layers around them get int16 weights
+    quantize(src, d / "mixed_w.onnx", calib, overrides=sensitivity.onnx_overrides(sel, weights=True))
+    m = onnx.load(str(d / "mixed_w.onnx"))
+    weights = sensitivity.linear_weights(onnx.load(str(src)), sel.tensors)
+    types = {i.name: i.data_type for i in m.graph.initializer}
+    assert weights and all(types[w + "_quantized"] == onnx.TensorProto.INT16 for w in weights)
+    assert sum(t == onnx.TensorProto.INT8 for t in types.values()) >= 1  # the other layers stay int8
     # TFLite: the chosen layers' ops are float (float32 outputs), the rest int8
     cal = selective.calibrate_tflite(tiny_model["model"], calib)
     ops = selective.tflite_graph(cal)
@@ -155,3 +162,26 @@ def test_the_loop_records_the_chosen_layers(tiny_model, shapes_dataset, tmp_path
             assert list(extra["layer_precision"].values()).count("int8") == len(extra["layer_precision"]) - 1
         else:
             assert "float_layers" not in extra
+
+
+def test_float_weights_come_back_on_the_layers_around_a_chosen_activation(tiny_model, shapes_dataset):
+    from tledge.images import labelled_images
+    from tledge.quant import floatweights, repair
+
+    files, _, _ = labelled_images(shapes_dataset / "train")
+    calib = np.stack([tiny_model["contract"].prepare(f) for f in files[:24]]).astype(np.float32)
+    original, _ = repair.fold_bn(tiny_model["model"])
+    fixed, _ = repair.apply(tiny_model["model"], calib, steps=("fold", "nearest"))
+    kinds = {layer.name: type(layer).__name__ for layer in original.layers}
+    relu = next(n for n, k in kinds.items() if k == "ReLU")
+    conv, dw = (next(n for n, k in kinds.items() if k == kind) for kind in ("Conv2D", "DepthwiseConv2D"))
+    assert floatweights.neighbours(original, relu) == [conv, dw]
+    gap = next(n for n, k in kinds.items() if k == "GlobalAveragePooling2D")
+    assert floatweights.neighbours(original, gap) == [next(n for n, k in kinds.items() if k == "Dense")]
+    assert floatweights.keras_name(original, relu + "_1") == relu and floatweights.keras_name(original, "x_1") is None
+    restored, names = floatweights.restore(fixed, original, [relu + "_1"])
+    assert names == [conv, dw]
+    for layer in restored.layers:
+        mine, theirs = layer.get_weights(), (original if layer.name in names else fixed).get_layer(layer.name).get_weights()
+        assert all(np.allclose(a, b) for a, b in zip(mine, theirs)), layer.name
+    assert not np.allclose(fixed.get_layer(conv).get_weights()[0], original.get_layer(conv).get_weights()[0])

@@ -42,7 +42,25 @@ def selection(model, ctx, cache: dict, serve):
             src = Path(tmp) / "fp32.onnx"
             src.write_bytes(float_graph(model, ctx, serve))
             quantize = functools.partial(onnx_export.quantize_int8, scheme=scheme(ctx))
-            cache[key] = sensitivity.select(src, quantize, conv.calib(ctx.calib), workdir=Path(tmp), aim=AIM)
+            original = None  # the target: the original model, not the repaired one (when its graph is here)
+            if model is not None and (ctx.out / "model_fp32.onnx").is_file():
+                original = Path(tmp) / "original.onnx"
+                original.write_bytes(float_graph(None, ctx, serve))
+            cache[key] = sensitivity.select(src, quantize, conv.calib(ctx.calib), workdir=Path(tmp), aim=AIM,
+                                            reference=original)
+    return cache[key]
+
+
+def with_float_weights(repaired, model, sel, cache: dict):
+    """(the repaired model with original weights on the layers around the chosen activations, their
+    names), cached per repaired model (tledge.quant.floatweights)."""
+    from tledge.quant import floatweights, repair
+
+    key = ("float-weights", id(repaired))
+    if key not in cache:
+        original, _ = repair.fold_bn(model)
+        original, _ = repair.exact_input(original)
+        cache[key] = floatweights.restore(repaired, original, sel.layers)
     return cache[key]
 
 

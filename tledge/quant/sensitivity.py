@@ -299,26 +299,64 @@ def choose(qdq, ev: Evaluator, *, aim: float = 0.995, max_float_macs: float = 0.
     return sel
 
 
-def select(float_onnx, quantize: Callable, calib: np.ndarray, *, workdir, **options) -> Selection:
+def select(float_onnx, quantize: Callable, calib: np.ndarray, *, workdir, reference=None, **options) -> Selection:
     """Quantise the float graph (`quantize(src, dst, images)`, the export's own quantiser) on the fit
-    split of `calib`, score on the held-out split, choose (`choose` options)."""
+    split of `calib`, score on the held-out split against `reference` (the ORIGINAL model's float
+    graph when `float_onnx` is a repaired one: its weight residual counts too; default `float_onnx`),
+    choose (`choose` options)."""
     onnx = require("onnx", extra="export")
     start = time.perf_counter()
     fit, held = split(len(calib))
     dst = workdir / "sensitivity_qdq.onnx"
     quantize(float_onnx, dst, calib[fit])
     qdq = onnx.load(str(dst))
-    reference = run(open(float_onnx, "rb").read(), calib[held])
+    reference = run(open(reference or float_onnx, "rb").read(), calib[held])
     sel = choose(qdq, Evaluator(reference, calib[held]), **options)
     sel.seconds = time.perf_counter() - start
     return sel
 
 
 # ---- applying a selection to the files -----------------------------------------------------------------
-def onnx_overrides(sel: Selection) -> dict:
-    """onnxruntime quantize_static TensorQuantOverrides: the chosen activations as int16."""
+def onnx_overrides(sel: Selection, *, weights: bool = False) -> Callable[[str], dict]:
+    """onnxruntime quantize_static TensorQuantOverrides for the graph about to be quantised (a
+    callable on its path): the chosen activations as int16, and with `weights` the weights of the
+    linear nodes around them too (per output channel), for layers given back their float weights."""
     q = require("onnxruntime.quantization", extra="export")
-    return {t: [{"quant_type": q.QuantType.QInt16}] for t in sel.tensors}
+
+    def overrides(graph_path) -> dict:
+        out = {t: [{"quant_type": q.QuantType.QInt16}] for t in sel.tensors}
+        if weights:
+            onnx = require("onnx", extra="export")
+            for w in linear_weights(onnx.load(str(graph_path)), sel.tensors):
+                out[w] = [{"quant_type": q.QuantType.QInt16, "axis": 0}]
+        return out
+    return overrides
+
+
+def linear_weights(model, tensors: Sequence[str]) -> list[str]:
+    """Weight initializers of the linear nodes producing these float-graph tensors (through
+    Relu/Clip) or reading them (through pass-through ops)."""
+    inits = {i.name for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+    found: list[str] = []
+    for t in tensors:
+        n = producer.get(t)
+        while n is not None and n.op_type in ("Relu", "Clip") and n.input[0] in producer:
+            n = producer[n.input[0]]
+        linear = [n] if n is not None and n.op_type in LINEAR else []
+        frontier = [t]
+        while frontier:
+            for c in consumers.get(frontier.pop(), []):
+                if c.op_type in LINEAR:
+                    linear.append(c)
+                elif c.op_type in PASS_THROUGH:
+                    frontier.append(c.output[0])
+        found += [m.input[1] for m in linear if len(m.input) > 1 and m.input[1] in inits and m.input[1] not in found]
+    return found
 
 
 def tflite_keep_float(ops: Sequence[tuple[str, str, Sequence[str]]], layers: Sequence[str]) -> list[str]:
