@@ -182,6 +182,7 @@ def test_float_weights_come_back_on_the_layers_around_a_chosen_activation(tiny_m
     restored, names = floatweights.restore(fixed, original, [relu + "_1"])
     assert names == [conv, dw]
     for layer in restored.layers:
-        mine, theirs = layer.get_weights(), (original if layer.name in names else fixed).get_layer(layer.name).get_weights()
+        source = original if layer.name in names else fixed
+        mine, theirs = layer.get_weights(), source.get_layer(layer.name).get_weights()
         assert all(np.allclose(a, b) for a, b in zip(mine, theirs)), layer.name
     assert not np.allclose(fixed.get_layer(conv).get_weights()[0], original.get_layer(conv).get_weights()[0])

@@ -206,13 +206,11 @@ def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, model, cache
         if src is not None:  # the layers around them get their original weights back (ONNX: int16)
             src, applied["original_weights"] = mixed.with_float_weights(src, model, sel, cache)
     if kind == "tflite":
-        unmatched: list[str] = []
-        data = _tflite(src, rung.stem, ctx, applied, dynamic=precision == "dynamic",
-                       layers=sel.layers if sel else (), unmatched=unmatched)
+        data = _tflite(src, rung.stem, ctx, applied, dynamic=precision == "dynamic", layers=sel.layers if sel else ())
     else:
         data = _onnx(src, rung, ctx, applied, sel)
     if sel is not None:
-        notes.append(mixed.note(plain.file, sel, kind, unmatched if kind == "tflite" else []))
+        notes.append(mixed.note(plain.file, sel, kind, applied.get("layers_left_int8", [])))
     scratch = ctx.out / ".fidelity" / f"{rung.name}_{precision}.{kind}"
     scratch.parent.mkdir(exist_ok=True)
     scratch.write_bytes(data)
@@ -237,8 +235,9 @@ def _repaired(model, stem: int, ctx: FidelityContext, cache):
 
 
 def _tflite(model, stem: int, ctx: FidelityContext, applied: dict, *, dynamic: bool = False,
-            layers: Sequence[str] = (), unmatched: list | None = None) -> bytes:
-    from tledge.quant import selective, sensitivity
+            layers: Sequence[str] = ()) -> bytes:
+    from tledge.export import mixed
+    from tledge.quant import selective
     from tledge.export.formats import tflite_io
     from tledge.export.metadata import embed_tflite
 
@@ -248,11 +247,9 @@ def _tflite(model, stem: int, ctx: FidelityContext, applied: dict, *, dynamic: b
         else:
             cal = selective.calibrate_tflite(model, ctx.calib)
             keep = selective.tflite_stem(cal, stem) if stem else []
-            if layers:
-                ops = selective.tflite_graph(cal)
-                keep += sensitivity.tflite_keep_float(ops, layers)
-                (unmatched if unmatched is not None else []).extend(
-                    name for name in layers if not sensitivity.tflite_keep_float(ops, [name]))
+            if layers:  # the chosen activations: their producers and consumers float
+                more, applied["layers_left_int8"] = mixed.tflite_keep(cal, layers)
+                keep += more
             data = selective.quantize_tflite(cal, keep_float=keep)
     except Exception as exc:
         reason = str(exc).splitlines()[-1][:300]

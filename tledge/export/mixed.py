@@ -64,6 +64,15 @@ def with_float_weights(repaired, model, sel, cache: dict):
     return cache[key]
 
 
+def tflite_keep(calibrated: bytes, layers) -> tuple[list[str], list[str]]:
+    """(denylist for the calibrated TFLite model, chosen layers not found in it)."""
+    from tledge.quant import selective, sensitivity
+
+    ops = selective.tflite_graph(calibrated)
+    missing = [name for name in layers if not sensitivity.tflite_keep_float(ops, [name])]
+    return sensitivity.tflite_keep_float(ops, layers), missing
+
+
 def contract_extra(sel, kind: str) -> dict:
     """What the file's contract records: every candidate layer's final precision."""
     high = "float" if kind == "tflite" else "int16 activations (float op on int8 weights)"
