@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -92,9 +93,14 @@ def zoo(cache: Path) -> dict:
     return entries
 
 
-def run_one(name: str, model: Path, opts: dict, out: Path, formats=("tflite", "onnx")) -> list[dict]:
+def run_one(name: str, model: Path, opts: dict, out: Path, formats=("tflite", "onnx"),
+            min_agreement: float | None = None) -> list[dict]:
+    from tledge.export.parity import Thresholds
     from tledge.export.pipeline import ExportConfig, export
 
+    if min_agreement is not None:  # a stricter int8 gate (the 0.99 target), never a looser one
+        base = Thresholds.for_precision("int8")
+        opts = {**opts, "thresholds": {"int8": replace(base, min_agreement=max(min_agreement, base.min_agreement))}}
     cfg = ExportConfig(out=out, int8=True, calib_limit=300, threads=2, formats=tuple(formats), **opts)
     start = time.perf_counter()
     res = export(model, cfg)
@@ -159,6 +165,7 @@ def main(argv=None) -> int:
     ap.add_argument("--formats", default="tflite,onnx")
     ap.add_argument("--robust-scheme", help="ONNX scheme when U8S8 would saturate (tledge.export.onnx.SCHEMES)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--min-agreement", type=float, help="a stricter int8 agreement gate (e.g. the issue's 0.99)")
     args = ap.parse_args(argv)
     if args.robust_scheme:
         from tledge.export import onnx as onnx_export
@@ -169,7 +176,8 @@ def main(argv=None) -> int:
     all_rows = []
     for name in names:
         build, opts = entries[name]
-        all_rows += run_one(name, Path(build()), opts(), args.cache / "exports" / name, args.formats.split(","))
+        all_rows += run_one(name, Path(build()), opts(), args.cache / "exports" / name, args.formats.split(","),
+                            args.min_agreement)
         print(markdown(all_rows[-2:], cpu_line()), flush=True)
     text = markdown(all_rows, cpu_line())
     print(text)

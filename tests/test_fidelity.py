@@ -41,7 +41,7 @@ def test_every_rung_is_tried_and_measured_against_the_original(fallback_export):
                      ("model_int8.onnx", "plain"), ("model_int8.onnx", "calibration-percentile"),
                      ("model_int8.onnx", "onnx-bias"), ("model_int8.onnx", "repaired"),
                      ("model_int8.onnx", "repaired+bias"), ("model_int8.tflite", "repaired+sensitive"),
-                     ("model_int8.onnx", "repaired+sensitive")}
+                     ("model_int8.onnx", "repaired+sensitive")}  # the stem rungs: model too small
     for r in rows:
         if r["rung"] == "repaired+sensitive" and "error" in r:  # the tiny model may have nothing worth raising
             assert r["error"].startswith("no layer worth raising: sensitivity on "), r

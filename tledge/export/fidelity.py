@@ -8,11 +8,13 @@ Rungs (`LADDER`, in order of cost; the first that passes is kept, each one's sec
   3. `repaired`: BN folding, an exact input grid, adaptive rounding + bias correction of every
      kernel on the calibration images (`repair.apply`, stem 0: still all-int8, Edge TPU friendly);
   4. `repaired+bias` (ONNX): the same, then the graph bias correction on the file's own weight grid;
-  5. `sensitive` (ONNX, no Keras 3 model) / `repaired+sensitive` (CPU targets only): the activations
-     whose rounding moves the output most, measured on held-out calibration images, stay precise
-     (TFLite: float ops; ONNX: int16 activations), cheapest first (tledge.quant.sensitivity);
+  5. `sensitive` (ONNX, no Keras 3 model): the activations whose rounding moves the output most,
+     measured on held-out calibration images, stay precise (int16), cheapest first (tledge.quant.sensitivity);
   6. `repaired-stem4` (CPU targets only): the first 4 convolutions and what precedes them stay
      float (selective quantisation; on x86 and ARM CPUs this is also faster, see docs/int8-fidelity.md);
+     then `repaired-stem4+sensitive` (the stem plus the most sensitive activations: TFLite float ops,
+     ONNX int16, the layers around them on their original weights) and `repaired+sensitive` (the
+     same without a stem, for models too small for one);
   7. last resort, loudly: the int8 file is moved to `rejected/` and replaced by fp16 (TFLite) /
      fp32 (ONNX), unless the target is int8-only (Edge TPU), where the export fails instead.
 
@@ -61,8 +63,9 @@ LADDER: tuple[Rung, ...] = (
     Rung("repaired"),
     Rung("repaired+bias", graph="onnx-bias"),  # the ONNX grid may not be the repair's (U8U8)
     Rung("sensitive", repair=False, mixed=True),  # no Keras 3 model: the export's own float graph
-    Rung("repaired+sensitive", mixed=True),
     Rung("repaired-stem4", stem=4),
+    Rung("repaired-stem4+sensitive", stem=4, mixed=True),  # more precise layers where the stem is not enough
+    Rung("repaired+sensitive", mixed=True),  # models too small for a stem
 )
 
 
@@ -198,7 +201,7 @@ def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, model, cache
     src = _repaired(model, rung.stem, ctx, cache) if rung.repair else None
     applied = {"int8_repair": rung.name, "float_convolutions": rung.stem,
                "onnx_calibration": rung.calibrate if kind == "onnx" else None}
-    sel = mixed.selection(src, ctx, cache, _serve) if rung.mixed else None
+    sel = mixed.selection(src, ctx, cache, _serve, stem=rung.stem) if rung.mixed else None
     if sel is not None:
         if not sel.layers:
             raise TledgeError(f"no layer worth raising: {sel.summary()}")

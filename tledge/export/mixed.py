@@ -31,9 +31,10 @@ def scheme(ctx):
     return onnx_export.scheme_of(plain) if plain.is_file() else onnx_export.SCHEMES[onnx_export.DEFAULT_SCHEME]
 
 
-def selection(model, ctx, cache: dict, serve):
-    """The chosen layers for this source model (cached: both formats of a rung use one choice)."""
-    from tledge.quant import sensitivity
+def selection(model, ctx, cache: dict, serve, stem: int = 0):
+    """The chosen layers for this source model (cached: both formats of a rung use one choice); a
+    float stem of `stem` convolutions stays float in the measured graph too."""
+    from tledge.quant import selective, sensitivity
 
     key = ("sensitivity", id(model))
     if key not in cache:
@@ -41,7 +42,9 @@ def selection(model, ctx, cache: dict, serve):
         with tempfile.TemporaryDirectory() as tmp:
             src = Path(tmp) / "fp32.onnx"
             src.write_bytes(float_graph(model, ctx, serve))
-            quantize = functools.partial(onnx_export.quantize_int8, scheme=scheme(ctx))
+            raw = src.read_bytes()
+            exclude = selective.with_activations(raw, selective.onnx_stem(raw, stem)) if stem else ()
+            quantize = functools.partial(onnx_export.quantize_int8, scheme=scheme(ctx), nodes_to_exclude=exclude)
             original = None  # the target: the original model, not the repaired one (when its graph is here)
             if model is not None and (ctx.out / "model_fp32.onnx").is_file():
                 original = Path(tmp) / "original.onnx"
