@@ -158,6 +158,7 @@ def test_a_tf_keras_model_gets_the_keras_level_repairs(shapes_dataset, tmp_path)
         res = export(tmp_path / "k2.h5", cfg)
     rungs = {(a["file"], a["rung"]) for a in res.report.fidelity}
     assert ("model_int8.tflite", "repaired") in rungs and ("model_int8.onnx", "onnx-bias") in rungs
-    assert all("error" not in a and a["agreement"] >= 0.8 for a in res.report.fidelity), res.report.fidelity
+    tried = [a for a in res.report.fidelity if not a.get("error", "").startswith("no layer worth raising")]
+    assert all("error" not in a and a["agreement"] >= 0.8 for a in tried), res.report.fidelity
     # Keras 3 either way: the Keras 2 config translated at load (tledge.export.keras2), or rebuilt for the repairs
     assert any("rebuilt as Keras 3" in n or "after translating the Keras 2 config" in n for n in res.report.notes)
