@@ -96,13 +96,6 @@ def test_chosen_layers_are_precise_in_both_files(graphs, tiny_model):
     q_type = {n.input[0]: zp_type[n.input[2]] for n in m.graph.node if n.op_type == "QuantizeLinear"}
     assert all(q_type[t] == onnx.TensorProto.INT16 for t in sel.tensors)
     assert any(v == onnx.TensorProto.UINT8 for v in q_type.values())
-    # with their float weights given back, the linear layers around them get int16 weights
-    quantize(src, d / "mixed_w.onnx", calib, overrides=sensitivity.onnx_overrides(sel, weights=True))
-    m = onnx.load(str(d / "mixed_w.onnx"))
-    weights = sensitivity.linear_weights(onnx.load(str(src)), sel.tensors)
-    types = {i.name: i.data_type for i in m.graph.initializer}
-    assert weights and all(types[w + "_quantized"] == onnx.TensorProto.INT16 for w in weights)
-    assert sum(t == onnx.TensorProto.INT8 for t in types.values()) >= 1  # the other layers stay int8
     # TFLite: the chosen layers' ops are float (float32 outputs), the rest int8
     cal = selective.calibrate_tflite(tiny_model["model"], calib)
     ops = selective.tflite_graph(cal)

@@ -206,7 +206,7 @@ def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, model, cache
         if not sel.layers:
             raise TledgeError(f"no layer worth raising: {sel.summary()}")
         applied.update(mixed.contract_extra(sel, kind))
-        if src is not None:  # the layers around them get their original weights back (ONNX: int16)
+        if src is not None and kind == "tflite":  # float ops: their original weights come back
             src, applied["original_weights"] = mixed.with_float_weights(src, model, sel, cache)
     if kind == "tflite":
         data = _tflite(src, rung.stem, ctx, applied, dynamic=precision == "dynamic", layers=sel.layers if sel else ())
@@ -291,8 +291,7 @@ def _onnx(model, rung: Rung, ctx: FidelityContext, applied: dict, sel=None) -> b
             exclude = with_activations(raw, onnx_stem(raw, rung.stem))
         scheme = onnx_export.quantize_int8(src, dst, conv.calib(ctx.calib), method=rung.calibrate,
                                            nodes_to_exclude=exclude, scheme=scheme,
-                                           overrides=onnx_overrides(sel, weights=model is not None and rung.repair)
-                                           if sel is not None else None)
+                                           overrides=onnx_overrides(sel) if sel is not None else None)
         per_file = conv.file_contract(ctx.contract, onnx_quant=scheme.describe(), **applied)
         return onnx_export.finish(onnx.load(str(dst)), per_file, conv).SerializeToString()
 

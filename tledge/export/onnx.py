@@ -134,13 +134,12 @@ ROBUST_SCHEME = "u8u8-grid"  # exact on every kernel path, and on the grid the K
 
 def quantize_int8(fp32_path: Path, dst: Path, calib: np.ndarray, *, method: str = "minmax",
                   nodes_to_exclude: Sequence[str] = (), scheme: Scheme | None = None,
-                  overrides=None) -> Scheme:
+                  overrides: dict | None = None) -> Scheme:
     """onnxruntime static QDQ, the final Softmax kept in float so probabilities are not rounded to
     1/256. Without `scheme`: U8S8 (fastest, exact on VNNI and ARM) unless the file's own pair sums
     saturate the AVX2 u8 x s8 kernels on the calibration images (tledge.quant.saturation); then U8U8
     with conv weights on the symmetric int8 grid, which every x86 path and ARM compute exactly.
-    `overrides`: extra TensorQuantOverrides (e.g. int16 activations, tledge.quant.sensitivity), or a
-    callable giving them for the pre-processed graph's path.
+    `overrides`: extra TensorQuantOverrides (e.g. int16 activations, tledge.quant.sensitivity).
     Returns the scheme used."""
     if scheme is not None:
         _quantize(fp32_path, dst, calib, method, nodes_to_exclude, scheme, overrides)
@@ -155,7 +154,7 @@ def quantize_int8(fp32_path: Path, dst: Path, calib: np.ndarray, *, method: str 
 
 
 def _quantize(fp32_path: Path, dst: Path, calib: np.ndarray, method: str, nodes_to_exclude: Sequence[str],
-              scheme: Scheme, overrides=None) -> None:
+              scheme: Scheme, overrides: dict | None = None) -> None:
     onnx = require("onnx", extra="export")
     q = require("onnxruntime.quantization", extra="export")
     model = onnx.load(str(fp32_path))
@@ -165,8 +164,7 @@ def _quantize(fp32_path: Path, dst: Path, calib: np.ndarray, method: str, nodes_
     qtype = {"uint8": q.QuantType.QUInt8, "int8": q.QuantType.QInt8}
     with tempfile.TemporaryDirectory() as tmp:
         pre = preprocess(fp32_path, Path(tmp) / "pre.onnx")
-        extra = overrides(pre) if callable(overrides) else overrides
-        tensors = {**(_grid_overrides(pre) if scheme.int8_grid else {}), **(extra or {})}
+        tensors = {**(_grid_overrides(pre) if scheme.int8_grid else {}), **(overrides or {})}
         try:
             q.quantize_static(str(pre), str(dst), _Reader(calib), quant_format=q.QuantFormat.QDQ,
                               per_channel=scheme.per_channel, reduce_range=scheme.reduce_range,

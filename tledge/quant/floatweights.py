@@ -4,8 +4,9 @@ The weight repair (tledge.quant.repair) puts every kernel on the int8 grid, so t
 model already differs from the original (hymenoptera MobileNet seed 1: 0.987 top-1 agreement on val
 before any activation is rounded): precise activations alone cannot go past that. The linear layers
 next to a chosen activation (its producer, and its consumers through pass-through layers) run float in
-the TFLite file (tledge.quant.sensitivity.tflite_keep_float) and on int16 activations in the ONNX
-file, so they can take their original (BN-folded) weights back. Keras 3 models only (any loader
+the TFLite file (tledge.quant.sensitivity.tflite_keep_float), so they can take their original
+(BN-folded) weights back. Not for ONNX: there the weights stay int8 (int16 weights beside int16
+activations overflow onnxruntime's int32 bias: measured worse). Keras 3 models only (any loader
 through tledge.quant.rebuild).
 """
 from __future__ import annotations
