@@ -14,6 +14,7 @@ from pathlib import Path
 from tledge.export import onnx as onnx_export
 
 AIM = 0.995  # expected top-1 agreement on the held-out calibration split (the target: 0.99)
+BUDGET = {"max_float_macs": 0.2, "max_layers": 8}  # float cost cap (tledge.quant.sensitivity.choose)
 
 
 def float_graph(model, ctx, serve) -> bytes:
@@ -50,7 +51,7 @@ def selection(model, ctx, cache: dict, serve, stem: int = 0):
                 original = Path(tmp) / "original.onnx"
                 original.write_bytes(float_graph(None, ctx, serve))
             cache[key] = sensitivity.select(src, quantize, conv.calib(ctx.calib), workdir=Path(tmp), aim=AIM,
-                                            reference=original)
+                                            reference=original, **BUDGET)
     return cache[key]
 
 
