@@ -179,3 +179,21 @@ def test_float_weights_come_back_on_the_layers_around_a_chosen_activation(tiny_m
         mine, theirs = layer.get_weights(), source.get_layer(layer.name).get_weights()
         assert all(np.allclose(a, b) for a, b in zip(mine, theirs)), layer.name
     assert not np.allclose(fixed.get_layer(conv).get_weights()[0], original.get_layer(conv).get_weights()[0])
+
+
+def test_a_savedmodel_gets_the_graph_level_rung(tiny_model, shapes_dataset, tmp_path):
+    """No Keras 3 model to repair: the ONNX file still gets the sensitivity rung, on the export's own
+    float graph, and no Keras-level rung."""
+    from tledge.export.parity import Thresholds
+    from tledge.export.pipeline import ExportConfig, export
+
+    tiny_model["model"].export(str(tmp_path / "sm"), verbose=False)
+    impossible = {"int8": Thresholds(max_abs=1e-9, min_agreement=1.0)}
+    cfg = ExportConfig(out=tmp_path / "e", formats=("onnx",), int8=True, calib=str(shapes_dataset / "train"),
+                       preprocess="raw", val=str(shapes_dataset / "val"), thresholds=impossible)
+    with pytest.warns(Warning):
+        res = export(tmp_path / "sm", cfg)
+    rows = {r["rung"]: r for r in res.report.fidelity}
+    assert "sensitive" in rows and not any(name.startswith("repaired") for name in rows), list(rows)
+    row = rows["sensitive"]
+    assert row.get("float_layers") or row["error"].startswith("no layer worth raising: sensitivity on "), row
