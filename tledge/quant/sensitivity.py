@@ -2,9 +2,10 @@
 
 Measured on the converted graph, so it works whatever loaded the model: the float ONNX graph is
 quantised once on a FIT split of the calibration images, and on the HELD-OUT split (never the
-parity/val images) each quantised activation's QuantizeLinear/DequantizeLinear pair is bypassed
-alone (leave-one-out from the all-int8 graph, run unfused: a simulation of the file). The score is
-what reaches the OUTPUT: the change of the float graph's top-1 vs runner-up log-probability margin.
+parity/val images) each quantised activation's QuantizeLinear/DequantizeLinear pair is replaced by
+a Clip to its range, alone (leave-one-out from the all-int8 graph, run unfused: a simulation of the
+file). The score is what reaches the OUTPUT: the change of the reference's (the original model's float
+graph) top-1 vs runner-up log-probability margin.
 Its distribution gives the expected top-1 agreement, E = 1 - mean_i Phi(-(m_i + mu) / s) (m_i the
 float margin of image i, mu / s the mean / std of the margin error), which tracks agreement without
 needing flips among a few dozen held-out images. A candidate's gain is how much the margin error
@@ -28,7 +29,6 @@ Int8-only targets (Edge TPU) must not use this (tledge.quant.registry: all_int8=
 from __future__ import annotations
 
 import math
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
