@@ -14,7 +14,7 @@ from pathlib import Path
 from tledge.export import onnx as onnx_export
 
 AIM = 0.995  # expected top-1 agreement on the held-out calibration split (the target: 0.99)
-BUDGET = {"max_float_macs": 0.4, "max_layers": 12}  # float cost cap (seed 1: 0.2 / 8 stopped at 0.987)
+BUDGET = {"max_float_macs": 0.2, "max_layers": 8}  # float cost cap; 40 % / 12 measured: no better (docs)
 
 
 def float_graph(model, ctx, serve) -> bytes:
