@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     ap.add_argument("--formats", default="tflite,onnx")
     ap.add_argument("--robust-scheme", help="ONNX scheme when U8S8 would saturate (tledge.export.onnx.SCHEMES)")
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--fidelity", type=float, help="int8 top-1 agreement target (export --fidelity; the issue's "
+    ap.add_argument("--fidelity", "--min-agreement", type=float, help="int8 top-1 agreement target (export --fidelity; the issue's "
                                                    "2-class target is 0.99); exports go to exports/NAME-fFIDELITY")
     args = ap.parse_args(argv)
     if args.robust_scheme:

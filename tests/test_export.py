@@ -133,7 +133,9 @@ def test_int8_calibrated_on_constant_images_fails_parity(tiny_model, shapes_data
     assert rc == 1 and [r["file"] for r in report["results"]] == ["model_fp32.tflite", "rejected/model_int8.tflite",
                                                                   "model_fp16.tflite"]
     assert (tmp_path / "f" / "rejected" / "model_int8.tflite").is_file()
-    assert all(not a["passed"] for a in report["fidelity"]) and len(report["fidelity"]) == 2
+    rows = report["fidelity"]
+    assert [a["rung"] for a in rows] == ["plain", "repaired", "repaired+sensitive"]
+    assert not any(a.get("passed") for a in rows)  # the mixed rung may find nothing to raise (an error row)
 
 
 def test_perturbed_weights_fail_parity(tiny_model, tiny_export, shapes_dataset, tmp_path):

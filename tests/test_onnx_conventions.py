@@ -307,6 +307,8 @@ def test_int8_repair_rungs_keep_the_onnx_conventions(tiny_model, shapes_dataset,
     rows = [r for r in res.report.fidelity if r["file"] == "model_int8.onnx"]
     assert {r["rung"] for r in rows} >= {"plain", "calibration-percentile", "repaired"}
     for r in rows:
+        if r.get("error", "").startswith("no layer worth raising"):  # the mixed-precision rung on a tiny model
+            continue
         assert "error" not in r and r["agreement"] >= 0.8, r
     assert "ONNX per-activation diagnosis unavailable" not in res.report.explain
     rejected = onnx.load(str(res.out / "rejected" / "model_int8.onnx"))

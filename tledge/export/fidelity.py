@@ -8,9 +8,14 @@ Rungs (`LADDER`, in order of cost; the first that passes is kept, each one's sec
   3. `repaired`: BN folding, an exact input grid, adaptive rounding + bias correction of every
      kernel on the calibration images (`repair.apply`, stem 0: still all-int8, Edge TPU friendly);
   4. `repaired+bias` (ONNX): the same, then the graph bias correction on the file's own weight grid;
-  5. `repaired-stem4` (CPU targets only): the first 4 convolutions and what precedes them stay
+  5. `sensitive` (ONNX, no Keras 3 model): the activations whose rounding moves the output most,
+     measured on held-out calibration images, stay precise (int16), cheapest first (tledge.quant.sensitivity);
+  6. `repaired-stem4` (CPU targets only): the first 4 convolutions and what precedes them stay
      float (selective quantisation; on x86 and ARM CPUs this is also faster, see docs/int8-fidelity.md);
-  6. last resort, loudly: the int8 file is moved to `rejected/` and replaced by fp16 (TFLite) /
+     then `repaired-stem4+sensitive` (the stem plus the most sensitive activations: TFLite float ops,
+     ONNX int16, the layers around them on their original weights) and `repaired+sensitive` (the
+     same without a stem, for models too small for one);
+  7. last resort, loudly: the int8 file is moved to `rejected/` and replaced by fp16 (TFLite) /
      fp32 (ONNX), unless the target is int8-only (Edge TPU), where the export fails instead.
 
 The Keras-level rungs need a Keras 3 model: tf_keras files are rebuilt as one (tledge.quant.rebuild,
@@ -40,6 +45,7 @@ class Rung:
     stem: int = 0  # convolutions kept float (0: all-int8)
     calibrate: str = "minmax"  # ONNX calibration method
     graph: str | None = None  # a tledge.quant technique on the converted graph (any loader)
+    mixed: bool = False  # sensitivity-chosen activations kept precise (tledge.quant.sensitivity)
 
     @property
     def techniques(self) -> tuple[str, ...]:
@@ -47,6 +53,7 @@ class Rung:
         names = ("weight-repair",) if self.repair else ()
         names += ("float-layers",) if self.stem else ()
         names += ("percentile-calibration",) if self.calibrate == "percentile" else ()
+        names += ("sensitive-precision",) if self.mixed else ()
         return names + ((self.graph,) if self.graph else ())
 
 
@@ -55,7 +62,10 @@ LADDER: tuple[Rung, ...] = (
     Rung("calibration-percentile", repair=False, calibrate="percentile"),
     Rung("repaired"),
     Rung("repaired+bias", graph="onnx-bias"),  # the ONNX grid may not be the repair's (U8U8)
+    Rung("sensitive", repair=False, mixed=True),  # no Keras 3 model: the export's own float graph
     Rung("repaired-stem4", stem=4),
+    Rung("repaired-stem4+sensitive", stem=4, mixed=True),  # more precise layers where the stem is not enough
+    Rung("repaired+sensitive", mixed=True),  # models too small for a stem
 )
 
 
@@ -130,10 +140,12 @@ def _applies(rung: Rung, plain: ParityResult, ctx: FidelityContext, model) -> bo
 
     if rung.repair and model is None:
         return False
+    if rung.mixed and not rung.repair and (model is not None or plain.format != "onnx"):
+        return False  # with a Keras 3 model the repaired variant runs; TFLite needs one
     if registry.check(rung.techniques, plain.format, int8_only=ctx.int8_only):
         return False
     if plain.precision == "dynamic":  # int8 weights, float activations: only the weight repair applies
-        return rung.repair and not rung.stem
+        return rung.repair and not rung.stem and not rung.mixed
     return True
 
 
@@ -147,12 +159,13 @@ def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: 
             continue  # a float stem would be most of the model: that is not an int8 file
         start = time.perf_counter()
         try:
-            result, data = _attempt(rung, plain, ctx, cache)
+            result, data, applied = _attempt(rung, plain, ctx, model, cache, outcome.notes)
         except TledgeError as exc:
             outcome.attempts.append({"file": plain.file, "rung": rung.name, "error": str(exc),
                                      "seconds": round(time.perf_counter() - start, 2)})
             continue
-        outcome.attempts.append({**_row(result, rung.name), "seconds": round(time.perf_counter() - start, 2)})
+        extra = {"float_layers": applied["float_layers"]} if "float_layers" in applied else {}
+        outcome.attempts.append({**_row(result, rung.name), **extra, "seconds": round(time.perf_counter() - start, 2)})
         if _better(result, best):
             best = result
             _install(ctx.out / plain.file, data)
@@ -183,22 +196,38 @@ def _install(dst: Path, data: bytes) -> None:
 
 
 # ---- one attempt ------------------------------------------------------------------------------
-def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, cache) -> tuple[ParityResult, bytes]:
+def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, model, cache,
+             notes: list[str]) -> tuple[ParityResult, bytes, dict]:
     """Convert with this rung's repairs into a scratch file, check parity against the original."""
+    from tledge.export import mixed
+    from tledge.quant.sensitivity import onnx_overrides
+
     kind, precision = plain.format, plain.precision
     src = cache.repaired_model(rung.stem) if rung.repair else None
     applied = {"int8_repair": rung.name, "float_convolutions": rung.stem,
                "onnx_calibration": rung.calibrate if kind == "onnx" else None}
+    sel = mixed.selection(src, ctx, cache, stem=rung.stem) if rung.mixed else None
+    key = rung.stem  # what the converted files are shared under (None: this rung's own model)
+    if sel is not None:
+        if not sel.layers:
+            raise TledgeError(f"no layer worth raising: {sel.summary()}")
+        applied.update(mixed.contract_extra(sel, kind))
+        if src is not None and kind == "tflite":  # float ops: their original weights come back
+            src, applied["original_weights"] = mixed.with_float_weights(src, model, sel, cache.mixed)
+            key = None
     if kind == "tflite":
-        data = cache.tflite(src, rung.stem, applied, dynamic=precision == "dynamic", key=rung.stem)
+        data = cache.tflite(src, rung.stem, applied, dynamic=precision == "dynamic", key=key,
+                            layers=sel.layers if sel else ())
     else:
-        data = cache.onnx(src, rung, applied)
+        data = cache.onnx(src, rung, applied, overrides=onnx_overrides(sel) if sel else None)
+    if sel is not None:
+        notes.append(mixed.note(plain.file, sel, kind, applied.get("layers_left_int8", [])))
     scratch = cache.scratch / f"{rung.name}_{precision}.{kind}"
     scratch.write_bytes(data)
     result = check_files(ctx.reference, [(scratch, kind, precision)], ctx.val_x, labels=ctx.val_y,
                          thresholds={precision: _threshold(ctx, plain.file, precision)}, threads=ctx.threads)[0]
     result.file = plain.file
-    return result, data
+    return result, data, applied
 
 
 def _threshold(ctx: FidelityContext, name: str, precision: str) -> Thresholds:

@@ -134,26 +134,27 @@ ROBUST_SCHEME = "u8u8-grid"  # exact on every kernel path, and on the grid the K
 
 def quantize_int8(fp32_path: Path, dst: Path, calib: np.ndarray, *, method: str = "minmax",
                   nodes_to_exclude: Sequence[str] = (), scheme: Scheme | None = None,
-                  calib_cache: Path | None = None) -> Scheme:
+                  calib_cache: Path | None = None, overrides: dict | None = None) -> Scheme:
     """onnxruntime static QDQ, the final Softmax kept in float so probabilities are not rounded to
     1/256. Without `scheme`: U8S8 (fastest, exact on VNNI and ARM) unless the file's own pair sums
     saturate the AVX2 u8 x s8 kernels on the calibration images (tledge.quant.saturation); then U8U8
     with conv weights on the symmetric int8 grid, which every x86 path and ARM compute exactly.
     The graph is pre-processed once and calibrated once (the activation ranges do not depend on the
     scheme); `calib_cache`: a folder keeping those ranges across calls, keyed by the pre-processed
-    graph and the method - the caller guarantees the same `calib` for one folder. Returns the scheme."""
+    graph and the method - the caller guarantees the same `calib` for one folder. `overrides`: extra
+    TensorQuantOverrides (e.g. int16 activations, tledge.quant.sensitivity). Returns the scheme."""
     with tempfile.TemporaryDirectory() as tmp:
         pre = preprocess(fp32_path, Path(tmp) / "pre.onnx")
         ranges = _ranges_path(pre, method, Path(calib_cache) if calib_cache else Path(tmp))
         if scheme is not None:
-            _quantize(pre, dst, calib, method, nodes_to_exclude, scheme, ranges)
+            _quantize(pre, dst, calib, method, nodes_to_exclude, scheme, ranges, overrides)
             return scheme
         from tledge.quant import saturation
 
-        _quantize(pre, dst, calib, method, nodes_to_exclude, SCHEMES["u8s8"], ranges)
+        _quantize(pre, dst, calib, method, nodes_to_exclude, SCHEMES["u8s8"], ranges, overrides)
         if not any(layer.saturated for layer in saturation.check(dst.read_bytes(), calib)):
             return SCHEMES["u8s8"]
-        _quantize(pre, dst, calib, method, nodes_to_exclude, SCHEMES[ROBUST_SCHEME], ranges)
+        _quantize(pre, dst, calib, method, nodes_to_exclude, SCHEMES[ROBUST_SCHEME], ranges, overrides)
         return SCHEMES[ROBUST_SCHEME]
 
 
@@ -165,7 +166,7 @@ def _ranges_path(pre: Path, method: str, folder: Path) -> Path:
 
 
 def _quantize(pre: Path, dst: Path, calib: np.ndarray, method: str, nodes_to_exclude: Sequence[str],
-              scheme: Scheme, ranges: Path | None = None) -> None:
+              scheme: Scheme, ranges: Path | None = None, overrides: dict | None = None) -> None:
     """quantize_static of a pre-processed graph; `ranges`: onnxruntime's calibration cache file
     (read when it exists, written otherwise)."""
     onnx = require("onnx", extra="export")
@@ -176,12 +177,13 @@ def _quantize(pre: Path, dst: Path, calib: np.ndarray, method: str, nodes_to_exc
                "percentile": q.CalibrationMethod.Percentile}
     qtype = {"uint8": q.QuantType.QUInt8, "int8": q.QuantType.QInt8}
     cache = {"calibration_cache_path": str(ranges)} if ranges is not None else {}
+    tensors = {**(_grid_overrides(pre) if scheme.int8_grid else {}), **(overrides or {})}
     try:
         q.quantize_static(str(pre), str(dst), _Reader(calib), quant_format=q.QuantFormat.QDQ,
                           per_channel=scheme.per_channel, reduce_range=scheme.reduce_range,
                           activation_type=qtype[scheme.activations], weight_type=qtype[scheme.weights],
                           calibrate_method=methods[method], nodes_to_exclude=exclude,
-                          extra_options=_grid_overrides(pre) if scheme.int8_grid else None, **cache)
+                          extra_options={"TensorQuantOverrides": tensors} if tensors else None, **cache)
     except Exception as exc:
         raise ExportError(f"ONNX int8 quantisation failed: {str(exc).strip().splitlines()[-1][:400]}") from None
 
@@ -201,7 +203,7 @@ def _grid_overrides(model_path: Path) -> dict:
             amax = np.abs(w.reshape(len(w), -1)).max(axis=1)
             scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
             overrides[n.input[1]] = [{"axis": 0, "scale": np.float32(s), "zero_point": np.uint8(128)} for s in scale]
-    return {"TensorQuantOverrides": overrides}
+    return overrides
 
 
 def scheme_of(path: Path) -> Scheme:

@@ -35,6 +35,7 @@ class Shared:
     onnx_fp32: dict = field(default_factory=dict)  # stem -> float ONNX graph (bytes) of the repaired model
     qdq_files: dict = field(default_factory=dict)  # (stem, method, float nodes, scheme) -> (QDQ bytes, Scheme)
     tflite_calibrated: dict = field(default_factory=dict)  # stem -> calibrated float TFLite
+    mixed: dict = field(default_factory=dict)  # sensitivity choices and float-weight models (tledge.export.mixed)
     runs: Counter = field(default_factory=Counter)
     hits: Counter = field(default_factory=Counter)
 
@@ -63,9 +64,11 @@ class Shared:
         return self._get(self.repaired, stem, "repair", make)
 
     # ---- TFLite -----------------------------------------------------------------------------
-    def tflite(self, model, stem: int, applied: dict, *, dynamic: bool = False, key=None) -> bytes:
+    def tflite(self, model, stem: int, applied: dict, *, dynamic: bool = False, key=None, layers=()) -> bytes:
         """int8 (or dynamic-range) TFLite of a repaired model with the file's contract embedded. `key`:
-        the calibrated model is cached under it (None: calibrated for this call only)."""
+        the calibrated model is cached under it (None: calibrated for this call only). `layers`: chosen
+        activations whose producers and consumers stay float (tledge.export.mixed)."""
+        from tledge.export import mixed
         from tledge.quant import selective
 
         try:
@@ -76,7 +79,11 @@ class Shared:
                     return selective.calibrate_tflite(model, self.calib)
                 cal = calibrate() if key is None else self._get(self.tflite_calibrated, key, "tflite-calibration",
                                                                 calibrate)
-                data = selective.quantize_tflite(cal, keep_float=selective.tflite_stem(cal, stem) if stem else ())
+                keep = list(selective.tflite_stem(cal, stem)) if stem else []
+                if layers:
+                    more, applied["layers_left_int8"] = mixed.tflite_keep(cal, layers)
+                    keep += more
+                data = selective.quantize_tflite(cal, keep_float=keep)
         except Exception as exc:
             reason = str(exc).splitlines()[-1][:300]
             raise TledgeError(f"TFLite conversion of the repaired model failed: {reason}") from None
@@ -100,12 +107,13 @@ class Shared:
             return onnx_export.float_input((self.out / "model_fp32.onnx").read_bytes())
 
         def convert():
-            return onnx_export.convert_fp32(_serve(model, self.contract), self.contract).SerializeToString()
+            return onnx_export.convert_fp32(serve(model, self.contract), self.contract).SerializeToString()
         return self._get(self.onnx_fp32, stem, "onnx-float", convert)
 
-    def onnx_qdq(self, src: Path, dst: Path, *, key=None, method: str = "minmax", exclude=(), scheme=None):
+    def onnx_qdq(self, src: Path, dst: Path, *, key=None, method: str = "minmax", exclude=(), scheme=None,
+                 overrides: dict | None = None):
         """quantize_int8 of `src` into `dst` with the shared calibration ranges; with `key`, the file is
-        kept and reused for the same key. Returns the Scheme."""
+        kept and reused for the same key (never with `overrides`). Returns the Scheme."""
         from tledge.export import onnx as onnx_export
 
         calib = onnx_export.Conventions.of(self.contract).calib(self.calib)
@@ -113,17 +121,18 @@ class Shared:
 
         def quantize():
             used = onnx_export.quantize_int8(src, dst, calib, method=method, nodes_to_exclude=exclude,
-                                             scheme=scheme, calib_cache=ranges)
+                                             scheme=scheme, calib_cache=ranges, overrides=overrides)
             return dst.read_bytes(), used
-        if key is None:
+        if key is None or overrides:
             self.runs["onnx-quantize"] += 1
             return quantize()[1]
         data, used = self._get(self.qdq_files, (key, method, tuple(exclude), scheme), "onnx-quantize", quantize)
         dst.write_bytes(data)
         return used
 
-    def onnx(self, model, rung, applied: dict) -> bytes:
-        """The int8 ONNX file of one rung (rung: a fidelity.Rung), contract embedded."""
+    def onnx(self, model, rung, applied: dict, overrides: dict | None = None) -> bytes:
+        """The int8 ONNX file of one rung (rung: a fidelity.Rung), contract embedded. `overrides`:
+        TensorQuantOverrides of the rung (int16 activations chosen by tledge.quant.sensitivity)."""
         from tledge.export import onnx as onnx_export
         from tledge.quant.selective import onnx_stem, with_activations
 
@@ -148,7 +157,8 @@ class Shared:
                 key = None  # a corrected graph: not shared
             else:
                 key = stem
-            scheme = self.onnx_qdq(src, dst, key=key, method=rung.calibrate, exclude=exclude, scheme=scheme)
+            scheme = self.onnx_qdq(src, dst, key=key, method=rung.calibrate, exclude=exclude, scheme=scheme,
+                                   overrides=overrides)
             per_file = conv.file_contract(self.contract, onnx_quant=scheme.describe(), **applied)
             return onnx_export.finish(onnx.load(str(dst)), per_file, conv).SerializeToString()
 
@@ -166,7 +176,8 @@ class Shared:
         return log.summary()
 
 
-def _serve(model, contract: Contract):
+def serve(model, contract: Contract):
+    """A tf.function taking float32 pixels NHWC, for the converters."""
     tf = require("tensorflow", extra="export")
     spec = tf.TensorSpec([None, contract.height, contract.width, contract.channels], tf.float32, name="pixels")
 

@@ -3,11 +3,14 @@
 - `onnx_bias`: bias correction on the float ONNX graph for its int8 weights (rungs onnx-bias, repaired+bias);
 - `saturation`: replays onnxruntime's AVX2 u8 x s8 pair sums to check a QDQ file for int16 saturation;
 - `rebuild`: a verified Keras 3 copy of a tf_keras model, so the Keras-level repairs apply;
-- `kernels`: each int8 ONNX file on onnxruntime's x86 kernel paths at export (a note with the CPU flags).
+- `kernels`: each int8 ONNX file on onnxruntime's x86 kernel paths at export (a note with the CPU flags);
+- `sensitivity`: which activations to keep precise (leave-one-out on the QDQ graph, held-out calibration
+  images, greedy by gain per float cost) and how (TFLite float ops, ONNX int16 activations).
 
 Keras-level techniques (any loader, through `rebuild` for tf_keras files):
 - `repair`: BN folding, an exact input grid, adaptive rounding + bias correction of every kernel;
 - `selective`: keep chosen layers float in the converted files (float stems), converter helpers;
+- `floatweights`: original weights back on the layers a mixed-precision choice runs in float;
 - `kerasgraph`: Keras 3 functional-graph surgery the techniques share.
 
 Diagnosis, apart from the techniques: `explain` (per-layer error and sensitivity tables).

@@ -25,6 +25,9 @@ TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
               "bias correction on the float ONNX graph for the int8 file's own weight grid"),
     Technique("percentile-calibration", "", "converter", ("onnx",), True,
               "onnxruntime's Percentile calibration instead of MinMax"),
+    Technique("sensitive-precision", "sensitivity", "onnx-graph", ("tflite", "onnx"), False,
+              "activations whose rounding moves the output most (held-out calibration images) kept precise: "
+              "float ops (TFLite) / int16 activations (ONNX)"),
     Technique("kernel-robust-scheme", "saturation", "onnx-graph", ("onnx",), True,
               "U8U8 on the symmetric int8 weight grid when U8S8 would saturate on AVX2 without VNNI"),
 )}

@@ -181,6 +181,16 @@ def tflite_ops(content: bytes) -> list[tuple[str, str]]:
     return [(op["op_name"], names[op["outputs"][0]]) for op in it._get_ops_details() if op["outputs"]]
 
 
+def tflite_graph(content: bytes) -> list[tuple[str, str, list[str]]]:
+    """(op name, output tensor name, input tensor names) of a TFLite model in execution order."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=content)
+    names = {d["index"]: d["name"] for d in it.get_tensor_details()}
+    return [(op["op_name"], names[op["outputs"][0]], [names[i] for i in op["inputs"] if i >= 0])
+            for op in it._get_ops_details() if op["outputs"]]
+
+
 def tflite_stem(calibrated: bytes, k: int) -> list[str]:
     """Output tensor names of every op up to the k-th convolution: pass as `keep_float`."""
     ops, seen = tflite_ops(calibrated), 0

@@ -1,0 +1,199 @@
+"""Sensitivity-driven mixed precision (tledge.quant.sensitivity, issue 11) on the tiny trained model.
+
+A deliberately damaged activation (its int8 grid 32x coarser) must be ranked first and chosen first,
+and the chosen layer must come out precise in both files: float ops in the TFLite file (its output
+tensor float32), int16 QDQ in the ONNX file. The loop's use of it is in test_fidelity.py.
+"""
+import functools
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def graphs(tiny_model, shapes_dataset, tmp_path_factory):
+    """(float ONNX path, QDQ model fit on 2/3 of the calibration images, held-out pixels, quantiser)."""
+    import onnx
+
+    from tledge.export import onnx as onnx_export
+    from tledge.images import labelled_images
+    from tledge.quant import selective, sensitivity
+
+    d = tmp_path_factory.mktemp("sensitivity")
+    files, _, _ = labelled_images(shapes_dataset / "train")
+    calib = np.stack([tiny_model["contract"].prepare(f) for f in files]).astype(np.float32)
+    src = d / "fp32.onnx"
+    src.write_bytes(selective.onnx_float(tiny_model["model"]))
+    quantize = functools.partial(onnx_export.quantize_int8, scheme=onnx_export.SCHEMES["u8s8"])
+    fit, held = sensitivity.split(len(calib))
+    quantize(src, d / "q.onnx", calib[fit])
+    return src, onnx.load(str(d / "q.onnx")), calib, held, quantize, d
+
+
+def _damaged(qdq, tensor: str, factor: float = 32.0):
+    """A copy with `tensor`'s activation grid `factor` times coarser (same zero point)."""
+    import copy
+
+    from onnx import numpy_helper
+
+    model = copy.deepcopy(qdq)
+    q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor)
+    init = next(i for i in model.graph.initializer if i.name == q.input[1])
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(factor), init.name))
+    return model
+
+
+def test_candidates_are_the_activations_feeding_linear_layers(graphs):
+    from tledge.quant import sensitivity
+
+    _, qdq, *_ = graphs
+    cands = sensitivity.candidates(qdq)
+    layers = [c.layer for c in cands]
+    assert len(cands) >= 3 and len(set(layers)) == len(layers)
+    assert all(c.macs >= 0 for c in cands) and any(c.macs > 0 for c in cands)
+    # the bypass really removes the rounding of exactly that tensor: the simulation moves towards float
+    assert any(sensitivity.bypass(qdq, cands[0].tensors).graph.node[i].op_type == "Clip"
+               for i in range(len(qdq.graph.node) + 1))
+
+
+def test_a_damaged_layer_is_ranked_first_and_chosen(graphs):
+    from tledge.quant import sensitivity
+
+    src, qdq, calib, held, _, _ = graphs
+    cands = sensitivity.candidates(qdq)
+    victim = cands[len(cands) // 2]  # not the first: rank must not just follow graph order
+    bad = _damaged(qdq, victim.tensors[0])
+    ev = sensitivity.Evaluator(sensitivity.run(src.read_bytes(), calib[held]), calib[held])
+    ranked, base = sensitivity.rank(bad, ev)
+    assert ranked[0].layer == victim.layer, [(c.layer, round(c.gain, 4)) for c in ranked]
+    sel = sensitivity.choose(bad, ev, aim=2.0, max_float_macs=1.0, max_layers=1)
+    assert sel.layers == [victim.layer]
+    assert sel.after.margin_rmse < 0.8 * base.margin_rmse and sel.after.expected >= base.expected
+    assert sel.precision("float")[victim.layer] == "float"
+    assert set(sel.precision("float").values()) == {"float", "int8"}
+
+
+def test_chosen_layers_are_precise_in_both_files(graphs, tiny_model):
+    import onnx
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tledge.quant import selective, sensitivity
+
+    src, qdq, calib, held, quantize, d = graphs
+    # a healthy tiny model has nothing worth raising (every leave-one-out gain is noise): damage two
+    cands = sensitivity.candidates(qdq)
+    bad = _damaged(_damaged(qdq, cands[1].tensors[0]), cands[2].tensors[0])
+    ev = sensitivity.Evaluator(sensitivity.run(src.read_bytes(), calib[held]), calib[held])
+    sel = sensitivity.choose(bad, ev, aim=2.0, max_float_macs=1.0, max_layers=2)
+    assert sorted(sel.layers) == sorted([cands[1].layer, cands[2].layer])
+    # ONNX: the chosen activations are int16 QDQ, the others stay 8-bit
+    quantize(src, d / "mixed.onnx", calib, overrides=sensitivity.onnx_overrides(sel))
+    m = onnx.load(str(d / "mixed.onnx"))
+    zp_type = {i.name: i.data_type for i in m.graph.initializer}
+    q_type = {n.input[0]: zp_type[n.input[2]] for n in m.graph.node if n.op_type == "QuantizeLinear"}
+    assert all(q_type[t] == onnx.TensorProto.INT16 for t in sel.tensors)
+    assert any(v == onnx.TensorProto.UINT8 for v in q_type.values())
+    # TFLite: the chosen layers' ops are float (float32 outputs), the rest int8
+    cal = selective.calibrate_tflite(tiny_model["model"], calib)
+    ops = selective.tflite_graph(cal)
+    keep = sensitivity.tflite_keep_float(ops, sel.layers)
+    assert keep
+    it = Interpreter(model_content=selective.quantize_tflite(cal, keep_float=keep))
+    dtype = {t["name"]: t["dtype"] for t in it.get_tensor_details()}
+    assert all(dtype[name] == np.float32 for name in keep)
+    assert any(dtype[name] == np.uint8 for _, name, _ in ops if name not in keep and name in dtype)
+
+
+def test_tflite_denylist_follows_consumers_through_pass_through_ops():
+    from tledge.quant.sensitivity import tflite_keep_float
+
+    ops = [("CONV_2D", "m_1/conv_a_relu_1/Relu6;m_1/conv_a_1/BiasAdd", ["pixels"]),
+           ("PAD", "m_1/pad_1/Pad", ["m_1/conv_a_relu_1/Relu6;m_1/conv_a_1/BiasAdd"]),
+           ("DEPTHWISE_CONV_2D", "m_1/conv_b_relu_1/Relu6", ["m_1/pad_1/Pad"]),
+           ("CONV_2D", "m_1/conv_c_relu_1/Relu6", ["m_1/conv_b_relu_1/Relu6"])]
+    assert tflite_keep_float(ops, ["conv_a_relu_1"]) == [ops[0][1], ops[1][1], ops[2][1]]
+    assert tflite_keep_float(ops, ["conv_b_relu_1"]) == [ops[2][1], ops[3][1]]
+    assert tflite_keep_float(ops, ["m_1"]) == []  # an enclosing scope names no layer
+    assert tflite_keep_float(ops, ["nope"]) == []
+
+
+def test_the_loop_records_the_chosen_layers(tiny_model, shapes_dataset, tmp_path, monkeypatch):
+    """The rung wiring, with the choice forced to one real layer (the tiny healthy model has nothing
+    worth raising): the attempt row, parity.md and the kept file's contract name it."""
+    from tledge.export import fidelity
+    from tledge.export.parity import Thresholds
+    from tledge.export.pipeline import ExportConfig, export
+    from tledge.metadata import read_contract
+    from tledge.quant import sensitivity
+
+    def forced(qdq, ev, **_):
+        cands = sensitivity.candidates(qdq)
+        pick = cands[1]
+        return sensitivity.Selection(layers=[pick.layer], tensors=list(pick.tensors),
+                                     all_layers=[c.layer for c in cands], before=ev.score(qdq),
+                                     after=ev.score(sensitivity.bypass(qdq, pick.tensors)), images=len(ev.pixels))
+
+    monkeypatch.setattr(sensitivity, "choose", forced)
+    monkeypatch.setattr(fidelity, "LADDER", (fidelity.Rung("repaired+sensitive", mixed=True),))
+    cfg = ExportConfig(out=tmp_path, int8=True, calib=str(shapes_dataset / "train"), val=str(shapes_dataset / "val"),
+                       thresholds={"int8": Thresholds(max_abs=1e-9, min_agreement=1.0)})
+    with pytest.warns(Warning):
+        res = export(tiny_model["keras"], cfg)
+    rows = {(r["file"], r["rung"]): r for r in res.report.fidelity}
+    md = (tmp_path / "parity.md").read_text()
+    for kind in ("tflite", "onnx"):
+        name = f"model_int8.{kind}"
+        row, plain = rows[(name, "repaired+sensitive")], rows[(name, "plain")]
+        assert "error" not in row and len(row["float_layers"]) == 1
+        assert f"{name}: sensitivity on " in md and row["float_layers"][0] in md
+        extra = read_contract(tmp_path / "rejected" / name).extra
+        if (row["agreement"], -row["median_image_max_abs"]) > (plain["agreement"], -plain["median_image_max_abs"]):
+            assert extra["int8_repair"] == "repaired+sensitive" and extra["float_layers"] == row["float_layers"]
+            assert list(extra["layer_precision"].values()).count("int8") == len(extra["layer_precision"]) - 1
+        else:
+            assert "float_layers" not in extra
+
+
+def test_float_weights_come_back_on_the_layers_around_a_chosen_activation(tiny_model, shapes_dataset):
+    from tledge.images import labelled_images
+    from tledge.quant import floatweights, repair
+
+    files, _, _ = labelled_images(shapes_dataset / "train")
+    calib = np.stack([tiny_model["contract"].prepare(f) for f in files[:24]]).astype(np.float32)
+    original, _ = repair.fold_bn(tiny_model["model"])
+    fixed, _ = repair.apply(tiny_model["model"], calib, steps=("fold", "nearest"))
+    kinds = {layer.name: type(layer).__name__ for layer in original.layers}
+    relu = next(n for n, k in kinds.items() if k == "ReLU")
+    conv, dw = (next(n for n, k in kinds.items() if k == kind) for kind in ("Conv2D", "DepthwiseConv2D"))
+    assert floatweights.neighbours(original, relu) == [conv, dw]
+    gap = next(n for n, k in kinds.items() if k == "GlobalAveragePooling2D")
+    assert floatweights.neighbours(original, gap) == [next(n for n, k in kinds.items() if k == "Dense")]
+    assert floatweights.keras_name(original, relu + "_1") == relu and floatweights.keras_name(original, "x_1") is None
+    restored, names = floatweights.restore(fixed, original, [relu + "_1"])
+    assert names == [conv, dw]
+    for layer in restored.layers:
+        source = original if layer.name in names else fixed
+        mine, theirs = layer.get_weights(), source.get_layer(layer.name).get_weights()
+        assert all(np.allclose(a, b) for a, b in zip(mine, theirs)), layer.name
+    assert not np.allclose(fixed.get_layer(conv).get_weights()[0], original.get_layer(conv).get_weights()[0])
+
+
+def test_a_savedmodel_gets_the_graph_level_rung(tiny_model, shapes_dataset, tmp_path):
+    """No Keras 3 model to repair: the ONNX file still gets the sensitivity rung, on the export's own
+    float graph, and no Keras-level rung."""
+    from tledge.export.parity import Thresholds
+    from tledge.export.pipeline import ExportConfig, export
+
+    tiny_model["model"].export(str(tmp_path / "sm"), verbose=False)
+    impossible = {"int8": Thresholds(max_abs=1e-9, min_agreement=1.0)}
+    cfg = ExportConfig(out=tmp_path / "e", formats=("onnx",), int8=True, calib=str(shapes_dataset / "train"),
+                       preprocess="raw", val=str(shapes_dataset / "val"), thresholds=impossible)
+    with pytest.warns(Warning):
+        res = export(tmp_path / "sm", cfg)
+    rows = {r["rung"]: r for r in res.report.fidelity}
+    assert "sensitive" in rows and not any(name.startswith("repaired") for name in rows), list(rows)
+    row = rows["sensitive"]
+    assert row.get("float_layers") or row["error"].startswith("no layer worth raising: sensitivity on "), row

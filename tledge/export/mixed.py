@@ -1,0 +1,84 @@
+"""Sensitivity-driven mixed precision for the int8 fidelity loop (issue 11): the export side.
+
+tledge.quant.sensitivity measures and chooses on the float ONNX graph of the model a rung converts
+(the repaired Keras model, or the export's own fp32 ONNX graph when there is no Keras 3 model); this
+module gives it that graph and the export's quantiser, caches the choice per source (both formats of
+one rung share it), and states the result for the file's contract and parity.md.
+"""
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+
+from tledge.export import onnx as onnx_export
+
+AIM = 0.995  # expected top-1 agreement on the held-out calibration split (the issue's target: 0.99)
+BUDGET = {"max_float_macs": 0.2, "max_layers": 8}  # float cost cap; 40 % / 12 measured: no better (docs)
+
+
+def scheme(ctx):
+    """The plain int8 ONNX file's scheme (what the rung's file will use), U8S8 without one."""
+    plain = ctx.out / "model_int8.onnx"
+    return onnx_export.scheme_of(plain) if plain.is_file() else onnx_export.SCHEMES[onnx_export.DEFAULT_SCHEME]
+
+
+def selection(model, ctx, shared, stem: int = 0):
+    """The chosen layers for this source model (cached: both formats of a rung use one choice); a
+    float stem of `stem` convolutions stays float in the measured graph too. `shared`: the loop's
+    tledge.export.rungs.Shared (its float ONNX graphs are reused, its `mixed` table keeps the choice)."""
+    from tledge.quant import selective, sensitivity
+
+    key = ("sensitivity", id(model))
+    if key not in shared.mixed:
+        conv = onnx_export.Conventions.of(ctx.contract)
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / "fp32.onnx"
+            src.write_bytes(shared.onnx_float(model, None if model is None else stem))
+            raw = src.read_bytes()
+            exclude = selective.with_activations(raw, selective.onnx_stem(raw, stem)) if stem else ()
+            quantize = functools.partial(onnx_export.quantize_int8, scheme=scheme(ctx), nodes_to_exclude=exclude)
+            original = None  # the target: the original model, not the repaired one (when its graph is here)
+            if model is not None and (ctx.out / "model_fp32.onnx").is_file():
+                original = Path(tmp) / "original.onnx"
+                original.write_bytes(shared.onnx_float(None, None))
+            shared.mixed[key] = sensitivity.select(src, quantize, conv.calib(ctx.calib), workdir=Path(tmp), aim=AIM,
+                                                   reference=original, **BUDGET)
+    return shared.mixed[key]
+
+
+def with_float_weights(repaired, model, sel, cache: dict):
+    """(the repaired model with original weights on the layers around the chosen activations, their
+    names), cached per repaired model (tledge.quant.floatweights)."""
+    from tledge.quant import floatweights, repair
+
+    key = ("float-weights", id(repaired))
+    if key not in cache:
+        original, _ = repair.fold_bn(model)
+        original, _ = repair.exact_input(original)
+        cache[key] = floatweights.restore(repaired, original, sel.layers)
+    return cache[key]
+
+
+def tflite_keep(calibrated: bytes, layers) -> tuple[list[str], list[str]]:
+    """(denylist for the calibrated TFLite model, chosen layers not found in it)."""
+    from tledge.quant import selective, sensitivity
+
+    ops = selective.tflite_graph(calibrated)
+    missing = [name for name in layers if not sensitivity.tflite_keep_float(ops, [name])]
+    return sensitivity.tflite_keep_float(ops, layers), missing
+
+
+def contract_extra(sel, kind: str) -> dict:
+    """What the file's contract records: every candidate layer's final precision."""
+    high = "float" if kind == "tflite" else "int16 activations (float op on int8 weights)"
+    return {"float_layers": list(sel.layers), "layer_precision": sel.precision(high),
+            "sensitivity": sel.summary()}
+
+
+def note(file: str, sel, kind: str, unmatched: list[str]) -> str:
+    how = "kept float (denylisted ops)" if kind == "tflite" else "int16 activations (TensorQuantOverrides)"
+    text = f"{file}: {sel.summary()}; in the file: {how}"
+    if unmatched:
+        text += f"; not found in the TFLite graph (left int8): {', '.join(unmatched)}"
+    return text
