@@ -241,3 +241,33 @@ def test_interrupt_ends_cleanly_with_a_summary(odd_folder, monkeypatch):
 def test_split_cores():
     assert split_cores(1) == (1, 1) and split_cores(2) == (1, 1) and split_cores(4) == (2, 2)
     assert split_cores(16) == (8, 4)
+
+
+def test_live_source_stops_even_when_a_ctrl_c_left_the_frame_lock_held():
+    """A Ctrl-C landing just after the reader took the frame lock, before its `with` block is set up,
+    leaves the lock held (CPython cannot always run __exit__ there). The grabber must not block on it
+    forever, and close() from several finally blocks must not wait for the grabber each time."""
+    class Endless:
+        def isOpened(self):
+            return True
+
+        def read(self):
+            time.sleep(0.002)
+            return True, np.zeros((8, 8, 3), np.uint8)
+
+        def release(self):
+            pass
+
+    src = LiveSource("camera:fake", lambda: Endless(), on_event=None)
+    frames = src.frames()
+    next(frames)
+    time.sleep(0.05)  # the grabber is running
+    src._cond.acquire()  # the leaked lock, held by this (the reader's) thread
+    t = time.perf_counter()
+    src.close()
+    src.close()
+    src.close()
+    assert time.perf_counter() - t < 3  # before: the grabber blocked on the lock, each close waited 5 s
+    assert not src._thread.is_alive()
+    src._cond.release()
+    frames.close()

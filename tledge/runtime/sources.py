@@ -163,12 +163,19 @@ class LiveSource(Source):
         self._thread.start()
 
     def _put(self, img) -> None:
-        with self._cond:
+        # never wait on the reader for long: a Ctrl-C that lands just after the reader took the lock
+        # (before its `with` block is set up) can leave the lock held; the grabber must still stop
+        if not self._cond.acquire(timeout=0.5):
+            self.dropped += 1
+            return
+        try:
             if self._latest is not None:
                 self.dropped += 1
             self._latest = (img, time.time())
             self.grabbed += 1
             self._cond.notify_all()
+        finally:
+            self._cond.release()
 
     def _grab_loop(self) -> None:
         try:
@@ -182,9 +189,10 @@ class LiveSource(Source):
                     break
         finally:
             self._cap.release()
-            with self._cond:
-                self._ended = True
+            self._ended = True
+            if self._cond.acquire(timeout=0.5):
                 self._cond.notify_all()
+                self._cond.release()
 
     def _reconnect(self) -> bool:
         for attempt in range(1, self.retries + 1):
@@ -224,6 +232,9 @@ class LiveSource(Source):
             self.close()
 
     def close(self) -> None:
+        """Stop the grabber and wait for it once (close is called from several finally blocks)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=5)
