@@ -12,7 +12,6 @@ own converters should pass the same options (see docs/int8-fidelity.md).
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -266,15 +265,10 @@ class Runner:
 
     def latency_ms(self, x: np.ndarray, runs: int = 50, warmup: int = 5) -> float:
         """Median batch-1 latency in ms over `runs` invocations."""
+        from tledge.runtime.bench import time_calls
+
         one = x[:1].astype(np.float32) if self.fmt == "onnx" else self._feed(x[:1])
-        for _ in range(warmup):
-            self._run(one)
-        times = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            self._run(one)
-            times.append(time.perf_counter() - t)
-        return float(np.median(times) * 1e3)
+        return float(np.median(time_calls(lambda: self._run(one), runs, warmup)) * 1e3)
 
 
 def compare_latency(runners: dict, x: np.ndarray, rounds: int = 5, runs: int = 40) -> dict:

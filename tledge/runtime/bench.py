@@ -48,6 +48,18 @@ def peak_rss_mb() -> float:
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
 
+def time_calls(fn, runs: int, warmup: int = 0) -> list[float]:
+    """Seconds of each of `runs` calls of `fn()`, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
 def measure(path: str | Path, *, runs: int = 50, warmup: int = 5, batch: int = 1, threads: int | None = None,
             load_kwargs: dict | None = None, t0: float | None = None) -> dict:
     """Load `path` and time `runs` inferences of a `batch` of prepared inputs (after `warmup`).
@@ -67,14 +79,7 @@ def measure(path: str | Path, *, runs: int = 50, warmup: int = 5, batch: int = 1
     model.run_inputs(x)
     first_ms = 1000 * (time.perf_counter() - start)
     first_result_s = None if t0 is None else time.time() - t0
-    for _ in range(warmup):
-        model.run_inputs(x)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        model.run_inputs(x)
-        times.append(time.perf_counter() - t)
-    ms = np.asarray(times) * 1000
+    ms = np.asarray(time_calls(lambda: model.run_inputs(x), runs, warmup)) * 1000
     return {"file": str(path), "name": Path(path).name, "format": model.format, "provider": model.provider,
             "threads": model.backend.threads, "batch": batch, "runs": runs,
             "input": f"{list(model.backend.inp.shape)} {model.backend.inp.dtype}",
