@@ -188,9 +188,13 @@ def test_ordered_json_matches_library(capsys):
 
 
 SIGINT_SCRIPT = """
-import sys, time, numpy as np
+import signal, sys, time, numpy as np
 import tledge.runtime.sources as sources
 from tledge.cli import main
+
+# as from a terminal: a non-interactive shell starts background jobs (CI runners) with SIGINT ignored,
+# and Python then never turns Ctrl-C into KeyboardInterrupt
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 class EndlessCamera:
     def isOpened(self):
