@@ -11,9 +11,9 @@ from tledge.train.config import ClassWeights, Precision, TrainConfig, TrainResul
 
 def train(data_dir: str | Path, config: TrainConfig | None = None) -> TrainResult:
     """Fine-tune a pretrained backbone on class folders; see tledge.train.api.train."""
-    from tledge.train.api import train as _train
+    from tledge.train.api import train as train_impl
 
-    return _train(data_dir, config)
+    return train_impl(data_dir, config)
 
 
 __all__ = ["ClassWeights", "Precision", "TrainConfig", "TrainResult", "train"]
