@@ -3,20 +3,26 @@ order of cost, measure each by parity against the ORIGINAL model, keep the first
 
 Rungs (`LADDER`, in order of cost; the first that passes is kept, each one's seconds recorded):
   1. `onnx-bias` (ONNX, any loader): bias correction on the float graph for the plain file's int8
-     weights (tledge.quant.onnx_bias);
-  2. `calibration-percentile` (ONNX): onnxruntime's Percentile calibration instead of MinMax;
-  3. `repaired`: BN folding, an exact input grid, adaptive rounding + bias correction of every
-     kernel on the calibration images (`repair.apply`, stem 0: still all-int8, Edge TPU friendly);
-  4. `repaired+bias` (ONNX): the same, then the graph bias correction on the file's own weight grid;
-  5. `sensitive` (ONNX, no Keras 3 model): the activations whose rounding moves the output most,
+     weights (tledge.quant.onnx_bias; ~2 s);
+  2. `repaired-stem4` (CPU targets only): BN folding, an exact input grid, adaptive rounding + bias
+     correction of every kernel on the calibration images (`repair.apply`), the first 4 convolutions
+     and what precedes them kept float (selective quantisation). It comes before the all-int8 repair
+     because it is cheaper to make (fewer kernels to round: 14 vs 24 CPU s on MobileNet 0.25), never
+     never less faithful where both were measured (docs/int8-fidelity.md), and faster on x86 (float beats int8 on 3-channel 224 px
+     convolutions; docs/int8-fidelity.md). Issue 11: this order keeps a MobileNet 0.25 export under a
+     minute when the stem passes;
+  3. `calibration-percentile` (ONNX): onnxruntime's Percentile calibration instead of MinMax;
+  4. `repaired`: the same repair with no float stem (still all-int8, Edge TPU friendly);
+  5. `repaired+bias` (ONNX): the same, then the graph bias correction on the file's own weight grid;
+  6. `sensitive` (ONNX, no Keras 3 model): the activations whose rounding moves the output most,
      measured on held-out calibration images, stay precise (int16), cheapest first (tledge.quant.sensitivity);
-  6. `repaired-stem4` (CPU targets only): the first 4 convolutions and what precedes them stay
-     float (selective quantisation; on x86 and ARM CPUs this is also faster, see docs/int8-fidelity.md);
-     then `repaired-stem4+sensitive` (the stem plus the most sensitive activations: TFLite float ops,
-     ONNX int16, the layers around them on their original weights) and `repaired+sensitive` (the
-     same without a stem, for models too small for one);
-  7. last resort, loudly: the int8 file is moved to `rejected/` and replaced by fp16 (TFLite) /
+  7. `repaired-stem4+sensitive` (the stem plus the most sensitive activations: TFLite float ops, ONNX
+     int16, the layers around them on their original weights) and `repaired+sensitive` (the same without
+     a stem, for models too small for one);
+  8. last resort, loudly: the int8 file is moved to `rejected/` and replaced by fp16 (TFLite) /
      fp32 (ONNX), unless the target is int8-only (Edge TPU), where the export fails instead.
+For int8-only targets the stem and sensitivity rungs never apply (tledge.quant.registry): their ladder
+is onnx-bias, calibration-percentile, repaired, repaired+bias.
 
 The Keras-level rungs need a Keras 3 model: tf_keras files are rebuilt as one (tledge.quant.rebuild,
 checked equal); SavedModels get the ONNX graph-level rung, calibration choices and the fallback.
@@ -59,11 +65,11 @@ class Rung:
 
 LADDER: tuple[Rung, ...] = (
     Rung("onnx-bias", repair=False, graph="onnx-bias"),
+    Rung("repaired-stem4", stem=4),  # CPU targets: the cheaper repair pass, and the faster file
     Rung("calibration-percentile", repair=False, calibrate="percentile"),
     Rung("repaired"),
     Rung("repaired+bias", graph="onnx-bias"),  # the ONNX grid may not be the repair's (U8U8)
     Rung("sensitive", repair=False, mixed=True),  # no Keras 3 model: the export's own float graph
-    Rung("repaired-stem4", stem=4),
     Rung("repaired-stem4+sensitive", stem=4, mixed=True),  # more precise layers where the stem is not enough
     Rung("repaired+sensitive", mixed=True),  # models too small for a stem
 )

@@ -223,15 +223,22 @@ def scheme_of(path: Path) -> Scheme:
 
 
 def preprocess(src: Path, dst: Path) -> Path:
-    """onnxruntime's quant_pre_process (shape inference, BN/Mul/Add folding) into `dst`; `src` itself
-    when it fails (pre-processing is an optimisation; the plain graph quantises too)."""
+    """onnxruntime's quant_pre_process (shape inference, BN/Mul/Add folding) into `dst`, then dead weight
+    channels zeroed (tledge.quant.deadchannels: else their int32 biases are clipped). Without the
+    pre-processing when it fails (an optimisation; the plain graph quantises too)."""
+    onnx = require("onnx", extra="export")
+    from tledge.quant.deadchannels import zero_dead
+
     try:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
-        return dst
     except Exception:
-        return src
+        dst.write_bytes(src.read_bytes())
+    model = onnx.load(str(dst))
+    if zero_dead(model):
+        onnx.save(model, str(dst))
+    return dst
 
 
 class _Reader:

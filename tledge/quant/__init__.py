@@ -1,6 +1,8 @@
 """int8 techniques that work on the converted graph or on any loader's model (issue 11).
 
 - `onnx_bias`: bias correction on the float ONNX graph for its int8 weights (rungs onnx-bias, repaired+bias);
+- `deadchannels`: weight channels BN folding switched off are zeroed before onnxruntime quantises (else
+  their int32 biases are clipped in U8U8 files); every ONNX int8 file;
 - `saturation`: replays onnxruntime's AVX2 u8 x s8 pair sums to check a QDQ file for int16 saturation;
 - `rebuild`: a verified Keras 3 copy of a tf_keras model, so the Keras-level repairs apply;
 - `kernels`: each int8 ONNX file on onnxruntime's x86 kernel paths at export (a note with the CPU flags);

@@ -50,8 +50,9 @@ class Moments:
 
 
 def gram(a, b, sa, sb, n):
-    """[a,1]^T [b,1] from a^T b, the column sums and the row count, without concatenating ones."""
-    g = np.matmul(a.transpose(0, 2, 1), b)
+    """[a,1]^T [b,1] from a^T b, the column sums and the row count, without concatenating ones. One 2-D
+    product per group: numpy's stacked matmul of a transposed view does not reach BLAS (3-25x slower)."""
+    g = np.stack([ai.T @ bi for ai, bi in zip(a, b)])
     top = np.concatenate([g, sa[:, :, None]], 2)
     bottom = np.concatenate([sb, np.full((len(sb), 1), float(n))], 1)[:, None, :]
     return np.concatenate([top, bottom], 1)
