@@ -173,3 +173,30 @@ def test_layers_keras3_lacks_fall_back_to_tf_keras_after_the_walk(tmp_path, monk
     with pytest.raises(ModelLoadError, match="layer m > x"):
         loader.load_model(tmp_path / "old.h5")
     assert calls == []
+
+
+def test_nested_models_called_in_a_functional_graph_load_as_keras3(shapes_dataset, tmp_path):
+    """Keras 2 numbers a nested model's first call node 1 (node 0 is its own construction); Keras 3
+    numbers it 0. The tf_keras hymenoptera model of the int8 zoo (Dropout after a nested MobileNet) fell
+    back to tf_keras over this."""
+    L = tf_keras.layers
+    contract = Contract(SIZE, SIZE, norm="tf", baked=False)
+    x, y = _pixels(shapes_dataset / "train", contract)
+    tf_keras.utils.set_random_seed(0)
+    seq = tf_keras.Sequential([L.InputLayer((SIZE, SIZE, 3)), L.Conv2D(8, 3, strides=2, activation="relu"),
+                               L.GlobalAveragePooling2D()], name="seqnet")
+    fin = tf_keras.Input((SIZE, SIZE, 3))
+    fun = tf_keras.Model(fin, L.GlobalAveragePooling2D()(L.Conv2D(8, 3, strides=2, activation="relu")(fin)), name="funnet")
+    inp = tf_keras.Input((SIZE, SIZE, 3))
+    feats = L.Concatenate()([L.Dropout(0.1)(seq(inp)), L.Dropout(0.1)(fun(inp, training=False))])
+    model = tf_keras.Model(inp, L.Dense(3, activation="softmax")(feats))
+    model.compile(tf_keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=20, batch_size=16, verbose=0)
+    model.save(tmp_path / "nested.h5")
+    lm = loader.load_model(tmp_path / "nested.h5")
+    assert lm.kind == "keras_translated", lm.notes
+    assert any("nested model call index" in n for n in lm.notes), lm.notes
+    vx, vy = _pixels(shapes_dataset / "val", contract)
+    ours = np.asarray(lm.model(vx, training=False))
+    assert np.abs(ours - model(vx, training=False).numpy()).max() < 1e-5
+    assert np.mean(ours.argmax(1) == vy) > 0.6  # a trained model: equal outputs mean something

@@ -131,11 +131,30 @@ def _kwargs(cls: str, cfg: dict, t: Translation, counts: dict[str, int]) -> None
         cfg["axis"] = axis[0]
         _count(counts, "axis list")
     if cls in ("Functional", "Model"):
+        _nested_model_calls(cfg, counts)
         for key in ("input_layers", "output_layers"):
             ends = cfg.get(key)
             if isinstance(ends, list) and len(ends) == 1 and _is_end(ends[0]):
                 cfg[key] = ends[0]  # one input / output: a tensor, not a list of one
                 _count(counts, f"single {key}")
+
+
+def _nested_model_calls(cfg: dict, counts: dict[str, int]) -> None:
+    """Keras 2 gives a nested model a node of its own when it is built (node 0), so the outer graph's
+    first call of it is node 1; Keras 3 has no such node and numbers that call 0. Left as written,
+    Keras 3 waits for a node that never comes ("the graph has loops or disconnected nodes")."""
+    layers = cfg.get("layers")
+    if not isinstance(layers, list):
+        return
+    nested = {layer.get("config", {}).get("name") for layer in layers if isinstance(layer, dict)
+              and layer.get("class_name") in MODEL_CLASSES}
+    refs = [ref for layer in layers if isinstance(layer, dict) for node in layer.get("inbound_nodes") or []
+            if isinstance(node, list) for ref in node]
+    refs += [end for key in ("input_layers", "output_layers") for end in cfg.get(key) or [] if _is_end(end)]
+    for ref in refs:
+        if isinstance(ref, list) and len(ref) >= 3 and ref[0] in nested and isinstance(ref[1], int) and ref[1] >= 1:
+            ref[1] -= 1
+            _count(counts, "nested model call index")
 
 
 def _is_end(x: Any) -> bool:
