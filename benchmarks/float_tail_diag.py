@@ -11,6 +11,10 @@ then, on the model the loop repairs:
   on original weights (and, for comparison, on the repaired weights).
 
     python benchmarks/float_tail_diag.py hym-mnv1-s1 [--json out.json]
+
+Result (docs/int8-fidelity.md, "Float tail"): the residual is spread over the backbone; a float tail
+does not fix it, so there is no float-tail rung. The rung as measured in the loop (`int8_zoo.py`) is
+commit 0a9ff37 of branch float-tail.
 """
 from __future__ import annotations
 
@@ -155,9 +159,8 @@ def main(argv=None) -> int:
                        **opts())
     export(Path(build()), cfg)
     res = found["res"]
-    text = json.dumps(res, indent=1)
     if args.json:
-        args.json.write_text(text)
+        args.json.write_text(json.dumps(res, indent=1, default=str))
     summary(res)
     return 0
 

@@ -46,7 +46,6 @@ class Rung:
     calibrate: str = "minmax"  # ONNX calibration method
     graph: str | None = None  # a tledge.quant technique on the converted graph (any loader)
     mixed: bool = False  # sensitivity-chosen activations kept precise (tledge.quant.sensitivity)
-    tail: int = 0  # the last linear layers (and what follows them) kept float on their original weights
 
     @property
     def techniques(self) -> tuple[str, ...]:
@@ -55,7 +54,6 @@ class Rung:
         names += ("float-layers",) if self.stem else ()
         names += ("percentile-calibration",) if self.calibrate == "percentile" else ()
         names += ("sensitive-precision",) if self.mixed else ()
-        names += ("float-tail",) if self.tail else ()
         return names + ((self.graph,) if self.graph else ())
 
 
@@ -66,7 +64,6 @@ LADDER: tuple[Rung, ...] = (
     Rung("repaired+bias", graph="onnx-bias"),  # the ONNX grid may not be the repair's (U8U8)
     Rung("sensitive", repair=False, mixed=True),  # no Keras 3 model: the export's own float graph
     Rung("repaired-stem4", stem=4),
-    Rung("repaired-stem4+tail", stem=4, tail=3),  # + the last 3 linear layers float, original weights
     Rung("repaired-stem4+sensitive", stem=4, mixed=True),  # more precise layers where the stem is not enough
     Rung("repaired+sensitive", mixed=True),  # models too small for a stem
 )
@@ -211,10 +208,6 @@ def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, model, cache
                "onnx_calibration": rung.calibrate if kind == "onnx" else None}
     sel = mixed.selection(src, ctx, cache, stem=rung.stem) if rung.mixed else None
     key = rung.stem  # what the converted files are shared under (None: this rung's own model)
-    if rung.tail and src is not None:  # the tail's layers get their original weights back
-        src, names = mixed.with_tail(src, model, rung.tail, cache.mixed)
-        applied.update(mixed.tail_extra(src, rung.stem, names, kind))
-        key = None
     if sel is not None:
         if not sel.layers:
             raise TledgeError(f"no layer worth raising: {sel.summary()}")
@@ -224,13 +217,11 @@ def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, model, cache
             key = None
     if kind == "tflite":
         data = cache.tflite(src, rung.stem, applied, dynamic=precision == "dynamic", key=key,
-                            layers=sel.layers if sel else (), tail=rung.tail)
+                            layers=sel.layers if sel else ())
     else:
         data = cache.onnx(src, rung, applied, overrides=onnx_overrides(sel) if sel else None)
     if sel is not None:
         notes.append(mixed.note(plain.file, sel, kind, applied.get("layers_left_int8", [])))
-    if rung.tail:
-        notes.append(f"{plain.file} `{rung.name}`: {applied['float_tail']}: {', '.join(applied['float_layers'])}")
     scratch = cache.scratch / f"{rung.name}_{precision}.{kind}"
     scratch.write_bytes(data)
     result = check_files(ctx.reference, [(scratch, kind, precision)], ctx.val_x, labels=ctx.val_y,

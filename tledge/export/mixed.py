@@ -60,34 +60,6 @@ def with_float_weights(repaired, model, sel, cache: dict):
     return cache[key]
 
 
-def with_tail(repaired, model, k: int, cache: dict):
-    """(the repaired model with its last `k` linear layers on their original (BN-folded) weights, their
-    names): the float tail of the `+tail` rung, cached per repaired model."""
-    from tledge.quant import floatweights, repair
-
-    key = ("tail", id(repaired), k)
-    if key not in cache:
-        original, _ = repair.fold_bn(model)
-        original, _ = repair.exact_input(original)
-        names = floatweights.tail_layers(repaired, k)
-        cache[key] = floatweights.restore_layers(repaired, original, names), names
-    return cache[key]
-
-
-def tail_extra(repaired, stem: int, tail: list[str], kind: str) -> dict:
-    """What the file's contract records for a float stem + float tail: every linear layer's precision."""
-    from tledge.quant import repair
-    from tledge.quant.kerasgraph import linear_kind, nodes
-
-    stem_names = set(repair.stem_layers(repaired, stem))
-    how = "float (original weights)"
-    precision = {op.name: ("float" if op.name in stem_names else how if op.name in tail else "int8")
-                 for op, _ in nodes(repaired) if linear_kind(op)}
-    where = "denylisted ops" if kind == "tflite" else "excluded from quantisation"
-    return {"float_layers": list(tail), "layer_precision": precision, "original_weights": list(tail),
-            "float_tail": f"last {len(tail)} linear layers float ({where}) on their original weights"}
-
-
 def tflite_keep(calibrated: bytes, layers) -> tuple[list[str], list[str]]:
     """(denylist for the calibrated TFLite model, chosen layers not found in it)."""
     from tledge.quant import selective, sensitivity

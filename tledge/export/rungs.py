@@ -64,12 +64,10 @@ class Shared:
         return self._get(self.repaired, stem, "repair", make)
 
     # ---- TFLite -----------------------------------------------------------------------------
-    def tflite(self, model, stem: int, applied: dict, *, dynamic: bool = False, key=None, layers=(),
-               tail: int = 0) -> bytes:
+    def tflite(self, model, stem: int, applied: dict, *, dynamic: bool = False, key=None, layers=()) -> bytes:
         """int8 (or dynamic-range) TFLite of a repaired model with the file's contract embedded. `key`:
         the calibrated model is cached under it (None: calibrated for this call only). `layers`: chosen
-        activations whose producers and consumers stay float (tledge.export.mixed). `tail`: the last
-        `tail` linear ops and everything after them stay float."""
+        activations whose producers and consumers stay float (tledge.export.mixed)."""
         from tledge.export import mixed
         from tledge.quant import selective
 
@@ -82,7 +80,6 @@ class Shared:
                 cal = calibrate() if key is None else self._get(self.tflite_calibrated, key, "tflite-calibration",
                                                                 calibrate)
                 keep = list(selective.tflite_stem(cal, stem)) if stem else []
-                keep += selective.tflite_tail(cal, tail)
                 if layers:
                     more, applied["layers_left_int8"] = mixed.tflite_keep(cal, layers)
                     keep += more
@@ -101,10 +98,9 @@ class Shared:
         return embed_tflite(data, contract.replace(extra={**contract.extra, **applied}))
 
     # ---- ONNX -------------------------------------------------------------------------------
-    def onnx_float(self, model, stem: int | None, key=None) -> bytes:
+    def onnx_float(self, model, stem: int | None) -> bytes:
         """The float graph a rung quantises: the fp32 file's (stem None: no repair), else the repaired
-        model's, converted once per stem (or per `key`, for a model that is not the stem's repaired
-        one). Float input in the export's layout."""
+        model's, converted once per stem. Float input in the export's layout."""
         from tledge.export import onnx as onnx_export
 
         if stem is None:
@@ -112,7 +108,7 @@ class Shared:
 
         def convert():
             return onnx_export.convert_fp32(serve(model, self.contract), self.contract).SerializeToString()
-        return self._get(self.onnx_fp32, stem if key is None else key, "onnx-float", convert)
+        return self._get(self.onnx_fp32, stem, "onnx-float", convert)
 
     def onnx_qdq(self, src: Path, dst: Path, *, key=None, method: str = "minmax", exclude=(), scheme=None,
                  overrides: dict | None = None):
@@ -138,22 +134,18 @@ class Shared:
         """The int8 ONNX file of one rung (rung: a fidelity.Rung), contract embedded. `overrides`:
         TensorQuantOverrides of the rung (int16 activations chosen by tledge.quant.sensitivity)."""
         from tledge.export import onnx as onnx_export
-        from tledge.quant.selective import onnx_stem, onnx_tail, with_activations
+        from tledge.quant.selective import onnx_stem, with_activations
 
         onnx = require("onnx", extra="export")
         conv = onnx_export.Conventions.of(self.contract)
         stem = rung.stem if rung.repair and model is not None else None
-        own = (stem, "tail", rung.tail) if rung.tail and stem is not None else None  # the tail's own weights
         with tempfile.TemporaryDirectory() as tmp:
             src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-            src.write_bytes(self.onnx_float(model, stem, key=own))
-            exclude, scheme = [], None
-            raw = src.read_bytes()
+            src.write_bytes(self.onnx_float(model, stem))
+            exclude, scheme = (), None
             if rung.stem:
+                raw = src.read_bytes()
                 exclude = with_activations(raw, onnx_stem(raw, rung.stem))
-            if own is not None:  # named in the graph as given and as the quantiser pre-processes it (Gemm)
-                pre = onnx_export.preprocess(src, Path(tmp) / "pre.onnx")
-                exclude += onnx_tail(raw, rung.tail) + onnx_tail(pre.read_bytes(), rung.tail)
             if rung.graph == "onnx-bias":  # the weights (and scheme) of the file without the correction
                 base = Path(tmp) / "base.onnx"
                 if stem is None and (self.out / "model_int8.onnx").is_file():
@@ -164,7 +156,7 @@ class Shared:
                 applied["onnx_bias_correction"] = self.onnx_bias(src, scheme, base)
                 key = None  # a corrected graph: not shared
             else:
-                key = stem if own is None else own
+                key = stem
             scheme = self.onnx_qdq(src, dst, key=key, method=rung.calibrate, exclude=exclude, scheme=scheme,
                                    overrides=overrides)
             per_file = conv.file_contract(self.contract, onnx_quant=scheme.describe(), **applied)

@@ -63,18 +63,13 @@ def restore(repaired, original, graph_layers: Sequence[str]):
     """A copy of `repaired` whose linear layers around the chosen activations carry `original`'s
     weights (`original`: the folded float model the repair started from, same layer names), and the
     names of those layers."""
-    names: list[str] = []
-    for g in graph_layers:
-        name = keras_name(repaired, g)
-        names += [n for n in (neighbours(repaired, name) if name else []) if n not in names]
-    return restore_layers(repaired, original, names), names
-
-
-def restore_layers(repaired, original, names: Sequence[str]):
-    """A copy of `repaired` whose layers `names` carry `original`'s weights."""
     keras = require_keras()
     copy = keras.models.clone_model(repaired)
     copy.set_weights(repaired.get_weights())
+    names: list[str] = []
+    for g in graph_layers:
+        name = keras_name(copy, g)
+        names += [n for n in (neighbours(copy, name) if name else []) if n not in names]
     for n in names:
         dst, src = copy.get_layer(n), original.get_layer(n).get_weights()
         have = dst.get_weights()
@@ -82,14 +77,7 @@ def restore_layers(repaired, original, names: Sequence[str]):
             dst.set_weights(src)
         elif len(src) == 1 and len(have) == 2:  # the repair gave a bias-less layer a bias
             dst.set_weights([src[0], have[1] * 0.0])
-    return copy
-
-
-def tail_layers(model, k: int) -> list[str]:
-    """The last `k` linear layers of a flat model in graph order: a float tail
-    (selective.tflite_tail / onnx_tail keep the same ops float in the converted files)."""
-    linear = [op.name for op, _ in nodes(model) if linear_kind(op)]
-    return linear[-k:] if k > 0 else []
+    return copy, names
 
 
 def require_keras():

@@ -21,8 +21,6 @@ TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
               "BN folding, exact input grid, adaptive rounding + bias correction of every kernel"),
     Technique("float-layers", "selective", "converter", ("tflite", "onnx"), False,
               "chosen layers (a stem, or the most sensitive ones) stay float in the converted file"),
-    Technique("float-tail", "floatweights", "keras3", ("tflite", "onnx"), False,
-              "the last linear layers (and what follows them) float on their original (BN-folded) weights"),
     Technique("onnx-bias", "onnx_bias", "onnx-graph", ("onnx",), True,
               "bias correction on the float ONNX graph for the int8 file's own weight grid"),
     Technique("percentile-calibration", "", "converter", ("onnx",), True,

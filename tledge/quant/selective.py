@@ -215,34 +215,6 @@ def onnx_stem(float_onnx: bytes, k: int) -> list[str]:
     return [m.name for m in nodes] if k > 0 else []
 
 
-# ---- float tails: the last k linear ops (and everything after them) kept float ------------------
-def tflite_tail(calibrated: bytes, k: int) -> list[str]:
-    """Output tensor names of every op from the k-th last convolution / fully connected op to the
-    end: pass as `keep_float` (with the stem's). Raises ExportError when there are fewer than k."""
-    ops = tflite_ops(calibrated)
-    linear = [i for i, (op, _) in enumerate(ops) if op in _CONV_TFLITE]
-    if k <= 0:
-        return []
-    if len(linear) < k:
-        raise ExportError(f"a float tail of {k} linear ops, but the TFLite graph has {len(linear)}")
-    return [name for _, name in ops[linear[-k]:]]
-
-
-def onnx_tail(float_onnx: bytes, k: int) -> list[str]:
-    """Node names from the k-th last Conv/Gemm/MatMul to the graph output (graphs topologically
-    sorted): pass as `exclude`. Measured with onnxruntime 1.31: the excluded ops run float on the
-    graph's own float weights (read back from the session's optimised graph, docs/int8-fidelity.md)."""
-    import onnx
-
-    nodes = list(onnx.load_from_string(float_onnx).graph.node)
-    linear = [i for i, n in enumerate(nodes) if n.op_type in ("Conv", "Gemm", "MatMul")]
-    if k <= 0:
-        return []
-    if len(linear) < k:
-        raise ExportError(f"a float tail of {k} linear ops, but the ONNX graph has {len(linear)}")
-    return [n.name for n in nodes[linear[-k]:]]
-
-
 # ---- running and timing -------------------------------------------------------------------------
 class Runner:
     """Run a TFLite or ONNX model (bytes) on float32 pixels; returns float outputs (dequantised)."""
