@@ -111,7 +111,7 @@ def diagnose(ctx, label: str, stem: int = 4) -> dict:
         m = restored(rep, original, names) if names else rep
         return {s: stats(ref[s], predict(m, x)) for s, x in (("val", val), ("held", held))}
 
-    res = {"model": label, "images": {"fit": int(len(fit)), "held": int(len(held)), "val": int(len(val))},
+    res = {"model": label, "images": {"fit": len(fit), "held": len(held), "val": len(val)},
            "linear": linear, "keras": {}, "tflite": {}}
     res["keras"]["repaired-stem4"] = keras_row([])
     res["keras"]["original-folded"] = {s: stats(ref[s], predict(original, x)) for s, x in (("val", val), ("held", held))}
