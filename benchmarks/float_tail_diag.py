@@ -94,7 +94,7 @@ def diagnose(ctx, label: str, stem: int = 4) -> dict:
     from tledge.quant.kerasgraph import fold_bn, linear_kind, predict
 
     t0 = time.perf_counter()
-    model = fidelity._pixel_model(ctx)
+    model = fidelity.pixel_model(ctx)
     calib = np.asarray(ctx.calib, np.float32)
     held_mask = np.arange(len(calib)) % 3 == 2
     fit, held = calib[~held_mask], calib[held_mask]

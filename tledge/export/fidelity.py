@@ -7,9 +7,10 @@ Rungs (`LADDER`, in order of cost; the first that passes is kept, each one's sec
   2. `repaired-stem4` (CPU targets only): BN folding, an exact input grid, adaptive rounding + bias
      correction of every kernel on the calibration images (`repair.apply`), the first 4 convolutions
      and what precedes them kept float (selective quantisation). It comes before the all-int8 repair
-     because it is cheaper to make (fewer kernels to round: 14 vs 24 CPU s on MobileNet 0.25), never
-     never less faithful where both were measured (docs/int8-fidelity.md), and faster on x86 (float beats int8 on 3-channel 224 px
-     convolutions; docs/int8-fidelity.md). Issue 11: this order keeps a MobileNet 0.25 export under a
+     because it is cheaper to make (fewer kernels to round: 14 vs 24 CPU s on MobileNet 0.25), as
+     faithful within one photo of 153 wherever both were measured (better by 1-3 photos on 4 of 6,
+     worse by 1 on one: docs/int8-fidelity.md), and faster on x86 (float beats int8 on 3-channel
+     224 px convolutions). Issue 11: this order keeps a MobileNet 0.25 export under a
      minute when the stem passes;
   3. `calibration-percentile` (ONNX): onnxruntime's Percentile calibration instead of MinMax;
   4. `repaired`: the same repair with no float stem (still all-int8, Edge TPU friendly);
@@ -119,7 +120,7 @@ def improve(failing: Sequence[ParityResult], ctx: FidelityContext) -> FidelityOu
     from tledge.export.rungs import Shared
 
     outcome = FidelityOutcome(results={})
-    model = _pixel_model(ctx)
+    model = pixel_model(ctx)
     cache = Shared(model, ctx.contract, ctx.calib, ctx.out)  # what the rungs share (tledge.export.rungs)
     if model is None:
         outcome.notes.append(f"Keras-level int8 repairs need a Keras 3 model ({ctx.lm.kind} given, and it could "
@@ -241,7 +242,7 @@ def _threshold(ctx: FidelityContext, name: str, precision: str) -> Thresholds:
 
 
 # ---- the model the repairs work on -------------------------------------------------------------
-def _pixel_model(ctx: FidelityContext):
+def pixel_model(ctx: FidelityContext):
     """A Keras 3 model taking float32 pixels with the preprocessing inside, or None."""
     keras = require("keras", extra="export")
     from tledge.layers import for_contract
