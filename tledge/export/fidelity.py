@@ -7,9 +7,9 @@ Rungs (`LADDER`, in order of cost; the first that passes is kept, each one's sec
   2. `repaired-stem4` (CPU targets only): BN folding, an exact input grid, adaptive rounding + bias
      correction of every kernel on the calibration images (`repair.apply`), the first 4 convolutions
      and what precedes them kept float (selective quantisation). It comes before the all-int8 repair
-     because it is cheaper to make (fewer kernels to round: 14 vs 24 CPU s on MobileNet 0.25), as
-     faithful within one photo of 153 wherever both were measured (better by 1-3 photos on 4 of 6,
-     worse by 1 on one: docs/int8-fidelity.md), and faster on x86 (float beats int8 on 3-channel
+     because it is cheaper to make (fewer kernels to round: 14 vs 24 CPU s on MobileNet 0.25), at
+     least as faithful within one photo of 153 wherever both were measured (of six files: three
+     better by 3-4 photos, two equal, one worse by one: docs/int8-fidelity.md), and faster on x86 (float beats int8 on 3-channel
      224 px convolutions). Issue 11: this order keeps a MobileNet 0.25 export under a
      minute when the stem passes;
   3. `calibration-percentile` (ONNX): onnxruntime's Percentile calibration instead of MinMax;
