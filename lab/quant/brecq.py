@@ -84,9 +84,9 @@ class Block:
         self.logits = is_output and self.last in self.linear  # target the pre-activation (e.g. before softmax)
         self.quantised = {op.name for op, _ in nodes[:-1] if quantised(op)}
 
-    def run(self, tf, x, weights, ranges=None, stats=None):
-        """The block on `x`; `weights[name] = (kernel, bias)` for its linear layers; `ranges`: fake-quantise
-        the requantised tensors inside; `stats`: collects their min/max."""
+    def run(self, tf, x, weights, ranges=None):
+        """The block on `x` (tf tensors); `weights[name] = (kernel, bias)` for its linear layers; `ranges`:
+        fake-quantise the tensors a converter requantises inside the block."""
         acts = {self.source: x}
         out = x
         for op, node in self.nodes:
@@ -97,9 +97,6 @@ class Block:
                 out = out if (op is self.last and self.logits) else op.activation(out)
             else:
                 out = op(*args, **kwargs)
-            if stats is not None and op.name in self.quantised:
-                lo, hi = stats.get(op.name, (np.inf, -np.inf))
-                stats[op.name] = (min(lo, float(tf.reduce_min(out))), max(hi, float(tf.reduce_max(out))))
             if ranges is not None and op.name in self.quantised:
                 out = _fake_act(tf, out, *ranges[op.name])
             for t in node.outputs:
@@ -143,7 +140,9 @@ def blocks(model, keep_float=(), per_block: int = 2):
                 live[id(t)] = consumers[id(t)]
         enough = sum(bool(_kind(o)) for o, _ in current) >= per_block and repair.requantised(op)
         done = not live or (len(live) == 1 and enough)
-        if current and done:
+        if current and done and not any(_kind(o) for o, _ in current):
+            current = []  # nothing to round (e.g. a pooling tail): left to the plain walk
+        elif current and done:
             is_out = bool({id(t) for t in node.outputs} & outputs)
             out.append(Block(current, source, is_out, lambda o: repair.quantised_output(o, keep)))
             current = []
