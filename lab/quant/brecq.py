@@ -275,6 +275,19 @@ def _weights(layer):
                                                     else w[0].shape[2] * w[0].shape[3], np.float32))
 
 
+def _plain(tf, op, node, acts_f, acts_q, wf):
+    """A node outside the blocks: float path (float weights `wf` for a kernel) and quantised path."""
+    from tledge.quant.repair import apply_layer
+
+    args_f, kw_f = node.arguments.fill_in(acts_f)
+    args_q, kw_q = node.arguments.fill_in(acts_q)
+    if op.name in wf and _kind(op):
+        y_f = _batched(lambda a: op.activation(_linear(tf, op, tf.constant(a), *wf[op.name])), args_f[0])
+    else:
+        y_f = apply_layer(op, args_f, kw_f)
+    return y_f, apply_layer(op, args_q, kw_q)
+
+
 def reconstruct(model, reference, calib, *, keep_float=(), per_block: int = 2, iters: int = 300, batch: int = 16,
                 lr: float = 0.05, lam: float = 1.0, init: str = "input", seed: int = 0, log=None):
     """Block reconstruction of a repaired model (folded, flat, kernels on the int8 grid) against
@@ -318,13 +331,7 @@ def reconstruct(model, reference, calib, *, keep_float=(), per_block: int = 2, i
                                  f"{time.perf_counter() - t0:.1f} s)")
             done, last = blk.nodes, blk.last
         else:
-            args_f, kw_f = node.arguments.fill_in(acts_f)
-            args_q, kw_q = node.arguments.fill_in(acts_q)
-            if repair.linear_kind(op) and op.name not in keep and op.name in wf:
-                y_f = _batched(lambda a: op.activation(_linear(tf, op, tf.constant(a), *wf[op.name])), args_f[0])
-            else:
-                y_f = repair.apply_layer(op, args_f, kw_f)
-            y_q = repair.apply_layer(op, args_q, kw_q)
+            y_f, y_q = _plain(tf, op, node, acts_f, acts_q, wf if op.name not in keep else {})
             done, last = [(op, node)], op
         if repair.quantised_output(last, keep) and last.name not in m.output_names:
             y_q = repair.fake_quant(y_q, y_f.min(), y_f.max())
