@@ -41,7 +41,8 @@ def _kernels(model, keep):
 
 def _walk(model, reference, calib, keep):
     """Outputs of every layer: the folded float model (float path) and `model` with its 8-bit activations
-    fake-quantised on the float ranges (the quantised path), as the converters run it."""
+    fake-quantised on the float ranges (the quantised path, as the converters run it; each output is
+    recorded before its own rounding, as brecq measures a block's output)."""
     ref, _ = repair.fold_bn(reference)
     flat = keras.Model(ref.inputs, [layer.output for layer in ref.layers[1:]])
     floats = dict(zip([layer.name for layer in ref.layers[1:]], flat.predict(calib, verbose=0)))
@@ -49,10 +50,9 @@ def _walk(model, reference, calib, keep):
     quant = {}
     for op, node in repair.nodes(model):
         args, kwargs = node.arguments.fill_in(acts)
-        out = repair.apply_layer(op, args, kwargs)
+        out = quant[op.name] = repair.apply_layer(op, args, kwargs)  # recorded before its own rounding
         if repair.quantised_output(op, set(keep)) and op.name not in model.output_names and op.name in floats:
             out = repair.fake_quant(out, floats[op.name].min(), floats[op.name].max())
-        quant[op.name] = out
         for t in node.outputs:
             acts[id(t)] = out
     return floats, quant
@@ -94,3 +94,23 @@ def test_block_output_error_does_not_increase(tiny_model, calib, reconstructed):
         name = blk.last.name
         old, now = (float(np.mean((q[name] - floats[name]) ** 2)) for q in (q_old, q_new))
         assert now <= old * 1.001, (name, old, now)
+
+
+def test_holdout_judges_each_block_on_images_it_was_not_fitted_on(tiny_model, calib, reconstructed):
+    fixed, _, fitted, keep = reconstructed
+    new, results = brecq.reconstruct(fixed, tiny_model["model"], calib, keep_float=keep, iters=50, holdout=4)
+    assert [r.ops for r in results] == [r.ops for r in fitted]
+    held = np.arange(len(calib)) % 4 == 3
+    # the input model's error on the first block is judged on the held-out quarter only
+    found, _ = brecq.blocks(fixed, keep)
+    floats, quant = _walk(fixed, tiny_model["model"], calib, keep)
+    sq = (quant[found[0].last.name] - floats[found[0].last.name]) ** 2
+    on_held, on_all = float(np.mean(sq[held])), float(np.mean(sq))
+    # (this walk's float path starts from the original preprocessing, brecq's from the exact-input one)
+    assert results[0].err_input == pytest.approx(on_held, rel=0.1)
+    assert abs(results[0].err_input - on_held) < abs(results[0].err_input - on_all)
+    for r in results:
+        assert r.kept == (r.err_brecq < r.err_input)
+    for name, k in _kernels(new, keep).items():
+        if not any(name in r.ops and r.kept for r in results):
+            np.testing.assert_array_equal(k, _kernels(fixed, keep)[name])

@@ -254,16 +254,19 @@ def _optimise(tf, blk, x, y, wf, wq, ranges, norm, *, iters, batch, lr, lam, see
     return {name: r.hard() for name, r in rounds.items()}
 
 
-def _block(tf, blk, x_f, x_q, wf, wq, **opts):
-    """Reconstruct one block. Returns (float output, quantised output, chosen weights, BlockResult)."""
+def _block(tf, blk, x_f, x_q, wf, wq, holdout=0, **opts):
+    """Reconstruct one block. Returns (float output, quantised output, chosen weights, BlockResult).
+    `holdout` k > 1: fit on the images but every k-th and judge (keep or not) on those only."""
     y_f, ranges, means, _ = _pass(tf, blk, x_f, wf)
     y_old = _pass(tf, blk, x_q, wq, ranges)[0]
-    norm = max(float(np.mean((y_old - y_f) ** 2)), 1e-30)  # the input model's error: the loss is relative to it
-    kernels = _optimise(tf, blk, x_q, y_f, wf, wq, ranges, norm, **opts)
+    judge = np.arange(len(x_q)) % holdout == holdout - 1 if holdout > 1 else np.ones(len(x_q), bool)
+    fit = ~judge if holdout > 1 else judge
+    norm = max(float(np.mean((y_old[fit] - y_f[fit]) ** 2)), 1e-30)  # the loss is relative to the input's error
+    kernels = _optimise(tf, blk, x_q[fit], y_f[fit], wf, wq, ranges, norm, **opts)
     new = {name: (k, wq[name][1]) for name, k in kernels.items()}
     y_new, _, _, biases = _pass(tf, blk, x_q, new, ranges, means)
     new = {name: (k, biases[name]) for name, k in kernels.items()}
-    err_old, err_new = (float(np.mean((y - y_f) ** 2)) for y in (y_old, y_new))
+    err_old, err_new = (float(np.mean((y[judge] - y_f[judge]) ** 2)) for y in (y_old, y_new))
     kept = err_new < err_old
     result = BlockResult(tuple(op.name for op in blk.linear), err_old, err_new, kept)
     return y_f, (y_new if kept else y_old), (new if kept else wq), result
@@ -289,7 +292,7 @@ def _plain(tf, op, node, acts_f, acts_q, wf):
 
 
 def reconstruct(model, reference, calib, *, keep_float=(), per_block: int = 2, iters: int = 300, batch: int = 16,
-                lr: float = 0.05, lam: float = 1.0, init: str = "input", seed: int = 0, log=None):
+                lr: float = 0.05, lam: float = 1.0, init: str = "input", holdout: int = 0, seed: int = 0, log=None):
     """Block reconstruction of a repaired model (folded, flat, kernels on the int8 grid) against
     `reference` (the original float model). Returns (new model, [BlockResult])."""
     tf = _tf()
@@ -314,7 +317,7 @@ def reconstruct(model, reference, calib, *, keep_float=(), per_block: int = 2, i
             uses[id(t)] = uses.get(id(t), 0) + 1
     acts_f = {id(t): np.asarray(calib, np.float32) for t in m.inputs}
     acts_q, results, i = dict(acts_f), [], 0
-    opts = dict(iters=iters, batch=batch, lr=lr, lam=lam, seed=seed, init=init)
+    opts = dict(iters=iters, batch=batch, lr=lr, lam=lam, seed=seed, init=init, holdout=holdout)
     while i < len(order):
         op, node = order[i]
         blk = starts.get(op.name)

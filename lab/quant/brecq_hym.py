@@ -82,6 +82,7 @@ def main():
     ap.add_argument("--iters", type=int, default=300)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--init", default="input", choices=("input", "float"))
+    ap.add_argument("--holdout", type=int, default=0)
     a = ap.parse_args()
     pm = load_original(a.path)
     tr, va = pixels(DATA / "train"), pixels(DATA / "val")
@@ -92,7 +93,7 @@ def main():
     fixed, log = repair.apply(pm, cal, stem=4)
     t_rep = time.perf_counter() - t
     t = time.perf_counter()
-    fixed_b = brecq.step(pm, stem=4, iters=a.iters, batch=a.batch, init=a.init)(fixed, cal, log)
+    fixed_b = brecq.step(pm, stem=4, iters=a.iters, batch=a.batch, init=a.init, holdout=a.holdout)(fixed, cal, log)
     t_b = time.perf_counter() - t
     print("\n".join(n for n in log.notes if n.startswith("brecq")), flush=True)
     for label, m, secs in (("repaired-stem4", fixed, t_rep), ("+brecq", fixed_b, t_b)):
@@ -107,7 +108,7 @@ def main():
         med = float(np.median(np.abs(out - ref_va).max(1)))
         print(f"ROW | {a.name} | {label} | {secs:.1f} | {kv[0]} / {kv[1]:.4f} / {kv[2]:.4f} | "
               f"{kh[0]} / {kh[1]:.4f} / {kh[2]:.4f} | {agree / len(va):.3f} [{lo:.3f}, {hi:.3f}] | {med:.4f} | "
-              f"conv {t_conv:.1f} init {a.init}", flush=True)
+              f"conv {t_conv:.1f} init {a.init} holdout {a.holdout}", flush=True)
 
 
 if __name__ == "__main__":
