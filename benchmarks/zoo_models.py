@@ -213,13 +213,14 @@ SCRATCH = {s.key: s for s in (
     Scratch("effb0", "EfficientNetB0", "efficientnet_b0", 128, 120),
     Scratch("resnet50", "ResNet50", "resnet50", 128, 50),
 )}
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def scratch_network(spec: Scratch, n_classes: int = 2):
     """pixels (float32 0..255) -> tledge_preprocess (the backbone's mode) -> application (weights=None, no
     top, avg pooling) -> Dropout 0.2 -> Dense softmax, as `tledge train` assembles it. EfficientNet's own
-    Normalization layer gets ImageNet's mean / variance, as the imagenet weights file sets it."""
+    Normalization layer keeps weights=None's mean 0 / variance 1: setting its weights after build would
+    not reach its computation (Keras snapshots them at build; only loading calls finalize_state), so the
+    trained model and the saved one would differ."""
     import keras
 
     from tledge import backbones
@@ -227,10 +228,6 @@ def scratch_network(spec: Scratch, n_classes: int = 2):
 
     backbone = getattr(keras.applications, spec.application)(
         input_shape=(spec.size, spec.size, 3), include_top=False, weights=None, pooling="avg")
-    for layer in backbone.layers:
-        if isinstance(layer, keras.layers.Normalization):
-            layer.set_weights([np.asarray(IMAGENET_MEAN, np.float32),
-                               np.square(np.asarray(IMAGENET_STD, np.float32)), np.int64(0)])
     inp = keras.Input((spec.size, spec.size, 3), dtype="float32", name="pixels")
     x = backbone(preprocess_layer(backbones.get(spec.backbone).mode)(inp))
     x = keras.layers.Dropout(0.2, name="head_dropout")(x)

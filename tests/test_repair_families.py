@@ -3,7 +3,8 @@ structures (issue 11's zoo rows hym-effb0 / hym-resnet50): EfficientNet's own Re
 conv-BN-swish, squeeze-excite (GAP, Reshape, swish / sigmoid 1x1 convs, Multiply) and an Add residual;
 ResNet's caffe BGR preprocessing baked as a 1x1 conv, ZeroPadding, MaxPooling, conv-BN(-ReLU) with
 biases, Add. The repair must fold every BN, keep the function, put every kernel on the int8 grid and
-keep the confident model's top-1."""
+keep the confident model's top-1. (A Normalization clone given its weights computed with the defaults
+until the rebuild called finalize_state: the EfficientNetB0 repair collapsed to chance, issue 11.)"""
 from __future__ import annotations
 
 import numpy as np
@@ -26,8 +27,11 @@ def _effnet_like():
     inp = keras.Input((SIZE, SIZE, 3), name="pixels")
     x = preprocess_layer("raw")(inp)
     x = L.Rescaling(1.0 / 255.0)(x)
-    norm = L.Normalization(mean=[0.485, 0.456, 0.406], variance=[0.052, 0.050, 0.051])
+    norm = L.Normalization()  # statistics in its weights, not its config, as EfficientNet's file has them
     x = norm(x)
+    norm.set_weights([np.asarray([0.485, 0.456, 0.406], np.float32), np.asarray([0.052, 0.050, 0.051], np.float32),
+                      np.int64(0)])
+    norm.finalize_state()  # what loading a saved model does
     x = L.ZeroPadding2D(((0, 1), (0, 1)))(x)
     x = L.Activation("swish")(L.BatchNormalization()(L.Conv2D(16, 3, strides=2, use_bias=False)(x)))
     y = L.Activation("swish")(L.BatchNormalization()(L.DepthwiseConv2D(3, padding="same", use_bias=False)(x)))
@@ -90,3 +94,16 @@ def test_repair_keeps_the_function_and_puts_every_kernel_on_the_grid(trained):
         assert np.abs(q - np.round(q)).max() < 1e-3, layer.name
     out = repair.predict(fixed, val)  # int8 weights, float activations
     assert np.mean(out.argmax(1) == ref.argmax(1)) >= 0.95
+
+
+def test_repair_refuses_a_model_that_does_not_survive_the_rebuild(shapes_dataset):
+    """An in-memory Normalization given weights without finalize_state computes with its build-time
+    statistics; the rebuilt copy computes with the weights: the repair must say so, not return it."""
+    from tledge.errors import ExportError
+
+    model = _effnet_like()
+    norm = next(layer for layer in model.layers if isinstance(layer, L.Normalization))
+    norm.set_weights([np.zeros(3, np.float32), np.full(3, 4.0, np.float32), np.int64(0)])  # not finalized
+    calib = _pixels(shapes_dataset / "train")[0][:16]
+    with pytest.raises(ExportError, match="does not survive the rebuild"):
+        repair.apply(model, calib)

@@ -39,6 +39,7 @@ from tledge.quant.kerasgraph import (  # noqa: F401  (re-exported: repair.fold_b
     fold_bn, kernel_out, nodes, predict)
 
 DEFAULT_STEPS = ("fold", "exact_input", "adaptive", "bias_correction")
+FOLD_TOLERANCE = 1e-3  # max abs change the rebuild + BN folding may make (measured ~2e-6), x max(1, |output|)
 KNOWN_STEPS = ("fold", "exact_input", "nearest", "adaptive", "bias_correction", "refit")
 
 
@@ -341,6 +342,9 @@ def apply(model, calib, steps=DEFAULT_STEPS, *, stem: int = 0, act_quant=True, d
     ref = predict(model, sample)
     m, log.folded_bn = fold_bn(model)
     log.fold_max_abs = float(np.abs(predict(m, sample) - ref).max())
+    if log.fold_max_abs > FOLD_TOLERANCE * max(1.0, float(np.abs(ref).max())):
+        raise ExportError(f"int8 repair: the rebuilt, BN-folded model differs from the original by "
+                          f"{log.fold_max_abs:.3g} (max abs): a layer does not survive the rebuild; no repair")
     if "fold" not in steps:
         log.notes.append("BN folding always runs: the converters fold BN themselves, after any rounding.")
     if "exact_input" in steps:
