@@ -16,8 +16,13 @@ Zoo (from ../shared/assets; models are built once into --cache):
   hym-mnv1-0.5-160  the same recipe on MobileNet v1 0.5 at 160 px (Coral mobilenet_v1_0.5_160_quant.tflite)
   imagenet-mnv2   the same float MobileNetV2 with the Coral file's own classifier (background class
                   dropped: 1000 classes) on the imagenet_val1300 split of imagenet-mnv1 (slow: ~6+ min)
-Not in the zoo yet: EfficientNetB0 / ResNet50 heads (no ImageNet weights for them in ../shared/assets,
-no network, and no Coral file to rebuild them from: a random-feature backbone proves nothing about int8).
+  hym-effb0       EfficientNetB0 (swish, squeeze-excite, its own Rescaling + Normalization) and
+  hym-resnet50    ResNet50 (caffe BGR preprocessing baked as a 1x1 conv, Add, ZeroPadding, MaxPooling), 128 px,
+                  TRAINED FROM RANDOM INIT on the 245 hymenoptera train photos (flips + random crops,
+                  benchmarks/zoo_models.py scratch_model): ../shared/assets has no ImageNet weights for them and
+                  there is no network. Their val accuracy is well below an ImageNet backbone's (keras_val.json
+                  beside each model: val accuracy and the top-1 probability distribution), but their outputs are
+                  confident, so int8 agreement on them measures the architectures' quantisation, not near-ties.
 
     python benchmarks/int8_zoo.py [--only imagenet-mnv1,hym-mnv1-s0] [--json out.json] [--fidelity 0.99]
 """
@@ -83,7 +88,7 @@ def tf_keras_hymenoptera(out: Path, seed: int = 0) -> Path:
 def zoo(cache: Path) -> dict:
     """name -> (model path builder, export options)."""
     from realdata import hymenoptera_mobilenet
-    from zoo_models import hymenoptera_model, imagenet_model
+    from zoo_models import hymenoptera_model, imagenet_model, scratch_model
 
     hym = {"calib": str(ASSETS / "hymenoptera_data" / "train"), "val": str(ASSETS / "hymenoptera_data" / "val"),
            "preprocess": "tf"}
@@ -98,6 +103,9 @@ def zoo(cache: Path) -> dict:
     }
     for arch in ("mnv2", "mnv1-0.5-160"):  # preprocessing baked in: no --preprocess
         entries[f"hym-{arch}"] = (lambda a=arch: hymenoptera_model(cache, a),
+                                  lambda: {k: v for k, v in hym.items() if k != "preprocess"})
+    for arch in ("effb0", "resnet50"):  # trained from scratch, preprocessing baked in
+        entries[f"hym-{arch}"] = (lambda a=arch: scratch_model(cache, a),
                                   lambda: {k: v for k, v in hym.items() if k != "preprocess"})
     for seed in (0, 1, 2):
         entries[f"hym-mnv1-s{seed}"] = (

@@ -198,6 +198,102 @@ def hymenoptera_model(cache: Path = DEFAULT_CACHE, arch: str = "mnv2", seed: int
     return path
 
 
+@dataclass(frozen=True)
+class Scratch:
+    """A Keras application trained from random init on hymenoptera (no ImageNet weights exist offline)."""
+
+    key: str
+    application: str  # keras.applications.<name>
+    backbone: str  # tledge.backbones name: its preprocessing mode is baked as `tledge train` does
+    size: int
+    epochs: int
+
+
+SCRATCH = {s.key: s for s in (
+    Scratch("effb0", "EfficientNetB0", "efficientnet_b0", 128, 120),
+    Scratch("resnet50", "ResNet50", "resnet50", 128, 50),
+)}
+
+
+def scratch_network(spec: Scratch, n_classes: int = 2):
+    """pixels (float32 0..255) -> tledge_preprocess (the backbone's mode) -> application (weights=None, no
+    top, avg pooling) -> Dropout 0.2 -> Dense softmax, as `tledge train` assembles it. EfficientNet's own
+    Normalization layer keeps weights=None's mean 0 / variance 1: setting its weights after build would
+    not reach its computation (Keras snapshots them at build; only loading calls finalize_state), so the
+    trained model and the saved one would differ."""
+    import keras
+
+    from tledge import backbones
+    from tledge.layers import preprocess_layer
+
+    backbone = getattr(keras.applications, spec.application)(
+        input_shape=(spec.size, spec.size, 3), include_top=False, weights=None, pooling="avg")
+    inp = keras.Input((spec.size, spec.size, 3), dtype="float32", name="pixels")
+    x = backbone(preprocess_layer(backbones.get(spec.backbone).mode)(inp))
+    x = keras.layers.Dropout(0.2, name="head_dropout")(x)
+    out = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="head")(x)
+    return keras.Model(inp, out, name=f"hym_{spec.key}_scratch")
+
+
+def augmenter(seed: int):
+    """Training-only augmentation: horizontal flips and random crops (zoom in up to 25 %, shift up to 10 %)."""
+    import keras
+
+    return keras.Sequential([keras.layers.RandomFlip("horizontal", seed=seed),
+                             keras.layers.RandomZoom((-0.25, 0.0), seed=seed + 1),
+                             keras.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed + 2)],
+                            name="augment")
+
+
+def confidence(probs: np.ndarray) -> dict:
+    """The distribution of the top-1 probability (a model whose outputs sit near 0.5 proves nothing)."""
+    top = probs.max(axis=1)
+    return {"top1_prob_quantiles": {q: round(float(np.quantile(top, q / 100)), 3) for q in (5, 25, 50, 75, 95)},
+            "share_top1_prob_ge_0.9": round(float(np.mean(top >= 0.9)), 3),
+            "share_top1_prob_lt_0.6": round(float(np.mean(top < 0.6)), 3)}
+
+
+def scratch_model(cache: Path = DEFAULT_CACHE, arch: str = "effb0", seed: int = 0, epochs: int | None = None,
+                  size: int | None = None) -> Path:
+    """The whole network trained from random init on hymenoptera_data/train (245 photos): Adam 1e-3 with
+    cosine decay, batch 16, flips + random crops, seeded. Writes model.keras and keras_val.json (val accuracy,
+    top-1 probability distribution on val, seconds)."""
+    import time
+
+    import keras
+
+    from tledge.images import labelled_images
+
+    spec = SCRATCH[arch]
+    spec = Scratch(spec.key, spec.application, spec.backbone, size or spec.size, epochs or spec.epochs)
+    out = cache / f"hym-{arch}-{spec.size}-s{seed}"
+    path = out / "model.keras"
+    if path.is_file():
+        return path
+    files, y_train, names = labelled_images(ASSETS / "hymenoptera_data" / "train")
+    val_files, y_val, _ = labelled_images(ASSETS / "hymenoptera_data" / "val")
+    x_train, x_val = prepared(files, spec.size), prepared(val_files, spec.size)
+    y_train, y_val = np.asarray(y_train), np.asarray(y_val)
+    keras.utils.set_random_seed(seed)
+    model = scratch_network(spec, len(names))
+    trainer = keras.Sequential([keras.Input((spec.size, spec.size, 3)), augmenter(seed), model])
+    steps = spec.epochs * int(np.ceil(len(x_train) / 16))
+    trainer.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(1e-3, steps)),
+                    "sparse_categorical_crossentropy", metrics=["accuracy"])
+    start = time.perf_counter()
+    hist = trainer.fit(x_train, y_train, epochs=spec.epochs, batch_size=16, verbose=2)
+    seconds = time.perf_counter() - start
+    probs = model.predict(x_val, batch_size=32, verbose=0)
+    info = {"val_accuracy": float(np.mean(np.argmax(probs, 1) == y_val)), "val_images": int(y_val.size),
+            "train_accuracy_last_epoch": float(hist.history["accuracy"][-1]), **confidence(probs),
+            "classes": names, "epochs": spec.epochs, "size": spec.size, "seed": seed,
+            "train_seconds": round(seconds), "application": spec.application}
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    (out / "keras_val.json").write_text(json.dumps(info))
+    return path
+
+
 def verify(arch: str = "mnv2", source: str | None = None, n_images: int = 200) -> dict:
     """Float rebuild + the file's own 1001-way classifier vs the Coral .tflite: cat.bmp and top-1 agreement."""
     from ai_edge_litert.interpreter import Interpreter
@@ -227,12 +323,15 @@ def verify(arch: str = "mnv2", source: str | None = None, n_images: int = 200) -
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("verify", "hymenoptera", "imagenet"))
+    ap.add_argument("what", choices=("verify", "hymenoptera", "imagenet", "scratch"))
     ap.add_argument("--arch", choices=tuple(ARCHES), default="mnv2")
     ap.add_argument("--source", help="a Coral file of the arch (mnv2: tf2-ptq, the default, or tf1-qat)")
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scratch", choices=tuple(SCRATCH), default="effb0", help="scratch: the application")
+    ap.add_argument("--epochs", type=int, help="scratch: epochs (default: the arch's)")
+    ap.add_argument("--size", type=int, help="scratch: input size (default: the arch's)")
     args = ap.parse_args(argv)
     if args.source and args.source not in ARCHES[args.arch].sources:
         ap.error(f"--source {args.source}: {args.arch} has {', '.join(ARCHES[args.arch].sources)}")
@@ -240,6 +339,9 @@ def main(argv=None) -> int:
         print(json.dumps(verify(args.arch, args.source, args.images), indent=1))
     elif args.what == "hymenoptera":
         path = hymenoptera_model(args.cache, args.arch, args.seed, source=args.source)
+        print(path, (path.parent / "keras_val.json").read_text())
+    elif args.what == "scratch":
+        path = scratch_model(args.cache, args.scratch, args.seed, args.epochs, args.size)
         print(path, (path.parent / "keras_val.json").read_text())
     else:
         print(imagenet_model(args.cache / f"imagenet-{args.arch}", args.arch, args.source))

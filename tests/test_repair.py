@@ -144,6 +144,22 @@ def test_bias_correction_and_adaptive_rounding_reduce_simulated_error(tiny, cali
     assert np.abs(_outputs(plain, calib) - _outputs(nearest, calib)).max() < 1e-5
 
 
+def test_relative_output_error_is_the_output_mse_of_the_rows():
+    """The logged per-layer error from second moments equals the error computed on the rows themselves
+    (grouped like a depthwise layer: G groups of d inputs, k outputs; the bias row last)."""
+    rng = np.random.default_rng(0)
+    g, m, d, k = 3, 40, 6, 2
+    xf = rng.normal(size=(g, m, d))
+    xq = xf + 0.05 * rng.normal(size=xf.shape)
+    rows_f, rows_q = (np.concatenate([x, np.ones((g, m, 1))], 2) for x in (xf, xq))
+    wf = rng.normal(size=(g, d + 1, k))
+    w = wf + 0.02 * rng.normal(size=wf.shape)
+    gram = lambda a, b: a.transpose(0, 2, 1) @ b  # noqa: E731
+    direct = np.sum((rows_q @ w - rows_f @ wf) ** 2) / np.sum((rows_f @ wf) ** 2)
+    got = repair.relative_output_error(w, wf, gram(rows_q, rows_q), gram(rows_q, rows_f), gram(rows_f, rows_f))
+    assert got == pytest.approx(direct, rel=1e-9) and got > 1e-5
+
+
 @pytest.fixture(scope="module")
 def repaired(tiny, calib):
     model, log = repair.apply(tiny, calib)

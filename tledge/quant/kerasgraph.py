@@ -50,6 +50,9 @@ def rebuild_model(model, make):
     outputs = model._run_through_graph(inputs, operation_fn=lambda o: o, call_fn=call)
     for new, weights in pending:
         new.set_weights(weights)
+        finalize = getattr(new, "finalize_state", None)  # Normalization & co. snapshot their weights at
+        if callable(finalize):  # build: set_weights alone leaves the clone computing with the initial ones
+            finalize()
     return keras.Model(inputs[0] if len(inputs) == 1 else inputs, outputs, name=model.name)
 
 
