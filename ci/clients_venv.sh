@@ -20,34 +20,11 @@ ASSETS=${TLEDGE_SHARED_ASSETS:-$REPO/../shared/assets}
 MAIN_PY=${PYTHON:-$REPO/.venv/bin/python}
 BASE_PY=${BASE_PYTHON:-python3}
 KEY=$(sha256sum "$REPO/pyproject.toml" | cut -c1-12)
-NAME=clients
 t0=$(date +%s)
 
 log() { echo "clients_venv: $*" >&2; }
-
-venv() {  # the cached venv's python on stdout; returns 3 when pip cannot reach the registry
-  local dir=$CACHE/$NAME-$KEY pip_log
-  if [ -f "$dir/.ready" ] && [ "$(cat "$dir/.ready")" = "$REPO" ]; then echo "$dir/bin/python"; return 0; fi
-  if [ -f "$dir/.ready" ]; then  # made from another checkout: point the editable install here
-    "$dir/bin/pip" install -q --no-deps -e "$REPO" >&2
-  else
-    rm -rf "$dir" "$CACHE/$NAME"-*  # this key's partial build and the venvs of older pyproject.toml files
-    mkdir -p "$CACHE"
-    "$BASE_PY" -m venv "$dir" >&2
-    pip_log=$(mktemp)
-    if ! "$dir/bin/pip" install -q --retries 1 --timeout 30 -e "$REPO[runtime,clients]" pytest >"$pip_log" 2>&1; then
-      if ! "$dir/bin/pip" index versions pip --retries 1 --timeout 30 >/dev/null 2>&1; then  # the registry, not us
-        tail -3 "$pip_log" >&2; rm -rf "$dir" "$pip_log"
-        return 3
-      fi
-      cat "$pip_log" >&2; rm -f "$pip_log"; log "pip install failed"; return 1
-    fi
-    rm -f "$pip_log"
-  fi
-  echo "$REPO" >"$dir/.ready"
-  log "venv ready in $(( $(date +%s) - t0 )) s"
-  echo "$dir/bin/python"
-}
+# shellcheck source=ci/venv.sh
+. "$REPO/ci/venv.sh"
 
 reference_export() {  # the export folder on stdout, or nothing (with a SKIP: line) when it cannot be made
   if [ ! -d "$ASSETS/hymenoptera_data" ] || [ ! -d "$ASSETS/keras_imagenet_weights" ]; then
@@ -66,7 +43,7 @@ reference_export() {  # the export folder on stdout, or nothing (with a SKIP: li
 }
 
 rc=0
-py=$(venv) || rc=$?
+py=$(cached_venv clients -e "$REPO[runtime,clients]" pytest) || rc=$?
 if [ "$rc" -eq 3 ]; then echo "SKIP: pip cannot reach the package registry: no MediaPipe venv"; exit 0; fi
 [ "$rc" -eq 0 ] || exit 1
 "$py" - <<'PY' || { log "the clients venv is not as it must be"; exit 1; }

@@ -22,26 +22,8 @@ RUNTIME_TESTS=(tests/test_runtime_only.py tests/test_doctor.py tests/test_cold_s
                tests/test_golden.py)
 
 log() { echo "runtime_venv: $*" >&2; }
-
-make_venv() {  # make_venv NAME PIP-ARGS...: a cached venv at $CACHE/NAME-$KEY; echoes its python
-  local name=$1 dir stamp t0
-  shift
-  dir=$CACHE/$name-$KEY
-  stamp="$dir/.ready"
-  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$REPO" ]; then echo "$dir/bin/python"; return 0; fi
-  t0=$(date +%s)
-  if [ -f "$stamp" ]; then  # made from another checkout: point the editable install here
-    "$dir/bin/pip" install -q --no-deps -e "$REPO" >&2
-  else
-    rm -rf "$dir" "$CACHE/$name"-*  # this key's partial build and the venvs of older pyproject.toml files
-    mkdir -p "$CACHE"
-    "$BASE_PY" -m venv "$dir" >&2
-    "$dir/bin/pip" install -q "$@" >&2
-  fi
-  echo "$REPO" >"$stamp"
-  log "venv $name ready in $(( $(date +%s) - t0 )) s"
-  echo "$dir/bin/python"
-}
+# shellcheck source=ci/venv.sh
+. "$REPO/ci/venv.sh"
 
 no_tensorflow() {  # the venv must not have TensorFlow or LiteRT's converter stack in it
   "$1" - <<'PY'
@@ -55,7 +37,7 @@ PY
 runtime() {
   local py t0
   t0=$(date +%s)
-  py=$(make_venv runtime -e "$REPO[runtime]" pytest)
+  py=$(cached_venv runtime -e "$REPO[runtime]" pytest)
   no_tensorflow "$py"
   cd "$REPO"
   # -p no:cacheprovider: the shared checkout is not written to
@@ -69,7 +51,7 @@ tflite() {
   model="$ASSETS/coral_tflite_classifiers/mobilenet_v1_0.25_128_quant.tflite"
   img="$ASSETS/coral_tflite_classifiers/test_images/cat.bmp"
   labels="$ASSETS/coral_tflite_classifiers/imagenet_labels.txt"
-  py=$(make_venv tflite214 -e "$REPO" "tflite-runtime==2.14.0" "numpy<2" "opencv-python-headless<4.11")
+  py=$(cached_venv tflite214 -e "$REPO" "tflite-runtime==2.14.0" "numpy<2" "opencv-python-headless<4.11")
   "$py" -c "import ai_edge_litert" 2>/dev/null && { echo "tflite venv has ai_edge_litert: it must not" >&2; return 1; }
   cd "$REPO"
   # (1) a file made elsewhere (no tledge metadata): Coral's MobileNet on cat.bmp

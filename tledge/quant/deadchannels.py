@@ -26,8 +26,7 @@ def zero_dead(model, rel: float | None = None) -> dict[str, int]:
     """Zero, in place, the output channels of Conv / Gemm weights whose largest |w| is below `rel` times
     the layer's largest (default REL). Returns {node name: channels zeroed}."""
     rel = REL if rel is None else rel
-    onnx = require("onnx", extra="export")
-    from onnx import numpy_helper
+    numpy_helper = require("onnx.numpy_helper", extra="export")
 
     inits = {i.name: i for i in model.graph.initializer}
     uses: dict[str, int] = {}
@@ -48,7 +47,7 @@ def zero_dead(model, rel: float | None = None) -> dict[str, int]:
             continue
         w = np.moveaxis(w.copy(), axis, 0)
         w[dead] = 0
-        inits[n.input[1]].CopyFrom(onnx.numpy_helper.from_array(np.moveaxis(w, 0, axis), n.input[1]))
+        inits[n.input[1]].CopyFrom(numpy_helper.from_array(np.moveaxis(w, 0, axis), n.input[1]))
         done[n.name or n.output[0]] = int(dead.sum())
     return done
 
