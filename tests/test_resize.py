@@ -132,10 +132,12 @@ def test_export_default_takes_warp_linear_only_when_keras_keeps_its_accuracy(tmp
 
     assert resize_choice.candidate(area, None) and not resize_choice.candidate(area, "area")
     assert not resize_choice.candidate(area.replace(fit="crop"), None)
-    chosen, note = resize_choice.choose(area, files, y, reference, keras(4))
+    chosen, note, pixels, outputs = resize_choice.choose(area, files, y, reference, keras(4))
     assert chosen.resize is Resize.WARP_LINEAR and note.startswith("resize warp-linear")
+    assert pixels is seen[0] and outputs.shape == (4, 2)  # the export reuses them, not preparing twice
     assert chosen.extra["resize_by_client"]["mediapipe"]["agreement"] == "exact"
     np.testing.assert_array_equal(seen[0][0], warp_linear(cv2.imread(str(files[0]))[:, :, ::-1], 32, 32))
-    kept, note = resize_choice.choose(area, files, y, reference, keras(3))  # 25 points worse
+    kept, note, pixels, _ = resize_choice.choose(area, files, y, reference, keras(3))  # 25 points worse
     assert kept is area and note.startswith("resize area kept") and "0.750 with warp-linear vs 1.000" in note
+    assert pixels is None
     assert resize_choice.choose(area, files, None, reference, keras(4))[0] is area

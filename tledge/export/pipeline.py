@@ -84,14 +84,16 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
             serve, concrete = loader.trace(lm, contract, add_norm)
         steps, clock = {"load and trace": time.perf_counter() - clock}, time.perf_counter()
         with log.step("reading images and running the Keras model"):
-            calib, val_x, val_y, val_files = _images(cfg, contract, chosen)
+            val_x, val_y, val_files = _val_images(cfg, contract, chosen)
             reference = loader.run_reference(serve, val_x)
             if resize_choice.candidate(contract, cfg.resize):  # MediaPipe's resize, where it costs no accuracy
-                contract, resize_note = resize_choice.choose(contract, val_files, val_y, reference,
-                                                             lambda x: loader.run_reference(serve, x))
-                if contract.resize.value == "warp-linear":
-                    calib, val_x, val_y, val_files = _images(cfg, contract, chosen)
-                    reference = loader.run_reference(serve, val_x)
+                choice = resize_choice.choose(contract, val_files, val_y, reference,
+                                              lambda x: loader.run_reference(serve, x))
+                contract, resize_note = choice.contract, choice.note
+                if choice.pixels is not None:  # warp-linear: its val pixels and Keras outputs are made already
+                    val_x, reference = choice.pixels, choice.outputs
+            calib = _calib_images(cfg, contract, chosen)  # with the final contract: prepared once
+            val_x = val_x.astype(np.float32)
         contract = contract.replace(output=_output_kind(reference))
         val_y = contracting.folder_truth(cfg, contract, reference, val_y)
         if contract.labels and reference.shape[1] != len(contract.labels):
@@ -276,28 +278,37 @@ def load_images(folder: str | Path, contract: Contract, limit: int, labels: tupl
     return np.stack(xs), (None if y is None else y[keep]), [files[i] for i in keep]
 
 
-def _images(cfg: ExportConfig, contract: Contract, chosen):
-    labels = contract.labels
-    calib, val_files = None, None
-    if any(f.precision == "int8" for f in chosen) or (cfg.calib and any(f.precision == "dynamic" for f in chosen)):
-        if cfg.calib == "random":
-            warnings.warn("calibrating int8 on random noise: the int8 files will be inaccurate on real "
-                          "images. Use --calib DIR with real images.", TledgeWarning, stacklevel=3)
-            rng = np.random.default_rng(0)
-            calib = rng.integers(0, 256, (32,) + contract.input_shape).astype(np.float32)
-        else:
-            calib, _ = load_pixels(cfg.calib or cfg.val, contract, cfg.calib_limit, labels)
+def _needs_calibration(cfg: ExportConfig, chosen) -> bool:
+    return any(f.precision == "int8" for f in chosen) or bool(cfg.calib and any(f.precision == "dynamic"
+                                                                                 for f in chosen))
+
+
+def _noise(contract: Contract) -> np.ndarray:
+    """--calib random: 32 images of uniform noise (the same every time)."""
+    return np.random.default_rng(0).integers(0, 256, (32,) + contract.input_shape).astype(np.float32)
+
+
+def _calib_images(cfg: ExportConfig, contract: Contract, chosen) -> np.ndarray | None:
+    """float32 calibration pixels, or None when no file calibrates."""
+    if not _needs_calibration(cfg, chosen):
+        return None
+    if cfg.calib == "random":
+        warnings.warn("calibrating int8 on random noise: the int8 files will be inaccurate on real "
+                      "images. Use --calib DIR with real images.", TledgeWarning, stacklevel=3)
+        return _noise(contract)
+    calib, _ = load_pixels(cfg.calib or cfg.val, contract, cfg.calib_limit, contract.labels)
+    return calib.astype(np.float32)
+
+
+def _val_images(cfg: ExportConfig, contract: Contract, chosen):
+    """(pixels, labels or None, files or None) parity runs on: --val, else the --calib folder."""
     if cfg.val:
-        val_x, val_y, val_files = load_images(cfg.val, contract, cfg.val_limit, labels)
-    elif calib is not None:
-        val_x, val_y = calib, None
-        if cfg.calib != "random":
-            val_x, val_y, val_files = load_images(cfg.calib, contract, cfg.val_limit, labels)
-    else:
-        raise DataError("parity needs real images: pass --val DIR (or --calib DIR)")
-    if calib is not None:
-        calib = calib.astype(np.float32)
-    return calib, val_x.astype(np.float32), val_y, val_files
+        return load_images(cfg.val, contract, cfg.val_limit, contract.labels)
+    if _needs_calibration(cfg, chosen) and cfg.calib == "random":
+        return _noise(contract), None, None
+    if _needs_calibration(cfg, chosen):
+        return load_images(cfg.calib, contract, cfg.val_limit, contract.labels)
+    raise DataError("parity needs real images: pass --val DIR (or --calib DIR)")
 
 
 def _output_kind(reference: np.ndarray) -> Output:

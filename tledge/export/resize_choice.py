@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -27,23 +28,32 @@ def candidate(contract: Contract, explicit_resize: str | None) -> bool:
     return not explicit_resize and contract.fit is Fit.STRETCH and contract.resize is Resize.AREA
 
 
+class Choice(NamedTuple):
+    contract: Contract  # the contract to export with
+    note: str  # what was chosen and why
+    pixels: np.ndarray | None = None  # the val images prepared with `contract` when it is warp-linear ...
+    outputs: np.ndarray | None = None  # ... and Keras's outputs on them: the export reuses both
+
+
 def choose(contract: Contract, files: Sequence[Path] | None, y: np.ndarray | None, reference: np.ndarray,
-           run: Callable[[np.ndarray], np.ndarray]) -> tuple[Contract, str]:
-    """(the contract to export with, a note saying what was chosen and why). `reference` is the Keras output
-    on the val `files` prepared with `contract` (area); `run` gives Keras outputs for prepared pixels."""
+           run: Callable[[np.ndarray], np.ndarray]) -> Choice:
+    """`reference` is the Keras output on the val `files` prepared with `contract` (area); `run` gives Keras
+    outputs for prepared pixels."""
     if files is None or y is None or not len(y):
-        return contract, ("resize area kept: MediaPipe's own resize (warp-linear) is chosen only after checking "
-                          "on labelled --val images that it costs no accuracy; --resize warp-linear forces it")
+        return Choice(contract, "resize area kept: MediaPipe's own resize (warp-linear) is chosen only after "
+                                "checking on labelled --val images that it costs no accuracy; --resize "
+                                "warp-linear forces it")
     warp = contract.replace(resize=Resize.WARP_LINEAR)
-    out = run(np.stack([warp.prepare(f) for f in files]).astype(np.float32))
+    pixels = np.stack([warp.prepare(f) for f in files])
+    out = run(pixels)
     acc_area = float((reference.argmax(1) == y).mean())
     acc_warp = float((out.argmax(1) == y).mean())
     agree = float((out.argmax(1) == reference.argmax(1)).mean())
     figures = (f"Keras accuracy {acc_warp:.3f} with warp-linear vs {acc_area:.3f} with area on {len(y)} --val "
                f"images, top-1 the same on {agree:.3f}")
     if acc_warp < acc_area - BUDGET - 1e-9:
-        return contract, (f"resize area kept: {figures}: MediaPipe's own resize (warp-linear) would cost more "
-                          f"than {BUDGET * 100:g} point, so MediaPipe's answers will differ from tledge run's")
+        return Choice(contract, f"resize area kept: {figures}: MediaPipe's own resize (warp-linear) would cost "
+                                f"more than {BUDGET * 100:g} point, so MediaPipe's answers will differ from tledge run's")
     warp = warp.replace(extra={**warp.extra, "resize_by_client": client_resizes(warp)})
-    return warp, (f"resize warp-linear, MediaPipe Tasks' own (so MediaPipe feeds the files the pixels parity "
-                  f"checked): {figures}; --resize area keeps tledge train's resize")
+    return Choice(warp, f"resize warp-linear, MediaPipe Tasks' own (so MediaPipe feeds the files the pixels parity "
+                        f"checked): {figures}; --resize area keeps tledge train's resize", pixels, out)

@@ -51,8 +51,11 @@ class Moments:
 
 def gram(a, b, sa, sb, n):
     """[a,1]^T [b,1] from a^T b, the column sums and the row count, without concatenating ones. One 2-D
-    product per group: numpy's stacked matmul of a transposed view does not reach BLAS (3-25x slower)."""
-    g = np.stack([ai.T @ bi for ai, bi in zip(a, b)])
+    product per group: numpy's stacked matmul of a transposed view does not reach BLAS (3-25x slower).
+    The products run in the rows' own float32 and are summed over chunks in float64 (`collect`): 2-4x
+    faster than float64 BLAS, ~1e-6 relative error, well inside the GPTQ damping (1e-2 of the mean
+    diagonal). `sa` / `sb` are float64 sums (they carry the bias correction's means)."""
+    g = np.stack([ai.T @ bi for ai, bi in zip(a, b)]).astype(np.float64)
     top = np.concatenate([g, sa[:, :, None]], 2)
     bottom = np.concatenate([sb, np.full((len(sb), 1), float(n))], 1)[:, None, :]
     return np.concatenate([top, bottom], 1)
@@ -70,14 +73,14 @@ def collect(layer, xq, xf, *, cross_images: int | None = 32, budget=1 << 23) -> 
 
     for i in range(0, len(xq), step):
         pq, pf = (patches(layer, a[i:i + step]) for a in (xq, xf))
-        pq = np.ascontiguousarray(pq, dtype=np.float64)  # (a depthwise view is transposed: BLAS wants rows)
+        pq = np.ascontiguousarray(pq, dtype=np.float32)  # (a depthwise view is transposed: BLAS wants rows)
         n = pq.shape[1]
-        sq, sf = pq.sum(1), pf.sum(1, dtype=np.float64)
+        sq, sf = pq.sum(1, dtype=np.float64), pf.sum(1, dtype=np.float64)
         qq = gram(pq, pq, sq, sq, n)
         add("hqq", qq)
         add("fsum", np.concatenate([sf, np.full((len(sf), 1), float(n))], 1))
         if i < cross_to:
-            pf = np.ascontiguousarray(pf, dtype=np.float64)
+            pf = np.ascontiguousarray(pf, dtype=np.float32)
             add("hqf", gram(pq, pf, sq, sf, n))
             add("hff", gram(pf, pf, sf, sf, n))
             add("sub_qq", qq)
