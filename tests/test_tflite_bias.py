@@ -150,3 +150,26 @@ def test_savedmodel_export_runs_the_rung_and_records_it(tiny_model, shapes_datas
         assert extra["int8_repair"] == "tflite-bias" and "int8 ops" in extra["tflite_bias_correction"]
     else:
         assert "int8_repair" not in extra
+
+
+def test_ops_are_paired_by_position_and_unmatched_ones_skipped_and_counted(sm_export):
+    """Renamed float tensors: pairs found by position; a float weight the int8 one is not the rounding of
+    (here scaled by 1.1): that op is skipped and counted, the others corrected."""
+    import flatbuffers
+
+    res, calib, _ = sm_export
+    plain = (res.out / "model_int8.tflite").read_bytes()
+    f_model = tb.load((res.out / "model_fp32.tflite").read_bytes())
+    for t in f_model.subgraphs[0].tensors:
+        t.name = b"renamed_" + (t.name or b"")
+    conv = tb.linear_ops(f_model)[1]
+    buf = f_model.buffers[f_model.subgraphs[0].tensors[conv.weight].buffer]
+    buf.data = np.frombuffer((tb.tensor_array(f_model, conv.weight) * 1.1).astype(np.float32).tobytes(), np.uint8)
+    b = flatbuffers.Builder(0)
+    b.Finish(f_model.Pack(b), file_identifier=b"TFL3")
+    fixed, log = tb.correct(plain, bytes(b.Output()), calib)
+    assert log.layers == 3 and log.by_name == 0 and log.skipped == {"without a float twin": 1}, log.summary()
+    before, after = tb.load(plain), tb.load(fixed)
+    moved = [bool(np.any(tb.tensor_array(before, op.bias) != tb.tensor_array(after, op.bias)))
+             for op in tb.linear_ops(before)]
+    assert moved[1] is False and sum(moved) >= 2, moved

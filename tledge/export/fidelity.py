@@ -227,7 +227,8 @@ def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, model, cache
         if src is not None and kind == "tflite":  # float ops: their original weights come back
             src, applied["original_weights"] = mixed.with_float_weights(src, model, sel, cache.mixed)
             key = None
-    if rung.graph == "tflite-bias":  # first TFLite rung: the file in place is still the plain one
+    if rung.graph == "tflite-bias":  # first TFLite rung: the file in place is the plain one (a repaired file's
+        # weights are not the rounding of the fp32 file's: every op would be skipped, and the rung fail)
         data = cache.tflite_bias((ctx.out / plain.file).read_bytes(), _float_tflite(ctx), applied)
     elif kind == "tflite":
         data = cache.tflite(src, rung.stem, applied, dynamic=precision == "dynamic", key=key,

@@ -103,7 +103,11 @@ class Shared:
         from tledge.quant import tflite_bias
 
         self.runs["tflite-bias"] += 1
-        data, log = tflite_bias.correct(int8, fp32, self.calib)
+        try:
+            data, log = tflite_bias.correct(int8, fp32, self.calib)
+        except Exception as exc:  # a file this technique cannot read: the rung fails, the export goes on
+            reason = str(exc).splitlines()[-1][:300] if str(exc) else repr(exc)
+            raise TledgeError(f"TFLite bias correction failed: {reason}") from None
         if not log.layers:
             raise TledgeError(f"nothing to correct: {log.summary()}")
         applied["tflite_bias_correction"] = log.summary()
