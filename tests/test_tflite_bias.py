@@ -111,6 +111,9 @@ def test_savedmodel_int8_file_gets_its_biases_corrected(sm_export, tmp_path):
         # weights untouched: the file stays the same int8 model but for its biases
         np.testing.assert_array_equal(tb.tensor_array(q_before, op.weight), tb.tensor_array(q_after, op.weight))
     assert changed == log.changed
+    # still all-int8 (Edge TPU): the same tensors and types, no float tensor anywhere
+    types = [[(t.type, list(t.shape)) for t in m.subgraphs[0].tensors] for m in (q_before, q_after)]
+    assert types[0] == types[1] and 0 not in {t for t, _ in types[1]}  # TensorType FLOAT32 = 0
     # what the correction is for: the int8 logits' mean moves to the float model's (the dense op's output)
     f_model = tb.load(fp32)
     logits_f = tb.tensor_name(f_model, tb.linear_ops(f_model)[-1].output)
