@@ -3,7 +3,9 @@ order of cost, measure each by parity against the ORIGINAL model, keep the first
 
 Rungs (`LADDER`, in order of cost; the first that passes is kept, each one's seconds recorded):
   1. `onnx-bias` (ONNX, any loader): bias correction on the float graph for the plain file's int8
-     weights (tledge.quant.onnx_bias; ~2 s);
+     weights (tledge.quant.onnx_bias; ~2 s); `tflite-bias` (TFLite, any loader): the same on the plain
+     int8 file itself, its int32 biases against the fp32 file's weights and tap means (tledge.quant.tflite_bias;
+     ~2 s; still all-int8);
   2. `repaired-stem4` (CPU targets only): BN folding, an exact input grid, adaptive rounding + bias
      correction of every kernel on the calibration images (`repair.apply`), the first 4 convolutions
      and what precedes them kept float (selective quantisation). It comes before the all-int8 repair
@@ -23,10 +25,11 @@ Rungs (`LADDER`, in order of cost; the first that passes is kept, each one's sec
   8. last resort, loudly: the int8 file is moved to `rejected/` and replaced by fp16 (TFLite) /
      fp32 (ONNX), unless the target is int8-only (Edge TPU), where the export fails instead.
 For int8-only targets the stem and sensitivity rungs never apply (tledge.quant.registry): their ladder
-is onnx-bias, calibration-percentile, repaired, repaired+bias.
+is onnx-bias / tflite-bias, calibration-percentile, repaired, repaired+bias.
 
 The Keras-level rungs need a Keras 3 model: tf_keras files are rebuilt as one (tledge.quant.rebuild,
-checked equal); SavedModels get the ONNX graph-level rung, calibration choices and the fallback.
+checked equal); SavedModels get the graph-level rungs (onnx-bias, tflite-bias, sensitive), calibration
+choices and the fallback.
 """
 from __future__ import annotations
 
@@ -66,6 +69,7 @@ class Rung:
 
 LADDER: tuple[Rung, ...] = (
     Rung("onnx-bias", repair=False, graph="onnx-bias"),
+    Rung("tflite-bias", repair=False, graph="tflite-bias"),  # the same on the int8 TFLite file itself
     Rung("repaired-stem4", stem=4),  # CPU targets: the cheaper repair pass, and the faster file
     Rung("calibration-percentile", repair=False, calibrate="percentile"),
     Rung("repaired"),
@@ -124,7 +128,8 @@ def improve(failing: Sequence[ParityResult], ctx: FidelityContext) -> FidelityOu
     cache = Shared(model, ctx.contract, ctx.calib, ctx.out)  # what the rungs share (tledge.export.rungs)
     if model is None:
         outcome.notes.append(f"Keras-level int8 repairs need a Keras 3 model ({ctx.lm.kind} given, and it could "
-                             "not be rebuilt as one): only graph-level repairs (ONNX) and calibration choices apply")
+                             "not be rebuilt as one): only graph-level repairs (onnx-bias, tflite-bias) and "
+                             "calibration choices apply")
     elif ctx.lm.kind == "tf_keras":
         outcome.notes.append("the tf_keras model was rebuilt as Keras 3 for the int8 repairs (outputs checked equal)")
     plain_onnx = ctx.out / "model_int8.onnx"
@@ -222,7 +227,10 @@ def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, model, cache
         if src is not None and kind == "tflite":  # float ops: their original weights come back
             src, applied["original_weights"] = mixed.with_float_weights(src, model, sel, cache.mixed)
             key = None
-    if kind == "tflite":
+    if rung.graph == "tflite-bias":  # first TFLite rung: the file in place is the plain one (a repaired file's
+        # weights are not the rounding of the fp32 file's: every op would be skipped, and the rung fail)
+        data = cache.tflite_bias((ctx.out / plain.file).read_bytes(), _float_tflite(ctx), applied)
+    elif kind == "tflite":
         data = cache.tflite(src, rung.stem, applied, dynamic=precision == "dynamic", key=key,
                             layers=sel.layers if sel else ())
     else:
@@ -235,6 +243,16 @@ def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, model, cache
                          thresholds={precision: _threshold(ctx, plain.file, precision)}, threads=ctx.threads)[0]
     result.file = plain.file
     return result, data, applied
+
+
+def _float_tflite(ctx: FidelityContext) -> bytes:
+    """The export's fp32 TFLite file (converted again only where the export did not write it)."""
+    from tledge.export import loader, tflite
+
+    fp32 = ctx.out / "model_fp32.tflite"
+    if fp32.is_file():
+        return fp32.read_bytes()
+    return tflite.convert(loader.trace(ctx.lm, ctx.contract, ctx.add_norm)[1], "fp32")
 
 
 def _threshold(ctx: FidelityContext, name: str, precision: str) -> Thresholds:

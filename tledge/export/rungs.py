@@ -97,6 +97,22 @@ class Shared:
         contract = self.contract.for_file(input_dtype=dtype, input_quant=qin, output_quant=qout)
         return embed_tflite(data, contract.replace(extra={**contract.extra, **applied}))
 
+    def tflite_bias(self, int8: bytes, fp32: bytes, applied: dict) -> bytes:
+        """The int8 TFLite file `int8` with its int32 biases corrected for its own int8 weights against the
+        float file `fp32` (tledge.quant.tflite_bias), contract embedded again."""
+        from tledge.quant import tflite_bias
+
+        self.runs["tflite-bias"] += 1
+        try:
+            data, log = tflite_bias.correct(int8, fp32, self.calib)
+        except Exception as exc:  # a file this technique cannot read: the rung fails, the export goes on
+            reason = str(exc).splitlines()[-1][:300] if str(exc) else repr(exc)
+            raise TledgeError(f"TFLite bias correction failed: {reason}") from None
+        if not log.layers:
+            raise TledgeError(f"nothing to correct: {log.summary()}")
+        applied["tflite_bias_correction"] = log.summary()
+        return self.embed_tflite(data, applied)
+
     # ---- ONNX -------------------------------------------------------------------------------
     def onnx_float(self, model, stem: int | None) -> bytes:
         """The float graph a rung quantises: the fp32 file's (stem None: no repair), else the repaired

@@ -1,6 +1,8 @@
 """int8 techniques that work on the converted graph or on any loader's model (issue 11).
 
 - `onnx_bias`: bias correction on the float ONNX graph for its int8 weights (rungs onnx-bias, repaired+bias);
+- `tflite_bias`: the same on the converted int8 TFLite file's int32 biases, against the fp32 TFLite file
+  (rung tflite-bias: the TFLite repair a SavedModel gets);
 - `deadchannels`: weight channels BN folding switched off are zeroed before onnxruntime quantises (else
   their int32 biases are clipped in U8U8 files); every ONNX int8 file;
 - `saturation`: replays onnxruntime's AVX2 u8 x s8 pair sums to check a QDQ file for int16 saturation;

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 class Technique:
     name: str
     module: str  # tledge.quant.<module> that implements it ("" for a converter option)
-    works_on: str  # "keras3" (a Keras 3 model, any loader through `rebuild`), "onnx-graph", "converter"
+    works_on: str  # "keras3" (a Keras 3 model, any loader through `rebuild`), "onnx-graph", "tflite-graph", "converter"
     formats: tuple[str, ...]  # exported file kinds it can improve
     all_int8: bool  # the result keeps every op int8 (usable for Edge TPU and other int8-only targets)
     summary: str
@@ -23,6 +23,8 @@ TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
               "chosen layers (a stem, or the most sensitive ones) stay float in the converted file"),
     Technique("onnx-bias", "onnx_bias", "onnx-graph", ("onnx",), True,
               "bias correction on the float ONNX graph for the int8 file's own weight grid"),
+    Technique("tflite-bias", "tflite_bias", "tflite-graph", ("tflite",), True,
+              "bias correction of the converted int8 TFLite file's int32 biases for its own int8 weights"),
     Technique("percentile-calibration", "", "converter", ("onnx",), True,
               "onnxruntime's Percentile calibration instead of MinMax"),
     Technique("sensitive-precision", "sensitivity", "onnx-graph", ("tflite", "onnx"), False,
