@@ -17,8 +17,10 @@ Rungs (`LADDER`, in order of cost; the first that passes is kept, each one's sec
   3. `calibration-percentile` (ONNX): onnxruntime's Percentile calibration instead of MinMax;
   4. `repaired`: the same repair with no float stem (still all-int8, Edge TPU friendly);
   5. `repaired+bias` (ONNX): the same, then the graph bias correction on the file's own weight grid;
-  6. `sensitive` (ONNX, no Keras 3 model): the activations whose rounding moves the output most,
-     measured on held-out calibration images, stay precise (int16), cheapest first (tledge.quant.sensitivity);
+  6. `sensitive` (no Keras 3 model): the activations whose rounding moves the output most, measured on
+     held-out calibration images of the export's fp32 ONNX graph, stay precise, cheapest first
+     (tledge.quant.sensitivity): ONNX int16, TFLite float ops (the traced function calibrated, the ops
+     around the chosen activations denylisted, matched by layer name);
   7. `repaired-stem4+sensitive` (the stem plus the most sensitive activations: TFLite float ops, ONNX
      int16, the layers around them on their original weights) and `repaired+sensitive` (the same without
      a stem, for models too small for one);
@@ -128,8 +130,8 @@ def improve(failing: Sequence[ParityResult], ctx: FidelityContext) -> FidelityOu
     cache = Shared(model, ctx.contract, ctx.calib, ctx.out)  # what the rungs share (tledge.export.rungs)
     if model is None:
         outcome.notes.append(f"Keras-level int8 repairs need a Keras 3 model ({ctx.lm.kind} given, and it could "
-                             "not be rebuilt as one): only graph-level repairs (onnx-bias, tflite-bias) and "
-                             "calibration choices apply")
+                             "not be rebuilt as one): only graph-level repairs (onnx-bias, tflite-bias, "
+                             "sensitive) and calibration choices apply")
     elif ctx.lm.kind == "tf_keras":
         outcome.notes.append("the tf_keras model was rebuilt as Keras 3 for the int8 repairs (outputs checked equal)")
     plain_onnx = ctx.out / "model_int8.onnx"
@@ -152,8 +154,8 @@ def _applies(rung: Rung, plain: ParityResult, ctx: FidelityContext, model) -> bo
 
     if rung.repair and model is None:
         return False
-    if rung.mixed and not rung.repair and (model is not None or plain.format != "onnx"):
-        return False  # with a Keras 3 model the repaired variant runs; TFLite needs one
+    if rung.mixed and not rung.repair and model is not None:
+        return False  # with a Keras 3 model the repaired variants run
     if registry.check(rung.techniques, plain.format, int8_only=ctx.int8_only):
         return False
     if plain.precision == "dynamic":  # int8 weights, float activations: only the weight repair applies
@@ -224,7 +226,9 @@ def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, model, cache
         if not sel.layers:
             raise TledgeError(f"no layer worth raising: {sel.summary()}")
         applied.update(mixed.contract_extra(sel, kind))
-        if src is not None and kind == "tflite":  # float ops: their original weights come back
+        if src is None and kind == "tflite":  # no Keras 3 model: calibrate the export's own traced function
+            src, key = mixed.traced(_concrete(ctx)), None
+        elif src is not None and kind == "tflite":  # float ops: their original weights come back
             src, applied["original_weights"] = mixed.with_float_weights(src, model, sel, cache.mixed)
             key = None
     if rung.graph == "tflite-bias":  # first TFLite rung: the file in place is the plain one (a repaired file's

@@ -48,12 +48,16 @@ def representative_data(calib, limit=None):
 
 
 def tflite_converter(model, calib, *, io: str = "uint8"):
-    """A TFLiteConverter set up for full-integer int8 with `io` ("uint8", "int8" or "float32") I/O."""
+    """A TFLiteConverter set up for full-integer int8 with `io` ("uint8", "int8" or "float32") I/O.
+    `model`: a Keras 3 model, or a traced ConcreteFunction with a fixed batch (any loader: a SavedModel's
+    `loader.trace`, whose variables the converter freezes itself)."""
     tf = require("tensorflow", purpose="TFLite conversion")
-    fn = concrete_function(model)
-    holder = tf.Module()  # the converter freezes the variables it finds on this object
-    holder.variables_ = [getattr(v, "value", v) for v in model.variables]
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([fn], holder)
+    if hasattr(model, "layers"):
+        holder = tf.Module()  # the converter freezes the variables it finds on this object
+        holder.variables_ = [getattr(v, "value", v) for v in model.variables]
+        conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete_function(model)], holder)
+    else:
+        conv = tf.lite.TFLiteConverter.from_concrete_functions([model])
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.representative_dataset = representative_data(calib)
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -74,7 +78,8 @@ def tflite_fp32(model, *, optimize: bool = False) -> bytes:
 
 
 def calibrate_tflite(model, calib) -> bytes:
-    """The calibrated float TFLite model (min/max recorded): quantise it with `quantize_tflite`."""
+    """The calibrated float TFLite model (min/max recorded) of a Keras 3 model or a traced concrete
+    function (as `tflite_converter` takes): quantise it with `quantize_tflite`."""
     conv = tflite_converter(model, calib)
     conv._experimental_calibrate_only = True  # the debugger's own path
     conv.experimental_mlir_quantizer = True
