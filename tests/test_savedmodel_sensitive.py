@@ -34,9 +34,11 @@ def _predict(path, x: np.ndarray) -> np.ndarray:
     return np.array(top)
 
 
-def test_savedmodel_tflite_file_gets_the_sensitive_rung(tiny_model, shapes_dataset, tmp_path, monkeypatch):
+@pytest.mark.parametrize("formats", [("tflite",), ("tflite", "onnx")])
+def test_savedmodel_tflite_file_gets_the_sensitive_rung(formats, tiny_model, shapes_dataset, tmp_path, monkeypatch):
     """The choice is forced to one real layer (the tiny healthy model has nothing worth raising); the rest
-    is the real ladder on a SavedModel export: tflite-bias, then sensitive."""
+    is the real ladder on a SavedModel export: tflite-bias, then sensitive. TFLite only: the fp32 ONNX graph
+    the choice is made on is converted from the traced function (the export wrote none)."""
     from tledge.export import fidelity
     from tledge.export.parity import Thresholds
     from tledge.export.pipeline import ExportConfig, export
@@ -62,7 +64,7 @@ def test_savedmodel_tflite_file_gets_the_sensitive_rung(tiny_model, shapes_datas
     monkeypatch.setattr(sensitivity, "choose", forced)
     monkeypatch.setattr(fidelity, "_attempt", spy)
     tiny_model["model"].export(str(tmp_path / "sm"), verbose=False)
-    cfg = ExportConfig(out=tmp_path / "e", formats=("tflite", "onnx"), int8=True, calib=str(shapes_dataset / "train"),
+    cfg = ExportConfig(out=tmp_path / "e", formats=formats, int8=True, calib=str(shapes_dataset / "train"),
                        preprocess="raw", val=str(shapes_dataset / "val"),
                        thresholds={"int8": Thresholds(max_abs=1e-9, min_agreement=1.0)})
     with pytest.warns(Warning):
@@ -72,8 +74,11 @@ def test_savedmodel_tflite_file_gets_the_sensitive_rung(tiny_model, shapes_datas
     row = rows[-1]
     assert "error" not in row and row["agreement"] >= 0.8, row
     layer = row["float_layers"][0]
-    onnx_row = next(r for r in res.report.fidelity if r["file"] == "model_int8.onnx" and r["rung"] == "sensitive")
-    assert onnx_row["float_layers"] == [layer]  # one choice, on the export's fp32 ONNX graph, for both files
+    if "onnx" in formats:  # one choice, on the export's fp32 ONNX graph, for both files
+        onnx_row = next(r for r in res.report.fidelity if r["file"] == "model_int8.onnx" and r["rung"] == "sensitive")
+        assert onnx_row["float_layers"] == [layer]
+    else:
+        assert not (tmp_path / "e" / "model_fp32.onnx").exists() and not (tmp_path / "e" / "model_int8.onnx").exists()
 
     # the file: the chosen activation's producer and consumers are float ops, every other linear op int8
     data = made[("model_int8.tflite", "sensitive")]

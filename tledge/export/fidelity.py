@@ -127,7 +127,8 @@ def improve(failing: Sequence[ParityResult], ctx: FidelityContext) -> FidelityOu
 
     outcome = FidelityOutcome(results={})
     model = pixel_model(ctx)
-    cache = Shared(model, ctx.contract, ctx.calib, ctx.out)  # what the rungs share (tledge.export.rungs)
+    cache = Shared(model, ctx.contract, ctx.calib, ctx.out,  # what the rungs share (tledge.export.rungs)
+                   trace=lambda: _traced(ctx))
     if model is None:
         outcome.notes.append(f"Keras-level int8 repairs need a Keras 3 model ({ctx.lm.kind} given, and it could "
                              "not be rebuilt as one): only graph-level repairs (onnx-bias, tflite-bias, "
@@ -334,10 +335,14 @@ def _explain(ctx: FidelityContext, model, plain_onnx: bytes | None) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def _concrete(ctx: FidelityContext):
+def _traced(ctx: FidelityContext):
     from tledge.export import loader
 
-    return loader.trace(ctx.lm, ctx.contract, ctx.add_norm)[1]
+    return loader.trace(ctx.lm, ctx.contract, ctx.add_norm)
+
+
+def _concrete(ctx: FidelityContext):
+    return _traced(ctx)[1]
 
 
 def _fallback(plain: ParityResult, best: ParityResult, ctx: FidelityContext,

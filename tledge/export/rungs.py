@@ -36,6 +36,7 @@ class Shared:
     qdq_files: dict = field(default_factory=dict)  # (stem, method, float nodes, scheme) -> (QDQ bytes, Scheme)
     tflite_calibrated: dict = field(default_factory=dict)  # stem -> calibrated float TFLite
     mixed: dict = field(default_factory=dict)  # sensitivity choices and float-weight models (tledge.export.mixed)
+    trace: object = None  # () -> (serve, concrete): the export's traced function (loader.trace), or None
     runs: Counter = field(default_factory=Counter)
     hits: Counter = field(default_factory=Counter)
 
@@ -116,11 +117,18 @@ class Shared:
     # ---- ONNX -------------------------------------------------------------------------------
     def onnx_float(self, model, stem: int | None) -> bytes:
         """The float graph a rung quantises: the fp32 file's (stem None: no repair), else the repaired
-        model's, converted once per stem. Float input in the export's layout."""
+        model's, converted once per stem. Float input in the export's layout. Without an fp32 file (a
+        TFLite-only export) the traced function is converted once."""
         from tledge.export import onnx as onnx_export
 
         if stem is None:
-            return onnx_export.float_input((self.out / "model_fp32.onnx").read_bytes())
+            fp32 = self.out / "model_fp32.onnx"
+            if fp32.is_file():
+                return onnx_export.float_input(fp32.read_bytes())
+            if self.trace is None:
+                raise TledgeError("no fp32 ONNX graph to measure on (the export wrote none, and nothing traced)")
+            return self._get(self.onnx_fp32, None, "onnx-float",  # a TFLite-only export: converted here
+                             lambda: onnx_export.convert_fp32(self.trace()[0], self.contract).SerializeToString())
 
         def convert():
             return onnx_export.convert_fp32(serve(model, self.contract), self.contract).SerializeToString()
