@@ -87,7 +87,7 @@ class Shared:
                 data = selective.quantize_tflite(cal, keep_float=keep)
         except Exception as exc:
             reason = str(exc).splitlines()[-1][:300]
-            raise TledgeError(f"TFLite conversion of the repaired model failed: {reason}") from None
+            raise TledgeError(f"TFLite conversion of the rung's model failed: {reason}") from None
         return self.embed_tflite(data, applied)
 
     def embed_tflite(self, data: bytes, applied: dict) -> bytes:
