@@ -138,8 +138,8 @@ def run(model_bytes: bytes, pixels: np.ndarray, batch: int = 32) -> np.ndarray:
 
 
 def local_noise(qdq, ev: Evaluator, cands: Sequence[Candidate], images: int = 16) -> None:
-    """The cheap proxy: each candidate's own rounding noise-to-signal ratio (its first tensor rounded
-    to its grid, clipping included, over its mean square) on the first `images` held-out images, one
+    """The cheap proxy: each candidate's own rounding noise-to-signal ratio (its first tensor, clipped
+    to its grid's range, rounded to the grid, over its mean square) on the first `images` held-out images, one
     run of the all-int8 graph with those tensors as extra outputs. Sets `Candidate.noise`."""
     import copy
 
@@ -166,8 +166,10 @@ def local_noise(qdq, ev: Evaluator, cands: Sequence[Candidate], images: int = 16
     for c in cands:
         if c.tensors[0] not in grid:
             continue
-        x = np.asarray(outs[c.tensors[0]], np.float64)
         scale, zp, info = grid[c.tensors[0]]
+        # clipped to the grid's range first: that is the function (the quantiser drops a Relu / Clip
+        # whose range the grid's matches, as `bypass` keeps), only the rounding is noise
+        x = np.clip(np.asarray(outs[c.tensors[0]], np.float64), (info.min - zp) * scale, (info.max - zp) * scale)
         q = (np.clip(np.round(x / scale) + zp, info.min, info.max) - zp) * scale
         c.noise = float(np.mean((q - x) ** 2) / (np.mean(x ** 2) + 1e-30))
 
