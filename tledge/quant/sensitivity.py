@@ -16,6 +16,12 @@ non-depthwise linear ops that stop running int8; thin early layers and depthwise
 free, and measured faster in float on x86, docs/int8-fidelity.md), re-measured after each step,
 until E reaches the aim or the cost / count budget is spent.
 
+Candidates (tledge.quant.qdqgraph): the single units that feed a linear op, and the role groups
+(every unit of one structural role, e.g. every swish output, as ONE candidate). Leave-one-out costs
+one graph run per candidate; a deep model has hundreds of units, so the singles are first ranked by a
+cheap proxy (`local_noise`: each tensor's own rounding noise-to-signal ratio, one run) and only the
+`max_trials` noisiest are measured; the groups are always measured (a few dozen at most).
+
 A unit is an activation tensor plus the pass-through tensors after it (Pad, Reshape: same grid).
 Keeping it precise means, in the files:
 - ONNX (`onnx_overrides`): the tensors get int16 QDQ (TensorQuantOverrides); onnxruntime has no
@@ -36,17 +42,14 @@ from typing import Callable, Sequence
 import numpy as np
 
 from tledge._deps import require
+from tledge.quant.qdqgraph import LINEAR, PASS_THROUGH, Candidate, bypass, candidates, groups, layer_of, macs_per_node
 
-PASS_THROUGH = ("Pad", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose", "MaxPool", "Identity")
-LINEAR = ("Conv", "Gemm", "MatMul")
+# singles measured by leave-one-out at most: MobileNet v1 has 27-28 (all measured, as before); on
+# EfficientNetB0's 82, 16 and 40 chose alike (held-out E 0.970 / 0.971) in 39 / 69 graphs (docs)
+MAX_TRIALS = 32
 
-
-@dataclass
-class Candidate:
-    tensors: tuple[str, ...]  # the activation and the pass-through tensors after it (one grid)
-    layer: str  # the Keras / graph layer that produces it (as named in both files' tensor names)
-    macs: float  # multiply-adds of non-depthwise linear ops that would run float (per image)
-    gain: float = 0.0  # leave-one-out drop of the margin error variance on the held-out images
+__all__ = ["LINEAR", "PASS_THROUGH", "Candidate", "Evaluator", "Score", "Selection", "bypass", "candidates", "choose",
+           "groups", "layer_of", "local_noise", "onnx_overrides", "rank", "run", "select", "split", "tflite_keep_float"]
 
 
 @dataclass
@@ -61,7 +64,8 @@ class Score:
 
 @dataclass
 class Selection:
-    layers: list[str] = field(default_factory=list)  # chosen, in order of choice
+    layers: list[str] = field(default_factory=list)  # chosen, in order of choice (a group's members)
+    choices: list[str] = field(default_factory=list)  # chosen candidates (a group counts once)
     tensors: list[str] = field(default_factory=list)
     all_layers: list[str] = field(default_factory=list)  # every candidate, graph order
     ranked: list[Candidate] = field(default_factory=list)
@@ -70,6 +74,7 @@ class Selection:
     images: int = 0  # held-out images measured on
     float_macs: float = 0.0  # fraction of the linear multiply-adds that run float
     seconds: float = 0.0
+    trials: int = 0  # graphs run (leave-one-out, greedy steps, the proxy pass)
 
     def precision(self, high: str) -> dict[str, str]:
         """Every candidate layer's final activation precision ("int8" or `high`)."""
@@ -77,9 +82,9 @@ class Selection:
 
     def summary(self) -> str:
         return (f"sensitivity on {self.images} held-out calibration images: {len(self.layers)} of "
-                f"{len(self.all_layers)} activations kept precise ({', '.join(self.layers) or 'none'}; "
+                f"{len(self.all_layers)} activations kept precise ({', '.join(self.choices or self.layers) or 'none'}; "
                 f"{100 * self.float_macs:.1f} % of multiply-adds float); simulated {self.before.text()} -> "
-                f"{self.after.text()}; {self.seconds:.1f}s")
+                f"{self.after.text()}; {self.trials} graphs run, {self.seconds:.1f}s")
 
 
 def split(n: int, every: int = 3) -> tuple[np.ndarray, np.ndarray]:
@@ -87,134 +92,6 @@ def split(n: int, every: int = 3) -> tuple[np.ndarray, np.ndarray]:
     idx = np.arange(n)
     held = idx % every == every - 1
     return idx[~held], idx[held]
-
-
-def layer_of(tensor: str) -> str:
-    """The layer scope in a converter's tensor name: `model/conv_pw_3_relu_1/Relu6:0` -> `conv_pw_3_relu_1`."""
-    parts = tensor.split(";")[0].split(":")[0].split("/")
-    return parts[-2] if len(parts) > 1 else parts[0]
-
-
-# ---- the QDQ graph ---------------------------------------------------------------------------------
-def candidates(qdq) -> list[Candidate]:
-    """Quantised activations of a QDQ onnx.ModelProto that feed a linear op (directly or through
-    pass-through ops), graph order."""
-    inits = {i.name for i in qdq.graph.initializer}
-    consumers: dict[str, list] = {}
-    for n in qdq.graph.node:
-        for t in n.input:
-            consumers.setdefault(t, []).append(n)
-    qdq_of = {}  # float tensor -> its DQ output
-    for n in qdq.graph.node:
-        if n.op_type == "QuantizeLinear" and n.input[0] not in inits:
-            dq = [c for c in consumers.get(n.output[0], []) if c.op_type == "DequantizeLinear"]
-            if dq:
-                qdq_of[n.input[0]] = dq[0].output[0]
-    macs = _macs(qdq)
-    followers = set()
-    out = []
-    for t, dq_out in qdq_of.items():
-        if t in followers:
-            continue
-        group, cost, frontier, linear = [t], 0.0, [dq_out], False
-        while frontier:
-            for c in consumers.get(frontier.pop(), []):
-                if c.op_type in LINEAR:
-                    linear, cost = True, cost + macs.get(c.name, 0.0)
-                elif c.op_type in PASS_THROUGH and c.output[0] in qdq_of:
-                    group.append(c.output[0])
-                    followers.add(c.output[0])
-                    frontier.append(qdq_of[c.output[0]])
-        if linear:
-            out.append(Candidate(tuple(group), layer_of(t), cost + _producer_macs(qdq, t, macs)))
-    return out
-
-
-def _producer_macs(qdq, tensor: str, macs: dict) -> float:
-    return next((macs.get(n.name, 0.0) for n in qdq.graph.node if tensor in n.output), 0.0)
-
-
-def _macs(qdq) -> dict[str, float]:
-    """Node name -> multiply-adds per image of each non-depthwise Conv / Gemm / MatMul (weights'
-    element count times output positions, from shape inference); depthwise convs count 0."""
-    onnx = require("onnx", extra="export")
-    try:
-        inferred = onnx.shape_inference.infer_shapes(qdq)
-    except Exception:
-        inferred = qdq
-    shapes = {v.name: [d.dim_value or 1 for d in v.type.tensor_type.shape.dim]
-              for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
-    inits = {i.name: i for i in qdq.graph.initializer}
-    producer = {o: n for n in qdq.graph.node for o in n.output}
-    out = {}
-    for n in qdq.graph.node:
-        if n.op_type not in LINEAR or len(n.input) < 2:
-            continue
-        w = n.input[1]
-        if w in producer and producer[w].op_type == "DequantizeLinear":
-            w = producer[w].input[0]
-        if w not in inits:
-            continue
-        dims = list(inits[w].dims)
-        group = next((a.i for a in n.attribute if a.name == "group"), 1)
-        if group > 1:
-            out[n.name] = 0.0
-            continue
-        positions = float(np.prod(shapes.get(n.output[0], [1])[2:])) if n.op_type == "Conv" else 1.0
-        out[n.name] = float(np.prod(dims)) * positions
-    return out
-
-
-def bypass(qdq, tensors: Sequence[str]):
-    """A copy of `qdq` in which these tensors are not rounded: their QuantizeLinear/DequantizeLinear
-    pair becomes a Clip to the same range (onnxruntime's quantiser drops a Relu/Clip before a Q whose
-    range clips the same way, so the range must stay)."""
-    import copy
-
-    from onnx import helper, numpy_helper
-
-    model = copy.deepcopy(qdq)
-    wanted = set(tensors)
-    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    clipped = {}  # Q output -> clipped float tensor
-    for n in list(model.graph.node):
-        if n.op_type != "QuantizeLinear" or n.input[0] not in wanted:
-            continue
-        scale = float(inits[n.input[1]])
-        zp = inits[n.input[2]] if len(n.input) > 2 and n.input[2] else np.zeros((), np.uint8)
-        info = np.iinfo(zp.dtype)
-        lo, hi = (float(info.min) - float(zp)) * scale, (float(info.max) - float(zp)) * scale
-        out = n.input[0] + "_tledge_precise"
-        bounds = [numpy_helper.from_array(np.array(v, np.float32), f"{out}_{k}") for k, v in (("lo", lo), ("hi", hi))]
-        model.graph.initializer.extend(bounds)
-        model.graph.node.append(helper.make_node("Clip", [n.input[0], bounds[0].name, bounds[1].name], [out]))
-        clipped[n.output[0]] = out
-    rewire = {n.output[0]: clipped[n.input[0]] for n in model.graph.node
-              if n.op_type == "DequantizeLinear" and n.input[0] in clipped}
-    for n in model.graph.node:
-        n.input[:] = [rewire.get(t, t) for t in n.input]
-    return _sorted(model)
-
-
-def _sorted(model):
-    """Nodes in topological order (appended Clip nodes moved before their consumers)."""
-    ready = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer} | {""}
-    pending, order = list(model.graph.node), []
-    while pending:
-        rest = []
-        for n in pending:
-            if all(t in ready for t in n.input):
-                order.append(n)
-                ready.update(n.output)
-            else:
-                rest.append(n)
-        if len(rest) == len(pending):
-            order += rest
-            break
-        pending = rest
-    del model.graph.node[:]
-    model.graph.node.extend(order)
-    return model
 
 
 # ---- scoring -----------------------------------------------------------------------------------------
@@ -264,38 +141,93 @@ def run(model_bytes: bytes, pixels: np.ndarray, batch: int = 32) -> np.ndarray:
                            for i in range(0, len(pixels), batch)])
 
 
-def rank(qdq, ev: Evaluator) -> tuple[list[Candidate], Score]:
-    """Every candidate with its leave-one-out gain, most sensitive first; and the all-int8 score."""
-    base = ev.score(qdq)
-    cands = candidates(qdq)
+def local_noise(qdq, ev: Evaluator, cands: Sequence[Candidate], images: int = 16) -> None:
+    """The cheap proxy: each candidate's own rounding noise-to-signal ratio (its first tensor, clipped
+    to its grid's range, rounded to the grid, over its mean square) on the first `images` held-out images, one
+    run of the all-int8 graph with those tensors as extra outputs. Sets `Candidate.noise`."""
+    import copy
+
+    from onnx import helper, numpy_helper
+
+    model = copy.deepcopy(qdq)
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    grid = {}
+    for n in model.graph.node:
+        if n.op_type == "QuantizeLinear" and n.input[0] in {c.tensors[0] for c in cands}:
+            zp = inits[n.input[2]] if len(n.input) > 2 and n.input[2] else np.zeros((), np.uint8)
+            grid[n.input[0]] = (inits[n.input[1]].astype(np.float64), zp.astype(np.float64), np.iinfo(zp.dtype))
+    names = [c.tensors[0] for c in cands if c.tensors[0] in grid]
+    known = {o.name for o in model.graph.output}
+    model.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in names if t not in known)
+    ev.runs += 1
+    ort = require("onnxruntime", extra="export")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    outs = dict(zip([o.name for o in sess.get_outputs()],
+                    sess.run(None, {sess.get_inputs()[0].name: np.asarray(ev.pixels[:images], np.float32)})))
     for c in cands:
-        c.gain = base.margin_rmse ** 2 - ev.score(bypass(qdq, c.tensors)).margin_rmse ** 2
+        if c.tensors[0] not in grid:
+            continue
+        scale, zp, info = grid[c.tensors[0]]
+        # clipped to the grid's range first: that is the function (the quantiser drops a Relu / Clip
+        # whose range the grid's matches, as `bypass` keeps), only the rounding is noise
+        x = np.clip(np.asarray(outs[c.tensors[0]], np.float64), (info.min - zp) * scale, (info.max - zp) * scale)
+        q = (np.clip(np.round(x / scale) + zp, info.min, info.max) - zp) * scale
+        c.noise = float(np.mean((q - x) ** 2) / (np.mean(x ** 2) + 1e-30))
+
+
+def rank(qdq, ev: Evaluator, *, max_trials: int = MAX_TRIALS,
+         use_groups: bool = True) -> tuple[list[Candidate], Score]:
+    """Every candidate (singles, and role groups unless `use_groups` is False) with its leave-one-out
+    gain (a group's: beyond its best single member's, so that one damaged tensor is chosen alone),
+    most sensitive first; and the all-int8 score. With more than `max_trials` singles, only the
+    `max_trials` with the most local rounding noise are measured (the rest: gain 0, measured False)."""
+    base = ev.score(qdq)
+    singles = candidates(qdq)
+    if len(singles) > max_trials:
+        local_noise(qdq, ev, singles)
+        for c in sorted(singles, key=lambda c: -c.noise)[max_trials:]:
+            c.measured = False
+    cands = singles + (groups(qdq) if use_groups else [])
+    for c in cands:
+        if c.measured:
+            c.gain = base.margin_rmse ** 2 - ev.score(bypass(qdq, c.tensors)).margin_rmse ** 2
+    for c in cands[len(singles):]:  # a group's gain: what it adds over its best single member
+        inside = set(c.tensors)
+        c.gain -= max([s.gain for s in singles if s.measured and s.tensors[0] in inside] + [0.0])
     return sorted(cands, key=lambda c: -c.gain), base
 
 
 def choose(qdq, ev: Evaluator, *, aim: float = 0.995, max_float_macs: float = 0.2, max_layers: int = 8,
-           free_macs: float = 0.01) -> Selection:
+           free_macs: float = 0.01, max_trials: int = MAX_TRIALS, use_groups: bool = True) -> Selection:
     """Greedy: best gain per cost first (cost: the float multiply-adds, plus `free_macs` of the
-    total so that free layers still rank by gain), until the expected agreement reaches `aim`."""
-    start = time.perf_counter()
-    ranked, base = rank(qdq, ev)
-    total = sum(v for v in _macs(qdq).values()) or 1.0
+    total so that free layers still rank by gain), until the expected agreement reaches `aim`.
+    `max_layers` counts choices: a role group is one choice (its layers all go into `layers`)."""
+    start, runs = time.perf_counter(), ev.runs
+    ranked, base = rank(qdq, ev, max_trials=max_trials, use_groups=use_groups)
+    total = sum(v for v in macs_per_node(qdq).values()) or 1.0
+    every = [layer for c in ranked for layer in c.layers]
     sel = Selection(all_layers=[c.layer for c in candidates(qdq)], ranked=ranked, before=base, after=base,
                     images=len(ev.pixels))
+    sel.all_layers += [name for name in dict.fromkeys(every) if name not in sel.all_layers]
     order = sorted((c for c in ranked if c.gain > 0), key=lambda c: -c.gain / (c.macs / total + free_macs))
     spent = 0.0
     for c in order:
-        if sel.after.expected >= aim or len(sel.layers) >= max_layers:
+        if sel.after.expected >= aim or len(sel.choices) >= max_layers:
             break
-        if spent + c.macs / total > max_float_macs:
+        tensors = [t for t in c.tensors if t not in sel.tensors]
+        if not tensors or spent + c.macs / total > max_float_macs:
             continue
-        trial = ev.score(bypass(qdq, sel.tensors + list(c.tensors)))
+        trial = ev.score(bypass(qdq, sel.tensors + tensors))
         if trial.margin_rmse >= sel.after.margin_rmse:  # no better together with the others: skip
             continue
-        sel.layers.append(c.layer)
-        sel.tensors += list(c.tensors)
+        sel.choices.append(c.layer)
+        sel.layers += [name for name in c.layers if name not in sel.layers]
+        sel.tensors += tensors
         sel.after, spent = trial, spent + c.macs / total
-    sel.float_macs, sel.seconds = spent, time.perf_counter() - start
+    sel.float_macs, sel.seconds, sel.trials = spent, time.perf_counter() - start, ev.runs - runs
     return sel
 
 
