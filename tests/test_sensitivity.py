@@ -229,13 +229,14 @@ def test_a_role_whose_members_are_all_coarse_is_chosen_as_one(graphs):
     for t in group.tensors:
         bad = _damaged(bad, t, factor=16.0)
     ev = sensitivity.Evaluator(sensitivity.run(src.read_bytes(), calib[held]), calib[held])
-    ranked, base = sensitivity.rank(bad, ev)
+    assert not sensitivity.ROLE_GROUPS and all(not c.members for c in sensitivity.rank(bad, ev)[0])  # off by default
+    ranked, base = sensitivity.rank(bad, ev, use_groups=True)
     by_name = {c.layer: c for c in ranked}
     assert by_name[group.layer].gain > 0
     outside = [c for c in ranked if not c.members and c.layer not in group.members]
     assert all(by_name[group.layer].gain > c.gain for c in outside), [(c.layer, round(c.gain, 4)) for c in ranked]
     # no single measured (max_trials=0): the group is the one choice, its layers all kept precise
-    sel = sensitivity.choose(bad, ev, aim=2.0, max_float_macs=1.0, max_layers=1, max_trials=0)
+    sel = sensitivity.choose(bad, ev, aim=2.0, max_float_macs=1.0, max_layers=1, max_trials=0, use_groups=True)
     assert sel.choices == [group.layer]
     assert sorted(sel.layers) == sorted(group.members) and sorted(sel.tensors) == sorted(group.tensors)
     assert sel.after.margin_rmse < base.margin_rmse

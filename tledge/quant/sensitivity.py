@@ -47,6 +47,10 @@ from tledge.quant.qdqgraph import LINEAR, PASS_THROUGH, Candidate, bypass, candi
 # singles measured by leave-one-out at most: MobileNet v1 has 27-28 (all measured, as before); on
 # EfficientNetB0's 82, 16 and 40 chose alike (held-out E 0.970 / 0.971) in 39 / 69 graphs (docs)
 MAX_TRIALS = 32
+# role groups as candidates: measured on EfficientNetB0 (docs/int8-fidelity.md, "EfficientNetB0: which
+# precision change fixes it"): TFLite +2-4 photos, ONNX -4-5 photos, neither file passing either way, and
+# the same choice on MobileNet v1. Not a gain that generalises, so off in the export; `use_groups=True` on.
+ROLE_GROUPS = False
 
 __all__ = ["LINEAR", "PASS_THROUGH", "Candidate", "Evaluator", "Score", "Selection", "bypass", "candidates", "choose",
            "groups", "layer_of", "local_noise", "onnx_overrides", "rank", "run", "select", "split", "tflite_keep_float"]
@@ -179,7 +183,7 @@ def local_noise(qdq, ev: Evaluator, cands: Sequence[Candidate], images: int = 16
 
 
 def rank(qdq, ev: Evaluator, *, max_trials: int = MAX_TRIALS,
-         use_groups: bool = True) -> tuple[list[Candidate], Score]:
+         use_groups: bool = ROLE_GROUPS) -> tuple[list[Candidate], Score]:
     """Every candidate (singles, and role groups unless `use_groups` is False) with its leave-one-out
     gain (a group's: beyond its best single member's, so that one damaged tensor is chosen alone),
     most sensitive first; and the all-int8 score. With more than `max_trials` singles, only the
@@ -201,7 +205,7 @@ def rank(qdq, ev: Evaluator, *, max_trials: int = MAX_TRIALS,
 
 
 def choose(qdq, ev: Evaluator, *, aim: float = 0.995, max_float_macs: float = 0.2, max_layers: int = 8,
-           free_macs: float = 0.01, max_trials: int = MAX_TRIALS, use_groups: bool = True) -> Selection:
+           free_macs: float = 0.01, max_trials: int = MAX_TRIALS, use_groups: bool = ROLE_GROUPS) -> Selection:
     """Greedy: best gain per cost first (cost: the float multiply-adds, plus `free_macs` of the
     total so that free layers still rank by gain), until the expected agreement reaches `aim`.
     `max_layers` counts choices: a role group is one choice (its layers all go into `layers`)."""
