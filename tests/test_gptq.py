@@ -76,3 +76,19 @@ def test_inverse_cholesky_is_the_factor_of_the_inverse():
     ref = np.linalg.cholesky(np.linalg.inv(h)).transpose(0, 2, 1)
     assert np.array_equal(u, np.triu(u))
     np.testing.assert_allclose(u, ref, rtol=0, atol=1e-9 * np.abs(ref).max())
+
+
+def test_fake_quant_gives_the_bits_of_the_plain_formula():
+    """repair.fake_quant works in place in float32; the values must be those of the float64 formula."""
+    from tledge.quant import repair
+
+    rng = np.random.default_rng(4)
+    x = (rng.normal(0.5, 2.0, (4, 9, 9, 16)) ** 3).astype(np.float32)  # wide tails, exact zeros below
+    x[0, 0, 0, :4] = [-0.0, 0.0, 1e-9, -1e-9]
+    for lo, hi in ((float(x.min()) / 3, float(x.max()) / 2), (0.5, 7.0), (-3.0, -1.0)):
+        lo_, hi_ = min(lo, 0.0), max(hi, 0.0)
+        scale = (hi_ - lo_) / 255
+        zp = np.round(-lo_ / scale)
+        ref = ((np.clip(np.round(x / scale) + zp, 0, 255) - zp) * scale).astype(np.float32)
+        got = repair.fake_quant(x, lo, hi)
+        assert got.dtype == np.float32 and np.array_equal(got.view(np.int32), ref.view(np.int32))
