@@ -27,9 +27,11 @@ def test_shift_gram_equals_the_patch_gram(hw, kernel):
     xb = xa + rng.normal(0, 0.1, xa.shape).astype(np.float32)
     pa, pb = _rows(layer, xa), _rows(layer, xb)
     for a, b, ra, rb in ((xa, xa, pa, pa), (xa, xb, pa, pb), (xb, xb, pb, pb)):
-        got, ref = moments.shift_gram(a, b, kernel), ra.T @ rb
-        assert got.shape == ref.shape
-        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
+        ref = ra.T @ rb
+        # shifts in both directions, and (conv_gram: narrow inputs) row patches with vertical shifts
+        for got in (moments.shift_gram(a, b, kernel), moments.conv_gram(a, b, kernel)):
+            assert got.shape == ref.shape
+            np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
     np.testing.assert_allclose(moments.window_sums(xb, kernel), pb.sum(0), rtol=1e-12, atol=1e-9)
 
 

@@ -96,8 +96,8 @@ def shift_gram(a, b, kernel_size):
     kh, kw = kernel_size
     ph, pw = (kh - 1) // 2, (kw - 1) // 2
     same = a is b
-    a = a.astype(np.float64)
-    b = a if same else b.astype(np.float64)
+    a = np.asarray(a, np.float64)
+    b = a if same else np.asarray(b, np.float64)
     out = np.zeros((kh, kw, c, kh, kw, c))
     for sy in range(-(kh - 1), kh):
         for sx in range(-(kw - 1), kw):
@@ -124,6 +124,31 @@ def shift_gram(a, b, kernel_size):
                         out[uy + sy, ux + sx, :, uy, ux] = block.T
     d = kh * kw * c
     return out.reshape(d, d)
+
+
+def row_patches(x, kw):
+    """(N, H, W, C) -> (N, H, W, kw C) float64: each position's kw horizontal neighbours ('same' zero
+    padding), channels in (column, channel) order."""
+    n_, h_, w_, c = x.shape
+    pw = (kw - 1) // 2
+    out = np.zeros((n_, h_, w_, kw, c))
+    for ux in range(kw):
+        lo, hi = max(0, pw - ux), min(w_, w_ + pw - ux)
+        out[:, :, lo:hi, ux] = x[:, :, lo + ux - pw:hi + ux - pw]
+    return out.reshape(n_, h_, w_, kw * c)
+
+
+NARROW = 128  # inputs with fewer channels: row patches first (C x C products are too thin for BLAS)
+
+
+def conv_gram(a, b, kernel_size):
+    """shift_gram; for narrow inputs on row patches with vertical shifts only (45 instead of 25 C^2
+    products per row, but kw C wide ones)."""
+    kh, kw = kernel_size
+    if a.shape[-1] >= NARROW or kw == 1:
+        return shift_gram(a, b, kernel_size)
+    ra = row_patches(a, kw)
+    return shift_gram(ra, ra if b is a else row_patches(b, kw), (kh, 1))
 
 
 class _RectSums:
@@ -160,10 +185,10 @@ def _chunk_grams(layer, xq, xf, cross: bool) -> dict:
         k = tuple(layer.kernel_size)
         n = int(np.prod(xq.shape[:3]))
         sq, sf = window_sums(xq, k)[None], window_sums(xf, k)[None]
-        out = {"hqq": (shift_gram(xq, xq, k)[None], sq, sq, n), "fsum": sf}
+        out = {"hqq": (conv_gram(xq, xq, k)[None], sq, sq, n), "fsum": sf}
         if cross:
-            out["hqf"] = (shift_gram(xq, xf, k)[None], sq, sf, n)
-            out["hff"] = (shift_gram(xf, xf, k)[None], sf, sf, n)
+            out["hqf"] = (conv_gram(xq, xf, k)[None], sq, sf, n)
+            out["hff"] = (conv_gram(xf, xf, k)[None], sf, sf, n)
         return out
     pq, pf = patches(layer, xq), patches(layer, xf)
     pq = np.ascontiguousarray(pq, dtype=np.float64)  # (a depthwise view is transposed: BLAS wants rows)
