@@ -92,3 +92,6 @@ def test_fake_quant_gives_the_bits_of_the_plain_formula():
         ref = ((np.clip(np.round(x / scale) + zp, 0, 255) - zp) * scale).astype(np.float32)
         got = repair.fake_quant(x, lo, hi)
         assert got.dtype == np.float32 and np.array_equal(got.view(np.int32), ref.view(np.int32))
+        x64 = x.astype(np.float64) * 1.001  # other dtypes: the formula itself
+        ref64 = ((np.clip(np.round(x64 / scale) + zp, 0, 255) - zp) * scale).astype(np.float32)
+        assert np.array_equal(repair.fake_quant(x64, lo, hi), ref64)
