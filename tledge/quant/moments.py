@@ -211,8 +211,9 @@ def collect(layer, xq, xf, *, cross_images: int | None = 32, budget=1 << 23) -> 
     step = max(1, budget // (per_image * d))
     # the images the cross moments cover: whole chunks of `step`, as before the shift gram
     cross_n = len(xq) if cross_images is None else min(len(xq), -(-cross_images // step) * step)
-    if shift_conv(layer):  # no patch copy: chunks of inputs
-        step = max(1, budget // (per_image * int(xq.shape[-1])))
+    if shift_conv(layer):  # no patch copy: chunks of inputs (row patches: kw x wider)
+        width = int(xq.shape[-1])
+        step = max(1, budget // (per_image * width * (layer.kernel_size[1] if width < NARROW else 1)))
     bounds = [(i, min(i + step, cross_n)) for i in range(0, cross_n, step)]
     bounds += [(i, min(i + step, len(xq))) for i in range(cross_n, len(xq), step)]
     acc: dict[str, np.ndarray] = {}
