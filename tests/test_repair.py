@@ -313,3 +313,14 @@ def test_acceptance_hymenoptera_mobilenet(tmp_path_factory):
         assert r["agreement"] >= 0.98, (fmt, r)
         assert abs(r["accuracy"] - keras_acc) <= 0.0101, (fmt, r)
         assert r["latency_ms"] <= 1.3 * plain["latency_ms"], (fmt, r, plain)
+
+
+def test_apply_without_errors_gives_the_same_model(tiny, calib, repaired):
+    """errors=False (the export's rungs) skips the logged per-layer errors and nothing else."""
+    model, log = repaired
+    fast, fast_log = repair.apply(tiny, calib, errors=False)
+    assert all(np.isnan(r.err_nearest) and np.isnan(r.err_repaired) for r in fast_log.layers)
+    assert all(r.err_repaired < r.err_nearest for r in log.layers if r.kind != "Dense")
+    for a, b in zip(model.layers, fast.layers):
+        for wa, wb in zip(a.get_weights(), b.get_weights()):
+            np.testing.assert_array_equal(wa, wb)

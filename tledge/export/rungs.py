@@ -61,7 +61,7 @@ class Shared:
         def make():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return repair.apply(self.model, self.calib, stem=stem)[0]
+                return repair.apply(self.model, self.calib, stem=stem, errors=False)[0]  # (the log is not read)
         return self._get(self.repaired, stem, "repair", make)
 
     # ---- TFLite -----------------------------------------------------------------------------

@@ -1,0 +1,62 @@
+"""Second moments for the weight repair (tledge.quant.moments): the shift-structured gram of stride-1
+'same' convolutions against the patches it replaces (tf.image.extract_patches)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+pytest.importorskip("tensorflow")
+
+from tledge.quant import moments  # noqa: E402
+
+
+def _rows(layer, x):
+    return np.asarray(moments.patches(layer, x), np.float64)[0]
+
+
+@pytest.mark.parametrize("hw,kernel", [((9, 7), (3, 3)), ((4, 4), (3, 3)), ((2, 5), (3, 3)), ((8, 9), (5, 3)),
+                                       ((1, 1), (3, 3))])
+def test_shift_gram_equals_the_patch_gram(hw, kernel):
+    rng = np.random.default_rng(sum(hw))
+    c = 4
+    layer = keras.layers.Conv2D(2, kernel, padding="same")
+    layer.build((None, *hw, c))
+    assert moments.shift_conv(layer)
+    xa = np.maximum(rng.normal(0.3, 1.0, (3, *hw, c)), 0).astype(np.float32)  # ReLU-like, with zeros
+    xb = xa + rng.normal(0, 0.1, xa.shape).astype(np.float32)
+    pa, pb = _rows(layer, xa), _rows(layer, xb)
+    for a, b, ra, rb in ((xa, xa, pa, pa), (xa, xb, pa, pb), (xb, xb, pb, pb)):
+        ref = ra.T @ rb
+        # shifts in both directions, and (conv_gram: narrow inputs) row patches with vertical shifts
+        for got in (moments.shift_gram(a, b, kernel), moments.conv_gram(a, b, kernel)):
+            assert got.shape == ref.shape
+            np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
+    np.testing.assert_allclose(moments.window_sums(xb, kernel), pb.sum(0), rtol=1e-12, atol=1e-9)
+
+
+def test_collect_is_the_same_with_and_without_the_shift_gram(monkeypatch):
+    """A whole collect() (chunks, the bias row, the cross moments on the first images) both ways."""
+    rng = np.random.default_rng(5)
+    layer = keras.layers.Conv2D(3, 3, padding="same")
+    layer.build((None, 6, 6, 5))
+    xq = np.maximum(rng.normal(0.2, 1.0, (7, 6, 6, 5)), 0).astype(np.float32)
+    xf = xq + rng.normal(0, 0.05, xq.shape).astype(np.float32)
+    fast = moments.collect(layer, xq, xf, cross_images=3, budget=6 * 6 * 45 * 2)  # chunks of 2 images
+    monkeypatch.setattr(moments, "shift_conv", lambda layer: False)
+    slow = moments.collect(layer, xq, xf, cross_images=3, budget=6 * 6 * 45 * 2)
+    for key in ("hqq", "fsum", "hqf", "hff", "sub_qq"):
+        a, b = getattr(fast, key), getattr(slow, key)
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max(), err_msg=key)
+    assert fast.hqq[0, -1, -1] == 7 * 36 and fast.sub_qq[0, -1, -1] == 4 * 36  # rows: all images / 2 chunks
+    assert not np.allclose(fast.hqq, fast.sub_qq)
+
+
+def test_strided_and_valid_convolutions_keep_the_patches():
+    for kw in (dict(strides=2, padding="same"), dict(padding="valid"), dict(dilation_rate=2, padding="same")):
+        layer = keras.layers.Conv2D(2, 3, **kw)
+        layer.build((None, 8, 8, 3))
+        assert not moments.shift_conv(layer)
+    one = keras.layers.Conv2D(2, 1)
+    one.build((None, 8, 8, 3))
+    assert not moments.shift_conv(one)
