@@ -11,9 +11,9 @@ Rungs (`LADDER`, in order of cost; the first that passes is kept, each one's sec
      and what precedes them kept float (selective quantisation). It comes before the all-int8 repair
      because it is cheaper to make (fewer kernels to round: 14 vs 24 CPU s on MobileNet 0.25), at
      least as faithful within one photo of 153 wherever both were measured (of six files: three
-     better by 3-4 photos, two equal, one worse by one: docs/int8-fidelity.md), and faster on x86 (float beats int8 on 3-channel
-     224 px convolutions). Issue 11: this order keeps a MobileNet 0.25 export under a
-     minute when the stem passes;
+     better by 3-4 photos, two equal, one worse by one: docs/int8-fidelity.md), and faster on x86
+     (float beats int8 on 3-channel 224 px convolutions). Issue 11: this order keeps a MobileNet 0.25
+     export under a minute when the stem passes;
   3. `calibration-percentile` (ONNX): onnxruntime's Percentile calibration instead of MinMax;
   4. `repaired`: the same repair with no float stem (still all-int8, Edge TPU friendly);
   5. `repaired+bias` (ONNX): the same, then the graph bias correction on the file's own weight grid;
