@@ -66,3 +66,13 @@ def available(name: str) -> bool:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):
         return False
+
+
+def tflite_schema():
+    """The TFLite flatbuffer schema's generated Python: LiteRT's (the runtime extra), else TensorFlow's."""
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:
+        require("tensorflow", extra="export", purpose="reading TFLite files")
+        from tensorflow.lite.python import schema_py_generated as schema
+    return schema

@@ -10,19 +10,12 @@ tledge's TFLite conventions (tledge.export.tflite.apply_conventions). ONNX: `met
 from __future__ import annotations
 
 from tledge import __version__
+from tledge._deps import tflite_schema
 from tledge.contract import METADATA_KEY, ColorOrder, Contract, Norm, Output
 from tledge.std_metadata import (CONTENT_FEATURE, CONTENT_IMAGE, ENTRY_NAME, AssociatedFile, StandardMetadata,
                                  TensorMd, build, pack_files)
 
 LABELS_FILE = "labels.txt"
-
-
-def _schema():
-    try:
-        from ai_edge_litert import schema_py_generated as schema
-    except ImportError:
-        from tensorflow.lite.python import schema_py_generated as schema
-    return schema
 
 
 def embed_tflite(data: bytes, contract: Contract) -> bytes:
@@ -32,7 +25,7 @@ def embed_tflite(data: bytes, contract: Contract) -> bytes:
 
     from tledge.export.tflite import apply_conventions
 
-    schema = _schema()
+    schema = tflite_schema()
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(bytes(data), 0))
     apply_conventions(model, schema)
     entries = {METADATA_KEY: contract.to_json(indent=None).encode("utf-8"),

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tledge._deps import tflite_schema as schema
+
 LINEAR = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 TENSOR_TYPES = {0: np.float32, 2: np.int32, 9: np.int8}  # TFLite TensorType -> numpy
 
@@ -60,17 +62,6 @@ class LinearOp:
     bias: int  # -1: none
     output: int
     options: object  # the op's builtin options (object API)
-
-
-def schema():
-    try:
-        from ai_edge_litert import schema_py_generated as s
-    except ImportError:
-        from tledge._deps import require
-
-        require("tensorflow", extra="export")
-        from tensorflow.lite.python import schema_py_generated as s
-    return s
 
 
 def load(data: bytes):
