@@ -110,6 +110,7 @@ class FidelityContext:
     int8_only: bool = False  # Edge TPU and other int8-only targets: no float stems, no fallback
     threads: int | None = None
     explain: bool = False
+    traced: tuple | None = None  # (serve, concrete): the export's own loader.trace, traced here when None
 
 
 @dataclass
@@ -215,6 +216,7 @@ def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, model, cache
              notes: list[str]) -> tuple[ParityResult, bytes, dict]:
     """Convert with this rung's repairs into a scratch file, check parity against the original."""
     from tledge.export import mixed
+    from tledge.export.tflite import fixed_batch
     from tledge.quant.sensitivity import onnx_overrides
 
     kind, precision = plain.format, plain.precision
@@ -228,7 +230,7 @@ def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, model, cache
             raise TledgeError(f"no layer worth raising: {sel.summary()}")
         applied.update(mixed.contract_extra(sel, kind))
         if src is None and kind == "tflite":  # no Keras 3 model: calibrate the export's own traced function
-            src, key = mixed.traced(_concrete(ctx)), None
+            src, key = fixed_batch(_concrete(ctx)), None  # the TFLite files' batch
         elif src is not None and kind == "tflite":  # float ops: their original weights come back
             src, applied["original_weights"] = mixed.with_float_weights(src, model, sel, cache.mixed)
             key = None
@@ -252,12 +254,12 @@ def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, model, cache
 
 def _float_tflite(ctx: FidelityContext) -> bytes:
     """The export's fp32 TFLite file (converted again only where the export did not write it)."""
-    from tledge.export import loader, tflite
+    from tledge.export import tflite
 
     fp32 = ctx.out / "model_fp32.tflite"
     if fp32.is_file():
         return fp32.read_bytes()
-    return tflite.convert(loader.trace(ctx.lm, ctx.contract, ctx.add_norm)[1], "fp32")
+    return tflite.convert(_concrete(ctx), "fp32")
 
 
 def _threshold(ctx: FidelityContext, name: str, precision: str) -> Thresholds:
@@ -336,9 +338,12 @@ def _explain(ctx: FidelityContext, model, plain_onnx: bytes | None) -> str:
 
 
 def _traced(ctx: FidelityContext):
+    """The export's (serve, concrete), traced once."""
     from tledge.export import loader
 
-    return loader.trace(ctx.lm, ctx.contract, ctx.add_norm)
+    if ctx.traced is None:
+        ctx.traced = loader.trace(ctx.lm, ctx.contract, ctx.add_norm)
+    return ctx.traced
 
 
 def _concrete(ctx: FidelityContext):

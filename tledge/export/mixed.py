@@ -4,7 +4,7 @@ tledge.quant.sensitivity measures and chooses on the float ONNX graph of the mod
 (the repaired Keras model, or the export's own fp32 ONNX graph when there is no Keras 3 model); this
 module gives it that graph and the export's quantiser, caches the choice per source (both formats of
 one rung share it), and states the result for the file's contract and parity.md. TFLite without a
-Keras 3 model (SavedModels): the export's traced function is calibrated (`traced`) and the ops around
+Keras 3 model (SavedModels): the export's traced function is calibrated (fidelity) and the ops around
 the chosen activations denylisted (`tflite_keep`, by the layer names both graphs carry).
 """
 from __future__ import annotations
@@ -60,15 +60,6 @@ def with_float_weights(repaired, model, sel, cache: dict):
         original, _ = repair.exact_input(original)
         cache[key] = floatweights.restore(repaired, original, sel.layers)
     return cache[key]
-
-
-def traced(concrete):
-    """The export's traced function (`loader.trace`, batch None) at the TFLite files' fixed batch, for
-    `selective.calibrate_tflite` when there is no Keras 3 model (SavedModels): the same graph, layer
-    names and converter as the plain int8 file."""
-    from tledge.export.tflite import fixed_batch
-
-    return fixed_batch(concrete)
 
 
 def tflite_keep(calibrated: bytes, layers) -> tuple[list[str], list[str]]:

@@ -114,7 +114,8 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
         report.notes += folder.notes + loader.report_notes(lm) + _notes(contract, add_norm, cfg)
         report.notes += [resize_note] if resize_note else []
         start = time.perf_counter()
-        fx = FidelityInputs(lm, contract, add_norm, calib, reference, val_x, val_y, stage, thresholds)
+        fx = FidelityInputs(lm, contract, add_norm, calib, reference, val_x, val_y, stage, thresholds,
+                            (serve, concrete))
         if _fidelity(cfg, report, fx):
             seconds["int8 fidelity"] = round(time.perf_counter() - start, 2)
         steps["int8 loop and kernel paths"] = time.perf_counter() - start
@@ -183,6 +184,7 @@ class FidelityInputs:
     val_y: np.ndarray | None
     out: Path
     thresholds: dict[str, Thresholds]
+    traced: tuple | None = None  # (serve, concrete) of loader.trace: the loop reuses it
 
 
 def _thresholds(cfg: ExportConfig) -> dict[str, Thresholds]:
@@ -214,7 +216,7 @@ def _fidelity(cfg: ExportConfig, report: ParityReport, x: FidelityInputs) -> boo
         log.add_steps(1)
         ctx = fidelity.FidelityContext(x.lm, x.contract, x.add_norm, x.calib, x.reference, x.val_x, x.val_y,
                                        x.out, x.thresholds, int8_only=cfg.int8_only, threads=cfg.threads,
-                                       explain=cfg.explain)
+                                       explain=cfg.explain, traced=x.traced)
         with log.step(f"int8 fidelity: {len(failing) if cfg.repair else 0} file(s) to repair"
                       + (", per-layer table" if cfg.explain else "")):
             outcome = fidelity.improve(failing if cfg.repair else [], ctx)
