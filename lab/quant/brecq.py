@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tledge._deps import require
+from tledge.quant import kerasgraph
 
 ZETA, GAMMA = 1.1, -0.1
 DEBUG = False
@@ -119,10 +120,7 @@ def blocks(model, keep_float=(), per_block: int = 2):
 
     keep = set(keep_float)
     order = list(repair.nodes(model))
-    consumers: dict[int, int] = {}
-    for _, node in order:
-        for t in node.input_tensors:
-            consumers[id(t)] = consumers.get(id(t), 0) + 1
+    consumers = kerasgraph.use_counts(order)
     outputs = {id(t) for t in model.outputs}
     live = {id(t): consumers.get(id(t), 0) for t in model.inputs}
     out, current, source, note = [], [], None, None
@@ -314,10 +312,7 @@ def reconstruct(model, reference, calib, *, keep_float=(), per_block: int = 2, i
     layers = {layer.name: layer for layer in m.layers}
     keep = set(keep_float)
     order = list(repair.nodes(m))
-    uses: dict[int, int] = {}
-    for _, node in order:
-        for t in node.input_tensors:
-            uses[id(t)] = uses.get(id(t), 0) + 1
+    uses = kerasgraph.use_counts(order)
     acts_f = {id(t): np.asarray(calib, np.float32) for t in m.inputs}
     acts_q, results, i = dict(acts_f), [], 0
     opts = dict(iters=iters, batch=batch, lr=lr, lam=lam, seed=seed, init=init, holdout=holdout)

@@ -23,6 +23,16 @@ def nodes(model):
                 yield node.operation, node
 
 
+def use_counts(order) -> dict[int, int]:
+    """id(tensor) -> how many of the (operation, node) pairs in `order` read it (for freeing
+    activations once their last reader has run)."""
+    uses: dict[int, int] = {}
+    for _, node in order:
+        for t in node.input_tensors:
+            uses[id(t)] = uses.get(id(t), 0) + 1
+    return uses
+
+
 def clone_layer(layer, weights=None, **config):
     cfg = dict(layer.get_config(), **config)
     return layer.__class__.from_config(cfg), (layer.get_weights() if weights is None else weights)

@@ -36,7 +36,7 @@ from tledge.errors import ExportError
 from tledge.quant import gptq, moments
 from tledge.quant.kerasgraph import (  # noqa: F401  (re-exported: repair.fold_bn, repair.predict, ...)
     HOMOGENEOUS, apply_layer, clip_of, clone_layer, flat_model, keras_lib, linear_kind, rebuild_model, single_use, flatten,
-    fold_bn, kernel_out, nodes, predict)
+    fold_bn, kernel_out, nodes, predict, use_counts)
 
 DEFAULT_STEPS = ("fold", "exact_input", "adaptive", "bias_correction")
 FOLD_TOLERANCE = 1e-3  # max abs change the rebuild + BN folding may make (measured ~2e-6), x max(1, |output|)
@@ -286,10 +286,7 @@ def quantize_weights(model, calib, *, method="adaptive", bias_correction=True, r
     keep = set(keep_float)
     qmodel = rebuild_model(model, _with_bias)
     qlayers = {layer.name: layer for layer in qmodel.layers}
-    uses: dict[int, int] = {}
-    for _, node in nodes(model):
-        for t in node.input_tensors:
-            uses[id(t)] = uses.get(id(t), 0) + 1
+    uses = use_counts(nodes(model))
     outputs = {id(t) for t in model.outputs}
     acts_f = {id(t): np.asarray(calib, np.float32) for t in model.inputs}
     acts_q = dict(acts_f)
