@@ -70,7 +70,7 @@ def test_savedmodel_tflite_file_gets_the_sensitive_rung(formats, tiny_model, sha
     with pytest.warns(Warning):
         res = export(tmp_path / "sm", cfg)
     rows = [r for r in res.report.fidelity if r["file"] == "model_int8.tflite"]
-    assert [r["rung"] for r in rows] == ["plain", "tflite-bias", "sensitive"], rows
+    assert [r["rung"] for r in rows] == ["plain", "tflite-bias", "tflite-rounding", "sensitive"], rows
     row = rows[-1]
     assert "error" not in row and row["agreement"] >= 0.8, row
     layer = row["float_layers"][0]

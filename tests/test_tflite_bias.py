@@ -145,12 +145,15 @@ def test_savedmodel_export_runs_the_rung_and_records_it(tiny_model, shapes_datas
                        thresholds={"int8": Thresholds(max_abs=1e-9, min_agreement=1.0)})
     res = export(tmp_path / "sm", cfg)
     rows = res.report.fidelity
-    assert [r["rung"] for r in rows] == ["plain", "tflite-bias"], rows
-    assert "error" not in rows[1] and rows[1]["agreement"] >= 0.8 and rows[1]["seconds"] > 0
+    assert [r["rung"] for r in rows] == ["plain", "tflite-bias", "tflite-rounding"], rows
+    for row in rows[1:]:
+        assert "error" not in row and row["agreement"] >= 0.8 and row["seconds"] > 0
     best = max(rows, key=lambda r: (r["agreement"], -r["median_image_max_abs"]))
     extra = read_contract(tmp_path / "e" / "model_int8.tflite").extra
     if best["rung"] == "tflite-bias":
         assert extra["int8_repair"] == "tflite-bias" and "int8 ops" in extra["tflite_bias_correction"]
+    elif best["rung"] == "tflite-rounding":
+        assert extra["int8_repair"] == "tflite-rounding" and "int8 ops" in extra["tflite_rounding"]
     else:
         assert "int8_repair" not in extra
 
@@ -182,7 +185,8 @@ def test_ops_are_paired_by_position_and_unmatched_ones_skipped_and_counted(sm_ex
 @pytest.mark.real
 def test_real_mobilenet_savedmodel_tflite_file_gets_the_bias_repair(shared_assets, tmp_path):
     """The issue's MobileNet 0.25 (hymenoptera head, seed 0) as a SavedModel: no Keras model to repair,
-    so `tflite-bias` is the TFLite file's repair; measured 0.882 -> 0.974 on the 153 val photos."""
+    so `tflite-bias` and `tflite-rounding` are the TFLite file's repairs; measured 0.882 -> 0.974 (bias) and
+    0.974-0.98 (re-rounding) on the 153 val photos."""
     import sys
     from pathlib import Path
 
@@ -205,7 +209,10 @@ def test_real_mobilenet_savedmodel_tflite_file_gets_the_bias_repair(shared_asset
                        val=str(data / "val"), preprocess="tf", int8_only=True)  # int8-only: the file stays
     res = export(tmp_path / "sm", cfg)
     rows = {r["rung"]: r for r in res.report.fidelity}
-    assert set(rows) == {"plain", "tflite-bias"}, list(rows)  # a SavedModel: no Keras-level rung
+    assert set(rows) <= {"plain", "tflite-bias", "tflite-rounding"}, list(rows)  # a SavedModel: no Keras-level rung
     assert "error" not in rows["tflite-bias"]
     assert rows["tflite-bias"]["agreement"] >= max(0.95, rows["plain"]["agreement"] + 0.03), rows
     assert rows["tflite-bias"]["median_image_max_abs"] < rows["plain"]["median_image_max_abs"]
+    if not rows["tflite-bias"]["passed"]:  # then the re-rounding runs (measured 0.974-0.98 here)
+        assert "error" not in rows["tflite-rounding"]
+        assert rows["tflite-rounding"]["agreement"] >= max(0.96, rows["plain"]["agreement"] + 0.05), rows

@@ -72,6 +72,7 @@ class Rung:
 LADDER: tuple[Rung, ...] = (
     Rung("onnx-bias", repair=False, graph="onnx-bias"),
     Rung("tflite-bias", repair=False, graph="tflite-bias"),  # the same on the int8 TFLite file itself
+    Rung("tflite-rounding", repair=False, graph="tflite-rounding"),  # GPTQ + bias on the file's int8 inputs
     Rung("repaired-stem4", stem=4),  # CPU targets: the cheaper repair pass, and the faster file
     Rung("calibration-percentile", repair=False, calibrate="percentile"),
     Rung("repaired"),
@@ -167,6 +168,7 @@ def _applies(rung: Rung, plain: ParityResult, ctx: FidelityContext, model) -> bo
 
 def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: FidelityOutcome) -> list[ParityResult]:
     outcome.attempts.append(_row(plain, "plain"))
+    cache.original(ctx.out / plain.file)  # kept for the graph rungs: a better rung's file replaces it
     best = plain
     for rung in LADDER:
         if not _applies(rung, plain, ctx, model):
@@ -234,9 +236,11 @@ def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, model, cache
         elif src is not None and kind == "tflite":  # float ops: their original weights come back
             src, applied["original_weights"] = mixed.with_float_weights(src, model, sel, cache.mixed)
             key = None
-    if rung.graph == "tflite-bias":  # first TFLite rung: the file in place is the plain one (a repaired file's
-        # weights are not the rounding of the fp32 file's: every op would be skipped, and the rung fail)
-        data = cache.tflite_bias((ctx.out / plain.file).read_bytes(), _float_tflite(ctx), applied)
+    if rung.graph == "tflite-bias":  # on the plain file (a repaired file's weights are not the rounding of
+        # the fp32 file's: every op would be skipped, and the rung fail)
+        data = cache.tflite_bias(cache.original(ctx.out / plain.file), _float_tflite(ctx), applied)
+    elif rung.graph == "tflite-rounding":
+        data = cache.tflite_rounding(cache.original(ctx.out / plain.file), _float_tflite(ctx), applied)
     elif kind == "tflite":
         data = cache.tflite(src, rung.stem, applied, dynamic=precision == "dynamic", key=key,
                             layers=sel.layers if sel else ())

@@ -36,6 +36,7 @@ class Shared:
     qdq_files: dict = field(default_factory=dict)  # (stem, method, float nodes, scheme) -> (QDQ bytes, Scheme)
     tflite_calibrated: dict = field(default_factory=dict)  # stem -> calibrated float TFLite
     mixed: dict = field(default_factory=dict)  # sensitivity choices and float-weight models (tledge.export.mixed)
+    originals: dict = field(default_factory=dict)  # path -> the plain int8 file's bytes (graph rungs start there)
     trace: object = None  # () -> (serve, concrete): the export's traced function (loader.trace), or None
     runs: Counter = field(default_factory=Counter)
     hits: Counter = field(default_factory=Counter)
@@ -97,6 +98,28 @@ class Shared:
         qin, qout, dtype = tflite_io(data)
         contract = self.contract.for_file(input_dtype=dtype, input_quant=qin, output_quant=qout)
         return embed_tflite(data, contract.replace(extra={**contract.extra, **applied}))
+
+    def original(self, path: Path) -> bytes:
+        """The bytes `path` had when first asked for: the plain int8 file, before a rung replaced it."""
+        if path not in self.originals:
+            self.originals[path] = path.read_bytes()
+        return self.originals[path]
+
+    def tflite_rounding(self, int8: bytes, fp32: bytes, applied: dict) -> bytes:
+        """The int8 TFLite file `int8` with its weights re-rounded and its int32 biases re-fit on its own int8
+        activations against the float file `fp32` (tledge.quant.tflite_rounding), contract embedded again."""
+        from tledge.quant import tflite_rounding
+
+        self.runs["tflite-rounding"] += 1
+        try:
+            data, log = tflite_rounding.correct(int8, fp32, self.calib)
+        except Exception as exc:  # a file this technique cannot read: the rung fails, the export goes on
+            reason = str(exc).splitlines()[-1][:300] if str(exc) else repr(exc)
+            raise TledgeError(f"TFLite re-rounding failed: {reason}") from None
+        if not log.layers:
+            raise TledgeError(f"nothing to re-round: {log.summary()}")
+        applied["tflite_rounding"] = log.summary()
+        return self.embed_tflite(data, applied)
 
     def tflite_bias(self, int8: bytes, fp32: bytes, applied: dict) -> bytes:
         """The int8 TFLite file `int8` with its int32 biases corrected for its own int8 weights against the

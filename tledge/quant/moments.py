@@ -17,19 +17,45 @@ import numpy as np
 from tledge._deps import require
 
 
+@dataclass(frozen=True)
+class Geometry:
+    """What the moments need of a linear layer: a Keras layer (`geometry(layer)`) or a converted file's op
+    (tledge.quant.tflite_rounding) gives one."""
+
+    kind: str  # "Conv2D", "DepthwiseConv2D" or "Dense" (the Keras names: repair.to_groups' layouts)
+    kernel_size: tuple[int, int] = (1, 1)
+    strides: tuple[int, int] = (1, 1)
+    dilation_rate: tuple[int, int] = (1, 1)
+    padding: str = "valid"  # "same" / "valid", TensorFlow's meaning (extra bottom/right pad on odd totals)
+    rows: int = 0  # kernel rows: the product of the kernel's shape but its last axis
+    groups: int = 1
+
+
+def geometry(layer) -> Geometry:
+    """A Keras Conv2D / DepthwiseConv2D / Dense layer's Geometry (a Geometry is returned as it is)."""
+    if isinstance(layer, Geometry):
+        return layer
+    kind = type(layer).__name__
+    rows = int(np.prod(layer.get_weights()[0].shape[:-1]))
+    if kind == "Dense":
+        return Geometry(kind, rows=rows)
+    return Geometry(kind, tuple(layer.kernel_size), tuple(layer.strides), tuple(layer.dilation_rate),
+                    layer.padding, rows, getattr(layer, "groups", 1))
+
+
 def patches(layer, x):
     """Layer input -> (G, M, d) rows the kernel multiplies (the order of repair.to_groups)."""
-    tf = require("tensorflow")
-    kind = type(layer).__name__
-    if kind == "Dense":
+    g = geometry(layer)
+    if g.kind == "Dense":
         return x.reshape(1, -1, x.shape[-1])
-    kh, kw = layer.kernel_size
-    if (kh, kw) == (1, 1) and tuple(layer.strides) == (1, 1):
+    kh, kw = g.kernel_size
+    if (kh, kw) == (1, 1) and tuple(g.strides) == (1, 1):
         p = x
     else:
-        p = tf.image.extract_patches(x, [1, kh, kw, 1], [1, *layer.strides, 1], [1, *layer.dilation_rate, 1],
-                                     layer.padding.upper()).numpy()
-    if kind == "DepthwiseConv2D":
+        tf = require("tensorflow")
+        p = tf.image.extract_patches(x, [1, kh, kw, 1], [1, *g.strides, 1], [1, *g.dilation_rate, 1],
+                                     g.padding.upper()).numpy()
+    if g.kind == "DepthwiseConv2D":
         return p.reshape(-1, kh * kw, x.shape[-1]).transpose(2, 0, 1)
     return p.reshape(1, -1, p.shape[-1])
 
@@ -65,11 +91,12 @@ def _add(acc, key, g, sa, sb, n):
 
 def shift_conv(layer) -> bool:
     """A Conv2D whose patches are shifts of its input: stride 1, no dilation, 'same' padding, odd kernel."""
-    if type(layer).__name__ != "Conv2D":
+    g = geometry(layer)
+    if g.kind != "Conv2D":
         return False
-    kh, kw = layer.kernel_size
-    return (tuple(layer.strides) == (1, 1) and kh % 2 == 1 and kw % 2 == 1
-            and tuple(layer.dilation_rate) == (1, 1) and layer.padding == "same" and getattr(layer, "groups", 1) == 1
+    kh, kw = g.kernel_size
+    return (tuple(g.strides) == (1, 1) and kh % 2 == 1 and kw % 2 == 1
+            and tuple(g.dilation_rate) == (1, 1) and g.padding == "same" and g.groups == 1
             and (kh, kw) != (1, 1))
 
 
@@ -203,10 +230,11 @@ def _chunk_grams(layer, xq, xf, cross: bool) -> dict:
 
 
 def collect(layer, xq, xf, *, cross_images: int | None = 32, budget=1 << 23) -> Moments:
-    """Moments of one layer over the calibration set, in chunks of about `budget` float64 elements
+    """Moments of one layer (a Keras layer or a Geometry) over the calibration set, in chunks of about `budget` float64 elements
     (patches, or inputs for the shift gram). `cross_images`: how many first images the cross moments
     cover (None: all; 0: none, the fields are None and the logged errors are not computed)."""
-    d = int(np.prod(layer.get_weights()[0].shape[:-1]))
+    layer = geometry(layer)
+    d = layer.rows
     per_image = int(np.prod(xq.shape[1:-1])) if xq.ndim > 2 else 1
     step = max(1, budget // (per_image * d))
     # the images the cross moments cover: whole chunks of `step`, as before the shift gram

@@ -25,6 +25,9 @@ TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
               "bias correction on the float ONNX graph for the int8 file's own weight grid"),
     Technique("tflite-bias", "tflite_bias", "tflite-graph", ("tflite",), True,
               "bias correction of the converted int8 TFLite file's int32 biases for its own int8 weights"),
+    Technique("tflite-rounding", "tflite_rounding", "tflite-graph", ("tflite",), True,
+              "adaptive rounding + bias correction of the converted int8 TFLite file's weights on its own int8 "
+              "activations, op by op"),
     Technique("percentile-calibration", "", "converter", ("onnx",), True,
               "onnxruntime's Percentile calibration instead of MinMax"),
     Technique("sensitive-precision", "sensitivity", "onnx-graph", ("tflite", "onnx"), False,

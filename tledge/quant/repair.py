@@ -181,6 +181,28 @@ def output_errors(ws, wf, hqq, hqf, hff) -> tuple[float, ...]:
     return tuple(out)
 
 
+def rounded(wf, mom: moments.Moments, scale, *, target=None, method="adaptive", bias_correction=True,
+            damp=0.01):
+    """Groups [W; b] (G, d, k) of float weights `wf` with W on the int8 grid `scale` (G, 1, k): `adaptive`
+    (GPTQ on the quantised inputs' second moments) or `nearest` rounding of `target` (default wf), and the
+    bias that makes the mean output on the quantised inputs match the float layer's on the float inputs
+    (`bias_correction`; else wf's bias). Shared by the Keras repair and tledge.quant.tflite_rounding."""
+    target = wf if target is None else target
+    hqq = mom.hqq
+    if method == "adaptive":
+        w = gptq.solve(target, hqq, scale, damp)
+    else:
+        w = target.copy()
+        w[:, :-1] = round_nearest(target[:, :-1], scale)
+    if bias_correction:  # the bias that makes the mean output match the float layer's
+        n = hqq[:, -1, -1][:, None]
+        mean_f = np.einsum("gd,gdk->gk", mom.fsum, wf) / n
+        w[:, -1] = mean_f - np.einsum("gd,gdk->gk", hqq[:, -1, :-1], w[:, :-1]) / n
+    else:
+        w[:, -1] = wf[:, -1]
+    return w
+
+
 def _solve_layer(layer, mom: moments.Moments, method, bias_correction, refit, damp, ridge):
     kind = type(layer).__name__
     weights = layer.get_weights()
@@ -193,18 +215,8 @@ def _solve_layer(layer, mom: moments.Moments, method, bias_correction, refit, da
     if refit:  # quantize_weights gives full cross moments when refitting
         reg = ridge * np.einsum("gii->gi", hqq).mean(axis=1)[:, None, None] * np.eye(hqq.shape[1])
         target = np.linalg.solve(hqq + reg, np.einsum("gde,gek->gdk", hqf, wf) + reg @ wf)
-    scale = grid_scale(target[:, :-1])
-    if method == "adaptive":
-        w = gptq.solve(target, hqq, scale, damp)
-    else:
-        w = target.copy()
-        w[:, :-1] = round_nearest(target[:, :-1], scale)
-    if bias_correction:  # the bias that makes the mean output match the float layer's
-        n = hqq[:, -1, -1][:, None]
-        mean_f = np.einsum("gd,gdk->gk", mom.fsum, wf) / n
-        w[:, -1] = mean_f - np.einsum("gd,gdk->gk", hqq[:, -1, :-1], w[:, :-1]) / n
-    else:
-        w[:, -1] = wf[:, -1]
+    w = rounded(wf, mom, grid_scale(target[:, :-1]), target=target, method=method,
+                bias_correction=bias_correction, damp=damp)
     errs = (float("nan"), float("nan"))
     if mom.hqf is not None:
         near = wf.copy()

@@ -112,8 +112,9 @@ def dequantised(model, op: LinearOp) -> tuple[np.ndarray, np.ndarray] | None:
     return (q.astype(np.float64) - zp.reshape(shape)) * s, s
 
 
-def pair(q_model, f_model, log: BiasLog) -> list[tuple[LinearOp, LinearOp, np.ndarray]]:
-    """(int8 op, float op, Wdq - Wf) for every int8 linear op whose float twin is found and checked."""
+def pair(q_model, f_model, log: BiasLog, *, steps: float = 0.501) -> list[tuple[LinearOp, LinearOp, np.ndarray]]:
+    """(int8 op, float op, Wdq - Wf) for every int8 linear op whose float twin is found and checked: its
+    int8 weight within `steps` grid steps of the float one everywhere (0.501: the rounding of it)."""
     f_ops = linear_ops(f_model)
     by_name = {(tensor_name(f_model, f.output), f.kind): f for f in f_ops}
     rank: dict[tuple, list[LinearOp]] = {}
@@ -133,7 +134,7 @@ def pair(q_model, f_model, log: BiasLog) -> list[tuple[LinearOp, LinearOp, np.nd
         if pos < len(rank.get(key, [])):
             candidates.append((rank[key][pos], False))
         for f, is_named in candidates:
-            wf = _twin_weight(f_model, f, op, wq)
+            wf = _twin_weight(f_model, f, op, wq, steps)
             if wf is not None:
                 out.append((op, f, wq[0] - wf))
                 log.by_name += is_named
@@ -143,13 +144,14 @@ def pair(q_model, f_model, log: BiasLog) -> list[tuple[LinearOp, LinearOp, np.nd
     return out
 
 
-def _twin_weight(f_model, f: LinearOp, op: LinearOp, wq: tuple[np.ndarray, np.ndarray]) -> np.ndarray | None:
+def _twin_weight(f_model, f: LinearOp, op: LinearOp, wq: tuple[np.ndarray, np.ndarray],
+                 steps: float) -> np.ndarray | None:
     """The float weight of `f` (float64) when the int8 op `op`'s weight is its rounding, same geometry."""
     wf = tensor_array(f_model, f.weight)
-    if wf is None or wf.dtype != np.float32 or wf.shape != wq[0].shape or _geometry(f) != _geometry(op):
+    if wf is None or wf.dtype != np.float32 or wf.shape != wq[0].shape or op_geometry(f) != op_geometry(op):
         return None
     wf = wf.astype(np.float64)
-    return wf if np.all(np.abs(wq[0] - wf) <= 0.501 * wq[1] + 1e-7) else None
+    return wf if np.all(np.abs(wq[0] - wf) <= steps * wq[1] + 1e-7) else None
 
 
 def _same_pads(size: int, k: int, stride: int, dil: int) -> tuple[int, int]:
@@ -217,19 +219,20 @@ def tap_means(fp32: bytes, pairs, calib: np.ndarray) -> dict[int, np.ndarray]:
         it.set_tensor(inp["index"], np.asarray(x, np.float32).reshape(inp["shape"]))
         it.invoke()
         for op, f, dw in pairs:
-            key = (f.input, op.kind, kernel_of(op, dw), _geometry(f))
+            key = (f.input, op.kind, kernel_of(op, dw), op_geometry(f))
             sums[key] = sums.get(key, 0) + taps(f, kernel_of(op, dw), it.get_tensor(f.input))
     return {k: v / len(calib) for k, v in sums.items()}
 
 
-def _geometry(op: LinearOp) -> tuple:
+def op_geometry(op: LinearOp) -> tuple:
     o = op.options
     if op.kind == "FULLY_CONNECTED":
         return ()
     return (int(o.padding), int(o.strideH), int(o.strideW), int(o.dilationHFactor or 1), int(o.dilationWFactor or 1))
 
 
-def correct(int8: bytes, fp32: bytes, calib: np.ndarray, *, images: int = 64) -> tuple[bytes, BiasLog]:
+def correct(int8: bytes, fp32: bytes, calib: np.ndarray, *, images: int = 64,
+            steps: float = 0.501) -> tuple[bytes, BiasLog]:
     """The int8 TFLite file `int8` with every pairable linear op's int32 bias absorbing the expected
     output shift of its int8 weights; `fp32` is the float TFLite file of the same model. Metadata
     entries and files packed after the flatbuffer (labels.txt) are kept."""
@@ -237,11 +240,11 @@ def correct(int8: bytes, fp32: bytes, calib: np.ndarray, *, images: int = 64) ->
 
     q_model, f_model = load(int8), load(fp32)
     log = BiasLog()
-    pairs = pair(q_model, f_model, log)
+    pairs = pair(q_model, f_model, log, steps=steps)
     means = tap_means(fp32, pairs, np.asarray(calib[:images], np.float32)) if pairs else {}
     rel = []
     for op, f, dw in pairs:
-        s = shift(op, dw, means[(f.input, op.kind, kernel_of(op, dw), _geometry(f))])
+        s = shift(op, dw, means[(f.input, op.kind, kernel_of(op, dw), op_geometry(f))])
         moved = None if s is None else _apply(q_model, op, s, log)
         if moved is not None:
             log.layers += 1
@@ -252,7 +255,7 @@ def correct(int8: bytes, fp32: bytes, calib: np.ndarray, *, images: int = 64) ->
     log.relative_shift = float(np.mean(rel)) if rel else 0.0
     builder = flatbuffers.Builder(len(int8) + 1024)
     builder.Finish(q_model.Pack(builder), file_identifier=b"TFL3")
-    return _repack(bytes(int8), bytes(builder.Output())), log
+    return repack(bytes(int8), bytes(builder.Output())), log
 
 
 def _apply(model, op: LinearOp, s: np.ndarray, log: BiasLog) -> tuple[int, float] | None:
@@ -276,7 +279,7 @@ def _apply(model, op: LinearOp, s: np.ndarray, log: BiasLog) -> tuple[int, float
     return int(np.count_nonzero(new != b)), float(np.mean(np.abs(s)) / (np.mean(np.abs(fb)) + 1e-6))
 
 
-def _repack(original: bytes, flatbuffer: bytes) -> bytes:
+def repack(original: bytes, flatbuffer: bytes) -> bytes:
     """`flatbuffer` with the files `original` carried after its flatbuffer (a zip: labels.txt) packed again."""
     from tledge.std_metadata import pack_files
 
