@@ -134,7 +134,7 @@ def test_int8_calibrated_on_constant_images_fails_parity(tiny_model, shapes_data
                                                                   "model_fp16.tflite"]
     assert (tmp_path / "f" / "rejected" / "model_int8.tflite").is_file()
     rows = report["fidelity"]
-    assert [a["rung"] for a in rows] == ["plain", "tflite-bias", "tflite-rounding", "repaired", "repaired+sensitive"]
+    assert [a["rung"] for a in rows] == ["plain", "tflite-bias", "repaired", "repaired+sensitive"]
     assert not any(a.get("passed") for a in rows)  # the mixed rung may find nothing to raise (an error row)
 
 

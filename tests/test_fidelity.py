@@ -73,7 +73,6 @@ def test_every_rung_is_tried_and_measured_against_the_original(fallback_export):
     rows = res.report.fidelity
     rungs = {(r["file"], r["rung"]) for r in rows}
     assert rungs == {("model_int8.tflite", "plain"), ("model_int8.tflite", "tflite-bias"),
-                     ("model_int8.tflite", "tflite-rounding"),
                      ("model_int8.tflite", "repaired"),
                      ("model_int8.onnx", "plain"), ("model_int8.onnx", "calibration-percentile"),
                      ("model_int8.onnx", "onnx-bias"), ("model_int8.onnx", "repaired"),
@@ -111,7 +110,7 @@ def test_fallback_ships_float_and_keeps_the_int8_file_aside(fallback_export):
     assert "## int8 per-layer diagnosis" in md and "rmse/scale" in md
     assert "Plain int8 ONNX, per activation" in md and "unavailable" not in md
     saved = json.loads((out / "parity.json").read_text())
-    assert len(saved["fidelity"]) == 11
+    assert len(saved["fidelity"]) == 10
     assert all(a["seconds"] > 0 for a in saved["fidelity"] if a["rung"] != "plain" and "error" not in a)
     assert "on onnxruntime's kernel paths (" in md  # the kept ONNX files are run on every kernel path
 
@@ -122,7 +121,7 @@ def test_int8_only_target_gets_no_float_layers_and_no_fallback(tiny_model, shape
     res = _export(tiny_model, shapes_dataset, tmp_path, thresholds=IMPOSSIBLE, int8_only=True, formats=("tflite",))
     assert not res.passed and not (tmp_path / "rejected").exists()
     rows = res.report.fidelity
-    assert [r["rung"] for r in rows] == ["plain", "tflite-bias", "tflite-rounding", "repaired"]
+    assert [r["rung"] for r in rows] == ["plain", "tflite-bias", "repaired"]
     # the file left in place is the better of the two attempts, and its contract says which
     best = max(rows, key=lambda r: (r["agreement"], -r["median_image_max_abs"]))
     extra = read_contract(tmp_path / "model_int8.tflite").extra

@@ -43,7 +43,7 @@ def test_nearest_without_bias_correction_gives_back_the_converters_weights(sm_fi
     """Round to nearest on the file's own scales, biases from the float file: every int8 weight and every
     int32 bias comes back within one step of the converter's: the layouts, scales and pairing are right."""
     int8, fp32, calib, _ = sm_files
-    data, log = tr.correct(int8, fp32, calib, method="nearest", bias_correction=False, images=4)
+    data, log = tr.correct(int8, fp32, calib, method="nearest", bias_correction=False, images=4, min_rows=0)
     before, after = tb.load(int8), tb.load(data)
     ops = tb.linear_ops(before)
     assert log.layers == len(ops) >= 3 and log.changed == 0, log.summary()
@@ -61,7 +61,7 @@ def test_rerounded_file_is_closer_to_the_float_file_op_by_op(sm_files):
     """After the re-rounding, each op's per-channel mean output matches the float op's (the bias
     correction, measured on the calibration images), and the model output's error is smaller."""
     int8, fp32, calib, _ = sm_files
-    data, log = tr.correct(int8, fp32, calib)
+    data, log = tr.correct(int8, fp32, calib, min_rows=0)  # the dense head too (see the next test)
     assert log.layers >= 3 and log.changed > 0 and log.runs == log.layers, log.summary()
     q, f = tb.load(int8), tb.load(fp32)
     pairs = tb.pair(q, f, tb.BiasLog())
@@ -78,6 +78,21 @@ def test_rerounded_file_is_closer_to_the_float_file_op_by_op(sm_files):
     last_q, last_f = pairs[-1][0].output, pairs[-1][1].output
     err = {k: float(np.abs(v[last_q] - ref[last_f]).mean()) for k, v in (("before", before), ("after", after))}
     assert err["after"] < err["before"], err
+
+
+def test_ops_with_too_few_input_rows_are_left_as_converted(sm_files):
+    """The dense head sees one row per image: with fewer than MIN_ROWS x its kernel rows it keeps the
+    converter's weights and bias, the convolutions are re-rounded."""
+    int8, fp32, calib, _ = sm_files
+    data, log = tr.correct(int8, fp32, calib)
+    before, after = tb.load(int8), tb.load(data)
+    head = tb.linear_ops(before)[-1]
+    rows = int(before.subgraphs[0].tensors[head.weight].shape[1])  # its inputs (the bias row aside)
+    assert head.kind == "FULLY_CONNECTED" and len(calib[:tr.IMAGES]) < tr.MIN_ROWS * rows
+    assert log.skipped == {"with too few input rows for their kernel": 1}, log.summary()
+    for t in (head.weight, head.bias):
+        np.testing.assert_array_equal(tb.tensor_array(after, t), tb.tensor_array(before, t))
+    assert log.layers == len(tb.linear_ops(before)) - 1 and log.changed > 0
 
 
 def test_rerounded_file_keeps_its_metadata_and_stays_all_int8(sm_files, tmp_path):

@@ -5,7 +5,9 @@ Rungs (`LADDER`, in order of cost; the first that passes is kept, each one's sec
   1. `onnx-bias` (ONNX, any loader): bias correction on the float graph for the plain file's int8
      weights (tledge.quant.onnx_bias; ~2 s); `tflite-bias` (TFLite, any loader): the same on the plain
      int8 file itself, its int32 biases against the fp32 file's weights and tap means (tledge.quant.tflite_bias;
-     ~2 s; still all-int8);
+     ~2 s; still all-int8); then, without a Keras 3 model (SavedModels), `tflite-rounding`: the plain int8
+     file's weights re-rounded (GPTQ) and its biases re-fit op by op on its own int8 activations
+     (tledge.quant.tflite_rounding; ~10-15 s for MobileNet 0.25; still all-int8);
   2. `repaired-stem4` (CPU targets only): BN folding, an exact input grid, adaptive rounding + bias
      correction of every kernel on the calibration images (`repair.apply`), the first 4 convolutions
      and what precedes them kept float (selective quantisation). It comes before the all-int8 repair
@@ -27,10 +29,11 @@ Rungs (`LADDER`, in order of cost; the first that passes is kept, each one's sec
   8. last resort, loudly: the int8 file is moved to `rejected/` and replaced by fp16 (TFLite) /
      fp32 (ONNX), unless the target is int8-only (Edge TPU), where the export fails instead.
 For int8-only targets the stem and sensitivity rungs never apply (tledge.quant.registry): their ladder
-is onnx-bias / tflite-bias, calibration-percentile, repaired, repaired+bias.
+is onnx-bias / tflite-bias (then tflite-rounding without a Keras 3 model), calibration-percentile, repaired,
+repaired+bias.
 
 The Keras-level rungs need a Keras 3 model: tf_keras files are rebuilt as one (tledge.quant.rebuild,
-checked equal); SavedModels get the graph-level rungs (onnx-bias, tflite-bias, sensitive), calibration
+checked equal); SavedModels get the graph-level rungs (onnx-bias, tflite-bias, tflite-rounding, sensitive), calibration
 choices and the fallback.
 """
 from __future__ import annotations
@@ -58,6 +61,8 @@ class Rung:
     calibrate: str = "minmax"  # ONNX calibration method
     graph: str | None = None  # a tledge.quant technique on the converted graph (any loader)
     mixed: bool = False  # sensitivity-chosen activations kept precise (tledge.quant.sensitivity)
+    keras_free: bool = False  # only where no Keras 3 model exists (else the Keras-level rungs do it, and
+    # share their repair with the other format)
 
     @property
     def techniques(self) -> tuple[str, ...]:
@@ -72,12 +77,12 @@ class Rung:
 LADDER: tuple[Rung, ...] = (
     Rung("onnx-bias", repair=False, graph="onnx-bias"),
     Rung("tflite-bias", repair=False, graph="tflite-bias"),  # the same on the int8 TFLite file itself
-    Rung("tflite-rounding", repair=False, graph="tflite-rounding"),  # GPTQ + bias on the file's int8 inputs
+    Rung("tflite-rounding", repair=False, graph="tflite-rounding", keras_free=True),  # GPTQ + bias, int8 inputs
     Rung("repaired-stem4", stem=4),  # CPU targets: the cheaper repair pass, and the faster file
     Rung("calibration-percentile", repair=False, calibrate="percentile"),
     Rung("repaired"),
     Rung("repaired+bias", graph="onnx-bias"),  # the ONNX grid may not be the repair's (U8U8)
-    Rung("sensitive", repair=False, mixed=True),  # no Keras 3 model: the export's own float graph
+    Rung("sensitive", repair=False, mixed=True, keras_free=True),  # the export's own float graph
     Rung("repaired-stem4+sensitive", stem=4, mixed=True),  # more precise layers where the stem is not enough
     Rung("repaired+sensitive", mixed=True),  # models too small for a stem
 )
@@ -133,7 +138,7 @@ def improve(failing: Sequence[ParityResult], ctx: FidelityContext) -> FidelityOu
                    trace=lambda: _traced(ctx))
     if model is None:
         outcome.notes.append(f"Keras-level int8 repairs need a Keras 3 model ({ctx.lm.kind} given, and it could "
-                             "not be rebuilt as one): only graph-level repairs (onnx-bias, tflite-bias, "
+                             "not be rebuilt as one): only graph-level repairs (onnx-bias, tflite-bias, tflite-rounding, "
                              "sensitive) and calibration choices apply")
     elif ctx.lm.kind == "tf_keras":
         outcome.notes.append("the tf_keras model was rebuilt as Keras 3 for the int8 repairs (outputs checked equal)")
@@ -157,7 +162,7 @@ def _applies(rung: Rung, plain: ParityResult, ctx: FidelityContext, model) -> bo
 
     if rung.repair and model is None:
         return False
-    if rung.mixed and not rung.repair and model is not None:
+    if rung.keras_free and model is not None:
         return False  # with a Keras 3 model the repaired variants run
     if registry.check(rung.techniques, plain.format, int8_only=ctx.int8_only):
         return False

@@ -34,6 +34,9 @@ CHUNK = 1  # ops re-rounded between two runs of the int8 file (1: each op sees t
 # more double-counts the bias correction: an op absorbs upstream mean shifts its predecessors absorb too)
 IMAGES = 32  # calibration images the moments cover
 BUDGET = 1 << 28  # bytes of stored op inputs per chunk (float32, both files)
+MIN_ROWS = 4  # an op is re-chosen only with >= MIN_ROWS x (kernel rows) input rows (images x positions):
+# fewer under-determine the rounding and make the mean noisy (EfficientNet's squeeze-excite convolutions
+# see one position per image)
 
 
 @dataclass
@@ -138,7 +141,8 @@ def chunks(model, pairs, images: int, chunk: int):
 
 
 def correct(int8: bytes, fp32: bytes, calib: np.ndarray, *, images: int = IMAGES, chunk: int = CHUNK,
-            method: str = "adaptive", damp: float = 0.01, bias_correction: bool = True) -> tuple[bytes, RoundingLog]:
+            method: str = "adaptive", damp: float = 0.01, bias_correction: bool = True,
+            min_rows: float = MIN_ROWS) -> tuple[bytes, RoundingLog]:
     """The int8 TFLite file `int8` with every pairable linear op's int8 weights and int32 bias re-chosen
     (see the module doc); `fp32` is the float TFLite file of the same model. Metadata entries and files
     packed after the flatbuffer (labels.txt) are kept."""
@@ -154,7 +158,8 @@ def correct(int8: bytes, fp32: bytes, calib: np.ndarray, *, images: int = IMAGES
         xf = read_inputs(fp32, calib, sorted({f.input for _, f, _ in group}))
         log.runs += 1
         for op, f, _ in group:
-            moved = _reround(q_model, f_model, op, f, xq[op.input], xf[f.input], method, damp, bias_correction, log)
+            moved = _reround(q_model, f_model, op, f, xq[op.input], xf[f.input], method, damp, bias_correction,
+                             min_rows, log)
             if moved is not None:
                 log.layers += 1
                 log.changed += moved
@@ -171,7 +176,8 @@ def _pack(model) -> bytes:
     return bytes(builder.Output())
 
 
-def _reround(q_model, f_model, op: LinearOp, f: LinearOp, xq, xf, method, damp, bias_correction, log) -> int | None:
+def _reround(q_model, f_model, op: LinearOp, f: LinearOp, xq, xf, method, damp, bias_correction, min_rows,
+             log) -> int | None:
     """Re-choose one op's int8 weights and int32 bias in `q_model` in place; the int8 values moved."""
     sg = q_model.subgraphs[0]
     deq = dequantised(q_model, op)
@@ -195,6 +201,9 @@ def _reround(q_model, f_model, op: LinearOp, f: LinearOp, xq, xf, method, damp, 
     if op.kind == "FULLY_CONNECTED":
         xq, xf = xq.reshape(len(xq), -1), xf.reshape(len(xf), -1)
     mom = moments.collect(geometry(op, kernel), xq, xf, cross_images=0)
+    if mom.hqq[0, -1, -1] < min_rows * (mom.hqq.shape[1] - 1):
+        log.skip("with too few input rows for their kernel")
+        return None
     own_bias = op.bias >= 0 and sum(1 for t in sg.tensors if t.buffer == sg.tensors[op.bias].buffer) == 1
     w = repair.rounded(wf, mom, scale, method=method, bias_correction=own_bias and bias_correction, damp=damp)
     safe = np.where(scale > 0, scale, 1.0)
