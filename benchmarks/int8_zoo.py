@@ -10,6 +10,7 @@ Zoo (from ../shared/assets; models are built once into --cache):
                   other 1000 (a fixed split: every 13th photo at offsets 0, 4, 8 calibrates)
   hym-mnv1-s{0,1,2}  MobileNet v1 0.25 ImageNet features + Dense(2) trained on hymenoptera (three seeds)
   hym-tfkeras     the same architecture built and saved by tf_keras (loads only through tf_keras)
+  hym-savedmodel  hym-mnv1-s1 exported as a TensorFlow SavedModel (no Keras model: graph-level rungs only)
   hym-mnv2        MobileNetV2 1.0 with REAL ImageNet features (dequantised from Google's Coral
                   tf2_mobilenet_v2_1.0_224_ptq.tflite, benchmarks/zoo_models.py) + Dense(2) trained on
                   hymenoptera, preprocessing baked in (a .keras as `tledge train` saves it)
@@ -85,6 +86,20 @@ def tf_keras_hymenoptera(out: Path, seed: int = 0) -> Path:
     return path
 
 
+def savedmodel_of(h5: Path, out: Path) -> Path:
+    """The Keras model `h5` exported as a TensorFlow SavedModel (no Keras model behind the export: only the
+    graph-level rungs apply)."""
+    if (out / "saved_model.pb").is_file():
+        return out
+    import keras
+
+    from tledge.layers import CUSTOM_OBJECTS
+
+    model = keras.saving.load_model(h5, custom_objects=dict(CUSTOM_OBJECTS), compile=False)
+    model.export(str(out), verbose=False)
+    return out
+
+
 def zoo(cache: Path) -> dict:
     """name -> (model path builder, export options)."""
     from realdata import hymenoptera_mobilenet
@@ -110,6 +125,9 @@ def zoo(cache: Path) -> dict:
     for seed in (0, 1, 2):
         entries[f"hym-mnv1-s{seed}"] = (
             lambda s=seed: hymenoptera_mobilenet(ASSETS, cache / f"hym-s{s}", seed=s), lambda: hym)
+    entries["hym-savedmodel"] = (  # seed 1's model as a SavedModel
+        lambda: savedmodel_of(hymenoptera_mobilenet(ASSETS, cache / "hym-s1", seed=1), cache / "hym-s1-savedmodel"),
+        lambda: hym)
     return entries
 
 

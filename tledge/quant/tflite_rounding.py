@@ -11,10 +11,10 @@ FULLY_CONNECTED op of the int8 file, in execution order, gets
 - the int32 bias that makes its mean output on those inputs equal the float op's mean output on the
   float file's inputs (so activation rounding upstream is absorbed too).
 
-The inputs are read with the interpreter's `experimental_preserve_all_tensors` (reference kernels, no
-delegate) on the calibration images: the int8 file is re-run after every `chunk` ops, so later ops see
-the re-rounded earlier ones (sequential, as in the Keras pass, but on the integer kernels' own
-activations instead of a simulation). Ops are paired with their float twins by tledge.quant.tflite_bias
+The inputs are read with the interpreter's `experimental_preserve_all_tensors` (builtin kernels, no
+delegate) on the calibration images: the int8 file's prefix up to the next op (`prefix`) is re-run after
+every `chunk` ops, so later ops see the re-rounded earlier ones (sequential, as in the Keras pass, but on
+the integer kernels' own activations instead of a simulation); the float inputs are read once. Ops are paired with their float twins by tledge.quant.tflite_bias
 (tensor name, else position; only where the int8 weight is the float one's rounding). Scales, zero
 points, every other tensor, the metadata and the labels zip are kept: the file stays all-int8 (Edge TPU).
 """
@@ -152,20 +152,34 @@ def correct(int8: bytes, fp32: bytes, calib: np.ndarray, *, images: int = IMAGES
     pairs = pair(q_model, f_model, blog)
     log.skipped.update(blog.skipped)
     calib = np.asarray(calib[:images], np.float32)
-    current = bytes(int8)
-    for group in chunks(q_model, pairs, len(calib), chunk):
-        xq = read_inputs(current, calib, sorted({op.input for op, _, _ in group}))
-        xf = read_inputs(fp32, calib, sorted({f.input for _, f, _ in group}))
-        log.runs += 1
-        for op, f, _ in group:
-            moved = _reround(q_model, f_model, op, f, xq[op.input], xf[f.input], method, damp, bias_correction,
-                             min_rows, log)
-            if moved is not None:
-                log.layers += 1
-                log.changed += moved
-        current = _pack(q_model)
+    position = {int(o.outputs[0]): i for i, o in enumerate(q_model.subgraphs[0].operators)}
+    for stored in chunks(q_model, pairs, len(calib), len(pairs)):  # float inputs: read once per memory budget
+        xf = read_inputs(fp32, calib, sorted({f.input for _, f, _ in stored}))
+        for group in chunks(q_model, stored, len(calib), chunk):
+            wanted = sorted({op.input for op, _, _ in group})
+            xq = read_inputs(prefix(q_model, max(position[op.output] for op, _, _ in group), wanted), calib, wanted)
+            log.runs += 1
+            for op, f, _ in group:
+                moved = _reround(q_model, f_model, op, f, xq[op.input], xf[f.input], method, damp, bias_correction,
+                                 min_rows, log)
+                if moved is not None:
+                    log.layers += 1
+                    log.changed += moved
     log.seconds = time.perf_counter() - t0
-    return repack(bytes(int8), current), log
+    return repack(bytes(int8), _pack(q_model)), log
+
+
+def prefix(model, upto: int, outputs: list[int]) -> bytes:
+    """The file made of the model's operators before index `upto` (a prefix of a TFLite file's execution
+    order computes everything those operators need), with `outputs` as its outputs: an op's inputs cost
+    only the ops before it."""
+    sg = model.subgraphs[0]
+    kept = sg.operators, sg.outputs, model.signatureDefs
+    sg.operators, sg.outputs, model.signatureDefs = sg.operators[:upto], list(outputs), []
+    try:
+        return _pack(model)
+    finally:
+        sg.operators, sg.outputs, model.signatureDefs = kept
 
 
 def _pack(model) -> bytes:
