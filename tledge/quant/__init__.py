@@ -5,6 +5,7 @@
   (rung tflite-bias: the TFLite repair a SavedModel gets);
 - `deadchannels`: weight channels BN folding switched off are zeroed before onnxruntime quantises (else
   their int32 biases are clipped in U8U8 files); every ONNX int8 file;
+- `subset`: the calibration images a technique measures on (spread over the classes);
 - `saturation`: replays onnxruntime's AVX2 u8 x s8 pair sums to check a QDQ file for int16 saturation;
 - `rebuild`: a verified Keras 3 copy of a tf_keras model, so the Keras-level repairs apply;
 - `kernels`: each int8 ONNX file on onnxruntime's x86 kernel paths at export (a note with the CPU flags);

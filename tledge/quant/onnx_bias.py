@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tledge._deps import require
+from tledge.quant.subset import spread
 
 
 @dataclass
@@ -158,7 +159,7 @@ def correct(fp32: Path, dst: Path, calib: np.ndarray, quantize, *, images: int =
         errors = weight_errors(model, onnx.load(str(q)), nodes)
     by_name = {n.name: n for n in model.graph.node}
     convs = [by_name[name] for name, _, _ in nodes if name in errors]
-    taps = tap_means(model.SerializeToString(), convs, np.asarray(calib[:images], np.float32))
+    taps = tap_means(model.SerializeToString(), convs, np.asarray(spread(calib, images), np.float32))
     log = BiasLog(layers=len(convs))
     inits = {i.name: i for i in model.graph.initializer}
     rel = []

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tledge._deps import tflite_schema as schema
+from tledge.quant.subset import spread
 
 LINEAR = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 TENSOR_TYPES = {0: np.float32, 2: np.int32, 9: np.int8}  # TFLite TensorType -> numpy
@@ -241,7 +242,7 @@ def correct(int8: bytes, fp32: bytes, calib: np.ndarray, *, images: int = 64,
     q_model, f_model = load(int8), load(fp32)
     log = BiasLog()
     pairs = pair(q_model, f_model, log, steps=steps)
-    means = tap_means(fp32, pairs, np.asarray(calib[:images], np.float32)) if pairs else {}
+    means = tap_means(fp32, pairs, np.asarray(spread(calib, images), np.float32)) if pairs else {}
     rel = []
     for op, f, dw in pairs:
         s = shift(op, dw, means[(f.input, op.kind, kernel_of(op, dw), op_geometry(f))])

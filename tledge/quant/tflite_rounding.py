@@ -28,6 +28,7 @@ import numpy as np
 
 from tledge.quant import moments, repair
 from tledge.quant.tflite_bias import BiasLog, LinearOp, dequantised, load, pair, repack, tensor_array
+from tledge.quant.subset import spread
 
 KERAS_KIND = {"CONV_2D": "Conv2D", "DEPTHWISE_CONV_2D": "DepthwiseConv2D", "FULLY_CONNECTED": "Dense"}
 CHUNK = 1  # ops re-rounded between two runs of the int8 file (1: each op sees the re-rounded ones before it;
@@ -151,7 +152,7 @@ def correct(int8: bytes, fp32: bytes, calib: np.ndarray, *, images: int = IMAGES
     log, blog = RoundingLog(), BiasLog()
     pairs = pair(q_model, f_model, blog)
     log.skipped.update(blog.skipped)
-    calib = np.asarray(calib[:images], np.float32)
+    calib = np.asarray(spread(calib, images), np.float32)
     position = {int(o.outputs[0]): i for i, o in enumerate(q_model.subgraphs[0].operators)}
     for stored in chunks(q_model, pairs, len(calib), len(pairs)):  # float inputs: read once per memory budget
         xf = read_inputs(fp32, calib, sorted({f.input for _, f, _ in stored}))
