@@ -100,6 +100,25 @@ def tiny_export(tiny_model, shapes_dataset):
 
 
 @pytest.fixture(scope="session")
+def tiny_savedmodel_tflite(tiny_model, shapes_dataset, tmp_path_factory):
+    """The tiny trained model as a SavedModel exported to fp32 + plain int8 TFLite (no repair loop):
+    (export result, the calibration pixels, the folder). For the TFLite graph techniques' tests."""
+    import numpy as np
+
+    from tledge.export.pipeline import ExportConfig, export
+    from tledge.images import labelled_images
+
+    d = tmp_path_factory.mktemp("savedmodel_tflite")
+    tiny_model["model"].export(str(d / "sm"), verbose=False)
+    cfg = ExportConfig(out=d / "e", formats=("tflite",), int8=True, calib=str(shapes_dataset / "train"),
+                       preprocess="raw", val=str(shapes_dataset / "val"), repair=False)
+    res = export(d / "sm", cfg)
+    files, _, _ = labelled_images(shapes_dataset / "train")
+    calib = np.stack([tiny_model["contract"].prepare(f) for f in files]).astype(np.float32)
+    return res, calib, d
+
+
+@pytest.fixture(scope="session")
 def unbaked_model(shapes_dataset, tmp_path_factory):
     """A tiny trained model as a third party ships it: plain .keras with no tledge.json and no labels,
     normalisation NOT baked (it takes x/127.5-1)."""

@@ -55,19 +55,9 @@ def test_fully_connected_shift_and_bias_steps():
 
 
 @pytest.fixture(scope="module")
-def sm_export(tiny_model, shapes_dataset, tmp_path_factory):
-    """The tiny trained model as a SavedModel, exported to fp32 + int8 TFLite."""
-    from tledge.export.pipeline import ExportConfig, export
-    from tledge.images import labelled_images
-
-    d = tmp_path_factory.mktemp("tflite_bias")
-    tiny_model["model"].export(str(d / "sm"), verbose=False)
-    cfg = ExportConfig(out=d / "e", formats=("tflite",), int8=True, calib=str(shapes_dataset / "train"),
-                       preprocess="raw", val=str(shapes_dataset / "val"), repair=False)
-    res = export(d / "sm", cfg)
-    files, _, _ = labelled_images(shapes_dataset / "train")
-    calib = np.stack([tiny_model["contract"].prepare(f) for f in files]).astype(np.float32)
-    return res, calib, d
+def sm_export(tiny_savedmodel_tflite):
+    """The tiny trained model as a SavedModel, exported to fp32 + int8 TFLite: (result, calib, folder)."""
+    return tiny_savedmodel_tflite
 
 
 def _run(data: bytes, x: np.ndarray, tensor: str | None = None) -> np.ndarray:

@@ -13,18 +13,9 @@ from tledge.quant import tflite_rounding as tr  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def sm_files(tiny_model, shapes_dataset, tmp_path_factory):
-    """(plain int8 bytes, fp32 bytes, calibration pixels, export folder) of the tiny model as a SavedModel."""
-    from tledge.export.pipeline import ExportConfig, export
-    from tledge.images import labelled_images
-
-    d = tmp_path_factory.mktemp("tflite_rounding")
-    tiny_model["model"].export(str(d / "sm"), verbose=False)
-    cfg = ExportConfig(out=d / "e", formats=("tflite",), int8=True, calib=str(shapes_dataset / "train"),
-                       preprocess="raw", val=str(shapes_dataset / "val"), repair=False)
-    res = export(d / "sm", cfg)
-    files, _, _ = labelled_images(shapes_dataset / "train")
-    calib = np.stack([tiny_model["contract"].prepare(f) for f in files]).astype(np.float32)
+def sm_files(tiny_savedmodel_tflite):
+    """(plain int8 bytes, fp32 bytes, calibration pixels, export result) of the tiny model as a SavedModel."""
+    res, calib, _ = tiny_savedmodel_tflite
     return (res.out / "model_int8.tflite").read_bytes(), (res.out / "model_fp32.tflite").read_bytes(), calib, res
 
 

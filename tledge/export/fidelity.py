@@ -241,11 +241,9 @@ def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, model, cache
         elif src is not None and kind == "tflite":  # float ops: their original weights come back
             src, applied["original_weights"] = mixed.with_float_weights(src, model, sel, cache.mixed)
             key = None
-    if rung.graph == "tflite-bias":  # on the plain file (a repaired file's weights are not the rounding of
-        # the fp32 file's: every op would be skipped, and the rung fail)
-        data = cache.tflite_bias(cache.original(ctx.out / plain.file), _float_tflite(ctx), applied)
-    elif rung.graph == "tflite-rounding":
-        data = cache.tflite_rounding(cache.original(ctx.out / plain.file), _float_tflite(ctx), applied)
+    if rung.graph in ("tflite-bias", "tflite-rounding"):  # on the plain file (a repaired file's weights are
+        # not the rounding of the fp32 file's: every op would be skipped, and the rung fail)
+        data = cache.tflite_graph(rung.graph, cache.original(ctx.out / plain.file), _float_tflite(ctx), applied)
     elif kind == "tflite":
         data = cache.tflite(src, rung.stem, applied, dynamic=precision == "dynamic", key=key,
                             layers=sel.layers if sel else ())

@@ -25,6 +25,13 @@ from tledge.contract import Contract
 from tledge.errors import TledgeError
 
 
+# TFLite graph techniques: rung name -> (tledge.quant module, contract key of its log line, what it does)
+TFLITE_GRAPH = {
+    "tflite-bias": ("tflite_bias", "tflite_bias_correction", "bias correction"),
+    "tflite-rounding": ("tflite_rounding", "tflite_rounding", "re-rounding"),
+}
+
+
 @dataclass
 class Shared:
     model: object  # the Keras 3 pixel model the repairs work on, or None
@@ -105,36 +112,22 @@ class Shared:
             self.originals[path] = path.read_bytes()
         return self.originals[path]
 
-    def tflite_rounding(self, int8: bytes, fp32: bytes, applied: dict) -> bytes:
-        """The int8 TFLite file `int8` with its weights re-rounded and its int32 biases re-fit on its own int8
-        activations against the float file `fp32` (tledge.quant.tflite_rounding), contract embedded again."""
-        from tledge.quant import tflite_rounding
+    def tflite_graph(self, technique: str, int8: bytes, fp32: bytes, applied: dict) -> bytes:
+        """The int8 TFLite file `int8` repaired in place by a graph technique against the float file `fp32`
+        (`TFLITE_GRAPH`: tledge.quant.tflite_bias / tflite_rounding), contract embedded again with the
+        technique's log line."""
+        import importlib
 
-        self.runs["tflite-rounding"] += 1
+        module, key, what = TFLITE_GRAPH[technique]
+        self.runs[technique] += 1
         try:
-            data, log = tflite_rounding.correct(int8, fp32, self.calib)
+            data, log = importlib.import_module(f"tledge.quant.{module}").correct(int8, fp32, self.calib)
         except Exception as exc:  # a file this technique cannot read: the rung fails, the export goes on
             reason = str(exc).splitlines()[-1][:300] if str(exc) else repr(exc)
-            raise TledgeError(f"TFLite re-rounding failed: {reason}") from None
+            raise TledgeError(f"TFLite {what} failed: {reason}") from None
         if not log.layers:
-            raise TledgeError(f"nothing to re-round: {log.summary()}")
-        applied["tflite_rounding"] = log.summary()
-        return self.embed_tflite(data, applied)
-
-    def tflite_bias(self, int8: bytes, fp32: bytes, applied: dict) -> bytes:
-        """The int8 TFLite file `int8` with its int32 biases corrected for its own int8 weights against the
-        float file `fp32` (tledge.quant.tflite_bias), contract embedded again."""
-        from tledge.quant import tflite_bias
-
-        self.runs["tflite-bias"] += 1
-        try:
-            data, log = tflite_bias.correct(int8, fp32, self.calib)
-        except Exception as exc:  # a file this technique cannot read: the rung fails, the export goes on
-            reason = str(exc).splitlines()[-1][:300] if str(exc) else repr(exc)
-            raise TledgeError(f"TFLite bias correction failed: {reason}") from None
-        if not log.layers:
-            raise TledgeError(f"nothing to correct: {log.summary()}")
-        applied["tflite_bias_correction"] = log.summary()
+            raise TledgeError(f"nothing to change: {log.summary()}")
+        applied[key] = log.summary()
         return self.embed_tflite(data, applied)
 
     # ---- ONNX -------------------------------------------------------------------------------

@@ -37,22 +37,31 @@ TENSOR_TYPES = {0: np.float32, 2: np.int32, 9: np.int8}  # TFLite TensorType -> 
 
 
 @dataclass
-class BiasLog:
-    layers: int = 0  # int8 ops whose bias absorbed a shift
-    by_name: int = 0  # of the pairs: found by output tensor name (the rest by position)
+class Skips:
+    """Ops a graph technique left alone, by reason (kept by every technique's log)."""
+
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> ops
-    relative_shift: float = 0.0  # mean over layers of mean |shift| / mean |bias|
-    changed: int = 0  # int32 bias values that moved
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
-    def summary(self) -> str:
+    def skipped_text(self) -> str:
         skipped = sum(self.skipped.values())
         why = f" ({', '.join(f'{n} {r}' for r, n in sorted(self.skipped.items()))})" if skipped else ""
+        return f"{skipped} skipped{why}"
+
+
+@dataclass
+class BiasLog(Skips):
+    layers: int = 0  # int8 ops whose bias absorbed a shift
+    by_name: int = 0  # of the pairs: found by output tensor name (the rest by position)
+    relative_shift: float = 0.0  # mean over layers of mean |shift| / mean |bias|
+    changed: int = 0  # int32 bias values that moved
+
+    def summary(self) -> str:
         return (f"bias correction on {self.layers} int8 ops ({self.by_name} paired by tensor name, "
                 f"{self.layers - self.by_name} by position), {self.changed} int32 values moved "
-                f"(mean |shift| / |bias| {self.relative_shift:.4f}); {skipped} skipped{why}")
+                f"(mean |shift| / |bias| {self.relative_shift:.4f}); {self.skipped_text()}")
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from tledge.quant import moments, repair
-from tledge.quant.tflite_bias import BiasLog, LinearOp, dequantised, load, pair, repack, tensor_array
+from tledge.quant.tflite_bias import BiasLog, LinearOp, Skips, dequantised, load, pair, repack, tensor_array
 from tledge.quant.subset import spread
 
 KERAS_KIND = {"CONV_2D": "Conv2D", "DEPTHWISE_CONV_2D": "DepthwiseConv2D", "FULLY_CONNECTED": "Dense"}
@@ -41,22 +41,16 @@ MIN_ROWS = 4  # an op is re-chosen only with >= MIN_ROWS x (kernel rows) input r
 
 
 @dataclass
-class RoundingLog:
+class RoundingLog(Skips):
     layers: int = 0  # ops re-rounded
     runs: int = 0  # passes of the int8 file over the calibration images
     changed: int = 0  # int8 weight values that moved
-    skipped: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
-    def skip(self, reason: str) -> None:
-        self.skipped[reason] = self.skipped.get(reason, 0) + 1
-
     def summary(self) -> str:
-        skipped = sum(self.skipped.values())
-        why = f" ({', '.join(f'{n} {r}' for r, n in sorted(self.skipped.items()))})" if skipped else ""
         return (f"adaptive rounding + bias correction of {self.layers} int8 ops on their int8 inputs "
                 f"({self.changed} weights moved, {self.runs} passes of the int8 file, {self.seconds:.1f}s); "
-                f"{skipped} skipped{why}")
+                f"{self.skipped_text()}")
 
 
 def to_keras(kind: str, w: np.ndarray, cin: int) -> np.ndarray:
