@@ -25,11 +25,8 @@ from tledge.contract import Contract
 from tledge.errors import TledgeError
 
 
-# TFLite graph techniques: rung name -> (tledge.quant module, contract key of its log line, what it does)
-TFLITE_GRAPH = {
-    "tflite-bias": ("tflite_bias", "tflite_bias_correction", "bias correction"),
-    "tflite-rounding": ("tflite_rounding", "tflite_rounding", "re-rounding"),
-}
+# TFLite graph techniques (tledge.quant.registry names the module): the contract key of each one's log line
+TFLITE_GRAPH_KEY = {"tflite-bias": "tflite_bias_correction", "tflite-rounding": "tflite_rounding"}
 
 
 @dataclass
@@ -114,20 +111,22 @@ class Shared:
 
     def tflite_graph(self, technique: str, int8: bytes, fp32: bytes, applied: dict) -> bytes:
         """The int8 TFLite file `int8` repaired in place by a graph technique against the float file `fp32`
-        (`TFLITE_GRAPH`: tledge.quant.tflite_bias / tflite_rounding), contract embedded again with the
+        (its `tledge.quant.registry` module: tflite_bias / tflite_rounding), contract embedded again with the
         technique's log line."""
         import importlib
 
-        module, key, what = TFLITE_GRAPH[technique]
+        from tledge.quant.registry import TECHNIQUES
+
         self.runs[technique] += 1
         try:
-            data, log = importlib.import_module(f"tledge.quant.{module}").correct(int8, fp32, self.calib)
+            module = importlib.import_module(f"tledge.quant.{TECHNIQUES[technique].module}")
+            data, log = module.correct(int8, fp32, self.calib)
         except Exception as exc:  # a file this technique cannot read: the rung fails, the export goes on
             reason = str(exc).splitlines()[-1][:300] if str(exc) else repr(exc)
-            raise TledgeError(f"TFLite {what} failed: {reason}") from None
+            raise TledgeError(f"{technique} failed: {reason}") from None
         if not log.layers:
             raise TledgeError(f"nothing to change: {log.summary()}")
-        applied[key] = log.summary()
+        applied[TFLITE_GRAPH_KEY[technique]] = log.summary()
         return self.embed_tflite(data, applied)
 
     # ---- ONNX -------------------------------------------------------------------------------

@@ -211,18 +211,26 @@ def shift(op: LinearOp, dw: np.ndarray, mean_taps: np.ndarray) -> np.ndarray | N
     return np.einsum("okli,kli->o", dw, mean_taps)
 
 
-def tap_means(fp32: bytes, pairs, calib: np.ndarray) -> dict[int, np.ndarray]:
-    """Float op input tensor -> its tap means over `calib`, from the float file run with every
-    intermediate tensor kept."""
+def interpreter(data: bytes):
+    """A LiteRT interpreter for the file `data` that keeps every intermediate tensor readable (builtin
+    kernels, no delegate: a delegate's internal tensors are not the interpreter's; one thread)."""
     from tledge._deps import require
 
     require("ai_edge_litert", extra="runtime")
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     with warnings.catch_warnings():  # "for debugging purposes only": keeping them is the point here
         warnings.simplefilter("ignore")
-        it = Interpreter(model_content=bytes(fp32), experimental_preserve_all_tensors=True, num_threads=1)
+        it = Interpreter(model_content=bytes(data), experimental_preserve_all_tensors=True, num_threads=1,
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     it.allocate_tensors()
+    return it
+
+
+def tap_means(fp32: bytes, pairs, calib: np.ndarray) -> dict[int, np.ndarray]:
+    """Float op input tensor -> its tap means over `calib`, from the float file run with every
+    intermediate tensor kept."""
+    it = interpreter(fp32)
     inp = it.get_input_details()[0]
     sums: dict[tuple, np.ndarray] = {}
     for x in calib:
@@ -246,8 +254,6 @@ def correct(int8: bytes, fp32: bytes, calib: np.ndarray, *, images: int = 64,
     """The int8 TFLite file `int8` with every pairable linear op's int32 bias absorbing the expected
     output shift of its int8 weights; `fp32` is the float TFLite file of the same model. Metadata
     entries and files packed after the flatbuffer (labels.txt) are kept."""
-    import flatbuffers
-
     q_model, f_model = load(int8), load(fp32)
     log = BiasLog()
     pairs = pair(q_model, f_model, log, steps=steps)
@@ -263,9 +269,16 @@ def correct(int8: bytes, fp32: bytes, calib: np.ndarray, *, images: int = 64,
         elif s is None:
             log.skip("with an unsupported layout")
     log.relative_shift = float(np.mean(rel)) if rel else 0.0
-    builder = flatbuffers.Builder(len(int8) + 1024)
-    builder.Finish(q_model.Pack(builder), file_identifier=b"TFL3")
-    return repack(bytes(int8), bytes(builder.Output())), log
+    return repack(bytes(int8), pack(q_model)), log
+
+
+def pack(model) -> bytes:
+    """The flatbuffer of a model read with `load` (object API)."""
+    import flatbuffers
+
+    builder = flatbuffers.Builder(1 << 20)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
 
 
 def _apply(model, op: LinearOp, s: np.ndarray, log: BiasLog) -> tuple[int, float] | None:

@@ -21,13 +21,13 @@ points, every other tensor, the metadata and the labels zip are kept: the file s
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from tledge.quant import moments, repair
-from tledge.quant.tflite_bias import BiasLog, LinearOp, Skips, dequantised, load, pair, repack, tensor_array
+from tledge.quant.tflite_bias import (BiasLog, LinearOp, Skips, dequantised, interpreter, load, pack, pair, repack,
+                                      tensor_array)
 from tledge.quant.subset import spread
 
 KERAS_KIND = {"CONV_2D": "Conv2D", "DEPTHWISE_CONV_2D": "DepthwiseConv2D", "FULLY_CONNECTED": "Dense"}
@@ -82,24 +82,10 @@ def geometry(op: LinearOp, kernel: np.ndarray) -> moments.Geometry:
                             "same" if int(o.padding) == 0 else "valid", rows)
 
 
-def _interpreter(data: bytes):
-    from tledge._deps import require
-
-    require("ai_edge_litert", extra="runtime")
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    with warnings.catch_warnings():  # "for debugging purposes only": keeping them is the point here
-        warnings.simplefilter("ignore")
-        it = Interpreter(model_content=bytes(data), experimental_preserve_all_tensors=True, num_threads=1,
-                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    it.allocate_tensors()
-    return it
-
-
 def read_inputs(data: bytes, calib: np.ndarray, tensors: list[int]) -> dict[int, np.ndarray]:
     """Tensor index -> its values over `calib` (N, ...) as float32, int8 tensors dequantised, from the
     file `data` run with every intermediate tensor kept."""
-    it = _interpreter(data)
+    it = interpreter(data)
     inp = it.get_input_details()[0]
     quant = {d["index"]: d["quantization"] for d in it.get_tensor_details()}
     out: dict[int, list] = {t: [] for t in tensors}
@@ -161,7 +147,7 @@ def correct(int8: bytes, fp32: bytes, calib: np.ndarray, *, images: int = IMAGES
                     log.layers += 1
                     log.changed += moved
     log.seconds = time.perf_counter() - t0
-    return repack(bytes(int8), _pack(q_model)), log
+    return repack(bytes(int8), pack(q_model)), log
 
 
 def prefix(model, upto: int, outputs: list[int]) -> bytes:
@@ -172,17 +158,9 @@ def prefix(model, upto: int, outputs: list[int]) -> bytes:
     kept = sg.operators, sg.outputs, model.signatureDefs
     sg.operators, sg.outputs, model.signatureDefs = sg.operators[:upto], list(outputs), []
     try:
-        return _pack(model)
+        return pack(model)
     finally:
         sg.operators, sg.outputs, model.signatureDefs = kept
-
-
-def _pack(model) -> bytes:
-    import flatbuffers
-
-    builder = flatbuffers.Builder(1 << 20)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
 
 
 def _reround(q_model, f_model, op: LinearOp, f: LinearOp, xq, xf, method, damp, bias_correction, min_rows,
