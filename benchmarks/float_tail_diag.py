@@ -89,12 +89,12 @@ def tflite_eval(model, fit, stem, tail, xs):
 
 
 def diagnose(ctx, label: str, stem: int = 4) -> dict:
-    from tledge.export import fidelity
+    from tledge.export import repair_model
     from tledge.quant import repair
     from tledge.quant.kerasgraph import fold_bn, linear_kind, predict
 
     t0 = time.perf_counter()
-    model = fidelity.pixel_model(ctx)
+    model = repair_model.pixel_model(ctx)
     calib = np.asarray(ctx.calib, np.float32)
     held_mask = np.arange(len(calib)) % 3 == 2
     fit, held = calib[~held_mask], calib[held_mask]

@@ -49,3 +49,27 @@ def test_unmatched_and_ambiguous_folders_are_named():
 def test_without_labels_folders_are_the_classes(tmp_path):
     _, y, names = labelled_images(_folder(tmp_path, ["b", "a"], per=1))
     assert names == ("a", "b") and y.tolist() == [0, 1]
+
+
+def test_prepare_all_keeps_order_and_puts_a_rejected_file_s_error_in_its_place(tmp_path):
+    """The threaded reader gives what a loop over the files gives, image by image, and one bad file does not
+    stop the others (the export skips and counts it)."""
+    import cv2
+
+    from tledge.contract import Contract
+    from tledge.errors import TledgeError
+    from tledge.images import prepare_all
+
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(9):
+        files.append(tmp_path / f"{i}.png")
+        cv2.imwrite(str(files[-1]), rng.integers(0, 256, (20 + i, 30, 3), dtype=np.uint8))
+    (tmp_path / "4.png").write_bytes(b"not an image")
+    c = Contract(height=8, width=8, channels=3)
+    got = prepare_all(c.prepare, files, threads=3)
+    assert isinstance(got[4], TledgeError)
+    for i, f in enumerate(files):
+        if i != 4:
+            np.testing.assert_array_equal(got[i], c.prepare(f))
+    assert [type(x) for x in prepare_all(c.prepare, files, threads=1)] == [type(x) for x in got]

@@ -4,9 +4,11 @@ Everything returns HxWx3 uint8 RGB. No TensorFlow.
 """
 from __future__ import annotations
 
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -65,6 +67,24 @@ def to_uint8_rgb(img: np.ndarray, *, bgr: bool = False) -> np.ndarray:
     if a.shape[2] == 4:
         return cv2.cvtColor(a, cv2.COLOR_BGRA2RGB if bgr else cv2.COLOR_RGBA2RGB)
     return np.ascontiguousarray(a[:, :, ::-1]) if bgr else a
+
+
+def prepare_all(prepare: Callable[[Path], np.ndarray], files: Sequence[Path], threads: int | None = None):
+    """[prepare(f) for f in files] on a few threads (OpenCV's decode and resize release the GIL: about 2x on
+    2 cores for a folder of photos), in order; a file `prepare` rejects with a TledgeError gives that error in
+    its place instead of stopping the rest."""
+    from tledge.errors import TledgeError
+
+    def one(f):
+        try:
+            return prepare(f)
+        except TledgeError as exc:
+            return exc
+    workers = max(1, min(threads or os.cpu_count() or 1, 8, len(files)))
+    if workers == 1:
+        return [one(f) for f in files]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(one, files))
 
 
 def iter_image_files(root: str | Path, recursive: bool = True) -> Iterator[Path]:

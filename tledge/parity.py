@@ -259,17 +259,18 @@ class ParityReport:
         if self.notes:
             lines += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
         if self.fidelity:
-            lines += ["", "## int8 fidelity loop", "", "| file | rung | top-1 agreement | accuracy | max abs | "
-                      "median image max abs | latency ms | seconds | result |", "|---|---|---|---|---|---|---|---|---|"]
+            lines += ["", "## int8 fidelity loop", "", "| file | rung | top-1 agreement | accuracy | max abs | mean abs | "
+                      "median image max abs | latency ms | seconds | result |", "|---|---|---|---|---|---|---|---|---|---|"]
             for a in self.fidelity:
                 secs = _fmt(a.get("seconds"), 1)
                 if "error" in a:
-                    lines.append(f"| {a['file']} | {a['rung']} | - | - | - | - | - | {secs} | "
+                    lines.append(f"| {a['file']} | {a['rung']} | - | - | - | - | - | - | {secs} | "
                                  f"not used: {a['error'][:160]} |")
                     continue
                 lines.append(f"| {a['file']} | {a['rung']} | {a['agreement']:.3f} | {_fmt(a['accuracy'])} | "
-                             f"{a['max_abs']:.3g} | {a['median_image_max_abs']:.3g} | {_fmt(a['latency_ms'], 2)} | "
-                             f"{secs} | {'pass' if a['passed'] else 'fail'} |")
+                             f"{a['max_abs']:.3g} | {_g(a.get('mean_abs'))} | {a['median_image_max_abs']:.3g} | "
+                             f"{_fmt(a['latency_ms'], 2)} | {secs} | {'pass' if a['passed'] else 'fail'}"
+                             f"{', kept' if a.get('kept') else ''} |")
         if self.clients:
             from tledge.clients import markdown
 
@@ -318,6 +319,10 @@ class ParityReport:
 
         atomic_write_text(Path(folder) / "parity.json", self.to_json() + "\n")
         atomic_write_text(Path(folder) / "parity.md", self.to_markdown())
+
+
+def _g(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3g}"
 
 
 def _fmt(v: float | None, digits: int = 3) -> str:

@@ -259,19 +259,19 @@ def load_pixels(folder: str | Path, contract: Contract, limit: int, labels: tupl
 
 def load_images(folder: str | Path, contract: Contract, limit: int, labels: tuple[str, ...] = ()):
     """load_pixels, plus the files the pixels come from: (pixels, y or None, files)."""
-    from tledge.images import labelled_images
+    from tledge.images import labelled_images, prepare_all
 
     files, y, _ = labelled_images(folder, labels or None)
     if len(files) > limit:  # an even spread over classes and files
         idx = np.linspace(0, len(files) - 1, limit).round().astype(int)
         files, y = [files[i] for i in idx], (None if y is None else y[idx])
     xs, keep, bad = [], [], []
-    for i, f in enumerate(files):
-        try:
-            xs.append(contract.prepare(f))
+    for i, (f, x) in enumerate(zip(files, prepare_all(contract.prepare, files))):
+        if isinstance(x, TledgeError):
+            bad.append(f"{f.name}: {x}")
+        else:
+            xs.append(x)
             keep.append(i)
-        except TledgeError as exc:
-            bad.append(f"{f.name}: {exc}")
     if not xs:
         raise DataError(f"no readable images in {folder} ({len(bad)} unreadable: {'; '.join(bad[:2])})")
     if bad:

@@ -19,6 +19,7 @@ import numpy as np
 
 from tledge.artifacts import DEFAULT_THRESHOLDS
 from tledge.contract import Contract, Fit, Resize, client_resizes
+from tledge.images import prepare_all
 
 BUDGET = DEFAULT_THRESHOLDS["int8"].max_accuracy_drop  # accuracy points (as a fraction) warp-linear may cost
 
@@ -44,7 +45,10 @@ def choose(contract: Contract, files: Sequence[Path] | None, y: np.ndarray | Non
                                 "checking on labelled --val images that it costs no accuracy; --resize "
                                 "warp-linear forces it")
     warp = contract.replace(resize=Resize.WARP_LINEAR)
-    pixels = np.stack([warp.prepare(f) for f in files])
+    pixels = prepare_all(warp.prepare, files)
+    if any(isinstance(x, Exception) for x in pixels):  # read with area a moment ago: not expected
+        raise next(x for x in pixels if isinstance(x, Exception))
+    pixels = np.stack(pixels)
     out = run(pixels)
     acc_area = float((reference.argmax(1) == y).mean())
     acc_warp = float((out.argmax(1) == y).mean())

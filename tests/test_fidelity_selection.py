@@ -1,0 +1,80 @@
+"""Which rung the int8 loop keeps (tledge.export.fidelity._one_file's rule), with scripted parity results:
+a passing graph-level rung is held while the first weight-repair rung runs, and of the passing files the one
+with the lower mean error ships. (Why: docs/int8-fidelity.md, "Which passing rung ships".)"""
+
+import pytest
+
+from tledge.export import fidelity
+from tledge.parity import ParityResult
+
+
+def _result(passed: bool, mean_abs: float, agreement: float, n: int = 153) -> ParityResult:
+    from tledge.stats import wilson
+
+    return ParityResult(file="model_int8.onnx", format="onnx", precision="int8", images=n, max_abs_error=0.1,
+                        mean_abs_error=mean_abs, median_image_max_abs=mean_abs, top1_agreement=agreement,
+                        accuracy=None, reference_accuracy=None, passed=passed,
+                        agreement_ci=wilson(round(agreement * n), n))
+
+
+class _Cache:
+    def original(self, path):
+        return b""
+
+
+def _run(tmp_path, script: dict, model):
+    """Run the ladder for one plain ONNX file; `script` maps rung name -> (passed, mean abs, agreement)."""
+    tried, installed = [], []
+
+    def attempt(rung, plain, ctx, model, cache, notes):
+        tried.append(rung.name)
+        if rung.name not in script:
+            raise fidelity.TledgeError("not scripted")
+        return _result(*script[rung.name]), rung.name.encode(), {}
+    ctx = fidelity.FidelityContext(lm=None, contract=None, add_norm=None, calib=None, reference=None, val_x=None,
+                                   val_y=None, out=tmp_path, thresholds={})
+    outcome = fidelity.FidelityOutcome(results={})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fidelity, "_attempt", attempt)
+        mp.setattr(fidelity, "_install", lambda dst, data: installed.append(data.decode()))
+        mp.setattr(fidelity, "_linear_layers", lambda m: 100)
+        mp.setattr(fidelity, "_fallback", lambda plain, best, ctx, outcome: ["fallback", best])
+        rows = fidelity._one_file(_result(False, 0.05, 0.94), ctx, model, _Cache(), outcome)
+    return rows, tried, installed, outcome.notes
+
+
+def test_a_passing_bias_rung_is_held_while_the_repair_runs_and_the_lower_error_ships(tmp_path):
+    rows, tried, installed, notes = _run(tmp_path, {"onnx-bias": (True, 0.018, 0.987),
+                                                    "repaired-stem4": (True, 0.009, 0.980)}, model=object())
+    assert tried == ["onnx-bias", "repaired-stem4"]  # calibration-percentile and the rest are not tried
+    assert installed == ["onnx-bias", "repaired-stem4"] and rows[0].mean_abs_error == 0.009
+    assert "kept `repaired-stem4`" in notes[-1] and "`onnx-bias` passed too" in notes[-1]
+
+
+def test_a_pass_the_val_set_confirms_ends_the_ladder_at_once(tmp_path):
+    """2000 photos at 0.995 put the lower 95 % bound (0.991) over the 0.98 budget: no repair needed to decide."""
+    rows, tried, _, _ = _run(tmp_path, {"onnx-bias": (True, 0.018, 0.995, 2000),
+                                        "repaired-stem4": (True, 0.009, 0.996, 2000)}, model=object())
+    assert tried == ["onnx-bias"] and rows[0].mean_abs_error == 0.018
+
+
+def test_the_held_rung_ships_when_the_repair_fails_or_is_less_precise(tmp_path):
+    rows, tried, installed, _ = _run(tmp_path, {"onnx-bias": (True, 0.018, 0.987),
+                                                "repaired-stem4": (False, 0.010, 0.967)}, model=object())
+    assert tried == ["onnx-bias", "repaired-stem4"] and installed == ["onnx-bias"] and rows[0].passed
+    rows, _, installed, _ = _run(tmp_path, {"onnx-bias": (True, 0.018, 0.987),
+                                            "repaired-stem4": (True, 0.020, 0.993)}, model=object())
+    assert installed == ["onnx-bias"] and rows[0].mean_abs_error == 0.018
+
+
+def test_without_a_keras_model_the_first_pass_ends_the_ladder(tmp_path):
+    rows, tried, _, _ = _run(tmp_path, {"onnx-bias": (True, 0.018, 0.987)}, model=None)
+    assert tried == ["onnx-bias"] and rows[0].passed
+
+
+def test_a_repair_rung_that_passes_first_ends_the_ladder_and_failures_fall_back(tmp_path):
+    rows, tried, _, _ = _run(tmp_path, {"onnx-bias": (False, 0.03, 0.974), "repaired-stem4": (True, 0.01, 0.987)},
+                             model=object())
+    assert tried == ["onnx-bias", "repaired-stem4"] and rows[0].passed
+    rows, tried, _, _ = _run(tmp_path, {}, model=object())
+    assert rows[0] == "fallback" and "repaired+sensitive" in tried
