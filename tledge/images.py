@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -83,6 +82,8 @@ def prepare_all(prepare: Callable[[Path], np.ndarray], files: Sequence[Path], th
     workers = max(1, min(threads or os.cpu_count() or 1, 8, len(files)))
     if workers == 1:
         return [one(f) for f in files]
+    from concurrent.futures import ThreadPoolExecutor  # not on `tledge run`'s cold-start path
+
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(one, files))
 
