@@ -5,7 +5,7 @@ Rungs (`LADDER`, in order of cost; the first that passes is kept, each one's sec
   1. `onnx-bias` (ONNX, any loader): bias correction on the float graph for the plain file's int8
      weights (tledge.quant.onnx_bias; ~2 s); `tflite-bias` (TFLite, any loader): the same on the plain
      int8 file itself, its int32 biases against the fp32 file's weights and tap means (tledge.quant.tflite_bias;
-     ~2 s; still all-int8); then, without a Keras 3 model (SavedModels), `tflite-rounding`: the plain int8
+     ~2 s; still all-int8); then, without a Keras 3 model (none could be rebuilt), `tflite-rounding`: the plain int8
      file's weights re-rounded (GPTQ) and its biases re-fit op by op on its own int8 activations
      (tledge.quant.tflite_rounding; ~10-15 s for MobileNet 0.25; still all-int8);
   2. `repaired-stem4` (CPU targets only): BN folding, an exact input grid, adaptive rounding + bias
@@ -32,9 +32,10 @@ For int8-only targets the stem and sensitivity rungs never apply (tledge.quant.r
 is onnx-bias / tflite-bias (then tflite-rounding without a Keras 3 model), calibration-percentile, repaired,
 repaired+bias.
 
-The Keras-level rungs need a Keras 3 model: tf_keras files are rebuilt as one (tledge.quant.rebuild,
-checked equal); SavedModels get the graph-level rungs (onnx-bias, tflite-bias, tflite-rounding, sensitive), calibration
-choices and the fallback.
+The Keras-level rungs need a Keras 3 model (tledge.export.repair_model): tf_keras files are rebuilt as one
+(tledge.quant.rebuild), SavedModels from the export's float TFLite graph (tledge.quant.from_tflite), each
+checked equal; where that fails they get the graph-level rungs (onnx-bias, tflite-bias, tflite-rounding,
+sensitive), calibration choices and the fallback.
 """
 from __future__ import annotations
 
@@ -47,10 +48,10 @@ from typing import Sequence
 
 import numpy as np
 
-from tledge._deps import require
 from tledge.contract import Contract
 from tledge.errors import TledgeError, TledgeWarning
 from tledge.export.parity import ParityResult, Thresholds, check_files
+from tledge.export.repair_model import pixel_model, pixel_model_and_note  # noqa: F401  (fidelity.pixel_model)
 
 
 @dataclass(frozen=True)
@@ -133,15 +134,11 @@ def improve(failing: Sequence[ParityResult], ctx: FidelityContext) -> FidelityOu
     from tledge.export.rungs import Shared
 
     outcome = FidelityOutcome(results={})
-    model = pixel_model(ctx)
+    model, note = pixel_model_and_note(ctx)  # tledge.export.repair_model
     cache = Shared(model, ctx.contract, ctx.calib, ctx.out,  # what the rungs share (tledge.export.rungs)
                    trace=lambda: _traced(ctx))
-    if model is None:
-        outcome.notes.append(f"Keras-level int8 repairs need a Keras 3 model ({ctx.lm.kind} given, and it could "
-                             "not be rebuilt as one): only graph-level repairs (onnx-bias, tflite-bias, tflite-rounding, "
-                             "sensitive) and calibration choices apply")
-    elif ctx.lm.kind == "tf_keras":
-        outcome.notes.append("the tf_keras model was rebuilt as Keras 3 for the int8 repairs (outputs checked equal)")
+    if note:
+        outcome.notes.append(note)
     plain_onnx = ctx.out / "model_int8.onnx"
     plain_bytes = plain_onnx.read_bytes() if plain_onnx.is_file() else None  # for the diagnosis
     try:
@@ -271,45 +268,6 @@ def _float_tflite(ctx: FidelityContext) -> bytes:
 
 def _threshold(ctx: FidelityContext, name: str, precision: str) -> Thresholds:
     return ctx.thresholds.get(name) or ctx.thresholds.get(precision) or Thresholds.for_precision(precision)
-
-
-# ---- the model the repairs work on -------------------------------------------------------------
-def pixel_model(ctx: FidelityContext):
-    """A Keras 3 model taking float32 pixels with the preprocessing inside, or None."""
-    keras = require("keras", extra="export")
-    from tledge.layers import for_contract
-
-    inner = ctx.lm.model
-    if ctx.lm.kind == "tf_keras":
-        inner = _rebuilt(ctx)
-    elif not ctx.lm.is_keras3:
-        return None
-    if inner is None:
-        return None
-    c = ctx.contract
-    inp = keras.Input((c.height, c.width, c.channels), dtype="float32", name="pixels")
-    x = inp
-    if ctx.add_norm:
-        norm = c.replace(norm=ctx.add_norm, baked=False)
-        x = for_contract(norm)(x)
-    y = inner(x)
-    if isinstance(y, (list, tuple)):
-        y = y[0]
-    return keras.Model(inp, y, name="tledge_pixels")
-
-
-def _rebuilt(ctx: FidelityContext):
-    """A verified Keras 3 copy of a tf_keras model (tledge.quant.rebuild), or None."""
-    from tledge.quant import rebuild
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        copy = rebuild.from_tf_keras(ctx.lm.model)
-        shape = (4,) + tuple(int(d) for d in ctx.lm.model.inputs[0].shape[1:])
-        probe = np.random.default_rng(0).uniform(-1.0, 1.0, shape).astype(np.float32)
-        if copy is None or not rebuild.verified(ctx.lm.model, copy, probe):
-            return None
-    return copy
 
 
 # ---- diagnosis and the last resort ---------------------------------------------------------------
