@@ -40,6 +40,7 @@ def sm_fp32(tiny_savedmodel_tflite):
 def test_rebuilt_model_equals_the_float_file_on_real_images(sm_fp32):
     from tledge.export.repair_model import tflite_difference
     from tledge.layers import baked_norm
+    from tledge.quant import repair
 
     data, calib = sm_fp32
     model = from_tflite.from_tflite(data)
@@ -54,6 +55,7 @@ def test_rebuilt_model_equals_the_float_file_on_real_images(sm_fp32):
     # the tiny model bakes tf preprocessing: the converter's MUL + ADD became one Rescaling exact_input can read
     norms = [baked_norm(layer) for layer in model.layers if type(layer).__name__ == "Rescaling"]
     assert norms == [("tf", None, None)], norms
+    assert repair.exact_input(model)[1]  # x/127.5 - 1 shifted onto the exact int8 input grid
 
 
 def test_conv_weights_are_the_files_in_keras_layout(sm_fp32):
@@ -121,3 +123,36 @@ def test_without_a_float_tflite_file_there_is_no_model(tiny_savedmodel_tflite, t
     ctx = SimpleNamespace(lm=SimpleNamespace(kind="saved_model"), out=tmp_path, calib=calib)
     model, note = repair_model.pixel_model_and_note(ctx)
     assert model is None and "no float TFLite file" in note
+
+
+def test_every_whitelisted_op_is_rebuilt_equal(tmp_path):
+    """A small Keras graph touching each whitelisted op (per-channel normalisation, strided / dilated / padded
+    convolutions, depth multiplier, both pools, tensor add / sub / mul, mean, reshape, sigmoid), converted to
+    fp32 TFLite: the rebuilt model gives the file's outputs (pre-activation logits, not flat: seeded weights)."""
+    import keras
+
+    from tledge.quant import selective
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((20, 20, 3), name="pixels")
+    x = keras.layers.Rescaling([0.5, 1.0, 2.0], [-1.0, 0.0, 1.0])(inp)
+    x = keras.layers.Conv2D(6, 3, strides=2, padding="same", activation="relu6")(x)
+    x = keras.layers.ZeroPadding2D(((1, 0), (2, 1)))(x)
+    x = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, activation="relu")(x)
+    a = keras.layers.MaxPooling2D(2, padding="same")(x)
+    b = keras.layers.AveragePooling2D(2, strides=1, padding="same")(x)
+    b = keras.layers.AveragePooling2D(2, padding="same")(b)
+    y = keras.layers.Subtract()([keras.layers.Add()([a, b]), keras.layers.Multiply()([a, b])])
+    y = keras.layers.Conv2D(8, 3, dilation_rate=2, padding="same")(y)
+    y = keras.layers.GlobalAveragePooling2D(keepdims=True)(y)
+    y = keras.layers.Reshape((8,))(y)
+    out = keras.layers.Reshape((2, 2))(keras.layers.Dense(4, activation="sigmoid")(y))
+    data = selective.tflite_fp32(keras.Model(inp, out))
+    kinds = set(tb.op_kinds(tb.load(data)))
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "PAD", "MAX_POOL_2D", "AVERAGE_POOL_2D", "ADD", "SUB", "MUL", "MEAN",
+            "FULLY_CONNECTED", "LOGISTIC", "RESHAPE"} <= kinds, kinds
+    model = from_tflite.build(data)
+    x = np.random.default_rng(0).uniform(0, 255, (6, 20, 20, 3)).astype(np.float32)
+    ref = _run(data, x)
+    assert np.ptp(ref) > 0.05 and np.max(np.abs(np.asarray(model(x)) - ref)) < 1e-5
+    assert [type(layer).__name__ for layer in model.layers].count("Rescaling") == 1  # MUL + ADD merged

@@ -91,7 +91,7 @@ def from_float_tflite(ctx) -> tuple[object | None, str]:
         return None, _missing(ctx, f" from its float TFLite graph: {str(exc)[:120]}")
     if not diff < TFLITE_TOLERANCE * scale:
         return None, _missing(ctx, f" from its float TFLite graph: the copy differs by {diff:.3g} (max abs)")
-    return model, (f"the {ctx.lm.kind} model was rebuilt as Keras 3 from its float TFLite graph for the int8 "
+    return model, ("the SavedModel was rebuilt as Keras 3 from its float TFLite graph for the int8 "
                    f"repairs (outputs checked equal on {min(len(ctx.calib), CHECK_IMAGES)} calibration images: "
                    f"max abs {diff:.2g})")
 

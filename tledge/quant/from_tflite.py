@@ -174,8 +174,14 @@ def _depthwise(b: _Builder, op, name: str):
 def _dense(b: _Builder, op, name: str):
     ins, o = b.inputs(op), op.builtinOptions
     x, w = b.tensor(ins[0]), _weight(b, ins[1], 2)  # O, I
-    if len(x.shape) != 2 or int(x.shape[-1]) != w.shape[1] or o.weightsFormat != 0:
-        raise Unsupported("fully connected on a non-flat input")
+    if o.weightsFormat != 0:
+        raise Unsupported("fully connected with shuffled weights")
+    if len(x.shape) > 2 and not o.keepNumDims:  # TFLite flattens the input to (-1, I) itself
+        if int(np.prod([int(d) for d in x.shape[1:]])) != w.shape[1]:
+            raise Unsupported("fully connected whose input does not flatten to one row per image")
+        x = b.keras.layers.Reshape((w.shape[1],), name=f"{name}_flat")(x)
+    if int(x.shape[-1]) != w.shape[1]:
+        raise Unsupported("fully connected input size")
     layer = b.keras.layers.Dense(w.shape[0], use_bias=True, name=name)
     y = _set(layer, x, [w.T, _bias(b, ins[2] if len(ins) > 2 else -1, w.shape[0])])
     return _activation(b, y, o.fusedActivationFunction, name)
