@@ -8,6 +8,7 @@ import pytest
 pytest.importorskip("tensorflow")
 pytest.importorskip("ai_edge_litert")
 
+from tledge._deps import tflite_schema  # noqa: E402
 from tledge.quant import from_tflite  # noqa: E402
 from tledge.quant import tflite_bias as tb  # noqa: E402
 
@@ -73,7 +74,7 @@ def test_an_op_outside_the_whitelist_gives_none(sm_fp32):
     f = tb.load(data)
     kinds = tb.op_kinds(f)
     softmax = f.operatorCodes[f.subgraphs[0].operators[kinds.index("SOFTMAX")].opcodeIndex]
-    softmax.builtinCode = softmax.deprecatedBuiltinCode = tb.schema().BuiltinOperator.LOG_SOFTMAX
+    softmax.builtinCode = softmax.deprecatedBuiltinCode = tflite_schema().BuiltinOperator.LOG_SOFTMAX
     changed = _pack(f)
     assert "LOG_SOFTMAX" in tb.op_kinds(tb.load(changed))
     assert from_tflite.from_tflite(changed) is None
@@ -85,7 +86,7 @@ def test_a_fused_activation_outside_the_whitelist_gives_none(sm_fp32):
     data, _ = sm_fp32
     f = tb.load(data)
     conv = [o for o in tb.linear_ops(f) if o.kind == "CONV_2D"][0]
-    conv.options.fusedActivationFunction = tb.schema().ActivationFunctionType.TANH
+    conv.options.fusedActivationFunction = tflite_schema().ActivationFunctionType.TANH
     assert from_tflite.from_tflite(_pack(f)) is None
 
 
