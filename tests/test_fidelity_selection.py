@@ -8,10 +8,10 @@ from tledge.export import fidelity
 from tledge.parity import ParityResult
 
 
-def _result(passed: bool, mean_abs: float, agreement: float, n: int = 153) -> ParityResult:
+def _result(passed: bool, mean_abs: float, agreement: float, n: int = 153, kind: str = "onnx") -> ParityResult:
     from tledge.stats import wilson
 
-    return ParityResult(file="model_int8.onnx", format="onnx", precision="int8", images=n, max_abs_error=0.1,
+    return ParityResult(file=f"model_int8.{kind}", format=kind, precision="int8", images=n, max_abs_error=0.1,
                         mean_abs_error=mean_abs, median_image_max_abs=mean_abs, top1_agreement=agreement,
                         accuracy=None, reference_accuracy=None, passed=passed,
                         agreement_ci=wilson(round(agreement * n), n))
@@ -22,7 +22,7 @@ class _Cache:
         return b""
 
 
-def _run(tmp_path, script: dict, model):
+def _run(tmp_path, script: dict, model, kind: str = "onnx", int8_only: bool = False):
     """Run the ladder for one plain ONNX file; `script` maps rung name -> (passed, mean abs, agreement)."""
     tried, installed = [], []
 
@@ -30,16 +30,16 @@ def _run(tmp_path, script: dict, model):
         tried.append(rung.name)
         if rung.name not in script:
             raise fidelity.TledgeError("not scripted")
-        return _result(*script[rung.name]), rung.name.encode(), {}
+        return _result(*script[rung.name], kind=kind), rung.name.encode(), {}
     ctx = fidelity.FidelityContext(lm=None, contract=None, add_norm=None, calib=None, reference=None, val_x=None,
-                                   val_y=None, out=tmp_path, thresholds={})
+                                   val_y=None, out=tmp_path, thresholds={}, int8_only=int8_only)
     outcome = fidelity.FidelityOutcome(results={})
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(fidelity, "_attempt", attempt)
         mp.setattr(fidelity, "_install", lambda dst, data: installed.append(data.decode()))
         mp.setattr(fidelity, "_linear_layers", lambda m: 100)
         mp.setattr(fidelity, "_fallback", lambda plain, best, ctx, outcome: ["fallback", best])
-        rows = fidelity._one_file(_result(False, 0.05, 0.94), ctx, model, _Cache(), outcome)
+        rows = fidelity._one_file(_result(False, 0.05, 0.94, kind=kind), ctx, model, _Cache(), outcome)
     return rows, tried, installed, outcome.notes
 
 
@@ -78,3 +78,12 @@ def test_a_repair_rung_that_passes_first_ends_the_ladder_and_failures_fall_back(
     assert tried == ["onnx-bias", "repaired-stem4"] and rows[0].passed
     rows, tried, _, _ = _run(tmp_path, {}, model=object())
     assert rows[0] == "fallback" and "repaired+sensitive" in tried
+
+
+def test_int8_only_targets_get_the_tflite_graph_repair_even_with_a_keras_model(tmp_path):
+    """No float stem for an Edge TPU: the all-int8 `repaired` is the only Keras rung, and on the seed-1
+    MobileNet it reaches 0.961 where `tflite-rounding` reaches 0.980, so both run."""
+    _, tried, _, _ = _run(tmp_path, {}, model=object(), kind="tflite", int8_only=True)
+    assert tried == ["tflite-bias", "tflite-rounding", "repaired"]
+    _, tried, _, _ = _run(tmp_path, {}, model=object(), kind="tflite")
+    assert "tflite-rounding" not in tried and "repaired-stem4" in tried

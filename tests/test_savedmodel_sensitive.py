@@ -39,7 +39,7 @@ def test_savedmodel_tflite_file_gets_the_sensitive_rung(formats, tiny_model, sha
     """The choice is forced to one real layer (the tiny healthy model has nothing worth raising); the rest
     is the real ladder on a SavedModel export: tflite-bias, then sensitive. TFLite only: the fp32 ONNX graph
     the choice is made on is converted from the traced function (the export wrote none)."""
-    from tledge.export import fidelity
+    from tledge.export import fidelity, repair_model
     from tledge.export.parity import Thresholds
     from tledge.export.pipeline import ExportConfig, export
     from tledge.images import labelled_images
@@ -62,6 +62,9 @@ def test_savedmodel_tflite_file_gets_the_sensitive_rung(formats, tiny_model, sha
         return result, data, applied
 
     monkeypatch.setattr(sensitivity, "choose", forced)
+    # the keras-free path: no Keras 3 model rebuilt from the float TFLite graph (else the Keras rungs replace
+    # tflite-rounding and sensitive: tests/test_from_tflite.py)
+    monkeypatch.setattr(repair_model, "from_float_tflite", lambda ctx: (None, "not rebuilt (test)"))
     monkeypatch.setattr(fidelity, "_attempt", spy)
     tiny_model["model"].export(str(tmp_path / "sm"), verbose=False)
     cfg = ExportConfig(out=tmp_path / "e", formats=formats, int8=True, calib=str(shapes_dataset / "train"),

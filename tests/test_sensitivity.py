@@ -181,10 +181,13 @@ def test_float_weights_come_back_on_the_layers_around_a_chosen_activation(tiny_m
     assert not np.allclose(fixed.get_layer(conv).get_weights()[0], original.get_layer(conv).get_weights()[0])
 
 
-def test_a_savedmodel_gets_the_graph_level_rung(tiny_model, shapes_dataset, tmp_path):
-    """No Keras 3 model to repair: the ONNX file still gets the sensitivity rung, on the export's own
-    float graph, and no Keras-level rung."""
+def test_a_savedmodel_gets_the_graph_level_rung(tiny_model, shapes_dataset, tmp_path, monkeypatch):
+    """No Keras 3 model to repair (the rebuild from the float TFLite graph forced off): the ONNX file still
+    gets the sensitivity rung, on the export's own float graph, and no Keras-level rung."""
+    from tledge.export import repair_model
     from tledge.export.parity import Thresholds
+
+    monkeypatch.setattr(repair_model, "from_float_tflite", lambda ctx: (None, "not rebuilt (test)"))
     from tledge.export.pipeline import ExportConfig, export
 
     tiny_model["model"].export(str(tmp_path / "sm"), verbose=False)

@@ -123,12 +123,16 @@ def test_savedmodel_int8_file_gets_its_biases_corrected(sm_export, tmp_path):
     assert np.mean(np.argmax(_run(fixed, calib), 1) == np.argmax(_run(plain, calib), 1)) >= 0.9
 
 
-def test_savedmodel_export_runs_the_rung_and_records_it(tiny_model, shapes_dataset, tmp_path):
-    """The ladder of a SavedModel's TFLite file for an int8-only target: tflite-bias, measured against the
-    original; the file kept in place is the better one and its contract says which."""
+def test_savedmodel_export_runs_the_rung_and_records_it(tiny_model, shapes_dataset, tmp_path, monkeypatch):
+    """The ladder of a SavedModel's TFLite file for an int8-only target when no Keras 3 model could be rebuilt
+    from its float TFLite graph (forced here; tests/test_from_tflite.py covers the rebuilt case): tflite-bias,
+    then tflite-rounding, measured against the original; the file kept in place is the better one and its
+    contract says which."""
+    from tledge.export import repair_model
     from tledge.export.pipeline import ExportConfig, export
     from tledge.metadata import read_contract
 
+    monkeypatch.setattr(repair_model, "from_float_tflite", lambda ctx: (None, "not rebuilt (test)"))
     tiny_model["model"].export(str(tmp_path / "sm"), verbose=False)
     cfg = ExportConfig(out=tmp_path / "e", formats=("tflite",), int8=True, calib=str(shapes_dataset / "train"),
                        preprocess="raw", val=str(shapes_dataset / "val"), int8_only=True,
@@ -173,15 +177,18 @@ def test_ops_are_paired_by_position_and_unmatched_ones_skipped_and_counted(sm_ex
 
 @pytest.mark.slow
 @pytest.mark.real
-def test_real_mobilenet_savedmodel_tflite_file_gets_the_bias_repair(shared_assets, tmp_path):
-    """The issue's MobileNet 0.25 (hymenoptera head, seed 0) as a SavedModel: no Keras model to repair,
-    so `tflite-bias` and `tflite-rounding` are the TFLite file's repairs; measured 0.882 -> 0.974 (bias) and
-    0.974-0.98 (re-rounding) on the 153 val photos."""
+def test_real_mobilenet_savedmodel_tflite_file_gets_the_bias_repair(shared_assets, tmp_path, monkeypatch):
+    """The issue's MobileNet 0.25 (hymenoptera head, seed 0) as a SavedModel, with no Keras model to repair
+    (the rebuild from its float TFLite graph forced off): `tflite-bias` and `tflite-rounding` are the TFLite
+    file's repairs; measured 0.882 -> 0.974 (bias) and 0.974-0.98 (re-rounding) on the 153 val photos."""
     import sys
     from pathlib import Path
 
     import keras
 
+    from tledge.export import repair_model
+
+    monkeypatch.setattr(repair_model, "from_float_tflite", lambda ctx: (None, "not rebuilt (test)"))
     from tledge.export.pipeline import ExportConfig, export
     from tledge.layers import CUSTOM_OBJECTS
 

@@ -6,7 +6,7 @@ Rungs (`LADDER`, in order of cost, each one's seconds recorded):
   1. `onnx-bias` (ONNX, any loader): bias correction on the float graph for the plain file's int8
      weights (tledge.quant.onnx_bias; ~2 s); `tflite-bias` (TFLite, any loader): the same on the plain
      int8 file itself, its int32 biases against the fp32 file's weights and tap means (tledge.quant.tflite_bias;
-     ~2 s; still all-int8); then, without a Keras 3 model (SavedModels), `tflite-rounding`: the plain int8
+     ~2 s; still all-int8); then, without a Keras 3 model (none could be rebuilt), `tflite-rounding`: the plain int8
      file's weights re-rounded (GPTQ) and its biases re-fit op by op on its own int8 activations
      (tledge.quant.tflite_rounding; ~10-15 s for MobileNet 0.25; still all-int8);
   2. `repaired-stem4` (CPU targets only): BN folding, an exact input grid, adaptive rounding + bias
@@ -33,9 +33,10 @@ For int8-only targets the stem and sensitivity rungs never apply (tledge.quant.r
 is onnx-bias / tflite-bias (then tflite-rounding without a Keras 3 model), calibration-percentile, repaired,
 repaired+bias.
 
-The Keras-level rungs need a Keras 3 model: tf_keras files are rebuilt as one (tledge.quant.rebuild,
-checked equal); SavedModels get the graph-level rungs (onnx-bias, tflite-bias, tflite-rounding, sensitive), calibration
-choices and the fallback.
+The Keras-level rungs need a Keras 3 model (tledge.export.repair_model): tf_keras files are rebuilt as one
+(tledge.quant.rebuild), SavedModels from the export's float TFLite graph (tledge.quant.from_tflite), each
+checked equal; where that fails they get the graph-level rungs (onnx-bias, tflite-bias, tflite-rounding,
+sensitive), calibration choices and the fallback.
 """
 from __future__ import annotations
 
@@ -134,15 +135,11 @@ def improve(failing: Sequence[ParityResult], ctx: FidelityContext) -> FidelityOu
     from tledge.export.rungs import Shared
 
     outcome = FidelityOutcome(results={})
-    model = repair_model.pixel_model(ctx)
+    model, note = repair_model.pixel_model_and_note(ctx)
     cache = Shared(model, ctx.contract, ctx.calib, ctx.out,  # what the rungs share (tledge.export.rungs)
                    trace=lambda: _traced(ctx))
-    if model is None:
-        outcome.notes.append(f"Keras-level int8 repairs need a Keras 3 model ({ctx.lm.kind} given, and it could "
-                             "not be rebuilt as one): only graph-level repairs (onnx-bias, tflite-bias, tflite-rounding, "
-                             "sensitive) and calibration choices apply")
-    elif ctx.lm.kind == "tf_keras":
-        outcome.notes.append("the tf_keras model was rebuilt as Keras 3 for the int8 repairs (outputs checked equal)")
+    if note:
+        outcome.notes.append(note)
     plain_onnx = ctx.out / "model_int8.onnx"
     plain_bytes = plain_onnx.read_bytes() if plain_onnx.is_file() else None  # for the diagnosis
     try:
@@ -163,8 +160,8 @@ def _applies(rung: Rung, plain: ParityResult, ctx: FidelityContext, model) -> bo
 
     if rung.repair and model is None:
         return False
-    if rung.keras_free and model is not None:
-        return False  # with a Keras 3 model the repaired variants run
+    if rung.keras_free and model is not None and not ctx.int8_only:
+        return False  # with a Keras 3 model the repaired variants run (int8-only targets get no stem: both)
     if registry.check(rung.techniques, plain.format, int8_only=ctx.int8_only):
         return False
     if plain.precision == "dynamic":  # int8 weights, float activations: only the weight repair applies

@@ -33,7 +33,7 @@ from tledge._deps import tflite_schema as schema
 from tledge.quant.subset import spread
 
 LINEAR = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
-TENSOR_TYPES = {0: np.float32, 2: np.int32, 9: np.int8}  # TFLite TensorType -> numpy
+TENSOR_TYPES = {0: np.float32, 2: np.int32, 4: np.int64, 9: np.int8}  # TFLite TensorType -> numpy
 
 
 @dataclass
@@ -79,12 +79,17 @@ def load(data: bytes):
     return s.ModelT.InitFromObj(s.Model.GetRootAs(bytes(data), 0))
 
 
-def linear_ops(model) -> list[LinearOp]:
+def op_kinds(model) -> list[str | None]:
+    """The builtin operator name (e.g. "CONV_2D") of every op of subgraph 0 in order (None: a code this
+    schema does not know)."""
     names = {v: k for k, v in vars(schema().BuiltinOperator).items() if not k.startswith("_")}
+    codes = [names.get(max(c.builtinCode, c.deprecatedBuiltinCode)) for c in model.operatorCodes]
+    return [codes[op.opcodeIndex] for op in model.subgraphs[0].operators]
+
+
+def linear_ops(model) -> list[LinearOp]:
     out = []
-    for op in model.subgraphs[0].operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        kind = names.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+    for op, kind in zip(model.subgraphs[0].operators, op_kinds(model)):
         ins = [int(i) for i in op.inputs]
         if kind in LINEAR and len(ins) >= 2:
             out.append(LinearOp(kind, ins[0], ins[1], ins[2] if len(ins) > 2 else -1, int(op.outputs[0]),

@@ -1,0 +1,159 @@
+"""A Keras 3 model rebuilt from the export's float TFLite file (tledge.quant.from_tflite), so a SavedModel
+gets the Keras-level int8 repairs (tledge.export.repair_model): the copy computes what the file computes on
+real images, its layers are what the repairs look for, an op outside the whitelist gives None, and the
+export of the tiny SavedModel runs the Keras rungs."""
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+pytest.importorskip("ai_edge_litert")
+
+from tledge._deps import tflite_schema  # noqa: E402
+from tledge.quant import from_tflite  # noqa: E402
+from tledge.quant import tflite_bias as tb  # noqa: E402
+
+
+def _run(data: bytes, x: np.ndarray) -> np.ndarray:
+    it = tb.interpreter(data)
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    ys = []
+    for img in x:
+        it.set_tensor(inp["index"], img[None].astype(np.float32))
+        it.invoke()
+        ys.append(np.array(it.get_tensor(out["index"])[0]))
+    return np.stack(ys)
+
+
+def _pack(model) -> bytes:
+    import flatbuffers
+
+    b = flatbuffers.Builder(0)
+    b.Finish(model.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+@pytest.fixture(scope="module")
+def sm_fp32(tiny_savedmodel_tflite):
+    res, calib, _ = tiny_savedmodel_tflite
+    return (res.out / "model_fp32.tflite").read_bytes(), calib
+
+
+def test_rebuilt_model_equals_the_float_file_on_real_images(sm_fp32):
+    from tledge.export.repair_model import tflite_difference
+    from tledge.layers import baked_norm
+    from tledge.quant import repair
+
+    data, calib = sm_fp32
+    model = from_tflite.from_tflite(data)
+    assert model is not None
+    ref = _run(data, calib[:24])
+    got = np.asarray(model(calib[:24]))
+    assert np.max(np.abs(got - ref)) < 1e-5 and len(set(np.argmax(ref, 1))) > 1  # confident, not flat
+    assert tflite_difference(model, data, calib[:4])[0] < 1e-5
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds.count("Conv2D") == 2 and kinds.count("DepthwiseConv2D") == 1 and kinds.count("Dense") == 1, kinds
+    assert "ReLU" in kinds and "GlobalAveragePooling2D" in kinds and kinds[-1] == "Softmax", kinds
+    # the tiny model bakes tf preprocessing: the converter's MUL + ADD became one Rescaling exact_input can read
+    norms = [baked_norm(layer) for layer in model.layers if type(layer).__name__ == "Rescaling"]
+    assert norms == [("tf", None, None)], norms
+    assert repair.exact_input(model)[1]  # x/127.5 - 1 shifted onto the exact int8 input grid
+
+
+def test_conv_weights_are_the_files_in_keras_layout(sm_fp32):
+    data, _ = sm_fp32
+    model = from_tflite.from_tflite(data)
+    f = tb.load(data)
+    op = [o for o in tb.linear_ops(f) if o.kind == "CONV_2D"][0]
+    ohwi = tb.tensor_array(f, op.weight)
+    conv = [layer for layer in model.layers if type(layer).__name__ == "Conv2D"][0]
+    assert np.array_equal(conv.get_weights()[0], ohwi.transpose(1, 2, 3, 0))
+
+
+def test_an_op_outside_the_whitelist_gives_none(sm_fp32):
+    data, _ = sm_fp32
+    f = tb.load(data)
+    kinds = tb.op_kinds(f)
+    softmax = f.operatorCodes[f.subgraphs[0].operators[kinds.index("SOFTMAX")].opcodeIndex]
+    softmax.builtinCode = softmax.deprecatedBuiltinCode = tflite_schema().BuiltinOperator.LOG_SOFTMAX
+    changed = _pack(f)
+    assert "LOG_SOFTMAX" in tb.op_kinds(tb.load(changed))
+    assert from_tflite.from_tflite(changed) is None
+    with pytest.raises(from_tflite.Unsupported, match="LOG_SOFTMAX"):
+        from_tflite.build(changed)
+
+
+def test_a_fused_activation_outside_the_whitelist_gives_none(sm_fp32):
+    data, _ = sm_fp32
+    f = tb.load(data)
+    conv = [o for o in tb.linear_ops(f) if o.kind == "CONV_2D"][0]
+    conv.options.fusedActivationFunction = tflite_schema().ActivationFunctionType.TANH
+    assert from_tflite.from_tflite(_pack(f)) is None
+
+
+def test_savedmodel_export_runs_the_keras_rungs(tiny_model, shapes_dataset, tmp_path):
+    """The tiny SavedModel's TFLite file, int8-only and an impossible budget: after the TFLite graph rungs
+    (int8-only targets keep tflite-rounding) the Keras repair runs on the model rebuilt from the float TFLite
+    file (4 linear layers: too small for a stem); parity.md says what was rebuilt."""
+    from tledge.export.parity import Thresholds
+    from tledge.export.pipeline import ExportConfig, export
+    from tledge.metadata import read_contract
+
+    tiny_model["model"].export(str(tmp_path / "sm"), verbose=False)
+    cfg = ExportConfig(out=tmp_path / "e", formats=("tflite",), int8=True, calib=str(shapes_dataset / "train"),
+                       preprocess="raw", val=str(shapes_dataset / "val"), int8_only=True,
+                       thresholds={"int8": Thresholds(max_abs=1e-9, min_agreement=1.0)})
+    res = export(tmp_path / "sm", cfg)
+    rows = res.report.fidelity
+    assert [r["rung"] for r in rows] == ["plain", "tflite-bias", "tflite-rounding", "repaired"], rows
+    assert "error" not in rows[3] and rows[3]["agreement"] >= 0.8, rows[3]
+    assert any("rebuilt as Keras 3 from its float TFLite graph" in n for n in res.report.notes), res.report.notes
+    assert "rebuilt as Keras 3 from its float TFLite graph" in (tmp_path / "e" / "parity.md").read_text()
+    best = max(rows, key=lambda r: (r["agreement"], -r["median_image_max_abs"]))
+    extra = read_contract(tmp_path / "e" / "model_int8.tflite").extra
+    if best["rung"] != "plain":
+        assert extra["int8_repair"] == best["rung"], (extra, best)
+
+
+def test_without_a_float_tflite_file_there_is_no_model(tiny_savedmodel_tflite, tmp_path):
+    """pixel_model needs the export's model_fp32.tflite; missing, it returns None (the graph-level rungs run)."""
+    from types import SimpleNamespace
+
+    from tledge.export import repair_model
+
+    _, calib, _ = tiny_savedmodel_tflite
+    ctx = SimpleNamespace(lm=SimpleNamespace(kind="saved_model"), out=tmp_path, calib=calib)
+    model, note = repair_model.pixel_model_and_note(ctx)
+    assert model is None and "no float TFLite file" in note
+
+
+def test_every_whitelisted_op_is_rebuilt_equal(tmp_path):
+    """A small Keras graph touching each whitelisted op (per-channel normalisation, strided / dilated / padded
+    convolutions, depth multiplier, both pools, tensor add / sub / mul, mean, reshape, sigmoid), converted to
+    fp32 TFLite: the rebuilt model gives the file's outputs (pre-activation logits, not flat: seeded weights)."""
+    import keras
+
+    from tledge.quant import selective
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((20, 20, 3), name="pixels")
+    x = keras.layers.Rescaling([0.5, 1.0, 2.0], [-1.0, 0.0, 1.0])(inp)
+    x = keras.layers.Conv2D(6, 3, strides=2, padding="same", activation="relu6")(x)
+    x = keras.layers.ZeroPadding2D(((1, 0), (2, 1)))(x)
+    x = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, activation="relu")(x)
+    a = keras.layers.MaxPooling2D(2, padding="same")(x)
+    b = keras.layers.AveragePooling2D(2, strides=1, padding="same")(x)
+    b = keras.layers.AveragePooling2D(2, padding="same")(b)
+    y = keras.layers.Subtract()([keras.layers.Add()([a, b]), keras.layers.Multiply()([a, b])])
+    y = keras.layers.Conv2D(8, 3, dilation_rate=2, padding="same")(y)
+    y = keras.layers.GlobalAveragePooling2D(keepdims=True)(y)
+    y = keras.layers.Reshape((8,))(y)
+    out = keras.layers.Reshape((2, 2))(keras.layers.Dense(4, activation="sigmoid")(y))
+    data = selective.tflite_fp32(keras.Model(inp, out))
+    kinds = set(tb.op_kinds(tb.load(data)))
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "PAD", "MAX_POOL_2D", "AVERAGE_POOL_2D", "ADD", "SUB", "MUL", "MEAN",
+            "FULLY_CONNECTED", "LOGISTIC", "RESHAPE"} <= kinds, kinds
+    model = from_tflite.build(data)
+    x = np.random.default_rng(0).uniform(0, 255, (6, 20, 20, 3)).astype(np.float32)
+    ref = _run(data, x)
+    assert np.ptp(ref) > 0.05 and np.max(np.abs(np.asarray(model(x)) - ref)) < 1e-5
+    assert [type(layer).__name__ for layer in model.layers].count("Rescaling") == 1  # MUL + ADD merged
