@@ -118,6 +118,19 @@ def tiny_savedmodel_tflite(tiny_model, shapes_dataset, tmp_path_factory):
     return res, calib, d
 
 
+def tiny_savedmodel_int8_only_export(tiny_model, shapes_dataset, tmp_path):
+    """The tiny model as a SavedModel, exported to an int8-only TFLite file under an impossible budget, so every
+    rung of the int8-only ladder runs. Returns the export result (folder tmp_path / "e")."""
+    from tledge.export.parity import Thresholds
+    from tledge.export.pipeline import ExportConfig, export
+
+    tiny_model["model"].export(str(tmp_path / "sm"), verbose=False)
+    cfg = ExportConfig(out=tmp_path / "e", formats=("tflite",), int8=True, calib=str(shapes_dataset / "train"),
+                       preprocess="raw", val=str(shapes_dataset / "val"), int8_only=True,
+                       thresholds={"int8": Thresholds(max_abs=1e-9, min_agreement=1.0)})
+    return export(tmp_path / "sm", cfg)
+
+
 @pytest.fixture(scope="session")
 def unbaked_model(shapes_dataset, tmp_path_factory):
     """A tiny trained model as a third party ships it: plain .keras with no tledge.json and no labels,

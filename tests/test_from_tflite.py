@@ -94,15 +94,11 @@ def test_savedmodel_export_runs_the_keras_rungs(tiny_model, shapes_dataset, tmp_
     """The tiny SavedModel's TFLite file, int8-only and an impossible budget: after the TFLite graph rungs
     (int8-only targets keep tflite-rounding) the Keras repair runs on the model rebuilt from the float TFLite
     file (4 linear layers: too small for a stem); parity.md says what was rebuilt."""
-    from tledge.export.parity import Thresholds
-    from tledge.export.pipeline import ExportConfig, export
+    from conftest import tiny_savedmodel_int8_only_export
+
     from tledge.metadata import read_contract
 
-    tiny_model["model"].export(str(tmp_path / "sm"), verbose=False)
-    cfg = ExportConfig(out=tmp_path / "e", formats=("tflite",), int8=True, calib=str(shapes_dataset / "train"),
-                       preprocess="raw", val=str(shapes_dataset / "val"), int8_only=True,
-                       thresholds={"int8": Thresholds(max_abs=1e-9, min_agreement=1.0)})
-    res = export(tmp_path / "sm", cfg)
+    res = tiny_savedmodel_int8_only_export(tiny_model, shapes_dataset, tmp_path)
     rows = res.report.fidelity
     assert [r["rung"] for r in rows] == ["plain", "tflite-bias", "tflite-rounding", "repaired"], rows
     assert "error" not in rows[3] and rows[3]["agreement"] >= 0.8, rows[3]

@@ -7,7 +7,6 @@ import pytest
 pytest.importorskip("tensorflow")
 pytest.importorskip("ai_edge_litert")
 
-from tledge.export.parity import Thresholds  # noqa: E402
 from tledge.quant import tflite_bias as tb  # noqa: E402
 
 
@@ -128,16 +127,13 @@ def test_savedmodel_export_runs_the_rung_and_records_it(tiny_model, shapes_datas
     from its float TFLite graph (forced here; tests/test_from_tflite.py covers the rebuilt case): tflite-bias,
     then tflite-rounding, measured against the original; the file kept in place is the better one and its
     contract says which."""
+    from conftest import tiny_savedmodel_int8_only_export
+
     from tledge.export import repair_model
-    from tledge.export.pipeline import ExportConfig, export
     from tledge.metadata import read_contract
 
     monkeypatch.setattr(repair_model, "from_float_tflite", lambda ctx: (None, "not rebuilt (test)"))
-    tiny_model["model"].export(str(tmp_path / "sm"), verbose=False)
-    cfg = ExportConfig(out=tmp_path / "e", formats=("tflite",), int8=True, calib=str(shapes_dataset / "train"),
-                       preprocess="raw", val=str(shapes_dataset / "val"), int8_only=True,
-                       thresholds={"int8": Thresholds(max_abs=1e-9, min_agreement=1.0)})
-    res = export(tmp_path / "sm", cfg)
+    res = tiny_savedmodel_int8_only_export(tiny_model, shapes_dataset, tmp_path)
     rows = res.report.fidelity
     assert [r["rung"] for r in rows] == ["plain", "tflite-bias", "tflite-rounding"], rows
     for row in rows[1:]:
