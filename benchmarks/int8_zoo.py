@@ -88,23 +88,9 @@ def tf_keras_hymenoptera(out: Path, seed: int = 0) -> Path:
     return path
 
 
-def savedmodel_of(h5: Path, out: Path) -> Path:
-    """The Keras model `h5` exported as a TensorFlow SavedModel (no Keras model behind the export: only the
-    graph-level rungs apply)."""
-    if (out / "saved_model.pb").is_file():
-        return out
-    import keras
-
-    from tledge.layers import CUSTOM_OBJECTS
-
-    model = keras.saving.load_model(h5, custom_objects=dict(CUSTOM_OBJECTS), compile=False)
-    model.export(str(out), verbose=False)
-    return out
-
-
 def zoo(cache: Path) -> dict:
     """name -> (model path builder, export options)."""
-    from realdata import hymenoptera_mobilenet
+    from realdata import hymenoptera_mobilenet, savedmodel_of
     from zoo_models import hymenoptera_model, imagenet_model, scratch_model
 
     hym = {"calib": str(ASSETS / "hymenoptera_data" / "train"), "val": str(ASSETS / "hymenoptera_data" / "val"),

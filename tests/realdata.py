@@ -35,3 +35,26 @@ def hymenoptera_mobilenet(assets: Path, out: Path, size: int = 224, epochs: int 
     out.mkdir(parents=True, exist_ok=True)
     model.save(path)
     return path
+
+
+def skip_without(assets: Path, *parts: str) -> None:
+    """pytest.skip unless every `parts` folder of the shared assets is there."""
+    import pytest
+
+    for part in parts:
+        if not (assets / part).is_dir():
+            pytest.skip(f"shared asset not available: {assets / part}")
+
+
+def savedmodel_of(h5: Path, out: Path) -> Path:
+    """The Keras model `h5` exported as a TensorFlow SavedModel (no Keras model behind it: the export rebuilds
+    one from its float TFLite graph, tledge.quant.from_tflite, or runs the graph-level rungs)."""
+    if (out / "saved_model.pb").is_file():
+        return out
+    import keras
+
+    from tledge.layers import CUSTOM_OBJECTS
+
+    model = keras.saving.load_model(h5, custom_objects=dict(CUSTOM_OBJECTS), compile=False)
+    model.export(str(out), verbose=False)
+    return out

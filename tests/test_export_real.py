@@ -20,11 +20,10 @@ def real_export(shared_assets, tmp_path_factory):
     import sys
     from pathlib import Path
 
-    for part in ("hymenoptera_data", "keras_imagenet_weights"):
-        if not (shared_assets / part).is_dir():
-            pytest.skip(f"shared asset not available: {shared_assets / part}")
     sys.path.insert(0, str(Path(__file__).parent))
-    from realdata import hymenoptera_mobilenet
+    from realdata import hymenoptera_mobilenet, skip_without
+
+    skip_without(shared_assets, "hymenoptera_data", "keras_imagenet_weights")
 
     from tledge.cli import main
 

@@ -164,20 +164,13 @@ def test_real_mobilenet_savedmodel_gets_the_keras_repair_on_both_formats(shared_
     import sys
     from pathlib import Path
 
-    import keras
-
     from tledge.export.pipeline import ExportConfig, export
-    from tledge.layers import CUSTOM_OBJECTS
 
-    for part in ("hymenoptera_data", "keras_imagenet_weights"):
-        if not (shared_assets / part).is_dir():
-            pytest.skip(f"shared asset not available: {shared_assets / part}")
     sys.path.insert(0, str(Path(__file__).parent))
-    from realdata import hymenoptera_mobilenet
+    from realdata import hymenoptera_mobilenet, savedmodel_of, skip_without
 
-    h5 = hymenoptera_mobilenet(shared_assets, tmp_path)
-    keras.saving.load_model(h5, custom_objects=dict(CUSTOM_OBJECTS), compile=False).export(str(tmp_path / "sm"),
-                                                                                           verbose=False)
+    skip_without(shared_assets, "hymenoptera_data", "keras_imagenet_weights")
+    savedmodel_of(hymenoptera_mobilenet(shared_assets, tmp_path), tmp_path / "sm")
     data = shared_assets / "hymenoptera_data"
     cfg = ExportConfig(out=tmp_path / "e", formats=("tflite", "onnx"), int8=True, calib=str(data / "train"),
                        val=str(data / "val"), preprocess="tf")

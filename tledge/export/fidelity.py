@@ -180,7 +180,7 @@ def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: 
     cache.original(ctx.out / plain.file)  # kept for the graph rungs: a better rung's file replaces it
     rungs = [r for r in LADDER if _applies(r, plain, ctx, model)
              and not (r.stem and _linear_layers(model) < MIN_LAYERS_PER_STEM * r.stem)]  # a stem of most of it
-    best, kept, held = plain, "plain", None  # held: the first passing rung's name while the repair rung runs
+    best, kept, held = plain, "plain", None  # held: (name, result) of the first pass while the repair rung runs
     for i, rung in enumerate(rungs):
         if held and not rung.repair:
             continue
@@ -204,11 +204,11 @@ def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: 
             if rung.repair or _confirmed(result, _threshold(ctx, plain.file, plain.precision)) \
                     or not any(r.repair for r in rungs[i + 1:]):
                 break
-            held = rung.name
+            held = (rung.name, result)
     if not best.passed:
         return _fallback(plain, best, ctx, outcome)
-    also = f"; `{held}` passed too, with a larger mean error {_mean_of(outcome, plain.file, held):.3g}" \
-        if held and held != kept else ""
+    also = f"; `{held[0]}` passed too, with a larger mean error {held[1].mean_abs_error:.3g}" \
+        if held and held[0] != kept else ""
     next(a for a in outcome.attempts if a["file"] == plain.file and a["rung"] == kept)["kept"] = True
     outcome.notes.append(f"{plain.file}: plain {plain.precision} missed the budget (agreement {plain.top1_agreement:.3f}); "
                          f"kept `{kept}` (agreement {best.top1_agreement:.3f}, mean abs {best.mean_abs_error:.3g}, "
@@ -222,10 +222,6 @@ def _confirmed(r: ParityResult, t: Thresholds) -> bool:
     if r.topk_ci is not None:
         return r.topk_ci[0] >= t.min_topk_agreement
     return r.agreement_ci is not None and r.agreement_ci[0] >= t.min_agreement
-
-
-def _mean_of(outcome: FidelityOutcome, file: str, rung: str) -> float:
-    return next(a["mean_abs"] for a in outcome.attempts if a["file"] == file and a["rung"] == rung)
 
 
 def _better(a: ParityResult, b: ParityResult) -> bool:
