@@ -107,7 +107,7 @@ def zoo(cache: Path) -> dict:
     for arch in ("mnv2", "mnv1-0.5-160"):  # preprocessing baked in: no --preprocess
         entries[f"hym-{arch}"] = (lambda a=arch: hymenoptera_model(cache, a),
                                   lambda: {k: v for k, v in hym.items() if k != "preprocess"})
-    for arch in ("effb0", "resnet50"):  # trained from scratch, preprocessing baked in
+    for arch in ("effb0", "resnet50", "mnv3s"):  # trained from scratch, preprocessing baked in
         entries[f"hym-{arch}"] = (lambda a=arch: scratch_model(cache, a),
                                   lambda: {k: v for k, v in hym.items() if k != "preprocess"})
     for seed in (0, 1, 2):

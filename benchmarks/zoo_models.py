@@ -207,11 +207,13 @@ class Scratch:
     backbone: str  # tledge.backbones name: its preprocessing mode is baked as `tledge train` does
     size: int
     epochs: int
+    bn_momentum: float | None = None  # None: the application's own
 
 
 SCRATCH = {s.key: s for s in (
     Scratch("effb0", "EfficientNetB0", "efficientnet_b0", 128, 120),
     Scratch("resnet50", "ResNet50", "resnet50", 128, 50),
+    Scratch("mnv3s", "MobileNetV3Small", "mobilenet_v3_small", 128, 80, 0.9),
 )}
 
 
@@ -228,6 +230,10 @@ def scratch_network(spec: Scratch, n_classes: int = 2):
 
     backbone = getattr(keras.applications, spec.application)(
         input_shape=(spec.size, spec.size, 3), include_top=False, weights=None, pooling="avg")
+    if spec.bn_momentum is not None:  # MobileNetV3's 0.999 leaves the moving statistics unconverged in 1280 steps
+        for layer in backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = spec.bn_momentum
     inp = keras.Input((spec.size, spec.size, 3), dtype="float32", name="pixels")
     x = backbone(preprocess_layer(backbones.get(spec.backbone).mode)(inp))
     x = keras.layers.Dropout(0.2, name="head_dropout")(x)
@@ -265,7 +271,8 @@ def scratch_model(cache: Path = DEFAULT_CACHE, arch: str = "effb0", seed: int = 
     from tledge.images import labelled_images
 
     spec = SCRATCH[arch]
-    spec = Scratch(spec.key, spec.application, spec.backbone, size or spec.size, epochs or spec.epochs)
+    spec = Scratch(spec.key, spec.application, spec.backbone, size or spec.size, epochs or spec.epochs,
+                   spec.bn_momentum)
     out = cache / f"hym-{arch}-{spec.size}-s{seed}"
     path = out / "model.keras"
     if path.is_file():

@@ -87,3 +87,29 @@ def test_int8_only_targets_get_the_tflite_graph_repair_even_with_a_keras_model(t
     assert tried == ["tflite-bias", "tflite-rounding", "repaired"]
     _, tried, _, _ = _run(tmp_path, {}, model=object(), kind="tflite")
     assert "tflite-rounding" not in tried and "repaired-stem4" in tried
+
+
+def test_a_rung_that_crashes_is_recorded_and_the_ladder_goes_on(tmp_path):
+    """A technique that breaks on an unusual graph (before the fix, MobileNetV3's bare `x + 3.0` ops made the
+    weight repair raise AttributeError) costs that rung, not the export."""
+    tried, script = [], {"onnx-bias": (False, 0.03, 0.974), "repaired": (True, 0.01, 0.987)}
+
+    def attempt(rung, plain, ctx, model, cache, notes):
+        tried.append(rung.name)
+        if rung.name == "repaired-stem4":
+            raise AttributeError("'Add' object has no attribute 'get_weights'")
+        if rung.name not in script:
+            raise fidelity.TledgeError("not scripted")
+        return _result(*script[rung.name]), rung.name.encode(), {}
+    ctx = fidelity.FidelityContext(lm=None, contract=None, add_norm=None, calib=None, reference=None, val_x=None,
+                                   val_y=None, out=tmp_path, thresholds={}, int8_only=False)
+    outcome = fidelity.FidelityOutcome(results={})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fidelity, "_attempt", attempt)
+        mp.setattr(fidelity, "_install", lambda dst, data: None)
+        mp.setattr(fidelity, "_linear_layers", lambda m: 100)
+        rows = fidelity._one_file(_result(False, 0.05, 0.94), ctx, object(), _Cache(), outcome)
+    assert "repaired-stem4" in tried and tried[-1] == "repaired" and rows[0].passed
+    crashed = next(a for a in outcome.attempts if a["rung"] == "repaired-stem4")
+    assert crashed["error"].startswith("internal error: AttributeError")
+    assert any("`repaired-stem4` failed on this model" in n for n in outcome.notes)

@@ -2,7 +2,8 @@
 structures (issue 11's zoo rows hym-effb0 / hym-resnet50): EfficientNet's own Rescaling + Normalization,
 conv-BN-swish, squeeze-excite (GAP, Reshape, swish / sigmoid 1x1 convs, Multiply) and an Add residual;
 ResNet's caffe BGR preprocessing baked as a 1x1 conv, ZeroPadding, MaxPooling, conv-BN(-ReLU) with
-biases, Add. The repair must fold every BN, keep the function, put every kernel on the int8 grid and
+biases, Add; MobileNetV3's hard-swish and hard-sigmoid written with bare keras ops, as keras.applications
+writes them (before the fix the rebuild called get_weights on them: every MobileNetV3 int8 export crashed). The repair must fold every BN, keep the function, put every kernel on the int8 grid and
 keep the confident model's top-1. (A Normalization clone given its weights computed with the defaults
 until the rebuild called finalize_state: the EfficientNetB0 repair collapsed to chance, issue 11.)"""
 from __future__ import annotations
@@ -62,6 +63,31 @@ def _resnet_like():
     return keras.Model(inp, out, name="resnet_like")
 
 
+def _hard_swish(x):
+    """keras.applications.MobileNetV3's own form: bare keras ops (`x + 3.0`, `* (1 / 6)`), not layers,
+    so the graph has nodes that `model.layers` does not list and that have no weights."""
+    return L.Multiply()([x, L.ReLU(6.0)(x + 3.0) * (1.0 / 6.0)])
+
+
+def _mnv3_like():
+    def _bn():  # statistics that settle within the tiny training run
+        return L.BatchNormalization(momentum=0.9)
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((SIZE, SIZE, 3), name="pixels")
+    x = L.Rescaling(1.0 / 127.5, offset=-1.0)(preprocess_layer("raw")(inp))
+    x = _hard_swish(_bn()(L.Conv2D(16, 3, strides=2, padding="same", use_bias=False)(x)))
+    y = L.ReLU()(_bn()(L.DepthwiseConv2D(3, padding="same", use_bias=False)(x)))
+    se = L.GlobalAveragePooling2D(keepdims=True)(y)
+    se = L.Conv2D(8, 1, activation="relu")(se)
+    se = L.ReLU(6.0)(L.Conv2D(16, 1)(se) + 3.0) * (1.0 / 6.0)  # hard sigmoid, bare ops
+    y = L.Multiply()([y, se])
+    x = L.Add()([_bn()(L.Conv2D(16, 1, use_bias=False)(y)), x])
+    x = _hard_swish(_bn()(L.Conv2D(24, 1, strides=2, use_bias=False)(x)))
+    out = L.Dense(3, activation="softmax")(L.GlobalAveragePooling2D()(x))
+    return keras.Model(inp, out, name="mnv3_like")
+
+
 def _pixels(folder):
     from tledge.images import labelled_images
 
@@ -70,9 +96,9 @@ def _pixels(folder):
     return np.stack([c.prepare(f) for f in files]).astype(np.float32), np.asarray(y)
 
 
-@pytest.fixture(scope="module", params=["effnet", "resnet"])
+@pytest.fixture(scope="module", params=["effnet", "resnet", "mnv3"])
 def trained(request, shapes_dataset):
-    model = (_effnet_like if request.param == "effnet" else _resnet_like)()
+    model = {"effnet": _effnet_like, "resnet": _resnet_like, "mnv3": _mnv3_like}[request.param]()
     contract = Contract(SIZE, SIZE, norm="raw", baked=True)
     train_tiny(model, shapes_dataset / "train", contract, epochs=40)
     return model, _pixels(shapes_dataset / "train")[0], _pixels(shapes_dataset / "val")[0]

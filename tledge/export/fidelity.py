@@ -187,9 +187,13 @@ def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: 
         start = time.perf_counter()
         try:
             result, data, applied = _attempt(rung, plain, ctx, model, cache, outcome.notes)
-        except TledgeError as exc:
-            outcome.attempts.append({"file": plain.file, "rung": rung.name, "error": str(exc),
+        except Exception as exc:  # noqa: BLE001 - one technique failing on an unusual graph must not lose the export
+            error = str(exc) if isinstance(exc, TledgeError) else f"internal error: {type(exc).__name__}: {exc}"
+            outcome.attempts.append({"file": plain.file, "rung": rung.name, "error": error,
                                      "seconds": round(time.perf_counter() - start, 2)})
+            if not isinstance(exc, TledgeError):
+                outcome.notes.append(f"{plain.file}: rung `{rung.name}` failed on this model ({error}); the "
+                                     f"ladder went on without it (a tledge bug: please report it with the model)")
             if held:
                 break
             continue

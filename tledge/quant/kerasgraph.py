@@ -23,6 +23,12 @@ def nodes(model):
                 yield node.operation, node
 
 
+def operations(model) -> dict:
+    """name -> operation of a functional model: its layers and its bare ops (`x + 3.0`), which
+    `model.layers` does not list."""
+    return {op.name: op for op, _ in nodes(model)}
+
+
 def use_counts(order) -> dict[int, int]:
     """id(tensor) -> how many of the (operation, node) pairs in `order` read it (for freeing
     activations once their last reader has run)."""
@@ -38,6 +44,15 @@ def clone_layer(layer, weights=None, **config):
     return layer.__class__.from_config(cfg), (layer.get_weights() if weights is None else weights)
 
 
+def copy_operation(op):
+    """A fresh copy of a weightless keras op node (keras.ops.Add & co.), so the rebuilt model does not
+    add nodes to the original's operations; the op itself where it cannot be serialised."""
+    try:
+        return op.__class__.from_config(op.get_config())
+    except Exception:  # noqa: BLE001 - stateless: sharing it is correct, only less tidy
+        return op
+
+
 def rebuild_model(model, make):
     """A flat functional copy of `model`: nested functional/Sequential models are inlined and every
     layer is replaced by `make(layer) -> (new_layer | None, weights)` (None: identity)."""
@@ -50,6 +65,8 @@ def rebuild_model(model, make):
         inner = getattr(op, "_functional", None) if isinstance(op, keras.Sequential) else op
         if isinstance(inner, keras.Model) and hasattr(inner, "_nodes_by_depth"):
             return inner._run_through_graph(keras.tree.flatten(args), operation_fn=lambda o: o, call_fn=call)
+        if not isinstance(op, keras.layers.Layer):  # a bare op (`x + 3.0` in MobileNetV3): no weights
+            return copy_operation(op)(*args, **kwargs)
         new, weights = make(op)
         if new is None:
             return args[0]

@@ -36,7 +36,7 @@ from tledge.errors import ExportError
 from tledge.quant import gptq, moments
 from tledge.quant.kerasgraph import (  # noqa: F401  (re-exported: repair.fold_bn, repair.predict, ...)
     HOMOGENEOUS, apply_layer, clip_of, clone_layer, flat_model, keras_lib, linear_kind, rebuild_model, single_use, flatten,
-    fold_bn, kernel_out, nodes, predict, use_counts)
+    fold_bn, kernel_out, nodes, operations, predict, use_counts)
 
 DEFAULT_STEPS = ("fold", "exact_input", "adaptive", "bias_correction")
 FOLD_TOLERANCE = 1e-3  # max abs change the rebuild + BN folding may make (measured ~2e-6), x max(1, |output|)
@@ -297,7 +297,7 @@ def quantize_weights(model, calib, *, method="adaptive", bias_correction=True, r
     skips the logged per-layer errors (NaN in the log; their cross moments were ~1/4 of the pass)."""
     keep = set(keep_float)
     qmodel = rebuild_model(model, _with_bias)
-    qlayers = {layer.name: layer for layer in qmodel.layers}
+    qlayers = operations(qmodel)
     uses = use_counts(nodes(model))
     outputs = {id(t) for t in model.outputs}
     acts_f = {id(t): np.asarray(calib, np.float32) for t in model.inputs}
