@@ -7,6 +7,8 @@ import subprocess
 import sys
 from importlib import metadata
 
+import pytest
+
 from conftest import REPO
 
 
@@ -31,3 +33,19 @@ def test_import_tledge_imports_neither_tensorflow_nor_keras():
 def test_pytest_plugin_is_not_registered_for_every_pytest_run():
     groups = metadata.entry_points(group="pytest11")
     assert not [ep for ep in groups if ep.value.startswith("tledge")], "tledge must not auto-load into pytest"
+
+
+def test_blas_threads_limits_numpy_blas_inside_the_block_only():
+    """The int8 loop runs with one BLAS thread (OpenBLAS's spinning threads beside other jobs made its Gram
+    products 15x slower); the user's setting comes back after it."""
+    pytest.importorskip("threadpoolctl")
+    from threadpoolctl import threadpool_info
+
+    from tledge._deps import blas_threads
+
+    def blas():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    before = blas()
+    with blas_threads(1):
+        assert blas() and all(n == 1 for n in blas())
+    assert blas() == before

@@ -1,6 +1,7 @@
 """The one place heavy optional imports go through. Never installs anything."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -21,6 +22,21 @@ _KNOWN = {
     "matplotlib": ("matplotlib", "train"),
     "flatbuffers": ("flatbuffers", "runtime"),
 }
+
+
+@contextlib.contextmanager
+def blas_threads(n: int = 1):
+    """numpy's BLAS limited to `n` threads inside the block, restored after it (threadpoolctl, in the export
+    extra; without it nothing changes). The int8 repairs multiply tall, thin matrices between TensorFlow calls:
+    idle, one thread is as fast as two (MobileNet 0.25's all-int8 repair 30.8 vs 31.0 s), but beside other jobs
+    OpenBLAS's spinning threads took its Gram products from 4 to 60 s (docs/int8-fidelity.md, "Export time")."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=n, user_api="blas"):
+        yield
 
 
 def quiet_tensorflow() -> None:

@@ -49,6 +49,7 @@ from typing import Sequence
 
 import numpy as np
 
+from tledge._deps import blas_threads
 from tledge.contract import Contract
 from tledge.errors import TledgeError, TledgeWarning
 from tledge.export.parity import ParityResult, Thresholds, check_files
@@ -143,8 +144,9 @@ def improve(failing: Sequence[ParityResult], ctx: FidelityContext) -> FidelityOu
     plain_onnx = ctx.out / "model_int8.onnx"
     plain_bytes = plain_onnx.read_bytes() if plain_onnx.is_file() else None  # for the diagnosis
     try:
-        for plain in failing:
-            outcome.results[plain.file] = _one_file(plain, ctx, model, cache, outcome)
+        with blas_threads(1):
+            for plain in failing:
+                outcome.results[plain.file] = _one_file(plain, ctx, model, cache, outcome)
     finally:
         outcome.reused = dict(cache.hits)
         shutil.rmtree(ctx.out / ".fidelity", ignore_errors=True)
