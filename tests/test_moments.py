@@ -60,3 +60,31 @@ def test_strided_and_valid_convolutions_keep_the_patches():
     one = keras.layers.Conv2D(2, 1)
     one.build((None, 8, 8, 3))
     assert not moments.shift_conv(one)
+
+
+@pytest.mark.parametrize("hw,kw", [((9, 7), dict(kernel_size=3, padding="same")),
+                                   ((9, 8), dict(kernel_size=3, strides=2, padding="valid")),
+                                   ((9, 8), dict(kernel_size=3, strides=2, padding="same")),
+                                   ((7, 10), dict(kernel_size=5, strides=2, padding="same")),
+                                   ((8, 8), dict(kernel_size=(5, 3), padding="same")),
+                                   ((9, 9), dict(kernel_size=3, dilation_rate=2, padding="same")),
+                                   ((4, 4), dict(kernel_size=3, depth_multiplier=2, padding="valid"))])
+def test_depthwise_grams_from_views_equal_the_patch_grams(hw, kw):
+    """MobileNet's depthwise layers: per-channel grams from strided views of the padded input (no patch copy)
+    equal those of tf.image.extract_patches' rows, for TensorFlow's 'same' (extra pad after) and 'valid',
+    strides, non-square kernels, dilation and a depth multiplier."""
+    rng = np.random.default_rng(sum(hw))
+    c = 3
+    layer = keras.layers.DepthwiseConv2D(**kw)
+    layer.build((None, *hw, c))
+    xq = np.maximum(rng.normal(0.3, 1.0, (4, *hw, c)), 0).astype(np.float32)
+    xf = xq + rng.normal(0, 0.1, xq.shape).astype(np.float32)
+    pq, pf = (np.asarray(moments.patches(layer, x), np.float64) for x in (xq, xf))  # (C, M, k)
+    assert pq.shape[1] == 4 * int(np.prod(layer.compute_output_shape((None, *hw, c))[1:3]))
+    got = moments.collect(layer, xq, xf, cross_images=None, budget=10 ** 9)
+    ones_q = np.concatenate([pq, np.ones(pq.shape[:2] + (1,))], 2)
+    ones_f = np.concatenate([pf, np.ones(pf.shape[:2] + (1,))], 2)
+    for key, a, b in (("hqq", ones_q, ones_q), ("hqf", ones_q, ones_f), ("hff", ones_f, ones_f)):
+        ref = np.stack([x.T @ y for x, y in zip(a, b)])
+        np.testing.assert_allclose(getattr(got, key), ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max(), err_msg=key)
+    np.testing.assert_allclose(got.fsum, ones_f.sum(1), rtol=1e-12)

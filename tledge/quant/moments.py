@@ -206,8 +206,57 @@ def window_sums(x, kernel_size):
     return out.reshape(-1)
 
 
+def _tf_pad(size: int, k: int, stride: int, dilation: int, padding: str) -> tuple[int, int, int]:
+    """(output size, pad before, pad after) of one axis, TensorFlow's rule ('same': the extra pad after)."""
+    reach = (k - 1) * dilation + 1
+    if padding == "same":
+        out = -(-size // stride)
+        total = max((out - 1) * stride + reach - size, 0)
+        return out, total // 2, total - total // 2
+    return (size - reach) // stride + 1, 0, 0
+
+
+def window_views(x, g: Geometry) -> list:
+    """The kernel offsets' strided views of the padded input (N, H', W', C) float64, in the order of
+    `patches`' rows (kernel row, kernel column): view u at output position q is the input tap u of q."""
+    (kh, kw), (sh, sw), (dh, dw) = g.kernel_size, g.strides, g.dilation_rate
+    oh, th, bh = _tf_pad(x.shape[1], kh, sh, dh, g.padding)
+    ow, tw, bw = _tf_pad(x.shape[2], kw, sw, dw, g.padding)
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (th, bh), (tw, bw), (0, 0)))
+    return [xp[:, uy * dh:uy * dh + (oh - 1) * sh + 1:sh, ux * dw:ux * dw + (ow - 1) * sw + 1:sw]
+            for uy in range(kh) for ux in range(kw)]
+
+
+def depthwise_gram(va: list, vb: list, same: bool) -> np.ndarray:
+    """Per-channel patch grams of a depthwise convolution from `window_views` (C, k, k): one channel-wise
+    product-sum per pair of kernel offsets, instead of a 9x patch copy transposed to channel-major (10x
+    faster on MobileNet's first depthwise layers; the same sums to float64 rounding)."""
+    k = len(va)
+    out = np.empty((va[0].shape[-1], k, k))
+    for u in range(k):
+        for v in range(u if same else 0, k):
+            out[:, u, v] = np.einsum("nhwc,nhwc->c", va[u], vb[v])
+            if same:
+                out[:, v, u] = out[:, u, v]
+    return out
+
+
+def _depthwise_grams(g: Geometry, xq, xf, cross: bool) -> dict:
+    vq, vf = window_views(xq, g), window_views(xf, g)
+    n = int(np.prod(vq[0].shape[:3]))
+    sq = np.stack([v.sum((0, 1, 2)) for v in vq], 1)  # (C, k)
+    sf = np.stack([v.sum((0, 1, 2)) for v in vf], 1)
+    out = {"hqq": (depthwise_gram(vq, vq, True), sq, sq, n), "fsum": sf}
+    if cross:
+        out["hqf"] = (depthwise_gram(vq, vf, False), sq, sf, n)
+        out["hff"] = (depthwise_gram(vf, vf, True), sf, sf, n)
+    return out
+
+
 def _chunk_grams(layer, xq, xf, cross: bool) -> dict:
     """The chunk's products: {key: (a^T b (G, d, e), sums of a, sums of b, rows)} and its float sums."""
+    if geometry(layer).kind == "DepthwiseConv2D":
+        return _depthwise_grams(geometry(layer), xq, xf, cross)
     if shift_conv(layer):
         k = tuple(layer.kernel_size)
         n = int(np.prod(xq.shape[:3]))
