@@ -12,6 +12,7 @@ DepthwiseConv2D with groups=2) is not translated: the caller falls back to tf_ke
 from __future__ import annotations
 
 import copy
+import math
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -42,11 +43,27 @@ DROPPED_KWARGS: dict[tuple[str, str], tuple | None] = {
     ("SpatialDropout1D", "trainable"): None,
     ("SpatialDropout2D", "trainable"): None,
     ("SpatialDropout3D", "trainable"): None,
+    # tf.keras 2.12+ augmentation layers (the transfer-learning tutorial's data_augmentation): the training-time
+    # random generator; at inference these layers pass the image through
+    **{(cls, "rng_type"): None for cls in ("RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation",
+                                             "RandomContrast", "RandomCrop", "RandomHeight", "RandomWidth",
+                                             "RandomBrightness")},
 }
 CLASS_RENAMES = {"Model": "Functional"}  # Keras <= 2.3 wrote nested functional models as "Model"
 MODEL_CLASSES = frozenset({"Functional", "Sequential", "Model"})
 WRAPPER_KEYS = frozenset({"layer", "forward_layer", "backward_layer", "cell"})  # deserialised one by one
 _KERAS_PACKAGES = ("keras", "tf_keras", "tensorflow")
+# tf_keras TFOpLambda functions that are arithmetic with one constant, as tf.keras 2 wrote preprocessing
+# inside a model (`preprocess_input` of MobileNetV2 in TensorFlow's transfer-learning tutorial: x / 127.5 - 1):
+# function -> (scale, offset) of the Keras 3 Rescaling that computes x op y. Nothing else is translated.
+ARITHMETIC: dict[str, Any] = {
+    "math.truediv": lambda y: (1.0 / y, 0.0),
+    "math.divide": lambda y: (1.0 / y, 0.0),
+    "math.multiply": lambda y: (y, 0.0),
+    "math.subtract": lambda y: (1.0, -y),
+    "math.add": lambda y: (1.0, y),
+    "__operators__.add": lambda y: (1.0, y),
+}
 
 
 @dataclass
@@ -131,12 +148,47 @@ def _kwargs(cls: str, cfg: dict, t: Translation, counts: dict[str, int]) -> None
         cfg["axis"] = axis[0]
         _count(counts, "axis list")
     if cls in ("Functional", "Model"):
+        _arithmetic_ops(cfg, counts)  # before the call indices: it rewrites the nodes into the usual form
         _nested_model_calls(cfg, counts)
         for key in ("input_layers", "output_layers"):
             ends = cfg.get(key)
             if isinstance(ends, list) and len(ends) == 1 and _is_end(ends[0]):
                 cfg[key] = ends[0]  # one input / output: a tensor, not a list of one
                 _count(counts, f"single {key}")
+
+
+def _arithmetic_ops(cfg: dict, counts: dict[str, int]) -> None:
+    """TFOpLambda layers computing `x op constant` (ARITHMETIC) become Rescaling layers: read as data, so a
+    file whose only TensorFlow functions are these loads in safe mode. Any other TFOpLambda is left as it is
+    (the config walk refuses it without --unsafe)."""
+    layers = cfg.get("layers")
+    for i, layer in enumerate(layers if isinstance(layers, list) else []):
+        new = _as_rescaling(layer) if isinstance(layer, dict) and layer.get("class_name") == "TFOpLambda" else None
+        if new is not None:
+            layers[i] = new
+            _count(counts, "TFOpLambda arithmetic as Rescaling")
+
+
+def _as_rescaling(layer: dict) -> dict | None:
+    cfg, nodes = layer.get("config"), layer.get("inbound_nodes")
+    if not isinstance(cfg, dict) or cfg.get("function") not in ARITHMETIC or not isinstance(nodes, list) \
+            or len(nodes) != 1:
+        return None
+    node = nodes[0]  # tf_keras writes a TFOpLambda's call as one ref: [layer, node index, tensor index, kwargs]
+    if not (isinstance(node, list) and len(node) == 4 and isinstance(node[0], str) and isinstance(node[3], dict)
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in node[1:3])):
+        return None
+    kwargs = node[3]
+    y = kwargs.get("y")
+    if set(kwargs) - {"y", "name"} or isinstance(y, bool) or not isinstance(y, (int, float)) \
+            or not math.isfinite(y) or (y == 0 and cfg["function"] in ("math.truediv", "math.divide")):
+        return None
+    scale, offset = ARITHMETIC[cfg["function"]](float(y))
+    name = cfg.get("name")
+    return {"class_name": "Rescaling", "name": layer.get("name", name),
+            "config": {"name": name, "dtype": cfg.get("dtype", "float32"), "trainable": False,
+                       "scale": scale, "offset": offset},
+            "inbound_nodes": [[[node[0], node[1], node[2], {}]]]}
 
 
 def _nested_model_calls(cfg: dict, counts: dict[str, int]) -> None:

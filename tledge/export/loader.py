@@ -18,7 +18,7 @@ import numpy as np
 from tledge._deps import require
 from tledge.contract import Contract, Norm
 from tledge.errors import ContractError, ModelLoadError
-from tledge.export import kerasconfig
+from tledge.export import binary, keras2, kerasconfig
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -48,6 +48,7 @@ class LoadedModel:
     contract_path: Path | None = None  # where `contract` was read from
     notes: list[str] = field(default_factory=list)  # how it was loaded (translations applied)
     contract_source: str | None = None  # where resolve_contract took each part from
+    binary: str | None = None  # one-output model: tledge.export.binary's SIGMOID / LOGIT (files give 2 scores)
 
     @property
     def is_keras3(self) -> bool:
@@ -70,7 +71,8 @@ def load_model(path: str | Path, *, unsafe: bool = False) -> LoadedModel:
     elif p.suffix.lower() in (".h5", ".hdf5"):
         _check_magic(p, _HDF5_MAGIC, "an HDF5 file")
         config = kerasconfig.read_h5_config(p)
-        has_code = _refuse_code(p, config, unsafe)
+        # checked as it will be loaded: arithmetic TFOpLambdas (tf.keras 2's x / 127.5 - 1) are Rescaling layers
+        has_code = _refuse_code(p, keras2.translate(config).config, unsafe)
         with _lowercase_suffix(p) as q:
             loaded = _load_h5(q, config, unsafe, allow_tf_keras=not has_code or unsafe)
     else:
@@ -78,6 +80,9 @@ def load_model(path: str | Path, *, unsafe: bool = False) -> LoadedModel:
     loaded.path = p
     if loaded.num_outputs is None:
         loaded.num_outputs = output_width(loaded.model)
+    if loaded.num_outputs == 1:  # two class scores from here on (tledge.export.binary)
+        loaded.binary, loaded.num_outputs = binary.output_kind(getattr(loaded.model, "signature", loaded.model)), 2
+        loaded.notes.append(binary.note(loaded.binary))
     side = p.parent / "tledge.json" if p.is_file() else p / "tledge.json"
     if side.is_file():
         loaded.contract, loaded.contract_path = Contract.load(side), side
@@ -144,8 +149,6 @@ def _load_keras(p: Path, unsafe: bool) -> LoadedModel:
 
 def _load_h5(p: Path, config: dict, unsafe: bool, *, allow_tf_keras: bool) -> LoadedModel:
     """Keras 3 as saved; else Keras 3 on the translated Keras 2 config; else (no code found) tf_keras."""
-    from tledge.export import keras2
-
     keras = require("keras", extra="export")
     tried: list[str] = []
     model = _attempt(tried, "Keras 3", lambda: keras.saving.load_model(
@@ -206,6 +209,7 @@ def _load_saved_model(p: Path, unsafe: bool) -> LoadedModel:
 
     def call(x, training=False):
         return fn(**{in_key: tf.cast(x, spec[0].dtype)})[out_key]
+    call.signature = fn  # read by binary.output_kind
 
     hw = (shape[1], shape[2]) if shape[1] and shape[2] else None
     out_shape = getattr(fn.structured_outputs[out_key], "shape", None)
@@ -382,7 +386,8 @@ def trace(lm: LoadedModel, contract: Contract, add_norm: str | None):
             y = y[0]
         if isinstance(y, dict):
             y = y[sorted(y)[0]]
-        return tf.cast(y, tf.float32)
+        y = tf.cast(y, tf.float32)
+        return binary.tf_head(tf, y, lm.binary) if lm.binary else y
 
     concrete = serve.get_concrete_function()
     return serve, concrete

@@ -49,6 +49,9 @@ def pixel_model_and_note(ctx) -> tuple[object | None, str]:
     y = inner(x)
     if isinstance(y, (list, tuple)):
         y = y[0]
+    if ctx.lm.binary:  # the traced function's two class scores (tledge.export.binary)
+        from tledge.export.binary import keras_head
+        y = keras_head(keras, y, ctx.lm.binary)
     note = "the tf_keras model was rebuilt as Keras 3 for the int8 repairs (outputs checked equal)" \
         if ctx.lm.kind == "tf_keras" else ""
     return keras.Model(inp, y, name="tledge_pixels"), note

@@ -151,6 +151,8 @@ def apply_layer(layer, args, kwargs=None, batch=32):
     keras = keras_lib()
     kwargs = dict(kwargs or {})
     kwargs.pop("training", None)
+    if isinstance(layer, keras.layers.Layer):  # inference: a RandomFlip called alone defaults to training=True
+        kwargs["training"] = False
     n = len(next(iter(flat_model(args))))
     outs = []
     for i in range(0, n, batch):
@@ -169,7 +171,8 @@ def flat_model(args):
 
 def predict(model, x, batch=32):
     keras = keras_lib()
-    return np.concatenate([keras.ops.convert_to_numpy(model(x[i:i + batch])) for i in range(0, len(x), batch)])
+    return np.concatenate([keras.ops.convert_to_numpy(model(x[i:i + batch], training=False))
+                           for i in range(0, len(x), batch)])
 
 
 HOMOGENEOUS = ("ZeroPadding2D", "GlobalAveragePooling2D", "Dropout")

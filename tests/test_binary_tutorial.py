@@ -1,0 +1,118 @@
+"""TensorFlow's transfer-learning tutorial model, as tf.keras 2 saves it: a data_augmentation Sequential
+(RandomFlip), `preprocess_input` written into the model as TFOpLambda arithmetic (x / 127.5 - 1), a nested
+backbone, Dropout and ONE output (a logit trained with from_logits=True, or a sigmoid).
+
+Before: the file was refused in safe mode (TFOpLambda), and with one output every argmax was 0, so parity
+reported agreement 1.000 for any int8 file. Now the arithmetic is read as Rescaling layers, the augmentation
+layers pass images through during the int8 repair, and the export gives two class scores [1 - p, p]."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tledge.cli import main
+from tledge.contract import Contract
+from tledge.export import binary, keras2, kerasconfig, loader
+
+tf_keras = pytest.importorskip("tf_keras")
+pytest.importorskip("keras")
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def two_classes(shapes_dataset, tmp_path_factory) -> Path:
+    """The first two classes of the shapes data set (train/ and val/)."""
+    root = tmp_path_factory.mktemp("two")
+    for split in ("train", "val"):
+        for cls in sorted(p.name for p in (shapes_dataset / split).iterdir() if p.is_dir())[:2]:
+            shutil.copytree(shapes_dataset / split / cls, root / split / cls)
+    return root
+
+
+def _pixels(folder: Path):
+    from tledge.images import labelled_images
+
+    c = Contract(SIZE, SIZE, norm="raw", baked=True)
+    files, y, _ = labelled_images(folder)
+    return np.stack([c.prepare(f) for f in files]).astype("float32"), np.asarray(y), files
+
+
+def _tutorial_model(x, y, head: str):
+    L = tf_keras.layers
+    tf_keras.utils.set_random_seed(0)
+    fin = tf_keras.Input((SIZE, SIZE, 3))
+    h = L.ReLU(6.0)(L.BatchNormalization()(L.Conv2D(8, 3, strides=2, use_bias=False)(fin)))
+    h = L.ReLU(6.0)(L.BatchNormalization()(L.DepthwiseConv2D(3, padding="same", use_bias=False)(h)))
+    backbone = tf_keras.Model(fin, L.Conv2D(16, 1, activation="relu")(h), name="backbone")
+    inp = tf_keras.Input((SIZE, SIZE, 3))
+    h = tf_keras.Sequential([L.RandomFlip("horizontal")], name="data_augmentation")(inp)
+    h = h / 127.5 - 1.0  # tf.keras.applications.mobilenet_v2.preprocess_input: two TFOpLambda layers
+    h = L.Dropout(0.2)(L.GlobalAveragePooling2D()(backbone(h, training=False)))
+    out = L.Dense(1, activation="sigmoid" if head == "sigmoid" else None)(h)
+    model = tf_keras.Model(inp, out)
+    model.compile(tf_keras.optimizers.Adam(0.01), tf_keras.losses.BinaryCrossentropy(from_logits=head == "logit"))
+    model.fit(x, y.astype("float32"), epochs=30, batch_size=16, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module", params=["logit", "sigmoid"])
+def tutorial(request, two_classes, tmp_path_factory):
+    x, y, _ = _pixels(two_classes / "train")
+    model = _tutorial_model(x, y, request.param)
+    path = tmp_path_factory.mktemp("tut") / "tutorial.h5"
+    model.save(path)
+    return request.param, path, model
+
+
+def test_the_tutorial_h5_loads_in_safe_mode_with_two_class_scores(tutorial, two_classes):
+    head, path, model = tutorial
+    raw = kerasconfig.read_h5_config(path)
+    assert [f.class_name for f in kerasconfig.find_code(raw)] == ["TFOpLambda", "TFOpLambda"]  # as saved
+    lm = loader.load_model(path)
+    assert lm.kind == "keras_translated", lm.notes
+    assert any("TFOpLambda arithmetic as Rescaling x2" in n and "RandomFlip.rng_type" in n for n in lm.notes)
+    assert lm.binary == (binary.SIGMOID if head == "sigmoid" else binary.LOGIT) and lm.num_outputs == 2
+    vx, vy, _ = _pixels(two_classes / "val")
+    theirs = model(vx, training=False).numpy()
+    assert theirs.shape[1] == 1
+    np.testing.assert_allclose(np.asarray(lm.model(vx, training=False)), theirs, atol=1e-5)
+    serve, _ = loader.trace(lm, Contract(SIZE, SIZE, norm="raw", baked=True), None)
+    ours = loader.run_reference(serve, vx)
+    p = theirs[:, 0] if head == "sigmoid" else 1 / (1 + np.exp(-theirs[:, 0]))
+    np.testing.assert_allclose(ours, np.stack([1 - p, p], 1), atol=1e-5)
+    assert np.mean(ours.argmax(1) == vy) > 0.7  # a trained model: the second column is the second folder
+
+
+def test_other_tensorflow_functions_stay_refused():
+    def op(function, y):
+        return {"class_name": "TFOpLambda", "name": "op", "config": {"name": "op", "function": function},
+                "inbound_nodes": [["input_1", 0, 0, {"y": y, "name": None}]]}
+    for layer in (op("math.sin", 1.0), op("io.write_file", 1.0), op("math.truediv", 0.0), op("math.subtract", [1.0]),
+                  op("math.add", True)):
+        cfg = {"class_name": "Functional", "config": {"name": "m", "layers": [layer]}}
+        assert [f.class_name for f in kerasconfig.find_code(keras2.translate(cfg).config)] == ["TFOpLambda"], layer
+
+
+def test_the_tutorial_model_exports_int8_with_meaningful_parity(tutorial, two_classes, tmp_path):
+    head, path, model = tutorial
+    out = tmp_path / "e"
+    rc = main(["export", str(path), "--preprocess", "raw", "--int8", "--formats", "tflite", "--calib",
+               str(two_classes / "train"), "--val", str(two_classes / "val"), "--out", str(out), "-q"])
+    report = json.loads((out / "parity.json").read_text())
+    assert rc == 0, report["notes"]
+    assert (out / "labels.txt").read_text().split() == sorted(p.name for p in (two_classes / "val").iterdir())
+    for r in report["results"]:
+        assert r["classes"] == 2 and r["reference_accuracy"] > 0.7, r
+    from tledge.runtime import load
+
+    vx, vy, files = _pixels(two_classes / "val")
+    rt = load(out / "model_fp32.tflite")
+    got = np.array([rt.classify([f])[0][0].index for f in files])
+    logit = model(vx, training=False).numpy()[:, 0]
+    want = (logit > (0.5 if head == "sigmoid" else 0.0)).astype(int)
+    assert np.mean(got == want) >= 0.98  # tledge run decides as the Keras model does (a photo may sit on 0.5)
