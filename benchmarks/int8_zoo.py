@@ -12,6 +12,8 @@ Zoo (from ../shared/assets; models are built once into --cache):
                   other 1000 (a fixed split: every 13th photo at offsets 0, 4, 8 calibrates)
   hym-mnv1-s{0,1,2}  MobileNet v1 0.25 ImageNet features + Dense(2) trained on hymenoptera (three seeds)
   hym-tfkeras     the same architecture built and saved by tf_keras (loads only through tf_keras)
+  hym-tutorial    TensorFlow's transfer-learning tutorial layout saved by tf_keras: augmentation layers,
+                  preprocess_input as TFOpLambda arithmetic, the frozen MobileNet v1 0.25, ONE logit output
   hym-savedmodel  hym-mnv1-s1 exported as a TensorFlow SavedModel (no Keras model: graph-level rungs only)
   hym-mnv2        MobileNetV2 1.0 with REAL ImageNet features (dequantised from Google's Coral
                   tf2_mobilenet_v2_1.0_224_ptq.tflite, benchmarks/zoo_models.py) + Dense(2) trained on
@@ -88,6 +90,38 @@ def tf_keras_hymenoptera(out: Path, seed: int = 0) -> Path:
     return path
 
 
+def tf_tutorial_hymenoptera(out: Path, seed: int = 0) -> Path:
+    """TensorFlow's transfer-learning tutorial layout, saved by tf_keras: a data_augmentation Sequential
+    (RandomFlip, RandomRotation), `preprocess_input` as TFOpLambda arithmetic, the frozen MobileNet v1 0.25
+    (shared ImageNet weights) called with training=False, GAP, Dropout and ONE logit (`from_logits=True`)."""
+    path = out / "hym_tutorial.h5"
+    if path.is_file():
+        return path
+    import numpy as np
+    import tf_keras
+
+    from tledge.contract import Contract
+    from tledge.images import labelled_images
+
+    L = tf_keras.layers
+    tf_keras.utils.set_random_seed(seed)
+    base = tf_keras.applications.MobileNet(input_shape=(224, 224, 3), alpha=0.25, include_top=False,
+                                           weights=str(ASSETS / "keras_imagenet_weights/mobilenet_2_5_224_tf_no_top.h5"))
+    base.trainable = False
+    inp = tf_keras.Input((224, 224, 3))
+    x = tf_keras.Sequential([L.RandomFlip("horizontal"), L.RandomRotation(0.2)], name="data_augmentation")(inp)
+    x = tf_keras.applications.mobilenet.preprocess_input(x)
+    x = L.Dropout(0.2)(L.GlobalAveragePooling2D()(base(x, training=False)))
+    model = tf_keras.Model(inp, L.Dense(1)(x))
+    c = Contract(224, 224, norm="raw", baked=True)
+    files, y, _ = labelled_images(ASSETS / "hymenoptera_data" / "train")
+    model.compile(tf_keras.optimizers.Adam(1e-3), tf_keras.losses.BinaryCrossentropy(from_logits=True))
+    model.fit(np.stack([c.prepare(f) for f in files]), np.asarray(y, "float32"), epochs=10, batch_size=16, verbose=0)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    return path
+
+
 def zoo(cache: Path) -> dict:
     """name -> (model path builder, export options)."""
     from realdata import hymenoptera_mobilenet, savedmodel_of
@@ -100,6 +134,7 @@ def zoo(cache: Path) -> dict:
                           lambda: dict(zip(("calib", "val"), map(str, imagenet_split(cache))),
                                        labels=str(ASSETS / IMAGENET / "labels1000.txt"), preprocess="tf")),
         "hym-tfkeras": (lambda: tf_keras_hymenoptera(cache / "hym-tfkeras"), lambda: hym),
+        "hym-tutorial": (lambda: tf_tutorial_hymenoptera(cache / "hym-tutorial"), lambda: {**hym, "preprocess": "raw"}),
         "imagenet-mnv2": (lambda: imagenet_model(cache / "imagenet-mnv2", "mnv2"),
                           lambda: dict(zip(("calib", "val"), map(str, imagenet_split(cache))),
                                        labels=str(ASSETS / IMAGENET / "labels1000.txt"))),
