@@ -1,4 +1,5 @@
-"""What a run leaves in OUT: model.keras, model.h5, labels.txt, tledge.json, metrics.json and two plots.
+"""What a run leaves in OUT: model.keras, model.h5, labels.txt, tledge.json, metrics.json and two plots
+(no model.h5 for graphs with bare keras ops, `bare_op`: Keras 3 cannot reload those from HDF5).
 
 Every file is written under a temporary name in OUT and renamed. Both model files are reloaded in
 safe mode (with tledge's custom objects) and must predict what the trained model predicts before
@@ -44,6 +45,19 @@ def save_model(model, path: Path, check_x: np.ndarray, expected: np.ndarray) -> 
         if not diff <= RELOAD_TOLERANCE:
             raise ExportError(f"{path.name} reloaded predicts differently (max abs diff {diff:.3g})")
     return path
+
+
+def bare_op(model) -> str | None:
+    """The name of the first bare keras op (`x + 3.0`: an operation that is not a layer) in a functional
+    model or the models nested in it, or None. Keras 3 saves such graphs to .h5 but cannot reload them."""
+    keras = require("keras")
+    for op in getattr(model, "operations", ()):
+        if not isinstance(op, keras.layers.Layer):
+            return op.name
+        inner = bare_op(op) if isinstance(op, keras.Model) else None
+        if inner is not None:
+            return inner
+    return None
 
 
 def confusion(y: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
@@ -116,8 +130,14 @@ def write_all(out: Path, model, contract, metrics: dict, check_x: np.ndarray, ex
               t0: float | None = None) -> dict:
     """Write every output (metrics.json last, with the wall time since `t0`); returns {kind: path}."""
     out.mkdir(parents=True, exist_ok=True)
-    files = {"keras": save_model(model, out / "model.keras", check_x, expected),
-             "h5": save_model(model, out / "model.h5", check_x, expected)}
+    files = {"keras": save_model(model, out / "model.keras", check_x, expected)}
+    bare = bare_op(model)
+    if bare is None:
+        files["h5"] = save_model(model, out / "model.h5", check_x, expected)
+    else:
+        warnings.warn(f"model.h5 not written: the backbone computes with bare keras ops ({bare}, as "
+                      "keras.applications' MobileNetV3 writes hard-swish), which the legacy HDF5 format cannot "
+                      "reload; model.keras holds the model", TledgeWarning, stacklevel=2)
     files["labels"] = atomic_write_text(out / "labels.txt", "".join(f"{lab}\n" for lab in contract.labels))
     files["contract"] = contract.save(out / "tledge.json")
     cm = np.asarray(metrics["confusion_matrix"])
