@@ -351,3 +351,26 @@ def test_bare_keras_ops_skip_model_h5(tmp_path):
     assert "h5" not in files and not (tmp_path / "model.h5").exists()
     assert (tmp_path / "model.keras").is_file() and (tmp_path / "metrics.json").is_file()
     assert "h5" not in json.loads((tmp_path / "metrics.json").read_text())["files"]
+
+
+def test_model_h5_keras_cannot_reload_is_skipped(tmp_path):
+    """InceptionResNetV2's CustomScaleLayer: Keras 3 reloads it from .keras but not from .h5 ('Unknown layer'),
+    which failed `tledge train --backbone inception_resnet_v2` at the very end; a stale model.h5 goes too."""
+    import keras
+
+    from tledge.train.report import bare_op, write_all
+
+    ctor = keras.applications.InceptionResNetV2.__module__
+    scale = __import__(ctor, fromlist=["CustomScaleLayer"]).CustomScaleLayer
+    inp = keras.Input((4, 4, 3), name="pixels")
+    x = keras.layers.Conv2D(3, 1)(inp)
+    x = scale(scale=0.2)([inp, x])
+    model = keras.Model(inp, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(x)))
+    assert bare_op(model) is None
+    x = np.random.default_rng(0).uniform(0, 255, (4, 4, 4, 3)).astype(np.float32)
+    (tmp_path / "model.h5").write_bytes(b"an earlier run")
+    contract = Contract.for_backbone("inception_resnet_v2", 4, labels=("a", "b"))
+    with pytest.warns(TledgeWarning, match="model.h5 not written: .*CustomScaleLayer"):
+        files = write_all(tmp_path, model, contract, {"confusion_matrix": [[1, 0], [0, 1]], "history": []}, x,
+                          np.asarray(model.predict_on_batch(x), np.float32))
+    assert "h5" not in files and not (tmp_path / "model.h5").exists() and (tmp_path / "model.keras").is_file()
