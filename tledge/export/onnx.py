@@ -8,6 +8,8 @@ The export's ONNX conventions live in the export contract's `extra["onnx"]` ({"l
 """
 from __future__ import annotations
 
+import contextlib
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,12 +180,13 @@ def _quantize(pre: Path, dst: Path, calib: np.ndarray, method: str, nodes_to_exc
     qtype = {"uint8": q.QuantType.QUInt8, "int8": q.QuantType.QInt8}
     cache = {"calibration_cache_path": str(ranges)} if ranges is not None else {}
     tensors = {**(_grid_overrides(pre) if scheme.int8_grid else {}), **(overrides or {})}
-    try:
-        q.quantize_static(str(pre), str(dst), _Reader(calib), quant_format=q.QuantFormat.QDQ,
-                          per_channel=scheme.per_channel, reduce_range=scheme.reduce_range,
-                          activation_type=qtype[scheme.activations], weight_type=qtype[scheme.weights],
-                          calibrate_method=methods[method], nodes_to_exclude=exclude,
-                          extra_options={"TensorQuantOverrides": tensors} if tensors else None, **cache)
+    try:  # onnxruntime's histogram calibrators print() progress: to fd 2 (the log), not stdout (--json)
+        with contextlib.redirect_stdout(sys.__stderr__ or sys.stderr):
+            q.quantize_static(str(pre), str(dst), _Reader(calib), quant_format=q.QuantFormat.QDQ,
+                              per_channel=scheme.per_channel, reduce_range=scheme.reduce_range,
+                              activation_type=qtype[scheme.activations], weight_type=qtype[scheme.weights],
+                              calibrate_method=methods[method], nodes_to_exclude=exclude,
+                              extra_options={"TensorQuantOverrides": tensors} if tensors else None, **cache)
     except Exception as exc:
         raise ExportError(f"ONNX int8 quantisation failed: {str(exc).strip().splitlines()[-1][:400]}") from None
 
