@@ -82,8 +82,12 @@ def _run(cmd: list[str], timeout: float, log: Path) -> tuple[int | None, str]:
 
 
 def _traceback(stderr: str) -> str:
-    i = stderr.find("Traceback (most recent call last)")
-    return stderr[i:].strip().splitlines()[-1] if i >= 0 else ""
+    """The exception line of the first traceback on the terminal (stderr), or ''."""
+    lines = stderr.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("Traceback (most recent call last)"):
+            return next((x for x in lines[i + 1:] if x and not x.startswith(" ")), "traceback")
+    return ""
 
 
 def sweep_one(name: str, size: int, work: Path, data: Path, timeout: float, retrain: bool) -> Row:
@@ -112,7 +116,8 @@ def sweep_one(name: str, size: int, work: Path, data: Path, timeout: float, retr
         rep = json.loads(report.read_text())
         attempts = rep.get("fidelity") or []
         row.errors = [{"file": a["file"], "rung": a["rung"], "error": a["error"]} for a in attempts if "error" in a]
-        row.kept = {a["file"]: a["rung"] for a in attempts if a.get("kept")}
+        row.kept = {a["file"]: "fallback" for a in attempts}  # no kept row: the float file ships instead
+        row.kept.update({a["file"]: a["rung"] for a in attempts if a.get("kept")})
     return row
 
 
@@ -146,8 +151,7 @@ def main(argv=None) -> int:
     rows = []
     for name in names:
         rows.append(sweep_one(name, FAMILIES.get(name, 64), args.work, data, args.timeout, args.retrain))
-        print(table(rows[-1:]).splitlines()[-1] if rows[-1].errors or rows[-1].traceback else "", end="")
-        print(f"\n[{time.strftime('%H:%M:%S')}] {name}: exit {rows[-1].exit}, {rows[-1].seconds:.0f} s", flush=True)
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: exit {rows[-1].exit}, {rows[-1].seconds:.0f} s", flush=True)
         if args.json:
             args.json.write_text(json.dumps([r.__dict__ for r in rows], indent=1))
     print(table(rows))
