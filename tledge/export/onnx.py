@@ -19,6 +19,7 @@ import numpy as np
 
 from tledge._deps import require
 from tledge.errors import ExportError
+from tledge.io import scratch_cwd
 
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "pixels", "scores"
@@ -85,7 +86,22 @@ def convert_fp32(serve, contract):
                                                   inputs_as_nchw=nchw)
     except Exception as exc:
         raise ExportError(f"ONNX conversion failed: {str(exc).strip().splitlines()[-1][:400]}") from None
+    unconverted = unconverted_ops(model)
+    if unconverted:
+        raise ExportError(
+            f"ONNX conversion failed: tf2onnx cannot convert the TensorFlow op(s) {', '.join(unconverted)} of this "
+            "model and left them in the graph, which no ONNX runtime loads (ConvNeXt: Keras runs its grouped "
+            "convolutions as compiled functions, StatefulPartitionedCall, and exact GELU uses Erfc); export the "
+            "TFLite files alone with --formats tflite")
     return _rename_io(model)
+
+
+def unconverted_ops(model) -> list[str]:
+    """Op types of the default ONNX domain that ONNX does not define: TensorFlow ops tf2onnx could not
+    convert (it logs them and keeps them as they are)."""
+    onnx = require("onnx", extra="export")
+    return sorted({n.op_type for n in model.graph.node
+                   if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)})
 
 
 def _rename_io(model):
@@ -235,7 +251,8 @@ def preprocess(src: Path, dst: Path) -> Path:
     try:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+        with scratch_cwd():
+            quant_pre_process(str(src.resolve()), str(dst.resolve()), skip_symbolic_shape=False)
     except Exception:
         dst.write_bytes(src.read_bytes())
     model = onnx.load(str(dst))
