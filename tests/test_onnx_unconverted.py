@@ -30,7 +30,8 @@ def convnext_like(tmp_path_factory):
 
 def test_unconvertible_ops_fail_the_onnx_export_with_one_line(convnext_like, shapes_dataset, tmp_path, capsys):
     out = tmp_path / "export"
-    rc = main(["export", str(convnext_like), "--formats", "onnx", "--val", str(shapes_dataset / "val"), "--out", str(out)])
+    rc = main(["export", str(convnext_like), "--formats", "onnx", "--val", str(shapes_dataset / "val"),
+               "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 1, err  # a conversion that fails is a failed file of the parity report, as for any converter
     assert "Traceback" not in err
