@@ -159,3 +159,33 @@ def test_parity_failure_lines_are_prefixed(quiet_export, tmp_path):
     fails = [line for line in res.stderr.splitlines() if "max abs" in line or "model_int8" in line]
     assert fails and all(line.startswith("tledge parity: model_int8") for line in fails), res.stderr
     assert all(line.startswith("tledge parity: ") for line in res.stderr.splitlines() if line.strip()), res.stderr
+
+
+def test_library_logging_goes_to_the_log_not_the_terminal(tmp_path):
+    """onnxruntime.quantization calls `logging.warning()` (basicConfig: a root handler on sys.stderr, the
+    terminal while fd 2 goes to the log) and tf2onnx's optimizer logs tracebacks through it: both reached the
+    terminal of `tledge export --int8` on MobileNetV3 ('Failed to apply optimize_transpose' + Traceback)."""
+    script = (
+        "import sys\n"
+        "from tledge import log\n"
+        "from tledge._deps import require\n"
+        "c = log.install('export')\n"
+        f"log.keep_log({str(tmp_path / 'export.log')!r})\n"
+        "with log.capture(c):\n"
+        "    require('onnx')\n"
+        "    import logging\n"
+        "    logging.warning('The original model opset version is 17')\n"
+        "    try:\n"
+        "        max(())\n"
+        "    except ValueError:\n"
+        "        logging.getLogger('tf2onnx.optimizer').warning('Failed to apply optimize_transpose', exc_info=True)\n"
+        "    log.note('a tledge line')\n"
+        "logging.warning('after the command')\n")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": REPO}, timeout=120)
+    assert res.returncode == 0, res.stderr
+    lines = res.stderr.splitlines()
+    assert lines == ["tledge export: note: a tledge line", "WARNING:root:after the command"], res.stderr
+    text = (tmp_path / "export.log").read_text()
+    assert "WARNING:root:The original model opset version is 17" in text
+    assert "Failed to apply optimize_transpose" in text and "Traceback" in text

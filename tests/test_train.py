@@ -323,3 +323,54 @@ def test_random_init_sets_batchnorm_statistics_so_features_vary(shapes_dataset):
     assert tm.init_batchnorm_from_data(parts, x) > 10
     after = np.asarray(tm.feature_model(parts)(x[:16]))
     assert 0.05 < np.abs(after).mean() < 100 and after.std(axis=0).mean() > 0.01
+
+
+def test_bare_keras_ops_skip_model_h5(tmp_path):
+    """keras.applications' MobileNetV3 writes hard-swish with bare keras ops (`x + 3.0`): Keras 3 saves such a
+    graph to .h5 but cannot reload it, so every `tledge train --backbone mobilenet_v3_*` run ended in exit 2
+    after model.keras was written. model.h5 is skipped with a warning; model.keras reloads and predicts alike."""
+    import keras
+
+    from tledge.train.report import bare_op, write_all
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3), name="pixels")
+    inner_in = keras.Input((8, 8, 3))
+    y = keras.layers.Conv2D(4, 3)(inner_in)
+    inner = keras.Model(inner_in, keras.layers.Multiply()([y, keras.layers.ReLU(6.0)(y + 3.0) * (1.0 / 6.0)]))
+    out = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inner(inp)))
+    model = keras.Model(inp, out)
+    plain = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(inp)))
+    assert bare_op(model) is not None and bare_op(plain) is None  # found inside the nested model
+    x = np.random.default_rng(0).uniform(0, 255, (4, 8, 8, 3)).astype(np.float32)
+    expected = np.asarray(model.predict_on_batch(x), np.float32)
+    contract = Contract.for_backbone("mobilenet_v3_small", 8, labels=("a", "b"))
+    metrics = {"confusion_matrix": [[1, 0], [0, 1]], "history": []}
+    with pytest.warns(TledgeWarning, match="model.h5 not written"):
+        files = write_all(tmp_path, model, contract, metrics, x, expected)
+    assert "h5" not in files and not (tmp_path / "model.h5").exists()
+    assert (tmp_path / "model.keras").is_file() and (tmp_path / "metrics.json").is_file()
+    assert "h5" not in json.loads((tmp_path / "metrics.json").read_text())["files"]
+
+
+def test_model_h5_keras_cannot_reload_is_skipped(tmp_path):
+    """InceptionResNetV2's CustomScaleLayer: Keras 3 reloads it from .keras but not from .h5 ('Unknown layer'),
+    which failed `tledge train --backbone inception_resnet_v2` at the very end; a stale model.h5 goes too."""
+    import keras
+
+    from tledge.train.report import bare_op, write_all
+
+    ctor = keras.applications.InceptionResNetV2.__module__
+    scale = __import__(ctor, fromlist=["CustomScaleLayer"]).CustomScaleLayer
+    inp = keras.Input((4, 4, 3), name="pixels")
+    x = keras.layers.Conv2D(3, 1)(inp)
+    x = scale(scale=0.2)([inp, x])
+    model = keras.Model(inp, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(x)))
+    assert bare_op(model) is None
+    x = np.random.default_rng(0).uniform(0, 255, (4, 4, 4, 3)).astype(np.float32)
+    (tmp_path / "model.h5").write_bytes(b"an earlier run")
+    contract = Contract.for_backbone("inception_resnet_v2", 4, labels=("a", "b"))
+    with pytest.warns(TledgeWarning, match="model.h5 not written: .*CustomScaleLayer"):
+        files = write_all(tmp_path, model, contract, {"confusion_matrix": [[1, 0], [0, 1]], "history": []}, x,
+                          np.asarray(model.predict_on_batch(x), np.float32))
+    assert "h5" not in files and not (tmp_path / "model.h5").exists() and (tmp_path / "model.keras").is_file()

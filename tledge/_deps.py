@@ -61,6 +61,10 @@ def require(name: str, extra: str | None = None, purpose: str | None = None):
         ) from exc
     if name == "tensorflow":
         _quiet_python_loggers(module)
+    if name.split(".")[0] in _KNOWN:
+        from tledge.log import library_logging_to_log
+
+        library_logging_to_log()  # their `logging` records into the command's log, not the terminal
     if name == "keras" and getattr(module, "backend", None) is not None and module.backend.backend() != "tensorflow":
         raise MissingDependency(
             f"tledge needs Keras on the TensorFlow backend, this process uses {module.backend.backend()!r} "

@@ -48,3 +48,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextmanager
+def scratch_cwd():
+    """Run in a scratch working directory, removed after: onnxruntime's symbolic shape inference, when it
+    gives up, saves `sym_shape_infer_temp.onnx` and a .data file of every weight (111 MB for ConvNeXt-Tiny)
+    into the working directory, the user's. Pass absolute paths inside."""
+    old = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="tledge-scratch-") as scratch:
+        os.chdir(scratch)
+        try:
+            yield Path(scratch)
+        finally:
+            os.chdir(old)

@@ -33,6 +33,8 @@ class Console:
         self.total, self.done = 0, 0
         self.log_path: Path | None = None  # the file fd 2 goes to while a command runs
         self.keep: Path | None = None  # where the verb wants the log kept
+        self.logfile = None  # the open log while fd 2 goes to it (None with -v and outside `capture`)
+        self.handler = None  # the root logging handler on `logfile` (`library_logging_to_log`)
         self._lock = threading.Lock()
 
     @property
@@ -194,6 +196,30 @@ def _showwarning(c: Console, logfile):
     return show
 
 
+def library_logging_to_log() -> None:
+    """While a command's output is captured, Python `logging` records (tf2onnx's optimizer tracebacks,
+    onnxruntime.quantization's `logging.warning`) go to its log file: without a root handler, the first
+    `logging.warning()` makes one (basicConfig) on `sys.stderr`, which is the terminal while fd 2 goes
+    to the log. Called by tledge._deps.require after each heavy import (importing `logging` here would
+    cost `tledge run`'s cold start); a no-op outside `capture` and with -v."""
+    c = _console
+    if c is None or c.logfile is None or c.handler is not None:
+        return
+    import logging
+
+    c.handler = logging.StreamHandler(c.logfile)
+    c.handler.setFormatter(logging.Formatter(logging.BASIC_FORMAT))
+    logging.getLogger().addHandler(c.handler)
+
+
+def _drop_logging_handler(c: Console) -> None:
+    if c.handler is not None:
+        import logging
+
+        logging.getLogger().removeHandler(c.handler)
+        c.handler = None
+
+
 def _recording_warnings() -> bool:
     """True inside `warnings.catch_warnings(record=True)` (pytest.warns, pytest's own per-test
     recording): the caller collects the warnings, so they are left to it."""
@@ -231,11 +257,16 @@ def capture(c: Console, hook_warnings: bool | None = None):
             sys.stderr = term
         c.stream = sys.stderr
         os.dup2(logfile.fileno(), 2)
+        c.logfile = logfile
+        if "logging" in sys.modules:  # else the first heavy import (tledge._deps.require) does it
+            library_logging_to_log()
         if hook:
             warnings.showwarning = _showwarning(c, logfile)
         yield c
     finally:
         warnings.showwarning = saved_show
+        _drop_logging_handler(c)
+        c.logfile = None
         with contextlib.suppress(Exception):
             sys.stderr.flush()
         os.dup2(saved_fd, 2)

@@ -8,6 +8,8 @@ The export's ONNX conventions live in the export contract's `extra["onnx"]` ({"l
 """
 from __future__ import annotations
 
+import contextlib
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ import numpy as np
 
 from tledge._deps import require
 from tledge.errors import ExportError
+from tledge.io import scratch_cwd
 
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "pixels", "scores"
@@ -83,7 +86,22 @@ def convert_fp32(serve, contract):
                                                   inputs_as_nchw=nchw)
     except Exception as exc:
         raise ExportError(f"ONNX conversion failed: {str(exc).strip().splitlines()[-1][:400]}") from None
+    unconverted = unconverted_ops(model)
+    if unconverted:
+        raise ExportError(
+            f"ONNX conversion failed: tf2onnx cannot convert the TensorFlow op(s) {', '.join(unconverted)} of this "
+            "model and left them in the graph, which no ONNX runtime loads (ConvNeXt: Keras runs its grouped "
+            "convolutions as compiled functions, StatefulPartitionedCall, and exact GELU uses Erfc); export the "
+            "TFLite files alone with --formats tflite")
     return _rename_io(model)
+
+
+def unconverted_ops(model) -> list[str]:
+    """Op types of the default ONNX domain that ONNX does not define: TensorFlow ops tf2onnx could not
+    convert (it logs them and keeps them as they are)."""
+    onnx = require("onnx", extra="export")
+    return sorted({n.op_type for n in model.graph.node
+                   if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)})
 
 
 def _rename_io(model):
@@ -178,12 +196,13 @@ def _quantize(pre: Path, dst: Path, calib: np.ndarray, method: str, nodes_to_exc
     qtype = {"uint8": q.QuantType.QUInt8, "int8": q.QuantType.QInt8}
     cache = {"calibration_cache_path": str(ranges)} if ranges is not None else {}
     tensors = {**(_grid_overrides(pre) if scheme.int8_grid else {}), **(overrides or {})}
-    try:
-        q.quantize_static(str(pre), str(dst), _Reader(calib), quant_format=q.QuantFormat.QDQ,
-                          per_channel=scheme.per_channel, reduce_range=scheme.reduce_range,
-                          activation_type=qtype[scheme.activations], weight_type=qtype[scheme.weights],
-                          calibrate_method=methods[method], nodes_to_exclude=exclude,
-                          extra_options={"TensorQuantOverrides": tensors} if tensors else None, **cache)
+    try:  # onnxruntime's histogram calibrators print() progress: to fd 2 (the log), not stdout (--json)
+        with contextlib.redirect_stdout(sys.__stderr__ or sys.stderr):
+            q.quantize_static(str(pre), str(dst), _Reader(calib), quant_format=q.QuantFormat.QDQ,
+                              per_channel=scheme.per_channel, reduce_range=scheme.reduce_range,
+                              activation_type=qtype[scheme.activations], weight_type=qtype[scheme.weights],
+                              calibrate_method=methods[method], nodes_to_exclude=exclude,
+                              extra_options={"TensorQuantOverrides": tensors} if tensors else None, **cache)
     except Exception as exc:
         raise ExportError(f"ONNX int8 quantisation failed: {str(exc).strip().splitlines()[-1][:400]}") from None
 
@@ -232,7 +251,8 @@ def preprocess(src: Path, dst: Path) -> Path:
     try:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+        with scratch_cwd():
+            quant_pre_process(str(src.resolve()), str(dst.resolve()), skip_symbolic_shape=False)
     except Exception:
         dst.write_bytes(src.read_bytes())
     model = onnx.load(str(dst))

@@ -19,6 +19,7 @@ import numpy as np
 
 from tledge._deps import require
 from tledge.errors import ExportError
+from tledge.io import scratch_cwd
 
 
 def concrete_function(model, batch: int | None = 1):
@@ -157,7 +158,8 @@ def onnx_int8(float_onnx: bytes, calib, *, exclude: Sequence[str] = (), per_chan
         src.write_bytes(float_onnx)
         try:
             from onnxruntime.quantization.shape_inference import quant_pre_process
-            quant_pre_process(str(src), str(pre))
+            with scratch_cwd():  # its sym_shape_infer_temp.onnx, when it gives up, not in the user's folder
+                quant_pre_process(str(src.resolve()), str(pre.resolve()))
         except Exception:  # needs sympy; pre-processing only helps fusion, it is not required
             pre = src
         name = ort.InferenceSession(str(pre), providers=["CPUExecutionProvider"]).get_inputs()[0].name

@@ -1,4 +1,6 @@
-"""What a run leaves in OUT: model.keras, model.h5, labels.txt, tledge.json, metrics.json and two plots.
+"""What a run leaves in OUT: model.keras, model.h5, labels.txt, tledge.json, metrics.json and two plots
+(model.h5 only where Keras 3 reloads it: not for bare keras ops, `bare_op`, nor InceptionResNetV2's
+CustomScaleLayer, which its HDF5 loader does not know; a warning says why).
 
 Every file is written under a temporary name in OUT and renamed. Both model files are reloaded in
 safe mode (with tledge's custom objects) and must predict what the trained model predicts before
@@ -44,6 +46,20 @@ def save_model(model, path: Path, check_x: np.ndarray, expected: np.ndarray) -> 
         if not diff <= RELOAD_TOLERANCE:
             raise ExportError(f"{path.name} reloaded predicts differently (max abs diff {diff:.3g})")
     return path
+
+
+def bare_op(model) -> str | None:
+    """The name of the first bare keras op (`x + 3.0`: an operation that is not a layer) in a functional
+    model or the models nested in it, or None. Keras 3 saves such graphs to .h5 but cannot reload them
+    (for the warning: it names the op instead of Keras' 'Only input tensors may be passed ...')."""
+    keras = require("keras")
+    for op in getattr(model, "operations", ()):
+        if not isinstance(op, keras.layers.Layer):
+            return op.name
+        inner = bare_op(op) if isinstance(op, keras.Model) else None
+        if inner is not None:
+            return inner
+    return None
 
 
 def confusion(y: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
@@ -116,8 +132,15 @@ def write_all(out: Path, model, contract, metrics: dict, check_x: np.ndarray, ex
               t0: float | None = None) -> dict:
     """Write every output (metrics.json last, with the wall time since `t0`); returns {kind: path}."""
     out.mkdir(parents=True, exist_ok=True)
-    files = {"keras": save_model(model, out / "model.keras", check_x, expected),
-             "h5": save_model(model, out / "model.h5", check_x, expected)}
+    files = {"keras": save_model(model, out / "model.keras", check_x, expected)}
+    try:  # the legacy format is a convenience: model.keras (checked above) is the model
+        files["h5"] = save_model(model, out / "model.h5", check_x, expected)
+    except ExportError as exc:
+        bare = bare_op(model)
+        why = (f"the backbone computes with bare keras ops ({bare}, as keras.applications' MobileNetV3 writes "
+               "hard-swish), which Keras 3 cannot reload from HDF5") if bare else str(exc)
+        (out / "model.h5").unlink(missing_ok=True)  # an earlier run's file would not be this model
+        warnings.warn(f"model.h5 not written: {why}; model.keras holds the model", TledgeWarning, stacklevel=2)
     files["labels"] = atomic_write_text(out / "labels.txt", "".join(f"{lab}\n" for lab in contract.labels))
     files["contract"] = contract.save(out / "tledge.json")
     cm = np.asarray(metrics["confusion_matrix"])

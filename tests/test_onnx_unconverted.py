@@ -1,0 +1,75 @@
+"""A Keras model with ops tf2onnx cannot convert (ConvNeXt's grouped convolution, which Keras 3 runs as a
+compiled function: StatefulPartitionedCall; exact GELU: Erfc): tf2onnx only logs them and keeps them in
+the graph, and `tledge export` went on to write an fp32 .onnx that onnxruntime refuses, crashing with an
+InvalidGraph traceback. Now the file's conversion fails with one clear line (the report's failed row),
+before the .onnx is written; the TFLite files of the same model export."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+pytest.importorskip("tf2onnx")
+
+from tledge.cli import main  # noqa: E402
+from tledge.layers import preprocess_layer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def convnext_like(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 16, 3), name="pixels")
+    x = keras.layers.Conv2D(8, 2, strides=2)(preprocess_layer("tf")(inp))
+    x = keras.layers.Conv2D(8, 3, padding="same", groups=8)(x)  # ConvNeXt's depthwise convolution
+    x = keras.layers.Activation("gelu")(keras.layers.Dense(16)(keras.layers.LayerNormalization(epsilon=1e-6)(x)))
+    out = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
+    path = tmp_path_factory.mktemp("convnext_like") / "model.keras"
+    keras.Model(inp, out).save(path)
+    return path
+
+
+def test_unconvertible_ops_fail_the_onnx_export_with_one_line(convnext_like, shapes_dataset, tmp_path, capsys):
+    out = tmp_path / "export"
+    rc = main(["export", str(convnext_like), "--formats", "onnx", "--val", str(shapes_dataset / "val"),
+               "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1, err  # a conversion that fails is a failed file of the parity report, as for any converter
+    assert "Traceback" not in err
+    line = next(x for x in err.splitlines() if "ONNX conversion failed" in x)
+    assert "StatefulPartitionedCall" in line and "--formats tflite" in line
+    assert not out.exists() or not any(p.suffix == ".onnx" for p in out.iterdir())
+
+
+def test_the_tflite_files_of_the_same_model_export(convnext_like, shapes_dataset, tmp_path):
+    rc = main(["export", str(convnext_like), "--formats", "tflite", "--val", str(shapes_dataset / "val"),
+               "--out", str(tmp_path / "e")])
+    assert rc == 0
+    assert (tmp_path / "e" / "model_fp32.tflite").is_file()
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(str(tmp_path / "e" / "model_fp32.tflite"))
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], np.zeros((1, 16, 16, 3), np.float32))
+    it.invoke()
+
+
+def test_shape_inference_that_gives_up_leaves_nothing_in_the_working_directory(tmp_path, monkeypatch):
+    """onnxruntime's symbolic shape inference saves sym_shape_infer_temp.onnx + a .data file of every weight
+    into the working directory when it cannot finish (it did for the ConvNeXt export: 111 MB in the repo)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from tledge.export import onnx as onnx_export
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 4], np.ones(16, np.float32))
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("NotAnOnnxOp", ["h"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    src, dst = tmp_path / "src.onnx", tmp_path / "dst.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    assert onnx_export.preprocess(src, dst) == dst and dst.is_file()  # the plain graph when it fails
+    assert list(cwd.iterdir()) == []
