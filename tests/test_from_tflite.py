@@ -185,3 +185,29 @@ def test_real_mobilenet_savedmodel_gets_the_keras_repair_on_both_formats(shared_
         assert rows[kept[0]]["mean_abs"] < rows["plain"]["mean_abs"] / 2, rows
         assert (tmp_path / "e" / f"model_int8.{kind}").is_file() and not (tmp_path / "e" / "rejected").exists()
     assert res.passed, [(r.file, r.failures) for r in res.report.results if not r.passed]
+
+
+def test_mobilenetv3_and_densenet_ops_are_rebuilt_equal():
+    """HARD_SWISH (MobileNetV3), CONCATENATION (DenseNet) and stand-alone RELU / RELU6 ops (after a
+    concatenation nothing fuses them), behind a Normalization: the rebuilt model gives the file's outputs."""
+    import keras
+
+    from tledge.quant import selective
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((16, 16, 3), name="pixels")
+    x = keras.layers.Normalization(mean=[120.0, 110.0, 100.0], variance=[3000.0, 2500.0, 2000.0])(inp)
+    x = keras.layers.Activation("hard_swish")(keras.layers.Conv2D(6, 3, strides=2, padding="same")(x))
+    c = keras.layers.ReLU()(keras.layers.Concatenate()([x, keras.layers.Conv2D(4, 1)(x)]))
+    m = keras.layers.MaxPooling2D(2)(c)
+    m = keras.layers.ReLU(6.0)(keras.layers.Concatenate(axis=-1)([m, keras.layers.Conv2D(3, 1)(m)]))
+    out = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(m))
+    data = selective.tflite_fp32(keras.Model(inp, out))
+    kinds = tb.op_kinds(tb.load(data))
+    assert {"HARD_SWISH", "CONCATENATION", "RELU", "RELU6"} <= set(kinds), kinds
+    model = from_tflite.build(data)
+    x = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3)).astype(np.float32)
+    ref = _run(data, x)
+    assert np.ptp(ref) > 0.05 and np.max(np.abs(np.asarray(model(x)) - ref)) < 1e-5
+    names = [type(layer).__name__ for layer in model.layers]
+    assert names.count("Concatenate") == 2 and names.count("ReLU") == 2, names

@@ -12,7 +12,8 @@ becomes the Keras layer a Keras-made classifier would have had, with the file's 
   or per-channel constant -> one Rescaling (chains merged), named like tledge's baked preprocessing
   (tledge.layers.BAKED_NAME) when it reads the graph input, so repair.exact_input sees it; MEAN over H, W
   -> GlobalAveragePooling2D; RESHAPE, SOFTMAX (beta 1), LOGISTIC, PAD (spatial) -> ZeroPadding2D,
-  MAX_POOL_2D, AVERAGE_POOL_2D.
+  MAX_POOL_2D, AVERAGE_POOL_2D; RELU / RELU6 ops -> ReLU,
+  HARD_SWISH -> Activation("hard_swish") (MobileNetV3), CONCATENATION of tensors -> Concatenate (DenseNet).
 
 Anything else (another op, a fused activation other than RELU/RELU6, one graph input or output other
 than one float32 image and one tensor) gives None. The caller checks the copy against the file on real
@@ -267,6 +268,29 @@ def _pad(b: _Builder, op, name: str):
                                         name=name)(x)
 
 
+def _relu(max_value: float | None):
+    def handler(b: _Builder, op, name: str):
+        return b.keras.layers.ReLU(max_value=max_value, name=name)(b.tensor(b.inputs(op)[0]))
+    return handler
+
+
+def _hard_swish(b: _Builder, op, name: str):
+    """TFLite's HARD_SWISH is x * relu6(x + 3) / 6, Keras' hard_swish (MobileNetV3)."""
+    return b.keras.layers.Activation("hard_swish", name=name)(b.tensor(b.inputs(op)[0]))
+
+
+def _concatenation(b: _Builder, op, name: str):
+    """Data-only: the inputs side by side (DenseNet); constant inputs are not supported."""
+    ins, o = b.inputs(op), op.builtinOptions
+    if any(b.const(i) is not None for i in ins):
+        raise Unsupported("CONCATENATION with a constant input")
+    xs = [b.tensor(i) for i in ins]
+    if len(xs) < 2:
+        raise Unsupported("CONCATENATION of one tensor")
+    y = b.keras.layers.Concatenate(axis=int(o.axis), name=name)(xs)
+    return _activation(b, y, o.fusedActivationFunction, name)
+
+
 def _pool(kind: str):
     def handler(b: _Builder, op, name: str):
         o = op.builtinOptions
@@ -280,6 +304,7 @@ def _pool(kind: str):
 HANDLERS = {
     "CONV_2D": _conv, "DEPTHWISE_CONV_2D": _depthwise, "FULLY_CONNECTED": _dense,
     "ADD": _binary("ADD"), "SUB": _binary("SUB"), "MUL": _binary("MUL"),
+    "RELU": _relu(None), "RELU6": _relu(6.0), "HARD_SWISH": _hard_swish, "CONCATENATION": _concatenation,
     "MEAN": _mean, "RESHAPE": _reshape, "SOFTMAX": _softmax, "LOGISTIC": _logistic, "PAD": _pad,
     "MAX_POOL_2D": _pool("MAX"), "AVERAGE_POOL_2D": _pool("AVERAGE"),
 }
