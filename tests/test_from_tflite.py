@@ -211,3 +211,41 @@ def test_mobilenetv3_and_densenet_ops_are_rebuilt_equal():
     assert np.ptp(ref) > 0.05 and np.max(np.abs(np.asarray(model(x)) - ref)) < 1e-5
     names = [type(layer).__name__ for layer in model.layers]
     assert names.count("Concatenate") == 2 and names.count("ReLU") == 2, names
+
+
+def test_a_reshape_whose_batch_size_the_graph_computes_is_rebuilt_equal(tmp_path):
+    """A SavedModel (dynamic batch) of a squeeze-excite block as tf_keras' EfficientNet writes it
+    (Reshape((1, 1, C)) after a pooling): its TFLite file computes the target shape (SHAPE ->
+    STRIDED_SLICE -> PACK -> RESHAPE). The rebuilt model gives the file's outputs."""
+    tf = pytest.importorskip("tensorflow")
+    tf_keras = pytest.importorskip("tf_keras")
+
+    tf_keras.utils.set_random_seed(4)
+    inp = tf_keras.Input((12, 12, 3))
+    x = tf_keras.layers.Conv2D(6, 3, activation="swish")(inp)
+    se = tf_keras.layers.Reshape((1, 1, 6))(tf_keras.layers.GlobalAveragePooling2D()(x))
+    se = tf_keras.layers.Conv2D(6, 1, activation="sigmoid")(se)
+    y = tf_keras.layers.GlobalAveragePooling2D()(tf_keras.layers.Multiply()([x, se]))
+    tf_keras.Model(inp, tf_keras.layers.Dense(3)(y)).save(tmp_path / "sm")
+    data = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "sm")).convert()
+    kinds = tb.op_kinds(tb.load(data))
+    assert {"SHAPE", "STRIDED_SLICE", "PACK", "RESHAPE"} <= set(kinds), kinds
+    model = from_tflite.build(data)
+    x = np.random.default_rng(0).uniform(0, 1, (4, 12, 12, 3)).astype(np.float32)
+    ref = _run(data, x)
+    assert np.ptp(ref) > 0.05 and np.max(np.abs(np.asarray(model(x)) - ref)) < 1e-5
+
+
+def test_a_computed_shape_is_never_used_as_a_tensor(tmp_path):
+    """STRIDED_SLICE of an image tensor (not of a SHAPE) is outside the whitelist."""
+    import keras
+
+    from tledge.quant import selective
+
+    inp = keras.Input((8, 8, 3), name="pixels")
+    x = keras.layers.Conv2D(4, 3)(inp)
+    x = keras.layers.Cropping2D(((1, 0), (0, 0)))(x)
+    data = selective.tflite_fp32(keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(x))))
+    assert "STRIDED_SLICE" in tb.op_kinds(tb.load(data))
+    with pytest.raises(from_tflite.Unsupported, match="STRIDED_SLICE"):
+        from_tflite.build(data)

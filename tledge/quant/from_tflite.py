@@ -13,7 +13,9 @@ becomes the Keras layer a Keras-made classifier would have had, with the file's 
   (tledge.layers.BAKED_NAME) when it reads the graph input, so repair.exact_input sees it; MEAN over H, W
   -> GlobalAveragePooling2D; RESHAPE, SOFTMAX (beta 1), LOGISTIC, PAD (spatial) -> ZeroPadding2D,
   MAX_POOL_2D, AVERAGE_POOL_2D; RELU / RELU6 ops -> ReLU,
-  HARD_SWISH -> Activation("hard_swish") (MobileNetV3), CONCATENATION of tensors -> Concatenate (DenseNet).
+  HARD_SWISH -> Activation("hard_swish") (MobileNetV3), CONCATENATION of tensors -> Concatenate (DenseNet); a
+  RESHAPE to [batch, constants] whose batch size the graph computes (SHAPE -> STRIDED_SLICE -> PACK,
+  EfficientNet's squeeze-excite in a SavedModel) -> Reshape.
 
 Anything else (another op, a fused activation other than RELU/RELU6, one graph input or output other
 than one float32 image and one tensor) gives None. The caller checks the copy against the file on real
@@ -77,6 +79,16 @@ class _Affine:
     made: object = None
 
 
+@dataclass
+class _Shape:
+    """A shape computed in the graph from a tensor with a dynamic batch (Keras' Reshape in a SavedModel:
+    SHAPE -> STRIDED_SLICE [0] -> PACK with constants -> RESHAPE): `dims` with None for the batch, or
+    `dims` None for the whole SHAPE, or `batch` for the sliced batch size alone."""
+
+    dims: tuple | None = None
+    batch: bool = False
+
+
 class _Builder:
     def __init__(self, model, keras, values: dict, input_index: int):
         self.model, self.keras, self.values, self.input_index = model, keras, values, input_index
@@ -92,6 +104,8 @@ class _Builder:
         if index not in self.values:
             raise Unsupported(f"tensor {index} is neither computed nor a readable constant")
         v = self.values[index]
+        if isinstance(v, _Shape):
+            raise Unsupported("a computed shape used as a tensor")
         return self.made(v) if isinstance(v, _Affine) else v
 
     def made(self, a: _Affine):
@@ -238,7 +252,11 @@ def _mean(b: _Builder, op, name: str):
 
 def _reshape(b: _Builder, op, name: str):
     ins, o = b.inputs(op), op.builtinOptions
-    shape = b.const(ins[1]) if len(ins) > 1 else None
+    computed = b.values.get(ins[1]) if len(ins) > 1 else None
+    if isinstance(computed, _Shape) and computed.dims is not None:  # [batch, 1, 1, C] packed in the graph
+        shape = np.asarray([-1] + list(computed.dims[1:]))
+    else:
+        shape = b.const(ins[1]) if len(ins) > 1 else None
     if shape is None and o is not None and o.newShape is not None:
         shape = np.asarray(o.newShape)
     if shape is None or shape.ndim != 1 or len(shape) < 1 or int(shape[0]) not in (1, -1):
@@ -247,6 +265,34 @@ def _reshape(b: _Builder, op, name: str):
     if int(shape[0]) == -1 and -1 in rest:
         raise Unsupported("RESHAPE with two free dimensions")
     return b.keras.layers.Reshape(tuple(rest), name=name)(b.tensor(ins[0]))
+
+
+def _shape(b: _Builder, op, name: str):
+    b.tensor(b.inputs(op)[0])  # a computed tensor
+    return _Shape()
+
+
+def _strided_slice(b: _Builder, op, name: str):
+    """Only the batch size out of a SHAPE: [0:1:1] with the axis shrunk."""
+    ins, o = b.inputs(op), op.builtinOptions
+    src = b.values.get(ins[0])
+    bounds = [b.const(i) for i in ins[1:4]]
+    if not isinstance(src, _Shape) or src.dims is not None or src.batch or len(bounds) != 3 \
+            or any(c is None or c.reshape(-1).tolist() != [v] for c, v in zip(bounds, (0, 1, 1))) \
+            or (o.beginMask, o.endMask, o.ellipsisMask, o.newAxisMask, o.shrinkAxisMask) != (0, 0, 0, 0, 1):
+        raise Unsupported("STRIDED_SLICE other than the batch size of a SHAPE")
+    return _Shape(batch=True)
+
+
+def _pack(b: _Builder, op, name: str):
+    """A shape [batch, constants...] for RESHAPE."""
+    ins, o = b.inputs(op), op.builtinOptions
+    first = b.values.get(ins[0])
+    rest = [b.const(i) for i in ins[1:]]
+    if int(o.axis) != 0 or not (isinstance(first, _Shape) and first.batch) \
+            or any(c is None or c.size != 1 or c.dtype.kind not in "iu" for c in rest):
+        raise Unsupported("PACK other than [batch size, constants] of a shape")
+    return _Shape(dims=(None,) + tuple(int(c.reshape(())) for c in rest))
 
 
 def _softmax(b: _Builder, op, name: str):
@@ -304,6 +350,7 @@ def _pool(kind: str):
 HANDLERS = {
     "CONV_2D": _conv, "DEPTHWISE_CONV_2D": _depthwise, "FULLY_CONNECTED": _dense,
     "ADD": _binary("ADD"), "SUB": _binary("SUB"), "MUL": _binary("MUL"),
+    "SHAPE": _shape, "STRIDED_SLICE": _strided_slice, "PACK": _pack,
     "RELU": _relu(None), "RELU6": _relu(6.0), "HARD_SWISH": _hard_swish, "CONCATENATION": _concatenation,
     "MEAN": _mean, "RESHAPE": _reshape, "SOFTMAX": _softmax, "LOGISTIC": _logistic, "PAD": _pad,
     "MAX_POOL_2D": _pool("MAX"), "AVERAGE_POOL_2D": _pool("AVERAGE"),
