@@ -6,6 +6,8 @@ GlobalAveragePooling, Dense softmax), trained for a few steps on a few dozen hym
   h5   tf_keras `model.save("x.h5")` (loads translated to Keras 3, or through tf_keras)
   sm   tf_keras `model.save(dir)` (a Keras 2 SavedModel: rebuilt as Keras 3 from the float TFLite graph, or
        graph-level rungs only)
+  tfsm `tf.saved_model.save(model, dir)` of the same .h5 (plain TensorFlow, no Keras metadata; not in the
+       default --loaders)
 then exported with `tledge export PATH --int8 --calib DIR --val DIR --fidelity 0.999` (0.999 runs every rung).
 Per model x loader: exit code, error tail, the loader path (parity.md / notes), attempts rows with an error,
 the kept rung per format and seconds.
@@ -164,20 +166,31 @@ def build(name: str, out: Path) -> None:
     model.save(out / f"{name}_savedmodel")  # a directory: tf_keras writes a (Keras 2) SavedModel
 
 
+def build_tfsm(h5: Path, out: Path) -> None:
+    """Child process: the tf_keras .h5 saved with tf.saved_model.save (no Keras metadata)."""
+    import tensorflow as tf
+    import tf_keras as tfk
+
+    tf.saved_model.save(tfk.models.load_model(h5, compile=False), str(out))
+
+
 # ---- the sweep ----
 
 def model_paths(cache: Path, name: str) -> dict[str, Path]:
     d = cache / "models"
-    return {"h5": d / f"{name}.h5", "sm": d / f"{name}_savedmodel"}
+    return {"h5": d / f"{name}.h5", "sm": d / f"{name}_savedmodel", "tfsm": d / f"{name}_tfsm"}
 
 
 def ensure_built(cache: Path, name: str, timeout: int) -> str | None:
     paths = model_paths(cache, name)
-    if all(p.exists() for p in paths.values()):
-        return None
-    proc = subprocess.run([sys.executable, __file__, "--build", name, "--cache", str(cache)], capture_output=True,
-                          text=True, timeout=timeout)
-    return None if proc.returncode == 0 else proc.stderr[-2000:]
+    for keys, flag in ((("h5", "sm"), "--build"), (("tfsm",), "--build-tfsm")):
+        if all(paths[k].exists() for k in keys):
+            continue
+        proc = subprocess.run([sys.executable, __file__, flag, name, "--cache", str(cache)], capture_output=True, check=False,
+                              text=True, timeout=timeout)
+        if proc.returncode != 0:
+            return proc.stderr[-2000:]
+    return None
 
 
 def loader_path(out: Path, notes: list[str]) -> str:
@@ -205,7 +218,8 @@ def export_one(model: Path, mode: str | None, calib: Path, val: Path, out: Path,
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     start = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(REPO))
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(REPO),
+                              check=False)
         rc, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
     except subprocess.TimeoutExpired as exc:
         rc, stdout, stderr = "timeout", exc.stdout or "", exc.stderr or ""
@@ -220,18 +234,36 @@ def export_one(model: Path, mode: str | None, calib: Path, val: Path, out: Path,
     row["loader"] = loader_path(out, row["notes"])
     row["errors"] = [{k: a.get(k) for k in ("file", "rung", "error")} for a in fidelity if a.get("error")]
     row["kept"] = {a["file"]: a["rung"] for a in fidelity if a.get("kept")}
-    row["passed"] = {r["file"]: r.get("passed") for r in rep.get("results") or [] if "int8" in r.get("file", "")}
+    row["final"] = {r["file"].rsplit("/", 1)[-1]: (r.get("top1_agreement"), r.get("passed"))
+                    for r in rep.get("results") or [] if "int8" in r.get("file", "")}
     return row
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| model | loader | rc | s | loader path | kept (tflite / onnx) | rung errors |", "|---|---|---|---|---|---|---|"]
+    """One row per model x loader; internal errors (crashes inside a rung) apart from rungs that had
+    nothing to do."""
+    header = ("| model | loader | rc | s | loader path | kept (tflite / onnx) | final int8 agreement (tflite / onnx) | "
+              "internal errors | other rung errors |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         kept = " / ".join(r.get("kept", {}).get(f"model_int8.{k}", "-") for k in ("tflite", "onnx"))
-        errs = "; ".join(f"{e['file']}:{e['rung']}: {str(e['error'])[:90]}" for e in r.get("errors", []))
+        final = " / ".join(_final(r.get("final", {}).get(f"model_int8.{k}")) for k in ("tflite", "onnx"))
+        errs = r.get("errors", [])
+        internal = [e for e in errs if str(e["error"]).startswith("internal error:")]
+        other = sorted({f"{e['rung']}: {str(e['error'])[:60]}" for e in errs if e not in internal})
         lines.append(f"| {r['model']} | {r['loader']} | {r['rc']} | {r['seconds']} | {r.get('path', '')} | {kept} | "
-                     f"{errs or '-'} |")
+                     f"{final} | {'; '.join(_error(e) for e in internal) or '-'} | {'; '.join(other) or '-'} |")
     return "\n".join(lines) + "\n"
+
+
+def _error(e: dict) -> str:
+    return f"{e['file']}:{e['rung']}: {str(e['error'])[:120]}"
+
+
+def _final(entry) -> str:
+    if not entry or entry[0] is None:
+        return "-"
+    return f"{entry[0]:.3f}{'' if entry[1] else ' (fallback)'}"
 
 
 def main(argv=None) -> int:
@@ -242,9 +274,14 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=int, default=1500)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--build", help=argparse.SUPPRESS)
+    ap.add_argument("--build-tfsm", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.build:
         build(args.build, args.cache / "models")
+        return 0
+    if args.build_tfsm:
+        paths = model_paths(args.cache, args.build_tfsm)
+        build_tfsm(paths["h5"], paths["tfsm"])
         return 0
     calib, val = data_dirs(args.cache)
     rows = []
