@@ -42,10 +42,6 @@ DROPPED_KWARGS: dict[tuple[str, str], tuple | None] = {
     ("SpatialDropout1D", "trainable"): None,
     ("SpatialDropout2D", "trainable"): None,
     ("SpatialDropout3D", "trainable"): None,
-    # tf_keras >= 2.13's augmentation layers: the random generator kind, used only while training
-    **{(cls, "rng_type"): None for cls in ("RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation",
-                                           "RandomContrast", "RandomCrop", "RandomHeight", "RandomWidth",
-                                           "RandomBrightness")},
 }
 CLASS_RENAMES = {"Model": "Functional"}  # Keras <= 2.3 wrote nested functional models as "Model"
 MODEL_CLASSES = frozenset({"Functional", "Sequential", "Model"})

@@ -18,7 +18,7 @@ import numpy as np
 from tledge._deps import require
 from tledge.contract import Contract, Norm
 from tledge.errors import ContractError, ModelLoadError
-from tledge.export import kerasconfig, tfop
+from tledge.export import kerasconfig
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -69,12 +69,10 @@ def load_model(path: str | Path, *, unsafe: bool = False) -> LoadedModel:
             loaded = _load_keras(q, unsafe)
     elif p.suffix.lower() in (".h5", ".hdf5"):
         _check_magic(p, _HDF5_MAGIC, "an HDF5 file")
-        config, arithmetic = tfop.rewrite(kerasconfig.read_h5_config(p))  # x + 3.0 & co.: Rescaling
+        config = kerasconfig.read_h5_config(p)
         has_code = _refuse_code(p, config, unsafe)
         with _lowercase_suffix(p) as q:
             loaded = _load_h5(q, config, unsafe, allow_tf_keras=not has_code or unsafe)
-        if arithmetic and loaded.kind == "keras_translated":
-            loaded.notes.append(tfop.describe(arithmetic))
     else:
         raise ModelLoadError(f"unsupported model file {p.name}: expected .keras, .h5 or a SavedModel folder")
     loaded.path = p
