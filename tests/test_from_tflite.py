@@ -249,3 +249,41 @@ def test_a_computed_shape_is_never_used_as_a_tensor(tmp_path):
     assert "STRIDED_SLICE" in tb.op_kinds(tb.load(data))
     with pytest.raises(from_tflite.Unsupported, match="STRIDED_SLICE"):
         from_tflite.build(data)
+
+
+def _channels_front(reorder):
+    """fp32 TFLite of a tiny conv net behind `reorder`ed channels minus the caffe means: the ops the export's
+    trace of a SavedModel with --preprocess caffe gives (one STRIDED_SLICE per channel, CONCATENATION, ADD;
+    seen in the ResNet50 SavedModel's model_fp32.tflite of benchmarks/loader_sweep.py)."""
+    import keras
+
+    from tledge.quant import selective
+
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((10, 10, 3), name="pixels")
+    x = keras.layers.Lambda(lambda t: keras.ops.concatenate([t[..., c:c + 1] for c in reorder], -1))(inp)
+    x = keras.layers.Rescaling(1.0, offset=[-103.939, -116.779, -123.68])(x)
+    x = keras.layers.Conv2D(4, 3, activation="relu")(x)
+    return selective.tflite_fp32(keras.Model(inp, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x))))
+
+
+def test_caffe_channel_flip_is_rebuilt_as_a_permutation_conv():
+    """caffe's BGR flip is three one-channel STRIDED_SLICEs and a CONCATENATION in the file: one 1x1 Conv2D
+    with a permutation kernel in the copy (exact), so a SavedModel exported with --preprocess caffe
+    (ResNet50, VGG) gets the Keras-level repairs."""
+    data = _channels_front((2, 1, 0))
+    kinds = tb.op_kinds(tb.load(data))
+    assert kinds.count("STRIDED_SLICE") == 3 and "CONCATENATION" in kinds, kinds
+    model = from_tflite.build(data)
+    flip = [layer for layer in model.layers if layer.name.endswith("_channels")]
+    assert len(flip) == 1 and np.array_equal(flip[0].get_weights()[0][0, 0], np.eye(3, dtype=np.float32)[::-1])
+    x = np.random.default_rng(0).uniform(0, 255, (4, 10, 10, 3)).astype(np.float32)
+    ref = _run(data, x)
+    assert np.ptp(ref) > 0.05 and np.max(np.abs(np.asarray(model(x)) - ref)) < 1e-6 * np.abs(ref).max()  # float sums
+
+
+def test_channel_slices_that_are_not_a_permutation_give_none():
+    data = _channels_front((2, 2, 0))
+    assert "STRIDED_SLICE" in tb.op_kinds(tb.load(data))
+    with pytest.raises(from_tflite.Unsupported, match="not a permutation"):
+        from_tflite.build(data)
