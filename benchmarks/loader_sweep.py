@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -216,6 +217,7 @@ def export_one(model: Path, mode: str | None, calib: Path, val: Path, out: Path,
     if mode:
         cmd += ["--preprocess", mode]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    shutil.rmtree(out, ignore_errors=True)  # a run that dies must not be read from an earlier parity.md
     start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(REPO),
