@@ -185,3 +185,105 @@ def test_real_mobilenet_savedmodel_gets_the_keras_repair_on_both_formats(shared_
         assert rows[kept[0]]["mean_abs"] < rows["plain"]["mean_abs"] / 2, rows
         assert (tmp_path / "e" / f"model_int8.{kind}").is_file() and not (tmp_path / "e" / "rejected").exists()
     assert res.passed, [(r.file, r.failures) for r in res.report.results if not r.passed]
+
+
+def test_mobilenetv3_and_densenet_ops_are_rebuilt_equal():
+    """HARD_SWISH (MobileNetV3), CONCATENATION (DenseNet) and stand-alone RELU / RELU6 ops (after a
+    concatenation nothing fuses them), behind a Normalization: the rebuilt model gives the file's outputs."""
+    import keras
+
+    from tledge.quant import selective
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((16, 16, 3), name="pixels")
+    x = keras.layers.Normalization(mean=[120.0, 110.0, 100.0], variance=[3000.0, 2500.0, 2000.0])(inp)
+    x = keras.layers.Activation("hard_swish")(keras.layers.Conv2D(6, 3, strides=2, padding="same")(x))
+    c = keras.layers.ReLU()(keras.layers.Concatenate()([x, keras.layers.Conv2D(4, 1)(x)]))
+    m = keras.layers.MaxPooling2D(2)(c)
+    m = keras.layers.ReLU(6.0)(keras.layers.Concatenate(axis=-1)([m, keras.layers.Conv2D(3, 1)(m)]))
+    out = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(m))
+    data = selective.tflite_fp32(keras.Model(inp, out))
+    kinds = tb.op_kinds(tb.load(data))
+    assert {"HARD_SWISH", "CONCATENATION", "RELU", "RELU6"} <= set(kinds), kinds
+    model = from_tflite.build(data)
+    x = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3)).astype(np.float32)
+    ref = _run(data, x)
+    assert np.ptp(ref) > 0.05 and np.max(np.abs(np.asarray(model(x)) - ref)) < 1e-5
+    names = [type(layer).__name__ for layer in model.layers]
+    assert names.count("Concatenate") == 2 and names.count("ReLU") == 2, names
+
+
+def test_a_reshape_whose_batch_size_the_graph_computes_is_rebuilt_equal(tmp_path):
+    """A SavedModel (dynamic batch) of a squeeze-excite block as tf_keras' EfficientNet writes it
+    (Reshape((1, 1, C)) after a pooling): its TFLite file computes the target shape (SHAPE ->
+    STRIDED_SLICE -> PACK -> RESHAPE). The rebuilt model gives the file's outputs."""
+    tf = pytest.importorskip("tensorflow")
+    tf_keras = pytest.importorskip("tf_keras")
+
+    tf_keras.utils.set_random_seed(4)
+    inp = tf_keras.Input((12, 12, 3))
+    x = tf_keras.layers.Conv2D(6, 3, activation="swish")(inp)
+    se = tf_keras.layers.Reshape((1, 1, 6))(tf_keras.layers.GlobalAveragePooling2D()(x))
+    se = tf_keras.layers.Conv2D(6, 1, activation="sigmoid")(se)
+    y = tf_keras.layers.GlobalAveragePooling2D()(tf_keras.layers.Multiply()([x, se]))
+    tf_keras.Model(inp, tf_keras.layers.Dense(3)(y)).save(tmp_path / "sm")
+    data = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "sm")).convert()
+    kinds = tb.op_kinds(tb.load(data))
+    assert {"SHAPE", "STRIDED_SLICE", "PACK", "RESHAPE"} <= set(kinds), kinds
+    model = from_tflite.build(data)
+    x = np.random.default_rng(0).uniform(0, 1, (4, 12, 12, 3)).astype(np.float32)
+    ref = _run(data, x)
+    assert np.ptp(ref) > 0.05 and np.max(np.abs(np.asarray(model(x)) - ref)) < 1e-5
+
+
+def test_a_computed_shape_is_never_used_as_a_tensor(tmp_path):
+    """STRIDED_SLICE of an image tensor (not of a SHAPE) is outside the whitelist."""
+    import keras
+
+    from tledge.quant import selective
+
+    inp = keras.Input((8, 8, 3), name="pixels")
+    x = keras.layers.Conv2D(4, 3)(inp)
+    x = keras.layers.Cropping2D(((1, 0), (0, 0)))(x)
+    data = selective.tflite_fp32(keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(x))))
+    assert "STRIDED_SLICE" in tb.op_kinds(tb.load(data))
+    with pytest.raises(from_tflite.Unsupported, match="STRIDED_SLICE"):
+        from_tflite.build(data)
+
+
+def _channels_front(reorder):
+    """fp32 TFLite of a tiny conv net behind `reorder`ed channels minus the caffe means: the ops the export's
+    trace of a SavedModel with --preprocess caffe gives (one STRIDED_SLICE per channel, CONCATENATION, ADD;
+    seen in the ResNet50 SavedModel's model_fp32.tflite of benchmarks/loader_sweep.py)."""
+    import keras
+
+    from tledge.quant import selective
+
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((10, 10, 3), name="pixels")
+    x = keras.layers.Lambda(lambda t: keras.ops.concatenate([t[..., c:c + 1] for c in reorder], -1))(inp)
+    x = keras.layers.Rescaling(1.0, offset=[-103.939, -116.779, -123.68])(x)
+    x = keras.layers.Conv2D(4, 3, activation="relu")(x)
+    return selective.tflite_fp32(keras.Model(inp, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x))))
+
+
+def test_caffe_channel_flip_is_rebuilt_as_a_permutation_conv():
+    """caffe's BGR flip is three one-channel STRIDED_SLICEs and a CONCATENATION in the file: one 1x1 Conv2D
+    with a permutation kernel in the copy (exact), so a SavedModel exported with --preprocess caffe
+    (ResNet50, VGG) gets the Keras-level repairs."""
+    data = _channels_front((2, 1, 0))
+    kinds = tb.op_kinds(tb.load(data))
+    assert kinds.count("STRIDED_SLICE") == 3 and "CONCATENATION" in kinds, kinds
+    model = from_tflite.build(data)
+    flip = [layer for layer in model.layers if layer.name.endswith("_channels")]
+    assert len(flip) == 1 and np.array_equal(flip[0].get_weights()[0][0, 0], np.eye(3, dtype=np.float32)[::-1])
+    x = np.random.default_rng(0).uniform(0, 255, (4, 10, 10, 3)).astype(np.float32)
+    ref = _run(data, x)
+    assert np.ptp(ref) > 0.05 and np.max(np.abs(np.asarray(model(x)) - ref)) < 1e-6 * np.abs(ref).max()  # float sums
+
+
+def test_channel_slices_that_are_not_a_permutation_give_none():
+    data = _channels_front((2, 2, 0))
+    assert "STRIDED_SLICE" in tb.op_kinds(tb.load(data))
+    with pytest.raises(from_tflite.Unsupported, match="not a permutation"):
+        from_tflite.build(data)

@@ -200,3 +200,62 @@ def test_nested_models_called_in_a_functional_graph_load_as_keras3(shapes_datase
     ours = np.asarray(lm.model(vx, training=False))
     assert np.abs(ours - model(vx, training=False).numpy()).max() < 1e-5
     assert np.mean(ours.argmax(1) == vy) > 0.6  # a trained model: equal outputs mean something
+
+
+
+def _slashed_names_model(x, y, arithmetic: bool):
+    """Layer names with '/' as tf_keras' DenseNet ("conv1/conv") and MobileNetV3 ("Conv/BatchNorm") write
+    them; with `arithmetic` also MobileNetV3's TFOpLambda hard-sigmoid (ReLU6(x + 3) * 1/6) and the
+    tutorials' preprocess_input (x / 127.5 - 1)."""
+    L = tf_keras.layers
+    tf_keras.utils.set_random_seed(0)
+    inp = tf_keras.Input((SIZE, SIZE, 3))
+    h = inp / 127.5 - 1.0 if arithmetic else L.Rescaling(1 / 127.5, offset=-1)(inp)
+    h = L.BatchNormalization(name="stem/bn", momentum=0.5)(L.Conv2D(8, 3, strides=2, name="stem/conv")(h))
+    gate = L.ReLU(6.0)(h + 3.0) * (1.0 / 6.0) if arithmetic else L.ReLU(6.0, name="stem/relu")(h)
+    h = L.Multiply(name="stem/hswish")([h, gate])
+    h = L.GlobalAveragePooling2D()(L.Conv2D(16, 1, activation="relu", name="block/conv")(h))
+    model = tf_keras.Model(inp, L.Dense(3, activation="softmax")(h))
+    model.compile(tf_keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=30, batch_size=16, verbose=0)
+    return model
+
+
+@pytest.mark.parametrize("arithmetic", [False, True])
+def test_slashed_layer_names_load_as_keras3(shapes_dataset, tmp_path, arithmetic):
+    """Keras 3 refuses '/' in layer names: translated to '_', the file loads as Keras 3 in safe mode (before:
+    tf_keras, whose rebuild failed on the same names: graph-level rungs only) with tf_keras' outputs. With
+    TFOpLambda arithmetic too (tf_keras' MobileNetV3) once the TFOpLambda translation is there."""
+    if arithmetic and not hasattr(keras2, "ARITHMETIC"):
+        pytest.skip("needs the TFOpLambda arithmetic translation (keras2.ARITHMETIC)")
+    contract = Contract(SIZE, SIZE, norm="raw", baked=True)
+    x, y = _pixels(shapes_dataset / "train", contract)
+    model = _slashed_names_model(x, y, arithmetic)
+    model.save(tmp_path / "slashed.h5")
+    lm = loader.load_model(tmp_path / "slashed.h5")
+    assert lm.kind == "keras_translated", lm.notes
+    assert any(f"'/' in layer names x{4 if arithmetic else 5}" in n for n in lm.notes), lm.notes
+    vx, vy = _pixels(shapes_dataset / "val", contract)
+    ours = np.asarray(lm.model(vx, training=False))
+    assert np.abs(ours - model(vx, training=False).numpy()).max() < 1e-5
+    assert np.mean(ours.argmax(1) == vy) > 0.6  # trained: equal outputs mean something
+    rc = main(["export", str(tmp_path / "slashed.h5"), "--preprocess", "raw", "--formats", "tflite",
+               "--val", str(shapes_dataset / "val"), "--out", str(tmp_path / "e"), "-q"])
+    assert rc == 0
+
+
+def test_slashed_names_that_would_collide_block_the_translation():
+    layers = [{"class_name": "InputLayer", "config": {"name": "in", "batch_input_shape": [None, 4]},
+               "name": "in", "inbound_nodes": []},
+              {"class_name": "Dense", "config": {"name": "a/b", "units": 2}, "name": "a/b",
+               "inbound_nodes": [[["in", 0, 0, {}]]]},
+              {"class_name": "Dense", "config": {"name": "a_b", "units": 2}, "name": "a_b",
+               "inbound_nodes": [[["a/b", 0, 0, {}]]]}]
+    config = {"class_name": "Functional", "config": {"name": "m", "layers": layers,
+                                                     "input_layers": [["in", 0, 0]], "output_layers": [["a_b", 0, 0]]}}
+    assert not keras2.translate(config).ok
+    layers.pop()
+    config["config"]["output_layers"] = [["a/b", 0, 0]]
+    t = keras2.translate(config)
+    assert t.ok and t.config["config"]["layers"][1]["config"]["name"] == "a_b"
+    assert t.config["config"]["output_layers"] == ["a_b", 0, 0] and layers[1]["name"] == "a/b"

@@ -51,3 +51,24 @@ def test_sequential_and_unsupported_layers():
     assert rebuild.verified(seq, rebuild.from_tf_keras(seq), x)
     lam = tf_keras.Sequential([tf_keras.layers.InputLayer((4,)), tf_keras.layers.Lambda(lambda t: t * 2)])
     assert rebuild.from_tf_keras(lam) is None  # never carried over: it is code
+
+
+def test_slashed_layer_names_and_augmentation_rng_type_are_carried_over():
+    """tf_keras' MobileNetV3 names layers "Conv/BatchNorm" (Keras 3 refuses '/'), tf_keras 2.13's RandomFlip
+    carries rng_type (Keras 3 has no such option): neither stops the copy."""
+    from tledge.quant import rebuild
+
+    tf_keras.utils.set_random_seed(0)
+    inp = tf_keras.Input((16, 16, 3))
+    x = tf_keras.layers.RandomFlip("horizontal")(inp)
+    x = tf_keras.layers.Conv2D(4, 3, name="stem/conv")(x)
+    x = tf_keras.layers.BatchNormalization(name="stem/bn")(x)
+    model = tf_keras.Model(inp, tf_keras.layers.Dense(2)(tf_keras.layers.GlobalAveragePooling2D()(x)))
+    bn = model.get_layer("stem/bn")
+    g, b, m, v = bn.get_weights()
+    bn.set_weights([g * 1.5, b + 0.1, m + 0.3, v * 2.0])
+    assert "rng_type" in model.get_layer(index=1).get_config()
+    copy = rebuild.from_tf_keras(model)
+    assert copy is not None and copy.get_layer("stem_bn") is not None
+    x = np.random.default_rng(2).uniform(-1, 1, (3, 16, 16, 3)).astype(np.float32)
+    assert rebuild.verified(model, copy, x)

@@ -82,6 +82,7 @@ def translate(config: dict) -> Translation:
     t = Translation(copy.deepcopy(config))
     counts: dict[str, int] = {}
     _object(t.config, "top", t, counts)
+    _slash_names(t, counts)
     t.changes = [f"{what} x{n}" if n > 1 else what for what, n in sorted(counts.items())]
     return t
 
@@ -207,6 +208,48 @@ def _nested_model_calls(cfg: dict, counts: dict[str, int]) -> None:
         if isinstance(ref, list) and len(ref) >= 3 and ref[0] in nested and isinstance(ref[1], int) and ref[1] >= 1:
             ref[1] -= 1
             _count(counts, "nested model call index")
+
+
+def _slash_names(t: Translation, counts: dict[str, int]) -> None:
+    """Keras 3 refuses layer names with '/' (tf_keras' MobileNetV3: "Conv/BatchNorm"): each becomes '_'
+    in the layer's names and in every reference to it (inbound nodes, input / output layers). Weights
+    are read in the file's layer order, not by name. A renamed name that another layer already has is
+    a blocker (the caller falls back to tf_keras)."""
+    layers = [n for n in _layer_nodes(t.config)]
+    names = {n["config"]["name"] for n in layers if isinstance(n["config"].get("name"), str)}
+    renamed = {name: name.replace("/", "_") for name in names if "/" in name}
+    if not renamed:
+        return
+    if set(renamed.values()) & names or len(set(renamed.values())) != len(renamed):
+        t.blockers.append("layer names with '/' collide with other names once '/' is replaced")
+        return
+    for node in layers:
+        for holder in (node["config"], node):
+            if holder.get("name") in renamed:
+                holder["name"] = renamed[holder["name"]]
+        for call in node.get("inbound_nodes") or []:
+            refs = [call] if isinstance(call, list) and call and isinstance(call[0], str) else call
+            for ref in refs if isinstance(refs, list) else []:
+                if isinstance(ref, list) and ref and ref[0] in renamed:
+                    ref[0] = renamed[ref[0]]
+        for key in ("input_layers", "output_layers"):
+            ends = node["config"].get(key)
+            for end in ([ends] if _is_end(ends) else ends if isinstance(ends, list) else []):
+                if _is_end(end) and end[0] in renamed:
+                    end[0] = renamed[end[0]]
+    counts[f"'/' in layer names x{len(renamed)}"] = 1
+
+
+def _layer_nodes(node: Any):
+    """Every layer-like dict ({class_name, config: {...}}) of a parsed config, depth first."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _layer_nodes(item)
+    elif isinstance(node, dict):
+        if isinstance(node.get("class_name"), str) and isinstance(node.get("config"), dict):
+            yield node
+        for value in node.values():
+            yield from _layer_nodes(value)
 
 
 def _is_end(x: Any) -> bool:

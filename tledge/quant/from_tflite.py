@@ -12,7 +12,12 @@ becomes the Keras layer a Keras-made classifier would have had, with the file's 
   or per-channel constant -> one Rescaling (chains merged), named like tledge's baked preprocessing
   (tledge.layers.BAKED_NAME) when it reads the graph input, so repair.exact_input sees it; MEAN over H, W
   -> GlobalAveragePooling2D; RESHAPE, SOFTMAX (beta 1), LOGISTIC, PAD (spatial) -> ZeroPadding2D,
-  MAX_POOL_2D, AVERAGE_POOL_2D.
+  MAX_POOL_2D, AVERAGE_POOL_2D; RELU / RELU6 ops -> ReLU,
+  HARD_SWISH -> Activation("hard_swish") (MobileNetV3), CONCATENATION of tensors -> Concatenate (DenseNet); a
+  RESHAPE to [batch, constants] whose batch size the graph computes (SHAPE -> STRIDED_SLICE -> PACK,
+  EfficientNet's squeeze-excite in a SavedModel) -> Reshape; an image's channels sliced one by one and
+  concatenated in another order (STRIDED_SLICE x C -> CONCATENATION: caffe's BGR flip in front of a
+  SavedModel) -> a 1x1 Conv2D with a permutation kernel.
 
 Anything else (another op, a fused activation other than RELU/RELU6, one graph input or output other
 than one float32 image and one tensor) gives None. The caller checks the copy against the file on real
@@ -76,6 +81,25 @@ class _Affine:
     made: object = None
 
 
+@dataclass
+class _Shape:
+    """A shape computed in the graph from a tensor with a dynamic batch (Keras' Reshape in a SavedModel:
+    SHAPE -> STRIDED_SLICE [0] -> PACK with constants -> RESHAPE): `dims` with None for the batch, or
+    `dims` None for the whole SHAPE, or `batch` for the sliced batch size alone."""
+
+    dims: tuple | None = None
+    batch: bool = False
+
+
+@dataclass
+class _Channel:
+    """One channel of a computed NHWC tensor, x[..., c:c+1] (STRIDED_SLICE): only read by a CONCATENATION
+    that puts the channels of one tensor back in another order (caffe's RGB -> BGR flip)."""
+
+    source: int  # tensor index
+    channel: int
+
+
 class _Builder:
     def __init__(self, model, keras, values: dict, input_index: int):
         self.model, self.keras, self.values, self.input_index = model, keras, values, input_index
@@ -91,6 +115,8 @@ class _Builder:
         if index not in self.values:
             raise Unsupported(f"tensor {index} is neither computed nor a readable constant")
         v = self.values[index]
+        if isinstance(v, (_Shape, _Channel)):
+            raise Unsupported("a computed shape or a channel slice used as a tensor")
         return self.made(v) if isinstance(v, _Affine) else v
 
     def made(self, a: _Affine):
@@ -237,7 +263,11 @@ def _mean(b: _Builder, op, name: str):
 
 def _reshape(b: _Builder, op, name: str):
     ins, o = b.inputs(op), op.builtinOptions
-    shape = b.const(ins[1]) if len(ins) > 1 else None
+    computed = b.values.get(ins[1]) if len(ins) > 1 else None
+    if isinstance(computed, _Shape) and computed.dims is not None:  # [batch, 1, 1, C] packed in the graph
+        shape = np.asarray([-1] + list(computed.dims[1:]))
+    else:
+        shape = b.const(ins[1]) if len(ins) > 1 else None
     if shape is None and o is not None and o.newShape is not None:
         shape = np.asarray(o.newShape)
     if shape is None or shape.ndim != 1 or len(shape) < 1 or int(shape[0]) not in (1, -1):
@@ -246,6 +276,41 @@ def _reshape(b: _Builder, op, name: str):
     if int(shape[0]) == -1 and -1 in rest:
         raise Unsupported("RESHAPE with two free dimensions")
     return b.keras.layers.Reshape(tuple(rest), name=name)(b.tensor(ins[0]))
+
+
+def _shape(b: _Builder, op, name: str):
+    b.tensor(b.inputs(op)[0])  # a computed tensor
+    return _Shape()
+
+
+def _strided_slice(b: _Builder, op, name: str):
+    """The batch size out of a SHAPE ([0:1:1], axis shrunk), or one channel of an NHWC tensor."""
+    ins, o = b.inputs(op), op.builtinOptions
+    src = b.values.get(ins[0])
+    bounds = [b.const(i) for i in ins[1:4]]
+    if len(bounds) != 3 or any(c is None for c in bounds) or (o.ellipsisMask, o.newAxisMask) != (0, 0):
+        raise Unsupported("STRIDED_SLICE without constant bounds")
+    begin, end, strides = (c.reshape(-1).tolist() for c in bounds)
+    if isinstance(src, _Shape) and src.dims is None and not src.batch:
+        if (begin, end, strides) == ([0], [1], [1]) and (o.beginMask, o.endMask, o.shrinkAxisMask) == (0, 0, 1):
+            return _Shape(batch=True)
+    elif src is not None and not isinstance(src, (_Shape, _Channel)):
+        channels = int(b.tensor(ins[0]).shape[-1]) if len(b.tensor(ins[0]).shape) == 4 else 0
+        if (len(begin) == 4 and strides == [1, 1, 1, 1] and o.beginMask == o.endMask == 7 and o.shrinkAxisMask == 0
+                and 0 <= begin[3] < channels and end[3] == begin[3] + 1):
+            return _Channel(ins[0], int(begin[3]))
+    raise Unsupported("STRIDED_SLICE other than the batch size of a SHAPE or one channel of an image")
+
+
+def _pack(b: _Builder, op, name: str):
+    """A shape [batch, constants...] for RESHAPE."""
+    ins, o = b.inputs(op), op.builtinOptions
+    first = b.values.get(ins[0])
+    rest = [b.const(i) for i in ins[1:]]
+    if int(o.axis) != 0 or not (isinstance(first, _Shape) and first.batch) \
+            or any(c is None or c.size != 1 or c.dtype.kind not in "iu" for c in rest):
+        raise Unsupported("PACK other than [batch size, constants] of a shape")
+    return _Shape(dims=(None,) + tuple(int(c.reshape(())) for c in rest))
 
 
 def _softmax(b: _Builder, op, name: str):
@@ -267,6 +332,47 @@ def _pad(b: _Builder, op, name: str):
                                         name=name)(x)
 
 
+def _relu(max_value: float | None):
+    def handler(b: _Builder, op, name: str):
+        return b.keras.layers.ReLU(max_value=max_value, name=name)(b.tensor(b.inputs(op)[0]))
+    return handler
+
+
+def _hard_swish(b: _Builder, op, name: str):
+    """TFLite's HARD_SWISH is x * relu6(x + 3) / 6, Keras' hard_swish (MobileNetV3)."""
+    return b.keras.layers.Activation("hard_swish", name=name)(b.tensor(b.inputs(op)[0]))
+
+
+def _concatenation(b: _Builder, op, name: str):
+    """Data-only: the inputs side by side (DenseNet); constant inputs are not supported. Single channels of
+    one tensor put back in another order (caffe's BGR flip) -> a 1x1 Conv2D with a permutation kernel
+    (exact in float), as tledge bakes caffe preprocessing."""
+    ins, o = b.inputs(op), op.builtinOptions
+    picks = [b.values.get(i) for i in ins]
+    if any(isinstance(p, _Channel) for p in picks):
+        return _activation(b, _permutation(b, picks, int(o.axis), name), o.fusedActivationFunction, name)
+    if any(b.const(i) is not None for i in ins):
+        raise Unsupported("CONCATENATION with a constant input")
+    xs = [b.tensor(i) for i in ins]
+    if len(xs) < 2:
+        raise Unsupported("CONCATENATION of one tensor")
+    y = b.keras.layers.Concatenate(axis=int(o.axis), name=name)(xs)
+    return _activation(b, y, o.fusedActivationFunction, name)
+
+
+def _permutation(b: _Builder, picks: list, axis: int, name: str):
+    if not all(isinstance(p, _Channel) and p.source == picks[0].source for p in picks) or axis not in (3, -1):
+        raise Unsupported("CONCATENATION of channel slices other than one tensor's channels reordered")
+    x = b.tensor(picks[0].source)
+    order = [p.channel for p in picks]
+    if sorted(order) != list(range(int(x.shape[-1]))):
+        raise Unsupported("CONCATENATION of channel slices that are not a permutation")
+    kernel = np.zeros((1, 1, len(order), len(order)), np.float32)
+    for out, src in enumerate(order):
+        kernel[0, 0, src, out] = 1.0
+    return _set(b.keras.layers.Conv2D(len(order), 1, use_bias=False, name=f"{name}_channels"), x, [kernel])
+
+
 def _pool(kind: str):
     def handler(b: _Builder, op, name: str):
         o = op.builtinOptions
@@ -280,6 +386,8 @@ def _pool(kind: str):
 HANDLERS = {
     "CONV_2D": _conv, "DEPTHWISE_CONV_2D": _depthwise, "FULLY_CONNECTED": _dense,
     "ADD": _binary("ADD"), "SUB": _binary("SUB"), "MUL": _binary("MUL"),
+    "SHAPE": _shape, "STRIDED_SLICE": _strided_slice, "PACK": _pack,
+    "RELU": _relu(None), "RELU6": _relu(6.0), "HARD_SWISH": _hard_swish, "CONCATENATION": _concatenation,
     "MEAN": _mean, "RESHAPE": _reshape, "SOFTMAX": _softmax, "LOGISTIC": _logistic, "PAD": _pad,
     "MAX_POOL_2D": _pool("MAX"), "AVERAGE_POOL_2D": _pool("AVERAGE"),
 }

@@ -90,8 +90,11 @@ def _layer(src, cls: str, config: dict, keras):
     if cls in ("Lambda", "TFOpLambda", "SlicingOpLambda") or not hasattr(keras.layers, cls):
         raise Unsupported(f"layer class {cls}")
     # initialisers, regularisers and constraints do not matter for a copy whose weights are set
-    config = {k: v for k, v in config.items() if k not in ("batch_input_shape", "trainable")
+    # (and rng_type, tf_keras 2.13's augmentation generator kind, only while training)
+    config = {k: v for k, v in config.items() if k not in ("batch_input_shape", "trainable", "rng_type")
               and not k.endswith(("_initializer", "_regularizer", "_constraint"))}
+    if isinstance(config.get("name"), str):  # Keras 3 refuses '/' (tf_keras' MobileNetV3: "Conv/BatchNorm")
+        config["name"] = config["name"].replace("/", "_")
     if isinstance(config.get("axis"), list) and len(config["axis"]) == 1 and cls == "BatchNormalization":
         config["axis"] = config["axis"][0]
     import inspect
