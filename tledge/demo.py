@@ -258,7 +258,7 @@ def _train_step(res: DemoResult, ctx: dict, say) -> None:
     res.steps.append({"step": "train", "val_accuracy": tr.val_accuracy, "val_images": tr.metrics["val_images"],
                       "epochs_run": ran, "settings": settings, "init": init, "seconds": time.perf_counter() - t,
                       "model": str(tr.model_path),
-                      "artefacts": [str(tr.model_path), str(tr.h5_path), str(tr.out / "metrics.json")]})
+                      "artefacts": [str(p) for p in (tr.model_path, tr.h5_path, tr.out / "metrics.json") if p]})
     say(f"      Keras val accuracy {tr.val_accuracy:.3f} ({tr.metrics['val_images']} images, {ran} epochs, "
         f"{time.perf_counter() - t:.0f} s) -> {tr.model_path}")
     if tr.val_accuracy < ctx["min_accuracy"]:

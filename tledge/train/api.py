@@ -126,8 +126,13 @@ def _worker_result(cfg: TrainConfig, run, plan, contract, t0: float, log) -> Tra
                "files": {}, "history": run.state["history"], "val_images": int(len(run.data.yv)),
                "wall_time_s": wall, "distribution": _distribution(cfg, run.topo)}
     log(f"{metrics['role']}: done in {wall:.0f}s; the chief (worker 0) writes {cfg.out}/")
-    return TrainResult(cfg.out, cfg.out / "model.keras", cfg.out / "model.h5", contract, plan.classes,
+    return TrainResult(cfg.out, cfg.out / "model.keras", _h5(cfg.out), contract, plan.classes,
                        float(last.get("val_accuracy", float("nan"))), wall, metrics)
+
+
+def _h5(out: Path) -> Path | None:
+    """model.h5, where it was written (not for graphs Keras 3 cannot reload from HDF5: tledge.train.report)."""
+    return out / "model.h5" if (out / "model.h5").is_file() else None
 
 
 def _reporters(verbose: int):
@@ -209,5 +214,5 @@ def _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, skipped, report
     if tlog.current() is None:  # the CLI prints it as its result, on stdout
         log(f"val accuracy {metrics['val_accuracy']:.3f} ({metrics['val_images']} images), "
             f"{metrics['wall_time_s']:.0f}s; wrote {out}/")
-    return TrainResult(out, out / "model.keras", out / "model.h5", contract, plan.classes,
+    return TrainResult(out, out / "model.keras", _h5(out), contract, plan.classes,
                        metrics["val_accuracy"], metrics["wall_time_s"], metrics)

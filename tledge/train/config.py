@@ -144,7 +144,7 @@ RESUME_KEYS = ("backbone", "alpha", "size", "grayscale", "dropout", "augment", "
 class TrainResult:
     out: Path
     model_path: Path  # model.keras
-    h5_path: Path  # model.h5
+    h5_path: Path | None  # model.h5; None where Keras 3 could not reload it (MobileNetV3's bare ops)
     contract: Any  # tledge.contract.Contract (tledge.json)
     labels: tuple[str, ...]
     val_accuracy: float  # of the saved model on the validation images
