@@ -77,6 +77,7 @@ def test_the_tutorial_h5_loads_in_safe_mode_with_two_class_scores(tutorial, two_
     assert lm.kind == "keras_translated", lm.notes
     assert any("TFOpLambda arithmetic as Rescaling x2" in n and "RandomFlip.rng_type" in n for n in lm.notes)
     assert lm.binary == (binary.SIGMOID if head == "sigmoid" else binary.LOGIT) and lm.num_outputs == 2
+    assert lm.baked_mode == "tf"  # x / 127.5 - 1 at the input, behind the augmentation: no --preprocess needed
     vx, vy, _ = _pixels(two_classes / "val")
     theirs = model(vx, training=False).numpy()
     assert theirs.shape[1] == 1
@@ -116,3 +117,24 @@ def test_the_tutorial_model_exports_int8_with_meaningful_parity(tutorial, two_cl
     logit = model(vx, training=False).numpy()[:, 0]
     want = (logit > (0.5 if head == "sigmoid" else 0.0)).astype(int)
     assert np.mean(got == want) >= 0.98  # tledge run decides as the Keras model does (a photo may sit on 0.5)
+
+
+def test_a_rescaling_at_the_input_is_baked_preprocessing_and_a_normalisation_after_it_is_not():
+    import keras
+
+    from tledge.layers import input_rescaling
+
+    def model(*first):
+        inp = keras.Input((SIZE, SIZE, 3))
+        x = inp
+        for layer in first:
+            x = layer(x)
+        return keras.Model(inp, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(
+            keras.layers.Conv2D(4, 3)(x))))
+    R = keras.layers.Rescaling
+    assert input_rescaling(model(keras.layers.RandomFlip(), R(1 / 127.5, offset=-1.0))) == "tf"
+    assert input_rescaling(model(R(1 / 127.5), R(1.0, offset=-1.0))) == "tf"  # tf.keras 2's two TFOpLambdas
+    assert input_rescaling(model(R(1 / 255))) == "scale"
+    assert input_rescaling(model(R(1 / 255), keras.layers.Normalization(mean=0.4, variance=0.05))) is None
+    assert input_rescaling(model(R(1 / 100))) is None  # no named mode
+    assert input_rescaling(model()) is None

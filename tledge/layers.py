@@ -114,6 +114,49 @@ def baked_norm(layer) -> tuple[str, list[float] | None, list[float] | None] | No
     return None
 
 
+# layers that hand images through unchanged at inference (tf.keras' data_augmentation, dropout)
+PASS_THROUGH = frozenset({"InputLayer", "RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation",
+                          "RandomContrast", "RandomBrightness", "Dropout", "GaussianNoise"})
+
+
+def input_rescaling(model) -> str | None:
+    """The named mode of the Rescaling layers a model applies to its input before anything else (through
+    PASS_THROUGH layers and into nested models): `Rescaling(1 / 127.5, offset=-1)`, or tf.keras 2's
+    `preprocess_input` read as Rescaling, is `tf`. None when the first computation is anything else, when
+    another normalisation follows the chain (EfficientNet's Rescaling + Normalization), when a scale or offset
+    is per channel, or when the composed map is no named mode."""
+    shape = getattr(model, "inputs", None) and model.inputs[0].shape
+    if not shape or not shape[-1]:
+        return None
+    scale, offset, found = 1.0, 0.0, 0
+    for layer in _in_order(model):
+        kind = type(layer).__name__
+        if kind in PASS_THROUGH:
+            continue
+        if kind != "Rescaling":
+            break
+        cfg = layer.get_config()
+        s, o = np.asarray(cfg.get("scale", 1.0), np.float64), np.asarray(cfg.get("offset", 0.0), np.float64)
+        if s.ndim or o.ndim:
+            return None
+        scale, offset, found = scale * float(s), offset * float(s) + float(o), found + 1
+    else:
+        return None
+    if not found or kind in ("Normalization", "Rescaling"):
+        return None
+    c = int(shape[-1])
+    match = _match(np.full(c, scale), np.full(c, offset), c, flip=False)
+    return match[0] if match and match[0] not in ("custom", "raw") else None
+
+
+def _in_order(model):
+    for layer in getattr(model, "layers", []):
+        if type(layer).__name__ in ("Sequential", "Functional") and hasattr(layer, "layers"):
+            yield from _in_order(layer)
+        else:
+            yield layer
+
+
 def _channels(layer) -> int | None:
     try:
         shape = layer.input.shape if hasattr(layer, "input") else None

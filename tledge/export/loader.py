@@ -240,13 +240,13 @@ def _baked_mode(model) -> str | None:
     older `Preprocess` layer), recognised from its config and weights (tledge.layers.baked_norm)."""
     if not hasattr(model, "layers"):
         return None
-    from tledge.layers import baked_norm
+    from tledge.layers import baked_norm, input_rescaling
 
     for layer in _walk(model):
         found = baked_norm(layer)
         if found is not None:
             return found[0]
-    return None
+    return input_rescaling(model)  # a plain Rescaling at the input (Keras 3 code, tf.keras 2's preprocess_input)
 
 
 def _walk(model):
@@ -318,7 +318,7 @@ def _size(lm: LoadedModel, flag, base, base_from, src: dict) -> tuple[int, int]:
 def _norm(lm: LoadedModel, flag: str | None, flag_from: str, base, base_from, src: dict):
     """(mode, mode to add in front of the model or None)."""
     if lm.baked_mode is not None:
-        if flag is not None and flag != lm.baked_mode:
+        if flag not in (None, "raw", lm.baked_mode):  # raw: "the model normalises itself", which it does
             raise ContractError(f"{lm.path.name} normalises its input itself (a baked `{lm.baked_mode}` "
                                 f"preprocessing layer): {flag_from} `{flag}` would normalise twice; drop it")
         src["normalisation"] = f"the model's baked preprocessing layer ({lm.baked_mode})"
