@@ -142,7 +142,7 @@ def input_rescaling(model) -> str | None:
         scale, offset, found = scale * float(s), offset * float(s) + float(o), found + 1
     else:
         return None
-    if not found or kind in ("Normalization", "Rescaling"):
+    if not found or kind == "Normalization":
         return None
     c = int(shape[-1])
     match = _match(np.full(c, scale), np.full(c, offset), c, flip=False)

@@ -18,12 +18,11 @@ def output_kind(model) -> str:
     SavedModel's Sigmoid op), else LOGIT. Read from configs and graphs only."""
     layers = getattr(model, "layers", None)
     if layers:
-        cfg = layers[-1].get_config() if hasattr(layers[-1], "get_config") else {}
-        inner = getattr(layers[-1], "layers", None)
-        if inner and type(layers[-1]).__name__ in ("Sequential", "Functional", "Model"):
-            return output_kind(layers[-1])
-        act = cfg.get("activation")
-        return SIGMOID if isinstance(act, str) and act == "sigmoid" else LOGIT
+        last = layers[-1]
+        if getattr(last, "layers", None) and type(last).__name__ in ("Sequential", "Functional", "Model"):
+            return output_kind(last)
+        cfg = last.get_config() if hasattr(last, "get_config") else {}
+        return SIGMOID if cfg.get("activation") == "sigmoid" else LOGIT
     return _graph_kind(model)
 
 

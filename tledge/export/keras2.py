@@ -215,7 +215,7 @@ def _slash_names(t: Translation, counts: dict[str, int]) -> None:
     in the layer's names and in every reference to it (inbound nodes, input / output layers). Weights
     are read in the file's layer order, not by name. A renamed name that another layer already has is
     a blocker (the caller falls back to tf_keras)."""
-    layers = [n for n in _layer_nodes(t.config)]
+    layers = list(_layer_nodes(t.config))
     names = {n["config"]["name"] for n in layers if isinstance(n["config"].get("name"), str)}
     renamed = {name: name.replace("/", "_") for name in names if "/" in name}
     if not renamed:

@@ -72,9 +72,10 @@ def load_model(path: str | Path, *, unsafe: bool = False) -> LoadedModel:
         _check_magic(p, _HDF5_MAGIC, "an HDF5 file")
         config = kerasconfig.read_h5_config(p)
         # checked as it will be loaded: arithmetic TFOpLambdas (tf.keras 2's x / 127.5 - 1) are Rescaling layers
-        has_code = _refuse_code(p, keras2.translate(config).config, unsafe)
+        translation = keras2.translate(config)
+        has_code = _refuse_code(p, translation.config, unsafe)
         with _lowercase_suffix(p) as q:
-            loaded = _load_h5(q, config, unsafe, allow_tf_keras=not has_code or unsafe)
+            loaded = _load_h5(q, translation, unsafe, allow_tf_keras=not has_code or unsafe)
     else:
         raise ModelLoadError(f"unsupported model file {p.name}: expected .keras, .h5 or a SavedModel folder")
     loaded.path = p
@@ -147,7 +148,7 @@ def _load_keras(p: Path, unsafe: bool) -> LoadedModel:
     return _describe(p, model, "keras")
 
 
-def _load_h5(p: Path, config: dict, unsafe: bool, *, allow_tf_keras: bool) -> LoadedModel:
+def _load_h5(p: Path, translation, unsafe: bool, *, allow_tf_keras: bool) -> LoadedModel:
     """Keras 3 as saved; else Keras 3 on the translated Keras 2 config; else (no code found) tf_keras."""
     keras = require("keras", extra="export")
     tried: list[str] = []
@@ -155,7 +156,6 @@ def _load_h5(p: Path, config: dict, unsafe: bool, *, allow_tf_keras: bool) -> Lo
         p, custom_objects=_custom_objects(), compile=False, safe_mode=not unsafe))
     if model is not None:
         return _describe(p, model, "keras")
-    translation = keras2.translate(config)
     if translation.ok:
         model = _attempt(tried, "Keras 3 after translation", lambda: keras2.load_translated(
             p, translation, _custom_objects(), unsafe=unsafe))
