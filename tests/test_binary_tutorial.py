@@ -119,7 +119,7 @@ def test_the_tutorial_model_exports_int8_with_meaningful_parity(tutorial, two_cl
     assert np.mean(got == want) >= 0.98  # tledge run decides as the Keras model does (a photo may sit on 0.5)
 
 
-def test_a_rescaling_at_the_input_is_baked_preprocessing_and_a_normalisation_after_it_is_not():
+def test_rescaling_and_normalization_at_the_input_are_baked_preprocessing():
     import keras
 
     from tledge.layers import input_rescaling
@@ -131,10 +131,36 @@ def test_a_rescaling_at_the_input_is_baked_preprocessing_and_a_normalisation_aft
             x = layer(x)
         return keras.Model(inp, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(
             keras.layers.Conv2D(4, 3)(x))))
-    R = keras.layers.Rescaling
+    R, N = keras.layers.Rescaling, keras.layers.Normalization
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     assert input_rescaling(model(keras.layers.RandomFlip(), R(1 / 127.5, offset=-1.0))) == "tf"
     assert input_rescaling(model(R(1 / 127.5), R(1.0, offset=-1.0))) == "tf"  # tf.keras 2's two TFOpLambdas
     assert input_rescaling(model(R(1 / 255))) == "scale"
-    assert input_rescaling(model(R(1 / 255), keras.layers.Normalization(mean=0.4, variance=0.05))) is None
-    assert input_rescaling(model(R(1 / 100))) is None  # no named mode
+    # EfficientNet (Keras 3): Normalization(mean, variance=std) then Rescaling(1 / sqrt(std)) with ImageNet
+    # weights; EfficientNetV2-B*: the plain torch statistics; untrained EfficientNet: mean 0, variance 1
+    assert input_rescaling(model(R(1 / 255), N(mean=mean, variance=std), R(list(1 / np.sqrt(std))))) == "torch"
+    assert input_rescaling(model(R(1 / 255), N(mean=mean, variance=std ** 2))) == "torch"
+    assert input_rescaling(model(R(1 / 255), N(mean=0.0, variance=1.0))) == "scale"
+    assert input_rescaling(model(N(mean=mean * 255, variance=(std * 255) ** 2))) == "torch"  # ConvNeXt
+    # a Rescaling whose map is no named mode: raw pixels in, normalised the model's own way
+    assert input_rescaling(model(R(1 / 128, offset=-1.0))) == "raw"  # EfficientNetV2-S/M/L
+    assert input_rescaling(model(R(1 / 255), N(mean=0.4, variance=0.05))) == "raw"
+    assert input_rescaling(model(N(mean=0.4, variance=0.05))) is None  # a lone Normalization may expect 0..1
     assert input_rescaling(model()) is None
+    assert input_rescaling(model(keras.layers.Conv2D(3, 1), R(1 / 255))) is None  # not the first computation
+
+
+def test_an_efficientnet_takes_raw_pixels_without_preprocess(tmp_path):
+    import keras
+
+    from tledge.errors import ContractError
+    from tledge.export.loader import load_model, resolve_contract
+
+    path = tmp_path / "eff.keras"
+    keras.applications.EfficientNetB0(input_shape=(32, 32, 3), weights=None, classes=2).save(path)
+    lm = load_model(path)
+    contract, add = resolve_contract(lm, preprocess=None, input_size=None)
+    assert (contract.norm.value, contract.baked, add) == ("scale", True, None)
+    assert resolve_contract(lm, preprocess="raw", input_size=None)[1] is None
+    with pytest.raises(ContractError, match="normalise twice"):
+        resolve_contract(lm, preprocess="torch", input_size=None)

@@ -120,33 +120,52 @@ PASS_THROUGH = frozenset({"InputLayer", "RandomFlip", "RandomRotation", "RandomZ
 
 
 def input_rescaling(model) -> str | None:
-    """The named mode of the Rescaling layers a model applies to its input before anything else (through
-    PASS_THROUGH layers and into nested models): `Rescaling(1 / 127.5, offset=-1)`, or tf.keras 2's
-    `preprocess_input` read as Rescaling, is `tf`. None when the first computation is anything else, when
-    another normalisation follows the chain (EfficientNet's Rescaling + Normalization), when a scale or offset
-    is per channel, or when the composed map is no named mode."""
+    """The mode of the Rescaling / Normalization layers a model applies to its input before anything else
+    (through PASS_THROUGH layers and into nested models): `Rescaling(1 / 127.5, offset=-1)`, or tf.keras 2's
+    `preprocess_input` read as Rescaling, is `tf`; EfficientNet's `Rescaling(1 / 255)` + `Normalization` is
+    `torch` with ImageNet statistics, `scale` with the untrained ones. A chain with a Rescaling whose map is
+    no named mode is `raw` (the model takes raw pixels and normalises them its own way). None when the first
+    computation is anything else, when a lone Normalization is no named mode (it may expect 0..1 input), or
+    when the chain is not a per-channel affine map."""
     shape = getattr(model, "inputs", None) and model.inputs[0].shape
     if not shape or not shape[-1]:
         return None
-    scale, offset, found = 1.0, 0.0, 0
+    chain = []
     for layer in _in_order(model):
         kind = type(layer).__name__
         if kind in PASS_THROUGH:
             continue
-        if kind != "Rescaling":
+        if kind not in ("Rescaling", "Normalization"):
             break
-        cfg = layer.get_config()
-        s, o = np.asarray(cfg.get("scale", 1.0), np.float64), np.asarray(cfg.get("offset", 0.0), np.float64)
-        if s.ndim or o.ndim:
-            return None
-        scale, offset, found = scale * float(s), offset * float(s) + float(o), found + 1
+        chain.append(layer)
     else:
         return None
-    if not found or kind == "Normalization":
-        return None
     c = int(shape[-1])
-    match = _match(np.full(c, scale), np.full(c, offset), c, flip=False)
-    return match[0] if match and match[0] not in ("custom", "raw") else None
+    mapped = _probe_affine(chain, c) if chain else None
+    if mapped is None:
+        return None
+    name = _match(mapped[0], mapped[1], c, flip=False)[0]
+    if name != "custom":
+        return name
+    return "raw" if any(type(layer).__name__ == "Rescaling" for layer in chain) else None
+
+
+def _probe_affine(chain, channels: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(scale, offset) per channel of the layers run in order on constant images 0, 1 and 255 (inference
+    mode), or None when they are no per-channel affine map. The scale is read over 0..255, where float32
+    cancellation costs least."""
+    x = np.zeros((3, 1, 1, channels), np.float32)
+    x[1], x[2] = 1.0, 255.0
+    try:
+        for layer in chain:
+            x = layer(x, training=False)
+        y = np.asarray(keras.ops.convert_to_numpy(x), np.float64).reshape(3, channels)
+    except Exception:  # noqa: BLE001 - a layer that cannot take the probe is no simple per-channel map
+        return None
+    offset, scale = y[0], (y[2] - y[0]) / 255.0
+    if not np.all(np.isfinite(y)) or not np.allclose(y[1], offset + scale, rtol=1e-4, atol=1e-5):
+        return None
+    return scale, offset
 
 
 def _in_order(model):
