@@ -164,3 +164,45 @@ def test_an_efficientnet_takes_raw_pixels_without_preprocess(tmp_path):
     assert resolve_contract(lm, preprocess="raw", input_size=None)[1] is None
     with pytest.raises(ContractError, match="normalise twice"):
         resolve_contract(lm, preprocess="torch", input_size=None)
+
+
+def test_a_foreign_one_output_file_runs_as_a_two_class_classifier(tutorial, two_classes, tmp_path, capsys):
+    """A one-score .tflite made elsewhere (no tledge contract): `tledge run` ranks [1 - p, p], not one score
+    that is always first. An int8 file's output quantisation tells a logit from a sigmoid; a float file's
+    logit needs --logits, and without it the runtime refuses rather than reading a logit as a probability."""
+    import tensorflow as tf
+
+    from tledge.contract import Output
+    from tledge.errors import ContractError
+    from tledge.runtime import load
+
+    head, _, model = tutorial
+    vx, _, files = _pixels(two_classes / "val")
+    logit = model(vx, training=False).numpy()[:, 0]
+    want = (logit > (0.5 if head == "sigmoid" else 0.0)).astype(int)
+    names = sorted(p.name for p in (two_classes / "val").iterdir())
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    fp32 = tmp_path / "fp32.tflite"
+    fp32.write_bytes(conv.convert())
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([x[None]] for x in vx[:24])
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = conv.inference_output_type = tf.uint8
+    int8 = tmp_path / "int8.tflite"
+    int8.write_bytes(conv.convert())
+
+    rt = load(int8, labels=names)
+    assert rt.contract.output is (Output.LOGITS if head == "logit" else Output.PROBABILITIES)
+    top = [rt.classify([f])[0][0] for f in files]
+    assert {t.label for t in top} <= set(names) and all(names[t.index] == t.label for t in top)
+    assert np.mean(np.array([t.index for t in top]) == want) >= 0.9
+    if head == "logit":
+        with pytest.raises(ContractError, match="--logits"):
+            load(fp32, labels=names, preprocess="raw").classify(files)
+    rt = load(fp32, labels=names, preprocess="raw", logits=head == "logit")
+    got = np.array([rt.classify([f])[0][0].index for f in files])
+    assert np.mean(got == want) >= 0.98
+    (tmp_path / "labels.txt").write_text("\n".join(names) + "\n")
+    assert main(["run", str(fp32), "--source", str(files[0]), "--labels", str(tmp_path / "labels.txt"),
+                 "--preprocess", "raw", "--json"] + (["--logits"] if head == "logit" else [])) == 0
+    assert names[got[0]] in capsys.readouterr().out

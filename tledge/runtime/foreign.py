@@ -8,6 +8,8 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any, Sequence
 
+import numpy as np
+
 from tledge.contract import ColorOrder, Contract, Fit, Layout, Norm, Output
 from tledge.errors import ContractError, ModelLoadError, TledgeWarning
 
@@ -63,7 +65,7 @@ def infer_contract(inp, out=None, standard: StandardMetadata | None = None, **op
                                 color=ColorOrder.GRAY if c == 1 else ColorOrder(options.get("color", "rgb")),
                                 input_quant=inp.quant, output_quant=getattr(out, "quant", None),
                                 input_dtype=inp.dtype if inp.dtype in ("uint8", "int8", "float16") else "float32",
-                                output=Output.LOGITS if options.get("logits") else Output.PROBABILITIES,
+                                output=_output_kind(out, options),
                                 labels=labels, extra=extra)
     base.update(_normalisation(inp, options, standard))
     if "resize" in options:
@@ -73,6 +75,21 @@ def infer_contract(inp, out=None, standard: StandardMetadata | None = None, **op
     if options.get("crop") is not None:
         base.update(fit=Fit.CROP, crop_fraction=float(options["crop"]))
     return Contract(**base)
+
+
+def _output_kind(out, options: dict) -> Output:
+    """Logits with --logits; else probabilities, except a one-score output quantised over a range beyond
+    0..1 (a sigmoid's output is quantised over 0..1 exactly: scale 1/256), which is a logit."""
+    if options.get("logits"):
+        return Output.LOGITS
+    q = getattr(out, "quant", None)
+    shape = tuple(getattr(out, "shape", ()) or ())
+    if q is not None and shape and shape[-1] == 1 and q.dtype in ("uint8", "int8"):
+        info = np.iinfo(np.dtype(q.dtype))
+        low, high = (info.min - q.zero_point) * q.scale, (info.max - q.zero_point) * q.scale
+        if low < -1e-6 or high > 1.0 + 1e-6:
+            return Output.LOGITS
+    return Output.PROBABILITIES
 
 
 def _geometry(inp, options: dict) -> tuple[Layout, tuple[int, int, int]]:
@@ -166,7 +183,8 @@ def check_fits(contract: Contract, inp, n_outputs: int | None) -> None:
     if len(have) != 3 or any(h > 0 and h != w for h, w in zip(have, want)):
         raise ContractError(f"the contract prepares {want} ({contract.layout.value}) but the model input is "
                             f"{tuple(inp.shape)}")
-    if contract.labels and n_outputs and n_outputs > 0 and len(contract.labels) != n_outputs:
+    if contract.labels and n_outputs and n_outputs > 0 and len(contract.labels) != n_outputs \
+            and (n_outputs, len(contract.labels)) != (1, 2):  # one score: P(second label), read as [1 - p, p]
         hint = ""
         if len(contract.labels) == n_outputs + 1:
             hint = " (does the labels file have an extra 'background' line the model lacks?)"

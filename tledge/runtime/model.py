@@ -131,8 +131,12 @@ class EdgeModel:
         return [self.top(row, top_k) for row in self.scores(y)]
 
     def scores(self, outputs: np.ndarray) -> np.ndarray:
-        """Model outputs -> per-class scores, one row per input (softmax when the model gives logits)."""
+        """Model outputs -> per-class scores, one row per input (softmax when the model gives logits). A
+        one-score model (a sigmoid, or its logit) gives `[1 - p, p]`: p is the probability of the second
+        label, as Keras' binary classifiers and tledge's exported files have it."""
         y = np.asarray(outputs, np.float32).reshape(len(outputs), -1)
+        if y.shape[1] == 1:
+            return two_scores(y[:, 0], logits=self.contract.output is Output.LOGITS, name=self.path.name)
         if self.contract.output is Output.LOGITS:
             e = np.exp(y - y.max(axis=1, keepdims=True))
             y = e / e.sum(axis=1, keepdims=True)
@@ -263,3 +267,18 @@ def load(path: str | Path, *, threads: int | None = None, contract: Contract | N
     model = EdgeModel(p, backend, contract, origin, 1000 * (time.perf_counter() - start))
     model.load_info.notes[:0] = trust
     return model
+
+
+def two_scores(y: np.ndarray, *, logits: bool, name: str) -> np.ndarray:
+    """One score per input -> [1 - p, p] rows; p = sigmoid(y) for a logit. A value outside 0..1 read as a
+    probability is refused: the file gives logits (`--logits`)."""
+    y = np.asarray(y, np.float64)
+    if logits:
+        p = 1.0 / (1.0 + np.exp(-y))
+    else:
+        bad = y[(y < -1e-6) | (y > 1.0 + 1e-6)]
+        if bad.size:
+            raise ContractError(f"{name} gives one score, {float(bad[0]):.4g}, outside 0..1: it is a logit; "
+                                "pass --logits")
+        p = np.clip(y, 0.0, 1.0)
+    return np.stack([1.0 - p, p], axis=1).astype(np.float32)
