@@ -19,6 +19,7 @@ import numpy as np
 
 from tledge._deps import require
 from tledge.errors import ExportError
+from tledge.export import onnx_scalars
 from tledge.io import scratch_cwd
 
 OPSET = 17
@@ -78,7 +79,9 @@ def convert_fp32(serve, contract):
         # Freeze first: variables AND captured constants (e.g. a Normalization layer's mean) become
         # Const nodes; from_function would turn captured constants into extra graph inputs.
         frozen = convert_variables_to_constants_v2(serve.get_concrete_function(*spec))
-        graph_def = frozen.graph.as_graph_def()
+        # scalar adds (hard-swish's `x + 3.0`) shaped [1], else tf2onnx's transpose optimiser fails on them
+        # and keeps a Transpose pair around every Conv (tledge.export.onnx_scalars)
+        graph_def, _ = onnx_scalars.as_vectors(tf, frozen.graph.as_graph_def())
         inputs = [t.name for t in frozen.inputs if t.dtype != tf.resource]
         outputs = [t.name for t in frozen.outputs]
         nchw = inputs if Conventions.of(contract).layout == "nchw" else None
