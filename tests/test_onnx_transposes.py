@@ -84,6 +84,7 @@ def test_hard_swish_net_has_no_more_transposes_than_a_plain_conv_net(pixels):
     plain = _convert(_plain_net())
     assert _count(onnx_model, "Conv") == 5
     assert _count(onnx_model, "Transpose") == _count(plain, "Transpose") == 1  # the NHWC input's
+    assert _count(onnx_model, "Reshape") == 0  # the squeeze-excite's [N, C, 1, 1] -> [-1, C, 1, 1] are gone
     want = net.predict(pixels, verbose=0)
     assert np.ptp(want, axis=0).max() > 0.05  # outputs differ per image: the comparison means something
     np.testing.assert_allclose(_run(onnx_model, pixels), want, atol=1e-4, rtol=0)
@@ -145,3 +146,32 @@ def test_int8_export_of_the_hard_swish_net(tmp_path, shapes_dataset):
     x = np.random.default_rng(1).uniform(0, 255, (4, SIZE, SIZE, 3)).astype(np.float32)
     fp32 = onnx.load(str(res.out / "model_fp32.onnx"))
     assert np.abs(_run(q, x) - _run(fp32, x)).max() < 0.5 * np.abs(_run(fp32, x)).max()
+
+
+def test_only_reshapes_that_keep_the_shape_are_dropped():
+    import onnx
+    from onnx import TensorProto, helper
+
+    from tledge.export import onnx_reshapes
+
+    def shape(name, dims):
+        return helper.make_tensor(name, TensorProto.INT64, [len(dims)], dims)
+
+    nodes = [helper.make_node("Reshape", ["x", "same"], ["a"]),  # [N, 4, 1, 1] -> [-1, 4, 1, 1]: nothing
+             helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("Reshape", ["b", "copy"], ["c"]),  # [0, 4, 1, 1]: nothing either
+             helper.make_node("Reshape", ["c", "swap"], ["d"]),  # [-1, 1, 4, 1]: a real reshape
+             helper.make_node("Reshape", ["d", "flat"], ["y"])]  # the graph output: kept
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 1, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+                              [shape("same", [-1, 4, 1, 1]), shape("copy", [0, 4, 1, 1]), shape("swap", [-1, 1, 4, 1]),
+                               shape("flat", [-1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = np.random.default_rng(0).normal(size=(3, 4, 1, 1)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert onnx_reshapes.drop_identity(model) == 2
+    onnx.checker.check_model(model)
+    assert [n.op_type for n in model.graph.node] == ["Relu", "Reshape", "Reshape"]
+    assert sorted(i.name for i in model.graph.initializer) == ["flat", "swap"]
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.array_equal(got, want)

@@ -19,7 +19,7 @@ import numpy as np
 
 from tledge._deps import require
 from tledge.errors import ExportError
-from tledge.export import onnx_scalars
+from tledge.export import onnx_reshapes, onnx_scalars
 from tledge.io import scratch_cwd
 
 OPSET = 17
@@ -96,6 +96,7 @@ def convert_fp32(serve, contract):
             "model and left them in the graph, which no ONNX runtime loads (ConvNeXt: Keras runs its grouped "
             "convolutions as compiled functions, StatefulPartitionedCall, and exact GELU uses Erfc); export the "
             "TFLite files alone with --formats tflite")
+    onnx_reshapes.drop_identity(model)  # what tf2onnx writes for transposes of 1x1 maps, once they cancel
     return _rename_io(model)
 
 
