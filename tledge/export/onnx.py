@@ -69,7 +69,9 @@ class Conventions:
 def convert_fp32(serve, contract):
     """An onnx.ModelProto of the traced tf.function, input `pixels` float32, output `scores`. The
     input is NCHW when the contract's ONNX conventions say so: tf2onnx then converts the graph
-    itself to NCHW (no transpose left at the input), as cv2.dnn and most NCHW pipelines want."""
+    itself to NCHW (no transpose left at the input), as cv2.dnn and most NCHW pipelines want. Scalar
+    adds are shaped for tf2onnx's transpose optimiser first and identity Reshapes dropped after, so no
+    Transpose pair is left around the convolutions (docs/onnx-files.md)."""
     tf = require("tensorflow", extra="export")
     tf2onnx = require("tf2onnx", extra="export")
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2

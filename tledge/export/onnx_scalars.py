@@ -3,12 +3,14 @@
 tf2onnx converts an NHWC TensorFlow graph to ONNX by wrapping every Conv in a Transpose pair
 (NHWC -> NCHW -> NHWC) and then lets its transpose optimiser push the pairs through the graph until
 they cancel. Its `Add` handler (tf2onnx 1.17, `TransposeOptimizer._add_handler`) fails on an `Add` of a
-bias-less Conv's output and a rank-0 constant: it takes that constant for a Conv bias, finds no
-non-1 dimension (`len(shape) - shape.count(1)` is 0, so the "bias is not 1-D" check passes) and calls
-`max(numpy_val.shape)` on the empty shape: ValueError. tf2onnx's optimiser loop catches it, logs
+rank-0 constant to the output of a Conv without a bias input: it takes that constant for a Conv bias,
+finds no non-1 dimension (`len(shape) - shape.count(1)` is 0, so the "bias is not 1-D" check passes) and
+calls `max(numpy_val.shape)` on the empty shape: ValueError. tf2onnx's optimiser loop catches it, logs
 "Failed to apply optimize_transpose" and keeps the graph from BEFORE the transpose pass - every Transpose
-pair stays (MobileNetV3-Large: 124 Transposes for 62 Conv; MobileNetV3's hard-swish and hard-sigmoid
-are `relu6(x + 3.0) * (1 / 6)`, written with scalar Keras ops).
+pair stays (random-init MobileNetV3-Large: 124 Transposes for 62 Conv). MobileNetV3's hard-swish and
+hard-sigmoid are `relu6(x + 3.0) * (1 / 6)`, written with scalar Keras ops; a Conv has no bias input
+when its bias, or the BatchNorm offset folded into it, is all zeros (folded away before the optimiser:
+random or frozen-random backbones, never-trained squeeze-excite biases) or it has neither.
 
 The same constant shaped [1] broadcasts to the same result against any tensor of rank >= 1, and the
 handler then sees a 1-element "bias" whose size is not the Conv's channel count and pushes the
@@ -27,8 +29,11 @@ def as_vectors(tf, graph_def):
     other operand has static rank >= 1 is replaced by the same value shaped [1]. Returns (graph_def,
     number of operands replaced)."""
     graph = tf.Graph()
-    with graph.as_default():
-        tf.graph_util.import_graph_def(graph_def, name="")
+    try:
+        with graph.as_default():
+            tf.graph_util.import_graph_def(graph_def, name="")
+    except Exception:  # not importable as it is: tf2onnx gets it unchanged (and says what it cannot read)
+        return graph_def, 0
     edges = {}  # (consumer node name, input index) -> the Const node name
     for op in graph.get_operations():
         if op.type not in ADD_OPS or len(op.inputs) != 2:
