@@ -19,6 +19,7 @@ import numpy as np
 
 from tledge._deps import require
 from tledge.errors import ExportError
+from tledge.export import onnx_reshapes, onnx_scalars
 from tledge.io import scratch_cwd
 
 OPSET = 17
@@ -68,7 +69,9 @@ class Conventions:
 def convert_fp32(serve, contract):
     """An onnx.ModelProto of the traced tf.function, input `pixels` float32, output `scores`. The
     input is NCHW when the contract's ONNX conventions say so: tf2onnx then converts the graph
-    itself to NCHW (no transpose left at the input), as cv2.dnn and most NCHW pipelines want."""
+    itself to NCHW (no transpose left at the input), as cv2.dnn and most NCHW pipelines want. Scalar
+    adds are shaped for tf2onnx's transpose optimiser first and identity Reshapes dropped after, so no
+    Transpose pair is left around the convolutions (docs/onnx-files.md)."""
     tf = require("tensorflow", extra="export")
     tf2onnx = require("tf2onnx", extra="export")
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
@@ -78,7 +81,9 @@ def convert_fp32(serve, contract):
         # Freeze first: variables AND captured constants (e.g. a Normalization layer's mean) become
         # Const nodes; from_function would turn captured constants into extra graph inputs.
         frozen = convert_variables_to_constants_v2(serve.get_concrete_function(*spec))
-        graph_def = frozen.graph.as_graph_def()
+        # scalar adds (hard-swish's `x + 3.0`) shaped [1], else tf2onnx's transpose optimiser fails on them
+        # and keeps a Transpose pair around every Conv (tledge.export.onnx_scalars)
+        graph_def, _ = onnx_scalars.as_vectors(tf, frozen.graph.as_graph_def())
         inputs = [t.name for t in frozen.inputs if t.dtype != tf.resource]
         outputs = [t.name for t in frozen.outputs]
         nchw = inputs if Conventions.of(contract).layout == "nchw" else None
@@ -93,6 +98,7 @@ def convert_fp32(serve, contract):
             "model and left them in the graph, which no ONNX runtime loads (ConvNeXt: Keras runs its grouped "
             "convolutions as compiled functions, StatefulPartitionedCall, and exact GELU uses Erfc); export the "
             "TFLite files alone with --formats tflite")
+    onnx_reshapes.drop_identity(model)  # what tf2onnx writes for transposes of 1x1 maps, once they cancel
     return _rename_io(model)
 
 
