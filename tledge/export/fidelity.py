@@ -52,6 +52,7 @@ import numpy as np
 from tledge._deps import blas_threads
 from tledge.contract import Contract
 from tledge.errors import TledgeError, TledgeWarning
+from tledge.export import repair_budget
 from tledge.export.parity import ParityResult, Thresholds, check_files
 
 
@@ -119,6 +120,7 @@ class FidelityContext:
     threads: int | None = None
     explain: bool = False
     traced: tuple | None = None  # (serve, concrete): the export's own loader.trace, traced here when None
+    repair_time: float | None = None  # seconds after which no new rung starts (tledge.export.repair_budget)
 
 
 @dataclass
@@ -128,6 +130,7 @@ class FidelityOutcome:
     notes: list[str] = field(default_factory=list)
     explain_md: str = ""
     reused: dict[str, int] = field(default_factory=dict)  # what later rungs took from earlier ones
+    started: float = field(default_factory=time.perf_counter)  # the ladder's start, for ctx.repair_time
 
 
 def improve(failing: Sequence[ParityResult], ctx: FidelityContext) -> FidelityOutcome:
@@ -186,6 +189,11 @@ def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: 
     for i, rung in enumerate(rungs):
         if held and not rung.repair:
             continue
+        elapsed = repair_budget.spent(ctx.repair_time, outcome.started)
+        if elapsed is not None:  # no new rung: held, only this repair rung was still to run
+            repair_budget.skip(plain.file, [rung] if held else rungs[i:], ctx.repair_time, elapsed,
+                               outcome.attempts, outcome.notes)
+            break
         start = time.perf_counter()
         try:
             result, data, applied = _attempt(rung, plain, ctx, model, cache, outcome.notes)
@@ -367,9 +375,12 @@ def _fallback(plain: ParityResult, best: ParityResult, ctx: FidelityContext,
     fallback = _write_fallback(kind, ctx)
     result = check_files(ctx.reference, [(ctx.out / fallback.filename, kind, fallback.precision)], ctx.val_x,
                          labels=ctx.val_y, thresholds=ctx.thresholds, threads=ctx.threads)[0]
-    tried = [a["rung"] for a in outcome.attempts if a["file"] == plain.file and a["rung"] != "plain"]
+    tried = [a["rung"] for a in outcome.attempts if a["file"] == plain.file and a["rung"] != "plain"
+             and "skipped" not in a]
+    late = repair_budget.skipped(outcome.attempts, plain.file)
+    late = f", {len(late)} rung{'s' if len(late) > 1 else ''} not started for time" if late else ""
     msg = (f"FALLBACK: {plain.file} could not meet the {plain.precision} budget (best agreement "
-           f"{best.top1_agreement:.3f} after {', '.join(tried) or 'no applicable repair'}); it is kept in "
+           f"{best.top1_agreement:.3f} after {', '.join(tried) or 'no applicable repair'}{late}); it is kept in "
            f"rejected/ and {fallback.filename} ships instead")
     warnings.warn(msg, TledgeWarning, stacklevel=3)
     outcome.notes.append(msg)
