@@ -29,6 +29,7 @@ Rungs (`LADDER`, in order of cost, each one's seconds recorded):
      a stem, for models too small for one);
   8. last resort, loudly: the int8 file is moved to `rejected/` and replaced by fp16 (TFLite) /
      fp32 (ONNX), unless the target is int8-only (Edge TPU), where the export fails instead.
+No rung starts once `ctx.repair_time` seconds of the loop are spent (tledge.export.repair_budget).
 For int8-only targets the stem and sensitivity rungs never apply (tledge.quant.registry): their ladder
 is onnx-bias / tflite-bias (then tflite-rounding without a Keras 3 model), calibration-percentile, repaired,
 repaired+bias.
