@@ -190,3 +190,43 @@ def test_the_python_api_refuses_a_repair_time_that_is_not_positive(tmp_path, sec
         export(tmp_path / "missing.keras", ExportConfig(out=tmp_path / "out", int8=True, calib="random",
                                                           repair_time=seconds))
     assert not (tmp_path / "out").exists()  # refused before the export folder is made
+
+
+def test_the_budget_is_shared_so_a_later_file_still_gets_rungs(tmp_path):
+    """Two failing files, 100 s per rung, a 290 s budget: the first may start rungs until 145 s (at 0 and 100 s),
+    the second until 290 s (at 200 s). Without the share the first would take all three and leave none."""
+    import time
+
+    from tledge.export import repair_budget, repair_model
+
+    clock, tried = _Clock(100.0), []
+    clock.now = time.perf_counter()  # the ladder's start is read from the real clock
+
+    def attempt(rung, plain, ctx, model, cache, notes):
+        tried.append((plain.file, rung.name))
+        clock.now += clock.per_rung
+        return _result(False, 0.05, 0.94, kind=plain.format), b"", {}
+    files = [_result(False, 0.05, 0.94, kind=kind) for kind in ("tflite", "onnx")]
+    for f in files:
+        (tmp_path / f.file).write_bytes(b"plain")
+    ctx = fidelity.FidelityContext(lm=None, contract=None, add_norm=None, calib=None, reference=None, val_x=None,
+                                   val_y=None, out=tmp_path, thresholds={}, repair_time=290.0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(repair_budget, "time", clock)
+        mp.setattr(repair_model, "pixel_model_and_note", lambda ctx: (object(), None))
+        mp.setattr(fidelity, "_attempt", attempt)
+        mp.setattr(fidelity, "_linear_layers", lambda m: 100)
+        mp.setattr(fidelity, "_fallback", lambda plain, best, ctx, outcome: [best])
+        mp.setattr(fidelity, "_explain", lambda ctx, model, plain: "")
+        outcome = fidelity.improve(files, ctx)
+    assert [f for f, _ in tried] == ["model_int8.tflite"] * 2 + ["model_int8.onnx"]
+    assert tried[2][1] == next(a["rung"] for a in outcome.attempts if a["file"] == "model_int8.onnx"
+                               and a["rung"] != "plain")  # the ONNX ladder from its first rung
+    first = next(n for n in outcome.notes if n.startswith("model_int8.tflite"))
+    assert "its share of the repair time budget (145 of 290 s, split between the failing int8 files, " \
+           "--repair-time) was spent after 200 s" in first
+    last = next(n for n in outcome.notes if n.startswith("model_int8.onnx"))
+    assert "the repair time budget (290 s, --repair-time) was spent after 300 s" in last
+    reasons = {a["file"]: a["skipped"] for a in outcome.attempts if "skipped" in a}
+    assert reasons == {"model_int8.tflite": "share of the repair time budget spent (200 s of 145 s; budget 290 s)",
+                       "model_int8.onnx": "repair time budget spent (300 s of 290 s)"}
