@@ -45,9 +45,9 @@ def add_arguments(p) -> None:
     p.add_argument("--no-repair", dest="repair", action="store_false",
                    help="report failing int8 files as they are, without the repair loop")
     p.add_argument("--repair-time", type=float, metavar="SECONDS",
-                   help=f"no new repair rung starts after this many seconds of the repair loop (default "
-                        f"{REPAIR_SECONDS:g}; inf: no limit); the rung running then finishes, the best file so far "
-                        f"is judged as usual, parity.md lists the rungs skipped")
+                   help=f"no new repair rung starts after this many seconds of the repair loop, shared by the "
+                        f"failing int8 files (default {REPAIR_SECONDS:g}; inf: no limit); the rung running then "
+                        f"finishes, the best file so far is judged as usual, parity.md lists the rungs not started")
     p.add_argument("--explain", action="store_true",
                    help="per-layer int8 error table in parity.md (always there when int8 fails)")
     p.add_argument("--force", action="store_true",
