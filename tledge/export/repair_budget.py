@@ -43,7 +43,7 @@ def skip(file: str, rungs, limit: float, budget: float, elapsed: float, attempts
     amount = f"{budget:g} s" if whole else f"{limit:g} of {budget:g} s, split between the failing int8 files"
     notes.append(f"{file}: {'the' if whole else 'its'} {what} ({amount}, --repair-time) was spent after "
                  f"{elapsed:.0f} s; rung{'s' if len(names) > 1 else ''} not started: {', '.join(names)} (a larger "
-                 f"--repair-time tries them)")
+                 f"--repair-time tries {'them' if len(names) > 1 else 'it'})")
 
 
 def tried(attempts: list[dict], file: str) -> str:
