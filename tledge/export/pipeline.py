@@ -221,7 +221,8 @@ def _fidelity(cfg: ExportConfig, report: ParityReport, x: FidelityInputs) -> boo
                                        x.out, x.thresholds, int8_only=cfg.int8_only, threads=cfg.threads,
                                        explain=cfg.explain, traced=x.traced, repair_time=cfg.repair_time)
         with log.step(f"int8 fidelity: {len(failing) if cfg.repair else 0} file(s) to repair"
-                      + (f" (at most {cfg.repair_time:g} s)" if cfg.repair and failing and cfg.repair_time else "")
+                      + (f" (at most {cfg.repair_time:g} s)" if cfg.repair and failing
+                         and cfg.repair_time not in (None, float("inf")) else "")
                       + (", per-layer table" if cfg.explain else "")):
             outcome = fidelity.improve(failing if cfg.repair else [], ctx)
         merged, seen = [], set()
