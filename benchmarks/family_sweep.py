@@ -3,8 +3,8 @@
 For each family representative (tledge/backbones.py) this trains a small classifier the way `tledge train`
 does (the CLI itself: `--weights none`, a small input, the backbone's preprocessing baked in, a few head
 epochs on a 2-class subset of hymenoptera_data), saves model.keras, then runs the real int8 export
-(`tledge export MODEL --int8 --calib DIR --val DIR --fidelity 0.999`: 0.999 makes every rung of the
-fidelity ladder run) and records per model: exit code, traceback, every attempts row with an "error"
+(`tledge export MODEL --int8 --calib DIR --val DIR --fidelity 0.999 --repair-time inf`: every rung of the
+fidelity ladder runs) and records per model: exit code, traceback, every attempts row with an "error"
 (internal errors start with "internal error:"), the rung kept per int8 file, and seconds.
 
 This is a CRASH sweep, not an accuracy benchmark: the backbones are random-init and frozen, the head
@@ -106,7 +106,8 @@ def sweep_one(name: str, size: int, work: Path, data: Path, timeout: float, retr
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     row.exit, err = _run(["export", str(model), "--int8", "--calib", str(data / "train"), "--val", str(data / "val"),
-                          "--fidelity", "0.999", "--out", str(out)], timeout, work / f"{name}.export.log")
+                          "--fidelity", "0.999", "--repair-time", "inf", "--out", str(out)], timeout,
+                         work / f"{name}.export.log")
     row.seconds = round(time.perf_counter() - start, 1)
     row.traceback = _traceback(err)
     if row.exit is None:

@@ -253,6 +253,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--fidelity", "--min-agreement", type=float, help="int8 top-1 agreement target (export --fidelity; the issue's "
                                                    "2-class target is 0.99); exports go to exports/NAME-fFIDELITY")
+    ap.add_argument("--repair-time", type=float, default=float("inf"),
+                    help="export --repair-time (default inf: every rung the loop needs, as the rows before the budget)")
     args = ap.parse_args(argv)
     if args.robust_scheme:
         from tledge.export import onnx as onnx_export
@@ -264,6 +266,7 @@ def main(argv=None) -> int:
     for name in names:
         build, opts = entries[name]
         extra, folder = ({"fidelity": args.fidelity}, f"{name}-f{args.fidelity}") if args.fidelity else ({}, name)
+        extra["repair_time"] = args.repair_time
         all_rows += run_one(folder, Path(build()), {**opts(), **extra}, args.cache / "exports" / folder,
                             args.formats.split(","))
         print(markdown(all_rows[-2:], cpu_line()), flush=True)

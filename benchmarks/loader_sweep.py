@@ -8,7 +8,8 @@ GlobalAveragePooling, Dense softmax), trained for a few steps on a few dozen hym
        graph-level rungs only)
   tfsm `tf.saved_model.save(model, dir)` of the same .h5 (plain TensorFlow, no Keras metadata; not in the
        default --loaders)
-then exported with `tledge export PATH --int8 --calib DIR --val DIR --fidelity 0.999` (0.999 runs every rung).
+then exported with `tledge export PATH --int8 --calib DIR --val DIR --fidelity 0.999 --repair-time inf` (every
+rung runs).
 Per model x loader: exit code, error tail, the loader path (parity.md / notes), attempts rows with an error,
 the kept rung per format and seconds.
 
@@ -213,7 +214,7 @@ def loader_path(out: Path, notes: list[str]) -> str:
 
 def export_one(model: Path, mode: str | None, calib: Path, val: Path, out: Path, timeout: int) -> dict:
     cmd = ["nice", "-n", "19", sys.executable, "-m", "tledge", "export", str(model), "--int8", "--calib", str(calib),
-           "--val", str(val), "--fidelity", "0.999", "--out", str(out), "--json"]
+           "--val", str(val), "--fidelity", "0.999", "--repair-time", "inf", "--out", str(out), "--json"]
     if mode:
         cmd += ["--preprocess", mode]
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -153,6 +153,56 @@ def test_fidelity_target_overrides_the_int8_agreement(tiny_model, shapes_dataset
     assert int8["passed"] and np.isfinite(int8["max_abs_error"])
 
 
+def test_repair_time_stops_new_rungs_and_the_report_says_which(tiny_model, shapes_dataset, fallback_export, tmp_path,
+                                                              capsys, monkeypatch):
+    """--repair-time through the CLI, on a clock where every rung takes 1000 s, with a 500 s budget: the first rung
+    runs, no other starts, the rungs not started are in parity.md, parity.json and the terminal summary, and the
+    best file so far is judged as usual (it misses the impossible budget: the loud fallback)."""
+    import time
+    import types
+
+    from tledge.cli import main
+    from tledge.export import fidelity, repair_budget
+
+    every = [a["rung"] for a in fallback_export[0].report.fidelity
+             if a["file"] == "model_int8.tflite" and a["rung"] != "plain"]  # the TFLite ladder without a budget
+    assert len(every) >= 2
+    offset = [0.0]
+    clock = types.SimpleNamespace(perf_counter=lambda: time.perf_counter() + offset[0])
+    monkeypatch.setattr(repair_budget, "time", clock)
+    real = fidelity._attempt
+
+    def slow_attempt(*a, **kw):
+        try:
+            return real(*a, **kw)
+        finally:
+            offset[0] += 1000.0
+    monkeypatch.setattr(fidelity, "_attempt", slow_attempt)
+    (tmp_path / "t.json").write_text(json.dumps({"int8": {"max_abs": 1e-9, "min_agreement": 1.0}}))  # IMPOSSIBLE
+    out = tmp_path / "out"
+    argv = ["export", str(tiny_model["keras"]), "--int8", "--formats", "tflite", "--calib",
+            str(shapes_dataset / "train"), "--val", str(shapes_dataset / "val"), "--thresholds", str(tmp_path / "t.json"),
+            "--out", str(out)]
+    with pytest.warns(TledgeWarning, match=r"after [^ ]+, \d+ rungs? not started for time\); it is kept in rejected/"):
+        assert main(argv + ["--repair-time", "500"]) == 1
+    terminal = capsys.readouterr().out
+    report = json.loads((out / "parity.json").read_text())
+    rows = [a for a in report["fidelity"] if a["file"] == "model_int8.tflite"]
+    assert [a["rung"] for a in rows] == ["plain"] + every
+    assert "skipped" not in rows[1] and rows[1]["agreement"] >= 0.8  # the first rung ran, measured
+    assert [a["rung"] for a in rows if "skipped" in a] == every[1:]
+    assert all(a["skipped"].startswith("repair time budget spent (10") and a["skipped"].endswith(" s of 500 s)")
+               for a in rows[2:])
+    note = "the repair time budget (500 s, --repair-time) was spent after 10"
+    assert any(note in n and f"not started: {', '.join(every[1:])} (" in n for n in report["notes"])
+    assert f"note: model_int8.tflite: {note}" in terminal
+    assert f"note: FALLBACK: model_int8.tflite could not meet the int8 budget (best agreement " in terminal
+    assert f"after {every[0]}, {len(every) - 1} rung{'s' if len(every) > 2 else ''} not started for time)" in terminal
+    assert (out / "rejected" / "model_int8.tflite").is_file() and (out / "model_fp16.tflite").is_file()
+    md = (out / "parity.md").read_text()
+    assert all(f"| model_int8.tflite | {r} | - |" in md for r in every[1:]) and "not started: repair time budget" in md
+
+
 def test_dynamic_range_gets_the_weight_repair_then_falls_back(tiny_model, shapes_dataset, tmp_path):
     from tledge.export.pipeline import ExportConfig, export
 

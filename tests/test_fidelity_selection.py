@@ -113,3 +113,120 @@ def test_a_rung_that_crashes_is_recorded_and_the_ladder_goes_on(tmp_path):
     crashed = next(a for a in outcome.attempts if a["rung"] == "repaired-stem4")
     assert crashed["error"].startswith("internal error: AttributeError")
     assert any("`repaired-stem4` failed on this model" in n for n in outcome.notes)
+
+
+class _Clock:
+    """Stands in for repair_budget's clock: each scripted rung takes `per_rung` seconds."""
+
+    def __init__(self, per_rung: float):
+        self.now, self.per_rung = 0.0, per_rung
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def _budgeted(tmp_path, script: dict, budget: float | None, per_rung: float = 100.0):
+    """Like `_run`, with --repair-time `budget` and a clock that `per_rung` seconds pass in each rung."""
+    from tledge.export import repair_budget
+
+    clock, tried = _Clock(per_rung), []
+
+    def attempt(rung, plain, ctx, model, cache, notes):
+        tried.append(rung.name)
+        clock.now += clock.per_rung
+        if rung.name not in script:
+            raise fidelity.TledgeError("not scripted")
+        return _result(*script[rung.name]), rung.name.encode(), {}
+    ctx = fidelity.FidelityContext(lm=None, contract=None, add_norm=None, calib=None, reference=None, val_x=None,
+                                   val_y=None, out=tmp_path, thresholds={}, repair_time=budget)
+    outcome = fidelity.FidelityOutcome(results={}, started=0.0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(repair_budget, "time", clock)
+        mp.setattr(fidelity, "_attempt", attempt)
+        mp.setattr(fidelity, "_install", lambda dst, data: None)
+        mp.setattr(fidelity, "_linear_layers", lambda m: 100)
+        mp.setattr(fidelity, "_fallback", lambda plain, best, ctx, outcome: ["fallback", best])
+        rows = fidelity._one_file(_result(False, 0.05, 0.94), ctx, object(), _Cache(), outcome)
+    return rows, tried, outcome
+
+
+def test_once_the_repair_time_is_spent_no_new_rung_starts_and_the_rest_are_reported(tmp_path):
+    _, every, unlimited = _budgeted(tmp_path, {}, budget=None)
+    assert len(every) >= 5 and not any("skipped" in a for a in unlimited.attempts)
+    # 100 s per rung and a 150 s budget: the first two rungs start (at 0 and 100 s), none after 200 s
+    rows, tried, outcome = _budgeted(tmp_path, {}, budget=150.0)
+    assert tried == every[:2] and rows[0] == "fallback"  # the best so far is judged: it fails, so the fallback
+    skipped = [a for a in outcome.attempts if "skipped" in a]
+    assert [a["rung"] for a in skipped] == every[2:]
+    assert all(a["skipped"] == "repair time budget spent (200 s of 150 s)" and a["seconds"] is None for a in skipped)
+    note = outcome.notes[-1]
+    assert note.startswith("model_int8.onnx: the repair time budget (150 s, --repair-time) was spent after 200 s")
+    assert f"; rungs not started: {', '.join(every[2:])} (" in note  # every skipped rung is named
+
+
+def test_a_budget_spent_while_a_pass_is_held_ships_the_held_pass(tmp_path):
+    """onnx-bias passes unconfirmed and would wait for repaired-stem4; out of time, only that rung is skipped."""
+    rows, tried, outcome = _budgeted(tmp_path, {"onnx-bias": (True, 0.018, 0.987),
+                                                "repaired-stem4": (True, 0.009, 0.980)}, budget=50.0)
+    assert tried == ["onnx-bias"] and rows[0].passed and rows[0].mean_abs_error == 0.018
+    assert [(a["rung"], "skipped" in a) for a in outcome.attempts] == [
+        ("plain", False), ("onnx-bias", False), ("repaired-stem4", True)]
+    assert "kept `onnx-bias`" in outcome.notes[-1] and "not started: repaired-stem4" in outcome.notes[-2]
+
+
+def test_a_budget_the_ladder_fits_in_changes_nothing(tmp_path):
+    script = {"onnx-bias": (False, 0.03, 0.974), "repaired-stem4": (True, 0.01, 0.987)}
+    rows, tried, outcome = _budgeted(tmp_path, script, budget=250.0)  # the pass comes at 200 s
+    assert tried == ["onnx-bias", "repaired-stem4"] and rows[0].passed
+    assert not any("skipped" in a for a in outcome.attempts)
+
+
+@pytest.mark.parametrize("seconds", [0.0, -1.0, float("nan")])
+def test_the_python_api_refuses_a_repair_time_that_is_not_positive(tmp_path, seconds):
+    from tledge.errors import TledgeError
+    from tledge.export.pipeline import ExportConfig, export
+
+    with pytest.raises(TledgeError, match=r"^--repair-time must be > 0 seconds, got "):
+        export(tmp_path / "missing.keras", ExportConfig(out=tmp_path / "out", int8=True, calib="random",
+                                                          repair_time=seconds))
+    assert not (tmp_path / "out").exists()  # refused before the export folder is made
+
+
+def test_the_budget_is_shared_so_a_later_file_still_gets_rungs(tmp_path):
+    """Two failing files, 100 s per rung, a 290 s budget: the first may start rungs until 145 s (at 0 and 100 s),
+    the second until 290 s (at 200 s). Without the share the first would take all three and leave none."""
+    import time
+
+    from tledge.export import repair_budget, repair_model
+
+    clock, tried = _Clock(100.0), []
+    clock.now = time.perf_counter()  # the ladder's start is read from the real clock
+
+    def attempt(rung, plain, ctx, model, cache, notes):
+        tried.append((plain.file, rung.name))
+        clock.now += clock.per_rung
+        return _result(False, 0.05, 0.94, kind=plain.format), b"", {}
+    files = [_result(False, 0.05, 0.94, kind=kind) for kind in ("tflite", "onnx")]
+    for f in files:
+        (tmp_path / f.file).write_bytes(b"plain")
+    ctx = fidelity.FidelityContext(lm=None, contract=None, add_norm=None, calib=None, reference=None, val_x=None,
+                                   val_y=None, out=tmp_path, thresholds={}, repair_time=290.0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(repair_budget, "time", clock)
+        mp.setattr(repair_model, "pixel_model_and_note", lambda ctx: (object(), None))
+        mp.setattr(fidelity, "_attempt", attempt)
+        mp.setattr(fidelity, "_linear_layers", lambda m: 100)
+        mp.setattr(fidelity, "_fallback", lambda plain, best, ctx, outcome: [best])
+        mp.setattr(fidelity, "_explain", lambda ctx, model, plain: "")
+        outcome = fidelity.improve(files, ctx)
+    assert [f for f, _ in tried] == ["model_int8.tflite"] * 2 + ["model_int8.onnx"]
+    assert tried[2][1] == next(a["rung"] for a in outcome.attempts if a["file"] == "model_int8.onnx"
+                               and a["rung"] != "plain")  # the ONNX ladder from its first rung
+    first = next(n for n in outcome.notes if n.startswith("model_int8.tflite"))
+    assert "its share of the repair time budget (145 of 290 s, split between the failing int8 files, " \
+           "--repair-time) was spent after 200 s" in first
+    last = next(n for n in outcome.notes if n.startswith("model_int8.onnx"))
+    assert "the repair time budget (290 s, --repair-time) was spent after 300 s" in last
+    reasons = {a["file"]: a["skipped"] for a in outcome.attempts if "skipped" in a}
+    assert reasons == {"model_int8.tflite": "share of the repair time budget spent (200 s of 145 s; budget 290 s)",
+                       "model_int8.onnx": "repair time budget spent (300 s of 290 s)"}

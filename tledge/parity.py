@@ -263,9 +263,9 @@ class ParityReport:
                       "median image max abs | latency ms | seconds | result |", "|---|---|---|---|---|---|---|---|---|---|"]
             for a in self.fidelity:
                 secs = _fmt(a.get("seconds"), 1)
-                if "error" in a:
-                    lines.append(f"| {a['file']} | {a['rung']} | - | - | - | - | - | - | {secs} | "
-                                 f"not used: {a['error'][:160]} |")
+                if "error" in a or "skipped" in a:
+                    why = f"not used: {a['error'][:160]}" if "error" in a else f"not started: {a['skipped']}"
+                    lines.append(f"| {a['file']} | {a['rung']} | - | - | - | - | - | - | {secs} | {why} |")
                     continue
                 lines.append(f"| {a['file']} | {a['rung']} | {a['agreement']:.3f} | {_fmt(a['accuracy'])} | "
                              f"{a['max_abs']:.3g} | {_g(a.get('mean_abs'))} | {a['median_image_max_abs']:.3g} | "

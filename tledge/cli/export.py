@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from tledge.errors import TledgeError
+from tledge.export.repair_budget import REPAIR_SECONDS
 
 RESIZES = ("area", "linear", "nearest", "cubic", "warp-linear")  # tledge.contract.Resize (a test checks)
 
@@ -43,6 +44,10 @@ def add_arguments(p) -> None:
                         "go through the repair loop (calibration, weight rounding repair, float stem, fallback)")
     p.add_argument("--no-repair", dest="repair", action="store_false",
                    help="report failing int8 files as they are, without the repair loop")
+    p.add_argument("--repair-time", type=float, metavar="SECONDS",
+                   help=f"no new repair rung starts after this many seconds of the repair loop, shared by the "
+                        f"failing int8 files (default {REPAIR_SECONDS:g}; inf: no limit); the rung running then "
+                        f"finishes, the best file so far is judged as usual, parity.md lists the rungs not started")
     p.add_argument("--explain", action="store_true",
                    help="per-layer int8 error table in parity.md (always there when int8 fails)")
     p.add_argument("--force", action="store_true",
@@ -84,6 +89,9 @@ def _validate(args):
     V.preprocess(args.preprocess, allow_auto=True)
     V.in_range(args.calib_limit, "--calib-limit", 1)
     V.in_range(args.fidelity, "--fidelity", 0.0, 1.0, lo_open=True)
+    V.in_range(args.repair_time, "--repair-time", 0.0, lo_open=True)
+    if args.repair_time is not None and not args.repair:
+        raise TledgeError("--repair-time limits the repair loop, and --no-repair turns it off (drop one)")
     V.geometry(args.fit, args.crop)
     kinds = sorted({f.kind for f in FORMATS.values()})
     for f in (s.strip() for s in (args.formats or "").split(",") if s.strip()):
@@ -114,6 +122,7 @@ def run(args) -> int:
         dynamic="dynamic" in precisions, calib=args.calib, val=args.val,
         labels=labels, preprocess=args.preprocess, input_size=input_size, unsafe=args.unsafe,
         calib_limit=args.calib_limit, thresholds=thresholds, fidelity=args.fidelity, repair=args.repair,
+        repair_time=REPAIR_SECONDS if args.repair_time is None else args.repair_time,
         explain=args.explain, int8_only=bool(device is not None and device.compile_edgetpu), force=args.force,
         # a device profile without precision flags: exactly its files (plus fp32 of each format)
         pairs=device.pairs if device is not None and not (args.int8 or args.fp16 or args.dynamic) else (),

@@ -29,6 +29,7 @@ Rungs (`LADDER`, in order of cost, each one's seconds recorded):
      a stem, for models too small for one);
   8. last resort, loudly: the int8 file is moved to `rejected/` and replaced by fp16 (TFLite) /
      fp32 (ONNX), unless the target is int8-only (Edge TPU), where the export fails instead.
+`ctx.repair_time`: no rung starts after it, shared by the failing files (tledge.export.repair_budget).
 For int8-only targets the stem and sensitivity rungs never apply (tledge.quant.registry): their ladder
 is onnx-bias / tflite-bias (then tflite-rounding without a Keras 3 model), calibration-percentile, repaired,
 repaired+bias.
@@ -52,6 +53,7 @@ import numpy as np
 from tledge._deps import blas_threads
 from tledge.contract import Contract
 from tledge.errors import TledgeError, TledgeWarning
+from tledge.export import repair_budget
 from tledge.export.parity import ParityResult, Thresholds, check_files
 
 
@@ -119,6 +121,7 @@ class FidelityContext:
     threads: int | None = None
     explain: bool = False
     traced: tuple | None = None  # (serve, concrete): the export's own loader.trace, traced here when None
+    repair_time: float | None = None  # seconds after which no new rung starts (tledge.export.repair_budget)
 
 
 @dataclass
@@ -128,6 +131,7 @@ class FidelityOutcome:
     notes: list[str] = field(default_factory=list)
     explain_md: str = ""
     reused: dict[str, int] = field(default_factory=dict)  # what later rungs took from earlier ones
+    started: float = field(default_factory=time.perf_counter)  # the ladder's start, for ctx.repair_time
 
 
 def improve(failing: Sequence[ParityResult], ctx: FidelityContext) -> FidelityOutcome:
@@ -145,8 +149,9 @@ def improve(failing: Sequence[ParityResult], ctx: FidelityContext) -> FidelityOu
     plain_bytes = plain_onnx.read_bytes() if plain_onnx.is_file() else None  # for the diagnosis
     try:
         with blas_threads(1):
-            for plain in failing:
-                outcome.results[plain.file] = _one_file(plain, ctx, model, cache, outcome)
+            for k, plain in enumerate(failing, 1):  # the k-th file starts no rung after its share of the budget
+                limit = repair_budget.share(ctx.repair_time, k, len(failing))
+                outcome.results[plain.file] = _one_file(plain, ctx, model, cache, outcome, limit)
     finally:
         outcome.reused = dict(cache.hits)
         shutil.rmtree(ctx.out / ".fidelity", ignore_errors=True)
@@ -171,13 +176,16 @@ def _applies(rung: Rung, plain: ParityResult, ctx: FidelityContext, model) -> bo
     return True
 
 
-def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: FidelityOutcome) -> list[ParityResult]:
+def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: FidelityOutcome,
+              limit: float | None = None) -> list[ParityResult]:
     """The ladder for one failing file. A rung that passes ends it, except a graph-level pass the val set cannot
     confirm (the lower 95 % bound of its agreement under the budget) while a weight repair is still ahead: that
     pass is held, the first repair rung runs too, and of the passing files the one with the lower mean error
     ships. On 153 photos the gate cannot tell a bias correction from a repair (0.974-0.987 both), 1300 other
     photos can (0.963-0.974 vs 0.982-0.985), and the val mean error ranks them as those do
-    (docs/int8-fidelity.md, "Which passing rung ships")."""
+    (docs/int8-fidelity.md, "Which passing rung ships"). No rung starts `limit` (default: ctx.repair_time) seconds
+    after the ladder's start (tledge.export.repair_budget)."""
+    limit = ctx.repair_time if limit is None else limit
     outcome.attempts.append(_row(plain, "plain"))
     cache.original(ctx.out / plain.file)  # kept for the graph rungs: a better rung's file replaces it
     rungs = [r for r in LADDER if _applies(r, plain, ctx, model)
@@ -186,6 +194,11 @@ def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: 
     for i, rung in enumerate(rungs):
         if held and not rung.repair:
             continue
+        elapsed = repair_budget.spent(limit, outcome.started)
+        if elapsed is not None:  # no new rung: held, only this repair rung was still to run
+            repair_budget.skip(plain.file, [rung] if held else rungs[i:], limit, ctx.repair_time, elapsed,
+                               outcome.attempts, outcome.notes)
+            break
         start = time.perf_counter()
         try:
             result, data, applied = _attempt(rung, plain, ctx, model, cache, outcome.notes)
@@ -367,9 +380,8 @@ def _fallback(plain: ParityResult, best: ParityResult, ctx: FidelityContext,
     fallback = _write_fallback(kind, ctx)
     result = check_files(ctx.reference, [(ctx.out / fallback.filename, kind, fallback.precision)], ctx.val_x,
                          labels=ctx.val_y, thresholds=ctx.thresholds, threads=ctx.threads)[0]
-    tried = [a["rung"] for a in outcome.attempts if a["file"] == plain.file and a["rung"] != "plain"]
     msg = (f"FALLBACK: {plain.file} could not meet the {plain.precision} budget (best agreement "
-           f"{best.top1_agreement:.3f} after {', '.join(tried) or 'no applicable repair'}); it is kept in "
+           f"{best.top1_agreement:.3f} after {repair_budget.tried(outcome.attempts, plain.file)}); it is kept in "
            f"rejected/ and {fallback.filename} ships instead")
     warnings.warn(msg, TledgeWarning, stacklevel=3)
     outcome.notes.append(msg)

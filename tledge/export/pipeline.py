@@ -15,6 +15,7 @@ from tledge.errors import DataError, TledgeError, TledgeWarning
 from tledge.export import contracting
 from tledge.export import formats as F
 from tledge.export.parity import ParityReport, ParityResult, Thresholds, check_files
+from tledge.export.repair_budget import REPAIR_SECONDS
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class ExportConfig:
     threads: int | None = None
     fidelity: float | None = None  # int8 top-1 agreement target (default: the int8 threshold, 0.98)
     repair: bool = True  # run the int8 fidelity loop on failing int8 files (tledge.export.fidelity)
+    repair_time: float | None = REPAIR_SECONDS  # no new rung after this many seconds of repair (None: no limit)
     explain: bool = False  # per-layer int8 error table in parity.md even when int8 passes
     int8_only: bool = False  # the target runs int8 only (Edge TPU): no float layers, no fallback
     pairs: tuple[tuple[str, str], ...] = ()  # (kind, precision) files of a device profile: replaces the flags
@@ -71,6 +73,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
 
     chosen = plan(cfg)
     _check_calibration_source(cfg, chosen)
+    _check_repair_time(cfg.repair_time)
     thresholds = _thresholds(cfg)
     out = Path(cfg.out) if cfg.out else Path(model_path).with_name(Path(model_path).stem + "_export")
     with ExportFolder(out) as folder:  # locked first: a second export into `out` fails at once
@@ -216,8 +219,10 @@ def _fidelity(cfg: ExportConfig, report: ParityReport, x: FidelityInputs) -> boo
         log.add_steps(1)
         ctx = fidelity.FidelityContext(x.lm, x.contract, x.add_norm, x.calib, x.reference, x.val_x, x.val_y,
                                        x.out, x.thresholds, int8_only=cfg.int8_only, threads=cfg.threads,
-                                       explain=cfg.explain, traced=x.traced)
+                                       explain=cfg.explain, traced=x.traced, repair_time=cfg.repair_time)
         with log.step(f"int8 fidelity: {len(failing) if cfg.repair else 0} file(s) to repair"
+                      + (f" (at most {cfg.repair_time:g} s)" if cfg.repair and failing
+                         and cfg.repair_time not in (None, float("inf")) else "")
                       + (", per-layer table" if cfg.explain else "")):
             outcome = fidelity.improve(failing if cfg.repair else [], ctx)
         merged, seen = [], set()
@@ -237,6 +242,11 @@ def _check_calibration_source(cfg: ExportConfig, chosen: Sequence[F.Format]) -> 
     if any(f.precision == "int8" for f in chosen) and not (cfg.calib or cfg.val):
         raise DataError("--int8 needs calibration images: pass --calib DIR (or --val DIR). "
                         "--calib random calibrates on noise and is only for smoke tests.")
+
+
+def _check_repair_time(seconds: float | None) -> None:
+    if seconds is not None and not seconds > 0:  # NaN too
+        raise TledgeError(f"--repair-time must be > 0 seconds, got {seconds:g} (--no-repair skips the repair loop)")
 
 
 def _write_golden(stage: Path, val_x, reference, val_y, val_files, cfg: ExportConfig, thresholds, report) -> None:
