@@ -11,12 +11,9 @@ Rungs (`LADDER`, in order of cost, each one's seconds recorded):
      (tledge.quant.tflite_rounding; ~10-15 s for MobileNet 0.25; still all-int8);
   2. `repaired-stem4` (CPU targets only): BN folding, an exact input grid, adaptive rounding + bias
      correction of every kernel on the calibration images (`repair.apply`), the first 4 convolutions
-     and what precedes them kept float (selective quantisation). It comes before the all-int8 repair
-     because it is cheaper to make (fewer kernels to round: 14 vs 24 CPU s on MobileNet 0.25), at
-     least as faithful within one photo of 153 wherever both were measured (of six files: three
-     better by 3-4 photos, two equal, one worse by one: docs/int8-fidelity.md), and faster on x86
-     (float beats int8 on 3-channel 224 px convolutions). Issue 11: this order keeps a MobileNet 0.25
-     export under a minute when the stem passes;
+     and what precedes them kept float (selective quantisation). Before the all-int8 repair: cheaper
+     (14 vs 24 CPU s on MobileNet 0.25), at least as faithful within one photo of 153 where both were
+     measured, and faster on x86 (docs/int8-fidelity.md); a MobileNet 0.25 export stays under a minute;
   3. `calibration-percentile` (ONNX): onnxruntime's Percentile calibration instead of MinMax;
   4. `repaired`: the same repair with no float stem (still all-int8, Edge TPU friendly);
   5. `repaired+bias` (ONNX): the same, then the graph bias correction on the file's own weight grid;
