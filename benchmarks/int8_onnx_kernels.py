@@ -159,19 +159,34 @@ def main(argv=None) -> int:
                                "max_abs_vs_native": float(np.abs(e - native[j["key"]]).max())}
         rows.append(row)
     machine = machine_line(args.emulate_cpu)
-    print(f"machine: {machine}; {len(val)} evaluation images, {args.threads}-thread sessions\n")
+    print(f"machine: {machine}; {len(val)} evaluation images, {args.threads}-thread sessions")
+    shipped = shipped_form(args.export_dir / "model_int8.onnx") if args.shipped else None
+    print(f"shipped: {shipped}\n" if shipped else "")
     print(table(rows, emu.label(args.emulate_cpu) if args.emulate_cpu else None))
     if args.json:
         from tledge.io import atomic_write_text
 
-        atomic_write_text(args.json, json.dumps({"machine": machine, "images": len(val), "rows": rows}, indent=1,
-                                                default=float))
+        report = {"machine": machine, "images": len(val), "shipped": shipped, "rows": rows}
+        atomic_write_text(args.json, json.dumps(report, indent=1, default=float))
     return 0
 
 
 def machine_line(cpu: str | None) -> str:
     line = cpu_line()
     return f"{line}; {emu.label(cpu)} = {emu.qemu_version()} -cpu {cpu}" if cpu else line
+
+
+def shipped_form(path: Path) -> str:
+    """The int8 file's scheme (tledge.export.onnx.scheme_of) and how many convolutions stay float."""
+    import onnx
+
+    from tledge.export.onnx import scheme_of
+
+    graph = onnx.load(str(path)).graph
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    floats = [n for n in convs if producer.get(n.input[1]) != "DequantizeLinear"]
+    return f"{scheme_of(path).describe()}; {len(floats)} of {len(convs)} convolutions float"
 
 
 def files_to_check(args, contract, labels, tmp: Path) -> tuple[list[tuple[str, Path]], dict]:
