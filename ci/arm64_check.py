@@ -19,7 +19,10 @@ kernels rounding differently on ARM and x86 layer after layer. Second measuremen
 and x86 int8 kernels), int8 TFLite 0.039 and one top-1 that differs on an exact tie (0.500 / 0.500 on
 arm64, 0.516 / 0.484 on x86): int8 tolerance 0.06 -> 0.08, and a differing top-1 on a near-tie (either
 side's two best scores within the tolerance) is reported but not failed (`compare`). Under qemu XNNPACK's cpuinfo cannot read
-/sys ("Error in cpuinfo"), so its kernel choice may differ from a real Pi 5's.
+/sys ("Error in cpuinfo") and LiteRT then runs no XNNPACK delegate at all: the int8 TFLite differences above
+were LiteRT's builtin kernels on arm64 against XNNPACK on x86. With TLEDGE_ARM64_CPU set (arm64.sh), the root
+gets the /sys CPU lists, XNNPACK runs, and int8 TFLite is bit-exact vs x86 on identical pixels (ninth session,
+docs/int8-fidelity.md "ARM kernel paths").
 
 When the bundle's run.sh knows `--check` (golden outputs shipped in the bundle), that runs too,
 inside the root, and its exit code counts.
