@@ -24,7 +24,9 @@
 # .venv/bin/python, else python3), TLEDGE_SHARED_ASSETS (default ../shared/assets),
 # TLEDGE_ARM64_CPU (the CPU qemu emulates for everything run in the root, one of
 # `qemu-aarch64-static -cpu help`: cortex-a72 = a Pi 4's features (no dot product), cortex-a76 = a Pi 5's
-# (dotprod), max = all qemu knows (dotprod, i8mm, SVE); unset = qemu's default, max). It reaches the
+# (dotprod), max = all qemu knows (dotprod, i8mm, SVE, SME); properties as qemu takes them, e.g.
+# max,sme=off; unset = qemu's default, max). Under max with SME, XNNPACK's int8 path gives wrong outputs on
+# qemu 7.2 (measured, docs/int8-fidelity.md "ARM kernel paths"): use max,sme=off there. It reaches the
 # emulated processes as QEMU_CPU in the root's environment (binfmt starts a new qemu at every exec);
 # when set, the root also gets a /sys with the CPU lists only, so XNNPACK initialises (see mount_root).
 set -euo pipefail
@@ -173,7 +175,7 @@ check_cpu() {  # TLEDGE_ARM64_CPU must be a CPU this qemu knows (exit 2 otherwis
   fi
   local known  # (the whole list first: grep -q would stop reading, and pipefail would count qemu's SIGPIPE)
   known=$(qemu-aarch64-static -cpu help 2>/dev/null | awk 'NR > 1 { print $1 }') || true
-  grep -qxF -- "$cpu" <<<"$known" \
+  grep -qxF -- "${cpu%%,*}" <<<"$known" \
     || die "TLEDGE_ARM64_CPU=$cpu is not a CPU qemu-aarch64 knows (qemu-aarch64-static -cpu help)" 2
 }
 

@@ -94,7 +94,7 @@ def precision(name: str) -> str:
 # emulates, TLEDGE_ARM64_CPU; /proc/cpuinfo is the host's there), elsewhere numpy's own detection
 CPU_PROBE = r"""import ctypes, os, platform
 bits1 = {1: "asimd", 10: "asimdhp", 20: "asimddp", 22: "sve"}
-bits2 = {1: "sve2", 13: "i8mm", 14: "bf16"}
+bits2 = {1: "sve2", 13: "i8mm", 14: "bf16", 23: "sme"}
 feats = []
 if platform.machine() == "aarch64":
     getauxval = ctypes.CDLL(None).getauxval
