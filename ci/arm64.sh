@@ -11,6 +11,7 @@
 #   ci/arm64.sh check EXPORT [N]         tledge bundle EXPORT --device rpi5, then the bundle's run.sh on N
 #                                        hymenoptera val photos (default 30) inside the root and on this
 #                                        host, per model file; a table file / agreement / max score diff
+#                                        (and $CACHE/check.json: figures, per-photo top-1, the CPU line)
 #   ci/arm64.sh ci [N]                   `check` on the cached reference export (ci/arm64_ref.py makes it)
 #
 # Skips: where something cannot work here (not root, no qemu-aarch64 binfmt and no way to get it, no
@@ -20,7 +21,14 @@
 #
 # Environment: TLEDGE_ARM64_ROOT (default ~/.cache/tledge-arm64/bookworm), TLEDGE_ARM64_MIRROR
 # (default http://deb.debian.org/debian), PYTHON (host python with tledge's runtime; default
-# .venv/bin/python, else python3), TLEDGE_SHARED_ASSETS (default ../shared/assets).
+# .venv/bin/python, else python3), TLEDGE_SHARED_ASSETS (default ../shared/assets),
+# TLEDGE_ARM64_CPU (the CPU qemu emulates for everything run in the root, one of
+# `qemu-aarch64-static -cpu help`: cortex-a72 = a Pi 4's features (no dot product), cortex-a76 = a Pi 5's
+# (dotprod), max = all qemu knows (dotprod, i8mm, SVE, SME); properties as qemu takes them, e.g.
+# max,sme=off; unset = qemu's default, max). Under max with SME, XNNPACK's int8 path gives wrong outputs on
+# qemu 7.2 (measured, docs/int8-fidelity.md "ARM kernel paths"): use max,sme=off there. It reaches the
+# emulated processes as QEMU_CPU in the root's environment (binfmt starts a new qemu at every exec);
+# when set, the root also gets a /sys with the CPU lists only, so XNNPACK initialises (see mount_root).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -131,6 +139,15 @@ mount_root() {
   mountpoint -q "$ROOT/dev" || mount --bind /dev "$ROOT/dev" || skip "cannot bind-mount /dev in the arm64 root here"
   # no /sys: XNNPACK's cpuinfo then says "Error in cpuinfo: failed to parse ... /sys/devices/system/cpu/present"
   # and goes on; with the host's /sys mounted it crashes under qemu (SIGSEGV, measured)
+  if [ -n "${TLEDGE_ARM64_CPU:-}" ]; then
+    # a /sys holding only the CPU lists: cpuinfo (XNNPACK's, onnxruntime's) then initialises and picks kernels
+    # by the emulated CPU's HWCAP, as on a board. Without it LiteRT creates no XNNPACK delegate at all and
+    # runs its builtin kernels (measured: no "Created TensorFlow Lite XNNPACK delegate" line under qemu)
+    mkdir -p "$CACHE/sys/devices/system/cpu"
+    echo 0-3 >"$CACHE/sys/devices/system/cpu/possible"
+    echo 0-3 >"$CACHE/sys/devices/system/cpu/present"
+    mountpoint -q "$ROOT/sys" || mount --bind "$CACHE/sys" "$ROOT/sys" || skip "cannot bind-mount /sys in the arm64 root here"
+  fi
   mkdir -p "$ROOT/etc/ssl/certs"
   # the host's CA bundle (a TLS-inspecting proxy's CA is in it) and resolver, for pip
   [ -f /etc/ssl/certs/ca-certificates.crt ] && cp /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/certs/tledge-host-ca.crt"
@@ -138,16 +155,33 @@ mount_root() {
 }
 
 in_root() {  # in_root WORKDIR CMD...: run CMD in the root with a clean environment
-  local wd=$1
+  local wd=$1 cpu=()
   shift
-  chroot "$ROOT" /usr/bin/env -i HOME=/root PATH=$VENV/bin:/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 \
-    PIP_CERT=/etc/ssl/certs/tledge-host-ca.crt SSL_CERT_FILE=/etc/ssl/certs/tledge-host-ca.crt \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 TLEDGE_THREADS="${TLEDGE_THREADS:-}" \
+  # QEMU_CPU in the environment of every exec (an empty QEMU_CPU is an error to qemu: only when set)
+  [ -n "${TLEDGE_ARM64_CPU:-}" ] && cpu=("QEMU_CPU=$TLEDGE_ARM64_CPU")
+  env ${cpu[@]+"${cpu[@]}"} chroot "$ROOT" /usr/bin/env -i HOME=/root PATH=$VENV/bin:/usr/local/bin:/usr/bin:/bin \
+    LANG=C.UTF-8 PIP_CERT=/etc/ssl/certs/tledge-host-ca.crt SSL_CERT_FILE=/etc/ssl/certs/tledge-host-ca.crt \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 TLEDGE_THREADS="${TLEDGE_THREADS:-}" ${cpu[@]+"${cpu[@]}"} \
     /bin/sh -c 'cd "$1" && shift && exec "$@"' sh "$wd" "$@"
+}
+
+check_cpu() {  # TLEDGE_ARM64_CPU must be a CPU this qemu knows (exit 2 otherwise); nothing to do natively
+  local cpu=${TLEDGE_ARM64_CPU:-}
+  [ -n "$cpu" ] || return 0
+  if [ "$(uname -m)" = aarch64 ]; then
+    log "TLEDGE_ARM64_CPU=$cpu ignored: native aarch64, nothing is emulated"
+    unset TLEDGE_ARM64_CPU
+    return 0
+  fi
+  local known  # (the whole list first: grep -q would stop reading, and pipefail would count qemu's SIGPIPE)
+  known=$(qemu-aarch64-static -cpu help 2>/dev/null | awk 'NR > 1 { print $1 }') || true
+  grep -qxF -- "${cpu%%,*}" <<<"$known" \
+    || die "TLEDGE_ARM64_CPU=$cpu is not a CPU qemu-aarch64 knows (qemu-aarch64-static -cpu help)" 2
 }
 
 setup() {
   ensure_tools
+  check_cpu
   mkdir -p "$CACHE"
   ensure_binfmt
   ensure_root
@@ -202,7 +236,7 @@ cmd_check() {
   setup
   py=$(host_python)
   TLEDGE_ARM64_ROOT="$ROOT" PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$py" "$HERE/arm64_check.py" "$export" --images "$ASSETS/hymenoptera_data/val" \
-    --n "$n" --arm64 "$0" --work "$CACHE/check"
+    --n "$n" --arm64 "$0" --work "$CACHE/check" --json "$CACHE/check.json"
 }
 
 cmd_ci() {
@@ -225,7 +259,7 @@ main() {
     run) [ $# -ge 2 ] || die "usage: ci/arm64.sh run DIR -- CMD..." 2; cmd_run "$@" ;;
     check) [ $# -ge 1 ] || die "usage: ci/arm64.sh check EXPORT [N]" 2; cmd_check "$@" ;;
     ci) cmd_ci "$@" ;;
-    *) sed -n '2,24p' "$0" >&2; exit 2 ;;
+    *) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0" >&2; exit 2 ;;
   esac
 }
 

@@ -19,7 +19,10 @@ kernels rounding differently on ARM and x86 layer after layer. Second measuremen
 and x86 int8 kernels), int8 TFLite 0.039 and one top-1 that differs on an exact tie (0.500 / 0.500 on
 arm64, 0.516 / 0.484 on x86): int8 tolerance 0.06 -> 0.08, and a differing top-1 on a near-tie (either
 side's two best scores within the tolerance) is reported but not failed (`compare`). Under qemu XNNPACK's cpuinfo cannot read
-/sys ("Error in cpuinfo"), so its kernel choice may differ from a real Pi 5's.
+/sys ("Error in cpuinfo") and LiteRT then runs no XNNPACK delegate at all: the int8 TFLite differences above
+were LiteRT's builtin kernels on arm64 against XNNPACK on x86. With TLEDGE_ARM64_CPU set (arm64.sh), the root
+gets the /sys CPU lists, XNNPACK runs, and int8 TFLite is bit-exact vs x86 on identical pixels (ninth session,
+docs/int8-fidelity.md "ARM kernel paths").
 
 When the bundle's run.sh knows `--check` (golden outputs shipped in the bundle), that runs too,
 inside the root, and its exit code counts.
@@ -87,9 +90,33 @@ def precision(name: str) -> str:
     return "fp32"
 
 
+# what the process sees of its CPU: on aarch64 the kernel's HWCAP bits (qemu-user sets them from the CPU it
+# emulates, TLEDGE_ARM64_CPU; /proc/cpuinfo is the host's there), elsewhere numpy's own detection
+CPU_PROBE = r"""import ctypes, os, platform
+bits1 = {1: "asimd", 10: "asimdhp", 20: "asimddp", 22: "sve"}
+bits2 = {1: "sve2", 13: "i8mm", 14: "bf16", 23: "sme"}
+feats = []
+if platform.machine() == "aarch64":
+    getauxval = ctypes.CDLL(None).getauxval
+    getauxval.restype = ctypes.c_ulong
+    h1, h2 = getauxval(16), getauxval(26)
+    feats = [n for b, n in bits1.items() if h1 >> b & 1] + [n for b, n in bits2.items() if h2 >> b & 1]
+else:
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as f
+    except ImportError:
+        from numpy.core._multiarray_umath import __cpu_features__ as f
+    feats = [k.lower() for k in ("AVX2", "AVX512F", "AVX512VNNI", "AVXVNNI") if f.get(k)]
+# cpuinfo (XNNPACK, onnxruntime) needs these; without them LiteRT runs no XNNPACK delegate
+lists = all(os.path.exists("/sys/devices/system/cpu/" + n) for n in ("possible", "present"))
+print(platform.machine(), os.environ.get("QEMU_CPU") or "-", " ".join(feats) or "none",
+      "(/sys CPU lists: " + ("yes" if lists else "no: no XNNPACK") + ")")
+"""
+
 LOOP = r"""#!/bin/sh
 # runs each model file through run.sh; output per file in out/
 mkdir -p out
+"${PYTHON:-python3}" cpu_probe.py > out/cpu.txt 2>&1
 for m in "$@"; do
   s=$(date +%s.%N)
   MODEL=$m ./run.sh photos --json --top-k 5 > "out/$m.jsonl" 2> "out/$m.err"
@@ -135,6 +162,7 @@ def corrupted_check(top: Path, arm64: str, env: dict) -> int:
 
 def run_loop(folder: Path, models: list[str], arm64: str | None, env: dict) -> Path:
     (folder / "loop.sh").write_text(LOOP)
+    (folder / "cpu_probe.py").write_text(CPU_PROBE)
     os.chmod(folder / "loop.sh", 0o755)
     if arm64:
         cmd = [arm64, "run", str(folder), "--", "./loop.sh", *models]
@@ -154,6 +182,22 @@ def read_out(out: Path, model: str) -> tuple[dict, float, int]:
     rc = int((out / f"{model}.rc").read_text().strip() or 1) if (out / f"{model}.rc").is_file() else 1
     t = (out / f"{model}.time").read_text().split() if (out / f"{model}.time").is_file() else ["0", "0"]
     return rows, float(t[1]) - float(t[0]), rc
+
+
+def cpu_line(arm_out: Path, host_out: Path) -> str:
+    """One line: which CPU qemu emulated and the features each side's process saw."""
+    def seen(out: Path) -> list[str]:
+        f = out / "cpu.txt"
+        parts = f.read_text().strip().split(maxsplit=2) if f.is_file() else []
+        return parts + ["?"] * (3 - len(parts))
+
+    arm, host = seen(arm_out), seen(host_out)
+    cpu = os.environ.get("TLEDGE_ARM64_CPU") or "qemu's default (max)"
+    return f"emulated CPU: {cpu}; the arm64 process saw {arm[0]} with {arm[2]}; this host: {host[0]} with {host[2]}"
+
+
+def top1(rows: dict) -> dict:
+    return {k: [v["top"][0]["index"], v["top"][0]["score"]] for k, v in rows.items() if v.get("top")}
 
 
 def p50_ms(out: Path, model: str) -> float | None:
@@ -216,10 +260,13 @@ def main(argv=None) -> int:
     install_s = time.time() - t
     arm_out = run_loop(top, models, a.arm64, env)
     host_out = run_loop(top, models, None, {**env, "PYTHON": sys.executable})
-    rows, failed = [], False
+    rows, failed, per_image = [], False, {}
+    cpu = cpu_line(arm_out, host_out)
+    print(cpu, flush=True)
     for m in models:
         ra, ta, rca = read_out(arm_out, m)
         rh, th, rch = read_out(host_out, m)
+        per_image[m] = {"arm64": top1(ra), "host": top1(rh)}
         tol = TOL[precision(m)]
         agree, diff, n, flips = compare(ra, rh, tol)
         ok = rca == 0 and rch == 0 and n == len(images) and flips == 0 and diff <= tol
@@ -253,8 +300,8 @@ def main(argv=None) -> int:
     print(f"\nrequirements install {install_s:.0f} s; whole check {total:.0f} s; "
           f"{'FAILED' if failed else 'passed'}", flush=True)
     if a.json:
-        a.json.write_text(json.dumps({"rows": rows, "check_rc": check, "install_s": install_s,
-                                      "total_s": total, "passed": not failed}, indent=2) + "\n")
+        a.json.write_text(json.dumps({"cpu": cpu, "rows": rows, "check_rc": check, "install_s": install_s,
+                                      "total_s": total, "passed": not failed, "top1": per_image}, indent=2) + "\n")
     return 1 if failed else 0
 
 

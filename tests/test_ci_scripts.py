@@ -41,6 +41,13 @@ def test_not_root_skips_with_a_reason():
     assert r.returncode == 77 and "SKIP:" in r.stdout
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("qemu-aarch64-static"), reason="needs root and qemu")
+def test_unknown_emulated_cpu_is_a_usage_error():
+    env = {**os.environ, "TLEDGE_ARM64_CPU": "cortex-a999"}
+    r = subprocess.run(["bash", str(ARM64), "setup"], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and "TLEDGE_ARM64_CPU=cortex-a999" in r.stderr, (r.stdout, r.stderr)
+
+
 def test_compare_labels_and_scores():
     c = _check_module()
     a = {"x.jpg": {"top": [{"index": 1, "score": 0.9}, {"index": 0, "score": 0.1}]},
