@@ -181,3 +181,55 @@ def test_only_reshapes_that_keep_the_shape_are_dropped():
     assert sorted(i.name for i in model.graph.initializer) == ["flat", "swap"]
     got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert np.array_equal(got, want)
+
+
+def _noise_pixels(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 1, SIZE)[None, :, None, None] * rng.uniform(-255, 255, (n, 1, 1, 3))
+    base = rng.uniform(0, 255, (n, 1, 1, 3)) + ramp
+    return np.clip(base + rng.normal(0, 20, (n, SIZE, SIZE, 3)), 0, 255).astype(np.float32)
+
+
+def _fused_and_unfused(path, x):
+    outs = []
+    for level in (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
+        so = ort.SessionOptions()
+        so.graph_optimization_level = level
+        outs.append(ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"pixels": x})[0])
+    return outs
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_int8_file_computes_the_same_fused_and_unfused(tmp_path, seed):
+    """onnxruntime's fused QLinearAdd departs from the QDQ arithmetic when one operand is a constant (the
+    hard-swish `x + 3`); tledge keeps such Adds float (tledge.quant.constadds), so the default session
+    computes what the unfused graph states, as a client without those fusions (or another CPU) does. The
+    control, onnxruntime's quantize_static of the same graph with those Adds quantised, differs."""
+    import onnx
+
+    from tledge.export import onnx as ox
+    from tledge.quant.constadds import constant_adds
+
+    fp32 = tmp_path / "f.onnx"
+    onnx.save(_convert(_hard_swish_net(seed)), fp32)
+    calib, x = _noise_pixels(64, 0), _noise_pixels(64, 1)
+    ox.quantize_int8(fp32, tmp_path / "q.onnx", calib, scheme=ox.SCHEMES["u8s8"])
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    assert _count(q, "QuantizeLinear") > 10 and constant_adds(q)  # int8 convolutions, float `+ 3`s
+    fused, unfused = _fused_and_unfused(tmp_path / "q.onnx", x)
+    assert np.ptp(unfused, axis=0).max() > 0.3  # outputs differ per image
+    assert np.abs(fused - unfused).max() < 1e-5
+
+    from onnxruntime import quantization as oq
+
+    class Reader(oq.CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"pixels": calib[i:i + 1]} for i in range(len(calib))])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    oq.quantize_static(str(fp32), str(tmp_path / "all.onnx"), Reader(), quant_format=oq.QuantFormat.QDQ,
+                       per_channel=True, activation_type=oq.QuantType.QUInt8, weight_type=oq.QuantType.QInt8)
+    fused, unfused = _fused_and_unfused(tmp_path / "all.onnx", x)
+    assert np.mean(np.abs(fused - unfused).max(axis=1) > 1e-3) > 0.25

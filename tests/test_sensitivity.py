@@ -83,12 +83,13 @@ def test_chosen_layers_are_precise_in_both_files(graphs, tiny_model):
     from tledge.quant import selective, sensitivity
 
     src, qdq, calib, held, quantize, d = graphs
-    # a healthy tiny model has nothing worth raising (every leave-one-out gain is noise): damage two
+    # a healthy tiny model has nothing worth raising (every leave-one-out gain is noise): damage two that
+    # do not feed each other (two adjacent coarse grids partly cancel: measured, re_lu_1 then gains < 0)
     cands = sensitivity.candidates(qdq)
-    bad = _damaged(_damaged(qdq, cands[1].tensors[0]), cands[2].tensors[0])
+    bad = _damaged(_damaged(qdq, cands[0].tensors[0]), cands[2].tensors[0])
     ev = sensitivity.Evaluator(sensitivity.run(src.read_bytes(), calib[held]), calib[held])
     sel = sensitivity.choose(bad, ev, aim=2.0, max_float_macs=1.0, max_layers=2)
-    assert sorted(sel.layers) == sorted([cands[1].layer, cands[2].layer])
+    assert sorted(sel.layers) == sorted([cands[0].layer, cands[2].layer])
     # ONNX: the chosen activations are int16 QDQ, the others stay 8-bit
     quantize(src, d / "mixed.onnx", calib, overrides=sensitivity.onnx_overrides(sel))
     m = onnx.load(str(d / "mixed.onnx"))
@@ -229,8 +230,8 @@ def test_a_role_whose_members_are_all_coarse_is_chosen_as_one(graphs):
     src, qdq, calib, held, _, _ = graphs
     group = max(qdqgraph.groups(qdq), key=lambda g: len(g.members))
     bad = qdq
-    for t in group.tensors:
-        bad = _damaged(bad, t, factor=16.0)
+    for t in group.tensors:  # 32x: at 16x the tiny model's gains are within noise of the singles' (0.002-0.004)
+        bad = _damaged(bad, t, factor=32.0)
     ev = sensitivity.Evaluator(sensitivity.run(src.read_bytes(), calib[held]), calib[held])
     assert not sensitivity.ROLE_GROUPS and all(not c.members for c in sensitivity.rank(bad, ev)[0])  # off by default
     ranked, base = sensitivity.rank(bad, ev, use_groups=True)

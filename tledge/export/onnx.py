@@ -193,15 +193,21 @@ def _quantize(pre: Path, dst: Path, calib: np.ndarray, method: str, nodes_to_exc
               scheme: Scheme, ranges: Path | None = None, overrides: dict | None = None) -> None:
     """quantize_static of a pre-processed graph; `ranges`: onnxruntime's calibration cache file
     (read when it exists, written otherwise)."""
+    from tledge.quant import pixelgrid
+    from tledge.quant.constadds import constant_adds
+
     onnx = require("onnx", extra="export")
     q = require("onnxruntime.quantization", extra="export")
     model = onnx.load(str(pre))
     exclude = list(nodes_to_exclude) + [n.name for n in model.graph.node if n.op_type == "Softmax"]
+    exclude += [name for name in constant_adds(model) if name not in exclude]  # kernel-robust: float
+    grid = pixelgrid.plan(pre, set(exclude), scheme.activations)  # the pixels' chain float, levels apart
+    exclude += [name for name in grid.float_nodes if name not in exclude]
     methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
                "percentile": q.CalibrationMethod.Percentile}
     qtype = {"uint8": q.QuantType.QUInt8, "int8": q.QuantType.QInt8}
     cache = {"calibration_cache_path": str(ranges)} if ranges is not None else {}
-    tensors = {**(_grid_overrides(pre) if scheme.int8_grid else {}), **(overrides or {})}
+    tensors = {**(_grid_overrides(pre) if scheme.int8_grid else {}), **grid.overrides, **(overrides or {})}
     try:  # onnxruntime's histogram calibrators print() progress: to fd 2 (the log), not stdout (--json)
         with contextlib.redirect_stdout(sys.__stderr__ or sys.stderr):
             q.quantize_static(str(pre), str(dst), _Reader(calib), quant_format=q.QuantFormat.QDQ,

@@ -163,10 +163,14 @@ def onnx_int8(float_onnx: bytes, calib, *, exclude: Sequence[str] = (), per_chan
         except Exception:  # needs sympy; pre-processing only helps fusion, it is not required
             pre = src
         name = ort.InferenceSession(str(pre), providers=["CPUExecutionProvider"]).get_inputs()[0].name
-        if float_softmax:
-            import onnx
+        import onnx
 
-            exclude = list(exclude) + [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Softmax"]
+        from tledge.quant.constadds import constant_adds
+
+        graph = onnx.load(str(pre))
+        exclude = list(exclude) + constant_adds(graph)  # as tledge.export.onnx does
+        if float_softmax:
+            exclude += [n.name for n in graph.graph.node if n.op_type == "Softmax"]
         q.quantize_static(str(pre), str(dst), CalibrationReader(name, calib), quant_format=q.QuantFormat.QDQ,
                           per_channel=per_channel, activation_type=q.QuantType.QUInt8,
                           weight_type=q.QuantType.QInt8, nodes_to_exclude=with_activations(float_onnx, exclude),
