@@ -29,7 +29,8 @@ def _identity_conv_net(path):
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["n", 4, 4, 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3, 4, 4])],
-        [helper.make_tensor("k", TensorProto.FLOAT, [], [1 / 127.5]), helper.make_tensor("b", TensorProto.FLOAT, [], [-1.0]),
+        [helper.make_tensor("k", TensorProto.FLOAT, [], [1 / 127.5]),
+         helper.make_tensor("b", TensorProto.FLOAT, [], [-1.0]),
          helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel())])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.save(model, path)
@@ -70,15 +71,11 @@ def test_int8_file_keeps_the_pixel_levels_apart(tmp_path):
 
     from onnxruntime import quantization as oq  # the control: onnxruntime quantising the chain itself
 
-    class Reader(oq.CalibrationDataReader):
-        def __init__(self):
-            self.it = iter([{"pixels": calib[i:i + 1]} for i in range(len(calib))])
+    from tledge.quant.selective import CalibrationReader
 
-        def get_next(self):
-            return next(self.it, None)
-
-    oq.quantize_static(str(src), str(tmp_path / "all.onnx"), Reader(), quant_format=oq.QuantFormat.QDQ,
-                       per_channel=True, activation_type=oq.QuantType.QUInt8, weight_type=oq.QuantType.QInt8)
+    oq.quantize_static(str(src), str(tmp_path / "all.onnx"), CalibrationReader("pixels", calib),
+                       quant_format=oq.QuantFormat.QDQ, per_channel=True,
+                       activation_type=oq.QuantType.QUInt8, weight_type=oq.QuantType.QInt8)
     got = _levels_through(tmp_path / "all.onnx")
     assert max(len(np.unique(got[:, c])) for c in range(3)) <= 130  # pairs of levels share a code
 

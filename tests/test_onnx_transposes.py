@@ -222,14 +222,10 @@ def test_int8_file_computes_the_same_fused_and_unfused(tmp_path, seed):
 
     from onnxruntime import quantization as oq
 
-    class Reader(oq.CalibrationDataReader):
-        def __init__(self):
-            self.it = iter([{"pixels": calib[i:i + 1]} for i in range(len(calib))])
+    from tledge.quant.selective import CalibrationReader
 
-        def get_next(self):
-            return next(self.it, None)
-
-    oq.quantize_static(str(fp32), str(tmp_path / "all.onnx"), Reader(), quant_format=oq.QuantFormat.QDQ,
-                       per_channel=True, activation_type=oq.QuantType.QUInt8, weight_type=oq.QuantType.QInt8)
+    oq.quantize_static(str(fp32), str(tmp_path / "all.onnx"), CalibrationReader("pixels", calib),
+                       quant_format=oq.QuantFormat.QDQ, per_channel=True,
+                       activation_type=oq.QuantType.QUInt8, weight_type=oq.QuantType.QInt8)
     fused, unfused = _fused_and_unfused(tmp_path / "all.onnx", x)
     assert np.mean(np.abs(fused - unfused).max(axis=1) > 1e-3) > 0.25

@@ -132,8 +132,12 @@ def plan(pre: Path, exclude: set[str], activations: str = "uint8") -> Plan:
     feeds = [t for t in feeds if by_input[t].name not in exclude]
     if not nodes or not feeds:
         return Plan()
+    try:
+        levels = _levels(pre, feeds)
+    except Exception:  # noqa: BLE001 - an improvement of the grid, never a reason to fail the export
+        return Plan()  # (onnx's extractor or the session refusing the sub-graph): onnxruntime's calibration
     overrides, apart = {}, {}
-    for name, v in _levels(pre, feeds).items():
+    for name, v in levels.items():
         if not np.all(np.isfinite(v)):
             continue
         scale, zp, kept = best_grid(v)
