@@ -5,7 +5,8 @@ constant (MobileNetV3's hard-swish / hard-sigmoid `x + 3`, a baked preprocessing
 beside a Conv or MatMul), the fused kernel's result departs from the arithmetic the QDQ file states:
 on a MobileNetV3-Small 2-class model (x86, AVX-512 VNNI) the default session and the unfused graph
 (ORT_DISABLE_ALL) disagreed by up to 0.77 in the softmax and on 5 of 153 labels, and the default
-session on ARM disagreed with x86 on 2 of 100 labels (docs/onnx-files.md, "int8 Adds with a constant").
+session on ARM disagreed with x86 on 2 of 153 labels (docs/onnx-files.md, "int8: the file computes what
+it states"; with this rule and tledge.quant.pixelgrid the files are bit-exact ARM vs x86).
 With those Adds kept float (DequantizeLinear -> Add -> QuantizeLinear is then not fused), the default
 session computes what the unfused graph does (max difference 1.4e-4 on those 153 photos), so onnxruntime
 on every CPU, its other graph optimisation levels and a client that runs the QDQ graph as written agree.

@@ -1,7 +1,7 @@
 """The grid of the first quantised tensor of an int8 ONNX file: every pixel level gets its own code.
 
-A baked preprocessing (`x / 127.5 - 1`, a per-channel mean and std, a BGR flip) sits between the
-file's pixel input and its first convolution. onnxruntime calibrates the convolution's input like any
+A baked preprocessing (`x / 127.5 - 1`, a per-channel mean and std) sits between the file's pixel
+input and its first convolution. onnxruntime calibrates the convolution's input like any
 activation: on photos that hold pixel values 0 and 255 the range of `x / 127.5 - 1` is [-1, 1], so the
 scale is 2/255 (one pixel level per step) with zero point 128, and every level lands half-way between
 two codes: QuantizeLinear rounds half to even, so levels 1 and 2, 3 and 4, ... share a code and the
@@ -12,7 +12,8 @@ arithmetic agreed with the fp32 file on 0.975 of 120 images, 0.992 on this grid.
 `plan` finds the chain of constant elementwise ops from the pixel input to the first linear ops, which
 quantize_int8 keeps float (the pixels are exact there), evaluates the chain on the 256 pixel levels and
 gives the convolutions' input tensors the uint8 grid, among the calibrated-like range and slightly wider
-ones, that keeps the most levels apart (TensorQuantOverrides). Nothing is matched by name.
+ones, that keeps the most levels apart (TensorQuantOverrides). Nothing is matched by name. A graph
+whose input meets any other op first (a channel flip by Gather or Slice, a Resize) gets no plan.
 """
 from __future__ import annotations
 
