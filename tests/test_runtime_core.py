@@ -144,6 +144,17 @@ def test_top_k_scores_and_logits():
     assert m.classify([]) == []
 
 
+def test_top_breaks_ties_as_argmax_does():
+    """int8 outputs tie often (1000 classes on a 1/256 grid: 5 of 1000 ImageNet photos had two labels at the
+    top score); `tledge run` must name the label parity counted, np.argmax's (the lowest index)."""
+    m = load(TINY / "model_fp32.tflite")
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        s = rng.integers(0, 64, 1000).astype(np.float32) / 64  # 1000 scores on a coarse grid: many ties
+        assert m.top(s, 1)[0].index == int(np.argmax(s))
+        assert [p.index for p in m.top(s, 5)] == sorted(range(s.size), key=lambda i: (-s[i], i))[:5]
+
+
 def test_batches_on_fixed_and_dynamic_files():
     x = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3)).astype(np.uint8)
     for name in ("model_int8.tflite", "model_fp32.onnx"):

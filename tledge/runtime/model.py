@@ -145,8 +145,7 @@ class EdgeModel:
     def top(self, scores: np.ndarray, k: int = 1) -> list[Prediction]:
         s = np.asarray(scores).reshape(-1)
         k = max(1, min(int(k), s.size))
-        idx = np.argpartition(-s, k - 1)[:k] if k < s.size else np.arange(s.size)
-        idx = idx[np.argsort(-s[idx], kind="stable")]
+        idx = np.argsort(-s, kind="stable")[:k]  # equal scores: the lower index first, as argmax (and parity)
         return [Prediction(int(i), self.contract.label(int(i)), float(s[i])) for i in idx]
 
     # ---- description ------------------------------------------------------------------------------
