@@ -7,6 +7,10 @@
   their int32 biases are clipped in U8U8 files); every ONNX int8 file;
 - `subset`: the calibration images a technique measures on (spread over the classes);
 - `saturation`: replays onnxruntime's AVX2 u8 x s8 pair sums to check a QDQ file for int16 saturation;
+- `constadds`: Adds of a constant stay float in every ONNX int8 file (onnxruntime's fused QLinearAdd departs
+  from the file's QDQ arithmetic and differs between x86 and ARM);
+- `pixelgrid`: the baked preprocessing stays float up to the first convolution, whose input gets a grid that
+  keeps the 256 pixel levels apart (onnxruntime's calibrated grid merged them in pairs); every ONNX int8 file;
 - `rebuild`: a verified Keras 3 copy of a tf_keras model, so the Keras-level repairs apply;
 - `kernels`: each int8 ONNX file on onnxruntime's x86 kernel paths at export (a note with the CPU flags);
 - `sensitivity`: which activations to keep precise (leave-one-out on the QDQ graph, held-out calibration

@@ -35,6 +35,10 @@ TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
               "float ops (TFLite) / int16 activations (ONNX)"),
     Technique("kernel-robust-scheme", "saturation", "onnx-graph", ("onnx",), True,
               "U8U8 on the symmetric int8 weight grid when U8S8 would saturate on AVX2 without VNNI"),
+    Technique("float-constant-adds", "constadds", "onnx-graph", ("onnx",), False,
+              "Adds of a constant kept float, so every onnxruntime kernel path computes the file's QDQ arithmetic"),
+    Technique("pixel-grid", "pixelgrid", "onnx-graph", ("onnx",), False,
+              "the baked preprocessing kept float, the first convolution's input on a grid keeping pixel levels apart"),
 )}
 
 
