@@ -74,10 +74,7 @@ def _run(model, x):
 @pytest.fixture(scope="module")
 def pixels():
     """Noise over a per-image colour and brightness gradient, so that pooled features differ per image."""
-    rng = np.random.default_rng(0)
-    ramp = np.linspace(0, 1, SIZE)[None, :, None, None] * rng.uniform(-255, 255, (8, 1, 1, 3))
-    base = rng.uniform(0, 255, (8, 1, 1, 3)) + ramp
-    return np.clip(base + rng.normal(0, 20, (8, SIZE, SIZE, 3)), 0, 255).astype(np.float32)
+    return _noise_pixels(8, 0)
 
 
 def test_hard_swish_net_has_no_more_transposes_than_a_plain_conv_net(pixels, caplog):
@@ -184,6 +181,7 @@ def test_only_reshapes_that_keep_the_shape_are_dropped():
 
 
 def _noise_pixels(n: int, seed: int) -> np.ndarray:
+    """`n` images of noise over a per-image colour and brightness gradient."""
     rng = np.random.default_rng(seed)
     ramp = np.linspace(0, 1, SIZE)[None, :, None, None] * rng.uniform(-255, 255, (n, 1, 1, 3))
     base = rng.uniform(0, 255, (n, 1, 1, 3)) + ramp

@@ -16,8 +16,13 @@ with the unfused graph.
 from __future__ import annotations
 
 
+def constants(model) -> set[str]:
+    """Tensor names of an onnx ModelProto that hold constants: initializers and Constant outputs."""
+    return {i.name for i in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
+                                                        for o in n.output}
+
+
 def constant_adds(model) -> list[str]:
     """Names of the Add nodes of an onnx ModelProto with an initializer or Constant operand."""
-    consts = {i.name for i in model.graph.initializer}
-    consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    consts = constants(model)
     return [n.name for n in model.graph.node if n.op_type == "Add" and any(i in consts for i in n.input)]
