@@ -84,8 +84,12 @@ def test_hard_swish_net_has_no_more_transposes_than_a_plain_conv_net(pixels, cap
     assert not [r for r in caplog.records if "optimize_transpose" in r.getMessage()]  # tf2onnx's pass ran through
     plain = _convert(_plain_net())
     assert _count(onnx_model, "Conv") == 5
-    assert _count(onnx_model, "Transpose") == _count(plain, "Transpose") == 1  # the NHWC input's
-    assert _count(onnx_model, "Reshape") == 0  # the squeeze-excite's [N, C, 1, 1] -> [-1, C, 1, 1] are gone
+    assert _count(plain, "Transpose") == 1  # the NHWC input's
+    # Before the fix: a Transpose pair around every Conv (10 here). tf2onnx's optimiser visits nodes in an
+    # order that is not fully reproducible: one CI run (0fab74d, 2026-12-02) kept one Transpose more (and a
+    # Reshape) on this net, which runs here 40 times of 40 with one; so one stray is tolerated, not a pair per Conv.
+    assert _count(onnx_model, "Transpose") <= _count(plain, "Transpose") + 1
+    assert _count(onnx_model, "Reshape") <= 1  # the squeeze-excite's [N, C, 1, 1] -> [-1, C, 1, 1] are gone
     want = net.predict(pixels, verbose=0)
     assert np.ptp(want, axis=0).max() > 0.05  # outputs differ per image: the comparison means something
     np.testing.assert_allclose(_run(onnx_model, pixels), want, atol=1e-4, rtol=0)
@@ -188,6 +192,15 @@ def _noise_pixels(n: int, seed: int) -> np.ndarray:
     return np.clip(base + rng.normal(0, 20, (n, SIZE, SIZE, 3)), 0, 255).astype(np.float32)
 
 
+def _output_step(q) -> float:
+    """The scale of the int8 file's last DequantizeLinear: one step of the output."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in q.graph.initializer}
+    last = [n for n in q.graph.node if n.op_type == "DequantizeLinear"][-1]
+    return float(numpy_helper.to_array(inits[last.input[1]]))
+
+
 def _fused_and_unfused(path, x):
     outs = []
     for level in (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
@@ -216,7 +229,11 @@ def test_int8_file_computes_the_same_fused_and_unfused(tmp_path, seed):
     assert _count(q, "QuantizeLinear") > 10 and constant_adds(q)  # int8 convolutions, float `+ 3`s
     fused, unfused = _fused_and_unfused(tmp_path / "q.onnx", x)
     assert np.ptp(unfused, axis=0).max() > 0.3  # outputs differ per image
-    assert np.abs(fused - unfused).max() < 1e-5
+    step = _output_step(q)
+    # Integer kernels and float emulation may round a value that sits on a .5 boundary apart: at most one
+    # output step on at most 1 % of the outputs (seeds 0-4: 0-1 of 192), where the control differs on 29-52 %.
+    diff = np.abs(fused - unfused)
+    assert diff.max() <= step * 1.01 and np.mean(diff > 1e-6) <= 0.01
 
     from onnxruntime import quantization as oq
 
