@@ -10,7 +10,8 @@ Zoo (from ../shared/assets; models are built once into --cache):
   imagenet-mnv1   keras_imagenet_models/mobilenet_v1_0.25_224.h5 (Keras 2.8 file, loads through
                   tf_keras, 1000 classes) on imagenet_val1300, calibrated on 300 photos and checked on the
                   other 1000 (a fixed split: every 13th photo at offsets 0, 4, 8 calibrates)
-  hym-mnv1-s{0,1,2}  MobileNet v1 0.25 ImageNet features + Dense(2) trained on hymenoptera (three seeds)
+  hym-mnv1-s{0,1,2}  MobileNet v1 0.25 ImageNet features + Dense(2) trained on hymenoptera (three seeds;
+                  s7, s11: held-out seeds, and hym-mnv2-s3 for MobileNetV2, never used while tuning)
   hym-tfkeras     the same architecture built and saved by tf_keras (loads only through tf_keras)
   hym-tutorial    TensorFlow's transfer-learning tutorial layout saved by tf_keras: augmentation layers,
                   preprocess_input as TFOpLambda arithmetic, the frozen MobileNet v1 0.25, ONE logit output
@@ -145,9 +146,11 @@ def zoo(cache: Path) -> dict:
     for arch in ("effb0", "resnet50", "mnv3s"):  # trained from scratch, preprocessing baked in
         entries[f"hym-{arch}"] = (lambda a=arch: scratch_model(cache, a),
                                   lambda: {k: v for k, v in hym.items() if k != "preprocess"})
-    for seed in (0, 1, 2):
+    for seed in (0, 1, 2, 7, 11):  # 7 and 11: held out, first run after the loop was frozen (eleventh session)
         entries[f"hym-mnv1-s{seed}"] = (
             lambda s=seed: hymenoptera_mobilenet(ASSETS, cache / f"hym-s{s}", seed=s), lambda: hym)
+    entries["hym-mnv2-s3"] = (lambda: hymenoptera_model(cache, "mnv2", seed=3),  # held out, as seeds 7 and 11
+                              lambda: {k: v for k, v in hym.items() if k != "preprocess"})
     entries["hym-savedmodel"] = (  # seed 1's model as a SavedModel
         lambda: savedmodel_of(hymenoptera_mobilenet(ASSETS, cache / "hym-s1", seed=1), cache / "hym-s1-savedmodel"),
         lambda: hym)
