@@ -130,6 +130,9 @@ def zoo(cache: Path) -> dict:
 
     hym = {"calib": str(ASSETS / "hymenoptera_data" / "train"), "val": str(ASSETS / "hymenoptera_data" / "val"),
            "preprocess": "tf"}
+
+    def baked():  # preprocessing baked into the model: no --preprocess
+        return {k: v for k, v in hym.items() if k != "preprocess"}
     entries = {
         "imagenet-mnv1": (lambda: ASSETS / "keras_imagenet_models" / "mobilenet_v1_0.25_224.h5",
                           lambda: dict(zip(("calib", "val"), map(str, imagenet_split(cache))),
@@ -141,16 +144,13 @@ def zoo(cache: Path) -> dict:
                                        labels=str(ASSETS / IMAGENET / "labels1000.txt"))),
     }
     for arch in ("mnv2", "mnv1-0.5-160"):  # preprocessing baked in: no --preprocess
-        entries[f"hym-{arch}"] = (lambda a=arch: hymenoptera_model(cache, a),
-                                  lambda: {k: v for k, v in hym.items() if k != "preprocess"})
+        entries[f"hym-{arch}"] = (lambda a=arch: hymenoptera_model(cache, a), baked)
     for arch in ("effb0", "resnet50", "mnv3s"):  # trained from scratch, preprocessing baked in
-        entries[f"hym-{arch}"] = (lambda a=arch: scratch_model(cache, a),
-                                  lambda: {k: v for k, v in hym.items() if k != "preprocess"})
+        entries[f"hym-{arch}"] = (lambda a=arch: scratch_model(cache, a), baked)
     for seed in (0, 1, 2, 7, 11):  # 7 and 11: held out, first run after the loop was frozen (eleventh session)
         entries[f"hym-mnv1-s{seed}"] = (
             lambda s=seed: hymenoptera_mobilenet(ASSETS, cache / f"hym-s{s}", seed=s), lambda: hym)
-    entries["hym-mnv2-s3"] = (lambda: hymenoptera_model(cache, "mnv2", seed=3),  # held out, as seeds 7 and 11
-                              lambda: {k: v for k, v in hym.items() if k != "preprocess"})
+    entries["hym-mnv2-s3"] = (lambda: hymenoptera_model(cache, "mnv2", seed=3), baked)  # held out, as seeds 7, 11
     entries["hym-savedmodel"] = (  # seed 1's model as a SavedModel
         lambda: savedmodel_of(hymenoptera_mobilenet(ASSETS, cache / "hym-s1", seed=1), cache / "hym-s1-savedmodel"),
         lambda: hym)
