@@ -4,7 +4,7 @@ with the lower mean error ships. (Why: docs/int8-fidelity.md, "Which passing run
 
 import pytest
 
-from tledge.export import fidelity
+from tledge.export import fidelity, parity
 from tledge.parity import ParityResult
 
 
@@ -90,7 +90,7 @@ def test_only_int8_passes_the_val_set_cannot_confirm_are_weighed():
     small, large = _result(True, 0.01, 0.993), _result(True, 0.01, 0.996, n=2000)
     failing, dynamic = _result(False, 0.05, 0.94), _result(True, 0.01, 0.993)
     dynamic.precision = "dynamic"
-    assert fidelity.unconfirmed([small, large, failing, dynamic], thresholds) == [small]
+    assert parity.unconfirmed([small, large, failing, dynamic], thresholds) == [small]
 
 
 def test_without_a_keras_model_the_first_pass_ends_the_ladder(tmp_path):

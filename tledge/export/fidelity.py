@@ -1,8 +1,7 @@
 """The int8 fidelity loop (issue 7): when a plain int8 file misses its parity budget, try repairs in
 order of cost, measure each by parity against the ORIGINAL model, keep the first that passes (a graph-level
-rung that passes with a weight repair still ahead waits for that repair: `_one_file`). A plain file that passes
-but whose pass the val set cannot confirm (153 photos never confirm 0.98) is weighed against the first
-weight-repair rung the same way (`unconfirmed`).
+rung that passes with a weight repair still ahead waits for that repair, and so does a plain pass the val set
+cannot confirm: `_one_file`, `parity.unconfirmed`).
 
 Rungs (`LADDER`, in order of cost, each one's seconds recorded):
   1. `onnx-bias` (ONNX, any loader): bias correction on the float graph for the plain file's int8
@@ -14,8 +13,7 @@ Rungs (`LADDER`, in order of cost, each one's seconds recorded):
   2. `repaired-stem4` (CPU targets only): BN folding, an exact input grid, adaptive rounding + bias
      correction of every kernel on the calibration images (`repair.apply`), the first 4 convolutions
      and what precedes them kept float (selective quantisation). Before the all-int8 repair: cheaper
-     (14 vs 24 CPU s on MobileNet 0.25), at least as faithful within one photo of 153 where both were
-     measured, and faster on x86 (docs/int8-fidelity.md); a MobileNet 0.25 export stays under a minute;
+     (14 vs 24 CPU s on MobileNet 0.25), as faithful, and faster on x86 (docs/int8-fidelity.md);
   3. `calibration-percentile` (ONNX): onnxruntime's Percentile calibration instead of MinMax;
   4. `repaired`: the same repair with no float stem (still all-int8, Edge TPU friendly);
   5. `repaired+bias` (ONNX): the same, then the graph bias correction on the file's own weight grid;
@@ -53,7 +51,7 @@ from tledge._deps import blas_threads
 from tledge.contract import Contract
 from tledge.errors import TledgeError, TledgeWarning
 from tledge.export import repair_budget
-from tledge.export.parity import ParityResult, Thresholds, check_files
+from tledge.export.parity import ParityResult, Thresholds, check_files, confirmed
 
 
 @dataclass(frozen=True)
@@ -177,14 +175,12 @@ def _applies(rung: Rung, plain: ParityResult, ctx: FidelityContext, model) -> bo
 
 def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: FidelityOutcome,
               limit: float | None = None) -> list[ParityResult]:
-    """The ladder for one failing file. A rung that passes ends it, except a graph-level pass the val set cannot
-    confirm (the lower 95 % bound of its agreement under the budget) while a weight repair is still ahead: that
-    pass is held, the first repair rung runs too, and of the passing files the one with the lower mean error
-    ships. On 153 photos the gate cannot tell a bias correction from a repair (0.974-0.987 both), 1300 other
-    photos can (0.963-0.974 vs 0.982-0.985), and the val mean error ranks them as those do
-    (docs/int8-fidelity.md, "Which passing rung ships"). A plain file that passed unconfirmed (`unconfirmed`) is
-    held the same way from the start: only the first repair rung runs. No rung starts `limit` (default: ctx.repair_time) seconds
-    after the ladder's start (tledge.export.repair_budget)."""
+    """The ladder for one failing (or unconfirmed: `parity.unconfirmed`) file. A rung that passes ends it, except a pass
+    the val set cannot confirm (the lower 95 % bound of its agreement under the budget) while a weight repair is
+    still ahead: that pass (a graph-level rung's, or the plain file's) is held, the first repair rung runs too, and
+    of the passing files the one with the lower val mean error ships: it ranks them as 1300 other photos do, a flip
+    count on 153 cannot (docs/int8-fidelity.md, "Which passing rung ships", "Unconfirmed plain passes"). No rung
+    starts `limit` (default: ctx.repair_time) seconds after the ladder's start (tledge.export.repair_budget)."""
     limit = ctx.repair_time if limit is None else limit
     outcome.attempts.append(_row(plain, "plain"))
     cache.original(ctx.out / plain.file)  # kept for the graph rungs: a better rung's file replaces it
@@ -224,7 +220,7 @@ def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: 
         if held:
             break
         if result.passed:
-            if rung.repair or _confirmed(result, _threshold(ctx, plain.file, plain.precision)) \
+            if rung.repair or confirmed(result, _threshold(ctx, plain.file, plain.precision)) \
                     or not any(r.repair for r in rungs[i + 1:]):
                 break
             held = (rung.name, result)
@@ -238,24 +234,6 @@ def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: 
                          f"kept `{kept}` (agreement {best.top1_agreement:.3f}, mean abs {best.mean_abs_error:.3g}, "
                          f"max abs {best.max_abs_error:.3g}){also}")
     return [best]
-
-
-def unconfirmed(results: Sequence[ParityResult], thresholds: dict[str, Thresholds]) -> list[ParityResult]:
-    """Plain int8 files that pass but whose pass the val set cannot confirm (`_confirmed`). The loop runs its first
-    weight-repair rung for them too and ships the lower mean error: on 153 photos a plain pass at 0.993 is
-    0.979-0.981 on 1300 other photos, its repair 0.981-0.984 (docs/int8-fidelity.md, "Unconfirmed plain passes")."""
-    def threshold(r):
-        return thresholds.get(r.file) or thresholds.get(r.precision) or Thresholds.for_precision(r.precision)
-    return [r for r in results if r.precision == "int8" and r.passed and np.isfinite(r.max_abs_error)
-            and not _confirmed(r, threshold(r))]
-
-
-def _confirmed(r: ParityResult, t: Thresholds) -> bool:
-    """The val set shows the pass: the lower 95 % bound of the gated agreement (top-k for many classes) is at
-    or over its budget (1000 photos confirm a top-5 of 0.999; 153 photos never confirm a top-1 of 0.98)."""
-    if r.topk_ci is not None:
-        return r.topk_ci[0] >= t.min_topk_agreement
-    return r.agreement_ci is not None and r.agreement_ci[0] >= t.min_agreement
 
 
 def _better(a: ParityResult, b: ParityResult) -> bool:

@@ -14,7 +14,7 @@ from tledge.contract import Contract, Output
 from tledge.errors import DataError, TledgeError, TledgeWarning
 from tledge.export import contracting
 from tledge.export import formats as F
-from tledge.export.parity import ParityReport, ParityResult, Thresholds, check_files
+from tledge.export.parity import ParityReport, ParityResult, Thresholds, check_files, unconfirmed
 from tledge.export.repair_budget import REPAIR_SECONDS
 
 
@@ -209,7 +209,7 @@ def _fidelity(cfg: ExportConfig, report: ParityReport, x: FidelityInputs) -> boo
 
     failing = [r for r in report.results if r.precision in ("int8", "dynamic") and not r.passed
                and np.isfinite(r.max_abs_error)]
-    held = fidelity.unconfirmed(report.results, x.thresholds) if cfg.repair and x.calib is not None else []
+    held = unconfirmed(report.results, x.thresholds) if cfg.repair and x.calib is not None else []
     ran = False
     if x.calib is None:
         if failing and cfg.repair:
