@@ -42,7 +42,10 @@ def test_demo_from_random_init_learns_exports_and_runs(small_demo):
     kinds = {(p["format"], p["precision"]) for p in export["parity"]}
     assert kinds == {("tflite", "fp32"), ("tflite", "int8"), ("onnx", "fp32"), ("onnx", "int8")}
     assert all(p["passed"] for p in export["parity"])
-    assert export["int8_repair_attempts"] == 0  # plain int8 passes; no repair loop needed
+    # plain int8 passes, but 120 val images cannot confirm a 0.98 budget: each int8 file is weighed against one
+    # repair rung (the lower val mean error ships), and no further rung runs
+    assert export["int8_repair_attempts"] == 2
+    assert "plain int8 passed, but too few val images to confirm it" in text
     for p in export["parity"]:
         assert p["accuracy"] >= 0.9
         assert p["agreement"] >= (1.0 if p["precision"] == "fp32" else 0.98)

@@ -134,7 +134,9 @@ def test_int8_only_target_gets_no_float_layers_and_no_fallback(tiny_model, shape
 
 def test_explain_without_failures_and_no_repair_flag(tiny_model, shapes_dataset, tmp_path):
     res = _export(tiny_model, shapes_dataset, tmp_path / "a", explain=True, formats=("tflite",))
-    assert res.passed and res.report.fidelity == []
+    # the plain pass is unconfirmed on the small val set: only the first repair rung runs beside it (this model is
+    # too small for a float stem)
+    assert res.passed and [a["rung"] for a in res.report.fidelity] == ["plain", "repaired"]
     md = (tmp_path / "a" / "parity.md").read_text()
     assert "## int8 per-layer diagnosis" in md and "CONV_2D" in md
     res = _export(tiny_model, shapes_dataset, tmp_path / "b", thresholds=IMPOSSIBLE, repair=False, formats=("tflite",))

@@ -4,7 +4,7 @@ with the lower mean error ships. (Why: docs/int8-fidelity.md, "Which passing run
 
 import pytest
 
-from tledge.export import fidelity
+from tledge.export import fidelity, parity
 from tledge.parity import ParityResult
 
 
@@ -22,8 +22,9 @@ class _Cache:
         return b""
 
 
-def _run(tmp_path, script: dict, model, kind: str = "onnx", int8_only: bool = False):
-    """Run the ladder for one plain ONNX file; `script` maps rung name -> (passed, mean abs, agreement)."""
+def _run(tmp_path, script: dict, model, kind: str = "onnx", int8_only: bool = False, plain=None):
+    """Run the ladder for one plain ONNX file (`plain`: its scripted parity, default a failing one); `script`
+    maps rung name -> (passed, mean abs, agreement)."""
     tried, installed = [], []
 
     def attempt(rung, plain, ctx, model, cache, notes):
@@ -39,7 +40,7 @@ def _run(tmp_path, script: dict, model, kind: str = "onnx", int8_only: bool = Fa
         mp.setattr(fidelity, "_install", lambda dst, data: installed.append(data.decode()))
         mp.setattr(fidelity, "_linear_layers", lambda m: 100)
         mp.setattr(fidelity, "_fallback", lambda plain, best, ctx, outcome: ["fallback", best])
-        rows = fidelity._one_file(_result(False, 0.05, 0.94, kind=kind), ctx, model, _Cache(), outcome)
+        rows = fidelity._one_file(plain or _result(False, 0.05, 0.94, kind=kind), ctx, model, _Cache(), outcome)
     return rows, tried, installed, outcome.notes
 
 
@@ -65,6 +66,31 @@ def test_the_held_rung_ships_when_the_repair_fails_or_is_less_precise(tmp_path):
     rows, _, installed, _ = _run(tmp_path, {"onnx-bias": (True, 0.018, 0.987),
                                             "repaired-stem4": (True, 0.020, 0.993)}, model=object())
     assert installed == ["onnx-bias"] and rows[0].mean_abs_error == 0.018
+
+
+def test_an_unconfirmed_plain_pass_is_weighed_against_the_first_repair_rung_only(tmp_path):
+    """153 photos at 0.993 (lower bound 0.964) cannot confirm a 0.98 budget: the first repair rung runs, the lower
+    mean error ships; graph-level rungs and later repairs do not run."""
+    plain = _result(True, 0.012, 0.993)
+    rows, tried, installed, notes = _run(tmp_path, {"repaired-stem4": (True, 0.008, 0.987)}, model=object(),
+                                         plain=plain)
+    assert tried == ["repaired-stem4"] and installed == ["repaired-stem4"] and rows[0].mean_abs_error == 0.008
+    assert "plain int8 passed, but the val set cannot confirm it" in notes[-1] and "`plain` passed too" in notes[-1]
+    for script in ({"repaired-stem4": (True, 0.015, 0.993)}, {"repaired-stem4": (False, 0.010, 0.967)}, {}):
+        rows, tried, installed, notes = _run(tmp_path, script, model=object(), plain=plain)
+        assert tried == ["repaired-stem4"] and installed == [] and rows[0] is plain  # never the fallback
+    _, tried, _, _ = _run(tmp_path, {}, model=object(), plain=plain, int8_only=True)
+    assert tried == ["repaired"]  # no stem for an int8-only target
+    rows, tried, _, notes = _run(tmp_path, {}, model=None, plain=plain)
+    assert tried == [] and rows == [plain] and notes == []  # no Keras 3 model: no repair to weigh it against
+
+
+def test_only_int8_passes_the_val_set_cannot_confirm_are_weighed():
+    thresholds = {}
+    small, large = _result(True, 0.01, 0.993), _result(True, 0.01, 0.996, n=2000)
+    failing, dynamic = _result(False, 0.05, 0.94), _result(True, 0.01, 0.993)
+    dynamic.precision = "dynamic"
+    assert parity.unconfirmed([small, large, failing, dynamic], thresholds) == [small]
 
 
 def test_without_a_keras_model_the_first_pass_ends_the_ladder(tmp_path):

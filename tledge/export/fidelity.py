@@ -1,6 +1,7 @@
 """The int8 fidelity loop (issue 7): when a plain int8 file misses its parity budget, try repairs in
 order of cost, measure each by parity against the ORIGINAL model, keep the first that passes (a graph-level
-rung that passes with a weight repair still ahead waits for that repair: `_one_file`).
+rung that passes with a weight repair still ahead waits for that repair, and so does a plain pass the val set
+cannot confirm: `_one_file`, `parity.unconfirmed`).
 
 Rungs (`LADDER`, in order of cost, each one's seconds recorded):
   1. `onnx-bias` (ONNX, any loader): bias correction on the float graph for the plain file's int8
@@ -12,8 +13,7 @@ Rungs (`LADDER`, in order of cost, each one's seconds recorded):
   2. `repaired-stem4` (CPU targets only): BN folding, an exact input grid, adaptive rounding + bias
      correction of every kernel on the calibration images (`repair.apply`), the first 4 convolutions
      and what precedes them kept float (selective quantisation). Before the all-int8 repair: cheaper
-     (14 vs 24 CPU s on MobileNet 0.25), at least as faithful within one photo of 153 where both were
-     measured, and faster on x86 (docs/int8-fidelity.md); a MobileNet 0.25 export stays under a minute;
+     (14 vs 24 CPU s on MobileNet 0.25), as faithful, and faster on x86 (docs/int8-fidelity.md);
   3. `calibration-percentile` (ONNX): onnxruntime's Percentile calibration instead of MinMax;
   4. `repaired`: the same repair with no float stem (still all-int8, Edge TPU friendly);
   5. `repaired+bias` (ONNX): the same, then the graph bias correction on the file's own weight grid;
@@ -51,7 +51,7 @@ from tledge._deps import blas_threads
 from tledge.contract import Contract
 from tledge.errors import TledgeError, TledgeWarning
 from tledge.export import repair_budget
-from tledge.export.parity import ParityResult, Thresholds, check_files
+from tledge.export.parity import ParityResult, Thresholds, check_files, confirmed
 
 
 @dataclass(frozen=True)
@@ -175,19 +175,22 @@ def _applies(rung: Rung, plain: ParityResult, ctx: FidelityContext, model) -> bo
 
 def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: FidelityOutcome,
               limit: float | None = None) -> list[ParityResult]:
-    """The ladder for one failing file. A rung that passes ends it, except a graph-level pass the val set cannot
-    confirm (the lower 95 % bound of its agreement under the budget) while a weight repair is still ahead: that
-    pass is held, the first repair rung runs too, and of the passing files the one with the lower mean error
-    ships. On 153 photos the gate cannot tell a bias correction from a repair (0.974-0.987 both), 1300 other
-    photos can (0.963-0.974 vs 0.982-0.985), and the val mean error ranks them as those do
-    (docs/int8-fidelity.md, "Which passing rung ships"). No rung starts `limit` (default: ctx.repair_time) seconds
-    after the ladder's start (tledge.export.repair_budget)."""
+    """The ladder for one failing (or unconfirmed: `parity.unconfirmed`) file. A rung that passes ends it, except a pass
+    the val set cannot confirm (the lower 95 % bound of its agreement under the budget) while a weight repair is
+    still ahead: that pass (a graph-level rung's, or the plain file's) is held, the first repair rung runs too, and
+    of the passing files the one with the lower val mean error ships: it ranks them as 1300 other photos do, a flip
+    count on 153 cannot (docs/int8-fidelity.md, "Which passing rung ships", "Unconfirmed plain passes"). No rung
+    starts `limit` (default: ctx.repair_time) seconds after the ladder's start (tledge.export.repair_budget)."""
     limit = ctx.repair_time if limit is None else limit
     outcome.attempts.append(_row(plain, "plain"))
     cache.original(ctx.out / plain.file)  # kept for the graph rungs: a better rung's file replaces it
     rungs = [r for r in LADDER if _applies(r, plain, ctx, model)
              and not (r.stem and _linear_layers(model) < MIN_LAYERS_PER_STEM * r.stem)]  # a stem of most of it
     best, kept, held = plain, "plain", None  # held: (name, result) of the first pass while the repair rung runs
+    if plain.passed:  # an unconfirmed plain pass (improve's `unconfirmed`): held while the first repair rung runs
+        rungs, held = [r for r in rungs if r.repair][:1], ("plain", plain)
+        if not rungs:  # no Keras 3 model: nothing to weigh it against
+            return [plain]
     for i, rung in enumerate(rungs):
         if held and not rung.repair:
             continue
@@ -217,7 +220,7 @@ def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: 
         if held:
             break
         if result.passed:
-            if rung.repair or _confirmed(result, _threshold(ctx, plain.file, plain.precision)) \
+            if rung.repair or confirmed(result, _threshold(ctx, plain.file, plain.precision)) \
                     or not any(r.repair for r in rungs[i + 1:]):
                 break
             held = (rung.name, result)
@@ -226,18 +229,11 @@ def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: 
     also = f"; `{held[0]}` passed too, with a larger mean error {held[1].mean_abs_error:.3g}" \
         if held and held[0] != kept else ""
     next(a for a in outcome.attempts if a["file"] == plain.file and a["rung"] == kept)["kept"] = True
-    outcome.notes.append(f"{plain.file}: plain {plain.precision} missed the budget (agreement {plain.top1_agreement:.3f}); "
+    why = "passed, but the val set cannot confirm it" if plain.passed else "missed the budget"
+    outcome.notes.append(f"{plain.file}: plain {plain.precision} {why} (agreement {plain.top1_agreement:.3f}); "
                          f"kept `{kept}` (agreement {best.top1_agreement:.3f}, mean abs {best.mean_abs_error:.3g}, "
                          f"max abs {best.max_abs_error:.3g}){also}")
     return [best]
-
-
-def _confirmed(r: ParityResult, t: Thresholds) -> bool:
-    """The val set shows the pass: the lower 95 % bound of the gated agreement (top-k for many classes) is at
-    or over its budget (1000 photos confirm a top-5 of 0.999; 153 photos never confirm a top-1 of 0.98)."""
-    if r.topk_ci is not None:
-        return r.topk_ci[0] >= t.min_topk_agreement
-    return r.agreement_ci is not None and r.agreement_ci[0] >= t.min_agreement
 
 
 def _better(a: ParityResult, b: ParityResult) -> bool:

@@ -14,7 +14,7 @@ from tledge.contract import Contract, Output
 from tledge.errors import DataError, TledgeError, TledgeWarning
 from tledge.export import contracting
 from tledge.export import formats as F
-from tledge.export.parity import ParityReport, ParityResult, Thresholds, check_files
+from tledge.export.parity import ParityReport, ParityResult, Thresholds, check_files, unconfirmed
 from tledge.export.repair_budget import REPAIR_SECONDS
 
 
@@ -209,11 +209,12 @@ def _fidelity(cfg: ExportConfig, report: ParityReport, x: FidelityInputs) -> boo
 
     failing = [r for r in report.results if r.precision in ("int8", "dynamic") and not r.passed
                and np.isfinite(r.max_abs_error)]
+    held = unconfirmed(report.results, x.thresholds) if cfg.repair and x.calib is not None else []
     ran = False
     if x.calib is None:
         if failing and cfg.repair:
             report.notes.append("the repair loop needs calibration images: pass --calib DIR")
-    elif (cfg.repair and failing) or cfg.explain:
+    elif (cfg.repair and (failing or held)) or cfg.explain:
         from tledge import log
 
         log.add_steps(1)
@@ -221,10 +222,11 @@ def _fidelity(cfg: ExportConfig, report: ParityReport, x: FidelityInputs) -> boo
                                        x.out, x.thresholds, int8_only=cfg.int8_only, threads=cfg.threads,
                                        explain=cfg.explain, traced=x.traced, repair_time=cfg.repair_time)
         with log.step(f"int8 fidelity: {len(failing) if cfg.repair else 0} file(s) to repair"
-                      + (f" (at most {cfg.repair_time:g} s)" if cfg.repair and failing
+                      + (f", {len(held)} unconfirmed pass(es) to weigh against a repair" if held else "")
+                      + (f" (at most {cfg.repair_time:g} s)" if cfg.repair and (failing or held)
                          and cfg.repair_time not in (None, float("inf")) else "")
                       + (", per-layer table" if cfg.explain else "")):
-            outcome = fidelity.improve(failing if cfg.repair else [], ctx)
+            outcome = fidelity.improve((failing + held) if cfg.repair else [], ctx)
         merged, seen = [], set()
         for r in (final for row in report.results for final in outcome.results.get(row.file, [row])):
             if r.file not in seen:  # a fallback's row may already be there (fp32 ONNX, --fp16)
