@@ -2,7 +2,8 @@
 `exact_input` alone (the input grid shift, no weight rounding) improve the PLAIN int8 TFLite file? Prints the
 agreement and mean abs error against the float Keras model on hymenoptera val (153) and the 1300
 imagenet_val1300 photos, for the plain conversion and the shifted one. Measured on hym-mnv2 (seed 0): worse
-(0.987 -> 0.980 on val, 0.981 -> 0.973 on the 1300), so not in the product.
+(0.987 -> 0.980 on val, 0.981 -> 0.973 on the 1300); on
+hym-mnv1-0.5-160 mixed (0.987 -> 0.980, 0.965 -> 0.970, mean error worse on both). Not in the product.
 
 Usage: python lab/quant/exact_plain.py MODEL.keras [--tf]   (--tf: bake x/127.5 - 1 in front first)"""
 from __future__ import annotations
