@@ -53,6 +53,11 @@ class Thresholds:
     def for_precision(cls, precision: str) -> "Thresholds":
         return DEFAULT_THRESHOLDS.get(precision, DEFAULT_THRESHOLDS["int8"])
 
+    @classmethod
+    def lookup(cls, table: dict, name: str, precision: str) -> "Thresholds":
+        """A file's budget in a table of overrides: by file name, else by precision, else the default."""
+        return table.get(name) or table.get(precision) or cls.for_precision(precision)
+
 
 DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
     "fp32": Thresholds(max_abs=1e-4, min_agreement=1.0),

@@ -166,7 +166,7 @@ def check_file(path: Path, has_contract: bool, reference: np.ndarray, inputs: _I
         latency = 1000 * (time.perf_counter() - start) / max(1, len(x))
     except Exception as exc:  # a broken file is a parity failure, reported with the others
         return _failed(path, kind, "?", len(reference), f"could not run: {exc.__class__.__name__}: {exc}")
-    t = thresholds.get(path.name) or thresholds.get(precision) or Thresholds.for_precision(precision)
+    t = Thresholds.lookup(thresholds, path.name, precision)
     r = compare(reference, out, file=path.name, format=kind, precision=precision, thresholds=t, labels=labels)
     r.latency_ms, r.size_bytes = latency, path.stat().st_size
     return r

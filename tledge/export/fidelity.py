@@ -310,7 +310,7 @@ def _float_tflite(ctx: FidelityContext) -> bytes:
 
 
 def _threshold(ctx: FidelityContext, name: str, precision: str) -> Thresholds:
-    return ctx.thresholds.get(name) or ctx.thresholds.get(precision) or Thresholds.for_precision(precision)
+    return Thresholds.lookup(ctx.thresholds, name, precision)
 
 
 # ---- diagnosis and the last resort ---------------------------------------------------------------

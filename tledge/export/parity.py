@@ -24,7 +24,7 @@ def check_files(reference: np.ndarray, files: Sequence[tuple[Path, str, str]], p
     thresholds = thresholds or {}
     results = []
     for path, fmt, precision in files:
-        t = thresholds.get(Path(path).name) or thresholds.get(precision) or Thresholds.for_precision(precision)
+        t = Thresholds.lookup(thresholds, Path(path).name, precision)
         try:
             model = load(path, threads=threads)
             start = time.perf_counter()
@@ -46,10 +46,8 @@ def check_files(reference: np.ndarray, files: Sequence[tuple[Path, str, str]], p
 def unconfirmed(results: Sequence[ParityResult], thresholds: dict[str, Thresholds]) -> list[ParityResult]:
     """Plain int8 files that pass but whose pass the val set cannot confirm (`confirmed`): weighed against the
     first repair rung (six plain-passing zoo files: 0.972-0.981 on 1300 other photos, repaired 0.981-0.990)."""
-    def threshold(r):
-        return thresholds.get(r.file) or thresholds.get(r.precision) or Thresholds.for_precision(r.precision)
     return [r for r in results if r.precision == "int8" and r.passed and np.isfinite(r.max_abs_error)
-            and not confirmed(r, threshold(r))]
+            and not confirmed(r, Thresholds.lookup(thresholds, r.file, r.precision))]
 
 
 def confirmed(r: ParityResult, t: Thresholds) -> bool:

@@ -239,7 +239,7 @@ def check_file(path: Path, entry: artifacts.Entry, g: Golden, x: np.ndarray, thr
     except Exception as exc:  # a file the board cannot run is a parity failure, reported with the others
         return ParityResult(path.name, kind, precision, len(x), float("inf"), float("inf"), float("inf"), 0.0,
                             None, None, False, [f"could not run: {exc.__class__.__name__}: {exc}"])
-    t = thresholds.get(path.name) or thresholds.get(precision) or Thresholds.for_precision(precision)
+    t = Thresholds.lookup(thresholds, path.name, precision)
     r = compare(g.reference, out, file=path.name, format=kind, precision=precision, thresholds=t, labels=g.labels)
     r.latency_ms, r.size_bytes = latency, path.stat().st_size
     return r
