@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # plain (--no-repair) vs shipped int8 vs fp32 latency for the three plain-passing zoo models (docs/int8-fidelity.md,
 # "Unconfirmed plain passes"); needs benchmarks/int8_zoo.py --only hym-mnv2,hym-mnv1-0.5-160,hym-mnv2-s3 run first.
+# ZOO: int8_zoo.py's --cache (default /tmp/tledge-int8-zoo); PLAIN: where the --no-repair exports go; OUT: the
+# bench JSON (defaults under /tmp).
 set -u
 cd "$(dirname "$0")/.."
 H=../shared/assets/hymenoptera_data
-Z=/tmp/tledge-int8-zoo
+Z=${ZOO:-/tmp/tledge-int8-zoo}
+PLAIN=${PLAIN:-/tmp/plain}
+mkdir -p "${OUT:-/tmp}" "$PLAIN"
 for m in hym-mnv2:hym-mnv2-s0 hym-mnv1-0.5-160:hym-mnv1-0.5-160-s0 hym-mnv2-s3:hym-mnv2-s3; do
   name=${m%%:*}; dir=${m##*:}
-  if [ ! -f /tmp/plain/$name/model_int8.onnx ]; then
+  if [ ! -f "$PLAIN/$name/model_int8.onnx" ]; then
     .venv/bin/python -m tledge export $Z/$dir/model.keras --int8 --calib $H/train --val $H/val --calib-limit 300 \
-      --no-repair --out /tmp/plain/$name -q > /tmp/plain-$name.log 2>&1
+      --no-repair --out "$PLAIN/$name" -q > "$PLAIN-$name.log" 2>&1
   fi
 done
 for round in 1 2 3; do
   for m in hym-mnv2 hym-mnv1-0.5-160 hym-mnv2-s3; do
-    E=$Z/exports/$m; P=/tmp/plain/$m
+    E=$Z/exports/$m; P=$PLAIN/$m
     .venv/bin/python -m tledge bench --runs 200 --warmup 20 --threads 2 --json -q \
       $P/model_int8.tflite $E/model_int8.tflite $E/model_fp32.tflite $P/model_int8.onnx $E/model_int8.onnx $E/model_fp32.onnx \
       > ${OUT:-/tmp}/lat-$m-$round.json 2>${OUT:-/tmp}/lat-$m-$round.err
