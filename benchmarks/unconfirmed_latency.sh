@@ -8,11 +8,12 @@ cd "$(dirname "$0")/.."
 H=../shared/assets/hymenoptera_data
 Z=${ZOO:-/tmp/tledge-int8-zoo}
 PLAIN=${PLAIN:-/tmp/plain}
-mkdir -p "${OUT:-/tmp}" "$PLAIN"
+OUT=${OUT:-/tmp}
+mkdir -p "$OUT" "$PLAIN"
 for m in hym-mnv2:hym-mnv2-s0 hym-mnv1-0.5-160:hym-mnv1-0.5-160-s0 hym-mnv2-s3:hym-mnv2-s3; do
   name=${m%%:*}; dir=${m##*:}
   if [ ! -f "$PLAIN/$name/model_int8.onnx" ]; then
-    .venv/bin/python -m tledge export $Z/$dir/model.keras --int8 --calib $H/train --val $H/val --calib-limit 300 \
+    .venv/bin/python -m tledge export "$Z/$dir/model.keras" --int8 --calib $H/train --val $H/val --calib-limit 300 \
       --no-repair --out "$PLAIN/$name" -q > "$PLAIN-$name.log" 2>&1
   fi
 done
@@ -21,10 +22,10 @@ for round in 1 2 3; do
     E=$Z/exports/$m; P=$PLAIN/$m
     .venv/bin/python -m tledge bench --runs 200 --warmup 20 --threads 2 --json -q \
       $P/model_int8.tflite $E/model_int8.tflite $E/model_fp32.tflite $P/model_int8.onnx $E/model_int8.onnx $E/model_fp32.onnx \
-      > ${OUT:-/tmp}/lat-$m-$round.json 2>${OUT:-/tmp}/lat-$m-$round.err
+      > "$OUT/lat-$m-$round.json" 2> "$OUT/lat-$m-$round.err"
   done
 done
-.venv/bin/python - "${OUT:-/tmp}" <<'PY'  # best p50 of the rounds, and the ratios
+.venv/bin/python - "$OUT" <<'PY'  # best p50 of the rounds, and the ratios
 import json, sys
 names = ("plain int8 tflite", "shipped int8 tflite", "fp32 tflite", "plain int8 onnx", "shipped int8 onnx", "fp32 onnx")
 for m in ("hym-mnv2", "hym-mnv1-0.5-160", "hym-mnv2-s3"):

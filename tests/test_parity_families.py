@@ -64,8 +64,8 @@ def family_export(request, family_data, tmp_path_factory):
     d = tmp_path_factory.mktemp(name)
     model.save(d / "model.keras")
     # Families expected to pass plain int8 skip the repair loop (--no-repair): at 150 val photos even 150/150
-    # cannot confirm a 0.98 pass, so the loop would hold it and run a weight repair (6 of the slow suite's 33
-    # minutes on CI, measured 2026-12-03: every family's plain files agreed 1.000 and so did the repaired ones).
+    # cannot confirm a 0.98 pass, so the loop would hold it and run a weight repair (measured 2026-12-03: 281 s of
+    # the slow suite for these three, whose plain and repaired files all agreed 1.000).
     # The hold itself is tested in test_fidelity_selection.py, test_fidelity.py and test_cli_output.py; the
     # int8-hostile family keeps the loop, which the fallback branch below checks.
     cfg = ExportConfig(out=d / "export", int8=True, fp16=True, dynamic=True, calib=str(family_data / "train"),
