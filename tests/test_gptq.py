@@ -95,3 +95,18 @@ def test_fake_quant_gives_the_bits_of_the_plain_formula():
         x64 = x.astype(np.float64) * 1.001  # other dtypes: the formula itself
         ref64 = ((np.clip(np.round(x64 / scale) + zp, 0, 255) - zp) * scale).astype(np.float32)
         assert np.array_equal(repair.fake_quant(x64, lo, hi), ref64)
+
+
+def test_fake_quant_tensor_gives_the_bits_of_fake_quant():
+    """The repair pass rounds activations with backend ops (tensors stay tensors): the same bits as numpy's."""
+    from tledge.quant import repair
+
+    rng = np.random.default_rng(7)
+    x = (rng.normal(0.5, 2.0, (3, 9, 9, 16)) ** 3).astype(np.float32)
+    x[0, 0, 0, :4] = [-0.0, 0.0, 1e-9, -1e-9]
+    lo_hi = ((float(x.min()) / 3, float(x.max()) / 2), (0.5, 7.0), (-3.0, -1.0), (float(x.min()), float(x.max())))
+    for lo, hi in lo_hi:
+        want = repair.fake_quant(x, lo, hi)
+        got = np.asarray(repair.fake_quant_tensor(x, lo, hi))
+        assert got.dtype == np.float32 and np.array_equal(got.view(np.int32), want.view(np.int32))
+    assert repair.fake_quant_tensor(x, 0.0, 0.0) is x  # an empty range: unchanged

@@ -52,6 +52,25 @@ def test_collect_is_the_same_with_and_without_the_shift_gram(monkeypatch):
     assert not np.allclose(fast.hqq, fast.sub_qq)
 
 
+def test_depthwise_collect_is_the_same_with_and_without_the_shift_gram(monkeypatch):
+    """Stride-1 'same' depthwise layers take the shift gram (channel-wise products, chunks of float64 inputs);
+    a whole collect() equals the strided-view one, cross moments on the first images included."""
+    rng = np.random.default_rng(6)
+    layer = keras.layers.DepthwiseConv2D(3, padding="same")
+    layer.build((None, 7, 5, 4))
+    assert moments.shift_depthwise(layer) and not moments.shift_conv(layer)
+    xq = np.maximum(rng.normal(0.2, 1.0, (9, 7, 5, 4)), 0).astype(np.float32)
+    xf = xq + rng.normal(0, 0.05, xq.shape).astype(np.float32)
+    budget = 7 * 5 * 36 * 2  # views: chunks of 2 images (the cross moments: the first 4); the shift gram: 4, 5
+    fast = moments.collect(layer, xq, xf, cross_images=3, budget=budget)
+    monkeypatch.setattr(moments, "shift_depthwise", lambda layer: False)
+    slow = moments.collect(layer, xq, xf, cross_images=3, budget=budget)
+    for key in ("hqq", "fsum", "hqf", "hff", "sub_qq"):
+        a, b = getattr(fast, key), getattr(slow, key)
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max(), err_msg=key)
+    assert fast.hqq[0, -1, -1] == 9 * 35 and fast.sub_qq[0, -1, -1] == 4 * 35
+
+
 def test_strided_and_valid_convolutions_keep_the_patches():
     for kw in (dict(strides=2, padding="same"), dict(padding="valid"), dict(dilation_rate=2, padding="same")):
         layer = keras.layers.Conv2D(2, 3, **kw)
