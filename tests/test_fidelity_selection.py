@@ -190,6 +190,40 @@ def test_once_the_repair_time_is_spent_no_new_rung_starts_and_the_rest_are_repor
     assert f"; rungs not started: {', '.join(every[2:])} (" in note  # every skipped rung is named
 
 
+def test_a_repair_running_when_the_budget_is_spent_stops_and_is_reported(tmp_path):
+    """The ladder hands its rungs a stop callback (tledge.export.repair_budget.stopper): a repair that asks it after
+    the budget is spent stops (RepairTimeout), its row says so, and no rung starts after it."""
+    from tledge.errors import RepairTimeout
+    from tledge.export import repair_budget
+
+    clock, tried = _Clock(0.0), []
+
+    def attempt(rung, plain, ctx, model, cache, notes):
+        tried.append(rung.name)
+        clock.now += 60.0  # what runs before the repair's kernels (a conversion: it is not stopped)
+        assert cache.stop() is None or rung.name == "repaired-stem4"
+        clock.now += 60.0
+        why = cache.stop()  # what repair.quantize_weights asks before each kernel
+        if why:
+            raise RepairTimeout(f"the weight repair stopped after 3 of 28 kernels: {why}")
+        return _result(False, 0.05, 0.94), b"", {}
+    ctx = fidelity.FidelityContext(lm=None, contract=None, add_norm=None, calib=None, reference=None, val_x=None,
+                                   val_y=None, out=tmp_path, thresholds={}, repair_time=150.0)
+    outcome = fidelity.FidelityOutcome(results={}, started=0.0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(repair_budget, "time", clock)
+        mp.setattr(fidelity, "_attempt", attempt)
+        mp.setattr(fidelity, "_linear_layers", lambda m: 100)
+        mp.setattr(fidelity, "_fallback", lambda plain, best, ctx, outcome: ["fallback", best])
+        rows = fidelity._one_file(_result(False, 0.05, 0.94), ctx, object(), _Cache(), outcome)
+    assert tried == ["onnx-bias", "repaired-stem4"] and rows[0] == "fallback"
+    stopped = outcome.attempts[2]
+    assert stopped["rung"] == "repaired-stem4" and stopped["error"] == (
+        "the weight repair stopped after 3 of 28 kernels: repair time budget spent (240 s of 150 s)")
+    assert "model_int8.onnx: rung `repaired-stem4` stopped part-way (--repair-time): the weight repair" in outcome.notes[0]
+    assert all("skipped" in a for a in outcome.attempts[3:]) and len(outcome.attempts) > 3
+
+
 def test_a_budget_spent_while_a_pass_is_held_ships_the_held_pass(tmp_path):
     """onnx-bias passes unconfirmed and would wait for repaired-stem4; out of time, only that rung is skipped."""
     rows, tried, outcome = _budgeted(tmp_path, {"onnx-bias": (True, 0.018, 0.987),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -180,6 +182,29 @@ def test_apply_puts_every_kernel_on_the_int8_grid(repaired):
             g = repair.to_groups(type(layer).__name__, layer.get_weights()[0].astype(np.float64))
             assert _on_grid(g), layer.name
     assert "BN folded" in log.summary()
+
+
+def test_a_repair_told_to_stop_stops_before_its_next_kernel(tiny, calib):
+    """--repair-time reaches into the pass: `stop` is asked before every kernel, and a reason ends the pass there."""
+    from tledge.errors import RepairTimeout
+
+    asked = []
+
+    def stop():
+        asked.append(1)
+        return "repair time budget spent (301 s of 300 s)" if len(asked) == 3 else None
+    with pytest.raises(RepairTimeout, match=r"^the weight repair stopped after 2 of 6 kernels: repair time budget "
+                                            r"spent \(301 s of 300 s\)$"):
+        repair.apply(tiny, calib, stop=stop, errors=False)
+    asked.clear()
+    repair.apply(tiny, calib, stop=lambda: asked.append(1), errors=False)  # never a reason: the whole pass
+    assert len(asked) == 6
+    from tledge.export.rungs import Shared  # the export's rungs hand the ladder's callback to the pass
+
+    shared = Shared(tiny, None, calib, Path("unused"), stop=lambda: "repair time budget spent (9 s of 5 s)")
+    with pytest.raises(RepairTimeout, match=r"stopped after 0 of 6 kernels: repair time budget spent \(9 s of 5 s\)"):
+        shared.repaired_model(0)
+    assert shared.repaired == {}  # nothing half-repaired is kept for the other format's ladder
 
 
 def _keras_kernels_tflite_layout(model):

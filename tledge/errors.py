@@ -28,6 +28,10 @@ class ExportError(TledgeError):
     """A conversion failed."""
 
 
+class RepairTimeout(ExportError):
+    """An int8 repair stopped part-way: the repair time budget (`--repair-time`) was spent while it ran."""
+
+
 class ParityError(TledgeError):
     """An exported file does not behave like the reference model."""
 

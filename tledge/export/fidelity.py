@@ -26,7 +26,7 @@ Rungs (`LADDER`, in order of cost, each one's seconds recorded):
      a stem, for models too small for one);
   8. last resort, loudly: the int8 file is moved to `rejected/` and replaced by fp16 (TFLite) /
      fp32 (ONNX), unless the target is int8-only (Edge TPU), where the export fails instead.
-`ctx.repair_time`: no rung starts after it, shared by the failing files (tledge.export.repair_budget).
+`ctx.repair_time`: no rung starts after it and a weight repair running stops (tledge.export.repair_budget).
 For int8-only targets the stem and sensitivity rungs never apply (tledge.quant.registry): their ladder
 is onnx-bias / tflite-bias (then tflite-rounding without a Keras 3 model), calibration-percentile, repaired,
 repaired+bias.
@@ -49,7 +49,7 @@ import numpy as np
 
 from tledge._deps import blas_threads
 from tledge.contract import Contract
-from tledge.errors import TledgeError, TledgeWarning
+from tledge.errors import RepairTimeout, TledgeError, TledgeWarning
 from tledge.export import repair_budget
 from tledge.export.parity import ParityResult, Thresholds, check_files, confirmed
 
@@ -182,6 +182,7 @@ def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: 
     count on 153 cannot (docs/int8-fidelity.md, "Which passing rung ships", "Unconfirmed plain passes"). No rung
     starts `limit` (default: ctx.repair_time) seconds after the ladder's start (tledge.export.repair_budget)."""
     limit = ctx.repair_time if limit is None else limit
+    cache.stop = repair_budget.stopper(limit, outcome.started)  # a weight repair running stops there too
     outcome.attempts.append(_row(plain, "plain"))
     cache.original(ctx.out / plain.file)  # kept for the graph rungs: a better rung's file replaces it
     rungs = [r for r in LADDER if _applies(r, plain, ctx, model)
@@ -206,6 +207,8 @@ def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: 
             error = str(exc) if isinstance(exc, TledgeError) else f"internal error: {type(exc).__name__}: {exc}"
             outcome.attempts.append({"file": plain.file, "rung": rung.name, "error": error,
                                      "seconds": round(time.perf_counter() - start, 2)})
+            if isinstance(exc, RepairTimeout):
+                outcome.notes.append(f"{plain.file}: rung `{rung.name}` stopped part-way (--repair-time): {error}")
             if not isinstance(exc, TledgeError):
                 outcome.notes.append(f"{plain.file}: rung `{rung.name}` failed on this model ({error}); the "
                                      f"ladder went on without it (a tledge bug: please report it with the model)")

@@ -1,8 +1,9 @@
 """The int8 repair ladder's time budget (`tledge export --repair-time SECONDS`, ExportConfig.repair_time).
 
 The ladder (tledge.export.fidelity) runs for every failing int8 file in turn, one budget for all of them,
-counted from the ladder's start (the Keras 3 rebuild included). Once it is spent no new rung starts; the rung
-running then finishes (a conversion cannot be stopped half-way without losing its work). With several failing
+counted from the ladder's start (the Keras 3 rebuild included). Once it is spent no new rung starts, and a weight
+repair pass running then stops before its next kernel (`stopper`: RepairTimeout, the rung is reported as stopped);
+a conversion running then finishes (it cannot be stopped half-way without losing its work). With several failing
 files the k-th of n also stops starting rungs at k/n of the budget (`share`), so the first file cannot leave
 the others nothing: time it does not use passes on. The rungs not started are recorded as attempts rows with a
 `skipped` reason (parity.md, parity.json) and one note per file (the terminal summary), and the best file so
@@ -28,6 +29,17 @@ def spent(limit: float | None, started: float) -> float | None:
     """Seconds since `started` (time.perf_counter) when they reach `limit` (None: no limit), else None."""
     elapsed = time.perf_counter() - started
     return elapsed if limit is not None and elapsed >= limit else None
+
+
+def stopper(limit: float | None, started: float):
+    """() -> why a running repair must stop now (its file's `limit` is spent), or None; None without a limit."""
+    if limit is None:
+        return None
+
+    def stop() -> str | None:
+        elapsed = spent(limit, started)
+        return None if elapsed is None else f"repair time budget spent ({elapsed:.0f} s of {limit:g} s)"
+    return stop
 
 
 def skip(file: str, rungs, limit: float, budget: float, elapsed: float, attempts: list[dict],

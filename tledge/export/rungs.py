@@ -42,6 +42,7 @@ class Shared:
     mixed: dict = field(default_factory=dict)  # sensitivity choices and float-weight models (tledge.export.mixed)
     originals: dict = field(default_factory=dict)  # path -> the plain int8 file's bytes (graph rungs start there)
     trace: object = None  # () -> (serve, concrete): the export's traced function (loader.trace), or None
+    stop: object = None  # () -> why a running repair must stop (tledge.export.repair_budget.stopper), or None
     runs: Counter = field(default_factory=Counter)
     hits: Counter = field(default_factory=Counter)
 
@@ -66,7 +67,8 @@ class Shared:
         def make():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return repair.apply(self.model, self.calib, stem=stem, errors=False)[0]  # (the log is not read)
+                return repair.apply(self.model, self.calib, stem=stem, errors=False,  # (the log is not read)
+                                    stop=self.stop)[0]
         return self._get(self.repaired, stem, "repair", make)
 
     # ---- TFLite -----------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tledge.errors import ExportError
+from tledge.errors import ExportError, RepairTimeout
 from tledge.quant import gptq, moments
 from tledge.quant.kerasgraph import (  # noqa: F401  (re-exported: repair.fold_bn, repair.predict, ...)
     HOMOGENEOUS, apply_layer, call_layer, clip_of, clone_layer, flat_model, keras_lib, linear_kind, rebuild_model,
@@ -300,7 +300,7 @@ def quantised_output(op, keep) -> bool:
 
 def quantize_weights(model, calib, *, method="adaptive", bias_correction=True, refit=False,
                      act_quant=True, keep_float=(), damp=0.01, ridge=0.05, log: RepairLog | None = None,
-                     errors=True):
+                     errors=True, stop=None):
     """Sequentially put every kernel of a folded flat model on the int8 grid (see module doc).
 
     Layers are visited in graph order; each one sees the float model's input (its target) and the
@@ -308,8 +308,10 @@ def quantize_weights(model, calib, *, method="adaptive", bias_correction=True, r
     `act_quant` also rounds those inputs to the per-tensor 8-bit activation grid the converter will
     use (range = calibration min/max), so rounding and bias absorb the activation error too.
     Layers named in `keep_float` (see `stem_layers`) keep float weights and float outputs. `errors=False`
-    skips the logged per-layer errors (NaN in the log; their cross moments were ~1/4 of the pass)."""
+    skips the logged per-layer errors (NaN in the log; their cross moments were ~1/4 of the pass). `stop`: called
+    before each kernel, a reason (str) ends the pass with RepairTimeout (the export's --repair-time), None goes on."""
     keep = set(keep_float)
+    kernels, done = sum(bool(linear_kind(op)) and op.name not in keep for op, _ in nodes(model)), 0
     qmodel = rebuild_model(model, _with_bias)
     qlayers = operations(qmodel)
     uses = use_counts(nodes(model))
@@ -321,6 +323,10 @@ def quantize_weights(model, calib, *, method="adaptive", bias_correction=True, r
         flat_f, flat_q = list(flat_model(args_f)), list(flat_model(args_q))
         qop = qlayers[op.name]
         if linear_kind(op) and len(flat_f) == 1 and op.name not in keep:
+            why = stop() if stop is not None else None
+            if why:
+                raise RepairTimeout(f"the weight repair stopped after {done} of {kernels} kernels: {why}")
+            done += 1
             mom = moments.collect(op, np.asarray(flat_q[0]), np.asarray(flat_f[0]),
                                   cross_images=None if refit else 32 if errors else 0)
             new, errs = _solve_layer(qop, mom, method, bias_correction, refit, damp, ridge)
@@ -345,13 +351,14 @@ def quantize_weights(model, calib, *, method="adaptive", bias_correction=True, r
 
 # ---- the pipeline ------------------------------------------------------------------------------
 def apply(model, calib, steps=DEFAULT_STEPS, *, stem: int = 0, act_quant=True, damp=0.01, ridge=0.05,
-          extra: dict | None = None, extra_after: dict | None = None, check=16, errors=True):
+          extra: dict | None = None, extra_after: dict | None = None, check=16, errors=True, stop=None):
     """Run the repair `steps` (see KNOWN_STEPS) on a Keras model that takes float32 pixels NHWC.
 
     Returns (new_model, RepairLog). `calib` are calibration inputs exactly as the model takes
     them (float32 pixels for a model with baked preprocessing). `extra` / `extra_after`: named
     callables (model, calib, log) -> model run before / after the rounding (lab experiments).
-    `errors=False`: no per-layer error figures in the log (NaN), the same model, faster."""
+    `errors=False`: no per-layer error figures in the log (NaN), the same model, faster. `stop`: see
+    quantize_weights (RepairTimeout)."""
     steps = tuple(steps) + tuple(extra or ()) + tuple(extra_after or ())
     unknown = [s for s in steps if s not in KNOWN_STEPS + tuple(extra or ()) + tuple(extra_after or ())]
     if unknown:
@@ -379,7 +386,7 @@ def apply(model, calib, steps=DEFAULT_STEPS, *, stem: int = 0, act_quant=True, d
     if rounding in steps or "bias_correction" in steps or "refit" in steps:
         m = quantize_weights(m, calib, method=rounding, bias_correction="bias_correction" in steps,
                              refit="refit" in steps, act_quant=act_quant, keep_float=stem_layers(m, stem),
-                             damp=damp, ridge=ridge, log=log, errors=errors)
+                             damp=damp, ridge=ridge, log=log, errors=errors, stop=stop)
     for step in (extra_after or {}).values():
         m = step(m, calib, log)
     log.seconds = time.perf_counter() - t0
