@@ -220,7 +220,8 @@ def test_a_repair_running_when_the_budget_is_spent_stops_and_is_reported(tmp_pat
     stopped = outcome.attempts[2]
     assert stopped["rung"] == "repaired-stem4" and stopped["error"] == (
         "the weight repair stopped after 3 of 28 kernels: repair time budget spent (240 s of 150 s)")
-    assert "model_int8.onnx: rung `repaired-stem4` stopped part-way (--repair-time): the weight repair" in outcome.notes[0]
+    note = "model_int8.onnx: rung `repaired-stem4` stopped part-way (--repair-time): the weight repair stopped after 3"
+    assert outcome.notes[0].startswith(note)
     assert all("skipped" in a for a in outcome.attempts[3:]) and len(outcome.attempts) > 3
 
 
