@@ -184,6 +184,25 @@ def test_apply_puts_every_kernel_on_the_int8_grid(repaired):
     assert "BN folded" in log.summary()
 
 
+def test_call_layer_in_batches_equals_one_call_and_apply_layer(calib):
+    """The repair pass calls each layer once on every image where they fit (a tensor back, no copies) and in
+    batches where they do not (concatenated): the same values either way, and as apply_layer's arrays."""
+    from tledge.quant.kerasgraph import call_layer
+
+    conv = keras.layers.Conv2D(4, 3, padding="same")
+    conv.build((None, SIZE, SIZE, 3))
+    add = keras.layers.Add()
+    whole = call_layer(conv, (calib,))
+    assert keras.ops.is_tensor(whole)  # one call: the layer's own tensor
+    parts = call_layer(conv, (calib,), max_bytes=5 * SIZE * SIZE * 3 * 4)  # 5 images per call
+    assert isinstance(parts, np.ndarray) or keras.ops.is_tensor(parts)
+    np.testing.assert_allclose(np.asarray(parts), np.asarray(whole), rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(repair.apply_layer(conv, (calib,)), np.asarray(whole), rtol=1e-6, atol=1e-5)
+    summed = call_layer(add, ([whole, calib[..., :1]],), max_bytes=7 * SIZE * SIZE * 4 * 4)  # nested, broadcast
+    np.testing.assert_allclose(np.asarray(summed), np.asarray(whole) + calib[..., :1], rtol=1e-6, atol=1e-4)
+    assert np.asarray(summed).shape == (len(calib), SIZE, SIZE, 4)
+
+
 def test_a_repair_told_to_stop_stops_before_its_next_kernel(tiny, calib):
     """--repair-time reaches into the pass: `stop` is asked before every kernel, and a reason ends the pass there."""
     from tledge.errors import RepairTimeout

@@ -171,7 +171,7 @@ def apply_layer(layer, args, kwargs=None, batch=32):
 CALL_BYTES = 1 << 28  # input bytes per call of `call_layer`: one call for a whole calibration set at 224 px
 
 
-def call_layer(layer, args, kwargs=None, max_bytes: int = CALL_BYTES):
+def call_layer(layer, args, kwargs=None, max_bytes: int | None = None):
     """`apply_layer` for a pass that keeps activations (tledge.quant.repair): where every image's input fits in
     `max_bytes` the layer is called once and its output tensor returned as it is, so it feeds the next layer
     without a copy and `np.asarray` reads it in place (numpy -> tensor -> numpy copies and the concatenation
@@ -181,7 +181,7 @@ def call_layer(layer, args, kwargs=None, max_bytes: int = CALL_BYTES):
     arrays = list(flat_model(args))
     itemsize = [np.dtype(keras_lib().backend.standardize_dtype(a.dtype)).itemsize for a in arrays]
     per_image = max(int(np.prod(a.shape[1:])) * size for a, size in zip(arrays, itemsize))
-    batch = max(1, max_bytes // max(per_image, 1))
+    batch = max(1, (CALL_BYTES if max_bytes is None else max_bytes) // max(per_image, 1))
     if batch >= len(arrays[0]):
         return layer(*args, **kwargs)
     return keras_lib().ops.concatenate(list(_batches(layer, args, kwargs, batch)), axis=0)  # still a tensor
