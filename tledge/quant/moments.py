@@ -327,9 +327,9 @@ def _chunk_grams(layer, xq, xf, cross: bool) -> dict:
 
 
 def collect(layer, xq, xf, *, cross_images: int | None = 32, budget=1 << 23) -> Moments:
-    """Moments of one layer (a Keras layer or a Geometry) over the calibration set, in chunks of about `budget` float64 elements
-    (patches, or inputs for the shift gram). `cross_images`: how many first images the cross moments
-    cover (None: all; 0: none, the fields are None and the logged errors are not computed)."""
+    """Moments of one layer (a Keras layer or a Geometry) over the calibration set, in chunks of about `budget`
+    float64 elements (patches, or inputs for the shift grams). `cross_images`: how many first images the cross
+    moments cover (None: all; 0: none, the fields are None and the logged errors are not computed)."""
     layer = geometry(layer)
     d = layer.rows
     per_image = int(np.prod(xq.shape[1:-1])) if xq.ndim > 2 else 1
