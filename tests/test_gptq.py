@@ -107,7 +107,9 @@ def test_fake_quant_tensor_gives_the_bits_of_fake_quant():
     lo_hi = ((float(x.min()) / 3, float(x.max()) / 2), (0.5, 7.0), (-3.0, -1.0), (float(x.min()), float(x.max())))
     for lo, hi in lo_hi:
         want = repair.fake_quant(x, lo, hi)
-        for chunk_bytes in (1 << 26, 9 * 9 * 16 * 4):  # whole, and one image per slice
-            got = np.asarray(repair.fake_quant_tensor(x, lo, hi, chunk_bytes=chunk_bytes))
+        for chunk_bytes, keep in ((1 << 26, None), (9 * 9 * 16 * 4, None), (9 * 9 * 16 * 4, 1 << 10)):
+            got = repair.fake_quant_tensor(x, lo, hi, chunk_bytes=chunk_bytes, keep_bytes=keep)  # whole, slices
+            assert isinstance(got, np.ndarray) == (keep is not None)  # a tensor, unless larger than keep_bytes
+            got = np.asarray(got)
             assert got.dtype == np.float32 and np.array_equal(got.view(np.int32), want.view(np.int32))
     assert repair.fake_quant_tensor(x, 0.0, 0.0) is x  # an empty range: unchanged

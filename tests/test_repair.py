@@ -192,11 +192,13 @@ def test_call_layer_in_batches_equals_one_call_and_apply_layer(calib):
     conv = keras.layers.Conv2D(4, 3, padding="same")
     conv.build((None, SIZE, SIZE, 3))
     add = keras.layers.Add()
-    whole = call_layer(conv, (calib,))
+    whole = call_layer(conv, (calib,), max_bytes=1 << 30)
     assert keras.ops.is_tensor(whole)  # one call: the layer's own tensor
-    parts = call_layer(conv, (calib,), max_bytes=5 * SIZE * SIZE * 3 * 4)  # 5 images per call
-    assert isinstance(parts, np.ndarray) or keras.ops.is_tensor(parts)
-    np.testing.assert_allclose(np.asarray(parts), np.asarray(whole), rtol=1e-6, atol=1e-5)
+    for keep in (1 << 30, 1 << 10):  # batches concatenated as a tensor, or written into numpy (large outputs)
+        parts = call_layer(conv, (calib,), max_bytes=5 * SIZE * SIZE * 3 * 4, keep_bytes=keep)  # 5 images per call
+        assert isinstance(parts, np.ndarray) == (keep < 1 << 20)
+        np.testing.assert_allclose(np.asarray(parts), np.asarray(whole), rtol=1e-6, atol=1e-5)
+    assert isinstance(call_layer(conv, (calib,), max_bytes=1 << 30, keep_bytes=1 << 10), np.ndarray)
     np.testing.assert_allclose(repair.apply_layer(conv, (calib,)), np.asarray(whole), rtol=1e-6, atol=1e-5)
     summed = call_layer(add, ([whole, calib[..., :1]],), max_bytes=7 * SIZE * SIZE * 4 * 4)  # nested, broadcast
     np.testing.assert_allclose(np.asarray(summed), np.asarray(whole) + calib[..., :1], rtol=1e-6, atol=1e-4)

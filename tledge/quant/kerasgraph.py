@@ -2,6 +2,8 @@
 replaced layers, fold BatchNormalization, walk nodes in order, run layers on arrays."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from tledge._deps import require
@@ -168,23 +170,42 @@ def apply_layer(layer, args, kwargs=None, batch=32):
     return np.concatenate([np.asarray(o) for o in _batches(layer, args, _inference_kwargs(layer, kwargs), batch)])
 
 
-CALL_BYTES = 1 << 28  # input bytes per call of `call_layer`: one call for a whole calibration set at 224 px
+CALL_BYTES = 1 << 25  # input bytes per layer call of `call_layer` (32 MB: batches of ~32 photos at 224 px)
+KEEP_BYTES = 1 << 27  # activations up to this size stay backend tensors; larger ones go to numpy
 
 
-def call_layer(layer, args, kwargs=None, max_bytes: int | None = None):
-    """`apply_layer` for a pass that keeps activations (tledge.quant.repair): where every image's input fits in
-    `max_bytes` the layer is called once and its output tensor returned as it is, so it feeds the next layer
-    without a copy and `np.asarray` reads it in place (numpy -> tensor -> numpy copies and the concatenation
-    were ~40 % of MobileNetV2's repair pass); else batches, concatenated into one tensor. Read results with
-    np.asarray (read-only)."""
+def nbytes(a) -> int:
+    """Bytes of a numpy array or a backend tensor."""
+    return int(np.prod(a.shape)) * np.dtype(keras_lib().backend.standardize_dtype(a.dtype)).itemsize
+
+
+def call_layer(layer, args, kwargs=None, max_bytes: int | None = None, keep_bytes: int | None = None):
+    """`apply_layer` for a pass that keeps activations (tledge.quant.repair), with fewer copies: outputs up to
+    `keep_bytes` (KEEP_BYTES) are returned as the backend's tensors, which the next layer takes without a copy and
+    `np.asarray` reads in place (numpy -> tensor -> numpy copies and concatenations were ~40 % of MobileNetV2's
+    repair pass); larger ones are written batch by batch into one numpy array. Why not keep those as tensors
+    too: TensorFlow's CPU allocator never returns memory to the system, so whole large activations held there
+    raised a MobileNetV2 export's peak from 8.6 to 12 GB for the rest of the export. Batches: `max_bytes`
+    (CALL_BYTES) of input per call. Read results with np.asarray (read-only)."""
     kwargs = _inference_kwargs(layer, kwargs)
     arrays = list(flat_model(args))
-    itemsize = [np.dtype(keras_lib().backend.standardize_dtype(a.dtype)).itemsize for a in arrays]
-    per_image = max(int(np.prod(a.shape[1:])) * size for a, size in zip(arrays, itemsize))
+    n = len(arrays[0])
+    per_image = max(nbytes(a) // max(len(a), 1) for a in arrays)
     batch = max(1, (CALL_BYTES if max_bytes is None else max_bytes) // max(per_image, 1))
-    if batch >= len(arrays[0]):
-        return layer(*args, **kwargs)
-    return keras_lib().ops.concatenate(list(_batches(layer, args, kwargs, batch)), axis=0)  # still a tensor
+    keep = KEEP_BYTES if keep_bytes is None else keep_bytes
+    if batch >= n:
+        out = layer(*args, **kwargs)
+        return out if nbytes(out) <= keep else np.array(out)  # (the copy frees the backend's buffer)
+    parts = _batches(layer, args, kwargs, batch)
+    first = next(parts)
+    if nbytes(first) * -(-n // batch) <= keep:
+        return keras_lib().ops.concatenate([first, *parts], axis=0)
+    out = np.empty((n, *first.shape[1:]), np.asarray(first).dtype)
+    i = 0
+    for part in itertools.chain([first], parts):
+        out[i:i + len(part)] = np.asarray(part)
+        i += len(part)
+    return out
 
 
 def is_array(a) -> bool:

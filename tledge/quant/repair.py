@@ -35,8 +35,8 @@ import numpy as np
 from tledge.errors import ExportError, RepairTimeout
 from tledge.quant import gptq, moments
 from tledge.quant.kerasgraph import (  # noqa: F401  (re-exported: repair.fold_bn, repair.predict, ...)
-    HOMOGENEOUS, apply_layer, call_layer, clip_of, clone_layer, flat_model, keras_lib, linear_kind, rebuild_model,
-    single_use, flatten, fold_bn, kernel_out, nodes, operations, predict, use_counts)
+    HOMOGENEOUS, KEEP_BYTES, apply_layer, call_layer, clip_of, clone_layer, flat_model, keras_lib, linear_kind,
+    rebuild_model, single_use, flatten, fold_bn, kernel_out, nodes, operations, predict, use_counts)
 
 DEFAULT_STEPS = ("fold", "exact_input", "adaptive", "bias_correction")
 FOLD_TOLERANCE = 1e-3  # max abs change the rebuild + BN folding may make (measured ~2e-6), x max(1, |output|)
@@ -265,11 +265,12 @@ def fake_quant(x, lo, hi, levels=256):
     return np.multiply(q, scale, out=q, dtype=np.float64, casting="same_kind")
 
 
-def fake_quant_tensor(x, lo, hi, levels=256, chunk_bytes=1 << 26):
+def fake_quant_tensor(x, lo, hi, levels=256, chunk_bytes=1 << 26, keep_bytes=None):
     """`fake_quant` of a float32 array or tensor with backend ops (the same steps: float32 division, half-to-even
-    rounding, the product in float64): on every core, and a tensor the next layer takes without a copy (numpy
-    -> tensor copies were ~10 % of MobileNetV2's repair pass). In slices of `chunk_bytes` along the first axis:
-    on a whole activation the float64 temporaries took 6x its size (MobileNetV2's pass peaked at 15 GB)."""
+    rounding, the product in float64), on every core, in slices of `chunk_bytes` along the first axis (on a whole
+    activation the float64 temporaries took 6x its size). Up to `keep_bytes` (kerasgraph.KEEP_BYTES) the result
+    is a backend tensor the next layer takes without a copy; larger ones are written into a numpy array
+    (kerasgraph.call_layer says why)."""
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
     if hi - lo <= 0:
         return x
@@ -280,10 +281,16 @@ def fake_quant_tensor(x, lo, hi, levels=256, chunk_bytes=1 << 26):
     def one(part):
         q = ops.clip(ops.round(ops.divide(part, np.float32(scale))), -zp, levels - 1 - zp) + 0.0  # no -0.0 steps
         return ops.cast(ops.multiply(ops.cast(q, "float64"), scale), "float32")
-    step = max(1, chunk_bytes // max(1, 4 * int(np.prod(x.shape[1:]))))
-    if len(x.shape) == 0 or step >= x.shape[0]:
+    total = 4 * int(np.prod(x.shape))
+    if len(x.shape) == 0 or total <= chunk_bytes:
         return one(x)
-    return ops.concatenate([one(x[i:i + step]) for i in range(0, x.shape[0], step)], axis=0)
+    step = max(1, chunk_bytes * x.shape[0] // total)
+    if total <= (KEEP_BYTES if keep_bytes is None else keep_bytes):
+        return ops.concatenate([one(x[i:i + step]) for i in range(0, x.shape[0], step)], axis=0)
+    out = np.empty(x.shape, np.float32)
+    for i in range(0, x.shape[0], step):
+        out[i:i + step] = np.asarray(one(x[i:i + step]))
+    return out
 
 
 def stem_layers(model, k: int) -> list[str]:
