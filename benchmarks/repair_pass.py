@@ -121,19 +121,20 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|")
     rows = []
     for model in models:
-        row = {"model": model.stem}
+        name = model.parent.name if model.stem == "model" else model.stem  # (the zoo's NAME/model.keras)
+        row = {"model": name, "path": str(model)}
         for which, repo in (("baseline", a.baseline), ("this", REPO)):
             if repo is not None:
-                row[which] = run(repo, model, a.images, a.cache / f"{model.stem}-{which}.npz", photos)
+                row[which] = run(repo, model, a.images, a.cache / f"{name}-{which}.npz", photos)
         this, base = row["this"], row.get("baseline")
         ok = base and "error" not in base and "error" not in this
         ratio = f"{this['seconds'] / base['seconds']:.2f}x" if ok else "-"
-        same = same_weights(a.cache / f"{model.stem}-baseline.npz", a.cache / f"{model.stem}-this.npz") if ok else None
+        same = same_weights(a.cache / f"{name}-baseline.npz", a.cache / f"{name}-this.npz") if ok else None
         row["identical"] = same
 
         def cell(r, key, fmt):
             return "-" if not r else r.get("error", "")[:60] if "error" in r else format(r[key], fmt)
-        print(f"| {model.stem} | {cell(base, 'seconds', '.1f')} | {cell(this, 'seconds', '.1f')} | {ratio} | "
+        print(f"| {name} | {cell(base, 'seconds', '.1f')} | {cell(this, 'seconds', '.1f')} | {ratio} | "
               f"{cell(base, 'peak_gb', '.1f')} | {cell(this, 'peak_gb', '.1f')} | {'-' if same is None else same} |",
               flush=True)
         rows.append(row)
