@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -86,19 +85,11 @@ def same_weights(a: Path, b: Path) -> bool:
 
 
 def cpu_line() -> str:
-    flags = set()
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not flags:
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    shown = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-    return f"{model}, {os.cpu_count()} cores, {' '.join(shown) or 'flags unknown'}, load {os.getloadavg()[0]:.1f}"
+    """This CPU's int8-relevant flags (tledge.quant.kernels.cpu_flags, as parity.md gives them), cores and load."""
+    sys.path.insert(0, str(REPO))
+    from tledge.quant.kernels import cpu_flags
+
+    return f"{cpu_flags()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"
 
 
 def main(argv=None) -> int:
