@@ -17,9 +17,21 @@ from __future__ import annotations
 
 
 def constants(model) -> set[str]:
-    """Tensor names of an onnx ModelProto that hold constants: initializers and Constant outputs."""
-    return {i.name for i in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
-                                                        for o in n.output}
+    """Tensor names of an onnx ModelProto that hold constants: initializers, Constant outputs, and the outputs
+    of any node whose inputs are all constants (a Cast, Identity, Reshape or Unsqueeze of a constant: what a
+    constant-folding pass would fold), so an Add fed a constant through such a chain counts as a constant Add."""
+    consts = {i.name for i in model.graph.initializer}
+    pending = list(model.graph.node)
+    while True:
+        grown = False
+        for n in pending:
+            inputs = [i for i in n.input if i]
+            if (n.op_type == "Constant" or inputs) and all(i in consts for i in inputs):
+                consts.update(n.output)
+                grown = True
+        pending = [n for n in pending if not set(n.output) <= consts]
+        if not grown or not pending:
+            return consts
 
 
 def constant_adds(model) -> list[str]:
