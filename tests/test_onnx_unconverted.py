@@ -1,8 +1,8 @@
-"""A Keras model with ops tf2onnx cannot convert (ConvNeXt's grouped convolution, which Keras 3 runs as a
-compiled function: StatefulPartitionedCall; exact GELU: Erfc): tf2onnx only logs them and keeps them in
-the graph, and `tledge export` went on to write an fp32 .onnx that onnxruntime refuses, crashing with an
-InvalidGraph traceback. Now the file's conversion fails with one clear line (the report's failed row),
-before the .onnx is written; the TFLite files of the same model export."""
+"""ConvNeXt's ops that tf2onnx did not convert: the grouped convolution, which Keras 3 runs as an XLA-compiled
+function (StatefulPartitionedCall), and exact GELU's Erfc. tledge.export.onnx_tfops now rewrites both before
+tf2onnx (the call inlined, Erfc as 1 - Erf), so the model exports to ONNX and passes fp32 parity. Any op that
+tf2onnx still leaves in the graph fails the file's conversion with one clear line (the report's failed row),
+before an .onnx onnxruntime refuses is written; the TFLite files of the same model export."""
 from __future__ import annotations
 
 import numpy as np
@@ -28,7 +28,29 @@ def convnext_like(tmp_path_factory):
     return path
 
 
-def test_unconvertible_ops_fail_the_onnx_export_with_one_line(convnext_like, shapes_dataset, tmp_path, capsys):
+def test_grouped_convolutions_and_exact_gelu_export_to_onnx(convnext_like, shapes_dataset, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    out = tmp_path / "export"
+    rc = main(["export", str(convnext_like), "--formats", "onnx", "--val", str(shapes_dataset / "val"),
+               "--out", str(out)])
+    assert rc == 0  # fp32 parity against the Keras model passed
+    model = onnx.load(str(out / "model_fp32.onnx"))
+    groups = [a.i for n in model.graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group"]
+    assert 8 in groups and any(n.op_type == "Erf" for n in model.graph.node)
+    sess = ort.InferenceSession(str(out / "model_fp32.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3)).astype(np.float32)
+    feed = x.transpose(0, 3, 1, 2) if sess.get_inputs()[0].shape[1] == 3 else x
+    want = keras.models.load_model(convnext_like)(x, training=False)
+    np.testing.assert_allclose(sess.run(None, {sess.get_inputs()[0].name: feed})[0], np.asarray(want), atol=1e-5)
+
+
+def test_ops_tf2onnx_leaves_in_the_graph_fail_the_onnx_export_with_one_line(convnext_like, shapes_dataset,
+                                                                             tmp_path, capsys, monkeypatch):
+    """Without the rewrite tf2onnx keeps the XLA call and Erfc: that is the unconverted-op path."""
+    from tledge.export import onnx_tfops
+
+    monkeypatch.setattr(onnx_tfops, "rewrite", lambda tf, graph_def: (graph_def, {}))
     out = tmp_path / "export"
     rc = main(["export", str(convnext_like), "--formats", "onnx", "--val", str(shapes_dataset / "val"),
                "--out", str(out)])

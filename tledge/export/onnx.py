@@ -19,7 +19,7 @@ import numpy as np
 
 from tledge._deps import require
 from tledge.errors import ExportError
-from tledge.export import onnx_reshapes, onnx_scalars
+from tledge.export import onnx_reshapes, onnx_scalars, onnx_tfops
 from tledge.io import scratch_cwd
 
 OPSET = 17
@@ -83,7 +83,9 @@ def convert_fp32(serve, contract):
         frozen = convert_variables_to_constants_v2(serve.get_concrete_function(*spec))
         # scalar adds (hard-swish's `x + 3.0`) shaped [1], else tf2onnx's transpose optimiser fails on them
         # and keeps a Transpose pair around every Conv (tledge.export.onnx_scalars)
-        graph_def, _ = onnx_scalars.as_vectors(tf, frozen.graph.as_graph_def())
+        # grouped convolutions' XLA-marked calls inlined, exact GELU's Erfc as 1 - Erf (tledge.export.onnx_tfops)
+        graph_def, _ = onnx_tfops.rewrite(tf, frozen.graph.as_graph_def())
+        graph_def, _ = onnx_scalars.as_vectors(tf, graph_def)
         inputs = [t.name for t in frozen.inputs if t.dtype != tf.resource]
         outputs = [t.name for t in frozen.outputs]
         nchw = inputs if Conventions.of(contract).layout == "nchw" else None
@@ -95,9 +97,8 @@ def convert_fp32(serve, contract):
     if unconverted:
         raise ExportError(
             f"ONNX conversion failed: tf2onnx cannot convert the TensorFlow op(s) {', '.join(unconverted)} of this "
-            "model and left them in the graph, which no ONNX runtime loads (ConvNeXt: Keras runs its grouped "
-            "convolutions as compiled functions, StatefulPartitionedCall, and exact GELU uses Erfc); export the "
-            "TFLite files alone with --formats tflite")
+            "model and left them in the graph, which no ONNX runtime loads; export the TFLite files alone with "
+            "--formats tflite")
     onnx_reshapes.drop_identity(model)  # what tf2onnx writes for transposes of 1x1 maps, once they cancel
     return _rename_io(model)
 
