@@ -229,3 +229,35 @@ def test_real_ctrl_c_on_a_live_camera_stops_with_a_summary():
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted" in err and "Traceback" not in err
     assert all(json.loads(line)["status"] == "ok" for line in out.splitlines())
+
+
+def _one_line_error(code: int, err: str) -> bool:
+    return code == 2 and "Traceback" not in err and len([ln for ln in err.splitlines() if ln.strip()]) == 1
+
+
+def test_bad_delegate_device_and_empty_source_exit_2_before_loading(tmp_path, capsys):
+    """A --delegate that cannot load (missing, not a library, not a delegate) used to crash inside the
+    interpreter with tracebacks; bench tried --device bogus per file; an empty --source ran on the current folder."""
+    import ctypes.util
+
+    text = tmp_path / "notalib.so"
+    text.write_text("hello\n")
+    libs = ["libtledge_no_such_delegate.so", str(text)] + ([ctypes.util.find_library("c")]
+                                                            if ctypes.util.find_library("c") else [])
+    for verb in (("run", TINY / "model_int8.tflite", "--source", TINY / "images"), ("info", TINY / "model_int8.tflite"),
+                 ("bench", TINY / "model_int8.tflite", "--same-process")):
+        for lib in libs:
+            code, out, err = run_cli(capsys, *verb, "--delegate", lib)
+            assert _one_line_error(code, err) and f"--delegate {lib}: " in err and out == "", (verb[0], lib, err)
+    code, out, err = run_cli(capsys, "bench", TINY / "model_int8.tflite", "--device", "toaster")
+    assert _one_line_error(code, err) and "unknown device 'toaster'" in err and out == ""
+    code, out, err = run_cli(capsys, "run", TINY / "model_int8.tflite", "--source", "")
+    assert _one_line_error(code, err) and "--source is empty" in err and out == ""
+
+
+def test_bench_where_nothing_loads_says_so_on_stderr(tmp_path, capsys):
+    fake = tmp_path / "model.tflite"
+    fake.write_text("not a model\n")
+    code, out, err = run_cli(capsys, "bench", fake, "--runs", "1", "--warmup", "0", "--same-process")
+    assert _one_line_error(code, err) and "no file could be measured: model.tflite: cannot load" in err
+    assert "ERROR" in out  # the table still shows the row

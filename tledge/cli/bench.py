@@ -31,6 +31,8 @@ def run(args) -> int:
     V.in_range(args.warmup, "--warmup", 0, 1_000_000)
     V.in_range(args.batch, "--batch", 1, 1024)
     check_model_options(args)
+    V.device(args.device)
+    V.delegates(args.delegate)
     kw = load_kwargs(args)
     threads = kw.pop("threads", None)
     results = bench(args.models, runs=args.runs, warmup=args.warmup, batch=args.batch, threads=threads,
@@ -42,4 +44,9 @@ def run(args) -> int:
         for r in results:
             for note in r.get("notes", []):
                 print(f"{r['name']}: {note}")
-    return 2 if all("error" in r for r in results) else 0
+    if all("error" in r for r in results):  # nothing measured: say so on stderr too (the table is on stdout)
+        from tledge.errors import TledgeError
+
+        why = "; ".join(f"{r['name']}: {' '.join(str(r['error']).split())}" for r in results)
+        raise TledgeError(f"no file could be measured: {why}")
+    return 0

@@ -11,7 +11,10 @@ from pathlib import Path
 
 
 def _positive(text: str) -> int:
-    v = int(text)
+    try:
+        v = int(text)
+    except ValueError:  # argparse would name this function: "invalid _positive value"
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
     return v
@@ -40,7 +43,7 @@ def run(args) -> int:
 
     V.output_dir(args.out, "--out")
     if args.weights not in (None, "imagenet", "none"):
-        V.input_file(args.weights, "--weights", suffixes=(".h5",), what="weights file")
+        V.keras_weights(args.weights, "--weights", suffixes=(".h5",))
     V.in_range(args.size, "--size", 32, 1024)
     for flag in ("n_train", "n_val", "n_test"):
         V.in_range(getattr(args, flag), "--" + flag.replace("_", "-"), 1, 100_000)

@@ -17,9 +17,14 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from pathlib import Path
+
+    from tledge.cli.validate import edge_model
     from tledge.errors import TledgeError
     from tledge.runtime import doctor
 
+    if args.target and Path(args.target).is_file():  # not a model file at all (wrong type, 0 bytes): exit 2
+        edge_model(args.target, "MODEL_OR_EXPORT")
     files = doctor.model_files(args.target) if args.target else []  # bad paths: exit 2 before any work
     if args.threads is not None and args.threads < 1:
         raise TledgeError("--threads must be at least 1")

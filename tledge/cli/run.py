@@ -65,10 +65,13 @@ def run(args) -> int:
 def _validate(args) -> None:
     """Every path and option, before the source or the model is opened."""
     from tledge.cli import validate as V
+    from tledge.errors import TledgeError
     from tledge.runtime.options import check_model_options
     from tledge.runtime.sources import VIDEO_SUFFIXES
 
     V.edge_model_or_export(args.model)
+    if not str(args.source).strip():  # an unset shell variable: not the current folder
+        raise TledgeError("--source is empty: pass an image, folder, glob, video, camera index or URL")
     V.in_range(args.top_k, "--top-k", 1)
     V.in_range(args.threshold, "--threshold", 0.0, 1.0)
     V.in_range(args.max_frames, "--max-frames", 1)
@@ -76,6 +79,8 @@ def _validate(args) -> None:
     V.in_range(args.reconnect, "--reconnect", 0)
     V.in_range(args.reconnect_delay, "--reconnect-delay", 0.0, 3600.0)
     check_model_options(args)
+    V.device(args.device)
+    V.delegates(args.delegate)
     if args.csv:
         V.output_file(args.csv, "--csv")
     if args.save:

@@ -79,13 +79,16 @@ def _validate(args) -> None:
     if args.val:
         V.input_dir(args.val, "--val")
     if args.weights not in ("imagenet", "none"):
-        V.input_file(args.weights, "--weights", suffixes=(".h5", ".weights.h5", ".keras"), what="weights file")
+        V.keras_weights(args.weights, "--weights", suffixes=(".h5", ".weights.h5", ".keras"))
     V.output_dir(args.out, "--out")
     V.in_range(args.size, "--size", 8, V.MAX_SIDE)
     V.in_range(args.batch, "--batch", 1, 65536)
     V.in_range(args.epochs, "--epochs", 0, 100_000)
     V.in_range(args.fine_tune_epochs, "--fine-tune-epochs", 0, 100_000)
     V.in_range(args.fine_tune_max_drop, "--fine-tune-max-drop", 0, 1)
+    V.in_range(args.lr, "--lr", 0, lo_open=True)  # NaN too (TrainConfig's `lr <= 0` lets it through)
+    V.in_range(args.fine_tune_lr, "--fine-tune-lr", 0, lo_open=True)
+    V.in_range(args.alpha, "--alpha", 0, lo_open=True)
 
 
 def run(args) -> int:

@@ -149,6 +149,43 @@ def edge_models(paths: Sequence, flag: str = "MODEL") -> list[Path]:
     return out
 
 
+def keras_weights(path, flag: str, suffixes: Sequence[str]) -> Path:
+    """A local weights file (.h5 / .keras): an HDF5 file or a .keras archive, checked without TensorFlow (a
+    text file renamed .h5 otherwise fails only once the data is read and the backbone is being built)."""
+    p = input_file(path, flag, suffixes=suffixes, what="weights file")
+    if p.suffix.lower() == ".keras":
+        _check_zip(p, flag)
+    elif _head(p, 8) != b"\x89HDF\r\n\x1a\n":
+        raise TledgeError(f"{_label(flag, p)} is not an HDF5 file (wrong file type or corrupt)")
+    return p
+
+
+def delegates(libs: Sequence[str], flag: str = "--delegate") -> None:
+    """Each TFLite delegate library opens and has the external-delegate entry point, checked before any model
+    is loaded: the interpreter's own loader fails on them with a traceback (and another as it is collected)."""
+    import ctypes
+
+    for lib in libs or ():
+        try:
+            handle = ctypes.CDLL(lib)
+        except OSError as exc:
+            reason = str(exc).strip()
+            if reason.startswith(f"{lib}: "):
+                reason = reason[len(lib) + 2:]
+            raise TledgeError(f"{flag} {lib}: cannot be loaded ({reason or 'cannot open it'})") from None
+        if not hasattr(handle, "tflite_plugin_create_delegate"):
+            raise TledgeError(f"{flag} {lib}: not a TFLite delegate library (no tflite_plugin_create_delegate)")
+
+
+def device(name: str | None) -> None:
+    """A known device profile name (or auto), checked before a source, model or worker process is opened."""
+    if name is None or str(name).lower() == "auto":
+        return
+    from tledge.devices.profiles import get_profile
+
+    get_profile(name)
+
+
 def labels_file(path, flag: str = "--labels") -> tuple[str, ...]:
     from tledge.contract import read_labels
 
