@@ -103,3 +103,18 @@ def test_exported_files_get_normal_permissions(tiny_export):
     os.umask(mask)
     for p in list(tiny_export.out.glob("*.tflite")) + [tiny_export.out / "parity.md", tiny_export.out / "tledge.json"]:
         assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~mask, p
+
+
+def test_a_reference_of_another_size_names_the_files_contract_not_a_flag(tiny_export, shapes_dataset, tmp_path,
+                                                                          capsys):
+    """The exported file's embedded 48x48 against a 32x32 reference: the message says where 48x48 came from
+    (it read "--input-size 48x48" although no --input-size was given)."""
+    from conftest import build_tiny_classifier
+
+    path = tmp_path / "ref32.keras"
+    build_tiny_classifier(size=32).save(path)
+    rc = main(["parity", str(path), str(tiny_export.out / "model_fp32.tflite"), "--images",
+               str(shapes_dataset / "val")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert "embedded contract says 48x48" in err and "32x32" in err and "--input-size" not in err

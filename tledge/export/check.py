@@ -96,7 +96,7 @@ def _reference_contract(lm, base, preprocess: str | None):
         mode, mode_from = None, None  # the tledge.json beside the model
     else:
         mode, mode_from = preprocess, "--preprocess"
-    contract, add = loader.resolve_contract(lm, preprocess=mode, input_size=base.size if base else None,
+    contract, add = loader.resolve_contract(lm, preprocess=mode, input_size=None,  # the size comes from `base`
                                             labels=base.labels if base else (), labels_from=embedded,
                                             preprocess_from=mode_from or "--preprocess",
                                             base=base, base_from=embedded if base is not None else None)
