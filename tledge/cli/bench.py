@@ -31,8 +31,6 @@ def run(args) -> int:
     V.in_range(args.warmup, "--warmup", 0, 1_000_000)
     V.in_range(args.batch, "--batch", 1, 1024)
     check_model_options(args)
-    V.device(args.device)
-    V.delegates(args.delegate)
     kw = load_kwargs(args)
     threads = kw.pop("threads", None)
     results = bench(args.models, runs=args.runs, warmup=args.warmup, batch=args.batch, threads=threads,

@@ -17,7 +17,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from tledge.cli.validate import delegates, device, edge_model
+    from tledge.cli.validate import edge_model
     from tledge.runtime import load
     from tledge.runtime.options import check_model_options
 
@@ -25,8 +25,6 @@ def run(args) -> int:
         return _folder(Path(args.model), args.json)
     edge_model(args.model)
     check_model_options(args)
-    device(args.device)
-    delegates(args.delegate)
     model = load(args.model, **load_kwargs(args))  # refuses a file changed since its export
     info = model.info()
     if args.json:

@@ -37,10 +37,7 @@ def _validate(args) -> None:
             raise TledgeError(f"--golden compares with the outputs stored at export: it takes no {', '.join(extra)}")
         V.input_dir(args.golden, "--golden")
         V.in_range(args.threads, "--threads", 1, 1024)
-        if args.device and str(args.device).lower() != "auto":
-            from tledge.devices.profiles import get_profile
-
-            get_profile(args.device)
+        V.device(args.device)
     else:
         missing = [n for n, v in (("REFERENCE", args.reference), ("EXPORTED", args.exported),
                                   ("--images", args.images)) if not v]

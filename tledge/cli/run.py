@@ -79,8 +79,6 @@ def _validate(args) -> None:
     V.in_range(args.reconnect, "--reconnect", 0)
     V.in_range(args.reconnect_delay, "--reconnect-delay", 0.0, 3600.0)
     check_model_options(args)
-    V.device(args.device)
-    V.delegates(args.delegate)
     if args.csv:
         V.output_file(args.csv, "--csv")
     if args.save:

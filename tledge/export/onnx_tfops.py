@@ -21,12 +21,13 @@ def _xla_marked(attrs) -> bool:
 
 
 def rewrite(tf, graph_def):
-    """A copy of a frozen GraphDef with both rewrites. Returns (graph_def, {"xla_calls": n, "erfc": m})."""
-    from tensorflow.core.framework import graph_pb2, node_def_pb2
-
-    out = graph_pb2.GraphDef()
-    out.CopyFrom(graph_def)
+    """A copy of a frozen GraphDef with both rewrites. Returns (graph_def, {"xla_calls": n, "erfc": m}); the
+    graph_def itself, uncopied, when it has neither (every model but ConvNeXt-like ones)."""
     counts = {"xla_calls": 0, "erfc": 0}
+    if not any(n.op == "Erfc" or _xla_marked(n.attr) for n in graph_def.node):
+        return graph_def, counts
+    out = tf.compat.v1.GraphDef()
+    out.CopyFrom(graph_def)
     for f in out.library.function:
         if _xla_marked(f.attr):
             for k in XLA_MARKS:
@@ -41,9 +42,9 @@ def rewrite(tf, graph_def):
             continue
         counts["erfc"] += 1
         dtype = n.attr["T"]
-        erf = node_def_pb2.NodeDef(name=f"{n.name}/tledge_erf", op="Erf", input=list(n.input[:1]))
-        one = node_def_pb2.NodeDef(name=f"{n.name}/tledge_one", op="Const")
-        sub = node_def_pb2.NodeDef(name=n.name, op="Sub", input=[one.name, erf.name])
+        erf = tf.compat.v1.NodeDef(name=f"{n.name}/tledge_erf", op="Erf", input=list(n.input[:1]))
+        one = tf.compat.v1.NodeDef(name=f"{n.name}/tledge_one", op="Const")
+        sub = tf.compat.v1.NodeDef(name=n.name, op="Sub", input=[one.name, erf.name])
         erf.attr["T"].CopyFrom(dtype)
         sub.attr["T"].CopyFrom(dtype)
         one.attr["dtype"].CopyFrom(dtype)

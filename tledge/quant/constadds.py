@@ -19,19 +19,14 @@ from __future__ import annotations
 def constants(model) -> set[str]:
     """Tensor names of an onnx ModelProto that hold constants: initializers, Constant outputs, and the outputs
     of any node whose inputs are all constants (a Cast, Identity, Reshape or Unsqueeze of a constant: what a
-    constant-folding pass would fold), so an Add fed a constant through such a chain counts as a constant Add."""
+    constant-folding pass would fold), so an Add fed a constant through such a chain counts as a constant Add.
+    One pass: ONNX requires a graph's nodes in topological order."""
     consts = {i.name for i in model.graph.initializer}
-    pending = list(model.graph.node)
-    while True:
-        grown = False
-        for n in pending:
-            inputs = [i for i in n.input if i]
-            if (n.op_type == "Constant" or inputs) and all(i in consts for i in inputs):
-                consts.update(n.output)
-                grown = True
-        pending = [n for n in pending if not set(n.output) <= consts]
-        if not grown or not pending:
-            return consts
+    for n in model.graph.node:
+        inputs = [i for i in n.input if i]
+        if (n.op_type == "Constant" or inputs) and all(i in consts for i in inputs):
+            consts.update(n.output)
+    return consts
 
 
 def constant_adds(model) -> list[str]:

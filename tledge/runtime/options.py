@@ -36,6 +36,8 @@ def check_model_options(args) -> None:
     for lib in args.delegate or ():
         if os.sep in lib and not os.path.isfile(lib):
             raise TledgeError(f"--delegate {lib}: file not found")
+    V.delegates(args.delegate)  # opens, and is a TFLite delegate library
+    V.device(getattr(args, "device", None))
     if not hasattr(args, "preprocess"):
         return
     if args.labels:
