@@ -61,3 +61,9 @@ def test_doctor_refuses_a_file_that_is_not_a_model(tmp_path, capsys):
     assert code == 2 and "unsupported file type '.txt'" in err and _one_line(err) and out == ""
     code, out, err = _err(capsys, "doctor", empty)
     assert code == 2 and "is empty (0 bytes)" in err and _one_line(err) and out == ""
+
+
+def test_no_command_lists_the_commands_and_says_why_on_stderr(capsys):
+    code, out, err = _err(capsys)
+    assert code == 2 and _one_line(err) and "no command given" in err
+    assert "export" in out and "run" in out  # the help, on stdout

@@ -45,27 +45,57 @@ def _run(tmp_path, script: dict, model, kind: str = "onnx", int8_only: bool = Fa
 
 
 def test_a_passing_bias_rung_is_held_while_the_repair_runs_and_the_lower_error_ships(tmp_path):
+    # int8-only: no float stem, so the graph rung comes first and its pass waits for the all-int8 repair
+    rows, tried, installed, notes = _run(tmp_path, {"onnx-bias": (True, 0.018, 0.987),
+                                                    "repaired": (True, 0.009, 0.980)}, model=object(), int8_only=True)
+    assert tried == ["onnx-bias", "repaired"]  # calibration-percentile and the rest are not tried
+    assert installed == ["onnx-bias", "repaired"] and rows[0].mean_abs_error == 0.009
+    assert "kept `repaired`" in notes[-1] and "`onnx-bias` passed too" in notes[-1]
+    # CPU targets: a failing stem repair runs first; the bias pass behind it waits for the next repair rung
+    rows, tried, installed, notes = _run(tmp_path, {"repaired-stem4": (False, 0.03, 0.967),
+                                                    "onnx-bias": (True, 0.018, 0.987),
+                                                    "repaired": (True, 0.009, 0.980)}, model=object())
+    assert tried == ["repaired-stem4", "onnx-bias", "repaired"]  # calibration-percentile skipped while held
+    assert installed == ["repaired-stem4", "onnx-bias", "repaired"] and rows[0].mean_abs_error == 0.009
+    assert "kept `repaired`" in notes[-1] and "`onnx-bias` passed too" in notes[-1]
+
+
+def test_on_a_val_set_that_cannot_confirm_a_pass_the_stem_repair_runs_before_the_graph_rungs(tmp_path):
+    """153 photos cannot confirm 0.98 (189 can): a graph rung's pass would only wait for repaired-stem4, which ships
+    whenever it passes too, so it runs first and the graph rungs only after it fails."""
     rows, tried, installed, notes = _run(tmp_path, {"onnx-bias": (True, 0.018, 0.987),
                                                     "repaired-stem4": (True, 0.009, 0.980)}, model=object())
-    assert tried == ["onnx-bias", "repaired-stem4"]  # calibration-percentile and the rest are not tried
-    assert installed == ["onnx-bias", "repaired-stem4"] and rows[0].mean_abs_error == 0.009
-    assert "kept `repaired-stem4`" in notes[-1] and "`onnx-bias` passed too" in notes[-1]
+    assert tried == ["repaired-stem4"] and installed == ["repaired-stem4"] and "kept `repaired-stem4`" in notes[-1]
+    _, tflite, _, _ = _run(tmp_path, {}, model=object(), kind="tflite")
+    assert tflite[:3] == ["repaired-stem4", "tflite-bias", "calibration-percentile"] or \
+        tflite[:2] == ["repaired-stem4", "tflite-bias"]
+    for n, first in ((188, "repaired-stem4"), (189, "onnx-bias")):  # the order turns where n/n could confirm 0.98
+        _, tried, _, _ = _run(tmp_path, {}, model=object(), plain=_result(False, 0.05, 0.94, n))
+        assert tried[0] == first, n
+    _, tried, _, _ = _run(tmp_path, {}, model=None)  # no Keras 3 model: no repair rung to put first
+    assert tried[0] == "onnx-bias"
 
 
 def test_a_pass_the_val_set_confirms_ends_the_ladder_at_once(tmp_path):
     """2000 photos at 0.995 put the lower 95 % bound (0.991) over the 0.98 budget: no repair needed to decide."""
     rows, tried, _, _ = _run(tmp_path, {"onnx-bias": (True, 0.018, 0.995, 2000),
-                                        "repaired-stem4": (True, 0.009, 0.996, 2000)}, model=object())
+                                        "repaired-stem4": (True, 0.009, 0.996, 2000)}, model=object(),
+                             plain=_result(False, 0.05, 0.94, 2000))
     assert tried == ["onnx-bias"] and rows[0].mean_abs_error == 0.018
 
 
 def test_the_held_rung_ships_when_the_repair_fails_or_is_less_precise(tmp_path):
     rows, tried, installed, _ = _run(tmp_path, {"onnx-bias": (True, 0.018, 0.987),
-                                                "repaired-stem4": (False, 0.010, 0.967)}, model=object())
-    assert tried == ["onnx-bias", "repaired-stem4"] and installed == ["onnx-bias"] and rows[0].passed
+                                                "repaired": (False, 0.010, 0.967)}, model=object(), int8_only=True)
+    assert tried == ["onnx-bias", "repaired"] and installed == ["onnx-bias"] and rows[0].passed
     rows, _, installed, _ = _run(tmp_path, {"onnx-bias": (True, 0.018, 0.987),
-                                            "repaired-stem4": (True, 0.020, 0.993)}, model=object())
+                                            "repaired": (True, 0.020, 0.993)}, model=object(), int8_only=True)
     assert installed == ["onnx-bias"] and rows[0].mean_abs_error == 0.018
+    # CPU targets: the stem repair failed first, the bias pass is held, the next repair rung is less precise
+    rows, tried, installed, _ = _run(tmp_path, {"repaired-stem4": (False, 0.010, 0.967),
+                                                "onnx-bias": (True, 0.018, 0.987),
+                                                "repaired": (True, 0.020, 0.993)}, model=object())
+    assert tried == ["repaired-stem4", "onnx-bias", "repaired"] and rows[0].mean_abs_error == 0.018
 
 
 def test_an_unconfirmed_plain_pass_is_weighed_against_the_first_repair_rung_only(tmp_path):
@@ -100,8 +130,11 @@ def test_without_a_keras_model_the_first_pass_ends_the_ladder(tmp_path):
 
 def test_a_repair_rung_that_passes_first_ends_the_ladder_and_failures_fall_back(tmp_path):
     rows, tried, _, _ = _run(tmp_path, {"onnx-bias": (False, 0.03, 0.974), "repaired-stem4": (True, 0.01, 0.987)},
-                             model=object())
-    assert tried == ["onnx-bias", "repaired-stem4"] and rows[0].passed
+                             model=object(), int8_only=False)
+    assert tried == ["repaired-stem4"] and rows[0].passed
+    rows, tried, _, _ = _run(tmp_path, {"onnx-bias": (False, 0.03, 0.974), "repaired": (True, 0.01, 0.987)},
+                             model=object(), int8_only=True)
+    assert tried == ["onnx-bias", "calibration-percentile", "repaired"] and rows[0].passed
     rows, tried, _, _ = _run(tmp_path, {}, model=object())
     assert rows[0] == "fallback" and "repaired+sensitive" in tried
 
@@ -201,14 +234,16 @@ def test_a_repair_running_when_the_budget_is_spent_stops_and_is_reported(tmp_pat
     def attempt(rung, plain, ctx, model, cache, notes):
         tried.append(rung.name)
         clock.now += 60.0  # what runs before the repair's kernels (a conversion: it is not stopped)
-        assert cache.stop() is None or rung.name == "repaired-stem4"
+        if not rung.repair:  # a graph rung never asks
+            return _result(False, 0.05, 0.94), b"", {}
+        assert cache.stop() is None
         clock.now += 60.0
         why = cache.stop()  # what repair.quantize_weights asks before each kernel
         if why:
             raise RepairTimeout(f"the weight repair stopped after 3 of 28 kernels: {why}")
         return _result(False, 0.05, 0.94), b"", {}
     ctx = fidelity.FidelityContext(lm=None, contract=None, add_norm=None, calib=None, reference=None, val_x=None,
-                                   val_y=None, out=tmp_path, thresholds={}, repair_time=150.0)
+                                   val_y=None, out=tmp_path, thresholds={}, repair_time=100.0)
     outcome = fidelity.FidelityOutcome(results={}, started=0.0)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(repair_budget, "time", clock)
@@ -216,29 +251,34 @@ def test_a_repair_running_when_the_budget_is_spent_stops_and_is_reported(tmp_pat
         mp.setattr(fidelity, "_linear_layers", lambda m: 100)
         mp.setattr(fidelity, "_fallback", lambda plain, best, ctx, outcome: ["fallback", best])
         rows = fidelity._one_file(_result(False, 0.05, 0.94), ctx, object(), _Cache(), outcome)
-    assert tried == ["onnx-bias", "repaired-stem4"] and rows[0] == "fallback"
-    stopped = outcome.attempts[2]
+    # the graph rung put behind the stem repair (due before it) still starts; nothing after it does
+    assert tried == ["repaired-stem4", "onnx-bias"] and rows[0] == "fallback"
+    stopped = outcome.attempts[1]
     assert stopped["rung"] == "repaired-stem4" and stopped["error"] == (
-        "the weight repair stopped after 3 of 28 kernels: repair time budget spent (240 s of 150 s)")
+        "the weight repair stopped after 3 of 28 kernels: repair time budget spent (120 s of 100 s)")
+    assert outcome.attempts[2]["rung"] == "onnx-bias" and "skipped" not in outcome.attempts[2]
     note = "model_int8.onnx: rung `repaired-stem4` stopped part-way (--repair-time): the weight repair stopped after 3"
     assert outcome.notes[0].startswith(note)
     assert all("skipped" in a for a in outcome.attempts[3:]) and len(outcome.attempts) > 3
 
 
 def test_a_budget_spent_while_a_pass_is_held_ships_the_held_pass(tmp_path):
-    """onnx-bias passes unconfirmed and would wait for repaired-stem4; out of time, only that rung is skipped."""
-    rows, tried, outcome = _budgeted(tmp_path, {"onnx-bias": (True, 0.018, 0.987),
-                                                "repaired-stem4": (True, 0.009, 0.980)}, budget=50.0)
-    assert tried == ["onnx-bias"] and rows[0].passed and rows[0].mean_abs_error == 0.018
+    """repaired-stem4 fails, onnx-bias passes unconfirmed and would wait for `repaired`; out of time, only that rung
+    is skipped."""
+    rows, tried, outcome = _budgeted(tmp_path, {"repaired-stem4": (False, 0.03, 0.967),
+                                                "onnx-bias": (True, 0.018, 0.987),
+                                                "repaired": (True, 0.009, 0.980)}, budget=150.0)
+    assert tried == ["repaired-stem4", "onnx-bias"] and rows[0].passed and rows[0].mean_abs_error == 0.018
     assert [(a["rung"], "skipped" in a) for a in outcome.attempts] == [
-        ("plain", False), ("onnx-bias", False), ("repaired-stem4", True)]
-    assert "kept `onnx-bias`" in outcome.notes[-1] and "not started: repaired-stem4" in outcome.notes[-2]
+        ("plain", False), ("repaired-stem4", False), ("onnx-bias", False), ("repaired", True)]
+    assert "kept `onnx-bias`" in outcome.notes[-1] and "not started: repaired" in outcome.notes[-2]
 
 
 def test_a_budget_the_ladder_fits_in_changes_nothing(tmp_path):
-    script = {"onnx-bias": (False, 0.03, 0.974), "repaired-stem4": (True, 0.01, 0.987)}
-    rows, tried, outcome = _budgeted(tmp_path, script, budget=250.0)  # the pass comes at 200 s
-    assert tried == ["onnx-bias", "repaired-stem4"] and rows[0].passed
+    script = {"repaired-stem4": (False, 0.03, 0.967), "onnx-bias": (False, 0.03, 0.974),
+              "calibration-percentile": (False, 0.03, 0.974), "repaired": (True, 0.01, 0.987)}
+    rows, tried, outcome = _budgeted(tmp_path, script, budget=350.0)  # the pass comes at 400 s
+    assert tried == ["repaired-stem4", "onnx-bias", "calibration-percentile", "repaired"] and rows[0].passed
     assert not any("skipped" in a for a in outcome.attempts)
 
 
@@ -255,10 +295,11 @@ def test_the_python_api_refuses_a_repair_time_that_is_not_positive(tmp_path, sec
 
 def test_the_budget_is_shared_so_a_later_file_still_gets_rungs(tmp_path):
     """Two failing files, 100 s per rung, a 290 s budget: the first may start rungs until 145 s (at 0 and 100 s),
-    the second until 290 s (at 200 s). Without the share the first would take all three and leave none."""
+    the second until 290 s (its stem repair at 200 s, then the graph rung put behind it at 300 s). Without the
+    share the first would take all three and leave none."""
     import time
 
-    from tledge.export import repair_budget, repair_model
+    from tledge.export import diagnosis, repair_budget, repair_model
 
     clock, tried = _Clock(100.0), []
     clock.now = time.perf_counter()  # the ladder's start is read from the real clock
@@ -278,16 +319,16 @@ def test_the_budget_is_shared_so_a_later_file_still_gets_rungs(tmp_path):
         mp.setattr(fidelity, "_attempt", attempt)
         mp.setattr(fidelity, "_linear_layers", lambda m: 100)
         mp.setattr(fidelity, "_fallback", lambda plain, best, ctx, outcome: [best])
-        mp.setattr(fidelity, "_explain", lambda ctx, model, plain: "")
+        mp.setattr(diagnosis, "explain", lambda ctx, model, plain, concrete: "")
         outcome = fidelity.improve(files, ctx)
-    assert [f for f, _ in tried] == ["model_int8.tflite"] * 2 + ["model_int8.onnx"]
+    assert [f for f, _ in tried] == ["model_int8.tflite"] * 2 + ["model_int8.onnx"] * 2
     assert tried[2][1] == next(a["rung"] for a in outcome.attempts if a["file"] == "model_int8.onnx"
                                and a["rung"] != "plain")  # the ONNX ladder from its first rung
     first = next(n for n in outcome.notes if n.startswith("model_int8.tflite"))
     assert "its share of the repair time budget (145 of 290 s, split between the failing int8 files, " \
            "--repair-time) was spent after 200 s" in first
     last = next(n for n in outcome.notes if n.startswith("model_int8.onnx"))
-    assert "the repair time budget (290 s, --repair-time) was spent after 300 s" in last
+    assert "the repair time budget (290 s, --repair-time) was spent after 400 s" in last
     reasons = {a["file"]: a["skipped"] for a in outcome.attempts if "skipped" in a}
     assert reasons == {"model_int8.tflite": "share of the repair time budget spent (200 s of 145 s; budget 290 s)",
-                       "model_int8.onnx": "repair time budget spent (300 s of 290 s)"}
+                       "model_int8.onnx": "repair time budget spent (400 s of 290 s)"}

@@ -272,8 +272,10 @@ def test_export_crop_is_in_the_contract_and_tledge_run_uses_it(tiny_model, shape
     (["--crop", "1.5"], "--crop must be in (0, 1]"),
     (["--crop", "nan"], "--crop"),
     (["--crop", "0.875", "--fit", "letterbox"], "cannot go with --fit letterbox"),
-    (["--layout", "nchw", "--formats", "tflite"], "--layout only apply to ONNX files"),
-    (["--onnx-input", "uint8", "--formats", "tflite"], "--onnx-input only apply to ONNX files"),
+    (["--layout", "nchw", "--formats", "tflite"], "--layout only applies to ONNX files"),
+    (["--onnx-input", "uint8", "--formats", "tflite"], "--onnx-input only applies to ONNX files"),
+    (["--layout", "nchw", "--onnx-input", "uint8", "--formats", "tflite"],
+     "--layout and --onnx-input only apply to ONNX files"),
     (["--resize", "bicubic"], "invalid choice"),
     (["--layout", "chw"], "invalid choice"),
 ])

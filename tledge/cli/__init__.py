@@ -158,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: 0 for --help, 2 for usage errors
         return int(exc.code or 0)
-    if not args.command:
+    if not args.command:  # the commands on stdout, what went wrong on stderr (one line)
         parser.print_help()
+        print("tledge: error: no command given (the commands are listed above)", file=sys.stderr)
         return 2
     from tledge import log
     from tledge._deps import quiet_tensorflow

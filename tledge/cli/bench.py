@@ -30,7 +30,7 @@ def run(args) -> int:
     V.in_range(args.runs, "--runs", 1, 1_000_000)
     V.in_range(args.warmup, "--warmup", 0, 1_000_000)
     V.in_range(args.batch, "--batch", 1, 1024)
-    check_model_options(args)
+    check_model_options(args, args.models)
     kw = load_kwargs(args)
     threads = kw.pop("threads", None)
     results = bench(args.models, runs=args.runs, warmup=args.warmup, batch=args.batch, threads=threads,

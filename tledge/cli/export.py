@@ -47,7 +47,8 @@ def add_arguments(p) -> None:
     p.add_argument("--repair-time", type=float, metavar="SECONDS",
                    help=f"no new repair rung starts after this many seconds of the repair loop, shared by the "
                         f"failing int8 files (default {REPAIR_SECONDS:g}; inf: no limit); the rung running then "
-                        f"finishes, the best file so far is judged as usual, parity.md lists the rungs not started")
+                        f"finishes (and so do the graph rungs it was run ahead of), the best file so far is judged "
+                        f"as usual, parity.md lists the rungs not started")
     p.add_argument("--explain", action="store_true",
                    help="per-layer int8 error table in parity.md (always there when int8 fails)")
     p.add_argument("--force", action="store_true",
@@ -137,7 +138,8 @@ def _check_onnx_options(args, formats) -> None:
     given = [f for f, v, d in (("--layout", args.layout, "nhwc"), ("--onnx-input", args.onnx_input, "float32"))
              if v != d]
     if given and "onnx" not in formats:
-        raise TledgeError(f"{' and '.join(given)} only apply to ONNX files, and this export writes "
+        raise TledgeError(f"{' and '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} to ONNX files, "
+                          f"and this export writes "
                           f"{', '.join(formats)} only (TFLite files stay NHWC)")
 
 

@@ -24,7 +24,7 @@ def run(args) -> int:
     if Path(args.model).is_dir():
         return _folder(Path(args.model), args.json)
     edge_model(args.model)
-    check_model_options(args)
+    check_model_options(args, [args.model])
     model = load(args.model, **load_kwargs(args))  # refuses a file changed since its export
     info = model.info()
     if args.json:

@@ -78,7 +78,7 @@ def _validate(args) -> None:
     V.in_range(args.workers, "--workers", 1, 64)
     V.in_range(args.reconnect, "--reconnect", 0)
     V.in_range(args.reconnect_delay, "--reconnect-delay", 0.0, 3600.0)
-    check_model_options(args)
+    check_model_options(args, [args.model])
     if args.csv:
         V.output_file(args.csv, "--csv")
     if args.save:

@@ -56,3 +56,12 @@ def confirmed(r: ParityResult, t: Thresholds) -> bool:
     if r.topk_ci is not None:
         return r.topk_ci[0] >= t.min_topk_agreement
     return r.agreement_ci is not None and r.agreement_ci[0] >= t.min_agreement
+
+
+def confirmable(r: ParityResult, t: Thresholds) -> bool:
+    """Could any result on this many val images be `confirmed`: does even n/n agreement put the lower 95 % bound
+    at its budget? (153 photos cannot confirm a top-1 of 0.98, 189 can; 1000 photos a top-5 of 0.99.)"""
+    from tledge import stats
+
+    budget = t.min_topk_agreement if r.topk_ci is not None else t.min_agreement
+    return budget is not None and r.images >= stats.images_needed(budget)

@@ -5,6 +5,7 @@ Imports nothing heavy (the CLI builds every subcommand's parser at start-up).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from tledge.errors import TledgeError
 
@@ -28,11 +29,20 @@ def input_size(text: str, flag: str = "--input-size") -> tuple[int, int]:
     return h, w
 
 
-def check_model_options(args) -> None:
-    """Ranges and files of the options above, before anything is loaded (TledgeError, exit 2)."""
+def check_model_options(args, models=()) -> None:
+    """Ranges and files of the options above, before anything is loaded (TledgeError, exit 2). `models`: the model
+    paths given; an option for the other runtime only (--providers for TFLite files, --delegate for ONNX ones) is
+    refused rather than ignored."""
     from tledge.cli import validate as V
 
     V.in_range(args.threads, "--threads", 1, 1024)
+    kinds = {Path(m).suffix.lower() for m in models}
+    if models and kinds <= {".tflite"} and getattr(args, "providers", None):
+        raise TledgeError("--providers chooses onnxruntime execution providers and has no effect on .tflite "
+                          "files (for TFLite: --delegate LIB or --device)")
+    if models and kinds <= {".onnx"} and args.delegate:
+        raise TledgeError("--delegate loads a TFLite delegate and has no effect on .onnx files (for ONNX: "
+                          "--providers or --device)")
     for lib in args.delegate or ():
         if os.sep in lib and not os.path.isfile(lib):
             raise TledgeError(f"--delegate {lib}: file not found")

@@ -321,6 +321,9 @@ def _file_source(s: str, on_event) -> Source:
         if not files:
             raise TledgeError(f"no image files match {s!r}" + (f" ({len(matches)} other paths do)" if matches else ""))
         return FileSource(s, files, on_event=on_event)
+    if p.exists():  # a device, FIFO or socket: /dev/null, /dev/stdin
+        raise TledgeError(f"source {s!r} is neither a regular file nor a folder (expected an image, folder, glob, "
+                          "video, camera index, rtsp:// or http:// URL, GStreamer pipeline or picamera2)")
     raise TledgeError(f"source not found: {s!r} (expected an image, folder, glob, video, camera index, "
                       "rtsp:// or http:// URL, GStreamer pipeline or picamera2)")
 
