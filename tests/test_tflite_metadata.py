@@ -255,3 +255,21 @@ def test_embedding_again_replaces_every_entry_and_the_packed_labels(tiny_export)
     assert read_standard_metadata(again).labels() == read_tflite_contract(again).labels == ("a", "b", "c")
     with zipfile.ZipFile(BytesIO(again)) as zf:
         assert zf.namelist() == ["labels.txt"] and zf.read("labels.txt") == b"a\nb\nc\n"
+
+
+def test_packed_files_do_not_carry_the_time_of_packing(monkeypatch):
+    """The labels zip appended to a TFLite file had the export's time in it: two exports of the same model differed
+    in 4 bytes. Packed at two different times, the bytes are now the same, and the files still read back."""
+    import io
+    import time
+    import zipfile
+
+    from tledge.std_metadata import pack_files
+
+    files = {"labels.txt": b"ants\nbees\n"}
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.0)
+    first = pack_files(b"model", files)
+    monkeypatch.setattr(time, "time", lambda: 1_800_000_000.0)
+    assert pack_files(b"model", files) == first
+    with zipfile.ZipFile(io.BytesIO(first)) as zf:
+        assert zf.read("labels.txt") == b"ants\nbees\n" and zf.getinfo("labels.txt").compress_type == zipfile.ZIP_STORED

@@ -153,7 +153,9 @@ def packed_files(data: bytes) -> dict[str, bytes]:
 # ---- writing ------------------------------------------------------------------------------------------
 
 def pack_files(data: bytes, files: dict[str, bytes]) -> bytes:
-    """`data` with `files` appended as a zip (stored, uncompressed), as the TFLite Support populator does."""
+    """`data` with `files` appended as a zip (stored, uncompressed), as the TFLite Support populator does. The
+    entries carry a fixed date (zip's epoch, 1980-01-01), so the same model and contract give the same bytes: the
+    time of the export stayed in the file before."""
     import io
     import zipfile
 
@@ -161,7 +163,9 @@ def pack_files(data: bytes, files: dict[str, bytes]) -> bytes:
     out.seek(0, io.SEEK_END)
     with zipfile.ZipFile(out, "a", compression=zipfile.ZIP_STORED) as zf:
         for name, payload in files.items():
-            zf.writestr(name, payload)
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o600 << 16  # what writestr gives a bare name
+            zf.writestr(info, payload)
     return out.getvalue()
 
 
