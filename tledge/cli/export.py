@@ -47,8 +47,8 @@ def add_arguments(p) -> None:
     p.add_argument("--repair-time", type=float, metavar="SECONDS",
                    help=f"no new repair rung starts after this many seconds of the repair loop, shared by the "
                         f"failing int8 files (default {REPAIR_SECONDS:g}; inf: no limit); the rung running then "
-                        f"finishes (and so do the graph rungs it was run ahead of), the best file so far is judged "
-                        f"as usual, parity.md lists the rungs not started")
+                        f"finishes (and the graph rungs it was run ahead of still start), the best file so far is "
+                        f"judged as usual, parity.md lists the rungs not started")
     p.add_argument("--explain", action="store_true",
                    help="per-layer int8 error table in parity.md (always there when int8 fails)")
     p.add_argument("--force", action="store_true",
