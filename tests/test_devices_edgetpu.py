@@ -28,7 +28,7 @@ def test_edgetpu_delegate_loaded_when_present(monkeypatch):
         return "DELEGATE"
 
     monkeypatch.setattr(edgetpu_mod, "delegate_loaders", lambda: [("fake", fake_load)])
-    monkeypatch.setattr(edgetpu_mod, "_missing_library", lambda lib: None)
+    monkeypatch.setattr(edgetpu_mod, "missing_library", lambda lib: None)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_edgetpu_delegate("usb:0") == "DELEGATE"

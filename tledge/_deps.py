@@ -88,6 +88,20 @@ def available(name: str) -> bool:
         return False
 
 
+def open_library(lib: str):
+    """(handle, None) when the shared library `lib` opens, else (None, why): the loader's message without the
+    path it repeats at the front. Used by the --delegate check and the Edge TPU loader."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL(lib), None
+    except OSError as exc:
+        reason = str(exc).strip()
+        if reason.startswith(f"{lib}: "):
+            reason = reason[len(lib) + 2:]
+        return None, reason or "cannot be opened"
+
+
 def tflite_schema():
     """The TFLite flatbuffer schema's generated Python: LiteRT's (the runtime extra), else TensorFlow's."""
     try:

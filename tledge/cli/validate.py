@@ -163,16 +163,12 @@ def keras_weights(path, flag: str, suffixes: Sequence[str]) -> Path:
 def delegates(libs: Sequence[str], flag: str = "--delegate") -> None:
     """Each TFLite delegate library opens and has the external-delegate entry point, checked before any model
     is loaded: the interpreter's own loader fails on them with a traceback (and another as it is collected)."""
-    import ctypes
+    from tledge._deps import open_library
 
     for lib in libs or ():
-        try:
-            handle = ctypes.CDLL(lib)
-        except OSError as exc:
-            reason = str(exc).strip()
-            if reason.startswith(f"{lib}: "):
-                reason = reason[len(lib) + 2:]
-            raise TledgeError(f"{flag} {lib}: cannot be loaded ({reason or 'cannot open it'})") from None
+        handle, reason = open_library(lib)
+        if handle is None:
+            raise TledgeError(f"{flag} {lib}: cannot be loaded ({reason})")
         if not hasattr(handle, "tflite_plugin_create_delegate"):
             raise TledgeError(f"{flag} {lib}: not a TFLite delegate library (no tflite_plugin_create_delegate)")
 

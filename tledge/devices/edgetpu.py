@@ -53,15 +53,11 @@ def delegate_loaders() -> list[tuple[str, Callable]]:
     return loaders
 
 
-def _missing_library(lib: str) -> str | None:
+def missing_library(lib: str) -> str | None:
     """Why the shared library cannot be opened, or None when it can."""
-    import ctypes
+    from tledge._deps import open_library
 
-    try:
-        ctypes.CDLL(lib)
-    except OSError as exc:
-        return str(exc).strip() or "cannot be opened"
-    return None
+    return open_library(lib)[1]
 
 
 def load_edgetpu_delegate(device: str | None = None, library: str | None = None):
@@ -76,7 +72,7 @@ def load_edgetpu_delegate(device: str | None = None, library: str | None = None)
         warnings.warn("no TFLite interpreter to load the Edge TPU delegate into: pip install ai-edge-litert; "
                       "then " + INSTALL_RUNTIME, TledgeWarning, stacklevel=2)
         return None
-    missing = _missing_library(lib)
+    missing = missing_library(lib)
     if missing:  # checked first: ai_edge_litert's Delegate raises again from __del__ when the load fails
         warnings.warn(f"Edge TPU runtime {lib} not found ({missing}). {INSTALL_RUNTIME[0].upper()}"
                       f"{INSTALL_RUNTIME[1:]}. Running on the CPU instead.", TledgeWarning, stacklevel=2)
