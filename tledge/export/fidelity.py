@@ -200,7 +200,9 @@ def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: 
         if held and not rung.repair:
             continue
         elapsed = repair_budget.spent(limit, outcome.started)
-        if elapsed is not None and rung not in deferred:  # no new rung: held, only this repair rung was still to run
+        # past the budget no new rung starts (with a pass held, only this repair rung was still to run), except the
+        # deferred bias rungs, which were due before the stem repair that `_stem_repair_first` moved ahead of them
+        if elapsed is not None and rung not in deferred:
             repair_budget.skip(plain.file, [rung] if held else rungs[i:], limit, ctx.repair_time, elapsed,
                                outcome.attempts, outcome.notes)
             break
