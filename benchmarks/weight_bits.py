@@ -8,7 +8,7 @@ on the 153 val photos and on the 1300 imagenet_val1300 photos the export never s
   (`explain.forward_pass`), `act_quant=True` as the export runs it. At Q=127 this reproduces the shipped
   files (seed 1: 21 flips, 0.984, against the real TFLite file's 0.984).
 
-    python benchmarks/weight_bits.py hym-mnv1-s1 --bits 127,255,511 --acts int8 [--cache DIR]
+    python benchmarks/weight_bits.py hym-mnv1-s1 --bits 127,255,511 --acts int8 [--stems 4,8] [--cache DIR]
 
 The export runs up to its int8 loop (TFLite only) to get the model, contract and images it would use; the loop
 itself is replaced by this measurement. Result: docs/int8-fidelity.md, "Weight bits".
@@ -58,7 +58,7 @@ def int8_activations(rep, keep, calib, x):
     return np.concatenate([np.asarray(forward_pass(rep, x[i:i + 100], quant)[0]) for i in range(0, len(x), 100)])
 
 
-def measure(ctx, name: str, bits: list[int], acts: str) -> None:
+def measure(ctx, name: str, bits: list[int], acts: str, stems: list[int]) -> None:
     import int8_zoo
 
     from tledge.export import repair_model
@@ -72,17 +72,17 @@ def measure(ctx, name: str, bits: list[int], acts: str) -> None:
     other = np.stack(prepare_all(ctx.contract.prepare, files)).astype(np.float32)
     sets = {"val": ctx.val_x.astype(np.float32), "other": other}
     ref = {k: predict(model, x).argmax(1) for k, x in sets.items()}
-    for q in bits:
+    for q, stem in [(q, k) for q in bits for k in stems]:
         widen_grid(q)
         t = time.perf_counter()
-        rep, _ = repair.apply(model, calib, stem=4, errors=False, act_quant=acts == "int8")
-        keep = set(repair.stem_layers(rep, 4))
+        rep, _ = repair.apply(model, calib, stem=stem, errors=False, act_quant=acts == "int8")
+        keep = set(repair.stem_layers(rep, stem))
         flips = {}
         for k, x in sets.items():
             out = int8_activations(rep, keep, calib, x) if acts == "int8" else predict(rep, x)
             flips[k] = int((out.argmax(1) != ref[k]).sum())
         n = len(ref["other"])
-        print(f"RESULT {name} acts={acts} Q={q}: val flips {flips['val']}/{len(ref['val'])}, other flips "
+        print(f"RESULT {name} acts={acts} Q={q} stem={stem}: val flips {flips['val']}/{len(ref['val'])}, other flips "
               f"{flips['other']}/{n} (agreement {1 - flips['other'] / n:.4f}), {time.perf_counter() - t:.0f} s", flush=True)
 
 
@@ -96,12 +96,14 @@ def main(argv=None) -> int:
     ap.add_argument("name")
     ap.add_argument("--bits", default="127,255,511", help="comma-separated int limits (127 = int8)")
     ap.add_argument("--acts", choices=("float", "int8"), default="int8")
+    ap.add_argument("--stems", default="4", help="comma-separated float stems (convolutions kept float)")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/tledge-int8-zoo"))
     args = ap.parse_args(argv)
     build, opts = int8_zoo.zoo(args.cache)[args.name]
 
     def improve(failing, ctx):
-        measure(ctx, args.name, [int(b) for b in args.bits.split(",")], args.acts)
+        measure(ctx, args.name, [int(b) for b in args.bits.split(",")], args.acts,
+                [int(k) for k in args.stems.split(",")])
         return fidelity.FidelityOutcome(results={})
 
     fidelity.improve = improve

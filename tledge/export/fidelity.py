@@ -11,10 +11,11 @@ Rungs (`LADDER`, in order of cost, each one's seconds recorded):
      ~2 s; still all-int8); then, without a Keras 3 model (none could be rebuilt), `tflite-rounding`: the plain int8
      file's weights re-rounded (GPTQ) and its biases re-fit op by op on its own int8 activations
      (tledge.quant.tflite_rounding; ~10-15 s for MobileNet 0.25; still all-int8);
-  2. `repaired-stem4` (CPU targets only): BN folding, an exact input grid, adaptive rounding + bias
-     correction of every kernel on the calibration images (`repair.apply`), the first 4 convolutions
-     and what precedes them kept float (selective quantisation). Before the all-int8 repair: cheaper
-     (14 vs 24 CPU s on MobileNet 0.25), as faithful, and faster on x86 (docs/int8-fidelity.md);
+  2. `repaired-stem6` (CPU targets only): BN folding, an exact input grid, adaptive rounding + bias
+     correction of every kernel on the calibration images (`repair.apply`), the first 6 convolutions
+     and what precedes them kept float (selective quantisation). Before the all-int8 repair: cheaper,
+     more faithful, and faster on x86 (docs/int8-fidelity.md; 6 rather than 4 since the eighteenth session:
+     "The float stem: 6 convolutions");
   3. `calibration-percentile` (ONNX): onnxruntime's Percentile calibration instead of MinMax;
   4. `repaired`: the same repair with no float stem (still all-int8, Edge TPU friendly);
   5. `repaired+bias` (ONNX): the same, then the graph bias correction on the file's own weight grid;
@@ -22,7 +23,7 @@ Rungs (`LADDER`, in order of cost, each one's seconds recorded):
      held-out calibration images of the export's fp32 ONNX graph, stay precise, cheapest first
      (tledge.quant.sensitivity): ONNX int16, TFLite float ops (the traced function calibrated, the ops
      around the chosen activations denylisted, matched by layer name);
-  7. `repaired-stem4+sensitive` (the stem plus the most sensitive activations: TFLite float ops, ONNX
+  7. `repaired-stem6+sensitive` (the stem plus the most sensitive activations: TFLite float ops, ONNX
      int16, the layers around them on their original weights) and `repaired+sensitive` (the same without
      a stem, for models too small for one);
   8. last resort, loudly: the int8 file is moved to `rejected/` and replaced by fp16 (TFLite) /
@@ -76,16 +77,17 @@ class Rung:
         return names + ((self.graph,) if self.graph else ())
 
 
+STEM = 6  # convolutions of the float stem (4 until the eighteenth session; docs "The float stem: 6 convolutions")
 LADDER: tuple[Rung, ...] = (
     Rung("onnx-bias", repair=False, graph="onnx-bias"),
     Rung("tflite-bias", repair=False, graph="tflite-bias"),  # the same on the int8 TFLite file itself
     Rung("tflite-rounding", repair=False, graph="tflite-rounding", keras_free=True),  # GPTQ + bias, int8 inputs
-    Rung("repaired-stem4", stem=4),  # CPU targets: the cheaper repair pass, and the faster file
+    Rung(f"repaired-stem{STEM}", stem=STEM),  # CPU targets: the cheaper repair pass, and the faster file
     Rung("calibration-percentile", repair=False, calibrate="percentile"),
     Rung("repaired"),
     Rung("repaired+bias", graph="onnx-bias"),  # the ONNX grid may not be the repair's (U8U8)
     Rung("sensitive", repair=False, mixed=True, keras_free=True),  # the export's own float graph
-    Rung("repaired-stem4+sensitive", stem=4, mixed=True),  # more precise layers where the stem is not enough
+    Rung(f"repaired-stem{STEM}+sensitive", stem=STEM, mixed=True),  # more precise layers where the stem is not enough
     Rung("repaired+sensitive", mixed=True),  # models too small for a stem
 )
 
