@@ -157,6 +157,23 @@ def zoo(cache: Path) -> dict:
     return entries
 
 
+def at_int8_loop(name: str, cache: Path, out: Path, measure) -> None:
+    """Export zoo model `name` (TFLite only) up to its int8 loop and call `measure(ctx)` there instead of the loop:
+    the model, contract, calibration and val images the loop would get (the lab scripts' entry point)."""
+    from tledge.export import fidelity
+    from tledge.export.pipeline import ExportConfig, export
+
+    build, opts = zoo(cache)[name]
+
+    def improve(failing, ctx):
+        measure(ctx)
+        return fidelity.FidelityOutcome(results={})
+
+    fidelity.improve = improve
+    export(Path(build()), ExportConfig(out=out / name, int8=True, calib_limit=300, threads=2, formats=("tflite",),
+                                       explain=True, **opts()))
+
+
 def run_one(name: str, model: Path, opts: dict, out: Path, formats=("tflite", "onnx")) -> list[dict]:
     from tledge.export.pipeline import ExportConfig, export
 

@@ -16,12 +16,10 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = Path(__file__).resolve().parents[1]; sys.path[:0] = [str(REPO), str(REPO / "benchmarks"), str(REPO / "tests")]
 import int8_zoo
-from tledge.export import fidelity
-from tledge.export.pipeline import ExportConfig, export
 from tledge.images import iter_image_files, prepare_all
 
 
-def improve(failing, ctx, name):
+def measure(ctx, name):
     import tensorflow as tf
     from tledge.export import repair_model
     from tledge.quant import repair, selective
@@ -47,7 +45,6 @@ def improve(failing, ctx, name):
     variants["fp32"] = fp32
     lat = selective.compare_latency({k: v for k, v in variants.items() if k.startswith("plain") or k == "fp32"}, other[:8])
     print("LATENCY", {k: round(v, 3) for k, v in lat.items()}, flush=True)
-    return fidelity.FidelityOutcome(results={})
 
 
 def main(argv=None) -> int:
@@ -57,11 +54,7 @@ def main(argv=None) -> int:
     ap.add_argument("name")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/tledge-int8-zoo"))
     args = ap.parse_args(argv)
-    build, opts = int8_zoo.zoo(args.cache)[args.name]
-    fidelity.improve = lambda failing, ctx: improve(failing, ctx, args.name)
-    cfg = ExportConfig(out=Path("/tmp/tflite-16x8") / args.name, int8=True, calib_limit=300, threads=2,
-                       formats=("tflite",), explain=True, **opts())
-    export(Path(build()), cfg)
+    int8_zoo.at_int8_loop(args.name, args.cache, Path("/tmp/tflite-16x8"), lambda ctx: measure(ctx, args.name))
     return 0
 
 

@@ -89,9 +89,6 @@ def measure(ctx, name: str, bits: list[int], acts: str, stems: list[int]) -> Non
 def main(argv=None) -> int:
     import int8_zoo
 
-    from tledge.export import fidelity
-    from tledge.export.pipeline import ExportConfig, export
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("name")
     ap.add_argument("--bits", default="127,255,511", help="comma-separated int limits (127 = int8)")
@@ -99,17 +96,8 @@ def main(argv=None) -> int:
     ap.add_argument("--stems", default="4", help="comma-separated float stems (convolutions kept float)")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/tledge-int8-zoo"))
     args = ap.parse_args(argv)
-    build, opts = int8_zoo.zoo(args.cache)[args.name]
-
-    def improve(failing, ctx):
-        measure(ctx, args.name, [int(b) for b in args.bits.split(",")], args.acts,
-                [int(k) for k in args.stems.split(",")])
-        return fidelity.FidelityOutcome(results={})
-
-    fidelity.improve = improve
-    cfg = ExportConfig(out=Path("/tmp/weight-bits") / args.name, int8=True, calib_limit=300, threads=2,
-                       formats=("tflite",), explain=True, **opts())
-    export(Path(build()), cfg)
+    int8_zoo.at_int8_loop(args.name, args.cache, Path("/tmp/weight-bits"), lambda ctx: measure(
+        ctx, args.name, [int(b) for b in args.bits.split(",")], args.acts, [int(k) for k in args.stems.split(",")]))
     return 0
 
 
