@@ -7,6 +7,8 @@ import pytest
 from tledge.export import fidelity, parity
 from tledge.parity import ParityResult
 
+STEM_RUNG = f"repaired-stem{fidelity.STEM}"  # the float-stem repair rung (fidelity.STEM convolutions)
+
 
 def _result(passed: bool, mean_abs: float, agreement: float, n: int = 153, kind: str = "onnx") -> ParityResult:
     from tledge.stats import wilson
@@ -52,11 +54,11 @@ def test_a_passing_bias_rung_is_held_while_the_repair_runs_and_the_lower_error_s
     assert installed == ["onnx-bias", "repaired"] and rows[0].mean_abs_error == 0.009
     assert "kept `repaired`" in notes[-1] and "`onnx-bias` passed too" in notes[-1]
     # CPU targets: a failing stem repair runs first; the bias pass behind it waits for the next repair rung
-    rows, tried, installed, notes = _run(tmp_path, {"repaired-stem6": (False, 0.03, 0.967),
+    rows, tried, installed, notes = _run(tmp_path, {STEM_RUNG: (False, 0.03, 0.967),
                                                     "onnx-bias": (True, 0.018, 0.987),
                                                     "repaired": (True, 0.009, 0.980)}, model=object())
-    assert tried == ["repaired-stem6", "onnx-bias", "repaired"]  # calibration-percentile skipped while held
-    assert installed == ["repaired-stem6", "onnx-bias", "repaired"] and rows[0].mean_abs_error == 0.009
+    assert tried == [STEM_RUNG, "onnx-bias", "repaired"]  # calibration-percentile skipped while held
+    assert installed == [STEM_RUNG, "onnx-bias", "repaired"] and rows[0].mean_abs_error == 0.009
     assert "kept `repaired`" in notes[-1] and "`onnx-bias` passed too" in notes[-1]
 
 
@@ -64,12 +66,12 @@ def test_on_a_val_set_that_cannot_confirm_a_pass_the_stem_repair_runs_before_the
     """153 photos cannot confirm 0.98 (189 can): a graph rung's pass would only wait for repaired-stem6, which ships
     whenever it passes too, so it runs first and the graph rungs only after it fails."""
     rows, tried, installed, notes = _run(tmp_path, {"onnx-bias": (True, 0.018, 0.987),
-                                                    "repaired-stem6": (True, 0.009, 0.980)}, model=object())
-    assert tried == ["repaired-stem6"] and installed == ["repaired-stem6"] and "kept `repaired-stem6`" in notes[-1]
+                                                    STEM_RUNG: (True, 0.009, 0.980)}, model=object())
+    assert tried == [STEM_RUNG] and installed == [STEM_RUNG] and f"kept `{STEM_RUNG}`" in notes[-1]
     _, tflite, _, _ = _run(tmp_path, {}, model=object(), kind="tflite")
-    assert tflite[:3] == ["repaired-stem6", "tflite-bias", "calibration-percentile"] or \
-        tflite[:2] == ["repaired-stem6", "tflite-bias"]
-    for n, first in ((188, "repaired-stem6"), (189, "onnx-bias")):  # the order turns where n/n could confirm 0.98
+    assert tflite[:3] == [STEM_RUNG, "tflite-bias", "calibration-percentile"] or \
+        tflite[:2] == [STEM_RUNG, "tflite-bias"]
+    for n, first in ((188, STEM_RUNG), (189, "onnx-bias")):  # the order turns where n/n could confirm 0.98
         _, tried, _, _ = _run(tmp_path, {}, model=object(), plain=_result(False, 0.05, 0.94, n))
         assert tried[0] == first, n
     _, tried, _, _ = _run(tmp_path, {}, model=None)  # no Keras 3 model: no repair rung to put first
@@ -79,7 +81,7 @@ def test_on_a_val_set_that_cannot_confirm_a_pass_the_stem_repair_runs_before_the
 def test_a_pass_the_val_set_confirms_ends_the_ladder_at_once(tmp_path):
     """2000 photos at 0.995 put the lower 95 % bound (0.991) over the 0.98 budget: no repair needed to decide."""
     rows, tried, _, _ = _run(tmp_path, {"onnx-bias": (True, 0.018, 0.995, 2000),
-                                        "repaired-stem6": (True, 0.009, 0.996, 2000)}, model=object(),
+                                        STEM_RUNG: (True, 0.009, 0.996, 2000)}, model=object(),
                              plain=_result(False, 0.05, 0.94, 2000))
     assert tried == ["onnx-bias"] and rows[0].mean_abs_error == 0.018
 
@@ -92,23 +94,23 @@ def test_the_held_rung_ships_when_the_repair_fails_or_is_less_precise(tmp_path):
                                             "repaired": (True, 0.020, 0.993)}, model=object(), int8_only=True)
     assert installed == ["onnx-bias"] and rows[0].mean_abs_error == 0.018
     # CPU targets: the stem repair failed first, the bias pass is held, the next repair rung is less precise
-    rows, tried, installed, _ = _run(tmp_path, {"repaired-stem6": (False, 0.010, 0.967),
+    rows, tried, installed, _ = _run(tmp_path, {STEM_RUNG: (False, 0.010, 0.967),
                                                 "onnx-bias": (True, 0.018, 0.987),
                                                 "repaired": (True, 0.020, 0.993)}, model=object())
-    assert tried == ["repaired-stem6", "onnx-bias", "repaired"] and rows[0].mean_abs_error == 0.018
+    assert tried == [STEM_RUNG, "onnx-bias", "repaired"] and rows[0].mean_abs_error == 0.018
 
 
 def test_an_unconfirmed_plain_pass_is_weighed_against_the_first_repair_rung_only(tmp_path):
     """153 photos at 0.993 (lower bound 0.964) cannot confirm a 0.98 budget: the first repair rung runs, the lower
     mean error ships; graph-level rungs and later repairs do not run."""
     plain = _result(True, 0.012, 0.993)
-    rows, tried, installed, notes = _run(tmp_path, {"repaired-stem6": (True, 0.008, 0.987)}, model=object(),
+    rows, tried, installed, notes = _run(tmp_path, {STEM_RUNG: (True, 0.008, 0.987)}, model=object(),
                                          plain=plain)
-    assert tried == ["repaired-stem6"] and installed == ["repaired-stem6"] and rows[0].mean_abs_error == 0.008
+    assert tried == [STEM_RUNG] and installed == [STEM_RUNG] and rows[0].mean_abs_error == 0.008
     assert "plain int8 passed, but the val set cannot confirm it" in notes[-1] and "`plain` passed too" in notes[-1]
-    for script in ({"repaired-stem6": (True, 0.015, 0.993)}, {"repaired-stem6": (False, 0.010, 0.967)}, {}):
+    for script in ({STEM_RUNG: (True, 0.015, 0.993)}, {STEM_RUNG: (False, 0.010, 0.967)}, {}):
         rows, tried, installed, notes = _run(tmp_path, script, model=object(), plain=plain)
-        assert tried == ["repaired-stem6"] and installed == [] and rows[0] is plain  # never the fallback
+        assert tried == [STEM_RUNG] and installed == [] and rows[0] is plain  # never the fallback
     _, tried, _, _ = _run(tmp_path, {}, model=object(), plain=plain, int8_only=True)
     assert tried == ["repaired"]  # no stem for an int8-only target
     rows, tried, _, notes = _run(tmp_path, {}, model=None, plain=plain)
@@ -129,9 +131,9 @@ def test_without_a_keras_model_the_first_pass_ends_the_ladder(tmp_path):
 
 
 def test_a_repair_rung_that_passes_first_ends_the_ladder_and_failures_fall_back(tmp_path):
-    rows, tried, _, _ = _run(tmp_path, {"onnx-bias": (False, 0.03, 0.974), "repaired-stem6": (True, 0.01, 0.987)},
+    rows, tried, _, _ = _run(tmp_path, {"onnx-bias": (False, 0.03, 0.974), STEM_RUNG: (True, 0.01, 0.987)},
                              model=object(), int8_only=False)
-    assert tried == ["repaired-stem6"] and rows[0].passed
+    assert tried == [STEM_RUNG] and rows[0].passed
     rows, tried, _, _ = _run(tmp_path, {"onnx-bias": (False, 0.03, 0.974), "repaired": (True, 0.01, 0.987)},
                              model=object(), int8_only=True)
     assert tried == ["onnx-bias", "calibration-percentile", "repaired"] and rows[0].passed
@@ -145,7 +147,7 @@ def test_int8_only_targets_get_the_tflite_graph_repair_even_with_a_keras_model(t
     _, tried, _, _ = _run(tmp_path, {}, model=object(), kind="tflite", int8_only=True)
     assert tried == ["tflite-bias", "tflite-rounding", "repaired"]
     _, tried, _, _ = _run(tmp_path, {}, model=object(), kind="tflite")
-    assert "tflite-rounding" not in tried and "repaired-stem6" in tried
+    assert "tflite-rounding" not in tried and STEM_RUNG in tried
 
 
 def test_a_rung_that_crashes_is_recorded_and_the_ladder_goes_on(tmp_path):
@@ -155,7 +157,7 @@ def test_a_rung_that_crashes_is_recorded_and_the_ladder_goes_on(tmp_path):
 
     def attempt(rung, plain, ctx, model, cache, notes):
         tried.append(rung.name)
-        if rung.name == "repaired-stem6":
+        if rung.name == STEM_RUNG:
             raise AttributeError("'Add' object has no attribute 'get_weights'")
         if rung.name not in script:
             raise fidelity.TledgeError("not scripted")
@@ -168,10 +170,10 @@ def test_a_rung_that_crashes_is_recorded_and_the_ladder_goes_on(tmp_path):
         mp.setattr(fidelity, "_install", lambda dst, data: None)
         mp.setattr(fidelity, "_linear_layers", lambda m: 100)
         rows = fidelity._one_file(_result(False, 0.05, 0.94), ctx, object(), _Cache(), outcome)
-    assert "repaired-stem6" in tried and tried[-1] == "repaired" and rows[0].passed
-    crashed = next(a for a in outcome.attempts if a["rung"] == "repaired-stem6")
+    assert STEM_RUNG in tried and tried[-1] == "repaired" and rows[0].passed
+    crashed = next(a for a in outcome.attempts if a["rung"] == STEM_RUNG)
     assert crashed["error"].startswith("internal error: AttributeError")
-    assert any("`repaired-stem6` failed on this model" in n for n in outcome.notes)
+    assert any(f"`{STEM_RUNG}` failed on this model" in n for n in outcome.notes)
 
 
 class _Clock:
@@ -252,12 +254,12 @@ def test_a_repair_running_when_the_budget_is_spent_stops_and_is_reported(tmp_pat
         mp.setattr(fidelity, "_fallback", lambda plain, best, ctx, outcome: ["fallback", best])
         rows = fidelity._one_file(_result(False, 0.05, 0.94), ctx, object(), _Cache(), outcome)
     # the graph rung put behind the stem repair (due before it) still starts; nothing after it does
-    assert tried == ["repaired-stem6", "onnx-bias"] and rows[0] == "fallback"
+    assert tried == [STEM_RUNG, "onnx-bias"] and rows[0] == "fallback"
     stopped = outcome.attempts[1]
-    assert stopped["rung"] == "repaired-stem6" and stopped["error"] == (
+    assert stopped["rung"] == STEM_RUNG and stopped["error"] == (
         "the weight repair stopped after 3 of 28 kernels: repair time budget spent (120 s of 100 s)")
     assert outcome.attempts[2]["rung"] == "onnx-bias" and "skipped" not in outcome.attempts[2]
-    note = "model_int8.onnx: rung `repaired-stem6` stopped part-way (--repair-time): the weight repair stopped after 3"
+    note = f"model_int8.onnx: rung `{STEM_RUNG}` stopped part-way (--repair-time): the weight repair stopped after 3"
     assert outcome.notes[0].startswith(note)
     assert all("skipped" in a for a in outcome.attempts[3:]) and len(outcome.attempts) > 3
 
@@ -265,20 +267,20 @@ def test_a_repair_running_when_the_budget_is_spent_stops_and_is_reported(tmp_pat
 def test_a_budget_spent_while_a_pass_is_held_ships_the_held_pass(tmp_path):
     """repaired-stem6 fails, onnx-bias passes unconfirmed and would wait for `repaired`; out of time, only that rung
     is skipped."""
-    rows, tried, outcome = _budgeted(tmp_path, {"repaired-stem6": (False, 0.03, 0.967),
+    rows, tried, outcome = _budgeted(tmp_path, {STEM_RUNG: (False, 0.03, 0.967),
                                                 "onnx-bias": (True, 0.018, 0.987),
                                                 "repaired": (True, 0.009, 0.980)}, budget=150.0)
-    assert tried == ["repaired-stem6", "onnx-bias"] and rows[0].passed and rows[0].mean_abs_error == 0.018
+    assert tried == [STEM_RUNG, "onnx-bias"] and rows[0].passed and rows[0].mean_abs_error == 0.018
     assert [(a["rung"], "skipped" in a) for a in outcome.attempts] == [
-        ("plain", False), ("repaired-stem6", False), ("onnx-bias", False), ("repaired", True)]
+        ("plain", False), (STEM_RUNG, False), ("onnx-bias", False), ("repaired", True)]
     assert "kept `onnx-bias`" in outcome.notes[-1] and "not started: repaired" in outcome.notes[-2]
 
 
 def test_a_budget_the_ladder_fits_in_changes_nothing(tmp_path):
-    script = {"repaired-stem6": (False, 0.03, 0.967), "onnx-bias": (False, 0.03, 0.974),
+    script = {STEM_RUNG: (False, 0.03, 0.967), "onnx-bias": (False, 0.03, 0.974),
               "calibration-percentile": (False, 0.03, 0.974), "repaired": (True, 0.01, 0.987)}
     rows, tried, outcome = _budgeted(tmp_path, script, budget=350.0)  # the pass comes at 400 s
-    assert tried == ["repaired-stem6", "onnx-bias", "calibration-percentile", "repaired"] and rows[0].passed
+    assert tried == [STEM_RUNG, "onnx-bias", "calibration-percentile", "repaired"] and rows[0].passed
     assert not any("skipped" in a for a in outcome.attempts)
 
 

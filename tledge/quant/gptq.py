@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+QMAX = 127  # the symmetric int8 weight limit of the converters' per-channel grid (lab: benchmarks/weight_bits.py widens it)
 BLOCK = 128  # rows per lazy batch (the paper's choice; 64..256 measure alike)
 _BASE = 64  # triangular inverse: below this size, numpy's inv
 
@@ -67,8 +68,8 @@ def solve(w, h, scale, damp, block=BLOCK):
         errs = np.empty((G, e - b, w.shape[2]))
         for i in range(b, e):
             col = w[:, i]
-            q = np.clip(np.round(col / safe), -127, 127)
-            q = np.where(top == i, 127 * sign, q) * s
+            q = np.clip(np.round(col / safe), -QMAX, QMAX)
+            q = np.where(top == i, QMAX * sign, q) * s
             err = (col - q) / u[:, i, i][:, None]
             w[:, i + 1:e] -= u[:, i, i + 1:e, None] * err[:, None, :]
             w[:, i] = q

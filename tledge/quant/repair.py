@@ -135,12 +135,12 @@ def from_groups(kind, mats, shape):
 
 def grid_scale(mats):
     """Per output channel symmetric int8 scale, as TFLite and onnxruntime derive it."""
-    return np.abs(mats).max(axis=1, keepdims=True) / 127.0
+    return np.abs(mats).max(axis=1, keepdims=True) / float(gptq.QMAX)
 
 
 def round_nearest(mats, scale):
     safe = np.where(scale > 0, scale, 1.0)
-    return np.clip(np.round(mats / safe), -127, 127) * scale
+    return np.clip(np.round(mats / safe), -gptq.QMAX, gptq.QMAX) * scale
 
 
 def quantize_kernel(layer, kernel):
