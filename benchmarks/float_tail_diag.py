@@ -138,26 +138,14 @@ def diagnose(ctx, label: str, stem: int = 4) -> dict:
 def main(argv=None) -> int:
     import int8_zoo
 
-    from tledge.export import fidelity
-    from tledge.export.pipeline import ExportConfig, export
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("name")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/tledge-int8-zoo"))
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
-    build, opts = int8_zoo.zoo(args.cache)[args.name]
     found = {}
-
-    def improve(failing, ctx):
-        found["res"] = diagnose(ctx, args.name)
-        return fidelity.FidelityOutcome(results={})
-
-    fidelity.improve = improve
-    out = Path("/tmp/ft/exports") / args.name
-    cfg = ExportConfig(out=out, int8=True, calib_limit=300, threads=2, formats=("tflite",), explain=True,
-                       **opts())
-    export(Path(build()), cfg)
+    int8_zoo.at_int8_loop(args.name, args.cache, Path("/tmp/ft/exports"),
+                          lambda ctx: found.update(res=diagnose(ctx, args.name)))
     res = found["res"]
     if args.json:
         args.json.write_text(json.dumps(res, indent=1, default=str))

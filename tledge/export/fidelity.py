@@ -209,20 +209,12 @@ def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: 
                                outcome.attempts, outcome.notes)
             break
         start = time.perf_counter()
-        try:
-            result, data, applied = _attempt(rung, plain, ctx, model, cache, outcome.notes)
-        except Exception as exc:  # noqa: BLE001 - one technique failing on an unusual graph must not lose the export
-            error = str(exc) if isinstance(exc, TledgeError) else f"internal error: {type(exc).__name__}: {exc}"
-            outcome.attempts.append({"file": plain.file, "rung": rung.name, "error": error,
-                                     "seconds": round(time.perf_counter() - start, 2)})
-            if isinstance(exc, RepairTimeout):
-                outcome.notes.append(f"{plain.file}: rung `{rung.name}` stopped part-way (--repair-time): {error}")
-            if not isinstance(exc, TledgeError):
-                outcome.notes.append(f"{plain.file}: rung `{rung.name}` failed on this model ({error}); the "
-                                     f"ladder went on without it (a tledge bug: please report it with the model)")
+        tried = _try_rung(rung, plain, ctx, model, cache, outcome)
+        if tried is None:
             if held:
                 break
             continue
+        result, data, applied = tried
         extra = {"float_layers": applied["float_layers"]} if "float_layers" in applied else {}
         outcome.attempts.append({**_row(result, rung.name), **extra, "seconds": round(time.perf_counter() - start, 2)})
         if _better(result, best):
@@ -237,6 +229,29 @@ def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: 
             held = (rung.name, result)
     if not best.passed:
         return _fallback(plain, best, ctx, outcome)
+    _note_kept(plain, best, kept, held, outcome)
+    return [best]
+
+
+def _try_rung(rung: Rung, plain: ParityResult, ctx: FidelityContext, model, cache, outcome: FidelityOutcome):
+    """`_attempt` one rung: (result, data, applied), or None when it raised (the error row and note recorded)."""
+    start = time.perf_counter()
+    try:
+        return _attempt(rung, plain, ctx, model, cache, outcome.notes)
+    except Exception as exc:  # noqa: BLE001 - one technique failing on an unusual graph must not lose the export
+        error = str(exc) if isinstance(exc, TledgeError) else f"internal error: {type(exc).__name__}: {exc}"
+        outcome.attempts.append({"file": plain.file, "rung": rung.name, "error": error,
+                                 "seconds": round(time.perf_counter() - start, 2)})
+        if isinstance(exc, RepairTimeout):
+            outcome.notes.append(f"{plain.file}: rung `{rung.name}` stopped part-way (--repair-time): {error}")
+        if not isinstance(exc, TledgeError):
+            outcome.notes.append(f"{plain.file}: rung `{rung.name}` failed on this model ({error}); the "
+                                 f"ladder went on without it (a tledge bug: please report it with the model)")
+        return None
+
+
+def _note_kept(plain: ParityResult, best: ParityResult, kept: str, held, outcome: FidelityOutcome) -> None:
+    """Mark the kept rung's attempt row and say in the notes why it ships."""
     also = f"; `{held[0]}` passed too, with a larger mean error {held[1].mean_abs_error:.3g}" \
         if held and held[0] != kept else ""
     next(a for a in outcome.attempts if a["file"] == plain.file and a["rung"] == kept)["kept"] = True
@@ -244,7 +259,6 @@ def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: 
     outcome.notes.append(f"{plain.file}: plain {plain.precision} {why} (agreement {plain.top1_agreement:.3f}); "
                          f"kept `{kept}` (agreement {best.top1_agreement:.3f}, mean abs {best.mean_abs_error:.3g}, "
                          f"max abs {best.max_abs_error:.3g}){also}")
-    return [best]
 
 
 def _stem_repair_first(rungs: list[Rung]) -> tuple[list[Rung], tuple[Rung, ...]]:

@@ -97,15 +97,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
                     val_x, reference = choice.pixels, choice.outputs
             calib = _calib_images(cfg, contract, chosen)  # with the final contract: prepared once
             val_x = val_x.astype(np.float32)
-        contract = contract.replace(output=_output_kind(reference))
-        val_y = contracting.folder_truth(cfg, contract, reference, val_y)
-        if contract.labels and reference.shape[1] != len(contract.labels):
-            raise TledgeError(f"{len(contract.labels)} labels but the model has {reference.shape[1]} outputs")
-        contract.save(stage / "tledge.json")
-        if contract.labels:
-            from tledge.io import atomic_write_text
-
-            atomic_write_text(stage / "labels.txt", "\n".join(contract.labels) + "\n")
+        contract, val_y = _final_contract(cfg, contract, reference, val_y, stage)
         steps["images and reference"] = time.perf_counter() - clock
         files, failed, seconds = _convert_all(chosen, serve, concrete, contract, calib, stage)
         clock = time.perf_counter()
@@ -132,6 +124,21 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
                       _inputs(stage, [r.file for r in report.results]))
     written = [out / r.file for r in report.results if "/" not in r.file and (out / r.file).is_file()]
     return ExportResult(out, contract, written, report, seconds)
+
+
+def _final_contract(cfg: ExportConfig, contract, reference, val_y, stage: Path):
+    """The contract with the model's output kind, written with labels.txt into `stage`; and the val truth, mapped
+    to the model's labels (contracting.folder_truth). Raises TledgeError when labels and outputs disagree."""
+    contract = contract.replace(output=_output_kind(reference))
+    val_y = contracting.folder_truth(cfg, contract, reference, val_y)
+    if contract.labels and reference.shape[1] != len(contract.labels):
+        raise TledgeError(f"{len(contract.labels)} labels but the model has {reference.shape[1]} outputs")
+    contract.save(stage / "tledge.json")
+    if contract.labels:
+        from tledge.io import atomic_write_text
+
+        atomic_write_text(stage / "labels.txt", "\n".join(contract.labels) + "\n")
+    return contract, val_y
 
 
 def plan(cfg: ExportConfig) -> list[F.Format]:
