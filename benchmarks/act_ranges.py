@@ -54,20 +54,11 @@ def mse_grids(rep, quant: dict, calib) -> dict:
 
 
 def measure(ctx, name: str, modes: list[str], stem: int, cle: str) -> None:
-    import int8_zoo
     import weight_bits
 
-    from tledge.export import repair_model
-    from tledge.images import iter_image_files, prepare_all
     from tledge.quant import repair
-    from tledge.quant.kerasgraph import predict
 
-    model = repair_model.pixel_model(ctx)
-    calib = np.asarray(ctx.calib, np.float32)
-    files = sorted(iter_image_files(int8_zoo.ASSETS / int8_zoo.IMAGENET))
-    other = np.stack(prepare_all(ctx.contract.prepare, files)).astype(np.float32)
-    sets = {"val": ctx.val_x.astype(np.float32), "other": other}
-    ref = {k: predict(model, x).argmax(1) for k, x in sets.items()}
+    model, calib, sets, ref = weight_bits.eval_sets(ctx)
     plain_fq = repair.fake_quant_tensor
     extra = None
     if cle:
@@ -86,8 +77,7 @@ def measure(ctx, name: str, modes: list[str], stem: int, cle: str) -> None:
         quant = weight_bits.int8_grids(rep, set(repair.stem_layers(rep, stem)), calib)
         if mode == "mse":
             quant = mse_grids(rep, quant, calib)
-        flips = {k: int((weight_bits.int8_activations(rep, quant, x).argmax(1) != ref[k]).sum())
-                 for k, x in sets.items()}
+        flips = weight_bits.flips(rep, quant, sets, ref)
         n = len(ref["other"])
         print(f"RESULT {name} ranges={mode} cle={cle or 'none'} stem={stem}: val flips {flips['val']}/"
               f"{len(ref['val'])}, other flips {flips['other']}/{n} (agreement {1 - flips['other'] / n:.4f}), "

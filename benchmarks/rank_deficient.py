@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = Path(__file__).resolve().parents[1]
@@ -25,20 +24,11 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks"), str(REPO / "tests")]
 
 
 def measure(ctx, name: str, ratios: list[float], acts: list[str], stem: int) -> None:
-    import int8_zoo
     import weight_bits
 
-    from tledge.export import repair_model
-    from tledge.images import iter_image_files, prepare_all
     from tledge.quant import repair
-    from tledge.quant.kerasgraph import predict
 
-    model = repair_model.pixel_model(ctx)
-    calib = np.asarray(ctx.calib, np.float32)
-    files = sorted(iter_image_files(int8_zoo.ASSETS / int8_zoo.IMAGENET))
-    other = np.stack(prepare_all(ctx.contract.prepare, files)).astype(np.float32)
-    sets = {"val": ctx.val_x.astype(np.float32), "other": other}
-    ref = {k: predict(model, x).argmax(1) for k, x in sets.items()}
+    model, calib, sets, ref = weight_bits.eval_sets(ctx)
     for ratio in ratios:
         repair.MIN_SAMPLES_PER_ROW = ratio
         for act in acts:
@@ -46,10 +36,7 @@ def measure(ctx, name: str, ratios: list[float], acts: list[str], stem: int) -> 
             rep, log = repair.apply(model, calib, stem=stem, errors=False, act_quant=act == "int8")
             nearest = [r.name for r in log.layers if r.rounding == "nearest"]
             quant = weight_bits.int8_grids(rep, set(repair.stem_layers(rep, stem)), calib) if act == "int8" else None
-            flips = {}
-            for k, x in sets.items():
-                out = weight_bits.int8_activations(rep, quant, x) if quant is not None else predict(rep, x)
-                flips[k] = int((out.argmax(1) != ref[k]).sum())
+            flips = weight_bits.flips(rep, quant, sets, ref)
             n = len(ref["other"])
             print(f"RESULT {name} ratio={ratio:g} acts={act} stem={stem} nearest_kernels={len(nearest)}: val flips "
                   f"{flips['val']}/{len(ref['val'])}, other flips {flips['other']}/{n} "

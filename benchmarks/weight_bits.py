@@ -56,32 +56,43 @@ def int8_activations(rep, quant, x):
     return np.concatenate([np.asarray(forward_pass(rep, x[i:i + 100], quant)[0]) for i in range(0, len(x), 100)])
 
 
-def measure(ctx, name: str, bits: list[int], acts: str, stems: list[int]) -> None:
+def eval_sets(ctx):
+    """(Keras model as the loop gets it, calibration pixels, {"val", "other"}: images, {same keys}: its top-1)."""
     import int8_zoo
 
     from tledge.export import repair_model
     from tledge.images import iter_image_files, prepare_all
-    from tledge.quant import repair
     from tledge.quant.kerasgraph import predict
 
     model = repair_model.pixel_model(ctx)
-    calib = np.asarray(ctx.calib, np.float32)
     files = sorted(iter_image_files(int8_zoo.ASSETS / int8_zoo.IMAGENET))
     other = np.stack(prepare_all(ctx.contract.prepare, files)).astype(np.float32)
     sets = {"val": ctx.val_x.astype(np.float32), "other": other}
-    ref = {k: predict(model, x).argmax(1) for k, x in sets.items()}
+    return model, np.asarray(ctx.calib, np.float32), sets, {k: predict(model, x).argmax(1) for k, x in sets.items()}
+
+
+def flips(rep, quant, sets: dict, ref: dict) -> dict:
+    """{set: photos whose top-1 differs from `ref`}, activations rounded by `quant` (int8_grids) or float (None)."""
+    from tledge.quant.kerasgraph import predict
+
+    return {k: int(((int8_activations(rep, quant, x) if quant is not None else predict(rep, x)).argmax(1)
+                    != ref[k]).sum()) for k, x in sets.items()}
+
+
+def measure(ctx, name: str, bits: list[int], acts: str, stems: list[int]) -> None:
+    from tledge.quant import repair
+
+    model, calib, sets, ref = eval_sets(ctx)
     for q, stem in [(q, k) for q in bits for k in stems]:
         widen_grid(q)
         t = time.perf_counter()
         rep, _ = repair.apply(model, calib, stem=stem, errors=False, act_quant=acts == "int8")
         quant = int8_grids(rep, set(repair.stem_layers(rep, stem)), calib) if acts == "int8" else None
-        flips = {}
-        for k, x in sets.items():
-            out = int8_activations(rep, quant, x) if quant is not None else predict(rep, x)
-            flips[k] = int((out.argmax(1) != ref[k]).sum())
+        flipped = flips(rep, quant, sets, ref)
         n = len(ref["other"])
-        print(f"RESULT {name} acts={acts} Q={q} stem={stem}: val flips {flips['val']}/{len(ref['val'])}, other flips "
-              f"{flips['other']}/{n} (agreement {1 - flips['other'] / n:.4f}), {time.perf_counter() - t:.0f} s", flush=True)
+        print(f"RESULT {name} acts={acts} Q={q} stem={stem}: val flips {flipped['val']}/{len(ref['val'])}, other "
+              f"flips {flipped['other']}/{n} (agreement {1 - flipped['other'] / n:.4f}), {time.perf_counter() - t:.0f} s",
+              flush=True)
 
 
 def main(argv=None) -> int:

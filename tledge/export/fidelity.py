@@ -209,7 +209,7 @@ def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: 
                                outcome.attempts, outcome.notes)
             break
         start = time.perf_counter()
-        tried = _try_rung(rung, plain, ctx, model, cache, outcome)
+        tried = _try_rung(rung, plain, ctx, model, cache, outcome, start)
         if tried is None:
             if held:
                 break
@@ -233,9 +233,9 @@ def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: 
     return [best]
 
 
-def _try_rung(rung: Rung, plain: ParityResult, ctx: FidelityContext, model, cache, outcome: FidelityOutcome):
-    """`_attempt` one rung: (result, data, applied), or None when it raised (the error row and note recorded)."""
-    start = time.perf_counter()
+def _try_rung(rung: Rung, plain: ParityResult, ctx: FidelityContext, model, cache, outcome: FidelityOutcome, start):
+    """`_attempt` one rung (started at `start`): (result, data, applied), or None when it raised (the error row and
+    note recorded)."""
     try:
         return _attempt(rung, plain, ctx, model, cache, outcome.notes)
     except Exception as exc:  # noqa: BLE001 - one technique failing on an unusual graph must not lose the export

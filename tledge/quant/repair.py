@@ -47,8 +47,8 @@ KNOWN_STEPS = ("fold", "exact_input", "nearest", "adaptive", "bias_correction", 
 # rank-deficient moments: the compensation then fits the calibration set's own activation noise and moves weights
 # along directions no calibration input spans, so it rounds to nearest there (bias correction still runs).
 # Measured on the int8 simulation, stem 6, flips of the 1300 other photos: EfficientNetB0 44 -> 34 (damped 39,
-# only under half the rows 37), MobileNetV3 Small 22 -> 20, MobileNet 0.25 heads s0 / s1 / s2 (head only) see
-# docs/int8-fidelity.md, "Rank-deficient layers"; nearest also where rows <= 4x the samples: 49 (worse).
+# only under half the rows 37; also under 4x the rows: 49, worse), MobileNetV3 Small 22 -> 20, MobileNet 0.25 (head
+# only) 16 / 16 / 13 -> 18 / 15 / 13 (docs/int8-fidelity.md, "Rank-deficient layers").
 MIN_SAMPLES_PER_ROW = 1.0
 
 
@@ -199,9 +199,9 @@ def rounded(wf, mom: moments.Moments, scale, *, target=None, method="adaptive", 
             damp=0.01):
     """Groups [W; b] (G, d, k) of float weights `wf` with W on the int8 grid `scale` (G, 1, k): `adaptive`
     (GPTQ on the quantised inputs' second moments; nearest where they are `undersampled`) or `nearest` rounding of
-    `target` (default wf), and the
-    bias that makes the mean output on the quantised inputs match the float layer's on the float inputs
-    (`bias_correction`; else wf's bias). Shared by the Keras repair and tledge.quant.tflite_rounding."""
+    `target` (default wf), and the bias that makes the mean output on the quantised inputs match the float layer's
+    on the float inputs (`bias_correction`; else wf's bias). Shared by the Keras repair and
+    tledge.quant.tflite_rounding."""
     target = wf if target is None else target
     hqq = mom.hqq
     if method == "adaptive" and undersampled(hqq):
