@@ -372,8 +372,8 @@ def test_apply_without_errors_gives_the_same_model(tiny, calib, repaired):
             np.testing.assert_array_equal(wa, wb)
 
 
-def test_gptq_rounds_to_nearest_where_calibration_rows_are_fewer_than_kernel_rows():
-    """Rank-deficient moments (a squeeze-excite or head layer: one row per image) get nearest rounding; full-rank
+def test_gptq_rounds_to_nearest_where_calibration_rows_are_under_half_the_kernel_rows():
+    """Strongly rank-deficient moments (a squeeze-excite or head layer: one row per image) get nearest rounding; full-rank
     ones get GPTQ's compensation, which moves some roundings off nearest."""
     from tledge.quant import moments
 
@@ -386,7 +386,7 @@ def test_gptq_rounds_to_nearest_where_calibration_rows_are_fewer_than_kernel_row
         x = np.concatenate([rng.normal(size=(n, d)) + rng.normal(size=(1, d)), np.ones((n, 1))], 1)
         return moments.Moments(hqq=(x.T @ x)[None], fsum=x.sum(0)[None], hqf=None, hff=None, sub_qq=None)
 
-    few, many = moments_of(d // 2), moments_of(8 * d)
+    few, many = moments_of(d // 4), moments_of(8 * d)
     assert repair.undersampled(few.hqq) and not repair.undersampled(many.hqq)
     near = repair.round_nearest(wf[:, :-1], scale)
     np.testing.assert_allclose(repair.rounded(wf, few, scale)[:, :-1], near)
