@@ -4,7 +4,7 @@ with the lower mean error ships. (Why: docs/int8-fidelity.md, "Which passing run
 
 import pytest
 
-from tledge.export import fidelity, parity
+from tledge.export import fallback, fidelity, parity
 from tledge.parity import ParityResult
 
 STEM_RUNG = f"repaired-stem{fidelity.STEM}"  # the float-stem repair rung (fidelity.STEM convolutions)
@@ -41,7 +41,7 @@ def _run(tmp_path, script: dict, model, kind: str = "onnx", int8_only: bool = Fa
         mp.setattr(fidelity, "_attempt", attempt)
         mp.setattr(fidelity, "_install", lambda dst, data: installed.append(data.decode()))
         mp.setattr(fidelity, "_linear_layers", lambda m: 100)
-        mp.setattr(fidelity, "_fallback", lambda plain, best, ctx, outcome: ["fallback", best])
+        mp.setattr(fallback, "ship", lambda plain, best, ctx, outcome: ["fallback", best])
         rows = fidelity._one_file(plain or _result(False, 0.05, 0.94, kind=kind), ctx, model, _Cache(), outcome)
     return rows, tried, installed, outcome.notes
 
@@ -206,7 +206,7 @@ def _budgeted(tmp_path, script: dict, budget: float | None, per_rung: float = 10
         mp.setattr(fidelity, "_attempt", attempt)
         mp.setattr(fidelity, "_install", lambda dst, data: None)
         mp.setattr(fidelity, "_linear_layers", lambda m: 100)
-        mp.setattr(fidelity, "_fallback", lambda plain, best, ctx, outcome: ["fallback", best])
+        mp.setattr(fallback, "ship", lambda plain, best, ctx, outcome: ["fallback", best])
         rows = fidelity._one_file(_result(False, 0.05, 0.94), ctx, object(), _Cache(), outcome)
     return rows, tried, outcome
 
@@ -251,7 +251,7 @@ def test_a_repair_running_when_the_budget_is_spent_stops_and_is_reported(tmp_pat
         mp.setattr(repair_budget, "time", clock)
         mp.setattr(fidelity, "_attempt", attempt)
         mp.setattr(fidelity, "_linear_layers", lambda m: 100)
-        mp.setattr(fidelity, "_fallback", lambda plain, best, ctx, outcome: ["fallback", best])
+        mp.setattr(fallback, "ship", lambda plain, best, ctx, outcome: ["fallback", best])
         rows = fidelity._one_file(_result(False, 0.05, 0.94), ctx, object(), _Cache(), outcome)
     # the graph rung put behind the stem repair (due before it) still starts; nothing after it does
     assert tried == [STEM_RUNG, "onnx-bias"] and rows[0] == "fallback"
@@ -320,7 +320,7 @@ def test_the_budget_is_shared_so_a_later_file_still_gets_rungs(tmp_path):
         mp.setattr(repair_model, "pixel_model_and_note", lambda ctx: (object(), None))
         mp.setattr(fidelity, "_attempt", attempt)
         mp.setattr(fidelity, "_linear_layers", lambda m: 100)
-        mp.setattr(fidelity, "_fallback", lambda plain, best, ctx, outcome: [best])
+        mp.setattr(fallback, "ship", lambda plain, best, ctx, outcome: [best])
         mp.setattr(diagnosis, "explain", lambda ctx, model, plain, concrete: "")
         outcome = fidelity.improve(files, ctx)
     assert [f for f, _ in tried] == ["model_int8.tflite"] * 2 + ["model_int8.onnx"] * 2

@@ -26,8 +26,8 @@ Rungs (`LADDER`, in order of cost, each one's seconds recorded):
   7. `repaired-stem6+sensitive` (the stem plus the most sensitive activations: TFLite float ops, ONNX
      int16, the layers around them on their original weights) and `repaired+sensitive` (the same without
      a stem, for models too small for one);
-  8. last resort, loudly: the int8 file is moved to `rejected/` and replaced by fp16 (TFLite) /
-     fp32 (ONNX), unless the target is int8-only (Edge TPU), where the export fails instead.
+  8. last resort, loudly (tledge.export.fallback): the int8 file is moved to `rejected/` and replaced by fp16
+     (TFLite) / fp32 (ONNX), unless the target is int8-only (Edge TPU), where the export fails instead.
 `ctx.repair_time`: no rung starts after it and a weight repair running stops (tledge.export.repair_budget).
 For int8-only targets the stem and sensitivity rungs never apply (tledge.quant.registry): their ladder
 is onnx-bias / tflite-bias (then tflite-rounding without a Keras 3 model), calibration-percentile, repaired,
@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import shutil
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -51,8 +50,8 @@ import numpy as np
 
 from tledge._deps import blas_threads
 from tledge.contract import Contract
-from tledge.errors import RepairTimeout, TledgeError, TledgeWarning
-from tledge.export import repair_budget
+from tledge.errors import RepairTimeout, TledgeError
+from tledge.export import fallback, repair_budget
 from tledge.export.parity import ParityResult, Thresholds, check_files, confirmable, confirmed
 
 
@@ -123,6 +122,14 @@ class FidelityContext:
     traced: tuple | None = None  # (serve, concrete): the export's own loader.trace, traced here when None
     repair_time: float | None = None  # seconds after which no new rung starts (tledge.export.repair_budget)
 
+    def trace(self):
+        """The export's (serve, concrete function), traced once."""
+        from tledge.export import loader
+
+        if self.traced is None:
+            self.traced = loader.trace(self.lm, self.contract, self.add_norm)
+        return self.traced
+
 
 @dataclass
 class FidelityOutcome:
@@ -142,7 +149,7 @@ def improve(failing: Sequence[ParityResult], ctx: FidelityContext) -> FidelityOu
     outcome = FidelityOutcome(results={})
     model, note = repair_model.pixel_model_and_note(ctx)
     cache = Shared(model, ctx.contract, ctx.calib, ctx.out,  # what the rungs share (tledge.export.rungs)
-                   trace=lambda: _traced(ctx))
+                   trace=ctx.trace)
     if note:
         outcome.notes.append(note)
     plain_onnx = ctx.out / "model_int8.onnx"
@@ -158,7 +165,7 @@ def improve(failing: Sequence[ParityResult], ctx: FidelityContext) -> FidelityOu
     # the per-layer diagnosis is slow (minutes on a loaded 2-core machine): only for --explain, or when
     # the ladder could not deliver
     if ctx.explain or any(not rows[0].passed for rows in outcome.results.values()):
-        outcome.explain_md = diagnosis.explain(ctx, model, plain_bytes, lambda: _concrete(ctx))
+        outcome.explain_md = diagnosis.explain(ctx, model, plain_bytes, lambda: ctx.trace()[1])
     return outcome
 
 
@@ -228,7 +235,7 @@ def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: 
                 break
             held = (rung.name, result)
     if not best.passed:
-        return _fallback(plain, best, ctx, outcome)
+        return fallback.ship(plain, best, ctx, outcome)
     _note_kept(plain, best, kept, held, outcome)
     return [best]
 
@@ -315,7 +322,7 @@ def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, model, cache
             raise TledgeError(f"no layer worth raising: {sel.summary()}")
         applied.update(mixed.contract_extra(sel, kind))
         if src is None and kind == "tflite":  # no Keras 3 model: calibrate the export's own traced function
-            src, key = fixed_batch(_concrete(ctx)), None  # the TFLite files' batch
+            src, key = fixed_batch(ctx.trace()[1]), None  # the TFLite files' batch
         elif src is not None and kind == "tflite":  # float ops: their original weights come back
             src, applied["original_weights"] = mixed.with_float_weights(src, model, sel, cache.mixed)
             key = None
@@ -344,60 +351,8 @@ def _float_tflite(ctx: FidelityContext) -> bytes:
     fp32 = ctx.out / "model_fp32.tflite"
     if fp32.is_file():
         return fp32.read_bytes()
-    return tflite.convert(_concrete(ctx), "fp32")
+    return tflite.convert(ctx.trace()[1], "fp32")
 
 
 def _threshold(ctx: FidelityContext, name: str, precision: str) -> Thresholds:
     return Thresholds.lookup(ctx.thresholds, name, precision)
-
-
-# ---- the last resort ---------------------------------------------------------------------------
-def _traced(ctx: FidelityContext):
-    """The export's (serve, concrete), traced once."""
-    from tledge.export import loader
-
-    if ctx.traced is None:
-        ctx.traced = loader.trace(ctx.lm, ctx.contract, ctx.add_norm)
-    return ctx.traced
-
-
-def _concrete(ctx: FidelityContext):
-    return _traced(ctx)[1]
-
-
-def _fallback(plain: ParityResult, best: ParityResult, ctx: FidelityContext,
-              outcome: FidelityOutcome) -> list[ParityResult]:
-    """No rung met the budget: keep the best int8 file aside and ship a float variant, loudly. The
-    int8 row stays failed (the export exits 1: int8 was asked for and not delivered)."""
-    if ctx.int8_only:
-        outcome.notes.append(f"{plain.file}: no repair met the int8 budget (best agreement "
-                             f"{best.top1_agreement:.3f}) and the target is int8-only: no fallback")
-        return [best]
-    rejected = ctx.out / "rejected"
-    rejected.mkdir(exist_ok=True)
-    shutil.move(str(ctx.out / plain.file), rejected / plain.file)
-    kind = plain.format
-    fallback = _write_fallback(kind, ctx)
-    result = check_files(ctx.reference, [(ctx.out / fallback.filename, kind, fallback.precision)], ctx.val_x,
-                         labels=ctx.val_y, thresholds=ctx.thresholds, threads=ctx.threads)[0]
-    msg = (f"FALLBACK: {plain.file} could not meet the {plain.precision} budget (best agreement "
-           f"{best.top1_agreement:.3f} after {repair_budget.tried(outcome.attempts, plain.file)}); it is kept in "
-           f"rejected/ and {fallback.filename} ships instead")
-    warnings.warn(msg, TledgeWarning, stacklevel=3)
-    outcome.notes.append(msg)
-    best.file = f"rejected/{plain.file}"
-    best.failures = list(best.failures) + [f"fell back to {fallback.filename}"]
-    best.passed = False
-    return [best, result]
-
-
-def _write_fallback(kind: str, ctx: FidelityContext):
-    from tledge.export import formats as F
-    from tledge.export import loader
-
-    fmt = F.FORMATS["tflite_fp16" if kind == "tflite" else "onnx_fp32"]  # fp16 for int8 and dynamic
-    if not (ctx.out / fmt.filename).is_file():
-        serve, concrete = loader.trace(ctx.lm, ctx.contract, ctx.add_norm)
-        F.write(fmt, ctx.out / fmt.filename, serve=serve, concrete=concrete, contract=ctx.contract,
-                calib=ctx.calib, folder=ctx.out)
-    return fmt

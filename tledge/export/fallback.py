@@ -1,0 +1,49 @@
+"""The int8 fidelity loop's last resort (tledge.export.fidelity): no rung met the budget, so the best int8 file is
+kept aside in `rejected/` and a float file of the same format ships, loudly (fp16 TFLite, fp32 ONNX); an int8-only
+target (Edge TPU) gets no fallback, and its export fails instead."""
+from __future__ import annotations
+
+import shutil
+import warnings
+
+from tledge.artifacts import REJECTED
+from tledge.errors import TledgeWarning
+from tledge.export import repair_budget
+from tledge.export.parity import ParityResult, check_files
+
+
+def ship(plain: ParityResult, best: ParityResult, ctx, outcome) -> list[ParityResult]:
+    """`ctx`, `outcome`: the loop's FidelityContext and FidelityOutcome. The int8 row stays failed (the export exits
+    1: int8 was asked for and not delivered); the float file's row follows it."""
+    if ctx.int8_only:
+        outcome.notes.append(f"{plain.file}: no repair met the int8 budget (best agreement "
+                             f"{best.top1_agreement:.3f}) and the target is int8-only: no fallback")
+        return [best]
+    rejected = ctx.out / REJECTED
+    rejected.mkdir(exist_ok=True)
+    shutil.move(str(ctx.out / plain.file), rejected / plain.file)
+    kind = plain.format
+    fmt = write_float(kind, ctx)
+    result = check_files(ctx.reference, [(ctx.out / fmt.filename, kind, fmt.precision)], ctx.val_x,
+                         labels=ctx.val_y, thresholds=ctx.thresholds, threads=ctx.threads)[0]
+    msg = (f"FALLBACK: {plain.file} could not meet the {plain.precision} budget (best agreement "
+           f"{best.top1_agreement:.3f} after {repair_budget.tried(outcome.attempts, plain.file)}); it is kept in "
+           f"{REJECTED}/ and {fmt.filename} ships instead")
+    warnings.warn(msg, TledgeWarning, stacklevel=3)
+    outcome.notes.append(msg)
+    best.file = f"{REJECTED}/{plain.file}"
+    best.failures = list(best.failures) + [f"fell back to {fmt.filename}"]
+    best.passed = False
+    return [best, result]
+
+
+def write_float(kind: str, ctx):
+    """The float format that replaces a rejected int8 (or dynamic) file, written unless the export already did."""
+    from tledge.export import formats as F
+
+    fmt = F.FORMATS["tflite_fp16" if kind == "tflite" else "onnx_fp32"]
+    if not (ctx.out / fmt.filename).is_file():
+        serve, concrete = ctx.trace()
+        F.write(fmt, ctx.out / fmt.filename, serve=serve, concrete=concrete, contract=ctx.contract,
+                calib=ctx.calib, folder=ctx.out)
+    return fmt
