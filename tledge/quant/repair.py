@@ -50,7 +50,8 @@ KNOWN_STEPS = ("fold", "exact_input", "nearest", "adaptive", "bias_correction", 
 # EfficientNetB0 44 / 37 / 34, MobileNetV3 Small 22 / 22 / 20, MobileNet 0.25 (head, 0.96x) 16+16+13 / same /
 # 18+15+13. Under 4x: EfficientNetB0 49, worse. 0.5x rather than 1x since the twentieth session: the nearly
 # full-rank MobileNet 0.25 head (245 rows for 256) on nearest cost the issue 7 acceptance file 2 of 153 val photos
-# of accuracy on ONNX (docs/int8-fidelity.md, "Rank-deficient layers").
+# of accuracy on ONNX (docs/int8-fidelity.md, "Rank-deficient layers"). The graph-level re-rounding has its own
+# threshold on its 32 images: tflite_rounding.MIN_ROWS (4x; it skips such ops altogether).
 MIN_SAMPLES_PER_ROW = 0.5
 
 

@@ -37,7 +37,8 @@ IMAGES = 32  # calibration images the moments cover
 BUDGET = 1 << 28  # bytes of stored op inputs per chunk (float32, both files)
 MIN_ROWS = 4  # an op is re-chosen only with >= MIN_ROWS x (kernel rows) input rows (images x positions):
 # fewer under-determine the rounding and make the mean noisy (EfficientNet's squeeze-excite convolutions
-# see one position per image)
+# see one position per image). The Keras repair's rule for the same condition is `repair.MIN_SAMPLES_PER_ROW`
+# (0.5x, on every calibration image): a different action (nearest rounding, bias correction kept) on more images.
 
 
 @dataclass
