@@ -285,6 +285,24 @@ def stem_layers(model, k: int) -> list[str]:
     return names if k > 0 else []
 
 
+SWISH_GRID = True  # act_quant: a swish computes x * sigmoid(x) from the sigmoid on int8 LOGISTIC's fixed 1/256 grid
+
+
+def swish(op) -> bool:
+    """A Keras Activation layer computing swish (silu), which the converters split into a sigmoid and a multiply."""
+    fn = getattr(op, "activation", None)
+    return type(op).__name__ == "Activation" and getattr(fn, "__name__", "") in ("swish", "silu")
+
+
+def swish_int8(x):
+    """What an int8 TFLite file computes for swish before its output is rounded: the sigmoid is written on
+    LOGISTIC's fixed int8 grid (scale 1/256, zero point -128), then multiplied by x."""
+    from tledge.quant.kerasgraph import keras_lib
+
+    ops = keras_lib().ops
+    return ops.multiply(x, fake_quant_tensor(ops.sigmoid(x), 0.0, 255.0 / 256.0))
+
+
 def quantised_output(op, keep) -> bool:
     if op.name not in keep:
         return requantised(op)
@@ -330,6 +348,8 @@ def quantize_weights(model, calib, *, method="adaptive", bias_correction=True, r
         out_f = call_layer(op, args_f, kw_f)  # tensors where they fit: no copies between layers
         same = all(a is b for a, b in zip(flat_f, flat_q)) and not linear_kind(op)
         out_q = out_f if same else call_layer(qop, args_q, kw_q)
+        if act_quant and SWISH_GRID and swish(op) and op.name not in keep:
+            out_q = swish_int8(flat_q[0])
         if act_quant and quantised_output(op, keep) and op.name not in model.output_names:
             view = np.asarray(out_f)
             out_q = fake_quant_tensor(out_q, view.min(), view.max())
