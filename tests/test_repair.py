@@ -431,6 +431,7 @@ def test_the_swish_simulation_is_what_an_int8_tflite_file_computes(monkeypatch):
     pre, out = np.concatenate(pre), np.concatenate(out)
     s, z = details[mul[1]]["quantization"]
     lo, hi = (-128 - z) * s, (127 - z) * s
+    np.testing.assert_array_equal(np.asarray(repair.swish_int8(pre)), repair.swish_int8(pre, chunk_bytes=4096))
     simulated = np.asarray(repair.fake_quant_tensor(repair.swish_int8(pre), lo, hi))
     once = np.asarray(repair.fake_quant_tensor(pre / (1 + np.exp(-pre)), lo, hi))
     assert np.mean(np.abs(simulated - out) < s / 2) > 0.99  # (rounding the float swish once: 0.96)

@@ -294,13 +294,24 @@ def swish(op) -> bool:
     return type(op).__name__ == "Activation" and getattr(fn, "__name__", "") in ("swish", "silu")
 
 
-def swish_int8(x):
+def swish_int8(x, chunk_bytes=1 << 26):
     """What an int8 TFLite file computes for swish before its output is rounded: the sigmoid is written on
-    LOGISTIC's fixed int8 grid (scale 1/256, zero point -128), then multiplied by x."""
+    LOGISTIC's fixed int8 grid (scale 1/256, zero point -128), then multiplied by x. Slices of `chunk_bytes` along
+    the first axis bound the temporaries; a larger result is a numpy array (as `fake_quant_tensor`'s)."""
     from tledge.quant.kerasgraph import keras_lib
 
     ops = keras_lib().ops
-    return ops.multiply(x, fake_quant_tensor(ops.sigmoid(x), 0.0, 255.0 / 256.0))
+
+    def one(part):
+        return ops.multiply(part, fake_quant_tensor(ops.sigmoid(part), 0.0, 255.0 / 256.0))
+    total = 4 * int(np.prod(x.shape))
+    if len(x.shape) == 0 or total <= chunk_bytes:
+        return one(x)
+    step = max(1, chunk_bytes * x.shape[0] // total)
+    out = np.empty(x.shape, np.float32)
+    for i in range(0, x.shape[0], step):
+        out[i:i + step] = np.asarray(one(x[i:i + step]))
+    return out
 
 
 def quantised_output(op, keep) -> bool:
