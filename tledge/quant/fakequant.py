@@ -1,6 +1,6 @@
 """Per-tensor 8-bit activation rounding as the converters do it (quantise, dequantise), for the sequential weight
-repair (tledge.quant.repair, which re-exports both): `fake_quant` in numpy, in place, and `fake_quant_tensor`
-with backend ops, the same bits."""
+repair (tledge.quant.repair, which re-exports these): `fake_quant` in numpy, in place, and `fake_quant_tensor`
+with backend ops, the same bits; `swish_int8`, a swish as an int8 TFLite file computes it."""
 from __future__ import annotations
 
 import numpy as np
@@ -48,6 +48,30 @@ def fake_quant_tensor(x, lo, hi, levels=256, chunk_bytes=1 << 26, keep_bytes=Non
     step = max(1, chunk_bytes * x.shape[0] // total)
     if total <= (KEEP_BYTES if keep_bytes is None else keep_bytes):
         return ops.concatenate([one(x[i:i + step]) for i in range(0, x.shape[0], step)], axis=0)
+    out = np.empty(x.shape, np.float32)
+    for i in range(0, x.shape[0], step):
+        out[i:i + step] = np.asarray(one(x[i:i + step]))
+    return out
+
+
+def swish(op) -> bool:
+    """A Keras Activation layer computing swish (silu), which the converters split into a sigmoid and a multiply."""
+    fn = getattr(op, "activation", None)
+    return type(op).__name__ == "Activation" and getattr(fn, "__name__", "") in ("swish", "silu")
+
+
+def swish_int8(x, chunk_bytes=1 << 26):
+    """What an int8 TFLite file computes for swish before its output is rounded: the sigmoid is written on
+    LOGISTIC's fixed int8 grid (scale 1/256, zero point -128), then multiplied by x. Slices of `chunk_bytes` along
+    the first axis bound the temporaries; a larger result is a numpy array (as `fake_quant_tensor`'s)."""
+    ops = keras_lib().ops
+
+    def one(part):
+        return ops.multiply(part, fake_quant_tensor(ops.sigmoid(part), 0.0, 255.0 / 256.0))
+    total = 4 * int(np.prod(x.shape))
+    if len(x.shape) == 0 or total <= chunk_bytes:
+        return one(x)
+    step = max(1, chunk_bytes * x.shape[0] // total)
     out = np.empty(x.shape, np.float32)
     for i in range(0, x.shape[0], step):
         out[i:i + step] = np.asarray(one(x[i:i + step]))

@@ -37,7 +37,8 @@ from tledge.quant import gptq, moments
 from tledge.quant.kerasgraph import (  # noqa: F401  (re-exported: repair.fold_bn, repair.predict, ...)
     HOMOGENEOUS, apply_layer, call_layer, clip_of, clone_layer, flat_model, keras_lib, linear_kind, rebuild_model,
     single_use, flatten, fold_bn, kernel_out, nodes, operations, predict, use_counts)
-from tledge.quant.fakequant import fake_quant, fake_quant_tensor  # noqa: F401  (re-exported: repair.fake_quant)
+from tledge.quant.fakequant import (  # noqa: F401  (re-exported: repair.fake_quant, repair.swish_int8)
+    fake_quant, fake_quant_tensor, swish, swish_int8)
 
 DEFAULT_STEPS = ("fold", "exact_input", "adaptive", "bias_correction")
 FOLD_TOLERANCE = 1e-3  # max abs change the rebuild + BN folding may make (measured ~2e-6), x max(1, |output|)
@@ -286,32 +287,6 @@ def stem_layers(model, k: int) -> list[str]:
 
 
 SWISH_GRID = True  # act_quant: a swish computes x * sigmoid(x) from the sigmoid on int8 LOGISTIC's fixed 1/256 grid
-
-
-def swish(op) -> bool:
-    """A Keras Activation layer computing swish (silu), which the converters split into a sigmoid and a multiply."""
-    fn = getattr(op, "activation", None)
-    return type(op).__name__ == "Activation" and getattr(fn, "__name__", "") in ("swish", "silu")
-
-
-def swish_int8(x, chunk_bytes=1 << 26):
-    """What an int8 TFLite file computes for swish before its output is rounded: the sigmoid is written on
-    LOGISTIC's fixed int8 grid (scale 1/256, zero point -128), then multiplied by x. Slices of `chunk_bytes` along
-    the first axis bound the temporaries; a larger result is a numpy array (as `fake_quant_tensor`'s)."""
-    from tledge.quant.kerasgraph import keras_lib
-
-    ops = keras_lib().ops
-
-    def one(part):
-        return ops.multiply(part, fake_quant_tensor(ops.sigmoid(part), 0.0, 255.0 / 256.0))
-    total = 4 * int(np.prod(x.shape))
-    if len(x.shape) == 0 or total <= chunk_bytes:
-        return one(x)
-    step = max(1, chunk_bytes * x.shape[0] // total)
-    out = np.empty(x.shape, np.float32)
-    for i in range(0, x.shape[0], step):
-        out[i:i + step] = np.asarray(one(x[i:i + step]))
-    return out
 
 
 def quantised_output(op, keep) -> bool:
