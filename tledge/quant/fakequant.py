@@ -48,6 +48,11 @@ def fake_quant_tensor(x, lo, hi, levels=256, chunk_bytes=1 << 26, keep_bytes=Non
     step = max(1, chunk_bytes * x.shape[0] // total)
     if total <= (KEEP_BYTES if keep_bytes is None else keep_bytes):
         return ops.concatenate([one(x[i:i + step]) for i in range(0, x.shape[0], step)], axis=0)
+    return _into_numpy(one, x, step)
+
+
+def _into_numpy(one, x, step: int) -> np.ndarray:
+    """`one` applied to slices of `step` along the first axis, written into one float32 numpy array."""
     out = np.empty(x.shape, np.float32)
     for i in range(0, x.shape[0], step):
         out[i:i + step] = np.asarray(one(x[i:i + step]))
@@ -71,8 +76,4 @@ def swish_int8(x, chunk_bytes=1 << 26):
     total = 4 * int(np.prod(x.shape))
     if len(x.shape) == 0 or total <= chunk_bytes:
         return one(x)
-    step = max(1, chunk_bytes * x.shape[0] // total)
-    out = np.empty(x.shape, np.float32)
-    for i in range(0, x.shape[0], step):
-        out[i:i + step] = np.asarray(one(x[i:i + step]))
-    return out
+    return _into_numpy(one, x, max(1, chunk_bytes * x.shape[0] // total))

@@ -333,9 +333,10 @@ def quantize_weights(model, calib, *, method="adaptive", bias_correction=True, r
                 log.layers.append(LayerRepair(op.name, type(op).__name__, mom.hqq.shape[1] - 1, *errs, rounding))
         out_f = call_layer(op, args_f, kw_f)  # tensors where they fit: no copies between layers
         same = all(a is b for a, b in zip(flat_f, flat_q)) and not linear_kind(op)
-        out_q = out_f if same else call_layer(qop, args_q, kw_q)
         if act_quant and SWISH_GRID and swish(op) and op.name not in keep:
-            out_q = swish_int8(flat_q[0])
+            out_q = swish_int8(flat_q[0])  # instead of the float swish on the quantised input, not after it
+        else:
+            out_q = out_f if same else call_layer(qop, args_q, kw_q)
         if act_quant and quantised_output(op, keep) and op.name not in model.output_names:
             view = np.asarray(out_f)
             out_q = fake_quant_tensor(out_q, view.min(), view.max())
