@@ -1,11 +1,12 @@
 """Per-tensor 8-bit activation rounding as the converters do it (quantise, dequantise), for the sequential weight
 repair (tledge.quant.repair, which re-exports these): `fake_quant` in numpy, in place, and `fake_quant_tensor`
-with backend ops, the same bits; `swish_int8`, a swish as an int8 TFLite file computes it."""
+with backend ops, the same bits; `logistic_int8` / `logistic_output`, a sigmoid or swish as an int8 TFLite file
+computes it."""
 from __future__ import annotations
 
 import numpy as np
 
-from tledge.quant.kerasgraph import KEEP_BYTES, keras_lib
+from tledge.quant.kerasgraph import KEEP_BYTES, activation_off, call_layer, keras_lib, linear_kind
 
 
 def fake_quant(x, lo, hi, levels=256):
@@ -59,21 +60,40 @@ def _into_numpy(one, x, step: int) -> np.ndarray:
     return out
 
 
-def swish(op) -> bool:
-    """A Keras Activation layer computing swish (silu), which the converters split into a sigmoid and a multiply."""
-    fn = getattr(op, "activation", None)
-    return type(op).__name__ == "Activation" and getattr(fn, "__name__", "") in ("swish", "silu")
+LOGISTIC_GRID = (0.0, 255.0 / 256.0)  # int8 LOGISTIC's output grid in TFLite: scale 1/256, zero point -128
 
 
-def swish_int8(x, chunk_bytes=1 << 26):
-    """What an int8 TFLite file computes for swish before its output is rounded: the sigmoid is written on
-    LOGISTIC's fixed int8 grid (scale 1/256, zero point -128), then multiplied by x. Slices of `chunk_bytes` along
-    the first axis bound the temporaries; a larger result is a numpy array (as `fake_quant_tensor`'s)."""
+def logistic_activation(op) -> str | None:
+    """'swish' or 'sigmoid' where `op` (an Activation layer, or a conv / dense with that activation inside it) ends
+    in a function an int8 TFLite file computes through LOGISTIC (swish: LOGISTIC then MUL), else None."""
+    name = getattr(getattr(op, "activation", None), "__name__", "")
+    return {"swish": "swish", "silu": "swish", "sigmoid": "sigmoid"}.get(name)
+
+
+def logistic_int8(kind: str, x, chunk_bytes=1 << 26):
+    """What an int8 TFLite file computes for `kind` ('sigmoid' or 'swish', see `logistic_activation`) of x: the
+    sigmoid written on LOGISTIC's fixed grid (final for 'sigmoid'), times x for 'swish' (whose product the file then
+    rounds to its own grid). Slices of `chunk_bytes` along the first axis bound the temporaries; a larger result is
+    a numpy array (as `fake_quant_tensor`'s)."""
     ops = keras_lib().ops
 
     def one(part):
-        return ops.multiply(part, fake_quant_tensor(ops.sigmoid(part), 0.0, 255.0 / 256.0))
+        gate = fake_quant_tensor(ops.sigmoid(part), *LOGISTIC_GRID)
+        return ops.multiply(part, gate) if kind == "swish" else gate
     total = 4 * int(np.prod(x.shape))
     if len(x.shape) == 0 or total <= chunk_bytes:
         return one(x)
     return _into_numpy(one, x, max(1, chunk_bytes * x.shape[0] // total))
+
+
+def logistic_output(op, qop, kind: str, f_call, q_call, x_q):
+    """The quantised path's output of an op ending in a sigmoid or swish, as the int8 file computes it: for a conv
+    / dense, its output first rounded to its own grid (the float model's range), since the file's LOGISTIC reads an
+    int8 tensor; then the sigmoid on LOGISTIC's fixed grid (`logistic_int8`). `f_call` / `q_call`: the
+    float / quantised layer's arguments and keyword arguments; `x_q`: the quantised path's input."""
+    if not linear_kind(op):
+        return logistic_int8(kind, x_q)
+    with activation_off(op), activation_off(qop):
+        view = np.asarray(call_layer(op, *f_call))
+        pre = fake_quant_tensor(call_layer(qop, *q_call), view.min(), view.max())
+    return logistic_int8(kind, pre)

@@ -2,6 +2,7 @@
 replaced layers, fold BatchNormalization, walk nodes in order, run layers on arrays."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import numpy as np
@@ -206,6 +207,17 @@ def call_layer(layer, args, kwargs=None, max_bytes: int | None = None, keep_byte
         out[i:i + len(part)] = np.asarray(part)
         i += len(part)
     return out
+
+
+@contextlib.contextmanager
+def activation_off(layer):
+    """Within the block, a conv / dense `layer` returns its output before its own activation (Keras calls
+    `layer.activation` when it is not None)."""
+    act, layer.activation = layer.activation, None
+    try:
+        yield layer
+    finally:
+        layer.activation = act
 
 
 def is_array(a) -> bool:

@@ -35,10 +35,10 @@ import numpy as np
 from tledge.errors import ExportError, RepairTimeout
 from tledge.quant import gptq, moments
 from tledge.quant.kerasgraph import (  # noqa: F401  (re-exported: repair.fold_bn, repair.predict, ...)
-    HOMOGENEOUS, apply_layer, call_layer, clip_of, clone_layer, flat_model, keras_lib, linear_kind, rebuild_model,
-    single_use, flatten, fold_bn, kernel_out, nodes, operations, predict, use_counts)
-from tledge.quant.fakequant import (  # noqa: F401  (re-exported: repair.fake_quant, repair.swish_int8)
-    fake_quant, fake_quant_tensor, swish, swish_int8)
+    HOMOGENEOUS, apply_layer, call_layer, clip_of, clone_layer, flat_model, keras_lib, linear_kind,
+    rebuild_model, single_use, flatten, fold_bn, kernel_out, nodes, operations, predict, use_counts)
+from tledge.quant.fakequant import (  # noqa: F401  (re-exported: repair.fake_quant, repair.logistic_int8)
+    fake_quant, fake_quant_tensor, logistic_activation, logistic_int8, logistic_output)
 
 DEFAULT_STEPS = ("fold", "exact_input", "adaptive", "bias_correction")
 FOLD_TOLERANCE = 1e-3  # max abs change the rebuild + BN folding may make (measured ~2e-6), x max(1, |output|)
@@ -286,7 +286,7 @@ def stem_layers(model, k: int) -> list[str]:
     return names if k > 0 else []
 
 
-SWISH_GRID = True  # act_quant: a swish computes x * sigmoid(x) from the sigmoid on int8 LOGISTIC's fixed 1/256 grid
+LOGISTIC_GRID = True  # act_quant: sigmoid and swish as an int8 TFLite file computes them (fakequant.logistic_int8)
 
 
 def quantised_output(op, keep) -> bool:
@@ -333,11 +333,13 @@ def quantize_weights(model, calib, *, method="adaptive", bias_correction=True, r
                 log.layers.append(LayerRepair(op.name, type(op).__name__, mom.hqq.shape[1] - 1, *errs, rounding))
         out_f = call_layer(op, args_f, kw_f)  # tensors where they fit: no copies between layers
         same = all(a is b for a, b in zip(flat_f, flat_q)) and not linear_kind(op)
-        if act_quant and SWISH_GRID and swish(op) and op.name not in keep:
-            out_q = swish_int8(flat_q[0])  # instead of the float swish on the quantised input, not after it
+        kind = act_quant and LOGISTIC_GRID and op.name not in keep and logistic_activation(op)
+        if kind:  # instead of the float activation on the quantised input, not after it
+            out_q = logistic_output(op, qop, kind, (args_f, kw_f), (args_q, kw_q), flat_q[0])
         else:
             out_q = out_f if same else call_layer(qop, args_q, kw_q)
-        if act_quant and quantised_output(op, keep) and op.name not in model.output_names:
+        # (a sigmoid's output is on LOGISTIC's grid already: the file does not round it again)
+        if act_quant and quantised_output(op, keep) and op.name not in model.output_names and kind != "sigmoid":
             view = np.asarray(out_f)
             out_q = fake_quant_tensor(out_q, view.min(), view.max())
         for t in node.outputs:
