@@ -158,28 +158,34 @@ def test_the_loop_records_the_chosen_layers(tiny_model, shapes_dataset, tmp_path
             assert "float_layers" not in extra
 
 
-def test_float_weights_come_back_on_the_layers_around_a_chosen_activation(tiny_model, shapes_dataset):
+def test_the_repair_keeps_the_layers_around_a_chosen_activation_float(tiny_model, shapes_dataset):
+    """The layers a TFLite file runs float around a chosen activation (its producer, through the fused ReLU, and
+    its readers) keep their original folded weights in the repair (`repair.apply(keep=...)`), and the layers after
+    them are fitted to that: they differ from the plain repair's."""
     from tledge.images import labelled_images
     from tledge.quant import floatweights, repair
 
     files, _, _ = labelled_images(shapes_dataset / "train")
     calib = np.stack([tiny_model["contract"].prepare(f) for f in files[:24]]).astype(np.float32)
     original, _ = repair.fold_bn(tiny_model["model"])
-    fixed, _ = repair.apply(tiny_model["model"], calib, steps=("fold", "nearest"))
     kinds = {layer.name: type(layer).__name__ for layer in original.layers}
     relu = next(n for n, k in kinds.items() if k == "ReLU")
     conv, dw = (next(n for n, k in kinds.items() if k == kind) for kind in ("Conv2D", "DepthwiseConv2D"))
-    assert floatweights.neighbours(original, relu) == [conv, dw]
+    dense = next(n for n, k in kinds.items() if k == "Dense")
+    kept = floatweights.float_set(original, [relu + "_1"])
+    assert kept[:3] == [relu, conv, dw] and dense not in kept, kept
     gap = next(n for n, k in kinds.items() if k == "GlobalAveragePooling2D")
-    assert floatweights.neighbours(original, gap) == [next(n for n, k in kinds.items() if k == "Dense")]
+    assert floatweights.float_set(original, [gap]) == [gap, dense]
     assert floatweights.keras_name(original, relu + "_1") == relu and floatweights.keras_name(original, "x_1") is None
-    restored, names = floatweights.restore(fixed, original, [relu + "_1"])
-    assert names == [conv, dw]
-    for layer in restored.layers:
-        source = original if layer.name in names else fixed
-        mine, theirs = layer.get_weights(), source.get_layer(layer.name).get_weights()
-        assert all(np.allclose(a, b) for a, b in zip(mine, theirs)), layer.name
-    assert not np.allclose(fixed.get_layer(conv).get_weights()[0], original.get_layer(conv).get_weights()[0])
+    steps = ("fold", "adaptive", "bias_correction")
+    plain, _ = repair.apply(tiny_model["model"], calib, steps=steps)
+    fixed, _ = repair.apply(tiny_model["model"], calib, steps=steps, keep=[relu + "_1"])
+    for name in (conv, dw):  # original weights (the repair gives a bias-less layer a zero bias)
+        mine, theirs = fixed.get_layer(name).get_weights(), original.get_layer(name).get_weights()
+        assert all(np.allclose(a, b) for a, b in zip(mine, theirs)), name
+        assert not np.allclose(plain.get_layer(name).get_weights()[0], theirs[0])
+    after = zip(plain.get_layer(dense).get_weights(), fixed.get_layer(dense).get_weights())
+    assert not all(np.allclose(a, b) for a, b in after)  # fitted to the float layers before it
 
 
 def test_a_savedmodel_gets_the_graph_level_rung(tiny_model, shapes_dataset, tmp_path, monkeypatch):

@@ -23,8 +23,9 @@ Rungs (`LADDER`, in order of cost, each one's seconds recorded):
      held-out calibration images of the export's fp32 ONNX graph, stay precise, cheapest first
      (tledge.quant.sensitivity): ONNX int16, TFLite float ops (the traced function calibrated, the ops
      around the chosen activations denylisted, matched by layer name);
-  7. `repaired-stem6+sensitive` (the stem plus the most sensitive activations: TFLite float ops, ONNX
-     int16, the layers around them on their original weights) and `repaired+sensitive` (the same without
+  7. `repaired-stem6+sensitive` (the stem plus the most sensitive activations: TFLite float ops, the repair
+     re-run with the layers around them float on their original weights; ONNX int16 activations on the stem
+     repair's weights) and `repaired+sensitive` (the same without
      a stem, for models too small for one);
   8. last resort, loudly (tledge.export.fallback): the int8 file is moved to `rejected/` and replaced by fp16
      (TFLite) / fp32 (ONNX), unless the target is int8-only (Edge TPU), where the export fails instead.
@@ -323,8 +324,8 @@ def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, model, cache
         applied.update(mixed.contract_extra(sel, kind))
         if src is None and kind == "tflite":  # no Keras 3 model: calibrate the export's own traced function
             src, key = fixed_batch(ctx.trace()[1]), None  # the TFLite files' batch
-        elif src is not None and kind == "tflite":  # float ops: their original weights come back
-            src, applied["original_weights"] = mixed.with_float_weights(src, model, sel, cache.mixed)
+        elif src is not None and kind == "tflite":  # float ops: a repair that keeps their original weights
+            src, applied["original_weights"] = mixed.float_weights(cache, model, rung.stem, sel)
             key = None
     if rung.graph in ("tflite-bias", "tflite-rounding"):  # on the plain file (a repaired file's weights are
         # not the rounding of the fp32 file's: every op would be skipped, and the rung fail)

@@ -61,15 +61,17 @@ class Shared:
         return table[key]
 
     # ---- Keras ------------------------------------------------------------------------------
-    def repaired_model(self, stem: int):
+    def repaired_model(self, stem: int, keep: tuple[str, ...] = ()):
+        """The weight repair with a float stem of `stem` convolutions and, beyond it, the layers around the chosen
+        activations `keep` float (repair.apply), cached per (stem, keep)."""
         from tledge.quant import repair
 
         def make():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return repair.apply(self.model, self.calib, stem=stem, errors=False,  # (the log is not read)
+                return repair.apply(self.model, self.calib, stem=stem, keep=keep, errors=False,  # (no log read)
                                     stop=self.stop)[0]
-        return self._get(self.repaired, stem, "repair", make)
+        return self._get(self.repaired, (stem, tuple(keep)) if keep else stem, "repair", make)
 
     # ---- TFLite -----------------------------------------------------------------------------
     def tflite(self, model, stem: int, applied: dict, *, dynamic: bool = False, key=None, layers=()) -> bytes:

@@ -1,20 +1,23 @@
-"""Original float weights back on the layers a mixed-precision choice runs in float (issue 11).
+"""Original float weights on the layers a mixed-precision choice runs in float (issue 11).
 
 The weight repair (tledge.quant.repair) puts every kernel on the int8 grid, so the repaired FLOAT
 model already differs from the original (hymenoptera MobileNet seed 1: 0.987 top-1 agreement on val
-before any activation is rounded): precise activations alone cannot go past that. The linear layers
-next to a chosen activation (its producer, and its consumers through pass-through layers) run float in
-the TFLite file (tledge.quant.sensitivity.tflite_keep_float), so they can take their original
-(BN-folded) weights back. Not for ONNX: there the weights stay int8 (int16 weights beside int16
-activations overflow onnxruntime's int32 bias: measured worse). Keras 3 models only (any loader
-through tledge.quant.rebuild).
+before any activation is rounded): precise activations alone cannot go past that. The layers next to a
+chosen activation (its producer, and its readers through pass-through layers) run float in the TFLite
+file (tledge.quant.sensitivity.tflite_keep_float); `float_set` names them in the Keras model, and the
+repair keeps them float (`repair.apply(keep=...)`), so they carry their original (BN-folded) weights and
+every later layer is fitted to that. Putting the original weights back AFTER the repair (`restore`, until
+the twenty-first session) undid the repair's compensation downstream (EfficientNetB0 seed 1: 453 flips
+of 1300 against 90). Not for ONNX: there the weights stay int8 (int16 weights beside int16 activations
+overflow onnxruntime's int32 bias: measured worse). Keras 3 models only (any loader through
+tledge.quant.rebuild).
 """
 from __future__ import annotations
 
 import re
 from typing import Sequence
 
-from tledge.quant.kerasgraph import linear_kind, nodes
+from tledge.quant.kerasgraph import clip_of, linear_kind, nodes
 
 ACTIVATIONS = ("ReLU", "Activation", "LeakyReLU")  # fused into the linear op by the converters
 PASS_THROUGH = ("ZeroPadding2D", "Reshape", "Flatten", "MaxPooling2D", "Cropping2D")
@@ -30,57 +33,42 @@ def keras_name(model, graph_layer: str) -> str | None:
     return stripped if stripped in names else None
 
 
-def neighbours(model, layer: str) -> list[str]:
-    """Linear layers around `layer`'s output: the one producing it (through activations) and those
-    reading it (through pass-through layers)."""
-    producer, consumers = {}, {}
+def _fused(op) -> bool:
+    """An activation layer the converters fuse into the linear op before it (ReLU, ReLU6, linear)."""
+    return type(op).__name__ in ACTIVATIONS and clip_of(op) is not False
+
+
+def float_set(model, graph_layers: Sequence[str]) -> list[str]:
+    """The layers of a folded flat `model` that run float in a TFLite file keeping `graph_layers` (chosen
+    activations, as the converters name them) float (tledge.quant.sensitivity.tflite_keep_float): each chosen
+    layer, the linear layer it is fused into (back through fused activations), and every layer reading it (through
+    pass-through layers, kept too) with the activation fused into a linear reader. For the weight repair's
+    `keep`: they keep float weights and unrounded outputs, so every later layer is fitted to what the file
+    computes (original weights put back after the repair undid the repair's compensation downstream: docs)."""
+    producer, consumers, by_name = {}, {}, {}
     for op, node in nodes(model):
+        by_name[op.name] = (op, node)
         for t in node.outputs:
             producer[id(t)] = (op, node)
         for t in node.input_tensors:
             consumers.setdefault(id(t), []).append((op, node))
-    by_name = {op.name: (op, node) for op, node in nodes(model)}
-    if layer not in by_name:
-        return []
-    found = []
-    op, node = by_name[layer]
-    while (type(op).__name__ in ACTIVATIONS and len(node.input_tensors) == 1
-           and id(node.input_tensors[0]) in producer):
-        op, node = producer[id(node.input_tensors[0])]
-    if linear_kind(op):
-        found.append(op.name)
-    frontier = list(by_name[layer][1].outputs)
-    while frontier:
-        for c_op, c_node in consumers.get(id(frontier.pop()), []):
-            if linear_kind(c_op):
+    found: list[str] = []
+    for name in filter(None, (keras_name(model, g) for g in graph_layers)):
+        op, node = by_name[name]
+        found.append(name)
+        while _fused(op) and len(node.input_tensors) == 1 and id(node.input_tensors[0]) in producer:
+            op, node = producer[id(node.input_tensors[0])]
+            found.append(op.name)
+            if linear_kind(op) or not _fused(op):
+                break
+        frontier = list(by_name[name][1].outputs)
+        while frontier:
+            for c_op, c_node in consumers.get(id(frontier.pop()), []):
                 found.append(c_op.name)
-            elif type(c_op).__name__ in PASS_THROUGH:
-                frontier += list(c_node.outputs)
+                after = consumers.get(id(c_node.outputs[0]), []) if len(c_node.outputs) == 1 else []
+                if type(c_op).__name__ in PASS_THROUGH:
+                    frontier += list(c_node.outputs)
+                elif linear_kind(c_op) and len(after) == 1 and _fused(after[0][0]):
+                    found.append(after[0][0].name)
     return list(dict.fromkeys(found))
 
-
-def restore(repaired, original, graph_layers: Sequence[str]):
-    """A copy of `repaired` whose linear layers around the chosen activations carry `original`'s
-    weights (`original`: the folded float model the repair started from, same layer names), and the
-    names of those layers."""
-    keras = require_keras()
-    copy = keras.models.clone_model(repaired)
-    copy.set_weights(repaired.get_weights())
-    names: list[str] = []
-    for g in graph_layers:
-        name = keras_name(copy, g)
-        names += [n for n in (neighbours(copy, name) if name else []) if n not in names]
-    for n in names:
-        dst, src = copy.get_layer(n), original.get_layer(n).get_weights()
-        have = dst.get_weights()
-        if len(src) == len(have):
-            dst.set_weights(src)
-        elif len(src) == 1 and len(have) == 2:  # the repair gave a bias-less layer a bias
-            dst.set_weights([src[0], have[1] * 0.0])
-    return copy, names
-
-
-def require_keras():
-    from tledge._deps import require
-
-    return require("keras", purpose="int8 repairs")

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tledge.errors import ExportError, RepairTimeout
-from tledge.quant import gptq, moments
+from tledge.quant import floatweights, gptq, moments
 from tledge.quant.kerasgraph import (  # noqa: F401  (re-exported: repair.fold_bn, repair.predict, ...)
     HOMOGENEOUS, apply_layer, call_layer, clip_of, clone_layer, flat_model, keras_lib, linear_kind,
     rebuild_model, single_use, flatten, fold_bn, kernel_out, nodes, operations, predict, use_counts)
@@ -353,7 +353,7 @@ def quantize_weights(model, calib, *, method="adaptive", bias_correction=True, r
 
 
 # ---- the pipeline ------------------------------------------------------------------------------
-def apply(model, calib, steps=DEFAULT_STEPS, *, stem: int = 0, act_quant=True, damp=0.01, ridge=0.05,
+def apply(model, calib, steps=DEFAULT_STEPS, *, stem: int = 0, keep=(), act_quant=True, damp=0.01, ridge=0.05,
           extra: dict | None = None, extra_after: dict | None = None, check=16, errors=True, stop=None):
     """Run the repair `steps` (see KNOWN_STEPS) on a Keras model that takes float32 pixels NHWC.
 
@@ -361,7 +361,8 @@ def apply(model, calib, steps=DEFAULT_STEPS, *, stem: int = 0, act_quant=True, d
     them (float32 pixels for a model with baked preprocessing). `extra` / `extra_after`: named
     callables (model, calib, log) -> model run before / after the rounding (lab experiments).
     `errors=False`: no per-layer error figures in the log (NaN), the same model, faster. `stop`: see
-    quantize_weights (RepairTimeout)."""
+    quantize_weights (RepairTimeout). `keep`: activations (as the converters name them) a TFLite file keeps float
+    beyond the stem: the layers around them keep float weights (floatweights.float_set)."""
     steps = tuple(steps) + tuple(extra or ()) + tuple(extra_after or ())
     unknown = [s for s in steps if s not in KNOWN_STEPS + tuple(extra or ()) + tuple(extra_after or ())]
     if unknown:
@@ -388,7 +389,8 @@ def apply(model, calib, steps=DEFAULT_STEPS, *, stem: int = 0, act_quant=True, d
     rounding = "adaptive" if "adaptive" in steps else "nearest"
     if rounding in steps or "bias_correction" in steps or "refit" in steps:
         m = quantize_weights(m, calib, method=rounding, bias_correction="bias_correction" in steps,
-                             refit="refit" in steps, act_quant=act_quant, keep_float=stem_layers(m, stem),
+                             refit="refit" in steps, act_quant=act_quant,
+                             keep_float=stem_layers(m, stem) + floatweights.float_set(m, keep),
                              damp=damp, ridge=ridge, log=log, errors=errors, stop=stop)
     for step in (extra_after or {}).values():
         m = step(m, calib, log)
