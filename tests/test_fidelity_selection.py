@@ -29,7 +29,7 @@ def _run(tmp_path, script: dict, model, kind: str = "onnx", int8_only: bool = Fa
     maps rung name -> (passed, mean abs, agreement)."""
     tried, installed = [], []
 
-    def attempt(rung, plain, ctx, model, cache, notes):
+    def attempt(rung, plain, ctx, cache, notes):
         tried.append(rung.name)
         if rung.name not in script:
             raise fidelity.TledgeError("not scripted")
@@ -155,7 +155,7 @@ def test_a_rung_that_crashes_is_recorded_and_the_ladder_goes_on(tmp_path):
     weight repair raise AttributeError) costs that rung, not the export."""
     tried, script = [], {"onnx-bias": (False, 0.03, 0.974), "repaired": (True, 0.01, 0.987)}
 
-    def attempt(rung, plain, ctx, model, cache, notes):
+    def attempt(rung, plain, ctx, cache, notes):
         tried.append(rung.name)
         if rung.name == STEM_RUNG:
             raise AttributeError("'Add' object has no attribute 'get_weights'")
@@ -192,7 +192,7 @@ def _budgeted(tmp_path, script: dict, budget: float | None, per_rung: float = 10
 
     clock, tried = _Clock(per_rung), []
 
-    def attempt(rung, plain, ctx, model, cache, notes):
+    def attempt(rung, plain, ctx, cache, notes):
         tried.append(rung.name)
         clock.now += clock.per_rung
         if rung.name not in script:
@@ -233,7 +233,7 @@ def test_a_repair_running_when_the_budget_is_spent_stops_and_is_reported(tmp_pat
 
     clock, tried = _Clock(0.0), []
 
-    def attempt(rung, plain, ctx, model, cache, notes):
+    def attempt(rung, plain, ctx, cache, notes):
         tried.append(rung.name)
         clock.now += 60.0  # what runs before the repair's kernels (a conversion: it is not stopped)
         if not rung.repair:  # a graph rung never asks
@@ -306,7 +306,7 @@ def test_the_budget_is_shared_so_a_later_file_still_gets_rungs(tmp_path):
     clock, tried = _Clock(100.0), []
     clock.now = time.perf_counter()  # the ladder's start is read from the real clock
 
-    def attempt(rung, plain, ctx, model, cache, notes):
+    def attempt(rung, plain, ctx, cache, notes):
         tried.append((plain.file, rung.name))
         clock.now += clock.per_rung
         return _result(False, 0.05, 0.94, kind=plain.format), b"", {}

@@ -217,7 +217,7 @@ def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: 
                                outcome.attempts, outcome.notes)
             break
         start = time.perf_counter()
-        tried = _try_rung(rung, plain, ctx, model, cache, outcome, start)
+        tried = _try_rung(rung, plain, ctx, cache, outcome, start)
         if tried is None:
             if held:
                 break
@@ -241,11 +241,11 @@ def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: 
     return [best]
 
 
-def _try_rung(rung: Rung, plain: ParityResult, ctx: FidelityContext, model, cache, outcome: FidelityOutcome, start):
+def _try_rung(rung: Rung, plain: ParityResult, ctx: FidelityContext, cache, outcome: FidelityOutcome, start):
     """`_attempt` one rung (started at `start`): (result, data, applied), or None when it raised (the error row and
     note recorded)."""
     try:
-        return _attempt(rung, plain, ctx, model, cache, outcome.notes)
+        return _attempt(rung, plain, ctx, cache, outcome.notes)
     except Exception as exc:  # noqa: BLE001 - one technique failing on an unusual graph must not lose the export
         error = str(exc) if isinstance(exc, TledgeError) else f"internal error: {type(exc).__name__}: {exc}"
         outcome.attempts.append({"file": plain.file, "rung": rung.name, "error": error,
@@ -305,7 +305,7 @@ def _install(dst: Path, data: bytes) -> None:
 
 
 # ---- one attempt ------------------------------------------------------------------------------
-def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, model, cache,
+def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, cache,
              notes: list[str]) -> tuple[ParityResult, bytes, dict]:
     """Convert with this rung's repairs into a scratch file, check parity against the original."""
     from tledge.export import mixed
@@ -325,7 +325,7 @@ def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, model, cache
         if src is None and kind == "tflite":  # no Keras 3 model: calibrate the export's own traced function
             src, key = fixed_batch(ctx.trace()[1]), None  # the TFLite files' batch
         elif src is not None and kind == "tflite":  # float ops: a repair that keeps their original weights
-            src, applied["original_weights"] = mixed.float_weights(cache, model, rung.stem, sel)
+            src, applied["original_weights"] = mixed.float_weights(cache, rung.stem, sel)
             key = None
     if rung.graph in ("tflite-bias", "tflite-rounding"):  # on the plain file (a repaired file's weights are
         # not the rounding of the fp32 file's: every op would be skipped, and the rung fail)

@@ -49,16 +49,16 @@ def selection(model, ctx, shared, stem: int = 0):
     return shared.mixed[key]
 
 
-def float_weights(cache, model, stem: int, sel):
+def float_weights(cache, stem: int, sel):
     """(the weight repair run with the layers around the chosen activations kept float, as the TFLite file runs
     them: original weights there, and every later layer fitted to that; the linear layers on original weights).
     Putting original weights back after the repair (the earlier way) undid the repair's compensation downstream:
     EfficientNetB0 seed 1 453 flips of 1300 against 90 this way (docs/int8-fidelity.md)."""
     from tledge.quant import floatweights, repair
 
-    repaired = cache.repaired_model(stem, tuple(sel.layers))
-    flat, _ = repair.fold_bn(model)
-    return repaired, [n for n in floatweights.float_set(flat, sel.layers) if repair.linear_kind(flat.get_layer(n))]
+    repaired = cache.repaired_model(stem, tuple(sel.layers))  # (folded and flat: float_set reads it as it is)
+    kept = floatweights.float_set(repaired, sel.layers)
+    return repaired, [n for n in kept if repair.linear_kind(repaired.get_layer(n))]
 
 
 def tflite_keep(calibrated: bytes, layers) -> tuple[list[str], list[str]]:

@@ -19,7 +19,7 @@ from typing import Sequence
 
 from tledge.quant.kerasgraph import clip_of, linear_kind, nodes
 
-ACTIVATIONS = ("ReLU", "Activation", "LeakyReLU")  # fused into the linear op by the converters
+ACTIVATIONS = ("ReLU", "Activation", "LeakyReLU")  # activation layers (`_fused`: the ones the converters fuse)
 PASS_THROUGH = ("ZeroPadding2D", "Reshape", "Flatten", "MaxPooling2D", "Cropping2D")
 
 
@@ -59,8 +59,6 @@ def float_set(model, graph_layers: Sequence[str]) -> list[str]:
         while _fused(op) and len(node.input_tensors) == 1 and id(node.input_tensors[0]) in producer:
             op, node = producer[id(node.input_tensors[0])]
             found.append(op.name)
-            if linear_kind(op) or not _fused(op):
-                break
         frontier = list(by_name[name][1].outputs)
         while frontier:
             for c_op, c_node in consumers.get(id(frontier.pop()), []):
@@ -71,4 +69,3 @@ def float_set(model, graph_layers: Sequence[str]) -> list[str]:
                 elif linear_kind(c_op) and len(after) == 1 and _fused(after[0][0]):
                     found.append(after[0][0].name)
     return list(dict.fromkeys(found))
-
