@@ -19,7 +19,7 @@
 Keras-level techniques (any loader, through `rebuild` for tf_keras files):
 - `repair`: BN folding, an exact input grid, adaptive rounding + bias correction of every kernel;
 - `selective`: keep chosen layers float in the converted files (float stems), converter helpers;
-- `floatweights`: original weights back on the layers a mixed-precision choice runs in float;
+- `floatweights`: which layers a mixed-precision choice runs in float (the repair keeps them float);
 - `kerasgraph`: Keras 3 functional-graph surgery the techniques share.
 
 Diagnosis, apart from the techniques: `explain` (per-layer error and sensitivity tables).

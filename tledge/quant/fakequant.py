@@ -60,7 +60,7 @@ def _into_numpy(one, x, step: int) -> np.ndarray:
     return out
 
 
-LOGISTIC_GRID = (0.0, 255.0 / 256.0)  # int8 LOGISTIC's output grid in TFLite: scale 1/256, zero point -128
+LOGISTIC_RANGE = (0.0, 255.0 / 256.0)  # int8 LOGISTIC's output grid in TFLite: scale 1/256, zero point -128
 
 
 def logistic_activation(op) -> str | None:
@@ -78,7 +78,7 @@ def logistic_int8(kind: str, x, chunk_bytes=1 << 26):
     ops = keras_lib().ops
 
     def one(part):
-        gate = fake_quant_tensor(ops.sigmoid(part), *LOGISTIC_GRID)
+        gate = fake_quant_tensor(ops.sigmoid(part), *LOGISTIC_RANGE)
         return ops.multiply(part, gate) if kind == "swish" else gate
     total = 4 * int(np.prod(x.shape))
     if len(x.shape) == 0 or total <= chunk_bytes:

@@ -63,9 +63,10 @@ def float_set(model, graph_layers: Sequence[str]) -> list[str]:
         while frontier:
             for c_op, c_node in consumers.get(id(frontier.pop()), []):
                 found.append(c_op.name)
-                after = consumers.get(id(c_node.outputs[0]), []) if len(c_node.outputs) == 1 else []
                 if type(c_op).__name__ in PASS_THROUGH:
                     frontier += list(c_node.outputs)
-                elif linear_kind(c_op) and len(after) == 1 and _fused(after[0][0]):
-                    found.append(after[0][0].name)
+                elif linear_kind(c_op) and len(c_node.outputs) == 1:  # with the activation fused into it
+                    after = consumers.get(id(c_node.outputs[0]), [])
+                    if len(after) == 1 and _fused(after[0][0]):
+                        found.append(after[0][0].name)
     return list(dict.fromkeys(found))
