@@ -19,6 +19,8 @@ Rungs (`LADDER`, in order of cost, each one's seconds recorded):
   3. `calibration-percentile` (ONNX): onnxruntime's Percentile calibration instead of MinMax;
   4. `repaired`: the same repair with no float stem (still all-int8, Edge TPU friendly);
   5. `repaired+bias` (ONNX): the same, then the graph bias correction on the file's own weight grid;
+     `repaired-stem6+mse`: the stem repair with every activation's upper bound cut by least squared error, in the
+     repair's simulation and in the file (tledge.quant.ranges; long-tailed activations such as swish inputs);
   6. `sensitive` (no Keras 3 model): the activations whose rounding moves the output most, measured on
      held-out calibration images of the export's fp32 ONNX graph, stay precise, cheapest first
      (tledge.quant.sensitivity): ONNX int16, TFLite float ops (the traced function calibrated, the ops
@@ -66,6 +68,7 @@ class Rung:
     mixed: bool = False  # sensitivity-chosen activations kept precise (tledge.quant.sensitivity)
     keras_free: bool = False  # only where no Keras 3 model exists (else the Keras-level rungs do it, and
     # share their repair with the other format)
+    ranges: str = "minmax"  # activation grids' ranges in the repair and the file (tledge.quant.ranges)
 
     @property
     def techniques(self) -> tuple[str, ...]:
@@ -74,6 +77,7 @@ class Rung:
         names += ("float-layers",) if self.stem else ()
         names += ("percentile-calibration",) if self.calibrate == "percentile" else ()
         names += ("sensitive-precision",) if self.mixed else ()
+        names += ("mse-ranges",) if self.ranges == "mse" else ()
         return names + ((self.graph,) if self.graph else ())
 
 
@@ -86,6 +90,7 @@ LADDER: tuple[Rung, ...] = (
     Rung("calibration-percentile", repair=False, calibrate="percentile"),
     Rung("repaired"),
     Rung("repaired+bias", graph="onnx-bias"),  # the ONNX grid may not be the repair's (U8U8)
+    Rung(f"repaired-stem{STEM}+mse", stem=STEM, ranges="mse"),  # long-tailed activations (swish): finer grids
     Rung("sensitive", repair=False, mixed=True, keras_free=True),  # the export's own float graph
     Rung(f"repaired-stem{STEM}+sensitive", stem=STEM, mixed=True),  # more precise layers where the stem is not enough
     Rung("repaired+sensitive", mixed=True),  # models too small for a stem
@@ -313,11 +318,14 @@ def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, cache,
     from tledge.quant.sensitivity import onnx_overrides
 
     kind, precision = plain.format, plain.precision
-    src = cache.repaired_model(rung.stem) if rung.repair else None
+    src = cache.repaired_model(rung.stem, ranges=rung.ranges) if rung.repair else None
     applied = {"int8_repair": rung.name, "float_convolutions": rung.stem,
                "onnx_calibration": rung.calibrate if kind == "onnx" else None}
+    if rung.ranges != "minmax":
+        applied["activation_ranges"] = rung.ranges
     sel = mixed.selection(src, ctx, cache, stem=rung.stem) if rung.mixed else None
-    key = rung.stem  # what the converted files are shared under (None: this rung's own model)
+    key = rung.stem if rung.ranges == "minmax" else (rung.stem, rung.ranges)  # what the converted files are
+    # shared under (None: this rung's own model)
     if sel is not None:
         if not sel.layers:
             raise TledgeError(f"no layer worth raising: {sel.summary()}")
@@ -332,7 +340,7 @@ def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, cache,
         data = cache.tflite_graph(rung.graph, cache.original(ctx.out / plain.file), _float_tflite(ctx), applied)
     elif kind == "tflite":
         data = cache.tflite(src, rung.stem, applied, dynamic=precision == "dynamic", key=key,
-                            layers=sel.layers if sel else ())
+                            layers=sel.layers if sel else (), ranges=rung.ranges)
     else:
         data = cache.onnx(src, rung, applied, overrides=onnx_overrides(sel) if sel else None)
     if sel is not None:

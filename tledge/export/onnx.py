@@ -159,7 +159,7 @@ ROBUST_SCHEME = "u8u8-grid"  # exact on every kernel path, and on the grid the K
 
 def quantize_int8(fp32_path: Path, dst: Path, calib: np.ndarray, *, method: str = "minmax",
                   nodes_to_exclude: Sequence[str] = (), scheme: Scheme | None = None,
-                  calib_cache: Path | None = None, overrides: dict | None = None) -> Scheme:
+                  calib_cache: Path | None = None, overrides: dict | None = None, act_ranges: str = "minmax") -> Scheme:
     """onnxruntime static QDQ, the final Softmax kept in float so probabilities are not rounded to
     1/256. Without `scheme`: U8S8 (fastest, exact on VNNI and ARM) unless the file's own pair sums
     saturate the AVX2 u8 x s8 kernels on the calibration images (tledge.quant.saturation); then U8U8
@@ -167,19 +167,26 @@ def quantize_int8(fp32_path: Path, dst: Path, calib: np.ndarray, *, method: str 
     The graph is pre-processed once and calibrated once (the activation ranges do not depend on the
     scheme); `calib_cache`: a folder keeping those ranges across calls, keyed by the pre-processed
     graph and the method - the caller guarantees the same `calib` for one folder. `overrides`: extra
-    TensorQuantOverrides (e.g. int16 activations, tledge.quant.sensitivity). Returns the scheme."""
+    TensorQuantOverrides (e.g. int16 activations, tledge.quant.sensitivity). `act_ranges="mse"`: every activation's
+    upper bound cut by least squared error (tledge.quant.ranges; any other override of a tensor wins). Returns the
+    scheme."""
     with tempfile.TemporaryDirectory() as tmp:
         pre = preprocess(fp32_path, Path(tmp) / "pre.onnx")
         ranges = _ranges_path(pre, method, Path(calib_cache) if calib_cache else Path(tmp))
+        cut = None
+        if act_ranges != "minmax":
+            from tledge.quant import ranges as act
+
+            cut = act.onnx_overrides(pre, calib, skip=overrides or {})
         if scheme is not None:
-            _quantize(pre, dst, calib, method, nodes_to_exclude, scheme, ranges, overrides)
+            _quantize(pre, dst, calib, method, nodes_to_exclude, scheme, ranges, overrides, cut)
             return scheme
         from tledge.quant import saturation
 
-        _quantize(pre, dst, calib, method, nodes_to_exclude, SCHEMES["u8s8"], ranges, overrides)
+        _quantize(pre, dst, calib, method, nodes_to_exclude, SCHEMES["u8s8"], ranges, overrides, cut)
         if not any(layer.saturated for layer in saturation.check(dst.read_bytes(), calib)):
             return SCHEMES["u8s8"]
-        _quantize(pre, dst, calib, method, nodes_to_exclude, SCHEMES[ROBUST_SCHEME], ranges, overrides)
+        _quantize(pre, dst, calib, method, nodes_to_exclude, SCHEMES[ROBUST_SCHEME], ranges, overrides, cut)
         return SCHEMES[ROBUST_SCHEME]
 
 
@@ -191,9 +198,11 @@ def _ranges_path(pre: Path, method: str, folder: Path) -> Path:
 
 
 def _quantize(pre: Path, dst: Path, calib: np.ndarray, method: str, nodes_to_exclude: Sequence[str],
-              scheme: Scheme, ranges: Path | None = None, overrides: dict | None = None) -> None:
+              scheme: Scheme, ranges: Path | None = None, overrides: dict | None = None,
+              ranges_of: dict | None = None) -> None:
     """quantize_static of a pre-processed graph; `ranges`: onnxruntime's calibration cache file
-    (read when it exists, written otherwise)."""
+    (read when it exists, written otherwise); `ranges_of`: activation range overrides (tledge.quant.ranges), which
+    every other override of a tensor replaces."""
     from tledge.quant import pixelgrid
     from tledge.quant.constadds import constant_adds
 
@@ -208,7 +217,8 @@ def _quantize(pre: Path, dst: Path, calib: np.ndarray, method: str, nodes_to_exc
                "percentile": q.CalibrationMethod.Percentile}
     qtype = {"uint8": q.QuantType.QUInt8, "int8": q.QuantType.QInt8}
     cache = {"calibration_cache_path": str(ranges)} if ranges is not None else {}
-    tensors = {**(_grid_overrides(pre) if scheme.int8_grid else {}), **grid.overrides, **(overrides or {})}
+    tensors = {**(ranges_of or {}), **(_grid_overrides(pre) if scheme.int8_grid else {}), **grid.overrides,
+               **(overrides or {})}
     try:  # onnxruntime's histogram calibrators print() progress: to fd 2 (the log), not stdout (--json)
         with contextlib.redirect_stdout(sys.__stderr__ or sys.stderr):
             q.quantize_static(str(pre), str(dst), _Reader(calib), quant_format=q.QuantFormat.QDQ,

@@ -61,24 +61,29 @@ class Shared:
         return table[key]
 
     # ---- Keras ------------------------------------------------------------------------------
-    def repaired_model(self, stem: int, keep: tuple[str, ...] = ()):
+    def repaired_model(self, stem: int, keep: tuple[str, ...] = (), ranges: str = "minmax"):
         """The weight repair with a float stem of `stem` convolutions and, beyond it, the layers around the chosen
-        activations `keep` float (repair.apply), cached per (stem, keep)."""
+        activations `keep` float (repair.apply), its activation grids' `ranges` (tledge.quant.ranges), cached per
+        (stem, keep, ranges)."""
         from tledge.quant import repair
 
         def make():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return repair.apply(self.model, self.calib, stem=stem, keep=keep, errors=False,  # (no log read)
-                                    stop=self.stop)[0]
-        return self._get(self.repaired, (stem, tuple(keep)) if keep else stem, "repair", make)
+                                    stop=self.stop, ranges=ranges)[0]
+        key = (stem, tuple(keep)) if keep else stem
+        return self._get(self.repaired, key if ranges == "minmax" else (key, ranges), "repair", make)
 
     # ---- TFLite -----------------------------------------------------------------------------
-    def tflite(self, model, stem: int, applied: dict, *, dynamic: bool = False, key=None, layers=()) -> bytes:
+    def tflite(self, model, stem: int, applied: dict, *, dynamic: bool = False, key=None, layers=(),
+               ranges: str = "minmax") -> bytes:
         """int8 (or dynamic-range) TFLite of a repaired model with the file's contract embedded. `key`:
         the calibrated model is cached under it (None: calibrated for this call only). `layers`: chosen
-        activations whose producers and consumers stay float (tledge.export.mixed)."""
+        activations whose producers and consumers stay float (tledge.export.mixed). `ranges="mse"`: the recorded
+        activation ranges cut as the repair assumed (tledge.quant.ranges)."""
         from tledge.export import mixed
+        from tledge.quant import ranges as act
         from tledge.quant import selective
 
         try:
@@ -86,7 +91,8 @@ class Shared:
                 data = selective.tflite_fp32(model, optimize=True)
             else:
                 def calibrate():
-                    return selective.calibrate_tflite(model, self.calib)
+                    cal = selective.calibrate_tflite(model, self.calib)
+                    return cal if ranges == "minmax" else act.tflite_ranges(cal, self.calib)[0]
                 cal = calibrate() if key is None else self._get(self.tflite_calibrated, key, "tflite-calibration",
                                                                 calibrate)
                 keep = list(selective.tflite_stem(cal, stem)) if stem else []
@@ -134,10 +140,11 @@ class Shared:
         return self.embed_tflite(data, applied)
 
     # ---- ONNX -------------------------------------------------------------------------------
-    def onnx_float(self, model, stem: int | None) -> bytes:
+    def onnx_float(self, model, stem: int | None, ranges: str = "minmax") -> bytes:
         """The float graph a rung quantises: the fp32 file's (stem None: no repair), else the repaired
         model's, converted once per stem. Float input in the export's layout. Without an fp32 file (a
-        TFLite-only export) the traced function is converted once."""
+        TFLite-only export) the traced function is converted once. Cached per (stem, `ranges`): the repair
+        differs with its activation ranges."""
         from tledge.export import onnx as onnx_export
 
         if stem is None:
@@ -151,25 +158,28 @@ class Shared:
 
         def convert():
             return onnx_export.convert_fp32(serve(model, self.contract), self.contract).SerializeToString()
-        return self._get(self.onnx_fp32, stem, "onnx-float", convert)
+        return self._get(self.onnx_fp32, stem if ranges == "minmax" else (stem, ranges), "onnx-float", convert)
 
     def onnx_qdq(self, src: Path, dst: Path, *, key=None, method: str = "minmax", exclude=(), scheme=None,
-                 overrides: dict | None = None):
-        """quantize_int8 of `src` into `dst` with the shared calibration ranges; with `key`, the file is
-        kept and reused for the same key (never with `overrides`). Returns the Scheme."""
+                 overrides: dict | None = None, ranges: str = "minmax"):
+        """quantize_int8 of `src` into `dst` with the shared calibration ranges (`ranges="mse"`: cut, see
+        tledge.quant.ranges); with `key`, the file is kept and reused for the same key (never with `overrides`).
+        Returns the Scheme."""
         from tledge.export import onnx as onnx_export
 
         calib = onnx_export.Conventions.of(self.contract).calib(self.calib)
-        ranges = self.scratch / "ranges"
+        cache = self.scratch / "ranges"
 
         def quantize():
             used = onnx_export.quantize_int8(src, dst, calib, method=method, nodes_to_exclude=exclude,
-                                             scheme=scheme, calib_cache=ranges, overrides=overrides)
+                                             scheme=scheme, calib_cache=cache, overrides=overrides,
+                                             act_ranges=ranges)
             return dst.read_bytes(), used
         if key is None or overrides:
             self.runs["onnx-quantize"] += 1
             return quantize()[1]
-        data, used = self._get(self.qdq_files, (key, method, tuple(exclude), scheme), "onnx-quantize", quantize)
+        data, used = self._get(self.qdq_files, (key, method, tuple(exclude), scheme, ranges), "onnx-quantize",
+                               quantize)
         dst.write_bytes(data)
         return used
 
@@ -184,7 +194,7 @@ class Shared:
         stem = rung.stem if rung.repair and model is not None else None
         with tempfile.TemporaryDirectory() as tmp:
             src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-            src.write_bytes(self.onnx_float(model, stem))
+            src.write_bytes(self.onnx_float(model, stem, rung.ranges))
             exclude, scheme = (), None
             if rung.stem:
                 raw = src.read_bytes()
@@ -201,7 +211,7 @@ class Shared:
             else:
                 key = stem
             scheme = self.onnx_qdq(src, dst, key=key, method=rung.calibrate, exclude=exclude, scheme=scheme,
-                                   overrides=overrides)
+                                   overrides=overrides, ranges=rung.ranges)
             per_file = conv.file_contract(self.contract, onnx_quant=scheme.describe(), **applied)
             return onnx_export.finish(onnx.load(str(dst)), per_file, conv).SerializeToString()
 

@@ -33,6 +33,9 @@ TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
     Technique("sensitive-precision", "sensitivity", "onnx-graph", ("tflite", "onnx"), False,
               "activations whose rounding moves the output most (held-out calibration images) kept precise: "
               "float ops (TFLite) / int16 activations (ONNX)"),
+    Technique("mse-ranges", "ranges", "keras3", ("tflite", "onnx"), True,
+              "each activation's upper bound cut where its squared rounding + clipping error is least, in the "
+              "repair and in the file"),
     Technique("kernel-robust-scheme", "saturation", "onnx-graph", ("onnx",), True,
               "U8U8 on the symmetric int8 weight grid when U8S8 would saturate on AVX2 without VNNI"),
     Technique("float-constant-adds", "constadds", "onnx-graph", ("onnx",), False,

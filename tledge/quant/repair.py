@@ -39,6 +39,7 @@ from tledge.quant.kerasgraph import (  # noqa: F401  (re-exported: repair.fold_b
     rebuild_model, single_use, flatten, fold_bn, kernel_out, nodes, operations, predict, use_counts)
 from tledge.quant.fakequant import (  # noqa: F401  (re-exported: repair.fake_quant, repair.logistic_int8)
     fake_quant, fake_quant_tensor, logistic_activation, logistic_int8, logistic_output)
+from tledge.quant.ranges import RANGE_OF
 
 DEFAULT_STEPS = ("fold", "exact_input", "adaptive", "bias_correction")
 FOLD_TOLERANCE = 1e-3  # max abs change the rebuild + BN folding may make (measured ~2e-6), x max(1, |output|)
@@ -297,17 +298,19 @@ def quantised_output(op, keep) -> bool:
 
 def quantize_weights(model, calib, *, method="adaptive", bias_correction=True, refit=False,
                      act_quant=True, keep_float=(), damp=0.01, ridge=0.05, log: RepairLog | None = None,
-                     errors=True, stop=None):
+                     errors=True, stop=None, ranges="minmax"):
     """Sequentially put every kernel of a folded flat model on the int8 grid (see module doc).
 
     Layers are visited in graph order; each one sees the float model's input (its target) and the
     input produced by the already-quantised layers before it, over the whole calibration set.
     `act_quant` also rounds those inputs to the per-tensor 8-bit activation grid the converter will
-    use (range = calibration min/max), so rounding and bias absorb the activation error too.
+    use (range = calibration min/max; `ranges="mse"`: the upper bound tledge.quant.ranges chooses, as the file then
+    gets), so rounding and bias absorb the activation error too.
     Layers named in `keep_float` (see `stem_layers`) keep float weights and float outputs. `errors=False`
     skips the logged per-layer errors (NaN in the log; their cross moments were ~1/4 of the pass). `stop`: called
     before each kernel, a reason (str) ends the pass with RepairTimeout (the export's --repair-time), None goes on."""
     keep = set(keep_float)
+    act_range = RANGE_OF[ranges]
     kernels, done = sum(bool(linear_kind(op)) and op.name not in keep for op, _ in nodes(model)), 0
     qmodel = rebuild_model(model, _with_bias)
     qlayers = operations(qmodel)
@@ -335,13 +338,12 @@ def quantize_weights(model, calib, *, method="adaptive", bias_correction=True, r
         same = all(a is b for a, b in zip(flat_f, flat_q)) and not linear_kind(op)
         kind = act_quant and LOGISTIC_GRID and op.name not in keep and logistic_activation(op)
         if kind:  # instead of the float activation on the quantised input, not after it
-            out_q = logistic_output(op, qop, kind, (args_f, kw_f), (args_q, kw_q), flat_q[0])
+            out_q = logistic_output(op, qop, kind, (args_f, kw_f), (args_q, kw_q), flat_q[0], act_range)
         else:
             out_q = out_f if same else call_layer(qop, args_q, kw_q)
         # (a sigmoid's output is on LOGISTIC's grid already: the file does not round it again)
         if act_quant and quantised_output(op, keep) and op.name not in model.output_names and kind != "sigmoid":
-            view = np.asarray(out_f)
-            out_q = fake_quant_tensor(out_q, view.min(), view.max())
+            out_q = fake_quant_tensor(out_q, *act_range(np.asarray(out_f)))
         for t in node.outputs:
             acts_f[id(t)], acts_q[id(t)] = out_f, out_q
         for t in node.input_tensors:
@@ -354,7 +356,8 @@ def quantize_weights(model, calib, *, method="adaptive", bias_correction=True, r
 
 # ---- the pipeline ------------------------------------------------------------------------------
 def apply(model, calib, steps=DEFAULT_STEPS, *, stem: int = 0, keep=(), act_quant=True, damp=0.01, ridge=0.05,
-          extra: dict | None = None, extra_after: dict | None = None, check=16, errors=True, stop=None):
+          extra: dict | None = None, extra_after: dict | None = None, check=16, errors=True, stop=None,
+          ranges="minmax"):
     """Run the repair `steps` (see KNOWN_STEPS) on a Keras model that takes float32 pixels NHWC.
 
     Returns (new_model, RepairLog). `calib` are calibration inputs exactly as the model takes
@@ -362,7 +365,10 @@ def apply(model, calib, steps=DEFAULT_STEPS, *, stem: int = 0, keep=(), act_quan
     callables (model, calib, log) -> model run before / after the rounding (lab experiments).
     `errors=False`: no per-layer error figures in the log (NaN), the same model, faster. `stop`: see
     quantize_weights (RepairTimeout). `keep`: activations (as the converters name them) a TFLite file keeps float
-    beyond the stem: the layers around them keep float weights (floatweights.float_set)."""
+    beyond the stem: the layers around them keep float weights (floatweights.float_set). `ranges`: the activation
+    grids' ranges, "minmax" or "mse" (tledge.quant.ranges; the converted file must then get the same)."""
+    if ranges not in RANGE_OF:
+        raise ExportError(f"unknown activation ranges {ranges!r}; known: {', '.join(RANGE_OF)}")
     steps = tuple(steps) + tuple(extra or ()) + tuple(extra_after or ())
     unknown = [s for s in steps if s not in KNOWN_STEPS + tuple(extra or ()) + tuple(extra_after or ())]
     if unknown:
@@ -391,7 +397,7 @@ def apply(model, calib, steps=DEFAULT_STEPS, *, stem: int = 0, keep=(), act_quan
         m = quantize_weights(m, calib, method=rounding, bias_correction="bias_correction" in steps,
                              refit="refit" in steps, act_quant=act_quant,
                              keep_float=stem_layers(m, stem) + floatweights.float_set(m, keep),
-                             damp=damp, ridge=ridge, log=log, errors=errors, stop=stop)
+                             damp=damp, ridge=ridge, log=log, errors=errors, stop=stop, ranges=ranges)
     for step in (extra_after or {}).values():
         m = step(m, calib, log)
     log.seconds = time.perf_counter() - t0
