@@ -323,7 +323,7 @@ def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, cache,
                "onnx_calibration": rung.calibrate if kind == "onnx" else None}
     if rung.ranges != "minmax":
         applied["activation_ranges"] = rung.ranges
-    sel = mixed.selection(src, ctx, cache, stem=rung.stem) if rung.mixed else None
+    sel = mixed.selection(src, ctx, cache, stem=rung.stem, ranges=rung.ranges) if rung.mixed else None
     key = rung.stem if rung.ranges == "minmax" else (rung.stem, rung.ranges)  # what the converted files are
     # shared under (None: this rung's own model)
     if sel is not None:
@@ -333,7 +333,7 @@ def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, cache,
         if src is None and kind == "tflite":  # no Keras 3 model: calibrate the export's own traced function
             src, key = fixed_batch(ctx.trace()[1]), None  # the TFLite files' batch
         elif src is not None and kind == "tflite":  # float ops: a repair that keeps their original weights
-            src, applied["original_weights"] = mixed.float_weights(cache, rung.stem, sel)
+            src, applied["original_weights"] = mixed.float_weights(cache, rung.stem, sel, rung.ranges)
             key = None
     if rung.graph in ("tflite-bias", "tflite-rounding"):  # on the plain file (a repaired file's weights are
         # not the rounding of the fp32 file's: every op would be skipped, and the rung fail)

@@ -25,10 +25,11 @@ def scheme(ctx):
     return onnx_export.scheme_of(plain) if plain.is_file() else onnx_export.SCHEMES[onnx_export.DEFAULT_SCHEME]
 
 
-def selection(model, ctx, shared, stem: int = 0):
+def selection(model, ctx, shared, stem: int = 0, ranges: str = "minmax"):
     """The chosen layers for this source model (cached: both formats of a rung use one choice); a
-    float stem of `stem` convolutions stays float in the measured graph too. `shared`: the loop's
-    tledge.export.rungs.Shared (its float ONNX graphs are reused, its `mixed` table keeps the choice)."""
+    float stem of `stem` convolutions stays float in the measured graph too, whose activation grids have the
+    rung's `ranges` (tledge.quant.ranges). `shared`: the loop's tledge.export.rungs.Shared (its float ONNX graphs
+    are reused, its `mixed` table keeps the choice)."""
     from tledge.quant import selective, sensitivity
 
     key = ("sensitivity", id(model))
@@ -36,10 +37,11 @@ def selection(model, ctx, shared, stem: int = 0):
         conv = onnx_export.Conventions.of(ctx.contract)
         with tempfile.TemporaryDirectory() as tmp:
             src = Path(tmp) / "fp32.onnx"
-            src.write_bytes(shared.onnx_float(model, None if model is None else stem))
+            src.write_bytes(shared.onnx_float(model, None if model is None else stem, ranges))
             raw = src.read_bytes()
             exclude = selective.with_activations(raw, selective.onnx_stem(raw, stem)) if stem else ()
-            quantize = functools.partial(onnx_export.quantize_int8, scheme=scheme(ctx), nodes_to_exclude=exclude)
+            quantize = functools.partial(onnx_export.quantize_int8, scheme=scheme(ctx), nodes_to_exclude=exclude,
+                                         act_ranges=ranges)
             original = None  # the target: the original model, not the repaired one (when its graph is here)
             if model is not None and (ctx.out / "model_fp32.onnx").is_file():
                 original = Path(tmp) / "original.onnx"
@@ -49,14 +51,14 @@ def selection(model, ctx, shared, stem: int = 0):
     return shared.mixed[key]
 
 
-def float_weights(cache, stem: int, sel):
+def float_weights(cache, stem: int, sel, ranges: str = "minmax"):
     """(the weight repair run with the layers around the chosen activations kept float, as the TFLite file runs
     them: original weights there, and every later layer fitted to that; the linear layers on original weights).
     Putting original weights back after the repair (the earlier way) undid the repair's compensation downstream:
     EfficientNetB0 seed 1 453 flips of 1300 against 90 this way (docs/int8-fidelity.md)."""
     from tledge.quant import floatweights, repair
 
-    repaired = cache.repaired_model(stem, tuple(sel.layers))  # (folded and flat: float_set reads it as it is)
+    repaired = cache.repaired_model(stem, tuple(sel.layers), ranges)  # (folded and flat: float_set reads it as is)
     kept = floatweights.float_set(repaired, sel.layers)
     return repaired, [n for n in kept if repair.linear_kind(repaired.get_layer(n))]
 
