@@ -86,16 +86,15 @@ def logistic_int8(kind: str, x, chunk_bytes=1 << 26):
     return _into_numpy(one, x, max(1, chunk_bytes * x.shape[0] // total))
 
 
-def logistic_output(op, qop, kind: str, f_call, q_call, x_q, act_range=None):
+def logistic_output(op, qop, kind: str, f_call, q_call, x_q, act_range):
     """The quantised path's output of an op ending in a sigmoid or swish, as the int8 file computes it: for a conv
     / dense, its output first rounded to its own grid (the float model's range), since the file's LOGISTIC reads an
     int8 tensor; then the sigmoid on LOGISTIC's fixed grid (`logistic_int8`). `f_call` / `q_call`: the
     float / quantised layer's arguments and keyword arguments; `x_q`: the quantised path's input; `act_range`: the
-    pre-activation's grid range from its float values (None: their min / max, as the converters calibrate)."""
+    pre-activation's grid range from its float values ((lo, hi); tledge.quant.ranges.RANGE_OF)."""
     if not linear_kind(op):
         return logistic_int8(kind, x_q)
     with activation_off(op), activation_off(qop):
         view = np.asarray(call_layer(op, *f_call))
-        lo_hi = act_range(view) if act_range is not None else (view.min(), view.max())
-        pre = fake_quant_tensor(call_layer(qop, *q_call), *lo_hi)
+        pre = fake_quant_tensor(call_layer(qop, *q_call), *act_range(view))
     return logistic_int8(kind, pre)

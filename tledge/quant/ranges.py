@@ -102,8 +102,9 @@ def onnx_overrides(pre_path, calib, skip=(), batch: int = 8) -> dict:
     outputs = {o.name for o in model.graph.output}
     consts = {i.name for i in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
                                                             for o in n.output}
+    skip = outputs | consts | set(skip)
     names = [o for n in model.graph.node if n.op_type not in ("Shape", "Softmax") for o in n.output
-             if o and o not in outputs and o not in consts and o not in set(skip)]
+             if o and o not in skip]
     model.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in names)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

@@ -3,24 +3,23 @@
 `apply(model, calib_pixels, steps=DEFAULT_STEPS, stem=0) -> (new_model, RepairLog)`; each step is
 a pure function model -> new Keras 3 functional model (the input model is never changed):
 
-- `fold` (always): flatten nested models, drop Dropout, fold BatchNormalization into the
-  conv/depthwise/dense before it (`kerasgraph.fold_bn`; max abs vs the original is logged, ~2e-6).
-- `exact_input`: a baked `x/127.5 - 1` becomes `(x - 128)/127.5` with the first conv's bias
-  compensated, so every pixel lands exactly on the int8 input grid (`exact_input`).
-- experiments the product does not run (cross-layer equalisation, quantisation-aware fine-tuning:
-  measured, no gain; see docs/int8-fidelity.md) live in lab/quant/ and plug in as `extra` steps:
-  `apply(model, calib, steps, extra={"cle": lab.quant.cle.step()})` (callables model, calib, log -> model,
-  run before rounding; `extra_after` after it).
-- `nearest` / `adaptive`, `bias_correction`, `refit`: one sequential pass over the calibration set
-  (`quantize_weights`) that puts every conv/depthwise/dense kernel on the exact per-channel
-  symmetric int8 grid the converters use (scale = max|w|/127, one element per channel at +-127,
-  so TFLite and onnxruntime re-derive the same scale and keep every value). `adaptive` picks each
-  rounding to minimise the layer's output error on calibration inputs (GPTQ/OBQ closed form on the
-  input second moments, tledge.quant.gptq: an AdaRound-style objective without training); `bias_correction` sets the
-  bias that removes the expected output shift (empirical, on calibration data); `refit` first
-  re-solves the float kernel for the already-quantised inputs (ridge towards the original).
-- `stem=k`: the first k conv layers (and everything before them) keep float weights; convert
-  with `selective.tflite_stem(k)` / `selective.onnx_stem(k)` so the files keep them float too.
+- `fold` (always): flatten nested models, drop Dropout, fold BatchNormalization into the conv/depthwise/dense before
+  it (`kerasgraph.fold_bn`; max abs vs the original is logged, ~2e-6).
+- `exact_input`: a baked `x/127.5 - 1` becomes `(x - 128)/127.5` with the first conv's bias compensated, so every
+  pixel lands exactly on the int8 input grid (`exact_input`).
+- experiments the product does not run (cross-layer equalisation, quantisation-aware fine-tuning: measured, no gain;
+  see docs/int8-fidelity.md) live in lab/quant/ and plug in as `extra` steps: `apply(model, calib, steps,
+  extra={"cle": lab.quant.cle.step()})` (callables model, calib, log -> model, run before rounding; `extra_after`
+  after it).
+- `nearest` / `adaptive`, `bias_correction`, `refit`: one sequential pass over the calibration set (`quantize_weights`)
+  that puts every conv/depthwise/dense kernel on the exact per-channel symmetric int8 grid the converters use (scale =
+  max|w|/127, one element per channel at +-127, so TFLite and onnxruntime re-derive the same scale and keep every
+  value). `adaptive` picks each rounding to minimise the layer's output error on calibration inputs (GPTQ/OBQ closed
+  form on the input second moments, tledge.quant.gptq: an AdaRound-style objective without training);
+  `bias_correction` sets the bias that removes the expected output shift (empirical, on calibration data); `refit`
+  first re-solves the float kernel for the already-quantised inputs (ridge towards the original).
+- `stem=k`: the first k conv layers (and everything before them) keep float weights; convert with
+  `selective.tflite_stem(k)` / `selective.onnx_stem(k)` so the files keep them float too.
 
 The repaired model's float weights *are* the int8 weights: check parity of the exported files
 against the ORIGINAL model, not against the repaired one.
@@ -46,14 +45,14 @@ FOLD_TOLERANCE = 1e-3  # max abs change the rebuild + BN folding may make (measu
 KNOWN_STEPS = ("fold", "exact_input", "nearest", "adaptive", "bias_correction", "refit")
 # `adaptive` (GPTQ) compensates each rounding along the calibration inputs' second moments. A kernel with far fewer
 # calibration rows than kernel rows (a squeeze-excite or head layer on 1x1 inputs: one row per image) has strongly
-# rank-deficient moments: the compensation then fits the calibration set's own activation noise and moves weights
-# along directions no calibration input spans, so it rounds to nearest there (bias correction still runs).
-# Measured on the int8 simulation, stem 6, flips of the 1300 other photos (GPTQ everywhere / under 0.5x / under 1x):
-# EfficientNetB0 44 / 37 / 34, MobileNetV3 Small 22 / 22 / 20, MobileNet 0.25 (head, 0.96x) 16+16+13 / same /
-# 18+15+13. Under 4x: EfficientNetB0 49, worse. 0.5x rather than 1x since the twentieth session: the nearly
-# full-rank MobileNet 0.25 head (245 rows for 256) on nearest cost the issue 7 acceptance file 2 of 153 val photos
-# of accuracy on ONNX (docs/int8-fidelity.md, "Rank-deficient layers"). The graph-level re-rounding has its own
-# threshold on its 32 images: tflite_rounding.MIN_ROWS (4x; it skips such ops altogether).
+# rank-deficient moments: the compensation then fits the calibration set's own activation noise and moves weights along
+# directions no calibration input spans, so it rounds to nearest there (bias correction still runs). Measured on the
+# int8 simulation, stem 6, flips of the 1300 other photos (GPTQ everywhere / under 0.5x / under 1x): EfficientNetB0
+# 44 / 37 / 34, MobileNetV3 Small 22 / 22 / 20, MobileNet 0.25 (head, 0.96x) 16+16+13 / same / 18+15+13. Under 4x:
+# EfficientNetB0 49, worse. 0.5x rather than 1x since the twentieth session: the nearly full-rank MobileNet 0.25 head
+# (245 rows for 256) on nearest cost the issue 7 acceptance file 2 of 153 val photos of accuracy on ONNX
+# (docs/int8-fidelity.md, "Rank-deficient layers"). The graph-level re-rounding has its own threshold on its 32
+# images: tflite_rounding.MIN_ROWS (4x; it skips such ops altogether).
 MIN_SAMPLES_PER_ROW = 0.5
 
 
@@ -296,16 +295,15 @@ def quantised_output(op, keep) -> bool:
     return any(n.operation.name not in keep for n in op._outbound_nodes)  # leaves the float stem
 
 
-def quantize_weights(model, calib, *, method="adaptive", bias_correction=True, refit=False,
-                     act_quant=True, keep_float=(), damp=0.01, ridge=0.05, log: RepairLog | None = None,
-                     errors=True, stop=None, ranges="minmax"):
+def quantize_weights(model, calib, *, method="adaptive", bias_correction=True, refit=False, act_quant=True,
+                     keep_float=(), damp=0.01, ridge=0.05, log: RepairLog | None = None, errors=True, stop=None,
+                     ranges="minmax"):
     """Sequentially put every kernel of a folded flat model on the int8 grid (see module doc).
 
-    Layers are visited in graph order; each one sees the float model's input (its target) and the
-    input produced by the already-quantised layers before it, over the whole calibration set.
-    `act_quant` also rounds those inputs to the per-tensor 8-bit activation grid the converter will
-    use (range = calibration min/max; `ranges="mse"`: the upper bound tledge.quant.ranges chooses, as the file then
-    gets), so rounding and bias absorb the activation error too.
+    Layers are visited in graph order; each one sees the float model's input (its target) and the input produced by
+    the already-quantised layers before it, over the whole calibration set. `act_quant` also rounds those inputs to
+    the per-tensor 8-bit activation grid the converter will use (`ranges`: tledge.quant.ranges.RANGE_OF), so
+    rounding and bias absorb the activation error too.
     Layers named in `keep_float` (see `stem_layers`) keep float weights and float outputs. `errors=False`
     skips the logged per-layer errors (NaN in the log; their cross moments were ~1/4 of the pass). `stop`: called
     before each kernel, a reason (str) ends the pass with RepairTimeout (the export's --repair-time), None goes on."""
@@ -360,13 +358,12 @@ def apply(model, calib, steps=DEFAULT_STEPS, *, stem: int = 0, keep=(), act_quan
           ranges="minmax"):
     """Run the repair `steps` (see KNOWN_STEPS) on a Keras model that takes float32 pixels NHWC.
 
-    Returns (new_model, RepairLog). `calib` are calibration inputs exactly as the model takes
-    them (float32 pixels for a model with baked preprocessing). `extra` / `extra_after`: named
-    callables (model, calib, log) -> model run before / after the rounding (lab experiments).
-    `errors=False`: no per-layer error figures in the log (NaN), the same model, faster. `stop`: see
-    quantize_weights (RepairTimeout). `keep`: activations (as the converters name them) a TFLite file keeps float
-    beyond the stem: the layers around them keep float weights (floatweights.float_set). `ranges`: the activation
-    grids' ranges, "minmax" or "mse" (tledge.quant.ranges; the converted file must then get the same)."""
+    Returns (new_model, RepairLog). `calib` are calibration inputs exactly as the model takes them (float32 pixels
+    for a model with baked preprocessing). `extra` / `extra_after`: named callables (model, calib, log) -> model run
+    before / after the rounding (lab experiments). `errors=False`: no per-layer error figures in the log (NaN), the
+    same model, faster. `stop`: see quantize_weights (RepairTimeout). `keep`: activations (as the converters name
+    them) a TFLite file keeps float beyond the stem: the layers around them keep float weights
+    (floatweights.float_set). `ranges`: the activation grids' ranges (ranges.RANGE_OF; the file must get the same)."""
     if ranges not in RANGE_OF:
         raise ExportError(f"unknown activation ranges {ranges!r}; known: {', '.join(RANGE_OF)}")
     steps = tuple(steps) + tuple(extra or ()) + tuple(extra_after or ())
