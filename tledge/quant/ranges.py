@@ -56,7 +56,6 @@ def tflite_ranges(calibrated: bytes, calib, images: int = IMAGES) -> tuple[bytes
     outputs, and the outputs of ops whose int8 grid is fixed (LOGISTIC, SOFTMAX, TANH), keep theirs."""
     from tledge.quant import tflite_bias as tb
 
-    Interpreter = require("ai_edge_litert.interpreter", extra="export").Interpreter
     model = tb.load(calibrated)
     sg = model.subgraphs[0]
     ends = {int(i) for i in sg.inputs} | {int(o) for o in sg.outputs}
@@ -67,8 +66,7 @@ def tflite_ranges(calibrated: bytes, calib, images: int = IMAGES) -> tuple[bytes
             q = sg.tensors[i].quantization
             if i not in ends and kind not in fixed and q is not None and q.max is not None and len(q.max) == 1:
                 chosen.append(i)
-    it = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
-    it.allocate_tensors()
+    it = tb.interpreter(calibrated)  # every intermediate tensor readable
     inp = it.get_input_details()[0]
     rng = np.random.default_rng(0)
     per_image = max(1, SAMPLE // max(1, min(images, len(calib))))
