@@ -20,7 +20,9 @@ Rungs (`LADDER`, in order of cost, each one's seconds recorded):
   4. `repaired`: the same repair with no float stem (still all-int8, Edge TPU friendly);
   5. `repaired+bias` (ONNX): the same, then the graph bias correction on the file's own weight grid;
      `repaired-stem6+mse`: the stem repair with every activation's upper bound cut by least squared error, in the
-     repair's simulation and in the file (tledge.quant.ranges; long-tailed activations such as swish inputs);
+     repair's simulation and in the file (tledge.quant.ranges; long-tailed activations such as swish inputs); for ONNX
+     first `repaired-stem6+mse+translated`: that rung's int8 TFLite file translated to ONNX
+     (tledge.export.onnx_translate), so the ONNX file computes the grids the repair simulated;
   6. `sensitive` (no Keras 3 model): the activations whose rounding moves the output most, measured on
      held-out calibration images of the export's fp32 ONNX graph, stay precise, cheapest first
      (tledge.quant.sensitivity): ONNX int16, TFLite float ops (the traced function calibrated, the ops
@@ -69,6 +71,8 @@ class Rung:
     keras_free: bool = False  # only where no Keras 3 model exists (else the Keras-level rungs do it, and
     # share their repair with the other format)
     ranges: str = "minmax"  # activation grids' ranges in the repair and the file (tledge.quant.ranges)
+    translated: bool = False  # ONNX: the rung's int8 TFLite file translated (tledge.export.onnx_translate), not
+    # quantised by onnxruntime
 
     @property
     def techniques(self) -> tuple[str, ...]:
@@ -78,6 +82,7 @@ class Rung:
         names += ("percentile-calibration",) if self.calibrate == "percentile" else ()
         names += ("sensitive-precision",) if self.mixed else ()
         names += ("mse-ranges",) if self.ranges == "mse" else ()
+        names += ("tflite-translation",) if self.translated else ()
         return names + ((self.graph,) if self.graph else ())
 
 
@@ -90,6 +95,8 @@ LADDER: tuple[Rung, ...] = (
     Rung("calibration-percentile", repair=False, calibrate="percentile"),
     Rung("repaired"),
     Rung("repaired+bias", graph="onnx-bias"),  # the ONNX grid may not be the repair's (U8U8)
+    # ONNX: the TFLite file of the next rung, translated: the grids the repair simulated (EfficientNetB0's swish / SE)
+    Rung(f"repaired-stem{STEM}+mse+translated", stem=STEM, ranges="mse", translated=True),
     Rung(f"repaired-stem{STEM}+mse", stem=STEM, ranges="mse"),  # long-tailed activations (swish): finer grids
     Rung("sensitive", repair=False, mixed=True, keras_free=True),  # the export's own float graph
     Rung(f"repaired-stem{STEM}+sensitive", stem=STEM, mixed=True),  # more precise layers where the stem is not enough
@@ -320,7 +327,9 @@ def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, cache,
     kind, precision = plain.format, plain.precision
     src = cache.repaired_model(rung.stem, ranges=rung.ranges) if rung.repair else None
     applied = {"int8_repair": rung.name, "float_convolutions": rung.stem,
-               "onnx_calibration": rung.calibrate if kind == "onnx" else None}
+               "onnx_calibration": rung.calibrate if kind == "onnx" and not rung.translated else None}
+    if rung.translated:
+        applied["onnx_translated_from"] = "int8 TFLite"
     if rung.ranges != "minmax":
         applied["activation_ranges"] = rung.ranges
     sel = mixed.selection(src, ctx, cache, stem=rung.stem, ranges=rung.ranges) if rung.mixed else None
@@ -338,6 +347,8 @@ def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, cache,
     if rung.graph in ("tflite-bias", "tflite-rounding"):  # on the plain file (a repaired file's weights are
         # not the rounding of the fp32 file's: every op would be skipped, and the rung fail)
         data = cache.tflite_graph(rung.graph, cache.original(ctx.out / plain.file), _float_tflite(ctx), applied)
+    elif rung.translated:
+        data = cache.onnx_translated(src, rung, applied, key)
     elif kind == "tflite":
         data = cache.tflite(src, rung.stem, applied, dynamic=precision == "dynamic", key=key,
                             layers=sel.layers if sel else (), ranges=rung.ranges)

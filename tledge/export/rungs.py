@@ -39,6 +39,7 @@ class Shared:
     onnx_fp32: dict = field(default_factory=dict)  # stem -> float ONNX graph (bytes) of the repaired model
     qdq_files: dict = field(default_factory=dict)  # (stem, method, float nodes, scheme) -> (QDQ bytes, Scheme)
     tflite_calibrated: dict = field(default_factory=dict)  # stem -> calibrated float TFLite
+    tflite_files: dict = field(default_factory=dict)  # (key, stem) -> int8 TFLite bytes (no contract yet)
     mixed: dict = field(default_factory=dict)  # sensitivity choices and float-weight models (tledge.export.mixed)
     originals: dict = field(default_factory=dict)  # path -> the plain int8 file's bytes (graph rungs start there)
     trace: object = None  # () -> (serve, concrete): the export's traced function (loader.trace), or None
@@ -99,7 +100,9 @@ class Shared:
                 if layers:
                     more, applied["layers_left_int8"] = mixed.tflite_keep(cal, layers)
                     keep += more
-                data = selective.quantize_tflite(cal, keep_float=keep)
+                convert = lambda: selective.quantize_tflite(cal, keep_float=keep)  # noqa: E731
+                data = convert() if key is None or layers else self._get(self.tflite_files, (key, stem),
+                                                                         "tflite-quantize", convert)
         except Exception as exc:
             reason = str(exc).splitlines()[-1][:300]
             raise TledgeError(f"TFLite conversion of the rung's model failed: {reason}") from None
@@ -214,6 +217,19 @@ class Shared:
                                    overrides=overrides, ranges=rung.ranges)
             per_file = conv.file_contract(self.contract, onnx_quant=scheme.describe(), **applied)
             return onnx_export.finish(onnx.load(str(dst)), per_file, conv).SerializeToString()
+
+    def onnx_translated(self, model, rung, applied: dict, key) -> bytes:
+        """The int8 ONNX file of a rung translated from its int8 TFLite file (the same file the TFLite ladder builds
+        under `key`; tledge.export.onnx_translate), in the export's ONNX conventions, contract embedded."""
+        from tledge.export import onnx as onnx_export
+        from tledge.export import onnx_translate
+
+        conv = onnx_export.Conventions.of(self.contract)
+        tfl = self.tflite(model, rung.stem, {}, key=key, ranges=rung.ranges)
+        self.runs["onnx-translate"] += 1
+        translated, scheme = onnx_translate.from_tflite(tfl, conv.layout, self.calib)
+        per_file = conv.file_contract(self.contract, onnx_quant=scheme.describe(), **applied)
+        return onnx_export.finish(translated, per_file, conv).SerializeToString()
 
     def onnx_bias(self, src: Path, scheme, qdq: Path) -> str:
         """Replace the float graph at `src` by its bias-corrected version (tledge.quant.onnx_bias)."""

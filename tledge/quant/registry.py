@@ -36,6 +36,9 @@ TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
     Technique("mse-ranges", "ranges", "keras3", ("tflite", "onnx"), True,
               "each activation's upper bound cut where its squared rounding + clipping error is least, in the "
               "repair and in the file"),
+    Technique("tflite-translation", "", "converter", ("onnx",), True,
+              "the ONNX file translated from the rung's int8 TFLite file (tf2onnx), so it computes the TFLite file's "
+              "grids and weights; uint8 activations, the kernel-robust weight scheme"),
     Technique("kernel-robust-scheme", "saturation", "onnx-graph", ("onnx",), True,
               "U8U8 on the symmetric int8 weight grid when U8S8 would saturate on AVX2 without VNNI"),
     Technique("float-constant-adds", "constadds", "onnx-graph", ("onnx",), False,
