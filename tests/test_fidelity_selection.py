@@ -23,8 +23,11 @@ class _Cache:
     def original(self, path):
         return b""
 
+    def has_tflite(self, stem, ranges="minmax"):  # no TFLite file built: translated rungs keep their place
+        return False
 
-def _run(tmp_path, script: dict, model, kind: str = "onnx", int8_only: bool = False, plain=None):
+
+def _run(tmp_path, script: dict, model, kind: str = "onnx", int8_only: bool = False, plain=None, cache=None):
     """Run the ladder for one plain ONNX file (`plain`: its scripted parity, default a failing one); `script`
     maps rung name -> (passed, mean abs, agreement)."""
     tried, installed = [], []
@@ -42,7 +45,8 @@ def _run(tmp_path, script: dict, model, kind: str = "onnx", int8_only: bool = Fa
         mp.setattr(fidelity, "_install", lambda dst, data: installed.append(data.decode()))
         mp.setattr(fidelity, "_linear_layers", lambda m: 100)
         mp.setattr(fallback, "ship", lambda plain, best, ctx, outcome: ["fallback", best])
-        rows = fidelity._one_file(plain or _result(False, 0.05, 0.94, kind=kind), ctx, model, _Cache(), outcome)
+        rows = fidelity._one_file(plain or _result(False, 0.05, 0.94, kind=kind), ctx, model, cache or _Cache(),
+                                  outcome)
     return rows, tried, installed, outcome.notes
 
 
@@ -277,10 +281,12 @@ def test_a_budget_spent_while_a_pass_is_held_ships_the_held_pass(tmp_path):
 
 
 def test_a_budget_the_ladder_fits_in_changes_nothing(tmp_path):
-    script = {STEM_RUNG: (False, 0.03, 0.967), "onnx-bias": (False, 0.03, 0.974),
-              "calibration-percentile": (False, 0.03, 0.974), "repaired": (True, 0.01, 0.987)}
-    rows, tried, outcome = _budgeted(tmp_path, script, budget=350.0)  # the pass comes at 400 s
-    assert tried == [STEM_RUNG, "onnx-bias", "calibration-percentile", "repaired"] and rows[0].passed
+    script = {STEM_RUNG: (False, 0.03, 0.967), f"{STEM_RUNG}+translated": (False, 0.03, 0.967),
+              "onnx-bias": (False, 0.03, 0.974), "calibration-percentile": (False, 0.03, 0.974),
+              "repaired": (True, 0.01, 0.987)}
+    rows, tried, outcome = _budgeted(tmp_path, script, budget=450.0)  # the pass comes at 500 s
+    assert tried == [STEM_RUNG, "onnx-bias", f"{STEM_RUNG}+translated", "calibration-percentile", "repaired"]
+    assert rows[0].passed
     assert not any("skipped" in a for a in outcome.attempts)
 
 
@@ -334,3 +340,23 @@ def test_the_budget_is_shared_so_a_later_file_still_gets_rungs(tmp_path):
     reasons = {a["file"]: a["skipped"] for a in outcome.attempts if "skipped" in a}
     assert reasons == {"model_int8.tflite": "share of the repair time budget spent (200 s of 145 s; budget 290 s)",
                        "model_int8.onnx": "repair time budget spent (400 s of 290 s)"}
+
+
+class _Built(_Cache):
+    def has_tflite(self, stem, ranges="minmax"):  # the TFLite ladder built the stem repair's mse file
+        return (stem, ranges) == (fidelity.STEM, "mse")
+
+
+def test_a_translation_of_a_tflite_file_already_built_runs_right_after_the_first_repair(tmp_path):
+    """Translating a TFLite file the TFLite ladder built costs seconds, so it comes before the repairs and
+    calibrations still ahead (the twenty-third session's EfficientNetB0 export spent its budget before it)."""
+    mse = f"{STEM_RUNG}+mse+translated"
+    script = {STEM_RUNG: (False, 0.03, 0.967), mse: (True, 0.01, 0.987)}
+    rows, tried, installed, _ = _run(tmp_path, script, model=object(), cache=_Built())
+    assert tried == [STEM_RUNG, mse] and installed[-1] == mse and rows[0].passed
+    rows, tried, _, _ = _run(tmp_path, script, model=object())  # not built: the rung keeps its place
+    assert tried[:3] == [STEM_RUNG, "onnx-bias", f"{STEM_RUNG}+translated"] and mse in tried
+    assert tried.index(mse) > tried.index("repaired") and rows[0].passed
+    # TFLite files never get a translated rung
+    _, tried, _, _ = _run(tmp_path, {STEM_RUNG: (False, 0.03, 0.967)}, model=object(), kind="tflite", cache=_Built())
+    assert not any(name.endswith("translated") for name in tried)

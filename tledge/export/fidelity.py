@@ -15,14 +15,16 @@ Rungs (`LADDER`, in order of cost, each one's seconds recorded):
      correction of every kernel on the calibration images (`repair.apply`), the first 6 convolutions
      and what precedes them kept float (selective quantisation). Before the all-int8 repair: cheaper,
      more faithful, and faster on x86 (docs/int8-fidelity.md; 6 rather than 4 since the eighteenth session:
-     "The float stem: 6 convolutions");
+     "The float stem: 6 convolutions"); for ONNX then `repaired-stem6+translated`: that rung's int8 TFLite file
+     translated to ONNX (tledge.export.onnx_translate), so the ONNX file computes the grids the repair simulated.
+     A translated rung whose TFLite file the TFLite ladder already built moves up to just after the first repair
+     rung (`_built_translations_early`: seconds, not a repair);
   3. `calibration-percentile` (ONNX): onnxruntime's Percentile calibration instead of MinMax;
   4. `repaired`: the same repair with no float stem (still all-int8, Edge TPU friendly);
   5. `repaired+bias` (ONNX): the same, then the graph bias correction on the file's own weight grid;
      `repaired-stem6+mse`: the stem repair with every activation's upper bound cut by least squared error, in the
      repair's simulation and in the file (tledge.quant.ranges; long-tailed activations such as swish inputs); for ONNX
-     first `repaired-stem6+mse+translated`: that rung's int8 TFLite file translated to ONNX
-     (tledge.export.onnx_translate), so the ONNX file computes the grids the repair simulated;
+     first `repaired-stem6+mse+translated` (its TFLite file, translated);
   6. `sensitive` (no Keras 3 model): the activations whose rounding moves the output most, measured on
      held-out calibration images of the export's fp32 ONNX graph, stay precise, cheapest first
      (tledge.quant.sensitivity): ONNX int16, TFLite float ops (the traced function calibrated, the ops
@@ -92,11 +94,11 @@ LADDER: tuple[Rung, ...] = (
     Rung("tflite-bias", repair=False, graph="tflite-bias"),  # the same on the int8 TFLite file itself
     Rung("tflite-rounding", repair=False, graph="tflite-rounding", keras_free=True),  # GPTQ + bias, int8 inputs
     Rung(f"repaired-stem{STEM}", stem=STEM),  # CPU targets: the cheaper repair pass, and the faster file
+    Rung(f"repaired-stem{STEM}+translated", stem=STEM, translated=True),  # ONNX: that rung's TFLite file, translated
     Rung("calibration-percentile", repair=False, calibrate="percentile"),
     Rung("repaired"),
     Rung("repaired+bias", graph="onnx-bias"),  # the ONNX grid may not be the repair's (U8U8)
-    # ONNX: the TFLite file of the next rung, translated: the grids the repair simulated (EfficientNetB0's swish / SE)
-    Rung(f"repaired-stem{STEM}+mse+translated", stem=STEM, ranges="mse", translated=True),
+    Rung(f"repaired-stem{STEM}+mse+translated", stem=STEM, ranges="mse", translated=True),  # ONNX, as above
     Rung(f"repaired-stem{STEM}+mse", stem=STEM, ranges="mse"),  # long-tailed activations (swish): finer grids
     Rung("sensitive", repair=False, mixed=True, keras_free=True),  # the export's own float graph
     Rung(f"repaired-stem{STEM}+sensitive", stem=STEM, mixed=True),  # more precise layers where the stem is not enough
@@ -218,9 +220,10 @@ def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: 
             return [plain]
     elif not confirmable(plain, _threshold(ctx, plain.file, plain.precision)):
         rungs, deferred = _stem_repair_first(rungs)
+    rungs = _built_translations_early(rungs, cache)
     for i, rung in enumerate(rungs):
-        if held and not rung.repair:
-            continue
+        if held and (not rung.repair or rung.translated):  # a held pass waits for a further repair, not for another
+            continue  # file of one already tried
         elapsed = repair_budget.spent(limit, outcome.started)
         # past the budget no new rung starts (with a pass held, only this repair rung was still to run), except the
         # deferred bias rungs, which were due before the stem repair that `_stem_repair_first` moved ahead of them
@@ -292,6 +295,18 @@ def _stem_repair_first(rungs: list[Rung]) -> tuple[list[Rung], tuple[Rung, ...]]
     if first is None or not rungs[first].stem:  # int8-only and dynamic files: the graph rungs stay first
         return rungs, ()
     return [rungs[first], *rungs[:first], *rungs[first + 1:]], tuple(rungs[:first])
+
+
+def _built_translations_early(rungs: list[Rung], cache) -> list[Rung]:
+    """An ONNX rung translating a TFLite file the TFLite ladder has already built costs seconds (no repair, no
+    calibration, no onnxruntime quantisation): such rungs move up to just after the first repair rung (the
+    twenty-third session's EfficientNetB0 export spent its time budget before reaching one)."""
+    ready = [r for r in rungs if r.translated and cache.has_tflite(r.stem, r.ranges)]
+    rest = [r for r in rungs if r not in ready]
+    first = next((i for i, r in enumerate(rest) if r.repair), None)
+    if not ready or first is None:
+        return rungs
+    return [*rest[:first + 1], *ready, *rest[first + 1:]]
 
 
 def _better(a: ParityResult, b: ParityResult) -> bool:

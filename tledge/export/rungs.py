@@ -108,6 +108,10 @@ class Shared:
             raise TledgeError(f"TFLite conversion of the rung's model failed: {reason}") from None
         return self.embed_tflite(data, applied)
 
+    def has_tflite(self, stem: int, ranges: str = "minmax") -> bool:
+        """Whether the int8 TFLite file of a repair rung (stem, ranges) is built (`tflite` with its key)."""
+        return ((stem if ranges == "minmax" else (stem, ranges)), stem) in self.tflite_files
+
     def embed_tflite(self, data: bytes, applied: dict) -> bytes:
         from tledge.export.formats import tflite_io
         from tledge.export.metadata import embed_tflite
