@@ -84,3 +84,26 @@ def test_the_translated_rung_runs_end_to_end(tiny_model, shapes_dataset, tmp_pat
     contract = read_onnx_contract(rejected if rejected.is_file() else tmp_path / "out" / "model_int8.onnx")
     assert contract.extra.get("onnx_translated_from") == "int8 TFLite", contract.extra
     assert rung.techniques == ("weight-repair", "mse-ranges", "tflite-translation")
+
+
+def test_an_output_computed_on_integers_is_dequantised():
+    """A binary head [1 - p, p] (the tutorial layout): the TFLite file concatenates two int8 tensors, so its last op
+    works on integers and the translation's float output is that op's DequantizeLinear (the tutorial zoo model
+    failed here first)."""
+    import keras
+
+    from tledge.export import onnx_translate
+    from tledge.quant import selective
+    from tledge.quant.selective import Runner
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3), name="pixels")
+    x = keras.layers.Conv2D(4, 3, activation="relu")(keras.layers.Rescaling(1 / 127.5, -1)(inp))
+    p = keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inp, keras.layers.Concatenate()([1 - p, p]))
+    calib = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3)).astype(np.float32)
+    data = selective.quantize_tflite(selective.calibrate_tflite(model, calib))
+    translated, _ = onnx_translate.from_tflite(data, "nhwc", calib)
+    producer = {o: n for n in translated.graph.node for o in n.output}
+    assert producer["scores"].op_type == "DequantizeLinear"
+    assert np.abs(_run(translated, calib) - Runner(data, "tflite").predict(calib)).max() < 0.01

@@ -68,14 +68,17 @@ def _rename(graph, old: str, new: str) -> None:
 
 
 def _float_output(graph) -> None:
-    """The graph output becomes the float output of its last op (the Q / DQ chain after it left to `_prune`),
-    named OUTPUT_NAME."""
+    """The graph output becomes the float output of its last op (the Q / DQ chain after it left to `_prune`), or of
+    the DequantizeLinear after it where that op works on integers, named OUTPUT_NAME."""
     producer = {o: n for n in graph.node for o in n.output}
-    name = graph.output[0].name
+    name, last = graph.output[0].name, None
     while name in producer and producer[name].op_type in _QDQ:
-        name = producer[name].input[0]
+        last = producer[name]
+        name = last.input[0]
     if name not in producer:
         raise ExportError("the TFLite file's output is not computed by an op")
+    if last is not None and last.op_type == "DequantizeLinear":  # an op on integers (a Concat of two int8
+        name = last.output[0]  # tensors): its dequantised output
     _rename(graph, OUTPUT_NAME, f"{OUTPUT_NAME}_tflite_grid")
     _rename(graph, name, OUTPUT_NAME)
     out = graph.output[0]
