@@ -12,6 +12,7 @@ would saturate onnxruntime's AVX2 kernels (tledge.quant.saturation), as `onnx.qu
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,9 @@ def from_tflite(data: bytes, layout: str, calib: np.ndarray):
         src = Path(tmp) / "int8.tflite"
         src.write_bytes(data)
         try:
-            model, _ = tf2onnx.convert.from_tflite(str(src), opset=OPSET)
+            with warnings.catch_warnings():  # tf2onnx reads shapes through tf.lite.Interpreter (deprecated)
+                warnings.simplefilter("ignore")
+                model, _ = tf2onnx.convert.from_tflite(str(src), opset=OPSET)
         except Exception as exc:  # an op tf2onnx's TFLite reader does not know
             raise ExportError(f"tf2onnx could not translate the TFLite file: {str(exc).strip()[:300]}") from None
     graph = model.graph
