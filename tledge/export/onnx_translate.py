@@ -27,6 +27,8 @@ _QDQ = ("QuantizeLinear", "DequantizeLinear")
 def from_tflite(data: bytes, layout: str, calib: np.ndarray):
     """(onnx.ModelProto taking float32 pixels in `layout`, Scheme) of an int8 TFLite file; `calib`: prepared
     NHWC images for the batch and saturation checks."""
+    from tledge.quant import saturation
+
     onnx = require("onnx", extra="export")
     tf2onnx = require("tf2onnx", extra="export")
     with tempfile.TemporaryDirectory() as tmp:
@@ -47,11 +49,12 @@ def from_tflite(data: bytes, layout: str, calib: np.ndarray):
     unsigned_activations(graph)
     _prune(graph)
     del graph.value_info[:]
-    onnx.checker.check_model(model)
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # a graph the rewrites above do not cover
+        raise ExportError(f"the translated graph is not valid ONNX: {str(exc).strip()[:300]}") from None
     _check_batch(model, _layout(calib[:2], layout))
     scheme = SCHEMES["u8s8"]
-    from tledge.quant import saturation
-
     if any(layer.saturated for layer in saturation.check(model.SerializeToString(), _layout(calib[:8], layout))):
         unsigned_weights(graph)
         _prune(graph)  # the int8 weights

@@ -100,7 +100,8 @@ class Shared:
                 if layers:
                     more, applied["layers_left_int8"] = mixed.tflite_keep(cal, layers)
                     keep += more
-                convert = lambda: selective.quantize_tflite(cal, keep_float=keep)  # noqa: E731
+                def convert():
+                    return selective.quantize_tflite(cal, keep_float=keep)
                 data = convert() if key is None or layers else self._get(self.tflite_files, (key, stem),
                                                                          "tflite-quantize", convert)
         except Exception as exc:
