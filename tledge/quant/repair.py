@@ -5,8 +5,7 @@ a pure function model -> new Keras 3 functional model (the input model is never 
 
 - `fold` (always): flatten nested models, drop Dropout, fold BatchNormalization into the conv/depthwise/dense before
   it (`kerasgraph.fold_bn`; max abs vs the original is logged, ~2e-6).
-- `exact_input`: a baked `x/127.5 - 1` becomes `(x - 128)/127.5` with the first conv's bias compensated, so every
-  pixel lands exactly on the int8 input grid (`exact_input`).
+- `exact_input`: a baked `x/127.5 - 1` becomes `(x - 128)/127.5`, first conv bias compensated: pixels on the grid.
 - experiments the product does not run (cross-layer equalisation, quantisation-aware fine-tuning: measured, no gain;
   see docs/int8-fidelity.md) live in lab/quant/ and plug in as `extra` steps: `apply(model, calib, steps,
   extra={"cle": lab.quant.cle.step()})` (callables model, calib, log -> model, run before rounding; `extra_after`
@@ -18,8 +17,7 @@ a pure function model -> new Keras 3 functional model (the input model is never 
   form on the input second moments, tledge.quant.gptq: an AdaRound-style objective without training);
   `bias_correction` sets the bias that removes the expected output shift (empirical, on calibration data); `refit`
   first re-solves the float kernel for the already-quantised inputs (ridge towards the original).
-- `stem=k`: the first k conv layers (and everything before them) keep float weights; convert with
-  `selective.tflite_stem(k)` / `selective.onnx_stem(k)` so the files keep them float too.
+- `stem=k`: the first k conv layers and all before them keep float weights (`selective.tflite_stem` / `onnx_stem`).
 
 The repaired model's float weights *are* the int8 weights: check parity of the exported files
 against the ORIGINAL model, not against the repaired one.
