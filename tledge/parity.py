@@ -260,7 +260,7 @@ class ParityReport:
             lines += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
         if self.fidelity:
             lines += ["", "## int8 fidelity loop", "", "| file | rung | top-1 agreement | accuracy | max abs | mean abs | "
-                      "median image max abs | latency ms | seconds | result |", "|---|---|---|---|---|---|---|---|---|---|"]
+                      "median image max abs | batch-1 ms | seconds | result |", "|---|---|---|---|---|---|---|---|---|---|"]
             for a in self.fidelity:
                 secs = _fmt(a.get("seconds"), 1)
                 if "error" in a or "skipped" in a:

@@ -6,7 +6,6 @@ for a file made elsewhere the contract `tledge run` would infer from its input t
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -14,6 +13,7 @@ import numpy as np
 
 from tledge.errors import ContractError, DataError
 from tledge.export.parity import ParityReport, ParityResult, Thresholds, compare
+from tledge.runtime.bench import one_image_ms
 
 _SUFFIX_KIND = {".tflite": "tflite", ".onnx": "onnx"}
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
@@ -161,9 +161,8 @@ def check_file(path: Path, has_contract: bool, reference: np.ndarray, inputs: _I
         model = _load(path, has_contract, preprocess, size, threads)
         precision = precision_of(model)
         x = inputs.for_contract(model.contract)
-        start = time.perf_counter()
         out = np.concatenate([model.predict(x[i:i + 32]) for i in range(0, len(x), 32)])
-        latency = 1000 * (time.perf_counter() - start) / max(1, len(x))
+        latency = one_image_ms(model.predict, x)
     except Exception as exc:  # a broken file is a parity failure, reported with the others
         return _failed(path, kind, "?", len(reference), f"could not run: {exc.__class__.__name__}: {exc}")
     t = Thresholds.lookup(thresholds, path.name, precision)

@@ -17,9 +17,8 @@ def check_files(reference: np.ndarray, files: Sequence[tuple[Path, str, str]], p
                 labels: np.ndarray | None = None, thresholds: dict[str, Thresholds] | None = None,
                 threads: int | None = None) -> list[ParityResult]:
     """Run each (path, format, precision) file through the tledge runtime on `pixels` and compare."""
-    import time
-
     from tledge.runtime import load
+    from tledge.runtime.bench import one_image_ms
 
     thresholds = thresholds or {}
     results = []
@@ -27,10 +26,9 @@ def check_files(reference: np.ndarray, files: Sequence[tuple[Path, str, str]], p
         t = Thresholds.lookup(thresholds, Path(path).name, precision)
         try:
             model = load(path, threads=threads)
-            start = time.perf_counter()
             out = np.concatenate([model.predict(model.from_nhwc(pixels[i:i + 32]))  # NCHW ONNX files
                                   for i in range(0, len(pixels), 32)])
-            latency = 1000 * (time.perf_counter() - start) / max(1, len(pixels))
+            latency = one_image_ms(model.predict, model.from_nhwc(pixels[:1]))
         except Exception as exc:  # a broken file is a parity failure, reported with the others
             results.append(ParityResult(Path(path).name, fmt, precision, len(pixels), float("inf"),
                                         float("inf"), float("inf"), 0.0, None, None, False,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from tledge import artifacts
+from tledge.runtime.bench import one_image_ms
 from tledge.errors import TledgeError
 from tledge.parity import ParityReport, ParityResult, Thresholds, compare, thresholds_from_dict
 
@@ -233,9 +233,8 @@ def check_file(path: Path, entry: artifacts.Entry, g: Golden, x: np.ndarray, thr
         if not c.baked or tuple(c.input_shape) != tuple(x.shape[1:]):
             raise TledgeError(f"its contract takes {'normalised ' if not c.baked else ''}input {c.input_shape}, "
                               f"the golden pixels are raw {tuple(x.shape[1:])}")
-        start = time.perf_counter()
         out = np.concatenate([model.predict(x[i:i + 32]) for i in range(0, len(x), 32)])
-        latency = 1000 * (time.perf_counter() - start) / len(x)
+        latency = one_image_ms(model.predict, x)
     except Exception as exc:  # a file the board cannot run is a parity failure, reported with the others
         return ParityResult(path.name, kind, precision, len(x), float("inf"), float("inf"), float("inf"), 0.0,
                             None, None, False, [f"could not run: {exc.__class__.__name__}: {exc}"])
