@@ -58,6 +58,7 @@ def test_unsigned_weights_keep_the_values(int8_tflite):
     changed = onnx_translate.unsigned_weights(model.graph)
     if scheme.weights == "uint8":
         assert changed == 0  # the translation already chose them
+        assert "all weights on the symmetric int8 grid" in scheme.describe()  # the Gemm head's too, not only convs
     else:
         assert changed > 0
         assert np.allclose(_run(model, x), before, atol=1e-5)

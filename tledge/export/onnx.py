@@ -138,12 +138,13 @@ class Scheme:
     # uint8 conv weights on the symmetric int8 grid (scale max|w|/127, zero point 128): the grid the
     # Keras repair rounds to, so its kernels survive a U8U8 file exactly
     int8_grid: bool = False
+    grid_ops: str = "conv"  # which weights int8_grid covers: conv (onnxruntime's files) | all (TFLite translations)
 
     def describe(self) -> str:
         code = "".join("U8" if t == "uint8" else "S8" for t in (self.activations, self.weights))
         return (f"QDQ {code} {'per-channel' if self.per_channel else 'per-tensor'}"
                 + (", reduce_range (7-bit weights)" if self.reduce_range else "")
-                + (", conv weights on the symmetric int8 grid" if self.int8_grid else ""))
+                + (f", {self.grid_ops} weights on the symmetric int8 grid" if self.int8_grid else ""))
 
 
 SCHEMES = {
@@ -152,6 +153,7 @@ SCHEMES = {
     "s8s8": Scheme(activations="int8"),
     "u8u8": Scheme(weights="uint8"),
     "u8u8-grid": Scheme(weights="uint8", int8_grid=True),
+    "u8u8-all-grid": Scheme(weights="uint8", int8_grid=True, grid_ops="all"),  # a TFLite file's int8 weights + 128
 }
 DEFAULT_SCHEME = "u8s8"  # the first choice; ROBUST_SCHEME when its pair sums would saturate on AVX2
 ROBUST_SCHEME = "u8u8-grid"  # exact on every kernel path, and on the grid the Keras repair rounds to

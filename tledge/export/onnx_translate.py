@@ -58,7 +58,7 @@ def from_tflite(data: bytes, layout: str, calib: np.ndarray):
     if any(layer.saturated for layer in saturation.check(model.SerializeToString(), _layout(calib[:8], layout))):
         unsigned_weights(graph)
         _prune(graph)  # the int8 weights
-        scheme = SCHEMES["u8u8-grid"]
+        scheme = SCHEMES["u8u8-all-grid"]
     return model, scheme
 
 
