@@ -183,6 +183,7 @@ def test_real_mobilenet_savedmodel_gets_the_keras_repair_on_both_formats(shared_
         kept = [name for name, r in rows.items() if r.get("kept")]
         assert kept and kept[0].startswith("repaired"), rows  # the held bias pass gave way to the repair
         assert rows[kept[0]]["mean_abs"] < rows["plain"]["mean_abs"] / 2, rows
+        assert set(rows[kept[0]]["latency_in_turns_ms"]) == {"kept", "plain", "fp32"}, rows  # timed in turns
         assert (tmp_path / "e" / f"model_int8.{kind}").is_file() and not (tmp_path / "e" / "rejected").exists()
     assert res.passed, [(r.file, r.failures) for r in res.report.results if not r.passed]
 

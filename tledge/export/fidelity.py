@@ -58,7 +58,7 @@ import numpy as np
 from tledge._deps import blas_threads
 from tledge.contract import Contract
 from tledge.errors import RepairTimeout, TledgeError
-from tledge.export import fallback, repair_budget
+from tledge.export import fallback, repair_budget, shipped
 from tledge.export.parity import ParityResult, Thresholds, check_files, confirmable, confirmed
 
 
@@ -252,7 +252,7 @@ def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: 
             held = (rung.name, result)
     if not best.passed:
         return fallback.ship(plain, best, ctx, outcome)
-    _note_kept(plain, best, kept, held, outcome)
+    shipped.note(plain, best, kept, held, outcome, ctx, cache.original(ctx.out / plain.file))
     return [best]
 
 
@@ -271,17 +271,6 @@ def _try_rung(rung: Rung, plain: ParityResult, ctx: FidelityContext, cache, outc
             outcome.notes.append(f"{plain.file}: rung `{rung.name}` failed on this model ({error}); the "
                                  f"ladder went on without it (a tledge bug: please report it with the model)")
         return None
-
-
-def _note_kept(plain: ParityResult, best: ParityResult, kept: str, held, outcome: FidelityOutcome) -> None:
-    """Mark the kept rung's attempt row and say in the notes why it ships."""
-    also = f"; `{held[0]}` passed too, with a larger mean error {held[1].mean_abs_error:.3g}" \
-        if held and held[0] != kept else ""
-    next(a for a in outcome.attempts if a["file"] == plain.file and a["rung"] == kept)["kept"] = True
-    why = "passed, but the val set cannot confirm it" if plain.passed else "missed the budget"
-    outcome.notes.append(f"{plain.file}: plain {plain.precision} {why} (agreement {plain.top1_agreement:.3f}); "
-                         f"kept `{kept}` (agreement {best.top1_agreement:.3f}, mean abs {best.mean_abs_error:.3g}, "
-                         f"max abs {best.max_abs_error:.3g}){also}")
 
 
 def _stem_repair_first(rungs: list[Rung]) -> tuple[list[Rung], tuple[Rung, ...]]:
