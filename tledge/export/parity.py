@@ -66,11 +66,12 @@ def confirmable(r: ParityResult, t: Thresholds) -> bool:
 
 
 def latencies_in_turns(files: dict[str, Path | bytes], pixels: np.ndarray, *, suffix: str, threads: int | None = None,
-                       rounds: int = 3, runs: int = 15) -> dict[str, float]:
+                       rounds: int = 5, runs: int = 10) -> dict[str, float]:
     """Batch-1 latency (ms) of several files (paths, or bytes such as the plain int8 file a rung replaced), measured
     in turns so that load from other processes hits them alike: the best of `rounds` medians of `runs` calls.
     Rows measured one after the other during the ladder are not comparable: at load 2, an all-int8 repair of
-    EfficientNetB0 measured 1.7x its plain file, which it matches in turns."""
+    EfficientNetB0 measured 1.7x its plain file, which it matches in turns. On this project's 2-core VMs one
+    onnxruntime file's 15-call medians vary 3.3-5.0 ms from round to round, so one round is not enough either."""
     import tempfile
 
     from tledge.runtime import load
