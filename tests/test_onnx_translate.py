@@ -108,3 +108,26 @@ def test_an_output_computed_on_integers_is_dequantised():
     producer = {o: n for n in translated.graph.node for o in n.output}
     assert producer["scores"].op_type == "DequantizeLinear"
     assert np.abs(_run(translated, calib) - Runner(data, "tflite").predict(calib)).max() < 0.01
+
+
+def test_opencv_runs_the_translated_file(int8_tflite, tmp_path):
+    """A real client: cv2.dnn loads the NCHW translation (its QDQ nodes, the input QuantizeLinear, the float output)
+    and gives onnxruntime's top-1 with its own int8 kernels."""
+    cv2 = pytest.importorskip("cv2")
+    from tledge.export import onnx_translate
+
+    data, x = int8_tflite
+    model, _ = onnx_translate.from_tflite(data, "nchw", x)
+    path = tmp_path / "translated.onnx"
+    path.write_bytes(model.SerializeToString())
+    nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    ours = _run(model, nchw)
+    net = cv2.dnn.readNetFromONNX(str(path))
+    theirs = []
+    for one in nchw:
+        net.setInput(one[None])
+        theirs.append(np.asarray(net.forward(), np.float32).reshape(-1))
+    theirs = np.stack(theirs)
+    assert ours.std(axis=0).max() > 0.05  # a trained model: varied outputs
+    assert np.mean(theirs.argmax(1) == ours.argmax(1)) >= 0.9 and np.abs(theirs - ours).max() < 0.1, \
+        (cv2.__version__, np.abs(theirs - ours).max())

@@ -5,7 +5,8 @@ EfficientNetB0's swish / squeeze-excite).
 
 The translation is then given the export's ONNX conventions: float32 input in the export's layout (`finish` adds
 the uint8 Cast when asked), the last op's float output (a Softmax is not rounded to 1/256), a free batch
-dimension (checked: a batch of two gives the two single outputs), and uint8 activations (zero points + 128:
+dimension (checked: a batch of two gives the two single outputs), float constants for a Gemm bias and elementwise
+ops (what OpenCV can run), and uint8 activations (zero points + 128:
 the same values), with the weights uint8 on the symmetric int8 grid (zero point 128) when the u8 x s8 pair sums
 would saturate onnxruntime's AVX2 kernels (tledge.quant.saturation), as `onnx.quantize_int8` chooses.
 """
@@ -46,6 +47,7 @@ def from_tflite(data: bytes, layout: str, calib: np.ndarray):
     _float_output(graph)
     _float_input(graph, layout)
     _free_batch(graph)
+    _float_constants(graph)
     unsigned_activations(graph)
     _prune(graph)
     del graph.value_info[:]
@@ -152,6 +154,39 @@ def _free_batch(graph) -> None:
             if shape.size and shape[0] == 1:
                 shape[0] = 0
                 inits[n.input[1]].CopyFrom(numpy_helper.from_array(shape.astype(np.int64), n.input[1]))
+
+
+_ELEMENTWISE = ("Add", "Sub", "Mul", "Div")
+
+
+def _float_constants(graph) -> int:
+    """Constants dequantised for a Gemm bias or an elementwise op become float constants (the same values, computed
+    as the DequantizeLinear would). OpenCV 5.1 refuses a Gemm whose bias is not a constant ("bufidx >= 0 in function
+    'argTensor'") and runs a baked preprocessing's int8 Mul / Add with a wrong output (the tiny model: top-1 agreement
+    with onnxruntime 0.67); onnxruntime's own QDQ files keep these float too. Returns the constants folded."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in graph.initializer}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for k, i in enumerate(n.input):
+            consumers.setdefault(i, []).append((n.op_type, k))
+    folded = 0
+    for dq in [n for n in graph.node if n.op_type == "DequantizeLinear"]:
+        uses = consumers.get(dq.output[0], [])
+        if not uses or not all(op in _ELEMENTWISE or (op == "Gemm" and k == 2) for op, k in uses) \
+                or not all(i in inits for i in dq.input):
+            continue
+        q, scale, zp = [numpy_helper.to_array(inits[i]) for i in dq.input] + [np.zeros((), np.int64)] * (3 - len(dq.input))
+        if scale.size > 1:  # per-axis: along `axis` (default 1)
+            axis = next((a.i for a in dq.attribute if a.name == "axis"), 1) % q.ndim
+            shape = [-1 if d == axis else 1 for d in range(q.ndim)]
+            scale, zp = scale.reshape(shape), (zp.reshape(shape) if zp.size > 1 else zp)
+        value = (q.astype(np.int64) - zp.astype(np.int64)).astype(np.float32) * scale.astype(np.float32)
+        graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), dq.output[0]))
+        graph.node.remove(dq)
+        folded += 1
+    return folded
 
 
 def _check_batch(model, x: np.ndarray) -> None:
