@@ -299,3 +299,9 @@ def test_parity_report_has_a_clients_section(tiny_export):
     else:
         assert section["measured"] is True and sorted(r["file"] for r in section["files"]) == tflite
         assert all(r["tledge"] == section["images"] for r in section["files"])  # warp-linear: MediaPipe's resize
+    onnx = sorted(r.file for r in tiny_export.report.results if r.file.endswith(".onnx"))
+    cv = section["opencv"]  # OpenCV is tledge's own dependency: always measured, on every ONNX file
+    assert sorted(r["file"] for r in cv["files"]) == onnx and len(onnx) >= 2, cv
+    for r in cv["files"]:  # loads and runs the fp32 file exactly, the int8 file with its own int8 kernels
+        assert "error" not in r and r["tledge"] >= 0.9 * cv["images"] and r["max_abs"] < 0.1, r
+    assert f"OpenCV {cv['version']}" in md and "| model_int8.onnx |" in md

@@ -96,6 +96,26 @@ def test_clients_section_says_why_it_was_not_measured_and_how_to(tmp_path, monke
     assert "## Clients" in md and "not measured (mediapipe is not importable here)" in md and "To measure it:" in md
     assert clients.measure(tmp_path, ["model_fp32.onnx"], np.zeros((1, 8, 8, 3)), np.zeros((1, 2)), None)[
         "why"] == "no .tflite file in this export"
+    (tmp_path / "model_fp32.onnx").write_bytes(b"not onnx")  # a file nothing can run is a row, not a crash
+    cv = clients.measure(tmp_path, ["model_fp32.onnx"], np.zeros((1, 8, 8, 3)), np.zeros((1, 2)), None)["opencv"]
+    assert [r["file"] for r in cv["files"]] == ["model_fp32.onnx"] and "cannot run" in cv["files"][0]["error"], cv
+
+
+def test_opencv_refusing_a_file_is_a_row_of_the_clients_section(tmp_path, monkeypatch):
+    import shutil
+
+    import cv2
+    from tiny import TINY
+
+    shutil.copy(TINY / "model_int8.onnx", tmp_path / "model_int8.onnx")
+
+    def refuse(path, *args):
+        raise cv2.error("unsupported layer")
+    monkeypatch.setattr(cv2.dnn, "readNetFromONNX", refuse)
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 48, 48, 3), dtype=np.uint8)
+    cv = clients.opencv(tmp_path, ["model_int8.onnx", "model_int8.tflite"], pixels)
+    assert cv["images"] == 3 and cv["files"] == [{"file": "model_int8.onnx", "error": "unsupported layer"}], cv
+    assert "cannot load or run it: unsupported layer" in "\n".join(clients.markdown({"opencv": cv}))
 
 
 def test_clients_section_markdown_of_a_measurement():

@@ -1,9 +1,12 @@
-"""Clients other than tledge on exported files: MediaPipe Tasks ImageClassifier, measured against `tledge run`.
+"""Clients other than tledge on exported files: MediaPipe Tasks ImageClassifier and OpenCV's dnn module, measured
+against `tledge run`.
 
 `mediapipe_scores` runs MediaPipe on raw photos (MediaPipe resizes them itself); `measure` is the "clients"
 section of an export's parity report: per .tflite, MediaPipe's top-1 agreement with the tledge runtime and
 with the Keras reference on the parity photos, or why it was not measured and how to measure it. mediapipe
 is never a tledge dependency (it pulls opencv-contrib-python, a second `cv2`): it is used when importable.
+Per .onnx, `cv2.dnn` (OpenCV is tledge's own dependency, so this is always measured) fed the input `tledge run`
+feeds: it loads the file or not, and its top-1 agreement with `tledge run` (its own int8 kernels).
 No TensorFlow here.
 """
 from __future__ import annotations
@@ -49,7 +52,54 @@ def mediapipe_scores(model: str | Path, images: Sequence[Any]) -> np.ndarray:
 def measure(folder: Path, files: Sequence[str], pixels: np.ndarray, reference: np.ndarray,
             photos: Sequence[Path] | None, threads: int | None = None) -> dict:
     """The clients section: MediaPipe on the raw `photos` (whose contract-prepared `pixels` gave the Keras
-    `reference`) for each .tflite among `files` (names relative to `folder`)."""
+    `reference`) for each .tflite among `files` (names relative to `folder`); OpenCV (`opencv`) for each .onnx."""
+    section = _mediapipe(folder, files, pixels, reference, photos, threads)
+    cv = opencv(folder, files, pixels, threads)
+    return {**section, "opencv": cv} if cv else section
+
+
+OPENCV_IMAGES = 64  # cv2.dnn runs image by image: an even sample of the parity images bounds its cost
+
+
+def opencv(folder: Path, files: Sequence[str], pixels: np.ndarray, threads: int | None = None) -> dict:
+    """cv2.dnn.readNetFromONNX on each .onnx among `files`, fed the prepared input `tledge run` feeds on up to
+    OPENCV_IMAGES of the parity images: top-1 agreement with tledge run and the largest score difference, or
+    OpenCV's error. {} without an .onnx file."""
+    names = [f for f in files if f.endswith(".onnx") and (folder / f).is_file()]
+    if not names:
+        return {}
+    import cv2
+
+    from tledge.runtime import load
+
+    pick = np.unique(np.linspace(0, len(pixels) - 1, min(len(pixels), OPENCV_IMAGES)).round().astype(int))
+    section: dict = {"version": cv2.__version__, "images": len(pick), "files": []}
+    for name in names:
+        try:
+            model = load(folder / name, threads=threads)
+            x = model.from_nhwc(pixels[pick])
+            ours = np.asarray(model.predict(x), np.float32).reshape(len(x), -1)
+        except Exception as exc:  # noqa: BLE001 - parity has reported it already: nothing to compare with
+            section["files"].append({"file": name, "error": f"tledge run cannot run it ({type(exc).__name__})"})
+            continue
+        try:
+            net = cv2.dnn.readNetFromONNX(str(folder / name))
+            theirs = []
+            for one in x:
+                net.setInput(np.ascontiguousarray(one[None]))
+                theirs.append(np.asarray(net.forward(), np.float32).reshape(-1))
+        except cv2.error as exc:  # OpenCV refusing a file is a finding, not a crash
+            section["files"].append({"file": name, "error": " ".join(str(exc).split())[-200:]})
+            continue
+        theirs_a = np.stack(theirs)
+        section["files"].append({"file": name, "tledge": int((theirs_a.argmax(1) == ours.argmax(1)).sum()),
+                                 "max_abs": float(np.abs(theirs_a - ours).max()) if theirs_a.shape == ours.shape
+                                 else None})
+    return section
+
+
+def _mediapipe(folder: Path, files: Sequence[str], pixels: np.ndarray, reference: np.ndarray,
+               photos: Sequence[Path] | None, threads: int | None) -> dict:
     tflite = [f for f in files if f.endswith(".tflite") and "_edgetpu" not in f and (folder / f).is_file()]
     section: dict = {"client": "mediapipe", "images": 0, "files": []}
     if not tflite:
@@ -80,7 +130,27 @@ def measure(folder: Path, files: Sequence[str], pixels: np.ndarray, reference: n
 
 def markdown(section: dict) -> list[str]:
     """The parity.md lines of a clients section."""
-    lines = ["", "## Clients", ""]
+    return ["", "## Clients", ""] + _mediapipe_markdown(section) + _opencv_markdown(section.get("opencv") or {})
+
+
+def _opencv_markdown(cv: dict) -> list[str]:
+    if not cv:
+        return []
+    n = cv["images"]
+    lines = ["", f"OpenCV {cv['version']} (`cv2.dnn.readNetFromONNX`, its own kernels) fed the input `tledge run` "
+             f"feeds, on {n} of the parity images:", "", "| file | OpenCV = tledge run | max abs difference |",
+             "|---|---|---|"]
+    for r in cv["files"]:
+        if "error" in r:
+            lines.append(f"| {r['file']} | cannot load or run it: {r['error'][-120:]} | - |")
+        else:
+            diff = "-" if r["max_abs"] is None else f"{r['max_abs']:.3g}"
+            lines.append(f"| {r['file']} | {r['tledge']}/{n} ({r['tledge'] / n:.3f}) | {diff} |")
+    return lines
+
+
+def _mediapipe_markdown(section: dict) -> list[str]:
+    lines: list[str] = []
     if not section.get("measured"):
         lines.append(f"MediaPipe Tasks ImageClassifier: not measured ({section.get('why', '?')}).")
         if section.get("how"):
