@@ -256,3 +256,7 @@ def test_parity_latency_is_one_image_at_a_time():
     ms = one_image_ms(predict, np.zeros((32, 8, 8, 3), np.uint8), runs=11, warmup=3)
     assert shapes == [(1, 8, 8, 3)] * 14
     assert 2.0 <= ms < 30.0, ms  # the median of the timed calls: neither the warm-up nor the slow tail
+    shapes.clear()
+    pauses = iter([0.0] * 3 + [0.05] * 20)  # 50 ms a call against a 0.12 s budget: 3 timed calls, not 20
+    assert one_image_ms(predict, np.zeros((2, 8, 8, 3), np.uint8), runs=20, warmup=3, budget_s=0.12) >= 50.0
+    assert len(shapes) == 3 + 3
