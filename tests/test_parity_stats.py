@@ -106,3 +106,24 @@ def test_markdown_shows_intervals_and_resolution(rng=np.random.default_rng(3)):
     assert f"0.987 [{lo:.3f}, {hi:.3f}]" in md and "-1.3 pt [" in md and "p=0.5" in md
     assert "## Statistical resolution" in md
     assert math.isclose(stats.images_needed(0.98), 189, abs_tol=1)
+
+
+def test_flips_are_split_into_near_ties_and_the_rest():
+    """Of 3 flips, 2 sit where the reference's top-2 margin is under 0.1: the report says so, with the agreement on
+    the images that are not near-ties; logits (not probabilities) get no such split."""
+    p = np.array([0.9, 0.8, 0.2, 0.97, 0.52, 0.48, 0.53, 0.1, 0.95, 0.7], np.float32)
+    ref = np.stack([1 - p, p], 1)
+    out = ref.copy()
+    for i in (4, 5, 9):  # two near-ties (margins 0.04) and one confident image (margin 0.4) flipped
+        out[i] = out[i][::-1]
+    r = compare(ref, out, file="m.tflite", format="tflite", precision="int8", thresholds=Thresholds(min_agreement=0.9))
+    assert r.near_tie_flips == 2 and r.confident == (6, 7), r  # image 6 (margin 0.06) is a near-tie that held
+    assert r.failures[0].endswith("< 0.9 (2 of 3 flips are near-ties)"), r.failures
+    md = ParityReport(images=10, results=[r]).to_markdown()
+    assert "## Where the flips are" in md and "2 of 3 flips are near-ties (3 of 10 images are); agreement on the " \
+        "other 7 images 0.857" in md, md
+    logits = compare(ref * 5 - 2, out * 5 - 2, file="m.onnx", format="onnx", precision="int8",
+                     thresholds=Thresholds(min_agreement=0.9))
+    assert logits.near_tie_flips is None and logits.confident is None
+    same = compare(ref, ref, file="f.tflite", format="tflite", precision="fp32", thresholds=Thresholds())
+    assert same.near_tie_flips == 0 and "## Where the flips are" not in ParityReport(images=10, results=[same]).to_markdown()
