@@ -187,29 +187,32 @@ def run_one(name: str, model: Path, opts: dict, out: Path, formats=("tflite", "o
     found = rows(name, res.report, seconds, res.seconds)
     if all(r["classes"] < 1000 for r in found):  # the 2-class models: agreement on photos outside their task
         for r in found:
-            r["other_agreement"], r["other_n"] = other_photos(out, r["format"])
+            r["other_agreement"], r["other_n"], r["other_near_tie_flips"] = other_photos(out, r["format"])
     return found
 
 
-def other_photos(out: Path, kind: str) -> tuple[float | None, int]:
+def other_photos(out: Path, kind: str) -> tuple[float | None, int, int | None]:
     """Top-1 agreement of the export's final int8 file with its fp32 file on the 1300 imagenet_val1300 photos:
     unlabelled, outside a 2-class model's task, and never seen by the export. On 153 val photos one image is
-    0.65 points; on 1300 it is 0.08, so this tells rungs apart that the val set cannot."""
+    0.65 points; on 1300 it is 0.08, so this tells rungs apart that the val set cannot. Also how many of the flips
+    are near-ties (tledge.parity.NEAR_TIE)."""
     import numpy as np
 
     from tledge.images import iter_image_files, prepare_all
+    from tledge.parity import Thresholds, compare
     from tledge.runtime.model import load
 
     int8 = next((p for p in (out / f"model_int8.{kind}", out / "rejected" / f"model_int8.{kind}") if p.is_file()), None)
     files = sorted(iter_image_files(ASSETS / IMAGENET)) if (ASSETS / IMAGENET).is_dir() else []
     if int8 is None or not files:
-        return None, 0
-    tops = []
+        return None, 0, None
+    outs = []
     for path in (out / f"model_fp32.{kind}", int8):
         m = load(path)
-        tops.append(np.concatenate([m.predict(np.stack(prepare_all(m.prepare, files[i:i + 64]))).argmax(1)
+        outs.append(np.concatenate([m.predict(np.stack(prepare_all(m.prepare, files[i:i + 64])))
                                     for i in range(0, len(files), 64)]))
-    return float((tops[0] == tops[1]).mean()), len(files)
+    r = compare(outs[0], outs[1], file=int8.name, format=kind, precision="int8", thresholds=Thresholds())
+    return r.top1_agreement, len(files), r.near_tie_flips
 
 
 def rows(name: str, report, seconds: float, parts: dict) -> list[dict]:
@@ -260,6 +263,8 @@ def markdown(all_rows: list[dict], machine: str) -> str:
         if r.get("other_agreement") is not None:
             n = r["other_n"]
             other = f"{r['other_agreement']:.3f} {stats.fmt_interval(*stats.wilson(round(r['other_agreement'] * n), n))}"
+            if r.get("other_near_tie_flips") is not None:
+                other += f" ({r['other_near_tie_flips']} of {round((1 - r['other_agreement']) * n)} flips near-ties)"
         lines.append(f"| {r['model']} | {r['format']} | {r['plain_agreement']:.3f} | {r['agreement']:.3f} {ci} | {other} | "
                      f"{top5} | "
                      f"{change} | {lat} | {r['export_s']:.0f} ({r['loop_s'] or 0:.0f}) | {r['kept']} | "
