@@ -305,3 +305,5 @@ def test_parity_report_has_a_clients_section(tiny_export):
     for r in cv["files"]:  # loads and runs the fp32 file exactly, the int8 file with its own int8 kernels
         assert "error" not in r and r["tledge"] >= 0.9 * cv["images"] and r["max_abs"] < 0.1, r
     assert f"OpenCV {cv['version']}" in md and "| model_int8.onnx |" in md
+    from tledge.quant.kernels import cpu_flags  # the latency figures carry the machine they were taken on
+    assert any(n.startswith("batch-1 latency") and cpu_flags() in n for n in tiny_export.report.notes)

@@ -34,3 +34,36 @@ def test_the_kept_file_is_timed_against_the_plain_and_fp32_files(tmp_path, kind)
     shipped.note(plain, plain, "plain", None, outcome, ctx, b"")  # the plain file ships: nothing to compare
     assert "latency" not in outcome.notes[2] and outcome.attempts[0]["kept"] and "latency_in_turns_ms" not in \
         outcome.attempts[0]
+
+
+def test_an_int8_file_slower_than_fp32_is_said_only_when_timed_in_turns(tmp_path, monkeypatch):
+    """Parity's rows say int8 is 10x fp32 (rows timed one after the other): the note waits for the files timed in
+    turns, and says so only when that confirms it."""
+    import os
+
+    from tledge.export import speed
+    from tledge.parity import ParityResult
+
+    for name in ("model_int8.tflite", "model_fp32.tflite"):
+        shutil.copy(TINY / name, tmp_path / name)
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 48, 48, 3), dtype=np.uint8)
+
+    def row(name, ms):
+        return ParityResult(name, "tflite", name[6:10], 2, 0.0, 0.0, 0.0, 1.0, None, None, True, latency_ms=ms)
+    rows = [row("model_int8.tflite", 10.0), row("model_fp32.tflite", 1.0)]
+    calls = []
+
+    def timed(files, *args, **kwargs):
+        calls.append(sorted(files))
+        return {"int8": 4.0, "fp32": 1.0}
+    monkeypatch.setattr(speed, "latencies_in_turns", timed)
+    notes = speed.slower_int8(rows, tmp_path, pixels)
+    assert calls == [["fp32", "int8"]] and len(notes) == 1 and notes[0].startswith(
+        "model_int8.tflite runs 4.00x model_fp32.tflite's batch-1 latency"), notes
+    monkeypatch.setattr(speed, "latencies_in_turns", lambda *a, **k: {"int8": 1.1, "fp32": 1.0})
+    assert speed.slower_int8(rows, tmp_path, pixels) == []  # in turns it is not slower: no note
+    calls.clear()
+    monkeypatch.setattr(speed, "latencies_in_turns", timed)
+    assert speed.slower_int8([row("model_int8.tflite", 1.2), rows[1]], tmp_path, pixels) == [] and calls == []
+    note = speed.machine_note(2)
+    assert f"{os.cpu_count()} cores" in note and "2 threads" in note and note.count(":") >= 1
