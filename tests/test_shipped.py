@@ -65,5 +65,10 @@ def test_an_int8_file_slower_than_fp32_is_said_only_when_timed_in_turns(tmp_path
     calls.clear()
     monkeypatch.setattr(speed, "latencies_in_turns", timed)
     assert speed.slower_int8([row("model_int8.tflite", 1.2), rows[1]], tmp_path, pixels) == [] and calls == []
+    calls.clear()  # the int8 loop timed the kept file against fp32 in turns already: those figures, no second run
+    kept = [{"file": "model_int8.tflite", "rung": "r", "kept": True, "latency_in_turns_ms": {"kept": 3.0, "plain": 3.0,
+                                                                                          "fp32": 1.0}}]
+    notes = speed.slower_int8([row("model_int8.tflite", 1.0), rows[1]], tmp_path, pixels, fidelity=kept)
+    assert calls == [] and len(notes) == 1 and "3.00x" in notes[0], notes
     note = speed.machine_note(2)
     assert f"{os.cpu_count()} cores" in note and "2 threads" in note and note.count(":") >= 1

@@ -75,7 +75,7 @@ def latencies_in_turns(files: dict[str, Path | bytes], pixels: np.ndarray, *, su
     import tempfile
 
     from tledge.runtime import load
-    from tledge.runtime.bench import one_image_ms
+    from tledge.runtime.bench import best_in_turns, one_image_ms
 
     with tempfile.TemporaryDirectory() as tmp:
         models = {}
@@ -85,8 +85,5 @@ def latencies_in_turns(files: dict[str, Path | bytes], pixels: np.ndarray, *, su
                 path.write_bytes(f)
                 f = path
             models[name] = load(f, threads=threads)
-        best = {name: float("inf") for name in models}
-        for _ in range(rounds):
-            for name, m in models.items():
-                best[name] = min(best[name], one_image_ms(m.predict, m.from_nhwc(pixels[:1]), runs=runs, warmup=2))
-    return best
+        return best_in_turns({name: (lambda m=m: one_image_ms(m.predict, m.from_nhwc(pixels[:1]), runs=runs, warmup=2))
+                              for name, m in models.items()}, rounds)

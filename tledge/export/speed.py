@@ -4,8 +4,6 @@ saying so (MobileNetV3 Small's int8 TFLite file ran 3.9x its fp32 file on this p
 no fast int8 HARD_SWISH there). TF-free."""
 from __future__ import annotations
 
-import os
-import platform
 from pathlib import Path
 from typing import Sequence
 
@@ -18,34 +16,39 @@ SLOWER = 1.3  # the issue's latency budget, used here the other way: int8 over 1
 
 
 def machine_note(threads: int | None) -> str:
-    """'batch-1 latency measured on <CPU>, <n> cores, x86_64: avx2 ..., <threads> threads'."""
+    """'batch-1 latency measured on <CPU>, <n> cores, x86_64: avx2 ..., <threads> threads' (the CPU and its usable
+    cores as `tledge doctor` reads them, the int8 instruction sets as the kernel-paths note names them)."""
     from tledge.quant.kernels import cpu_flags
+    from tledge.runtime.doctor import cpu_info
 
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return (f"batch-1 latency (the int8 loop's rows, the kept files' notes) measured on {model}, {os.cpu_count()} "
-            f"cores, {cpu_flags()}, {threads or 'default'} threads")
+    cpu = cpu_info()
+    return (f"batch-1 latency (the int8 loop's rows, the kept files' notes) measured on {cpu['model'] or '?'}, "
+            f"{cpu['usable_cores']} cores, {cpu_flags()}, {threads or 'default'} threads")
 
 
-def slower_int8(results: Sequence[ParityResult], folder: Path, pixels: np.ndarray,
-                threads: int | None = None) -> list[str]:
-    """A note per format whose shipped int8 file runs at least SLOWER x its fp32 file's batch-1 latency, confirmed
-    in turns (`parity.latencies_in_turns`): parity's own rows are timed one after the other."""
+def slower_int8(results: Sequence[ParityResult], folder: Path, pixels: np.ndarray, threads: int | None = None,
+                fidelity: Sequence[dict] = ()) -> list[str]:
+    """A note per format whose shipped int8 file runs at least SLOWER x its fp32 file's batch-1 latency in turns:
+    the kept rung's own figures from the int8 loop (`fidelity` rows' `latency_in_turns_ms`) where it measured them,
+    else `parity.latencies_in_turns` when parity's rows (timed one after the other) say so first."""
     by_file = {r.file: r for r in results}
+    known = {a["file"]: a["latency_in_turns_ms"] for a in fidelity
+             if a.get("kept") and "fp32" in a.get("latency_in_turns_ms", {})}
     notes = []
     for kind in ("tflite", "onnx"):
         int8, fp32 = (by_file.get(artifacts.lookup(kind, p).filename) for p in ("int8", "fp32"))
-        if not (int8 and fp32 and int8.latency_ms and fp32.latency_ms) or int8.latency_ms < SLOWER * fp32.latency_ms:
+        if int8 is None or fp32 is None:
             continue
-        try:
-            ms = latencies_in_turns({"int8": folder / int8.file, "fp32": folder / fp32.file}, pixels,
-                                    suffix=f".{kind}", threads=threads)
-        except Exception:  # noqa: BLE001 - a figure, never a reason to lose the export
+        if int8.file in known:
+            ms = {"int8": known[int8.file]["kept"], "fp32": known[int8.file]["fp32"]}
+        elif not (int8.latency_ms and fp32.latency_ms) or int8.latency_ms < SLOWER * fp32.latency_ms:
             continue
+        else:
+            try:
+                ms = latencies_in_turns({"int8": folder / int8.file, "fp32": folder / fp32.file}, pixels,
+                                        suffix=f".{kind}", threads=threads)
+            except Exception:  # noqa: BLE001 - a figure, never a reason to lose the export
+                continue
         if ms["int8"] >= SLOWER * ms["fp32"]:
             notes.append(f"{int8.file} runs {ms['int8'] / ms['fp32']:.2f}x {fp32.file}'s batch-1 latency on this "
                          f"machine ({ms['int8']:.2f} against {ms['fp32']:.2f} ms, timed in turns): here int8 buys a "

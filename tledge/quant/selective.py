@@ -285,8 +285,6 @@ class Runner:
 def compare_latency(runners: dict, x: np.ndarray, rounds: int = 5, runs: int = 40) -> dict:
     """Batch-1 latency (ms) of several runners measured interleaved, so load from other processes
     hits them alike: the best over `rounds` of the median over `runs`."""
-    best = {k: float("inf") for k in runners}
-    for _ in range(rounds):
-        for k, r in runners.items():
-            best[k] = min(best[k], r.latency_ms(x, runs=runs, warmup=3))
-    return best
+    from tledge.runtime.bench import best_in_turns
+
+    return best_in_turns({k: (lambda r=r: r.latency_ms(x, runs=runs, warmup=3)) for k, r in runners.items()}, rounds)

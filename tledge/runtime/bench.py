@@ -48,16 +48,28 @@ def peak_rss_mb() -> float:
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
 
-def time_calls(fn, runs: int, warmup: int = 0) -> list[float]:
-    """Seconds of each of `runs` calls of `fn()`, after `warmup` untimed calls."""
+def time_calls(fn, runs: int, warmup: int = 0, budget_s: float | None = None) -> list[float]:
+    """Seconds of each of `runs` calls of `fn()`, after `warmup` untimed calls; with `budget_s`, no more than 3 calls
+    once that many seconds have passed (a slow model on a board)."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(runs):
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < runs and (budget_s is None or len(times) < 3 or time.perf_counter() - start < budget_s):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
     return times
+
+
+def best_in_turns(measures: dict, rounds: int) -> dict[str, float]:
+    """Each of `measures` (name -> a call returning a figure) called in turns, `rounds` times; the lowest figure of
+    each. Load from other processes then hits them alike, which rows timed one after another do not get."""
+    best = {name: float("inf") for name in measures}
+    for _ in range(rounds):
+        for name, measure in measures.items():
+            best[name] = min(best[name], measure())
+    return best
 
 
 def one_image_ms(predict, x, *, runs: int = 20, warmup: int = 3, budget_s: float = 2.0) -> float:
@@ -69,15 +81,7 @@ def one_image_ms(predict, x, *, runs: int = 20, warmup: int = 3, budget_s: float
     import numpy as np
 
     one = x[:1]
-    for _ in range(warmup):
-        predict(one)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < runs and (len(times) < 3 or time.perf_counter() - start < budget_s):
-        t = time.perf_counter()
-        predict(one)
-        times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1000)
+    return float(np.median(time_calls(lambda: predict(one), runs, warmup, budget_s)) * 1000)
 
 
 def measure(path: str | Path, *, runs: int = 50, warmup: int = 5, batch: int = 1, threads: int | None = None,
