@@ -158,13 +158,13 @@ class FidelityOutcome:
 
 def improve(failing: Sequence[ParityResult], ctx: FidelityContext) -> FidelityOutcome:
     """Run the ladder for each failing int8 file; return the final parity rows."""
-    from tledge.export import diagnosis, repair_model
+    from tledge.export import diagnosis, repair_model, tflite
     from tledge.export.rungs import Shared
 
     outcome = FidelityOutcome(results={})
     model, note = repair_model.pixel_model_and_note(ctx)
     cache = Shared(model, ctx.contract, ctx.calib, ctx.out,  # what the rungs share (tledge.export.rungs)
-                   trace=ctx.trace)
+                   trace=ctx.trace, float_ops=() if ctx.int8_only else tflite.CPU_FLOAT_OPS)
     if note:
         outcome.notes.append(note)
     plain_onnx = ctx.out / "model_int8.onnx"

@@ -32,22 +32,33 @@ def select_pairs(pairs: Sequence[tuple[str, str]]) -> list[Format]:
     return [f for f in FORMATS.values() if f.name in wanted]
 
 
-def write(fmt: Format, dst: Path, *, serve, concrete, contract: Contract, calib, folder: Path) -> None:
-    """Convert to `dst` atomically, with the file's own contract embedded."""
+def write(fmt: Format, dst: Path, *, serve, concrete, contract: Contract, calib, folder: Path,
+          int8_only: bool = False) -> None:
+    """Convert to `dst` atomically, with the file's own contract embedded. `int8_only`: the target runs int8 ops
+    only (Edge TPU), so an int8 TFLite file keeps no op float (tledge.export.tflite.CPU_FLOAT_OPS)."""
     if fmt.kind == "tflite":
-        _write_tflite(fmt, dst, concrete, contract, calib)
+        _write_tflite(fmt, dst, concrete, contract, calib, int8_only)
     else:
         _write_onnx(fmt, dst, serve, contract, calib, folder)
 
 
-def _write_tflite(fmt: Format, dst: Path, concrete, contract: Contract, calib) -> None:
+def _write_tflite(fmt: Format, dst: Path, concrete, contract: Contract, calib, int8_only: bool) -> None:
     from tledge.export import tflite
     from tledge.export.metadata import embed_tflite
 
-    data = tflite.convert(concrete, fmt.precision, calib)
+    data = tflite.convert(concrete, fmt.precision, calib, float_ops=() if int8_only else tflite.CPU_FLOAT_OPS)
     qin, qout, dtype = tflite_io(data)
-    atomic_write_bytes(dst, embed_tflite(data, contract.for_file(input_dtype=dtype, input_quant=qin,
-                                                                 output_quant=qout)))
+    contract = contract.for_file(input_dtype=dtype, input_quant=qin, output_quant=qout)
+    atomic_write_bytes(dst, embed_tflite(data, with_float_ops(contract, data)))
+
+
+def with_float_ops(contract: Contract, data: bytes) -> Contract:
+    """`contract` with `extra.cpu_float_ops` (op type -> count) where the int8 TFLite file `data` keeps
+    tledge.export.tflite.CPU_FLOAT_OPS float."""
+    from tledge.export import tflite
+
+    counts = tflite.float_op_counts(data, tflite.CPU_FLOAT_OPS) if contract.input_dtype == "uint8" else {}
+    return contract.replace(extra={**contract.extra, "cpu_float_ops": counts}) if counts else contract
 
 
 def tflite_io(data: bytes) -> tuple[Quant | None, Quant | None, str]:

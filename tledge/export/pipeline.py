@@ -99,7 +99,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
             val_x = val_x.astype(np.float32)
         contract, val_y = _final_contract(cfg, contract, reference, val_y, stage)
         steps["images and reference"] = time.perf_counter() - clock
-        files, failed, seconds = _convert_all(chosen, serve, concrete, contract, calib, stage)
+        files, failed, seconds = _convert_all(chosen, serve, concrete, contract, calib, stage, cfg.int8_only)
         clock = time.perf_counter()
         with log.step(f"parity: {len(files)} file{'s' if len(files) != 1 else ''} on {len(val_x)} images"):
             results = check_files(reference, [(stage / f.filename, f.kind, f.precision) for f in files], val_x,
@@ -348,7 +348,7 @@ def _step_title(fmt: F.Format, calib) -> str:
     return f"{what}: converting"
 
 
-def _convert_all(chosen, serve, concrete, contract, calib, out: Path):
+def _convert_all(chosen, serve, concrete, contract, calib, out: Path, int8_only: bool = False):
     from tledge import log
 
     files, failed, seconds = [], [], {}
@@ -357,7 +357,7 @@ def _convert_all(chosen, serve, concrete, contract, calib, out: Path):
         try:
             with log.step(_step_title(fmt, calib)):
                 F.write(fmt, out / fmt.filename, serve=serve, concrete=concrete, contract=contract, calib=calib,
-                        folder=out)
+                        folder=out, int8_only=int8_only)
             files.append(fmt)
         except TledgeError as exc:
             failed.append(ParityResult(fmt.filename, fmt.kind, fmt.precision, 0, float("inf"), float("inf"),

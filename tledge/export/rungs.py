@@ -44,6 +44,7 @@ class Shared:
     originals: dict = field(default_factory=dict)  # path -> the plain int8 file's bytes (graph rungs start there)
     trace: object = None  # () -> (serve, concrete): the export's traced function (loader.trace), or None
     stop: object = None  # () -> why a running repair must stop (tledge.export.repair_budget.stopper), or None
+    float_ops: tuple = ()  # op types every int8 TFLite file keeps float (tledge.export.tflite.CPU_FLOAT_OPS)
     runs: Counter = field(default_factory=Counter)
     hits: Counter = field(default_factory=Counter)
 
@@ -101,7 +102,7 @@ class Shared:
                     more, applied["layers_left_int8"] = mixed.tflite_keep(cal, layers)
                     keep += more
                 def convert():
-                    return selective.quantize_tflite(cal, keep_float=keep)
+                    return selective.quantize_tflite(cal, keep_float=keep, float_ops=self.float_ops)
                 data = convert() if key is None or layers else self._get(self.tflite_files, (key, stem),
                                                                          "tflite-quantize", convert)
         except Exception as exc:
@@ -114,11 +115,11 @@ class Shared:
         return ((stem if ranges == "minmax" else (stem, ranges)), stem) in self.tflite_files
 
     def embed_tflite(self, data: bytes, applied: dict) -> bytes:
-        from tledge.export.formats import tflite_io
+        from tledge.export.formats import tflite_io, with_float_ops
         from tledge.export.metadata import embed_tflite
 
         qin, qout, dtype = tflite_io(data)
-        contract = self.contract.for_file(input_dtype=dtype, input_quant=qin, output_quant=qout)
+        contract = with_float_ops(self.contract.for_file(input_dtype=dtype, input_quant=qin, output_quant=qout), data)
         return embed_tflite(data, contract.replace(extra={**contract.extra, **applied}))
 
     def original(self, path: Path) -> bytes:

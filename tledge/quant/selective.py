@@ -87,14 +87,16 @@ def calibrate_tflite(model, calib) -> bytes:
     return conv.convert()
 
 
-def quantize_tflite(calibrated: bytes, *, keep_float: Sequence[str] = (), io: str = "uint8") -> bytes:
-    """int8 TFLite from a calibrated model, ops whose output tensor is in `keep_float` left float."""
+def quantize_tflite(calibrated: bytes, *, keep_float: Sequence[str] = (), io: str = "uint8",
+                    float_ops: Sequence[str] = ()) -> bytes:
+    """int8 TFLite from a calibrated model, ops whose output tensor is in `keep_float` and ops of the builtin types
+    `float_ops` (e.g. "HARD_SWISH") left float."""
     tf = require("tensorflow", purpose="TFLite conversion")
     from tensorflow.lite.python import convert
 
     dtype = getattr(tf, io)
     return convert.mlir_quantize(calibrated, input_data_type=dtype, output_data_type=dtype,
-                                 denylisted_nodes=list(keep_float) or None)
+                                 denylisted_ops=list(float_ops) or None, denylisted_nodes=list(keep_float) or None)
 
 
 def tflite_int8(model, calib, *, keep_float: Sequence[str] = (), io: str = "uint8") -> bytes:

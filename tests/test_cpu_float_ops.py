@@ -1,0 +1,97 @@
+"""int8 TFLite ops LiteRT's CPU delegate has no int8 kernel for (tledge.export.tflite.CPU_FLOAT_OPS: HARD_SWISH)
+stay float on CPU targets, so XNNPACK runs the whole graph as one partition; int8-only targets keep them int8.
+
+A tiny trained MobileNetV3-like net (hard-swish activations) exported twice, for a CPU and for an int8-only target.
+"""
+from __future__ import annotations
+
+import collections
+
+import pytest
+
+pytest.importorskip("tensorflow")
+
+HARD_SWISH_LAYERS = 3
+
+
+def _hard_swish_model(seed: int = 0):
+    import keras
+
+    from tledge.layers import Preprocess
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((48, 48, 3), name="pixels")
+    x = Preprocess("tf", channels=3, name="preprocess")(inp)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same")(x)
+    x = keras.layers.Activation("hard_swish")(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same")(x)
+    x = keras.layers.Activation("hard_swish")(x)
+    x = keras.layers.Conv2D(32, 1, strides=2)(x)
+    x = keras.layers.Activation("hard_swish")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inp, keras.layers.Dense(3, activation="softmax")(x))
+
+
+@pytest.fixture(scope="module")
+def exports(shapes_dataset, tmp_path_factory):
+    from conftest import train_tiny
+
+    from tledge.contract import Contract
+    from tledge.export.pipeline import ExportConfig, export
+
+    contract = Contract(48, 48, norm="tf", baked=True, input_dtype="float32", labels=("circle", "hstripes", "vstripes"))
+    d = tmp_path_factory.mktemp("hard_swish")
+    train_tiny(_hard_swish_model(), shapes_dataset / "train", contract, epochs=40).save(d / "model.keras")
+    out = {}
+    for name, int8_only in (("cpu", False), ("int8_only", True)):
+        cfg = ExportConfig(out=d / name, formats=("tflite",), int8=True, repair=False, int8_only=int8_only,
+                           calib=str(shapes_dataset / "train"), val=str(shapes_dataset / "val"))
+        out[name] = export(d / "model.keras", cfg)
+    return out
+
+
+def _partitions(path) -> tuple[int, collections.Counter]:
+    """(XNNPACK partitions, op types) of a TFLite file as LiteRT's default interpreter runs it."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path), num_threads=1)
+    it.allocate_tensors()
+    ops = collections.Counter(d["op_name"] for d in it._get_ops_details())
+    return ops["DELEGATE"], ops
+
+
+def test_cpu_int8_file_keeps_hard_swish_float_in_one_partition(exports):
+    from tledge.export import tflite
+    from tledge.metadata import read_tflite_contract
+
+    path = exports["cpu"].out / "model_int8.tflite"
+    data = path.read_bytes()
+    assert tflite.float_op_counts(data, tflite.CPU_FLOAT_OPS) == {"HARD_SWISH": HARD_SWISH_LAYERS}
+    assert read_tflite_contract(data).extra["cpu_float_ops"] == {"HARD_SWISH": HARD_SWISH_LAYERS}
+    partitions, ops = _partitions(path)
+    assert ops["HARD_SWISH"] == HARD_SWISH_LAYERS and partitions == 1
+    row = next(r for r in exports["cpu"].report.results if r.file == "model_int8.tflite")
+    assert row.top1_agreement >= 0.9  # a real int8 file of a trained model, not a float one in disguise
+    assert row.max_abs_error > 0
+
+
+def test_int8_only_file_keeps_every_op_int8(exports):
+    from tledge.export import tflite
+    from tledge.metadata import read_tflite_contract
+
+    path = exports["int8_only"].out / "model_int8.tflite"
+    data = path.read_bytes()
+    assert tflite.float_op_counts(data, tflite.CPU_FLOAT_OPS) == {}
+    assert "cpu_float_ops" not in read_tflite_contract(data).extra
+    partitions, _ = _partitions(path)
+    assert partitions > 1  # why the CPU file keeps them float: each int8 HARD_SWISH cuts XNNPACK's graph
+
+
+def test_float_op_counts_ignores_float_files(exports):
+    from tledge.export import tflite
+
+    fp32 = (exports["cpu"].out / "model_fp32.tflite").read_bytes()
+    assert tflite.float_op_counts(fp32, tflite.CPU_FLOAT_OPS) == {"HARD_SWISH": HARD_SWISH_LAYERS}
+    from tledge.metadata import read_tflite_contract
+
+    assert "cpu_float_ops" not in read_tflite_contract(fp32).extra  # only int8 files record what they keep float
