@@ -116,6 +116,8 @@ def test_opencv_refusing_a_file_is_a_row_of_the_clients_section(tmp_path, monkey
     cv = clients.opencv(tmp_path, ["model_int8.onnx", "model_int8.tflite"], pixels)
     assert cv["images"] == 3 and cv["files"] == [{"file": "model_int8.onnx", "error": "unsupported layer"}], cv
     assert "cannot load or run it: unsupported layer" in "\n".join(clients.markdown({"opencv": cv}))
+    assert clients.notes({"opencv": cv}) == [f"model_int8.onnx: OpenCV {cv2.__version__} cannot load or run it "
+                                             "(unsupported layer); see parity.md"]
 
 
 def test_clients_section_markdown_of_a_measurement():
@@ -126,6 +128,10 @@ def test_clients_section_markdown_of_a_measurement():
     md = "\n".join(clients.markdown(section))
     assert "| model_int8.tflite | warp-linear (stretch) | 153/153 (1.000) | 148/153 (0.967) |" in md
     assert "| model_bgr.tflite | area | error: refused | - |" in md
+    assert clients.notes(section) == ["model_bgr.tflite: MediaPipe Tasks cannot load or run it (refused); see parity.md"]
+    section["files"][0]["tledge"] = 137  # 0.895 of 153: under CLIENT_AGREEMENT, said on the terminal too
+    assert clients.notes(section)[0] == ("model_int8.tflite: MediaPipe Tasks agrees with tledge run on only 137/153 "
+                                         "images; see parity.md")
 
 
 def test_export_default_takes_warp_linear_only_when_keras_keeps_its_accuracy(tmp_path):

@@ -128,6 +128,25 @@ def _mediapipe(folder: Path, files: Sequence[str], pixels: np.ndarray, reference
     return section
 
 
+CLIENT_AGREEMENT = 0.9  # below this top-1 agreement with tledge run, a client's row is also said on the terminal
+
+
+def notes(section: dict) -> list[str]:
+    """Terminal notes for what parity.md's Clients section would otherwise hide: a file a client cannot load or run,
+    or one whose top-1 agrees with `tledge run` on under CLIENT_AGREEMENT of the images. A report, not a gate."""
+    out = []
+    for client, sub in (("MediaPipe Tasks", section), (f"OpenCV {(section.get('opencv') or {}).get('version', '')}",
+                                                       section.get("opencv") or {})):
+        n = sub.get("images") or 0
+        for r in sub.get("files", []):
+            if "error" in r:
+                out.append(f"{r['file']}: {client.strip()} cannot load or run it ({r['error'][-160:]}); see parity.md")
+            elif n and r.get("tledge") is not None and r["tledge"] / n < CLIENT_AGREEMENT:
+                out.append(f"{r['file']}: {client.strip()} agrees with tledge run on only {r['tledge']}/{n} images; "
+                           "see parity.md")
+    return out
+
+
 def markdown(section: dict) -> list[str]:
     """The parity.md lines of a clients section."""
     return ["", "## Clients", ""] + _mediapipe_markdown(section) + _opencv_markdown(section.get("opencv") or {})

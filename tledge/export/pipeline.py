@@ -121,6 +121,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
                                                                               report.fidelity)
         report.clients = clients.measure(stage, [r.file for r in report.results], val_x, reference, val_files,
                                          cfg.threads)  # MediaPipe, where importable
+        report.notes += clients.notes(report.clients)
         report.write(stage)
         folder.commit(model_path, {r.file: (r.passed, _figures(r)) for r in report.results}, derived,
                       _inputs(stage, [r.file for r in report.results]))
