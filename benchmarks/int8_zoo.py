@@ -31,6 +31,7 @@ Zoo (from ../shared/assets; models are built once into --cache):
                   beside each model: val accuracy and the top-1 probability distribution), but their outputs are
                   confident, so int8 agreement on them measures the architectures' quantisation, not near-ties.
   hym-effb0-s1    hym-effb0's recipe with seed 1: held out for the twenty-first session's sigmoid simulation
+  hym-mnv3s-s1    hym-mnv3s's recipe with seed 1: held out for the twenty-fifth session's float HARD_SWISH
 
     python benchmarks/int8_zoo.py [--only imagenet-mnv1,hym-mnv1-s0] [--json out.json] [--fidelity 0.99]
 """
@@ -154,6 +155,7 @@ def zoo(cache: Path) -> dict:
             lambda s=seed: hymenoptera_mobilenet(ASSETS, cache / f"hym-s{s}", seed=s), lambda: hym)
     entries["hym-mnv2-s3"] = (lambda: hymenoptera_model(cache, "mnv2", seed=3), baked)  # held out, as seeds 7, 11
     entries["hym-effb0-s1"] = (lambda: scratch_model(cache, "effb0", seed=1), baked)  # held out (21st session)
+    entries["hym-mnv3s-s1"] = (lambda: scratch_model(cache, "mnv3s", seed=1), baked)  # held out (25th session)
     entries["hym-savedmodel"] = (  # seed 1's model as a SavedModel
         lambda: savedmodel_of(hymenoptera_mobilenet(ASSETS, cache / "hym-s1", seed=1), cache / "hym-s1-savedmodel"),
         lambda: hym)
