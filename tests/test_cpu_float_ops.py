@@ -73,6 +73,8 @@ def test_cpu_int8_file_keeps_hard_swish_float_in_one_partition(exports):
     row = next(r for r in exports["cpu"].report.results if r.file == "model_int8.tflite")
     assert row.top1_agreement >= 0.9  # a real int8 file of a trained model, not a float one in disguise
     assert row.max_abs_error > 0
+    said = [n for n in exports["cpu"].report.notes if "keeps 3 HARD_SWISH ops float" in n]
+    assert len(said) == 1 and said[0].startswith("model_int8.tflite"), exports["cpu"].report.notes
 
 
 def test_int8_only_file_keeps_every_op_int8(exports):
@@ -85,6 +87,7 @@ def test_int8_only_file_keeps_every_op_int8(exports):
     assert "cpu_float_ops" not in read_tflite_contract(data).extra
     partitions, _ = _partitions(path)
     assert partitions > 1  # why the CPU file keeps them float: each int8 HARD_SWISH cuts XNNPACK's graph
+    assert not [n for n in exports["int8_only"].report.notes if "HARD_SWISH" in n]
 
 
 def test_float_op_counts_ignores_float_files(exports):

@@ -119,6 +119,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
         _write_golden(stage, val_x, reference, val_y, val_files, cfg, thresholds, report)
         report.notes += [speed.machine_note(cfg.threads)] + speed.slower_int8(report.results, stage, val_x, cfg.threads,
                                                                               report.fidelity)
+        report.notes += speed.float_ops_notes(report.results, stage)
         report.clients = clients.measure(stage, [r.file for r in report.results], val_x, reference, val_files,
                                          cfg.threads)  # MediaPipe, where importable
         report.notes += clients.notes(report.clients)

@@ -55,3 +55,22 @@ def slower_int8(results: Sequence[ParityResult], folder: Path, pixels: np.ndarra
                          "4x smaller file, not speed (some of its int8 ops have no fast kernel on this CPU); time it "
                          "on the target with `tledge bench`")
     return notes
+
+
+def float_ops_notes(results: Sequence[ParityResult], folder: Path) -> list[str]:
+    """A note for each int8 TFLite file that keeps ops float for LiteRT's CPU delegate (its contract's
+    `cpu_float_ops`, tledge.export.tflite.CPU_FLOAT_OPS)."""
+    from tledge.metadata import read_tflite_contract
+
+    notes = []
+    for r in results:
+        path = folder / r.file
+        if r.format != "tflite" or r.precision != "int8" or "/" in r.file or not path.is_file():
+            continue
+        contract = read_tflite_contract(path.read_bytes())
+        counts = contract.extra.get("cpu_float_ops") if contract else None
+        if counts:
+            kept = ", ".join(f"{n} {op}" for op, n in sorted(counts.items()))
+            notes.append(f"{r.file} keeps {kept} ops float: LiteRT's CPU delegate (XNNPACK) has no int8 kernel for them, "
+                         "and as int8 they split its graph (slower than fp32); --device coral-usb keeps every op int8")
+    return notes
