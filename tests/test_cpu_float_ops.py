@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 
+import numpy as np
 import pytest
 
 pytest.importorskip("tensorflow")
@@ -50,11 +51,12 @@ def exports(shapes_dataset, tmp_path_factory):
     return out
 
 
-def _partitions(path) -> tuple[int, collections.Counter]:
+def _partitions(path_or_bytes) -> tuple[int, collections.Counter]:
     """(XNNPACK partitions, op types) of a TFLite file as LiteRT's default interpreter runs it."""
     from ai_edge_litert.interpreter import Interpreter
 
-    it = Interpreter(model_path=str(path), num_threads=1)
+    it = (Interpreter(model_content=path_or_bytes, num_threads=1) if isinstance(path_or_bytes, bytes)
+          else Interpreter(model_path=str(path_or_bytes), num_threads=1))
     it.allocate_tensors()
     ops = collections.Counter(d["op_name"] for d in it._get_ops_details())
     return ops["DELEGATE"], ops
@@ -98,3 +100,33 @@ def test_float_op_counts_ignores_float_files(exports):
     from tledge.metadata import read_tflite_contract
 
     assert "cpu_float_ops" not in read_tflite_contract(fp32).extra  # only int8 files record what they keep float
+
+
+ACTIVATIONS = {"HARD_SWISH": lambda L: L.Activation("hard_swish"), "GELU": lambda L: L.Activation("gelu"),
+               "PRELU": lambda L: L.PReLU(shared_axes=[1, 2])}
+
+
+@pytest.mark.parametrize("op", sorted(ACTIVATIONS))
+def test_each_cpu_float_op_cuts_xnnpacks_graph_when_int8(op):
+    """Why each CPU_FLOAT_OPS entry is there, checked against the installed LiteRT: as int8 the op cuts XNNPACK's
+    graph into several partitions, kept float it does not. (Structure only: random weights are enough here.) When a
+    LiteRT release delegates the int8 op, this fails and the entry should go."""
+    import keras
+    import tensorflow as tf
+
+    from tledge.export import tflite
+
+    assert set(ACTIVATIONS) == set(tflite.CPU_FLOAT_OPS)
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 16, 3))
+    x = L.Rescaling(1 / 127.5, -1)(inp)
+    for _ in range(2):
+        x = ACTIVATIONS[op](L)(L.Conv2D(8, 3, padding="same")(x))
+    model = keras.Model(inp, L.Dense(3, activation="softmax")(L.GlobalAveragePooling2D()(x)))
+    fn = tf.function(lambda t: model(t)).get_concrete_function(tf.TensorSpec([None, 16, 16, 3], tf.float32))
+    calib = np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 3)).astype(np.float32)
+    int8, kept = (tflite.convert(fn, "int8", calib, float_ops=ops) for ops in ((), tflite.CPU_FLOAT_OPS))
+    assert tflite.float_op_counts(int8, tflite.CPU_FLOAT_OPS) == {}
+    assert tflite.float_op_counts(kept, tflite.CPU_FLOAT_OPS) == {op: 2}
+    assert [_partitions(d)[0] for d in (int8, kept)] == [3, 1]
