@@ -9,7 +9,7 @@ loop's files go through `apply_conventions` too, in tledge.export.metadata.embed
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -36,6 +36,10 @@ def convert(concrete, precision: str, calib: np.ndarray | None = None, *, float_
     tf = require("tensorflow", extra="export")
     if precision not in PRECISIONS:
         raise ExportError(f"unknown TFLite precision {precision!r}: {', '.join(PRECISIONS)}")
+    if precision == "int8":
+        if calib is None or len(calib) == 0:
+            raise ExportError("int8 TFLite needs calibration images")
+        return _int8(fixed_batch(concrete), calib, float_ops)
     # the path without trackable_obj freezes variables into constants, which every model kind
     # (Keras 3, tf_keras, SavedModel) converts reliably; it warns about deprecation only.
     conv = tf.lite.TFLiteConverter.from_concrete_functions([fixed_batch(concrete)])
@@ -44,41 +48,20 @@ def convert(concrete, precision: str, calib: np.ndarray | None = None, *, float_
         conv.target_spec.supported_types = [tf.float16]
     elif precision == "dynamic":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif precision == "int8":
-        if calib is None or len(calib) == 0:
-            raise ExportError("int8 TFLite needs calibration images")
-        return _int8(conv, calib, float_ops)
     try:
         return bytes(conv.convert())
     except Exception as exc:  # the converter raises ConverterError and others
         raise ExportError(f"TFLite {precision} conversion failed: {str(exc).strip().splitlines()[-1][:400]}") from None
 
 
-def representative(calib: np.ndarray) -> Iterable[list[np.ndarray]]:
-    """Calibration samples one by one. The first carries a 0 and a 255 pixel so the uint8 input
-    quantisation is exactly scale 1, zero point 0 (raw pixels go in unchanged)."""
-    for i, x in enumerate(calib):
-        x = np.array(x, np.float32, copy=True)[None]
-        if i == 0:
-            x[0, 0, 0, :] = 0.0
-            x[0, 0, 1, :] = 255.0
-        yield [x]
-
-
-def _int8(conv, calib, float_ops: Sequence[str]) -> bytes:
-    """Full int8 with uint8 I/O (per-channel weights, the converter's defaults): calibrated, then quantised with
-    `float_ops` left float, as the int8 loop's rungs are (tledge.quant.selective.quantize_tflite)."""
+def _int8(fn, calib: np.ndarray, float_ops: Sequence[str]) -> bytes:
+    """Full int8 with uint8 I/O (per-channel weights, the converter's defaults) of the fixed-batch function `fn`:
+    calibrated, then quantised with `float_ops` left float, as the int8 loop's rungs are. The calibration's first image
+    carries a 0 and a 255 pixel, so the uint8 input is exactly scale 1, zero point 0 (raw pixels go in unchanged)."""
     from tledge.quant import selective
 
-    tf = require("tensorflow", extra="export")
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: representative(calib)
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = conv.inference_output_type = tf.uint8
-    conv._experimental_calibrate_only = True
-    conv.experimental_mlir_quantizer = True
     try:
-        return bytes(selective.quantize_tflite(conv.convert(), float_ops=float_ops))
+        return bytes(selective.quantize_tflite(selective.calibrate_tflite(fn, calib), float_ops=float_ops))
     except Exception as exc:  # the converter raises ConverterError and others
         raise ExportError(f"TFLite int8 conversion failed: {str(exc).strip().splitlines()[-1][:400]}") from None
 
@@ -86,16 +69,13 @@ def _int8(conv, calib, float_ops: Sequence[str]) -> bytes:
 def float_op_counts(data: bytes, ops: Sequence[str]) -> dict[str, int]:
     """How many ops of each type in `ops` run in float in the TFLite file `data` (their output is float32)."""
     from tledge._deps import tflite_schema
+    from tledge.quant.tflite_bias import load, op_kinds
 
-    s = tflite_schema()
-    model = s.ModelT.InitFromObj(s.Model.GetRootAs(bytes(data), 0))
-    names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
-    codes = [names.get(max(c.builtinCode, c.deprecatedBuiltinCode)) for c in model.operatorCodes]
+    model = load(data)
     sg = model.subgraphs[0]
     counts: dict[str, int] = {}
-    for op in sg.operators:
-        kind = codes[op.opcodeIndex]
-        if kind in ops and sg.tensors[int(op.outputs[0])].type == s.TensorType.FLOAT32:
+    for op, kind in zip(sg.operators, op_kinds(model)):
+        if kind in ops and sg.tensors[int(op.outputs[0])].type == tflite_schema().TensorType.FLOAT32:
             counts[kind] = counts.get(kind, 0) + 1
     return counts
 

@@ -32,7 +32,7 @@ def concrete_function(model, batch: int | None = 1):
 
 def _with_extremes(calib, limit=None) -> np.ndarray:
     """Calibration images, the first carrying a 0 and a 255 pixel so a uint8 pixel input gets
-    scale 1 / zero point 0 (as tledge.export.tflite.representative does)."""
+    scale 1 / zero point 0 (raw pixels go in unchanged)."""
     data = np.array(np.asarray(calib, np.float32)[:limit], copy=True)
     if data.ndim == 4 and len(data):
         data[0, 0, 0, :], data[0, 0, 1, :] = 0.0, 255.0
