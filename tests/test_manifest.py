@@ -65,6 +65,37 @@ def _plan(device: str, monkeypatch, tmp_path):
     return {f.filename for f in pipeline.plan(cfg)}, cfg.compile_edgetpu
 
 
+def _config(argv, monkeypatch, tmp_path):
+    """The ExportConfig `tledge export m.keras ARGV` hands the pipeline (captured before anything is loaded)."""
+    import zipfile
+
+    from tledge.export import pipeline
+
+    with zipfile.ZipFile(tmp_path / "m.keras", "w") as z:
+        z.writestr("config.json", "{}")
+    (tmp_path / "imgs" / "a").mkdir(parents=True, exist_ok=True)
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+
+    def capture(model, cfg):
+        seen["cfg"] = cfg
+        raise TledgeError("captured")
+
+    monkeypatch.setattr(pipeline, "export", capture)
+    assert main(["export", "m.keras", *argv]) == 2
+    return seen["cfg"]
+
+
+def test_int8_only_reaches_the_export_config(monkeypatch, tmp_path, capsys):
+    """--int8-only (NPU delegates) and --device coral-usb keep every op int8; a CPU export keeps the CPU delegate's
+    float ops (tledge.export.tflite.CPU_FLOAT_OPS)."""
+    base = ["--int8", "--calib", "imgs", "--val", "imgs"]
+    assert _config(base + ["--int8-only"], monkeypatch, tmp_path).int8_only is True
+    assert _config(base, monkeypatch, tmp_path).int8_only is False
+    assert _config(["--device", "coral-usb"], monkeypatch, tmp_path).int8_only is True
+    assert _config(["--device", "rpi4"], monkeypatch, tmp_path).int8_only is False
+
+
 @pytest.mark.parametrize("device", sorted(__import__("tledge.devices.profiles", fromlist=["x"]).PROFILES))
 def test_every_profile_choice_is_produced_by_export_for_that_device(device, monkeypatch, capsys, tmp_path):
     from tledge.devices.profiles import PROFILES

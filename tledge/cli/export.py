@@ -49,6 +49,10 @@ def add_arguments(p) -> None:
                         f"failing int8 files (default {REPAIR_SECONDS:g}; inf: no limit); the rung running then "
                         f"finishes (and the graph rungs it was run ahead of still start), the best file so far is "
                         f"judged as usual, parity.md lists the rungs not started")
+    p.add_argument("--int8-only", action="store_true",
+                   help="keep every op of the int8 files int8: no float stem, no ops kept float for the CPU "
+                        "delegate, no float fallback (for NPU delegates that run int8 ops only, e.g. NNAPI, "
+                        "Ethos-U, i.MX VX; --device coral-usb implies it)")
     p.add_argument("--explain", action="store_true",
                    help="per-layer int8 error table in parity.md (always there when int8 fails)")
     p.add_argument("--force", action="store_true",
@@ -114,6 +118,8 @@ def run(args) -> int:
     input_size = V.size(args.input_size)
     thresholds = load_thresholds(args.thresholds) if args.thresholds else {}
     formats, precisions, device = _plan(args)
+    if args.int8_only and "int8" not in precisions:
+        raise TledgeError("--int8-only is about int8 files: add --int8")
     _check_onnx_options(args, formats)
     labels = _labels(args)
     from tledge.export.pipeline import ExportConfig, export
@@ -124,7 +130,8 @@ def run(args) -> int:
         labels=labels, preprocess=args.preprocess, input_size=input_size, unsafe=args.unsafe,
         calib_limit=args.calib_limit, thresholds=thresholds, fidelity=args.fidelity, repair=args.repair,
         repair_time=REPAIR_SECONDS if args.repair_time is None else args.repair_time,
-        explain=args.explain, int8_only=bool(device is not None and device.compile_edgetpu), force=args.force,
+        explain=args.explain, int8_only=args.int8_only or bool(device is not None and device.compile_edgetpu),
+        force=args.force,
         # a device profile without precision flags: exactly its files (plus fp32 of each format)
         pairs=device.pairs if device is not None and not (args.int8 or args.fp16 or args.dynamic) else (),
         compile_edgetpu=bool(device is not None and device.compile_edgetpu),
