@@ -45,23 +45,9 @@ def test_every_module_derives_from_the_table():
 
 def _plan(device: str, monkeypatch, tmp_path):
     """What `tledge export MODEL --device X` would convert: the CLI's config, given to export's own plan."""
-    import zipfile
-
     from tledge.export import pipeline
 
-    with zipfile.ZipFile(tmp_path / "m.keras", "w") as z:  # passes the CLI's checks; never loaded here
-        z.writestr("config.json", "{}")
-    monkeypatch.chdir(tmp_path)
-
-    seen = {}
-
-    def capture(model, cfg):
-        seen["cfg"] = cfg
-        raise TledgeError("captured")
-
-    monkeypatch.setattr(pipeline, "export", capture)
-    assert main(["export", "m.keras", "--device", device]) == 2
-    cfg = seen["cfg"]
+    cfg = _config(["--device", device], monkeypatch, tmp_path)
     return {f.filename for f in pipeline.plan(cfg)}, cfg.compile_edgetpu
 
 
@@ -71,7 +57,7 @@ def _config(argv, monkeypatch, tmp_path):
 
     from tledge.export import pipeline
 
-    with zipfile.ZipFile(tmp_path / "m.keras", "w") as z:
+    with zipfile.ZipFile(tmp_path / "m.keras", "w") as z:  # passes the CLI's checks; never loaded here
         z.writestr("config.json", "{}")
     (tmp_path / "imgs" / "a").mkdir(parents=True, exist_ok=True)
     monkeypatch.chdir(tmp_path)
