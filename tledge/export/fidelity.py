@@ -164,7 +164,7 @@ def improve(failing: Sequence[ParityResult], ctx: FidelityContext) -> FidelityOu
     outcome = FidelityOutcome(results={})
     model, note = repair_model.pixel_model_and_note(ctx)
     cache = Shared(model, ctx.contract, ctx.calib, ctx.out,  # what the rungs share (tledge.export.rungs)
-                   trace=ctx.trace, float_ops=() if ctx.int8_only else tflite.CPU_FLOAT_OPS)
+                   trace=ctx.trace, float_ops=tflite.float_ops_for(ctx.int8_only))
     if note:
         outcome.notes.append(note)
     plain_onnx = ctx.out / "model_int8.onnx"

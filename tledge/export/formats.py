@@ -46,7 +46,7 @@ def _write_tflite(fmt: Format, dst: Path, concrete, contract: Contract, calib, i
     from tledge.export import tflite
     from tledge.export.metadata import embed_tflite
 
-    data = tflite.convert(concrete, fmt.precision, calib, float_ops=() if int8_only else tflite.CPU_FLOAT_OPS)
+    data = tflite.convert(concrete, fmt.precision, calib, float_ops=tflite.float_ops_for(int8_only))
     qin, qout, dtype = tflite_io(data)
     contract = contract.for_file(input_dtype=dtype, input_quant=qin, output_quant=qout)
     atomic_write_bytes(dst, embed_tflite(data, with_float_ops(contract, data)))

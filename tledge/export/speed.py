@@ -73,5 +73,5 @@ def float_ops_notes(results: Sequence[ParityResult], folder: Path) -> list[str]:
             kept = ", ".join(f"{n} {op}" for op, n in sorted(counts.items()))
             notes.append(f"{r.file} keeps {kept} ops float: LiteRT's CPU delegate (XNNPACK) has no int8 kernel for them, "
                          "and as int8 each would cut its graph and run outside it (MobileNetV3 Small: 3.6-4.4x slower); "
-                         "--device coral-usb keeps every op int8")
+                         "--int8-only (or --device coral-usb) keeps every op int8")
     return notes

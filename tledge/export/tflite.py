@@ -23,10 +23,15 @@ SIGNATURE_KEY = "serving_default"
 # int8 ops LiteRT's CPU delegate (XNNPACK) has no int8 kernel for. In an int8 file each one cuts the delegated graph
 # and runs on LiteRT's own kernels between partitions: MobileNetV3 Small's 18 int8 HARD_SWISH ops made 19 partitions
 # and an int8 file 3.6-4.4x slower than its fp32 file; ConvNeXt Tiny's GELU ops 18 of its 66. Kept float on CPU
-# targets (DEQUANTIZE, the float op, QUANTIZE, all delegated): MobileNetV3 Small one partition, 0.24-0.36x the
+# targets (DEQUANTIZE, the float op, QUANTIZE, all delegated): MobileNetV3 Small one partition, 0.22-0.36x the
 # all-int8 file's latency; ConvNeXt Tiny 0.78x. int8-only targets (Edge TPU) keep them int8. tests/test_cpu_float_ops.py
 # checks each entry still cuts the graph as int8 (docs/int8-fidelity.md, "int8 ops XNNPACK cannot run").
 CPU_FLOAT_OPS = ("HARD_SWISH", "GELU", "PRELU")
+
+
+def float_ops_for(int8_only: bool) -> tuple[str, ...]:
+    """The op types an int8 TFLite file keeps float: CPU_FLOAT_OPS, none for an int8-only target."""
+    return () if int8_only else CPU_FLOAT_OPS
 PRECISIONS = tuple(a.precision for a in exportable() if a.kind == "tflite")
 
 
