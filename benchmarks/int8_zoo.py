@@ -32,6 +32,9 @@ Zoo (from ../shared/assets; models are built once into --cache):
                   confident, so int8 agreement on them measures the architectures' quantisation, not near-ties.
   hym-effb0-s1    hym-effb0's recipe with seed 1: held out for the twenty-first session's sigmoid simulation
   hym-mnv3s-s1    hym-mnv3s's recipe with seed 1: held out for the twenty-fifth session's float HARD_SWISH
+  hym-train-s{3,4}  the product's own flow, held out (twenty-sixth session): `tledge train` in another process
+                  (shared MobileNet 0.25 weights, its default recipe: head, then the top 30 % fine-tuned, with
+                  augmentation), exported from its model.keras (s3) or model.h5 (s4) with no --preprocess
 
     python benchmarks/int8_zoo.py [--only imagenet-mnv1,hym-mnv1-s0] [--json out.json] [--fidelity 0.99]
 """
@@ -126,6 +129,19 @@ def tf_tutorial_hymenoptera(out: Path, seed: int = 0) -> Path:
     return path
 
 
+def tledge_trained(out: Path, seed: int, file: str) -> Path:
+    """`tledge train` on the hymenoptera photos, run as a user runs it (another process, the default recipe, the
+    shared MobileNet 0.25 ImageNet weights); `file` (model.keras or model.h5) of its output folder."""
+    import subprocess
+
+    path = out / file
+    if not path.is_file():
+        subprocess.run([sys.executable, "-m", "tledge", "train", str(ASSETS / "hymenoptera_data"), "--alpha", "0.25",
+                        "--weights", str(ASSETS / "keras_imagenet_weights/mobilenet_2_5_224_tf_no_top.h5"),
+                        "--seed", str(seed), "--out", str(out), "--quiet"], check=True)
+    return path
+
+
 def zoo(cache: Path) -> dict:
     """name -> (model path builder, export options)."""
     from realdata import hymenoptera_mobilenet, savedmodel_of
@@ -156,6 +172,8 @@ def zoo(cache: Path) -> dict:
     entries["hym-mnv2-s3"] = (lambda: hymenoptera_model(cache, "mnv2", seed=3), baked)  # held out, as seeds 7, 11
     entries["hym-effb0-s1"] = (lambda: scratch_model(cache, "effb0", seed=1), baked)  # held out (21st session)
     entries["hym-mnv3s-s1"] = (lambda: scratch_model(cache, "mnv3s", seed=1), baked)  # held out (25th session)
+    for seed, file in ((3, "model.keras"), (4, "model.h5")):  # held out (26th session): tledge train's own models
+        entries[f"hym-train-s{seed}"] = (lambda s=seed, f=file: tledge_trained(cache / f"hym-train-s{s}", s, f), baked)
     entries["hym-savedmodel"] = (  # seed 1's model as a SavedModel
         lambda: savedmodel_of(hymenoptera_mobilenet(ASSETS, cache / "hym-s1", seed=1), cache / "hym-s1-savedmodel"),
         lambda: hym)
