@@ -71,4 +71,29 @@ def test_an_int8_file_slower_than_fp32_is_said_only_when_timed_in_turns(tmp_path
     notes = speed.slower_int8([row("model_int8.tflite", 1.0), rows[1]], tmp_path, pixels, fidelity=kept)
     assert calls == [] and len(notes) == 1 and "3.00x" in notes[0], notes
     note = speed.machine_note(2)
-    assert f"{os.cpu_count()} cores" in note and "2 threads" in note and note.count(":") >= 1
+    assert f"{os.cpu_count()} cores" in note and "rows on 2 threads" in note and "in turns on 1" in note, note
+
+
+def test_files_are_compared_on_one_thread_whatever_the_export_runs_on(tmp_path, monkeypatch):
+    """The comparisons in turns load every file on TURN_THREADS (1): with as many threads as cores, another process
+    on one core made the ratio of the same two files wander 0.63-1.04; the export's own --threads do not reach it."""
+    from tledge import runtime
+    from tledge.export.parity import TURN_THREADS, latencies_in_turns
+
+    shutil.copy(TINY / "model_int8.tflite", tmp_path / "model_int8.tflite")
+    pixels = np.random.default_rng(0).integers(0, 256, (1, 48, 48, 3), dtype=np.uint8)
+    ctx = SimpleNamespace(out=tmp_path, val_x=pixels, threads=4)
+    plain = check_files(np.full((1, 2), 0.5, np.float32), [(tmp_path / "model_int8.tflite", "tflite", "int8")],
+                        pixels)[0]
+    threads, load = [], runtime.load
+
+    def spy(path, **kwargs):
+        threads.append(kwargs.get("threads"))
+        return load(path, **kwargs)
+    monkeypatch.setattr(runtime, "load", spy)
+    outcome = SimpleNamespace(attempts=[{"file": plain.file, "rung": "r"}], notes=[])
+    shipped.note(plain, plain, "r", None, outcome, ctx, (TINY / "model_int8.tflite").read_bytes())
+    assert TURN_THREADS == 1 and threads == [1, 1], threads
+    assert "(in turns, 1 thread)" in outcome.notes[0], outcome.notes
+    ms = latencies_in_turns({"a": tmp_path / "model_int8.tflite"}, pixels, suffix=".tflite", rounds=1, runs=2)
+    assert threads[-1] == 1 and 0 < ms["a"] < 1000

@@ -65,13 +65,19 @@ def confirmable(r: ParityResult, t: Thresholds) -> bool:
     return budget is not None and r.images >= stats.images_needed(budget)
 
 
-def latencies_in_turns(files: dict[str, Path | bytes], pixels: np.ndarray, *, suffix: str, threads: int | None = None,
-                       rounds: int = 5, runs: int = 10) -> dict[str, float]:
+TURN_THREADS = 1  # threads of the in-turn comparisons; see latencies_in_turns
+
+
+def latencies_in_turns(files: dict[str, Path | bytes], pixels: np.ndarray, *, suffix: str,
+                       threads: int = TURN_THREADS, rounds: int = 5, runs: int = 10) -> dict[str, float]:
     """Batch-1 latency (ms) of several files (paths, or bytes such as the plain int8 file a rung replaced), measured
     in turns so that load from other processes hits them alike: the best of `rounds` medians of `runs` calls.
     Rows measured one after the other during the ladder are not comparable: at load 2, an all-int8 repair of
     EfficientNetB0 measured 1.7x its plain file, which it matches in turns. On this project's 2-core VMs one
-    onnxruntime file's 15-call medians vary 3.3-5.0 ms from round to round, so one round is not enough either."""
+    onnxruntime file's 15-call medians vary 3.3-5.0 ms from round to round, so one round is not enough either.
+    On one thread by default (TURN_THREADS): with as many threads as cores, a process busy on one core makes the
+    ratio of the same two files wander (MobileNet 0.25 stem-6 int8 TFLite against fp32 at load 2: 0.63-1.04 over
+    four measurements, ONNX 1.03-1.16), on one thread it holds (0.66-0.67, ONNX 0.99-1.00)."""
     import tempfile
 
     from tledge.runtime import load

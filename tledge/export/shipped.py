@@ -4,7 +4,7 @@ last resort, when none passed, is tledge.export.fallback.)"""
 from __future__ import annotations
 
 from tledge import artifacts
-from tledge.export.parity import ParityResult, latencies_in_turns
+from tledge.export.parity import TURN_THREADS, ParityResult, latencies_in_turns
 
 
 def note(plain: ParityResult, best: ParityResult, kept: str, held, outcome, ctx, original: bytes) -> None:
@@ -28,9 +28,9 @@ def _latency(plain: ParityResult, kept: str, row: dict, ctx, original: bytes) ->
     path, fp32 = ctx.out / plain.file, ctx.out / artifacts.lookup(plain.format, "fp32").filename
     try:
         ms = latencies_in_turns({"kept": path, "plain": original, **({"fp32": fp32} if fp32.is_file() else {})},
-                                ctx.val_x, suffix=path.suffix, threads=ctx.threads)
+                                ctx.val_x, suffix=path.suffix)
     except Exception as exc:  # noqa: BLE001 - a figure, never a reason to lose the export
         return f"; latency not measured ({type(exc).__name__}: {exc})"
     row["latency_in_turns_ms"] = {k: round(v, 3) for k, v in ms.items()}
     fp = f", {ms['kept'] / ms['fp32']:.2f}x the fp32 file's" if "fp32" in ms else ""
-    return f"; batch-1 latency {ms['kept']:.2f} ms, {ms['kept'] / ms['plain']:.2f}x the plain file's{fp} (in turns)"
+    return f"; batch-1 latency {ms['kept']:.2f} ms, {ms['kept'] / ms['plain']:.2f}x the plain file's{fp} (in turns, {TURN_THREADS} thread)"

@@ -10,23 +10,25 @@ from typing import Sequence
 import numpy as np
 
 from tledge import artifacts
-from tledge.export.parity import ParityResult, latencies_in_turns
+from tledge.export.parity import TURN_THREADS, ParityResult, latencies_in_turns
 
 SLOWER = 1.3  # the issue's latency budget, used here the other way: int8 over 1.3x fp32 is worth a note
 
 
 def machine_note(threads: int | None) -> str:
-    """'batch-1 latency measured on <CPU>, <n> cores, x86_64: avx2 ..., <threads> threads' (the CPU and its usable
-    cores as `tledge doctor` reads them, the int8 instruction sets as the kernel-paths note names them)."""
+    """'batch-1 latency measured on <CPU>, <n> cores, x86_64: avx2 ..., ...' with the threads of the loop's rows and
+    of the comparisons in turns (the CPU and its usable cores as `tledge doctor` reads them, the int8 instruction sets
+    as the kernel-paths note names them)."""
     from tledge.quant.kernels import cpu_flags
     from tledge.runtime.doctor import cpu_info
 
     cpu = cpu_info()
     return (f"batch-1 latency (the int8 loop's rows, the kept files' notes) measured on {cpu['model'] or '?'}, "
-            f"{cpu['usable_cores']} cores, {cpu_flags()}, {threads or 'default'} threads")
+            f"{cpu['usable_cores']} cores, {cpu_flags()}; the loop's rows on {threads or 'default'} threads, the "
+            f"comparisons in turns on {TURN_THREADS} (steady when other processes load the machine)")
 
 
-def slower_int8(results: Sequence[ParityResult], folder: Path, pixels: np.ndarray, threads: int | None = None,
+def slower_int8(results: Sequence[ParityResult], folder: Path, pixels: np.ndarray,
                 fidelity: Sequence[dict] = ()) -> list[str]:
     """A note per format whose shipped int8 file runs at least SLOWER x its fp32 file's batch-1 latency in turns:
     the kept rung's own figures from the int8 loop (`fidelity` rows' `latency_in_turns_ms`) where it measured them,
@@ -46,13 +48,13 @@ def slower_int8(results: Sequence[ParityResult], folder: Path, pixels: np.ndarra
         else:
             try:
                 ms = latencies_in_turns({"int8": folder / int8.file, "fp32": folder / fp32.file}, pixels,
-                                        suffix=f".{kind}", threads=threads)
+                                        suffix=f".{kind}")
             except Exception:  # noqa: BLE001 - a figure, never a reason to lose the export
                 continue
         if ms["int8"] >= SLOWER * ms["fp32"]:
             notes.append(f"{int8.file} runs {ms['int8'] / ms['fp32']:.2f}x {fp32.file}'s batch-1 latency on this "
-                         f"machine ({ms['int8']:.2f} against {ms['fp32']:.2f} ms, timed in turns): here int8 buys a "
-                         "4x smaller file, not speed (some of its int8 ops have no fast kernel on this CPU); time it "
+                         f"machine ({ms['int8']:.2f} against {ms['fp32']:.2f} ms, timed in turns on {TURN_THREADS} "
+                         "thread): here int8 buys a 4x smaller file, not speed (some of its int8 ops have no fast kernel on this CPU); time it "
                          "on the target with `tledge bench`")
     return notes
 
