@@ -104,8 +104,9 @@ def main(argv=None) -> int:
     ap.add_argument("--acts", choices=("float", "int8"), default="int8")
     ap.add_argument("--stems", default="4", help="comma-separated float stems (convolutions kept float)")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/tledge-int8-zoo"))
+    ap.add_argument("--out", type=Path, default=Path("/tmp/weight-bits"), help="the export's scratch folder")
     args = ap.parse_args(argv)
-    int8_zoo.at_int8_loop(args.name, args.cache, Path("/tmp/weight-bits"), lambda ctx: measure(
+    int8_zoo.at_int8_loop(args.name, args.cache, args.out, lambda ctx: measure(
         ctx, args.name, [int(b) for b in args.bits.split(",")], args.acts, [int(k) for k in args.stems.split(",")]))
     return 0
 
