@@ -187,3 +187,18 @@ def test_a_section_past_its_timeout_is_ended_with_its_children(bench, tmp_path):
         time.sleep(0.1)
     else:
         raise AssertionError(f"grandchild {child} still running")
+
+
+def test_turn_threads_times_an_export_on_each_thread_count(tmp_path, capsys):
+    """benchmarks/turn_threads.py on the committed tiny export: one row per thread count, each with a ratio per
+    repeat and the machine line; a folder without the files is refused (exit 2) before anything is timed."""
+    spec = importlib.util.spec_from_file_location("tledge_turn_threads", REPO / "benchmarks" / "turn_threads.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "t.json"
+    assert mod.main([str(REPO / "tests" / "assets" / "tiny"), "--format", "onnx", "--threads", "2,1", "--repeat", "2",
+                     "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["threads"] for r in rows] == [2, 1] and all(len(r["ratios"]) == 2 and min(r["ratios"]) > 0 for r in rows)
+    assert "| 1 | " in capsys.readouterr().out
+    assert mod.main([str(tmp_path)]) == 2
