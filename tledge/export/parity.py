@@ -76,8 +76,9 @@ def latencies_in_turns(files: dict[str, Path | bytes], pixels: np.ndarray, *, su
     EfficientNetB0 measured 1.7x its plain file, which it matches in turns. On this project's 2-core VMs one
     onnxruntime file's 15-call medians vary 3.3-5.0 ms from round to round, so one round is not enough either.
     On one thread by default (TURN_THREADS): with as many threads as cores, a process busy on one core makes the
-    ratio of the same two files wander (MobileNet 0.25 stem-6 int8 TFLite against fp32 at load 2: 0.63-1.04 over
-    four measurements, ONNX 1.03-1.16), on one thread it holds (0.66-0.67, ONNX 0.99-1.00)."""
+    ratio of the same two files wander (a MobileNet 0.25 stem-6 int8 TFLite file against its fp32 file on 2 threads
+    of 2 cores: 0.35-1.20 over four measurements, ONNX 0.62-1.03), on one thread it holds (0.66-0.68, ONNX
+    0.99-1.00; benchmarks/turn_threads.py, docs/int8-fidelity.md "Latency comparisons on one thread")."""
     import tempfile
 
     from tledge.runtime import load

@@ -33,4 +33,5 @@ def _latency(plain: ParityResult, kept: str, row: dict, ctx, original: bytes) ->
         return f"; latency not measured ({type(exc).__name__}: {exc})"
     row["latency_in_turns_ms"] = {k: round(v, 3) for k, v in ms.items()}
     fp = f", {ms['kept'] / ms['fp32']:.2f}x the fp32 file's" if "fp32" in ms else ""
-    return f"; batch-1 latency {ms['kept']:.2f} ms, {ms['kept'] / ms['plain']:.2f}x the plain file's{fp} (in turns, {TURN_THREADS} thread)"
+    return (f"; batch-1 latency {ms['kept']:.2f} ms, {ms['kept'] / ms['plain']:.2f}x the plain file's{fp} (in turns, "
+            f"{TURN_THREADS} thread)")

@@ -54,8 +54,8 @@ def slower_int8(results: Sequence[ParityResult], folder: Path, pixels: np.ndarra
         if ms["int8"] >= SLOWER * ms["fp32"]:
             notes.append(f"{int8.file} runs {ms['int8'] / ms['fp32']:.2f}x {fp32.file}'s batch-1 latency on this "
                          f"machine ({ms['int8']:.2f} against {ms['fp32']:.2f} ms, timed in turns on {TURN_THREADS} "
-                         "thread): here int8 buys a 4x smaller file, not speed (some of its int8 ops have no fast kernel on this CPU); time it "
-                         "on the target with `tledge bench`")
+                         "thread): here int8 buys a 4x smaller file, not speed (some of its int8 ops have no fast "
+                         "kernel on this CPU); time it on the target with `tledge bench`")
     return notes
 
 
