@@ -106,6 +106,13 @@ def class_folders(root: str | Path) -> list[tuple[str, list[Path]]]:
     return [(d.name, list(iter_image_files(d))) for d in classes]
 
 
+def has_images(root: str | Path) -> bool:
+    """Whether `labelled_images(root)` would find any image: one in a class folder or directly in `root` (by suffix,
+    nothing decoded). For checking a folder option before anything is loaded."""
+    p = Path(root)
+    return any(files for _, files in class_folders(p)) or next(iter_image_files(p, recursive=False), None) is not None
+
+
 def labelled_images(root: str | Path, labels: tuple[str, ...] | None = None):
     """Files and integer labels from class folders. Returns (files, y or None, class names).
 

@@ -86,9 +86,9 @@ def _validate(args):
     out = Path(args.out) if args.out else model.with_name(model.stem + "_export")
     V.output_dir(out, "--out")
     if args.calib and args.calib != "random":
-        V.input_dir(args.calib, "--calib")
+        V.image_dir(args.calib, "--calib")
     if args.val:
-        V.input_dir(args.val, "--val")
+        V.image_dir(args.val, "--val")
     if args.labels:
         V.labels_file(args.labels)
     V.preprocess(args.preprocess, allow_auto=True)

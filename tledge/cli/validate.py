@@ -85,6 +85,18 @@ def input_dir(path, flag: str, *, what: str = "folder") -> Path:
     return p
 
 
+def image_dir(path, flag: str) -> Path:
+    """A readable folder with at least one image in it or in its class folders (what the export reads), checked by
+    file name before anything is loaded."""
+    from tledge.images import IMAGE_SUFFIXES, has_images
+
+    p = input_dir(path, flag)
+    if not has_images(p):
+        raise TledgeError(f"{_label(flag, p)}: no images in it or in its class folders "
+                          f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return p
+
+
 def keras_model(path, flag: str = "MODEL") -> Path:
     """A .keras / .h5 / .hdf5 file (any case) or a SavedModel folder, checked without loading it."""
     p = Path(str(path)).expanduser()
