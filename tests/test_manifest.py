@@ -60,6 +60,7 @@ def _config(argv, monkeypatch, tmp_path):
     with zipfile.ZipFile(tmp_path / "m.keras", "w") as z:  # passes the CLI's checks; never loaded here
         z.writestr("config.json", "{}")
     (tmp_path / "imgs" / "a").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "imgs" / "a" / "x.png").write_bytes(b"")  # an image by name: the CLI checks names, never decodes
     monkeypatch.chdir(tmp_path)
     seen = {}
 
