@@ -240,6 +240,8 @@ CASES = [
     Case("parity-exported-folder-empty", lambda t: ["parity", h5(t), d(t, "ex"), "--images", images(t)],
          "no .tflite or .onnx files"),
     Case("parity-images-missing", lambda t: ["parity", h5(t), tfl(t), "--images", str(t / "i")], "--images {tmp}/i"),
+    Case("parity-images-without-images", lambda t: ["parity", h5(t), tfl(t), "--images", d(t, "i")],
+         "--images {tmp}/i: no images in it or in its class folders"),
     Case("parity-junit-is-a-folder", lambda t: parity(t, "--junit", d(t, "j")), "--junit {tmp}/j is a folder"),
     Case("parity-thresholds-missing", lambda t: parity(t, "--thresholds", str(t / "t.toml")), "file not found"),
     Case("parity-thresholds-broken-toml", lambda t: parity(t, "--thresholds", f(t, "t.toml", "a = [")),

@@ -68,6 +68,9 @@ def run(args) -> int:
             from tledge.export.check import parity
         except ImportError:  # a deploy bundle carries the runtime only
             raise TledgeError("this tledge has no exporter (a deploy bundle?): use tledge parity --golden") from None
+        from tledge.cli import validate as V
+
+        V.image_dir(args.images, "--images")  # after the exporter check (a board is told about --golden first)
         report = parity(args.reference, args.exported, args.images, preprocess=args.preprocess,
                         unsafe=args.unsafe, thresholds=thresholds)
     if args.junit:
