@@ -32,3 +32,16 @@ def macs(flat):
         elif k == "Dense":
             out[op.name] = int(np.prod(op.kernel.shape))
     return out
+
+
+def each_output(model, x, batch=64):
+    """(layer name, its float output) for every node of a flat model, batch by batch (explain.forward_pass's walk,
+    without its rounding, for the scripts' own statistics)."""
+    for i in range(0, len(x), batch):
+        acts = {id(t): x[i:i + batch] for t in model.inputs}
+        for op, node in repair.nodes(model):
+            args, kw = node.arguments.fill_in(acts)
+            out = np.asarray(repair.apply_layer(op, args, kw))
+            yield op.name, out
+            for t in node.outputs:
+                acts[id(t)] = out

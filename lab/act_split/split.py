@@ -1,7 +1,7 @@
 """hym-mnv3s-s1: weight vs activation share of the int8 error, activation groups, cheap fixes (Keras simulation,
 benchmarks/weight_bits.py's helpers: repair.apply + explain.forward_pass with calibration min/max 8-bit grids)."""
 import json, re
-from common import D, ZOO, Path, keras, load, macs, np, predict, repair, sys, time  # noqa: F401
+from common import D, ZOO, Path, each_output, keras, load, macs, np, predict, repair, sys, time  # noqa: F401
 import weight_bits as wb
 from tledge import stats
 from tledge.quant import floatweights
@@ -35,18 +35,12 @@ def mse_grids(rep, keep, calib):
     names = {op.name for op, _ in repair.nodes(rep) if repair.quantised_output(op, keep) and op.name not in rep.output_names}
     rng = np.random.default_rng(0)
     vals, mm = {n: [] for n in names}, {}
-    for i in range(0, len(calib), 64):
-        acts = {id(t): calib[i:i + 64] for t in rep.inputs}
-        for op, node in repair.nodes(rep):
-            args, kw = node.arguments.fill_in(acts)
-            out = np.asarray(repair.apply_layer(op, args, kw))
-            if op.name in names:
-                v = out.ravel()
-                vals[op.name].append(v[rng.integers(0, v.size, min(v.size, 100_000))])
-                a, b = mm.get(op.name, (0.0, 0.0))
-                mm[op.name] = (min(a, float(v.min())), max(b, float(v.max())))
-            for t in node.outputs:
-                acts[id(t)] = out
+    for name, out in each_output(rep, calib):
+        if name in names:
+            v = out.ravel()
+            vals[name].append(v[rng.integers(0, v.size, min(v.size, 100_000))])
+            a, b = mm.get(name, (0.0, 0.0))
+            mm[name] = (min(a, float(v.min())), max(b, float(v.max())))
     return {n: (mm[n][0], best_hi(np.concatenate(vals[n]), min(mm[n][0], 0.0), mm[n][1])) for n in names}
 
 
@@ -166,22 +160,16 @@ def part4():
     full = wb.int8_grids(F, keep, calib)
     stats_ = {n: dict(s2=0.0, e2=0.0, n=0, clip=0, tot=0, p=[]) for n in full}
     for name_, x, k in (("calib", calib, "cal"), ("other", d["other"][::4], "oth")):
-        for i in range(0, len(x), 64):
-            acts = {id(t): x[i:i + 64] for t in F.inputs}
-            for op, node in repair.nodes(F):
-                args, kw = node.arguments.fill_in(acts)
-                out = np.asarray(repair.apply_layer(op, args, kw))
-                if op.name in full:
-                    lo, hi = full[op.name]
-                    s = stats_[op.name]
-                    if k == "cal":
-                        q = repair.fake_quant(out.copy(), lo, hi)
-                        s["s2"] += float((out.astype(np.float64) ** 2).sum()); s["e2"] += float(((q - out).astype(np.float64) ** 2).sum())
-                        s["p"].append(np.percentile(np.abs(out), 99.9))
-                    else:
-                        s["clip"] += int(((out < min(lo, 0)) | (out > hi)).sum()); s["tot"] += out.size
-                for t in node.outputs:
-                    acts[id(t)] = out
+        for name, out in each_output(F, x):
+            if name in full:
+                lo, hi = full[name]
+                s = stats_[name]
+                if k == "cal":
+                    q = repair.fake_quant(out.copy(), lo, hi)
+                    s["s2"] += float((out.astype(np.float64) ** 2).sum()); s["e2"] += float(((q - out).astype(np.float64) ** 2).sum())
+                    s["p"].append(np.percentile(np.abs(out), 99.9))
+                else:
+                    s["clip"] += int(((out < min(lo, 0)) | (out > hi)).sum()); s["tot"] += out.size
     rows = []
     for n, (lo, hi) in full.items():
         s = stats_[n]

@@ -32,6 +32,8 @@ CPU_FLOAT_OPS = ("HARD_SWISH", "GELU", "PRELU")
 def float_ops_for(int8_only: bool) -> tuple[str, ...]:
     """The op types an int8 TFLite file keeps float: CPU_FLOAT_OPS, none for an int8-only target."""
     return () if int8_only else CPU_FLOAT_OPS
+
+
 PRECISIONS = tuple(a.precision for a in exportable() if a.kind == "tflite")
 
 
