@@ -322,3 +322,20 @@ def test_int8_repair_rungs_keep_the_onnx_conventions(tiny_model, shapes_dataset,
     rejected = onnx.load(str(res.out / "rejected" / "model_int8.onnx"))
     assert rejected.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert [d.dim_value for d in rejected.graph.input[0].type.tensor_type.shape.dim[1:]] == [3, 48, 48]
+
+
+def test_nchw_export_with_more_val_images_than_the_golden_set_and_its_board_check(tiny_model, shapes_dataset,
+                                                                                  capsys):
+    """Over N_GOLDEN val images the golden set is chosen by running the passing files, which must be fed their own
+    layout (an NCHW export crashed there); and `tledge parity --golden` (a bundle's `run.sh --check`) must feed the
+    NHWC golden pixels to an NCHW file in its layout instead of refusing it."""
+    from tledge.runtime.golden import N_GOLDEN
+
+    val = shapes_dataset / "train"  # 48 images: more than the golden set, so the pool is run through the files
+    assert sum(f.is_file() for f in val.rglob("*")) > N_GOLDEN
+    out = _export(tiny_model, shapes_dataset, val, "nchw_pool", onnx_layout="nchw", resize="linear")
+    capsys.readouterr()
+    assert main(["parity", "--golden", str(out), "--json"]) == 0, capsys.readouterr()
+    report = json.loads(capsys.readouterr().out)
+    assert [r["file"] for r in report["results"]] == ["model_fp32.onnx"]
+    assert report["results"][0]["top1_agreement"] == 1.0 and report["images"] == N_GOLDEN

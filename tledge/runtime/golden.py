@@ -91,7 +91,7 @@ def agreeing(pixels: np.ndarray, reference: np.ndarray, models: Sequence[Path]) 
     ok = np.ones(len(x), bool)
     for path in models:
         m = load(path)
-        out = np.concatenate([m.predict(x[i:i + 32]) for i in range(0, len(x), 32)])
+        out = np.concatenate([m.predict(m.from_nhwc(x[i:i + 32])) for i in range(0, len(x), 32)])
         ok &= out.reshape(len(x), -1).argmax(1) == np.asarray(reference).reshape(len(x), -1).argmax(1)
     return ok
 
@@ -229,12 +229,12 @@ def check_file(path: Path, entry: artifacts.Entry, g: Golden, x: np.ndarray, thr
     kind, precision = entry.kind or path.suffix.lstrip("."), entry.precision or "int8"
     try:
         model = load(path, threads=threads, device=device)
-        c = model.contract
-        if not c.baked or tuple(c.input_shape) != tuple(x.shape[1:]):
+        c, xm = model.contract, model.from_nhwc(x)  # golden pixels are NHWC, the export's reference layout
+        if not c.baked or tuple(c.input_shape) != tuple(xm.shape[1:]):
             raise TledgeError(f"its contract takes {'normalised ' if not c.baked else ''}input {c.input_shape}, "
                               f"the golden pixels are raw {tuple(x.shape[1:])}")
-        out = np.concatenate([model.predict(x[i:i + 32]) for i in range(0, len(x), 32)])
-        latency = one_image_ms(model.predict, x)
+        out = np.concatenate([model.predict(xm[i:i + 32]) for i in range(0, len(xm), 32)])
+        latency = one_image_ms(model.predict, xm)
     except Exception as exc:  # a file the board cannot run is a parity failure, reported with the others
         return ParityResult(path.name, kind, precision, len(x), float("inf"), float("inf"), float("inf"), 0.0,
                             None, None, False, [f"could not run: {exc.__class__.__name__}: {exc}"])
