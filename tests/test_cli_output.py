@@ -194,3 +194,15 @@ def test_library_logging_goes_to_the_log_not_the_terminal(tmp_path):
     text = (tmp_path / "export.log").read_text()
     assert "WARNING:root:The original model opset version is 17" in text
     assert "Failed to apply optimize_transpose" in text and "Traceback" in text
+
+
+def test_a_pipe_reader_that_leaves_early_gets_no_error_and_no_traceback():
+    """`tledge devices --json | head -c 10`: the reader closes the pipe before tledge writes; tledge stops quietly
+    with the shell's SIGPIPE code (141), no "error: Broken pipe" line (it was exit 2) and no traceback."""
+
+    p = subprocess.Popen([sys.executable, "-m", "tledge", "devices", "--json"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    p.stdout.close()  # long before the interpreter has started: every write fails
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141, err
+    assert err == "", err

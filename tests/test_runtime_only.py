@@ -128,7 +128,7 @@ def test_run_and_info_on_an_export_folder(capsys):
     assert json.loads(capsys.readouterr().out)["problems"] == []
 
 
-def test_tampered_file_is_refused_by_bundle_run_and_info(tmp_path, capsys):
+def test_tampered_file_is_refused_by_bundle_run_info_and_bench(tmp_path, capsys):
     need("x.tflite")
     out = tmp_path / "out"
     shutil.copytree(TINY, out)
@@ -140,7 +140,8 @@ def test_tampered_file_is_refused_by_bundle_run_and_info(tmp_path, capsys):
     assert "model_int8.tflite: changed since export" in capsys.readouterr().err
     assert not (tmp_path / "b.tar.gz").exists()
     for argv in (["run", str(out / "model_int8.tflite"), "--source", img], ["run", str(out), "--source", img],
-                 ["info", str(out / "model_int8.tflite")], ["info", str(out)]):
+                 ["info", str(out / "model_int8.tflite")], ["info", str(out)],
+                 ["bench", str(out), "--runs", "1", "--same-process"], ["bench", str(out / "model_int8.tflite")]):
         assert main(argv) == 2, argv
         captured = capsys.readouterr()
         assert "model_int8.tflite" in captured.err and "changed" in captured.err.lower(), argv

@@ -188,10 +188,17 @@ def _run(args, console) -> int:
     prefix = f"tledge {args.command}"
     try:
         with log.capture(console):
-            return int(mod.run(args) or 0)
+            rc = int(mod.run(args) or 0)
+            sys.stdout.flush()  # here, not at exit: a pipe's reader that left is seen by the handler below
+            return rc
     except TledgeError as exc:
         print(f"{prefix}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # `tledge run ... | head`: the reader left; stop quietly, as Unix tools do
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 141  # 128 + SIGPIPE, the shell's code for a writer the pipe's reader left
     except OSError as exc:  # a disk, permission or path problem: the user's to fix, never a traceback
         from tledge.cli.validate import os_error_message
 
