@@ -187,6 +187,8 @@ def _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, skipped, report
         log(f"model: {contract.extra['backbone']} {contract.height}x{contract.width}x{contract.channels}, "
             f"{env.description}{', resuming' if resumed else ''}")
         parts = tm.build(cfg, contract, len(plan.classes), pretrained=resumed is None)
+        if cfg.fine_tune_at is not None and cfg.fine_tune_epochs:  # a bad layer name stops here, not after phase 1
+            tm.cut_index(parts.backbone.layers, cfg.unfreeze, cfg.fine_tune_at)
         run = finetune.Run(cfg, parts, data, ckpt, resumed or finetune.new_state(cfg, plan.classes), log,
                            progress=progress, strategy=env.runner, topo=topo)
         if resumed is not None:
