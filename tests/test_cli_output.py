@@ -60,6 +60,9 @@ def test_export_stderr_has_only_tledge_lines_and_the_rest_is_in_export_log(quiet
     assert "export.log" not in {e.file for e in manifest.files}
     wrote = next(line for line in res.stdout.splitlines() if line.startswith("wrote "))
     assert wrote.startswith(f"wrote 4 model files to {out}/: ") and "model_int8.tflite" in wrote
+    # notes are tledge's notes: on stderr (README "Output"), not in the report on stdout
+    assert any(line.startswith("tledge export: note: ") for line in res.stderr.splitlines()), res.stderr
+    assert not any("note:" in line for line in res.stdout.splitlines()), res.stdout
     assert "export.log" in wrote
     info = _cli("info", out, "--json", timeout=300)
     assert info.returncode == 0, info.stderr
@@ -81,6 +84,10 @@ def test_export_json_keeps_stdout_a_single_document(quiet_export, tiny_model, sh
     doc = json.loads(res.stdout)
     assert doc["passed"] is True and [os.path.basename(f) for f in doc["files"]] == ["model_fp32.tflite"]
     assert res.stderr.strip() == ""  # -q: no notes, no progress lines
+    res = _cli("-q", "export", tiny_model["keras"], "--formats", "tflite", "--val", shapes_dataset / "val",
+               "--out", tmp_path / "t")  # the text report: -q prints results (the table), no note anywhere
+    assert res.returncode == 0 and res.stderr.strip() == "", res.stderr[-3000:]
+    assert "model_fp32.tflite" in res.stdout and "note:" not in res.stdout, res.stdout
 
 
 def test_top_level_help_shows_the_main_flows(capsys):

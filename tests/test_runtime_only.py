@@ -121,6 +121,11 @@ def test_run_and_info_on_an_export_folder(capsys):
     assert json.loads(captured.out)["top"][0]["label"] == keras_label(img)
     assert main(["run", str(TINY), "--source", img, "--device", "jetson-orin"]) == 0
     assert "model_fp32.onnx chosen" in capsys.readouterr().err
+    assert main(["-q", "run", str(TINY), "--source", img, "--device", "jetson-orin"]) == 0
+    captured = capsys.readouterr()  # -q: the result, no load line or notes
+    assert captured.err == "" and keras_label(img) in captured.out, captured
+    assert main(["run", str(TINY), "--source", img, "--device", "jetson-orin"]) == 0
+    assert "model_fp32.onnx chosen" in capsys.readouterr().err
     assert main(["info", str(TINY)]) == 0
     text = capsys.readouterr().out
     assert "model_int8.onnx" in text and "parity pass" in text and "vouched" in text

@@ -169,8 +169,8 @@ def _print(result, args) -> None:
                           "files": [str(f) for f in result.files], "seconds": result.seconds}, indent=2))
         return
     print(result.report.table())
-    for note in result.report.notes:
-        print(f"note: {note}")
+    for note in result.report.notes:  # on stderr with tledge's other notes, not with -q (all are in parity.md)
+        _note(note)
     print(f"\n{wrote_line(result)}")
     for r in result.report.results:
         for f in r.failures:

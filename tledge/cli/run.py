@@ -37,7 +37,7 @@ def run(args) -> int:
     from tledge.runtime.sources import open_source
 
     _validate(args)
-    source = open_source(args.source, retries=args.reconnect, backoff=args.reconnect_delay, on_event=_note)
+    source = open_source(args.source, retries=args.reconnect, backoff=args.reconnect_delay, on_event=_event)
     kw = load_kwargs(args)
     if not source.live and not args.threads and not args.device:
         kw["threads"] = split_cores()[1]  # preparation runs alongside: share the cores
@@ -115,4 +115,14 @@ def _loop(runner, source, args) -> None:
 
 
 def _note(message: str) -> None:
+    """What was loaded and the model's notes, on stderr; not with -q."""
+    from tledge import log
+
+    console = log.current()
+    if console is None or console.level >= log.NORMAL:
+        _event(message)
+
+
+def _event(message: str) -> None:
+    """A source's events (a stream lost, reconnected, given up), on stderr even with -q."""
     print(f"tledge run: {message}", file=sys.stderr, flush=True)
