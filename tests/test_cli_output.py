@@ -104,6 +104,12 @@ def test_q_and_v_go_before_or_after_the_verb(argv, capsys):
     assert isinstance(json.loads(capsys.readouterr().out), list)
 
 
+@pytest.mark.parametrize("argv", [["devices", "--json", "show", "rpi4"], ["devices", "show", "rpi4", "--json"]])
+def test_the_verbs_json_flag_is_not_reset_by_its_action(argv, capsys):
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == "rpi4"
+
+
 def test_progress_lines_and_each_warning_once(capsys):
     c = log.install("export")
     try:

@@ -137,6 +137,8 @@ def test_cli_passes_arguments_and_maps_the_result_to_the_exit_code(monkeypatch, 
     calls = []
 
     def fake(out, **kw):
+        say = kw.pop("say")
+        say("the step summary")  # the human summary: on stdout, on stderr with --json
         calls.append((out, kw))
         return demo.DemoResult(Path(out), kw["weights"] or "none", passed=kw["seed"] == 0)
 
@@ -147,8 +149,10 @@ def test_cli_passes_arguments_and_maps_the_result_to_the_exit_code(monkeypatch, 
     assert out == tmp_path / "o"
     assert kw == dict(weights="none", size=48, n_train=7, n_val=demo.N_VAL, n_test=demo.N_TEST, epochs=3, seed=0,
                       verbose=0)
-    assert json.loads(capsys.readouterr().out)["passed"] is True
+    printed = capsys.readouterr()
+    assert json.loads(printed.out)["passed"] is True and "the step summary" in printed.err  # one JSON document
     assert main(["demo", "--seed", "1"]) == 1  # a failed step: exit 1
+    assert "the step summary" in capsys.readouterr().out
     assert calls[-1][1]["weights"] is None and calls[-1][1]["epochs"] is None
     assert main(["demo", "--n-train", "0"]) == 2  # usage errors: exit 2, nothing runs
     assert len(calls) == 2

@@ -1,6 +1,7 @@
 """`tledge devices [list|show NAME|detect] [--json]`: device profiles and which one this machine is."""
 from __future__ import annotations
 
+import argparse
 import json
 import textwrap
 
@@ -8,14 +9,15 @@ import textwrap
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
     p = sub.add_parser("list", help="list the profiles (the default)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
     p = sub.add_parser("show", help="print one profile: targets, runtime and export options, install, limits")
     p.add_argument("name", help="profile name (see `tledge devices`)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
     p = sub.add_parser("detect", help="say which profile this machine is, with the evidence")
     p.add_argument("--root", default="/", help="read /proc, /etc and /sys under this folder (default /)")
     p.add_argument("--machine", default=None, help="architecture as `uname -m` prints it (default: read it)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+    # the actions' own --json must not reset the verb's: `tledge devices --json show rpi4` is JSON too
     parser.add_argument("--json", action="store_true", help="print JSON (with no ACTION: the list)")
 
 
