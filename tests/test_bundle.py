@@ -132,7 +132,9 @@ def test_coral_without_compiler_ships_int8_and_says_how(export_dir, tmp_path, mo
         pytest.skip("a real edgetpu_compiler is installed here")
     res = make_bundle(export_dir, "coral-usb", tmp_path / "c.tar.gz")
     assert res.model == "model_int8.tflite" and res.fallback is None
-    assert any("edgetpu_compiler -s -o" in n for n in res.notes)
+    # the command names the export folder, not the bundle's temporary one (gone once the bundle is written)
+    assert any(f"edgetpu_compiler -s -o {export_dir} {export_dir / 'model_int8.tflite'}" in n for n in res.notes), \
+        res.notes
     readme = member_text(res.path, "c/README.md")
     assert "edgetpu_compiler" in readme and "libedgetpu1-std" in readme
     assert "libedgetpu1-std" in member_text(res.path, "c/requirements.txt")

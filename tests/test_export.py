@@ -239,6 +239,10 @@ def test_device_profile_chooses_formats_and_explicit_flags_win(tiny_model, shape
     val = str(shapes_dataset / "val")
     assert main(["export", str(tiny_model["keras"]), "--device", "coral-usb", "--calib", val, "--val", val,
                  "--out", str(tmp_path / "coral")]) == 0
+    notes = json.loads((tmp_path / "coral" / "parity.json").read_text())["notes"]
+    compile_note = next(n for n in notes if n.startswith("edgetpu: "))  # the compiler is not installed here
+    assert ("edgetpu_compiler -s -o" not in compile_note  # a real compiler ran, or the command names the export
+            or f"-o {tmp_path / 'coral'} {tmp_path / 'coral' / 'model_int8.tflite'}" in compile_note), compile_note
     names = {p.name for p in (tmp_path / "coral").iterdir()}
     assert "model_int8.tflite" in names and not any(n.endswith(".onnx") for n in names)
     assert main(["export", str(tiny_model["keras"]), "--device", "rpi4", "--formats", "onnx", "--val", val,

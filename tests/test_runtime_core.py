@@ -237,7 +237,10 @@ def test_device_hook(monkeypatch):
         monkeypatch.setattr(devices, "resolve", real)
         m = load(TINY / "model_fp32.onnx", device="jetson-orin")
         assert m.provider == "CPUExecutionProvider" and m.backend.threads == real("jetson-orin").threads
-        assert load(TINY / "model_int8.tflite", device="coral-usb").backend.notes == []  # plain file: no TPU
+        plain = load(TINY / "model_int8.tflite", device="coral-usb")
+        assert plain.backend.notes == []  # plain file: no TPU delegate asked for
+        assert any("not compiled for the coral-usb accelerator: it runs on the host CPU" in n
+                   for n in plain.load_info.notes), plain.load_info.notes  # said, as tledge run prints notes
 
 
 def test_parity_latency_is_one_image_at_a_time():

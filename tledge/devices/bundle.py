@@ -64,7 +64,7 @@ def _maybe_compile(export_dir: Path, names: list[str], opts: Options, work: Path
     src = export_dir / "model_int8.tflite"
     if not opts.compile_edgetpu or opts.model_file != src.name or src.name not in names:
         return None
-    res = edgetpu_compile(src, work)
+    res = edgetpu_compile(src, work, shown_dir=export_dir)  # not the bundle's temporary folder
     if res.compiled and res.output:
         notes.append(f"edgetpu_compiler: {res.summary()}")
         return res.output

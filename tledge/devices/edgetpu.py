@@ -146,11 +146,13 @@ def parse_compiler_log(text: str) -> dict:
 
 def edgetpu_compile(tflite_path: "str | Path", out_dir: "str | Path | None" = None, *,
                     compiler: str = COMPILER, extra_args: Sequence[str] = (),
-                    timeout: float = 900) -> CompileResult:
+                    timeout: float = 900, shown_dir: "str | Path | None" = None) -> CompileResult:
     """Compile a full-int8 .tflite for the Edge TPU when the compiler is on PATH.
 
     Output: `<out_dir>/<stem>_edgetpu.tflite` (out_dir defaults to the input's folder). Without the
-    compiler, returns compiled=False with the command line to run elsewhere and how to install it.
+    compiler, returns compiled=False with the command line to run elsewhere and how to install it;
+    `shown_dir`: the folder that command names, where the file will be once the caller is done (an
+    export's staging folder is gone by the time the user reads it).
     """
     src = Path(tflite_path)
     if not src.is_file():
@@ -159,8 +161,10 @@ def edgetpu_compile(tflite_path: "str | Path", out_dir: "str | Path | None" = No
     cmd = (compiler, "-s", "-o", str(dst_dir), *extra_args, str(src))
     exe = shutil.which(compiler)
     if exe is None:
-        return CompileResult(False, cmd, message=f"{compiler} not found on PATH; {INSTALL_COMPILER}; "
-                                                 f"then run: {shlex.join(cmd)}")
+        shown = cmd if shown_dir is None else (compiler, "-s", "-o", str(shown_dir), *extra_args,
+                                               str(Path(shown_dir) / src.name))
+        return CompileResult(False, shown, message=f"{compiler} not found on PATH; {INSTALL_COMPILER}; "
+                                                   f"then run: {shlex.join(shown)}")
     dst_dir.mkdir(parents=True, exist_ok=True)
     try:
         proc = subprocess.run([exe, *cmd[1:]], capture_output=True, text=True, timeout=timeout)

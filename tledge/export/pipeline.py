@@ -115,7 +115,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
             seconds["int8 fidelity"] = round(time.perf_counter() - start, 2)
         steps["int8 loop and kernel paths"] = time.perf_counter() - start
         report.seconds = {k: round(v, 2) for k, v in steps.items()}
-        derived = _compile_edgetpu(stage, report) if cfg.compile_edgetpu else {}
+        derived = _compile_edgetpu(stage, report, out) if cfg.compile_edgetpu else {}
         _write_golden(stage, val_x, reference, val_y, val_files, cfg, thresholds, report)
         report.notes += [speed.machine_note(cfg.threads)] + speed.slower_int8(report.results, stage, val_x,
                                                                               report.fidelity)
@@ -172,15 +172,16 @@ def _figures(r: ParityResult) -> dict:
     return {**figures, "failures": list(r.failures)}
 
 
-def _compile_edgetpu(stage: Path, report: ParityReport) -> dict[str, str]:
+def _compile_edgetpu(stage: Path, report: ParityReport, out: Path) -> dict[str, str]:
     """edgetpu_compiler on the int8 TFLite file, inside the staging folder: the compiled file is
-    listed in the manifest as derived from it (no Edge TPU here to run parity on it)."""
+    listed in the manifest as derived from it (no Edge TPU here to run parity on it). Without the
+    compiler, the command to run names the export folder `out`, not the staging folder."""
     from tledge.devices.edgetpu import edgetpu_compile
 
     src = stage / "model_int8.tflite"
     if not src.is_file():
         return {}
-    res = edgetpu_compile(src)
+    res = edgetpu_compile(src, shown_dir=out)
     report.notes.append("edgetpu: " + res.summary())
     if res.compiled and res.output is not None and res.output.parent == stage:
         return {res.output.name: src.name}

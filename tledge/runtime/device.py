@@ -22,6 +22,7 @@ class DeviceHints:
     threads: int | None = None
     providers: tuple | None = None
     delegates: tuple = ()
+    notes: tuple = ()  # for the model's load notes (a plain file on an accelerator profile runs on the CPU)
 
 
 def _devices():
@@ -50,12 +51,18 @@ def device_hints(name: str, fmt: str | None = None, path: str | Path | None = No
         return opts.get(key) if isinstance(opts, dict) else getattr(opts, key, None)
 
     threads, providers, delegates = get("threads"), get("providers"), tuple(get("delegates") or ())
+    notes = ()
     if delegates and not (path and Path(path).stem.endswith("_edgetpu")):
-        delegates = ()
+        delegates = ()  # a plain file: the accelerator's delegate would run none of it
+        if path:
+            f = Path(path)
+            notes = (f"{f.name} is not compiled for the {profile} accelerator: it runs on the host CPU (on an "
+                     f"x86-64 Linux machine `edgetpu_compiler -s -o {f.parent} {f}` makes {f.stem}_edgetpu"
+                     f"{f.suffix})",)
     if delegates and callable(getattr(devices, "load_delegates", None)):
         delegates = tuple(devices.load_delegates(delegates))  # warns and skips what cannot load
         if not delegates:
             raise TledgeError(f"{Path(path).name} needs the Edge TPU runtime, which could not be loaded; "
                               "run the plain int8 file beside it instead")
     return DeviceHints(str(name), int(threads) if threads else None,
-                       tuple(providers) if providers and fmt != "tflite" else None, delegates)
+                       tuple(providers) if providers and fmt != "tflite" else None, delegates, notes)

@@ -245,6 +245,7 @@ def load(path: str | Path, *, threads: int | None = None, contract: Contract | N
         from tledge.runtime.device import device_hints
 
         hints = device_hints(device, backend_for(p).name, p)
+        trust = trust + list(hints.notes)
         threads = threads or hints.threads
         providers = providers or hints.providers
         delegates = delegates or hints.delegates
