@@ -311,3 +311,28 @@ def test_parity_report_has_a_clients_section(tiny_export):
     assert f"OpenCV {cv['version']}" in md and "| model_int8.onnx |" in md
     from tledge.quant.kernels import cpu_flags  # the latency figures carry the machine they were taken on
     assert any(n.startswith("batch-1 latency") and cpu_flags() in n for n in tiny_export.report.notes)
+
+
+def test_an_explicit_preprocess_that_leaves_keras_at_chance_is_warned_about(unbaked_model, shapes_dataset, tmp_path):
+    """Every file reproduces the Keras model, wrong input and all, so parity passes; Keras's own accuracy on the
+    labelled --val images, near chance, is what says an explicit --preprocess (or the labels) is wrong. The tiny
+    shapes model is too easy to fail on a wrong normalisation (caffe and torch still give 1.000), so the images are
+    put in each other's class folders instead: accuracy 0."""
+    import shutil
+    import warnings
+
+    from tledge.errors import TledgeWarning
+    from tledge.export.pipeline import ExportConfig, export
+
+    names = sorted(p.name for p in (shapes_dataset / "val").iterdir() if p.is_dir())
+    swapped = tmp_path / "swapped"
+    for src, dst in zip(names, names[1:] + names[:1]):
+        shutil.copytree(shapes_dataset / "val" / src, swapped / dst)
+    with pytest.warns(TledgeWarning, match=r"--preprocess tf: Keras accuracy 0\.0+ .*near chance for 3 classes"):
+        export(unbaked_model["keras"], ExportConfig(out=tmp_path / "a", formats=("tflite",), val=str(swapped),
+                                                    preprocess="tf"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TledgeWarning)
+        res = export(unbaked_model["keras"], ExportConfig(out=tmp_path / "b", formats=("tflite",),
+                                                          val=str(shapes_dataset / "val"), preprocess="tf"))
+    assert res.passed

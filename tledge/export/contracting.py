@@ -49,6 +49,22 @@ def folder_truth(cfg: ExportConfig, contract: Contract, reference: np.ndarray, v
     return val_y
 
 
+def check_given_preprocessing(cfg: ExportConfig, contract: Contract, reference: np.ndarray, val_y) -> None:
+    """An explicit `--preprocess MODE` whose Keras accuracy on the labelled --val images is near chance is warned
+    about (auto refuses such a choice: tledge.export.autoprep); parity would pass the files all the same, since they
+    reproduce the model, wrong input and all."""
+    if cfg.preprocess in (None, "auto") or val_y is None or len(val_y) < 20:
+        return
+    y = np.asarray(val_y)
+    n_classes = max(reference.shape[1], 2)
+    accuracy = float(np.mean(np.argmax(reference, 1) == y)) if reference.shape[1] > 1 else \
+        float(np.mean((reference[:, 0] > 0.5) == y))
+    if accuracy <= 1.0 / n_classes + 0.1:
+        warnings.warn(f"--preprocess {cfg.preprocess}: Keras accuracy {accuracy:.3f} on {cfg.val}, near chance for "
+                      f"{n_classes} classes: the preprocessing is probably not the model's (`--preprocess auto` "
+                      "tries each), or the labels or images are wrong", TledgeWarning, stacklevel=2)
+
+
 def export_contract(cfg: ExportConfig, lm, labels) -> tuple[Contract, str | None]:
     """Explicit flags win over a tledge.json beside the model; lm.contract_source says who gave what."""
     from tledge.export import loader

@@ -135,6 +135,7 @@ def _final_contract(cfg: ExportConfig, contract, reference, val_y, stage: Path):
     to the model's labels (contracting.folder_truth). Raises TledgeError when labels and outputs disagree."""
     contract = contract.replace(output=_output_kind(reference))
     val_y = contracting.folder_truth(cfg, contract, reference, val_y)
+    contracting.check_given_preprocessing(cfg, contract, reference, val_y)
     if contract.labels and reference.shape[1] != len(contract.labels):
         raise TledgeError(f"{len(contract.labels)} labels but the model has {reference.shape[1]} outputs")
     contract.save(stage / "tledge.json")
