@@ -219,3 +219,17 @@ def test_a_pipe_reader_that_leaves_early_gets_no_error_and_no_traceback():
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 141, err
     assert err == "", err
+
+
+def test_a_val_folder_over_the_limit_is_sampled_and_said(shapes_dataset, capsys):
+    from tledge.contract import Contract
+    from tledge.export.pipeline import load_images
+
+    log.install("export")
+    try:
+        pixels, y, files = load_images(shapes_dataset / "val", Contract(48, 48), 10)
+        err = capsys.readouterr().err
+    finally:
+        log.uninstall()
+    assert len(pixels) == len(files) == 10 and len(set(y.tolist())) == 3  # spread over the classes
+    assert f"tledge export: note: {shapes_dataset / 'val'}: 10 of its 24 images used" in err, err

@@ -288,6 +288,9 @@ def load_images(folder: str | Path, contract: Contract, limit: int, labels: tupl
 
     files, y, _ = labelled_images(folder, labels or None)
     if len(files) > limit:  # an even spread over classes and files
+        from tledge import log
+
+        log.note(f"{folder}: {limit} of its {len(files)} images used (an even spread over its classes)")
         idx = np.linspace(0, len(files) - 1, limit).round().astype(int)
         files, y = [files[i] for i in idx], (None if y is None else y[idx])
     xs, keep, bad = [], [], []

@@ -168,9 +168,10 @@ def complete(contract: Contract, options: dict, *, embedded: bool) -> Contract:
     options = check_options(options)
     given = [k for k in PREPROCESS_OPTIONS if k in options]
     if embedded and given:
-        raise ContractError(f"this file carries its own tledge contract: {', '.join('--' + g for g in given)} "
-                            "only apply to files made elsewhere (the embedded preprocessing is the one the "
-                            "model was exported and checked with)")
+        flags = [f"--{g.replace('_', '-')}" for g in given]
+        raise ContractError(f"this file carries its own tledge contract: {', '.join(flags)} "
+                            f"{'applies' if len(flags) == 1 else 'apply'} only to files made elsewhere (the "
+                            "embedded preprocessing is the one the model was exported and checked with)")
     if options.get("labels"):
         contract = contract.replace(labels=tuple(options["labels"]))
     return contract

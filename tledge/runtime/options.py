@@ -55,7 +55,7 @@ def check_model_options(args, models=()) -> None:
     V.preprocess(args.preprocess)
     V.numbers(args.mean, "--mean")
     V.numbers(args.std, "--std", positive=True)
-    V.in_range(args.crop, "--crop", 0.0, 1.0, lo_open=True)
+    V.geometry(getattr(args, "fit", None), args.crop)  # as export: --crop means --fit crop
     if args.input_size:
         input_size(args.input_size)
 
