@@ -67,6 +67,12 @@ def test_labels_and_size_flags_win(plain_model, tmp_path):
                                             labels_from="--labels l.txt")
     assert contract.labels == ("a", "b", "c") and add == "tf"
     assert "labels from --labels l.txt" in lm.contract_source and "size from the model's input" in lm.contract_source
+    assert f"resize, fit and colour order from the sidecar {side}" in lm.contract_source
+    loader.resolve_contract(lm, preprocess="tf", input_size=None, geometry_flags={"resize": "--resize",
+                                                                                  "fit": "--crop"})
+    assert f"colour order from the sidecar {side}" in lm.contract_source  # what the flags set is not the sidecar's
+    assert "resize from --resize" in lm.contract_source and "fit from --crop" in lm.contract_source
+    assert "resize, fit" not in lm.contract_source and "fit and" not in lm.contract_source
     with pytest.raises(ContractError, match="--input-size 64x64 but model.keras has a fixed 48x48"):
         loader.resolve_contract(lm, preprocess="tf", input_size=(64, 64))
     with pytest.raises(ContractError, match="2 labels from --labels l.txt but model.keras has 3 outputs"):

@@ -82,8 +82,11 @@ def export_contract(cfg: ExportConfig, lm, labels) -> tuple[Contract, str | None
         labels, labels_from = (), ""  # the sidecar's: resolve_contract checks and names it
     else:
         labels_from = f"the class folders of {cfg.val if cfg.val and cfg.val != 'random' else cfg.calib}"
+    geometry = {part: flag for part, flag, given in (("resize", "--resize", cfg.resize), ("fit", "--fit", cfg.fit),
+                                                      ("fit", "--crop", cfg.crop is not None)) if given}
     contract, add_norm = loader.resolve_contract(lm, preprocess=preprocess, input_size=cfg.input_size, labels=labels,
-                                                 labels_from=labels_from, preprocess_from=preprocess_from)
+                                                 labels_from=labels_from, preprocess_from=preprocess_from,
+                                                 geometry_flags=geometry)
     return with_export_options(contract, cfg), add_norm
 
 

@@ -263,7 +263,8 @@ def _first_line(msg: str) -> str:
 def resolve_contract(lm: LoadedModel, *, preprocess: str | None, input_size: tuple[int, int] | None,
                      labels: tuple[str, ...] = (), labels_from: str = "--labels",
                      preprocess_from: str = "--preprocess", base: Contract | None = None,
-                     base_from: str | None = None) -> tuple[Contract, str | None]:
+                     base_from: str | None = None,
+                     geometry_flags: dict[str, str] | None = None) -> tuple[Contract, str | None]:
     """The contract the exported files take (raw pixels), and the normalisation to add (or None).
 
     Precedence: what the model itself fixes (its input size, a baked preprocessing layer), then explicit
@@ -289,9 +290,11 @@ def resolve_contract(lm: LoadedModel, *, preprocess: str | None, input_size: tup
                   norm=Norm(mode), baked=True, input_dtype="float32")
     if base is not None:
         contract = base.replace(**{k: v for k, v in fields.items() if k not in ("color",)}, labels=labels)
-        src["resize, fit and colour order"] = str(base_from)
+        kept = [part for part in ("resize", "fit") if part not in (geometry_flags or {})] + ["colour order"]
+        src[", ".join(kept[:-1]) + " and " + kept[-1] if len(kept) > 1 else kept[0]] = str(base_from)
     else:
         contract = Contract(**fields, labels=labels)
+    src.update(geometry_flags or {})  # {part: the flag}, applied by the caller (export's --resize / --fit / --crop)
     lm.contract_source = "contract: " + "; ".join(f"{k} from {v}" for k, v in src.items())
     return contract, add
 
