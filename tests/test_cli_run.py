@@ -261,3 +261,20 @@ def test_bench_where_nothing_loads_says_so_on_stderr(tmp_path, capsys):
     code, out, err = run_cli(capsys, "bench", fake, "--runs", "1", "--warmup", "0", "--same-process")
     assert _one_line_error(code, err) and "no file could be measured: model.tflite: cannot load" in err
     assert "ERROR" in out  # the table still shows the row
+
+
+def test_threads_one_image_takes_the_cores_a_folder_shares_them(capsys, monkeypatch):
+    """One image: nothing prepares images alongside, so inference gets the default threads; a folder splits the
+    cores between preparation and inference; TLEDGE_THREADS (like --threads) is kept as given."""
+    from tledge.runtime.backends import default_threads
+    from tledge.runtime.pipeline import split_cores
+
+    monkeypatch.delenv("TLEDGE_THREADS", raising=False)
+    model = str(TINY / "model_int8.tflite")
+    one = str(images_of("circle")[0])
+    for source, threads in ((one, default_threads()), (str(TINY / "images"), split_cores()[1])):
+        code, _, err = run_cli(capsys, "run", model, "--source", source)
+        assert code == 0 and f", {threads} thread(s)," in err, err
+    monkeypatch.setenv("TLEDGE_THREADS", "3")
+    code, _, err = run_cli(capsys, "run", model, "--source", str(TINY / "images"))
+    assert code == 0 and ", 3 thread(s)," in err, err

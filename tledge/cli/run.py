@@ -6,6 +6,7 @@ No TensorFlow is imported.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -39,7 +40,8 @@ def run(args) -> int:
     _validate(args)
     source = open_source(args.source, retries=args.reconnect, backoff=args.reconnect_delay, on_event=_event)
     kw = load_kwargs(args)
-    if not source.live and not args.threads and not args.device:
+    one_image = getattr(source, "__len__", None) is not None and len(source) == 1
+    if not (source.live or one_image or args.threads or args.device or os.environ.get("TLEDGE_THREADS")):
         kw["threads"] = split_cores()[1]  # preparation runs alongside: share the cores
     try:
         model = load(args.model, **kw)

@@ -62,8 +62,9 @@ def check_model_options(args, models=()) -> None:
 
 def add_model_options(p, *, foreign: bool = True) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--threads", type=int, help="inference threads (default: usable cores, at most 4; "
-                                               "or TLEDGE_THREADS)")
+    g.add_argument("--threads", type=int, help="inference threads (default: usable cores, at most 4, or "
+                                               "TLEDGE_THREADS; tledge run on several files or a video: half "
+                                               "of them, the other half prepares the images)")
     g.add_argument("--device", help="device profile from tledge.devices (threads, providers, delegates)")
     g.add_argument("--providers", help="onnxruntime providers in order, comma separated "
                                        "(default TensorRT,CUDA,CPU: the unavailable ones are skipped)")
