@@ -64,6 +64,13 @@ def images(tmp: Path, name: str = "imgs", classes=("a", "b")) -> str:
     return str(tmp / name)
 
 
+def train_folder(tmp: Path) -> str:
+    """What `tledge train --out run` leaves: model.keras, model.h5, tledge.json, labels.txt, metrics.json."""
+    for name in ("model.keras", "model.h5", "tledge.json", "labels.txt", "metrics.json"):
+        f(tmp, f"run/{name}", "x")
+    return str(tmp / "run")
+
+
 def fifo(tmp: Path, name: str) -> str:
     os.mkfifo(tmp / name)
     return str(tmp / name)
@@ -110,6 +117,8 @@ CASES = [
     # ---- export -----------------------------------------------------------------------------------------
     Case("export-model-missing", lambda t: ["export", str(t / "no.h5")], "MODEL {tmp}/no.h5: model file not found"),
     Case("export-model-folder-not-savedmodel", lambda t: ["export", d(t, "m")], "not a SavedModel"),
+    Case("export-model-is-a-train-folder", lambda t: ["export", train_folder(t)],
+         "not a SavedModel (no saved_model.pb); it holds model.keras: pass {tmp}/run/model.keras"),
     Case("export-model-unsupported-suffix", lambda t: ["export", f(t, "m.pt")], "unsupported file type '.pt'"),
     Case("export-model-truncated-keras", lambda t: ["export", truncated_keras(t)], "cut.keras is truncated or corrupt"),
     Case("export-model-keras-not-zip", lambda t: ["export", f(t, "m.keras", "hello")], "not a .keras (zip) archive"),
@@ -168,6 +177,9 @@ CASES = [
     Case("run-model-missing", lambda t: ["run", str(t / "m.tflite"), "--source", d(t, "s")], "model file not found"),
     Case("run-model-wrong-suffix", lambda t: ["run", f(t, "m.txt"), "--source", d(t, "s")], "unsupported file type"),
     Case("run-model-is-a-folder", lambda t: ["run", d(t, "m"), "--source", d(t, "s")], "m is not a tledge export folder"),
+    Case("run-model-is-a-train-folder", lambda t: ["run", train_folder(t), "--source", d(t, "s")],
+         "{tmp}/run holds a Keras model (model.keras), not exported files: export it first (tledge export "
+         "{tmp}/run/model.keras)"),
     Case("run-model-empty", lambda t: ["run", f(t, "m.onnx", b""), "--source", d(t, "s")], "m.onnx is empty"),
     Case("run-source-missing", lambda t: ["run", tfl(t), "--source", str(t / "nope.jpg")], "source not found"),
     Case("run-source-a-device", lambda t: ["run", tfl(t), "--source", "/dev/null"],

@@ -351,7 +351,7 @@ def test_export_for_coral_lists_the_compiled_file_as_derived(tiny_model, shapes_
     val, out = str(shapes_dataset / "val"), tmp_path / "coral"
     assert main(["export", str(tiny_model["keras"]), "--device", "coral-usb", "--calib", val, "--val", val,
                  "--out", str(out)]) == 0
-    assert "edgetpu: " in capsys.readouterr().out
+    assert "tledge export: note: edgetpu: " in capsys.readouterr().err  # notes are on stderr
     e = artifacts.read(out).entry("model_int8_edgetpu.tflite")
     assert e.derived_from == "model_int8.tflite" and e.verdict == "pass" and e.vouched
     res = make_bundle(out, "coral-usb", tmp_path / "c.tar.gz")

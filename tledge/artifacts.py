@@ -266,6 +266,10 @@ def require(folder: str | Path, what: str) -> Manifest:
     m = read(d)
     if m is not None:
         return m
+    trained = next((d / n for n in ("model.keras", "model.h5") if (d / n).is_file()), None)
+    if trained is not None and not any((d / n).is_file() for n in BY_FILENAME):  # `tledge train`'s folder
+        raise TledgeError(f"{d} holds a Keras model ({trained.name}), not exported files: export it first "
+                          f"(tledge export {trained}), then pass the export folder")
     if any(d.glob(".tledge-staging-*")) or any((d / n).is_file() for n in list(BY_FILENAME) + list(SIDE_FILES)):
         raise TledgeError(f"{d} has no {MANIFEST}, so {what} cannot trust its files (an export into it was "
                           f"interrupted, or it was written by a tledge without manifests): run tledge export "
