@@ -13,7 +13,7 @@ RESIZES = ("area", "linear", "nearest", "cubic", "warp-linear")  # tledge.contra
 
 def add_arguments(p) -> None:
     p.add_argument("model", help=".keras, .h5 (Keras 3 or Keras 2 era) or a SavedModel folder")
-    p.add_argument("--out", type=Path, help="output folder (default: <model stem>_export/)")
+    p.add_argument("--out", type=Path, help="output folder (default: <model stem>_export/ beside the model)")
     p.add_argument("--int8", action="store_true", help="also full-integer int8 TFLite (uint8 I/O) and ONNX QDQ")
     p.add_argument("--fp16", action="store_true", help="also fp16 TFLite")
     p.add_argument("--dynamic", action="store_true", help="also dynamic-range TFLite")
