@@ -236,6 +236,8 @@ CASES = [
     Case("bench-batch-huge", lambda t: ["bench", tfl(t), "--batch", "100000"], "--batch must be in [1, 1024]"),
     # ---- train -------------------------------------------------------------------------------------------
     Case("train-data-missing", lambda t: ["train", str(t / "data")], "DATA_DIR {tmp}/data: folder not found"),
+    Case("train-alpha-on-resnet", lambda t: train(t, "--backbone", "resnet50", "--alpha", "0.25"),
+         "--alpha is the width multiplier of MobileNet backbones; resnet50 has none"),
     Case("train-data-is-a-file", lambda t: ["train", f(t, "data.zip")], "DATA_DIR {tmp}/data.zip is a file"),
     Case("train-out-is-a-file", lambda t: ["train", images(t), "--out", f(t, "run")], "--out {tmp}/run is a file"),
     Case("train-weights-missing", lambda t: train(t, "--weights", str(t / "w.h5")), "--weights {tmp}/w.h5"),

@@ -117,4 +117,6 @@ def build(name: str, input_shape: tuple[int, int, int], *, weights: str | Path |
                 "download the no-top .h5 file (the URL above) elsewhere and pass it with --weights PATH, or put "
                 "it in ~/.keras/models/ where Keras looks before downloading."
             ) from None
-        raise TledgeError(f"could not build {name} with weights={weights}: {exc}") from None
+        raise TledgeError(f"could not build {name} with weights={weights}: {exc} (--weights takes the backbone's "
+                          "no-top ImageNet file for this --alpha, keras.applications' *_no_top.h5; a whole "
+                          "classifier's .h5, its 1000-class top included, does not fit)") from None

@@ -89,6 +89,13 @@ def _validate(args) -> None:
     V.in_range(args.lr, "--lr", 0, lo_open=True)  # NaN too (TrainConfig's `lr <= 0` lets it through)
     V.in_range(args.fine_tune_lr, "--fine-tune-lr", 0, lo_open=True)
     V.in_range(args.alpha, "--alpha", 0, lo_open=True)
+    if args.alpha is not None:
+        from tledge import backbones
+        from tledge.errors import TledgeError
+
+        if not backbones.get(args.backbone).takes_alpha:  # it was ignored, and training went on
+            raise TledgeError(f"--alpha is the width multiplier of MobileNet backbones; {args.backbone} has "
+                              "none (drop --alpha)")
 
 
 def run(args) -> int:
