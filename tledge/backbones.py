@@ -4,6 +4,8 @@ Importing this module does not import TensorFlow; `build()` does.
 """
 from __future__ import annotations
 
+import contextlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,8 +110,10 @@ def build(name: str, input_shape: tuple[int, int, int], *, weights: str | Path |
     if weights is not None and str(weights) != "imagenet":
         if not Path(weights).is_file():
             raise TledgeError(f"weights file not found: {weights}")
-    try:
-        return ctor(weights=None if weights is None else str(weights), **kwargs)
+    try:  # Keras prints "Downloading data from ..." on stdout: to stderr (the log file under the CLI), so that
+        # stdout stays the command's results (`tledge train --json`)
+        with contextlib.redirect_stdout(sys.__stderr__ or sys.stderr):
+            return ctor(weights=None if weights is None else str(weights), **kwargs)
     except Exception as exc:  # download failures, shape mismatches
         if str(weights) == "imagenet":
             raise TledgeError(
