@@ -203,3 +203,16 @@ def test_preprocess_auto_near_chance_is_an_error_unless_forced(third_party, misl
     with pytest.warns(TledgeWarning, match=r"near chance .* exporting anyway \(--force\)"):
         assert main(argv + ["--force"]) == 0
     assert (tmp_path / "e" / "model_fp32.tflite").is_file()
+
+
+def test_preprocess_auto_says_when_modes_tie(third_party, shapes_dataset, tmp_path):
+    """The tiny shapes model scores 1.000 with tf, caffe and torch alike: the val images cannot tell them apart, so
+    the choice is MODES' order, and the user is told so rather than given 'chose tf' as if it were measured."""
+    from tledge.errors import TledgeWarning
+
+    model = _copy(third_party, tmp_path)
+    argv = ["export", str(model), "--formats", "tflite", "--preprocess", "auto", "--val", str(shapes_dataset / "val"),
+            "--out", str(tmp_path / "e")]
+    with pytest.warns(TledgeWarning, match=r"--preprocess auto: .*caffe.* the same as 'tf' \(1\.000\).*kept as the "
+                                           r"first.*pass --preprocess MODE"):
+        assert main(argv) == 0

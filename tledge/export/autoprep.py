@@ -38,4 +38,11 @@ def choose_preprocessing(lm, cfg, labels) -> str:
         if not getattr(cfg, "force", False):
             raise ContractError(msg + "; nothing was exported (--force exports anyway)")
         warnings.warn(msg + "; exporting anyway (--force)", TledgeWarning, stacklevel=2)
+        return best
+    tied = [m for m in MODES if m != best and scores[m] == scores[best]]
+    if tied:  # the val images cannot tell them apart: the choice is an order, which the user should know
+        warnings.warn(f"--preprocess auto: {', '.join(tied)} score{'s' if len(tied) == 1 else ''} the same as "
+                      f"'{best}' ({scores[best]:.3f}) on {cfg.val}; '{best}' was kept as the first in "
+                      f"{', '.join(MODES)}: pass --preprocess MODE if you know the model's", TledgeWarning,
+                      stacklevel=2)
     return best
