@@ -196,6 +196,8 @@ CASES = [
     Case("run-threshold-above-1", lambda t: run(t, "--threshold", "5"), "--threshold must be in [0, 1], got 5"),
     Case("run-threshold-negative", lambda t: run(t, "--threshold", "-0.5"), "--threshold must be in [0, 1]"),
     Case("run-threshold-nan", lambda t: run(t, "--threshold", "nan"), "--threshold must be"),
+    Case("run-providers-misspelt", lambda t: ["run", f(t, "m.onnx"), "--source", d(t, "s"), "--providers", "cdua"],
+         "--providers: 'cdua' is not an onnxruntime execution provider"),
     Case("run-crop-with-fit-letterbox", lambda t: run(t, "--crop", "0.875", "--fit", "letterbox"),
          "--crop 0.875 centre-crops: it cannot go with --fit letterbox"),
     Case("run-top-k-zero", lambda t: run(t, "--top-k", "0"), "--top-k must be >= 1"),

@@ -43,6 +43,7 @@ def check_model_options(args, models=()) -> None:
     if models and kinds <= {".onnx"} and args.delegate:
         raise TledgeError("--delegate loads a TFLite delegate and has no effect on .onnx files (for ONNX: "
                           "--providers or --device)")
+    _check_providers(getattr(args, "providers", None))
     for lib in args.delegate or ():
         if os.sep in lib and not os.path.isfile(lib):
             raise TledgeError(f"--delegate {lib}: file not found")
@@ -101,6 +102,25 @@ def load_kwargs(args) -> dict:
     if kw["providers"]:
         kw["providers"] = [_provider_name(s) for s in kw["providers"]]
     return {k: v for k, v in kw.items() if v is not None}
+
+
+def _check_providers(text: str | None) -> None:
+    """--providers names onnxruntime knows (available here or not: a Jetson's TensorRT is skipped on a laptop, a
+    misspelt name is a mistake, exit 2)."""
+    if not text:
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        return  # said when an .onnx file is loaded
+    import onnxruntime as ort
+
+    known = ort.get_all_providers()
+    for name in (_provider_name(s.strip()) for s in text.split(",") if s.strip()):
+        if name not in known:
+            raise TledgeError(f"--providers: {name!r} is not an onnxruntime execution provider (short names: "
+                              "tensorrt, cuda, cpu, openvino, coreml, dml, rocm; or a full name such as "
+                              "CPUExecutionProvider)")
 
 
 def _provider_name(s: str) -> str:
