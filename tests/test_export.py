@@ -217,8 +217,11 @@ def test_code_in_model_files_needs_unsafe(shapes_dataset, tmp_path, capsys):
                    "--val", str(shapes_dataset / "val"), "--out", str(tmp_path / "o")])
         err = capsys.readouterr().err
         assert rc == 2 and "--unsafe" in err, err
-    rc = main(["export", str(tmp_path / "lam.keras"), "--unsafe", "--formats", "onnx", "--preprocess", "raw",
-               "--val", str(shapes_dataset / "val"), "--out", str(tmp_path / "o")])
+    from tledge.errors import TledgeWarning
+
+    with pytest.warns(TledgeWarning, match="near chance"):  # an untrained model: Keras itself is at chance
+        rc = main(["export", str(tmp_path / "lam.keras"), "--unsafe", "--formats", "onnx", "--preprocess", "raw",
+                   "--val", str(shapes_dataset / "val"), "--out", str(tmp_path / "o")])
     assert rc in (0, 1)  # converted (an untrained model may fail parity on degenerate outputs)
     assert (tmp_path / "o" / "model_fp32.onnx").is_file()
 

@@ -187,7 +187,7 @@ def test_repair_time_stops_new_rungs_and_the_report_says_which(tiny_model, shape
             "--out", str(out)]
     with pytest.warns(TledgeWarning, match=r"after [^ ]+, \d+ rungs? not started for time\); it is kept in rejected/"):
         assert main(argv + ["--repair-time", "500"]) == 1
-    terminal = capsys.readouterr().out
+    terminal = capsys.readouterr().err  # the notes: on stderr with tledge's other notes
     report = json.loads((out / "parity.json").read_text())
     rows = [a for a in report["fidelity"] if a["file"] == "model_int8.tflite"]
     assert [a["rung"] for a in rows] == ["plain"] + every

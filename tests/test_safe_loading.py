@@ -147,8 +147,11 @@ def test_unsafe_loads_the_lambda(tmp_path, shapes_dataset):
     assert lm.input_hw == (8, 8) and lm.num_outputs == 3
     assert marker.exists()  # its code ran: allowed with --unsafe
     marker.unlink()
-    rc = main(["export", str(path), "--unsafe", "--preprocess", "raw", "--formats", "tflite",
-               "--val", str(shapes_dataset / "val"), "--out", str(tmp_path / "o")])
+    from tledge.errors import TledgeWarning
+
+    with pytest.warns(TledgeWarning, match="near chance"):  # an untrained model: Keras itself is at chance
+        rc = main(["export", str(path), "--unsafe", "--preprocess", "raw", "--formats", "tflite",
+                   "--val", str(shapes_dataset / "val"), "--out", str(tmp_path / "o")])
     assert rc in (0, 1) and (tmp_path / "o" / "model_fp32.tflite").is_file()
 
 
