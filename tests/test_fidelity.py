@@ -216,6 +216,14 @@ def test_dynamic_range_gets_the_weight_repair_then_falls_back(tiny_model, shapes
                                                                       ("model_dynamic.tflite", "repaired")]
     assert all(a["agreement"] >= 0.8 for a in res.report.fidelity)
     assert (tmp_path / "rejected" / "model_dynamic.tflite").is_file() and (tmp_path / "model_fp16.tflite").is_file()
+    assert not any("fails parity too" in n for n in res.report.notes)  # the fp16 file passes
+    # a fallback that fails as well is said in the same breath (ResNet50V2's fp32 ONNX did, silently)
+    cfg = ExportConfig(out=tmp_path / "both", formats=("tflite",), dynamic=True, calib=str(shapes_dataset / "train"),
+                       val=str(shapes_dataset / "val"), thresholds={"dynamic": Thresholds(max_abs=1e-9),
+                                                                    "fp16": Thresholds(max_abs=1e-12)})
+    with pytest.warns(TledgeWarning, match=r"model_fp16.tflite ships instead, though it fails parity too \(max abs"):
+        res = export(tiny_model["keras"], cfg)
+    assert not res.report.passed
 
 
 def test_a_tf_keras_model_gets_the_keras_level_repairs(shapes_dataset, tmp_path):

@@ -28,7 +28,9 @@ def ship(plain: ParityResult, best: ParityResult, ctx, outcome) -> list[ParityRe
                          labels=ctx.val_y, thresholds=ctx.thresholds, threads=ctx.threads)[0]
     msg = (f"FALLBACK: {plain.file} could not meet the {plain.precision} budget (best agreement "
            f"{best.top1_agreement:.3f} after {repair_budget.tried(outcome.attempts, plain.file)}); it is kept in "
-           f"{REJECTED}/ and {fmt.filename} ships instead")
+           f"{REJECTED}/ and {fmt.filename} ships instead" + ("" if result.passed else
+                                                            f", though it fails parity too ({result.failures[0]})"
+                                                            if result.failures else ", though it fails parity too"))
     warnings.warn(msg, TledgeWarning, stacklevel=3)
     outcome.notes.append(msg)
     best.file = f"{REJECTED}/{plain.file}"

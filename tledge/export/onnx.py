@@ -19,7 +19,7 @@ import numpy as np
 
 from tledge._deps import require
 from tledge.errors import ExportError
-from tledge.export import onnx_reshapes, onnx_scalars, onnx_tfops
+from tledge.export import onnx_pads, onnx_reshapes, onnx_scalars, onnx_tfops
 from tledge.io import scratch_cwd
 
 OPSET = 17
@@ -316,6 +316,7 @@ def finish(model, contract, conventions: Conventions):
 
     if conventions.input_dtype == "uint8":
         uint8_input(model)
+    onnx_pads.keep_zero_pads(model)  # a zero Pad before a pool stays a Pad in onnxruntime (tledge.export.onnx_pads)
     describe(model, contract)
     prune_opsets(model)
     return embed_onnx(model, contract)
