@@ -288,3 +288,23 @@ def test_layer_of_skips_the_scopes_layers_open_inside_themselves(name, layer):
     from tledge.quant import sensitivity
 
     assert sensitivity.layer_of(name) == layer
+
+
+def test_the_search_stops_when_the_repair_time_is_spent():
+    """The export's --repair-time stops the sensitivity search before its next trial graph, as it stops the weight
+    repair before its next kernel (the family sweep's +sensitive rungs ran 52-82 s past the budget, then the repair
+    stopped "after 0 of N kernels")."""
+    from tledge.errors import RepairTimeout
+    from tledge.quant import sensitivity
+
+    calls = []
+
+    def stop():
+        calls.append(1)
+        return None if len(calls) < 2 else "repair time budget spent (151 s of 150 s)"
+
+    ev = sensitivity.Evaluator(np.array([[0.9, 0.1], [0.2, 0.8]]), np.zeros((2, 4, 4, 3), np.float32), stop=stop)
+    ev.outputs = lambda model: np.array([[0.8, 0.2], [0.3, 0.7]])  # the first trial runs
+    assert ev.score(None).agreement == 1.0
+    with pytest.raises(RepairTimeout, match=r"stopped after 1 trial graphs: repair time budget spent \(151 s"):
+        ev.score(None)

@@ -47,7 +47,7 @@ def selection(model, ctx, shared, stem: int = 0, ranges: str = "minmax"):
                 original = Path(tmp) / "original.onnx"
                 original.write_bytes(shared.onnx_float(None, None))
             shared.mixed[key] = sensitivity.select(src, quantize, conv.calib(ctx.calib), workdir=Path(tmp), aim=AIM,
-                                                   reference=original, **BUDGET)
+                                                   reference=original, stop=shared.stop, **BUDGET)
     return shared.mixed[key]
 
 

@@ -2,7 +2,8 @@
 
 The ladder (tledge.export.fidelity) runs for every failing int8 file in turn, one budget for all of them,
 counted from the ladder's start (the Keras 3 rebuild included). Once it is spent no new rung starts, and a weight
-repair pass running then stops before its next kernel (`stopper`: RepairTimeout, the rung is reported as stopped);
+repair pass running then stops before its next kernel, a sensitivity search before its next trial graph
+(`stopper`: RepairTimeout, the rung is reported as stopped);
 a conversion running then finishes (it cannot be stopped half-way without losing its work). With several failing
 files the k-th of n also stops starting rungs at k/n of the budget (`share`), so the first file cannot leave
 the others nothing: time it does not use passes on. The rungs not started are recorded as attempts rows with a

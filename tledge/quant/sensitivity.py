@@ -42,6 +42,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from tledge._deps import require
+from tledge.errors import RepairTimeout
 from tledge.quant.qdqgraph import LINEAR, PASS_THROUGH, Candidate, bypass, candidates, groups, layer_of, macs_per_node
 
 # singles measured by leave-one-out at most: MobileNet v1 has 27-28 (all measured, as before); on
@@ -103,8 +104,9 @@ class Evaluator:
     """Runs QDQ variants unfused (onnxruntime, optimisation off) on the held-out images and scores
     them against the float graph's outputs there."""
 
-    def __init__(self, reference: np.ndarray, pixels: np.ndarray, batch: int = 32):
+    def __init__(self, reference: np.ndarray, pixels: np.ndarray, batch: int = 32, stop=None):
         self.ref, self.pixels, self.batch, self.runs = _as_logprob(reference), pixels, batch, 0
+        self.stop = stop  # () -> a reason to stop now (the export's --repair-time), or None: checked per trial
         order = np.argsort(-self.ref, axis=1)
         self.top, self.second = order[:, 0], order[:, 1]
         rows = np.arange(len(self.ref))
@@ -115,6 +117,9 @@ class Evaluator:
                    self.batch)
 
     def score(self, model) -> Score:
+        why = self.stop() if self.stop is not None else None
+        if why:
+            raise RepairTimeout(f"the sensitivity search stopped after {self.runs} trial graphs: {why}")
         self.runs += 1
         q = _as_logprob(self.outputs(model))
         rows = np.arange(len(q))
@@ -235,11 +240,12 @@ def choose(qdq, ev: Evaluator, *, aim: float = 0.995, max_float_macs: float = 0.
     return sel
 
 
-def select(float_onnx, quantize: Callable, calib: np.ndarray, *, workdir, reference=None, **options) -> Selection:
+def select(float_onnx, quantize: Callable, calib: np.ndarray, *, workdir, reference=None, stop=None,
+           **options) -> Selection:
     """Quantise the float graph (`quantize(src, dst, images)`, the export's own quantiser) on the fit
     split of `calib`, score on the held-out split against `reference` (the ORIGINAL model's float
     graph when `float_onnx` is a repaired one: its weight residual counts too; default `float_onnx`),
-    choose (`choose` options)."""
+    choose (`choose` options). `stop`: as the weight repair's (RepairTimeout before a trial graph)."""
     onnx = require("onnx", extra="export")
     start = time.perf_counter()
     fit, held = split(len(calib))
@@ -247,7 +253,7 @@ def select(float_onnx, quantize: Callable, calib: np.ndarray, *, workdir, refere
     quantize(float_onnx, dst, calib[fit])
     qdq = onnx.load(str(dst))
     reference = run(open(reference or float_onnx, "rb").read(), calib[held])
-    sel = choose(qdq, Evaluator(reference, calib[held]), **options)
+    sel = choose(qdq, Evaluator(reference, calib[held], stop=stop), **options)
     sel.seconds = time.perf_counter() - start
     return sel
 
