@@ -236,7 +236,7 @@ def _fidelity(cfg: ExportConfig, report: ParityReport, x: FidelityInputs) -> boo
                                        explain=cfg.explain, traced=x.traced, repair_time=cfg.repair_time)
         with log.step(f"int8 fidelity: {len(failing) if cfg.repair else 0} file(s) to repair"
                       + (f", {len(held)} unconfirmed pass(es) to weigh against a repair" if held else "")
-                      + (f" (at most {cfg.repair_time:g} s)" if cfg.repair and (failing or held)
+                      + (f" (no new rung after {cfg.repair_time:g} s)" if cfg.repair and (failing or held)
                          and cfg.repair_time not in (None, float("inf")) else "")
                       + (", per-layer table" if cfg.explain else "")):
             outcome = fidelity.improve((failing + held) if cfg.repair else [], ctx)
