@@ -104,6 +104,8 @@ def test_fallback_ships_float_and_keeps_the_int8_file_aside(fallback_export):
     assert all(r.passed for name, r in rows.items() if not name.startswith("rejected/"))
     assert {p.name for p in res.files} == {"model_fp32.tflite", "model_fp16.tflite", "model_fp32.onnx"}
     assert len(warned) == 2 and all("rejected/" in w for w in warned)
+    clients = [f["file"] for f in res.report.clients["opencv"]["files"]]  # the clients run what ships, only
+    assert clients == ["model_fp32.onnx"], clients
     md = (out / "parity.md").read_text()
     assert "FALLBACK" in md and "## int8 fidelity loop" in md and "calibration-percentile" in md
     assert "sensitivity on " in md  # the mixed-precision rung says what it measured and chose

@@ -120,8 +120,8 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
         report.notes += [speed.machine_note(cfg.threads)] + speed.slower_int8(report.results, stage, val_x,
                                                                               report.fidelity)
         report.notes += speed.float_ops_notes(report.results, stage)
-        report.clients = clients.measure(stage, [r.file for r in report.results], val_x, reference, val_files,
-                                         cfg.threads)  # MediaPipe, where importable
+        shipped = [r.file for r in report.results if "/" not in r.file]  # not the int8 files kept in rejected/
+        report.clients = clients.measure(stage, shipped, val_x, reference, val_files, cfg.threads)  # MediaPipe too
         report.notes += clients.notes(report.clients)
         report.write(stage)
         folder.commit(model_path, {r.file: (r.passed, _figures(r)) for r in report.results}, derived,
