@@ -72,6 +72,8 @@ def test_an_int8_file_slower_than_fp32_is_said_only_when_timed_in_turns(tmp_path
     assert calls == [] and len(notes) == 1 and "3.00x" in notes[0], notes
     note = speed.machine_note(2)
     assert f"{os.cpu_count()} cores" in note and "rows on 2 threads" in note and "in turns on 1" in note, note
+    note = speed.machine_note(None, loop=False)  # no int8 loop ran: parity's rows only, no loop to speak of
+    assert note.startswith("batch-1 latency (parity's rows) measured on ") and "loop" not in note, note
 
 
 def test_files_are_compared_on_one_thread_whatever_the_export_runs_on(tmp_path, monkeypatch):

@@ -15,17 +15,20 @@ from tledge.export.parity import TURN_THREADS, ParityResult, latencies_in_turns
 SLOWER = 1.3  # the issue's latency budget, used here the other way: int8 over 1.3x fp32 is worth a note
 
 
-def machine_note(threads: int | None) -> str:
+def machine_note(threads: int | None, loop: bool = True) -> str:
     """'batch-1 latency measured on <CPU>, <n> cores, x86_64: avx2 ..., ...' with the threads of the loop's rows and
     of the comparisons in turns (the CPU and its usable cores as `tledge doctor` reads them, the int8 instruction sets
-    as the kernel-paths note names them)."""
+    as the kernel-paths note names them); `loop` False (no int8 loop ran): parity's rows only."""
     from tledge.quant.kernels import cpu_flags
     from tledge.runtime.doctor import cpu_info
 
     cpu = cpu_info()
-    return (f"batch-1 latency (the int8 loop's rows, the kept files' notes) measured on {cpu['model'] or '?'}, "
-            f"{cpu['usable_cores']} cores, {cpu_flags()}; the loop's rows on {threads or 'default'} threads, the "
-            f"comparisons in turns on {TURN_THREADS} (steady when other processes load the machine)")
+    machine = f"{cpu['model'] or '?'}, {cpu['usable_cores']} cores, {cpu_flags()}"
+    if not loop:
+        return f"batch-1 latency (parity's rows) measured on {machine}, {threads or 'default'} threads"
+    return (f"batch-1 latency (the int8 loop's rows, the kept files' notes) measured on {machine}; the loop's rows on "
+            f"{threads or 'default'} threads, the comparisons in turns on {TURN_THREADS} (steady when other processes "
+            "load the machine)")
 
 
 def slower_int8(results: Sequence[ParityResult], folder: Path, pixels: np.ndarray,
