@@ -51,7 +51,7 @@ def run(args) -> int:
     V.in_range(args.epochs, "--epochs", 1, 10_000)
     res = run_demo(args.out, weights=args.weights, size=args.size, n_train=args.n_train, n_val=args.n_val,
                    n_test=args.n_test, epochs=args.epochs, seed=args.seed, verbose=int(bool(args.verbose)),
-                   say=_stderr if args.json else print)  # --json: stdout is the one JSON document  # -v: one line per training epoch
+                   say=_stderr if args.json else print)  # -v: a line per epoch; --json: stdout is the JSON
     if args.json:
         print(json.dumps(res.to_dict(), indent=2, default=str))
     return 0 if res.passed else 1

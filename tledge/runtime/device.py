@@ -56,9 +56,9 @@ def device_hints(name: str, fmt: str | None = None, path: str | Path | None = No
         delegates = ()  # a plain file: the accelerator's delegate would run none of it
         if path:
             f = Path(path)
-            notes = (f"{f.name} is not compiled for the {profile} accelerator: it runs on the host CPU (on an "
-                     f"x86-64 Linux machine `edgetpu_compiler -s -o {f.parent} {f}` makes {f.stem}_edgetpu"
-                     f"{f.suffix})",)
+            notes = (f"{f.name} is not compiled for the {getattr(profile, 'name', profile)} accelerator: it runs on "
+                     f"the host CPU (on an x86-64 Linux machine `edgetpu_compiler -s -o {f.parent} {f}` makes "
+                     f"{f.stem}_edgetpu{f.suffix})",)
     if delegates and callable(getattr(devices, "load_delegates", None)):
         delegates = tuple(devices.load_delegates(delegates))  # warns and skips what cannot load
         if not delegates:
