@@ -117,8 +117,8 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
         report.seconds = {k: round(v, 2) for k, v in steps.items()}
         derived = _compile_edgetpu(stage, report, out) if cfg.compile_edgetpu else {}
         _write_golden(stage, val_x, reference, val_y, val_files, cfg, thresholds, report)
-        report.notes += [speed.machine_note(cfg.threads, loop=bool(report.fidelity))] + speed.slower_int8(report.results, stage, val_x,
-                                                                              report.fidelity)
+        report.notes += [speed.machine_note(cfg.threads, loop=bool(report.fidelity))]
+        report.notes += speed.slower_int8(report.results, stage, val_x, report.fidelity)
         report.notes += speed.float_ops_notes(report.results, stage)
         shipped = [r.file for r in report.results if "/" not in r.file]  # not the int8 files kept in rejected/
         report.clients = clients.measure(stage, shipped, val_x, reference, val_files, cfg.threads)  # MediaPipe too
