@@ -4,15 +4,16 @@ For each family representative (tledge/backbones.py) this trains a small classif
 does (the CLI itself: `--weights none`, a small input, the backbone's preprocessing baked in, a few head
 epochs on a 2-class subset of hymenoptera_data), saves model.keras, then runs the real int8 export
 (`tledge export MODEL --int8 --calib DIR --val DIR --fidelity 0.999 --repair-time inf`: every rung of the
-fidelity ladder runs) and records per model: exit code, traceback, every attempts row with an "error"
-(internal errors start with "internal error:"), the rung kept per int8 file, and seconds.
+fidelity ladder runs; `--defaults`: the user's command, the default --fidelity and --repair-time) and
+records per model: exit code, traceback, every attempts row with an "error" (internal errors start with
+"internal error:"), the rung kept per int8 file, each rung's seconds, parity.json's step seconds, and seconds.
 
 This is a CRASH sweep, not an accuracy benchmark: the backbones are random-init and frozen, the head
 is trained for a few epochs on a few dozen photos, so the outputs are near chance and the fidelity
 figures mean nothing. Each model runs under `nice -n 19` with a timeout (2 shared cores).
 
     python benchmarks/family_sweep.py [--only densenet121,xception] [--work /tmp/tledge-family-sweep]
-                                      [--timeout 1500] [--json results.json]
+                                      [--timeout 1500] [--json results.json] [--defaults]
 """
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ class Row:
     seconds: float = 0.0
     kept: dict = field(default_factory=dict)  # int8 file -> kept rung
     errors: list = field(default_factory=list)  # attempts rows with an error
+    rungs: dict = field(default_factory=dict)  # int8 file -> {rung: seconds} (None: skipped or not timed)
+    steps: dict = field(default_factory=dict)  # parity.json "seconds": export step -> seconds
     traceback: str = ""
     note: str = ""
 
@@ -90,7 +93,8 @@ def _traceback(stderr: str) -> str:
     return ""
 
 
-def sweep_one(name: str, size: int, work: Path, data: Path, timeout: float, retrain: bool) -> Row:
+def sweep_one(name: str, size: int, work: Path, data: Path, timeout: float, retrain: bool,
+              defaults: bool = False) -> Row:
     row = Row(name, size)
     run = work / name
     model = run / "model.keras"
@@ -105,9 +109,9 @@ def sweep_one(name: str, size: int, work: Path, data: Path, timeout: float, retr
     out = work / f"{name}_export"
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
+    ladder = [] if defaults else ["--fidelity", "0.999", "--repair-time", "inf"]
     row.exit, err = _run(["export", str(model), "--int8", "--calib", str(data / "train"), "--val", str(data / "val"),
-                          "--fidelity", "0.999", "--repair-time", "inf", "--out", str(out)], timeout,
-                         work / f"{name}.export.log")
+                          *ladder, "--out", str(out)], timeout, work / f"{name}.export.log")
     row.seconds = round(time.perf_counter() - start, 1)
     row.traceback = _traceback(err)
     if row.exit is None:
@@ -119,6 +123,9 @@ def sweep_one(name: str, size: int, work: Path, data: Path, timeout: float, retr
         row.errors = [{"file": a["file"], "rung": a["rung"], "error": a["error"]} for a in attempts if "error" in a]
         row.kept = {a["file"]: "fallback" for a in attempts}  # no kept row: the float file ships instead
         row.kept.update({a["file"]: a["rung"] for a in attempts if a.get("kept")})
+        for a in attempts:
+            row.rungs.setdefault(a["file"], {})[a["rung"]] = a.get("seconds")
+        row.steps = rep.get("seconds") or {}
     return row
 
 
@@ -135,6 +142,10 @@ def table(rows: list[Row]) -> str:
             lines.append(f"  {r.model}: {Path(e['file']).name} `{e['rung']}`: {e['error'][:300]}")
         if r.traceback:
             lines.append(f"  {r.model}: TRACEBACK: {r.traceback[:300]}")
+        for f, rungs in sorted(r.rungs.items()):
+            lines.append(f"  {r.model}: {Path(f).name} rung s: " + ", ".join(f"{k}={v}" for k, v in rungs.items()))
+        if r.steps:
+            lines.append(f"  {r.model}: steps s: " + ", ".join(f"{k}={v}" for k, v in r.steps.items()))
     return "\n".join(lines)
 
 
@@ -145,13 +156,16 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=1500.0, help="seconds per train and per export")
     ap.add_argument("--retrain", action="store_true", help="train again even where model.keras exists")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON")
+    ap.add_argument("--defaults", action="store_true",
+                    help="the user's default export (no --fidelity 0.999 --repair-time inf)")
     args = ap.parse_args(argv)
     names = args.only.split(",") if args.only else list(FAMILIES)
     args.work.mkdir(parents=True, exist_ok=True)
     data = subset(args.work)
     rows = []
     for name in names:
-        rows.append(sweep_one(name, FAMILIES.get(name, 64), args.work, data, args.timeout, args.retrain))
+        rows.append(sweep_one(name, FAMILIES.get(name, 64), args.work, data, args.timeout, args.retrain,
+                              args.defaults))
         print(f"[{time.strftime('%H:%M:%S')}] {name}: exit {rows[-1].exit}, {rows[-1].seconds:.0f} s", flush=True)
         if args.json:
             args.json.write_text(json.dumps([r.__dict__ for r in rows], indent=1))
