@@ -223,7 +223,9 @@ def test_thresholds_of_the_export_and_from_a_file(tmp_path, capsys):
     loose = tmp_path / "loose.json"  # a thresholds file replaces the export's
     loose.write_text(json.dumps({"fp16": {"min_agreement": 0.99}}))
     assert main(["parity", "--golden", str(out), "--thresholds", str(loose)]) == 0
-    capsys.readouterr()
+    printed = capsys.readouterr()  # the table and the verdict on stdout, tledge's notes on stderr (as export's)
+    assert printed.out.rstrip().endswith("parity: PASSED") and "note:" not in printed.out, printed.out
+    assert "tledge parity: note: " in printed.err, printed.err
 
 
 def test_golden_usage_errors(tmp_path, capsys):

@@ -79,8 +79,10 @@ def run(args) -> int:
         print(report.to_json())
     else:
         print(report.table())
-        for note in report.notes:
-            print(f"note: {note}")
+        from tledge import log
+
+        for note in report.notes:  # tledge's notes: on stderr, not with -q (as export's)
+            log.note(note)
         for r in report.results:
             for f in r.failures:
                 print(f"tledge parity: {r.file}: {f}", file=sys.stderr)  # prefixed like every tledge line
