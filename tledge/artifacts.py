@@ -258,6 +258,14 @@ def read(folder: str | Path) -> Manifest | None:
         raise TledgeError(f"{p} is not a valid tledge manifest ({exc}): re-export with tledge export") from None
 
 
+TRAINED = ("model.keras", "model.h5")  # the Keras files `tledge train` writes into its run folder, preferred first
+
+
+def trained_model(folder: Path) -> Path | None:
+    """The Keras model a `tledge train` run folder holds, for messages that name the file to export."""
+    return next((folder / n for n in TRAINED if (folder / n).is_file()), None)
+
+
 def require(folder: str | Path, what: str) -> Manifest:
     """The manifest, or a TledgeError saying why `what` cannot trust this folder."""
     d = Path(folder)
@@ -266,7 +274,7 @@ def require(folder: str | Path, what: str) -> Manifest:
     m = read(d)
     if m is not None:
         return m
-    trained = next((d / n for n in ("model.keras", "model.h5") if (d / n).is_file()), None)
+    trained = trained_model(d)
     if trained is not None and not any((d / n).is_file() for n in BY_FILENAME):  # `tledge train`'s folder
         raise TledgeError(f"{d} holds a Keras model ({trained.name}), not exported files: export it first "
                           f"(tledge export {trained}), then pass the export folder")

@@ -102,7 +102,9 @@ def keras_model(path, flag: str = "MODEL") -> Path:
     p = Path(str(path)).expanduser()
     if p.is_dir():
         if not (p / "saved_model.pb").is_file():
-            inside = next((p / n for n in ("model.keras", "model.h5") if (p / n).is_file()), None)
+            from tledge.artifacts import trained_model
+
+            inside = trained_model(p)
             raise TledgeError(f"{_label(flag, p)} is a folder but not a SavedModel (no saved_model.pb)"
                               + (f"; it holds {inside.name}: pass {inside}" if inside else ""))
         return p
