@@ -65,7 +65,7 @@ def measure(*, size: int = 224, runs: int = 50, rounds: int = 5, batch: int = 32
     """Train (cached) and export the reference model, then time every path interleaved."""
     import realdata
 
-    from tledge.export import loader
+    from tledge.export import loader, resolve
     from tledge.export.pipeline import ExportConfig, export, load_pixels
     from tledge.runtime import load
 
@@ -93,7 +93,7 @@ def measure(*, size: int = 224, runs: int = 50, rounds: int = 5, batch: int = 32
     x, xb = val[:1], val[:batch]
     lm = loader.load_model(h5)
     model = lm.model
-    serve, _ = loader.trace(lm, *loader.resolve_contract(lm, preprocess="mobilenet", input_size=None))
+    serve, _ = loader.trace(lm, *resolve.resolve_contract(lm, preprocess="mobilenet", input_size=None))
 
     def norm(a):  # the .h5 takes x/127.5 - 1 (the exported files and `serve` take pixels)
         return a / 127.5 - 1

@@ -154,7 +154,8 @@ def test_an_efficientnet_takes_raw_pixels_without_preprocess(tmp_path):
     import keras
 
     from tledge.errors import ContractError
-    from tledge.export.loader import load_model, resolve_contract
+    from tledge.export.loader import load_model
+    from tledge.export.resolve import resolve_contract
 
     path = tmp_path / "eff.keras"
     keras.applications.EfficientNetB0(input_shape=(32, 32, 3), weights=None, classes=2).save(path)

@@ -141,7 +141,7 @@ def test_int8_calibrated_on_constant_images_fails_parity(tiny_model, shapes_data
 def test_perturbed_weights_fail_parity(tiny_model, tiny_export, shapes_dataset, tmp_path):
     import keras
 
-    from tledge.export import loader
+    from tledge.export import loader, resolve
     from tledge.export.parity import check_files
     from tledge.export.pipeline import ExportConfig, export, load_pixels
 
@@ -155,7 +155,7 @@ def test_perturbed_weights_fail_parity(tiny_model, tiny_export, shapes_dataset, 
     assert other.passed  # the perturbed file is faithful to the perturbed model...
     # checked against the ORIGINAL model, the perturbed file must fail
     lm = loader.load_model(tiny_model["keras"])
-    contract, add = loader.resolve_contract(lm, preprocess=None, input_size=None)
+    contract, add = resolve.resolve_contract(lm, preprocess=None, input_size=None)
     serve, _ = loader.trace(lm, contract, add)
     x, y = load_pixels(shapes_dataset / "val", contract, 100, tiny_model["contract"].labels)
     results = check_files(loader.run_reference(serve, x), [(other.files[0], "tflite", "fp32")], x, labels=y)

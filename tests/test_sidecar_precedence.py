@@ -11,7 +11,7 @@ from conftest import build_tiny_classifier, train_tiny
 from tledge.cli import main
 from tledge.contract import Contract
 from tledge.errors import ContractError
-from tledge.export import loader
+from tledge.export import loader, resolve
 from tledge.export.check import parity
 
 LABELS = ("circle", "hstripes", "vstripes")
@@ -63,20 +63,20 @@ def test_preprocess_flag_wins_over_the_sidecar(baked, plain_model, shapes_datase
 def test_labels_and_size_flags_win(plain_model, tmp_path):
     model, side = _beside(plain_model, tmp_path)
     lm = loader.load_model(model)
-    contract, add = loader.resolve_contract(lm, preprocess="tf", input_size=None, labels=("a", "b", "c"),
+    contract, add = resolve.resolve_contract(lm, preprocess="tf", input_size=None, labels=("a", "b", "c"),
                                             labels_from="--labels l.txt")
     assert contract.labels == ("a", "b", "c") and add == "tf"
     assert "labels from --labels l.txt" in lm.contract_source and "size from the model's input" in lm.contract_source
     assert f"resize, fit and colour order from the sidecar {side}" in lm.contract_source
-    loader.resolve_contract(lm, preprocess="tf", input_size=None, geometry_flags={"resize": "--resize",
+    resolve.resolve_contract(lm, preprocess="tf", input_size=None, geometry_flags={"resize": "--resize",
                                                                                   "fit": "--crop"})
     assert f"colour order from the sidecar {side}" in lm.contract_source  # what the flags set is not the sidecar's
     assert "resize from --resize" in lm.contract_source and "fit from --crop" in lm.contract_source
     assert "resize, fit" not in lm.contract_source and "fit and" not in lm.contract_source
     with pytest.raises(ContractError, match="--input-size 64x64 but model.keras has a fixed 48x48"):
-        loader.resolve_contract(lm, preprocess="tf", input_size=(64, 64))
+        resolve.resolve_contract(lm, preprocess="tf", input_size=(64, 64))
     with pytest.raises(ContractError, match="2 labels from --labels l.txt but model.keras has 3 outputs"):
-        loader.resolve_contract(lm, preprocess="tf", input_size=None, labels=("a", "b"), labels_from="--labels l.txt")
+        resolve.resolve_contract(lm, preprocess="tf", input_size=None, labels=("a", "b"), labels_from="--labels l.txt")
 
 
 @pytest.mark.parametrize("case, expect", [
@@ -105,7 +105,7 @@ def _labels_file(tmp_path):
 
 def test_baked_model_refuses_a_contradicting_preprocess(tiny_model, shapes_dataset, tmp_path, capsys):
     lm = loader.load_model(tiny_model["keras"])
-    contract, add = loader.resolve_contract(lm, preprocess="mobilenet", input_size=None, labels=LABELS)
+    contract, add = resolve.resolve_contract(lm, preprocess="mobilenet", input_size=None, labels=LABELS)
     assert add is None and contract.norm.value == "tf"  # mobilenet is tf: the baked layer does it
     assert "baked preprocessing layer (tf)" in lm.contract_source
     rc = main(["export", str(tiny_model["keras"]), "--preprocess", "caffe", "--val", str(shapes_dataset / "val"),

@@ -10,7 +10,7 @@ from tledge.errors import ContractError, TledgeWarning
 
 
 def choose_preprocessing(lm, cfg, labels) -> str:
-    from tledge.export import loader
+    from tledge.export import loader, resolve
     from tledge.export.pipeline import load_pixels
 
     if not cfg.val:
@@ -18,7 +18,7 @@ def choose_preprocessing(lm, cfg, labels) -> str:
     scores = {}
     pixels = y = None
     for mode in MODES:
-        contract, add = loader.resolve_contract(lm, preprocess=mode, input_size=cfg.input_size, labels=labels)
+        contract, add = resolve.resolve_contract(lm, preprocess=mode, input_size=cfg.input_size, labels=labels)
         if pixels is None:
             pixels, y = load_pixels(cfg.val, contract, min(cfg.val_limit, 256), labels)
             if y is None:

@@ -85,7 +85,7 @@ def _onnx_precision(path: Path, backend) -> str:
 def _reference_contract(lm, base, preprocess: str | None):
     """The reference's own contract (raw pixels in; normalisation added in front when it does not bake
     it): from the model, a tledge.json beside it, the exported files' embedded contract, or --preprocess."""
-    from tledge.export import loader
+    from tledge.export import resolve
 
     embedded = "the exported files' embedded contract"
     if lm.baked_mode is not None:
@@ -96,7 +96,7 @@ def _reference_contract(lm, base, preprocess: str | None):
         mode, mode_from = None, None  # the tledge.json beside the model
     else:
         mode, mode_from = preprocess, "--preprocess"
-    contract, add = loader.resolve_contract(lm, preprocess=mode, input_size=None,  # the size comes from `base`
+    contract, add = resolve.resolve_contract(lm, preprocess=mode, input_size=None,  # the size comes from `base`
                                             labels=base.labels if base else (), labels_from=embedded,
                                             preprocess_from=mode_from or "--preprocess",
                                             base=base, base_from=embedded if base is not None else None)

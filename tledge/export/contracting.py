@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 def labels_for(cfg: ExportConfig, lm) -> tuple[str, ...]:
-    """--labels, else the sidecar's (checked against the model in loader.resolve_contract), else the
+    """--labels, else the sidecar's (checked against the model in resolve.resolve_contract), else the
     class folders of --val / --calib."""
     from tledge.images import class_folders
 
@@ -67,7 +67,7 @@ def check_given_preprocessing(cfg: ExportConfig, contract: Contract, reference: 
 
 def export_contract(cfg: ExportConfig, lm, labels) -> tuple[Contract, str | None]:
     """Explicit flags win over a tledge.json beside the model; lm.contract_source says who gave what."""
-    from tledge.export import loader
+    from tledge.export import resolve
 
     preprocess, preprocess_from = cfg.preprocess, "--preprocess"
     if cfg.preprocess == "auto" and lm.baked_mode is not None:
@@ -84,7 +84,7 @@ def export_contract(cfg: ExportConfig, lm, labels) -> tuple[Contract, str | None
         labels_from = f"the class folders of {cfg.val if cfg.val and cfg.val != 'random' else cfg.calib}"
     geometry = {part: flag for part, flag, given in (("resize", "--resize", cfg.resize), ("fit", "--fit", cfg.fit),
                                                       ("fit", "--crop", cfg.crop is not None)) if given}
-    contract, add_norm = loader.resolve_contract(lm, preprocess=preprocess, input_size=cfg.input_size, labels=labels,
+    contract, add_norm = resolve.resolve_contract(lm, preprocess=preprocess, input_size=cfg.input_size, labels=labels,
                                                  labels_from=labels_from, preprocess_from=preprocess_from,
                                                  geometry_flags=geometry)
     return with_export_options(contract, cfg), add_norm
