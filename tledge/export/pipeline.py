@@ -68,7 +68,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
     `manifest.json` written last (tledge.export.unit). Raises TledgeError for bad input (and when
     another export holds the folder); parity failures are in the returned report."""
     from tledge import clients, log
-    from tledge.export import loader, resize_choice, speed
+    from tledge.export import loader, speed
     from tledge.export.unit import ExportFolder
 
     chosen = plan(cfg)
@@ -81,22 +81,14 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
         log.plan(3 + len(chosen))  # progress lines on the CLI: load, images, each file, parity
         clock = time.perf_counter()
         with log.step(f"loading {Path(model_path).name}"):
-            lm, resize_note = loader.load_model(model_path, unsafe=cfg.unsafe), ""
+            lm = loader.load_model(model_path, unsafe=cfg.unsafe)
             labels = contracting.labels_for(cfg, lm)
             contract, add_norm = contracting.export_contract(cfg, lm, labels)
             serve, concrete = loader.trace(lm, contract, add_norm)
         steps, clock = {"load and trace": time.perf_counter() - clock}, time.perf_counter()
         with log.step("reading images and running the Keras model"):
-            val_x, val_y, val_files = _val_images(cfg, contract, chosen)
-            reference = loader.run_reference(serve, val_x)
-            if resize_choice.candidate(contract, cfg.resize):  # MediaPipe's resize, where it costs no accuracy
-                choice = resize_choice.choose(contract, val_files, val_y, reference,
-                                              lambda x: loader.run_reference(serve, x))
-                contract, resize_note = choice.contract, choice.note
-                if choice.pixels is not None:  # warp-linear: its val pixels and Keras outputs are made already
-                    val_x, reference = choice.pixels, choice.outputs
+            contract, val_x, val_y, val_files, reference, resize_note = _reference(cfg, contract, chosen, serve)
             calib = _calib_images(cfg, contract, chosen)  # with the final contract: prepared once
-            val_x = val_x.astype(np.float32)
         contract, val_y = _final_contract(cfg, contract, reference, val_y, stage)
         steps["images and reference"] = time.perf_counter() - clock
         files, failed, seconds = _convert_all(chosen, serve, concrete, contract, calib, stage, cfg.int8_only)
@@ -128,6 +120,21 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
                       _inputs(stage, [r.file for r in report.results]))
     written = [out / r.file for r in report.results if "/" not in r.file and (out / r.file).is_file()]
     return ExportResult(out, contract, written, report, seconds)
+
+
+def _reference(cfg: ExportConfig, contract, chosen, serve):
+    """The val images and the Keras model's outputs on them, with the resize MediaPipe uses where it costs
+    no accuracy (resize_choice): (contract, val_x, val_y, val_files, reference, the resize note or "")."""
+    from tledge.export import loader, resize_choice
+
+    val_x, val_y, val_files = _val_images(cfg, contract, chosen)
+    reference, note = loader.run_reference(serve, val_x), ""
+    if resize_choice.candidate(contract, cfg.resize):
+        choice = resize_choice.choose(contract, val_files, val_y, reference, lambda x: loader.run_reference(serve, x))
+        contract, note = choice.contract, choice.note
+        if choice.pixels is not None:  # warp-linear: its val pixels and Keras outputs are made already
+            val_x, reference = choice.pixels, choice.outputs
+    return contract, val_x.astype(np.float32), val_y, val_files, reference, note
 
 
 def _final_contract(cfg: ExportConfig, contract, reference, val_y, stage: Path):
