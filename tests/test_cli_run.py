@@ -152,6 +152,16 @@ def test_bench_side_by_side(capsys):
     assert code == 0 and "p50 ms" in out.splitlines()[0] and "int8.tflite" in out
 
 
+def test_bench_notes_go_to_stderr(capsys):
+    """The table is the result (stdout); a provider that is not there is a note (stderr, hidden by -q)."""
+    args = ("bench", TINY / "model_int8.onnx", "--runs", "2", "--same-process", "--providers", "cuda")
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0 and "p50 ms" in out and "not available" not in out
+    assert "model_int8.onnx: not available in this onnxruntime: CUDAExecutionProvider" in err
+    code, out, err = run_cli(capsys, "-q", *args)
+    assert code == 0 and "p50 ms" in out and "not available" not in err
+
+
 NO_TF_SCRIPT = """
 import sys, io, contextlib, json
 from tledge.cli import main   # builds the parser: imports every cli module

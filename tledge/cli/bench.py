@@ -42,9 +42,11 @@ def run(args) -> int:
         print(json.dumps(results, indent=2))
     else:
         print(table(results))
-        for r in results:
-            for note in r.get("notes", []):
-                print(f"{r['name']}: {note}")
+    from tledge import log
+
+    for r in results:  # tledge's notes, as export's and run's: stderr, hidden by -q (and in --json's "notes")
+        for note in r.get("notes", []):
+            log.note(f"{r['name']}: {note}")
     if all("error" in r for r in results):  # nothing measured: say so on stderr too (the table is on stdout)
         from tledge.errors import TledgeError
 
