@@ -13,7 +13,15 @@ import numpy as np
 
 from tledge.errors import DataError, ImageError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".jp2"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
+                  ".jp2"}
+# folders no one means as data: macOS zips' resource forks, Synology's thumbnails (hidden ones start with ".")
+SYSTEM_FOLDERS = {"__MACOSX", "@eaDir"}
+
+
+def skipped_name(name: str) -> bool:
+    """A hidden file or folder (.DS_Store, ._x.jpg, .thumbnails/, .@__thumb/) or a system folder: never data."""
+    return name.startswith(".") or name in SYSTEM_FOLDERS
 
 
 def load(path: str | Path) -> np.ndarray:
@@ -28,7 +36,11 @@ def load(path: str | Path) -> np.ndarray:
     if data.size == 0:
         raise ImageError(f"cannot decode image {p}: the file is empty")
     # IMREAD_ANYDEPTH keeps 16-bit data for a correct scale; IMREAD_COLOR applies EXIF orientation.
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    except cv2.error as exc:  # a header over OpenCV's 2^30-pixel limit (a gigapixel scan, a forged size) raises
+        why = "larger than OpenCV decodes (2^30 pixels)" if "MAX_IMAGE_PIXELS" in str(exc) else "corrupt"
+        raise ImageError(f"cannot decode image {p}: {why}") from None
     if img is None and p.suffix.lower() == ".gif":
         img = _first_gif_frame(p)
     if img is None:
@@ -48,7 +60,9 @@ def _first_gif_frame(p: Path):
 
 
 def to_uint8_rgb(img: np.ndarray, *, bgr: bool = False) -> np.ndarray:
-    """Any HxW, HxWx1, HxWx3 or HxWx4 array (uint8, uint16 or float in [0,1]) -> HxWx3 uint8 RGB."""
+    """Any HxW, HxWx1, HxWx3 or HxWx4 (RGBA) array -> HxWx3 uint8 RGB. uint16 is scaled from 0..65535; float is
+    0..1, or 0..255 when its maximum is over 1.5 (Keras's `img_to_array`, a float TIFF); other integers are
+    clipped to 0..255."""
     import cv2
 
     a = np.asarray(img)
@@ -58,7 +72,10 @@ def to_uint8_rgb(img: np.ndarray, *, bgr: bool = False) -> np.ndarray:
         a = (a.astype(np.uint32) * 255 + 32767) // 65535
         a = a.astype(np.uint8)
     elif a.dtype.kind == "f":
-        a = np.clip(np.round(a * 255.0), 0, 255).astype(np.uint8)
+        if not np.isfinite(a).all():
+            raise ImageError("the image array holds NaN or infinite values")
+        scale = 1.0 if float(a.max()) > 1.5 else 255.0
+        a = np.clip(np.round(a * scale), 0, 255).astype(np.uint8)
     elif a.dtype != np.uint8:
         a = np.clip(a, 0, 255).astype(np.uint8)
     if a.ndim == 2 or a.shape[2] == 1:
@@ -93,7 +110,7 @@ def iter_image_files(root: str | Path, recursive: bool = True) -> Iterator[Path]
     p = Path(root)
     it = p.rglob("*") if recursive else p.glob("*")
     for f in sorted(it):
-        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."):
+        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not any(map(skipped_name, f.relative_to(p).parts)):
             yield f
 
 
@@ -102,7 +119,7 @@ def class_folders(root: str | Path) -> list[tuple[str, list[Path]]]:
     p = Path(root)
     if not p.is_dir():
         raise DataError(f"not a folder: {p}")
-    classes = sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = sorted(d for d in p.iterdir() if d.is_dir() and not skipped_name(d.name))
     return [(d.name, list(iter_image_files(d))) for d in classes]
 
 

@@ -276,6 +276,9 @@ def capture(c: Console, hook_warnings: bool | None = None):
         if term is not None:
             term.close()
         logfile.close()
+        refused = sys.exc_info()[1]  # bad input (exit 2) loses nothing: not the last run's log, not a new file
+        if refused is not None and (getattr(refused, "exit_code", None) == 2 or isinstance(refused, OSError)):
+            c.keep = None
         _settle_log(c)
 
 

@@ -30,7 +30,9 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(info, indent=2, ensure_ascii=False))
         return 0
-    print("\n".join(describe(info)))
+    from tledge.runtime.outputs import printable
+
+    print("\n".join(printable(line) for line in describe(info)))  # labels, names: from the file, no escapes
     return 0
 
 

@@ -69,6 +69,7 @@ def _validate(args) -> None:
     from tledge.cli import validate as V
     from tledge.errors import TledgeError
     from tledge.runtime.options import check_model_options
+    from tledge.images import IMAGE_SUFFIXES
     from tledge.runtime.sources import VIDEO_SUFFIXES
 
     V.edge_model_or_export(args.model)
@@ -86,15 +87,44 @@ def _validate(args) -> None:
     if args.save:
         if args.save.suffix.lower() in VIDEO_SUFFIXES:
             V.output_file(args.save, "--save")
+        elif args.save.suffix.lower() in IMAGE_SUFFIXES:  # `--save out.gif` made a folder of that name
+            raise TledgeError(f"--save {args.save}: pass a folder (annotated images) or a video file (.mp4, .avi)")
         else:
             V.output_dir(args.save, "--save")
+    _keep_inputs(args)
+
+
+def _keep_inputs(args) -> None:
+    """--csv / --save never replace what is being classified: not an input file, not the source folder (or a
+    folder inside it, whose annotated copies the next run would read), not a folder an input file lies in."""
+    from tledge.errors import TledgeError
+    from tledge.runtime.sources import VIDEO_SUFFIXES, local_inputs
+
+    files, folder = local_inputs(args.source) if args.csv or args.save else ([], None)
+    inputs = {f.resolve() for f in files}
+    for flag, out in (("--csv", args.csv), ("--save", args.save)):
+        if not out:
+            continue
+        o = out.expanduser().resolve()
+        if o in inputs:
+            raise TledgeError(f"{flag} {out} is an input of --source {args.source}: it would be overwritten; "
+                              "write the results elsewhere")
+        if flag == "--save" and o.suffix.lower() not in VIDEO_SUFFIXES:
+            source_dir = folder.resolve() if folder is not None and Path(args.source).is_dir() else None
+            if source_dir is not None and (o == source_dir or source_dir in o.parents):
+                raise TledgeError(f"--save {out} is inside the source folder {args.source}: the annotated copies "
+                                  "would replace or join the photos; pass a folder outside it")
+            if any(f.parent == o for f in inputs):
+                raise TledgeError(f"--save {out} holds input files of --source {args.source}: their annotated "
+                                  "copies would overwrite them; pass another folder")
 
 
 def _loop(runner, source, args) -> None:
     from tledge.runtime.outputs import CsvSink, SaveSink, human_line, json_line
+    from tledge.runtime.sources import local_inputs
 
     csv_sink = CsvSink(args.csv) if args.csv else None
-    root = Path(source.name) if Path(source.name).is_dir() else None
+    root = local_inputs(source.name)[1]  # outputs keep their paths under the folder (or a glob's fixed part)
     save = SaveSink(args.save, fps=source.fps, root=root) if args.save else None
     results = runner.run(source)
     ok = False

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +16,34 @@ CSV_FIELDS = ("source", "index", "status", "label", "score", "latency_ms", "prep
 _WRITABLE = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
+# control characters (a terminal's escape sequences, a newline that fakes a result line), bidi overrides and
+# lone surrogates (a file name in another system's encoding): shown as escapes, never sent to a terminal
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def printable(text) -> str:
+    """`text` safe to print: labels and names come from files tledge did not write."""
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}",
+                       str(text))
+
+
 def human_line(r: Result) -> str:
+    src = printable(r.source)
     if r.status != "ok":
-        return f"{r.source}: {r.status.upper()}: {r.error}"
+        return f"{src}: {r.status.upper()}: {printable(r.error)}"
     if not r.top:
-        return f"{r.source}: (nothing above the threshold)  [{r.latency_ms:.2f} ms]"
-    preds = ", ".join(f"{p.label} {p.score:.3f}" for p in r.top)
-    return f"{r.source}: {preds}  [{r.latency_ms:.2f} ms]"
+        return f"{src}: (nothing above the threshold)  [{r.latency_ms:.2f} ms]"
+    preds = ", ".join(f"{printable(p.label)} {p.score:.3f}" for p in r.top)
+    return f"{src}: {preds}  [{r.latency_ms:.2f} ms]"
 
 
 def json_line(r: Result) -> str:
-    return json.dumps(r.to_dict(), ensure_ascii=False)
+    text = json.dumps(r.to_dict(), ensure_ascii=False)  # JSON escapes control characters itself
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:  # a lone surrogate: JSON's own \udce9 escape, which JSON readers take back
+        return json.dumps(r.to_dict(), ensure_ascii=True)
 
 
 class CsvSink:
@@ -38,7 +56,8 @@ class CsvSink:
         self.path = Path(path)
         self._ctx = atomic_path(self.path)
         self._tmp = self._ctx.__enter__()
-        self._fh = open(self._tmp, "w", newline="", encoding="utf-8")
+        # a file name in another system's encoding (Latin-1 bytes: surrogates in Python) as \udce9, not a crash
+        self._fh = open(self._tmp, "w", newline="", encoding="utf-8", errors="backslashreplace")
         import csv
 
         self._w = csv.DictWriter(self._fh, fieldnames=CSV_FIELDS)
@@ -89,7 +108,7 @@ class SaveSink:
         self.path = Path(path)
         self.video = self.path.suffix.lower() in VIDEO_SUFFIXES
         self.fps, self.root = fps or 10.0, root
-        self._writer, self._size, self.written = None, None, 0
+        self._writer, self._size, self.written, self._used = None, None, 0, set()
         self._tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
         if not self.video:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -114,12 +133,21 @@ class SaveSink:
         if p is None:
             return self.path / f"frame_{r.index:06d}.jpg"
         rel = Path(p.name)
-        if self.root is not None:
-            try:
-                rel = p.resolve().relative_to(self.root.resolve())
-            except ValueError:
-                pass
-        return self.path / (rel if rel.suffix.lower() in _WRITABLE else rel.with_suffix(".png"))
+        if self.root is not None:  # as listed (a symlinked file keeps its place), else resolved
+            for path, root in ((p, self.root), (p.resolve(), self.root.resolve())):
+                try:
+                    rel = path.relative_to(root)
+                    break
+                except ValueError:
+                    pass
+        if rel.suffix.lower() not in _WRITABLE:  # x.gif beside x.png: x.gif.png and x.png
+            rel = rel.with_name(rel.name + ".png")
+        dst, n = self.path / rel, 1
+        while dst in self._used:  # two inputs of one name (a glob over folders, links): x.jpg, x_2.jpg
+            n += 1
+            dst = self.path / rel.with_name(f"{rel.stem}_{n}{rel.suffix}")
+        self._used.add(dst)
+        return dst
 
     def _write_video(self, img: np.ndarray) -> None:
         import cv2
@@ -129,9 +157,13 @@ class SaveSink:
             h, w = img.shape[:2]
             self._size = (w - w % 2, h - h % 2)  # most codecs want even sizes
             fourcc = cv2.VideoWriter_fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
-            self._writer = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, self._size)
-            if not self._writer.isOpened():
-                raise TledgeError(f"cannot write video {self.path} (no encoder for {self.path.suffix})")
+            writer = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, self._size)
+            if not writer.isOpened():  # not kept: close() must not move a file never written over this error
+                writer.release()
+                Path(self._tmp).unlink(missing_ok=True)
+                raise TledgeError(f"cannot write video {self.path} (no encoder for {self.path.suffix} in this "
+                                  "OpenCV; .avi and .mp4 work everywhere)")
+            self._writer = writer
         if (img.shape[1], img.shape[0]) != self._size:
             img = cv2.resize(img, self._size, interpolation=cv2.INTER_AREA)
         self._writer.write(img)

@@ -9,6 +9,7 @@ reconnect with back-off when the stream drops. No TensorFlow; OpenCV is imported
 from __future__ import annotations
 
 import glob
+import itertools
 import re
 import sys
 import threading
@@ -296,7 +297,7 @@ def open_source(spec: str | Path, *, retries: int = 5, backoff: float = 1.0,
         return LiveSource(f"camera:{s}", opener or _cv2_opener(int(s) if s.isdigit() else s), **live)
     if s.lower().startswith(STREAM_SCHEMES):
         return LiveSource(_redact(s), opener or _cv2_opener(s, "CAP_FFMPEG"), **live)
-    if "!" in s:
+    if "!" in s and not (glob.has_magic(s) and glob.glob(str(Path(s).expanduser()), recursive=True)):
         _require_gstreamer()
         return LiveSource("gstreamer", opener or _cv2_opener(s, "CAP_GSTREAMER"), **live)
     return _file_source(s, on_event)
@@ -326,6 +327,23 @@ def _file_source(s: str, on_event) -> Source:
                           "video, camera index, rtsp:// or http:// URL, GStreamer pipeline or picamera2)")
     raise TledgeError(f"source not found: {s!r} (expected an image, folder, glob, video, camera index, "
                       "rtsp:// or http:// URL, GStreamer pipeline or picamera2)")
+
+
+def local_inputs(spec: str | Path) -> tuple[list[Path], Path | None]:
+    """Without opening anything: the files a file, glob or folder source reads, and the folder (or a glob's
+    fixed leading folder) that outputs keep relative paths to; ([], None) for cameras, URLs and pipelines."""
+    s = str(spec).strip()
+    p = Path(s).expanduser()
+    if p.is_file():
+        return [p], None
+    if p.is_dir():
+        from tledge.images import iter_image_files
+
+        return list(iter_image_files(p)), p
+    if glob.has_magic(s):
+        fixed = [part for part in itertools.takewhile(lambda q: not glob.has_magic(q), p.parts)]
+        return [Path(m) for m in glob.glob(str(p), recursive=True) if Path(m).is_file()], Path(*fixed)
+    return [], None
 
 
 def _cv2_opener(target, api: str | None = None) -> Callable:

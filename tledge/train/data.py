@@ -17,7 +17,6 @@ from tledge import images
 from tledge.errors import DataError, ImageError, TledgeWarning
 
 VAL_NAMES = ("val", "validation", "valid")
-SPLIT_NAMES = {"train", "test", *VAL_NAMES}
 DEFAULT_VAL_SPLIT = 0.2
 _SHOW = 5  # file names listed in one warning
 
@@ -50,32 +49,49 @@ def scan_classes(root: Path, *, what: str) -> dict[str, list[Path]]:
     """{class: [image files]} of a folder of class folders; warns about files that are skipped."""
     if not root.is_dir():
         raise DataError(f"{what} folder not found: {root}")
-    dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    loose = sorted(f for f in root.iterdir() if f.is_file() and not f.name.startswith("."))
+    dirs = sorted(d for d in root.iterdir() if d.is_dir() and not images.skipped_name(d.name))
+    loose = sorted(f for f in root.iterdir() if f.is_file() and not images.skipped_name(f.name))
     if not dirs:
         hint = " (they must be in one sub-folder per class)" if loose else ""
         raise DataError(f"{what} folder {root} has no class folders{hint}")
     if loose:
         warnings.warn(f"ignoring {len(loose)} file(s) directly in {root} (not in a class folder): "
                       f"{_listing(loose)}", TledgeWarning, stacklevel=3)
+    undecodable = [d.name.encode("utf-8", "backslashreplace").decode() for d in dirs if not _utf8(d.name)]
+    if undecodable:  # the labels go into labels.txt and every exported file as UTF-8
+        raise DataError(f"class folder name(s) in {root} are not UTF-8 (another system's encoding, e.g. an old "
+                        f"zip): {', '.join(undecodable)}; rename them")
     classes: dict[str, list[Path]] = {}
     others = []
     for d in dirs:
         classes[d.name] = list(images.iter_image_files(d))
-        others += [f for f in sorted(d.rglob("*")) if f.is_file() and not f.name.startswith(".")
-                   and f.suffix.lower() not in images.IMAGE_SUFFIXES]
+        others += [f for f in sorted(d.rglob("*")) if f.is_file() and f.suffix.lower() not in images.IMAGE_SUFFIXES
+                   and not any(map(images.skipped_name, f.relative_to(d).parts))]
     if others:
         warnings.warn(f"ignoring {len(others)} non-image file(s) in {root}: {_listing(others)}",
                       TledgeWarning, stacklevel=3)
     return classes
 
 
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def _split_layout(root: Path) -> tuple[Path, Path | None] | None:
     """(train dir, val dir or None) when `root` holds train/ (and val/) instead of class folders."""
-    names = {d.name.lower(): d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")}
-    if "train" not in names or not set(names) <= SPLIT_NAMES:
+    names = {d.name.lower(): d for d in root.iterdir() if d.is_dir() and not images.skipped_name(d.name)}
+    if "train" not in names:  # a class named "train" beside others is a split layout with extra folders
         return None
     val = next((names[n] for n in VAL_NAMES if n in names), None)
+    unused = sorted(d.name for n, d in names.items() if n != "train" and d != val)
+    if unused:
+        warnings.warn(f"{root} holds a train/ folder: using train/{' and ' + val.name + '/' if val else ''} and "
+                      f"ignoring {', '.join(n + '/' for n in unused)} (tledge train uses no test split; "
+                      "check the exported files on it with tledge parity)", TledgeWarning, stacklevel=3)
     return names["train"], val
 
 

@@ -1,0 +1,202 @@
+"""Inputs as people have them (the twenty-eighth session's walkthrough): a forged image size, float arrays in
+0..255, thumbnail and macOS folders, a split layout with an extra folder, and `run --save/--csv` pointed at the
+photos being classified."""
+from __future__ import annotations
+
+import struct
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny import TINY
+
+from tledge.cli import main
+from tledge.errors import ImageError
+
+
+def _png(path: Path, value: int = 0, size=(16, 16)) -> Path:
+    """PNG bytes under any name (the decoder reads the content, the suffix decides what is listed)."""
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, data = cv2.imencode(".png", np.full(size + (3,), value, np.uint8))
+    path.write_bytes(data.tobytes())
+    return path
+
+
+def _forged_png(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims width x height pixels (80 bytes on disk)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 7))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_an_image_over_opencv_s_pixel_limit_is_an_image_error(tmp_path):
+    """OpenCV raises (not returns None) for a header over 2^30 pixels: train, export and parity crashed."""
+    from tledge import images
+
+    with pytest.raises(ImageError, match="larger than OpenCV decodes"):
+        images.load(_forged_png(tmp_path / "bomb.png", 100_000, 100_000))
+
+
+def test_float_arrays_in_0_255_are_not_white():
+    """Keras's img_to_array gives float32 0..255: it was clipped as if 0..1 (a white image)."""
+    from tledge.images import to_uint8_rgb
+
+    rgb = np.random.default_rng(0).integers(0, 256, (8, 8, 3)).astype(np.uint8)
+    assert np.array_equal(to_uint8_rgb(rgb.astype(np.float32)), rgb)
+    assert np.array_equal(to_uint8_rgb(rgb.astype(np.float32) / 255.0), rgb)
+    with pytest.raises(ImageError, match="NaN"):
+        to_uint8_rgb(np.full((4, 4, 3), np.nan, np.float32))
+
+
+def test_thumbnail_and_macos_folders_are_not_data(tmp_path):
+    from tledge.images import class_folders, iter_image_files
+
+    root = tmp_path / "data"
+    for rel in ("ants/a.jpg", "ants/.thumbnails/a.jpg", "ants/@eaDir/a.jpg/thumb.jpg", "ants/b.jfif",
+                "bees/c.png", "bees/sub/d.png", "__MACOSX/ants/._a.jpg"):
+        _png(root / rel)
+    assert [f.relative_to(root).as_posix() for f in iter_image_files(root / "ants")] == ["ants/a.jpg", "ants/b.jfif"]
+    assert [(n, len(fs)) for n, fs in class_folders(root)] == [("ants", 2), ("bees", 2)]
+
+
+def test_a_split_layout_with_an_extra_folder_is_still_a_split_layout(tmp_path):
+    """train/ + val/ + unlabeled/ trained the classes "train", "unlabeled", "val"."""
+    from tledge.errors import TledgeWarning
+    from tledge.train.data import plan
+
+    for split in ("train", "val"):
+        for c in ("ants", "bees"):
+            for i in range(3):
+                _png(tmp_path / split / c / f"{i}.png", 40 * i)
+    _png(tmp_path / "unlabeled" / "x.png")
+    _png(tmp_path / "__MACOSX" / "train" / "y.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = plan(tmp_path)
+    assert p.classes == ("ants", "bees") and len(p.train.files) == 6 and len(p.val.files) == 6
+    said = [str(w.message) for w in caught if issubclass(w.category, TledgeWarning)]
+    assert any("ignoring unlabeled/" in m for m in said) and not any("__MACOSX" in m for m in said)
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    return (code,) + capsys.readouterr()
+
+
+def test_run_never_writes_over_the_photos_it_classifies(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    a = _png(photos / "ants" / "a.png", 10)
+    before = a.read_bytes()
+    model = TINY / "model_fp32.tflite"
+    for argv, said in ((("--save", photos), "inside the source folder"),
+                       (("--save", photos / "ants" / "annotated"), "inside the source folder"),
+                       (("--csv", a), "is an input"),
+                       (("--source", a, "--save", photos / "ants"), "holds input files"),
+                       (("--source", str(photos / "*" / "*.png"), "--save", photos / "ants"), "holds input files")):
+        source = () if "--source" in argv else ("--source", photos)
+        code, out, err = _run(capsys, "run", model, *source, *argv)
+        assert code == 2 and said in err and out == "", (argv, err)
+    assert a.read_bytes() == before and sorted(p.name for p in photos.rglob("*")) == ["a.png", "ants"]
+
+
+def test_run_save_keeps_every_output_of_a_glob(tmp_path, capsys):
+    """A glob over folders gave every output its bare name: b/x.png overwrote a/x.png."""
+    src = tmp_path / "src"
+    for sub in ("a", "b"):
+        _png(src / sub / "x.png", 50)
+    _png(src / "a" / "y.gif")
+    _png(src / "a" / "y.png")
+    code, out, err = _run(capsys, "run", TINY / "model_fp32.tflite", "--source", str(src / "**" / "*.*"),
+                          "--save", tmp_path / "saved")
+    assert code == 0, err
+    saved = sorted(p.relative_to(tmp_path / "saved").as_posix() for p in (tmp_path / "saved").rglob("*.*"))
+    assert saved == ["a/x.png", "a/y.gif.png", "a/y.png", "b/x.png"]
+
+
+def test_a_refused_command_keeps_the_last_run_s_log(tmp_path, capsys):
+    """A train refused for its data truncated the previous run's train.log; --out inside the data folder wrote one."""
+    _png(tmp_path / "one" / "ants" / "a.png")
+    _png(tmp_path / "one" / "ants" / "b.png")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train.log").write_text("the last run's messages\n")
+    code, out, err = _run(capsys, "train", tmp_path / "one", "--out", run, "--size", "32")
+    assert code == 2 and "only one class" in err
+    assert (run / "train.log").read_text() == "the last run's messages\n"
+    _png(tmp_path / "one" / "bees" / "c.png")
+    code, out, err = _run(capsys, "train", tmp_path / "one", "--out", tmp_path / "one" / "ants", "--size", "32")
+    assert code == 2 and "inside the data folder" in err and not (tmp_path / "one" / "ants" / "train.log").exists()
+
+
+@pytest.mark.skipif(__import__("sys").platform != "linux", reason="file names as bytes: Linux")
+def test_a_class_name_that_is_not_utf8_is_refused_before_training(tmp_path, capsys):
+    """A Latin-1 folder name crashed train after training (labels.txt), leaving a run without its labels."""
+    import os
+
+    from tledge.errors import DataError
+    from tledge.train.data import plan
+
+    for name in (b"ants", b"abeill\xe9"):
+        d = os.path.join(os.fsencode(tmp_path), name)
+        os.makedirs(d)
+        for i in range(3):
+            _png(Path(os.fsdecode(os.path.join(d, b"%d.png" % i))))
+    with pytest.raises(DataError, match=r"not UTF-8 .*abeill\\udce9"):
+        plan(tmp_path)
+    code, out, err = _run(capsys, "run", TINY / "model_fp32.tflite", "--source", tmp_path, "--csv", tmp_path / "r.csv")
+    assert code == 0 and "abeill\\udce9" in (tmp_path / "r.csv").read_text(encoding="utf-8")
+
+
+def test_labels_from_a_file_reach_the_terminal_escaped(tmp_path, capsys):
+    """A label with a terminal escape sequence or a newline (faking a result line) came out as it was."""
+    import json
+
+    import onnx
+
+    from tledge.runtime.outputs import printable
+
+    m = onnx.load(str(TINY / "model_fp32.onnx"))
+    hostile = ["ants\x1b]0;pwned\x07", "bees\nfake.jpg: ants 1.000", "wasps\u202e"]
+    for prop in m.metadata_props:
+        if prop.key == "tledge_contract":
+            contract = json.loads(prop.value)
+            contract["labels"] = hostile
+            prop.value = json.dumps(contract)
+        elif prop.key == "labels":
+            prop.value = "\n".join(hostile)
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    photo = _png(tmp_path / "p.png", 120)
+    code, out, err = _run(capsys, "run", tmp_path / "m.onnx", "--source", photo, "--top-k", "3")
+    assert code == 0 and "\x1b" not in out and "\u202e" not in out and not any(line.startswith("fake") for line in out.splitlines()), out
+    assert "ants\\x1b]0;pwned\\x07" in out and "bees\\x0afake.jpg" in out
+    code, out, err = _run(capsys, "info", tmp_path / "m.onnx")
+    assert code == 0 and "\x1b" not in out and "ants\\x1b]0;pwned" in out
+    assert printable("bées 🐝") == "bées 🐝"
+
+
+def test_save_to_an_image_name_or_an_unwritable_video_says_why(tmp_path, capsys):
+    """`--save out.gif` made a folder named out.gif; a video suffix with no encoder said "no such file"."""
+    photo = _png(tmp_path / "in" / "p.png", 90)
+    code, out, err = _run(capsys, "run", TINY / "model_fp32.tflite", "--source", photo, "--save", tmp_path / "o.gif")
+    assert code == 2 and "pass a folder" in err and not (tmp_path / "o.gif").exists()
+    from tledge.runtime.outputs import SaveSink
+
+    sink = SaveSink(tmp_path / "o.webm")
+    import cv2
+
+    if cv2.VideoWriter(str(tmp_path / "probe.webm"), cv2.VideoWriter_fourcc(*"mp4v"), 10, (16, 16)).isOpened():
+        pytest.skip("this OpenCV writes mp4v into .webm")
+    from tledge.errors import TledgeError
+
+    with pytest.raises(TledgeError, match="no encoder"):
+        sink._write_video(np.zeros((16, 16, 3), np.uint8))
+    sink.close()  # nothing to move: the first error stands
+    assert not (tmp_path / "o.webm").exists()
