@@ -4,7 +4,8 @@ A SavedModel holds TensorFlow ops, not Python: loading one never runs Python cod
 But a few ops act on the world when the graph runs: they write files (WriteFile, summary writers,
 checkpoint savers, PrintV2 to a `file://` stream, debug dumps) or call back into Python (PyFunc,
 EagerPyFunc: the function itself is not in the file, but calling into the host process is not what an
-image classifier does). Those are refused unless --unsafe. Checkpoint save ops are expected in the
+image classifier does), and whole op families no classifier's graph holds (tf.data, readers, file and RPC ops:
+ACTING_FAMILIES, matched by name, as a list of single ops is never complete). Those are refused unless --unsafe. Checkpoint save ops are expected in the
 SavedModel's own save function, which tledge never calls; they are refused only where the serving
 signature or the init op can reach them.
 """
@@ -40,6 +41,21 @@ ACTING_OPS: dict[str, str] = {
     "DebugNumericSummaryV2": "dumps tensors to debug URLs",
 }
 SAVE_OPS = frozenset({"Save", "SaveV2", "SaveSlices", "MergeV2Checkpoints"})  # fine only in the save function
+# reads a checkpoint: expected in the restore function only (a path the graph chooses, from the serving path)
+RESTORE_OPS = frozenset({"Restore", "RestoreV2", "RestoreSlice"})
+# Whole families an image classifier's serving graph never holds (the save and restore functions do: those
+# are not reached from a signature), matched by op name: a list of single op names is never complete (tf.data's cache() and save() write files; readers, snapshots and RPC reach outside)
+ACTING_FAMILIES: tuple[tuple[str, str], ...] = (
+    ("Dataset", "runs a tf.data pipeline (cache, save, snapshot and readers write or read files)"),
+    ("Iterator", "runs a tf.data pipeline"),
+    ("Snapshot", "reads or writes snapshot files"),
+    ("Reader", "reads files"),
+    ("File", "reads or writes files"),
+    ("Summary", "writes event files"),
+    ("Rpc", "calls a remote service"),
+    ("ImmutableConst", "maps a file into memory"),
+    ("LoadAndRemapMatrix", "reads a checkpoint file"),
+)
 
 
 @dataclass(frozen=True)
@@ -84,7 +100,11 @@ def _reason(node, reachable: bool) -> str | None:
         return "prints to a file"
     if node.op in SAVE_OPS and reachable:
         return "writes a checkpoint from the serving path"
-    return None
+    if node.op in RESTORE_OPS and reachable:
+        return "reads a checkpoint from the serving path"
+    if not reachable:  # the SavedModel's own save / restore functions, which tledge never calls
+        return None
+    return next((why for part, why in ACTING_FAMILIES if part in node.op), None)
 
 
 def _reachable(graph, functions: dict) -> tuple[set[str], set[str]]:
