@@ -59,6 +59,25 @@ def test_unknown_and_newer_fields_are_refused():
         Contract.from_json("{not json")
 
 
+@pytest.mark.parametrize("change, said", [
+    ({"mean": ["x", 0, 0], "norm": "custom", "std": [1, 1, 1]}, "list of numbers"), ({"mean": 5}, "list of numbers"),
+    ({"version": "x"}, "not an integer"), ({"input_quant": {"scale": "x", "zero_point": 0}}, "positive scale"),
+    ({"input_quant": [1, 2]}, "positive scale"), ({"labels": "ab"}, "list of strings"),
+    ({"labels": [{"a": 1}, None]}, "list of strings"), ({"baked": "no"}, "true or false"),
+    ({"height": 32.7}, "an integer"), ({"height": 10 ** 12}, "1..16384"), ({"pad_value": 10 ** 9}, "0..255"),
+    ({"norm": "custom", "mean": [float("nan")] * 3, "std": [1, 1, 1]}, "finite"),
+    ({"norm": "custom", "mean": [0, 0, 0], "std": [float("inf")] * 3}, "finite"),
+])
+def test_contract_json_from_a_file_is_checked_before_use(change, said):
+    """Read from files tledge may not have written (an ONNX file's metadata, a tledge.json): tracebacks for some
+    (exit 1), silently used nonsense for others ("baked": "no" skipped normalisation, NaN scores)."""
+    d = golden_contract().to_dict() | change
+    with pytest.raises(ContractError, match=said):
+        Contract.from_json(json.dumps(d))
+    with pytest.raises(ContractError, match="nested too deeply"):
+        Contract.from_json('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
+
+
 def _image(h=30, w=40):
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)

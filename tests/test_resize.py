@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from tledge import clients
-from tledge.contract import Contract, Resize, client_resizes
+from tledge.contract import Contract, Resize
+from tledge.resize import client_resizes
 from tledge.resize import warp_linear
 
 

@@ -101,6 +101,25 @@ class Quant:
         return (np.asarray(q, np.float32) - np.float32(self.zero_point)) * np.float32(self.scale)
 
 
+MAX_SIDE = 16384  # pixels a side: more is no image classifier's input
+# what each field is in JSON (a contract read from a file): checked before any value is used
+_JSON_TYPES = {"height": "int", "width": "int", "channels": "int", "crop_fraction": "number", "pad_value": "int",
+               "baked": "bool", "labels": "strings", "mean": "numbers", "std": "numbers", "extra": "object",
+               "input_dtype": "string", "color": "string", "layout": "string", "resize": "string", "fit": "string",
+               "norm": "string", "output": "string"}
+_TYPE_WORDS = {"int": "an integer", "number": "a number", "bool": "true or false", "strings": "a list of strings",
+               "numbers": "a list of numbers", "object": "a JSON object", "string": "a string"}
+
+
+def _is(value, kind: str) -> bool:
+    if kind in ("strings", "numbers"):
+        return isinstance(value, list) and all(_is(v, kind[:-1] if kind == "strings" else "number") for v in value)
+    return {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+            "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+            "bool": lambda v: isinstance(v, bool), "string": lambda v: isinstance(v, str),
+            "object": lambda v: isinstance(v, dict)}[kind](value)
+
+
 @dataclass(frozen=True)
 class Contract:
     """How a raw image becomes the model's input, and what its output means.
@@ -140,8 +159,10 @@ class Contract:
             except ValueError:
                 choices = ", ".join(e.value for e in enum)
                 raise ContractError(f"contract field {name}={value!r} is not one of: {choices}") from None
-        if self.height < 1 or self.width < 1:
-            raise ContractError(f"contract size must be positive, got {self.height}x{self.width}")
+        if not 1 <= self.height <= MAX_SIDE or not 1 <= self.width <= MAX_SIDE:
+            raise ContractError(f"contract size must be 1..{MAX_SIDE} a side, got {self.height}x{self.width}")
+        if not 0 <= self.pad_value <= 255:
+            raise ContractError(f"pad_value must be a pixel value 0..255, got {self.pad_value}")
         if self.channels not in (1, 3):
             raise ContractError(f"contract channels must be 1 or 3, got {self.channels}")
         if (self.channels == 1) != (self.color is ColorOrder.GRAY):
@@ -161,6 +182,8 @@ class Contract:
                 if len(v) != self.channels:
                     raise ContractError(f"{name} needs {self.channels} values, got {len(v)}")
                 object.__setattr__(self, name, v)
+        if any(not np.isfinite(x) for x in (self.mean or ()) + (self.std or ())):
+            raise ContractError("mean and std values must be finite numbers")
         if self.std is not None and any(s == 0 for s in self.std):
             raise ContractError("std values must be non-zero")
         object.__setattr__(self, "labels", tuple(str(x) for x in self.labels))
@@ -284,22 +307,31 @@ class Contract:
             raise ContractError("a contract must be a JSON object")
         d = dict(d)
         d.pop("format", None)
-        version = int(d.get("version", CONTRACT_VERSION))
+        version = d.get("version", CONTRACT_VERSION)
+        if not _is(version, "int"):
+            raise ContractError(f"contract version {str(version)[:20]!r} is not an integer")
         if version > CONTRACT_VERSION:
             raise ContractError(f"contract version {version} is newer than this tledge ({CONTRACT_VERSION}): upgrade tledge")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ContractError(f"unknown contract fields: {sorted(unknown)}")
+        for name, value in d.items():  # JSON from a file tledge may not have written: types, then values
+            kind = _JSON_TYPES.get(name)
+            if kind and value is not None and not _is(value, kind):
+                raise ContractError(f"contract field {name}={str(value)[:60]!r} is not {_TYPE_WORDS[kind]}")
         for q in ("input_quant", "output_quant"):
-            if q in d:
+            if d.get(q) is not None:
+                q_ok = isinstance(d[q], dict) and _is(d[q].get("scale"), "number") and _is(d[q].get("zero_point"), "int")
+                if not q_ok or not d[q]["scale"] > 0:
+                    raise ContractError(f"contract field {q} needs a positive scale and an integer zero_point")
                 d[q] = Quant.from_dict(d[q])
         for t in ("labels", "mean", "std"):
             if d.get(t) is not None:
                 d[t] = tuple(d[t])
         try:
             return cls(**d)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise ContractError(f"invalid contract: {exc}") from None
 
     @classmethod
@@ -308,6 +340,8 @@ class Contract:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as exc:
             raise ContractError(f"contract is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ContractError("contract JSON is nested too deeply") from None
 
     def save(self, path: str | Path) -> Path:
         from tledge.io import atomic_write_text
@@ -339,42 +373,6 @@ class Contract:
         """This contract as embedded in one exported file (its own dtype and quantisation)."""
         return self.replace(input_dtype=input_dtype, input_quant=input_quant, output_quant=output_quant,
                             layout=layout or self.layout)
-
-
-# The resize each client family applies by itself when the app hands it a whole image: (family,
-# interpolation, fit, agreement when the contract uses that same resize and fit, how). `None`: the client
-# does exactly the contract (tledge) or nothing (the app resizes). Written into exported contracts
-# (extra["resize_by_client"]) by `client_resizes`.
-CLIENT_RESIZE: tuple[tuple[str, str | None, str | None, str, str], ...] = (
-    ("tledge", None, None, "exact", "tledge run / Contract.prepare: this contract's resize and fit, exactly"),
-    ("opencv-dnn", "linear", "stretch", "exact", ("cv2.dnn.blobFromImage(img, 1, (W, H), swapRB=...): cv2.resize "
-     "INTER_LINEAR to WxH (crop=True: short side to fit, then centre crop, i.e. crop fraction 1)")),
-    ("mediapipe", "warp-linear", "stretch", "exact", ("MediaPipe Tasks ImageClassifier, CPU: the whole image "
-     "stretched to the input size by cv::warpPerspective INTER_LINEAR, BORDER_REPLICATE (pixel-corner grid, "
-     "1/32-pixel positions), uint8 tensor or float with mean 0 / std 1; the same tensor as warp-linear, bit "
-     "for bit (mediapipe 1.2.3). Its GPU path samples a texture instead: approximate")),
-    ("tflite-task-library", "linear", "stretch", "approximate", ("TFLite Task Library ImageClassifier: bilinear "
-     "to the input size (libyuv), aspect ratio not kept; not measured against tledge here")),
-    ("onnxruntime-web", None, None, "app", ("no image preprocessing: the app resizes (canvas drawImage smoothing "
-     "is browser-defined) and must lay out and scale the tensor as this contract says")),
-)
-
-
-def client_resizes(contract: "Contract") -> dict[str, dict[str, str]]:
-    """Per client family: the resize it uses and whether it gives this contract's pixels:
-    exact (the same pixels), approximate (same method, another implementation), differs, or app."""
-    out = {}
-    for family, resize, fit, same, how in CLIENT_RESIZE:
-        if family == "tledge":
-            agreement, resize, fit = same, contract.resize.value, contract.fit.value
-        elif resize is None:
-            agreement = "app"
-        elif (resize, fit) != (contract.resize.value, contract.fit.value):
-            agreement = "differs"
-        else:
-            agreement = same
-        out[family] = {"resize": resize or "app", "fit": fit or "app", "agreement": agreement, "how": how}
-    return out
 
 
 def read_labels(path: str | Path) -> tuple[str, ...]:

@@ -66,3 +66,39 @@ def _maps(h: int, w: int, height: int, width: int) -> tuple[np.ndarray, np.ndarr
     map1, map2 = map1.astype(np.int16), map2.astype(np.uint16)
     map1.flags.writeable = map2.flags.writeable = False
     return map1, map2
+
+
+# The resize each client family applies by itself when the app hands it a whole image: (family,
+# interpolation, fit, agreement when the contract uses that same resize and fit, how). `None`: the client
+# does exactly the contract (tledge) or nothing (the app resizes). Written into exported contracts
+# (extra["resize_by_client"]) by `client_resizes`.
+CLIENT_RESIZE: tuple[tuple[str, str | None, str | None, str, str], ...] = (
+    ("tledge", None, None, "exact", "tledge run / Contract.prepare: this contract's resize and fit, exactly"),
+    ("opencv-dnn", "linear", "stretch", "exact", ("cv2.dnn.blobFromImage(img, 1, (W, H), swapRB=...): cv2.resize "
+     "INTER_LINEAR to WxH (crop=True: short side to fit, then centre crop, i.e. crop fraction 1)")),
+    ("mediapipe", "warp-linear", "stretch", "exact", ("MediaPipe Tasks ImageClassifier, CPU: the whole image "
+     "stretched to the input size by cv::warpPerspective INTER_LINEAR, BORDER_REPLICATE (pixel-corner grid, "
+     "1/32-pixel positions), uint8 tensor or float with mean 0 / std 1; the same tensor as warp-linear, bit "
+     "for bit (mediapipe 1.2.3). Its GPU path samples a texture instead: approximate")),
+    ("tflite-task-library", "linear", "stretch", "approximate", ("TFLite Task Library ImageClassifier: bilinear "
+     "to the input size (libyuv), aspect ratio not kept; not measured against tledge here")),
+    ("onnxruntime-web", None, None, "app", ("no image preprocessing: the app resizes (canvas drawImage smoothing "
+     "is browser-defined) and must lay out and scale the tensor as this contract says")),
+)
+
+
+def client_resizes(contract) -> dict[str, dict[str, str]]:
+    """Per client family: the resize it uses and whether it gives this contract's pixels:
+    exact (the same pixels), approximate (same method, another implementation), differs, or app."""
+    out = {}
+    for family, resize, fit, same, how in CLIENT_RESIZE:
+        if family == "tledge":
+            agreement, resize, fit = same, contract.resize.value, contract.fit.value
+        elif resize is None:
+            agreement = "app"
+        elif (resize, fit) != (contract.resize.value, contract.fit.value):
+            agreement = "differs"
+        else:
+            agreement = same
+        out[family] = {"resize": resize or "app", "fit": fit or "app", "agreement": agreement, "how": how}
+    return out

@@ -93,7 +93,7 @@ def export_contract(cfg: ExportConfig, lm, labels) -> tuple[Contract, str | None
 def with_export_options(contract: Contract, cfg: ExportConfig) -> Contract:
     """--resize / --fit / --crop (as `tledge run` takes them), the ONNX conventions and the resize of
     each client family, on the export contract: calibration and parity images are prepared with it."""
-    from tledge.contract import client_resizes
+    from tledge.resize import client_resizes
     from tledge.export.onnx import Conventions
 
     geometry: dict = {}

@@ -18,7 +18,8 @@ from typing import NamedTuple
 import numpy as np
 
 from tledge.artifacts import DEFAULT_THRESHOLDS
-from tledge.contract import Contract, Fit, Resize, client_resizes
+from tledge.contract import Contract, Fit, Resize
+from tledge.resize import client_resizes
 from tledge.images import prepare_all
 
 BUDGET = DEFAULT_THRESHOLDS["int8"].max_accuracy_drop  # accuracy points (as a fraction) warp-linear may cost
