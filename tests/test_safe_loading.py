@@ -186,6 +186,7 @@ def _layer(cls, name, **extra):
       "config": {"name": "reg"}}, "reg"),
     (_layer("Dense", "fn", activation={"function_type": "lambda", "function": ["AAAA", None, None]}), "fn"),
     (_layer("TimeDistributed", "td", layer=_layer("Bidirectional", "bi", layer=_layer("Lambda", "deep"))), "deep"),
+    ({"module": "keras.layers", "class_name": "TFSMLayer", "config": {"name": "tfsm", "filepath": "/x"}}, "tfsm"),
 ])
 def test_walk_finds_code_anywhere(entry, culprit):
     config = {"class_name": "Functional", "config": {"name": "m", "layers": [

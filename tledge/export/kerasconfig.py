@@ -29,6 +29,7 @@ CODE_CLASSES: dict[str, str] = {
     "SlicingOpLambda": "a SlicingOpLambda layer calls a TensorFlow function named in the file",
     "TensorFlowOpLayer": "a TensorFlowOpLayer runs a TensorFlow op stored in the file",
     "__lambda__": "a serialised Python lambda",
+    "TFSMLayer": "a TFSMLayer loads and runs another SavedModel, named by a path in the file",
 }
 _CODE_CLASSES_LOWER = {k.lower(): v for k, v in CODE_CLASSES.items()}
 # custom objects tledge registers itself (tledge.layers.CUSTOM_OBJECTS; a test keeps the two in step)

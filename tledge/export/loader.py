@@ -142,8 +142,8 @@ def _load_keras(p: Path, unsafe: bool) -> LoadedModel:
     except Exception as exc:  # Keras raises many types here
         msg = str(exc)
         if "safe_mode" in msg or "lambda" in msg.lower():
-            raise ModelLoadError(f"{p} contains Python code (a Lambda layer); refused in safe mode. "
-                                 "Pass --unsafe only if you trust this file.") from None
+            raise ModelLoadError(f"{p}: Keras's safe mode refuses it (it would run code the file names: "
+                                 f"{_first_line(msg)[:160]}). Pass --unsafe only if you trust this file.") from None
         raise ModelLoadError(f"cannot load {p}: {exc.__class__.__name__}: {_first_line(msg)}") from None
     return _describe(p, model, "keras")
 
