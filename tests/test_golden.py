@@ -285,6 +285,17 @@ def test_bundle_run_sh_check_passes_then_fails_when_outputs_disagree(tmp_path):
                            str(board / "model"), "--images", str(board / "model")], capture_output=True, text=True,
                           timeout=300, env={**env, "PYTHONPATH": f"{board / 'lib'}:{site}"}, cwd=tmp_path)
     assert proc.returncode == 2 and "no exporter" in proc.stderr and "--golden" in proc.stderr, proc.stderr
+    cli = board / "lib/tledge/cli/parity.py"  # the bundle's code is checked before any of it runs
+    original = cli.read_bytes()
+    cli.write_bytes(original + b"\nopen('RAN', 'w')\n")
+    proc = check()
+    assert proc.returncode == 2 and "not intact" in proc.stderr and "lib/tledge/cli/parity.py" in proc.stderr
+    cli.write_bytes(original)
+    (board / "lib" / "sitecustomize.py").write_text("open('RAN', 'w')\n")  # PYTHONPATH=lib/ would run it
+    proc = check()
+    assert proc.returncode == 2 and "lib/sitecustomize.py (not in the bundle)" in proc.stderr
+    assert not (tmp_path / "RAN").exists()
+    (board / "lib" / "sitecustomize.py").unlink()
     _swap_top1(board / "model" / golden.GOLDEN)
     proc = check()
     assert proc.returncode == 2 and "golden.npz: changed since export" in proc.stderr

@@ -180,6 +180,16 @@ need() {{
 }}
 if [ "${{1:-}}" = "--check" ]; then
   shift
+  # first the code against bundle.json (-I: nothing from lib/ runs before it is checked; no file added to lib/);
+  # the model files are tledge parity's to check (model/manifest.json)
+  "$PY" -I -c 'import hashlib, json, pathlib, sys
+top = pathlib.Path(sys.argv[1]); listed = json.loads((top / "bundle.json").read_text())["sha256"]
+bad = [f for f, h in sorted(listed.items()) if not f.startswith("model/") and (not (top / f).is_file()
+       or hashlib.sha256((top / f).read_bytes()).hexdigest() != h)]
+bad += [str(f.relative_to(top)) + " (not in the bundle)" for f in sorted((top / "lib").rglob("*"))
+        if f.is_file() and "__pycache__" not in f.parts and str(f.relative_to(top)) not in listed]
+if bad:
+    sys.exit("run.sh: the bundle is not intact (changed, missing or added since tledge bundle): " + ", ".join(bad[:5]))' "$HERE" || exit 2
   need "numpy, {check_modules}"
   exec "$PY" -m tledge parity --golden "$HERE" --device {device}{extra} "$@"
 fi
