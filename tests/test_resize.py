@@ -7,8 +7,8 @@ import pytest
 
 from tledge import clients
 from tledge.contract import Contract, Resize
-from tledge.resize import client_resizes
-from tledge.resize import warp_linear
+from tledge.metadata import read_contract
+from tledge.resize import client_resizes, warp_linear
 
 
 def _noise(h, w, seed=0):
@@ -100,6 +100,26 @@ def test_clients_section_says_why_it_was_not_measured_and_how_to(tmp_path, monke
     (tmp_path / "model_fp32.onnx").write_bytes(b"not onnx")  # a file nothing can run is a row, not a crash
     cv = clients.measure(tmp_path, ["model_fp32.onnx"], np.zeros((1, 8, 8, 3)), np.zeros((1, 2)), None)["opencv"]
     assert [r["file"] for r in cv["files"]] == ["model_fp32.onnx"] and "cannot run" in cv["files"][0]["error"], cv
+
+
+def test_what_mediapipe_does_with_a_file_is_said_without_running_it(tmp_path, monkeypatch):
+    """No mediapipe in the export venv (as documented): a grayscale file (MediaPipe refuses it) or a contract whose
+    resize MediaPipe does not do was shipped with no word on the terminal."""
+    import shutil
+
+    from tiny import TINY
+
+    monkeypatch.setattr(clients, "mediapipe_available", lambda: False)
+    shutil.copy(TINY / "model_fp32.tflite", tmp_path / "model_fp32.tflite")
+    section = clients.measure(tmp_path, ["model_fp32.tflite"], np.zeros((1, 8, 8, 3)), np.zeros((1, 2)), None)
+    tiny = read_contract(tmp_path / "model_fp32.tflite")
+    assert tiny.extra["resize_by_client"]["mediapipe"]["agreement"] == "differs"  # the tiny export keeps area
+    assert "resizes every image itself" in section["limits"] and section["limits"] in clients.notes(section)
+    assert "Known without running it: MediaPipe Tasks resizes" in "\n".join(clients.markdown(section))
+    gray = Contract(8, 8, channels=1, color="gray")
+    assert "refuses 1-channel models" in clients.mediapipe_limits(gray)
+    warp = tiny.replace(resize="warp-linear")
+    assert clients.mediapipe_limits(warp.replace(extra={"resize_by_client": client_resizes(warp)})) is None
 
 
 def test_opencv_refusing_a_file_is_a_row_of_the_clients_section(tmp_path, monkeypatch):

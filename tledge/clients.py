@@ -105,10 +105,16 @@ def _mediapipe(folder: Path, files: Sequence[str], pixels: np.ndarray, reference
     section: dict = {"client": "mediapipe", "images": 0, "files": []}
     if not tflite:
         return {**section, "measured": False, "why": "no .tflite file in this export"}
-    if not mediapipe_available():
-        return {**section, "measured": False, "why": "mediapipe is not importable here", "how": HOW_TO_MEASURE}
-    if not photos:
-        return {**section, "measured": False, "why": "the parity images are not photo files", "how": HOW_TO_MEASURE}
+    if not mediapipe_available() or not photos:
+        from tledge.metadata import read_contract
+
+        why = "mediapipe is not importable here" if not mediapipe_available() else "the parity images are not photos"
+        try:
+            contract = read_contract(folder / tflite[0])  # what is known without running it
+        except Exception:  # noqa: BLE001 - parity has reported an unreadable file already
+            contract = None
+        limits = mediapipe_limits(contract) if contract is not None else None
+        return {**section, "measured": False, "why": why, "how": HOW_TO_MEASURE, **({"limits": limits} if limits else {})}
     import mediapipe
 
     from tledge.runtime import load
@@ -132,10 +138,23 @@ def _mediapipe(folder: Path, files: Sequence[str], pixels: np.ndarray, reference
 CLIENT_AGREEMENT = 0.9  # below this top-1 agreement with tledge run, a client's row is also said on the terminal
 
 
+def mediapipe_limits(contract) -> str | None:
+    """What MediaPipe Tasks' ImageClassifier does with files of this contract, known without running it."""
+    if contract.channels == 1:
+        return ("MediaPipe Tasks' ImageClassifier refuses 1-channel models (\"Only RGB color space is supported\", "
+                "mediapipe 1.2.3); LiteRT, ONNX Runtime and tledge run read these files")
+    mp = (contract.extra.get("resize_by_client") or {}).get("mediapipe") or {}
+    if mp.get("agreement") == "differs":
+        return (f"MediaPipe Tasks resizes every image itself ({mp.get('resize')}, {mp.get('fit')}), not as this "
+                f"contract says ({contract.resize.value}, {contract.fit.value}: the standard metadata cannot describe "
+                "it), so its answers can differ from tledge run's; feed it images already at the input size")
+    return None
+
+
 def notes(section: dict) -> list[str]:
     """Terminal notes for what parity.md's Clients section would otherwise hide: a file a client cannot load or run,
     or one whose top-1 agrees with `tledge run` on under CLIENT_AGREEMENT of the images. A report, not a gate."""
-    out = []
+    out = [section["limits"]] if section.get("limits") else []
     for client, sub in (("MediaPipe Tasks", section), (f"OpenCV {(section.get('opencv') or {}).get('version', '')}",
                                                        section.get("opencv") or {})):
         n = sub.get("images") or 0
@@ -173,6 +192,8 @@ def _mediapipe_markdown(section: dict) -> list[str]:
     lines: list[str] = []
     if not section.get("measured"):
         lines.append(f"MediaPipe Tasks ImageClassifier: not measured ({section.get('why', '?')}).")
+        if section.get("limits"):
+            lines.append(f"Known without running it: {section['limits']}.")
         if section.get("how"):
             lines.append(f"To measure it: {section['how']}.")
         return lines
