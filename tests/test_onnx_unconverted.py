@@ -95,3 +95,34 @@ def test_shape_inference_that_gives_up_leaves_nothing_in_the_working_directory(t
     monkeypatch.chdir(cwd)
     assert onnx_export.preprocess(src, dst) == dst and dst.is_file()  # the plain graph when it fails
     assert list(cwd.iterdir()) == []
+
+
+def test_a_tflite_converter_failure_says_the_converter_s_diagnosis():
+    """The message was the last line of the MLIR dump ("}) {tf.entry_function = ...} : () -> ()")."""
+    from tledge.export.tflite import converter_error
+
+    dump = ("ConverterError: Could not translate MLIR to FlatBuffer\n<unknown>:0: error: loc(\"WriteFile\"): "
+            "'tf.WriteFile' op is neither a custom op nor a flex op\n<unknown>:0: note: see current operation\n"
+            "}) {tf.entry_function = {control_outputs = \"\", inputs = \"pixels\"}} : () -> ()")
+    assert converter_error(Exception(dump)) == ("loc(\"WriteFile\"): 'tf.WriteFile' op is neither a custom op "
+                                                "nor a flex op")
+    assert converter_error(ValueError("one line")) == "one line" and converter_error(ValueError()) == "ValueError"
+
+
+def test_a_model_that_takes_one_image_at_a_time_is_run_one_at_a_time():
+    """A SavedModel whose graph fixes the batch at 1 gave a 35-line TensorFlow traceback (exit 1)."""
+    from tledge.errors import ModelLoadError
+    from tledge.export.loader import run_reference
+
+    def one_at_a_time(x):
+        if len(x) != 1:
+            raise ValueError("Incompatible shapes at component 0: expected [6,3] but got [1,3]\n  (details)")
+        return x.reshape(1, -1)[:, :2] * 2
+
+    x = np.arange(5 * 4, dtype=np.float32).reshape(5, 2, 2, 1)
+    np.testing.assert_array_equal(run_reference(one_at_a_time, x), x.reshape(5, -1)[:, :2] * 2)
+
+    def broken(x):
+        raise ValueError("Incompatible shapes\nmore")
+    with pytest.raises(ModelLoadError, match=r"fails on the prepared images: Incompatible shapes$"):
+        run_reference(broken, x)

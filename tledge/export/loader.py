@@ -298,7 +298,13 @@ def trace(lm: LoadedModel, contract: Contract, add_norm: str | None):
 
 
 def run_reference(fn: Callable, x: np.ndarray, batch: int = 32) -> np.ndarray:
-    """The Keras (TensorFlow) reference outputs for prepared pixels."""
-    outs = [np.asarray(fn(x[i:i + batch].astype(np.float32))) for i in range(0, len(x), batch)]
+    """The Keras (TensorFlow) reference outputs for prepared pixels. A model that fails on a batch (a SavedModel
+    whose graph fixes the batch size at 1) is run image by image; one that fails on one image is a ModelLoadError."""
+    try:
+        outs = [np.asarray(fn(x[i:i + batch].astype(np.float32))) for i in range(0, len(x), batch)]
+    except Exception as exc:  # TensorFlow's InvalidArgumentError and friends: the model's, not tledge's
+        if batch == 1 or len(x) < 2:
+            raise ModelLoadError(f"the model fails on the prepared images: {_first_line(str(exc))[:200]}") from None
+        return run_reference(fn, x, batch=1)
     y = np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
     return y.reshape(len(x), -1)

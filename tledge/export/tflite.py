@@ -58,7 +58,7 @@ def convert(concrete, precision: str, calib: np.ndarray | None = None, *, float_
     try:
         return bytes(conv.convert())
     except Exception as exc:  # the converter raises ConverterError and others
-        raise ExportError(f"TFLite {precision} conversion failed: {str(exc).strip().splitlines()[-1][:400]}") from None
+        raise ExportError(f"TFLite {precision} conversion failed: {converter_error(exc)}") from None
 
 
 def _int8(fn, calib: np.ndarray, float_ops: Sequence[str]) -> bytes:
@@ -70,7 +70,7 @@ def _int8(fn, calib: np.ndarray, float_ops: Sequence[str]) -> bytes:
     try:
         return bytes(selective.quantize_tflite(selective.calibrate_tflite(fn, calib), float_ops=float_ops))
     except Exception as exc:  # the converter raises ConverterError and others
-        raise ExportError(f"TFLite int8 conversion failed: {str(exc).strip().splitlines()[-1][:400]}") from None
+        raise ExportError(f"TFLite int8 conversion failed: {converter_error(exc)}") from None
 
 
 def float_op_counts(data: bytes, ops: Sequence[str]) -> dict[str, int]:
@@ -116,3 +116,11 @@ def apply_conventions(model, schema) -> None:
     sig.signatureKey, sig.subgraphIndex = SIGNATURE_KEY, 0
     sig.inputs, sig.outputs = [maps[0]], [maps[1]]
     model.signatureDefs = [sig]
+
+
+def converter_error(exc: Exception) -> str:
+    """The converter's own diagnosis: its first `error:` line (MLIR's "loc(...): error: 'tf.X' op is neither a
+    custom op nor a flex op"), not the last line of the dump that follows it."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()] or [type(exc).__name__]
+    found = next((ln for ln in lines if "error:" in ln), lines[-1])
+    return found[found.find("error:") + 6:].strip()[:400] if "error:" in found else found[:400]
