@@ -271,3 +271,50 @@ def test_live_source_stops_even_when_a_ctrl_c_left_the_frame_lock_held():
     assert not src._thread.is_alive()
     src._cond.release()
     frames.close()
+
+
+def test_a_stream_that_ends_again_at_once_is_a_failed_attempt(tmp_path):
+    """A still image served over http (FFmpeg: a one-frame stream) "reconnected" for ever: every reopen gave its one
+    frame, so the attempt counter started again at 1."""
+    import cv2
+
+    one = tmp_path / "one.avi"
+    w = cv2.VideoWriter(str(one), cv2.VideoWriter_fourcc(*"MJPG"), 5, (32, 32))
+    w.write(np.zeros((32, 32, 3), np.uint8))
+    w.release()
+    events = []
+    cam = FlakyCamera(one, [True] * 50)
+    src = LiveSource("http://host/x", cam, retries=3, backoff=0.001, on_event=events.append)
+    assert len(list(src.frames())) >= 1 and src.lost
+    assert cam.opened <= 5 and events[-1] == "http://host/x: gave up after 3 reconnect attempts", events
+
+
+def test_an_image_address_is_fetched_once_and_decoded_as_files_are(tmp_path):
+    import http.server
+
+    import cv2
+
+    from tledge.runtime.sources import ImageURLSource
+
+    img = np.zeros((20, 30, 3), np.uint8)
+    img[:, :10] = (0, 0, 255)  # red on the left, in BGR
+    cv2.imwrite(str(tmp_path / "p.png"), img)
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a):
+            super().__init__(*a, directory=str(tmp_path))
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/p.png"
+        src = open_source(url)
+        assert isinstance(src, ImageURLSource) and len(src) == 1
+        frame = next(src.frames())
+        assert frame.rgb().shape == (20, 30, 3) and tuple(frame.rgb()[0, 0]) == (255, 0, 0)
+        with pytest.raises(TledgeError, match="cannot fetch"):
+            open_source(url.replace("p.png", "missing.png"))
+    finally:
+        server.shutdown()

@@ -26,8 +26,6 @@ def skipped_name(name: str) -> bool:
 
 def load(path: str | Path) -> np.ndarray:
     """Decode an image file to HxWx3 uint8 RGB (EXIF orientation applied), or raise ImageError."""
-    import cv2
-
     p = Path(path)
     try:
         data = np.fromfile(p, dtype=np.uint8)
@@ -35,16 +33,29 @@ def load(path: str | Path) -> np.ndarray:
         raise ImageError(f"cannot read image {p}: {exc.strerror or exc}") from None
     if data.size == 0:
         raise ImageError(f"cannot decode image {p}: the file is empty")
+    try:
+        return decode(data, p)
+    except ImageError:
+        if p.suffix.lower() != ".gif":
+            raise
+    img = _first_gif_frame(p)
+    if img is None:
+        raise ImageError(f"cannot decode image {p}: not an image or corrupt")
+    return to_uint8_rgb(img, bgr=True)
+
+
+def decode(data: np.ndarray, name) -> np.ndarray:
+    """Encoded image bytes (a uint8 array) -> HxWx3 uint8 RGB, as `load` does for a file, or ImageError."""
+    import cv2
+
     # IMREAD_ANYDEPTH keeps 16-bit data for a correct scale; IMREAD_COLOR applies EXIF orientation.
     try:
         img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
     except cv2.error as exc:  # a header over OpenCV's 2^30-pixel limit (a gigapixel scan, a forged size) raises
         why = "larger than OpenCV decodes (2^30 pixels)" if "MAX_IMAGE_PIXELS" in str(exc) else "corrupt"
-        raise ImageError(f"cannot decode image {p}: {why}") from None
-    if img is None and p.suffix.lower() == ".gif":
-        img = _first_gif_frame(p)
+        raise ImageError(f"cannot decode image {name}: {why}") from None
     if img is None:
-        raise ImageError(f"cannot decode image {p}: not an image or corrupt")
+        raise ImageError(f"cannot decode image {name}: not an image or corrupt")
     return to_uint8_rgb(img, bgr=True)
 
 

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -139,6 +140,34 @@ class VideoSource(Source):
             self._cap.release()
 
 
+class ImageURLSource(Source):
+    """One image at an http(s) address, fetched once and decoded as image files are (EXIF orientation applied):
+    FFmpeg would read it as a one-frame stream, without EXIF, and reconnect to it for ever."""
+
+    MAX_BYTES = 64 << 20
+
+    def __init__(self, url: str, **kw):
+        import urllib.request
+
+        from tledge.images import decode
+
+        super().__init__(_redact(url), "files", **kw)
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - the user's own address
+                data = response.read(self.MAX_BYTES + 1)
+        except (OSError, ValueError) as exc:
+            raise TledgeError(f"cannot fetch {self.name}: {getattr(exc, 'reason', None) or exc}") from None
+        if len(data) > self.MAX_BYTES:
+            raise TledgeError(f"{self.name} is over {self.MAX_BYTES >> 20} MB: not a photo")
+        self.image = decode(np.frombuffer(data, np.uint8), self.name)
+
+    def __len__(self) -> int:
+        return 1
+
+    def frames(self) -> Iterator[Frame]:
+        yield Frame(self.name, 0, image=self.image)
+
+
 class LiveSource(Source):
     """A camera / stream: a grabber thread keeps only the newest frame; reconnects with back-off.
 
@@ -179,6 +208,7 @@ class LiveSource(Source):
             self._cond.release()
 
     def _grab_loop(self) -> None:
+        failed, since = 0, self.grabbed  # a stream that ends again at once is a failed attempt, not a reconnection
         try:
             while not self._stop.is_set():
                 ok, img = self._cap.read()
@@ -186,8 +216,10 @@ class LiveSource(Source):
                     self._put(img)
                     continue
                 self._cap.release()
-                if self._stop.is_set() or not self._reconnect():
+                failed = failed + 1 if self.reconnects and self.grabbed - since <= 1 else 0
+                if self._stop.is_set() or not self._reconnect(first=failed + 1):
                     break
+                since = self.grabbed
         finally:
             self._cap.release()
             self._ended = True
@@ -195,8 +227,8 @@ class LiveSource(Source):
                 self._cond.notify_all()
                 self._cond.release()
 
-    def _reconnect(self) -> bool:
-        for attempt in range(1, self.retries + 1):
+    def _reconnect(self, first: int = 1) -> bool:
+        for attempt in range(first, self.retries + 1):
             delay = min(self.backoff * 2 ** (attempt - 1), self.max_backoff)
             self.event(f"{self.name}: stream lost after {self.grabbed} frames; reconnecting in {delay:.1f} s "
                        f"(attempt {attempt}/{self.retries})")
@@ -295,12 +327,20 @@ def open_source(spec: str | Path, *, retries: int = 5, backoff: float = 1.0,
         return LiveSource("picamera2", opener or _picamera_opener(), **live)
     if re.fullmatch(r"\d+|/dev/video\d+", s):
         return LiveSource(f"camera:{s}", opener or _cv2_opener(int(s) if s.isdigit() else s), **live)
+    if s.lower().startswith(("http://", "https://")) and Path(urlsplit(s).path).suffix.lower() in _image_suffixes():
+        return ImageURLSource(s, on_event=on_event)  # a photo, not a stream: fetched once, decoded as files are
     if s.lower().startswith(STREAM_SCHEMES):
         return LiveSource(_redact(s), opener or _cv2_opener(s, "CAP_FFMPEG"), **live)
     if "!" in s and not (glob.has_magic(s) and glob.glob(str(Path(s).expanduser()), recursive=True)):
         _require_gstreamer()
         return LiveSource("gstreamer", opener or _cv2_opener(s, "CAP_GSTREAMER"), **live)
     return _file_source(s, on_event)
+
+
+def _image_suffixes() -> set[str]:
+    from tledge.images import IMAGE_SUFFIXES
+
+    return IMAGE_SUFFIXES
 
 
 def _file_source(s: str, on_event) -> Source:
