@@ -200,3 +200,25 @@ def test_save_to_an_image_name_or_an_unwritable_video_says_why(tmp_path, capsys)
         sink._write_video(np.zeros((16, 16, 3), np.uint8))
     sink.close()  # nothing to move: the first error stands
     assert not (tmp_path / "o.webm").exists()
+
+
+def test_train_val_folders_match_the_classes_as_export_does(tmp_path):
+    """train --val refused `Ants/` and `BEES/` and NFD names that export and parity accept; `Bees/` beside `bees/`
+    trained as two classes without a word; --val equal to the training folder said nothing."""
+    import unicodedata
+
+    from tledge.errors import TledgeWarning
+    from tledge.train.data import plan
+
+    for split, names in (("train", ("ants", "bées")), ("val", ("Ants", unicodedata.normalize("NFD", "BÉES")))):
+        for c in names:
+            for i in range(2):
+                _png(tmp_path / split / c / f"{i}.png", 30 * i)
+    p = plan(tmp_path / "train", val_dir=tmp_path / "val")
+    assert p.classes == ("ants", "bées") and list(p.val.y) == [0, 0, 1, 1]
+    _png(tmp_path / "train" / "Ants" / "x.png")
+    _png(tmp_path / "train" / "Ants" / "y.png", 9)
+    with pytest.warns(TledgeWarning, match="differ only in case.*Ants / ants"):
+        plan(tmp_path / "train", val_split=0.5)
+    with pytest.warns(TledgeWarning, match="is the training folder"):
+        plan(tmp_path / "train", val_dir=tmp_path / "train")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -168,9 +169,10 @@ def labelled_images(root: str | Path, labels: tuple[str, ...] | None = None):
     return files, np.asarray(ys, np.int64), names
 
 
-def _label_key(name: str, *, drop_index: bool) -> str:
-    """'001_Great-White shark' -> 'great white shark' (drop_index also drops a leading '001_')."""
-    key = re.sub(r"[\s_\-]+", " ", name.lower()).strip()
+def label_key(name: str, *, drop_index: bool) -> str:
+    """'001_Great-White shark' -> 'great white shark' (drop_index also drops a leading '001_'). Unicode NFC first:
+    macOS and its zips write 'bées' decomposed (NFD), other systems composed."""
+    key = re.sub(r"[\s_\-]+", " ", unicodedata.normalize("NFC", name).lower()).strip()
     return re.sub(r"^\d+ ", "", key) if drop_index else key
 
 
@@ -186,7 +188,7 @@ def match_labels(folders: list[str], labels: tuple[str, ...], *, where: Path | s
         i = exact.get(name)
         for table, drop in zip(keyed, (False, True)):
             if i is None:
-                i = table.get(_label_key(name, drop_index=drop))
+                i = table.get(label_key(name, drop_index=drop))
         if i is None or i < 0:
             missing.append(name)
         else:
@@ -205,7 +207,7 @@ def _keyed(labels: tuple[str, ...], *, drop_index: bool) -> dict[str, int]:
     """Normalised label -> index; -1 where two labels share a key (ambiguous: never matched)."""
     table: dict[str, int] = {}
     for i, n in enumerate(labels):
-        k = _label_key(n, drop_index=drop_index)
+        k = label_key(n, drop_index=drop_index)
         table[k] = -1 if k in table else i
     return table
 
@@ -221,9 +223,9 @@ def _few(names: list[str], n: int = 4) -> str:
 def _hint(names: list[str], labels: tuple[str, ...]) -> str:
     import difflib
 
-    keys = [_label_key(x, drop_index=True) for x in labels]
+    keys = [label_key(x, drop_index=True) for x in labels]
     for name in names[:20]:
-        close = difflib.get_close_matches(_label_key(name, drop_index=True), keys, n=1)
+        close = difflib.get_close_matches(label_key(name, drop_index=True), keys, n=1)
         if close:
             return f"; closest to {name!r}: {labels[keys.index(close[0])]!r}"
     return ""

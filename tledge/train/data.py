@@ -112,20 +112,36 @@ def _check_train(classes: dict[str, list[Path]], root: Path) -> tuple[str, ...]:
     if len(classes) < 2:
         raise DataError(f"only one class ({next(iter(classes))!r}) in {root}: a classifier needs at "
                         "least two class folders")
+    keys: dict[str, list[str]] = {}
+    for name in classes:
+        keys.setdefault(images.label_key(name, drop_index=False), []).append(name)
+    alike = [" / ".join(group) for group in keys.values() if len(group) > 1]
+    if alike:  # one folder on macOS and Windows, and ambiguous for every later match by name
+        warnings.warn(f"class folders that differ only in case, spacing or Unicode form in {root}: "
+                      f"{', '.join(alike)}: they train as separate classes", TledgeWarning, stacklevel=3)
     return tuple(classes)
 
 
-def _check_val(classes: dict[str, list[Path]], names: tuple[str, ...], root: Path) -> None:
+def _check_val(classes: dict[str, list[Path]], names: tuple[str, ...], root: Path) -> dict[str, list[Path]]:
+    """The validation folders under the training class names they match (exactly, else as export and parity
+    match them: case, spaces, Unicode form); a DataError names those that match none."""
     unknown = sorted(set(classes) - set(names))
     if unknown:
-        raise DataError(f"validation folder {root} has class folder(s) the training data lacks: "
-                        f"{', '.join(unknown)} (training classes: {', '.join(names)})")
+        try:
+            index = images.match_labels(unknown, names, where=root)
+        except DataError:
+            raise DataError(f"validation folder {root} has class folder(s) the training data lacks: "
+                            f"{', '.join(unknown)} (training classes: {', '.join(names)})") from None
+        for folder, i in index.items():
+            classes = {**{k: v for k, v in classes.items() if k != folder},
+                       names[i]: classes.get(names[i], []) + classes[folder]}
     missing = [c for c in names if not classes.get(c)]
     if missing:
         warnings.warn(f"no validation images for class(es) {', '.join(missing)} in {root}",
                       TledgeWarning, stacklevel=3)
     if not any(classes.values()):
         raise DataError(f"no validation images in {root}")
+    return classes
 
 
 def hold_out(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
@@ -164,8 +180,11 @@ def plan(data_dir: str | Path, val_dir: str | Path | None = None, val_split: flo
     everything = _to_split(train_classes, names)
     val_root = Path(val_dir) if val_dir is not None else found_val
     if val_root is not None:
+        if val_root.resolve() == train_dir.resolve():  # early stopping and the fine-tuning stop would see train data
+            warnings.warn(f"--val {val_root} is the training folder: the validation figures measure images the "
+                          "model trains on", TledgeWarning, stacklevel=2)
         val_classes = scan_classes(val_root, what="validation")
-        _check_val(val_classes, names, val_root)
+        val_classes = _check_val(val_classes, names, val_root)
         return DataPlan(everything, _to_split(val_classes, names), names, f"folder {val_root}")
     fraction = DEFAULT_VAL_SPLIT if val_split is None else val_split
     train, val = hold_out(everything, fraction, seed)
