@@ -223,3 +223,18 @@ def test_train_val_folders_match_the_classes_as_export_does(tmp_path):
     with pytest.warns(TledgeWarning) as said:
         plan(tmp_path / "train", val_dir=tmp_path / "train")
     assert any("is the training folder" in str(w.message) for w in said)
+
+
+def test_calibrating_on_a_handful_of_images_warns(tiny_model, shapes_dataset, tmp_path, capsys):
+    """`--calib` on 2 photos of one class exported int8 without a word."""
+    import shutil
+
+    few = tmp_path / "few" / "circle"
+    few.mkdir(parents=True)
+    for f in sorted((shapes_dataset / "train" / "circle").iterdir())[:2]:
+        shutil.copy(f, few / f.name)
+    from tledge.errors import TledgeWarning
+
+    with pytest.warns(TledgeWarning, match=r"calibrating int8 on only 2 image\(s\) from .*few"):
+        _run(capsys, "export", tiny_model["keras"], "--int8", "--formats", "tflite", "--no-repair",
+             "--calib", few.parent, "--val", shapes_dataset / "val", "--out", tmp_path / "o")

@@ -334,7 +334,14 @@ def _calib_images(cfg: ExportConfig, contract: Contract, chosen) -> np.ndarray |
                       "images. Use --calib DIR with real images.", TledgeWarning, stacklevel=3)
         return _noise(contract)
     calib, _ = load_pixels(cfg.calib or cfg.val, contract, cfg.calib_limit, contract.labels)
+    if len(calib) < FEW_CALIBRATION_IMAGES:  # the activation ranges are those few images' ranges
+        warnings.warn(f"calibrating int8 on only {len(calib)} image(s) from {cfg.calib or cfg.val}: the activation "
+                      "ranges may not cover other photos; pass --calib with a few hundred images of every class",
+                      TledgeWarning, stacklevel=3)
     return calib.astype(np.float32)
+
+
+FEW_CALIBRATION_IMAGES = 10  # fewer: a warning (a walkthrough calibrated on 2 photos of one class)
 
 
 def _val_images(cfg: ExportConfig, contract: Contract, chosen):

@@ -321,6 +321,9 @@ def open_source(spec: str | Path, *, retries: int = 5, backoff: float = 1.0,
     factory of live sources (for tests and custom cameras)."""
     s = str(spec).strip()
     live = dict(retries=retries, backoff=backoff, on_event=on_event)
+    if s == "-" and not Path(s).exists():
+        raise TledgeError("--source -: images are not read from standard input; pass an image, folder, glob, "
+                          "video, camera index, URL, GStreamer pipeline or picamera2")
     if Path(s).expanduser().exists() and not s.startswith("/dev/video"):
         return _file_source(s, on_event)  # an existing file or folder wins: `2024/`, `a!b.jpg`, `picamera2/`
     if s == "picamera2":
