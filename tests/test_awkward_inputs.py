@@ -238,3 +238,22 @@ def test_calibrating_on_a_handful_of_images_warns(tiny_model, shapes_dataset, tm
     with pytest.warns(TledgeWarning, match=r"calibrating int8 on only 2 image\(s\) from .*few"):
         _run(capsys, "export", tiny_model["keras"], "--int8", "--formats", "tflite", "--no-repair",
              "--calib", few.parent, "--val", shapes_dataset / "val", "--out", tmp_path / "o")
+
+
+def test_cropping_an_extreme_strip_does_not_resize_all_of_it():
+    """--fit crop resized a 1x20000 strip to 256x5120000 (4.3 GB) before cropping it."""
+    import resource
+
+    from tledge.contract import Contract
+
+    c = Contract(224, 224, fit="crop", crop_fraction=0.875)
+    strip = np.full((1, 20000, 3), 128, np.uint8)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = c.geometry(strip)
+    grew_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert out.shape == (224, 224, 3) and (out == 128).all() and grew_mb < 200
+    photo = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    import cv2
+
+    big = cv2.resize(photo, (341, 256), interpolation=cv2.INTER_AREA)  # an ordinary photo: resize, then crop
+    np.testing.assert_array_equal(c.geometry(photo), big[16:240, 58:282])
