@@ -114,7 +114,7 @@ def test_int8_calibrated_on_constant_images_fails_parity(tiny_model, shapes_data
 
     calib = tmp_path / "constant"
     calib.mkdir()
-    for i in range(8):
+    for i in range(12):  # 10 or more: not the few-images warning, which this test is not about
         cv2.imwrite(str(calib / f"{i}.png"), np.full((48, 48, 3), 128, np.uint8))
     argv = ["export", str(tiny_model["keras"]), "--formats", "tflite", "--int8", "--calib", str(calib),
             "--val", str(shapes_dataset / "val")]
