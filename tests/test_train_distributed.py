@@ -80,6 +80,24 @@ def test_cluster_from_tf_config(monkeypatch):
     assert "lost worker 0 (a:1)" in msg
 
 
+@pytest.mark.parametrize("tf_config, said", [
+    ("{bad json", "not valid JSON"), ("[]", 'must be a JSON object with a "cluster"'),
+    ('{"cluster": {"worker": ["127.0.0.1:29001"]}, "task": {"type": "worker", "index": 3}}', "not in its cluster"),
+    ('{"cluster": {"worker": ["nohost"]}, "task": {"type": "worker", "index": 0}}', "list of host:port"),
+    ('{"cluster": {"worker": ["a:1"], "ps": ["b:2"]}, "task": {"type": "ps", "index": 0}}', "ps tasks"),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": "0"}}', "not in its cluster"),
+])
+def test_a_tf_config_tensorflow_would_refuse_is_one_line_before_it_loads(tf_config, said, monkeypatch, capsys, tmp_path):
+    """Tracebacks (exit 1) before, some after 7-10 s of TensorFlow start-up."""
+    from tledge.cli import main
+
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    code = main(["train", str(tmp_path / "d"), "--weights", "none", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and said in err and len(err.splitlines()) == 1 and "TF_CONFIG" in err, err
+
+
 # ---- real workers ------------------------------------------------------------------------------------
 def free_ports(n: int) -> list[int]:
     socks = [socket.socket() for _ in range(n)]
@@ -283,6 +301,18 @@ def test_killed_worker_fails_the_other_fast_and_resume_continues(setup):
     assert sorted(shard_rows(w2.shards[0])) == [(0, done), (0, done + 1), (1, 0)]  # only the missing epochs ran
     assert not outs[1].exists()
     assert load_and_score(outs[0], setup["data"]) == pytest.approx(m["val_accuracy"])
+
+
+@pytest.mark.slow
+def test_a_worker_that_never_starts_does_not_leave_the_others_waiting_for_ever(setup, monkeypatch):
+    """Worker 1 of 2 never started: worker 0 waited inside TensorFlow for ever, deaf to SIGTERM."""
+    monkeypatch.setenv("TLEDGE_CLUSTER_TIMEOUT", "5")
+    args = [*TINY, "--epochs", "1", "--fine-tune-epochs", "0", "--batch", "8", "--no-augment"]
+    out = setup["root"] / "alone" / "out0"
+    with Workers(setup, "alone", args, [out], ports=free_ports(2)) as w:
+        code = w.wait(150)[0]
+    assert code == 1, w.log(0)[-3000:]
+    assert f"waiting for worker 1 (127.0.0.1:{w.ports[1]})" in w.log(0) and "within 5 s" in w.log(0)
 
 
 # ---- mixed precision (what GPUs get), forced on CPU ----------------------------------------------------

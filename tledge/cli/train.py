@@ -86,9 +86,12 @@ def _validate(args) -> None:
     V.in_range(args.epochs, "--epochs", 0, 100_000)
     V.in_range(args.fine_tune_epochs, "--fine-tune-epochs", 0, 100_000)
     V.in_range(args.fine_tune_max_drop, "--fine-tune-max-drop", 0, 1)
-    V.in_range(args.lr, "--lr", 0, lo_open=True)  # NaN too (TrainConfig's `lr <= 0` lets it through)
-    V.in_range(args.fine_tune_lr, "--fine-tune-lr", 0, lo_open=True)
-    V.in_range(args.alpha, "--alpha", 0, lo_open=True)
+    V.in_range(args.lr, "--lr", 0, 10, lo_open=True)  # NaN and inf too (inf trained on NaN losses)
+    V.in_range(args.fine_tune_lr, "--fine-tune-lr", 0, 10, lo_open=True)
+    V.in_range(args.alpha, "--alpha", 0, 4, lo_open=True)
+    from tledge.train.distributed import tf_config
+
+    tf_config()  # a TF_CONFIG TensorFlow would refuse with a traceback, refused in one line before it loads
     if args.alpha is not None:
         from tledge import backbones
         from tledge.errors import TledgeError
@@ -106,7 +109,10 @@ def run(args) -> int:
 
     _validate(args)
     cfg = _config(args)
-    log.keep_log(f"{args.out}/train.log")  # TensorFlow's own messages (shown with -v)
+    from tledge.train.hardware import is_chief
+
+    if is_chief():  # TensorFlow's own messages (shown with -v); the other workers of a cluster write nothing to OUT
+        log.keep_log(f"{args.out}/train.log")
     from tledge.train import train
 
     # train() says its notes and epoch lines on stderr (tledge.log); anything else it prints goes there too

@@ -51,13 +51,47 @@ class Cluster:
 
     @classmethod
     def from_env(cls) -> "Cluster":
-        cfg = json.loads(os.environ.get("TF_CONFIG") or "{}")
+        cfg = tf_config()
         spec = cfg.get("cluster") or {}
         chief, workers = list(spec.get("chief", [])), list(spec.get("worker", []))
         task = cfg.get("task") or {}
         kind, index = task.get("type", "worker"), int(task.get("index", 0))
         rank = index if kind == "chief" else index + len(chief)
         return cls(tuple(chief + workers) or ("localhost",), rank if (chief or workers) else 0, len(chief))
+
+
+def tf_config() -> dict:
+    """TF_CONFIG, checked as tledge train uses it ({} when unset): a cluster of "chief" (at most one) and "worker"
+    addresses host:port, and this process's task in it. A TledgeError (exit 2) says what is wrong, before
+    TensorFlow reads it (its own errors are tracebacks, some after seconds)."""
+    text = os.environ.get("TF_CONFIG") or ""
+    if not text.strip():
+        return {}
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TledgeError(f"TF_CONFIG is not valid JSON ({exc.msg} at character {exc.pos})") from None
+    spec = cfg.get("cluster") if isinstance(cfg, dict) else None
+    if not isinstance(spec, dict) or not spec:
+        raise TledgeError('TF_CONFIG must be a JSON object with a "cluster" of addresses, e.g. {"cluster": {"worker": '
+                          '["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}')
+    other = sorted(set(spec) - {"chief", "worker"})
+    if other:
+        raise TledgeError(f"TF_CONFIG's cluster has {', '.join(other)} tasks: tledge train runs chief and worker "
+                          "tasks only (MultiWorkerMirroredStrategy)")
+    for kind, hosts in spec.items():
+        bad = [h for h in hosts if not (isinstance(h, str) and re.fullmatch(r"[^\s:]+:\d{1,5}", h)
+                                        and 0 < int(h.rsplit(":", 1)[1]) < 65536)] if isinstance(hosts, list) else [hosts]
+        if bad or not hosts:
+            raise TledgeError(f"TF_CONFIG's {kind} addresses must be a list of host:port, got {str(bad or hosts)[:80]}")
+    if len(spec.get("chief", [])) > 1:
+        raise TledgeError("TF_CONFIG's cluster has more than one chief")
+    task = cfg.get("task", {})
+    kind, index = (task.get("type"), task.get("index", 0)) if isinstance(task, dict) else (None, None)
+    if kind not in spec or not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(spec[kind]):
+        raise TledgeError(f"TF_CONFIG's task {json.dumps(task)[:80]} is not in its cluster "
+                          f"({', '.join(f'{k}: {len(v)}' for k, v in spec.items())})")
+    return cfg
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ rebuilt without the mixed policy and outside the strategy before saving).
 """
 from __future__ import annotations
 
-import json
 import os
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -40,7 +39,9 @@ class Env:
 
 def is_chief() -> bool:
     """False only for the non-chief workers of a TF_CONFIG cluster (they write to a temporary folder)."""
-    cfg = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    from tledge.train.distributed import tf_config
+
+    cfg = tf_config()
     task = cfg.get("task") or {}
     return task.get("type", "worker") == "chief" or (task.get("type", "worker") == "worker" and
                                                       int(task.get("index", 0)) == 0 and
@@ -56,7 +57,7 @@ def environment(precision: Precision, *, grayscale: bool = False):
     gpus = tf.config.list_physical_devices("GPU")
     mixed = precision is Precision.MIXED or (precision is Precision.AUTO and bool(gpus) and not grayscale)
     if os.environ.get("TF_CONFIG"):
-        strategy, where = tf.distribute.MultiWorkerMirroredStrategy(), "multi-worker (TF_CONFIG)"
+        strategy, where = _multi_worker(tf), "multi-worker (TF_CONFIG)"
     elif len(gpus) > 1:
         strategy, where = tf.distribute.MirroredStrategy(), f"{len(gpus)} GPUs (MirroredStrategy)"
     else:
@@ -70,6 +71,34 @@ def environment(precision: Precision, *, grayscale: bool = False):
             yield Env(strategy, mixed, desc, strategy or tf.distribute.get_strategy())
     finally:
         keras.mixed_precision.set_global_policy(old)
+
+
+CLUSTER_TIMEOUT = 600.0  # seconds the workers of TF_CONFIG have to start (TLEDGE_CLUSTER_TIMEOUT)
+
+
+def _multi_worker(tf):
+    """MultiWorkerMirroredStrategy, which waits inside TensorFlow, holding the GIL and deaf to SIGTERM, until every
+    worker of TF_CONFIG has started: a worker that never starts would leave the others waiting for ever. A C-level
+    timer (faulthandler's) ends the process after the timeout instead; the note says so beforehand."""
+    import faulthandler
+    import sys
+
+    from tledge import log
+    from tledge.train.distributed import Cluster
+
+    cluster = Cluster.from_env()
+    try:
+        timeout = float(os.environ.get("TLEDGE_CLUSTER_TIMEOUT") or CLUSTER_TIMEOUT)
+    except ValueError:
+        timeout = CLUSTER_TIMEOUT
+    others = ", ".join(cluster.name(r) for r in range(cluster.workers) if r != cluster.rank)
+    log.note(f"this is {cluster.name(cluster.rank)}: waiting for {others}; if they have not all started within "
+             f"{timeout:g} s this process stops with exit code 1 (TLEDGE_CLUSTER_TIMEOUT sets the seconds)")
+    faulthandler.dump_traceback_later(timeout, exit=True, file=sys.__stderr__)  # where it waited: the log
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 @contextmanager
