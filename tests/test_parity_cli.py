@@ -80,7 +80,7 @@ def test_per_file_thresholds_start_from_their_precision_and_plain_dicts_work(tmp
     t = load_thresholds(f)
     assert t["model_int8.onnx"] == Thresholds(min_agreement=0.95, max_accuracy_drop=0.01)  # int8's accuracy rule kept
     assert t["fp16"].min_agreement == 0.9
-    assert thresholds_from_dict({"x.bin": {"max_abs": 1.0}})["x.bin"] == Thresholds(max_abs=1.0)
+    assert thresholds_from_dict({"x.tflite": {"max_abs": 1.0}})["x.tflite"] == Thresholds(max_abs=1.0)
     with pytest.raises(TledgeError, match="unknown field") as err:  # a bad input (exit 2), not a parity failure
         thresholds_from_dict({"int8": {"min_agreemnt": 0.9}})
     assert err.value.exit_code == 2
@@ -118,3 +118,34 @@ def test_a_reference_of_another_size_names_the_files_contract_not_a_flag(tiny_ex
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1, err
     assert "embedded contract says 48x48" in err and "32x32" in err and "--input-size" not in err
+
+
+def test_one_corrupt_file_is_its_own_failure_and_the_junit_is_written(tiny_model, tiny_export, shapes_dataset,
+                                                                       tmp_path, capsys):
+    """A truncated model_int8.tflite aborted the whole check ("corrupt flatbuffer", no file named, no XML)."""
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    shutil.copy(tiny_export.out / "model_fp32.tflite", folder)
+    (folder / "model_int8.tflite").write_bytes((tiny_export.out / "model_int8.tflite").read_bytes()[:5000])
+    junit = tmp_path / "j.xml"
+    rc = main(["parity", str(tiny_model["keras"]), str(folder), "--images", str(shapes_dataset / "val"),
+               "--junit", str(junit)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "model_int8.tflite: could not run" in err, err
+    cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
+    assert cases["model_int8.tflite"].find("failure") is not None and cases["model_fp32.tflite"].find("failure") is None
+
+
+def test_thresholds_keys_that_match_nothing_are_not_silent(tiny_model, tiny_export, shapes_dataset, tmp_path, capsys):
+    """`[int9]` or `["model_int8.tfite"]` left the gate on its defaults and said PASSED."""
+    for text, said in (("[int9]\nmin_agreement = 0.5\n", "'int9' is neither a precision"),
+                       ('["model_int8.tfite"]\nmax_abs = 1e-9\n', "'model_int8.tfite' is neither")):
+        (tmp_path / "t.toml").write_text(text)
+        rc = main(["parity", str(tiny_model["keras"]), str(tiny_export.out), "--images", str(shapes_dataset / "val"),
+                   "--thresholds", str(tmp_path / "t.toml")])
+        assert rc == 2 and said in capsys.readouterr().err
+    (tmp_path / "t.toml").write_text('["model_int9.tflite"]\nmax_abs = 1e-9\n')
+    main(["parity", str(tiny_model["keras"]), str(tiny_export.out / "model_fp32.tflite"), "--images",
+          str(shapes_dataset / "val"), "--thresholds", str(tmp_path / "t.toml")])
+    err = capsys.readouterr().err
+    assert "warning: --thresholds" in err and "model_int9.tflite match no checked file" in err, err

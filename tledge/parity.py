@@ -93,6 +93,9 @@ def thresholds_from_dict(raw: dict) -> dict[str, Thresholds]:
                               f"known: {', '.join(Thresholds.__dataclass_fields__)}")
         for name, value in vals.items():
             _check_value(key, name, value)
+        if key not in DEFAULT_THRESHOLDS and Path(key).suffix.lower() not in (".tflite", ".onnx"):
+            raise TledgeError(f"thresholds key {key!r} is neither a precision ({', '.join(DEFAULT_THRESHOLDS)}) nor "
+                              "an exported file's name (.tflite, .onnx)")
         m = re.fullmatch(r"model_(\w+)\.\w+", key)
         base = DEFAULT_THRESHOLDS.get(key) or DEFAULT_THRESHOLDS.get(m.group(1) if m else "", Thresholds())
         out[key] = replace(base, **vals)

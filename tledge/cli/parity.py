@@ -73,6 +73,13 @@ def run(args) -> int:
         V.image_dir(args.images, "--images")  # after the exporter check (a board is told about --golden first)
         report = parity(args.reference, args.exported, args.images, preprocess=args.preprocess,
                         unsafe=args.unsafe, thresholds=thresholds)
+    checked = {Path(r.file).name for r in report.results}
+    unmatched = sorted(k for k in (thresholds or {}) if "." in k and k not in checked)
+    if unmatched:  # a misspelt file name would leave that file on its precision's defaults, silently
+        from tledge import log
+
+        log.warn(f"--thresholds {args.thresholds}: {', '.join(unmatched)} match no checked file "
+                 f"({', '.join(sorted(checked))})")
     if args.junit:
         atomic_write_text(args.junit, report.to_junit())
     if args.json:

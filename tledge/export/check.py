@@ -181,7 +181,15 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
     from tledge.metadata import read_contract
 
     files = exported_files(exported)
-    contracts = [read_contract(f) for f in files]
+    unreadable: set[Path] = set()
+
+    def contract_of(f: Path):
+        try:
+            return read_contract(f)
+        except Exception:  # noqa: BLE001 - a corrupt file is that file's failure (check_file reports it), not all
+            unreadable.add(f)
+            return None
+    contracts = [contract_of(f) for f in files]
     known = [c for c in contracts if c is not None]
     lm = loader.load_model(reference, unsafe=unsafe)
     contract, add = _reference_contract(lm, known[0] if known else None, preprocess)
@@ -198,7 +206,7 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
         if named in PRECISIONS and r.precision not in (named, "?"):
             report.notes.append(f"{r.file}: named {named}, but its tensors are {r.precision}; checked as "
                                 f"{r.precision}")
-    foreign = [f.name for f, c in zip(files, contracts) if c is None]
+    foreign = [f.name for f, c in zip(files, contracts) if c is None and f not in unreadable]
     if foreign:
         report.notes.append(f"no tledge contract in {', '.join(foreign)}: input inferred from the file"
                             + (f" with --preprocess {preprocess}" if preprocess else ""))
