@@ -160,6 +160,24 @@ def test_coral_with_compiler_ships_the_compiled_file(export_dir, tmp_path, monke
     assert not list(export_dir.glob("*_edgetpu*"))  # the export folder is left alone
 
 
+def test_coral_bundle_takes_a_file_compiled_by_hand_as_the_docs_say(export_dir, tmp_path, monkeypatch):
+    """`edgetpu_compiler -s -o out/ out/model_int8.tflite`, then `tledge bundle out/ --device coral-usb`: the
+    compiled file was "not in manifest.json: not used" and the CPU int8 file shipped."""
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    if shutil.which("edgetpu_compiler"):
+        pytest.skip("a real edgetpu_compiler is installed here")
+    compiled = export_dir / "model_int8_edgetpu.tflite"
+    compiled.write_bytes((export_dir / "model_int8.tflite").read_bytes())  # stands in for the compiler's output
+    res = make_bundle(export_dir, "coral-usb", tmp_path / "c.tar.gz")
+    assert (res.model, res.fallback) == ("model_int8_edgetpu.tflite", "model_int8.tflite")
+    assert any("compiled outside tledge" in n for n in res.notes) and not any("not in" in n for n in res.notes)
+    manifest = json.loads(member_text(res.path, "c/model/manifest.json"))
+    assert "model_int8_edgetpu.tflite" in {e["file"] for e in manifest["files"]}
+    os.utime(compiled, (0, 0))  # older than the int8 file: compiled from another export, not used
+    res = make_bundle(export_dir, "coral-usb", tmp_path / "d.tar.gz")
+    assert res.model == "model_int8.tflite"
+
+
 def test_not_an_export_folder(tmp_path):
     with pytest.raises(TledgeError, match="not a tledge export folder"):
         make_bundle(tmp_path, "rpi4", tmp_path / "x.tar.gz")
