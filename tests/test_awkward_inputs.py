@@ -257,3 +257,12 @@ def test_cropping_an_extreme_strip_does_not_resize_all_of_it():
 
     big = cv2.resize(photo, (341, 256), interpolation=cv2.INTER_AREA)  # an ordinary photo: resize, then crop
     np.testing.assert_array_equal(c.geometry(photo), big[16:240, 58:282])
+
+
+def test_a_report_name_ending_in_a_slash_is_a_folder_not_a_file(tmp_path, capsys):
+    """`--junit reports/` wrote a file named `reports` (argparse's Path dropped the slash before the check)."""
+    code, out, err = _run(capsys, "parity", "--golden", TINY, "--junit", f"{tmp_path / 'reports'}/")
+    assert code == 2 and "is a folder; expected a file name" in err and not (tmp_path / "reports").exists()
+    code, out, err = _run(capsys, "run", TINY / "model_fp32.tflite", "--source", _png(tmp_path / "p.png"),
+                          "--csv", f"{tmp_path / 'results'}/")
+    assert code == 2 and "is a folder" in err and not (tmp_path / "results").exists()

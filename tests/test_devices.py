@@ -268,3 +268,12 @@ def test_runtime_load_plain_file_with_the_coral_profile(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load(src, device="coral-usb").contract is not None
+
+
+def test_quiet_and_verbose_after_a_devices_action(capsys):
+    """`tledge devices detect -q` was "unrecognized arguments: -q" (every other verb takes it after itself)."""
+    from tledge.cli import main
+
+    for argv in (["devices", "detect", "-q"], ["devices", "show", "rpi4", "-q"], ["devices", "list", "-v"]):
+        assert main(argv) == 0, argv
+        assert capsys.readouterr().out

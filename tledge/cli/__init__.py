@@ -42,13 +42,13 @@ examples:
     tledge parity run/model.keras export/model_int8.tflite --images photos/val --json
   the whole chain on a generated data set:  tledge demo
 
-output: results on stdout (--json on every command for one JSON document); tledge's notes, warnings and
+output: results on stdout (--json: one JSON document; run --json: one per input, JSON Lines); notes, warnings and
 progress lines on stderr; TensorFlow's own messages go to a log file (export: OUT/export.log, train:
 OUT/train.log) unless -v. -q: results and errors only. Exit codes: 0 ok, 1 parity failed, 2 bad input.
 `tledge COMMAND --help` for each command's options."""
 
 
-def _verbosity_arguments(p, top: bool) -> None:
+def verbosity_arguments(p, top: bool) -> None:
     """-q / -v, accepted before or after the command (`tledge -v export ...` == `tledge export -v ...`)."""
     default = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)
     p.add_argument("-q", "--quiet", action="store_true", default=default(False),
@@ -116,13 +116,13 @@ def _parser(available: dict[str, str], only: str | None = None) -> argparse.Argu
     parser = _Parser(prog="tledge", description=DESCRIPTION, epilog=EXAMPLES,
                      formatter_class=_RawDescriptionFormatter)
     parser.add_argument("--version", action="version", version=_version())
-    _verbosity_arguments(parser, top=True)
+    verbosity_arguments(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in available.items():
         if only is not None and name != only:
             continue
         p = sub.add_parser(name, help=help_text, description=help_text)
-        _verbosity_arguments(p, top=False)
+        verbosity_arguments(p, top=False)
         importlib.import_module(f"tledge.cli.{name}").add_arguments(p)
     return parser
 

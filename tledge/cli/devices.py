@@ -19,6 +19,10 @@ def add_arguments(parser) -> None:
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
     # the actions' own --json must not reset the verb's: `tledge devices --json show rpi4` is JSON too
     parser.add_argument("--json", action="store_true", help="print JSON (with no ACTION: the list)")
+    from tledge.cli import verbosity_arguments
+
+    for action in sub.choices.values():  # -q / -v after the action too, as after every other verb
+        verbosity_arguments(action, top=False)
 
 
 def run(args) -> int:

@@ -21,7 +21,7 @@ def add_arguments(p) -> None:
     p.add_argument("--top-k", type=int, default=1, help="predictions per input (default 1)")
     p.add_argument("--threshold", type=float, help="only report predictions scoring at least T")
     p.add_argument("--json", action="store_true", help="one JSON object per input on stdout (summary on stderr)")
-    p.add_argument("--csv", type=Path, help="also write the results to a CSV file (written atomically)")
+    p.add_argument("--csv", help="also write the results to a CSV file (written atomically)")  # str: keeps a "/"
     p.add_argument("--save", type=Path, help="write annotated frames: a folder, or a video file (.mp4, .avi)")
     p.add_argument("--max-frames", type=int, help="stop after N inputs")
     p.add_argument("--workers", type=int, help="preparation threads for folders/videos (default: cores-1, 1..3)")
@@ -105,7 +105,7 @@ def _keep_inputs(args) -> None:
     for flag, out in (("--csv", args.csv), ("--save", args.save)):
         if not out:
             continue
-        o = out.expanduser().resolve()
+        o = Path(out).expanduser().resolve()
         if o in inputs:
             raise TledgeError(f"{flag} {out} is an input of --source {args.source}: it would be overwritten; "
                               "write the results elsewhere")
