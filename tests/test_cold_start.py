@@ -68,6 +68,7 @@ def test_cold_start_benchmark_measures_both_processes():
     image = sorted((TINY / "images").iterdir())[0]
     r = cold_start.measure(TINY / "model_int8.tflite", image, runs=1, threads=1)
     for name in ("tledge run", "bare LiteRT script"):
-        assert r[name]["median_s"] > 0 and r[name]["median_peak_rss_mb"] > 10
+        # the child's own peak: ru_maxrss from wait4 gave this (large) test process's peak to both sides
+        assert r[name]["median_s"] > 0 and 10 < r[name]["median_peak_rss_mb"] < 250
         assert image.name in r[name]["output"]
     assert r["ratio"]["peak_rss"] > 0.5 and r["ratio"]["time_median"] > 0.3
