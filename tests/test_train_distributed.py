@@ -164,15 +164,17 @@ def base_env(setup) -> dict:
 class Workers:
     """The recipe started once per worker index; every process is ended on exit."""
 
-    def __init__(self, setup, tag: str, args: list[str], outs: list[Path], ports: list[int] | None = None):
+    def __init__(self, setup, tag: str, args: list[str], outs: list[Path], ports: list[int] | None = None,
+                 first: int = 0):
         self.ports = ports or free_ports(len(outs))
         self.logs = [setup["root"] / f"{tag}-{i}.log" for i in range(len(outs))]
         self.shards = [setup["root"] / f"{tag}-{i}.shards.jsonl" for i in range(len(outs))]
         hosts = ",".join(f"127.0.0.1:{p}" for p in self.ports)
         self.procs = []
         for i, out in enumerate(outs):
-            env = dict(base_env(setup), WORKER_HOSTS=hosts, JOB_COMPLETION_INDEX=str(i), DATA=str(setup["data"]),
-                       WEIGHTS=str(setup["weights"]), OUT=str(out), TLEDGE_SHARD_LOG=str(self.shards[i]))
+            env = dict(base_env(setup), WORKER_HOSTS=hosts, JOB_COMPLETION_INDEX=str(first + i),
+                       DATA=str(setup["data"]), WEIGHTS=str(setup["weights"]), OUT=str(out),
+                       TLEDGE_SHARD_LOG=str(self.shards[i]))
             with open(self.logs[i], "w") as log:
                 self.procs.append(subprocess.Popen(recipe_command() + args, env=env, stdout=log,
                                                    stderr=subprocess.STDOUT, start_new_session=True))
@@ -313,6 +315,23 @@ def test_a_worker_that_never_starts_does_not_leave_the_others_waiting_for_ever(s
         code = w.wait(150)[0]
     assert code == 1, w.log(0)[-3000:]
     assert f"waiting for worker 1 (127.0.0.1:{w.ports[1]})" in w.log(0) and "within 5 s" in w.log(0)
+
+
+@pytest.mark.slow
+def test_workers_started_with_other_settings_say_so_in_one_line(setup):
+    """Worker 1 with --epochs 3 --batch 16 beside a chief with --epochs 2: 76 lines of TensorFlow traceback each."""
+    root = setup["root"]
+    outs = [root / "differ" / "out0", root / "differ" / "out1"]
+    base = [*TINY, "--fine-tune-epochs", "0", "--no-augment"]
+    ports = free_ports(2)
+    w0 = Workers(setup, "differ0", [*base, "--epochs", "2", "--batch", "8"], outs[:1], ports=ports)
+    w1 = Workers(setup, "differ1", [*base, "--epochs", "3", "--batch", "16"], outs[1:], ports=ports, first=1)
+    with w0, w1:
+        codes = w0.wait(180) + w1.wait(60)
+    assert codes == [2, 2], (codes, w0.log(0)[-2000:], w1.log(0)[-2000:])
+    assert "1 worker(s) of the 2-worker cluster were started with other settings" in w0.log(0)
+    said = w1.log(0)
+    assert "other settings than the chief: batch 16 vs 8; epochs 3 vs 2" in said and "Traceback" not in said, said
 
 
 # ---- mixed precision (what GPUs get), forced on CPU ----------------------------------------------------

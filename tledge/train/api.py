@@ -183,6 +183,9 @@ def _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, skipped, report
     require("keras", purpose="training").utils.set_random_seed(cfg.seed)
     with hardware.environment(cfg.precision, grayscale=cfg.grayscale) as env:
         topo = dist.Topology.of(env.runner)
+        local = ("out", "weights", "val_dir", "verbose")  # paths may differ between machines
+        dist.agree(env.runner, topo, {**{k: v for k, v in cfg.to_dict().items() if k not in local},
+                                      "classes": list(plan.classes), "training images": len(plan.train.files)})
         resumed = dist.broadcast_json(env.runner, topo, resumed)  # the chief's checkpoint state, everywhere
         log(f"model: {contract.extra['backbone']} {contract.height}x{contract.width}x{contract.channels}, "
             f"{env.description}{', resuming' if resumed else ''}")

@@ -247,6 +247,29 @@ def broadcast_json(strategy, topo: Topology, value: Any) -> Any:
     return json.loads(data.astype(np.uint8).tobytes().decode())
 
 
+def agree(strategy, topo: Topology, settings: dict) -> None:
+    """Every worker started with the chief's settings (the same command: only paths may differ), or a
+    TledgeError on every worker, before the first collective that would fail on other shapes (76 lines of
+    TensorFlow traceback: "Shape mismatch in the collective")."""
+    if topo.cluster.workers <= 1:
+        return
+    tf = require("tensorflow")
+    chief = broadcast_json(strategy, topo, settings)
+    differ = [f"{k} {settings.get(k)} vs {chief.get(k)}" for k in sorted(set(settings) | set(chief))
+              if settings.get(k) != chief.get(k)]
+    per = strategy.experimental_distribute_values_from_function(
+        lambda ctx: tf.constant(float(bool(differ)) if ctx.replica_id_in_sync_group == topo.first else 0.0))
+    others = int(np.asarray(guard(lambda: strategy.reduce(tf.distribute.ReduceOp.SUM, per, axis=None), topo=topo)))
+    if differ:
+        raise TledgeError(f"{topo.cluster.name(topo.cluster.rank)} was started with other settings than the chief: "
+                          f"{'; '.join(differ)[:300]}. Start every worker with the same command (only --out may "
+                          "differ, and the paths of --weights and --val)")
+    if others:
+        raise TledgeError(f"{others} worker(s) of the {topo.cluster.workers}-worker cluster were started with other "
+                          "settings than the chief (their messages say which): start every worker with the same "
+                          "command")
+
+
 def sync_variables(strategy, topo: Topology, variables) -> None:
     """Give every worker the chief's values of `variables` (model weights, optimizer state)."""
     variables = list(variables)
