@@ -168,6 +168,21 @@ def test_fine_tuning_stops_below_the_head_and_keeps_its_weights(shapes_dataset, 
     assert r.metrics["phases"][1]["epochs_run"] == 5 and r.metrics["phases"][1]["stop_reason"] is None
 
 
+def test_a_loss_that_becomes_nan_stops_training_and_says_so(shapes_dataset, weights, tmp_path, monkeypatch):
+    """--lr inf trained on NaN losses and failed later with "model.keras reloaded predicts differently"."""
+    from tledge.errors import TledgeError
+    from tledge.train import finetune
+
+    real = finetune._epoch
+
+    def diverged(*args):
+        return {**real(*args), "loss": float("nan")}
+    monkeypatch.setattr(finetune, "_epoch", diverged)
+    with pytest.raises(TledgeError, match=r"training loss became nan in head epoch 1 \(learning rate 0.01: too high"):
+        train(shapes_dataset, cfg(weights, tmp_path / "nan", epochs=2, fine_tune_epochs=0))
+    assert not (tmp_path / "nan" / "model.keras").exists()
+
+
 def test_fast_path_cli_class_weights_and_fine_tune_at(tmp_path, weights, capsys):
     """--no-augment: features computed once; CLI end to end; imbalanced classes with --class-weights auto."""
     from tledge.cli import main

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from tledge._deps import require
+from tledge.errors import TledgeError
 from tledge.train import distributed as dist
 from tledge.train import model as tm
 from tledge.train.augment import Augment, local_batches
@@ -167,6 +168,10 @@ def run_phase(run: Run, name: str) -> None:
     for epoch in range(st["epoch"], rec["epochs_planned"]):
         t = time.perf_counter()
         row = {"phase": name, "epoch": epoch + 1, **_epoch(run, stepper, x, idx, epoch, augment)}
+        if not np.isfinite(row["loss"]):  # every worker sees the same all-reduced loss: all stop here
+            lr = cfg.lr if name == "head" else cfg.fine_tune_lr
+            raise TledgeError(f"the training loss became {row['loss']} in {name} epoch {epoch + 1} (learning rate "
+                              f"{'LR/300' if lr is None else f'{lr:g}'}: too high?); nothing of this epoch was saved")
         row["val_accuracy"], row["val_loss"] = dist.validate(stepper.evaluate, run.topo, xv, run.data.yv,
                                                              cfg.batch * 2)
         row["seconds"] = round(time.perf_counter() - t, 2)
