@@ -117,8 +117,11 @@ def test_explicit_format_and_precision_win(export_dir, tmp_path):
 
 
 def test_falls_back_along_the_preference_list(export_dir, tmp_path):
+    assert not any("best file" in n for n in make_bundle(export_dir, "rpi4", tmp_path / "a.tar.gz").notes)
     (export_dir / "model_int8.tflite").unlink()
-    assert make_bundle(export_dir, "rpi4", tmp_path / "b.tar.gz").model == "model_fp32.tflite"
+    res = make_bundle(export_dir, "rpi4", tmp_path / "b.tar.gz")
+    assert res.model == "model_fp32.tflite"  # and it says so (it shipped the next file silently)
+    assert any("rpi4's best file, model_int8.tflite, is not in the export" in n for n in res.notes), res.notes
     for f in export_dir.glob("model_*"):
         f.unlink()
     with pytest.raises(TledgeError, match="no usable model file"):

@@ -89,6 +89,10 @@ def choose_models(export_dir: Path, profile: Profile, work: Path, notes: list[st
     except TledgeError as exc:
         raise TledgeError(f"{exc}" + (f" ({'; '.join(notes)})" if notes else "")) from None
     model = export_dir / opts.model_file
+    best = profile.best.filename
+    if best != opts.model_file and not explicit and not opts.compile_edgetpu:  # (coral: compiled below, or said)
+        notes.append(f"{profile.name}'s best file, {best}, is not in the export (or failed parity): {opts.model_file} "
+                     f"ships instead (tledge export --device {profile.name} makes it)")
     compiled = _maybe_compile(export_dir, names, opts, work, notes) if not explicit.get("backend") else None
     if compiled is not None:
         opts = resolve(profile, available=[compiled.name], **explicit)
@@ -182,7 +186,7 @@ export PYTHONPATH
 need() {{
   if ! "$PY" -c "import $1" 2>/dev/null; then
     echo "run.sh: $1 cannot be imported by $PY; install the runtime (README.md):" >&2
-    echo "  python3 -m venv $HERE/.venv && $HERE/.venv/bin/pip install -r $HERE/requirements.txt" >&2
+    echo "  python3 -m venv{venv_flag} $HERE/.venv && $HERE/.venv/bin/pip install -r $HERE/requirements.txt" >&2{board_hint}
     exit 2
   fi
 }}
@@ -211,6 +215,11 @@ exec "$PY" -m tledge run "$HERE/model/$MODEL" --source "$SOURCE" $DEVICE "$@"
 """
 
 
+def venv_flag_of(profile: Profile) -> str:
+    """The board's venv sees the system's packages (picamera2 and libcamera from apt; JetPack's OpenCV, CUDA)."""
+    return " --system-site-packages" if profile.family in (Family.RPI, Family.JETSON) else ""
+
+
 def run_sh(profile: Profile, model: str, threads: int | None = None, models: tuple[str, ...] = ()) -> str:
     """threads: only when chosen explicitly at bundle time (the profile's own count comes with --device).
     models: every model file the bundle ships (their backends must import for `--check`)."""
@@ -221,8 +230,11 @@ def run_sh(profile: Profile, model: str, threads: int | None = None, models: tup
     kinds = {Path(m).suffix for m in (models or (model,))}
     check = ", ".join(mod for suffix, mod in ((".tflite", "ai_edge_litert"), (".onnx", "onnxruntime"))
                       if suffix in kinds)
+    venv_flag = venv_flag_of(profile)
+    hint = ("\n    echo \"  (onnxruntime-gpu and OpenCV come from JetPack / the Jetson Zoo wheel, not from pip: "
+            "README.md)\" >&2") if profile.family is Family.JETSON else ""
     return RUN_SH.format(device=profile.name, model=model, extra=extra, plain_file_case=plain,
-                         check_modules=check or "ai_edge_litert")
+                         check_modules=check or "ai_edge_litert", venv_flag=venv_flag, board_hint=hint)
 
 
 def _board_steps(profile: Profile) -> list[str]:
@@ -232,7 +244,7 @@ def _board_steps(profile: Profile) -> list[str]:
 
 
 def readme(profile: Profile, models: list[str], opts: Options, notes: list[str], golden: bool = True) -> str:
-    venv_flag = " --system-site-packages" if profile.family in (Family.RPI, Family.JETSON) else ""
+    venv_flag = venv_flag_of(profile)
     lines = [f"# tledge bundle for {profile.title}", "",
              f"Model: `model/{models[0]}` ({opts.backend} {opts.precision}, {opts.target.accel.value if opts.target else 'cpu'})"
              + (f"; CPU fallback `model/{models[1]}`" if len(models) > 1 else "") + ".",
