@@ -294,7 +294,7 @@ def test_an_image_address_is_fetched_once_and_decoded_as_files_are(tmp_path):
 
     import cv2
 
-    from tledge.runtime.sources import ImageURLSource
+    from tledge.runtime.url_image import ImageURLSource
 
     img = np.zeros((20, 30, 3), np.uint8)
     img[:, :10] = (0, 0, 255)  # red on the left, in BGR

@@ -98,9 +98,9 @@ def _keep_inputs(args) -> None:
     """--csv / --save never replace what is being classified: not an input file, not the source folder (or a
     folder inside it, whose annotated copies the next run would read), not a folder an input file lies in."""
     from tledge.errors import TledgeError
-    from tledge.runtime.sources import VIDEO_SUFFIXES, local_inputs
+    from tledge.runtime.sources import VIDEO_SUFFIXES
 
-    files, folder = local_inputs(args.source) if args.csv or args.save else ([], None)
+    files, folder = _local_inputs(args.source) if args.csv or args.save else ([], None)
     inputs = {f.resolve() for f in files}
     for flag, out in (("--csv", args.csv), ("--save", args.save)):
         if not out:
@@ -121,10 +121,9 @@ def _keep_inputs(args) -> None:
 
 def _loop(runner, source, args) -> None:
     from tledge.runtime.outputs import CsvSink, SaveSink, human_line, json_line
-    from tledge.runtime.sources import local_inputs
 
     csv_sink = CsvSink(args.csv) if args.csv else None
-    root = local_inputs(source.name)[1]  # outputs keep their paths under the folder (or a glob's fixed part)
+    root = _local_inputs(source.name)[1]  # outputs keep their paths under the folder (or a glob's fixed part)
     save = SaveSink(args.save, fps=source.fps, root=root) if args.save else None
     results = runner.run(source)
     ok = False
@@ -158,3 +157,23 @@ def _note(message: str) -> None:
 def _event(message: str) -> None:
     """A source's events (a stream lost, reconnected, given up), on stderr even with -q."""
     print(f"tledge run: {message}", file=sys.stderr, flush=True)
+
+
+def _local_inputs(spec: str | Path) -> tuple[list[Path], Path | None]:
+    """Without opening anything: the files a file, glob or folder source reads, and the folder (or a glob's
+    fixed leading folder) that outputs keep relative paths to; ([], None) for cameras, URLs and pipelines."""
+    import glob
+    import itertools
+
+    s = str(spec).strip()
+    p = Path(s).expanduser()
+    if p.is_file():
+        return [p], None
+    if p.is_dir():
+        from tledge.images import iter_image_files
+
+        return list(iter_image_files(p)), p
+    if glob.has_magic(s):
+        fixed = list(itertools.takewhile(lambda q: not glob.has_magic(q), p.parts))
+        return [Path(m) for m in glob.glob(str(p), recursive=True) if Path(m).is_file()], Path(*fixed)
+    return [], None

@@ -9,7 +9,6 @@ reconnect with back-off when the stream drops. No TensorFlow; OpenCV is imported
 from __future__ import annotations
 
 import glob
-import itertools
 import re
 import sys
 import threading
@@ -138,34 +137,6 @@ class VideoSource(Source):
     def close(self) -> None:
         with self._lock:
             self._cap.release()
-
-
-class ImageURLSource(Source):
-    """One image at an http(s) address, fetched once and decoded as image files are (EXIF orientation applied):
-    FFmpeg would read it as a one-frame stream, without EXIF, and reconnect to it for ever."""
-
-    MAX_BYTES = 64 << 20
-
-    def __init__(self, url: str, **kw):
-        import urllib.request
-
-        from tledge.images import decode
-
-        super().__init__(_redact(url), "files", **kw)
-        try:
-            with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - the user's own address
-                data = response.read(self.MAX_BYTES + 1)
-        except (OSError, ValueError) as exc:
-            raise TledgeError(f"cannot fetch {self.name}: {getattr(exc, 'reason', None) or exc}") from None
-        if len(data) > self.MAX_BYTES:
-            raise TledgeError(f"{self.name} is over {self.MAX_BYTES >> 20} MB: not a photo")
-        self.image = decode(np.frombuffer(data, np.uint8), self.name)
-
-    def __len__(self) -> int:
-        return 1
-
-    def frames(self) -> Iterator[Frame]:
-        yield Frame(self.name, 0, image=self.image)
 
 
 class LiveSource(Source):
@@ -331,9 +302,11 @@ def open_source(spec: str | Path, *, retries: int = 5, backoff: float = 1.0,
     if re.fullmatch(r"\d+|/dev/video\d+", s):
         return LiveSource(f"camera:{s}", opener or _cv2_opener(int(s) if s.isdigit() else s), **live)
     if s.lower().startswith(("http://", "https://")) and Path(urlsplit(s).path).suffix.lower() in _image_suffixes():
+        from tledge.runtime.url_image import ImageURLSource
+
         return ImageURLSource(s, on_event=on_event)  # a photo, not a stream: fetched once, decoded as files are
     if s.lower().startswith(STREAM_SCHEMES):
-        return LiveSource(_redact(s), opener or _cv2_opener(s, "CAP_FFMPEG"), **live)
+        return LiveSource(redact(s), opener or _cv2_opener(s, "CAP_FFMPEG"), **live)
     if "!" in s and not (glob.has_magic(s) and glob.glob(str(Path(s).expanduser()), recursive=True)):
         _require_gstreamer()
         return LiveSource("gstreamer", opener or _cv2_opener(s, "CAP_GSTREAMER"), **live)
@@ -372,23 +345,6 @@ def _file_source(s: str, on_event) -> Source:
                       "rtsp:// or http:// URL, GStreamer pipeline or picamera2)")
 
 
-def local_inputs(spec: str | Path) -> tuple[list[Path], Path | None]:
-    """Without opening anything: the files a file, glob or folder source reads, and the folder (or a glob's
-    fixed leading folder) that outputs keep relative paths to; ([], None) for cameras, URLs and pipelines."""
-    s = str(spec).strip()
-    p = Path(s).expanduser()
-    if p.is_file():
-        return [p], None
-    if p.is_dir():
-        from tledge.images import iter_image_files
-
-        return list(iter_image_files(p)), p
-    if glob.has_magic(s):
-        fixed = [part for part in itertools.takewhile(lambda q: not glob.has_magic(q), p.parts)]
-        return [Path(m) for m in glob.glob(str(p), recursive=True) if Path(m).is_file()], Path(*fixed)
-    return [], None
-
-
 def _cv2_opener(target, api: str | None = None) -> Callable:
     def open_capture():
         import cv2
@@ -417,6 +373,6 @@ def _require_gstreamer() -> None:
                           "distribution's python3-opencv, or pass a camera index / URL instead")
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """rtsp://user:password@host -> rtsp://user:***@host (names appear in logs and outputs)."""
     return re.sub(r"(://[^:/@]+):[^@/]+@", r"\1:***@", url)
