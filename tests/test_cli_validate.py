@@ -30,10 +30,12 @@ def test_train_nan_rates_and_fake_weights_refused_before_tensorflow(tmp_path, ca
     fake_h5, fake_keras = tmp_path / "w.h5", tmp_path / "w.keras"
     fake_h5.write_text("hello\n")
     fake_keras.write_text("hello\n")
-    for argv, want in ((["--lr", "nan"], "--lr must be > 0, got nan"),
-                       (["--fine-tune-lr", "nan"], "--fine-tune-lr must be > 0, got nan"),
-                       (["--alpha", "nan"], "--alpha must be > 0, got nan"),
-                       (["--alpha", "-1"], "--alpha must be > 0, got -1"),
+    for argv, want in ((["--lr", "nan"], "--lr must be in (0, 10], got nan"),
+                       (["--lr", "inf"], "--lr must be in (0, 10], got inf"),  # it trained on NaN losses
+                       (["--fine-tune-lr", "nan"], "--fine-tune-lr must be in (0, 10], got nan"),
+                       (["--alpha", "nan"], "--alpha must be in (0, 4], got nan"),
+                       (["--alpha", "inf"], "--alpha must be in (0, 4], got inf"),
+                       (["--alpha", "-1"], "--alpha must be in (0, 4], got -1"),
                        (["--weights", fake_h5], "is not an HDF5 file"),
                        (["--weights", fake_keras], "not a .keras (zip) archive")):
         code, stdout, err = _err(capsys, "train", data, "--out", out, *argv)
