@@ -92,6 +92,9 @@ def _multi_worker(tf):
     except ValueError:
         timeout = CLUSTER_TIMEOUT
     others = ", ".join(cluster.name(r) for r in range(cluster.workers) if r != cluster.rank)
+    if not 0 < timeout < 1e9:  # 0 (or nonsense): wait as long as TensorFlow does
+        log.note(f"this is {cluster.name(cluster.rank)}: waiting for {others} (no time limit)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
     log.note(f"this is {cluster.name(cluster.rank)}: waiting for {others}; if they have not all started within "
              f"{timeout:g} s this process stops with exit code 1 (TLEDGE_CLUSTER_TIMEOUT sets the seconds)")
     faulthandler.dump_traceback_later(timeout, exit=True, file=sys.__stderr__)  # where it waited: the log
