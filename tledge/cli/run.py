@@ -100,17 +100,19 @@ def _keep_inputs(args) -> None:
     from tledge.errors import TledgeError
     from tledge.runtime.sources import VIDEO_SUFFIXES
 
+    from tledge.images import IMAGE_SUFFIXES
+
     files, folder = _local_inputs(args.source) if args.csv or args.save else ([], None)
     inputs = {f.resolve() for f in files}
+    source_dir = folder.resolve() if folder is not None and Path(args.source).is_dir() else None
     for flag, out in (("--csv", args.csv), ("--save", args.save)):
         if not out:
             continue
         o = Path(out).expanduser().resolve()
-        if o in inputs:
+        if o in inputs or (source_dir in o.parents and o.suffix.lower() in IMAGE_SUFFIXES and o.is_file()):
             raise TledgeError(f"{flag} {out} is an input of --source {args.source}: it would be overwritten; "
                               "write the results elsewhere")
         if flag == "--save" and o.suffix.lower() not in VIDEO_SUFFIXES:
-            source_dir = folder.resolve() if folder is not None and Path(args.source).is_dir() else None
             if source_dir is not None and (o == source_dir or source_dir in o.parents):
                 raise TledgeError(f"--save {out} is inside the source folder {args.source}: the annotated copies "
                                   "would replace or join the photos; pass a folder outside it")
@@ -160,8 +162,9 @@ def _event(message: str) -> None:
 
 
 def _local_inputs(spec: str | Path) -> tuple[list[Path], Path | None]:
-    """Without opening anything: the files a file, glob or folder source reads, and the folder (or a glob's
-    fixed leading folder) that outputs keep relative paths to; ([], None) for cameras, URLs and pipelines."""
+    """Without opening anything: the files a file or glob source reads (none listed for a folder), and the folder
+    (or a glob's fixed leading folder) that outputs keep relative paths to; ([], None) for cameras, URLs and
+    pipelines."""
     import glob
     import itertools
 
@@ -169,10 +172,8 @@ def _local_inputs(spec: str | Path) -> tuple[list[Path], Path | None]:
     p = Path(s).expanduser()
     if p.is_file():
         return [p], None
-    if p.is_dir():
-        from tledge.images import iter_image_files
-
-        return list(iter_image_files(p)), p
+    if p.is_dir():  # not listed: a folder's inputs are the images inside it (the caller checks the folder)
+        return [], p
     if glob.has_magic(s):
         fixed = list(itertools.takewhile(lambda q: not glob.has_magic(q), p.parts))
         return [Path(m) for m in glob.glob(str(p), recursive=True) if Path(m).is_file()], Path(*fixed)
