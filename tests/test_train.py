@@ -317,28 +317,6 @@ def test_mixed_precision_run_saves_a_float32_model(shapes_dataset, weights, tmp_
     assert {l.dtype_policy.name for l in [*m.layers, *bb.layers]} == {"float32"}
 
 
-def test_backbone_registry_matches_keras_applications():
-    """Every registry entry exists in keras.applications and its mode is what that family's preprocess_input does."""
-    import keras
-
-    from tledge.backbones import BACKBONES
-
-    module = {"MobileNet": "mobilenet", "MobileNetV2": "mobilenet_v2", "MobileNetV3": "mobilenet_v3",
-              "EfficientNetV2": "efficientnet_v2", "EfficientNet": "efficientnet", "ResNet50V2": "resnet_v2",
-              "ResNet101V2": "resnet_v2", "ResNet152V2": "resnet_v2", "ResNet": "resnet", "DenseNet": "densenet",
-              "VGG16": "vgg16", "VGG19": "vgg19", "InceptionV3": "inception_v3", "Xception": "xception",
-              "InceptionResNetV2": "inception_resnet_v2", "NASNet": "nasnet", "ConvNeXt": "convnext"}
-    x = np.random.default_rng(0).uniform(0, 255, (2, 5, 5, 3)).astype("float32")
-    for name, spec in BACKBONES.items():
-        assert hasattr(keras.applications, spec.constructor), name
-        mod = next(m for prefix, m in sorted(module.items(), key=lambda kv: -len(kv[0]))
-                   if spec.constructor.startswith(prefix))
-        expected = np.asarray(getattr(keras.applications, mod).preprocess_input(x.copy()))
-        c = Contract.for_backbone(name, 5, baked=False)
-        got = c.normalize(x) if spec.mode != "raw" else x
-        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4, err_msg=name)
-
-
 def test_random_init_sets_batchnorm_statistics_so_features_vary(shapes_dataset):
     """--weights none: without data-set BN statistics a random MobileNet gives ~1e-17 features for
     every image; after init_batchnorm_from_data they are O(1) and differ between images."""
