@@ -125,8 +125,8 @@ def _loop(runner, source, args) -> None:
     from tledge.runtime.outputs import CsvSink, SaveSink, human_line, json_line
 
     csv_sink = CsvSink(args.csv) if args.csv else None
-    root = _local_inputs(source.name)[1]  # outputs keep their paths under the folder (or a glob's fixed part)
-    save = SaveSink(args.save, fps=source.fps, root=root) if args.save else None
+    # annotated images keep their paths under the folder (or a glob's fixed part): the root alone, nothing listed
+    save = SaveSink(args.save, fps=source.fps, root=_local_inputs(source.name, listed=False)[1]) if args.save else None
     results = runner.run(source)
     ok = False
     try:
@@ -161,10 +161,10 @@ def _event(message: str) -> None:
     print(f"tledge run: {message}", file=sys.stderr, flush=True)
 
 
-def _local_inputs(spec: str | Path) -> tuple[list[Path], Path | None]:
-    """Without opening anything: the files a file or glob source reads (none listed for a folder), and the folder
-    (or a glob's fixed leading folder) that outputs keep relative paths to; ([], None) for cameras, URLs and
-    pipelines."""
+def _local_inputs(spec: str | Path, *, listed: bool = True) -> tuple[list[Path], Path | None]:
+    """Without opening anything: the files a file or glob source reads (none listed for a folder, nor with
+    listed=False), and the folder (or a glob's fixed leading folder) that outputs keep relative paths to; ([], None)
+    for cameras, URLs and pipelines."""
     import glob
     import itertools
 
@@ -176,5 +176,6 @@ def _local_inputs(spec: str | Path) -> tuple[list[Path], Path | None]:
         return [], p
     if glob.has_magic(s):
         fixed = list(itertools.takewhile(lambda q: not glob.has_magic(q), p.parts))
-        return [Path(m) for m in glob.glob(str(p), recursive=True) if Path(m).is_file()], Path(*fixed)
+        files = [Path(m) for m in glob.glob(str(p), recursive=True) if Path(m).is_file()] if listed else []
+        return files, Path(*fixed)
     return [], None
