@@ -66,7 +66,8 @@ def measure(*, size: int = 224, runs: int = 50, rounds: int = 5, batch: int = 32
     import realdata
 
     from tledge.export import loader, resolve
-    from tledge.export.pipeline import ExportConfig, export, load_pixels
+    from tledge.export.imagesets import load_pixels
+    from tledge.export.pipeline import ExportConfig, export
     from tledge.runtime import load
 
     t = time.perf_counter()

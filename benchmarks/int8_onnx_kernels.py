@@ -130,7 +130,7 @@ def main(argv=None) -> int:
         print(f"error: {msg}", file=sys.stderr)
         return 2
     from tledge.contract import Contract, read_labels
-    from tledge.export.pipeline import load_pixels
+    from tledge.export.imagesets import load_pixels
 
     contract = Contract.load(args.export_dir / "tledge.json")
     labels = read_labels(args.labels) if args.labels else contract.labels
@@ -192,7 +192,7 @@ def shipped_form(path: Path) -> str:
 def files_to_check(args, contract, labels, tmp: Path) -> tuple[list[tuple[str, Path]], dict]:
     """(name, path) of fp32, the shipped int8 file (--shipped) and each --schemes re-quantisation."""
     from tledge.export import onnx as onnx_export
-    from tledge.export.pipeline import load_pixels
+    from tledge.export.imagesets import load_pixels
 
     files = [("fp32", args.export_dir / "model_fp32.onnx")]
     if args.shipped:

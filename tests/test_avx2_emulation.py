@@ -70,7 +70,8 @@ def emulated_tiny(tiny_model, shapes_dataset, tmp_path_factory):
     if emu.unavailable():
         pytest.skip(emu.unavailable())
     from tledge.export import onnx as onnx_export
-    from tledge.export.pipeline import ExportConfig, export, load_pixels
+    from tledge.export.imagesets import load_pixels
+    from tledge.export.pipeline import ExportConfig, export
     from tledge.quant import saturation
 
     out = tmp_path_factory.mktemp("avx2")

@@ -170,6 +170,8 @@ CASES = [
     Case("export-unknown-preprocess", lambda t: export(t, "--preprocess", "bogus"), "unknown preprocessing 'bogus'"),
     Case("export-unknown-device", lambda t: export(t, "--device", "toaster"), "unknown device 'toaster'"),
     Case("export-force-without-auto", lambda t: export(t, "--force"), "--force only applies"),
+    Case("export-preprocess-auto-without-val", lambda t: ["export", h5(t), "--preprocess", "auto"],
+         "--preprocess auto needs labelled --val images"),
     Case("export-int8-without-images", lambda t: ["export", h5(t), "--int8"], "--int8 needs calibration images"),
     Case("export-int8-only-without-int8", lambda t: export(t, "--int8-only"), "--int8-only is about int8 files"),
     Case("export-folders-contradict-model-labels", lambda t: _foreign_labels(t), "not the model's own labels"),

@@ -20,7 +20,7 @@ STEM = 1  # the tiny model's first conv stays float, as a stem would
 
 @pytest.fixture(scope="module")
 def calib(tiny_model, shapes_dataset):
-    from tledge.export.pipeline import load_pixels
+    from tledge.export.imagesets import load_pixels
 
     x, _ = load_pixels(shapes_dataset / "train", tiny_model["contract"], 96)
     return x.astype(np.float32)

@@ -44,10 +44,9 @@ def test_export_stderr_has_only_tledge_lines_and_the_rest_is_in_export_log(quiet
     assert res.returncode == 0, res.stderr[-3000:]
     assert _foreign(res.stderr) == [], res.stderr
     steps = [line for line in res.stderr.splitlines() if PROGRESS.match(line)]
-    # the int8 loop's step is added once parity has run: the count grows from 7 to 8 there
+    # the int8 loop's step is counted from the start (it runs when parity fails a file, or to weigh a pass)
     numbers = [s[1:].split("]")[0].split("/") for s in steps]
-    assert [int(n) for n, _ in numbers] == list(range(1, 9)) and {t for _, t in numbers} <= {"7", "8"}
-    assert numbers[-1] == ["8", "8"]
+    assert [int(n) for n, _ in numbers] == list(range(1, 9)) and {t for _, t in numbers} == {"8"}
     # the plain int8 pass is unconfirmed on the small val set: weighed against one repair rung
     assert any(re.search(r"int8 fidelity: \d file\(s\) to repair, [12] unconfirmed pass\(es\)", s) for s in steps), steps
     assert any("int8 TFLite: calibrating" in s for s in steps)
@@ -75,6 +74,18 @@ def test_verbose_export_shows_what_the_log_file_would_hold(tiny_model, shapes_da
     assert res.returncode == 0, res.stderr[-3000:]
     assert _foreign(res.stderr), res.stderr  # TensorFlow's own lines are on the terminal now
     assert not (tmp_path / "o" / "export.log").exists()
+
+
+def test_an_int8_export_that_needs_no_repair_says_so_in_its_counted_step(tiny_model, shapes_dataset, tmp_path):
+    """The loop's step is counted before parity knows whether it runs: when nothing needs it, the line says so
+    (the count was [8/8] then [9/9] before; now the total never changes)."""
+    res = _cli("export", tiny_model["keras"], "--formats", "tflite", "--int8", "--calib", shapes_dataset / "train",
+               "--val", shapes_dataset / "val", "--fidelity", "0.05", "--out", tmp_path / "o")
+    assert res.returncode == 0, res.stderr[-3000:]
+    steps = [line for line in res.stderr.splitlines() if PROGRESS.match(line)]
+    numbers = [s[1:].split("]")[0].split("/") for s in steps]
+    assert [int(n) for n, _ in numbers] == list(range(1, 7)) and {t for _, t in numbers} == {"6"}, steps
+    assert "int8 fidelity: no repair needed" in steps[-1], steps
 
 
 def test_export_json_keeps_stdout_a_single_document(quiet_export, tiny_model, shapes_dataset, tmp_path):
@@ -224,7 +235,7 @@ def test_a_pipe_reader_that_leaves_early_gets_no_error_and_no_traceback():
 
 def test_a_val_folder_over_the_limit_is_sampled_and_said(shapes_dataset, capsys):
     from tledge.contract import Contract
-    from tledge.export.pipeline import load_images
+    from tledge.export.imagesets import load_images
 
     log.install("export")
     try:

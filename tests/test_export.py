@@ -143,7 +143,8 @@ def test_perturbed_weights_fail_parity(tiny_model, tiny_export, shapes_dataset, 
 
     from tledge.export import loader, resolve
     from tledge.export.parity import check_files
-    from tledge.export.pipeline import ExportConfig, export, load_pixels
+    from tledge.export.imagesets import load_pixels
+    from tledge.export.pipeline import ExportConfig, export
 
     model = keras.models.clone_model(tiny_model["model"])
     rng = np.random.default_rng(0)

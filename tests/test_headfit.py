@@ -48,7 +48,7 @@ def test_solve_needs_images_to_hold_out():
 
 
 def _calib(tiny_model, shapes_dataset):
-    from tledge.export.pipeline import load_pixels
+    from tledge.export.imagesets import load_pixels
 
     x, _ = load_pixels(shapes_dataset / "train", tiny_model["contract"], 256)
     return x.astype(np.float32)

@@ -137,7 +137,8 @@ def test_int8_export_of_the_hard_swish_net(tmp_path, shapes_dataset):
     """The whole ONNX int8 path (calibration, QDQ, parity) on the transpose-free fp32 file."""
     import onnx
 
-    from tledge.export.pipeline import ExportConfig, export, load_pixels
+    from tledge.export.imagesets import load_pixels
+    from tledge.export.pipeline import ExportConfig, export
 
     path = tmp_path / "m.keras"
     _hard_swish_net().save(path)

@@ -9,7 +9,7 @@ pytest.importorskip("tensorflow")
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tiny_export, shapes_dataset):
-    from tledge.export.pipeline import load_pixels
+    from tledge.export.imagesets import load_pixels
 
     calib, _ = load_pixels(shapes_dataset / "train", tiny_export.contract, 64)
     val, y = load_pixels(shapes_dataset / "val", tiny_export.contract, 200, tiny_export.contract.labels)

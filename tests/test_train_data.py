@@ -109,6 +109,25 @@ def test_imagenet_download_failure_says_how_to_pass_a_file(monkeypatch):
         backbones.build("mobilenet", (SIZE, SIZE, 3), weights="imagenet", alpha=0.25)
 
 
+def test_train_offline_imagenet_stops_before_the_images_load(tmp_path, monkeypatch, capsys):
+    import keras.src.utils.file_utils as fu
+
+    from tledge.cli import main
+
+    def offline(*a, **k):
+        raise Exception("URL fetch failure: no network")
+
+    def loading(*a, **k):
+        raise AssertionError("the images were loaded before the weights were fetched")
+
+    monkeypatch.setattr(fu, "get_file", offline)
+    monkeypatch.setattr(td, "load", loading)
+    root = _classes(tmp_path / "d", {"cat": 3, "dog": 3})
+    assert main(["train", str(root), "--weights", "imagenet", "--size", str(SIZE), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--weights PATH" in err and "AssertionError" not in err
+
+
 def test_split_layout_and_held_out_split_are_stratified(tmp_path):
     root = _classes(tmp_path / "flat", {"a": 10, "b": 5})
     p1, p2 = td.plan(root, val_split=0.2, seed=3), td.plan(root, val_split=0.2, seed=3)

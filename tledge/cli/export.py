@@ -102,6 +102,8 @@ def _validate(args):
     for f in (s.strip() for s in (args.formats or "").split(",") if s.strip()):
         if f not in kinds:
             raise TledgeError(f"--formats: unknown format {f!r}; known: {', '.join(kinds)}")
+    if args.preprocess == "auto" and not args.val:  # it chooses by accuracy on labelled images
+        raise TledgeError("--preprocess auto needs labelled --val images (class folders) to choose by")
     if args.force and args.preprocess != "auto":
         raise TledgeError("--force only applies to --preprocess auto")
     return out

@@ -11,7 +11,7 @@ from tledge.errors import ContractError, TledgeWarning
 
 def choose_preprocessing(lm, cfg, labels) -> str:
     from tledge.export import loader, resolve
-    from tledge.export.pipeline import load_pixels
+    from tledge.export.imagesets import load_pixels
 
     if not cfg.val:
         raise ContractError("--preprocess auto needs labelled --val images (class folders)")

@@ -128,7 +128,7 @@ class _Inputs:
 
 def _images(images, labels: tuple[str, ...], contract, limit: int):
     """Readable image paths (skipping the unreadable, with a warning) and labels or None."""
-    from tledge.export.pipeline import load_images
+    from tledge.export.imagesets import load_images
 
     _, y, files = load_images(images, contract, limit, labels)
     return files, y

@@ -14,6 +14,7 @@ from tledge.contract import Contract, Output
 from tledge.errors import DataError, TledgeError, TledgeWarning
 from tledge.export import contracting
 from tledge.export import formats as F
+from tledge.export import imagesets
 from tledge.export.parity import ParityReport, ParityResult, Thresholds, check_files, unconfirmed
 from tledge.export.repair_budget import REPAIR_SECONDS
 
@@ -78,7 +79,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
     out = Path(cfg.out) if cfg.out else Path(model_path).with_name(Path(model_path).stem + "_export")
     with ExportFolder(out) as folder:  # locked first: a second export into `out` fails at once
         stage = folder.staging
-        log.plan(3 + len(chosen))  # progress lines on the CLI: load, images, each file, parity
+        log.plan(3 + len(chosen) + _loop_planned(cfg, chosen))  # progress lines: load, images, each file, parity
         clock = time.perf_counter()
         with log.step(f"loading {Path(model_path).name}"):
             lm = loader.load_model(model_path, unsafe=cfg.unsafe)
@@ -221,6 +222,12 @@ def _thresholds(cfg: ExportConfig) -> dict[str, Thresholds]:
     return {**cfg.thresholds, "int8": replace(base, min_agreement=cfg.fidelity)}
 
 
+def _loop_planned(cfg: ExportConfig, chosen) -> bool:
+    """Whether the progress lines count a step for the int8 fidelity loop: it runs when parity fails an int8 or
+    dynamic file, which only parity tells, so the step is counted up front and says so when nothing needed it."""
+    return bool(cfg.explain or (cfg.repair and any(f.precision in ("int8", "dynamic") for f in chosen)))
+
+
 def _fidelity(cfg: ExportConfig, report: ParityReport, x: FidelityInputs) -> bool:
     """The int8 fidelity loop on failing int8 files (and the per-layer table for --explain); then the
     final int8 ONNX files on onnxruntime's other kernel paths (a note with the CPU flags)."""
@@ -237,7 +244,8 @@ def _fidelity(cfg: ExportConfig, report: ParityReport, x: FidelityInputs) -> boo
     elif (cfg.repair and (failing or held)) or cfg.explain:
         from tledge import log
 
-        log.add_steps(1)
+        if not _loop_planned(cfg, plan(cfg)):
+            log.add_steps(1)
         ctx = fidelity.FidelityContext(x.lm, x.contract, x.add_norm, x.calib, x.reference, x.val_x, x.val_y,
                                        x.out, x.thresholds, int8_only=cfg.int8_only, threads=cfg.threads,
                                        explain=cfg.explain, traced=x.traced, repair_time=cfg.repair_time)
@@ -256,6 +264,12 @@ def _fidelity(cfg: ExportConfig, report: ParityReport, x: FidelityInputs) -> boo
         report.notes += outcome.notes
         report.fidelity, report.explain = outcome.attempts, outcome.explain_md
         ran = True
+    if not ran and _loop_planned(cfg, plan(cfg)):
+        from tledge import log
+
+        with log.step("int8 fidelity: " + ("no repair needed, every file within its budget" if not failing else
+                                           "no calibration images to repair with")):
+            pass
     report.notes += kernels.kernel_notes(report.results, x.out, x.val_x, cfg.threads)
     return ran
 
@@ -282,39 +296,6 @@ def _write_golden(stage: Path, val_x, reference, val_y, val_files, cfg: ExportCo
     golden.save(g, stage / golden.GOLDEN)
 
 
-def load_pixels(folder: str | Path, contract: Contract, limit: int, labels: tuple[str, ...] = ()):
-    """Prepared pixels (contract.prepare) of a folder's images; unreadable files are skipped and
-    counted. Returns (pixels, y or None)."""
-    pixels, y, _ = load_images(folder, contract, limit, labels)
-    return pixels, y
-
-
-def load_images(folder: str | Path, contract: Contract, limit: int, labels: tuple[str, ...] = ()):
-    """load_pixels, plus the files the pixels come from: (pixels, y or None, files)."""
-    from tledge.images import labelled_images, prepare_all
-
-    files, y, _ = labelled_images(folder, labels or None)
-    if len(files) > limit:  # an even spread over classes and files
-        from tledge import log
-
-        log.note(f"{folder}: {limit} of its {len(files)} images used (an even spread over its classes)")
-        idx = np.linspace(0, len(files) - 1, limit).round().astype(int)
-        files, y = [files[i] for i in idx], (None if y is None else y[idx])
-    xs, keep, bad = [], [], []
-    for i, (f, x) in enumerate(zip(files, prepare_all(contract.prepare, files))):
-        if isinstance(x, TledgeError):
-            bad.append(f"{f.name}: {x}")
-        else:
-            xs.append(x)
-            keep.append(i)
-    if not xs:
-        raise DataError(f"no readable images in {folder} ({len(bad)} unreadable: {'; '.join(bad[:2])})")
-    if bad:
-        warnings.warn(f"skipped {len(bad)} unreadable image(s) in {folder}: {'; '.join(bad[:3])}",
-                      TledgeWarning, stacklevel=2)
-    return np.stack(xs), (None if y is None else y[keep]), [files[i] for i in keep]
-
-
 def _needs_calibration(cfg: ExportConfig, chosen) -> bool:
     return any(f.precision == "int8" for f in chosen) or bool(cfg.calib and any(f.precision == "dynamic"
                                                                                  for f in chosen))
@@ -333,7 +314,7 @@ def _calib_images(cfg: ExportConfig, contract: Contract, chosen) -> np.ndarray |
         warnings.warn("calibrating int8 on random noise: the int8 files will be inaccurate on real "
                       "images. Use --calib DIR with real images.", TledgeWarning, stacklevel=3)
         return _noise(contract)
-    calib, _ = load_pixels(cfg.calib or cfg.val, contract, cfg.calib_limit, contract.labels)
+    calib, _ = imagesets.load_pixels(cfg.calib or cfg.val, contract, cfg.calib_limit, contract.labels)
     if len(calib) < FEW_CALIBRATION_IMAGES:  # the activation ranges are those few images' ranges
         warnings.warn(f"calibrating int8 on only {len(calib)} image(s) from {cfg.calib or cfg.val}: the activation "
                       "ranges may not cover other photos; pass --calib with a few hundred images of every class",
@@ -347,11 +328,11 @@ FEW_CALIBRATION_IMAGES = 10  # fewer: a warning (a walkthrough calibrated on 2 p
 def _val_images(cfg: ExportConfig, contract: Contract, chosen):
     """(pixels, labels or None, files or None) parity runs on: --val, else the --calib folder."""
     if cfg.val:
-        return load_images(cfg.val, contract, cfg.val_limit, contract.labels)
+        return imagesets.load_images(cfg.val, contract, cfg.val_limit, contract.labels)
     if _needs_calibration(cfg, chosen) and cfg.calib == "random":
         return _noise(contract), None, None
     if _needs_calibration(cfg, chosen):
-        return load_images(cfg.calib, contract, cfg.val_limit, contract.labels)
+        return imagesets.load_images(cfg.calib, contract, cfg.val_limit, contract.labels)
     raise DataError("parity needs real images: pass --val DIR (or --calib DIR)")
 
 

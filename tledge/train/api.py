@@ -13,8 +13,9 @@ import numpy as np
 from tledge.contract import Contract
 from tledge.errors import TledgeError, TledgeWarning
 from tledge.train import data as td
+from tledge.train import distributed
 from tledge.train.checkpoint import Checkpoints
-from tledge.train.config import RESUME_KEYS, ClassWeights, TrainConfig, TrainResult
+from tledge.train.config import RESUME_KEYS, WEIGHTS_IMAGENET, ClassWeights, TrainConfig, TrainResult
 
 
 def make_contract(cfg: TrainConfig, labels) -> Contract:
@@ -162,6 +163,10 @@ def train(data_dir: str | Path, config: TrainConfig | None = None) -> TrainResul
     out = cfg.out if chief else Path(tempfile.mkdtemp(prefix="tledge-train-worker-"))
     ckpt = Checkpoints(out / "checkpoints")
     resumed = _start(cfg, ckpt, plan.classes) if chief else None  # a worker gets the chief's state
+    if resumed is None and str(cfg.weights) == WEIGHTS_IMAGENET and not distributed.tf_config():
+        from tledge.train import model as tm
+
+        tm.fetch_weights(cfg, contract)  # offline: exit 2 now, not after the images load
     data, skipped = _load_data(cfg, plan, contract)
     log(f"data: {len(data.y)} training / {len(data.yv)} validation images, classes {', '.join(plan.classes)} "
         f"(validation: {plan.source})")

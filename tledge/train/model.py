@@ -49,6 +49,14 @@ def build_backbone(cfg: TrainConfig, contract, *, pretrained: bool = True):
     return fold_to_gray(bb, _preprocess(rgb, "preprocess_rgb"), _preprocess(contract, "preprocess_gray"))
 
 
+def fetch_weights(cfg: TrainConfig, contract) -> None:
+    """Build the pretrained RGB backbone once and drop it, so that Keras downloads (or finds in its cache) the
+    ImageNet weights now: a download that fails stops the run before the images load, not after. Not for a
+    TF_CONFIG cluster, whose MultiWorkerMirroredStrategy must come before any other TensorFlow work."""
+    backbones.build(cfg.backbone, (contract.height, contract.width, 3), weights=cfg.backbone_weights,
+                    alpha=cfg.alpha)
+
+
 def assemble(backbone, contract, n_classes: int, dropout: float, fold=None) -> Parts:
     keras = require("keras", purpose="training")
     inp = keras.Input(shape=(contract.height, contract.width, contract.channels), dtype="float32", name="pixels")

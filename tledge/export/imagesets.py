@@ -1,0 +1,44 @@
+"""The labelled image folders an export reads (--val, --calib), prepared with the contract: unreadable files
+skipped and said, large folders sampled evenly over their classes."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from tledge.contract import Contract
+from tledge.errors import DataError, TledgeError, TledgeWarning
+
+
+def load_pixels(folder: str | Path, contract: Contract, limit: int, labels: tuple[str, ...] = ()):
+    """Prepared pixels (contract.prepare) of a folder's images; unreadable files are skipped and
+    counted. Returns (pixels, y or None)."""
+    pixels, y, _ = load_images(folder, contract, limit, labels)
+    return pixels, y
+
+
+def load_images(folder: str | Path, contract: Contract, limit: int, labels: tuple[str, ...] = ()):
+    """load_pixels, plus the files the pixels come from: (pixels, y or None, files)."""
+    from tledge.images import labelled_images, prepare_all
+
+    files, y, _ = labelled_images(folder, labels or None)
+    if len(files) > limit:  # an even spread over classes and files
+        from tledge import log
+
+        log.note(f"{folder}: {limit} of its {len(files)} images used (an even spread over its classes)")
+        idx = np.linspace(0, len(files) - 1, limit).round().astype(int)
+        files, y = [files[i] for i in idx], (None if y is None else y[idx])
+    xs, keep, bad = [], [], []
+    for i, (f, x) in enumerate(zip(files, prepare_all(contract.prepare, files))):
+        if isinstance(x, TledgeError):
+            bad.append(f"{f.name}: {x}")
+        else:
+            xs.append(x)
+            keep.append(i)
+    if not xs:
+        raise DataError(f"no readable images in {folder} ({len(bad)} unreadable: {'; '.join(bad[:2])})")
+    if bad:
+        warnings.warn(f"skipped {len(bad)} unreadable image(s) in {folder}: {'; '.join(bad[:3])}",
+                      TledgeWarning, stacklevel=2)
+    return np.stack(xs), (None if y is None else y[keep]), [files[i] for i in keep]
