@@ -56,6 +56,24 @@ def test_float_arrays_in_0_255_are_not_white():
         to_uint8_rgb(np.full((4, 4, 3), np.nan, np.float32))
 
 
+@pytest.mark.parametrize("mode", ["P", "PA", "CMYK", "YCbCr", "HSV", "1", "I"])
+def test_pil_images_of_any_mode_are_read_as_their_colours(mode):
+    """A PIL palette image's array is its palette indices (read as gray) and a CMYK one's is 4 channels (read as
+    RGBA): both gave other pixels than the same image as RGB."""
+    from PIL import Image
+
+    from tledge.images import to_uint8_rgb
+
+    rgb = np.zeros((6, 8, 3), np.uint8)
+    rgb[:3] = (200, 30, 90)
+    rgb[3:] = (20, 220, 140)
+    img = Image.fromarray(rgb).convert(mode)
+    expected = np.asarray(img.convert("RGB"))
+    assert np.array_equal(to_uint8_rgb(img), expected)
+    if mode not in ("1", "I"):
+        assert np.abs(expected.astype(int) - rgb).max() <= 60  # the colours (a dithered palette), not indices or ink
+
+
 def test_thumbnail_and_macos_folders_are_not_data(tmp_path):
     from tledge.images import class_folders, iter_image_files
 

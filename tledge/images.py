@@ -71,12 +71,19 @@ def _first_gif_frame(p: Path):
     return frame if ok else None
 
 
+PIL_AS_IS = ("L", "RGB", "RGBA", "I;16", "F")  # PIL modes whose arrays to_uint8_rgb reads right (F: 0..1 / 0..255)
+
+
 def to_uint8_rgb(img: np.ndarray, *, bgr: bool = False) -> np.ndarray:
-    """Any HxW, HxWx1, HxWx3 or HxWx4 (RGBA) array -> HxWx3 uint8 RGB. uint16 is scaled from 0..65535; float is
+    """Any HxW, HxWx1, HxWx3 or HxWx4 (RGBA) array, or a PIL image of any mode -> HxWx3 uint8 RGB. uint16 is scaled from 0..65535; float is
     0..1, or 0..255 when its maximum is over 1.5 (Keras's `img_to_array`, a float TIFF); other integers are
     clipped to 0..255."""
     import cv2
 
+    mode = getattr(img, "mode", None)  # a PIL image: palette, CMYK, YCbCr, LAB, HSV... arrays are not pixels
+    if isinstance(mode, str) and callable(getattr(img, "convert", None)) and mode not in PIL_AS_IS:
+        img = img.convert("RGBA" if mode in ("LA", "La", "PA", "RGBa") or "transparency" in getattr(img, "info", {})
+                          else "RGB")
     a = np.asarray(img)
     if a.ndim not in (2, 3) or a.size == 0 or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
         raise ImageError(f"expected an HxW or HxWx{{1,3,4}} image, got shape {a.shape}")
