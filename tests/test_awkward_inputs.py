@@ -85,6 +85,23 @@ def test_thumbnail_and_macos_folders_are_not_data(tmp_path):
     assert [(n, len(fs)) for n, fs in class_folders(root)] == [("ants", 2), ("bees", 2)]
 
 
+def test_symlinked_folders_inside_class_folders_are_data_and_a_link_loop_ends(tmp_path):
+    """Python 3.11's rglob did not follow a symlinked sub-folder: its photos were silently not data."""
+    from tledge.images import class_folders, iter_image_files
+
+    elsewhere = tmp_path / "disk2"
+    _png(elsewhere / "x.png")
+    _png(elsewhere / "deep" / "y.png")
+    root = tmp_path / "data"
+    _png(root / "ants" / "a.png")
+    _png(root / "bees" / "b.png")
+    (root / "ants" / "more").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "deep" / "loop").symlink_to(root / "ants", target_is_directory=True)  # ants -> more -> deep -> ants
+    names = [f.relative_to(root).as_posix() for f in iter_image_files(root / "ants")]
+    assert names == ["ants/a.png", "ants/more/deep/y.png", "ants/more/x.png"]
+    assert [(n, len(fs)) for n, fs in class_folders(root)] == [("ants", 3), ("bees", 1)]
+
+
 def test_a_split_layout_with_an_extra_folder_is_still_a_split_layout(tmp_path):
     """train/ + val/ + unlabeled/ trained the classes "train", "unlabeled", "val"."""
     from tledge.errors import TledgeWarning

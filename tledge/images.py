@@ -124,13 +124,28 @@ def prepare_all(prepare: Callable[[Path], np.ndarray], files: Sequence[Path], th
         return list(pool.map(one, files))
 
 
+def data_files(root: str | Path) -> list[Path]:
+    """Every file under `root`, sorted, without hidden and system files and folders. Symlinked folders are followed
+    (a class folder of links to another disk is common; Path.rglob skips them before Python 3.13), each real
+    folder once, so a link loop ends."""
+    p = Path(root)
+    seen, found = set(), []
+    for top, dirs, files in os.walk(p, followlinks=True):
+        st = os.stat(top)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs[:] = [d for d in dirs if not skipped_name(d)]
+        found += [Path(top) / f for f in files if not skipped_name(f) and os.path.isfile(os.path.join(top, f))]
+    return sorted(found)
+
+
 def iter_image_files(root: str | Path, recursive: bool = True) -> Iterator[Path]:
     """Image files under `root` in sorted order (by suffix; decoding errors surface later)."""
     p = Path(root)
-    it = p.rglob("*") if recursive else p.glob("*")
-    for f in sorted(it):
-        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not any(map(skipped_name, f.relative_to(p).parts)):
-            yield f
+    files = data_files(p) if recursive else sorted(f for f in p.glob("*") if f.is_file() and not skipped_name(f.name))
+    yield from (f for f in files if f.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def class_folders(root: str | Path) -> list[tuple[str, list[Path]]]:

@@ -65,8 +65,7 @@ def scan_classes(root: Path, *, what: str) -> dict[str, list[Path]]:
     others = []
     for d in dirs:
         classes[d.name] = list(images.iter_image_files(d))
-        others += [f for f in sorted(d.rglob("*")) if f.is_file() and f.suffix.lower() not in images.IMAGE_SUFFIXES
-                   and not any(map(images.skipped_name, f.relative_to(d).parts))]
+        others += [f for f in images.data_files(d) if f.suffix.lower() not in images.IMAGE_SUFFIXES]
     if others:
         warnings.warn(f"ignoring {len(others)} non-image file(s) in {root}: {_listing(others)}",
                       TledgeWarning, stacklevel=3)
