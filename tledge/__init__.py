@@ -4,7 +4,9 @@ Importing tledge changes nothing in the user's process (no environment variables
 the `tledge` command quietens TensorFlow's C++ logs for its own process only (tledge.cli.main).
 """
 from tledge.contract import Contract
-from tledge.errors import ContractError, MissingDependency, ParityError, TledgeError
+from tledge.errors import (ContractError, DataError, ImageError, MissingDependency, ModelLoadError, ModelRunError,
+                           ParityError, TledgeError)
 
 __version__ = "0.1.0"
-__all__ = ["Contract", "ContractError", "MissingDependency", "ParityError", "TledgeError", "__version__"]
+__all__ = ["Contract", "ContractError", "DataError", "ImageError", "MissingDependency", "ModelLoadError",
+           "ModelRunError", "ParityError", "TledgeError", "__version__"]

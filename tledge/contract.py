@@ -216,10 +216,11 @@ class Contract:
 
     # ---- the reference preprocessing --------------------------------------------------------
     def prepare(self, image: Any) -> np.ndarray:
-        """One image (path, or HxW / HxWxC array in RGB order, any dtype) -> one model input."""
+        """One image (a path, encoded bytes, a PIL image, or an HxW / HxWxC array in RGB order, any dtype) -> one
+        model input."""
         from tledge import images
 
-        rgb = images.load(image) if isinstance(image, (str, Path)) else images.to_uint8_rgb(image)
+        rgb = images.as_rgb(image)
         x = self.geometry(rgb)
         x = self.colors(x)
         if not self.baked:

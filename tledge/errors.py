@@ -16,6 +16,10 @@ class ModelLoadError(TledgeError):
     """A model file is missing, truncated, of an unknown kind, or needs --unsafe."""
 
 
+class ModelRunError(TledgeError):
+    """A loaded model failed on an input: a shape or dtype it does not take, or its runtime's own failure."""
+
+
 class ImageError(TledgeError):
     """An image could not be read or decoded."""
 

@@ -60,6 +60,34 @@ def decode(data: np.ndarray, name) -> np.ndarray:
     return to_uint8_rgb(img, bgr=True)
 
 
+def as_rgb(image) -> np.ndarray:
+    """Any one image -> HxWx3 uint8 RGB: a path (str or os.PathLike), encoded bytes (a JPEG/PNG... file's
+    content, bytes or a binary file object), a PIL image, or an array (`to_uint8_rgb`)."""
+    if isinstance(image, (str, os.PathLike)):
+        return load(image)
+    if callable(getattr(image, "read", None)) and not hasattr(image, "mode"):  # BytesIO, an open file
+        image = image.read()
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        data = np.frombuffer(image, np.uint8)
+        if data.size == 0:
+            raise ImageError("cannot decode image bytes: empty")
+        return decode(data, f"({data.size} bytes)")
+    if image is None:
+        raise ImageError("expected an image (a path, encoded bytes, a PIL image or an array), got None")
+    return to_uint8_rgb(image)
+
+
+def one_image(x) -> bool:
+    """Whether `x` is one image for `as_rgb` rather than a sequence of them (an HxW or HxWx{1,3,4} array is one;
+    NxHxWxC or a list is several)."""
+    if isinstance(x, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(x, "mode") \
+            or callable(getattr(x, "read", None)):
+        return True
+    if isinstance(x, np.ndarray):
+        return x.ndim == 2 or (x.ndim == 3 and x.shape[2] in (1, 3, 4))
+    return False
+
+
 def _first_gif_frame(p: Path):
     import cv2
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 
 from tledge.artifacts import KINDS
 from tledge.contract import Quant
-from tledge.errors import MissingDependency, ModelLoadError, TledgeWarning
+from tledge.errors import MissingDependency, ModelLoadError, ModelRunError, TledgeWarning
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ class TFLiteBackend:
         self.inp, self.out = self.inputs[0], self.outputs[0]
         self._in_index, self._out_index = ins[0]["index"], outs[0]["index"]
         self._shape = tuple(int(v) for v in ins[0]["shape"])
+        self._lock = threading.Lock()
 
     @staticmethod
     def _info(d) -> TensorInfo:
@@ -116,22 +118,34 @@ class TFLiteBackend:
         return TensorInfo(d["name"], shape, dtype, quant)
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        if x.shape != self._shape:
-            if self.inp.shape[0] != -1 and x.shape[1:] == self._shape[1:]:
+        """One call at a time: an interpreter holds its input, output and scratch tensors, so two threads in it at
+        once got errors and each other's outputs (onnxruntime sessions need no lock)."""
+        with self._lock:
+            if x.shape != self._shape and self.inp.shape[0] != -1 and x.shape[1:] == self._shape[1:]:
                 # a fixed-batch file (most files made elsewhere): one image at a time
-                return np.concatenate([self.run(x[i:i + 1]) for i in range(x.shape[0])])
+                return np.concatenate([self._run(x[i:i + 1]) for i in range(x.shape[0])])
+            return self._run(x)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        if x.shape != self._shape:
             self._resize(x.shape)
         it = self._it
-        it.set_tensor(self._in_index, x)
-        it.invoke()
-        return it.get_tensor(self._out_index)
+        try:
+            it.set_tensor(self._in_index, x)
+            it.invoke()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelRunError(f"{self.path.name} failed on an input of shape {x.shape} {x.dtype}: "
+                                f"{str(exc).strip()[:300]}") from None
+        return it.get_tensor(self._out_index)  # a copy (tensor() would be the interpreter's own buffer)
 
     def _resize(self, shape: tuple) -> None:
         try:
             self._it.resize_tensor_input(self._in_index, list(shape), strict=False)
             self._it.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise ModelLoadError(f"{self.path.name} does not accept input shape {shape}: {exc}") from None
+            self._it.resize_tensor_input(self._in_index, list(self._shape), strict=False)  # as it was: usable
+            self._it.allocate_tensors()
+            raise ModelRunError(f"{self.path.name} does not accept input shape {shape}: {exc}") from None
         self._shape = tuple(shape)
 
     def metadata(self) -> dict[str, bytes]:
@@ -202,7 +216,13 @@ class OnnxBackend:
         return TensorInfo(a.name, tuple(d if isinstance(d, int) else -1 for d in a.shape), _ort_dtype(a.type))
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        return self._sess.run(self._fetch, {self._feed_name: x})[0]
+        try:
+            return self._sess.run(self._fetch, {self._feed_name: x})[0]
+        except Exception as exc:  # onnxruntime's own exception classes (InvalidArgument, Fail, ...)
+            if not type(exc).__module__.startswith("onnxruntime"):
+                raise
+            raise ModelRunError(f"{self.path.name} failed on an input of shape {x.shape} {x.dtype}: "
+                                f"{str(exc).strip()[:300]}") from None
 
     def metadata(self) -> dict[str, str]:
         meta = self._sess.get_modelmeta()

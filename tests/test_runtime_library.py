@@ -1,0 +1,90 @@
+"""The runtime as a library in a service: one loaded model shared by threads, one image or a long list handed to
+classify(), encoded bytes, and a bad call that must not break the model. On the committed tiny export (no
+TensorFlow: also run in the tledge[runtime]-only venv)."""
+from __future__ import annotations
+
+import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from tiny import IMAGES, MODELS, TINY
+
+from tledge.errors import ImageError, ModelRunError, TledgeError
+from tledge.runtime import load
+
+
+def _arrays():
+    from tledge.images import load as load_image
+
+    return [load_image(p) for p in IMAGES]
+
+
+@pytest.mark.parametrize("name", ["model_fp32.tflite", "model_int8.tflite", "model_int8.onnx"])
+def test_one_model_shared_by_threads_gives_each_call_its_own_answer(name):
+    """Two threads in one TFLite interpreter raised RuntimeErrors and returned each other's scores (a walkthrough:
+    up to 16 of 400 calls with another image's answer); batch sizes differ per call, so the interpreter resizes."""
+    m = load(TINY / name, threads=1)
+    arrays = _arrays()
+    alone = [m.predict(m.prepare(a)) for a in arrays]
+    start = threading.Barrier(8)
+
+    def job(t):
+        start.wait()
+        rng = np.random.default_rng(t)
+        out = []
+        for _ in range(3):
+            for i in rng.permutation(len(arrays)):
+                k = 1 + (t + i) % 3  # batches of 1-3 holding image i first
+                batch = np.stack([m.prepare(arrays[(i + j) % len(arrays)]) for j in range(k)])
+                out.append((i, m.predict(batch)[0]))
+        return out
+
+    with ThreadPoolExecutor(8) as pool:
+        results = [r for rs in pool.map(job, range(8)) for r in rs]
+    assert len(results) == 8 * 3 * len(arrays)
+    for i, y in results:
+        np.testing.assert_array_equal(y, alone[i][0])
+
+
+def test_classify_takes_one_image_or_a_sequence_and_runs_long_lists_in_chunks(monkeypatch):
+    m = load(TINY / "model_int8.tflite", threads=1)
+    arrays = _arrays()
+    listed = m.classify(list(IMAGES), top_k=2)
+    assert len(listed) == len(IMAGES) and all(len(p) == 2 for p in listed)
+    # one image, whichever way it comes, is one list of predictions (a 500x366 array gave 500 results, one per row)
+    assert m.classify(arrays[0], top_k=2) == listed[0]
+    assert m.classify(IMAGES[0], top_k=2) == listed[0]
+    assert m.classify(str(IMAGES[0]), top_k=2) == listed[0]  # was "cannot read image /"
+    encoded = IMAGES[0].read_bytes()
+    assert m.classify(encoded, top_k=2) == listed[0]
+    assert m.classify(io.BytesIO(encoded), top_k=2) == listed[0]
+    assert m.classify([encoded, IMAGES[1]], top_k=2) == listed[:2]
+    o = load(TINY / "model_fp32.onnx", threads=1)  # a dynamic batch (the tiny int8 TFLite file takes 1)
+    sizes = []
+    run = o.backend.run
+    monkeypatch.setattr(o.backend, "run", lambda x: (sizes.append(len(x)), run(x))[1])
+    chunked = o.classify(list(IMAGES) * 3, top_k=2, batch=4)
+    assert chunked == o.classify(list(IMAGES), top_k=2) * 3
+    assert sizes == [4] * (len(IMAGES) * 3 // 4) + [len(IMAGES)]  # chunks of 4, then the list in one (32 a call)
+    with pytest.raises(ValueError, match="top_k"):
+        m.classify(arrays[0], top_k=0)
+    with pytest.raises(ImageError, match="None"):
+        m.classify([None])
+    with pytest.raises(ImageError, match="bytes"):
+        m.classify(b"not an image")
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS if n.endswith((".tflite", ".onnx"))])
+def test_a_wrong_input_is_one_error_and_the_model_still_works(name):
+    """A TFLite interpreter resized for a bad input stayed at that shape: every later call failed."""
+    m = load(TINY / name, threads=1)
+    want = m.classify(IMAGES[0], top_k=3)
+    c = m.contract
+    for bad in (np.zeros((c.height, c.width), np.float32), np.zeros((1, 7, 9, c.channels), np.float32),
+                np.zeros((2, c.height + 1, c.width, c.channels), np.float32)):
+        with pytest.raises(ModelRunError, match="takes inputs of shape"):
+            m.predict(bad)
+    assert isinstance(ModelRunError("x"), TledgeError)
+    assert m.classify(IMAGES[0], top_k=3) == want
