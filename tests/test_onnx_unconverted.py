@@ -5,6 +5,8 @@ tf2onnx still leaves in the graph fails the file's conversion with one clear lin
 before an .onnx onnxruntime refuses is written; the TFLite files of the same model export."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -93,8 +95,15 @@ def test_shape_inference_that_gives_up_leaves_nothing_in_the_working_directory(t
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    seen, infer = [], SymbolicShapeInference.infer_shapes
+    monkeypatch.setattr(SymbolicShapeInference, "infer_shapes",
+                        staticmethod(lambda *a, **k: (seen.append(os.getcwd()), infer(*a, **k))[1]))
     assert onnx_export.preprocess(src, dst) == dst and dst.is_file()  # the plain graph when it fails
     assert list(cwd.iterdir()) == []
+    # without changing the process's working directory (another thread's relative paths were lost in a library call)
+    assert seen == [str(cwd)]
 
 
 def test_a_tflite_converter_failure_says_the_converter_s_diagnosis():

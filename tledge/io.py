@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -50,15 +51,37 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+_SHAPE_SCRATCH_LOCK = threading.Lock()
+
+
 @contextmanager
-def scratch_cwd():
-    """Run in a scratch working directory, removed after: onnxruntime's symbolic shape inference, when it
-    gives up, saves `sym_shape_infer_temp.onnx` and a .data file of every weight (111 MB for ConvNeXt-Tiny)
-    into the working directory, the user's. Pass absolute paths inside."""
-    old = os.getcwd()
-    with tempfile.TemporaryDirectory(prefix="tledge-scratch-") as scratch:
-        os.chdir(scratch)
+def shape_inference_scratch():
+    """onnxruntime's symbolic shape inference, when it gives up, saves `sym_shape_infer_temp.onnx` and a .data
+    file of every weight (111 MB for ConvNeXt-Tiny) into the working directory, the user's. Inside this block that
+    save goes to a scratch folder, removed after. The process's working directory is not changed: a library
+    export chdir'ed the whole process, and another thread's relative writes went to the removed folder."""
+    try:
+        import onnx
+        from onnxruntime.tools import symbolic_shape_infer as ssi
+    except ImportError:
+        yield
+        return
+    if getattr(ssi, "onnx", None) is not onnx:  # another onnxruntime layout: nothing to redirect
+        yield
+        return
+    with _SHAPE_SCRATCH_LOCK, tempfile.TemporaryDirectory(prefix="tledge-scratch-") as scratch:
+        class _Redirected:
+            def __getattr__(self, name):
+                return getattr(onnx, name)
+
+            @staticmethod
+            def save_model(proto, f, *args, **kwargs):
+                if isinstance(f, (str, os.PathLike)) and not os.path.isabs(f):
+                    f = os.path.join(scratch, f)
+                return onnx.save_model(proto, f, *args, **kwargs)
+
+        ssi.onnx = _Redirected()
         try:
-            yield Path(scratch)
+            yield
         finally:
-            os.chdir(old)
+            ssi.onnx = onnx

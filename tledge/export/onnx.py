@@ -20,7 +20,7 @@ import numpy as np
 from tledge._deps import require
 from tledge.errors import ExportError
 from tledge.export import onnx_pads, onnx_reshapes, onnx_scalars, onnx_tfops
-from tledge.io import scratch_cwd
+from tledge.io import shape_inference_scratch
 
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "pixels", "scores"
@@ -276,7 +276,7 @@ def preprocess(src: Path, dst: Path) -> Path:
     try:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        with scratch_cwd():
+        with shape_inference_scratch():
             quant_pre_process(str(src.resolve()), str(dst.resolve()), skip_symbolic_shape=False)
     except Exception:
         dst.write_bytes(src.read_bytes())

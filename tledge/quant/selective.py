@@ -19,7 +19,7 @@ import numpy as np
 
 from tledge._deps import require
 from tledge.errors import ExportError
-from tledge.io import scratch_cwd
+from tledge.io import shape_inference_scratch
 
 
 def concrete_function(model, batch: int | None = 1):
@@ -160,7 +160,7 @@ def onnx_int8(float_onnx: bytes, calib, *, exclude: Sequence[str] = (), per_chan
         src.write_bytes(float_onnx)
         try:
             from onnxruntime.quantization.shape_inference import quant_pre_process
-            with scratch_cwd():  # its sym_shape_infer_temp.onnx, when it gives up, not in the user's folder
+            with shape_inference_scratch():  # its sym_shape_infer_temp.onnx, when it gives up, not in the user's folder
                 quant_pre_process(str(src.resolve()), str(pre.resolve()))
         except Exception:  # needs sympy; pre-processing only helps fusion, it is not required
             pre = src
