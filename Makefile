@@ -23,4 +23,7 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
 
-.PHONY: install demo test test-slow bench
+wheel: $(STAMP)
+	$(PY) -m pip wheel -q --no-deps -w dist .
+
+.PHONY: install demo test test-slow bench wheel

@@ -35,6 +35,14 @@ def test_pytest_plugin_is_not_registered_for_every_pytest_run():
     assert not [ep for ep in groups if ep.value.startswith("tledge")], "tledge must not auto-load into pytest"
 
 
+def test_assert_parity_imports_without_pytest():
+    """docs/parity-ci.md: outside pytest, `from tledge.testing import assert_parity` (pytest is a dev extra)."""
+    code = ("import sys; sys.modules['pytest'] = None\nimport tledge.testing as t\n"
+            "print(callable(t.assert_parity), hasattr(t, 'tledge_parity'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ["True", "False"], out.stderr[-2000:]
+
+
 def test_blas_threads_limits_numpy_blas_inside_the_block_only():
     """The int8 loop runs with one BLAS thread (OpenBLAS's spinning threads beside other jobs made its Gram
     products 15x slower); the user's setting comes back after it."""
@@ -49,3 +57,28 @@ def test_blas_threads_limits_numpy_blas_inside_the_block_only():
     with blas_threads(1):
         assert blas() and all(n == 1 for n in blas())
     assert blas() == before
+
+
+def test_no_install_line_fetches_tledge_from_pypi():
+    """tledge is not on PyPI: `pip install 'tledge[runtime]'` (the README's line) installs whatever someone else
+    registers under the name. Every install line in the docs, the device profiles and the messages names the
+    wheel or the checkout."""
+    import re
+    import shlex
+
+    from tledge.devices.profiles import PROFILES
+
+    texts = {str(p.relative_to(REPO)): p.read_text(encoding="utf-8")
+             for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "tledge").rglob("*.py"))]}
+    texts["profiles"] = "\n".join(line for p in PROFILES.values() for line in p.install)
+    bad = []
+    for name, text in texts.items():
+        for cmd in re.findall(r"pip install ([^\n`#]*)", text):
+            try:
+                words = shlex.split(cmd)
+            except ValueError:
+                words = cmd.split()
+            if any(re.fullmatch(r"tledge(\[[\w,]*\])?", w) for w in words):
+                bad.append(f"{name}: pip install {cmd.strip()}")
+    assert not bad, bad
+

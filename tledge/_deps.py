@@ -6,7 +6,12 @@ import importlib
 import importlib.util
 import os
 
+from tledge import __version__
 from tledge.errors import MissingDependency
+
+# tledge is not on PyPI, and anyone may register the name there: install lines name the wheel `make wheel` builds
+# (or the checkout), never the bare name
+WHEEL = f"tledge-{__version__}-py3-none-any.whl"
 
 # import name -> (pip name, extra)
 _KNOWN = {
@@ -53,12 +58,10 @@ def require(name: str, extra: str | None = None, purpose: str | None = None):
     except ImportError as exc:
         pip_name, default_extra = _KNOWN.get(name.split(".")[0], (name, None))
         extra = extra or default_extra
-        hint = f"pip install 'tledge[{extra}]'" if extra else f"pip install {pip_name}"
         why = f" (needed for {purpose})" if purpose else ""
+        also = f", or the whole tledge[{extra}] extra" if extra else ""
         raise MissingDependency(
-            f"{name} is not installed{why}: {hint}  (or: pip install {pip_name}). "
-            f"Import failed with: {exc}"
-        ) from exc
+            f"{name} is not installed{why}: pip install {pip_name}{also}. Import failed with: {exc}") from exc
     if name == "tensorflow":
         _quiet_python_loggers(module)
     if name.split(".")[0] in _KNOWN:

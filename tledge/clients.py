@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-HOW_TO_MEASURE = ("in a venv with `pip install 'tledge[runtime,clients]'` (mediapipe brings its own cv2: keep it "
-                  "out of the export venv), run `python benchmarks/mediapipe_resize.py EXPORT_DIR VAL_DIR` from a "
+HOW_TO_MEASURE = ("in a venv with `pip install -e '.[runtime,clients]'` (in the checkout; mediapipe brings its own cv2: "
+                  "keep it out of the export venv), run `python benchmarks/mediapipe_resize.py EXPORT_DIR VAL_DIR` from a "
                   "tledge source checkout (benchmarks/ is not in the wheel); "
                   "CI: ci/clients_venv.sh")
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import pytest
+try:
+    import pytest
+except ImportError:  # assert_parity works without pytest (a script, another test runner); the fixture needs it
+    pytest = None
 
 
 def assert_parity(reference: str | Path, exported: str | Path | Sequence[str | Path], images: str | Path, *,
@@ -35,7 +38,8 @@ def assert_parity(reference: str | Path, exported: str | Path | Sequence[str | P
     return report
 
 
-@pytest.fixture
-def tledge_parity():
-    """The `assert_parity` function, as a fixture."""
-    return assert_parity
+if pytest is not None:
+    @pytest.fixture
+    def tledge_parity():
+        """The `assert_parity` function, as a fixture."""
+        return assert_parity

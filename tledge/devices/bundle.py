@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tledge import artifacts
+from tledge._deps import WHEEL
 from tledge.devices.options import Options, resolve
 from tledge.devices.profiles import Family, Profile, get_profile
 from tledge.errors import TledgeError
@@ -239,7 +240,7 @@ def run_sh(profile: Profile, model: str, threads: int | None = None, models: tup
 
 def _board_steps(profile: Profile) -> list[str]:
     """The profile's install lines minus making a venv and installing tledge (the bundle does both)."""
-    skip = ("-m venv", "install 'tledge", "install --no-deps tledge", "pyenv install")
+    skip = ("-m venv", f"./{WHEEL}", "pyenv install")
     return [ln.replace("~/tledge-venv/", ".venv/") for ln in profile.install if not any(k in ln for k in skip)]
 
 

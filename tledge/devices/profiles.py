@@ -13,6 +13,7 @@ from typing import Any
 
 from tledge.artifacts import KINDS, PRECISIONS, Artifact, lookup
 from tledge.errors import TledgeError
+from tledge._deps import WHEEL
 
 
 class Arch(str, Enum):
@@ -159,7 +160,7 @@ _PIP_ALL = ("numpy", "opencv-python-headless", "ai-edge-litert", "onnxruntime")
 _PI_INSTALL = (
     "sudo apt install -y python3-venv python3-picamera2   # picamera2 comes from apt, not PyPI",
     "python3 -m venv --system-site-packages ~/tledge-venv  # system site packages: to see picamera2",
-    "~/tledge-venv/bin/pip install 'tledge[runtime]'       # ai-edge-litert 2.3 and onnxruntime have aarch64 wheels",
+    f"~/tledge-venv/bin/pip install './{WHEEL}[runtime]'   # `make wheel`; ai-edge-litert, onnxruntime: aarch64 wheels",
 )
 _PI_CAMERA = ("picamera2 (apt: python3-picamera2) for the CSI camera on Pi OS Bookworm; USB webcams "
               "open with OpenCV as camera 0. The legacy raspistill/V4L2 stack is gone on Bookworm.")
@@ -213,7 +214,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             "# older than tledge's minimum (3.9): build onnxruntime-gpu with TensorRT from source for a newer",
             "# Python, or run on the CPU with a Python >= 3.10 you install yourself (e.g. pyenv):",
             "pyenv install 3.11 && ~/.pyenv/versions/3.11*/bin/python -m venv ~/tledge-venv",
-            "~/tledge-venv/bin/pip install 'tledge[runtime]'   # CPU only: ai-edge-litert + onnxruntime",
+            f"~/tledge-venv/bin/pip install './{WHEEL}[runtime]'   # CPU only: ai-edge-litert + onnxruntime",
         ),
         pip=("numpy", "ai-edge-litert"),
         camera=("CSI camera: OpenCV with GStreamer (JetPack's python3-opencv, not pip's) and the pipeline "
@@ -236,7 +237,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             "# the jetson-ai-lab pip index for JetPack 6, e.g. pip install onnxruntime-gpu --index-url <that index>",
             "python3 -m venv --system-site-packages ~/tledge-venv   # system site: JetPack's OpenCV with GStreamer",
             "~/tledge-venv/bin/pip install onnxruntime-gpu --index-url <JetPack 6 index from the Jetson Zoo>",
-            "~/tledge-venv/bin/pip install --no-deps tledge && ~/tledge-venv/bin/pip install 'numpy<2' flatbuffers",
+            f"~/tledge-venv/bin/pip install --no-deps ./{WHEEL} && ~/tledge-venv/bin/pip install 'numpy<2' flatbuffers",
             "# --no-deps: tledge[runtime]'s onnxruntime (CPU) and pip's OpenCV would shadow the GPU/GStreamer builds",
         ),
         pip=("numpy",),
@@ -263,7 +264,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             "curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo gpg --dearmor -o /usr/share/keyrings/coral-edgetpu.gpg",
             "echo 'deb [signed-by=/usr/share/keyrings/coral-edgetpu.gpg] https://packages.cloud.google.com/apt coral-edgetpu-stable main' | sudo tee /etc/apt/sources.list.d/coral-edgetpu.list",
             "sudo apt-get update && sudo apt-get install -y libedgetpu1-std   # then unplug and replug the accelerator",
-            "pip install 'tledge[runtime]'   # tledge loads libedgetpu.so.1 through ai-edge-litert's load_delegate",
+            f"pip install './{WHEEL}[runtime]'   # tledge loads libedgetpu.so.1 through ai-edge-litert's load_delegate",
         ),
         pip=_PIP_TFLITE,
         camera="The host's camera: picamera2 on a Pi, OpenCV camera index elsewhere.",
@@ -281,7 +282,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
         cores=None, memory_mb=None, threads=None,
         targets=(TFLITE_INT8, ONNX_INT8_CPU, TFLITE_FP32, ONNX_FP32_CPU),
         os="any x86-64 OS with Python 3.10-3.13",
-        install=("pip install 'tledge[runtime]'   # on Windows the extra brings onnxruntime only: use the ONNX int8 file",),
+        install=(f"pip install './{WHEEL}[runtime]'   # on Windows the extra brings onnxruntime only: use the ONNX int8 file",),
         pip=_PIP_ALL,
         camera="OpenCV camera index (V4L2 on Linux, AVFoundation on macOS, MSMF/DirectShow on Windows).",
         notes=(
@@ -294,7 +295,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
         cores=None, memory_mb=None, threads=None,
         targets=(TFLITE_INT8, TFLITE_FP32, ONNX_INT8_CPU, ONNX_FP32_CPU),
         os="64-bit Linux with glibc >= 2.28 and Python 3.10-3.13",
-        install=("pip install 'tledge[runtime]'   # needs glibc >= 2.27 (ai-edge-litert) / 2.28 (onnxruntime 1.31)",),
+        install=(f"pip install './{WHEEL}[runtime]'   # needs glibc >= 2.27 (ai-edge-litert) / 2.28 (onnxruntime 1.31)",),
         pip=_PIP_TFLITE,
         camera="OpenCV camera index (V4L2).",
         notes=("Boards with an NPU (Rockchip, i.MX, Hailo ...) need their vendor's delegate: not covered.",

@@ -73,7 +73,7 @@ def _tflite_interpreter_module():
         warnings.warn("no TFLite runtime installed (ai-edge-litert): falling back to tensorflow.lite, which "
                       "is deprecated and heavy. Fix: pip install ai-edge-litert", TledgeWarning, stacklevel=4)
         return _TFModule(sys.modules["tensorflow"]), "tensorflow.lite"
-    raise MissingDependency("no TFLite interpreter installed: pip install 'tledge[runtime]' (ai-edge-litert)")
+    raise MissingDependency("no TFLite interpreter installed: pip install ai-edge-litert (tledge[runtime])")
 
 
 class _TFModule:

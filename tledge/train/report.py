@@ -117,7 +117,7 @@ def plot_confusion(cm: np.ndarray, labels, path: Path) -> bool:
 def _can_plot(path: Path) -> bool:
     if available("matplotlib"):
         return True
-    warnings.warn(f"matplotlib is not installed: skipping {path.name} (pip install 'tledge[train]')",
+    warnings.warn(f"matplotlib is not installed: skipping {path.name} (pip install matplotlib, in tledge[train])",
                   TledgeWarning, stacklevel=3)
     return False
 
