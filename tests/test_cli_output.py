@@ -221,6 +221,27 @@ def test_library_logging_goes_to_the_log_not_the_terminal(tmp_path):
     assert "Failed to apply optimize_transpose" in text and "Traceback" in text
 
 
+def test_library_calls_leave_the_host_s_logging_as_it_was(tmp_path):
+    """A library train() left a root handler on stderr (absl's warning() on saving model.h5 calls basicConfig, so
+    the host's own basicConfig() did nothing) and TensorFlow's and absl's loggers at ERROR."""
+    script = (
+        "import logging\n"
+        "import numpy as np\n"
+        "from tledge._deps import require\n"
+        "keras = require('keras')\n"
+        "tf = require('tensorflow')\n"
+        "from tledge.train.report import save_model\n"
+        "m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])\n"
+        "x = np.ones((2, 3), np.float32)\n"
+        f"save_model(m, __import__('pathlib').Path({str(tmp_path / 'm.h5')!r}), x, m.predict_on_batch(x))\n"
+        "print(len(logging.getLogger().handlers), tf.get_logger().level, logging.getLogger('absl').level)\n")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": REPO}, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.split()[-3:] == ["0", "0", "0"], (res.stdout, res.stderr[-2000:])
+    assert (tmp_path / "m.h5").is_file()
+
+
 def test_a_pipe_reader_that_leaves_early_gets_no_error_and_no_traceback():
     """`tledge devices --json | head -c 10`: the reader closes the pipe before tledge writes; tledge stops quietly
     with the shell's SIGPIPE code (141), no "error: Broken pipe" line (it was exit 2) and no traceback."""

@@ -167,6 +167,19 @@ def test_bad_arguments_raise_before_anything_runs(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_demo_without_tensorflow_stops_before_writing_anything(tmp_path, monkeypatch):
+    """In a tledge[runtime] venv the demo wrote 660 images (8 MB), probed the network, then failed at training
+    with exit 1 ("parity failed")."""
+    import tledge._deps as deps
+    from tledge.errors import MissingDependency
+
+    real = deps.available
+    monkeypatch.setattr(deps, "available", lambda name: name != "tensorflow" and real(name))
+    with pytest.raises(MissingDependency, match="tensorflow is not installed"):
+        demo.run_demo(tmp_path / "o", weights="none")
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.real
 def test_demo_from_the_shared_imagenet_file(tmp_path):

@@ -82,3 +82,12 @@ def test_no_install_line_fetches_tledge_from_pypi():
                 bad.append(f"{name}: pip install {cmd.strip()}")
     assert not bad, bad
 
+
+def test_importing_tledge_io_reads_the_umask_without_setting_it():
+    """Setting and restoring the umask to read it races with another thread creating files at that moment."""
+    code = ("import os; os.umask(0o027); calls = []; real = os.umask\n"
+            "os.umask = lambda m: (calls.append(m), real(m))[1]\n"
+            "import tledge.io as t; print(calls, oct(t._UMASK))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ["[]", "0o27"], (out.stdout, out.stderr[-2000:])
+

@@ -56,12 +56,7 @@ def require(name: str, extra: str | None = None, purpose: str | None = None):
     try:
         module = importlib.import_module(name)
     except ImportError as exc:
-        pip_name, default_extra = _KNOWN.get(name.split(".")[0], (name, None))
-        extra = extra or default_extra
-        why = f" (needed for {purpose})" if purpose else ""
-        also = f", or the whole tledge[{extra}] extra" if extra else ""
-        raise MissingDependency(
-            f"{name} is not installed{why}: pip install {pip_name}{also}. Import failed with: {exc}") from exc
+        raise _missing(name, extra, purpose, f" Import failed with: {exc}") from exc
     if name == "tensorflow":
         _quiet_python_loggers(module)
     if name.split(".")[0] in _KNOWN:
@@ -75,9 +70,31 @@ def require(name: str, extra: str | None = None, purpose: str | None = None):
     return module
 
 
+def _missing(name: str, extra: str | None, purpose: str | None, tail: str = "") -> MissingDependency:
+    pip_name, default_extra = _KNOWN.get(name.split(".")[0], (name, None))
+    extra = extra or default_extra
+    why = f" (needed for {purpose})" if purpose else ""
+    also = f", or the whole tledge[{extra}] extra" if extra else ""
+    return MissingDependency(f"{name} is not installed{why}: pip install {pip_name}{also}.{tail}")
+
+
+def need(names, purpose: str | None = None) -> None:
+    """MissingDependency for the first of `names` that is not installed, found without importing any of them: for
+    a command to stop before it writes or loads anything."""
+    for name in names:
+        if not available(name):
+            raise _missing(name, None, purpose)
+
+
 def _quiet_python_loggers(tf) -> None:
-    """TensorFlow's and absl's Python loggers print deprecation notices meant for TF developers."""
+    """TensorFlow's and absl's Python loggers print deprecation notices meant for TF developers: quietened for the
+    `tledge` command only; a library call leaves the host program's logger levels as they are."""
     import logging
+
+    from tledge.log import current
+
+    if current() is None:
+        return
 
     tf.get_logger().setLevel(logging.ERROR)
     logging.getLogger("absl").setLevel(logging.ERROR)

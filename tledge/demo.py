@@ -155,7 +155,7 @@ def bn_initialised_weights(train_dir: Path, size: int, out_file: Path, *, n: int
     activations at unit scale through the network instead of vanishing.
     """
     from tledge import backbones
-    from tledge._deps import require
+    from tledge._deps import available, require
     from tledge.contract import Contract
     from tledge.images import labelled_images
     from tledge.layers import Preprocess
@@ -211,6 +211,9 @@ def run_demo(out: str | Path = "demo_out", *, weights: str | None = None, size: 
         raise TledgeError(f"size must be >= 32 pixels for {BACKBONE}, got {size}")
     if epochs is not None and epochs < 1:
         raise TledgeError(f"epochs must be >= 1, got {epochs}")
+    from tledge._deps import need
+
+    need(("tensorflow", "keras", "tf2onnx"), "the demo's train and export steps")  # exit 2 before writing anything
     start = choose_weights(weights)
     res = DemoResult(out, start.weights)
     ctx = {"out": out, "data": out / "data", "start": start, "size": size, "seed": seed, "epochs": epochs,
