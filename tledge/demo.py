@@ -155,7 +155,7 @@ def bn_initialised_weights(train_dir: Path, size: int, out_file: Path, *, n: int
     activations at unit scale through the network instead of vanishing.
     """
     from tledge import backbones
-    from tledge._deps import available, require
+    from tledge._deps import require
     from tledge.contract import Contract
     from tledge.images import labelled_images
     from tledge.layers import Preprocess
