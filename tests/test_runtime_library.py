@@ -88,3 +88,16 @@ def test_a_wrong_input_is_one_error_and_the_model_still_works(name):
             m.predict(bad)
     assert isinstance(ModelRunError("x"), TledgeError)
     assert m.classify(IMAGES[0], top_k=3) == want
+
+
+@pytest.mark.parametrize("name", ["model_int8.tflite", "model_fp32.onnx"])
+def test_a_model_closes_and_its_arguments_are_checked(name):
+    with load(TINY / name, threads=1) as m:
+        assert m.classify(IMAGES[0])
+    with pytest.raises(ModelRunError, match="is closed"):
+        m.classify(IMAGES[0])
+    for threads in (0, -1, 1.5, True):  # -1 was accepted by onnxruntime and refused by LiteRT
+        with pytest.raises(ValueError, match="threads must be an integer >= 1"):
+            load(TINY / name, threads=threads)
+    with pytest.raises(TledgeError, match="takes the path"):
+        load(None)

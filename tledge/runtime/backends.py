@@ -126,7 +126,13 @@ class TFLiteBackend:
                 return np.concatenate([self._run(x[i:i + 1]) for i in range(x.shape[0])])
             return self._run(x)
 
+    def close(self) -> None:
+        with self._lock:
+            self._it = None
+
     def _run(self, x: np.ndarray) -> np.ndarray:
+        if self._it is None:
+            raise ModelRunError(f"{self.path.name} is closed")
         if x.shape != self._shape:
             self._resize(x.shape)
         it = self._it
@@ -215,7 +221,12 @@ class OnnxBackend:
     def _info(a) -> TensorInfo:
         return TensorInfo(a.name, tuple(d if isinstance(d, int) else -1 for d in a.shape), _ort_dtype(a.type))
 
+    def close(self) -> None:
+        self._sess = None
+
     def run(self, x: np.ndarray) -> np.ndarray:
+        if self._sess is None:
+            raise ModelRunError(f"{self.path.name} is closed")
         try:
             return self._sess.run(self._fetch, {self._feed_name: x})[0]
         except Exception as exc:  # onnxruntime's own exception classes (InvalidArgument, Fail, ...)

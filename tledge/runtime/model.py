@@ -8,6 +8,7 @@ look-up table computed *with* `contract.prepare`'s own functions, so it is bit-i
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,16 @@ class EdgeModel:
         if self.fixed_batch and self.fixed_batch > 1:
             self.load_info.notes.append(f"the file takes batches of exactly {self.fixed_batch} images: "
                                         "smaller batches are padded, larger ones split")
+
+    def close(self) -> None:
+        """Release the interpreter or session (and the model file it holds); later calls raise ModelRunError."""
+        self.backend.close()
+
+    def __enter__(self) -> "EdgeModel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def format(self) -> str:
@@ -250,6 +261,11 @@ def load(path: str | Path, *, threads: int | None = None, contract: Contract | N
     from tledge.artifacts import check_file
     from tledge.runtime.backends import model_in_folder
 
+    if not isinstance(path, (str, os.PathLike)):
+        raise ModelLoadError(f"load() takes the path of a .tflite / .onnx file or an export folder, got "
+                             f"{type(path).__name__}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be an integer >= 1 (None: TLEDGE_THREADS or the cores), got {threads!r}")
     p = Path(path)
     # an export folder: the best file its manifest vouches for; a file: refused if changed since export
     p, trust = model_in_folder(p, device) if p.is_dir() else (p, check_file(p) if p.is_file() else [])
