@@ -297,8 +297,11 @@ def test_resume_continues_where_it_stopped(shapes_dataset, weights, tmp_path, mo
     assert hist[4]["loss"] == pytest.approx(straight.metrics["history"][4]["loss"], rel=1e-4)
     a, b = backbone_weights(out / "model.keras"), backbone_weights(tmp_path / "straight" / "model.keras")
     assert all(np.allclose(x, y, atol=1e-5) for n in a for x, y in zip(a[n], b[n]))
-    with pytest.raises(TledgeError, match="complete"):
-        train(shapes_dataset, cfg(weights, out, resume=True, **settings))
+    # --resume on the finished run (a scheduler's restart): its result, nothing trained, nothing written
+    files = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    again = train(shapes_dataset, cfg(weights, out, resume=True, **settings))
+    assert again.val_accuracy == resumed.val_accuracy and again.metrics == resumed.metrics
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == files
 
 
 # ---- bad data ----------------------------------------------------------------------------------------

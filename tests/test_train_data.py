@@ -128,6 +128,22 @@ def test_train_offline_imagenet_stops_before_the_images_load(tmp_path, monkeypat
     assert "--weights PATH" in err and "AssertionError" not in err
 
 
+def test_a_second_train_into_the_same_out_is_refused_while_the_first_runs(tmp_path):
+    """Two trains into one --out each deleted the other's checkpoints and both said they wrote it."""
+    from tledge.folderlock import FolderLock
+
+    root = _classes(tmp_path / "d", {"cat": 3, "dog": 3})
+    out = tmp_path / "o"
+    out.mkdir()
+    first = FolderLock(out, "train").acquire()  # what a running train holds
+    try:
+        with pytest.raises(TledgeError, match="another tledge train .* is writing into"):
+            train(root, TrainConfig(out=out, weights="none", size=SIZE))
+    finally:
+        first.release()
+    assert list(out.iterdir()) == []
+
+
 def test_split_layout_and_held_out_split_are_stratified(tmp_path):
     root = _classes(tmp_path / "flat", {"a": 10, "b": 5})
     p1, p2 = td.plan(root, val_split=0.2, seed=3), td.plan(root, val_split=0.2, seed=3)

@@ -130,6 +130,7 @@ def _reference(cfg: ExportConfig, contract, chosen, serve):
 
     val_x, val_y, val_files = _val_images(cfg, contract, chosen)
     reference, note = loader.run_reference(serve, val_x), ""
+    val_y = contracting.folder_truth(cfg, contract, reference, val_y)  # folder i is output i only when it is
     if resize_choice.candidate(contract, cfg.resize):
         choice = resize_choice.choose(contract, val_files, val_y, reference, lambda x: loader.run_reference(serve, x))
         contract, note = choice.contract, choice.note

@@ -1,6 +1,8 @@
 """`train(data_dir, TrainConfig(...)) -> TrainResult`: the whole of `tledge train`."""
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 import sys
 import tempfile
@@ -54,15 +56,35 @@ def _start(cfg: TrainConfig, ckpt: Checkpoints, labels) -> dict | None:
         warnings.warn(f"--resume: no checkpoint in {ckpt.folder}, starting afresh", TledgeWarning, stacklevel=4)
         return None
     state = ckpt.load_state()
-    if state.get("complete"):
-        raise TledgeError(f"the run in {cfg.out} is complete: nothing to resume (drop --resume to train again)")
+    diff = _differences(state, cfg, labels)
+    if diff:
+        raise TledgeError(f"cannot resume {cfg.out}: the run was made with different settings ({', '.join(diff)})")
+    return {**new_state(cfg, labels), **state, "config": cfg.to_dict()}
+
+
+def _differences(state: dict, cfg: TrainConfig, labels) -> list[str]:
     old = state["config"]
     diff = [k for k in RESUME_KEYS if old.get(k) != cfg.to_dict().get(k)]
     if list(labels) != state["labels"]:
         diff.append(f"classes {state['labels']} -> {list(labels)}")
-    if diff:
-        raise TledgeError(f"cannot resume {cfg.out}: the run was made with different settings ({', '.join(diff)})")
-    return {**new_state(cfg, labels), **state, "config": cfg.to_dict()}
+    return diff
+
+
+def _already_complete(cfg: TrainConfig, ckpt: Checkpoints, labels, log) -> TrainResult:
+    """`--resume` on a finished run: its result, exit 0 (a scheduler passes --resume on every restart, and a restart
+    after the run finished is not a failure). Other settings than the run's are said, not trained."""
+    state = ckpt.load_state()
+    diff = _differences(state, cfg, labels)
+    try:
+        metrics = json.loads((cfg.out / "metrics.json").read_text(encoding="utf-8"))
+        contract = Contract.load(cfg.out / "tledge.json")
+    except (OSError, ValueError, TledgeError) as exc:
+        raise TledgeError(f"the run in {cfg.out} is complete but its files are not all there ({exc}): train "
+                          "again without --resume") from None
+    log(f"the run in {cfg.out} is complete: nothing to resume" + (
+        f" (it was made with other settings: {', '.join(diff)}; train again without --resume for those)" if diff else ""))
+    return TrainResult(cfg.out, cfg.out / "model.keras", _h5(cfg.out), contract, tuple(contract.labels),
+                       float(metrics["val_accuracy"]), float(metrics.get("wall_time_s", 0.0)), metrics)
 
 
 def _load_data(cfg: TrainConfig, plan: td.DataPlan, contract: Contract):
@@ -161,21 +183,43 @@ def train(data_dir: str | Path, config: TrainConfig | None = None) -> TrainResul
 
     chief = hardware.is_chief()
     out = cfg.out if chief else Path(tempfile.mkdtemp(prefix="tledge-train-worker-"))
-    ckpt = Checkpoints(out / "checkpoints")
-    resumed = _start(cfg, ckpt, plan.classes) if chief else None  # a worker gets the chief's state
-    if resumed is None and str(cfg.weights) == WEIGHTS_IMAGENET and not distributed.tf_config():
-        from tledge.train import model as tm
+    with _out_lock(out) if chief else contextlib.nullcontext():  # one train at a time into one --out
+        ckpt = Checkpoints(out / "checkpoints")
+        if chief and cfg.resume and ckpt.exists() and _complete(ckpt):
+            return _already_complete(cfg, ckpt, plan.classes, log)
+        resumed = _start(cfg, ckpt, plan.classes) if chief else None  # a worker gets the chief's state
+        if resumed is None and str(cfg.weights) == WEIGHTS_IMAGENET and not distributed.tf_config():
+            from tledge.train import model as tm
 
-        tm.fetch_weights(cfg, contract)  # offline: exit 2 now, not after the images load
-    data, skipped = _load_data(cfg, plan, contract)
-    log(f"data: {len(data.y)} training / {len(data.yv)} validation images, classes {', '.join(plan.classes)} "
-        f"(validation: {plan.source})")
+            tm.fetch_weights(cfg, contract)  # offline: exit 2 now, not after the images load
+        data, skipped = _load_data(cfg, plan, contract)
+        log(f"data: {len(data.y)} training / {len(data.yv)} validation images, classes {', '.join(plan.classes)} "
+            f"(validation: {plan.source})")
+        try:
+            with hardware.quiet_tensorflow():
+                return _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, skipped, (log, progress), t0)
+        finally:
+            if not chief:
+                shutil.rmtree(out, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _out_lock(out: Path):
+    """The train lock on OUT for the whole run: two trains into one folder each deleted the other's checkpoints and
+    both said they wrote it. A folder made here and left empty (a refusal) is removed again."""
+    from tledge.folderlock import FolderLock
+
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(out, "train").acquire()
     try:
-        with hardware.quiet_tensorflow():
-            return _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, skipped, (log, progress), t0)
+        for note in lock.notes:
+            warnings.warn(note, TledgeWarning, stacklevel=4)
+        yield
     finally:
-        if not chief:
-            shutil.rmtree(out, ignore_errors=True)
+        lock.release()
+        if made and not any(out.iterdir()):
+            out.rmdir()
 
 
 def _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, skipped, reporters, t0) -> TrainResult:

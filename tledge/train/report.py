@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -94,6 +96,11 @@ def plot_curves(history: list[dict], path: Path) -> bool:
     return _save_fig(fig, path)
 
 
+MAX_PLOT_INCHES = 24.0  # the confusion matrix's side at most (2400 px at 100 dpi)
+MAX_LABELLED_CLASSES = 40  # more: no class names on the axes (unreadable at that size)
+MAX_COUNTED_CLASSES = 25  # more: no count in each cell
+
+
 def plot_confusion(cm: np.ndarray, labels, path: Path) -> bool:
     if not _can_plot(path):
         return False
@@ -101,16 +108,18 @@ def plot_confusion(cm: np.ndarray, labels, path: Path) -> bool:
     from matplotlib.figure import Figure
 
     n = len(labels)
-    fig = Figure(figsize=(max(4.5, 0.6 * n + 2.5), max(4, 0.6 * n + 1.5)))
+    side = min(0.6 * n, MAX_PLOT_INCHES)  # 0.6 inch a class made 250 classes a 7.9 GB figure (83 s)
+    fig = Figure(figsize=(max(4.5, side + 2.5), max(4, side + 1.5)))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(n), labels, rotation=45, ha="right")
-    ax.set_yticks(range(n), labels)
-    ax.set_xlabel("predicted")
+    ax.imshow(cm, cmap="Blues", interpolation="nearest")
+    if n <= MAX_LABELLED_CLASSES:
+        ax.set_xticks(range(n), labels, rotation=45, ha="right")
+        ax.set_yticks(range(n), labels)
+    ax.set_xlabel("predicted" if n <= MAX_LABELLED_CLASSES else f"predicted (class index, {n} classes: labels.txt)")
     ax.set_ylabel("true")
     half = cm.max() / 2 if cm.size else 0
-    for i in range(n):
+    for i in range(n if n <= MAX_COUNTED_CLASSES else 0):
         for j in range(n):
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > half else "black")
     ax.set_title(f"Validation: {int(np.trace(cm))}/{int(cm.sum())} right")
@@ -134,26 +143,44 @@ def _save_fig(fig, path: Path) -> bool:
 
 def write_all(out: Path, model, contract, metrics: dict, check_x: np.ndarray, expected: np.ndarray,
               t0: float | None = None) -> dict:
-    """Write every output (metrics.json last, with the wall time since `t0`); returns {kind: path}."""
+    """Write every output (metrics.json last, with the wall time since `t0`); returns {kind: path}. Everything is
+    written and checked in a staging folder inside OUT first, then renamed into place in one quick pass: a run
+    that dies while saving (seconds of model saves and plots) left the new model.keras beside the previous run's
+    labels.txt and tledge.json, and an export of it passed parity under the wrong labels."""
     out.mkdir(parents=True, exist_ok=True)
-    files = {"keras": save_model(model, out / "model.keras", check_x, expected)}
+    for left in out.glob(".tledge-final-*"):  # a killed run's (the train lock keeps out any live one)
+        shutil.rmtree(left, ignore_errors=True)
+    stage = out / f".tledge-final-{os.getpid()}"
+    stage.mkdir()
+    try:
+        names = _write_staged(stage, model, contract, metrics, check_x, expected, t0)
+        if "h5" not in names:
+            (out / "model.h5").unlink(missing_ok=True)  # an earlier run's file would not be this model
+        for kind, name in names.items():  # metrics.json last: it says the run's files are all there
+            os.replace(stage / name, out / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return {kind: out / name for kind, name in names.items()}
+
+
+def _write_staged(stage: Path, model, contract, metrics, check_x, expected, t0) -> dict[str, str]:
+    names = {"keras": save_model(model, stage / "model.keras", check_x, expected).name}
     try:  # the legacy format is a convenience: model.keras (checked above) is the model
-        files["h5"] = save_model(model, out / "model.h5", check_x, expected)
+        names["h5"] = save_model(model, stage / "model.h5", check_x, expected).name
     except ExportError as exc:
         bare = bare_op(model)
         why = (f"the backbone computes with bare keras ops ({bare}, as keras.applications' MobileNetV3 writes "
                "hard-swish), which Keras 3 cannot reload from HDF5") if bare else str(exc)
-        (out / "model.h5").unlink(missing_ok=True)  # an earlier run's file would not be this model
-        warnings.warn(f"model.h5 not written: {why}; model.keras holds the model", TledgeWarning, stacklevel=2)
-    files["labels"] = atomic_write_text(out / "labels.txt", "".join(f"{lab}\n" for lab in contract.labels))
-    files["contract"] = contract.save(out / "tledge.json")
-    cm = np.asarray(metrics["confusion_matrix"])
-    if plot_curves(metrics["history"], out / "curves.png"):
-        files["curves"] = out / "curves.png"
-    if plot_confusion(cm, contract.labels, out / "confusion.png"):
-        files["confusion"] = out / "confusion.png"
-    metrics["files"] = {k: Path(v).name for k, v in files.items()} | {"metrics": "metrics.json"}
+        (stage / "model.h5").unlink(missing_ok=True)
+        warnings.warn(f"model.h5 not written: {why}; model.keras holds the model", TledgeWarning, stacklevel=3)
+    names["labels"] = atomic_write_text(stage / "labels.txt", "".join(f"{lab}\n" for lab in contract.labels)).name
+    names["contract"] = contract.save(stage / "tledge.json").name
+    if plot_curves(metrics["history"], stage / "curves.png"):
+        names["curves"] = "curves.png"
+    if plot_confusion(np.asarray(metrics["confusion_matrix"]), contract.labels, stage / "confusion.png"):
+        names["confusion"] = "confusion.png"
+    metrics["files"] = dict(names) | {"metrics": "metrics.json"}
     if t0 is not None:
         metrics["wall_time_s"] = round(time.perf_counter() - t0, 2)
-    files["metrics"] = atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    return files
+    names["metrics"] = atomic_write_text(stage / "metrics.json", json.dumps(metrics, indent=2) + "\n").name
+    return names

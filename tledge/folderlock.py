@@ -1,0 +1,96 @@
+"""An exclusive lock on an output folder, so that two commands never write into one folder at once (`tledge export`
+and `tledge train` each hold one for their whole run)."""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+from tledge.errors import TledgeError
+
+
+def lock_name(verb: str) -> str:
+    return f".tledge-{verb}.lock"
+
+
+class FolderLock:
+    """An exclusive lock on a folder: flock on POSIX (released by the kernel when the holder dies),
+    O_EXCL with a pid check elsewhere. A lock left by a dead process is taken over with a note."""
+
+    def __init__(self, folder: Path, verb: str = "export"):
+        self.path, self.fd, self.notes, self.verb = Path(folder) / lock_name(verb), None, [], verb
+
+    def acquire(self) -> "FolderLock":
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            return self._acquire_excl()
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 200).decode(errors="replace").strip()
+                os.close(fd)
+                raise self._busy(holder) from None
+            try:  # the file may have been unlinked by its previous holder between open and flock
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            self._take(fd, os.read(fd, 200).decode(errors="replace").strip())
+            return self
+
+    def _acquire_excl(self) -> "FolderLock":
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                holder = self.path.read_text(errors="replace").strip() if self.path.exists() else ""
+                pid = holder.split(" ")[0]
+                if pid.isdigit() and _alive(int(pid)):
+                    raise self._busy(holder) from None
+                self.path.unlink(missing_ok=True)
+                self.notes.append(f"took over the {self.verb} lock of pid {pid or '?'}, which is no longer running")
+                continue
+            self._take(fd, "")
+            return self
+        raise self._busy("")
+
+    def _take(self, fd: int, previous: str) -> None:
+        if previous:  # written by a holder that died without releasing (kill -9)
+            self.notes.append(f"took over the {self.verb} lock left by pid {previous.split(' ')[0]} "
+                              f"(no longer running; its {self.verb} was interrupted)")
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"
+                 .encode())
+        self.fd = fd
+
+    def _busy(self, holder: str) -> TledgeError:
+        parts = holder.split(" ")
+        who = f"pid {parts[0]} on {parts[1]}, started {parts[2]}" if len(parts) >= 3 else "another process"
+        return TledgeError(f"another tledge {self.verb} ({who}) is writing into {self.path.parent}: wait for it to "
+                           f"finish or choose another --out")
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)  # while still holding it: see the samestat check
+        finally:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
