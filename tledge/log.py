@@ -42,9 +42,14 @@ class Console:
         return f"tledge {self.verb}" if self.verb else "tledge"
 
     def line(self, text: str) -> None:
+        """One of tledge's lines: on the terminal, and in the log (a run's record: train.log held only TensorFlow's
+        start-up lines, never the epochs, notes or the error)."""
         with self._lock:
             self.stream.write(text + "\n")
             self.stream.flush()
+            if self.logfile is not None:
+                with contextlib.suppress(Exception):
+                    self.logfile.write(text + "\n")
 
     def say(self, kind: str, message: str, *, once: bool = False, min_level: int = NORMAL) -> None:
         if self.level < min_level or (once and message in self.seen):
