@@ -285,6 +285,11 @@ def test_resume_continues_where_it_stopped(shapes_dataset, weights, tmp_path, mo
         assert _start(cfg(weights, out, **settings), Checkpoints(out / "checkpoints"), r_labels(shapes_dataset)) is None
     with pytest.raises(TledgeError, match="different settings"):
         train(shapes_dataset, cfg(weights, out, resume=True, **{**settings, "unfreeze": 6}))
+    # what the restored optimizer and schedule would have ignored: refused, not silently kept
+    with pytest.raises(TledgeError, match=r"different settings \(lr 0.01 -> 0.03\)"):
+        train(shapes_dataset, cfg(weights, out, resume=True, lr=0.03, **settings))
+    with pytest.raises(TledgeError, match=r"epochs 2 -> 5"):  # the head phase is over
+        train(shapes_dataset, cfg(weights, out, resume=True, **{**settings, "epochs": 5}))
     resumed = train(shapes_dataset, cfg(weights, out, resume=True, **settings))
     hist = resumed.metrics["history"]
     assert [(h["phase"], h["epoch"]) for h in hist] == [("head", 1), ("head", 2), ("fine_tune", 1),

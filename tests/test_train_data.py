@@ -128,6 +128,24 @@ def test_train_offline_imagenet_stops_before_the_images_load(tmp_path, monkeypat
     assert "--weights PATH" in err and "AssertionError" not in err
 
 
+def test_resume_refuses_a_run_whose_images_or_split_changed(tmp_path):
+    """Images added to a held-out split (or another --seed) moved 30 of 49 validation images into training on
+    --resume, without a word."""
+    from tledge.train.api import _differences
+
+    root = _classes(tmp_path / "d", {"cat": 10, "dog": 10})
+    cfg = TrainConfig(out=tmp_path / "o", weights="none", size=SIZE, val_split=0.3)
+    before = td.fingerprint(td.plan(root, val_split=0.3, seed=0))
+    state = {"config": cfg.to_dict(), "labels": ["cat", "dog"], "phase": "head", "phases_done": [], "data": before}
+    assert _differences(state, cfg, ("cat", "dog"), td.fingerprint(td.plan(root, val_split=0.3, seed=0))) == []
+    assert _differences(state, cfg, ("cat", "dog"), td.fingerprint(td.plan(root, val_split=0.3, seed=1))) == [
+        "the training / validation images (same counts, other files or split)"]
+    _classes(root, {"cat": 14})  # 4 more cats
+    assert _differences(state, cfg, ("cat", "dog"), td.fingerprint(td.plan(root, val_split=0.3, seed=0))) == [
+        "images 14 training / 6 validation -> 17 / 7"]
+    assert _differences(state, cfg.replace(seed=3), ("cat", "dog")) == ["seed 0 -> 3"]
+
+
 def test_a_second_train_into_the_same_out_is_refused_while_the_first_runs(tmp_path):
     """Two trains into one --out each deleted the other's checkpoints and both said they wrote it."""
     from tledge.folderlock import FolderLock

@@ -43,7 +43,7 @@ def _complete(ckpt: Checkpoints) -> bool:
         return False
 
 
-def _start(cfg: TrainConfig, ckpt: Checkpoints, labels) -> dict | None:
+def _start(cfg: TrainConfig, ckpt: Checkpoints, labels, data: dict | None = None) -> dict | None:
     """The checkpoint state to resume from, or None for a fresh run."""
     from tledge.train.finetune import new_state
 
@@ -56,17 +56,24 @@ def _start(cfg: TrainConfig, ckpt: Checkpoints, labels) -> dict | None:
         warnings.warn(f"--resume: no checkpoint in {ckpt.folder}, starting afresh", TledgeWarning, stacklevel=4)
         return None
     state = ckpt.load_state()
-    diff = _differences(state, cfg, labels)
+    diff = _differences(state, cfg, labels, data)
     if diff:
         raise TledgeError(f"cannot resume {cfg.out}: the run was made with different settings ({', '.join(diff)})")
     return {**new_state(cfg, labels), **state, "config": cfg.to_dict()}
 
 
-def _differences(state: dict, cfg: TrainConfig, labels) -> list[str]:
-    old = state["config"]
-    diff = [k for k in RESUME_KEYS if old.get(k) != cfg.to_dict().get(k)]
+def _differences(state: dict, cfg: TrainConfig, labels, data: dict | None = None) -> list[str]:
+    """What differs from the run being resumed: the model's shape, the data's meaning and split, and what the
+    restored optimizer and schedule would silently ignore (--lr, --epochs of a finished phase)."""
+    old, now = state["config"], cfg.to_dict()
+    keys = RESUME_KEYS + (("epochs",) if state.get("phase") != "head" or state.get("phases_done") else ())
+    diff = [f"{k} {old.get(k)} -> {now.get(k)}" for k in keys if k in old and old.get(k) != now.get(k)]
     if list(labels) != state["labels"]:
         diff.append(f"classes {state['labels']} -> {list(labels)}")
+    if data is not None and state.get("data") not in (None, data):
+        (t0, v0), (t1, v1) = state["data"]["images"], data["images"]
+        diff.append(f"images {t0} training / {v0} validation -> {t1} / {v1}" if (t0, v0) != (t1, v1) else
+                    "the training / validation images (same counts, other files or split)")
     return diff
 
 
@@ -187,7 +194,7 @@ def train(data_dir: str | Path, config: TrainConfig | None = None) -> TrainResul
         ckpt = Checkpoints(out / "checkpoints")
         if chief and cfg.resume and ckpt.exists() and _complete(ckpt):
             return _already_complete(cfg, ckpt, plan.classes, log)
-        resumed = _start(cfg, ckpt, plan.classes) if chief else None  # a worker gets the chief's state
+        resumed = _start(cfg, ckpt, plan.classes, td.fingerprint(plan)) if chief else None  # workers: the chief's
         if resumed is None and str(cfg.weights) == WEIGHTS_IMAGENET and not distributed.tf_config():
             from tledge.train import model as tm
 
@@ -241,7 +248,8 @@ def _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, skipped, report
         parts = tm.build(cfg, contract, len(plan.classes), pretrained=resumed is None)
         if cfg.fine_tune_at is not None and cfg.fine_tune_epochs:  # a bad layer name stops here, not after phase 1
             tm.cut_index(parts.backbone.layers, cfg.unfreeze, cfg.fine_tune_at)
-        run = finetune.Run(cfg, parts, data, ckpt, resumed or finetune.new_state(cfg, plan.classes), log,
+        run = finetune.Run(cfg, parts, data, ckpt, resumed or {**finetune.new_state(cfg, plan.classes),
+                                                               "data": td.fingerprint(plan)}, log,
                            progress=progress, strategy=env.runner, topo=topo)
         if resumed is not None:
             run.load_checkpoint_weights(resumed, "last")

@@ -39,6 +39,19 @@ class DataPlan:
     source: str  # how the validation set was chosen, for the report
 
 
+def fingerprint(plan: DataPlan) -> dict:
+    """What --resume compares: the training and validation images by class and file name (not by path, which may
+    differ between machines). Images added to a held-out split, or another --seed, moved validation images into
+    training on resume, without a word."""
+    import hashlib
+
+    def digest(split: Split) -> str:
+        text = "".join(f"{split.classes[int(y)]}/{f.name}\n" for f, y in zip(split.files, split.y))
+        return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+    return {"train": digest(plan.train), "val": digest(plan.val), "images": [len(plan.train.files), len(plan.val.files)]}
+
+
 def _listing(paths) -> str:
     paths = list(paths)
     more = f" (and {len(paths) - _SHOW} more)" if len(paths) > _SHOW else ""
