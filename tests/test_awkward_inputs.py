@@ -248,7 +248,7 @@ def test_train_val_folders_match_the_classes_as_export_does(tmp_path):
     for split, names in (("train", ("ants", "bées")), ("val", ("Ants", unicodedata.normalize("NFD", "BÉES")))):
         for c in names:
             for i in range(2):
-                _png(tmp_path / split / c / f"{i}.png", 30 * i)
+                _png(tmp_path / split / c / f"{i}.png", 30 * i + (100 if split == "val" else 0) + 7 * len(c))
     p = plan(tmp_path / "train", val_dir=tmp_path / "val")
     assert p.classes == ("ants", "bées") and list(p.val.y) == [0, 0, 1, 1]
     _png(tmp_path / "train" / "Ants" / "x.png")

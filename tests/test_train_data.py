@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,8 @@ def _digest(root: Path) -> dict[str, str]:
 def _classes(root: Path, spec: dict[str, int], size: int = 24) -> Path:
     import cv2
 
-    rng = np.random.default_rng(0)
     for name, n in spec.items():
+        rng = np.random.default_rng(zlib.crc32(name.encode()))  # each class its own pictures, the same every call
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(n):
             cv2.imwrite(str(root / name / f"{i}.png"), rng.integers(0, 255, (size, size, 3), np.uint8))
@@ -144,6 +145,33 @@ def test_resume_refuses_a_run_whose_images_or_split_changed(tmp_path):
     assert _differences(state, cfg, ("cat", "dog"), td.fingerprint(td.plan(root, val_split=0.3, seed=0))) == [
         "images 14 training / 6 validation -> 17 / 7"]
     assert _differences(state, cfg.replace(seed=3), ("cat", "dog")) == ["seed 0 -> 3"]
+
+
+def test_validation_images_that_are_copies_of_training_images_are_said(tmp_path):
+    root = _classes(tmp_path / "d", {"cat": 4, "dog": 4})
+    val = tmp_path / "v"
+    shutil.copytree(root, val)
+    for f in list((val / "dog").iterdir())[1:]:
+        f.write_bytes(f.read_bytes() + b"\0")  # other bytes, same picture: not a copy
+    with pytest.warns(TledgeWarning, match=r"5 of the 8 validation images are copies of training images \(.*cat"):
+        td.plan(root, val)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        td.plan(root, val_split=0.25)  # distinct files: nothing said
+
+
+def test_a_model_no_better_than_its_largest_class_is_said():
+    """192 ants / 10 bees: "val accuracy 0.950" from a model that answers ants for everything, with no word."""
+    from tledge.train.api import _warn_if_no_better_than_the_largest_class as check
+
+    m = {"val_counts": [38, 2], "val_images": 40, "val_accuracy": 0.95, "classes": ["ants", "bees"],
+         "per_class_accuracy": {"ants": 1.0, "bees": 0.0}, "config": {"class_weights": "none"}}
+    with pytest.warns(TledgeWarning, match=r"no better than always answering 'ants' \(38 of 40.*bees 0.00; "
+                                           r"--class-weights auto"):
+        check(m)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check({**m, "val_accuracy": 0.975, "per_class_accuracy": {"ants": 1.0, "bees": 0.5}})
 
 
 def test_a_second_train_into_the_same_out_is_refused_while_the_first_runs(tmp_path):

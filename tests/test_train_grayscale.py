@@ -113,6 +113,7 @@ def test_unsupported_stem_is_a_clear_error():
         fold_to_gray(bb, tm._preprocess(c3), tm._preprocess(c1))
 
 
+@pytest.mark.filterwarnings("ignore:val accuracy .* no better than always:tledge.errors.TledgeWarning")  # 1 epoch
 def test_grayscale_training_run(shapes_dataset, tmp_path):
     import keras
 

@@ -51,6 +51,11 @@ def _start(cfg: TrainConfig, ckpt: Checkpoints, labels, data: dict | None = None
         if ckpt.exists() and not _complete(ckpt):
             warnings.warn(f"{ckpt.folder} holds an unfinished run; starting afresh replaces it "
                           "(pass --resume to continue it instead)", TledgeWarning, stacklevel=4)
+        elif ckpt.exists():
+            from tledge import log
+
+            log.note(f"{cfg.out} holds a finished run: its model and files stay until this run has written all of "
+                     "its own (its checkpoints are replaced from the first epoch)")
         return None
     if not ckpt.exists():
         warnings.warn(f"--resume: no checkpoint in {ckpt.folder}, starting afresh", TledgeWarning, stacklevel=4)
@@ -138,6 +143,21 @@ def _metrics(cfg, run, probs, plan, env, skipped) -> dict:
             "device": env.description, "grayscale_fold": None if run.parts.fold is None else run.parts.fold.to_dict(),
             "config": cfg.to_dict(), "versions": {"tledge": tledge.__version__, "keras": keras.__version__,
                                                   "tensorflow": tf.__version__}}
+
+
+def _warn_if_no_better_than_the_largest_class(m: dict) -> None:
+    """192 ants and 10 bees: "val accuracy 0.950" from a model that answers "ants" for everything. Said when the
+    accuracy is no better than always answering the largest validation class."""
+    counts, n = m["val_counts"], m["val_images"]
+    if n < 2 or len(counts) < 2:
+        return
+    top = int(np.argmax(counts))
+    if m["val_accuracy"] <= counts[top] / n + 1e-9:
+        recall = ", ".join(f"{c} {v:.2f}" for c, v in m["per_class_accuracy"].items() if v is not None)
+        warnings.warn(f"val accuracy {m['val_accuracy']:.3f} is no better than always answering "
+                      f"'{m['classes'][top]}' ({counts[top]} of {n} validation images); per class: {recall}"
+                      + ("; --class-weights auto weighs the smaller classes up" if m["config"]["class_weights"] == "none"
+                         and max(counts) > 2 * min(c for c in counts if c) else ""), TledgeWarning, stacklevel=4)
 
 
 def _distribution(cfg: TrainConfig, topo) -> dict:
@@ -266,6 +286,7 @@ def _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, skipped, report
     final = _final_model(cfg, env, parts, contract, len(plan.classes))
     probs = finetune.predict(final, data.xv, cfg.batch * 2)
     metrics = _metrics(cfg, run, probs, plan, env, skipped)
+    _warn_if_no_better_than_the_largest_class(metrics)
     metrics["distribution"] = _distribution(cfg, run.topo)
     metrics["training_dtypes"] = dtypes
     n_check = min(8, len(data.xv))

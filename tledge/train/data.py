@@ -197,10 +197,50 @@ def plan(data_dir: str | Path, val_dir: str | Path | None = None, val_split: flo
                           "model trains on", TledgeWarning, stacklevel=2)
         val_classes = scan_classes(val_root, what="validation")
         val_classes = _check_val(val_classes, names, val_root)
-        return DataPlan(everything, _to_split(val_classes, names), names, f"folder {val_root}")
+        found = DataPlan(everything, _to_split(val_classes, names), names, f"folder {val_root}")
+        return found if val_root.resolve() == train_dir.resolve() else _warn_shared(found)  # said just above
     fraction = DEFAULT_VAL_SPLIT if val_split is None else val_split
     train, val = hold_out(everything, fraction, seed)
-    return DataPlan(train, val, names, f"{fraction:g} of each class held out (seed {seed})")
+    return _warn_shared(DataPlan(train, val, names, f"{fraction:g} of each class held out (seed {seed})"))
+
+
+def _warn_shared(plan: DataPlan) -> DataPlan:
+    """Validation images that are byte for byte training images (a copied folder, a photo saved twice) make the
+    validation figures and early stopping measure training data: said, with the first pairs. Only files of equal
+    size are read."""
+    import hashlib
+    import os
+
+    def size(f: Path) -> int:
+        try:
+            return os.stat(f).st_size
+        except OSError:
+            return -1
+
+    by_size: dict[int, list[Path]] = {}
+    for f in plan.train.files:
+        by_size.setdefault(size(f), []).append(f)
+    digests: dict[Path, bytes] = {}
+
+    def digest(f: Path) -> bytes:
+        if f not in digests:
+            try:
+                digests[f] = hashlib.sha256(f.read_bytes()).digest()
+            except OSError:
+                digests[f] = b""
+        return digests[f]
+
+    pairs = []
+    for v in plan.val.files:
+        same = [t for t in by_size.get(size(v), []) if digest(t) and digest(t) == digest(v)]
+        if same:
+            pairs.append((v, same[0]))
+    if pairs:
+        shown = "; ".join(f"{v} = {t}" for v, t in pairs[:3])
+        warnings.warn(f"{len(pairs)} of the {len(plan.val.files)} validation images are copies of training images "
+                      f"({shown}{' ...' if len(pairs) > 3 else ''}): the validation accuracy and early stopping "
+                      "measure images the model trains on", TledgeWarning, stacklevel=3)
+    return plan
 
 
 def load(split: Split, contract, *, what: str = "training", workers: int = 2) -> tuple[np.ndarray, np.ndarray, Split]:
