@@ -269,3 +269,24 @@ def test_a_val_folder_over_the_limit_is_sampled_and_said(shapes_dataset, capsys)
         log.uninstall()
     assert len(pixels) == len(files) == 10 and len(set(y.tolist())) == 3  # spread over the classes
     assert f"tledge export: note: {shapes_dataset / 'val'}: 10 of its 24 images used" in err, err
+
+
+def test_sigterm_ends_a_command_like_ctrl_c_with_its_cleanup(tmp_path):
+    """SIGTERM (a scheduler, systemd, kill) ended the process outright: no message, its log left in /tmp."""
+    script = ("import os, signal, sys, time\n"
+              "import tledge.cli.info as verb\n"
+              "def run(args):\n"
+              "    try:\n"
+              "        os.kill(os.getpid(), signal.SIGTERM)\n"
+              "        time.sleep(30)\n"
+              "    finally:\n"
+              "        print('cleanup ran', file=sys.stderr)\n"
+              "verb.run = run\n"
+              "from tledge.cli import main\n"
+              "rc = main(['info', 'x.tflite'])\n"
+              "print(rc, signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)\n")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": REPO}, timeout=120)
+    assert res.stdout.split() == ["143", "True"], (res.stdout, res.stderr[-2000:])
+    assert "cleanup ran" in res.stderr and "tledge info: terminated (SIGTERM)" in res.stderr
+

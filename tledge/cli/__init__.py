@@ -172,13 +172,36 @@ def main(argv: list[str] | None = None) -> int:
 
         os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     console = log.install(args.command, level(args))
-    rc = None
+    rc, previous = None, _catch_sigterm()
     try:
         rc = _run(args, console)
     finally:  # a crash (a traceback follows): say where the libraries' messages are
         log.finish(console, rc is None)
         log.uninstall()
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
     return rc
+
+
+class Terminated(BaseException):
+    """SIGTERM (a scheduler, `kill`, systemd), raised in the main thread so that every `finally` runs: the run's log
+    is kept in its folder, staging folders and locks go. It killed the process outright, its log left in /tmp."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated
+
+
+def _catch_sigterm():
+    """Install the SIGTERM handler when nobody else has one (a host program's own stays); the one it replaced."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return None
+    return signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def _run(args, console) -> int:
@@ -207,3 +230,6 @@ def _run(args, console) -> int:
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"{prefix}: terminated (SIGTERM)", file=sys.stderr)
+        return 143  # 128 + SIGTERM, as the shell reports a process the signal ended
