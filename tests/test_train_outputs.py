@@ -62,3 +62,17 @@ def test_the_confusion_plot_of_hundreds_of_classes_stays_small(tmp_path):
     assert plot_confusion(cm, [f"class {i}" for i in range(n)], tmp_path / "cm.png")
     h, w = cv2.imread(str(tmp_path / "cm.png")).shape[:2]
     assert max(h, w) <= 2700
+
+
+def test_checkpoints_remove_the_temporary_files_a_killed_run_left(tmp_path):
+    from tledge.train.checkpoint import Checkpoints
+
+    names = ["last-head-002.weights.h5", "last-head-002.optimizer.npz", "best-head-001.weights.h5",
+             "last-head-001.weights.h5", ".last-head-003.k2j4x9.weights.h5", ".best-head-003.p0q1.weights.h5",
+             "state.json", "notes.txt"]
+    for n in names:
+        (tmp_path / n).write_bytes(b"x")
+    Checkpoints(tmp_path)._prune({"last": "last-head-002", "best": "best-head-001"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["last-head-002.weights.h5", "last-head-002.optimizer.npz", "best-head-001.weights.h5", "state.json",
+         "notes.txt"])

@@ -104,8 +104,10 @@ class Checkpoints:
             np.savez(tmp, **arrays)
 
     def _prune(self, state: dict) -> None:
+        """Files no longer named, and temporary files a killed run left (`.last-head-001.x1y2.weights.h5`: the
+        train lock keeps any other writer out)."""
         keep = {state.get("last"), state.get("best")}
         for f in self.folder.iterdir():
-            stem = f.name.split(".")[0]
-            if f.is_file() and stem.startswith(("last-", "best-")) and stem not in keep:
+            stem = f.name.lstrip(".").split(".")[0]
+            if f.is_file() and stem.startswith(("last-", "best-")) and (f.name.startswith(".") or stem not in keep):
                 f.unlink()
