@@ -220,7 +220,9 @@ def train(data_dir: str | Path, config: TrainConfig | None = None) -> TrainResul
 
             tm.fetch_weights(cfg, contract)  # offline: exit 2 now, not after the images load
         data, skipped = _load_data(cfg, plan, contract)
-        log(f"data: {len(data.y)} training / {len(data.yv)} validation images, classes {', '.join(plan.classes)} "
+        shown = ", ".join(plan.classes[:12]) + (f", ... ({len(plan.classes)} classes: labels.txt)"
+                                                  if len(plan.classes) > 12 else "")
+        log(f"data: {len(data.y)} training / {len(data.yv)} validation images, classes {shown} "
             f"(validation: {plan.source})")
         try:
             with hardware.quiet_tensorflow():
