@@ -52,8 +52,12 @@ def choose(contract: Contract, files: Sequence[Path] | None, y: np.ndarray | Non
     outputs for prepared pixels."""
     if files is None or y is None or not len(y):
         return Choice(contract, "resize area kept: MediaPipe's own resize (warp-linear) is chosen only after "
-                                "checking on labelled --val images that it costs no accuracy; --resize "
+                                "checking on labelled --val images that it changes little; --resize "
                                 "warp-linear forces it")
+    if len(y) < images_needed(MIN_AGREEMENT):  # nothing to measure: no agreement on so few can be shown
+        return Choice(contract, f"resize area kept: {len(y)} --val images cannot show that MediaPipe's own resize "
+                                f"(warp-linear) changes few answers; it takes at least {images_needed(MIN_AGREEMENT)} "
+                                "images; --resize warp-linear forces it")
     warp = contract.replace(resize=Resize.WARP_LINEAR)
     pixels = prepare_all(warp.prepare, files)
     if any(isinstance(x, Exception) for x in pixels):  # read with area a moment ago: not expected
@@ -67,8 +71,7 @@ def choose(contract: Contract, files: Sequence[Path] | None, y: np.ndarray | Non
     figures = (f"Keras accuracy {acc_warp:.3f} with warp-linear vs {acc_area:.3f} with area on {n} --val images, "
                f"top-1 the same on {same}/{n} (95 % interval {low:.3f}-{high:.3f})")
     if low < MIN_AGREEMENT:
-        need = "" if n >= images_needed(MIN_AGREEMENT) else f"; it takes at least {images_needed(MIN_AGREEMENT)} images"
-        return Choice(contract, f"resize area kept: {figures}: not shown to be at least {MIN_AGREEMENT:g}{need}, so "
+        return Choice(contract, f"resize area kept: {figures}: not shown to be at least {MIN_AGREEMENT:g}, so "
                                 "MediaPipe's own resize (warp-linear) could change answers parity would not see; "
                                 "--resize warp-linear forces it")
     if acc_warp < acc_area - BUDGET - 1e-9:
