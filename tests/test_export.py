@@ -306,7 +306,7 @@ def test_parity_report_has_a_clients_section(tiny_export):
         assert section["measured"] is False and "clients_venv.sh" in section["how"] and "not measured" in md
     else:
         assert section["measured"] is True and sorted(r["file"] for r in section["files"]) == tflite
-        assert all(r["tledge"] == section["images"] for r in section["files"])  # images already at the input size: nobody resizes
+        assert all(r["tledge"] == section["images"] for r in section["files"])  # at the input size already
     onnx = sorted(r.file for r in tiny_export.report.results if r.file.endswith(".onnx"))
     cv = section["opencv"]  # OpenCV is tledge's own dependency: always measured, on every ONNX file
     assert sorted(r["file"] for r in cv["files"]) == onnx and len(onnx) >= 2, cv

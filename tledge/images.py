@@ -103,9 +103,9 @@ PIL_AS_IS = ("L", "RGB", "RGBA", "I;16", "F")  # PIL modes whose arrays to_uint8
 
 
 def to_uint8_rgb(img: np.ndarray, *, bgr: bool = False) -> np.ndarray:
-    """Any HxW, HxWx1, HxWx3 or HxWx4 (RGBA) array, or a PIL image of any mode -> HxWx3 uint8 RGB. uint16 is scaled from 0..65535; float is
-    0..1, or 0..255 when its maximum is over 1.5 (Keras's `img_to_array`, a float TIFF); other integers are
-    clipped to 0..255."""
+    """Any HxW, HxWx1, HxWx3 or HxWx4 (RGBA) array, or a PIL image of any mode -> HxWx3 uint8 RGB. uint16 is
+    scaled from 0..65535; float is 0..1, or 0..255 when its maximum is over 1.5 (Keras's `img_to_array`, a float
+    TIFF); other integers are clipped to 0..255."""
     import cv2
 
     mode = getattr(img, "mode", None)  # a PIL image: palette, CMYK, YCbCr, LAB, HSV... arrays are not pixels
