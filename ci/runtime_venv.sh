@@ -4,9 +4,10 @@
 # contract / device test files whose TensorFlow parts skip). A second venv has tflite-runtime 2.14 +
 # numpy<2 + OpenCV and no ai-edge-litert: `tledge run` on Coral's cat.bmp there.
 #
-#   ci/runtime_venv.sh            both
+#   ci/runtime_venv.sh            all three
 #   ci/runtime_venv.sh runtime    the [runtime] venv and its tests only
 #   ci/runtime_venv.sh tflite     the tflite-runtime venv check only
+#   ci/runtime_venv.sh wheel      the built wheel installed with [runtime] in a venv of its own, run outside the checkout
 #
 # Venvs are cached under ${TLEDGE_VENV_CACHE:-~/.cache/tledge-venvs}, keyed by pyproject.toml's sha256:
 # a few seconds when cached, about a minute to build. Exit: 0 passed (or SKIP: line), 1 failed.
@@ -31,6 +32,18 @@ import importlib.util, sys
 bad = [m for m in ("tensorflow", "keras", "tf_keras", "tf2onnx", "onnx") if importlib.util.find_spec(m)]
 if bad:
     sys.exit(f"runtime venv has {bad}: it must not")
+PY
+}
+
+labels_as_keras() {  # labels_as_keras PYTHON JSONL: `tledge run --json` output labels the tiny export's images as Keras did
+  "$1" - "$2" "$REPO/tests/assets/tiny/reference.json" <<'PY'
+import json, sys
+from pathlib import Path
+ref = json.loads(Path(sys.argv[2]).read_text())
+rows = [json.loads(x) for x in Path(sys.argv[1]).read_text().splitlines()]
+want = {k: ref["labels"][max(range(len(v)), key=v.__getitem__)] for k, v in ref["keras_probabilities"].items()}
+got = {Path(r["source"]).name: r["top"][0]["label"] for r in rows if r["status"] == "ok"}
+sys.exit(0 if got == want else f"labels {got} != {want}")
 PY
 }
 
@@ -65,15 +78,7 @@ tflite() {
   fi
   # (2) a tledge export (contract embedded as metadata): the committed tiny model on its images
   if out=$(PYTHONPATH="$REPO" "$py" -m tledge run tests/assets/tiny/model_int8.tflite --source tests/assets/tiny/images \
-      --json 2>&1 >/tmp/tledge-tflite214.jsonl) && "$py" - /tmp/tledge-tflite214.jsonl <<'PY'
-import json, sys
-from pathlib import Path
-ref = json.loads(Path("tests/assets/tiny/reference.json").read_text())
-rows = [json.loads(x) for x in Path(sys.argv[1]).read_text().splitlines()]
-want = {k: ref["labels"][max(range(len(v)), key=v.__getitem__)] for k, v in ref["keras_probabilities"].items()}
-got = {Path(r["source"]).name: r["top"][0]["label"] for r in rows if r["status"] == "ok"}
-sys.exit(0 if got == want else f"labels {got} != {want}")
-PY
+      --json 2>&1 >/tmp/tledge-tflite214.jsonl) && labels_as_keras "$py" /tmp/tledge-tflite214.jsonl
   then
     log "tflite-runtime 2.14: tledge run labels the tiny export's images as Keras does"
   else
@@ -83,9 +88,49 @@ PY
   return $rc
 }
 
+wheel() {  # the wheel as a board installs it (`pip install 'tledge-*.whl[runtime]'`), run from outside the checkout:
+  # catches a module, package or data file the wheel leaves out, which the editable installs above never see
+  local py tmp whl t0 out rc=0
+  t0=$(date +%s)
+  tmp=$(mktemp -d)
+  if ! "$BASE_PY" -m pip wheel -q --no-deps -w "$tmp/dist" "$REPO" >"$tmp/build.log" 2>&1; then
+    if ! "$BASE_PY" -m pip index versions setuptools --retries 1 --timeout 30 >/dev/null 2>&1; then
+      echo "SKIP: the wheel check: no package registry to build the wheel with (setuptools)"; rm -rf "$tmp"; return 0
+    fi
+    cat "$tmp/build.log" >&2; log "building the wheel FAILED"; rm -rf "$tmp"; return 1
+  fi
+  whl=$(ls "$tmp"/dist/tledge-*.whl)
+  py=$(cached_venv wheel "$whl[runtime]") || rc=$?  # the dependencies are cached; the wheel is reinstalled each run
+  if [ "$rc" = 3 ]; then echo "SKIP: the wheel check: pip cannot reach the package registry"; rm -rf "$tmp"; return 0; fi
+  if [ "$rc" != 0 ]; then rm -rf "$tmp"; return 1; fi
+  "$(dirname "$py")/pip" install -q --no-deps --force-reinstall "$whl" >&2
+  no_tensorflow "$py"
+  cd "$tmp"
+  "$py" - <<'PY' || rc=1
+import pathlib, sys, tledge
+here = pathlib.Path(tledge.__file__).parent
+if "site-packages" not in here.parts:
+    sys.exit(f"tledge imported from {here}, not from the installed wheel")
+missing = [n for n in ("py.typed", "runtime/backends.py", "contract.py", "cli/run.py") if not (here / n).exists()]
+if missing:
+    sys.exit(f"the wheel leaves out {missing}")
+PY
+  if out=$("$(dirname "$py")/tledge" run "$REPO/tests/assets/tiny/model_int8.tflite" --source "$REPO/tests/assets/tiny/images" \
+      --json 2>&1 >"$tmp/run.jsonl") && labels_as_keras "$py" "$tmp/run.jsonl" \
+      && out=$("$(dirname "$py")/tledge" info "$REPO/tests/assets/tiny/model_int8.onnx" 2>&1); then
+    log "the wheel ($(basename "$whl")): tledge run and info work from outside the checkout"
+  else
+    echo "$out" | tail -3 >&2; log "the installed wheel: tledge run / info FAILED"; rc=1
+  fi
+  cd "$REPO"; rm -rf "$tmp"
+  log "wheel check: $(( $(date +%s) - t0 )) s"
+  return $rc
+}
+
 case "${1:-all}" in
   runtime) runtime ;;
   tflite) tflite ;;
-  all) rc=0; runtime || rc=1; tflite || rc=1; exit $rc ;;
-  *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+  wheel) wheel ;;
+  all) rc=0; runtime || rc=1; tflite || rc=1; wheel || rc=1; exit $rc ;;
+  *) sed -n '2,15p' "$0" >&2; exit 2 ;;
 esac

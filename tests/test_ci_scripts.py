@@ -88,3 +88,15 @@ def test_clients_venv_skips_when_pip_cannot_reach_the_registry(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.startswith("SKIP: pip cannot reach the package registry"), (r.stdout, r.stderr[-2000:])
     assert not any((tmp_path / "venvs").glob("clients-*"))
+
+
+def test_wheel_check_skips_when_pip_cannot_reach_the_registry(tmp_path):
+    """ci/runtime_venv.sh wheel: no registry to build the wheel with -> one SKIP: line and exit 0, no venv left."""
+    env = {**os.environ, "TLEDGE_VENV_CACHE": str(tmp_path / "venvs"), "PIP_CONFIG_FILE": os.devnull,
+           "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_NO_CACHE_DIR": "1", "PIP_FIND_LINKS": "",
+           "BASE_PYTHON": sys.executable}
+    r = subprocess.run(["bash", str(REPO / "ci" / "runtime_venv.sh"), "wheel"], check=False, capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("SKIP: the wheel check"), (r.stdout, r.stderr[-2000:])
+    assert not any((tmp_path / "venvs").glob("wheel-*"))
