@@ -13,6 +13,7 @@ import re
 import errno
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,31 @@ def test_export_into_an_existing_folder_keeps_other_files_and_replaces_its_own(t
     assert (out / "notes.txt").read_text() == "mine"
     assert (out / "model_fp32.tflite").read_bytes()[4:8] == b"TFL3"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]  # the staging folder is gone
+
+
+def test_disk_filling_up_during_training_is_one_line_exit_2(tmp_path):
+    """A disk with room for the data but not for a checkpoint: exit 2 with one line and no traceback. Keras' HDF5
+    writer hitting ENOSPC left a half-closed file behind: h5py tracebacks when collected, a segfault (exit 139) at exit."""
+    import cv2
+    import numpy as np
+
+    small = tmp_path / "small"
+    if not _mount_tmpfs(small, "size=2m"):
+        pytest.skip("cannot mount a small tmpfs here (needs root): no real full disk to test with")
+    try:
+        rng = np.random.default_rng(0)
+        for c, shade in (("red", (0, 0, 100)), ("blue", (100, 0, 0))):
+            (tmp_path / "data" / c).mkdir(parents=True)
+            for i in range(6):
+                img = (rng.integers(0, 80, (40, 40, 3)) + np.array(shade)).astype(np.uint8)
+                cv2.imwrite(str(tmp_path / "data" / c / f"{i}.png"), img)
+        r = subprocess.run([sys.executable, "-m", "tledge", "train", str(tmp_path / "data"), "--weights", "none",
+                            "--size", "32", "--epochs", "1", "--fine-tune-epochs", "1", "--out", str(small / "run")],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2, r.stderr[-3000:]
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith("tledge train: error: ") and "no space left on the device" in last, r.stderr[-2000:]
+        assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr[-3000:]
+        assert not [f for f in small.rglob(".*") if f.is_file()], "temporary files left behind"
+    finally:
+        _umount(small)

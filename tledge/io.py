@@ -57,6 +57,31 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def check_space(folder: str | Path, nbytes: int, what: str, hint: str = "free some space, or pass another --out") -> None:
+    """Raise TledgeError when `folder`'s file system has less than `nbytes` (+10 % and 256 kB: HDF5's own) free. HDF5 writers
+    (Keras .h5, .keras, weight checkpoints) that hit a full disk leave a half-closed file object behind that
+    prints tracebacks when collected and crashes the interpreter at exit: they are never started without room."""
+    from tledge.errors import TledgeError
+
+    need = int(nbytes * 1.1) + (1 << 18)
+    try:
+        free = free_bytes(folder)
+    except OSError:
+        return  # unknown (a FUSE or network mount that does not say): the write itself will tell
+    if free < need:
+        raise TledgeError(f"{folder}: no space left on the device: {what} needs about {need / 1e6:.1f} MB, "
+                          f"{free / 1e6:.1f} MB free ({hint})")
+
+
+def free_bytes(folder: str | Path) -> int:
+    """Bytes free to this user on `folder`'s file system (its nearest existing parent's)."""
+    p = Path(folder)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    st = os.statvfs(p)
+    return st.f_bavail * st.f_frsize
+
+
 _SHAPE_SCRATCH_LOCK = threading.Lock()
 
 

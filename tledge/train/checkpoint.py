@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tledge.errors import TledgeError
-from tledge.io import atomic_write_text
+from tledge.io import atomic_write_text, check_space
 
 STATE = "state.json"
 FORMAT = "tledge.train.state"
@@ -35,6 +35,11 @@ def temp_sibling(path: Path):
     from tledge.io import atomic_path
 
     return atomic_path(path, same_suffix=True)  # Keras and numpy create the file themselves
+
+
+def weight_bytes(variables) -> int:
+    """What `variables` (Keras or TensorFlow variables, arrays) hold, in bytes."""
+    return sum(int(np.prod(v.shape)) * np.dtype(getattr(v.dtype, "name", v.dtype)).itemsize for v in variables)
 
 
 class Checkpoints:
@@ -65,6 +70,9 @@ class Checkpoints:
         """Write the last weights (the best ones too when `best`), optimizer variables, then the state (returned)."""
         tag = f"{state['phase']}-{state['epoch']:03d}"
         last = f"last-{tag}"
+        size = weight_bytes(model.weights)
+        check_space(self.folder, size * (2 if best else 1) + weight_bytes(getattr(optimizer, "variables", [])),
+                    "a checkpoint", "free some space and go on with --resume")
         with temp_sibling(self.folder / f"{last}.weights.h5") as tmp, numpy2_quiet():
             model.save_weights(str(tmp))
         self._save_optimizer(optimizer, self.folder / f"{last}.optimizer.npz")

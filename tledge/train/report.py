@@ -20,8 +20,8 @@ import numpy as np
 
 from tledge._deps import available, require
 from tledge.errors import ExportError, TledgeWarning
-from tledge.io import atomic_path, atomic_write_text
-from tledge.train.checkpoint import numpy2_quiet, temp_sibling
+from tledge.io import atomic_path, atomic_write_text, check_space
+from tledge.train.checkpoint import numpy2_quiet, temp_sibling, weight_bytes
 
 RELOAD_TOLERANCE = 1e-5
 
@@ -33,6 +33,7 @@ def save_model(model, path: Path, check_x: np.ndarray, expected: np.ndarray) -> 
 
     absl, level = logging.getLogger("absl"), logging.getLogger("absl").level
     root, spare = logging.getLogger(), logging.NullHandler()
+    check_space(path.parent, weight_bytes(model.weights), path.name)
     with temp_sibling(path) as tmp:
         absl.setLevel(logging.ERROR)  # "HDF5 ... is considered legacy": model.h5 is asked for on purpose
         if not root.handlers:  # absl's warning() calls logging.basicConfig() on a root without handlers: a
