@@ -160,6 +160,16 @@ def test_validation_images_that_are_copies_of_training_images_are_said(tmp_path)
         td.plan(root, val_split=0.25)  # distinct files: nothing said
 
 
+def test_a_class_left_with_a_single_training_image_is_said(tmp_path):
+    root = _classes(tmp_path / "d", {"cat": 2, "dog": 12, "eel": 2})
+    with pytest.warns(TledgeWarning, match=r"2 class\(es\) train on a single image: cat \(1\), eel \(1\)"):
+        found = td.plan(root, val_split=0.2)  # a 2-image class gives one image to validation
+    assert found.train.counts() == [1, 10, 1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        td.plan(_classes(tmp_path / "e", {"cat": 3, "dog": 3}), val_split=0.25)  # 2 training images each: nothing said
+
+
 def test_a_model_no_better_than_its_largest_class_is_said():
     """192 ants / 10 bees: "val accuracy 0.950" from a model that answers ants for everything, with no word."""
     from tledge.train.api import _warn_if_no_better_than_the_largest_class as check

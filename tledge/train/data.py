@@ -198,10 +198,23 @@ def plan(data_dir: str | Path, val_dir: str | Path | None = None, val_split: flo
         val_classes = scan_classes(val_root, what="validation")
         val_classes = _check_val(val_classes, names, val_root)
         found = DataPlan(everything, _to_split(val_classes, names), names, f"folder {val_root}")
-        return found if val_root.resolve() == train_dir.resolve() else _warn_shared(found)  # said just above
+        return _warn_thin(found if val_root.resolve() == train_dir.resolve() else _warn_shared(found))  # said above
     fraction = DEFAULT_VAL_SPLIT if val_split is None else val_split
     train, val = hold_out(everything, fraction, seed)
-    return _warn_shared(DataPlan(train, val, names, f"{fraction:g} of each class held out (seed {seed})"))
+    return _warn_thin(_warn_shared(DataPlan(train, val, names, f"{fraction:g} of each class held out (seed {seed})")))
+
+
+THIN = 2  # a class with fewer training images than this is warned about
+
+
+def _warn_thin(plan: DataPlan) -> DataPlan:
+    """Warn about classes left with a single training image (a 2-image class gives one to the validation split)."""
+    thin = [f"{name} ({n})" for name, n in zip(plan.classes, plan.train.counts()) if n < THIN]
+    if thin:
+        warnings.warn(f"{len(thin)} class(es) train on a single image: {_listing(thin)}: the model can hardly learn "
+                      "them, and their validation figures rest on one or two images (add images)",
+                      TledgeWarning, stacklevel=3)
+    return plan
 
 
 def _warn_shared(plan: DataPlan) -> DataPlan:
