@@ -68,6 +68,27 @@ def test_cli_info_reads_the_embedded_contract(capsys):
     assert info["contract_origin"] == "embedded" and info["inputs"][0]["dtype"] == "uint8"
 
 
+def test_cli_info_without_an_interpreter_reads_the_tflite_file_itself():
+    """The core install (numpy + OpenCV, no tledge[runtime]): `tledge info x.tflite` said only "no TFLite
+    interpreter installed"; the contract, labels and tensor shapes are in the file's bytes."""
+    block = "import sys; sys.modules.update(ai_edge_litert=None, tflite_runtime=None, onnxruntime=None, onnx=None); "
+
+    def info(path, *more):
+        code = block + f"from tledge.cli import main; sys.exit(main(['info', {str(path)!r}, *{list(more)!r}]))"
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+    r = info(TINY / "model_int8.tflite")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "backend    none installed" in r.stdout and "contract   embedded in the file" in r.stdout
+    assert f"labels     {len(CLASSES)}: {', '.join(CLASSES)}" in r.stdout and "input      pixels  [1, 48, 48, 3]" in r.stdout
+    doc = json.loads(info(TINY / "model_int8.tflite", "--json").stdout)
+    assert doc["backend"] is None and doc["contract"]["labels"] == list(CLASSES)
+    r = info(FOREIGN / "model_int8.tflite")  # no metadata, no tledge.json beside it
+    assert r.returncode == 0 and "contract   none" in r.stdout, r.stderr[-2000:]
+    r = info(TINY / "model_int8.onnx")  # ONNX needs onnxruntime (or onnx) to read: one line, exit 2
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "onnxruntime" in r.stderr, r.stderr
+
+
 def test_runtime_process_never_imports_tensorflow():
     need("x.tflite")
     code = ("import sys; from tledge.runtime import load; "

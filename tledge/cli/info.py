@@ -18,6 +18,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from tledge.cli.validate import edge_model
+    from tledge.errors import MissingDependency
     from tledge.runtime import load
     from tledge.runtime.options import check_model_options
 
@@ -25,8 +26,14 @@ def run(args) -> int:
         return _folder(Path(args.model), args.json)
     edge_model(args.model)
     check_model_options(args, [args.model])
-    model = load(args.model, **load_kwargs(args))  # refuses a file changed since its export
-    info = model.info()
+    try:
+        model = load(args.model, **load_kwargs(args))  # refuses a file changed since its export
+    except MissingDependency as exc:  # the core install: a .tflite's contract and tensors are read without one
+        if Path(args.model).suffix.lower() != ".tflite":
+            raise
+        info = offline_info(Path(args.model), str(exc))
+    else:
+        info = model.info()
     if args.json:
         print(json.dumps(info, indent=2, ensure_ascii=False))
         return 0
@@ -36,8 +43,31 @@ def run(args) -> int:
     return 0
 
 
+def offline_info(path, why: str) -> dict:
+    """What a .tflite file says about itself, read as bytes (no interpreter): its contract (embedded, else the
+    tledge.json beside it), tensor names and shapes. The dtype, quantisation and a test run need an interpreter."""
+    from tledge import flatbuf
+    from tledge.metadata import read_tflite_contract
+
+    data = path.read_bytes()
+    contract, origin = read_tflite_contract(data), "embedded"
+    if contract is None and (path.parent / "tledge.json").is_file():
+        from tledge.contract import Contract
+
+        contract, origin = Contract.load(path.parent / "tledge.json"), "tledge.json"
+    io = flatbuf.tflite_io_tensors(data)
+    tensors = {k: [{"name": t["name"], "shape": t["shape"], "dtype": None, "quant": None} for t in v]
+               for k, v in io.items()}
+    return {"path": str(path), "format": "tflite", "size_bytes": len(data), "backend": None, "provider": None,
+            "threads": None, "load_ms": None, "contract_origin": origin if contract else None,
+            "contract": contract.to_dict() if contract else None, "labels": len(contract.labels) if contract else 0,
+            **tensors, "notes": [f"read from the file's bytes, not loaded: {why}"]}
+
+
 def _tensor(t: dict) -> str:
     q = t["quant"]
+    if t["dtype"] is None:
+        return f"{t['name']}  {t['shape']}"
     quant = f", quantised scale {q['scale']:.6g} zero point {q['zero_point']}" if q else ""
     return f"{t['name']}  {t['shape']}  {t['dtype']}{quant}"
 
@@ -48,11 +78,17 @@ def _nums(values) -> str:
 
 def describe(info: dict) -> list[str]:
     c = info["contract"]
-    lines = [f"file       {info['path']}  ({info['size_bytes'] / 1e6:.2f} MB)",
-             f"backend    {info['backend']} ({info['provider']}), {info['threads']} thread(s), "
-             f"loaded in {info['load_ms']:.0f} ms"]
+    lines = [f"file       {info['path']}  ({info['size_bytes'] / 1e6:.2f} MB)"]
+    if info["backend"] is None:
+        lines.append("backend    none installed (tensor types and quantisation need one: tledge[runtime])")
+    else:
+        lines.append(f"backend    {info['backend']} ({info['provider']}), {info['threads']} thread(s), "
+                     f"loaded in {info['load_ms']:.0f} ms")
     lines += [f"input      {_tensor(t)}" for t in info["inputs"]]
     lines += [f"output     {_tensor(t)}" for t in info["outputs"]]
+    if c is None:
+        return lines + ["contract   none (no tledge metadata in the file, no tledge.json beside it)"] + [
+            f"note       {note}" for note in info.get("notes", [])]
     origin = {"embedded": "embedded in the file", "tledge.json": "from tledge.json beside the file",
               "inferred": "INFERRED from the input tensor (no tledge metadata) and options",
               "given": "given by the caller"}.get(info["contract_origin"], info["contract_origin"])

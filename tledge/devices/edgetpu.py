@@ -21,10 +21,11 @@ from tledge.errors import TledgeError, TledgeWarning
 COMPILER = "edgetpu_compiler"
 _LIBS = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
 INSTALL_RUNTIME = (
-    "install the Edge TPU runtime from Coral's apt repository: add "
-    "'deb https://packages.cloud.google.com/apt coral-edgetpu-stable main' to /etc/apt/sources.list.d/, "
-    "then sudo apt-get install libedgetpu1-std and replug the accelerator (see docs/devices.md)"
-)
+    "install the Edge TPU runtime from Coral's apt repository: add its key "
+    "(https://packages.cloud.google.com/apt/doc/apt-key.gpg, dearmored to /usr/share/keyrings/coral-edgetpu.gpg) and "
+    "'deb [signed-by=/usr/share/keyrings/coral-edgetpu.gpg] https://packages.cloud.google.com/apt coral-edgetpu-stable "
+    "main' to /etc/apt/sources.list.d/, then sudo apt-get install libedgetpu1-std and replug the accelerator"
+)  # whole here: the docs folder is not in the wheel a board installs
 INSTALL_COMPILER = (
     "edgetpu_compiler runs on x86-64 Debian/Ubuntu only: with Coral's apt repository added, "
     "sudo apt-get install edgetpu-compiler (or use Coral's Colab notebook 'compile_for_edgetpu')"
