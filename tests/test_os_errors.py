@@ -174,7 +174,8 @@ def test_export_into_an_existing_folder_keeps_other_files_and_replaces_its_own(t
 
 def test_disk_filling_up_during_training_is_one_line_exit_2(tmp_path):
     """A disk with room for the data but not for a checkpoint: exit 2 with one line and no traceback. Keras' HDF5
-    writer hitting ENOSPC left a half-closed file behind: h5py tracebacks when collected, a segfault (exit 139) at exit."""
+    writer hitting ENOSPC left a half-closed file behind: h5py tracebacks when collected, a segfault (exit 139) at
+    exit."""
     import cv2
     import numpy as np
 

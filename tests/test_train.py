@@ -84,7 +84,7 @@ def test_two_phases_outputs_reload_and_partial_unfreezing(shapes_dataset, weight
     assert isinstance(m["val_accuracy"], float) and m["wall_time_s"] > 0
     names = sorted(p.name for p in out.iterdir())
     assert names == ["checkpoints", "confusion.png", "curves.png", "labels.txt", "metrics.json", "model.h5",
-                     "model.keras", "tledge.json"]  # and no temporary files left
+                     "model.keras", "split", "tledge.json"]  # and no temporary files left
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "labels.txt").read_text().split() == list(r.labels) == ["circle", "hstripes", "vstripes"]
 

@@ -149,7 +149,7 @@ def load_and_score(out: Path, data: Path) -> float:
 
 
 OUTPUTS = ["checkpoints", "confusion.png", "curves.png", "labels.txt", "metrics.json", "model.h5", "model.keras",
-           "tledge.json", "train.log"]
+           "split", "tledge.json", "train.log"]
 
 
 @pytest.mark.slow

@@ -76,3 +76,44 @@ def test_checkpoints_remove_the_temporary_files_a_killed_run_left(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["last-head-002.weights.h5", "last-head-002.optimizer.npz", "best-head-001.weights.h5", "state.json",
          "notes.txt"])
+
+
+def _colour_classes(root, n: int):
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for name, shade in (("red", (0, 0, 160)), ("blue", (160, 0, 0))):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            img = (rng.integers(0, 60, (40, 40, 3)) + np.array(shade)).astype(np.uint8)
+            cv2.imwrite(str(root / name / f"{i}.png"), img)
+    return root
+
+
+def test_export_of_a_trained_model_takes_the_runs_images_without_being_told(tmp_path, capsys):
+    """`tledge train photos/ --out run` held 0.2 of photos/ out, and `tledge export run/model.keras --int8` then
+    needed --calib and --val, which could only name photos/ itself: parity on images the model trained on. The run
+    leaves split/train and split/val (links to the images it used); export takes them when given no folders."""
+    import json
+
+    from tledge.cli import main
+
+    data, run = _colour_classes(tmp_path / "photos", 10), tmp_path / "run"
+    assert main(["train", str(data), "--weights", "none", "--size", "32", "--epochs", "2", "--fine-tune-epochs", "0",
+                 "--out", str(run)]) == 0
+    assert "split/ (links to the training and held-out images" in capsys.readouterr().out
+    metrics = json.loads((run / "metrics.json").read_text())
+    val, train = sorted((run / "split" / "val").rglob("*.png")), sorted((run / "split" / "train").rglob("*.png"))
+    assert len(val) == metrics["val_images"] == 4 and len(train) == 16
+    assert all(f.is_symlink() and f.resolve().parent.parent == data.resolve() for f in val + train)
+    assert {f.resolve() for f in val}.isdisjoint(f.resolve() for f in train)
+    assert all(f.parent.name == f.resolve().parent.name for f in val + train)  # each under its own class
+    assert main(["train", str(data), "--weights", "none", "--size", "32", "--epochs", "1", "--fine-tune-epochs", "0",
+                 "--seed", "1", "--out", str(run)]) == 0  # a second run replaces the folder whole
+    again = {f.resolve() for f in (run / "split" / "val").rglob("*.png")}
+    assert len(again) == 4 and again != {f.resolve() for f in val}
+    capsys.readouterr()
+    rc = main(["export", str(run / "model.keras"), "--formats", "tflite", "--out", str(tmp_path / "ex")])
+    err = capsys.readouterr().err
+    assert rc in (0, 1) and f"--val {run / 'split' / 'val'}" in err, err[-2000:]
+    assert json.loads((tmp_path / "ex" / "parity.json").read_text())["images"] == 4

@@ -18,6 +18,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".we
                   ".jp2"}
 # folders no one means as data: macOS zips' resource forks, Synology's thumbnails (hidden ones start with ".")
 SYSTEM_FOLDERS = {"__MACOSX", "@eaDir"}
+# What `tledge train` leaves in OUT for the export: split/train/<class>/ and split/val/<class>/, symbolic links to the
+# images it trained and validated on (tledge.train.report writes it; tledge.export.imagesets reads it).
+TRAINING_SPLIT = "split"
 
 
 def skipped_name(name: str) -> bool:

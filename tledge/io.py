@@ -57,10 +57,11 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def check_space(folder: str | Path, nbytes: int, what: str, hint: str = "free some space, or pass another --out") -> None:
-    """Raise TledgeError when `folder`'s file system has less than `nbytes` (+10 % and 256 kB: HDF5's own) free. HDF5 writers
-    (Keras .h5, .keras, weight checkpoints) that hit a full disk leave a half-closed file object behind that
-    prints tracebacks when collected and crashes the interpreter at exit: they are never started without room."""
+def check_space(folder: str | Path, nbytes: int, what: str,
+                hint: str = "free some space, or pass another --out") -> None:
+    """Raise TledgeError when `folder`'s file system has less than `nbytes` (+10 % and 256 kB: HDF5's own) free.
+    HDF5 writers (Keras .h5, .keras, weight checkpoints) that hit a full disk leave a half-closed file object
+    behind that prints tracebacks when collected and crashes the interpreter at exit: they never start without room."""
     from tledge.errors import TledgeError
 
     need = int(nbytes * 1.1) + (1 << 18)

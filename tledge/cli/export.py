@@ -84,6 +84,14 @@ def _validate(args):
 
     model = V.keras_model(args.model, "MODEL")
     out = Path(args.out) if args.out else model.with_name(model.stem + "_export")
+    if not args.calib and not args.val:  # a model `tledge train` wrote: the images it trained and validated on
+        from tledge.export.imagesets import training_split
+
+        found = training_split(model)
+        if found:
+            args.calib, args.val = found
+            _note(f"images: --calib {args.calib or '(the validation images)'} and --val {args.val}, the training "
+                  "run's training and held-out images (symbolic links it left beside the model)")
     V.output_dir(out, "--out")
     if args.calib and args.calib != "random":
         V.image_dir(args.calib, "--calib")

@@ -126,5 +126,7 @@ def run(args) -> int:
         return 0
     print(f"val accuracy {result.val_accuracy:.3f} on {m['val_images']} images, {m['wall_time_s']:.0f}s")
     if m["files"]:  # a non-chief worker of a multi-worker run writes nothing
-        print(f"files in {result.out}/: {', '.join(m['files'].values())}")
+        shown = [f"{name}/ (links to the training and held-out images, for export)" if kind == "split" else name
+                 for kind, name in m["files"].items()]
+        print(f"files in {result.out}/: {', '.join(shown)}")
     return 0

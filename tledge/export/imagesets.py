@@ -42,3 +42,16 @@ def load_images(folder: str | Path, contract: Contract, limit: int, labels: tupl
         warnings.warn(f"skipped {len(bad)} unreadable image(s) in {folder}: {'; '.join(bad[:3])}",
                       TledgeWarning, stacklevel=2)
     return np.stack(xs), (None if y is None else y[keep]), [files[i] for i in keep]
+
+
+def training_split(model_path: str | Path) -> tuple[str | None, str] | None:
+    """(calibration folder, validation folder) of the training run a model comes from: `tledge train` leaves
+    OUT/split/train and OUT/split/val (symbolic links to the images it trained and validated on) beside
+    OUT/model.keras. None when there is none, or when its links no longer lead to images (the data moved)."""
+    from tledge.images import TRAINING_SPLIT, has_images
+
+    root = Path(model_path).parent / TRAINING_SPLIT
+    train, val = root / "train", root / "val"
+    if not val.is_dir() or not has_images(val):
+        return None
+    return (str(train) if train.is_dir() and has_images(train) else None), str(val)

@@ -105,8 +105,7 @@ def _load_data(cfg: TrainConfig, plan: td.DataPlan, contract: Contract):
     x, y, kept = td.load(plan.train, contract, what="training")
     xv, yv, kept_v = td.load(plan.val, contract, what="validation")
     w = td.class_weights(y, len(plan.classes)) if cfg.class_weights is ClassWeights.AUTO else None
-    skipped = len(plan.train.files) - len(kept.files) + len(plan.val.files) - len(kept_v.files)
-    return Data(x, y, xv, yv, w), skipped
+    return Data(x, y, xv, yv, w), td.DataPlan(kept, kept_v, plan.classes, plan.source)  # the images that were read
 
 
 def _final_model(cfg, env, parts, contract, n):
@@ -219,14 +218,14 @@ def train(data_dir: str | Path, config: TrainConfig | None = None) -> TrainResul
             from tledge.train import model as tm
 
             tm.fetch_weights(cfg, contract)  # offline: exit 2 now, not after the images load
-        data, skipped = _load_data(cfg, plan, contract)
+        data, read = _load_data(cfg, plan, contract)
         shown = ", ".join(plan.classes[:12]) + (f", ... ({len(plan.classes)} classes: labels.txt)"
                                                   if len(plan.classes) > 12 else "")
         log(f"data: {len(data.y)} training / {len(data.yv)} validation images, classes {shown} "
             f"(validation: {plan.source})")
         try:
             with hardware.quiet_tensorflow():
-                return _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, skipped, (log, progress), t0)
+                return _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, read, (log, progress), t0)
         finally:
             if not chief:
                 shutil.rmtree(out, ignore_errors=True)
@@ -251,7 +250,7 @@ def _out_lock(out: Path):
             out.rmdir()
 
 
-def _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, skipped, reporters, t0) -> TrainResult:
+def _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, read, reporters, t0) -> TrainResult:
     from tledge._deps import require
     from tledge.train import distributed as dist
     from tledge.train import finetune, hardware, model as tm
@@ -287,12 +286,13 @@ def _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, skipped, report
         return _worker_result(cfg, run, plan, contract, t0, log)
     final = _final_model(cfg, env, parts, contract, len(plan.classes))
     probs = finetune.predict(final, data.xv, cfg.batch * 2)
+    skipped = len(plan.train.files) + len(plan.val.files) - len(read.train.files) - len(read.val.files)
     metrics = _metrics(cfg, run, probs, plan, env, skipped)
     _warn_if_no_better_than_the_largest_class(metrics)
     metrics["distribution"] = _distribution(cfg, run.topo)
     metrics["training_dtypes"] = dtypes
     n_check = min(8, len(data.xv))
-    write_all(out, final, contract, metrics, data.xv[:n_check].astype(np.float32), probs[:n_check], t0)
+    write_all(out, final, contract, metrics, data.xv[:n_check].astype(np.float32), probs[:n_check], t0, read)
     ckpt.mark_complete(run.state)
     from tledge import log as tlog
 

@@ -143,7 +143,7 @@ def _save_fig(fig, path: Path) -> bool:
 
 
 def write_all(out: Path, model, contract, metrics: dict, check_x: np.ndarray, expected: np.ndarray,
-              t0: float | None = None) -> dict:
+              t0: float | None = None, split=None) -> dict:
     """Write every output (metrics.json last, with the wall time since `t0`); returns {kind: path}. Everything is
     written and checked in a staging folder inside OUT first, then renamed into place in one quick pass: a run
     that dies while saving (seconds of model saves and plots) left the new model.keras beside the previous run's
@@ -154,17 +154,46 @@ def write_all(out: Path, model, contract, metrics: dict, check_x: np.ndarray, ex
     stage = out / f".tledge-final-{os.getpid()}"
     stage.mkdir()
     try:
-        names = _write_staged(stage, model, contract, metrics, check_x, expected, t0)
+        linked = link_split(stage, split) if split is not None else None
+        names = _write_staged(stage, model, contract, metrics, check_x, expected, t0, linked)
         if "h5" not in names:
             (out / "model.h5").unlink(missing_ok=True)  # an earlier run's file would not be this model
         for kind, name in names.items():  # metrics.json last: it says the run's files are all there
+            if (out / name).is_dir() and not (out / name).is_symlink():  # a folder (split/): the old one out first
+                os.replace(out / name, stage / f".old-{name}")
             os.replace(stage / name, out / name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return {kind: out / name for kind, name in names.items()}
 
 
-def _write_staged(stage: Path, model, contract, metrics, check_x, expected, t0) -> dict[str, str]:
+def link_split(stage: Path, split) -> str | None:
+    """split/train/<class>/ and split/val/<class>/ in `stage`: symbolic links to the images the run trained and
+    validated on (`split`: a DataPlan of the images that were read), so that `tledge export OUT/model.keras --int8`
+    calibrates on the training images and checks parity on the held-out ones without being told where they are.
+    None (and a note) where the file system has no symbolic links."""
+    from tledge import log
+    from tledge.images import TRAINING_SPLIT
+
+    root = stage / TRAINING_SPLIT
+    try:
+        for part, images in (("train", split.train), ("val", split.val)):
+            taken: set[str] = set()
+            for f, y in zip(images.files, images.y):
+                folder = root / part / images.classes[int(y)]
+                name = f.name if f"{folder.name}/{f.name}" not in taken else f"{len(taken)}-{f.name}"
+                taken.add(f"{folder.name}/{name}")
+                folder.mkdir(parents=True, exist_ok=True)
+                os.symlink(Path(f).resolve(), folder / name)
+    except OSError as exc:
+        shutil.rmtree(root, ignore_errors=True)
+        log.note(f"{TRAINING_SPLIT}/ not written (symbolic links: {exc.strerror or exc}): "
+                 "export needs --calib and --val")
+        return None
+    return TRAINING_SPLIT
+
+
+def _write_staged(stage: Path, model, contract, metrics, check_x, expected, t0, linked=None) -> dict[str, str]:
     names = {"keras": save_model(model, stage / "model.keras", check_x, expected).name}
     try:  # the legacy format is a convenience: model.keras (checked above) is the model
         names["h5"] = save_model(model, stage / "model.h5", check_x, expected).name
@@ -176,6 +205,8 @@ def _write_staged(stage: Path, model, contract, metrics, check_x, expected, t0) 
         warnings.warn(f"model.h5 not written: {why}; model.keras holds the model", TledgeWarning, stacklevel=3)
     names["labels"] = atomic_write_text(stage / "labels.txt", "".join(f"{lab}\n" for lab in contract.labels)).name
     names["contract"] = contract.save(stage / "tledge.json").name
+    if linked:
+        names["split"] = linked
     if plot_curves(metrics["history"], stage / "curves.png"):
         names["curves"] = "curves.png"
     if plot_confusion(np.asarray(metrics["confusion_matrix"]), contract.labels, stage / "confusion.png"):
