@@ -291,6 +291,8 @@ def test_resume_continues_where_it_stopped(shapes_dataset, weights, tmp_path, mo
     with pytest.raises(TledgeError, match=r"epochs 2 -> 5"):  # the head phase is over
         train(shapes_dataset, cfg(weights, out, resume=True, **{**settings, "epochs": 5}))
     resumed = train(shapes_dataset, cfg(weights, out, resume=True, **settings))
+    # the wall time counts the interrupted process's epochs too (it counted the last process only)
+    assert resumed.metrics["wall_time_s"] > state["elapsed_s"] >= sum(r["seconds"] for r in state["history"])
     hist = resumed.metrics["history"]
     assert [(h["phase"], h["epoch"]) for h in hist] == [("head", 1), ("head", 2), ("fine_tune", 1),
                                                         ("fine_tune", 2), ("fine_tune", 3)]

@@ -271,7 +271,8 @@ def _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, read, reporters
             tm.cut_index(parts.backbone.layers, cfg.unfreeze, cfg.fine_tune_at)
         run = finetune.Run(cfg, parts, data, ckpt, resumed or {**finetune.new_state(cfg, plan.classes),
                                                                "data": td.fingerprint(plan)}, log,
-                           progress=progress, strategy=env.runner, topo=topo)
+                           progress=progress, strategy=env.runner, topo=topo,
+                           started=t0 - float((resumed or {}).get("elapsed_s") or 0.0))  # wall time: all processes
         if resumed is not None:
             run.load_checkpoint_weights(resumed, "last")
         else:
@@ -292,7 +293,7 @@ def _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, read, reporters
     metrics["distribution"] = _distribution(cfg, run.topo)
     metrics["training_dtypes"] = dtypes
     n_check = min(8, len(data.xv))
-    write_all(out, final, contract, metrics, data.xv[:n_check].astype(np.float32), probs[:n_check], t0, read)
+    write_all(out, final, contract, metrics, data.xv[:n_check].astype(np.float32), probs[:n_check], run.started, read)
     ckpt.mark_complete(run.state)
     from tledge import log as tlog
 

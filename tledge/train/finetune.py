@@ -9,7 +9,7 @@ under the best head epoch, and the best weights so far (maybe the head's) are ke
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -48,6 +48,11 @@ class Run:
     best_weights: list | None = None  # in memory; the file copy is checkpoints/best-*.weights.h5
     strategy: Any = None  # the tf.distribute strategy in force (the default one in a single process)
     topo: Any = None  # distributed.Topology
+    started: float = field(default_factory=time.perf_counter)  # perf_counter() at the start, less earlier processes'
+
+    def elapsed(self) -> float:
+        """Seconds of the whole run so far, those of the processes it resumes from included."""
+        return round(time.perf_counter() - self.started, 2)
 
     @property
     def chief(self) -> bool:
@@ -199,6 +204,7 @@ def run_phase(run: Run, name: str) -> None:
         st["history"].append(row)
         st["epoch"] = epoch + 1
         reason = _stop_reason(run, name, row) if epoch + 1 < rec["epochs_planned"] else None
+        st["elapsed_s"] = run.elapsed()
         run.state = st = run.ckpt.save(run.parts.model, stepper.optimizer, st, best=improved)
         run.progress(epoch + 1, rec["epochs_planned"], f"{name}: loss {row['loss']:.4f}  acc {row['accuracy']:.3f}  "
                      f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.3f}{'  best' if improved else ''}",
@@ -234,7 +240,8 @@ def _end_phase(run: Run, stepper: Stepper, rec: dict) -> None:
         run.parts.model.set_weights(run.best_weights)
     st["phases_done"].append(rec)
     nxt = PHASES.index(rec["name"]) + 1
-    st.update(phase=PHASES[nxt] if nxt < len(PHASES) else "done", epoch=0, bad_epochs=0, phase_best=None)
+    st.update(phase=PHASES[nxt] if nxt < len(PHASES) else "done", epoch=0, bad_epochs=0, phase_best=None,
+              elapsed_s=run.elapsed())
     run.state = run.ckpt.save(run.parts.model, stepper.optimizer, st, best=False)
 
 
