@@ -101,3 +101,29 @@ def test_a_model_closes_and_its_arguments_are_checked(name):
             load(TINY / name, threads=threads)
     with pytest.raises(TledgeError, match="takes the path"):
         load(None)
+
+
+@pytest.mark.parametrize("name", ["model_int8.tflite", "model_int8.onnx"])
+def test_a_model_pickles_as_what_loaded_it(name):
+    """multiprocessing / ProcessPoolExecutor pickle their arguments: an EdgeModel raised 'cannot pickle' on the
+    interpreter. It is pickled as its path and load() arguments, and loaded again (with the same checks) there."""
+    import pickle
+    from concurrent.futures import ProcessPoolExecutor
+
+    model = load(TINY / name, threads=1)
+    again = pickle.loads(pickle.dumps(model))
+    assert again is not model and again.path == model.path and again.contract == model.contract
+    assert np.array_equal(again.predict(np.stack([model.contract.prepare(IMAGES[0])])),
+                          model.predict(np.stack([model.contract.prepare(IMAGES[0])])))
+    import multiprocessing
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:  # no fork under TF threads
+        got = pool.submit(_top_label, model, str(IMAGES[1])).result(timeout=120)
+    assert got == model.classify(IMAGES[1])[0].label
+    model.loaded_with = None  # not made by load(): said, not a half-built copy
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(model)
+
+
+def _top_label(model, image: str) -> str:
+    return model.classify(image)[0].label

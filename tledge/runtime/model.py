@@ -67,6 +67,15 @@ class EdgeModel:
     def __enter__(self) -> "EdgeModel":
         return self
 
+    def __reduce__(self):
+        """Pickled as what loaded it (multiprocessing, ProcessPoolExecutor): the other process loads the file again,
+        with the same checks. Delegates (native objects) cannot cross processes."""
+        how = getattr(self, "loaded_with", None)
+        if how is None or how[1].get("delegates"):
+            raise TypeError("this EdgeModel cannot be pickled (made with delegates, or not by tledge.runtime.load): "
+                            "pass the path to the other process and load it there")
+        return _reload, how
+
     def __exit__(self, *exc) -> None:
         self.close()
 
@@ -283,6 +292,8 @@ def load(path: str | Path, *, threads: int | None = None, contract: Contract | N
         delegates = delegates or hints.delegates
     if "labels" in contract_options:
         contract_options["labels"] = labels_option(contract_options["labels"])
+    how = (str(path), dict(threads=threads, contract=contract, providers=providers, delegates=tuple(delegates),
+                           device=device, **contract_options))
     start = time.perf_counter()
     backend = open_backend(p, threads=threads, providers=providers, delegates=delegates)
     origin = "given"
@@ -298,7 +309,12 @@ def load(path: str | Path, *, threads: int | None = None, contract: Contract | N
     check_fits(contract, backend.inp, n_out)
     model = EdgeModel(p, backend, contract, origin, 1000 * (time.perf_counter() - start))
     model.load_info.notes[:0] = trust
+    model.loaded_with = how
     return model
+
+
+def _reload(path: str, kwargs: dict) -> EdgeModel:
+    return load(path, **kwargs)
 
 
 def two_scores(y: np.ndarray, *, logits: bool, name: str) -> np.ndarray:
