@@ -232,6 +232,17 @@ def test_killed_worker_fails_the_other_fast_and_resume_continues(setup):
     assert not outs[1].exists()
     assert load_and_score(outs[0], setup["data"]) == pytest.approx(m["val_accuracy"])
 
+    # the scheduler restarts every pod once more after the run finished: the worker waited for a chief that had
+    # returned at once, until TLEDGE_CLUSTER_TIMEOUT, and failed; now the chief tells it, both exit 0, nothing trained
+    kept = {f: (outs[0] / f).stat().st_mtime_ns for f in ("model.keras", "metrics.json", "checkpoints/state.json")}
+    with Workers(setup, "again", args, outs) as w3:
+        codes = w3.wait(150)
+        assert codes == [0, 0], (codes, w3.log(0)[-3000:], w3.log(1)[-3000:])
+    assert "is complete: nothing to resume" in w3.log(0), w3.log(0)[-2000:]
+    assert "the run is complete (the chief's checkpoint says so)" in w3.log(1), w3.log(1)[-2000:]
+    assert {f: (outs[0] / f).stat().st_mtime_ns for f in kept} == kept and not outs[1].exists()
+    assert not shard_rows(w3.shards[0])  # no epoch ran
+
 
 @pytest.mark.slow
 def test_a_worker_that_never_starts_does_not_leave_the_others_waiting_for_ever(setup, monkeypatch):

@@ -117,3 +117,20 @@ def test_export_of_a_trained_model_takes_the_runs_images_without_being_told(tmp_
     err = capsys.readouterr().err
     assert rc in (0, 1) and f"--val {run / 'split' / 'val'}" in err, err[-2000:]
     assert json.loads((tmp_path / "ex" / "parity.json").read_text())["images"] == 4
+
+
+def test_a_split_whose_links_lead_nowhere_is_not_taken(tmp_path):
+    """The data moved after training: export must ask for folders, not calibrate on nothing."""
+    from tledge.export.imagesets import training_split
+
+    photos = _colour_classes(tmp_path / "photos", 2)
+    for part in ("train", "val"):
+        (tmp_path / "run" / "split" / part / "red").mkdir(parents=True)
+        (tmp_path / "run" / "split" / part / "red" / "0.png").symlink_to(photos / "red" / "0.png")
+    model = tmp_path / "run" / "model.keras"
+    assert training_split(model) == (str(tmp_path / "run" / "split" / "train"), str(tmp_path / "run" / "split" / "val"))
+    import shutil
+
+    shutil.rmtree(photos)
+    assert training_split(model) is None
+    assert training_split(tmp_path / "elsewhere" / "model.keras") is None

@@ -179,6 +179,17 @@ def _worker_result(cfg: TrainConfig, run, plan, contract, t0: float, log) -> Tra
                        float(last.get("val_accuracy", float("nan"))), wall, metrics)
 
 
+def _finished_worker(cfg: TrainConfig, topo, state: dict, plan, contract, t0: float, log) -> TrainResult:
+    """A worker restarted with --resume after the run finished: the chief's state says so; nothing is trained."""
+    wall = round(time.perf_counter() - t0, 2)
+    role = f"{topo.cluster.name(topo.cluster.rank)} of {topo.cluster.workers}"
+    best = state.get("best_score") or [float("nan")]
+    log(f"{role}: the run is complete (the chief's checkpoint says so): nothing to resume")
+    metrics = {"role": role, "files": {}, "complete": True, "val_images": len(plan.val.files), "wall_time_s": wall}
+    return TrainResult(cfg.out, cfg.out / "model.keras", _h5(cfg.out), contract, plan.classes, float(best[0]), wall,
+                       metrics)
+
+
 def _h5(out: Path) -> Path | None:
     """model.h5, where it was written (not for graphs Keras 3 cannot reload from HDF5: tledge.train.report)."""
     return out / "model.h5" if (out / "model.h5").is_file() else None
@@ -211,18 +222,22 @@ def train(data_dir: str | Path, config: TrainConfig | None = None) -> TrainResul
     out = cfg.out if chief else Path(tempfile.mkdtemp(prefix="tledge-train-worker-"))
     with _out_lock(out) if chief else contextlib.nullcontext():  # one train at a time into one --out
         ckpt = Checkpoints(out / "checkpoints")
-        if chief and cfg.resume and ckpt.exists() and _complete(ckpt):
+        finished = chief and cfg.resume and ckpt.exists() and _complete(ckpt)
+        if finished and not distributed.tf_config():
             return _already_complete(cfg, ckpt, plan.classes, log)
-        resumed = _start(cfg, ckpt, plan.classes, td.fingerprint(plan)) if chief else None  # workers: the chief's
+        # a cluster's chief says so to the workers, which wait for it (they have no checkpoint of their own)
+        resumed = (ckpt.load_state() if finished else _start(cfg, ckpt, plan.classes, td.fingerprint(plan))) \
+            if chief else None  # workers: the chief's
         if resumed is None and str(cfg.weights) == WEIGHTS_IMAGENET and not distributed.tf_config():
             from tledge.train import model as tm
 
             tm.fetch_weights(cfg, contract)  # offline: exit 2 now, not after the images load
-        data, read = _load_data(cfg, plan, contract)
-        shown = ", ".join(plan.classes[:12]) + (f", ... ({len(plan.classes)} classes: labels.txt)"
-                                                  if len(plan.classes) > 12 else "")
-        log(f"data: {len(data.y)} training / {len(data.yv)} validation images, classes {shown} "
-            f"(validation: {plan.source})")
+        data, read = (None, None) if finished else _load_data(cfg, plan, contract)
+        if data is not None:
+            shown = ", ".join(plan.classes[:12]) + (f", ... ({len(plan.classes)} classes: labels.txt)"
+                                                      if len(plan.classes) > 12 else "")
+            log(f"data: {len(data.y)} training / {len(data.yv)} validation images, classes {shown} "
+                f"(validation: {plan.source})")
         try:
             with hardware.quiet_tensorflow():
                 return _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, read, (log, progress), t0)
@@ -264,6 +279,9 @@ def _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, read, reporters
         dist.agree(env.runner, topo, {**{k: v for k, v in cfg.to_dict().items() if k not in local},
                                       "classes": list(plan.classes), "training images": len(plan.train.files)})
         resumed = dist.broadcast_json(env.runner, topo, resumed)  # the chief's checkpoint state, everywhere
+        if resumed is not None and resumed.get("complete"):  # a scheduler's restart after the run finished
+            return _already_complete(cfg, ckpt, plan.classes, log) if topo.cluster.rank == 0 else \
+                _finished_worker(cfg, topo, resumed, plan, contract, t0, log)
         log(f"model: {contract.extra['backbone']} {contract.height}x{contract.width}x{contract.channels}, "
             f"{env.description}{', resuming' if resumed else ''}")
         parts = tm.build(cfg, contract, len(plan.classes), pretrained=resumed is None)
