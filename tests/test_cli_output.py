@@ -26,6 +26,12 @@ def _cli(*args, timeout=600):
                           env=env, cwd=REPO, timeout=timeout)
 
 
+def _python(script: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`python -c script` in a process of its own, the checkout importable."""
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": REPO}, timeout=timeout)
+
+
 def _foreign(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines()
             if line.strip() and not line.startswith("tledge export: ") and not PROGRESS.match(line)]
@@ -214,8 +220,7 @@ def test_library_logging_goes_to_the_log_not_the_terminal(tmp_path):
         "        logging.getLogger('tf2onnx.optimizer').warning('Failed to apply optimize_transpose', exc_info=True)\n"
         "    log.note('a tledge line')\n"
         "logging.warning('after the command')\n")
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
-                         env={**os.environ, "PYTHONPATH": REPO}, timeout=120)
+    res = _python(script)
     assert res.returncode == 0, res.stderr
     lines = res.stderr.splitlines()
     assert lines == ["tledge export: note: a tledge line", "WARNING:root:after the command"], res.stderr
@@ -238,8 +243,7 @@ def test_library_calls_leave_the_host_s_logging_as_it_was(tmp_path):
         "x = np.ones((2, 3), np.float32)\n"
         f"save_model(m, __import__('pathlib').Path({str(tmp_path / 'm.h5')!r}), x, m.predict_on_batch(x))\n"
         "print(len(logging.getLogger().handlers), tf.get_logger().level, logging.getLogger('absl').level)\n")
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
-                         env={**os.environ, "PYTHONPATH": REPO}, timeout=300)
+    res = _python(script, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.split()[-3:] == ["0", "0", "0"], (res.stdout, res.stderr[-2000:])
     assert (tmp_path / "m.h5").is_file()
@@ -285,8 +289,7 @@ def test_sigterm_ends_a_command_like_ctrl_c_with_its_cleanup(tmp_path):
               "from tledge.cli import main\n"
               "rc = main(['info', 'x.tflite'])\n"
               "print(rc, signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)\n")
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
-                         env={**os.environ, "PYTHONPATH": REPO}, timeout=120)
+    res = _python(script)
     assert res.stdout.split() == ["143", "True"], (res.stdout, res.stderr[-2000:])
     assert "cleanup ran" in res.stderr and "tledge info: terminated (SIGTERM)" in res.stderr
 
