@@ -345,7 +345,8 @@ def _summary(res: DemoResult, say) -> None:
         tr = steps["train"]
         if res.weights == "none":
             say(f"  train_init/  {Path(tr['init']).name} (random weights, batch-norm statistics from the data)")
-        say("  train/       model.keras, model.h5, tledge.json, labels.txt, metrics.json, curves.png, confusion.png")
+        say("  train/       model.keras, model.h5, tledge.json, labels.txt, metrics.json, curves.png, confusion.png, "
+            "split/ (links to the images it trained and validated on)")
     if "export" in steps:
         names = ", ".join(Path(f).name for f in steps["export"]["files"])
         say(f"  export/      parity.md, parity.json, tledge.json, labels.txt, {names}")
