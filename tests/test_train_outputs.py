@@ -134,3 +134,17 @@ def test_a_split_whose_links_lead_nowhere_is_not_taken(tmp_path):
     shutil.rmtree(photos)
     assert training_split(model) is None
     assert training_split(tmp_path / "elsewhere" / "model.keras") is None
+
+
+def test_class_names_the_plot_font_cannot_draw_become_indices(tmp_path):
+    """Class folders named 猫 / 犬 (or emoji) were empty boxes on confusion.png, with a 'Glyph missing' warning each."""
+    pytest.importorskip("matplotlib")
+    import warnings
+
+    from tledge.train.report import plot_confusion
+
+    for labels in (("猫", "犬"), ("ants", "bées")):
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            assert plot_confusion(np.array([[3, 1], [0, 4]]), labels, tmp_path / "c.png")
+        assert not [w for w in said if "Glyph" in str(w.message)], [str(w.message) for w in said]

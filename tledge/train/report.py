@@ -114,10 +114,12 @@ def plot_confusion(cm: np.ndarray, labels, path: Path) -> bool:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.imshow(cm, cmap="Blues", interpolation="nearest")
+    named = n <= MAX_LABELLED_CLASSES and _drawable(labels)  # CJK or emoji names were empty boxes: indices instead
     if n <= MAX_LABELLED_CLASSES:
-        ax.set_xticks(range(n), labels, rotation=45, ha="right")
-        ax.set_yticks(range(n), labels)
-    ax.set_xlabel("predicted" if n <= MAX_LABELLED_CLASSES else f"predicted (class index, {n} classes: labels.txt)")
+        ticks = labels if named else [str(i) for i in range(n)]
+        ax.set_xticks(range(n), ticks, rotation=45 if named else 0, ha="right" if named else "center")
+        ax.set_yticks(range(n), ticks)
+    ax.set_xlabel("predicted" if named else f"predicted (class index, {n} classes: labels.txt)")
     ax.set_ylabel("true")
     half = cm.max() / 2 if cm.size else 0
     for i in range(n if n <= MAX_COUNTED_CLASSES else 0):
@@ -126,6 +128,18 @@ def plot_confusion(cm: np.ndarray, labels, path: Path) -> bool:
     ax.set_title(f"Validation: {int(np.trace(cm))}/{int(cm.sum())} right")
     fig.tight_layout()
     return _save_fig(fig, path)
+
+
+def _drawable(labels) -> bool:
+    """Whether matplotlib's default font has a glyph for every character of the labels."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    try:
+        font = FT2Font(font_manager.findfont(font_manager.FontProperties()))
+    except (OSError, RuntimeError, ValueError):
+        return True
+    return all(font.get_char_index(ord(ch)) for name in labels for ch in str(name) if not ch.isspace())
 
 
 def _can_plot(path: Path) -> bool:
