@@ -393,3 +393,34 @@ def test_model_h5_keras_cannot_reload_is_skipped(tmp_path):
         files = write_all(tmp_path, model, contract, {"confusion_matrix": [[1, 0], [0, 1]], "history": []}, x,
                           np.asarray(model.predict_on_batch(x), np.float32))
     assert "h5" not in files and not (tmp_path / "model.h5").exists() and (tmp_path / "model.keras").is_file()
+
+
+def test_resume_keeps_an_early_stop_made_before_the_kill(shapes_dataset, weights, tmp_path, monkeypatch):
+    """Killed after the epoch that stopped a phase early but before the next phase began: the resumed run trained
+    that phase on (the decision was not in the checkpoint), unlike the uninterrupted run."""
+    from tledge.train import finetune
+
+    monkeypatch.setattr(finetune, "_stop_reason",
+                        lambda run, name, row: "forced" if (name, row["epoch"]) == ("head", 2) else None)
+    settings = dict(epochs=4, fine_tune_epochs=1, unfreeze=6)
+    straight = train(shapes_dataset, cfg(weights, tmp_path / "straight", **settings))
+    real_end = finetune._end_phase
+
+    def killed(run, stepper, rec):
+        if rec["name"] == "head":
+            raise KeyboardInterrupt
+        return real_end(run, stepper, rec)
+
+    out = tmp_path / "killed"
+    monkeypatch.setattr(finetune, "_end_phase", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(shapes_dataset, cfg(weights, out, **settings))
+    monkeypatch.setattr(finetune, "_end_phase", real_end)
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert (state["phase"], state["epoch"], state["stop_reason"]) == ("head", 2, "forced")
+    resumed = train(shapes_dataset, cfg(weights, out, resume=True, **settings))
+    phases = [(h["phase"], h["epoch"]) for h in resumed.metrics["history"]]
+    assert phases == [(h["phase"], h["epoch"]) for h in straight.metrics["history"]] == [
+        ("head", 1), ("head", 2), ("fine_tune", 1)]
+    assert resumed.metrics["phases"][0]["stop_reason"] == "forced"
+

@@ -180,8 +180,11 @@ def run_phase(run: Run, name: str) -> None:
             run.log("  (optimizer state not restored: it starts fresh)")
         dist.sync_variables(run.strategy, run.topo, stepper.optimizer.variables)
     augment = Augment() if cfg.augment and not rec["fast_path"] else None
-    t0, reason = time.perf_counter(), None
-    for epoch in range(st["epoch"], rec["epochs_planned"]):
+    # a run stopped early, killed before the next phase began: that decision is in the checkpoint, kept on resume
+    t0, reason = time.perf_counter(), (st.get("stop_reason") if st["epoch"] > 0 else None)
+    if reason:
+        run.log(f"{name} had stopped early before the restart: {reason}")
+    for epoch in range(st["epoch"], rec["epochs_planned"] if reason is None else st["epoch"]):
         t = time.perf_counter()
         row = {"phase": name, "epoch": epoch + 1, **_epoch(run, stepper, x, idx, epoch, augment)}
         if not np.isfinite(row["loss"]):  # every worker sees the same all-reduced loss: all stop here
@@ -204,7 +207,7 @@ def run_phase(run: Run, name: str) -> None:
         st["history"].append(row)
         st["epoch"] = epoch + 1
         reason = _stop_reason(run, name, row) if epoch + 1 < rec["epochs_planned"] else None
-        st["elapsed_s"] = run.elapsed()
+        st["elapsed_s"], st["stop_reason"] = run.elapsed(), reason
         run.state = st = run.ckpt.save(run.parts.model, stepper.optimizer, st, best=improved)
         run.progress(epoch + 1, rec["epochs_planned"], f"{name}: loss {row['loss']:.4f}  acc {row['accuracy']:.3f}  "
                      f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.3f}{'  best' if improved else ''}",
@@ -241,7 +244,7 @@ def _end_phase(run: Run, stepper: Stepper, rec: dict) -> None:
     st["phases_done"].append(rec)
     nxt = PHASES.index(rec["name"]) + 1
     st.update(phase=PHASES[nxt] if nxt < len(PHASES) else "done", epoch=0, bad_epochs=0, phase_best=None,
-              elapsed_s=run.elapsed())
+              elapsed_s=run.elapsed(), stop_reason=None)
     run.state = run.ckpt.save(run.parts.model, stepper.optimizer, st, best=False)
 
 
