@@ -117,6 +117,12 @@ def test_export_of_a_trained_model_takes_the_runs_images_without_being_told(tmp_
     err = capsys.readouterr().err
     assert rc in (0, 1) and f"--val {run / 'split' / 'val'}" in err, err[-2000:]
     assert json.loads((tmp_path / "ex" / "parity.json").read_text())["images"] == 4
+    # --val given, --calib not: calibration on the run's training images, not on the images parity checks
+    rc = main(["export", str(run / "model.keras"), "--formats", "tflite", "--int8", "--no-repair", "--val", str(data),
+               "--out", str(tmp_path / "ex2")])
+    err = capsys.readouterr().err
+    assert rc in (0, 1) and f"--calib {run / 'split' / 'train'}, the training run's" in err, err[-2000:]
+    assert json.loads((tmp_path / "ex2" / "parity.json").read_text())["images"] == 20
 
 
 def test_a_split_whose_links_lead_nowhere_is_not_taken(tmp_path):

@@ -84,11 +84,16 @@ def _validate(args):
 
     model = V.keras_model(args.model, "MODEL")
     out = Path(args.out) if args.out else model.with_name(model.stem + "_export")
-    if not args.calib and not args.val:  # a model `tledge train` wrote: the images it trained and validated on
+    if not args.calib:  # a model `tledge train` wrote: the images it trained (and validated) on
         from tledge.export.imagesets import training_split
 
         found = training_split(model)
-        if found:
+        if found and args.val:  # calibrate on the training images, not on the images parity checks
+            if found[0]:
+                args.calib = found[0]
+                _note(f"images: --calib {args.calib}, the training run's training images (symbolic links it left "
+                      "beside the model)")
+        elif found:
             args.calib, args.val = found
             _note(f"images: --calib {args.calib or '(the validation images)'} and --val {args.val}, the training "
                   "run's training and held-out images (symbolic links it left beside the model)")
