@@ -1,0 +1,101 @@
+"""tledge train --resume: a run killed mid-phase continues bit for bit, refuses what it would silently change, keeps
+an early stop made before the kill, and on a finished run prints its result. Split from test_train.py (its fixtures)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_train import backbone_weights, cfg, r_labels, weights  # noqa: F401  (weights: the module's fixture)
+
+from tledge.errors import TledgeError, TledgeWarning
+from tledge.train import train
+
+
+def test_resume_continues_where_it_stopped(shapes_dataset, weights, tmp_path, monkeypatch):  # noqa: F811
+    from tledge.train import finetune
+
+    settings = dict(epochs=2, fine_tune_epochs=3, dropout=0.3, unfreeze=12, patience=0)  # dropout: reseeded per epoch
+    straight = train(shapes_dataset, cfg(weights, tmp_path / "straight", **settings))
+
+    real_epoch = finetune._epoch
+
+    def crash(run, net, x, phase, epoch, augment):
+        if phase == 1 and epoch == 2:
+            raise KeyboardInterrupt
+        return real_epoch(run, net, x, phase, epoch, augment)
+
+    out = tmp_path / "crashed"
+    monkeypatch.setattr(finetune, "_epoch", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(shapes_dataset, cfg(weights, out, **settings))
+    monkeypatch.setattr(finetune, "_epoch", real_epoch)
+    assert not (out / "model.keras").exists()  # nothing half-written
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert (state["phase"], state["epoch"], len(state["history"])) == ("fine_tune", 2, 4)
+
+    from tledge.train.api import _start
+    from tledge.train.checkpoint import Checkpoints
+
+    with pytest.warns(TledgeWarning, match="unfinished run"):  # a fresh start over it says what it replaces
+        assert _start(cfg(weights, out, **settings), Checkpoints(out / "checkpoints"), r_labels(shapes_dataset)) is None
+    with pytest.raises(TledgeError, match="different settings"):
+        train(shapes_dataset, cfg(weights, out, resume=True, **{**settings, "unfreeze": 6}))
+    # what the restored optimizer and schedule would have ignored: refused, not silently kept
+    with pytest.raises(TledgeError, match=r"different settings \(lr 0.01 -> 0.03\)"):
+        train(shapes_dataset, cfg(weights, out, resume=True, lr=0.03, **settings))
+    with pytest.raises(TledgeError, match=r"epochs 2 -> 5"):  # the head phase is over
+        train(shapes_dataset, cfg(weights, out, resume=True, **{**settings, "epochs": 5}))
+    resumed = train(shapes_dataset, cfg(weights, out, resume=True, **settings))
+    # the wall time counts the interrupted process's epochs too (it counted the last process only)
+    assert resumed.metrics["wall_time_s"] > state["elapsed_s"] >= sum(r["seconds"] for r in state["history"])
+    hist = resumed.metrics["history"]
+    assert [(h["phase"], h["epoch"]) for h in hist] == [("head", 1), ("head", 2), ("fine_tune", 1),
+                                                        ("fine_tune", 2), ("fine_tune", 3)]
+    def no_time(rows):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+    assert no_time(hist[:4]) == no_time(straight.metrics["history"][:4])  # carried over from the checkpoint
+    # the resumed run continues the same trajectory (weights, optimizer moments, data order)
+    assert hist[4]["loss"] == pytest.approx(straight.metrics["history"][4]["loss"], rel=1e-4)
+    a, b = backbone_weights(out / "model.keras"), backbone_weights(tmp_path / "straight" / "model.keras")
+    assert all(np.allclose(x, y, atol=1e-5) for n in a for x, y in zip(a[n], b[n]))
+    # --resume on the finished run (a scheduler's restart): its result, nothing trained, nothing written
+    files = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    again = train(shapes_dataset, cfg(weights, out, resume=True, **settings))
+    assert again.val_accuracy == resumed.val_accuracy and again.metrics == resumed.metrics
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == files
+
+
+# ---- bad data ----------------------------------------------------------------------------------------
+
+
+def test_resume_keeps_an_early_stop_made_before_the_kill(shapes_dataset, weights, tmp_path,  # noqa: F811
+                                                       monkeypatch):
+    """Killed after the epoch that stopped a phase early but before the next phase began: the resumed run trained
+    that phase on (the decision was not in the checkpoint), unlike the uninterrupted run."""
+    from tledge.train import finetune
+
+    monkeypatch.setattr(finetune, "_stop_reason",
+                        lambda run, name, row: "forced" if (name, row["epoch"]) == ("head", 2) else None)
+    settings = dict(epochs=4, fine_tune_epochs=1, unfreeze=6)
+    straight = train(shapes_dataset, cfg(weights, tmp_path / "straight", **settings))
+    real_end = finetune._end_phase
+
+    def killed(run, stepper, rec):
+        if rec["name"] == "head":
+            raise KeyboardInterrupt
+        return real_end(run, stepper, rec)
+
+    out = tmp_path / "killed"
+    monkeypatch.setattr(finetune, "_end_phase", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(shapes_dataset, cfg(weights, out, **settings))
+    monkeypatch.setattr(finetune, "_end_phase", real_end)
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert (state["phase"], state["epoch"], state["stop_reason"]) == ("head", 2, "forced")
+    resumed = train(shapes_dataset, cfg(weights, out, resume=True, **settings))
+    phases = [(h["phase"], h["epoch"]) for h in resumed.metrics["history"]]
+    assert phases == [(h["phase"], h["epoch"]) for h in straight.metrics["history"]] == [
+        ("head", 1), ("head", 2), ("fine_tune", 1)]
+    assert resumed.metrics["phases"][0]["stop_reason"] == "forced"
