@@ -149,3 +149,25 @@ def test_thresholds_keys_that_match_nothing_are_not_silent(tiny_model, tiny_expo
           str(shapes_dataset / "val"), "--thresholds", str(tmp_path / "t.toml")])
     err = capsys.readouterr().err
     assert "warning: --thresholds" in err and "model_int9.tflite match no checked file" in err, err
+
+
+def test_a_file_of_another_model_is_a_usage_error_after_the_report(tiny_model, tiny_export, shapes_dataset,
+                                                                    tmp_path, capsys):
+    """A 4-class file beside the 3-class model's export was a parity failure (exit 1) like a bad int8 file; the
+    report still lists every file, then one line says the pair is wrong (exit 2)."""
+    import tensorflow as tf
+    from conftest import build_tiny_classifier
+
+    other = tmp_path / "other_model.tflite"
+    other.write_bytes(tf.lite.TFLiteConverter.from_keras_model(build_tiny_classifier(n_classes=4)).convert())
+    junit = tmp_path / "j.xml"
+    rc = main(["parity", str(tiny_model["keras"]), str(tiny_export.out / "model_fp32.tflite"), str(other),
+               "--images", str(shapes_dataset / "val"), "--junit", str(junit), "--preprocess", "raw"])
+    out, err = capsys.readouterr()
+    assert rc == 2, err
+    assert "model_fp32.tflite" in out and "parity: FAILED" in out
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("tledge parity: error: other_model.tflite: not an export of"), err
+    assert last.endswith(", 4) differs from the reference (24, 3)"), err
+    cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
+    assert cases["other_model.tflite"].find("failure") is not None and cases["model_fp32.tflite"].find("failure") is None

@@ -130,6 +130,7 @@ class ParityResult:
     # probability outputs: flips where the reference's top-2 margin < NEAR_TIE, and (agreeing, images) elsewhere
     near_tie_flips: int | None = None
     confident: tuple[int, int] | None = None
+    incompatible: bool = False  # another output shape than the reference's: not an export of that model
 
 
 NEAR_TIE = 0.1  # a reference top-2 probability margin under this is a near-tie: int8 rounding can flip it
@@ -162,7 +163,7 @@ def compare(reference: np.ndarray, outputs: np.ndarray, *, file: str, format: st
     if ref.shape != out.shape:
         failures.append(f"output shape {out.shape} differs from the reference {ref.shape}")
         return ParityResult(file, format, precision, len(ref), float("inf"), float("inf"), float("inf"),
-                            0.0, None, None, False, failures)
+                            0.0, None, None, False, failures, incompatible=True)
     diff = np.abs(out - ref)
     same = np.argmax(out, 1) == np.argmax(ref, 1)
     agree = float(np.mean(same)) if len(ref) else 0.0

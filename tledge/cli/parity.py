@@ -94,4 +94,8 @@ def run(args) -> int:
             for f in r.failures:
                 print(f"tledge parity: {r.file}: {f}", file=sys.stderr)  # prefixed like every tledge line
         print("parity: " + ("PASSED" if report.passed else "FAILED"))
+    wrong = [r for r in report.results if r.incompatible]
+    if wrong:  # the user handed files of another model: a usage error, said once the report is out
+        of = args.reference or "the outputs stored at export"
+        raise TledgeError(f"{', '.join(r.file for r in wrong)}: not an export of {of}: {wrong[0].failures[0]}")
     return 0 if report.passed else 1
