@@ -127,3 +127,39 @@ def test_a_model_pickles_as_what_loaded_it(name):
 
 def _top_label(model, image: str) -> str:
     return model.classify(image)[0].label
+
+
+def test_what_is_not_an_image_is_said_and_files_and_pil_images_read_as_their_path(tmp_path):
+    """A bug hunt found: an open file (its .mode is "rb") taken for a PIL image; HxWx2, CHW and 1-D arrays iterated
+    into rows of grey images (48 results for one array); None, a number, predict("x") and an empty batch as
+    TypeError / ValueError; a PIL image with EXIF orientation not turned as its file is."""
+    from PIL import Image
+
+    from tledge.errors import ArgumentError
+
+    m = load(TINY / "model_int8.onnx", threads=1)
+    a = _arrays()[0]
+    with open(IMAGES[0], "rb") as f:
+        assert m.classify(f, top_k=3) == m.classify(IMAGES[0], top_k=3)
+    for bad in (a[..., :2], np.ascontiguousarray(a.transpose(2, 0, 1)), np.dstack([a, a[..., :2]]), a.reshape(-1)):
+        with pytest.raises(ImageError, match=rf"shape \({bad.shape[0]},"):
+            m.classify(bad)
+    for bad in (None, 3):
+        with pytest.raises(ImageError, match=type(bad).__name__):
+            m.classify(bad)
+    with pytest.raises(ModelRunError, match="as numbers"):
+        m.predict("x")
+    assert m.predict(np.zeros((0, *a.shape[:0], m.contract.height, m.contract.width, 3), np.float32)).shape == (0, 3)
+    assert m.classify([]) == []
+    assert issubclass(ArgumentError, ValueError) and issubclass(ArgumentError, TledgeError)
+    # a photo taken with the camera turned: pixels stored sideways, EXIF orientation 6 (rotate 90 degrees clockwise)
+    upright = Image.open(next(p for p in IMAGES if "hstripes" in p.name)).convert("RGB")  # sideways: vstripes
+    img = upright.transpose(Image.Transpose.ROTATE_90)  # stored sideways; orientation 6 turns it back upright
+    exif = img.getexif()
+    exif[274] = 6
+    for suffix in (".jpg", ".png"):
+        path = tmp_path / f"turned{suffix}"
+        img.save(path, exif=exif, quality=95)
+        as_file = m.classify(path, top_k=3)
+        assert m.classify(Image.open(path), top_k=3) == as_file
+        assert as_file[0].label == m.classify(upright)[0].label == "hstripes"

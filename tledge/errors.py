@@ -20,6 +20,10 @@ class ModelRunError(TledgeError):
     """A loaded model failed on an input: a shape or dtype it does not take, or its runtime's own failure."""
 
 
+class ArgumentError(TledgeError, ValueError):
+    """A library function was called with an argument it does not take (a ValueError too)."""
+
+
 class ImageError(TledgeError):
     """An image could not be read or decoded."""
 

@@ -68,7 +68,11 @@ def as_rgb(image) -> np.ndarray:
     content, bytes or a binary file object), a PIL image, or an array (`to_uint8_rgb`)."""
     if isinstance(image, (str, os.PathLike)):
         return load(image)
-    if callable(getattr(image, "read", None)) and not hasattr(image, "mode"):  # BytesIO, an open file
+    if _pil(image):  # EXIF orientation applied, as `load` does for the same file (Image.open leaves it)
+        from PIL import ImageOps
+
+        return to_uint8_rgb(ImageOps.exif_transpose(image))
+    if callable(getattr(image, "read", None)):  # BytesIO, an open file (whose .mode is "rb")
         image = image.read()
     if isinstance(image, (bytes, bytearray, memoryview)):
         data = np.frombuffer(image, np.uint8)
@@ -80,14 +84,26 @@ def as_rgb(image) -> np.ndarray:
     return to_uint8_rgb(image)
 
 
+def _pil(x) -> bool:
+    return isinstance(getattr(x, "mode", None), str) and callable(getattr(x, "getexif", None))
+
+
 def one_image(x) -> bool:
     """Whether `x` is one image for `as_rgb` rather than a sequence of them (an HxW or HxWx{1,3,4} array is one;
-    NxHxWxC or a list is several)."""
-    if isinstance(x, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(x, "mode") \
-            or callable(getattr(x, "read", None)):
+    NxHxWxC or a list is several). ImageError for what is neither: None, a number, an array of another shape
+    (CHW, HxWx2, 1-D), which iterating would have read as rows of grey images."""
+    if isinstance(x, (str, os.PathLike, bytes, bytearray, memoryview)) or _pil(x) or callable(getattr(x, "read", None)):
         return True
     if isinstance(x, np.ndarray):
-        return x.ndim == 2 or (x.ndim == 3 and x.shape[2] in (1, 3, 4))
+        if x.ndim == 2 or (x.ndim == 3 and x.shape[2] in (1, 3, 4)):
+            return True
+        if x.ndim == 4:
+            return False
+        raise ImageError(f"an array of shape {x.shape} is neither an image (HxW, HxWx1, HxWx3, HxWx4: channels "
+                         "last) nor a batch of them (NxHxWxC)")
+    if x is None or not hasattr(x, "__iter__"):
+        raise ImageError(f"expected an image (a path, encoded bytes, a binary file, a PIL image or an array) or a "
+                         f"sequence of them, got {type(x).__name__}")
     return False
 
 

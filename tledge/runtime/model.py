@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tledge.contract import METADATA_KEY, ColorOrder, Contract, Layout, Norm, Output
-from tledge.errors import ContractError, ModelLoadError, ModelRunError
+from tledge.errors import ArgumentError, ContractError, ModelLoadError, ModelRunError
 from tledge.runtime.backends import TensorInfo, open_backend
 from tledge.runtime.foreign import (STANDARD_ORIGIN, check_fits, complete, infer_contract,  # noqa: F401
                                     labels_option, read_standard)
@@ -126,6 +126,9 @@ class EdgeModel:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Prepared inputs (as `contract.prepare` makes them, with a batch axis) -> float32 outputs."""
         x = np.asarray(batch)
+        if x.dtype.kind not in "biuf":
+            raise ModelRunError(f"predict() takes prepared images as numbers (contract.prepare's output with a batch "
+                                f"axis), got an array of {x.dtype} (images go through classify())")
         if x.ndim == 3:
             x = x[None]
         return self.run_inputs(self.quantize(x))
@@ -135,6 +138,8 @@ class EdgeModel:
         if x.ndim == 3:
             x = x[None]
         want = self.backend.inp.shape
+        if x.ndim == len(want) and len(x) == 0 and not any(0 < w != g for w, g in zip(want[1:], x.shape[1:])):
+            return np.zeros((0, *(d if d > 0 else 1 for d in self.backend.out.shape[1:])), np.float32)  # no images
         if x.ndim != len(want) or any(0 < w != g for w, g in zip(want[1:], x.shape[1:])):
             raise ModelRunError(f"{self.path.name} takes inputs of shape {('N', *want[1:])}, got {x.shape} (images "
                                 "go through classify() or to_input(); predict() takes contract.prepare's output)")
@@ -156,7 +161,7 @@ class EdgeModel:
         from tledge import images as im
 
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-            raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+            raise ArgumentError(f"top_k must be an integer >= 1, got {top_k!r}")
         if im.one_image(images):
             return self.classify([images], top_k, batch)[0]
         items, out = list(images), []
@@ -274,7 +279,7 @@ def load(path: str | Path, *, threads: int | None = None, contract: Contract | N
         raise ModelLoadError(f"load() takes the path of a .tflite / .onnx file or an export folder, got "
                              f"{type(path).__name__}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads must be an integer >= 1 (None: TLEDGE_THREADS or the cores), got {threads!r}")
+        raise ArgumentError(f"threads must be an integer >= 1 (None: TLEDGE_THREADS or the cores), got {threads!r}")
     p = Path(path)
     # an export folder: the best file its manifest vouches for; a file: refused if changed since export
     p, trust = model_in_folder(p, device) if p.is_dir() else (p, check_file(p) if p.is_file() else [])
