@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import REPO, shared_asset
 from test_runtime_sources import FlakyCamera, odd_folder, video  # noqa: F401  (fixtures)
 from tiny import CLASSES, FOREIGN, MODELS, REF, TINY, images_of, keras_label
@@ -217,28 +218,33 @@ class EndlessCamera:
 
 sources._cv2_opener = lambda target, api=None: EndlessCamera
 print("started", file=sys.stderr, flush=True)
-sys.exit(main(["run", sys.argv[1], "--source", "0", "--json"]))
+sys.exit(main(["run", sys.argv[1], "--source", "0", "--json", "--csv", sys.argv[2]]))
 """
 
 
-def test_real_ctrl_c_on_a_live_camera_stops_with_a_summary():
+@pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_real_ctrl_c_or_sigterm_on_a_live_camera_stops_with_a_summary_and_keeps_the_csv(sig, code, tmp_path):
+    """SIGTERM (`timeout 60 tledge run 0 --csv log.csv`, systemd) threw the whole --csv away; Ctrl-C kept it."""
     import signal
     import time
 
-    proc = subprocess.Popen([sys.executable, "-c", SIGINT_SCRIPT, str(TINY / "model_int8.tflite")],
+    csv = tmp_path / "log.csv"
+    proc = subprocess.Popen([sys.executable, "-c", SIGINT_SCRIPT, str(TINY / "model_int8.tflite"), str(csv)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert proc.stderr.readline().strip() == "started"
         first = proc.stdout.readline()  # a first result: the camera loop is running
         assert json.loads(first)["source"] == "camera:0#0"
         time.sleep(0.3)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, sig))
         out, err = proc.communicate(timeout=20)
     finally:
         proc.kill()
-    assert proc.returncode == 130, err[-2000:]
+    assert proc.returncode == code, err[-2000:]
     assert "interrupted" in err and "Traceback" not in err
-    assert all(json.loads(line)["status"] == "ok" for line in out.splitlines())
+    rows = [first.strip(), *out.splitlines()]
+    assert all(json.loads(line)["status"] == "ok" for line in rows)
+    assert len(csv.read_text().splitlines()) - 1 in (len(rows), len(rows) - 1)  # header + rows (one may be mid-write)
 
 
 def _one_line_error(code: int, err: str) -> bool:

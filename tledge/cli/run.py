@@ -54,9 +54,12 @@ def run(args) -> int:
         _note(f"note: {note}")
     runner = Runner(model, top_k=args.top_k, threshold=args.threshold, workers=args.workers,
                     keep_images=args.save is not None, max_frames=args.max_frames)
-    _loop(runner, source, args)
+    stopped = _loop(runner, source, args)
     s = runner.summary
     print(s.line(), file=sys.stderr if args.json else sys.stdout, flush=True)
+    if stopped:
+        _event("terminated (SIGTERM); the results so far are kept")
+        return stopped
     if s.interrupted:
         return 130
     if s.lost:
@@ -121,14 +124,17 @@ def _keep_inputs(args) -> None:
                                   "copies would overwrite them; pass another folder")
 
 
-def _loop(runner, source, args) -> None:
+def _loop(runner, source, args) -> int | None:
+    """Results to stdout, --csv and --save; 143 when SIGTERM stopped it (`timeout`, systemd), which keeps what was
+    written as Ctrl-C does."""
+    from tledge.cli import Terminated
     from tledge.runtime.outputs import CsvSink, SaveSink, human_line, json_line
 
     csv_sink = CsvSink(args.csv) if args.csv else None
     # annotated images keep their paths under the folder (or a glob's fixed part): the root alone, nothing listed
     save = SaveSink(args.save, fps=source.fps, root=_local_inputs(source.name, listed=False)[1]) if args.save else None
     results = runner.run(source)
-    ok = False
+    ok, stopped = False, None
     try:
         for r in results:
             print(json_line(r) if args.json else human_line(r), flush=source.live)
@@ -139,12 +145,16 @@ def _loop(runner, source, args) -> None:
         ok = True
     except KeyboardInterrupt:
         runner.summary.interrupted = ok = True
+    except Terminated:
+        runner.summary.interrupted = ok = True
+        stopped = 143  # 128 + SIGTERM
     finally:
         results.close()
         if save:
             save.close()
         if csv_sink:
             csv_sink.close() if ok else csv_sink.abort()
+    return stopped
 
 
 def _note(message: str) -> None:
