@@ -3,8 +3,10 @@
 photos being classified."""
 from __future__ import annotations
 
+import os
 import re
 import struct
+import sys
 import warnings
 import zlib
 from pathlib import Path
@@ -154,7 +156,37 @@ def test_run_save_keeps_every_output_of_a_glob(tmp_path, capsys):
                           "--save", tmp_path / "saved")
     assert code == 0, err
     saved = sorted(p.relative_to(tmp_path / "saved").as_posix() for p in (tmp_path / "saved").rglob("*.*"))
-    assert saved == ["a/x.png", "a/y.gif.png", "a/y.png", "b/x.png"]
+    assert saved == [".tledge-save", "a/x.png", "a/y.gif.png", "a/y.png", "b/x.png"]  # the marker: tledge wrote these
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="file names as raw bytes")
+def test_run_save_of_a_file_name_that_is_not_utf8(tmp_path, capsys):
+    """cv2.imwrite crashed the process (SIGSEGV, exit 139) on a Latin-1 file name: no summary, the --csv lost."""
+    src = tmp_path / "src"
+    _png(src / os.fsdecode(b"caf\xe9.png"), 50)
+    _png(src / "ok.png", 60)
+    code, out, err = _run(capsys, "run", TINY / "model_fp32.tflite", "--source", src, "--save", tmp_path / "saved",
+                          "--csv", tmp_path / "r.csv")
+    assert code == 0 and "2 ok" in out, err
+    assert sorted(os.listdir(os.fsencode(tmp_path / "saved"))) == [b".tledge-save", b"caf\xe9.png", b"ok.png"]
+    assert len((tmp_path / "r.csv").read_text().splitlines()) == 3
+
+
+def test_run_save_never_replaces_images_it_did_not_write(tmp_path, capsys):
+    """`--source coll/a --save coll` replaced the user's coll/x.jpg with the annotated copy of coll/a/x.jpg, exit 0.
+    A folder an earlier --save wrote (its marker) is reused; one holding other images is refused before anything."""
+    coll = tmp_path / "coll"
+    _png(coll / "a" / "x.png", 50)
+    _png(coll / "x.png", 200)
+    before = (coll / "x.png").read_bytes()
+    code, out, err = _run(capsys, "run", TINY / "model_fp32.tflite", "--source", coll / "a", "--save", coll)
+    assert code == 2 and "--save" in err and "already holds images" in err and "(x.png)" in err, err
+    assert (coll / "x.png").read_bytes() == before and not (coll / ".tledge-save").exists()
+    for _ in range(2):  # a new folder, then the same one again
+        code, out, err = _run(capsys, "run", TINY / "model_fp32.tflite", "--source", coll / "a", "--save",
+                              tmp_path / "saved")
+        assert code == 0, err
+    assert (tmp_path / "saved" / "x.png").is_file()
 
 
 def test_a_refused_command_keeps_the_last_run_s_log(tmp_path, capsys):

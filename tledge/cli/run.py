@@ -122,6 +122,35 @@ def _keep_inputs(args) -> None:
             if any(f.parent == o for f in inputs):
                 raise TledgeError(f"--save {out} holds input files of --source {args.source}: their annotated "
                                   "copies would overwrite them; pass another folder")
+            other = _foreign_image(o)
+            if other is not None:
+                raise TledgeError(f"--save {out} already holds images an earlier --save did not write ({other}): "
+                                  "annotated copies of the same name would replace them; pass a new or empty folder")
+
+
+def _foreign_image(folder: Path, limit: int = 20000) -> str | None:
+    """An image in `folder` (at any depth) when no earlier --save marked it as its own (SAVE_MARKER); a folder too
+    large to look through is treated as holding some."""
+    from tledge.images import IMAGE_SUFFIXES
+    from tledge.runtime.outputs import SAVE_MARKER
+
+    if not folder.is_dir() or (folder / SAVE_MARKER).is_file():
+        return None
+    seen, stack = 0, [folder]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for e in entries:
+            seen += 1
+            if seen > limit:
+                return f"over {limit} entries"
+            if e.is_dir(follow_symlinks=False):
+                stack.append(Path(e.path))
+            elif Path(e.name).suffix.lower() in IMAGE_SUFFIXES:
+                return os.path.relpath(e.path, folder)
+    return None
 
 
 def _loop(runner, source, args) -> int | None:

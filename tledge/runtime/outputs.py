@@ -14,6 +14,7 @@ from tledge.runtime.sources import VIDEO_SUFFIXES
 
 CSV_FIELDS = ("source", "index", "status", "label", "score", "latency_ms", "prep_ms", "top", "error")
 _WRITABLE = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+SAVE_MARKER = ".tledge-save"  # in a --save folder: written by tledge run, so a later --save may replace its images
 
 
 # control characters (a terminal's escape sequences, a newline that fakes a result line), bidi overrides and
@@ -112,6 +113,10 @@ class SaveSink:
         self._tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
         if not self.video:
             self.path.mkdir(parents=True, exist_ok=True)
+            marker = self.path / SAVE_MARKER  # the next --save here may replace what this one writes
+            if not marker.is_file():
+                marker.write_text("Annotated copies written by `tledge run --save`: a later --save to this folder "
+                                  "may replace them.\n")
 
     def write(self, r: Result) -> None:
         if r.status != "ok" or r.frame is None or r.frame.image is None:
@@ -122,10 +127,15 @@ class SaveSink:
         else:
             import cv2
 
+            from tledge.io import atomic_write_bytes
+
             dst = self._image_path(r)
             dst.parent.mkdir(parents=True, exist_ok=True)
-            if not cv2.imwrite(str(dst), img):
-                raise TledgeError(f"cannot write {dst}")
+            # encoded here and written by Python: cv2.imwrite crashed (SIGSEGV) on a file name that is not UTF-8
+            done, data = cv2.imencode(dst.suffix, img)
+            if not done:
+                raise TledgeError(f"cannot encode {dst}")
+            atomic_write_bytes(dst, data.tobytes())
         self.written += 1
 
     def _image_path(self, r: Result) -> Path:
