@@ -318,3 +318,18 @@ def test_an_image_address_is_fetched_once_and_decoded_as_files_are(tmp_path):
             open_source(url.replace("p.png", "missing.png"))
     finally:
         server.shutdown()
+
+
+def test_a_name_with_spaces_around_it_is_that_file_and_other_spaces_are_dropped(tmp_path, monkeypatch):
+    """--source "trail " classified the folder "trail" beside it; " photo.jpg" was "not found"."""
+    import cv2
+
+    from tledge.runtime.sources import open_source
+
+    monkeypatch.chdir(tmp_path)
+    for name, value in (("trail /x.png", 10), ("trail/y.png", 20), (" sp.png", 30)):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(tmp_path / name), np.full((8, 8, 3), value, np.uint8))
+    assert [f.name for f in open_source("trail ").files] == ["x.png"]
+    assert [f.name for f in open_source("trail").files] == [f.name for f in open_source(" trail\n").files] == ["y.png"]
+    assert [f.name for f in open_source(" sp.png").files] == [" sp.png"]

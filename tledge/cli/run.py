@@ -207,7 +207,9 @@ def _local_inputs(spec: str | Path, *, listed: bool = True) -> tuple[list[Path],
     import glob
     import itertools
 
-    s = str(spec).strip()
+    from tledge.runtime.sources import source_text
+
+    s = source_text(spec)
     p = Path(s).expanduser()
     if p.is_file():
         return [p], None

@@ -9,6 +9,7 @@ reconnect with back-off when the stream drops. No TensorFlow; OpenCV is imported
 from __future__ import annotations
 
 import glob
+import os
 import re
 import sys
 import threading
@@ -284,13 +285,20 @@ class _PiCamera:
 
 # ---- open_source ----------------------------------------------------------------------------------
 
+def source_text(spec: str | Path) -> str:
+    """The source as typed, without the spaces a copy-paste adds around it, unless a file or folder has them in its
+    name ("trail " beside "trail", " photo.jpg")."""
+    s = str(spec)
+    return s if s != s.strip() and os.path.lexists(os.path.expanduser(s)) else s.strip()
+
+
 def open_source(spec: str | Path, *, retries: int = 5, backoff: float = 1.0,
                 on_event: Callable[[str], None] | None = _stderr, opener: Callable | None = None) -> Source:
     """An image file, a folder (recursive), a glob, a video file, a camera index (or /dev/videoN), an
     RTSP/HTTP URL, a GStreamer pipeline (contains '!') or `picamera2`. An existing file or folder
     always wins (a folder named `2024`, a photo with `!` in its name). `opener` replaces the capture
     factory of live sources (for tests and custom cameras)."""
-    s = str(spec).strip()
+    s = source_text(spec)
     live = dict(retries=retries, backoff=backoff, on_event=on_event)
     if s == "-" and not Path(s).exists():
         raise TledgeError("--source -: images are not read from standard input; pass an image, folder, glob, "
