@@ -1,6 +1,7 @@
 """Sources and the pipeline: images as people have them, videos, a camera that drops, order, overlap."""
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -290,8 +291,6 @@ def test_a_stream_that_ends_again_at_once_is_a_failed_attempt(tmp_path):
 
 
 def test_an_image_address_is_fetched_once_and_decoded_as_files_are(tmp_path):
-    import http.server
-
     import cv2
 
     from tledge.runtime.url_image import ImageURLSource
@@ -299,9 +298,24 @@ def test_an_image_address_is_fetched_once_and_decoded_as_files_are(tmp_path):
     img = np.zeros((20, 30, 3), np.uint8)
     img[:, :10] = (0, 0, 255)  # red on the left, in BGR
     cv2.imwrite(str(tmp_path / "p.png"), img)
+    with _served(tmp_path) as base:
+        url = f"{base}/p.png"
+        src = open_source(url)
+        assert isinstance(src, ImageURLSource) and len(src) == 1
+        frame = next(src.frames())
+        assert frame.rgb().shape == (20, 30, 3) and tuple(frame.rgb()[0, 0]) == (255, 0, 0)
+        with pytest.raises(TledgeError, match="cannot fetch"):
+            open_source(url.replace("p.png", "missing.png"))
+
+
+@contextlib.contextmanager
+def _served(folder: Path):
+    """http://127.0.0.1:PORT serving `folder` (no network: this machine only)."""
+    import http.server
+
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *a):
-            super().__init__(*a, directory=str(tmp_path))
+            super().__init__(*a, directory=str(folder))
 
         def log_message(self, *a):
             pass
@@ -309,15 +323,34 @@ def test_an_image_address_is_fetched_once_and_decoded_as_files_are(tmp_path):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/p.png"
-        src = open_source(url)
-        assert isinstance(src, ImageURLSource) and len(src) == 1
-        frame = next(src.frames())
-        assert frame.rgb().shape == (20, 30, 3) and tuple(frame.rgb()[0, 0]) == (255, 0, 0)
-        with pytest.raises(TledgeError, match="cannot fetch"):
-            open_source(url.replace("p.png", "missing.png"))
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
+
+
+def test_a_video_file_address_is_read_once_and_a_truncated_video_is_said(video, tmp_path):
+    """An .mp4 over http was a live stream: "stream lost after 24 frames; reconnecting", the file again from its
+    start, for ever (the attempt count restarts on each reconnection). A video cut in half ended quietly, exit 0."""
+    events = []
+    with _served(video.parent) as base:
+        src = open_source(f"{base}/{video.name}", on_event=events.append)
+        assert isinstance(src, VideoSource) and not src.live
+        assert len(list(src.frames())) == len(VIDEO_FRAMES) and not events, events
+    import cv2
+
+    w = cv2.VideoWriter(str(tmp_path / "v.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 12.0, (64, 64))
+    for f in VIDEO_FRAMES:  # an AVI's header comes first: a cut one still opens (a cut MP4 loses its index)
+        w.write(cv2.resize(cv2.imread(str(f)), (64, 64)))
+    w.release()
+    data = (tmp_path / "v.avi").read_bytes()
+    (tmp_path / "cut.avi").write_bytes(data[: len(data) // 2])
+    src = open_source(tmp_path / "cut.avi", on_event=events.append)
+    n = len(list(src.frames()))
+    assert 0 < n < len(VIDEO_FRAMES) - 2
+    assert events == [f"warning: {tmp_path / 'cut.avi'} ended after {n} of the {len(VIDEO_FRAMES)} frames its "
+                      "header gives (truncated or damaged?)"], events
+    assert len(list(open_source(tmp_path / "v.avi", on_event=events.append).frames())) == len(VIDEO_FRAMES)
+    assert len(events) == 1  # the whole file: no warning
 
 
 def test_a_name_with_spaces_around_it_is_that_file_and_other_spaces_are_dropped(tmp_path, monkeypatch):

@@ -25,6 +25,9 @@ from tledge.errors import ImageError, TledgeError
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts",
                   ".3gp", ".mjpeg", ".mjpg"}
+# an http(s) address ending in one of these is a video file (every frame, then the end), not a live stream; .ts, .mjpg
+# and .mjpeg addresses are usually live (IP cameras, broadcast streams)
+VIDEO_FILES = VIDEO_SUFFIXES - {".ts", ".mjpeg", ".mjpg"}
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 
 
@@ -109,18 +112,21 @@ class FileSource(Source):
 
 
 class VideoSource(Source):
-    """Every frame of a video file, in order."""
+    """Every frame of a video file (a path, or an http(s) address of a file), in order; a video that ends well
+    before the frame count its header gives (a truncated download or copy) is said."""
 
-    def __init__(self, path: Path, **kw):
+    def __init__(self, path: "Path | str", name: str | None = None, **kw):
         import cv2
 
-        super().__init__(str(path), "video", **kw)
+        super().__init__(name or str(path), "video", **kw)
         self._lock = threading.Lock()  # read() on the reader thread, close() maybe on another
         self._cap = cv2.VideoCapture(str(path))
         if not self._cap.isOpened():
-            raise TledgeError(f"cannot open video {path}: not a video OpenCV can decode")
+            raise TledgeError(f"cannot open video {self.name}: not a video OpenCV can decode")
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(fps) if fps and fps > 0 else None
+        count = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        self.announced = int(count) if count and count > 0 else None
 
     def frames(self) -> Iterator[Frame]:
         i = 0
@@ -132,6 +138,10 @@ class VideoSource(Source):
                     break
                 yield Frame(f"{self.name}#{i}", i, image=img, bgr=True, timestamp=time.time())
                 i += 1
+            n = self.announced
+            if n is not None and i < n - max(2, n // 50):  # headers estimate some counts: a few frames' slack
+                self.event(f"warning: {self.name} ended after {i} of the {n} frames its header gives "
+                           "(truncated or damaged?)")
         finally:
             self.close()
 
@@ -313,6 +323,8 @@ def open_source(spec: str | Path, *, retries: int = 5, backoff: float = 1.0,
         from tledge.runtime.url_image import ImageURLSource
 
         return ImageURLSource(s, on_event=on_event)  # a photo, not a stream: fetched once, decoded as files are
+    if s.lower().startswith(("http://", "https://")) and Path(urlsplit(s).path).suffix.lower() in VIDEO_FILES:
+        return VideoSource(s, name=redact(s), on_event=on_event)  # a file: every frame once, then the end
     if s.lower().startswith(STREAM_SCHEMES):
         return LiveSource(redact(s), opener or _cv2_opener(s, "CAP_FFMPEG"), **live)
     if "!" in s and not (glob.has_magic(s) and glob.glob(str(Path(s).expanduser()), recursive=True)):
