@@ -142,3 +142,6 @@ def test_read_labels_plain_and_teachable_machine(tmp_path):
     assert read_labels(tmp_path / "bg.txt") == ("background", "1 thing")
     with pytest.raises(ContractError):
         read_labels(tmp_path / "missing.txt")
+    (tmp_path / "gap.txt").write_text("\ncircle\n\nvstripes\n")  # dropping line 3 shifted vstripes to class 1
+    with pytest.raises(ContractError, match="line 3 is empty between labels"):
+        read_labels(tmp_path / "gap.txt")

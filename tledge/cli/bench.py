@@ -47,9 +47,10 @@ def run(args) -> int:
     for r in results:  # tledge's notes, as export's and run's: stderr, hidden by -q (and in --json's "notes")
         for note in r.get("notes", []):
             log.note(f"{r['name']}: {note}")
-    if all("error" in r for r in results):  # nothing measured: say so on stderr too (the table is on stdout)
+    failed = [r for r in results if "error" in r]
+    if failed:  # on stderr too (the table is on stdout), and not exit 0 when a file could not be measured
         from tledge.errors import TledgeError
 
-        why = "; ".join(f"{r['name']}: {' '.join(str(r['error']).split())}" for r in results)
-        raise TledgeError(f"no file could be measured: {why}")
+        why = "; ".join(f"{r['name']}: {' '.join(str(r['error']).split())}" for r in failed)
+        raise TledgeError(f"{'no file' if len(failed) == len(results) else 'not every file'} could be measured: {why}")
     return 0
