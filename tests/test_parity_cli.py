@@ -171,3 +171,17 @@ def test_a_file_of_another_model_is_a_usage_error_after_the_report(tiny_model, t
     assert last.endswith(", 4) differs from the reference (24, 3)"), err
     cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
     assert cases["other_model.tflite"].find("failure") is not None and cases["model_fp32.tflite"].find("failure") is None
+
+
+def test_junit_never_replaces_an_input(tiny_model, tiny_export, shapes_dataset, tmp_path, capsys):
+    """`--junit model.keras` reported PASSED and left 198 bytes of XML where the reference model was."""
+    folder = tmp_path / "x"
+    shutil.copytree(tiny_export.out, folder)
+    ref = tmp_path / "model.keras"
+    shutil.copy(tiny_model["keras"], ref)
+    for target in (ref, folder / "model_fp32.tflite"):
+        before = target.read_bytes()
+        rc = main(["parity", str(ref), str(folder), "--images", str(shapes_dataset / "val"), "--junit", str(target)])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and "an input of this command" in err, err
+        assert target.read_bytes() == before

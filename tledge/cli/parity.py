@@ -51,6 +51,8 @@ def _validate(args) -> None:
         V.preprocess(args.preprocess)
     if args.junit:
         V.output_file(args.junit, "--junit")
+        V.not_an_input(args.junit, "--junit", [p for p in (args.reference, *args.exported, args.golden,
+                                                            args.thresholds) if p])
 
 
 def run(args) -> int:
