@@ -164,6 +164,23 @@ def test_check_file_refuses_a_changed_file_and_notes_unlisted(tmp_path):
     assert artifacts.check_file(tmp_path / "elsewhere.tflite") == []  # no manifest: nothing to check
 
 
+def test_a_rejected_file_is_checked_against_the_manifest_above_it(tmp_path):
+    """rejected/model_int8.tflite ran with no note that it failed parity, and a changed one was not refused."""
+    d = tmp_path / "e"
+    d.mkdir()
+    (d / "rejected").mkdir()
+    (d / "model_fp16.tflite").write_bytes(b"the fallback")
+    (d / "rejected" / "model_int8.tflite").write_bytes(b"a rejected int8 file")
+    (tmp_path / "m.keras").write_bytes(b"m")
+    artifacts.write(d, artifacts.build(d, tmp_path / "m.keras", {"model_fp16.tflite": (True, {}),
+                                                                 "rejected/model_int8.tflite": (False, {})}))
+    notes = artifacts.check_file(d / "rejected" / "model_int8.tflite")
+    assert len(notes) == 1 and "rejected/model_int8.tflite was REJECTED at export" in notes[0]
+    (d / "rejected" / "model_int8.tflite").write_bytes(b"changed")
+    with pytest.raises(ModelLoadError, match="model_int8.tflite: changed since export"):
+        artifacts.check_file(d / "rejected" / "model_int8.tflite")
+
+
 def test_bundle_skips_files_that_failed_parity_or_are_missing(tmp_path):
     d = tmp_path / "e"
     verdicts = {n: (n != "model_int8.tflite", {}) for n in MODEL_FILES}

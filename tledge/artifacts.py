@@ -328,19 +328,24 @@ def check_file(path: str | Path) -> list[str]:
     """A model file about to be opened: if its folder has a manifest that lists it, it must verify
     (TledgeError naming it otherwise). Returns notes (failed parity, not listed)."""
     p = Path(path)
+    # a file the int8 fallback set aside: listed in the export folder's manifest, one level up, as rejected/NAME
+    folder, name = (p.parent.parent, f"{REJECTED}/{p.name}") if p.parent.name == REJECTED and \
+        (p.parent.parent / MANIFEST).is_file() and not (p.parent / MANIFEST).is_file() else (p.parent, p.name)
     try:
-        m = read(p.parent)
+        m = read(folder)
     except TledgeError:
-        return [f"{p.parent / MANIFEST} is unreadable: {p.name} is not vouched for"]
+        return [f"{folder / MANIFEST} is unreadable: {p.name} is not vouched for"]
     if m is None:
         return []
-    e = m.entry(p.name)
+    e = m.entry(name)
     if e is None:
         return [f"{p.name} is not listed in {MANIFEST} beside it: not vouched for by the export"]
-    bad = problems(p.parent, [e])
+    bad = problems(folder, [e])
     if bad:
         raise ModelLoadError(f"{p}: changed since export (sha256 differs from {MANIFEST}); refusing to use it: "
                           "run tledge export again")
+    if e.role == "rejected":
+        return [f"{name} was REJECTED at export: it failed parity and a float file ships instead (see parity.md)"]
     return [] if e.verdict == "pass" else [f"{p.name} FAILED parity at export (see parity.md)"]
 
 
