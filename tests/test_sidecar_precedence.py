@@ -92,7 +92,7 @@ def test_contradicting_sidecar_is_refused(case, expect, plain_model, shapes_data
                    "--out", str(out), *flags])
         err = capsys.readouterr().err.strip()
         # without --labels the class folders are checked against the sidecar's labels first
-        also = "are not the model's own labels" if case == "labels" and not flags else expect
+        also = "match none of the model's 2 labels" if case == "labels" and not flags else expect
         assert rc == 2 and len(err.splitlines()) == 1 and str(side) in err and (expect in err or also in err), err
         assert not out.exists()
 
@@ -125,3 +125,25 @@ def test_parity_takes_the_embedded_contract_not_a_stray_sidecar(plain_model, sha
     report = parity(model, [out], shapes_dataset / "val")
     assert report.passed and report.results[0].reference_accuracy > 0.9
     assert any("normalisation from the exported files' embedded contract (tf)" in n for n in report.notes), report.notes
+
+
+def test_val_folders_match_the_model_s_labels_as_parity_matches_them(tmp_path):
+    """export --val refused folders that differ from the model's labels only in case, spaces or Unicode form (macOS
+    writes 'Ä' decomposed), which train and parity accept."""
+    import unicodedata
+
+    from tledge.cli.validate import export_labels
+    from tledge.errors import TledgeError
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "labels.txt").write_text(unicodedata.normalize("NFC", "Ämeise") + "\nhoney bee\n")
+    for name in (unicodedata.normalize("NFD", "Ämeise"), "Honey  Bee"):
+        (tmp_path / "val" / name).mkdir(parents=True)
+        (tmp_path / "val" / name / "a.png").write_bytes(b"png")
+    notes = []
+    got = export_labels(tmp_path / "run" / "model.keras", None, {"--val": str(tmp_path / "val")}, notes.append)
+    assert got == str(tmp_path / "run" / "labels.txt") and not notes
+    (tmp_path / "val" / "wasps").mkdir()
+    (tmp_path / "val" / "wasps" / "a.png").write_bytes(b"png")
+    with pytest.raises(TledgeError, match="class folder.s. 'wasps' in --val .* match none of the model's 2 labels"):
+        export_labels(tmp_path / "run" / "model.keras", None, {"--val": str(tmp_path / "val")}, notes.append)

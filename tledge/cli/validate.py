@@ -379,7 +379,8 @@ def export_labels(model, labels: str | None, folders: dict[str, str | None], not
     """The labels file `tledge export` should use. --labels wins; else the model's own labels.txt.
     Class-folder names that contradict the model's own labels are refused; a model with no labels of
     its own gets the folder names, and `note` says so."""
-    from tledge.images import class_folders
+    from tledge.errors import DataError
+    from tledge.images import class_folders, match_labels
 
     if labels:
         return labels
@@ -390,10 +391,12 @@ def export_labels(model, labels: str | None, folders: dict[str, str | None], not
         names = tuple(n for n, files in class_folders(folder) if files)
         if len(names) < 2:
             continue
-        if own and not set(names) <= set(own):
-            raise TledgeError(f"the class folders of {flag} {folder} ({', '.join(names)}) are not the model's own "
-                              f"labels ({', '.join(own[:6])}{', ...' if len(own) > 6 else ''} in {where}): pass "
-                              "--labels FILE to say what the outputs mean, or rename the folders")
+        try:  # matched as parity and accuracy match them: case, spaces, underscores and Unicode form aside
+            if own:
+                match_labels(list(names), own, where=f"{flag} {folder}")
+        except DataError as exc:
+            raise TledgeError(f"{exc} (in {where}): pass --labels FILE to say what the outputs mean, or rename the "
+                              "folders") from None
         if not own:
             shown = ", ".join(names[:6]) + (f", ... ({len(names)} folders)" if len(names) > 6 else "")
             note(f"the model has no labels of its own: its outputs are named after the class folders of {flag} "
