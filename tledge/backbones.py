@@ -20,10 +20,11 @@ class Backbone:
     size: int  # default input size
     family: str
     takes_alpha: bool = False
+    min_size: int = 32  # the smallest input side keras.applications builds it with
 
 
-def _b(name, ctor, mode, size, family, alpha=False):
-    return name, Backbone(name, ctor, mode, size, family, alpha)
+def _b(name, ctor, mode, size, family, alpha=False, min_size=32):
+    return name, Backbone(name, ctor, mode, size, family, alpha, min_size)
 
 
 BACKBONES: dict[str, Backbone] = dict([
@@ -46,9 +47,9 @@ BACKBONES: dict[str, Backbone] = dict([
     _b("densenet201", "DenseNet201", "torch", 224, "densenet"),
     _b("vgg16", "VGG16", "caffe", 224, "vgg"),
     _b("vgg19", "VGG19", "caffe", 224, "vgg"),
-    _b("inception_v3", "InceptionV3", "tf", 299, "inception"),
-    _b("inception_resnet_v2", "InceptionResNetV2", "tf", 299, "inception"),
-    _b("xception", "Xception", "tf", 299, "inception"),
+    _b("inception_v3", "InceptionV3", "tf", 299, "inception", min_size=75),
+    _b("inception_resnet_v2", "InceptionResNetV2", "tf", 299, "inception", min_size=75),
+    _b("xception", "Xception", "tf", 299, "inception", min_size=71),
     _b("nasnet_mobile", "NASNetMobile", "tf", 224, "nasnet"),
     _b("nasnet_large", "NASNetLarge", "tf", 331, "nasnet"),
     *[_b(f"convnext_{k}", f"ConvNeXt{c}", "raw", 224, "convnext")
@@ -121,6 +122,9 @@ def build(name: str, input_shape: tuple[int, int, int], *, weights: str | Path |
                 "download the no-top .h5 file (the URL above) elsewhere and pass it with --weights PATH, or put "
                 "it in ~/.keras/models/ where Keras looks before downloading."
             ) from None
-        raise TledgeError(f"could not build {name} with weights={weights}: {exc} (--weights takes the backbone's "
-                          "no-top ImageNet file for this --alpha, keras.applications' *_no_top.h5; a whole "
-                          "classifier's .h5, its 1000-class top included, does not fit)") from None
+        why = " ".join(str(exc).split())  # Keras lists every layer it could not load, over many lines
+        why = why if len(why) <= 300 else why[:300] + " ..."
+        hint = "" if weights is None else (" (--weights takes the backbone's no-top ImageNet file for this --alpha, "
+                                           "keras.applications' *_no_top.h5; a whole classifier, its top included, "
+                                           "or a trained model.keras does not fit)")
+        raise TledgeError(f"could not build {name} with weights={weights}: {why}{hint}") from None

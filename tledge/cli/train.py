@@ -89,11 +89,18 @@ def _validate(args) -> None:
     V.in_range(args.lr, "--lr", 0, 10, lo_open=True)  # NaN and inf too (inf trained on NaN losses)
     V.in_range(args.fine_tune_lr, "--fine-tune-lr", 0, 10, lo_open=True)
     V.in_range(args.alpha, "--alpha", 0, 4, lo_open=True)
+    V.in_range(args.seed, "--seed", 0, 2**32 - 1)  # TensorFlow's range: a traceback after loading it otherwise
+    from tledge import backbones
+
+    least = backbones.get(args.backbone).min_size
+    if args.size is not None and args.size < least:
+        from tledge.errors import TledgeError
+
+        raise TledgeError(f"--size {args.size}: {args.backbone} takes inputs of at least {least}x{least}")
     from tledge.train.distributed import tf_config
 
     tf_config()  # a TF_CONFIG TensorFlow would refuse with a traceback, refused in one line before it loads
     if args.alpha is not None:
-        from tledge import backbones
         from tledge.errors import TledgeError
 
         if not backbones.get(args.backbone).takes_alpha:  # it was ignored, and training went on
