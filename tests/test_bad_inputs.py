@@ -71,6 +71,21 @@ def train_folder(tmp: Path) -> str:
     return str(tmp / "run")
 
 
+def with_split(tmp: Path, moved: bool = False) -> str:
+    """A model `tledge train` left, with its split/ links to the images (to a deleted folder when `moved`)."""
+    model = h5(tmp, "run/model.h5")
+    data = Path(images(tmp, "photos"))
+    for part in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp / "run" / "split" / part / c).mkdir(parents=True)
+            os.symlink(data / c / "0.png", tmp / "run" / "split" / part / c / "0.png")
+    if moved:
+        import shutil
+
+        shutil.rmtree(data)
+    return model
+
+
 def fifo(tmp: Path, name: str) -> str:
     os.mkfifo(tmp / name)
     return str(tmp / name)
@@ -115,6 +130,12 @@ class Case:
 
 CASES = [
     # ---- export -----------------------------------------------------------------------------------------
+    Case("export-split-found-then-a-bad-option", lambda t: ["export", with_split(t), "--fidelity", "1.5"],
+         "--fidelity must be in (0, 1]"),  # the note naming split/ came first: two lines
+    Case("export-split-leads-nowhere", lambda t: ["export", with_split(t, moved=True)],
+         "split/ no longer leads to its images (the data folder moved or was deleted)"),
+    Case("export-fp16-without-tflite", lambda t: export(t, "--formats", "onnx", "--fp16", "--dynamic"),
+         "--fp16 and --dynamic: TFLite precisions, and --formats onnx writes no TFLite file"),
     Case("export-model-missing", lambda t: ["export", str(t / "no.h5")], "MODEL {tmp}/no.h5: model file not found"),
     Case("export-model-folder-not-savedmodel", lambda t: ["export", d(t, "m")], "not a SavedModel"),
     Case("export-model-is-a-train-folder", lambda t: ["export", train_folder(t)],

@@ -61,7 +61,7 @@ def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help="print the parity report as JSON")
     from tledge.devices.options import add_device_argument
 
-    add_device_argument(p)
+    add_device_argument(p, wins="--formats, --int8, --fp16 and --dynamic")
 
 
 def _plan(args) -> tuple[tuple[str, ...], set[str], object]:
@@ -77,26 +77,31 @@ def _plan(args) -> tuple[tuple[str, ...], set[str], object]:
     return formats or opts.formats, flags or (set(opts.precisions) - {"fp32"}), opts
 
 
-def _validate(args):
-    """Every path and option, before TensorFlow or the model is loaded. Returns the output folder."""
+def _validate(args, notes: list[str]):
+    """Every path and option, before TensorFlow or the model is loaded. Returns the output folder; `notes` gets what
+    to say once everything is checked (a refused command prints its one error line only)."""
     from tledge.cli import validate as V
     from tledge.export.formats import FORMATS
+    from tledge.images import TRAINING_SPLIT
 
     model = V.keras_model(args.model, "MODEL")
     out = Path(args.out) if args.out else model.with_name(model.stem + "_export")
     if not args.calib:  # a model `tledge train` wrote: the images it trained (and validated) on
-        from tledge.export.imagesets import training_split
+        from tledge.export.imagesets import split_is_dangling, training_split
 
         found = training_split(model)
         if found and args.val:  # calibrate on the training images, not on the images parity checks
             if found[0]:
                 args.calib = found[0]
-                _note(f"images: --calib {args.calib}, the training run's training images (symbolic links it left "
-                      "beside the model)")
+                notes.append(f"images: --calib {args.calib}, the training run's training images (symbolic links it "
+                             "left beside the model)")
         elif found:
             args.calib, args.val = found
-            _note(f"images: --calib {args.calib or '(the validation images)'} and --val {args.val}, the training "
-                  "run's training and held-out images (symbolic links it left beside the model)")
+            notes.append(f"images: --calib {args.calib or '(the validation images)'} and --val {args.val}, the "
+                         "training run's training and held-out images (symbolic links it left beside the model)")
+        elif not args.val and split_is_dangling(model):
+            raise TledgeError(f"the training run's {model.parent / TRAINING_SPLIT}/ no longer leads to its images "
+                              "(the data folder moved or was deleted): pass --calib DIR and --val DIR")
     V.output_dir(out, "--out")
     if args.calib and args.calib != "random":
         V.image_dir(args.calib, "--calib")
@@ -115,6 +120,11 @@ def _validate(args):
     for f in (s.strip() for s in (args.formats or "").split(",") if s.strip()):
         if f not in kinds:
             raise TledgeError(f"--formats: unknown format {f!r}; known: {', '.join(kinds)}")
+    wrong = [f for f in ("fp16", "dynamic") if getattr(args, f)]
+    listed = {s.strip() for s in (args.formats or "").split(",") if s.strip()}
+    if wrong and listed and "tflite" not in listed:
+        raise TledgeError(f"{' and '.join('--' + f for f in wrong)}: TFLite precisions, and --formats "
+                          f"{args.formats} writes no TFLite file (ONNX files are fp32 and int8)")
     if args.preprocess == "auto" and not args.val:  # it chooses by accuracy on labelled images
         raise TledgeError("--preprocess auto needs labelled --val images (class folders) to choose by")
     if args.force and args.preprocess != "auto":
@@ -128,15 +138,18 @@ def run(args) -> int:
 
     from tledge import log
 
-    out = _validate(args)
-    log.keep_log(out / "export.log")  # TensorFlow's and the converters' own messages (shown with -v)
+    notes: list[str] = []
+    out = _validate(args, notes)
     input_size = V.size(args.input_size)
     thresholds = load_thresholds(args.thresholds) if args.thresholds else {}
     formats, precisions, device = _plan(args)
     if args.int8_only and "int8" not in precisions:
         raise TledgeError("--int8-only is about int8 files: add --int8")
     _check_onnx_options(args, formats)
-    labels = _labels(args)
+    labels = _labels(args, notes)
+    for note in notes:  # everything checked: what export chose for the user
+        _note(note)
+    log.keep_log(out / "export.log")  # TensorFlow's and the converters' own messages (shown with -v)
     from tledge.export.pipeline import ExportConfig, export
 
     cfg = ExportConfig(
@@ -165,11 +178,11 @@ def _check_onnx_options(args, formats) -> None:
                           f"{', '.join(formats)} only (TFLite files stay NHWC)")
 
 
-def _labels(args) -> str | None:
+def _labels(args, notes: list[str]) -> str | None:
     """--labels, else the model's own labels.txt; refuses class folders that contradict the model's labels."""
     from tledge.cli.validate import export_labels
 
-    return export_labels(args.model, args.labels, {"--val": args.val, "--calib": args.calib}, note=_note)
+    return export_labels(args.model, args.labels, {"--val": args.val, "--calib": args.calib}, note=notes.append)
 
 
 def _note(message: str) -> None:

@@ -232,13 +232,14 @@ def load_for_device(path: "str | Path", device: "str | Profile | None" = None, *
 
 
 # ---- for other commands: `--device` --------------------------------------------------------------
-def add_device_argument(parser) -> None:
-    """Add `--device NAME` (a profile name, or `auto` to detect this machine) to an argparse parser."""
+def add_device_argument(parser, wins: str = "explicit options such as --threads") -> None:
+    """Add `--device NAME` (a profile name, or `auto` to detect this machine) to an argparse parser; `wins` names the
+    verb's options that override the profile."""
     from tledge.devices.profiles import profile_names
 
     parser.add_argument("--device", metavar="NAME", default=None,
                         help=f"device profile: {', '.join(profile_names())}, or auto (detect this machine); "
-                             "explicit options such as --threads win over it")
+                             f"{wins} win over it")
 
 
 def device_from_args(args) -> Profile | None:

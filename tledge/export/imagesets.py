@@ -44,6 +44,15 @@ def load_images(folder: str | Path, contract: Contract, limit: int, labels: tupl
     return np.stack(xs), (None if y is None else y[keep]), [files[i] for i in keep]
 
 
+def split_is_dangling(model_path: str | Path) -> bool:
+    """Whether the model's folder has the split/ a training run leaves, with no image its links lead to (the data
+    moved): export then says so instead of asking for images after loading the model."""
+    from tledge.images import TRAINING_SPLIT, has_images
+
+    root = Path(model_path).parent / TRAINING_SPLIT
+    return root.is_dir() and not any(has_images(root / part) for part in ("train", "val") if (root / part).is_dir())
+
+
 def training_split(model_path: str | Path) -> tuple[str | None, str] | None:
     """(calibration folder, validation folder) of the training run a model comes from: `tledge train` leaves
     OUT/split/train and OUT/split/val (symbolic links to the images it trained and validated on) beside
