@@ -114,15 +114,19 @@ def describe(info: dict) -> list[str]:
 
 
 def _folder(folder, as_json: bool) -> int:
-    """The export manifest, each file checked against it now. Exit 2 when one is missing or changed."""
+    """The export manifest, each file checked against it now. As `tledge run` and bundle judge the folder: exit 2
+    when a listed file changed (or a side file is missing); a missing model file is left out with a note."""
     from tledge import artifacts
     from tledge.errors import TledgeError
 
     m = artifacts.require(folder, "tledge info")
     rows = artifacts.summary(m, folder)
-    bad = [f"{r['file']}: {r['state']}" for r in rows if r["state"] != "ok" and r["role"] != "rejected"]
+    bad = [f"{r['file']}: {r['state']}" for r in rows if r["role"] != "rejected" and
+           (r["state"] == "changed" or (r["state"] == "missing" and r["role"] == "side"))]
+    gone = [r["file"] for r in rows if r["state"] == "missing" and r["role"] == "model"]
     if as_json:
-        print(json.dumps({**m.to_dict(), "files": rows, "problems": bad}, indent=2, ensure_ascii=False))
+        print(json.dumps({**m.to_dict(), "files": rows, "problems": bad, "missing": gone}, indent=2,
+                         ensure_ascii=False))
     else:
         src = m.source
         print(f"export     {folder}  (tledge {m.tledge}, {m.created})")
@@ -139,4 +143,9 @@ def _folder(folder, as_json: bool) -> int:
         print(f"vouched    {', '.join(vouched) or 'none'}")
     if bad:
         raise TledgeError(f"{folder} no longer matches its {artifacts.MANIFEST}: {'; '.join(bad)}")
+    if gone:
+        from tledge import log
+
+        log.note(f"{', '.join(gone)} listed in {artifacts.MANIFEST} but missing: left out (run and bundle skip "
+                 "it too)")
     return 0
