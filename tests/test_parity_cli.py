@@ -185,3 +185,20 @@ def test_junit_never_replaces_an_input(tiny_model, tiny_export, shapes_dataset, 
         err = capsys.readouterr().err.strip()
         assert rc == 2 and len(err.splitlines()) == 1 and "an input of this command" in err, err
         assert target.read_bytes() == before
+
+
+def test_files_of_one_name_are_told_apart_and_a_file_named_twice_is_checked_once(tiny_model, tiny_export,
+                                                                                 shapes_dataset, tmp_path, capsys):
+    """Two export folders gave two rows named model_fp32.tflite (and two JUnit cases of that name); a folder and a
+    file in it listed that file twice."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        shutil.copy(tiny_export.out / "model_fp32.tflite", tmp_path / name)
+    junit = tmp_path / "j.xml"
+    rc = main(["parity", str(tiny_model["keras"]), str(tmp_path / "a"), str(tmp_path / "a" / "model_fp32.tflite"),
+               str(tmp_path / "b" / "model_fp32.tflite"), "--images", str(shapes_dataset / "val"), "--json",
+               "--junit", str(junit)])
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 0 and [r["file"] for r in report["results"]] == ["a/model_fp32.tflite", "b/model_fp32.tflite"]
+    assert [c.get("name") for c in ET.parse(junit).getroot().iter("testcase")] == ["a/model_fp32.tflite",
+                                                                                   "b/model_fp32.tflite"]

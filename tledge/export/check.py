@@ -31,7 +31,27 @@ def exported_files(paths: Sequence[str | Path]) -> list[Path]:
             raise DataError(f"exported file or folder not found: {p}")
     if not out:
         raise DataError(f"no .tflite or .onnx files in {', '.join(map(str, paths))}")
-    return out
+    seen: set[Path] = set()
+    unique = []
+    for f in out:  # a folder and a file in it, or one file named twice: checked once
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
+
+
+def display_names(files: Sequence[Path]) -> list[str]:
+    """How each file is named in the report: its name, or, where two files share one (two export folders), the
+    shortest tail of its path that tells them apart."""
+    names = []
+    for f in files:
+        parts = f.resolve().parts
+        k = 1
+        while k < len(parts) and sum(g.resolve().parts[-k:] == parts[-k:] for g in files) > 1:
+            k += 1
+        names.append("/".join(parts[-k:]))
+    return names
 
 
 # ---- precision from the file -------------------------------------------------------------------------
@@ -148,15 +168,18 @@ def _load(path: Path, has_contract: bool, preprocess: str | None, size: tuple[in
         return load(path, threads=threads, input_size=size, **options)
 
 
-def _failed(path: Path, kind: str, precision: str, n: int, message: str) -> ParityResult:
-    return ParityResult(path.name, kind, precision, n, float("inf"), float("inf"), float("inf"), 0.0, None, None,
+def _failed(name: str, kind: str, precision: str, n: int, message: str) -> ParityResult:
+    return ParityResult(name, kind, precision, n, float("inf"), float("inf"), float("inf"), 0.0, None, None,
                         False, [message])
 
 
 def check_file(path: Path, has_contract: bool, reference: np.ndarray, inputs: _Inputs, *, labels,
-               thresholds: dict[str, Thresholds], preprocess: str | None, size, threads=None) -> ParityResult:
-    """Load `path`, feed it its own prepared inputs, compare with the reference outputs."""
+               thresholds: dict[str, Thresholds], preprocess: str | None, size, threads=None,
+               name: str | None = None) -> ParityResult:
+    """Load `path`, feed it its own prepared inputs, compare with the reference outputs; the result is `name`d
+    (default: the file's name)."""
     kind = _SUFFIX_KIND.get(path.suffix.lower(), path.suffix)
+    name = name or path.name
     try:
         model = _load(path, has_contract, preprocess, size, threads)
         precision = precision_of(model)
@@ -164,9 +187,9 @@ def check_file(path: Path, has_contract: bool, reference: np.ndarray, inputs: _I
         out = np.concatenate([model.predict(x[i:i + 32]) for i in range(0, len(x), 32)])
         latency = one_image_ms(model.predict, x)
     except Exception as exc:  # a broken file is a parity failure, reported with the others
-        return _failed(path, kind, "?", len(reference), f"could not run: {exc.__class__.__name__}: {exc}")
+        return _failed(name, kind, "?", len(reference), f"could not run: {exc.__class__.__name__}: {exc}")
     t = Thresholds.lookup(thresholds, path.name, precision)
-    r = compare(reference, out, file=path.name, format=kind, precision=precision, thresholds=t, labels=labels)
+    r = compare(reference, out, file=name, format=kind, precision=precision, thresholds=t, labels=labels)
     r.latency_ms, r.size_bytes = latency, path.stat().st_size
     return r
 
@@ -198,15 +221,15 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
     inputs = _Inputs(paths)
     ref = loader.run_reference(serve, inputs.for_contract(contract))
     results = [check_file(f, c is not None, ref, inputs, labels=y, thresholds=thresholds or {},
-                          preprocess=preprocess, size=contract.size, threads=threads)
-               for f, c in zip(files, contracts)]
+                          preprocess=preprocess, size=contract.size, threads=threads, name=name)
+               for f, c, name in zip(files, contracts, display_names(files))]
     report = ParityReport(images=len(paths), results=results, reference=str(reference))
     for r in results:
-        named = r.file.rsplit(".", 1)[0].rsplit("_", 1)[-1]
+        named = r.file.rsplit("/", 1)[-1].rsplit(".", 1)[0].rsplit("_", 1)[-1]
         if named in PRECISIONS and r.precision not in (named, "?"):
             report.notes.append(f"{r.file}: named {named}, but its tensors are {r.precision}; checked as "
                                 f"{r.precision}")
-    foreign = [f.name for f, c in zip(files, contracts) if c is None and f not in unreadable]
+    foreign = [n for f, c, n in zip(files, contracts, display_names(files)) if c is None and f not in unreadable]
     if foreign:
         report.notes.append(f"no tledge contract in {', '.join(foreign)}: input inferred from the file"
                             + (f" with --preprocess {preprocess}" if preprocess else ""))
