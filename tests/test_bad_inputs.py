@@ -136,6 +136,7 @@ CASES = [
          "split/ no longer leads to its images (the data folder moved or was deleted)"),
     Case("export-fp16-without-tflite", lambda t: export(t, "--formats", "onnx", "--fp16", "--dynamic"),
          "--fp16 and --dynamic: TFLite precisions, and --formats onnx writes no TFLite file"),
+    Case("export-unknown-option", lambda t: export(t, "--bogus", "1"), "unrecognized arguments: --bogus 1"),
     Case("export-model-missing", lambda t: ["export", str(t / "no.h5")], "MODEL {tmp}/no.h5: model file not found"),
     Case("export-model-folder-not-savedmodel", lambda t: ["export", d(t, "m")], "not a SavedModel"),
     Case("export-model-is-a-train-folder", lambda t: ["export", train_folder(t)],

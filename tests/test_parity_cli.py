@@ -195,9 +195,9 @@ def test_files_of_one_name_are_told_apart_and_a_file_named_twice_is_checked_once
         (tmp_path / name).mkdir()
         shutil.copy(tiny_export.out / "model_fp32.tflite", tmp_path / name)
     junit = tmp_path / "j.xml"
-    rc = main(["parity", str(tiny_model["keras"]), str(tmp_path / "a"), str(tmp_path / "a" / "model_fp32.tflite"),
-               str(tmp_path / "b" / "model_fp32.tflite"), "--images", str(shapes_dataset / "val"), "--json",
-               "--junit", str(junit)])
+    rc = main(["parity", str(tiny_model["keras"]), str(tmp_path / "a"), "--images", str(shapes_dataset / "val"),
+               str(tmp_path / "a" / "model_fp32.tflite"), "--json", str(tmp_path / "b" / "model_fp32.tflite"),
+               "--junit", str(junit)])  # files after options too (they were "unrecognized arguments")
     report = json.loads(capsys.readouterr().out)
     assert rc == 0 and [r["file"] for r in report["results"]] == ["a/model_fp32.tflite", "b/model_fp32.tflite"]
     assert [c.get("name") for c in ET.parse(junit).getroot().iter("testcase")] == ["a/model_fp32.tflite",

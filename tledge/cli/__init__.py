@@ -155,9 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     available = _available()
     parser = _parser(available, _chosen(argv, available))
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
     except SystemExit as exc:  # argparse: 0 for --help, 2 for usage errors
         return int(exc.code or 0)
+    if extra:  # files after an option (`tledge parity m.keras --images val/ export/`): the verb's file list
+        more = getattr(importlib.import_module(f"tledge.cli.{args.command}"), "MORE_FILES", None) \
+            if args.command else None
+        if more is None or any(e.startswith("-") for e in extra):
+            prog = f"tledge {args.command}" if args.command else "tledge"
+            print(f"{prog}: error: unrecognized arguments: {' '.join(extra)} (see {prog} --help)", file=sys.stderr)
+            return 2
+        setattr(args, more, [*(getattr(args, more) or []), *extra])
     if not args.command:  # the commands on stdout, what went wrong on stderr (one line)
         parser.print_help()
         print("tledge: error: no command given (the commands are listed above)", file=sys.stderr)

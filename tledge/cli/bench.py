@@ -10,6 +10,9 @@ import json
 from tledge.runtime.options import add_model_options, load_kwargs
 
 
+MORE_FILES = "models"  # file arguments after an option join this list (tledge.cli.main)
+
+
 def add_arguments(p) -> None:
     p.add_argument("models", nargs="+", help=".tflite / .onnx files, or export folders")
     p.add_argument("--runs", type=int, default=50, help="timed inferences per file (default 50)")

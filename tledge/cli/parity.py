@@ -11,6 +11,9 @@ from pathlib import Path
 from tledge.errors import TledgeError
 
 
+MORE_FILES = "exported"  # file arguments after an option join this list (tledge.cli.main)
+
+
 def add_arguments(p) -> None:
     p.add_argument("reference", nargs="?", help="the Keras model (.keras, .h5, SavedModel folder)")
     p.add_argument("exported", nargs="*", help="exported .tflite/.onnx files or export folders")
