@@ -12,7 +12,7 @@ from tledge.errors import TledgeError, TledgeWarning
 from tledge.train import train
 
 
-def test_resume_continues_where_it_stopped(shapes_dataset, weights, tmp_path, monkeypatch):  # noqa: F811
+def test_resume_continues_where_it_stopped(shapes_dataset, weights, tmp_path, monkeypatch, capsys):  # noqa: F811
     from tledge.train import finetune
 
     settings = dict(epochs=2, fine_tune_epochs=3, dropout=0.3, unfreeze=12, patience=0)  # dropout: reseeded per epoch
@@ -64,6 +64,17 @@ def test_resume_continues_where_it_stopped(shapes_dataset, weights, tmp_path, mo
     files = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     again = train(shapes_dataset, cfg(weights, out, resume=True, **settings))
     assert again.val_accuracy == resumed.val_accuracy and again.metrics == resumed.metrics
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == files
+    # ... on other images: said (the note listed other settings, never the data)
+    import shutil
+
+    fewer = tmp_path / "fewer"
+    shutil.copytree(shapes_dataset, fewer)
+    next(p for p in sorted((fewer / "train").rglob("*")) if p.is_file()).unlink()
+    capsys.readouterr()
+    train(fewer, cfg(weights, out, resume=True, verbose=1, **settings))
+    err = capsys.readouterr().err
+    assert "is complete: nothing to resume (it was made with other settings: images " in err, err
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == files
 
 

@@ -82,11 +82,11 @@ def _differences(state: dict, cfg: TrainConfig, labels, data: dict | None = None
     return diff
 
 
-def _already_complete(cfg: TrainConfig, ckpt: Checkpoints, labels, log) -> TrainResult:
+def _already_complete(cfg: TrainConfig, ckpt: Checkpoints, plan: td.DataPlan, log) -> TrainResult:
     """`--resume` on a finished run: its result, exit 0 (a scheduler passes --resume on every restart, and a restart
-    after the run finished is not a failure). Other settings than the run's are said, not trained."""
+    after the run finished is not a failure). Other settings or images than the run's are said, not trained."""
     state = ckpt.load_state()
-    diff = _differences(state, cfg, labels)
+    diff = _differences(state, cfg, plan.classes, td.fingerprint(plan))
     try:
         metrics = json.loads((cfg.out / "metrics.json").read_text(encoding="utf-8"))
         contract = Contract.load(cfg.out / "tledge.json")
@@ -224,7 +224,7 @@ def train(data_dir: str | Path, config: TrainConfig | None = None) -> TrainResul
         ckpt = Checkpoints(out / "checkpoints")
         finished = chief and cfg.resume and ckpt.exists() and _complete(ckpt)
         if finished and not distributed.tf_config():
-            return _already_complete(cfg, ckpt, plan.classes, log)
+            return _already_complete(cfg, ckpt, plan, log)
         # a cluster's chief says so to the workers, which wait for it (they have no checkpoint of their own)
         resumed = (ckpt.load_state() if finished else _start(cfg, ckpt, plan.classes, td.fingerprint(plan))) \
             if chief else None  # workers: the chief's
@@ -280,7 +280,7 @@ def _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, read, reporters
                                       "classes": list(plan.classes), "training images": len(plan.train.files)})
         resumed = dist.broadcast_json(env.runner, topo, resumed)  # the chief's checkpoint state, everywhere
         if resumed is not None and resumed.get("complete"):  # a scheduler's restart after the run finished
-            return _already_complete(cfg, ckpt, plan.classes, log) if topo.cluster.rank == 0 else \
+            return _already_complete(cfg, ckpt, plan, log) if topo.cluster.rank == 0 else \
                 _finished_worker(cfg, topo, resumed, plan, contract, t0, log)
         log(f"model: {contract.extra['backbone']} {contract.height}x{contract.width}x{contract.channels}, "
             f"{env.description}{', resuming' if resumed else ''}")
