@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -293,3 +294,43 @@ def test_sigterm_ends_a_command_like_ctrl_c_with_its_cleanup(tmp_path):
     assert res.stdout.split() == ["143", "True"], (res.stdout, res.stderr[-2000:])
     assert "cleanup ran" in res.stderr and "tledge info: terminated (SIGTERM)" in res.stderr
 
+
+
+def test_a_stopped_command_whose_output_folder_went_keeps_its_log_and_a_late_sigterm_is_not_exit_0(tmp_path):
+    """An export into a new --out stopped by Ctrl-C or SIGTERM removed the folder, export.log with it (the README
+    says the log is kept); a SIGTERM that landed in a finalizer ('Exception ignored in ... __del__') gave exit 0."""
+    stopped = ("import os, shutil, signal, sys, time\n"
+               "import tledge.cli.info as verb\n"
+               "from tledge import log\n"
+               "def run(args):\n"
+               f"    out = {str(tmp_path / 'new')!r}\n"
+               "    os.mkdir(out)\n"
+               "    log.keep_log(out + '/export.log')\n"
+               "    os.write(2, b'a converter says something\\n')\n"
+               "    try:\n"
+               "        os.kill(os.getpid(), signal.SIGTERM)\n"
+               "        time.sleep(30)\n"
+               "    finally:\n"
+               "        shutil.rmtree(out)\n"
+               "verb.run = run\n"
+               "from tledge.cli import main\n"
+               "print(main(['info', 'x.tflite']))\n")
+    res = _python(stopped)
+    assert res.stdout.split() == ["143"], res.stderr[-2000:]
+    kept = re.search(r"messages are in (\S+\.log)", res.stderr)
+    assert kept and "a converter says something" in Path(kept.group(1)).read_text(), res.stderr
+    Path(kept.group(1)).unlink()
+    late = ("import os, signal, time\n"
+            "import tledge.cli.info as verb\n"
+            "class Finalized:\n"
+            "    def __del__(self):\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "        time.sleep(0.2)\n"
+            "def run(args):\n"
+            "    Finalized()\n"
+            "    return 0\n"
+            "verb.run = run\n"
+            "from tledge.cli import main\n"
+            "print(main(['info', 'x.tflite']))\n")
+    res = _python(late)
+    assert res.stdout.split() == ["143"] and "tledge info: terminated (SIGTERM)" in res.stderr, res.stderr[-2000:]

@@ -336,12 +336,13 @@ def _settle_log(c: Console) -> None:
         c.log_path = None
 
 
-def finish(c: Console, crashed: bool) -> None:
-    """A log left in the temporary folder: named when the command crashed (and it says something), else removed."""
+def finish(c: Console, crashed: bool, stopped: bool = False) -> None:
+    """A log left in the temporary folder: named when the command crashed (and it says something), or was stopped
+    (Ctrl-C, SIGTERM) after its output folder, where the log was to go, was removed; else removed."""
     log = c.log_path
     if log is None or c.keep == log or not log.exists():
         return
-    if crashed and log.stat().st_size:
+    if (crashed or (stopped and c.keep is not None)) and log.stat().st_size:
         c.say("note", f"TensorFlow's and other libraries' messages are in {log} (-v shows them)")
         return
     log.unlink()

@@ -151,6 +151,8 @@ def _available() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _SIGTERM_SEEN
+    _SIGTERM_SEEN = False
     argv = list(sys.argv[1:] if argv is None else argv)
     available = _available()
     parser = _parser(available, _chosen(argv, available))
@@ -183,8 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     rc, previous = None, _catch_sigterm()
     try:
         rc = _run(args, console)
-    finally:  # a crash (a traceback follows): say where the libraries' messages are
-        log.finish(console, rc is None)
+        if _SIGTERM_SEEN and rc != 143:  # it landed in a finalizer (`Exception ignored in ... __del__`): still said
+            print(f"tledge {args.command}: terminated (SIGTERM)", file=sys.stderr)
+            rc = 143
+    finally:  # a crash (a traceback follows) or a stop: say where the libraries' messages are, if not kept
+        log.finish(console, rc is None, stopped=rc in (130, 143))
         log.uninstall()
         if previous is not None:
             import signal
@@ -198,7 +203,12 @@ class Terminated(BaseException):
     is kept in its folder, staging folders and locks go. It killed the process outright, its log left in /tmp."""
 
 
+_SIGTERM_SEEN = False
+
+
 def _on_sigterm(signum, frame):
+    global _SIGTERM_SEEN
+    _SIGTERM_SEEN = True
     raise Terminated
 
 
