@@ -17,7 +17,8 @@ def test_a_whole_classifier_h5_as_weights_is_refused_with_what_fits():
     from tledge.errors import TledgeError
 
     whole = shared_asset("keras_imagenet_models", "mobilenet_v1_0.25_224.h5")
-    with pytest.raises(TledgeError, match=r"could not build mobilenet .*no-top ImageNet file.*a whole classifier, its top included"):
+    with pytest.raises(TledgeError, match=r"could not build mobilenet .*no-top ImageNet file.*a whole classifier, "
+                                          r"its top included"):
         backbones.build("mobilenet", (224, 224, 3), weights=whole, alpha=0.25)
 
 

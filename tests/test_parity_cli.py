@@ -170,7 +170,8 @@ def test_a_file_of_another_model_is_a_usage_error_after_the_report(tiny_model, t
     assert last.startswith("tledge parity: error: other_model.tflite: not an export of"), err
     assert last.endswith(", 4) differs from the reference (24, 3)"), err
     cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
-    assert cases["other_model.tflite"].find("failure") is not None and cases["model_fp32.tflite"].find("failure") is None
+    assert cases["other_model.tflite"].find("failure") is not None
+    assert cases["model_fp32.tflite"].find("failure") is None
 
 
 def test_junit_never_replaces_an_input(tiny_model, tiny_export, shapes_dataset, tmp_path, capsys):
