@@ -96,8 +96,8 @@ def test_a_model_closes_and_its_arguments_are_checked(name):
         assert m.classify(IMAGES[0])
     with pytest.raises(ModelRunError, match="is closed"):
         m.classify(IMAGES[0])
-    for threads in (0, -1, 1.5, True):  # -1 was accepted by onnxruntime and refused by LiteRT
-        with pytest.raises(ValueError, match="threads must be an integer >= 1"):
+    for threads in (0, -1, 1.5, True, 100000):  # -1 was accepted by onnxruntime; 100000 segfaulted LiteRT
+        with pytest.raises(ValueError, match=r"threads must be an integer in \[1, 1024\]"):
             load(TINY / name, threads=threads)
     with pytest.raises(TledgeError, match="takes the path"):
         load(None)
@@ -163,3 +163,15 @@ def test_what_is_not_an_image_is_said_and_files_and_pil_images_read_as_their_pat
         as_file = m.classify(path, top_k=3)
         assert m.classify(Image.open(path), top_k=3) == as_file
         assert as_file[0].label == m.classify(upright)[0].label == "hstripes"
+
+
+def test_tledge_threads_out_of_range_is_refused_not_ignored_or_taken(monkeypatch):
+    """TLEDGE_THREADS=abc / 0 were silently ignored, 100000 taken whole (a segfault, or 14,000 threads)."""
+    from tledge.errors import ArgumentError
+
+    for value in ("abc", "0", "-2", "100000"):
+        monkeypatch.setenv("TLEDGE_THREADS", value)
+        with pytest.raises(ArgumentError, match=r"TLEDGE_THREADS=.*expected a number of threads in \[1, 1024\]"):
+            load(TINY / "model_int8.tflite")
+    monkeypatch.setenv("TLEDGE_THREADS", " 2 ")
+    assert load(TINY / "model_int8.tflite").backend.threads == 2

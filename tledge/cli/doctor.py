@@ -26,8 +26,9 @@ def run(args) -> int:
     if args.target and Path(args.target).is_file():  # not a model file at all (wrong type, 0 bytes): exit 2
         edge_model(args.target, "MODEL_OR_EXPORT")
     files = doctor.model_files(args.target) if args.target else []  # bad paths: exit 2 before any work
-    if args.threads is not None and args.threads < 1:
-        raise TledgeError("--threads must be at least 1")
+    from tledge.cli import validate as V
+
+    V.in_range(args.threads, "--threads", 1, 1024)
     env = doctor.environment()
     reports = [doctor.check_model(f, args.threads) for f in files]
     if args.json:

@@ -38,10 +38,18 @@ class TensorInfo:
                 "quant": None if self.quant is None else self.quant.to_dict()}
 
 
+MAX_THREADS = 1024  # the CLI's --threads range: 100000 made LiteRT segfault and onnxruntime start 14,000 threads
+
+
 def default_threads() -> int:
-    """TLEDGE_THREADS, else the number of usable cores (at most 4)."""
-    env = os.environ.get("TLEDGE_THREADS", "")
-    if env.isdigit() and int(env) > 0:
+    """TLEDGE_THREADS, else the number of usable cores (at most 4). A TLEDGE_THREADS that is not a number of threads
+    in [1, MAX_THREADS] is refused (it was ignored, or taken whole)."""
+    env = os.environ.get("TLEDGE_THREADS", "").strip()
+    if env:
+        if not env.isdigit() or not 1 <= int(env) <= MAX_THREADS:
+            from tledge.errors import ArgumentError
+
+            raise ArgumentError(f"TLEDGE_THREADS={env!r}: expected a number of threads in [1, {MAX_THREADS}]")
         return int(env)
     try:
         n = len(os.sched_getaffinity(0))

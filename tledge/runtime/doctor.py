@@ -254,9 +254,14 @@ def emulation(machine: str | None = None, kernel_arch: str | None = None) -> str
 
 
 def threads() -> dict:
+    from tledge.errors import ArgumentError
     from tledge.runtime.backends import default_threads
 
-    return {"default": default_threads(), "TLEDGE_THREADS": os.environ.get("TLEDGE_THREADS") or None}
+    try:
+        default: "int | str" = default_threads()
+    except ArgumentError as exc:  # the doctor says so; the commands refuse to run with it
+        default = f"none: {exc}"
+    return {"default": default, "TLEDGE_THREADS": os.environ.get("TLEDGE_THREADS") or None}
 
 
 def environment(probe: bool = True) -> dict:

@@ -18,7 +18,7 @@ import numpy as np
 
 from tledge.contract import METADATA_KEY, ColorOrder, Contract, Layout, Norm, Output
 from tledge.errors import ArgumentError, ContractError, ModelLoadError, ModelRunError
-from tledge.runtime.backends import TensorInfo, open_backend
+from tledge.runtime.backends import MAX_THREADS, TensorInfo, open_backend
 from tledge.runtime.foreign import (STANDARD_ORIGIN, check_fits, complete, infer_contract,  # noqa: F401
                                     labels_option, read_standard)
 
@@ -278,8 +278,10 @@ def load(path: str | Path, *, threads: int | None = None, contract: Contract | N
     if not isinstance(path, (str, os.PathLike)):
         raise ModelLoadError(f"load() takes the path of a .tflite / .onnx file or an export folder, got "
                              f"{type(path).__name__}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ArgumentError(f"threads must be an integer >= 1 (None: TLEDGE_THREADS or the cores), got {threads!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or
+                                not 1 <= threads <= MAX_THREADS):
+        raise ArgumentError(f"threads must be an integer in [1, {MAX_THREADS}] (None: TLEDGE_THREADS or the cores), "
+                            f"got {threads!r}")
     p = Path(path)
     # an export folder: the best file its manifest vouches for; a file: refused if changed since export
     p, trust = model_in_folder(p, device) if p.is_dir() else (p, check_file(p) if p.is_file() else [])
