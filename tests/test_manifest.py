@@ -139,6 +139,16 @@ def test_manifest_refuses_unsafe_names_and_garbage(tmp_path):
     (d / "manifest.json").write_text("{not json")
     with pytest.raises(TledgeError, match="not a valid tledge manifest"):
         artifacts.read(d)
+    # valid JSON of the wrong shape was an AttributeError / TypeError traceback in every command
+    good = {**raw, "files": [{**e, "file": "model_fp32.tflite"} for e in raw["files"][:1]]}
+    for wrong in ([], "x", 3, None, {**good, "files": [1]}, {**good, "source": [1]},
+                  {**good, "files": [{**good["files"][0], "bytes": "x"}]},
+                  {**good, "files": [{**good["files"][0], "figures": None}]}):
+        (d / "manifest.json").write_text(json.dumps(wrong))
+        with pytest.raises(TledgeError, match="not a valid tledge manifest"):
+            artifacts.read(d)
+    (d / "manifest.json").write_text(json.dumps(good))
+    assert artifacts.read(d).files[0].file == "model_fp32.tflite"
 
 
 def test_folder_without_manifest_is_refused_clearly(tmp_path):

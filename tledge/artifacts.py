@@ -169,19 +169,34 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Manifest":
-        if d.get("format") != "tledge.export" or not isinstance(d.get("files"), list):
+        if not isinstance(d, dict) or d.get("format") != "tledge.export" or not isinstance(d.get("files"), list):
             raise ValueError("not a tledge export manifest")
         if int(d.get("schema", 0)) > SCHEMA:
             raise ValueError(f"schema {d['schema']} is newer than this tledge reads ({SCHEMA})")
+        if not all(isinstance(e, dict) for e in d["files"]) or not isinstance(d.get("source") or {}, dict):
+            raise ValueError("its files are not entries")
         known = set(Entry.__dataclass_fields__)
         files = tuple(Entry(**{k: v for k, v in e.items() if k in known}) for e in d["files"])
-        for e in files:
+        for e in files:  # every field of its type: parsed, never trusted (a hand-edited file, a wrong one)
             _check_name(e.file)
+            _check_types(e)
         return cls(dict(d.get("source") or {}), files, str(d.get("tledge", "")), str(d.get("created", "")),
                    int(d.get("schema", SCHEMA)))
 
 
 _SAFE_NAME = re.compile(r"(rejected/)?[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+_TYPES = {"file": str, "role": str, "bytes": int, "sha256": str, "kind": (str, type(None)),
+          "precision": (str, type(None)), "verdict": (str, type(None)), "figures": dict,
+          "derived_from": (str, type(None)), "input": dict}
+
+
+def _check_types(e: Entry) -> None:
+    for name, want in _TYPES.items():
+        value = getattr(e, name)
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise ValueError(f"{e.file!r}: {name} is {type(value).__name__} {value!r}")
 
 
 def _check_name(name: str) -> None:
