@@ -18,7 +18,7 @@ from tledge.cli import main
 from tledge.contract import Contract
 from tledge.devices import bundle as bundle_mod
 from tledge.devices.bundle import make_bundle
-from tledge.errors import TledgeError
+from tledge.errors import TledgeError, TledgeWarning
 
 MODEL_FILES = ("model_fp32.tflite", "model_int8.tflite", "model_fp16.tflite", "model_dynamic.tflite",
                "model_fp32.onnx", "model_int8.onnx")
@@ -179,6 +179,27 @@ def test_coral_bundle_takes_a_file_compiled_by_hand_as_the_docs_say(export_dir, 
     os.utime(compiled, (0, 0))  # older than the int8 file: compiled from another export, not used
     res = make_bundle(export_dir, "coral-usb", tmp_path / "d.tar.gz")
     assert res.model == "model_int8.tflite"
+
+
+def test_coral_bundle_check_without_the_edge_tpu_runtime_is_exit_2(tmp_path, monkeypatch, capsys):
+    """On a board without libedgetpu, `run.sh --check` (parity --golden --device coral-usb) failed the compiled file
+    as "the board disagrees" (exit 1): the runtime is missing, which is exit 2, and nothing is compared."""
+    from tiny import TINY
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    if shutil.which("edgetpu_compiler"):
+        pytest.skip("a real edgetpu_compiler is installed here")
+    export = tmp_path / "e"
+    shutil.copytree(TINY, export)
+    (export / "model_int8_edgetpu.tflite").write_bytes((export / "model_int8.tflite").read_bytes())  # "compiled"
+    res = make_bundle(export, "coral-usb", tmp_path / "c.tar.gz")
+    assert res.model == "model_int8_edgetpu.tflite"
+    with tarfile.open(res.path) as tar:
+        tar.extractall(tmp_path / "x", filter="data")
+    with pytest.warns(TledgeWarning, match="Edge TPU runtime libedgetpu.so.1 not found"):
+        rc = main(["parity", "--golden", str(tmp_path / "x" / "c"), "--device", "coral-usb"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "model_int8_edgetpu.tflite needs the Edge TPU runtime, which is not installed" in err, err
 
 
 def test_not_an_export_folder(tmp_path):

@@ -2,6 +2,7 @@
 the real compiler's log format, parsing that log, and the Edge TPU -> CPU file fallback."""
 from __future__ import annotations
 
+import json
 import os
 import stat
 import warnings
@@ -11,7 +12,7 @@ import pytest
 from tledge.devices import edgetpu_compile, load_edgetpu_delegate
 from tledge.devices import edgetpu as edgetpu_mod
 from tledge.devices.edgetpu import parse_compiler_log
-from tledge.errors import TledgeWarning
+from tledge.errors import TledgeError, TledgeWarning
 
 
 # ---- Edge TPU ----------------------------------------------------------------------------------------
@@ -167,3 +168,25 @@ def test_edgetpu_file_falls_back_to_the_cpu_file(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a plain file does not try the Edge TPU
         assert load_for_device(tmp_path / "model_int8.tflite", "coral-usb").path.name == "model_int8.tflite"
+
+
+def test_run_with_the_coral_profile_falls_back_as_the_library_does(tmp_path, capsys):
+    """`tledge run model_int8_edgetpu.tflite --device coral-usb` without libedgetpu warned "Running on the CPU
+    instead" and then failed (exit 2); load_for_device fell back. The CLI (and a Coral bundle's run.sh) now do too."""
+    from tiny import TINY
+
+    from tledge.cli import main
+    from tledge.runtime import load
+
+    (tmp_path / "model_int8.tflite").write_bytes((TINY / "model_int8.tflite").read_bytes())
+    (tmp_path / "model_int8_edgetpu.tflite").write_bytes((TINY / "model_int8.tflite").read_bytes())
+    image = TINY / "images" / "circle_circle_000.jpg"
+    with pytest.warns(TledgeWarning, match="Edge TPU runtime .* not found"):
+        assert main(["run", str(tmp_path / "model_int8_edgetpu.tflite"), "--device", "coral-usb", "--source",
+                     str(image), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["top"][0]["label"] == "circle"
+    assert "model_int8.tflite, the same model for the CPU, runs instead" in err
+    (tmp_path / "model_int8.tflite").unlink()
+    with pytest.warns(TledgeWarning, match="Edge TPU runtime"), pytest.raises(TledgeError, match="no model_int8.tflite"):
+        load(tmp_path / "model_int8_edgetpu.tflite", device="coral-usb")

@@ -202,6 +202,18 @@ def test_golden_edited_consistently_fails_and_changed_bytes_are_refused(tmp_path
     assert "golden.npz: missing, but listed in manifest.json" in capsys.readouterr().err
 
 
+def test_a_folder_with_no_model_file_left_to_check_is_not_a_comparison(tmp_path, capsys):
+    """Every model file deleted (or none vouched for) printed an empty table and "parity: FAILED", exit 1 ("the
+    board disagrees"); nothing was compared."""
+    out = tmp_path / "out"
+    shutil.copytree(TINY, out)
+    for name in MODELS:
+        (out / name).unlink(missing_ok=True)
+    assert main(["parity", "--golden", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no model file to check" in err and "missing" in err, err
+
+
 def test_thresholds_of_the_export_and_from_a_file(tmp_path, capsys):
     g = golden.read(TINY / golden.GOLDEN)
     assert g.thresholds == {}  # the export used the defaults

@@ -23,6 +23,7 @@ class DeviceHints:
     providers: tuple | None = None
     delegates: tuple = ()
     notes: tuple = ()  # for the model's load notes (a plain file on an accelerator profile runs on the CPU)
+    fallback: Path | None = None  # the plain int8 file to run instead of an Edge TPU file whose runtime is missing
 
 
 def _devices():
@@ -59,10 +60,15 @@ def device_hints(name: str, fmt: str | None = None, path: str | Path | None = No
             notes = (f"{f.name} is not compiled for the {getattr(profile, 'name', profile)} accelerator: it runs on "
                      f"the host CPU (on an x86-64 Linux machine `edgetpu_compiler -s -o {f.parent} {f}` makes "
                      f"{f.stem}_edgetpu{f.suffix})",)
+    fallback = None
     if delegates and callable(getattr(devices, "load_delegates", None)):
         delegates = tuple(devices.load_delegates(delegates))  # warns and skips what cannot load
         if not delegates:
-            raise TledgeError(f"{Path(path).name} needs the Edge TPU runtime, which could not be loaded; "
-                              "run the plain int8 file beside it instead")
+            f = Path(path)
+            fallback = f.with_name(f.stem[: -len("_edgetpu")] + f.suffix)
+            if not fallback.is_file():
+                raise TledgeError(f"{f.name} needs the Edge TPU runtime, which could not be loaded, and there is no "
+                                  f"{fallback.name} beside it to run on the CPU instead")
+            notes = (f"{f.name} needs the Edge TPU runtime: {fallback.name}, the same model for the CPU, runs instead",)
     return DeviceHints(str(name), int(threads) if threads else None,
-                       tuple(providers) if providers and fmt != "tflite" else None, delegates, notes)
+                       tuple(providers) if providers and fmt != "tflite" else None, delegates, notes, fallback)

@@ -216,6 +216,9 @@ def check(path: str | Path, *, thresholds: dict[str, Thresholds] | None = None, 
             notes.append(f"{e.file}: compiled for an accelerator: not checked (pass --device NAME on the board)")
             continue
         results.append(check_file(d / e.file, e, g, x, used, device=device, threads=threads))
+    if not results:  # an empty table is no comparison: the folder (or bundle) is not what was exported
+        raise TledgeError(f"{d}: no model file to check ({'; '.join(notes) or 'none vouched for'}): copy the whole "
+                          "export folder (or bundle) again")
     src = m.source.get("path") or "the Keras model"
     report = ParityReport(images=len(x), results=results, reference=f"{GOLDEN}: outputs of {src} stored at export")
     report.notes += notes + _notes(g, m, results)
@@ -229,19 +232,29 @@ def check_file(path: Path, entry: artifacts.Entry, g: Golden, x: np.ndarray, thr
     kind, precision = entry.kind or path.suffix.lstrip("."), entry.precision or "int8"
     try:
         model = load(path, threads=threads, device=device)
+    except Exception as exc:  # a file the board cannot run is a parity failure, reported with the others
+        return _not_run(path, kind, precision, len(x), exc)
+    if model.path.name != path.name:  # an Edge TPU file whose runtime is missing: the CPU file would be checked
+        raise TledgeError(f"{path.name} needs the Edge TPU runtime, which is not installed on this machine (see the "
+                          "warning above): install it and check again; nothing was compared")
+    try:
         c, xm = model.contract, model.from_nhwc(x)  # golden pixels are NHWC, the export's reference layout
         if not c.baked or tuple(c.input_shape) != tuple(xm.shape[1:]):
             raise TledgeError(f"its contract takes {'normalised ' if not c.baked else ''}input {c.input_shape}, "
                               f"the golden pixels are raw {tuple(x.shape[1:])}")
         out = np.concatenate([model.predict(xm[i:i + 32]) for i in range(0, len(xm), 32)])
         latency = one_image_ms(model.predict, xm)
-    except Exception as exc:  # a file the board cannot run is a parity failure, reported with the others
-        return ParityResult(path.name, kind, precision, len(x), float("inf"), float("inf"), float("inf"), 0.0,
-                            None, None, False, [f"could not run: {exc.__class__.__name__}: {exc}"])
+    except Exception as exc:  # noqa: BLE001
+        return _not_run(path, kind, precision, len(x), exc)
     t = Thresholds.lookup(thresholds, path.name, precision)
     r = compare(g.reference, out, file=path.name, format=kind, precision=precision, thresholds=t, labels=g.labels)
     r.latency_ms, r.size_bytes = latency, path.stat().st_size
     return r
+
+
+def _not_run(path: Path, kind: str, precision: str, n: int, exc: Exception) -> ParityResult:
+    return ParityResult(path.name, kind, precision, n, float("inf"), float("inf"), float("inf"), 0.0, None, None,
+                        False, [f"could not run: {exc.__class__.__name__}: {exc}"])
 
 
 def _notes(g: Golden, m: artifacts.Manifest, results: list[ParityResult]) -> list[str]:

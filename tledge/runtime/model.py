@@ -293,6 +293,8 @@ def load(path: str | Path, *, threads: int | None = None, contract: Contract | N
         from tledge.runtime.device import device_hints
 
         hints = device_hints(device, backend_for(p).name, p)
+        if hints.fallback is not None:  # an Edge TPU file without its runtime: the plain int8 file beside it
+            p, trust = hints.fallback, check_file(hints.fallback)
         trust = trust + list(hints.notes)
         threads = threads or hints.threads
         providers = providers or hints.providers
