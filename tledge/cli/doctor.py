@@ -20,7 +20,6 @@ def run(args) -> int:
     from pathlib import Path
 
     from tledge.cli.validate import edge_model
-    from tledge.errors import TledgeError
     from tledge.runtime import doctor
 
     if args.target and Path(args.target).is_file():  # not a model file at all (wrong type, 0 bytes): exit 2

@@ -14,27 +14,85 @@ SIGMOID, LOGIT = "sigmoid", "logit"
 
 
 def output_kind(model) -> str:
-    """SIGMOID when the model's last computation is a sigmoid (a layer's activation, an Activation layer, a
-    SavedModel's Sigmoid op), else LOGIT. Read from configs and graphs only."""
-    layers = getattr(model, "layers", None)
-    if layers:
-        last = layers[-1]
-        if getattr(last, "layers", None) and type(last).__name__ in ("Sequential", "Functional", "Model"):
-            return output_kind(last)
-        cfg = last.get_config() if hasattr(last, "get_config") else {}
-        return SIGMOID if cfg.get("activation") == "sigmoid" else LOGIT
+    """SIGMOID when the model's output comes from a sigmoid (a layer's activation, an Activation layer, a SavedModel's
+    Sigmoid op), looking through layers and ops that only pool, reshape or drop out, else LOGIT. Read from configs and
+    graphs only."""
+    if getattr(model, "layers", None) is not None:
+        return SIGMOID if final_activation(model) == "sigmoid" else LOGIT
     return _graph_kind(model)
 
 
-def _graph_kind(fn) -> str:
-    """A SavedModel signature: the op that produces its output, through Identity ops."""
+# layers that keep a value in 0..1 (pooling a sigmoid map gives a probability): looked through
+_PASS = {"GlobalAveragePooling2D", "GlobalAveragePooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling1D", "Flatten",
+         "Reshape", "Dropout", "SpatialDropout2D", "GaussianDropout", "AlphaDropout", "Identity", "AveragePooling2D",
+         "MaxPooling2D", "Cropping2D", "Permute", "InputLayer"}
+
+
+def final_activation(model) -> str | None:
+    """The activation that makes a Keras model's (first) output (`sigmoid`, `softmax`, `linear`...), looking through
+    _PASS layers and nested models; None when it cannot be told."""
     try:
-        op = fn.outputs[0].op
-        while op.type in ("Identity", "IdentityN") and op.inputs:
-            op = op.inputs[0].op
-        return SIGMOID if op.type == "Sigmoid" else LOGIT
-    except (AttributeError, IndexError, TypeError):
+        t = model.outputs[0]
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+    for _ in range(256):
+        hist = getattr(t, "_keras_history", None)
+        layer = getattr(hist, "operation", None) or getattr(hist, "layer", None)
+        if layer is None:
+            return None
+        if getattr(layer, "layers", None) is not None and hasattr(layer, "outputs"):  # a nested model
+            return final_activation(layer)
+        try:
+            cfg = layer.get_config()
+        except Exception:  # noqa: BLE001 - an op without a config: nothing to read
+            return None
+        name = type(layer).__name__
+        act = "softmax" if name == "Softmax" else cfg.get("activation")
+        act = act.get("config", {}).get("name", act.get("class_name")) if isinstance(act, dict) else act
+        if act not in (None, "linear") or name not in _PASS:
+            return act or "linear"
+        try:  # a look-through layer: to the tensor it was given
+            t = layer._inbound_nodes[hist[1]].input_tensors[0]
+        except (AttributeError, IndexError, TypeError):
+            return None
+    return None
+
+
+_GRAPH_PASS = {"Identity", "IdentityN", "Mean", "Max", "Reshape", "Squeeze", "ExpandDims", "StopGradient"}
+
+
+def _graph_kind(fn) -> str:
+    """A SavedModel signature: the op that produces its output, through Identity, pooling and reshaping ops and into
+    the functions that (Stateful)PartitionedCall ops call (Keras 3's `model.export()` wraps the model in one)."""
+    try:
+        graph_def = fn.graph.as_graph_def()
+        library = {f.signature.name: f for f in graph_def.library.function}
+        nodes = {n.name: n for n in graph_def.node}
+        name, index = fn.outputs[0].op.name, fn.outputs[0].value_index
+        return SIGMOID if _walk(nodes, library, name, index, 0) == "Sigmoid" else LOGIT
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
         return LOGIT
+
+
+def _walk(nodes: dict, library: dict, name: str, index: int, depth: int) -> str:
+    for _ in range(256):
+        node = nodes[name]
+        if node.op in ("StatefulPartitionedCall", "PartitionedCall") and depth < 16:
+            f = library[node.attr["f"].func.name]
+            ret = f.ret[f.signature.output_arg[index].name]  # "node:output_arg:i" or "node:i" inside the function
+            inner = {n.name: n for n in f.node_def}
+            name, index = _ref(ret, f)
+            return _walk(inner, library, name, index, depth + 1) if name in inner else "?"
+        if node.op not in _GRAPH_PASS or not node.input:
+            return node.op
+        name, index = _ref(node.input[0], None)
+    return "?"
+
+
+def _ref(ref: str, f) -> tuple[str, int]:
+    """'node:out:2' / 'node:2' / 'node' -> (node, 2); a function argument has no node (returned as is)."""
+    parts = ref.lstrip("^").split(":")
+    return parts[0], int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else 0
 
 
 def tf_head(tf, y, kind: str):

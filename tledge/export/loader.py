@@ -8,6 +8,7 @@ mode for `.h5`, is only tried after that walk found nothing.
 """
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)  # how it was loaded (translations applied)
     contract_source: str | None = None  # where resolve.resolve_contract took each part from
     binary: str | None = None  # one-output model: tledge.export.binary's SIGMOID / LOGIT (files give 2 scores)
+    sigmoid_scores: bool = False  # several outputs, each a sigmoid (multi-label): probabilities that need not sum to 1
 
     @property
     def is_keras3(self) -> bool:
@@ -81,9 +83,12 @@ def load_model(path: str | Path, *, unsafe: bool = False) -> LoadedModel:
     loaded.path = p
     if loaded.num_outputs is None:
         loaded.num_outputs = output_width(loaded.model)
+    kind = binary.output_kind(getattr(loaded.model, "signature", loaded.model))
     if loaded.num_outputs == 1:  # two class scores from here on (tledge.export.binary)
-        loaded.binary, loaded.num_outputs = binary.output_kind(getattr(loaded.model, "signature", loaded.model)), 2
+        loaded.binary, loaded.num_outputs = kind, 2
         loaded.notes.append(binary.note(loaded.binary))
+    elif kind == binary.SIGMOID:
+        loaded.sigmoid_scores = True
     side = p.parent / "tledge.json" if p.is_file() else p / "tledge.json"
     if side.is_file():
         loaded.contract, loaded.contract_path = Contract.load(side), side
@@ -141,6 +146,10 @@ def _load_keras(p: Path, unsafe: bool) -> LoadedModel:
         model = keras.saving.load_model(p, custom_objects=_custom_objects(), compile=False, safe_mode=not unsafe)
     except Exception as exc:  # Keras raises many types here
         msg = str(exc)
+        if unsafe:  # safe mode was off: the code itself did not load (a class this process does not have)
+            raise ModelLoadError(f"cannot load {p} even with --unsafe: {exc.__class__.__name__}: "
+                                 f"{_first_line(msg)[:200]} (a custom layer must be importable where tledge runs; "
+                                 "a Lambda's code is only kept for the Python that saved it)") from None
         if "safe_mode" in msg or "lambda" in msg.lower():
             raise ModelLoadError(f"{p}: Keras's safe mode refuses it (it would run code the file names: "
                                  f"{_first_line(msg)[:160]}). Pass --unsafe only if you trust this file.") from None
@@ -204,6 +213,9 @@ def _load_saved_model(p: Path, unsafe: bool) -> LoadedModel:
     if len(spec) != 1 or len(spec[0].shape) != 4:
         raise ModelLoadError(f"SavedModel {p} must take one image tensor, got {spec}")
     shape = spec[0].shape
+    if len(fn.structured_outputs) != 1:
+        raise ModelLoadError(f"SavedModel {p.name} has {len(fn.structured_outputs)} outputs "
+                             f"({', '.join(sorted(fn.structured_outputs)[:6])}): tledge exports one classifier output")
     out_key = sorted(fn.structured_outputs)[0]
     in_key = list(fn.structured_input_signature[1])[0]
 
@@ -213,19 +225,42 @@ def _load_saved_model(p: Path, unsafe: bool) -> LoadedModel:
 
     hw = (shape[1], shape[2]) if shape[1] and shape[2] else None
     out_shape = getattr(fn.structured_outputs[out_key], "shape", None)
+    if out_shape is not None and out_shape.rank is not None and out_shape.rank != 2:
+        raise ModelLoadError(f"SavedModel {p.name}'s output has shape {tuple(out_shape)}, not (batch, classes)")
     lm = LoadedModel(p, call, "saved_model", hw, int(shape[3] or 3), None, None, _last_dim(out_shape))
     lm._keep = obj  # keep the trackable alive
     return lm
 
 
 def _describe(p: Path, model, kind: str) -> LoadedModel:
-    shape = model.inputs[0].shape if getattr(model, "inputs", None) else None
+    inputs, outs = getattr(model, "inputs", None) or [], getattr(model, "outputs", None) or []
+    if len(inputs) > 1:
+        raise ModelLoadError(f"{p.name} takes {len(inputs)} inputs ({_names(inputs)}): tledge exports image "
+                             "classifiers with one image input")
+    if len(outs) > 1:  # the first was exported as if it were the classifier, whatever it was
+        raise ModelLoadError(f"{p.name} has {len(outs)} outputs ({_names(outs)}): tledge exports one classifier "
+                             "output; save a model with that one, keras.Model(model.input, model.get_layer(NAME)"
+                             ".output)")
+    if outs and getattr(outs[0], "shape", None) is not None and len(outs[0].shape) != 2:
+        raise ModelLoadError(f"{p.name}'s output has shape {tuple(outs[0].shape)}, not (batch, classes): pool or "
+                             "flatten it in the model (a classifier gives one score per class)")
+    shape = inputs[0].shape if inputs else None
     if shape is None or len(shape) != 4:
         raise ModelLoadError(f"{p}: expected one NHWC image input, got {shape}")
     hw = (int(shape[1]), int(shape[2])) if shape[1] and shape[2] else None
     outputs = getattr(model, "outputs", None) or [None]
     return LoadedModel(p, model, kind, hw, int(shape[3] or 3), _baked_mode(model), None,
                        _last_dim(getattr(outputs[0], "shape", None)))
+
+
+def _names(tensors) -> str:
+    """The layers that make (or take) the tensors: what a user would pass to get_layer()."""
+    def name(t):
+        hist = getattr(t, "_keras_history", None)
+        layer = getattr(hist, "operation", None) or getattr(hist, "layer", None)
+        return getattr(layer, "name", None) or str(getattr(t, "name", "?")).split("/")[0].split(":")[0]
+    names = [name(t) for t in tensors]
+    return ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
 
 
 def _last_dim(shape) -> int | None:
@@ -293,7 +328,14 @@ def trace(lm: LoadedModel, contract: Contract, add_norm: str | None):
         y = tf.cast(y, tf.float32)
         return binary.tf_head(tf, y, lm.binary) if lm.binary else y
 
-    concrete = serve.get_concrete_function()
+    try:
+        concrete = serve.get_concrete_function()
+    except (ValueError, TypeError, tf.errors.InvalidArgumentError) as exc:  # e.g. an input too small for its convs
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        why = next((ln for ln in reversed(lines) if "Error" in ln or "size" in ln), lines[-1] if lines else "")
+        why = re.sub(r"\x1b\[[0-9;]*m", "", why).split(" for '{{node")[0]  # Keras's bold, TensorFlow's node
+        raise ModelLoadError(f"{lm.path.name} cannot run on {contract.height}x{contract.width}x{contract.channels} "
+                             f"input: {why[:300]}") from None
     return serve, concrete
 
 

@@ -90,7 +90,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
         with log.step("reading images and running the Keras model"):
             contract, val_x, val_y, val_files, reference, resize_note = _reference(cfg, contract, chosen, serve)
             calib = _calib_images(cfg, contract, chosen)  # with the final contract: prepared once
-        contract, val_y = _final_contract(cfg, contract, reference, val_y, stage)
+        contract, val_y = _final_contract(cfg, contract, reference, val_y, stage, lm.sigmoid_scores)
         steps["images and reference"] = time.perf_counter() - clock
         files, failed, seconds = _convert_all(chosen, serve, concrete, contract, calib, stage, cfg.int8_only)
         clock = time.perf_counter()
@@ -139,10 +139,10 @@ def _reference(cfg: ExportConfig, contract, chosen, serve):
     return contract, val_x.astype(np.float32), val_y, val_files, reference, note
 
 
-def _final_contract(cfg: ExportConfig, contract, reference, val_y, stage: Path):
+def _final_contract(cfg: ExportConfig, contract, reference, val_y, stage: Path, sigmoid_scores: bool = False):
     """The contract with the model's output kind, written with labels.txt into `stage`; and the val truth, mapped
     to the model's labels (contracting.folder_truth). Raises TledgeError when labels and outputs disagree."""
-    contract = contract.replace(output=_output_kind(reference))
+    contract = contract.replace(output=output_kind(reference, sigmoid_scores))
     val_y = contracting.folder_truth(cfg, contract, reference, val_y)
     contracting.check_given_preprocessing(cfg, contract, reference, val_y)
     if contract.labels and reference.shape[1] != len(contract.labels):
@@ -337,7 +337,11 @@ def _val_images(cfg: ExportConfig, contract: Contract, chosen):
     raise DataError("parity needs real images: pass --val DIR (or --calib DIR)")
 
 
-def _output_kind(reference: np.ndarray) -> Output:
+def output_kind(reference: np.ndarray, sigmoid_scores: bool = False) -> Output:
+    """Probabilities when the outputs sum to one (softmax, tledge's binary head) or each comes from a sigmoid
+    (multi-label: softmax over them would change the scores the model gives), else logits."""
+    if sigmoid_scores:
+        return Output.PROBABILITIES
     if reference.size and reference.min() >= -1e-6 and reference.max() <= 1 + 1e-6 and \
             np.allclose(reference.sum(axis=1), 1.0, atol=1e-3):
         return Output.PROBABILITIES

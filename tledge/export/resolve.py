@@ -29,8 +29,9 @@ def resolve_contract(lm: LoadedModel, *, preprocess: str | None, input_size: tup
     mode, add = _norm(lm, preprocess and preprocess_mode_for(preprocess), preprocess_from, base, base_from, src)
     if labels:
         if lm.num_outputs is not None and len(labels) != lm.num_outputs:
-            raise ContractError(f"{len(labels)} labels from {labels_from} but {lm.path.name} has "
-                                f"{lm.num_outputs} outputs")
+            has = ("one output, a binary classifier's (the files give two scores: labels for p < 0.5, then p >= 0.5)"
+                   if lm.binary else f"{lm.num_outputs} outputs")
+            raise ContractError(f"{len(labels)} labels from {labels_from} but {lm.path.name} has {has}")
         src["labels"] = labels_from
     elif base is not None and base.labels:
         labels, src["labels"] = base.labels, str(base_from)

@@ -1,0 +1,120 @@
+"""What a classifier's outputs mean, read from the model (a bug hunt on models nobody tuned for): a sigmoid behind a
+pooling layer or inside Keras 3's `model.export()` SavedModel was read as a logit (sigmoid applied twice: every image
+the second label, parity PASSED against the same wrong head); several sigmoid outputs were "logits" (softmax over
+them in `tledge run`); a second output was dropped and a 1-wide first output became "a binary classifier"; two
+inputs, a spatial output map and an input too small for the convolutions ended in tracebacks."""
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from tledge.errors import ModelLoadError  # noqa: E402
+from tledge.export import binary, loader  # noqa: E402
+
+
+def _trunk(keras, size=32):
+    i = keras.Input((size, size, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(i)
+    return i, keras.layers.Conv2D(4, 3, strides=2, activation="relu")(x)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    import keras
+
+    L, d = keras.layers, tmp_path_factory.mktemp("shapes")
+    i, x = _trunk(keras)
+    sig = keras.Model(i, L.Dense(1, activation="sigmoid")(L.GlobalAveragePooling2D()(x)))
+    sig.export(str(d / "sig_savedmodel"), verbose=False)
+    i, x = _trunk(keras)
+    keras.Model(i, L.GlobalAveragePooling2D()(L.Conv2D(1, 1, activation="sigmoid")(x))).save(d / "pooled.keras")
+    i, x = _trunk(keras)
+    logit = keras.Model(i, L.Dropout(0.1)(L.Dense(1)(L.GlobalAveragePooling2D()(x))))
+    logit.save(d / "logit.keras")
+    logit.export(str(d / "logit_savedmodel"), verbose=False)
+    i, x = _trunk(keras)
+    keras.Model(i, L.Dense(3, activation="sigmoid")(L.GlobalAveragePooling2D()(x))).save(d / "multilabel.keras")
+    i, x = _trunk(keras)
+    h = L.GlobalAveragePooling2D()(x)
+    keras.Model(i, [L.Dense(1, name="quality")(h), L.Dense(2, activation="softmax", name="cls")(h)]).save(
+        d / "two_outputs.keras")
+    i, x = _trunk(keras)
+    j = keras.Input((4,), name="extra")
+    keras.Model([i, j], L.Dense(2, activation="softmax")(L.Concatenate()([L.GlobalAveragePooling2D()(x), j]))).save(
+        d / "two_inputs.keras")
+    i, x = _trunk(keras)
+    keras.Model(i, L.Conv2D(2, 1, activation="softmax")(x)).save(d / "map.keras")
+    i = keras.Input((None, None, 3))
+    x = L.Conv2D(4, 3)(L.Conv2D(4, 3)(L.Rescaling(1 / 255.0)(i)))
+    keras.Model(i, L.Dense(2, activation="softmax")(L.GlobalAveragePooling2D()(x))).save(d / "dynamic.keras")
+    return d
+
+
+def test_a_sigmoid_is_found_behind_pooling_and_inside_a_savedmodel_and_a_logit_stays_a_logit(models):
+    for name, kind in (("sig_savedmodel", binary.SIGMOID), ("pooled.keras", binary.SIGMOID),
+                       ("logit.keras", binary.LOGIT), ("logit_savedmodel", binary.LOGIT)):
+        lm = loader.load_model(models / name)
+        assert (lm.binary, lm.num_outputs) == (kind, 2), name
+    lm = loader.load_model(models / "multilabel.keras")
+    assert lm.binary is None and lm.sigmoid_scores and lm.num_outputs == 3
+
+
+@pytest.mark.parametrize("name, said", [
+    ("two_outputs.keras", "has 2 outputs (quality, cls): tledge exports one classifier output"),
+    ("two_inputs.keras", "takes 2 inputs"),
+    ("map.keras", "output has shape (None, 15, 15, 2), not (batch, classes)"),
+])
+def test_models_that_are_not_one_image_classifier_are_refused_by_name(models, name, said):
+    with pytest.raises(ModelLoadError, match=rf"{name}.*{said.replace('(', '.').replace(')', '.')}"):
+        loader.load_model(models / name)
+
+
+def test_an_input_too_small_for_the_model_is_one_line(models):
+    from tledge.contract import Contract
+
+    lm = loader.load_model(models / "dynamic.keras")
+    contract = Contract(height=2, width=2, labels=("a", "b"))
+    with pytest.raises(ModelLoadError, match="dynamic.keras cannot run on 2x2x3 input: Negative dimension size"):
+        loader.trace(lm, contract, None)
+
+
+def test_multilabel_scores_are_probabilities_in_the_contract():
+    import numpy as np
+
+    from tledge.contract import Output
+    from tledge.export.pipeline import output_kind
+
+    sig = np.array([[0.44, 0.46, 0.9], [0.1, 0.2, 0.3]], np.float32)  # each a sigmoid: no sum to one
+    assert output_kind(sig, sigmoid_scores=True) is Output.PROBABILITIES
+    assert output_kind(sig) is Output.LOGITS
+
+
+def test_a_lambda_model_loaded_with_unsafe_gets_the_keras_repairs():
+    """With --unsafe the model loaded, but every Keras repair rung failed re-creating its Lambda from its config
+    (safe mode) and the int8 files fell back to float."""
+    import keras
+    import numpy as np
+
+    from tledge.quant import repair
+
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    i = keras.Input((16, 16, 3))
+    x = L.Lambda(lambda t: t / 127.5 - 1.0, name="scale")(i)
+    x = L.Conv2D(8, 3, strides=2, activation="relu")(x)
+    model = keras.Model(i, L.Dense(2, activation="softmax")(L.GlobalAveragePooling2D()(L.Conv2D(8, 1)(x))))
+    calib = np.random.default_rng(0).uniform(0, 255, (16, 16, 16, 3)).astype(np.float32)
+    fixed, _ = repair.apply(model, calib)
+    assert "scale" in [layer.name for layer in fixed.layers]
+    assert np.abs(repair.predict(fixed, calib) - repair.predict(model, calib)).max() < 0.05
+
+
+def test_one_label_for_a_one_output_model_names_what_the_output_is(models):
+    """"1 labels from --labels l1.txt but sig.keras has 2 outputs": the model has one."""
+    from tledge.errors import ContractError
+    from tledge.export import resolve
+
+    lm = loader.load_model(models / "pooled.keras")
+    with pytest.raises(ContractError, match="but pooled.keras has one output, a binary classifier's"):
+        resolve.resolve_contract(lm, preprocess=None, input_size=None, labels=("a",), labels_from="--labels l.txt")
