@@ -175,3 +175,19 @@ def test_tledge_threads_out_of_range_is_refused_not_ignored_or_taken(monkeypatch
             load(TINY / "model_int8.tflite")
     monkeypatch.setenv("TLEDGE_THREADS", " 2 ")
     assert load(TINY / "model_int8.tflite").backend.threads == 2
+
+
+def test_load_arguments_of_the_wrong_kind_are_named():
+    """delegates="edgetpu" was split into letters (OSError: 'e: cannot open shared object file'); contract="tf" an
+    AttributeError; labels=5 a TypeError; providers=["FooProvider"] dropped silently."""
+    from tledge.errors import ArgumentError
+
+    for kwargs, said in ((dict(delegates="edgetpu"), "not one string"), (dict(contract="tf"), "tledge.Contract"),
+                         (dict(labels=5), "labels file or a list"), (dict(providers="CPUExecutionProvider"),
+                                                                     "not one string")):
+        with pytest.raises(ArgumentError, match=said):
+            load(TINY / "model_int8.tflite", **kwargs)
+    with pytest.raises(ArgumentError, match="'FooProvider' not an onnxruntime execution provider"):
+        load(TINY / "model_int8.onnx", providers=["FooProvider"])
+    assert load(TINY / "foreign" / "model_fp32.onnx", labels=TINY / "labels.txt",
+                preprocess="tf").contract.labels == ("circle", "hstripes", "vstripes")

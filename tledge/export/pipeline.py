@@ -2,6 +2,7 @@
 parity-checked against the model on real images."""
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -68,6 +69,14 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
     """Convert, embed the contract, check parity, and swap the files into `cfg.out` as a unit with
     `manifest.json` written last (tledge.export.unit). Raises TledgeError for bad input (and when
     another export holds the folder); parity failures are in the returned report."""
+    from tledge import fields
+    from tledge.errors import ArgumentError  # a library caller's mistakes, named (not a TypeError from inside)
+
+    if not isinstance(model_path, (str, os.PathLike)):
+        raise ArgumentError(f"export() takes the model's path, got {type(model_path).__name__}")
+    if not isinstance(cfg, ExportConfig):
+        raise ArgumentError(f"export() takes an ExportConfig, got {type(cfg).__name__}")
+    fields.check(cfg)
     from tledge import clients, log
     from tledge.export import loader, speed
     from tledge.export.unit import ExportFolder

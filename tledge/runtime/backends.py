@@ -197,6 +197,12 @@ class OnnxBackend:
 
     def _candidates(self, ort, providers: Sequence | None) -> list:
         wanted = list(providers or self.DEFAULT_PROVIDERS)
+        unknown = [_pname(p) for p in wanted if _pname(p) not in ort.get_all_providers()]
+        if unknown:  # a misspelt name was dropped silently (the CLI's --providers refuses it)
+            from tledge.errors import ArgumentError
+
+            raise ArgumentError(f"providers: {', '.join(map(repr, unknown))} not an onnxruntime execution provider "
+                                "(e.g. CPUExecutionProvider, CUDAExecutionProvider, TensorrtExecutionProvider)")
         have = set(ort.get_available_providers())
         chosen = [p for p in wanted if _pname(p) in have]
         missing = [_pname(p) for p in wanted if _pname(p) not in have]

@@ -5,6 +5,7 @@ crop, color, size, logits), which win over the metadata.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -198,7 +199,7 @@ def labels_option(labels: str | Sequence[str] | None) -> tuple[str, ...] | None:
     """A labels file path or a sequence of names -> names."""
     if labels is None:
         return None
-    if isinstance(labels, str):
+    if isinstance(labels, (str, os.PathLike)):
         from tledge.contract import read_labels
 
         return read_labels(labels)

@@ -282,6 +282,14 @@ def load(path: str | Path, *, threads: int | None = None, contract: Contract | N
                                 not 1 <= threads <= MAX_THREADS):
         raise ArgumentError(f"threads must be an integer in [1, {MAX_THREADS}] (None: TLEDGE_THREADS or the cores), "
                             f"got {threads!r}")
+    if isinstance(delegates, (str, bytes)) or isinstance(providers, (str, bytes)):
+        raise ArgumentError("delegates and providers take a list (of library or provider names), not one string")
+    if contract is not None and not isinstance(contract, Contract):
+        raise ArgumentError(f"contract takes a tledge.Contract (Contract.load('tledge.json')), got "
+                            f"{type(contract).__name__}: use preprocess=, labels=... for files made elsewhere")
+    labels = contract_options.get("labels")
+    if labels is not None and not isinstance(labels, (str, os.PathLike, list, tuple)):
+        raise ArgumentError(f"labels takes a labels file or a list of names, got {type(labels).__name__}")
     p = Path(path)
     # an export folder: the best file its manifest vouches for; a file: refused if changed since export
     p, trust = model_in_folder(p, device) if p.is_dir() else (p, check_file(p) if p.is_file() else [])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -210,6 +211,12 @@ def _reporters(verbose: int):
 
 def train(data_dir: str | Path, config: TrainConfig | None = None) -> TrainResult:
     """Train a classifier on class folders and write it to `config.out` (see TrainConfig)."""
+    from tledge.errors import ArgumentError
+
+    if not isinstance(data_dir, (str, os.PathLike)):
+        raise ArgumentError(f"train() takes the data folder's path, got {type(data_dir).__name__}")
+    if config is not None and not isinstance(config, TrainConfig):
+        raise ArgumentError(f"train() takes a TrainConfig, got {type(config).__name__}")
     cfg = config or TrainConfig()
     t0 = time.perf_counter()
     log, progress = _reporters(cfg.verbose)

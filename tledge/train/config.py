@@ -65,6 +65,9 @@ class TrainConfig:
     verbose: int = 1  # 0 silent, 1 one line per epoch
 
     def __post_init__(self) -> None:
+        from tledge import fields
+
+        fields.check(self)  # types first: "epochs='5'" was a TypeError from a comparison below
         for name, enum in (("class_weights", ClassWeights), ("precision", Precision)):
             value = getattr(self, name)
             try:
