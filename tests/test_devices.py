@@ -162,8 +162,16 @@ def test_detect_pi4_from_cpuinfo_only(tmp_path):
 def test_detect_pi_on_32_bit_os_keeps_the_board_and_says_why_it_hurts(tmp_path):
     root = fake_root(tmp_path, {"proc/device-tree/model": b"Raspberry Pi Zero 2 W Rev 1.0\x00"})
     det = detect(root, machine="armv7l")
-    assert det.profile.name == "rpi-zero2w"
+    assert det.profile.name == "rpi-zero2w" and not det.confident  # its profile is the 64-bit OS's: a guess
     assert any("32-bit" in e.meaning and "no ai-edge-litert" in e.meaning for e in det.evidence)
+
+
+def test_detect_a_jetson_that_is_neither_nano_nor_orin_is_a_guess(tmp_path):
+    """A Xavier NX on JetPack 5 was `jetson-orin`, confident, though its own device-tree model said Xavier."""
+    root = fake_root(tmp_path, {"proc/device-tree/model": b"NVIDIA Jetson Xavier NX Developer Kit\x00",
+                                "etc/nv_tegra_release": "# R35 (release), REVISION: 4.1, GCID: 1, BOARD: t186ref\n"})
+    det = detect(root, machine="aarch64")
+    assert det.profile.name == "jetson-orin" and not det.confident
 
 
 @pytest.mark.parametrize("release, expected", [

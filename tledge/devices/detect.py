@@ -153,12 +153,16 @@ def _coral(root: Path, ev: list[Evidence]) -> bool:
 
 
 def _host(model_name: str | None, tegra: str | None, cpu_model: str | None, arch: str) -> tuple[str, bool]:
+    """(profile, confident). A board's profile is a guess where the evidence says it is not quite that board: a
+    32-bit userland under a 64-bit OS profile, a Jetson that is neither a Nano nor an Orin (Xavier, TX2)."""
     for text in (model_name, cpu_model):
         board = _board_from_model(text) if text else None
         if board:
-            return board, True
+            return board, not (arch.startswith("arm") and arch != "aarch64")  # armv7l: the profiles are 64-bit
     if tegra:
-        return tegra, True
+        other = model_name and "jetson" in model_name.lower() and not any(
+            k in model_name.lower() for k in ("orin", "nano"))
+        return tegra, not other
     if any(t and "raspberry pi" in t.lower() for t in (model_name, cpu_model)):
         return "arm64-generic", False  # an older Pi (3, Zero W): no profile of its own
     if arch == "x86_64":
