@@ -43,3 +43,14 @@ def test_train_and_export_name_what_they_take():
                           (dict(thresholds={"int8": 0.5}), "thresholds"), (dict(formats="tflite"), "formats")):
         with pytest.raises(ArgumentError, match=f"ExportConfig\\({field}="):
             export("m.keras", ExportConfig(**kwargs))
+
+
+def test_a_file_given_as_the_data_folder_is_called_a_file(tmp_path):
+    """train("x.keras") said "data folder not found: x.keras" of a file that exists."""
+    from tledge.errors import DataError
+
+    (tmp_path / "x.keras").write_bytes(b"PK")
+    with pytest.raises(DataError, match="x.keras is a file: pass the folder of class folders"):
+        train(tmp_path / "x.keras", TrainConfig(weights="none", out=tmp_path / "run"))
+    with pytest.raises(DataError, match="data folder not found"):
+        train(tmp_path / "missing", TrainConfig(weights="none", out=tmp_path / "run"))

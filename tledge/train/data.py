@@ -182,7 +182,8 @@ def plan(data_dir: str | Path, val_dir: str | Path | None = None, val_split: flo
     """Find training and validation files and labels, or raise DataError saying what is wrong."""
     root = Path(data_dir)
     if not root.is_dir():
-        raise DataError(f"data folder not found: {root}")
+        raise DataError(f"data folder {root} is a file: pass the folder of class folders" if root.exists() else
+                        f"data folder not found: {root}")
     layout = _split_layout(root)
     train_dir, found_val = layout if layout else (root, None)
     if val_dir is None and found_val is not None and val_split is not None:
