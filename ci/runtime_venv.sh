@@ -50,11 +50,13 @@ PY
 runtime() {
   local py t0
   t0=$(date +%s)
-  py=$(cached_venv runtime -e "$REPO[runtime]" pytest)
-  no_tensorflow "$py"
+  # `|| return 1` on each step: `runtime || rc=1` below runs this function with set -e off, so a failing
+  # pytest went on to the log line and the step "passed" (a failure in the runtime venv was lost that way)
+  py=$(cached_venv runtime -e "$REPO[runtime]" pytest) || return 1
+  no_tensorflow "$py" || return 1
   cd "$REPO"
   # -p no:cacheprovider: the shared checkout is not written to
-  PYTHONPATH="$REPO" "$py" -m pytest -q -p no:cacheprovider -m "not slow" "${RUNTIME_TESTS[@]}"
+  PYTHONPATH="$REPO" "$py" -m pytest -q -p no:cacheprovider -m "not slow" "${RUNTIME_TESTS[@]}" || return 1
   log "runtime tests without TensorFlow: $(( $(date +%s) - t0 )) s"
 }
 
@@ -64,7 +66,7 @@ tflite() {
   model="$ASSETS/coral_tflite_classifiers/mobilenet_v1_0.25_128_quant.tflite"
   img="$ASSETS/coral_tflite_classifiers/test_images/cat.bmp"
   labels="$ASSETS/coral_tflite_classifiers/imagenet_labels.txt"
-  py=$(cached_venv tflite214 -e "$REPO" "tflite-runtime==2.14.0" "numpy<2" "opencv-python-headless<4.11")
+  py=$(cached_venv tflite214 -e "$REPO" "tflite-runtime==2.14.0" "numpy<2" "opencv-python-headless<4.11") || return 1
   "$py" -c "import ai_edge_litert" 2>/dev/null && { echo "tflite venv has ai_edge_litert: it must not" >&2; return 1; }
   cd "$REPO"
   # (1) a file made elsewhere (no tledge metadata): Coral's MobileNet on cat.bmp
