@@ -387,21 +387,3 @@ def test_export_for_coral_lists_the_compiled_file_as_derived(tiny_model, shapes_
     assert main(["bundle", str(out), "--device", "coral-usb", "--out", str(tmp_path / "d.tar.gz")]) == 2
     assert "model_int8_edgetpu.tflite: changed since export" in capsys.readouterr().err
 
-
-# ---- kill -9 and concurrent exports (subprocesses) ------------------------------------------------
-
-
-def test_info_on_a_folder_judges_it_as_run_and_bundle_do(tmp_path, capsys):
-    """A missing model file made `tledge info DIR` exit 2 while run and bundle leave it out with a note."""
-    d = tmp_path / "e"
-    _placeholder_export(d)
-    (d / "model_int8.onnx").unlink()
-    assert main(["info", str(d)]) == 0
-    out, err = capsys.readouterr()
-    assert "model_int8.onnx" in out and "<- MISSING" in out
-    assert "model_int8.onnx listed in manifest.json but missing: left out" in err
-    assert main(["info", str(d), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["missing"] == ["model_int8.onnx"]
-    (d / "model_int8.tflite").write_bytes(b"changed")
-    assert main(["info", str(d)]) == 2
-    assert "model_int8.tflite: changed" in capsys.readouterr().err

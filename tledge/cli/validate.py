@@ -269,17 +269,10 @@ def not_an_input(path, flag: str, inputs: Sequence) -> None:
     """An output file must not be one of the command's inputs (a model, an exported file): written atomically, it
     would replace it whole (`--junit model.keras` left 198 bytes of XML where the model was)."""
     out = Path(str(path)).expanduser()
-    if not out.exists():
-        return
-    for given in inputs:
-        q = Path(str(given)).expanduser()
-        files = [f for f in q.iterdir() if f.is_file()] if q.is_dir() else [q]
-        for f in files:
-            try:
-                same = os.path.samefile(out, f)
-            except OSError:
-                continue
-            if same:
+    if out.is_file():
+        for q in (Path(str(given)).expanduser() for given in inputs):
+            f = next((f for f in (q.iterdir() if q.is_dir() else [q]) if f.exists() and os.path.samefile(out, f)), None)
+            if f is not None:
                 raise TledgeError(f"{_label(flag, out)} is {f}, an input of this command: it would be overwritten; "
                                   "write it elsewhere")
 

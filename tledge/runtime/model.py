@@ -138,11 +138,11 @@ class EdgeModel:
         if x.ndim == 3:
             x = x[None]
         want = self.backend.inp.shape
-        if x.ndim == len(want) and len(x) == 0 and not any(0 < w != g for w, g in zip(want[1:], x.shape[1:])):
-            return np.zeros((0, *(d if d > 0 else 1 for d in self.backend.out.shape[1:])), np.float32)  # no images
         if x.ndim != len(want) or any(0 < w != g for w, g in zip(want[1:], x.shape[1:])):
             raise ModelRunError(f"{self.path.name} takes inputs of shape {('N', *want[1:])}, got {x.shape} (images "
                                 "go through classify() or to_input(); predict() takes contract.prepare's output)")
+        if len(x) == 0:  # no images: no outputs (the runtimes refuse an empty batch)
+            return np.zeros((0, *(d if d > 0 else 1 for d in self.backend.out.shape[1:])), np.float32)
         b = self.fixed_batch
         if b is not None and 0 < len(x) != b:  # a fixed-batch file: pad the last chunk, drop its outputs
             n = len(x)
