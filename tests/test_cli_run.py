@@ -299,3 +299,23 @@ def test_threads_one_image_takes_the_cores_a_folder_shares_them(capsys, monkeypa
     monkeypatch.setenv("TLEDGE_THREADS", "3")
     code, _, err = run_cli(capsys, "run", model, "--source", str(TINY / "images"))
     assert code == 0 and ", 3 thread(s)," in err, err
+
+
+def test_tledge_threads_out_of_range_is_refused_before_loading(capsys, monkeypatch, tmp_path):
+    """TLEDGE_THREADS=0 was refused only once the model had been loaded (and the source opened); it is an option
+    like --threads: checked with the others, before anything is loaded."""
+    import tledge.runtime as runtime
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before TLEDGE_THREADS was checked")
+
+    monkeypatch.setattr(runtime, "load", no_load)
+    monkeypatch.setenv("TLEDGE_THREADS", "0")
+    model = str(TINY / "model_int8.tflite")
+    keras = tmp_path / "m.keras"
+    keras.write_bytes(b"PK")  # export and parity refuse before they open it
+    for argv in (("run", model, "--source", str(TINY / "images")), ("bench", model, "--runs", "1"), ("info", model),
+                 ("parity", "--golden", str(TINY)), ("export", keras, "--calib", str(TINY / "images")),
+                 ("parity", keras, model, "--images", str(TINY / "images"))):
+        code, out, err = run_cli(capsys, *argv)
+        assert code == 2 and "TLEDGE_THREADS='0'" in err and len(err.strip().splitlines()) == 1, (argv, err)

@@ -4,9 +4,9 @@ Importing tledge changes nothing in the user's process (no environment variables
 the `tledge` command quietens TensorFlow's C++ logs for its own process only (tledge.cli.main).
 """
 from tledge.contract import Contract
-from tledge.errors import (ArgumentError, ContractError, DataError, ImageError, MissingDependency, ModelLoadError, ModelRunError,
-                           ParityError, TledgeError)
+from tledge.errors import (ArgumentError, ContractError, DataError, ImageError, MissingDependency, ModelLoadError,
+                           ModelRunError, ParityError, TledgeError)
 
 __version__ = "0.1.0"
-__all__ = ["ArgumentError", "Contract", "ContractError", "DataError", "ImageError", "MissingDependency", "ModelLoadError",
-           "ModelRunError", "ParityError", "TledgeError", "__version__"]
+__all__ = ["ArgumentError", "Contract", "ContractError", "DataError", "ImageError", "MissingDependency",
+           "ModelLoadError", "ModelRunError", "ParityError", "TledgeError", "__version__"]

@@ -22,13 +22,14 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from tledge.cli import validate as V
+    from tledge.runtime.backends import MAX_THREADS
     from tledge.devices.bundle import make_bundle
     from tledge.devices.options import device_from_args
 
     V.input_dir(args.export_dir, "EXPORT_DIR")
     if args.out:
         V.output_file(args.out, "--out", suffixes=(".tar.gz", ".tgz"))
-    V.in_range(args.threads, "--threads", 1, 1024)
+    V.in_range(args.threads, "--threads", 1, MAX_THREADS)
     profile = device_from_args(args)
     res = make_bundle(args.export_dir, profile, args.out, backend=args.backend,
                       precision=args.precision, threads=args.threads)

@@ -26,8 +26,9 @@ def run(args) -> int:
         edge_model(args.target, "MODEL_OR_EXPORT")
     files = doctor.model_files(args.target) if args.target else []  # bad paths: exit 2 before any work
     from tledge.cli import validate as V
+    from tledge.runtime.backends import MAX_THREADS
 
-    V.in_range(args.threads, "--threads", 1, 1024)
+    V.in_range(args.threads, "--threads", 1, MAX_THREADS)
     env = doctor.environment()
     reports = [doctor.check_model(f, args.threads) for f in files]
     if args.json:

@@ -83,7 +83,9 @@ def _validate(args, notes: list[str]):
     from tledge.cli import validate as V
     from tledge.export.formats import FORMATS
     from tledge.images import TRAINING_SPLIT
+    from tledge.runtime.backends import default_threads
 
+    default_threads()  # TLEDGE_THREADS (parity runs the files) refused now, not after minutes of converting
     model = V.keras_model(args.model, "MODEL")
     out = Path(args.out) if args.out else model.with_name(model.stem + "_export")
     if not args.calib:  # a model `tledge train` wrote: the images it trained (and validated) on

@@ -32,14 +32,16 @@ def add_arguments(p) -> None:
 
 def _validate(args) -> None:
     from tledge.cli import validate as V
+    from tledge.runtime.backends import MAX_THREADS, default_threads
 
+    default_threads()  # a TLEDGE_THREADS out of range: refused before anything is loaded
     if args.golden:
         extra = [n for n, v in (("REFERENCE", args.reference), ("EXPORTED", args.exported), ("--images", args.images),
                                 ("--preprocess", args.preprocess), ("--unsafe", args.unsafe)) if v]
         if extra:
             raise TledgeError(f"--golden compares with the outputs stored at export: it takes no {', '.join(extra)}")
         V.input_dir(args.golden, "--golden")
-        V.in_range(args.threads, "--threads", 1, 1024)
+        V.in_range(args.threads, "--threads", 1, MAX_THREADS)
         V.device(args.device)
     else:
         missing = [n for n, v in (("REFERENCE", args.reference), ("EXPORTED", args.exported),

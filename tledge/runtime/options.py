@@ -35,7 +35,11 @@ def check_model_options(args, models=()) -> None:
     refused rather than ignored."""
     from tledge.cli import validate as V
 
-    V.in_range(args.threads, "--threads", 1, 1024)
+    from tledge.runtime.backends import MAX_THREADS, default_threads
+
+    V.in_range(args.threads, "--threads", 1, MAX_THREADS)
+    if args.threads is None:
+        default_threads()  # a TLEDGE_THREADS out of range is refused here, before the model is loaded
     kinds = {Path(m).suffix.lower() for m in models}
     if models and kinds <= {".tflite"} and getattr(args, "providers", None):
         raise TledgeError("--providers chooses onnxruntime execution providers and has no effect on .tflite "
