@@ -16,12 +16,28 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
 
 
 def pytest_configure(config):
+    # What the code under test leaves in the temporary folder by design (the log of a stopped or crashed command,
+    # kept to be read; TensorFlow's __autograph_generated_file*.py of a killed process) goes to a folder of this
+    # session's own, removed at its end: a run left about 100 such files in /tmp. pytest's own tmp_path root stays.
+    import tempfile
+
+    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
+    config._tledge_tmpdir = tempfile.mkdtemp(prefix="tledge-tests-")
+    os.environ["TMPDIR"] = config._tledge_tmpdir
+    tempfile.tempdir = None  # re-read from TMPDIR
     # Smoke trainings here run one or two epochs from random weights (formats, files, errors; not accuracy): their
     # val accuracy is chance, and whether it lands under the largest class's share, which the baseline warning says,
     # varies with the CPU's kernels (it failed CI once). Its own test uses pytest.warns, which this does not silence;
     # the real-data tests assert their accuracies.
     config.addinivalue_line(
         "filterwarnings", "ignore:val accuracy .* is no better than always answering:tledge.errors.TledgeWarning")
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    if getattr(config, "_tledge_tmpdir", None):
+        shutil.rmtree(config._tledge_tmpdir, ignore_errors=True)
 
 
 REPO = Path(__file__).resolve().parents[1]
