@@ -188,6 +188,9 @@ def _layer(cls, name, **extra):
     (_layer("Dense", "fn", activation={"function_type": "lambda", "function": ["AAAA", None, None]}), "fn"),
     (_layer("TimeDistributed", "td", layer=_layer("Bidirectional", "bi", layer=_layer("Lambda", "deep"))), "deep"),
     ({"module": "keras.layers", "class_name": "TFSMLayer", "config": {"name": "tfsm", "filepath": "/x"}}, "tfsm"),
+    (_layer("ClassMethod", "cm", cls_symbol="io.gfile.rmtree", method_name="__call__"), "cm"),
+    (_layer("InstanceMethod", "im", attr_name="numpy"), "im"),
+    (_layer("InstanceProperty", "ip", attr_name="device"), "ip"),
 ])
 def test_walk_finds_code_anywhere(entry, culprit):
     config = {"class_name": "Functional", "config": {"name": "m", "layers": [
@@ -290,3 +293,38 @@ def test_a_config_too_deep_to_walk_is_refused():
         deep = {"class_name": "Sequential", "config": {"name": "s", "layers": [deep]}}
     found = kerasconfig.find_code(deep)
     assert len(found) == 1 and "too deeply" in found[0].reason
+
+
+def test_every_tf_keras_op_layer_is_refused():
+    """tf_keras rebuilds TensorFlow calls from a file's config with the layers of its tf_op_layer module: the
+    ClassMethod layer (a TensorFlow function named in the file, called on constants stored in it) was missing from
+    the table, and `tledge export` of such an .h5 deleted a folder the file named. Every Layer of that module must
+    be in the table (a newer tf_keras adding one fails here)."""
+    import inspect
+
+    from tf_keras.src.engine.base_layer import Layer
+    from tf_keras.src.layers.core import tf_op_layer
+
+    layers = {name for name, obj in vars(tf_op_layer).items()
+              if inspect.isclass(obj) and issubclass(obj, Layer) and obj.__module__ == tf_op_layer.__name__}
+    assert {"ClassMethod", "TFOpLambda"} <= layers and layers <= set(kerasconfig.CODE_CLASSES), layers
+
+
+def test_h5_calling_a_tensorflow_function_is_refused(tmp_path, shapes_dataset, capsys):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "important.txt").write_text("data")
+    inp = tf_keras.Input((8, 8, 3))
+    out = tf_keras.layers.Dense(3, activation="softmax")(tf_keras.layers.GlobalAveragePooling2D()(inp))
+    path = tmp_path / "cm.h5"
+    tf_keras.Model(inp, out).save(path)
+    _rewrite_config(path, edit=lambda cfg: cfg["config"]["layers"].append(
+        {"class_name": "ClassMethod", "name": "evil",
+         "config": {"name": "evil", "trainable": True, "dtype": "float32", "cls_symbol": "io.gfile.rmtree",
+                    "method_name": "__call__"},
+         "inbound_nodes": [[["_CONSTANT_VALUE", -1, str(victim), {"kwargs": {}}]]]}))
+    rc = main(["export", str(path), "--preprocess", "raw", "--formats", "tflite", "--val", str(shapes_dataset / "val"),
+               "--out", str(tmp_path / "out")])
+    err = "\n".join(line for line in capsys.readouterr().err.strip().splitlines() if ": note: " not in line)
+    assert rc == 2 and len(err.splitlines()) == 1 and "evil (ClassMethod)" in err and "--unsafe" in err, err
+    assert (victim / "important.txt").read_text() == "data"

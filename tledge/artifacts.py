@@ -171,8 +171,11 @@ class Manifest:
     def from_dict(cls, d: dict) -> "Manifest":
         if not isinstance(d, dict) or d.get("format") != "tledge.export" or not isinstance(d.get("files"), list):
             raise ValueError("not a tledge export manifest")
-        if int(d.get("schema", 0)) > SCHEMA:
-            raise ValueError(f"schema {d['schema']} is newer than this tledge reads ({SCHEMA})")
+        schema = d.get("schema", SCHEMA)
+        if not isinstance(schema, int) or isinstance(schema, bool):
+            raise ValueError(f"schema {str(schema)[:20]!r} is not an integer")
+        if schema > SCHEMA:
+            raise ValueError(f"schema {schema} is newer than this tledge reads ({SCHEMA})")
         if not all(isinstance(e, dict) for e in d["files"]) or not isinstance(d.get("source") or {}, dict):
             raise ValueError("its files are not entries")
         known = set(Entry.__dataclass_fields__)
@@ -180,8 +183,7 @@ class Manifest:
         for e in files:  # every field of its type: parsed, never trusted (a hand-edited file, a wrong one)
             _check_name(e.file)
             _check_types(e)
-        return cls(dict(d.get("source") or {}), files, str(d.get("tledge", "")), str(d.get("created", "")),
-                   int(d.get("schema", SCHEMA)))
+        return cls(dict(d.get("source") or {}), files, str(d.get("tledge", "")), str(d.get("created", "")), schema)
 
 
 _SAFE_NAME = re.compile(r"(rejected/)?[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -271,6 +273,9 @@ def read(folder: str | Path) -> Manifest | None:
         return Manifest.from_dict(json.loads(p.read_text(encoding="utf-8")))
     except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
         raise TledgeError(f"{p} is not a valid tledge manifest ({exc}): re-export with tledge export") from None
+    except RecursionError:
+        raise TledgeError(f"{p} is not a valid tledge manifest (nested too deeply): re-export with tledge export") \
+            from None
 
 
 TRAINED = ("model.keras", "model.h5")  # the Keras files `tledge train` writes into its run folder, preferred first

@@ -346,6 +346,8 @@ class Contract:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as exc:
             raise ContractError(f"contract is not valid JSON: {exc}") from None
+        except UnicodeDecodeError:
+            raise ContractError("contract is not UTF-8 text") from None
         except RecursionError:
             raise ContractError("contract JSON is nested too deeply") from None
 
@@ -359,7 +361,7 @@ class Contract:
         p = Path(path)
         if not p.is_file():
             raise ContractError(f"no contract file at {p}")
-        return cls.from_json(p.read_text(encoding="utf-8"))
+        return cls.from_json(p.read_bytes())  # bytes: json reads UTF-8 (a Latin-1 file is a ContractError)
 
     # ---- named presets --------------------------------------------------------------------------
     @classmethod

@@ -9,7 +9,8 @@ the same as the pretty-printed file.
 
 An entry carries code when loading or calling it would run Python (or a TensorFlow op) stored in, or
 named by, the file: Lambda layers (marshalled bytecode or a named function), tf_keras' TFOpLambda /
-SlicingOpLambda (a TensorFlow function named in the file), Keras 2.3's TensorFlowOpLayer (a NodeDef),
+SlicingOpLambda / ClassMethod / InstanceMethod / InstanceProperty (a TensorFlow function, tensor method or
+attribute named in the file), Keras 2.3's TensorFlowOpLayer (a NodeDef),
 serialised `__lambda__` objects, `function_type` entries, objects from a module that is not Keras or
 tledge, and registered custom objects tledge does not know.
 """
@@ -27,6 +28,9 @@ CODE_CLASSES: dict[str, str] = {
     "Lambda": "a Lambda layer runs Python code stored in (or named by) the file",
     "TFOpLambda": "a TFOpLambda layer calls a TensorFlow function named in the file",
     "SlicingOpLambda": "a SlicingOpLambda layer calls a TensorFlow function named in the file",
+    "ClassMethod": "a ClassMethod layer calls a TensorFlow function named in the file",
+    "InstanceMethod": "an InstanceMethod layer calls a tensor method named in the file",
+    "InstanceProperty": "an InstanceProperty layer reads a tensor attribute named in the file",
     "TensorFlowOpLayer": "a TensorFlowOpLayer runs a TensorFlow op stored in the file",
     "__lambda__": "a serialised Python lambda",
     "TFSMLayer": "a TFSMLayer loads and runs another SavedModel, named by a path in the file",
@@ -189,4 +193,6 @@ def read_keras_config(path: str | Path, limit: int = 64 << 20) -> dict:
         raise ModelLoadError(f"{path} is a zip without config.json: not a .keras model") from None
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise ModelLoadError(f"cannot read {path}: truncated or corrupt .keras archive ({exc})") from None
+    except (RuntimeError, NotImplementedError) as exc:  # an encrypted member, a compression zipfile cannot read
+        raise ModelLoadError(f"cannot read {path}: not a .keras archive Keras writes ({exc})") from None
     return parse(raw, path)

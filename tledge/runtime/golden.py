@@ -167,9 +167,12 @@ def read(path: str | Path) -> Golden:
                 raise ValueError(f"no {', '.join(missing)}")
             arrays = {k: z[k] for k in _KEYS}
         meta = json.loads(str(arrays["meta"]))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
-        raise TledgeError(f"{p} is not a readable tledge golden file ({exc}): run tledge export again") from None
-    if not isinstance(meta, dict) or meta.get("format") != "tledge.golden" or int(meta.get("schema", 0)) > SCHEMA:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, RecursionError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise TledgeError(f"{p} is not a readable tledge golden file ({why}): run tledge export again") from None
+    schema = meta.get("schema", 0) if isinstance(meta, dict) else None
+    if not isinstance(schema, int) or isinstance(schema, bool) or meta.get("format") != "tledge.golden" \
+            or schema > SCHEMA:
         raise TledgeError(f"{p}: not a tledge golden file this tledge reads (schema {SCHEMA})")
     x, ref, y = arrays["pixels"], arrays["reference"], arrays["labels"]
     n = len(x)

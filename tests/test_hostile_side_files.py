@@ -1,0 +1,107 @@
+"""Export folders and model files edited by hand or by someone else: a manifest, golden file, contract or .keras
+archive that parses in an unexpected way is exit 2 and one line from every verb, never a traceback (each case
+here gave a RecursionError, OverflowError, ValueError, UnicodeDecodeError, RuntimeError or NotImplementedError)."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny import TINY, FOREIGN
+
+from tledge import artifacts
+from tledge.cli import main
+from tledge.contract import Contract
+from tledge.errors import ContractError, ModelLoadError
+from tledge.export import kerasconfig
+
+
+def _copy(tmp_path: Path) -> Path:
+    out = tmp_path / "exp"
+    shutil.copytree(TINY, out, ignore=shutil.ignore_patterns("foreign", "images", "reference.json"))
+    return out
+
+
+def _rehash(folder: Path) -> None:
+    """The manifest's sizes and sha256 made to match the edited files (what a careful tamperer does)."""
+    m = json.loads((folder / artifacts.MANIFEST).read_text())
+    for e in m["files"]:
+        p = folder / e["file"]
+        e["bytes"], e["sha256"] = p.stat().st_size, artifacts.sha256_of(p)
+    (folder / artifacts.MANIFEST).write_text(json.dumps(m))
+
+
+def _one_line_exit_2(capsys, *argv) -> str:
+    rc = main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, (argv, rc, err)
+    return err
+
+
+@pytest.mark.parametrize("manifest", [
+    '{"format": "tledge.export", "files": ' + "[" * 100_000 + "]" * 100_000 + "}",
+    '{"format": "tledge.export", "schema": Infinity, "files": []}',
+    '{"format": "tledge.export", "schema": "1", "files": []}',
+])
+def test_manifest_that_parses_oddly(manifest, tmp_path, capsys):
+    exp = _copy(tmp_path)
+    (exp / artifacts.MANIFEST).write_text(manifest)
+    for argv in (("info", exp), ("run", exp, "--source", TINY / "images"), ("parity", "--golden", exp)):
+        assert "not a valid tledge manifest" in _one_line_exit_2(capsys, *argv)
+    rc = main(["run", str(exp / "model_int8.tflite"), "--source", str(TINY / "images")])  # a file: runs, with a note
+    assert rc == 0 and "manifest.json is unreadable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("schema", ['"x"', "Infinity", "true"])
+def test_golden_meta_that_parses_oddly(schema, tmp_path, capsys):
+    exp = _copy(tmp_path)
+    with np.load(exp / "golden.npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"]))
+    text = json.dumps(meta | {"schema": "SCHEMA"}).replace('"SCHEMA"', schema)
+    for name, m in (("odd", text), ("deep", "[" * 100_000 + "]" * 100_000)):
+        buf = io.BytesIO()
+        np.savez(buf, **(arrays | {"meta": np.array(m)}))
+        (exp / "golden.npz").write_bytes(buf.getvalue())
+        _rehash(exp)
+        err = _one_line_exit_2(capsys, "parity", "--golden", exp)
+        assert "golden" in err, (name, err)
+
+
+def test_contract_that_is_not_utf8(tmp_path, capsys):
+    text = Contract.for_backbone("mobilenet_v2", 32, labels=("ant\u00e9", "bee")).to_json().replace("\\u00e9", "\u00e9")
+    with pytest.raises(ContractError, match="not UTF-8"):
+        Contract.from_json(text.encode("latin-1"))
+    folder = tmp_path / "foreign"
+    folder.mkdir()
+    shutil.copy(FOREIGN / "model_int8.tflite", folder)
+    (folder / "tledge.json").write_bytes(text.encode("latin-1"))
+    for argv in (("info", folder / "model_int8.tflite"), ("run", folder / "model_int8.tflite", "--source",
+                                                             TINY / "images")):
+        assert "UTF-8" in _one_line_exit_2(capsys, *argv)
+
+
+def _patched_keras(tmp_path: Path, name: str, offset_in_central: int, value: bytes) -> Path:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("config.json", json.dumps({"class_name": "Functional", "config": {"layers": []}}))
+    data = bytearray(buf.getvalue())
+    central = data.index(b"PK\x01\x02")
+    data[central + offset_in_central:central + offset_in_central + len(value)] = value
+    p = tmp_path / name
+    p.write_bytes(bytes(data))
+    return p
+
+
+@pytest.mark.parametrize("name, offset, value, said", [
+    ("encrypted.keras", 8, b"\x01", "encrypted"),  # general purpose flag bit 0
+    ("method.keras", 10, b"\x63\x00", "compression"),  # method 99 (AES), which zipfile cannot read
+])
+def test_keras_archive_zipfile_cannot_read(name, offset, value, said, tmp_path):
+    path = _patched_keras(tmp_path, name, offset, value)
+    with pytest.raises(ModelLoadError, match=f"not a .keras archive Keras writes.*{said}"):
+        kerasconfig.read_keras_config(path)
