@@ -86,6 +86,18 @@ tflite() {
   else
     echo "$out" | tail -3 >&2; log "tflite-runtime 2.14: tledge run on tests/assets/tiny/model_int8.tflite FAILED"; rc=1
   fi
+  # (3) a deploy bundle as a board with tflite-runtime (no LiteRT) runs it: run.sh --check and run.sh on a folder
+  # (run.sh asked for ai_edge_litert alone and refused, exit 2, although tledge runs on tflite-runtime)
+  out=$(mktemp -d)
+  if PYTHONPATH="$REPO" "$py" -m tledge bundle tests/assets/tiny --device rpi5 --out "$out/b.tar.gz" -q >/dev/null 2>&1 \
+      && tar -xzf "$out/b.tar.gz" -C "$out" && PYTHON="$py" sh "$out"/*/run.sh --check >"$out/check.log" 2>&1 \
+      && PYTHON="$py" sh "$out"/*/run.sh tests/assets/tiny/images --json >"$out/run.jsonl" 2>/dev/null \
+      && labels_as_keras "$py" "$out/run.jsonl"; then
+    log "tflite-runtime 2.14: a bundle's run.sh --check passes and run.sh labels the images as Keras does"
+  else
+    tail -3 "$out/check.log" >&2 2>/dev/null || true; log "tflite-runtime 2.14: the bundle's run.sh FAILED"; rc=1
+  fi
+  rm -rf "$out"
   log "tflite-runtime 2.14 venv checks: $(( $(date +%s) - t0 )) s"
   return $rc
 }

@@ -55,8 +55,25 @@ class Thresholds:
 
     @classmethod
     def lookup(cls, table: dict, name: str, precision: str) -> "Thresholds":
-        """A file's budget in a table of overrides: by file name, else by precision, else the default."""
-        return table.get(name) or table.get(precision) or cls.for_precision(precision)
+        """A file's budget in a table of overrides: by file name, else by precision, else the default. An entry by
+        file name was built on the defaults of the precision in its name (model_fp32.tflite: fp32's); the file's own
+        precision decides, so where they differ (an int8 file named model_fp32.tflite) the entry's own fields are
+        put on the defaults of the file's precision (a looser min_agreement made such a file fail fp32's max_abs)."""
+        t = table.get(name)
+        if t is None:
+            return table.get(precision) or cls.for_precision(precision)
+        named = precision_in_name(name)
+        if named is None or named == precision:
+            return t
+        base = DEFAULT_THRESHOLDS[named]
+        own = {f: getattr(t, f) for f in cls.__dataclass_fields__ if getattr(t, f) != getattr(base, f)}
+        return replace(cls.for_precision(precision), **own)
+
+
+def precision_in_name(name: str) -> str | None:
+    """The precision a file name states (model_int8.onnx -> int8), None for other names."""
+    m = re.fullmatch(r"model_(\w+)\.\w+", Path(name).name)
+    return m.group(1) if m and m.group(1) in DEFAULT_THRESHOLDS else None
 
 
 DEFAULT_THRESHOLDS: dict[str, Thresholds] = {

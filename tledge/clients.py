@@ -147,7 +147,8 @@ def mediapipe_limits(contract) -> str | None:
     if mp.get("agreement") == "differs":
         return (f"MediaPipe Tasks resizes every image itself ({mp.get('resize')}, {mp.get('fit')}), not as this "
                 f"contract says ({contract.resize.value}, {contract.fit.value}: the standard metadata cannot describe "
-                "it), so its answers can differ from tledge run's; feed it images already at the input size")
+                "it), so its answers can differ from tledge run's; feed it images the contract's geometry already made "
+                f"({contract.resize.value}, {contract.fit.value}, to the input size) and tledge run the raw photos")
     return None
 
 

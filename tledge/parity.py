@@ -8,7 +8,6 @@ parity` (tledge.export) and the TensorFlow-free golden check on a board (tledge.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 
 # the thresholds and their defaults are the file table's (tledge.artifacts)
-from tledge.artifacts import DEFAULT_THRESHOLDS, Thresholds  # noqa: F401
+from tledge.artifacts import DEFAULT_THRESHOLDS, Thresholds, precision_in_name  # noqa: F401
 from tledge import stats
 from tledge.errors import ParityError, TledgeError
 
@@ -96,8 +95,7 @@ def thresholds_from_dict(raw: dict) -> dict[str, Thresholds]:
         if key not in DEFAULT_THRESHOLDS and Path(key).suffix.lower() not in (".tflite", ".onnx"):
             raise TledgeError(f"thresholds key {key!r} is neither a precision ({', '.join(DEFAULT_THRESHOLDS)}) nor "
                               "an exported file's name (.tflite, .onnx)")
-        m = re.fullmatch(r"model_(\w+)\.\w+", key)
-        base = DEFAULT_THRESHOLDS.get(key) or DEFAULT_THRESHOLDS.get(m.group(1) if m else "", Thresholds())
+        base = DEFAULT_THRESHOLDS.get(key) or DEFAULT_THRESHOLDS.get(precision_in_name(key) or "", Thresholds())
         out[key] = replace(base, **vals)
     return out
 
@@ -242,6 +240,20 @@ def _accuracy_rule(res: ParityResult, ref_ok: np.ndarray, out_ok: np.ndarray, t:
     return [what]
 
 
+def xml_legal(text: str) -> str:
+    """`text` with what XML 1.0 cannot hold written as `\\xNN`: control characters (a file named `ctl\\x1b.tflite`
+    made a report no XML parser reads) and the surrogates Python gives undecodable bytes of file names
+    (`m\\xff.tflite`: UnicodeEncodeError while writing the report)."""
+    def ok(c: str) -> bool:
+        o = ord(c)
+        return o in (0x9, 0xA, 0xD) or 0x20 <= o <= 0xD7FF or 0xE000 <= o <= 0xFFFD or o >= 0x10000
+
+    if all(ok(c) for c in text):
+        return text
+    return "".join(c if ok(c) else f"\\x{ord(c) - 0xDC00 if 0xDC80 <= ord(c) <= 0xDCFF else ord(c):02x}"
+                   for c in text)
+
+
 @dataclass
 class ParityReport:
     images: int
@@ -336,12 +348,12 @@ class ParityReport:
         cases = []
         for r in self.results:
             body = ""
-            if not r.passed:
-                body = (f'<failure message={quoteattr("; ".join(r.failures))}>'
+            if not r.passed:  # json.dumps escapes what XML cannot hold; names and messages are made legal
+                body = (f'<failure message={quoteattr(xml_legal("; ".join(r.failures)))}>'
                         f"{escape(json.dumps(asdict(r), indent=1))}</failure>")
-            cases.append(f'  <testcase classname={quoteattr(suite)} name={quoteattr(r.file)} '
+            cases.append(f'  <testcase classname={quoteattr(xml_legal(suite))} name={quoteattr(xml_legal(r.file))} '
                          f'time="{(r.latency_ms or 0) * r.images / 1000:.3f}">{body}</testcase>')
-        return (f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name={quoteattr(suite)} '
+        return (f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name={quoteattr(xml_legal(suite))} '
                 f'tests="{len(self.results)}" failures="{failed}" errors="0">\n' + "\n".join(cases) +
                 "\n</testsuite>\n")
 

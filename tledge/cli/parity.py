@@ -57,7 +57,7 @@ def _validate(args) -> None:
     if args.junit:
         V.output_file(args.junit, "--junit")
         V.not_an_input(args.junit, "--junit", [p for p in (args.reference, *args.exported, args.golden,
-                                                            args.thresholds) if p])
+                                                            args.thresholds, args.images) if p], replaces=b"<testsuite")
 
 
 def run(args) -> int:

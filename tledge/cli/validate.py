@@ -265,16 +265,23 @@ def output_file(path, flag: str, *, suffixes: Sequence[str] | None = None) -> Pa
     return p
 
 
-def not_an_input(path, flag: str, inputs: Sequence) -> None:
-    """An output file must not be one of the command's inputs (a model, an exported file): written atomically, it
-    would replace it whole (`--junit model.keras` left 198 bytes of XML where the model was)."""
+def not_an_input(path, flag: str, inputs: Sequence, *, replaces: bytes = b"") -> None:
+    """An output file must not be one of the command's inputs (a model, an exported file, a file anywhere in an input
+    folder: a bundle's model/golden.npz, an image): written atomically, it would replace it whole (`--junit
+    model.keras` left 198 bytes of XML where the model was). An existing file that starts with `replaces` (an earlier
+    report of the same kind) may be replaced."""
     out = Path(str(path)).expanduser()
-    if out.is_file():
-        for q in (Path(str(given)).expanduser() for given in inputs):
-            f = next((f for f in (q.iterdir() if q.is_dir() else [q]) if f.exists() and os.path.samefile(out, f)), None)
-            if f is not None:
-                raise TledgeError(f"{_label(flag, out)} is {f}, an input of this command: it would be overwritten; "
-                                  "write it elsewhere")
+    if not out.is_file():
+        return
+    if replaces:
+        with open(out, "rb") as fh:
+            if replaces in fh.read(512):
+                return
+    real = out.resolve()
+    for q in (Path(str(given)).expanduser().resolve() for given in inputs):
+        if real == q or (q.is_dir() and real.is_relative_to(q)):
+            raise TledgeError(f"{_label(flag, out)} is {'in ' if real != q else ''}{q}, an input of this command: it "
+                              "would be overwritten; write it elsewhere")
 
 
 def output_dir(path, flag: str) -> Path:

@@ -184,8 +184,9 @@ elif [ -x "$HERE/.venv/bin/python" ]; then PY="$HERE/.venv/bin/python"
 else PY=python3; fi
 PYTHONPATH="$HERE/lib${{PYTHONPATH:+:$PYTHONPATH}}"
 export PYTHONPATH
-need() {{
-  if ! "$PY" -c "import $1" 2>/dev/null; then
+need() {{  # LiteRT, else tflite-runtime (tledge runs on either)
+  if ! "$PY" -c "import $1" 2>/dev/null \
+      && ! {{ [ "${{1#*ai_edge_litert}}" != "$1" ] && "$PY" -c "import $(echo "$1" | sed 's/ai_edge_litert/tflite_runtime.interpreter/')" 2>/dev/null; }}; then
     echo "run.sh: $1 cannot be imported by $PY; install the runtime (README.md):" >&2
     echo "  python3 -m venv{venv_flag} $HERE/.venv && $HERE/.venv/bin/pip install -r $HERE/requirements.txt" >&2{board_hint}
     exit 2
@@ -196,7 +197,12 @@ if [ "${{1:-}}" = "--check" ]; then
   # first the code against bundle.json (-I: nothing from lib/ runs before it is checked; no file added to lib/);
   # the model files are tledge parity's to check (model/manifest.json)
   "$PY" -I -c 'import hashlib, json, pathlib, sys
-top = pathlib.Path(sys.argv[1]); listed = json.loads((top / "bundle.json").read_text())["sha256"]
+top = pathlib.Path(sys.argv[1])
+try:
+    listed = json.loads((top / "bundle.json").read_text())["sha256"]
+    assert isinstance(listed, dict) and all(isinstance(h, str) for h in listed.values())
+except (OSError, ValueError, KeyError, TypeError, AssertionError, RecursionError) as exc:
+    sys.exit(f"run.sh: the bundle is not intact: bundle.json unreadable ({{type(exc).__name__}})")
 bad = [f for f, h in sorted(listed.items()) if not f.startswith("model/") and (not (top / f).is_file()
        or hashlib.sha256((top / f).read_bytes()).hexdigest() != h)]
 bad += [str(f.relative_to(top)) + " (not in the bundle)" for f in sorted((top / "lib").rglob("*"))

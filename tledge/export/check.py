@@ -83,11 +83,9 @@ _ONNX_INT8_OPS = {"QuantizeLinear", "QLinearConv", "QLinearMatMul", "QGemm"}
 def _onnx_precision(path: Path, backend) -> str:
     from tledge._deps import available
 
-    if backend.inp.dtype in ("uint8", "int8"):
-        return "int8"
-    if not available("onnx"):
-        return "fp32"
-    import onnx
+    if not available("onnx"):  # the runtime alone: uint8 pixels in are most likely an int8 file
+        return "int8" if backend.inp.dtype in ("uint8", "int8") else "fp32"
+    import onnx  # the graph decides: an fp32 file made with --onnx-input uint8 takes uint8 pixels too
 
     graph = onnx.load(str(path), load_external_data=False).graph
     ops = {n.op_type for n in graph.node}

@@ -1,0 +1,121 @@
+"""What parity hands to CI and boards, with the inputs CI really has: a JUnit path inside an input folder (a bundle's
+model/, an image folder), file names no XML can hold, a thresholds entry by file name for a file whose name and
+precision differ, an fp32 ONNX file with uint8 pixels in, a bundle whose bundle.json is gone."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from tiny import TINY
+
+from tledge.artifacts import Thresholds
+from tledge.cli import main
+from tledge.devices.bundle import make_bundle
+from tledge.parity import ParityReport, ParityResult, thresholds_from_dict, xml_legal
+
+
+@pytest.fixture
+def bundle(tmp_path) -> Path:
+    res = make_bundle(TINY, "x86-cpu", tmp_path / "b.tar.gz")
+    with tarfile.open(res.path) as tar:
+        tar.extractall(tmp_path / "board", filter="data")
+    return tmp_path / "board" / res.top
+
+
+def test_junit_inside_an_input_folder_is_refused_an_earlier_report_replaced(bundle, capsys):
+    """`--junit model/model_int8.tflite` (a bundle keeps its files one folder down) replaced the model with XML and
+    said PASSED; an image under --images was replaced the same way."""
+    for target in (bundle / "model" / "model_int8.tflite", bundle / "model" / "golden.npz"):
+        before = target.read_bytes()
+        assert main(["parity", "--golden", str(bundle), "--junit", str(target)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "an input of this command" in err, err
+        assert target.read_bytes() == before
+    report = bundle / "model" / "junit.xml"  # a report of an earlier run in the folder: replaced, as CI reruns do
+    for _ in range(2):
+        assert main(["parity", "--golden", str(bundle), "--junit", str(report)]) == 0
+        assert ET.parse(report).getroot().get("failures") == "0"
+    capsys.readouterr()
+
+
+def test_junit_holds_any_file_name():
+    """A file named `ctl\\x1b.tflite` gave XML no parser reads; `m\\xff.tflite` (undecodable bytes) a traceback."""
+    names = ["ok\x01.tflite", "ctl\x1bx.tflite", os.fsdecode(b"m\xff.tflite"), "a&b <\"x\">.tflite", "fourmi é.onnx"]
+    results = [ParityResult(file=n, format="tflite", precision="int8", images=3, max_abs_error=0.1, mean_abs_error=0.0,
+                            median_image_max_abs=0.0, top1_agreement=1.0, accuracy=None, reference_accuracy=None,
+                            passed=i % 2 == 0, failures=[] if i % 2 == 0 else [f"bad \x07 {n}"])
+               for i, n in enumerate(names)]
+    xml = ParityReport(images=3, results=results).to_junit()
+    xml.encode("utf-8")  # no surrogates left
+    cases = [c.get("name") for c in ET.fromstring(xml).iter("testcase")]
+    assert cases == ["ok\\x01.tflite", "ctl\\x1bx.tflite", "m\\xff.tflite", "a&b <\"x\">.tflite", "fourmi é.onnx"]
+    assert xml_legal("plain é") == "plain é"
+
+
+def test_thresholds_by_file_name_follow_the_files_own_precision():
+    """An int8 file named model_fp32.tflite: its entry `min_agreement = 0.9` kept fp32's max_abs 1e-4 and failed a
+    file that passes as int8 without the entry."""
+    table = thresholds_from_dict({"model_fp32.tflite": {"min_agreement": 0.9}, "model_int8.onnx": {"max_abs": 0.5}})
+    as_int8 = Thresholds.lookup(table, "model_fp32.tflite", "int8")
+    assert as_int8.min_agreement == 0.9 and as_int8.max_abs is None
+    assert as_int8.max_accuracy_drop == Thresholds.for_precision("int8").max_accuracy_drop
+    assert Thresholds.lookup(table, "model_fp32.tflite", "fp32").max_abs == 1e-4  # name and file agree: as built
+    as_fp32 = Thresholds.lookup(table, "model_int8.onnx", "fp32")  # an fp32 file named int8 keeps fp32's gate
+    assert as_fp32.max_abs == 0.5 and as_fp32.min_agreement == 1.0 and as_fp32.max_accuracy_drop is None
+
+
+def test_fp32_onnx_with_uint8_pixels_is_fp32(tmp_path):
+    """`--onnx-input uint8` fp32 files were checked as int8 (from the input dtype alone): no max_abs gate."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from tledge.export.check import precision_of
+    from tledge.runtime import load
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [3, 2], [0.1, -0.2, 0.3, 0.4, -0.5, 0.6])
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["pixels"], ["f"], to=TensorProto.FLOAT),
+         helper.make_node("Flatten", ["f"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["scores"])],
+        "g", [helper.make_tensor_value_info("pixels", TensorProto.UINT8, [1, 1, 1, 3])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 2])], [w])
+    path = tmp_path / "model_fp32.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
+    model = load(path, preprocess="raw", labels=["a", "b"])
+    assert model.backend.inp.dtype == "uint8" and precision_of(model) == "fp32"
+    assert precision_of(load(TINY / "model_int8.onnx")) == "int8"
+
+
+def test_run_sh_check_without_bundle_json_is_one_line(bundle):
+    (bundle / "bundle.json").unlink()
+    proc = subprocess.run(["sh", str(bundle / "run.sh"), "--check"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHON": sys.executable})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("run.sh: the bundle is not intact: bundle.json unreadable")
+
+
+def test_run_sh_takes_tflite_runtime_where_litert_is_absent(bundle, tmp_path):
+    """run.sh asked for ai_edge_litert alone: a board with tflite-runtime (which tledge runs on) got exit 2 and
+    "install the runtime". A python whose ai_edge_litert cannot be imported but tflite_runtime can must pass the
+    check (here tflite_runtime is LiteRT under that name; ci/runtime_venv.sh runs the real tflite-runtime)."""
+    shims = tmp_path / "shims"
+    (shims / "ai_edge_litert").mkdir(parents=True)
+    (shims / "ai_edge_litert" / "__init__.py").write_text("raise ImportError('not on this board')\n")
+    (shims / "tflite_runtime").mkdir()
+    (shims / "tflite_runtime" / "__init__.py").write_text("")
+    (shims / "tflite_runtime" / "interpreter.py").write_text("")
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(shims)}
+    run_sh = (bundle / "run.sh").read_text()
+    need = run_sh[run_sh.index("need() {"):run_sh.index("\n}\n", run_sh.index("need() {")) + 3]
+    script = tmp_path / "need.sh"
+    script.write_text(f'PY="$PYTHON"\nHERE=.\n{need}\nneed "numpy, ai_edge_litert" && echo found\n')
+    proc = subprocess.run(["sh", str(script)], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0 and "found" in proc.stdout, proc.stderr
+    shutil.rmtree(shims / "tflite_runtime")
+    proc = subprocess.run(["sh", str(script)], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2 and "cannot be imported" in proc.stderr, proc.stderr
