@@ -315,10 +315,12 @@ def require(folder: str | Path, what: str) -> Manifest:
     if trained is not None and not any((d / n).is_file() for n in BY_FILENAME):  # `tledge train`'s folder
         raise TledgeError(f"{d} holds a Keras model ({trained.name}), not exported files: export it first "
                           f"(tledge export {trained}), then pass the export folder")
-    if any(d.glob(".tledge-staging-*")) or any((d / n).is_file() for n in list(BY_FILENAME) + list(SIDE_FILES)):
+    if any(d.glob(".tledge-staging-*")):
         raise TledgeError(f"{d} has no {MANIFEST}, so {what} cannot trust its files (an export into it was "
-                          f"interrupted, or it was written by a tledge without manifests): run tledge export "
-                          f"again into it")
+                          f"killed): run tledge export again into it")
+    if any((d / n).is_file() for n in list(BY_FILENAME) + list(SIDE_FILES)):
+        raise TledgeError(f"{d} has no {MANIFEST}, so {what} cannot trust its files (written by hand or by a tledge "
+                          f"without manifests): run tledge export again into a new folder")
     raise TledgeError(f"{d} is not a tledge export folder (no {MANIFEST}): pass a folder written by tledge "
                       f"export" + (", or a .tflite / .onnx file" if what == "tledge run" else ""))
 

@@ -117,3 +117,25 @@ def shape_inference_scratch():
             yield
         finally:
             ssi.onnx = onnx
+
+
+@contextmanager
+def signals_held():
+    """Ctrl-C and SIGTERM held back while a group of renames runs (an export's swap, a run's files moved into place):
+    they arrive as Python exceptions, and one landing between two renames left half of the new files beside half of
+    the old. A signal that comes meanwhile is noted, then raised again once the block is done, to the handler that
+    was in place. Main thread only (where Python runs signal handlers); elsewhere a no-op."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():  # None: a handler set outside Python, which cannot be put back
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        if got:
+            signal.raise_signal(got[0])

@@ -82,6 +82,7 @@ def _validate(args, notes: list[str]):
     to say once everything is checked (a refused command prints its one error line only)."""
     from tledge.cli import validate as V
     from tledge.export.formats import FORMATS
+    from tledge.export.unit import not_an_export
     from tledge.images import TRAINING_SPLIT
     from tledge.runtime.backends import default_threads
 
@@ -105,6 +106,8 @@ def _validate(args, notes: list[str]):
             raise TledgeError(f"the training run's {model.parent / TRAINING_SPLIT}/ no longer leads to its images "
                               "(the data folder moved or was deleted): pass --calib DIR and --val DIR")
     V.output_dir(out, "--out")
+    if not_an_export(out):  # someone else's files of the names export writes: never replaced
+        raise TledgeError(not_an_export(out))
     if args.calib and args.calib != "random":
         V.image_dir(args.calib, "--calib")
     if args.val:

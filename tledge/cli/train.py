@@ -81,6 +81,9 @@ def _validate(args) -> None:
     if args.weights not in ("imagenet", "none"):
         V.keras_weights(args.weights, "--weights", suffixes=(".h5", ".weights.h5", ".keras"))
     V.output_dir(args.out, "--out")
+    from tledge.train.api import check_out
+
+    check_out(args.out, args.data, args.val)  # before train.log is opened in it
     V.in_range(args.size, "--size", 8, V.MAX_SIDE)
     V.in_range(args.batch, "--batch", 1, 65536)
     V.in_range(args.epochs, "--epochs", 0, 100_000)

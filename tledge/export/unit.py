@@ -4,12 +4,14 @@
         ... write everything into folder.staging ...
         folder.commit(source, verdicts)    # manifest into staging, then swapped in, manifest last
 
-Swap order: (1) the old manifest is removed, so from here until (4) the folder vouches for nothing;
-(2) the previous export's files (the old manifest's list, every name in tledge.artifacts' table,
-the side files, rejected/) are removed; (3) the new files are moved in (os.replace, same file
-system); (4) the new manifest is moved in. A `kill -9` at any point leaves either the old complete
-export, a folder without a manifest (which `bundle`/`run`/`info` refuse), or the new complete one.
-The staging folder of a killed export is removed by the next export into the folder.
+Swap order, with Ctrl-C / SIGTERM held back until it is done: (1) the old manifest is moved aside, so from here
+until (4) the folder vouches for nothing; (2) the previous export's files (the old manifest's list, every name in
+tledge.artifacts' table) are moved aside into the staging folder (and back if a rename fails); (3) the new files
+are moved in (os.replace, same file system); (4) the new manifest is moved in. A `kill -9` at any point leaves
+either the old complete export, a folder without a manifest (which `bundle`/`run`/`info` refuse), or the new
+complete one. The staging folder of a killed export is removed by the next export into the folder. A folder
+that holds files of the table's names but no manifest (and no staging folder of a killed export) is someone
+else's: refused (`not_an_export`), never emptied.
 """
 from __future__ import annotations
 
@@ -26,6 +28,22 @@ LOCK = lock_name("export")
 STAGING_PREFIX = ".tledge-staging-"
 
 
+def not_an_export(out: Path) -> str | None:
+    """Why exporting into `out` would replace files no tledge export wrote, or None: names of the table (or a
+    non-empty rejected/) in a folder without a manifest.json and without the staging folder of a killed export."""
+    if not out.is_dir() or (out / artifacts.MANIFEST).exists() or any(out.glob(STAGING_PREFIX + "*")):
+        return None
+    theirs = sorted(n for n in artifacts.owned_names() if (out / n).is_file() or (out / n).is_symlink())
+    rejected = out / artifacts.REJECTED
+    if rejected.is_dir() and any(rejected.iterdir()):
+        theirs.append(f"{artifacts.REJECTED}/")
+    if not theirs:
+        return None
+    return (f"--out {out} holds {', '.join(theirs[:4])}{' ...' if len(theirs) > 4 else ''} but no "
+            f"{artifacts.MANIFEST}: not a tledge export, and exporting would replace them; choose another --out "
+            "or move them away")
+
+
 class ExportFolder:
     def __init__(self, out: str | Path):
         self.out = Path(out)
@@ -37,6 +55,9 @@ class ExportFolder:
     def __enter__(self) -> "ExportFolder":
         if self.out.exists() and not self.out.is_dir():
             raise TledgeError(f"--out {self.out} is a file, not a folder")
+        why = not_an_export(self.out)
+        if why:
+            raise TledgeError(why)
         self._created = not self.out.exists()
         self.out.mkdir(parents=True, exist_ok=True)
         try:
@@ -76,19 +97,39 @@ class ExportFolder:
 
 
 def swap_in(staging: Path, out: Path, manifest: artifacts.Manifest) -> None:
+    """The new export in place of the old, with Ctrl-C / SIGTERM held back (tledge.io.signals_held): the previous
+    export's files (its manifest's list and the table's names, in rejected/ too) are moved aside into the staging
+    folder, not deleted, and moved back if a rename fails; other files in rejected/ are left alone."""
+    from tledge.io import signals_held
+
     try:
         old = artifacts.read(out)
     except TledgeError:
         old = None
-    (out / artifacts.MANIFEST).unlink(missing_ok=True)  # (1) from here on the folder vouches for nothing
-    names = artifacts.owned_names() | {e.file for e in (old.files if old else ())}
-    for name in sorted(names):  # (2) the previous export's files
-        p = out / name
-        if p.is_file() or p.is_symlink():
-            p.unlink()
-    shutil.rmtree(out / artifacts.REJECTED, ignore_errors=True)
-    for e in manifest.files:  # (3) the new files
-        dst = out / e.file
-        dst.parent.mkdir(exist_ok=True)
-        os.replace(staging / e.file, dst)
-    os.replace(staging / artifacts.MANIFEST, out / artifacts.MANIFEST)  # (4) the manifest, last
+    aside = staging / ".previous"
+    owned = artifacts.owned_names() | {f"{artifacts.REJECTED}/{n}" for n in artifacts.BY_FILENAME}
+    names = [artifacts.MANIFEST] + sorted((owned | {e.file for e in (old.files if old else ())}) - {artifacts.MANIFEST})
+    moved: list[str] = []
+    placed: list[str] = []
+    with signals_held():
+        try:
+            for name in names:  # (1) the old manifest first: from here the folder vouches for nothing; (2) its files
+                p = out / name
+                if p.is_file() or p.is_symlink():
+                    (aside / name).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(p, aside / name)
+                    moved.append(name)
+            for e in manifest.files:  # (3) the new files
+                (out / e.file).parent.mkdir(exist_ok=True)
+                os.replace(staging / e.file, out / e.file)
+                placed.append(e.file)
+            os.replace(staging / artifacts.MANIFEST, out / artifacts.MANIFEST)  # (4) the manifest, last
+        except BaseException:
+            for name in placed:
+                os.replace(out / name, staging / name)
+            for name in reversed(moved):
+                os.replace(aside / name, out / name)
+            raise
+        finally:
+            if (out / artifacts.REJECTED).is_dir() and not any((out / artifacts.REJECTED).iterdir()):
+                (out / artifacts.REJECTED).rmdir()

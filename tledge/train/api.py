@@ -30,11 +30,25 @@ def make_contract(cfg: TrainConfig, labels) -> Contract:
     return c.replace(input_dtype="float32", extra=extra)
 
 
-def _check_out(out: Path, *roots) -> None:
-    o = out.resolve()
-    for r in roots:
-        if r is not None and (o == Path(r).resolve() or Path(r).resolve() in o.parents):
+def check_out(out: Path, *roots) -> None:
+    """--out against the data folders: not inside one (its files would become training data), and its split/ (which
+    every run replaces with links to the images it read) neither holding nor being the data nor holding files of
+    the user's (`--out .` in a project whose data folder is named split/ deleted the photos)."""
+    from tledge.images import TRAINING_SPLIT
+
+    o, split = Path(out).resolve(), Path(out) / TRAINING_SPLIT
+    for r in (Path(r).resolve() for r in roots if r is not None):
+        if o == r or r in o.parents:
             raise TledgeError(f"--out {out} is inside the data folder {r}: its files would become training data")
+        if r == split.resolve() or split.resolve() in r.parents:
+            raise TledgeError(f"the data folder {r} is {out}/{TRAINING_SPLIT}/, which tledge train replaces with links "
+                              f"to the images it read: move the data or choose another --out")
+    if split.is_dir() and not split.is_symlink():
+        for p in split.rglob("*"):
+            if not p.is_symlink() and not p.is_dir():
+                raise TledgeError(f"{split}/ holds {p.relative_to(split)}, a file tledge train did not write (its "
+                                  "split/ is links to images only), and every run replaces split/: choose another "
+                                  "--out or move it")
 
 
 def _complete(ckpt: Checkpoints) -> bool:
@@ -220,7 +234,7 @@ def train(data_dir: str | Path, config: TrainConfig | None = None) -> TrainResul
     cfg = config or TrainConfig()
     t0 = time.perf_counter()
     log, progress = _reporters(cfg.verbose)
-    _check_out(cfg.out, data_dir, cfg.val_dir)
+    check_out(cfg.out, data_dir, cfg.val_dir)
     plan = td.plan(data_dir, cfg.val_dir, cfg.val_split, cfg.seed)
     contract = make_contract(cfg, plan.classes)
     from tledge.train import hardware

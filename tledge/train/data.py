@@ -96,7 +96,7 @@ def _utf8(name: str) -> bool:
 def _split_layout(root: Path) -> tuple[Path, Path | None] | None:
     """(train dir, val dir or None) when `root` holds train/ (and val/) instead of class folders."""
     names = {d.name.lower(): d for d in root.iterdir() if d.is_dir() and not images.skipped_name(d.name)}
-    if "train" not in names:  # a class named "train" beside others is a split layout with extra folders
+    if "train" not in names or not _holds_folders(names["train"]):  # train/ of images alone: a class named train
         return None
     val = next((names[n] for n in VAL_NAMES if n in names), None)
     unused = sorted(d.name for n, d in names.items() if n != "train" and d != val)
@@ -105,6 +105,22 @@ def _split_layout(root: Path) -> tuple[Path, Path | None] | None:
                       f"ignoring {', '.join(n + '/' for n in unused)} (tledge train uses no test split; "
                       "check the exported files on it with tledge parity)", TledgeWarning, stacklevel=3)
     return names["train"], val
+
+
+def _holds_folders(d: Path) -> bool:
+    """Class folders inside (a split's train/ or val/), not images directly (a class of that name)."""
+    return any(c.is_dir() and not images.skipped_name(c.name) for c in d.iterdir()) and not any(
+        f.is_file() and f.suffix.lower() in images.IMAGE_SUFFIXES for f in d.iterdir())
+
+
+def _check_split_named_classes(classes: dict[str, list[Path]], root: Path) -> None:
+    """A val/ (validation/, valid/, test/) beside class folders whose images sit in sub-folders is a misplaced split,
+    not a class: its sub-folders would have been trained as one class named "val"."""
+    for name in classes:
+        if name.lower() in (*VAL_NAMES, "test") and _holds_folders(root / name):
+            raise DataError(f"{root / name} holds folders, not images: a split folder beside the class folders. "
+                            f"Put the class folders in {root}/train/ beside {name}/, or pass --val {root / name} "
+                            f"with {name}/ moved out of {root}")
 
 
 def _to_split(classes: dict[str, list[Path]], names: tuple[str, ...]) -> Split:
@@ -189,6 +205,7 @@ def plan(data_dir: str | Path, val_dir: str | Path | None = None, val_split: flo
     if val_dir is None and found_val is not None and val_split is not None:
         raise DataError(f"{root} has a {found_val.name}/ folder: drop --val-split (or pass --val DIR)")
     train_classes = scan_classes(train_dir, what="training")
+    _check_split_named_classes(train_classes, train_dir)
     names = _check_train(train_classes, train_dir)
     everything = _to_split(train_classes, names)
     val_root = Path(val_dir) if val_dir is not None else found_val

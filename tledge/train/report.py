@@ -20,7 +20,7 @@ import numpy as np
 
 from tledge._deps import available, require
 from tledge.errors import ExportError, TledgeWarning
-from tledge.io import atomic_path, atomic_write_text, check_space
+from tledge.io import atomic_path, atomic_write_text, check_space, signals_held
 from tledge.train.checkpoint import numpy2_quiet, temp_sibling, weight_bytes
 
 RELOAD_TOLERANCE = 1e-5
@@ -172,10 +172,11 @@ def write_all(out: Path, model, contract, metrics: dict, check_x: np.ndarray, ex
         names = _write_staged(stage, model, contract, metrics, check_x, expected, t0, linked)
         if "h5" not in names:
             (out / "model.h5").unlink(missing_ok=True)  # an earlier run's file would not be this model
-        for kind, name in names.items():  # metrics.json last: it says the run's files are all there
-            if (out / name).is_dir() and not (out / name).is_symlink():  # a folder (split/): the old one out first
-                os.replace(out / name, stage / f".old-{name}")
-            os.replace(stage / name, out / name)
+        with signals_held():  # Ctrl-C / SIGTERM between two renames left a new model beside the old labels
+            for kind, name in names.items():  # metrics.json last: it says the run's files are all there
+                if (out / name).is_dir() and not (out / name).is_symlink():  # a folder (split/): the old one out first
+                    os.replace(out / name, stage / f".old-{name}")
+                os.replace(stage / name, out / name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return {kind: out / name for kind, name in names.items()}

@@ -1,0 +1,82 @@
+"""Where `tledge train` reads and writes, as users lay out their folders: a data folder named split/ under --out,
+a split/ holding the user's files, a class named train, a val/ split folder put beside the class folders. Refused
+before anything is loaded (exit 2, one line), nothing deleted."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tledge.cli import main
+from tledge.errors import DataError, TledgeError
+from tledge.train import data as td
+from tledge.train.api import check_out
+
+
+def _images(folder: Path, n: int = 3) -> None:
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(sum(str(folder).encode()))  # other pixels in every folder: no duplicates
+    for i in range(n):
+        cv2.imwrite(str(folder / f"{i}.png"), rng.integers(0, 256, (12, 12, 3), dtype=np.uint8))
+
+
+def test_data_folder_under_out_split_is_refused_and_kept(tmp_path, capsys):
+    """`cd proj && tledge train split --out .` replaced the photos in split/ with links to themselves."""
+    proj = tmp_path / "proj"
+    for c in ("ants", "bees"):
+        _images(proj / "split" / "train" / c)
+        _images(proj / "split" / "val" / c)
+    before = sorted(p for p in (proj / "split").rglob("*.png"))
+    cwd = os.getcwd()
+    os.chdir(proj)
+    try:
+        rc = main(["train", "split", "--out", ".", "--epochs", "1"])
+    finally:
+        os.chdir(cwd)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "replaces with links" in err, err
+    assert sorted(p for p in (proj / "split").rglob("*.png")) == before
+    assert not any(p.is_symlink() for p in before) and not (proj / "train.log").exists()
+
+
+def test_split_folder_with_the_users_files_is_refused(tmp_path):
+    data = tmp_path / "data"
+    for c in ("a", "b"):
+        _images(data / c)
+    out = tmp_path / "run"
+    (out / "split").mkdir(parents=True)
+    (out / "split" / "notes.txt").write_text("mine")
+    with pytest.raises(TledgeError, match=r"holds notes\.txt, a file tledge train did not write"):
+        check_out(out, data, None)
+    (out / "split" / "notes.txt").unlink()  # a split/ of links (what an earlier run wrote) is replaced as before
+    (out / "split" / "train" / "a").mkdir(parents=True)
+    (out / "split" / "train" / "a" / "0.png").symlink_to(data / "a" / "0.png")
+    check_out(out, data, None)
+    with pytest.raises(TledgeError, match="inside the data folder"):
+        check_out(data / "run", data, None)
+
+
+def test_a_class_named_train_is_a_class(tmp_path):
+    """Classes train/ (bus, car, train) and other/: "training folder .../train has no class folders"."""
+    for c in ("bus", "train"):
+        _images(tmp_path / c)
+    plan = td.plan(tmp_path, val_split=0.34)
+    assert plan.classes == ("bus", "train")
+
+
+def test_a_val_split_beside_the_class_folders_is_refused(tmp_path):
+    """ants/, bees/ and val/{ants,bees}/: a 3-class model with labels ants, bees, val."""
+    for c in ("ants", "bees"):
+        _images(tmp_path / c)
+        _images(tmp_path / "val" / c)
+    with pytest.raises(DataError, match=r"val holds folders, not images"):
+        td.plan(tmp_path)
+    _images(tmp_path / "train" / "ants")  # with train/ beside it, it is the split layout it looks like
+    _images(tmp_path / "train" / "bees")
+    with pytest.warns(Warning, match="ignoring"):
+        plan = td.plan(tmp_path)
+    assert plan.classes == ("ants", "bees") and plan.source
