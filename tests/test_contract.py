@@ -61,8 +61,8 @@ def test_unknown_and_newer_fields_are_refused():
 
 @pytest.mark.parametrize("change, said", [
     ({"mean": ["x", 0, 0], "norm": "custom", "std": [1, 1, 1]}, "list of numbers"), ({"mean": 5}, "list of numbers"),
-    ({"version": "x"}, "not an integer"), ({"input_quant": {"scale": "x", "zero_point": 0}}, "positive scale"),
-    ({"input_quant": [1, 2]}, "positive scale"), ({"labels": "ab"}, "list of strings"),
+    ({"version": "x"}, "not an integer"), ({"input_quant": {"scale": "x", "zero_point": 0}}, "positive finite scale"),
+    ({"input_quant": [1, 2]}, "positive finite scale"), ({"labels": "ab"}, "list of strings"),
     ({"labels": [{"a": 1}, None]}, "list of strings"), ({"baked": "no"}, "true or false"),
     ({"height": 32.7}, "an integer"), ({"height": 10 ** 12}, "1..16384"), ({"pad_value": 10 ** 9}, "0..255"),
     ({"norm": "custom", "mean": [float("nan")] * 3, "std": [1, 1, 1]}, "finite"),

@@ -105,3 +105,14 @@ def test_keras_archive_zipfile_cannot_read(name, offset, value, said, tmp_path):
     path = _patched_keras(tmp_path, name, offset, value)
     with pytest.raises(ModelLoadError, match=f"not a .keras archive Keras writes.*{said}"):
         kerasconfig.read_keras_config(path)
+
+
+@pytest.mark.parametrize("quant", [{"scale": 1e309, "zero_point": 0}, {"scale": 0.5, "zero_point": 0, "dtype": "bogus"},
+                                   {"scale": -1, "zero_point": 0}, {"scale": 0.5, "zero_point": 1.5}, [0.5, 0]])
+def test_contract_quantisation_that_means_nothing_is_refused(quant):
+    """An infinite scale and dtype "bogus" were taken (the model's own quantisation happened to be used instead)."""
+    d = Contract.for_backbone("mobilenet_v2", 32, labels=("a", "b")).to_dict()
+    with pytest.raises(ContractError, match="output_quant needs a positive finite scale"):
+        Contract.from_dict(d | {"output_quant": quant})
+    ok = Contract.from_dict(d | {"output_quant": {"scale": 1 / 256, "zero_point": 0, "dtype": "uint8"}})
+    assert ok.output_quant.scale == 1 / 256

@@ -89,8 +89,15 @@ class Quant:
         return {"scale": float(self.scale), "zero_point": int(self.zero_point), "dtype": self.dtype}
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "Quant | None":
-        return None if d is None else cls(float(d["scale"]), int(d["zero_point"]), str(d.get("dtype", "uint8")))
+    def from_dict(cls, d: dict | None, name: str = "quant") -> "Quant | None":
+        """From JSON a file may carry: a positive finite scale, an integer zero point, an integer dtype (ContractError)."""
+        if d is None:
+            return None
+        if not (isinstance(d, dict) and _is(d.get("scale"), "number") and _is(d.get("zero_point"), "int")
+                and 0 < d["scale"] < float("inf") and d.get("dtype", "uint8") in ("uint8", "int8", "int16")):
+            raise ContractError(f"contract field {name} needs a positive finite scale, an integer zero_point and a "
+                                "dtype of uint8, int8 or int16")
+        return cls(float(d["scale"]), int(d["zero_point"]), str(d.get("dtype", "uint8")))
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
         info = np.iinfo(np.dtype(self.dtype))
@@ -327,11 +334,7 @@ class Contract:
             if kind and value is not None and not _is(value, kind):
                 raise ContractError(f"contract field {name}={str(value)[:60]!r} is not {_TYPE_WORDS[kind]}")
         for q in ("input_quant", "output_quant"):
-            if d.get(q) is not None:
-                q_ok = isinstance(d[q], dict) and _is(d[q].get("scale"), "number") and _is(d[q].get("zero_point"), "int")
-                if not q_ok or not d[q]["scale"] > 0:
-                    raise ContractError(f"contract field {q} needs a positive scale and an integer zero_point")
-                d[q] = Quant.from_dict(d[q])
+            d[q] = Quant.from_dict(d.get(q), q)
         for t in ("labels", "mean", "std"):
             if d.get(t) is not None:
                 d[t] = tuple(d[t])
