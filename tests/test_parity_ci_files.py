@@ -119,3 +119,17 @@ def test_run_sh_takes_tflite_runtime_where_litert_is_absent(bundle, tmp_path):
     shutil.rmtree(shims / "tflite_runtime")
     proc = subprocess.run(["sh", str(script)], capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 2 and "cannot be imported" in proc.stderr, proc.stderr
+
+
+def test_golden_check_of_a_bundle_missing_a_model_file(bundle, capsys):
+    """A bundle ships exactly its manifest's files: with one deleted, `run.sh --check` passed on the others (exit 0)
+    while run.sh's own model was gone. An export folder keeps its note (a user may delete the files they need not)."""
+    (bundle / "model" / "model_int8.tflite").unlink()
+    assert main(["parity", "--golden", str(bundle)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is missing model_int8.tflite" in err, err
+    folder = bundle.parent / "export"
+    shutil.copytree(TINY, folder, ignore=shutil.ignore_patterns("foreign", "images", "reference.json"))
+    (folder / "model_int8.onnx").unlink()
+    assert main(["parity", "--golden", str(folder)]) == 0
+    assert "model_int8.onnx: missing" in capsys.readouterr().err

@@ -210,6 +210,10 @@ def check(path: str | Path, *, thresholds: dict[str, Thresholds] | None = None, 
         raise TledgeError(f"{d / GOLDEN}: {problem.split(': ', 1)[1]}: the stored Keras outputs are not the "
                           "export's, so nothing can be compared; export (and bundle) again")
     m, ok, notes = artifacts.vouched(d, "tledge parity --golden")  # any other changed file is refused here
+    gone = [e.file for e in m.vouched() if not (d / e.file).is_file()]
+    if gone and (d.parent / "bundle.json").is_file():  # a bundle's manifest lists what it ships: damage, not choice
+        raise TledgeError(f"the bundle {d.parent} is missing {', '.join(gone)} (listed in model/{artifacts.MANIFEST}): "
+                          "copy the whole bundle again")
     g = read(d / GOLDEN)
     used = g.thresholds if thresholds is None else thresholds  # a thresholds file replaces the export's
     x = g.pixels.astype(np.float32)
