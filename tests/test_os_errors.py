@@ -164,9 +164,15 @@ def test_export_into_an_existing_folder_keeps_other_files_and_replaces_its_own(t
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     (out / "model_fp32.tflite").write_bytes(b"stale")
-    rc = main(["export", str(tiny_model["keras"]), "--formats", "tflite", "--val", str(shapes_dataset / "val"),
-               "--out", str(out)])
+    argv = ["export", str(tiny_model["keras"]), "--formats", "tflite", "--val", str(shapes_dataset / "val"),
+            "--out", str(out)]
+    assert main(argv) == 2  # a file of an export's name but no manifest.json: not ours to replace (tests/test_export_swap.py)
+    assert (out / "model_fp32.tflite").read_bytes() == b"stale"
+    (out / "model_fp32.tflite").unlink()
+    rc = main(argv)
     assert rc == 0
+    (out / "model_fp32.tflite").write_bytes(b"stale")  # beside a manifest: an earlier export's, replaced
+    assert main(argv) == 0
     assert (out / "notes.txt").read_text() == "mine"
     assert (out / "model_fp32.tflite").read_bytes()[4:8] == b"TFL3"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]  # the staging folder is gone

@@ -24,7 +24,8 @@ def add_arguments(p) -> None:
     p.add_argument("--csv", help="also write the results to a CSV file (written atomically)")  # str: keeps a "/"
     p.add_argument("--save", type=Path, help="write annotated frames: a folder, or a video file (.mp4, .avi)")
     p.add_argument("--max-frames", type=int, help="stop after N inputs")
-    p.add_argument("--workers", type=int, help="preparation threads for folders/videos (default: cores-1, 1..3)")
+    p.add_argument("--workers", type=int, help="preparation threads for folders/videos (default: half the usable "
+                                               "cores, the other half infers)")
     p.add_argument("--reconnect", type=int, default=5, metavar="N",
                    help="live sources: reconnect attempts before giving up (default 5)")
     p.add_argument("--reconnect-delay", type=float, default=1.0, metavar="S",
@@ -64,7 +65,7 @@ def run(args) -> int:
         return 130
     if s.lost:
         return 1
-    return 2 if s.total and not s.ok else 0
+    return 0 if s.ok else 2  # nothing classified (every input skipped, or a video with no frame): exit 2
 
 
 def _validate(args) -> None:
@@ -87,6 +88,8 @@ def _validate(args) -> None:
     check_model_options(args, [args.model])
     if args.csv:
         V.output_file(args.csv, "--csv")
+        if args.save and Path(args.csv).expanduser().resolve() == Path(args.save).expanduser().resolve():
+            raise TledgeError(f"--csv and --save are both {args.csv}: one would replace the other")
     if args.save:
         if args.save.suffix.lower() in VIDEO_SUFFIXES:
             V.output_file(args.save, "--save")
@@ -107,7 +110,7 @@ def _keep_inputs(args) -> None:
 
     files, folder = _local_inputs(args.source) if args.csv or args.save else ([], None)
     inputs = {f.resolve() for f in files}
-    source_dir = folder.resolve() if folder is not None and Path(args.source).is_dir() else None
+    source_dir = folder.resolve() if folder is not None else None  # a folder, or a glob's fixed folder
     for flag, out in (("--csv", args.csv), ("--save", args.save)):
         if not out:
             continue
@@ -117,7 +120,7 @@ def _keep_inputs(args) -> None:
                               "write the results elsewhere")
         if flag == "--save" and o.suffix.lower() not in VIDEO_SUFFIXES:
             if source_dir is not None and (o == source_dir or source_dir in o.parents):
-                raise TledgeError(f"--save {out} is inside the source folder {args.source}: the annotated copies "
+                raise TledgeError(f"--save {out} is inside the source folder {source_dir}: the annotated copies "
                                   "would replace or join the photos; pass a folder outside it")
             if any(f.parent == o for f in inputs):
                 raise TledgeError(f"--save {out} holds input files of --source {args.source}: their annotated "
@@ -172,6 +175,9 @@ def _loop(runner, source, args) -> int | None:
             if save:
                 save.write(r)
         ok = True
+    except BrokenPipeError:  # the reader of stdout went away (`| head -1`): the CSV is kept, as the video is
+        ok = True
+        raise
     except KeyboardInterrupt:
         runner.summary.interrupted = ok = True
     except Terminated:

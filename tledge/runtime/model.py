@@ -321,7 +321,11 @@ def load(path: str | Path, *, threads: int | None = None, contract: Contract | N
         contract = infer_contract(backend.inp, backend.out, standard=standard, **contract_options)
         origin = STANDARD_ORIGIN if standard is not None else origin
     else:
+        own = contract.labels
         contract = complete(contract, contract_options, embedded=origin != "given")
+        if origin != "given" and own and contract.labels != own:  # allowed (a translation), but said
+            shown = ", ".join(own[:3]) + (", ..." if len(own) > 3 else "")
+            trust = trust + [f"labels given replace the file's own ({shown})"]
     n_out = backend.out.shape[-1] if backend.out.shape else None
     check_fits(contract, backend.inp, n_out)
     model = EdgeModel(p, backend, contract, origin, 1000 * (time.perf_counter() - start))

@@ -340,14 +340,20 @@ def _image_suffixes() -> set[str]:
 
 
 def _file_source(s: str, on_event) -> Source:
-    from tledge.images import IMAGE_SUFFIXES, iter_image_files
+    from tledge.images import IMAGE_SUFFIXES, data_files
 
     p = Path(s).expanduser()
     if p.is_dir():
-        files = list(iter_image_files(p))
+        every = data_files(p)
+        files = [f for f in every if f.suffix.lower() in IMAGE_SUFFIXES]
+        videos = [f for f in every if f.suffix.lower() in VIDEO_SUFFIXES]  # a folder source is its images
+        said = f"; its {len(videos)} video(s) ({videos[0].name}...) are read one per --source" if videos else ""
         if not files:
-            raise TledgeError(f"no image files in {p} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-        return FileSource(str(p), files, on_event=on_event)
+            raise TledgeError(f"no image files in {p} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}){said}")
+        source = FileSource(str(p), files, on_event=on_event)
+        if videos:
+            source.event(f"{p}: the images only{said}")
+        return source
     if p.is_file():
         if p.suffix.lower() in VIDEO_SUFFIXES:
             return VideoSource(p, on_event=on_event)

@@ -22,7 +22,7 @@ class ImageURLSource(Source):
 
         super().__init__(redact(url), "files", **kw)
         try:
-            with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - the user's own address
+            with urllib.request.urlopen(_request(url), timeout=30) as response:  # noqa: S310 - the user's address
                 data = response.read(self.MAX_BYTES + 1)
         except (OSError, ValueError) as exc:
             raise TledgeError(f"cannot fetch {self.name}: {getattr(exc, 'reason', None) or exc}") from None
@@ -35,3 +35,22 @@ class ImageURLSource(Source):
 
     def frames(self) -> Iterator[Frame]:
         yield Frame(self.name, 0, image=self.image)
+
+
+def _request(url: str):
+    """`http://user:password@host/snapshot.jpg` (an IP camera's) as urllib needs it: the credentials moved into a
+    Basic Authorization header (urlopen took `user:password@host` for a host name)."""
+    import base64
+    import urllib.parse
+    import urllib.request
+
+    u = urllib.parse.urlsplit(url)
+    if u.username is None:
+        return urllib.request.Request(url)
+    host = u.hostname + (f":{u.port}" if u.port else "")
+    if ":" in u.hostname:  # IPv6
+        host = f"[{u.hostname}]" + (f":{u.port}" if u.port else "")
+    plain = urllib.parse.urlunsplit((u.scheme, host, u.path, u.query, u.fragment))
+    user, password = urllib.parse.unquote(u.username), urllib.parse.unquote(u.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return urllib.request.Request(plain, headers={"Authorization": f"Basic {token}"})

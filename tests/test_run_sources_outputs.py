@@ -1,0 +1,127 @@
+"""`tledge run` sources and outputs as users combine them: a video with no frame, an IP camera's snapshot address
+with a password, --csv and --save on one path, --save under a glob's folder, a reader that leaves the pipe, --labels
+on a tledge file, videos inside a folder source."""
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.server
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from tiny import TINY, images_of, CLASSES
+
+import tledge.cli.run as run_cli
+from tledge.cli import main
+
+MODEL = str(TINY / "model_int8.tflite")
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _avi(path: Path, frames: int = 6) -> Path:
+    import cv2
+
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 12.0, (64, 64))
+    for f in images_of(CLASSES[0])[:frames]:
+        w.write(cv2.resize(cv2.imread(str(f)), (64, 64)))
+    w.release()
+    return path
+
+
+def test_a_video_with_no_frame_is_exit_2(tmp_path, capsys):
+    """An .avi cut right after its header: "0 input(s)" and exit 0 (the docs: exit 2 when nothing could be read)."""
+    data = _avi(tmp_path / "v.avi").read_bytes()
+    (tmp_path / "cut.avi").write_bytes(data[:data.index(b"movi") + 4])
+    code, out, err = _run(capsys, "run", MODEL, "--source", tmp_path / "cut.avi")
+    assert code == 2 and "0 input(s)" in out, (code, out, err)
+
+
+@contextlib.contextmanager
+def _camera(folder: Path, user: str, password: str):
+    """An IP camera's snapshot server on 127.0.0.1: Basic authentication or 401."""
+    want = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    class Camera(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a):
+            super().__init__(*a, directory=str(folder))
+
+        def do_GET(self):
+            if self.headers.get("Authorization") != want:
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="cam"')
+                self.end_headers()
+                return
+            super().do_GET()
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Camera)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+
+
+def test_snapshot_address_with_a_password(tmp_path, capsys):
+    """`http://bob:s3cret@host/snapshot.jpg`: "Name or service not known" (urlopen took user:pass@host as a host)."""
+    shutil.copy(images_of(CLASSES[0])[0], tmp_path / "snapshot.png")
+    with _camera(tmp_path, "bob", "s3 cret") as port:
+        code, out, err = _run(capsys, "run", MODEL, "--source", f"http://bob:s3%20cret@127.0.0.1:{port}/snapshot.png")
+        assert code == 0 and "1 ok" in out and "s3" not in out + err, (out, err)
+        code, out, err = _run(capsys, "run", MODEL, "--source", f"http://bob:wrong@127.0.0.1:{port}/snapshot.png")
+        assert code == 2 and "Unauthorized" in err and "wrong" not in err, err
+
+
+def test_csv_and_save_on_one_path_and_save_under_a_glob(tmp_path, capsys):
+    video = _avi(tmp_path / "v.avi")
+    code, _, err = _run(capsys, "run", MODEL, "--source", video, "--csv", tmp_path / "same.mp4", "--save",
+                        tmp_path / "same.mp4")
+    assert code == 2 and "--csv and --save are both" in err and not (tmp_path / "same.mp4").exists(), err
+    photos = tmp_path / "photos"
+    shutil.copytree(TINY / "images", photos)
+    code, _, err = _run(capsys, "run", MODEL, "--source", f"{photos}/**/*.png", "--save", photos / "out")
+    assert code == 2 and "inside the source folder" in err and not (photos / "out").exists(), err
+
+
+def test_a_reader_that_leaves_keeps_the_csv(tmp_path, capfd, monkeypatch):
+    """`tledge run ... --csv r.csv | head -1`: the CSV was thrown away (the --save video was kept)."""
+    lines = []
+
+    def printed(*a, **k):
+        if len(lines) == 2:
+            raise BrokenPipeError(32, "Broken pipe")
+        lines.append(a)
+
+    monkeypatch.setattr(run_cli, "print", printed, raising=False)
+    assert main(["run", MODEL, "--source", str(TINY / "images"), "--csv", str(tmp_path / "r.csv")]) == 141
+    rows = (tmp_path / "r.csv").read_text().splitlines()
+    assert len(rows) >= 2 and rows[0].startswith("source,"), rows  # the header and the rows written
+
+
+def test_labels_on_a_tledge_file_are_said(tmp_path, capsys):
+    labels = tmp_path / "l.txt"
+    labels.write_text("".join(f"{c.upper()}\n" for c in CLASSES))
+    code, out, err = _run(capsys, "run", MODEL, "--source", images_of(CLASSES[0])[0], "--labels", labels)
+    assert code == 0 and CLASSES[0].upper() in out and "labels given replace the file's own" in err, err
+
+
+def test_videos_in_a_folder_source_are_said(tmp_path, capsys):
+    folder = tmp_path / "mix"
+    shutil.copytree(TINY / "images", folder)
+    _avi(folder / "clip.avi")
+    code, out, err = _run(capsys, "run", MODEL, "--source", folder)
+    assert code == 0 and "1 video(s) (clip.avi...) are read one per --source" in err, err
+    empty = tmp_path / "only"
+    empty.mkdir()
+    _avi(empty / "clip.avi")
+    code, _, err = _run(capsys, "run", MODEL, "--source", empty)
+    assert code == 2 and "no image files" in err and "clip.avi" in err, err
