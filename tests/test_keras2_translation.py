@@ -169,7 +169,7 @@ def test_layers_keras3_lacks_fall_back_to_tf_keras_after_the_walk(tmp_path, monk
     # a file the walk flags never reaches a loader, tf_keras least of all
     calls = []
     monkeypatch.setattr(tf_keras.models, "load_model", lambda *a, **k: calls.append(a))
-    monkeypatch.setattr(kerasconfig, "find_code", lambda cfg: [kerasconfig.Finding("m > x", "X", "test")])
+    monkeypatch.setattr(kerasconfig, "find_code", lambda cfg, allowed=None: [kerasconfig.Finding("m > x", "X", "test")])
     with pytest.raises(ModelLoadError, match="layer m > x"):
         loader.load_model(tmp_path / "old.h5")
     assert calls == []

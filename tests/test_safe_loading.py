@@ -249,6 +249,9 @@ def _saved_model(folder: Path, marker: Path | None, how: str = "write"):
                     ds.save(str(marker))
                 else:
                     x = x + 0 * ds.cache(str(marker)).reduce(0.0, lambda a, b: a + b)
+            elif marker is not None and how == "debug":  # DebugIdentityV3 was missing from the op list
+                x = tf.raw_ops.DebugIdentityV3(input=x, device_name="", tensor_name="pixels:0", io_of_node="",
+                                               is_input=False, io_index=0, debug_urls=[f"file://{marker}"])
             elif marker is not None:
                 tf.print("ran", output_stream=f"file://{marker}")
             return {"probs": tf.nn.softmax(tf.reduce_mean(x, [1, 2]) @ self.w)}
@@ -259,7 +262,7 @@ def _saved_model(folder: Path, marker: Path | None, how: str = "write"):
 
 
 @pytest.mark.parametrize("how, op", [("write", "WriteFile"), ("print", "PrintV2"), ("cache", "Dataset"),
-                                     ("save", "Dataset")])
+                                     ("save", "Dataset"), ("debug", "DebugIdentityV3")])
 def test_saved_model_that_writes_files_is_refused(how, op, tmp_path, shapes_dataset, capsys):
     from tledge.export import savedmodel
 

@@ -170,6 +170,13 @@ def _arithmetic_ops(cfg: dict, counts: dict[str, int]) -> None:
             _count(counts, "TFOpLambda arithmetic as Rescaling")
 
 
+def reads_as_data(layer: dict) -> bool:
+    """An arithmetic TFOpLambda (`x / 127.5`, `x - 1`) the translation turns into a Rescaling layer: tf_keras
+    calls a whitelisted TensorFlow function with a number from the file; the config walk lets its class through
+    (and still walks what it holds)."""
+    return layer.get("class_name") == "TFOpLambda" and _as_rescaling(layer) is not None
+
+
 def _as_rescaling(layer: dict) -> dict | None:
     cfg, nodes = layer.get("config"), layer.get("inbound_nodes")
     if not isinstance(cfg, dict) or cfg.get("function") not in ARITHMETIC or not isinstance(nodes, list) \

@@ -31,6 +31,8 @@ CODE_CLASSES: dict[str, str] = {
     "ClassMethod": "a ClassMethod layer calls a TensorFlow function named in the file",
     "InstanceMethod": "an InstanceMethod layer calls a tensor method named in the file",
     "InstanceProperty": "an InstanceProperty layer reads a tensor attribute named in the file",
+    "ResidualWrapper": "an RNN cell wrapper whose residual function is stored in (or named by) the file",
+    "DropoutWrapper": "an RNN cell wrapper whose filter function is stored in (or named by) the file",
     "TensorFlowOpLayer": "a TensorFlowOpLayer runs a TensorFlow op stored in the file",
     "__lambda__": "a serialised Python lambda",
     "TFSMLayer": "a TFSMLayer loads and runs another SavedModel, named by a path in the file",
@@ -79,34 +81,46 @@ def parse(text: str | bytes, source: str | Path) -> dict:
     return config
 
 
-def find_code(config: Any) -> list[Finding]:
-    """Every entry of a parsed config that carries code, in document order."""
+def find_code(config: Any, allowed=None) -> list[Finding]:
+    """Every entry of a parsed config that carries code, in document order. `allowed(entry)`: entries whose own
+    class is known to be data (an arithmetic TFOpLambda the Keras 2 translation reads as Rescaling); what they
+    hold is walked all the same."""
     found: list[Finding] = []
     try:
-        _walk(config, (), found)
+        _walk(config, (), found, allowed)
     except RecursionError:  # no Keras model nests this deep: refuse rather than skip a part
         return [Finding("(top)", "config", "the config is nested too deeply to check")]
     return found
 
 
-def _walk(node: Any, where: tuple[str, ...], found: list[Finding]) -> None:
+def _walk(node: Any, where: tuple[str, ...], found: list[Finding], allowed=None) -> None:
     if isinstance(node, list):
         for item in node:
-            _walk(item, where, found)
+            _walk(item, where, found, allowed)
         return
     if not isinstance(node, dict):
         return
     if "class_name" in node:
         where = where + (_label(node),)
-        reason = _code_reason(node)
+        reason = None if allowed is not None and allowed(node) else _code_reason(node)
         if reason:  # refused as a whole: what is inside it does not matter
             found.append(Finding(" > ".join(where), str(node.get("class_name")), reason))
             return
-    elif "function_type" in node:  # a Lambda-style function entry outside a class
-        found.append(Finding(" > ".join(where) or "(top)", "function", "a Python function stored in the file"))
+    fn = _function_entry(node)
+    if fn:  # a Lambda-style function entry (function_type, or a wrapper's residual_fn_type and the like)
+        found.append(Finding(" > ".join(where) or "(top)", "function", f"a Python function stored in the file ({fn})"))
         return
     for value in node.values():
-        _walk(value, where, found)
+        _walk(value, where, found, allowed)
+
+
+def _function_entry(node: dict) -> str | None:
+    """The key of a function stored in or named by the file: `function_type`, or `<name>_type` = "lambda" /
+    "function" beside `<name>` (tf_keras' cell wrappers: residual_fn + residual_fn_type, loaded with func_load)."""
+    if "function_type" in node:
+        return "function_type"
+    return next((k for k, v in node.items() if isinstance(k, str) and k.endswith("_type") and k != "function_type"
+                 and v in ("lambda", "function") and k[:-5] in node), None)
 
 
 def _label(node: dict) -> str:
@@ -126,7 +140,7 @@ def _code_reason(node: dict) -> str | None:
         if code:
             return code
     cfg = node.get("config")
-    if isinstance(cfg, dict) and "function_type" in cfg:
+    if isinstance(cfg, dict) and _function_entry(cfg):
         return "a Python function stored in the file"
     if module is not None and not _known_module(module, cls):
         return f"its module {module!r} is neither Keras nor tledge (loading would import it)"

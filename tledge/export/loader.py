@@ -73,9 +73,12 @@ def load_model(path: str | Path, *, unsafe: bool = False) -> LoadedModel:
     elif p.suffix.lower() in (".h5", ".hdf5"):
         _check_magic(p, _HDF5_MAGIC, "an HDF5 file")
         config = kerasconfig.read_h5_config(p)
-        # checked as it will be loaded: arithmetic TFOpLambdas (tf.keras 2's x / 127.5 - 1) are Rescaling layers
+        # checked as Keras 3 will load it (arithmetic TFOpLambdas, tf.keras 2's x / 127.5 - 1, are Rescaling
+        # layers) and as tf_keras would, from the original: what the translation drops (a TFOpLambda's other
+        # entries, settings Keras 3 has not) is what tf_keras builds, code included
         translation = keras2.translate(config)
-        has_code = _refuse_code(p, translation.config, unsafe)
+        has_code = _refuse_code(p, translation.config, unsafe) | _refuse_code(p, config, unsafe,
+                                                                              allowed=keras2.reads_as_data)
         with _lowercase_suffix(p) as q:
             loaded = _load_h5(q, translation, unsafe, allow_tf_keras=not has_code or unsafe)
     else:
@@ -126,9 +129,9 @@ def _check_magic(p: Path, magic: bytes, what: str) -> None:
         raise ModelLoadError(f"{p} is not {what} (wrong file type or corrupt)")
 
 
-def _refuse_code(p: Path, config: dict, unsafe: bool) -> bool:
+def _refuse_code(p: Path, config: dict, unsafe: bool, allowed=None) -> bool:
     """Refuse a file whose parsed config carries code, unless unsafe; True when it does."""
-    found = kerasconfig.find_code(config)
+    found = kerasconfig.find_code(config, allowed)
     if found and not unsafe:
         raise ModelLoadError(kerasconfig.refusal(p, found))
     return bool(found)

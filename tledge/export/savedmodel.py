@@ -39,6 +39,8 @@ ACTING_OPS: dict[str, str] = {
     "DebugNanCount": "dumps tensors to debug URLs",
     "DebugNumericSummary": "dumps tensors to debug URLs",
     "DebugNumericSummaryV2": "dumps tensors to debug URLs",
+    "DistributedSave": "writes a dataset to files",
+    "RemoteCall": "runs a function on another device or host",
 }
 SAVE_OPS = frozenset({"Save", "SaveV2", "SaveSlices", "MergeV2Checkpoints"})  # fine only in the save function
 # reads a checkpoint: expected in the restore function only (a path the graph chooses, from the serving path)
@@ -96,6 +98,8 @@ def find_acting_ops(folder: str | Path) -> list[OpFinding]:
 def _reason(node, reachable: bool) -> str | None:
     if node.op in ACTING_OPS:
         return ACTING_OPS[node.op]
+    if node.op.startswith("Debug"):  # the whole tfdbg family (DebugIdentityV3 was missing from the list)
+        return "dumps tensors to debug URLs (files or a remote host)"
     if node.op == "PrintV2" and node.attr["output_stream"].s.decode(errors="replace").startswith("file://"):
         return "prints to a file"
     if node.op in SAVE_OPS and reachable:
