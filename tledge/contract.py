@@ -110,6 +110,7 @@ class Quant:
 
 MAX_SIDE = 16384  # pixels a side: more is no image classifier's input
 _HUGE = 1 << 26  # pixels of an intermediate resize above which a crop resizes only its window (not bit-exact)
+_SIDE_LIMIT = 32767  # or sides: OpenCV's remap (warp-linear) takes none longer (SHRT_MAX)
 # what each field is in JSON (a contract read from a file): checked before any value is used
 _JSON_TYPES = {"height": "int", "width": "int", "channels": "int", "crop_fraction": "number", "pad_value": "int",
                "baked": "bool", "labels": "strings", "mean": "numbers", "std": "numbers", "extra": "object",
@@ -249,7 +250,7 @@ class Contract:
         if self.fit is Fit.CROP:
             scale = max(H / (h * self.crop_fraction), W / (w * self.crop_fraction))
             nh, nw = max(H, round(h * scale)), max(W, round(w * scale))
-            if nh * nw > _HUGE:  # a 1x20000 strip: 4 GB to keep 224x224 of it; resize only the window kept instead
+            if nh * nw > _HUGE or max(nh, nw) >= _SIDE_LIMIT:  # a 1x20000 strip: resize only the window kept
                 sh, sw = min(h, max(1, round(H / scale))), min(w, max(1, round(W / scale)))
                 y0, x0 = (h - sh) // 2, (w - sw) // 2
                 return self.resize_to(np.ascontiguousarray(rgb[y0:y0 + sh, x0:x0 + sw]), W, H)

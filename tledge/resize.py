@@ -27,6 +27,7 @@ import numpy as np
 
 INTER_BITS = 5  # OpenCV's INTER_BITS: positions in 1/32 pixel
 INTER_TAB_SIZE = 1 << INTER_BITS
+SIDE_LIMIT = 32767  # SHRT_MAX: cv2.remap refuses longer sides (source or destination)
 
 
 def warp_linear(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -36,6 +37,10 @@ def warp_linear(image: np.ndarray, width: int, height: int) -> np.ndarray:
     h, w = image.shape[:2]
     if (h, w) == (height, width):
         return image
+    if max(h, w) >= SIDE_LIMIT:  # cv2.remap's limit: a 40x40000 banner is first shrunk (area) within it
+        f = (SIDE_LIMIT - 1) / max(h, w)
+        image = cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+        h, w = image.shape[:2]
     map1, map2 = _maps(h, w, height, width)
     return cv2.remap(image, map1, map2, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 

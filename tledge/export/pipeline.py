@@ -179,8 +179,9 @@ def _inputs(stage: Path, names: Sequence[str]) -> dict[str, dict]:
     for name in names:
         p = stage / name
         c = read_contract(p) if p.is_file() else None
-        if c is not None:
-            out[name] = {"layout": c.layout.value, "dtype": c.input_dtype, "shape": [-1, *c.input_shape]}
+        if c is not None:  # TFLite files take batches of exactly 1; ONNX files any batch (-1)
+            batch = 1 if p.suffix.lower() == ".tflite" else -1
+            out[name] = {"layout": c.layout.value, "dtype": c.input_dtype, "shape": [batch, *c.input_shape]}
     return out
 
 
