@@ -319,3 +319,10 @@ def test_tledge_threads_out_of_range_is_refused_before_loading(capsys, monkeypat
                  ("parity", keras, model, "--images", str(TINY / "images"))):
         code, out, err = run_cli(capsys, *argv)
         assert code == 2 and "TLEDGE_THREADS='0'" in err and len(err.strip().splitlines()) == 1, (argv, err)
+
+
+def test_threads_given_win_over_a_bad_tledge_threads(capsys, monkeypatch):
+    """`TLEDGE_THREADS=0 tledge parity --golden EXPORT --threads 2` was refused for the variable --threads replaces."""
+    monkeypatch.setenv("TLEDGE_THREADS", "0")
+    code, out, err = run_cli(capsys, "parity", "--golden", str(TINY), "--threads", "2")
+    assert code == 0, err

@@ -102,3 +102,17 @@ def test_export_into_someone_elses_folder_is_refused(tiny_model, shapes_dataset,
     _placeholder_export(tmp_path / "earlier", "a")  # an earlier export (its manifest): exported into again
     assert unit.not_an_export(tmp_path / "earlier") is None
     assert artifacts.read(tmp_path / "earlier") is not None
+
+
+def test_folders_tledge_wrote_are_exported_into(tmp_path):
+    """A folder whose killed export's staging folder was deleted by hand (its lock and export.log remain), and a
+    `tledge train` run folder (its labels.txt, tledge.json and metrics.json): tledge's own, not refused."""
+    for signs in ((unit.LOCK, "export.log"), ("metrics.json",)):
+        out = tmp_path / signs[0].strip(".")
+        out.mkdir()
+        for name in ("labels.txt", "tledge.json", "model_fp32.onnx"):
+            (out / name).write_text("x")
+        assert unit.not_an_export(out) is not None
+        for s in signs:
+            (out / s).write_text("")
+        assert unit.not_an_export(out) is None, signs

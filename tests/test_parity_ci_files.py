@@ -133,3 +133,12 @@ def test_golden_check_of_a_bundle_missing_a_model_file(bundle, capsys):
     (folder / "model_int8.onnx").unlink()
     assert main(["parity", "--golden", str(folder)]) == 0
     assert "model_int8.onnx: missing" in capsys.readouterr().err
+
+
+def test_thresholds_by_a_name_that_states_no_precision():
+    """{"hym224_int8.tflite": {"max_accuracy_drop": 0.05}} (meant to loosen) made an int8 file need agreement 1.0."""
+    table = thresholds_from_dict({"hym224_int8.tflite": {"max_accuracy_drop": 0.05}, "mine.onnx": {"top_k": 3}})
+    t = Thresholds.lookup(table, "hym224_int8.tflite", "int8")
+    assert t.max_accuracy_drop == 0.05 and t.min_agreement == Thresholds.for_precision("int8").min_agreement
+    fp32 = Thresholds.lookup(table, "mine.onnx", "fp32")  # an fp32 file keeps its max_abs gate
+    assert fp32.top_k == 3 and fp32.max_abs == Thresholds.for_precision("fp32").max_abs

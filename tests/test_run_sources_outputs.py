@@ -125,3 +125,12 @@ def test_videos_in_a_folder_source_are_said(tmp_path, capsys):
     _avi(empty / "clip.avi")
     code, _, err = _run(capsys, "run", MODEL, "--source", empty)
     assert code == 2 and "no image files" in err and "clip.avi" in err, err
+
+
+def test_save_beside_the_photos_of_a_flat_glob(tmp_path, capsys):
+    """`--source 'photos/*.png' --save photos/annotated` never reads what it writes (the glob is not recursive):
+    allowed, as before the glob rule; a `**` glob is the folder's rule."""
+    photos = tmp_path / "photos"
+    shutil.copytree(TINY / "images", photos)
+    code, _, err = _run(capsys, "run", MODEL, "--source", f"{photos}/*.png", "--save", photos / "annotated")
+    assert code == 0 and (photos / "annotated").is_dir(), err

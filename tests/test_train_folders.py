@@ -80,3 +80,24 @@ def test_a_val_split_beside_the_class_folders_is_refused(tmp_path):
     with pytest.warns(Warning, match="ignoring"):
         plan = td.plan(tmp_path)
     assert plan.classes == ("ants", "bees") and plan.source
+
+
+def test_ordinary_layouts_the_new_rules_must_not_refuse(tmp_path):
+    """A loose preview.jpg in train/ made train/ a class and val/ "a split folder beside the class folders"; a class
+    named test with its images in batch folders was refused; a .DS_Store in a run's split/ refused the run folder."""
+    d = tmp_path / "d"
+    for part in ("train", "val"):
+        for c in ("ants", "bees"):
+            _images(d / part / c)
+    _images(tmp_path / "stray")
+    (tmp_path / "stray" / "0.png").rename(d / "train" / "preview.png")
+    with pytest.warns(Warning, match="ignoring 1 file"):
+        assert td.plan(d).classes == ("ants", "bees")
+    e = tmp_path / "e"
+    _images(e / "cats")
+    _images(e / "test" / "batch1")  # a class named test, images in a sub-folder
+    assert td.plan(e, val_split=0.34).classes == ("cats", "test")
+    out = tmp_path / "run"
+    (out / "split" / "train" / "ants").mkdir(parents=True)
+    (out / "split" / "train" / "ants" / ".DS_Store").write_bytes(b"junk")
+    check_out(out, d, None)

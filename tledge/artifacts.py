@@ -56,16 +56,17 @@ class Thresholds:
     @classmethod
     def lookup(cls, table: dict, name: str, precision: str) -> "Thresholds":
         """A file's budget in a table of overrides: by file name, else by precision, else the default. An entry by
-        file name was built on the defaults of the precision in its name (model_fp32.tflite: fp32's); the file's own
-        precision decides, so where they differ (an int8 file named model_fp32.tflite) the entry's own fields are
-        put on the defaults of the file's precision (a looser min_agreement made such a file fail fp32's max_abs)."""
+        file name was built on the defaults of the precision in its name (model_fp32.tflite: fp32's; a name that
+        states none: Thresholds()); the file's own precision decides, so unless they agree the entry's own fields
+        are put on the defaults of the file's precision (a looser min_agreement made an int8 file named
+        model_fp32.tflite fail fp32's max_abs, and an int8 file named hym_int8.tflite need agreement 1.0)."""
         t = table.get(name)
         if t is None:
             return table.get(precision) or cls.for_precision(precision)
         named = precision_in_name(name)
-        if named is None or named == precision:
+        if named == precision:
             return t
-        base = DEFAULT_THRESHOLDS[named]
+        base = DEFAULT_THRESHOLDS[named] if named else cls()  # what tledge.parity built the entry on
         own = {f: getattr(t, f) for f in cls.__dataclass_fields__ if getattr(t, f) != getattr(base, f)}
         return replace(cls.for_precision(precision), **own)
 

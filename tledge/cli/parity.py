@@ -34,7 +34,8 @@ def _validate(args) -> None:
     from tledge.cli import validate as V
     from tledge.runtime.backends import MAX_THREADS, default_threads
 
-    default_threads()  # a TLEDGE_THREADS out of range: refused before anything is loaded
+    if getattr(args, "threads", None) is None:
+        default_threads()  # a TLEDGE_THREADS out of range (and no --threads): refused before anything is loaded
     if args.golden:
         extra = [n for n, v in (("REFERENCE", args.reference), ("EXPORTED", args.exported), ("--images", args.images),
                                 ("--preprocess", args.preprocess), ("--unsafe", args.unsafe)) if v]

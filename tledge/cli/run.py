@@ -110,7 +110,8 @@ def _keep_inputs(args) -> None:
 
     files, folder = _local_inputs(args.source) if args.csv or args.save else ([], None)
     inputs = {f.resolve() for f in files}
-    source_dir = folder.resolve() if folder is not None else None  # a folder, or a glob's fixed folder
+    recursive = Path(args.source).is_dir() or "**" in str(args.source)  # `*.jpg` never reads annotated/*.jpg
+    source_dir = folder.resolve() if folder is not None and recursive else None  # a folder, or a ** glob's
     for flag, out in (("--csv", args.csv), ("--save", args.save)):
         if not out:
             continue

@@ -29,9 +29,11 @@ STAGING_PREFIX = ".tledge-staging-"
 
 
 def not_an_export(out: Path) -> str | None:
-    """Why exporting into `out` would replace files no tledge export wrote, or None: names of the table (or a
-    non-empty rejected/) in a folder without a manifest.json and without the staging folder of a killed export."""
-    if not out.is_dir() or (out / artifacts.MANIFEST).exists() or any(out.glob(STAGING_PREFIX + "*")):
+    """Why exporting into `out` would replace files no tledge command wrote, or None: names of the table (or a
+    non-empty rejected/) in a folder with no sign of tledge (a manifest.json, a killed export's staging folder,
+    export's lock or log, a `tledge train` run's metrics.json)."""
+    signs = (artifacts.MANIFEST, LOCK, "export.log", "metrics.json")
+    if not out.is_dir() or any((out / s).exists() for s in signs) or any(out.glob(STAGING_PREFIX + "*")):
         return None
     theirs = sorted(n for n in artifacts.owned_names() if (out / n).is_file() or (out / n).is_symlink())
     rejected = out / artifacts.REJECTED

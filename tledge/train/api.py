@@ -34,6 +34,7 @@ def check_out(out: Path, *roots) -> None:
     """--out against the data folders: not inside one (its files would become training data), and its split/ (which
     every run replaces with links to the images it read) neither holding nor being the data nor holding files of
     the user's (`--out .` in a project whose data folder is named split/ deleted the photos)."""
+    from tledge import images
     from tledge.images import TRAINING_SPLIT
 
     o, split = Path(out).resolve(), Path(out) / TRAINING_SPLIT
@@ -45,7 +46,7 @@ def check_out(out: Path, *roots) -> None:
                               f"to the images it read: move the data or choose another --out")
     if split.is_dir() and not split.is_symlink():
         for p in split.rglob("*"):
-            if not p.is_symlink() and not p.is_dir():
+            if not p.is_symlink() and not p.is_dir() and not images.skipped_name(p.name):  # .DS_Store: junk
                 raise TledgeError(f"{split}/ holds {p.relative_to(split)}, a file tledge train did not write (its "
                                   "split/ is links to images only), and every run replaces split/: choose another "
                                   "--out or move it")

@@ -96,7 +96,7 @@ def _utf8(name: str) -> bool:
 def _split_layout(root: Path) -> tuple[Path, Path | None] | None:
     """(train dir, val dir or None) when `root` holds train/ (and val/) instead of class folders."""
     names = {d.name.lower(): d for d in root.iterdir() if d.is_dir() and not images.skipped_name(d.name)}
-    if "train" not in names or not _holds_folders(names["train"]):  # train/ of images alone: a class named train
+    if "train" not in names or not _subfolders(names["train"]):  # train/ of images alone: a class named train
         return None
     val = next((names[n] for n in VAL_NAMES if n in names), None)
     unused = sorted(d.name for n, d in names.items() if n != "train" and d != val)
@@ -107,17 +107,17 @@ def _split_layout(root: Path) -> tuple[Path, Path | None] | None:
     return names["train"], val
 
 
-def _holds_folders(d: Path) -> bool:
-    """Class folders inside (a split's train/ or val/), not images directly (a class of that name)."""
-    return any(c.is_dir() and not images.skipped_name(c.name) for c in d.iterdir()) and not any(
-        f.is_file() and f.suffix.lower() in images.IMAGE_SUFFIXES for f in d.iterdir())
+def _subfolders(d: Path) -> set[str]:
+    """The names of the folders inside `d` (a split's train/ or val/ holds class folders)."""
+    return {c.name for c in d.iterdir() if c.is_dir() and not images.skipped_name(c.name)}
 
 
 def _check_split_named_classes(classes: dict[str, list[Path]], root: Path) -> None:
-    """A val/ (validation/, valid/, test/) beside class folders whose images sit in sub-folders is a misplaced split,
-    not a class: its sub-folders would have been trained as one class named "val"."""
+    """A val/ (validation/, valid/, test/) beside class folders, holding folders named like those classes, is a
+    misplaced split, not a class: its sub-folders would have been trained as one class named "val". (A class named
+    test whose images sit in batch folders stays a class.)"""
     for name in classes:
-        if name.lower() in (*VAL_NAMES, "test") and _holds_folders(root / name):
+        if name.lower() in (*VAL_NAMES, "test") and _subfolders(root / name) & (set(classes) - {name}):
             raise DataError(f"{root / name} holds folders, not images: a split folder beside the class folders. "
                             f"Put the class folders in {root}/train/ beside {name}/, or pass --val {root / name} "
                             f"with {name}/ moved out of {root}")
