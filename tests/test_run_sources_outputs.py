@@ -10,7 +10,6 @@ import shutil
 import threading
 from pathlib import Path
 
-import pytest
 from tiny import TINY, images_of, CLASSES
 
 import tledge.cli.run as run_cli
