@@ -60,7 +60,8 @@ def test_ctrl_c_or_sigterm_during_the_swap_waits_for_it(sig, exc, tmp_path, monk
     def stop(*_):
         raise SystemExit(143)
 
-    previous = signal.signal(signal.SIGTERM, stop) if sig == signal.SIGTERM else None  # as tledge's CLI does
+    # as tledge's CLI has them (SIGTERM) and a terminal (SIGINT: CI starts background jobs with it ignored)
+    previous = signal.signal(sig, stop if sig == signal.SIGTERM else signal.default_int_handler)
     out = tmp_path / "out"
     _placeholder_export(out, "a")
     new = _stage_new(out)
@@ -77,8 +78,7 @@ def test_ctrl_c_or_sigterm_during_the_swap_waits_for_it(sig, exc, tmp_path, monk
         with pytest.raises(exc):
             unit.swap_in(out / (unit.STAGING_PREFIX + "1"), out, new)
     finally:
-        if sig == signal.SIGTERM:
-            signal.signal(signal.SIGTERM, previous)
+        signal.signal(sig, previous)
     assert calls[0] > 3 and _state(out) == "new"
 
 
