@@ -73,7 +73,7 @@ def test_a_val_split_beside_the_class_folders_is_refused(tmp_path):
     for c in ("ants", "bees"):
         _images(tmp_path / c)
         _images(tmp_path / "val" / c)
-    with pytest.raises(DataError, match=r"val holds folders, not images"):
+    with pytest.raises(DataError, match=r"val holds folders named like the classes beside it"):
         td.plan(tmp_path)
     _images(tmp_path / "train" / "ants")  # with train/ beside it, it is the split layout it looks like
     _images(tmp_path / "train" / "bees")

@@ -118,9 +118,9 @@ def _check_split_named_classes(classes: dict[str, list[Path]], root: Path) -> No
     test whose images sit in batch folders stays a class.)"""
     for name in classes:
         if name.lower() in (*VAL_NAMES, "test") and _subfolders(root / name) & (set(classes) - {name}):
-            raise DataError(f"{root / name} holds folders, not images: a split folder beside the class folders. "
-                            f"Put the class folders in {root}/train/ beside {name}/, or pass --val {root / name} "
-                            f"with {name}/ moved out of {root}")
+            raise DataError(f"{root / name} holds folders named like the classes beside it: a split folder, not a "
+                            f"class. Put the class folders in {root}/train/ beside {name}/, or pass --val "
+                            f"{root / name} with {name}/ moved out of {root}")
 
 
 def _to_split(classes: dict[str, list[Path]], names: tuple[str, ...]) -> Split:
