@@ -106,8 +106,9 @@ def _validate(args, notes: list[str]):
             raise TledgeError(f"the training run's {model.parent / TRAINING_SPLIT}/ no longer leads to its images "
                               "(the data folder moved or was deleted): pass --calib DIR and --val DIR")
     V.output_dir(out, "--out")
-    if not_an_export(out):  # someone else's files of the names export writes: never replaced
-        raise TledgeError(not_an_export(out))
+    foreign = not_an_export(out)  # someone else's files of the names export writes: never replaced
+    if foreign:
+        raise TledgeError(foreign)
     if args.calib and args.calib != "random":
         V.image_dir(args.calib, "--calib")
     if args.val:
