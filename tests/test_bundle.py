@@ -69,7 +69,7 @@ def test_rpi4_bundle_contents(export_dir, tmp_path):
     assert "MODEL=${MODEL:-model_int8.tflite}" in run_sh
     assert 'tledge run "$HERE/model/$MODEL" --source "$SOURCE" $DEVICE "$@"' in run_sh
     assert 'DEVICE="--device rpi4"' in run_sh and "_edgetpu" not in run_sh
-    assert "SOURCE=${1:-0}" in run_sh
+    assert "SOURCE=0" in run_sh
     subprocess.run(["sh", "-n", "-"], input=run_sh, text=True, check=True)
     readme = member_text(out, top + "README.md")
     assert "--system-site-packages" in readme and "tledge bench" in readme and "picamera2" in readme
@@ -155,7 +155,8 @@ def test_coral_with_compiler_ships_the_compiled_file(export_dir, tmp_path, monke
     res = make_bundle(export_dir, "coral-usb", tmp_path / "c.tar.gz")
     assert (res.model, res.fallback) == ("model_int8_edgetpu.tflite", "model_int8.tflite")
     assert res.options.delegates == ("libedgetpu.so.1",)
-    assert any("30 of 32 ops on the Edge TPU" in n for n in res.notes)
+    assert any("30 of 32 ops on the Edge TPU" in n and n.endswith("-> model/model_int8_edgetpu.tflite")
+               for n in res.notes)  # not the bundle's temporary folder, gone when the user reads it
     assert "c/model/model_int8_edgetpu.tflite" in read_tar(res.path)
     run_sh = member_text(res.path, "c/run.sh")
     assert 'case "$MODEL" in *_edgetpu.tflite) ;; *) DEVICE="" ;; esac' in run_sh
@@ -163,14 +164,24 @@ def test_coral_with_compiler_ships_the_compiled_file(export_dir, tmp_path, monke
     assert not list(export_dir.glob("*_edgetpu*"))  # the export folder is left alone
 
 
-def test_coral_bundle_takes_a_file_compiled_by_hand_as_the_docs_say(export_dir, tmp_path, monkeypatch):
+def test_coral_bundle_takes_a_file_compiled_by_hand_as_the_docs_say(tmp_path, monkeypatch):
     """`edgetpu_compiler -s -o out/ out/model_int8.tflite`, then `tledge bundle out/ --device coral-usb`: the
     compiled file was "not in manifest.json: not used" and the CPU int8 file shipped."""
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     if shutil.which("edgetpu_compiler"):
         pytest.skip("a real edgetpu_compiler is installed here")
+    from tiny import TINY, edgetpu_stand_in
+
+    export_dir = tmp_path / "e"
+    shutil.copytree(TINY, export_dir)
     compiled = export_dir / "model_int8_edgetpu.tflite"
-    compiled.write_bytes((export_dir / "model_int8.tflite").read_bytes())  # stands in for the compiler's output
+    for bad, why in ((b"", "not a readable TFLite file"),
+                     ((export_dir / "model_int8.tflite").read_bytes(), "it has no edgetpu-custom-op")):
+        compiled.write_bytes(bad)  # an empty file, a copy: shipped as the primary model with the int8 verdict
+        with pytest.raises(TledgeError, match=why):
+            make_bundle(export_dir, "coral-usb", tmp_path / "c.tar.gz")
+        assert not (tmp_path / "c.tar.gz").exists()
+    compiled.write_bytes(edgetpu_stand_in(export_dir / "model_int8.tflite"))  # stands in for the compiler's output
     res = make_bundle(export_dir, "coral-usb", tmp_path / "c.tar.gz")
     assert (res.model, res.fallback) == ("model_int8_edgetpu.tflite", "model_int8.tflite")
     assert any("compiled outside tledge" in n for n in res.notes) and not any("not in" in n for n in res.notes)
@@ -191,7 +202,9 @@ def test_coral_bundle_check_without_the_edge_tpu_runtime_is_exit_2(tmp_path, mon
         pytest.skip("a real edgetpu_compiler is installed here")
     export = tmp_path / "e"
     shutil.copytree(TINY, export)
-    (export / "model_int8_edgetpu.tflite").write_bytes((export / "model_int8.tflite").read_bytes())  # "compiled"
+    from tiny import edgetpu_stand_in
+
+    (export / "model_int8_edgetpu.tflite").write_bytes(edgetpu_stand_in(export / "model_int8.tflite"))  # "compiled"
     res = make_bundle(export, "coral-usb", tmp_path / "c.tar.gz")
     assert res.model == "model_int8_edgetpu.tflite"
     with tarfile.open(res.path) as tar:
@@ -226,5 +239,29 @@ def test_cli_bundle(export_dir, tmp_path, capsys, monkeypatch):
     assert "model/model_int8.tflite" in capsys.readouterr().out
     assert main(["bundle", str(export_dir), "--device", "jetson-nano", "--out", "j.tar.gz", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["model"] == "model_fp32.onnx"
+    readme = member_text(tmp_path / "j.tar.gz", "j/README.md")  # JetPack 4's python3 is 3.6: pyenv's makes .venv
+    install = readme.split("## Install (once)")[1].split("## ")[0]
+    assert "pyenv install 3.11 && ~/.pyenv/versions/3.11*/bin/python -m venv .venv" in install
+    assert "python3 -m venv" not in install and "(3.9)" not in readme
     assert main(["bundle", str(export_dir), "--device", "nope"]) == 2
     assert "unknown device" in capsys.readouterr().err
+
+
+def test_out_names_that_unpack_to_no_folder_are_refused(export_dir, tmp_path):
+    """--out .tar.gz / ...tgz / ..tgz made members /model/..., ../model/... (outside the folder) or ./model/..."""
+    for name in (".tar.gz", "...tgz", "..tgz"):
+        with pytest.raises(TledgeError, match="is no folder name"):
+            make_bundle(export_dir, "rpi4", tmp_path / name)
+        assert not (tmp_path / name).exists()
+
+
+def test_cli_says_when_the_profiles_best_file_is_missing(export_dir, tmp_path, capsys):
+    """The note "rpi4's best file ... ships instead" reached library callers only: the CLI passes every option
+    (unset = None), which counted as an explicit choice."""
+    (export_dir / "model_int8.tflite").unlink()
+    m = json.loads((export_dir / "manifest.json").read_text())
+    m["files"] = [f for f in m["files"] if f["file"] != "model_int8.tflite"]
+    (export_dir / "manifest.json").write_text(json.dumps(m))
+    assert main(["bundle", str(export_dir), "--device", "rpi4", "--out", str(tmp_path / "b.tar.gz")]) == 0
+    out, err = capsys.readouterr()
+    assert "rpi4's best file, model_int8.tflite, is not in the export" in out + err

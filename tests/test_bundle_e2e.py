@@ -104,6 +104,19 @@ def test_run_sh_on_a_folder(unpacked, venv_python):
     assert {Path(r["source"]).name: r["top"][0]["label"] for r in rows} == {p.name: keras_label(p) for p in IMAGES}
 
 
+@pytest.mark.skipif(importlib.util.find_spec("tledge.cli.run") is None, reason="tledge run not available")
+def test_run_sh_options_without_a_source_are_options(unpacked, venv_python):
+    """`./run.sh --json` (SOURCE defaults to camera 0, as run.sh's header says) took --json as the source and
+    failed "argument --source: expected one argument"; here the options come first and a later --source wins."""
+    image = IMAGES[0]
+    proc = subprocess.run(["sh", str(unpacked / "run.sh"), "--json", "--top-k", "1", "--source", str(image)],
+                          capture_output=True, text=True, timeout=300, cwd=unpacked,
+                          env=_clean_env(PYTHON=str(venv_python)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert [r["top"][0]["label"] for r in rows] == [keras_label(image)]
+
+
 def test_run_sh_without_runtime_says_how_to_install(unpacked, tmp_path):
     bare = tmp_path / "bare"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=120)

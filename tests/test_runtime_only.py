@@ -88,6 +88,11 @@ def test_cli_info_without_an_interpreter_reads_the_tflite_file_itself():
     assert r.returncode == 0 and "contract   none" in r.stdout, r.stderr[-2000:]
     r = info(TINY / "model_int8.onnx")  # ONNX needs onnxruntime (or onnx) to read: one line, exit 2
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "onnxruntime" in r.stderr, r.stderr
+    from conftest import shared_asset
+
+    coral = shared_asset("coral_tflite_classifiers", "mobilenet_v1_0.25_128_quant.tflite")
+    r = info(coral)  # standard TFLite metadata: said only "contract none", as if the file had no labels
+    assert r.returncode == 0 and "standard TFLite metadata: 1001 labels (background, tench" in r.stdout, r.stdout
 
 
 def test_runtime_process_never_imports_tensorflow():

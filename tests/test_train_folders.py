@@ -101,3 +101,27 @@ def test_ordinary_layouts_the_new_rules_must_not_refuse(tmp_path):
     (out / "split" / "train" / "ants").mkdir(parents=True)
     (out / "split" / "train" / "ants" / ".DS_Store").write_bytes(b"junk")
     check_out(out, d, None)
+
+
+def test_hand_made_model_in_out_is_refused_and_kept(tmp_path, capsys):
+    """A run replaces model.keras, labels.txt, ... in --out: a rerun's job, but a hand-made model.keras in a
+    folder no run wrote was replaced without a word."""
+    data = tmp_path / "data"
+    for c in ("a", "b"):
+        _images(data / c)
+    out = tmp_path / "proj"
+    out.mkdir()
+    (out / "model.keras").write_bytes(b"my own model")
+    rc = main(["train", str(data), "--out", str(out), "--epochs", "1"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "model.keras, which tledge train did not write" in err, err
+    assert (out / "model.keras").read_bytes() == b"my own model" and not (out / "train.log").exists()
+    (out / "tledge.json").write_text('{"extra": {"trained_by": "tledge train"}}')  # an earlier run's folder
+    check_out(out, data, None)
+    (out / "tledge.json").unlink()
+    from tledge.train.checkpoint import Checkpoints
+
+    state = Checkpoints(out / "checkpoints").state_path
+    state.parent.mkdir()
+    state.write_text("{}")
+    check_out(out, data, None)

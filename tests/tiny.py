@@ -42,3 +42,21 @@ def need(name: str) -> None:
             pytest.importorskip("tflite_runtime")
     else:
         pytest.importorskip("onnxruntime")
+
+
+def edgetpu_stand_in(int8_file: Path) -> bytes:
+    """What stands in for edgetpu_compiler's output here (no compiler): the int8 file with the Edge TPU's custom
+    operator code added (unused), which is what tledge bundle checks a hand-compiled file for."""
+    import flatbuffers
+
+    from tledge._deps import tflite_schema
+
+    s = tflite_schema()
+    model = s.ModelT.InitFromPackedBuf(Path(int8_file).read_bytes(), 0)
+    code = s.OperatorCodeT()
+    code.customCode, code.builtinCode, code.deprecatedBuiltinCode = ("edgetpu-custom-op", s.BuiltinOperator.CUSTOM,
+                                                                     s.BuiltinOperator.CUSTOM)
+    model.operatorCodes.append(code)
+    b = flatbuffers.Builder(1024)
+    b.Finish(model.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())

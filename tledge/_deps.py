@@ -56,6 +56,8 @@ def require(name: str, extra: str | None = None, purpose: str | None = None):
     try:
         module = importlib.import_module(name)
     except ImportError as exc:
+        if _interrupted(exc):  # Ctrl-C while TensorFlow started: an interrupt, not a missing package (exit 130)
+            raise KeyboardInterrupt from exc
         raise _missing(name, extra, purpose, f" Import failed with: {exc}") from exc
     if name == "tensorflow":
         _quiet_python_loggers(module)
@@ -68,6 +70,18 @@ def require(name: str, extra: str | None = None, purpose: str | None = None):
             f"tledge needs Keras on the TensorFlow backend, this process uses {module.backend.backend()!r} "
             "(KERAS_BACKEND or ~/.keras/keras.json): set KERAS_BACKEND=tensorflow")
     return module
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether an ImportError was made of a KeyboardInterrupt: an extension module's start-up interrupted by
+    Ctrl-C surfaces as "initialization failed"."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _missing(name: str, extra: str | None, purpose: str | None, tail: str = "") -> MissingDependency:

@@ -104,7 +104,8 @@ class Table:
 
 # ---- the TFLite model schema (tensorflow/lite/schema/schema.fbs), the fields read here ----------------
 TFLITE_IDENTIFIER = b"TFL3"
-MODEL_SUBGRAPHS, MODEL_BUFFERS, MODEL_METADATA, MODEL_SIGNATURE_DEFS = 2, 4, 6, 7
+MODEL_OPERATOR_CODES, MODEL_SUBGRAPHS, MODEL_BUFFERS, MODEL_METADATA, MODEL_SIGNATURE_DEFS = 1, 2, 4, 6, 7
+OPCODE_CUSTOM = 1
 BUFFER_DATA, BUFFER_OFFSET, BUFFER_SIZE = 0, 1, 2
 METADATA_NAME, METADATA_BUFFER = 0, 1
 SUBGRAPH_TENSORS, SUBGRAPH_INPUTS, SUBGRAPH_OUTPUTS = 0, 1, 2
@@ -150,6 +151,12 @@ def tflite_metadata_entries(data: bytes) -> list[tuple[str, bytes]]:
             payload = bytes(data[offset:offset + size]) if offset > 1 else b""  # large models: after the flatbuffer
         out.append((name, payload))
     return out
+
+
+@guarded
+def tflite_custom_codes(data: bytes) -> list[str]:
+    """The custom operator names a TFLite file uses (`edgetpu-custom-op` in an edgetpu_compiler output)."""
+    return [c for c in (oc.string(OPCODE_CUSTOM) for oc in tflite_model(data).tables(MODEL_OPERATOR_CODES)) if c]
 
 
 @guarded

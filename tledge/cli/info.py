@@ -23,6 +23,13 @@ def run(args) -> int:
     from tledge.runtime.options import check_model_options
 
     if Path(args.model).is_dir():
+        given = [k for k, v in load_kwargs(args).items() if v is not False and v != ()]
+        if given:  # `info EXPORT --device rpi44` said nothing: the options are for loading one file
+            from tledge.errors import TledgeError
+
+            flag = "--" + ("delegate" if given[0] == "delegates" else given[0].replace("_", "-"))
+            raise TledgeError(f"{flag} is for loading one model file, and {args.model} is an export folder (info "
+                              f"lists its manifest): tledge info {Path(args.model) / '<file>'} {flag} ...")
         return _folder(Path(args.model), args.json)
     edge_model(args.model)
     check_model_options(args, [args.model])
@@ -55,13 +62,28 @@ def offline_info(path, why: str) -> dict:
         from tledge.contract import Contract
 
         contract, origin = Contract.load(path.parent / "tledge.json"), "tledge.json"
+    notes = [f"read from the file's bytes, not loaded: {why}"]
+    if contract is None:  # a file made elsewhere: what its standard metadata says (the runtime infers from it)
+        notes += _standard_notes(path)
     io = flatbuf.tflite_io_tensors(data)
     tensors = {k: [{"name": t["name"], "shape": t["shape"], "dtype": None, "quant": None} for t in v]
                for k, v in io.items()}
     return {"path": str(path), "format": "tflite", "size_bytes": len(data), "backend": None, "provider": None,
             "threads": None, "load_ms": None, "contract_origin": origin if contract else None,
             "contract": contract.to_dict() if contract else None, "labels": len(contract.labels) if contract else 0,
-            **tensors, "notes": [f"read from the file's bytes, not loaded: {why}"]}
+            **tensors, "notes": notes}
+
+
+def _standard_notes(path) -> list[str]:
+    from tledge.runtime.foreign import read_standard
+
+    std = read_standard(path)
+    if std is None:
+        return []
+    labels, inp = std.labels(), std.inputs[0] if std.inputs else None
+    shown = f"{len(labels)} labels" + (f" ({', '.join(labels[:3])}, ...)" if labels else "")
+    norm = f", mean {_nums(inp.mean)} std {_nums(inp.std)}" if inp is not None and inp.mean and inp.std else ""
+    return [f"standard TFLite metadata: {shown}{norm}; tledge run infers the contract from it (with tledge[runtime])"]
 
 
 def _tensor(t: dict) -> str:

@@ -60,7 +60,7 @@ def _cpu_fallback(names: list[str], profile: Profile, primary: str) -> str | Non
 
 def _maybe_compile(export_dir: Path, names: list[str], opts: Options, work: Path, notes: list[str]) -> Path | None:
     """For an Edge TPU profile without a compiled file: compile the (vouched) int8 file, or note how to."""
-    from tledge.devices.edgetpu import edgetpu_compile
+    from tledge.devices.edgetpu import edgetpu_compile, not_compiled_from
 
     src = export_dir / "model_int8.tflite"
     if not opts.compile_edgetpu or opts.model_file != src.name or src.name not in names:
@@ -69,13 +69,18 @@ def _maybe_compile(export_dir: Path, names: list[str], opts: Options, work: Path
     if manual.is_file() and manual.stat().st_mtime >= src.stat().st_mtime:
         import shutil
 
+        why = not_compiled_from(manual, src)
+        if why:
+            raise TledgeError(f"{manual}: {why}, so it is not model_int8.tflite compiled for the Edge TPU: delete it "
+                              f"(tledge bundle compiles the int8 file where edgetpu_compiler is installed) or "
+                              f"compile again: edgetpu_compiler -s -o {export_dir} {src}")
         notes[:] = [n for n in notes if not n.startswith(f"{manual.name}: not in ")]
         notes.append(f"{manual.name}: compiled outside tledge from the vouched model_int8.tflite (newer than it); "
                      "the int8 file's parity verdict applies: run ./run.sh --check on the board")
         return Path(shutil.copy(manual, work / manual.name))  # as a file compiled now: listed in the manifest
     res = edgetpu_compile(src, work, shown_dir=export_dir)  # not the bundle's temporary folder
     if res.compiled and res.output:
-        notes.append(f"edgetpu_compiler: {res.summary()}")
+        notes.append(f"edgetpu_compiler: {res.summary(shown=f'model/{res.output.name}')}")  # not the temp folder
         return res.output
     notes.append(f"not compiled for the Edge TPU (the int8 file runs on the host CPU): {res.message}")
     return None
@@ -85,6 +90,7 @@ def choose_models(export_dir: Path, profile: Profile, work: Path, notes: list[st
                   **explicit) -> tuple[list[Path], Options]:
     """The model files for this board among `names` (the files the manifest vouches for): the
     preferred one, plus a CPU fallback when it needs an accelerator."""
+    explicit = {k: v for k, v in explicit.items() if v is not None}  # the CLI passes every option, unset = None
     try:
         opts = resolve(profile, available=names, **explicit)
     except TledgeError as exc:
@@ -212,8 +218,8 @@ if bad:
   need "numpy, {check_modules}"
   exec "$PY" -m tledge parity --golden "$HERE" --device {device}{extra} "$@"
 fi
-SOURCE=${{1:-0}}
-[ $# -gt 0 ] && shift
+SOURCE=0  # options without a SOURCE (./run.sh --json) are options: camera 0
+case "${{1:-}}" in -*) ;; *) [ $# -gt 0 ] && {{ [ -n "$1" ] && SOURCE=$1; shift; }} ;; esac
 MODEL=${{MODEL:-{model}}}
 case "$MODEL" in *.onnx) BACKEND=onnxruntime ;; *) BACKEND=ai_edge_litert ;; esac
 DEVICE="--device {device}{extra}"{plain_file_case}
@@ -246,17 +252,25 @@ def run_sh(profile: Profile, model: str, threads: int | None = None, models: tup
 
 def _board_steps(profile: Profile) -> list[str]:
     """The profile's install lines minus making a venv and installing tledge (the bundle does both)."""
-    skip = ("-m venv", f"./{WHEEL}", "pyenv install")
+    skip = ("-m venv", f"./{WHEEL}")
     return [ln.replace("~/tledge-venv/", ".venv/") for ln in profile.install if not any(k in ln for k in skip)]
 
 
+def venv_line(profile: Profile) -> str:
+    """How the bundle's .venv is made: the profile's own line where it makes it with another Python than the
+    system's python3 (the Jetson Nano's is 3.6: pyenv's 3.11), else python3 -m venv."""
+    for ln in profile.install:
+        if "-m venv" in ln and not ln.lstrip().startswith("python3 -m venv"):
+            return ln.split("#")[0].strip().replace("~/tledge-venv", ".venv")
+    return f"python3 -m venv{venv_flag_of(profile)} .venv"
+
+
 def readme(profile: Profile, models: list[str], opts: Options, notes: list[str], golden: bool = True) -> str:
-    venv_flag = venv_flag_of(profile)
     lines = [f"# tledge bundle for {profile.title}", "",
              f"Model: `model/{models[0]}` ({opts.backend} {opts.precision}, {opts.target.accel.value if opts.target else 'cpu'})"
              + (f"; CPU fallback `model/{models[1]}`" if len(models) > 1 else "") + ".",
              f"Threads: {opts.threads or 'default'}. Assumes {profile.os}.", "",
-             "## Install (once)", "", "```sh", f"python3 -m venv{venv_flag} .venv",
+             "## Install (once)", "", "```sh", venv_line(profile),
              ".venv/bin/pip install -r requirements.txt", "```", ""]
     extra = _board_steps(profile)
     if extra:
@@ -358,6 +372,9 @@ def make_bundle(export_dir: "str | Path", device: "str | Profile", out: "str | P
     names = [e.file for e in ok]
     dst = Path(out) if out is not None else Path.cwd() / f"{src.resolve().name}-{profile.name}.tar.gz"
     top = dst.name[: -len(".tar.gz")] if dst.name.endswith(".tar.gz") else dst.stem
+    if top.strip(".") == "":  # --out .tar.gz: members /model/..., ../model/... or ./model/...
+        raise TledgeError(f"--out {out}: the bundle unpacks to a folder named after the file, and {top!r} is no "
+                          "folder name: name it, e.g. --out model-rpi4.tar.gz")
     with tempfile.TemporaryDirectory(prefix="tledge-bundle-") as work:
         files, opts = choose_models(src, profile, Path(work), notes, names, **explicit)
         names = [f.name for f in files]

@@ -110,11 +110,12 @@ class CompileResult:
     def fully_mapped(self) -> bool:
         return self.compiled and self.ops_on_cpu == 0 and bool(self.ops_on_tpu)
 
-    def summary(self) -> str:
+    def summary(self, shown: str | None = None) -> str:
+        """shown: where the user finds the output (a bundle's model/ file), when not at self.output."""
         if not self.compiled:
             return self.message
         return (f"{self.ops_on_tpu} of {self.ops_total} ops on the Edge TPU, {self.ops_on_cpu} on the CPU "
-                f"({self.subgraphs} TPU subgraph(s)) -> {self.output}")
+                f"({self.subgraphs} TPU subgraph(s)) -> {shown or self.output}")
 
 
 _NUM = {
@@ -179,3 +180,24 @@ def edgetpu_compile(tflite_path: "str | Path", out_dir: "str | Path | None" = No
     msg = "compiled" if ok else f"{compiler} failed (exit {proc.returncode}): {tail or 'no output'}"
     return CompileResult(ok, cmd, output if ok else None, info["ops_total"], info["ops_on_tpu"],
                          info["ops_on_cpu"], info["subgraphs"], log, msg)
+
+
+def not_compiled_from(compiled: Path, src: Path) -> str | None:
+    """Why `compiled` cannot be edgetpu_compiler's output for `src` (None: it can): an empty or foreign file, a
+    file without the Edge TPU's custom op, or other input/output shapes. Newer than src alone said nothing: an
+    empty file, or another model's, shipped as the primary model with the int8 file's parity verdict."""
+    from tledge import flatbuf
+    from tledge.errors import ModelLoadError
+
+    try:
+        data = compiled.read_bytes()
+        customs = flatbuf.tflite_custom_codes(data)
+        shapes = [[[t["shape"] for t in io[k]] for k in ("inputs", "outputs")]
+                  for io in (flatbuf.tflite_io_tensors(data), flatbuf.tflite_io_tensors(src.read_bytes()))]
+    except (OSError, ModelLoadError) as exc:
+        return f"not a readable TFLite file ({exc})"
+    if "edgetpu-custom-op" not in customs:
+        return "it has no edgetpu-custom-op (edgetpu_compiler's output has one)"
+    if shapes[0] != shapes[1]:
+        return f"its input/output shapes {shapes[0]} differ from the int8 file's {shapes[1]}"
+    return None

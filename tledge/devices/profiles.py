@@ -211,8 +211,8 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
         install=(
             "# PyPI has no aarch64 CUDA/TensorRT onnxruntime: NVIDIA's onnxruntime-gpu wheels come from the",
             "# Jetson Zoo (https://elinux.org/Jetson_Zoo#ONNX_Runtime). For JetPack 4 they target Python 3.6/3.8,",
-            "# older than tledge's minimum (3.9): build onnxruntime-gpu with TensorRT from source for a newer",
-            "# Python, or run on the CPU with a Python >= 3.10 you install yourself (e.g. pyenv):",
+            "# older than tledge's minimum (3.10): build onnxruntime-gpu with TensorRT from source for a newer",
+            "# Python, or run on the CPU with a Python >= 3.10 you install yourself (e.g. with pyenv).",
             "pyenv install 3.11 && ~/.pyenv/versions/3.11*/bin/python -m venv ~/tledge-venv",
             f"~/tledge-venv/bin/pip install './{WHEEL}[runtime]'   # CPU only: ai-edge-litert + onnxruntime",
         ),
@@ -221,7 +221,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
                 "'nvarguscamerasrc sensor-id=0 ! video/x-raw(memory:NVMM),width=1280,height=720,framerate=30/1 "
                 "! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! appsink drop=1'"),
         notes=(
-            "JetPack 4 is the last release for the Nano: no Python >= 3.9 GPU wheels of onnxruntime exist for it.",
+            "JetPack 4 is the last release for the Nano: no Python >= 3.10 GPU wheels of onnxruntime exist for it.",
             "Maxwell has no int8 tensor cores: TensorRT runs the fp32 file as fp16 at best.",
             "pip's opencv-python-headless has no GStreamer: use JetPack's OpenCV (venv with "
             "--system-site-packages) to open nvarguscamerasrc.",

@@ -50,6 +50,26 @@ def check_out(out: Path, *roots) -> None:
                 raise TledgeError(f"{split}/ holds {p.relative_to(split)}, a file tledge train did not write (its "
                                   "split/ is links to images only), and every run replaces split/: choose another "
                                   "--out or move it")
+    _refuse_foreign_outputs(Path(out))
+
+
+RUN_FILES = ("model.keras", "model.h5", "labels.txt", "tledge.json", "metrics.json", "curves.png", "confusion.png")
+
+
+def _refuse_foreign_outputs(out: Path) -> None:
+    """A run replaces RUN_FILES in OUT. That is a rerun's job where OUT holds an earlier run (its checkpoints, or a
+    tledge.json that says `tledge train`), and data loss where it does not: a hand-made model.keras was replaced."""
+    found = [n for n in RUN_FILES if (out / n).exists() or (out / n).is_symlink()]
+    if not found or Checkpoints(out / "checkpoints").exists():
+        return
+    try:
+        extra = json.loads((out / "tledge.json").read_text(encoding="utf-8")).get("extra") or {}
+        if isinstance(extra, dict) and extra.get("trained_by") == "tledge train":
+            return
+    except (OSError, ValueError, AttributeError):
+        pass
+    raise TledgeError(f"--out {out} holds {', '.join(found)}, which tledge train did not write (no earlier run "
+                      "there), and a run replaces them: choose another --out or move them")
 
 
 def _complete(ckpt: Checkpoints) -> bool:
