@@ -15,7 +15,7 @@ import numpy as np
 from tledge.errors import DataError, ImageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
-                  ".jp2"}
+                  ".pbm", ".pnm", ".jp2"}
 # folders no one means as data: macOS zips' resource forks, Synology's thumbnails (hidden ones start with ".")
 SYSTEM_FOLDERS = {"__MACOSX", "@eaDir"}
 # What `tledge train` leaves in OUT for the export: split/train/<class>/ and split/val/<class>/, symbolic links to the
@@ -52,6 +52,8 @@ def decode(data: np.ndarray, name) -> np.ndarray:
     """Encoded image bytes (a uint8 array) -> HxWx3 uint8 RGB, as `load` does for a file, or ImageError."""
     import cv2
 
+    if jpeg_truncated(data):  # OpenCV 4 decodes it with grey rows, OpenCV 5 refuses it
+        raise ImageError(f"cannot decode image {name}: a truncated JPEG (it ends before its end marker)")
     # IMREAD_ANYDEPTH keeps 16-bit data for a correct scale; IMREAD_COLOR applies EXIF orientation.
     try:
         img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
@@ -118,7 +120,8 @@ def _first_gif_frame(p: Path):
     return frame if ok else None
 
 
-PIL_AS_IS = ("L", "RGB", "RGBA", "I;16", "F")  # PIL modes whose arrays to_uint8_rgb reads right (F: 0..1 / 0..255)
+# PIL modes whose arrays to_uint8_rgb reads right (F: 0..1 / 0..255; the I;16 family: 16-bit, either byte order)
+PIL_AS_IS = ("L", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
 def to_uint8_rgb(img: np.ndarray, *, bgr: bool = False) -> np.ndarray:
@@ -129,11 +132,19 @@ def to_uint8_rgb(img: np.ndarray, *, bgr: bool = False) -> np.ndarray:
 
     mode = getattr(img, "mode", None)  # a PIL image: palette, CMYK, YCbCr, LAB, HSV... arrays are not pixels
     if isinstance(mode, str) and callable(getattr(img, "convert", None)) and mode not in PIL_AS_IS:
+        if mode == "La":  # premultiplied: Pillow converts it to LA only
+            img = img.convert("LA")
         img = img.convert("RGBA" if mode in ("LA", "La", "PA", "RGBa") or "transparency" in getattr(img, "info", {})
                           else "RGB")
     a = np.asarray(img)
     if a.ndim not in (2, 3) or a.size == 0 or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
         raise ImageError(f"expected an HxW or HxWx{{1,3,4}} image, got shape {a.shape}")
+    if a.dtype.kind not in "uifb":  # objects, strings, complex numbers: a TypeError from numpy before
+        raise ImageError(f"an image array holds numbers, got {a.dtype} values")
+    if a.dtype.kind == "b":  # a mask, as PIL's mode "1" converts: 0 / 255
+        a = a.astype(np.uint8) * 255
+    if a.dtype.kind == "u" and a.dtype.itemsize == 2:  # PIL's I;16B is big-endian
+        a = a.astype(np.uint16)
     if a.dtype == np.uint16:
         a = (a.astype(np.uint32) * 255 + 32767) // 65535
         a = a.astype(np.uint8)
@@ -298,3 +309,55 @@ def _hint(names: list[str], labels: tuple[str, ...]) -> str:
         if close:
             return f"; closest to {name!r}: {labels[keys.index(close[0])]!r}"
     return ""
+
+
+# ---- JPEG completeness (no decoding) ----------------------------------------------------------------
+_SOI, _EOI, _SOS = 0xD8, 0xD9, 0xDA
+_STANDALONE = set(range(0xD0, 0xD8)) | {0x01, _SOI}  # RSTn, TEM, SOI: markers without a length
+
+
+def _is_jpeg(data: np.ndarray) -> bool:
+    return data.size >= 3 and data[0] == 0xFF and data[1] == _SOI and data[2] == 0xFF
+
+
+def jpeg_truncated(data: np.ndarray) -> bool:
+    """True when the JPEG in `data` (uint8 array) has image data (a scan) but ends before its end-of-image marker.
+    OpenCV 5 refuses such a file; OpenCV 4 (boards: Pi OS's picamera2 needs opencv-python-headless < 4.11) decodes
+    it with the missing rows grey: refused here on every OpenCV. Header segments are skipped by their lengths;
+    inside the entropy-coded data a marker is 0xFF followed by a byte that is not 0x00 (stuffing), 0xFF (fill) or
+    RSTn, so the scans of a progressive file are walked marker to marker. Bytes after the end marker (a Motion
+    Photo's video, a camera's trailer) are not the image. A file cut before its first scan is the decoder's to
+    refuse as corrupt."""
+    if not _is_jpeg(data):
+        return False
+    n, pos, scanned = int(data.size), 2, False
+    ff = np.flatnonzero(data[:-1] == 0xFF)  # candidate marker positions, for the entropy-coded data
+    nxt = data[ff + 1]
+    markers = ff[(nxt != 0x00) & (nxt != 0xFF) & ((nxt < 0xD0) | (nxt > 0xD7))]
+    while True:
+        if pos + 1 >= n:
+            return scanned
+        if data[pos] != 0xFF:
+            return False  # not a marker where one must be: corrupt, not truncated (the decoder says so)
+        kind = int(data[pos + 1])
+        if kind == 0xFF:  # fill bytes before a marker
+            pos += 1
+            continue
+        if kind == _EOI:
+            return False
+        if kind in _STANDALONE:
+            pos += 2
+            continue
+        if pos + 3 >= n:
+            return scanned
+        end = pos + 2 + (int(data[pos + 2]) << 8 | int(data[pos + 3]))
+        if end > n:
+            return scanned
+        if kind != _SOS:
+            pos = end
+            continue
+        scanned = True
+        later = markers[np.searchsorted(markers, end):]  # the scan's data runs to the next marker
+        if later.size == 0:
+            return True
+        pos = int(later[0])
