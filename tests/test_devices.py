@@ -166,6 +166,19 @@ def test_detect_pi_on_32_bit_os_keeps_the_board_and_says_why_it_hurts(tmp_path):
     assert any("32-bit" in e.meaning and "no ai-edge-litert" in e.meaning for e in det.evidence)
 
 
+def test_detect_32_bit_pi_os_on_a_64_bit_kernel(tmp_path):
+    """32-bit Pi OS boots a 64-bit kernel on a Pi 4: the kernel's aarch64 made it a confident rpi4, for a userland
+    PyPI has no ai-edge-litert or onnxruntime wheels for. The shell's ELF class says what the userland is."""
+    files = {"proc/device-tree/model": b"Raspberry Pi 4 Model B Rev 1.4\x00", "proc/sys/kernel/arch": "aarch64\n",
+             "bin/sh": b"\x7fELF\x01\x01\x01" + bytes(40)}
+    det = detect(fake_root(tmp_path, files))
+    assert (det.profile.name, det.arch, det.confident) == ("rpi4", "armv7l", False)
+    assert any(e.source == "ELF class of bin/sh" for e in det.evidence)
+    files["bin/sh"] = b"\x7fELF\x02\x01\x01" + bytes(40)  # 64-bit Pi OS
+    det = detect(fake_root(tmp_path / "b", files))
+    assert (det.profile.name, det.arch, det.confident) == ("rpi4", "aarch64", True)
+
+
 def test_detect_a_jetson_that_is_neither_nano_nor_orin_is_a_guess(tmp_path):
     """A Xavier NX on JetPack 5 was `jetson-orin`, confident, though its own device-tree model said Xavier."""
     root = fake_root(tmp_path, {"proc/device-tree/model": b"NVIDIA Jetson Xavier NX Developer Kit\x00",

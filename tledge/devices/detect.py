@@ -3,7 +3,8 @@
 Evidence, in order: /proc/device-tree/model (Raspberry Pi, Jetson), /etc/nv_tegra_release (L4T
 release: R32 = JetPack 4 = Nano era, R35/R36 = JetPack 5/6 = Orin), /proc/cpuinfo (Model line,
 CPU part, core count), the machine architecture (`uname -m`: an argument, else
-<root>/proc/sys/kernel/arch, else platform.machine() on the real root), and USB devices
+<root>/proc/sys/kernel/arch, else platform.machine() on the real root; a 64-bit kernel over a 32-bit
+userland, by the ELF class of <root>/bin/sh, counts as 32-bit ARM), and USB devices
 (/sys/bus/usb/devices/*/idVendor + idProduct: a Coral USB Accelerator is 1a6e:089a before its
 firmware is loaded and 18d1:9302 after).
 """
@@ -71,6 +72,8 @@ def _machine(root: Path, machine: str | None, ev: list[Evidence]) -> str:
     else:
         return "unknown"
     arch = _ARCH_ALIASES.get(value.strip().lower(), value.strip().lower())
+    if arch == "aarch64" and _userland_bits(root, ev) == 32:  # Pi OS 32-bit boots a 64-bit kernel on a Pi 4/5
+        arch = "armv7l"
     meaning = {"x86_64": "64-bit x86", "aarch64": "64-bit ARM"}.get(
         arch, "32-bit ARM userland: PyPI has no ai-edge-litert/onnxruntime wheels for it" if arch.startswith("arm")
         else "architecture without a profile")
@@ -170,6 +173,27 @@ def _host(model_name: str | None, tegra: str | None, cpu_model: str | None, arch
     if arch.startswith("arm") or arch == "aarch64":
         return "arm64-generic", arch == "aarch64"
     return "x86-cpu", False
+
+
+def _userland_bits(root: Path, ev: list[Evidence]) -> int | None:
+    """32 or 64: the ELF class of the root's shell (the kernel's architecture says nothing about the userland:
+    32-bit Pi OS runs a 64-bit kernel on a Pi 4 and 5), else this Python's pointer size on the real root."""
+    for rel in ("bin/sh", "usr/bin/env"):
+        try:
+            with open(root / rel, "rb") as fh:
+                head = fh.read(5)
+        except OSError:
+            continue
+        if head[:4] == b"\x7fELF" and head[4:5] in (b"\x01", b"\x02"):
+            bits = 32 if head[4:5] == b"\x01" else 64
+            if bits == 32:
+                ev.append(Evidence(f"ELF class of {rel}", "32-bit", "a 32-bit userland on a 64-bit kernel"))
+            return bits
+    if root.resolve() == Path("/"):
+        import struct
+
+        return 8 * struct.calcsize("P")
+    return None
 
 
 def detect(root: "str | Path" = "/", machine: str | None = None) -> Detection:
