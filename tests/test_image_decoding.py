@@ -79,3 +79,18 @@ def test_arrays_of_non_numbers_are_an_image_error(bad):
 
 def test_netpbm_suffixes_are_images():
     assert {".pbm", ".pgm", ".ppm", ".pnm"} <= IMAGE_SUFFIXES
+
+
+def test_gif_bytes_read_where_opencv_decodes_no_gif(monkeypatch):
+    """OpenCV < 4.11 (what boards install: Pi OS's picamera2 needs it) decodes no GIF from bytes: a GIF URL
+    failed there, "not an image or corrupt", while a GIF file was read through the video reader."""
+    import cv2
+    from PIL import Image
+
+    rgb = np.random.default_rng(2).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).convert("P").save(buf, "GIF")
+    want = as_rgb(buf.getvalue())
+    real = cv2.imdecode
+    monkeypatch.setattr(cv2, "imdecode", lambda d, f: None if bytes(d[:4]) == b"GIF8" else real(d, f))
+    np.testing.assert_array_equal(as_rgb(buf.getvalue()), want)

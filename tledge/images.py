@@ -37,15 +37,7 @@ def load(path: str | Path) -> np.ndarray:
         raise ImageError(f"cannot read image {p}: {exc.strerror or exc}") from None
     if data.size == 0:
         raise ImageError(f"cannot decode image {p}: the file is empty")
-    try:
-        return decode(data, p)
-    except ImageError:
-        if p.suffix.lower() != ".gif":
-            raise
-    img = _first_gif_frame(p)
-    if img is None:
-        raise ImageError(f"cannot decode image {p}: not an image or corrupt")
-    return to_uint8_rgb(img, bgr=True)
+    return decode(data, p)
 
 
 def decode(data: np.ndarray, name) -> np.ndarray:
@@ -60,9 +52,20 @@ def decode(data: np.ndarray, name) -> np.ndarray:
     except cv2.error as exc:  # a header over OpenCV's 2^30-pixel limit (a gigapixel scan, a forged size) raises
         why = "larger than OpenCV decodes (2^30 pixels)" if "MAX_IMAGE_PIXELS" in str(exc) else "corrupt"
         raise ImageError(f"cannot decode image {name}: {why}") from None
+    if img is None and bytes(data[:4]) == b"GIF8":  # OpenCV < 4.11 decodes no GIF; its video reader does
+        img = _gif_first_frame(data)
     if img is None:
         raise ImageError(f"cannot decode image {name}: not an image or corrupt")
     return to_uint8_rgb(img, bgr=True)
+
+
+def _gif_first_frame(data: np.ndarray):
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="tledge-gif-") as d:
+        f = Path(d) / "image.gif"
+        data.tofile(f)
+        return _first_gif_frame(f)
 
 
 def as_rgb(image) -> np.ndarray:
