@@ -115,8 +115,11 @@ def baked_norm(layer) -> tuple[str, list[float] | None, list[float] | None] | No
 
 
 # layers that hand images through unchanged at inference (tf.keras' data_augmentation, dropout)
+# and geometry on raw pixels before the normalisation (a Keras guide's Resizing, then Rescaling: the model still
+# takes raw pixels and normalises them itself)
 PASS_THROUGH = frozenset({"InputLayer", "RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation",
-                          "RandomContrast", "RandomBrightness", "Dropout", "GaussianNoise"})
+                          "RandomContrast", "RandomBrightness", "Dropout", "GaussianNoise", "Resizing",
+                          "CenterCrop", "RandomCrop", "Cropping2D"})
 
 
 def input_rescaling(model) -> str | None:
@@ -148,6 +151,13 @@ def input_rescaling(model) -> str | None:
     if name != "custom":
         return name
     return "raw" if any(type(layer).__name__ == "Rescaling" for layer in chain) else None
+
+
+def affine_mode(scale: np.ndarray, offset: np.ndarray, channels: int) -> str | None:
+    """The named mode of a per-channel map `x * scale + offset` applied to raw pixels at a model's input (read
+    from a graph: tledge.export.graphprep); a map that is no named mode is `raw` (the model normalises itself)."""
+    found = _match(np.asarray(scale, np.float64), np.asarray(offset, np.float64), channels, flip=False)
+    return "raw" if found[0] == "custom" else found[0]
 
 
 def _probe_affine(chain, channels: int) -> tuple[np.ndarray, np.ndarray] | None:

@@ -230,7 +230,8 @@ def _load_saved_model(p: Path, unsafe: bool) -> LoadedModel:
     out_shape = getattr(fn.structured_outputs[out_key], "shape", None)
     if out_shape is not None and out_shape.rank is not None and out_shape.rank != 2:
         raise ModelLoadError(f"SavedModel {p.name}'s output has shape {tuple(out_shape)}, not (batch, classes)")
-    lm = LoadedModel(p, call, "saved_model", hw, int(shape[3] or 3), None, None, _last_dim(out_shape))
+    lm = LoadedModel(p, call, "saved_model", hw, int(shape[3] or 3), _graph_mode(fn, int(shape[3] or 3)), None,
+                     _last_dim(out_shape))
     lm._keep = obj  # keep the trackable alive
     return lm
 
@@ -285,6 +286,21 @@ def _baked_mode(model) -> str | None:
         if found is not None:
             return found[0]
     return input_rescaling(model)  # a plain Rescaling at the input (Keras 3 code, tf.keras 2's preprocess_input)
+
+
+def _graph_mode(fn, channels: int) -> str | None:
+    """A SavedModel's baked normalisation, read from its graph (it has no layers): a Rescaling inside was not
+    seen, and --preprocess tf normalised its input twice."""
+    from tledge.export.graphprep import input_affine
+    from tledge.layers import affine_mode
+
+    found = input_affine(fn, channels)
+    if found is None:
+        return None
+    mode = affine_mode(found[0], found[1], channels)
+    # a map that is no named mode counts only with a multiplication (a Rescaling), as for Keras models: a lone
+    # Normalization (Sub, RealDiv) may expect 0..1 input
+    return None if mode == "raw" and "Mul" not in found[2] else mode
 
 
 def _walk(model):

@@ -1,0 +1,50 @@
+"""A model's own normalisation found wherever users put it (a bug hunt on model shapes): a Keras guide's Resizing
+before the Rescaling, and any Rescaling inside a SavedModel (no layers to read), were "this model does not bake its
+preprocessing"; following that advice (--preprocess tf) normalised twice, and parity said PASSED."""
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from tledge.cli import main  # noqa: E402
+from tledge.export import loader  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    import keras
+    import numpy as np
+
+    L, d = keras.layers, tmp_path_factory.mktemp("baked")
+
+    def head(x):
+        return L.Dense(2, activation="softmax")(L.GlobalAveragePooling2D()(L.Conv2D(4, 3, activation="relu")(x)))
+
+    i = keras.Input((40, 48, 3))
+    keras.Model(i, head(L.Rescaling(1 / 127.5, offset=-1)(L.Resizing(20, 24)(i)))).save(d / "resized.keras")
+    i = keras.Input((24, 24, 3))
+    keras.Model(i, head(L.Rescaling(1 / 127.5, offset=-1)(i))).export(str(d / "tf_sm"), verbose=False)
+    i = keras.Input((24, 24, 3))
+    keras.Model(i, head(L.Rescaling(1 / 255.0)(i))).export(str(d / "scale_sm"), verbose=False)
+    i = keras.Input((24, 24, 3))
+    keras.Model(i, head(L.Rescaling(0.01, offset=-0.3)(i))).export(str(d / "own_sm"), verbose=False)
+    i = keras.Input((24, 24, 3))
+    norm = L.Normalization(mean=np.array([0.4, 0.5, 0.6]), variance=np.array([0.04, 0.05, 0.06]))
+    keras.Model(i, head(norm(i))).export(str(d / "normalization_sm"), verbose=False)
+    i = keras.Input((24, 24, 3))
+    keras.Model(i, head(i)).export(str(d / "plain_sm"), verbose=False)
+    return d
+
+
+@pytest.mark.parametrize("name, mode", [("resized.keras", "tf"), ("tf_sm", "tf"), ("scale_sm", "scale"),
+                                        ("own_sm", "raw"), ("normalization_sm", None), ("plain_sm", None)])
+def test_the_models_own_normalisation_is_found(models, name, mode):
+    assert loader.load_model(models / name).baked_mode == mode
+
+
+def test_a_second_normalisation_on_a_savedmodel_is_refused(models, tmp_path, capsys):
+    rc = main(["export", str(models / "tf_sm"), "--preprocess", "scale", "--out", str(tmp_path / "e")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "would normalise twice" in err, err
+    assert not (tmp_path / "e").exists()

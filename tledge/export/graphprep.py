@@ -1,0 +1,83 @@
+"""The normalisation a SavedModel applies to its input, read from its graph: SavedModels have no layers to read
+(tledge.layers.input_rescaling reads Keras models), and "this model does not bake its preprocessing" sent users
+to --preprocess tf on a model with a Rescaling inside: normalised twice, and parity said PASSED.
+
+The serving function is frozen (variables to constants, functions inlined) and walked from its image input through
+ops that hand pixels on unchanged in value (Identity, Cast, resizes) and per-channel affine ops with a constant
+(Mul, Add, Sub, RealDiv: Rescaling and Normalization layers, `x / 127.5 - 1` written as code).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+THROUGH = {"Identity", "Cast", "ResizeBilinear", "ResizeNearestNeighbor", "ResizeArea", "ResizeBicubic",
+           "CropAndResize"}
+AFFINE = {"Mul", "AddV2", "Add", "Sub", "RealDiv", "Div"}
+
+
+def input_affine(fn, channels: int, limit: int = 32) -> tuple[np.ndarray, np.ndarray, set[str]] | None:
+    """(scale, offset) per channel of the affine ops at the start of `fn` (a concrete function taking one image,
+    whose variables are alive), and the op types read; None when its first computation is anything else. Never
+    raises: a graph it cannot read is None."""
+    try:
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+        graph = convert_variables_to_constants_v2(fn).graph.as_graph_def()
+    except Exception:  # noqa: BLE001 - an unreadable graph: the user says (--preprocess)
+        return None
+    nodes = {n.name: n for n in graph.node}
+    users: dict[str, list[str]] = {}
+    for n in graph.node:
+        for i in n.input:
+            if not i.startswith("^"):
+                users.setdefault(i.split(":")[0], []).append(n.name)
+    inputs = [n.name for n in graph.node if n.op == "Placeholder"]
+    if len(inputs) != 1:
+        return None
+    t, scale, offset, ops = inputs[0], np.ones(channels), np.zeros(channels), set()
+    for _ in range(limit):
+        nxt = users.get(t, [])
+        if len(nxt) != 1:
+            break
+        n = nodes[nxt[0]]
+        data = [i.split(":")[0] for i in n.input if not i.startswith("^")]
+        if n.op in THROUGH and data and data[0] == t:
+            t = n.name
+            continue
+        if n.op not in AFFINE or len(data) != 2 or data.count(t) != 1:
+            break
+        k = _constant(nodes, data[1] if data[0] == t else data[0], channels)
+        if k is None:
+            break
+        left = data[0] == t
+        if n.op == "Mul":
+            scale, offset = scale * k, offset * k
+        elif n.op in ("AddV2", "Add"):
+            offset = offset + k
+        elif n.op == "Sub":
+            scale, offset = (scale, offset - k) if left else (-scale, k - offset)
+        elif left and np.all(k != 0):  # RealDiv / Div by a constant
+            scale, offset = scale / k, offset / k
+        else:
+            break
+        ops.add(n.op)
+        t = n.name
+    return (scale, offset, ops) if ops else None
+
+
+def _constant(nodes: dict, name: str, channels: int) -> np.ndarray | None:
+    """A Const (through Identity and Cast) of one value or one per channel, as float64; else None."""
+    from tensorflow.python.framework import tensor_util
+
+    for _ in range(8):
+        n = nodes.get(name)
+        if n is None:
+            return None
+        if n.op in ("Identity", "Cast") and n.input:
+            name = n.input[0].split(":")[0]
+            continue
+        if n.op != "Const":
+            return None
+        v = np.asarray(tensor_util.MakeNdarray(n.attr["value"].tensor), np.float64).reshape(-1)
+        return np.broadcast_to(v, channels).copy() if v.size in (1, channels) and np.all(np.isfinite(v)) else None
+    return None
