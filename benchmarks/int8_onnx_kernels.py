@@ -129,7 +129,8 @@ def main(argv=None) -> int:
     if msg := problem(args):
         print(f"error: {msg}", file=sys.stderr)
         return 2
-    from tledge.contract import Contract, read_labels
+    from tledge.contract import Contract
+    from tledge.labels import read_labels
     from tledge.export.imagesets import load_pixels
 
     contract = Contract.load(args.export_dir / "tledge.json")

@@ -48,3 +48,14 @@ def test_a_second_normalisation_on_a_savedmodel_is_refused(models, tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "would normalise twice" in err, err
     assert not (tmp_path / "e").exists()
+
+
+def test_a_channels_first_model_is_refused_as_such(tmp_path):
+    """It was read as 3 high x 24 wide x 32 channels: "contract channels must be 1 or 3, got 32"."""
+    import keras
+
+    i = keras.Input((3, 24, 32))
+    x = keras.layers.Conv2D(4, 3, data_format="channels_first")(i)
+    keras.Model(i, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(x))).save(tmp_path / "cf.keras")
+    with pytest.raises(loader.ModelLoadError, match=r"channels-first images \(3, 24, 32\)"):
+        loader.load_model(tmp_path / "cf.keras")

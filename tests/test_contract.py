@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from tledge.contract import Contract, Fit, Layout, Norm, Quant, read_labels
+from tledge.contract import Contract, Fit, Layout, Norm, Quant
+from tledge.labels import read_labels
 from tledge.errors import ContractError
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -145,3 +146,21 @@ def test_read_labels_plain_and_teachable_machine(tmp_path):
     (tmp_path / "gap.txt").write_text("\ncircle\n\nvstripes\n")  # dropping line 3 shifted vstripes to class 1
     with pytest.raises(ContractError, match="line 3 is empty between labels"):
         read_labels(tmp_path / "gap.txt")
+
+
+def test_labels_file_not_utf8_is_refused_not_mangled(tmp_path):
+    """`abeille \xe9` (Latin-1) was read as `abeille \ufffd` and embedded so in every exported file."""
+    (tmp_path / "l.txt").write_bytes(b"ants\nabeille \xe9\n")
+    with pytest.raises(ContractError, match=r"line 2 is not UTF-8 \(byte 0xe9\)"):
+        read_labels(tmp_path / "l.txt")
+
+
+def test_python_callers_values_are_checked_or_taken_as_meant():
+    c = Contract(np.int64(10), np.int32(12), labels=["a", "b"], mean=127.5, std=127.5, norm="custom")
+    assert (c.height, c.width, type(c.height)) == (10, 12, int) and c.mean == (127.5,) * 3
+    assert Contract.from_json(c.to_json()) == c  # numpy ints broke to_json
+    for bad, said in (({"labels": "cat"}, "one class: labels=\\('name',\\)"), ({"height": "10"}, "height must be an integer"),
+                      ({"height": 10.5}, "height must be an integer"), ({"baked": "no"}, "baked must be True or False"),
+                      ({"crop_fraction": None}, "crop_fraction must be a number")):
+        with pytest.raises(ContractError, match=said):
+            Contract(**{"height": 10, "width": 10, **bad})

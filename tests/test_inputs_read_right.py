@@ -61,7 +61,7 @@ def test_without_such_a_path_digits_are_still_a_camera(tmp_path, monkeypatch):
 # ---- labels -------------------------------------------------------------------------------------------
 
 def test_labels_file_with_a_utf8_bom(tmp_path):
-    from tledge.contract import read_labels
+    from tledge.labels import read_labels
 
     (tmp_path / "l.txt").write_bytes("\ufeffperson\nno_person\n".encode("utf-8"))
     (tmp_path / "tm.txt").write_bytes("\ufeff0 Class 1\n1 Class 2\n".encode("utf-8"))
@@ -216,3 +216,16 @@ def test_preprocess_auto_says_when_modes_tie(third_party, shapes_dataset, tmp_pa
     with pytest.warns(TledgeWarning, match=r"--preprocess auto: .*caffe.* the same as 'tf' \(1\.000\).*kept as the "
                                            r"first.*pass --preprocess MODE"):
         assert main(argv) == 0
+
+
+def test_duplicate_labels_given_to_export_are_said(tmp_path):
+    """`--labels` with `ants` twice exported PASSED and `tledge run` called every bee "ants". ImageNet's labels name
+    two classes "crane", so it is a warning, not a refusal."""
+    from types import SimpleNamespace
+
+    from tledge.errors import TledgeWarning
+    from tledge.export.contracting import labels_for
+
+    (tmp_path / "l.txt").write_text("ants\nants\n")
+    with pytest.warns(TledgeWarning, match=r"'ants' names two classes \(lines 1 and 2\)"):
+        assert labels_for(SimpleNamespace(labels=str(tmp_path / "l.txt")), None) == ("ants", "ants")

@@ -160,6 +160,7 @@ class Contract:
 
     # ---- validation -------------------------------------------------------------------------
     def __post_init__(self) -> None:
+        self._check_types()
         for name, enum in (("color", ColorOrder), ("layout", Layout), ("resize", Resize),
                            ("fit", Fit), ("norm", Norm), ("output", Output)):
             value = getattr(self, name)
@@ -196,6 +197,29 @@ class Contract:
         if self.std is not None and any(s == 0 for s in self.std):
             raise ContractError("std values must be non-zero")
         object.__setattr__(self, "labels", tuple(str(x) for x in self.labels))
+
+    def _check_types(self) -> None:
+        """Python callers' values: numpy integers taken as ints (they broke to_json), one string refused as labels
+        (it was split into letters), strings and floats refused as sizes (they failed deep in OpenCV)."""
+        import numbers
+
+        for name in ("height", "width", "channels", "pad_value"):
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Integral) or isinstance(v, (bool, np.bool_)):
+                raise ContractError(f"contract field {name} must be an integer, got {v!r}")
+            object.__setattr__(self, name, int(v))
+        if not isinstance(self.crop_fraction, numbers.Real) or isinstance(self.crop_fraction, (bool, np.bool_)):
+            raise ContractError(f"contract field crop_fraction must be a number, got {self.crop_fraction!r}")
+        object.__setattr__(self, "crop_fraction", float(self.crop_fraction))
+        if not isinstance(self.baked, (bool, np.bool_)):
+            raise ContractError(f"contract field baked must be True or False, got {self.baked!r}")
+        object.__setattr__(self, "baked", bool(self.baked))
+        if isinstance(self.labels, (str, bytes)) or not hasattr(self.labels, "__iter__"):
+            raise ContractError(f"labels must be a sequence of class names, got {self.labels!r} (one class: "
+                                "labels=('name',))")
+        for name in ("mean", "std"):
+            if isinstance(getattr(self, name), numbers.Real):  # one value for every channel, as load(mean=) takes
+                object.__setattr__(self, name, (getattr(self, name),))
 
     # ---- presets / variants -----------------------------------------------------------------
     def replace(self, **changes: Any) -> "Contract":
@@ -385,25 +409,3 @@ class Contract:
         """This contract as embedded in one exported file (its own dtype and quantisation)."""
         return self.replace(input_dtype=input_dtype, input_quant=input_quant, output_quant=output_quant,
                             layout=layout or self.layout)
-
-
-def read_labels(path: str | Path) -> tuple[str, ...]:
-    """One label per line; also Teachable Machine's `0 name` lines. Blank lines before and after the labels are
-    dropped; one between them is refused (dropping it would shift every later label by one class)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ContractError(f"labels file not found: {p}")
-    lines = [ln.strip() for ln in p.read_text(encoding="utf-8-sig", errors="replace").splitlines()]
-    filled = [i for i, ln in enumerate(lines) if ln]
-    if not filled:
-        raise ContractError(f"labels file is empty: {p}")
-    blank = [i + 1 for i in range(filled[0], filled[-1]) if not lines[i]]
-    if blank:
-        raise ContractError(f"labels file {p}: line {blank[0]} is empty between labels (a class without a name?): "
-                            "name it, or delete the line if it is not a class")
-    lines = lines[filled[0]:filled[-1] + 1]
-    parts = [ln.split(" ", 1) for ln in lines]
-    if all(len(pp) == 2 and pp[0].isdigit() for pp in parts) and \
-            [int(pp[0]) for pp in parts] == list(range(int(parts[0][0]), int(parts[0][0]) + len(parts))):
-        return tuple(pp[1].strip() for pp in parts)
-    return tuple(lines)

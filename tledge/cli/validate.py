@@ -199,7 +199,7 @@ def device(name: str | None) -> None:
 
 
 def labels_file(path, flag: str = "--labels") -> tuple[str, ...]:
-    from tledge.contract import read_labels
+    from tledge.labels import read_labels
 
     input_file(path, flag, what="labels file")
     try:
@@ -363,7 +363,8 @@ def preprocess(name: str | None, flag: str = "--preprocess", *, allow_auto: bool
 
 def _own_labels(model: Path) -> tuple[tuple[str, ...], str]:
     """The labels a model brings: its tledge.json, else a labels.txt beside it."""
-    from tledge.contract import Contract, read_labels
+    from tledge.contract import Contract
+    from tledge.labels import read_labels
 
     folder = model if model.is_dir() else model.parent
     if (folder / "tledge.json").is_file():

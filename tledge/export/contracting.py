@@ -9,11 +9,29 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tledge.contract import Contract, read_labels
+from tledge.contract import Contract
+from tledge.labels import read_labels
 from tledge.errors import TledgeError, TledgeWarning
 
 if TYPE_CHECKING:
     from tledge.export.pipeline import ExportConfig
+
+
+def _say_duplicates(path, labels: tuple[str, ...]) -> None:
+    """Two classes with one name (`ants` twice): `tledge run` names both the same. ImageNet's labels have such a
+    pair (crane, the bird and the machine), so it is said, not refused."""
+    import warnings
+
+    from tledge.errors import TledgeWarning
+
+    seen: dict[str, int] = {}
+    for i, lab in enumerate(labels, 1):
+        if lab in seen:
+            warnings.warn(f"labels file {path}: {lab!r} names two classes (lines {seen[lab]} and {i}): their "
+                          "predictions carry one name; --val folders of that name cannot be mapped", TledgeWarning,
+                          stacklevel=3)
+            return
+        seen[lab] = i
 
 
 def labels_for(cfg: ExportConfig, lm) -> tuple[str, ...]:
@@ -22,7 +40,9 @@ def labels_for(cfg: ExportConfig, lm) -> tuple[str, ...]:
     from tledge.images import class_folders
 
     if cfg.labels:
-        return read_labels(cfg.labels)
+        labels = read_labels(cfg.labels)
+        _say_duplicates(cfg.labels, labels)
+        return labels
     if lm.contract is not None and lm.contract.labels:
         return lm.contract.labels
     for folder in (cfg.val, cfg.calib):

@@ -251,6 +251,9 @@ def _describe(p: Path, model, kind: str) -> LoadedModel:
     shape = inputs[0].shape if inputs else None
     if shape is None or len(shape) != 4:
         raise ModelLoadError(f"{p}: expected one NHWC image input, got {shape}")
+    if shape[1] in (1, 3) and shape[3] not in (None, 1, 3, 4):  # read as 3 high x 48 wide x 64 channels
+        raise ModelLoadError(f"{p.name} takes channels-first images {tuple(shape)[1:]} (channels, height, width): "
+                             "tledge exports channels-last (NHWC) models; build it with data_format='channels_last'")
     hw = (int(shape[1]), int(shape[2])) if shape[1] and shape[2] else None
     outputs = getattr(model, "outputs", None) or [None]
     return LoadedModel(p, model, kind, hw, int(shape[3] or 3), _baked_mode(model), None,

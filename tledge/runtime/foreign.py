@@ -200,7 +200,7 @@ def labels_option(labels: str | Sequence[str] | None) -> tuple[str, ...] | None:
     if labels is None:
         return None
     if isinstance(labels, (str, os.PathLike)):
-        from tledge.contract import read_labels
+        from tledge.labels import read_labels
 
         return read_labels(labels)
     return tuple(str(x) for x in labels)
