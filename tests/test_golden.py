@@ -315,3 +315,15 @@ def test_bundle_run_sh_check_passes_then_fails_when_outputs_disagree(tmp_path):
     proc = check()
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "parity: FAILED" in proc.stdout
+
+
+def test_golden_without_the_files_runtime_is_exit_2_not_a_disagreement():
+    """An install with onnxruntime only (Windows' [runtime]) printed FAIL rows "could not run: MissingDependency" and
+    exit 1, "the board disagrees"; the docs say 2: the runtime is not installed."""
+    block = "import sys; sys.modules.update(ai_edge_litert=None, tflite_runtime=None); "
+    code = block + f"from tledge.cli import main; sys.exit(main(['parity', '--golden', {str(TINY)!r}]))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and len(err.splitlines()) == 1, proc.stdout + err
+    assert "nothing was compared" in err and ".tflite" in err and "FAIL" not in proc.stdout

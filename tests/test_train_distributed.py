@@ -254,6 +254,7 @@ def test_a_worker_that_never_starts_does_not_leave_the_others_waiting_for_ever(s
         code = w.wait(150)[0]
     assert code == 1, w.log(0)[-3000:]
     assert f"waiting for worker 1 (127.0.0.1:{w.ports[1]})" in w.log(0) and "within 5 s" in w.log(0)
+    assert "where it waited written to " in w.log(0)  # the temporary log: the run folder is not made yet
 
 
 @pytest.mark.slow

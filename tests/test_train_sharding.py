@@ -78,3 +78,17 @@ def test_a_tf_config_tensorflow_would_refuse_is_one_line_before_it_loads(tf_conf
     code = main(["train", str(tmp_path / "d"), "--weights", "none", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and said in err and len(err.splitlines()) == 1 and "TF_CONFIG" in err, err
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "inf"])
+def test_a_bad_cluster_timeout_is_one_line_before_it_loads(value, monkeypatch, capsys, tmp_path):
+    """`abc` was read as 600 s and `-5` as no limit: a worker waited for ever, deaf to SIGTERM."""
+    from tledge.cli import main
+
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:29001", "127.0.0.1:29002"]}, '
+                                    '"task": {"type": "worker", "index": 0}}')
+    monkeypatch.setenv("TLEDGE_CLUSTER_TIMEOUT", value)
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    code = main(["train", str(tmp_path / "d"), "--weights", "none", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and f"TLEDGE_CLUSTER_TIMEOUT={value!r}" in err, err

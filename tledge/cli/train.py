@@ -102,7 +102,10 @@ def _validate(args) -> None:
         raise TledgeError(f"--size {args.size}: {args.backbone} takes inputs of at least {least}x{least}")
     from tledge.train.distributed import tf_config
 
-    tf_config()  # a TF_CONFIG TensorFlow would refuse with a traceback, refused in one line before it loads
+    if tf_config():  # a TF_CONFIG TensorFlow would refuse with a traceback, refused in one line before it loads
+        from tledge.train.hardware import cluster_timeout
+
+        cluster_timeout()
     if args.alpha is not None:
         from tledge.errors import TledgeError
 

@@ -237,8 +237,12 @@ def check_file(path: Path, entry: artifacts.Entry, g: Golden, x: np.ndarray, thr
     from tledge.runtime import load
 
     kind, precision = entry.kind or path.suffix.lstrip("."), entry.precision or "int8"
+    from tledge.errors import MissingDependency
+
     try:
         model = load(path, threads=threads, device=device)
+    except MissingDependency as exc:  # the runtime is not installed (exit 2), not "the board disagrees" (exit 1)
+        raise MissingDependency(f"{path.name}: {str(exc).rstrip('.')}; nothing was compared") from None
     except Exception as exc:  # a file the board cannot run is a parity failure, reported with the others
         return _not_run(path, kind, precision, len(x), exc)
     if model.path.name != path.name:  # an Edge TPU file whose runtime is missing: the CPU file would be checked

@@ -76,6 +76,22 @@ def environment(precision: Precision, *, grayscale: bool = False):
 CLUSTER_TIMEOUT = 600.0  # seconds the workers of TF_CONFIG have to start (TLEDGE_CLUSTER_TIMEOUT)
 
 
+def cluster_timeout() -> float:
+    """TLEDGE_CLUSTER_TIMEOUT in seconds (0: no limit), or TledgeError: `abc` was read as 600 and `-5` as no limit,
+    a worker then waiting for ever, deaf to SIGTERM."""
+    from tledge.errors import TledgeError
+
+    text = os.environ.get("TLEDGE_CLUSTER_TIMEOUT", "").strip()
+    try:
+        value = float(text) if text else CLUSTER_TIMEOUT
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1e9:
+        raise TledgeError(f"TLEDGE_CLUSTER_TIMEOUT={text!r}: seconds the cluster's workers have to start, a number "
+                          f"from 0 (no limit) on (default {CLUSTER_TIMEOUT:g})")
+    return value
+
+
 def _multi_worker(tf):
     """MultiWorkerMirroredStrategy, which waits inside TensorFlow, holding the GIL and deaf to SIGTERM, until every
     worker of TF_CONFIG has started: a worker that never starts would leave the others waiting for ever. A C-level
@@ -87,16 +103,16 @@ def _multi_worker(tf):
     from tledge.train.distributed import Cluster
 
     cluster = Cluster.from_env()
-    try:
-        timeout = float(os.environ.get("TLEDGE_CLUSTER_TIMEOUT") or CLUSTER_TIMEOUT)
-    except ValueError:
-        timeout = CLUSTER_TIMEOUT
+    timeout = cluster_timeout()
     others = ", ".join(cluster.name(r) for r in range(cluster.workers) if r != cluster.rank)
-    if not 0 < timeout < 1e9:  # 0 (or nonsense): wait as long as TensorFlow does
+    if timeout == 0:  # TLEDGE_CLUSTER_TIMEOUT=0: wait as long as TensorFlow does
         log.note(f"this is {cluster.name(cluster.rank)}: waiting for {others} (no time limit)")
         return tf.distribute.MultiWorkerMirroredStrategy()
+    console = log.current()
+    where = console.log_path if console is not None and console.log_path is not None else None
     log.note(f"this is {cluster.name(cluster.rank)}: waiting for {others}; if they have not all started within "
-             f"{timeout:g} s this process stops with exit code 1 (TLEDGE_CLUSTER_TIMEOUT sets the seconds)")
+             f"{timeout:g} s this process stops with exit code 1" + (f", where it waited written to {where}" if where
+                                                                     else "") + " (TLEDGE_CLUSTER_TIMEOUT sets the seconds)")
     faulthandler.dump_traceback_later(timeout, exit=True, file=sys.__stderr__)  # where it waited: the log
     try:
         return tf.distribute.MultiWorkerMirroredStrategy()
