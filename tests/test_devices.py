@@ -298,3 +298,28 @@ def test_quiet_and_verbose_after_a_devices_action(capsys):
     for argv in (["devices", "detect", "-q"], ["devices", "show", "rpi4", "-q"], ["devices", "list", "-v"]):
         assert main(argv) == 0, argv
         assert capsys.readouterr().out
+
+
+def test_load_for_device_on_a_folder_picks_the_profiles_file_and_takes_auto():
+    """load_for_device(EXPORT_DIR, "jetson-orin") opened the .tflite (the backend came from the folder's empty
+    suffix) where load(EXPORT_DIR, device=...) opens the profile's ONNX file; "auto" was an unknown device."""
+    from tiny import TINY
+
+    from tledge.devices import load_for_device
+    from tledge.runtime import load
+
+    pytest.importorskip("onnxruntime")
+    got = load_for_device(TINY, "jetson-orin").path.name
+    assert got.endswith(".onnx") and got == load(TINY, device="jetson-orin").path.name
+    assert load_for_device(TINY / "model_int8.tflite", "auto").path.name == "model_int8.tflite"
+
+
+@pytest.mark.parametrize("key", ["providers", "delegates", "formats"])
+def test_one_string_where_a_list_goes_is_refused(key):
+    """resolve(..., providers="CPUExecutionProvider") gave providers ('C', 'P', 'U', ...)."""
+    from tledge.errors import ArgumentError
+
+    with pytest.raises(ArgumentError, match=f"{key} is a list of names, got one string"):
+        resolve("jetson-orin", **{key: "CPUExecutionProvider"})
+    with pytest.raises(ArgumentError, match="available is a list of file names"):
+        resolve("rpi4", available="model_fp32.onnx")

@@ -54,3 +54,28 @@ def test_a_file_given_as_the_data_folder_is_called_a_file(tmp_path):
         train(tmp_path / "x.keras", TrainConfig(weights="none", out=tmp_path / "run"))
     with pytest.raises(DataError, match="data folder not found"):
         train(tmp_path / "missing", TrainConfig(weights="none", out=tmp_path / "run"))
+
+
+def test_numpy_ints_nan_rates_and_path_weights(tmp_path):
+    """np.int64 sizes broke Contract.for_backbone and json.dumps after an epoch; lr=nan passed every check;
+    weights=Path(...) was "expected str" while out and val_dir take paths."""
+    from tledge.errors import TledgeError
+
+    cfg = TrainConfig(size=np.int64(32), batch=np.int64(4), out="x")
+    assert type(cfg.size) is int and type(cfg.batch) is int
+    for name in ("lr", "fine_tune_lr", "alpha", "dropout"):
+        with pytest.raises(TledgeError, match=f"{name} must be a finite number"):
+            TrainConfig(**{name: float("nan")})
+    (tmp_path / "w.h5").write_bytes(b"x")
+    assert TrainConfig(weights=tmp_path / "w.h5").weights == str(tmp_path / "w.h5")
+
+
+def test_export_counts_are_checked_before_anything_loads(tmp_path):
+    pytest.importorskip("tensorflow")
+    from tledge.errors import TledgeError
+    from tledge.export.pipeline import ExportConfig, export
+
+    for kwargs in (dict(threads=0), dict(threads=-2), dict(calib_limit=-1), dict(val_limit=0)):
+        with pytest.raises(TledgeError, match=f"ExportConfig\\({next(iter(kwargs))}="):
+            export(tmp_path / "missing.keras", ExportConfig(out=tmp_path / "o", **kwargs))
+        assert not (tmp_path / "o").exists()

@@ -20,6 +20,8 @@ def check(obj) -> None:
         want, value = hints.get(f.name), getattr(obj, f.name)
         if want is not None and not fits(value, want):
             raise ArgumentError(f"{type(obj).__name__}({f.name}={value!r}): expected {_show(want)}")
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool) and type(value) is not int:
+            object.__setattr__(obj, f.name, int(value))  # numpy's int64 passed, then broke json.dumps and `isinstance(size, int)`
 
 
 def fits(v, t) -> bool:

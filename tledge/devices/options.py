@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from tledge.devices.profiles import Accel, Format, Precision, Profile, Target, get_profile
-from tledge.errors import TledgeError, TledgeWarning
+from tledge.errors import ArgumentError, TledgeError, TledgeWarning
 
 EXPLICIT_KEYS = ("backend", "precision", "threads", "providers", "delegates", "formats", "precisions")
 
@@ -132,6 +132,11 @@ def resolve(profile: "str | Profile | None", *, available: Sequence[str] | None 
         raise TypeError(f"resolve() got unknown options {sorted(unknown)}; known: {', '.join(EXPLICIT_KEYS)}")
     prof = get_profile(profile) if profile is not None else None
     ex = {k: v for k, v in explicit.items() if v is not None}
+    for key in ("providers", "delegates", "formats", "precisions"):
+        if isinstance(ex.get(key), (str, bytes)):  # "edgetpu" was 7 delegates e, d, g, ...
+            raise ArgumentError(f"{key} is a list of names, got one string {ex[key]!r}: {key}=[{ex[key]!r}]")
+    if isinstance(available, (str, bytes)):
+        raise ArgumentError(f"available is a list of file names, got one string {available!r}")
     backend = _enum_value(Format, ex["backend"], "backend") if "backend" in ex else None
     precision = _enum_value(Precision, ex["precision"], "precision") if "precision" in ex else None
     target = _choose_target(prof, backend, precision, available)
@@ -215,6 +220,12 @@ def load_for_device(path: "str | Path", device: "str | Profile | None" = None, *
     from tledge import runtime
 
     p = Path(path)
+    if isinstance(device, str) and device.lower() == "auto":  # as `load(device="auto")` and `--device auto`
+        from tledge.devices.detect import detect
+
+        device = detect().profile
+    if p.is_dir():  # an export folder: the profile's file among those its manifest vouches for (was its .tflite)
+        p, _ = pick_model(p, device, **explicit)
     backend = "onnx" if p.suffix == ".onnx" else "tflite"
     opts = resolve(device, backend=backend, **{k: v for k, v in explicit.items() if k != "backend"})
     names = opts.delegates

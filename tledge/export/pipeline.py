@@ -83,7 +83,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
 
     chosen = plan(cfg)
     _check_calibration_source(cfg, chosen)
-    _check_repair_time(cfg.repair_time)
+    _check_numbers(cfg)
     thresholds = _thresholds(cfg)
     out = Path(cfg.out) if cfg.out else Path(model_path).with_name(Path(model_path).stem + "_export")
     with ExportFolder(out) as folder:  # locked first: a second export into `out` fails at once
@@ -291,9 +291,18 @@ def _check_calibration_source(cfg: ExportConfig, chosen: Sequence[F.Format]) -> 
                         "--calib random calibrates on noise and is only for smoke tests.")
 
 
-def _check_repair_time(seconds: float | None) -> None:
-    if seconds is not None and not seconds > 0:  # NaN too
-        raise TledgeError(f"--repair-time must be > 0 seconds, got {seconds:g} (--no-repair skips the repair loop)")
+def _check_numbers(cfg: ExportConfig) -> None:
+    """threads=0 ran the whole export and failed every file in parity ("could not run"); calib_limit=-1 failed
+    inside numpy after the model loaded."""
+    from tledge.runtime.backends import MAX_THREADS
+
+    if cfg.repair_time is not None and not cfg.repair_time > 0:  # NaN too
+        raise TledgeError(f"--repair-time must be > 0 seconds, got {cfg.repair_time:g} (--no-repair skips the repair "
+                          "loop)")
+    for name, lo, hi in (("calib_limit", 1, None), ("val_limit", 1, None), ("threads", 1, MAX_THREADS)):
+        v = getattr(cfg, name)
+        if v is not None and (v < lo or (hi is not None and v > hi)):
+            raise TledgeError(f"ExportConfig({name}={v}): must be {lo}" + (f"..{hi}" if hi else " or more"))
 
 
 def _write_golden(stage: Path, val_x, reference, val_y, val_files, cfg: ExportConfig, thresholds, report) -> None:

@@ -41,7 +41,7 @@ class TrainConfig:
 
     backbone: str = "mobilenet"
     alpha: float | None = None  # width multiplier (MobileNet families); None = Keras' default (1.0)
-    weights: str = WEIGHTS_IMAGENET  # "imagenet" (Keras download), "none" (random init) or a no-top .h5 file
+    weights: str | Path = WEIGHTS_IMAGENET  # "imagenet" (Keras download), "none" (random init) or a no-top .h5 file
     size: int | None = None  # input HxW; None = the backbone's default size
     grayscale: bool = False  # 1-channel model folded from the RGB weights
     epochs: int = 20  # phase 1: head on the frozen backbone
@@ -76,6 +76,7 @@ class TrainConfig:
                 choices = ", ".join(e.value for e in enum)
                 raise TledgeError(f"{name}={value!r} is not one of: {choices}") from None
         object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "weights", str(self.weights))  # a Path was refused: "expected str"
         if self.val_dir is not None:
             object.__setattr__(self, "val_dir", Path(self.val_dir))
         if isinstance(self.fine_tune_at, str) and self.fine_tune_at.lstrip("-").isdigit():
@@ -92,6 +93,12 @@ class TrainConfig:
             bad("nothing to train: epochs and fine-tune epochs are both 0")
         if self.batch < 1:
             bad(f"batch must be >= 1, got {self.batch}")
+        import math
+
+        for name in ("lr", "fine_tune_lr", "alpha", "dropout", "val_split", "fine_tune_max_drop"):
+            v = getattr(self, name)
+            if v is not None and not math.isfinite(v):  # NaN passed every comparison below
+                bad(f"{name} must be a finite number, got {v}")
         if self.lr <= 0 or (self.fine_tune_lr is not None and self.fine_tune_lr <= 0):
             bad("learning rates must be > 0")
         if self.size is not None and self.size < 8:
