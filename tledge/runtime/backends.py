@@ -99,7 +99,7 @@ class TFLiteBackend:
         mod, self.provider = _tflite_interpreter_module()
         self.path, self.threads = Path(path), threads or default_threads()
         self.notes: list[str] = []
-        loaded = [mod.load_delegate(d) if isinstance(d, str) else d for d in delegates]
+        loaded = [_delegate(mod, d) if isinstance(d, str) else d for d in delegates]
         try:
             self._it = mod.Interpreter(model_path=str(path), num_threads=self.threads,
                                        experimental_delegates=loaded or None)
@@ -250,16 +250,34 @@ class OnnxBackend:
                                 f"{str(exc).strip()[:300]}") from None
 
     def metadata(self) -> dict[str, str]:
-        meta = self._sess.get_modelmeta()
-        return dict(meta.custom_metadata_map)
+        return dict(self._meta().custom_metadata_map)
 
     def describe(self) -> dict:
-        meta = self._sess.get_modelmeta()
+        meta = self._meta()
         return {"producer": meta.producer_name, "graph": meta.graph_name, "providers": self._sess.get_providers()}
+
+    def _meta(self):
+        if self._sess is None:  # info() after close(): an AttributeError before
+            raise ModelRunError(f"{self.path.name} is closed")
+        return self._sess.get_modelmeta()
 
     @property
     def session(self):
         return self._sess
+
+
+def _delegate(mod, name: str):
+    """A delegate library loaded by name or path; one that will not load is a ModelLoadError (an OSError, and
+    LiteRT's "Exception ignored in Delegate.__del__" noise, before)."""
+    if os.sep in name and not os.path.isfile(name):
+        raise ModelLoadError(f"TFLite delegate library not found: {name}")
+    try:
+        import ctypes
+
+        ctypes.CDLL(name)  # a library that will not open: said here, before LiteRT's half-built Delegate's noise
+        return mod.load_delegate(name)
+    except Exception as exc:  # noqa: BLE001 - LiteRT 2.3 raises AttributeError from its own Delegate.__init__
+        raise ModelLoadError(f"cannot load the TFLite delegate {name}: {str(exc).strip()[:200]}") from None
 
 
 def _pname(p) -> str:

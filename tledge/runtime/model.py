@@ -125,7 +125,10 @@ class EdgeModel:
     # ---- inference --------------------------------------------------------------------------------
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Prepared inputs (as `contract.prepare` makes them, with a batch axis) -> float32 outputs."""
-        x = np.asarray(batch)
+        try:
+            x = np.asarray(batch)
+        except ValueError as exc:  # a list of arrays of different shapes
+            raise ModelRunError(f"predict() takes prepared images of one shape: {exc}") from None
         if x.dtype.kind not in "biuf":
             raise ModelRunError(f"predict() takes prepared images as numbers (contract.prepare's output with a batch "
                                 f"axis), got an array of {x.dtype} (images go through classify())")
@@ -160,12 +163,13 @@ class EdgeModel:
         long list does not become one huge tensor."""
         from tledge import images as im
 
-        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-            raise ArgumentError(f"top_k must be an integer >= 1, got {top_k!r}")
+        for name, v in (("top_k", top_k), ("batch", batch)):  # batch=0 or 1.5 was taken, None a TypeError
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ArgumentError(f"{name} must be an integer >= 1, got {v!r}")
         if im.one_image(images):
             return self.classify([images], top_k, batch)[0]
         items, out = list(images), []
-        step = max(1, int(batch))  # run_inputs pads the last chunk of a fixed-batch file
+        step = int(batch)  # run_inputs pads the last chunk of a fixed-batch file
         for i in range(0, len(items), step):
             y = self.run_inputs(np.stack([self.to_input(x) for x in items[i:i + step]]))
             out += [self.top(row, top_k) for row in self.scores(y)]
@@ -282,6 +286,7 @@ def load(path: str | Path, *, threads: int | None = None, contract: Contract | N
                                 not 1 <= threads <= MAX_THREADS):
         raise ArgumentError(f"threads must be an integer in [1, {MAX_THREADS}] (None: TLEDGE_THREADS or the cores), "
                             f"got {threads!r}")
+    delegates = () if delegates is None else delegates  # as providers=None: none given
     if isinstance(delegates, (str, bytes)) or isinstance(providers, (str, bytes)):
         raise ArgumentError("delegates and providers take a list (of library or provider names), not one string")
     if contract is not None and not isinstance(contract, Contract):

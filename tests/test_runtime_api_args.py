@@ -1,0 +1,52 @@
+"""tledge.runtime as a library (a bug hunt on the Python API): a delegate that will not load, delegates=None,
+info() after close() on ONNX, classify's batch, predict on images of several shapes. Each a tledge error, not an
+OSError, AttributeError or TypeError from inside."""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+from tiny import IMAGES, TINY
+
+from tledge.errors import ArgumentError, ModelLoadError, ModelRunError
+from tledge.runtime import load
+
+
+def need(kind: str) -> None:
+    mod = "onnxruntime" if kind == "onnx" else "ai_edge_litert"
+    if importlib.util.find_spec(mod) is None and (kind == "onnx" or importlib.util.find_spec("tflite_runtime") is None):
+        pytest.skip(f"no {mod}")
+
+
+def test_a_delegate_that_will_not_load_is_a_model_load_error(recwarn):
+    need("tflite")
+    with pytest.raises(ModelLoadError, match="delegate library not found: /nonexistent.so"):
+        load(TINY / "model_int8.tflite", delegates=["/nonexistent.so"])
+    with pytest.raises(ModelLoadError, match="cannot load the TFLite delegate libtledge-none.so"):
+        load(TINY / "model_int8.tflite", delegates=["libtledge-none.so"])
+    assert load(TINY / "model_int8.tflite", delegates=None).classify(IMAGES[0])
+
+
+def test_info_after_close_is_a_model_run_error():
+    need("onnx")
+    m = load(TINY / "model_int8.onnx")
+    m.close()
+    with pytest.raises(ModelRunError, match="is closed"):
+        m.info()
+
+
+@pytest.mark.parametrize("batch", [0, -1, 1.5, None, "a"])
+def test_classify_batch_is_checked(batch):
+    need("tflite")
+    with pytest.raises(ArgumentError, match="batch must be an integer >= 1"):
+        load(TINY / "model_int8.tflite").classify(IMAGES[:2], batch=batch)
+
+
+def test_predict_on_inputs_of_several_shapes_says_so():
+    need("tflite")
+    m = load(TINY / "model_fp32.tflite")
+    x = m.contract.prepare(IMAGES[0])
+    with pytest.raises(ModelRunError, match="prepared images of one shape"):
+        m.predict([x, x[:10]])
+    assert np.asarray(m.predict([x, x])).shape[0] == 2
