@@ -164,3 +164,13 @@ def test_python_callers_values_are_checked_or_taken_as_meant():
                       ({"crop_fraction": None}, "crop_fraction must be a number")):
         with pytest.raises(ContractError, match=said):
             Contract(**{"height": 10, "width": 10, **bad})
+
+
+def test_prepare_batch_takes_any_iterable_and_refuses_one_path():
+    c = Contract(8, 8, labels=("a", "b"))
+    img = np.zeros((10, 12, 3), np.uint8)
+    assert c.prepare_batch(x for x in [img, img]).shape == (2, 8, 8, 3)
+    empty = c.prepare_batch([])
+    assert empty.shape == (0, 8, 8, 3) and empty.dtype == c.prepare(img).dtype
+    with pytest.raises(ContractError, match="one image goes to prepare"):
+        c.prepare_batch("photo.jpg")

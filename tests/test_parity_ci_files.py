@@ -142,3 +142,20 @@ def test_thresholds_by_a_name_that_states_no_precision():
     assert t.max_accuracy_drop == 0.05 and t.min_agreement == Thresholds.for_precision("int8").min_agreement
     fp32 = Thresholds.lookup(table, "mine.onnx", "fp32")  # an fp32 file keeps its max_abs gate
     assert fp32.top_k == 3 and fp32.max_abs == Thresholds.for_precision("fp32").max_abs
+
+
+def test_thresholds_objects_are_checked_as_tables_are():
+    """Thresholds(min_agreement="0.5") failed inside the statistics after the parity run; min_agreement=5 failed every
+    file "0.900 < 5"; one Thresholds (not a table) was an AttributeError."""
+    from tledge.artifacts import Thresholds
+    from tledge.errors import TledgeError
+
+    for bad, said in ((Thresholds(min_agreement="0.5"), "int8.min_agreement must be a number"),
+                      (Thresholds(min_agreement=5), r"int8.min_agreement must be in \[0, 1\]")):
+        with pytest.raises(TledgeError, match=said):
+            thresholds_from_dict({"int8": bad})
+    with pytest.raises(TledgeError, match="got one Thresholds"):
+        thresholds_from_dict(Thresholds())
+    with pytest.raises(TledgeError, match="got list"):
+        thresholds_from_dict([1])
+    assert thresholds_from_dict({"int8": Thresholds(min_agreement=0.97)})["int8"].min_agreement == 0.97

@@ -50,3 +50,23 @@ def test_predict_on_inputs_of_several_shapes_says_so():
     with pytest.raises(ModelRunError, match="prepared images of one shape"):
         m.predict([x, x[:10]])
     assert np.asarray(m.predict([x, x])).shape[0] == 2
+
+
+@pytest.mark.parametrize("size", [48, "48x48", (-1, -1), (48,), (48.0, 48)])
+def test_input_size_for_a_foreign_file_is_checked(size):
+    need("onnx")
+    from tiny import FOREIGN
+
+    with pytest.raises(ArgumentError, match=r"input_size takes \(height, width\)"):
+        load(FOREIGN / "model_fp32.onnx", input_size=size)
+
+
+def test_a_pickled_model_reloads_after_a_chdir(tmp_path, monkeypatch):
+    import pickle
+
+    need("tflite")
+    monkeypatch.chdir(TINY.parent)
+    m = load("tiny/model_int8.tflite")
+    data = pickle.dumps(m)
+    monkeypatch.chdir(tmp_path)
+    assert pickle.loads(data).classify(IMAGES[0])[0].label == m.classify(IMAGES[0])[0].label

@@ -125,3 +125,9 @@ def test_hand_made_model_in_out_is_refused_and_kept(tmp_path, capsys):
     state.parent.mkdir()
     state.write_text("{}")
     check_out(out, data, None)
+
+
+def test_out_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "run").write_text("x")
+    with pytest.raises(TledgeError, match="is a file: the run writes a folder there"):
+        check_out(tmp_path / "run", tmp_path / "data", None)

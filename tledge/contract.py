@@ -199,8 +199,8 @@ class Contract:
         object.__setattr__(self, "labels", tuple(str(x) for x in self.labels))
 
     def _check_types(self) -> None:
-        """Python callers' values: numpy integers taken as ints (they broke to_json), one string refused as labels
-        (it was split into letters), strings and floats refused as sizes (they failed deep in OpenCV)."""
+        """Python callers' values: numpy ints as ints (they broke to_json); one string as labels (its letters were
+        the labels) and strings or floats as sizes (they failed in OpenCV) refused."""
         import numbers
 
         for name in ("height", "width", "channels", "pad_value"):
@@ -263,7 +263,11 @@ class Contract:
         return x
 
     def prepare_batch(self, items: Sequence[Any]) -> np.ndarray:
-        return np.stack([self.prepare(i) for i in items]) if len(items) else np.zeros((0,) + self.input_shape)
+        """prepare() of each image, stacked; any iterable (a generator too); none: (0, ...) of input_dtype."""
+        if isinstance(items, (str, bytes, Path)):  # a path's letters were read as images ("/: Is a directory")
+            raise ContractError("prepare_batch() takes a sequence of images; one image goes to prepare()")
+        out = [self.prepare(i) for i in items]
+        return np.stack(out) if out else np.zeros((0,) + self.input_shape, np.dtype(self.input_dtype))
 
     def geometry(self, rgb: np.ndarray) -> np.ndarray:
         """Resize/crop/letterbox an HxWx3 uint8 RGB image to the contract's HxW."""

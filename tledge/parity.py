@@ -75,12 +75,17 @@ def thresholds_from_dict(raw: dict) -> dict[str, Thresholds]:
     """{"int8": {"min_agreement": 0.97}, "model_int8.onnx": {...}} -> Thresholds per key. A key that
     is a file name (model_<precision>.<ext>) starts from its precision's defaults. Raises TledgeError
     for a wrong shape, unknown fields and out-of-range values."""
+    if isinstance(raw, Thresholds):
+        raise TledgeError("thresholds is a table of precision or file name -> Thresholds, e.g. {'int8': "
+                          "Thresholds(min_agreement=0.97)}, got one Thresholds")
     if not isinstance(raw, dict):
         raise TledgeError(f"thresholds must be a table of precision or file name -> fields, got "
                           f"{type(raw).__name__}")
     out = {}
     for key, vals in raw.items():
-        if isinstance(vals, Thresholds):
+        if isinstance(vals, Thresholds):  # its fields checked as a table's are ("0.5" failed inside stats)
+            for name in Thresholds.__dataclass_fields__:
+                _check_value(key, name, getattr(vals, name))
             out[key] = vals
             continue
         if not isinstance(vals, dict):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from tledge.contract import ColorOrder, Contract, Fit, Layout, Norm, Output
-from tledge.errors import ContractError, ModelLoadError, TledgeWarning
+from tledge.errors import ArgumentError, ContractError, ModelLoadError, TledgeWarning
 
 if TYPE_CHECKING:  # read only for files made elsewhere: not imported on a tledge file's path (cold start)
     from tledge.std_metadata import StandardMetadata
@@ -29,6 +29,11 @@ def check_options(options: dict) -> dict:
     unknown = set(options) - set(KNOWN_OPTIONS)
     if unknown:
         raise TypeError(f"unknown contract option(s): {sorted(unknown)}; known: {', '.join(KNOWN_OPTIONS)}")
+    size = options.get("input_size")
+    if size is not None and not (isinstance(size, (tuple, list)) and len(size) == 2 and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in size)):
+        # 48 or "48x48" failed unpacking; (-1, -1) said "pass --input-size", which was passed
+        raise ArgumentError(f"input_size takes (height, width), two integers > 0, got {size!r}")
     return {k: v for k, v in options.items() if v is not None and v is not False and v != ()}
 
 

@@ -314,8 +314,9 @@ def load(path: str | Path, *, threads: int | None = None, contract: Contract | N
         delegates = delegates or hints.delegates
     if "labels" in contract_options:
         contract_options["labels"] = labels_option(contract_options["labels"])
-    how = (str(path), dict(threads=threads, contract=contract, providers=providers, delegates=tuple(delegates),
-                           device=device, **contract_options))
+    how = (str(Path(path).absolute()),  # unpickled after a chdir: "model file not found: tiny/model_int8.tflite"
+           dict(threads=threads, contract=contract, providers=providers, delegates=tuple(delegates), device=device,
+                **contract_options))
     start = time.perf_counter()
     backend = open_backend(p, threads=threads, providers=providers, delegates=delegates)
     origin = "given"

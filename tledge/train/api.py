@@ -38,6 +38,8 @@ def check_out(out: Path, *roots) -> None:
     from tledge.images import TRAINING_SPLIT
 
     o, split = Path(out).resolve(), Path(out) / TRAINING_SPLIT
+    if o.exists() and not o.is_dir():  # train(out="file") was a FileExistsError from mkdir
+        raise TledgeError(f"--out {out} is a file: the run writes a folder there")
     for r in (Path(r).resolve() for r in roots if r is not None):
         if o == r or r in o.parents:
             raise TledgeError(f"--out {out} is inside the data folder {r}: its files would become training data")
