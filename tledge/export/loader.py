@@ -157,7 +157,16 @@ def _load_keras(p: Path, unsafe: bool) -> LoadedModel:
             raise ModelLoadError(f"{p}: Keras's safe mode refuses it (it would run code the file names: "
                                  f"{_first_line(msg)[:160]}). Pass --unsafe only if you trust this file.") from None
         raise ModelLoadError(f"cannot load {p}: {exc.__class__.__name__}: {_first_line(msg)}") from None
-    return _describe(p, model, "keras")
+    return _keras3(p, model, "keras")
+
+
+def _keras3(p: Path, model, kind: str) -> LoadedModel:
+    from tledge.export.float32 import rebuild
+
+    model, note = rebuild(model)  # mixed precision: TFLite's converter fails on its float16 ops
+    lm = _describe(p, model, kind)
+    lm.notes += [note] if note else []
+    return lm
 
 
 def _load_h5(p: Path, translation, unsafe: bool, *, allow_tf_keras: bool) -> LoadedModel:
@@ -167,7 +176,7 @@ def _load_h5(p: Path, translation, unsafe: bool, *, allow_tf_keras: bool) -> Loa
     model = _attempt(tried, "Keras 3", lambda: keras.saving.load_model(
         p, custom_objects=_custom_objects(), compile=False, safe_mode=not unsafe))
     if model is not None:
-        return _describe(p, model, "keras")
+        return _keras3(p, model, "keras")
     if translation.ok:
         model = _attempt(tried, "Keras 3 after translation", lambda: keras2.load_translated(
             p, translation, _custom_objects(), unsafe=unsafe))

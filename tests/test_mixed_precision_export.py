@@ -1,0 +1,48 @@
+"""A model built as Keras's mixed-precision guide says (float16 compute, a float32 last layer): the fp32 TFLite
+conversion failed halfway ("'tf.Mul' op is neither a custom op nor a flex op") and the ONNX file shipped alone. It is
+rebuilt in float32 with its weights, and every file is made from that."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from tledge.cli import main  # noqa: E402
+from tledge.export import loader  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def mixed_model(tmp_path_factory):
+    import keras
+
+    L, d = keras.layers, tmp_path_factory.mktemp("mixed")
+    i = keras.Input((24, 24, 3))
+    x = L.Rescaling(1 / 255.0, dtype="mixed_float16")(i)
+    x = L.Conv2D(4, 3, activation="relu", dtype="mixed_float16")(x)
+    x = L.GlobalAveragePooling2D(dtype="mixed_float16")(x)
+    m = keras.Model(i, L.Dense(2, activation="softmax", dtype="float32")(x))
+    m.save(d / "mixed.keras")
+    return d / "mixed.keras", m
+
+
+def test_a_mixed_precision_model_is_rebuilt_in_float32(mixed_model):
+    path, original = mixed_model
+    lm = loader.load_model(path)
+    assert {layer.dtype_policy.name for layer in lm.model.layers} == {"float32"}
+    assert any("rebuilt in float32" in n for n in lm.notes)
+    x = np.random.default_rng(0).uniform(0, 255, (3, 24, 24, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(lm.model(x)), np.asarray(original(x)), atol=5e-3)
+
+
+def test_its_tflite_file_converts(mixed_model, tmp_path):
+    import cv2
+
+    path, _ = mixed_model
+    rng = np.random.default_rng(1)
+    for c in ("a", "b"):
+        (tmp_path / "val" / c).mkdir(parents=True)
+        for k in range(4):
+            cv2.imwrite(str(tmp_path / "val" / c / f"{k}.png"), rng.integers(0, 256, (30, 30, 3), dtype=np.uint8))
+    rc = main(["export", str(path), "--formats", "tflite", "--val", str(tmp_path / "val"), "--out", str(tmp_path / "e")])
+    assert rc == 0 and (tmp_path / "e" / "model_fp32.tflite").is_file()
