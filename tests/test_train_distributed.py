@@ -367,3 +367,21 @@ def test_mirrored_strategy_over_two_local_devices_matches_one_device(tmp_path):
     assert val2 == pytest.approx(val1, rel=1e-5)
     for a, b in zip(w2, w1):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_tf_config_address_in_use_is_one_line(setup):
+    """This worker's own TF_CONFIG port held by another process: a traceback ending "Could not start gRPC server"."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen(1)
+        port = held.getsockname()[1]
+        env = {**base_env(setup), "TF_CONFIG": json.dumps({"cluster": {"worker": [f"127.0.0.1:{port}"]},
+                                                           "task": {"type": "worker", "index": 0}})}
+        proc = subprocess.run([sys.executable, "-m", "tledge", "train", str(setup["data"] / "train"), "--weights",
+                               str(setup["weights"]), "--alpha", "0.25", *TINY, "--epochs", "1", "--fine-tune-epochs",
+                               "0", "--out", str(setup["root"] / "in-use")], capture_output=True, text=True,
+                              timeout=300, env=env)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert f"cannot listen on worker 0 (127.0.0.1:{port})" in err[-1], err[-3:]

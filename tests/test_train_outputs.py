@@ -154,3 +154,20 @@ def test_class_names_the_plot_font_cannot_draw_become_indices(tmp_path):
             warnings.simplefilter("always")
             assert plot_confusion(np.array([[3, 1], [0, 4]]), labels, tmp_path / "c.png")
         assert not [w for w in said if "Glyph" in str(w.message)], [str(w.message) for w in said]
+
+
+def test_the_reload_check_compares_the_file_with_the_model_run_the_same_way(tmp_path):
+    """A finished ResNet50 run failed "model.keras reloaded predicts differently (max abs diff 3.11e-05)" and wrote
+    no model: the outputs it was held to came from an eager call, 3e-5 from predict_on_batch on identical weights.
+    The file is held to the model in memory run the same way; the caller's outputs only within kernel noise."""
+    pytest.importorskip("keras")
+    from tledge.errors import ExportError
+    from tledge.train.report import save_model
+
+    x = np.random.default_rng(0).random((2, 4, 4, 3)).astype(np.float32)
+    model = _model(1)
+    want = np.asarray(model.predict_on_batch(x))
+    assert save_model(model, tmp_path / "a.keras", x, want + 4e-5).is_file()  # eager-vs-graph noise: saved
+    with pytest.raises(ExportError, match="reloaded predicts differently"):
+        save_model(model, tmp_path / "b.keras", x, want + 0.05)  # not this model's outputs: refused
+    assert not (tmp_path / "b.keras").exists()

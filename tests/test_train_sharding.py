@@ -68,6 +68,8 @@ def test_cluster_from_tf_config(monkeypatch):
     ('{"cluster": {"worker": ["nohost"]}, "task": {"type": "worker", "index": 0}}', "list of host:port"),
     ('{"cluster": {"worker": ["a:1"], "ps": ["b:2"]}, "task": {"type": "ps", "index": 0}}', "ps tasks"),
     ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": "0"}}', "not in its cluster"),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": ["worker"], "index": 0}}', "not in its cluster"),
+    (" ", "set but blank"),
 ])
 def test_a_tf_config_tensorflow_would_refuse_is_one_line_before_it_loads(tf_config, said, monkeypatch, capsys, tmp_path):
     """Tracebacks (exit 1) before, some after 7-10 s of TensorFlow start-up."""

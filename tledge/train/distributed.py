@@ -64,9 +64,11 @@ def tf_config() -> dict:
     """TF_CONFIG, checked as tledge train uses it ({} when unset): a cluster of "chief" (at most one) and "worker"
     addresses host:port, and this process's task in it. A TledgeError (exit 2) says what is wrong, before
     TensorFlow reads it (its own errors are tracebacks, some after seconds)."""
-    text = os.environ.get("TF_CONFIG") or ""
-    if not text.strip():
+    text = os.environ.get("TF_CONFIG")
+    if not text:
         return {}
+    if not text.strip():  # TensorFlow parses it anyway: a JSONDecodeError traceback after the images loaded
+        raise TledgeError("TF_CONFIG is set but blank: unset it, or give the cluster as JSON")
     try:
         cfg = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -88,7 +90,7 @@ def tf_config() -> dict:
         raise TledgeError("TF_CONFIG's cluster has more than one chief")
     task = cfg.get("task", {})
     kind, index = (task.get("type"), task.get("index", 0)) if isinstance(task, dict) else (None, None)
-    if kind not in spec or not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(spec[kind]):
+    if not isinstance(kind, str) or kind not in spec or not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(spec[kind]):
         raise TledgeError(f"TF_CONFIG's task {json.dumps(task)[:80]} is not in its cluster "
                           f"({', '.join(f'{k}: {len(v)}' for k, v in spec.items())})")
     return cfg

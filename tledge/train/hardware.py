@@ -107,7 +107,7 @@ def _multi_worker(tf):
     others = ", ".join(cluster.name(r) for r in range(cluster.workers) if r != cluster.rank)
     if timeout == 0:  # TLEDGE_CLUSTER_TIMEOUT=0: wait as long as TensorFlow does
         log.note(f"this is {cluster.name(cluster.rank)}: waiting for {others} (no time limit)")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _join(tf, cluster)
     console = log.current()
     where = console.log_path if console is not None and console.log_path is not None else None
     log.note(f"this is {cluster.name(cluster.rank)}: waiting for {others}; if they have not all started within "
@@ -115,9 +115,21 @@ def _multi_worker(tf):
                                                                      else "") + " (TLEDGE_CLUSTER_TIMEOUT sets the seconds)")
     faulthandler.dump_traceback_later(timeout, exit=True, file=sys.__stderr__)  # where it waited: the log
     try:
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _join(tf, cluster)
     finally:
         faulthandler.cancel_dump_traceback_later()
+
+
+def _join(tf, cluster):
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    except tf.errors.OpError as exc:  # this worker's own address: in use, or not one of this machine's
+        if "gRPC server" not in str(exc):
+            raise
+        from tledge.errors import TledgeError
+
+        raise TledgeError(f"cannot listen on {cluster.name(cluster.rank)}, this process's TF_CONFIG address (in use by "
+                          "another process, or not an address of this machine): free it or change TF_CONFIG") from None
 
 
 @contextmanager

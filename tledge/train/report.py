@@ -23,7 +23,8 @@ from tledge.errors import ExportError, TledgeWarning
 from tledge.io import atomic_path, atomic_write_text, check_space, signals_held
 from tledge.train.checkpoint import numpy2_quiet, temp_sibling, weight_bytes
 
-RELOAD_TOLERANCE = 1e-5
+RELOAD_TOLERANCE = 1e-5  # the reloaded file against the model in memory, both through predict_on_batch
+EAGER_TOLERANCE = 1e-3  # the caller's outputs (an eager call) against predict_on_batch: kernels differ, not weights
 
 
 def save_model(model, path: Path, check_x: np.ndarray, expected: np.ndarray) -> Path:
@@ -48,10 +49,14 @@ def save_model(model, path: Path, check_x: np.ndarray, expected: np.ndarray) -> 
             again = keras.saving.load_model(str(tmp), custom_objects=CUSTOM_OBJECTS, safe_mode=True, compile=False)
         except Exception as exc:
             raise ExportError(f"{path.name} does not reload in safe mode: {exc.__class__.__name__}: {exc}") from None
+        # the saved file against the model in memory, run the same way: `expected` came from an eager call,
+        # which differs from predict_on_batch's compiled graph by up to ~5e-5 (ResNet50): a finished run failed
         got = np.asarray(again.predict_on_batch(check_x), np.float32)
-        diff = float(np.abs(got - expected).max()) if len(check_x) else 0.0
-        if not diff <= RELOAD_TOLERANCE:
-            raise ExportError(f"{path.name} reloaded predicts differently (max abs diff {diff:.3g})")
+        want = np.asarray(model.predict_on_batch(check_x), np.float32) if len(check_x) else got
+        diff = float(np.abs(got - want).max()) if len(check_x) else 0.0
+        drift = float(np.abs(want - expected).max()) if len(check_x) else 0.0
+        if not diff <= RELOAD_TOLERANCE or not drift <= EAGER_TOLERANCE:
+            raise ExportError(f"{path.name} reloaded predicts differently (max abs diff {max(diff, drift):.3g})")
     return path
 
 
