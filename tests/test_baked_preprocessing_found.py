@@ -34,13 +34,34 @@ def models(tmp_path_factory):
     keras.Model(i, head(norm(i))).export(str(d / "normalization_sm"), verbose=False)
     i = keras.Input((24, 24, 3))
     keras.Model(i, head(i)).export(str(d / "plain_sm"), verbose=False)
+    i = keras.Input((24, 24, 3))  # keras.applications' caffe preprocess_input: RGB -> BGR, ImageNet means off
+    bgr = L.Lambda(lambda t: t[..., ::-1] - np.array([103.939, 116.779, 123.68], np.float32))(i)
+    keras.Model(i, head(bgr)).export(str(d / "caffe_sm"), verbose=False)
+    import tensorflow as tf
+
+    m = tf.Module()  # TF-Hub style: 0..1 input, x * 2 - 1 inside (a map that is no named mode of 0..255 pixels)
+    m.w = tf.Variable(np.ones((3, 2), np.float32))
+    m.f = tf.function(lambda x: {"p": tf.nn.softmax(tf.reduce_mean(x * 2.0 - 1.0, [1, 2]) @ m.w)},
+                      input_signature=[tf.TensorSpec([None, 24, 24, 3], tf.float32)])
+    tf.saved_model.save(m, str(d / "hub_sm"), signatures={"serving_default": m.f})
     return d
 
 
 @pytest.mark.parametrize("name, mode", [("resized.keras", "tf"), ("tf_sm", "tf"), ("scale_sm", "scale"),
-                                        ("own_sm", "raw"), ("normalization_sm", None), ("plain_sm", None)])
+                                        ("caffe_sm", "caffe"), ("own_sm", None), ("hub_sm", None),
+                                        ("normalization_sm", None), ("plain_sm", None)])
 def test_the_models_own_normalisation_is_found(models, name, mode):
     assert loader.load_model(models / name).baked_mode == mode
+
+
+def test_a_savedmodel_whose_map_is_no_named_mode_takes_the_users_preprocess(models):
+    """A TF-Hub style 0..1 model with `x * 2 - 1` inside was read as `raw` (it normalises itself): --preprocess scale,
+    the right flag, was refused, and without it the export fed it 0..255."""
+    from tledge.export.resolve import resolve_contract
+
+    lm = loader.load_model(models / "hub_sm")
+    contract, add = resolve_contract(lm, preprocess="scale", input_size=None, labels=("a", "b"))
+    assert (contract.norm.value, add) == ("scale", "scale")
 
 
 def test_a_second_normalisation_on_a_savedmodel_is_refused(models, tmp_path, capsys):

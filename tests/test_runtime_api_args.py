@@ -4,6 +4,7 @@ OSError, AttributeError or TypeError from inside."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import numpy as np
 import pytest
@@ -25,6 +26,9 @@ def test_a_delegate_that_will_not_load_is_a_model_load_error(recwarn):
         load(TINY / "model_int8.tflite", delegates=["/nonexistent.so"])
     with pytest.raises(ModelLoadError, match="cannot load the TFLite delegate libtledge-none.so"):
         load(TINY / "model_int8.tflite", delegates=["libtledge-none.so"])
+    if sys.platform.startswith("linux"):  # a library that opens but is no delegate
+        with pytest.raises(ModelLoadError, match="libc.so.6 is not a TFLite delegate"):
+            load(TINY / "model_int8.tflite", delegates=["libc.so.6"])
     assert load(TINY / "model_int8.tflite", delegates=None).classify(IMAGES[0])
 
 

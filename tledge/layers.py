@@ -153,11 +153,12 @@ def input_rescaling(model) -> str | None:
     return "raw" if any(type(layer).__name__ == "Rescaling" for layer in chain) else None
 
 
-def affine_mode(scale: np.ndarray, offset: np.ndarray, channels: int) -> str | None:
-    """The named mode of a per-channel map `x * scale + offset` applied to raw pixels at a model's input (read
-    from a graph: tledge.export.graphprep); a map that is no named mode is `raw` (the model normalises itself)."""
-    found = _match(np.asarray(scale, np.float64), np.asarray(offset, np.float64), channels, flip=False)
-    return "raw" if found[0] == "custom" else found[0]
+def affine_mode(scale: np.ndarray, offset: np.ndarray, channels: int, *, flip: bool = False) -> str | None:
+    """The named mode of a per-channel map `x * scale + offset` (after reversing the channels when `flip`) at a
+    model's input, read from a graph (tledge.export.graphprep); None for a map that is no named mode: a graph's
+    `x * 2 - 1` may expect 0..1 input (TF-Hub's models do), which only the user knows."""
+    found = _match(np.asarray(scale, np.float64), np.asarray(offset, np.float64), channels, flip=flip)
+    return None if found is None or found[0] in ("custom", "raw") else found[0]
 
 
 def _probe_affine(chain, channels: int) -> tuple[np.ndarray, np.ndarray] | None:

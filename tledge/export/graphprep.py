@@ -12,13 +12,14 @@ import numpy as np
 
 THROUGH = {"Identity", "Cast", "ResizeBilinear", "ResizeNearestNeighbor", "ResizeArea", "ResizeBicubic",
            "CropAndResize"}
-AFFINE = {"Mul", "AddV2", "Add", "Sub", "RealDiv", "Div"}
+AFFINE = {"Mul", "AddV2", "Add", "BiasAdd", "Sub", "RealDiv", "Div"}
 
 
-def input_affine(fn, channels: int, limit: int = 32) -> tuple[np.ndarray, np.ndarray, set[str]] | None:
-    """(scale, offset) per channel of the affine ops at the start of `fn` (a concrete function taking one image,
-    whose variables are alive), and the op types read; None when its first computation is anything else. Never
-    raises: a graph it cannot read is None."""
+def input_affine(fn, channels: int, limit: int = 32) -> tuple[np.ndarray, np.ndarray, bool] | None:
+    """(scale, offset, flipped): the affine ops at the start of `fn` (a concrete function taking one image, whose
+    variables are alive) as `y[j] = scale[j] * x[j'] + offset[j]`, j' = the channel order reversed when `flipped`
+    (caffe's RGB -> BGR: `x[..., ::-1]` or a reverse over the channels). None when its first computation is
+    anything else. Never raises: a graph it cannot read is None."""
     try:
         from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
@@ -34,7 +35,7 @@ def input_affine(fn, channels: int, limit: int = 32) -> tuple[np.ndarray, np.nda
     inputs = [n.name for n in graph.node if n.op == "Placeholder"]
     if len(inputs) != 1:
         return None
-    t, scale, offset, ops = inputs[0], np.ones(channels), np.zeros(channels), set()
+    t, scale, offset, flipped, found = inputs[0], np.ones(channels), np.zeros(channels), False, False
     for _ in range(limit):
         nxt = users.get(t, [])
         if len(nxt) != 1:
@@ -44,6 +45,9 @@ def input_affine(fn, channels: int, limit: int = 32) -> tuple[np.ndarray, np.nda
         if n.op in THROUGH and data and data[0] == t:
             t = n.name
             continue
+        if data and data[0] == t and _channel_flip(nodes, n):
+            scale, offset, flipped, found, t = scale[::-1], offset[::-1], not flipped, True, n.name
+            continue
         if n.op not in AFFINE or len(data) != 2 or data.count(t) != 1:
             break
         k = _constant(nodes, data[1] if data[0] == t else data[0], channels)
@@ -52,7 +56,7 @@ def input_affine(fn, channels: int, limit: int = 32) -> tuple[np.ndarray, np.nda
         left = data[0] == t
         if n.op == "Mul":
             scale, offset = scale * k, offset * k
-        elif n.op in ("AddV2", "Add"):
+        elif n.op in ("AddV2", "Add", "BiasAdd"):
             offset = offset + k
         elif n.op == "Sub":
             scale, offset = (scale, offset - k) if left else (-scale, k - offset)
@@ -60,9 +64,21 @@ def input_affine(fn, channels: int, limit: int = 32) -> tuple[np.ndarray, np.nda
             scale, offset = scale / k, offset / k
         else:
             break
-        ops.add(n.op)
-        t = n.name
-    return (scale, offset, ops) if ops else None
+        found, t = True, n.name
+    return (scale, offset, flipped) if found else None
+
+
+def _channel_flip(nodes: dict, n) -> bool:
+    """`x[..., ::-1]` (a StridedSlice: ellipsis, then stride -1 over the whole last axis) or a ReverseV2 over it."""
+    if n.op == "ReverseV2" and len(n.input) == 2:
+        axis = _constant(nodes, n.input[1].split(":")[0], 1)
+        return axis is not None and int(axis[0]) in (-1, 3)
+    if n.op != "StridedSlice" or len(n.input) != 4:
+        return False
+    strides = _constant(nodes, n.input[3].split(":")[0], 2)
+    a = {k: n.attr[k].i for k in ("begin_mask", "end_mask", "ellipsis_mask", "new_axis_mask", "shrink_axis_mask")}
+    return (strides is not None and list(strides) == [1.0, -1.0] and a["ellipsis_mask"] == 1 and a["begin_mask"] & 2
+            and a["end_mask"] & 2 and not a["new_axis_mask"] and not a["shrink_axis_mask"])
 
 
 def _constant(nodes: dict, name: str, channels: int) -> np.ndarray | None:

@@ -301,18 +301,13 @@ def _baked_mode(model) -> str | None:
 
 
 def _graph_mode(fn, channels: int) -> str | None:
-    """A SavedModel's baked normalisation, read from its graph (it has no layers): a Rescaling inside was not
-    seen, and --preprocess tf normalised its input twice."""
+    """A SavedModel's baked normalisation when its graph starts with a named mode's map (it has no layers to
+    read): a Rescaling inside was not seen, and --preprocess tf normalised its input twice."""
     from tledge.export.graphprep import input_affine
     from tledge.layers import affine_mode
 
     found = input_affine(fn, channels)
-    if found is None:
-        return None
-    mode = affine_mode(found[0], found[1], channels)
-    # a map that is no named mode counts only with a multiplication (a Rescaling), as for Keras models: a lone
-    # Normalization (Sub, RealDiv) may expect 0..1 input
-    return None if mode == "raw" and "Mul" not in found[2] else mode
+    return affine_mode(found[0], found[1], channels, flip=found[2]) if found is not None else None
 
 
 def _walk(model):

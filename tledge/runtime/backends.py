@@ -274,8 +274,12 @@ def _delegate(mod, name: str):
     try:
         import ctypes
 
-        ctypes.CDLL(name)  # a library that will not open: said here, before LiteRT's half-built Delegate's noise
+        lib = ctypes.CDLL(name)  # one that will not open, or is no delegate: said here, before the noise of
+        if not hasattr(lib, "tflite_plugin_create_delegate"):  # LiteRT's half-built Delegate's __del__
+            raise ModelLoadError(f"{name} is not a TFLite delegate (no tflite_plugin_create_delegate)")
         return mod.load_delegate(name)
+    except ModelLoadError:
+        raise
     except Exception as exc:  # noqa: BLE001 - LiteRT 2.3 raises AttributeError from its own Delegate.__init__
         raise ModelLoadError(f"cannot load the TFLite delegate {name}: {str(exc).strip()[:200]}") from None
 
