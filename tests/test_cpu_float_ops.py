@@ -130,3 +130,31 @@ def test_each_cpu_float_op_cuts_xnnpacks_graph_when_int8(op):
     assert tflite.float_op_counts(int8, tflite.CPU_FLOAT_OPS) == {}
     assert tflite.float_op_counts(kept, tflite.CPU_FLOAT_OPS) == {op: 2}
     assert [_partitions(d)[0] for d in (int8, kept)] == [3, 1]
+
+
+def test_an_int8_only_target_refuses_ops_the_converter_left_float(shapes_dataset, tmp_path):
+    """The converter keeps ops it has no int8 kernel for (ELU here) float without a word: `--device coral-usb`
+    shipped such a file as PASSED, and the Edge TPU would hand everything from the ELU on to its CPU. The int8 file
+    is a conversion failure for int8-only targets, named; the same model for a CPU target keeps its ELU float."""
+    import keras
+
+    from tledge.export import tflite
+    from tledge.export.pipeline import ExportConfig, export
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((48, 48, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inp)
+    x = keras.layers.ELU()(keras.layers.Conv2D(8, 3, strides=2)(x))
+    keras.Model(inp, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))).save(
+        tmp_path / "elu.keras")
+    results = {}
+    for name, int8_only in (("coral", True), ("cpu", False)):
+        cfg = ExportConfig(out=tmp_path / name, formats=("tflite",), int8=True, repair=False, int8_only=int8_only,
+                           calib=str(shapes_dataset / "train"), val=str(shapes_dataset / "val"))
+        results[name] = {r.file: r for r in export(tmp_path / "elu.keras", cfg).report.results}
+    failures = " ".join(results["coral"]["model_int8.tflite"].failures)
+    assert "conversion failed: the converter left ELU x1 float" in failures, failures
+    assert not (tmp_path / "coral" / "model_int8.tflite").exists()
+    cpu = [p for p in (tmp_path / "cpu" / "model_int8.tflite", tmp_path / "cpu" / "rejected" / "model_int8.tflite")
+           if p.is_file()]  # made either way (an untrained net may miss its parity budget)
+    assert cpu and tflite.float_op_counts(cpu[0].read_bytes()).get("ELU") == 1

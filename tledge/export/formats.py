@@ -7,7 +7,7 @@ from typing import Sequence
 
 from tledge.artifacts import Artifact, exportable, lookup
 from tledge.contract import Contract, Quant
-from tledge.errors import TledgeError
+from tledge.errors import ExportError, TledgeError
 from tledge.io import atomic_path, atomic_write_bytes
 
 
@@ -47,6 +47,11 @@ def _write_tflite(fmt: Format, dst: Path, concrete, contract: Contract, calib, i
     from tledge.export.metadata import embed_tflite
 
     data = tflite.convert(concrete, fmt.precision, calib, float_ops=tflite.float_ops_for(int8_only))
+    left = tflite.not_all_int8(data) if int8_only and fmt.precision == "int8" else None
+    if left:
+        raise ExportError(f"the converter left {left} float (no int8 kernel for them), and the target runs int8 ops "
+                          "only: its CPU would run them and all that follows (replace those layers, or export for "
+                          "a CPU device)")
     qin, qout, dtype = tflite_io(data)
     contract = contract.for_file(input_dtype=dtype, input_quant=qin, output_quant=qout)
     atomic_write_bytes(dst, embed_tflite(data, with_float_ops(contract, data)))

@@ -278,7 +278,9 @@ def _fidelity(cfg: ExportConfig, report: ParityReport, x: FidelityInputs) -> boo
     if not ran and _loop_planned(cfg, plan(cfg)):
         from tledge import log
 
-        with log.step("int8 fidelity: " + ("no repair needed, every file within its budget" if not failing else
+        unmade = any(r.precision == "int8" and r.images == 0 for r in report.results)  # its conversion failed
+        with log.step("int8 fidelity: " + ("no int8 file to repair (its conversion failed)" if unmade else
+                                           "no repair needed, every file within its budget" if not failing else
                                            "no calibration images to repair with")):
             pass
     report.notes += kernels.kernel_notes(report.results, x.out, x.val_x, cfg.threads)

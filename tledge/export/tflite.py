@@ -73,8 +73,9 @@ def _int8(fn, calib: np.ndarray, float_ops: Sequence[str]) -> bytes:
         raise ExportError(f"TFLite int8 conversion failed: {converter_error(exc)}") from None
 
 
-def float_op_counts(data: bytes, ops: Sequence[str]) -> dict[str, int]:
-    """How many ops of each type in `ops` run in float in the TFLite file `data` (their output is float32)."""
+def float_op_counts(data: bytes, ops: Sequence[str] | None = None) -> dict[str, int]:
+    """How many ops of each type in `ops` (None: every type) run in float in the TFLite file `data` (their output is
+    float32)."""
     from tledge._deps import tflite_schema
     from tledge.quant.tflite_bias import load, op_kinds
 
@@ -82,9 +83,18 @@ def float_op_counts(data: bytes, ops: Sequence[str]) -> dict[str, int]:
     sg = model.subgraphs[0]
     counts: dict[str, int] = {}
     for op, kind in zip(sg.operators, op_kinds(model)):
-        if kind in ops and sg.tensors[int(op.outputs[0])].type == tflite_schema().TensorType.FLOAT32:
+        if (ops is None or kind in ops) and sg.tensors[int(op.outputs[0])].type == tflite_schema().TensorType.FLOAT32:
             counts[kind] = counts.get(kind, 0) + 1
     return counts
+
+
+def not_all_int8(data: bytes) -> str | None:
+    """What an int8 file for an int8-only target (Edge TPU) runs in float, or None: the converter leaves ops it has
+    no int8 kernel for (ELU, LayerNormalization's NEG) float without a word, and such a file passed parity and
+    shipped to a Coral, where everything from the first float op on runs on its CPU."""
+    left = float_op_counts(data)
+    kinds = sorted(k for k in left if k != "DEQUANTIZE") or sorted(left)
+    return ", ".join(f"{k} x{left[k]}" for k in kinds) if left else None
 
 
 def fixed_batch(concrete):
