@@ -66,6 +66,8 @@ LOGISTIC_RANGE = (0.0, 255.0 / 256.0)  # int8 LOGISTIC's output grid in TFLite: 
 def logistic_activation(op) -> str | None:
     """'swish' or 'sigmoid' where `op` (an Activation layer, or a conv / dense with that activation inside it) ends
     in a function an int8 TFLite file computes through LOGISTIC (swish: LOGISTIC then MUL), else None."""
+    if type(op).__name__ != "Activation" and not linear_kind(op):  # SeparableConv2D, Conv1D, grouped convs: the
+        return None  # sigmoid was applied to the layer's input (8 channels for 16), and the repair rungs failed
     name = getattr(getattr(op, "activation", None), "__name__", "")
     return {"swish": "swish", "silu": "swish", "sigmoid": "sigmoid"}.get(name)
 
