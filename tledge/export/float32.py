@@ -12,22 +12,14 @@ import numpy as np
 TOLERANCE = 0.05  # float16 compute against float32: outputs differ by ~1e-3; more means it is not the same model
 
 
-def mixed(model) -> bool:
-    return any(str(getattr(getattr(layer, "dtype_policy", None), "name", "")).startswith("mixed_")
-               for layer in _layers(model))
-
-
-def _layers(model):
-    for layer in getattr(model, "layers", []):
-        yield layer
-        yield from _layers(layer)
+def is_mixed(layers) -> bool:
+    """Whether any of `layers` (a model's, nested ones included) computes under a mixed_* dtype policy."""
+    return any(str(getattr(getattr(layer, "dtype_policy", None), "name", "")).startswith("mixed_") for layer in layers)
 
 
 def rebuild(model):
-    """(model, note): `model` in float32 when it is mixed precision and the rebuild computes the same (else as is,
-    with the reason), (model, None) for a float32 model."""
-    if not mixed(model):
-        return model, None
+    """(model, note): the mixed-precision `model` in float32 when the rebuild computes the same, else as is with the
+    reason."""
     import keras
 
     try:

@@ -161,9 +161,11 @@ def _load_keras(p: Path, unsafe: bool) -> LoadedModel:
 
 
 def _keras3(p: Path, model, kind: str) -> LoadedModel:
-    from tledge.export.float32 import rebuild
+    from tledge.export import float32
 
-    model, note = rebuild(model)  # mixed precision: TFLite's converter fails on its float16 ops
+    note = None
+    if float32.is_mixed(_walk(model)):  # mixed precision: TFLite's converter fails on its float16 ops
+        model, note = float32.rebuild(model)
     lm = _describe(p, model, kind)
     lm.notes += [note] if note else []
     return lm
