@@ -94,3 +94,26 @@ def test_a_bad_cluster_timeout_is_one_line_before_it_loads(value, monkeypatch, c
     code = main(["train", str(tmp_path / "d"), "--weights", "none", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and f"TLEDGE_CLUSTER_TIMEOUT={value!r}" in err, err
+
+
+@pytest.mark.filterwarnings("ignore:skipping .* unreadable training image:tledge.errors.TledgeWarning")
+def test_a_worker_that_stops_before_training_leaves_no_scratch_folder(monkeypatch, capsys, tmp_path):
+    """Worker 1's temp folder was removed only once training began: an image it could not read (exit 2) left a
+    tledge-train-worker-* folder in the temp dir for every such start."""
+    import tempfile
+
+    from tledge.cli import main
+
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:29001", "127.0.0.1:29002"]}, '
+                                    '"task": {"type": "worker", "index": 1}}')
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    for cls in ("a", "b"):
+        (tmp_path / "d" / cls).mkdir(parents=True)
+        for i in range(3):
+            (tmp_path / "d" / cls / f"{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg " + f"{cls}{i}".encode())
+    code = main(["train", str(tmp_path / "d"), "--weights", "none", "--size", "32", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert not list(scratch.glob("tledge-train-worker-*")) and not (tmp_path / "o").exists()

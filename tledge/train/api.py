@@ -263,8 +263,8 @@ def train(data_dir: str | Path, config: TrainConfig | None = None) -> TrainResul
     from tledge.train import hardware
 
     chief = hardware.is_chief()
-    out = cfg.out if chief else Path(tempfile.mkdtemp(prefix="tledge-train-worker-"))
-    with _out_lock(out) if chief else contextlib.nullcontext():  # one train at a time into one --out
+    # one train at a time into one --out; a worker writes into a temp folder removed however the run ends
+    with _out_lock(cfg.out) if chief else _worker_folder() as out:
         ckpt = Checkpoints(out / "checkpoints")
         finished = chief and cfg.resume and ckpt.exists() and _complete(ckpt)
         if finished and not distributed.tf_config():
@@ -282,12 +282,19 @@ def train(data_dir: str | Path, config: TrainConfig | None = None) -> TrainResul
                                                       if len(plan.classes) > 12 else "")
             log(f"data: {len(data.y)} training / {len(data.yv)} validation images, classes {shown} "
                 f"(validation: {plan.source})")
-        try:
-            with hardware.quiet_tensorflow():
-                return _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, read, (log, progress), t0)
-        finally:
-            if not chief:
-                shutil.rmtree(out, ignore_errors=True)
+        with hardware.quiet_tensorflow():
+            return _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, read, (log, progress), t0)
+
+
+@contextlib.contextmanager
+def _worker_folder():
+    """A non-chief worker's scratch folder. It was removed only once training began, so a worker that stopped
+    before (no weights offline, an unreadable image, a cluster that never formed) left it in the temp dir."""
+    out = Path(tempfile.mkdtemp(prefix="tledge-train-worker-"))
+    try:
+        yield out
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -302,7 +309,7 @@ def _out_lock(out: Path):
     try:
         for note in lock.notes:
             warnings.warn(note, TledgeWarning, stacklevel=4)
-        yield
+        yield out
     finally:
         lock.release()
         if made and not any(out.iterdir()):
