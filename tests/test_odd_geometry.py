@@ -21,6 +21,20 @@ def test_extreme_images_prepare_with_every_resize(shape, fit, resize):
     assert x.shape == (64, 64, 3) and np.isfinite(x).all()
 
 
+@pytest.mark.parametrize("resize", ["area", "linear", "cubic", "nearest"])
+def test_a_banner_cropped_is_resized_whole_where_opencv_can(resize):
+    """The contract's definition (short side to size / crop fraction, then the centre) for a 40x6000 banner with
+    cv2.resize: the approximate window path, needed only for warp-linear's cv2.remap (no side of 32767+), had been
+    taken for every resize, and the same file and photo scored bees 0.926 on this tledge and 0.614 on the last."""
+    import cv2
+
+    img = np.random.default_rng(2).integers(0, 256, (40, 6000, 3), dtype=np.uint8)
+    c = Contract.for_backbone("mobilenet_v2", 224).replace(resize=resize, fit="crop", crop_fraction=1.0, norm="raw")
+    whole = cv2.resize(img, (33600, 224), interpolation=getattr(cv2, f"INTER_{resize.upper()}"))
+    expected = whole[:, (33600 - 224) // 2:(33600 - 224) // 2 + 224]
+    assert np.array_equal(c.geometry(img), expected)
+
+
 def test_warp_linear_within_the_limit_is_unchanged():
     """Below cv2.remap's limit nothing changes (the MediaPipe-exact path); above it the image is shrunk first."""
     img = np.random.default_rng(1).integers(0, 256, (30, 32000, 3), dtype=np.uint8)

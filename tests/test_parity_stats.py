@@ -42,6 +42,17 @@ def test_topk_agreement_counts_the_reference_class_in_the_files_top_k():
     assert stats.topk_agreement(ref, out, 9).tolist() == [True, True, True]
 
 
+def test_topk_agreement_ranks_ties_as_argsort_does():
+    """uint8 outputs tie often: the reference's class at score 0 among 8 other zeros is not in the top 2 unless its
+    index comes first (as np.argmax and `tledge run --top-k` order them)."""
+    out = np.zeros((3, 10))
+    out[:, 9] = 200  # every image: class 9 confident, the rest tied at 0
+    ref = np.eye(10)[[0, 5, 9]]
+    assert stats.topk_agreement(ref, out, 2).tolist() == [True, False, True]
+    order = np.argsort(-out, axis=1, kind="stable")[:, :2]
+    assert [r in row for r, row in zip([0, 5, 9], order)] == [True, False, True]
+
+
 def _two_class(n, flips, rng):
     """n images, a reference that is right on 80 %, a file that flips the first `flips` right answers."""
     labels = rng.integers(0, 2, n)
@@ -96,6 +107,22 @@ def test_many_classes_gate_on_top_k_not_near_ties(rng=np.random.default_rng(2)):
     out[rows, top2[rows, 1]] = -100  # the reference's top-1 now ranks last in 2 % of the images
     r = compare(ref, out, file="m", format="tflite", precision="fp16", thresholds=Thresholds(min_agreement=0.99))
     assert not r.passed and r.failures[0].startswith("top-5 agreement 0.980")
+
+
+def test_fidelity_sets_the_gate_in_force_at_many_classes_too(rng=np.random.default_rng(4)):
+    """`--fidelity 0.999` on a 1000-class model changed nothing: it set the top-1 budget, which is not checked from
+    20 classes on (top-5 is)."""
+    from tledge.export.pipeline import ExportConfig, thresholds_for
+
+    ref, _ = _many_class(1000, 1000, rng)
+    out = ref.copy()
+    out[:5, np.argmax(ref[:5], 1)] = -100  # 5 of 1000 images lose the reference class from the top 5: 0.995
+    default = thresholds_for(ExportConfig())["int8"] if "int8" in thresholds_for(ExportConfig()) \
+        else Thresholds.for_precision("int8")
+    asked = thresholds_for(ExportConfig(fidelity=0.999))["int8"]
+    assert compare(ref, out, file="m", format="onnx", precision="int8", thresholds=default).passed
+    r = compare(ref, out, file="m", format="onnx", precision="int8", thresholds=asked)
+    assert not r.passed and r.failures[0].startswith("top-5 agreement 0.995") and "< 0.999" in r.failures[0]
 
 
 def test_markdown_shows_intervals_and_resolution(rng=np.random.default_rng(3)):

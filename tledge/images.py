@@ -264,18 +264,30 @@ def match_labels(folders: list[str], labels: tuple[str, ...], *, where: Path | s
     also ignoring a leading number ('000_tench' ~ 'tench' ~ '0 tench'). Every folder must match one
     label and no two folders the same one; a DataError names the folders that do not."""
     out: dict[str, int] = {}
-    exact = {n: i for i, n in enumerate(labels)}
+    exact: dict[str, int] = {}
+    for i, n in enumerate(labels):
+        exact[n] = -1 if n in exact else i  # two classes of one name (ImageNet's crane): never matched by name
     keyed = [_keyed(labels, drop_index=d) for d in (False, True)]
-    missing = []
+    missing, ambiguous = [], []
     for name in folders:
         i = exact.get(name)
         for table, drop in zip(keyed, (False, True)):
             if i is None:
                 i = table.get(label_key(name, drop_index=drop))
-        if i is None or i < 0:
+        if i is not None and i < 0:
+            i = _by_index(name, labels)
+        if i is None:
             missing.append(name)
+        elif i < 0:
+            ambiguous.append(name)
         else:
             out[name] = i
+    if ambiguous:  # the later class used to win: crane photos scored as the machine
+        key = label_key(ambiguous[0], drop_index=True)
+        idx = [i for i, n in enumerate(labels) if label_key(n, drop_index=True) == key][:3]
+        raise DataError(f"class folder(s) {_few(ambiguous)}{_in(where)} name more than one of the model's labels "
+                        f"(classes {', '.join(map(str, idx))}): put the class index in front of the name "
+                        f"({' or '.join(f'{i}_{key.replace(chr(32), chr(95))}' for i in idx[:2])})")
     if missing:
         raise DataError(f"class folder(s) {_few(missing)}{_in(where)} match none of the model's {len(labels)} "
                         f"labels ({_few(list(labels))}){_hint(missing, labels)}")
@@ -284,6 +296,14 @@ def match_labels(folders: list[str], labels: tuple[str, ...], *, where: Path | s
         both = sorted(n for n, i in out.items() if i in clash)
         raise DataError(f"class folders {_few(both)}{_in(where)} map to the same label {labels[min(clash)]!r}")
     return out
+
+
+def _by_index(name: str, labels: tuple[str, ...]) -> int:
+    """A folder '134_crane' where the labels name two classes 'crane': class 134 when its label is that name, else -1."""
+    m = re.match(r"\s*(\d+)[\s_\-]+", name)
+    i = int(m.group(1)) if m else -1
+    return i if 0 <= i < len(labels) and label_key(labels[i], drop_index=True) == label_key(name, drop_index=True) \
+        else -1
 
 
 def _keyed(labels: tuple[str, ...], *, drop_index: bool) -> dict[str, int]:

@@ -52,8 +52,11 @@ class Preprocess(keras.layers.Layer):
     def call(self, x):
         ops = keras.ops
         x = ops.cast(x, "float32")
-        if self._flip:  # RGB -> BGR as slices + concat: TFLite's int8 REVERSE_V2 corrupts values
-            x = ops.concatenate([x[..., 2:3], x[..., 1:2], x[..., 0:1]], axis=-1)
+        if self._flip:  # RGB -> BGR and the map as one 1x1 convolution, as preprocess_layer bakes it: as slices +
+            # concat the int8 file's input took the concat's range (scale 1.49, zero point 83), not raw pixels
+            kernel = np.flip(np.diag(np.asarray(self._scale, np.float32)), 0).reshape(1, 1, 3, 3)
+            return ops.conv(x, ops.convert_to_tensor(kernel, "float32"), padding="valid") + \
+                ops.convert_to_tensor(self._offset, "float32")
         if self.mode == "raw":
             return x
         return x * ops.convert_to_tensor(self._scale, "float32") + ops.convert_to_tensor(self._offset, "float32")

@@ -34,9 +34,13 @@ def topk_agreement(reference: np.ndarray, outputs: np.ndarray, k: int) -> np.nda
     """Per image: is the reference's top-1 class among the file's k highest outputs? (bool array)"""
     ref_top = np.argmax(reference, axis=1)
     k = min(k, outputs.shape[1])
-    # rank of the reference's class in the file's output: how many classes score strictly higher
-    higher = np.sum(outputs > outputs[np.arange(len(outputs)), ref_top][:, None], axis=1)
-    return higher < k
+    # rank of the reference's class in the file's output: the classes scoring higher, and those scoring the same
+    # with a lower index (np.argmax's and `tledge run --top-k`'s order). Ties counted for the reference class had
+    # passed a uint8 file whose reference class sat at 0 among a hundred other zeros.
+    score = outputs[np.arange(len(outputs)), ref_top][:, None]
+    before = np.arange(outputs.shape[1])[None, :] < ref_top[:, None]
+    ahead = np.sum((outputs > score) | ((outputs == score) & before), axis=1)
+    return ahead < k
 
 
 @dataclass(frozen=True)

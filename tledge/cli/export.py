@@ -40,7 +40,8 @@ def add_arguments(p) -> None:
     p.add_argument("--thresholds", help="JSON/TOML file of parity thresholds per precision or file")
     p.add_argument("--calib-limit", type=int, default=256, help="max calibration images (default 256)")
     p.add_argument("--fidelity", type=float, metavar="AGREEMENT",
-                   help="int8 top-1 agreement target with the Keras model (default 0.98); failing int8 files "
+                   help="int8 agreement target with the Keras model: top-1 (default 0.98), and top-5 from 20 "
+                        "classes on (default 0.99); failing int8 files "
                         "go through the repair loop (calibration, weight rounding repair, float stem, fallback)")
     p.add_argument("--no-repair", dest="repair", action="store_false",
                    help="report failing int8 files as they are, without the repair loop")

@@ -76,7 +76,12 @@ def tflite_io(data: bytes) -> tuple[Quant | None, Quant | None, str]:
         scale, zp = d["quantization"]
         return Quant(float(scale), int(zp), d["dtype"].__name__) if scale else None
 
-    return quant(i), quant(o), i["dtype"].__name__
+    qin = quant(i)
+    if i["dtype"].__name__ == "uint8" and qin is not None and (abs(qin.scale - 1.0) > 1e-6 or qin.zero_point):
+        raise ExportError(f"the int8 file's uint8 input came out at scale {qin.scale:.6g}, zero point "
+                          f"{qin.zero_point}, not raw pixels (scale 1, zero point 0) as MediaPipe and other "
+                          "clients feed it: a converter change tledge does not handle; please report it")
+    return qin, quant(o), i["dtype"].__name__
 
 
 def _write_onnx(fmt: Format, dst: Path, serve, contract: Contract, calib, folder: Path) -> None:

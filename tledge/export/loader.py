@@ -338,6 +338,10 @@ def trace(lm: LoadedModel, contract: Contract, add_norm: str | None):
         # plain lists: constants made inside the function (captured tensors become ONNX inputs)
         scale, offset = (1.0 / std).tolist(), (-mean / std).tolist()
         flip = add_norm == "caffe" and contract.channels == 3
+        # RGB -> BGR and the map as one 1x1 convolution (what tledge train bakes): as slices + concat (REVERSE_V2
+        # corrupts int8 values) the converter gave the concat's output range to the int8 file's input, which then
+        # took pixels at scale 1.49, zero point 83 where every client feeds raw pixels (MediaPipe 11 of 15 right)
+        kernel = np.flip(np.diag(scale), 0).reshape(1, 1, 3, 3).tolist() if flip else None
     model = lm.model
     spec = tf.TensorSpec([None, contract.height, contract.width, contract.channels], tf.float32, name="pixels")
 
@@ -345,9 +349,10 @@ def trace(lm: LoadedModel, contract: Contract, add_norm: str | None):
     def serve(pixels):
         x = pixels
         if norm is not None:
-            if flip:  # not tf.reverse: TFLite's int8 REVERSE_V2 corrupts values
-                x = tf.concat([x[..., 2:3], x[..., 1:2], x[..., 0:1]], axis=-1)
-            x = x * tf.constant(scale, tf.float32) + tf.constant(offset, tf.float32)
+            if flip:
+                x = tf.nn.conv2d(x, tf.constant(kernel, tf.float32), 1, "VALID") + tf.constant(offset, tf.float32)
+            else:
+                x = x * tf.constant(scale, tf.float32) + tf.constant(offset, tf.float32)
         y = model(x, training=False)
         if isinstance(y, (list, tuple)):
             y = y[0]

@@ -15,9 +15,16 @@ def note(plain: ParityResult, best: ParityResult, kept: str, held, outcome, ctx,
     row = next(a for a in outcome.attempts if a["file"] == plain.file and a["rung"] == kept)
     row["kept"] = True
     why = "passed, but the val set cannot confirm it" if plain.passed else "missed the budget"
-    outcome.notes.append(f"{plain.file}: plain {plain.precision} {why} (agreement {plain.top1_agreement:.3f}); "
-                         f"kept `{kept}` (agreement {best.top1_agreement:.3f}, mean abs {best.mean_abs_error:.3g}, "
+    outcome.notes.append(f"{plain.file}: plain {plain.precision} {why} ({_gated(plain)}); "
+                         f"kept `{kept}` ({_gated(best)}, mean abs {best.mean_abs_error:.3g}, "
                          f"max abs {best.max_abs_error:.3g}){also}{_latency(plain, kept, row, ctx, original)}")
+
+
+def _gated(r: ParityResult) -> str:
+    """The agreement the gate weighed: top-1, or top-k (with top-1 beside it) for many classes."""
+    if r.topk_agreement is not None:
+        return f"top-{r.top_k} agreement {r.topk_agreement:.3f}, top-1 {r.top1_agreement:.3f}"
+    return f"agreement {r.top1_agreement:.3f}"
 
 
 def _latency(plain: ParityResult, kept: str, row: dict, ctx, original: bytes) -> str:
