@@ -171,3 +171,38 @@ def test_the_reload_check_compares_the_file_with_the_model_run_the_same_way(tmp_
     with pytest.raises(ExportError, match="reloaded predicts differently"):
         save_model(model, tmp_path / "b.keras", x, want + 0.05)  # not this model's outputs: refused
     assert not (tmp_path / "b.keras").exists()
+
+
+def test_split_links_never_collide_and_a_run_without_links_leaves_no_old_split(tmp_path, monkeypatch):
+    """ants/a/2-x.png, ants/a/x.png, ants/b/x.png: the third link was named 2-x.png too (its index), os.symlink
+    failed, and the rerun kept the previous run's split/, on which export then calibrated and checked parity."""
+    import os
+    from types import SimpleNamespace
+
+    from tledge.train import report
+
+    files = []
+    for sub, name in (("a", "2-x.png"), ("a", "x.png"), ("b", "x.png"), ("c", "1-x.png")):
+        (tmp_path / "d" / "ants" / sub).mkdir(parents=True, exist_ok=True)
+        files.append(tmp_path / "d" / "ants" / sub / name)
+        files[-1].write_bytes(name.encode() + sub.encode())
+    part = SimpleNamespace(files=files, y=np.zeros(len(files), int), classes=("ants",))
+    plan = SimpleNamespace(train=part, val=SimpleNamespace(files=[], y=np.zeros(0, int), classes=("ants",)))
+    stage = tmp_path / "stage"
+    assert report.link_split(stage, plan) == "split"
+    links = sorted((stage / "split" / "train" / "ants").iterdir())
+    assert sorted(p.resolve() for p in links) == sorted(f.resolve() for f in files)
+
+    x = np.random.default_rng(0).random((2, 4, 4, 3)).astype(np.float32)
+    out, model = tmp_path / "run", _model(0)
+    report.write_all(out, model, Contract(4, 4, labels=("ants", "bees")), _metrics(), x, model.predict_on_batch(x),
+                     split=plan)
+    assert len(list((out / "split" / "train" / "ants").iterdir())) == 4
+
+    def no_links(*a, **k):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "symlink", no_links)  # a file system without symbolic links
+    report.write_all(out, model, Contract(4, 4, labels=("ants", "bees")), _metrics(), x, model.predict_on_batch(x),
+                     split=plan)
+    assert not (out / "split").exists() and (out / "model.keras").is_file()

@@ -167,6 +167,8 @@ def write_all(out: Path, model, contract, metrics: dict, check_x: np.ndarray, ex
     written and checked in a staging folder inside OUT first, then renamed into place in one quick pass: a run
     that dies while saving (seconds of model saves and plots) left the new model.keras beside the previous run's
     labels.txt and tledge.json, and an export of it passed parity under the wrong labels."""
+    from tledge.images import TRAINING_SPLIT
+
     out.mkdir(parents=True, exist_ok=True)
     for left in out.glob(".tledge-final-*"):  # a killed run's (the train lock keeps out any live one)
         shutil.rmtree(left, ignore_errors=True)
@@ -178,6 +180,9 @@ def write_all(out: Path, model, contract, metrics: dict, check_x: np.ndarray, ex
         if "h5" not in names:
             (out / "model.h5").unlink(missing_ok=True)  # an earlier run's file would not be this model
         with signals_held():  # Ctrl-C / SIGTERM between two renames left a new model beside the old labels
+            old_split = out / TRAINING_SPLIT
+            if linked is None and old_split.is_dir() and not old_split.is_symlink():  # an earlier run's images:
+                os.replace(old_split, stage / f".old-{TRAINING_SPLIT}")  # export would calibrate on them
             for kind, name in names.items():  # metrics.json last: it says the run's files are all there
                 if (out / name).is_dir() and not (out / name).is_symlink():  # a folder (split/): the old one out first
                     os.replace(out / name, stage / f".old-{name}")
@@ -198,11 +203,14 @@ def link_split(stage: Path, split) -> str | None:
     root = stage / TRAINING_SPLIT
     try:
         for part, images in (("train", split.train), ("val", split.val)):
-            taken: set[str] = set()
+            taken: dict[str, set[str]] = {}
             for f, y in zip(images.files, images.y):
                 folder = root / part / images.classes[int(y)]
-                name = f.name if f"{folder.name}/{f.name}" not in taken else f"{len(taken)}-{f.name}"
-                taken.add(f"{folder.name}/{name}")
+                name, k = f.name, 0
+                while name in taken.setdefault(folder.name, set()):  # ants/a/x.png, ants/b/x.png, ants/a/2-x.png
+                    k += 1
+                    name = f"{k}-{f.name}"
+                taken[folder.name].add(name)
                 folder.mkdir(parents=True, exist_ok=True)
                 os.symlink(Path(f).resolve(), folder / name)
     except OSError as exc:
