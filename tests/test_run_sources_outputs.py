@@ -133,3 +133,58 @@ def test_save_beside_the_photos_of_a_flat_glob(tmp_path, capsys):
     shutil.copytree(TINY / "images", photos)
     code, _, err = _run(capsys, "run", MODEL, "--source", f"{photos}/*.png", "--save", photos / "annotated")
     assert code == 0 and (photos / "annotated").is_dir(), err
+
+
+def _frames(n: int):
+    import cv2
+
+    from tledge.runtime.pipeline import Result
+    from tledge.runtime.sources import Frame
+
+    return [Result(source=str(f), index=i, status="ok", frame=Frame(str(f), i, image=cv2.imread(str(f))))
+            for i, f in enumerate(images_of(CLASSES[0])[:n])]
+
+
+def test_a_video_that_comes_out_unreadable_keeps_the_earlier_one(tmp_path):
+    """OpenCV's writer fails silently on a full disk: `--save out.mp4` replaced a good video with a truncated one
+    nothing could open, exit 0. The video must read back whole first; a failed run (abort) keeps the earlier one."""
+    import cv2
+    import pytest
+
+    from tledge.errors import TledgeError
+    from tledge.runtime.outputs import SaveSink
+
+    dst = _avi(tmp_path / "out.avi", frames=3)
+    before = dst.read_bytes()
+    sink = SaveSink(dst, fps=5)
+    for r in _frames(4):
+        sink.write(r)
+    real = sink._writer
+
+    class DiskFull:  # what a full disk leaves: the writer's file cut short
+        def release(self):
+            real.release()
+            data = sink._tmp.read_bytes()
+            sink._tmp.write_bytes(data[:len(data) // 2])
+
+    sink._writer = DiskFull()
+    with pytest.raises(TledgeError, match="out.avi: it came out unreadable .*the earlier video is kept"):
+        sink.close()
+    assert dst.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["out.avi"]
+
+    sink = SaveSink(dst, fps=5)
+    for r in _frames(2):
+        sink.write(r)
+    sink.abort()
+    assert dst.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["out.avi"]
+
+    a, b = SaveSink(dst, fps=5), SaveSink(dst, fps=5)  # two runs saving one video: each its own temporary file
+    for r in _frames(4):
+        a.write(r)
+        b.write(r)
+    assert a._tmp != b._tmp
+    a.close()
+    b.close()
+    cap = cv2.VideoCapture(str(dst))
+    assert cap.get(cv2.CAP_PROP_FRAME_COUNT) == 4 and [p.name for p in tmp_path.iterdir()] == ["out.avi"]
+    cap.release()

@@ -186,10 +186,12 @@ def _loop(runner, source, args) -> int | None:
         stopped = 143  # 128 + SIGTERM
     finally:
         results.close()
-        if save:
-            save.close()
-        if csv_sink:
-            csv_sink.close() if ok else csv_sink.abort()
+        try:  # a failed run keeps the earlier video as it keeps the earlier CSV
+            if save:
+                save.close() if ok else save.abort()
+        finally:
+            if csv_sink:
+                csv_sink.close() if ok else csv_sink.abort()
     return stopped
 
 

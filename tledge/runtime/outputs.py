@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +111,7 @@ class SaveSink:
         self.video = self.path.suffix.lower() in VIDEO_SUFFIXES
         self.fps, self.root = fps or 10.0, root
         self._writer, self._size, self.written, self._used = None, None, 0, set()
-        self._tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
+        self._tmp = None  # a video's own temporary name beside it (two runs saving one video shared one name)
         if not self.video:
             self.path.mkdir(parents=True, exist_ok=True)
             marker = self.path / SAVE_MARKER  # the next --save here may replace what this one writes
@@ -167,6 +168,10 @@ class SaveSink:
             h, w = img.shape[:2]
             self._size = (w - w % 2, h - h % 2)  # most codecs want even sizes
             fourcc = cv2.VideoWriter_fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=f".partial{self.path.suffix}",
+                                       dir=self.path.parent)
+            os.close(fd)
+            self._tmp = Path(tmp)
             writer = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, self._size)
             if not writer.isOpened():  # not kept: close() must not move a file never written over this error
                 writer.release()
@@ -179,7 +184,35 @@ class SaveSink:
         self._writer.write(img)
 
     def close(self) -> None:
+        """The video replaces `path` when it reads back whole. OpenCV's writer fails silently (a full disk): the
+        previous video was replaced by a truncated one nothing could open, with exit 0."""
+        if self._writer is None:
+            return
+        self._writer.release()
+        self._writer = None
+        try:
+            if not _reads_back(self._tmp, self.written):
+                raise TledgeError(f"cannot write video {self.path}: it came out unreadable (a full disk?); "
+                                  f"{'the earlier video is kept' if self.path.exists() else 'nothing written'}")
+            os.replace(self._tmp, self.path)
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        """The run failed: the partial video is removed and an earlier one at `path` kept."""
         if self._writer is not None:
             self._writer.release()
-            os.replace(self._tmp, self.path)
             self._writer = None
+            self._tmp.unlink(missing_ok=True)
+
+
+def _reads_back(path: Path, frames: int) -> bool:
+    """Does OpenCV open the video at `path`, with no fewer frames than were written (where it can count them)?"""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        count = cap.get(cv2.CAP_PROP_FRAME_COUNT) if cap.isOpened() else None
+    finally:
+        cap.release()
+    return count is not None and not 0 <= count < frames
