@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from tledge.io import utf8_name
+
 HOW_TO_MEASURE = ("in a venv with `pip install -e '.[runtime,clients]'` (in the checkout; mediapipe brings its own cv2: "
                   "keep it out of the export venv), run `python benchmarks/mediapipe_resize.py EXPORT_DIR VAL_DIR` from a "
                   "tledge source checkout (benchmarks/ is not in the wheel); "
@@ -36,7 +38,9 @@ def mediapipe_scores(model: str | Path, images: Sequence[Any]) -> np.ndarray:
 
     from tledge.images import load as load_image
 
-    opts = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=str(model)), max_results=-1)
+    base = BaseOptions(model_asset_path=str(model)) if utf8_name(model) else \
+        BaseOptions(model_asset_buffer=Path(model).read_bytes())
+    opts = vision.ImageClassifierOptions(base_options=base, max_results=-1)
     rows = []
     with vision.ImageClassifier.create_from_options(opts) as classifier:
         for item in images:
@@ -84,7 +88,8 @@ def opencv(folder: Path, files: Sequence[str], pixels: np.ndarray, threads: int 
             section["files"].append({"file": name, "error": f"tledge run cannot run it ({type(exc).__name__})"})
             continue
         try:
-            net = cv2.dnn.readNetFromONNX(str(folder / name))
+            path = folder / name  # by its bytes when its name is not UTF-8 (OpenCV crashed on such a name)
+            net = cv2.dnn.readNetFromONNX(str(path) if utf8_name(path) else np.fromfile(path, np.uint8))
             theirs = []
             for one in x:
                 net.setInput(np.ascontiguousarray(one[None]))

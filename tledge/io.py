@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import threading
 from contextlib import contextmanager
@@ -54,7 +55,39 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    # a path that is not UTF-8 (its bytes as surrogates) is written as the bytes it has on disk
+    return atomic_write_bytes(path, text.encode("utf-8", errors="surrogateescape"))
+
+
+def utf8_name(path: str | Path) -> bool:
+    """Is `path` UTF-8 (no undecodable bytes)? OpenCV's and LiteRT's bindings take only such names: OpenCV's
+    VideoCapture, VideoWriter and readNetFromONNX crashed (SIGSEGV) on the others."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@contextmanager
+def utf8_alias(path: str | Path):
+    """`path` under a name OpenCV can open: itself, or a symbolic link to it in a temporary folder."""
+    if utf8_name(path):
+        yield str(path)
+        return
+    folder = tempfile.mkdtemp(prefix="tledge-alias-")
+    try:
+        alias = os.path.join(folder, "file" + "".join(c for c in Path(path).suffix if c.isascii()))
+        os.symlink(os.path.abspath(path), alias)
+        yield alias
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def loadable(path: str | Path) -> str | bytes:
+    """`path` as LiteRT's and onnxruntime's loaders take it: its name, or the file's bytes when the name is not UTF-8
+    (their C++ bindings refused it with a TypeError, and `tledge parity --golden` called a good export FAILED)."""
+    return str(path) if utf8_name(path) else Path(path).read_bytes()
 
 
 def check_space(folder: str | Path, nbytes: int, what: str,

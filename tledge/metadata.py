@@ -54,7 +54,9 @@ def read_onnx_contract(path) -> Contract | None:
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        from tledge.io import loadable
+
+        sess = ort.InferenceSession(loadable(path), opts, providers=["CPUExecutionProvider"])
         raw = sess.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
     except ImportError:
         from tledge._deps import require

@@ -12,6 +12,7 @@ import numpy as np
 
 from tledge._deps import require
 from tledge.errors import TledgeWarning
+from tledge.io import loadable
 
 
 # ---- the same file on onnxruntime's other x86 kernel paths ------------------------------------------
@@ -35,7 +36,7 @@ def run_paths(path: Path, pixels: np.ndarray, threads: int | None = None) -> dic
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         for key, value in (entries or {}).items():
             so.add_session_config_entry(key, value)
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(loadable(path), so, providers=["CPUExecutionProvider"])
         meta = sess.get_inputs()[0]
         x = _as_input(pixels, meta.shape, meta.type)
         outs[name] = np.concatenate([sess.run(None, {meta.name: x[i:i + 32]})[0] for i in range(0, len(x), 32)])

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from tledge._deps import require
+from tledge.io import loadable
 from tledge.quant.constadds import constants
 
 CHAIN = frozenset({"Mul", "Add", "Sub", "Div", "Transpose", "Cast", "Identity", "Reshape", "Pad"})
@@ -79,7 +80,7 @@ def _levels(pre: Path, feeds: list[str]) -> dict[str, np.ndarray]:
     with tempfile.TemporaryDirectory() as tmp:
         sub = Path(tmp) / "chain.onnx"
         onnx.utils.extract_model(str(pre), str(sub), [inp.name], feeds)
-        outs = ort.InferenceSession(str(sub), providers=["CPUExecutionProvider"]).run(feeds, {inp.name: x})
+        outs = ort.InferenceSession(loadable(sub), providers=["CPUExecutionProvider"]).run(feeds, {inp.name: x})
     got = {}
     for name, y in zip(feeds, outs):
         y = np.asarray(y, np.float32)

@@ -19,7 +19,7 @@ import numpy as np
 
 from tledge._deps import require
 from tledge.errors import ExportError
-from tledge.io import shape_inference_scratch
+from tledge.io import loadable, shape_inference_scratch
 
 
 def concrete_function(model, batch: int | None = 1):
@@ -164,7 +164,7 @@ def onnx_int8(float_onnx: bytes, calib, *, exclude: Sequence[str] = (), per_chan
                 quant_pre_process(str(src.resolve()), str(pre.resolve()))
         except Exception:  # needs sympy; pre-processing only helps fusion, it is not required
             pre = src
-        name = ort.InferenceSession(str(pre), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+        name = ort.InferenceSession(loadable(pre), providers=["CPUExecutionProvider"]).get_inputs()[0].name
         import onnx
 
         from tledge.quant.constadds import constant_adds

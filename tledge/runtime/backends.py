@@ -24,6 +24,7 @@ import numpy as np
 from tledge.artifacts import KINDS
 from tledge.contract import Quant
 from tledge.errors import MissingDependency, ModelLoadError, ModelRunError, TledgeWarning
+from tledge.io import loadable
 
 
 @dataclass(frozen=True)
@@ -101,8 +102,9 @@ class TFLiteBackend:
         self.notes: list[str] = []
         loaded = [_delegate(mod, d) if isinstance(d, str) else d for d in delegates]
         try:
-            self._it = mod.Interpreter(model_path=str(path), num_threads=self.threads,
-                                       experimental_delegates=loaded or None)
+            src = loadable(path)
+            self._it = mod.Interpreter(**({"model_path": src} if isinstance(src, str) else {"model_content": src}),
+                                       num_threads=self.threads, experimental_delegates=loaded or None)
             self._it.allocate_tensors()
         except (ValueError, RuntimeError, SystemError) as exc:
             hint = " (tflite_runtime needs numpy<2)" if isinstance(exc, SystemError) else ""
@@ -216,7 +218,7 @@ class OnnxBackend:
         last = None
         while chosen:
             try:
-                sess = ort.InferenceSession(str(self.path), opts, providers=chosen)
+                sess = ort.InferenceSession(loadable(self.path), opts, providers=chosen)
             except Exception as exc:  # onnxruntime raises its own exception types
                 last = exc
                 if len(chosen) == 1 or "NO_SUCHFILE" in str(exc) or "INVALID_PROTOBUF" in str(exc):

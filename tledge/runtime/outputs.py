@@ -4,12 +4,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from tledge.errors import TledgeError
+from tledge.io import atomic_path, utf8_name
 from tledge.runtime.pipeline import Result
 from tledge.runtime.sources import VIDEO_SUFFIXES
 
@@ -168,8 +170,10 @@ class SaveSink:
             h, w = img.shape[:2]
             self._size = (w - w % 2, h - h % 2)  # most codecs want even sizes
             fourcc = cv2.VideoWriter_fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=f".partial{self.path.suffix}",
-                                       dir=self.path.parent)
+            # a name of its own, which OpenCV can open: its VideoWriter crashed (SIGSEGV) on a name not UTF-8
+            here = utf8_name(self.path.parent.resolve())
+            fd, tmp = tempfile.mkstemp(prefix=".tledge-save-", suffix=f".partial{self.path.suffix.lower()}",
+                                       dir=self.path.parent if here else None)
             os.close(fd)
             self._tmp = Path(tmp)
             writer = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, self._size)
@@ -194,7 +198,11 @@ class SaveSink:
             if not _reads_back(self._tmp, self.written):
                 raise TledgeError(f"cannot write video {self.path}: it came out unreadable (a full disk?); "
                                   f"{'the earlier video is kept' if self.path.exists() else 'nothing written'}")
-            os.replace(self._tmp, self.path)
+            if self._tmp.parent == self.path.parent:
+                os.replace(self._tmp, self.path)
+            else:  # written in the temporary folder (this folder's name is not UTF-8)
+                with atomic_path(self.path) as tmp:
+                    shutil.copyfile(self._tmp, tmp)
         finally:
             self._tmp.unlink(missing_ok=True)
 

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from tledge.errors import ImageError, TledgeError
+from tledge.io import utf8_alias
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts",
                   ".3gp", ".mjpeg", ".mjpg"}
@@ -120,7 +121,8 @@ class VideoSource(Source):
 
         super().__init__(name or str(path), "video", **kw)
         self._lock = threading.Lock()  # read() on the reader thread, close() maybe on another
-        self._cap = cv2.VideoCapture(str(path))
+        with utf8_alias(path) as name:  # OpenCV crashed (SIGSEGV) on a name that is not UTF-8
+            self._cap = cv2.VideoCapture(name)
         if not self._cap.isOpened():
             raise TledgeError(f"cannot open video {self.name}: not a video OpenCV can decode")
         fps = self._cap.get(cv2.CAP_PROP_FPS)
