@@ -80,7 +80,34 @@ def infer_contract(inp, out=None, standard: StandardMetadata | None = None, **op
         base["fit"] = options["fit"]
     if options.get("crop") is not None:
         base.update(fit=Fit.CROP, crop_fraction=float(options["crop"]))
-    return Contract(**base)
+    contract = Contract(**base)
+    _check_integer_input(contract, inp)
+    return contract
+
+
+def _check_integer_input(contract: Contract, inp) -> None:
+    """An integer input takes what its quantisation describes. Without quantisation its values are fed as they
+    are: only a map of pixels onto the type's whole numbers can be right (normalised floats cast to uint8 gave
+    every pixel as 0 or 1; raw pixels cast to int8 turned 204 into -52). With quantisation, a map beyond the
+    range it holds is clipped (--preprocess raw on a -1..1 input fed every pixel as 255): said."""
+    if inp.dtype not in ("uint8", "int8"):
+        return
+    ends = contract.normalize(np.array([[0.0] * contract.channels, [255.0] * contract.channels]))
+    lo, hi = float(ends.min()), float(ends.max())
+    info, q = np.iinfo(np.dtype(inp.dtype)), inp.quant
+    if q is None:
+        if lo < info.min - 0.5 or hi > info.max + 0.5 or hi - lo < 254:
+            hint = ("pixel - 128 is --mean 128 --std 1" if inp.dtype == "int8" else
+                    "it takes raw pixels: leave out --preprocess / --mean / --std")
+            raise ContractError(f"the {inp.dtype} input has no quantisation, so its values go in as they are, and the "
+                                f"preprocessing maps pixels to {lo:g}..{hi:g}: {hint}")
+        return
+    held = ((info.min - q.zero_point) * q.scale, (info.max - q.zero_point) * q.scale)
+    if lo < held[0] - 2 * q.scale or hi > held[1] + 2 * q.scale:
+        warnings.warn(f"the preprocessing given maps pixels to {lo:.4g}..{hi:.4g}, and the {inp.dtype} input's "
+                      f"quantisation holds {held[0]:.4g}..{held[1]:.4g}: values beyond are clipped (without "
+                      "--preprocess / --mean / --std tledge feeds what the quantisation describes)", TledgeWarning,
+                      stacklevel=2)
 
 
 def _output_kind(out, options: dict) -> Output:
@@ -145,7 +172,7 @@ def _normalisation(inp, options: dict, standard: StandardMetadata | None = None)
         # real = (q - zp) * scale: the normalisation whose quantised values are the raw pixels
         zp = q.zero_point + (128 if inp.dtype == "int8" else 0)
         return dict(norm=Norm.CUSTOM, baked=False, mean=(float(zp),), std=(1.0 / q.scale,))
-    if inp.dtype == "uint8":
+    if inp.dtype in ("uint8", "int8"):  # no quantisation: raw pixels (an int8 input is refused then)
         return dict(norm=Norm.RAW, baked=True)
     md = standard.inputs[0] if standard is not None and standard.inputs else None
     if md is not None and md.mean and md.std:

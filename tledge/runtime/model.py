@@ -185,6 +185,11 @@ class EdgeModel:
         if self.contract.output is Output.LOGITS:
             e = np.exp(y - y.max(axis=1, keepdims=True))
             y = e / e.sum(axis=1, keepdims=True)
+        elif self.load_info.contract_origin in ("inferred", STANDARD_ORIGIN):  # made elsewhere: ranked logits were
+            bad = y[(y < -1e-3) | (y > 1.0 + 1e-3)]  # printed as scores ("1 -0.050"), and --threshold hid them all
+            if bad.size:
+                raise ContractError(f"{self.path.name} gives scores outside 0..1 ({float(bad[0]):.4g}): they are "
+                                    "logits; pass --logits")
         return y
 
     def top(self, scores: np.ndarray, k: int = 1) -> list[Prediction]:
@@ -247,9 +252,23 @@ def _read_contract(path: Path, backend) -> tuple[Contract | None, str]:
     if raw:
         return Contract.from_json(raw), "embedded"
     beside = path.parent / "tledge.json"
-    if beside.is_file():
+    if beside.is_file() and _of_the_export(path):
         return for_kind(Contract.load(beside), path.suffix.lower().lstrip(".")), "tledge.json"
     return None, "inferred"
+
+
+def _of_the_export(path: Path) -> bool:
+    """Is `path` one of the files of the export whose tledge.json is beside it: listed in its manifest (a folder
+    with no manifest: yes, as before manifests)? A file made elsewhere copied into an export folder took the
+    export's contract, and raw pixels went into a model wanting -1..1 (its --preprocess was refused)."""
+    from tledge import artifacts
+    from tledge.errors import TledgeError
+
+    try:
+        m = artifacts.read(path.parent)
+    except TledgeError:
+        return False
+    return m is None or m.entry(path.name) is not None
 
 
 def for_kind(contract: Contract, kind: str) -> Contract:
@@ -319,6 +338,7 @@ def load(path: str | Path, *, threads: int | None = None, contract: Contract | N
                 **contract_options))
     start = time.perf_counter()
     backend = open_backend(p, threads=threads, providers=providers, delegates=delegates)
+    trust = trust + _io_counts(p, backend)
     origin = "given"
     if contract is None:
         contract, origin = _read_contract(p, backend)
@@ -338,6 +358,16 @@ def load(path: str | Path, *, threads: int | None = None, contract: Contract | N
     model.load_info.notes[:0] = trust
     model.loaded_with = how
     return model
+
+
+def _io_counts(path: Path, backend) -> list[str]:
+    """tledge feeds one image input and reads the first output. A second input was left at zeros (every score 0.0,
+    exit 0) or failed on every image: refused. Other outputs are said."""
+    ins = [getattr(t, "name", "?") for t in backend.inputs]
+    if len(ins) > 1:
+        raise ModelLoadError(f"{path.name} has {len(ins)} inputs ({', '.join(ins[:4])}): tledge feeds one image input")
+    outs = [getattr(t, "name", "?") for t in backend.outputs]
+    return [f"{path.name} has {len(outs)} outputs: tledge reads the first ({outs[0]})"] if len(outs) > 1 else []
 
 
 def _reload(path: str, kwargs: dict) -> EdgeModel:

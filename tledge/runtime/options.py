@@ -53,6 +53,8 @@ def check_model_options(args, models=()) -> None:
             raise TledgeError(f"--delegate {lib}: file not found")
     V.delegates(args.delegate)  # opens, and is a TFLite delegate library
     V.device(getattr(args, "device", None))
+    if getattr(args, "input_size", None):
+        input_size(args.input_size)
     if not hasattr(args, "preprocess"):
         return
     if args.labels:
@@ -61,8 +63,6 @@ def check_model_options(args, models=()) -> None:
     V.numbers(args.mean, "--mean")
     V.numbers(args.std, "--std", positive=True)
     V.geometry(getattr(args, "fit", None), args.crop)  # as export: --crop means --fit crop
-    if args.input_size:
-        input_size(args.input_size)
 
 
 def add_model_options(p, *, foreign: bool = True) -> None:
@@ -75,7 +75,9 @@ def add_model_options(p, *, foreign: bool = True) -> None:
                                        "(default TensorRT,CUDA,CPU: the unavailable ones are skipped)")
     g.add_argument("--delegate", action="append", default=[], metavar="LIB",
                    help="TFLite delegate library to load (e.g. libedgetpu.so.1); repeatable")
-    if not foreign:
+    if not foreign:  # the input's geometry still: a dynamic-size file could not be measured ("pass --input-size")
+        p.add_argument_group("files made elsewhere").add_argument(
+            "--input-size", help="HxW, for models with a dynamic input size")
         return
     f = p.add_argument_group("files made elsewhere (no tledge metadata)")
     f.add_argument("--labels", help="labels file: one per line (a leading 'background' line is kept), "
@@ -102,7 +104,9 @@ def load_kwargs(args) -> dict:
     if hasattr(args, "preprocess"):
         kw.update(labels=args.labels, preprocess=args.preprocess, mean=args.mean, std=args.std,
                   layout=args.layout, resize=args.resize, crop=args.crop, fit=args.fit, color=args.color,
-                  input_size=input_size(args.input_size) if args.input_size else None, logits=args.logits)
+                  logits=args.logits)
+    if getattr(args, "input_size", None):
+        kw["input_size"] = input_size(args.input_size)
     if kw["providers"]:
         kw["providers"] = [_provider_name(s) for s in kw["providers"]]
     return {k: v for k, v in kw.items() if v is not None}
