@@ -141,6 +141,8 @@ def test_read_labels_plain_and_teachable_machine(tmp_path):
     assert read_labels(tmp_path / "a.txt") == ("cat", "dog")
     assert read_labels(tmp_path / "tm.txt") == ("Class 1", "Class 2")
     assert read_labels(tmp_path / "bg.txt") == ("background", "1 thing")
+    (tmp_path / "tab.txt").write_text("0\ttench\n1\tgreat white shark\n")  # the index was kept: `3\ttiger_shark`
+    assert read_labels(tmp_path / "tab.txt") == ("tench", "great white shark")
     with pytest.raises(ContractError):
         read_labels(tmp_path / "missing.txt")
     (tmp_path / "gap.txt").write_text("\ncircle\n\nvstripes\n")  # dropping line 3 shifted vstripes to class 1

@@ -1,4 +1,5 @@
-"""Labels files as people have them: one class name per line, or Teachable Machine's `0 name` lines."""
+"""Labels files as people have them: one class name per line, or Teachable Machine's `0 name` lines (or
+`0<TAB>name`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,7 +27,7 @@ def read_labels(path: str | Path) -> tuple[str, ...]:
         raise ContractError(f"labels file {p}: line {blank[0]} is empty between labels (a class without a name?): "
                             "name it, or delete the line if it is not a class")
     lines = lines[filled[0]:filled[-1] + 1]
-    parts = [ln.split(" ", 1) for ln in lines]
+    parts = [ln.split(None, 1) for ln in lines]  # `0 name` and `0<TAB>name` (a tab kept the index in every label)
     if all(len(pp) == 2 and pp[0].isdigit() for pp in parts) and \
             [int(pp[0]) for pp in parts] == list(range(int(parts[0][0]), int(parts[0][0]) + len(parts))):
         return tuple(pp[1].strip() for pp in parts)
