@@ -266,7 +266,10 @@ def test_val_subset_without_labels_gives_no_accuracy_rather_than_a_wrong_one(tin
                    "--out", str(tmp_path / "a")])
     assert rc == 0, capsys.readouterr().err
     assert not (tmp_path / "a" / "labels.txt").exists()
-    assert json.loads((tmp_path / "a" / "parity.json").read_text())["results"][0]["accuracy"] is None
+    report = json.loads((tmp_path / "a" / "parity.json").read_text())
+    assert report["results"][0]["accuracy"] is None
+    assert any(n.startswith(f"accuracy not measured: the class folders of {sub}") for n in report["notes"])
+    assert "accuracy not measured" in (tmp_path / "a" / "parity.md").read_text()  # said on stderr only before
     (tmp_path / "l.txt").write_text("circle\nhstripes\nvstripes\n")
     assert main(["export", str(tiny_model["keras"]), "--formats", "tflite", "--val", str(sub), "--labels",
                  str(tmp_path / "l.txt"), "--out", str(tmp_path / "b")]) == 0

@@ -69,6 +69,17 @@ def folder_truth(cfg: ExportConfig, contract: Contract, reference: np.ndarray, v
     return val_y
 
 
+def accuracy_note(cfg: ExportConfig, val_y) -> list[str]:
+    """parity.md's word on an accuracy column left empty although --val has class folders (the warning said why
+    on stderr only)."""
+    from tledge.images import class_folders
+
+    if val_y is not None or not cfg.val or not Path(cfg.val).is_dir() or not class_folders(cfg.val):
+        return []
+    return [f"accuracy not measured: the class folders of {cfg.val} could not be matched to the model's outputs "
+            "(no labels to match them by name: pass --labels)"]
+
+
 def check_given_preprocessing(cfg: ExportConfig, contract: Contract, reference: np.ndarray, val_y) -> None:
     """An explicit `--preprocess MODE` whose Keras accuracy on the labelled --val images is near chance is warned
     about (auto refuses such a choice: tledge.export.autoprep); parity would pass the files all the same, since they
