@@ -205,3 +205,20 @@ def test_disk_filling_up_during_training_is_one_line_exit_2(tmp_path):
         assert not [f for f in small.rglob(".*") if f.is_file()], "temporary files left behind"
     finally:
         _umount(small)
+
+
+def test_symbolic_links_as_outputs(tmp_path, capsys):
+    """A link given as --csv is replaced, never written through (it may point at an input: a model); a dangling
+    link given as a folder said "already exists"."""
+    from tiny import TINY, images_of, CLASSES
+
+    model, img = str(TINY / "model_int8.tflite"), str(images_of(CLASSES[0])[0])
+    (tmp_path / "target.bin").write_bytes(b"keep me")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "target.bin")
+    assert main(["run", model, "--source", img, "--csv", str(tmp_path / "link.csv"), "-q"]) == 0
+    assert (tmp_path / "target.bin").read_bytes() == b"keep me" and not (tmp_path / "link.csv").is_symlink()
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    assert main(["run", model, "--source", img, "--save", str(tmp_path / "dangling"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"a symbolic link to {tmp_path / 'nowhere'}, which does not exist") and \
+        len(err.splitlines()) == 1, err

@@ -29,7 +29,7 @@ def atomic_path(path: str | Path, *, same_suffix: bool = False):
     """Yield a temporary path next to `path`; it replaces `path` only if the block succeeds.
     same_suffix: the temporary name keeps `path`'s suffixes (Keras checks them) and does not exist
     yet (writers that create the file themselves)."""
-    dst = Path(path)
+    dst = Path(path)  # a symbolic link is replaced, never written through: it may point at an input (a model)
     dst.parent.mkdir(parents=True, exist_ok=True)
     if same_suffix:
         fd, tmp = tempfile.mkstemp(prefix=f".{dst.name.split('.')[0]}.", suffix="".join(dst.suffixes), dir=dst.parent)

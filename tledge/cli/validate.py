@@ -40,6 +40,8 @@ def os_error_message(exc: OSError, what: str | None = None) -> str:
     """'WHAT PATH: reason' for an OSError, without the Python decoration."""
     reason = OS_REASONS.get(exc.errno) or (exc.strerror or str(exc)).strip()
     where = exc.filename if exc.filename is not None else ""
+    if exc.errno == errno.EEXIST and where and os.path.islink(where) and not os.path.exists(where):
+        reason = f"a symbolic link to {os.readlink(where)}, which does not exist"  # not "already exists"
     if exc.filename2 is not None:
         where = f"{where} -> {exc.filename2}"
     head = " ".join(str(s) for s in (what, where) if s)
