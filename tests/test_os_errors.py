@@ -222,3 +222,14 @@ def test_symbolic_links_as_outputs(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.endswith(f"a symbolic link to {tmp_path / 'nowhere'}, which does not exist") and \
         len(err.splitlines()) == 1, err
+
+
+def test_an_output_name_near_the_file_systems_limit_is_written(tmp_path):
+    """A legal 255-byte name: the temporary name beside it (".NAME.XXXXXXXX.tmp") was over the limit, and every
+    atomic writer refused it ("file name too long")."""
+    from tiny import TINY, images_of, CLASSES
+
+    csv = tmp_path / ("b" * 251 + ".csv")
+    assert main(["run", str(TINY / "model_int8.tflite"), "--source", str(images_of(CLASSES[0])[0]), "--csv", str(csv),
+                 "-q"]) == 0
+    assert csv.read_text().count("\n") == 2 and [p.name for p in tmp_path.iterdir()] == [csv.name]

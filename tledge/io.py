@@ -32,9 +32,10 @@ def atomic_path(path: str | Path, *, same_suffix: bool = False):
     dst = Path(path)  # a symbolic link is replaced, never written through: it may point at an input (a model)
     dst.parent.mkdir(parents=True, exist_ok=True)
     if same_suffix:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name.split('.')[0]}.", suffix="".join(dst.suffixes), dir=dst.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{_short(dst.name.split('.')[0])}.", suffix=_short("".join(dst.suffixes)),
+                                   dir=dst.parent)
     else:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{_short(dst.name)}.", suffix=".tmp", dir=dst.parent)
     os.close(fd)
     if same_suffix:
         os.unlink(tmp)
@@ -46,6 +47,14 @@ def atomic_path(path: str | Path, *, same_suffix: bool = False):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _short(name: str, limit: int = 100) -> str:
+    """`name` cut to `limit` bytes for a temporary name beside it: a legal name of 242-255 bytes plus the temporary
+    part was over the file system's 255 and every atomic write of it failed ("file name too long")."""
+    while len(os.fsencode(name)) > limit:
+        name = name[:-1]
+    return name
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
