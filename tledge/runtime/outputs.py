@@ -74,7 +74,7 @@ class CsvSink:
             "label": best.label if best else "", "score": f"{best.score:.6f}" if best else "",
             "latency_ms": "" if r.latency_ms is None else f"{r.latency_ms:.3f}",
             "prep_ms": "" if r.prep_ms is None else f"{r.prep_ms:.3f}",
-            "top": ";".join(f"{p.label}:{p.score:.6f}" for p in r.top), "error": r.error or ""})
+            "top": ";".join(f"{_escaped(p.label)}:{p.score:.6f}" for p in r.top), "error": r.error or ""})
 
     def close(self) -> None:
         self._fh.close()
@@ -103,6 +103,12 @@ def annotate(rgb: np.ndarray, r: Result) -> np.ndarray:
         cv2.putText(img, text, (6, step * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, 0.7 * scale,
                     (255, 255, 255), max(1, int(2 * scale)), cv2.LINE_AA)
     return img
+
+
+def _escaped(label: str) -> str:
+    """A label in the CSV's `top` column (label:score;label:score): `\`, `;` and `:` escaped with `\`. A label
+    "tiger shark; Galeocerdo: cuvieri" split the column in the wrong places."""
+    return label.replace("\\", "\\\\").replace(";", "\\;").replace(":", "\\:")
 
 
 class SaveSink:
