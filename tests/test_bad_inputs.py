@@ -91,6 +91,11 @@ def fifo(tmp: Path, name: str) -> str:
     return str(tmp / name)
 
 
+def _fifo(path: Path) -> str:
+    os.mkfifo(path)
+    return str(path)
+
+
 def tfl(tmp: Path) -> str:
     return f(tmp, "m.tflite", b"\0\0\0\0TFL3" + bytes(64))
 
@@ -291,6 +296,8 @@ CASES = [
          "--images {tmp}/i: no images in it or in its class folders"),
     Case("parity-junit-is-a-folder", lambda t: parity(t, "--junit", d(t, "j")), "--junit {tmp}/j is a folder"),
     Case("parity-thresholds-missing", lambda t: parity(t, "--thresholds", str(t / "t.toml")), "file not found"),
+    Case("parity-thresholds-fifo", lambda t: parity(t, "--thresholds", _fifo(t / "t.json")),
+         "--thresholds {tmp}/t.json is not a regular file"),  # said "file not found" for a file that is there
     Case("parity-thresholds-broken-toml", lambda t: parity(t, "--thresholds", f(t, "t.toml", "a = [")),
          "not valid TOML"),
     Case("parity-unknown-preprocess", lambda t: parity(t, "--preprocess", "bogus"), "unknown preprocessing"),

@@ -26,8 +26,9 @@ def load_thresholds(path: str | Path) -> dict[str, Thresholds]:
     file for a missing or unreadable file, bad syntax, a wrong shape, unknown fields or bad values."""
     p = Path(path)
     if not p.is_file():
-        raise TledgeError(f"--thresholds {p} is a folder; expected a JSON or TOML file" if p.is_dir()
-                          else f"--thresholds {p}: file not found")
+        raise TledgeError(f"--thresholds {p} is a folder; expected a JSON or TOML file" if p.is_dir() else
+                          f"--thresholds {p} is not a regular file (a pipe or device?); expected a JSON or TOML file"
+                          if p.exists() else f"--thresholds {p}: file not found")
     try:
         text = p.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
