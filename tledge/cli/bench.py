@@ -30,8 +30,8 @@ def run(args) -> int:
     from tledge.runtime.bench import bench, table
     from tledge.runtime.options import check_model_options
 
-    for folder in V.edge_models(args.models):  # an export folder whose file changed is refused, as run and info do
-        if folder.is_dir() and (folder / artifacts.MANIFEST).is_file():
+    for folder in V.edge_models(args.models):  # an export folder whose file changed, or with no manifest (a killed
+        if folder.is_dir():  # export), is refused, as run, info and bundle do: name the files to bench others
             artifacts.vouched(folder, "tledge bench")
     V.in_range(args.runs, "--runs", 1, 1_000_000)
     V.in_range(args.warmup, "--warmup", 0, 1_000_000)
