@@ -273,7 +273,11 @@ def main(argv=None) -> int:
                     help="run nothing: print the Markdown of an earlier results file (and rewrite its .md)")
     args = ap.parse_args(argv)
     if args.render:
-        md = render_markdown(json.loads(args.render.read_text()))
+        try:
+            results = json.loads(args.render.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:  # a traceback before
+            ap.error(f"--render {args.render}: {getattr(exc, 'strerror', None) or exc}")
+        md = render_markdown(results)
         atomic_write(args.render.with_suffix(".md"), md)
         print(md)
         return 0

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-ASSETS = REPO.parent / "shared" / "assets"
+ASSETS = Path(os.environ.get("TLEDGE_SHARED_ASSETS", REPO.parent / "shared" / "assets"))
 CORAL = ASSETS / "coral_tflite_classifiers"
 DEFAULT_CACHE = Path("/tmp/tledge-int8-zoo-mnv2")
 

@@ -346,10 +346,13 @@ def _summary(res: DemoResult, say) -> None:
         if res.weights == "none":
             say(f"  train_init/  {Path(tr['init']).name} (random weights, batch-norm statistics from the data)")
         say("  train/       model.keras, model.h5, tledge.json, labels.txt, metrics.json, curves.png, confusion.png, "
-            "split/ (links to the images it trained and validated on)")
+            "split/ (links to the images it trained and validated on), checkpoints/ (for --resume)")
     if "export" in steps:
-        names = ", ".join(Path(f).name for f in steps["export"]["files"])
-        say(f"  export/      parity.md, parity.json, tledge.json, labels.txt, {names}")
+        files = [Path(f).name for f in steps["export"]["files"]]
+        folder = Path(steps["export"]["files"][0]).parent if files else Path(out) / "export"
+        others = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir()
+                        if p.name not in files and not p.name.startswith(".")) if folder.is_dir() else []
+        say(f"  export/      {', '.join(files + others)}")
     if steps.keys() - {"data"}:
         say("accuracy at each step:")
     if "train" in steps:
