@@ -320,6 +320,15 @@ def test_a_stopped_command_whose_output_folder_went_keeps_its_log_and_a_late_sig
     kept = re.search(r"messages are in (\S+\.log)", res.stderr)
     assert kept and "a converter says something" in Path(kept.group(1)).read_text(), res.stderr
     Path(kept.group(1)).unlink()
+    (tmp_path / "old").mkdir()  # an earlier export's folder, which the stopped one leaves as it was
+    (tmp_path / "old" / "export.log").write_text("the earlier export's log\n")
+    res = _python(stopped.replace("os.mkdir(out)", "").replace("shutil.rmtree(out)", "pass")
+                  .replace(repr(str(tmp_path / "new")), repr(str(tmp_path / "old"))))
+    assert res.stdout.split() == ["143"], res.stderr[-2000:]
+    assert (tmp_path / "old" / "export.log").read_text() == "the earlier export's log\n"  # was the stopped run's
+    kept = re.search(r"messages are in (\S+\.log)", res.stderr)
+    assert kept and "a converter says something" in Path(kept.group(1)).read_text(), res.stderr
+    Path(kept.group(1)).unlink()
     late = ("import os, signal, time\n"
             "import tledge.cli.info as verb\n"
             "class Finalized:\n"

@@ -284,7 +284,9 @@ def capture(c: Console, hook_warnings: bool | None = None):
         refused = sys.exc_info()[1]  # bad input (exit 2) loses nothing: not the last run's log, not a new file
         if refused is not None and (getattr(refused, "exit_code", None) == 2 or isinstance(refused, OSError)):
             c.keep = None
-        _settle_log(c)
+        stopped = isinstance(refused, KeyboardInterrupt) or type(refused).__name__ == "Terminated"
+        if not (stopped and c.keep is not None and c.keep.exists()):  # a stopped run's log did not replace the log
+            _settle_log(c)  # of the export still there: it stays in the temporary folder, named by `finish`
 
 
 def _temp_log(prefix: str) -> tuple[int, str]:
