@@ -74,12 +74,15 @@ def test_ctrl_c_or_sigterm_during_the_swap_waits_for_it(sig, exc, tmp_path, monk
         return real(*a, **kw)
 
     monkeypatch.setattr(unit.os, "replace", interrupted)
+    said = []
+    monkeypatch.setattr(unit.log, "note", said.append)
     try:
         with pytest.raises(exc):
             unit.swap_in(out / (unit.STAGING_PREFIX + "1"), out, new)
     finally:
         signal.signal(sig, previous)
     assert calls[0] > 3 and _state(out) == "new"
+    assert said == [f"the new export was in place in {out} when the signal came"]  # exit 143 said nothing of it
 
 
 def test_export_into_someone_elses_folder_is_refused(tiny_model, shapes_dataset, tmp_path, capsys):

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from tledge.io import utf8_name
+from tledge.paths import utf8_name
 
 HOW_TO_MEASURE = ("in a venv with `pip install -e '.[runtime,clients]'` (in the checkout; mediapipe brings its own cv2: "
                   "keep it out of the export venv), run `python benchmarks/mediapipe_resize.py EXPORT_DIR VAL_DIR` from a "

@@ -115,7 +115,7 @@ def one_image(x) -> bool:
 def _first_gif_frame(p: Path):
     import cv2
 
-    from tledge.io import utf8_alias
+    from tledge.paths import utf8_alias
 
     with utf8_alias(p) as name:  # OpenCV crashed (SIGSEGV) on a name that is not UTF-8
         cap = cv2.VideoCapture(name)

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 
 def _umask() -> int:
@@ -66,37 +66,6 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     # a path that is not UTF-8 (its bytes as surrogates) is written as the bytes it has on disk
     return atomic_write_bytes(path, text.encode("utf-8", errors="surrogateescape"))
-
-
-def utf8_name(path: str | Path) -> bool:
-    """Is `path` UTF-8 (no undecodable bytes)? OpenCV's and LiteRT's bindings take only such names: OpenCV's
-    VideoCapture, VideoWriter and readNetFromONNX crashed (SIGSEGV) on the others."""
-    try:
-        str(path).encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-@contextmanager
-def utf8_alias(path: str | Path):
-    """`path` under a name OpenCV can open: itself, or a symbolic link to it in a temporary folder."""
-    if utf8_name(path):
-        yield str(path)
-        return
-    folder = tempfile.mkdtemp(prefix="tledge-alias-")
-    try:
-        alias = os.path.join(folder, "file" + "".join(c for c in Path(path).suffix if c.isascii()))
-        os.symlink(os.path.abspath(path), alias)
-        yield alias
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def loadable(path: str | Path) -> str | bytes:
-    """`path` as LiteRT's and onnxruntime's loaders take it: its name, or the file's bytes when the name is not UTF-8
-    (their C++ bindings refused it with a TypeError, and `tledge parity --golden` called a good export FAILED)."""
-    return str(path) if utf8_name(path) else Path(path).read_bytes()
 
 
 def check_space(folder: str | Path, nbytes: int, what: str,
@@ -162,11 +131,13 @@ def shape_inference_scratch():
 
 
 @contextmanager
-def signals_held():
+def signals_held(done: Callable[[], None] | None = None):
     """Ctrl-C and SIGTERM held back while a group of renames runs (an export's swap, a run's files moved into place):
     they arrive as Python exceptions, and one landing between two renames left half of the new files beside half of
     the old. A signal that comes meanwhile is noted, then raised again once the block is done, to the handler that
-    was in place. Main thread only (where Python runs signal handlers); elsewhere a no-op."""
+    was in place. Main thread only (where Python runs signal handlers); elsewhere a no-op. `done` is called before
+    the held signal is raised when the block completed: what it wrote is whole (an export stopped with exit 143 after
+    its files were swapped in said nothing of them)."""
     import signal
 
     if threading.current_thread() is not threading.main_thread():
@@ -174,10 +145,14 @@ def signals_held():
         return
     got: list[int] = []
     previous = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    completed = False
     try:
         yield
+        completed = True
     finally:
         for s, handler in previous.items():  # None: a handler set outside Python, which cannot be put back
             signal.signal(s, signal.SIG_DFL if handler is None else handler)
         if got:
+            if completed and done is not None:
+                done()
             signal.raise_signal(got[0])

@@ -54,7 +54,7 @@ def read_onnx_contract(path) -> Contract | None:
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        from tledge.io import loadable
+        from tledge.paths import loadable
 
         sess = ort.InferenceSession(loadable(path), opts, providers=["CPUExecutionProvider"])
         raw = sess.get_modelmeta().custom_metadata_map.get(METADATA_KEY)

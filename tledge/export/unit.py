@@ -19,7 +19,7 @@ import os
 import shutil
 from pathlib import Path
 
-from tledge import artifacts
+from tledge import artifacts, log
 from tledge.errors import TledgeError
 from tledge.folderlock import FolderLock, lock_name
 
@@ -113,7 +113,7 @@ def swap_in(staging: Path, out: Path, manifest: artifacts.Manifest) -> None:
     names = [artifacts.MANIFEST] + sorted((owned | {e.file for e in (old.files if old else ())}) - {artifacts.MANIFEST})
     moved: list[str] = []
     placed: list[str] = []
-    with signals_held():
+    with signals_held(done=lambda: log.note(f"the new export was in place in {out} when the signal came")):
         try:
             for name in names:  # (1) the old manifest first: from here the folder vouches for nothing; (2) its files
                 p = out / name

@@ -12,7 +12,7 @@ import numpy as np
 
 from tledge._deps import require
 from tledge.errors import TledgeWarning
-from tledge.io import loadable
+from tledge.paths import loadable
 
 
 # ---- the same file on onnxruntime's other x86 kernel paths ------------------------------------------

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from tledge._deps import require
-from tledge.io import loadable
+from tledge.paths import loadable
 from tledge.quant.constadds import constants
 
 CHAIN = frozenset({"Mul", "Add", "Sub", "Div", "Transpose", "Cast", "Identity", "Reshape", "Pad"})

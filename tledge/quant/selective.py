@@ -19,7 +19,8 @@ import numpy as np
 
 from tledge._deps import require
 from tledge.errors import ExportError
-from tledge.io import loadable, shape_inference_scratch
+from tledge.io import shape_inference_scratch
+from tledge.paths import loadable
 
 
 def concrete_function(model, batch: int | None = 1):

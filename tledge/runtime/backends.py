@@ -24,7 +24,7 @@ import numpy as np
 from tledge.artifacts import KINDS
 from tledge.contract import Quant
 from tledge.errors import MissingDependency, ModelLoadError, ModelRunError, TledgeWarning
-from tledge.io import loadable
+from tledge.paths import loadable
 
 
 @dataclass(frozen=True)

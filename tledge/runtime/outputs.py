@@ -4,14 +4,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from tledge.errors import TledgeError
-from tledge.io import atomic_path, utf8_name
+from tledge.paths import utf8_name
 from tledge.runtime.pipeline import Result
 from tledge.runtime.sources import VIDEO_SUFFIXES
 
@@ -176,6 +174,8 @@ class SaveSink:
             h, w = img.shape[:2]
             self._size = (w - w % 2, h - h % 2)  # most codecs want even sizes
             fourcc = cv2.VideoWriter_fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
+            import tempfile  # (not at import: tledge run's cold start)
+
             # a name of its own, which OpenCV can open: its VideoWriter crashed (SIGSEGV) on a name not UTF-8
             here = utf8_name(self.path.parent.resolve())
             fd, tmp = tempfile.mkstemp(prefix=".tledge-save-", suffix=f".partial{self.path.suffix.lower()}",
@@ -207,6 +207,10 @@ class SaveSink:
             if self._tmp.parent == self.path.parent:
                 os.replace(self._tmp, self.path)
             else:  # written in the temporary folder (this folder's name is not UTF-8)
+                import shutil
+
+                from tledge.io import atomic_path
+
                 with atomic_path(self.path) as tmp:
                     shutil.copyfile(self._tmp, tmp)
         finally:

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from tledge.errors import ImageError, TledgeError
-from tledge.io import utf8_alias
+from tledge.paths import utf8_alias
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts",
                   ".3gp", ".mjpeg", ".mjpg"}
