@@ -343,3 +343,9 @@ def test_a_stopped_command_whose_output_folder_went_keeps_its_log_and_a_late_sig
             "print(main(['info', 'x.tflite']))\n")
     res = _python(late)
     assert res.stdout.split() == ["143"] and "tledge info: terminated (SIGTERM)" in res.stderr, res.stderr[-2000:]
+    # Ctrl-C in a weakref callback or finalizer: CPython ignores the KeyboardInterrupt; a training went on, exit 0
+    ctrl_c = late.replace("signal.SIGTERM", "signal.SIGINT").replace(
+        "import tledge.cli.info as verb\n", "import tledge.cli.info as verb\nsignal.signal(signal.SIGINT, "
+                                             "signal.default_int_handler)\n")
+    res = _python(ctrl_c)
+    assert res.stdout.split() == ["130"] and "tledge info: interrupted" in res.stderr, res.stderr[-2000:]

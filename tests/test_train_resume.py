@@ -110,3 +110,42 @@ def test_resume_keeps_an_early_stop_made_before_the_kill(shapes_dataset, weights
     assert phases == [(h["phase"], h["epoch"]) for h in straight.metrics["history"]] == [
         ("head", 1), ("head", 2), ("fine_tune", 1)]
     assert resumed.metrics["phases"][0]["stop_reason"] == "forced"
+
+
+def test_resume_with_no_more_epochs_ends_the_phase_with_its_best_weights(shapes_dataset, weights, tmp_path,  # noqa: F811
+                                                                          monkeypatch):
+    """Killed in fine-tuning, resumed with --fine-tune-epochs 0: the phase was marked skipped beside its epochs in
+    the history and the last epoch's weights were saved, not the best ones metrics.json named. Also refused: another
+    --precision (Adam's state was reset without a word), another --fine-tune-epochs once fine-tuning is over."""
+    import keras
+
+    from tledge.train import finetune
+
+    settings = dict(epochs=2, fine_tune_epochs=3, unfreeze=12, patience=0)
+    real_epoch = finetune._epoch
+
+    def crash(run, net, x, phase, epoch, augment):
+        if phase == 1 and epoch == 2:
+            raise KeyboardInterrupt
+        return real_epoch(run, net, x, phase, epoch, augment)
+
+    out = tmp_path / "killed"
+    monkeypatch.setattr(finetune, "_epoch", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(shapes_dataset, cfg(weights, out, **settings))
+    monkeypatch.setattr(finetune, "_epoch", real_epoch)
+    with pytest.raises(TledgeError, match=r"different settings \(precision auto -> mixed\)"):
+        train(shapes_dataset, cfg(weights, out, resume=True, precision="mixed", **settings))
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    best = out / "checkpoints" / f"{state['best']}.weights.h5"
+    resumed = train(shapes_dataset, cfg(weights, out, resume=True, **{**settings, "fine_tune_epochs": 0}))
+    phase = resumed.metrics["phases"][1]
+    assert phase["name"] == "fine_tune" and not phase.get("skipped") and phase["epochs_run"] == 2
+    model = keras.models.load_model(out / "model.keras", compile=False)
+    saved = [w.copy() for w in model.get_weights()]
+    model.load_weights(best)
+    assert all(np.array_equal(a, b) for a, b in zip(saved, model.get_weights()))  # the best epoch's, not the last's
+    from tledge.train.api import _differences
+
+    finished = json.loads((out / "checkpoints" / "state.json").read_text())  # said on a finished run, not ignored
+    assert "fine_tune_epochs 0 -> 3" in _differences(finished, cfg(weights, out, **settings), r_labels(shapes_dataset))

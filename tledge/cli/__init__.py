@@ -151,8 +151,7 @@ def _available() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global _SIGTERM_SEEN
-    _SIGTERM_SEEN = False
+    _SIGNALS_SEEN.clear()
     argv = list(sys.argv[1:] if argv is None else argv)
     available = _available()
     parser = _parser(available, _chosen(argv, available))
@@ -182,19 +181,23 @@ def main(argv: list[str] | None = None) -> int:
 
         os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     console = log.install(args.command, level(args))
-    rc, previous = None, _catch_sigterm()
+    rc, previous, previous_int = None, _catch_sigterm(), _catch_sigint()
     try:
         rc = _run(args, console)
-        if _SIGTERM_SEEN and rc != 143:  # it landed in a finalizer (`Exception ignored in ... __del__`): still said
-            print(f"tledge {args.command}: terminated (SIGTERM)", file=sys.stderr)
-            rc = 143
+        # it landed in a finalizer or a weakref callback (`Exception ignored in ...`): the stop is still said
+        if _SIGNALS_SEEN and rc not in (130, 143):
+            sigterm = "SIGTERM" in _SIGNALS_SEEN
+            print(f"tledge {args.command}: {'terminated (SIGTERM)' if sigterm else 'interrupted'}", file=sys.stderr)
+            rc = 143 if sigterm else 130
     finally:  # a crash (a traceback follows) or a stop: say where the libraries' messages are, if not kept
         log.finish(console, rc is None, stopped=rc in (130, 143))
         log.uninstall()
-        if previous is not None:
-            import signal
+        import signal
 
+        if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
     return rc
 
 
@@ -203,13 +206,31 @@ class Terminated(BaseException):
     is kept in its folder, staging folders and locks go. It killed the process outright, its log left in /tmp."""
 
 
-_SIGTERM_SEEN = False
+_SIGNALS_SEEN: set[str] = set()
 
 
 def _on_sigterm(signum, frame):
-    global _SIGTERM_SEEN
-    _SIGTERM_SEEN = True
+    _SIGNALS_SEEN.add("SIGTERM")
     raise Terminated
+
+
+def _on_sigint(signum, frame):
+    """Python's own Ctrl-C, remembered: a KeyboardInterrupt raised in a weakref callback is ignored by CPython, and a
+    training went on to the end, exit 0."""
+    _SIGNALS_SEEN.add("SIGINT")
+    raise KeyboardInterrupt
+
+
+def _catch_sigint():
+    """Python's default Ctrl-C handler replaced by one that remembers (an ignored SIGINT, as CI's background jobs
+    have, or a host program's handler stays); the one it replaced."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return None
+    return signal.signal(signal.SIGINT, _on_sigint)
 
 
 def _catch_sigterm():

@@ -109,7 +109,9 @@ def _differences(state: dict, cfg: TrainConfig, labels, data: dict | None = None
     """What differs from the run being resumed: the model's shape, the data's meaning and split, and what the
     restored optimizer and schedule would silently ignore (--lr, --epochs of a finished phase)."""
     old, now = state["config"], cfg.to_dict()
-    keys = RESUME_KEYS + (("epochs",) if state.get("phase") != "head" or state.get("phases_done") else ())
+    done = {p.get("name") for p in state.get("phases_done") or ()}
+    keys = RESUME_KEYS + (("epochs",) if state.get("phase") != "head" or done else ()) + \
+        (("fine_tune_epochs",) if "fine_tune" in done or state.get("phase") == "done" else ())
     diff = [f"{k} {old.get(k)} -> {now.get(k)}" for k in keys if k in old and old.get(k) != now.get(k)]
     if list(labels) != state["labels"]:
         diff.append(f"classes {state['labels']} -> {list(labels)}")

@@ -181,7 +181,7 @@ def run_phase(run: Run, name: str) -> None:
         dist.sync_variables(run.strategy, run.topo, stepper.optimizer.variables)
     augment = Augment() if cfg.augment and not rec["fast_path"] else None
     # a run stopped early, killed before the next phase began: that decision is in the checkpoint, kept on resume
-    t0, reason = time.perf_counter(), (st.get("stop_reason") if st["epoch"] > 0 else None)
+    reason = st.get("stop_reason") if st["epoch"] > 0 else None
     if reason:
         run.log(f"{name} had stopped early before the restart: {reason}")
     for epoch in range(st["epoch"], rec["epochs_planned"] if reason is None else st["epoch"]):
@@ -216,8 +216,8 @@ def run_phase(run: Run, name: str) -> None:
             run.log(f"{name} stopped early: {reason}")
             break
     rows = [r for r in st["history"] if r["phase"] == name]
-    rec.update(epochs_run=len(rows), stopped_early=bool(reason), stop_reason=reason,
-               wall_time_s=round(time.perf_counter() - t0, 2),
+    rec.update(epochs_run=len(rows), stopped_early=bool(reason), stop_reason=reason,  # the epochs of every process
+               wall_time_s=round(sum(r.get("seconds", 0.0) for r in rows), 2),  # (a resumed phase showed its last)
                best_val_accuracy=max((r["val_accuracy"] for r in rows), default=None))
     _end_phase(run, stepper, rec)
 
@@ -254,7 +254,8 @@ def run_all(run: Run) -> None:
         planned = run.cfg.epochs if name == "head" else run.cfg.fine_tune_epochs
         if name in done:
             continue
-        if planned == 0 or (name == "fine_tune" and tm.cut_index(
+        started = run.state["phase"] == name and run.state["epoch"] > 0  # its epochs so far: ended, best restored
+        if (planned == 0 and not started) or (name == "fine_tune" and tm.cut_index(
                 run.parts.backbone.layers, run.cfg.unfreeze, run.cfg.fine_tune_at) >= len(run.parts.backbone.layers)):
             run.state["phases_done"].append({"name": name, "skipped": True, "epochs_run": 0})
             continue
