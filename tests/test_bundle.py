@@ -265,3 +265,28 @@ def test_cli_says_when_the_profiles_best_file_is_missing(export_dir, tmp_path, c
     assert main(["bundle", str(export_dir), "--device", "rpi4", "--out", str(tmp_path / "b.tar.gz")]) == 0
     out, err = capsys.readouterr()
     assert "rpi4's best file, model_int8.tflite, is not in the export" in out + err
+
+
+def test_coral_bundle_of_an_int8_file_with_float_layers_says_so(export_dir, tmp_path, monkeypatch):
+    """A coral-usb bundle of a CPU export shipped an int8 file with a float stem of 6 convolutions (the repair's):
+    the Edge TPU runs only the ops before the first float one, and nothing said so."""
+    pytest.importorskip("tensorflow")
+    from tiny import TINY
+
+    from tledge.devices.edgetpu import float_parts
+    from tledge.export.metadata import embed_tflite
+    from tledge.metadata import read_tflite_contract
+
+    data = (TINY / "model_int8.tflite").read_bytes()
+    assert float_parts(TINY / "model_int8.tflite") is None  # an all-int8 file: nothing to say
+    c = read_tflite_contract(data)
+    (export_dir / "model_int8.tflite").write_bytes(
+        embed_tflite(data, c.replace(extra={**c.extra, "float_layers": ["conv1", "conv_dw_1"]})))
+    artifacts.write(export_dir, artifacts.build(export_dir, tmp_path / "model.keras",
+                                                {n: (True, {}) for n in MODEL_FILES}))
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    if shutil.which("edgetpu_compiler"):
+        pytest.skip("a real edgetpu_compiler is installed here")
+    res = make_bundle(export_dir, "coral-usb", tmp_path / "c.tar.gz")
+    assert any(n.startswith("model_int8.tflite keeps 2 float layers (int8 repair) float: on the Edge TPU only")
+               for n in res.notes), res.notes

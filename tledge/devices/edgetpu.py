@@ -201,3 +201,22 @@ def not_compiled_from(compiled: Path, src: Path) -> str | None:
     if shapes[0] != shapes[1]:
         return f"its input/output shapes {shapes[0]} differ from the int8 file's {shapes[1]}"
     return None
+
+
+def float_parts(src: Path) -> str | None:
+    """What the int8 file `src` keeps float, from its contract (the repair's float layers, the ops kept float for
+    CPU delegates), or None. edgetpu_compiler maps the ops up to the first float one: a coral bundle of a CPU
+    export shipped a file with a float stem of 6 convolutions, so nearly all of it ran on the host CPU, unsaid."""
+    from tledge.metadata import read_tflite_contract
+
+    try:
+        contract = read_tflite_contract(src)
+    except Exception:  # noqa: BLE001 - a note only; the file was vouched for by its manifest
+        return None
+    extra = contract.extra if contract is not None else {}
+    parts = []
+    if extra.get("float_layers"):
+        parts.append(f"{len(extra['float_layers'])} float layers (int8 repair)")
+    if extra.get("cpu_float_ops"):
+        parts.append(", ".join(f"{n} {op}" for op, n in sorted(extra["cpu_float_ops"].items())) + " ops")
+    return " and ".join(parts) or None
