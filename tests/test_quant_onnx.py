@@ -102,6 +102,38 @@ def test_pair_sums_saturate_exactly_where_int16_overflows():
     assert saturation.pair_sums("conv", "w", x[:, :3], w[:, :3]).pairs == 8  # odd K is zero-padded
 
 
+def _qdq_dense(weight: int, k: int = 4):
+    """x (float, N x k) -> QuantizeLinear (uint8, scale 1) -> DequantizeLinear -> MatMul with int8 weights `weight`."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    inits = [helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+             helper.make_tensor("zu", TensorProto.UINT8, [], [0]), helper.make_tensor("zs", TensorProto.INT8, [], [0]),
+             helper.make_tensor("w_quantized", TensorProto.INT8, [k, 2], [weight] * (2 * k))]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "one", "zu"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "one", "zu"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w_quantized", "one", "zs"], ["wd"]),
+             helper.make_node("MatMul", ["xd", "wd"], ["y"], name="dense")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", k])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])], initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m.SerializeToString()
+
+
+def test_a_dense_layers_pair_sums_are_replayed_on_every_calibration_image():
+    """Only convolutions were replayed: a Dense head on the same u8 x s8 kernels, saturating on AVX2 (pair sums to
+    37328 on 3 of 153 photos), shipped as U8S8. Its rows are few, so 3/4 of int16 counts."""
+    from tledge.quant import saturation
+
+    pixels = np.zeros((40, 4), np.float32)
+    pixels[33] = 255.0  # one image of 40 (past the 8 the convolutions are replayed on) holds the peak
+    over, near, under = (saturation.check(_qdq_dense(w), pixels) for w in (127, 55, 40))
+    assert [(r.node, r.saturated > 0, r.worst) for r in over] == [("dense", True, 2 * 255 * 127)]
+    assert near[0].worst == 2 * 255 * 55 and near[0].saturated  # 28050: under int16, over the headroom
+    assert under[0].worst == 2 * 255 * 40 and not under[0].saturated
+
+
 def test_saturation_replay_on_a_real_file_and_the_auto_scheme(tiny_onnx, tmp_path):
     from tledge.export import onnx as ox
     from tledge.quant import saturation

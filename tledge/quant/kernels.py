@@ -79,8 +79,25 @@ def kernel_check(path: Path, pixels: np.ndarray, threads: int | None = None) -> 
     x64, ref = figures["x64quantprecision"], figures["reference"]
     note = (f"{path.name} on onnxruntime's kernel paths ({cpu_flags()}): top-1 agreement with the default "
             f"session, x64quantprecision {x64[0]:.3f} (max abs {x64[1]:.3g}); unfused float emulation "
-            f"{ref[0]:.3f} (max abs {ref[1]:.3g}); {len(pixels)} images")
+            f"{ref[0]:.3f} (max abs {ref[1]:.3g}); {len(pixels)} images; {_reach(path)}")
     return note, x64[0] >= 0.995
+
+
+def _reach(path: Path) -> str:
+    """What these figures can and cannot show (they read as if both x86 paths had been run): this CPU runs one
+    kernel path, and x64quantprecision rewrites int8 weights only."""
+    onnx = require("onnx", extra="export")
+    model = onnx.load_from_string(Path(path).read_bytes())
+    types = {i.name: i.data_type for i in model.graph.initializer}
+    s8 = any(types.get(n.input[0]) == onnx.TensorProto.INT8 for n in model.graph.node
+             if n.op_type == "DequantizeLinear")
+    vnni = any(f in cpu_flags().split() for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    weights = ("int8 weights: their u8 x s8 pair sums were replayed on the calibration images at export, none over "
+               "int16" if s8 else "uint8 weights: no u8 x s8 products, so no int16 saturation on AVX2 CPUs without "
+               "VNNI, and x64quantprecision (int8 weights only) agrees by construction")
+    where = ("this CPU's default session takes the VNNI path, not AVX2's vpmaddubsw (docs/int8-fidelity.md: the "
+             "AVX2 path emulated)" if vnni else "")
+    return "; ".join(p for p in (weights, where) if p)
 
 
 def kernel_notes(results: Sequence, out: Path, pixels: np.ndarray, threads: int | None = None) -> list[str]:
