@@ -104,7 +104,6 @@ def test_pair_sums_saturate_exactly_where_int16_overflows():
 
 def _qdq_dense(weight: int, k: int = 4):
     """x (float, N x k) -> QuantizeLinear (uint8, scale 1) -> DequantizeLinear -> MatMul with int8 weights `weight`."""
-    import onnx
     from onnx import TensorProto, helper
 
     inits = [helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
