@@ -329,6 +329,12 @@ def test_a_stopped_command_whose_output_folder_went_keeps_its_log_and_a_late_sig
     kept = re.search(r"messages are in (\S+\.log)", res.stderr)
     assert kept and "a converter says something" in Path(kept.group(1)).read_text(), res.stderr
     Path(kept.group(1)).unlink()
+    # stopped once its outputs were in place (the export's swap done): its log goes with them
+    res = _python(stopped.replace("os.mkdir(out)", "").replace("shutil.rmtree(out)", "pass")
+                  .replace(repr(str(tmp_path / "new")), repr(str(tmp_path / "old")))
+                  .replace("        os.kill(", "        log.outputs_written()\n        os.kill("))
+    assert res.stdout.split() == ["143"], res.stderr[-2000:]
+    assert "a converter says something" in (tmp_path / "old" / "export.log").read_text(), res.stderr
     late = ("import os, signal, time\n"
             "import tledge.cli.info as verb\n"
             "class Finalized:\n"

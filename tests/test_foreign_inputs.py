@@ -137,3 +137,18 @@ def test_a_quantised_input_fed_beyond_its_range_is_said():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load(coral)  # what the quantisation describes: nothing to say
+
+
+def test_an_int8_input_described_by_its_standard_metadata_takes_what_it_says():
+    """An int8 input without quantisation whose NormalizationOptions say mean 128 / std 1: read as such (the new
+    refusal had ignored the metadata and asked for --mean 128 --std 1, which it already says)."""
+    from tledge.runtime.backends import TensorInfo
+    from tledge.runtime.foreign import infer_contract
+    from tledge.std_metadata import StandardMetadata, TensorMd
+
+    inp, out = TensorInfo("x", (1, 8, 8, 3), "int8"), TensorInfo("y", (1, 3), "float32")
+    md = StandardMetadata(inputs=(TensorMd(mean=(128.0,), std=(1.0,)),))
+    c = infer_contract(inp, out, standard=md)
+    assert (c.norm.value, set(c.mean), set(c.std)) == ("custom", {128.0}, {1.0})
+    with pytest.raises(ContractError, match="int8 input has no quantisation"):
+        infer_contract(inp, out, standard=StandardMetadata())

@@ -134,11 +134,14 @@ def test_resume_with_no_more_epochs_ends_the_phase_with_its_best_weights(shapes_
     with pytest.raises(KeyboardInterrupt):
         train(shapes_dataset, cfg(weights, out, **settings))
     monkeypatch.setattr(finetune, "_epoch", real_epoch)
-    with pytest.raises(TledgeError, match=r"different settings \(precision auto -> mixed\)"):
+    with pytest.raises(TledgeError, match=r"it trained in float32, this run would train in mixed_float16 "
+                                          r"\(--precision mixed\): pass --precision float32"):
         train(shapes_dataset, cfg(weights, out, resume=True, precision="mixed", **settings))
     state = json.loads((out / "checkpoints" / "state.json").read_text())
     best = out / "checkpoints" / f"{state['best']}.weights.h5"
-    resumed = train(shapes_dataset, cfg(weights, out, resume=True, **{**settings, "fine_tune_epochs": 0}))
+    # --precision float32 where auto trained in float32 (a CPU): the same precision, resumed (it was refused)
+    resumed = train(shapes_dataset, cfg(weights, out, resume=True, precision="float32",
+                                        **{**settings, "fine_tune_epochs": 0}))
     phase = resumed.metrics["phases"][1]
     assert phase["name"] == "fine_tune" and not phase.get("skipped") and phase["epochs_run"] == 2
     model = keras.models.load_model(out / "model.keras", compile=False)

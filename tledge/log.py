@@ -33,6 +33,7 @@ class Console:
         self.total, self.done = 0, 0
         self.log_path: Path | None = None  # the file fd 2 goes to while a command runs
         self.keep: Path | None = None  # where the verb wants the log kept
+        self.written = False  # the verb's outputs are in place (`outputs_written`): its log goes with them
         self.logfile = None  # the open log while fd 2 goes to it (None with -v and outside `capture`)
         self.handler = None  # the root logging handler on `logfile` (`library_logging_to_log`)
         self._lock = threading.Lock()
@@ -103,6 +104,12 @@ def keep_log(path: str | Path) -> None:
     """Keep this command's third-party log at `path` when it ends (if its folder exists then)."""
     if _console is not None:
         _console.keep = Path(path)
+
+
+def outputs_written() -> None:
+    """The command's outputs are in place: its log is kept with them even if a stop comes now."""
+    if _console is not None:
+        _console.written = True
 
 
 def kept_log() -> Path | None:
@@ -285,8 +292,10 @@ def capture(c: Console, hook_warnings: bool | None = None):
         if refused is not None and (getattr(refused, "exit_code", None) == 2 or isinstance(refused, OSError)):
             c.keep = None
         stopped = isinstance(refused, KeyboardInterrupt) or type(refused).__name__ == "Terminated"
-        if not (stopped and c.keep is not None and c.keep.exists()):  # a stopped run's log did not replace the log
-            _settle_log(c)  # of the export still there: it stays in the temporary folder, named by `finish`
+        # a run stopped before its outputs were in place leaves the earlier run's log, which describes the files
+        # still there (its own stays in the temporary folder, named by `finish`)
+        if not (stopped and not c.written and c.keep is not None and c.keep.exists()):
+            _settle_log(c)
 
 
 def _temp_log(prefix: str) -> tuple[int, str]:

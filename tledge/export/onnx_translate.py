@@ -57,7 +57,7 @@ def from_tflite(data: bytes, layout: str, calib: np.ndarray):
         raise ExportError(f"the translated graph is not valid ONNX: {str(exc).strip()[:300]}") from None
     _check_batch(model, _layout(calib[:2], layout))
     scheme = SCHEMES["u8s8"]
-    if any(layer.saturated for layer in saturation.check(model.SerializeToString(), _layout(calib[:8], layout))):
+    if any(layer.saturated for layer in saturation.check(model.SerializeToString(), _layout(calib, layout))):
         unsigned_weights(graph)
         _prune(graph)  # the int8 weights
         scheme = SCHEMES["u8u8-all-grid"]

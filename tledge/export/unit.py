@@ -126,6 +126,7 @@ def swap_in(staging: Path, out: Path, manifest: artifacts.Manifest) -> None:
                 os.replace(staging / e.file, out / e.file)
                 placed.append(e.file)
             os.replace(staging / artifacts.MANIFEST, out / artifacts.MANIFEST)  # (4) the manifest, last
+            log.outputs_written()  # a stop from here on: this export's log goes with its files
         except BaseException:
             for name in placed:
                 os.replace(out / name, staging / name)

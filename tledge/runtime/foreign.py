@@ -172,10 +172,11 @@ def _normalisation(inp, options: dict, standard: StandardMetadata | None = None)
         # real = (q - zp) * scale: the normalisation whose quantised values are the raw pixels
         zp = q.zero_point + (128 if inp.dtype == "int8" else 0)
         return dict(norm=Norm.CUSTOM, baked=False, mean=(float(zp),), std=(1.0 / q.scale,))
-    if inp.dtype in ("uint8", "int8"):  # no quantisation: raw pixels (an int8 input is refused then)
-        return dict(norm=Norm.RAW, baked=True)
     md = standard.inputs[0] if standard is not None and standard.inputs else None
-    if md is not None and md.mean and md.std:
+    described = md is not None and bool(md.mean) and bool(md.std)
+    if inp.dtype == "uint8" or (inp.dtype == "int8" and not described):  # no quantisation: raw pixels (an int8
+        return dict(norm=Norm.RAW, baked=True)  # input is refused then, unless its metadata says what it takes)
+    if described:
         if all(m == 0 for m in md.mean) and all(s == 1 for s in md.std):
             return dict(norm=Norm.RAW, baked=False)
         return dict(norm=Norm.CUSTOM, baked=False, mean=tuple(md.mean), std=tuple(md.std))

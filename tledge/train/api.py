@@ -288,6 +288,19 @@ def train(data_dir: str | Path, config: TrainConfig | None = None) -> TrainResul
             return _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, read, (log, progress), t0)
 
 
+def _same_precision(cfg: TrainConfig, resumed: dict | None, mixed: bool) -> None:
+    """The precision a resumed run trained in, not the words asking for it (auto is float32 on a CPU, mixed on a
+    GPU): mixed precision's optimizer has other variables, and Adam's state was reset without a word."""
+    if resumed is None or resumed.get("mixed", mixed) == mixed:
+        return
+    from tledge.errors import TledgeError
+
+    used = {True: "mixed_float16", False: "float32"}
+    raise TledgeError(f"cannot resume {cfg.out}: it trained in {used[resumed['mixed']]}, this run would train in "
+                      f"{used[mixed]} (--precision {cfg.precision.value}): pass --precision "
+                      f"{'mixed' if resumed['mixed'] else 'float32'}")
+
+
 @contextlib.contextmanager
 def _worker_folder():
     """A non-chief worker's scratch folder. It was removed only once training began, so a worker that stopped
@@ -335,13 +348,14 @@ def _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, read, reporters
         if resumed is not None and resumed.get("complete"):  # a scheduler's restart after the run finished
             return _already_complete(cfg, ckpt, plan, log) if topo.cluster.rank == 0 else \
                 _finished_worker(cfg, topo, resumed, plan, contract, t0, log)
+        _same_precision(cfg, resumed, env.mixed)
         log(f"model: {contract.extra['backbone']} {contract.height}x{contract.width}x{contract.channels}, "
             f"{env.description}{', resuming' if resumed else ''}")
         parts = tm.build(cfg, contract, len(plan.classes), pretrained=resumed is None)
         if cfg.fine_tune_at is not None and cfg.fine_tune_epochs:  # a bad layer name stops here, not after phase 1
             tm.cut_index(parts.backbone.layers, cfg.unfreeze, cfg.fine_tune_at)
         run = finetune.Run(cfg, parts, data, ckpt, resumed or {**finetune.new_state(cfg, plan.classes),
-                                                               "data": td.fingerprint(plan)}, log,
+                                                               "data": td.fingerprint(plan), "mixed": env.mixed}, log,
                            progress=progress, strategy=env.runner, topo=topo,
                            started=t0 - float((resumed or {}).get("elapsed_s") or 0.0))  # wall time: all processes
         if resumed is not None:

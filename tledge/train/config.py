@@ -148,8 +148,7 @@ class TrainConfig:
 
 # fields that must match to resume a run (the model's shape and the data's meaning)
 RESUME_KEYS = ("backbone", "alpha", "size", "grayscale", "dropout", "augment", "unfreeze", "fine_tune_at",
-               "seed", "val_split", "batch", "lr", "fine_tune_lr", "class_weights",  # the optimizer restores its lr
-               "precision")  # mixed precision's optimizer has other variables: Adam's state was reset without a word
+               "seed", "val_split", "batch", "lr", "fine_tune_lr", "class_weights")  # the optimizer restores its lr
 
 
 @dataclass(frozen=True)
