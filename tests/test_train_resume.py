@@ -12,11 +12,9 @@ from tledge.errors import TledgeError, TledgeWarning
 from tledge.train import train
 
 
-def test_resume_continues_where_it_stopped(shapes_dataset, weights, tmp_path, monkeypatch, capsys):  # noqa: F811
+def _killed_in_fine_tuning(data, config, monkeypatch):
+    """The run of `config`, stopped by Ctrl-C at the start of its third fine-tuning epoch; its --out."""
     from tledge.train import finetune
-
-    settings = dict(epochs=2, fine_tune_epochs=3, dropout=0.3, unfreeze=12, patience=0)  # dropout: reseeded per epoch
-    straight = train(shapes_dataset, cfg(weights, tmp_path / "straight", **settings))
 
     real_epoch = finetune._epoch
 
@@ -25,11 +23,18 @@ def test_resume_continues_where_it_stopped(shapes_dataset, weights, tmp_path, mo
             raise KeyboardInterrupt
         return real_epoch(run, net, x, phase, epoch, augment)
 
-    out = tmp_path / "crashed"
     monkeypatch.setattr(finetune, "_epoch", crash)
     with pytest.raises(KeyboardInterrupt):
-        train(shapes_dataset, cfg(weights, out, **settings))
+        train(data, config)
     monkeypatch.setattr(finetune, "_epoch", real_epoch)
+    return config.out
+
+
+def test_resume_continues_where_it_stopped(shapes_dataset, weights, tmp_path, monkeypatch, capsys):  # noqa: F811
+    settings = dict(epochs=2, fine_tune_epochs=3, dropout=0.3, unfreeze=12, patience=0)  # dropout: reseeded per epoch
+    straight = train(shapes_dataset, cfg(weights, tmp_path / "straight", **settings))
+
+    out = _killed_in_fine_tuning(shapes_dataset, cfg(weights, tmp_path / "crashed", **settings), monkeypatch)
     assert not (out / "model.keras").exists()  # nothing half-written
     state = json.loads((out / "checkpoints" / "state.json").read_text())
     assert (state["phase"], state["epoch"], len(state["history"])) == ("fine_tune", 2, 4)
@@ -116,24 +121,12 @@ def test_resume_with_no_more_epochs_ends_the_phase_with_its_best_weights(shapes_
                                                                           monkeypatch):
     """Killed in fine-tuning, resumed with --fine-tune-epochs 0: the phase was marked skipped beside its epochs in
     the history and the last epoch's weights were saved, not the best ones metrics.json named. Also refused: another
-    --precision (Adam's state was reset without a word), another --fine-tune-epochs once fine-tuning is over."""
+    precision than the run trained in (Adam's state was reset without a word), another --fine-tune-epochs once
+    fine-tuning is over."""
     import keras
 
-    from tledge.train import finetune
-
     settings = dict(epochs=2, fine_tune_epochs=3, unfreeze=12, patience=0)
-    real_epoch = finetune._epoch
-
-    def crash(run, net, x, phase, epoch, augment):
-        if phase == 1 and epoch == 2:
-            raise KeyboardInterrupt
-        return real_epoch(run, net, x, phase, epoch, augment)
-
-    out = tmp_path / "killed"
-    monkeypatch.setattr(finetune, "_epoch", crash)
-    with pytest.raises(KeyboardInterrupt):
-        train(shapes_dataset, cfg(weights, out, **settings))
-    monkeypatch.setattr(finetune, "_epoch", real_epoch)
+    out = _killed_in_fine_tuning(shapes_dataset, cfg(weights, tmp_path / "killed", **settings), monkeypatch)
     with pytest.raises(TledgeError, match=r"it trained in float32, this run would train in mixed_float16 "
                                           r"\(--precision mixed\): pass --precision float32"):
         train(shapes_dataset, cfg(weights, out, resume=True, precision="mixed", **settings))
