@@ -233,3 +233,26 @@ def test_an_output_name_near_the_file_systems_limit_is_written(tmp_path):
     assert main(["run", str(TINY / "model_int8.tflite"), "--source", str(images_of(CLASSES[0])[0]), "--csv", str(csv),
                  "-q"]) == 0
     assert csv.read_text().count("\n") == 2 and [p.name for p in tmp_path.iterdir()] == [csv.name]
+
+
+def test_a_write_that_fails_names_its_file(tmp_path, monkeypatch, capsys):
+    """A full disk fails the write, and a write's OSError names no file: "error: no space left on the device"."""
+    from tiny import TINY, images_of, CLASSES
+
+    from tledge.io import atomic_write_bytes
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(OSError) as exc:
+        atomic_write_bytes(tmp_path / "out.bin", b"x")
+    assert exc.value.errno == errno.ENOSPC and exc.value.filename == str(tmp_path / "out.bin")
+    monkeypatch.undo()
+    import tledge.runtime.outputs as outputs
+
+    monkeypatch.setattr(outputs.CsvSink, "_row", lambda self, r: full(None, b""))
+    csv = tmp_path / "r.csv"
+    assert main(["run", str(TINY / "model_int8.tflite"), "--source", str(images_of(CLASSES[0])[0]), "--csv",
+                 str(csv), "-q"]) == 2
+    assert _one_error_line(capsys, "run") == f"tledge run: error: {csv}: no space left on the device"

@@ -44,6 +44,10 @@ def atomic_path(path: str | Path, *, same_suffix: bool = False):
         if os.path.exists(tmp):  # mkstemp makes 0600 files: give the result the usual umask permissions
             os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, dst)
+    except OSError as exc:
+        if exc.filename is None:  # a write that failed (a full disk) names no file: "no space left", nothing more
+            raise OSError(exc.errno, exc.strerror, str(dst)) from exc
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -66,6 +66,12 @@ class CsvSink:
         self._w.writeheader()
 
     def write(self, r: Result) -> None:
+        try:
+            self._row(r)
+        except OSError as exc:  # a full disk: the error names no file
+            raise OSError(exc.errno, exc.strerror, exc.filename or str(self.path)) from exc
+
+    def _row(self, r: Result) -> None:
         best = r.top[0] if r.top else None
         self._w.writerow({
             "source": r.source, "index": r.index, "status": r.status,
