@@ -112,6 +112,7 @@ MAX_SIDE = 16384  # pixels a side: more is no image classifier's input
 _HUGE = 1 << 26  # pixels of an intermediate resize above which a crop resizes only its window (not bit-exact)
 _SIDE_LIMIT = 32767  # or sides: OpenCV's remap (warp-linear) takes none longer (SHRT_MAX)
 # what each field is in JSON (a contract read from a file): checked before any value is used
+_NEWER = " (a file from a newer tledge? upgrade tledge here)"
 _JSON_TYPES = {"height": "int", "width": "int", "channels": "int", "crop_fraction": "number", "pad_value": "int",
                "baked": "bool", "labels": "strings", "mean": "numbers", "std": "numbers", "extra": "object",
                "input_dtype": "string", "color": "string", "layout": "string", "resize": "string", "fit": "string",
@@ -358,7 +359,7 @@ class Contract:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ContractError(f"unknown contract fields: {sorted(unknown)}")
+            raise ContractError(f"unknown contract fields: {sorted(unknown)}{_NEWER}")
         for name, value in d.items():  # JSON from a file tledge may not have written: types, then values
             kind = _JSON_TYPES.get(name)
             if kind and value is not None and not _is(value, kind):
@@ -370,6 +371,8 @@ class Contract:
                 d[t] = tuple(d[t])
         try:
             return cls(**d)
+        except ContractError as exc:  # a value this tledge does not know (warp-linear came after version 1)
+            raise ContractError(f"{exc}{_NEWER}" if "is not one of" in str(exc) else str(exc)) from None
         except (TypeError, ValueError) as exc:
             raise ContractError(f"invalid contract: {exc}") from None
 
