@@ -45,7 +45,7 @@ def atomic_path(path: str | Path, *, same_suffix: bool = False):
             os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, dst)
     except OSError as exc:
-        if exc.filename is None:  # a write that failed (a full disk) names no file: "no space left", nothing more
+        if exc.filename is None and exc.errno is not None:  # a failed write (a full disk) names no file
             raise OSError(exc.errno, exc.strerror, str(dst)) from exc
         raise
     finally:

@@ -69,7 +69,9 @@ class CsvSink:
         try:
             self._row(r)
         except OSError as exc:  # a full disk: the error names no file
-            raise OSError(exc.errno, exc.strerror, exc.filename or str(self.path)) from exc
+            if exc.filename is not None or exc.errno is None:
+                raise
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
 
     def _row(self, r: Result) -> None:
         best = r.top[0] if r.top else None
