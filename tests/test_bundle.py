@@ -273,12 +273,12 @@ def test_coral_bundle_of_an_int8_file_with_float_layers_says_so(export_dir, tmp_
     pytest.importorskip("tensorflow")
     from tiny import TINY
 
-    from tledge.devices.edgetpu import float_parts
+    from tledge.devices.edgetpu import float_notes
     from tledge.export.metadata import embed_tflite
     from tledge.metadata import read_tflite_contract
 
     data = (TINY / "model_int8.tflite").read_bytes()
-    assert float_parts(TINY / "model_int8.tflite") is None  # an all-int8 file: nothing to say
+    assert float_notes(TINY / "model_int8.tflite") == []  # an all-int8 file: nothing to say
     c = read_tflite_contract(data)
     (export_dir / "model_int8.tflite").write_bytes(
         embed_tflite(data, c.replace(extra={**c.extra, "float_layers": ["conv1", "conv_dw_1"]})))

@@ -279,8 +279,7 @@ class Contract:
         if self.fit is Fit.CROP:
             scale = max(H / (h * self.crop_fraction), W / (w * self.crop_fraction))
             nh, nw = max(H, round(h * scale)), max(W, round(w * scale))
-            # a 1x20000 strip: resize only the window kept (cv2.remap, warp-linear's, takes no side of 32767+)
-            if nh * nw > _HUGE or (self.resize is Resize.WARP_LINEAR and max(nh, nw) >= _SIDE_LIMIT):
+            if nh * nw > _HUGE or (self.resize is Resize.WARP_LINEAR and max(nh, nw) >= _SIDE_LIMIT):  # 1x20000
                 sh, sw = min(h, max(1, round(H / scale))), min(w, max(1, round(W / scale)))
                 y0, x0 = (h - sh) // 2, (w - sw) // 2
                 return self.resize_to(np.ascontiguousarray(rgb[y0:y0 + sh, x0:x0 + sw]), W, H)

@@ -288,9 +288,9 @@ def match_labels(folders: list[str], labels: tuple[str, ...], *, where: Path | s
     if ambiguous:  # the later class used to win: crane photos scored as the machine
         key = label_key(ambiguous[0], drop_index=True)
         idx = [i for i, n in enumerate(labels) if label_key(n, drop_index=True) == key][:3]
+        named = " or ".join(f"{i}_{key}".replace(" ", "_") for i in idx[:2])
         raise DataError(f"class folder(s) {_few(ambiguous)}{_in(where)} name more than one of the model's labels "
-                        f"(classes {', '.join(map(str, idx))}): put the class index in front of the name "
-                        f"({' or '.join(f'{i}_{key.replace(chr(32), chr(95))}' for i in idx[:2])})")
+                        f"(classes {', '.join(map(str, idx))}): put the class index in front of the name ({named})")
     if missing:
         raise DataError(f"class folder(s) {_few(missing)}{_in(where)} match none of the model's {len(labels)} "
                         f"labels ({_few(list(labels))}){_hint(missing, labels)}")

@@ -60,15 +60,12 @@ def _cpu_fallback(names: list[str], profile: Profile, primary: str) -> str | Non
 
 def _maybe_compile(export_dir: Path, names: list[str], opts: Options, work: Path, notes: list[str]) -> Path | None:
     """For an Edge TPU profile without a compiled file: compile the (vouched) int8 file, or note how to."""
-    from tledge.devices.edgetpu import edgetpu_compile, float_parts, not_compiled_from
+    from tledge.devices.edgetpu import edgetpu_compile, float_notes, not_compiled_from
 
     src = export_dir / "model_int8.tflite"
     if not opts.compile_edgetpu or opts.model_file != src.name or src.name not in names:
         return None
-    kept = float_parts(src)
-    if kept:
-        notes.append(f"{src.name} keeps {kept} float: on the Edge TPU only the ops before the first float one run "
-                     "there, the rest on the host CPU (tledge export --device coral-usb keeps every op int8)")
+    notes += float_notes(src)
     manual = export_dir / "model_int8_edgetpu.tflite"  # compiled by hand, as the docs and the note say
     if manual.is_file() and manual.stat().st_mtime >= src.stat().st_mtime:
         import shutil

@@ -203,20 +203,20 @@ def not_compiled_from(compiled: Path, src: Path) -> str | None:
     return None
 
 
-def float_parts(src: Path) -> str | None:
+def float_notes(src: Path) -> list[str]:
     """What the int8 file `src` keeps float, from its contract (the repair's float layers, the ops kept float for
-    CPU delegates), or None. edgetpu_compiler maps the ops up to the first float one: a coral bundle of a CPU
+    CPU delegates), as a note. edgetpu_compiler maps the ops up to the first float one: a coral bundle of a CPU
     export shipped a file with a float stem of 6 convolutions, so nearly all of it ran on the host CPU, unsaid."""
     from tledge.metadata import read_tflite_contract
 
     try:
         contract = read_tflite_contract(src)
     except Exception:  # noqa: BLE001 - a note only; the file was vouched for by its manifest
-        return None
+        return []
     extra = contract.extra if contract is not None else {}
-    parts = []
-    if extra.get("float_layers"):
-        parts.append(f"{len(extra['float_layers'])} float layers (int8 repair)")
+    parts = [f"{len(extra['float_layers'])} float layers (int8 repair)"] if extra.get("float_layers") else []
     if extra.get("cpu_float_ops"):
         parts.append(", ".join(f"{n} {op}" for op, n in sorted(extra["cpu_float_ops"].items())) + " ops")
-    return " and ".join(parts) or None
+    said = (f"{src.name} keeps {' and '.join(parts)} float: on the Edge TPU only the ops before the first float one "
+            "run there, the rest on the host CPU (tledge export --device coral-usb keeps every op int8)")
+    return [said] if parts else []
