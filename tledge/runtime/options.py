@@ -76,8 +76,7 @@ def add_model_options(p, *, foreign: bool = True) -> None:
     g.add_argument("--delegate", action="append", default=[], metavar="LIB",
                    help="TFLite delegate library to load (e.g. libedgetpu.so.1); repeatable")
     if not foreign:  # the input's geometry still: a dynamic-size file could not be measured ("pass --input-size")
-        p.add_argument_group("files made elsewhere").add_argument(
-            "--input-size", help="HxW, for models with a dynamic input size")
+        _add_input_size(p.add_argument_group("files made elsewhere"))
         return
     f = p.add_argument_group("files made elsewhere (no tledge metadata)")
     f.add_argument("--labels", help="labels file: one per line (a leading 'background' line is kept), "
@@ -92,8 +91,12 @@ def add_model_options(p, *, foreign: bool = True) -> None:
                    help="resize the short side to size/FRACTION then centre-crop (e.g. 0.875)")
     f.add_argument("--fit", choices=("stretch", "crop", "letterbox"), help="how the image fits the input")
     f.add_argument("--color", choices=("rgb", "bgr"), help="channel order the model wants (default rgb)")
-    f.add_argument("--input-size", help="HxW, for models with a dynamic input size")
+    _add_input_size(f)
     f.add_argument("--logits", action="store_true", help="the model outputs logits: softmax them for scores")
+
+
+def _add_input_size(group) -> None:
+    group.add_argument("--input-size", help="HxW, for models with a dynamic input size")
 
 
 def load_kwargs(args) -> dict:
