@@ -55,7 +55,8 @@ def add_arguments(p) -> None:
                         "delegate, no float fallback (for NPU delegates that run int8 ops only, e.g. NNAPI, "
                         "Ethos-U, i.MX VX; --device coral-usb implies it)")
     p.add_argument("--explain", action="store_true",
-                   help="per-layer int8 error table in parity.md (always there when int8 fails)")
+                   help="per-layer int8 error table in parity.md (always there when an int8 file still "
+                        "fails after the repairs; with --no-repair only with --explain)")
     p.add_argument("--force", action="store_true",
                    help="--preprocess auto: export even when the best mode scores near chance")
     p.add_argument("--unsafe", action="store_true", help="allow code inside the model file (Lambda layers)")
