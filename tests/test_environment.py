@@ -91,3 +91,19 @@ def test_importing_tledge_io_reads_the_umask_without_setting_it():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0 and out.stdout.split() == ["[]", "0o27"], (out.stdout, out.stderr[-2000:])
 
+
+
+def test_every_module_compiles_with_warnings_as_errors():
+    """`python -W error -m tledge` (or a test run with -W error) failed on an invalid escape sequence in a
+    docstring (outputs.py: SyntaxError under -W error, a DeprecationWarning otherwise)."""
+    import warnings
+
+    bad = []
+    for path in sorted((REPO / "tledge").rglob("*.py")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            try:
+                compile(path.read_text(encoding="utf-8"), str(path), "exec")
+            except (SyntaxError, SyntaxWarning, DeprecationWarning) as exc:
+                bad.append(f"{path.relative_to(REPO)}: {exc}")
+    assert bad == []

@@ -147,3 +147,21 @@ def test_val_folders_match_the_model_s_labels_as_parity_matches_them(tmp_path):
     (tmp_path / "val" / "wasps" / "a.png").write_bytes(b"png")
     with pytest.raises(TledgeError, match="class folder.s. 'wasps' in --val .* match none of the model's 2 labels"):
         export_labels(tmp_path / "run" / "model.keras", None, {"--val": str(tmp_path / "val")}, notes.append)
+
+
+def test_a_labels_file_beside_the_model_is_not_called_the_labels_flag(plain_model, tmp_path):
+    """The CLI passes a labels.txt found beside the model on as --labels; parity.md said "labels from --labels
+    m/labels.txt" where the user had passed no flag."""
+    from tledge.export.contracting import export_contract
+    from tledge.export.pipeline import ExportConfig
+
+    d = tmp_path / "m"
+    d.mkdir()
+    shutil.copy(plain_model, d / "model.keras")
+    (d / "labels.txt").write_text("\n".join(LABELS) + "\n")
+    (tmp_path / "mine.txt").write_text("\n".join(LABELS) + "\n")
+    for given, said in ((d / "labels.txt", f"labels from the labels.txt beside the model ({d / 'labels.txt'})"),
+                        (tmp_path / "mine.txt", f"labels from --labels {tmp_path / 'mine.txt'}")):
+        lm = loader.load_model(d / "model.keras")
+        export_contract(ExportConfig(labels=str(given), preprocess="tf"), lm, LABELS)
+        assert said in lm.contract_source

@@ -2,9 +2,10 @@
 `0<TAB>name`)."""
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
-from tledge.errors import ContractError
+from tledge.errors import ContractError, DataError
 
 
 def read_labels(path: str | Path) -> tuple[str, ...]:
@@ -28,7 +29,35 @@ def read_labels(path: str | Path) -> tuple[str, ...]:
                             "name it, or delete the line if it is not a class")
     lines = lines[filled[0]:filled[-1] + 1]
     parts = [ln.split(None, 1) for ln in lines]  # `0 name` and `0<TAB>name` (a tab kept the index in every label)
+    # numbered 0, 1, 2, ... as Teachable Machine and Coral number them: classes named `1 star`, `2 stars` (a
+    # tledge labels.txt) lost their numbers when any run of numbers was taken for indices
     if all(len(pp) == 2 and pp[0].isdigit() for pp in parts) and \
-            [int(pp[0]) for pp in parts] == list(range(int(parts[0][0]), int(parts[0][0]) + len(parts))):
+            [int(pp[0]) for pp in parts] == list(range(len(parts))):
         return tuple(pp[1].strip() for pp in parts)
     return tuple(lines)
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a class name, or None. Every exported file carries the labels as lines of UTF-8 text
+    (labels.txt, the TFLite metadata's label file MediaPipe reads): a line break inside a name gave MediaPipe more
+    labels than outputs (it refused the file), a carriage return or an escape code reached terminals, and white
+    space at either end is stripped when a labels file is read back (`ant ` became a second `ant`)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not UTF-8 (another system's encoding, e.g. an old zip)"
+    bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    if bad is not None:
+        return f"a control character or line break (U+{ord(bad):04X})"
+    if name != name.strip():
+        return "white space at the start or end"
+    return None
+
+
+def check_names(names, *, where: str) -> None:
+    """DataError naming every class name `name_problem` refuses, in one line."""
+    bad = [(n, why) for n, why in ((n, name_problem(n)) for n in names) if why]
+    if bad:
+        shown = "; ".join(f"{why}: {ascii(n)}" for n, why in bad[:4]) + (f"; ... ({len(bad)} names)" if len(bad) > 4
+                                                                       else "")
+        raise DataError(f"class folder name(s) in {where} cannot be labels: {shown}; rename them")

@@ -10,11 +10,22 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tledge.contract import Contract
-from tledge.labels import read_labels
+from tledge.labels import check_names, read_labels
 from tledge.errors import TledgeError, TledgeWarning
 
 if TYPE_CHECKING:
     from tledge.export.pipeline import ExportConfig
+
+
+def _folder_of(model: Path) -> Path:
+    return model if model.is_dir() else model.parent
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
 
 
 def _say_duplicates(path, labels: tuple[str, ...]) -> None:
@@ -24,8 +35,13 @@ def _say_duplicates(path, labels: tuple[str, ...]) -> None:
 
     from tledge.errors import TledgeWarning
 
+    try:  # read_labels drops blank lines before the labels: count lines as the file has them
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+        first = next((k for k, ln in enumerate(lines) if ln.strip()), 0)
+    except (OSError, UnicodeDecodeError):
+        first = 0
     seen: dict[str, int] = {}
-    for i, lab in enumerate(labels, 1):
+    for i, lab in enumerate(labels, first + 1):
         if lab in seen:
             warnings.warn(f"labels file {path}: {lab!r} names two classes (lines {seen[lab]} and {i}): their "
                           "predictions carry one name; --val folders of that name cannot be mapped", TledgeWarning,
@@ -50,6 +66,7 @@ def labels_for(cfg: ExportConfig, lm) -> tuple[str, ...]:
             names = [n for n, files in class_folders(folder) if files]
             # a subset of the classes (725 folders of a 1000-class set) names nothing: no labels then
             if len(names) > 1 and lm.num_outputs in (None, len(names)):
+                check_names(names, where=folder)  # as tledge train refuses them
                 return tuple(names)
     return ()
 
@@ -107,8 +124,9 @@ def export_contract(cfg: ExportConfig, lm, labels) -> tuple[Contract, str | None
         from tledge.export.autoprep import choose_preprocessing
 
         preprocess, preprocess_from = choose_preprocessing(lm, cfg, labels), "--preprocess auto"
-    if cfg.labels:
-        labels_from = f"--labels {cfg.labels}"
+    if cfg.labels:  # the CLI passes a labels.txt found beside the model on as --labels: not the user's flag
+        beside = Path(cfg.labels).name == "labels.txt" and _same_file(Path(cfg.labels).parent, _folder_of(lm.path))
+        labels_from = f"the labels.txt beside the model ({cfg.labels})" if beside else f"--labels {cfg.labels}"
     elif lm.contract is not None and labels and labels == lm.contract.labels:
         labels, labels_from = (), ""  # the sidecar's: resolve_contract checks and names it
     else:

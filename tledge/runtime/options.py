@@ -80,7 +80,7 @@ def add_model_options(p, *, foreign: bool = True) -> None:
         return
     f = p.add_argument_group("files made elsewhere (no tledge metadata)")
     f.add_argument("--labels", help="labels file: one per line (a leading 'background' line is kept), "
-                                    "or Teachable Machine '0 name' lines")
+                                    "or Teachable Machine '0 name' lines numbered from 0")
     f.add_argument("--preprocess", help="normalisation: tf, caffe, torch, scale, raw, or a backbone name "
                                         "(mobilenet_v2, resnet50, ...)")
     f.add_argument("--mean", help="per-channel mean in 0..255 pixel units, e.g. 123.7,116.3,103.5")

@@ -39,11 +39,16 @@ def human_line(r: Result) -> str:
     return f"{src}: {preds}  [{r.latency_ms:.2f} ms]"
 
 
+_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
 def json_line(r: Result) -> str:
     text = json.dumps(r.to_dict(), ensure_ascii=False)  # JSON escapes control characters itself
     try:
         text.encode("utf-8")
-        return text
+        # but not U+0085, U+2028, U+2029 (a label of a file made elsewhere may hold them): str.splitlines() and
+        # other line readers split one JSON line there
+        return text.translate(_LINE_BREAKS)
     except UnicodeEncodeError:  # a lone surrogate: JSON's own \udce9 escape, which JSON readers take back
         return json.dumps(r.to_dict(), ensure_ascii=True)
 
@@ -112,7 +117,7 @@ def annotate(rgb: np.ndarray, r: Result) -> np.ndarray:
 
 
 def _escaped(label: str) -> str:
-    """A label in the CSV's `top` column (label:score;label:score): `\`, `;` and `:` escaped with `\`. A label
+    r"""A label in the CSV's `top` column (label:score;label:score): `\`, `;` and `:` escaped with `\`. A label
     "tiger shark; Galeocerdo: cuvieri" split the column in the wrong places."""
     return label.replace("\\", "\\\\").replace(";", "\\;").replace(":", "\\:")
 

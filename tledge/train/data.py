@@ -15,6 +15,7 @@ import numpy as np
 
 from tledge import images
 from tledge.errors import DataError, ImageError, TledgeWarning
+from tledge.labels import check_names
 
 VAL_NAMES = ("val", "validation", "valid")
 DEFAULT_VAL_SPLIT = 0.2
@@ -70,10 +71,7 @@ def scan_classes(root: Path, *, what: str) -> dict[str, list[Path]]:
     if loose:
         warnings.warn(f"ignoring {len(loose)} file(s) directly in {root} (not in a class folder): "
                       f"{_listing(loose)}", TledgeWarning, stacklevel=3)
-    undecodable = [d.name.encode("utf-8", "backslashreplace").decode() for d in dirs if not _utf8(d.name)]
-    if undecodable:  # the labels go into labels.txt and every exported file as UTF-8
-        raise DataError(f"class folder name(s) in {root} are not UTF-8 (another system's encoding, e.g. an old "
-                        f"zip): {', '.join(undecodable)}; rename them")
+    check_names([d.name for d in dirs], where=str(root))  # they go into labels.txt and every exported file
     classes: dict[str, list[Path]] = {}
     others = []
     for d in dirs:
@@ -83,14 +81,6 @@ def scan_classes(root: Path, *, what: str) -> dict[str, list[Path]]:
         warnings.warn(f"ignoring {len(others)} non-image file(s) in {root}: {_listing(others)}",
                       TledgeWarning, stacklevel=3)
     return classes
-
-
-def _utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
 
 
 def _split_layout(root: Path) -> tuple[Path, Path | None] | None:

@@ -1,0 +1,103 @@
+"""Class names travel from folder names into labels.txt, the TFLite metadata's label file (MediaPipe), ONNX metadata,
+`tledge run`'s CSV / JSON and a labels file read back. Names that cannot make that trip are refused where they
+enter (train, export's --val folders), and what tledge writes is read back as written."""
+from __future__ import annotations
+
+import json
+import struct
+import warnings
+import zlib
+from pathlib import Path
+
+import pytest
+
+from tledge.cli import main
+from tledge.errors import DataError, TledgeWarning
+from tledge.labels import name_problem, read_labels
+
+
+def _png(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = b"".join(b"\x00" + bytes(3 * 8) for _ in range(8))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def _dataset(root: Path, names) -> Path:
+    for name in names:
+        for i in range(2):
+            _png(root / name / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("name", ["line\nbreak", "ants\r", "nel\x85y", "sep\u2028x", "par\u2029x", "ff\x0cz",
+                                  "esc\x1b[2K\rFAKE", "del\x7f", " lead", "ant ", "tab\t", "abeill\udce9"])
+def test_names_that_cannot_be_a_line_of_a_labels_file_are_named(name):
+    assert name_problem(name) is not None
+
+
+@pytest.mark.parametrize("name", ["ants", "1 star", "a;b,c", "café", "cafe\u0301", "\U0001f41d", "نحل", "-dash",
+                                  "x" * 200, "two  spaces"])
+def test_ordinary_awkward_names_are_fine(name):
+    assert name_problem(name) is None
+
+
+def test_train_refuses_a_class_folder_with_a_line_break_before_loading_anything(tmp_path, capsys):
+    """Folders made by a CRLF shell script (`ants\\r`) trained, and MediaPipe then named the classes differently
+    from tledge run; `line\\nbreak` gave the TFLite file more labels than outputs (MediaPipe refused it)."""
+    data = _dataset(tmp_path / "d", ["ants\r", "bees\r", "line\nbreak"])
+    assert main(["train", str(data), "--out", str(tmp_path / "run"), "--size", "32"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot be labels" in err and "'ants\\r'" in err and "U+000D" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_export_refuses_val_folders_that_would_become_bad_labels(tmp_path, capsys):
+    """A model without labels takes its --val folder names; the check tledge train makes applies to them too."""
+    from tledge.cli.validate import export_labels
+
+    data = _dataset(tmp_path / "v", ["ok", "bad\x1b[2K"])
+    with pytest.raises(DataError, match=r"cannot be labels: a control character .*U\+001B"):
+        export_labels(tmp_path / "m.keras", None, {"--val": str(data)}, note=lambda s: None)
+    notes = []
+    ok = _dataset(tmp_path / "w", ["ants", "bees"])
+    assert export_labels(tmp_path / "m.keras", None, {"--val": str(ok)}, note=notes.append) is None and notes
+
+
+def test_numbered_class_names_are_read_back_as_written(tmp_path):
+    """Classes `1 star`, `2 stars`, `3 stars` came back from their own labels.txt as `star`, `stars`, `stars`:
+    only 0, 1, 2, ... (Teachable Machine, Coral) is an index column."""
+    p = tmp_path / "labels.txt"
+    p.write_text("1 star\n2 stars\n3 stars\n", encoding="utf-8")
+    assert read_labels(p) == ("1 star", "2 stars", "3 stars")
+    p.write_text("0 cat\n1 dog\n", encoding="utf-8")
+    assert read_labels(p) == ("cat", "dog")
+
+
+def test_duplicate_labels_are_named_by_the_file_s_own_line_numbers(tmp_path):
+    from tledge.export.contracting import labels_for
+    from tledge.export.pipeline import ExportConfig
+
+    p = tmp_path / "dup.txt"
+    p.write_text("\n\nZebra\nZebra\n", encoding="utf-8")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert labels_for(ExportConfig(labels=str(p)), None) == ("Zebra", "Zebra")
+    said = [str(w.message) for w in seen if issubclass(w.category, TledgeWarning)]
+    assert len(said) == 1 and "lines 3 and 4" in said[0]
+
+
+def test_json_lines_stay_one_line_whatever_a_label_holds():
+    """U+2028 / U+0085 in a label (a file made elsewhere) split one JSON line in two for str.splitlines()."""
+    from tledge.runtime.outputs import json_line
+    from tledge.runtime import Prediction
+    from tledge.runtime.pipeline import Result
+
+    label = "sep\u2028x nel\x85y par\u2029z"
+    r = Result(source="a.jpg", index=0, status="ok", top=[Prediction(0, label, 0.5)], latency_ms=1.0)
+    text = json_line(r)
+    assert len(text.splitlines()) == 1 and json.loads(text)["top"][0]["label"] == label
