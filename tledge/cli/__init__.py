@@ -102,6 +102,9 @@ class _Parser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", _HelpFormatter)
+        # no abbreviations: `--fp` silently meant --fp16, and an option added later would change what a script's
+        # abbreviation means
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):
@@ -138,6 +141,37 @@ def _chosen(argv: list[str], available: dict[str, str]) -> str | None:
     return None
 
 
+def _empty_argument(argv: list[str]) -> str | None:
+    """What is empty on the command line (`--out "$UNSET"`, `--csv=`), or None. No option or file of tledge takes an
+    empty value: `--out ""` trained into the current folder (Path("") is "."), `--csv ""` wrote no CSV, and
+    `--formats ""` meant every format."""
+    for i, a in enumerate(argv):
+        if a.startswith("--") and "=" in a and not a.split("=", 1)[1].strip():
+            return f"{a.split('=', 1)[0]} is empty (an unset shell variable?): pass a value or leave the option out"
+        if not a.strip():
+            before = argv[i - 1] if i and argv[i - 1].startswith("-") and argv[i - 1] != "--" else None
+            return (f"{before} is empty (an unset shell variable?): pass a value or leave the option out" if before
+                    else "an empty argument (an unset shell variable?): pass a path")
+    return None
+
+
+_REPEATABLE = {"--delegate", "-v", "--verbose", "-q", "--quiet"}
+
+
+def _repeated_option(argv: list[str]) -> str | None:
+    """An option given twice (`--source a.jpg --source b.jpg` classified b.jpg only), or None."""
+    seen: set[str] = set()
+    for a in argv:
+        if a == "--":
+            break
+        name = a.split("=", 1)[0]
+        if name.startswith("--") and name not in _REPEATABLE:
+            if name in seen:
+                return f"{name} is given twice (the last one would win): pass it once"
+            seen.add(name)
+    return None
+
+
 def _version() -> str:
     from tledge import __version__
 
@@ -159,14 +193,22 @@ def main(argv: list[str] | None = None) -> int:
         args, extra = parser.parse_known_args(argv)
     except SystemExit as exc:  # argparse: 0 for --help, 2 for usage errors
         return int(exc.code or 0)
+    empty = _empty_argument(argv) or _repeated_option(argv)
+    if empty:
+        prog = f"tledge {args.command}" if args.command else "tledge"
+        print(f"{prog}: error: {empty} (see {prog} --help)", file=sys.stderr)
+        return 2
     if extra:  # files after an option (`tledge parity m.keras --images val/ export/`): the verb's file list
         more = getattr(importlib.import_module(f"tledge.cli.{args.command}"), "MORE_FILES", None) \
             if args.command else None
-        if more is None or any(e.startswith("-") for e in extra):
+        after_dashes = extra[0] == "--"  # `tledge bench a.tflite --runs 9 -- b.onnx`: files after `--`
+        extra = extra[1:] if after_dashes else extra
+        if extra and (more is None or (not after_dashes and any(e.startswith("-") for e in extra))):
             prog = f"tledge {args.command}" if args.command else "tledge"
             print(f"{prog}: error: unrecognized arguments: {' '.join(extra)} (see {prog} --help)", file=sys.stderr)
             return 2
-        setattr(args, more, [*(getattr(args, more) or []), *extra])
+        if extra:
+            setattr(args, more, [*(getattr(args, more) or []), *extra])
     if not args.command:  # the commands on stdout, what went wrong on stderr (one line)
         parser.print_help()
         print("tledge: error: no command given (the commands are listed above)", file=sys.stderr)

@@ -49,6 +49,7 @@ def run(args) -> int:
     for flag in ("n_train", "n_val", "n_test"):
         V.in_range(getattr(args, flag), "--" + flag.replace("_", "-"), 1, 100_000)
     V.in_range(args.epochs, "--epochs", 1, 10_000)
+    V.in_range(args.seed, "--seed", 0, 2**32 - 1)  # numpy's and TensorFlow's range (a traceback otherwise)
     res = run_demo(args.out, weights=args.weights, size=args.size, n_train=args.n_train, n_val=args.n_val,
                    n_test=args.n_test, epochs=args.epochs, seed=args.seed, verbose=int(bool(args.verbose)),
                    say=_stderr if args.json else print)  # -v: a line per epoch; --json: stdout is the JSON

@@ -130,6 +130,8 @@ def _validate(args, notes: list[str]):
             raise TledgeError(f"--formats: unknown format {f!r}; known: {', '.join(kinds)}")
     wrong = [f for f in ("fp16", "dynamic") if getattr(args, f)]
     listed = {s.strip() for s in (args.formats or "").split(",") if s.strip()}
+    if args.formats is not None and not listed:  # `--formats ,` meant every format
+        raise TledgeError(f"--formats {args.formats!r} names no format: pass tflite, onnx or both")
     if wrong and listed and "tflite" not in listed:
         raise TledgeError(f"{' and '.join('--' + f for f in wrong)}: TFLite precisions, and --formats "
                           f"{args.formats} writes no TFLite file (ONNX files are fp32 and int8)")
@@ -150,9 +152,17 @@ def run(args) -> int:
     out = _validate(args, notes)
     input_size = V.size(args.input_size)
     thresholds = load_thresholds(args.thresholds) if args.thresholds else {}
+    _one_agreement(args, thresholds)
     formats, precisions, device = _plan(args)
-    if args.int8_only and "int8" not in precisions:
-        raise TledgeError("--int8-only is about int8 files: add --int8")
+    for flag, given, about in (("--int8-only", args.int8_only, {"int8"}), ("--fidelity", args.fidelity is not None,
+                               {"int8"}), ("--explain", args.explain, {"int8"}),
+                               ("--repair-time", args.repair_time is not None, {"int8", "dynamic"})):
+        if given and not about & set(precisions):  # accepted and ignored: the user believed it did something
+            raise TledgeError(f"{flag} is about {' and '.join(sorted(about))} files, and this export writes none: "
+                              "add --int8")
+    if args.int8_only and "onnx" in formats:  # it was applied to the TFLite writer only, without a word
+        raise TledgeError("--int8-only is for TFLite int8 delegates (NPUs, the Edge TPU); an int8 ONNX file keeps "
+                          "float ops at its input and output: add --formats tflite")
     _check_onnx_options(args, formats)
     labels = _labels(args, notes)
     for note in notes:  # everything checked: what export chose for the user
@@ -172,9 +182,37 @@ def run(args) -> int:
         pairs=device.pairs if device is not None and not (args.int8 or args.fp16 or args.dynamic) else (),
         compile_edgetpu=bool(device is not None and device.compile_edgetpu),
         resize=args.resize, fit=args.fit, crop=args.crop, onnx_layout=args.layout, onnx_input=args.onnx_input)
+    _say_unmatched(args.thresholds, thresholds, cfg)
     result = export(args.model, cfg)  # staging folder, lock and manifest: tledge.export.unit
     _print(result, args)
     return 0 if result.passed else 1
+
+
+def _one_agreement(args, thresholds: dict) -> None:
+    """--fidelity replaced the agreement a --thresholds file set for int8 files, without a word."""
+    from tledge.artifacts import Thresholds
+
+    given, default = thresholds.get("int8"), Thresholds.for_precision("int8")
+    if args.fidelity is not None and given is not None and (given.min_agreement, given.min_topk_agreement) != (
+            default.min_agreement, default.min_topk_agreement):
+        raise TledgeError(f"--fidelity and --thresholds {args.thresholds} ([int8]) both set the int8 agreement: "
+                          "drop one")
+
+
+def _say_unmatched(path, thresholds: dict, cfg) -> None:
+    """A misspelt file name in --thresholds left that file on its precision's defaults, silently (parity says it)."""
+    from tledge.artifacts import BY_FILENAME
+    from tledge.export.pipeline import plan
+
+    names = {f.filename for f in plan(cfg)}
+    if cfg.compile_edgetpu:
+        names |= {n for n in BY_FILENAME if "edgetpu" in n}
+    unmatched = sorted(k for k in thresholds if "." in k and k not in names)
+    if unmatched:
+        from tledge import log
+
+        log.warn(f"--thresholds {path}: {', '.join(unmatched)} match no file this export writes "
+                 f"({', '.join(sorted(names))})")
 
 
 def _check_onnx_options(args, formats) -> None:

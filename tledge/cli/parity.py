@@ -49,7 +49,7 @@ def _validate(args) -> None:
                                   ("--images", args.images)) if not v]
         if missing:
             raise TledgeError(f"{', '.join(missing)} required (or --golden EXPORT_OR_BUNDLE)")
-        if args.device or args.threads:
+        if args.device or args.threads is not None:
             raise TledgeError("--device and --threads go with --golden")
         V.keras_model(args.reference, "REFERENCE")
         V.edge_models(args.exported, "EXPORTED")

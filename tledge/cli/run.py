@@ -98,6 +98,9 @@ def _validate(args) -> None:
         else:
             V.output_dir(args.save, "--save")
     _keep_inputs(args)
+    for flag, out in (("--csv", args.csv), ("--save", args.save)):  # nor the model, its export folder, --labels
+        if out:
+            V.not_an_input(out, flag, [p for p in (args.model, getattr(args, "labels", None)) if p])
 
 
 def _keep_inputs(args) -> None:

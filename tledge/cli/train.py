@@ -46,10 +46,11 @@ def add_arguments(p) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--out", default=str(d.out), help=f"output folder (default {d.out})")
     p.add_argument("--patience", type=int, default=d.patience,
-                   help=f"early stopping: epochs without a better val accuracy (default {d.patience}; 0 = off)")
+                   help=f"early stopping: epochs without a better val accuracy (default {d.patience}; 0 = off, "
+                        "and with it the --fine-tune-max-drop guard: every epoch runs)")
     p.add_argument("--fine-tune-max-drop", type=float, default=d.fine_tune_max_drop,
                    help="stop fine-tuning when val accuracy falls this much under the best head epoch "
-                        f"(default {d.fine_tune_max_drop}; at least one val image)")
+                        f"(default {d.fine_tune_max_drop}; at least one val image; off with --patience 0)")
     p.add_argument("--dropout", type=float, default=d.dropout, help=f"before the classifier (default {d.dropout})")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--precision", choices=("auto", "float32", "mixed"), default="auto",

@@ -329,14 +329,22 @@ def open_backend(path: Path, threads: int | None = None, **options):
 
 # ---- an export folder -> the file to open ------------------------------------------------------------
 
-def model_in_folder(folder: Path, device: str | None = None) -> tuple[Path, list[str]]:
+def model_in_folder(folder: Path, device: str | None = None, suffix: str | None = None,
+                    why: str = "") -> tuple[Path, list[str]]:
     """The file of an export folder to run: among the files its manifest vouches for (listed, passed
     parity, sha256 unchanged), the device profile's first preference, else tledge.artifacts'
-    DEFAULT_ORDER. Returns (path, notes about files left out)."""
+    DEFAULT_ORDER. `suffix`: only files of that kind (`why`, the option that asks for it: --providers are
+    onnxruntime's, --delegate is TFLite's; the other kind's file ran with the option ignored). Returns (path, notes
+    about files left out)."""
     from tledge import artifacts
 
     _, ok, notes = artifacts.vouched(folder, "tledge run")
     names = [e.file for e in ok]
+    if names and suffix:
+        names = [n for n in names if n.lower().endswith(suffix)]
+        if not names:
+            raise ModelLoadError(f"{folder}: {why} applies to {suffix} files, and no {suffix} file there passed "
+                                 f"parity and still matches {artifacts.MANIFEST}")
     if not names:
         raise ModelLoadError(f"{folder}: no model file there passed parity and still matches "
                              f"{artifacts.MANIFEST}" + (f" ({'; '.join(notes)})" if notes else ""))

@@ -284,6 +284,14 @@ def for_kind(contract: Contract, kind: str) -> Contract:
         raise ContractError(f"tledge.json: extra.onnx {conv!r} is not a known layout / input dtype") from None
 
 
+def _kind_asked(providers, delegates) -> tuple[str | None, str]:
+    """The file kind explicit providers (onnxruntime) or delegates (TFLite) ask of an export folder, and why."""
+    if providers and delegates:
+        raise ArgumentError("providers are onnxruntime's and delegates TFLite's: an export folder runs one file, "
+                            "pass one of them (or the file itself)")
+    return (".onnx", "--providers") if providers else (".tflite", "--delegate") if delegates else (None, "")
+
+
 def load(path: str | Path, *, threads: int | None = None, contract: Contract | None = None,
          providers: Sequence | None = None, delegates: Sequence = (), device: str | None = None,
          **contract_options: Any) -> EdgeModel:
@@ -316,7 +324,8 @@ def load(path: str | Path, *, threads: int | None = None, contract: Contract | N
         raise ArgumentError(f"labels takes a labels file or a list of names, got {type(labels).__name__}")
     p = Path(path)
     # an export folder: the best file its manifest vouches for; a file: refused if changed since export
-    p, trust = model_in_folder(p, device) if p.is_dir() else (p, check_file(p) if p.is_file() else [])
+    p, trust = model_in_folder(p, device, *_kind_asked(providers, delegates)) if p.is_dir() else \
+        (p, check_file(p) if p.is_file() else [])
     if not p.is_file():
         raise ModelLoadError(f"model file not found: {p}" if not p.is_dir() else
                              f"{p} is a folder: pass a .tflite or .onnx file")

@@ -1,0 +1,56 @@
+"""Options accepted and then ignored, or applied to other files than the user meant: each is applied as asked or
+refused in one line (the option catalogue of refusals is in test_bad_inputs.py)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from tiny import TINY
+
+from tledge.cli import main
+from tledge.errors import TledgeError
+
+
+def test_providers_choose_the_onnx_file_of_an_export_folder():
+    """`tledge run EXPORT --providers ...` ran the folder's int8 TFLite file with the providers ignored."""
+    from tledge.runtime import load
+
+    assert load(TINY).path.suffix == ".tflite"  # the folder's default choice
+    m = load(TINY, providers=["CPUExecutionProvider"])
+    assert m.path.suffix == ".onnx" and m.provider == "CPUExecutionProvider"
+    with pytest.raises(TledgeError, match="pass one of them"):
+        load(TINY, providers=["CPUExecutionProvider"], delegates=["libedgetpu.so.1"])
+
+
+def test_parity_refuses_preprocess_that_no_file_would_use(tmp_path):
+    """Every exported file carries its contract: --preprocess caffe was silently ignored (run and info refuse it)."""
+    from tledge.export.check import parity
+
+    with pytest.raises(TledgeError, match="--preprocess caffe: every exported file carries its contract"):
+        parity(tmp_path / "never-loaded.keras", [TINY / "model_fp32.tflite"], TINY / "images", preprocess="caffe")
+
+
+def test_export_says_thresholds_for_files_it_does_not_write(tmp_path, capsys, monkeypatch):
+    """A misspelt file name in export's --thresholds left that file on its defaults without a word (parity says it)."""
+    import cv2
+    import numpy as np
+
+    from tledge.export import pipeline
+
+    class Stop(Exception):
+        pass
+
+    def stop(*a, **k):
+        raise Stop
+
+    monkeypatch.setattr(pipeline, "export", stop)  # what is said before the export starts is what is tested
+    (tmp_path / "m.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))
+    for c in ("a", "b"):
+        (tmp_path / "v" / c).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "v" / c / "0.png"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "t.json").write_text(json.dumps({"modl_fp32.tflite": {"max_abs": 0}, "model_fp32.onnx": {}}))
+    with pytest.raises(Stop):
+        main(["export", str(tmp_path / "m.h5"), "--val", str(tmp_path / "v"), "--thresholds", str(tmp_path / "t.json"),
+              "--out", str(tmp_path / "e")])
+    err = capsys.readouterr().err
+    assert "modl_fp32.tflite match no file this export writes" in err and "model_fp32.onnx match" not in err, err
