@@ -23,7 +23,8 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
 
-wheel: $(STAMP)
+wheel: $(STAMP)  # build/ first: setuptools reuses it, and a module deleted since would still be in the wheel
+	rm -rf build
 	$(PY) -m pip wheel -q --no-deps -w dist .
 
 .PHONY: install demo test test-slow bench wheel

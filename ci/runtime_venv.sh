@@ -108,6 +108,7 @@ wheel() {  # the wheel as a board installs it (`pip install 'tledge-*.whl[runtim
   local py tmp whl t0 out rc=0
   t0=$(date +%s)
   tmp=$(mktemp -d)
+  rm -rf "$REPO/build"  # setuptools reuses build/: a module deleted since would still be in the wheel
   if ! "$BASE_PY" -m pip wheel -q --no-deps -w "$tmp/dist" "$REPO" >"$tmp/build.log" 2>&1; then
     if ! "$BASE_PY" -m pip index versions setuptools --retries 1 --timeout 30 >/dev/null 2>&1; then
       echo "SKIP: the wheel check: no package registry to build the wheel with (setuptools)"; rm -rf "$tmp"; return 0

@@ -67,8 +67,8 @@ def test_rpi4_bundle_contents(export_dir, tmp_path):
     assert "tensorflow" not in reqs.lower().replace("no tensorflow", "") and "onnxruntime" not in reqs
     run_sh = member_text(out, top + "run.sh")
     assert "MODEL=${MODEL:-model_int8.tflite}" in run_sh
-    assert 'tledge run "$HERE/model/$MODEL" --source "$SOURCE" $DEVICE "$@"' in run_sh
-    assert 'DEVICE="--device rpi4"' in run_sh and "_edgetpu" not in run_sh
+    assert '-c "$TLEDGE" run "$HERE/model/$MODEL" $OWN "$@"' in run_sh
+    assert "DEVICE=rpi4\nTHREADS=\"\"\n" in run_sh and "_edgetpu" not in run_sh
     assert "SOURCE=0" in run_sh
     subprocess.run(["sh", "-n", "-"], input=run_sh, text=True, check=True)
     readme = member_text(out, top + "README.md")
@@ -113,7 +113,7 @@ def test_explicit_format_and_precision_win(export_dir, tmp_path):
     assert "onnxruntime==" in member_text(res.path, "b/requirements.txt")
     res = make_bundle(export_dir, "rpi4", tmp_path / "c.tar.gz", precision="fp32", threads=2)
     assert res.model == "model_fp32.tflite" and res.options.threads == 2
-    assert 'DEVICE="--device rpi4 --threads 2"' in member_text(res.path, "c/run.sh")
+    assert "DEVICE=rpi4\nTHREADS=2\n" in member_text(res.path, "c/run.sh")
 
 
 def test_falls_back_along_the_preference_list(export_dir, tmp_path):
@@ -290,3 +290,8 @@ def test_coral_bundle_of_an_int8_file_with_float_layers_says_so(export_dir, tmp_
     res = make_bundle(export_dir, "coral-usb", tmp_path / "c.tar.gz")
     assert any(n.startswith("model_int8.tflite keeps 2 float layers (int8 repair) float: on the Edge TPU only")
                for n in res.notes), res.notes
+    # the stem repair names a count, not layers (`float_convolutions`): the note was missing for it
+    (export_dir / "model_int8.tflite").write_bytes(embed_tflite(data, c.replace(extra={**c.extra,
+                                                                                   "float_convolutions": 6})))
+    assert float_notes(export_dir / "model_int8.tflite") and float_notes(export_dir / "model_int8.tflite")[0] \
+        .startswith("model_int8.tflite keeps a float stem of 6 convolutions (int8 repair) float: on the Edge TPU")

@@ -94,10 +94,15 @@ def test_bundle_predicts_like_the_export_in_a_clean_venv(export, unpacked, venv_
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tledge.cli.run") is None, reason="tledge run not available")
-def test_run_sh_on_a_folder(unpacked, venv_python):
+def test_run_sh_on_a_folder(unpacked, venv_python, tmp_path):
+    """Run from a folder holding another tledge/ (a checkout in the board's home): `python -m tledge` ran that one,
+    and `./run.sh --check` passed without checking anything."""
+    (tmp_path / "tledge").mkdir()
+    (tmp_path / "tledge" / "__init__.py").write_text("raise SystemExit('NOT THE BUNDLE')\n")
     proc = subprocess.run(["sh", str(unpacked / "run.sh"), str(TINY / "images"), "--json", "--top-k", "2"],
-                          capture_output=True, text=True, timeout=300, cwd=unpacked,
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path,
                           env=_clean_env(PYTHON=str(venv_python)))
+    assert "NOT THE BUNDLE" not in proc.stderr
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
     assert len(rows) == len(IMAGES) and all(r["status"] == "ok" for r in rows)
@@ -107,9 +112,11 @@ def test_run_sh_on_a_folder(unpacked, venv_python):
 @pytest.mark.skipif(importlib.util.find_spec("tledge.cli.run") is None, reason="tledge run not available")
 def test_run_sh_options_without_a_source_are_options(unpacked, venv_python):
     """`./run.sh --json` (SOURCE defaults to camera 0, as run.sh's header says) took --json as the source and
-    failed "argument --source: expected one argument"; here the options come first and a later --source wins."""
+    failed "argument --source: expected one argument"; here the options come first, and the user's --source,
+    --device and --threads replace run.sh's own (tledge refuses an option given twice)."""
     image = IMAGES[0]
-    proc = subprocess.run(["sh", str(unpacked / "run.sh"), "--json", "--top-k", "1", "--source", str(image)],
+    proc = subprocess.run(["sh", str(unpacked / "run.sh"), "--json", "--top-k", "1", "--source", str(image),
+                           "--device", "x86-cpu", "--threads", "1"],  # the user's win over run.sh's own
                           capture_output=True, text=True, timeout=300, cwd=unpacked,
                           env=_clean_env(PYTHON=str(venv_python)))
     assert proc.returncode == 0, proc.stderr[-3000:]

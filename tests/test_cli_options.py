@@ -54,3 +54,15 @@ def test_export_says_thresholds_for_files_it_does_not_write(tmp_path, capsys, mo
               "--out", str(tmp_path / "e")])
     err = capsys.readouterr().err
     assert "modl_fp32.tflite match no file this export writes" in err and "model_fp32.onnx match" not in err, err
+
+
+def test_run_without_opencv_says_so_in_one_line(tmp_path, capsys, monkeypatch):
+    """A --no-deps install without OpenCV (a Jetson venv without the system's): a video source traced back and every
+    image of a folder was "SKIPPED: ModuleNotFoundError"."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` fails as it does where it is not installed
+    for source in (str(TINY / "images"), str(tmp_path / "clip.mp4")):
+        assert main(["run", str(TINY), "--source", source]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and len(err.strip().splitlines()) == 1 and "cv2 is not installed" in err, err

@@ -77,6 +77,12 @@ def _validate(args) -> None:
     from tledge.runtime.sources import VIDEO_SUFFIXES
 
     V.edge_model_or_export(args.model)
+    from tledge._deps import require
+
+    # images and video are read and resized by OpenCV: without it (a --no-deps install on a board whose system
+    # OpenCV is not in the venv) a video traced back and every image was "SKIPPED"
+    require("cv2", purpose="reading and resizing images and video; on Jetson, JetPack's OpenCV in a venv made "
+                           "with --system-site-packages")
     if not str(args.source).strip():  # an unset shell variable: not the current folder
         raise TledgeError("--source is empty: pass an image, folder, glob, video, camera index or URL")
     V.in_range(args.top_k, "--top-k", 1)

@@ -191,6 +191,22 @@ elif [ -x "$HERE/.venv/bin/python" ]; then PY="$HERE/.venv/bin/python"
 else PY=python3; fi
 PYTHONPATH="$HERE/lib${{PYTHONPATH:+:$PYTHONPATH}}"
 export PYTHONPATH
+# tledge from lib/, never from the current folder (`python -m tledge` in a folder holding a tledge/ checkout ran that)
+TLEDGE='import sys; sys.path[:] = [p for p in sys.path if p not in ("", ".")]
+from tledge.cli import main
+sys.exit(main(sys.argv[1:]))'
+given() {{  # whether the user's options ("$@" after $1) give option $1: then run.sh's own value of it is left out
+  o=$1; shift
+  for a in "$@"; do case "$a" in "$o"|"$o"=*) return 0 ;; esac; done
+  return 1
+}}
+own() {{  # run.sh's options for tledge: the device profile and thread count, unless the user gives them
+  OWN=""
+  if [ -n "$DEVICE" ] && ! given --device "$@"; then OWN="--device $DEVICE"; fi
+  if [ -n "$THREADS" ] && ! given --threads "$@"; then OWN="$OWN --threads $THREADS"; fi
+}}
+DEVICE={device}
+THREADS={threads}
 need() {{  # LiteRT, else tflite-runtime (tledge runs on either)
   if ! "$PY" -c "import $1" 2>/dev/null \
       && ! {{ [ "${{1#*ai_edge_litert}}" != "$1" ] && "$PY" -c "import $(echo "$1" | sed 's/ai_edge_litert/tflite_runtime.interpreter/')" 2>/dev/null; }}; then
@@ -217,15 +233,18 @@ bad += [str(f.relative_to(top)) + " (not in the bundle)" for f in sorted((top / 
 if bad:
     sys.exit("run.sh: the bundle is not intact (changed, missing or added since tledge bundle): " + ", ".join(bad[:5]))' "$HERE" || exit 2
   need "numpy, {check_modules}"
-  exec "$PY" -m tledge parity --golden "$HERE" --device {device}{extra} "$@"
+  own "$@"
+  exec "$PY" -c "$TLEDGE" parity --golden "$HERE" $OWN "$@"
 fi
 SOURCE=0  # options without a SOURCE (./run.sh --json) are options: camera 0
 case "${{1:-}}" in -*) ;; *) [ $# -gt 0 ] && {{ [ -n "$1" ] && SOURCE=$1; shift; }} ;; esac
 MODEL=${{MODEL:-{model}}}
 case "$MODEL" in *.onnx) BACKEND=onnxruntime ;; *) BACKEND=ai_edge_litert ;; esac
-DEVICE="--device {device}{extra}"{plain_file_case}
+{plain_file_case}
 need "numpy, cv2, $BACKEND"
-exec "$PY" -m tledge run "$HERE/model/$MODEL" --source "$SOURCE" $DEVICE "$@"
+own "$@"
+if ! given --source "$@"; then set -- --source "$SOURCE" "$@"; fi  # `./run.sh --json --source x.jpg`: x.jpg
+exec "$PY" -c "$TLEDGE" run "$HERE/model/$MODEL" $OWN "$@"
 """
 
 
@@ -237,17 +256,17 @@ def venv_flag_of(profile: Profile) -> str:
 def run_sh(profile: Profile, model: str, threads: int | None = None, models: tuple[str, ...] = ()) -> str:
     """threads: only when chosen explicitly at bundle time (the profile's own count comes with --device).
     models: every model file the bundle ships (their backends must import for `--check`)."""
-    extra = f" --threads {int(threads)}" if threads else ""
     plain = ""
     if any(t.delegates for t in profile.targets):  # a plain file must not ask for the accelerator's delegate
-        plain = f'\ncase "$MODEL" in *_edgetpu.tflite) ;; *) DEVICE="{extra.strip()}" ;; esac'
+        plain = 'case "$MODEL" in *_edgetpu.tflite) ;; *) DEVICE="" ;; esac'
     kinds = {Path(m).suffix for m in (models or (model,))}
     check = ", ".join(mod for suffix, mod in ((".tflite", "ai_edge_litert"), (".onnx", "onnxruntime"))
                       if suffix in kinds)
     venv_flag = venv_flag_of(profile)
     hint = ("\n    echo \"  (onnxruntime-gpu and OpenCV come from JetPack / the Jetson Zoo wheel, not from pip: "
             "README.md)\" >&2") if profile.family is Family.JETSON else ""
-    return RUN_SH.format(device=profile.name, model=model, extra=extra, plain_file_case=plain,
+    return RUN_SH.format(device=profile.name, model=model, threads=int(threads) if threads else '""',
+                         plain_file_case=plain,
                          check_modules=check or "ai_edge_litert", venv_flag=venv_flag, board_hint=hint)
 
 

@@ -215,6 +215,9 @@ def float_notes(src: Path) -> list[str]:
         return []
     extra = contract.extra if contract is not None else {}
     parts = [f"{len(extra['float_layers'])} float layers (int8 repair)"] if extra.get("float_layers") else []
+    stem = extra.get("float_convolutions")  # the stem repair's count (its layers are not listed)
+    if isinstance(stem, int) and not isinstance(stem, bool) and stem > 0:
+        parts.insert(0, f"a float stem of {stem} convolutions (int8 repair)")
     if extra.get("cpu_float_ops"):
         parts.append(", ".join(f"{n} {op}" for op, n in sorted(extra["cpu_float_ops"].items())) + " ops")
     said = (f"{src.name} keeps {' and '.join(parts)} float: on the Edge TPU only the ops before the first float one "

@@ -237,7 +237,8 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             "# the jetson-ai-lab pip index for JetPack 6, e.g. pip install onnxruntime-gpu --index-url <that index>",
             "python3 -m venv --system-site-packages ~/tledge-venv   # system site: JetPack's OpenCV with GStreamer",
             "~/tledge-venv/bin/pip install onnxruntime-gpu --index-url <JetPack 6 index from the Jetson Zoo>",
-            f"~/tledge-venv/bin/pip install --no-deps ./{WHEEL} && ~/tledge-venv/bin/pip install 'numpy<2' flatbuffers",
+            f"~/tledge-venv/bin/pip install --no-deps ./{WHEEL} && ~/tledge-venv/bin/pip install 'numpy<2' flatbuffers "
+            "ai-edge-litert   # LiteRT: the int8 TFLite CPU fallback",
             "# --no-deps: tledge[runtime]'s onnxruntime (CPU) and pip's OpenCV would shadow the GPU/GStreamer builds",
         ),
         pip=("numpy",),
