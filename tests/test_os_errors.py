@@ -256,3 +256,19 @@ def test_a_write_that_fails_names_its_file(tmp_path, monkeypatch, capsys):
     assert main(["run", str(TINY / "model_int8.tflite"), "--source", str(images_of(CLASSES[0])[0]), "--csv",
                  str(csv), "-q"]) == 2
     assert _one_error_line(capsys, "run") == f"tledge run: error: {csv}: no space left on the device"
+
+
+def test_a_replaced_file_keeps_its_permissions(tmp_path):
+    """`chmod 600 results.csv` then `tledge run --csv results.csv`: the CSV came back 0644 (readable by others); a new
+    file still gets the umask's permissions."""
+    from tledge.io import atomic_write_text
+
+    private = tmp_path / "r.csv"
+    private.write_text("old")
+    private.chmod(0o600)
+    atomic_write_text(private, "new")
+    assert private.read_text() == "new" and (private.stat().st_mode & 0o777) == 0o600
+    umask = os.umask(0o022)
+    os.umask(umask)
+    atomic_write_text(tmp_path / "n.csv", "x")
+    assert (tmp_path / "n.csv").stat().st_mode & 0o777 == 0o666 & ~umask

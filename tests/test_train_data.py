@@ -140,7 +140,14 @@ def test_resume_refuses_a_run_whose_images_or_split_changed(tmp_path):
     state = {"config": cfg.to_dict(), "labels": ["cat", "dog"], "phase": "head", "phases_done": [], "data": before}
     assert _differences(state, cfg, ("cat", "dog"), td.fingerprint(td.plan(root, val_split=0.3, seed=0))) == []
     assert _differences(state, cfg, ("cat", "dog"), td.fingerprint(td.plan(root, val_split=0.3, seed=1))) == [
-        "the training / validation images (same counts, other files or split)"]
+        "the training / validation images (same counts, other files, contents or split)"]
+    # a checkpoint of an older tledge (no "bytes" in its fingerprint) still resumes
+    older = {**state, "data": {k: v for k, v in before.items() if k != "bytes"}}
+    assert _differences(older, cfg, ("cat", "dog"), td.fingerprint(td.plan(root, val_split=0.3, seed=0))) == []
+    # the same names with other pictures (another data set's 0.png ...) resumed on them without a word
+    other = _classes(tmp_path / "other", {"cat": 10, "dog": 10}, size=32)
+    assert _differences(state, cfg, ("cat", "dog"), td.fingerprint(td.plan(other, val_split=0.3, seed=0))) == [
+        "the training / validation images (same counts, other files, contents or split)"]
     _classes(root, {"cat": 14})  # 4 more cats
     assert _differences(state, cfg, ("cat", "dog"), td.fingerprint(td.plan(root, val_split=0.3, seed=0))) == [
         "images 14 training / 6 validation -> 17 / 7"]

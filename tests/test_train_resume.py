@@ -145,3 +145,20 @@ def test_resume_with_no_more_epochs_ends_the_phase_with_its_best_weights(shapes_
 
     finished = json.loads((out / "checkpoints" / "state.json").read_text())  # said on a finished run, not ignored
     assert "fine_tune_epochs 0 -> 3" in _differences(finished, cfg(weights, out, **settings), r_labels(shapes_dataset))
+
+
+def test_a_truncated_checkpoint_is_one_line_naming_it(tmp_path):
+    """A checkpoint cut short (a full disk, a copy interrupted): --resume traced back (zipfile.BadZipFile) or said
+    "Unable to synchronously open file (truncated file ...)" without the file."""
+    import keras
+
+    from tledge.train.checkpoint import Checkpoints
+
+    ck, state = Checkpoints(tmp_path), {"last": "last-head-001"}
+    (tmp_path / "last-head-001.optimizer.npz").write_bytes(b"PK\x03\x04" + bytes(10))
+    with pytest.raises(TledgeError, match=r"last-head-001.optimizer.npz cannot be read .*delete .* from the start"):
+        ck.load_optimizer(None, None, state)
+    (tmp_path / "last-head-001.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(10))
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    with pytest.raises(TledgeError, match=r"last-head-001.weights.h5 cannot be read"):
+        ck.load_weights(model, state)

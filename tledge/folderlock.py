@@ -27,7 +27,12 @@ class FolderLock:
         except ImportError:  # Windows
             return self._acquire_excl()
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:  # 0o666 under the umask: a group-writable umask lets a group-mate take over a dead holder's lock
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except PermissionError:  # another user's lock file: flock works on a read-only descriptor too
+                if self._replace_foreign(fcntl):
+                    continue
+                raise
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -44,10 +49,34 @@ class FolderLock:
             self._take(fd, os.read(fd, 200).decode(errors="replace").strip())
             return self
 
+    def _replace_foreign(self, fcntl) -> bool:
+        """Another user's lock file that this user cannot write: busy if its holder still runs, else it is removed
+        (the folder is writable) so that the next turn creates this user's own. False: it cannot be removed."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            holder = os.read(fd, 200).decode(errors="replace").strip()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise self._busy(holder) from None
+            try:
+                os.unlink(self.path)  # holders check that the file they locked is still the one at the path
+            except OSError:
+                return False
+            if holder:
+                self.notes.append(f"took over the {self.verb} lock another user's pid {holder.split(' ')[0]} left "
+                                  f"(no longer running; its {self.verb} was interrupted)")
+            return True
+        finally:
+            os.close(fd)
+
     def _acquire_excl(self) -> "FolderLock":
         for _ in range(3):
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
             except FileExistsError:
                 holder = self.path.read_text(errors="replace").strip() if self.path.exists() else ""
                 pid = holder.split(" ")[0]

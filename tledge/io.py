@@ -41,8 +41,8 @@ def atomic_path(path: str | Path, *, same_suffix: bool = False):
         os.unlink(tmp)
     try:
         yield Path(tmp)
-        if os.path.exists(tmp):  # mkstemp makes 0600 files: give the result the usual umask permissions
-            os.chmod(tmp, 0o666 & ~_UMASK)
+        if os.path.exists(tmp):  # mkstemp makes 0600 files: the mode of the file replaced (a 0600 CSV stayed
+            os.chmod(tmp, _mode_of(dst))  # private), else the usual umask permissions
         os.replace(tmp, dst)
     except OSError as exc:
         if exc.filename is None and exc.errno is not None:  # a failed write (a full disk) names no file
@@ -51,6 +51,18 @@ def atomic_path(path: str | Path, *, same_suffix: bool = False):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _mode_of(dst: Path) -> int:
+    """The permission bits `dst` has when it is a regular file (not through a link: a link is replaced), else those
+    a new file gets under the umask."""
+    try:
+        st = os.lstat(dst)
+    except OSError:
+        return 0o666 & ~_UMASK
+    import stat
+
+    return stat.S_IMODE(st.st_mode) & 0o777 if stat.S_ISREG(st.st_mode) else 0o666 & ~_UMASK
 
 
 def _short(name: str, limit: int = 100) -> str:

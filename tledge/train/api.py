@@ -105,6 +105,11 @@ def _start(cfg: TrainConfig, ckpt: Checkpoints, labels, data: dict | None = None
     return {**new_state(cfg, labels), **state, "config": cfg.to_dict()}
 
 
+def _known(fp: dict, keys: dict) -> dict:
+    """The fingerprint `fp` on the keys both have (a checkpoint of an older tledge lacks the newer ones)."""
+    return {k: v for k, v in fp.items() if k in keys}
+
+
 def _differences(state: dict, cfg: TrainConfig, labels, data: dict | None = None) -> list[str]:
     """What differs from the run being resumed: the model's shape, the data's meaning and split, and what the
     restored optimizer and schedule would silently ignore (--lr, --epochs of a finished phase)."""
@@ -115,10 +120,11 @@ def _differences(state: dict, cfg: TrainConfig, labels, data: dict | None = None
     diff = [f"{k} {old.get(k)} -> {now.get(k)}" for k in keys if k in old and old.get(k) != now.get(k)]
     if list(labels) != state["labels"]:
         diff.append(f"classes {state['labels']} -> {list(labels)}")
-    if data is not None and state.get("data") not in (None, data):
+    if data is not None and state.get("data") not in (None, data) and _known(state["data"], data) != \
+            _known(data, state["data"]):
         (t0, v0), (t1, v1) = state["data"]["images"], data["images"]
         diff.append(f"images {t0} training / {v0} validation -> {t1} / {v1}" if (t0, v0) != (t1, v1) else
-                    "the training / validation images (same counts, other files or split)")
+                    "the training / validation images (same counts, other files, contents or split)")
     return diff
 
 

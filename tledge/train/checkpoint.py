@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import warnings
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -88,15 +89,22 @@ class Checkpoints:
         atomic_write_text(self.state_path, json.dumps(dict(state, format=FORMAT, complete=True), indent=1) + "\n")
 
     def load_weights(self, model, state: dict, which: str = "last") -> None:
-        model.load_weights(str(self.folder / f"{state[which]}.weights.h5"))
+        path = self.folder / f"{state[which]}.weights.h5"
+        try:
+            model.load_weights(str(path))
+        except (OSError, ValueError, KeyError) as exc:  # truncated (a full disk, a copy cut short), or not ours
+            raise self._unreadable(path, exc) from None
 
     def load_optimizer(self, optimizer, variables, state: dict) -> bool:
         """Restore optimizer variables saved with the last checkpoint; False when they do not fit."""
         path = self.folder / f"{state['last']}.optimizer.npz"
         if not path.is_file():
             return False
-        with np.load(path) as data:
-            values = [data[f"v{i}"] for i in range(len(data.files))]
+        try:
+            with np.load(path) as data:
+                values = [data[f"v{i}"] for i in range(len(data.files))]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise self._unreadable(path, exc) from None
         if not getattr(optimizer, "built", False):
             optimizer.build(variables)
         if len(values) != len(optimizer.variables) or any(
@@ -105,6 +113,11 @@ class Checkpoints:
         for v, x in zip(optimizer.variables, values):
             v.assign(x)
         return True
+
+    def _unreadable(self, path: Path, exc: BaseException) -> TledgeError:
+        why = " ".join(str(exc).split())[:160] or type(exc).__name__
+        return TledgeError(f"checkpoint file {path} cannot be read ({why}): cannot resume; delete {self.folder} "
+                           "to train from the start")
 
     def _save_optimizer(self, optimizer, path: Path) -> None:
         arrays = {f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)}

@@ -46,11 +46,22 @@ def fingerprint(plan: DataPlan) -> dict:
     training on resume, without a word."""
     import hashlib
 
-    def digest(split: Split) -> str:
-        text = "".join(f"{split.classes[int(y)]}/{f.name}\n" for f, y in zip(split.files, split.y))
+    def digest(split: Split, sizes: bool = False) -> str:
+        text = "".join(f"{split.classes[int(y)]}/{f.name}{f' {_size(f)}' if sizes else ''}\n"
+                       for f, y in zip(split.files, split.y))
         return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
-    return {"train": digest(plan.train), "val": digest(plan.val), "images": [len(plan.train.files), len(plan.val.files)]}
+    # "bytes": the same names with other contents (0.jpg ... of another data set) resumed without a word; a key of
+    # its own, so that runs checkpointed before it was added still resume (compared where both have it)
+    return {"train": digest(plan.train), "val": digest(plan.val), "images": [len(plan.train.files), len(plan.val.files)],
+            "bytes": digest(plan.train, True) + digest(plan.val, True)}
+
+
+def _size(f: Path) -> int:
+    try:
+        return f.stat().st_size
+    except OSError:
+        return -1
 
 
 def _listing(paths) -> str:
