@@ -334,3 +334,23 @@ def test_golden_without_the_files_runtime_is_exit_2_not_a_disagreement():
     proc = golden(["ai_edge_litert", "tflite_runtime", "onnxruntime", "onnx"])
     err = proc.stderr.strip()
     assert proc.returncode == 2 and len(err.splitlines()) == 1 and "nothing was compared" in err, proc.stdout + err
+
+
+def test_a_folder_replaced_during_the_check_is_checked_again(tmp_path, monkeypatch):
+    """parity --golden while an export swapped the folder: three files of the old export and one of the new were
+    compared with the old golden file (a false FAIL, exit 1). The manifest leaves first and comes back last, so a
+    check during which it changed is run again."""
+    d = tmp_path / "e"
+    shutil.copytree(TINY, d)
+    real, calls = golden.check_file, []
+
+    def swapping(path, *a, **k):
+        calls.append(path.name)
+        if len(calls) == 1:  # the swap lands now: the manifest is another file (same content, a new inode)
+            shutil.copy(d / artifacts.MANIFEST, tmp_path / "m.json")
+            os.replace(tmp_path / "m.json", d / artifacts.MANIFEST)
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(golden, "check_file", swapping)
+    report = golden.check(d)
+    assert report.passed and len(calls) == 2 * len(report.results)  # the first pass was thrown away

@@ -18,6 +18,7 @@ the same figures as parity.json. Numpy and the runtime only: no TensorFlow, no t
 from __future__ import annotations
 
 import io
+import os
 import json
 import zipfile
 from dataclasses import asdict, dataclass
@@ -196,8 +197,34 @@ def model_folder(path: str | Path) -> Path:
 def check(path: str | Path, *, thresholds: dict[str, Thresholds] | None = None, device: str | None = None,
           threads: int | None = None) -> ParityReport:
     """Every model file the manifest vouches for, on the stored pixels, against the stored Keras outputs.
-    TledgeError (exit 2) when the folder or its golden file cannot be trusted (changed since export)."""
+    TledgeError (exit 2) when the folder or its golden file cannot be trusted (changed since export).
+
+    An export replacing the folder meanwhile (its manifest goes first and comes back last) mixed the two exports'
+    files against one golden file, a false FAIL: a check during which the manifest changed is run again."""
     d = model_folder(path)
+    for _ in range(3):
+        before = _stamp(d)
+        try:
+            report = _check_once(d, thresholds, device, threads)
+        except TledgeError:
+            if _stamp(d) != before:
+                continue
+            raise
+        if _stamp(d) == before:
+            return report
+    raise TledgeError(f"{d} kept changing while it was checked (an export replacing it?): check it again when that "
+                      "is done")
+
+
+def _stamp(d: Path) -> tuple | None:
+    try:
+        st = os.stat(d / artifacts.MANIFEST)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _check_once(d: Path, thresholds, device, threads) -> ParityReport:
     entry = artifacts.require(d, "tledge parity --golden").entry(GOLDEN)
     if entry is None:
         raise TledgeError(f"{d}: no {GOLDEN} in {artifacts.MANIFEST} (exported by a tledge without golden "
