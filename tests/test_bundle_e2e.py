@@ -99,10 +99,11 @@ def test_run_sh_on_a_folder(unpacked, venv_python, tmp_path):
     and `./run.sh --check` passed without checking anything."""
     (tmp_path / "tledge").mkdir()
     (tmp_path / "tledge" / "__init__.py").write_text("raise SystemExit('NOT THE BUNDLE')\n")
+    (tmp_path / "numpy.py").write_text("open('PWNED', 'w')\n")  # run.sh's import check ran it
     proc = subprocess.run(["sh", str(unpacked / "run.sh"), str(TINY / "images"), "--json", "--top-k", "2"],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path,
                           env=_clean_env(PYTHON=str(venv_python)))
-    assert "NOT THE BUNDLE" not in proc.stderr
+    assert "NOT THE BUNDLE" not in proc.stderr and not (tmp_path / "PWNED").exists()
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
     assert len(rows) == len(IMAGES) and all(r["status"] == "ok" for r in rows)

@@ -66,3 +66,12 @@ def test_run_without_opencv_says_so_in_one_line(tmp_path, capsys, monkeypatch):
         assert main(["run", str(TINY), "--source", source]) == 2
         out, err = capsys.readouterr()
         assert out == "" and len(err.strip().splitlines()) == 1 and "cv2 is not installed" in err, err
+
+
+def test_bench_runs_no_code_from_the_current_folder(tmp_path, capsys, monkeypatch):
+    """bench measures in a fresh `python -m ...` process, which put the current folder first on sys.path: a numpy.py
+    beside the model (a downloaded model folder) ran."""
+    (tmp_path / "numpy.py").write_text("open('PWNED', 'w')\nraise SystemExit('the folder's numpy.py ran')\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", str(TINY / "model_int8.tflite"), "--runs", "2", "--warmup", "0"]) == 0, capsys.readouterr()
+    assert not (tmp_path / "PWNED").exists()

@@ -77,7 +77,7 @@ def test_int8_only_reaches_the_export_config(monkeypatch, tmp_path, capsys):
     """--int8-only (NPU delegates) and --device coral-usb keep every op int8; a CPU export keeps the CPU delegate's
     float ops (tledge.export.tflite.CPU_FLOAT_OPS)."""
     base = ["--int8", "--calib", "imgs", "--val", "imgs"]
-    assert _config(base + ["--int8-only"], monkeypatch, tmp_path).int8_only is True
+    assert _config(base + ["--int8-only", "--formats", "tflite"], monkeypatch, tmp_path).int8_only is True
     assert _config(base, monkeypatch, tmp_path).int8_only is False
     assert _config(["--device", "coral-usb"], monkeypatch, tmp_path).int8_only is True
     assert _config(["--device", "rpi4"], monkeypatch, tmp_path).int8_only is False

@@ -191,10 +191,11 @@ elif [ -x "$HERE/.venv/bin/python" ]; then PY="$HERE/.venv/bin/python"
 else PY=python3; fi
 PYTHONPATH="$HERE/lib${{PYTHONPATH:+:$PYTHONPATH}}"
 export PYTHONPATH
+NOCWD="import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]"  # -c puts the current folder first
 # tledge from lib/, never from the current folder (`python -m tledge` in a folder holding a tledge/ checkout ran that)
-TLEDGE='import sys; sys.path[:] = [p for p in sys.path if p not in ("", ".")]
+TLEDGE="$NOCWD
 from tledge.cli import main
-sys.exit(main(sys.argv[1:]))'
+sys.exit(main(sys.argv[1:]))"
 given() {{  # whether the user's options ("$@" after $1) give option $1: then run.sh's own value of it is left out
   o=$1; shift
   for a in "$@"; do case "$a" in "$o"|"$o"=*) return 0 ;; esac; done
@@ -208,8 +209,8 @@ own() {{  # run.sh's options for tledge: the device profile and thread count, un
 DEVICE={device}
 THREADS={threads}
 need() {{  # LiteRT, else tflite-runtime (tledge runs on either)
-  if ! "$PY" -c "import $1" 2>/dev/null \
-      && ! {{ [ "${{1#*ai_edge_litert}}" != "$1" ] && "$PY" -c "import $(echo "$1" | sed 's/ai_edge_litert/tflite_runtime.interpreter/')" 2>/dev/null; }}; then
+  if ! "$PY" -c "$NOCWD; import $1" 2>/dev/null \\
+      && ! {{ [ "${{1#*ai_edge_litert}}" != "$1" ] && "$PY" -c "$NOCWD; import $(echo "$1" | sed 's/ai_edge_litert/tflite_runtime.interpreter/')" 2>/dev/null; }}; then
     echo "run.sh: $1 cannot be imported by $PY; install the runtime (README.md):" >&2
     echo "  python3 -m venv{venv_flag} $HERE/.venv && $HERE/.venv/bin/pip install -r $HERE/requirements.txt" >&2{board_hint}
     exit 2

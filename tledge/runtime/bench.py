@@ -117,9 +117,16 @@ def measure(path: str | Path, *, runs: int = 50, warmup: int = 5, batch: int = 1
             "tensorflow_imported": "tensorflow" in sys.modules}
 
 
+# `python -m tledge.runtime.bench` put the current folder first on sys.path: a numpy.py beside the model ran. The
+# measuring process imports the parent's tledge (its folder comes first) and nothing from the current folder.
+_LAUNCH = ("import sys; sys.path[:] = [sys.argv.pop(1)] + [p for p in sys.path if p not in ('', '.')]\n"
+           "from tledge.runtime.bench import subprocess_main\nsys.exit(subprocess_main())")
+
+
 def measure_in_subprocess(path: str | Path, *, runs: int, warmup: int, batch: int, threads: int | None,
                           load_kwargs: dict | None = None, timeout: float = 600) -> dict:
-    cmd = [sys.executable, "-m", "tledge.runtime.bench", str(path), "--runs", str(runs), "--warmup", str(warmup),
+    cmd = [sys.executable, "-c", _LAUNCH, str(Path(__file__).resolve().parents[2]),  # this tledge, nothing of cwd's
+           str(path), "--runs", str(runs), "--warmup", str(warmup),
            "--batch", str(batch), "--options", json.dumps(load_kwargs or {}), "--t0", repr(time.time())]
     if threads:
         cmd += ["--threads", str(threads)]
@@ -174,7 +181,8 @@ def table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def _main(argv: list[str] | None = None) -> int:
+def subprocess_main(argv: list[str] | None = None) -> int:
+    """The measuring process (`measure_in_subprocess`): one file, a JSON line on stdout."""
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m tledge.runtime.bench")
@@ -197,4 +205,4 @@ def _main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_main())
+    sys.exit(subprocess_main())
