@@ -53,6 +53,10 @@ def quiet_tensorflow() -> None:
 
 def require(name: str, extra: str | None = None, purpose: str | None = None):
     """Import `name` or raise MissingDependency with the pip line that fixes it."""
+    backend = os.environ.get("KERAS_BACKEND", "").strip()
+    if name.split(".")[0] == "keras" and backend and backend != "tensorflow":  # keras's import raised ValueError
+        raise MissingDependency(f"tledge needs Keras on the TensorFlow backend, KERAS_BACKEND is {backend!r}: set "
+                                "KERAS_BACKEND=tensorflow (or unset it)")  # for an unknown one, "not installed" else
     try:
         module = importlib.import_module(name)
     except ImportError as exc:

@@ -80,7 +80,7 @@ class FolderLock:
             except FileExistsError:
                 holder = self.path.read_text(errors="replace").strip() if self.path.exists() else ""
                 pid = holder.split(" ")[0]
-                if pid.isdigit() and _alive(int(pid)):
+                if pid.isascii() and pid.isdigit() and _alive(int(pid)):
                     raise self._busy(holder) from None
                 self.path.unlink(missing_ok=True)
                 self.notes.append(f"took over the {self.verb} lock of pid {pid or '?'}, which is no longer running")

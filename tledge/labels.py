@@ -31,7 +31,7 @@ def read_labels(path: str | Path) -> tuple[str, ...]:
     parts = [ln.split(None, 1) for ln in lines]  # `0 name` and `0<TAB>name` (a tab kept the index in every label)
     # numbered 0, 1, 2, ... as Teachable Machine and Coral number them: classes named `1 star`, `2 stars` (a
     # tledge labels.txt) lost their numbers when any run of numbers was taken for indices
-    if all(len(pp) == 2 and pp[0].isdigit() for pp in parts) and \
+    if all(len(pp) == 2 and pp[0].isascii() and pp[0].isdigit() for pp in parts) and \
             [int(pp[0]) for pp in parts] == list(range(len(parts))):
         return tuple(pp[1].strip() for pp in parts)
     return tuple(lines)

@@ -46,11 +46,14 @@ class Console:
         """One of tledge's lines: on the terminal, and in the log (a run's record: train.log held only TensorFlow's
         start-up lines, never the epochs, notes or the error)."""
         with self._lock:
-            self.stream.write(text + "\n")
-            self.stream.flush()
+            try:
+                self.stream.write(text + "\n")
+                self.stream.flush()
+            except (OSError, ValueError):  # stderr closed, full or its reader gone: the work goes on, the log keeps it
+                pass
             if self.logfile is not None:
-                with contextlib.suppress(Exception):
-                    self.logfile.write(text + "\n")
+                with contextlib.suppress(Exception):  # the log holds the line, not the terminal's redrawing of it
+                    self.logfile.write(text.lstrip("\r").replace("\x1b[K", "") + "\n")
 
     def say(self, kind: str, message: str, *, once: bool = False, min_level: int = NORMAL) -> None:
         if self.level < min_level or (once and message in self.seen):
@@ -60,8 +63,8 @@ class Console:
 
     @property
     def tty(self) -> bool:
-        try:
-            return self.stream.isatty()
+        try:  # TERM=dumb: a terminal that cannot redraw a line
+            return self.stream.isatty() and os.environ.get("TERM") != "dumb"
         except (AttributeError, ValueError):
             return False
 
@@ -167,7 +170,7 @@ def step(title: str):
                 width = 20
                 fill = int(width * (c.done - 1) / total)
                 bar = "#" * fill + "-" * (width - fill)
-                with c._lock:
+                with c._lock, contextlib.suppress(OSError, ValueError):  # a terminal gone: no progress to show
                     c.stream.write(f"\r{head} [{bar}] {title} {_seconds(time.perf_counter() - start)}\x1b[K")
                     c.stream.flush()
 
@@ -286,7 +289,8 @@ def capture(c: Console, hook_warnings: bool | None = None):
         sys.stderr = original_stderr
         c.stream = original_stderr
         if term is not None:
-            term.close()
+            with contextlib.suppress(OSError):  # a full or closed terminal stream: its last line is lost, not the run
+                term.close()
         logfile.close()
         refused = sys.exc_info()[1]  # bad input (exit 2) loses nothing: not the last run's log, not a new file
         if refused is not None and (getattr(refused, "exit_code", None) == 2 or isinstance(refused, OSError)):

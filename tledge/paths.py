@@ -9,6 +9,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def expand(path) -> Path:
+    """`path` with a leading `~` or `~user` expanded where there is such a home, else as given: Path.expanduser
+    raised RuntimeError ("Could not determine home directory") for `~backup.jpg`, a name bash passes on unchanged."""
+    return Path(os.path.expanduser(os.fspath(path) if isinstance(path, os.PathLike) else str(path)))
+
+
 def utf8_name(path: str | Path) -> bool:
     """Is `path` UTF-8 (no undecodable bytes)? OpenCV's and LiteRT's bindings take only such names: OpenCV's
     VideoCapture, VideoWriter and readNetFromONNX crashed (SIGSEGV) on the others."""

@@ -184,8 +184,35 @@ def _available() -> dict[str, str]:
     return {n: h for n, h in COMMANDS.items() if importlib.util.find_spec(f"tledge.cli.{n}") is not None}
 
 
+def _streams() -> None:
+    """Standard streams the shell closed (`>&-`, `2>&-`) become /dev/null: every verb did its work and then failed
+    (exit 1, "parity failed" for a passing check), and with stderr closed print(file=sys.stderr) wrote the notes
+    into stdout's JSON. A stdout that cannot encode every letter (PYTHONIOENCODING=ascii, a C locale) shows `?`
+    for them, as stderr does, instead of a UnicodeEncodeError after the work was done."""
+    import codecs
+    import os
+
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))
+    try:
+        if codecs.lookup(sys.stdout.encoding or "utf-8").name != "utf-8":
+            sys.stdout.reconfigure(errors="replace")
+    except (AttributeError, LookupError, ValueError):
+        pass
+
+
+def _say(text: str) -> None:
+    """One line on stderr, if stderr still takes it (a reader that left, a full disk): the exit code says the rest."""
+    try:
+        print(text, file=sys.stderr)
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     _SIGNALS_SEEN.clear()
+    _streams()
     argv = list(sys.argv[1:] if argv is None else argv)
     available = _available()
     parser = _parser(available, _chosen(argv, available))
@@ -296,7 +323,7 @@ def _run(args, console) -> int:
             sys.stdout.flush()  # here, not at exit: a pipe's reader that left is seen by the handler below
             return rc
     except TledgeError as exc:
-        print(f"{prefix}: error: {exc}", file=sys.stderr)
+        _say(f"{prefix}: error: {exc}")
         return exc.exit_code
     except BrokenPipeError:  # `tledge run ... | head`: the reader left; stop quietly, as Unix tools do
         import os
@@ -306,11 +333,11 @@ def _run(args, console) -> int:
     except OSError as exc:  # a disk, permission or path problem: the user's to fix, never a traceback
         from tledge.cli.validate import os_error_message
 
-        print(f"{prefix}: error: {os_error_message(exc)}", file=sys.stderr)
+        _say(f"{prefix}: error: {os_error_message(exc)}")
         return 2
     except KeyboardInterrupt:
-        print(f"{prefix}: interrupted", file=sys.stderr)
+        _say(f"{prefix}: interrupted")
         return 130
     except Terminated:
-        print(f"{prefix}: terminated (SIGTERM)", file=sys.stderr)
+        _say(f"{prefix}: terminated (SIGTERM)")
         return 143  # 128 + SIGTERM, as the shell reports a process the signal ended

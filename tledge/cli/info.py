@@ -42,7 +42,9 @@ def run(args) -> int:
     else:
         info = model.info()
     if args.json:
-        print(json.dumps(info, indent=2, ensure_ascii=False))
+        from tledge.runtime.outputs import stdout_is_utf8
+
+        print(json.dumps(info, indent=2, ensure_ascii=not stdout_is_utf8()))
         return 0
     from tledge.runtime.outputs import printable
 
@@ -147,8 +149,10 @@ def _folder(folder, as_json: bool) -> int:
            (r["state"] == "changed" or (r["state"] == "missing" and r["role"] == "side"))]
     gone = [r["file"] for r in rows if r["state"] == "missing" and r["role"] == "model"]
     if as_json:
+        from tledge.runtime.outputs import stdout_is_utf8
+
         print(json.dumps({**m.to_dict(), "files": rows, "problems": bad, "missing": gone}, indent=2,
-                         ensure_ascii=False))
+                         ensure_ascii=not stdout_is_utf8()))
     else:
         src = m.source
         print(f"export     {folder}  (tledge {m.tledge}, {m.created})")

@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from tledge.paths import expand
 from tledge.runtime.options import add_model_options, load_kwargs
 
 
@@ -57,7 +58,10 @@ def run(args) -> int:
                     keep_images=args.save is not None, max_frames=args.max_frames)
     stopped = _loop(runner, source, args)
     s = runner.summary
-    print(s.line(), file=sys.stderr if args.json else sys.stdout, flush=True)
+    if args.json:  # the results are on stdout: a full or closed stderr loses the summary only
+        _event(s.line(), prefix="")
+    else:
+        print(s.line(), flush=True)
     if stopped:
         _event("terminated (SIGTERM); the results so far are kept")
         return stopped
@@ -94,7 +98,7 @@ def _validate(args) -> None:
     check_model_options(args, [args.model])
     if args.csv:
         V.output_file(args.csv, "--csv")
-        if args.save and Path(args.csv).expanduser().resolve() == Path(args.save).expanduser().resolve():
+        if args.save and expand(args.csv).resolve() == expand(args.save).resolve():
             raise TledgeError(f"--csv and --save are both {args.csv}: one would replace the other")
     if args.save:
         if args.save.suffix.lower() in VIDEO_SUFFIXES:
@@ -124,7 +128,7 @@ def _keep_inputs(args) -> None:
     for flag, out in (("--csv", args.csv), ("--save", args.save)):
         if not out:
             continue
-        o = Path(out).expanduser().resolve()
+        o = expand(out).resolve()
         if o in inputs or (source_dir in o.parents and o.suffix.lower() in IMAGE_SUFFIXES and o.is_file()):
             raise TledgeError(f"{flag} {out} is an input of --source {args.source}: it would be overwritten; "
                               "write the results elsewhere")
@@ -213,9 +217,13 @@ def _note(message: str) -> None:
         _event(message)
 
 
-def _event(message: str) -> None:
-    """A source's events (a stream lost, reconnected, given up), on stderr even with -q."""
-    print(f"tledge run: {message}", file=sys.stderr, flush=True)
+def _event(message: str, prefix: str = "tledge run: ") -> None:
+    """A source's events (a stream lost, reconnected, given up), on stderr even with -q (if stderr takes them: a
+    full or closed one lost the results on stdout)."""
+    try:
+        print(f"{prefix}{message}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 def _local_inputs(spec: str | Path, *, listed: bool = True) -> tuple[list[Path], Path | None]:
@@ -228,7 +236,7 @@ def _local_inputs(spec: str | Path, *, listed: bool = True) -> tuple[list[Path],
     from tledge.runtime.sources import source_text
 
     s = source_text(spec)
-    p = Path(s).expanduser()
+    p = expand(s)
     if p.is_file():
         return [p], None
     if p.is_dir():  # not listed: a folder's inputs are the images inside it (the caller checks the folder)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from tledge.errors import TledgeError
+from tledge.paths import expand
 from tledge.runtime.options import MAX_SIDE  # noqa: F401  (--input-size / --size: larger is a typo)
 
 MIN_FREE_BYTES = 1 << 20  # an output folder on a device with less free space than this is full
@@ -56,7 +57,7 @@ def _label(flag: str, path) -> str:
 
 def input_file(path, flag: str, *, suffixes: Sequence[str] | None = None, what: str = "file") -> Path:
     """An existing, readable, non-empty regular file (with one of `suffixes`, case-insensitive)."""
-    p = Path(str(path)).expanduser()
+    p = expand(str(path))
     if not p.exists():
         raise TledgeError(f"{_label(flag, p)}: {what} not found")
     if p.is_dir():
@@ -77,7 +78,7 @@ def input_file(path, flag: str, *, suffixes: Sequence[str] | None = None, what: 
 
 
 def input_dir(path, flag: str, *, what: str = "folder") -> Path:
-    p = Path(str(path)).expanduser()
+    p = expand(str(path))
     if not p.exists():
         raise TledgeError(f"{_label(flag, p)}: {what} not found")
     if not p.is_dir():
@@ -101,7 +102,7 @@ def image_dir(path, flag: str) -> Path:
 
 def keras_model(path, flag: str = "MODEL") -> Path:
     """A .keras / .h5 / .hdf5 file (any case) or a SavedModel folder, checked without loading it."""
-    p = Path(str(path)).expanduser()
+    p = expand(str(path))
     if p.is_dir():
         if not (p / "saved_model.pb").is_file():
             from tledge.artifacts import trained_model
@@ -144,7 +145,7 @@ def edge_model(path, flag: str = "MODEL") -> Path:
 
 def edge_model_or_export(path, flag: str = "MODEL", what: str = "tledge run") -> Path:
     """A .tflite / .onnx file, or an export folder with its manifest (checked without loading anything)."""
-    p = Path(str(path)).expanduser()
+    p = expand(str(path))
     if p.is_dir():
         from tledge import artifacts
 
@@ -157,7 +158,7 @@ def edge_models(paths: Sequence, flag: str = "MODEL") -> list[Path]:
     """Files or export folders holding .tflite / .onnx files."""
     out = []
     for path in paths:
-        p = Path(str(path)).expanduser()
+        p = expand(str(path))
         if p.is_dir():
             if not any(f.suffix.lower() in (".tflite", ".onnx") for f in p.iterdir() if f.is_file()):
                 raise TledgeError(f"{_label(flag, p)}: no .tflite or .onnx files in this folder")
@@ -256,7 +257,7 @@ def _writable_parent(p: Path, flag: str) -> None:
 
 def output_file(path, flag: str, *, suffixes: Sequence[str] | None = None) -> Path:
     """A file to write (atomically): not a folder, not a device or pipe, in a writable folder."""
-    p = Path(str(path)).expanduser()
+    p = expand(str(path))
     if str(path).endswith(("/", os.sep)) or p.is_dir():
         raise TledgeError(f"{_label(flag, p)} is a folder; expected a file name")
     if p.exists() and not p.is_file():
@@ -272,7 +273,7 @@ def not_an_input(path, flag: str, inputs: Sequence, *, replaces: bytes = b"") ->
     folder: a bundle's model/golden.npz, an image): written atomically, it would replace it whole (`--junit
     model.keras` left 198 bytes of XML where the model was). An existing file that starts with `replaces` (an earlier
     report of the same kind) may be replaced."""
-    out = Path(str(path)).expanduser()
+    out = expand(str(path))
     if not out.is_file():
         return
     if replaces:
@@ -280,7 +281,7 @@ def not_an_input(path, flag: str, inputs: Sequence, *, replaces: bytes = b"") ->
             if replaces in fh.read(512):
                 return
     real = out.resolve()
-    for q in (Path(str(given)).expanduser().resolve() for given in inputs):
+    for q in (expand(str(given)).resolve() for given in inputs):
         if real == q or (q.is_dir() and real.is_relative_to(q)):
             raise TledgeError(f"{_label(flag, out)} is {'in ' if real != q else ''}{q}, an input of this command: it "
                               "would be overwritten; write it elsewhere")
@@ -288,7 +289,7 @@ def not_an_input(path, flag: str, inputs: Sequence, *, replaces: bytes = b"") ->
 
 def output_dir(path, flag: str) -> Path:
     """A folder to create or fill: not a file, in a writable place with some free space."""
-    p = Path(str(path)).expanduser()
+    p = expand(str(path))
     if p.exists() and not p.is_dir():
         raise TledgeError(f"{_label(flag, p)} is a file; expected a folder")
     _refuse_pseudo(p, flag)

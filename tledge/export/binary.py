@@ -92,7 +92,7 @@ def _walk(nodes: dict, library: dict, name: str, index: int, depth: int) -> str:
 def _ref(ref: str, f) -> tuple[str, int]:
     """'node:out:2' / 'node:2' / 'node' -> (node, 2); a function argument has no node (returned as is)."""
     parts = ref.lstrip("^").split(":")
-    return parts[0], int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else 0
+    return parts[0], int(parts[-1]) if len(parts) > 1 and parts[-1].isascii() and parts[-1].isdigit() else 0
 
 
 def tf_head(tf, y, kind: str):

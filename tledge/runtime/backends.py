@@ -47,7 +47,7 @@ def default_threads() -> int:
     in [1, MAX_THREADS] is refused (it was ignored, or taken whole)."""
     env = os.environ.get("TLEDGE_THREADS", "").strip()
     if env:
-        if not env.isdigit() or not 1 <= int(env) <= MAX_THREADS:
+        if not (env.isascii() and env.isdigit()) or not 1 <= int(env) <= MAX_THREADS:  # '²' is a digit to isdigit
             from tledge.errors import ArgumentError
 
             raise ArgumentError(f"TLEDGE_THREADS={env!r}: expected a number of threads in [1, {MAX_THREADS}]")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -42,15 +43,39 @@ def human_line(r: Result) -> str:
 _LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
+def stdout_is_utf8() -> bool:
+    """Whether stdout takes every letter (else JSON on it is written with \\u escapes: PYTHONIOENCODING=ascii, a C
+    locale without UTF-8 mode)."""
+    import codecs
+
+    try:
+        return codecs.lookup(getattr(sys.stdout, "encoding", None) or "utf-8").name == "utf-8"
+    except LookupError:
+        return False
+
+
+def readable(name: str) -> str:
+    """A file name as its bytes say: in a C locale without UTF-8 mode Python holds a UTF-8 name's bytes as surrogates
+    (`fourmi_\\udcc3\\udca9.jpg`), which the CSV and JSON wrote; bytes that are not UTF-8 stay surrogates."""
+    try:
+        return os.fsencode(name).decode("utf-8", "surrogateescape")
+    except (UnicodeError, TypeError):
+        return name
+
+
 def json_line(r: Result) -> str:
-    text = json.dumps(r.to_dict(), ensure_ascii=False)  # JSON escapes control characters itself
+    d = r.to_dict()
+    d["source"] = readable(d["source"])
+    if not stdout_is_utf8():
+        return json.dumps(d, ensure_ascii=True)
+    text = json.dumps(d, ensure_ascii=False)  # JSON escapes control characters itself
     try:
         text.encode("utf-8")
         # but not U+0085, U+2028, U+2029 (a label of a file made elsewhere may hold them): str.splitlines() and
         # other line readers split one JSON line there
         return text.translate(_LINE_BREAKS)
     except UnicodeEncodeError:  # a lone surrogate: JSON's own \udce9 escape, which JSON readers take back
-        return json.dumps(r.to_dict(), ensure_ascii=True)
+        return json.dumps(d, ensure_ascii=True)
 
 
 class CsvSink:
@@ -81,7 +106,7 @@ class CsvSink:
     def _row(self, r: Result) -> None:
         best = r.top[0] if r.top else None
         self._w.writerow({
-            "source": r.source, "index": r.index, "status": r.status,
+            "source": readable(r.source), "index": r.index, "status": r.status,
             "label": best.label if best else "", "score": f"{best.score:.6f}" if best else "",
             "latency_ms": "" if r.latency_ms is None else f"{r.latency_ms:.3f}",
             "prep_ms": "" if r.prep_ms is None else f"{r.prep_ms:.3f}",

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from tledge.errors import ImageError, TledgeError
-from tledge.paths import utf8_alias
+from tledge.paths import expand, utf8_alias
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts",
                   ".3gp", ".mjpeg", ".mjpg"}
@@ -315,7 +315,7 @@ def open_source(spec: str | Path, *, retries: int = 5, backoff: float = 1.0,
     if s == "-" and not Path(s).exists():
         raise TledgeError("--source -: images are not read from standard input; pass an image, folder, glob, "
                           "video, camera index, URL, GStreamer pipeline or picamera2")
-    if Path(s).expanduser().exists() and not s.startswith("/dev/video"):
+    if expand(s).exists() and not s.startswith("/dev/video"):
         return _file_source(s, on_event)  # an existing file or folder wins: `2024/`, `a!b.jpg`, `picamera2/`
     if s == "picamera2":
         return LiveSource("picamera2", opener or _picamera_opener(), **live)
@@ -329,7 +329,7 @@ def open_source(spec: str | Path, *, retries: int = 5, backoff: float = 1.0,
         return VideoSource(s, name=redact(s), on_event=on_event)  # a file: every frame once, then the end
     if s.lower().startswith(STREAM_SCHEMES):
         return LiveSource(redact(s), opener or _cv2_opener(s, "CAP_FFMPEG"), **live)
-    if "!" in s and not (glob.has_magic(s) and glob.glob(str(Path(s).expanduser()), recursive=True)):
+    if "!" in s and not (glob.has_magic(s) and glob.glob(str(expand(s)), recursive=True)):
         _require_gstreamer()
         return LiveSource("gstreamer", opener or _cv2_opener(s, "CAP_GSTREAMER"), **live)
     return _file_source(s, on_event)
@@ -344,7 +344,7 @@ def _image_suffixes() -> set[str]:
 def _file_source(s: str, on_event) -> Source:
     from tledge.images import IMAGE_SUFFIXES, data_files
 
-    p = Path(s).expanduser()
+    p = expand(s)
     if p.is_dir():
         every = data_files(p)
         files = [f for f in every if f.suffix.lower() in IMAGE_SUFFIXES]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -79,7 +80,7 @@ class TrainConfig:
         object.__setattr__(self, "weights", str(self.weights))  # a Path was refused: "expected str"
         if self.val_dir is not None:
             object.__setattr__(self, "val_dir", Path(self.val_dir))
-        if isinstance(self.fine_tune_at, str) and self.fine_tune_at.lstrip("-").isdigit():
+        if isinstance(self.fine_tune_at, str) and re.fullmatch(r"-?[0-9]+", self.fine_tune_at):
             object.__setattr__(self, "fine_tune_at", int(self.fine_tune_at))
         self._check()
 

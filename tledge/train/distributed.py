@@ -73,6 +73,8 @@ def tf_config() -> dict:
         cfg = json.loads(text)
     except json.JSONDecodeError as exc:
         raise TledgeError(f"TF_CONFIG is not valid JSON ({exc.msg} at character {exc.pos})") from None
+    except RecursionError:  # nested thousands deep
+        raise TledgeError("TF_CONFIG is nested too deeply to be a cluster: give the cluster as JSON") from None
     spec = cfg.get("cluster") if isinstance(cfg, dict) else None
     if not isinstance(spec, dict) or not spec:
         raise TledgeError('TF_CONFIG must be a JSON object with a "cluster" of addresses, e.g. {"cluster": {"worker": '

@@ -1,0 +1,104 @@
+"""tledge under the process environments shells, schedulers and boards give it: closed or full standard streams,
+a stdout that is not UTF-8, a C locale, `~name` paths, odd environment variables. The work is done and said, or
+refused in one line (exit 2); never a traceback after the work."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tiny import IMAGES, TINY
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tledge(args: str, tmp_path: Path, **env) -> subprocess.CompletedProcess:
+    """`python -m tledge ARGS` through sh (for its redirections), in tmp_path."""
+    e = {**os.environ, "PYTHONPATH": str(REPO), **env}
+    return subprocess.run(["sh", "-c", f'exec "{sys.executable}" -m tledge {args}'], capture_output=True, text=True,
+                          cwd=tmp_path, env=e, timeout=120)
+
+
+@pytest.fixture
+def photos(tmp_path):
+    d = tmp_path / "photos"
+    d.mkdir()
+    shutil.copy(IMAGES[0], d / f"fourmi_é{IMAGES[0].suffix}")
+    return d
+
+
+def test_a_closed_stdout_or_stderr_loses_only_what_went_there(tmp_path, photos):
+    """`>&-`: every verb did its work, then failed (exit 1: "parity failed" for a passing check); `2>&-`: the notes
+    and the summary went into stdout's JSON lines; `2>/dev/full`: exit 2 after the results were written."""
+    assert _tledge(f"parity --golden {TINY} >&-", tmp_path).returncode == 0
+    p = _tledge(f"run {TINY} --source photos --json 2>&-", tmp_path)
+    assert p.returncode == 0 and [json.loads(ln)["status"] for ln in p.stdout.splitlines()] == ["ok"]
+    p = _tledge(f"run {TINY} --source photos --json 2>/dev/full", tmp_path)
+    assert p.returncode == 0 and len(p.stdout.splitlines()) == 1
+    p = _tledge("run nosuch.tflite --source photos 2>/dev/full", tmp_path)
+    assert p.returncode == 2 and "Traceback" not in p.stdout
+
+
+def test_a_stdout_that_is_not_utf8_gets_every_result(tmp_path, photos):
+    """PYTHONIOENCODING=ascii: a UnicodeEncodeError traceback at the first accented file name."""
+    p = _tledge(f"run {TINY} --source photos --json", tmp_path, PYTHONIOENCODING="ascii")
+    assert p.returncode == 0, p.stderr
+    assert Path(json.loads(p.stdout)["source"]).name.startswith("fourmi_é")  # JSON's \u00e9, read back
+    p = _tledge(f"run {TINY} --source photos", tmp_path, PYTHONIOENCODING="ascii")
+    assert p.returncode == 0 and "fourmi_?" in p.stdout, p.stderr
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a C locale without UTF-8 mode")
+def test_a_c_locale_writes_utf8_names_as_their_bytes_say(tmp_path, photos):
+    """LC_ALL=C without UTF-8 mode: Python holds a UTF-8 name's bytes as surrogates, which the CSV wrote."""
+    p = _tledge(f"run {TINY} --source photos --csv out.csv -q", tmp_path, LC_ALL="C", PYTHONUTF8="0",
+                PYTHONCOERCECLOCALE="0")
+    assert p.returncode == 0, p.stderr
+    assert "fourmi_é" in (tmp_path / "out.csv").read_text(encoding="utf-8")
+
+
+def test_paths_and_variables_that_are_not_what_they_look_like(tmp_path):
+    """`~backup.jpg` (bash passes it on unchanged: there is no user "backup") and TLEDGE_THREADS='²' (a digit to
+    str.isdigit, not to int) traced back."""
+    for args, env, said in ((f"info ~nosuchuser_{os.getpid()}.tflite", {}, "model file not found"),
+                            (f"run {TINY} --source x.jpg", {"TLEDGE_THREADS": "²"}, "TLEDGE_THREADS")):
+        p = _tledge(args, tmp_path, **env)
+        assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and said in p.stderr, p.stderr
+
+
+def test_keras_on_another_backend_is_one_line(monkeypatch):
+    """KERAS_BACKEND=garbage: keras's import raised ValueError (a traceback); =jax: "keras is not installed"."""
+    from tledge._deps import require
+    from tledge.errors import MissingDependency
+
+    monkeypatch.setenv("KERAS_BACKEND", "garbage")
+    with pytest.raises(MissingDependency, match="KERAS_BACKEND is 'garbage': set KERAS_BACKEND=tensorflow"):
+        require("keras")
+
+
+def test_a_tf_config_nested_thousands_deep_is_one_line(monkeypatch):
+    from tledge.errors import TledgeError
+    from tledge.train.distributed import tf_config
+
+    monkeypatch.setenv("TF_CONFIG", '{"a":' * 5000 + "1" + "}" * 5000)
+    with pytest.raises(TledgeError, match="nested too deeply"):
+        tf_config()
+
+
+def test_the_log_keeps_lines_not_the_terminal_s_redrawing(tmp_path, monkeypatch):
+    """On a terminal, export.log held `\\r[1/4] loading ... 4.0 s\\x1b[K`; with TERM=dumb the codes reached it too."""
+    from tledge.log import Console
+
+    c = Console("export")
+    c.logfile = open(tmp_path / "export.log", "w")
+    c.line("\r[1/4] loading ... 4.0 s\x1b[K")
+    c.logfile.close()
+    assert (tmp_path / "export.log").read_text() == "[1/4] loading ... 4.0 s\n"
+    monkeypatch.setenv("TERM", "dumb")
+    c.stream = open(os.devnull, "w")
+    monkeypatch.setattr(c.stream, "isatty", lambda: True)
+    assert not c.tty  # a terminal that cannot redraw a line gets plain lines
