@@ -29,6 +29,7 @@ from tledge import artifacts
 from tledge._deps import WHEEL
 from tledge.devices.options import Options, resolve
 from tledge.devices.profiles import Family, Profile, get_profile
+from tledge.devices.runsh import run_sh, venv_flag_of
 from tledge.errors import TledgeError
 
 # package parts that need TensorFlow/Keras: left out of the bundle
@@ -176,99 +177,6 @@ def requirements_txt(profile: Profile, model_names: list[str]) -> str:
             "# other Pythons get the lowest versions tledge supports.",
             "# tledge itself is vendored in lib/ (run.sh puts it on PYTHONPATH): nothing to install for it."]
     return "\n".join(head + comments + requirement_lines(pkgs, profile.constraints)) + "\n"
-
-
-RUN_SH = """#!/bin/sh
-# Classify with tledge on this board ({device}). Usage: ./run.sh [SOURCE] [more tledge run options]
-# SOURCE: a camera index (default 0), picamera2, an image, a folder, a video, a URL or a GStreamer pipeline.
-# MODEL=<file in model/> ./run.sh ... picks another model file of this bundle (e.g. the CPU fallback).
-# ./run.sh --check [--json] [--junit FILE]: every model file of the bundle against the Keras outputs stored
-# at export (model/golden.npz); exit 0 = the board agrees, 1 = it disagrees, 2 = the bundle is not intact.
-set -eu
-HERE=$(cd "$(dirname "$0")" && pwd)
-if [ -n "${{PYTHON:-}}" ]; then PY=$PYTHON
-elif [ -x "$HERE/.venv/bin/python" ]; then PY="$HERE/.venv/bin/python"
-else PY=python3; fi
-PYTHONPATH="$HERE/lib${{PYTHONPATH:+:$PYTHONPATH}}"
-export PYTHONPATH
-NOCWD="import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]"  # -c puts the current folder first
-# tledge from lib/, never from the current folder (`python -m tledge` in a folder holding a tledge/ checkout ran that)
-TLEDGE="$NOCWD
-from tledge.cli import main
-sys.exit(main(sys.argv[1:]))"
-given() {{  # whether the user's options ("$@" after $1) give option $1: then run.sh's own value of it is left out
-  o=$1; shift
-  for a in "$@"; do case "$a" in "$o"|"$o"=*) return 0 ;; esac; done
-  return 1
-}}
-own() {{  # run.sh's options for tledge: the device profile and thread count, unless the user gives them
-  OWN=""
-  if [ -n "$DEVICE" ] && ! given --device "$@"; then OWN="--device $DEVICE"; fi
-  if [ -n "$THREADS" ] && ! given --threads "$@"; then OWN="$OWN --threads $THREADS"; fi
-}}
-DEVICE={device}
-THREADS={threads}
-need() {{  # LiteRT, else tflite-runtime (tledge runs on either)
-  if ! "$PY" -c "$NOCWD; import $1" 2>/dev/null \\
-      && ! {{ [ "${{1#*ai_edge_litert}}" != "$1" ] && "$PY" -c "$NOCWD; import $(echo "$1" | sed 's/ai_edge_litert/tflite_runtime.interpreter/')" 2>/dev/null; }}; then
-    echo "run.sh: $1 cannot be imported by $PY; install the runtime (README.md):" >&2
-    echo "  python3 -m venv{venv_flag} $HERE/.venv && $HERE/.venv/bin/pip install -r $HERE/requirements.txt" >&2{board_hint}
-    exit 2
-  fi
-}}
-if [ "${{1:-}}" = "--check" ]; then
-  shift
-  # first the code against bundle.json (-I: nothing from lib/ runs before it is checked; no file added to lib/);
-  # the model files are tledge parity's to check (model/manifest.json)
-  "$PY" -I -c 'import hashlib, json, pathlib, sys
-top = pathlib.Path(sys.argv[1])
-try:
-    listed = json.loads((top / "bundle.json").read_text())["sha256"]
-    assert isinstance(listed, dict) and all(isinstance(h, str) for h in listed.values())
-except (OSError, ValueError, KeyError, TypeError, AssertionError, RecursionError) as exc:
-    sys.exit(f"run.sh: the bundle is not intact: bundle.json unreadable ({{type(exc).__name__}})")
-bad = [f for f, h in sorted(listed.items()) if not f.startswith("model/") and (not (top / f).is_file()
-       or hashlib.sha256((top / f).read_bytes()).hexdigest() != h)]
-bad += [str(f.relative_to(top)) + " (not in the bundle)" for f in sorted((top / "lib").rglob("*"))
-        if f.is_file() and "__pycache__" not in f.parts and str(f.relative_to(top)) not in listed]
-if bad:
-    sys.exit("run.sh: the bundle is not intact (changed, missing or added since tledge bundle): " + ", ".join(bad[:5]))' "$HERE" || exit 2
-  need "numpy, {check_modules}"
-  own "$@"
-  exec "$PY" -c "$TLEDGE" parity --golden "$HERE" $OWN "$@"
-fi
-SOURCE=0  # options without a SOURCE (./run.sh --json) are options: camera 0
-case "${{1:-}}" in -*) ;; *) [ $# -gt 0 ] && {{ [ -n "$1" ] && SOURCE=$1; shift; }} ;; esac
-MODEL=${{MODEL:-{model}}}
-case "$MODEL" in *.onnx) BACKEND=onnxruntime ;; *) BACKEND=ai_edge_litert ;; esac
-{plain_file_case}
-need "numpy, cv2, $BACKEND"
-own "$@"
-if ! given --source "$@"; then set -- --source "$SOURCE" "$@"; fi  # `./run.sh --json --source x.jpg`: x.jpg
-exec "$PY" -c "$TLEDGE" run "$HERE/model/$MODEL" $OWN "$@"
-"""
-
-
-def venv_flag_of(profile: Profile) -> str:
-    """The board's venv sees the system's packages (picamera2 and libcamera from apt; JetPack's OpenCV, CUDA)."""
-    return " --system-site-packages" if profile.family in (Family.RPI, Family.JETSON) else ""
-
-
-def run_sh(profile: Profile, model: str, threads: int | None = None, models: tuple[str, ...] = ()) -> str:
-    """threads: only when chosen explicitly at bundle time (the profile's own count comes with --device).
-    models: every model file the bundle ships (their backends must import for `--check`)."""
-    plain = ""
-    if any(t.delegates for t in profile.targets):  # a plain file must not ask for the accelerator's delegate
-        plain = 'case "$MODEL" in *_edgetpu.tflite) ;; *) DEVICE="" ;; esac'
-    kinds = {Path(m).suffix for m in (models or (model,))}
-    check = ", ".join(mod for suffix, mod in ((".tflite", "ai_edge_litert"), (".onnx", "onnxruntime"))
-                      if suffix in kinds)
-    venv_flag = venv_flag_of(profile)
-    hint = ("\n    echo \"  (onnxruntime-gpu and OpenCV come from JetPack / the Jetson Zoo wheel, not from pip: "
-            "README.md)\" >&2") if profile.family is Family.JETSON else ""
-    return RUN_SH.format(device=profile.name, model=model, threads=int(threads) if threads else '""',
-                         plain_file_case=plain,
-                         check_modules=check or "ai_edge_litert", venv_flag=venv_flag, board_hint=hint)
 
 
 def _board_steps(profile: Profile) -> list[str]:
