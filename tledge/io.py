@@ -6,7 +6,6 @@ import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
 
 
 def _umask() -> int:
@@ -144,31 +143,3 @@ def shape_inference_scratch():
             yield
         finally:
             ssi.onnx = onnx
-
-
-@contextmanager
-def signals_held(done: Callable[[], None] | None = None):
-    """Ctrl-C and SIGTERM held back while a group of renames runs (an export's swap, a run's files moved into place):
-    they arrive as Python exceptions, and one landing between two renames left half of the new files beside half of
-    the old. A signal that comes meanwhile is noted, then raised again once the block is done, to the handler that
-    was in place. Main thread only (where Python runs signal handlers); elsewhere a no-op. `done` is called before
-    the held signal is raised when the block completed: what it wrote is whole (an export stopped with exit 143 after
-    its files were swapped in said nothing of them)."""
-    import signal
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    got: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
-    completed = False
-    try:
-        yield
-        completed = True
-    finally:
-        for s, handler in previous.items():  # None: a handler set outside Python, which cannot be put back
-            signal.signal(s, signal.SIG_DFL if handler is None else handler)
-        if got:
-            if completed and done is not None:
-                done()
-            signal.raise_signal(got[0])

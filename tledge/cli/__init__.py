@@ -259,8 +259,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"tledge {args.command}: {'terminated (SIGTERM)' if sigterm else 'interrupted'}", file=sys.stderr)
             rc = 143 if sigterm else 130
     finally:  # a crash (a traceback follows) or a stop: say where the libraries' messages are, if not kept
-        log.finish(console, rc is None, stopped=rc in (130, 143))
-        log.uninstall()
+        from tledge.signals import signals_held
+
+        with signals_held(reraise=rc not in (130, 143)):  # a second signal while stopping: a traceback, exit 1
+            log.finish(console, rc is None, stopped=rc in (130, 143))
+            log.uninstall()
         import signal
 
         if previous is not None:

@@ -198,13 +198,18 @@ def _loop(runner, source, args) -> int | None:
         runner.summary.interrupted = ok = True
         stopped = 143  # 128 + SIGTERM
     finally:
-        results.close()
-        try:  # a failed run keeps the earlier video as it keeps the earlier CSV
-            if save:
-                save.close() if ok else save.abort()
-        finally:
-            if csv_sink:
-                csv_sink.close() if ok else csv_sink.abort()
+        from tledge.signals import signals_held
+
+        # a second Ctrl-C or SIGTERM while the outputs are closed is held back (dropped when the run is already
+        # stopping): it landed in the join of the preparation threads and lost the CSV and the video, or hung
+        with signals_held(reraise=not runner.summary.interrupted):
+            results.close()
+            try:  # a failed run keeps the earlier video as it keeps the earlier CSV
+                if save:
+                    save.close() if ok else save.abort()
+            finally:
+                if csv_sink:
+                    csv_sink.close() if ok else csv_sink.abort()
     return stopped
 
 

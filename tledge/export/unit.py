@@ -99,10 +99,10 @@ class ExportFolder:
 
 
 def swap_in(staging: Path, out: Path, manifest: artifacts.Manifest) -> None:
-    """The new export in place of the old, with Ctrl-C / SIGTERM held back (tledge.io.signals_held): the previous
+    """The new export in place of the old, with Ctrl-C / SIGTERM held back (tledge.signals.signals_held): the previous
     export's files (its manifest's list and the table's names, in rejected/ too) are moved aside into the staging
     folder, not deleted, and moved back if a rename fails; other files in rejected/ are left alone."""
-    from tledge.io import signals_held
+    from tledge.signals import signals_held
 
     try:
         old = artifacts.read(out)

@@ -20,7 +20,8 @@ import numpy as np
 
 from tledge._deps import available, require
 from tledge.errors import ExportError, TledgeWarning
-from tledge.io import atomic_path, atomic_write_text, check_space, signals_held
+from tledge.io import atomic_path, atomic_write_text, check_space
+from tledge.signals import signals_held
 from tledge.train.checkpoint import numpy2_quiet, temp_sibling, weight_bytes
 
 RELOAD_TOLERANCE = 1e-5  # the reloaded file against the model in memory, both through predict_on_batch
