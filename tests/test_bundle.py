@@ -67,7 +67,7 @@ def test_rpi4_bundle_contents(export_dir, tmp_path):
     assert "tensorflow" not in reqs.lower().replace("no tensorflow", "") and "onnxruntime" not in reqs
     run_sh = member_text(out, top + "run.sh")
     assert "MODEL=${MODEL:-model_int8.tflite}" in run_sh
-    assert '-c "$TLEDGE" run "$HERE/model/$MODEL" $OWN "$@"' in run_sh
+    assert '-c "$TLEDGE" "$HERE/lib" run "$HERE/model/$MODEL" $OWN "$@"' in run_sh
     assert "DEVICE=rpi4\nTHREADS=\"\"\n" in run_sh and "_edgetpu" not in run_sh
     assert "SOURCE=0" in run_sh
     subprocess.run(["sh", "-n", "-"], input=run_sh, text=True, check=True)

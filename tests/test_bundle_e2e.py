@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -132,3 +133,21 @@ def test_run_sh_without_runtime_says_how_to_install(unpacked, tmp_path):
                           timeout=60, env=_clean_env(PYTHON=str(bare / "bin" / "python")))
     assert proc.returncode == 2
     assert "pip install -r" in proc.stderr and "requirements.txt" in proc.stderr
+
+
+def test_run_sh_from_a_folder_with_a_colon_through_a_link_with_cdpath(unpacked, venv_python, tmp_path):
+    """A bundle unpacked under `co:lon/` (PYTHONPATH split the path: ModuleNotFoundError, or another tledge ran),
+    run.sh called through a symbolic link (its folder was the link's), and an exported CDPATH (cd printed the folder:
+    HERE got two lines). `./run.sh "$UNSET"` opened camera 0."""
+    board = tmp_path / "co:lon" / unpacked.name
+    shutil.copytree(unpacked, board, symlinks=True, ignore=shutil.ignore_patterns(".venv"))
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "classify").symlink_to(board / "run.sh")
+    env = _clean_env(PYTHON=str(venv_python), CDPATH=f".:{tmp_path}")
+    for argv in (["--check"], [str(IMAGES[0]), "--json"]):
+        proc = subprocess.run(["sh", str(tmp_path / "bin" / "classify"), *argv], capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run(["sh", str(board / "run.sh"), "", "--json"], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path, env=env)
+    assert proc.returncode == 2 and "source is empty" in proc.stderr, proc.stderr

@@ -111,7 +111,7 @@ def test_run_sh_takes_tflite_runtime_where_litert_is_absent(bundle, tmp_path):
     (shims / "tflite_runtime" / "interpreter.py").write_text("")
     env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(shims)}
     run_sh = (bundle / "run.sh").read_text()
-    need = run_sh[run_sh.index("need() {"):run_sh.index("\n}\n", run_sh.index("need() {")) + 3]
+    need = run_sh[run_sh.index("importable() {"):run_sh.index("\n}\n", run_sh.index("need() {")) + 3]
     script = tmp_path / "need.sh"
     nocwd = next(ln for ln in run_sh.splitlines() if ln.startswith("NOCWD="))  # need() imports nothing of cwd's
     script.write_text(f'PY="$PYTHON"\nHERE=.\n{nocwd}\n{need}\nneed "numpy, ai_edge_litert" && echo found\n')
@@ -160,3 +160,21 @@ def test_thresholds_objects_are_checked_as_tables_are():
     with pytest.raises(TledgeError, match="got list"):
         thresholds_from_dict([1])
     assert thresholds_from_dict({"int8": Thresholds(min_agreement=0.97)})["int8"].min_agreement == 0.97
+
+
+def test_run_sh_check_needs_one_runtime_not_every_one(tmp_path):
+    """A Jetson bundle ships model_fp32.onnx and model_int8.tflite: `./run.sh --check` on a venv with onnxruntime and
+    no LiteRT said "numpy, ai_edge_litert, onnxruntime cannot be imported" (exit 2) and checked nothing; parity
+    --golden itself checks the files it can run and says which it could not."""
+    res = make_bundle(TINY, "jetson-orin", tmp_path / "j.tar.gz")
+    with tarfile.open(res.path) as tar:
+        tar.extractall(tmp_path / "board", filter="data")
+    board = tmp_path / "board" / res.top
+    shims = tmp_path / "shims" / "ai_edge_litert"
+    shims.mkdir(parents=True)
+    (shims / "__init__.py").write_text("raise ImportError('not on this board')\n")
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(shims.parent)}
+    proc = subprocess.run(["sh", str(board / "run.sh"), "--check"], capture_output=True, text=True, timeout=300,
+                          env=env, cwd=tmp_path)
+    assert proc.returncode == 0 and "parity: PASSED" in proc.stdout, proc.stdout + proc.stderr
+    assert "model_int8.tflite: not checked" in proc.stderr and "model_fp32.onnx" in proc.stdout

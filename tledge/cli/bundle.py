@@ -43,5 +43,7 @@ def run(args) -> int:
           + (f" (CPU fallback model/{res.fallback})" if res.fallback else ""))
     for n in res.notes:
         print(f"  note: {n}")
-    print(f"on the board: tar xzf {res.path.name} && cd {res.top} && cat README.md")
+    from shlex import quote
+
+    print(f"on the board: tar xzf {quote(res.path.name)} && cd {quote(str(res.top))} && cat README.md")
     return 0

@@ -3,7 +3,7 @@
     <export>-<device>/
       model/<chosen file(s)>, tledge.json, labels.txt, parity.json/.md, manifest.json (the export's,
                           restricted to these files): only files the export's manifest vouches for
-      lib/tledge/...      tledge's own source, minus training and export (run.sh puts lib/ on PYTHONPATH)
+      lib/tledge/...      tledge's own source, minus training and export (run.sh puts lib/ first on Python's path)
       requirements.txt    the runtime for that board, pinned to the versions of the building machine
       run.sh              ./run.sh [SOURCE] -> tledge run on camera 0 (default), an image, folder or video;
                           ./run.sh --check -> tledge parity --golden: the board against the Keras outputs
@@ -175,13 +175,13 @@ def requirements_txt(profile: Profile, model_names: list[str]) -> str:
     head = [f"# tledge {tledge.__version__} runtime for {profile.name}: {profile.title}. No TensorFlow.",
             f"# Exact pins: the versions this bundle was built and checked with (Python {py});",
             "# other Pythons get the lowest versions tledge supports.",
-            "# tledge itself is vendored in lib/ (run.sh puts it on PYTHONPATH): nothing to install for it."]
+            "# tledge itself is vendored in lib/ (run.sh puts lib/ first on Python's path): nothing to install for it."]
     return "\n".join(head + comments + requirement_lines(pkgs, profile.constraints)) + "\n"
 
 
 def _board_steps(profile: Profile) -> list[str]:
     """The profile's install lines minus making a venv and installing tledge (the bundle does both)."""
-    skip = ("-m venv", f"./{WHEEL}")
+    skip = ("-m venv", f"./{WHEEL}", "# --no-deps")  # the wheel's line is left out, and so is what explains it
     return [ln.replace("~/tledge-venv/", ".venv/") for ln in profile.install if not any(k in ln for k in skip)]
 
 

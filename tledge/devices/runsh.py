@@ -14,15 +14,16 @@ RUN_SH = """#!/bin/sh
 # ./run.sh --check [--json] [--junit FILE]: every model file of the bundle against the Keras outputs stored
 # at export (model/golden.npz); exit 0 = the board agrees, 1 = it disagrees, 2 = the bundle is not intact.
 set -eu
-HERE=$(cd "$(dirname "$0")" && pwd)
+SELF=$(readlink -f -- "$0" 2>/dev/null || echo "$0")  # run.sh through a symbolic link: the bundle is the target's
+HERE=$(CDPATH= cd -- "$(dirname -- "$SELF")" && pwd)  # CDPATH: cd printed the folder, HERE got two lines
 if [ -n "${{PYTHON:-}}" ]; then PY=$PYTHON
 elif [ -x "$HERE/.venv/bin/python" ]; then PY="$HERE/.venv/bin/python"
 else PY=python3; fi
-PYTHONPATH="$HERE/lib${{PYTHONPATH:+:$PYTHONPATH}}"
-export PYTHONPATH
 NOCWD="import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]"  # -c puts the current folder first
-# tledge from lib/, never from the current folder (`python -m tledge` in a folder holding a tledge/ checkout ran that)
+# tledge from lib/ (its path the first argument: PYTHONPATH split a folder named with a `:`), never from the current
+# folder (`python -m tledge` in a folder holding a tledge/ checkout ran that)
 TLEDGE="$NOCWD
+sys.path.insert(0, sys.argv.pop(1))
 from tledge.cli import main
 sys.exit(main(sys.argv[1:]))"
 given() {{  # whether the user's options ("$@" after $1) give option $1: then run.sh's own value of it is left out
@@ -37,9 +38,12 @@ own() {{  # run.sh's options for tledge: the device profile and thread count, un
 }}
 DEVICE={device}
 THREADS={threads}
-need() {{  # LiteRT, else tflite-runtime (tledge runs on either)
-  if ! "$PY" -c "$NOCWD; import $1" 2>/dev/null \\
-      && ! {{ [ "${{1#*ai_edge_litert}}" != "$1" ] && "$PY" -c "$NOCWD; import $(echo "$1" | sed 's/ai_edge_litert/tflite_runtime.interpreter/')" 2>/dev/null; }}; then
+importable() {{  # LiteRT, else tflite-runtime (tledge runs on either)
+  "$PY" -c "$NOCWD; import $1" 2>/dev/null \\
+      || {{ [ "${{1#*ai_edge_litert}}" != "$1" ] && "$PY" -c "$NOCWD; import $(echo "$1" | sed 's/ai_edge_litert/tflite_runtime.interpreter/')" 2>/dev/null; }}
+}}
+need() {{
+  if ! importable "$1"; then
     echo "run.sh: $1 cannot be imported by $PY; install the runtime (README.md):" >&2
     echo "  python3 -m venv{venv_flag} $HERE/.venv && $HERE/.venv/bin/pip install -r $HERE/requirements.txt" >&2{board_hint}
     exit 2
@@ -62,19 +66,26 @@ bad += [str(f.relative_to(top)) + " (not in the bundle)" for f in sorted((top / 
         if f.is_file() and "__pycache__" not in f.parts and str(f.relative_to(top)) not in listed]
 if bad:
     sys.exit("run.sh: the bundle is not intact (changed, missing or added since tledge bundle): " + ", ".join(bad[:5]))' "$HERE" || exit 2
-  need "numpy, {check_modules}"
+  need numpy
+  ANY=""  # the files whose runtime is installed are checked, the others said (a Jetson venv without LiteRT)
+  for m in {check_list}; do if importable "$m"; then ANY=1; fi; done
+  [ -n "$ANY" ] || need "{check_modules}"
   own "$@"
-  exec "$PY" -c "$TLEDGE" parity --golden "$HERE" $OWN "$@"
+  exec "$PY" -c "$TLEDGE" "$HERE/lib" parity --golden "$HERE" $OWN "$@"
 fi
 SOURCE=0  # options without a SOURCE (./run.sh --json) are options: camera 0
-case "${{1:-}}" in -*) ;; *) [ $# -gt 0 ] && {{ [ -n "$1" ] && SOURCE=$1; shift; }} ;; esac
+if [ $# -gt 0 ] && [ -z "$1" ]; then  # `./run.sh "$UNSET"` opened camera 0
+  echo "run.sh: the source is empty (an unset shell variable?): pass a camera index, an image, a folder, a video, a URL or a pipeline" >&2
+  exit 2
+fi
+case "${{1:-}}" in -*) ;; *) [ $# -gt 0 ] && {{ SOURCE=$1; shift; }} ;; esac
 MODEL=${{MODEL:-{model}}}
 case "$MODEL" in *.onnx) BACKEND=onnxruntime ;; *) BACKEND=ai_edge_litert ;; esac
 {plain_file_case}
 need "numpy, cv2, $BACKEND"
 own "$@"
 if ! given --source "$@"; then set -- --source "$SOURCE" "$@"; fi  # `./run.sh --json --source x.jpg`: x.jpg
-exec "$PY" -c "$TLEDGE" run "$HERE/model/$MODEL" $OWN "$@"
+exec "$PY" -c "$TLEDGE" "$HERE/lib" run "$HERE/model/$MODEL" $OWN "$@"
 """
 
 
@@ -97,4 +108,5 @@ def run_sh(profile: Profile, model: str, threads: int | None = None, models: tup
             "README.md)\" >&2") if profile.family is Family.JETSON else ""
     return RUN_SH.format(device=profile.name, model=model, threads=int(threads) if threads else '""',
                          plain_file_case=plain,
-                         check_modules=check or "ai_edge_litert", venv_flag=venv_flag, board_hint=hint)
+                         check_modules=check or "ai_edge_litert", check_list=check.replace(",", "") or "ai_edge_litert",
+                         venv_flag=venv_flag, board_hint=hint)
