@@ -151,3 +151,6 @@ def test_run_sh_from_a_folder_with_a_colon_through_a_link_with_cdpath(unpacked, 
     proc = subprocess.run(["sh", str(board / "run.sh"), "", "--json"], capture_output=True, text=True, timeout=60,
                           cwd=tmp_path, env=env)
     assert proc.returncode == 2 and "source is empty" in proc.stderr, proc.stderr
+    proc = subprocess.run(["sh", str(board / "run.sh"), str(IMAGES[0]), "--source", str(IMAGES[1])],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)  # one was dropped
+    assert proc.returncode == 2 and "a SOURCE and --source" in proc.stderr, proc.stderr

@@ -71,7 +71,7 @@ def test_run_without_opencv_says_so_in_one_line(tmp_path, capsys, monkeypatch):
 def test_bench_runs_no_code_from_the_current_folder(tmp_path, capsys, monkeypatch):
     """bench measures in a fresh `python -m ...` process, which put the current folder first on sys.path: a numpy.py
     beside the model (a downloaded model folder) ran."""
-    (tmp_path / "numpy.py").write_text("open('PWNED', 'w')\nraise SystemExit('the folder's numpy.py ran')\n")
+    (tmp_path / "numpy.py").write_text("open('PWNED', 'w')\nraise SystemExit('the numpy.py of the folder ran')\n")
     monkeypatch.chdir(tmp_path)
     assert main(["bench", str(TINY / "model_int8.tflite"), "--runs", "2", "--warmup", "0"]) == 0, capsys.readouterr()
     assert not (tmp_path / "PWNED").exists()

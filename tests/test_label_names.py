@@ -16,9 +16,9 @@ from tledge.errors import DataError, TledgeWarning
 from tledge.labels import name_problem, read_labels
 
 
-def _png(path: Path) -> None:
+def _png(path: Path, value: int = 0) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    raw = b"".join(b"\x00" + bytes(3 * 8) for _ in range(8))
+    raw = b"".join(b"\x00" + bytes([value]) * (3 * 8) for _ in range(8))
 
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
@@ -30,7 +30,7 @@ def _png(path: Path) -> None:
 def _dataset(root: Path, names) -> Path:
     for name in names:
         for i in range(2):
-            _png(root / name / f"{i}.png")
+            _png(root / name / f"{i}.png", zlib.crc32(f"{root.name}/{name}/{i}".encode()) % 256)
     return root
 
 
@@ -57,15 +57,22 @@ def test_train_refuses_a_class_folder_with_a_line_break_before_loading_anything(
 
 
 def test_export_refuses_val_folders_that_would_become_bad_labels(tmp_path, capsys):
-    """A model without labels takes its --val folder names; the check tledge train makes applies to them too."""
+    """A model without labels takes its --val folder names when there is one per output; the check tledge train
+    makes applies to them then, and only then (two calibration folders of a 1000-class model name nothing)."""
+    from types import SimpleNamespace
+
     from tledge.cli.validate import export_labels
+    from tledge.export.contracting import labels_for
+    from tledge.export.pipeline import ExportConfig
 
     data = _dataset(tmp_path / "v", ["ok", "bad\x1b[2K"])
+    cfg = ExportConfig(val=str(data))
     with pytest.raises(DataError, match=r"cannot be labels: a control character .*U\+001B"):
-        export_labels(tmp_path / "m.keras", None, {"--val": str(data)}, note=lambda s: None)
-    notes = []
-    ok = _dataset(tmp_path / "w", ["ants", "bees"])
-    assert export_labels(tmp_path / "m.keras", None, {"--val": str(ok)}, note=notes.append) is None and notes
+        labels_for(cfg, SimpleNamespace(contract=None, num_outputs=2))
+    assert labels_for(cfg, SimpleNamespace(contract=None, num_outputs=1000)) == ()
+    notes = []  # said before loading, with the escape code shown, not sent to the terminal
+    assert export_labels(tmp_path / "m.keras", None, {"--val": str(data)}, note=notes.append) is None
+    assert len(notes) == 1 and "\x1b" not in notes[0] and "bad" in notes[0]
 
 
 def test_numbered_class_names_are_read_back_as_written(tmp_path):
@@ -101,3 +108,13 @@ def test_json_lines_stay_one_line_whatever_a_label_holds():
     r = Result(source="a.jpg", index=0, status="ok", top=[Prediction(0, label, 0.5)], latency_ms=1.0)
     text = json_line(r)
     assert len(text.splitlines()) == 1 and json.loads(text)["top"][0]["label"] == label
+
+
+def test_validation_folders_are_matched_not_checked_as_labels(tmp_path):
+    """`val/ants ` (a trailing space) matches the class `ants` as export's matching does; it was refused as a
+    label it never becomes."""
+    from tledge.train.data import plan
+
+    _dataset(tmp_path / "d" / "train", ["ants", "bees"])
+    _dataset(tmp_path / "d" / "val", ["ants ", "Bees"])
+    assert plan(tmp_path / "d").classes == ("ants", "bees")

@@ -385,7 +385,6 @@ def export_labels(model, labels: str | None, folders: dict[str, str | None], not
     its own gets the folder names, and `note` says so."""
     from tledge.errors import DataError
     from tledge.images import class_folders, match_labels
-    from tledge.labels import check_names
 
     if labels:
         return labels
@@ -402,9 +401,10 @@ def export_labels(model, labels: str | None, folders: dict[str, str | None], not
         except DataError as exc:
             raise TledgeError(f"{exc} (in {where}): pass --labels FILE to say what the outputs mean, or rename the "
                               "folders") from None
-        if not own:
-            check_names(names, where=f"{flag} {folder}")  # they become the labels, as tledge train's do
-            shown = ", ".join(names[:6]) + (f", ... ({len(names)} folders)" if len(names) > 6 else "")
+        if not own:  # the names become labels only with one folder per output (checked then: export.contracting)
+            from tledge.runtime.outputs import printable
+
+            shown = ", ".join(printable(n) for n in names[:6]) + (f", ... ({len(names)} folders)" if len(names) > 6 else "")
             note(f"the model has no labels of its own: its outputs are named after the class folders of {flag} "
                  f"({shown}) if there is one folder per output; pass --labels FILE if they mean something else")
         break

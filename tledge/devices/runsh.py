@@ -78,7 +78,10 @@ if [ $# -gt 0 ] && [ -z "$1" ]; then  # `./run.sh "$UNSET"` opened camera 0
   echo "run.sh: the source is empty (an unset shell variable?): pass a camera index, an image, a folder, a video, a URL or a pipeline" >&2
   exit 2
 fi
-case "${{1:-}}" in -*) ;; *) [ $# -gt 0 ] && {{ SOURCE=$1; shift; }} ;; esac
+case "${{1:-}}" in -*) ;; *) if [ $# -gt 0 ]; then
+  SOURCE=$1; shift
+  if given --source "$@"; then echo "run.sh: a SOURCE and --source: pass one of them" >&2; exit 2; fi
+fi ;; esac
 MODEL=${{MODEL:-{model}}}
 case "$MODEL" in *.onnx) BACKEND=onnxruntime ;; *) BACKEND=ai_edge_litert ;; esac
 {plain_file_case}

@@ -15,7 +15,7 @@ import numpy as np
 
 from tledge import images
 from tledge.errors import DataError, ImageError, TledgeWarning
-from tledge.labels import check_names
+from tledge.labels import check_names, name_problem
 
 VAL_NAMES = ("val", "validation", "valid")
 DEFAULT_VAL_SPLIT = 0.2
@@ -70,8 +70,10 @@ def _listing(paths) -> str:
     return ", ".join(str(p) for p in paths[:_SHOW]) + more
 
 
-def scan_classes(root: Path, *, what: str) -> dict[str, list[Path]]:
-    """{class: [image files]} of a folder of class folders; warns about files that are skipped."""
+def scan_classes(root: Path, *, what: str, labels: bool = True) -> dict[str, list[Path]]:
+    """{class: [image files]} of a folder of class folders; warns about files that are skipped. labels: the names
+    become the model's labels (checked as such); validation folders are matched to them (case and spaces aside)
+    and need only be UTF-8."""
     if not root.is_dir():
         raise DataError(f"{what} folder not found: {root}")
     dirs = sorted(d for d in root.iterdir() if d.is_dir() and not images.skipped_name(d.name))
@@ -82,7 +84,11 @@ def scan_classes(root: Path, *, what: str) -> dict[str, list[Path]]:
     if loose:
         warnings.warn(f"ignoring {len(loose)} file(s) directly in {root} (not in a class folder): "
                       f"{_listing(loose)}", TledgeWarning, stacklevel=3)
-    check_names([d.name for d in dirs], where=str(root))  # they go into labels.txt and every exported file
+    if labels:  # they go into labels.txt and every exported file
+        check_names([d.name for d in dirs], where=str(root))
+    else:
+        check_names([d.name for d in dirs if name_problem(d.name) and name_problem(d.name).startswith("not UTF-8")],
+                    where=str(root))
     classes: dict[str, list[Path]] = {}
     others = []
     for d in dirs:
@@ -214,7 +220,7 @@ def plan(data_dir: str | Path, val_dir: str | Path | None = None, val_split: flo
         if val_root.resolve() == train_dir.resolve():  # early stopping and the fine-tuning stop would see train data
             warnings.warn(f"--val {val_root} is the training folder: the validation figures measure images the "
                           "model trains on", TledgeWarning, stacklevel=2)
-        val_classes = scan_classes(val_root, what="validation")
+        val_classes = scan_classes(val_root, what="validation", labels=False)
         val_classes = _check_val(val_classes, names, val_root)
         found = DataPlan(everything, _to_split(val_classes, names), names, f"folder {val_root}")
         return _warn_thin(found if val_root.resolve() == train_dir.resolve() else _warn_shared(found))  # said above
