@@ -75,3 +75,39 @@ def test_bench_runs_no_code_from_the_current_folder(tmp_path, capsys, monkeypatc
     monkeypatch.chdir(tmp_path)
     assert main(["bench", str(TINY / "model_int8.tflite"), "--runs", "2", "--warmup", "0"]) == 0, capsys.readouterr()
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_predict_reads_arrays_by_their_values_not_their_bytes():
+    """A big-endian float32 array (`>f4`: dtype name float32) was fed as its bytes (66 of 153 labels changed); float
+    pixels into a uint8 input wrapped (256.0 became 0: the black image's scores) and were truncated."""
+    import numpy as np
+
+    from tledge.runtime import load
+
+    fp32, int8 = load(TINY / "model_fp32.tflite"), load(TINY / "model_int8.tflite")
+    x = fp32.prepare(str(sorted((TINY / "images").iterdir())[0]))[None]
+    np.testing.assert_array_equal(fp32.predict(x.astype(">f4")), fp32.predict(x))
+    shape = (1, *int8.contract.input_shape)
+    white = int8.predict(np.full(shape, 255, np.uint8))
+    np.testing.assert_array_equal(int8.predict(np.full(shape, 256.0, np.float32)), white)
+    np.testing.assert_array_equal(int8.predict(np.full(shape, 254.6, np.float32)), white)
+    with pytest.raises(TledgeError, match="NaN"):
+        int8.predict(np.full(shape, np.nan, np.float32))
+
+
+def test_classify_refuses_float_images_that_are_not_pixels():
+    """A tf-normalised (-1..1), mean/std-normalised or 16-bit float array was clipped into pixels without a word (36
+    to 66 of 153 labels changed); a resize's overshoot of 0..255 data is still clipped."""
+    import numpy as np
+
+    from tledge.errors import ImageError
+    from tledge.images import to_uint8_rgb
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (8, 8, 3)).astype(np.float32)
+    for bad in (img / 127.5 - 1, (img - 120) / 58, img * 257):
+        with pytest.raises(ImageError, match="expected pixels in 0..1 or 0..255"):
+            to_uint8_rgb(bad)
+    overshoot = img.copy()
+    overshoot[0, 0, 0], overshoot[0, 1, 0] = -16, 272
+    assert to_uint8_rgb(overshoot)[0, 0, 0] == 0 and to_uint8_rgb(img / 255).dtype == np.uint8

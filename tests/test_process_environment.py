@@ -151,3 +151,28 @@ def test_a_long_run_keeps_a_bounded_window_of_latencies():
     for i in range(LATENCY_WINDOW + 500):
         s.latencies_ms.append(float(i))
     assert len(s.latencies_ms) == LATENCY_WINDOW and s.to_dict()["latency_ms_p50"] > 500
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork()")
+def test_a_child_forked_while_a_model_runs_does_not_hang():
+    """A server thread inside predict() when a fork() pool started: the child got the interpreter's lock held, and
+    waited on it for ever. Its lock is renewed in the child."""
+    import signal
+
+    import numpy as np
+
+    from tledge.runtime import load
+
+    m = load(TINY / "model_int8.tflite")
+    x = np.zeros((1, *m.contract.input_shape), np.uint8)
+    with m.backend._lock:  # another thread is in run() at the moment of the fork
+        pid = os.fork()
+        if pid == 0:  # the child: answers (or says why not) within 20 s, else it hung
+            signal.alarm(20)
+            try:
+                m.predict(x)
+            except Exception:  # noqa: BLE001 - a clear error is fine; a hang is what is tested
+                pass
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

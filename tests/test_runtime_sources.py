@@ -233,7 +233,10 @@ def test_interrupt_ends_cleanly_with_a_summary(odd_folder, monkeypatch):
         return real(x)
 
     monkeypatch.setattr(model, "run_inputs", ctrl_c_on_third)
-    results = list(runner.run(open_source(odd_folder, on_event=None)))
+    results = []
+    with pytest.raises(KeyboardInterrupt):  # raised on to the caller (it ended a library loop as if done)
+        for r in runner.run(open_source(odd_folder, on_event=None)):
+            results.append(r)
     assert runner.summary.interrupted and len(results) == 2 + sum(r.status == "skipped" for r in results)
     assert "interrupted" in runner.summary.line()
     assert not any(t.name.startswith("tledge-prep") and t.is_alive() for t in threading.enumerate())

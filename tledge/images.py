@@ -157,8 +157,13 @@ def to_uint8_rgb(img: np.ndarray, *, bgr: bool = False) -> np.ndarray:
     elif a.dtype.kind == "f":
         if not np.isfinite(a).all():
             raise ImageError("the image array holds NaN or infinite values")
-        scale = 1.0 if float(a.max()) > 1.5 else 255.0
-        a = np.clip(np.round(a * scale), 0, 255).astype(np.uint8)
+        lo, hi = float(a.min()), float(a.max())
+        top = 255.0 if hi > 1.5 else 1.0
+        # normalised values (-1..1, mean/std: negative, and small for pixels) or 16-bit data were clipped
+        if lo < -0.25 * top or hi > 1.25 * top or (lo < 0 and hi < 16):
+            raise ImageError(f"a float image holds {lo:g}..{hi:g}: expected pixels in 0..1 or 0..255 (a resize's "
+                             "overshoot is clipped), not normalised or 16-bit values")
+        a = np.clip(np.round(a * (255.0 / top)), 0, 255).astype(np.uint8)
     elif a.dtype != np.uint8:
         a = np.clip(a, 0, 255).astype(np.uint8)
     if a.ndim == 2 or a.shape[2] == 1:

@@ -15,6 +15,7 @@ import os
 import sys
 import threading
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -38,6 +39,10 @@ class TensorInfo:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
                 "quant": None if self.quant is None else self.quant.to_dict()}
 
+
+_FORKED: "weakref.WeakSet" = weakref.WeakSet()  # TFLite backends alive: their locks are renewed in a fork's child
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: [b.after_fork() for b in list(_FORKED)])
 
 MAX_THREADS = 1024  # the CLI's --threads range: 100000 made LiteRT segfault and onnxruntime start 14,000 threads
 
@@ -117,6 +122,12 @@ class TFLiteBackend:
         self.inp, self.out = self.inputs[0], self.outputs[0]
         self._in_index, self._out_index = ins[0]["index"], outs[0]["index"]
         self._shape = tuple(int(v) for v in ins[0]["shape"])
+        self._lock = threading.Lock()
+        _FORKED.add(self)
+
+    def after_fork(self) -> None:
+        """In a child made by fork() while another thread was inside `run`: the lock was copied held, and the child
+        waited on it for ever. A new lock; the interpreter, copied mid-call, says so itself if it is used."""
         self._lock = threading.Lock()
 
     @staticmethod

@@ -96,7 +96,17 @@ class EdgeModel:
         """Prepared values -> the input tensor's dtype (quantised when the tensor is)."""
         if self._in_quant is not None:
             return self._in_quant.quantize(x)
-        return x if x.dtype.name == self.backend.inp.dtype else x.astype(self.backend.inp.dtype)
+        want = np.dtype(self.backend.inp.dtype)  # dtype objects: `>f4` has the name float32, and its bytes were
+        if x.dtype == want:                      # read as little-endian (66 of 153 labels changed)
+            return x
+        if want.kind in "iu" and x.dtype.kind in "fiu":  # raw pixels into a uint8 tensor: 256.0 wrapped to 0 (black),
+            info = np.iinfo(want)                          # 255.6 was truncated: rounded and clipped, as quantising does
+            if x.dtype.kind == "f":
+                if np.isnan(x).any():
+                    raise ArgumentError("the input holds NaN values")
+                x = np.rint(x)
+            return np.clip(x, info.min, info.max).astype(want)
+        return x.astype(want)
 
     def to_input(self, image: Any) -> np.ndarray:
         """One raw image (path or array) -> one backend-ready input; == quantize(prepare(image))."""

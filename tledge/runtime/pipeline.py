@@ -148,8 +148,9 @@ class Runner:
                 self._count(r)
                 s.elapsed_s = time.perf_counter() - start
                 yield r
-        except KeyboardInterrupt:
-            s.interrupted = True
+        except KeyboardInterrupt:  # said in the summary, and raised on: a library caller's loop ended as if the
+            s.interrupted = True   # source were done (tledge run catches it, keeps its outputs, exits 130)
+            raise
         finally:
             prepared.close()
             source.close()
