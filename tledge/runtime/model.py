@@ -178,11 +178,12 @@ class EdgeModel:
                 raise ArgumentError(f"{name} must be an integer >= 1, got {v!r}")
         if im.one_image(images):
             return self.classify([images], top_k, batch)[0]
-        items, out = list(images), []
-        step = int(batch)  # run_inputs pads the last chunk of a fixed-batch file
-        for i in range(0, len(items), step):
-            y = self.run_inputs(np.stack([self.to_input(x) for x in items[i:i + step]]))
-            out += [self.top(row, top_k) for row in self.scores(y)]
+        from itertools import islice
+
+        it, out, step = iter(images), [], int(batch)  # run_inputs pads the last chunk of a fixed-batch file
+        # read `batch` at a time: list(images) read a whole generator of frames before the first ran (+166 MB)
+        while chunk := [self.to_input(x) for x in islice(it, step)]:
+            out += [self.top(row, top_k) for row in self.scores(self.run_inputs(np.stack(chunk)))]
         return out
 
     def scores(self, outputs: np.ndarray) -> np.ndarray:
