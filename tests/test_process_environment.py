@@ -176,3 +176,13 @@ def test_a_child_forked_while_a_model_runs_does_not_hang():
             os._exit(0)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_quoted_home_path_is_the_home_s_for_every_option(tmp_path, photos):
+    """`--csv '~/out.csv'` was checked in the home folder and then written to ./~/out.csv (and a model '~/m.tflite'
+    checked there, then "not found")."""
+    home = tmp_path / "home"
+    shutil.copytree(TINY, home / "exp", ignore=shutil.ignore_patterns("foreign", "images"))
+    p = _tledge("run '~/exp' --source photos --csv '~/out.csv' -q", tmp_path, HOME=str(home))
+    assert p.returncode == 0, p.stderr
+    assert (home / "out.csv").is_file() and not (tmp_path / "~").exists()

@@ -80,6 +80,11 @@ def _validate(args) -> None:
     from tledge.images import IMAGE_SUFFIXES
     from tledge.runtime.sources import VIDEO_SUFFIXES
 
+    # `~/x` (quoted, or `--csv=~/x`) is the home's, as --source reads it: validated there, then written to ./~/x
+    args.model, args.csv = str(expand(args.model)), args.csv and str(expand(args.csv))
+    args.save = args.save and expand(args.save)
+    if getattr(args, "labels", None):
+        args.labels = str(expand(args.labels))
     V.edge_model_or_export(args.model)
     from tledge._deps import require
 
