@@ -81,10 +81,11 @@ def _validate(args) -> None:
     from tledge.runtime.sources import VIDEO_SUFFIXES
 
     # `~/x` (quoted, or `--csv=~/x`) is the home's, as --source reads it: validated there, then written to ./~/x
-    args.model, args.csv = str(expand(args.model)), args.csv and str(expand(args.csv))
+    # (os.path.expanduser on the text: a Path dropped the slash of `--csv results/`, which says "a folder")
+    args.model, args.csv = os.path.expanduser(str(args.model)), args.csv and os.path.expanduser(args.csv)
     args.save = args.save and expand(args.save)
     if getattr(args, "labels", None):
-        args.labels = str(expand(args.labels))
+        args.labels = os.path.expanduser(str(args.labels))
     V.edge_model_or_export(args.model)
     from tledge._deps import require
 
