@@ -330,7 +330,6 @@ CASES = [
     Case("train-out-empty", lambda t: ["train", images(t), "--out", ""], "--out is empty"),  # trained into "."
     Case("run-csv-empty", lambda t: run(t, "--csv="), "--csv is empty"),  # wrote no CSV, exit 0
     Case("export-formats-comma", lambda t: export(t, "--formats", ","), "names no format"),  # meant both
-    Case("run-source-twice", lambda t: run(t, "--source", d(t, "b")), "--source is given twice"),  # b only
     Case("export-abbreviated", lambda t: export(t, "--fp"), "unrecognized arguments: --fp"),  # meant --fp16
     Case("run-csv-is-the-model", lambda t: run(t, "--csv", tfl(t)), "an input of this command"),  # replaced it
     Case("export-fidelity-without-int8", lambda t: export(t, "--fidelity", "0.9"), "--fidelity is about int8"),

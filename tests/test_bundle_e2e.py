@@ -115,7 +115,7 @@ def test_run_sh_on_a_folder(unpacked, venv_python, tmp_path):
 def test_run_sh_options_without_a_source_are_options(unpacked, venv_python):
     """`./run.sh --json` (SOURCE defaults to camera 0, as run.sh's header says) took --json as the source and
     failed "argument --source: expected one argument"; here the options come first, and the user's --source,
-    --device and --threads replace run.sh's own (tledge refuses an option given twice)."""
+    --device and --threads replace run.sh's own (left out, so tledge sees each option once)."""
     image = IMAGES[0]
     proc = subprocess.run(["sh", str(unpacked / "run.sh"), "--json", "--top-k", "1", "--source", str(image),
                            "--device", "x86-cpu", "--threads", "1"],  # the user's win over run.sh's own

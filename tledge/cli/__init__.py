@@ -155,23 +155,6 @@ def _empty_argument(argv: list[str]) -> str | None:
     return None
 
 
-_REPEATABLE = {"--delegate", "-v", "--verbose", "-q", "--quiet"}
-
-
-def _repeated_option(argv: list[str]) -> str | None:
-    """An option given twice (`--source a.jpg --source b.jpg` classified b.jpg only), or None."""
-    seen: set[str] = set()
-    for a in argv:
-        if a == "--":
-            break
-        name = a.split("=", 1)[0]
-        if name.startswith("--") and name not in _REPEATABLE:
-            if name in seen:
-                return f"{name} is given twice (the last one would win): pass it once"
-            seen.add(name)
-    return None
-
-
 def _version() -> str:
     from tledge import __version__
 
@@ -220,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         args, extra = parser.parse_known_args(argv)
     except SystemExit as exc:  # argparse: 0 for --help, 2 for usage errors
         return int(exc.code or 0)
-    empty = _empty_argument(argv) or _repeated_option(argv)
+    empty = _empty_argument(argv)  # an option given twice: the later wins (wrappers such as docs/cluster's rely on it)
     if empty:
         prog = f"tledge {args.command}" if args.command else "tledge"
         print(f"{prog}: error: {empty} (see {prog} --help)", file=sys.stderr)
