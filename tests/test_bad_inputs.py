@@ -326,20 +326,6 @@ CASES = [
     Case("demo-size-huge", lambda t: ["demo", "--out", str(t / "o"), "--size", "100000"], "--size must be in"),
     Case("demo-n-train-zero", lambda t: ["demo", "--n-train", "0"], "argument --n-train: must be >= 1"),
     Case("demo-seed-negative", lambda t: ["demo", "--out", str(t / "o"), "--seed", "-1"], "--seed must be in"),
-    # ---- options: empty, repeated, accepted and ignored (a traceback, the current folder, or nothing said) --------
-    Case("train-out-empty", lambda t: ["train", images(t), "--out", ""], "--out is empty"),  # trained into "."
-    Case("run-csv-empty", lambda t: run(t, "--csv="), "--csv is empty"),  # wrote no CSV, exit 0
-    Case("export-formats-comma", lambda t: export(t, "--formats", ","), "names no format"),  # meant both
-    Case("export-abbreviated", lambda t: export(t, "--fp"), "unrecognized arguments: --fp"),  # meant --fp16
-    Case("run-csv-is-the-model", lambda t: run(t, "--csv", tfl(t)), "an input of this command"),  # replaced it
-    Case("export-fidelity-without-int8", lambda t: export(t, "--fidelity", "0.9"), "--fidelity is about int8"),
-    Case("export-explain-without-int8", lambda t: export(t, "--explain"), "--explain is about int8 files"),
-    Case("export-repair-time-without-int8", lambda t: export(t, "--repair-time", "5"), "--repair-time is about"),
-    Case("export-int8-only-onnx", lambda t: export(t, "--int8", "--int8-only", "--calib", images(t), "--formats",
-                                                   "onnx"), "--int8-only is for TFLite"),
-    Case("export-fidelity-and-thresholds", lambda t: thresholds(t, '{"int8": {"min_agreement": 0.9}}') + [
-        "--int8", "--calib", images(t), "--fidelity", "0.95"], "both set the int8 agreement"),
-    Case("parity-threads-zero-without-golden", lambda t: parity(t, "--threads", "0"), "--threads go with --golden"),
 ]
 
 
@@ -375,6 +361,11 @@ def test_the_catalogue_is_large_and_covers_every_verb():
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, tmp_path, capsys, monkeypatch):
+    assert_refused(case, tmp_path, capsys, monkeypatch)
+
+
+def assert_refused(case, tmp_path, capsys, monkeypatch) -> None:
+    """Exit 2, one line naming what is wrong, nothing on stdout, nothing written (also test_cli_options' cases)."""
     monkeypatch.chdir(tmp_path)
     argv = case.argv(tmp_path)
     before = snapshot(tmp_path)

@@ -1,14 +1,38 @@
 """Options accepted and then ignored, or applied to other files than the user meant: each is applied as asked or
-refused in one line (the option catalogue of refusals is in test_bad_inputs.py)."""
+refused in one line (with test_bad_inputs.py's check: exit 2, one line, nothing written)."""
 from __future__ import annotations
 
 import json
 
 import pytest
+from test_bad_inputs import Case, assert_refused, export, images, parity, run, tfl, thresholds
 from tiny import TINY
 
 from tledge.cli import main
 from tledge.errors import TledgeError
+
+# empty values, abbreviations, outputs over inputs, options accepted and ignored: a traceback, the current folder, or
+# nothing said before; each exits 2 with one line and writes nothing, as test_bad_inputs' catalogue
+OPTION_CASES = [
+    Case("train-out-empty", lambda t: ["train", images(t), "--out", ""], "--out is empty"),  # trained into "."
+    Case("run-csv-empty", lambda t: run(t, "--csv="), "--csv is empty"),  # wrote no CSV, exit 0
+    Case("export-formats-comma", lambda t: export(t, "--formats", ","), "names no format"),  # meant both
+    Case("export-abbreviated", lambda t: export(t, "--fp"), "unrecognized arguments: --fp"),  # meant --fp16
+    Case("run-csv-is-the-model", lambda t: run(t, "--csv", tfl(t)), "an input of this command"),  # replaced it
+    Case("export-fidelity-without-int8", lambda t: export(t, "--fidelity", "0.9"), "--fidelity is about int8"),
+    Case("export-explain-without-int8", lambda t: export(t, "--explain"), "--explain is about int8 files"),
+    Case("export-repair-time-without-int8", lambda t: export(t, "--repair-time", "5"), "--repair-time is about"),
+    Case("export-int8-only-onnx", lambda t: export(t, "--int8", "--int8-only", "--calib", images(t), "--formats",
+                                                   "onnx"), "--int8-only is for TFLite"),
+    Case("export-fidelity-and-thresholds", lambda t: thresholds(t, '{"int8": {"min_agreement": 0.9}}') + [
+        "--int8", "--calib", images(t), "--fidelity", "0.95"], "both set the int8 agreement"),
+    Case("parity-threads-zero-without-golden", lambda t: parity(t, "--threads", "0"), "--threads go with --golden"),
+]
+
+
+@pytest.mark.parametrize("case", OPTION_CASES, ids=[c.id for c in OPTION_CASES])
+def test_option_refused_in_one_line_writing_nothing(case, tmp_path, capsys, monkeypatch):
+    assert_refused(case, tmp_path, capsys, monkeypatch)
 
 
 def test_providers_choose_the_onnx_file_of_an_export_folder():

@@ -54,9 +54,11 @@ def name_problem(name: str) -> str | None:
     return None
 
 
-def check_names(names, *, where: str) -> None:
-    """DataError naming every class name `name_problem` refuses, in one line."""
-    bad = [(n, why) for n, why in ((n, name_problem(n)) for n in names) if why]
+def check_names(names, *, where: str, encoding_only: bool = False) -> None:
+    """DataError naming every class name `name_problem` refuses, in one line. encoding_only: names that are matched
+    to labels, never become them (validation folders): only their encoding counts."""
+    bad = [(n, why) for n, why in ((n, name_problem(n)) for n in names)
+           if why and (not encoding_only or why.startswith("not UTF-8"))]
     if bad:
         shown = "; ".join(f"{why}: {ascii(n)}" for n, why in bad[:4]) + (f"; ... ({len(bad)} names)" if len(bad) > 4
                                                                        else "")

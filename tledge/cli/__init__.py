@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         args, extra = parser.parse_known_args(argv)
     except SystemExit as exc:  # argparse: 0 for --help, 2 for usage errors
         return int(exc.code or 0)
-    empty = _empty_argument(argv)  # an option given twice: the later wins (wrappers such as docs/cluster's rely on it)
+    empty = _empty_argument(argv)  # (an option given twice takes the later value: docs/cluster's recipe relies on it)
     if empty:
         prog = f"tledge {args.command}" if args.command else "tledge"
         print(f"{prog}: error: {empty} (see {prog} --help)", file=sys.stderr)

@@ -104,7 +104,7 @@ def _validate(args) -> None:
     check_model_options(args, [args.model])
     if args.csv:
         V.output_file(args.csv, "--csv")
-        if args.save and expand(args.csv).resolve() == expand(args.save).resolve():
+        if args.save and Path(args.csv).resolve() == args.save.resolve():
             raise TledgeError(f"--csv and --save are both {args.csv}: one would replace the other")
     if args.save:
         if args.save.suffix.lower() in VIDEO_SUFFIXES:
@@ -128,7 +128,7 @@ def _export_files(model) -> list[Path]:
     from tledge import artifacts
     from tledge.errors import TledgeError
 
-    p = expand(model)
+    p = Path(model)  # expanded by _validate
     folder = p if p.is_dir() else p.parent
     files = [] if p.is_dir() else [p]
     try:
@@ -155,7 +155,7 @@ def _keep_inputs(args) -> None:
     for flag, out in (("--csv", args.csv), ("--save", args.save)):
         if not out:
             continue
-        o = expand(out).resolve()
+        o = Path(out).resolve()
         if o in inputs or (source_dir in o.parents and o.suffix.lower() in IMAGE_SUFFIXES and o.is_file()):
             raise TledgeError(f"{flag} {out} is an input of --source {args.source}: it would be overwritten; "
                               "write the results elsewhere")

@@ -404,7 +404,7 @@ def export_labels(model, labels: str | None, folders: dict[str, str | None], not
         if not own:  # the names become labels only with one folder per output (checked then: export.contracting)
             from tledge.runtime.outputs import printable
 
-            shown = ", ".join(printable(n) for n in names[:6]) + (f", ... ({len(names)} folders)" if len(names) > 6 else "")
+            shown = ", ".join(map(printable, names[:6])) + (f", ... ({len(names)} folders)" if len(names) > 6 else "")
             note(f"the model has no labels of its own: its outputs are named after the class folders of {flag} "
                  f"({shown}) if there is one folder per output; pass --labels FILE if they mean something else")
         break

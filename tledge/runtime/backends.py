@@ -24,7 +24,7 @@ import numpy as np
 
 from tledge.artifacts import KINDS
 from tledge.contract import Quant
-from tledge.errors import MissingDependency, ModelLoadError, ModelRunError, TledgeWarning
+from tledge.errors import ArgumentError, MissingDependency, ModelLoadError, ModelRunError, TledgeWarning
 from tledge.paths import loadable
 
 
@@ -340,14 +340,18 @@ def open_backend(path: Path, threads: int | None = None, **options):
 
 # ---- an export folder -> the file to open ------------------------------------------------------------
 
-def model_in_folder(folder: Path, device: str | None = None, suffix: str | None = None,
-                    why: str = "") -> tuple[Path, list[str]]:
+def model_in_folder(folder: Path, device: str | None = None, *, providers=None,
+                    delegates=None) -> tuple[Path, list[str]]:
     """The file of an export folder to run: among the files its manifest vouches for (listed, passed
     parity, sha256 unchanged), the device profile's first preference, else tledge.artifacts'
-    DEFAULT_ORDER. `suffix`: only files of that kind (`why`, the option that asks for it: --providers are
-    onnxruntime's, --delegate is TFLite's; the other kind's file ran with the option ignored). Returns (path, notes
-    about files left out)."""
+    DEFAULT_ORDER. Explicit providers ask for an ONNX file, delegates for a TFLite one (the other kind's file ran
+    with the option ignored). Returns (path, notes about files left out)."""
     from tledge import artifacts
+
+    if providers and delegates:
+        raise ArgumentError("providers are onnxruntime's and delegates TFLite's: an export folder runs one file, "
+                            "pass one of them (or the file itself)")
+    suffix, why = (".onnx", "--providers") if providers else (".tflite", "--delegate") if delegates else (None, "")
 
     _, ok, notes = artifacts.vouched(folder, "tledge run")
     names = [e.file for e in ok]

@@ -96,11 +96,13 @@ class EdgeModel:
         """Prepared values -> the input tensor's dtype (quantised when the tensor is)."""
         if self._in_quant is not None:
             return self._in_quant.quantize(x)
-        want = np.dtype(self.backend.inp.dtype)  # dtype objects: `>f4` has the name float32, and its bytes were
-        if x.dtype == want:                      # read as little-endian (66 of 153 labels changed)
+        # dtype objects: `>f4` has the name float32, and its bytes were read as little-endian (66 of 153 labels
+        # changed); raw pixels into a uint8 tensor: 256.0 wrapped to 0 (black), 255.6 was truncated
+        want = np.dtype(self.backend.inp.dtype)
+        if x.dtype == want:
             return x
-        if want.kind in "iu" and x.dtype.kind in "fiu":  # raw pixels into a uint8 tensor: 256.0 wrapped to 0 (black),
-            info = np.iinfo(want)                          # 255.6 was truncated: rounded and clipped, as quantising does
+        if want.kind in "iu" and x.dtype.kind in "fiu":  # rounded and clipped, as quantising does
+            info = np.iinfo(want)
             if x.dtype.kind == "f":
                 if np.isnan(x).any():
                     raise ArgumentError("the input holds NaN values")
@@ -295,14 +297,6 @@ def for_kind(contract: Contract, kind: str) -> Contract:
         raise ContractError(f"tledge.json: extra.onnx {conv!r} is not a known layout / input dtype") from None
 
 
-def _kind_asked(providers, delegates) -> tuple[str | None, str]:
-    """The file kind explicit providers (onnxruntime) or delegates (TFLite) ask of an export folder, and why."""
-    if providers and delegates:
-        raise ArgumentError("providers are onnxruntime's and delegates TFLite's: an export folder runs one file, "
-                            "pass one of them (or the file itself)")
-    return (".onnx", "--providers") if providers else (".tflite", "--delegate") if delegates else (None, "")
-
-
 def load(path: str | Path, *, threads: int | None = None, contract: Contract | None = None,
          providers: Sequence | None = None, delegates: Sequence = (), device: str | None = None,
          **contract_options: Any) -> EdgeModel:
@@ -335,7 +329,7 @@ def load(path: str | Path, *, threads: int | None = None, contract: Contract | N
         raise ArgumentError(f"labels takes a labels file or a list of names, got {type(labels).__name__}")
     p = Path(path)
     # an export folder: the best file its manifest vouches for; a file: refused if changed since export
-    p, trust = model_in_folder(p, device, *_kind_asked(providers, delegates)) if p.is_dir() else \
+    p, trust = model_in_folder(p, device, providers=providers, delegates=delegates) if p.is_dir() else \
         (p, check_file(p) if p.is_file() else [])
     if not p.is_file():
         raise ModelLoadError(f"model file not found: {p}" if not p.is_dir() else

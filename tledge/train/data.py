@@ -15,7 +15,7 @@ import numpy as np
 
 from tledge import images
 from tledge.errors import DataError, ImageError, TledgeWarning
-from tledge.labels import check_names, name_problem
+from tledge.labels import check_names
 
 VAL_NAMES = ("val", "validation", "valid")
 DEFAULT_VAL_SPLIT = 0.2
@@ -53,7 +53,8 @@ def fingerprint(plan: DataPlan) -> dict:
 
     # "bytes": the same names with other contents (0.jpg ... of another data set) resumed without a word; a key of
     # its own, so that runs checkpointed before it was added still resume (compared where both have it)
-    return {"train": digest(plan.train), "val": digest(plan.val), "images": [len(plan.train.files), len(plan.val.files)],
+    return {"train": digest(plan.train), "val": digest(plan.val),
+            "images": [len(plan.train.files), len(plan.val.files)],
             "bytes": digest(plan.train, True) + digest(plan.val, True)}
 
 
@@ -84,11 +85,7 @@ def scan_classes(root: Path, *, what: str, labels: bool = True) -> dict[str, lis
     if loose:
         warnings.warn(f"ignoring {len(loose)} file(s) directly in {root} (not in a class folder): "
                       f"{_listing(loose)}", TledgeWarning, stacklevel=3)
-    if labels:  # they go into labels.txt and every exported file
-        check_names([d.name for d in dirs], where=str(root))
-    else:
-        check_names([d.name for d in dirs if name_problem(d.name) and name_problem(d.name).startswith("not UTF-8")],
-                    where=str(root))
+    check_names([d.name for d in dirs], where=str(root), encoding_only=not labels)  # labels.txt, every exported file
     classes: dict[str, list[Path]] = {}
     others = []
     for d in dirs:
