@@ -154,3 +154,25 @@ def test_run_sh_from_a_folder_with_a_colon_through_a_link_with_cdpath(unpacked, 
     proc = subprocess.run(["sh", str(board / "run.sh"), str(IMAGES[0]), "--source", str(IMAGES[1])],
                           capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)  # one was dropped
     assert proc.returncode == 2 and "a SOURCE and --source" in proc.stderr, proc.stderr
+
+
+def test_run_sh_never_runs_compiled_code_planted_beside_lib(unpacked, venv_python, tmp_path):
+    """--check hashes lib/'s sources, but Python ran a .pyc in lib/.../__pycache__ whose header names the source's
+    time and size instead of that source: a tampered tarball ran its own code, and `--check` passed."""
+    import importlib.util
+    import marshal
+
+    board = tmp_path / unpacked.name
+    shutil.copytree(unpacked, board, symlinks=True, ignore=shutil.ignore_patterns(".venv"))
+    src = board / "lib" / "tledge" / "cli" / "__init__.py"
+    st = src.stat()
+    code = compile("import sys; sys.stderr.write('PLANTED'); sys.exit(7)", str(src), "exec")
+    pyc = Path(importlib.util.cache_from_source(str(src)))
+    pyc.parent.mkdir(exist_ok=True)
+    pyc.write_bytes(importlib.util.MAGIC_NUMBER + (0).to_bytes(4, "little") + int(st.st_mtime).to_bytes(4, "little")
+                    + (st.st_size & 0xFFFFFFFF).to_bytes(4, "little") + marshal.dumps(code))
+    env = {k: v for k, v in _clean_env(PYTHON=str(venv_python), HOME=str(tmp_path)).items()}
+    for argv in (["--check"], [str(IMAGES[0]), "--json"]):
+        proc = subprocess.run(["sh", str(board / "run.sh"), *argv], capture_output=True, text=True, timeout=300,
+                              cwd=tmp_path, env=env)
+        assert proc.returncode == 0 and "PLANTED" not in proc.stderr, proc.stderr[-3000:]

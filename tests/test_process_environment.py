@@ -186,3 +186,7 @@ def test_a_quoted_home_path_is_the_home_s_for_every_option(tmp_path, photos):
     p = _tledge("run '~/exp' --source photos --csv '~/out.csv' -q", tmp_path, HOME=str(home))
     assert p.returncode == 0, p.stderr
     assert (home / "out.csv").is_file() and not (tmp_path / "~").exists()
+    # every verb: `bundle --out '~/b.tar.gz'` was checked in the home, then written to ./~/b.tar.gz
+    p = _tledge("bundle '~/exp' --device x86-cpu --out '~/b.tar.gz' -q", tmp_path, HOME=str(home))
+    assert p.returncode == 0, p.stderr
+    assert (home / "b.tar.gz").is_file() and not (tmp_path / "~").exists()

@@ -193,6 +193,30 @@ def _say(text: str) -> None:
         pass
 
 
+# every option and operand that names a file or folder (keywords such as `--calib random` do not start with `~`)
+PATH_DESTS = ("model", "models", "reference", "exported", "target", "data", "export_dir", "out", "save", "csv",
+              "labels", "calib", "val", "images", "golden", "junit", "thresholds", "weights", "root")
+
+
+def _expand_home(args) -> None:
+    """A quoted or `--out=~/x` path is the home's, as the shell would have made it: `tledge export --out '~/x'` was
+    checked in the home and written to ./~/x. Strings stay strings (a trailing `/` says "a folder")."""
+    import os
+
+    def one(v):
+        if isinstance(v, (str, os.PathLike)) and os.fspath(v).startswith("~"):
+            text = os.path.expanduser(os.fspath(v))
+            return text if isinstance(v, str) else type(v)(text)
+        return v
+
+    for dest in PATH_DESTS:
+        v = getattr(args, dest, None)
+        if isinstance(v, list):
+            setattr(args, dest, [one(x) for x in v])
+        elif v is not None:
+            setattr(args, dest, one(v))
+
+
 def main(argv: list[str] | None = None) -> int:
     _SIGNALS_SEEN.clear()
     _streams()
@@ -219,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if extra:
             setattr(args, more, [*(getattr(args, more) or []), *extra])
+    _expand_home(args)
     if not args.command:  # the commands on stdout, what went wrong on stderr (one line)
         parser.print_help()
         print("tledge: error: no command given (the commands are listed above)", file=sys.stderr)

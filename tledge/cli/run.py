@@ -80,12 +80,7 @@ def _validate(args) -> None:
     from tledge.images import IMAGE_SUFFIXES
     from tledge.runtime.sources import VIDEO_SUFFIXES
 
-    # `~/x` (quoted, or `--csv=~/x`) is the home's, as --source reads it: validated there, then written to ./~/x
-    # (os.path.expanduser on the text: a Path dropped the slash of `--csv results/`, which says "a folder")
-    args.model, args.csv = os.path.expanduser(str(args.model)), args.csv and os.path.expanduser(args.csv)
-    args.save = args.save and expand(args.save)
-    if getattr(args, "labels", None):
-        args.labels = os.path.expanduser(str(args.labels))
+    # (`~/x` in a path option was expanded by tledge.cli.main, as --source reads it)
     V.edge_model_or_export(args.model)
     from tledge._deps import require
 
@@ -128,7 +123,7 @@ def _export_files(model) -> list[Path]:
     from tledge import artifacts
     from tledge.errors import TledgeError
 
-    p = Path(model)  # expanded by _validate
+    p = Path(model)  # `~` expanded by tledge.cli.main
     folder = p if p.is_dir() else p.parent
     files = [] if p.is_dir() else [p]
     try:

@@ -19,6 +19,14 @@ HERE=$(CDPATH= cd -- "$(dirname -- "$SELF")" && pwd)  # CDPATH: cd printed the f
 if [ -n "${{PYTHON:-}}" ]; then PY=$PYTHON
 elif [ -x "$HERE/.venv/bin/python" ]; then PY="$HERE/.venv/bin/python"
 else PY=python3; fi
+# compiled code in the user's cache, never lib/__pycache__: --check hashes lib/'s sources, and a .pyc put beside them
+# (a tampered tarball) ran instead of the source it names (without a home: compiled at each start, never stored)
+if [ -z "${{PYTHONPYCACHEPREFIX:-}}" ]; then
+  if [ -n "${{XDG_CACHE_HOME:-}}" ]; then PYTHONPYCACHEPREFIX="$XDG_CACHE_HOME/tledge/pycache"
+  elif [ -n "${{HOME:-}}" ]; then PYTHONPYCACHEPREFIX="$HOME/.cache/tledge/pycache"
+  else PYTHONPYCACHEPREFIX=/nonexistent/tledge-pycache; PYTHONDONTWRITEBYTECODE=1; export PYTHONDONTWRITEBYTECODE; fi
+fi
+export PYTHONPYCACHEPREFIX
 NOCWD="import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]"  # -c puts the current folder first
 # tledge from lib/ (its path the first argument: PYTHONPATH split a folder named with a `:`), never from the current
 # folder (`python -m tledge` in a folder holding a tledge/ checkout ran that)
