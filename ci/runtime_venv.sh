@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The runtime as a Raspberry Pi gets it: a venv with only `pip install -e .[runtime] pytest` (no
-# TensorFlow), then the tests that need no TensorFlow (marker `runtime_only`, plus the runtime /
-# contract / device test files whose TensorFlow parts skip). A second venv has tflite-runtime 2.14 +
+# TensorFlow), at the lowest versions pyproject.toml declares (ci/minimums.txt), then the tests that need
+# no TensorFlow (marker `runtime_only`, plus the runtime / contract / device test files whose TensorFlow
+# parts skip). A second venv has tflite-runtime 2.14 +
 # numpy<2 + OpenCV and no ai-edge-litert: `tledge run` on Coral's cat.bmp there.
 #
 #   ci/runtime_venv.sh            all three
@@ -53,7 +54,10 @@ runtime() {
   t0=$(date +%s)
   # `|| return 1` on each step: `runtime || rc=1` below runs this function with set -e off, so a failing
   # pytest went on to the log line and the step "passed" (a failure in the runtime venv was lost that way)
-  py=$(cached_venv runtime -e "$REPO[runtime]" pytest) || return 1
+  # at the declared minimums (ci/minimums.txt): numpy 1.x as on a board, an older onnxruntime (a venv of its own key)
+  local KEY
+  KEY=$(cat "$REPO/pyproject.toml" "$REPO/ci/minimums.txt" | sha256sum | cut -c1-12)
+  py=$(cached_venv runtime-min -c "$REPO/ci/minimums.txt" -e "$REPO[runtime]" pytest) || return 1
   no_tensorflow "$py" || return 1
   cd "$REPO"
   # -p no:cacheprovider: the shared checkout is not written to

@@ -100,3 +100,31 @@ def test_wheel_check_skips_when_pip_cannot_reach_the_registry(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.startswith("SKIP: the wheel check"), (r.stdout, r.stderr[-2000:])
     assert not any((tmp_path / "venvs").glob("wheel-*"))
+
+
+def test_the_runtime_venv_minimums_are_pyproject_s():
+    """ci/minimums.txt pins each core and [runtime] dependency at the lowest release of its declared `>=` bound:
+    numpy 1.23 was declared while predict() relied on numpy 1.24, and no CI venv ran numpy 1.x."""
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = {}
+    for text in project["dependencies"] + project["optional-dependencies"]["runtime"]:
+        r = Requirement(text)
+        lows = [s.version for s in r.specifier if s.operator == ">="]
+        if lows:
+            declared[r.name] = lows[0]
+    from packaging.version import Version
+
+    pinned = {}
+    for line in (REPO / "ci" / "minimums.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            r = Requirement(line)
+            (spec,) = r.specifier
+            assert spec.operator == "==", line
+            pinned[r.name] = Version(spec.version)
+    assert set(pinned) == set(declared)
+    for name, low in declared.items():
+        low = Version(low)
+        assert pinned[name] >= low and pinned[name].release[:len(low.release)] == low.release, (name, low)

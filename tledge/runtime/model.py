@@ -137,7 +137,10 @@ class EdgeModel:
     # ---- inference --------------------------------------------------------------------------------
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Prepared inputs (as `contract.prepare` makes them, with a batch axis) -> float32 outputs."""
-        try:
+        try:  # (numpy < 1.24 made a list of arrays of different shapes an object array, with a warning)
+            shapes = {np.shape(b) for b in batch} if isinstance(batch, (list, tuple)) else set()
+            if len(shapes) > 1:
+                raise ValueError(f"got shapes {sorted(shapes)}")
             x = np.asarray(batch)
         except ValueError as exc:  # a list of arrays of different shapes
             raise ModelRunError(f"predict() takes prepared images of one shape: {exc}") from None
