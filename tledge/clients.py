@@ -63,6 +63,31 @@ def measure(folder: Path, files: Sequence[str], pixels: np.ndarray, reference: n
     return {**section, "opencv": cv} if cv else section
 
 
+# the first onnxruntime release implementing each ONNX opset / IR version (onnxruntime's docs/Versioning.md); NVIDIA's
+# onnxruntime-gpu builds for JetPack 5/6 are 1.16-1.20, OpenCV's dnn parses tledge's opset 17 files from 4.7 on
+# (measured: 4.5.5 and 4.6 refuse Clip with three inputs and DequantizeLinear) and int16 tensors from 5.0 on
+ORT_FOR_OPSET = {17: "1.13", 18: "1.14", 19: "1.15", 20: "1.17", 21: "1.18", 22: "1.21"}
+ORT_FOR_IR = {8: "1.13", 9: "1.15", 10: "1.18"}
+
+
+def onnx_readers(path: Path) -> dict:
+    """What loading the ONNX file at `path` takes: its opset and IR version, the oldest onnxruntime implementing
+    them (None above the table: the newest), and the oldest OpenCV dnn that reads tledge's files of its kind."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    opset = max((o.version for o in m.opset_import if (o.domain or "") in ("", "ai.onnx")), default=0)
+    int16 = any(t.data_type in (onnx.TensorProto.INT16, onnx.TensorProto.UINT16) for t in m.graph.initializer)
+    need = [v for v in (ORT_FOR_OPSET.get(opset), ORT_FOR_IR.get(m.ir_version)) if v]
+    ort = max(need, key=lambda v: tuple(map(int, v.split(".")))) if len(need) == 2 else None
+    return {"opset": opset, "ir": m.ir_version, "onnxruntime": ort, "opencv": "5.0" if int16 else "4.7"}
+
+
+def _readers_text(r: dict) -> str:
+    ort = f"onnxruntime >= {r['onnxruntime']}" if r.get("onnxruntime") else "a recent onnxruntime"
+    return f"{ort} (opset {r['opset']}, IR {r['ir']}), OpenCV dnn >= {r['opencv']}"
+
+
 OPENCV_IMAGES = 64  # cv2.dnn runs image by image: an even sample of the parity images bounds its cost
 
 
@@ -80,6 +105,10 @@ def opencv(folder: Path, files: Sequence[str], pixels: np.ndarray, threads: int 
     pick = np.unique(np.linspace(0, len(pixels) - 1, min(len(pixels), OPENCV_IMAGES)).round().astype(int))
     section: dict = {"version": cv2.__version__, "images": len(pick), "files": []}
     for name in names:
+        try:
+            section.setdefault("readers", {})[name] = onnx_readers(folder / name)
+        except Exception as exc:  # noqa: BLE001 - parity has reported an unreadable file already
+            section.setdefault("readers", {})[name] = {"error": type(exc).__name__}
         try:
             model = load(folder / name, threads=threads)
             x = model.from_nhwc(pixels[pick])
@@ -170,6 +199,10 @@ def notes(section: dict) -> list[str]:
             elif n and r.get("tledge") is not None and r["tledge"] / n < CLIENT_AGREEMENT:
                 out.append(f"{r['file']}: {client.strip()} agrees with tledge run on only {r['tledge']}/{n} images; "
                            "see parity.md")
+    for f, r in ((section.get("opencv") or {}).get("readers") or {}).items():  # beyond what the usual files take
+        if r.get("opset", 0) > 17 or r.get("opencv") != "4.7":
+            out.append(f"{f} takes {_readers_text(r)}: older ones (NVIDIA's onnxruntime-gpu 1.16-1.17 for JetPack, a "
+                       "distribution's OpenCV 4.x) cannot load it; see parity.md")
     return out
 
 
@@ -191,6 +224,10 @@ def _opencv_markdown(cv: dict) -> list[str]:
         else:
             diff = "-" if r["max_abs"] is None else f"{r['max_abs']:.3g}"
             lines.append(f"| {r['file']} | {r['tledge']}/{n} ({r['tledge'] / n:.3f}) | {diff} |")
+    readers = {f: r for f, r in (cv.get("readers") or {}).items() if "error" not in r}
+    if readers:
+        lines += ["", "What loading each file takes (other versions: untested or refused):", ""]
+        lines += [f"- {f}: {_readers_text(r)}" for f, r in readers.items()]
     return lines
 
 

@@ -1,0 +1,41 @@
+"""What loading an exported ONNX file takes (parity.md's Clients section): opset and IR version, the oldest
+onnxruntime implementing them, the oldest OpenCV dnn that reads it. A file of the int16 sensitivity rung is opset 21:
+onnxruntime 1.16 / 1.17 (NVIDIA's JetPack builds) refused it and OpenCV 4.8 had no int16 tensors, and nothing said so."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tiny import TINY
+
+from tledge import clients
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime.quantization")
+
+
+def test_the_usual_files_take_onnxruntime_1_13_and_opencv_4_7():
+    for name in ("model_fp32.onnx", "model_int8.onnx"):
+        r = clients.onnx_readers(TINY / name)
+        assert (r["opset"], r["ir"], r["onnxruntime"], r["opencv"]) == (17, 8, "1.13", "4.7"), (name, r)
+    section = {"opencv": {"version": "5", "images": 0, "files": [],
+                          "readers": {"model_int8.onnx": clients.onnx_readers(TINY / "model_int8.onnx")}}}
+    assert clients.notes(section) == []
+    assert "- model_int8.onnx: onnxruntime >= 1.13 (opset 17, IR 8), OpenCV dnn >= 4.7" in clients.markdown(section)
+
+
+def test_a_file_with_int16_activations_says_what_it_takes(tmp_path):
+    import onnx
+    from onnxruntime.quantization import QuantType
+
+    from tledge.export.onnx import quantize_int8
+
+    src = TINY / "model_fp32.onnx"
+    relu = [n.output[0] for n in onnx.load(str(src)).graph.node if n.op_type in ("Relu", "Clip")][0]
+    calib = np.load(TINY / "golden.npz")["pixels"][:8].astype(np.float32)
+    dst = tmp_path / "model_int8.onnx"
+    quantize_int8(src, dst, calib, overrides={relu: [{"quant_type": QuantType.QInt16}]})
+    r = clients.onnx_readers(dst)
+    assert (r["opset"], r["onnxruntime"], r["opencv"]) == (21, "1.18", "5.0"), r
+    section = {"opencv": {"version": "5", "images": 0, "files": [], "readers": {"model_int8.onnx": r}}}
+    (note,) = clients.notes(section)
+    assert note.startswith("model_int8.onnx takes onnxruntime >= 1.18 (opset 21") and "JetPack" in note
