@@ -3,8 +3,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tledge-installed
 
+PYTHON ?= python3
+
 $(STAMP): pyproject.toml
-	python3 -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "make: tledge[all] (train, export) needs Python 3.11 or later (keras 3.15 and onnxruntime 1.31 have no 3.10 wheels); this $(PYTHON) is " + sys.version.split()[0] + ": make PYTHON=python3.11 ... (the runtime alone, tledge[runtime], runs on 3.10)")'
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[all,dev]"
 	touch $(STAMP)

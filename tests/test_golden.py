@@ -308,6 +308,14 @@ def test_bundle_run_sh_check_passes_then_fails_when_outputs_disagree(tmp_path):
     assert proc.returncode == 2 and "lib/sitecustomize.py (not in the bundle)" in proc.stderr
     assert not (tmp_path / "RAN").exists()
     (board / "lib" / "sitecustomize.py").unlink()
+    (board / "model" / "np").mkdir()  # a folder linked into lib/: rglob did not enter it, and its numpy ran
+    (board / "model" / "np" / "__init__.py").write_text("open('RAN', 'w')\n")
+    (board / "lib" / "numpy").symlink_to("../model/np")
+    proc = check()
+    assert proc.returncode == 2 and "lib/numpy (a link)" in proc.stderr, proc.stderr
+    assert not (tmp_path / "RAN").exists()
+    (board / "lib" / "numpy").unlink()
+    shutil.rmtree(board / "model" / "np")
     _swap_top1(board / "model" / golden.GOLDEN)
     proc = check()
     assert proc.returncode == 2 and "golden.npz: changed since export" in proc.stderr

@@ -56,6 +56,29 @@ def test_manifest_that_parses_oddly(manifest, tmp_path, capsys):
     assert rc == 0 and "manifest.json is unreadable" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("depth", [200, 970])
+def test_manifest_with_a_value_nested_deep_is_refused_on_every_python(depth, tmp_path, capsys):
+    """A manifest whose figures nest `depth` deep: json of Python 3.11 parses ~990 levels and 3.13's thousands, and
+    `tledge info` then recursed in dataclasses.asdict (a RecursionError traceback at 970 on 3.11, for far more
+    inputs on 3.13). tledge's JSON is refused beyond contract.MAX_JSON_DEPTH levels, alike on every Python."""
+    exp = _copy(tmp_path)
+    m = json.loads((exp / artifacts.MANIFEST).read_text())
+    m["files"][0]["figures"] = "NESTED"
+    (exp / artifacts.MANIFEST).write_text(json.dumps(m).replace('"NESTED"', "[" * depth + "]" * depth))
+    for argv in (("info", exp), ("run", exp, "--source", TINY / "images")):
+        assert "nested too deeply" in _one_line_exit_2(capsys, *argv)
+
+
+def test_json_depth_is_measured_without_recursion():
+    from tledge.contract import MAX_JSON_DEPTH, NestedTooDeeply, loads_json
+
+    assert loads_json("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH) is not None
+    assert loads_json('{"a": [1, {"b": []}], "c": "[[[["}') == {"a": [1, {"b": []}], "c": "[[[["}
+    for text in ("[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1), '{"a":' * 5000 + "1" + "}" * 5000):
+        with pytest.raises(NestedTooDeeply):
+            loads_json(text)
+
+
 @pytest.mark.parametrize("schema", ['"x"', "Infinity", "true"])
 def test_golden_meta_that_parses_oddly(schema, tmp_path, capsys):
     exp = _copy(tmp_path)

@@ -162,3 +162,15 @@ def test_a_truncated_checkpoint_is_one_line_naming_it(tmp_path):
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     with pytest.raises(TledgeError, match=r"last-head-001.weights.h5 cannot be read"):
         ck.load_weights(model, state)
+
+
+@pytest.mark.parametrize("text", ["[]", '"x"', "[" * 500 + "]" * 500, b"\xff\xfe"])
+def test_a_checkpoint_state_that_is_not_an_object_is_one_line(text, tmp_path):
+    """state.json holding valid JSON that is not an object: --resume traced back (AttributeError: 'list' object has
+    no attribute 'get')."""
+    from tledge.train.checkpoint import Checkpoints
+
+    p = tmp_path / "state.json"
+    p.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(TledgeError, match="checkpoint"):
+        Checkpoints(tmp_path).load_state()

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
+from tledge.contract import loads_json
 from tledge.errors import ModelLoadError, TledgeError
 
 MANIFEST = "manifest.json"
@@ -287,13 +288,10 @@ def read(folder: str | Path) -> Manifest | None:
     p = Path(folder) / MANIFEST
     if not p.is_file():
         return None
-    try:
-        return Manifest.from_dict(json.loads(p.read_text(encoding="utf-8")))
+    try:  # (a ValueError names JSON nested too deeply)
+        return Manifest.from_dict(loads_json(p.read_text(encoding="utf-8")))
     except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
         raise TledgeError(f"{p} is not a valid tledge manifest ({exc}): re-export with tledge export") from None
-    except RecursionError:
-        raise TledgeError(f"{p} is not a valid tledge manifest (nested too deeply): re-export with tledge export") \
-            from None
 
 
 TRAINED = ("model.keras", "model.h5")  # the Keras files `tledge train` writes into its run folder, preferred first

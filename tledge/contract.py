@@ -108,6 +108,31 @@ class Quant:
         return (np.asarray(q, np.float32) - np.float32(self.zero_point)) * np.float32(self.scale)
 
 
+MAX_JSON_DEPTH = 64  # tledge's JSON (contract, manifest, golden, TF_CONFIG) nests under 10 levels
+
+
+class NestedTooDeeply(ValueError):
+    """JSON nested deeper than MAX_JSON_DEPTH."""
+
+
+def loads_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH):
+    """json.loads, refusing nesting deeper than `max_depth` (NestedTooDeeply, a ValueError): Python 3.13's json
+    parses thousands of levels that 3.11's refused, and code walking the result (dataclasses.asdict) then recursed
+    into a RecursionError traceback. The depth is measured without recursion."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise NestedTooDeeply("nested too deeply") from None
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list)):
+            if depth > max_depth:
+                raise NestedTooDeeply("nested too deeply")
+            stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return value
+
+
 MAX_SIDE = 16384  # pixels a side: more is no image classifier's input
 _HUGE = 1 << 26  # pixels of an intermediate resize above which a crop resizes only its window (not bit-exact)
 _SIDE_LIMIT = 32767  # or sides: OpenCV's remap (warp-linear) takes none longer (SHRT_MAX)
@@ -378,12 +403,12 @@ class Contract:
     @classmethod
     def from_json(cls, text: str | bytes) -> "Contract":
         try:
-            return cls.from_dict(json.loads(text))
+            return cls.from_dict(loads_json(text))
         except json.JSONDecodeError as exc:
             raise ContractError(f"contract is not valid JSON: {exc}") from None
         except UnicodeDecodeError:
             raise ContractError("contract is not UTF-8 text") from None
-        except RecursionError:
+        except NestedTooDeeply:
             raise ContractError("contract JSON is nested too deeply") from None
 
     def save(self, path: str | Path) -> Path:

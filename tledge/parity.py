@@ -17,6 +17,7 @@ import numpy as np
 # the thresholds and their defaults are the file table's (tledge.artifacts)
 from tledge.artifacts import DEFAULT_THRESHOLDS, Thresholds, precision_in_name  # noqa: F401
 from tledge import stats
+from tledge.contract import loads_json
 from tledge.errors import ParityError, TledgeError
 
 
@@ -44,15 +45,21 @@ def _parse_thresholds_text(p: Path, text: str) -> dict:
     if p.suffix.lower() == ".toml":
         try:
             import tomllib
-        except ImportError:  # Python < 3.11
-            raise TledgeError(f"--thresholds {p}: TOML thresholds need Python 3.11+; use a .json file") from None
+        except ImportError:  # Python 3.10 (a Jetson's): tomli, a dependency there (pyproject.toml)
+            try:
+                import tomli as tomllib
+            except ImportError:
+                raise TledgeError(f"--thresholds {p}: TOML thresholds need Python 3.11+ or the tomli package "
+                                  "(pip install tomli); or use a .json file") from None
         try:
             return tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise TledgeError(f"--thresholds {p}: not valid TOML ({exc})") from None
+        except RecursionError:
+            raise TledgeError(f"--thresholds {p}: not valid TOML (nested too deeply)") from None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
+        return loads_json(text)
+    except ValueError as exc:  # (JSONDecodeError, or nested too deeply)
         raise TledgeError(f"--thresholds {p}: not valid JSON ({exc}); TOML files need a .toml name") from None
 
 

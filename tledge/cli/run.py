@@ -204,12 +204,12 @@ def _loop(runner, source, args) -> int | None:
     results = runner.run(source)
     ok, stopped = False, None
     try:
-        for r in results:
-            print(json_line(r) if args.json else human_line(r), flush=source.live)
+        for r in results:  # the files first: a Ctrl-C in a print to a stalled reader left the CSV a row short
             if csv_sink:
                 csv_sink.write(r)
             if save:
                 save.write(r)
+            print(json_line(r) if args.json else human_line(r), flush=source.live)
         ok = True
     except BrokenPipeError:  # the reader of stdout went away (`| head -1`): the CSV is kept, as the video is
         ok = True

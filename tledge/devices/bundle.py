@@ -174,7 +174,7 @@ def requirements_txt(profile: Profile, model_names: list[str]) -> str:
     py = f"{sys.version_info.major}.{sys.version_info.minor}"
     head = [f"# tledge {tledge.__version__} runtime for {profile.name}: {profile.title}. No TensorFlow.",
             f"# Exact pins: the versions this bundle was built and checked with (Python {py});",
-            "# other Pythons get the lowest versions tledge supports.",
+            "# other Pythons get lower bounds (the newest release at or above tledge's minimum).",
             "# tledge itself is vendored in lib/ (run.sh puts lib/ first on Python's path): nothing to install for it."]
     return "\n".join(head + comments + requirement_lines(pkgs, profile.constraints)) + "\n"
 

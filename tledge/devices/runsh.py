@@ -70,8 +70,9 @@ except (OSError, ValueError, KeyError, TypeError, AssertionError, RecursionError
     sys.exit(f"run.sh: the bundle is not intact: bundle.json unreadable ({{type(exc).__name__}})")
 bad = [f for f, h in sorted(listed.items()) if not f.startswith("model/") and (not (top / f).is_file()
        or hashlib.sha256((top / f).read_bytes()).hexdigest() != h)]
-bad += [str(f.relative_to(top)) + " (not in the bundle)" for f in sorted((top / "lib").rglob("*"))
-        if f.is_file() and "__pycache__" not in f.parts and str(f.relative_to(top)) not in listed]
+bad += [str(f.relative_to(top)) + (" (a link)" if f.is_symlink() else " (not in the bundle)")
+        for f in sorted((top / "lib").rglob("*")) if f.is_symlink()
+        or (f.is_file() and "__pycache__" not in f.parts and str(f.relative_to(top)) not in listed)]
 if bad:
     sys.exit("run.sh: the bundle is not intact (changed, missing or added since tledge bundle): " + ", ".join(bad[:5]))' "$HERE" || exit 2
   need numpy

@@ -29,6 +29,7 @@ import numpy as np
 
 from tledge import artifacts
 from tledge.runtime.bench import one_image_ms
+from tledge.contract import loads_json
 from tledge.errors import MissingDependency, TledgeError
 from tledge.parity import ParityReport, ParityResult, Thresholds, compare, thresholds_from_dict
 
@@ -167,10 +168,9 @@ def read(path: str | Path) -> Golden:
             if missing:
                 raise ValueError(f"no {', '.join(missing)}")
             arrays = {k: z[k] for k in _KEYS}
-        meta = json.loads(str(arrays["meta"]))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, RecursionError) as exc:
-        why = "nested too deeply" if isinstance(exc, RecursionError) else exc
-        raise TledgeError(f"{p} is not a readable tledge golden file ({why}): run tledge export again") from None
+        meta = loads_json(str(arrays["meta"]))  # (a ValueError names JSON nested too deeply)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise TledgeError(f"{p} is not a readable tledge golden file ({exc}): run tledge export again") from None
     schema = meta.get("schema", 0) if isinstance(meta, dict) else None
     if not isinstance(schema, int) or isinstance(schema, bool) or meta.get("format") != "tledge.golden" \
             or schema > SCHEMA:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tledge.contract import loads_json
 from tledge.errors import TledgeError
 from tledge.io import atomic_write_text, check_space
 
@@ -56,10 +57,10 @@ class Checkpoints:
 
     def load_state(self) -> dict:
         try:
-            state = json.loads(self.state_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+            state = loads_json(self.state_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # (not JSON, not UTF-8, nested too deeply)
             raise TledgeError(f"cannot read checkpoint state {self.state_path}: {exc}") from None
-        if state.get("format") != FORMAT:
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise TledgeError(f"{self.state_path} is not a tledge train checkpoint")
         for key in ("last", "best"):
             name = state.get(key)

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from tledge._deps import require
+from tledge.contract import NestedTooDeeply, loads_json
 from tledge.errors import TledgeError
 
 
@@ -70,10 +71,10 @@ def tf_config() -> dict:
     if not text.strip():  # TensorFlow parses it anyway: a JSONDecodeError traceback after the images loaded
         raise TledgeError("TF_CONFIG is set but blank: unset it, or give the cluster as JSON")
     try:
-        cfg = json.loads(text)
+        cfg = loads_json(text)
     except json.JSONDecodeError as exc:
         raise TledgeError(f"TF_CONFIG is not valid JSON ({exc.msg} at character {exc.pos})") from None
-    except RecursionError:  # nested thousands deep
+    except NestedTooDeeply:  # nested thousands deep
         raise TledgeError("TF_CONFIG is nested too deeply to be a cluster: give the cluster as JSON") from None
     spec = cfg.get("cluster") if isinstance(cfg, dict) else None
     if not isinstance(spec, dict) or not spec:
