@@ -243,6 +243,12 @@ def test_cli_bundle(export_dir, tmp_path, capsys, monkeypatch):
     install = readme.split("## Install (once)")[1].split("## ")[0]
     assert "pyenv install 3.11 && ~/.pyenv/versions/3.11*/bin/python -m venv .venv" in install
     assert "python3 -m venv" not in install and "(3.9)" not in readme
+    # that venv sees nothing of JetPack's: OpenCV and onnxruntime (CPU) come from PyPI, as run.sh's hint says
+    reqs = member_text(tmp_path / "j.tar.gz", "j/requirements.txt")
+    assert "\nopencv-python-headless" in reqs and "\nonnxruntime" in reqs and "onnxruntime-gpu" not in reqs, reqs
+    run_sh = member_text(tmp_path / "j.tar.gz", "j/run.sh")
+    assert "~/.pyenv/versions/3.11*/bin/python -m venv .venv && .venv/bin/pip install -r" in run_sh
+    assert "python3 -m venv" not in run_sh
     assert main(["bundle", str(export_dir), "--device", "nope"]) == 2
     assert "unknown device" in capsys.readouterr().err
 

@@ -128,3 +128,12 @@ def test_the_runtime_venv_minimums_are_pyproject_s():
     for name, low in declared.items():
         low = Version(low)
         assert pinned[name] >= low and pinned[name].release[:len(low.release)] == low.release, (name, low)
+    from tledge.devices.bundle import LOWER_BOUNDS, PLATFORMS  # a bundle's requirements.txt says the same
+
+    assert {k: v for k, v in declared.items() if k in LOWER_BOUNDS} == LOWER_BOUNDS
+    litert = next(Requirement(t) for t in project["optional-dependencies"]["runtime"] if t.startswith("ai-edge"))
+    bundle = Requirement("ai-edge-litert" + PLATFORMS["ai-edge-litert"].replace(" and ", "; ", 1))
+    for system, machine in (("Linux", "aarch64"), ("Linux", "armv7l"), ("Darwin", "arm64"), ("Darwin", "x86_64"),
+                            ("Windows", "AMD64")):
+        env = {"platform_system": system, "platform_machine": machine}
+        assert litert.marker.evaluate(env) == bundle.marker.evaluate(env), (system, machine)

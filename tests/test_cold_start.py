@@ -17,7 +17,7 @@ pytestmark = pytest.mark.runtime_only
 # what `tledge run FILE.tflite --source IMAGE` may import of tledge: a new module on this path is a cold-start cost
 RUN_PATH = {"tledge", "tledge._deps", "tledge.artifacts", "tledge.cli", "tledge.cli.run", "tledge.cli.validate",
             "tledge.contract", "tledge.errors", "tledge.flatbuf", "tledge.images", "tledge.log", "tledge.metadata",
-            "tledge.paths", "tledge.signals",
+            "tledge.paths", "tledge.safejson", "tledge.signals",
             "tledge.runtime", "tledge.runtime.backends", "tledge.runtime.foreign", "tledge.runtime.model",
             "tledge.runtime.options", "tledge.runtime.outputs", "tledge.runtime.pipeline", "tledge.runtime.sources"}
 # never on that path (beyond what numpy, OpenCV and LiteRT import themselves): other backends and converters,

@@ -179,6 +179,26 @@ def test_detect_32_bit_pi_os_on_a_64_bit_kernel(tmp_path):
     assert (det.profile.name, det.arch, det.confident) == ("rpi4", "aarch64", True)
 
 
+def test_detect_says_why_a_board_it_knows_is_a_guess(tmp_path, capsys):
+    """An Orin on JetPack 5 (Python 3.8, where the profile's JetPack 6 install fails) was a confident jetson-orin;
+    a 32-bit Pi OS was "a guess: no known board found" for a board it had found; a Coral on that Pi was confident."""
+    from tledge.cli import main
+
+    orin = {"proc/device-tree/model": b"Jetson AGX Orin Developer Kit\x00",
+            "etc/nv_tegra_release": "# R35 (release), REVISION: 4.1, GCID: 1, BOARD: t186ref\n"}
+    det = detect(fake_root(tmp_path / "jp5", orin), machine="aarch64")
+    assert det.profile.name == "jetson-orin" and not det.confident and "JetPack 5" in det.why
+    orin["etc/nv_tegra_release"] = "# R36 (release), REVISION: 3.0, GCID: 1, BOARD: generic\n"
+    assert detect(fake_root(tmp_path / "jp6", orin), machine="aarch64").confident
+    pi32 = {"proc/device-tree/model": b"Raspberry Pi 4 Model B Rev 1.4\x00", "proc/sys/kernel/arch": "aarch64\n",
+            "bin/sh": b"\x7fELF\x01\x01\x01" + bytes(40), **usb("1-1", "18d1", "9302")}
+    det = detect(fake_root(tmp_path / "pi32", pi32))
+    assert (det.profile.name, det.host, det.confident) == ("coral-usb", "rpi4", False) and "32-bit" in det.why
+    assert main(["devices", "detect", "--root", str(tmp_path / "pi32" / "root")]) == 0
+    out = capsys.readouterr().out
+    assert "(a guess: a 32-bit userland" in out and "no known board" not in out, out
+
+
 def test_detect_a_jetson_that_is_neither_nano_nor_orin_is_a_guess(tmp_path):
     """A Xavier NX on JetPack 5 was `jetson-orin`, confident, though its own device-tree model said Xavier."""
     root = fake_root(tmp_path, {"proc/device-tree/model": b"NVIDIA Jetson Xavier NX Developer Kit\x00",

@@ -70,7 +70,7 @@ def test_manifest_with_a_value_nested_deep_is_refused_on_every_python(depth, tmp
 
 
 def test_json_depth_is_measured_without_recursion():
-    from tledge.contract import MAX_JSON_DEPTH, NestedTooDeeply, loads_json
+    from tledge.safejson import MAX_JSON_DEPTH, NestedTooDeeply, loads_json
 
     assert loads_json("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH) is not None
     assert loads_json('{"a": [1, {"b": []}], "c": "[[[["}') == {"a": [1, {"b": []}], "c": "[[[["}

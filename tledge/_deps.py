@@ -20,7 +20,7 @@ _KNOWN = {
     "tf_keras": ("tf-keras", "export"),
     "tf2onnx": ("tf2onnx", "export"),
     "onnx": ("onnx", "export"),
-    "onnxruntime": ("onnxruntime", "runtime"),
+    "onnxruntime": ("onnxruntime (on a Jetson: NVIDIA's onnxruntime-gpu, README)", "runtime"),
     "ai_edge_litert": ("ai-edge-litert", "runtime"),
     "tflite_runtime": ("tflite-runtime", "runtime"),
     "cv2": ("opencv-python-headless", "runtime"),
@@ -92,7 +92,7 @@ def _missing(name: str, extra: str | None, purpose: str | None, tail: str = "") 
     pip_name, default_extra = _KNOWN.get(name.split(".")[0], (name, None))
     extra = extra or default_extra
     why = f" (needed for {purpose})" if purpose else ""
-    also = f", or the whole tledge[{extra}] extra" if extra else ""
+    also = f", or the whole [{extra}] extra of tledge's wheel (pip install './{WHEEL}[{extra}]')" if extra else ""
     return MissingDependency(f"{name} is not installed{why}: pip install {pip_name}{also}.{tail}")
 
 

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from tledge.contract import loads_json
+from tledge.safejson import loads_json
 from tledge.errors import ModelLoadError, TledgeError
 
 MANIFEST = "manifest.json"

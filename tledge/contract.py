@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tledge.errors import ContractError
+from tledge.safejson import NestedTooDeeply, loads_json
 
 CONTRACT_VERSION = 1
 METADATA_KEY = "tledge_contract"  # name of the TFLite metadata entry and the ONNX metadata_props key
@@ -106,31 +107,6 @@ class Quant:
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:
         return (np.asarray(q, np.float32) - np.float32(self.zero_point)) * np.float32(self.scale)
-
-
-MAX_JSON_DEPTH = 64  # tledge's JSON (contract, manifest, golden, TF_CONFIG) nests under 10 levels
-
-
-class NestedTooDeeply(ValueError):
-    """JSON nested deeper than MAX_JSON_DEPTH."""
-
-
-def loads_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH):
-    """json.loads, refusing nesting deeper than `max_depth` (NestedTooDeeply, a ValueError): Python 3.13's json
-    parses thousands of levels that 3.11's refused, and code walking the result (dataclasses.asdict) then recursed
-    into a RecursionError traceback. The depth is measured without recursion."""
-    try:
-        value = json.loads(text)
-    except RecursionError:
-        raise NestedTooDeeply("nested too deeply") from None
-    stack = [(value, 1)]
-    while stack:
-        v, depth = stack.pop()
-        if isinstance(v, (dict, list)):
-            if depth > max_depth:
-                raise NestedTooDeeply("nested too deeply")
-            stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
-    return value
 
 
 MAX_SIDE = 16384  # pixels a side: more is no image classifier's input

@@ -17,7 +17,7 @@ import numpy as np
 # the thresholds and their defaults are the file table's (tledge.artifacts)
 from tledge.artifacts import DEFAULT_THRESHOLDS, Thresholds, precision_in_name  # noqa: F401
 from tledge import stats
-from tledge.contract import loads_json
+from tledge.safejson import loads_json
 from tledge.errors import ParityError, TledgeError
 
 

@@ -89,7 +89,7 @@ def _detect(args) -> int:
     if args.json:
         print(json.dumps(det.to_dict(), indent=2))
         return 0
-    sure = "" if det.confident else " (a guess: no known board found)"
+    sure = "" if det.confident else f" (a guess: {det.why})"
     host = f" on a {det.host} host" if det.host != det.profile.name else ""
     print(f"{det.profile.name}{host}{sure}: {det.profile.title}")
     for e in det.evidence:

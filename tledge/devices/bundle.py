@@ -29,7 +29,7 @@ from tledge import artifacts
 from tledge._deps import WHEEL
 from tledge.devices.options import Options, resolve
 from tledge.devices.profiles import Family, Profile, get_profile
-from tledge.devices.runsh import run_sh, venv_flag_of
+from tledge.devices.runsh import run_sh, venv_line
 from tledge.errors import TledgeError
 
 # package parts that need TensorFlow/Keras: left out of the bundle
@@ -124,6 +124,11 @@ def _installed_version(dist: str) -> str | None:
         return None
 
 
+# where a package has wheels, as pyproject.toml's [runtime] says (ai-edge-litert 2.x: none for Windows or Intel Macs)
+PLATFORMS = {"ai-edge-litert": ' and (platform_system == "Linux" or platform_system == "Darwin" and '
+                               'platform_machine == "arm64")'}
+
+
 def requirement_lines(packages: list[str], constraints: tuple[str, ...] = ()) -> list[str]:
     """Exact pins for this machine's Python (where the bundle was built), lower bounds elsewhere;
     a profile's constraint (e.g. `numpy>=1.23,<2` on Jetson) replaces both."""
@@ -138,11 +143,13 @@ def requirement_lines(packages: list[str], constraints: tuple[str, ...] = ()) ->
             continue
         ver = _installed_version(pkg)
         low = LOWER_BOUNDS.get(pkg)
+        where = PLATFORMS.get(pkg, "")
         if ver:
-            lines.append(f'{pkg}=={ver}; python_version == "{py}"')
-            lines.append(f'{pkg}{">=" + low if low else ""}; python_version != "{py}"')
+            lines.append(f'{pkg}=={ver}; python_version == "{py}"{where}')
+            lines.append(f'{pkg}{">=" + low if low else ""}; python_version != "{py}"{where}')
         else:
-            lines.append(f"{pkg}{'>=' + low if low else ''}  # not installed where this bundle was built")
+            lines.append(f"{pkg}{'>=' + low if low else ''}{'; ' + where[5:] if where else ''}"
+                         "  # not installed where this bundle was built")
     return lines
 
 
@@ -153,7 +160,7 @@ def runtime_packages(profile: Profile, model_names: list[str]) -> tuple[list[str
     if any(n.endswith(".tflite") for n in model_names):
         pkgs += ["ai-edge-litert", "flatbuffers"]
     if any(n.endswith(".onnx") for n in model_names):
-        if profile.family is Family.JETSON:
+        if profile.family is Family.JETSON and "onnxruntime" not in profile.pip:  # (the Nano's pyenv: PyPI's CPU one)
             comments.append("# onnxruntime-gpu: not on PyPI for aarch64 -> NVIDIA's wheel for your JetPack "
                             "(https://elinux.org/Jetson_Zoo#ONNX_Runtime); do not also install onnxruntime")
         else:
@@ -183,15 +190,6 @@ def _board_steps(profile: Profile) -> list[str]:
     """The profile's install lines minus making a venv and installing tledge (the bundle does both)."""
     skip = ("-m venv", f"./{WHEEL}", "# --no-deps")  # the wheel's line is left out, and so is what explains it
     return [ln.replace("~/tledge-venv/", ".venv/") for ln in profile.install if not any(k in ln for k in skip)]
-
-
-def venv_line(profile: Profile) -> str:
-    """How the bundle's .venv is made: the profile's own line where it makes it with another Python than the
-    system's python3 (the Jetson Nano's is 3.6: pyenv's 3.11), else python3 -m venv."""
-    for ln in profile.install:
-        if "-m venv" in ln and not ln.lstrip().startswith("python3 -m venv"):
-            return ln.split("#")[0].strip().replace("~/tledge-venv", ".venv")
-    return f"python3 -m venv{venv_flag_of(profile)} .venv"
 
 
 def readme(profile: Profile, models: list[str], opts: Options, notes: list[str], golden: bool = True) -> str:

@@ -46,10 +46,11 @@ class Detection:
     host: str  # the host board's profile name (differs from profile.name when an accelerator is plugged in)
     arch: str
     confident: bool  # False when nothing identified the board and the architecture decided
+    why: str = ""  # what makes it a guess (empty when confident)
 
     def to_dict(self) -> dict:
         return {"device": self.profile.name, "title": self.profile.title, "host": self.host,
-                "arch": self.arch, "confident": self.confident,
+                "arch": self.arch, "confident": self.confident, "why": self.why,
                 "evidence": [e.to_dict() for e in self.evidence]}
 
 
@@ -99,7 +100,7 @@ def _board_from_model(model: str) -> str | None:
     return None
 
 
-def _tegra(root: Path, ev: list[Evidence]) -> str | None:
+def _tegra(root: Path, ev: list[Evidence]) -> tuple[str, int | None] | None:
     text = _read(root, "etc/nv_tegra_release", 4096)
     if text is None:
         return None
@@ -108,13 +109,13 @@ def _tegra(root: Path, ev: list[Evidence]) -> str | None:
     board = re.search(r"BOARD:\s*([\w-]+)", first)
     if not m:
         ev.append(Evidence("etc/nv_tegra_release", first, "a Jetson (L4T release unreadable)"))
-        return "jetson-orin"
+        return "jetson-orin", None
     release = int(m.group(1))
     name = "jetson-nano" if release <= 32 else "jetson-orin"
     jp = {32: "JetPack 4", 34: "JetPack 5 (developer preview)", 35: "JetPack 5", 36: "JetPack 6"}.get(release, "JetPack")
     extra = f", board {board.group(1)}" if board else ""
     ev.append(Evidence("etc/nv_tegra_release", first, f"L4T R{release}.{m.group(2)} = {jp}{extra} -> {name}"))
-    return name
+    return name, release
 
 
 def _cpuinfo(root: Path, ev: list[Evidence]) -> tuple[str | None, int | None]:
@@ -155,24 +156,35 @@ def _coral(root: Path, ev: list[Evidence]) -> bool:
     return hit
 
 
-def _host(model_name: str | None, tegra: str | None, cpu_model: str | None, arch: str) -> tuple[str, bool]:
-    """(profile, confident). A board's profile is a guess where the evidence says it is not quite that board: a
-    32-bit userland under a 64-bit OS profile, a Jetson that is neither a Nano nor an Orin (Xavier, TX2)."""
+_GENERIC = "no known board identified: the generic profile for the architecture"
+_JETPACK5 = ("JetPack 5 (Python 3.8, below tledge's 3.10): the profile's install is JetPack 6's; install Python 3.11 "
+             "with pyenv as the jetson-nano profile does, or move to JetPack 6")
+_BITS32 = ("a 32-bit userland (armv7l): the profile's install is for the 64-bit OS, on which PyPI has the wheels; "
+           "see its notes for the 32-bit fallback")
+
+
+def _host(model_name: str | None, tegra: tuple[str, int | None] | None, cpu_model: str | None,
+          arch: str) -> tuple[str, str]:
+    """(profile, why it is a guess: "" when confident). A board's profile is a guess where the evidence says it is
+    not quite that board: a 32-bit userland under a 64-bit OS profile, a Jetson that is neither a Nano nor an Orin
+    (Xavier, TX2), an Orin on JetPack 5 (Python 3.8: the profile's install is JetPack 6's)."""
+    jetpack5 = tegra is not None and tegra[1] is not None and 32 < tegra[1] < 36
     for text in (model_name, cpu_model):
         board = _board_from_model(text) if text else None
         if board:
-            return board, not (arch.startswith("arm") and arch != "aarch64")  # armv7l: the profiles are 64-bit
+            return board, _BITS32 if arch.startswith("arm") and arch != "aarch64" else \
+                _JETPACK5 if board == "jetson-orin" and jetpack5 else ""
     if tegra:
-        other = model_name and "jetson" in model_name.lower() and not any(
-            k in model_name.lower() for k in ("orin", "nano"))
-        return tegra, not other
+        if model_name and "jetson" in model_name.lower() and not any(k in model_name.lower() for k in ("orin", "nano")):
+            return tegra[0], "a Jetson that is neither a Nano nor an Orin: the nearest profile"
+        return tegra[0], _JETPACK5 if tegra[0] == "jetson-orin" and jetpack5 else ""
     if any(t and "raspberry pi" in t.lower() for t in (model_name, cpu_model)):
-        return "arm64-generic", False  # an older Pi (3, Zero W): no profile of its own
+        return "arm64-generic", "a Raspberry Pi without a profile of its own (Pi 3, Zero W): " + _GENERIC
     if arch == "x86_64":
-        return "x86-cpu", True
+        return "x86-cpu", ""
     if arch.startswith("arm") or arch == "aarch64":
-        return "arm64-generic", arch == "aarch64"
-    return "x86-cpu", False
+        return "arm64-generic", "" if arch == "aarch64" else _BITS32
+    return "x86-cpu", _GENERIC
 
 
 def _userland_bits(root: Path, ev: list[Evidence]) -> int | None:
@@ -208,10 +220,10 @@ def detect(root: "str | Path" = "/", machine: str | None = None) -> Detection:
     tegra = _tegra(r, ev)
     cpu_model, _cores = _cpuinfo(r, ev)
     arch = _machine(r, machine, ev)
-    host, confident = _host(model, tegra, cpu_model, arch)
+    host, why = _host(model, tegra, cpu_model, arch)
     if not ev:
         ev.append(Evidence(str(r), "", "no evidence found; assuming an x86-64 CPU"))
     name = "coral-usb" if _coral(r, ev) else host
-    if not confident and name == host:
-        ev.append(Evidence("decision", host, "no known board identified: the generic profile for the architecture"))
-    return Detection(get_profile(name), tuple(ev), host, arch, confident or name == "coral-usb")
+    if why:  # (a Coral on such a host is as much a guess: its install is the host's)
+        ev.append(Evidence("decision", host, why))
+    return Detection(get_profile(name), tuple(ev), host, arch, not why, why)

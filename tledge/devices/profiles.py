@@ -197,10 +197,11 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
         camera=_PI_CAMERA,
         notes=(
             "Flash the 64-bit OS: on the 32-bit OS (armv7l) PyPI has no ai-edge-litert, onnxruntime or "
-            "opencv-python-headless wheels. The only 32-bit fallback is tflite-runtime 2.13 (armv7l wheels "
-            "for Python <= 3.10, so Pi OS Bullseye; numpy < 2), which is many times slower for int8 and "
-            "cannot load files that use newer op versions.",
-            "512 MB of RAM: keep to int8 files of a few MB, skip onnxruntime, add swap for pip installs.",
+            "opencv-python-headless wheels. The 32-bit fallback is tflite-runtime 2.14 (armv7l wheels for "
+            "Python 3.11, glibc 2.34+: Bookworm) with apt's python3-numpy and python3-opencv in a venv made with "
+            "--system-site-packages and tledge's wheel installed with --no-deps; it is many times slower for int8.",
+            "512 MB of RAM: keep to int8 TFLite files of a few MB (a bundle for this board installs no "
+            "onnxruntime; the whole [runtime] extra does), add swap for pip installs.",
             "ai-edge-litert 2.3 needs Python >= 3.10 on aarch64 (3.9 stops at 2.1).",
         )),
     Profile(
@@ -216,15 +217,16 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             "pyenv install 3.11 && ~/.pyenv/versions/3.11*/bin/python -m venv ~/tledge-venv",
             f"~/tledge-venv/bin/pip install './{WHEEL}[runtime]'   # CPU only: ai-edge-litert + onnxruntime",
         ),
-        pip=("numpy", "ai-edge-litert"),
+        pip=_PIP_ALL,  # pyenv's Python sees nothing of JetPack's (its OpenCV is built for Python 3.6): all from PyPI
         camera=("CSI camera: OpenCV with GStreamer (JetPack's python3-opencv, not pip's) and the pipeline "
                 "'nvarguscamerasrc sensor-id=0 ! video/x-raw(memory:NVMM),width=1280,height=720,framerate=30/1 "
                 "! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! appsink drop=1'"),
         notes=(
             "JetPack 4 is the last release for the Nano: no Python >= 3.10 GPU wheels of onnxruntime exist for it.",
             "Maxwell has no int8 tensor cores: TensorRT runs the fp32 file as fp16 at best.",
-            "pip's opencv-python-headless has no GStreamer: use JetPack's OpenCV (venv with "
-            "--system-site-packages) to open nvarguscamerasrc.",
+            "pip's opencv-python-headless has no GStreamer, and JetPack 4's OpenCV is built for its Python 3.6: "
+            "the CSI camera (nvarguscamerasrc) needs an OpenCV built with GStreamer for the pyenv Python; USB "
+            "cameras, files and URLs work with pip's.",
         ), constraints=_JETSON_NUMPY),
     Profile(
         "jetson-orin", "NVIDIA Jetson Orin Nano / NX / AGX (6-12x Cortex-A78AE, Ampere GPU, JetPack 6)",
@@ -265,7 +267,9 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             "curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo gpg --dearmor -o /usr/share/keyrings/coral-edgetpu.gpg",
             "echo 'deb [signed-by=/usr/share/keyrings/coral-edgetpu.gpg] https://packages.cloud.google.com/apt coral-edgetpu-stable main' | sudo tee /etc/apt/sources.list.d/coral-edgetpu.list",
             "sudo apt-get update && sudo apt-get install -y libedgetpu1-std   # then unplug and replug the accelerator",
-            f"pip install './{WHEEL}[runtime]'   # tledge loads libedgetpu.so.1 through ai-edge-litert's load_delegate",
+            f"python3 -m venv ~/tledge-venv && ~/tledge-venv/bin/pip install './{WHEEL}[runtime]'   "
+            "# (a venv: Debian 12's pip refuses the system Python, PEP 668); libedgetpu.so.1 loads through "
+            "ai-edge-litert's load_delegate",
         ),
         pip=_PIP_TFLITE,
         camera="The host's camera: picamera2 on a Pi, OpenCV camera index elsewhere.",
@@ -283,7 +287,9 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
         cores=None, memory_mb=None, threads=None,
         targets=(TFLITE_INT8, ONNX_INT8_CPU, TFLITE_FP32, ONNX_FP32_CPU),
         os="any x86-64 OS with Python 3.10-3.13",
-        install=(f"pip install './{WHEEL}[runtime]'   # on Windows the extra brings onnxruntime only: use the ONNX int8 file",),
+        install=(f"python3 -m venv ~/tledge-venv && ~/tledge-venv/bin/pip install './{WHEEL}[runtime]'   "
+                 "# on Windows and Intel Macs the extra brings onnxruntime only (no ai-edge-litert 2.x wheels "
+                 "there): use the ONNX int8 file",),
         pip=_PIP_ALL,
         camera="OpenCV camera index (V4L2 on Linux, AVFoundation on macOS, MSMF/DirectShow on Windows).",
         notes=(
@@ -299,11 +305,13 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
         cores=None, memory_mb=None, threads=None,
         targets=(TFLITE_INT8, TFLITE_FP32, ONNX_INT8_CPU, ONNX_FP32_CPU),
         os="64-bit Linux with glibc >= 2.28 and Python 3.10-3.13",
-        install=(f"pip install './{WHEEL}[runtime]'   # needs glibc >= 2.27 (ai-edge-litert) / 2.28 (onnxruntime 1.31)",),
+        install=(f"python3 -m venv ~/tledge-venv && ~/tledge-venv/bin/pip install './{WHEEL}[runtime]'   "
+                 "# needs glibc >= 2.27 (ai-edge-litert) / 2.28 (onnxruntime 1.31)",),
         pip=_PIP_TFLITE,
         camera="OpenCV camera index (V4L2).",
         notes=("Boards with an NPU (Rockchip, i.MX, Hailo ...) need their vendor's delegate: not covered.",
-               "32-bit ARM userlands (armv7l) have no ai-edge-litert/onnxruntime wheels on PyPI.")),
+               "32-bit ARM userlands (armv7l) have no ai-edge-litert/onnxruntime wheels on PyPI: tflite-runtime "
+               "2.14 (armv7l, Python 3.11, glibc 2.34+) is the fallback.")),
 )}
 
 

@@ -53,7 +53,7 @@ importable() {{  # LiteRT, else tflite-runtime (tledge runs on either)
 need() {{
   if ! importable "$1"; then
     echo "run.sh: $1 cannot be imported by $PY; install the runtime (README.md):" >&2
-    echo "  python3 -m venv{venv_flag} $HERE/.venv && $HERE/.venv/bin/pip install -r $HERE/requirements.txt" >&2{board_hint}
+    echo "  cd \\"$HERE\\" && {venv_line} && .venv/bin/pip install -r requirements.txt" >&2{board_hint}
     exit 2
   fi
 }}
@@ -106,6 +106,15 @@ def venv_flag_of(profile: Profile) -> str:
     return " --system-site-packages" if profile.family in (Family.RPI, Family.JETSON) else ""
 
 
+def venv_line(profile: Profile) -> str:
+    """How the bundle's .venv is made: the profile's own line where it makes it with another Python than the
+    system's python3 (the Jetson Nano's is 3.6: pyenv's 3.11), else python3 -m venv."""
+    for ln in profile.install:
+        if "-m venv" in ln and not ln.lstrip().startswith("python3 -m venv"):
+            return ln.split("#")[0].strip().replace("~/tledge-venv", ".venv")
+    return f"python3 -m venv{venv_flag_of(profile)} .venv"
+
+
 def run_sh(profile: Profile, model: str, threads: int | None = None, models: tuple[str, ...] = ()) -> str:
     """threads: only when chosen explicitly at bundle time (the profile's own count comes with --device).
     models: every model file the bundle ships (their backends must import for `--check`)."""
@@ -115,10 +124,9 @@ def run_sh(profile: Profile, model: str, threads: int | None = None, models: tup
     kinds = {Path(m).suffix for m in (models or (model,))}
     check = ", ".join(mod for suffix, mod in ((".tflite", "ai_edge_litert"), (".onnx", "onnxruntime"))
                       if suffix in kinds)
-    venv_flag = venv_flag_of(profile)
     hint = ("\n    echo \"  (onnxruntime-gpu and OpenCV come from JetPack / the Jetson Zoo wheel, not from pip: "
             "README.md)\" >&2") if profile.family is Family.JETSON else ""
     return RUN_SH.format(device=profile.name, model=model, threads=int(threads) if threads else '""',
                          plain_file_case=plain,
                          check_modules=check or "ai_edge_litert", check_list=check.replace(",", "") or "ai_edge_litert",
-                         venv_flag=venv_flag, board_hint=hint)
+                         venv_line=venv_line(profile), board_hint=hint)

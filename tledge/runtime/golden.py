@@ -29,7 +29,7 @@ import numpy as np
 
 from tledge import artifacts
 from tledge.runtime.bench import one_image_ms
-from tledge.contract import loads_json
+from tledge.safejson import loads_json
 from tledge.errors import MissingDependency, TledgeError
 from tledge.parity import ParityReport, ParityResult, Thresholds, compare, thresholds_from_dict
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tledge.contract import loads_json
+from tledge.safejson import loads_json
 from tledge.errors import TledgeError
 from tledge.io import atomic_write_text, check_space
 

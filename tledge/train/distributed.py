@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from tledge._deps import require
-from tledge.contract import NestedTooDeeply, loads_json
+from tledge.safejson import NestedTooDeeply, loads_json
 from tledge.errors import TledgeError
 
 
