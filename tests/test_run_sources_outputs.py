@@ -106,24 +106,6 @@ def test_a_reader_that_leaves_keeps_the_csv(tmp_path, capfd, monkeypatch):
     assert len(rows) >= 2 and rows[0].startswith("source,"), rows  # the header and the rows written
 
 
-def test_ctrl_c_in_a_stalled_print_keeps_the_csv_row_of_that_result(tmp_path, capsys, monkeypatch):
-    """Ctrl-C while stdout's reader stalls (the print blocked): the summary and stdout counted a result the CSV did
-    not have (the row was written after the print)."""
-    printed = []
-
-    def stalls(*a, file=None, **k):
-        if file is not None:  # a note on stderr
-            return
-        if len(printed) == 2:
-            raise KeyboardInterrupt
-        printed.append(a)
-
-    monkeypatch.setattr(run_cli, "print", stalls, raising=False)
-    assert main(["run", MODEL, "--source", str(TINY / "images"), "--csv", str(tmp_path / "r.csv")]) == 130
-    rows = (tmp_path / "r.csv").read_text().splitlines()
-    assert len(rows) == 1 + 3, rows  # the header, the two printed results and the one whose print was cut
-
-
 def test_labels_on_a_tledge_file_are_said(tmp_path, capsys):
     labels = tmp_path / "l.txt"
     labels.write_text("".join(f"{c.upper()}\n" for c in CLASSES))
