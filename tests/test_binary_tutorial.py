@@ -89,6 +89,74 @@ def test_the_tutorial_h5_loads_in_safe_mode_with_two_class_scores(tutorial, two_
     assert np.mean(ours.argmax(1) == vy) > 0.7  # a trained model: the second column is the second folder
 
 
+def test_a_tf_keras_model_with_tf_functions_keeps_its_preprocessing_and_its_sigmoid(two_classes, tmp_path):
+    """tf.keras 2 code as old tutorials wrote it: `preprocess_input` (x / 127.5 - 1) beside other TF calls
+    (`tf.reduce_mean` pooling) and `tf.math.sigmoid` on the one output: TFOpLambda layers only tf_keras builds
+    (--unsafe). The preprocessing was "not baked" (the layers do not show it: --preprocess then normalised twice,
+    parity PASSED) and the sigmoid was read as a logit (a second sigmoid: every image the second class)."""
+    import tensorflow as tf
+
+    x, y, _ = _pixels(two_classes / "train")
+    L = tf_keras.layers
+    tf_keras.utils.set_random_seed(0)
+    inp = tf_keras.Input((SIZE, SIZE, 3))
+    h = L.Conv2D(8, 3, strides=2, activation="relu")(inp / 127.5 - 1.0)
+    out = tf.math.sigmoid(L.Dense(1)(tf.reduce_mean(h, axis=[1, 2])))
+    model = tf_keras.Model(inp, out)
+    model.compile(tf_keras.optimizers.Adam(0.01), tf_keras.losses.BinaryCrossentropy())
+    model.fit(x, y.astype("float32"), epochs=20, batch_size=16, verbose=0)
+    path = tmp_path / "old.h5"
+    model.save(path)
+    lm = loader.load_model(path, unsafe=True)
+    assert (lm.kind, lm.baked_mode, lm.binary) == ("tf_keras", "tf", binary.SIGMOID), lm.notes
+    vx, _, _ = _pixels(two_classes / "val")
+    serve, _ = loader.trace(lm, Contract(SIZE, SIZE, norm="tf", baked=True), None)
+    p = model(vx, training=False).numpy()[:, 0]
+    np.testing.assert_allclose(loader.run_reference(serve, vx), np.stack([1 - p, p], 1), atol=1e-5)
+
+
+def test_keras_archives_tf_keras_2_wrote_load(tutorial, two_classes, tmp_path, capsys):
+    """.keras archives of tf.keras 2.13-2.15 (metadata keras_version 2.x, Keras 2 class modules) were refused
+    ("Could not deserialize class 'Functional' ..."), with --unsafe too; TensorFlow 2.12's `.keras` is HDF5 and was
+    "not a .keras (zip) archive" with no word of what to do."""
+    head, _, model = tutorial
+    path = tmp_path / "tutorial.keras"
+    model.save(path)  # tf_keras writes the archive as tf.keras 2.15 did (keras_version "2.21.0")
+    assert kerasconfig.archive_keras_version(path).startswith("2.")
+    lm = loader.load_model(path)  # its arithmetic TFOpLambdas are data, as in the .h5: no --unsafe
+    assert (lm.kind, lm.baked_mode) == ("tf_keras", "tf") and any("tf.keras 2.13-2.15" in n for n in lm.notes)
+    vx, _, _ = _pixels(two_classes / "val")
+    np.testing.assert_allclose(np.asarray(lm.model(vx, training=False)), model(vx, training=False).numpy(), atol=1e-5)
+    hdf5 = tmp_path / "old.keras"
+    model.save(tmp_path / "old.h5")
+    (tmp_path / "old.h5").rename(hdf5)
+    assert main(["export", str(hdf5), "--out", str(tmp_path / "e"), "--calib", "random"]) == 2
+    assert "rename it to .h5" in capsys.readouterr().err
+
+
+def test_a_lambda_from_another_python_says_why_it_cannot_load(tmp_path, capsys):
+    """A Lambda's marshalled bytecode from another Python version failed as "bad marshal data", with --unsafe,
+    naming neither the cause nor the way out (a SavedModel keeps TensorFlow ops)."""
+    import base64
+
+    import h5py
+
+    inp = tf_keras.Input((8, 8, 3))
+    out = tf_keras.layers.Dense(2)(tf_keras.layers.Flatten()(tf_keras.layers.Lambda(lambda x: x * 2.0)(inp)))
+    path = tmp_path / "lambda.h5"
+    tf_keras.Model(inp, out).save(path)
+    with h5py.File(path, "r+") as f:  # bytecode this Python cannot read, as another version's is
+        cfg = json.loads(f.attrs["model_config"])
+        for layer in cfg["config"]["layers"]:
+            if layer["class_name"] == "Lambda":
+                layer["config"]["function"][0] = base64.b64encode(b"\xfe" * 40).decode() + "\n"
+        f.attrs["model_config"] = json.dumps(cfg)
+    assert main(["export", str(path), "--unsafe", "--preprocess", "raw", "--calib", "random",
+                 "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "marshal" in err and "the Python version that saved it" in err, err
+
+
 def test_other_tensorflow_functions_stay_refused():
     def op(function, y):
         return {"class_name": "TFOpLambda", "name": "op", "config": {"name": "op", "function": function},

@@ -132,7 +132,11 @@ def _check_zip(p: Path, flag: str) -> None:
         with zipfile.ZipFile(p) as zf:
             names = set(zf.namelist())
     except zipfile.BadZipFile:
-        what = "truncated or corrupt" if _head(p, 4) == b"PK\x03\x04" else "not a .keras (zip) archive"
+        head = _head(p, 8)
+        if head == b"\x89HDF\r\n\x1a\n":  # TensorFlow 2.12 and older saved `model.save("x.keras")` as HDF5
+            raise TledgeError(f"{_label(flag, p)} is an HDF5 Keras file under a .keras name (TensorFlow 2.12 and "
+                              "older wrote .keras that way): copy or rename it to .h5 and pass that") from None
+        what = "truncated or corrupt" if head[:4] == b"PK\x03\x04" else "not a .keras (zip) archive"
         raise TledgeError(f"{_label(flag, p)} is {what}: cannot read it as a .keras archive") from None
     if "config.json" not in names:
         raise TledgeError(f"{_label(flag, p)} is a zip archive without config.json: not a .keras model")

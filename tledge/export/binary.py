@@ -18,8 +18,28 @@ def output_kind(model) -> str:
     Sigmoid op), looking through layers and ops that only pool, reshape or drop out, else LOGIT. Read from configs and
     graphs only."""
     if getattr(model, "layers", None) is not None:
-        return SIGMOID if final_activation(model) == "sigmoid" else LOGIT
+        act = final_activation(model)
+        if act == CODE:  # a TensorFlow function or Lambda makes the output: the traced graph says
+            return _graph_kind(traced(model))
+        return SIGMOID if act == "sigmoid" else LOGIT
     return _graph_kind(model)
+
+
+CODE = "code"  # final_activation: the output comes from code (a TFOpLambda or Lambda) the config does not name
+# tf.keras 2's TFOpLambda functions that are activations (`tf.math.sigmoid(x)` in a functional model)
+_TF_ACTIVATIONS = {"math.sigmoid": "sigmoid", "nn.sigmoid": "sigmoid", "sigmoid": "sigmoid",
+                   "nn.softmax": "softmax", "math.softmax": "softmax", "nn.relu": "relu"}
+
+
+def traced(model):
+    """A Keras model (Keras 3 or tf_keras) as a concrete TensorFlow function of one float image batch, or None."""
+    try:
+        import tensorflow as tf
+
+        shape = [1, *(int(d) if d else None for d in model.inputs[0].shape[1:])]
+        return tf.function(lambda x: model(x, training=False)).get_concrete_function(tf.TensorSpec(shape, tf.float32))
+    except Exception:  # noqa: BLE001 - a model that will not trace: nothing to read (the export says why later)
+        return None
 
 
 # layers that keep a value in 0..1 (pooling a sigmoid map gives a probability): looked through
@@ -47,6 +67,9 @@ def final_activation(model) -> str | None:
         except Exception:  # noqa: BLE001 - an op without a config: nothing to read
             return None
         name = type(layer).__name__
+        if name in ("TFOpLambda", "Lambda"):  # a TensorFlow function (named in the config) or Python code
+            return _TF_ACTIVATIONS.get(cfg.get("function")) if name == "TFOpLambda" and isinstance(
+                cfg.get("function"), str) and cfg["function"] in _TF_ACTIVATIONS else CODE
         act = "softmax" if name == "Softmax" else cfg.get("activation")
         act = act.get("config", {}).get("name", act.get("class_name")) if isinstance(act, dict) else act
         if act not in (None, "linear") or name not in _PASS:
@@ -64,7 +87,7 @@ _GRAPH_PASS = {"Identity", "IdentityN", "Mean", "Max", "Reshape", "Squeeze", "Ex
 def _graph_kind(fn) -> str:
     """A SavedModel signature: the op that produces its output, through Identity, pooling and reshaping ops and into
     the functions that (Stateful)PartitionedCall ops call (Keras 3's `model.export()` wraps the model in one)."""
-    try:
+    try:  # (fn None: AttributeError)
         graph_def = fn.graph.as_graph_def()
         library = {f.signature.name: f for f in graph_def.library.function}
         nodes = {n.name: n for n in graph_def.node}

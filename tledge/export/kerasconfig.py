@@ -210,3 +210,20 @@ def read_keras_config(path: str | Path, limit: int = 64 << 20) -> dict:
     except (RuntimeError, NotImplementedError) as exc:  # an encrypted member, a compression zipfile cannot read
         raise ModelLoadError(f"cannot read {path}: not a .keras archive Keras writes ({exc})") from None
     return parse(raw, path)
+
+
+def archive_keras_version(path: str | Path) -> str | None:
+    """The `keras_version` of a .keras archive's metadata.json ("2.15.0": tf.keras 2.13-2.15 wrote this format
+    too, with Keras 2 module names Keras 3 cannot import), or None."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            info = z.getinfo("metadata.json")
+            if info.file_size > 1 << 20:
+                return None
+            meta = parse(z.read(info), path)
+    except (KeyError, zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError, ModelLoadError):
+        return None
+    version = meta.get("keras_version") if isinstance(meta, dict) else None
+    return version if isinstance(version, str) else None

@@ -28,7 +28,7 @@ _ZIP_MAGIC = b"PK\x03\x04"
 KINDS = {
     "keras": "Keras 3, as saved",
     "keras_translated": "Keras 3 (safe mode), after translating the Keras 2 config",
-    "tf_keras": "tf_keras (Keras 2), after the config walk found no code",
+    "tf_keras": "tf_keras (Keras 2)",
     "saved_model": "TensorFlow SavedModel signature",
 }
 KERAS3_KINDS = frozenset({"keras", "keras_translated"})
@@ -67,9 +67,10 @@ def load_model(path: str | Path, *, unsafe: bool = False) -> LoadedModel:
         loaded = _load_saved_model(p, unsafe)
     elif p.suffix.lower() == ".keras":
         _check_magic(p, _ZIP_MAGIC, "a .keras zip archive")
-        _refuse_code(p, kerasconfig.read_keras_config(p), unsafe)
+        keras2_era = (kerasconfig.archive_keras_version(p) or "").startswith("2.")  # tf.keras 2.13-2.15's
+        _refuse_code(p, kerasconfig.read_keras_config(p), unsafe, allowed=keras2.reads_as_data if keras2_era else None)
         with _lowercase_suffix(p) as q:  # Keras only knows `.keras` / `.h5` in lower case
-            loaded = _load_keras(q, unsafe)
+            loaded = _load_keras(q, unsafe, keras2_era)
     elif p.suffix.lower() in (".h5", ".hdf5"):
         _check_magic(p, _HDF5_MAGIC, "an HDF5 file")
         config = kerasconfig.read_h5_config(p)
@@ -143,12 +144,14 @@ def _custom_objects() -> dict:
     return dict(CUSTOM_OBJECTS)
 
 
-def _load_keras(p: Path, unsafe: bool) -> LoadedModel:
+def _load_keras(p: Path, unsafe: bool, keras2_era: bool = False) -> LoadedModel:
     keras = require("keras", extra="export")
     try:
         model = keras.saving.load_model(p, custom_objects=_custom_objects(), compile=False, safe_mode=not unsafe)
     except Exception as exc:  # Keras raises many types here
         msg = str(exc)
+        if keras2_era:  # written by tf.keras 2.13-2.15 (Keras 2 module names): tf_keras reads it, in safe mode
+            return _tf_keras_archive(p, unsafe, f"Keras 3: {exc.__class__.__name__}: {_first_line(msg)[:120]}")
         if unsafe:  # safe mode was off: the code itself did not load (a class this process does not have)
             raise ModelLoadError(f"cannot load {p} even with --unsafe: {exc.__class__.__name__}: "
                                  f"{_first_line(msg)[:200]} (a custom layer must be importable where tledge runs; "
@@ -158,6 +161,18 @@ def _load_keras(p: Path, unsafe: bool) -> LoadedModel:
                                  f"{_first_line(msg)[:160]}). Pass --unsafe only if you trust this file.") from None
         raise ModelLoadError(f"cannot load {p}: {exc.__class__.__name__}: {_first_line(msg)}") from None
     return _keras3(p, model, "keras")
+
+
+def _tf_keras_archive(p: Path, unsafe: bool, keras3_error: str) -> LoadedModel:
+    tf_keras = require("tf_keras", extra="export", purpose="Keras 2 era .keras files")
+    tried = [keras3_error]
+    model = _attempt(tried, "tf_keras", lambda: tf_keras.models.load_model(p, compile=False, safe_mode=not unsafe))
+    if model is None:
+        raise ModelLoadError(f"cannot load {p}, a tf.keras 2 .keras archive ({' | '.join(tried)})")
+    lm = _describe(p, model, "tf_keras")
+    lm.notes.append("loaded with tf_keras: a .keras archive tf.keras 2.13-2.15 wrote (Keras 3 cannot import its "
+                    "Keras 2 classes)" + (", with --unsafe" if unsafe else ", in safe mode"))
+    return lm
 
 
 def _keras3(p: Path, model, kind: str) -> LoadedModel:
@@ -192,9 +207,14 @@ def _load_h5(p: Path, translation, unsafe: bool, *, allow_tf_keras: bool) -> Loa
         tf_keras = require("tf_keras", extra="export", purpose="Keras 2 era .h5 files")
         model = _attempt(tried, "tf_keras", lambda: tf_keras.models.load_model(p, compile=False))
     if model is None:
-        raise ModelLoadError(f"cannot load {p} ({' | '.join(tried)})")
+        why = " | ".join(tried)
+        hint = ("; a Lambda's code (marshalled bytecode) only loads in the Python version that saved it: export "
+                "there, or save a SavedModel (model.save(folder)), which keeps TensorFlow ops, not Python") \
+            if "marshal" in why else ""
+        raise ModelLoadError(f"cannot load {p} ({why}){hint}")
     lm = _describe(p, model, "tf_keras")
-    lm.notes.append(f"loaded with tf_keras ({tried[-1]})")
+    lm.notes.append(f"loaded with tf_keras ({tried[-1]}), " + ("with --unsafe (any code in the file runs)" if unsafe
+                                                               else "after the config walk found no code"))
     return lm
 
 
@@ -267,8 +287,13 @@ def _describe(p: Path, model, kind: str) -> LoadedModel:
                              "tledge exports channels-last (NHWC) models; build it with data_format='channels_last'")
     hw = (int(shape[1]), int(shape[2])) if shape[1] and shape[2] else None
     outputs = getattr(model, "outputs", None) or [None]
-    return LoadedModel(p, model, kind, hw, int(shape[3] or 3), _baked_mode(model), None,
-                       _last_dim(getattr(outputs[0], "shape", None)))
+    channels = int(shape[3] or 3)
+    baked = _baked_mode(model)
+    if baked is None:  # code at the input the layers do not show (tf.keras 2's TFOpLambda preprocess_input beside
+        # other TF calls, which tf_keras builds): read from the traced graph, as a SavedModel's is; "not baked" sent
+        # users to --preprocess, which normalised twice (parity compares the same function: PASSED)
+        baked = _graph_mode(binary.traced(model), channels)
+    return LoadedModel(p, model, kind, hw, channels, baked, None, _last_dim(getattr(outputs[0], "shape", None)))
 
 
 def _names(tensors) -> str:
