@@ -14,6 +14,8 @@ def read_labels(path: str | Path) -> tuple[str, ...]:
     p = Path(path)
     if not p.is_file():
         raise ContractError(f"labels file not found: {p}")
+    if p.suffix.lower() == ".json":
+        return _json_labels(p)
     try:
         lines = [ln.strip() for ln in p.read_text(encoding="utf-8-sig").splitlines()]
     except UnicodeDecodeError as exc:  # was read with U+FFFD in place of the letter, and embedded so
@@ -35,6 +37,28 @@ def read_labels(path: str | Path) -> tuple[str, ...]:
             [int(pp[0]) for pp in parts] == list(range(len(parts))):
         return tuple(pp[1].strip() for pp in parts)
     return tuple(lines)
+
+
+def _json_labels(p: Path) -> tuple[str, ...]:
+    """A .json labels file, parsed: a list of names, {"0": "name", ...}, or PyTorch's imagenet_class_index.json
+    {"0": ["n01440764", "tench"], ...} (the last string of each). Read as lines, `{"0": "ants", ...}` was one label."""
+    from tledge.safejson import loads_json
+
+    try:
+        data = loads_json(p.read_text(encoding="utf-8-sig"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ContractError(f"labels file {p} is not valid JSON ({exc})") from None
+    if isinstance(data, dict):
+        keys = list(data)
+        if not all(k.isascii() and k.isdigit() for k in keys) or sorted(map(int, keys)) != list(range(len(keys))):
+            raise ContractError(f"labels file {p}: a JSON object's keys must be the class indices 0..{len(keys) - 1}")
+        data = [data[str(i)] if str(i) in data else data[next(k for k in keys if int(k) == i)] for i in range(len(keys))]
+    if not isinstance(data, list) or not data:
+        raise ContractError(f"labels file {p}: expected a JSON list of names or an object of index: name")
+    names = [d[-1] if isinstance(d, list) and d and all(isinstance(x, str) for x in d) else d for d in data]
+    if not all(isinstance(n, str) and n.strip() for n in names):
+        raise ContractError(f"labels file {p}: every label must be a non-empty string (or a list ending in one)")
+    return tuple(n.strip() for n in names)
 
 
 def name_problem(name: str) -> str | None:

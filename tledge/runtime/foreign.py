@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -49,7 +50,18 @@ def read_standard(path) -> StandardMetadata | None:
         return None
 
 
-def infer_contract(inp, out=None, standard: StandardMetadata | None = None, **options: Any) -> Contract:
+def infer_for_file(path: Path, backend, standard: StandardMetadata | None, options: dict) -> Contract:
+    """infer_contract for a file a backend opened: an ONNX file's producer and the op that makes its output too."""
+    producer, last = "", None
+    if Path(path).suffix.lower() == ".onnx":
+        from tledge.runtime.onnxgraph import output_op
+
+        producer, last = backend.describe().get("producer") or "", output_op(path)
+    return infer_contract(backend.inp, backend.out, standard=standard, producer=producer, output_op=last, **options)
+
+
+def infer_contract(inp, out=None, standard: StandardMetadata | None = None, producer: str = "",
+                   output_op: str | None = None, **options: Any) -> Contract:
     """A contract for a file made elsewhere: from its input tensor (TensorInfo) and its standard TFLite
     metadata (`standard`), completed by `options`.
 
@@ -57,7 +69,9 @@ def infer_contract(inp, out=None, standard: StandardMetadata | None = None, **op
     parameters describe, so raw pixels go in unchanged (the usual convention of such files, and what
     MediaPipe and the Task Library feed a uint8 input); a uint8 input takes raw pixels; a float input takes
     the metadata's NormalizationOptions, else raw 0..255 pixels, with a warning. Labels: the option, else
-    the metadata's TENSOR_AXIS_LABELS file when it has one label per output.
+    the metadata's TENSOR_AXIS_LABELS file when it has one label per output. `producer`: the ONNX file's
+    producer_name (a backbone name means Keras's preprocessing, which PyTorch's models do not take); `output_op`:
+    the op that makes an ONNX file's output (tledge.runtime.onnxgraph: a one-score Gemm output is a logit).
     """
     options = check_options(options)
     layout, (c, h, w) = _geometry(inp, options)
@@ -71,9 +85,9 @@ def infer_contract(inp, out=None, standard: StandardMetadata | None = None, **op
                                 color=ColorOrder.GRAY if c == 1 else ColorOrder(options.get("color", "rgb")),
                                 input_quant=inp.quant, output_quant=getattr(out, "quant", None),
                                 input_dtype=inp.dtype if inp.dtype in ("uint8", "int8", "float16") else "float32",
-                                output=_output_kind(out, options),
+                                output=_output_kind(out, options, output_op),
                                 labels=labels, extra=extra)
-    base.update(_normalisation(inp, options, standard))
+    base.update(_normalisation(inp, options, standard, producer))
     if "resize" in options:
         base["resize"] = options["resize"]
     if options.get("fit"):
@@ -110,10 +124,17 @@ def _check_integer_input(contract: Contract, inp) -> None:
                       stacklevel=2)
 
 
-def _output_kind(out, options: dict) -> Output:
+def _output_kind(out, options: dict, output_op: str | None = None) -> Output:
     """Logits with --logits; else probabilities, except a one-score output quantised over a range beyond
-    0..1 (a sigmoid's output is quantised over 0..1 exactly: scale 1/256), which is a logit."""
+    0..1 (a sigmoid's output is quantised over 0..1 exactly: scale 1/256), or made by an op other than a Sigmoid
+    (`output_op`, an ONNX file's), which is a logit."""
     if options.get("logits"):
+        if output_op == "Softmax":
+            raise ContractError("--logits on a model whose output is a Softmax's (probabilities): a second softmax "
+                                "would flatten them; leave out --logits")
+        return Output.LOGITS
+    if output_op is not None and output_op != "Sigmoid" and class_count(out) == 1 \
+            and getattr(out, "quant", None) is None:  # a Gemm's one score is a logit, also when it falls in 0..1
         return Output.LOGITS
     q = getattr(out, "quant", None)
     shape = tuple(getattr(out, "shape", ()) or ())
@@ -144,20 +165,36 @@ def _geometry(inp, options: dict) -> tuple[Layout, tuple[int, int, int]]:
     return layout, (c, h, w)
 
 
+def class_count(out) -> int | None:
+    """The scores per image of an output tensor: its one dimension beyond the batch other than 1s (a 1x1-conv head
+    with no flatten gives [N, C, 1, 1]: C, not 1), else the last."""
+    shape = tuple(getattr(out, "shape", None) or ())
+    if not shape:
+        return None
+    wide = [d for d in shape[1:] if d != 1]
+    return int(wide[0]) if len(wide) == 1 else int(shape[-1])
+
+
 def _standard_labels(standard: StandardMetadata, out, extra: dict) -> tuple[str, ...]:
     labels = standard.labels()
-    n_out = out.shape[-1] if out is not None and out.shape else -1
+    n_out = (class_count(out) if out is not None else None) or -1
     if labels and n_out > 0 and len(labels) != n_out:
         extra["labels_ignored"] = f"{len(labels)} labels in the metadata for {n_out} outputs"
         return ()
     return labels
 
 
-def _normalisation(inp, options: dict, standard: StandardMetadata | None = None) -> dict:
+def _normalisation(inp, options: dict, standard: StandardMetadata | None = None, producer: str = "") -> dict:
     if options.get("preprocess"):
-        from tledge.backbones import preprocess_mode_for
+        from tledge.backbones import MODES, preprocess_mode_for
 
-        mode = preprocess_mode_for(str(options["preprocess"]))
+        name = str(options["preprocess"])
+        mode = preprocess_mode_for(name)
+        if "pytorch" in producer.lower() and name.lower() not in (*MODES, "custom") and mode != "torch":
+            # torchvision's mobilenet_v3_small takes ImageNet mean/std; Keras's takes raw pixels (0.48 agreement)
+            raise ContractError(f"--preprocess {name} is the preprocessing of Keras's {name} ({mode}); this file "
+                                "was made by PyTorch, whose torchvision models take --preprocess torch (x/255, then "
+                                "ImageNet mean/std); give a mode, not a backbone name")
         if mode == "custom" and not ("mean" in options or "std" in options):
             raise ContractError("--preprocess custom needs --mean and/or --std")
         if mode != "custom":
@@ -165,8 +202,14 @@ def _normalisation(inp, options: dict, standard: StandardMetadata | None = None)
                 raise ContractError("give either --preprocess MODE or --mean/--std, not both")
             return dict(norm=Norm(mode), baked=False)
     if "mean" in options or "std" in options:
-        return dict(norm=Norm.CUSTOM, baked=False, mean=_floats(options.get("mean", (0.0,))),
-                    std=_floats(options.get("std", (1.0,))))
+        mean, std = _floats(options.get("mean", (0.0,))), _floats(options.get("std", (1.0,)))
+        if max(map(abs, mean)) <= 1 and max(std) <= 1 and (any(mean) or any(s != 1 for s in std)):
+            # torchvision's Normalize(mean=[0.485, ...], std=[0.229, ...]) is for 0..1 pixels: pixels went in at
+            # 0..1100 (0.49 agreement), silently
+            raise ContractError(f"--mean {','.join(map(str, mean))} --std {','.join(map(str, std))} look like values "
+                                "for 0..1 pixels; tledge's are in 0..255 pixel units: multiply both by 255 (ImageNet's "
+                                "are --preprocess torch)")
+        return dict(norm=Norm.CUSTOM, baked=False, mean=mean, std=std)
     q = inp.quant
     if q is not None and inp.dtype in ("uint8", "int8"):
         # real = (q - zp) * scale: the normalisation whose quantised values are the raw pixels
@@ -218,6 +261,10 @@ def check_fits(contract: Contract, inp, n_outputs: int | None) -> None:
     if len(have) != 3 or any(h > 0 and h != w for h, w in zip(have, want)):
         raise ContractError(f"the contract prepares {want} ({contract.layout.value}) but the model input is "
                             f"{tuple(inp.shape)}")
+    if contract.labels and n_outputs == 1 and len(contract.labels) == 1:  # [1 - p, p]: the one name was 1 - p's
+        raise ContractError(f"1 label ({contract.labels[0]!r}) for a model with one output: its score p is shown as "
+                            "two, [1 - p, p]; give two labels, the second the one p is the probability of (e.g. "
+                            f"not_{contract.labels[0]}, {contract.labels[0]})")
     if contract.labels and n_outputs and n_outputs > 0 and len(contract.labels) != n_outputs \
             and (n_outputs, len(contract.labels)) != (1, 2):  # one score: P(second label), read as [1 - p, p]
         hint = ""

@@ -19,8 +19,8 @@ import numpy as np
 from tledge.contract import METADATA_KEY, ColorOrder, Contract, Layout, Norm, Output
 from tledge.errors import ArgumentError, ContractError, ModelLoadError, ModelRunError
 from tledge.runtime.backends import MAX_THREADS, TensorInfo, open_backend
-from tledge.runtime.foreign import (STANDARD_ORIGIN, check_fits, complete, infer_contract,  # noqa: F401
-                                    labels_option, read_standard)
+from tledge.runtime.foreign import (STANDARD_ORIGIN, check_fits, class_count, complete,  # noqa: F401
+                                    infer_contract, infer_for_file, labels_option, read_standard)
 
 
 CLASSIFY_BATCH = 32  # images per backend call in classify(): 1000 paths at once took 1.2-2.4 GB
@@ -199,6 +199,10 @@ class EdgeModel:
         if y.shape[1] == 1:
             return two_scores(y[:, 0], logits=self.contract.output is Output.LOGITS, name=self.path.name)
         if self.contract.output is Output.LOGITS:
+            if self.load_info.contract_origin in ("inferred", STANDARD_ORIGIN) and y.size and np.all(y >= 0) \
+                    and np.allclose(y.sum(axis=1), 1.0, atol=1e-3):  # --logits on a softmax: applied twice
+                raise ContractError(f"{self.path.name} gives probabilities (every row in 0..1, summing to 1: a "
+                                    "softmax inside the model): leave out --logits")
             e = np.exp(y - y.max(axis=1, keepdims=True))
             y = e / e.sum(axis=1, keepdims=True)
         elif self.load_info.contract_origin in ("inferred", STANDARD_ORIGIN):  # made elsewhere: ranked logits were
@@ -361,7 +365,7 @@ def load(path: str | Path, *, threads: int | None = None, contract: Contract | N
         contract, origin = _read_contract(p, backend)
     if contract is None:
         standard = read_standard(p)  # files made elsewhere: labels and normalisation from standard metadata
-        contract = infer_contract(backend.inp, backend.out, standard=standard, **contract_options)
+        contract = infer_for_file(p, backend, standard, contract_options)
         origin = STANDARD_ORIGIN if standard is not None else origin
     else:
         own = contract.labels
@@ -369,8 +373,7 @@ def load(path: str | Path, *, threads: int | None = None, contract: Contract | N
         if origin != "given" and own and contract.labels != own:  # allowed (a translation), but said
             shown = ", ".join(own[:3]) + (", ..." if len(own) > 3 else "")
             trust = trust + [f"labels given replace the file's own ({shown})"]
-    n_out = backend.out.shape[-1] if backend.out.shape else None
-    check_fits(contract, backend.inp, n_out)
+    check_fits(contract, backend.inp, class_count(backend.out))
     model = EdgeModel(p, backend, contract, origin, 1000 * (time.perf_counter() - start))
     model.load_info.notes[:0] = trust
     model.loaded_with = how

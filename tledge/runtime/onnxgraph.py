@@ -1,0 +1,73 @@
+"""What an ONNX file's output comes from, read from its protobuf without the onnx package (a board has only
+onnxruntime, whose session shows no graph): the op that makes the first output, through ops that only reshape.
+A one-output float model made elsewhere whose output is a Gemm's was read as a probability when its logit fell
+in 0..1 (35 of 153 photos for a PyTorch model: the wrong label, exit 0)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+PASS = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast", "QuantizeLinear", "DequantizeLinear"}
+
+
+def _fields(buf: bytes, start: int = 0, end: int | None = None):
+    """(field number, wire type, value) of a protobuf message: varints as ints, length-delimited as (start, end)."""
+    i, end = start, len(buf) if end is None else end
+    while i < end:
+        key, i = _varint(buf, i)
+        num, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _varint(buf, i)
+        elif wire == 2:
+            n, i = _varint(buf, i)
+            value, i = (i, i + n), i + n
+        elif wire in (1, 5):
+            value, i = None, i + (8 if wire == 1 else 4)
+        else:
+            raise ValueError(f"protobuf wire type {wire}")
+        if i > end:
+            raise ValueError("truncated")
+        yield num, wire, value
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    out = shift = 0
+    while True:
+        b = buf[i]
+        out |= (b & 0x7F) << shift
+        i += 1
+        if not b & 0x80:
+            return out, i
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def output_op(path: str | Path) -> str | None:
+    """The op type that makes the file's first output (looking through PASS ops), or None when unreadable."""
+    try:
+        buf = Path(path).read_bytes()
+        graph = next(v for n, w, v in _fields(buf) if n == 7 and w == 2)
+        made: dict[str, tuple[str, str | None]] = {}  # tensor -> (op type, its first input)
+        outputs: list[str] = []
+        for num, wire, (a, b) in ((n, w, v) for n, w, v in _fields(buf, *graph) if w == 2 and n in (1, 12)):
+            if num == 1:  # NodeProto: input 1, output 2, op_type 4
+                ins, outs, op = [], [], ""
+                for f, w, v in _fields(buf, a, b):
+                    if w == 2 and f in (1, 2, 4):
+                        text = buf[v[0]:v[1]].decode("utf-8", "replace")
+                        (ins if f == 1 else outs if f == 2 else [None]).append(text)
+                        op = text if f == 4 else op
+                for o in outs:
+                    made[o] = (op, ins[0] if ins else None)
+            else:  # ValueInfoProto: name 1
+                outputs += [buf[v[0]:v[1]].decode("utf-8", "replace") for f, w, v in _fields(buf, a, b)
+                            if f == 1 and w == 2]
+        name = outputs[0]
+        for _ in range(64):
+            op, first = made.get(name, (None, None))
+            if op not in PASS or first is None:
+                return op
+            name = first
+    except (OSError, StopIteration, IndexError, ValueError, TypeError):
+        return None
+    return None
