@@ -248,7 +248,8 @@ def test_cli_bundle(export_dir, tmp_path, capsys, monkeypatch):
     assert "\nopencv-python-headless" in reqs and "\nonnxruntime" in reqs and "onnxruntime-gpu" not in reqs, reqs
     run_sh = member_text(tmp_path / "j.tar.gz", "j/run.sh")
     assert "~/.pyenv/versions/3.11*/bin/python -m venv .venv && .venv/bin/pip install -r" in run_sh
-    assert "python3 -m venv" not in run_sh
+    assert "python3 -m venv" not in run_sh and "come from JetPack" not in run_sh
+    assert "numpy<2" not in reqs.replace(" ", "")  # pip's OpenCV 4.11+ needs numpy 2: the two could not install
     assert main(["bundle", str(export_dir), "--device", "nope"]) == 2
     assert "unknown device" in capsys.readouterr().err
 

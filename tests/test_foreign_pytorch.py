@@ -31,7 +31,7 @@ def _model(path: Path, head: str, outputs: int = 1, producer: str = "pytorch", s
              helper.make_node("Mul", ["m", "k"], ["mk"]),
              helper.make_node("Add", ["mk", "b"], ["logits"])]
     last = "logits"
-    if head in ("Sigmoid", "Softmax"):
+    if head in ("Sigmoid", "Softmax", "HardSigmoid"):
         nodes.append(helper.make_node(head, ["logits"], ["scores"], **({"axis": 1} if head == "Softmax" else {})))
         last = "scores"
     if shape:  # a 1x1-conv head with no flatten: [N, C, 1, 1]
@@ -61,8 +61,9 @@ def test_a_one_output_logit_in_0_1_is_a_logit(tmp_path):
     p = 1 / (1 + np.exp(-raw))
     top = m.classify([IMG], top_k=2)[0]
     assert {t.index: round(t.score, 5) for t in top} == {1: round(p, 5), 0: round(1 - p, 5)}
-    s = _model(tmp_path / "sigmoid.onnx", "Sigmoid")
-    assert output_op(s) == "Sigmoid" and load(s, preprocess="torch").contract.output.value == "probabilities"
+    for head in ("Sigmoid", "HardSigmoid"):  # (a HardSigmoid, a QLinearSigmoid, a function: probabilities too)
+        s = _model(tmp_path / f"{head}.onnx", head)
+        assert output_op(s) == head and load(s, preprocess="torch").contract.output.value == "probabilities"
 
 
 def test_logits_on_a_softmax_output_is_refused(tmp_path):
@@ -75,7 +76,7 @@ def test_logits_on_a_softmax_output_is_refused(tmp_path):
 def test_a_keras_backbone_name_on_a_pytorch_file_is_refused(tmp_path):
     f = _model(tmp_path / "torch.onnx", "Gemm", outputs=3)
     for name in ("mobilenet_v3_small", "resnet50", "efficientnet_b0"):
-        with pytest.raises(ContractError, match="made by PyTorch.*--preprocess torch"):
+        with pytest.raises(ContractError, match="made by PyTorch.*torch for torchvision"):
             load(f, preprocess=name)
     assert load(f, preprocess="torch", logits=True).contract.norm.value == "torch"  # a mode is taken as given
     other = _model(tmp_path / "tf2onnx.onnx", "Gemm", outputs=3, producer="tf2onnx")
@@ -108,4 +109,7 @@ def test_labels_one_for_one_output_json_and_a_4d_output(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"0": "ants", "2": "wasps"}))
     with pytest.raises(ContractError, match="keys must be the class indices"):
+        load(four, preprocess="torch", labels=str(bad))
+    bad.write_text(json.dumps(["ants", "bees\nhoney", "wasps"]))  # a text file cannot hold it; labels.txt broke
+    with pytest.raises(ContractError, match="label 1 .*line break"):
         load(four, preprocess="torch", labels=str(bad))

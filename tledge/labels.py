@@ -58,6 +58,10 @@ def _json_labels(p: Path) -> tuple[str, ...]:
     names = [d[-1] if isinstance(d, list) and d and all(isinstance(x, str) for x in d) else d for d in data]
     if not all(isinstance(n, str) and n.strip() for n in names):
         raise ContractError(f"labels file {p}: every label must be a non-empty string (or a list ending in one)")
+    for i, n in enumerate(names):  # a text file cannot hold a line break in a label; a JSON string can
+        why = name_problem(n.strip())
+        if why:
+            raise ContractError(f"labels file {p}: label {i} ({n[:40]!r}): {why}")
     return tuple(n.strip() for n in names)
 
 

@@ -227,7 +227,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             "pip's opencv-python-headless has no GStreamer, and JetPack 4's OpenCV is built for its Python 3.6: "
             "the CSI camera (nvarguscamerasrc) needs an OpenCV built with GStreamer for the pyenv Python; USB "
             "cameras, files and URLs work with pip's.",
-        ), constraints=_JETSON_NUMPY),
+        )),  # (no numpy < 2: nothing of JetPack's is imported, and pip's OpenCV 4.11+ needs numpy 2)
     Profile(
         "jetson-orin", "NVIDIA Jetson Orin Nano / NX / AGX (6-12x Cortex-A78AE, Ampere GPU, JetPack 6)",
         Family.JETSON, Arch.AARCH64, cores=6, memory_mb=8192, threads=6,

@@ -21,9 +21,13 @@ elif [ -x "$HERE/.venv/bin/python" ]; then PY="$HERE/.venv/bin/python"
 else PY=python3; fi
 # compiled code in the user's cache, never lib/__pycache__: --check hashes lib/'s sources, and a .pyc put beside them
 # (a tampered tarball) ran instead of the source it names (without a home: compiled at each start, never stored)
+# (no writable home cache: a folder of this user's own in the temporary folder, mode 700, else compiled each start)
 if [ -z "${{PYTHONPYCACHEPREFIX:-}}" ]; then
-  if [ -n "${{XDG_CACHE_HOME:-}}" ]; then PYTHONPYCACHEPREFIX="$XDG_CACHE_HOME/tledge/pycache"
-  elif [ -n "${{HOME:-}}" ]; then PYTHONPYCACHEPREFIX="$HOME/.cache/tledge/pycache"
+  C="${{XDG_CACHE_HOME:-${{HOME:-/nonexistent}}/.cache}}/tledge"
+  T="${{TMPDIR:-/tmp}}/tledge-pycache-$(id -u)"
+  if mkdir -p "$C" 2>/dev/null && [ -w "$C" ]; then PYTHONPYCACHEPREFIX="$C/pycache"
+  elif {{ mkdir -m 700 "$T" 2>/dev/null || true; }} && [ -d "$T" ] && [ ! -L "$T" ] && [ -O "$T" ] \
+      && [ "$(ls -ld "$T" | cut -c5-10)" = "------" ]; then PYTHONPYCACHEPREFIX="$T"
   else PYTHONPYCACHEPREFIX=/nonexistent/tledge-pycache; PYTHONDONTWRITEBYTECODE=1; export PYTHONDONTWRITEBYTECODE; fi
 fi
 export PYTHONPYCACHEPREFIX
@@ -125,7 +129,7 @@ def run_sh(profile: Profile, model: str, threads: int | None = None, models: tup
     check = ", ".join(mod for suffix, mod in ((".tflite", "ai_edge_litert"), (".onnx", "onnxruntime"))
                       if suffix in kinds)
     hint = ("\n    echo \"  (onnxruntime-gpu and OpenCV come from JetPack / the Jetson Zoo wheel, not from pip: "
-            "README.md)\" >&2") if profile.family is Family.JETSON else ""
+            "README.md)\" >&2") if profile.family is Family.JETSON and "onnxruntime" not in profile.pip else ""
     return RUN_SH.format(device=profile.name, model=model, threads=int(threads) if threads else '""',
                          plain_file_case=plain,
                          check_modules=check or "ai_edge_litert", check_list=check.replace(",", "") or "ai_edge_litert",

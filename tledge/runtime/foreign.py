@@ -124,6 +124,12 @@ def _check_integer_input(contract: Contract, inp) -> None:
                       stacklevel=2)
 
 
+# ops whose output is a logit: a one-score output made by one of them is no probability (a Sigmoid, HardSigmoid,
+# QLinearSigmoid or a model-local function may make one, and every other op is left to --logits)
+LINEAR_OPS = frozenset({"Gemm", "MatMul", "Add", "Conv", "QGemm", "QLinearMatMul", "QLinearConv", "QLinearAdd",
+                        "MatMulInteger", "ConvInteger"})
+
+
 def _output_kind(out, options: dict, output_op: str | None = None) -> Output:
     """Logits with --logits; else probabilities, except a one-score output quantised over a range beyond
     0..1 (a sigmoid's output is quantised over 0..1 exactly: scale 1/256), or made by an op other than a Sigmoid
@@ -133,9 +139,8 @@ def _output_kind(out, options: dict, output_op: str | None = None) -> Output:
             raise ContractError("--logits on a model whose output is a Softmax's (probabilities): a second softmax "
                                 "would flatten them; leave out --logits")
         return Output.LOGITS
-    if output_op is not None and output_op != "Sigmoid" and class_count(out) == 1 \
-            and getattr(out, "quant", None) is None:  # a Gemm's one score is a logit, also when it falls in 0..1
-        return Output.LOGITS
+    if output_op in LINEAR_OPS and class_count(out) == 1 and getattr(out, "quant", None) is None:
+        return Output.LOGITS  # a Gemm's one score is a logit, also when it falls in 0..1
     q = getattr(out, "quant", None)
     shape = tuple(getattr(out, "shape", ()) or ())
     if q is not None and shape and shape[-1] == 1 and q.dtype in ("uint8", "int8"):
@@ -193,8 +198,9 @@ def _normalisation(inp, options: dict, standard: StandardMetadata | None = None,
         if "pytorch" in producer.lower() and name.lower() not in (*MODES, "custom") and mode != "torch":
             # torchvision's mobilenet_v3_small takes ImageNet mean/std; Keras's takes raw pixels (0.48 agreement)
             raise ContractError(f"--preprocess {name} is the preprocessing of Keras's {name} ({mode}); this file "
-                                "was made by PyTorch, whose torchvision models take --preprocess torch (x/255, then "
-                                "ImageNet mean/std); give a mode, not a backbone name")
+                                "was made by PyTorch: give the mode it was trained with, torch for torchvision's "
+                                "models (x/255, then ImageNet mean/std), tf for timm's Inception / ViT (mean = std "
+                                "= 0.5)")
         if mode == "custom" and not ("mean" in options or "std" in options):
             raise ContractError("--preprocess custom needs --mean and/or --std")
         if mode != "custom":
