@@ -157,6 +157,31 @@ def test_a_lambda_from_another_python_says_why_it_cannot_load(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "marshal" in err and "the Python version that saved it" in err, err
 
 
+def test_tf_keras_mixed_precision_files_are_rebuilt_in_float32(two_classes, tmp_path):
+    """tf.keras 2's mixed_float16 (Keras's guide): the .h5's `Policy` dtype stopped the Keras 3 translation, tf_keras
+    loaded it as it was, and the TFLite converter failed on its float16 ops (no TFLite file) while the "fp32" ONNX
+    file computed in float16. Both the .h5 (translated) and the .keras archive (tf_keras) are rebuilt in float32."""
+    from tledge.export import float32
+    from tledge.export.baked import walk
+
+    x, _, _ = _pixels(two_classes / "val")
+    L = tf_keras.layers
+    tf_keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        inp = tf_keras.Input((SIZE, SIZE, 3))
+        h = L.GlobalAveragePooling2D()(L.Conv2D(8, 3, activation="relu")(L.Rescaling(1 / 127.5, offset=-1)(inp)))
+        model = tf_keras.Model(inp, L.Activation("softmax", dtype="float32")(L.Dense(2)(h)))
+    finally:
+        tf_keras.mixed_precision.set_global_policy("float32")
+    want = model(x, training=False).numpy()
+    for name, kind in (("mixed.h5", "keras_translated"), ("mixed.keras", "tf_keras")):
+        model.save(tmp_path / name)
+        lm = loader.load_model(tmp_path / name)
+        assert lm.kind == kind and not float32.is_mixed(walk(lm.model)), (name, lm.notes)
+        assert any("rebuilt in float32" in n for n in lm.notes), lm.notes
+        assert np.abs(np.asarray(lm.model(x, training=False)) - want).max() < 0.05
+
+
 def test_other_tensorflow_functions_stay_refused():
     def op(function, y):
         return {"class_name": "TFOpLambda", "name": "op", "config": {"name": "op", "function": function},

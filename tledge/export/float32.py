@@ -17,14 +17,17 @@ def is_mixed(layers) -> bool:
     return any(str(getattr(getattr(layer, "dtype_policy", None), "name", "")).startswith("mixed_") for layer in layers)
 
 
-def rebuild(model):
+def rebuild(model, tf_keras=None):
     """(model, note): the mixed-precision `model` in float32 when the rebuild computes the same, else as is with the
-    reason."""
+    reason. `tf_keras`: that module, for a model it loaded (a tf.keras 2 file only it reads)."""
     import keras
 
     try:
-        config = _float32_policies(keras.saving.serialize_keras_object(model))
-        copy = keras.saving.deserialize_keras_object(config, safe_mode=True)
+        if tf_keras is not None:  # Keras 2's config: {"dtype": {"class_name": "Policy", ...}} in each layer
+            copy = model.__class__.from_config(_float32_policies(model.get_config()))
+        else:
+            config = _float32_policies(keras.saving.serialize_keras_object(model))
+            copy = keras.saving.deserialize_keras_object(config, safe_mode=True)
         copy.set_weights(model.get_weights())
         shape = (2,) + tuple(int(d or 32) for d in model.inputs[0].shape[1:])
         x = np.random.default_rng(0).uniform(0, 255, shape).astype(np.float32)
@@ -38,7 +41,8 @@ def rebuild(model):
 
 def _float32_policies(obj):
     if isinstance(obj, dict):
-        if obj.get("class_name") == "DTypePolicy" and str((obj.get("config") or {}).get("name", "")).startswith("mixed_"):
+        if obj.get("class_name") in ("DTypePolicy", "Policy") and \
+                str((obj.get("config") or {}).get("name", "")).startswith("mixed_"):
             return {**obj, "config": {**obj["config"], "name": "float32"}}
         return {k: _float32_policies(v) for k, v in obj.items()}
     if isinstance(obj, list):

@@ -144,6 +144,11 @@ def _kwargs(cls: str, cfg: dict, t: Translation, counts: dict[str, int]) -> None
         elif isinstance(shape, list) and shape:
             cfg["input_shape"] = shape[1:]
         _count(counts, "batch_input_shape")
+    policy = cfg.get("dtype")  # tf.keras 2's mixed precision: {"class_name": "Policy", "config": {"name": ...}}
+    if isinstance(policy, dict) and policy.get("class_name") == "Policy" and isinstance(policy.get("config"), dict):
+        cfg["dtype"] = {"module": "keras", "class_name": "DTypePolicy", "config": dict(policy["config"]),
+                        "registered_name": None}  # Keras 3's (loaded, then rebuilt in float32: export.float32)
+        _count(counts, "dtype Policy")
     axis = cfg.get("axis")
     if isinstance(axis, list) and len(axis) == 1 and isinstance(axis[0], int):
         cfg["axis"] = axis[0]

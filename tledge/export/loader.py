@@ -20,6 +20,7 @@ from tledge._deps import require
 from tledge.contract import Contract
 from tledge.errors import ModelLoadError
 from tledge.export import binary, keras2, kerasconfig
+from tledge.export.baked import baked_mode, graph_mode, walk
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -168,10 +169,24 @@ def _tf_keras_archive(p: Path, unsafe: bool, keras3_error: str) -> LoadedModel:
     tried = [keras3_error]
     model = _attempt(tried, "tf_keras", lambda: tf_keras.models.load_model(p, compile=False, safe_mode=not unsafe))
     if model is None:
-        raise ModelLoadError(f"cannot load {p}, a tf.keras 2 .keras archive ({' | '.join(tried)})")
-    lm = _describe(p, model, "tf_keras")
+        why = " | ".join(tried)
+        hint = ("; a custom layer must be importable where tledge runs (or export a SavedModel of the model, which "
+                "keeps TensorFlow ops)") if "custom" in why.lower() or "register" in why.lower() else ""
+        raise ModelLoadError(f"cannot load {p}, a tf.keras 2 .keras archive ({why}){hint}")
+    lm = _tf_keras_model(p, model, tf_keras)
     lm.notes.append("loaded with tf_keras: a .keras archive tf.keras 2.13-2.15 wrote (Keras 3 cannot import its "
                     "Keras 2 classes)" + (", with --unsafe" if unsafe else ", in safe mode"))
+    return lm
+
+
+def _tf_keras_model(p: Path, model, tf_keras) -> LoadedModel:
+    from tledge.export import float32
+
+    note = None
+    if float32.is_mixed(walk(model)):  # as _keras3 does, with tf_keras's own config format
+        model, note = float32.rebuild(model, tf_keras)
+    lm = _describe(p, model, "tf_keras")
+    lm.notes += [note] if note else []
     return lm
 
 
@@ -179,7 +194,7 @@ def _keras3(p: Path, model, kind: str) -> LoadedModel:
     from tledge.export import float32
 
     note = None
-    if float32.is_mixed(_walk(model)):  # mixed precision: TFLite's converter fails on its float16 ops
+    if float32.is_mixed(walk(model)):  # mixed precision: TFLite's converter fails on its float16 ops
         model, note = float32.rebuild(model)
     lm = _describe(p, model, kind)
     lm.notes += [note] if note else []
@@ -197,8 +212,8 @@ def _load_h5(p: Path, translation, unsafe: bool, *, allow_tf_keras: bool) -> Loa
     if translation.ok:
         model = _attempt(tried, "Keras 3 after translation", lambda: keras2.load_translated(
             p, translation, _custom_objects(), unsafe=unsafe))
-        if model is not None:
-            lm = _describe(p, model, "keras_translated")
+        if model is not None:  # (through _keras3: a tf.keras 2 mixed-precision model is rebuilt in float32 too)
+            lm = _keras3(p, model, "keras_translated")
             lm.notes.append("Keras 2 config translated for Keras 3: " + ", ".join(translation.changes))
             return lm
     else:
@@ -212,7 +227,7 @@ def _load_h5(p: Path, translation, unsafe: bool, *, allow_tf_keras: bool) -> Loa
                 "there, or save a SavedModel (model.save(folder)), which keeps TensorFlow ops, not Python") \
             if "marshal" in why else ""
         raise ModelLoadError(f"cannot load {p} ({why}){hint}")
-    lm = _describe(p, model, "tf_keras")
+    lm = _tf_keras_model(p, model, tf_keras)
     lm.notes.append(f"loaded with tf_keras ({tried[-1]}), " + ("with --unsafe (any code in the file runs)" if unsafe
                                                                else "after the config walk found no code"))
     return lm
@@ -261,7 +276,7 @@ def _load_saved_model(p: Path, unsafe: bool) -> LoadedModel:
     out_shape = getattr(fn.structured_outputs[out_key], "shape", None)
     if out_shape is not None and out_shape.rank is not None and out_shape.rank != 2:
         raise ModelLoadError(f"SavedModel {p.name}'s output has shape {tuple(out_shape)}, not (batch, classes)")
-    lm = LoadedModel(p, call, "saved_model", hw, int(shape[3] or 3), _graph_mode(fn, int(shape[3] or 3)), None,
+    lm = LoadedModel(p, call, "saved_model", hw, int(shape[3] or 3), graph_mode(fn, int(shape[3] or 3)), None,
                      _last_dim(out_shape))
     lm._keep = obj  # keep the trackable alive
     return lm
@@ -288,11 +303,11 @@ def _describe(p: Path, model, kind: str) -> LoadedModel:
     hw = (int(shape[1]), int(shape[2])) if shape[1] and shape[2] else None
     outputs = getattr(model, "outputs", None) or [None]
     channels = int(shape[3] or 3)
-    baked = _baked_mode(model)
+    baked = baked_mode(model)
     if baked is None:  # code at the input the layers do not show (tf.keras 2's TFOpLambda preprocess_input beside
         # other TF calls, which tf_keras builds): read from the traced graph, as a SavedModel's is; "not baked" sent
         # users to --preprocess, which normalised twice (parity compares the same function: PASSED)
-        baked = _graph_mode(binary.traced(model), channels)
+        baked = graph_mode(binary.traced(model), channels)
     return LoadedModel(p, model, kind, hw, channels, baked, None, _last_dim(getattr(outputs[0], "shape", None)))
 
 
@@ -311,37 +326,6 @@ def _last_dim(shape) -> int | None:
         return int(shape[-1]) if shape is not None and len(shape) >= 2 and shape[-1] else None
     except (TypeError, ValueError):
         return None
-
-
-def _baked_mode(model) -> str | None:
-    """The mode of the model's baked preprocessing: tledge's built-in `tledge_preprocess` layer (or the
-    older `Preprocess` layer), recognised from its config and weights (tledge.layers.baked_norm)."""
-    if not hasattr(model, "layers"):
-        return None
-    from tledge.layers import baked_norm, input_rescaling
-
-    for layer in _walk(model):
-        found = baked_norm(layer)
-        if found is not None:
-            return found[0]
-    return input_rescaling(model)  # a plain Rescaling at the input (Keras 3 code, tf.keras 2's preprocess_input)
-
-
-def _graph_mode(fn, channels: int) -> str | None:
-    """A SavedModel's baked normalisation when its graph starts with a named mode's map (it has no layers to
-    read): a Rescaling inside was not seen, and --preprocess tf normalised its input twice."""
-    from tledge.export.graphprep import input_affine
-    from tledge.layers import affine_mode
-
-    found = input_affine(fn, channels)
-    return affine_mode(found[0], found[1], channels, flip=found[2]) if found is not None else None
-
-
-def _walk(model):
-    for layer in getattr(model, "layers", []):
-        yield layer
-        if hasattr(layer, "layers"):
-            yield from _walk(layer)
 
 
 def _first_line(msg: str) -> str:
