@@ -132,7 +132,7 @@ LINEAR_OPS = frozenset({"Gemm", "MatMul", "Add", "Conv", "QGemm", "QLinearMatMul
 
 def _output_kind(out, options: dict, output_op: str | None = None) -> Output:
     """Logits with --logits; else probabilities, except a one-score output quantised over a range beyond
-    0..1 (a sigmoid's output is quantised over 0..1 exactly: scale 1/256), or made by an op other than a Sigmoid
+    0..1 (a sigmoid's output is quantised over 0..1 exactly: scale 1/256), or made by one of LINEAR_OPS
     (`output_op`, an ONNX file's), which is a logit."""
     if options.get("logits"):
         if output_op == "Softmax":
@@ -209,7 +209,7 @@ def _normalisation(inp, options: dict, standard: StandardMetadata | None = None,
             return dict(norm=Norm(mode), baked=False)
     if "mean" in options or "std" in options:
         mean, std = _floats(options.get("mean", (0.0,))), _floats(options.get("std", (1.0,)))
-        if max(map(abs, mean)) <= 1 and max(std) <= 1 and (any(mean) or any(s != 1 for s in std)):
+        if mean and std and max(map(abs, mean)) <= 1 and max(std) <= 1 and (any(mean) or any(s != 1 for s in std)):
             # torchvision's Normalize(mean=[0.485, ...], std=[0.229, ...]) is for 0..1 pixels: pixels went in at
             # 0..1100 (0.49 agreement), silently
             raise ContractError(f"--mean {','.join(map(str, mean))} --std {','.join(map(str, std))} look like values "
