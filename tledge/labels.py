@@ -52,7 +52,7 @@ def _json_labels(p: Path) -> tuple[str, ...]:
         keys = list(data)
         if not all(k.isascii() and k.isdigit() for k in keys) or sorted(map(int, keys)) != list(range(len(keys))):
             raise ContractError(f"labels file {p}: a JSON object's keys must be the class indices 0..{len(keys) - 1}")
-        data = [data[str(i)] if str(i) in data else data[next(k for k in keys if int(k) == i)] for i in range(len(keys))]
+        data = [v for _, v in sorted((int(k), v) for k, v in data.items())]
     if not isinstance(data, list) or not data:
         raise ContractError(f"labels file {p}: expected a JSON list of names or an object of index: name")
     names = [d[-1] if isinstance(d, list) and d and all(isinstance(x, str) for x in d) else d for d in data]

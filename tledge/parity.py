@@ -17,6 +17,7 @@ import numpy as np
 # the thresholds and their defaults are the file table's (tledge.artifacts)
 from tledge.artifacts import DEFAULT_THRESHOLDS, Thresholds, precision_in_name  # noqa: F401
 from tledge import stats
+from tledge._deps import require
 from tledge.safejson import loads_json
 from tledge.errors import ParityError, TledgeError
 
@@ -46,11 +47,7 @@ def _parse_thresholds_text(p: Path, text: str) -> dict:
         try:
             import tomllib
         except ImportError:  # Python 3.10 (a Jetson's): tomli, a dependency there (pyproject.toml)
-            try:
-                import tomli as tomllib
-            except ImportError:
-                raise TledgeError(f"--thresholds {p}: TOML thresholds need Python 3.11+ or the tomli package "
-                                  "(pip install tomli); or use a .json file") from None
+            tomllib = require("tomli", purpose=f"--thresholds {p} on Python 3.10 (or use a .json file)")
         try:
             return tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:

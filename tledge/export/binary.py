@@ -68,8 +68,8 @@ def final_activation(model) -> str | None:
             return None
         name = type(layer).__name__
         if name in ("TFOpLambda", "Lambda"):  # a TensorFlow function (named in the config) or Python code
-            return _TF_ACTIVATIONS.get(cfg.get("function")) if name == "TFOpLambda" and isinstance(
-                cfg.get("function"), str) and cfg["function"] in _TF_ACTIVATIONS else CODE
+            function = cfg.get("function") if name == "TFOpLambda" else None
+            return _TF_ACTIVATIONS.get(function, CODE) if isinstance(function, str) else CODE
         act = "softmax" if name == "Softmax" else cfg.get("activation")
         act = act.get("config", {}).get("name", act.get("class_name")) if isinstance(act, dict) else act
         if act not in (None, "linear") or name not in _PASS:
