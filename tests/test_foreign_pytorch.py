@@ -73,6 +73,14 @@ def test_logits_on_a_softmax_output_is_refused(tmp_path):
     assert len(load(f, preprocess="torch").classify([IMG], top_k=3)[0]) == 3
 
 
+def test_many_gemm_logits_in_0_1_are_logits_without_the_option(tmp_path):
+    f = _model(tmp_path / "gemm3.onnx", "Gemm", outputs=3)  # session 37: shown as the scores, summing to 0.6
+    m = load(f, preprocess="torch")
+    raw = np.asarray(m.backend.run(m.quantize(m.prepare(IMG)[None]))[0], np.float64).reshape(-1)
+    assert np.all((raw > 0) & (raw < 1)) and m.contract.output.value == "logits"
+    assert sum(t.score for t in m.classify([IMG], top_k=3)[0]) == pytest.approx(1.0, abs=1e-5)
+
+
 def test_a_keras_backbone_name_on_a_pytorch_file_is_refused(tmp_path):
     f = _model(tmp_path / "torch.onnx", "Gemm", outputs=3)
     for name in ("mobilenet_v3_small", "resnet50", "efficientnet_b0"):

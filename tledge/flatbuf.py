@@ -105,7 +105,15 @@ class Table:
 # ---- the TFLite model schema (tensorflow/lite/schema/schema.fbs), the fields read here ----------------
 TFLITE_IDENTIFIER = b"TFL3"
 MODEL_OPERATOR_CODES, MODEL_SUBGRAPHS, MODEL_BUFFERS, MODEL_METADATA, MODEL_SIGNATURE_DEFS = 1, 2, 4, 6, 7
-OPCODE_CUSTOM = 1
+OPCODE_DEPRECATED_BUILTIN, OPCODE_CUSTOM, OPCODE_BUILTIN = 0, 1, 3
+SUBGRAPH_OPERATORS = 3
+OPERATOR_OPCODE_INDEX, OPERATOR_INPUTS, OPERATOR_OUTPUTS = 0, 1, 2
+# BuiltinOperator values (schema.fbs) of the ops output_op names; any other builtin is named by its number
+BUILTIN_NAMES = {0: "ADD", 3: "CONV_2D", 4: "DEPTHWISE_CONV_2D", 6: "DEQUANTIZE", 9: "FULLY_CONNECTED",
+                 14: "LOGISTIC", 22: "RESHAPE", 25: "SOFTMAX", 40: "MEAN", 43: "SQUEEZE", 114: "QUANTIZE",
+                 126: "BATCH_MATMUL"}
+# ops that only reshape or change the type: output_op looks through them
+TFLITE_PASS = {"RESHAPE", "SQUEEZE", "DEQUANTIZE", "QUANTIZE"}
 BUFFER_DATA, BUFFER_OFFSET, BUFFER_SIZE = 0, 1, 2
 METADATA_NAME, METADATA_BUFFER = 0, 1
 SUBGRAPH_TENSORS, SUBGRAPH_INPUTS, SUBGRAPH_OUTPUTS = 0, 1, 2
@@ -183,3 +191,28 @@ def tflite_io_tensors(data: bytes, subgraph: int = 0) -> dict[str, list[dict]]:
                 "shape_signature": list(t.scalars(TENSOR_SHAPE_SIGNATURE, "i")) or None}
     return {"inputs": [info(i) for i in sg.scalars(SUBGRAPH_INPUTS, "i")],
             "outputs": [info(i) for i in sg.scalars(SUBGRAPH_OUTPUTS, "i")]}
+
+
+@guarded
+def tflite_output_op(data) -> str | None:
+    """The builtin op (a BUILTIN_NAMES name, a custom op's name, or "BUILTIN_<n>") that makes the first output of
+    subgraph 0, looking through TFLITE_PASS ops; None when no op makes it."""
+    model = tflite_model(data)
+    codes = model.tables(MODEL_OPERATOR_CODES)
+    sg = model.tables(MODEL_SUBGRAPHS)[0]
+    made = {}  # tensor index -> (op name, its first input)
+    for op in sg.tables(SUBGRAPH_OPERATORS):
+        code = codes[op.scalar(OPERATOR_OPCODE_INDEX, "I", 0)]
+        builtin = max(code.scalar(OPCODE_DEPRECATED_BUILTIN, "b", 0), code.scalar(OPCODE_BUILTIN, "i", 0))
+        name = code.string(OPCODE_CUSTOM) if builtin == 32 else BUILTIN_NAMES.get(builtin, f"BUILTIN_{builtin}")
+        ins = op.scalars(OPERATOR_INPUTS, "i")
+        for t in op.scalars(OPERATOR_OUTPUTS, "i"):
+            made[t] = (name, ins[0] if ins else None)
+    outputs = sg.scalars(SUBGRAPH_OUTPUTS, "i")
+    tensor = outputs[0] if outputs else None
+    for _ in range(64):
+        name, first = made.get(tensor, (None, None))
+        if name not in TFLITE_PASS or first is None:
+            return name
+        tensor = first
+    return None

@@ -57,6 +57,10 @@ def infer_for_file(path: Path, backend, standard: StandardMetadata | None, optio
         from tledge.runtime.onnxgraph import output_op
 
         producer, last = backend.describe().get("producer") or "", output_op(path)
+    elif Path(path).suffix.lower() == ".tflite":
+        from tledge.runtime.onnxgraph import tflite_output_op
+
+        last = tflite_output_op(path)
     return infer_contract(backend.inp, backend.out, standard=standard, producer=producer, output_op=last, **options)
 
 
@@ -127,20 +131,22 @@ def _check_integer_input(contract: Contract, inp) -> None:
 # ops whose output is a logit: a one-score output made by one of them is no probability (a Sigmoid, HardSigmoid,
 # QLinearSigmoid or a model-local function may make one, and every other op is left to --logits)
 LINEAR_OPS = frozenset({"Gemm", "MatMul", "Add", "Conv", "QGemm", "QLinearMatMul", "QLinearConv", "QLinearAdd",
-                        "MatMulInteger", "ConvInteger"})
+                        "MatMulInteger", "ConvInteger",
+                        "FULLY_CONNECTED", "CONV_2D", "ADD", "BATCH_MATMUL"})  # the last four: TFLite's
+SOFTMAX_OPS = frozenset({"Softmax", "SOFTMAX"})
 
 
 def _output_kind(out, options: dict, output_op: str | None = None) -> Output:
     """Logits with --logits; else probabilities, except a one-score output quantised over a range beyond
-    0..1 (a sigmoid's output is quantised over 0..1 exactly: scale 1/256), or made by one of LINEAR_OPS
-    (`output_op`, an ONNX file's), which is a logit."""
+    0..1 (a sigmoid's output is quantised over 0..1 exactly: scale 1/256), or a float output made by one of LINEAR_OPS
+    (`output_op`, read from an ONNX or TFLite file), which is a logit."""
     if options.get("logits"):
-        if output_op == "Softmax":
+        if output_op in SOFTMAX_OPS:
             raise ContractError("--logits on a model whose output is a Softmax's (probabilities): a second softmax "
                                 "would flatten them; leave out --logits")
         return Output.LOGITS
-    if output_op in LINEAR_OPS and class_count(out) == 1 and getattr(out, "quant", None) is None:
-        return Output.LOGITS  # a Gemm's one score is a logit, also when it falls in 0..1
+    if output_op in LINEAR_OPS and getattr(out, "quant", None) is None:
+        return Output.LOGITS  # a Gemm's scores are logits, also when they fall in 0..1
     q = getattr(out, "quant", None)
     shape = tuple(getattr(out, "shape", ()) or ())
     if q is not None and shape and shape[-1] == 1 and q.dtype in ("uint8", "int8"):

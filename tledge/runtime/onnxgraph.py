@@ -1,10 +1,15 @@
-"""What an ONNX file's output comes from, read from its protobuf without the onnx package (a board has only
-onnxruntime, whose session shows no graph): the op that makes the first output, through ops that only reshape.
+"""What a model file's output comes from, read from an ONNX file's protobuf without the onnx package (a board has
+only onnxruntime, whose session shows no graph) or from a TFLite flatbuffer: the op that makes the first output,
+through ops that only reshape. Files are mapped, not read: only the graph's pages are touched.
 A one-output float model made elsewhere whose output is a Gemm's was read as a probability when its logit fell
 in 0..1 (35 of 153 photos for a PyTorch model: the wrong label, exit 0)."""
 from __future__ import annotations
 
+import contextlib
+import mmap
 from pathlib import Path
+
+from tledge.errors import ModelLoadError
 
 PASS = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast", "QuantizeLinear", "DequantizeLinear"}
 
@@ -45,29 +50,51 @@ def _varint(buf: bytes, i: int) -> tuple[int, int]:
 def output_op(path: str | Path) -> str | None:
     """The op type that makes the file's first output (looking through PASS ops), or None when unreadable."""
     try:
-        buf = Path(path).read_bytes()
-        graph = next(v for n, w, v in _fields(buf) if n == 7 and w == 2)
-        made: dict[str, tuple[str, str | None]] = {}  # tensor -> (op type, its first input)
-        outputs: list[str] = []
-        for num, wire, (a, b) in ((n, w, v) for n, w, v in _fields(buf, *graph) if w == 2 and n in (1, 12)):
-            if num == 1:  # NodeProto: input 1, output 2, op_type 4
-                ins, outs, op = [], [], ""
-                for f, w, v in _fields(buf, a, b):
-                    if w == 2 and f in (1, 2, 4):
-                        text = buf[v[0]:v[1]].decode("utf-8", "replace")
-                        (ins if f == 1 else outs if f == 2 else [None]).append(text)
-                        op = text if f == 4 else op
-                for o in outs:
-                    made[o] = (op, ins[0] if ins else None)
-            else:  # ValueInfoProto: name 1
-                outputs += [buf[v[0]:v[1]].decode("utf-8", "replace") for f, w, v in _fields(buf, a, b)
-                            if f == 1 and w == 2]
-        name = outputs[0]
-        for _ in range(64):
-            op, first = made.get(name, (None, None))
-            if op not in PASS or first is None:
-                return op
-            name = first
+        with _mapped(path) as buf:
+            return _onnx_output_op(buf)
     except (OSError, StopIteration, IndexError, ValueError, TypeError):
         return None
+
+
+def tflite_output_op(path: str | Path) -> str | None:
+    """The TFLite builtin (flatbuf.BUILTIN_NAMES) that makes a .tflite file's first output, or None when unreadable."""
+    from tledge.flatbuf import tflite_output_op as read
+
+    try:
+        with _mapped(path) as buf:
+            return read(buf)
+    except (OSError, ValueError, ModelLoadError):
+        return None
+
+
+@contextlib.contextmanager
+def _mapped(path: str | Path):
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        yield buf
+
+
+def _onnx_output_op(buf) -> str | None:
+    """output_op on the bytes of an ONNX ModelProto: graph 7, its nodes 1 and outputs 12."""
+    graph = next(v for n, w, v in _fields(buf) if n == 7 and w == 2)
+    made: dict[str, tuple[str, str | None]] = {}  # tensor -> (op type, its first input)
+    outputs: list[str] = []
+    for num, wire, (a, b) in ((n, w, v) for n, w, v in _fields(buf, *graph) if w == 2 and n in (1, 12)):
+        if num == 1:  # NodeProto: input 1, output 2, op_type 4
+            ins, outs, op = [], [], ""
+            for f, w, v in _fields(buf, a, b):
+                if w == 2 and f in (1, 2, 4):
+                    text = buf[v[0]:v[1]].decode("utf-8", "replace")
+                    (ins if f == 1 else outs if f == 2 else [None]).append(text)
+                    op = text if f == 4 else op
+            for o in outs:
+                made[o] = (op, ins[0] if ins else None)
+        else:  # ValueInfoProto: name 1
+            outputs += [buf[v[0]:v[1]].decode("utf-8", "replace") for f, w, v in _fields(buf, a, b)
+                        if f == 1 and w == 2]
+    name = outputs[0]
+    for _ in range(64):
+        op, first = made.get(name, (None, None))
+        if op not in PASS or first is None:
+            return op
+        name = first
     return None
