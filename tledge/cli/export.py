@@ -60,6 +60,9 @@ def add_arguments(p) -> None:
     p.add_argument("--force", action="store_true",
                    help="--preprocess auto: export even when the best mode scores near chance")
     p.add_argument("--unsafe", action="store_true", help="allow code inside the model file (Lambda layers)")
+    p.add_argument("--signature", metavar="KEY[:OUTPUT]",
+                   help="a SavedModel's signature to export, and its output when it has several (default "
+                        "serving_default, else its only signature; its only output)")
     p.add_argument("--json", action="store_true", help="print the parity report as JSON")
     from tledge.devices.options import add_device_argument
 
@@ -77,6 +80,19 @@ def _plan(args) -> tuple[tuple[str, ...], set[str], object]:
     opts = resolve(device_from_args(args), formats=list(formats) if formats else None,
                    precisions=sorted(flags | {"fp32"}) if flags else None)
     return formats or opts.formats, flags or (set(opts.precisions) - {"fp32"}), opts
+
+
+def check_signature(text: str, model: Path, flag: str = "MODEL") -> None:
+    """--signature KEY[:OUTPUT] is well formed and `model` a SavedModel folder (before anything loads)."""
+    from tledge.errors import ModelLoadError
+    from tledge.export.signature import Choice
+
+    if not model.is_dir():
+        raise TledgeError(f"--signature chooses a SavedModel's function; {flag} {model.name} is no SavedModel folder")
+    try:
+        Choice.parse(text)
+    except ModelLoadError as exc:
+        raise TledgeError(str(exc)) from None
 
 
 def _validate(args, notes: list[str]):
@@ -107,6 +123,8 @@ def _validate(args, notes: list[str]):
         elif not args.val and split_is_dangling(model):
             raise TledgeError(f"the training run's {model.parent / TRAINING_SPLIT}/ no longer leads to its images "
                               "(the data folder moved or was deleted): pass --calib DIR and --val DIR")
+    if args.signature is not None:
+        check_signature(args.signature, model)
     V.output_dir(out, "--out")
     foreign = not_an_export(out)  # someone else's files of the names export writes: never replaced
     if foreign:
@@ -174,6 +192,7 @@ def run(args) -> int:
         out=out, formats=formats, int8="int8" in precisions, fp16="fp16" in precisions,
         dynamic="dynamic" in precisions, calib=args.calib, val=args.val,
         labels=labels, preprocess=args.preprocess, input_size=input_size, unsafe=args.unsafe,
+        signature=args.signature,
         calib_limit=args.calib_limit, thresholds=thresholds, fidelity=args.fidelity, repair=args.repair,
         repair_time=REPAIR_SECONDS if args.repair_time is None else args.repair_time,
         explain=args.explain, int8_only=args.int8_only or bool(device is not None and device.compile_edgetpu),

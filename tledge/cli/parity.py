@@ -28,6 +28,9 @@ def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--junit", help="write JUnit XML (one test case per file)")  # str: keeps a trailing "/"
     p.add_argument("--unsafe", action="store_true", help="allow code inside the reference model file")
+    p.add_argument("--signature", metavar="KEY[:OUTPUT]",
+                   help="the reference SavedModel's signature and output (default: what the export recorded in "
+                        "manifest.json, else serving_default)")
 
 
 def _validate(args) -> None:
@@ -38,7 +41,8 @@ def _validate(args) -> None:
         default_threads()  # a TLEDGE_THREADS out of range (and no --threads): refused before anything is loaded
     if args.golden:
         extra = [n for n, v in (("REFERENCE", args.reference), ("EXPORTED", args.exported), ("--images", args.images),
-                                ("--preprocess", args.preprocess), ("--unsafe", args.unsafe)) if v]
+                                ("--preprocess", args.preprocess), ("--unsafe", args.unsafe),
+                                ("--signature", args.signature)) if v]
         if extra:
             raise TledgeError(f"--golden compares with the outputs stored at export: it takes no {', '.join(extra)}")
         V.input_dir(args.golden, "--golden")
@@ -51,7 +55,11 @@ def _validate(args) -> None:
             raise TledgeError(f"{', '.join(missing)} required (or --golden EXPORT_OR_BUNDLE)")
         if args.device or args.threads is not None:
             raise TledgeError("--device and --threads go with --golden")
-        V.keras_model(args.reference, "REFERENCE")
+        model = V.keras_model(args.reference, "REFERENCE")
+        if args.signature is not None:
+            from tledge.cli.export import check_signature
+
+            check_signature(args.signature, model, "REFERENCE")
         V.edge_models(args.exported, "EXPORTED")
         V.input_dir(args.images, "--images")
         V.preprocess(args.preprocess)
@@ -80,7 +88,7 @@ def run(args) -> int:
 
         V.image_dir(args.images, "--images")  # after the exporter check (a board is told about --golden first)
         report = parity(args.reference, args.exported, args.images, preprocess=args.preprocess,
-                        unsafe=args.unsafe, thresholds=thresholds)
+                        unsafe=args.unsafe, thresholds=thresholds, signature=args.signature)
     checked = {Path(r.file).name for r in report.results}
     unmatched = sorted(k for k in (thresholds or {}) if "." in k and k not in checked)
     if unmatched:  # a misspelt file name would leave that file on its precision's defaults, silently

@@ -13,16 +13,16 @@ from __future__ import annotations
 SIGMOID, LOGIT = "sigmoid", "logit"
 
 
-def output_kind(model) -> str:
+def output_kind(model, output: str | None = None) -> str:
     """SIGMOID when the model's output comes from a sigmoid (a layer's activation, an Activation layer, a SavedModel's
     Sigmoid op), looking through layers and ops that only pool, reshape or drop out, else LOGIT. Read from configs and
-    graphs only."""
+    graphs only. `output`: a SavedModel signature's output name (default its first)."""
     if getattr(model, "layers", None) is not None:
         act = final_activation(model)
         if act == CODE:  # a TensorFlow function or Lambda makes the output: the traced graph says
             return _graph_kind(traced(model))
         return SIGMOID if act == "sigmoid" else LOGIT
-    return _graph_kind(model)
+    return _graph_kind(model, output)
 
 
 CODE = "code"  # final_activation: the output comes from code (a TFOpLambda or Lambda) the config does not name
@@ -84,14 +84,15 @@ def final_activation(model) -> str | None:
 _GRAPH_PASS = {"Identity", "IdentityN", "Mean", "Max", "Reshape", "Squeeze", "ExpandDims", "StopGradient"}
 
 
-def _graph_kind(fn) -> str:
+def _graph_kind(fn, output: str | None = None) -> str:
     """A SavedModel signature: the op that produces its output, through Identity, pooling and reshaping ops and into
     the functions that (Stateful)PartitionedCall ops call (Keras 3's `model.export()` wraps the model in one)."""
     try:  # (fn None: AttributeError)
         graph_def = fn.graph.as_graph_def()
         library = {f.signature.name: f for f in graph_def.library.function}
         nodes = {n.name: n for n in graph_def.node}
-        name, index = fn.outputs[0].op.name, fn.outputs[0].value_index
+        at = sorted(fn.structured_outputs).index(output) if output is not None else 0  # fn.outputs: by sorted key
+        name, index = fn.outputs[at].op.name, fn.outputs[at].value_index
         return SIGMOID if _walk(nodes, library, name, index, 0) == "Sigmoid" else LOGIT
     except (AttributeError, IndexError, KeyError, TypeError, ValueError):
         return LOGIT

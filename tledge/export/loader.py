@@ -20,6 +20,7 @@ from tledge._deps import require
 from tledge.contract import Contract
 from tledge.errors import ModelLoadError
 from tledge.export import binary, keras2, kerasconfig
+from tledge.export import signature as sig
 from tledge.export.baked import baked_mode, graph_mode, walk
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -58,14 +59,18 @@ class LoadedModel:
         return self.kind in KERAS3_KINDS
 
 
-def load_model(path: str | Path, *, unsafe: bool = False) -> LoadedModel:
+def load_model(path: str | Path, *, unsafe: bool = False, signature: str | None = None) -> LoadedModel:
+    """`signature`: a SavedModel's KEY[:OUTPUT] (tledge.export.signature); refused for other files."""
     p = Path(path)
     if not p.exists():
         raise ModelLoadError(f"model not found: {p}")
+    choice = sig.Choice.parse(signature)
+    if signature is not None and not p.is_dir():
+        raise ModelLoadError(f"--signature chooses a SavedModel's function; {p.name} is no SavedModel folder")
     if p.is_dir():
         if not (p / "saved_model.pb").is_file():
             raise ModelLoadError(f"{p} is a folder but not a SavedModel (no saved_model.pb)")
-        loaded = _load_saved_model(p, unsafe)
+        loaded = _load_saved_model(p, unsafe, choice)
     elif p.suffix.lower() == ".keras":
         _check_magic(p, _ZIP_MAGIC, "a .keras zip archive")
         keras2_era = (kerasconfig.archive_keras_version(p) or "").startswith("2.")  # tf.keras 2.13-2.15's
@@ -88,7 +93,8 @@ def load_model(path: str | Path, *, unsafe: bool = False) -> LoadedModel:
     loaded.path = p
     if loaded.num_outputs is None:
         loaded.num_outputs = output_width(loaded.model)
-    kind = binary.output_kind(getattr(loaded.model, "signature", loaded.model))
+    kind = binary.output_kind(getattr(loaded.model, "signature", loaded.model),
+                              getattr(loaded.model, "output_name", None))
     if loaded.num_outputs == 1:  # two class scores from here on (tledge.export.binary)
         loaded.binary, loaded.num_outputs = kind, 2
         loaded.notes.append(binary.note(loaded.binary))
@@ -242,7 +248,7 @@ def _attempt(tried: list[str], label: str, load: Callable[[], Any]):
         return None
 
 
-def _load_saved_model(p: Path, unsafe: bool) -> LoadedModel:
+def _load_saved_model(p: Path, unsafe: bool, choice: sig.Choice) -> LoadedModel:
     """TF ops, not Python; ops that act outside the model (write files, call Python) need unsafe."""
     from tledge.export import savedmodel
 
@@ -254,23 +260,15 @@ def _load_saved_model(p: Path, unsafe: bool) -> LoadedModel:
         obj = tf.saved_model.load(str(p))
     except Exception as exc:
         raise ModelLoadError(f"cannot load SavedModel {p}: {_first_line(str(exc))}") from None
-    sigs = getattr(obj, "signatures", {})
-    if "serving_default" not in sigs:
-        raise ModelLoadError(f"SavedModel {p} has no serving_default signature")
-    fn = sigs["serving_default"]
+    chosen = sig.choose(getattr(obj, "signatures", {}), p.name, choice)
+    fn, in_key, out_key = chosen.fn, chosen.input_name, chosen.output_name
     spec = list(fn.structured_input_signature[1].values())
-    if len(spec) != 1 or len(spec[0].shape) != 4:
-        raise ModelLoadError(f"SavedModel {p} must take one image tensor, got {spec}")
     shape = spec[0].shape
-    if len(fn.structured_outputs) != 1:
-        raise ModelLoadError(f"SavedModel {p.name} has {len(fn.structured_outputs)} outputs "
-                             f"({', '.join(sorted(fn.structured_outputs)[:6])}): tledge exports one classifier output")
-    out_key = sorted(fn.structured_outputs)[0]
-    in_key = list(fn.structured_input_signature[1])[0]
 
     def call(x, training=False):
         return fn(**{in_key: tf.cast(x, spec[0].dtype)})[out_key]
     call.signature = fn  # read by binary.output_kind
+    call.output_name = out_key  # (a chosen one of several)
 
     hw = (shape[1], shape[2]) if shape[1] and shape[2] else None
     out_shape = getattr(fn.structured_outputs[out_key], "shape", None)
@@ -279,6 +277,7 @@ def _load_saved_model(p: Path, unsafe: bool) -> LoadedModel:
     lm = LoadedModel(p, call, "saved_model", hw, int(shape[3] or 3), graph_mode(fn, int(shape[3] or 3)), None,
                      _last_dim(out_shape))
     lm._keep = obj  # keep the trackable alive
+    lm.notes += [chosen.note] if chosen.note else []
     return lm
 
 

@@ -33,6 +33,7 @@ class ExportConfig:
     preprocess: str | None = None  # a mode, a backbone name, or "auto"
     input_size: tuple[int, int] | None = None
     unsafe: bool = False
+    signature: str | None = None  # a SavedModel's KEY[:OUTPUT] (tledge.export.signature)
     calib_limit: int = 256
     val_limit: int = 1000
     thresholds: dict[str, Thresholds] = field(default_factory=dict)
@@ -91,7 +92,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
         log.plan(3 + len(chosen) + _loop_planned(cfg, chosen))  # progress lines: load, images, each file, parity
         clock = time.perf_counter()
         with log.step(f"loading {Path(model_path).name}"):
-            lm = loader.load_model(model_path, unsafe=cfg.unsafe)
+            lm = loader.load_model(model_path, unsafe=cfg.unsafe, signature=cfg.signature)
             labels = contracting.labels_for(cfg, lm)
             contract, add_norm = contracting.export_contract(cfg, lm, labels)
             serve, concrete = loader.trace(lm, contract, add_norm)
@@ -127,7 +128,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
         report.notes += clients.notes(report.clients)
         report.write(stage)
         folder.commit(model_path, {r.file: (r.passed, _figures(r)) for r in report.results}, derived,
-                      _inputs(stage, [r.file for r in report.results]))
+                      _inputs(stage, [r.file for r in report.results]), cfg.signature)
     written = [out / r.file for r in report.results if "/" not in r.file and (out / r.file).is_file()]
     return ExportResult(out, contract, written, report, seconds)
 

@@ -90,9 +90,10 @@ class ExportFolder:
             self.out.rmdir()
 
     def commit(self, source: str | Path, verdicts: dict[str, tuple[bool, dict]],
-               derived: dict[str, str] | None = None, inputs: dict[str, dict] | None = None) -> artifacts.Manifest:
+               derived: dict[str, str] | None = None, inputs: dict[str, dict] | None = None,
+               signature: str | None = None) -> artifacts.Manifest:
         """Write the manifest of the staging folder (last), then swap the staging folder in."""
-        manifest = artifacts.build(self.staging, source, verdicts, derived, inputs)
+        manifest = artifacts.build(self.staging, source, verdicts, derived, inputs, signature)
         artifacts.write(self.staging, manifest)
         swap_in(self.staging, self.out, manifest)
         return manifest
