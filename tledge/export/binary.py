@@ -81,7 +81,7 @@ def final_activation(model) -> str | None:
     return None
 
 
-_GRAPH_PASS = {"Identity", "IdentityN", "Mean", "Max", "Reshape", "Squeeze", "ExpandDims", "StopGradient"}
+_GRAPH_PASS = {"Identity", "IdentityN", "Mean", "Max", "Reshape", "Squeeze", "ExpandDims", "StopGradient", "Cast"}
 
 
 def _graph_kind(fn, output: str | None = None) -> str:

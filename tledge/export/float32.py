@@ -48,3 +48,67 @@ def _float32_policies(obj):
     if isinstance(obj, list):
         return [_float32_policies(v) for v in obj]
     return obj
+
+
+def signature_in_float32(fn, output_index: int):
+    """(function, note) for a SavedModel signature that computes in float16 (a mixed-precision model saved as a
+    SavedModel, whose Keras layers are gone): frozen, every float16 tensor, attribute and constant made float32,
+    re-imported, pruned to its image input and output number `output_index` (of fn.outputs). (None, None) when fn
+    has no float16; (None, reason) when the rewrite fails. The caller compares outputs (TOLERANCE)."""
+    try:
+        import tensorflow as tf
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+        frozen = convert_variables_to_constants_v2(fn)
+        graph = frozen.graph.as_graph_def()
+        if not _halves_to_float(tf, graph):
+            return None, None
+        inputs = [t.name for t in frozen.inputs]
+        out = frozen.outputs[output_index].name
+        wrapped = tf.compat.v1.wrap_function(lambda: tf.graph_util.import_graph_def(graph, name=""), [])
+        return wrapped.prune(inputs[0], out), None
+    except Exception as exc:  # noqa: BLE001 - converted as it is (and fails there, as before)
+        return None, f"mixed precision SavedModel: a float32 rewrite failed ({exc.__class__.__name__}), converted as is"
+
+
+def _halves_to_float(tf, graph) -> bool:
+    """Every DT_HALF of `graph` (a GraphDef) made DT_FLOAT in place; whether there was any."""
+    half, single = tf.float16.as_datatype_enum, tf.float32.as_datatype_enum
+    found = False
+    for node in graph.node:
+        for attr in node.attr.values():
+            if attr.type == half:
+                attr.type, found = single, True
+            if half in attr.list.type:
+                attr.list.type[:] = [single if t == half else t for t in attr.list.type]
+                found = True
+            if attr.HasField("tensor") and attr.tensor.dtype == half:
+                value = tf.make_ndarray(attr.tensor).astype(np.float32)
+                attr.tensor.CopyFrom(tf.make_tensor_proto(value, dtype=tf.float32, shape=value.shape))
+                found = True
+    return found
+
+
+def saved_model_call(call, spec, output_index: int):
+    """(call, note): a SavedModel's `call(x)` (tledge.export.loader) in float32 when its signature computes in float16
+    and the float32 rewrite computes the same (TOLERANCE), else `call` as is with the reason (None: nothing to do)."""
+    import tensorflow as tf
+
+    pruned, note = signature_in_float32(call.signature, output_index)
+    if pruned is None:
+        return call, note
+    dtype = tf.float32 if spec.dtype == tf.float16 else spec.dtype
+
+    def f32(x, training=False):
+        return pruned(tf.cast(x, dtype))
+    f32.signature, f32.output_name = call.signature, getattr(call, "output_name", None)
+    shape = (2,) + tuple(int(d or 224) for d in spec.shape[1:3]) + (int(spec.shape[3] or 3),)
+    x = np.random.default_rng(0).uniform(0, 255, shape).astype(np.float32)
+    try:
+        diff = float(np.max(np.abs(np.asarray(call(x), np.float32) - np.asarray(f32(x), np.float32))))
+    except Exception as exc:  # noqa: BLE001
+        return call, f"mixed precision SavedModel: its float32 rewrite does not run ({exc.__class__.__name__}), " \
+                     "converted as is"
+    if not diff <= TOLERANCE:
+        return call, f"mixed precision SavedModel: its float32 rewrite differs by {diff:.3g}, converted as is"
+    return f32, f"mixed precision SavedModel (float16 compute) rewritten in float32 (max abs {diff:.2g})"

@@ -250,7 +250,7 @@ def _attempt(tried: list[str], label: str, load: Callable[[], Any]):
 
 def _load_saved_model(p: Path, unsafe: bool, choice: sig.Choice) -> LoadedModel:
     """TF ops, not Python; ops that act outside the model (write files, call Python) need unsafe."""
-    from tledge.export import savedmodel
+    from tledge.export import float32, savedmodel
 
     tf = require("tensorflow", extra="export")
     found = savedmodel.find_acting_ops(p)
@@ -269,6 +269,7 @@ def _load_saved_model(p: Path, unsafe: bool, choice: sig.Choice) -> LoadedModel:
         return fn(**{in_key: tf.cast(x, spec[0].dtype)})[out_key]
     call.signature = fn  # read by binary.output_kind
     call.output_name = out_key  # (a chosen one of several)
+    call, note = float32.saved_model_call(call, spec[0], sorted(fn.structured_outputs).index(out_key))
 
     hw = (shape[1], shape[2]) if shape[1] and shape[2] else None
     out_shape = getattr(fn.structured_outputs[out_key], "shape", None)
@@ -277,7 +278,7 @@ def _load_saved_model(p: Path, unsafe: bool, choice: sig.Choice) -> LoadedModel:
     lm = LoadedModel(p, call, "saved_model", hw, int(shape[3] or 3), graph_mode(fn, int(shape[3] or 3)), None,
                      _last_dim(out_shape))
     lm._keep = obj  # keep the trackable alive
-    lm.notes += [chosen.note] if chosen.note else []
+    lm.notes += [n for n in (chosen.note, note) if n]
     return lm
 
 
