@@ -118,3 +118,26 @@ def test_one_label_for_a_one_output_model_names_what_the_output_is(models):
     lm = loader.load_model(models / "pooled.keras")
     with pytest.raises(ContractError, match="but pooled.keras has one output, a binary classifier's"):
         resolve.resolve_contract(lm, preprocess=None, input_size=None, labels=("a",), labels_from="--labels l.txt")
+
+
+def test_multilabel_scores_are_said_to_be_independent_in_every_file(models, shapes_dataset, tmp_path, capsys):
+    """Session 37 (a client's view): a multi-label export said "probabilities" as a softmax one does, so an ONNX or
+    MediaPipe user could not tell to threshold each score rather than take the argmax."""
+    import json
+
+    import onnx
+
+    from tledge.cli import main
+    from tledge.metadata import read_standard_metadata
+
+    (tmp_path / "labels.txt").write_text("circle\nhstripes\nvstripes\n")
+    out = tmp_path / "o"
+    assert main(["export", str(models / "multilabel.keras"), "--out", str(out), "--val", str(shapes_dataset / "val"),
+                 "--labels", str(tmp_path / "labels.txt")]) == 0
+    assert json.loads((out / "tledge.json").read_text())["extra"]["scores"] == "independent"
+    assert "independent class probabilities" in onnx.load(str(out / "model_fp32.onnx")).doc_string
+    desc = read_standard_metadata(out / "model_fp32.tflite").outputs[0].description
+    assert desc.startswith("Independent class probabilities"), desc
+    capsys.readouterr()
+    assert main(["info", str(out / "model_fp32.onnx")]) == 0
+    assert "probabilities (independent: a sigmoid each, multi-label)" in capsys.readouterr().out

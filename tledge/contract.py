@@ -65,6 +65,10 @@ class Output(str, Enum):
     LOGITS = "logits"
 
 
+# extra["scores"] of a multi-label model: each probability its own sigmoid (they need not sum to 1; threshold each)
+INDEPENDENT = "independent"
+
+
 _CV2_INTERP = {Resize.AREA: "INTER_AREA", Resize.LINEAR: "INTER_LINEAR",
                Resize.NEAREST: "INTER_NEAREST", Resize.CUBIC: "INTER_CUBIC"}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from tledge.contract import INDEPENDENT
 from tledge.runtime.options import add_model_options, load_kwargs
 
 
@@ -123,7 +124,8 @@ def describe(info: dict) -> list[str]:
     lines.append(f"  input    {c['height']}x{c['width']}x{c['channels']} {c['color']} {c['layout']}, "
                  f"resize {c['resize']} ({fit})")
     lines.append(f"  normalise {norm}, {where}")
-    lines.append(f"  output   {c['output']}")
+    independent = isinstance(c.get("extra"), dict) and c["extra"].get("scores") == INDEPENDENT
+    lines.append(f"  output   {c['output']}" + (" (independent: a sigmoid each, multi-label)" if independent else ""))
     extra = {k: v for k, v in (c.get("extra") or {}).items() if v is not None}
     if extra:  # e.g. the ONNX quantisation types, the int8 repair the export applied
         lines.append("  extra    " + ", ".join(f"{k}={v}" for k, v in sorted(extra.items())))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from tledge import __version__
 from tledge._deps import tflite_schema
-from tledge.contract import METADATA_KEY, ColorOrder, Contract, Norm, Output
+from tledge.contract import INDEPENDENT, METADATA_KEY, ColorOrder, Contract, Norm, Output
 from tledge.std_metadata import (CONTENT_FEATURE, CONTENT_IMAGE, ENTRY_NAME, AssociatedFile, StandardMetadata,
                                  TensorMd, build, pack_files)
 
@@ -92,6 +92,13 @@ def _input(c: Contract) -> TensorMd:
                     mean=mean, std=std, stats_min=lo, stats_max=hi)
 
 
+def scores_text(c: Contract) -> str:
+    """What the output is, in words (the TFLite metadata's and the ONNX description's)."""
+    if c.extra.get("scores") == INDEPENDENT:
+        return "independent class probabilities (a sigmoid each, multi-label: they need not sum to 1)"
+    return "class probabilities" if c.output is Output.PROBABILITIES else "class logits"
+
+
 def _output(c: Contract) -> TensorMd:
     probabilities = c.output is Output.PROBABILITIES
     if c.output_quant is not None and c.output_quant.dtype == "uint8":
@@ -101,7 +108,7 @@ def _output(c: Contract) -> TensorMd:
     else:
         lo = hi = None
     files = (AssociatedFile(LABELS_FILE, description="Class names, one per output index."),) if c.labels else ()
-    return TensorMd(name="scores", description="Class probabilities." if probabilities else "Class logits.",
+    return TensorMd(name="scores", description=scores_text(c).capitalize() + ".",
                     content=CONTENT_FEATURE, stats_min=lo, stats_max=hi, files=files)
 
 

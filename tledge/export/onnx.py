@@ -20,6 +20,7 @@ import numpy as np
 from tledge._deps import require
 from tledge.errors import ExportError
 from tledge.export import onnx_pads, onnx_reshapes, onnx_scalars, onnx_tfops
+from tledge.export.metadata import scores_text
 from tledge.io import shape_inference_scratch
 
 OPSET = 17
@@ -370,7 +371,7 @@ def describe(model, contract) -> None:
         if contract.resize.value == "warp-linear" else f"cv2 INTER_{contract.resize.value.upper()}"
     text = (f"Input `{INPUT_NAME}`: {contract.input_dtype} {layout} [{shape}], {order}, {pixels}{norm}. "
             f"Resize: {contract.resize.value} ({how}), fit {fit}. "
-            f"Output `{OUTPUT_NAME}`: {contract.output.value} over {len(contract.labels) or 'N'} classes. "
+            f"Output `{OUTPUT_NAME}`: {scores_text(contract)}, {len(contract.labels) or 'N'} classes. "
             "The full preprocessing contract is metadata_props['tledge_contract'], also written as "
             "tledge.json beside this file for runtimes that cannot read metadata_props (onnxruntime-web).")
     model.producer_name, model.producer_version = "tledge", tledge.__version__

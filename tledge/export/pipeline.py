@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tledge.contract import Contract, Output
+from tledge.contract import INDEPENDENT, Contract, Output
 from tledge.errors import DataError, TledgeError, TledgeWarning
 from tledge.export import contracting
 from tledge.export import formats as F
@@ -153,6 +153,8 @@ def _final_contract(cfg: ExportConfig, contract, reference, val_y, stage: Path, 
     """The contract with the model's output kind, written with labels.txt into `stage`; and the val truth, mapped
     to the model's labels (contracting.folder_truth). Raises TledgeError when labels and outputs disagree."""
     contract = contract.replace(output=output_kind(reference, sigmoid_scores))
+    if sigmoid_scores:  # said in the contract, the ONNX description and the TFLite metadata (clients threshold each)
+        contract = contract.replace(extra={**contract.extra, "scores": INDEPENDENT})
     val_y = contracting.folder_truth(cfg, contract, reference, val_y)
     contracting.check_given_preprocessing(cfg, contract, reference, val_y)
     if contract.labels and reference.shape[1] != len(contract.labels):
