@@ -46,3 +46,26 @@ def test_its_tflite_file_converts(mixed_model, tmp_path):
             cv2.imwrite(str(tmp_path / "val" / c / f"{k}.png"), rng.integers(0, 256, (30, 30, 3), dtype=np.uint8))
     rc = main(["export", str(path), "--formats", "tflite", "--val", str(tmp_path / "val"), "--out", str(tmp_path / "e")])
     assert rc == 0 and (tmp_path / "e" / "model_fp32.tflite").is_file()
+
+
+def test_a_mixed_precision_savedmodel_is_rewritten_in_float32(mixed_model, tmp_path):
+    """Session 37: the same model as a SavedModel (`model.export`) has no layers to rebuild; its float16 graph failed
+    TFLite conversion the same way. The frozen graph is rewritten in float32 and checked to compute the same."""
+    import cv2
+
+    _, original = mixed_model
+    folder = tmp_path / "mixed_sm"
+    original.export(str(folder), verbose=False)
+    lm = loader.load_model(folder)
+    assert any("rewritten in float32" in n for n in lm.notes), lm.notes
+    x = np.random.default_rng(0).uniform(0, 255, (3, 24, 24, 3)).astype(np.float32)
+    got = np.asarray(lm.model(x))
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, np.asarray(original(x)), atol=5e-3)
+    rng = np.random.default_rng(1)
+    for c in ("a", "b"):
+        (tmp_path / "val" / c).mkdir(parents=True)
+        for k in range(4):
+            cv2.imwrite(str(tmp_path / "val" / c / f"{k}.png"), rng.integers(0, 256, (30, 30, 3), dtype=np.uint8))
+    rc = main(["export", str(folder), "--formats", "tflite", "--val", str(tmp_path / "val"), "--out", str(tmp_path / "e")])
+    assert rc == 0 and (tmp_path / "e" / "model_fp32.tflite").is_file()
