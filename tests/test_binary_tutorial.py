@@ -186,7 +186,7 @@ def test_other_tensorflow_functions_stay_refused():
     def op(function, y):
         return {"class_name": "TFOpLambda", "name": "op", "config": {"name": "op", "function": function},
                 "inbound_nodes": [["input_1", 0, 0, {"y": y, "name": None}]]}
-    for layer in (op("math.sin", 1.0), op("io.write_file", 1.0), op("math.truediv", 0.0), op("math.subtract", [1.0]),
+    for layer in (op("math.sin", 1.0), op("io.write_file", 1.0), op("math.truediv", 0.0), op("math.subtract", ["1"]),
                   op("math.add", True)):
         cfg = {"class_name": "Functional", "config": {"name": "m", "layers": [layer]}}
         assert [f.class_name for f in kerasconfig.find_code(keras2.translate(cfg).config)] == ["TFOpLambda"], layer

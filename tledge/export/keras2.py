@@ -154,6 +154,7 @@ def _kwargs(cls: str, cfg: dict, t: Translation, counts: dict[str, int]) -> None
         cfg["axis"] = axis[0]
         _count(counts, "axis list")
     if cls in ("Functional", "Model"):
+        _caffe_ops(cfg, counts)
         _arithmetic_ops(cfg, counts)  # before the call indices: it rewrites the nodes into the usual form
         _nested_model_calls(cfg, counts)
         for key in ("input_layers", "output_layers"):
@@ -169,17 +170,89 @@ def _arithmetic_ops(cfg: dict, counts: dict[str, int]) -> None:
     (the config walk refuses it without --unsafe)."""
     layers = cfg.get("layers")
     for i, layer in enumerate(layers if isinstance(layers, list) else []):
-        new = _as_rescaling(layer) if isinstance(layer, dict) and layer.get("class_name") == "TFOpLambda" else None
+        new = (_as_rescaling(layer) or _bias_as_rescaling(layer)) \
+            if isinstance(layer, dict) and layer.get("class_name") == "TFOpLambda" else None
         if new is not None:
             layers[i] = new
             _count(counts, "TFOpLambda arithmetic as Rescaling")
 
 
 def reads_as_data(layer: dict) -> bool:
-    """An arithmetic TFOpLambda (`x / 127.5`, `x - 1`) the translation turns into a Rescaling layer: tf_keras
-    calls a whitelisted TensorFlow function with a number from the file; the config walk lets its class through
-    (and still walks what it holds)."""
-    return layer.get("class_name") == "TFOpLambda" and _as_rescaling(layer) is not None
+    """An arithmetic TFOpLambda (`x / 127.5`, `x - 1`) the translation turns into a Rescaling layer, or one half of
+    caffe's `preprocess_input` (a channel flip, a bias_add of numbers): tf_keras calls a whitelisted TensorFlow
+    function with numbers from the file; the config walk lets its class through (and still walks what it holds)."""
+    return (layer.get("class_name") == "TFOpLambda" and _as_rescaling(layer) is not None) or \
+        _call(layer, "SlicingOpLambda", "__operators__.getitem", _is_flip) is not None or \
+        _call(layer, "TFOpLambda", "nn.bias_add", _bias) is not None
+
+
+# caffe's preprocess_input (ResNet50, VGG16/19) inside a tf.keras 2 model: x[..., ::-1], then tf.nn.bias_add(x, -mean)
+CAFFE_BIAS = (-103.939, -116.779, -123.68)
+_FLIP = [{"class_name": "__ellipsis__"}, {"start": None, "stop": None, "step": -1}]
+
+
+def _is_flip(kwargs: dict) -> bool:
+    return set(kwargs) <= {"slice_spec", "name"} and kwargs.get("slice_spec") == _FLIP
+
+
+def _bias(kwargs: dict) -> bool:
+    bias = kwargs.get("bias")
+    return set(kwargs) <= {"bias", "data_format", "name"} and kwargs.get("data_format", "NHWC") in ("NHWC", None) \
+        and isinstance(bias, list) and 1 <= len(bias) <= 4 \
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bias)
+
+
+def _call(layer: dict, cls: str, function: str, check) -> list | None:
+    """The one inbound ref [layer, node, tensor, kwargs] of a `cls` layer calling `function` whose kwargs pass
+    `check`, else None."""
+    cfg, nodes = layer.get("config"), layer.get("inbound_nodes")
+    if layer.get("class_name") != cls or not isinstance(cfg, dict) or cfg.get("function") != function \
+            or not isinstance(nodes, list) or len(nodes) != 1:
+        return None
+    node = nodes[0]
+    if not (isinstance(node, list) and len(node) == 4 and isinstance(node[0], str) and isinstance(node[3], dict)
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in node[1:3])):
+        return None
+    return node if check(node[3]) else None
+
+
+def _caffe_ops(cfg: dict, counts: dict[str, int]) -> None:
+    """A channel flip whose one consumer adds caffe's means (`preprocess_input` of ResNet50 / VGG in a tf.keras 2
+    model) becomes tledge's Preprocess("caffe") and an identity Rescaling: Keras 3 loads it in safe mode and the
+    export reads the model's baked preprocessing from it. Any other flip or bias_add is left to tf_keras."""
+    layers = [x for x in cfg.get("layers") or [] if isinstance(x, dict)] if isinstance(cfg.get("layers"), list) else []
+    flips = {x.get("name"): (x, ref) for x in layers
+             if (ref := _call(x, "SlicingOpLambda", "__operators__.getitem", _is_flip)) is not None}
+    for layer in layers:
+        ref = _call(layer, "TFOpLambda", "nn.bias_add", _bias)
+        if ref is None or ref[0] not in flips or ref[1:3] != [0, 0] or len(ref[3]["bias"]) != 3 or \
+                not all(abs(a - b) < 1e-3 for a, b in zip(ref[3]["bias"], CAFFE_BIAS)):
+            continue
+        flip, src = flips[ref[0]]
+        if sum(_feeds(x, ref[0]) for x in layers) != 1:
+            continue
+        dtype = flip["config"].get("dtype", "float32")
+        flip.clear()
+        flip.update({"class_name": "Preprocess", "name": ref[0],
+                     "config": {"name": ref[0], "dtype": dtype, "trainable": False, "mode": "caffe", "channels": 3},
+                     "inbound_nodes": [[[src[0], src[1], src[2], {}]]]})
+        name = layer["config"].get("name")
+        layer.clear()
+        layer.update({"class_name": "Rescaling", "name": name,
+                      "config": {"name": name, "dtype": dtype, "trainable": False, "scale": 1.0, "offset": 0.0},
+                      "inbound_nodes": [[[ref[0], 0, 0, {}]]]})
+        _count(counts, "caffe preprocess_input as Preprocess")
+
+
+def _feeds(layer: dict, name: str) -> int:
+    """How many of `layer`'s inbound refs ([layer, node, tensor, kwargs]) name `name`."""
+    def refs(x):
+        if isinstance(x, list) and len(x) >= 3 and isinstance(x[0], str) and isinstance(x[1], int):
+            yield x
+        elif isinstance(x, list):
+            for item in x:
+                yield from refs(item)
+    return sum(1 for ref in refs(layer.get("inbound_nodes")) if ref[0] == name)
 
 
 def _as_rescaling(layer: dict) -> dict | None:
@@ -193,15 +266,31 @@ def _as_rescaling(layer: dict) -> dict | None:
         return None
     kwargs = node[3]
     y = kwargs.get("y")
-    if set(kwargs) - {"y", "name"} or isinstance(y, bool) or not isinstance(y, (int, float)) \
-            or not math.isfinite(y) or (y == 0 and cfg["function"] in ("math.truediv", "math.divide")):
+    values = y if isinstance(y, list) and 1 <= len(y) <= 4 else [y]  # a list: per channel (torch's mean and std)
+    if set(kwargs) - {"y", "name"} or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                              and math.isfinite(v) for v in values) \
+            or (0 in values and cfg["function"] in ("math.truediv", "math.divide")):
         return None
-    scale, offset = ARITHMETIC[cfg["function"]](float(y))
+    pairs = [ARITHMETIC[cfg["function"]](float(v)) for v in values]
+    scale, offset = (pairs[0] if not isinstance(y, list) else ([p[0] for p in pairs], [p[1] for p in pairs]))
     name = cfg.get("name")
     return {"class_name": "Rescaling", "name": layer.get("name", name),
             "config": {"name": name, "dtype": cfg.get("dtype", "float32"), "trainable": False,
                        "scale": scale, "offset": offset},
             "inbound_nodes": [[[node[0], node[1], node[2], {}]]]}
+
+
+def _bias_as_rescaling(layer: dict) -> dict | None:
+    """`tf.nn.bias_add(x, numbers)` (torch's preprocess_input subtracts the means so) as a Rescaling with offsets."""
+    ref = _call(layer, "TFOpLambda", "nn.bias_add", _bias)
+    if ref is None:
+        return None
+    cfg = layer["config"]
+    name, bias = cfg.get("name"), [float(v) for v in ref[3]["bias"]]
+    return {"class_name": "Rescaling", "name": layer.get("name", name),
+            "config": {"name": name, "dtype": cfg.get("dtype", "float32"), "trainable": False, "scale": 1.0,
+                       "offset": bias if len(bias) > 1 else bias[0]},
+            "inbound_nodes": [[[ref[0], ref[1], ref[2], {}]]]}
 
 
 def _nested_model_calls(cfg: dict, counts: dict[str, int]) -> None:

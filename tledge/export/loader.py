@@ -84,8 +84,8 @@ def load_model(path: str | Path, *, unsafe: bool = False, signature: str | None 
         # layers) and as tf_keras would, from the original: what the translation drops (a TFOpLambda's other
         # entries, settings Keras 3 has not) is what tf_keras builds, code included
         translation = keras2.translate(config)
-        has_code = _refuse_code(p, translation.config, unsafe) | _refuse_code(p, config, unsafe,
-                                                                              allowed=keras2.reads_as_data)
+        has_code = _refuse_code(p, translation.config, unsafe, allowed=keras2.reads_as_data) | \
+            _refuse_code(p, config, unsafe, allowed=keras2.reads_as_data)
         with _lowercase_suffix(p) as q:
             loaded = _load_h5(q, translation, unsafe, allow_tf_keras=not has_code or unsafe)
     else:
