@@ -36,6 +36,12 @@ class ExportError(TledgeError):
     """A conversion failed."""
 
 
+class NothingConverted(ExportError):
+    """Every conversion failed: no file to check or ship (the output folder is left as it was)."""
+
+    exit_code = 1
+
+
 class RepairTimeout(ExportError):
     """An int8 repair stopped part-way: the repair time budget (`--repair-time`) was spent while it ran."""
 

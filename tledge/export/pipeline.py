@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from tledge.contract import INDEPENDENT, Contract, Output
-from tledge.errors import DataError, TledgeError, TledgeWarning
+from tledge.errors import DataError, NothingConverted, TledgeError, TledgeWarning
 from tledge.export import contracting
 from tledge.export import formats as F
 from tledge.export import imagesets
@@ -103,6 +103,10 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
         contract, val_y = _final_contract(cfg, contract, reference, val_y, stage, lm.sigmoid_scores)
         steps["images and reference"] = time.perf_counter() - clock
         files, failed, seconds = _convert_all(chosen, serve, concrete, contract, calib, stage, cfg.int8_only)
+        if not files:  # nothing to ship: the folder (an earlier export in it included) stays as it was
+            why = [f"{r.file}: {r.failures[0].removeprefix('conversion failed: ')}" for r in failed]
+            raise NothingConverted(f"no model file converted ({'; '.join([why[0]] + [w[:200] for w in why[1:3]])}); "
+                                   f"{out} is left as it was")
         clock = time.perf_counter()
         with log.step(f"parity: {len(files)} file{'s' if len(files) != 1 else ''} on {len(val_x)} images"):
             results = check_files(reference, [(stage / f.filename, f.kind, f.precision) for f in files], val_x,
