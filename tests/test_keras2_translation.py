@@ -259,3 +259,26 @@ def test_slashed_names_that_would_collide_block_the_translation():
     t = keras2.translate(config)
     assert t.ok and t.config["config"]["layers"][1]["config"]["name"] == "a_b"
     assert t.config["config"]["output_layers"] == ["a_b", 0, 0] and layers[1]["name"] == "a/b"
+
+
+@pytest.mark.parametrize("cls, said", [("KerasLayer", "TensorFlow Hub layer: save the model as a SavedModel"),
+                                       ("QuantizeWrapperV2", "quantization-aware-trained model (tfmot)"),
+                                       ("PruneLowMagnitude", "strip_pruning(model) before saving")])
+def test_other_libraries_layers_are_named_with_what_to_do(cls, said, tmp_path, capsys):
+    """Session 37: a TF Hub or tfmot .h5 got ~900 characters of Keras's custom_object_scope advice, three times, and
+    a QAT file "pass --unsafe", with which it failed too. Read from the parsed config's class names."""
+    f = tmp_path / "m.h5"
+    inner = {"class_name": "Dense", "config": {"name": "d", "units": 2}}
+    layer = {"class_name": cls, "config": {"name": "wrapped", "layer": inner, "handle": "/tmp/x"}, "name": "wrapped",
+             "inbound_nodes": [[["input_1", 0, 0, {}]]]}
+    config = {"class_name": "Functional", "config": {"name": "m", "layers": [
+        {"class_name": "InputLayer", "config": {"batch_input_shape": [None, 8], "name": "input_1"}, "name": "input_1",
+         "inbound_nodes": []}, layer], "input_layers": [["input_1", 0, 0]], "output_layers": [["wrapped", 0, 0]]}}
+    with h5py.File(f, "w") as h:
+        h.attrs["model_config"] = json.dumps(config)
+        h.attrs["keras_version"], h.attrs["backend"] = "2.15.0", "tensorflow"
+        h.create_group("model_weights")
+    for unsafe in ([], ["--unsafe"]):
+        assert main(["export", str(f), "--out", str(tmp_path / "o")] + unsafe) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and said in err and "custom_object_scope" not in err, err

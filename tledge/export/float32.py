@@ -59,6 +59,11 @@ def signature_in_float32(fn, output_index: int):
         import tensorflow as tf
         from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+        graph = fn.graph.as_graph_def()
+        nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+        half = tf.float16.as_datatype_enum
+        if not any(a.type == half or half in a.list.type for n in nodes for a in n.attr.values()):
+            return None, None  # (a graph freezing cannot read, e.g. a pruning wrapper's, is no mixed precision)
         frozen = convert_variables_to_constants_v2(fn)
         graph = frozen.graph.as_graph_def()
         if not _halves_to_float(tf, graph):

@@ -341,6 +341,26 @@ def _slash_names(t: Translation, counts: dict[str, int]) -> None:
     counts[f"'/' in layer names x{len(renamed)}"] = 1
 
 
+# layer classes of other TensorFlow libraries that no loader here knows, and what to do instead
+FOREIGN_CLASSES = {
+    "KerasLayer": "a TensorFlow Hub layer: save the model as a SavedModel (model.save(folder) or "
+                  "tf.saved_model.save) and export the folder",
+    "QuantizeWrapper": "a quantization-aware-trained model (tfmot): export its SavedModel (model.save(folder)); "
+                       "its int8 file keeps the trained ranges",
+    "QuantizeWrapperV2": "a quantization-aware-trained model (tfmot): export its SavedModel (model.save(folder)); "
+                         "its int8 file keeps the trained ranges",
+    "QuantizeLayer": "a quantization-aware-trained model (tfmot): export its SavedModel (model.save(folder))",
+    "PruneLowMagnitude": "a pruning model (tfmot) still wrapped: tfmot.sparsity.keras.strip_pruning(model) before "
+                         "saving it",
+}
+
+
+def foreign_hint(config: Any) -> str | None:
+    """What to do with a config holding FOREIGN_CLASSES layers (read from the parsed config), or None."""
+    found = sorted({n["class_name"] for n in _layer_nodes(config)} & set(FOREIGN_CLASSES))
+    return "; ".join(f"{name} is {FOREIGN_CLASSES[name]}" for name in found) or None
+
+
 def _layer_nodes(node: Any):
     """Every layer-like dict ({class_name, config: {...}}) of a parsed config, depth first."""
     if isinstance(node, list):

@@ -141,7 +141,8 @@ def _refuse_code(p: Path, config: dict, unsafe: bool, allowed=None) -> bool:
     """Refuse a file whose parsed config carries code, unless unsafe; True when it does."""
     found = kerasconfig.find_code(config, allowed)
     if found and not unsafe:
-        raise ModelLoadError(kerasconfig.refusal(p, found))
+        foreign = keras2.foreign_hint(config)  # --unsafe would not load these either
+        raise ModelLoadError(f"cannot load {p}: {foreign}" if foreign else kerasconfig.refusal(p, found))
     return bool(found)
 
 
@@ -228,7 +229,10 @@ def _load_h5(p: Path, translation, unsafe: bool, *, allow_tf_keras: bool) -> Loa
         tf_keras = require("tf_keras", extra="export", purpose="Keras 2 era .h5 files")
         model = _attempt(tried, "tf_keras", lambda: tf_keras.models.load_model(p, compile=False))
     if model is None:
-        why = " | ".join(tried)
+        foreign = keras2.foreign_hint(translation.config)
+        if foreign:  # the loaders' own advice (a custom_object_scope), three times over, does not help here
+            raise ModelLoadError(f"cannot load {p}: {foreign}")
+        why = " | ".join(dict.fromkeys(tried))
         hint = ("; a Lambda's code (marshalled bytecode) only loads in the Python version that saved it: export "
                 "there, or save a SavedModel (model.save(folder)), which keeps TensorFlow ops, not Python") \
             if "marshal" in why else ""
