@@ -203,3 +203,30 @@ def test_files_of_one_name_are_told_apart_and_a_file_named_twice_is_checked_once
     assert rc == 0 and [r["file"] for r in report["results"]] == ["a/model_fp32.tflite", "b/model_fp32.tflite"]
     assert [c.get("name") for c in ET.parse(junit).getroot().iter("testcase")] == ["a/model_fp32.tflite",
                                                                                    "b/model_fp32.tflite"]
+
+
+def test_a_file_the_export_judged_is_judged_at_its_precision_again(tiny_model, tiny_export, shapes_dataset, tmp_path,
+                                                                    capsys):
+    """Session 37: a QAT model's model_fp32.tflite has int8 weights (its converter keeps the fake-quant): the export
+    failed it as fp32, `tledge parity` passed it as dynamic by its tensors, so the CI gate passed what the manifest
+    marks failed. A file its folder's manifest lists, unchanged, is judged at the manifest's precision."""
+    from tledge.artifacts import sha256_of
+
+    folder = tmp_path / "qat_like"
+    shutil.copytree(tiny_export.out, folder)
+    shutil.copy(folder / "model_int8.tflite", folder / "model_fp32.tflite")  # int8 tensors under the fp32 name
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for e in manifest["files"]:
+        if e["file"] == "model_fp32.tflite":
+            e["sha256"], e["bytes"] = sha256_of(folder / "model_fp32.tflite"), (folder / "model_fp32.tflite").stat().st_size
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    args = ["--images", str(shapes_dataset / "val"), "--json"]
+    assert main(["parity", str(tiny_model["keras"]), str(folder / "model_fp32.tflite")] + args) == 1
+    (r,) = json.loads(capsys.readouterr().out)["results"]
+    assert r["precision"] == "fp32" and not r["passed"]  # fp32's budget, as the export judged it
+    loose = tmp_path / "loose"  # the same bytes outside an export folder: judged by its tensors
+    loose.mkdir()
+    shutil.copy(folder / "model_fp32.tflite", loose / "model_fp32.tflite")
+    main(["parity", str(tiny_model["keras"]), str(loose / "model_fp32.tflite")] + args)
+    (r,) = json.loads(capsys.readouterr().out)["results"]
+    assert r["precision"] == "int8"

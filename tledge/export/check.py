@@ -56,6 +56,22 @@ def display_names(files: Sequence[Path]) -> list[str]:
 
 # ---- precision from the file -------------------------------------------------------------------------
 
+def exported_precision(path: Path) -> str | None:
+    """The precision the export that wrote `path` judged it at (its folder's manifest, when the file is unchanged),
+    so `tledge parity` and `tledge export` give one verdict: a QAT model's fp32 TFLite file has int8 weights (the
+    converter keeps its fake-quant), failed at export as fp32 and passed here as dynamic. None for other files."""
+    from tledge import artifacts
+
+    try:
+        manifest = artifacts.read(path.parent)
+        entry = manifest.entry(path.name) if manifest is not None else None
+        if entry is None or entry.role != "model" or not entry.precision or entry.sha256 != artifacts.sha256_of(path):
+            return None
+    except Exception:  # noqa: BLE001 - an unreadable manifest: the file is judged by its tensors
+        return None
+    return str(entry.precision)
+
+
 def precision_of(model) -> str:
     """fp32 / fp16 / dynamic / int8 from a loaded EdgeModel's tensors and operators."""
     found = _tflite_precision(model.backend.interpreter) if model.format == "tflite" else \
@@ -184,7 +200,7 @@ def check_file(path: Path, has_contract: bool, reference: np.ndarray, inputs: _I
     name = name or path.name
     try:
         model = _load(path, has_contract, preprocess, size, threads)
-        precision = precision_of(model)
+        precision = exported_precision(path) or precision_of(model)
         x = inputs.for_contract(model.contract)
         out = np.concatenate([model.predict(x[i:i + 32]) for i in range(0, len(x), 32)])
         latency = one_image_ms(model.predict, x)
