@@ -218,7 +218,8 @@ def test_a_file_the_export_judged_is_judged_at_its_precision_again(tiny_model, t
     manifest = json.loads((folder / "manifest.json").read_text())
     for e in manifest["files"]:
         if e["file"] == "model_fp32.tflite":
-            e["sha256"], e["bytes"] = sha256_of(folder / "model_fp32.tflite"), (folder / "model_fp32.tflite").stat().st_size
+            f = folder / "model_fp32.tflite"
+            e["sha256"], e["bytes"] = sha256_of(f), f.stat().st_size
     (folder / "manifest.json").write_text(json.dumps(manifest))
     args = ["--images", str(shapes_dataset / "val"), "--json"]
     assert main(["parity", str(tiny_model["keras"]), str(folder / "model_fp32.tflite")] + args) == 1
