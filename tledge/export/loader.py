@@ -19,7 +19,7 @@ import numpy as np
 from tledge._deps import require
 from tledge.contract import Contract
 from tledge.errors import ModelLoadError
-from tledge.export import binary, keras2, kerasconfig
+from tledge.export import binary, keras2, keras3_compat, kerasconfig
 from tledge.export import signature as sig
 from tledge.export.baked import baked_mode, graph_mode, walk
 
@@ -160,6 +160,12 @@ def _load_keras(p: Path, unsafe: bool, keras2_era: bool = False) -> LoadedModel:
         msg = str(exc)
         if keras2_era:  # written by tf.keras 2.13-2.15 (Keras 2 module names): tf_keras reads it, in safe mode
             return _tf_keras_archive(p, unsafe, f"Keras 3: {exc.__class__.__name__}: {_first_line(msg)[:120]}")
+        fixed = _attempt([], "", lambda: keras3_compat.load_fixed(p, kerasconfig.read_keras_config(p), lambda q: (
+            keras.saving.load_model(q, custom_objects=_custom_objects(), compile=False, safe_mode=not unsafe))))
+        if fixed is not None:  # a Sequential around a functional backbone as Keras 3.0-3.8 wrote it
+            lm = _keras3(p, fixed[0], "keras")
+            lm.notes.append(fixed[1])
+            return lm
         if unsafe:  # safe mode was off: the code itself did not load (a class this process does not have)
             raise ModelLoadError(f"cannot load {p} even with --unsafe: {exc.__class__.__name__}: "
                                  f"{_first_line(msg)[:200]} (a custom layer must be importable where tledge runs; "
