@@ -69,3 +69,40 @@ def test_a_mixed_precision_savedmodel_is_rewritten_in_float32(mixed_model, tmp_p
             cv2.imwrite(str(tmp_path / "val" / c / f"{k}.png"), rng.integers(0, 256, (30, 30, 3), dtype=np.uint8))
     rc = main(["export", str(folder), "--formats", "tflite", "--val", str(tmp_path / "val"), "--out", str(tmp_path / "e")])
     assert rc == 0 and (tmp_path / "e" / "model_fp32.tflite").is_file()
+
+
+def test_a_mixed_bfloat16_model_is_rebuilt_too(tmp_path):
+    """Session 37: JAX's usual policy. Its float32 rebuild differs by bfloat16's 8-bit mantissa (0.08 on a MobileNet
+    0.25 softmax), past the float16 tolerance: it was kept as it was, the TFLite conversion failed and the ONNX
+    file onnxruntime could not load ended the export in a traceback."""
+    import keras
+
+    from tledge.export import float32
+
+    L = keras.layers
+    i = keras.Input((24, 24, 3))
+    x = L.Rescaling(1 / 255.0, dtype="mixed_bfloat16")(i)
+    x = L.Conv2D(4, 3, activation="relu", dtype="mixed_bfloat16")(x)
+    x = L.GlobalAveragePooling2D(dtype="mixed_bfloat16")(x)
+    m = keras.Model(i, L.Dense(2, activation="softmax", dtype="float32")(x))
+    copy, note = float32.rebuild(m)
+    assert "bfloat16 compute) rebuilt in float32" in note, note
+    assert {layer.dtype_policy.name for layer in copy.layers} == {"float32"}
+
+
+def test_an_onnx_file_onnxruntime_cannot_load_still_says_its_contract(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from tledge.contract import METADATA_KEY, Contract
+    from tledge.metadata import read_onnx_contract
+
+    graph = helper.make_graph([helper.make_node("Mul", ["a", "b"], ["y"])], "g",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT16, [1]),
+                               helper.make_tensor_value_info("b", TensorProto.BFLOAT16, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, {METADATA_KEY: Contract(8, 8, labels=("a", "b")).to_json()})
+    onnx.save(model, str(tmp_path / "bad.onnx"))
+    assert read_onnx_contract(tmp_path / "bad.onnx").labels == ("a", "b")

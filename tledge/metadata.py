@@ -48,22 +48,11 @@ def read_tflite_contract(path_or_bytes) -> Contract | None:
 
 
 def read_onnx_contract(path) -> Contract | None:
-    """From an ONNX file's metadata_props (with onnxruntime, or onnx when that is what is installed)."""
-    try:
-        import onnxruntime as ort
+    """From an ONNX file's metadata_props, read from its protobuf (no onnxruntime session: a file it cannot load
+    still says what it is)."""
+    from tledge.runtime.onnxgraph import metadata_props
 
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        from tledge.paths import loadable
-
-        sess = ort.InferenceSession(loadable(path), opts, providers=["CPUExecutionProvider"])
-        raw = sess.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-    except ImportError:
-        from tledge._deps import require
-
-        onnx = require("onnx", extra="runtime", purpose="reading ONNX metadata")
-        model = onnx.load(str(path), load_external_data=False)
-        raw = {p.key: p.value for p in model.metadata_props}.get(METADATA_KEY)
+    raw = metadata_props(path).get(METADATA_KEY)
     return Contract.from_json(raw) if raw else None
 
 

@@ -67,6 +67,23 @@ def tflite_output_op(path: str | Path) -> str | None:
         return None
 
 
+def metadata_props(path: str | Path) -> dict[str, str]:
+    """An ONNX file's metadata_props (ModelProto field 14: key 1, value 2), read without loading the model (a
+    file onnxruntime cannot load, e.g. one with mixed float types, still says what it is); ModelLoadError when
+    the file is no readable protobuf."""
+    try:
+        with _mapped(path) as buf:
+            out = {}
+            for num, wire, span in _fields(buf):
+                if num == 14 and wire == 2:
+                    entry = {f: bytes(buf[v[0]:v[1]]).decode("utf-8", "replace")
+                             for f, w, v in _fields(buf, *span) if w == 2 and f in (1, 2)}
+                    out[entry.get(1, "")] = entry.get(2, "")
+            return out
+    except (OSError, IndexError, ValueError, TypeError) as exc:
+        raise ModelLoadError(f"cannot read {Path(path).name} as an ONNX file ({exc})") from None
+
+
 @contextlib.contextmanager
 def _mapped(path: str | Path):
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
