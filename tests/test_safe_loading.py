@@ -191,6 +191,8 @@ def _layer(cls, name, **extra):
     (_layer("ClassMethod", "cm", cls_symbol="io.gfile.rmtree", method_name="__call__"), "cm"),
     (_layer("InstanceMethod", "im", attr_name="numpy"), "im"),
     (_layer("InstanceProperty", "ip", attr_name="device"), "ip"),
+    (_layer("Dense", "act", activation={"module": "builtins", "class_name": "function", "config": "mine>myact",
+                                        "registered_name": "function"}), "act"),  # session 37: a registered function
 ])
 def test_walk_finds_code_anywhere(entry, culprit):
     config = {"class_name": "Functional", "config": {"name": "m", "layers": [

@@ -144,6 +144,8 @@ def _code_reason(node: dict) -> str | None:
         return "a Python function stored in the file"
     if module is not None and not _known_module(module, cls):
         return f"its module {module!r} is neither Keras nor tledge (loading would import it)"
+    if module == "builtins" and cls == "function" and isinstance(cfg, str) and ">" in cfg:  # a registered function
+        return f"custom function {cfg!r} that tledge does not know"
     for name in (cls, registered):
         if isinstance(name, str) and ">" in name and name not in TLEDGE_OBJECTS:
             return f"custom object {name!r} that tledge does not know"
