@@ -46,7 +46,8 @@ def add_arguments(p) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--out", default=str(d.out), help=f"output folder (default {d.out})")
     p.add_argument("--patience", type=int, default=d.patience,
-                   help=f"early stopping: epochs without a better val accuracy (default {d.patience}; 0 = off, "
+                   help=f"early stopping: epochs without a better epoch (a higher val accuracy, or the same and a "
+                        f"lower val loss) (default {d.patience}; 0 = off, "
                         "and with it the --fine-tune-max-drop guard: every epoch runs)")
     p.add_argument("--fine-tune-max-drop", type=float, default=d.fine_tune_max_drop,
                    help="stop fine-tuning when val accuracy falls this much under the best head epoch "

@@ -58,7 +58,8 @@ class TrainConfig:
     class_weights: ClassWeights = ClassWeights.NONE
     resume: bool = False  # continue from `out`/checkpoints
     out: str | Path = "runs/train"
-    patience: int = 6  # early stopping on val accuracy per phase (0: never stop early, no drop guard either)
+    patience: int = 6  # early stopping per phase: epochs without a higher val accuracy, or the same and a lower val
+    # loss (0: never stop early, no drop guard either)
     fine_tune_max_drop: float = FINE_TUNE_MAX_DROP  # phase 2 stops when val accuracy is this far under the head's
     dropout: float = 0.2
     seed: int = 0

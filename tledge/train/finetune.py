@@ -228,7 +228,7 @@ def _stop_reason(run: Run, name: str, row: dict) -> str | None:
     if not cfg.patience:
         return None
     if st["bad_epochs"] >= cfg.patience:
-        return f"val accuracy did not improve for {cfg.patience} epochs"
+        return f"val accuracy did not improve (nor val loss at the same accuracy) for {cfg.patience} epochs"
     drop = below_head(st["history"], row["val_accuracy"], cfg.fine_tune_max_drop, len(run.data.yv)) \
         if name == "fine_tune" else None
     return None if drop is None else f"val accuracy {100 * drop:.1f} points under the best head epoch"
