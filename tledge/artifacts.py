@@ -242,11 +242,11 @@ def sha256_of(path: str | Path) -> str:
 
 def build(folder: Path, source: str | Path, verdicts: dict[str, tuple[bool, dict]],
           derived: dict[str, str] | None = None, inputs: dict[str, dict] | None = None,
-          signature: str | None = None) -> Manifest:
+          loading: dict | None = None) -> Manifest:
     """A manifest of `folder` as it is: side files, model files with their verdicts, rejected/.
     verdicts: file name -> (passed, figures). derived: compiled file -> the file it came from.
     inputs: file name -> what it takes ({"layout": "nchw", "dtype": "uint8", "shape": [...]}).
-    signature: the SavedModel signature exported (`--signature`), which parity takes again."""
+    loading: options the source was loaded with (`--signature`, `--binary-output`), which parity takes again."""
     import tledge
 
     derived = derived or {}
@@ -268,7 +268,7 @@ def build(folder: Path, source: str | Path, verdicts: dict[str, tuple[bool, dict
                              figures, derived.get(name), dict((inputs or {}).get(name) or {})))
     src = Path(source)
     origin = {"path": str(source), "sha256": sha256_of(src) if src.exists() else None}
-    return Manifest({**origin, **({"signature": signature} if signature else {})}, tuple(entries),
+    return Manifest({**origin, **{k: v for k, v in (loading or {}).items() if v}}, tuple(entries),
                     tledge.__version__, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
 

@@ -63,6 +63,9 @@ def add_arguments(p) -> None:
     p.add_argument("--signature", metavar="KEY[:OUTPUT]",
                    help="a SavedModel's signature to export, and its output when it has several (default "
                         "serving_default, else its only signature; its only output)")
+    p.add_argument("--binary-output", choices=("sigmoid", "logit"),
+                   help="what a one-output model's output is, when tledge cannot read it from the model (a JAX "
+                        "model.export() SavedModel): a sigmoid probability or a logit")
     p.add_argument("--json", action="store_true", help="print the parity report as JSON")
     from tledge.devices.options import add_device_argument
 
@@ -192,7 +195,7 @@ def run(args) -> int:
         out=out, formats=formats, int8="int8" in precisions, fp16="fp16" in precisions,
         dynamic="dynamic" in precisions, calib=args.calib, val=args.val,
         labels=labels, preprocess=args.preprocess, input_size=input_size, unsafe=args.unsafe,
-        signature=args.signature,
+        signature=args.signature, binary_output=args.binary_output,
         calib_limit=args.calib_limit, thresholds=thresholds, fidelity=args.fidelity, repair=args.repair,
         repair_time=REPAIR_SECONDS if args.repair_time is None else args.repair_time,
         explain=args.explain, int8_only=args.int8_only or bool(device is not None and device.compile_edgetpu),

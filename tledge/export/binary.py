@@ -10,7 +10,11 @@ parity reference, `tledge parity`) and into the Keras model the int8 repairs wor
 """
 from __future__ import annotations
 
+from tledge.errors import ModelLoadError
+
 SIGMOID, LOGIT = "sigmoid", "logit"
+UNKNOWN = "unknown"  # the graph cannot be seen through: OPAQUE_OPS, or a function the walk cannot follow
+OPAQUE_OPS = frozenset({"XlaCallModule"})  # a JAX-backend `model.export()` / StableHLO module: one op, no graph
 
 
 def output_kind(model, output: str | None = None) -> str:
@@ -93,7 +97,8 @@ def _graph_kind(fn, output: str | None = None) -> str:
         nodes = {n.name: n for n in graph_def.node}
         at = sorted(fn.structured_outputs).index(output) if output is not None else 0  # fn.outputs: by sorted key
         name, index = fn.outputs[at].op.name, fn.outputs[at].value_index
-        return SIGMOID if _walk(nodes, library, name, index, 0) == "Sigmoid" else LOGIT
+        op = _walk(nodes, library, name, index, 0)
+        return SIGMOID if op == "Sigmoid" else UNKNOWN if op == "?" or op in OPAQUE_OPS else LOGIT
     except (AttributeError, IndexError, KeyError, TypeError, ValueError):
         return LOGIT
 
@@ -130,6 +135,51 @@ def keras_head(keras, y, kind: str):
     p = keras.layers.Activation("sigmoid", name="tledge_binary_sigmoid")(y) if kind == LOGIT else y
     q = keras.layers.Rescaling(-1.0, offset=1.0, name="tledge_binary_complement")(p)
     return keras.layers.Concatenate(axis=-1, name="tledge_binary_scores")([q, p])
+
+
+def opaque(fn) -> str | None:
+    """Why a SavedModel signature's computation cannot be read from its graph (OPAQUE_OPS), or None."""
+    try:
+        graph = fn.graph.as_graph_def()
+        ops = {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
+    except Exception:  # noqa: BLE001 - no graph to read: nothing to say
+        return None
+    return "its computation is one XlaCallModule op (a JAX-backend model.export(), StableHLO)" \
+        if ops & OPAQUE_OPS else None
+
+
+def probe(call, hw, channels: int) -> str | None:
+    """LOGIT when a one-output model gives a value outside 0..1 on probe images (constant and noise images, one at
+    a time), which no sigmoid does; else None (its outputs cannot tell)."""
+    import numpy as np
+
+    h, w = hw or (224, 224)
+    rng = np.random.default_rng(0)
+    images = [np.full((1, h, w, channels), v, np.float32) for v in (0, 64, 128, 192, 255)]
+    images += [rng.uniform(0, 255, (1, h, w, channels)).astype(np.float32) for _ in range(4)]
+    y = np.concatenate([np.asarray(call(x), np.float32).reshape(-1) for x in images])
+    return LOGIT if np.any((y < -1e-6) | (y > 1 + 1e-6)) else None
+
+
+def one_output_kind(loaded, kind: str, given: str | None) -> str:
+    """SIGMOID or LOGIT for a one-output model: `given` (--binary-output) wins; a graph that cannot be read is
+    probed (a value outside 0..1 is a logit) and else refused: a guess was a sigmoid applied twice, every label
+    flipped, and parity passed against the same wrong head (a JAX model.export())."""
+    if given is not None:
+        if given not in (SIGMOID, LOGIT):
+            raise ModelLoadError(f"--binary-output takes {SIGMOID} or {LOGIT}, not {given!r}")
+        loaded.notes.append(f"the one output is a {given}, as --binary-output says")
+        return given
+    if kind != UNKNOWN:
+        return kind
+    found = probe(loaded.model, loaded.input_hw, loaded.channels)
+    if found is None:
+        why = loaded.opaque or "the op that makes its output cannot be read from its graph"
+        raise ModelLoadError(f"cannot tell whether the one output of {loaded.path.name} is a sigmoid probability or a "
+                             f"logit: {why}, and it stayed in 0..1 on probe images; pass --binary-output sigmoid or "
+                             "--binary-output logit")
+    loaded.notes.append("the one output is a logit: values outside 0..1 on probe images (its graph cannot say)")
+    return found
 
 
 def note(kind: str) -> str:

@@ -215,11 +215,11 @@ def check_file(path: Path, has_contract: bool, reference: np.ndarray, inputs: _I
 def parity(reference: str | Path, exported: Sequence[str | Path], images: str | Path, *,
            thresholds: dict[str, Thresholds] | None = None, preprocess: str | None = None,
            unsafe: bool = False, limit: int = 1000, threads: int | None = None,
-           signature: str | None = None) -> ParityReport:
+           signature: str | None = None, binary_output: str | None = None) -> ParityReport:
     """Run each exported file and the reference on the same images, each prepared by its own contract;
     collect every failure. `preprocess` completes the contract of files without one (and of the
     reference when nothing else says how it normalises). `signature`: a reference SavedModel's KEY[:OUTPUT],
-    by default the one the export recorded in its manifest."""
+    `binary_output`: what its one output is; each by default what the export recorded in its manifest."""
     from tledge.export import loader
     from tledge.metadata import read_contract
 
@@ -238,8 +238,9 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
         raise TledgeError(f"--preprocess {preprocess}: every exported file carries its contract (normalisation "
                           f"{known[0].norm.value}), and the reference is checked with it: drop --preprocess")
     if signature is None and Path(reference).is_dir():
-        signature = _recorded_signature(files)
-    lm = loader.load_model(reference, unsafe=unsafe, signature=signature)
+        signature = _recorded(files, "signature")
+    lm = loader.load_model(reference, unsafe=unsafe, signature=signature,
+                           binary_output=binary_output or _recorded(files, "binary_output"))
     contract, add = _reference_contract(lm, known[0] if known else None, preprocess)
     serve, _ = loader.trace(lm, contract, add)
     paths, y = _images(images, contract.labels, contract, limit)
@@ -262,8 +263,8 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
     return report
 
 
-def _recorded_signature(files: Sequence[Path]) -> str | None:
-    """The SavedModel signature the export of these files recorded (`tledge export --signature`), if any."""
+def _recorded(files: Sequence[Path], key: str) -> str | None:
+    """How the export of these files loaded the model (manifest source: `signature`, `binary_output`), if said."""
     from tledge import artifacts
 
     for folder in dict.fromkeys(Path(f).parent for f in files):
@@ -271,7 +272,7 @@ def _recorded_signature(files: Sequence[Path]) -> str | None:
             manifest = artifacts.read(folder)
         except Exception:  # noqa: BLE001 - an unreadable manifest is the file checks' business, not the reference's
             continue
-        found = manifest.source.get("signature") if manifest is not None else None
+        found = manifest.source.get(key) if manifest is not None else None
         if isinstance(found, str) and found:
             return found
     return None

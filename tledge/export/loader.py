@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,45 +21,16 @@ from tledge.errors import ModelLoadError
 from tledge.export import binary, keras2, keras3_compat, kerasconfig
 from tledge.export import signature as sig
 from tledge.export.baked import baked_mode, graph_mode, walk
+from tledge.export.loaded import KERAS3_KINDS, KINDS, LoadedModel  # noqa: F401 (re-exported)
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _ZIP_MAGIC = b"PK\x03\x04"
 
-# LoadedModel.kind -> how the model was loaded
-KINDS = {
-    "keras": "Keras 3, as saved",
-    "keras_translated": "Keras 3 (safe mode), after translating the Keras 2 config",
-    "tf_keras": "tf_keras (Keras 2)",
-    "saved_model": "TensorFlow SavedModel signature",
-}
-KERAS3_KINDS = frozenset({"keras", "keras_translated"})
 
-
-@dataclass
-class LoadedModel:
-    """A model ready to trace: `model` is callable on normalised (or raw, if baked) input."""
-
-    path: Path
-    model: Any  # keras.Model (Keras 3 or tf_keras) or a SavedModel signature
-    kind: str  # a key of KINDS
-    input_hw: tuple[int, int] | None
-    channels: int
-    baked_mode: str | None  # preprocessing mode found inside the model, if any
-    contract: Contract | None  # a tledge.json found beside the model
-    num_outputs: int | None = None  # width of the (first) output, when static
-    contract_path: Path | None = None  # where `contract` was read from
-    notes: list[str] = field(default_factory=list)  # how it was loaded (translations applied)
-    contract_source: str | None = None  # where resolve.resolve_contract took each part from
-    binary: str | None = None  # one-output model: tledge.export.binary's SIGMOID / LOGIT (files give 2 scores)
-    sigmoid_scores: bool = False  # several outputs, each a sigmoid (multi-label): probabilities that need not sum to 1
-
-    @property
-    def is_keras3(self) -> bool:
-        return self.kind in KERAS3_KINDS
-
-
-def load_model(path: str | Path, *, unsafe: bool = False, signature: str | None = None) -> LoadedModel:
-    """`signature`: a SavedModel's KEY[:OUTPUT] (tledge.export.signature); refused for other files."""
+def load_model(path: str | Path, *, unsafe: bool = False, signature: str | None = None,
+               binary_output: str | None = None) -> LoadedModel:
+    """`signature`: a SavedModel's KEY[:OUTPUT] (tledge.export.signature); refused for other files.
+    `binary_output`: what a one-output model's output is (binary.SIGMOID or LOGIT), when its graph cannot say."""
     p = Path(path)
     if not p.exists():
         raise ModelLoadError(f"model not found: {p}")
@@ -95,6 +65,12 @@ def load_model(path: str | Path, *, unsafe: bool = False, signature: str | None 
         loaded.num_outputs = output_width(loaded.model)
     kind = binary.output_kind(getattr(loaded.model, "signature", loaded.model),
                               getattr(loaded.model, "output_name", None))
+    if loaded.num_outputs == 1:
+        kind = binary.one_output_kind(loaded, kind, binary_output)
+    elif binary_output is not None:
+        raise ModelLoadError(f"--binary-output is for models with one output; {p.name} has {loaded.num_outputs}")
+    elif kind == binary.UNKNOWN:
+        kind = binary.LOGIT  # (several outputs: probabilities or logits are told from their values later)
     if loaded.num_outputs == 1:  # two class scores from here on (tledge.export.binary)
         loaded.binary, loaded.num_outputs = kind, 2
         loaded.notes.append(binary.note(loaded.binary))
@@ -288,6 +264,7 @@ def _load_saved_model(p: Path, unsafe: bool, choice: sig.Choice) -> LoadedModel:
     lm = LoadedModel(p, call, "saved_model", hw, int(shape[3] or 3), graph_mode(fn, int(shape[3] or 3)), None,
                      _last_dim(out_shape))
     lm._keep = obj  # keep the trackable alive
+    lm.opaque = binary.opaque(fn)
     lm.notes += [n for n in (chosen.note, note) if n]
     return lm
 

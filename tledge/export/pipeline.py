@@ -34,6 +34,7 @@ class ExportConfig:
     input_size: tuple[int, int] | None = None
     unsafe: bool = False
     signature: str | None = None  # a SavedModel's KEY[:OUTPUT] (tledge.export.signature)
+    binary_output: str | None = None  # a one-output model's output when its graph cannot say: sigmoid | logit
     calib_limit: int = 256
     val_limit: int = 1000
     thresholds: dict[str, Thresholds] = field(default_factory=dict)
@@ -92,7 +93,8 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
         log.plan(3 + len(chosen) + _loop_planned(cfg, chosen))  # progress lines: load, images, each file, parity
         clock = time.perf_counter()
         with log.step(f"loading {Path(model_path).name}"):
-            lm = loader.load_model(model_path, unsafe=cfg.unsafe, signature=cfg.signature)
+            lm = loader.load_model(model_path, unsafe=cfg.unsafe, signature=cfg.signature,
+                                   binary_output=cfg.binary_output)
             labels = contracting.labels_for(cfg, lm)
             contract, add_norm = contracting.export_contract(cfg, lm, labels)
             serve, concrete = loader.trace(lm, contract, add_norm)
@@ -132,7 +134,8 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
         report.notes += clients.notes(report.clients)
         report.write(stage)
         folder.commit(model_path, {r.file: (r.passed, _figures(r)) for r in report.results}, derived,
-                      _inputs(stage, [r.file for r in report.results]), cfg.signature)
+                      _inputs(stage, [r.file for r in report.results]),
+                      {"signature": cfg.signature, "binary_output": cfg.binary_output})
     written = [out / r.file for r in report.results if "/" not in r.file and (out / r.file).is_file()]
     return ExportResult(out, contract, written, report, seconds)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tledge.contract import Contract, Norm
 from tledge.errors import ContractError
-from tledge.export.loader import LoadedModel
+from tledge.export.loaded import LoadedModel
 
 
 def resolve_contract(lm: LoadedModel, *, preprocess: str | None, input_size: tuple[int, int] | None,
@@ -81,6 +81,10 @@ def _norm(lm: LoadedModel, flag: str | None, flag_from: str, base, base_from, sr
     if base is not None:
         src["normalisation"] = f"{base_from} ({base.norm.value}{', inside the model' if base.baked else ''})"
         return base.norm.value, (None if base.baked else base.norm.value)
+    if lm.opaque:  # "does not bake" sent a model with a Rescaling inside to --preprocess tf: normalised twice
+        raise ContractError(f"tledge cannot read {lm.path.name}'s preprocessing: {lm.opaque}. Pass --preprocess raw "
+                            "if the model normalises its input itself (a Rescaling or preprocess_input inside), "
+                            "else its mode (tf, caffe, torch, scale) or --preprocess auto with labelled --val images")
     raise ContractError(
         "this model does not bake its preprocessing and none was given. Pass --preprocess MODE "
         "(tf = x/127.5-1 for MobileNet/Inception; caffe = BGR minus ImageNet means for ResNet50/VGG; "

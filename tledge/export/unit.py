@@ -91,9 +91,10 @@ class ExportFolder:
 
     def commit(self, source: str | Path, verdicts: dict[str, tuple[bool, dict]],
                derived: dict[str, str] | None = None, inputs: dict[str, dict] | None = None,
-               signature: str | None = None) -> artifacts.Manifest:
-        """Write the manifest of the staging folder (last), then swap the staging folder in."""
-        manifest = artifacts.build(self.staging, source, verdicts, derived, inputs, signature)
+               loading: dict | None = None) -> artifacts.Manifest:
+        """Write the manifest of the staging folder (last), then swap the staging folder in. `loading`: how the
+        source was loaded (signature, binary_output), recorded for parity to load it the same way."""
+        manifest = artifacts.build(self.staging, source, verdicts, derived, inputs, loading)
         artifacts.write(self.staging, manifest)
         swap_in(self.staging, self.out, manifest)
         return manifest
