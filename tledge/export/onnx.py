@@ -19,7 +19,7 @@ import numpy as np
 
 from tledge._deps import require
 from tledge.errors import ExportError
-from tledge.export import onnx_pads, onnx_reshapes, onnx_scalars, onnx_tfops
+from tledge.export import onnx_fakequant, onnx_pads, onnx_reshapes, onnx_scalars, onnx_tfops
 from tledge.export.metadata import scores_text
 from tledge.io import shape_inference_scratch
 
@@ -101,6 +101,7 @@ def convert_fp32(serve, contract):
             "model and left them in the graph, which no ONNX runtime loads; export the TFLite files alone with "
             "--formats tflite")
     onnx_reshapes.drop_identity(model)  # what tf2onnx writes for transposes of 1x1 maps, once they cancel
+    onnx_fakequant.as_float(model)  # a QAT model's fake-quant pairs: onnxruntime would quantise its float weights
     return _rename_io(model)
 
 
