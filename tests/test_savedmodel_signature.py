@@ -87,3 +87,28 @@ def test_signature_on_a_keras_file_is_refused_before_loading(tmp_path, capsys):
     assert main(["export", str(f), "--signature", "images"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "no SavedModel folder" in err
+
+
+def test_a_serving_function_that_assigns_variables_is_said_so(shapes_dataset, tmp_path, capsys):
+    """Session 37: a pruning wrapper left in (tfmot's prune_low_magnitude) assigns its mask while serving; no
+    converter can freeze that. tledge said "this model does not bake its preprocessing" (a user who then passed
+    --preprocess tf on a model with a Rescaling inside normalised twice), then TensorFlow's words."""
+    class Assigning(tf.Module):
+        def __init__(self):
+            self.calls = tf.Variable(0.0)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32)])
+        def serve(self, x):
+            self.calls.assign_add(1.0)
+            m = tf.reduce_mean(x, axis=[1, 2]) / 255.0
+            return {"scores": tf.nn.softmax(m[:, :2] * 4.0)}
+    m = Assigning()
+    folder = tmp_path / "assigning_sm"
+    tf.saved_model.save(m, str(folder), signatures={"serving_default": m.serve})
+    (tmp_path / "labels.txt").write_text("circle\nhstripes\n")
+    args = ["export", str(folder), "--formats", "tflite", "--val", str(shapes_dataset / "val" / "circle"),
+            "--calib", "random", "--labels", str(tmp_path / "labels.txt")]
+    assert main(args + ["--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "cannot read assigning_sm's preprocessing: its serving function cannot be frozen (it assigns variables" \
+        in err, err

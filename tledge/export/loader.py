@@ -264,7 +264,7 @@ def _load_saved_model(p: Path, unsafe: bool, choice: sig.Choice) -> LoadedModel:
     lm = LoadedModel(p, call, "saved_model", hw, int(shape[3] or 3), graph_mode(fn, int(shape[3] or 3)), None,
                      _last_dim(out_shape))
     lm._keep = obj  # keep the trackable alive
-    lm.opaque = binary.opaque(fn)
+    lm.opaque = binary.opaque(fn) or (None if lm.baked_mode else savedmodel.freeze_problem(fn))
     lm.notes += [n for n in (chosen.note, note) if n]
     return lm
 

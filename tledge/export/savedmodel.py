@@ -11,6 +11,7 @@ signature or the init op can reach them.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +145,24 @@ def _called(node) -> list[str]:
             names.append(value.func.name)
         names += [f.name for f in value.list.func]
     return names
+
+
+def freeze_problem(fn) -> str | None:
+    """Why a signature's variables cannot be made constants (what every converter and the preprocessing reader
+    do first), or None. A pruning wrapper left in (tfmot's prune_low_magnitude) assigns its mask in the serving
+    function: tledge said "does not bake its preprocessing", and the converters failed with TensorFlow's words."""
+    try:
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+        graph = convert_variables_to_constants_v2(fn).graph.as_graph_def()
+        del graph
+        return None
+    except Exception as exc:  # noqa: BLE001 - the reason is what the user needs
+        text = str(exc)
+        hint = ("it assigns variables while serving: a training-time wrapper such as tfmot's prune_low_magnitude "
+                "(tfmot.sparsity.keras.strip_pruning(model) before saving)") if re.search(r"Assign\w*VariableOp", text) else \
+            f"{exc.__class__.__name__}: {text.strip().splitlines()[0][:160] if text.strip() else ''}"
+        return f"its serving function cannot be frozen ({hint})"
 
 
 def refusal(folder: str | Path, found: list[OpFinding]) -> str:
