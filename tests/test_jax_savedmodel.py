@@ -47,6 +47,11 @@ def test_an_opaque_sigmoid_is_never_guessed(shapes_dataset, tmp_path, capsys):
     assert np.abs(got[:, 1] - p).max() < 1e-5 and np.ptp(p) > 0.01  # p itself, not sigmoid(p)
     assert main(["parity", str(JAX / "sigmoid_sm"), str(tmp_path / "e" / "model_fp32.tflite"), "--images",
                  str(val)]) == 0  # the recorded --binary-output
+    loose = tmp_path / "loose.tflite"  # no manifest beside it: said on the command line
+    loose.write_bytes((tmp_path / "e" / "model_fp32.tflite").read_bytes())
+    assert main(["parity", str(JAX / "sigmoid_sm"), str(loose), "--images", str(val)]) == 2
+    assert main(["parity", str(JAX / "sigmoid_sm"), str(loose), "--images", str(val), "--binary-output",
+                 "sigmoid"]) == 0
 
 
 def test_an_opaque_logit_is_told_by_its_values():

@@ -31,6 +31,9 @@ def add_arguments(p) -> None:
     p.add_argument("--signature", metavar="KEY[:OUTPUT]",
                    help="the reference SavedModel's signature and output (default: what the export recorded in "
                         "manifest.json, else serving_default)")
+    p.add_argument("--binary-output", choices=("sigmoid", "logit"),
+                   help="what the reference's one output is when tledge cannot read it from the model (default: "
+                        "what the export recorded)")
 
 
 def _validate(args) -> None:
@@ -42,7 +45,7 @@ def _validate(args) -> None:
     if args.golden:
         extra = [n for n, v in (("REFERENCE", args.reference), ("EXPORTED", args.exported), ("--images", args.images),
                                 ("--preprocess", args.preprocess), ("--unsafe", args.unsafe),
-                                ("--signature", args.signature)) if v]
+                                ("--signature", args.signature), ("--binary-output", args.binary_output)) if v]
         if extra:
             raise TledgeError(f"--golden compares with the outputs stored at export: it takes no {', '.join(extra)}")
         V.input_dir(args.golden, "--golden")
@@ -88,7 +91,8 @@ def run(args) -> int:
 
         V.image_dir(args.images, "--images")  # after the exporter check (a board is told about --golden first)
         report = parity(args.reference, args.exported, args.images, preprocess=args.preprocess,
-                        unsafe=args.unsafe, thresholds=thresholds, signature=args.signature)
+                        unsafe=args.unsafe, thresholds=thresholds, signature=args.signature,
+                        binary_output=args.binary_output)
     checked = {Path(r.file).name for r in report.results}
     unmatched = sorted(k for k in (thresholds or {}) if "." in k and k not in checked)
     if unmatched:  # a misspelt file name would leave that file on its precision's defaults, silently
