@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tledge.contract import Contract
+from tledge.contract import INDEPENDENT, Contract, Output
 from tledge.labels import check_names, read_labels
 from tledge.errors import TledgeError, TledgeWarning
 
@@ -161,3 +161,32 @@ def with_export_options(contract: Contract, cfg: ExportConfig) -> Contract:
         extra["onnx"] = conv.to_dict()
     extra["resize_by_client"] = client_resizes(contract)
     return contract.replace(extra=extra)
+
+
+def final_contract(cfg: ExportConfig, contract, reference, val_y, stage: Path, sigmoid_scores: bool = False):
+    """The contract with the model's output kind, written with labels.txt into `stage`; and the val truth, mapped
+    to the model's labels (folder_truth). Raises TledgeError when labels and outputs disagree."""
+    contract = contract.replace(output=output_kind(reference, sigmoid_scores))
+    if sigmoid_scores:  # said in the contract, the ONNX description and the TFLite metadata (clients threshold each)
+        contract = contract.replace(extra={**contract.extra, "scores": INDEPENDENT})
+    val_y = folder_truth(cfg, contract, reference, val_y)
+    check_given_preprocessing(cfg, contract, reference, val_y)
+    if contract.labels and reference.shape[1] != len(contract.labels):
+        raise TledgeError(f"{len(contract.labels)} labels but the model has {reference.shape[1]} outputs")
+    contract.save(stage / "tledge.json")
+    if contract.labels:
+        from tledge.io import atomic_write_text
+
+        atomic_write_text(stage / "labels.txt", "\n".join(contract.labels) + "\n")
+    return contract, val_y
+
+
+def output_kind(reference: np.ndarray, sigmoid_scores: bool = False) -> Output:
+    """Probabilities when the outputs sum to one (softmax, tledge's binary head) or each comes from a sigmoid
+    (multi-label: softmax over them would change the scores the model gives), else logits."""
+    if sigmoid_scores:
+        return Output.PROBABILITIES
+    if reference.size and reference.min() >= -1e-6 and reference.max() <= 1 + 1e-6 and \
+            np.allclose(reference.sum(axis=1), 1.0, atol=1e-3):
+        return Output.PROBABILITIES
+    return Output.LOGITS

@@ -11,7 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
-from tledge.contract import INDEPENDENT, Contract, Output
+from tledge.contract import Contract
+from tledge.export.contracting import output_kind  # noqa: F401 (re-exported)
 from tledge.errors import DataError, NothingConverted, TledgeError, TledgeWarning
 from tledge.export import contracting
 from tledge.export import formats as F
@@ -102,7 +103,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
         with log.step("reading images and running the Keras model"):
             contract, val_x, val_y, val_files, reference, resize_note = _reference(cfg, contract, chosen, serve)
             calib = _calib_images(cfg, contract, chosen)  # with the final contract: prepared once
-        contract, val_y = _final_contract(cfg, contract, reference, val_y, stage, lm.sigmoid_scores)
+        contract, val_y = contracting.final_contract(cfg, contract, reference, val_y, stage, lm.sigmoid_scores)
         steps["images and reference"] = time.perf_counter() - clock
         files, failed, seconds = _convert_all(chosen, serve, concrete, contract, calib, stage, cfg.int8_only)
         if not files:  # nothing to ship: the folder (an earlier export in it included) stays as it was
@@ -154,24 +155,6 @@ def _reference(cfg: ExportConfig, contract, chosen, serve):
         if choice.pixels is not None:  # warp-linear: its val pixels and Keras outputs are made already
             val_x, reference = choice.pixels, choice.outputs
     return contract, val_x.astype(np.float32), val_y, val_files, reference, note
-
-
-def _final_contract(cfg: ExportConfig, contract, reference, val_y, stage: Path, sigmoid_scores: bool = False):
-    """The contract with the model's output kind, written with labels.txt into `stage`; and the val truth, mapped
-    to the model's labels (contracting.folder_truth). Raises TledgeError when labels and outputs disagree."""
-    contract = contract.replace(output=output_kind(reference, sigmoid_scores))
-    if sigmoid_scores:  # said in the contract, the ONNX description and the TFLite metadata (clients threshold each)
-        contract = contract.replace(extra={**contract.extra, "scores": INDEPENDENT})
-    val_y = contracting.folder_truth(cfg, contract, reference, val_y)
-    contracting.check_given_preprocessing(cfg, contract, reference, val_y)
-    if contract.labels and reference.shape[1] != len(contract.labels):
-        raise TledgeError(f"{len(contract.labels)} labels but the model has {reference.shape[1]} outputs")
-    contract.save(stage / "tledge.json")
-    if contract.labels:
-        from tledge.io import atomic_write_text
-
-        atomic_write_text(stage / "labels.txt", "\n".join(contract.labels) + "\n")
-    return contract, val_y
 
 
 def plan(cfg: ExportConfig) -> list[F.Format]:
@@ -366,17 +349,6 @@ def _val_images(cfg: ExportConfig, contract: Contract, chosen):
     if _needs_calibration(cfg, chosen):
         return imagesets.load_images(cfg.calib, contract, cfg.val_limit, contract.labels)
     raise DataError("parity needs real images: pass --val DIR (or --calib DIR)")
-
-
-def output_kind(reference: np.ndarray, sigmoid_scores: bool = False) -> Output:
-    """Probabilities when the outputs sum to one (softmax, tledge's binary head) or each comes from a sigmoid
-    (multi-label: softmax over them would change the scores the model gives), else logits."""
-    if sigmoid_scores:
-        return Output.PROBABILITIES
-    if reference.size and reference.min() >= -1e-6 and reference.max() <= 1 + 1e-6 and \
-            np.allclose(reference.sum(axis=1), 1.0, atol=1e-3):
-        return Output.PROBABILITIES
-    return Output.LOGITS
 
 
 def _step_title(fmt: F.Format, calib) -> str:
