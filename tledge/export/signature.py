@@ -22,7 +22,7 @@ class Choice:
 
     @classmethod
     def parse(cls, text: str | None) -> "Choice":
-        """KEY, KEY:OUTPUT or :OUTPUT (serving_default's OUTPUT); ArgumentError-free: ModelLoadError on nonsense."""
+        """KEY, KEY:OUTPUT or :OUTPUT (serving_default's OUTPUT); ModelLoadError for anything else."""
         if text is None:
             return cls()
         key, _, output = str(text).partition(":")
