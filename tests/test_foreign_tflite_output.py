@@ -58,3 +58,14 @@ def test_a_file_that_is_no_flatbuffer_has_no_output_op(tmp_path):
     for data in (b"", b"TFL3", (HEADS / "logit1.tflite").read_bytes()[:200]):
         (tmp_path / "bad.tflite").write_bytes(data)
         assert tflite_output_op(tmp_path / "bad.tflite") is None
+
+
+def test_a_quantised_output_made_by_a_linear_op_holds_logits():
+    """(Helper 96: ai-edge-torch's and onnx2tf's integer files end in an int8 FULLY_CONNECTED; with the output's
+    quantisation over 0..0.5 nothing else says logits, and `run` showed `bees 0.473, ants 0.000`.)"""
+    need("x.tflite")
+    m = load(HEADS / "logits3_int8.tflite", preprocess="raw")
+    assert tflite_output_op(HEADS / "logits3_int8.tflite") == "FULLY_CONNECTED"
+    assert m.contract.output.value == "logits"
+    top = m.classify([IMG], top_k=3)[0]
+    assert abs(sum(t.score for t in top) - 1.0) < 1e-5 and top[-1].score > 0.2  # a softmax over near-equal logits

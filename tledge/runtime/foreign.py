@@ -137,19 +137,18 @@ SOFTMAX_OPS = frozenset({"Softmax", "SOFTMAX"})
 
 
 def _output_kind(out, options: dict, output_op: str | None = None) -> Output:
-    """Logits with --logits; else probabilities, except a one-score output quantised over a range beyond
-    0..1 (a sigmoid's output is quantised over 0..1 exactly: scale 1/256), or a float output made by one of LINEAR_OPS
-    (`output_op`, read from an ONNX or TFLite file), which is a logit."""
+    """Logits with --logits; else probabilities, except an output quantised over a range beyond 0..1 (a sigmoid's
+    or softmax's output is quantised over 0..1 exactly: scale 1/256), or made by one of LINEAR_OPS (`output_op`,
+    read from an ONNX or TFLite file, through reshapes and (de)quantisation), which are logits."""
     if options.get("logits"):
         if output_op in SOFTMAX_OPS:
             raise ContractError("--logits on a model whose output is a Softmax's (probabilities): a second softmax "
                                 "would flatten them; leave out --logits")
         return Output.LOGITS
-    if output_op in LINEAR_OPS and getattr(out, "quant", None) is None:
-        return Output.LOGITS  # a Gemm's scores are logits, also when they fall in 0..1
+    if output_op in LINEAR_OPS:
+        return Output.LOGITS  # a Gemm's scores are logits, also when they fall in 0..1, quantised or not
     q = getattr(out, "quant", None)
-    shape = tuple(getattr(out, "shape", ()) or ())
-    if q is not None and shape and shape[-1] == 1 and q.dtype in ("uint8", "int8"):
+    if q is not None and q.dtype in ("uint8", "int8"):  # a range beyond 0..1 holds no probabilities (any count)
         info = np.iinfo(np.dtype(q.dtype))
         low, high = (info.min - q.zero_point) * q.scale, (info.max - q.zero_point) * q.scale
         if low < -1e-6 or high > 1.0 + 1e-6:
