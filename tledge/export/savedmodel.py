@@ -83,20 +83,39 @@ def find_acting_ops(folder: str | Path) -> list[OpFinding]:
     found: list[OpFinding] = []
     for graph in sm.meta_graphs:
         functions = {f.signature.name: f for f in graph.graph_def.library.function}
-        reached_fns, reached_nodes = _reachable(graph, functions)
+        reached_fns, reached_nodes = _reachable(graph, functions, _serving_starts(graph))
+        load_fns, load_nodes = _reachable(graph, functions, _load_starts(graph))
         for node in graph.graph_def.node:
-            reason = _reason(node, node.name in reached_nodes)
+            reason = _reason(node, node.name in reached_nodes, node.name in load_nodes)
             if reason:
                 found.append(OpFinding(f"main graph/{node.name}", node.op, reason))
         for name, fn in functions.items():
             for node in fn.node_def:
-                reason = _reason(node, name in reached_fns)
+                reason = _reason(node, name in reached_fns, name in load_fns)
                 if reason:
                     found.append(OpFinding(f"{name}/{node.name}", node.op, reason))
     return found
 
 
-def _reason(node, reachable: bool) -> str | None:
+# TF1 SavedModels run these when they load (tf.compat.v1.saved_model.Builder's main_op, the legacy init op,
+# table initialisers) besides the saver's restore op; TF2 ones keep their init op as a signature
+LOAD_COLLECTIONS = ("saved_model_main_op", "legacy_init_op", "table_initializer", "init_op")
+
+
+def _serving_starts(graph) -> list[str]:
+    return [t.name for s in graph.signature_def.values() for t in s.outputs.values()]
+
+
+def _load_starts(graph) -> list[str]:
+    """What loading runs besides the signatures: the init collections' ops and the saver's restore op (a
+    Builder's main_op that saved a checkpoint to a path of its own ran at load, without --unsafe)."""
+    starts = [v for key in LOAD_COLLECTIONS if key in graph.collection_def
+              for v in graph.collection_def[key].node_list.value]
+    restore = graph.saver_def.restore_op_name if graph.HasField("saver_def") else ""
+    return starts + ([restore] if restore else [])
+
+
+def _reason(node, reachable: bool, at_load: bool = False) -> str | None:
     if node.op in ACTING_OPS:
         return ACTING_OPS[node.op]
     if node.op.startswith("Debug"):  # the whole tfdbg family (DebugIdentityV3 was missing from the list)
@@ -105,18 +124,22 @@ def _reason(node, reachable: bool) -> str | None:
         return "prints to a file"
     if node.op in SAVE_OPS and reachable:
         return "writes a checkpoint from the serving path"
+    if node.op in SAVE_OPS and at_load:
+        return "writes a checkpoint when the model loads (its init or restore op)"
     if node.op in RESTORE_OPS and reachable:
         return "reads a checkpoint from the serving path"
-    if not reachable:  # the SavedModel's own save / restore functions, which tledge never calls
+    if node.op in RESTORE_OPS and at_load:  # the restore op reading the SavedModel's own variables
+        return None
+    if not reachable and not at_load:  # the SavedModel's own save function, which tledge never calls
         return None
     return next((why for part, why in ACTING_FAMILIES if part in node.op), None)
 
 
-def _reachable(graph, functions: dict) -> tuple[set[str], set[str]]:
-    """Functions and main-graph nodes the signatures (serving, the init op) reach, following inputs and
-    function attributes."""
+def _reachable(graph, functions: dict, starts: list[str]) -> tuple[set[str], set[str]]:
+    """Functions and main-graph nodes `starts` (tensor or node names) reach, following inputs and function
+    attributes."""
     by_name = {n.name: n for n in graph.graph_def.node}
-    todo = [t.name.split(":")[0].lstrip("^") for s in graph.signature_def.values() for t in s.outputs.values()]
+    todo = [t.split(":")[0].lstrip("^") for t in starts]
     seen_nodes: set[str] = set()
     called: list[str] = []
     while todo:

@@ -1,0 +1,61 @@
+"""What a TF1 SavedModel runs when it loads (session 37): a `tf.compat.v1.saved_model.Builder` main_op, or an op the
+saver's restore op depends on, that saves a checkpoint to a path of its own ran during `tledge export` and
+`tledge parity` without --unsafe: only the signatures were followed. The init collections and the restore op are
+followed too; the restore op's own RestoreV2 (the SavedModel's variables) stays allowed."""
+from __future__ import annotations
+
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from tledge.cli import main  # noqa: E402
+from tledge.export.savedmodel import find_acting_ops  # noqa: E402
+
+
+def _builder_savedmodel(path, marker, how):
+    from tensorflow.core.protobuf import saved_model_pb2
+    from tensorflow.python.ops import gen_io_ops
+
+    v1 = tf.compat.v1
+    g = tf.Graph()
+    with g.as_default(), v1.Session(graph=g) as sess:
+        images = v1.placeholder(tf.float32, [None, 8, 8, 3], name="images")
+        w = v1.get_variable("w", [3, 2], initializer=v1.random_normal_initializer(seed=0))
+        probs = tf.nn.softmax(tf.matmul(tf.reduce_mean(images, axis=[1, 2]) / 255.0, w))
+        sess.run(v1.global_variables_initializer())
+        save = gen_io_ops.save_v2(tf.constant(str(marker)), tf.constant(["x"]), tf.constant([""]),
+                                  [tf.constant("written at load")], name="evil_save") if how else None
+        sigs = {"serving_default": v1.saved_model.signature_def_utils.predict_signature_def(
+            inputs={"images": images}, outputs={"probabilities": probs})}
+        builder = v1.saved_model.Builder(str(path))
+        main_op = tf.group(save, name="evil_init") if how == "main_op" else None
+        builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map=sigs, main_op=main_op)
+        builder.save()
+        save_name = save.name if save is not None else None
+    if how == "restore":  # the saver's restore op made to depend on the save
+        sm = saved_model_pb2.SavedModel()
+        sm.ParseFromString((path / "saved_model.pb").read_bytes())
+        graph = sm.meta_graphs[0]
+        node = graph.graph_def.node.add()
+        node.name, node.op = "restore_all_and_more", "NoOp"
+        node.input.extend(["^" + graph.saver_def.restore_op_name, "^" + save_name])
+        graph.saver_def.restore_op_name = "restore_all_and_more"
+        (path / "saved_model.pb").write_bytes(sm.SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize("how", ["main_op", "restore"])
+def test_a_save_at_load_is_refused_before_loading(how, tmp_path, shapes_dataset, capsys):
+    marker = tmp_path / "pwned" / "ckpt"
+    model = _builder_savedmodel(tmp_path / "sm", marker, how)
+    (found,) = [f for f in find_acting_ops(model) if f.op == "SaveV2"]
+    assert "when the model loads" in found.reason
+    assert main(["export", str(model), "--out", str(tmp_path / "o"), "--formats", "tflite", "--preprocess", "raw",
+                 "--val", str(shapes_dataset / "val")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("tledge export: error:") and "--unsafe" in err and not marker.parent.exists()
+
+
+def test_a_plain_builder_savedmodel_still_loads(tmp_path):
+    model = _builder_savedmodel(tmp_path / "sm", None, None)
+    assert find_acting_ops(model) == []  # its restore op reads its own variables (RestoreV2): expected
