@@ -85,7 +85,11 @@ def final_activation(model) -> str | None:
     return None
 
 
-_GRAPH_PASS = {"Identity", "IdentityN", "Mean", "Max", "Reshape", "Squeeze", "ExpandDims", "StopGradient", "Cast"}
+_GRAPH_PASS = {"Identity", "IdentityN", "Mean", "Max", "Reshape", "Squeeze", "ExpandDims", "StopGradient", "Cast",
+               "ClipByValue", "Minimum", "Maximum"}  # (a sigmoid clipped away from 0 and 1 is still a sigmoid)
+# ops that make a logit; any other op at a one-output graph's end is probed (tledge.export.binary.probe)
+_GRAPH_LINEAR = {"MatMul", "BiasAdd", "Add", "AddV2", "Sub", "Mul", "Conv2D", "BatchMatMulV2", "BatchMatMulV3",
+                 "Einsum", "FusedBatchNormV3", "Placeholder"}
 
 
 def _graph_kind(fn, output: str | None = None) -> str:
@@ -98,7 +102,7 @@ def _graph_kind(fn, output: str | None = None) -> str:
         at = sorted(fn.structured_outputs).index(output) if output is not None else 0  # fn.outputs: by sorted key
         name, index = fn.outputs[at].op.name, fn.outputs[at].value_index
         op = _walk(nodes, library, name, index, 0)
-        return SIGMOID if op == "Sigmoid" else UNKNOWN if op == "?" or op in OPAQUE_OPS else LOGIT
+        return SIGMOID if op == "Sigmoid" else LOGIT if op in _GRAPH_LINEAR else UNKNOWN
     except (AttributeError, IndexError, KeyError, TypeError, ValueError):
         return LOGIT
 
@@ -168,6 +172,9 @@ def one_output_kind(loaded, kind: str, given: str | None) -> str:
     if given is not None:
         if given not in (SIGMOID, LOGIT):
             raise ModelLoadError(f"--binary-output takes {SIGMOID} or {LOGIT}, not {given!r}")
+        if kind not in (UNKNOWN, given):  # it is for what the model cannot say: a contradiction flips every label
+            raise ModelLoadError(f"{loaded.path.name}'s one output is a {kind}, read from the model: --binary-output "
+                                 f"{given} contradicts it (drop it)")
         loaded.notes.append(f"the one output is a {given}, as --binary-output says")
         return given
     if kind != UNKNOWN:

@@ -13,6 +13,7 @@ import numpy as np
 THROUGH = {"Identity", "Cast", "ResizeBilinear", "ResizeNearestNeighbor", "ResizeArea", "ResizeBicubic",
            "CropAndResize"}
 AFFINE = {"Mul", "AddV2", "Add", "BiasAdd", "Sub", "RealDiv", "Div"}
+SHAPE_ONLY = {"Shape", "ShapeN", "Size", "Rank"}
 
 
 def input_affine(fn, channels: int, limit: int = 32) -> tuple[np.ndarray, np.ndarray, bool] | None:
@@ -37,7 +38,8 @@ def input_affine(fn, channels: int, limit: int = 32) -> tuple[np.ndarray, np.nda
         return None
     t, scale, offset, flipped, found = inputs[0], np.ones(channels), np.zeros(channels), False, False
     for _ in range(limit):
-        nxt = users.get(t, [])
+        # what reads only the tensor's shape (`tf.reshape(h, [tf.shape(x)[0], -1])`) is no second use of its values
+        nxt = [u for u in users.get(t, []) if nodes[u].op not in SHAPE_ONLY]
         if len(nxt) != 1:
             break
         n = nodes[nxt[0]]

@@ -250,6 +250,9 @@ def _load_saved_model(p: Path, unsafe: bool, choice: sig.Choice) -> LoadedModel:
     fn, in_key, out_key = chosen.fn, chosen.input_name, chosen.output_name
     spec = list(fn.structured_input_signature[1].values())
     shape = spec[0].shape
+    if shape[1] in (1, 3) and shape[3] not in (None, 1, 3, 4):  # read as 3 high x 64 wide x 64 channels
+        raise ModelLoadError(f"SavedModel {p.name} takes channels-first images {tuple(shape)[1:]} (channels, height, "
+                             "width): tledge exports channels-last (NHWC) models")
 
     def call(x, training=False):
         return fn(**{in_key: tf.cast(x, spec[0].dtype)})[out_key]
@@ -264,6 +267,7 @@ def _load_saved_model(p: Path, unsafe: bool, choice: sig.Choice) -> LoadedModel:
     lm = LoadedModel(p, call, "saved_model", hw, int(shape[3] or 3), graph_mode(fn, int(shape[3] or 3)), None,
                      _last_dim(out_shape))
     lm._keep = obj  # keep the trackable alive
+    lm.integer_input = spec[0].dtype.name if spec[0].dtype.is_integer else None
     lm.opaque = binary.opaque(fn) or (None if lm.baked_mode else savedmodel.freeze_problem(fn))
     lm.notes += [n for n in (chosen.note, note) if n]
     return lm

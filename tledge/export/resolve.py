@@ -69,6 +69,13 @@ def _size(lm: LoadedModel, flag, base, base_from, src: dict) -> tuple[int, int]:
 
 def _norm(lm: LoadedModel, flag: str | None, flag_from: str, base, base_from, src: dict):
     """(mode, mode to add in front of the model or None)."""
+    if lm.integer_input and flag not in (None, "raw"):  # normalised pixels would be cast to integers inside
+        raise ContractError(f"{lm.path.name} takes {lm.integer_input} pixels: raw values 0..255, which it normalises "
+                            f"itself if at all; {flag_from} `{flag}` would be cast to {lm.integer_input} inside the "
+                            "file (drop it, or pass raw)")
+    if lm.integer_input and lm.baked_mode is None:
+        src["normalisation"] = f"the model's {lm.integer_input} input (raw pixels)"
+        return "raw", None
     if lm.baked_mode is not None:
         if flag not in (None, "raw", lm.baked_mode):  # raw: "the model normalises itself", which it does
             raise ContractError(f"{lm.path.name} normalises its input itself (a baked `{lm.baked_mode}` "

@@ -85,4 +85,12 @@ def choose(signatures, name: str, choice: Choice) -> Chosen:
         raise ModelLoadError(f"SavedModel {name}'s signature {key!r} has {len(outputs)} outputs "
                              f"({_listing(outputs)}): tledge exports one classifier output; choose it with "
                              f"--signature {key}:OUTPUT")
+    spec = fn.structured_outputs[out]
+    dtype = getattr(spec, "dtype", None)
+    if dtype is None or not dtype.is_floating:  # class ids, class names: no scores to compare or rank
+        floats = [k for k in outputs if getattr(getattr(fn.structured_outputs[k], "dtype", None), "is_floating",
+                                                False)]
+        raise ModelLoadError(f"SavedModel {name}'s output {out!r} of signature {key!r} is "
+                             f"{getattr(dtype, 'name', type(spec).__name__)}, not scores" +
+                             (f"; its float outputs: {_listing(floats)} (--signature {key}:OUTPUT)" if floats else ""))
     return Chosen(fn, key, list(inputs)[0], out, note)
