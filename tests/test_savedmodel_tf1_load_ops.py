@@ -4,6 +4,7 @@ saver's restore op depends on, that saves a checkpoint to a path of its own ran 
 followed too; the restore op's own RestoreV2 (the SavedModel's variables) stays allowed."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 tf = pytest.importorskip("tensorflow")
@@ -24,12 +25,14 @@ def _builder_savedmodel(path, marker, how):
         probs = tf.nn.softmax(tf.matmul(tf.reduce_mean(images, axis=[1, 2]) / 255.0, w))
         sess.run(v1.global_variables_initializer())
         save = gen_io_ops.save_v2(tf.constant(str(marker)), tf.constant(["x"]), tf.constant([""]),
-                                  [tf.constant("written at load")], name="evil_save") if how else None
+                                  [tf.constant("written at load")], name="evil_save") if marker else None
         sigs = {"serving_default": v1.saved_model.signature_def_utils.predict_signature_def(
             inputs={"images": images}, outputs={"probabilities": probs})}
         builder = v1.saved_model.Builder(str(path))
         main_op = tf.group(save, name="evil_init") if how == "main_op" else None
         builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map=sigs, main_op=main_op)
+        if how == "tags":  # a second MetaGraph (an Estimator exports one per mode): TensorFlow asks for `tags=`
+            builder.add_meta_graph(["serve", "gpu"], signature_def_map=sigs)
         builder.save()
         save_name = save.name if save is not None else None
     if how == "restore":  # the saver's restore op made to depend on the save
@@ -59,3 +62,12 @@ def test_a_save_at_load_is_refused_before_loading(how, tmp_path, shapes_dataset,
 def test_a_plain_builder_savedmodel_still_loads(tmp_path):
     model = _builder_savedmodel(tmp_path / "sm", None, None)
     assert find_acting_ops(model) == []  # its restore op reads its own variables (RestoreV2): expected
+
+
+def test_several_metagraphs_load_the_serving_one(tmp_path):
+    from tledge.export import loader
+
+    model = _builder_savedmodel(tmp_path / "sm", None, "tags")
+    lm = loader.load_model(model)  # was TensorFlow's "Pass a `tags=` argument", which tledge has no option for
+    x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
+    assert np.asarray(lm.model(x)).shape == (2, 2)

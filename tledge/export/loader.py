@@ -243,7 +243,8 @@ def _load_saved_model(p: Path, unsafe: bool, choice: sig.Choice) -> LoadedModel:
     if found and not unsafe:
         raise ModelLoadError(savedmodel.refusal(p, found))
     try:
-        obj = tf.saved_model.load(str(p))
+        tags = savedmodel.serving_tags(p)  # several MetaGraphs (an Estimator's export_all_saved_models): `serve`
+        obj = tf.saved_model.load(str(p), tags=tags) if tags else tf.saved_model.load(str(p))
     except Exception as exc:
         raise ModelLoadError(f"cannot load SavedModel {p}: {_first_line(str(exc))}") from None
     chosen = sig.choose(getattr(obj, "signatures", {}), p.name, choice)

@@ -170,6 +170,22 @@ def _called(node) -> list[str]:
     return names
 
 
+def serving_tags(folder: str | Path) -> list[str] | None:
+    """The tags of the MetaGraph to load when a SavedModel holds several (TensorFlow then asks for `tags=`): the one
+    tagged `serve` alone, else the first tagged `serve` among others; None for one MetaGraph (or none served)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel()
+    try:
+        sm.ParseFromString((Path(folder) / "saved_model.pb").read_bytes())
+    except Exception:  # noqa: BLE001 - find_acting_ops has said so already
+        return None
+    if len(sm.meta_graphs) < 2:
+        return None
+    tag_sets = [list(g.meta_info_def.tags) for g in sm.meta_graphs]
+    return next((t for t in tag_sets if t == ["serve"]), None) or next((t for t in tag_sets if "serve" in t), None)
+
+
 def freeze_problem(fn) -> str | None:
     """Why a signature's variables cannot be made constants (what every converter and the preprocessing reader
     do first), or None. A pruning wrapper left in (tfmot's prune_low_magnitude) assigns its mask in the serving
