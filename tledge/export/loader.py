@@ -373,11 +373,28 @@ def trace(lm: LoadedModel, contract: Contract, add_norm: str | None):
     return serve, concrete
 
 
+def check_any_batch(serve, contract: Contract, name: str) -> None:
+    """ONNX files take any batch (parity, calibration and clients feed several images): a SavedModel whose graph
+    fixes the batch (`tf.reshape(h, [1, -1])` under a [1, H, W, C] signature) gave a file that failed on batch 32
+    and ended an --int8 export in an onnxruntime traceback."""
+    x = np.zeros((2, contract.height, contract.width, contract.channels), np.float32)
+    try:
+        rows = np.asarray(serve(x)).shape[0]
+        why = None if rows == 2 else f"2 images in, {rows} rows out"
+    except Exception as exc:  # noqa: BLE001 - TensorFlow's InvalidArgumentError and friends
+        why = exc.__class__.__name__
+    if why:
+        raise ModelLoadError(f"SavedModel {name} runs one image at a time only (its graph fixes the batch: {why}): "
+                             "ONNX files take any batch; export the TFLite files alone with --formats tflite")
+
+
 def run_reference(fn: Callable, x: np.ndarray, batch: int = 32) -> np.ndarray:
     """The Keras (TensorFlow) reference outputs for prepared pixels. A model that fails on a batch (a SavedModel
     whose graph fixes the batch size at 1) is run image by image; one that fails on one image is a ModelLoadError."""
     try:
         outs = [np.asarray(fn(x[i:i + batch].astype(np.float32))) for i in range(0, len(x), batch)]
+        if any(o.shape[:1] != (len(x[i:i + batch]),) for o, i in zip(outs, range(0, len(x), batch))):
+            raise ValueError("a row per image expected")  # a graph that reshapes to [1, -1] gives one row for all
     except Exception as exc:  # TensorFlow's InvalidArgumentError and friends: the model's, not tledge's
         if batch == 1 or len(x) < 2:
             raise ModelLoadError(f"the model fails on the prepared images: {_first_line(str(exc))[:200]}") from None

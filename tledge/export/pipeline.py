@@ -99,6 +99,8 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
             labels = contracting.labels_for(cfg, lm)
             contract, add_norm = contracting.export_contract(cfg, lm, labels)
             serve, concrete = loader.trace(lm, contract, add_norm)
+            if lm.kind == "saved_model" and any(f.kind == "onnx" for f in chosen):
+                loader.check_any_batch(serve, contract, lm.path.name)
         steps, clock = {"load and trace": time.perf_counter() - clock}, time.perf_counter()
         with log.step("reading images and running the Keras model"):
             contract, val_x, val_y, val_files, reference, resize_note = _reference(cfg, contract, chosen, serve)
