@@ -231,3 +231,19 @@ def test_a_file_the_export_judged_is_judged_at_its_precision_again(tiny_model, t
     main(["parity", str(tiny_model["keras"]), str(loose / "model_fp32.tflite")] + args)
     (r,) = json.loads(capsys.readouterr().out)["results"]
     assert r["precision"] == "int8"
+
+
+def test_exports_of_one_model_at_two_sizes_are_each_checked_against_their_own_reference(shapes_dataset, tmp_path):
+    """Session 37: `tledge parity MODEL A B` traced the reference once, with A's contract: B's files, made at
+    another input size (or another SavedModel signature), failed against it."""
+    import keras
+
+    i = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(keras.layers.Rescaling(1 / 127.5, offset=-1)(i))
+    keras.Model(i, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))).save(
+        tmp_path / "dyn.keras")
+    for size in ("32x32", "40x40"):
+        assert main(["export", str(tmp_path / "dyn.keras"), "--input-size", size, "--formats", "tflite", "--val",
+                     str(shapes_dataset / "val"), "--out", str(tmp_path / size)]) == 0
+    assert main(["parity", str(tmp_path / "dyn.keras"), str(tmp_path / "32x32"), str(tmp_path / "40x40"),
+                 "--images", str(shapes_dataset / "val")]) == 0

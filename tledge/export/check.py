@@ -237,18 +237,32 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
     if preprocess and files and len(known) == len(files):  # used by nothing: `tledge run` refuses it the same way
         raise TledgeError(f"--preprocess {preprocess}: every exported file carries its contract (normalisation "
                           f"{known[0].norm.value}), and the reference is checked with it: drop --preprocess")
-    if signature is None and Path(reference).is_dir():
-        signature = _recorded(files, "signature")
-    lm = loader.load_model(reference, unsafe=unsafe, signature=signature,
-                           binary_output=binary_output or _recorded(files, "binary_output"))
-    contract, add = _reference_contract(lm, known[0] if known else None, preprocess)
-    serve, _ = loader.trace(lm, contract, add)
-    paths, y = _images(images, contract.labels, contract, limit)
-    inputs = _Inputs(paths)
-    ref = loader.run_reference(serve, inputs.for_contract(contract))
-    results = [check_file(f, c is not None, ref, inputs, labels=y, thresholds=thresholds or {},
-                          preprocess=preprocess, size=contract.size, threads=threads, name=name)
-               for f, c, name in zip(files, contracts, display_names(files))]
+    # one reference per export the files come from: its recorded signature and its contract's geometry (several
+    # export folders of one model at two sizes, or of two signatures, were all checked against the first one's)
+    groups: dict[tuple, list[int]] = {}
+    for i, (f, c) in enumerate(zip(files, contracts)):
+        sig = signature or (_recorded([f], "signature") if Path(reference).is_dir() else None)
+        groups.setdefault((sig, _prep_key(c) if c is not None else None), []).append(i)
+    groups = groups or {(signature, None): []}
+    results: list = [None] * len(files)
+    loaded: dict = {}
+    paths = y = lm = None
+    for (sig, _), members in groups.items():
+        if sig not in loaded:
+            loaded[sig] = loader.load_model(reference, unsafe=unsafe, signature=sig,
+                                            binary_output=binary_output or _recorded(files, "binary_output"))
+        lm = loaded[sig]
+        base = next((contracts[i] for i in members if contracts[i] is not None), known[0] if known else None)
+        contract, add = _reference_contract(lm, base, preprocess)
+        serve, _ = loader.trace(lm, contract, add)
+        if paths is None:
+            paths, y = _images(images, contract.labels, contract, limit)
+            inputs = _Inputs(paths)
+        ref = loader.run_reference(serve, inputs.for_contract(contract))
+        for i in members:
+            results[i] = check_file(files[i], contracts[i] is not None, ref, inputs, labels=y,
+                                    thresholds=thresholds or {}, preprocess=preprocess, size=contract.size,
+                                    threads=threads, name=display_names(files)[i])
     report = ParityReport(images=len(paths), results=results, reference=str(reference))
     for r in results:
         named = r.file.rsplit("/", 1)[-1].rsplit(".", 1)[0].rsplit("_", 1)[-1]
