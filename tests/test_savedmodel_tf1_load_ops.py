@@ -13,7 +13,7 @@ from tledge.cli import main  # noqa: E402
 from tledge.export.savedmodel import find_acting_ops  # noqa: E402
 
 
-def _builder_savedmodel(path, marker, how):
+def _builder_savedmodel(path, marker, how, as_text=False):
     from tensorflow.core.protobuf import saved_model_pb2
     from tensorflow.python.ops import gen_io_ops
 
@@ -33,7 +33,7 @@ def _builder_savedmodel(path, marker, how):
         builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map=sigs, main_op=main_op)
         if how == "tags":  # a second MetaGraph (an Estimator exports one per mode): TensorFlow asks for `tags=`
             builder.add_meta_graph(["serve", "gpu"], signature_def_map=sigs)
-        builder.save()
+        builder.save(as_text=as_text)
         save_name = save.name if save is not None else None
     if how == "restore":  # the saver's restore op made to depend on the save
         sm = saved_model_pb2.SavedModel()
@@ -71,3 +71,14 @@ def test_several_metagraphs_load_the_serving_one(tmp_path):
     lm = loader.load_model(model)  # was TensorFlow's "Pass a `tags=` argument", which tledge has no option for
     x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
     assert np.asarray(lm.model(x)).shape == (2, 2)
+
+
+def test_a_text_savedmodel_is_read_and_checked(tmp_path):
+    """`Builder.save(as_text=True)` writes saved_model.pbtxt, which TensorFlow loads: it was "not a SavedModel"."""
+    from tledge.export import loader
+
+    plain = _builder_savedmodel(tmp_path / "plain", None, None, as_text=True)
+    assert (plain / "saved_model.pbtxt").is_file() and not (plain / "saved_model.pb").exists()
+    assert np.asarray(loader.load_model(plain).model(np.zeros((1, 8, 8, 3), np.float32))).shape == (1, 2)
+    evil = _builder_savedmodel(tmp_path / "evil", tmp_path / "pwned" / "ckpt", "main_op", as_text=True)
+    assert [f.op for f in find_acting_ops(evil)] == ["SaveV2"]

@@ -104,7 +104,7 @@ def keras_model(path, flag: str = "MODEL") -> Path:
     """A .keras / .h5 / .hdf5 file (any case) or a SavedModel folder, checked without loading it."""
     p = expand(str(path))
     if p.is_dir():
-        if not (p / "saved_model.pb").is_file():
+        if not ((p / "saved_model.pb").is_file() or (p / "saved_model.pbtxt").is_file()):
             from tledge.artifacts import trained_model
 
             inside = trained_model(p)

@@ -38,7 +38,7 @@ def load_model(path: str | Path, *, unsafe: bool = False, signature: str | None 
     if signature is not None and not p.is_dir():
         raise ModelLoadError(f"--signature chooses a SavedModel's function; {p.name} is no SavedModel folder")
     if p.is_dir():
-        if not (p / "saved_model.pb").is_file():
+        if not ((p / "saved_model.pb").is_file() or (p / "saved_model.pbtxt").is_file()):
             raise ModelLoadError(f"{p} is a folder but not a SavedModel (no saved_model.pb)")
         loaded = _load_saved_model(p, unsafe, choice)
     elif p.suffix.lower() == ".keras":

@@ -68,6 +68,23 @@ class OpFinding:
     reason: str
 
 
+def read_proto(folder: str | Path, saved_model_pb2):
+    """The SavedModel proto of `folder`: saved_model.pb, or the text form TensorFlow also loads
+    (`Builder.save(as_text=True)`: saved_model.pbtxt), parsed; ModelLoadError when unreadable."""
+    from google.protobuf import text_format
+
+    sm = saved_model_pb2.SavedModel()
+    binary, text = Path(folder) / "saved_model.pb", Path(folder) / "saved_model.pbtxt"
+    try:
+        if binary.is_file():
+            sm.ParseFromString(binary.read_bytes())
+        else:
+            text_format.Parse(text.read_text(encoding="utf-8"), sm)
+    except Exception as exc:  # protobuf's DecodeError / ParseError and friends
+        raise ModelLoadError(f"cannot read {binary if binary.is_file() else text}: {str(exc)[:200]}") from None
+    return sm
+
+
 def find_acting_ops(folder: str | Path) -> list[OpFinding]:
     """Ops of the SavedModel at `folder` that act outside the model when they run."""
     from tledge._deps import require
@@ -75,11 +92,7 @@ def find_acting_ops(folder: str | Path) -> list[OpFinding]:
     require("tensorflow", extra="export")
     from tensorflow.core.protobuf import saved_model_pb2
 
-    sm = saved_model_pb2.SavedModel()
-    try:
-        sm.ParseFromString((Path(folder) / "saved_model.pb").read_bytes())
-    except Exception as exc:  # protobuf's DecodeError and friends
-        raise ModelLoadError(f"cannot read {folder}/saved_model.pb: {exc}") from None
+    sm = read_proto(folder, saved_model_pb2)
     found: list[OpFinding] = []
     for graph in sm.meta_graphs:
         functions = {f.signature.name: f for f in graph.graph_def.library.function}
@@ -175,10 +188,9 @@ def serving_tags(folder: str | Path) -> list[str] | None:
     tagged `serve` alone, else the first tagged `serve` among others; None for one MetaGraph (or none served)."""
     from tensorflow.core.protobuf import saved_model_pb2
 
-    sm = saved_model_pb2.SavedModel()
     try:
-        sm.ParseFromString((Path(folder) / "saved_model.pb").read_bytes())
-    except Exception:  # noqa: BLE001 - find_acting_ops has said so already
+        sm = read_proto(folder, saved_model_pb2)
+    except ModelLoadError:  # find_acting_ops has said so already
         return None
     if len(sm.meta_graphs) < 2:
         return None
