@@ -35,15 +35,19 @@ def test_a_mixed_precision_model_is_rebuilt_in_float32(mixed_model):
     np.testing.assert_allclose(np.asarray(lm.model(x)), np.asarray(original(x)), atol=5e-3)
 
 
-def test_its_tflite_file_converts(mixed_model, tmp_path):
+def _noise_folders(val):
     import cv2
 
-    path, _ = mixed_model
     rng = np.random.default_rng(1)
     for c in ("a", "b"):
-        (tmp_path / "val" / c).mkdir(parents=True)
+        (val / c).mkdir(parents=True)
         for k in range(4):
-            cv2.imwrite(str(tmp_path / "val" / c / f"{k}.png"), rng.integers(0, 256, (30, 30, 3), dtype=np.uint8))
+            cv2.imwrite(str(val / c / f"{k}.png"), rng.integers(0, 256, (30, 30, 3), dtype=np.uint8))
+
+
+def test_its_tflite_file_converts(mixed_model, tmp_path):
+    path, _ = mixed_model
+    _noise_folders(tmp_path / "val")
     rc = main(["export", str(path), "--formats", "tflite", "--val", str(tmp_path / "val"), "--out", str(tmp_path / "e")])
     assert rc == 0 and (tmp_path / "e" / "model_fp32.tflite").is_file()
 
@@ -51,8 +55,6 @@ def test_its_tflite_file_converts(mixed_model, tmp_path):
 def test_a_mixed_precision_savedmodel_is_rewritten_in_float32(mixed_model, tmp_path):
     """Session 37: the same model as a SavedModel (`model.export`) has no layers to rebuild; its float16 graph failed
     TFLite conversion the same way. The frozen graph is rewritten in float32 and checked to compute the same."""
-    import cv2
-
     _, original = mixed_model
     folder = tmp_path / "mixed_sm"
     original.export(str(folder), verbose=False)
@@ -62,11 +64,7 @@ def test_a_mixed_precision_savedmodel_is_rewritten_in_float32(mixed_model, tmp_p
     got = np.asarray(lm.model(x))
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, np.asarray(original(x)), atol=5e-3)
-    rng = np.random.default_rng(1)
-    for c in ("a", "b"):
-        (tmp_path / "val" / c).mkdir(parents=True)
-        for k in range(4):
-            cv2.imwrite(str(tmp_path / "val" / c / f"{k}.png"), rng.integers(0, 256, (30, 30, 3), dtype=np.uint8))
+    _noise_folders(tmp_path / "val")
     rc = main(["export", str(folder), "--formats", "tflite", "--val", str(tmp_path / "val"), "--out", str(tmp_path / "e")])
     assert rc == 0 and (tmp_path / "e" / "model_fp32.tflite").is_file()
 

@@ -60,12 +60,8 @@ def add_arguments(p) -> None:
     p.add_argument("--force", action="store_true",
                    help="--preprocess auto: export even when the best mode scores near chance")
     p.add_argument("--unsafe", action="store_true", help="allow code inside the model file (Lambda layers)")
-    p.add_argument("--signature", metavar="KEY[:OUTPUT]",
-                   help="a SavedModel's signature to export, and its output when it has several (default "
-                        "serving_default, else its only signature; its only output)")
-    p.add_argument("--binary-output", choices=("sigmoid", "logit"),
-                   help="what a one-output model's output is, when tledge cannot read it from the model (a JAX "
-                        "model.export() SavedModel): a sigmoid probability or a logit")
+    add_loading_options(p, "a SavedModel's signature to export, and its output when it has several (default "
+                           "serving_default, else its only signature; its only output)", "")
     p.add_argument("--json", action="store_true", help="print the parity report as JSON")
     from tledge.devices.options import add_device_argument
 
@@ -83,6 +79,14 @@ def _plan(args) -> tuple[tuple[str, ...], set[str], object]:
     opts = resolve(device_from_args(args), formats=list(formats) if formats else None,
                    precisions=sorted(flags | {"fp32"}) if flags else None)
     return formats or opts.formats, flags or (set(opts.precisions) - {"fp32"}), opts
+
+
+def add_loading_options(p, signature_help: str, default: str) -> None:
+    """--signature and --binary-output: how a SavedModel is loaded (export, and parity's reference)."""
+    p.add_argument("--signature", metavar="KEY[:OUTPUT]", help=signature_help)
+    p.add_argument("--binary-output", choices=("sigmoid", "logit"),
+                   help="what a one-output model's output is, when tledge cannot read it from the model (a JAX "
+                        f"model.export() SavedModel): a sigmoid probability or a logit{default}")
 
 
 def check_signature(text: str, model: Path, flag: str = "MODEL") -> None:

@@ -28,12 +28,10 @@ def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--junit", help="write JUnit XML (one test case per file)")  # str: keeps a trailing "/"
     p.add_argument("--unsafe", action="store_true", help="allow code inside the reference model file")
-    p.add_argument("--signature", metavar="KEY[:OUTPUT]",
-                   help="the reference SavedModel's signature and output (default: what the export recorded in "
-                        "manifest.json, else serving_default)")
-    p.add_argument("--binary-output", choices=("sigmoid", "logit"),
-                   help="what the reference's one output is when tledge cannot read it from the model (default: "
-                        "what the export recorded)")
+    from tledge.cli.export import add_loading_options
+
+    add_loading_options(p, "the reference SavedModel's signature and output (default: what the export recorded in "
+                           "manifest.json, else serving_default)", " (default: what the export recorded)")
 
 
 def _validate(args) -> None:
