@@ -247,3 +247,13 @@ def test_exports_of_one_model_at_two_sizes_are_each_checked_against_their_own_re
                      str(shapes_dataset / "val"), "--out", str(tmp_path / size)]) == 0
     assert main(["parity", str(tmp_path / "dyn.keras"), str(tmp_path / "32x32"), str(tmp_path / "40x40"),
                  "--images", str(shapes_dataset / "val")]) == 0
+
+
+def test_an_nchw_export_is_checked(tiny_model, shapes_dataset, tmp_path):
+    """The reference takes NHWC pixels whatever an ONNX file's layout: `tledge parity` fed the traced reference the
+    NCHW file's pixels and failed on every --layout nchw export (found in session 37)."""
+    out = tmp_path / "nchw"
+    assert main(["export", str(tiny_model["keras"]), "--layout", "nchw", "--val", str(shapes_dataset / "val"),
+                 "--out", str(out)]) == 0
+    assert main(["parity", str(tiny_model["keras"]), str(out / "model_fp32.onnx"), str(out / "model_fp32.tflite"),
+                 "--images", str(shapes_dataset / "val")]) == 0

@@ -141,7 +141,8 @@ def _reference_contract(lm, base, preprocess: str | None):
     if base is not None:  # the same geometry as the exported files
         contract = contract.replace(resize=base.resize, fit=base.fit, crop_fraction=base.crop_fraction,
                                     pad_value=base.pad_value)
-    return contract, add
+    return contract.replace(layout="nhwc"), add  # the traced reference takes NHWC (an NCHW ONNX file's contract
+    # fed it NCHW pixels: `tledge parity` failed on every --layout nchw export)
 
 
 def _prep_key(c) -> tuple:
@@ -242,7 +243,7 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
     groups: dict[tuple, list[int]] = {}
     for i, (f, c) in enumerate(zip(files, contracts)):
         sig = signature or (_recorded([f], "signature") if Path(reference).is_dir() else None)
-        groups.setdefault((sig, _prep_key(c) if c is not None else None), []).append(i)
+        groups.setdefault((sig, _prep_key(c.replace(layout="nhwc")) if c is not None else None), []).append(i)
     groups = groups or {(signature, None): []}
     results: list = [None] * len(files)
     loaded: dict = {}
