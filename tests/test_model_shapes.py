@@ -141,3 +141,22 @@ def test_multilabel_scores_are_said_to_be_independent_in_every_file(models, shap
     capsys.readouterr()
     assert main(["info", str(out / "model_fp32.onnx")]) == 0
     assert "probabilities (independent: a sigmoid each, multi-label)" in capsys.readouterr().out
+
+
+def test_a_hard_sigmoid_output_is_a_probability(tmp_path):
+    """Helper 98 (session 37): `Dense(1, activation="hard_sigmoid")` was read as a logit, a second sigmoid flipped
+    the labels (20 bees of 20 where the model said 17) and parity passed; --binary-output sigmoid was refused."""
+    import keras
+    tf_keras = pytest.importorskip("tf_keras")
+
+    i, x = _trunk(keras)
+    keras.Model(i, keras.layers.Dense(1, activation="hard_sigmoid")(keras.layers.GlobalAveragePooling2D()(x))).save(
+        tmp_path / "hs.keras")
+    L = tf_keras.layers
+    j = tf_keras.Input((32, 32, 3))
+    y = L.GlobalAveragePooling2D()(L.Conv2D(4, 3, activation="relu")(L.Rescaling(1 / 255.0)(j)))
+    tf_keras.Model(j, L.Dense(1, activation="hard_sigmoid")(y)).save(tmp_path / "hs_sm")  # a clip into 0..1
+    for name in ("hs.keras", "hs_sm"):
+        lm = loader.load_model(tmp_path / name)
+        assert lm.binary == binary.SIGMOID, name
+    assert loader.load_model(tmp_path / "hs.keras", binary_output="sigmoid").binary == binary.SIGMOID

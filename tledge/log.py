@@ -34,6 +34,7 @@ class Console:
         self.log_path: Path | None = None  # the file fd 2 goes to while a command runs
         self.keep: Path | None = None  # where the verb wants the log kept
         self.written = False  # the verb's outputs are in place (`outputs_written`): its log goes with them
+        self.displaced = False  # a failed run's log left in the temporary folder: the earlier run's stays
         self.logfile = None  # the open log while fd 2 goes to it (None with -v and outside `capture`)
         self.handler = None  # the root logging handler on `logfile` (`library_logging_to_log`)
         self._lock = threading.Lock()
@@ -296,9 +297,12 @@ def capture(c: Console, hook_warnings: bool | None = None):
         if refused is not None and (getattr(refused, "exit_code", None) == 2 or isinstance(refused, OSError)):
             c.keep = None
         stopped = isinstance(refused, KeyboardInterrupt) or type(refused).__name__ == "Terminated"
-        # a run stopped before its outputs were in place leaves the earlier run's log, which describes the files
-        # still there (its own stays in the temporary folder, named by `finish`)
-        if not (stopped and not c.written and c.keep is not None and c.keep.exists()):
+        # a run stopped or failed before its outputs were in place leaves the earlier run's log, which describes the
+        # files still there (its own stays in the temporary folder, named by `finish`): an export that converted
+        # nothing replaced the log of the export whose files it left
+        if refused is not None and not c.written and c.keep is not None and c.keep.exists():
+            c.displaced = True
+        else:
             _settle_log(c)
 
 
@@ -357,7 +361,7 @@ def finish(c: Console, crashed: bool, stopped: bool = False) -> None:
     log = c.log_path
     if log is None or c.keep == log or not log.exists():
         return
-    if (crashed or (stopped and c.keep is not None)) and log.stat().st_size:
+    if (crashed or c.displaced or (stopped and c.keep is not None)) and log.stat().st_size:
         c.say("note", f"TensorFlow's and other libraries' messages are in {log} (-v shows them)")
         return
     log.unlink()

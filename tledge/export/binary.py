@@ -25,8 +25,13 @@ def output_kind(model, output: str | None = None) -> str:
         act = final_activation(model)
         if act == CODE:  # a TensorFlow function or Lambda makes the output: the traced graph says
             return _graph_kind(traced(model))
-        return SIGMOID if act == "sigmoid" else LOGIT
+        return SIGMOID if act in PROBABILITY_ACTIVATIONS else LOGIT
     return _graph_kind(model, output)
+
+
+# activations whose output is a probability in 0..1 (hard_sigmoid: tf_keras's clip(0.2 x + 0.5, 0, 1), Keras 3's
+# relu6(x + 3) / 6): a one-output model with one of them was read as a logit and given a second sigmoid
+PROBABILITY_ACTIVATIONS = frozenset({"sigmoid", "hard_sigmoid"})
 
 
 CODE = "code"  # final_activation: the output comes from code (a TFOpLambda or Lambda) the config does not name
@@ -108,6 +113,7 @@ def _graph_kind(fn, output: str | None = None) -> str:
 
 
 def _walk(nodes: dict, library: dict, name: str, index: int, depth: int) -> str:
+    bounded: set[str] = set()  # Minimum / Maximum by a constant within 0..1 on the way (tf.clip_by_value's ops)
     for _ in range(256):
         node = nodes[name]
         if node.op in ("StatefulPartitionedCall", "PartitionedCall") and depth < 16:
@@ -116,10 +122,27 @@ def _walk(nodes: dict, library: dict, name: str, index: int, depth: int) -> str:
             inner = {n.name: n for n in f.node_def}
             name, index = _ref(ret, f)
             return _walk(inner, library, name, index, depth + 1) if name in inner else "?"
+        if node.op == "ClipByValue" and _bounds_in_0_1(nodes, node.input[1:3]):
+            return "Sigmoid"  # clipped into 0..1: a (hard) sigmoid's probability, whatever computed it
+        if node.op in ("Minimum", "Maximum") and len(node.input) == 2 and _bounds_in_0_1(nodes, node.input[1:]):
+            bounded.add(node.op)
+            if bounded == {"Minimum", "Maximum"}:
+                return "Sigmoid"
         if node.op not in _GRAPH_PASS or not node.input:
             return node.op
         name, index = _ref(node.input[0], None)
     return "?"
+
+
+def _bounds_in_0_1(nodes: dict, inputs) -> bool:
+    """Whether the nodes named by `inputs` are all constants within 0..1."""
+    try:
+        import tensorflow as tf
+
+        values = [tf.make_ndarray(nodes[_ref(i, None)[0]].attr["value"].tensor) for i in inputs]
+        return bool(values) and all(v.size and float(v.min()) >= 0.0 and float(v.max()) <= 1.0 for v in values)
+    except (KeyError, TypeError, ValueError, ImportError):
+        return False
 
 
 def _ref(ref: str, f) -> tuple[str, int]:
@@ -172,7 +195,7 @@ def one_output_kind(loaded, kind: str, given: str | None) -> str:
     if given is not None:
         if given not in (SIGMOID, LOGIT):
             raise ModelLoadError(f"--binary-output takes {SIGMOID} or {LOGIT}, not {given!r}")
-        if kind not in (UNKNOWN, given):  # it is for what the model cannot say: a contradiction flips every label
+        if kind == SIGMOID and given == LOGIT:  # a sigmoid the model shows: a second one would flip every label
             raise ModelLoadError(f"{loaded.path.name}'s one output is a {kind}, read from the model: --binary-output "
                                  f"{given} contradicts it (drop it)")
         loaded.notes.append(f"the one output is a {given}, as --binary-output says")

@@ -110,7 +110,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
         files, failed, seconds = _convert_all(chosen, serve, concrete, contract, calib, stage, cfg.int8_only)
         if not files:  # nothing to ship: the folder (an earlier export in it included) stays as it was
             why = [f"{r.file}: {r.failures[0].removeprefix('conversion failed: ')}" for r in failed]
-            raise NothingConverted(f"no model file converted ({'; '.join([why[0]] + [w[:200] for w in why[1:3]])}); "
+            raise NothingConverted(f"no model file converted ({'; '.join(why[:3])}); "
                                    f"{out} is left as it was" + (f"; the model: {lm.opaque}" if lm.opaque else ""))
         clock = time.perf_counter()
         with log.step(f"parity: {len(files)} file{'s' if len(files) != 1 else ''} on {len(val_x)} images"):
