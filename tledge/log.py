@@ -296,7 +296,6 @@ def capture(c: Console, hook_warnings: bool | None = None):
         refused = sys.exc_info()[1]  # bad input (exit 2) loses nothing: not the last run's log, not a new file
         if refused is not None and (getattr(refused, "exit_code", None) == 2 or isinstance(refused, OSError)):
             c.keep = None
-        stopped = isinstance(refused, KeyboardInterrupt) or type(refused).__name__ == "Terminated"
         # a run stopped or failed before its outputs were in place leaves the earlier run's log, which describes the
         # files still there (its own stays in the temporary folder, named by `finish`): an export that converted
         # nothing replaced the log of the export whose files it left
