@@ -60,6 +60,8 @@ def add_arguments(p) -> None:
     p.add_argument("--force", action="store_true",
                    help="--preprocess auto: export even when the best mode scores near chance")
     p.add_argument("--unsafe", action="store_true", help="allow code inside the model file (Lambda layers)")
+    from tledge.cli.parity import add_loading_options  # (parity's module: deploy bundles carry it, not this one)
+
     add_loading_options(p, "a SavedModel's signature to export, and its output when it has several (default "
                            "serving_default, else its only signature; its only output)", "")
     p.add_argument("--json", action="store_true", help="print the parity report as JSON")
@@ -79,27 +81,6 @@ def _plan(args) -> tuple[tuple[str, ...], set[str], object]:
     opts = resolve(device_from_args(args), formats=list(formats) if formats else None,
                    precisions=sorted(flags | {"fp32"}) if flags else None)
     return formats or opts.formats, flags or (set(opts.precisions) - {"fp32"}), opts
-
-
-def add_loading_options(p, signature_help: str, default: str) -> None:
-    """--signature and --binary-output: how a SavedModel is loaded (export, and parity's reference)."""
-    p.add_argument("--signature", metavar="KEY[:OUTPUT]", help=signature_help)
-    p.add_argument("--binary-output", choices=("sigmoid", "logit"),
-                   help="what a one-output model's output is, when tledge cannot read it from the model (a JAX "
-                        f"model.export() SavedModel): a sigmoid probability or a logit{default}")
-
-
-def check_signature(text: str, model: Path, flag: str = "MODEL") -> None:
-    """--signature KEY[:OUTPUT] is well formed and `model` a SavedModel folder (before anything loads)."""
-    from tledge.errors import ModelLoadError
-    from tledge.export.signature import Choice
-
-    if not model.is_dir():
-        raise TledgeError(f"--signature chooses a SavedModel's function; {flag} {model.name} is no SavedModel folder")
-    try:
-        Choice.parse(text)
-    except ModelLoadError as exc:
-        raise TledgeError(str(exc)) from None
 
 
 def _validate(args, notes: list[str]):
@@ -131,6 +112,8 @@ def _validate(args, notes: list[str]):
             raise TledgeError(f"the training run's {model.parent / TRAINING_SPLIT}/ no longer leads to its images "
                               "(the data folder moved or was deleted): pass --calib DIR and --val DIR")
     if args.signature is not None:
+        from tledge.cli.parity import check_signature
+
         check_signature(args.signature, model)
     V.output_dir(out, "--out")
     foreign = not_an_export(out)  # someone else's files of the names export writes: never replaced

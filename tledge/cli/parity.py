@@ -28,10 +28,29 @@ def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--junit", help="write JUnit XML (one test case per file)")  # str: keeps a trailing "/"
     p.add_argument("--unsafe", action="store_true", help="allow code inside the reference model file")
-    from tledge.cli.export import add_loading_options
-
     add_loading_options(p, "the reference SavedModel's signature and output (default: what the export recorded in "
                            "manifest.json, else serving_default)", " (default: what the export recorded)")
+
+
+def add_loading_options(p, signature_help: str, default: str) -> None:
+    """--signature and --binary-output: how a SavedModel is loaded (export, and parity's reference)."""
+    p.add_argument("--signature", metavar="KEY[:OUTPUT]", help=signature_help)
+    p.add_argument("--binary-output", choices=("sigmoid", "logit"),
+                   help="what a one-output model's output is, when tledge cannot read it from the model (a JAX "
+                        f"model.export() SavedModel): a sigmoid probability or a logit{default}")
+
+
+def check_signature(text: str, model: Path, flag: str = "MODEL") -> None:
+    """--signature KEY[:OUTPUT] is well formed and `model` a SavedModel folder (before anything loads)."""
+    from tledge.errors import ModelLoadError
+    from tledge.export.signature import Choice
+
+    if not model.is_dir():
+        raise TledgeError(f"--signature chooses a SavedModel's function; {flag} {model.name} is no SavedModel folder")
+    try:
+        Choice.parse(text)
+    except ModelLoadError as exc:
+        raise TledgeError(str(exc)) from None
 
 
 def _validate(args) -> None:
@@ -58,8 +77,6 @@ def _validate(args) -> None:
             raise TledgeError("--device and --threads go with --golden")
         model = V.keras_model(args.reference, "REFERENCE")
         if args.signature is not None:
-            from tledge.cli.export import check_signature
-
             check_signature(args.signature, model, "REFERENCE")
         V.edge_models(args.exported, "EXPORTED")
         V.input_dir(args.images, "--images")
