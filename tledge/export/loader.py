@@ -373,21 +373,6 @@ def trace(lm: LoadedModel, contract: Contract, add_norm: str | None):
     return serve, concrete
 
 
-def check_any_batch(serve, contract: Contract, name: str) -> None:
-    """ONNX files take any batch (parity, calibration and clients feed several images): a SavedModel whose graph
-    fixes the batch (`tf.reshape(h, [1, -1])` under a [1, H, W, C] signature) gave a file that failed on batch 32
-    and ended an --int8 export in an onnxruntime traceback."""
-    x = np.zeros((2, contract.height, contract.width, contract.channels), np.float32)
-    try:
-        rows = np.asarray(serve(x)).shape[0]
-        why = None if rows == 2 else f"2 images in, {rows} rows out"
-    except Exception as exc:  # noqa: BLE001 - TensorFlow's InvalidArgumentError and friends
-        why = exc.__class__.__name__
-    if why:
-        raise ModelLoadError(f"SavedModel {name} runs one image at a time only (its graph fixes the batch: {why}): "
-                             "ONNX files take any batch; export the TFLite files alone with --formats tflite")
-
-
 def run_reference(fn: Callable, x: np.ndarray, batch: int = 32) -> np.ndarray:
     """The Keras (TensorFlow) reference outputs for prepared pixels. A model that fails on a batch (a SavedModel
     whose graph fixes the batch size at 1) is run image by image; one that fails on one image is a ModelLoadError."""

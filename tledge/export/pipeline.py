@@ -14,7 +14,7 @@ import numpy as np
 from tledge.contract import Contract
 from tledge.export.contracting import output_kind  # noqa: F401 (re-exported)
 from tledge.errors import DataError, NothingConverted, TledgeError, TledgeWarning
-from tledge.export import contracting
+from tledge.export import contracting, savedmodel
 from tledge.export import formats as F
 from tledge.export import imagesets
 from tledge.export.parity import ParityReport, ParityResult, Thresholds, check_files, unconfirmed
@@ -100,7 +100,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
             contract, add_norm = contracting.export_contract(cfg, lm, labels)
             serve, concrete = loader.trace(lm, contract, add_norm)
             if lm.kind == "saved_model" and any(f.kind == "onnx" for f in chosen):
-                loader.check_any_batch(serve, contract, lm.path.name)
+                savedmodel.check_any_batch(serve, contract, lm.path.name)
         steps, clock = {"load and trace": time.perf_counter() - clock}, time.perf_counter()
         with log.step("reading images and running the Keras model"):
             contract, val_x, val_y, val_files, reference, resize_note = _reference(cfg, contract, chosen, serve)

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from tledge.errors import ModelLoadError
 
 # op type -> what it does when the graph runs
@@ -214,6 +216,21 @@ def freeze_problem(fn) -> str | None:
                 "(tfmot.sparsity.keras.strip_pruning(model) before saving)") if re.search(r"Assign\w*VariableOp", text) else \
             f"{exc.__class__.__name__}: {text.strip().splitlines()[0][:160] if text.strip() else ''}"
         return f"its serving function cannot be frozen ({hint})"
+
+
+def check_any_batch(serve, contract, name: str) -> None:
+    """ONNX files take any batch (parity, calibration and clients feed several images): a SavedModel whose graph
+    fixes the batch (`tf.reshape(h, [1, -1])` under a [1, H, W, C] signature) gave a file that failed on batch 32
+    and ended an --int8 export in an onnxruntime traceback."""
+    x = np.zeros((2, contract.height, contract.width, contract.channels), np.float32)
+    try:
+        rows = np.asarray(serve(x)).shape[0]
+        why = None if rows == 2 else f"2 images in, {rows} rows out"
+    except Exception as exc:  # noqa: BLE001 - TensorFlow's InvalidArgumentError and friends
+        why = exc.__class__.__name__
+    if why:
+        raise ModelLoadError(f"SavedModel {name} runs one image at a time only (its graph fixes the batch: {why}): "
+                             "ONNX files take any batch; export the TFLite files alone with --formats tflite")
 
 
 def refusal(folder: str | Path, found: list[OpFinding]) -> str:
