@@ -309,6 +309,23 @@ def test_calibrating_on_a_handful_of_images_warns(tiny_model, shapes_dataset, tm
              "--calib", few.parent, "--val", shapes_dataset / "val", "--out", tmp_path / "o")
 
 
+def test_calib_images_check_parity_without_int8(tiny_model, shapes_dataset, tmp_path, capsys):
+    """`tledge export MODEL --calib DIR` (no --int8, no --val) was refused after loading with 'pass --val DIR (or
+    --calib DIR)': the --calib folder is what parity runs on then, as the message says."""
+    import shutil
+
+    model = tmp_path / "m" / "model.keras"  # away from any training run's split/ links
+    model.parent.mkdir()
+    shutil.copy(tiny_model["keras"], model)
+    assert _run(capsys, "export", model, "--formats", "tflite", "--calib", shapes_dataset / "val", "--out",
+                tmp_path / "o")[0] == 0
+    import json
+
+    parity = json.loads((tmp_path / "o" / "parity.json").read_text())
+    n = sum(1 for c in (shapes_dataset / "val").iterdir() for _ in c.iterdir())
+    assert parity["passed"] and [r["images"] for r in parity["results"]] == [n]
+
+
 def test_cropping_an_extreme_strip_does_not_resize_all_of_it():
     """--fit crop resized a 1x20000 strip to 256x5120000 (4.3 GB) before cropping it."""
     import resource

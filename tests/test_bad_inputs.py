@@ -200,6 +200,8 @@ CASES = [
     Case("export-preprocess-auto-without-val", lambda t: ["export", h5(t), "--preprocess", "auto"],
          "--preprocess auto needs labelled --val images"),
     Case("export-int8-without-images", lambda t: ["export", h5(t), "--int8"], "--int8 needs calibration images"),
+    Case("export-without-images", lambda t: ["export", h5(t)], "parity needs real images: pass --val DIR"),
+    Case("export-calib-random-without-int8", lambda t: ["export", h5(t), "--calib", "random"], "--calib random is noise"),
     Case("export-int8-only-without-int8", lambda t: export(t, "--int8-only"), "--int8-only is about int8 files"),
     Case("export-folders-contradict-model-labels", lambda t: _foreign_labels(t), "match none of the model's 2 labels"),
     # ---- run ---------------------------------------------------------------------------------------------

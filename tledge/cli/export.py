@@ -18,7 +18,8 @@ def add_arguments(p) -> None:
     p.add_argument("--fp16", action="store_true", help="also fp16 TFLite")
     p.add_argument("--dynamic", action="store_true", help="also dynamic-range TFLite")
     p.add_argument("--formats", default=None, help="comma list of tflite, onnx (default both)")
-    p.add_argument("--calib", help="calibration images folder for int8 (or 'random' for smoke tests)")
+    p.add_argument("--calib", help="calibration images folder for int8 (or 'random' for smoke tests); parity's images "
+                   "too when there is no --val")
     p.add_argument("--val", help="labelled validation images (class folders) for parity and accuracy")
     p.add_argument("--labels", help="labels file: one per line, or Teachable Machine '0 name' lines")
     p.add_argument("--preprocess", help="mode (tf, caffe, torch, scale, raw), backbone name, or auto")

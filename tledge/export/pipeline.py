@@ -286,6 +286,8 @@ def _check_calibration_source(cfg: ExportConfig, chosen: Sequence[F.Format]) -> 
     if any(f.precision == "int8" for f in chosen) and not (cfg.calib or cfg.val):
         raise DataError("--int8 needs calibration images: pass --calib DIR (or --val DIR). "
                         "--calib random calibrates on noise and is only for smoke tests.")
+    if not cfg.val and (not cfg.calib or cfg.calib == "random" and not _needs_calibration(cfg, chosen)):
+        _val_images(cfg, None, chosen)  # its message, before the model loads
 
 
 def _check_numbers(cfg: ExportConfig) -> None:
@@ -346,9 +348,11 @@ def _val_images(cfg: ExportConfig, contract: Contract, chosen):
     """(pixels, labels or None, files or None) parity runs on: --val, else the --calib folder."""
     if cfg.val:
         return imagesets.load_images(cfg.val, contract, cfg.val_limit, contract.labels)
-    if _needs_calibration(cfg, chosen) and cfg.calib == "random":
-        return _noise(contract), None, None
-    if _needs_calibration(cfg, chosen):
+    if cfg.calib == "random":
+        if _needs_calibration(cfg, chosen):
+            return _noise(contract), None, None
+        raise DataError("parity needs real images: pass --val DIR (--calib random is noise, for int8 smoke tests)")
+    if cfg.calib:  # without int8 too: the message below offers it (it was ignored, and the export refused)
         return imagesets.load_images(cfg.calib, contract, cfg.val_limit, contract.labels)
     raise DataError("parity needs real images: pass --val DIR (or --calib DIR)")
 
