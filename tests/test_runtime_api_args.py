@@ -32,12 +32,43 @@ def test_a_delegate_that_will_not_load_is_a_model_load_error(recwarn):
     assert load(TINY / "model_int8.tflite", delegates=None).classify(IMAGES[0])
 
 
-def test_info_after_close_is_a_model_run_error():
-    need("onnx")
-    m = load(TINY / "model_int8.onnx")
+@pytest.mark.parametrize("name", ["model_int8.onnx", "model_int8.tflite"])
+def test_info_after_close_is_a_model_run_error(name):
+    """ONNX raised and TFLite answered, where close() says every later call raises."""
+    need(name.rsplit(".", 1)[1])
+    m = load(TINY / name)
     m.close()
     with pytest.raises(ModelRunError, match="is closed"):
         m.info()
+
+
+@pytest.mark.parametrize("name", ["model_int8.onnx", "model_fp32.onnx", "model_int8.tflite", "model_fp32.tflite"])
+def test_predict_refuses_nan_on_every_file(name):
+    """The int8 ONNX file (float input, QuantizeLinear inside) turned NaN into a number and answered."""
+    need(name.rsplit(".", 1)[1])
+    m = load(TINY / name)
+    x = m.prepare(IMAGES[0])[None].astype(np.float32)  # uint8 raw pixels for the int8 TFLite file
+    x[0, :4] = np.nan
+    with pytest.raises(ArgumentError, match="NaN"):
+        m.predict(x)
+    assert m.predict(m.prepare(IMAGES[0])[None]).shape[0] == 1
+
+
+def test_nested_lists_are_one_image_and_a_0_1_resize_overshoot_is_clipped():
+    """A JSON body's image (rgb.tolist()) gave one result per row (each row a grey image); a 0..1 float image with
+    a cubic resize's overshoot below 0 was refused where its 0..255 twin was clipped."""
+    import cv2
+
+    need("tflite")
+    m = load(TINY / "model_fp32.tflite")
+    rgb = cv2.cvtColor(cv2.imread(str(IMAGES[0])), cv2.COLOR_BGR2RGB)
+    want = m.classify(rgb)
+    assert m.classify(rgb.tolist()) == want
+    assert [r[0].index for r in m.classify([rgb.tolist(), rgb.tolist()])] == [want[0].index] * 2
+    small = cv2.resize(rgb.astype(np.float32) / 255, (24, 24), interpolation=cv2.INTER_CUBIC)
+    big = cv2.resize(rgb.astype(np.float32), (24, 24), interpolation=cv2.INTER_CUBIC)
+    assert small.min() < 0 or small.max() > 1  # the overshoot this is about
+    assert m.classify(small)[0].index == m.classify(big)[0].index
 
 
 @pytest.mark.parametrize("batch", [0, -1, 1.5, None, "a"])

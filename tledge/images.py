@@ -106,6 +106,14 @@ def one_image(x) -> bool:
             return False
         raise ImageError(f"an array of shape {x.shape} is neither an image (HxW, HxWx1, HxWx3, HxWx4: channels "
                          "last) nor a batch of them (NxHxWxC)")
+    if isinstance(x, (list, tuple)) and x and isinstance(x[0], (list, tuple)):
+        # nested lists of numbers (a JSON body's image): an array by its shape (each row was read as a grey image)
+        try:
+            a = np.asarray(x)
+        except ValueError as exc:
+            raise ImageError(f"nested lists of different lengths are no image: {exc}") from None
+        if a.dtype.kind in "uifb":
+            return one_image(a)
     if x is None or not hasattr(x, "__iter__"):
         raise ImageError(f"expected an image (a path, encoded bytes, a binary file, a PIL image or an array) or a "
                          f"sequence of them, got {type(x).__name__}")
@@ -160,7 +168,7 @@ def to_uint8_rgb(img: np.ndarray, *, bgr: bool = False) -> np.ndarray:
         lo, hi = float(a.min()), float(a.max())
         top = 255.0 if hi > 1.5 else 1.0
         # normalised values (-1..1, mean/std: negative, and small for pixels) or 16-bit data were clipped
-        if lo < -0.25 * top or hi > 1.25 * top or (lo < 0 and hi < 16):
+        if lo < -0.25 * top or hi > 1.25 * top or (top > 1 and lo < 0 and hi < 16):  # 0..1 overshoot: clipped
             raise ImageError(f"a float image holds {lo:g}..{hi:g}: expected pixels in 0..1 or 0..255 (a resize's "
                              "overshoot is clipped), not normalised or 16-bit values")
         a = np.clip(np.round(a * (255.0 / top)), 0, 255).astype(np.uint8)

@@ -54,6 +54,7 @@ class EdgeModel:
             self._in_quant = None  # prepared raw pixels are the tensor's values already
         self._out_quant = backend.out.quant
         self._lut = _lookup_table(contract, inp, self._in_quant)
+        self._closed = False
         batch = inp.shape[0] if inp.shape else -1
         self.fixed_batch = int(batch) if isinstance(batch, int) and batch > 0 else None
         if self.fixed_batch and self.fixed_batch > 1:
@@ -63,6 +64,7 @@ class EdgeModel:
     def close(self) -> None:
         """Release the interpreter or session (and the model file it holds); later calls raise ModelRunError."""
         self.backend.close()
+        self._closed = True
 
     def __enter__(self) -> "EdgeModel":
         return self
@@ -147,6 +149,8 @@ class EdgeModel:
         if x.dtype.kind not in "biuf":
             raise ModelRunError(f"predict() takes prepared images as numbers (contract.prepare's output with a batch "
                                 f"axis), got an array of {x.dtype} (images go through classify())")
+        if x.dtype.kind == "f" and not np.isfinite(x).all():  # a float ONNX input quantised NaN to a number
+            raise ArgumentError("the input holds NaN or infinite values")
         if x.ndim == 3:
             x = x[None]
         return self.run_inputs(self.quantize(x))
@@ -220,6 +224,8 @@ class EdgeModel:
 
     # ---- description ------------------------------------------------------------------------------
     def info(self) -> dict:
+        if self._closed:  # as every other call (the ONNX session's metadata raised, a TFLite file's did not)
+            raise ModelRunError(f"{self.path.name} is closed")
         b = self.backend
         d = {"path": str(self.path), "format": self.format, "size_bytes": self.path.stat().st_size,
              "backend": {"tflite": "tflite", "onnx": "onnxruntime"}[self.format], "provider": b.provider,
