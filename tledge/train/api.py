@@ -220,7 +220,9 @@ def _worker_result(cfg: TrainConfig, run, plan, contract, t0: float, log) -> Tra
     metrics = {"role": f"{run.topo.cluster.name(run.topo.cluster.rank)} of {run.topo.cluster.workers}",
                "files": {}, "history": run.state["history"], "val_images": int(len(run.data.yv)),
                "wall_time_s": wall, "distribution": _distribution(cfg, run.topo)}
-    log(f"{metrics['role']}: done in {wall:.0f}s; the chief (worker 0) writes {cfg.out}/")
+    # the chief's --out may be another folder (or machine): this worker's was named as the chief's, and stays absent
+    log(f"{metrics['role']}: done in {wall:.0f}s; the chief (worker 0) writes the model into its own --out, this "
+        "worker writes nothing")
     return TrainResult(cfg.out, cfg.out / "model.keras", _h5(cfg.out), contract, plan.classes,
                        float(last.get("val_accuracy", float("nan"))), wall, metrics)
 
