@@ -176,7 +176,8 @@ def mediapipe_limits(contract) -> str | None:
     """What MediaPipe Tasks' ImageClassifier does with files of this contract, known without running it."""
     if contract.channels == 1:
         return ("MediaPipe Tasks' ImageClassifier refuses 1-channel models (\"Only RGB color space is supported\", "
-                "mediapipe 1.2.3); LiteRT, ONNX Runtime and tledge run read these files")
+                "mediapipe 1.2.3), and so does the TFLite Task Library's (tflite-support 0.4.4); LiteRT, ONNX Runtime "
+                "and tledge run read these files")
     mp = (contract.extra.get("resize_by_client") or {}).get("mediapipe") or {}
     if mp.get("agreement") == "differs":
         return (f"MediaPipe Tasks resizes every image itself ({mp.get('resize')}, {mp.get('fit')}), not as this "

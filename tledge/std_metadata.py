@@ -23,10 +23,11 @@ IDENTIFIER = b"M001"
 MIN_PARSER_VERSION = "1.0.0"
 
 # enums
-FILE_DESCRIPTIONS, FILE_TENSOR_AXIS_LABELS, FILE_TENSOR_VALUE_LABELS = 1, 2, 3
+FILE_DESCRIPTIONS, FILE_TENSOR_AXIS_LABELS, FILE_TENSOR_VALUE_LABELS, FILE_SCORE_CALIBRATION = 1, 2, 3, 4
 COLOR_SPACES = {0: "unknown", 1: "rgb", 2: "gray"}
 CONTENT_FEATURE, CONTENT_IMAGE = 1, 2
-PROCESS_NORMALIZATION = 1
+PROCESS_NORMALIZATION, PROCESS_SCORE_CALIBRATION = 1, 2
+SCORE_TRANSFORMATIONS = {0: "identity", 1: "log", 2: "inverse_logistic"}
 # table slots
 MODEL = dict(name=0, description=1, version=2, subgraphs=3, author=4, license=5, files=6, min_parser_version=7)
 SUBGRAPH = dict(name=0, description=1, inputs=2, outputs=3, files=4)
@@ -36,6 +37,7 @@ IMAGE = dict(color_space=0, default_size=1)
 FILE = dict(name=0, description=1, type=2, locale=3)
 PROCESS_UNIT = dict(options_type=0, options=1)
 NORMALIZATION = dict(mean=0, std=1)
+SCORE_CALIBRATION = dict(score_transformation=0, default_score=1)
 STATS = dict(max=0, min=1)
 
 
@@ -58,6 +60,7 @@ class TensorMd:
     stats_min: tuple[float, ...] | None = None
     stats_max: tuple[float, ...] | None = None
     files: tuple[AssociatedFile, ...] = ()
+    calibration: tuple[str, float] | None = None  # ScoreCalibrationOptions: (transformation, default_score)
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,28 @@ class StandardMetadata:
             if f.name in self.packed:
                 return labels_from_text(self.packed[f.name])
         return ()
+
+    def score_calibration(self, output: int = 0) -> dict | None:
+        """An output's ScoreCalibrationOptions with its TENSOR_AXIS_SCORE_CALIBRATION file, as the Task Library
+        reads them: {"transformation", "default_score", "sigmoids": one [scale, slope, offset, min_score or None]
+        per class, None for an empty line (that class gets the default score)}; None when there is none. ValueError
+        for a file it cannot read."""
+        if output >= len(self.outputs) or self.outputs[output].calibration is None:
+            return None
+        transformation, default = self.outputs[output].calibration
+        names = [f.name for f in self.outputs[output].files if f.type == FILE_SCORE_CALIBRATION]
+        raw = next((self.packed[n] for n in names if n in self.packed), None)
+        if raw is None:
+            raise ValueError("score calibration without its calibration file")
+        sigmoids: list = []
+        text = raw.decode("utf-8", "replace")
+        for i, line in enumerate((text[:-1] if text.endswith("\n") else text).split("\n")):
+            parts = line.strip().split(",") if line.strip() else []
+            if parts and len(parts) not in (3, 4):
+                raise ValueError(f"line {i + 1} of {names[0]} has {len(parts)} values, not 3 or 4")
+            nums = [float(v) for v in parts]  # ValueError for what is no number
+            sigmoids.append((nums + [None] * (4 - len(nums))) if nums else None)
+        return {"transformation": transformation, "default_score": default, "sigmoids": sigmoids}
 
 
 def labels_from_text(raw: bytes) -> tuple[str, ...]:
@@ -111,7 +136,7 @@ def parse(meta: bytes, packed: dict | None = None) -> StandardMetadata:
 
 
 def _tensor(t: Table) -> TensorMd:
-    kind, color, mean, std = 0, None, None, None
+    kind, color, mean, std, calibration = 0, None, None, None, None
     content = t.table(TENSOR["content"])
     if content is not None:
         kind, props = content.union(CONTENT["properties_type"])
@@ -122,10 +147,14 @@ def _tensor(t: Table) -> TensorMd:
         if utype == PROCESS_NORMALIZATION and opts is not None and mean is None:
             mean = tuple(opts.scalars(NORMALIZATION["mean"], "f")) or None
             std = tuple(opts.scalars(NORMALIZATION["std"], "f")) or None
+        if utype == PROCESS_SCORE_CALIBRATION and opts is not None:  # the Task Library applies it to the scores
+            kind = opts.scalar(SCORE_CALIBRATION["score_transformation"], "b", 0)
+            calibration = (SCORE_TRANSFORMATIONS.get(kind, f"unknown ({kind})"),
+                           float(opts.scalar(SCORE_CALIBRATION["default_score"], "f", 0.0)))
     stats = t.table(TENSOR["stats"])
     return TensorMd(
         name=t.string(TENSOR["name"]) or "", description=t.string(TENSOR["description"]) or "", content=kind,
-        color_space=color, mean=mean, std=std,
+        color_space=color, mean=mean, std=std, calibration=calibration,
         stats_min=(tuple(stats.scalars(STATS["min"], "f")) or None) if stats else None,
         stats_max=(tuple(stats.scalars(STATS["max"], "f")) or None) if stats else None,
         files=tuple(AssociatedFile(f.string(FILE["name"]) or "", f.scalar(FILE["type"], "b", 0),

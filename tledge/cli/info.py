@@ -127,6 +127,11 @@ def describe(info: dict) -> list[str]:
     independent = isinstance(c.get("extra"), dict) and c["extra"].get("scores") == INDEPENDENT
     lines.append(f"  output   {c['output']}" + (" (independent: a sigmoid each, multi-label)" if independent else ""))
     extra = {k: v for k, v in (c.get("extra") or {}).items() if v is not None}
+    cal = extra.pop("score_calibration", None)
+    if isinstance(cal, dict):  # a TFLite Support file's: the scores shown are calibrated
+        n = sum(s is not None for s in cal.get("sigmoids", []))
+        lines.append(f"  scores   calibrated by the file's score calibration ({cal.get('transformation')}, "
+                     f"{n} sigmoid(s), default score {cal.get('default_score'):g}), as the TFLite Task Library does")
     if extra:  # e.g. the ONNX quantisation types, the int8 repair the export applied
         lines.append("  extra    " + ", ".join(f"{k}={v}" for k, v in sorted(extra.items())))
     labels = c["labels"]

@@ -85,6 +85,7 @@ def infer_contract(inp, out=None, standard: StandardMetadata | None = None, prod
         extra = {"origin": STANDARD_ORIGIN, "metadata_name": standard.name or None}
         if not labels:
             labels = _standard_labels(standard, out, extra)
+        _score_calibration(standard, out, extra)
     base: dict[str, Any] = dict(height=h, width=w, channels=c, layout=layout,
                                 color=ColorOrder.GRAY if c == 1 else ColorOrder(options.get("color", "rgb")),
                                 input_quant=inp.quant, output_quant=getattr(out, "quant", None),
@@ -192,6 +193,49 @@ def _standard_labels(standard: StandardMetadata, out, extra: dict) -> tuple[str,
         extra["labels_ignored"] = f"{len(labels)} labels in the metadata for {n_out} outputs"
         return ()
     return labels
+
+
+def _score_calibration(standard: StandardMetadata, out, extra: dict) -> None:
+    """extra["score_calibration"]: the output's TFLite Support score calibration, which the Task Library applies
+    (`calibrated`); `tledge run` ranked the uncalibrated scores (another top-1, exit 0). One it cannot apply is
+    said and left out."""
+    try:
+        cal = standard.score_calibration()
+    except ValueError as exc:
+        cal, why = None, str(exc)
+    else:
+        n_out = (class_count(out) if out is not None else None) or -1
+        why = None if cal is None or len(cal["sigmoids"]) == n_out else \
+            f"{len(cal['sigmoids'])} calibration lines for {n_out} outputs"
+        why = why or (f"transformation {cal['transformation']}" if cal and "unknown" in cal["transformation"] else None)
+    if why:
+        warnings.warn(f"the file's score calibration is not applied: {why}", TledgeWarning, stacklevel=5)
+        extra["score_calibration_ignored"] = why
+    elif cal is not None:
+        extra["score_calibration"] = cal
+
+
+def calibrated(y: np.ndarray, cal: dict) -> np.ndarray:
+    """Scores through TFLite Support's score calibration, as the Task Library computes them: per class
+    scale / (1 + exp(-(slope * g(score) + offset))), g the identity, a log or an inverse logistic (logs clamped
+    below 1e-16 as it does), and the default score for a class with no sigmoid or a score under its minimum."""
+    y = np.asarray(y, np.float64)
+    floor = 1e-16
+
+    def log(x):  # the Task Library's ClampedLog: anti-symmetric about the floor, no log of 0
+        return np.where(x < floor, 2 * np.log(floor) - np.log(np.maximum(2 * floor - x, floor)),
+                        np.log(np.maximum(x, floor)))
+
+    g = {"identity": lambda x: x, "log": log, "inverse_logistic": lambda x: log(x) - log(1 - x)}[cal["transformation"]]
+    out = np.full(y.shape, float(cal["default_score"]), np.float64)
+    for j, s in enumerate(cal["sigmoids"][:y.shape[1]]):
+        if s is None:
+            continue
+        scale, slope, offset, least = s
+        z = slope * g(y[:, j]) + offset
+        v = scale / (1 + np.exp(-z))
+        out[:, j] = v if least is None else np.where(y[:, j] < least, out[:, j], v)
+    return out.astype(np.float32)
 
 
 def _normalisation(inp, options: dict, standard: StandardMetadata | None = None, producer: str = "") -> dict:

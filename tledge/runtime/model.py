@@ -19,7 +19,7 @@ import numpy as np
 from tledge.contract import METADATA_KEY, ColorOrder, Contract, Layout, Norm, Output
 from tledge.errors import ArgumentError, ContractError, ModelLoadError, ModelRunError
 from tledge.runtime.backends import MAX_THREADS, TensorInfo, open_backend
-from tledge.runtime.foreign import (STANDARD_ORIGIN, check_fits, class_count, complete,  # noqa: F401
+from tledge.runtime.foreign import (STANDARD_ORIGIN, calibrated, check_fits, class_count, complete,  # noqa: F401
                                     infer_contract, infer_for_file, labels_option, read_standard)
 
 
@@ -200,6 +200,8 @@ class EdgeModel:
         one-score model (a sigmoid, or its logit) gives `[1 - p, p]`: p is the probability of the second
         label, as Keras' binary classifiers and tledge's exported files have it."""
         y = np.asarray(outputs, np.float32).reshape(len(outputs), -1)
+        if self.contract.extra.get("score_calibration"):  # a file made with TFLite Support's metadata writer
+            return calibrated(y, self.contract.extra["score_calibration"])
         if y.shape[1] == 1:
             return two_scores(y[:, 0], logits=self.contract.output is Output.LOGITS, name=self.path.name)
         if self.contract.output is Output.LOGITS:
