@@ -3,6 +3,8 @@ before the Rescaling, and any Rescaling inside a SavedModel (no layers to read),
 preprocessing"; following that advice (--preprocess tf) normalised twice, and parity said PASSED."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 pytest.importorskip("tensorflow")
@@ -65,7 +67,9 @@ def test_a_savedmodel_whose_map_is_no_named_mode_takes_the_users_preprocess(mode
 
 
 def test_a_second_normalisation_on_a_savedmodel_is_refused(models, tmp_path, capsys):
-    rc = main(["export", str(models / "tf_sm"), "--preprocess", "scale", "--out", str(tmp_path / "e")])
+    images = Path(__file__).resolve().parent / "assets" / "tiny" / "images"  # parity's, checked before loading
+    rc = main(["export", str(models / "tf_sm"), "--preprocess", "scale", "--out", str(tmp_path / "e"), "--val",
+               str(images)])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "would normalise twice" in err, err
     assert not (tmp_path / "e").exists()

@@ -151,7 +151,7 @@ def test_a_lambda_from_another_python_says_why_it_cannot_load(tmp_path, capsys):
             if layer["class_name"] == "Lambda":
                 layer["config"]["function"][0] = base64.b64encode(b"\xfe" * 40).decode() + "\n"
         f.attrs["model_config"] = json.dumps(cfg)
-    assert main(["export", str(path), "--unsafe", "--preprocess", "raw", "--calib", "random",
+    assert main(["export", str(path), "--unsafe", "--preprocess", "raw", "--calib", "random", "--int8",
                  "--out", str(tmp_path / "e")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "marshal" in err and "the Python version that saved it" in err, err

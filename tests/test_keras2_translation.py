@@ -279,6 +279,7 @@ def test_other_libraries_layers_are_named_with_what_to_do(cls, said, tmp_path, c
         h.attrs["keras_version"], h.attrs["backend"] = "2.15.0", "tensorflow"
         h.create_group("model_weights")
     for unsafe in ([], ["--unsafe"]):
-        assert main(["export", str(f), "--out", str(tmp_path / "o")] + unsafe) == 2
+        images = Path(__file__).resolve().parent / "assets" / "tiny" / "images"  # parity's: checked before loading
+        assert main(["export", str(f), "--out", str(tmp_path / "o"), "--val", str(images)] + unsafe) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and said in err and "custom_object_scope" not in err, err

@@ -85,8 +85,8 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
     from tledge.export.unit import ExportFolder
 
     chosen = plan(cfg)
-    _check_calibration_source(cfg, chosen)
     _check_numbers(cfg)
+    _check_calibration_source(cfg, chosen)
     thresholds = thresholds_for(cfg)
     out = Path(cfg.out) if cfg.out else Path(model_path).with_name(Path(model_path).stem + "_export")
     with ExportFolder(out) as folder:  # locked first: a second export into `out` fails at once
