@@ -140,3 +140,38 @@ def test_contract_quantisation_that_means_nothing_is_refused(quant):
         Contract.from_dict(d | {"output_quant": quant})
     ok = Contract.from_dict(d | {"output_quant": {"scale": 1 / 256, "zero_point": 0, "dtype": "uint8"}})
     assert ok.output_quant.scale == 1 / 256
+
+
+def test_golden_arrays_declaring_more_than_they_hold_are_refused(tmp_path, capsys):
+    """A pixels.npy header declaring shape (10**15,) had numpy allocate it: a MemoryError traceback, exit 1."""
+    exp = _copy(tmp_path)
+    src = zipfile.ZipFile(TINY / "golden.npz")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as out:
+        for i in src.infolist():
+            data = src.read(i)
+            if i.filename == "pixels.npy":
+                head = "{'descr': '|u1', 'fortran_order': False, 'shape': (1000000000000000,), }"
+                head += " " * (118 - len(head) - 1) + "\n"
+                data = b"\x93NUMPY\x01\x00" + len(head).to_bytes(2, "little") + head.encode() + bytes(64)
+            out.writestr(i.filename, data)
+    (exp / "golden.npz").write_bytes(buf.getvalue())
+    _rehash(exp)
+    assert main(["parity", "--golden", str(exp)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not a readable tledge golden file" in err and "declares" in err, err
+
+
+def test_only_the_files_the_metadata_names_are_read_from_a_tflite_zip():
+    """Every zip entry appended to a .tflite was read: 30 entries of 16 MB of zeros in a 0.5 MB file took 550 MB
+    to `tledge info`. Only the associated files the metadata names are read, up to MAX_PACKED_FILE in all."""
+    from tledge.metadata import read_standard_metadata
+
+    data = (Path(__file__).resolve().parent / "assets" / "calibrated" / "model_int8.tflite").read_bytes()
+    buf = io.BytesIO(data)
+    with zipfile.ZipFile(buf, "a", zipfile.ZIP_DEFLATED) as z:
+        for k in range(3):
+            z.writestr(f"zeros{k}.bin", bytes(4 << 20))
+    md = read_standard_metadata(buf.getvalue())
+    assert set(md.packed) == md.file_names() == {"labels.txt", "calibration.txt"}
+    assert md.labels() == ("circle", "hstripes", "vstripes") and md.score_calibration() is not None

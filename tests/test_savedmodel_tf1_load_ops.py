@@ -82,3 +82,70 @@ def test_a_text_savedmodel_is_read_and_checked(tmp_path):
     assert np.asarray(loader.load_model(plain).model(np.zeros((1, 8, 8, 3), np.float32))).shape == (1, 2)
     evil = _builder_savedmodel(tmp_path / "evil", tmp_path / "pwned" / "ckpt", "main_op", as_text=True)
     assert [f.op for f in find_acting_ops(evil)] == ["SaveV2"]
+
+
+def _resource_savedmodel(path, marker):
+    """A TF2 SavedModel whose resource's `_initialize` saves a checkpoint at `marker`: tf.saved_model.load calls
+    it itself. With the init-op signature, the saver_def and the main-op collection stripped, nothing tledge
+    followed reached it: it wrote files during `tledge export` without --unsafe (helper hunt, session 38)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    class Evil(tf.saved_model.experimental.TrackableResource):
+        def _create_resource(self):
+            return tf.raw_ops.VarHandleOp(dtype=tf.float32, shape=[], shared_name="")
+
+        def _initialize(self):
+            tf.raw_ops.SaveV2(prefix=tf.constant(str(marker)), tensor_names=tf.constant(["x"]),
+                              shape_and_slices=tf.constant([""]), tensors=[tf.constant([1.0, 2.0])])
+            return tf.raw_ops.AssignVariableOp(resource=self.resource_handle, value=tf.constant(0.0))
+
+    class M(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.evil, self.w = Evil(), tf.Variable(tf.random.stateless_normal([3, 2], seed=[0, 1]))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32)])
+        def serve(self, x):
+            return {"out": tf.nn.softmax(tf.matmul(tf.reduce_mean(x, [1, 2]) / 255.0, self.w))}
+
+    m = M()
+    tf.saved_model.save(m, str(path), signatures={"serving_default": m.serve})
+    sm = saved_model_pb2.SavedModel()
+    sm.ParseFromString((path / "saved_model.pb").read_bytes())
+    g = sm.meta_graphs[0]
+    del g.signature_def["__saved_model_init_op"]
+    g.ClearField("saver_def")
+    if "saved_model_main_op" in g.collection_def:
+        del g.collection_def["saved_model_main_op"]
+    for f in g.graph_def.library.function:  # the save made a control output: it always runs
+        if any(n.op == "SaveV2" for n in f.node_def) and "initializer" in f.signature.name:
+            f.control_ret["SaveV2"] = "SaveV2"
+            f.signature.control_output.append("SaveV2")
+    (path / "saved_model.pb").write_bytes(sm.SerializeToString())
+    return path
+
+
+def test_a_save_in_a_function_loading_calls_itself_is_refused(tmp_path, shapes_dataset, capsys):
+    marker = tmp_path / "pwned" / "ckpt"
+    model = _resource_savedmodel(tmp_path / "sm", marker)
+    assert any(f.op == "SaveV2" and "outside the SavedModel's save function" in f.reason
+               for f in find_acting_ops(model))
+    assert main(["export", str(model), "--out", str(tmp_path / "o"), "--formats", "tflite", "--preprocess", "raw",
+                 "--val", str(shapes_dataset / "val")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("tledge export: error:") and "--unsafe" in err and not marker.parent.exists()
+
+
+def test_a_tf2_savedmodels_own_save_function_is_not_refused(tmp_path):
+    class M(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = tf.Variable(tf.ones([3, 2]))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32)])
+        def serve(self, x):
+            return {"out": tf.nn.softmax(tf.matmul(tf.reduce_mean(x, [1, 2]), self.w))}
+
+    m = M()
+    tf.saved_model.save(m, str(tmp_path / "sm"), signatures={"serving_default": m.serve})
+    assert find_acting_ops(tmp_path / "sm") == []  # its _traced_save (SaveV2, MergeV2Checkpoints) is the saver's

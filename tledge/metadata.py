@@ -38,7 +38,10 @@ def read_standard_metadata(path_or_bytes) -> StandardMetadata | None:
     raw = tflite_metadata(data).get(ENTRY_NAME)
     if not raw:
         return None
-    return parse(raw, packed_files(data))
+    import dataclasses
+
+    md = parse(raw)
+    return dataclasses.replace(md, packed=packed_files(data, md.file_names())) if md.file_names() else md
 
 
 def read_tflite_contract(path_or_bytes) -> Contract | None:

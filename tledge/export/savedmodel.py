@@ -100,13 +100,18 @@ def find_acting_ops(folder: str | Path) -> list[OpFinding]:
         functions = {f.signature.name: f for f in graph.graph_def.library.function}
         reached_fns, reached_nodes = _reachable(graph, functions, _serving_starts(graph))
         load_fns, load_nodes = _reachable(graph, functions, _load_starts(graph))
-        for node in graph.graph_def.node:
-            reason = _reason(node, node.name in reached_nodes, node.name in load_nodes)
+        save_fns, _ = _reachable(graph, functions, [graph.saver_def.save_tensor_name]
+                                 if graph.HasField("saver_def") and graph.saver_def.save_tensor_name else [])
+        for node in graph.graph_def.node:  # TF1: a main-graph node nothing reaches never runs
+            reason = _reason(node, node.name in reached_nodes, node.name in load_nodes, inert=True)
             if reason:
                 found.append(OpFinding(f"main graph/{node.name}", node.op, reason))
         for name, fn in functions.items():
+            # only the saver's own save function is known never to run: tf.saved_model.load calls others itself
+            # (a resource's _initialize: SaveV2 there wrote files at load, without --unsafe)
+            inert = name in save_fns and name not in reached_fns and name not in load_fns
             for node in fn.node_def:
-                reason = _reason(node, name in reached_fns, name in load_fns)
+                reason = _reason(node, name in reached_fns, name in load_fns, inert=inert)
                 if reason:
                     found.append(OpFinding(f"{name}/{node.name}", node.op, reason))
     return found
@@ -130,7 +135,9 @@ def _load_starts(graph) -> list[str]:
     return starts + ([restore] if restore else [])
 
 
-def _reason(node, reachable: bool, at_load: bool = False) -> str | None:
+def _reason(node, reachable: bool, at_load: bool = False, inert: bool = False) -> str | None:
+    """Why `node` acts outside the model, or None. `inert`: in what nothing runs (the saver's save function, a TF1
+    main-graph node no signature or load op reaches); a function outside it may run, at load or when called."""
     if node.op in ACTING_OPS:
         return ACTING_OPS[node.op]
     if node.op.startswith("Debug"):  # the whole tfdbg family (DebugIdentityV3 was missing from the list)
@@ -145,8 +152,14 @@ def _reason(node, reachable: bool, at_load: bool = False) -> str | None:
         return "reads a checkpoint from the serving path"
     if node.op in RESTORE_OPS and at_load:  # the restore op reading the SavedModel's own variables
         return None
-    if not reachable and not at_load:  # the SavedModel's own save function, which tledge never calls
-        return None
+    if not reachable and not at_load:
+        if inert:  # the SavedModel's own save function, which tledge never calls
+            return None
+        if node.op in SAVE_OPS:
+            return "writes a checkpoint outside the SavedModel's save function (loading calls some functions " \
+                "itself, such as a resource's initialiser)"
+        if node.op in RESTORE_OPS:  # reads a checkpoint: the restore function, however it is reached
+            return None
     return next((why for part, why in ACTING_FAMILIES if part in node.op), None)
 
 

@@ -159,6 +159,23 @@ def save(golden: Golden, path: str | Path) -> Path:
     return atomic_write_bytes(Path(path), buf.getvalue())
 
 
+MAX_MEMBER = 512 << 20  # bytes of one array: a golden file holds a few dozen images
+
+
+def _check_size(zf: zipfile.ZipFile, name: str) -> None:
+    """ValueError when an array's header declares more bytes than its member holds, or than MAX_MEMBER: numpy
+    allocated what the header said first (a shape of 10**15: a MemoryError traceback, exit 1)."""
+    info = zf.getinfo(name)
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(f)  # (numpy 1.24+ caps the header at 10000 bytes itself)
+    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if need > min(info.file_size, MAX_MEMBER):
+        raise ValueError(f"{name} declares {need} bytes, holds {info.file_size}")
+
+
 def read(path: str | Path) -> Golden:
     """A golden file, or TledgeError naming it (never unpickles anything)."""
     p = Path(path)
@@ -167,9 +184,11 @@ def read(path: str | Path) -> Golden:
             missing = [k for k in _KEYS if k not in z.files]
             if missing:
                 raise ValueError(f"no {', '.join(missing)}")
+            for k in _KEYS:
+                _check_size(z.zip, k + ".npy")
             arrays = {k: z[k] for k in _KEYS}
         meta = loads_json(str(arrays["meta"]))  # (a ValueError names JSON nested too deeply)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, MemoryError) as exc:
         raise TledgeError(f"{p} is not a readable tledge golden file ({exc}): run tledge export again") from None
     schema = meta.get("schema", 0) if isinstance(meta, dict) else None
     if not isinstance(schema, int) or isinstance(schema, bool) or meta.get("format") != "tledge.golden" \
