@@ -46,6 +46,11 @@ def decode(data: np.ndarray, name) -> np.ndarray:
 
     if jpeg_truncated(data):  # OpenCV 4 decodes it with grey rows, OpenCV 5 refuses it
         raise ImageError(f"cannot decode image {name}: a truncated JPEG (it ends before its end marker)")
+    from tledge import isobmff
+
+    why = isobmff.refusal(data.tobytes() if data[4:8].tobytes() == b"ftyp" else b"")
+    if why:  # a HEIC (no decoder) or a turned AVIF (OpenCV ignores its irot / imir: sideways, exit 0)
+        raise ImageError(f"cannot decode image {name}: {why}")
     # IMREAD_ANYDEPTH keeps 16-bit data for a correct scale; IMREAD_COLOR applies EXIF orientation.
     try:
         img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
@@ -134,8 +139,9 @@ def _first_gif_frame(p: Path):
     return frame if ok else None
 
 
-# PIL modes whose arrays to_uint8_rgb reads right (F: 0..1 / 0..255; the I;16 family: 16-bit, either byte order)
-PIL_AS_IS = ("L", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I;16N", "F")
+# PIL modes whose arrays to_uint8_rgb reads right (F: 0..1 / 0..255; the I;16 family: 16-bit, either byte order; I:
+# 32-bit integers, read as 16-bit when over 255: a 16-bit PGM opened by PIL was clipped to white)
+PIL_AS_IS = ("L", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I;16N", "F", "I")
 
 
 def to_uint8_rgb(img: np.ndarray, *, bgr: bool = False) -> np.ndarray:
@@ -151,6 +157,8 @@ def to_uint8_rgb(img: np.ndarray, *, bgr: bool = False) -> np.ndarray:
         img = img.convert("RGBA" if mode in ("LA", "La", "PA", "RGBa") or "transparency" in getattr(img, "info", {})
                           else "RGB")
     a = np.asarray(img)
+    if mode == "I" and a.size and a.max() > 255:  # PIL's 32-bit integers (a 16-bit PGM): 0..65535, as read by path
+        a = np.clip(a, 0, 65535).astype(np.uint16)
     if a.ndim not in (2, 3) or a.size == 0 or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
         raise ImageError(f"expected an HxW or HxWx{{1,3,4}} image, got shape {a.shape}")
     if a.dtype.kind not in "uifb":  # objects, strings, complex numbers: a TypeError from numpy before
@@ -252,6 +260,9 @@ def labelled_images(root: str | Path, labels: tuple[str, ...] | None = None):
     if not p.is_dir():
         raise DataError(f"image folder not found: {p}")
     classes = class_folders(p)
+    from tledge.isobmff import warn_skipped
+
+    warn_skipped(data_files(p), p)  # HEIC / AVIF: skipped without a word
     if not classes or not any(files for _, files in classes):
         files = list(iter_image_files(p, recursive=False))
         if not files:
