@@ -36,6 +36,11 @@ def models(tmp_path_factory):
     keras.Model(i, head(norm(i))).export(str(d / "normalization_sm"), verbose=False)
     i = keras.Input((24, 24, 3))
     keras.Model(i, head(i)).export(str(d / "plain_sm"), verbose=False)
+    i = keras.Input((24, 24, 3))  # Keras 3 augmentation: its seed variable is assigned in the exported function
+    keras.Model(i, head(L.Rescaling(1 / 255.0)(L.RandomFlip()(i)))).export(str(d / "augment_sm"), verbose=False)
+    i = keras.Input((28, 30, 3))  # a crop before the Rescaling: the graph walk stopped at its StridedSlice
+    keras.Model(i, head(L.Rescaling(1 / 127.5, offset=-1)(L.CenterCrop(24, 24)(i)))).export(str(d / "crop_sm"),
+                                                                                           verbose=False)
     i = keras.Input((24, 24, 3))  # keras.applications' caffe preprocess_input: RGB -> BGR, ImageNet means off
     bgr = L.Lambda(lambda t: t[..., ::-1] - np.array([103.939, 116.779, 123.68], np.float32))(i)
     keras.Model(i, head(bgr)).export(str(d / "caffe_sm"), verbose=False)
@@ -51,9 +56,20 @@ def models(tmp_path_factory):
 
 @pytest.mark.parametrize("name, mode", [("resized.keras", "tf"), ("tf_sm", "tf"), ("scale_sm", "scale"),
                                         ("caffe_sm", "caffe"), ("own_sm", None), ("hub_sm", None),
-                                        ("normalization_sm", None), ("plain_sm", None)])
+                                        ("normalization_sm", None), ("plain_sm", None), ("crop_sm", "tf")])
 def test_the_models_own_normalisation_is_found(models, name, mode):
-    assert loader.load_model(models / name).baked_mode == mode
+    lm = loader.load_model(models / name)
+    assert lm.baked_mode == mode
+    # a Normalization's variance sits behind Maximum(Sqrt(variance), epsilon): read as "does not bake", and the
+    # suggested --preprocess normalised twice (0.45 agreement, parity PASSED, a helper hunt)
+    assert (lm.unread_preprocessing is not None) == (name == "normalization_sm")
+
+
+def test_input_arithmetic_it_cannot_read_is_said_so(models, tmp_path, capsys):
+    images = Path(__file__).resolve().parent / "assets" / "tiny" / "images"
+    assert main(["export", str(models / "normalization_sm"), "--out", str(tmp_path / "e"), "--val", str(images)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot read normalization_sm's preprocessing" in err and "does not bake" not in err, err
 
 
 def test_a_savedmodel_whose_map_is_no_named_mode_takes_the_users_preprocess(models):
@@ -84,3 +100,9 @@ def test_a_channels_first_model_is_refused_as_such(tmp_path):
     keras.Model(i, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(x))).save(tmp_path / "cf.keras")
     with pytest.raises(loader.ModelLoadError, match=r"channels-first images \(3, 24, 32\)"):
         loader.load_model(tmp_path / "cf.keras")
+
+
+def test_augmentation_layers_are_named_not_pruning(models):
+    """A model.export() with RandomFlip inside was blamed on tfmot's prune_low_magnitude (helper hunt)."""
+    lm = loader.load_model(models / "augment_sm")
+    assert "Keras augmentation layers" in lm.opaque and "prune" not in lm.opaque

@@ -336,8 +336,10 @@ def test_an_explicit_preprocess_that_leaves_keras_at_chance_is_warned_about(unba
     for src, dst in zip(names, names[1:] + names[:1]):
         shutil.copytree(shapes_dataset / "val" / src, swapped / dst)
     with pytest.warns(TledgeWarning, match=r"--preprocess tf: Keras accuracy 0\.0+ .*near chance for 3 classes"):
-        export(unbaked_model["keras"], ExportConfig(out=tmp_path / "a", formats=("tflite",), val=str(swapped),
-                                                    preprocess="tf"))
+        bad = export(unbaked_model["keras"], ExportConfig(out=tmp_path / "a", formats=("tflite",), val=str(swapped),
+                                                          preprocess="tf"))
+    assert any("near chance" in n for n in bad.report.notes)  # parity.md said PASSED without it (helper hunt)
+    assert "near chance" in (tmp_path / "a" / "parity.md").read_text()
     with warnings.catch_warnings():
         warnings.simplefilter("error", TledgeWarning)
         res = export(unbaked_model["keras"], ExportConfig(out=tmp_path / "b", formats=("tflite",),

@@ -18,14 +18,17 @@ def baked_mode(model) -> str | None:
     return input_rescaling(model)  # a plain Rescaling at the input (Keras 3 code, tf.keras 2's preprocess_input)
 
 
-def graph_mode(fn, channels: int) -> str | None:
-    """A SavedModel's baked normalisation when its graph starts with a named mode's map (it has no layers to
-    read): a Rescaling inside was not seen, and --preprocess tf normalised its input twice."""
-    from tledge.export.graphprep import input_affine
+def graph_mode(fn, channels: int) -> tuple[str | None, str | None]:
+    """(mode, unread): a SavedModel's baked normalisation when its graph starts with a named mode's map (it has no
+    layers to read: a Rescaling inside was not seen, and --preprocess tf normalised its input twice), and why its
+    input arithmetic cannot be read, when it cannot (then say so, not "does not bake")."""
+    from tledge.export.graphprep import Unread, input_affine
     from tledge.layers import affine_mode
 
     found = input_affine(fn, channels)
-    return affine_mode(found[0], found[1], channels, flip=found[2]) if found is not None else None
+    if isinstance(found, Unread):
+        return None, str(found)
+    return (affine_mode(found[0], found[1], channels, flip=found[2]) if found is not None else None), None
 
 
 def walk(model):

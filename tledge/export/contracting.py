@@ -97,20 +97,27 @@ def accuracy_note(cfg: ExportConfig, val_y) -> list[str]:
             "(no labels to match them by name: pass --labels)"]
 
 
-def check_given_preprocessing(cfg: ExportConfig, contract: Contract, reference: np.ndarray, val_y) -> None:
-    """An explicit `--preprocess MODE` whose Keras accuracy on the labelled --val images is near chance is warned
-    about (auto refuses such a choice: tledge.export.autoprep); parity would pass the files all the same, since they
-    reproduce the model, wrong input and all."""
+def near_chance(cfg: ExportConfig, reference: np.ndarray, val_y) -> str | None:
+    """What to say of an explicit `--preprocess MODE` whose Keras accuracy on the labelled --val images is near
+    chance (auto refuses such a choice: tledge.export.autoprep); parity passes the files all the same, since they
+    reproduce the model, wrong input and all. On the terminal and in parity.md (it was on the terminal only)."""
     if cfg.preprocess in (None, "auto") or val_y is None or len(val_y) < 20:
-        return
+        return None
     y = np.asarray(val_y)
     n_classes = max(reference.shape[1], 2)
     accuracy = float(np.mean(np.argmax(reference, 1) == y)) if reference.shape[1] > 1 else \
         float(np.mean((reference[:, 0] > 0.5) == y))
-    if accuracy <= 1.0 / n_classes + 0.1:
-        warnings.warn(f"--preprocess {cfg.preprocess}: Keras accuracy {accuracy:.3f} on {cfg.val}, near chance for "
-                      f"{n_classes} classes: the preprocessing is probably not the model's (`--preprocess auto` "
-                      "tries each), or the labels or images are wrong", TledgeWarning, stacklevel=2)
+    if accuracy > 1.0 / n_classes + 0.1:
+        return None
+    return (f"--preprocess {cfg.preprocess}: Keras accuracy {accuracy:.3f} on {cfg.val}, near chance for {n_classes} "
+            "classes: the preprocessing is probably not the model's (`--preprocess auto` tries each), or the labels "
+            "or images are wrong")
+
+
+def check_given_preprocessing(cfg: ExportConfig, contract: Contract, reference: np.ndarray, val_y) -> None:
+    said = near_chance(cfg, reference, val_y)
+    if said:
+        warnings.warn(said, TledgeWarning, stacklevel=2)
 
 
 def export_contract(cfg: ExportConfig, lm, labels) -> tuple[Contract, str | None]:

@@ -16,11 +16,18 @@ AFFINE = {"Mul", "AddV2", "Add", "BiasAdd", "Sub", "RealDiv", "Div"}
 SHAPE_ONLY = {"Shape", "ShapeN", "Size", "Rank"}
 
 
-def input_affine(fn, channels: int, limit: int = 32) -> tuple[np.ndarray, np.ndarray, bool] | None:
+class Unread(str):
+    """input_affine's answer for arithmetic at the input it cannot read (a Normalization's Maximum(Sqrt(variance),
+    epsilon), a slice it cannot follow): "does not bake its preprocessing" sent users to --preprocess tf on such
+    models, which normalised twice (0.43-0.50 agreement, parity PASSED)."""
+
+
+def input_affine(fn, channels: int, limit: int = 32) -> tuple[np.ndarray, np.ndarray, bool] | Unread | None:
     """(scale, offset, flipped): the affine ops at the start of `fn` (a concrete function taking one image, whose
     variables are alive) as `y[j] = scale[j] * x[j'] + offset[j]`, j' = the channel order reversed when `flipped`
-    (caffe's RGB -> BGR: `x[..., ::-1]` or a reverse over the channels). None when its first computation is
-    anything else. Never raises: a graph it cannot read is None."""
+    (caffe's RGB -> BGR: `x[..., ::-1]` or a reverse over the channels), through crops of height and width.
+    Unread (a reason) when the walk stops at arithmetic with operands it cannot read, None when the first
+    computation is anything else. Never raises: a graph it cannot read is None."""
     try:
         from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
@@ -50,11 +57,17 @@ def input_affine(fn, channels: int, limit: int = 32) -> tuple[np.ndarray, np.nda
         if data and data[0] == t and _channel_flip(nodes, n):
             scale, offset, flipped, found, t = scale[::-1], offset[::-1], not flipped, True, n.name
             continue
+        if data and data[0] == t and _spatial_crop(nodes, n):  # CenterCrop, Resizing(crop_to_aspect_ratio=True)
+            t = n.name
+            continue
+        if n.op in ("StridedSlice", "Slice") and not found:
+            return Unread(f"its input goes through a {n.op} tledge cannot follow")
         if n.op not in AFFINE or len(data) != 2 or data.count(t) != 1:
             break
         k = _constant(nodes, data[1] if data[0] == t else data[0], channels)
         if k is None:
-            break
+            return Unread(f"it starts with arithmetic ({n.op}) on values tledge cannot read (a Normalization "
+                          "layer's variance, a computed constant)")  # a part of the map is no map (x - mean)
         left = data[0] == t
         if n.op == "Mul":
             scale, offset = scale * k, offset * k
@@ -81,6 +94,21 @@ def _channel_flip(nodes: dict, n) -> bool:
     a = {k: n.attr[k].i for k in ("begin_mask", "end_mask", "ellipsis_mask", "new_axis_mask", "shrink_axis_mask")}
     return (strides is not None and list(strides) == [1.0, -1.0] and a["ellipsis_mask"] == 1 and a["begin_mask"] & 2
             and a["end_mask"] & 2 and not a["new_axis_mask"] and not a["shrink_axis_mask"])
+
+
+def _spatial_crop(nodes: dict, n) -> bool:
+    """A slice of an NHWC image that keeps the batch and every channel with stride 1 (begin and end may be
+    computed): a crop of height and width, which hands pixel values on unchanged."""
+    if n.op == "Slice" and len(n.input) == 3:
+        begin, size = (_constant(nodes, n.input[i].split(":")[0], 4) for i in (1, 2))
+        return begin is not None and size is not None and begin[0] == 0 and begin[3] == 0 and size[0] == -1 \
+            and size[3] == -1
+    if n.op != "StridedSlice" or len(n.input) != 4:
+        return False
+    strides = _constant(nodes, n.input[3].split(":")[0], 4)
+    a = {k: n.attr[k].i for k in ("begin_mask", "end_mask", "ellipsis_mask", "new_axis_mask", "shrink_axis_mask")}
+    return (strides is not None and np.all(strides == 1) and a["begin_mask"] & 9 == 9 and a["end_mask"] & 9 == 9
+            and not (a["ellipsis_mask"] or a["new_axis_mask"] or a["shrink_axis_mask"]))
 
 
 def _constant(nodes: dict, name: str, channels: int) -> np.ndarray | None:

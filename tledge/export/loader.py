@@ -265,11 +265,12 @@ def _load_saved_model(p: Path, unsafe: bool, choice: sig.Choice) -> LoadedModel:
     out_shape = getattr(fn.structured_outputs[out_key], "shape", None)
     if out_shape is not None and out_shape.rank is not None and out_shape.rank != 2:
         raise ModelLoadError(f"SavedModel {p.name}'s output has shape {tuple(out_shape)}, not (batch, classes)")
-    lm = LoadedModel(p, call, "saved_model", hw, int(shape[3] or 3), graph_mode(fn, int(shape[3] or 3)), None,
-                     _last_dim(out_shape))
+    mode, unread = graph_mode(fn, int(shape[3] or 3))
+    lm = LoadedModel(p, call, "saved_model", hw, int(shape[3] or 3), mode, None, _last_dim(out_shape))
     lm._keep = obj  # keep the trackable alive
     lm.integer_input = spec[0].dtype.name if spec[0].dtype.is_integer else None
     lm.opaque = binary.opaque(fn) or (None if lm.baked_mode else savedmodel.freeze_problem(fn))
+    lm.unread_preprocessing = unread
     lm.notes += [n for n in (chosen.note, note) if n]
     return lm
 
@@ -295,12 +296,14 @@ def _describe(p: Path, model, kind: str) -> LoadedModel:
     hw = (int(shape[1]), int(shape[2])) if shape[1] and shape[2] else None
     outputs = getattr(model, "outputs", None) or [None]
     channels = int(shape[3] or 3)
-    baked = baked_mode(model)
+    baked, unread = baked_mode(model), None
     if baked is None:  # code at the input the layers do not show (tf.keras 2's TFOpLambda preprocess_input beside
         # other TF calls, which tf_keras builds): read from the traced graph, as a SavedModel's is; "not baked" sent
         # users to --preprocess, which normalised twice (parity compares the same function: PASSED)
-        baked = graph_mode(binary.traced(model), channels)
-    return LoadedModel(p, model, kind, hw, channels, baked, None, _last_dim(getattr(outputs[0], "shape", None)))
+        baked, unread = graph_mode(binary.traced(model), channels)
+    lm = LoadedModel(p, model, kind, hw, channels, baked, None, _last_dim(getattr(outputs[0], "shape", None)))
+    lm.unread_preprocessing = unread  # a Normalization adapted on the data: which pixels it expects is not said
+    return lm
 
 
 def _names(tensors) -> str:

@@ -120,6 +120,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
         report = ParityReport(images=len(val_x), results=results + failed, reference=str(model_path))
         report.notes += folder.notes + loader.report_notes(lm) + _notes(contract, add_norm, cfg)
         report.notes += ([resize_note] if resize_note else []) + contracting.accuracy_note(cfg, val_y)
+        report.notes += [n for n in (contracting.near_chance(cfg, reference, val_y),) if n]
         start = time.perf_counter()
         fx = FidelityInputs(lm, contract, add_norm, calib, reference, val_x, val_y, stage, thresholds,
                             (serve, concrete))

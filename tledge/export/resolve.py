@@ -88,8 +88,10 @@ def _norm(lm: LoadedModel, flag: str | None, flag_from: str, base, base_from, sr
     if base is not None:
         src["normalisation"] = f"{base_from} ({base.norm.value}{', inside the model' if base.baked else ''})"
         return base.norm.value, (None if base.baked else base.norm.value)
-    if lm.opaque:  # "does not bake" sent a model with a Rescaling inside to --preprocess tf: normalised twice
-        raise ContractError(f"tledge cannot read {lm.path.name}'s preprocessing: {lm.opaque}. Pass --preprocess raw "
+    if lm.opaque or lm.unread_preprocessing:  # "does not bake" sent a model with a Rescaling inside to
+        # --preprocess tf: normalised twice
+        why = lm.opaque or lm.unread_preprocessing
+        raise ContractError(f"tledge cannot read {lm.path.name}'s preprocessing: {why}. Pass --preprocess raw "
                             "if the model normalises its input itself (a Rescaling or preprocess_input inside), "
                             "else its mode (tf, caffe, torch, scale) or --preprocess auto with labelled --val images")
     raise ContractError(

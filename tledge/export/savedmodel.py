@@ -225,9 +225,16 @@ def freeze_problem(fn) -> str | None:
         return None
     except Exception as exc:  # noqa: BLE001 - the reason is what the user needs
         text = str(exc)
-        hint = ("it assigns variables while serving: a training-time wrapper such as tfmot's prune_low_magnitude "
-                "(tfmot.sparsity.keras.strip_pruning(model) before saving)") if re.search(r"Assign\w*VariableOp", text) else \
-            f"{exc.__class__.__name__}: {text.strip().splitlines()[0][:160] if text.strip() else ''}"
+        if re.search(r"Assign\w*VariableOp", text) and re.search(r"random_\w+|seed_generator", text):
+            # Keras 3's RandomFlip / RandomRotation / ... advance their seed even at inference (not tfmot at all)
+            hint = ("it assigns variables while serving: Keras augmentation layers (RandomFlip, RandomRotation, ...) "
+                    "advance their seed in the exported function; export the model's .keras file, or export a model "
+                    "without them (they do nothing at inference)")
+        elif re.search(r"Assign\w*VariableOp", text):
+            hint = ("it assigns variables while serving: a training-time wrapper such as tfmot's prune_low_magnitude "
+                    "(tfmot.sparsity.keras.strip_pruning(model) before saving)")
+        else:
+            hint = f"{exc.__class__.__name__}: {text.strip().splitlines()[0][:160] if text.strip() else ''}"
         return f"its serving function cannot be frozen ({hint})"
 
 
