@@ -46,11 +46,12 @@ def decode(data: np.ndarray, name) -> np.ndarray:
 
     if jpeg_truncated(data):  # OpenCV 4 decodes it with grey rows, OpenCV 5 refuses it
         raise ImageError(f"cannot decode image {name}: a truncated JPEG (it ends before its end marker)")
-    from tledge import isobmff
+    if data[4:8].tobytes() == b"ftyp":  # ISO BMFF (imported only then: tledge run's cold start)
+        from tledge import isobmff
 
-    why = isobmff.refusal(data.tobytes() if data[4:8].tobytes() == b"ftyp" else b"")
-    if why:  # a HEIC (no decoder) or a turned AVIF (OpenCV ignores its irot / imir: sideways, exit 0)
-        raise ImageError(f"cannot decode image {name}: {why}")
+        why = isobmff.refusal(data.tobytes())
+        if why:  # a HEIC (no decoder) or a turned AVIF (OpenCV ignores its irot / imir: sideways, exit 0)
+            raise ImageError(f"cannot decode image {name}: {why}")
     # IMREAD_ANYDEPTH keeps 16-bit data for a correct scale; IMREAD_COLOR applies EXIF orientation.
     try:
         img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)

@@ -343,10 +343,11 @@ def _image_suffixes() -> set[str]:
 
 def _file_source(s: str, on_event) -> Source:
     from tledge.images import IMAGE_SUFFIXES, data_files
-    from tledge.isobmff import skipped_note
 
     p = expand(s)
     if p.is_dir():
+        from tledge.isobmff import skipped_note
+
         every = data_files(p)
         files = [f for f in every if f.suffix.lower() in IMAGE_SUFFIXES]
         videos = [f for f in every if f.suffix.lower() in VIDEO_SUFFIXES]  # a folder source is its images
@@ -369,6 +370,8 @@ def _file_source(s: str, on_event) -> Source:
         matches = [Path(m) for m in sorted(glob.glob(str(p), recursive=True))]
         files = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
         if not files:
+            from tledge.isobmff import skipped_note
+
             unread = skipped_note([m for m in matches if m.is_file()], repr(s))
             raise TledgeError(f"no image files match {s!r}" + (f" ({len(matches)} other paths do)" if matches else "")
                               + (f"; {unread.split(': ', 1)[1]}" if unread else ""))
