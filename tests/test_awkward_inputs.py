@@ -326,6 +326,23 @@ def test_calib_images_check_parity_without_int8(tiny_model, shapes_dataset, tmp_
     assert parity["passed"] and [r["images"] for r in parity["results"]] == [n]
 
 
+def test_calib_folders_that_do_not_match_the_outputs_give_no_accuracy(tmp_path):
+    """With parity's images from --calib, folder i was scored as output i whatever the folders were (0.008 on 725
+    ImageNet folders, and a false 'near chance' warning): the --val rule applies to the folder parity reads."""
+    from tledge.contract import Contract
+    from tledge.errors import TledgeWarning
+    from tledge.export.contracting import accuracy_note, folder_truth
+    from tledge.export.pipeline import ExportConfig
+
+    for name in ("a", "b"):
+        (tmp_path / "calib" / name).mkdir(parents=True)
+        _png(tmp_path / "calib" / name / "x.png", 10)
+    cfg = ExportConfig(calib=str(tmp_path / "calib"))
+    with pytest.warns(TledgeWarning, match="2 class folders in .*calib for 3 outputs"):
+        assert folder_truth(cfg, Contract(8, 8), np.zeros((2, 3)), np.array([0, 1])) is None
+    assert "could not be matched" in accuracy_note(cfg, None)[0]
+
+
 def test_cropping_an_extreme_strip_does_not_resize_all_of_it():
     """--fit crop resized a 1x20000 strip to 256x5120000 (4.3 GB) before cropping it."""
     import resource

@@ -38,6 +38,13 @@ def models(tmp_path_factory):
     keras.Model(i, head(i)).export(str(d / "plain_sm"), verbose=False)
     i = keras.Input((24, 24, 3))  # Keras 3 augmentation: its seed variable is assigned in the exported function
     keras.Model(i, head(L.Rescaling(1 / 255.0)(L.RandomFlip()(i)))).export(str(d / "augment_sm"), verbose=False)
+    i = keras.Input((24, 24, 3))  # EfficientNet's x / 255 then its Normalization: the model normalises raw pixels
+    norm = L.Normalization(mean=np.array([0.485, 0.456, 0.406]), variance=np.array([0.229, 0.224, 0.225]) ** 2)
+    keras.Model(i, head(norm(L.Rescaling(1 / 255.0)(i)))).export(str(d / "effnet_like_sm"), verbose=False)
+    for family in ("densenet", "resnet50"):  # Keras 3's preprocess_input as ops: torch (/255, BiasAdd), caffe
+        i = keras.Input((24, 24, 3))
+        pre = getattr(keras.applications, family).preprocess_input
+        keras.Model(i, head(pre(i))).save(d / f"{family}_pi.keras")
     i = keras.Input((28, 30, 3))  # a crop before the Rescaling: the graph walk stopped at its StridedSlice
     keras.Model(i, head(L.Rescaling(1 / 127.5, offset=-1)(L.CenterCrop(24, 24)(i)))).export(str(d / "crop_sm"),
                                                                                            verbose=False)
@@ -56,13 +63,18 @@ def models(tmp_path_factory):
 
 @pytest.mark.parametrize("name, mode", [("resized.keras", "tf"), ("tf_sm", "tf"), ("scale_sm", "scale"),
                                         ("caffe_sm", "caffe"), ("own_sm", None), ("hub_sm", None),
-                                        ("normalization_sm", None), ("plain_sm", None), ("crop_sm", "tf")])
+                                        ("normalization_sm", None), ("plain_sm", None), ("crop_sm", "tf"),
+                                        ("effnet_like_sm", None), ("densenet_pi.keras", "scale"),
+                                        ("resnet50_pi.keras", None)])
 def test_the_models_own_normalisation_is_found(models, name, mode):
     lm = loader.load_model(models / name)
     assert lm.baked_mode == mode
-    # a Normalization's variance sits behind Maximum(Sqrt(variance), epsilon): read as "does not bake", and the
-    # suggested --preprocess normalised twice (0.45 agreement, parity PASSED, a helper hunt)
-    assert (lm.unread_preprocessing is not None) == (name == "normalization_sm")
+    # a Normalization's variance sits behind Maximum(Sqrt(variance), epsilon), Keras 3's caffe mode slices each
+    # channel: read as "does not bake", and the suggested --preprocess normalised twice (0.45 agreement, parity
+    # PASSED, a helper hunt); a named map read before such a stop stands (Keras 3's densenet: /255, then a BiasAdd;
+    # EfficientNet's x / 255 then its untrained Normalization: scale), an unnamed one is unread
+    assert (lm.unread_preprocessing is not None) == (name in ("normalization_sm", "resnet50_pi.keras",
+                                                              "effnet_like_sm"))
 
 
 def test_input_arithmetic_it_cannot_read_is_said_so(models, tmp_path, capsys):

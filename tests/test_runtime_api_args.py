@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from tiny import IMAGES, TINY
 
-from tledge.errors import ArgumentError, ModelLoadError, ModelRunError
+from tledge.errors import ArgumentError, ImageError, ModelLoadError, ModelRunError
 from tledge.runtime import load
 
 
@@ -69,6 +69,11 @@ def test_nested_lists_are_one_image_and_a_0_1_resize_overshoot_is_clipped():
     big = cv2.resize(rgb.astype(np.float32), (24, 24), interpolation=cv2.INTER_CUBIC)
     assert small.min() < 0 or small.max() > 1  # the overshoot this is about
     assert m.classify(small)[0].index == m.classify(big)[0].index
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)  # an HxW nested list was read as a (1, H, W) array
+    assert m.classify(grey.tolist()) == m.classify(grey)
+    bright = np.random.default_rng(0).integers(100, 256, (24, 24, 3)).astype(np.float32)
+    with pytest.raises(ImageError, match="not normalised"):  # x / 127.5 - 1 of a bright photo: -0.22..1
+        m.classify(bright / 127.5 - 1)
 
 
 @pytest.mark.parametrize("batch", [0, -1, 1.5, None, "a"])

@@ -84,7 +84,7 @@ def test_a_text_savedmodel_is_read_and_checked(tmp_path):
     assert [f.op for f in find_acting_ops(evil)] == ["SaveV2"]
 
 
-def _resource_savedmodel(path, marker):
+def _resource_savedmodel(path, marker, via_save=False):
     """A TF2 SavedModel whose resource's `_initialize` saves a checkpoint at `marker`: tf.saved_model.load calls
     it itself. With the init-op signature, the saver_def and the main-op collection stripped, nothing tledge
     followed reached it: it wrote files during `tledge export` without --unsafe (helper hunt, session 38)."""
@@ -114,7 +114,20 @@ def _resource_savedmodel(path, marker):
     sm.ParseFromString((path / "saved_model.pb").read_bytes())
     g = sm.meta_graphs[0]
     del g.signature_def["__saved_model_init_op"]
-    g.ClearField("saver_def")
+    if via_save:  # the saver's save function calls the initialiser: "only the save function is inert" let it by
+        from tensorflow.core.framework import types_pb2
+
+        fns = {f.signature.name: f for f in g.graph_def.library.function}
+        save = next(f for n, f in fns.items() if "traced_save" in n)
+        init = next(f for n, f in fns.items() if "initializer" in n)
+        call = save.node_def.add()
+        call.name, call.op = "call_the_initialiser", "StatefulPartitionedCall"
+        call.input.append(next(a.name for a in save.signature.input_arg if a.type == types_pb2.DT_RESOURCE))
+        call.attr["f"].func.name = init.signature.name
+        call.attr["Tin"].list.type.append(types_pb2.DT_RESOURCE)
+        call.attr["Tout"].list.SetInParent()
+    else:
+        g.ClearField("saver_def")
     if "saved_model_main_op" in g.collection_def:
         del g.collection_def["saved_model_main_op"]
     for f in g.graph_def.library.function:  # the save made a control output: it always runs
@@ -125,10 +138,11 @@ def _resource_savedmodel(path, marker):
     return path
 
 
-def test_a_save_in_a_function_loading_calls_itself_is_refused(tmp_path, shapes_dataset, capsys):
+@pytest.mark.parametrize("via_save", [False, True])
+def test_a_save_in_a_function_loading_calls_itself_is_refused(via_save, tmp_path, shapes_dataset, capsys):
     marker = tmp_path / "pwned" / "ckpt"
-    model = _resource_savedmodel(tmp_path / "sm", marker)
-    assert any(f.op == "SaveV2" and "outside the SavedModel's save function" in f.reason
+    model = _resource_savedmodel(tmp_path / "sm", marker, via_save)
+    assert any(f.op == "SaveV2" and "a function loading may call itself" in f.reason
                for f in find_acting_ops(model))
     assert main(["export", str(model), "--out", str(tmp_path / "o"), "--formats", "tflite", "--preprocess", "raw",
                  "--val", str(shapes_dataset / "val")]) == 2
@@ -149,3 +163,23 @@ def test_a_tf2_savedmodels_own_save_function_is_not_refused(tmp_path):
     m = M()
     tf.saved_model.save(m, str(tmp_path / "sm"), signatures={"serving_default": m.serve})
     assert find_acting_ops(tmp_path / "sm") == []  # its _traced_save (SaveV2, MergeV2Checkpoints) is the saver's
+
+
+def test_a_tf1_graph_with_an_unused_input_pipeline_still_loads(tmp_path):
+    """A TF1 export made from the training session keeps its tf.data pipeline's functions, which nothing calls (no
+    object graph, no signature reaches them): checking every function outside the save function refused it."""
+    v1 = tf.compat.v1
+    g = tf.Graph()
+    with g.as_default(), v1.Session(graph=g) as sess:
+        ds = tf.data.Dataset.from_tensor_slices(tf.constant(["a.jpg", "b.jpg"])).map(tf.io.read_file).batch(2)
+        v1.data.make_one_shot_iterator(ds).get_next()
+        images = v1.placeholder(tf.float32, [None, 8, 8, 3], name="images")
+        w = v1.get_variable("w", [3, 2], initializer=v1.random_normal_initializer(seed=0))
+        probs = tf.nn.softmax(tf.matmul(tf.reduce_mean(images, axis=[1, 2]) / 255.0, w))
+        sess.run(v1.global_variables_initializer())
+        sigs = {"serving_default": v1.saved_model.signature_def_utils.predict_signature_def(
+            inputs={"images": images}, outputs={"probabilities": probs})}
+        builder = v1.saved_model.Builder(str(tmp_path / "sm"))
+        builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map=sigs)
+        builder.save()
+    assert find_acting_ops(tmp_path / "sm") == []

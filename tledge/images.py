@@ -177,7 +177,8 @@ def to_uint8_rgb(img: np.ndarray, *, bgr: bool = False) -> np.ndarray:
         lo, hi = float(a.min()), float(a.max())
         top = 255.0 if hi > 1.5 else 1.0
         # normalised values (-1..1, mean/std: negative, and small for pixels) or 16-bit data were clipped
-        if lo < -0.25 * top or hi > 1.25 * top or (top > 1 and lo < 0 and hi < 16):  # 0..1 overshoot: clipped
+        # 0..1: a resize's overshoot (-0.07) is clipped, a bright photo normalised to -1..1 (-0.25..1) is not
+        if lo < -0.25 * top or hi > 1.25 * top or (top > 1 and lo < 0 and hi < 16) or (top == 1 and lo < -0.1):
             raise ImageError(f"a float image holds {lo:g}..{hi:g}: expected pixels in 0..1 or 0..255 (a resize's "
                              "overshoot is clipped), not normalised or 16-bit values")
         a = np.clip(np.round(a * (255.0 / top)), 0, 255).astype(np.uint8)

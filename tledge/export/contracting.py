@@ -71,16 +71,22 @@ def labels_for(cfg: ExportConfig, lm) -> tuple[str, ...]:
     return ()
 
 
+def parity_folder(cfg: ExportConfig) -> str | None:
+    """The folder parity's images come from: --val, else a --calib folder (tledge.export.pipeline._val_images)."""
+    return cfg.val or (cfg.calib if cfg.calib and cfg.calib != "random" else None)
+
+
 def folder_truth(cfg: ExportConfig, contract: Contract, reference: np.ndarray, val_y):
     """Without labels, folder i is class i only when there is one folder per output: a subset of a
     1000-class set (725 folders) gives no accuracy rather than a wrong one."""
     from tledge.images import class_folders
 
-    if val_y is None or contract.labels or not cfg.val or not Path(cfg.val).is_dir():
+    folder = parity_folder(cfg)
+    if val_y is None or contract.labels or not folder or not Path(folder).is_dir():
         return val_y
-    n = len(class_folders(cfg.val))
+    n = len(class_folders(folder))
     if n != reference.shape[1]:
-        warnings.warn(f"accuracy not measured: {n} class folders in {cfg.val} for {reference.shape[1]} outputs "
+        warnings.warn(f"accuracy not measured: {n} class folders in {folder} for {reference.shape[1]} outputs "
                       "and no labels to match them by name (pass --labels)", TledgeWarning, stacklevel=2)
         return None
     return val_y
@@ -91,9 +97,10 @@ def accuracy_note(cfg: ExportConfig, val_y) -> list[str]:
     on stderr only)."""
     from tledge.images import class_folders
 
-    if val_y is not None or not cfg.val or not Path(cfg.val).is_dir() or not class_folders(cfg.val):
+    folder = parity_folder(cfg)
+    if val_y is not None or not folder or not Path(folder).is_dir() or not class_folders(folder):
         return []
-    return [f"accuracy not measured: the class folders of {cfg.val} could not be matched to the model's outputs "
+    return [f"accuracy not measured: the class folders of {folder} could not be matched to the model's outputs "
             "(no labels to match them by name: pass --labels)"]
 
 
@@ -109,7 +116,7 @@ def near_chance(cfg: ExportConfig, reference: np.ndarray, val_y) -> str | None:
         float(np.mean((reference[:, 0] > 0.5) == y))
     if accuracy > 1.0 / n_classes + 0.1:
         return None
-    return (f"--preprocess {cfg.preprocess}: Keras accuracy {accuracy:.3f} on {cfg.val}, near chance for {n_classes} "
+    return (f"--preprocess {cfg.preprocess}: Keras accuracy {accuracy:.3f} on {parity_folder(cfg)}, near chance for {n_classes} "
             "classes: the preprocessing is probably not the model's (`--preprocess auto` tries each), or the labels "
             "or images are wrong")
 

@@ -47,6 +47,8 @@ def input_affine(fn, channels: int, limit: int = 32) -> tuple[np.ndarray, np.nda
     for _ in range(limit):
         # what reads only the tensor's shape (`tf.reshape(h, [tf.shape(x)[0], -1])`) is no second use of its values
         nxt = [u for u in users.get(t, []) if nodes[u].op not in SHAPE_ONLY]
+        if len(nxt) > 1 and not found:  # Keras 3's caffe preprocess_input: a slice per channel, then a stack
+            return Unread(f"its input feeds {len(nxt)} ops ({', '.join(sorted({nodes[u].op for u in nxt}))})")
         if len(nxt) != 1:
             break
         n = nodes[nxt[0]]
@@ -66,6 +68,8 @@ def input_affine(fn, channels: int, limit: int = 32) -> tuple[np.ndarray, np.nda
             break
         k = _constant(nodes, data[1] if data[0] == t else data[0], channels)
         if k is None:
+            if found and _named(scale, offset, flipped, channels):  # EfficientNet's x / 255, then a Normalization
+                return scale, offset, flipped  # it cannot read: the model normalises raw pixels itself
             return Unread(f"it starts with arithmetic ({n.op}) on values tledge cannot read (a Normalization "
                           "layer's variance, a computed constant)")  # a part of the map is no map (x - mean)
         left = data[0] == t
@@ -94,6 +98,12 @@ def _channel_flip(nodes: dict, n) -> bool:
     a = {k: n.attr[k].i for k in ("begin_mask", "end_mask", "ellipsis_mask", "new_axis_mask", "shrink_axis_mask")}
     return (strides is not None and list(strides) == [1.0, -1.0] and a["ellipsis_mask"] == 1 and a["begin_mask"] & 2
             and a["end_mask"] & 2 and not a["new_axis_mask"] and not a["shrink_axis_mask"])
+
+
+def _named(scale, offset, flipped: bool, channels: int) -> bool:
+    from tledge.layers import affine_mode
+
+    return affine_mode(scale, offset, channels, flip=flipped) is not None
 
 
 def _spatial_crop(nodes: dict, n) -> bool:

@@ -100,16 +100,16 @@ def find_acting_ops(folder: str | Path) -> list[OpFinding]:
         functions = {f.signature.name: f for f in graph.graph_def.library.function}
         reached_fns, reached_nodes = _reachable(graph, functions, _serving_starts(graph))
         load_fns, load_nodes = _reachable(graph, functions, _load_starts(graph))
-        save_fns, _ = _reachable(graph, functions, [graph.saver_def.save_tensor_name]
-                                 if graph.HasField("saver_def") and graph.saver_def.save_tensor_name else [])
+        # what the TF2 loader may call itself (a resource's _initialize: SaveV2 there wrote files at load, without
+        # --unsafe) is every concrete function its object graph names; the saver's save and restore functions are
+        # not among them. A TF1 graph has no object graph: a function nothing reaches never runs.
+        callable_fns = _closure(functions, list(graph.object_graph_def.concrete_functions))
         for node in graph.graph_def.node:  # TF1: a main-graph node nothing reaches never runs
             reason = _reason(node, node.name in reached_nodes, node.name in load_nodes, inert=True)
             if reason:
                 found.append(OpFinding(f"main graph/{node.name}", node.op, reason))
         for name, fn in functions.items():
-            # only the saver's own save function is known never to run: tf.saved_model.load calls others itself
-            # (a resource's _initialize: SaveV2 there wrote files at load, without --unsafe)
-            inert = name in save_fns and name not in reached_fns and name not in load_fns
+            inert = name not in callable_fns
             for node in fn.node_def:
                 reason = _reason(node, name in reached_fns, name in load_fns, inert=inert)
                 if reason:
@@ -156,8 +156,7 @@ def _reason(node, reachable: bool, at_load: bool = False, inert: bool = False) -
         if inert:  # the SavedModel's own save function, which tledge never calls
             return None
         if node.op in SAVE_OPS:
-            return "writes a checkpoint outside the SavedModel's save function (loading calls some functions " \
-                "itself, such as a resource's initialiser)"
+            return "writes a checkpoint in a function loading may call itself (a resource's initialiser)"
         if node.op in RESTORE_OPS:  # reads a checkpoint: the restore function, however it is reached
             return None
     return next((why for part, why in ACTING_FAMILIES if part in node.op), None)
@@ -178,6 +177,11 @@ def _reachable(graph, functions: dict, starts: list[str]) -> tuple[set[str], set
         node = by_name[name]
         called += _called(node)
         todo += [i.split(":")[0].lstrip("^") for i in node.input]
+    return _closure(functions, called), seen_nodes
+
+
+def _closure(functions: dict, called: list[str]) -> set[str]:
+    """The functions `called` names and every function they call, transitively."""
     reached: set[str] = set()
     while called:
         fn = called.pop()
@@ -186,7 +190,7 @@ def _reachable(graph, functions: dict, starts: list[str]) -> tuple[set[str], set
         reached.add(fn)
         for node in functions[fn].node_def:
             called += _called(node)
-    return reached, seen_nodes
+    return reached
 
 
 def _called(node) -> list[str]:

@@ -185,8 +185,9 @@ class EdgeModel:
         for name, v in (("top_k", top_k), ("batch", batch)):  # batch=0 or 1.5 was taken, None a TypeError
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ArgumentError(f"{name} must be an integer >= 1, got {v!r}")
-        if im.one_image(images):
-            return self.classify([images], top_k, batch)[0]
+        if im.one_image(images):  # (nested lists: one array, a grey HxW one too)
+            return self.classify([np.asarray(images) if isinstance(images, (list, tuple)) else images], top_k,
+                                 batch)[0]
         from itertools import islice
 
         it, out, step = iter(images), [], int(batch)  # run_inputs pads the last chunk of a fixed-batch file
