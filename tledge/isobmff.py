@@ -69,21 +69,21 @@ def refusal(data: bytes) -> str | None:
     return None
 
 
-def skipped_note(files: Sequence[Path], where) -> str | None:
-    """A note for a folder's HEIC / HEIF / AVIF files, which folders skip (by suffix), or None."""
+def skipped(files: Sequence[Path]) -> str | None:
+    """What to say of the HEIC / HEIF / AVIF files among `files`, which folders skip (by suffix), or None."""
     mine = [f for f in files if f.suffix.lower() in SUFFIXES]
     if not mine:
         return None
-    return (f"{where}: {len(mine)} HEIC / HEIF / AVIF photo(s) skipped ({mine[0].name}{', ...' if len(mine) > 1 else ''}"
-            f"): tledge reads JPEG, PNG, WebP, BMP, GIF and TIFF; convert them to JPEG or PNG")
+    return (f"{len(mine)} HEIC / HEIF / AVIF photo(s) skipped ({mine[0].name}{', ...' if len(mine) > 1 else ''}): "
+            "tledge reads JPEG, PNG, WebP, BMP, GIF and TIFF; convert them to JPEG or PNG")
 
 
 def warn_skipped(files: Sequence[Path], where) -> None:
-    """skipped_note as a TledgeWarning (export's --val / --calib, parity's --images)."""
+    """skipped() as a TledgeWarning naming the folder (export's --val / --calib, parity's --images)."""
     import warnings
 
     from tledge.errors import TledgeWarning
 
-    note = skipped_note(files, where)
+    note = skipped(files)
     if note:
-        warnings.warn(note, TledgeWarning, stacklevel=3)
+        warnings.warn(f"{where}: {note}", TledgeWarning, stacklevel=3)

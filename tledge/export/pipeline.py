@@ -149,7 +149,7 @@ def _reference(cfg: ExportConfig, contract, chosen, serve):
     no accuracy (resize_choice): (contract, val_x, val_y, val_files, reference, the resize note or "")."""
     from tledge.export import loader, resize_choice
 
-    val_x, val_y, val_files = _val_images(cfg, contract, chosen)
+    val_x, val_y, val_files = _val_images(cfg, contract)
     reference, note = loader.run_reference(serve, val_x), ""
     val_y = contracting.folder_truth(cfg, contract, reference, val_y)  # folder i is output i only when it is
     if resize_choice.candidate(contract, cfg.resize):
@@ -287,8 +287,9 @@ def _check_calibration_source(cfg: ExportConfig, chosen: Sequence[F.Format]) -> 
     if any(f.precision == "int8" for f in chosen) and not (cfg.calib or cfg.val):
         raise DataError("--int8 needs calibration images: pass --calib DIR (or --val DIR). "
                         "--calib random calibrates on noise and is only for smoke tests.")
-    if not cfg.val and (not cfg.calib or cfg.calib == "random" and not _needs_calibration(cfg, chosen)):
-        _val_images(cfg, None, chosen)  # its message, before the model loads
+    missing = _no_parity_images(cfg, chosen)
+    if missing:  # before the model loads
+        raise DataError(missing)
 
 
 def _check_numbers(cfg: ExportConfig) -> None:
@@ -345,17 +346,22 @@ def _calib_images(cfg: ExportConfig, contract: Contract, chosen) -> np.ndarray |
 FEW_CALIBRATION_IMAGES = 10  # fewer: a warning (a walkthrough calibrated on 2 photos of one class)
 
 
-def _val_images(cfg: ExportConfig, contract: Contract, chosen):
+def _val_images(cfg: ExportConfig, contract: Contract):
     """(pixels, labels or None, files or None) parity runs on: --val, else the --calib folder."""
     if cfg.val:
         return imagesets.load_images(cfg.val, contract, cfg.val_limit, contract.labels)
-    if cfg.calib == "random":
-        if _needs_calibration(cfg, chosen):
-            return _noise(contract), None, None
-        raise DataError("parity needs real images: pass --val DIR (--calib random is noise, for int8 smoke tests)")
-    if cfg.calib:  # without int8 too: the message below offers it (it was ignored, and the export refused)
-        return imagesets.load_images(cfg.calib, contract, cfg.val_limit, contract.labels)
-    raise DataError("parity needs real images: pass --val DIR (or --calib DIR)")
+    if cfg.calib == "random":  # int8 smoke tests (_no_parity_images refused it otherwise, before loading)
+        return _noise(contract), None, None
+    # a --calib folder without int8 too: the message offers it (it was ignored, and the export refused)
+    return imagesets.load_images(cfg.calib, contract, cfg.val_limit, contract.labels)
+
+
+def _no_parity_images(cfg: ExportConfig, chosen) -> str | None:
+    """Why parity has no images to run on (no --val, and no --calib folder; noise only for int8 smoke tests)."""
+    if cfg.val or (cfg.calib and (cfg.calib != "random" or _needs_calibration(cfg, chosen))):
+        return None
+    return "parity needs real images: pass --val DIR " + ("(--calib random is noise, for int8 smoke tests)"
+                                                          if cfg.calib else "(or --calib DIR)")
 
 
 def _step_title(fmt: F.Format, calib) -> str:

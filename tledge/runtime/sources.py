@@ -346,21 +346,21 @@ def _file_source(s: str, on_event) -> Source:
 
     p = expand(s)
     if p.is_dir():
-        from tledge.isobmff import skipped_note
+        from tledge.isobmff import skipped
 
         every = data_files(p)
         files = [f for f in every if f.suffix.lower() in IMAGE_SUFFIXES]
         videos = [f for f in every if f.suffix.lower() in VIDEO_SUFFIXES]  # a folder source is its images
         said = f"; its {len(videos)} video(s) ({videos[0].name}...) are read one per --source" if videos else ""
-        unread = skipped_note(every, p)  # HEIC / AVIF: skipped without a word
+        unread = skipped(every)  # HEIC / AVIF: skipped without a word
         if not files:
             raise TledgeError(f"no image files in {p} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}){said}"
-                              + (f"; {unread.split(': ', 1)[1]}" if unread else ""))
+                              + (f"; {unread}" if unread else ""))
         source = FileSource(str(p), files, on_event=on_event)
         if videos:
             source.event(f"{p}: the images only{said}")
         if unread:
-            source.event(unread)
+            source.event(f"{p}: {unread}")
         return source
     if p.is_file():
         if p.suffix.lower() in VIDEO_SUFFIXES:
@@ -370,11 +370,11 @@ def _file_source(s: str, on_event) -> Source:
         matches = [Path(m) for m in sorted(glob.glob(str(p), recursive=True))]
         files = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
         if not files:
-            from tledge.isobmff import skipped_note
+            from tledge.isobmff import skipped
 
-            unread = skipped_note([m for m in matches if m.is_file()], repr(s))
+            unread = skipped([m for m in matches if m.is_file()])
             raise TledgeError(f"no image files match {s!r}" + (f" ({len(matches)} other paths do)" if matches else "")
-                              + (f"; {unread.split(': ', 1)[1]}" if unread else ""))
+                              + (f"; {unread}" if unread else ""))
         return FileSource(s, files, on_event=on_event)
     if p.exists():  # a device, FIFO or socket: /dev/null, /dev/stdin
         raise TledgeError(f"source {s!r} is neither a regular file nor a folder (expected an image, folder, glob, "
