@@ -124,13 +124,21 @@ def test_run_errors_exit_2(odd_folder, tmp_path, capsys):
 def test_foreign_coral_models_through_tledge_run(capsys):
     root = shared_asset("coral_tflite_classifiers")
     images = root / "test_images"
-    for model in sorted(root.glob("*.tflite")):
+    def rows(model, *options):
         code, out, _ = run_cli(capsys, "run", model, "--source", str(images / "*"), "--json",
-                               "--labels", root / "imagenet_labels.txt")
-        rows = {Path(r["source"]).name: r for r in map(json.loads, out.splitlines())}
-        assert code == 0 and len(rows) == 8
-        assert rows["cat.bmp"]["top"][0]["label"] == "Egyptian cat", model.name
-        assert rows["parrot.jpg"]["top"][0]["label"] == "macaw", model.name
+                               "--labels", root / "imagenet_labels.txt", *options)
+        assert code == 0
+        return {Path(r["source"]).name: r for r in map(json.loads, out.splitlines())}
+
+    for model in sorted(root.glob("*.tflite")):
+        area = rows(model, "--resize", "area")  # the provenance's check (PIL's antialiased resize is nearest to it)
+        assert len(area) == 8 and area["cat.bmp"]["top"][0]["label"] == "Egyptian cat", model.name
+        assert area["parrot.jpg"]["top"][0]["label"] == "macaw", model.name
+        # a TFLite file made elsewhere resizes as MediaPipe Tasks does unless told otherwise
+        default, warp = rows(model), rows(model, "--resize", "warp-linear")
+        assert {k: r["top"] for k, r in default.items()} == {k: r["top"] for k, r in warp.items()} and default["parrot.jpg"]["top"][0]["label"] == "macaw", model.name
+        assert {r["top"][0]["label"] for r in default.values()} != {r["top"][0]["label"] for r in area.values()} \
+            or [r["top"][0]["score"] for r in default.values()] != [r["top"][0]["score"] for r in area.values()]
 
 
 def test_info(capsys):
