@@ -61,7 +61,7 @@ def test_export_refuses_val_folders_that_would_become_bad_labels(tmp_path, capsy
     makes applies to them then, and only then (two calibration folders of a 1000-class model name nothing)."""
     from types import SimpleNamespace
 
-    from tledge.cli.validate import export_labels
+    from tledge.cli.export_labels import export_labels
     from tledge.export.contracting import labels_for
     from tledge.export.pipeline import ExportConfig
 

@@ -132,7 +132,7 @@ def test_val_folders_match_the_model_s_labels_as_parity_matches_them(tmp_path):
     writes 'Ä' decomposed), which train and parity accept."""
     import unicodedata
 
-    from tledge.cli.validate import export_labels
+    from tledge.cli.export_labels import export_labels
     from tledge.errors import TledgeError
 
     (tmp_path / "run").mkdir()

@@ -185,6 +185,8 @@ class Contract:
             raise ContractError("a 1-channel contract must use color='gray' and a 3-channel one rgb/bgr")
         if self.input_dtype not in ("uint8", "int8", "float32", "float16"):
             raise ContractError(f"unsupported input dtype {self.input_dtype!r}")
+        if self.baked and self.input_dtype == "int8":  # raw pixels as they are: 128..255 wrapped to negatives
+            raise ContractError("raw pixels (baked preprocessing) do not fit input_dtype int8: uint8, or a normalisation")
         if not 0.0 < self.crop_fraction <= 1.0:
             raise ContractError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
         if self.norm is Norm.CUSTOM and (self.mean is None or self.std is None):
@@ -202,6 +204,13 @@ class Contract:
             raise ContractError("mean and std values must be finite numbers")
         if self.std is not None and any(s == 0 for s in self.std):
             raise ContractError("std values must be non-zero")
+        if self.mean is not None and self.std is not None:  # pixels are normalised in float32: 1e39 or 1e-320 passed
+            with np.errstate(all="ignore"):                 # the float64 checks and gave NaN scores, exit 0
+                m, sd = np.float32(self.mean), np.float32(self.std)
+                ends = (np.float32([[0.0], [255.0]]) - m) / sd
+            if not (np.isfinite(m).all() and np.isfinite(sd).all() and (sd != 0).all() and np.isfinite(ends).all()):
+                raise ContractError(f"mean {self.mean} / std {self.std} overflow float32, in which pixels are "
+                                    "normalised")
         object.__setattr__(self, "labels", tuple(str(x) for x in self.labels))
 
     def _check_types(self) -> None:
@@ -354,7 +363,9 @@ class Contract:
         if not isinstance(d, dict):
             raise ContractError("a contract must be a JSON object")
         d = dict(d)
-        d.pop("format", None)
+        kind = d.pop("format", "tledge.contract")
+        if kind != "tledge.contract":  # a manifest.json copied over tledge.json
+            raise ContractError(f"format {str(kind)[:40]!r} is not a tledge contract's (tledge.contract)")
         version = d.get("version", CONTRACT_VERSION)
         if not _is(version, "int"):
             raise ContractError(f"contract version {str(version)[:20]!r} is not an integer")
@@ -401,7 +412,10 @@ class Contract:
         p = Path(path)
         if not p.is_file():
             raise ContractError(f"no contract file at {p}")
-        return cls.from_json(p.read_bytes())  # bytes: json reads UTF-8 (a Latin-1 file is a ContractError)
+        try:
+            return cls.from_json(p.read_bytes())  # bytes: json reads UTF-8 (a Latin-1 file is a ContractError)
+        except ContractError as exc:  # said which file: an export's tledge.json or the model's own
+            raise ContractError(f"{p}: {exc}") from None
 
     # ---- named presets --------------------------------------------------------------------------
     @classmethod

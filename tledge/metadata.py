@@ -60,13 +60,43 @@ def read_onnx_contract(path) -> Contract | None:
 
 
 def read_contract(path) -> Contract | None:
-    """The contract embedded in a .tflite or .onnx file, else the tledge.json beside it, else None."""
+    """The contract embedded in a .tflite or .onnx file, else the tledge.json beside it (`sidecar_contract`),
+    else None."""
     p = Path(path)
     c = None
     if p.suffix == ".tflite":
         c = read_tflite_contract(p)
     elif p.suffix == ".onnx":
         c = read_onnx_contract(p)
-    if c is None and (p.parent / "tledge.json").is_file():
-        c = Contract.load(p.parent / "tledge.json")
-    return c
+    return c if c is not None else sidecar_contract(p)
+
+
+def sidecar_contract(path) -> Contract | None:
+    """The tledge.json beside `path` as that file takes it, when `path` is one of that export's files: listed in its
+    manifest (a folder with no manifest: yes, as before manifests). A file made elsewhere copied into an export
+    folder took the export's contract (raw pixels into a model wanting -1..1; `tledge info` without an
+    interpreter showed the export's size and labels for it). The ONNX files take their own layout and input dtype
+    (extra["onnx"], from `tledge export --layout / --onnx-input`); TFLite files stay NHWC."""
+    from tledge import artifacts
+    from tledge.contract import Layout
+    from tledge.errors import ContractError, TledgeError
+
+    p = Path(path)
+    beside = p.parent / "tledge.json"
+    if not beside.is_file():
+        return None
+    try:
+        m = artifacts.read(p.parent)
+    except TledgeError:
+        return None
+    if m is not None and m.entry(p.name) is None:
+        return None
+    contract = Contract.load(beside)
+    conv = (contract.extra or {}).get("onnx") if p.suffix.lower() == ".onnx" else None
+    if not isinstance(conv, dict):
+        return contract
+    try:
+        return contract.replace(layout=Layout(str(conv.get("layout", contract.layout.value))),
+                                input_dtype=str(conv.get("input_dtype", contract.input_dtype)))
+    except ValueError:
+        raise ContractError(f"tledge.json: extra.onnx {conv!r} is not a known layout / input dtype") from None

@@ -236,7 +236,7 @@ def _check_onnx_options(args, formats) -> None:
 
 def _labels(args, notes: list[str]) -> str | None:
     """--labels, else the model's own labels.txt; refuses class folders that contradict the model's labels."""
-    from tledge.cli.validate import export_labels
+    from tledge.cli.export_labels import export_labels
 
     return export_labels(args.model, args.labels, {"--val": args.val, "--calib": args.calib}, note=notes.append)
 

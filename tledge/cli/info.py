@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from tledge.contract import INDEPENDENT
+from tledge.runtime.foreign import STANDARD_ORIGIN
 from tledge.runtime.options import add_model_options, load_kwargs
 
 
@@ -57,14 +58,12 @@ def offline_info(path, why: str) -> dict:
     """What a .tflite file says about itself, read as bytes (no interpreter): its contract (embedded, else the
     tledge.json beside it), tensor names and shapes. The dtype, quantisation and a test run need an interpreter."""
     from tledge import flatbuf
-    from tledge.metadata import read_tflite_contract
+    from tledge.metadata import read_tflite_contract, sidecar_contract
 
     data = path.read_bytes()
     contract, origin = read_tflite_contract(data), "embedded"
-    if contract is None and (path.parent / "tledge.json").is_file():
-        from tledge.contract import Contract
-
-        contract, origin = Contract.load(path.parent / "tledge.json"), "tledge.json"
+    if contract is None and (contract := sidecar_contract(path)) is not None:
+        origin = "tledge.json"
     notes = [f"read from the file's bytes, not loaded: {why}"]
     if contract is None:  # a file made elsewhere: what its standard metadata says (the runtime infers from it)
         notes += _standard_notes(path)
@@ -128,7 +127,7 @@ def describe(info: dict) -> list[str]:
     lines.append(f"  output   {c['output']}" + (" (independent: a sigmoid each, multi-label)" if independent else ""))
     extra = {k: v for k, v in (c.get("extra") or {}).items() if v is not None}
     cal = extra.pop("score_calibration", None)
-    if isinstance(cal, dict):  # a TFLite Support file's: the scores shown are calibrated
+    if isinstance(cal, dict) and info["contract_origin"] == STANDARD_ORIGIN:  # TFLite Support's: scores calibrated
         n = sum(s is not None for s in cal.get("sigmoids", []))
         lines.append(f"  scores   calibrated by the file's score calibration ({cal.get('transformation')}, "
                      f"{n} sigmoid(s), default score {cal.get('default_score'):g}), as the TFLite Task Library does")

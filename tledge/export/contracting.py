@@ -170,7 +170,8 @@ def with_export_options(contract: Contract, cfg: ExportConfig) -> Contract:
         geometry["fit"] = cfg.fit
     contract = contract.replace(**geometry)
     conv = Conventions(cfg.onnx_layout, cfg.onnx_input)
-    extra = {k: v for k, v in contract.extra.items() if k not in ("onnx", "resize_by_client")}
+    # score_calibration: the runtime applies a TFLite Support file's own only, never one copied from a sidecar
+    extra = {k: v for k, v in contract.extra.items() if k not in ("onnx", "resize_by_client", "score_calibration")}
     if conv != Conventions() and "onnx" in cfg.formats + tuple(k for k, _ in cfg.pairs):
         extra["onnx"] = conv.to_dict()
     extra["resize_by_client"] = client_resizes(contract)

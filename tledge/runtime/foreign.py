@@ -106,11 +106,11 @@ def infer_contract(inp, out=None, standard: StandardMetadata | None = None, prod
     if options.get("crop") is not None:
         base.update(fit=Fit.CROP, crop_fraction=float(options["crop"]))
     contract = Contract(**base)
-    _check_integer_input(contract, inp)
+    check_integer_input(contract, inp)
     return contract
 
 
-def _check_integer_input(contract: Contract, inp) -> None:
+def check_integer_input(contract: Contract, inp) -> None:
     """An integer input takes what its quantisation describes. Without quantisation its values are fed as they
     are: only a map of pixels onto the type's whole numbers can be right (normalised floats cast to uint8 gave
     every pixel as 0 or 1; raw pixels cast to int8 turned 204 into -52). With quantisation, a map beyond the
@@ -127,6 +127,10 @@ def _check_integer_input(contract: Contract, inp) -> None:
             raise ContractError(f"the {inp.dtype} input has no quantisation, so its values go in as they are, and the "
                                 f"preprocessing maps pixels to {lo:g}..{hi:g}: {hint}")
         return
+    if (hi - lo) / q.scale < 16:  # --preprocess tf on a scale-1 input: every pixel in 2 steps, class 0 for all
+        raise ContractError(f"the preprocessing maps pixels to {lo:.4g}..{hi:.4g}, {(hi - lo) / q.scale:.3g} steps "
+                            f"of the {inp.dtype} input's quantisation (scale {q.scale:.4g}): the image is lost; "
+                            "without --preprocess / --mean / --std tledge feeds what the quantisation describes")
     held = ((info.min - q.zero_point) * q.scale, (info.max - q.zero_point) * q.scale)
     if lo < held[0] - 2 * q.scale or hi > held[1] + 2 * q.scale:
         warnings.warn(f"the preprocessing given maps pixels to {lo:.4g}..{hi:.4g}, and the {inp.dtype} input's "

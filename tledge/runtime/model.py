@@ -19,8 +19,8 @@ import numpy as np
 from tledge.contract import METADATA_KEY, ColorOrder, Contract, Layout, Norm, Output
 from tledge.errors import ArgumentError, ContractError, ModelLoadError, ModelRunError
 from tledge.runtime.backends import MAX_THREADS, TensorInfo, open_backend
-from tledge.runtime.foreign import (STANDARD_ORIGIN, calibrated, check_fits, class_count, complete,  # noqa: F401
-                                    infer_contract, infer_for_file, labels_option, read_standard)
+from tledge.runtime.foreign import (STANDARD_ORIGIN, calibrated, check_fits, check_integer_input,  # noqa: F401
+                                    class_count, complete, infer_contract, infer_for_file, labels_option, read_standard)
 
 
 CLASSIFY_BATCH = 32  # images per backend call in classify(): 1000 paths at once took 1.2-2.4 GB
@@ -201,7 +201,9 @@ class EdgeModel:
         one-score model (a sigmoid, or its logit) gives `[1 - p, p]`: p is the probability of the second
         label, as Keras' binary classifiers and tledge's exported files have it."""
         y = np.asarray(outputs, np.float32).reshape(len(outputs), -1)
-        if self.contract.extra.get("score_calibration"):  # a file made with TFLite Support's metadata writer
+        if self.contract.extra.get("score_calibration") and self.load_info.contract_origin == STANDARD_ORIGIN:
+            # a file made with TFLite Support's metadata writer, checked when read (an edited tledge contract's
+            # calibration was applied unchecked: labels changed after parity had passed, or a KeyError)
             return calibrated(y, self.contract.extra["score_calibration"])
         if y.shape[1] == 1:
             return two_scores(y[:, 0], logits=self.contract.output is Output.LOGITS, name=self.path.name)
@@ -279,38 +281,14 @@ def _read_contract(path: Path, backend) -> tuple[Contract | None, str]:
     except Exception as exc:
         raise ModelLoadError(f"cannot read the metadata of {path}: {exc}") from None
     if raw:
-        return Contract.from_json(raw), "embedded"
-    beside = path.parent / "tledge.json"
-    if beside.is_file() and _of_the_export(path):
-        return for_kind(Contract.load(beside), path.suffix.lower().lstrip(".")), "tledge.json"
-    return None, "inferred"
+        try:
+            return Contract.from_json(raw), "embedded"
+        except ContractError as exc:
+            raise ContractError(f"the contract embedded in {path.name}: {exc}") from None
+    from tledge.metadata import sidecar_contract
 
-
-def _of_the_export(path: Path) -> bool:
-    """Is `path` one of the files of the export whose tledge.json is beside it: listed in its manifest (a folder
-    with no manifest: yes, as before manifests)? A file made elsewhere copied into an export folder took the
-    export's contract, and raw pixels went into a model wanting -1..1 (its --preprocess was refused)."""
-    from tledge import artifacts
-    from tledge.errors import TledgeError
-
-    try:
-        m = artifacts.read(path.parent)
-    except TledgeError:
-        return False
-    return m is None or m.entry(path.name) is not None
-
-
-def for_kind(contract: Contract, kind: str) -> Contract:
-    """An export's tledge.json as one of its files takes it: the ONNX files' own layout and input
-    dtype (extra["onnx"], from `tledge export --layout / --onnx-input`); TFLite files stay NHWC."""
-    conv = (contract.extra or {}).get("onnx") if kind == "onnx" else None
-    if not isinstance(conv, dict):
-        return contract
-    try:
-        return contract.replace(layout=Layout(str(conv.get("layout", contract.layout.value))),
-                                input_dtype=str(conv.get("input_dtype", contract.input_dtype)))
-    except ValueError:
-        raise ContractError(f"tledge.json: extra.onnx {conv!r} is not a known layout / input dtype") from None
+    beside = sidecar_contract(path)
+    return (beside, "tledge.json") if beside is not None else (None, "inferred")
 
 
 def load(path: str | Path, *, threads: int | None = None, contract: Contract | None = None,
@@ -382,7 +360,14 @@ def load(path: str | Path, *, threads: int | None = None, contract: Contract | N
         if origin != "given" and own and contract.labels != own:  # allowed (a translation), but said
             shown = ", ".join(own[:3]) + (", ..." if len(own) > 3 else "")
             trust = trust + [f"labels given replace the file's own ({shown})"]
-    check_fits(contract, backend.inp, class_count(backend.out))
+    try:
+        check_fits(contract, backend.inp, class_count(backend.out))
+        if origin not in ("inferred", STANDARD_ORIGIN):  # (inferred ones are checked as they are made)
+            check_integer_input(contract, backend.inp)  # an edited baked=false / int8 contract gave class 0 for all
+    except ContractError as exc:  # which contract is wrong: the file's own, its tledge.json, or options
+        where = {"embedded": f"the contract embedded in {p.name}", "tledge.json": str(p.parent / "tledge.json")}
+        mine = origin in where and not any(v is not None and v is not False and v != () for v in contract_options.values())
+        raise ContractError(f"{where[origin]}: {exc}" if mine else str(exc)) from None
     model = EdgeModel(p, backend, contract, origin, 1000 * (time.perf_counter() - start))
     model.load_info.notes[:0] = trust
     model.loaded_with = how

@@ -1,0 +1,61 @@
+"""Which labels `tledge export` gives a model: --labels, else the model's own (its tledge.json or a labels.txt beside
+it), checked against the class folders of --val / --calib. Raises TledgeError (exit code 2) with one line."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from tledge.errors import TledgeError
+
+
+def _own_labels(model: Path) -> tuple[tuple[str, ...], str]:
+    """The labels a model brings: its tledge.json, else a labels.txt beside it."""
+    from tledge.contract import Contract
+    from tledge.labels import read_labels
+
+    folder = model if model.is_dir() else model.parent
+    text = read_labels(folder / "labels.txt") if (folder / "labels.txt").is_file() else ()
+    if (folder / "tledge.json").is_file():
+        labels = Contract.load(folder / "tledge.json").labels
+        if labels and text and tuple(text) != tuple(labels):  # an edited labels.txt was ignored without a word
+            i = next((i for i, (a, b) in enumerate(zip(text, labels)) if a != b), None)
+            what = f"line {i + 1}: {text[i]!r} against {labels[i]!r}" if i is not None else \
+                f"{len(text)} names against {len(labels)}"
+            raise TledgeError(f"{folder / 'labels.txt'} and the tledge.json beside it name other labels ({what}): "
+                              "pass --labels FILE to say which, or make them agree")
+        if labels:
+            return labels, str(folder / "tledge.json")
+    if text:
+        return text, str(folder / "labels.txt")
+    return (), ""
+
+
+def export_labels(model, labels: str | None, folders: dict[str, str | None], note) -> str | None:
+    """The labels file `tledge export` should use. --labels wins; else the model's own labels.txt.
+    Class-folder names that contradict the model's own labels are refused; a model with no labels of
+    its own gets the folder names, and `note` says so."""
+    from tledge.errors import DataError
+    from tledge.images import class_folders, match_labels
+
+    if labels:
+        return labels
+    own, where = _own_labels(Path(str(model)))
+    for flag, folder in folders.items():
+        if not folder or folder == "random" or not Path(folder).is_dir():
+            continue
+        names = tuple(n for n, files in class_folders(folder) if files)
+        if len(names) < 2:
+            continue
+        try:  # matched as parity and accuracy match them: case, spaces, underscores and Unicode form aside
+            if own:
+                match_labels(list(names), own, where=f"{flag} {folder}")
+        except DataError as exc:
+            raise TledgeError(f"{exc} (in {where}): pass --labels FILE to say what the outputs mean, or rename the "
+                              "folders") from None
+        if not own:  # the names become labels only with one folder per output (checked then: export.contracting)
+            from tledge.runtime.outputs import printable
+
+            shown = ", ".join(map(printable, names[:6])) + (f", ... ({len(names)} folders)" if len(names) > 6 else "")
+            note(f"the model has no labels of its own: its outputs are named after the class folders of {flag} "
+                 f"({shown}) if there is one folder per output; pass --labels FILE if they mean something else")
+        break
+    return where if where.endswith("labels.txt") else None
