@@ -63,9 +63,12 @@ def test_a_preprocessing_that_squeezes_pixels_into_a_few_steps_is_refused(capsys
 
 
 def test_raw_pixels_do_not_go_into_int8():
-    with pytest.raises(ContractError, match="int8"):
-        Contract(48, 48, baked=True, input_dtype="int8")
-    assert Contract(48, 48, baked=False, norm="tf", input_dtype="int8").input_dtype == "int8"
+    """An embedded contract edited to input_dtype int8 cast raw pixels to int8: 128..255 wrapped, class 0 for all."""
+    edited = Contract.from_json((TINY / "tledge.json").read_text()).replace(input_dtype="int8")
+    for name in ("model_int8.tflite", "model_fp32.onnx"):
+        with pytest.raises(ContractError, match="raw pixels as int8"):
+            load(TINY / name, contract=edited)
+    assert load(TINY / "model_fp32.onnx", contract=edited.replace(input_dtype="uint8")).contract.baked
 
 
 @pytest.mark.parametrize("mean, std", [(1e39, 1.0), (0.0, 1e-320), (0.0, 1e40), (1e38, 1e-3)])

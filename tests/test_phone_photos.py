@@ -102,3 +102,52 @@ def test_a_16_bit_pgm_opened_by_pil_reads_as_by_path(tmp_path):
     with PIL.open(tmp_path / "g.pgm") as im:
         assert im.mode == "I"
         np.testing.assert_array_equal(images.as_rgb(im), images.load(tmp_path / "g.pgm"))
+
+
+def _tagged_video(path, matrix) -> np.ndarray:
+    """An MP4 (OpenCV's writer) of one asymmetric frame, its video track's display matrix set to (a, b, c, d)."""
+    import cv2
+
+    frame = np.zeros((48, 64, 3), np.uint8)
+    frame[:16, :16] = (0, 0, 255)  # a red corner and a green strip on the right (BGR)
+    frame[:, -8:] = (0, 255, 0)
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (64, 48))
+    for _ in range(3):
+        w.write(frame)
+    w.release()
+    data = bytearray(path.read_bytes())
+    at = data.find(b"tkhd") + 4
+    at += 52 if data[at] == 1 else 40
+    a, b, c, d = matrix
+    data[at:at + 36] = struct.pack(">9i", a << 16, b << 16, 0, c << 16, d << 16, 0, 0, 0, 1 << 30)
+    path.write_bytes(bytes(data))
+    return frame
+
+
+def _shown(frame: np.ndarray, matrix) -> np.ndarray:
+    """The frame as ISO BMFF's display matrix defines it: column p, row q go to (a p + c q, b p + d q)."""
+    a, b, c, d = matrix
+    q, p = np.mgrid[0:frame.shape[0], 0:frame.shape[1]]
+    x, y = a * p + c * q, b * p + d * q
+    out = np.zeros((y.max() - y.min() + 1, x.max() - x.min() + 1, 3), frame.dtype)
+    out[y - y.min(), x - x.min()] = frame[q, p]
+    return out
+
+
+@pytest.mark.parametrize("matrix", [(-1, 0, 0, 1), (1, 0, 0, -1), (0, 1, 1, 0), (0, -1, -1, 0),  # mirrors
+                                    (0, 1, -1, 0), (-1, 0, 0, -1)])  # turns (OpenCV's own rotation)
+def test_a_video_is_read_as_its_display_matrix_shows_it(tmp_path, matrix):
+    """A video tagged with a horizontal mirror was read turned 180 degrees (OpenCV applies FFmpeg's rotation angle
+    of the matrix); a turned video stays as OpenCV reads it."""
+    from tledge.runtime.sources import open_source
+
+    frame = _tagged_video(tmp_path / "v.mp4", matrix)
+    got = [f.image for f in open_source(tmp_path / "v.mp4", on_event=None).frames()]
+    want = _shown(frame, matrix)
+    assert len(got) == 3 and got[0].shape == want.shape
+    assert np.abs(got[0].astype(int) - want).max() < 40  # (mp4v is lossy; a wrong turn is 255 off)
+    mirrors = matrix[0] * matrix[3] - matrix[1] * matrix[2] < 0
+    assert (isobmff.video_mirror(tmp_path / "v.mp4") == matrix) if mirrors else \
+        isobmff.video_mirror(tmp_path / "v.mp4") is None
+    assert isobmff.video_mirror(tmp_path / "missing.mp4") is None
+    assert isobmff.video_mirror(__file__) is None  # not ISO BMFF

@@ -185,8 +185,6 @@ class Contract:
             raise ContractError("a 1-channel contract must use color='gray' and a 3-channel one rgb/bgr")
         if self.input_dtype not in ("uint8", "int8", "float32", "float16"):
             raise ContractError(f"unsupported input dtype {self.input_dtype!r}")
-        if self.baked and self.input_dtype == "int8":  # raw pixels as they are: 128..255 wrapped to negatives
-            raise ContractError("raw pixels (baked preprocessing) do not fit input_dtype int8: uint8, or a normalisation")
         if not 0.0 < self.crop_fraction <= 1.0:
             raise ContractError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
         if self.norm is Norm.CUSTOM and (self.mean is None or self.std is None):

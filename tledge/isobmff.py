@@ -1,4 +1,5 @@
-"""HEIC / HEIF and AVIF photos (phones' formats), recognised by their ISO BMFF `ftyp` box: what tledge says about them.
+"""HEIC / HEIF and AVIF photos (phones' formats), recognised by their ISO BMFF `ftyp` box: what tledge says about them;
+and the display matrix of MP4 / MOV videos that mirror, which OpenCV applies as a rotation.
 
 OpenCV decodes no HEIC, and decodes AVIF without its rotation and mirror boxes (`irot`, `imir`: Pillow and avifenc
 write a photo's EXIF orientation there), so a portrait AVIF reached the model sideways, exit 0, where the same
@@ -87,3 +88,74 @@ def warn_skipped(files: Sequence[Path], where) -> None:
     note = skipped(files)
     if note:
         warnings.warn(f"{where}: {note}", TledgeWarning, stacklevel=3)
+
+
+# ---- videos: MP4 / MOV display matrices that mirror -----------------------------------------------------------
+
+MOOV_LIMIT = 64 << 20  # bytes of a `moov` box read (an hour of video has a few MB of sample tables)
+
+
+def _top_box(f, want: bytes) -> bytes | None:
+    """The payload of the first top-level box `want` of an open ISO BMFF file, seeking past the others (a `moov`
+    after hours of `mdat` is common), or None (not such a file, none, or too big)."""
+    at = 0
+    for _ in range(4096):
+        f.seek(at)
+        head = f.read(16)
+        if len(head) < 8 or not head[4:8].isalnum():
+            return None
+        size, kind = struct.unpack_from(">I4s", head)
+        start = 8
+        if size == 1 and len(head) == 16:
+            size, start = struct.unpack_from(">Q", head, 8)[0], 16
+        if kind == want:  # (size 0: the box runs to the end of the file)
+            f.seek(at + start)
+            data = f.read(size - start if start <= size <= MOOV_LIMIT else MOOV_LIMIT + 1)
+            return data if len(data) <= MOOV_LIMIT else None
+        if size < start:
+            return None
+        at += size
+    return None
+
+
+def _unit(v: int) -> int | None:
+    """A 16.16 fixed-point matrix entry as -1, 0 or 1, or None for anything else (a scale, a shear)."""
+    return {0: 0, 0x10000: 1, -0x10000: -1}.get(v)
+
+
+def video_mirror(path) -> tuple[int, int, int, int] | None:
+    """(a, b, c, d), each -1, 0 or 1, of the display matrix of an MP4 / MOV file's video track when the matrix
+    mirrors (determinant below 0), else None. OpenCV (FFmpeg's rotation angle) applies such a matrix as a rotation:
+    a video tagged with a horizontal mirror was read turned 180 degrees."""
+    try:
+        with open(path, "rb") as f:
+            moov = _top_box(f, b"moov")
+    except OSError:
+        return None
+    for kind, lo, hi in _boxes(moov or b""):
+        if kind != b"trak":
+            continue
+        matrix, video = None, False
+        for k2, lo2, hi2 in _boxes(moov, lo, hi):
+            if k2 == b"tkhd" and hi2 > lo2:  # full box; version 1 has 64-bit times: the matrix is 12 bytes later
+                at = lo2 + (52 if moov[lo2] == 1 else 40)
+                if at + 36 <= hi2:
+                    v = struct.unpack_from(">9i", moov, at)
+                    matrix = tuple(_unit(x) for x in (v[0], v[1], v[3], v[4]))
+            elif k2 == b"mdia":  # hdlr: version and flags, pre_defined, then the handler type
+                video = any(k3 == b"hdlr" and moov[lo3 + 8:lo3 + 12] == b"vide" for k3, lo3, _ in _boxes(moov, lo2, hi2))
+        if video:
+            if matrix is None or None in matrix or matrix[0] * matrix[3] - matrix[1] * matrix[2] >= 0:
+                return None
+            return matrix  # type: ignore[return-value]
+    return None
+
+
+def displayed(img, matrix: tuple[int, int, int, int]):
+    """A decoded frame (rows x columns [x channels]) as the display matrix (a, b, c, d) shows it: column p and row q
+    go to (a p + c q, b p + d q), moved into the picture."""
+    a, b, c, d = matrix
+    rows, cols = (d, a) if a else (b, c)
+    if not a:  # a quarter turn: rows and columns swap
+        img = img.swapaxes(0, 1)
+    return img[::-1 if rows < 0 else 1, ::-1 if cols < 0 else 1].copy()

@@ -115,9 +115,14 @@ def check_integer_input(contract: Contract, inp) -> None:
     are: only a map of pixels onto the type's whole numbers can be right (normalised floats cast to uint8 gave
     every pixel as 0 or 1; raw pixels cast to int8 turned 204 into -52). With quantisation, a map beyond the
     range it holds is clipped (--preprocess raw on a -1..1 input fed every pixel as 255): said."""
+    if contract.baked and contract.input_dtype == "int8" and inp.dtype != "int8":  # an edited contract
+        raise ContractError(f"the contract gives raw pixels as int8 (128..255 wrap to negatives) to a {inp.dtype} "
+                            f"input: its input_dtype is {inp.dtype}")
     if inp.dtype not in ("uint8", "int8"):
         return
-    ends = contract.normalize(np.array([[0.0] * contract.channels, [255.0] * contract.channels]))
+    ends = np.array([[0.0] * contract.channels, [255.0] * contract.channels])
+    if not contract.baked:  # baked: the model normalises, raw pixels go in
+        ends = contract.normalize(ends)
     lo, hi = float(ends.min()), float(ends.max())
     info, q = np.iinfo(np.dtype(inp.dtype)), inp.quant
     if q is None:

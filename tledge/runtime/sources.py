@@ -125,6 +125,12 @@ class VideoSource(Source):
             self._cap = cv2.VideoCapture(name)
         if not self._cap.isOpened():
             raise TledgeError(f"cannot open video {self.name}: not a video OpenCV can decode")
+        self._mirror = None  # a mirroring display matrix, which OpenCV turns instead (isobmff.video_mirror)
+        if not str(path).lower().startswith(("http://", "https://")):
+            from tledge.isobmff import video_mirror
+
+            m, auto = video_mirror(path), getattr(cv2, "CAP_PROP_ORIENTATION_AUTO", None)  # (OpenCV < 4.5: raw)
+            self._mirror = m if m is not None and (auto is None or self._cap.set(auto, 0)) else None
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(fps) if fps and fps > 0 else None
         count = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)
@@ -138,6 +144,10 @@ class VideoSource(Source):
                     ok, img = self._cap.read()
                 if not ok:
                     break
+                if self._mirror is not None:
+                    from tledge.isobmff import displayed
+
+                    img = displayed(img, self._mirror)
                 yield Frame(f"{self.name}#{i}", i, image=img, bgr=True, timestamp=time.time())
                 i += 1
             n = self.announced
