@@ -80,7 +80,7 @@ def test_run_video_to_annotated_video(video, tmp_path, capsys):
 def test_run_camera_that_drops_ends_cleanly(video, monkeypatch, capsys):
     import tledge.runtime.sources as sources
 
-    monkeypatch.setattr(sources, "_cv2_opener", lambda target, api=None: FlakyCamera(video, [True, False]))
+    monkeypatch.setattr(sources, "cv2_opener", lambda target, api=None: FlakyCamera(video, [True, False]))
     code, out, err = run_cli(capsys, "run", TINY / "model_int8.tflite", "--source", "0", "--json",
                              "--reconnect", "1", "--reconnect-delay", "0.01")
     assert code == 1  # the source was lost: reported, not a crash
@@ -227,7 +227,7 @@ class EndlessCamera:
     def release(self):
         pass
 
-sources._cv2_opener = lambda target, api=None: EndlessCamera
+sources.cv2_opener = lambda target, api=None: EndlessCamera
 print("started", file=sys.stderr, flush=True)
 sys.exit(main(["run", sys.argv[1], "--source", "0", "--json", "--csv", sys.argv[2]]))
 """

@@ -200,8 +200,8 @@ def test_repair_time_stops_new_rungs_and_the_report_says_which(tiny_model, shape
     note = "the repair time budget (500 s, --repair-time) was spent after 10"
     assert any(note in n and f"not started: {', '.join(every[1:])} (" in n for n in report["notes"])
     assert f"note: model_int8.tflite: {note}" in terminal
-    assert "note: FALLBACK: model_int8.tflite could not meet the int8 budget (best agreement " in terminal
-    assert f"after {every[0]}, {len(every) - 1} rung{'s' if len(every) > 2 else ''} not started for time)" in terminal
+    assert "note: FALLBACK: model_int8.tflite could not meet the int8 budget (best: max abs error " in terminal
+    assert f", after {every[0]}, {len(every) - 1} rung{'s' if len(every) > 2 else ''} not started for time)" in terminal
     assert (out / "rejected" / "model_int8.tflite").is_file() and (out / "model_fp16.tflite").is_file()
     md = (out / "parity.md").read_text()
     assert all(f"| model_int8.tflite | {r} | - |" in md for r in every[1:]) and "not started: repair time budget" in md

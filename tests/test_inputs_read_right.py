@@ -227,5 +227,5 @@ def test_duplicate_labels_given_to_export_are_said(tmp_path):
     from tledge.export.contracting import labels_for
 
     (tmp_path / "l.txt").write_text("ants\nants\n")
-    with pytest.warns(TledgeWarning, match=r"'ants' names two classes \(lines 1 and 2\)"):
+    with pytest.warns(TledgeWarning, match=r"classes share a name \('ants' on lines 1 and 2\)"):
         assert labels_for(SimpleNamespace(labels=str(tmp_path / "l.txt")), None) == ("ants", "ants")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tledge.cli import main
-from tledge.errors import DataError, TledgeWarning
+from tledge.errors import ContractError, DataError, TledgeWarning
 from tledge.labels import name_problem, read_labels
 
 
@@ -82,7 +82,32 @@ def test_numbered_class_names_are_read_back_as_written(tmp_path):
     p.write_text("1 star\n2 stars\n3 stars\n", encoding="utf-8")
     assert read_labels(p) == ("1 star", "2 stars", "3 stars")
     p.write_text("0 cat\n1 dog\n", encoding="utf-8")
-    assert read_labels(p) == ("cat", "dog")
+    assert read_labels(p) == ("cat", "dog") and read_labels(p, numbered=False) == ("0 cat", "1 dog")
+    p.write_text("0 stars\n1 star\n2 stars\n", encoding="utf-8")  # numbers off: two classes `stars`
+    assert read_labels(p) == ("0 stars", "1 star", "2 stars")
+
+
+def test_a_train_run_with_numbered_names_exports_with_its_own_labels_txt(tmp_path):
+    """train writes `0 ants` / `1 bees` to tledge.json and labels.txt; the latter reads as Teachable Machine's
+    `ants` / `bees`: the two are the same labels, not an edited file."""
+    from tledge.cli.export_labels import export_labels
+    from tledge.contract import Contract
+
+    run = tmp_path / "run"
+    run.mkdir()
+    Contract(8, 8, labels=("0 ants", "1 bees")).save(run / "tledge.json")
+    (run / "labels.txt").write_text("0 ants\n1 bees\n", encoding="utf-8")
+    assert export_labels(run / "model.keras", None, {}, lambda note: None) is None
+
+
+@pytest.mark.parametrize("text", ["bees\x00zero\nants\n", "ants\nbe\x1b[31mes\n", "ants\n0\tbees\n"])
+def test_a_labels_txt_with_control_characters_is_refused(tmp_path, text):
+    """MediaPipe cut `bees<NUL>zero` to `bees`; an escape code reached terminals. JSON labels and folder names were
+    checked, text files not."""
+    p = tmp_path / "labels.txt"
+    p.write_bytes(text.encode())
+    with pytest.raises(ContractError, match=r"line [12] .*control character"):
+        read_labels(p)
 
 
 def test_duplicate_labels_are_named_by_the_file_s_own_line_numbers(tmp_path):
@@ -95,7 +120,11 @@ def test_duplicate_labels_are_named_by_the_file_s_own_line_numbers(tmp_path):
         warnings.simplefilter("always")
         assert labels_for(ExportConfig(labels=str(p)), None) == ("Zebra", "Zebra")
     said = [str(w.message) for w in seen if issubclass(w.category, TledgeWarning)]
-    assert len(said) == 1 and "lines 3 and 4" in said[0]
+    assert len(said) == 1 and "'Zebra' on lines 3 and 4" in said[0]
+    j = tmp_path / "index.json"  # one line: entries, not lines; every shared name, not the first only
+    j.write_text(json.dumps(["tench", "crane", "tench", "crane", "kite", "crane"]), encoding="utf-8")
+    with pytest.warns(TledgeWarning, match=r"'tench' on entries 0 and 2; 'crane' on entries 1 and 3 and 5\)"):
+        labels_for(ExportConfig(labels=str(j)), None)
 
 
 def test_json_lines_stay_one_line_whatever_a_label_holds():

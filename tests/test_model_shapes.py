@@ -160,3 +160,20 @@ def test_a_hard_sigmoid_output_is_a_probability(tmp_path):
         lm = loader.load_model(tmp_path / name)
         assert lm.binary == binary.SIGMOID, name
     assert loader.load_model(tmp_path / "hs.keras", binary_output="sigmoid").binary == binary.SIGMOID
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_a_one_output_that_is_neither_probability_nor_logit_is_refused(tmp_path, activation):
+    """Helper 108 (session 39): `Dense(1, activation="tanh")` was read as a logit: sigmoid(tanh) kept every score
+    within 0.27..0.73, exit 0. Refused, unless --binary-output says how to read it."""
+    import keras
+
+    i, x = _trunk(keras)
+    keras.Model(i, keras.layers.Dense(1, activation=activation)(keras.layers.GlobalAveragePooling2D()(x))).save(
+        tmp_path / "m.keras")
+    with pytest.raises(ModelLoadError, match=f"comes from a {activation} activation.*--binary-output"):
+        loader.load_model(tmp_path / "m.keras")
+    assert loader.load_model(tmp_path / "m.keras", binary_output="logit").binary == binary.LOGIT
+    keras.Model(i, keras.layers.Dense(3, activation=activation)(keras.layers.GlobalAveragePooling2D()(x))).save(
+        tmp_path / "three.keras")
+    assert loader.load_model(tmp_path / "three.keras").num_outputs == 3  # several outputs: read from their values

@@ -151,3 +151,26 @@ def test_saturation_replay_on_a_real_file_and_the_auto_scheme(tiny_onnx, tmp_pat
     saturates = any(lay.saturated for lay in saturation.check(full.read_bytes(), calib))
     assert used == ox.SCHEMES[ox.ROBUST_SCHEME if saturates else "u8s8"]
     assert ox.scheme_of(auto) == used
+
+
+def test_tap_means_of_a_matmul_on_tokens_are_per_input_channel():
+    """A MatMul on (batch, tokens, channels) (an attention block's projection, a Dense on tokens) had its input
+    flattened to tokens x channels: bias correction (rung onnx-bias) failed with a shape error on every ViT-like
+    graph, and the ladder went on without it."""
+    from onnx import TensorProto, helper
+
+    from tledge.quant import onnx_bias
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(8, 8)).astype(np.float32)
+    inits = [helper.make_tensor("w", TensorProto.FLOAT, [8, 8], w.ravel().tolist()),
+             helper.make_tensor("b", TensorProto.FLOAT, [8], [0.0] * 8)]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["xw"], name="proj"),
+             helper.make_node("Add", ["xw", "b"], ["y"], name="bias")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 8])], initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    assert [n for n, _, _ in onnx_bias.linear_nodes(m)] == ["proj"]
+    x = rng.normal(size=(5, 4, 8)).astype(np.float32)
+    taps = onnx_bias.tap_means(m.SerializeToString(), [nodes[0]], x, batch=2)["proj"]
+    assert taps.shape == (8,) and np.allclose(taps, x.reshape(-1, 8).mean(0), atol=1e-6)

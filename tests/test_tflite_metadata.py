@@ -113,8 +113,9 @@ print(json.dumps({"code": code, "labels": sorted({r["top"][0]["label"] for r in 
     assert result == {"code": 0, "labels": labels, "standard": labels}
 
 
-def _as_made_elsewhere(data: bytes, mean=None, std=None) -> bytes:
-    """The file without tledge's entries (standard metadata kept, optionally with other NormalizationOptions)."""
+def _as_made_elsewhere(data: bytes, mean=None, std=None, threshold=None) -> bytes:
+    """The file without tledge's entries (standard metadata kept, optionally with other NormalizationOptions, or
+    ScoreThresholdingOptions on the output)."""
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
@@ -124,6 +125,11 @@ def _as_made_elsewhere(data: bytes, mean=None, std=None) -> bytes:
         entry = next(m for m in model.metadata if m.name.decode() == sm.ENTRY_NAME)
         old = sm.parse(bytes(model.buffers[entry.buffer].data))
         new = replace(old, inputs=(replace(old.inputs[0], mean=mean, std=std),))
+        model.buffers[entry.buffer].data = list(sm.build(new))
+    if threshold is not None:
+        entry = next(m for m in model.metadata if m.name.decode() == sm.ENTRY_NAME)
+        old = sm.parse(bytes(model.buffers[entry.buffer].data))
+        new = replace(old, outputs=(replace(old.outputs[0], score_threshold=threshold),))
         model.buffers[entry.buffer].data = list(sm.build(new))
     b = flatbuffers.Builder(len(data))
     b.Finish(model.Pack(b), file_identifier=b"TFL3")
@@ -274,3 +280,32 @@ def test_packed_files_do_not_carry_the_time_of_packing(monkeypatch):
     assert pack_files(b"model", files) == first
     with zipfile.ZipFile(io.BytesIO(first)) as zf:
         assert zf.read("labels.txt") == b"ants\nbees\n" and zf.getinfo("labels.txt").compress_type == zipfile.ZIP_STORED
+
+
+def test_a_files_score_threshold_is_the_default_of_tledge_run(tiny_export, shapes_dataset, tmp_path, capsys):
+    """ScoreThresholdingOptions: MediaPipe and the Task Library drop results scoring under it unless told; tledge run
+    showed every top-1 however low."""
+    from tledge.cli import main
+    from tledge.runtime import load
+
+    src, val = tiny_export.out / "model_fp32.tflite", shapes_dataset / "val"
+    scores = sorted(p[0].score for p in load(src).classify(sorted(val.rglob("*.png"))))
+    assert scores[0] < scores[-1]
+    t = float(np.float32(scores[len(scores) // 2]))  # some images fall under it
+    made = tmp_path / "thresholded.tflite"
+    made.write_bytes(_as_made_elsewhere(src.read_bytes(), threshold=t))
+    assert sm.parse(tflite_metadata(made.read_bytes())[sm.ENTRY_NAME]).outputs[0].score_threshold == t
+    assert load(made).score_threshold == t and load(src).score_threshold is None
+
+    def tops(*options):
+        assert main(["run", str(made), "--source", str(val), "--json", *options]) == 0
+        out, err = capsys.readouterr()
+        return [r["top"] for r in map(json.loads, out.splitlines())], err
+
+    default, err = tops()
+    shown, _ = tops("--threshold", "0")
+    assert "ScoreThresholdingOptions" in err and len(default) == len(shown) > 0
+    assert all(t and t[0]["score"] for t in shown)
+    assert all(row == ([] if full[0]["score"] < t else full[:1]) for row, full in zip(default, shown))
+    assert any(not row for row in default) and any(row for row in default)
+    assert main(["info", str(made)]) == 0 and f"threshold {t:g}" in capsys.readouterr().out

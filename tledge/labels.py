@@ -8,9 +8,11 @@ from pathlib import Path
 from tledge.errors import ContractError, DataError
 
 
-def read_labels(path: str | Path) -> tuple[str, ...]:
-    """One label per line; also Teachable Machine's `0 name` lines. Blank lines before and after the labels are
-    dropped; one between them is refused (dropping it would shift every later label by one class)."""
+def read_labels(path: str | Path, numbered: bool = True) -> tuple[str, ...]:
+    """One label per line; also Teachable Machine's `0 name` lines (unless `numbered` is False, or taking the numbers
+    off would give two classes one name: `0 stars`, `1 star`, `2 stars` are names). Blank lines before and after the
+    labels are dropped; one between them is refused (dropping it would shift every later label by one class); a
+    control character in a label is refused (MediaPipe cut `bees<NUL>zero` to `bees`)."""
     p = Path(path)
     if not p.is_file():
         raise ContractError(f"labels file not found: {p}")
@@ -33,9 +35,15 @@ def read_labels(path: str | Path) -> tuple[str, ...]:
     parts = [ln.split(None, 1) for ln in lines]  # `0 name` and `0<TAB>name` (a tab kept the index in every label)
     # numbered 0, 1, 2, ... as Teachable Machine and Coral number them: classes named `1 star`, `2 stars` (a
     # tledge labels.txt) lost their numbers when any run of numbers was taken for indices
-    if all(len(pp) == 2 and pp[0].isascii() and pp[0].isdigit() for pp in parts) and \
+    if numbered and all(len(pp) == 2 and pp[0].isascii() and pp[0].isdigit() for pp in parts) and \
             [int(pp[0]) for pp in parts] == list(range(len(parts))):
-        return tuple(pp[1].strip() for pp in parts)
+        names = tuple(pp[1].strip() for pp in parts)
+        if len(set(names)) == len(names):  # no Teachable Machine model has two classes of one name
+            lines = list(names)
+    for i, name in enumerate(lines):
+        why = name_problem(name)
+        if why:
+            raise ContractError(f"labels file {p}: line {filled[0] + i + 1} ({name[:40]!r}): {why}")
     return tuple(lines)
 
 

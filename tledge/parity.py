@@ -144,8 +144,11 @@ class ParityResult:
 NEAR_TIE = 0.1  # a reference top-2 probability margin under this is a near-tie: int8 rounding can flip it
 
 
-def degenerate(outputs: np.ndarray) -> list[str]:
-    """Outputs that make argmax agreement meaningless: zero rows, constant outputs, ties."""
+def degenerate(outputs: np.ndarray, reference: np.ndarray | None = None) -> list[str]:
+    """Outputs that make argmax agreement meaningless: zero rows, constant outputs, ties. With the `reference`
+    outputs, a tie the reference itself nearly has (its top-1 among the tied classes, ahead of them by at most the
+    outputs' step: a uint8 softmax over 10,000 classes) is not counted: 121 such ties of 1300 photos rejected an
+    int8 file that passed the top-5 and accuracy gates."""
     problems = []
     if outputs.size == 0:
         return ["no outputs"]
@@ -157,10 +160,26 @@ def degenerate(outputs: np.ndarray) -> list[str]:
         problems.append("outputs are the same for every image (near-zero variance)")
     srt = np.sort(outputs, axis=1)
     if outputs.shape[1] > 1:
-        ties = int(np.sum(srt[:, -1] == srt[:, -2]))
+        tied = srt[:, -1] == srt[:, -2]
+        if reference is not None and int(np.sum(tied)) > max(1, len(outputs) // 10):
+            tied &= ~_genuine_ties(outputs, reference)
+        ties = int(np.sum(tied))
         if ties > max(1, len(outputs) // 10):
             problems.append(f"{ties} images with a tie for top-1")
     return problems
+
+
+def _genuine_ties(outputs: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per image: the outputs' top-1 tie holds the reference's top-1, which leads the other tied classes by no more
+    than the outputs' smallest step (the quantisation scale of a dequantised uint8 output)."""
+    steps = np.diff(np.unique(outputs))
+    step = float(steps[steps > 0].min()) if np.any(steps > 0) else 0.0
+    top = outputs == outputs.max(axis=1, keepdims=True)
+    best = np.argmax(reference, axis=1)
+    rows = np.arange(len(outputs))
+    others = np.where(top, reference, -np.inf)
+    others[rows, best] = -np.inf
+    return top[rows, best] & (reference[rows, best] - others.max(axis=1) <= step)
 
 
 def compare(reference: np.ndarray, outputs: np.ndarray, *, file: str, format: str, precision: str,
@@ -189,7 +208,7 @@ def compare(reference: np.ndarray, outputs: np.ndarray, *, file: str, format: st
     failures += _agreement_rule(res, ref, out, t)
     if labels is not None:
         failures += _accuracy_rule(res, np.argmax(ref, 1) == labels, np.argmax(out, 1) == labels, t)
-    failures += [f"degenerate output: {d}" for d in degenerate(out)]
+    failures += [f"degenerate output: {d}" for d in degenerate(out, ref)]
     failures += [f"degenerate reference: {d}" for d in degenerate(ref)]
     res.passed = not failures
     return res

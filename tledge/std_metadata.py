@@ -26,7 +26,7 @@ MIN_PARSER_VERSION = "1.0.0"
 FILE_DESCRIPTIONS, FILE_TENSOR_AXIS_LABELS, FILE_TENSOR_VALUE_LABELS, FILE_SCORE_CALIBRATION = 1, 2, 3, 4
 COLOR_SPACES = {0: "unknown", 1: "rgb", 2: "gray"}
 CONTENT_FEATURE, CONTENT_IMAGE = 1, 2
-PROCESS_NORMALIZATION, PROCESS_SCORE_CALIBRATION = 1, 2
+PROCESS_NORMALIZATION, PROCESS_SCORE_CALIBRATION, PROCESS_SCORE_THRESHOLDING = 1, 2, 3
 SCORE_TRANSFORMATIONS = {0: "identity", 1: "log", 2: "inverse_logistic"}
 # table slots
 MODEL = dict(name=0, description=1, version=2, subgraphs=3, author=4, license=5, files=6, min_parser_version=7)
@@ -38,6 +38,7 @@ FILE = dict(name=0, description=1, type=2, locale=3)
 PROCESS_UNIT = dict(options_type=0, options=1)
 NORMALIZATION = dict(mean=0, std=1)
 SCORE_CALIBRATION = dict(score_transformation=0, default_score=1)
+SCORE_THRESHOLDING = dict(global_score_threshold=0)
 STATS = dict(max=0, min=1)
 
 
@@ -61,6 +62,7 @@ class TensorMd:
     stats_max: tuple[float, ...] | None = None
     files: tuple[AssociatedFile, ...] = ()
     calibration: tuple[str, float] | None = None  # ScoreCalibrationOptions: (transformation, default_score)
+    score_threshold: float | None = None  # ScoreThresholdingOptions: results scoring below are dropped by default
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,7 @@ def parse(meta: bytes, packed: dict | None = None) -> StandardMetadata:
 
 
 def _tensor(t: Table) -> TensorMd:
-    kind, color, mean, std, calibration = 0, None, None, None, None
+    kind, color, mean, std, calibration, threshold = 0, None, None, None, None, None
     content = t.table(TENSOR["content"])
     if content is not None:
         kind, props = content.union(CONTENT["properties_type"])
@@ -152,13 +154,15 @@ def _tensor(t: Table) -> TensorMd:
             mean = tuple(opts.scalars(NORMALIZATION["mean"], "f")) or None
             std = tuple(opts.scalars(NORMALIZATION["std"], "f")) or None
         if utype == PROCESS_SCORE_CALIBRATION and opts is not None:  # the Task Library applies it to the scores
-            kind = opts.scalar(SCORE_CALIBRATION["score_transformation"], "b", 0)
-            calibration = (SCORE_TRANSFORMATIONS.get(kind, f"unknown ({kind})"),
+            g = opts.scalar(SCORE_CALIBRATION["score_transformation"], "b", 0)
+            calibration = (SCORE_TRANSFORMATIONS.get(g, f"unknown ({g})"),
                            float(opts.scalar(SCORE_CALIBRATION["default_score"], "f", 0.0)))
+        if utype == PROCESS_SCORE_THRESHOLDING and opts is not None:  # MediaPipe and the Task Library's default
+            threshold = float(opts.scalar(SCORE_THRESHOLDING["global_score_threshold"], "f", 0.0))
     stats = t.table(TENSOR["stats"])
     return TensorMd(
         name=t.string(TENSOR["name"]) or "", description=t.string(TENSOR["description"]) or "", content=kind,
-        color_space=color, mean=mean, std=std, calibration=calibration,
+        color_space=color, mean=mean, std=std, calibration=calibration, score_threshold=threshold,
         stats_min=(tuple(stats.scalars(STATS["min"], "f")) or None) if stats else None,
         stats_max=(tuple(stats.scalars(STATS["max"], "f")) or None) if stats else None,
         files=tuple(AssociatedFile(f.string(FILE["name"]) or "", f.scalar(FILE["type"], "b", 0),
@@ -256,6 +260,8 @@ class _Writer:
                 continue
             if kind == "off":
                 b.PrependUOffsetTRelativeSlot(slot, value, 0)
+            elif kind == "float":
+                b.PrependFloat32Slot(slot, float(value), 0.0)
             else:  # "byte": enums and union types (the schema's defaults are 0)
                 b.PrependInt8Slot(slot, int(value), 0)
         return b.EndObject()
@@ -273,19 +279,22 @@ class _Writer:
             props = self.table({})  # FeatureProperties: an empty table
         content = self.table({CONTENT["properties_type"]: ("byte", t.content or CONTENT_FEATURE),
                               CONTENT["properties"]: ("off", props)})
-        units = None
+        units = []
         if t.mean is not None and t.std is not None:
             norm = self.table({NORMALIZATION["mean"]: ("off", self.floats(t.mean)),
                                NORMALIZATION["std"]: ("off", self.floats(t.std))})
-            unit = self.table({PROCESS_UNIT["options_type"]: ("byte", PROCESS_NORMALIZATION),
-                               PROCESS_UNIT["options"]: ("off", norm)})
-            units = self.offsets([unit])
+            units.append(self.table({PROCESS_UNIT["options_type"]: ("byte", PROCESS_NORMALIZATION),
+                                     PROCESS_UNIT["options"]: ("off", norm)}))
+        if t.score_threshold is not None:
+            opts = self.table({SCORE_THRESHOLDING["global_score_threshold"]: ("float", t.score_threshold)})
+            units.append(self.table({PROCESS_UNIT["options_type"]: ("byte", PROCESS_SCORE_THRESHOLDING),
+                                     PROCESS_UNIT["options"]: ("off", opts)}))
         stats = None
         if t.stats_min is not None or t.stats_max is not None:
             stats = self.table({STATS["max"]: ("off", self.floats(t.stats_max)),
                                 STATS["min"]: ("off", self.floats(t.stats_min))})
         files = self.offsets([self.file(f) for f in t.files]) if t.files else None
-        name, desc = self.string(t.name), self.string(t.description)
+        name, desc, units = self.string(t.name), self.string(t.description), self.offsets(units) if units else None
         return self.table({TENSOR["name"]: ("off", name), TENSOR["description"]: ("off", desc),
                            TENSOR["content"]: ("off", content), TENSOR["process_units"]: ("off", units),
                            TENSOR["stats"]: ("off", stats), TENSOR["files"]: ("off", files)})

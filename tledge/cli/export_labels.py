@@ -16,7 +16,8 @@ def _own_labels(model: Path) -> tuple[tuple[str, ...], str]:
     text = read_labels(folder / "labels.txt") if (folder / "labels.txt").is_file() else ()
     if (folder / "tledge.json").is_file():
         labels = Contract.load(folder / "tledge.json").labels
-        if labels and text and tuple(text) != tuple(labels):  # an edited labels.txt was ignored without a word
+        if labels and text and tuple(text) != tuple(labels) and \
+                read_labels(folder / "labels.txt", numbered=False) != tuple(labels):  # an edited one was ignored
             i = next((i for i, (a, b) in enumerate(zip(text, labels)) if a != b), None)
             what = f"line {i + 1}: {text[i]!r} against {labels[i]!r}" if i is not None else \
                 f"{len(text)} names against {len(labels)}"

@@ -131,6 +131,10 @@ def describe(info: dict) -> list[str]:
         n = sum(s is not None for s in cal.get("sigmoids", []))
         lines.append(f"  scores   calibrated by the file's score calibration ({cal.get('transformation')}, "
                      f"{n} sigmoid(s), default score {cal.get('default_score'):g}), as the TFLite Task Library does")
+    threshold = extra.pop("score_threshold", None)
+    if threshold is not None and info["contract_origin"] == STANDARD_ORIGIN:
+        lines.append(f"  scores   threshold {threshold:g}: tledge run (as MediaPipe and the Task Library) reports no "
+                     "score under it without --threshold")
     if extra:  # e.g. the ONNX quantisation types, the int8 repair the export applied
         lines.append("  extra    " + ", ".join(f"{k}={v}" for k, v in sorted(extra.items())))
     labels = c["labels"]

@@ -34,7 +34,7 @@ from tledge.errors import TledgeError
 
 # package parts that need TensorFlow/Keras: left out of the bundle
 # (cli/parity.py stays: `tledge parity --golden` is the board's TensorFlow-free check)
-VENDOR_EXCLUDE = {"train", "export", "layers.py", "cli/export.py", "cli/train.py", "cli/demo.py"}
+VENDOR_EXCLUDE = {"train", "export", "layers.py", "cli/export.py", "cli/export_labels.py", "cli/train.py", "cli/demo.py"}
 LOWER_BOUNDS = {"numpy": "1.23", "opencv-python-headless": "4.8", "ai-edge-litert": "2.3",
                 "onnxruntime": "1.20", "flatbuffers": "23.5"}
 

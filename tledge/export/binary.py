@@ -25,8 +25,18 @@ def output_kind(model, output: str | None = None) -> str:
         act = final_activation(model)
         if act == CODE:  # a TensorFlow function or Lambda makes the output: the traced graph says
             return _graph_kind(traced(model))
-        return SIGMOID if act in PROBABILITY_ACTIVATIONS else LOGIT
+        if act in PROBABILITY_ACTIVATIONS:
+            return SIGMOID
+        return LOGIT if act in LINEAR_ACTIVATIONS or not isinstance(act, str) else ACTIVATION + act
     return _graph_kind(model, output)
+
+
+# what a Keras output layer's activation makes of a one-output model: a logit (no activation; a one-unit softmax is
+# the constant 1, which parity calls degenerate), else ACTIVATION + its name: a tanh or relu output is neither a
+# probability nor a logit (a tanh read as a logit gave scores capped at sigmoid(1) = 0.73, exit 0), so refused
+# without --binary-output
+LINEAR_ACTIVATIONS = frozenset({"linear", "softmax"})
+ACTIVATION = "activation "
 
 
 # activations whose output is a probability in 0..1 (hard_sigmoid: tf_keras's clip(0.2 x + 0.5, 0, 1), Keras 3's
@@ -200,6 +210,10 @@ def one_output_kind(loaded, kind: str, given: str | None) -> str:
                                  f"{given} contradicts it (drop it)")
         loaded.notes.append(f"the one output is a {given}, as --binary-output says")
         return given
+    if kind.startswith(ACTIVATION):
+        raise ModelLoadError(f"the one output of {loaded.path.name} comes from a {kind[len(ACTIVATION):]} activation: "
+                             "neither a probability (sigmoid) nor a logit (no activation); pass --binary-output sigmoid "
+                             "or --binary-output logit to say how to read it")
     if kind != UNKNOWN:
         return kind
     found = probe(loaded.model, loaded.input_hw, loaded.channels)

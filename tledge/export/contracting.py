@@ -35,19 +35,23 @@ def _say_duplicates(path, labels: tuple[str, ...]) -> None:
 
     from tledge.errors import TledgeWarning
 
+    json_file = Path(path).suffix.lower() == ".json"  # entries 0, 1, ... (a JSON file may be one line)
     try:  # read_labels drops blank lines before the labels: count lines as the file has them
         lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
-        first = next((k for k, ln in enumerate(lines) if ln.strip()), 0)
+        first = 0 if json_file else next((k for k, ln in enumerate(lines) if ln.strip()), 0)
     except (OSError, UnicodeDecodeError):
         first = 0
-    seen: dict[str, int] = {}
-    for i, lab in enumerate(labels, first + 1):
-        if lab in seen:
-            warnings.warn(f"labels file {path}: {lab!r} names two classes (lines {seen[lab]} and {i}): their "
-                          "predictions carry one name; --val folders of that name cannot be mapped", TledgeWarning,
-                          stacklevel=3)
-            return
-        seen[lab] = i
+    where: dict[str, list[int]] = {}
+    for i, lab in enumerate(labels, 0 if json_file else first + 1):
+        where.setdefault(lab, []).append(i)
+    twice = [(lab, at) for lab, at in where.items() if len(at) > 1]
+    if twice:
+        unit = "entries" if json_file else "lines"
+        shown = "; ".join(f"{lab!r} on {unit} {' and '.join(map(str, at))}" for lab, at in twice[:4]) + (
+            f"; ... ({len(twice)} names)" if len(twice) > 4 else "")
+        warnings.warn(f"labels file {path}: classes share a name ({shown}): their predictions carry one name; a --val "
+                      "folder of such a name is mapped only by a number prefix (134_crane)", TledgeWarning,
+                      stacklevel=3)
 
 
 def labels_for(cfg: ExportConfig, lm) -> tuple[str, ...]:

@@ -15,9 +15,12 @@ from tledge.export.parity import ParityResult, check_files
 def ship(plain: ParityResult, best: ParityResult, ctx, outcome) -> list[ParityResult]:
     """`ctx`, `outcome`: the loop's FidelityContext and FidelityOutcome. The int8 row stays failed (the export exits
     1: int8 was asked for and not delivered); the float file's row follows it."""
+    # what failed the best file: top-1 agreement is not the gate from many classes on (a 10,000-class file was
+    # said to miss "agreement 0.926" where a tie rule had failed it)
+    why = best.failures[0] if best.failures else f"agreement {best.top1_agreement:.3f}"
     if ctx.int8_only:
-        outcome.notes.append(f"{plain.file}: no repair met the int8 budget (best agreement "
-                             f"{best.top1_agreement:.3f}) and the target is int8-only: no fallback")
+        outcome.notes.append(f"{plain.file}: no repair met the int8 budget (best: {why}) and the target is "
+                             "int8-only: no fallback")
         return [best]
     rejected = ctx.out / REJECTED
     rejected.mkdir(exist_ok=True)
@@ -26,8 +29,8 @@ def ship(plain: ParityResult, best: ParityResult, ctx, outcome) -> list[ParityRe
     fmt = write_float(kind, ctx)
     result = check_files(ctx.reference, [(ctx.out / fmt.filename, kind, fmt.precision)], ctx.val_x,
                          labels=ctx.val_y, thresholds=ctx.thresholds, threads=ctx.threads)[0]
-    msg = (f"FALLBACK: {plain.file} could not meet the {plain.precision} budget (best agreement "
-           f"{best.top1_agreement:.3f} after {repair_budget.tried(outcome.attempts, plain.file)}); it is kept in "
+    msg = (f"FALLBACK: {plain.file} could not meet the {plain.precision} budget (best: {why}, after "
+           f"{repair_budget.tried(outcome.attempts, plain.file)}); it is kept in "
            f"{REJECTED}/ and {fmt.filename} ships instead" + ("" if result.passed else
                                                             f", though it fails parity too ({result.failures[0]})"
                                                             if result.failures else ", though it fails parity too"))

@@ -69,7 +69,7 @@ def load_model(path: str | Path, *, unsafe: bool = False, signature: str | None 
         kind = binary.one_output_kind(loaded, kind, binary_output)
     elif binary_output is not None:
         raise ModelLoadError(f"--binary-output is for models with one output; {p.name} has {loaded.num_outputs}")
-    elif kind == binary.UNKNOWN:
+    elif kind == binary.UNKNOWN or kind.startswith(binary.ACTIVATION):
         kind = binary.LOGIT  # (several outputs: probabilities or logits are told from their values later)
     if loaded.num_outputs == 1:  # two class scores from here on (tledge.export.binary)
         loaded.binary, loaded.num_outputs = kind, 2

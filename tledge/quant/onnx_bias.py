@@ -112,8 +112,8 @@ def tap_means(model_bytes: bytes, convs: list, pixels: np.ndarray, batch: int = 
 
 
 def _taps(node, x: np.ndarray) -> np.ndarray:
-    if node.op_type != "Conv":
-        return x.reshape(len(x), -1).astype(np.float64).mean(0)
+    if node.op_type != "Conv":  # a MatMul's rows are all its leading axes (tokens of an attention block too)
+        return x.reshape(-1, x.shape[-1]).astype(np.float64).mean(0)
     attrs = {a.name: list(a.ints) for a in node.attribute if a.ints}
     n, c, h, w = x.shape
     kh, kw = attrs.get("kernel_shape", [1, 1])

@@ -92,6 +92,9 @@ def infer_contract(inp, out=None, standard: StandardMetadata | None = None, prod
         if not labels:
             labels = _standard_labels(standard, out, extra)
         _score_calibration(standard, out, extra)
+        threshold = standard.outputs[0].score_threshold if standard.outputs else None
+        if threshold is not None and np.isfinite(threshold):  # MediaPipe and the Task Library drop scores below
+            extra["score_threshold"] = threshold
     base: dict[str, Any] = dict(height=h, width=w, channels=c, layout=layout,
                                 color=ColorOrder.GRAY if c == 1 else ColorOrder(options.get("color", "rgb")),
                                 input_quant=inp.quant, output_quant=getattr(out, "quant", None),

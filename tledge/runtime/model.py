@@ -196,6 +196,13 @@ class EdgeModel:
             out += [self.top(row, top_k) for row in self.scores(self.run_inputs(np.stack(chunk)))]
         return out
 
+    @property
+    def score_threshold(self) -> float | None:
+        """The default score threshold of a file made elsewhere (its standard metadata's ScoreThresholdingOptions,
+        which MediaPipe and the Task Library apply), else None. `classify` and `top` do not apply it."""
+        t = self.contract.extra.get("score_threshold") if self.load_info.contract_origin == STANDARD_ORIGIN else None
+        return float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None
+
     def scores(self, outputs: np.ndarray) -> np.ndarray:
         """Model outputs -> per-class scores, one row per input (softmax when the model gives logits). A
         one-score model (a sigmoid, or its logit) gives `[1 - p, p]`: p is the probability of the second
@@ -354,6 +361,9 @@ def load(path: str | Path, *, threads: int | None = None, contract: Contract | N
         standard = read_standard(p)  # files made elsewhere: labels and normalisation from standard metadata
         contract = infer_for_file(p, backend, standard, contract_options)
         origin = STANDARD_ORIGIN if standard is not None else origin
+        if "score_threshold" in contract.extra:
+            trust = trust + [f"scores under {contract.extra['score_threshold']:g} are not reported, as MediaPipe and "
+                             "the Task Library do (the file's ScoreThresholdingOptions; --threshold 0 shows them)"]
     else:
         own = contract.labels
         contract = complete(contract, contract_options, embedded=origin != "given")

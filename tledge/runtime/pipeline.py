@@ -127,6 +127,8 @@ class Runner:
 
     def __init__(self, model: EdgeModel, *, top_k: int = 1, threshold: float | None = None,
                  workers: int | None = None, keep_images: bool = False, max_frames: int | None = None):
+        if threshold is None:  # a file's own default (standard metadata's ScoreThresholdingOptions), as MediaPipe's
+            threshold = getattr(model, "score_threshold", None)
         self.model, self.top_k, self.threshold = model, max(1, top_k), threshold
         self.workers = workers or default_workers()
         self.keep_images, self.max_frames = keep_images, max_frames

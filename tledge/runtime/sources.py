@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from tledge.errors import ImageError, TledgeError
+from tledge.runtime.cameras import cv2_opener, open_hint, picamera_opener, require_gstreamer
 from tledge.paths import expand, utf8_alias
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts",
@@ -181,7 +182,7 @@ class LiveSource(Source):
         self.grabbed = 0
         cap = opener()
         if cap is None or not cap.isOpened():
-            raise TledgeError(f"cannot open {name}: {_open_hint(name)}")
+            raise TledgeError(f"cannot open {name}: {open_hint(name)}")
         self._cap = cap
         self._thread = threading.Thread(target=self._grab_loop, name=f"tledge-grab-{name}", daemon=True)
         self._thread.start()
@@ -267,44 +268,6 @@ class LiveSource(Source):
             self._thread.join(timeout=5)
 
 
-def _open_hint(name: str) -> str:
-    if name.startswith("camera"):
-        return "is it connected, and readable by this user (the video group, /dev/video*)?"
-    if name.startswith("gstreamer"):
-        return "check the pipeline with gst-launch-1.0, ending it in `appsink`"
-    return "check the address, credentials and that the stream is up"
-
-
-class _PiCamera:
-    """picamera2 seen as a capture: read() -> (True, BGR frame). RGB888 is [B, G, R] in memory."""
-
-    def __init__(self, size=(640, 480)):
-        from picamera2 import Picamera2
-
-        self._cam = Picamera2()
-        self._cam.configure(self._cam.create_preview_configuration(main={"format": "RGB888", "size": size}))
-        self._cam.start()
-        self._open = True
-
-    def isOpened(self) -> bool:  # noqa: N802 (cv2's name)
-        return self._open
-
-    def read(self):
-        try:
-            return True, self._cam.capture_array()
-        except Exception:  # a camera error ends this capture; the source reconnects
-            return False, None
-
-    def release(self) -> None:
-        if self._open:
-            self._open = False
-            try:
-                self._cam.stop()
-                self._cam.close()
-            except Exception:
-                pass
-
-
 # ---- open_source ----------------------------------------------------------------------------------
 
 def source_text(spec: str | Path) -> str:
@@ -328,9 +291,9 @@ def open_source(spec: str | Path, *, retries: int = 5, backoff: float = 1.0,
     if expand(s).exists() and not s.startswith("/dev/video"):
         return _file_source(s, on_event)  # an existing file or folder wins: `2024/`, `a!b.jpg`, `picamera2/`
     if s == "picamera2":
-        return LiveSource("picamera2", opener or _picamera_opener(), **live)
+        return LiveSource("picamera2", opener or picamera_opener(), **live)
     if re.fullmatch(r"\d+|/dev/video\d+", s):
-        return LiveSource(f"camera:{s}", opener or _cv2_opener(int(s) if s.isdigit() else s), **live)
+        return LiveSource(f"camera:{s}", opener or cv2_opener(int(s) if s.isdigit() else s), **live)
     if s.lower().startswith(("http://", "https://")) and Path(urlsplit(s).path).suffix.lower() in _image_suffixes():
         from tledge.runtime.url_image import ImageURLSource
 
@@ -338,10 +301,10 @@ def open_source(spec: str | Path, *, retries: int = 5, backoff: float = 1.0,
     if s.lower().startswith(("http://", "https://")) and Path(urlsplit(s).path).suffix.lower() in VIDEO_FILES:
         return VideoSource(s, name=redact(s), on_event=on_event)  # a file: every frame once, then the end
     if s.lower().startswith(STREAM_SCHEMES):
-        return LiveSource(redact(s), opener or _cv2_opener(s, "CAP_FFMPEG"), **live)
+        return LiveSource(redact(s), opener or cv2_opener(s, "CAP_FFMPEG"), **live)
     if "!" in s and not (glob.has_magic(s) and glob.glob(str(expand(s)), recursive=True)):
-        _require_gstreamer()
-        return LiveSource("gstreamer", opener or _cv2_opener(s, "CAP_GSTREAMER"), **live)
+        require_gstreamer()
+        return LiveSource("gstreamer", opener or cv2_opener(s, "CAP_GSTREAMER"), **live)
     return _file_source(s, on_event)
 
 
@@ -391,34 +354,6 @@ def _file_source(s: str, on_event) -> Source:
                           "video, camera index, rtsp:// or http:// URL, GStreamer pipeline or picamera2)")
     raise TledgeError(f"source not found: {s!r} (expected an image, folder, glob, video, camera index, "
                       "rtsp:// or http:// URL, GStreamer pipeline or picamera2)")
-
-
-def _cv2_opener(target, api: str | None = None) -> Callable:
-    def open_capture():
-        import cv2
-
-        cap = cv2.VideoCapture(target, getattr(cv2, api)) if api else cv2.VideoCapture(target)
-        if cap.isOpened():
-            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # where supported: do not queue stale frames
-        return cap
-    return open_capture
-
-
-def _picamera_opener() -> Callable:
-    from tledge._deps import available
-
-    if not available("picamera2"):
-        raise TledgeError("--source picamera2 needs the picamera2 package (on Raspberry Pi OS: "
-                          "sudo apt install python3-picamera2, and create the venv with --system-site-packages)")
-    return _PiCamera
-
-
-def _require_gstreamer() -> None:
-    import cv2
-
-    if not cv2.videoio_registry.hasBackend(cv2.CAP_GSTREAMER):
-        raise TledgeError("this OpenCV build has no GStreamer support (opencv-python wheels do not): use the "
-                          "distribution's python3-opencv, or pass a camera index / URL instead")
 
 
 def redact(url: str) -> str:
