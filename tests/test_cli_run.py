@@ -78,9 +78,9 @@ def test_run_video_to_annotated_video(video, tmp_path, capsys):
 
 
 def test_run_camera_that_drops_ends_cleanly(video, monkeypatch, capsys):
-    import tledge.runtime.sources as sources
+    import tledge.runtime.cameras as cameras
 
-    monkeypatch.setattr(sources, "cv2_opener", lambda target, api=None: FlakyCamera(video, [True, False]))
+    monkeypatch.setattr(cameras, "cv2_opener", lambda target, api=None: FlakyCamera(video, [True, False]))
     code, out, err = run_cli(capsys, "run", TINY / "model_int8.tflite", "--source", "0", "--json",
                              "--reconnect", "1", "--reconnect-delay", "0.01")
     assert code == 1  # the source was lost: reported, not a crash
@@ -211,7 +211,7 @@ def test_ordered_json_matches_library(capsys):
 
 SIGINT_SCRIPT = """
 import signal, sys, time, numpy as np
-import tledge.runtime.sources as sources
+import tledge.runtime.cameras as cameras
 from tledge.cli import main
 
 # as from a terminal: a non-interactive shell starts background jobs (CI runners) with SIGINT ignored,
@@ -227,7 +227,7 @@ class EndlessCamera:
     def release(self):
         pass
 
-sources.cv2_opener = lambda target, api=None: EndlessCamera
+cameras.cv2_opener = lambda target, api=None: EndlessCamera
 print("started", file=sys.stderr, flush=True)
 sys.exit(main(["run", sys.argv[1], "--source", "0", "--json", "--csv", sys.argv[2]]))
 """

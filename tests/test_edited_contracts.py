@@ -134,3 +134,20 @@ def test_contract_errors_say_which_contract(tmp_path, capsys):
     (export / "tledge.json").write_text((TINY / "manifest.json").read_text())  # a manifest copied over it
     with pytest.raises(ContractError, match=r"tledge.json: format 'tledge.export' is not a tledge contract's"):
         Contract.load(export / "tledge.json")
+
+
+def test_nan_outputs_are_errors_not_labels(tmp_path, capsys):
+    """A file giving NaN (uninitialised variables) labelled every image, "ok", exit 0; --json wrote NaN."""
+    from onnx import TensorProto, helper
+
+    m = onnx.load(str(FOREIGN / "model_fp32.onnx"))
+    out = m.graph.output[0].name
+    m.graph.node[-1].output[0] = "pre_nan"  # the output, times NaN
+    m.graph.initializer.append(helper.make_tensor("nan", TensorProto.FLOAT, [], [float("nan")]))
+    m.graph.node.append(helper.make_node("Mul", ["pre_nan", "nan"], [out]))
+    path = tmp_path / "nan.onnx"
+    onnx.save(m, str(path))
+    code, out_text, err = _cli(capsys, "run", path, "--source", TINY / "images", "--json", "--preprocess", "raw")
+    rows = [json.loads(line) for line in out_text.splitlines()]
+    assert rows and all(r["status"] == "error" and "NaN" in r["error"] for r in rows), rows[:2]
+    assert "NaN," not in out_text and code != 0

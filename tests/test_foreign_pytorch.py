@@ -121,3 +121,22 @@ def test_labels_one_for_one_output_json_and_a_4d_output(tmp_path):
     bad.write_text(json.dumps(["ants", "bees\nhoney", "wasps"]))  # a text file cannot hold it; labels.txt broke
     with pytest.raises(ContractError, match="label 1 .*line break"):
         load(four, preprocess="torch", labels=str(bad))
+
+
+def test_probabilities_averaged_by_an_add_are_probabilities(tmp_path):
+    """An ensemble's average, 0.5 * p + 0.5 * p, ends in an Add, read as logits: its rows are distributions, and
+    `tledge run` refused the file for a --logits nobody had passed (helper 109, session 39)."""
+    f = _model(tmp_path / "softmax.onnx", "Softmax", outputs=3)
+    m = onnx.load(str(f))
+    m.graph.initializer.append(helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]))
+    m.graph.node.extend([helper.make_node("Mul", ["scores", "half"], ["h"]),
+                         helper.make_node("Add", ["h", "h"], ["avg"])])
+    m.graph.output[0].name = "avg"
+    onnx.save(m, str(tmp_path / "avg.onnx"))
+    assert output_op(tmp_path / "avg.onnx") == "Add"
+    avg, plain = load(tmp_path / "avg.onnx", preprocess="torch"), load(f, preprocess="torch")
+    got = avg.classify([IMG], top_k=3)[0]
+    assert [(t.index, round(t.score, 6)) for t in got] == [(t.index, round(t.score, 6))
+                                                             for t in plain.classify([IMG], top_k=3)[0]]
+    with pytest.raises(ContractError, match="leave out --logits"):  # asked for: still refused
+        load(tmp_path / "avg.onnx", preprocess="torch", logits=True).classify([IMG])

@@ -75,3 +75,20 @@ def test_renamed_tledge_files_keep_the_precision_of_their_tensors(tiny_model, ti
     assert {r["file"]: r["precision"] for r in rep["results"]} == \
         {"model.tflite": "int8", "edge.tflite": "fp16", "q.onnx": "int8"}
     assert rc == 0, rep
+
+
+def test_a_file_made_elsewhere_is_resized_as_the_reference(unbaked, shapes_dataset, tmp_path, capsys):
+    """tledge run resizes a TFLite file made elsewhere with warp-linear; parity fed it those pixels and the
+    reference area-resized ones: the same graph failed (max abs 0.54) where its ONNX twin passed."""
+    import cv2
+
+    photos = tmp_path / "photos"
+    for f in sorted((shapes_dataset / "val").rglob("*.png"))[:12]:
+        (photos / f.parent.name).mkdir(parents=True, exist_ok=True)
+        img = cv2.imread(str(f))
+        cv2.imwrite(str(photos / f.parent.name / f.name), cv2.resize(img, (131, 97), interpolation=cv2.INTER_CUBIC))
+    rc, rep = _parity(capsys, unbaked["ref"], unbaked["files"] / "foreign.tflite", "--images", photos,
+                      "--preprocess", "tf")
+    r = rep["results"][0]
+    assert r["max_abs_error"] < 1e-4 and rc == 0, r
+    assert any("resized as the reference (area, stretch)" in n for n in rep["notes"]), rep["notes"]

@@ -12,6 +12,7 @@ and a provider that fails to initialise is dropped and the session retried with 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import warnings
@@ -98,6 +99,21 @@ class _TFModule:
         self.load_delegate = tf.lite.experimental.load_delegate
 
 
+def load_reason(exc) -> str:
+    """A runtime's load error in one line of at most ~300 characters, said plainly where tledge knows it: the cut
+    used to end inside a C++ signature before onnxruntime's reason ("Opset 28 is under development"), or inside
+    LiteRT's Android advice for a Flex file."""
+    text = " ".join(str(exc).split())
+    opset = re.search(r"Opset (\d+) is under development|max supported IR version: \d+", text)
+    if opset:
+        return (f"{opset.group(0)}: the file is newer than this onnxruntime reads; export it at a lower opset / IR "
+                "version, or upgrade onnxruntime")
+    if "Select TensorFlow op" in text or "Flex" in text and "delegate" in text.lower():
+        return ("it uses TensorFlow ops (Flex, SELECT_TF_OPS), which the LiteRT and tflite_runtime interpreters cannot "
+                "run: convert it with TFLite builtin ops only")
+    return text if len(text) <= 300 else f"{text[:140]} ... {text[-150:]}"
+
+
 class TFLiteBackend:
     format = "tflite"
 
@@ -113,9 +129,10 @@ class TFLiteBackend:
             self._it.allocate_tensors()
         except (ValueError, RuntimeError, SystemError) as exc:
             hint = " (tflite_runtime needs numpy<2)" if isinstance(exc, SystemError) else ""
-            raise ModelLoadError(f"cannot load TFLite model {path}: {str(exc).strip()[:300]}{hint}") from None
+            raise ModelLoadError(f"cannot load TFLite model {path}: {load_reason(exc)}{hint}") from None
         if loaded:
             self.notes.append(f"{len(loaded)} delegate(s) loaded")
+        self._check_signatures()
         ins, outs = self._it.get_input_details(), self._it.get_output_details()
         self.inputs = [self._info(d) for d in ins]
         self.outputs = [self._info(d) for d in outs]
@@ -124,6 +141,22 @@ class TFLiteBackend:
         self._shape = tuple(int(v) for v in ins[0]["shape"])
         self._lock = threading.Lock()
         _FORKED.add(self)
+
+    def _check_signatures(self) -> None:
+        """tledge runs a file's first subgraph. With several signatures that must be serving_default's: the converter
+        put `a_reversed` before it, and every image went through the other function (accuracy 0.19, exit 0)."""
+        keys = list(getattr(self._it, "get_signature_list", dict)() or {})
+        if len(keys) < 2:
+            return
+        from tledge import flatbuf
+
+        first = [k for k, v in flatbuf.tflite_signatures(self.path.read_bytes()).items() if v["subgraph"] == 0]
+        if first == ["serving_default"]:
+            self.notes.append(f"{len(keys)} signatures: serving_default runs ({', '.join(sorted(keys))})")
+            return
+        raise ModelLoadError(f"{self.path.name} has {len(keys)} signatures ({', '.join(sorted(keys))}) and tledge runs "
+                             f"the first subgraph, {first[0] if first else 'none of them'!r}, not serving_default: "
+                             "convert the classifier alone (one signature)")
 
     def after_fork(self) -> None:
         """In a child made by fork() while another thread was inside `run`: the lock was copied held, and the child
@@ -242,7 +275,7 @@ class OnnxBackend:
             if dropped:
                 self.notes.append(f"fell back from {', '.join(dropped)} to {sess.get_providers()[0]}")
             return sess
-        raise ModelLoadError(f"cannot load ONNX model {self.path}: {str(last).strip()[:300]}")
+        raise ModelLoadError(f"cannot load ONNX model {self.path}: {load_reason(last)}")
 
     @staticmethod
     def _info(a) -> TensorInfo:

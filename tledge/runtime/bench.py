@@ -91,6 +91,7 @@ def measure(path: str | Path, *, runs: int = 50, warmup: int = 5, batch: int = 1
     import numpy as np
 
     from tledge.runtime import load
+    from tledge.runtime.onnxgraph import size_with_data
 
     start = time.perf_counter()
     model = load(path, threads=threads, **(load_kwargs or {}))
@@ -107,7 +108,7 @@ def measure(path: str | Path, *, runs: int = 50, warmup: int = 5, batch: int = 1
     return {"file": str(path), "name": Path(path).name, "format": model.format, "provider": model.provider,
             "threads": model.backend.threads, "batch": batch, "runs": runs,
             "input": f"{list(model.backend.inp.shape)} {model.backend.inp.dtype}",
-            "size_mb": round(Path(path).stat().st_size / 1e6, 3),
+            "size_mb": round(size_with_data(path) / 1e6, 3),
             "first_result_s": None if first_result_s is None else round(first_result_s, 3),
             "load_ms": round(load_ms, 2), "first_ms": round(first_ms, 2),
             "p50_ms": round(float(np.percentile(ms, 50)), 3), "p90_ms": round(float(np.percentile(ms, 90)), 3),

@@ -101,6 +101,8 @@ def infer_contract(inp, out=None, standard: StandardMetadata | None = None, prod
                                 input_dtype=inp.dtype if inp.dtype in ("uint8", "int8", "float16") else "float32",
                                 output=_output_kind(out, options, output_op),
                                 labels=labels, extra=extra)
+    if base["output"] is Output.LOGITS and not options.get("logits") and output_op in LINEAR_OPS:
+        extra["logits_from"] = output_op  # read from the graph, not asked for: rows that are distributions are not
     base.update(_normalisation(inp, options, standard, producer))
     if "resize" in options:
         base["resize"] = options["resize"]

@@ -16,10 +16,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tledge.contract import METADATA_KEY, ColorOrder, Contract, Layout, Norm, Output
+from tledge.contract import METADATA_KEY, ColorOrder, Contract, Layout, Norm
 from tledge.errors import ArgumentError, ContractError, ModelLoadError, ModelRunError
 from tledge.runtime.backends import MAX_THREADS, TensorInfo, open_backend
-from tledge.runtime.foreign import (STANDARD_ORIGIN, calibrated, check_fits, check_integer_input,  # noqa: F401
+from tledge.runtime.scores import scores_of
+from tledge.runtime.foreign import (STANDARD_ORIGIN, check_fits, check_integer_input,  # noqa: F401
                                     class_count, complete, infer_contract, infer_for_file, labels_option, read_standard)
 
 
@@ -60,6 +61,13 @@ class EdgeModel:
         if self.fixed_batch and self.fixed_batch > 1:
             self.load_info.notes.append(f"the file takes batches of exactly {self.fixed_batch} images: "
                                         "smaller batches are padded, larger ones split")
+        elif self.fixed_batch is None and getattr(backend, "format", "") == "onnx":
+            from tledge.runtime.onnxgraph import op_types
+
+            if "DynamicQuantizeLinear" in op_types(self.path):  # its scale is the whole batch's: an image's label
+                self.fixed_batch = 1  # depended on the images beside it (1 of 153 changed in batches of 32)
+                self.load_info.notes.append("dynamic quantisation (DynamicQuantizeLinear): one image per call, as its "
+                                            "scale comes from the whole batch")
 
     def close(self) -> None:
         """Release the interpreter or session (and the model file it holds); later calls raise ModelRunError."""
@@ -206,27 +214,8 @@ class EdgeModel:
     def scores(self, outputs: np.ndarray) -> np.ndarray:
         """Model outputs -> per-class scores, one row per input (softmax when the model gives logits). A
         one-score model (a sigmoid, or its logit) gives `[1 - p, p]`: p is the probability of the second
-        label, as Keras' binary classifiers and tledge's exported files have it."""
-        y = np.asarray(outputs, np.float32).reshape(len(outputs), -1)
-        if self.contract.extra.get("score_calibration") and self.load_info.contract_origin == STANDARD_ORIGIN:
-            # a file made with TFLite Support's metadata writer, checked when read (an edited tledge contract's
-            # calibration was applied unchecked: labels changed after parity had passed, or a KeyError)
-            return calibrated(y, self.contract.extra["score_calibration"])
-        if y.shape[1] == 1:
-            return two_scores(y[:, 0], logits=self.contract.output is Output.LOGITS, name=self.path.name)
-        if self.contract.output is Output.LOGITS:
-            if self.load_info.contract_origin in ("inferred", STANDARD_ORIGIN) and y.size and np.all(y >= 0) \
-                    and np.allclose(y.sum(axis=1), 1.0, atol=1e-3):  # --logits on a softmax: applied twice
-                raise ContractError(f"{self.path.name} gives probabilities (every row in 0..1, summing to 1: a "
-                                    "softmax inside the model): leave out --logits")
-            e = np.exp(y - y.max(axis=1, keepdims=True))
-            y = e / e.sum(axis=1, keepdims=True)
-        elif self.load_info.contract_origin in ("inferred", STANDARD_ORIGIN):  # made elsewhere: ranked logits were
-            bad = y[(y < -1e-3) | (y > 1.0 + 1e-3)]  # printed as scores ("1 -0.050"), and --threshold hid them all
-            if bad.size:
-                raise ContractError(f"{self.path.name} gives scores outside 0..1 ({float(bad[0]):.4g}): they are "
-                                    "logits; pass --logits")
-        return y
+        label, as Keras' binary classifiers and tledge's exported files have it (tledge.runtime.scores)."""
+        return scores_of(outputs, self.contract, self.load_info.contract_origin, self.path.name)
 
     def top(self, scores: np.ndarray, k: int = 1) -> list[Prediction]:
         s = np.asarray(scores).reshape(-1)
@@ -239,7 +228,9 @@ class EdgeModel:
         if self._closed:  # as every other call (the ONNX session's metadata raised, a TFLite file's did not)
             raise ModelRunError(f"{self.path.name} is closed")
         b = self.backend
-        d = {"path": str(self.path), "format": self.format, "size_bytes": self.path.stat().st_size,
+        from tledge.runtime.onnxgraph import size_with_data
+
+        d = {"path": str(self.path), "format": self.format, "size_bytes": size_with_data(self.path),
              "backend": {"tflite": "tflite", "onnx": "onnxruntime"}[self.format], "provider": b.provider,
              "threads": b.threads, "load_ms": round(self.load_info.load_ms, 2),
              "contract_origin": self.load_info.contract_origin, "contract": self.contract.to_dict(),
@@ -396,18 +387,3 @@ def _io_counts(path: Path, backend) -> list[str]:
 
 def _reload(path: str, kwargs: dict) -> EdgeModel:
     return load(path, **kwargs)
-
-
-def two_scores(y: np.ndarray, *, logits: bool, name: str) -> np.ndarray:
-    """One score per input -> [1 - p, p] rows; p = sigmoid(y) for a logit. A value outside 0..1 read as a
-    probability is refused: the file gives logits (`--logits`)."""
-    y = np.asarray(y, np.float64)
-    if logits:
-        p = 1.0 / (1.0 + np.exp(-y))
-    else:
-        bad = y[(y < -1e-6) | (y > 1.0 + 1e-6)]
-        if bad.size:
-            raise ContractError(f"{name} gives one score, {float(bad[0]):.4g}, outside 0..1: it is a logit; "
-                                "pass --logits")
-        p = np.clip(y, 0.0, 1.0)
-    return np.stack([1.0 - p, p], axis=1).astype(np.float32)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 
-from tledge.errors import TledgeError
+from tledge.errors import ModelRunError, TledgeError
 from tledge.runtime.model import EdgeModel, Prediction
 from tledge.runtime.sources import Frame, Source
 
@@ -203,7 +203,11 @@ class Runner:
         except Exception as exc:  # a backend failure on one input is reported, not fatal
             return Result(frame.source, frame.index, "error", error=f"{exc.__class__.__name__}: {exc}", frame=keep)
         latency = 1000 * (time.perf_counter() - t)
-        top = self.model.top(self.model.scores(y)[0], self.top_k)
+        try:
+            scores = self.model.scores(y)
+        except ModelRunError as exc:  # NaN outputs for this input: an error, not a label
+            return Result(frame.source, frame.index, "error", error=str(exc), frame=keep)
+        top = self.model.top(scores[0], self.top_k)
         if self.threshold is not None:
             top = [p for p in top if p.score >= self.threshold]
         return Result(frame.source, frame.index, "ok", top, latency, prep_ms, frame=keep)

@@ -22,7 +22,6 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from tledge.errors import ImageError, TledgeError
-from tledge.runtime.cameras import cv2_opener, open_hint, picamera_opener, require_gstreamer
 from tledge.paths import expand, utf8_alias
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts",
@@ -182,6 +181,8 @@ class LiveSource(Source):
         self.grabbed = 0
         cap = opener()
         if cap is None or not cap.isOpened():
+            from tledge.runtime.cameras import open_hint
+
             raise TledgeError(f"cannot open {name}: {open_hint(name)}")
         self._cap = cap
         self._thread = threading.Thread(target=self._grab_loop, name=f"tledge-grab-{name}", daemon=True)
@@ -290,10 +291,12 @@ def open_source(spec: str | Path, *, retries: int = 5, backoff: float = 1.0,
                           "video, camera index, URL, GStreamer pipeline or picamera2")
     if expand(s).exists() and not s.startswith("/dev/video"):
         return _file_source(s, on_event)  # an existing file or folder wins: `2024/`, `a!b.jpg`, `picamera2/`
+    from tledge.runtime import cameras  # (live sources only: not on the cold start of a photo)
+
     if s == "picamera2":
-        return LiveSource("picamera2", opener or picamera_opener(), **live)
+        return LiveSource("picamera2", opener or cameras.picamera_opener(), **live)
     if re.fullmatch(r"\d+|/dev/video\d+", s):
-        return LiveSource(f"camera:{s}", opener or cv2_opener(int(s) if s.isdigit() else s), **live)
+        return LiveSource(f"camera:{s}", opener or cameras.cv2_opener(int(s) if s.isdigit() else s), **live)
     if s.lower().startswith(("http://", "https://")) and Path(urlsplit(s).path).suffix.lower() in _image_suffixes():
         from tledge.runtime.url_image import ImageURLSource
 
@@ -301,10 +304,10 @@ def open_source(spec: str | Path, *, retries: int = 5, backoff: float = 1.0,
     if s.lower().startswith(("http://", "https://")) and Path(urlsplit(s).path).suffix.lower() in VIDEO_FILES:
         return VideoSource(s, name=redact(s), on_event=on_event)  # a file: every frame once, then the end
     if s.lower().startswith(STREAM_SCHEMES):
-        return LiveSource(redact(s), opener or cv2_opener(s, "CAP_FFMPEG"), **live)
+        return LiveSource(redact(s), opener or cameras.cv2_opener(s, "CAP_FFMPEG"), **live)
     if "!" in s and not (glob.has_magic(s) and glob.glob(str(expand(s)), recursive=True)):
-        require_gstreamer()
-        return LiveSource("gstreamer", opener or cv2_opener(s, "CAP_GSTREAMER"), **live)
+        cameras.require_gstreamer()
+        return LiveSource("gstreamer", opener or cameras.cv2_opener(s, "CAP_GSTREAMER"), **live)
     return _file_source(s, on_event)
 
 
