@@ -64,13 +64,15 @@ def measure(ctx, name: str, stem: int) -> None:
 
     from tledge.quant import repair, selective
 
+    from lab.quant import quick
+
     model, calib, sets, ref = weight_bits.eval_sets(ctx)
     t = time.perf_counter()
     rep, _ = repair.apply(model, calib, stem=stem, errors=False)
     cal = selective.calibrate_tflite(rep, calib)
     graph = selective.tflite_graph(cal)
     stem_ops = selective.tflite_stem(cal, stem)
-    files = {"plain int8": selective.tflite_int8(model, calib),
+    files = {"plain int8": quick.tflite_int8(model, calib),
              f"stem{stem}": selective.quantize_tflite(cal, keep_float=stem_ops)}
     for parts in (("act", "se"), ("act",), ("se",)):
         extra = [n for n in nonlinear_ops(graph, parts) if n not in stem_ops]
@@ -79,13 +81,13 @@ def measure(ctx, name: str, stem: int) -> None:
               f"{sorted(collections.Counter(op for op, out, _ in graph if out in extra).items())}", flush=True)
     files["fp32"] = selective.tflite_fp32(model)
     print(f"{name}: {time.perf_counter() - t:.0f} s to build", flush=True)
-    runners = {k: selective.Runner(v, "tflite") for k, v in files.items()}
+    runners = {k: quick.Runner(v, "tflite") for k, v in files.items()}
     for k, r in runners.items():
         flipped = {s: int((r.predict(x).argmax(1) != ref[s]).sum()) for s, x in sets.items()}
         n = len(ref["other"])
         print(f"RESULT {name} {k}: val flips {flipped['val']}/{len(ref['val'])}, other flips {flipped['other']}/{n} "
               f"(agreement {1 - flipped['other'] / n:.4f})", flush=True)
-    lat = selective.compare_latency(runners, sets["val"][:8])
+    lat = quick.compare_latency(runners, sets["val"][:8])
     flags = " ".join(f for f in ("avx2", "avx512f", "avx512_vnni") if f in Path("/proc/cpuinfo").read_text())
     print(f"LATENCY {name} ({platform.processor() or platform.machine()}, {flags}, load {os.getloadavg()[0]:.1f}): "
           + ", ".join(f"{k} {v:.2f} ms ({v / lat['plain int8']:.2f}x plain int8)" for k, v in lat.items()), flush=True)

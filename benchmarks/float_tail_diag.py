@@ -80,11 +80,12 @@ def tail_ops(calibrated: bytes, start: str) -> list[str]:
 
 def tflite_eval(model, fit, stem, tail, xs):
     from tledge.quant import selective
+    from lab.quant import quick
 
     cal = selective.calibrate_tflite(model, fit)
     keep = list(selective.tflite_stem(cal, stem)) + (tail_ops(cal, tail) if tail else [])
     data = selective.quantize_tflite(cal, keep_float=keep)
-    run = selective.Runner(data, "tflite")
+    run = quick.Runner(data, "tflite")
     return [run.predict(x) for x in xs], len(keep)
 
 

@@ -191,7 +191,7 @@ def run_family(name, model, calib, xv, yv, stems, steps, cache, log):
         runners |= files_for(m, calib, stem, label, log)
     for k, r in runners.items():
         rows[k] = metrics(r.predict(xv.astype("float32")), ref, yv)
-    from tledge.quant.selective import compare_latency
+    from lab.quant.quick import compare_latency
 
     for k, v in compare_latency(runners, xv.astype("float32")).items():
         rows[k]["latency_ms"] = v

@@ -26,9 +26,9 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks"), str(REPO / "tests")]
 
 
 def _runner(data: bytes, kind: str):
-    from tledge.quant import selective
+    from lab.quant import quick
 
-    r = selective.Runner(data, kind)
+    r = quick.Runner(data, kind)
     if kind == "onnx":
         dtype = {"tensor(uint8)": np.uint8}.get(r.sess.get_inputs()[0].type, np.float32)
         run = r.predict

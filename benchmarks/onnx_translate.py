@@ -59,7 +59,7 @@ def measure(ctx, name: str, ranges_list: list[str], out: Path) -> None:
     from tledge.export import fidelity
     from tledge.export.onnx import Conventions
     from tledge.export.rungs import Shared
-    from tledge.quant.selective import Runner
+    from lab.quant.quick import Runner
     from tledge.stats import wilson
 
     model, calib, sets, ref = weight_bits.eval_sets(ctx)

@@ -23,6 +23,7 @@ def measure(ctx, name):
     import tensorflow as tf
     from tledge.export import repair_model
     from tledge.quant import repair, selective
+    from lab.quant import quick
     from tledge.quant.kerasgraph import predict
     model = repair_model.pixel_model(ctx)
     calib = np.asarray(ctx.calib, np.float32)
@@ -37,13 +38,13 @@ def measure(ctx, name):
             if mode == "16x8":
                 conv.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
             t = time.time(); data = conv.convert(); ct = time.time() - t
-            run = selective.Runner(data, "tflite")
+            run = quick.Runner(data, "tflite")
             top = np.concatenate([run.predict(other[i:i + 50]) for i in range(0, len(other), 50)]).argmax(1)
             variants[f"{label} {mode}"] = run
             print(f"RESULT {name} {label} {mode}: other flips {(top != ref).sum()}/{len(ref)} agree {(top == ref).mean():.4f} convert {ct:.0f}s", flush=True)
-    fp32 = selective.Runner(selective.tflite_fp32(model), "tflite")
+    fp32 = quick.Runner(selective.tflite_fp32(model), "tflite")
     variants["fp32"] = fp32
-    lat = selective.compare_latency({k: v for k, v in variants.items() if k.startswith("plain") or k == "fp32"}, other[:8])
+    lat = quick.compare_latency({k: v for k, v in variants.items() if k.startswith("plain") or k == "fp32"}, other[:8])
     print("LATENCY", {k: round(v, 3) for k, v in lat.items()}, flush=True)
 
 

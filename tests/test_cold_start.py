@@ -16,10 +16,11 @@ pytestmark = pytest.mark.runtime_only
 
 # what `tledge run FILE.tflite --source IMAGE` may import of tledge: a new module on this path is a cold-start cost
 RUN_PATH = {"tledge", "tledge._deps", "tledge.artifacts", "tledge.cli", "tledge.cli.run", "tledge.cli.validate",
+            "tledge.cli.model_options",
             "tledge.contract", "tledge.errors", "tledge.flatbuf", "tledge.images", "tledge.log", "tledge.metadata",
             "tledge.paths", "tledge.safejson", "tledge.signals",
             "tledge.runtime", "tledge.runtime.backends", "tledge.runtime.foreign", "tledge.runtime.model",
-            "tledge.runtime.options", "tledge.runtime.outputs", "tledge.runtime.pipeline", "tledge.runtime.scores",
+            "tledge.runtime.outputs", "tledge.runtime.pipeline", "tledge.runtime.scores",
             "tledge.runtime.sources"}
 # never on that path (beyond what numpy, OpenCV and LiteRT import themselves): other backends and converters,
 # thread pools, the zip / CSV readers, tempfile and shutil (with bz2, lzma, random)

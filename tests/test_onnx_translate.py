@@ -28,7 +28,7 @@ def _run(model, x):
 
 def test_the_translation_computes_the_tflite_file(int8_tflite):
     from tledge.export import onnx_translate
-    from tledge.quant.selective import Runner
+    from lab.quant.quick import Runner
 
     data, x = int8_tflite
     ref = Runner(data, "tflite").predict(x)  # dequantised uint8 probabilities
@@ -95,7 +95,7 @@ def test_an_output_computed_on_integers_is_dequantised():
 
     from tledge.export import onnx_translate
     from tledge.quant import selective
-    from tledge.quant.selective import Runner
+    from lab.quant.quick import Runner
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((8, 8, 3), name="pixels")

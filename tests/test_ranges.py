@@ -73,12 +73,12 @@ def test_onnx_overrides_give_the_file_finer_grids(swish_model, tmp_path):
     import onnx
     from onnx import numpy_helper
 
+    from lab.quant import quick
     from tledge.export import onnx as onnx_export
-    from tledge.quant import selective
 
     model, calib = swish_model
     src = tmp_path / "f.onnx"
-    src.write_bytes(selective.onnx_float(model))
+    src.write_bytes(quick.onnx_float(model))
     over = ranges.onnx_overrides(src, calib)
     assert over and all(set(v[0]) == {"rmin", "rmax"} and v[0]["rmin"] <= 0 < v[0]["rmax"] for v in over.values())
     assert not any(t in over for t in ranges.onnx_overrides(src, calib, skip=over))

@@ -16,6 +16,8 @@ keras = pytest.importorskip("keras")
 pytest.importorskip("tensorflow")
 
 from tledge.quant import explain, repair, selective  # noqa: E402
+
+from lab.quant import quick  # noqa: E402
 from tledge.layers import Preprocess, baked_norm, preprocess_layer  # noqa: E402
 
 SIZE = 32
@@ -243,7 +245,7 @@ def test_pre_rounded_weights_survive_tflite_conversion_exactly(repaired, calib):
     from ai_edge_litert.interpreter import Interpreter
 
     model, _ = repaired
-    it = Interpreter(model_content=selective.tflite_int8(model, calib))
+    it = Interpreter(model_content=quick.tflite_int8(model, calib))
     it.allocate_tensors()
     kernels, found = _keras_kernels_tflite_layout(model), set()
     for d in it.get_tensor_details():
@@ -268,7 +270,7 @@ def test_pre_rounded_weights_survive_onnx_qdq_exactly(repaired, calib):
     from onnx import numpy_helper
 
     model, _ = repaired
-    q = onnx.load_from_string(selective.onnx_int8(selective.onnx_float(model), calib))
+    q = onnx.load_from_string(quick.onnx_int8(quick.onnx_float(model), calib))
     init = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
     kernels = {}
     for name, k in _keras_kernels_tflite_layout(model).items():  # OHWI / (1,H,W,C) / (out,in)
@@ -293,8 +295,8 @@ def test_repaired_int8_is_closer_to_the_float_model(tiny, repaired, calib):
     from ai_edge_litert.interpreter import Interpreter  # noqa: F401  (the runner uses it)
 
     ref = _outputs(tiny, calib)
-    plain = selective.Runner(selective.tflite_int8(tiny, calib), "tflite").predict(calib)
-    fixed = selective.Runner(selective.tflite_int8(repaired[0], calib), "tflite").predict(calib)
+    plain = quick.Runner(quick.tflite_int8(tiny, calib), "tflite").predict(calib)
+    fixed = quick.Runner(quick.tflite_int8(repaired[0], calib), "tflite").predict(calib)
     assert np.mean(np.abs(fixed - ref)) <= np.mean(np.abs(plain - ref)) * 1.05
 
 
@@ -326,7 +328,7 @@ def test_float_stems_keep_the_first_convolutions_float(repaired, calib):
     assert dtypes[stem[-1]] == np.float32
     later = [n for op, n in selective.tflite_ops(cal) if op == "CONV_2D"][-1]
     assert dtypes[later] == np.int8
-    fo = selective.onnx_float(model)
+    fo = quick.onnx_float(model)
     assert sum("Conv" in n for n in selective.onnx_stem(fo, 2)) >= 1
     assert repair.stem_layers(model, 2)[-1].startswith("re_lu")
 

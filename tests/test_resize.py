@@ -67,7 +67,7 @@ def test_contract_with_warp_linear_prepares_round_trips_and_fits():
 
 def test_resize_choices_of_the_cli_are_the_contract_s():
     from tledge.cli.export import RESIZES as EXPORT
-    from tledge.runtime.options import RESIZES as RUN
+    from tledge.cli.model_options import RESIZES as RUN
 
     assert EXPORT == RUN == tuple(r.value for r in Resize)
 

@@ -20,13 +20,14 @@ def graphs(tiny_model, shapes_dataset, tmp_path_factory):
 
     from tledge.export import onnx as onnx_export
     from tledge.images import labelled_images
-    from tledge.quant import selective, sensitivity
+    from tledge.quant import sensitivity
+    from lab.quant import quick
 
     d = tmp_path_factory.mktemp("sensitivity")
     files, _, _ = labelled_images(shapes_dataset / "train")
     calib = np.stack([tiny_model["contract"].prepare(f) for f in files]).astype(np.float32)
     src = d / "fp32.onnx"
-    src.write_bytes(selective.onnx_float(tiny_model["model"]))
+    src.write_bytes(quick.onnx_float(tiny_model["model"]))
     quantize = functools.partial(onnx_export.quantize_int8, scheme=onnx_export.SCHEMES["u8s8"])
     fit, held = sensitivity.split(len(calib))
     quantize(src, d / "q.onnx", calib[fit])

@@ -10,13 +10,15 @@ pytest.importorskip("tensorflow")
 
 from tledge.quant import repair, selective  # noqa: E402
 
+from lab.quant import quick  # noqa: E402
+
 
 def _run_file(model, calib, images=4):
     """The int8 file of `model` run on the first calibration images: (graph, real(name) -> dequantised values of one
     tensor over those images, quantisation (scale, zero point) of a tensor by name)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    data = selective.tflite_int8(model, calib, io="int8")
+    data = quick.tflite_int8(model, calib, io="int8")
     it = Interpreter(model_content=data, experimental_preserve_all_tensors=True,  # builtin kernels: XNNPACK
                      experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)  # keeps none
     it.allocate_tensors()

@@ -13,7 +13,7 @@ from tledge.errors import MissingDependency
 # (or the checkout), never the bare name
 WHEEL = f"tledge-{__version__}-py3-none-any.whl"
 
-# import name -> (pip name, extra)
+# import name -> (pip name, extra; None: a core dependency, "": in no extra)
 _KNOWN = {
     "tensorflow": ("tensorflow", "export"),
     "keras": ("keras", "export"),
@@ -22,10 +22,11 @@ _KNOWN = {
     "onnx": ("onnx", "export"),
     "onnxruntime": ("onnxruntime (on a Jetson: NVIDIA's onnxruntime-gpu, README)", "runtime"),
     "ai_edge_litert": ("ai-edge-litert", "runtime"),
-    "tflite_runtime": ("tflite-runtime", "runtime"),
-    "cv2": ("opencv-python-headless", "runtime"),
+    "tflite_runtime": ("tflite-runtime", ""),  # in no extra: an alternative to [runtime]'s ai-edge-litert
+    "cv2": ("opencv-python-headless", None),  # a core dependency (tests/test_deps_table.py checks pyproject)
     "matplotlib": ("matplotlib", "train"),
     "flatbuffers": ("flatbuffers", "runtime"),
+    "mediapipe": ("mediapipe", "clients"),
 }
 
 

@@ -306,7 +306,7 @@ if __name__ == "__main__" and sys.argv[1] == "7":
 
 
 def file_eval(tag, data, extra=None, fmt="tflite"):
-    from tledge.quant.selective import Runner
+    from lab.quant.quick import Runner
     r = Runner(data, fmt, threads=2)
     t = time.perf_counter()
     res = {}
@@ -354,6 +354,7 @@ if __name__ == "__main__" and sys.argv[1] == "8":
 
 
 def part9(which):
+    from lab.quant import quick
     from tledge.quant import selective, sensitivity
     from tledge.quant.qdqgraph import layer_of
     F, _ = repair.apply(m, calib, steps=("fold", "exact_input"))
@@ -370,7 +371,7 @@ def part9(which):
                 return orig(*a, **kw)
             q.quantize_static = a16
             t = time.perf_counter()
-            data = selective.onnx_int8(selective.onnx_float(m), calib)
+            data = quick.onnx_int8(quick.onnx_float(m), calib)
             q.quantize_static = orig
             file_eval("[file] ONNX QDQ A16W8 (int16 activations, int8 per-channel weights, MinMax, no repair)", data,
                       {"convert_s": round(time.perf_counter() - t, 1)}, fmt="onnx")

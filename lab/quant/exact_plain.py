@@ -45,7 +45,8 @@ def main(argv: list[str]) -> None:
 
     from tledge.images import iter_image_files
     from tledge.layers import preprocess_layer
-    from tledge.quant import repair, selective
+    from tledge.quant import repair
+    from lab.quant import quick
 
     m = keras.models.load_model(argv[0], compile=False)
     if "--tf" in argv:
@@ -62,7 +63,7 @@ def main(argv: list[str]) -> None:
     out = {}
     for name, model in (("plain", m), ("exact_input", shifted)):
         t = time.time()
-        ys = tflite_outputs(selective.tflite_int8(model, calib), xs)
+        ys = tflite_outputs(quick.tflite_int8(model, calib), xs)
         out[name] = {k: {"agreement": float((y.argmax(1) == ref[k].argmax(1)).mean()),
                          "mean_abs": float(np.abs(y - ref[k]).mean())} for k, y in ys.items()}
         print(name, out[name], f"{time.time() - t:.0f} s", flush=True)

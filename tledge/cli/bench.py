@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from tledge.runtime.options import add_model_options, load_kwargs
+from tledge.cli.model_options import add_model_options, load_kwargs
 
 
 MORE_FILES = "models"  # file arguments after an option join this list (tledge.cli.main)
@@ -28,7 +28,7 @@ def run(args) -> int:
     from tledge import artifacts
     from tledge.cli import validate as V
     from tledge.runtime.bench import bench, table
-    from tledge.runtime.options import check_model_options
+    from tledge.cli.model_options import check_model_options
 
     for folder in V.edge_models(args.models):  # an export folder whose file changed, or with no manifest (a killed
         if folder.is_dir():  # export), is refused, as run, info and bundle do: name the files to bench others

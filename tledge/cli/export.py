@@ -5,10 +5,9 @@ import json
 import sys
 from pathlib import Path
 
+from tledge.cli.model_options import FITS, LAYOUTS, RESIZES
 from tledge.errors import TledgeError
 from tledge.export.repair_budget import REPAIR_SECONDS
-
-RESIZES = ("area", "linear", "nearest", "cubic", "warp-linear")  # tledge.contract.Resize (a test checks)
 
 
 def add_arguments(p) -> None:
@@ -29,12 +28,12 @@ def add_arguments(p) -> None:
                    help="resize method (default: warp-linear, MediaPipe's, when the image is stretched, the model's "
                         "contract says area or nothing and at least 35 labelled --val images show it changes Keras's "
                         "answers little (README); else the model's, or area; linear = cv2.dnn's)")
-    g.add_argument("--fit", choices=("stretch", "crop", "letterbox"), help="how the image fits the input "
+    g.add_argument("--fit", choices=FITS, help="how the image fits the input "
                                                                          "(default stretch)")
     g.add_argument("--crop", type=float, metavar="FRACTION",
                    help="resize the short side to size/FRACTION then centre-crop (ImageNet: 0.875 = 256 -> 224)")
     o = p.add_argument_group("ONNX files (TFLite files stay NHWC)")
-    o.add_argument("--layout", choices=("nhwc", "nchw"), default="nhwc",
+    o.add_argument("--layout", choices=LAYOUTS, default="nhwc",
                    help="input layout of the ONNX files (nchw: for cv2.dnn.blobFromImage and NCHW pipelines)")
     o.add_argument("--onnx-input", choices=("float32", "uint8"), default="float32",
                    help="input dtype of the ONNX files (uint8: raw pixels, a Cast inside)")

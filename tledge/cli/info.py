@@ -7,7 +7,7 @@ import json
 
 from tledge.contract import INDEPENDENT
 from tledge.runtime.foreign import STANDARD_ORIGIN
-from tledge.runtime.options import add_model_options, load_kwargs
+from tledge.cli.model_options import add_model_options, load_kwargs
 
 
 def add_arguments(p) -> None:
@@ -22,7 +22,7 @@ def run(args) -> int:
     from tledge.cli.validate import edge_model
     from tledge.errors import MissingDependency
     from tledge.runtime import load
-    from tledge.runtime.options import check_model_options
+    from tledge.cli.model_options import check_model_options
 
     if Path(args.model).is_dir():
         given = [k for k, v in load_kwargs(args).items() if v is not False and v != ()]

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from tledge.paths import expand
-from tledge.runtime.options import add_model_options, load_kwargs
+from tledge.cli.model_options import add_model_options, load_kwargs
 
 
 def add_arguments(p) -> None:
@@ -76,7 +76,7 @@ def _validate(args) -> None:
     """Every path and option, before the source or the model is opened."""
     from tledge.cli import validate as V
     from tledge.errors import TledgeError
-    from tledge.runtime.options import check_model_options
+    from tledge.cli.model_options import check_model_options
     from tledge.images import IMAGE_SUFFIXES
     from tledge.runtime.sources import VIDEO_SUFFIXES
 

@@ -12,7 +12,7 @@ from typing import Sequence
 
 from tledge.errors import TledgeError
 from tledge.paths import expand
-from tledge.runtime.options import MAX_SIDE  # noqa: F401  (--input-size / --size: larger is a typo)
+from tledge.cli.model_options import MAX_SIDE  # noqa: F401  (--input-size / --size: larger is a typo)
 
 MIN_FREE_BYTES = 1 << 20  # an output folder on a device with less free space than this is full
 PSEUDO_FS = ("/proc", "/sys", "/dev")  # never write outputs here
@@ -333,8 +333,8 @@ def geometry(fit: str | None, crop: float | None) -> None:
         raise TledgeError(f"--crop {_num(crop)} centre-crops: it cannot go with --fit {fit} (drop one)")
 
 def size(text: str | None, flag: str = "--input-size") -> tuple[int, int] | None:
-    """'HxW' or 'N' -> (h, w), each 1..MAX_SIDE (tledge.runtime.options.input_size); None stays None."""
-    from tledge.runtime.options import input_size
+    """'HxW' or 'N' -> (h, w), each 1..MAX_SIDE (tledge.cli.model_options.input_size); None stays None."""
+    from tledge.cli.model_options import input_size
 
     return None if text is None else input_size(text, flag)
 

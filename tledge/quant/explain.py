@@ -11,7 +11,7 @@ against the float model (accumulated error) and of the QDQ step itself.
 output (Keras simulation): the guide for which early layers to keep float.
 
 The names in the rows are what `selective.quantize_tflite(keep_float=...)` and
-`selective.onnx_int8(exclude=...)` take (TFLite: output tensor names; ONNX: node names).
+`selective.with_activations` (ONNX `nodes_to_exclude`) take (TFLite: output tensor names; ONNX: node names).
 """
 from __future__ import annotations
 

@@ -176,12 +176,6 @@ def correct(fp32: Path, dst: Path, calib: np.ndarray, quantize, *, images: int =
     return log
 
 
-def outputs_by_node(model_bytes: bytes) -> dict[str, str]:
-    onnx = require("onnx", extra="export")
-    m = onnx.load_from_string(model_bytes)
-    return {n.name: n.output[0] for n in m.graph.node if n.name and n.output}
-
-
 def _add_to_bias(model, node, bias: str | None, inits: dict, delta: np.ndarray, numpy_helper) -> None:
     if bias is None:  # a Conv without bias gets one
         name = node.name + "_tledge_bias"

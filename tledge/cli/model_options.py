@@ -7,9 +7,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tledge.contract import Fit, Layout, Resize
 from tledge.errors import TledgeError
 
-RESIZES = ("area", "linear", "nearest", "cubic", "warp-linear")  # tledge.contract.Resize (a test checks)
+RESIZES = tuple(r.value for r in Resize)  # the contract's choices, in its order
+FITS = tuple(f.value for f in Fit)
+LAYOUTS = tuple(v.value for v in Layout)
 
 
 MAX_SIDE = 4096  # larger inputs are a typo, not a classifier
@@ -85,11 +88,12 @@ def add_model_options(p, *, foreign: bool = True) -> None:
                                         "(mobilenet_v2, resnet50, ...)")
     f.add_argument("--mean", help="per-channel mean in 0..255 pixel units, e.g. 123.7,116.3,103.5")
     f.add_argument("--std", help="per-channel std in 0..255 pixel units, e.g. 58.4,57.1,57.4")
-    f.add_argument("--layout", choices=("nhwc", "nchw"), help="input layout (default: guessed from the shape)")
-    f.add_argument("--resize", choices=RESIZES, help="resize method (default: the file's contract, else area)")
+    f.add_argument("--layout", choices=LAYOUTS, help="input layout (default: guessed from the shape)")
+    f.add_argument("--resize", choices=RESIZES, help="resize method (default: the file's contract; a file made elsewhere: warp-linear "
+                   "for TFLite, area for ONNX)")
     f.add_argument("--crop", type=float, metavar="FRACTION",
                    help="resize the short side to size/FRACTION then centre-crop (e.g. 0.875)")
-    f.add_argument("--fit", choices=("stretch", "crop", "letterbox"), help="how the image fits the input")
+    f.add_argument("--fit", choices=FITS, help="how the image fits the input")
     f.add_argument("--color", choices=("rgb", "bgr"), help="channel order the model wants (default rgb)")
     _add_input_size(f)
     f.add_argument("--logits", action="store_true", help="the model outputs logits: softmax them for scores")
