@@ -139,6 +139,11 @@ def lookup(kind: str, precision: str, compiled_for: str | None = None) -> Artifa
     return ARTIFACTS[a.name]
 
 
+def filename_of(kind: str, precision: str, compiled_for: str | None = None) -> str:
+    """The file name an export gives that file (`model_int8.tflite`): read from the table, never typed again."""
+    return lookup(kind, precision, compiled_for).filename
+
+
 def exportable() -> list[Artifact]:
     """The files `tledge export` converts itself (compiled files come from another tool)."""
     return [a for a in ARTIFACTS.values() if a.compiled_for is None]

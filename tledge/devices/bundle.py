@@ -63,11 +63,11 @@ def _maybe_compile(export_dir: Path, names: list[str], opts: Options, work: Path
     """For an Edge TPU profile without a compiled file: compile the (vouched) int8 file, or note how to."""
     from tledge.devices.edgetpu import edgetpu_compile, float_notes, not_compiled_from
 
-    src = export_dir / "model_int8.tflite"
+    src = export_dir / artifacts.filename_of("tflite", "int8")
     if not opts.compile_edgetpu or opts.model_file != src.name or src.name not in names:
         return None
     notes += float_notes(src)
-    manual = export_dir / "model_int8_edgetpu.tflite"  # compiled by hand, as the docs and the note say
+    manual = export_dir / artifacts.filename_of("tflite", "int8", "edgetpu")  # compiled by hand, as the docs and the note say
     if manual.is_file() and manual.stat().st_mtime >= src.stat().st_mtime:
         import shutil
 
@@ -278,7 +278,7 @@ def _export_manifest(m: artifacts.Manifest, shipped: list[str], compiled: Path |
 
     entries = [e for e in m.files if e.file in shipped]
     if compiled is not None:
-        src = m.entry("model_int8.tflite")
+        src = m.entry(artifacts.filename_of("tflite", "int8"))
         entries.append(artifacts.Entry(compiled.name, "model", len(data[compiled.name]),
                                        hashlib.sha256(data[compiled.name]).hexdigest(), "tflite", "int8",
                                        src.verdict, {"note": "compiled at bundle time; the int8 file's "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import warnings
 
+from tledge.artifacts import filename_of
+
 
 def explain(ctx, model, plain_onnx: bytes | None, concrete) -> str:
     """Per-layer error tables of the plain int8 files: TFLite QuantizationDebugger, and onnxruntime's
@@ -22,7 +24,7 @@ def explain(ctx, model, plain_onnx: bytes | None, concrete) -> str:
                      + explain.markdown(rows, top=12))
     except Exception as exc:  # diagnosis must never break an export
         parts.append(f"(TFLite per-layer diagnosis unavailable: {exc.__class__.__name__}: {str(exc)[:200]})")
-    fp32 = ctx.out / "model_fp32.onnx"
+    fp32 = ctx.out / filename_of("onnx", "fp32")
     if fp32.is_file() and plain_onnx is not None:
         try:
             from tledge.export.onnx import Conventions, float_input

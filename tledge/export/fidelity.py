@@ -55,6 +55,7 @@ from typing import Sequence
 
 import numpy as np
 
+from tledge.artifacts import filename_of
 from tledge._deps import blas_threads
 from tledge.contract import Contract
 from tledge.errors import RepairTimeout, TledgeError
@@ -167,7 +168,7 @@ def improve(failing: Sequence[ParityResult], ctx: FidelityContext) -> FidelityOu
                    trace=ctx.trace, float_ops=tflite.float_ops_for(ctx.int8_only))
     if note:
         outcome.notes.append(note)
-    plain_onnx = ctx.out / "model_int8.onnx"
+    plain_onnx = ctx.out / filename_of("onnx", "int8")
     plain_bytes = plain_onnx.read_bytes() if plain_onnx.is_file() else None  # for the diagnosis
     try:
         with blas_threads(1):
@@ -373,7 +374,7 @@ def _float_tflite(ctx: FidelityContext) -> bytes:
     """The export's fp32 TFLite file (converted again only where the export did not write it)."""
     from tledge.export import tflite
 
-    fp32 = ctx.out / "model_fp32.tflite"
+    fp32 = ctx.out / filename_of("tflite", "fp32")
     if fp32.is_file():
         return fp32.read_bytes()
     return tflite.convert(ctx.trace()[1], "fp32")

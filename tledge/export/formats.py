@@ -5,7 +5,7 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from tledge.artifacts import Artifact, exportable, lookup
+from tledge.artifacts import Artifact, exportable, filename_of, lookup
 from tledge.contract import Contract, Quant
 from tledge.errors import ExportError, TledgeError
 from tledge.io import atomic_path, atomic_write_bytes
@@ -110,7 +110,7 @@ def _onnx_int8(serve, contract: Contract, conv, calib, folder: Path):
     onnx = require("onnx", extra="export")
     with tempfile.TemporaryDirectory() as tmpdir:
         src = Path(tmpdir) / "fp32.onnx"
-        fp32 = folder / "model_fp32.onnx"
+        fp32 = folder / filename_of("onnx", "fp32")
         if fp32.is_file():  # the fp32 file's own graph (same layout and tensor names), float input
             src.write_bytes(onnx_export.float_input(fp32.read_bytes()))
         else:

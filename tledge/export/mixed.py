@@ -13,6 +13,7 @@ import functools
 import tempfile
 from pathlib import Path
 
+from tledge.artifacts import filename_of
 from tledge.export import onnx as onnx_export
 
 AIM = 0.995  # expected top-1 agreement on the held-out calibration split (the issue's target: 0.99)
@@ -21,7 +22,7 @@ BUDGET = {"max_float_macs": 0.2, "max_layers": 8}  # float cost cap; 40 % / 12 m
 
 def scheme(ctx):
     """The plain int8 ONNX file's scheme (what the rung's file will use), U8S8 without one."""
-    plain = ctx.out / "model_int8.onnx"
+    plain = ctx.out / filename_of("onnx", "int8")
     return onnx_export.scheme_of(plain) if plain.is_file() else onnx_export.SCHEMES[onnx_export.DEFAULT_SCHEME]
 
 
@@ -43,7 +44,7 @@ def selection(model, ctx, shared, stem: int = 0, ranges: str = "minmax"):
             quantize = functools.partial(onnx_export.quantize_int8, scheme=scheme(ctx), nodes_to_exclude=exclude,
                                          act_ranges=ranges)
             original = None  # the target: the original model, not the repaired one (when its graph is here)
-            if model is not None and (ctx.out / "model_fp32.onnx").is_file():
+            if model is not None and (ctx.out / filename_of("onnx", "fp32")).is_file():
                 original = Path(tmp) / "original.onnx"
                 original.write_bytes(shared.onnx_float(None, None))
             shared.mixed[key] = sensitivity.select(src, quantize, conv.calib(ctx.calib), workdir=Path(tmp), aim=AIM,

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from tledge.artifacts import filename_of
 from tledge.contract import Contract
 from tledge.export.contracting import output_kind  # noqa: F401 (re-exported)
 from tledge.errors import DataError, NothingConverted, TledgeError, TledgeWarning
@@ -194,7 +195,7 @@ def _compile_edgetpu(stage: Path, report: ParityReport, out: Path) -> dict[str, 
     compiler, the command to run names the export folder `out`, not the staging folder."""
     from tledge.devices.edgetpu import edgetpu_compile
 
-    src = stage / "model_int8.tflite"
+    src = stage / filename_of("tflite", "int8")
     if not src.is_file():
         return {}
     res = edgetpu_compile(src, shown_dir=out)

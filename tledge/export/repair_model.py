@@ -15,6 +15,7 @@ import warnings
 
 import numpy as np
 
+from tledge.artifacts import filename_of
 from tledge._deps import require
 
 TFLITE_TOLERANCE = 1e-4  # max abs difference to the float TFLite file, x max(1, max |output|)
@@ -81,7 +82,7 @@ def from_float_tflite(ctx) -> tuple[object | None, str]:
     """The export's fp32 TFLite file rebuilt as Keras 3 and checked equal to it, or (None, why)."""
     from tledge.quant import from_tflite
 
-    path = ctx.out / "model_fp32.tflite"
+    path = ctx.out / filename_of("tflite", "fp32")
     if not path.is_file():
         return None, _missing(ctx, ": no float TFLite file to rebuild it from")
     data = path.read_bytes()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tledge.artifacts import filename_of
 from tledge._deps import require
 from tledge.contract import Contract
 from tledge.errors import TledgeError
@@ -157,7 +158,7 @@ class Shared:
         from tledge.export import onnx as onnx_export
 
         if stem is None:
-            fp32 = self.out / "model_fp32.onnx"
+            fp32 = self.out / filename_of("onnx", "fp32")
             if fp32.is_file():
                 return onnx_export.float_input(fp32.read_bytes())
             if self.trace is None:
@@ -210,8 +211,8 @@ class Shared:
                 exclude = with_activations(raw, onnx_stem(raw, rung.stem))
             if rung.graph == "onnx-bias":  # the weights (and scheme) of the file without the correction
                 base = Path(tmp) / "base.onnx"
-                if stem is None and (self.out / "model_int8.onnx").is_file():
-                    base = self.out / "model_int8.onnx"  # the plain file, as the export wrote it
+                if stem is None and (self.out / filename_of("onnx", "int8")).is_file():
+                    base = self.out / filename_of("onnx", "int8")  # the plain file, as the export wrote it
                 else:
                     self.onnx_qdq(src, base, key=stem, exclude=exclude)
                 scheme = onnx_export.scheme_of(base)
