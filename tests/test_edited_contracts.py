@@ -151,3 +151,12 @@ def test_nan_outputs_are_errors_not_labels(tmp_path, capsys):
     rows = [json.loads(line) for line in out_text.splitlines()]
     assert rows and all(r["status"] == "error" and "NaN" in r["error"] for r in rows), rows[:2]
     assert "NaN," not in out_text and code != 0
+
+
+def test_info_shows_labels_holding_commas_apart(capsys):
+    """ImageNet's labels hold commas ("tench, Tinca tinca"): joined with commas, one label read as two."""
+    coral = shared_asset("coral_tflite_classifiers", "mobilenet_v1_0.25_128_quant.tflite")
+    code, out, _ = _cli(capsys, "info", coral)
+    assert code == 0 and "1001: background; tench, Tinca tinca; goldfish, Carassius auratus;" in out
+    code, out, _ = _cli(capsys, "info", TINY / "model_int8.tflite")
+    assert code == 0 and "3: circle, hstripes, vstripes" in out

@@ -85,6 +85,9 @@ def test_numbered_class_names_are_read_back_as_written(tmp_path):
     assert read_labels(p) == ("cat", "dog") and read_labels(p, numbered=False) == ("0 cat", "1 dog")
     p.write_text("0 stars\n1 star\n2 stars\n", encoding="utf-8")  # numbers off: two classes `stars`
     assert read_labels(p) == ("0 stars", "1 star", "2 stars")
+    names = [f"bird {i}" for i in range(40)] + ["crane", "crane"]  # a numbered list with one shared name: numbers off
+    p.write_text("".join(f"{i}  {n}\n" for i, n in enumerate(names)), encoding="utf-8")
+    assert read_labels(p) == tuple(names)
 
 
 def test_a_train_run_with_numbered_names_exports_with_its_own_labels_txt(tmp_path):

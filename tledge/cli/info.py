@@ -83,7 +83,8 @@ def _standard_notes(path) -> list[str]:
     if std is None:
         return []
     labels, inp = std.labels(), std.inputs[0] if std.inputs else None
-    shown = f"{len(labels)} labels" + (f" ({', '.join(labels[:3])}, ...)" if labels else "")
+    sep = "; " if any("," in lab for lab in labels[:3]) else ", "
+    shown = f"{len(labels)} labels" + (f" ({sep.join(labels[:3])}{sep}...)" if labels else "")
     norm = f", mean {_nums(inp.mean)} std {_nums(inp.std)}" if inp is not None and inp.mean and inp.std else ""
     return [f"standard TFLite metadata: {shown}{norm}; tledge run infers the contract from it (with tledge[runtime])"]
 
@@ -138,7 +139,8 @@ def describe(info: dict) -> list[str]:
     if extra:  # e.g. the ONNX quantisation types, the int8 repair the export applied
         lines.append("  extra    " + ", ".join(f"{k}={v}" for k, v in sorted(extra.items())))
     labels = c["labels"]
-    shown = ", ".join(labels[:5]) + (", ..." if len(labels) > 5 else "")
+    sep = "; " if any("," in lab for lab in labels[:5]) else ", "  # ImageNet's "tench, Tinca tinca" is one label
+    shown = sep.join(labels[:5]) + (f"{sep}..." if len(labels) > 5 else "")
     lines.append(f"labels     {len(labels)}" + (f": {shown}" if labels else " (indices are reported)"))
     if info.get("producer"):
         lines.append(f"producer   {info['producer']}")
