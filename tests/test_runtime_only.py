@@ -92,7 +92,7 @@ def test_cli_info_without_an_interpreter_reads_the_tflite_file_itself():
 
     coral = shared_asset("coral_tflite_classifiers", "mobilenet_v1_0.25_128_quant.tflite")
     r = info(coral)  # standard TFLite metadata: said only "contract none", as if the file had no labels
-    assert r.returncode == 0 and "standard TFLite metadata: 1001 labels (background, tench" in r.stdout, r.stdout
+    assert r.returncode == 0 and "standard TFLite metadata: 1001 labels (background; tench, Tinca tinca; " in r.stdout, r.stdout
 
 
 def test_runtime_process_never_imports_tensorflow():
