@@ -303,22 +303,8 @@ def load(path: str | Path, *, threads: int | None = None, contract: Contract | N
     from tledge.artifacts import check_file
     from tledge.runtime.backends import model_in_folder
 
-    if not isinstance(path, (str, os.PathLike)):
-        raise ModelLoadError(f"load() takes the path of a .tflite / .onnx file or an export folder, got "
-                             f"{type(path).__name__}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or
-                                not 1 <= threads <= MAX_THREADS):
-        raise ArgumentError(f"threads must be an integer in [1, {MAX_THREADS}] (None: TLEDGE_THREADS or the cores), "
-                            f"got {threads!r}")
     delegates = () if delegates is None else delegates  # as providers=None: none given
-    if isinstance(delegates, (str, bytes)) or isinstance(providers, (str, bytes)):
-        raise ArgumentError("delegates and providers take a list (of library or provider names), not one string")
-    if contract is not None and not isinstance(contract, Contract):
-        raise ArgumentError(f"contract takes a tledge.Contract (Contract.load('tledge.json')), got "
-                            f"{type(contract).__name__}: use preprocess=, labels=... for files made elsewhere")
-    labels = contract_options.get("labels")
-    if labels is not None and not isinstance(labels, (str, os.PathLike, list, tuple)):
-        raise ArgumentError(f"labels takes a labels file or a list of names, got {type(labels).__name__}")
+    _check_arguments(path, threads, providers, delegates, contract, contract_options.get("labels"))
     p = Path(path)
     # an export folder: the best file its manifest vouches for; a file: refused if changed since export
     p, trust = model_in_folder(p, device, providers=providers, delegates=delegates) if p.is_dir() else \
@@ -345,34 +331,60 @@ def load(path: str | Path, *, threads: int | None = None, contract: Contract | N
     start = time.perf_counter()
     backend = open_backend(p, threads=threads, providers=providers, delegates=delegates)
     trust = trust + _io_counts(p, backend)
+    contract, origin, said = _resolve_contract(p, backend, contract, contract_options)
+    trust = trust + said
+    model = EdgeModel(p, backend, contract, origin, 1000 * (time.perf_counter() - start))
+    model.load_info.notes[:0] = trust
+    model.loaded_with = how
+    return model
+
+
+def _check_arguments(path, threads, providers, delegates, contract, labels) -> None:
+    """load()'s arguments, before anything is opened: ModelLoadError / ArgumentError in one line."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ModelLoadError(f"load() takes the path of a .tflite / .onnx file or an export folder, got "
+                             f"{type(path).__name__}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or
+                                not 1 <= threads <= MAX_THREADS):
+        raise ArgumentError(f"threads must be an integer in [1, {MAX_THREADS}] (None: TLEDGE_THREADS or the cores), "
+                            f"got {threads!r}")
+    if isinstance(delegates, (str, bytes)) or isinstance(providers, (str, bytes)):
+        raise ArgumentError("delegates and providers take a list (of library or provider names), not one string")
+    if contract is not None and not isinstance(contract, Contract):
+        raise ArgumentError(f"contract takes a tledge.Contract (Contract.load('tledge.json')), got "
+                            f"{type(contract).__name__}: use preprocess=, labels=... for files made elsewhere")
+    if labels is not None and not isinstance(labels, (str, os.PathLike, list, tuple)):
+        raise ArgumentError(f"labels takes a labels file or a list of names, got {type(labels).__name__}")
+
+
+def _resolve_contract(p: Path, backend, contract: Contract | None, options: dict) -> tuple[Contract, str, list[str]]:
+    """The contract a file runs with, where it came from (given, embedded, tledge.json, inferred, standard metadata)
+    and what to say of it; checked against the file's tensors, an error naming the contract at fault."""
+    said: list[str] = []
     origin = "given"
     if contract is None:
         contract, origin = _read_contract(p, backend)
     if contract is None:
         standard = read_standard(p)  # files made elsewhere: labels and normalisation from standard metadata
-        contract = infer_for_file(p, backend, standard, contract_options)
+        contract = infer_for_file(p, backend, standard, options)
         origin = STANDARD_ORIGIN if standard is not None else origin
         if "score_threshold" in contract.extra:
-            trust = trust + [f"scores under {contract.extra['score_threshold']:g} are not reported, as MediaPipe and "
-                             "the Task Library do (the file's ScoreThresholdingOptions; --threshold 0 shows them)"]
+            said.append(f"scores under {contract.extra['score_threshold']:g} are not reported, as MediaPipe and the "
+                        "Task Library do (the file's ScoreThresholdingOptions; --threshold 0 shows them)")
     else:
         own = contract.labels
-        contract = complete(contract, contract_options, embedded=origin != "given")
+        contract = complete(contract, options, embedded=origin != "given")
         if origin != "given" and own and contract.labels != own:  # allowed (a translation), but said
-            shown = ", ".join(own[:3]) + (", ..." if len(own) > 3 else "")
-            trust = trust + [f"labels given replace the file's own ({shown})"]
+            said.append(f"labels given replace the file's own ({', '.join(own[:3])}{', ...' if len(own) > 3 else ''})")
     try:
         check_fits(contract, backend.inp, class_count(backend.out))
         if origin not in ("inferred", STANDARD_ORIGIN):  # (inferred ones are checked as they are made)
             check_integer_input(contract, backend.inp)  # an edited baked=false / int8 contract gave class 0 for all
     except ContractError as exc:  # which contract is wrong: the file's own, its tledge.json, or options
         where = {"embedded": f"the contract embedded in {p.name}", "tledge.json": str(p.parent / "tledge.json")}
-        mine = origin in where and not any(v is not None and v is not False and v != () for v in contract_options.values())
+        mine = origin in where and not any(v is not None and v is not False and v != () for v in options.values())
         raise ContractError(f"{where[origin]}: {exc}" if mine else str(exc)) from None
-    model = EdgeModel(p, backend, contract, origin, 1000 * (time.perf_counter() - start))
-    model.load_info.notes[:0] = trust
-    model.loaded_with = how
-    return model
+    return contract, origin, said
 
 
 def _io_counts(path: Path, backend) -> list[str]:
