@@ -27,7 +27,8 @@ from tledge.errors import ModelLoadError, TledgeError
 
 MANIFEST = "manifest.json"
 SCHEMA = 1
-SIDE_FILES = ("tledge.json", "labels.txt", "parity.json", "parity.md",
+CONTRACT_FILE, LABELS_FILE = "tledge.json", "labels.txt"  # beside a trained model and in an export folder
+SIDE_FILES = (CONTRACT_FILE, LABELS_FILE, "parity.json", "parity.md",
               "golden.npz")  # parity images + Keras outputs (tledge.runtime.golden)
 REJECTED = "rejected"  # the int8 fallback's folder: listed in the manifest, never vouched for
 KINDS = ("tflite", "onnx")

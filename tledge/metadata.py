@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tledge.artifacts import CONTRACT_FILE
 from tledge.contract import METADATA_KEY, Contract
 from tledge.flatbuf import tflite_metadata_entries
 
@@ -82,7 +83,7 @@ def sidecar_contract(path) -> Contract | None:
     from tledge.errors import ContractError, TledgeError
 
     p = Path(path)
-    beside = p.parent / "tledge.json"
+    beside = p.parent / CONTRACT_FILE
     if not beside.is_file():
         return None
     try:

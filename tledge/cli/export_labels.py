@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tledge.artifacts import CONTRACT_FILE, LABELS_FILE
 from tledge.errors import TledgeError
 
 
@@ -13,20 +14,20 @@ def _own_labels(model: Path) -> tuple[tuple[str, ...], str]:
     from tledge.labels import read_labels
 
     folder = model if model.is_dir() else model.parent
-    text = read_labels(folder / "labels.txt") if (folder / "labels.txt").is_file() else ()
-    if (folder / "tledge.json").is_file():
-        labels = Contract.load(folder / "tledge.json").labels
+    text = read_labels(folder / LABELS_FILE) if (folder / LABELS_FILE).is_file() else ()
+    if (folder / CONTRACT_FILE).is_file():
+        labels = Contract.load(folder / CONTRACT_FILE).labels
         if labels and text and tuple(text) != tuple(labels) and \
-                read_labels(folder / "labels.txt", numbered=False) != tuple(labels):  # an edited one was ignored
+                read_labels(folder / LABELS_FILE, numbered=False) != tuple(labels):  # an edited one was ignored
             i = next((i for i, (a, b) in enumerate(zip(text, labels)) if a != b), None)
             what = f"line {i + 1}: {text[i]!r} against {labels[i]!r}" if i is not None else \
                 f"{len(text)} names against {len(labels)}"
             raise TledgeError(f"{folder / 'labels.txt'} and the tledge.json beside it name other labels ({what}): "
                               "pass --labels FILE to say which, or make them agree")
         if labels:
-            return labels, str(folder / "tledge.json")
+            return labels, str(folder / CONTRACT_FILE)
     if text:
-        return text, str(folder / "labels.txt")
+        return text, str(folder / LABELS_FILE)
     return (), ""
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tledge.artifacts import CONTRACT_FILE, LABELS_FILE
 from tledge.contract import INDEPENDENT, Contract, Output
 from tledge.labels import check_names, read_labels
 from tledge.errors import TledgeError, TledgeWarning
@@ -192,11 +193,11 @@ def final_contract(cfg: ExportConfig, contract, reference, val_y, stage: Path, s
     check_given_preprocessing(cfg, contract, reference, val_y)
     if contract.labels and reference.shape[1] != len(contract.labels):
         raise TledgeError(f"{len(contract.labels)} labels but the model has {reference.shape[1]} outputs")
-    contract.save(stage / "tledge.json")
+    contract.save(stage / CONTRACT_FILE)
     if contract.labels:
         from tledge.io import atomic_write_text
 
-        atomic_write_text(stage / "labels.txt", "\n".join(contract.labels) + "\n")
+        atomic_write_text(stage / LABELS_FILE, "\n".join(contract.labels) + "\n")
     return contract, val_y
 
 

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from tledge.artifacts import CONTRACT_FILE
 from tledge._deps import require
 from tledge.contract import Contract
 from tledge.errors import ModelLoadError
@@ -76,7 +77,7 @@ def load_model(path: str | Path, *, unsafe: bool = False, signature: str | None 
         loaded.notes.append(binary.note(loaded.binary))
     elif kind == binary.SIGMOID:
         loaded.sigmoid_scores = True
-    side = p.parent / "tledge.json" if p.is_file() else p / "tledge.json"
+    side = p.parent / CONTRACT_FILE if p.is_file() else p / CONTRACT_FILE
     if side.is_file():
         loaded.contract, loaded.contract_path = Contract.load(side), side
     return loaded

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from tledge import __version__
 from tledge._deps import tflite_schema
+from tledge.artifacts import LABELS_FILE  # the packed labels file has the export folder's name for it
 from tledge.contract import INDEPENDENT, METADATA_KEY, ColorOrder, Contract, Norm, Output
 from tledge.std_metadata import (CONTENT_FEATURE, CONTENT_IMAGE, ENTRY_NAME, AssociatedFile, StandardMetadata,
                                  TensorMd, build, pack_files)
-
-LABELS_FILE = "labels.txt"
 
 
 def embed_tflite(data: bytes, contract: Contract) -> bytes:

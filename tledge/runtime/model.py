@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from tledge.artifacts import CONTRACT_FILE
 from tledge.contract import METADATA_KEY, ColorOrder, Contract, Layout, Norm
 from tledge.errors import ArgumentError, ContractError, ModelLoadError, ModelRunError
 from tledge.runtime.backends import MAX_THREADS, TensorInfo, open_backend
@@ -381,7 +382,7 @@ def _resolve_contract(p: Path, backend, contract: Contract | None, options: dict
         if origin not in ("inferred", STANDARD_ORIGIN):  # (inferred ones are checked as they are made)
             check_integer_input(contract, backend.inp)  # an edited baked=false / int8 contract gave class 0 for all
     except ContractError as exc:  # which contract is wrong: the file's own, its tledge.json, or options
-        where = {"embedded": f"the contract embedded in {p.name}", "tledge.json": str(p.parent / "tledge.json")}
+        where = {"embedded": f"the contract embedded in {p.name}", "tledge.json": str(p.parent / CONTRACT_FILE)}
         mine = origin in where and not any(v is not None and v is not False and v != () for v in options.values())
         raise ContractError(f"{where[origin]}: {exc}" if mine else str(exc)) from None
     return contract, origin, said

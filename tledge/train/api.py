@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tledge.artifacts import CONTRACT_FILE
 from tledge.contract import Contract
 from tledge.errors import TledgeError, TledgeWarning
 from tledge.train import data as td
@@ -65,7 +66,7 @@ def _refuse_foreign_outputs(out: Path) -> None:
     if not found or Checkpoints(out / "checkpoints").exists():
         return
     try:
-        extra = json.loads((out / "tledge.json").read_text(encoding="utf-8")).get("extra") or {}
+        extra = json.loads((out / CONTRACT_FILE).read_text(encoding="utf-8")).get("extra") or {}
         if isinstance(extra, dict) and extra.get("trained_by") == "tledge train":
             return
     except (OSError, ValueError, AttributeError):
@@ -135,7 +136,7 @@ def _already_complete(cfg: TrainConfig, ckpt: Checkpoints, plan: td.DataPlan, lo
     diff = _differences(state, cfg, plan.classes, td.fingerprint(plan))
     try:
         metrics = json.loads((cfg.out / "metrics.json").read_text(encoding="utf-8"))
-        contract = Contract.load(cfg.out / "tledge.json")
+        contract = Contract.load(cfg.out / CONTRACT_FILE)
     except (OSError, ValueError, TledgeError) as exc:
         raise TledgeError(f"the run in {cfg.out} is complete but its files are not all there ({exc}): train "
                           "again without --resume") from None

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tledge.artifacts import CONTRACT_FILE, LABELS_FILE
 from tledge._deps import available, require
 from tledge.errors import ExportError, TledgeWarning
 from tledge.io import atomic_path, atomic_write_text, check_space
@@ -232,8 +233,8 @@ def _write_staged(stage: Path, model, contract, metrics, check_x, expected, t0, 
                "hard-swish), which Keras 3 cannot reload from HDF5") if bare else str(exc)
         (stage / "model.h5").unlink(missing_ok=True)
         warnings.warn(f"model.h5 not written: {why}; model.keras holds the model", TledgeWarning, stacklevel=3)
-    names["labels"] = atomic_write_text(stage / "labels.txt", "".join(f"{lab}\n" for lab in contract.labels)).name
-    names["contract"] = contract.save(stage / "tledge.json").name
+    names["labels"] = atomic_write_text(stage / LABELS_FILE, "".join(f"{lab}\n" for lab in contract.labels)).name
+    names["contract"] = contract.save(stage / CONTRACT_FILE).name
     if linked:
         names["split"] = linked
     if plot_curves(metrics["history"], stage / "curves.png"):
