@@ -5,6 +5,7 @@ import json
 
 
 def add_arguments(parser) -> None:
+    from tledge.artifacts import KINDS, PRECISIONS
     from tledge.devices.profiles import profile_names
 
     parser.add_argument("export_dir", metavar="EXPORT_DIR", help="folder written by `tledge export`")
@@ -12,9 +13,9 @@ def add_arguments(parser) -> None:
                         help=f"device profile: {', '.join(profile_names())}, or auto (this machine)")
     parser.add_argument("--out", default=None, metavar="FILE",
                         help="output .tar.gz (default ./<export>-<device>.tar.gz)")
-    parser.add_argument("--format", dest="backend", choices=("tflite", "onnx"), default=None,
+    parser.add_argument("--format", dest="backend", choices=KINDS, default=None,
                         help="use this format instead of the profile's preference")
-    parser.add_argument("--precision", choices=("int8", "fp16", "fp32", "dynamic"), default=None,
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="use this precision instead of the profile's preference")
     parser.add_argument("--threads", type=int, default=None, help="threads recorded for the board")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+from tledge.artifacts import KINDS
 from tledge.cli.model_options import FITS, LAYOUTS, RESIZES
 from tledge.errors import TledgeError
 from tledge.export.repair_budget import REPAIR_SECONDS
@@ -75,7 +76,7 @@ def _plan(args) -> tuple[tuple[str, ...], set[str], object]:
     formats = tuple(s.strip() for s in args.formats.split(",") if s.strip()) if args.formats else None
     flags = {p for p in ("int8", "fp16", "dynamic") if getattr(args, p)}
     if not args.device:
-        return formats or ("tflite", "onnx"), flags, None
+        return formats or KINDS, flags, None
     from tledge.devices.options import device_from_args, resolve
 
     opts = resolve(device_from_args(args), formats=list(formats) if formats else None,

@@ -11,12 +11,12 @@ from typing import Sequence
 
 import numpy as np
 
+from tledge.artifacts import PRECISIONS
 from tledge.errors import ContractError, DataError, TledgeError
 from tledge.export.parity import ParityReport, ParityResult, Thresholds, compare
 from tledge.runtime.bench import one_image_ms
 
 _SUFFIX_KIND = {".tflite": "tflite", ".onnx": "onnx"}
-PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 
 
 def exported_files(paths: Sequence[str | Path]) -> list[Path]:
