@@ -69,7 +69,7 @@ runtime() {
 tflite() {
   local py img model labels t0 out rc=0
   t0=$(date +%s)
-  model="$ASSETS/coral_tflite_classifiers/mobilenet_v1_0.25_128_quant.tflite"
+  model="$ASSETS/coral_tflite_classifiers/mobilenet_v2_1.0_224_quant.tflite"  # (the 0.25 / 128 file: a near-tie)
   img="$ASSETS/coral_tflite_classifiers/test_images/cat.bmp"
   labels="$ASSETS/coral_tflite_classifiers/imagenet_labels.txt"
   py=$(cached_venv tflite214 -e "$REPO" "tflite-runtime==2.14.0" "numpy<2" "opencv-python-headless<4.11") || return 1
