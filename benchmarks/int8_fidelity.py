@@ -158,16 +158,17 @@ def repaired(model, calib, cache: Path, tag: str, stem: int, steps):
 
 def files_for(model, calib, stem: int, tag: str, log):
     """(tflite Runner, onnx Runner) of one Keras model, the first `stem` convs kept float."""
+    from lab.quant import quick
     from tledge.quant import selective as sel
 
     t = time.perf_counter()
     cal = sel.calibrate_tflite(model, calib)
     tfl = sel.quantize_tflite(cal, keep_float=sel.tflite_stem(cal, stem))
-    fo = sel.onnx_float(model)
-    onx = sel.onnx_int8(fo, calib, exclude=sel.onnx_stem(fo, stem))
+    fo = quick.onnx_float(model)
+    onx = quick.onnx_int8(fo, calib, exclude=sel.onnx_stem(fo, stem))
     log(f"  converted {tag} in {time.perf_counter() - t:.0f}s "
         f"(TFLite {len(tfl) / 1e6:.2f} MB, ONNX {len(onx) / 1e6:.2f} MB)")
-    return {f"{tag} tflite": sel.Runner(tfl, "tflite"), f"{tag} onnx": sel.Runner(onx, "onnx")}
+    return {f"{tag} tflite": quick.Runner(tfl, "tflite"), f"{tag} onnx": quick.Runner(onx, "onnx")}
 
 
 def run_family(name, model, calib, xv, yv, stems, steps, cache, log):
@@ -175,10 +176,11 @@ def run_family(name, model, calib, xv, yv, stems, steps, cache, log):
 
     ref = repair.predict(model, xv.astype("float32"))
     rows = {"keras": {**metrics(ref, ref, yv), "latency_ms": None}}
+    from lab.quant import quick
     from tledge.quant import selective as sel
 
-    fo = sel.onnx_float(model)
-    runners = {"fp32 tflite": sel.Runner(sel.tflite_fp32(model), "tflite"), "fp32 onnx": sel.Runner(fo, "onnx")}
+    fo = quick.onnx_float(model)
+    runners = {"fp32 tflite": quick.Runner(sel.tflite_fp32(model), "tflite"), "fp32 onnx": quick.Runner(fo, "onnx")}
     runners |= files_for(model, calib, 0, "plain int8", log)
     if max(stems) > 0:
         runners |= files_for(model, calib, max(stems), f"plain int8 stem{max(stems)}", log)
