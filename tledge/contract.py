@@ -204,9 +204,9 @@ class Contract:
             raise ContractError("std values must be non-zero")
         if self.mean is not None and self.std is not None:  # pixels are normalised in float32: 1e39 or 1e-320 passed
             with np.errstate(all="ignore"):                 # the float64 checks and gave NaN scores, exit 0
-                m, sd = np.float32(self.mean), np.float32(self.std)
-                ends = (np.float32([[0.0], [255.0]]) - m) / sd
-            if not (np.isfinite(m).all() and np.isfinite(sd).all() and (sd != 0).all() and np.isfinite(ends).all()):
+                sd = np.float32(self.std)
+                ends = (np.float32([[0.0], [255.0]]) - np.float32(self.mean)) / sd
+            if not (np.isfinite(sd).all() and np.isfinite(ends).all()):  # (a zero or infinite mean: ends not finite)
                 raise ContractError(f"mean {self.mean} / std {self.std} overflow float32, in which pixels are "
                                     "normalised")
         object.__setattr__(self, "labels", tuple(str(x) for x in self.labels))

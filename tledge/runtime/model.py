@@ -62,7 +62,8 @@ class EdgeModel:
         if self.fixed_batch and self.fixed_batch > 1:
             self.load_info.notes.append(f"the file takes batches of exactly {self.fixed_batch} images: "
                                         "smaller batches are padded, larger ones split")
-        elif self.fixed_batch is None and getattr(backend, "format", "") == "onnx":
+        elif self.fixed_batch is None and getattr(backend, "format", "") == "onnx" and origin not in (
+                "embedded", "tledge.json"):  # (1-5 ms of graph reading: a tledge export quantises statically)
             from tledge.runtime.onnxgraph import op_types
 
             if "DynamicQuantizeLinear" in op_types(self.path):  # its scale is the whole batch's: an image's label

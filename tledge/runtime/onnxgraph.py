@@ -88,7 +88,7 @@ def op_types(path: str | Path) -> set[str]:
     """The op types of an ONNX file's main graph (empty when unreadable), read without the onnx package."""
     try:
         with _mapped(path) as buf:
-            graph = next(v for n, w, v in _fields(buf) if n == 7 and w == 2)
+            graph = _graph(buf)
             ops = set()
             for num, wire, span in _fields(buf, *graph):
                 if num == 1 and wire == 2:  # NodeProto: op_type 4
@@ -109,7 +109,7 @@ def size_with_data(path: str | Path) -> int:
     names: set[str] = set()
     try:
         with _mapped(p) as buf:
-            graph = next(v for n, w, v in _fields(buf) if n == 7 and w == 2)
+            graph = _graph(buf)
             for num, wire, span in _fields(buf, *graph):
                 if num == 5 and wire == 2:  # initializer TensorProto: external_data 13 (key 1, value 2)
                     for f, w, v in _fields(buf, *span):
@@ -127,6 +127,11 @@ def size_with_data(path: str | Path) -> int:
     return size
 
 
+def _graph(buf) -> tuple[int, int]:
+    """The span of a ModelProto's graph (field 7); StopIteration when it has none."""
+    return next(v for n, w, v in _fields(buf) if n == 7 and w == 2)
+
+
 @contextlib.contextmanager
 def _mapped(path: str | Path):
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
@@ -135,7 +140,7 @@ def _mapped(path: str | Path):
 
 def _onnx_output_op(buf) -> str | None:
     """output_op on the bytes of an ONNX ModelProto: graph 7, its nodes 1 and outputs 12."""
-    graph = next(v for n, w, v in _fields(buf) if n == 7 and w == 2)
+    graph = _graph(buf)
     made: dict[str, tuple[str, str | None]] = {}  # tensor -> (op type, its first input)
     outputs: list[str] = []
     for num, wire, (a, b) in ((n, w, v) for n, w, v in _fields(buf, *graph) if w == 2 and n in (1, 12)):
