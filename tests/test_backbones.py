@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tledge.contract import Contract
+from tledge.backbones import contract_for
 
 
 def test_a_whole_classifier_h5_as_weights_is_refused_with_what_fits():
@@ -56,6 +56,6 @@ def test_backbone_registry_matches_keras_applications():
         mod = next(m for prefix, m in sorted(module.items(), key=lambda kv: -len(kv[0]))
                    if spec.constructor.startswith(prefix))
         expected = np.asarray(getattr(keras.applications, mod).preprocess_input(x.copy()))
-        c = Contract.for_backbone(name, 5, baked=False)
+        c = contract_for(name, 5, baked=False)
         got = c.normalize(x) if spec.mode != "raw" else x
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4, err_msg=name)

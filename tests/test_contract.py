@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
+from tledge.backbones import contract_for
 from tledge.contract import Contract, Fit, Layout, Norm, Quant
 from tledge.labels import read_labels
 from tledge.errors import ContractError
@@ -14,7 +15,7 @@ GOLDEN = Path(__file__).parent / "golden"
 
 
 def golden_contract() -> Contract:
-    return Contract.for_backbone("mobilenet_v2", 96, labels=("ants", "bees")).replace(
+    return contract_for("mobilenet_v2", 96, labels=("ants", "bees")).replace(
         input_dtype="uint8", input_quant=Quant(1.0, 0), output_quant=Quant(1 / 256, 0))
 
 
@@ -33,10 +34,10 @@ def test_golden_file_pins_the_format():
 
 
 def test_for_backbone_knows_modes_and_sizes():
-    assert Contract.for_backbone("resnet50").norm is Norm.CAFFE
-    assert Contract.for_backbone("densenet121").norm is Norm.TORCH
-    assert Contract.for_backbone("inception_v3").size == (299, 299)
-    assert Contract.for_backbone("efficientnet_b0").norm is Norm.RAW
+    assert contract_for("resnet50").norm is Norm.CAFFE
+    assert contract_for("densenet121").norm is Norm.TORCH
+    assert contract_for("inception_v3").size == (299, 299)
+    assert contract_for("efficientnet_b0").norm is Norm.RAW
 
 
 @pytest.mark.parametrize("bad", [

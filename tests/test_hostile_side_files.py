@@ -15,6 +15,7 @@ from tiny import TINY, FOREIGN
 
 from tledge import artifacts
 from tledge.cli import main
+from tledge.backbones import contract_for
 from tledge.contract import Contract
 from tledge.errors import ContractError, ModelLoadError
 from tledge.export import kerasconfig
@@ -97,7 +98,7 @@ def test_golden_meta_that_parses_oddly(schema, tmp_path, capsys):
 
 
 def test_contract_that_is_not_utf8(tmp_path, capsys):
-    text = Contract.for_backbone("mobilenet_v2", 32, labels=("ant\u00e9", "bee")).to_json().replace("\\u00e9", "\u00e9")
+    text = contract_for("mobilenet_v2", 32, labels=("ant\u00e9", "bee")).to_json().replace("\\u00e9", "\u00e9")
     with pytest.raises(ContractError, match="not UTF-8"):
         Contract.from_json(text.encode("latin-1"))
     folder = tmp_path / "foreign"
@@ -135,7 +136,7 @@ def test_keras_archive_zipfile_cannot_read(name, offset, value, said, tmp_path):
                                    {"scale": -1, "zero_point": 0}, {"scale": 0.5, "zero_point": 1.5}, [0.5, 0]])
 def test_contract_quantisation_that_means_nothing_is_refused(quant):
     """An infinite scale and dtype "bogus" were taken (the model's own quantisation happened to be used instead)."""
-    d = Contract.for_backbone("mobilenet_v2", 32, labels=("a", "b")).to_dict()
+    d = contract_for("mobilenet_v2", 32, labels=("a", "b")).to_dict()
     with pytest.raises(ContractError, match="output_quant needs a positive finite scale"):
         Contract.from_dict(d | {"output_quant": quant})
     ok = Contract.from_dict(d | {"output_quant": {"scale": 1 / 256, "zero_point": 0, "dtype": "uint8"}})

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tledge.contract import Contract
+from tledge.backbones import contract_for
 from tledge.resize import warp_linear
 
 
@@ -15,7 +15,7 @@ from tledge.resize import warp_linear
 @pytest.mark.parametrize("resize", ["warp-linear", "area", "linear"])
 def test_extreme_images_prepare_with_every_resize(shape, fit, resize):
     img = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
-    c = Contract.for_backbone("mobilenet_v2", 64).replace(resize=resize, fit=fit,
+    c = contract_for("mobilenet_v2", 64).replace(resize=resize, fit=fit,
                                                           crop_fraction=0.875 if fit == "crop" else 1.0)
     x = c.prepare(img)
     assert x.shape == (64, 64, 3) and np.isfinite(x).all()
@@ -29,7 +29,7 @@ def test_a_banner_cropped_is_resized_whole_where_opencv_can(resize):
     import cv2
 
     img = np.random.default_rng(2).integers(0, 256, (40, 6000, 3), dtype=np.uint8)
-    c = Contract.for_backbone("mobilenet_v2", 224).replace(resize=resize, fit="crop", crop_fraction=1.0, norm="raw")
+    c = contract_for("mobilenet_v2", 224).replace(resize=resize, fit="crop", crop_fraction=1.0, norm="raw")
     whole = cv2.resize(img, (33600, 224), interpolation=getattr(cv2, f"INTER_{resize.upper()}"))
     expected = whole[:, (33600 - 224) // 2:(33600 - 224) // 2 + 224]
     assert np.array_equal(c.geometry(img), expected)

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from tledge.contract import Contract  # noqa: E402
+from tledge.backbones import contract_for
 from tledge.errors import TledgeWarning  # noqa: E402
 
 FAMILIES = [("mobilenet_v2", "tf", 0.35), ("resnet50", "caffe", None), ("densenet121", "torch", None),
@@ -41,7 +41,7 @@ def family_export(request, family_data, tmp_path_factory):
 
     name, mode, alpha = request.param
     keras.utils.set_random_seed(0)
-    c = Contract.for_backbone(name, 64, labels=("circle", "hstripes", "vstripes")).replace(input_dtype="float32")
+    c = contract_for(name, 64, labels=("circle", "hstripes", "vstripes")).replace(input_dtype="float32")
     assert c.norm.value == mode
     inp = keras.Input((64, 64, 3))
     base = backbones.build(name, (64, 64, 3), weights=None, alpha=alpha)

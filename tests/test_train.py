@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tledge.backbones import contract_for
 from tledge.contract import Contract
 from tledge.errors import TledgeError, TledgeWarning
 from tledge.train import TrainConfig, train
@@ -308,7 +309,7 @@ def test_bare_keras_ops_skip_model_h5(tmp_path):
     assert bare_op(model) is not None and bare_op(plain) is None  # found inside the nested model
     x = np.random.default_rng(0).uniform(0, 255, (4, 8, 8, 3)).astype(np.float32)
     expected = np.asarray(model.predict_on_batch(x), np.float32)
-    contract = Contract.for_backbone("mobilenet_v3_small", 8, labels=("a", "b"))
+    contract = contract_for("mobilenet_v3_small", 8, labels=("a", "b"))
     metrics = {"confusion_matrix": [[1, 0], [0, 1]], "history": []}
     with pytest.warns(TledgeWarning, match="model.h5 not written"):
         files = write_all(tmp_path, model, contract, metrics, x, expected)
@@ -333,7 +334,7 @@ def test_model_h5_keras_cannot_reload_is_skipped(tmp_path):
     assert bare_op(model) is None
     x = np.random.default_rng(0).uniform(0, 255, (4, 4, 4, 3)).astype(np.float32)
     (tmp_path / "model.h5").write_bytes(b"an earlier run")
-    contract = Contract.for_backbone("inception_resnet_v2", 4, labels=("a", "b"))
+    contract = contract_for("inception_resnet_v2", 4, labels=("a", "b"))
     with pytest.warns(TledgeWarning, match="model.h5 not written: .*CustomScaleLayer"):
         files = write_all(tmp_path, model, contract, {"confusion_matrix": [[1, 0], [0, 1]], "history": []}, x,
                           np.asarray(model.predict_on_batch(x), np.float32))

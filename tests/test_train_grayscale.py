@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from tledge.backbones import contract_for
 from tledge.contract import Contract
 from tledge.errors import TledgeError
 from tledge.train import model as tm
@@ -36,7 +37,7 @@ def folded(name, alpha=None, prepare=lambda bb: bb):
     from tledge import backbones
 
     keras.utils.set_random_seed(0)
-    c3, c1 = Contract.for_backbone(name, SIZE), Contract.for_backbone(name, SIZE, grayscale=True)
+    c3, c1 = contract_for(name, SIZE), contract_for(name, SIZE, grayscale=True)
     bb3 = prepare(backbones.build(name, (SIZE, SIZE, 3), weights=None, alpha=alpha))
     bb1, report = fold_to_gray(bb3, tm._preprocess(c3, "p3"), tm._preprocess(c1, "p1"))
     return (c3, bb3), (c1, bb1), report
@@ -108,7 +109,7 @@ def test_unsupported_stem_is_a_clear_error():
     inp = keras.Input((SIZE, SIZE, 3))
     x = keras.layers.Activation("relu")(inp)
     bb = keras.Model(inp, keras.layers.Conv2D(4, 3)(x), name="odd")
-    c3, c1 = Contract.for_backbone("mobilenet", SIZE), Contract.for_backbone("mobilenet", SIZE, grayscale=True)
+    c3, c1 = contract_for("mobilenet", SIZE), contract_for("mobilenet", SIZE, grayscale=True)
     with pytest.raises(TledgeError, match="not supported for odd"):
         fold_to_gray(bb, tm._preprocess(c3), tm._preprocess(c1))
 

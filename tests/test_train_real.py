@@ -56,14 +56,14 @@ def test_cli_reaches_085_on_hymenoptera(hymenoptera_run):
 def test_grayscale_fold_of_real_imagenet_weights(shared_assets):
     """MobileNet (tf mode): the folded 1-channel backbone gives the RGB backbone's features on gray photos."""
     from tledge import backbones
-    from tledge.contract import Contract
+    from tledge.backbones import contract_for
     from tledge.train import data as td
     from tledge.train import model as tm
     from tledge.train.grayscale import fold_to_gray
 
     weights = asset(shared_assets, *WEIGHTS)
     files = td.plan(asset(shared_assets, "hymenoptera_data")).val.files[::10]
-    c3, c1 = Contract.for_backbone("mobilenet", 224), Contract.for_backbone("mobilenet", 224, grayscale=True)
+    c3, c1 = contract_for("mobilenet", 224), contract_for("mobilenet", 224, grayscale=True)
     bb3 = backbones.build("mobilenet", (224, 224, 3), weights=str(weights), alpha=0.25)
     bb1, rep = fold_to_gray(bb3, tm._preprocess(c3, "a"), tm._preprocess(c1, "b"))
     assert rep.exact_at_borders

@@ -6,7 +6,7 @@ the `tledge` command quietens TensorFlow's C++ logs for its own process only (tl
 from tledge.contract import Contract
 from tledge.errors import (ArgumentError, ContractError, DataError, ImageError, MissingDependency, ModelLoadError,
                            ModelRunError, ParityError, TledgeError)
+from tledge.version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["ArgumentError", "Contract", "ContractError", "DataError", "ImageError", "MissingDependency",
            "ModelLoadError", "ModelRunError", "ParityError", "TledgeError", "__version__"]

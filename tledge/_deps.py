@@ -6,7 +6,7 @@ import importlib
 import importlib.util
 import os
 
-from tledge import __version__
+from tledge.version import __version__
 from tledge.errors import MissingDependency
 
 # tledge is not on PyPI, and anyone may register the name there: install lines name the wheel `make wheel` builds

@@ -8,8 +8,12 @@ import contextlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 from tledge.errors import ContractError, TledgeError
+
+if TYPE_CHECKING:
+    from tledge.contract import Contract
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,18 @@ def preprocess_mode_for(name_or_mode: str) -> str:
 
 def default_size_for(name: str) -> int:
     return get(name).size
+
+
+def contract_for(name: str, size: int | tuple[int, int] | None = None, *, grayscale: bool = False,
+                 labels: Sequence[str] = (), baked: bool = True) -> "Contract":
+    """The contract of a keras.applications backbone (its preprocess_input mode, its default size)."""
+    from tledge.contract import ColorOrder, Contract, Norm
+
+    size = size or default_size_for(name)
+    h, w = (size, size) if isinstance(size, int) else size
+    return Contract(height=h, width=w, channels=1 if grayscale else 3,
+                    color=ColorOrder.GRAY if grayscale else ColorOrder.RGB,
+                    norm=Norm(preprocess_mode_for(name)), baked=baked, labels=tuple(labels))
 
 
 def build(name: str, input_shape: tuple[int, int, int], *, weights: str | Path | None = None,

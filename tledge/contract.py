@@ -415,19 +415,6 @@ class Contract:
         except ContractError as exc:  # said which file: an export's tledge.json or the model's own
             raise ContractError(f"{p}: {exc}") from None
 
-    # ---- named presets --------------------------------------------------------------------------
-    @classmethod
-    def for_backbone(cls, name: str, size: int | tuple[int, int] | None = None, *, grayscale: bool = False,
-                     labels: Sequence[str] = (), baked: bool = True) -> "Contract":
-        """The contract of a keras.applications backbone (its preprocess_input mode, its default size)."""
-        from tledge.backbones import preprocess_mode_for, default_size_for
-
-        size = size or default_size_for(name)
-        h, w = (size, size) if isinstance(size, int) else size
-        return cls(height=h, width=w, channels=1 if grayscale else 3,
-                   color=ColorOrder.GRAY if grayscale else ColorOrder.RGB,
-                   norm=Norm(preprocess_mode_for(name)), baked=baked, labels=tuple(labels))
-
     def for_file(self, *, input_dtype: str, input_quant: Quant | None = None,
                  output_quant: Quant | None = None, layout: Layout | None = None) -> "Contract":
         """This contract as embedded in one exported file (its own dtype and quantisation)."""

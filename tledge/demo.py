@@ -156,14 +156,14 @@ def bn_initialised_weights(train_dir: Path, size: int, out_file: Path, *, n: int
     """
     from tledge import backbones
     from tledge._deps import require
-    from tledge.contract import Contract
+    from tledge.backbones import contract_for
     from tledge.images import labelled_images
     from tledge.layers import Preprocess
     from tledge.train.checkpoint import numpy2_quiet
 
     keras = require("keras", purpose="training")
     keras.utils.set_random_seed(seed)
-    contract = Contract.for_backbone(BACKBONE, size, baked=True)
+    contract = contract_for(BACKBONE, size, baked=True)
     files, _, _ = labelled_images(train_dir)
     pick = np.random.default_rng(seed).permutation(len(files))[:n]
     x = np.stack([contract.prepare(files[i]) for i in pick]).astype(np.float32)

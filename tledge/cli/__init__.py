@@ -156,7 +156,7 @@ def _empty_argument(argv: list[str]) -> str | None:
 
 
 def _version() -> str:
-    from tledge import __version__
+    from tledge.version import __version__
 
     return f"tledge {__version__}"
 
@@ -232,17 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         prog = f"tledge {args.command}" if args.command else "tledge"
         print(f"{prog}: error: {empty} (see {prog} --help)", file=sys.stderr)
         return 2
-    if extra:  # files after an option (`tledge parity m.keras --images val/ export/`): the verb's file list
-        more = getattr(importlib.import_module(f"tledge.cli.{args.command}"), "MORE_FILES", None) \
-            if args.command else None
-        after_dashes = extra[0] == "--"  # `tledge bench a.tflite --runs 9 -- b.onnx`: files after `--`
-        extra = extra[1:] if after_dashes else extra
-        if extra and (more is None or (not after_dashes and any(e.startswith("-") for e in extra))):
-            prog = f"tledge {args.command}" if args.command else "tledge"
-            print(f"{prog}: error: unrecognized arguments: {' '.join(extra)} (see {prog} --help)", file=sys.stderr)
-            return 2
-        if extra:
-            setattr(args, more, [*(getattr(args, more) or []), *extra])
+    if extra and not _more_files(args, extra):
+        return 2
     _expand_home(args)
     if not args.command:  # the commands on stdout, what went wrong on stderr (one line)
         parser.print_help()
@@ -279,6 +270,22 @@ def main(argv: list[str] | None = None) -> int:
         if previous_int is not None:
             signal.signal(signal.SIGINT, previous_int)
     return rc
+
+
+def _more_files(args, extra: list[str]) -> bool:
+    """Files after an option (`tledge parity m.keras --images val/ export/`, `tledge bench a.tflite --runs 9 --
+    b.onnx`) join the verb's file list; False (said on stderr) when the verb takes none or one is an option."""
+    more = getattr(importlib.import_module(f"tledge.cli.{args.command}"), "MORE_FILES", None) \
+        if args.command else None
+    after_dashes = extra[0] == "--"
+    extra = extra[1:] if after_dashes else extra
+    if extra and (more is None or (not after_dashes and any(e.startswith("-") for e in extra))):
+        prog = f"tledge {args.command}" if args.command else "tledge"
+        print(f"{prog}: error: unrecognized arguments: {' '.join(extra)} (see {prog} --help)", file=sys.stderr)
+        return False
+    if extra:
+        setattr(args, more, [*(getattr(args, more) or []), *extra])
+    return True
 
 
 class Terminated(BaseException):

@@ -88,30 +88,14 @@ def _validate(args, notes: list[str]):
     """Every path and option, before TensorFlow or the model is loaded. Returns the output folder; `notes` gets what
     to say once everything is checked (a refused command prints its one error line only)."""
     from tledge.cli import validate as V
-    from tledge.export.formats import FORMATS
     from tledge.export.unit import not_an_export
-    from tledge.images import TRAINING_SPLIT
     from tledge.runtime.backends import default_threads
 
     default_threads()  # TLEDGE_THREADS (parity runs the files) refused now, not after minutes of converting
     model = V.keras_model(args.model, "MODEL")
     out = Path(args.out) if args.out else model.with_name(model.stem + "_export")
     if not args.calib:  # a model `tledge train` wrote: the images it trained (and validated) on
-        from tledge.export.imagesets import split_is_dangling, training_split
-
-        found = training_split(model)
-        if found and args.val:  # calibrate on the training images, not on the images parity checks
-            if found[0]:
-                args.calib = found[0]
-                notes.append(f"images: --calib {args.calib}, the training run's training images (symbolic links it "
-                             "left beside the model)")
-        elif found:
-            args.calib, args.val = found
-            notes.append(f"images: --calib {args.calib or '(the validation images)'} and --val {args.val}, the "
-                         "training run's training and held-out images (symbolic links it left beside the model)")
-        elif not args.val and split_is_dangling(model):
-            raise TledgeError(f"the training run's {model.parent / TRAINING_SPLIT}/ no longer leads to its images "
-                              "(the data folder moved or was deleted): pass --calib DIR and --val DIR")
+        _training_images(args, model, notes)
     if args.signature is not None:
         from tledge.cli.parity import check_signature
 
@@ -133,22 +117,51 @@ def _validate(args, notes: list[str]):
     if args.repair_time is not None and not args.repair:
         raise TledgeError("--repair-time limits the repair loop, and --no-repair turns it off (drop one)")
     V.geometry(args.fit, args.crop)
-    kinds = sorted({f.kind for f in FORMATS.values()})
-    for f in (s.strip() for s in (args.formats or "").split(",") if s.strip()):
-        if f not in kinds:
-            raise TledgeError(f"--formats: unknown format {f!r}; known: {', '.join(kinds)}")
-    wrong = [f for f in ("fp16", "dynamic") if getattr(args, f)]
-    listed = {s.strip() for s in (args.formats or "").split(",") if s.strip()}
-    if args.formats is not None and not listed:  # `--formats ,` meant every format
-        raise TledgeError(f"--formats {args.formats!r} names no format: pass tflite, onnx or both")
-    if wrong and listed and "tflite" not in listed:
-        raise TledgeError(f"{' and '.join('--' + f for f in wrong)}: TFLite precisions, and --formats "
-                          f"{args.formats} writes no TFLite file (ONNX files are fp32 and int8)")
+    _check_formats(args)
     if args.preprocess == "auto" and not args.val:  # it chooses by accuracy on labelled images
         raise TledgeError("--preprocess auto needs labelled --val images (class folders) to choose by")
     if args.force and args.preprocess != "auto":
         raise TledgeError("--force only applies to --preprocess auto")
     return out
+
+
+def _training_images(args, model: Path, notes: list[str]) -> None:
+    """No --calib: a model `tledge train` wrote calibrates on its training images (and, without --val, checks
+    parity on its held-out ones), read from the symbolic links the run left beside it."""
+    from tledge.export.imagesets import split_is_dangling, training_split
+    from tledge.images import TRAINING_SPLIT
+
+    found = training_split(model)
+    if found and args.val:  # calibrate on the training images, not on the images parity checks
+        if found[0]:
+            args.calib = found[0]
+            notes.append(f"images: --calib {args.calib}, the training run's training images (symbolic links it "
+                         "left beside the model)")
+    elif found:
+        args.calib, args.val = found
+        notes.append(f"images: --calib {args.calib or '(the validation images)'} and --val {args.val}, the "
+                     "training run's training and held-out images (symbolic links it left beside the model)")
+    elif not args.val and split_is_dangling(model):
+        raise TledgeError(f"the training run's {model.parent / TRAINING_SPLIT}/ no longer leads to its images "
+                          "(the data folder moved or was deleted): pass --calib DIR and --val DIR")
+
+
+def _check_formats(args) -> None:
+    """--formats names known formats, at least one, and a TFLite file when --fp16 / --dynamic ask for one."""
+    from tledge.export.formats import FORMATS
+
+    kinds = sorted({f.kind for f in FORMATS.values()})
+    named = [s.strip() for s in (args.formats or "").split(",") if s.strip()]
+    listed = set(named)
+    for f in named:
+        if f not in kinds:
+            raise TledgeError(f"--formats: unknown format {f!r}; known: {', '.join(kinds)}")
+    if args.formats is not None and not listed:  # `--formats ,` meant every format
+        raise TledgeError(f"--formats {args.formats!r} names no format: pass tflite, onnx or both")
+    wrong = [f for f in ("fp16", "dynamic") if getattr(args, f)]
+    if wrong and listed and "tflite" not in listed:
+        raise TledgeError(f"{' and '.join('--' + f for f in wrong)}: TFLite precisions, and --formats "
+                          f"{args.formats} writes no TFLite file (ONNX files are fp32 and int8)")
 
 
 def run(args) -> int:

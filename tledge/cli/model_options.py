@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tledge.cli import validate as V
 from tledge.contract import Fit, Layout, Resize
 from tledge.errors import TledgeError
 
@@ -15,29 +16,10 @@ FITS = tuple(f.value for f in Fit)
 LAYOUTS = tuple(v.value for v in Layout)
 
 
-MAX_SIDE = 4096  # larger inputs are a typo, not a classifier
-
-
-def input_size(text: str, flag: str = "--input-size") -> tuple[int, int]:
-    """'HxW' or 'N' -> (h, w), each 1..MAX_SIDE."""
-    parts = str(text).lower().replace(",", "x").split("x")
-    try:
-        if len(parts) > 2:
-            raise ValueError
-        h, w = int(parts[0]), int(parts[-1])
-    except ValueError:
-        raise TledgeError(f"{flag} wants HxW or N, got {text!r}") from None
-    if min(h, w) < 1 or max(h, w) > MAX_SIDE:
-        raise TledgeError(f"{flag} {text}: each side must be 1..{MAX_SIDE} pixels")
-    return h, w
-
-
 def check_model_options(args, models=()) -> None:
     """Ranges and files of the options above, before anything is loaded (TledgeError, exit 2). `models`: the model
     paths given; an option for the other runtime only (--providers for TFLite files, --delegate for ONNX ones) is
     refused rather than ignored."""
-    from tledge.cli import validate as V
-
     from tledge.runtime.backends import MAX_THREADS, default_threads
 
     V.in_range(args.threads, "--threads", 1, MAX_THREADS)
@@ -57,7 +39,7 @@ def check_model_options(args, models=()) -> None:
     V.delegates(args.delegate)  # opens, and is a TFLite delegate library
     V.device(getattr(args, "device", None))
     if getattr(args, "input_size", None):
-        input_size(args.input_size)
+        V.size(args.input_size)
     if not hasattr(args, "preprocess"):
         return
     if args.labels:
@@ -113,7 +95,7 @@ def load_kwargs(args) -> dict:
                   layout=args.layout, resize=args.resize, crop=args.crop, fit=args.fit, color=args.color,
                   logits=args.logits)
     if getattr(args, "input_size", None):
-        kw["input_size"] = input_size(args.input_size)
+        kw["input_size"] = V.input_size(args.input_size)
     if kw["providers"]:
         kw["providers"] = [_provider_name(s) for s in kw["providers"]]
     return {k: v for k, v in kw.items() if v is not None}

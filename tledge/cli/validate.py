@@ -12,7 +12,6 @@ from typing import Sequence
 
 from tledge.errors import TledgeError
 from tledge.paths import expand
-from tledge.cli.model_options import MAX_SIDE  # noqa: F401  (--input-size / --size: larger is a typo)
 
 MIN_FREE_BYTES = 1 << 20  # an output folder on a device with less free space than this is full
 PSEUDO_FS = ("/proc", "/sys", "/dev")  # never write outputs here
@@ -332,10 +331,26 @@ def geometry(fit: str | None, crop: float | None) -> None:
     if crop is not None and fit not in (None, "crop"):
         raise TledgeError(f"--crop {_num(crop)} centre-crops: it cannot go with --fit {fit} (drop one)")
 
-def size(text: str | None, flag: str = "--input-size") -> tuple[int, int] | None:
-    """'HxW' or 'N' -> (h, w), each 1..MAX_SIDE (tledge.cli.model_options.input_size); None stays None."""
-    from tledge.cli.model_options import input_size
 
+MAX_SIDE = 4096  # larger inputs are a typo, not a classifier
+
+
+def input_size(text: str, flag: str = "--input-size") -> tuple[int, int]:
+    """'HxW' or 'N' -> (h, w), each 1..MAX_SIDE."""
+    parts = str(text).lower().replace(",", "x").split("x")
+    try:
+        if len(parts) > 2:
+            raise ValueError
+        h, w = int(parts[0]), int(parts[-1])
+    except ValueError:
+        raise TledgeError(f"{flag} wants HxW or N, got {text!r}") from None
+    if min(h, w) < 1 or max(h, w) > MAX_SIDE:
+        raise TledgeError(f"{flag} {text}: each side must be 1..{MAX_SIDE} pixels")
+    return h, w
+
+
+def size(text: str | None, flag: str = "--input-size") -> tuple[int, int] | None:
+    """input_size(), and None stays None."""
     return None if text is None else input_size(text, flag)
 
 

@@ -240,13 +240,7 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
     if preprocess and files and len(known) == len(files):  # used by nothing: `tledge run` refuses it the same way
         raise TledgeError(f"--preprocess {preprocess}: every exported file carries its contract (normalisation "
                           f"{known[0].norm.value}), and the reference is checked with it: drop --preprocess")
-    # one reference per export the files come from: its recorded signature and its contract's geometry (several
-    # export folders of one model at two sizes, or of two signatures, were all checked against the first one's)
-    groups: dict[tuple, list[int]] = {}
-    for i, (f, c) in enumerate(zip(files, contracts)):
-        sig = signature or (_recorded([f], "signature") if Path(reference).is_dir() else None)
-        groups.setdefault((sig, _prep_key(c.replace(layout="nhwc")) if c is not None else None), []).append(i)
-    groups = groups or {(signature, None): []}
+    groups = _reference_groups(reference, files, contracts, signature)
     results: list = [None] * len(files)
     loaded: dict = {}
     paths = y = lm = None
@@ -270,11 +264,7 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
                                     thresholds=thresholds or {}, preprocess=preprocess, size=contract.size,
                                     threads=threads, name=display_names(files)[i], geometry=geometry)
     report = ParityReport(images=len(paths), results=results, reference=str(reference))
-    for r in results:
-        named = r.file.rsplit("/", 1)[-1].rsplit(".", 1)[0].rsplit("_", 1)[-1]
-        if named in PRECISIONS and r.precision not in (named, "?"):
-            report.notes.append(f"{r.file}: named {named}, but its tensors are {r.precision}; checked as "
-                                f"{r.precision}")
+    report.notes += _misnamed(results)
     foreign = [n for f, c, n in zip(files, contracts, display_names(files)) if c is None and f not in unreadable]
     if foreign:
         report.notes.append(f"no tledge contract in {', '.join(foreign)}: input inferred from the file"
@@ -282,6 +272,26 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
                             + f", resized as the reference ({contract.resize.value}, {contract.fit.value})")
     report.notes += loader.report_notes(lm)
     return report
+
+
+def _reference_groups(reference, files: list[Path], contracts: list, signature: str | None) -> dict[tuple, list[int]]:
+    """One reference per export the files come from: its recorded signature and its contract's geometry (several
+    export folders of one model at two sizes, or of two signatures, were all checked against the first one's)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, (f, c) in enumerate(zip(files, contracts)):
+        sig = signature or (_recorded([f], "signature") if Path(reference).is_dir() else None)
+        groups.setdefault((sig, _prep_key(c.replace(layout="nhwc")) if c is not None else None), []).append(i)
+    return groups or {(signature, None): []}
+
+
+def _misnamed(results) -> list[str]:
+    """A note for each file named for one precision (model_int8.tflite) whose tensors are another."""
+    notes = []
+    for r in results:
+        named = r.file.rsplit("/", 1)[-1].rsplit(".", 1)[0].rsplit("_", 1)[-1]
+        if named in PRECISIONS and r.precision not in (named, "?"):
+            notes.append(f"{r.file}: named {named}, but its tensors are {r.precision}; checked as {r.precision}")
+    return notes
 
 
 def _recorded(files: Sequence[Path], key: str) -> str | None:

@@ -15,7 +15,7 @@ from tledge.labels import check_names, read_labels
 from tledge.errors import TledgeError, TledgeWarning
 
 if TYPE_CHECKING:
-    from tledge.export.pipeline import ExportConfig
+    from tledge.export.config import ExportConfig
 
 
 def _folder_of(model: Path) -> Path:

@@ -28,22 +28,11 @@ def input_affine(fn, channels: int, limit: int = 32) -> tuple[np.ndarray, np.nda
     (caffe's RGB -> BGR: `x[..., ::-1]` or a reverse over the channels), through crops of height and width.
     Unread (a reason) when the walk stops at arithmetic with operands it cannot read, None when the first
     computation is anything else. Never raises: a graph it cannot read is None."""
-    try:
-        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
-        graph = convert_variables_to_constants_v2(fn).graph.as_graph_def()
-    except Exception:  # noqa: BLE001 - an unreadable graph: the user says (--preprocess)
+    read = _frozen_graph(fn)
+    if read is None:
         return None
-    nodes = {n.name: n for n in graph.node}
-    users: dict[str, list[str]] = {}
-    for n in graph.node:
-        for i in n.input:
-            if not i.startswith("^"):
-                users.setdefault(i.split(":")[0], []).append(n.name)
-    inputs = [n.name for n in graph.node if n.op == "Placeholder"]
-    if len(inputs) != 1:
-        return None
-    t, scale, offset, flipped, found = inputs[0], np.ones(channels), np.zeros(channels), False, False
+    nodes, users, t = read
+    scale, offset, flipped, found = np.ones(channels), np.zeros(channels), False, False
     for _ in range(limit):
         # what reads only the tensor's shape (`tf.reshape(h, [tf.shape(x)[0], -1])`) is no second use of its values
         nxt = [u for u in users.get(t, []) if nodes[u].op not in SHAPE_ONLY]
@@ -72,19 +61,44 @@ def input_affine(fn, channels: int, limit: int = 32) -> tuple[np.ndarray, np.nda
                 return scale, offset, flipped  # it cannot read: the model normalises raw pixels itself
             return Unread(f"it starts with arithmetic ({n.op}) on values tledge cannot read (a Normalization "
                           "layer's variance, a computed constant)")  # a part of the map is no map (x - mean)
-        left = data[0] == t
-        if n.op == "Mul":
-            scale, offset = scale * k, offset * k
-        elif n.op in ("AddV2", "Add", "BiasAdd"):
-            offset = offset + k
-        elif n.op == "Sub":
-            scale, offset = (scale, offset - k) if left else (-scale, k - offset)
-        elif left and np.all(k != 0):  # RealDiv / Div by a constant
-            scale, offset = scale / k, offset / k
-        else:
+        applied = _compose(n.op, data[0] == t, k, scale, offset)
+        if applied is None:
             break
-        found, t = True, n.name
+        (scale, offset), found, t = applied, True, n.name
     return (scale, offset, flipped) if found else None
+
+
+def _frozen_graph(fn):
+    """(nodes by name, users of each node, the one input's name) of `fn` with its variables frozen; None when
+    the graph cannot be read or has no single input."""
+    try:
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+        graph = convert_variables_to_constants_v2(fn).graph.as_graph_def()
+    except Exception:  # noqa: BLE001 - an unreadable graph: the user says (--preprocess)
+        return None
+    nodes = {n.name: n for n in graph.node}
+    users: dict[str, list[str]] = {}
+    for n in graph.node:
+        for i in n.input:
+            if not i.startswith("^"):
+                users.setdefault(i.split(":")[0], []).append(n.name)
+    inputs = [n.name for n in graph.node if n.op == "Placeholder"]
+    return (nodes, users, inputs[0]) if len(inputs) == 1 else None
+
+
+def _compose(op: str, left: bool, k: np.ndarray, scale: np.ndarray, offset: np.ndarray):
+    """The map so far followed by `op` with the constant `k` (on the right of the tensor when `left`):
+    (scale, offset), or None for an op that is no affine step (a division of a constant by the tensor)."""
+    if op == "Mul":
+        return scale * k, offset * k
+    if op in ("AddV2", "Add", "BiasAdd"):
+        return scale, offset + k
+    if op == "Sub":
+        return (scale, offset - k) if left else (-scale, k - offset)
+    if left and np.all(k != 0):  # RealDiv / Div by a constant
+        return scale / k, offset / k
+    return None
 
 
 def _channel_flip(nodes: dict, n) -> bool:

@@ -9,7 +9,7 @@ tledge's TFLite conventions (tledge.export.tflite.apply_conventions). ONNX: `met
 """
 from __future__ import annotations
 
-from tledge import __version__
+from tledge.version import __version__
 from tledge._deps import tflite_schema
 from tledge.artifacts import LABELS_FILE  # the packed labels file has the export folder's name for it
 from tledge.contract import INDEPENDENT, METADATA_KEY, ColorOrder, Contract, Norm, Output

@@ -21,10 +21,10 @@ from tledge._deps import require
 from tledge.errors import ExportError
 from tledge.export import onnx_fakequant, onnx_pads, onnx_reshapes, onnx_scalars, onnx_tfops
 from tledge.export.metadata import scores_text
+from tledge.export.names import INPUT_NAME, OUTPUT_NAME
 from tledge.io import shape_inference_scratch
 
 OPSET = 17
-INPUT_NAME, OUTPUT_NAME = "pixels", "scores"
 
 
 LAYOUTS, INPUT_DTYPES = ("nhwc", "nchw"), ("float32", "uint8")

@@ -20,7 +20,8 @@ import numpy as np
 
 from tledge._deps import require
 from tledge.errors import ExportError
-from tledge.export.onnx import INPUT_NAME, OPSET, OUTPUT_NAME, SCHEMES
+from tledge.export.names import INPUT_NAME, OUTPUT_NAME
+from tledge.export.onnx import OPSET, SCHEMES
 
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 

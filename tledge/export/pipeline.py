@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -19,70 +19,16 @@ from tledge.export import contracting, savedmodel
 from tledge.export import formats as F
 from tledge.export import imagesets
 from tledge.export.parity import ParityReport, ParityResult, Thresholds, check_files, unconfirmed
-from tledge.export.repair_budget import REPAIR_SECONDS
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    out: Path | None = None
-    formats: tuple[str, ...] = ("tflite", "onnx")
-    int8: bool = False
-    fp16: bool = False
-    dynamic: bool = False
-    calib: str | None = None  # folder, or "random"
-    val: str | None = None
-    labels: str | None = None
-    preprocess: str | None = None  # a mode, a backbone name, or "auto"
-    input_size: tuple[int, int] | None = None
-    unsafe: bool = False
-    signature: str | None = None  # a SavedModel's KEY[:OUTPUT] (tledge.export.signature)
-    binary_output: str | None = None  # a one-output model's output when its graph cannot say: sigmoid | logit
-    calib_limit: int = 256
-    val_limit: int = 1000
-    thresholds: dict[str, Thresholds] = field(default_factory=dict)
-    threads: int | None = None
-    fidelity: float | None = None  # int8 agreement target: top-1 (default 0.98), top-k from 20 classes (0.99)
-    repair: bool = True  # run the int8 fidelity loop on failing int8 files (tledge.export.fidelity)
-    repair_time: float | None = REPAIR_SECONDS  # no new rung after this many seconds of repair (None: no limit)
-    explain: bool = False  # per-layer int8 error table in parity.md even when int8 passes
-    int8_only: bool = False  # the target runs int8 only (Edge TPU): no float layers, no fallback
-    pairs: tuple[tuple[str, str], ...] = ()  # (kind, precision) files of a device profile: replaces the flags
-    compile_edgetpu: bool = False  # run edgetpu_compiler on the int8 TFLite file (when it is installed)
-    force: bool = False  # --preprocess auto: export even when the best mode scores near chance
-    resize: str | None = None  # area | linear | nearest | cubic (default: the sidecar's, else area)
-    fit: str | None = None  # stretch | crop | letterbox
-    crop: float | None = None  # crop fraction: fit=crop, short side to size/crop, centre crop
-    onnx_layout: str = "nhwc"  # the ONNX files' input layout (TFLite stays NHWC)
-    onnx_input: str = "float32"  # the ONNX files' input dtype: float32, or uint8 (a Cast inside)
-
-
-@dataclass
-class ExportResult:
-    out: Path
-    contract: Contract
-    files: list[Path]
-    report: ParityReport
-    seconds: dict[str, float]
-
-    @property
-    def passed(self) -> bool:
-        return self.report.passed
+from tledge.export.config import ExportConfig, ExportResult  # noqa: F401 (ExportConfig re-exported)
 
 
 def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> ExportResult:
     """Convert, embed the contract, check parity, and swap the files into `cfg.out` as a unit with
     `manifest.json` written last (tledge.export.unit). Raises TledgeError for bad input (and when
     another export holds the folder); parity failures are in the returned report."""
-    from tledge import fields
-    from tledge.errors import ArgumentError  # a library caller's mistakes, named (not a TypeError from inside)
-
-    if not isinstance(model_path, (str, os.PathLike)):
-        raise ArgumentError(f"export() takes the model's path, got {type(model_path).__name__}")
-    if not isinstance(cfg, ExportConfig):
-        raise ArgumentError(f"export() takes an ExportConfig, got {type(cfg).__name__}")
-    fields.check(cfg)
-    from tledge import clients, log
-    from tledge.export import loader, speed
+    _check_call(model_path, cfg)
+    from tledge import log
+    from tledge.export import loader
     from tledge.export.unit import ExportFolder
 
     chosen = plan(cfg)
@@ -95,13 +41,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
         log.plan(3 + len(chosen) + _loop_planned(cfg, chosen))  # progress lines: load, images, each file, parity
         clock = time.perf_counter()
         with log.step(f"loading {Path(model_path).name}"):
-            lm = loader.load_model(model_path, unsafe=cfg.unsafe, signature=cfg.signature,
-                                   binary_output=cfg.binary_output)
-            labels = contracting.labels_for(cfg, lm)
-            contract, add_norm = contracting.export_contract(cfg, lm, labels)
-            serve, concrete = loader.trace(lm, contract, add_norm)
-            if lm.kind == "saved_model" and any(f.kind == "onnx" for f in chosen):
-                savedmodel.check_any_batch(serve, contract, lm.path.name)
+            lm, contract, add_norm, serve, concrete = _load(model_path, cfg, chosen)
         steps, clock = {"load and trace": time.perf_counter() - clock}, time.perf_counter()
         with log.step("reading images and running the Keras model"):
             contract, val_x, val_y, val_files, reference, resize_note = _reference(cfg, contract, chosen, serve)
@@ -131,18 +71,51 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
         report.seconds = {k: round(v, 2) for k, v in steps.items()}
         derived = _compile_edgetpu(stage, report, out) if cfg.compile_edgetpu else {}
         _write_golden(stage, val_x, reference, val_y, val_files, cfg, thresholds, report)
-        report.notes += [speed.machine_note(cfg.threads, loop=bool(report.fidelity))]
-        report.notes += speed.slower_int8(report.results, stage, val_x, report.fidelity)
-        report.notes += speed.float_ops_notes(report.results, stage)
-        shipped = [r.file for r in report.results if "/" not in r.file]  # not the int8 files kept in rejected/
-        report.clients = clients.measure(stage, shipped, val_x, reference, val_files, cfg.threads)  # MediaPipe too
-        report.notes += clients.notes(report.clients)
-        report.write(stage)
+        _finish_report(report, stage, cfg, val_x, reference, val_files)
         folder.commit(model_path, {r.file: (r.passed, _figures(r)) for r in report.results}, derived,
                       _inputs(stage, [r.file for r in report.results]),
                       {"signature": cfg.signature, "binary_output": cfg.binary_output})
     written = [out / r.file for r in report.results if "/" not in r.file and (out / r.file).is_file()]
     return ExportResult(out, contract, written, report, seconds)
+
+
+def _check_call(model_path, cfg) -> None:
+    """A library caller's mistakes, named (not a TypeError from inside), before anything is loaded."""
+    from tledge import fields
+    from tledge.errors import ArgumentError
+
+    if not isinstance(model_path, (str, os.PathLike)):
+        raise ArgumentError(f"export() takes the model's path, got {type(model_path).__name__}")
+    if not isinstance(cfg, ExportConfig):
+        raise ArgumentError(f"export() takes an ExportConfig, got {type(cfg).__name__}")
+    fields.check(cfg)
+
+
+def _load(model_path, cfg: ExportConfig, chosen):
+    """The model loaded and traced with its export contract: (loaded, contract, add_norm, serve, concrete)."""
+    from tledge.export import loader
+
+    lm = loader.load_model(model_path, unsafe=cfg.unsafe, signature=cfg.signature, binary_output=cfg.binary_output)
+    labels = contracting.labels_for(cfg, lm)
+    contract, add_norm = contracting.export_contract(cfg, lm, labels)
+    serve, concrete = loader.trace(lm, contract, add_norm)
+    if lm.kind == "saved_model" and any(f.kind == "onnx" for f in chosen):
+        savedmodel.check_any_batch(serve, contract, lm.path.name)
+    return lm, contract, add_norm, serve, concrete
+
+
+def _finish_report(report: ParityReport, stage: Path, cfg: ExportConfig, val_x, reference, val_files) -> None:
+    """The machine, speed and client notes (MediaPipe, OpenCV... on the shipped files), then parity.md/json."""
+    from tledge import clients
+    from tledge.export import speed
+
+    report.notes += [speed.machine_note(cfg.threads, loop=bool(report.fidelity))]
+    report.notes += speed.slower_int8(report.results, stage, val_x, report.fidelity)
+    report.notes += speed.float_ops_notes(report.results, stage)
+    shipped = [r.file for r in report.results if "/" not in r.file]  # not the int8 files kept in rejected/
+    report.clients = clients.measure(stage, shipped, val_x, reference, val_files, cfg.threads)
+    report.notes += clients.notes(report.clients)
+    report.write(stage)
 
 
 def _reference(cfg: ExportConfig, contract, chosen, serve):

@@ -16,10 +16,9 @@ import numpy as np
 from tledge._deps import require
 from tledge.artifacts import exportable
 from tledge.errors import ExportError
-from tledge.export.onnx import INPUT_NAME, OUTPUT_NAME
+from tledge.export.names import INPUT_NAME, OUTPUT_NAME, SIGNATURE_KEY
 
 BATCH = 1
-SIGNATURE_KEY = "serving_default"
 # int8 ops LiteRT's CPU delegate (XNNPACK) has no int8 kernel for. In an int8 file each one cuts the delegated graph
 # and runs on LiteRT's own kernels between partitions: MobileNetV3 Small's 18 int8 HARD_SWISH ops made 19 partitions
 # and an int8 file 3.6-4.4x slower than its fp32 file; ConvNeXt Tiny's GELU ops 18 of its 66. Kept float on CPU

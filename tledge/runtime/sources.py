@@ -11,18 +11,16 @@ from __future__ import annotations
 import glob
 import os
 import re
-import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
-import numpy as np
 
-from tledge.errors import ImageError, TledgeError
+from tledge.errors import TledgeError
 from tledge.paths import expand, utf8_alias
+from tledge.runtime.frames import Frame, Source, print_event, redact  # noqa: F401 (Frame, Source re-exported)
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts",
                   ".3gp", ".mjpeg", ".mjpg"}
@@ -30,73 +28,6 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 # and .mjpeg addresses are usually live (IP cameras, broadcast streams)
 VIDEO_FILES = VIDEO_SUFFIXES - {".ts", ".mjpeg", ".mjpg"}
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
-
-
-@dataclass
-class Frame:
-    """One input. `image` is HxWx3 uint8 (RGB, or BGR while `bgr`), or None until a file is decoded."""
-
-    source: str
-    index: int
-    image: np.ndarray | None = None
-    error: str | None = None
-    path: Path | None = None
-    timestamp: float = 0.0
-    bgr: bool = False
-
-    def rgb(self) -> np.ndarray:
-        """The decoded RGB image (decodes a file frame; raises ImageError when it cannot)."""
-        if self.error:
-            raise ImageError(self.error)
-        if self.image is None and self.path is not None:
-            from tledge import images
-
-            self.image = images.load(self.path)
-        elif self.bgr:
-            import cv2
-
-            self.image = cv2.cvtColor(self.image, cv2.COLOR_BGR2RGB)
-            self.bgr = False
-        if self.image is None:
-            raise ImageError(f"{self.source}: no image")
-        return self.image
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-@dataclass
-class Source:
-    name: str
-    kind: str = "files"  # files | video | live
-    fps: float | None = None
-    events: list[str] = field(default_factory=list)
-    dropped: int = 0
-    reconnects: int = 0
-    lost: bool = False
-    on_event: Callable[[str], None] = _stderr
-
-    @property
-    def live(self) -> bool:
-        return self.kind == "live"
-
-    def frames(self) -> Iterator[Frame]:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-    def event(self, message: str) -> None:
-        self.events.append(message)
-        if self.on_event:
-            self.on_event(message)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 class FileSource(Source):
@@ -279,7 +210,7 @@ def source_text(spec: str | Path) -> str:
 
 
 def open_source(spec: str | Path, *, retries: int = 5, backoff: float = 1.0,
-                on_event: Callable[[str], None] | None = _stderr, opener: Callable | None = None) -> Source:
+                on_event: Callable[[str], None] | None = print_event, opener: Callable | None = None) -> Source:
     """An image file, a folder (recursive), a glob, a video file, a camera index (or /dev/videoN), an
     RTSP/HTTP URL, a GStreamer pipeline (contains '!') or `picamera2`. An existing file or folder
     always wins (a folder named `2024`, a photo with `!` in its name). `opener` replaces the capture
@@ -357,8 +288,3 @@ def _file_source(s: str, on_event) -> Source:
                           "video, camera index, rtsp:// or http:// URL, GStreamer pipeline or picamera2)")
     raise TledgeError(f"source not found: {s!r} (expected an image, folder, glob, video, camera index, "
                       "rtsp:// or http:// URL, GStreamer pipeline or picamera2)")
-
-
-def redact(url: str) -> str:
-    """rtsp://user:password@host -> rtsp://user:***@host (names appear in logs and outputs)."""
-    return re.sub(r"(://[^:/@]+):[^@/]+@", r"\1:***@", url)

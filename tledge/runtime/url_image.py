@@ -6,7 +6,7 @@ from typing import Iterator
 import numpy as np
 
 from tledge.errors import TledgeError
-from tledge.runtime.sources import Frame, Source, redact
+from tledge.runtime.frames import Frame, Source, redact
 
 
 class ImageURLSource(Source):

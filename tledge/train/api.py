@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tledge.artifacts import CONTRACT_FILE
+from tledge.backbones import contract_for
 from tledge.contract import Contract
 from tledge.errors import TledgeError, TledgeWarning
 from tledge.train import data as td
@@ -24,7 +25,7 @@ from tledge.train.config import RESUME_KEYS, WEIGHTS_IMAGENET, ClassWeights, Tra
 
 def make_contract(cfg: TrainConfig, labels) -> Contract:
     """The backbone's contract; the Keras model takes float32 raw pixels (normalisation baked in)."""
-    c = Contract.for_backbone(cfg.backbone, cfg.size, grayscale=cfg.grayscale, labels=labels, baked=True)
+    c = contract_for(cfg.backbone, cfg.size, grayscale=cfg.grayscale, labels=labels, baked=True)
     from tledge.backbones import get
 
     extra = {"backbone": get(cfg.backbone).name, "alpha": cfg.alpha, "trained_by": "tledge train"}
