@@ -13,7 +13,7 @@ from tledge.contract import Contract, Quant
 from tledge.errors import ContractError, ModelLoadError, TledgeError, TledgeWarning
 from tledge.runtime import infer_contract, load
 from tledge.runtime.backends import TensorInfo
-from tledge.runtime.model import _lookup_table
+from tledge.runtime.model import lookup_table
 
 
 def _images():
@@ -58,13 +58,13 @@ def test_fast_input_path_is_bit_identical_to_the_reference(contract, inp):
 
 def test_lookup_table_kinds():
     coral = Contract(8, 8, norm="custom", baked=False, mean=(128.0,), std=(128.0,))
-    from tledge.runtime.model import _IDENTITY
+    from tledge.runtime.model import IDENTITY_TABLE
 
-    assert _lookup_table(coral, TensorInfo("x", (1, 8, 8, 3), "uint8"), Quant(1 / 128, 128)) is _IDENTITY
+    assert lookup_table(coral, TensorInfo("x", (1, 8, 8, 3), "uint8"), Quant(1 / 128, 128)) is IDENTITY_TABLE
     caffe = Contract(8, 8, norm="caffe", baked=False)  # channel swap inside normalize: no table
-    assert _lookup_table(caffe, TensorInfo("x", (1, 8, 8, 3), "float32"), None) is None
+    assert lookup_table(caffe, TensorInfo("x", (1, 8, 8, 3), "float32"), None) is None
     torch = Contract(8, 8, norm="torch", baked=False)
-    assert _lookup_table(torch, TensorInfo("x", (1, 8, 8, 3), "float32"), None).shape == (1, 256, 3)
+    assert lookup_table(torch, TensorInfo("x", (1, 8, 8, 3), "float32"), None).shape == (1, 256, 3)
 
 
 def test_infer_contract_rules():

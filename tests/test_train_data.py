@@ -132,26 +132,26 @@ def test_train_offline_imagenet_stops_before_the_images_load(tmp_path, monkeypat
 def test_resume_refuses_a_run_whose_images_or_split_changed(tmp_path):
     """Images added to a held-out split (or another --seed) moved 30 of 49 validation images into training on
     --resume, without a word."""
-    from tledge.train.api import _differences
+    from tledge.train.api import resume_differences
 
     root = _classes(tmp_path / "d", {"cat": 10, "dog": 10})
     cfg = TrainConfig(out=tmp_path / "o", weights="none", size=SIZE, val_split=0.3)
     before = td.fingerprint(td.plan(root, val_split=0.3, seed=0))
     state = {"config": cfg.to_dict(), "labels": ["cat", "dog"], "phase": "head", "phases_done": [], "data": before}
-    assert _differences(state, cfg, ("cat", "dog"), td.fingerprint(td.plan(root, val_split=0.3, seed=0))) == []
-    assert _differences(state, cfg, ("cat", "dog"), td.fingerprint(td.plan(root, val_split=0.3, seed=1))) == [
+    assert resume_differences(state, cfg, ("cat", "dog"), td.fingerprint(td.plan(root, val_split=0.3, seed=0))) == []
+    assert resume_differences(state, cfg, ("cat", "dog"), td.fingerprint(td.plan(root, val_split=0.3, seed=1))) == [
         "the training / validation images (same counts, other files, contents or split)"]
     # a checkpoint of an older tledge (no "bytes" in its fingerprint) still resumes
     older = {**state, "data": {k: v for k, v in before.items() if k != "bytes"}}
-    assert _differences(older, cfg, ("cat", "dog"), td.fingerprint(td.plan(root, val_split=0.3, seed=0))) == []
+    assert resume_differences(older, cfg, ("cat", "dog"), td.fingerprint(td.plan(root, val_split=0.3, seed=0))) == []
     # the same names with other pictures (another data set's 0.png ...) resumed on them without a word
     other = _classes(tmp_path / "other", {"cat": 10, "dog": 10}, size=32)
-    assert _differences(state, cfg, ("cat", "dog"), td.fingerprint(td.plan(other, val_split=0.3, seed=0))) == [
+    assert resume_differences(state, cfg, ("cat", "dog"), td.fingerprint(td.plan(other, val_split=0.3, seed=0))) == [
         "the training / validation images (same counts, other files, contents or split)"]
     _classes(root, {"cat": 14})  # 4 more cats
-    assert _differences(state, cfg, ("cat", "dog"), td.fingerprint(td.plan(root, val_split=0.3, seed=0))) == [
+    assert resume_differences(state, cfg, ("cat", "dog"), td.fingerprint(td.plan(root, val_split=0.3, seed=0))) == [
         "images 14 training / 6 validation -> 17 / 7"]
-    assert _differences(state, cfg.replace(seed=3), ("cat", "dog")) == ["seed 0 -> 3"]
+    assert resume_differences(state, cfg.replace(seed=3), ("cat", "dog")) == ["seed 0 -> 3"]
 
 
 def test_validation_images_that_are_copies_of_training_images_are_said(tmp_path):
@@ -179,7 +179,7 @@ def test_a_class_left_with_a_single_training_image_is_said(tmp_path):
 
 def test_a_model_no_better_than_its_largest_class_is_said():
     """192 ants / 10 bees: "val accuracy 0.950" from a model that answers ants for everything, with no word."""
-    from tledge.train.api import _warn_if_no_better_than_the_largest_class as check
+    from tledge.train.api import warn_if_no_better_than_the_largest_class as check
 
     m = {"val_counts": [38, 2], "val_images": 40, "val_accuracy": 0.95, "classes": ["ants", "bees"],
          "per_class_accuracy": {"ants": 1.0, "bees": 0.0}, "config": {"class_weights": "none"}}

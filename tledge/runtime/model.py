@@ -55,7 +55,7 @@ class EdgeModel:
                 inp.quant.scale == 1.0 and inp.quant.zero_point == 0:
             self._in_quant = None  # prepared raw pixels are the tensor's values already
         self._out_quant = backend.out.quant
-        self._lut = _lookup_table(contract, inp, self._in_quant)
+        self._lut = lookup_table(contract, inp, self._in_quant)
         self._closed = False
         batch = inp.shape[0] if inp.shape else -1
         self.fixed_batch = int(batch) if isinstance(batch, int) and batch > 0 else None
@@ -131,7 +131,7 @@ class EdgeModel:
         c = self.contract
         rgb = images.as_rgb(image)
         x = c.colors(c.geometry(rgb))
-        if self._lut is not _IDENTITY:
+        if self._lut is not IDENTITY_TABLE:
             import cv2
 
             x = cv2.LUT(x, self._lut).reshape(x.shape)
@@ -248,11 +248,11 @@ class EdgeModel:
         return f"EdgeModel({self.path.name}, {self.format}/{self.provider}, {c.height}x{c.width})"
 
 
-_IDENTITY = object()
+IDENTITY_TABLE = object()
 
 
-def _lookup_table(contract: Contract, inp: TensorInfo, in_quant):
-    """A cv2.LUT table equal to prepare+quantize per pixel value, _IDENTITY, or None when it does not apply."""
+def lookup_table(contract: Contract, inp: TensorInfo, in_quant):
+    """A cv2.LUT table equal to prepare+quantize per pixel value, IDENTITY_TABLE, or None when it does not apply."""
     if inp.dtype not in ("uint8", "int8", "float32"):
         return None
     if not contract.baked and contract.norm is Norm.CAFFE and contract.color is ColorOrder.RGB:
@@ -264,7 +264,7 @@ def _lookup_table(contract: Contract, inp: TensorInfo, in_quant):
     if q.dtype.name != inp.dtype:
         return None
     if q.dtype == np.uint8 and np.array_equal(q, ramp):
-        return _IDENTITY
+        return IDENTITY_TABLE
     table = q.reshape(256, n)
     if n == 1 or all(np.array_equal(table[:, 0], table[:, i]) for i in range(1, n)):
         return np.ascontiguousarray(table[:, 0])

@@ -83,7 +83,7 @@ def _complete(ckpt: Checkpoints) -> bool:
         return False
 
 
-def _start(cfg: TrainConfig, ckpt: Checkpoints, labels, data: dict | None = None) -> dict | None:
+def resume_state(cfg: TrainConfig, ckpt: Checkpoints, labels, data: dict | None = None) -> dict | None:
     """The checkpoint state to resume from, or None for a fresh run."""
     from tledge.train.finetune import new_state
 
@@ -101,7 +101,7 @@ def _start(cfg: TrainConfig, ckpt: Checkpoints, labels, data: dict | None = None
         warnings.warn(f"--resume: no checkpoint in {ckpt.folder}, starting afresh", TledgeWarning, stacklevel=4)
         return None
     state = ckpt.load_state()
-    diff = _differences(state, cfg, labels, data)
+    diff = resume_differences(state, cfg, labels, data)
     if diff:
         raise TledgeError(f"cannot resume {cfg.out}: the run was made with different settings ({', '.join(diff)})")
     return {**new_state(cfg, labels), **state, "config": cfg.to_dict()}
@@ -112,7 +112,7 @@ def _known(fp: dict, keys: dict) -> dict:
     return {k: v for k, v in fp.items() if k in keys}
 
 
-def _differences(state: dict, cfg: TrainConfig, labels, data: dict | None = None) -> list[str]:
+def resume_differences(state: dict, cfg: TrainConfig, labels, data: dict | None = None) -> list[str]:
     """What differs from the run being resumed: the model's shape, the data's meaning and split, and what the
     restored optimizer and schedule would silently ignore (--lr, --epochs of a finished phase)."""
     old, now = state["config"], cfg.to_dict()
@@ -134,7 +134,7 @@ def _already_complete(cfg: TrainConfig, ckpt: Checkpoints, plan: td.DataPlan, lo
     """`--resume` on a finished run: its result, exit 0 (a scheduler passes --resume on every restart, and a restart
     after the run finished is not a failure). Other settings or images than the run's are said, not trained."""
     state = ckpt.load_state()
-    diff = _differences(state, cfg, plan.classes, td.fingerprint(plan))
+    diff = resume_differences(state, cfg, plan.classes, td.fingerprint(plan))
     try:
         metrics = json.loads((cfg.out / "metrics.json").read_text(encoding="utf-8"))
         contract = Contract.load(cfg.out / CONTRACT_FILE)
@@ -192,7 +192,7 @@ def _metrics(cfg, run, probs, plan, env, skipped) -> dict:
                                                   "tensorflow": tf.__version__}}
 
 
-def _warn_if_no_better_than_the_largest_class(m: dict) -> None:
+def warn_if_no_better_than_the_largest_class(m: dict) -> None:
     """192 ants and 10 bees: "val accuracy 0.950" from a model that answers "ants" for everything. Said when the
     accuracy is no better than always answering the largest validation class."""
     counts, n = m["val_counts"], m["val_images"]
@@ -282,7 +282,7 @@ def train(data_dir: str | Path, config: TrainConfig | None = None) -> TrainResul
         if finished and not distributed.tf_config():
             return _already_complete(cfg, ckpt, plan, log)
         # a cluster's chief says so to the workers, which wait for it (they have no checkpoint of their own)
-        resumed = (ckpt.load_state() if finished else _start(cfg, ckpt, plan.classes, td.fingerprint(plan))) \
+        resumed = (ckpt.load_state() if finished else resume_state(cfg, ckpt, plan.classes, td.fingerprint(plan))) \
             if chief else None  # workers: the chief's
         if resumed is None and str(cfg.weights) == WEIGHTS_IMAGENET and not distributed.tf_config():
             from tledge.train import model as tm
@@ -384,7 +384,7 @@ def _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, read, reporters
     probs = finetune.predict(final, data.xv, cfg.batch * 2)
     skipped = len(plan.train.files) + len(plan.val.files) - len(read.train.files) - len(read.val.files)
     metrics = _metrics(cfg, run, probs, plan, env, skipped)
-    _warn_if_no_better_than_the_largest_class(metrics)
+    warn_if_no_better_than_the_largest_class(metrics)
     metrics["distribution"] = _distribution(cfg, run.topo)
     metrics["training_dtypes"] = dtypes
     n_check = min(8, len(data.xv))
