@@ -302,3 +302,55 @@ def test_coral_bundle_of_an_int8_file_with_float_layers_says_so(export_dir, tmp_
                                                                                    "float_convolutions": 6})))
     assert float_notes(export_dir / "model_int8.tflite") and float_notes(export_dir / "model_int8.tflite")[0] \
         .startswith("model_int8.tflite keeps a float stem of 6 convolutions (int8 repair) float: on the Edge TPU")
+
+
+def test_readme_installs_the_system_packages_before_making_the_venv(export_dir, tmp_path):
+    """The Pi README made the venv first and said `apt install python3-venv` afterwards: on a board without
+    python3-venv, following it from the top failed at its first line."""
+    for device, apt in (("rpi5", "sudo apt install -y python3-venv"), ("coral-usb", "sudo apt-get install -y")):
+        out = tmp_path / f"{device}.tar.gz"
+        make_bundle(export_dir, device, out)
+        install = member_text(out, f"{device}/README.md").split("## Install (once)")[1].split("## ")[0]
+        assert install.index(apt) < install.index("-m venv") < install.index("pip install -r requirements.txt")
+    out = tmp_path / "orin.tar.gz"  # and what goes into the venv after it is made
+    make_bundle(export_dir, "jetson-orin", out)
+    install = member_text(out, "orin/README.md").split("## Install (once)")[1].split("## ")[0]
+    assert install.index("-m venv") < install.index(".venv/bin/pip install onnxruntime-gpu")
+
+
+def test_a_jetson_nano_bundle_asks_for_an_onnxruntime_its_glibc_has(export_dir, tmp_path):
+    """JetPack 4 is Ubuntu 18.04 (glibc 2.27): PyPI's aarch64 onnxruntime 1.29+ wheels need glibc 2.28, and the
+    bundle pinned this machine's 1.31 (`No matching distribution found for onnxruntime==1.31.1` on the board)."""
+    out = tmp_path / "nano.tar.gz"
+    make_bundle(export_dir, "jetson-nano", out)
+    lines = [ln for ln in member_text(out, "nano/requirements.txt").splitlines() if ln.startswith("onnxruntime")]
+    assert lines and all(ln.split("#")[0].strip() == "onnxruntime>=1.20,<1.29" for ln in lines), lines
+
+
+def test_run_sh_without_a_home_keeps_its_bytecode_in_the_temporary_folder(export_dir, tmp_path):
+    """No HOME (a service, `env -i`): run.sh used /nonexistent/.cache/tledge, which root can create."""
+    out = tmp_path / "pi.tar.gz"
+    make_bundle(export_dir, "rpi4", out)
+    text = member_text(out, "pi/run.sh")
+    part = text[text.index('if [ -z "${PYTHONPYCACHEPREFIX:-}" ]'):text.index("export PYTHONPYCACHEPREFIX")]
+    tmp = tmp_path / "t"
+    tmp.mkdir()
+    env = {"PATH": os.environ["PATH"], "TMPDIR": str(tmp)}
+    got = subprocess.run(["sh", "-c", part + 'echo "$PYTHONPYCACHEPREFIX"'], capture_output=True, text=True,
+                         env=env, check=True).stdout.strip()
+    assert got == f"{tmp}/tledge-pycache-{os.getuid()}", got
+    home = tmp_path / "home"
+    got = subprocess.run(["sh", "-c", part + 'echo "$PYTHONPYCACHEPREFIX"'], capture_output=True, text=True,
+                         env={**env, "HOME": str(home)}, check=True).stdout.strip()
+    assert got == f"{home}/.cache/tledge/pycache", got
+
+
+def test_profiles_do_not_claim_systems_their_bundles_cannot_install_on():
+    """x86-cpu said "Linux, macOS, Windows", but its bundle ships a TFLite file that has no runtime wheels on Windows
+    or Intel Macs; coral-usb said any Debian/Ubuntu/Pi OS host, but ai-edge-litert 2.3 needs Python >= 3.10."""
+    from tledge.devices.profiles import PROFILES
+
+    x86 = PROFILES["x86-cpu"]
+    assert "Windows" not in x86.os.split("(")[0] and "Linux" in x86.os
+    assert "Python >= 3.10" in PROFILES["coral-usb"].os
+    assert any("ml_dtypes<0.6" in n for n in PROFILES["rpi5"].notes)

@@ -196,12 +196,16 @@ def readme(profile: Profile, models: list[str], opts: Options, notes: list[str],
     lines = [f"# tledge bundle for {profile.title}", "",
              f"Model: `model/{models[0]}` ({opts.backend} {opts.precision}, {opts.target.accel.value if opts.target else 'cpu'})"
              + (f"; CPU fallback `model/{models[1]}`" if len(models) > 1 else "") + ".",
-             f"Threads: {opts.threads or 'default'}. Assumes {profile.os}.", "",
-             "## Install (once)", "", "```sh", venv_line(profile),
-             ".venv/bin/pip install -r requirements.txt", "```", ""]
-    extra = _board_steps(profile)
-    if extra:
-        lines += ["Board-specific steps (from `tledge devices show " + profile.name + "`):", "", "```sh", *extra, "```", ""]
+             f"Threads: {opts.threads or 'default'}. Assumes {profile.os}.", "", "## Install (once)", ""]
+    steps = _board_steps(profile)  # the system's packages (apt) before the venv, what goes into the venv after it
+    first = [ln for ln in steps if ".venv/" not in ln]
+    then = [ln for ln in steps if ".venv/" in ln]
+    where = f"(from `tledge devices show {profile.name}`)"
+    if first:
+        lines += [f"First, for this board {where}:", "", "```sh", *first, "```", "", "Then:", ""]
+    lines += ["```sh", venv_line(profile), ".venv/bin/pip install -r requirements.txt", "```", ""]
+    if then:
+        lines += [f"Then, for this board {where}:", "", "```sh", *then, "```", ""]
     if golden:
         lines += ["## Check the board (once, after installing)", "", "```sh", "./run.sh --check", "```", "",
                   "Runs every model file of this bundle on the parity images stored at export "

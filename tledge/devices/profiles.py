@@ -155,6 +155,8 @@ EDGETPU_INT8 = Target(Format.TFLITE, Precision.INT8, Accel.EDGETPU,
 
 # JetPack's python3-opencv is built against numpy 1.x (numpy 2 in the venv breaks `import cv2`)
 _JETSON_NUMPY = ("numpy>=1.23,<2",)
+# JetPack 4 is Ubuntu 18.04, glibc 2.27: PyPI's aarch64 onnxruntime wheels for it end at 1.28 (manylinux_2_27)
+_NANO_ONNXRUNTIME = ("onnxruntime>=1.20,<1.29",)
 _PIP_TFLITE = ("numpy", "opencv-python-headless", "ai-edge-litert")
 _PIP_ALL = ("numpy", "opencv-python-headless", "ai-edge-litert", "onnxruntime")
 _PI_INSTALL = (
@@ -168,7 +170,8 @@ _PI_NOTES = (
     "64-bit Pi OS only: PyPI has no armv7l wheels of ai-edge-litert, onnxruntime or opencv-python-headless.",
     "ai-edge-litert 2.3 needs Python >= 3.10 on aarch64 (3.9 stops at 2.1); onnxruntime 1.31 needs >= 3.11.",
     "apt's picamera2/simplejpeg are built against Debian's numpy 1.x; if the venv's numpy 2 breaks them "
-    "(\"numpy.dtype size changed\"), pip install 'numpy<2' 'opencv-python-headless<4.11' in that venv.",
+    "(\"numpy.dtype size changed\"), pip install 'numpy<2' 'opencv-python-headless<4.11' 'ml_dtypes<0.6' in that "
+    "venv (ml_dtypes 0.6+, which ai-edge-litert brings, needs numpy 2).",
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (
@@ -227,7 +230,8 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             "pip's opencv-python-headless has no GStreamer, and JetPack 4's OpenCV is built for its Python 3.6: "
             "the CSI camera (nvarguscamerasrc) needs an OpenCV built with GStreamer for the pyenv Python; USB "
             "cameras, files and URLs work with pip's.",
-        )),  # (no numpy < 2: nothing of JetPack's is imported, and pip's OpenCV 4.11+ needs numpy 2)
+            "Ubuntu 18.04's glibc is 2.27: onnxruntime's aarch64 wheels for it stop at 1.28 (1.29+ need glibc 2.28).",
+        ), constraints=_NANO_ONNXRUNTIME),  # (no numpy < 2: nothing of JetPack's is imported, and pip's OpenCV 4.11+ needs numpy 2)
     Profile(
         "jetson-orin", "NVIDIA Jetson Orin Nano / NX / AGX (6-12x Cortex-A78AE, Ampere GPU, JetPack 6)",
         Family.JETSON, Arch.AARCH64, cores=6, memory_mb=8192, threads=6,
@@ -262,7 +266,8 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
         "coral-usb", "Google Coral USB Accelerator (Edge TPU) on a Linux host", Family.CORAL, Arch.ANY,
         cores=None, memory_mb=None, threads=None,
         targets=(EDGETPU_INT8, TFLITE_INT8),
-        os="Debian/Ubuntu/Pi OS host (x86-64 or aarch64)",
+        os="Debian 12 / Ubuntu 22.04+ / Pi OS Bookworm host (x86-64 or aarch64) with Python >= 3.10 "
+           "(ai-edge-litert 2.3 has no wheels for 3.9: Debian 11 and Pi OS Bullseye are too old)",
         install=(
             "curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo gpg --dearmor -o /usr/share/keyrings/coral-edgetpu.gpg",
             "echo 'deb [signed-by=/usr/share/keyrings/coral-edgetpu.gpg] https://packages.cloud.google.com/apt coral-edgetpu-stable main' | sudo tee /etc/apt/sources.list.d/coral-edgetpu.list",
@@ -283,10 +288,11 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             "libedgetpu1-max runs faster and hotter; the std build is the safe default.",
         )),
     Profile(
-        "x86-cpu", "x86-64 CPU (Linux, macOS, Windows)", Family.X86, Arch.X86_64,
+        "x86-cpu", "x86-64 CPU (Linux; on Windows and Intel Macs the ONNX files)", Family.X86, Arch.X86_64,
         cores=None, memory_mb=None, threads=None,
         targets=(TFLITE_INT8, ONNX_INT8_CPU, TFLITE_FP32, ONNX_FP32_CPU),
-        os="any x86-64 OS with Python 3.10-3.13",
+        os="64-bit Linux with Python 3.10-3.14 (a bundle's run.sh and LiteRT; Windows and Intel macOS have no "
+           "ai-edge-litert wheels: pip install 'tledge[runtime]' there and run the ONNX int8 file)",
         install=(f"python3 -m venv ~/tledge-venv && ~/tledge-venv/bin/pip install './{WHEEL}[runtime]'   "
                  "# on Windows and Intel Macs the extra brings onnxruntime only (no ai-edge-litert 2.x wheels "
                  "there): use the ONNX int8 file",),

@@ -20,12 +20,13 @@ if [ -n "${{PYTHON:-}}" ]; then PY=$PYTHON
 elif [ -x "$HERE/.venv/bin/python" ]; then PY="$HERE/.venv/bin/python"
 else PY=python3; fi
 # compiled code in the user's cache, never lib/__pycache__: --check hashes lib/'s sources, and a .pyc put beside them
-# (a tampered tarball) ran instead of the source it names (without a home: compiled at each start, never stored)
+# (a tampered tarball) ran instead of the source it names
 # (no writable home cache: a folder of this user's own in the temporary folder, mode 700, else compiled each start)
 if [ -z "${{PYTHONPYCACHEPREFIX:-}}" ]; then
-  C="${{XDG_CACHE_HOME:-${{HOME:-/nonexistent}}/.cache}}/tledge"
+  C=""  # no XDG_CACHE_HOME and no HOME (a service, env -i): no home cache (root could create any folder named)
+  if [ -n "${{XDG_CACHE_HOME:-}}" ]; then C="$XDG_CACHE_HOME/tledge"; elif [ -n "${{HOME:-}}" ]; then C="$HOME/.cache/tledge"; fi
   T="${{TMPDIR:-/tmp}}/tledge-pycache-$(id -u)"
-  if mkdir -p "$C" 2>/dev/null && [ -w "$C" ]; then PYTHONPYCACHEPREFIX="$C/pycache"
+  if [ -n "$C" ] && mkdir -p "$C" 2>/dev/null && [ -w "$C" ]; then PYTHONPYCACHEPREFIX="$C/pycache"
   elif {{ mkdir -m 700 "$T" 2>/dev/null || true; }} && [ -d "$T" ] && [ ! -L "$T" ] && [ -O "$T" ] \
       && [ "$(ls -ld "$T" | cut -c5-10)" = "------" ]; then PYTHONPYCACHEPREFIX="$T"
   else PYTHONPYCACHEPREFIX=/nonexistent/tledge-pycache; PYTHONDONTWRITEBYTECODE=1; export PYTHONDONTWRITEBYTECODE; fi
