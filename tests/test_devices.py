@@ -243,6 +243,10 @@ def test_detect_falls_back_on_the_architecture(tmp_path):
     old_pi = detect(fake_root(tmp_path, {"proc/device-tree/model": b"Raspberry Pi 3 Model B Rev 1.2\x00"}),
                     machine="aarch64")
     assert old_pi.profile.name == "arm64-generic" and not old_pi.confident
+    # a board the device tree names without a profile (Coral Dev Board: Mendel's Python 3.7) is a guess, not a match
+    mendel = detect(fake_root(tmp_path / "mendel", {"proc/device-tree/model": b"Freescale i.MX8MQ Phanbell\x00"}),
+                    machine="aarch64")
+    assert mendel.profile.name == "arm64-generic" and not mendel.confident
     nothing = detect(fake_root(tmp_path / "empty", {}))
     assert not nothing.confident and nothing.evidence
 

@@ -183,7 +183,12 @@ def _host(model_name: str | None, tegra: tuple[str, int | None] | None, cpu_mode
     if arch == "x86_64":
         return "x86-cpu", ""
     if arch.startswith("arm") or arch == "aarch64":
-        return "arm64-generic", "" if arch == "aarch64" else _BITS32
+        if arch != "aarch64":
+            return "arm64-generic", _BITS32
+        # a board that names itself (device tree) but has no profile (Coral Dev Board, Rock, Orange Pi): its OS and
+        # Python may be older than the generic profile assumes (Mendel: 3.7)
+        return "arm64-generic", f"a board without a profile of its own ({model_name.strip()}): " + _GENERIC \
+            if model_name and model_name.strip() else ""
     return "x86-cpu", _GENERIC
 
 
