@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from tledge.errors import DataError
-from tledge.images import labelled_images, match_labels
+from tledge.images import labelled_images
+from tledge.labels import match_labels
 
 LABELS1000 = tuple(f"{i:03d}_class_{i}" for i in range(1000))
 

@@ -9,6 +9,7 @@ import warnings
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tledge.cli import main
@@ -150,3 +151,25 @@ def test_validation_folders_are_matched_not_checked_as_labels(tmp_path):
     _dataset(tmp_path / "d" / "train", ["ants", "bees"])
     _dataset(tmp_path / "d" / "val", ["ants ", "Bees"])
     assert plan(tmp_path / "d").classes == ("ants", "bees")
+
+
+def test_a_numbered_labels_file_keeps_its_numbers_when_the_class_folders_have_them(tmp_path):
+    """tledge train on folders `0 ants`, `1 bees` writes labels.txt `0 ants` / `1 bees`, Teachable Machine's form:
+    exported with that labels.txt and --calib on those folders, the model's labels became `ants`, `bees`."""
+    import cv2
+
+    from tledge.export.contracting import labels_for
+    from tledge.export.pipeline import ExportConfig
+
+    data = tmp_path / "numbered"
+    for c in ("0 ants", "1 bees"):
+        (data / c).mkdir(parents=True)
+        cv2.imwrite(str(data / c / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "labels.txt").write_text("0 ants\n1 bees\n")
+    assert labels_for(ExportConfig(labels=str(tmp_path / "labels.txt"), calib=str(data)), None) == ("0 ants", "1 bees")
+    tm = tmp_path / "tm"  # Teachable Machine's labels.txt, folders named without the numbers: stripped as before
+    for c in ("ants", "bees"):
+        (tm / c).mkdir(parents=True)
+        cv2.imwrite(str(tm / c / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    assert labels_for(ExportConfig(labels=str(tmp_path / "labels.txt"), val=str(tm)), None) == ("ants", "bees")
+    assert labels_for(ExportConfig(labels=str(tmp_path / "labels.txt"), calib="random"), None) == ("ants", "bees")

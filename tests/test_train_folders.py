@@ -131,3 +131,53 @@ def test_out_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "run").write_text("x")
     with pytest.raises(TledgeError, match="is a file: the run writes a folder there"):
         check_out(tmp_path / "run", tmp_path / "data", None)
+
+
+def test_a_class_folder_linked_to_a_missing_disk_is_refused(tmp_path):
+    """A class folder (or val/) that is a symbolic link to an unmounted disk was dropped without a word: the model
+    trained without that class (or held out 20% of train/ instead of val/), exit 0."""
+    d = tmp_path / "d"
+    for c in ("ants", "bees"):
+        _images(d / c)
+    (d / "hornets").symlink_to(tmp_path / "unmounted" / "hornets")
+    with pytest.raises(DataError, match=r"hornets is a symbolic link to .*unmounted/hornets, which does not exist"):
+        td.plan(d, val_split=0.34)
+    from tledge.images import class_folders  # export's --val / --calib too
+
+    with pytest.raises(DataError, match="hornets is a symbolic link"):
+        class_folders(d)
+    s = tmp_path / "s"
+    for c in ("ants", "bees"):
+        _images(s / "train" / c)
+    (s / "val").symlink_to(tmp_path / "unmounted" / "val")
+    with pytest.raises(DataError, match="val is a symbolic link"):
+        td.plan(s)
+
+
+def test_image_links_to_missing_files_are_said(tmp_path):
+    d = tmp_path / "d"
+    for c in ("ants", "bees"):
+        _images(d / c)
+    for i in range(3):
+        (d / "bees" / f"link{i}.jpg").symlink_to(tmp_path / "gone" / f"x{i}.jpg")
+    with pytest.warns(Warning, match=r"ignoring 3 symbolic link\(s\) to missing files in .*link0.jpg"):
+        plan = td.plan(d, val_split=0.34)
+    assert plan.classes == ("ants", "bees")
+
+
+def test_a_train_class_with_sub_folders_beside_classes_of_images_is_refused(tmp_path):
+    """car/, bus/ of images and a class train/ of 2019/, 2020/: read as a train/val split, the model was trained on
+    the classes 2019 and 2020, exit 0."""
+    for c in ("car", "bus"):
+        _images(tmp_path / c)
+    for c in ("2019", "2020"):
+        _images(tmp_path / "train" / c)
+    with pytest.raises(DataError, match=r"train/ folder of sub-folders .* beside folders of images \(bus/, car/"):
+        td.plan(tmp_path)
+    _images(tmp_path / "test")  # a flat test/ of unlabelled images beside a split is no class
+    (tmp_path / "car").rename(tmp_path / "car_old")
+    (tmp_path / "bus").rename(tmp_path / "bus_old")
+    _images(tmp_path / "val" / "2019")
+    _images(tmp_path / "val" / "2020")
+    with pytest.warns(Warning, match="ignoring"):
+        assert td.plan(tmp_path).classes == ("2019", "2020")

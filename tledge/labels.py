@@ -2,6 +2,7 @@
 `0<TAB>name`)."""
 from __future__ import annotations
 
+import re
 import unicodedata
 from pathlib import Path
 
@@ -101,3 +102,86 @@ def check_names(names, *, where: str, encoding_only: bool = False) -> None:
         shown = "; ".join(f"{why}: {ascii(n)}" for n, why in bad[:4]) + (f"; ... ({len(bad)} names)" if len(bad) > 4
                                                                        else "")
         raise DataError(f"class folder name(s) in {where} cannot be labels: {shown}; rename them")
+
+
+# ---- class folders matched to labels by name -------------------------------------------------------
+def label_key(name: str, *, drop_index: bool) -> str:
+    """'001_Great-White shark' -> 'great white shark' (drop_index also drops a leading '001_'). Unicode NFC first:
+    macOS and its zips write 'bées' decomposed (NFD), other systems composed."""
+    key = re.sub(r"[\s_\-]+", " ", unicodedata.normalize("NFC", name).lower()).strip()
+    return re.sub(r"^\d+ ", "", key) if drop_index else key
+
+
+def match_labels(folders: list[str], labels: tuple[str, ...], *, where: Path | str = "") -> dict[str, int]:
+    """Folder name -> index in `labels`: exact name first, then case/space/underscore-insensitive, then
+    also ignoring a leading number ('000_tench' ~ 'tench' ~ '0 tench'). Every folder must match one
+    label and no two folders the same one; a DataError names the folders that do not."""
+    out: dict[str, int] = {}
+    exact: dict[str, int] = {}
+    for i, n in enumerate(labels):
+        exact[n] = -1 if n in exact else i  # two classes of one name (ImageNet's crane): never matched by name
+    keyed = [_keyed(labels, drop_index=d) for d in (False, True)]
+    missing, ambiguous = [], []
+    for name in folders:
+        i = exact.get(name)
+        for table, drop in zip(keyed, (False, True)):
+            if i is None:
+                i = table.get(label_key(name, drop_index=drop))
+        if i is not None and i < 0:
+            i = _by_index(name, labels)
+        if i is None:
+            missing.append(name)
+        elif i < 0:
+            ambiguous.append(name)
+        else:
+            out[name] = i
+    if ambiguous:  # the later class used to win: crane photos scored as the machine
+        key = label_key(ambiguous[0], drop_index=True)
+        idx = [i for i, n in enumerate(labels) if label_key(n, drop_index=True) == key][:3]
+        named = " or ".join(f"{i}_{key}".replace(" ", "_") for i in idx[:2])
+        raise DataError(f"class folder(s) {_few(ambiguous)}{_in(where)} name more than one of the model's labels "
+                        f"(classes {', '.join(map(str, idx))}): put the class index in front of the name ({named})")
+    if missing:
+        raise DataError(f"class folder(s) {_few(missing)}{_in(where)} match none of the model's {len(labels)} "
+                        f"labels ({_few(list(labels))}){_hint(missing, labels)}")
+    clash = {i for i in out.values() if list(out.values()).count(i) > 1}
+    if clash:
+        both = sorted(n for n, i in out.items() if i in clash)
+        raise DataError(f"class folders {_few(both)}{_in(where)} map to the same label {labels[min(clash)]!r}")
+    return out
+
+
+def _by_index(name: str, labels: tuple[str, ...]) -> int:
+    """A folder '134_crane' where the labels name two classes 'crane': class 134 when its label is that name, else -1."""
+    m = re.match(r"\s*(\d+)[\s_\-]+", name)
+    i = int(m.group(1)) if m else -1
+    return i if 0 <= i < len(labels) and label_key(labels[i], drop_index=True) == label_key(name, drop_index=True) \
+        else -1
+
+
+def _keyed(labels: tuple[str, ...], *, drop_index: bool) -> dict[str, int]:
+    """Normalised label -> index; -1 where two labels share a key (ambiguous: never matched)."""
+    table: dict[str, int] = {}
+    for i, n in enumerate(labels):
+        k = label_key(n, drop_index=drop_index)
+        table[k] = -1 if k in table else i
+    return table
+
+
+def _in(where) -> str:
+    return f" in {where}" if str(where) else ""
+
+
+def _few(names: list[str], n: int = 4) -> str:
+    return ", ".join(repr(x) for x in names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def _hint(names: list[str], labels: tuple[str, ...]) -> str:
+    import difflib
+
+    keys = [label_key(x, drop_index=True) for x in labels]
+    for name in names[:20]:
+        close = difflib.get_close_matches(label_key(name, drop_index=True), keys, n=1)
+        if close:
+            return f"; closest to {name!r}: {labels[keys.index(close[0])]!r}"
+    return ""

@@ -36,7 +36,8 @@ def export_labels(model, labels: str | None, folders: dict[str, str | None], not
     Class-folder names that contradict the model's own labels are refused; a model with no labels of
     its own gets the folder names, and `note` says so."""
     from tledge.errors import DataError
-    from tledge.images import class_folders, match_labels
+    from tledge.images import class_folders
+    from tledge.labels import match_labels
 
     if labels:
         return labels

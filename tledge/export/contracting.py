@@ -61,7 +61,7 @@ def labels_for(cfg: ExportConfig, lm) -> tuple[str, ...]:
     from tledge.images import class_folders
 
     if cfg.labels:
-        labels = read_labels(cfg.labels)
+        labels = _labels_file(cfg)
         _say_duplicates(cfg.labels, labels)
         return labels
     if lm.contract is not None and lm.contract.labels:
@@ -74,6 +74,24 @@ def labels_for(cfg: ExportConfig, lm) -> tuple[str, ...]:
                 check_names(names, where=folder)  # as tledge train refuses them
                 return tuple(names)
     return ()
+
+
+def _labels_file(cfg: ExportConfig) -> tuple[str, ...]:
+    """--labels: a numbered file (`0 ants`, `1 bees`: Teachable Machine's form) loses its numbers, unless the class
+    folders of --val / --calib are named with them: tledge train's labels.txt of folders named `0 ants`, `1 bees`
+    is the same text, and its numbers are the names."""
+    from tledge.images import class_folders
+
+    labels = read_labels(cfg.labels)
+    verbatim = read_labels(cfg.labels, numbered=False)
+    if verbatim == labels:
+        return labels
+    for folder in (cfg.val, cfg.calib):
+        if folder and folder != "random" and Path(folder).is_dir():
+            names = {n for n, files in class_folders(folder) if files}
+            if names and names <= set(verbatim) and not names <= set(labels):
+                return verbatim
+    return labels
 
 
 def parity_folder(cfg: ExportConfig) -> str | None:

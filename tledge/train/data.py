@@ -15,7 +15,7 @@ import numpy as np
 
 from tledge import images
 from tledge.errors import DataError, ImageError, TledgeWarning
-from tledge.labels import check_names
+from tledge.labels import check_names, label_key, match_labels
 
 VAL_NAMES = ("val", "validation", "valid")
 DEFAULT_VAL_SPLIT = 0.2
@@ -77,6 +77,7 @@ def scan_classes(root: Path, *, what: str, labels: bool = True) -> dict[str, lis
     and need only be UTF-8."""
     if not root.is_dir():
         raise DataError(f"{what} folder not found: {root}")
+    images.check_links(root)
     dirs = sorted(d for d in root.iterdir() if d.is_dir() and not images.skipped_name(d.name))
     loose = sorted(f for f in root.iterdir() if f.is_file() and not images.skipped_name(f.name))
     if not dirs:
@@ -87,23 +88,36 @@ def scan_classes(root: Path, *, what: str, labels: bool = True) -> dict[str, lis
                       f"{_listing(loose)}", TledgeWarning, stacklevel=3)
     check_names([d.name for d in dirs], where=str(root), encoding_only=not labels)  # labels.txt, every exported file
     classes: dict[str, list[Path]] = {}
-    others = []
+    others, dangling = [], []
     for d in dirs:
-        classes[d.name] = list(images.iter_image_files(d))
-        others += [f for f in images.data_files(d) if f.suffix.lower() not in images.IMAGE_SUFFIXES]
+        files = images.data_files(d, dangling)
+        classes[d.name] = [f for f in files if f.suffix.lower() in images.IMAGE_SUFFIXES]
+        others += [f for f in files if f.suffix.lower() not in images.IMAGE_SUFFIXES]
     if others:
         warnings.warn(f"ignoring {len(others)} non-image file(s) in {root}: {_listing(others)}",
+                      TledgeWarning, stacklevel=3)
+    if dangling:  # links to an unmounted disk: fewer images than the folder lists, and nothing said
+        warnings.warn(f"ignoring {len(dangling)} symbolic link(s) to missing files in {root}: {_listing(dangling)}",
                       TledgeWarning, stacklevel=3)
     return classes
 
 
 def _split_layout(root: Path) -> tuple[Path, Path | None] | None:
     """(train dir, val dir or None) when `root` holds train/ (and val/) instead of class folders."""
+    images.check_links(root)  # a val/ linked to an unmounted disk: 20% of train/ held out instead, without a word
     names = {d.name.lower(): d for d in root.iterdir() if d.is_dir() and not images.skipped_name(d.name)}
     if "train" not in names or not _subfolders(names["train"]):  # train/ of images alone: a class named train
         return None
     val = next((names[n] for n in VAL_NAMES if n in names), None)
     unused = sorted(d.name for n, d in names.items() if n != "train" and d != val)
+    flat = [n for n in unused if n.lower() != "test" and not _subfolders(root / n)
+            and next(images.iter_image_files(root / n, recursive=False), None) is not None]
+    # car/, bus/ of images beside a train/ of 2019/, 2020/ and no val/: class folders, one of them named train (a
+    # val/, or train/ holding folders named like them, is the split layout it looks like)
+    if flat and val is None and not _subfolders(names["train"]) & set(flat):
+        raise DataError(f"{root} holds a train/ folder of sub-folders (a train/val split?) beside folders of images "
+                        f"({', '.join(n + '/' for n in flat)}: classes?): rename train/ if it is a class, or move "
+                        f"{', '.join(n + '/' for n in flat)} out if train/ is the split")
     if unused:
         warnings.warn(f"{root} holds a train/ folder: using train/{' and ' + val.name + '/' if val else ''} and "
                       f"ignoring {', '.join(n + '/' for n in unused)} (tledge train uses no test split; "
@@ -146,7 +160,7 @@ def _check_train(classes: dict[str, list[Path]], root: Path) -> tuple[str, ...]:
                         "least two class folders")
     keys: dict[str, list[str]] = {}
     for name in classes:
-        keys.setdefault(images.label_key(name, drop_index=False), []).append(name)
+        keys.setdefault(label_key(name, drop_index=False), []).append(name)
     alike = [" / ".join(group) for group in keys.values() if len(group) > 1]
     if alike:  # one folder on macOS and Windows, and ambiguous for every later match by name
         warnings.warn(f"class folders that differ only in case, spacing or Unicode form in {root}: "
@@ -160,7 +174,7 @@ def _check_val(classes: dict[str, list[Path]], names: tuple[str, ...], root: Pat
     unknown = sorted(set(classes) - set(names))
     if unknown:
         try:
-            index = images.match_labels(unknown, names, where=root)
+            index = match_labels(unknown, names, where=root)
         except DataError:
             raise DataError(f"validation folder {root} has class folder(s) the training data lacks: "
                             f"{', '.join(unknown)} (training classes: {', '.join(names)})") from None
