@@ -280,8 +280,8 @@ def wrote_line(result) -> str:
     from tledge import artifacts, log
 
     names = [f.name for f in result.files]
-    side = [n for n in (artifacts.MANIFEST, "parity.md", "parity.json", "tledge.json", "labels.txt", "golden.npz")
-            if (result.out / n).is_file()]
+    side = [n for n in (artifacts.MANIFEST, "parity.md", "parity.json", artifacts.CONTRACT_FILE, artifacts.LABELS_FILE,
+                        "golden.npz") if (result.out / n).is_file()]
     if log.kept_log() is not None and log.kept_log().parent == result.out:
         side.append(log.kept_log().name)
     return (f"wrote {len(names)} model file{'s' if len(names) != 1 else ''} to {result.out}/: "

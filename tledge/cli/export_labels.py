@@ -22,7 +22,7 @@ def _own_labels(model: Path) -> tuple[tuple[str, ...], str]:
             i = next((i for i, (a, b) in enumerate(zip(text, labels)) if a != b), None)
             what = f"line {i + 1}: {text[i]!r} against {labels[i]!r}" if i is not None else \
                 f"{len(text)} names against {len(labels)}"
-            raise TledgeError(f"{folder / 'labels.txt'} and the tledge.json beside it name other labels ({what}): "
+            raise TledgeError(f"{folder / LABELS_FILE} and the {CONTRACT_FILE} beside it name other labels ({what}): "
                               "pass --labels FILE to say which, or make them agree")
         if labels:
             return labels, str(folder / CONTRACT_FILE)
@@ -61,4 +61,4 @@ def export_labels(model, labels: str | None, folders: dict[str, str | None], not
             note(f"the model has no labels of its own: its outputs are named after the class folders of {flag} "
                  f"({shown}) if there is one folder per output; pass --labels FILE if they mean something else")
         break
-    return where if where.endswith("labels.txt") else None
+    return where if where.endswith(LABELS_FILE) else None

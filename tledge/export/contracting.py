@@ -162,7 +162,7 @@ def export_contract(cfg: ExportConfig, lm, labels) -> tuple[Contract, str | None
 
         preprocess, preprocess_from = choose_preprocessing(lm, cfg, labels), "--preprocess auto"
     if cfg.labels:  # the CLI passes a labels.txt found beside the model on as --labels: not the user's flag
-        beside = Path(cfg.labels).name == "labels.txt" and _same_file(Path(cfg.labels).parent, _folder_of(lm.path))
+        beside = Path(cfg.labels).name == LABELS_FILE and _same_file(Path(cfg.labels).parent, _folder_of(lm.path))
         labels_from = f"the labels.txt beside the model ({cfg.labels})" if beside else f"--labels {cfg.labels}"
     elif lm.contract is not None and labels and labels == lm.contract.labels:
         labels, labels_from = (), ""  # the sidecar's: resolve_contract checks and names it

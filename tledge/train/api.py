@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tledge.artifacts import CONTRACT_FILE
+from tledge.artifacts import CONTRACT_FILE, LABELS_FILE
 from tledge.backbones import contract_for
 from tledge.contract import Contract
 from tledge.errors import TledgeError, TledgeWarning
@@ -57,7 +57,7 @@ def check_out(out: Path, *roots) -> None:
     _refuse_foreign_outputs(Path(out))
 
 
-RUN_FILES = ("model.keras", "model.h5", "labels.txt", "tledge.json", "metrics.json", "curves.png", "confusion.png")
+RUN_FILES = ("model.keras", "model.h5", LABELS_FILE, CONTRACT_FILE, "metrics.json", "curves.png", "confusion.png")
 
 
 def _refuse_foreign_outputs(out: Path) -> None:
