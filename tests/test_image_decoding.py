@@ -94,3 +94,18 @@ def test_gif_bytes_read_where_opencv_decodes_no_gif(monkeypatch):
     real = cv2.imdecode
     monkeypatch.setattr(cv2, "imdecode", lambda d, f: None if bytes(d[:4]) == b"GIF8" else real(d, f))
     np.testing.assert_array_equal(as_rgb(buf.getvalue()), want)
+
+
+def test_a_one_channel_float_tiff_decodes_by_path_and_turned(tmp_path):
+    """OpenCV's IMREAD_COLOR asserts on a 1-channel float TIFF (`ncn == img.channels()`): the file was refused as
+    "not an image or corrupt" by path and as bytes, while the same image as a PIL image or an array was read."""
+    from PIL import Image
+
+    from tledge import images
+
+    a = np.zeros((20, 30), np.float32)
+    a[:5] = 1.0  # the top rows bright; EXIF orientation 6 turns them to the right
+    Image.fromarray(a, mode="F").save(tmp_path / "f.tif", tiffinfo={274: 6})
+    for x in (images.load(tmp_path / "f.tif"), images.as_rgb((tmp_path / "f.tif").read_bytes())):
+        assert x.shape == (30, 20, 3) and x.dtype == np.uint8
+        assert (x[:, -5:] == 255).all() and (x[:, :-5] == 0).all()

@@ -190,3 +190,19 @@ def test_a_quoted_home_path_is_the_home_s_for_every_option(tmp_path, photos):
     p = _tledge("bundle '~/exp' --device x86-cpu --out '~/b.tar.gz' -q", tmp_path, HOME=str(home))
     assert p.returncode == 0, p.stderr
     assert (home / "b.tar.gz").is_file() and not (tmp_path / "~").exists()
+
+
+def test_export_drops_the_onednn_setting_that_moved_repaired_weights(tmp_path):
+    """TF_ENABLE_ONEDNN_OPTS=0 (set to silence TensorFlow's start-up line) ran the weight repair on Eigen: repaired
+    int8 files one image apart at the gate, and other kept rungs. The verbs that repair drop it before TensorFlow is
+    imported; the others leave the environment as it is."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys\nfrom tledge.cli import main\nrc = main(sys.argv[1:])\n"
+            "print(rc, os.environ.get('TF_ENABLE_ONEDNN_OPTS'))")
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0"}
+    for argv, kept in ((["export", str(tmp_path / "missing.h5")], "None"), (["info", str(tmp_path / "m.tflite")], "0")):
+        r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=120)
+        assert r.stdout.split() == ["2", kept], (r.stdout, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr  # a user's mistake: one line, nothing more

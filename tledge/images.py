@@ -58,6 +58,8 @@ def decode(data: np.ndarray, name) -> np.ndarray:
         raise ImageError(f"cannot decode image {name}: {why}") from None
     if img is None and bytes(data[:4]) == b"GIF8":  # OpenCV < 4.11 decodes no GIF; its video reader does
         img = _gif_first_frame(data)
+    if img is None and bytes(data[:4]) in (b"II*\x00", b"MM\x00*"):  # a 1-channel float TIFF: IMREAD_COLOR's
+        img = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)  # channel assertion (OpenCV 4 and 5)
     if img is None:
         raise ImageError(f"cannot decode image {name}: not an image or corrupt")
     return to_uint8_rgb(img, bgr=True)

@@ -217,6 +217,12 @@ def _expand_home(args) -> None:
             setattr(args, dest, one(v))
 
 
+# verbs that run the int8 repair loop: TensorFlow's oneDNN setting (TF_ENABLE_ONEDNN_OPTS, often set to 0 to silence
+# its start-up line) changed the repaired weights in their last bit, and a file at the gate passed in one shell and
+# fell back in another; these verbs use TensorFlow's default (the variable dropped before TensorFlow is imported)
+REPAIRING = ("export", "demo")
+
+
 def main(argv: list[str] | None = None) -> int:
     _SIGNALS_SEEN.clear()
     _streams()
@@ -245,10 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     if level(args) < log.VERBOSE:
         quiet_tensorflow()  # tledge's own process: TensorFlow's C++ chatter off (set before it is imported)
     else:  # -v: TensorFlow's own log level, still Keras 3 on TensorFlow
-        import os
-
         os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     console = log.install(args.command, level(args))
+    if args.command in REPAIRING:  # (docs/int8-fidelity.md, "Repeat exports")
+        os.environ.pop("TF_ENABLE_ONEDNN_OPTS", None)
     rc, previous, previous_int = None, _catch_sigterm(), _catch_sigint()
     try:
         rc = _run(args, console)
