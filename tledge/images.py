@@ -38,6 +38,47 @@ def load(path: str | Path) -> np.ndarray:
     return decode(data, p)
 
 
+MAX_PIXELS = 1 << 28  # 268 megapixels (805 MB as RGB): a 200-megapixel phone photo decodes, a decompression bomb not
+
+
+def header_pixels(data: np.ndarray) -> int | None:
+    """Width x height as a PNG, JPEG, GIF, BMP or WebP header states it (nothing decoded), or None."""
+    b = data[:40].tobytes()
+
+    def num(i, n, order="big"):
+        return int.from_bytes(b[i:i + n], order)
+    if b[:8] == b"\x89PNG\r\n\x1a\n" and b[12:16] == b"IHDR":
+        return num(16, 4) * num(20, 4)
+    if b[:6] in (b"GIF87a", b"GIF89a"):
+        return num(6, 2, "little") * num(8, 2, "little")
+    if b[:2] == b"BM" and len(b) >= 26:
+        return abs(int.from_bytes(b[18:22], "little", signed=True) * int.from_bytes(b[22:26], "little", signed=True))
+    if b[:4] == b"RIFF" and b[8:12] == b"WEBP":
+        if b[12:16] == b"VP8X":
+            return (num(24, 3, "little") + 1) * (num(27, 3, "little") + 1)
+        if b[12:16] == b"VP8L":
+            v = num(21, 4, "little")
+            return ((v & 0x3FFF) + 1) * (((v >> 14) & 0x3FFF) + 1)
+        return None
+    return _jpeg_pixels(data) if _is_jpeg(data) else None
+
+
+def _jpeg_pixels(data: np.ndarray) -> int | None:
+    """Height x width of a JPEG's frame header (SOF0-15 but DHT, JPG, DAC), walking the header segments."""
+    n, pos = int(data.size), 2
+    while pos + 8 < n and data[pos] == 0xFF:
+        kind = int(data[pos + 1])
+        if kind == 0xFF or kind in _STANDALONE:
+            pos += 1 if kind == 0xFF else 2
+            continue
+        if kind == _SOS:
+            return None
+        if 0xC0 <= kind <= 0xCF and kind not in (0xC4, 0xC8, 0xCC):
+            return (int(data[pos + 5]) << 8 | int(data[pos + 6])) * (int(data[pos + 7]) << 8 | int(data[pos + 8]))
+        pos += 2 + (int(data[pos + 2]) << 8 | int(data[pos + 3]))
+    return None
+
+
 def decode(data: np.ndarray, name) -> np.ndarray:
     """Encoded image bytes (a uint8 array) -> HxWx3 uint8 RGB, as `load` does for a file, or ImageError."""
     import cv2
@@ -50,11 +91,16 @@ def decode(data: np.ndarray, name) -> np.ndarray:
         why = isobmff.refusal(data.tobytes())
         if why:  # a HEIC (no decoder) or a turned AVIF (OpenCV ignores its irot / imir: sideways, exit 0)
             raise ImageError(f"cannot decode image {name}: {why}")
+    stated = header_pixels(data)
+    if stated is not None and stated > MAX_PIXELS:  # an 873 KB PNG of 30000 x 30000 took 5.3 GB to decode
+        raise ImageError(f"cannot decode image {name}: its header says {stated / 1e6:.0f} megapixels, over tledge's "
+                         f"{MAX_PIXELS / 1e6:.0f} (a decompression bomb, or a scan too large to decode in memory)")
     # IMREAD_ANYDEPTH keeps 16-bit data for a correct scale; IMREAD_COLOR applies EXIF orientation.
     try:
         img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
     except cv2.error as exc:  # a header over OpenCV's 2^30-pixel limit (a gigapixel scan, a forged size) raises
-        why = "larger than OpenCV decodes (2^30 pixels)" if "MAX_IMAGE_PIXELS" in str(exc) else "corrupt"
+        why = "larger than OpenCV decodes (2^30 pixels)" if "MAX_IMAGE_PIXELS" in str(exc) else \
+            "too large to decode in the memory there is" if "llocat" in str(exc) else "corrupt"
         raise ImageError(f"cannot decode image {name}: {why}") from None
     if img is None and bytes(data[:4]) == b"GIF8":  # OpenCV < 4.11 decodes no GIF; its video reader does
         img = _gif_first_frame(data)
@@ -62,6 +108,8 @@ def decode(data: np.ndarray, name) -> np.ndarray:
         img = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)  # channel assertion (OpenCV 4 and 5)
     if img is None:
         raise ImageError(f"cannot decode image {name}: not an image or corrupt")
+    if img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3:  # in place: no second full-size copy
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img)
     return to_uint8_rgb(img, bgr=True)
 
 

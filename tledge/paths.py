@@ -47,3 +47,66 @@ def loadable(path: str | Path) -> str | bytes:
     """`path` as LiteRT's and onnxruntime's loaders take it: its name, or the file's bytes when the name is not UTF-8
     (their C++ bindings refused it with a TypeError, and `tledge parity --golden` called a good export FAILED)."""
     return str(path) if utf8_name(path) else Path(path).read_bytes()
+
+
+def glob_paths(pattern: str | Path) -> list[Path]:
+    """glob.glob(pattern, recursive=True), sorted as a folder's files are (by path), but where `**` walks, each real
+    folder is visited once: a symbolic link back up the tree (`a/b/up -> ..`) repeated every photo 40 times, and
+    two such links made the walk exponential (no end)."""
+    import glob
+    import re
+
+    text = os.fspath(pattern)
+    if "**" not in text:
+        return sorted(Path(m) for m in glob.glob(text, recursive=True))
+    parts = Path(text).parts
+    fixed = 0
+    while fixed < len(parts) and not glob.has_magic(parts[fixed]):
+        fixed += 1
+    base = Path(*parts[:fixed]) if fixed else Path(".")
+    rx = re.compile("/".join(_component(c, last=i == len(parts) - 1) for i, c in enumerate(parts) if i >= fixed)
+                    .replace("(?:[^/]*/)*/", "(?:[^/]*/)*"))  # `**/x`: x at any depth, the top one included
+    found, seen = [], set()
+    for top, dirs, files in os.walk(base, followlinks=True):
+        try:
+            st = os.stat(top)
+        except OSError:
+            dirs[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # glob's wildcards skip hidden names too
+        rel = Path(top).relative_to(base)
+        found += [Path(top) / n for n in dirs + files
+                  if not n.startswith(".") and rx.fullmatch((rel / n).as_posix())]
+    return sorted(found)
+
+
+def _component(part: str, last: bool) -> str:
+    """One path component of a glob pattern as a regular expression over `/`-separated relative paths."""
+    import re
+
+    if part == "**":
+        return ".*" if last else "(?:[^/]*/)*"
+    out, i = "", 0
+    while i < len(part):
+        c = part[i]
+        if c == "*":
+            out += "[^/]*"
+        elif c == "?":
+            out += "[^/]"
+        elif c == "[":
+            j = i + 1 + (part[i + 1:i + 2] in ("!", "^"))
+            j = part.find("]", j + (part[j:j + 1] == "]"))  # `[]a]`: a class holding `]`
+            if j < 0:
+                out += "\\["
+            else:
+                body = part[i + 1:j]
+                out += "[" + ("^" + body[1:] if body[:1] == "!" else body).replace("\\", "\\\\") + "]"
+                i = j
+        else:
+            out += re.escape(c)
+        i += 1
+    return out

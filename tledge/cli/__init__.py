@@ -344,7 +344,12 @@ def _run(args, console) -> int:
     try:
         with log.capture(console):
             rc = int(mod.run(args) or 0)
-            sys.stdout.flush()  # here, not at exit: a pipe's reader that left is seen by the handler below
+            try:
+                sys.stdout.flush()  # here, not at exit: a pipe's reader that left is seen by the handler below
+            except BrokenPipeError:
+                raise
+            except OSError as exc:  # `> /dev/full`: say it was standard output, not "no space left" on no disk named
+                raise OSError(exc.errno, exc.strerror, "writing to standard output") from None
             return rc
     except TledgeError as exc:
         _say(f"{prefix}: error: {exc}")

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from tledge.paths import expand
+from tledge.paths import expand, glob_paths
 from tledge.cli.model_options import add_model_options, load_kwargs
 
 
@@ -197,6 +197,7 @@ def _loop(runner, source, args) -> int | None:
     written as Ctrl-C does."""
     from tledge.cli import Terminated
     from tledge.runtime.outputs import CsvSink, SaveSink, human_line, json_line
+    from tledge.signals import signals_held  # here: a second Ctrl-C in its first import skipped every close below
 
     csv_sink = CsvSink(args.csv) if args.csv else None
     # annotated images keep their paths under the folder (or a glob's fixed part): the root alone, nothing listed
@@ -209,7 +210,13 @@ def _loop(runner, source, args) -> int | None:
                 csv_sink.write(r)
             if save:
                 save.write(r)
-            print(json_line(r) if args.json else human_line(r), flush=source.live)
+            try:
+                print(json_line(r) if args.json else human_line(r), flush=source.live)
+            except BrokenPipeError:
+                raise
+            except OSError as exc:  # stdout on a full disk: the CSV and the video are kept; the message names stdout
+                ok = True
+                raise OSError(exc.errno, exc.strerror, "writing the results to standard output") from None
         ok = True
     except BrokenPipeError:  # the reader of stdout went away (`| head -1`): the CSV is kept, as the video is
         ok = True
@@ -220,8 +227,6 @@ def _loop(runner, source, args) -> int | None:
         runner.summary.interrupted = ok = True
         stopped = 143  # 128 + SIGTERM
     finally:
-        from tledge.signals import signals_held
-
         # a second Ctrl-C or SIGTERM while the outputs are closed is held back (dropped when the run is already
         # stopping): it landed in the join of the preparation threads and lost the CSV and the video, or hung
         with signals_held(reraise=not runner.summary.interrupted):
@@ -270,6 +275,6 @@ def _local_inputs(spec: str | Path, *, listed: bool = True) -> tuple[list[Path],
         return [], p
     if glob.has_magic(s):
         fixed = list(itertools.takewhile(lambda q: not glob.has_magic(q), p.parts))
-        files = [Path(m) for m in glob.glob(str(p), recursive=True) if Path(m).is_file()] if listed else []
+        files = [m for m in glob_paths(p) if m.is_file()] if listed else []
         return files, Path(*fixed)
     return [], None

@@ -133,7 +133,11 @@ def measure_in_subprocess(path: str | Path, *, runs: int, warmup: int, batch: in
         cmd += ["--threads", str(threads)]
     env = dict(os.environ, PYTHONWARNINGS=os.environ.get("PYTHONWARNINGS", "ignore"))
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:  # a traceback after 10 minutes, and the next files never measured
+        return {"file": str(path), "name": Path(path).name,
+                "error": f"did not finish in {timeout:g} s (stopped): fewer --runs, or a file that hangs"}
     wall = time.perf_counter() - start
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 
 from tledge.errors import TledgeError
-from tledge.paths import expand, utf8_alias
+from tledge.paths import expand, glob_paths, utf8_alias
 from tledge.runtime.frames import Frame, Source, print_event, redact  # noqa: F401 (Frame, Source re-exported)
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts",
@@ -236,7 +236,7 @@ def open_source(spec: str | Path, *, retries: int = 5, backoff: float = 1.0,
         return VideoSource(s, name=redact(s), on_event=on_event)  # a file: every frame once, then the end
     if s.lower().startswith(STREAM_SCHEMES):
         return LiveSource(redact(s), opener or cameras.cv2_opener(s, "CAP_FFMPEG"), **live)
-    if "!" in s and not (glob.has_magic(s) and glob.glob(str(expand(s)), recursive=True)):
+    if "!" in s and not (glob.has_magic(s) and glob_paths(expand(s))):
         cameras.require_gstreamer()
         return LiveSource("gstreamer", opener or cameras.cv2_opener(s, "CAP_GSTREAMER"), **live)
     return _file_source(s, on_event)
@@ -274,7 +274,7 @@ def _file_source(s: str, on_event) -> Source:
             return VideoSource(p, on_event=on_event)
         return FileSource(str(p), [p], on_event=on_event)
     if glob.has_magic(s):
-        matches = [Path(m) for m in sorted(glob.glob(str(p), recursive=True))]
+        matches = glob_paths(p)  # each real folder once (a link back up the tree), sorted as a folder's files
         files = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
         if not files:
             from tledge.isobmff import skipped
