@@ -199,3 +199,29 @@ def test_export_default_takes_warp_linear_only_when_the_val_set_shows_it_changes
     kept, note, _, _ = resize_choice.choose(area, files[:20], y[:20], reference[:20], keras(0, 20))
     assert kept is area and "at least 35 images" in note
     assert resize_choice.choose(area, files, None, reference, keras(0))[0] is area
+
+
+def test_a_gray_contract_tells_clients_what_they_refuse_and_how_opencv_reads_it(tmp_path, monkeypatch):
+    """A 1-channel export embedded OpenCV DNN "exact" with the RGB recipe (a 3-channel blob is read as its red plane:
+    17 of 183 photos wrong, no error), MediaPipe "exact" for a file it refuses, switched its resize to MediaPipe's
+    (7 of 153 answers changed, for no client that reads it), and parity.md said to run a MediaPipe measurement that
+    can only crash."""
+    from tledge.contract import Contract
+    from tledge.export import resize_choice
+
+    gray = Contract(height=8, width=8, channels=1, color="gray", resize="linear", labels=("a", "b"))
+    got = client_resizes(gray)
+    assert got["opencv-dnn"]["agreement"] == "approximate" and "COLOR_BGR2GRAY" in got["opencv-dnn"]["how"]
+    assert got["mediapipe"]["agreement"] == got["tflite-task-library"]["agreement"] == "refused"
+    assert client_resizes(gray.replace(channels=3, color="rgb"))["opencv-dnn"]["agreement"] == "exact"
+    area = gray.replace(resize="area")
+    assert not resize_choice.candidate(area, None) and resize_choice.candidate(area.replace(channels=3, color="rgb"),
+                                                                               None)
+    monkeypatch.setattr(clients, "mediapipe_available", lambda: False)
+    import tledge.metadata
+
+    monkeypatch.setattr(tledge.metadata, "read_contract", lambda path: gray)
+    (tmp_path / "model_fp32.tflite").write_bytes(b"x")
+    section = clients.measure(tmp_path, ["model_fp32.tflite"], np.zeros((1, 8, 8, 1)), np.zeros((1, 2)),
+                              [tmp_path / "a.jpg"])
+    assert "how" not in section and "refuses 1-channel models" in section["limits"]

@@ -148,7 +148,8 @@ def _mediapipe(folder: Path, files: Sequence[str], pixels: np.ndarray, reference
         except Exception:  # noqa: BLE001 - parity has reported an unreadable file already
             contract = None
         limits = mediapipe_limits(contract) if contract is not None else None
-        return {**section, "measured": False, "why": why, "how": HOW_TO_MEASURE, **({"limits": limits} if limits else {})}
+        how = {} if contract is not None and contract.channels == 1 else {"how": HOW_TO_MEASURE}  # (it refuses them)
+        return {**section, "measured": False, "why": why, **how, **({"limits": limits} if limits else {})}
     import mediapipe
 
     from tledge.runtime import load

@@ -92,15 +92,34 @@ CLIENT_RESIZE: tuple[tuple[str, str | None, str | None, str, str], ...] = (
 )
 
 
+# 1-channel contracts: what changes for each client family (agreement at best, how)
+GRAY_CLIENTS = {
+    "opencv-dnn": ("approximate", "give it a gray image: cv2.dnn.blobFromImage(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), "
+                   "1, (W, H)) converts before resizing (approximate); exact: cv2.resize the BGR image to WxH "
+                   "INTER_LINEAR, then COLOR_BGR2GRAY, then blobFromImage. A 3-channel blob is accepted without an "
+                   "error and only its first channel read: wrong answers"),
+    "mediapipe": ("refused", "MediaPipe Tasks' ImageClassifier refuses 1-channel models (\"Only RGB color space is "
+                  "supported\", mediapipe 1.2.3)"),
+    "tflite-task-library": ("refused", "the TFLite Task Library's ImageClassifier refuses 1-channel models "
+                            "(tflite-support 0.4.4)"),
+}
+
+
 def client_resizes(contract) -> dict[str, dict[str, str]]:
     """Per client family: the resize it uses and whether it gives this contract's pixels:
-    exact (the same pixels), approximate (same method, another implementation), differs, or app."""
+    exact (the same pixels), approximate (same method, another implementation), differs, app, or refused (the
+    client does not load such a model: 1-channel ones in MediaPipe)."""
     out = {}
     for family, resize, fit, same, how in CLIENT_RESIZE:
+        gray = GRAY_CLIENTS.get(family) if contract.channels == 1 else None
+        if gray is not None:
+            same, how = gray
         if family == "tledge":
             agreement, resize, fit = same, contract.resize.value, contract.fit.value
         elif resize is None:
             agreement = "app"
+        elif same == "refused":
+            agreement = same
         elif (resize, fit) != (contract.resize.value, contract.fit.value):
             agreement = "differs"
         else:

@@ -36,7 +36,9 @@ MIN_AGREEMENT = 0.90  # the 95 % Wilson lower bound of top-1 agreement (area vs 
 
 def candidate(contract: Contract, explicit_resize: str | None) -> bool:
     """Whether the export may switch this contract to warp-linear by default."""
-    return not explicit_resize and contract.fit is Fit.STRETCH and contract.resize is Resize.AREA
+    # (a 1-channel model: MediaPipe refuses it, so its resize buys nothing and costs answers)
+    return not explicit_resize and contract.fit is Fit.STRETCH and contract.resize is Resize.AREA \
+        and contract.channels == 3
 
 
 class Choice(NamedTuple):
