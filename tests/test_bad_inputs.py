@@ -265,7 +265,8 @@ CASES = [
     Case("bench-folder-without-models", lambda t: ["bench", d(t, "e")], "no .tflite or .onnx files"),
     Case("bench-folder-without-manifest",  # benched every file, exit 0
          lambda t: ["bench", str(Path(f(t, "e/model_fp32.tflite", b"\0\0\0\0TFL3" + bytes(64))).parent)],
-         "{tmp}/e has no manifest.json, so tledge bench cannot trust its files"),
+         "{tmp}/e has no manifest.json, so tledge bench cannot trust it as a folder (written by hand or by a tledge "
+         "without manifests): pass one of its files ({tmp}/e/model_fp32.tflite)"),
     Case("bench-runs-zero", lambda t: ["bench", tfl(t), "--runs", "0"], "--runs must be in [1, 1000000], got 0"),
     Case("bench-warmup-negative", lambda t: ["bench", tfl(t), "--warmup", "-1"], "--warmup must be"),
     Case("bench-batch-zero", lambda t: ["bench", tfl(t), "--batch", "0"], "--batch must be in [1, 1024]"),

@@ -196,3 +196,21 @@ def test_load_arguments_of_the_wrong_kind_are_named():
         load(TINY / "model_int8.onnx", providers=["FooProvider"])
     assert load(TINY / "foreign" / "model_fp32.onnx", labels=TINY / "labels.txt",
                 preprocess="tf").contract.labels == ("circle", "hstripes", "vstripes")
+
+
+def test_a_folder_exported_before_manifests_points_to_its_files(tmp_path):
+    """A folder from a tledge without manifests was refused with "run tledge export again" (TensorFlow and the Keras
+    model, which a board does not have) and named `tledge run` to a library caller; each of its files runs as is."""
+    import shutil
+
+    from tledge.errors import TledgeError
+    from tledge.runtime import load
+
+    old = tmp_path / "old_export"
+    old.mkdir()
+    shutil.copy(TINY / "model_int8.tflite", old)
+    shutil.copy(TINY / "tledge.json", old)
+    with pytest.raises(TledgeError, match=r"so tledge.runtime.load cannot trust it as a folder .*: pass one of its "
+                                          r"files \(.*model_int8.tflite\), which carries its contract"):
+        load(old)
+    assert load(old / "model_int8.tflite").contract.labels

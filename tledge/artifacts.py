@@ -311,6 +311,9 @@ def trained_model(folder: Path) -> Path | None:
     return next((folder / n for n in TRAINED if (folder / n).is_file()), None)
 
 
+RUNS_FILES = ("tledge run", "tledge info", "tledge bench", "tledge.runtime.load")  # what takes a model file too
+
+
 def require(folder: str | Path, what: str) -> Manifest:
     """The manifest, or a TledgeError saying why `what` cannot trust this folder."""
     d = Path(folder)
@@ -327,8 +330,11 @@ def require(folder: str | Path, what: str) -> Manifest:
         raise TledgeError(f"{d} has no {MANIFEST}, so {what} cannot trust its files (an export into it was "
                           f"killed): run tledge export again into it")
     if any((d / n).is_file() for n in list(BY_FILENAME) + list(SIDE_FILES)):
-        raise TledgeError(f"{d} has no {MANIFEST}, so {what} cannot trust its files (written by hand or by a tledge "
-                          f"without manifests): run tledge export again into a new folder")
+        files = sorted(n for n in BY_FILENAME if (d / n).is_file())  # each file carries its contract: it runs as is
+        one = f"pass one of its files ({d / files[0]}), which carries its contract, or " \
+            if files and what in RUNS_FILES else ""
+        raise TledgeError(f"{d} has no {MANIFEST}, so {what} cannot trust it as a folder (written by hand or by a "
+                          f"tledge without manifests): {one}run tledge export again into a new folder")
     raise TledgeError(f"{d} is not a tledge export folder (no {MANIFEST}): pass a folder written by tledge "
                       f"export" + (", or a .tflite / .onnx file" if what == "tledge run" else ""))
 

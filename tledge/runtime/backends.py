@@ -386,7 +386,7 @@ def model_in_folder(folder: Path, device: str | None = None, *, providers=None,
                             "pass one of them (or the file itself)")
     suffix, why = (".onnx", "--providers") if providers else (".tflite", "--delegate") if delegates else (None, "")
 
-    _, ok, notes = artifacts.vouched(folder, "tledge run")
+    _, ok, notes = artifacts.vouched(folder, "tledge.runtime.load")  # (tledge run's too)
     names = [e.file for e in ok]
     if names and suffix:
         names = [n for n in names if n.lower().endswith(suffix)]
