@@ -90,3 +90,15 @@ def test_a_bench_measurement_past_its_time_limit_is_that_file_s_error(monkeypatc
     monkeypatch.setattr(bench.subprocess, "run", slow)
     got = bench.measure_in_subprocess(TINY / "model_int8.tflite", runs=5, warmup=1, batch=1, threads=1, timeout=7)
     assert got["name"] == "model_int8.tflite" and "did not finish in 7 s" in got["error"]
+
+
+def test_a_partial_video_is_removed_at_exit_when_the_run_never_closed_it(tmp_path):
+    """A second Ctrl-C while the first was handled skipped close() and abort(): a hidden 2-8 MB
+    .tledge-save-*.partial.mp4 stayed beside the video."""
+    code = ("import sys, numpy as np\nfrom pathlib import Path\nfrom tledge.runtime.outputs import SaveSink\n"
+            "s = SaveSink(Path(sys.argv[1]) / 'v.mp4', fps=5)\ns._write_video(np.zeros((32, 32, 3), np.uint8))\n"
+            "print(len(list(Path(sys.argv[1]).iterdir())))")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert r.returncode == 0 and r.stdout.strip() == "1", r.stderr  # it was there while the run went on
+    assert list(tmp_path.iterdir()) == []

@@ -220,6 +220,10 @@ class SaveSink:
                                        dir=self.path.parent if here else None)
             os.close(fd)
             self._tmp = Path(tmp)
+            import weakref
+
+            # removed at exit when neither close nor abort ran (a second Ctrl-C while the first one was handled)
+            weakref.finalize(self, _unlink_quietly, self._tmp)
             writer = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, self._size)
             if not writer.isOpened():  # not kept: close() must not move a file never written over this error
                 writer.release()
@@ -272,3 +276,10 @@ def _reads_back(path: Path, frames: int) -> bool:
     finally:
         cap.release()
     return count is not None and not 0 <= count < frames
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
