@@ -58,7 +58,6 @@ def _say_duplicates(path, labels: tuple[str, ...]) -> None:
 def labels_for(cfg: ExportConfig, lm) -> tuple[str, ...]:
     """--labels, else the sidecar's (checked against the model in resolve.resolve_contract), else the
     class folders of --val / --calib."""
-    from tledge.images import class_folders
 
     if cfg.labels:
         labels = _labels_file(cfg)
@@ -66,14 +65,22 @@ def labels_for(cfg: ExportConfig, lm) -> tuple[str, ...]:
         return labels
     if lm.contract is not None and lm.contract.labels:
         return lm.contract.labels
+    return labels_folder(cfg, lm)[1]
+
+
+def labels_folder(cfg: ExportConfig, lm) -> tuple[str | None, tuple[str, ...]]:
+    """(the folder, its class names) whose class folders name the outputs: --val's, else --calib's, with one
+    folder per output; (None, ()) when neither has."""
+    from tledge.images import class_folders
+
     for folder in (cfg.val, cfg.calib):
         if folder and folder != "random" and Path(folder).is_dir():
             names = [n for n, files in class_folders(folder) if files]
             # a subset of the classes (725 folders of a 1000-class set) names nothing: no labels then
             if len(names) > 1 and lm.num_outputs in (None, len(names)):
                 check_names(names, where=folder)  # as tledge train refuses them
-                return tuple(names)
-    return ()
+                return folder, tuple(names)
+    return None, ()
 
 
 def _labels_file(cfg: ExportConfig) -> tuple[str, ...]:
@@ -167,7 +174,7 @@ def export_contract(cfg: ExportConfig, lm, labels) -> tuple[Contract, str | None
     elif lm.contract is not None and labels and labels == lm.contract.labels:
         labels, labels_from = (), ""  # the sidecar's: resolve_contract checks and names it
     else:
-        labels_from = f"the class folders of {cfg.val if cfg.val and cfg.val != 'random' else cfg.calib}"
+        labels_from = f"the class folders of {labels_folder(cfg, lm)[0]}"  # --val's, or --calib's when it has none
     geometry = {part: flag for part, flag, given in (("resize", "--resize", cfg.resize), ("fit", "--fit", cfg.fit),
                                                       ("fit", "--crop", cfg.crop is not None)) if given}
     contract, add_norm = resolve.resolve_contract(lm, preprocess=preprocess, input_size=cfg.input_size, labels=labels,

@@ -196,7 +196,12 @@ def _applies(rung: Rung, plain: ParityResult, ctx: FidelityContext, model) -> bo
         return False
     if plain.precision == "dynamic":  # int8 weights, float activations: only the weight repair applies
         return rung.repair and not rung.stem and not rung.mixed
-    return True
+    # sensitivity scores on held-out calibration images (every third): 1 or 2 images held out none, and the rung
+    # raised ("need at least one array to concatenate")
+    return not rung.mixed or ctx.calib is None or len(ctx.calib) >= MIN_SENSITIVITY_IMAGES
+
+
+MIN_SENSITIVITY_IMAGES = 6  # calibration images the sensitivity rungs need: 2 held out to score on
 
 
 def _one_file(plain: ParityResult, ctx: FidelityContext, model, cache, outcome: FidelityOutcome,

@@ -19,29 +19,38 @@ def load_pixels(folder: str | Path, contract: Contract, limit: int, labels: tupl
 
 
 def load_images(folder: str | Path, contract: Contract, limit: int, labels: tuple[str, ...] = ()):
-    """load_pixels, plus the files the pixels come from: (pixels, y or None, files)."""
+    """load_pixels, plus the files the pixels come from: (pixels, y or None, files). Over `limit` images: an even
+    spread over the folder's classes and files, an unreadable one replaced by the next readable file."""
     from tledge.images import labelled_images, prepare_all
 
     files, y, _ = labelled_images(folder, labels or None)
-    if len(files) > limit:  # an even spread over classes and files
-        from tledge import log
-
-        log.note(f"{folder}: {limit} of its {len(files)} images used (an even spread over its classes)")
-        idx = np.linspace(0, len(files) - 1, limit).round().astype(int)
-        files, y = [files[i] for i in idx], (None if y is None else y[idx])
-    xs, keep, bad = [], [], []
-    for i, (f, x) in enumerate(zip(files, prepare_all(contract.prepare, files))):
-        if isinstance(x, TledgeError):
-            bad.append(f"{f.name}: {x}")
-        else:
-            xs.append(x)
-            keep.append(i)
+    order = list(range(len(files)))
+    if len(files) > limit:  # an even spread first, the rest (in order) to replace unreadable ones
+        spread = list(dict.fromkeys(np.linspace(0, len(files) - 1, limit).round().astype(int).tolist()))
+        order = spread + sorted(set(order) - set(spread))
+    xs, keep, bad, pos = [], [], [], 0
+    while len(xs) < limit and pos < len(order):
+        chunk = order[pos:pos + limit - len(xs)]
+        pos += len(chunk)
+        for i, x in zip(chunk, prepare_all(contract.prepare, [files[i] for i in chunk])):
+            if isinstance(x, TledgeError):
+                bad.append(f"{files[i].name}: {x}")
+            else:
+                xs.append(x)
+                keep.append(i)
     if not xs:
         raise DataError(f"no readable images in {folder} ({len(bad)} unreadable: {'; '.join(bad[:2])})")
     if bad:
-        warnings.warn(f"skipped {len(bad)} unreadable image(s) in {folder}: {'; '.join(bad[:3])}",
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        warnings.warn(f"skipped {len(bad)} unreadable image(s) in {folder}: {'; '.join(bad[:3])}{more}",
                       TledgeWarning, stacklevel=2)
-    return np.stack(xs), (None if y is None else y[keep]), [files[i] for i in keep]
+    if len(files) > limit:
+        from tledge import log
+
+        log.note(f"{folder}: {len(xs)} of its {len(files)} images used (an even spread over its classes)")
+    by_index = dict(zip(keep, xs))
+    keep.sort()  # the folder's order (classes together), as without a limit
+    return np.stack([by_index[i] for i in keep]), (None if y is None else y[keep]), [files[i] for i in keep]
 
 
 def split_is_dangling(model_path: str | Path) -> bool:
