@@ -354,3 +354,14 @@ def test_profiles_do_not_claim_systems_their_bundles_cannot_install_on():
     assert "Windows" not in x86.os.split("(")[0] and "Linux" in x86.os
     assert "Python >= 3.10" in PROFILES["coral-usb"].os
     assert any("ml_dtypes<0.6" in n for n in PROFILES["rpi5"].notes)
+
+
+def test_readme_comments_go_with_the_command_after_them(export_dir, tmp_path):
+    """The Jetson Orin README put the lines explaining the onnxruntime-gpu install before the venv, and the command
+    they explain after it."""
+    out = tmp_path / "orin.tar.gz"
+    make_bundle(export_dir, "jetson-orin", out)
+    install = member_text(out, "orin/README.md").split("## Install (once)")[1].split("## ")[0]
+    venv = install.index("-m venv")
+    why = install.index("# PyPI has no aarch64 onnxruntime-gpu")
+    assert venv < why < install.index(".venv/bin/pip install onnxruntime-gpu")

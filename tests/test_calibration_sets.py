@@ -104,3 +104,15 @@ def test_sensitivity_rungs_need_held_out_calibration_images():
         ctx = SimpleNamespace(calib=np.zeros((n, 8, 8, 3)), int8_only=False)
         assert [fidelity._applies(r, plain, ctx, object()) for r in mixed if not r.keras_free] == \
             [applies] * len([r for r in mixed if not r.keras_free])
+
+
+def test_an_unreadable_sampled_image_is_replaced_from_its_own_class(tmp_path):
+    """Four classes of five images, one unreadable in the last class, limit 4: class a's second image filled class
+    d's place (the replacement came from the start of the folder)."""
+    d = _folder(tmp_path / "d", classes=("a", "b", "c", "d"), n=5)
+    (d / "d" / "4.png").write_bytes(b"not a png at all")
+    (d / "d" / "3.png").write_bytes(b"not a png either")
+    contract = Contract(height=8, width=8, labels=("a", "b", "c", "d"))
+    with pytest.warns(TledgeWarning, match="skipped"):
+        x, y, files = imagesets.load_images(d, contract, 4, contract.labels)
+    assert sorted(y.tolist()) == [0, 1, 2, 3] and len(x) == 4, [f.relative_to(d).as_posix() for f in files]

@@ -109,3 +109,19 @@ def test_a_one_channel_float_tiff_decodes_by_path_and_turned(tmp_path):
     for x in (images.load(tmp_path / "f.tif"), images.as_rgb((tmp_path / "f.tif").read_bytes())):
         assert x.shape == (30, 20, 3) and x.dtype == np.uint8
         assert (x[:, -5:] == 255).all() and (x[:, :-5] == 0).all()
+
+
+def test_an_os2_bitmap_is_not_taken_for_a_decompression_bomb():
+    """An OS/2 1.x BMP (12-byte core header: 16-bit width and height) was read as 32-bit sizes: 12369765 megapixels,
+    refused."""
+    from tledge.images import header_pixels
+
+    w, h = 160, 120
+    row = (w * 3 + 3) // 4 * 4
+    head = b"BM" + (26 + row * h).to_bytes(4, "little") + bytes(4) + (26).to_bytes(4, "little")
+    core = (12).to_bytes(4, "little") + w.to_bytes(2, "little") + h.to_bytes(2, "little") + (1).to_bytes(2, "little") \
+        + (24).to_bytes(2, "little")
+    data = np.frombuffer(head + core + bytes(row * h), np.uint8)
+    assert header_pixels(data) == w * h
+    rgb = decode(data, "os2.bmp")
+    assert rgb.shape == (h, w, 3)

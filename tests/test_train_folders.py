@@ -181,3 +181,17 @@ def test_a_train_class_with_sub_folders_beside_classes_of_images_is_refused(tmp_
     _images(tmp_path / "val" / "2020")
     with pytest.warns(Warning, match="ignoring"):
         assert td.plan(tmp_path).classes == ("2019", "2020")
+
+
+def test_one_folder_of_unlabelled_images_beside_a_train_split_is_no_class(tmp_path):
+    """train/{ants,bees}/ and a flat test1/ (or Intel's seg_pred/): trained on train/ before, then refused as
+    ambiguous; one flat folder beside a split is its unlabelled images, said and ignored."""
+    for c in ("ants", "bees"):
+        _images(tmp_path / "train" / c)
+    for flat in ("test1", "seg_pred"):
+        _images(tmp_path / flat)
+        with pytest.warns(Warning, match=f"ignoring .*{flat}/"):
+            assert td.plan(tmp_path).classes == ("ants", "bees")
+    _images(tmp_path / "pred_2024")  # folders named for predictions never count as classes
+    with pytest.warns(Warning, match="ignoring"):
+        assert td.plan(tmp_path).classes == ("ants", "bees")

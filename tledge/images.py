@@ -52,6 +52,8 @@ def header_pixels(data: np.ndarray) -> int | None:
     if b[:6] in (b"GIF87a", b"GIF89a"):
         return num(6, 2, "little") * num(8, 2, "little")
     if b[:2] == b"BM" and len(b) >= 26:
+        if num(14, 4, "little") == 12:  # OS/2 1.x BITMAPCOREHEADER: 16-bit width and height
+            return num(18, 2, "little") * num(20, 2, "little")
         return abs(int.from_bytes(b[18:22], "little", signed=True) * int.from_bytes(b[22:26], "little", signed=True))
     if b[:4] == b"RIFF" and b[8:12] == b"WEBP":
         if b[12:16] == b"VP8X":

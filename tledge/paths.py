@@ -50,9 +50,10 @@ def loadable(path: str | Path) -> str | bytes:
 
 
 def glob_paths(pattern: str | Path) -> list[Path]:
-    """glob.glob(pattern, recursive=True), sorted as a folder's files are (by path), but where `**` walks, each real
-    folder is visited once: a symbolic link back up the tree (`a/b/up -> ..`) repeated every photo 40 times, and
-    two such links made the walk exponential (no end)."""
+    """glob.glob(pattern, recursive=True), sorted as a folder's files are (by path), except that where `**` walks, a
+    folder is not entered again below itself: a symbolic link back up the tree (`a/b/up -> ..`) repeated every photo
+    40 times, and two such links made the walk exponential (no end). Links to folders elsewhere are followed, as
+    glob does (a folder reached by two names is listed under both)."""
     import glob
     import re
 
@@ -64,33 +65,55 @@ def glob_paths(pattern: str | Path) -> list[Path]:
     while fixed < len(parts) and not glob.has_magic(parts[fixed]):
         fixed += 1
     base = Path(*parts[:fixed]) if fixed else Path(".")
-    rx = re.compile("/".join(_component(c, last=i == len(parts) - 1) for i, c in enumerate(parts) if i >= fixed)
-                    .replace("(?:[^/]*/)*/", "(?:[^/]*/)*"))  # `**/x`: x at any depth, the top one included
-    found, seen = [], set()
+    rest = parts[fixed:]
+    try:
+        rx = re.compile("/".join(_component(c, last=i == len(rest) - 1) for i, c in enumerate(rest))
+                        .replace(_ANY_FOLDERS + "/", _ANY_FOLDERS))  # `**/x`: x at any depth, the top one included
+    except re.error:  # `[z-a]`: a range that matches nothing, as glob has it
+        return []
+    hidden = any(c.startswith(".") for c in rest)  # a pattern naming hidden folders walks into them
+    found = []
     for top, dirs, files in os.walk(base, followlinks=True):
-        try:
-            st = os.stat(top)
-        except OSError:
-            dirs[:] = []
-            continue
-        if (st.st_dev, st.st_ino) in seen:
-            dirs[:] = []
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # glob's wildcards skip hidden names too
+        chain = _ancestors(Path(top), base)
+        dirs[:] = sorted(d for d in dirs if (hidden or not d.startswith("."))
+                         and _identity(Path(top) / d) not in chain)
         rel = Path(top).relative_to(base)
-        found += [Path(top) / n for n in dirs + files
-                  if not n.startswith(".") and rx.fullmatch((rel / n).as_posix())]
+        found += [Path(top) / n for n in dirs + files if rx.fullmatch((rel / n).as_posix())]
+    if text.endswith(("/", os.sep)):  # `photos/**/`: folders only, as glob gives them
+        found = [f for f in found if f.is_dir()]
     return sorted(found)
 
 
+_ANY_FOLDERS = r"(?:(?!\.)[^/]+/)*"  # `**` before more of the pattern: any depth of folders not hidden
+
+
+def _identity(path: Path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _ancestors(top: Path, base: Path) -> set:
+    """The (device, inode) of `top` and of each folder above it up to `base`, by name: the folders a link must not
+    lead back into."""
+    out, q = set(), top
+    while True:
+        out.add(_identity(q))
+        if q == base or q == q.parent:
+            return out
+        q = q.parent
+
+
 def _component(part: str, last: bool) -> str:
-    """One path component of a glob pattern as a regular expression over `/`-separated relative paths."""
+    """One path component of a glob pattern as a regular expression over `/`-separated relative paths; a wildcard
+    at its start does not match a leading dot (glob's hidden names), and a class is read as fnmatch reads it."""
     import re
 
     if part == "**":
-        return ".*" if last else "(?:[^/]*/)*"
-    out, i = "", 0
+        return r"(?:(?!\.)[^/]+(?:/(?!\.)[^/]+)*)?" if last else _ANY_FOLDERS
+    out, i = "(?!\\.)" if part[:1] in ("*", "?", "[") else "", 0
     while i < len(part):
         c = part[i]
         if c == "*":
@@ -98,13 +121,14 @@ def _component(part: str, last: bool) -> str:
         elif c == "?":
             out += "[^/]"
         elif c == "[":
-            j = i + 1 + (part[i + 1:i + 2] in ("!", "^"))
+            j = i + 1 + (part[i + 1:i + 2] == "!")
             j = part.find("]", j + (part[j:j + 1] == "]"))  # `[]a]`: a class holding `]`
             if j < 0:
                 out += "\\["
             else:
-                body = part[i + 1:j]
-                out += "[" + ("^" + body[1:] if body[:1] == "!" else body).replace("\\", "\\\\") + "]"
+                body = re.sub(r"([&~|])", r"\\\1", part[i + 1:j].replace("\\", "\\\\"))
+                body = "^" + body[1:] if body[:1] == "!" else "\\" + body if body[:1] in ("^", "[") else body
+                out += "[" + body + "]"
                 i = j
         else:
             out += re.escape(c)

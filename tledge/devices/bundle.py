@@ -192,14 +192,24 @@ def _board_steps(profile: Profile) -> list[str]:
     return [ln.replace("~/tledge-venv/", ".venv/") for ln in profile.install if not any(k in ln for k in skip)]
 
 
+def _before_and_after_the_venv(steps: list[str]) -> tuple[list[str], list[str]]:
+    """The board's steps in two parts: the system's (apt) before the venv is made, what goes into the venv after it;
+    comment lines go with the command after them (comments with no command after them: before)."""
+    first, then, pending = [], [], []
+    for ln in steps:
+        pending.append(ln)
+        if not ln.lstrip().startswith("#"):
+            (then if ".venv/" in ln else first).extend(pending)
+            pending = []
+    return first + pending, then
+
+
 def readme(profile: Profile, models: list[str], opts: Options, notes: list[str], golden: bool = True) -> str:
     lines = [f"# tledge bundle for {profile.title}", "",
              f"Model: `model/{models[0]}` ({opts.backend} {opts.precision}, {opts.target.accel.value if opts.target else 'cpu'})"
              + (f"; CPU fallback `model/{models[1]}`" if len(models) > 1 else "") + ".",
              f"Threads: {opts.threads or 'default'}. Assumes {profile.os}.", "", "## Install (once)", ""]
-    steps = _board_steps(profile)  # the system's packages (apt) before the venv, what goes into the venv after it
-    first = [ln for ln in steps if ".venv/" not in ln]
-    then = [ln for ln in steps if ".venv/" in ln]
+    first, then = _before_and_after_the_venv(_board_steps(profile))
     where = f"(from `tledge devices show {profile.name}`)"
     if first:
         lines += [f"First, for this board {where}:", "", "```sh", *first, "```", "", "Then:", ""]

@@ -24,20 +24,24 @@ def load_images(folder: str | Path, contract: Contract, limit: int, labels: tupl
     from tledge.images import labelled_images, prepare_all
 
     files, y, _ = labelled_images(folder, labels or None)
-    order = list(range(len(files)))
-    if len(files) > limit:  # an even spread first, the rest (in order) to replace unreadable ones
-        spread = list(dict.fromkeys(np.linspace(0, len(files) - 1, limit).round().astype(int).tolist()))
-        order = spread + sorted(set(order) - set(spread))
-    xs, keep, bad, pos = [], [], [], 0
-    while len(xs) < limit and pos < len(order):
-        chunk = order[pos:pos + limit - len(xs)]
-        pos += len(chunk)
-        for i, x in zip(chunk, prepare_all(contract.prepare, [files[i] for i in chunk])):
+    todo = list(range(len(files)))
+    if len(files) > limit:  # an even spread over classes and files
+        todo = list(dict.fromkeys(np.linspace(0, len(files) - 1, limit).round().astype(int).tolist()))
+    used = set(todo)
+    xs, keep, bad = [], [], []
+    while todo:
+        replace = []
+        for i, x in zip(todo, prepare_all(contract.prepare, [files[i] for i in todo])):
             if isinstance(x, TledgeError):
                 bad.append(f"{files[i].name}: {x}")
+                j = _next_unused(i, len(files), used, y)
+                if j is not None:
+                    used.add(j)
+                    replace.append(j)
             else:
                 xs.append(x)
                 keep.append(i)
+        todo = replace
     if not xs:
         raise DataError(f"no readable images in {folder} ({len(bad)} unreadable: {'; '.join(bad[:2])})")
     if bad:
@@ -51,6 +55,14 @@ def load_images(folder: str | Path, contract: Contract, limit: int, labels: tupl
     by_index = dict(zip(keep, xs))
     keep.sort()  # the folder's order (classes together), as without a limit
     return np.stack([by_index[i] for i in keep]), (None if y is None else y[keep]), [files[i] for i in keep]
+
+
+def _next_unused(i: int, n: int, used: set[int], y) -> int | None:
+    """The file (of n) to read in place of unreadable file i: the next one after it not read yet, of its class where
+    the folder has classes (an unreadable image of class d was replaced by one of class a)."""
+    after_then_before = (*range(i + 1, n), *range(i - 1, -1, -1))
+    same = next((j for j in after_then_before if j not in used and (y is None or y[j] == y[i])), None)
+    return same if same is not None else next((j for j in after_then_before if j not in used), None)
 
 
 def split_is_dangling(model_path: str | Path) -> bool:

@@ -102,6 +102,10 @@ def scan_classes(root: Path, *, what: str, labels: bool = True) -> dict[str, lis
     return classes
 
 
+# folders of unlabelled images kept beside a train/ split (Kaggle's test/, Intel's seg_pred/): never classes
+UNLABELLED = ("test", "pred", "seg_pred", "unlabel", "holdout", "infer")
+
+
 def _split_layout(root: Path) -> tuple[Path, Path | None] | None:
     """(train dir, val dir or None) when `root` holds train/ (and val/) instead of class folders."""
     images.check_links(root)  # a val/ linked to an unmounted disk: 20% of train/ held out instead, without a word
@@ -110,11 +114,12 @@ def _split_layout(root: Path) -> tuple[Path, Path | None] | None:
         return None
     val = next((names[n] for n in VAL_NAMES if n in names), None)
     unused = sorted(d.name for n, d in names.items() if n != "train" and d != val)
-    flat = [n for n in unused if n.lower() != "test" and not _subfolders(root / n)
+    flat = [n for n in unused if not n.lower().startswith(UNLABELLED) and not _subfolders(root / n)
             and next(images.iter_image_files(root / n, recursive=False), None) is not None]
     # car/, bus/ of images beside a train/ of 2019/, 2020/ and no val/: class folders, one of them named train (a
-    # val/, or train/ holding folders named like them, is the split layout it looks like)
-    if flat and val is None and not _subfolders(names["train"]) & set(flat):
+    # val/, train/ holding folders named like them, or one folder of unlabelled images beside it (test1/, pred/)
+    # is the split layout it looks like)
+    if len(flat) > 1 and val is None and not _subfolders(names["train"]) & set(flat):
         raise DataError(f"{root} holds a train/ folder of sub-folders (a train/val split?) beside folders of images "
                         f"({', '.join(n + '/' for n in flat)}: classes?): rename train/ if it is a class, or move "
                         f"{', '.join(n + '/' for n in flat)} out if train/ is the split")
