@@ -52,7 +52,8 @@ def test_a_recursive_glob_keeps_folders_a_link_beside_them_also_reaches(tmp_path
     shutil.copy(IMAGES[0], tmp_path / "photos" / "2024" / ".hid" / "h.jpg")
     shutil.copy(IMAGES[0], tmp_path / "photos" / "2024" / "cats" / "^x.jpg")
     for pattern in ("photos/20*/**/*.jpg", "photos/**/cats/*.jpg", "photos/**/.hid/*.jpg", "photos/**/[^a]*.jpg",
-                    "photos/**/[!b]*.jpg", "photos/**/.*", "photos/**/[z-a]*.jpg"):
+                    "photos/**/[!b]*.jpg", "photos/**/.*", "photos/**/[z-a]*.jpg", "photos/**/[z-ab]*.jpg",
+                    "photos/**/[!z-a]*.jpg", "photos/*/../**/*.jpg"):
         want = sorted(Path(m) for m in glob.glob(str(tmp_path / pattern), recursive=True))
         assert glob_paths(tmp_path / pattern) == want, pattern
     assert len(glob_paths(tmp_path / "photos/20*/**/*.jpg")) == 4

@@ -66,11 +66,10 @@ def glob_paths(pattern: str | Path) -> list[Path]:
         fixed += 1
     base = Path(*parts[:fixed]) if fixed else Path(".")
     rest = parts[fixed:]
-    try:
-        rx = re.compile("/".join(_component(c, last=i == len(rest) - 1) for i, c in enumerate(rest))
-                        .replace(_ANY_FOLDERS + "/", _ANY_FOLDERS))  # `**/x`: x at any depth, the top one included
-    except re.error:  # `[z-a]`: a range that matches nothing, as glob has it
-        return []
+    if ".." in rest:  # `a/*/../**`: the walk never lists `..`; glob's own (rare)
+        return sorted(Path(m) for m in glob.glob(text, recursive=True))
+    rx = re.compile("/".join(_component(c, last=i == len(rest) - 1) for i, c in enumerate(rest))
+                    .replace(_ANY_FOLDERS + "/", _ANY_FOLDERS))  # `**/x`: x at any depth, the top one included
     hidden = any(c.startswith(".") for c in rest)  # a pattern naming hidden folders walks into them
     found = []
     for top, dirs, files in os.walk(base, followlinks=True):
@@ -126,11 +125,24 @@ def _component(part: str, last: bool) -> str:
             if j < 0:
                 out += "\\["
             else:
-                body = re.sub(r"([&~|])", r"\\\1", part[i + 1:j].replace("\\", "\\\\"))
-                body = "^" + body[1:] if body[:1] == "!" else "\\" + body if body[:1] in ("^", "[") else body
-                out += "[" + body + "]"
+                out += _char_class(part[i:j + 1])
                 i = j
         else:
             out += re.escape(c)
         i += 1
     return out
+
+
+def _char_class(text: str) -> str:
+    """A glob character class (`[a-c]`, `[!x]`, `[z-ax]`) as fnmatch reads it (empty ranges dropped, an empty class
+    matching nothing), never matching `/` (a negated class would have crossed into the next folder)."""
+    import fnmatch
+
+    rx = fnmatch.translate(text)
+    rx = rx[rx.index(":") + 1:rx.rindex(")")]  # fnmatch's `(?s:...)\Z` taken off
+    if rx == ".":  # `[!z-a]`: any one character
+        return "[^/]"
+    if rx.startswith("[^"):
+        body = rx[2:-1]
+        return "[^" + ("]/" + body[1:] if body.startswith("]") else "/" + body) + "]"
+    return rx
