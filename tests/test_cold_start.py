@@ -21,7 +21,7 @@ RUN_PATH = {"tledge", "tledge._deps", "tledge.artifacts", "tledge.cli", "tledge.
             "tledge.paths", "tledge.safejson", "tledge.signals",
             "tledge.runtime", "tledge.runtime.backends", "tledge.runtime.foreign", "tledge.runtime.model",
             "tledge.runtime.outputs", "tledge.runtime.pipeline", "tledge.runtime.scores",
-            "tledge.runtime.sources", "tledge.runtime.frames", "tledge.version"}
+            "tledge.runtime.sources", "tledge.runtime.frames", "tledge.version", "tledge.imagebytes"}
 # never on that path (beyond what numpy, OpenCV and LiteRT import themselves): other backends and converters,
 # thread pools, the zip / CSV readers, tempfile and shutil (with bz2, lzma, random)
 HEAVY = ("tensorflow", "keras", "tf_keras", "tf2onnx", "onnx", "onnxruntime", "tflite_runtime", "jax", "torch",

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from tledge.errors import ImageError
-from tledge.images import IMAGE_SUFFIXES, as_rgb, decode, jpeg_truncated
+from tledge.imagebytes import jpeg_truncated
+from tledge.images import IMAGE_SUFFIXES, as_rgb, decode
 
 
 def _photo(progressive: bool = False, exif_thumbnail: bool = False) -> np.ndarray:
@@ -114,7 +115,7 @@ def test_a_one_channel_float_tiff_decodes_by_path_and_turned(tmp_path):
 def test_an_os2_bitmap_is_not_taken_for_a_decompression_bomb():
     """An OS/2 1.x BMP (12-byte core header: 16-bit width and height) was read as 32-bit sizes: 12369765 megapixels,
     refused."""
-    from tledge.images import header_pixels
+    from tledge.imagebytes import header_pixels
 
     w, h = 160, 120
     row = (w * 3 + 3) // 4 * 4

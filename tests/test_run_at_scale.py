@@ -69,7 +69,7 @@ def _png_header(width: int, height: int) -> bytes:
 def test_an_image_whose_header_states_too_many_pixels_is_refused_before_decoding(tmp_path):
     """An 873 KB PNG of 30000 x 30000 took 5.3 GB to decode (32 s), and each worker held one: the header says so
     before anything is decoded. A JPEG's frame header the same."""
-    from tledge import images
+    from tledge import imagebytes, images
 
     (tmp_path / "bomb.png").write_bytes(_png_header(30000, 30000))
     with pytest.raises(ImageError, match=r"bomb.png: its header says 900 megapixels, over tledge's 268"):
@@ -79,7 +79,7 @@ def test_an_image_whose_header_states_too_many_pixels_is_refused_before_decoding
     ok, jpg = cv2.imencode(".jpg", np.zeros((16, 24, 3), np.uint8))
     data = bytearray(jpg.tobytes())
     sof = next(i for i in range(2, len(data) - 1) if data[i] == 0xFF and data[i + 1] in (0xC0, 0xC2))
-    assert images.header_pixels(np.frombuffer(bytes(data), np.uint8)) == 16 * 24
+    assert imagebytes.header_pixels(np.frombuffer(bytes(data), np.uint8)) == 16 * 24
     data[sof + 5:sof + 9] = (20000).to_bytes(2, "big") + (20000).to_bytes(2, "big")
     with pytest.raises(ImageError, match="400 megapixels"):
         images.decode(np.frombuffer(bytes(data), np.uint8), "forged.jpg")

@@ -10,6 +10,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from tledge import imagebytes
 from tledge.errors import DataError, ImageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
@@ -41,51 +42,11 @@ def load(path: str | Path) -> np.ndarray:
 MAX_PIXELS = 1 << 28  # 268 megapixels (805 MB as RGB): a 200-megapixel phone photo decodes, a decompression bomb not
 
 
-def header_pixels(data: np.ndarray) -> int | None:
-    """Width x height as a PNG, JPEG, GIF, BMP or WebP header states it (nothing decoded), or None."""
-    b = data[:40].tobytes()
-
-    def num(i, n, order="big"):
-        return int.from_bytes(b[i:i + n], order)
-    if b[:8] == b"\x89PNG\r\n\x1a\n" and b[12:16] == b"IHDR":
-        return num(16, 4) * num(20, 4)
-    if b[:6] in (b"GIF87a", b"GIF89a"):
-        return num(6, 2, "little") * num(8, 2, "little")
-    if b[:2] == b"BM" and len(b) >= 26:
-        if num(14, 4, "little") == 12:  # OS/2 1.x BITMAPCOREHEADER: 16-bit width and height
-            return num(18, 2, "little") * num(20, 2, "little")
-        return abs(int.from_bytes(b[18:22], "little", signed=True) * int.from_bytes(b[22:26], "little", signed=True))
-    if b[:4] == b"RIFF" and b[8:12] == b"WEBP":
-        if b[12:16] == b"VP8X":
-            return (num(24, 3, "little") + 1) * (num(27, 3, "little") + 1)
-        if b[12:16] == b"VP8L":
-            v = num(21, 4, "little")
-            return ((v & 0x3FFF) + 1) * (((v >> 14) & 0x3FFF) + 1)
-        return None
-    return _jpeg_pixels(data) if _is_jpeg(data) else None
-
-
-def _jpeg_pixels(data: np.ndarray) -> int | None:
-    """Height x width of a JPEG's frame header (SOF0-15 but DHT, JPG, DAC), walking the header segments."""
-    n, pos = int(data.size), 2
-    while pos + 8 < n and data[pos] == 0xFF:
-        kind = int(data[pos + 1])
-        if kind == 0xFF or kind in _STANDALONE:
-            pos += 1 if kind == 0xFF else 2
-            continue
-        if kind == _SOS:
-            return None
-        if 0xC0 <= kind <= 0xCF and kind not in (0xC4, 0xC8, 0xCC):
-            return (int(data[pos + 5]) << 8 | int(data[pos + 6])) * (int(data[pos + 7]) << 8 | int(data[pos + 8]))
-        pos += 2 + (int(data[pos + 2]) << 8 | int(data[pos + 3]))
-    return None
-
-
 def decode(data: np.ndarray, name) -> np.ndarray:
     """Encoded image bytes (a uint8 array) -> HxWx3 uint8 RGB, as `load` does for a file, or ImageError."""
     import cv2
 
-    if jpeg_truncated(data):  # OpenCV 4 decodes it with grey rows, OpenCV 5 refuses it
+    if imagebytes.jpeg_truncated(data):  # OpenCV 4 decodes it with grey rows, OpenCV 5 refuses it
         raise ImageError(f"cannot decode image {name}: a truncated JPEG (it ends before its end marker)")
     if data[4:8].tobytes() == b"ftyp":  # ISO BMFF (imported only then: tledge run's cold start)
         from tledge import isobmff
@@ -93,7 +54,7 @@ def decode(data: np.ndarray, name) -> np.ndarray:
         why = isobmff.refusal(data.tobytes())
         if why:  # a HEIC (no decoder) or a turned AVIF (OpenCV ignores its irot / imir: sideways, exit 0)
             raise ImageError(f"cannot decode image {name}: {why}")
-    stated = header_pixels(data)
+    stated = imagebytes.header_pixels(data)
     if stated is not None and stated > MAX_PIXELS:  # an 873 KB PNG of 30000 x 30000 took 5.3 GB to decode
         raise ImageError(f"cannot decode image {name}: its header says {stated / 1e6:.0f} megapixels, over tledge's "
                          f"{MAX_PIXELS / 1e6:.0f} (a decompression bomb, or a scan too large to decode in memory)")
@@ -349,55 +310,3 @@ def labelled_images(root: str | Path, labels: tuple[str, ...] | None = None):
             files += fs
             ys += [index[name]] * len(fs)
     return files, np.asarray(ys, np.int64), names
-
-
-# ---- JPEG completeness (no decoding) ----------------------------------------------------------------
-_SOI, _EOI, _SOS = 0xD8, 0xD9, 0xDA
-_STANDALONE = set(range(0xD0, 0xD8)) | {0x01, _SOI}  # RSTn, TEM, SOI: markers without a length
-
-
-def _is_jpeg(data: np.ndarray) -> bool:
-    return data.size >= 3 and data[0] == 0xFF and data[1] == _SOI and data[2] == 0xFF
-
-
-def jpeg_truncated(data: np.ndarray) -> bool:
-    """True when the JPEG in `data` (uint8 array) has image data (a scan) but ends before its end-of-image marker.
-    OpenCV 5 refuses such a file; OpenCV 4 (boards: Pi OS's picamera2 needs opencv-python-headless < 4.11) decodes
-    it with the missing rows grey: refused here on every OpenCV. Header segments are skipped by their lengths;
-    inside the entropy-coded data a marker is 0xFF followed by a byte that is not 0x00 (stuffing), 0xFF (fill) or
-    RSTn, so the scans of a progressive file are walked marker to marker. Bytes after the end marker (a Motion
-    Photo's video, a camera's trailer) are not the image. A file cut before its first scan is the decoder's to
-    refuse as corrupt."""
-    if not _is_jpeg(data):
-        return False
-    n, pos, scanned = int(data.size), 2, False
-    ff = np.flatnonzero(data[:-1] == 0xFF)  # candidate marker positions, for the entropy-coded data
-    nxt = data[ff + 1]
-    markers = ff[(nxt != 0x00) & (nxt != 0xFF) & ((nxt < 0xD0) | (nxt > 0xD7))]
-    while True:
-        if pos + 1 >= n:
-            return scanned
-        if data[pos] != 0xFF:
-            return False  # not a marker where one must be: corrupt, not truncated (the decoder says so)
-        kind = int(data[pos + 1])
-        if kind == 0xFF:  # fill bytes before a marker
-            pos += 1
-            continue
-        if kind == _EOI:
-            return False
-        if kind in _STANDALONE:
-            pos += 2
-            continue
-        if pos + 3 >= n:
-            return scanned
-        end = pos + 2 + (int(data[pos + 2]) << 8 | int(data[pos + 3]))
-        if end > n:
-            return scanned
-        if kind != _SOS:
-            pos = end
-            continue
-        scanned = True
-        later = markers[np.searchsorted(markers, end):]  # the scan's data runs to the next marker
-        if later.size == 0:
-            return True
-        pos = int(later[0])

@@ -18,6 +18,7 @@ import numpy as np
 from tledge.artifacts import CONTRACT_FILE
 from tledge._deps import require
 from tledge.contract import Contract
+from tledge.export.names import INPUT_NAME
 from tledge.errors import ModelLoadError
 from tledge.export import binary, keras2, keras3_compat, kerasconfig
 from tledge.export import signature as sig
@@ -348,7 +349,7 @@ def trace(lm: LoadedModel, contract: Contract, add_norm: str | None):
         # took pixels at scale 1.49, zero point 83 where every client feeds raw pixels (MediaPipe 11 of 15 right)
         kernel = np.flip(np.diag(scale), 0).reshape(1, 1, 3, 3).tolist() if flip else None
     model = lm.model
-    spec = tf.TensorSpec([None, contract.height, contract.width, contract.channels], tf.float32, name="pixels")
+    spec = tf.TensorSpec([None, contract.height, contract.width, contract.channels], tf.float32, name=INPUT_NAME)
 
     @tf.function(input_signature=[spec])
     def serve(pixels):
