@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tledge import artifacts
+from tledge import trust
 from tledge.cli import main
 from tledge.devices.bundle import make_bundle
 from tledge.errors import ModelLoadError, TledgeError
@@ -120,12 +121,12 @@ def test_manifest_round_trip_and_verification(tmp_path):
     e = back.entry("model_int8.tflite")
     assert (e.kind, e.precision, e.verdict, e.bytes) == ("tflite", "int8", "fail", len(b"a model_int8.tflite"))
     assert e.sha256 == hashlib.sha256(b"a model_int8.tflite").hexdigest()
-    _, ok, notes = artifacts.vouched(tmp_path / "e", "test")
+    _, ok, notes = trust.vouched(tmp_path / "e", "test")
     assert [x.file for x in ok] == ["model_fp32.tflite"]  # the others failed or were never checked
     assert any("model_int8.tflite: failed parity" in n for n in notes)
     (tmp_path / "e" / "model_fp32.tflite").write_bytes(b"tampered")
     with pytest.raises(TledgeError, match="model_fp32.tflite: changed since export"):
-        artifacts.vouched(tmp_path / "e", "test")
+        trust.vouched(tmp_path / "e", "test")
 
 
 def test_manifest_refuses_unsafe_names_and_garbage(tmp_path):
@@ -156,22 +157,22 @@ def test_folder_without_manifest_is_refused_clearly(tmp_path):
     _placeholder_export(d)
     (d / "manifest.json").unlink()  # an older tledge, or an interrupted export
     with pytest.raises(TledgeError, match="no manifest.json.*run tledge export again"):
-        artifacts.require(d, "tledge bundle")
+        trust.require(d, "tledge bundle")
     (tmp_path / "empty").mkdir()
     with pytest.raises(TledgeError, match="not a tledge export folder"):
-        artifacts.require(tmp_path / "empty", "tledge bundle")
+        trust.require(tmp_path / "empty", "tledge bundle")
 
 
 def test_check_file_refuses_a_changed_file_and_notes_unlisted(tmp_path):
     d = tmp_path / "e"
     _placeholder_export(d)
-    assert artifacts.check_file(d / "model_int8.tflite") == []
+    assert trust.check_file(d / "model_int8.tflite") == []
     (d / "model_int8.tflite").write_bytes(b"other bytes")
     with pytest.raises(ModelLoadError, match="model_int8.tflite: changed since export"):
-        artifacts.check_file(d / "model_int8.tflite")
+        trust.check_file(d / "model_int8.tflite")
     (d / "model_fp16.tflite").write_bytes(b"dropped in later")
-    assert "not listed" in artifacts.check_file(d / "model_fp16.tflite")[0]
-    assert artifacts.check_file(tmp_path / "elsewhere.tflite") == []  # no manifest: nothing to check
+    assert "not listed" in trust.check_file(d / "model_fp16.tflite")[0]
+    assert trust.check_file(tmp_path / "elsewhere.tflite") == []  # no manifest: nothing to check
 
 
 def test_a_rejected_file_is_checked_against_the_manifest_above_it(tmp_path):
@@ -184,11 +185,11 @@ def test_a_rejected_file_is_checked_against_the_manifest_above_it(tmp_path):
     (tmp_path / "m.keras").write_bytes(b"m")
     artifacts.write(d, artifacts.build(d, tmp_path / "m.keras", {"model_fp16.tflite": (True, {}),
                                                                  "rejected/model_int8.tflite": (False, {})}))
-    notes = artifacts.check_file(d / "rejected" / "model_int8.tflite")
+    notes = trust.check_file(d / "rejected" / "model_int8.tflite")
     assert len(notes) == 1 and "rejected/model_int8.tflite was REJECTED at export" in notes[0]
     (d / "rejected" / "model_int8.tflite").write_bytes(b"changed")
     with pytest.raises(ModelLoadError, match="model_int8.tflite: changed since export"):
-        artifacts.check_file(d / "rejected" / "model_int8.tflite")
+        trust.check_file(d / "rejected" / "model_int8.tflite")
 
 
 def test_bundle_skips_files_that_failed_parity_or_are_missing(tmp_path):
@@ -259,7 +260,7 @@ def _state(out: Path) -> str:
     m = artifacts.read(out)
     if m is None:
         return "none"
-    assert artifacts.problems(out, m.files) == []  # whatever the manifest lists is there and intact
+    assert trust.problems(out, m.files) == []  # whatever the manifest lists is there and intact
     return "new" if m.entry("model_int8.tflite") is None else "old"
 
 
@@ -318,7 +319,7 @@ def test_export_writes_a_manifest_that_vouches_for_every_file(tiny_export, tiny_
     assert m.source["sha256"] == artifacts.sha256_of(tiny_model["keras"])
     assert {e.file for e in m.vouched()} == {p.name for p in tiny_export.files}
     for e in m.files:
-        assert artifacts.problems(tiny_export.out, [e]) == []
+        assert trust.problems(tiny_export.out, [e]) == []
         if e.role == "model":
             assert 0.98 <= e.figures["top1_agreement"] <= 1.0 and e.figures["images"] == 24
     assert not list(tiny_export.out.glob(".tledge-*"))  # no lock, no staging left

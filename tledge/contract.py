@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tledge.errors import ContractError
-from tledge.safejson import NestedTooDeeply, loads_json
+from tledge.safejson import KIND_WORDS, NestedTooDeeply, is_kind, loads_json
 
 CONTRACT_VERSION = 1
 METADATA_KEY = "tledge_contract"  # name of the TFLite metadata entry and the ONNX metadata_props key
@@ -98,7 +98,7 @@ class Quant:
         """From JSON a file may carry: a positive finite scale, an integer zero point, an integer dtype (ContractError)."""
         if d is None:
             return None
-        if not (isinstance(d, dict) and _is(d.get("scale"), "number") and _is(d.get("zero_point"), "int")
+        if not (isinstance(d, dict) and is_kind(d.get("scale"), "number") and is_kind(d.get("zero_point"), "int")
                 and 0 < d["scale"] < float("inf") and d.get("dtype", "uint8") in ("uint8", "int8", "int16")):
             raise ContractError(f"contract field {name} needs a positive finite scale, an integer zero_point and a "
                                 "dtype of uint8, int8 or int16")
@@ -116,23 +116,12 @@ class Quant:
 MAX_SIDE = 16384  # pixels a side: more is no image classifier's input
 _HUGE = 1 << 26  # pixels of an intermediate resize above which a crop resizes only its window (not bit-exact)
 _SIDE_LIMIT = 32767  # or sides: OpenCV's remap (warp-linear) takes none longer (SHRT_MAX)
-# what each field is in JSON (a contract read from a file): checked before any value is used
 _NEWER = " (a file from a newer tledge? upgrade tledge here)"
+# what each field is in JSON (a contract read from a file): checked before any value is used
 _JSON_TYPES = {"height": "int", "width": "int", "channels": "int", "crop_fraction": "number", "pad_value": "int",
                "baked": "bool", "labels": "strings", "mean": "numbers", "std": "numbers", "extra": "object",
                "input_dtype": "string", "color": "string", "layout": "string", "resize": "string", "fit": "string",
                "norm": "string", "output": "string"}
-_TYPE_WORDS = {"int": "an integer", "number": "a number", "bool": "true or false", "strings": "a list of strings",
-               "numbers": "a list of numbers", "object": "a JSON object", "string": "a string"}
-
-
-def _is(value, kind: str) -> bool:
-    if kind in ("strings", "numbers"):
-        return isinstance(value, list) and all(_is(v, kind[:-1] if kind == "strings" else "number") for v in value)
-    return {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-            "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-            "bool": lambda v: isinstance(v, bool), "string": lambda v: isinstance(v, str),
-            "object": lambda v: isinstance(v, dict)}[kind](value)
 
 
 @dataclass(frozen=True)
@@ -365,7 +354,7 @@ class Contract:
         if kind != "tledge.contract":  # a manifest.json copied over tledge.json
             raise ContractError(f"format {str(kind)[:40]!r} is not a tledge contract's (tledge.contract)")
         version = d.get("version", CONTRACT_VERSION)
-        if not _is(version, "int"):
+        if not is_kind(version, "int"):
             raise ContractError(f"contract version {str(version)[:20]!r} is not an integer")
         if version > CONTRACT_VERSION:
             raise ContractError(f"contract version {version} is newer than this tledge ({CONTRACT_VERSION}): upgrade tledge")
@@ -375,8 +364,8 @@ class Contract:
             raise ContractError(f"unknown contract fields: {sorted(unknown)}{_NEWER}")
         for name, value in d.items():  # JSON from a file tledge may not have written: types, then values
             kind = _JSON_TYPES.get(name)
-            if kind and value is not None and not _is(value, kind):
-                raise ContractError(f"contract field {name}={str(value)[:60]!r} is not {_TYPE_WORDS[kind]}")
+            if kind and value is not None and not is_kind(value, kind):
+                raise ContractError(f"contract field {name}={str(value)[:60]!r} is not {KIND_WORDS[kind]}")
         for q in ("input_quant", "output_quant"):
             d[q] = Quant.from_dict(d.get(q), q)
         for t in ("labels", "mean", "std"):

@@ -27,3 +27,18 @@ def loads_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH):
                 raise NestedTooDeeply("nested too deeply")
             stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
     return value
+
+
+# the kinds of JSON value a file's field may be, and how a message names each
+KIND_WORDS = {"int": "an integer", "number": "a number", "bool": "true or false", "strings": "a list of strings",
+              "numbers": "a list of numbers", "object": "a JSON object", "string": "a string"}
+
+
+def is_kind(value, kind: str) -> bool:
+    """Whether a parsed JSON value is of `kind` (a key of KIND_WORDS); true and false are not numbers."""
+    if kind in ("strings", "numbers"):
+        return isinstance(value, list) and all(is_kind(v, kind[:-1] if kind == "strings" else "number") for v in value)
+    return {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+            "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+            "bool": lambda v: isinstance(v, bool), "string": lambda v: isinstance(v, str),
+            "object": lambda v: isinstance(v, dict)}[kind](value)

@@ -25,14 +25,14 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from tledge import artifacts
+    from tledge import trust
     from tledge.cli import validate as V
     from tledge.runtime.bench import bench, table
     from tledge.cli.model_options import check_model_options
 
     for folder in V.edge_models(args.models):  # an export folder whose file changed, or with no manifest (a killed
         if folder.is_dir():  # export), is refused, as run, info and bundle do: name the files to bench others
-            artifacts.vouched(folder, "tledge bench")
+            trust.vouched(folder, "tledge bench")
     V.in_range(args.runs, "--runs", 1, 1_000_000)
     V.in_range(args.warmup, "--warmup", 0, 1_000_000)
     V.in_range(args.batch, "--batch", 1, 1024)

@@ -153,10 +153,11 @@ def _folder(folder, as_json: bool) -> int:
     """The export manifest, each file checked against it now. As `tledge run` and bundle judge the folder: exit 2
     when a listed file changed (or a side file is missing); a missing model file is left out with a note."""
     from tledge import artifacts
+    from tledge import trust
     from tledge.errors import TledgeError
 
-    m = artifacts.require(folder, "tledge info")
-    rows = artifacts.summary(m, folder)
+    m = trust.require(folder, "tledge info")
+    rows = trust.summary(m, folder)
     bad = [f"{r['file']}: {r['state']}" for r in rows if r["role"] != "rejected" and
            (r["state"] == "changed" or (r["state"] == "missing" and r["role"] == "side"))]
     gone = [r["file"] for r in rows if r["state"] == "missing" and r["role"] == "model"]

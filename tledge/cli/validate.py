@@ -104,7 +104,7 @@ def keras_model(path, flag: str = "MODEL") -> Path:
     p = expand(str(path))
     if p.is_dir():
         if not ((p / "saved_model.pb").is_file() or (p / "saved_model.pbtxt").is_file()):
-            from tledge.artifacts import trained_model
+            from tledge.trust import trained_model
 
             inside = trained_model(p)
             raise TledgeError(f"{_label(flag, p)} is a folder but not a SavedModel (no saved_model.pb)"
@@ -150,9 +150,9 @@ def edge_model_or_export(path, flag: str = "MODEL", what: str = "tledge run") ->
     """A .tflite / .onnx file, or an export folder with its manifest (checked without loading anything)."""
     p = expand(str(path))
     if p.is_dir():
-        from tledge import artifacts
+        from tledge import trust
 
-        artifacts.require(p, what)
+        trust.require(p, what)
         return p
     return edge_model(p, flag)
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tledge import artifacts
+from tledge import trust
 from tledge._deps import WHEEL
 from tledge.devices.options import Options, resolve
 from tledge.devices.profiles import Family, Profile, get_profile
@@ -309,7 +310,7 @@ def make_bundle(export_dir: "str | Path", device: "str | Profile", out: "str | P
 
     src = Path(export_dir)
     profile = get_profile(device)
-    m, ok, notes = artifacts.vouched(src, "tledge bundle")
+    m, ok, notes = trust.vouched(src, "tledge bundle")
     names = [e.file for e in ok]
     dst = Path(out) if out is not None else Path.cwd() / f"{src.resolve().name}-{profile.name}.tar.gz"
     top = dst.name[: -len(".tar.gz")] if dst.name.endswith(".tar.gz") else dst.stem

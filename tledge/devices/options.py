@@ -162,10 +162,10 @@ def resolve(profile: "str | Profile | None", *, available: Sequence[str] | None 
 def pick_model(export_dir: "str | Path", profile: "str | Profile", **explicit: Any) -> tuple[Path, Options]:
     """The best model file in an export folder for `profile` among those its manifest.json vouches
     for (tledge.artifacts), and the options to run it with."""
-    from tledge import artifacts
+    from tledge import trust
 
     d = Path(export_dir)
-    names = [e.file for e in artifacts.vouched(d, "pick_model")[1]]
+    names = [e.file for e in trust.vouched(d, "pick_model")[1]]
     opts = resolve(profile, available=names, **explicit)
     return d / opts.model_file, opts
 

@@ -72,3 +72,16 @@ def device_hints(name: str, fmt: str | None = None, path: str | Path | None = No
             notes = (f"{f.name} needs the Edge TPU runtime: {fallback.name}, the same model for the CPU, runs instead",)
     return DeviceHints(str(name), int(threads) if threads else None,
                        tuple(providers) if providers and fmt != "tflite" else None, delegates, notes, fallback)
+
+
+def with_device(device: str, path: Path, trust: list[str], threads, providers, delegates) -> tuple:
+    """load()'s file, notes, threads, providers and delegates once the device profile has its say (explicit
+    arguments win); an Edge TPU file without its runtime becomes the plain int8 file beside it."""
+    from tledge.trust import check_file
+    from tledge.runtime.backends import backend_for
+
+    hints = device_hints(device, backend_for(path).name, path)
+    if hints.fallback is not None:
+        path, trust = hints.fallback, check_file(hints.fallback)
+    return (path, trust + list(hints.notes), threads or hints.threads, providers or hints.providers,
+            delegates or hints.delegates)

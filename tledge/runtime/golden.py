@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from tledge import artifacts
+from tledge import trust
 from tledge.runtime.bench import one_image_ms
 from tledge.safejson import loads_json
 from tledge.errors import MissingDependency, TledgeError
@@ -244,18 +245,18 @@ def _stamp(d: Path) -> tuple | None:
 
 
 def _check_once(d: Path, thresholds, device, threads) -> ParityReport:
-    entry = artifacts.require(d, "tledge parity --golden").entry(GOLDEN)
+    entry = trust.require(d, "tledge parity --golden").entry(GOLDEN)
     if entry is None:
         raise TledgeError(f"{d}: no {GOLDEN} in {artifacts.MANIFEST} (exported by a tledge without golden "
                           f"outputs): run tledge export again to check this folder without TensorFlow")
-    problem = (artifacts.problems(d, [entry]) or [""])[0]
+    problem = (trust.problems(d, [entry]) or [""])[0]
     if problem.endswith("missing"):
         raise TledgeError(f"{d / GOLDEN}: missing, but listed in {artifacts.MANIFEST}: copy the whole export "
                           "folder (or bundle)")
     if problem:
         raise TledgeError(f"{d / GOLDEN}: {problem.split(': ', 1)[1]}: the stored Keras outputs are not the "
                           "export's, so nothing can be compared; export (and bundle) again")
-    m, ok, notes = artifacts.vouched(d, "tledge parity --golden")  # any other changed file is refused here
+    m, ok, notes = trust.vouched(d, "tledge parity --golden")  # any other changed file is refused here
     gone = [e.file for e in m.vouched() if not (d / e.file).is_file()]
     if gone and (d.parent / "bundle.json").is_file():  # a bundle's manifest lists what it ships: damage, not choice
         raise TledgeError(f"the bundle {d.parent} is missing {', '.join(gone)} (listed in model/{artifacts.MANIFEST}): "

@@ -302,29 +302,25 @@ def load(path: str | Path, *, threads: int | None = None, contract: Contract | N
     backbone), mean, std, layout, resize, crop, fit, color, input_size (h, w), logits.
     `device` asks tledge.devices for threads / providers / delegates; explicit arguments win.
     """
-    from tledge.artifacts import check_file
-    from tledge.runtime.backends import model_in_folder
+    from tledge.trust import check_file
 
     delegates = () if delegates is None else delegates  # as providers=None: none given
     _check_arguments(path, threads, providers, delegates, contract, contract_options.get("labels"))
     p = Path(path)
     # an export folder: the best file its manifest vouches for; a file: refused if changed since export
-    p, trust = model_in_folder(p, device, providers=providers, delegates=delegates) if p.is_dir() else \
-        (p, check_file(p) if p.is_file() else [])
+    if p.is_dir():
+        from tledge.runtime.folder import model_in_folder
+
+        p, trust = model_in_folder(p, device, providers=providers, delegates=delegates)
+    else:
+        trust = check_file(p) if p.is_file() else []
     if not p.is_file():
         raise ModelLoadError(f"model file not found: {p}" if not p.is_dir() else
                              f"{p} is a folder: pass a .tflite or .onnx file")
     if device:
-        from tledge.runtime.backends import backend_for
-        from tledge.runtime.device import device_hints
+        from tledge.runtime.device import with_device
 
-        hints = device_hints(device, backend_for(p).name, p)
-        if hints.fallback is not None:  # an Edge TPU file without its runtime: the plain int8 file beside it
-            p, trust = hints.fallback, check_file(hints.fallback)
-        trust = trust + list(hints.notes)
-        threads = threads or hints.threads
-        providers = providers or hints.providers
-        delegates = delegates or hints.delegates
+        p, trust, threads, providers, delegates = with_device(device, p, trust, threads, providers, delegates)
     if "labels" in contract_options:
         contract_options["labels"] = labels_option(contract_options["labels"])
     how = (str(Path(path).absolute()),  # unpickled after a chdir: "model file not found: tiny/model_int8.tflite"
