@@ -206,3 +206,42 @@ def test_export_drops_the_onednn_setting_that_moved_repaired_weights(tmp_path):
         r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=120)
         assert r.stdout.split() == ["2", kept], (r.stdout, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr  # a user's mistake: one line, nothing more
+
+
+SHUTDOWN_CTRL_C = """
+import atexit, os, signal, sys, time
+def late(times):  # what a Ctrl-C while the libraries' exit handlers run looks like
+    for _ in range(times):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
+    print("cleanup after it ran", file=sys.stderr)
+atexit.register(late, int(sys.argv.pop(1)))
+from tledge.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_during_interpreter_shutdown_is_quiet(tmp_path, presses):
+    """The command had finished and printed its results: a Ctrl-C during shutdown printed "Exception ignored in
+    atexit callback ... KeyboardInterrupt" and skipped the rest of that handler. One is now dropped (the cleanup
+    still runs, the command's exit code stands); a second ends the process at once with 130."""
+    model = TINY / "model_int8.tflite"
+    r = subprocess.run([sys.executable, "-c", SHUTDOWN_CTRL_C, str(presses), "info", str(model)],
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert "KeyboardInterrupt" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+    assert model.name in r.stdout  # the results are all there
+    if presses == 1:
+        assert r.returncode == 0 and "cleanup after it ran" in r.stderr
+    else:
+        assert r.returncode == 130
+
+
+def test_main_called_by_a_program_leaves_its_ctrl_c_handler_alone(capsys):
+    import signal
+
+    from tledge.cli import main
+
+    before = signal.getsignal(signal.SIGINT)
+    assert main(["info", str(TINY / "model_int8.tflite")]) == 0
+    assert signal.getsignal(signal.SIGINT) is before

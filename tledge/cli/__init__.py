@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -226,7 +227,7 @@ REPAIRING = ("export", "demo")
 def main(argv: list[str] | None = None) -> int:
     _SIGNALS_SEEN.clear()
     _streams()
-    argv = list(sys.argv[1:] if argv is None else argv)
+    from_shell, argv = argv is None, list(sys.argv[1:] if argv is None else argv)
     available = _available()
     parser = _parser(available, _chosen(argv, available))
     try:
@@ -275,7 +276,31 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
         if previous_int is not None:
             signal.signal(signal.SIGINT, previous_int)
+    if from_shell:
+        _quiet_shutdown()
     return rc
+
+
+def _quiet_shutdown() -> None:
+    """The command is done and said so: a Ctrl-C while the interpreter shuts down (TensorFlow's and the libraries'
+    exit handlers can take seconds) no longer prints "Exception ignored in ... KeyboardInterrupt" and skips the
+    cleanup after it. The first one is dropped; a second ends the process at once, exit 130 (a shutdown that hangs
+    can still be stopped). Only where the Ctrl-C handler is Python's own (tledge run from a shell, not a caller's)."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return
+    seen: list[int] = []
+
+    def stop(signum, frame):
+        if seen:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os._exit(130)
+        seen.append(signum)
+
+    signal.signal(signal.SIGINT, stop)
 
 
 def _more_files(args, extra: list[str]) -> bool:
