@@ -104,8 +104,9 @@ def test_a_16_bit_pgm_opened_by_pil_reads_as_by_path(tmp_path):
         np.testing.assert_array_equal(images.as_rgb(im), images.load(tmp_path / "g.pgm"))
 
 
-def _tagged_video(path, matrix) -> np.ndarray:
-    """An MP4 (OpenCV's writer) of one asymmetric frame, its video track's display matrix set to (a, b, c, d)."""
+def _tagged_video(path, matrix, movie=(1, 0, 0, 1), scale: int = 1) -> np.ndarray:
+    """An MP4 (OpenCV's writer) of one asymmetric frame, its video track's display matrix set to (a, b, c, d) times
+    `scale`, and the movie's (mvhd) to `movie`."""
     import cv2
 
     frame = np.zeros((48, 64, 3), np.uint8)
@@ -118,7 +119,11 @@ def _tagged_video(path, matrix) -> np.ndarray:
     data = bytearray(path.read_bytes())
     at = data.find(b"tkhd") + 4
     at += 52 if data[at] == 1 else 40
-    a, b, c, d = matrix
+    a, b, c, d = (x * scale for x in matrix)
+    data[at:at + 36] = struct.pack(">9i", a << 16, b << 16, 0, c << 16, d << 16, 0, 0, 0, 1 << 30)
+    at = data.find(b"mvhd") + 4
+    at += 48 if data[at] == 1 else 36
+    a, b, c, d = movie
     data[at:at + 36] = struct.pack(">9i", a << 16, b << 16, 0, c << 16, d << 16, 0, 0, 0, 1 << 30)
     path.write_bytes(bytes(data))
     return frame
@@ -151,3 +156,70 @@ def test_a_video_is_read_as_its_display_matrix_shows_it(tmp_path, matrix):
         isobmff.video_mirror(tmp_path / "v.mp4") is None
     assert isobmff.video_mirror(tmp_path / "missing.mp4") is None
     assert isobmff.video_mirror(__file__) is None  # not ISO BMFF
+
+
+@pytest.mark.parametrize("track, movie, scale, shown", [
+    ((1, 0, 0, 1), (-1, 0, 0, 1), 1, (-1, 0, 0, 1)),  # the mirror in the movie's matrix (read turned 180 degrees)
+    ((-1, 0, 0, 1), (1, 0, 0, 1), 2, (-1, 0, 0, 1)),  # a mirror at twice the size (read turned 180 degrees)
+    ((-1, 0, 0, 1), (1, 0, 0, -1), 1, (-1, 0, 0, -1)),  # two mirrors make a half turn (read mirrored)
+])
+def test_a_video_is_read_as_its_track_and_movie_matrices_show_it(tmp_path, track, movie, scale, shown):
+    """FFmpeg shows a video by its track matrix followed by the movie's, at any scale: tledge read only the track's,
+    and only with entries of exactly 1, so these three were read turned or mirrored wrongly, exit 0."""
+    from tledge.runtime.sources import open_source
+
+    frame = _tagged_video(tmp_path / "v.mp4", track, movie, scale)
+    got = next(open_source(tmp_path / "v.mp4", on_event=None).frames()).image
+    want = _shown(frame, shown)
+    assert got.shape == want.shape and np.abs(got.astype(int) - want).max() < 40
+
+
+def _server(folder, ranges: bool):
+    """http://127.0.0.1:PORT/ serving `folder`, honouring Range headers when `ranges` (http.server does not)."""
+    import http.server
+    import threading
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a):
+            super().__init__(*a, directory=str(folder))
+
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            asked = self.headers.get("Range", "")
+            path = folder / self.path.lstrip("/")
+            if not (ranges and asked.startswith("bytes=") and path.is_file()):
+                return super().do_GET()
+            lo, hi = asked[6:].split("-")
+            data = path.read_bytes()[int(lo):int(hi) + 1 if hi else None]  # (FFmpeg asks for `bytes=0-`)
+            self.send_response(206)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize("ranges", [True, False])
+def test_a_mirrored_video_over_http_is_read_mirrored(tmp_path, ranges):
+    """An http(s) MP4 was left to OpenCV, which turned a mirrored one 180 degrees, exit 0: its moov is now read by
+    byte ranges (or from the start, from a server that sends none); an address whose moov cannot be read is said."""
+    from tledge.runtime.sources import open_source
+
+    frame = _tagged_video(tmp_path / "v.mp4", (-1, 0, 0, 1))
+    server = _server(tmp_path, ranges)
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        events = []
+        got = next(open_source(f"{base}/v.mp4", on_event=events.append).frames()).image
+        want = _shown(frame, (-1, 0, 0, 1))
+        assert np.abs(got.astype(int) - want).max() < 40 and not events, events
+        from tledge.runtime.url_image import RangeReader
+
+        reader = RangeReader(f"{base}/missing.mp4")
+        assert isobmff.video_mirror(reader) is None and "404" in str(reader.failed)
+    finally:
+        server.shutdown()

@@ -369,3 +369,38 @@ def test_a_name_with_spaces_around_it_is_that_file_and_other_spaces_are_dropped(
     assert [f.name for f in open_source("trail ").files] == ["x.png"]
     assert [f.name for f in open_source("trail").files] == [f.name for f in open_source(" trail\n").files] == ["y.png"]
     assert [f.name for f in open_source(" sp.png").files] == [" sp.png"]
+
+
+def test_a_video_file_at_a_usually_live_address_ends(tmp_path):
+    """An .mjpeg file over http (30 JPEGs one after another) was taken for a live camera and reconnected to for
+    ever, its frames classified again on each pass (2263 results in 40 s): an address that answers with a length,
+    not a multipart stream, is a file, read once."""
+    import cv2
+
+    with open(tmp_path / "clip.mjpeg", "wb") as f:
+        for p in VIDEO_FRAMES[:10]:
+            f.write(cv2.imencode(".jpg", cv2.imread(str(p)))[1].tobytes())
+    events = []
+    with _served(tmp_path) as base:
+        src = open_source(f"{base}/clip.mjpeg", retries=2, backoff=0.05, on_event=events.append)
+        assert isinstance(src, VideoSource) and not src.live
+        assert len(list(src.frames())) == 10 and not events, events
+
+
+def test_a_video_without_frames_and_a_camera_number_opencv_cannot_take_are_one_line(tmp_path, capsys):
+    """A video with no frame exited 2 with no reason and left a CSV of its header; camera 2147483648 traced back
+    (OpenCV: "Python int too large to convert to C long"); a glob of videos did not say they were videos."""
+    import cv2
+
+    from tledge.cli import main
+
+    w = cv2.VideoWriter(str(tmp_path / "zero.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+    w.release()
+    model = str(TINY / "model_int8.tflite")
+    for source, said in [(tmp_path / "zero.avi", "zero.avi has no frame OpenCV can decode"),
+                         ("2147483648", "OpenCV takes camera numbers up to 2147483647"),
+                         (str(tmp_path / "*.avi"), "1 of them are videos (zero.avi...), read one per --source")]:
+        assert main(["run", model, "--source", str(source), "--csv", str(tmp_path / "out.csv")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and said in err[0], err
+        assert not (tmp_path / "out.csv").exists()

@@ -118,36 +118,62 @@ def _top_box(f, want: bytes) -> bytes | None:
     return None
 
 
-def _unit(v: int) -> int | None:
-    """A 16.16 fixed-point matrix entry as -1, 0 or 1, or None for anything else (a scale, a shear)."""
-    return {0: 0, 0x10000: 1, -0x10000: -1}.get(v)
+def _matrix(data: bytes, at: int, end: int) -> tuple[float, float, float, float] | None:
+    """(a, b, c, d) of the 3x3 matrix of a tkhd / mvhd box at data[at:] (16.16 fixed point), or None."""
+    if at + 36 > end:
+        return None
+    v = struct.unpack_from(">9i", data, at)
+    return v[0] / 65536, v[1] / 65536, v[3] / 65536, v[4] / 65536
 
 
-def video_mirror(path) -> tuple[int, int, int, int] | None:
-    """(a, b, c, d), each -1, 0 or 1, of the display matrix of an MP4 / MOV file's video track when the matrix
-    mirrors (determinant below 0), else None. OpenCV (FFmpeg's rotation angle) applies such a matrix as a rotation:
-    a video tagged with a horizontal mirror was read turned 180 degrees."""
+def _signs(m: tuple[float, float, float, float]) -> tuple[int, int, int, int] | None:
+    """A matrix as the turn or mirror it makes (each entry -1, 0 or 1, one non-zero per row and column), whatever
+    its scale; None for a shear or any other angle (left to OpenCV)."""
+    big = max(abs(x) for x in m)
+    if big == 0:
+        return None
+    s = tuple(0 if abs(x) < 1e-3 * big else (1 if x > 0 else -1) for x in m)
+    a, b, c, d = s
+    return s if (a and d and not b and not c) or (b and c and not a and not d) else None  # type: ignore[return-value]
+
+
+def _times(t, m) -> tuple[float, float, float, float]:
+    """The track matrix followed by the movie's, as FFmpeg combines them (row vectors: [x y] T M)."""
+    return (t[0] * m[0] + t[1] * m[2], t[0] * m[1] + t[1] * m[3], t[2] * m[0] + t[3] * m[2], t[2] * m[1] + t[3] * m[3])
+
+
+def video_mirror(path_or_file) -> tuple[int, int, int, int] | None:
+    """(a, b, c, d), each -1, 0 or 1, of the display matrix of an MP4 / MOV file's video track (its tkhd matrix
+    followed by the movie's mvhd matrix, as FFmpeg combines them, at any scale) when it mirrors (determinant below
+    0), else None. OpenCV (FFmpeg's rotation angle) applies such a matrix as a rotation: a video tagged with a
+    horizontal mirror was read turned 180 degrees. `path_or_file`: a path, or a binary file object (seek / read)."""
     try:
-        with open(path, "rb") as f:
-            moov = _top_box(f, b"moov")
+        if hasattr(path_or_file, "read"):
+            moov = _top_box(path_or_file, b"moov")
+        else:
+            with open(path_or_file, "rb") as f:
+                moov = _top_box(f, b"moov")
     except OSError:
         return None
-    for kind, lo, hi in _boxes(moov or b""):
+    moov = moov or b""
+    movie = (1.0, 0.0, 0.0, 1.0)
+    for kind, lo, hi in _boxes(moov):  # mvhd: a full box; version 1 has 64-bit times, the matrix 12 bytes later
+        if kind == b"mvhd" and hi > lo:
+            movie = _matrix(moov, lo + (48 if moov[lo] == 1 else 36), hi) or movie
+    for kind, lo, hi in _boxes(moov):
         if kind != b"trak":
             continue
         matrix, video = None, False
         for k2, lo2, hi2 in _boxes(moov, lo, hi):
             if k2 == b"tkhd" and hi2 > lo2:  # full box; version 1 has 64-bit times: the matrix is 12 bytes later
-                at = lo2 + (52 if moov[lo2] == 1 else 40)
-                if at + 36 <= hi2:
-                    v = struct.unpack_from(">9i", moov, at)
-                    matrix = tuple(_unit(x) for x in (v[0], v[1], v[3], v[4]))
+                matrix = _matrix(moov, lo2 + (52 if moov[lo2] == 1 else 40), hi2)
             elif k2 == b"mdia":  # hdlr: version and flags, pre_defined, then the handler type
                 video = any(k3 == b"hdlr" and moov[lo3 + 8:lo3 + 12] == b"vide" for k3, lo3, _ in _boxes(moov, lo2, hi2))
         if video:
-            if matrix is None or None in matrix or matrix[0] * matrix[3] - matrix[1] * matrix[2] >= 0:
+            shown = _signs(_times(matrix, movie)) if matrix is not None else None
+            if shown is None or shown[0] * shown[3] - shown[1] * shown[2] >= 0:
                 return None
-            return matrix  # type: ignore[return-value]
+            return shown
     return None
 
 

@@ -6,6 +6,8 @@ from typing import Callable
 
 from tledge.errors import TledgeError
 
+MAX_INDEX = 2**31 - 1  # OpenCV's VideoCapture(index) takes a C int
+
 
 def open_hint(name: str) -> str:
     if name.startswith("camera"):

@@ -56,23 +56,43 @@ class VideoSource(Source):
             self._cap = cv2.VideoCapture(name)
         if not self._cap.isOpened():
             raise TledgeError(f"cannot open video {self.name}: not a video OpenCV can decode")
-        self._mirror = None  # a mirroring display matrix, which OpenCV turns instead (isobmff.video_mirror)
-        if not str(path).lower().startswith(("http://", "https://")):
-            from tledge.isobmff import video_mirror
-
-            m, auto = video_mirror(path), getattr(cv2, "CAP_PROP_ORIENTATION_AUTO", None)  # (OpenCV < 4.5: raw)
-            self._mirror = m if m is not None and (auto is None or self._cap.set(auto, 0)) else None
+        self._mirror = self._display_mirror(path)  # a mirroring display matrix, which OpenCV turns instead
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(fps) if fps and fps > 0 else None
         count = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)
         self.announced = int(count) if count and count > 0 else None
+        ok, self._first = self._cap.read()  # a video without one frame is said here, before a model or CSV is opened
+        if not ok:
+            self._cap.release()
+            raise TledgeError(f"{self.name} has no frame OpenCV can decode (an empty or damaged video)")
+
+    def _display_mirror(self, path):
+        """isobmff.video_mirror of the file (an http(s) one read by byte ranges), OpenCV's own turn then off."""
+        import cv2
+
+        from tledge.isobmff import video_mirror
+
+        where = path
+        if str(path).lower().startswith(("http://", "https://")):
+            from tledge.runtime.url_image import RangeReader
+
+            where = RangeReader(str(path))
+        m, auto = video_mirror(where), getattr(cv2, "CAP_PROP_ORIENTATION_AUTO", None)  # (OpenCV < 4.5: raw)
+        if getattr(where, "failed", None) and str(path).lower().endswith((".mp4", ".mov", ".m4v", ".3gp")):
+            self.event(f"warning: cannot read the display matrix of {self.name} ({where.failed}): a video tagged as "
+                       "mirrored would be read turned instead")
+        return m if m is not None and (auto is None or self._cap.set(auto, 0)) else None
 
     def frames(self) -> Iterator[Frame]:
         i = 0
         try:
             while True:
-                with self._lock:
-                    ok, img = self._cap.read()
+                if i == 0:
+                    ok, img = True, self._first
+                    self._first = None
+                else:
+                    with self._lock:
+                        ok, img = self._cap.read()
                 if not ok:
                     break
                 if self._mirror is not None:
@@ -227,12 +247,16 @@ def open_source(spec: str | Path, *, retries: int = 5, backoff: float = 1.0,
     if s == "picamera2":
         return LiveSource("picamera2", opener or cameras.picamera_opener(), **live)
     if re.fullmatch(r"\d+|/dev/video\d+", s):
+        if int(s.removeprefix("/dev/video")) > cameras.MAX_INDEX:  # OpenCV raised "Python int too large", a traceback
+            raise TledgeError(f"cannot open camera:{s}: OpenCV takes camera numbers up to {cameras.MAX_INDEX}")
         return LiveSource(f"camera:{s}", opener or cameras.cv2_opener(int(s) if s.isdigit() else s), **live)
     if s.lower().startswith(("http://", "https://")) and Path(urlsplit(s).path).suffix.lower() in _image_suffixes():
         from tledge.runtime.url_image import ImageURLSource
 
         return ImageURLSource(s, on_event=on_event)  # a photo, not a stream: fetched once, decoded as files are
-    if s.lower().startswith(("http://", "https://")) and Path(urlsplit(s).path).suffix.lower() in VIDEO_FILES:
+    suffix = Path(urlsplit(s).path).suffix.lower()
+    if s.lower().startswith(("http://", "https://")) and suffix in VIDEO_SUFFIXES and \
+            (suffix in VIDEO_FILES or _finite(s)):
         return VideoSource(s, name=redact(s), on_event=on_event)  # a file: every frame once, then the end
     if s.lower().startswith(STREAM_SCHEMES):
         return LiveSource(redact(s), opener or cameras.cv2_opener(s, "CAP_FFMPEG"), **live)
@@ -240,6 +264,16 @@ def open_source(spec: str | Path, *, retries: int = 5, backoff: float = 1.0,
         cameras.require_gstreamer()
         return LiveSource("gstreamer", opener or cameras.cv2_opener(s, "CAP_GSTREAMER"), **live)
     return _file_source(s, on_event)
+
+
+def _finite(url: str) -> bool:
+    """Whether an http(s) .ts / .mjpeg / .mjpg address (usually a live stream) answers with a file: a length, not a
+    multipart stream. A file there was reconnected to for ever, its frames classified again on each pass."""
+    from tledge.runtime.url_image import response_headers
+
+    headers = response_headers(url)
+    return headers is not None and headers.get("Content-Length") is not None and \
+        not str(headers.get("Content-Type", "")).lower().startswith("multipart/")
 
 
 def _image_suffixes() -> set[str]:
@@ -280,8 +314,10 @@ def _file_source(s: str, on_event) -> Source:
             from tledge.isobmff import skipped
 
             unread = skipped([m for m in matches if m.is_file()])
+            videos = [m for m in matches if m.is_file() and m.suffix.lower() in VIDEO_SUFFIXES]
+            said = f"; {len(videos)} of them are videos ({videos[0].name}...), read one per --source" if videos else ""
             raise TledgeError(f"no image files match {s!r}" + (f" ({len(matches)} other paths do)" if matches else "")
-                              + (f"; {unread}" if unread else ""))
+                              + said + (f"; {unread}" if unread else ""))
         return FileSource(s, files, on_event=on_event)
     if p.exists():  # a device, FIFO or socket: /dev/null, /dev/stdin
         raise TledgeError(f"source {s!r} is neither a regular file nor a folder (expected an image, folder, glob, "

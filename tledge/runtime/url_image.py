@@ -54,3 +54,53 @@ def _request(url: str):
     user, password = urllib.parse.unquote(u.username), urllib.parse.unquote(u.password or "")
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
     return urllib.request.Request(plain, headers={"Authorization": f"Basic {token}"})
+
+
+class RangeReader:
+    """An http(s) file as a binary file object for tledge.isobmff (seek / read): each read is a request for that byte
+    range (a server that ignores Range is read from the start, up to MAX_SKIP bytes). `failed` says why it could not
+    read, if it could not; reads then return nothing."""
+
+    MAX_SKIP = 64 << 20
+
+    def __init__(self, url: str, timeout: float = 10.0):
+        self.url, self.timeout, self.at, self.requests, self.failed = url, timeout, 0, 0, None
+
+    def seek(self, at: int) -> int:
+        self.at = at
+        return at
+
+    def read(self, n: int) -> bytes:
+        import urllib.request
+
+        if self.failed or n <= 0 or self.requests >= 64:  # a moov is the second or third box: a few requests
+            self.failed = self.failed or "too many boxes before the moov"
+            return b""
+        self.requests += 1
+        request = _request(self.url)
+        request.add_header("Range", f"bytes={self.at}-{self.at + n - 1}")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - the user's address
+                if response.status != 206:  # the whole file: what comes before `at` is read and dropped
+                    if self.at > self.MAX_SKIP:
+                        self.failed = "the server sends no byte ranges and the moov is far into the file"
+                        return b""
+                    response.read(self.at)
+                data = response.read(n)
+        except (OSError, ValueError) as exc:
+            code = getattr(exc, "code", None)  # (an HTTPError's status)
+            self.failed = (f"HTTP {code} " if isinstance(code, int) else "") + str(getattr(exc, "reason", None) or exc)
+            return b""
+        self.at += len(data)
+        return data
+
+
+def response_headers(url: str, timeout: float = 10.0):
+    """The headers an http(s) address answers a GET with (the body left unread), or None when it does not answer."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(_request(url), timeout=timeout) as response:  # noqa: S310 - the user's address
+            return response.headers
+    except (OSError, ValueError):
+        return None
