@@ -112,3 +112,17 @@ def bundle(tmp: Path, *extra: str) -> list[str]:
     return ["bundle", ex, *extra]
 
 
+
+
+def export_dir(tmp: Path) -> str:
+    """An export folder as `tledge export` leaves it, in miniature: a model file its manifest lists and vouches for,
+    and a tledge.json that says `tledge train` (an export of a trained model copies that)."""
+    import hashlib
+    import json
+
+    model = Path(f(tmp, "exp/model_int8.tflite", b"\0\0\0\0TFL3" + bytes(64)))
+    f(tmp, "exp/tledge.json", json.dumps({"extra": {"trained_by": "tledge train"}}))
+    entry = {"file": model.name, "role": "model", "bytes": model.stat().st_size, "kind": "tflite",
+             "sha256": hashlib.sha256(model.read_bytes()).hexdigest(), "precision": "int8", "verdict": "pass"}
+    f(tmp, "exp/manifest.json", json.dumps({"format": "tledge.export", "schema": 1, "source": {}, "files": [entry]}))
+    return str(tmp / "exp")

@@ -16,7 +16,7 @@ from typing import Callable
 
 import pytest
 
-from hostile import (bundle, d, export, f, fifo, fifo_at, h5, images, parity, run, tfl, thresholds, train, train_folder,
+from hostile import (bundle, d, export, export_dir, f, fifo, fifo_at, h5, images, parity, run, tfl, thresholds, train, train_folder,
                      truncated_keras, with_split)
 
 from tledge.cli import main
@@ -30,6 +30,19 @@ class Case:
 
 
 CASES = [
+    # ---- outputs onto inputs (helper 124) -------------------------------------------------------------------
+    Case("parity-junit-is-the-exports-manifest", lambda t: ["parity", h5(t), export_dir(t) + "/model_int8.tflite",
+                                                            "--images", images(t), "--junit", f"{t}/exp/manifest.json"],
+         "{tmp}/exp/manifest.json, an input of this command"),  # the export was refused afterwards
+    Case("parity-junit-is-the-references-contract", lambda t: parity(t, "--junit", f(t, "tledge.json", "{}")),
+         "{tmp}/tledge.json, an input of this command"),
+    Case("train-out-is-an-export", lambda t: ["train", images(t), "--out", export_dir(t)],
+         "is a tledge export folder (it has manifest.json)"),  # its tledge.json was replaced, exit 0
+    Case("export-out-inside-val", lambda t: export(t, "--out", f"{t}/imgs/out"), "is inside the --val folder"),
+    Case("demo-out-holds-a-foreign-model", lambda t: ["demo", "--weights", "none", "--out",
+                                                      str(Path(f(t, "D/train/model.keras", "x")).parents[1])],
+         "holds model.keras, which tledge train did not write"),  # found after the data was made: exit 1, 5 lines
+    Case("info-newline-in-the-path", lambda t: ["info", f"{t}/x\ny.tflite"], "x\\x0ay.tflite: model file not found"),
     # ---- export -----------------------------------------------------------------------------------------
     Case("export-split-found-then-a-bad-option", lambda t: ["export", with_split(t), "--fidelity", "1.5"],
          "--fidelity must be in (0, 1]"),  # the note naming split/ came first: two lines
@@ -99,6 +112,8 @@ CASES = [
     Case("export-without-images", lambda t: ["export", h5(t)], "parity needs real images: pass --val DIR"),
     Case("export-calib-random-without-int8", lambda t: ["export", h5(t), "--calib", "random"], "--calib random is noise"),
     Case("export-int8-only-without-int8", lambda t: export(t, "--int8-only"), "--int8-only is about int8 files"),
+    Case("export-labels-file-names-fewer-classes-than-val", lambda t: export(t, "--labels", f(t, "l.txt", "a\n")),
+         "(in --labels {tmp}/l.txt): make the file name every class folder"),  # said after 15 s of loading Keras
     Case("export-folders-contradict-model-labels", lambda t: _foreign_labels(t), "match none of the model's 2 labels"),
     # ---- run ---------------------------------------------------------------------------------------------
     Case("run-model-missing", lambda t: ["run", str(t / "m.tflite"), "--source", d(t, "s")], "model file not found"),

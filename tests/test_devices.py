@@ -249,6 +249,9 @@ def test_detect_falls_back_on_the_architecture(tmp_path):
     assert mendel.profile.name == "arm64-generic" and not mendel.confident
     nothing = detect(fake_root(tmp_path / "empty", {}))
     assert not nothing.confident and nothing.evidence
+    # riscv64 was "the generic profile for the architecture": x86-cpu is no profile for it
+    riscv = detect(fake_root(tmp_path / "riscv", {}), machine="riscv64")
+    assert not riscv.confident and "no profile is for riscv64" in riscv.why and "for the architecture" not in riscv.why
 
 
 def test_detect_this_machine_runs():

@@ -92,3 +92,19 @@ def test_a_file_made_elsewhere_is_resized_as_the_reference(unbaked, shapes_datas
     r = rep["results"][0]
     assert r["max_abs_error"] < 1e-4 and rc == 0, r
     assert any("resized as the reference (area, stretch)" in n for n in rep["notes"]), rep["notes"]
+
+
+def test_no_labels_and_not_one_folder_per_output_gives_no_accuracy(unbaked, shapes_dataset, capsys, tmp_path):
+    """A reference without labels and 2 class folders for its 3 outputs: folder k was taken for output k, and
+    parity printed an accuracy for both (0.000 on 41 ImageNet folders for a 1000-class model) and passed on it."""
+    classes = sorted(p for p in (shapes_dataset / "val").iterdir() if p.is_dir())
+    for c in classes[1:]:
+        shutil.copytree(c, tmp_path / "two" / c.name)
+    rc, rep = _parity(capsys, unbaked["ref"], unbaked["files"] / "foreign.tflite", "--images", tmp_path / "two",
+                      "--preprocess", "tf")
+    r = rep["results"][0]
+    assert r["accuracy"] is None and r["reference_accuracy"] is None, r
+    assert any("accuracy not measured: 2 class folders" in n for n in rep["notes"]), rep["notes"]
+    rc, rep = _parity(capsys, unbaked["ref"], unbaked["files"] / "foreign.tflite", "--images",
+                      shapes_dataset / "val", "--preprocess", "tf")
+    assert rep["results"][0]["accuracy"] is not None  # one folder per output: folder i is output i, as export's

@@ -126,6 +126,21 @@ def choose_weights(weights: str | None, *, probe=imagenet_reachable) -> Start:
                  "initialisation (pass --weights PATH to start from a local no-top .h5 file)")
 
 
+def check_outputs(out: Path) -> None:
+    """OUT's data/, train/ and export/ before anything is written or loaded (a train/model.keras of the user's was
+    found after the data was generated and Keras loaded: exit 1 and a summary of five lines)."""
+    from tledge.export.unit import not_an_export
+    from tledge.train.api import check_out
+
+    data = out / "data"
+    if data.exists() and not (data / "demo_data.json").is_file():
+        raise TledgeError(f"{data} exists but was not made by tledge demo: choose another --out")
+    check_out(out / "train", data)
+    foreign = not_an_export(out / "export")
+    if foreign:
+        raise TledgeError(foreign)
+
+
 def make_data(data: Path, n_train: int, n_val: int, n_test: int, seed: int = 0) -> dict:
     """train/, val/ and test/ class folders of generated shapes; reused when a previous run made the same."""
     from tledge.datasets import SHAPE_CLASSES, make_shapes
@@ -213,6 +228,7 @@ def run_demo(out: str | Path = "demo_out", *, weights: str | None = None, size: 
         raise TledgeError(f"epochs must be >= 1, got {epochs}")
     from tledge._deps import need
 
+    check_outputs(out)
     need(("tensorflow", "keras", "tf2onnx"), "the demo's train and export steps")  # exit 2 before writing anything
     start = choose_weights(weights)
     res = DemoResult(out, start.weights)

@@ -188,8 +188,10 @@ def _streams() -> None:
 
 def _say(text: str) -> None:
     """One line on stderr, if stderr still takes it (a reader that left, a full disk): the exit code says the rest."""
-    try:
-        print(text, file=sys.stderr)
+    from tledge.text import printable
+
+    try:  # (a newline in a path made two lines: `tledge info $'x\ny.tflite'`)
+        print(printable(text), file=sys.stderr)
     except (OSError, ValueError):
         pass
 

@@ -101,6 +101,10 @@ def _validate(args, notes: list[str]):
 
         check_signature(args.signature, model)
     V.output_dir(out, "--out")
+    for flag, images in (("--calib", args.calib), ("--val", args.val)):  # its files among the labelled photos
+        if images and images != "random" and Path(images).is_dir() and \
+                (out.resolve() == Path(images).resolve() or out.resolve().is_relative_to(Path(images).resolve())):
+            raise TledgeError(f"--out {out} is inside the {flag} folder {images}: write the export elsewhere")
     foreign = not_an_export(out)  # someone else's files of the names export writes: never replaced
     if foreign:
         raise TledgeError(foreign)

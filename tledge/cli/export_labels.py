@@ -31,6 +31,18 @@ def _own_labels(model: Path) -> tuple[tuple[str, ...], str]:
     return (), ""
 
 
+def _matches_verbatim(names, labels) -> bool:
+    """Whether class folders `0 ants`, `1 bees` are the lines of a numbered labels file, numbers and all."""
+    from tledge.errors import DataError
+    from tledge.labels import match_labels, read_labels
+
+    try:
+        match_labels(list(names), read_labels(labels, numbered=False), where="")
+    except DataError:
+        return False
+    return True
+
+
 def export_labels(model, labels: str | None, folders: dict[str, str | None], note) -> str | None:
     """The labels file `tledge export` should use. --labels wins; else the model's own labels.txt.
     Class-folder names that contradict the model's own labels are refused; a model with no labels of
@@ -39,9 +51,12 @@ def export_labels(model, labels: str | None, folders: dict[str, str | None], not
     from tledge.images import class_folders
     from tledge.labels import match_labels
 
-    if labels:
-        return labels
-    own, where = _own_labels(Path(str(model)))
+    if labels:  # checked against the folders now, not after minutes of loading the model
+        from tledge.labels import read_labels
+
+        own, where = read_labels(labels), f"--labels {labels}"
+    else:
+        own, where = _own_labels(Path(str(model)))
     for flag, folder in folders.items():
         if not folder or folder == "random" or not Path(folder).is_dir():
             continue
@@ -49,16 +64,16 @@ def export_labels(model, labels: str | None, folders: dict[str, str | None], not
         if len(names) < 2:
             continue
         try:  # matched as parity and accuracy match them: case, spaces, underscores and Unicode form aside
-            if own:
+            if own and not (labels and _matches_verbatim(names, labels)):
                 match_labels(list(names), own, where=f"{flag} {folder}")
         except DataError as exc:
-            raise TledgeError(f"{exc} (in {where}): pass --labels FILE to say what the outputs mean, or rename the "
-                              "folders") from None
+            raise TledgeError(f"{exc} (in {where}): " + ("make the file name every class folder" if labels else
+                              "pass --labels FILE to say what the outputs mean, or rename the folders")) from None
         if not own:  # the names become labels only with one folder per output (checked then: export.contracting)
-            from tledge.runtime.outputs import printable
+            from tledge.text import printable
 
             shown = ", ".join(map(printable, names[:6])) + (f", ... ({len(names)} folders)" if len(names) > 6 else "")
             note(f"the model has no labels of its own: its outputs are named after the class folders of {flag} "
                  f"({shown}) if there is one folder per output; pass --labels FILE if they mean something else")
         break
-    return where if where.endswith(LABELS_FILE) else None
+    return labels or (where if where.endswith(LABELS_FILE) else None)

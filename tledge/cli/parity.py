@@ -83,8 +83,9 @@ def _validate(args) -> None:
         V.preprocess(args.preprocess)
     if args.junit:
         V.output_file(args.junit, "--junit")
-        V.not_an_input(args.junit, "--junit", [p for p in (args.reference, *args.exported, args.golden,
-                                                            args.thresholds, args.images) if p], replaces=b"<testsuite")
+        models = [f for m in (args.reference, *args.exported) if m for f in V.export_files(m)]
+        V.not_an_input(args.junit, "--junit", [p for p in (*models, args.golden, args.thresholds, args.images) if p],
+                       replaces=b"<testsuite")
 
 
 def run(args) -> int:

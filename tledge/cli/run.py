@@ -109,30 +109,10 @@ def _validate(args) -> None:
         else:
             V.output_dir(args.save, "--save")
     _keep_inputs(args)
-    model_files = _export_files(args.model)
+    model_files = V.export_files(args.model)
     for flag, out in (("--csv", args.csv), ("--save", args.save)):  # nor the model, its export's files, --labels
         if out:
             V.not_an_input(out, flag, [p for p in (*model_files, getattr(args, "labels", None)) if p])
-
-
-def _export_files(model) -> list[Path]:
-    """The model file, and when it is in a tledge export (or a bundle's model/) every file its manifest lists and the
-    manifest itself: `--csv exp/model_fp32.onnx` beside `run exp/model_int8.tflite` replaced another model, and
-    `--csv model/golden.npz` in a bundle its golden outputs. Other files of the folder (an earlier run's CSV) are not
-    inputs."""
-    from tledge import artifacts
-    from tledge.errors import TledgeError
-
-    p = Path(model)  # `~` expanded by tledge.cli.main
-    folder = p if p.is_dir() else p.parent
-    files = [] if p.is_dir() else [p]
-    try:
-        m = artifacts.read(folder)
-    except TledgeError:  # a damaged manifest: loading says so
-        m = None
-    if m is not None:
-        files += [folder / artifacts.MANIFEST] + [folder / e.file for e in m.files]
-    return files
 
 
 def _keep_inputs(args) -> None:

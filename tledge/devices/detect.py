@@ -189,7 +189,9 @@ def _host(model_name: str | None, tegra: tuple[str, int | None] | None, cpu_mode
         # Python may be older than the generic profile assumes (Mendel: 3.7)
         return "arm64-generic", f"a board without a profile of its own ({model_name.strip()}): " + _GENERIC \
             if model_name and model_name.strip() else ""
-    return "x86-cpu", _GENERIC
+    return "x86-cpu", (f"no profile is for {arch or 'this architecture'} (the profiles are x86-64 and ARM boards): "
+                       "x86-cpu's settings are only the nearest, and PyPI may have no LiteRT or onnxruntime wheels "
+                       "for it")
 
 
 def _userland_bits(root: Path, ev: list[Evidence]) -> int | None:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 
 from tledge.errors import TledgeError
 from tledge.paths import utf8_name
+from tledge.text import printable  # noqa: F401 (re-exported: tledge.cli.info, export_labels)
 from tledge.runtime.pipeline import Result
 from tledge.runtime.sources import VIDEO_SUFFIXES
 
@@ -21,15 +21,6 @@ SAVE_MARKER = ".tledge-save"  # in a --save folder: written by tledge run, so a 
 
 # control characters (a terminal's escape sequences, a newline that fakes a result line), bidi overrides and
 # lone surrogates (a file name in another system's encoding): shown as escapes, never sent to a terminal
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
-
-
-def printable(text) -> str:
-    """`text` safe to print: labels and names come from files tledge did not write."""
-    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}",
-                       str(text))
-
-
 def human_line(r: Result) -> str:
     src = printable(r.source)
     if r.status != "ok":

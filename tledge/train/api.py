@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tledge.artifacts import CONTRACT_FILE, LABELS_FILE
+from tledge.artifacts import CONTRACT_FILE, LABELS_FILE, MANIFEST
 from tledge.backbones import contract_for
 from tledge.contract import Contract
 from tledge.errors import TledgeError, TledgeWarning
@@ -63,6 +63,9 @@ RUN_FILES = ("model.keras", "model.h5", LABELS_FILE, CONTRACT_FILE, "metrics.jso
 def _refuse_foreign_outputs(out: Path) -> None:
     """A run replaces RUN_FILES in OUT. That is a rerun's job where OUT holds an earlier run (its checkpoints, or a
     tledge.json that says `tledge train`), and data loss where it does not: a hand-made model.keras was replaced."""
+    if (out / MANIFEST).is_file():  # an export's tledge.json says `tledge train` too (copied from the model's)
+        raise TledgeError(f"--out {out} is a tledge export folder (it has {MANIFEST}): a run there would replace its "
+                          f"{CONTRACT_FILE} and the export would be refused; choose another --out")
     found = [n for n in RUN_FILES if (out / n).exists() or (out / n).is_symlink()]
     if not found or Checkpoints(out / "checkpoints").exists():
         return
