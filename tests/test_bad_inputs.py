@@ -38,6 +38,9 @@ CASES = [
          "{tmp}/tledge.json, an input of this command"),
     Case("train-out-is-an-export", lambda t: ["train", images(t), "--out", export_dir(t)],
          "is a tledge export folder (it has manifest.json)"),  # its tledge.json was replaced, exit 0
+    Case("train-loose-files-and-an-empty-class", lambda t: ["train", images(t), "--out", f"{t}/run"]
+         + [f(t, "imgs/notes.txt"), d(t, "imgs/empty")][:0],  # two warnings came before the error: three lines
+         "class folder(s) without images in {tmp}/imgs: empty"),
     Case("export-out-inside-val", lambda t: export(t, "--out", f"{t}/imgs/out"), "is inside the --val folder"),
     Case("demo-out-holds-a-foreign-model", lambda t: ["demo", "--weights", "none", "--out",
                                                       str(Path(f(t, "D/train/model.keras", "x")).parents[1])],

@@ -218,7 +218,17 @@ def hold_out(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
 
 def plan(data_dir: str | Path, val_dir: str | Path | None = None, val_split: float | None = None,
          seed: int = 0) -> DataPlan:
-    """Find training and validation files and labels, or raise DataError saying what is wrong."""
+    """Find training and validation files and labels, or raise DataError saying what is wrong. Its warnings (files
+    ignored, thin classes) are said once the data is found usable: before a DataError they made it three lines."""
+    with warnings.catch_warnings(record=True) as held:
+        warnings.simplefilter("always")
+        found = _plan(data_dir, val_dir, val_split, seed)
+    for w in held:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return found
+
+
+def _plan(data_dir, val_dir, val_split, seed: int) -> DataPlan:
     root = Path(data_dir)
     if not root.is_dir():
         raise DataError(f"data folder {root} is a file: pass the folder of class folders" if root.exists() else
