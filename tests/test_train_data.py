@@ -132,7 +132,7 @@ def test_train_offline_imagenet_stops_before_the_images_load(tmp_path, monkeypat
 def test_resume_refuses_a_run_whose_images_or_split_changed(tmp_path):
     """Images added to a held-out split (or another --seed) moved 30 of 49 validation images into training on
     --resume, without a word."""
-    from tledge.train.api import resume_differences
+    from tledge.train.resume import resume_differences
 
     root = _classes(tmp_path / "d", {"cat": 10, "dog": 10})
     cfg = TrainConfig(out=tmp_path / "o", weights="none", size=SIZE, val_split=0.3)

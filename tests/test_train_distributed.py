@@ -93,7 +93,7 @@ class Workers:
     """The recipe started once per worker index; every process is ended on exit."""
 
     def __init__(self, setup, tag: str, args: list[str], outs: list[Path], ports: list[int] | None = None,
-                 first: int = 0):
+                 first: int = 0, data: Path | None = None):
         self.ports = ports or free_ports(len(outs))
         self.logs = [setup["root"] / f"{tag}-{i}.log" for i in range(len(outs))]
         self.shards = [setup["root"] / f"{tag}-{i}.shards.jsonl" for i in range(len(outs))]
@@ -101,7 +101,7 @@ class Workers:
         self.procs = []
         for i, out in enumerate(outs):
             env = dict(base_env(setup), WORKER_HOSTS=hosts, JOB_COMPLETION_INDEX=str(first + i),
-                       DATA=str(setup["data"]), WEIGHTS=str(setup["weights"]), OUT=str(out),
+                       DATA=str(data or setup["data"]), WEIGHTS=str(setup["weights"]), OUT=str(out),
                        TLEDGE_SHARD_LOG=str(self.shards[i]))
             with open(self.logs[i], "w") as log:
                 self.procs.append(subprocess.Popen(recipe_command() + args, env=env, stdout=log,
@@ -272,6 +272,57 @@ def test_workers_started_with_other_settings_say_so_in_one_line(setup):
     assert "1 worker(s) of the 2-worker cluster were started with other settings" in w0.log(0)
     said = w1.log(0)
     assert "other settings than the chief: batch 16 vs 8; epochs 3 vs 2" in said and "Traceback" not in said, said
+
+
+@pytest.mark.slow
+def test_a_worker_reading_other_images_says_so_in_one_line(setup):
+    """Worker 1's copy of the data with two class folders swapped: the workers compared only the classes and the
+    number of files, trained half the images on the wrong labels and exited 0."""
+    root = setup["root"]
+    swapped = root / "swapped"
+    for split in ("train", "val"):
+        classes = sorted(p for p in (setup["data"] / split).iterdir() if p.is_dir())
+        for c, other in zip(classes, classes[1:2] + classes[:1] + classes[2:]):
+            (swapped / split).mkdir(parents=True, exist_ok=True)
+            (swapped / split / c.name).symlink_to(other)
+    outs = [root / "swap" / "out0", root / "swap" / "out1"]
+    base = [*TINY, "--epochs", "1", "--fine-tune-epochs", "0", "--no-augment"]
+    ports = free_ports(2)
+    w0 = Workers(setup, "swap0", base, outs[:1], ports=ports)
+    w1 = Workers(setup, "swap1", base, outs[1:], ports=ports, first=1, data=swapped)
+    with w0, w1:
+        codes = w0.wait(180) + w1.wait(60)
+    assert codes == [2, 2], (codes, w0.log(0)[-2000:], w1.log(0)[-2000:])
+    said = w1.log(0)
+    assert "other settings than the chief: image sizes" in said and "training images" in said, said[-2000:]
+    assert not (outs[0] / "model.keras").exists()
+
+
+def test_workers_compare_the_images_they_read_and_a_resume_its_replicas(tmp_path):
+    """What the cluster's workers agree on tells swapped class folders and another --val apart (the counts alone
+    did not); a run resumes on as many replicas as it trained on (the global batch and learning rate grew, and
+    metrics.json reported a learning rate the restored optimizer did not use)."""
+    import cv2
+
+    from tledge.errors import TledgeError
+    from tledge.train import data as td
+    from tledge.train.distributed import images_read
+    from tledge.train.resume import same_replicas
+
+    for name, colour in (("a", 40), ("b", 200)):
+        for i in range(3):
+            (tmp_path / "one" / name).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(tmp_path / "one" / name / f"{i}.png"), np.full((8, 8 + i * (colour // 40), 3), colour,
+                                                                              np.uint8))
+    (tmp_path / "two").mkdir()
+    (tmp_path / "two" / "a").symlink_to(tmp_path / "one" / "b")
+    (tmp_path / "two" / "b").symlink_to(tmp_path / "one" / "a")
+    one, two = (images_read(td.fingerprint(td.plan(tmp_path / n, val_split=0.34, seed=0))) for n in ("one", "two"))
+    assert one != two and one == images_read(td.fingerprint(td.plan(tmp_path / "one", val_split=0.34, seed=0)))
+    same_replicas({"replicas": 2}, 2, tmp_path)
+    same_replicas({}, 4, tmp_path)  # a checkpoint of an older tledge: not recorded
+    with pytest.raises(TledgeError, match="it trained on 1 replica.s., this run has 2"):
+        same_replicas({"replicas": 1}, 2, tmp_path)
 
 
 # ---- mixed precision (what GPUs get), forced on CPU ----------------------------------------------------

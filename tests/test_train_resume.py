@@ -39,7 +39,7 @@ def test_resume_continues_where_it_stopped(shapes_dataset, weights, tmp_path, mo
     state = json.loads((out / "checkpoints" / "state.json").read_text())
     assert (state["phase"], state["epoch"], len(state["history"])) == ("fine_tune", 2, 4)
 
-    from tledge.train.api import resume_state
+    from tledge.train.resume import resume_state
     from tledge.train.checkpoint import Checkpoints
 
     with pytest.warns(TledgeWarning, match="unfinished run"):  # a fresh start over it says what it replaces
@@ -142,7 +142,7 @@ def test_resume_with_no_more_epochs_ends_the_phase_with_its_best_weights(shapes_
     saved = [w.copy() for w in model.get_weights()]
     model.load_weights(best)
     assert all(np.array_equal(a, b) for a, b in zip(saved, model.get_weights()))  # the best epoch's, not the last's
-    from tledge.train.api import resume_differences
+    from tledge.train.resume import resume_differences
 
     finished = json.loads((out / "checkpoints" / "state.json").read_text())  # said on a finished run, not ignored
     assert "fine_tune_epochs 0 -> 3" in resume_differences(finished, cfg(weights, out, **settings),

@@ -18,9 +18,9 @@ from tledge.backbones import contract_for
 from tledge.contract import Contract
 from tledge.errors import TledgeError, TledgeWarning
 from tledge.train import data as td
-from tledge.train import distributed
+from tledge.train import distributed, resume
 from tledge.train.checkpoint import Checkpoints
-from tledge.train.config import RESUME_KEYS, WEIGHTS_IMAGENET, ClassWeights, TrainConfig, TrainResult
+from tledge.train.config import WEIGHTS_IMAGENET, ClassWeights, TrainConfig, TrainResult
 
 
 def make_contract(cfg: TrainConfig, labels) -> Contract:
@@ -79,65 +79,11 @@ def _refuse_foreign_outputs(out: Path) -> None:
                       "there), and a run replaces them: choose another --out or move them")
 
 
-def _complete(ckpt: Checkpoints) -> bool:
-    try:
-        return bool(ckpt.load_state().get("complete"))
-    except TledgeError:
-        return False
-
-
-def resume_state(cfg: TrainConfig, ckpt: Checkpoints, labels, data: dict | None = None) -> dict | None:
-    """The checkpoint state to resume from, or None for a fresh run."""
-    from tledge.train.finetune import new_state
-
-    if not cfg.resume:
-        if ckpt.exists() and not _complete(ckpt):
-            warnings.warn(f"{ckpt.folder} holds an unfinished run; starting afresh replaces it "
-                          "(pass --resume to continue it instead)", TledgeWarning, stacklevel=4)
-        elif ckpt.exists():
-            from tledge import log
-
-            log.note(f"{cfg.out} holds a finished run: its model and files stay until this run has written all of "
-                     "its own (its checkpoints are replaced from the first epoch)")
-        return None
-    if not ckpt.exists():
-        warnings.warn(f"--resume: no checkpoint in {ckpt.folder}, starting afresh", TledgeWarning, stacklevel=4)
-        return None
-    state = ckpt.load_state()
-    diff = resume_differences(state, cfg, labels, data)
-    if diff:
-        raise TledgeError(f"cannot resume {cfg.out}: the run was made with different settings ({', '.join(diff)})")
-    return {**new_state(cfg, labels), **state, "config": cfg.to_dict()}
-
-
-def _known(fp: dict, keys: dict) -> dict:
-    """The fingerprint `fp` on the keys both have (a checkpoint of an older tledge lacks the newer ones)."""
-    return {k: v for k, v in fp.items() if k in keys}
-
-
-def resume_differences(state: dict, cfg: TrainConfig, labels, data: dict | None = None) -> list[str]:
-    """What differs from the run being resumed: the model's shape, the data's meaning and split, and what the
-    restored optimizer and schedule would silently ignore (--lr, --epochs of a finished phase)."""
-    old, now = state["config"], cfg.to_dict()
-    done = {p.get("name") for p in state.get("phases_done") or ()}
-    keys = RESUME_KEYS + (("epochs",) if state.get("phase") != "head" or done else ()) + \
-        (("fine_tune_epochs",) if "fine_tune" in done or state.get("phase") == "done" else ())
-    diff = [f"{k} {old.get(k)} -> {now.get(k)}" for k in keys if k in old and old.get(k) != now.get(k)]
-    if list(labels) != state["labels"]:
-        diff.append(f"classes {state['labels']} -> {list(labels)}")
-    if data is not None and state.get("data") not in (None, data) and _known(state["data"], data) != \
-            _known(data, state["data"]):
-        (t0, v0), (t1, v1) = state["data"]["images"], data["images"]
-        diff.append(f"images {t0} training / {v0} validation -> {t1} / {v1}" if (t0, v0) != (t1, v1) else
-                    "the training / validation images (same counts, other files, contents or split)")
-    return diff
-
-
 def _already_complete(cfg: TrainConfig, ckpt: Checkpoints, plan: td.DataPlan, log) -> TrainResult:
     """`--resume` on a finished run: its result, exit 0 (a scheduler passes --resume on every restart, and a restart
     after the run finished is not a failure). Other settings or images than the run's are said, not trained."""
     state = ckpt.load_state()
-    diff = resume_differences(state, cfg, plan.classes, td.fingerprint(plan))
+    diff = resume.resume_differences(state, cfg, plan.classes, td.fingerprint(plan))
     try:
         metrics = json.loads((cfg.out / "metrics.json").read_text(encoding="utf-8"))
         contract = Contract.load(cfg.out / CONTRACT_FILE)
@@ -219,8 +165,9 @@ def _distribution(cfg: TrainConfig, topo) -> dict:
 
 
 def _worker_result(cfg: TrainConfig, run, plan, contract, t0: float, log) -> TrainResult:
-    """A non-chief worker writes nothing: it reports the run's last validation scores and returns."""
-    last = run.state["history"][-1] if run.state["history"] else {}
+    """A non-chief worker writes nothing: it reports the validation accuracy of the epoch the chief saves (the best
+    of the run: the last one's was printed) and returns."""
+    best = run.state.get("best_score") or [float("nan")]
     wall = round(time.perf_counter() - t0, 2)
     metrics = {"role": f"{run.topo.cluster.name(run.topo.cluster.rank)} of {run.topo.cluster.workers}",
                "files": {}, "history": run.state["history"], "val_images": int(len(run.data.yv)),
@@ -229,7 +176,7 @@ def _worker_result(cfg: TrainConfig, run, plan, contract, t0: float, log) -> Tra
     log(f"{metrics['role']}: done in {wall:.0f}s; the chief (worker 0) writes the model into its own --out, this "
         "worker writes nothing")
     return TrainResult(cfg.out, cfg.out / "model.keras", _h5(cfg.out), contract, plan.classes,
-                       float(last.get("val_accuracy", float("nan"))), wall, metrics)
+                       float(best[0]), wall, metrics)
 
 
 def _finished_worker(cfg: TrainConfig, topo, state: dict, plan, contract, t0: float, log) -> TrainResult:
@@ -281,11 +228,11 @@ def train(data_dir: str | Path, config: TrainConfig | None = None) -> TrainResul
     # one train at a time into one --out; a worker writes into a temp folder removed however the run ends
     with _out_lock(cfg.out) if chief else _worker_folder() as out:
         ckpt = Checkpoints(out / "checkpoints")
-        finished = chief and cfg.resume and ckpt.exists() and _complete(ckpt)
+        finished = chief and cfg.resume and ckpt.exists() and resume.is_complete(ckpt)
         if finished and not distributed.tf_config():
             return _already_complete(cfg, ckpt, plan, log)
         # a cluster's chief says so to the workers, which wait for it (they have no checkpoint of their own)
-        resumed = (ckpt.load_state() if finished else resume_state(cfg, ckpt, plan.classes, td.fingerprint(plan))) \
+        resumed = (ckpt.load_state() if finished else resume.resume_state(cfg, ckpt, plan.classes, td.fingerprint(plan))) \
             if chief else None  # workers: the chief's
         if resumed is None and str(cfg.weights) == WEIGHTS_IMAGENET and not distributed.tf_config():
             from tledge.train import model as tm
@@ -299,19 +246,6 @@ def train(data_dir: str | Path, config: TrainConfig | None = None) -> TrainResul
                 f"(validation: {plan.source})")
         with hardware.quiet_tensorflow():
             return _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, read, (log, progress), t0)
-
-
-def _same_precision(cfg: TrainConfig, resumed: dict | None, mixed: bool) -> None:
-    """The precision a resumed run trained in, not the words asking for it (auto is float32 on a CPU, mixed on a
-    GPU): mixed precision's optimizer has other variables, and Adam's state was reset without a word."""
-    if resumed is None or resumed.get("mixed", mixed) == mixed:
-        return
-    from tledge.errors import TledgeError
-
-    used = {True: "mixed_float16", False: "float32"}
-    raise TledgeError(f"cannot resume {cfg.out}: it trained in {used[resumed['mixed']]}, this run would train in "
-                      f"{used[mixed]} (--precision {cfg.precision.value}): pass --precision "
-                      f"{'mixed' if resumed['mixed'] else 'float32'}")
 
 
 @contextlib.contextmanager
@@ -356,19 +290,22 @@ def _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, read, reporters
         topo = dist.Topology.of(env.runner)
         local = ("out", "weights", "val_dir", "verbose")  # paths may differ between machines
         dist.agree(env.runner, topo, {**{k: v for k, v in cfg.to_dict().items() if k not in local},
-                                      "classes": list(plan.classes), "training images": len(plan.train.files)})
+                                      "classes": list(plan.classes), **dist.images_read(td.fingerprint(read))})
         resumed = dist.broadcast_json(env.runner, topo, resumed)  # the chief's checkpoint state, everywhere
+        resume.same_replicas(resumed, topo.replicas, cfg.out)
         if resumed is not None and resumed.get("complete"):  # a scheduler's restart after the run finished
             return _already_complete(cfg, ckpt, plan, log) if topo.cluster.rank == 0 else \
                 _finished_worker(cfg, topo, resumed, plan, contract, t0, log)
-        _same_precision(cfg, resumed, env.mixed)
+        resume.same_precision(cfg, resumed, env.mixed)
         log(f"model: {contract.extra['backbone']} {contract.height}x{contract.width}x{contract.channels}, "
             f"{env.description}{', resuming' if resumed else ''}")
-        parts = tm.build(cfg, contract, len(plan.classes), pretrained=resumed is None)
+        parts = dist.guard(lambda: tm.build(cfg, contract, len(plan.classes), pretrained=resumed is None),
+                           topo=topo)  # variables are made in step with the peers: one gone is said, not traced
         if cfg.fine_tune_at is not None and cfg.fine_tune_epochs:  # a bad layer name stops here, not after phase 1
             tm.cut_index(parts.backbone.layers, cfg.unfreeze, cfg.fine_tune_at)
         run = finetune.Run(cfg, parts, data, ckpt, resumed or {**finetune.new_state(cfg, plan.classes),
-                                                               "data": td.fingerprint(plan), "mixed": env.mixed}, log,
+                                                               "data": td.fingerprint(plan), "mixed": env.mixed,
+                                                               "replicas": topo.replicas}, log,
                            progress=progress, strategy=env.runner, topo=topo,
                            started=t0 - float((resumed or {}).get("elapsed_s") or 0.0))  # wall time: all processes
         if resumed is not None:
