@@ -16,8 +16,9 @@ from typing import Callable
 
 import pytest
 
-from hostile import (bundle, d, export, export_dir, f, fifo, fifo_at, h5, images, parity, run, tfl, thresholds, train, train_folder,
-                     truncated_keras, with_split)
+from hostile import (bundle, d, export, export_dir, f, fifo, fifo_at, h5, images, parity, run, tfl, thresholds, train,
+                     train_folder, truncated_keras, with_split)
+from tiny import TINY
 
 from tledge.cli import main
 
@@ -41,6 +42,9 @@ CASES = [
     Case("train-loose-files-and-an-empty-class", lambda t: ["train", images(t), "--out", f"{t}/run"]
          + [f(t, "imgs/notes.txt"), d(t, "imgs/empty")][:0],  # two warnings came before the error: three lines
          "class folder(s) without images in {tmp}/imgs: empty"),
+    Case("run-foreign-model-and-too-few-labels", lambda t: ["run", str(TINY / "foreign" / "model_fp32.onnx"), "--labels",
+                                                          f(t, "l.txt", "one\n"), "--source", images(t)],
+         "1 labels but the model has 3 outputs"),  # a "feeding raw 0..255 pixels" warning came first: two lines
     Case("export-out-inside-val", lambda t: export(t, "--out", f"{t}/imgs/out"), "is inside the --val folder"),
     Case("demo-out-holds-a-foreign-model", lambda t: ["demo", "--weights", "none", "--out",
                                                       str(Path(f(t, "D/train/model.keras", "x")).parents[1])],

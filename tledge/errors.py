@@ -62,3 +62,25 @@ class MissingDependency(TledgeError, ImportError):
 
 class TledgeWarning(UserWarning):
     """Warnings raised by tledge itself (preprocessing guessed, slow backend, random calibration)."""
+
+
+def warnings_held():
+    """A context manager: the warnings of its block are said only if the block succeeds. Before an error they made
+    its one line several (files ignored, then "class folder without images"; raw pixels assumed, then "1 labels but
+    the model has 3 outputs"). In the main thread only: other threads' warnings pass as they come."""
+    import contextlib
+    import threading
+    import warnings
+
+    @contextlib.contextmanager
+    def held():
+        if threading.current_thread() is not threading.main_thread():  # catch_warnings is process-wide: said now
+            yield
+            return
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+    return held()

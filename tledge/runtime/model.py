@@ -18,7 +18,7 @@ import numpy as np
 
 from tledge.artifacts import CONTRACT_FILE
 from tledge.contract import METADATA_KEY, ColorOrder, Contract, Layout, Norm
-from tledge.errors import ArgumentError, ContractError, ModelLoadError, ModelRunError
+from tledge.errors import ArgumentError, ContractError, ModelLoadError, ModelRunError, warnings_held
 from tledge.runtime.backends import MAX_THREADS, TensorInfo, open_backend
 from tledge.runtime.scores import scores_of
 from tledge.runtime.foreign import (STANDARD_ORIGIN, check_fits, check_integer_input,  # noqa: F401
@@ -329,7 +329,8 @@ def load(path: str | Path, *, threads: int | None = None, contract: Contract | N
     start = time.perf_counter()
     backend = open_backend(p, threads=threads, providers=providers, delegates=delegates)
     trust = trust + _io_counts(p, backend)
-    contract, origin, said = _resolve_contract(p, backend, contract, contract_options)
+    with warnings_held():  # ("feeding raw 0..255 pixels" before an error made it two lines)
+        contract, origin, said = _resolve_contract(p, backend, contract, contract_options)
     trust = trust + said
     model = EdgeModel(p, backend, contract, origin, 1000 * (time.perf_counter() - start))
     model.load_info.notes[:0] = trust

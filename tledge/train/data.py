@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tledge import images
-from tledge.errors import DataError, ImageError, TledgeWarning
+from tledge.errors import DataError, ImageError, TledgeWarning, warnings_held
 from tledge.labels import check_names, label_key, match_labels
 
 VAL_NAMES = ("val", "validation", "valid")
@@ -220,12 +220,8 @@ def plan(data_dir: str | Path, val_dir: str | Path | None = None, val_split: flo
          seed: int = 0) -> DataPlan:
     """Find training and validation files and labels, or raise DataError saying what is wrong. Its warnings (files
     ignored, thin classes) are said once the data is found usable: before a DataError they made it three lines."""
-    with warnings.catch_warnings(record=True) as held:
-        warnings.simplefilter("always")
-        found = _plan(data_dir, val_dir, val_split, seed)
-    for w in held:
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return found
+    with warnings_held():
+        return _plan(data_dir, val_dir, val_split, seed)
 
 
 def _plan(data_dir, val_dir, val_split, seed: int) -> DataPlan:
