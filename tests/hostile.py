@@ -126,3 +126,16 @@ def export_dir(tmp: Path) -> str:
              "sha256": hashlib.sha256(model.read_bytes()).hexdigest(), "precision": "int8", "verdict": "pass"}
     f(tmp, "exp/manifest.json", json.dumps({"format": "tledge.export", "schema": 1, "source": {}, "files": [entry]}))
     return str(tmp / "exp")
+
+
+def dangling_class(tmp: Path) -> str:
+    """Class folders a/ (images) and b/ (links to a disk that is not mounted)."""
+    import cv2
+    import numpy as np
+
+    (tmp / "links" / "a").mkdir(parents=True)
+    (tmp / "links" / "b").mkdir()
+    for i in range(2):
+        cv2.imwrite(str(tmp / "links" / "a" / f"{i}.png"), np.full((8, 8, 3), 40, np.uint8))
+        os.symlink(f"/mnt/not-mounted-{i}.jpg", tmp / "links" / "b" / f"{i}.jpg")
+    return str(tmp / "links")

@@ -16,7 +16,7 @@ from typing import Callable
 
 import pytest
 
-from hostile import (bundle, d, export, export_dir, f, fifo, fifo_at, h5, images, parity, run, tfl, thresholds, train,
+from hostile import (bundle, d, dangling_class, export, export_dir, f, fifo, fifo_at, h5, images, parity, run, tfl, thresholds, train,
                      train_folder, truncated_keras, with_split)
 from tiny import TINY
 
@@ -45,6 +45,13 @@ CASES = [
     Case("run-foreign-model-and-too-few-labels", lambda t: ["run", str(TINY / "foreign" / "model_fp32.onnx"), "--labels",
                                                           f(t, "l.txt", "one\n"), "--source", images(t)],
          "1 labels but the model has 3 outputs"),  # a "feeding raw 0..255 pixels" warning came first: two lines
+    Case("train-a-class-of-dangling-links", lambda t: ["train", dangling_class(t), "--out", f"{t}/run"],
+         "class folder(s) without images in {tmp}/links: b. Add images (.jpg, .png, ...) or move the empty folder(s) "
+         "out of {tmp}/links (also found: ignoring 2 symbolic link(s) to missing files"),  # why b/ has none
+    Case("parity-junit-inside-a-savedmodel-reference", lambda t: ["parity", str(Path(f(t, "sm/saved_model.pb")).parent),
+                                                                tfl(t), "--images", images(t), "--junit",
+                                                                f"{t}/sm/saved_model.pb"],
+         "an input of this command"),  # the model was replaced by 207 bytes of XML, exit 0
     Case("export-out-inside-val", lambda t: export(t, "--out", f"{t}/imgs/out"), "is inside the --val folder"),
     Case("demo-out-holds-a-foreign-model", lambda t: ["demo", "--weights", "none", "--out",
                                                       str(Path(f(t, "D/train/model.keras", "x")).parents[1])],

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.runtime_only
 RUN_PATH = {"tledge", "tledge._deps", "tledge.artifacts", "tledge.cli", "tledge.cli.run", "tledge.cli.validate",
             "tledge.cli.model_options",
             "tledge.contract", "tledge.errors", "tledge.flatbuf", "tledge.images", "tledge.log", "tledge.metadata",
-            "tledge.paths", "tledge.safejson", "tledge.signals", "tledge.trust",
+            "tledge.paths", "tledge.safejson", "tledge.signals", "tledge.text", "tledge.trust",
             "tledge.runtime", "tledge.runtime.backends", "tledge.runtime.foreign", "tledge.runtime.model",
             "tledge.runtime.outputs", "tledge.runtime.pipeline", "tledge.runtime.scores",
             "tledge.runtime.sources", "tledge.runtime.frames", "tledge.version", "tledge.imagebytes"}

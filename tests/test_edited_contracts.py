@@ -121,6 +121,29 @@ def test_an_edited_labels_txt_beside_the_model_is_not_ignored(tmp_path):
     assert export_labels(run / "model.keras", str(run / "labels.txt"), {}, notes.append) == str(run / "labels.txt")
 
 
+def test_labels_are_checked_against_the_folders_that_give_accuracy(tmp_path):
+    """--labels is matched against the class folders up front; --calib's folders need no labels when --val is
+    given (day/ and night/ calibration folders were refused beside a --val of loose images)."""
+    from tledge.cli.export_labels import export_labels
+    from tledge.errors import TledgeError
+
+    labels = tmp_path / "labels.txt"
+    labels.write_text("circle\nhstripes\nvstripes\n")
+    for folder in ("flat", "calib/day", "calib/night", "val/circle", "val/hstripes", "val/vstripes", "wrong/a",
+                   "wrong/b"):
+        (tmp_path / folder).mkdir(parents=True)
+        shutil.copy(next((TINY / "images").iterdir()), tmp_path / folder / "0.jpg")
+    (tmp_path / "flat" / "0.jpg").rename(tmp_path / "flat.jpg")
+    shutil.copy(tmp_path / "flat.jpg", tmp_path / "flat" / "0.jpg")
+    given, notes = str(labels), []
+    assert export_labels(tmp_path / "m.keras", given, {"--val": str(tmp_path / "flat"),
+                                                        "--calib": str(tmp_path / "calib")}, notes.append) == given
+    assert export_labels(tmp_path / "m.keras", given, {"--val": str(tmp_path / "val"),
+                                                        "--calib": str(tmp_path / "calib")}, notes.append) == given
+    with pytest.raises(TledgeError, match="make the file name every class folder"):
+        export_labels(tmp_path / "m.keras", given, {"--val": str(tmp_path / "wrong"), "--calib": None}, notes.append)
+
+
 def test_contract_errors_say_which_contract(tmp_path, capsys):
     """The embedded contract, or which tledge.json: 'mean needs 3 values' did not say where."""
     path = _edited_onnx(tmp_path, lambda c: c.update(labels=["circle", "hstripes"]))

@@ -108,3 +108,9 @@ def test_no_labels_and_not_one_folder_per_output_gives_no_accuracy(unbaked, shap
     rc, rep = _parity(capsys, unbaked["ref"], unbaked["files"] / "foreign.tflite", "--images",
                       shapes_dataset / "val", "--preprocess", "tf")
     assert rep["results"][0]["accuracy"] is not None  # one folder per output: folder i is output i, as export's
+    for c in classes:  # the three folders and an empty one sorting first: every folder is numbered, so 4 for 3
+        shutil.copytree(c, tmp_path / "four" / c.name)
+    (tmp_path / "four" / "aaa_empty").mkdir()
+    rc, rep = _parity(capsys, unbaked["ref"], unbaked["files"] / "foreign.tflite", "--images", tmp_path / "four",
+                      "--preprocess", "tf")
+    assert rep["results"][0]["accuracy"] is None, rep["results"][0]

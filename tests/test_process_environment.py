@@ -245,3 +245,25 @@ def test_main_called_by_a_program_leaves_its_ctrl_c_handler_alone(capsys):
     before = signal.getsignal(signal.SIGINT)
     assert main(["info", str(TINY / "model_int8.tflite")]) == 0
     assert signal.getsignal(signal.SIGINT) is before
+
+
+CALLER = """
+import os, signal, sys, time
+sys.argv = ["tledge", "info", sys.argv[1]]
+from tledge.cli import main
+main()
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(2)
+    print("the Ctrl-C was swallowed")
+except KeyboardInterrupt:
+    print("the program got its Ctrl-C")
+"""
+
+
+def test_a_program_that_calls_main_keeps_its_ctrl_c():
+    """main() from a program (argv None, as the console script calls it) installed the quiet-shutdown handler at
+    once: the program's next Ctrl-C was dropped. It is now installed only as the interpreter exits."""
+    r = subprocess.run([sys.executable, "-c", CALLER, str(TINY / "model_int8.tflite")], capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert "the program got its Ctrl-C" in r.stdout, (r.stdout, r.stderr)

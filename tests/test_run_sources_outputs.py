@@ -81,6 +81,49 @@ def test_snapshot_address_with_a_password(tmp_path, capsys):
         assert code == 2 and "Unauthorized" in err and "wrong" not in err, err
 
 
+def test_a_password_is_not_sent_on_to_the_host_a_redirect_names(tmp_path):
+    """urllib carries an Authorization header across a redirect to another host: the byte-range read of an http MP4's
+    display matrix and the probe of an .mjpeg address sent `user:password` to wherever the camera redirected."""
+    from tledge.runtime.url_image import RangeReader, response_headers
+
+    seen = []
+
+    class Elsewhere(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.send_header("Content-Length", "4")
+            self.end_headers()
+            self.wfile.write(b"data")
+
+        def log_message(self, *a):
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Elsewhere)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(("first", self.headers.get("Authorization") is not None))
+            self.send_response(302)
+            self.send_header("Location", f"http://localhost:{other.server_address[1]}{self.path}")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    first = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=first.serve_forever, daemon=True).start()
+    try:
+        url = f"http://bob:s3cret@127.0.0.1:{first.server_address[1]}"
+        assert response_headers(f"{url}/clip.mjpeg") is not None
+        assert RangeReader(f"{url}/v.mp4").read(4) == b"data"
+    finally:
+        first.shutdown()
+        other.shutdown()
+    assert seen == [("first", True), None, ("first", True), None], seen  # sent to the camera, never further
+
+
 def test_csv_and_save_on_one_path_and_save_under_a_glob(tmp_path, capsys):
     video = _avi(tmp_path / "v.avi")
     code, _, err = _run(capsys, "run", MODEL, "--source", video, "--csv", tmp_path / "same.mp4", "--save",

@@ -64,10 +64,12 @@ class TledgeWarning(UserWarning):
     """Warnings raised by tledge itself (preprocessing guessed, slow backend, random calibration)."""
 
 
-def warnings_held():
+def warnings_held(explain: bool = False):
     """A context manager: the warnings of its block are said only if the block succeeds. Before an error they made
     its one line several (files ignored, then "class folder without images"; raw pixels assumed, then "1 labels but
-    the model has 3 outputs"). In the main thread only: other threads' warnings pass as they come."""
+    the model has 3 outputs"). explain: a TledgeError of the block carries them at its end instead (why a class
+    folder of links to an unmounted disk has no images). In the main thread only: other threads' warnings pass as
+    they come."""
     import contextlib
     import threading
     import warnings
@@ -79,7 +81,13 @@ def warnings_held():
             return
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            yield
+            try:
+                yield
+            except TledgeError as exc:
+                said = "; ".join(str(w.message)[:300] for w in caught)
+                if not (explain and said):
+                    raise
+                raise type(exc)(f"{exc} (also found: {said})") from None
         for w in caught:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 

@@ -278,16 +278,19 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
         if previous_int is not None:
             signal.signal(signal.SIGINT, previous_int)
-    if from_shell:
-        _quiet_shutdown()
+    if from_shell:  # (at exit: a program that calls main() keeps its Ctrl-C until it ends)
+        import atexit
+
+        atexit.register(_quiet_shutdown)
     return rc
 
 
 def _quiet_shutdown() -> None:
-    """The command is done and said so: a Ctrl-C while the interpreter shuts down (TensorFlow's and the libraries'
-    exit handlers can take seconds) no longer prints "Exception ignored in ... KeyboardInterrupt" and skips the
-    cleanup after it. The first one is dropped; a second ends the process at once, exit 130 (a shutdown that hangs
-    can still be stopped). Only where the Ctrl-C handler is Python's own (tledge run from a shell, not a caller's)."""
+    """Registered at exit, so run before the exit handlers registered earlier (TensorFlow's, the libraries': they
+    can take seconds): the command is done and said so, and a Ctrl-C while the interpreter shuts down no longer
+    prints "Exception ignored in ... KeyboardInterrupt" and skips the cleanup after it. The first one is dropped; a
+    second ends the process at once, exit 130 (a shutdown that hangs can still be stopped). Only where the Ctrl-C
+    handler is Python's own."""
     import signal
 
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:

@@ -60,6 +60,8 @@ def export_labels(model, labels: str | None, folders: dict[str, str | None], not
     for flag, folder in folders.items():
         if not folder or folder == "random" or not Path(folder).is_dir():
             continue
+        if own and flag != "--val" and folders.get("--val"):  # calibration needs no labels: --val's are checked
+            break
         names = tuple(n for n, files in class_folders(folder) if files)
         if len(names) < 2:
             continue

@@ -288,6 +288,8 @@ def export_files(model) -> list[Path]:
         m = None
     if m is not None:
         files += [folder / artifacts.MANIFEST] + [folder / e.file for e in m.files]
+    elif p.is_dir():  # a SavedModel: anything in it (`--junit sm/saved_model.pb` replaced the model)
+        files.append(p)
     return files
 
 

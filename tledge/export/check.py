@@ -180,7 +180,7 @@ def _folder_truth(images, contract, ref: np.ndarray, y) -> tuple:
 
     if y is None or contract.labels:
         return y, []
-    n = len([name for name, files in class_folders(images) if files])
+    n = len(class_folders(images))  # every folder is numbered, an empty one too (as export's folder_truth)
     if n == ref.shape[-1]:
         return y, []
     return None, [f"accuracy not measured: {n} class folders in {images} for {ref.shape[-1]} outputs and no labels "

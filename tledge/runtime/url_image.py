@@ -53,7 +53,9 @@ def _request(url: str):
     plain = urllib.parse.urlunsplit((u.scheme, host, u.path, u.query, u.fragment))
     user, password = urllib.parse.unquote(u.username), urllib.parse.unquote(u.password or "")
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return urllib.request.Request(plain, headers={"Authorization": f"Basic {token}"})
+    request = urllib.request.Request(plain)  # not sent on to whatever host a redirect names (urllib would)
+    request.add_unredirected_header("Authorization", f"Basic {token}")
+    return request
 
 
 class RangeReader:

@@ -292,10 +292,10 @@ def _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, read, reporters
         dist.agree(env.runner, topo, {**{k: v for k, v in cfg.to_dict().items() if k not in local},
                                       "classes": list(plan.classes), **dist.images_read(td.fingerprint(read))})
         resumed = dist.broadcast_json(env.runner, topo, resumed)  # the chief's checkpoint state, everywhere
-        resume.same_replicas(resumed, topo.replicas, cfg.out)
         if resumed is not None and resumed.get("complete"):  # a scheduler's restart after the run finished
             return _already_complete(cfg, ckpt, plan, log) if topo.cluster.rank == 0 else \
                 _finished_worker(cfg, topo, resumed, plan, contract, t0, log)
+        resume.same_replicas(resumed, topo.replicas, cfg.out)
         resume.same_precision(cfg, resumed, env.mixed)
         log(f"model: {contract.extra['backbone']} {contract.height}x{contract.width}x{contract.channels}, "
             f"{env.description}{', resuming' if resumed else ''}")

@@ -219,8 +219,9 @@ def hold_out(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
 def plan(data_dir: str | Path, val_dir: str | Path | None = None, val_split: float | None = None,
          seed: int = 0) -> DataPlan:
     """Find training and validation files and labels, or raise DataError saying what is wrong. Its warnings (files
-    ignored, thin classes) are said once the data is found usable: before a DataError they made it three lines."""
-    with warnings_held():
+    ignored, thin classes) are said once the data is found usable, or at the end of the DataError's one line (they
+    made it three lines)."""
+    with warnings_held(explain=True):
         return _plan(data_dir, val_dir, val_split, seed)
 
 
