@@ -210,6 +210,7 @@ def test_export_drops_the_onednn_setting_that_moved_repaired_weights(tmp_path):
 
 SHUTDOWN_CTRL_C = """
 import atexit, os, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal (a background job ignores Ctrl-C)
 def late(times):  # what a Ctrl-C while the libraries' exit handlers run looks like
     for _ in range(times):
         os.kill(os.getpid(), signal.SIGINT)
@@ -249,6 +250,7 @@ def test_main_called_by_a_program_leaves_its_ctrl_c_handler_alone(capsys):
 
 CALLER = """
 import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal (a background job ignores Ctrl-C)
 sys.argv = ["tledge", "info", sys.argv[1]]
 from tledge.cli import main
 main()
