@@ -269,3 +269,21 @@ def test_a_program_that_calls_main_keeps_its_ctrl_c():
     r = subprocess.run([sys.executable, "-c", CALLER, str(TINY / "model_int8.tflite")], capture_output=True,
                        text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
     assert "the program got its Ctrl-C" in r.stdout, (r.stdout, r.stderr)
+
+
+def test_the_libraries_messages_of_a_long_run_are_bounded():
+    """fd 2 goes to a temporary log while a command runs: FFmpeg's decode errors of a camera run for days grew it
+    without bound (120 KB/s from a damaged stream). Past the limit it starts again, saying so."""
+    from tledge import log
+
+    c = log.install("run", log.NORMAL)
+    try:
+        with log.capture(c, hook_warnings=False):
+            os.write(2, b"[h264 @ 0x55] error while decoding MB 3 7\n" * 30000)  # ~1.2 MB
+            log.bound_log(limit=1 << 20)
+            os.write(2, b"the latest message\n")
+            text = c.log_path.read_text()
+    finally:
+        log.uninstall()
+    assert text.startswith("[tledge: the libraries' earlier messages were dropped past 1 MB]")
+    assert text.endswith("the latest message\n") and len(text) < 200, text[:300]

@@ -305,6 +305,22 @@ def capture(c: Console, hook_warnings: bool | None = None):
             _settle_log(c)
 
 
+LOG_LIMIT = 8 << 20  # bytes of the libraries' messages a long run keeps (a camera for days: FFmpeg's decode errors)
+
+
+def bound_log(limit: int = LOG_LIMIT) -> None:
+    """Keep the log of the running command under `limit` bytes: past it, it starts again with a line saying so (fd 2
+    is appended to, so the libraries' next messages go to its start). A live `tledge run` calls it now and then."""
+    c = current()
+    f = getattr(c, "logfile", None) if c is not None else None
+    if f is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        if os.fstat(f.fileno()).st_size > limit:
+            os.ftruncate(f.fileno(), 0)
+            f.write(f"[tledge: the libraries' earlier messages were dropped past {limit >> 20} MB]\n")
+
+
 def _temp_log(prefix: str) -> tuple[int, str]:
     """tempfile.mkstemp(prefix=prefix, suffix=".log"), done directly in $TMPDIR or /tmp on POSIX: importing
     tempfile (with shutil and random) is milliseconds of every command's start (`tledge run`'s cold start).
@@ -314,7 +330,7 @@ def _temp_log(prefix: str) -> tuple[int, str]:
         for _ in range(10):
             name = os.path.join(folder, f"{prefix}{os.urandom(6).hex()}.log")
             try:  # mkstemp's flags; os.open makes the descriptor non-inheritable, as mkstemp's is
-                return os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), name
+                return os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_APPEND, 0o600), name
             except FileExistsError:
                 continue
             except OSError:

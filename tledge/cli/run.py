@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 from tledge.paths import expand, glob_paths
@@ -183,9 +184,14 @@ def _loop(runner, source, args) -> int | None:
     # annotated images keep their paths under the folder (or a glob's fixed part): the root alone, nothing listed
     save = SaveSink(args.save, fps=source.fps, root=_local_inputs(source.name, listed=False)[1]) if args.save else None
     results = runner.run(source)
-    ok, stopped = False, None
+    ok, stopped, check_log = False, None, time.monotonic() + 10
     try:
         for r in results:  # the files first: a Ctrl-C in a print to a stalled reader left the CSV a row short
+            if time.monotonic() > check_log:  # the libraries' messages of a run of days: bounded
+                from tledge.log import bound_log
+
+                bound_log()
+                check_log = time.monotonic() + 10
             if csv_sink:
                 csv_sink.write(r)
             if save:

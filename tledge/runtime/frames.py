@@ -47,6 +47,9 @@ def print_event(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+EVENTS_KEPT = 1000  # the latest of a source's messages kept in Source.events (each is said as it comes)
+
+
 @dataclass
 class Source:
     name: str
@@ -70,6 +73,8 @@ class Source:
 
     def event(self, message: str) -> None:
         self.events.append(message)
+        if len(self.events) > EVENTS_KEPT:  # a camera reconnecting for days: two messages each time
+            del self.events[0]
         if self.on_event:
             self.on_event(message)
 

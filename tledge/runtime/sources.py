@@ -158,7 +158,7 @@ class LiveSource(Source):
         failed, since = 0, self.grabbed  # a stream that ends again at once is a failed attempt, not a reconnection
         try:
             while not self._stop.is_set():
-                ok, img = self._cap.read()
+                ok, img = _read(self._cap, self.event, self.name)
                 if ok and img is not None:
                     self._put(img)
                     continue
@@ -181,8 +181,12 @@ class LiveSource(Source):
                        f"(attempt {attempt}/{self.retries})")
             if self._stop.wait(delay):
                 return False
-            cap = self._opener()
-            ok, img = (cap.read() if cap is not None and cap.isOpened() else (False, None))
+            try:  # a camera that is gone or busy: Picamera2() raises, as a custom opener may
+                cap = self._opener()
+            except Exception as exc:  # noqa: BLE001 - a failed attempt, said; not the end of the grabber thread
+                cap = None
+                self.event(f"{self.name}: cannot reopen it: {exc.__class__.__name__}: {str(exc)[:200]}")
+            ok, img = _read(cap, self.event, self.name) if cap is not None and cap.isOpened() else (False, None)
             if ok and img is not None:
                 self._cap = cap
                 self.reconnects += 1
@@ -218,6 +222,15 @@ class LiveSource(Source):
         self._stop.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=5)
+
+
+def _read(cap, say, name: str):
+    """cap.read(), a capture that raises (its device gone) taken as a frame that did not come."""
+    try:
+        return cap.read()
+    except Exception as exc:  # noqa: BLE001 - the grabber thread died with a traceback, and the run ended exit 0
+        say(f"{name}: reading failed: {exc.__class__.__name__}: {str(exc)[:200]}")
+        return False, None
 
 
 # ---- open_source ----------------------------------------------------------------------------------
