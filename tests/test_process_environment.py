@@ -195,16 +195,17 @@ def test_a_quoted_home_path_is_the_home_s_for_every_option(tmp_path, photos):
 def test_export_drops_the_onednn_setting_that_moved_repaired_weights(tmp_path):
     """TF_ENABLE_ONEDNN_OPTS=0 (set to silence TensorFlow's start-up line) ran the weight repair on Eigen: repaired
     int8 files one image apart at the gate, and other kept rungs. The verbs that repair drop it before TensorFlow is
-    imported; the others leave the environment as it is."""
+    imported; the others leave the environment as it is. Either way the caller's environment is put back after."""
     import subprocess
     import sys
 
-    code = ("import os, sys\nfrom tledge.cli import main\nrc = main(sys.argv[1:])\n"
-            "print(rc, os.environ.get('TF_ENABLE_ONEDNN_OPTS'))")
+    code = ("import os, sys\nimport tledge.cli as cli\nseen, run = [], cli._run\n"
+            "cli._run = lambda *a: seen.append(os.environ.get('TF_ENABLE_ONEDNN_OPTS')) or run(*a)\n"
+            "rc = cli.main(sys.argv[1:])\nprint(rc, *seen, os.environ.get('TF_ENABLE_ONEDNN_OPTS'))")
     env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0"}
-    for argv, kept in ((["export", str(tmp_path / "missing.h5")], "None"), (["info", str(tmp_path / "m.tflite")], "0")):
+    for argv, during in ((["export", str(tmp_path / "missing.h5")], "None"), (["info", str(tmp_path / "m.tflite")], "0")):
         r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=120)
-        assert r.stdout.split() == ["2", kept], (r.stdout, r.stderr)
+        assert r.stdout.split() == ["2", during, "0"], (r.stdout, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr  # a user's mistake: one line, nothing more
 
 

@@ -58,12 +58,16 @@ def require(name: str, extra: str | None = None, purpose: str | None = None):
     if name.split(".")[0] == "keras" and backend and backend != "tensorflow":  # keras's import raised ValueError
         raise MissingDependency(f"tledge needs Keras on the TensorFlow backend, KERAS_BACKEND is {backend!r}: set "
                                 "KERAS_BACKEND=tensorflow (or unset it)")  # for an unknown one, "not installed" else
+    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
     try:
         module = importlib.import_module(name)
     except ImportError as exc:
         if _interrupted(exc):  # Ctrl-C while TensorFlow started: an interrupt, not a missing package (exit 130)
             raise KeyboardInterrupt from exc
         raise _missing(name, extra, purpose, f" Import failed with: {exc}") from exc
+    finally:  # tf2onnx's import sets it to 3 for the rest of the process and its children: the caller's stands
+        if os.environ.get("TF_CPP_MIN_LOG_LEVEL") != level:
+            os.environ.pop("TF_CPP_MIN_LOG_LEVEL") if level is None else os.environ.update(TF_CPP_MIN_LOG_LEVEL=level)
     if name == "tensorflow":
         _quiet_python_loggers(module)
     if name.split(".")[0] in _KNOWN:
@@ -94,7 +98,7 @@ def _missing(name: str, extra: str | None, purpose: str | None, tail: str = "") 
     extra = extra or default_extra
     why = f" (needed for {purpose})" if purpose else ""
     also = f", or the whole [{extra}] extra of tledge's wheel (pip install './{WHEEL}[{extra}]')" if extra else ""
-    return MissingDependency(f"{name} is not installed{why}: pip install {pip_name}{also}.{tail}")
+    return MissingDependency(f"{name.split('.')[0]} is not installed{why}: pip install {pip_name}{also}.{tail}")
 
 
 def need(names, purpose: str | None = None) -> None:

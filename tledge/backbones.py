@@ -129,7 +129,7 @@ def build(name: str, input_shape: tuple[int, int, int], *, weights: str | Path |
             raise TledgeError(f"weights file not found: {weights}")
     try:  # Keras prints "Downloading data from ..." on stdout: to stderr (the log file under the CLI), so that
         # stdout stays the command's results (`tledge train --json`)
-        with contextlib.redirect_stdout(sys.__stderr__ or sys.stderr):
+        with contextlib.redirect_stdout(sys.__stderr__ or sys.stderr), _channels_last():
             return ctor(weights=None if weights is None else str(weights), **kwargs)
     except Exception as exc:  # download failures, shape mismatches
         if str(weights) == "imagenet":
@@ -144,3 +144,18 @@ def build(name: str, input_shape: tuple[int, int, int], *, weights: str | Path |
                                            "keras.applications' *_no_top.h5; a whole classifier, its top included, "
                                            "or a trained model.keras does not fit)")
         raise TledgeError(f"could not build {name} with weights={weights}: {why}{hint}") from None
+
+
+@contextlib.contextmanager
+def _channels_last():
+    """keras.applications build under the global image data format: a caller's channels_first read (64, 64, 3) as 64
+    channels of 3 x 64 ("Input size must be at least 32x32"). tledge's models are channels-last."""
+    from tledge._deps import require
+
+    keras = require("keras")
+    old = keras.config.image_data_format()
+    keras.config.set_image_data_format("channels_last")
+    try:
+        yield
+    finally:
+        keras.config.set_image_data_format(old)

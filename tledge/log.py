@@ -305,6 +305,22 @@ def capture(c: Console, hook_warnings: bool | None = None):
             _settle_log(c)
 
 
+@contextlib.contextmanager
+def root_untouched():
+    """absl's warning() (TensorFlow's converters, Keras' HDF5 saving) calls logging.basicConfig() on a root logger
+    without handlers: a library export() or train() left a stderr handler there, and the caller's own
+    basicConfig() then did nothing. A NullHandler holds the place while the block runs."""
+    import logging
+
+    root, spare = logging.getLogger(), logging.NullHandler()
+    if not root.handlers:
+        root.addHandler(spare)
+    try:
+        yield
+    finally:
+        root.removeHandler(spare)
+
+
 LOG_LIMIT = 8 << 20  # bytes of the libraries' messages a long run keeps (a camera for days: FFmpeg's decode errors)
 
 

@@ -2,6 +2,9 @@
 path, where tledge.io's tempfile import is not)."""
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import threading
 from contextlib import contextmanager
 from typing import Callable
@@ -34,3 +37,26 @@ def signals_held(done: Callable[[], None] | None = None, *, reraise: bool = True
             if completed and done is not None:
                 done()
             signal.raise_signal(got[0])
+
+
+def quiet_shutdown() -> None:
+    """Registered at exit, so run before the exit handlers registered earlier (TensorFlow's, the libraries': they
+    can take seconds): the command is done and said so, and a Ctrl-C while the interpreter shuts down no longer
+    prints "Exception ignored in ... KeyboardInterrupt" and skips the cleanup after it. The first one is dropped; a
+    second ends the process at once, exit 130 (a shutdown that hangs can still be stopped). Only where the Ctrl-C
+    handler is Python's own."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return
+    seen: list[int] = []
+
+    def stop(signum, frame):
+        if seen:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os._exit(130)
+        seen.append(signum)
+
+    signal.signal(signal.SIGINT, stop)

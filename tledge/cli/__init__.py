@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import os
 import sys
@@ -224,6 +223,7 @@ def _expand_home(args) -> None:
 # its start-up line) changed the repaired weights in their last bit, and a file at the gate passed in one shell and
 # fell back in another; these verbs use TensorFlow's default (the variable dropped before TensorFlow is imported)
 REPAIRING = ("export", "demo")
+CLI_ENVIRON = ("TF_CPP_MIN_LOG_LEVEL", "KERAS_BACKEND", "TF_ENABLE_ONEDNN_OPTS")  # what main() sets for its command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     from tledge import log
     from tledge._deps import quiet_tensorflow
 
+    environ = {k: os.environ.get(k) for k in CLI_ENVIRON}  # put back on return: main() in a program changed them
     if level(args) < log.VERBOSE:
         quiet_tensorflow()  # tledge's own process: TensorFlow's C++ chatter off (set before it is imported)
     else:  # -v: TensorFlow's own log level, still Keras 3 on TensorFlow
@@ -278,34 +279,15 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
         if previous_int is not None:
             signal.signal(signal.SIGINT, previous_int)
+        for k, v in environ.items():
+            os.environ.pop(k, None) if v is None else os.environ.update({k: v})
     if from_shell:  # (at exit: a program that calls main() keeps its Ctrl-C until it ends)
         import atexit
 
-        atexit.register(_quiet_shutdown)
+        from tledge.signals import quiet_shutdown
+
+        atexit.register(quiet_shutdown)
     return rc
-
-
-def _quiet_shutdown() -> None:
-    """Registered at exit, so run before the exit handlers registered earlier (TensorFlow's, the libraries': they
-    can take seconds): the command is done and said so, and a Ctrl-C while the interpreter shuts down no longer
-    prints "Exception ignored in ... KeyboardInterrupt" and skips the cleanup after it. The first one is dropped; a
-    second ends the process at once, exit 130 (a shutdown that hangs can still be stopped). Only where the Ctrl-C
-    handler is Python's own."""
-    import signal
-
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        return
-    seen: list[int] = []
-
-    def stop(signum, frame):
-        if seen:
-            for stream in (sys.stdout, sys.stderr):
-                with contextlib.suppress(Exception):
-                    stream.flush()
-            os._exit(130)
-        seen.append(signum)
-
-    signal.signal(signal.SIGINT, stop)
 
 
 def _more_files(args, extra: list[str]) -> bool:

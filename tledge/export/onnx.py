@@ -73,7 +73,7 @@ def convert_fp32(serve, contract):
     adds are shaped for tf2onnx's transpose optimiser first and identity Reshapes dropped after, so no
     Transpose pair is left around the convolutions (docs/onnx-files.md)."""
     tf = require("tensorflow", extra="export")
-    tf2onnx = require("tf2onnx", extra="export")
+    convert = require("tf2onnx.convert", extra="export")  # (its import set TF_CPP_MIN_LOG_LEVEL)
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     spec = (tf.TensorSpec([None, contract.height, contract.width, contract.channels], tf.float32, name=INPUT_NAME),)
@@ -89,7 +89,7 @@ def convert_fp32(serve, contract):
         inputs = [t.name for t in frozen.inputs if t.dtype != tf.resource]
         outputs = [t.name for t in frozen.outputs]
         nchw = inputs if Conventions.of(contract).layout == "nchw" else None
-        model, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs, opset=OPSET,
+        model, _ = convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs, opset=OPSET,
                                                   inputs_as_nchw=nchw)
     except Exception as exc:
         raise ExportError(f"ONNX conversion failed: {str(exc).strip().splitlines()[-1][:400]}") from None

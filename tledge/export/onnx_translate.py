@@ -32,14 +32,14 @@ def from_tflite(data: bytes, layout: str, calib: np.ndarray):
     from tledge.quant import saturation
 
     onnx = require("onnx", extra="export")
-    tf2onnx = require("tf2onnx", extra="export")
+    convert = require("tf2onnx.convert", extra="export")  # (its import set TF_CPP_MIN_LOG_LEVEL)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "int8.tflite"
         src.write_bytes(data)
         try:
             with warnings.catch_warnings():  # tf2onnx reads shapes through tf.lite.Interpreter (deprecated)
                 warnings.simplefilter("ignore")
-                model, _ = tf2onnx.convert.from_tflite(str(src), opset=OPSET)
+                model, _ = convert.from_tflite(str(src), opset=OPSET)
         except Exception as exc:  # an op tf2onnx's TFLite reader does not know
             raise ExportError(f"tf2onnx could not translate the TFLite file: {str(exc).strip()[:300]}") from None
     graph = model.graph

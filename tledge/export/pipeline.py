@@ -22,11 +22,21 @@ from tledge.export.parity import ParityReport, ParityResult, Thresholds, check_f
 from tledge.export.config import ExportConfig, ExportResult  # noqa: F401 (ExportConfig re-exported)
 
 
+def warn_if_onednn_off(cfg: ExportConfig) -> None:
+    """TF_ENABLE_ONEDNN_OPTS=0 (often set to silence TensorFlow) moves the repaired int8 weights by their last bit:
+    `tledge export` drops it before TensorFlow loads; a library call can only say so."""
+    if cfg.int8 and os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0":
+        warnings.warn("TF_ENABLE_ONEDNN_OPTS=0: TensorFlow's oneDNN kernels are off, and the int8 repair can keep "
+                      "other weights than `tledge export` keeps (unset it before TensorFlow is imported: "
+                      "docs/int8-fidelity.md, Repeat exports)", TledgeWarning, stacklevel=3)
+
+
 def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> ExportResult:
     """Convert, embed the contract, check parity, and swap the files into `cfg.out` as a unit with
     `manifest.json` written last (tledge.export.unit). Raises TledgeError for bad input (and when
     another export holds the folder); parity failures are in the returned report."""
     _check_call(model_path, cfg)
+    warn_if_onednn_off(cfg)
     from tledge import log
     from tledge.export import loader
     from tledge.export.unit import ExportFolder
@@ -36,7 +46,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
     _check_calibration_source(cfg, chosen)
     thresholds = thresholds_for(cfg)
     out = Path(cfg.out) if cfg.out else Path(model_path).with_name(Path(model_path).stem + "_export")
-    with ExportFolder(out) as folder:  # locked first: a second export into `out` fails at once
+    with ExportFolder(out) as folder, log.root_untouched():  # locked first: a second export into `out` fails at once
         stage = folder.staging
         log.plan(3 + len(chosen) + _loop_planned(cfg, chosen))  # progress lines: load, images, each file, parity
         clock = time.perf_counter()

@@ -63,8 +63,8 @@ def environment(precision: Precision, *, grayscale: bool = False):
     else:
         strategy, where = None, "1 GPU" if gpus else f"CPU ({os.cpu_count()} cores)"
     old = keras.mixed_precision.global_policy().name
-    if mixed:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    # float32 set too: a caller's mixed_float16 trained a float32 run (a grayscale one as well) in float16 and saved it
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
     desc = f"{where}, {'mixed_float16' if mixed else 'float32'}"
     try:
         with strategy.scope() if strategy is not None else nullcontext():

@@ -34,19 +34,17 @@ def save_model(model, path: Path, check_x: np.ndarray, expected: np.ndarray) -> 
     keras = require("keras")
     from tledge.layers import CUSTOM_OBJECTS
 
+    from tledge.log import root_untouched
+
     absl, level = logging.getLogger("absl"), logging.getLogger("absl").level
-    root, spare = logging.getLogger(), logging.NullHandler()
     check_space(path.parent, weight_bytes(model.weights), path.name)
     with temp_sibling(path) as tmp:
         absl.setLevel(logging.ERROR)  # "HDF5 ... is considered legacy": model.h5 is asked for on purpose
-        if not root.handlers:  # absl's warning() calls logging.basicConfig() on a root without handlers: a
-            root.addHandler(spare)  # library train() left a stderr handler, and the host's basicConfig() did nothing
         try:
-            with numpy2_quiet():
+            with numpy2_quiet(), root_untouched():  # (a library train() left a stderr handler on the root)
                 model.save(str(tmp))
         finally:
             absl.setLevel(level)
-            root.removeHandler(spare)
         try:
             again = keras.saving.load_model(str(tmp), custom_objects=CUSTOM_OBJECTS, safe_mode=True, compile=False)
         except Exception as exc:
