@@ -183,3 +183,11 @@ def test_info_shows_labels_holding_commas_apart(capsys):
     assert code == 0 and "1001: background; tench, Tinca tinca; goldfish, Carassius auratus;" in out
     code, out, _ = _cli(capsys, "info", TINY / "model_int8.tflite")
     assert code == 0 and "3: circle, hstripes, vstripes" in out
+
+
+def test_a_gray_file_against_a_colour_reference_says_so(tmp_path, tiny_model, shapes_dataset, capsys):
+    """An RGB model against a grayscale export: "a 1-channel contract must use color='gray' and a 3-channel one
+    rgb/bgr" named neither the reference nor the file."""
+    gray = _edited_onnx(tmp_path, lambda c: c.update(channels=1, color="gray"))
+    code, _, err = _cli(capsys, "parity", tiny_model["keras"], gray, "--images", shapes_dataset / "val")
+    assert code == 2 and "is for a 1-channel input but model.keras takes 3 channel(s)" in err, err

@@ -38,6 +38,10 @@ def resolve_contract(lm: LoadedModel, *, preprocess: str | None, input_size: tup
     fields = dict(height=hw[0], width=hw[1], channels=lm.channels, color="gray" if lm.channels == 1 else "rgb",
                   norm=Norm(mode), baked=True, input_dtype="float32")
     if base is not None:
+        if (base.channels == 1) != (lm.channels == 1):  # an RGB model against a gray export: said as such
+            raise ContractError(f"{base_from} is for a {base.channels}-channel input but {lm.path.name} takes "
+                                f"{lm.channels} channel(s) ({'gray' if base.channels == 1 else 'colour'} against "
+                                f"{'colour' if base.channels == 1 else 'gray'})")
         contract = base.replace(**{k: v for k, v in fields.items() if k not in ("color",)}, labels=labels)
         kept = [part for part in ("resize", "fit") if part not in (geometry_flags or {})] + ["colour order"]
         src[", ".join(kept[:-1]) + " and " + kept[-1] if len(kept) > 1 else kept[0]] = str(base_from)
