@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from hostile import (bundle, d, dangling_class, export, export_dir, f, fifo, fif
 from tiny import TINY
 
 from tledge.cli import main
+from tledge.errors import TledgeWarning
 
 
 @dataclass(frozen=True)
@@ -297,7 +299,9 @@ def assert_refused(case, tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     argv = case.argv(tmp_path)
     before = snapshot(tmp_path)
-    rc = main(argv)
+    with warnings.catch_warnings():  # shown, as a user sees them (pyproject makes them errors): one line is checked
+        warnings.simplefilter("default", TledgeWarning)
+        rc = main(argv)
     cap = capsys.readouterr()
     lines = [ln for ln in cap.err.splitlines() if ln.strip()]
     assert rc == 2, cap.err

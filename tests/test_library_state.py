@@ -95,3 +95,34 @@ def test_a_library_int8_export_says_when_onednn_is_off(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         warn_if_onednn_off(ExportConfig(int8=False))
+
+
+def _warn_here(text: str) -> None:
+    warnings.warn(text, UserWarning, stacklevel=1)
+
+
+def test_held_warnings_keep_filters_once_per_place_and_other_threads():
+    """The first warnings_held reset every module's once-per-place record and re-raised warnings without their
+    module: a warning shown once came back on every load(), filters by module stopped working, and warnings other
+    threads raised meanwhile were lost or put into the error's text."""
+    import threading
+
+    from tledge.errors import DataError, warnings_held
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("default")
+        warnings.filterwarnings("ignore", message="filtered", module=__name__)
+        for _ in range(3):
+            with warnings_held():
+                _warn_here("once per place")
+                _warn_here("filtered by module")
+        assert [str(w.message) for w in seen] == ["once per place"]
+        other = threading.Thread(target=lambda: _warn_here("from a worker thread"))
+        with pytest.raises(DataError) as err:
+            with warnings_held(explain=True):
+                other.start()
+                other.join()
+                warnings.warn("the reason", UserWarning)
+                raise DataError("no images")
+        assert str(err.value) == "no images (also found: the reason)"
+        assert [str(w.message) for w in seen][-1] == "from a worker thread"

@@ -272,11 +272,14 @@ def test_a_program_that_calls_main_keeps_its_ctrl_c():
     assert "the program got its Ctrl-C" in r.stdout, (r.stdout, r.stderr)
 
 
-def test_the_libraries_messages_of_a_long_run_are_bounded():
+@pytest.mark.parametrize("tmpdir", [None, "/nonexistent-folder"])  # the second: tempfile's descriptor, no O_APPEND
+def test_the_libraries_messages_of_a_long_run_are_bounded(monkeypatch, tmpdir):
     """fd 2 goes to a temporary log while a command runs: FFmpeg's decode errors of a camera run for days grew it
     without bound (120 KB/s from a damaged stream). Past the limit it starts again, saying so."""
     from tledge import log
 
+    if tmpdir:
+        monkeypatch.setenv("TMPDIR", tmpdir)
     c = log.install("run", log.NORMAL)
     try:
         with log.capture(c, hook_warnings=False):
@@ -288,3 +291,22 @@ def test_the_libraries_messages_of_a_long_run_are_bounded():
         log.uninstall()
     assert text.startswith("[tledge: the libraries' earlier messages were dropped past 1 MB]")
     assert text.endswith("the latest message\n") and len(text) < 200, text[:300]
+
+
+def test_warnings_said_before_an_error_are_not_extra_lines(tmp_path):
+    """As a user's terminal shows it (pytest records warnings instead of printing them): files ignored, then
+    "class folder without images" was three lines; "feeding raw 0..255 pixels", then a labels error two."""
+    import cv2
+    import numpy as np
+
+    for c in ("a", "empty"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "imgs" / "a" / "0.png"), np.full((8, 8, 3), 40, np.uint8))
+    (tmp_path / "imgs" / "notes.txt").write_text("not an image")
+    (tmp_path / "one.txt").write_text("one\n")
+    for args, said in [(f"train {tmp_path / 'imgs'} --out {tmp_path / 'run'}", "class folder(s) without images"),
+                       (f"run {TINY / 'foreign' / 'model_fp32.onnx'} --labels {tmp_path / 'one.txt'} --source "
+                        f"{TINY / 'images'}", "1 labels but the model has 3 outputs")]:
+        r = _tledge(args, tmp_path)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and said in lines[0], r.stderr

@@ -124,6 +124,40 @@ def test_a_password_is_not_sent_on_to_the_host_a_redirect_names(tmp_path):
     assert seen == [("first", True), None, ("first", True), None], seen  # sent to the camera, never further
 
 
+def test_a_password_is_kept_across_a_redirect_on_the_same_camera(tmp_path, capsys):
+    """A camera redirecting /cam.png to /snapshot.png on itself: once the header stopped following redirects to other
+    hosts, it stopped following this one too ("Unauthorized")."""
+    shutil.copy(images_of(CLASSES[0])[0], tmp_path / "snapshot.png")
+    want = "Basic " + base64.b64encode(b"admin:secret").decode()
+
+    class Camera(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a):
+            super().__init__(*a, directory=str(tmp_path))
+
+        def do_GET(self):
+            if self.headers.get("Authorization") != want:
+                self.send_response(401)
+                self.end_headers()
+            elif self.path == "/cam.png":
+                self.send_response(302)
+                self.send_header("Location", "/snapshot.png")
+                self.end_headers()
+            else:
+                super().do_GET()
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Camera)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        code, out, err = _run(capsys, "run", MODEL, "--source",
+                              f"http://admin:secret@127.0.0.1:{server.server_address[1]}/cam.png")
+    finally:
+        server.shutdown()
+    assert code == 0 and "1 ok" in out, (out, err)
+
+
 def test_csv_and_save_on_one_path_and_save_under_a_glob(tmp_path, capsys):
     video = _avi(tmp_path / "v.avi")
     code, _, err = _run(capsys, "run", MODEL, "--source", video, "--csv", tmp_path / "same.mp4", "--save",

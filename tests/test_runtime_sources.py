@@ -190,8 +190,8 @@ def test_a_camera_whose_reopening_or_reading_raises_is_lost_not_finished(video):
         def read(self):
             raise RuntimeError("device unplugged")
 
-        def release(self):
-            pass
+        def release(self):  # (it raised from the grabber's finally, and frames() waited for ever)
+            raise RuntimeError("device unplugged")
 
     def opener():
         calls.append(1)
@@ -203,7 +203,10 @@ def test_a_camera_whose_reopening_or_reading_raises_is_lost_not_finished(video):
 
     src = open_source("picamera2", opener=opener, retries=3, backoff=0.0, on_event=events.append)
     runner = Runner(load(TINY / "model_int8.tflite"))
-    list(runner.run(src))
+    done = threading.Thread(target=lambda: list(runner.run(src)), daemon=True)
+    done.start()
+    done.join(60)
+    assert not done.is_alive(), "the run never ended"
     assert runner.summary.lost and src.lost and len(calls) == 4, (calls, events)  # every attempt made
     assert any("reading failed: RuntimeError: device unplugged" in e for e in events), events
     assert any("cannot reopen it: RuntimeError: Camera __init__" in e for e in events), events

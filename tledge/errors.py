@@ -65,30 +65,40 @@ class TledgeWarning(UserWarning):
 
 
 def warnings_held(explain: bool = False):
-    """A context manager: the warnings of its block are said only if the block succeeds. Before an error they made
-    its one line several (files ignored, then "class folder without images"; raw pixels assumed, then "1 labels but
-    the model has 3 outputs"). explain: a TledgeError of the block carries them at its end instead (why a class
-    folder of links to an unmounted disk has no images). In the main thread only: other threads' warnings pass as
-    they come."""
+    """A context manager: the warnings the main thread raises in its block are shown only if the block succeeds.
+    Before an error they made its one line several (files ignored, then "class folder without images"; raw pixels
+    assumed, then "1 labels but the model has 3 outputs"). explain: a TledgeError of the block carries them at its end
+    instead (why a class folder of links to an unmounted disk has no images). Only the showing is held: filters,
+    once-per-place and -W error apply as the warning is raised, and other threads' warnings are shown as they come."""
     import contextlib
     import threading
     import warnings
 
     @contextlib.contextmanager
     def held():
-        if threading.current_thread() is not threading.main_thread():  # catch_warnings is process-wide: said now
+        main = threading.main_thread()
+        if threading.current_thread() is not main:
             yield
             return
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                yield
-            except TledgeError as exc:
-                said = "; ".join(str(w.message)[:300] for w in caught)
-                if not (explain and said):
-                    raise
-                raise type(exc)(f"{exc} (also found: {said})") from None
-        for w in caught:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        shown, stored = warnings.showwarning, []
+
+        def collect(message, category, filename, lineno, file=None, line=None):
+            if threading.current_thread() is main:
+                stored.append((message, category, filename, lineno, file, line))
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = collect
+        try:
+            yield
+        except TledgeError as exc:
+            said = "; ".join(str(w[0])[:300] for w in stored)
+            if not (explain and said):
+                raise
+            raise type(exc)(f"{exc} (also found: {said})") from None
+        finally:
+            warnings.showwarning = shown
+        for w in stored:
+            shown(*w)
 
     return held()

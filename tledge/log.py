@@ -334,6 +334,7 @@ def bound_log(limit: int = LOG_LIMIT) -> None:
     with contextlib.suppress(OSError, ValueError):
         if os.fstat(f.fileno()).st_size > limit:
             os.ftruncate(f.fileno(), 0)
+            os.lseek(f.fileno(), 0, os.SEEK_SET)  # (a descriptor without O_APPEND, tempfile's: no hole of NULs)
             f.write(f"[tledge: the libraries' earlier messages were dropped past {limit >> 20} MB]\n")
 
 

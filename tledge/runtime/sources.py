@@ -8,6 +8,7 @@ reconnect with back-off when the stream drops. No TensorFlow; OpenCV is imported
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
@@ -162,14 +163,14 @@ class LiveSource(Source):
                 if ok and img is not None:
                     self._put(img)
                     continue
-                self._cap.release()
+                _release(self._cap)
                 failed = failed + 1 if self.reconnects and self.grabbed - since <= 1 else 0
                 if self._stop.is_set() or not self._reconnect(first=failed + 1):
                     break
                 since = self.grabbed
         finally:
-            self._cap.release()
-            self._ended = True
+            self._ended = True  # first: a release() that raises no longer left frames() waiting for ever
+            _release(self._cap)
             if self._cond.acquire(timeout=0.5):
                 self._cond.notify_all()
                 self._cond.release()
@@ -186,7 +187,7 @@ class LiveSource(Source):
             except Exception as exc:  # noqa: BLE001 - a failed attempt, said; not the end of the grabber thread
                 cap = None
                 self.event(f"{self.name}: cannot reopen it: {exc.__class__.__name__}: {str(exc)[:200]}")
-            ok, img = _read(cap, self.event, self.name) if cap is not None and cap.isOpened() else (False, None)
+            ok, img = _read(cap, self.event, self.name) if cap is not None else (False, None)
             if ok and img is not None:
                 self._cap = cap
                 self.reconnects += 1
@@ -194,7 +195,7 @@ class LiveSource(Source):
                 self._put(img)
                 return True
             if cap is not None:
-                cap.release()
+                _release(cap)
         self.lost = True
         self.event(f"{self.name}: gave up after {self.retries} reconnect attempts")
         return False
@@ -225,12 +226,17 @@ class LiveSource(Source):
 
 
 def _read(cap, say, name: str):
-    """cap.read(), a capture that raises (its device gone) taken as a frame that did not come."""
+    """cap.read() of an open capture, a capture that raises (its device gone) taken as a frame that did not come."""
     try:
-        return cap.read()
+        return cap.read() if cap.isOpened() else (False, None)
     except Exception as exc:  # noqa: BLE001 - the grabber thread died with a traceback, and the run ended exit 0
         say(f"{name}: reading failed: {exc.__class__.__name__}: {str(exc)[:200]}")
         return False, None
+
+
+def _release(cap) -> None:
+    with contextlib.suppress(Exception):  # a device already gone may raise here too
+        cap.release()
 
 
 # ---- open_source ----------------------------------------------------------------------------------

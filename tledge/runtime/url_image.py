@@ -16,13 +16,12 @@ class ImageURLSource(Source):
     MAX_BYTES = 64 << 20
 
     def __init__(self, url: str, **kw):
-        import urllib.request
 
         from tledge.images import decode
 
         super().__init__(redact(url), "files", **kw)
         try:
-            with urllib.request.urlopen(_request(url), timeout=30) as response:  # noqa: S310 - the user's address
+            with open_url(_request(url), timeout=30) as response:  # noqa: S310 - the user's address
                 data = response.read(self.MAX_BYTES + 1)
         except (OSError, ValueError) as exc:
             raise TledgeError(f"cannot fetch {self.name}: {getattr(exc, 'reason', None) or exc}") from None
@@ -35,6 +34,35 @@ class ImageURLSource(Source):
 
     def frames(self) -> Iterator[Frame]:
         yield Frame(self.name, 0, image=self.image)
+
+
+def open_url(request, timeout: float):
+    """urlopen, with a password kept across a redirect on the same host (a camera's /cam.jpg -> /snapshot.jpg) and
+    never sent on to another host (urllib sends a plain Authorization header wherever a redirect points)."""
+    import urllib.parse
+    import urllib.request
+
+    class SameHost(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
+            new = super().redirect_request(req, fp, code, msg, headers, newurl)
+            auth = req.unredirected_hdrs.get("Authorization")
+            if new is not None and auth and _same_site(req.full_url, newurl):
+                new.add_unredirected_header("Authorization", auth)
+            return new
+
+    return urllib.request.build_opener(SameHost).open(request, timeout=timeout)  # noqa: S310 - the user's address
+
+
+def _same_site(old: str, new: str) -> bool:
+    """The same host and port, on the same scheme or from http to https on their usual ports (as requests keeps it)."""
+    import urllib.parse
+
+    a, b = urllib.parse.urlsplit(old), urllib.parse.urlsplit(new)
+    ports = {"http": 80, "https": 443}
+    pa, pb = a.port or ports.get(a.scheme), b.port or ports.get(b.scheme)
+    if a.hostname != b.hostname:
+        return False
+    return (a.scheme == b.scheme and pa == pb) or ((a.scheme, pa, b.scheme, pb) == ("http", 80, "https", 443))
 
 
 def _request(url: str):
@@ -73,7 +101,6 @@ class RangeReader:
         return at
 
     def read(self, n: int) -> bytes:
-        import urllib.request
 
         if self.failed or n <= 0 or self.requests >= 64:  # a moov is the second or third box: a few requests
             self.failed = self.failed or "too many boxes before the moov"
@@ -82,7 +109,7 @@ class RangeReader:
         request = _request(self.url)
         request.add_header("Range", f"bytes={self.at}-{self.at + n - 1}")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - the user's address
+            with open_url(request, timeout=self.timeout) as response:  # noqa: S310 - the user's address
                 if response.status != 206:  # the whole file: what comes before `at` is read and dropped
                     if self.at > self.MAX_SKIP:
                         self.failed = "the server sends no byte ranges and the moov is far into the file"
@@ -99,10 +126,9 @@ class RangeReader:
 
 def response_headers(url: str, timeout: float = 10.0):
     """The headers an http(s) address answers a GET with (the body left unread), or None when it does not answer."""
-    import urllib.request
 
     try:
-        with urllib.request.urlopen(_request(url), timeout=timeout) as response:  # noqa: S310 - the user's address
+        with open_url(_request(url), timeout=timeout) as response:  # noqa: S310 - the user's address
             return response.headers
     except (OSError, ValueError):
         return None
