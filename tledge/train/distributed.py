@@ -261,7 +261,7 @@ def agree(strategy, topo: Topology, settings: dict) -> None:
     tf = require("tensorflow")
     chief = broadcast_json(strategy, topo, settings)
     differ = [f"{k} {settings.get(k)} vs {chief.get(k)}" for k in sorted(set(settings) | set(chief))
-              if settings.get(k) != chief.get(k)]
+              if settings.get(k) != chief.get(k) and not (k in IMAGE_KEYS and None in (settings.get(k), chief.get(k)))]
     per = strategy.experimental_distribute_values_from_function(
         lambda ctx: tf.constant(float(bool(differ)) if ctx.replica_id_in_sync_group == topo.first else 0.0))
     others = int(np.asarray(guard(lambda: strategy.reduce(tf.distribute.ReduceOp.SUM, per, axis=None), topo=topo)))
@@ -275,10 +275,15 @@ def agree(strategy, topo: Topology, settings: dict) -> None:
                           "command")
 
 
-def images_read(fp: dict) -> dict:
+IMAGE_KEYS = ("training images", "validation images", "image sizes")
+
+
+def images_read(fp: dict | None) -> dict:
     """What the workers of a cluster compare of the images each read (tledge.train.data.fingerprint): by class, name
     and size. The count of planned files alone passed swapped class folders, a worker that skipped an unreadable
     copy (50 images trained twice, 50 never) and another --val (the figures driving early stopping mixed both)."""
+    if fp is None:  # a chief whose run is complete reads no images: not compared (its workers learn it next)
+        return dict.fromkeys(IMAGE_KEYS)
     return {"training images": f"{fp['images'][0]} ({fp['train']})",
             "validation images": f"{fp['images'][1]} ({fp['val']})", "image sizes": fp.get("bytes")}
 
