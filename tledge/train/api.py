@@ -290,7 +290,8 @@ def _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, read, reporters
         topo = dist.Topology.of(env.runner)
         local = ("out", "weights", "val_dir", "verbose")  # paths may differ between machines
         dist.agree(env.runner, topo, {**{k: v for k, v in cfg.to_dict().items() if k not in local},
-                                      "classes": list(plan.classes), **dist.images_read(None if read is None else td.fingerprint(read))})
+                                      "classes": list(plan.classes),
+                                      **dist.images_read(None if read is None else td.fingerprint(read))})
         resumed = dist.broadcast_json(env.runner, topo, resumed)  # the chief's checkpoint state, everywhere
         if resumed is not None and resumed.get("complete"):  # a scheduler's restart after the run finished
             return _already_complete(cfg, ckpt, plan, log) if topo.cluster.rank == 0 else \

@@ -261,7 +261,8 @@ def agree(strategy, topo: Topology, settings: dict) -> None:
     tf = require("tensorflow")
     chief = broadcast_json(strategy, topo, settings)
     differ = [f"{k} {settings.get(k)} vs {chief.get(k)}" for k in sorted(set(settings) | set(chief))
-              if settings.get(k) != chief.get(k) and not (k in IMAGE_KEYS and None in (settings.get(k), chief.get(k)))]
+              if settings.get(k) != chief.get(k)
+              and not (k in IMAGE_KEYS and None in (settings.get(k), chief.get(k)))]
     per = strategy.experimental_distribute_values_from_function(
         lambda ctx: tf.constant(float(bool(differ)) if ctx.replica_id_in_sync_group == topo.first else 0.0))
     others = int(np.asarray(guard(lambda: strategy.reduce(tf.distribute.ReduceOp.SUM, per, axis=None), topo=topo)))
