@@ -44,8 +44,8 @@ def test_a_video_with_no_frame_is_exit_2(tmp_path, capsys):
 
 
 @contextlib.contextmanager
-def _camera(folder: Path, user: str, password: str):
-    """An IP camera's snapshot server on 127.0.0.1: Basic authentication or 401."""
+def _camera(folder: Path, user: str, password: str, redirects: dict | None = None):
+    """An IP camera's snapshot server on 127.0.0.1: Basic authentication or 401; `redirects` {path: path on it}."""
     want = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
     class Camera(http.server.SimpleHTTPRequestHandler):
@@ -56,6 +56,11 @@ def _camera(folder: Path, user: str, password: str):
             if self.headers.get("Authorization") != want:
                 self.send_response(401)
                 self.send_header("WWW-Authenticate", 'Basic realm="cam"')
+                self.end_headers()
+                return
+            if self.path in (redirects or {}):
+                self.send_response(302)
+                self.send_header("Location", redirects[self.path])
                 self.end_headers()
                 return
             super().do_GET()
@@ -128,33 +133,8 @@ def test_a_password_is_kept_across_a_redirect_on_the_same_camera(tmp_path, capsy
     """A camera redirecting /cam.png to /snapshot.png on itself: once the header stopped following redirects to other
     hosts, it stopped following this one too ("Unauthorized")."""
     shutil.copy(images_of(CLASSES[0])[0], tmp_path / "snapshot.png")
-    want = "Basic " + base64.b64encode(b"admin:secret").decode()
-
-    class Camera(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a):
-            super().__init__(*a, directory=str(tmp_path))
-
-        def do_GET(self):
-            if self.headers.get("Authorization") != want:
-                self.send_response(401)
-                self.end_headers()
-            elif self.path == "/cam.png":
-                self.send_response(302)
-                self.send_header("Location", "/snapshot.png")
-                self.end_headers()
-            else:
-                super().do_GET()
-
-        def log_message(self, *a):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Camera)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        code, out, err = _run(capsys, "run", MODEL, "--source",
-                              f"http://admin:secret@127.0.0.1:{server.server_address[1]}/cam.png")
-    finally:
-        server.shutdown()
+    with _camera(tmp_path, "admin", "secret", redirects={"/cam.png": "/snapshot.png"}) as port:
+        code, out, err = _run(capsys, "run", MODEL, "--source", f"http://admin:secret@127.0.0.1:{port}/cam.png")
     assert code == 0 and "1 ok" in out, (out, err)
 
 
