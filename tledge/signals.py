@@ -39,6 +39,13 @@ def signals_held(done: Callable[[], None] | None = None, *, reraise: bool = True
             signal.raise_signal(got[0])
 
 
+def quiet_at_exit() -> None:
+    """quiet_shutdown() as the interpreter exits (registered last, it runs before the libraries' exit handlers)."""
+    import atexit
+
+    atexit.register(quiet_shutdown)
+
+
 def quiet_shutdown() -> None:
     """Registered at exit, so run before the exit handlers registered earlier (TensorFlow's, the libraries': they
     can take seconds): the command is done and said so, and a Ctrl-C while the interpreter shuts down no longer

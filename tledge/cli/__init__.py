@@ -282,11 +282,9 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in environ.items():
             os.environ.pop(k, None) if v is None else os.environ.update({k: v})
     if from_shell:  # (at exit: a program that calls main() keeps its Ctrl-C until it ends)
-        import atexit
+        from tledge.signals import quiet_at_exit
 
-        from tledge.signals import quiet_shutdown
-
-        atexit.register(quiet_shutdown)
+        quiet_at_exit()
     return rc
 
 
