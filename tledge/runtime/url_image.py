@@ -16,7 +16,6 @@ class ImageURLSource(Source):
     MAX_BYTES = 64 << 20
 
     def __init__(self, url: str, **kw):
-
         from tledge.images import decode
 
         super().__init__(redact(url), "files", **kw)
@@ -39,7 +38,6 @@ class ImageURLSource(Source):
 def open_url(request, timeout: float):
     """urlopen, with a password kept across a redirect on the same host (a camera's /cam.jpg -> /snapshot.jpg) and
     never sent on to another host (urllib sends a plain Authorization header wherever a redirect points)."""
-    import urllib.parse
     import urllib.request
 
     class SameHost(urllib.request.HTTPRedirectHandler):
@@ -101,7 +99,6 @@ class RangeReader:
         return at
 
     def read(self, n: int) -> bytes:
-
         if self.failed or n <= 0 or self.requests >= 64:  # a moov is the second or third box: a few requests
             self.failed = self.failed or "too many boxes before the moov"
             return b""
@@ -126,7 +123,6 @@ class RangeReader:
 
 def response_headers(url: str, timeout: float = 10.0):
     """The headers an http(s) address answers a GET with (the body left unread), or None when it does not answer."""
-
     try:
         with open_url(_request(url), timeout=timeout) as response:  # noqa: S310 - the user's address
             return response.headers
