@@ -20,7 +20,7 @@ BASE_PY=${BASE_PYTHON:-python3}
 KEY=$(sha256sum "$REPO/pyproject.toml" | cut -c1-12)
 # test files the runtime-only venv runs: on the committed tests/assets/tiny export, no TensorFlow needed
 RUNTIME_TESTS=(tests/test_runtime_only.py tests/test_doctor.py tests/test_cold_start.py tests/test_ci_scripts.py tests/test_contract.py tests/test_runtime_core.py tests/test_runtime_library.py tests/test_cli_run.py
-               tests/test_runtime_sources.py tests/test_devices.py tests/test_devices_edgetpu.py tests/test_bundle.py tests/test_bundle_e2e.py
+               tests/test_runtime_sources.py tests/test_live_sources.py tests/test_devices.py tests/test_devices_edgetpu.py tests/test_bundle.py tests/test_bundle_e2e.py
                tests/test_golden.py tests/test_run_sources_outputs.py tests/test_parity_ci_files.py tests/test_hostile_side_files.py
                tests/test_runtime_api_args.py tests/test_info_folder.py tests/test_non_utf8_names.py
                tests/test_foreign_tflite_output.py tests/test_score_calibration.py tests/test_phone_photos.py

@@ -176,3 +176,30 @@ def test_a_checkpoint_state_that_is_not_an_object_is_one_line(text, tmp_path):
     p.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(TledgeError, match="checkpoint"):
         Checkpoints(tmp_path).load_state()
+
+
+def test_workers_compare_the_images_they_read_and_a_resume_its_replicas(tmp_path):
+    """What the cluster's workers agree on tells swapped class folders and another --val apart (the counts alone
+    did not); a run resumes on as many replicas as it trained on (the global batch and learning rate grew, and
+    metrics.json reported a learning rate the restored optimizer did not use)."""
+    import cv2
+
+    from tledge.errors import TledgeError
+    from tledge.train import data as td
+    from tledge.train.distributed import images_read
+    from tledge.train.resume import same_replicas
+
+    for name, colour in (("a", 40), ("b", 200)):
+        for i in range(3):
+            (tmp_path / "one" / name).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(tmp_path / "one" / name / f"{i}.png"), np.full((8, 8 + i * (colour // 40), 3), colour,
+                                                                              np.uint8))
+    (tmp_path / "two").mkdir()
+    (tmp_path / "two" / "a").symlink_to(tmp_path / "one" / "b")
+    (tmp_path / "two" / "b").symlink_to(tmp_path / "one" / "a")
+    one, two = (images_read(td.fingerprint(td.plan(tmp_path / n, val_split=0.34, seed=0))) for n in ("one", "two"))
+    assert one != two and one == images_read(td.fingerprint(td.plan(tmp_path / "one", val_split=0.34, seed=0)))
+    same_replicas({"replicas": 2}, 2, tmp_path)
+    same_replicas({}, 4, tmp_path)  # a checkpoint of an older tledge: not recorded
+    with pytest.raises(TledgeError, match="it trained on 1 replica.s., this run has 2"):
+        same_replicas({"replicas": 1}, 2, tmp_path)

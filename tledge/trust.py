@@ -11,8 +11,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable
 
-from tledge.artifacts import BY_FILENAME, MANIFEST, REJECTED, SIDE_FILES, Entry, Manifest, read, sha256_of
+from tledge.artifacts import (BY_FILENAME, CONTRACT_FILE, LABELS_FILE, MANIFEST, REJECTED, SIDE_FILES, Entry,
+                              Manifest, read, sha256_of)
 from tledge.errors import ModelLoadError, TledgeError
+from tledge.paths import expand
 
 
 TRAINED = ("model.keras", "model.h5")  # the Keras files `tledge train` writes into its run folder, preferred first
@@ -122,3 +124,23 @@ def summary(m: Manifest, folder: Path) -> list[dict[str, Any]]:
         state = "ok" if not issue else ("missing" if issue[0].endswith("missing") else "changed")
         rows.append({**asdict(e), "state": state})
     return rows
+
+
+def export_files(model) -> list[Path]:
+    """The model file and the files it is read with: the contract and labels beside it, and when it is in a tledge
+    export (or a bundle's model/) every file its manifest lists and the manifest itself. `--csv exp/model_fp32.onnx`
+    beside `run exp/model_int8.tflite` replaced another model, `--csv model/golden.npz` in a bundle its golden outputs,
+    and `parity --junit exp/manifest.json` the manifest (the export was then refused). Other files of the folder (an
+    earlier run's CSV) are not inputs."""
+    p = expand(str(model))
+    folder = p if p.is_dir() else p.parent
+    files = [] if p.is_dir() else [p, folder / CONTRACT_FILE, folder / LABELS_FILE]
+    try:
+        m = read(folder)
+    except TledgeError:  # a damaged manifest: loading says so
+        m = None
+    if m is not None:
+        files += [folder / MANIFEST] + [folder / e.file for e in m.files]
+    elif p.is_dir():  # a SavedModel: anything in it (`--junit sm/saved_model.pb` replaced the model)
+        files.append(p)
+    return files

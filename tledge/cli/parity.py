@@ -83,7 +83,9 @@ def _validate(args) -> None:
         V.preprocess(args.preprocess)
     if args.junit:
         V.output_file(args.junit, "--junit")
-        models = [f for m in (args.reference, *args.exported) if m for f in V.export_files(m)]
+        from tledge.trust import export_files
+
+        models = [f for m in (args.reference, *args.exported) if m for f in export_files(m)]
         V.not_an_input(args.junit, "--junit", [p for p in (*models, args.golden, args.thresholds, args.images) if p],
                        replaces=b"<testsuite")
 

@@ -110,7 +110,9 @@ def _validate(args) -> None:
         else:
             V.output_dir(args.save, "--save")
     _keep_inputs(args)
-    model_files = V.export_files(args.model)
+    from tledge.trust import export_files
+
+    model_files = export_files(args.model)
     for flag, out in (("--csv", args.csv), ("--save", args.save)):  # nor the model, its export's files, --labels
         if out:
             V.not_an_input(out, flag, [p for p in (*model_files, getattr(args, "labels", None)) if p])

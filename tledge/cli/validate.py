@@ -271,28 +271,6 @@ def output_file(path, flag: str, *, suffixes: Sequence[str] | None = None) -> Pa
     return p
 
 
-def export_files(model) -> list[Path]:
-    """The model file and the files it is read with: the contract and labels beside it, and when it is in a tledge
-    export (or a bundle's model/) every file its manifest lists and the manifest itself. `--csv exp/model_fp32.onnx`
-    beside `run exp/model_int8.tflite` replaced another model, `--csv model/golden.npz` in a bundle its golden outputs,
-    and `parity --junit exp/manifest.json` the manifest (the export was then refused). Other files of the folder (an
-    earlier run's CSV) are not inputs."""
-    from tledge import artifacts
-
-    p = expand(str(model))
-    folder = p if p.is_dir() else p.parent
-    files = [] if p.is_dir() else [p, folder / artifacts.CONTRACT_FILE, folder / artifacts.LABELS_FILE]
-    try:
-        m = artifacts.read(folder)
-    except TledgeError:  # a damaged manifest: loading says so
-        m = None
-    if m is not None:
-        files += [folder / artifacts.MANIFEST] + [folder / e.file for e in m.files]
-    elif p.is_dir():  # a SavedModel: anything in it (`--junit sm/saved_model.pb` replaced the model)
-        files.append(p)
-    return files
-
-
 def not_an_input(path, flag: str, inputs: Sequence, *, replaces: bytes = b"") -> None:
     """An output file must not be one of the command's inputs (a model, an exported file, a file anywhere in an input
     folder: a bundle's model/golden.npz, an image): written atomically, it would replace it whole (`--junit
