@@ -126,3 +126,26 @@ def test_held_warnings_keep_filters_once_per_place_and_other_threads():
                 raise DataError("no images")
         assert str(err.value) == "no images (also found: the reason)"
         assert [str(w.message) for w in seen][-1] == "from a worker thread"
+
+
+def test_export_under_a_callers_mixed_policy_is_a_float32_export(tiny_model, shapes_dataset, tmp_path):
+    """export() and parity() while the caller's global policy was mixed_float16 loaded the float32 model as mixed and
+    noted a false "mixed precision model ... rebuilt in float32" (parity.md, the report); the policy is the caller's
+    again after."""
+    import keras
+
+    from tledge.export.pipeline import ExportConfig, export
+
+    from tledge.export.check import parity
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        result = export(tiny_model["keras"], ExportConfig(out=tmp_path / "e", formats=("onnx",),
+                                                          val=str(shapes_dataset / "val")))
+        report = parity(tiny_model["keras"], [tmp_path / "e"], shapes_dataset / "val")
+        assert keras.mixed_precision.global_policy().name == "mixed_float16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert result.report.passed and report.passed
+    assert "mixed precision" not in (tmp_path / "e" / "parity.md").read_text()
+    assert not [n for n in report.notes if "mixed precision" in n]

@@ -237,7 +237,7 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
     collect every failure. `preprocess` completes the contract of files without one (and of the
     reference when nothing else says how it normalises). `signature`: a reference SavedModel's KEY[:OUTPUT],
     `binary_output`: what its one output is; each by default what the export recorded in its manifest."""
-    from tledge.export import loader
+    from tledge.export import float32, loader
     from tledge.metadata import read_contract
 
     files = exported_files(exported)
@@ -261,8 +261,9 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
     unmatched: list[str] = []
     for (sig, _), members in groups.items():
         if sig not in loaded:
-            loaded[sig] = loader.load_model(reference, unsafe=unsafe, signature=sig,
-                                            binary_output=binary_output or _recorded(files, "binary_output"))
+            with float32.policy():  # a caller's mixed_float16 loaded a float32 reference as mixed
+                loaded[sig] = loader.load_model(reference, unsafe=unsafe, signature=sig,
+                                                binary_output=binary_output or _recorded(files, "binary_output"))
         lm = loaded[sig]
         base = next((contracts[i] for i in members if contracts[i] is not None), known[0] if known else None)
         contract, add = _reference_contract(lm, base, preprocess)

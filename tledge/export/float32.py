@@ -7,10 +7,27 @@ is made from (tledge train rebuilds its mixed-precision models the same way befo
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 
 TOLERANCE = 0.05  # float16 compute against float32: outputs differ by ~1e-3; more means it is not the same model
 BFLOAT16_TOLERANCE = 0.25  # bfloat16 keeps 8 bits of mantissa: a MobileNet 0.25's softmax moved 0.08 (JAX's policy)
+
+
+@contextmanager
+def policy():
+    """Keras's global dtype policy float32 for an export, the caller's back after: under a caller's mixed_float16
+    a float32 model loaded as mixed (a false "rebuilt in float32" note) and models built for repairs computed in
+    float16."""
+    import keras
+
+    old = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(old)
 
 
 def is_mixed(layers) -> bool:

@@ -38,7 +38,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
     _check_call(model_path, cfg)
     warn_if_onednn_off(cfg)
     from tledge import log
-    from tledge.export import loader
+    from tledge.export import float32, loader
     from tledge.export.unit import ExportFolder
 
     chosen = plan(cfg)
@@ -46,7 +46,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
     _check_calibration_source(cfg, chosen)
     thresholds = thresholds_for(cfg)
     out = Path(cfg.out) if cfg.out else Path(model_path).with_name(Path(model_path).stem + "_export")
-    with ExportFolder(out) as folder, log.root_untouched():  # locked first: a second export into `out` fails at once
+    with ExportFolder(out) as folder, log.root_untouched(), float32.policy():  # locked first: a second export fails
         stage = folder.staging
         log.plan(3 + len(chosen) + _loop_planned(cfg, chosen))  # progress lines: load, images, each file, parity
         clock = time.perf_counter()
