@@ -48,6 +48,12 @@ class Thresholds:
     # interval of the change below 0; None judges the point estimate alone. The agreement rule bounds
     # the drop either way.
     significance: float | None = 0.05
+    # the fields a thresholds file's entry set (tledge.thresholds); None: a Thresholds made in code
+    given: frozenset | None = field(default=None, compare=False, repr=False)
+
+    def overrides(self) -> dict:
+        """The fields this entry sets (every field for a Thresholds made in code), as a thresholds file's table."""
+        return {f: getattr(self, f) for f in THRESHOLD_FIELDS if self.given is None or f in self.given}
 
     @classmethod
     def for_precision(cls, precision: str) -> "Thresholds":
@@ -59,16 +65,23 @@ class Thresholds:
         file name was built on the defaults of the precision in its name (model_fp32.tflite: fp32's; a name that
         states none: Thresholds()); the file's own precision decides, so unless they agree the entry's own fields
         are put on the defaults of the file's precision (a looser min_agreement made an int8 file named
-        model_fp32.tflite fail fp32's max_abs, and an int8 file named hym_int8.tflite need agreement 1.0)."""
+        model_fp32.tflite fail fp32's max_abs, and an int8 file named hym_int8.tflite need agreement 1.0). The entry's
+        own fields are the ones its file gave (a value equal to the name's default was dropped when they were guessed
+        by comparison: min_agreement = 1.0 for mine.tflite checked an int8 file at 0.98)."""
         t = table.get(name)
         if t is None:
             return table.get(precision) or cls.for_precision(precision)
         named = precision_in_name(name)
         if named == precision:
             return t
-        base = DEFAULT_THRESHOLDS[named] if named else cls()  # what tledge.parity built the entry on
-        own = {f: getattr(t, f) for f in cls.__dataclass_fields__ if getattr(t, f) != getattr(base, f)}
+        if t.given is not None:
+            return replace(cls.for_precision(precision), **t.overrides())
+        base = DEFAULT_THRESHOLDS[named] if named else cls()  # a Thresholds made in code: its fields that differ
+        own = {f: getattr(t, f) for f in THRESHOLD_FIELDS if getattr(t, f) != getattr(base, f)}
         return replace(cls.for_precision(precision), **own)
+
+
+THRESHOLD_FIELDS = tuple(f for f, d in Thresholds.__dataclass_fields__.items() if d.compare)  # what a file may set
 
 
 def precision_in_name(name: str) -> str | None:

@@ -203,19 +203,29 @@ class ParityReport:
     explain: str = ""  # Markdown: per-layer int8 error table
     clients: dict = field(default_factory=dict)  # MediaPipe's agreement (tledge.clients.measure)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per export step (tledge export)
+    # files listed but not checked (no runtime for them here; compiled for an accelerator): {"file", "reason"}
+    skipped: list[dict] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
         return bool(self.results) and all(r.passed for r in self.results)
 
+    def unmatched(self, thresholds) -> list[str]:
+        """File-name keys of `thresholds` that name no file of this report: a misspelt name left that file on its
+        precision's defaults, silently."""
+        checked = {Path(r.file).name for r in self.results} | {Path(s["file"]).name for s in self.skipped}
+        return sorted(k for k in (thresholds or {}) if "." in k and k not in checked)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "images": self.images, "reference": self.reference,
-                "results": [asdict(r) for r in self.results], "notes": list(self.notes),
-                "fidelity": list(self.fidelity), "seconds": dict(self.seconds),
-                **({"clients": self.clients} if self.clients else {})}
+        """The report as JSON values: a figure that is not a number (inf: a file that could not run) is null."""
+        return _finite({"passed": self.passed, "images": self.images, "reference": self.reference,
+                        "results": [asdict(r) for r in self.results], "notes": list(self.notes),
+                        "fidelity": list(self.fidelity), "seconds": dict(self.seconds),
+                        **({"skipped": list(self.skipped)} if self.skipped else {}),
+                        **({"clients": self.clients} if self.clients else {})})
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
 
     def to_markdown(self) -> str:
         lines = [f"# Parity report ({'PASSED' if self.passed else 'FAILED'})", "",
@@ -227,6 +237,7 @@ class ParityReport:
             lines.append(f"| {r.file} | {r.precision} | {r.max_abs_error:.2e} | {r.mean_abs_error:.2e} | "
                          f"{_with_ci(r.top1_agreement, r.agreement_ci)} | {_topk(r)} | {_fmt(r.accuracy)} | "
                          f"{_fmt(r.reference_accuracy)} | {_change(r)} | {'pass' if r.passed else 'FAIL'} |")
+        lines += [f"| {s['file']} | - | - | - | - | - | - | - | - | not checked: {s['reason']} |" for s in self.skipped]
         fails = [(r.file, f) for r in self.results for f in r.failures]
         if fails:
             lines += ["", "## Failures", ""] + [f"- `{name}`: {f}" for name, f in fails]
@@ -266,10 +277,13 @@ class ParityReport:
         return "\n".join(lines) + "\n"
 
     def table(self) -> str:
+        from tledge.text import printable
+
         rows = [("file", "prec", "max abs", "agree", "acc", "ref acc", "result")]
-        for r in self.results:
-            rows.append((r.file, r.precision, f"{r.max_abs_error:.2e}", f"{r.top1_agreement:.3f}",
+        for r in self.results:  # names from the command line or a folder: control characters as escapes
+            rows.append((printable(r.file), r.precision, f"{r.max_abs_error:.2e}", f"{r.top1_agreement:.3f}",
                          _fmt(r.accuracy), _fmt(r.reference_accuracy), "pass" if r.passed else "FAIL"))
+        rows += [(printable(s["file"]), "-", "-", "-", "-", "-", "not checked") for s in self.skipped]
         widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
         return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows)
 
@@ -284,7 +298,9 @@ class ParityReport:
         from xml.sax.saxutils import escape, quoteattr
 
         failed = sum(not r.passed for r in self.results)
-        cases = []
+        cases = [f'  <testcase classname={quoteattr(xml_legal(suite))} name={quoteattr(xml_legal(s["file"]))} '
+                 f'time="0.000"><skipped message={quoteattr(xml_legal(s["reason"]))}/></testcase>'
+                 for s in self.skipped]  # a board without a file's runtime: skipped, not absent (a green build)
         for r in self.results:
             body = ""
             if not r.passed:  # json.dumps escapes what XML cannot hold; names and messages are made legal
@@ -293,7 +309,8 @@ class ParityReport:
             cases.append(f'  <testcase classname={quoteattr(xml_legal(suite))} name={quoteattr(xml_legal(r.file))} '
                          f'time="{(r.latency_ms or 0) * r.images / 1000:.3f}">{body}</testcase>')
         return (f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name={quoteattr(xml_legal(suite))} '
-                f'tests="{len(self.results)}" failures="{failed}" errors="0">\n' + "\n".join(cases) +
+                f'tests="{len(self.results) + len(self.skipped)}" failures="{failed}" errors="0" '
+                f'skipped="{len(self.skipped)}">\n' + "\n".join(cases) +
                 "\n</testsuite>\n")
 
     def write(self, folder: str | Path) -> None:
@@ -301,6 +318,18 @@ class ParityReport:
 
         atomic_write_text(Path(folder) / "parity.json", self.to_json() + "\n")
         atomic_write_text(Path(folder) / "parity.md", self.to_markdown())
+
+
+def _finite(v):
+    """JSON values with every non-finite float as None: json.dumps wrote Infinity and NaN, which JSON has not (Node's
+    JSON.parse, jq and strict parsers failed on `tledge parity --json` and parity.json)."""
+    if isinstance(v, float):
+        return v if np.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
 
 
 def _g(v: float | None) -> str:

@@ -11,12 +11,13 @@ class NestedTooDeeply(ValueError):
     """JSON nested deeper than MAX_JSON_DEPTH."""
 
 
-def loads_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH):
+def loads_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH, *, unique: bool = False):
     """json.loads, refusing nesting deeper than `max_depth` (NestedTooDeeply, a ValueError): Python 3.13's json
     parses thousands of levels that 3.11's refused, and code walking the result (dataclasses.asdict) then recursed
-    into a RecursionError traceback. The depth is measured without recursion."""
+    into a RecursionError traceback. The depth is measured without recursion. `unique`: a key twice in one object
+    is a ValueError (json keeps the last one silently; TOML refuses it)."""
     try:
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=_unique_keys if unique else None)
     except RecursionError:
         raise NestedTooDeeply("nested too deeply") from None
     stack = [(value, 1)]
@@ -27,6 +28,15 @@ def loads_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH):
                 raise NestedTooDeeply("nested too deeply")
             stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
     return value
+
+
+def _unique_keys(pairs: list) -> dict:
+    seen: dict = {}
+    for k, v in pairs:
+        if k in seen:
+            raise ValueError(f"the key {k[:60]!r} is given twice in one object")
+        seen[k] = v
+    return seen
 
 
 # the kinds of JSON value a file's field may be, and how a message names each

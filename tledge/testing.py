@@ -32,6 +32,14 @@ def assert_parity(reference: str | Path, exported: str | Path | Sequence[str | P
         thresholds = thresholds_from_dict(thresholds)
     files = [exported] if isinstance(exported, (str, Path)) else list(exported)
     report = parity(reference, files, images, thresholds=thresholds, preprocess=preprocess)
+    unmatched = report.unmatched(thresholds)
+    if unmatched:  # as `tledge parity --thresholds` warns: that file stayed on its precision's defaults
+        import warnings
+
+        from tledge.errors import TledgeWarning
+
+        warnings.warn(f"thresholds for {', '.join(unmatched)} match no checked file "
+                      f"({', '.join(r.file for r in report.results)})", TledgeWarning, stacklevel=2)
     if not report.passed:
         raise AssertionError("tledge parity failed\n" + report.table() + "\n" + "\n".join(
             f"  {r.file}: {f}" for r in report.results for f in r.failures))

@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from tledge._deps import require
-from tledge.artifacts import DEFAULT_THRESHOLDS, Thresholds, precision_in_name
+from tledge.artifacts import DEFAULT_THRESHOLDS, THRESHOLD_FIELDS, Thresholds, precision_in_name
 from tledge.errors import TledgeError
 from tledge.safejson import loads_json
 
@@ -25,6 +25,9 @@ def load_thresholds(path: str | Path) -> dict[str, Thresholds]:
     except (OSError, UnicodeDecodeError) as exc:
         raise TledgeError(f"--thresholds {p}: cannot read it ({exc.__class__.__name__}: {exc})") from None
     raw = _parse_thresholds_text(p, text)
+    if raw == {}:  # with --golden it replaced the export's own thresholds by the defaults, silently
+        raise TledgeError(f"--thresholds {p}: the file sets no thresholds (empty); give a table per precision or "
+                          "file name, or leave --thresholds out")
     try:
         return thresholds_from_dict(raw)
     except TledgeError as exc:
@@ -44,7 +47,7 @@ def _parse_thresholds_text(p: Path, text: str) -> dict:
         except RecursionError:
             raise TledgeError(f"--thresholds {p}: not valid TOML (nested too deeply)") from None
     try:
-        return loads_json(text)
+        return loads_json(text, unique=True)
     except ValueError as exc:  # (JSONDecodeError, or nested too deeply)
         raise TledgeError(f"--thresholds {p}: not valid JSON ({exc}); TOML files need a .toml name") from None
 
@@ -60,6 +63,8 @@ def _check_value(key: str, name: str, value) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TledgeError(f"{key}.{name} must be a number, got {value!r}")
+    if name in ("many_classes", "top_k") and not isinstance(value, int):  # top_k 1.5 checked top-2 as "top-1.5"
+        raise TledgeError(f"{key}.{name} must be a whole number, got {value!r}")
     lo, hi = _RANGES[name]
     if not (value >= lo and (hi is None or value <= hi)):  # also refuses NaN
         raise TledgeError(f"{key}.{name} must be in [{lo:g}, {'inf' if hi is None else f'{hi:g}'}], got {value!r}")
@@ -78,22 +83,22 @@ def thresholds_from_dict(raw: dict) -> dict[str, Thresholds]:
     out = {}
     for key, vals in raw.items():
         if isinstance(vals, Thresholds):  # its fields checked as a table's are ("0.5" failed inside stats)
-            for name in Thresholds.__dataclass_fields__:
+            for name in THRESHOLD_FIELDS:
                 _check_value(key, name, getattr(vals, name))
             out[key] = vals
             continue
         if not isinstance(vals, dict):
             raise TledgeError(f"thresholds for {key!r} must be a table of fields "
-                              f"({', '.join(Thresholds.__dataclass_fields__)}), got {vals!r}")
-        unknown = set(vals) - set(Thresholds.__dataclass_fields__)
+                              f"({', '.join(THRESHOLD_FIELDS)}), got {vals!r}")
+        unknown = set(vals) - set(THRESHOLD_FIELDS)
         if unknown:
             raise TledgeError(f"thresholds for {key!r}: unknown field(s) {sorted(unknown)}; "
-                              f"known: {', '.join(Thresholds.__dataclass_fields__)}")
+                              f"known: {', '.join(THRESHOLD_FIELDS)}")
         for name, value in vals.items():
             _check_value(key, name, value)
         if key not in DEFAULT_THRESHOLDS and Path(key).suffix.lower() not in (".tflite", ".onnx"):
             raise TledgeError(f"thresholds key {key!r} is neither a precision ({', '.join(DEFAULT_THRESHOLDS)}) nor "
                               "an exported file's name (.tflite, .onnx)")
         base = DEFAULT_THRESHOLDS.get(key) or DEFAULT_THRESHOLDS.get(precision_in_name(key) or "", Thresholds())
-        out[key] = replace(base, **vals)
+        out[key] = replace(base, **vals, given=frozenset(vals))
     return out

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from tledge.errors import TledgeError
+from tledge.text import printable
 
 
 MORE_FILES = "exported"  # file arguments after an option join this list (tledge.cli.main)
@@ -111,13 +112,12 @@ def run(args) -> int:
         report = parity(args.reference, args.exported, args.images, preprocess=args.preprocess,
                         unsafe=args.unsafe, thresholds=thresholds, signature=args.signature,
                         binary_output=args.binary_output)
-    checked = {Path(r.file).name for r in report.results}
-    unmatched = sorted(k for k in (thresholds or {}) if "." in k and k not in checked)
+    unmatched = report.unmatched(thresholds)
     if unmatched:  # a misspelt file name would leave that file on its precision's defaults, silently
         from tledge import log
 
-        log.warn(f"--thresholds {args.thresholds}: {', '.join(unmatched)} match no checked file "
-                 f"({', '.join(sorted(checked))})")
+        checked = sorted({Path(r.file).name for r in report.results})
+        log.warn(f"--thresholds {args.thresholds}: {', '.join(unmatched)} match no checked file ({', '.join(checked)})")
     if args.junit:
         atomic_write_text(args.junit, report.to_junit())
     if args.json:
@@ -130,7 +130,7 @@ def run(args) -> int:
             log.note(note)
         for r in report.results:
             for f in r.failures:
-                print(f"tledge parity: {r.file}: {f}", file=sys.stderr)  # prefixed like every tledge line
+                print(printable(f"tledge parity: {r.file}: {f}"), file=sys.stderr)  # prefixed like every tledge line
         print("parity: " + ("PASSED" if report.passed else "FAILED"))
     wrong = [r for r in report.results if r.incompatible]
     if wrong:  # the user handed files of another model: a usage error, said once the report is out

@@ -211,7 +211,9 @@ def thresholds_for(cfg: ExportConfig) -> dict[str, Thresholds]:
     if not 0.0 < cfg.fidelity <= 1.0:
         raise TledgeError(f"--fidelity is an agreement between 0 and 1, got {cfg.fidelity}")
     base = cfg.thresholds.get("int8") or Thresholds.for_precision("int8")  # the gate in force: top-k from 20 classes
-    return {**cfg.thresholds, "int8": replace(base, min_agreement=cfg.fidelity, min_topk_agreement=cfg.fidelity)}
+    given = None if base.given is None else base.given | {"min_agreement", "min_topk_agreement"}  # golden.npz keeps them
+    return {**cfg.thresholds, "int8": replace(base, min_agreement=cfg.fidelity, min_topk_agreement=cfg.fidelity,
+                                              given=given)}
 
 
 def _loop_planned(cfg: ExportConfig, chosen) -> bool:
