@@ -16,7 +16,7 @@ pytestmark = pytest.mark.runtime_only
 
 # what `tledge run FILE.tflite --source IMAGE` may import of tledge: a new module on this path is a cold-start cost
 RUN_PATH = {"tledge", "tledge._deps", "tledge.artifacts", "tledge.cli", "tledge.cli.run", "tledge.cli.validate",
-            "tledge.cli.model_options",
+            "tledge.cli.model_options", "tledge.cli.oserrors",
             "tledge.contract", "tledge.errors", "tledge.flatbuf", "tledge.images", "tledge.log", "tledge.metadata",
             "tledge.paths", "tledge.safejson", "tledge.signals", "tledge.text", "tledge.trust",
             "tledge.runtime", "tledge.runtime.backends", "tledge.runtime.foreign", "tledge.runtime.model",

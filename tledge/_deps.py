@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import io
 import os
 
 from tledge.version import __version__
@@ -59,12 +60,22 @@ def require(name: str, extra: str | None = None, purpose: str | None = None):
         raise MissingDependency(f"tledge needs Keras on the TensorFlow backend, KERAS_BACKEND is {backend!r}: set "
                                 "KERAS_BACKEND=tensorflow (or unset it)")  # for an unknown one, "not installed" else
     level = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+    said = io.StringIO()  # what the import prints to sys.stderr (numpy's 30-line banner for a numpy 1.x build)
     try:
-        module = importlib.import_module(name)
+        with contextlib.redirect_stderr(said):
+            module = importlib.import_module(name)
     except ImportError as exc:
         if _interrupted(exc):  # Ctrl-C while TensorFlow started: an interrupt, not a missing package (exit 130)
             raise KeyboardInterrupt from exc
+        if not isinstance(exc, ModuleNotFoundError) and available(name.split(".")[0]):  # there but broken: "pip
+            # install" of what is installed fixed nothing (a numpy 1.x build under numpy 2, ulimit -v)
+            raise MissingDependency(_broken(name, exc, said.getvalue())) from exc
         raise _missing(name, extra, purpose, f" Import failed with: {exc}") from exc
+    except BaseException:
+        _echo(said.getvalue())
+        raise
+    else:
+        _echo(said.getvalue())
     finally:  # tf2onnx's import sets it to 3 for the rest of the process and its children: the caller's stands
         if os.environ.get("TF_CPP_MIN_LOG_LEVEL") != level:
             os.environ.pop("TF_CPP_MIN_LOG_LEVEL") if level is None else os.environ.update(TF_CPP_MIN_LOG_LEVEL=level)
@@ -91,6 +102,30 @@ def _interrupted(exc: BaseException) -> bool:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def _echo(text: str) -> None:
+    if text:
+        import sys
+
+        sys.stderr.write(text)
+
+
+def _broken(name: str, exc: ImportError, printed: str) -> str:
+    """Why an installed package does not import, in one line, with the fix where it is known."""
+    top = name.split(".")[0]
+    text = f"{exc} {printed}"
+    if "numpy.core.multiarray failed to import" in text or "_ARRAY_API" in text or "compiled using NumPy 1" in text:
+        from importlib.metadata import version
+
+        why = (f"it was built for numpy 1.x and numpy {version('numpy')} is installed: pip install 'numpy<2' (or a "
+               f"{_KNOWN.get(top, (top,))[0].split(' ')[0]} built for numpy 2: OpenCV 4.10 or later)")
+    elif "failed to map segment" in text or "annot allocate memory" in text:
+        why = "out of memory while loading it: the process's address-space limit (ulimit -v) or the machine's memory"
+    else:
+        why = (f"{' '.join(str(exc).split())[:300]} (a library it needs is missing, or the install is broken: pip "
+               f"install --force-reinstall {_KNOWN.get(top, (top,))[0].split(' ')[0]})")
+    return f"{top} is installed but does not import: {why}"
 
 
 def _missing(name: str, extra: str | None, purpose: str | None, tail: str = "") -> MissingDependency:

@@ -1,6 +1,7 @@
 """Atomic writes: a temporary file in the same folder, then os.replace."""
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 import threading
@@ -83,6 +84,30 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8", errors="surrogateescape"))
 
 
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+
+
+def raise_if_disk(exc: BaseException) -> None:
+    """Raise the OSError of a full, read-only or failing disk (or `ulimit -f`) that `exc` is or was caused by: the
+    disk's failure, not the model's. A converter's `except Exception` made a full $TMPDIR "int8 conversion failed",
+    and the export was committed without that file (its earlier good one deleted)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+            raise exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+
+
+def name_outside(exc: BaseException | None, staging: Path, out: Path) -> None:
+    """An OSError raised inside `staging` (a folder in `out` that a command writes before it swaps it in) named as
+    the `out` path the user asked for: `run/.tledge-final-15904/model.keras` was gone by the time it was read."""
+    if isinstance(exc, OSError):
+        for attr in ("filename", "filename2"):
+            if getattr(exc, attr, None):
+                setattr(exc, attr, str(getattr(exc, attr)).replace(str(staging), str(out)))
+
+
 def check_space(folder: str | Path, nbytes: int, what: str,
                 hint: str = "free some space, or pass another --out") -> None:
     """Raise TledgeError when `folder`'s file system has less than `nbytes` (+10 % and 256 kB: HDF5's own) free.
@@ -98,6 +123,20 @@ def check_space(folder: str | Path, nbytes: int, what: str,
     if free < need:
         raise TledgeError(f"{folder}: no space left on the device: {what} needs about {need / 1e6:.1f} MB, "
                           f"{free / 1e6:.1f} MB free ({hint})")
+    limit = file_size_limit()
+    if limit is not None and limit < need:  # HDF5 past `ulimit -f`: dozens of tracebacks, then a segfault
+        raise TledgeError(f"{folder}: {what} needs about {need / 1e6:.1f} MB and this process may write files of "
+                          f"at most {limit / 1e6:.1f} MB (ulimit -f): raise the limit")
+
+
+def file_size_limit() -> int | None:
+    """The largest file this process may write (`ulimit -f`, RLIMIT_FSIZE) in bytes, None when unlimited."""
+    try:
+        import resource
+    except ImportError:  # (not on Windows)
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else int(soft)
 
 
 def free_bytes(folder: str | Path) -> int:

@@ -206,8 +206,9 @@ def _showwarning(c: Console, logfile):
                 c.seen.add(text)
                 c.stream.write(text)
         else:
-            logfile.write(text)
-            logfile.flush()
+            with contextlib.suppress(OSError, ValueError):  # a full $TMPDIR: the warning is lost, not the conversion
+                logfile.write(text)                           # that raised it ("int8 conversion failed: errno 28")
+                logfile.flush()
 
     return show
 
@@ -292,7 +293,8 @@ def capture(c: Console, hook_warnings: bool | None = None):
         if term is not None:
             with contextlib.suppress(OSError):  # a full or closed terminal stream: its last line is lost, not the run
                 term.close()
-        logfile.close()
+        with contextlib.suppress(OSError):  # the log's last lines on a full $TMPDIR: lost, not the run's exit status
+            logfile.close()
         refused = sys.exc_info()[1]  # bad input (exit 2) loses nothing: not the last run's log, not a new file
         if refused is not None and (getattr(refused, "exit_code", None) == 2 or isinstance(refused, OSError)):
             c.keep = None

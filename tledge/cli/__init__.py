@@ -370,7 +370,7 @@ def _run(args, console) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
         return 141  # 128 + SIGPIPE, the shell's code for a writer the pipe's reader left
     except OSError as exc:  # a disk, permission or path problem: the user's to fix, never a traceback
-        from tledge.cli.validate import os_error_message
+        from tledge.cli.oserrors import os_error_message
 
         _say(f"{prefix}: error: {os_error_message(exc)}")
         return 2

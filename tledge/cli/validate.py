@@ -1,5 +1,5 @@
-"""Checks of paths and options that every subcommand runs before loading anything, and OS errors
-turned into one clear line. No TensorFlow, no model code: only the standard library.
+"""Checks of paths and options that every subcommand runs before loading anything (OS errors turned into one clear
+line: tledge.cli.oserrors). No TensorFlow, no model code: only the standard library.
 
 Each check raises TledgeError (exit code 2) naming the option and the value it refused.
 """
@@ -10,43 +10,12 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from tledge.cli.oserrors import OS_REASONS, os_error_message
 from tledge.errors import TledgeError
 from tledge.paths import expand
 
 MIN_FREE_BYTES = 1 << 20  # an output folder on a device with less free space than this is full
 PSEUDO_FS = ("/proc", "/sys", "/dev")  # never write outputs here
-
-# errno -> what it means for the user (the path is added by os_error_message)
-OS_REASONS = {
-    errno.ENOSPC: "no space left on the device",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EROFS: "read-only file system",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "operation not permitted",
-    errno.EISDIR: "is a folder, not a file",
-    errno.ENOTDIR: "a part of the path is a file, not a folder",
-    errno.ENOENT: "no such file or folder",
-    errno.EEXIST: "already exists",
-    errno.ENAMETOOLONG: "file name too long",
-    errno.ELOOP: "too many levels of symbolic links",
-    errno.EFBIG: "file too large for this file system",
-    errno.EMFILE: "too many open files",
-    errno.EIO: "input/output error (failing disk or network file system?)",
-    errno.ENXIO: "no such device",
-}
-
-
-def os_error_message(exc: OSError, what: str | None = None) -> str:
-    """'WHAT PATH: reason' for an OSError, without the Python decoration."""
-    reason = OS_REASONS.get(exc.errno) or (exc.strerror or str(exc)).strip()
-    where = exc.filename if exc.filename is not None else ""
-    if exc.errno == errno.EEXIST and where and os.path.islink(where) and not os.path.exists(where):
-        reason = f"a symbolic link to {os.readlink(where)}, which does not exist"  # not "already exists"
-    if exc.filename2 is not None:
-        where = f"{where} -> {exc.filename2}"
-    head = " ".join(str(s) for s in (what, where) if s)
-    return f"{head}: {reason}" if head else reason
-
 
 def _label(flag: str, path) -> str:
     return f"{flag} {path}" if flag else str(path)

@@ -61,6 +61,7 @@ from tledge.contract import Contract
 from tledge.errors import RepairTimeout, TledgeError
 from tledge.export import fallback, repair_budget, shipped
 from tledge.export.parity import ParityResult, Thresholds, check_files, confirmable, confirmed
+from tledge.io import raise_if_disk
 
 
 @dataclass(frozen=True)
@@ -268,6 +269,7 @@ def _try_rung(rung: Rung, plain: ParityResult, ctx: FidelityContext, cache, outc
     try:
         return _attempt(rung, plain, ctx, cache, outcome.notes)
     except Exception as exc:  # noqa: BLE001 - one technique failing on an unusual graph must not lose the export
+        raise_if_disk(exc)  # a full disk is no rung's failure: the export stops, its folder as it was
         error = str(exc) if isinstance(exc, TledgeError) else f"internal error: {type(exc).__name__}: {exc}"
         outcome.attempts.append({"file": plain.file, "rung": rung.name, "error": error,
                                  "seconds": round(time.perf_counter() - start, 2)})

@@ -21,7 +21,7 @@ from tledge._deps import require
 from tledge.errors import ExportError
 from tledge.export import onnx_describe, onnx_fakequant, onnx_pads, onnx_reshapes, onnx_scalars, onnx_tfops
 from tledge.export.names import INPUT_NAME, OUTPUT_NAME
-from tledge.io import shape_inference_scratch
+from tledge.io import raise_if_disk, shape_inference_scratch
 
 OPSET = 17
 
@@ -92,6 +92,7 @@ def convert_fp32(serve, contract):
         model, _ = convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs, opset=OPSET,
                                                   inputs_as_nchw=nchw)
     except Exception as exc:
+        raise_if_disk(exc)  # a full $TMPDIR is the disk's, not the model's (exit 2, the folder as it was)
         raise ExportError(f"ONNX conversion failed: {str(exc).strip().splitlines()[-1][:400]}") from None
     unconverted = unconverted_ops(model)
     if unconverted:
@@ -230,6 +231,7 @@ def _quantize(pre: Path, dst: Path, calib: np.ndarray, method: str, nodes_to_exc
                               calibrate_method=methods[method], nodes_to_exclude=exclude,
                               extra_options={"TensorQuantOverrides": tensors} if tensors else None, **cache)
     except Exception as exc:
+        raise_if_disk(exc)
         raise ExportError(f"ONNX int8 quantisation failed: {str(exc).strip().splitlines()[-1][:400]}") from None
 
 

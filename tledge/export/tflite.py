@@ -16,6 +16,7 @@ import numpy as np
 from tledge._deps import require
 from tledge.artifacts import exportable
 from tledge.errors import ExportError
+from tledge.io import raise_if_disk
 from tledge.export.names import INPUT_NAME, OUTPUT_NAME, SIGNATURE_KEY
 
 BATCH = 1
@@ -57,6 +58,7 @@ def convert(concrete, precision: str, calib: np.ndarray | None = None, *, float_
     try:
         return bytes(conv.convert())
     except Exception as exc:  # the converter raises ConverterError and others
+        raise_if_disk(exc)  # a full $TMPDIR is the disk's, not the model's (exit 2, the folder as it was)
         raise ExportError(f"TFLite {precision} conversion failed: {converter_error(exc)}") from None
 
 
@@ -69,6 +71,7 @@ def _int8(fn, calib: np.ndarray, float_ops: Sequence[str]) -> bytes:
     try:
         return bytes(selective.quantize_tflite(selective.calibrate_tflite(fn, calib), float_ops=float_ops))
     except Exception as exc:  # the converter raises ConverterError and others
+        raise_if_disk(exc)  # a full $TMPDIR is the disk's, not the model's (exit 2, the folder as it was)
         raise ExportError(f"TFLite int8 conversion failed: {converter_error(exc)}") from None
 
 

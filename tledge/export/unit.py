@@ -22,6 +22,7 @@ from pathlib import Path
 from tledge import artifacts, log
 from tledge.errors import TledgeError
 from tledge.folderlock import FolderLock, lock_name
+from tledge.io import name_outside
 
 LOCK = lock_name("export")
 
@@ -51,7 +52,7 @@ class ExportFolder:
         self.out = Path(out)
         self.staging = self.out / f"{STAGING_PREFIX}{os.getpid()}"
         self.notes: list[str] = []
-        self._created = False
+        self._created: list[Path] = []
         self._lock: FolderLock | None = None
 
     def __enter__(self) -> "ExportFolder":
@@ -60,7 +61,7 @@ class ExportFolder:
         why = not_an_export(self.out)
         if why:
             raise TledgeError(why)
-        self._created = not self.out.exists()
+        self._created = [p for p in (self.out, *self.out.parents) if not p.exists()]  # a failed export leaves none
         self.out.mkdir(parents=True, exist_ok=True)
         try:
             self._lock = FolderLock(self.out).acquire()
@@ -75,10 +76,7 @@ class ExportFolder:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if isinstance(exc, OSError):  # name the folder the user asked for, not the staging one
-            for attr in ("filename", "filename2"):
-                if getattr(exc, attr, None):
-                    setattr(exc, attr, str(getattr(exc, attr)).replace(str(self.staging), str(self.out)))
+        name_outside(exc, self.staging, self.out)  # the folder the user asked for, not the staging one
         shutil.rmtree(self.staging, ignore_errors=True)
         if self._lock is not None:
             self._lock.release()
@@ -86,8 +84,10 @@ class ExportFolder:
             self._remove_if_created()
 
     def _remove_if_created(self) -> None:
-        if self._created and self.out.is_dir() and not any(self.out.iterdir()):
-            self.out.rmdir()
+        for folder in self._created:  # --out first, then the parents this export made, while each is empty
+            if not folder.is_dir() or any(folder.iterdir()):
+                return
+            folder.rmdir()
 
     def commit(self, source: str | Path, verdicts: dict[str, tuple[bool, dict]],
                derived: dict[str, str] | None = None, inputs: dict[str, dict] | None = None,

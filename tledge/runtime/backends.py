@@ -80,6 +80,7 @@ def _tflite_interpreter_module():
     except ImportError:
         pass
     else:
+        _numpy1_build()
         warnings.warn("SLOW BACKEND: ai-edge-litert is not installed, using tflite_runtime, which is 10-40x "
                       "slower for int8 models and cannot load files with newer op versions. "
                       "Fix: pip install ai-edge-litert", TledgeWarning, stacklevel=4)
@@ -89,6 +90,21 @@ def _tflite_interpreter_module():
                       "is deprecated and heavy. Fix: pip install ai-edge-litert", TledgeWarning, stacklevel=4)
         return _TFModule(sys.modules["tensorflow"]), "tensorflow.lite"
     raise MissingDependency("no TFLite interpreter installed: pip install ai-edge-litert (tledge[runtime])")
+
+
+def _numpy1_build() -> None:
+    """tflite-runtime (its last release, 2.14) was built for numpy 1: under numpy 2 its first interpreter printed
+    numpy's 30-line banner and failed with a SystemError. Refused before, in one line."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        tfl = version("tflite-runtime")
+    except PackageNotFoundError:
+        return
+    major = int(np.__version__.split(".")[0])
+    if major >= 2 and tuple(int(p) for p in re.findall(r"\d+", tfl)[:2]) <= (2, 14):
+        raise MissingDependency(f"tflite-runtime {tfl} was built for numpy<2 and numpy {np.__version__} is installed: "
+                                "pip install 'numpy<2', or pip install ai-edge-litert (tledge[runtime])")
 
 
 class _TFModule:

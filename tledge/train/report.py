@@ -21,7 +21,7 @@ import numpy as np
 from tledge.artifacts import CONTRACT_FILE, LABELS_FILE
 from tledge._deps import available, require
 from tledge.errors import ExportError, TledgeWarning
-from tledge.io import atomic_path, atomic_write_text, check_space
+from tledge.io import atomic_path, atomic_write_text, check_space, name_outside
 from tledge.signals import signals_held
 from tledge.train.checkpoint import numpy2_quiet, temp_sibling, weight_bytes
 
@@ -176,7 +176,11 @@ def write_all(out: Path, model, contract, metrics: dict, check_x: np.ndarray, ex
     stage.mkdir()
     try:
         linked = link_split(stage, split) if split is not None else None
-        names = _write_staged(stage, model, contract, metrics, check_x, expected, t0, linked)
+        try:
+            names = _write_staged(stage, model, contract, metrics, check_x, expected, t0, linked)
+        except OSError as exc:
+            name_outside(exc, stage, out)  # --out's path in the message, not the staging folder's (gone by then)
+            raise
         if "h5" not in names:
             (out / "model.h5").unlink(missing_ok=True)  # an earlier run's file would not be this model
         with signals_held():  # Ctrl-C / SIGTERM between two renames left a new model beside the old labels
