@@ -104,3 +104,22 @@ def test_an_onnx_file_onnxruntime_cannot_load_still_says_its_contract(tmp_path):
     helper.set_model_props(model, {METADATA_KEY: Contract(8, 8, labels=("a", "b")).to_json()})
     onnx.save(model, str(tmp_path / "bad.onnx"))
     assert read_onnx_contract(tmp_path / "bad.onnx").labels == ("a", "b")
+
+
+@pytest.mark.parametrize("where", ["every layer", "the last layer"])
+def test_a_plain_float16_policy_is_rebuilt_too(tmp_path, where):
+    """set_dtype_policy("float16"), or Dense(dtype="float16") as the last layer: not mixed_*, so the TFLite files failed
+    ("'tf.MatMul' op is neither a custom op nor a flex op") and the fp32 ONNX file computed in float16."""
+    import keras
+
+    L = keras.layers
+    half = "float16" if where == "every layer" else None
+    i = keras.Input((24, 24, 3))
+    x = L.Conv2D(4, 3, activation="relu", dtype=half)(L.Rescaling(1 / 255.0, dtype=half)(i))
+    m = keras.Model(i, L.Dense(2, activation="softmax", dtype="float16")(L.GlobalAveragePooling2D(dtype=half)(x)))
+    m.save(tmp_path / "half.keras")
+    lm = loader.load_model(tmp_path / "half.keras")
+    assert {layer.dtype_policy.name for layer in lm.model.layers} == {"float32"}
+    assert any("rebuilt in float32" in n for n in lm.notes)
+    x = np.random.default_rng(0).uniform(0, 255, (3, 24, 24, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(lm.model(x)), np.asarray(m(x), np.float32), atol=5e-3)

@@ -177,3 +177,24 @@ def test_a_one_output_that_is_neither_probability_nor_logit_is_refused(tmp_path,
     keras.Model(i, keras.layers.Dense(3, activation=activation)(keras.layers.GlobalAveragePooling2D()(x))).save(
         tmp_path / "three.keras")
     assert loader.load_model(tmp_path / "three.keras").num_outputs == 3  # several outputs: read from their values
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_a_keras_model_with_an_integer_input_takes_raw_pixels_only(tmp_path, suffix):
+    """A Keras model with a uint8 Input: `--preprocess tf` was cast to uint8 inside (every image the same answer,
+    parity PASSED, exit 0), as a SavedModel's uint8 signature is refused."""
+    import keras
+
+    from tledge.errors import ContractError
+    from tledge.export import loader, resolve
+
+    inp = keras.Input((24, 40, 3), dtype="uint8")
+    x = keras.layers.Conv2D(4, 3)(keras.layers.BatchNormalization()(inp))
+    keras.Model(inp, keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))) \
+        .save(tmp_path / f"m{suffix}")
+    lm = loader.load_model(tmp_path / f"m{suffix}")
+    assert lm.integer_input == "uint8"
+    with pytest.raises(ContractError, match="takes uint8 pixels.*would be cast to uint8"):
+        resolve.resolve_contract(lm, preprocess="tf", input_size=None, labels=("a", "b"))
+    contract, add = resolve.resolve_contract(lm, preprocess=None, input_size=None, labels=("a", "b"))
+    assert contract.norm.value == "raw" and add is None

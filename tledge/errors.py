@@ -102,3 +102,26 @@ def warnings_held(explain: bool = False):
             shown(*w)
 
     return held()
+
+
+def warnings_not_errors():
+    """A context manager: `-W error` / PYTHONWARNINGS=error filters act as `default` in its block, the caller's filters
+    back after. For the CLI's commands (their warnings are output: under a CI job's PYTHONWARNINGS=error a finished
+    training raised its accuracy note before writing anything) and the converters (TensorFlow's own UserWarning made
+    "int8 conversion failed"). Main thread only: warnings' filters are the process's."""
+    import contextlib
+    import threading
+    import warnings
+
+    @contextlib.contextmanager
+    def relaxed():
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        with warnings.catch_warnings():
+            filters = [("default",) + f[1:] if f[0] == "error" else f for f in warnings.filters]
+            warnings.resetwarnings()
+            warnings.filters[:] = filters
+            yield
+
+    return relaxed()

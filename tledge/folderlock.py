@@ -100,10 +100,17 @@ class FolderLock:
         self.fd = fd
 
     def _busy(self, holder: str) -> TledgeError:
-        parts = holder.split(" ")
-        who = f"pid {parts[0]} on {parts[1]}, started {parts[2]}" if len(parts) >= 3 else "another process"
-        return TledgeError(f"another tledge {self.verb} ({who}) is writing into {self.path.parent}: wait for it to "
-                           f"finish or choose another --out")
+        return TledgeError(f"another tledge {self.verb} ({_who(holder)}) is writing into {self.path.parent}: wait for "
+                           f"it to finish or choose another --out")
+
+    def exclude(self, other: str) -> "FolderLock":
+        """Held, refuse the folder while the `other` verb's lock on it is held too (released first)."""
+        who = holder(self.path.parent, other)
+        if who is not None:
+            self.release()
+            raise TledgeError(f"a tledge {other} ({who}) is writing into {self.path.parent}: wait for it to finish "
+                              "or choose another --out")
+        return self
 
     def release(self) -> None:
         if self.fd is None:
@@ -113,6 +120,36 @@ class FolderLock:
         finally:
             os.close(self.fd)
             self.fd = None
+
+
+def holder(folder: Path, verb: str) -> str | None:
+    """Who holds `verb`'s lock on `folder` right now ("pid N on HOST, started T"), None when nobody does: export and
+    train lock their folders each under its own name, and one checks the other's (a train's final save replaced an
+    export's tledge.json after its manifest vouched for it; both exited 0)."""
+    path = Path(folder) / lock_name(verb)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        text = os.read(fd, 200).decode(errors="replace").strip()
+        try:
+            import fcntl
+        except ImportError:  # Windows: the pid in the file, if it still runs
+            pid = text.split(" ")[0]
+            return _who(text) if pid.isascii() and pid.isdigit() and _alive(int(pid)) else None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return _who(text)
+        return None  # a dead holder's file (kill -9): free
+    finally:
+        os.close(fd)
+
+
+def _who(holder: str) -> str:
+    parts = holder.split(" ")
+    return f"pid {parts[0]} on {parts[1]}, started {parts[2]}" if len(parts) >= 3 else "another process"
 
 
 def _alive(pid: int) -> bool:

@@ -41,6 +41,11 @@ def require(folder: str | Path, what: str) -> Manifest:
         raise TledgeError(f"{d} holds a Keras model ({trained.name}), not exported files: export it first "
                           f"(tledge export {trained}), then pass the export folder")
     if any(d.glob(".tledge-staging-*")):
+        from tledge.folderlock import holder  # (here: socket is no cold-start import of `tledge run`)
+
+        busy = holder(d, "export")
+        if busy is not None:
+            raise TledgeError(f"an export ({busy}) is writing into {d} now: wait for it to finish")
         raise TledgeError(f"{d} has no {MANIFEST}, so {what} cannot trust its files (an export into it was "
                           f"killed): run tledge export again into it")
     if any((d / n).is_file() for n in list(BY_FILENAME) + list(SIDE_FILES)):

@@ -6,7 +6,7 @@ import importlib
 import os
 import sys
 
-from tledge.errors import TledgeError
+from tledge.errors import TledgeError, warnings_not_errors
 
 # subcommand -> module under tledge.cli with `add_arguments(parser)` and `run(args) -> int`
 COMMANDS = {
@@ -352,7 +352,7 @@ def _run(args, console) -> int:
     mod = importlib.import_module(f"tledge.cli.{args.command}")
     prefix = f"tledge {args.command}"
     try:
-        with log.capture(console):
+        with log.capture(console), warnings_not_errors():  # a command's warnings are output, never exceptions
             rc = int(mod.run(args) or 0)
             try:
                 sys.stdout.flush()  # here, not at exit: a pipe's reader that left is seen by the handler below

@@ -30,9 +30,18 @@ def policy():
         keras.mixed_precision.set_global_policy(old)
 
 
+HALF = ("float16", "bfloat16")  # plain half-precision policies: a model built under set_dtype_policy("float16"), or a
+# float16 last layer, failed TFLite's converter as mixed_float16 ones did (and its fp32 ONNX file computed in float16)
+
+
+def _half(name: str) -> bool:
+    return name.startswith("mixed_") or name in HALF
+
+
 def is_mixed(layers) -> bool:
-    """Whether any of `layers` (a model's, nested ones included) computes under a mixed_* dtype policy."""
-    return any(str(getattr(getattr(layer, "dtype_policy", None), "name", "")).startswith("mixed_") for layer in layers)
+    """Whether any of `layers` (a model's, nested ones included) computes in half precision: a mixed_* dtype policy,
+    or a plain float16 / bfloat16 one."""
+    return any(_half(str(getattr(getattr(layer, "dtype_policy", None), "name", ""))) for layer in layers)
 
 
 def rebuild(model, tf_keras=None):
@@ -61,8 +70,7 @@ def rebuild(model, tf_keras=None):
 
 def _float32_policies(obj):
     if isinstance(obj, dict):
-        if obj.get("class_name") in ("DTypePolicy", "Policy") and \
-                str((obj.get("config") or {}).get("name", "")).startswith("mixed_"):
+        if obj.get("class_name") in ("DTypePolicy", "Policy") and _half(str((obj.get("config") or {}).get("name", ""))):
             return {**obj, "config": {**obj["config"], "name": "float32"}}
         return {k: _float32_policies(v) for k, v in obj.items()}
     if isinstance(obj, list):

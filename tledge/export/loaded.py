@@ -35,7 +35,7 @@ class LoadedModel:
     binary: str | None = None  # one-output model: tledge.export.binary's SIGMOID / LOGIT (files give 2 scores)
     sigmoid_scores: bool = False  # several outputs, each a sigmoid (multi-label): probabilities that need not sum to 1
     opaque: str | None = None  # why a SavedModel's computation cannot be read from its graph (a JAX export)
-    integer_input: str | None = None  # a SavedModel signature taking integer pixels (uint8): raw values only
+    integer_input: str | None = None  # a model (or SavedModel signature) taking integer pixels (uint8): raw values
     unread_preprocessing: str | None = None  # arithmetic at the input whose constants cannot be read (graphprep)
 
     @property

@@ -305,6 +305,9 @@ def _describe(p: Path, model, kind: str) -> LoadedModel:
         baked, unread = graph_mode(binary.traced(model), channels)
     lm = LoadedModel(p, model, kind, hw, channels, baked, None, _last_dim(getattr(outputs[0], "shape", None)))
     lm.unread_preprocessing = unread  # a Normalization adapted on the data: which pixels it expects is not said
+    dtype = str(getattr(inputs[0].dtype, "name", inputs[0].dtype))  # (Keras 3: a string; tf_keras: a tf.DType)
+    if dtype.startswith(("uint", "int")):  # as a SavedModel's: `--preprocess tf` was cast to uint8 inside, exit 0
+        lm.integer_input = dtype
     return lm
 
 

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from tledge._deps import require
-from tledge.errors import ExportError
+from tledge.errors import ExportError, warnings_not_errors
 from tledge.export import onnx_describe, onnx_fakequant, onnx_pads, onnx_reshapes, onnx_scalars, onnx_tfops
 from tledge.export.names import INPUT_NAME, OUTPUT_NAME
 from tledge.io import raise_if_disk, shape_inference_scratch
@@ -89,8 +89,9 @@ def convert_fp32(serve, contract):
         inputs = [t.name for t in frozen.inputs if t.dtype != tf.resource]
         outputs = [t.name for t in frozen.outputs]
         nchw = inputs if Conventions.of(contract).layout == "nchw" else None
-        model, _ = convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs, opset=OPSET,
-                                                  inputs_as_nchw=nchw)
+        with warnings_not_errors():  # tf2onnx's and TensorFlow's warnings under -W error: not the model's failure
+            model, _ = convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs, opset=OPSET,
+                                              inputs_as_nchw=nchw)
     except Exception as exc:
         raise_if_disk(exc)  # a full $TMPDIR is the disk's, not the model's (exit 2, the folder as it was)
         raise ExportError(f"ONNX conversion failed: {str(exc).strip().splitlines()[-1][:400]}") from None
@@ -224,7 +225,7 @@ def _quantize(pre: Path, dst: Path, calib: np.ndarray, method: str, nodes_to_exc
     tensors = {**(ranges_of or {}), **(_grid_overrides(pre) if scheme.int8_grid else {}), **grid.overrides,
                **(overrides or {})}
     try:  # onnxruntime's histogram calibrators print() progress: to fd 2 (the log), not stdout (--json)
-        with contextlib.redirect_stdout(sys.__stderr__ or sys.stderr):
+        with contextlib.redirect_stdout(sys.__stderr__ or sys.stderr), warnings_not_errors():
             q.quantize_static(str(pre), str(dst), _Reader(calib), quant_format=q.QuantFormat.QDQ,
                               per_channel=scheme.per_channel, reduce_range=scheme.reduce_range,
                               activation_type=qtype[scheme.activations], weight_type=qtype[scheme.weights],

@@ -73,7 +73,7 @@ def _size(lm: LoadedModel, flag, base, base_from, src: dict) -> tuple[int, int]:
 
 def _norm(lm: LoadedModel, flag: str | None, flag_from: str, base, base_from, src: dict):
     """(mode, mode to add in front of the model or None)."""
-    if lm.integer_input and flag not in (None, "raw"):  # normalised pixels would be cast to integers inside
+    if lm.integer_input and flag not in (None, "raw", lm.baked_mode):  # normalised pixels would be cast inside
         raise ContractError(f"{lm.path.name} takes {lm.integer_input} pixels: raw values 0..255, which it normalises "
                             f"itself if at all; {flag_from} `{flag}` would be cast to {lm.integer_input} inside the "
                             "file (drop it, or pass raw)")

@@ -15,7 +15,7 @@ import numpy as np
 
 from tledge._deps import require
 from tledge.artifacts import exportable
-from tledge.errors import ExportError
+from tledge.errors import ExportError, warnings_not_errors
 from tledge.io import raise_if_disk
 from tledge.export.names import INPUT_NAME, OUTPUT_NAME, SIGNATURE_KEY
 
@@ -56,7 +56,8 @@ def convert(concrete, precision: str, calib: np.ndarray | None = None, *, float_
     elif precision == "dynamic":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
     try:
-        return bytes(conv.convert())
+        with warnings_not_errors():  # TensorFlow's own warnings under -W error are not the model's conversion failing
+            return bytes(conv.convert())
     except Exception as exc:  # the converter raises ConverterError and others
         raise_if_disk(exc)  # a full $TMPDIR is the disk's, not the model's (exit 2, the folder as it was)
         raise ExportError(f"TFLite {precision} conversion failed: {converter_error(exc)}") from None
@@ -69,7 +70,8 @@ def _int8(fn, calib: np.ndarray, float_ops: Sequence[str]) -> bytes:
     from tledge.quant import selective
 
     try:
-        return bytes(selective.quantize_tflite(selective.calibrate_tflite(fn, calib), float_ops=float_ops))
+        with warnings_not_errors():  # ("Statistics for quantized inputs were expected": a UserWarning, -W error)
+            return bytes(selective.quantize_tflite(selective.calibrate_tflite(fn, calib), float_ops=float_ops))
     except Exception as exc:  # the converter raises ConverterError and others
         raise_if_disk(exc)  # a full $TMPDIR is the disk's, not the model's (exit 2, the folder as it was)
         raise ExportError(f"TFLite int8 conversion failed: {converter_error(exc)}") from None

@@ -64,7 +64,7 @@ class ExportFolder:
         self._created = [p for p in (self.out, *self.out.parents) if not p.exists()]  # a failed export leaves none
         self.out.mkdir(parents=True, exist_ok=True)
         try:
-            self._lock = FolderLock(self.out).acquire()
+            self._lock = FolderLock(self.out).acquire().exclude("train")
         except BaseException:
             self._remove_if_created()
             raise

@@ -269,6 +269,12 @@ def _out_lock(out: Path):
     out.mkdir(parents=True, exist_ok=True)
     lock = FolderLock(out, "train").acquire()
     try:
+        lock.exclude("export")  # (released and refused: an export's files replaced by this run's final save)
+    except BaseException:
+        if made and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    try:
         for note in lock.notes:
             warnings.warn(note, TledgeWarning, stacklevel=4)
         yield out
