@@ -135,6 +135,8 @@ def test_multilabel_scores_are_said_to_be_independent_in_every_file(models, shap
     assert main(["export", str(models / "multilabel.keras"), "--out", str(out), "--val", str(shapes_dataset / "val"),
                  "--labels", str(tmp_path / "labels.txt")]) == 0
     assert json.loads((out / "tledge.json").read_text())["extra"]["scores"] == "independent"
+    results = json.loads((out / "parity.json").read_text())["results"]  # judged on the labels each file gives
+    assert {r["agreement_of"] for r in results} == {"label sets"} and len(results) == 2
     assert "independent class probabilities" in onnx.load(str(out / "model_fp32.onnx")).doc_string
     desc = read_standard_metadata(out / "model_fp32.tflite").outputs[0].description
     assert desc.startswith("Independent class probabilities"), desc

@@ -16,6 +16,7 @@ import numpy as np
 # the thresholds and their defaults are the file table's (tledge.artifacts); thresholds files: tledge.thresholds
 from tledge.artifacts import DEFAULT_THRESHOLDS, Thresholds, precision_in_name  # noqa: F401
 from tledge import stats
+from tledge.contract import INDEPENDENT
 from tledge.errors import ParityError
 from tledge.thresholds import load_thresholds, thresholds_from_dict  # noqa: F401
 
@@ -49,12 +50,23 @@ class ParityResult:
     near_tie_flips: int | None = None
     confident: tuple[int, int] | None = None
     incompatible: bool = False  # another output shape than the reference's: not an export of that model
+    # what top1_agreement counts: "top-1" (the argmax), or "label sets" for independent (multi-label) scores: the
+    # images whose every score is on the reference's side of DECISION
+    agreement_of: str = "top-1"
 
 
 NEAR_TIE = 0.1  # a reference top-2 probability margin under this is a near-tie: int8 rounding can flip it
+DECISION = 0.5  # independent (multi-label) scores: a label is given when its score is over this
 
 
-def degenerate(outputs: np.ndarray, reference: np.ndarray | None = None) -> list[str]:
+def independent_scores(contract) -> bool:
+    """Whether a file's contract says its scores are independent sigmoids (multi-label): its clients threshold each
+    score, so parity compares those decisions, not the argmax (an int8 file passed at argmax agreement 1.000 while
+    11 of 153 images had a label flipped at 0.5)."""
+    return contract is not None and contract.extra.get("scores") == INDEPENDENT
+
+
+def degenerate(outputs: np.ndarray, reference: np.ndarray | None = None, *, ties: bool = True) -> list[str]:
     """Outputs that make argmax agreement meaningless: zero rows, constant outputs, ties. With the `reference`
     outputs, a tie the reference itself nearly has (its top-1 among the tied classes, ahead of them by at most the
     outputs' step: a uint8 softmax over 10,000 classes) is not counted: 121 such ties of 1300 photos rejected an
@@ -69,7 +81,7 @@ def degenerate(outputs: np.ndarray, reference: np.ndarray | None = None) -> list
     if len(outputs) > 1 and float(np.max(np.std(outputs, axis=0))) < 1e-6:
         problems.append("outputs are the same for every image (near-zero variance)")
     srt = np.sort(outputs, axis=1)
-    if outputs.shape[1] > 1:
+    if ties and outputs.shape[1] > 1:  # (not for independent scores: two labels at 1.0 are two labels given)
         tied = srt[:, -1] == srt[:, -2]
         if reference is not None and int(np.sum(tied)) > max(1, len(outputs) // 10):
             tied &= ~_genuine_ties(outputs, reference)
@@ -93,7 +105,9 @@ def _genuine_ties(outputs: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 
 def compare(reference: np.ndarray, outputs: np.ndarray, *, file: str, format: str, precision: str,
-            thresholds: Thresholds, labels: np.ndarray | None = None) -> ParityResult:
+            thresholds: Thresholds, labels: np.ndarray | None = None, independent: bool = False) -> ParityResult:
+    """One file's outputs against the reference's on the same images. `independent`: multi-label scores
+    (`independent_scores`): agreement and accuracy are the decisions at DECISION, not the argmax."""
     ref = np.asarray(reference, np.float32).reshape(len(reference), -1)
     out = np.asarray(outputs, np.float32).reshape(len(outputs), -1)
     failures: list[str] = []
@@ -102,26 +116,36 @@ def compare(reference: np.ndarray, outputs: np.ndarray, *, file: str, format: st
         return ParityResult(file, format, precision, len(ref), float("inf"), float("inf"), float("inf"),
                             0.0, None, None, False, failures, incompatible=True)
     diff = np.abs(out - ref)
-    same = np.argmax(out, 1) == np.argmax(ref, 1)
+    if independent:  # its clients' decisions: every label over DECISION, the same set
+        same = np.all((out > DECISION) == (ref > DECISION), axis=1)
+    else:
+        same = np.argmax(out, 1) == np.argmax(ref, 1)
     agree = float(np.mean(same)) if len(ref) else 0.0
-    acc = ref_acc = None
-    if labels is not None:
-        acc = float(np.mean(np.argmax(out, 1) == labels))
-        ref_acc = float(np.mean(np.argmax(ref, 1) == labels))
+    acc = ref_acc = ref_ok = out_ok = None
+    if labels is not None:  # (independent: the folder's label is given, whatever else is)
+        ref_ok, out_ok = (_given(ref, labels), _given(out, labels)) if independent else \
+            (np.argmax(ref, 1) == labels, np.argmax(out, 1) == labels)
+        acc, ref_acc = float(np.mean(out_ok)), float(np.mean(ref_ok))
     res = ParityResult(file, format, precision, len(ref), float(diff.max()), float(diff.mean()),
                        float(np.median(diff.max(axis=1))), agree, acc, ref_acc, True, failures,
-                       classes=ref.shape[1], agreement_ci=stats.wilson(int(np.sum(same)), len(ref)))
+                       classes=ref.shape[1], agreement_ci=stats.wilson(int(np.sum(same)), len(ref)),
+                       agreement_of="label sets" if independent else "top-1")
     _near_ties(res, ref, same)
     t = thresholds
     if t.max_abs is not None and res.max_abs_error > t.max_abs:
         failures.append(f"max abs error {res.max_abs_error:.3g} > {t.max_abs:g}")
     failures += _agreement_rule(res, ref, out, t)
     if labels is not None:
-        failures += _accuracy_rule(res, np.argmax(ref, 1) == labels, np.argmax(out, 1) == labels, t)
-    failures += [f"degenerate output: {d}" for d in degenerate(out, ref)]
-    failures += [f"degenerate reference: {d}" for d in degenerate(ref)]
+        failures += _accuracy_rule(res, ref_ok, out_ok, t)
+    failures += [f"degenerate output: {d}" for d in degenerate(out, ref, ties=not independent)]
+    failures += [f"degenerate reference: {d}" for d in degenerate(ref, ties=not independent)]
     res.passed = not failures
     return res
+
+
+def _given(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per image: independent scores give its folder's label (score over DECISION)."""
+    return scores[np.arange(len(scores)), labels] > DECISION
 
 
 def _near_ties(res: ParityResult, ref: np.ndarray, same: np.ndarray) -> None:
@@ -140,7 +164,7 @@ def _near_ties(res: ParityResult, ref: np.ndarray, same: np.ndarray) -> None:
 def _agreement_rule(res: ParityResult, ref: np.ndarray, out: np.ndarray, t: Thresholds) -> list[str]:
     """Top-1 agreement for few classes; top-k agreement from t.many_classes classes on."""
     n = len(ref)
-    if res.classes >= t.many_classes:
+    if res.classes >= t.many_classes and res.agreement_of == "top-1":  # (label sets are judged whole, any count)
         hit = stats.topk_agreement(ref, out, t.top_k)
         res.top_k, res.topk_agreement = t.top_k, float(np.mean(hit)) if n else 0.0
         res.topk_ci = stats.wilson(int(np.sum(hit)), n)
@@ -150,13 +174,16 @@ def _agreement_rule(res: ParityResult, ref: np.ndarray, out: np.ndarray, t: Thre
             return [f"top-{t.top_k} agreement {res.topk_agreement:.3f} {stats.fmt_interval(*res.topk_ci)} "
                     f"< {t.min_topk_agreement:g} ({res.classes} classes: top-1 agreement {res.top1_agreement:.3f})"]
         return []
-    res.warnings += stats.resolution_warnings(n, min_share=t.min_agreement, share_name="top-1 agreement",
+    what = f"{res.agreement_of} agreement"
+    res.warnings += stats.resolution_warnings(n, min_share=t.min_agreement, share_name=what,
                                               max_accuracy_drop=None, labelled=False)
     if res.top1_agreement < t.min_agreement:
         ties = f" ({res.near_tie_flips} of {n - round(res.top1_agreement * n)} flips are near-ties)" \
             if res.near_tie_flips is not None else ""
-        return [f"top-1 agreement {res.top1_agreement:.3f} {stats.fmt_interval(*res.agreement_ci)} "
-                f"< {t.min_agreement:g}{ties}"]
+        sets = f" (images whose every score is on the reference's side of {DECISION:g})" \
+            if res.agreement_of != "top-1" else ""
+        return [f"{what} {res.top1_agreement:.3f} {stats.fmt_interval(*res.agreement_ci)} "
+                f"< {t.min_agreement:g}{ties}{sets}"]
     return []
 
 
@@ -235,7 +262,7 @@ class ParityReport:
                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in self.results:
             lines.append(f"| {r.file} | {r.precision} | {r.max_abs_error:.2e} | {r.mean_abs_error:.2e} | "
-                         f"{_with_ci(r.top1_agreement, r.agreement_ci)} | {_topk(r)} | {_fmt(r.accuracy)} | "
+                         f"{_with_ci(r.top1_agreement, r.agreement_ci)}{_of(r)} | {_topk(r)} | {_fmt(r.accuracy)} | "
                          f"{_fmt(r.reference_accuracy)} | {_change(r)} | {'pass' if r.passed else 'FAIL'} |")
         lines += [f"| {s['file']} | - | - | - | - | - | - | - | - | not checked: {s['reason']} |" for s in self.skipped]
         fails = [(r.file, f) for r in self.results for f in r.failures]
@@ -350,6 +377,10 @@ def _near_tie_line(r: ParityResult) -> str:
 
 def _with_ci(v: float, ci) -> str:
     return f"{v:.3f}" if ci is None else f"{v:.3f} {stats.fmt_interval(*ci)}"
+
+
+def _of(r: ParityResult) -> str:
+    return "" if r.agreement_of == "top-1" else f" ({r.agreement_of})"
 
 
 def _topk(r: ParityResult) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 
 from tledge.artifacts import PRECISIONS
 from tledge.errors import ContractError, DataError, TledgeError
-from tledge.export.parity import ParityReport, ParityResult, Thresholds, compare
+from tledge.export.parity import ParityReport, ParityResult, Thresholds, compare, independent_scores
 from tledge.runtime.bench import one_image_ms
 
 _SUFFIX_KIND = {".tflite": "tflite", ".onnx": "onnx"}
@@ -224,7 +224,8 @@ def check_file(path: Path, has_contract: bool, reference: np.ndarray, inputs: _I
     except Exception as exc:  # a broken file is a parity failure, reported with the others
         return _failed(name, kind, "?", len(reference), f"could not run: {exc.__class__.__name__}: {exc}")
     t = Thresholds.lookup(thresholds, path.name, precision)
-    r = compare(reference, out, file=name, format=kind, precision=precision, thresholds=t, labels=labels)
+    r = compare(reference, out, file=name, format=kind, precision=precision, thresholds=t, labels=labels,
+                independent=independent_scores(model.contract))
     r.latency_ms, r.size_bytes = latency, path.stat().st_size
     return r
 

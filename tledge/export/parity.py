@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from tledge.parity import (DEFAULT_THRESHOLDS, ParityReport, ParityResult, Thresholds,  # noqa: F401
-                           compare, degenerate, load_thresholds, thresholds_from_dict)
+                           compare, degenerate, independent_scores, load_thresholds, thresholds_from_dict)
 
 
 def check_files(reference: np.ndarray, files: Sequence[tuple[Path, str, str]], pixels: np.ndarray, *,
@@ -35,7 +35,7 @@ def check_files(reference: np.ndarray, files: Sequence[tuple[Path, str, str]], p
                                         [f"could not run: {exc.__class__.__name__}: {exc}"]))
             continue
         r = compare(reference, out, file=Path(path).name, format=fmt, precision=precision,
-                    thresholds=t, labels=labels)
+                    thresholds=t, labels=labels, independent=independent_scores(model.contract))
         r.latency_ms, r.size_bytes = latency, Path(path).stat().st_size
         results.append(r)
     return results

@@ -32,7 +32,7 @@ from tledge import trust
 from tledge.runtime.bench import one_image_ms
 from tledge.safejson import loads_json
 from tledge.errors import MissingDependency, TledgeError
-from tledge.parity import ParityReport, ParityResult, Thresholds, compare, thresholds_from_dict
+from tledge.parity import ParityReport, ParityResult, Thresholds, compare, independent_scores, thresholds_from_dict
 
 GOLDEN = "golden.npz"
 SCHEMA = 1
@@ -311,7 +311,8 @@ def check_file(path: Path, entry: artifacts.Entry, g: Golden, x: np.ndarray, thr
     except Exception as exc:  # noqa: BLE001
         return _not_run(path, kind, precision, len(x), exc)
     t = Thresholds.lookup(thresholds, path.name, precision)
-    r = compare(g.reference, out, file=path.name, format=kind, precision=precision, thresholds=t, labels=g.labels)
+    r = compare(g.reference, out, file=path.name, format=kind, precision=precision, thresholds=t, labels=g.labels,
+                independent=independent_scores(model.contract))
     r.latency_ms, r.size_bytes = latency, path.stat().st_size
     return r
 
