@@ -5,6 +5,7 @@ Everything returns HxWx3 uint8 RGB. No TensorFlow.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -34,6 +35,8 @@ def load(path: str | Path) -> np.ndarray:
         data = np.fromfile(p, dtype=np.uint8)
     except OSError as exc:
         raise ImageError(f"cannot read image {p}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a NUL in the path (a server's upload name)
+        raise ImageError(f"cannot read image {p!r}: {exc}") from None
     if data.size == 0:
         raise ImageError(f"cannot decode image {p}: the file is empty")
     return decode(data, p)
@@ -93,10 +96,15 @@ def as_rgb(image) -> np.ndarray:
     if _pil(image):  # EXIF orientation applied, as `load` does for the same file (Image.open leaves it)
         from PIL import ImageOps
 
-        return to_uint8_rgb(ImageOps.exif_transpose(image))
+        try:  # PIL decodes lazily: a truncated upload raised OSError here, a closed image ValueError
+            return to_uint8_rgb(ImageOps.exif_transpose(image))
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise ImageError(f"cannot decode PIL image: {exc}") from None
     if callable(getattr(image, "read", None)):  # BytesIO, an open file (whose .mode is "rb")
         image = image.read()
     if isinstance(image, (bytes, bytearray, memoryview)):
+        if isinstance(image, memoryview) and not image.c_contiguous:  # (a slice with a step: BufferError)
+            image = image.tobytes()
         data = np.frombuffer(image, np.uint8)
         if data.size == 0:
             raise ImageError("cannot decode image bytes: empty")
@@ -131,7 +139,7 @@ def one_image(x) -> bool:
             raise ImageError(f"nested lists of different lengths are no image: {exc}") from None
         if a.dtype.kind in "uifb":
             return one_image(a)
-    if x is None or not hasattr(x, "__iter__"):
+    if x is None or not hasattr(x, "__iter__") or isinstance(x, Mapping):  # a dict's keys were read as file paths
         raise ImageError(f"expected an image (a path, encoded bytes, a binary file, a PIL image or an array) or a "
                          f"sequence of them, got {type(x).__name__}")
     return False

@@ -11,6 +11,7 @@ and a provider that fails to initialise is dropped and the session retried with 
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -140,8 +141,10 @@ class TFLiteBackend:
         loaded = [_delegate(mod, d) if isinstance(d, str) else d for d in delegates]
         try:
             src = loadable(path)
-            self._it = mod.Interpreter(**({"model_path": src} if isinstance(src, str) else {"model_content": src}),
-                                       num_threads=self.threads, experimental_delegates=loaded or None)
+            self._open = functools.partial(mod.Interpreter, **({"model_path": src} if isinstance(src, str) else
+                                                               {"model_content": src}),
+                                           num_threads=self.threads, experimental_delegates=loaded or None)
+            self._it = self._open()
             self._it.allocate_tensors()
         except (ValueError, RuntimeError, SystemError) as exc:
             hint = " (tflite_runtime needs numpy<2)" if isinstance(exc, SystemError) else ""
@@ -156,6 +159,7 @@ class TFLiteBackend:
         self._in_index, self._out_index = ins[0]["index"], outs[0]["index"]
         self._shape = tuple(int(v) for v in ins[0]["shape"])
         self._lock = threading.Lock()
+        self._stale = False  # copied by fork() in the middle of a call: opened again before the next one
         _FORKED.add(self)
 
     def _check_signatures(self) -> None:
@@ -175,8 +179,11 @@ class TFLiteBackend:
                              "convert the classifier alone (one signature)")
 
     def after_fork(self) -> None:
-        """In a child made by fork() while another thread was inside `run`: the lock was copied held, and the child
-        waited on it for ever. A new lock; the interpreter, copied mid-call, says so itself if it is used."""
+        """In a child made by fork() while another thread was inside `run`: the lock was copied held (the child waited
+        on it for ever), and the interpreter with that thread's references to it, which never unwind in the child:
+        LiteRT refused every later call ("at least 1 reference to internal data"). A new lock, and the interpreter
+        opened again before its next call."""
+        self._stale = self._lock.locked() and self._it is not None
         self._lock = threading.Lock()
 
     @staticmethod
@@ -203,6 +210,10 @@ class TFLiteBackend:
     def _run(self, x: np.ndarray) -> np.ndarray:
         if self._it is None:
             raise ModelRunError(f"{self.path.name} is closed")
+        if self._stale:  # (after_fork)
+            self._it, self._stale = self._open(), False
+            self._it.allocate_tensors()
+            self._shape = tuple(int(v) for v in self._it.get_input_details()[0]["shape"])
         if x.shape != self._shape:
             self._resize(x.shape)
         it = self._it
