@@ -77,3 +77,13 @@ def test_opencv_client_check_reads_an_onnx_file_so_named(odd_export):
     pixels = np.stack([load(TINY / "model_fp32.onnx").contract.prepare(f) for f in images_of(CLASSES[0])[:2]])
     section = opencv(Path(odd_export), ["model_fp32.onnx"], pixels.astype(np.float32))
     assert section["files"][0].get("tledge") == 2, section
+
+
+def test_a_bundle_named_in_no_utf8_is_refused_before_it_is_written(tmp_path, capsys):
+    """`tledge bundle --out b\\xe9.tar.gz`: its top folder made hdrcharset=BINARY headers, and GNU tar warned on each of
+    its ~100 members when unpacking on the board."""
+    out = tmp_path / os.fsdecode(b"b\xe9.tar.gz")
+    assert main(["bundle", str(TINY), "--device", "rpi4", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not UTF-8 text" in err and "b\\udce9" in err, err
+    assert not out.exists() and os.listdir(tmp_path) == []

@@ -32,6 +32,7 @@ from tledge.devices.options import Options, resolve
 from tledge.devices.profiles import Family, Profile, get_profile
 from tledge.devices.runsh import run_sh, venv_line
 from tledge.errors import TledgeError
+from tledge.text import printable
 
 # package parts that need TensorFlow/Keras: left out of the bundle
 # (cli/parity.py stays: `tledge parity --golden` is the board's TensorFlow-free check)
@@ -317,6 +318,11 @@ def make_bundle(export_dir: "str | Path", device: "str | Profile", out: "str | P
     if top.strip(".") == "":  # --out .tar.gz: members /model/..., ../model/... or ./model/...
         raise TledgeError(f"--out {out}: the bundle unpacks to a folder named after the file, and {top!r} is no "
                           "folder name: name it, e.g. --out model-rpi4.tar.gz")
+    try:  # bytes that are no UTF-8 (a Latin-1 name): Python's tar headers say hdrcharset=BINARY, and GNU tar warned
+        top.encode("utf-8")  # about it on every member of the bundle
+    except UnicodeEncodeError:
+        raise TledgeError(f"--out {printable(top)}: the bundle unpacks to a folder "
+                          "named after the file, and this name is not UTF-8 text: use another name") from None
     with tempfile.TemporaryDirectory(prefix="tledge-bundle-") as work:
         files, opts = choose_models(src, profile, Path(work), notes, names, **explicit)
         names = [f.name for f in files]
