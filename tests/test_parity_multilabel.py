@@ -40,3 +40,41 @@ def test_which_contracts_have_independent_scores():
     c = Contract(8, 8, labels=("a", "b"))
     assert not independent_scores(c) and not independent_scores(None)
     assert independent_scores(c.replace(extra={"scores": "independent"}))
+
+
+def test_the_runtime_gives_a_multilabel_files_labels_not_its_argmax():
+    """`tledge run` on a multi-label file printed `always 0.996` for every photo (the argmax), never the labels that
+    differ; with --threshold the user's threshold decides over every label."""
+    import pytest
+    from tiny import IMAGES, TINY, need
+
+    need("model_fp32.tflite")
+    from tledge.runtime import load
+    from tledge.runtime.pipeline import Runner
+    from tledge.runtime.sources import open_source
+
+    model = load(TINY / "model_fp32.tflite")
+    model.contract = model.contract.replace(extra={**model.contract.extra, "scores": "independent"})
+    scores = np.array([0.9, 0.2, 0.7], np.float32)
+    assert [p.index for p in model.top(scores)] == [0, 2] and [p.index for p in model.top(scores, 1)] == [0]
+    assert model.top(np.array([0.1, 0.2, 0.3], np.float32)) == []  # no label given
+    row = model.scores(model.predict(model.contract.prepare_batch(IMAGES[:1])))[0]
+    want = [i for i in np.argsort(-row, kind="stable") if row[i] > 0.5]
+    assert [p.index for p in model.classify(IMAGES[0])] == want
+    results = list(Runner(model, threshold=0.05).run(open_source(str(IMAGES[0]))))
+    assert [p.index for p in results[0].top] == [i for i in np.argsort(-row, kind="stable") if row[i] >= 0.05]
+    with pytest.raises(Exception):
+        model.classify(IMAGES[0], top_k=0)
+
+
+def test_the_golden_set_keeps_clear_multilabel_images():
+    """An always-on label made every top-1 margin the distance to it: the clear ants/bees images were left out and
+    the ones near 0.5 kept; the export's own label-set flips stayed in and failed `parity --golden` on the board."""
+    from tledge.runtime.golden import select
+
+    rng = np.random.default_rng(0)
+    clear = rng.choice([0.05, 0.95], size=(60, 2))
+    near = 0.5 + rng.uniform(-0.04, 0.04, size=(20, 2))
+    ref = np.hstack([np.vstack([clear, near]), np.ones((80, 1))]).astype(np.float32)  # + an always-on label
+    picked = select(ref, None, 40, independent=True)
+    assert len(picked) == 40 and picked.max() < 60  # none of the 20 near-0.5 images

@@ -65,8 +65,9 @@ class Output(str, Enum):
     LOGITS = "logits"
 
 
-# extra["scores"] of a multi-label model: each probability its own sigmoid (they need not sum to 1; threshold each)
-INDEPENDENT = "independent"
+# extra["scores"] of a multi-label model: each probability its own sigmoid (they need not sum to 1; threshold each):
+# a label is given when its score is over DECISION (`tledge run`'s default, parity's label sets)
+INDEPENDENT, DECISION = "independent", 0.5
 
 
 _CV2_INTERP = {Resize.AREA: "INTER_AREA", Resize.LINEAR: "INTER_LINEAR",
@@ -326,6 +327,11 @@ class Contract:
     # ---- outputs ------------------------------------------------------------------------------
     def label(self, index: int) -> str:
         return self.labels[index] if 0 <= index < len(self.labels) else str(index)
+
+    @property
+    def independent(self) -> bool:
+        """Multi-label: each score its own sigmoid, thresholded at DECISION, not ranked (extra["scores"])."""
+        return self.extra.get("scores") == INDEPENDENT
 
     # ---- JSON -----------------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -16,7 +16,7 @@ import numpy as np
 # the thresholds and their defaults are the file table's (tledge.artifacts); thresholds files: tledge.thresholds
 from tledge.artifacts import DEFAULT_THRESHOLDS, Thresholds, precision_in_name  # noqa: F401
 from tledge import stats
-from tledge.contract import INDEPENDENT
+from tledge.contract import DECISION
 from tledge.errors import ParityError
 from tledge.thresholds import load_thresholds, thresholds_from_dict  # noqa: F401
 
@@ -56,14 +56,11 @@ class ParityResult:
 
 
 NEAR_TIE = 0.1  # a reference top-2 probability margin under this is a near-tie: int8 rounding can flip it
-DECISION = 0.5  # independent (multi-label) scores: a label is given when its score is over this
-
-
 def independent_scores(contract) -> bool:
     """Whether a file's contract says its scores are independent sigmoids (multi-label): its clients threshold each
-    score, so parity compares those decisions, not the argmax (an int8 file passed at argmax agreement 1.000 while
-    11 of 153 images had a label flipped at 0.5)."""
-    return contract is not None and contract.extra.get("scores") == INDEPENDENT
+    score at DECISION, so parity compares those decisions, not the argmax (an int8 file passed at argmax agreement
+    1.000 while 11 of 153 images had a label flipped at 0.5)."""
+    return contract is not None and contract.independent
 
 
 def degenerate(outputs: np.ndarray, reference: np.ndarray | None = None, *, ties: bool = True) -> list[str]:

@@ -20,7 +20,8 @@ def add_arguments(p) -> None:
     p.add_argument("--source", required=True,
                    help="image, folder (recursive), glob ('photos/**/*.jpg'), video file, camera index, "
                         "rtsp:// or http:// URL, GStreamer pipeline (with '!'), or picamera2")
-    p.add_argument("--top-k", type=int, default=1, help="predictions per input (default 1)")
+    p.add_argument("--top-k", type=int, help="predictions per input (default 1; a multi-label file: every label "
+                                              "scoring over 0.5)")
     p.add_argument("--threshold", type=float, help="only report predictions scoring at least T")
     p.add_argument("--json", action="store_true", help="one JSON object per input on stdout (summary on stderr)")
     p.add_argument("--csv", help="also write the results to a CSV file (written atomically)")  # str: keeps a "/"

@@ -180,7 +180,10 @@ def export_contract(cfg: ExportConfig, lm, labels) -> tuple[Contract, str | None
     contract, add_norm = resolve.resolve_contract(lm, preprocess=preprocess, input_size=cfg.input_size, labels=labels,
                                                  labels_from=labels_from, preprocess_from=preprocess_from,
                                                  geometry_flags=geometry)
-    return with_export_options(contract, cfg), add_norm
+    contract = with_export_options(contract, cfg)
+    if lm.sigmoid_scores:  # known from here on: the resize choice and the golden set judge its label sets too
+        contract = contract.replace(extra={**contract.extra, "scores": INDEPENDENT})
+    return contract, add_norm
 
 
 def with_export_options(contract: Contract, cfg: ExportConfig) -> Contract:

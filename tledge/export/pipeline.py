@@ -300,13 +300,13 @@ def _write_golden(stage: Path, val_x, reference, val_y, val_files, cfg: ExportCo
     root = cfg.val if cfg.val else (cfg.calib if val_files is not None else None)
     passed = [stage / r.file for r in report.results if r.passed and "/" not in r.file and (stage / r.file).is_file()
               and r.file.endswith((".tflite", ".onnx")) and "_edgetpu" not in r.file]
-    g = golden.from_export(val_x, reference, val_y, val_files, root, thresholds, models=passed)
-    golden.save(g, stage / golden.GOLDEN)
+    golden.save(golden.from_export(val_x, reference, val_y, val_files, root, thresholds, models=passed,  # multi-label:
+                                   independent=any(r.agreement_of == "label sets" for r in report.results)),
+                stage / golden.GOLDEN)
 
 
 def _needs_calibration(cfg: ExportConfig, chosen) -> bool:
-    return any(f.precision == "int8" for f in chosen) or bool(cfg.calib and any(f.precision == "dynamic"
-                                                                                 for f in chosen))
+    return any(f.precision == "int8" for f in chosen) or bool(cfg.calib and any(f.precision == "dynamic" for f in chosen))
 
 
 def _noise(contract: Contract) -> np.ndarray:

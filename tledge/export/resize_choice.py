@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from tledge.artifacts import DEFAULT_THRESHOLDS
-from tledge.contract import Contract, Fit, Resize
+from tledge.contract import DECISION, Contract, Fit, Resize
 from tledge.resize import client_resizes
 from tledge.stats import images_needed, wilson
 from tledge.images import prepare_all
@@ -66,12 +66,16 @@ def choose(contract: Contract, files: Sequence[Path] | None, y: np.ndarray | Non
         raise next(x for x in pixels if isinstance(x, Exception))
     pixels = np.stack(pixels)
     out = run(pixels)
-    acc_area = float((reference.argmax(1) == y).mean())
-    acc_warp = float((out.argmax(1) == y).mean())
-    same, n = int((out.argmax(1) == reference.argmax(1)).sum()), len(y)
+    n = len(y)
+    if contract.independent:  # multi-label: the labels given (over DECISION), as parity and tledge run decide
+        acc_area, acc_warp = (float((s[np.arange(n), y] > DECISION).mean()) for s in (reference, out))
+        same, what = int(np.all((out > DECISION) == (reference > DECISION), axis=1).sum()), "the labels given"
+    else:
+        acc_area, acc_warp = float((reference.argmax(1) == y).mean()), float((out.argmax(1) == y).mean())
+        same, what = int((out.argmax(1) == reference.argmax(1)).sum()), "top-1"
     low, high = wilson(same, n)
     figures = (f"Keras accuracy {acc_warp:.3f} with warp-linear vs {acc_area:.3f} with area on {n} --val images, "
-               f"top-1 the same on {same}/{n} (95 % interval {low:.3f}-{high:.3f})")
+               f"{what} the same on {same}/{n} (95 % interval {low:.3f}-{high:.3f})")
     if low < MIN_AGREEMENT:
         return Choice(contract, f"resize area kept: {figures}: not shown to be at least {MIN_AGREEMENT:g}, so "
                                 "MediaPipe's own resize (warp-linear) could change answers parity would not see; "

@@ -32,6 +32,7 @@ from tledge import trust
 from tledge.runtime.bench import one_image_ms
 from tledge.safejson import loads_json
 from tledge.errors import MissingDependency, TledgeError
+from tledge.contract import DECISION
 from tledge.parity import ParityReport, ParityResult, Thresholds, compare, independent_scores, thresholds_from_dict
 
 GOLDEN = "golden.npz"
@@ -60,17 +61,20 @@ class Golden:
 
 # ---- choosing and writing (at export) -----------------------------------------------------------------
 def select(reference: np.ndarray, labels: np.ndarray | None, n: int = N_GOLDEN, *,
-           confident: bool = True) -> np.ndarray:
+           confident: bool = True, independent: bool = False) -> np.ndarray:
     """Indices of at most `n` images, deterministic: all when there are no more than `n`; otherwise
     (`confident`) the least confident quarter of the Keras outputs (smallest top-1 margin, where a
-    kernel's rounding on another machine could flip the top-1) is left out, and the rest is spread
-    evenly over classes (labels, else the Keras top-1) and over files within each class."""
+    kernel's rounding on another machine could flip the top-1; `independent` multi-label scores: the score nearest
+    DECISION) is left out, and the rest is spread evenly over classes (labels, else the Keras top-1) and over files
+    within each class."""
     ref = np.asarray(reference, np.float32).reshape(len(reference), -1)
     total = len(ref)
     if total <= n:
         return np.arange(total)
     srt = np.sort(ref, axis=1)
     margin = srt[:, -1] - srt[:, -2] if ref.shape[1] > 1 else np.abs(ref[:, 0])
+    if independent:  # an always-on label made every margin the distance to it: the clear images were left out
+        margin = np.abs(ref - DECISION).min(axis=1)
     floor = np.sort(margin)[min(total - n, total // 4)] if confident else -np.inf
     cand = np.flatnonzero(margin >= floor)  # at least n of them
     group = np.asarray(labels) if labels is not None else ref.argmax(1)
@@ -87,27 +91,30 @@ def select(reference: np.ndarray, labels: np.ndarray | None, n: int = N_GOLDEN, 
 
 
 def agreeing(pixels: np.ndarray, reference: np.ndarray, models: Sequence[Path]) -> np.ndarray:
-    """Mask of the images on which every model file's top-1 (run by the tledge runtime) is Keras's."""
+    """Mask of the images on which every model file (run by the tledge runtime) decides as Keras: the same top-1, or
+    for independent scores the same labels over DECISION (parity's label sets)."""
     from tledge.runtime import load
 
     x = np.asarray(pixels, np.float32)
+    ref = np.asarray(reference).reshape(len(x), -1)
     ok = np.ones(len(x), bool)
     for path in models:
         m = load(path)
-        out = np.concatenate([m.predict(m.from_nhwc(x[i:i + 32])) for i in range(0, len(x), 32)])
-        ok &= out.reshape(len(x), -1).argmax(1) == np.asarray(reference).reshape(len(x), -1).argmax(1)
+        out = np.concatenate([m.predict(m.from_nhwc(x[i:i + 32])) for i in range(0, len(x), 32)]).reshape(len(x), -1)
+        ok &= np.all((out > DECISION) == (ref > DECISION), axis=1) if m.contract.independent else \
+            out.argmax(1) == ref.argmax(1)
     return ok
 
 
 def choose(pixels: np.ndarray, reference: np.ndarray, labels: np.ndarray | None, models: Sequence[Path] = (),
-           n: int = N_GOLDEN) -> tuple[np.ndarray, int]:
+           n: int = N_GOLDEN, independent: bool = False) -> tuple[np.ndarray, int]:
     """(indices, images left out because a file disagreed). Up to `n` parity images: all of them when
     there are no more than `n`; else a pool of 4n (`select`), minus the images on which a file that
     passed parity disagreed with Keras at export (the check on a board must flag the board, not the
     export's known flips), spread again over classes."""
     if len(reference) <= n:
         return np.arange(len(reference)), 0
-    pool = select(reference, labels, 4 * n)
+    pool = select(reference, labels, 4 * n, independent=independent)
     if models:
         ok = agreeing(np.asarray(pixels)[pool], np.asarray(reference)[pool], models)
         dropped, pool = int((~ok).sum()), (pool[ok] if ok.any() else pool)
@@ -121,10 +128,10 @@ def choose(pixels: np.ndarray, reference: np.ndarray, labels: np.ndarray | None,
 def from_export(pixels: np.ndarray, reference: np.ndarray, labels: np.ndarray | None,
                 files: Sequence[Path] | None, root: str | Path | None,
                 thresholds: dict[str, Thresholds] | None = None, n: int = N_GOLDEN,
-                models: Sequence[Path] = ()) -> Golden:
+                models: Sequence[Path] = (), independent: bool = False) -> Golden:
     """The golden set of an export's parity images (`files`: their source files, None for noise;
-    `models`: the files that passed parity, see `choose`)."""
-    idx, dropped = choose(pixels, reference, labels, models, n)
+    `models`: the files that passed parity, see `choose`; `independent`: multi-label scores)."""
+    idx, dropped = choose(pixels, reference, labels, models, n, independent)
     x = np.asarray(pixels)[idx]
     if np.array_equal(x, np.clip(np.round(x), 0, 255)):
         x = x.astype(np.uint8)  # raw pixels: lossless as uint8

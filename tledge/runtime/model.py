@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tledge.artifacts import CONTRACT_FILE
-from tledge.contract import METADATA_KEY, ColorOrder, Contract, Layout, Norm
+from tledge.contract import DECISION, METADATA_KEY, ColorOrder, Contract, Layout, Norm
 from tledge.errors import ArgumentError, ContractError, ModelLoadError, ModelRunError, warnings_held
 from tledge.runtime.backends import MAX_THREADS, TensorInfo, open_backend
 from tledge.runtime.scores import scores_of
@@ -186,13 +186,15 @@ class EdgeModel:
             return self._out_quant.dequantize(y)
         return y if y.dtype == np.float32 else y.astype(np.float32)
 
-    def classify(self, images: Any, top_k: int = 1, batch: int = CLASSIFY_BATCH):
-        """Raw images -> top-k predictions per image. `images` is a sequence of images (paths, encoded bytes, PIL
-        images, RGB arrays) and gives a list per image; one image gives its own list. Run `batch` at a time, so a
-        long list does not become one huge tensor."""
+    def classify(self, images: Any, top_k: int | None = None, batch: int = CLASSIFY_BATCH):
+        """Raw images -> top-k predictions per image (`top`: top_k None is 1, or every label given for a multi-label
+        file). `images` is a sequence of images (paths, encoded bytes, PIL images, RGB arrays) and gives a list per
+        image; one image gives its own list. Run `batch` at a time, so a long list does not become one huge tensor."""
         from tledge import images as im
 
         for name, v in (("top_k", top_k), ("batch", batch)):  # batch=0 or 1.5 was taken, None a TypeError
+            if name == "top_k" and v is None:
+                continue
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ArgumentError(f"{name} must be an integer >= 1, got {v!r}")
         if im.one_image(images):  # (nested lists: one array, a grey HxW one too)
@@ -219,9 +221,14 @@ class EdgeModel:
         label, as Keras' binary classifiers and tledge's exported files have it (tledge.runtime.scores)."""
         return scores_of(outputs, self.contract, self.load_info.contract_origin, self.path.name)
 
-    def top(self, scores: np.ndarray, k: int = 1) -> list[Prediction]:
+    def top(self, scores: np.ndarray, k: int | None = None) -> list[Prediction]:
+        """The k best labels; k None: 1, or for a multi-label file (independent scores) every label over DECISION, as
+        its clients decide (the argmax printed `always 0.996` for every photo and never the labels that differ)."""
         s = np.asarray(scores).reshape(-1)
-        k = max(1, min(int(k), s.size))
+        if k is None and self.contract.independent:
+            idx = [i for i in np.argsort(-s, kind="stable") if s[i] > DECISION]
+            return [Prediction(int(i), self.contract.label(int(i)), float(s[i])) for i in idx]
+        k = max(1, min(int(k or 1), s.size))
         idx = np.argsort(-s, kind="stable")[:k]  # equal scores: the lower index first, as argmax (and parity)
         return [Prediction(int(i), self.contract.label(int(i)), float(s[i])) for i in idx]
 

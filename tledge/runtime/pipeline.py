@@ -125,11 +125,13 @@ def default_workers() -> int:
 class Runner:
     """Runs a model over a Source. Iterate `run(source)` for Results; `summary` is filled as it goes."""
 
-    def __init__(self, model: EdgeModel, *, top_k: int = 1, threshold: float | None = None,
+    def __init__(self, model: EdgeModel, *, top_k: int | None = None, threshold: float | None = None,
                  workers: int | None = None, keep_images: bool = False, max_frames: int | None = None):
         if threshold is None:  # a file's own default (standard metadata's ScoreThresholdingOptions), as MediaPipe's
             threshold = getattr(model, "score_threshold", None)
-        self.model, self.top_k, self.threshold = model, max(1, top_k), threshold
+        # top_k None: 1, or for a multi-label file every label over DECISION (EdgeModel.top), or over the threshold
+        self.model, self.threshold = model, threshold
+        self.top_k = None if top_k is None else max(1, top_k)
         self.workers = workers or default_workers()
         self.keep_images, self.max_frames = keep_images, max_frames
         self.summary = Summary()
@@ -207,7 +209,10 @@ class Runner:
             scores = self.model.scores(y)
         except ModelRunError as exc:  # NaN outputs for this input: an error, not a label
             return Result(frame.source, frame.index, "error", error=str(exc), frame=keep)
-        top = self.model.top(scores[0], self.top_k)
+        k = self.top_k
+        if k is None and self.threshold is not None and self.model.contract.independent:
+            k = scores.shape[1]  # every label, then the user's threshold, not DECISION, decides
+        top = self.model.top(scores[0], k)
         if self.threshold is not None:
             top = [p for p in top if p.score >= self.threshold]
         return Result(frame.source, frame.index, "ok", top, latency, prep_ms, frame=keep)
