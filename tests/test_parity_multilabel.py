@@ -78,3 +78,17 @@ def test_the_golden_set_keeps_clear_multilabel_images():
     ref = np.hstack([np.vstack([clear, near]), np.ones((80, 1))]).astype(np.float32)  # + an always-on label
     picked = select(ref, None, 40, independent=True)
     assert len(picked) == 40 and picked.max() < 60  # none of the 20 near-0.5 images
+
+
+def test_an_explicit_preprocessing_of_a_multilabel_model_is_not_called_near_chance():
+    """Its argmax (an always-on label) matched no folder: "Keras accuracy 0.013 ... near chance" for a model that gave
+    78 % of the images their folder's label."""
+    from tledge.export.config import ExportConfig
+    from tledge.export.contracting import near_chance
+
+    y = np.repeat([0, 1], 15)
+    ref = np.zeros((30, 3), np.float32)
+    ref[np.arange(30), y], ref[:, 2] = 0.8, 0.99
+    cfg = ExportConfig(preprocess="tf", val="val")
+    assert near_chance(cfg, ref, y) is not None  # what the argmax says
+    assert near_chance(cfg, ref, y, independent=True) is None

@@ -177,7 +177,7 @@ def bn_initialised_weights(train_dir: Path, size: int, out_file: Path, *, n: int
     from tledge.train.checkpoint import numpy2_quiet
 
     keras = require("keras", purpose="training")
-    keras.utils.set_random_seed(seed)
+    keras.utils.set_random_seed(seed)  # (the demo's own process state: run_demo puts the caller's generators back)
     contract = contract_for(BACKBONE, size, baked=True)
     files, _, _ = labelled_images(train_dir)
     pick = np.random.default_rng(seed).permutation(len(files))[:n]
@@ -219,6 +219,10 @@ def run_demo(out: str | Path = "demo_out", *, weights: str | None = None, size: 
     """
     t_all = time.perf_counter()
     out = Path(out)
+    for name, v in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test), ("size", size), ("seed", seed),
+                    ("epochs", 1 if epochs is None else epochs)):  # n_train="50" was a TypeError, size=64.0 taken
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TledgeError(f"{name} must be an integer, got {v!r}")
     for name, v in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
         if v < 1:
             raise TledgeError(f"{name} must be >= 1, got {v}")
@@ -234,14 +238,21 @@ def run_demo(out: str | Path = "demo_out", *, weights: str | None = None, size: 
     res = DemoResult(out, start.weights)
     ctx = {"out": out, "data": out / "data", "start": start, "size": size, "seed": seed, "epochs": epochs,
            "n": (n_train, n_val, n_test), "min_accuracy": min_accuracy, "verbose": verbose}
-    for step in (_data_step, _train_step, _export_step, _runtime_step):
-        try:
-            step(res, ctx, say)
-        except TledgeError as exc:
-            name = step.__name__.strip("_").replace("_step", "")
-            res.failures.append(f"{name}: {exc}")
-            say(f"      error: {exc}")
-            break
+    import random
+
+    saved = random.getstate(), np.random.get_state()  # training seeds them: the caller's generators back after
+    try:
+        for step in (_data_step, _train_step, _export_step, _runtime_step):
+            try:
+                step(res, ctx, say)
+            except TledgeError as exc:
+                name = step.__name__.strip("_").replace("_step", "")
+                res.failures.append(f"{name}: {exc}")
+                say(f"      error: {exc}")
+                break
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
     res.passed = not res.failures
     res.seconds = time.perf_counter() - t_all
     _summary(res, say)

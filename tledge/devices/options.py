@@ -6,6 +6,8 @@
 """
 from __future__ import annotations
 
+import numbers
+
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -147,8 +149,8 @@ def resolve(profile: "str | Profile | None", *, available: Sequence[str] | None 
     if target.format is Format.ONNX and not providers:
         providers = ["CPUExecutionProvider"]
     threads = ex.get("threads", prof.threads if prof else None)
-    if threads is not None and int(threads) < 1:
-        raise TledgeError(f"threads must be >= 1, got {threads}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1):
+        raise TledgeError(f"threads must be an integer >= 1, got {threads!r}")  # 2.5 was 2, True 1, "2.7" a ValueError
     return Options(
         device=prof.name if prof else None, backend=target.format.value, precision=target.precision.value,
         threads=None if threads is None else int(threads),

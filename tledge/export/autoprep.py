@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 
 from tledge.backbones import MODES
+from tledge.contract import DECISION
 from tledge.errors import ContractError, TledgeWarning
 
 
@@ -24,14 +25,16 @@ def choose_preprocessing(lm, cfg, labels) -> str:
             if y is None:
                 raise ContractError("--preprocess auto needs --val images in class folders")
         serve, _ = loader.trace(lm, contract, add)
-        scores[mode] = float(np.mean(np.argmax(loader.run_reference(serve, pixels), 1) == y))
+        out = loader.run_reference(serve, pixels)  # multi-label: the folder's label given (its argmax was an
+        scores[mode] = float(np.mean(out[np.arange(len(y)), y] > DECISION if lm.sigmoid_scores else  # always-on
+                                     np.argmax(out, 1) == y))  # label: a right model refused as "near chance")
     best = max(scores, key=lambda m: scores[m])
     n_classes = max(len(labels), int(y.max()) + 1)
     summary = ", ".join(f"{m} {a:.3f}" for m, a in sorted(scores.items(), key=lambda kv: -kv[1]))
     from tledge import log
 
     log.note(f"--preprocess auto: chose '{best}' (Keras accuracy by mode: {summary})")
-    if scores[best] <= 1.0 / n_classes + 0.1:
+    if scores[best] <= (0.6 if lm.sigmoid_scores else 1.0 / n_classes + 0.1):  # (a label each: half given by chance)
         msg = (f"--preprocess auto: the best preprocessing ({best}) gives Keras accuracy {scores[best]:.3f} on "
                f"{cfg.val}, near chance for {n_classes} classes: the preprocessing, the labels or the images "
                "are probably wrong")

@@ -2,6 +2,7 @@
 it, tledge.export.contracting reads it; the CLI and library callers build it."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,21 @@ class ExportConfig:
     crop: float | None = None  # crop fraction: fit=crop, short side to size/crop, centre crop
     onnx_layout: str = "nhwc"  # the ONNX files' input layout (TFLite stays NHWC)
     onnx_input: str = "float32"  # the ONNX files' input dtype: float32, or uint8 (a Cast inside)
+
+    def __post_init__(self) -> None:
+        """Folders as the CLI gives them: a pathlib.Path for calib / val / labels was refused ("expected str"), and a
+        leading `~` made a folder named `~` in the current one (the CLI expands it)."""
+        from tledge.paths import expand
+
+        for name in ("out", "calib", "val", "labels"):
+            v = getattr(self, name)
+            if isinstance(v, str) and not v.strip():  # "" was the current folder
+                from tledge.errors import ArgumentError
+
+                raise ArgumentError(f"ExportConfig({name}='') is empty: give a path, or leave it out")
+            if isinstance(v, (str, os.PathLike)) and v != "random":
+                p = expand(v)
+                object.__setattr__(self, name, p if name == "out" else os.fspath(p))
 
 
 @dataclass

@@ -134,12 +134,12 @@ def accuracy_note(cfg: ExportConfig, val_y) -> list[str]:
             "(no labels to match them by name: pass --labels)"]
 
 
-def near_chance(cfg: ExportConfig, reference: np.ndarray, val_y) -> str | None:
+def near_chance(cfg: ExportConfig, reference: np.ndarray, val_y, independent: bool = False) -> str | None:
     """What to say of an explicit `--preprocess MODE` whose Keras accuracy on the labelled --val images is near
     chance (auto refuses such a choice: tledge.export.autoprep); parity passes the files all the same, since they
     reproduce the model, wrong input and all. On the terminal and in parity.md (it was on the terminal only)."""
-    if cfg.preprocess in (None, "auto") or val_y is None or len(val_y) < 20:
-        return None
+    if cfg.preprocess in (None, "auto") or val_y is None or len(val_y) < 20 or independent:  # (multi-label: its
+        return None  # argmax, an always-on label, is no accuracy: "0.013, near chance" for a model right at 0.78)
     y = np.asarray(val_y)
     n_classes = max(reference.shape[1], 2)
     accuracy = float(np.mean(np.argmax(reference, 1) == y)) if reference.shape[1] > 1 else \
@@ -152,7 +152,7 @@ def near_chance(cfg: ExportConfig, reference: np.ndarray, val_y) -> str | None:
 
 
 def check_given_preprocessing(cfg: ExportConfig, contract: Contract, reference: np.ndarray, val_y) -> None:
-    said = near_chance(cfg, reference, val_y)
+    said = near_chance(cfg, reference, val_y, contract.independent)
     if said:
         warnings.warn(said, TledgeWarning, stacklevel=2)
 

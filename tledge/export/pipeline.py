@@ -15,9 +15,8 @@ from tledge.artifacts import filename_of
 from tledge.contract import Contract
 from tledge.export.contracting import output_kind  # noqa: F401 (re-exported)
 from tledge.errors import DataError, NothingConverted, TledgeError, TledgeWarning
-from tledge.export import contracting, savedmodel
+from tledge.export import contracting, imagesets, savedmodel, unit
 from tledge.export import formats as F
-from tledge.export import imagesets
 from tledge.export.parity import ParityReport, ParityResult, Thresholds, check_files, unconfirmed
 from tledge.export.config import ExportConfig, ExportResult  # noqa: F401 (ExportConfig re-exported)
 
@@ -72,7 +71,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
         report.notes += folder.notes + loader.report_notes(lm) + _notes(add_norm, cfg)
         report.notes += calibration_notes(cfg, calib, calib_files, val_files)
         report.notes += ([resize_note] if resize_note else []) + contracting.accuracy_note(cfg, val_y)
-        report.notes += [n for n in (contracting.near_chance(cfg, reference, val_y),) if n]
+        report.notes += [n for n in (contracting.near_chance(cfg, reference, val_y, contract.independent),) if n]
         start = time.perf_counter()
         fx = FidelityInputs(lm, contract, add_norm, calib, reference, val_x, val_y, stage, thresholds,
                             (serve, concrete))
@@ -100,6 +99,7 @@ def _check_call(model_path, cfg) -> None:
     if not isinstance(cfg, ExportConfig):
         raise ArgumentError(f"export() takes an ExportConfig, got {type(cfg).__name__}")
     fields.check(cfg)
+    unit.refuse_other_run(cfg.out, model_path)  # (another model's train run: its tledge.json replaced, exit 0)
 
 
 def _load(model_path, cfg: ExportConfig, chosen):

@@ -47,6 +47,21 @@ def not_an_export(out: Path) -> str | None:
             "or move them away")
 
 
+def refuse_other_run(out, model_path) -> None:
+    """A `tledge train` run folder of another model as --out: the export replaced its tledge.json and labels.txt
+    (exit 0), and that run could no longer be exported. Its own model's folder may take the export."""
+    if out is None:
+        return
+    out = Path(out)
+    trained = [out / n for n in ("model.keras", "model.h5") if (out / n).is_file()]
+    if not trained or not (out / "metrics.json").is_file():
+        return
+    if any(t.resolve() == Path(model_path).resolve() for t in trained):
+        return
+    raise TledgeError(f"--out {out} is the tledge train run of another model ({trained[0].name}): exporting there "
+                      "would replace its tledge.json and labels.txt; choose another --out")
+
+
 class ExportFolder:
     def __init__(self, out: str | Path):
         self.out = Path(out)

@@ -285,14 +285,12 @@ def _out_lock(out: Path):
 
 
 def _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, read, reporters, t0) -> TrainResult:
-    from tledge._deps import require
     from tledge.train import distributed as dist
     from tledge.train import finetune, hardware, model as tm
     from tledge.train.report import write_all
 
     log, progress = reporters
-    require("keras", purpose="training").utils.set_random_seed(cfg.seed)
-    with hardware.environment(cfg.precision, grayscale=cfg.grayscale) as env:
+    with hardware.seeded(cfg.seed), hardware.environment(cfg.precision, grayscale=cfg.grayscale) as env:
         topo = dist.Topology.of(env.runner)
         local = ("out", "weights", "val_dir", "verbose")  # paths may differ between machines
         dist.agree(env.runner, topo, {**{k: v for k, v in cfg.to_dict().items() if k not in local},

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tledge.errors import TledgeError
+from tledge.paths import expand
 
 
 class ClassWeights(str, Enum):
@@ -77,10 +78,13 @@ class TrainConfig:
             except ValueError:
                 choices = ", ".join(e.value for e in enum)
                 raise TledgeError(f"{name}={value!r} is not one of: {choices}") from None
-        object.__setattr__(self, "out", Path(self.out))
+        for name in ("out", "val_dir"):  # "" trained into (or validated on) the current folder, as the CLI refuses
+            if getattr(self, name) is not None and not str(getattr(self, name)).strip():
+                raise TledgeError(f"{name} is empty: give a folder")
+        object.__setattr__(self, "out", expand(self.out))  # `~` as the CLI expands it (not a folder named ~)
         object.__setattr__(self, "weights", str(self.weights))  # a Path was refused: "expected str"
         if self.val_dir is not None:
-            object.__setattr__(self, "val_dir", Path(self.val_dir))
+            object.__setattr__(self, "val_dir", expand(self.val_dir))
         if isinstance(self.fine_tune_at, str) and re.fullmatch(r"-?[0-9]+", self.fine_tune_at):
             object.__setattr__(self, "fine_tune_at", int(self.fine_tune_at))
         self._check()

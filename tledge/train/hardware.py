@@ -73,6 +73,24 @@ def environment(precision: Precision, *, grayscale: bool = False):
         keras.mixed_precision.set_global_policy(old)
 
 
+@contextmanager
+def seeded(seed: int):
+    """keras.utils.set_random_seed(seed) for a run, the caller's Python and numpy generators back after it (a notebook's
+    later shuffles repeated after every train()). TensorFlow's global seed cannot be read back: it stays the run's."""
+    import random
+
+    import numpy as np
+
+    keras = require("keras", purpose="training")
+    saved = random.getstate(), np.random.get_state()
+    keras.utils.set_random_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+
+
 CLUSTER_TIMEOUT = 600.0  # seconds the workers of TF_CONFIG have to start (TLEDGE_CLUSTER_TIMEOUT)
 
 
