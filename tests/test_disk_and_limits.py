@@ -104,35 +104,48 @@ def test_errors_without_a_path_say_where_they_can(tmp_path):
 
 
 def test_installed_but_broken_is_not_called_missing(tmp_path, monkeypatch, capsys):
+    """OpenCV built for numpy 1 under numpy 2: "cv2 is not installed: pip install opencv-python-headless" (which
+    changed nothing), after numpy's 30-line banner."""
     from tledge._deps import require
 
-    pkg = tmp_path / "numpy1build"
+    pkg = tmp_path / "cv2"
     pkg.mkdir()
     (pkg / "__init__.py").write_text('import sys\nsys.stderr.write("A module that was compiled using NumPy 1.x '
                                      'cannot be run in NumPy 2 ...\\n")\n'
                                      'raise ImportError("numpy.core.multiarray failed to import")\n')
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "cv2", raising=False)
     with pytest.raises(MissingDependency) as got:
-        require("numpy1build")
-    assert "numpy1build is installed but does not import: it was built for numpy 1.x and numpy " in str(got.value)
+        require("cv2")
+    assert "cv2 is installed but does not import: it was built for numpy 1.x and numpy " in str(got.value)
     assert "pip install 'numpy<2'" in str(got.value) and "not installed" not in str(got.value)
     assert capsys.readouterr().err == ""  # numpy's banner: not on the terminal before the one line
     with pytest.raises(MissingDependency, match="nosuchpackage is not installed"):
         require("nosuchpackage")
 
 
+def test_imports_leave_sys_stderr_alone(tmp_path, monkeypatch):
+    """require() swapped sys.stderr for a StringIO around every import: TensorFlow's logging handler, made during
+    its import, kept the StringIO for good (its warnings vanished)."""
+    from tledge._deps import require
+
+    (tmp_path / "tledge_probe_handler.py").write_text("import logging\nHANDLER = logging.StreamHandler()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert require("tledge_probe_handler").HANDLER.stream is sys.stderr
+
+
 def test_tflite_runtime_under_numpy_2_is_one_line(monkeypatch):
     import importlib.metadata
 
-    from tledge.runtime import backends
+    from tledge.runtime import litert
 
     real = importlib.metadata.version
     monkeypatch.setattr(importlib.metadata, "version", lambda n: "2.14.0" if n == "tflite-runtime" else real(n))
-    monkeypatch.setattr(backends.np, "__version__", "2.1.0")
+    monkeypatch.setattr(litert.np, "__version__", "2.1.0")
     with pytest.raises(MissingDependency, match=r"tflite-runtime 2.14.0 was built for numpy<2 and numpy 2.1.0"):
-        backends._numpy1_build()
-    monkeypatch.setattr(backends.np, "__version__", "1.26.4")
-    backends._numpy1_build()
+        litert.numpy1_build()
+    monkeypatch.setattr(litert.np, "__version__", "1.26.4")
+    litert.numpy1_build()
 
 
 def test_staging_paths_are_named_as_the_output_and_failed_exports_leave_no_folders(tmp_path):
@@ -146,3 +159,13 @@ def test_staging_paths_are_named_as_the_output_and_failed_exports_leave_no_folde
         with ExportFolder(tmp_path / "new" / "deep" / "out"):
             raise RuntimeError("no space")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_nearly_full_temporary_folder_keeps_the_libraries_off_the_log(tmp_path, monkeypatch, capsys):
+    """fd 2 into a log on a full $TMPDIR: LLVM saw its failed write and exited 1 after "parity: PASSED"."""
+    from tledge import logfiles
+    from tledge.cli import main
+
+    monkeypatch.setattr(logfiles, "room_for_libraries", lambda folder: False)
+    assert main(["info", str(TINY / "model_fp32.tflite")]) == 0
+    assert "has under 16 MB free: the libraries' own messages are not logged" in capsys.readouterr().err

@@ -5,6 +5,7 @@ name in the pytest helper's thresholds said nothing, and the table printed contr
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 import xml.etree.ElementTree as ET
@@ -95,3 +96,43 @@ def test_the_pytest_helper_warns_of_a_file_name_no_file_has(monkeypatch):
         warnings.simplefilter("error")
         assert_parity("m.keras", "exp", "val", thresholds={"model_int8.tflite": {"max_abs": 1.0}})
     assert np.isfinite(_result("x").max_abs_error)
+
+
+def test_fidelity_against_a_files_int8_agreement_equal_to_the_default(tmp_path, capsys):
+    """{"int8": {"min_agreement": 0.98}} with --fidelity 0.9: the file's value (int8's default) was overridden without
+    a word, while 0.97 was refused."""
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "m.keras", "w") as z:
+        z.writestr("config.json", "{}")
+    (tmp_path / "t.json").write_text('{"int8": {"min_agreement": 0.98}}')
+    rc = main(["export", str(tmp_path / "m.keras"), "--thresholds", str(tmp_path / "t.json"), "--fidelity", "0.9",
+               "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "both set the int8 agreement" in err, err
+
+
+def test_a_reader_looking_at_the_lock_does_not_refuse_an_export(tmp_path):
+    """holder()'s momentary shared lock made a real export fail "another tledge export is writing" (1 in 3000)."""
+    import fcntl
+    import threading
+
+    from tledge.folderlock import FolderLock
+
+    lock = tmp_path / ".tledge-export.lock"
+    lock.write_text("")
+    fd = os.open(lock, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # a reader's look, released 30 ms later
+    threading.Timer(0.03, lambda: (fcntl.flock(fd, fcntl.LOCK_UN), os.close(fd))).start()
+    FolderLock(tmp_path).acquire().release()
+
+
+def test_float32_policy_needs_keras_on_tensorflow(monkeypatch):
+    pytest.importorskip("keras")
+    from tledge.errors import MissingDependency
+    from tledge.export import float32
+
+    monkeypatch.setenv("KERAS_BACKEND", "jax")  # a traceback (No module named 'jax') before the loader's one line
+    with pytest.raises(MissingDependency, match="KERAS_BACKEND"):
+        with float32.policy():
+            pass

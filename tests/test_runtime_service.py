@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import threading
 
 import numpy as np
@@ -15,12 +16,8 @@ from tiny import IMAGES, TINY, keras_label, need
 from tledge.errors import ImageError
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
-def test_a_model_busy_in_another_thread_at_fork_works_in_the_child():
-    need("model_fp32.tflite")
-    from tledge.runtime import load
-
-    model = load(TINY / "model_fp32.tflite")
+def _child_of_busy_fork(model) -> str:
+    """What model.classify says in a child forked while another thread holds the model's interpreter."""
     backend = model.backend
     inside, leave = threading.Event(), threading.Event()
 
@@ -48,8 +45,22 @@ def test_a_model_busy_in_another_thread_at_fork_works_in_the_child():
     got = os.read(r, 600).decode()
     os.close(r)
     os.waitpid(pid, 0)
+    return got
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
+def test_a_model_busy_in_another_thread_at_fork_works_in_the_child(tmp_path):
+    need("model_fp32.tflite")
+    from tledge.runtime import load
+
+    model = load(TINY / "model_fp32.tflite")
+    got = _child_of_busy_fork(model)
     assert got == keras_label(IMAGES[0]), got
     assert model.classify(IMAGES[0])[0].label == got  # the parent's model as it was
+    shutil.copy(TINY / "model_fp32.tflite", tmp_path / "m.tflite")
+    moved = load(tmp_path / "m.tflite")
+    shutil.copy(TINY / "model_int8.tflite", tmp_path / "m.tflite")  # a re-export replaced it: not run unchecked
+    assert _child_of_busy_fork(moved).startswith("ModelRunError: m.tflite changed or went away since it was loaded")
 
 
 def test_uploads_that_are_no_image_are_image_errors():

@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import io
 import os
+import threading
 
 from tledge.version import __version__
 from tledge.errors import MissingDependency
@@ -60,9 +61,10 @@ def require(name: str, extra: str | None = None, purpose: str | None = None):
         raise MissingDependency(f"tledge needs Keras on the TensorFlow backend, KERAS_BACKEND is {backend!r}: set "
                                 "KERAS_BACKEND=tensorflow (or unset it)")  # for an unknown one, "not installed" else
     level = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
-    said = io.StringIO()  # what the import prints to sys.stderr (numpy's 30-line banner for a numpy 1.x build)
-    try:
-        with contextlib.redirect_stderr(said):
+    said = io.StringIO()  # what cv2's import prints to sys.stderr (numpy's 30-line banner for a numpy 1.x build);
+    held = name == "cv2" and threading.current_thread() is threading.main_thread()  # (not others': TensorFlow's
+    try:  # logging handler kept the StringIO for good, and two threads' swaps left it in sys.stderr)
+        with contextlib.redirect_stderr(said) if held else contextlib.nullcontext():
             module = importlib.import_module(name)
     except ImportError as exc:
         if _interrupted(exc):  # Ctrl-C while TensorFlow started: an interrupt, not a missing package (exit 130)

@@ -34,7 +34,7 @@ class FolderLock:
                     continue
                 raise
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _flock_briefly(fcntl, fd)
             except OSError:
                 holder = os.read(fd, 200).decode(errors="replace").strip()
                 os.close(fd)
@@ -120,6 +120,18 @@ class FolderLock:
         finally:
             os.close(self.fd)
             self.fd = None
+
+
+def _flock_briefly(fcntl, fd: int) -> None:
+    """LOCK_EX without waiting for a holder, but through a reader's moment (`holder` takes LOCK_SH to look: an
+    export that met one was refused, "another tledge export is writing", with nobody exporting)."""
+    for _ in range(10):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            time.sleep(0.01)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def holder(folder: Path, verb: str) -> str | None:

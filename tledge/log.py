@@ -20,6 +20,8 @@ import time
 import warnings
 from pathlib import Path
 
+from tledge import logfiles
+
 QUIET, NORMAL, VERBOSE = -1, 0, 1
 
 
@@ -259,7 +261,7 @@ def capture(c: Console, hook_warnings: bool | None = None):
         finally:
             warnings.showwarning = saved_show
         return
-    fd, name = _temp_log(f"tledge-{c.verb or 'cli'}-")
+    fd, name = logfiles.temp_log(f"tledge-{c.verb or 'cli'}-")
     c.log_path = Path(name)
     logfile = os.fdopen(fd, "a", buffering=1, encoding="utf-8", errors="replace")
     original_stderr, term = sys.stderr, None
@@ -268,12 +270,12 @@ def capture(c: Console, hook_warnings: bool | None = None):
             s.flush()
     saved_fd = os.dup(2)
     try:
-        if _is_fd2(sys.stderr):  # a real terminal / pipe: tledge's lines go to a copy of the original fd 2
+        if logfiles.is_fd2(sys.stderr):  # a real terminal / pipe: tledge's lines go to a copy of the original fd 2
             term = os.fdopen(os.dup(saved_fd), "w", buffering=1, encoding=getattr(sys.stderr, "encoding", None)
                              or "utf-8", errors="replace")
             sys.stderr = term
         c.stream = sys.stderr
-        os.dup2(logfile.fileno(), 2)
+        _libraries_to(logfile, c)
         c.logfile = logfile
         if "logging" in sys.modules:  # else the first heavy import (tledge._deps.require) does it
             library_logging_to_log()
@@ -340,30 +342,16 @@ def bound_log(limit: int = LOG_LIMIT) -> None:
             f.write(f"[tledge: the libraries' earlier messages were dropped past {limit >> 20} MB]\n")
 
 
-def _temp_log(prefix: str) -> tuple[int, str]:
-    """tempfile.mkstemp(prefix=prefix, suffix=".log"), done directly in $TMPDIR or /tmp on POSIX: importing
-    tempfile (with shutil and random) is milliseconds of every command's start (`tledge run`'s cold start).
-    Anything unusual (no such folder, not writable) is left to tempfile itself."""
-    folder = os.path.abspath(os.environ.get("TMPDIR") or "/tmp")
-    if os.name == "posix" and os.path.isdir(folder):
-        for _ in range(10):
-            name = os.path.join(folder, f"{prefix}{os.urandom(6).hex()}.log")
-            try:  # mkstemp's flags; os.open makes the descriptor non-inheritable, as mkstemp's is
-                return os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_APPEND, 0o600), name
-            except FileExistsError:
-                continue
-            except OSError:
-                break
-    import tempfile
-
-    return tempfile.mkstemp(prefix=prefix, suffix=".log")
-
-
-def _is_fd2(stream) -> bool:
-    try:
-        return stream.fileno() == 2
-    except (AttributeError, ValueError, OSError):
-        return False
+def _libraries_to(logfile, c: Console) -> None:
+    """fd 2 (what the libraries write themselves) into the log, or to /dev/null when the temporary folder is nearly
+    full: LLVM's stream saw its failed write and exited 1 at the end of an export that had passed."""
+    folder = os.path.dirname(str(c.log_path))
+    if logfiles.room_for_libraries(folder):
+        os.dup2(logfile.fileno(), 2)
+        return
+    logfiles.to_null(2)
+    c.say("note", f"the temporary folder {folder} has under {logfiles.LOG_ROOM >> 20} MB free: "
+                  "the libraries' own messages are not logged (set TMPDIR to a folder with room)")
 
 
 def _settle_log(c: Console) -> None:

@@ -220,8 +220,9 @@ def _one_agreement(args, thresholds: dict) -> None:
     from tledge.artifacts import Thresholds
 
     given, default = thresholds.get("int8"), Thresholds.for_precision("int8")
-    if args.fidelity is not None and given is not None and (given.min_agreement, given.min_topk_agreement) != (
-            default.min_agreement, default.min_topk_agreement):
+    keys = {"min_agreement", "min_topk_agreement"}  # set by the file (Thresholds.given), a default's value too
+    if args.fidelity is not None and given is not None and (keys & given.given if given.given is not None else (
+            given.min_agreement, given.min_topk_agreement) != (default.min_agreement, default.min_topk_agreement)):
         raise TledgeError(f"--fidelity and --thresholds {args.thresholds} ([int8]) both set the int8 agreement: "
                           "drop one")
 

@@ -20,8 +20,9 @@ def policy():
     """Keras's global dtype policy float32 for an export, the caller's back after: under a caller's mixed_float16
     a float32 model loaded as mixed (a false "rebuilt in float32" note) and models built for repairs computed in
     float16."""
-    import keras
+    from tledge._deps import require
 
+    keras = require("keras", extra="export")  # (KERAS_BACKEND=jax: the one line, not a traceback)
     old = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:

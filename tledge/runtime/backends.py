@@ -14,9 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import re
-import sys
 import threading
-import warnings
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +24,9 @@ import numpy as np
 
 from tledge.artifacts import KINDS
 from tledge.contract import Quant
-from tledge.errors import MissingDependency, ModelLoadError, ModelRunError, TledgeWarning
+from tledge.errors import ModelLoadError, ModelRunError
 from tledge.paths import loadable
+from tledge.runtime import litert
 
 
 @dataclass(frozen=True)
@@ -68,52 +67,16 @@ def default_threads() -> int:
 
 # ---- TFLite ----------------------------------------------------------------------------------------
 
-def _tflite_interpreter_module():
-    """(interpreter module, provider name) in the order of preference."""
+def _identity(src) -> tuple | None:
+    """(device, inode, size, mtime) of a model file opened by path; None for bytes (nothing to re-read) or a file
+    that is gone."""
+    if not isinstance(src, str):
+        return None
     try:
-        from ai_edge_litert import interpreter as mod
-
-        return mod, "ai_edge_litert"
-    except ImportError:
-        pass
-    try:
-        from tflite_runtime import interpreter as mod
-    except ImportError:
-        pass
-    else:
-        _numpy1_build()
-        warnings.warn("SLOW BACKEND: ai-edge-litert is not installed, using tflite_runtime, which is 10-40x "
-                      "slower for int8 models and cannot load files with newer op versions. "
-                      "Fix: pip install ai-edge-litert", TledgeWarning, stacklevel=4)
-        return mod, "tflite_runtime"
-    if "tensorflow" in sys.modules:  # only if the caller already paid for TensorFlow
-        warnings.warn("no TFLite runtime installed (ai-edge-litert): falling back to tensorflow.lite, which "
-                      "is deprecated and heavy. Fix: pip install ai-edge-litert", TledgeWarning, stacklevel=4)
-        return _TFModule(sys.modules["tensorflow"]), "tensorflow.lite"
-    raise MissingDependency("no TFLite interpreter installed: pip install ai-edge-litert (tledge[runtime])")
-
-
-def _numpy1_build() -> None:
-    """tflite-runtime (its last release, 2.14) was built for numpy 1: under numpy 2 its first interpreter printed
-    numpy's 30-line banner and failed with a SystemError. Refused before, in one line."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        tfl = version("tflite-runtime")
-    except PackageNotFoundError:
-        return
-    major = int(np.__version__.split(".")[0])
-    if major >= 2 and tuple(int(p) for p in re.findall(r"\d+", tfl)[:2]) <= (2, 14):
-        raise MissingDependency(f"tflite-runtime {tfl} was built for numpy<2 and numpy {np.__version__} is installed: "
-                                "pip install 'numpy<2', or pip install ai-edge-litert (tledge[runtime])")
-
-
-class _TFModule:
-    """tensorflow.lite seen through the interpreter module's interface."""
-
-    def __init__(self, tf):
-        self.Interpreter = tf.lite.Interpreter
-        self.load_delegate = tf.lite.experimental.load_delegate
+        st = os.stat(src)
+    except OSError:
+        return ()
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def load_reason(exc) -> str:
@@ -135,10 +98,10 @@ class TFLiteBackend:
     format = "tflite"
 
     def __init__(self, path: Path, threads: int | None = None, delegates: Sequence = ()):
-        mod, self.provider = _tflite_interpreter_module()
+        mod, self.provider = litert.interpreter_module()
         self.path, self.threads = Path(path), threads or default_threads()
         self.notes: list[str] = []
-        loaded = [_delegate(mod, d) if isinstance(d, str) else d for d in delegates]
+        loaded = [litert.delegate(mod, d) if isinstance(d, str) else d for d in delegates]
         try:
             src = loadable(path)
             self._open = functools.partial(mod.Interpreter, **({"model_path": src} if isinstance(src, str) else
@@ -146,6 +109,7 @@ class TFLiteBackend:
                                            num_threads=self.threads, experimental_delegates=loaded or None)
             self._it = self._open()
             self._it.allocate_tensors()
+            self._file = _identity(src)  # what a re-open after fork() must find at the path
         except (ValueError, RuntimeError, SystemError) as exc:
             hint = " (tflite_runtime needs numpy<2)" if isinstance(exc, SystemError) else ""
             raise ModelLoadError(f"cannot load TFLite model {path}: {load_reason(exc)}{hint}") from None
@@ -159,7 +123,7 @@ class TFLiteBackend:
         self._in_index, self._out_index = ins[0]["index"], outs[0]["index"]
         self._shape = tuple(int(v) for v in ins[0]["shape"])
         self._lock = threading.Lock()
-        self._stale = False  # copied by fork() in the middle of a call: opened again before the next one
+        self._stale = False  # copied by fork() in the middle of a call: opened again if it refuses
         _FORKED.add(self)
 
     def _check_signatures(self) -> None:
@@ -182,7 +146,7 @@ class TFLiteBackend:
         """In a child made by fork() while another thread was inside `run`: the lock was copied held (the child waited
         on it for ever), and the interpreter with that thread's references to it, which never unwind in the child:
         LiteRT refused every later call ("at least 1 reference to internal data"). A new lock, and the interpreter
-        opened again before its next call."""
+        opened again if it refuses one."""
         self._stale = self._lock.locked() and self._it is not None
         self._lock = threading.Lock()
 
@@ -210,10 +174,6 @@ class TFLiteBackend:
     def _run(self, x: np.ndarray) -> np.ndarray:
         if self._it is None:
             raise ModelRunError(f"{self.path.name} is closed")
-        if self._stale:  # (after_fork)
-            self._it, self._stale = self._open(), False
-            self._it.allocate_tensors()
-            self._shape = tuple(int(v) for v in self._it.get_input_details()[0]["shape"])
         if x.shape != self._shape:
             self._resize(x.shape)
         it = self._it
@@ -221,9 +181,28 @@ class TFLiteBackend:
             it.set_tensor(self._in_index, x)
             it.invoke()
         except (ValueError, RuntimeError) as exc:
+            if self._stale:  # (after_fork: the copy refuses, the references of a call it was in never unwound)
+                self._reopen()
+                return self._run(x)
             raise ModelRunError(f"{self.path.name} failed on an input of shape {x.shape} {x.dtype}: "
                                 f"{str(exc).strip()[:300]}") from None
+        self._stale = False  # the copy works: a new interpreter in a forked child is the riskier path (it hung)
         return it.get_tensor(self._out_index)  # a copy (tensor() would be the interpreter's own buffer)
+
+    def _reopen(self) -> None:
+        """The interpreter opened again from its file, which must be the one loaded (a re-export replaced it: stale
+        tensor indices, "Tensor data is null"; or a file the manifest never vouched for ran)."""
+        if self._file is not None and _identity(self._open.keywords.get("model_path")) != self._file:
+            raise ModelRunError(f"{self.path.name} changed or went away since it was loaded, and this process was "
+                                "forked while another thread was running it: load it again")
+        try:
+            it = self._open()
+            it.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelRunError(f"{self.path.name} could not be opened again after fork(): {exc}") from None
+        ins, outs = it.get_input_details(), it.get_output_details()
+        self._in_index, self._out_index = ins[0]["index"], outs[0]["index"]
+        self._shape, self._it, self._stale = tuple(int(v) for v in ins[0]["shape"]), it, False
 
     def _resize(self, shape: tuple) -> None:
         try:
@@ -337,24 +316,6 @@ class OnnxBackend:
     @property
     def session(self):
         return self._sess
-
-
-def _delegate(mod, name: str):
-    """A delegate library loaded by name or path; one that will not load is a ModelLoadError (an OSError, and
-    LiteRT's "Exception ignored in Delegate.__del__" noise, before)."""
-    if os.sep in name and not os.path.isfile(name):
-        raise ModelLoadError(f"TFLite delegate library not found: {name}")
-    try:
-        import ctypes
-
-        lib = ctypes.CDLL(name)  # one that will not open, or is no delegate: said here, before the noise of
-        if not hasattr(lib, "tflite_plugin_create_delegate"):  # LiteRT's half-built Delegate's __del__
-            raise ModelLoadError(f"{name} is not a TFLite delegate (no tflite_plugin_create_delegate)")
-        return mod.load_delegate(name)
-    except ModelLoadError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - LiteRT 2.3 raises AttributeError from its own Delegate.__init__
-        raise ModelLoadError(f"cannot load the TFLite delegate {name}: {str(exc).strip()[:200]}") from None
 
 
 def _pname(p) -> str:

@@ -340,6 +340,6 @@ def _notes(g: Golden, m: artifacts.Manifest, results: list[ParityResult]) -> lis
         f = (m.entry(r.file).figures if m.entry(r.file) else {}) or {}
         was = f.get("max_abs_error")
         if isinstance(was, (int, float)) and np.isfinite(r.max_abs_error):
-            notes.append(f"{r.file}: max abs error {r.max_abs_error:.3g} (export: {was:.3g}), top-1 agreement "
-                         f"{r.top1_agreement:.3f} (export: {f.get('top1_agreement', float('nan')):.3f})")
+            notes.append(f"{r.file}: max abs error {r.max_abs_error:.3g} (export: {was:.3g}), {r.agreement_of} "
+                         f"agreement {r.top1_agreement:.3f} (export: {f.get('top1_agreement', float('nan')):.3f})")
     return notes
