@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from tledge.safejson import loads_json
+from tledge.safejson import finite, loads_json
 from tledge.errors import TledgeError
 
 MANIFEST = "manifest.json"
@@ -300,7 +300,7 @@ def _present(folder: Path) -> list[str]:
 def write(folder: Path, manifest: Manifest) -> Path:
     from tledge.io import atomic_write_text
 
-    return atomic_write_text(Path(folder) / MANIFEST, json.dumps(manifest.to_dict(), indent=2) + "\n")
+    return atomic_write_text(Path(folder) / MANIFEST, json.dumps(finite(manifest.to_dict()), indent=2, allow_nan=False) + "\n")
 
 
 def read(folder: str | Path) -> Manifest | None:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tledge.errors import ContractError
-from tledge.safejson import KIND_WORDS, NestedTooDeeply, is_kind, loads_json
+from tledge.safejson import KIND_WORDS, NestedTooDeeply, finite, is_kind, loads_json
 
 CONTRACT_VERSION = 1
 METADATA_KEY = "tledge_contract"  # name of the TFLite metadata entry and the ONNX metadata_props key
@@ -349,7 +349,7 @@ class Contract:
         return d
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+        return json.dumps(finite(self.to_dict()), indent=indent, sort_keys=True, allow_nan=False)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Contract":

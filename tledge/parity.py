@@ -18,6 +18,7 @@ from tledge.artifacts import DEFAULT_THRESHOLDS, Thresholds, precision_in_name  
 from tledge import stats
 from tledge.contract import DECISION
 from tledge.errors import ParityError
+from tledge.safejson import finite
 from tledge.thresholds import load_thresholds, thresholds_from_dict  # noqa: F401
 
 
@@ -242,7 +243,7 @@ class ParityReport:
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON values: a figure that is not a number (inf: a file that could not run) is null."""
-        return _finite({"passed": self.passed, "images": self.images, "reference": self.reference,
+        return finite({"passed": self.passed, "images": self.images, "reference": self.reference,
                         "results": [asdict(r) for r in self.results], "notes": list(self.notes),
                         "fidelity": list(self.fidelity), "seconds": dict(self.seconds),
                         **({"skipped": list(self.skipped)} if self.skipped else {}),
@@ -329,7 +330,7 @@ class ParityReport:
             body = ""
             if not r.passed:  # json.dumps escapes what XML cannot hold; names and messages are made legal
                 body = (f'<failure message={quoteattr(xml_legal("; ".join(r.failures)))}>'
-                        f"{escape(json.dumps(asdict(r), indent=1))}</failure>")
+                        f"{escape(json.dumps(finite(asdict(r)), indent=1, allow_nan=False))}</failure>")
             cases.append(f'  <testcase classname={quoteattr(xml_legal(suite))} name={quoteattr(xml_legal(r.file))} '
                          f'time="{(r.latency_ms or 0) * r.images / 1000:.3f}">{body}</testcase>')
         return (f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name={quoteattr(xml_legal(suite))} '
@@ -342,18 +343,6 @@ class ParityReport:
 
         atomic_write_text(Path(folder) / "parity.json", self.to_json() + "\n")
         atomic_write_text(Path(folder) / "parity.md", self.to_markdown())
-
-
-def _finite(v):
-    """JSON values with every non-finite float as None: json.dumps wrote Infinity and NaN, which JSON has not (Node's
-    JSON.parse, jq and strict parsers failed on `tledge parity --json` and parity.json)."""
-    if isinstance(v, float):
-        return v if np.isfinite(v) else None
-    if isinstance(v, dict):
-        return {k: _finite(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_finite(x) for x in v]
-    return v
 
 
 def _g(v: float | None) -> str:

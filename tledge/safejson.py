@@ -17,7 +17,7 @@ def loads_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH, *, unique: bo
     into a RecursionError traceback. The depth is measured without recursion. `unique`: a key twice in one object
     is a ValueError (json keeps the last one silently; TOML refuses it)."""
     try:
-        value = json.loads(text, object_pairs_hook=_unique_keys if unique else None)
+        value = json.loads(text, object_pairs_hook=_unique_keys if unique else None, parse_constant=_no_number)
     except RecursionError:
         raise NestedTooDeeply("nested too deeply") from None
     stack = [(value, 1)]
@@ -28,6 +28,23 @@ def loads_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH, *, unique: bo
                 raise NestedTooDeeply("nested too deeply")
             stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
     return value
+
+
+def _no_number(name: str) -> None:
+    """NaN, Infinity and -Infinity, which JSON has not (Python's json.dump writes them): read as null, so that what
+    tledge writes back (an exported tledge.json, a bundle's manifest, `info --json`) is JSON a strict parser reads."""
+    return None
+
+
+def finite(v):
+    """`v` (JSON values) with every non-finite float as None, for writing JSON that has no NaN or Infinity."""
+    if isinstance(v, float):
+        return v if v == v and v not in (float("inf"), float("-inf")) else None
+    if isinstance(v, dict):
+        return {k: finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [finite(x) for x in v]
+    return v
 
 
 def _unique_keys(pairs: list) -> dict:

@@ -56,8 +56,8 @@ def render(env: dict, reports: list) -> list[str]:
     lines.append(f".onnx files -> onnxruntime {o['onnxruntime'] or 'NONE'}; providers "
                  f"{', '.join(o['providers']) or '-'}" + (f": {o['why']}" if o["why"] else ""))
     th = env["threads"]
-    lines.append(f"threads: {th['default']} by default" + (f" (TLEDGE_THREADS={th['TLEDGE_THREADS']})"
-                                                            if th["TLEDGE_THREADS"] else ""))
+    lines.append(f"threads: {th['default'] if th['default'] is not None else 'none: ' + th.get('error', '')} by default"
+                 + (f" (TLEDGE_THREADS={th['TLEDGE_THREADS']})" if th["TLEDGE_THREADS"] else ""))
     lines.append(f"cpu: {cpu['model'] or '?'}, {cpu['usable_cores']} usable core(s); "
                  + ("; ".join(cpu["feature_notes"].values()) or "no SIMD features read"))
     lines.append(f"delegates: Edge TPU library {_yes(dl['edgetpu_library'])}, "

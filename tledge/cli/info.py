@@ -3,7 +3,6 @@ export folder, its manifest: every file with its precision, size, parity verdict
 matches (exit 2 when a file is missing or changed). No TensorFlow."""
 from __future__ import annotations
 
-import json
 
 from tledge.contract import INDEPENDENT
 from tledge.runtime.foreign import STANDARD_ORIGIN
@@ -44,9 +43,10 @@ def run(args) -> int:
     else:
         info = model.info()
     if args.json:
-        from tledge.runtime.outputs import stdout_is_utf8
+        from tledge.runtime.outputs import json_text
+        from tledge.safejson import finite
 
-        print(json.dumps(info, indent=2, ensure_ascii=not stdout_is_utf8()))
+        print(json_text(finite(info), indent=2))
         return 0
     from tledge.runtime.outputs import printable
 
@@ -162,10 +162,10 @@ def _folder(folder, as_json: bool) -> int:
            (r["state"] == "changed" or (r["state"] == "missing" and r["role"] == "side"))]
     gone = [r["file"] for r in rows if r["state"] == "missing" and r["role"] == "model"]
     if as_json:
-        from tledge.runtime.outputs import stdout_is_utf8
+        from tledge.runtime.outputs import json_text
+        from tledge.safejson import finite
 
-        print(json.dumps({**m.to_dict(), "files": rows, "problems": bad, "missing": gone}, indent=2,
-                         ensure_ascii=not stdout_is_utf8()))
+        print(json_text(finite({**m.to_dict(), "files": rows, "problems": bad, "missing": gone}), indent=2))
     else:
         src = m.source
         print(f"export     {folder}  (tledge {m.tledge}, {m.created})")

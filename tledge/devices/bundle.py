@@ -32,6 +32,7 @@ from tledge.devices.options import Options, resolve
 from tledge.devices.profiles import Family, Profile, get_profile
 from tledge.devices.runsh import run_sh, venv_line
 from tledge.errors import TledgeError
+from tledge.safejson import finite
 from tledge.text import printable
 
 # package parts that need TensorFlow/Keras: left out of the bundle
@@ -284,7 +285,7 @@ def _manifest(profile: Profile, models: list[str], opts: Options, notes: list[st
             "built_with_python": ".".join(map(str, sys.version_info[:3])),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "notes": notes,
             "sha256": dict(sorted(hashes.items()))}
-    return (json.dumps(data, indent=2) + "\n").encode()
+    return (json.dumps(finite(data), indent=2, allow_nan=False) + "\n").encode()
 
 
 def _export_manifest(m: artifacts.Manifest, shipped: list[str], compiled: Path | None, data: dict) -> bytes:
@@ -299,7 +300,7 @@ def _export_manifest(m: artifacts.Manifest, shipped: list[str], compiled: Path |
                                        hashlib.sha256(data[compiled.name]).hexdigest(), "tflite", "int8",
                                        src.verdict, {"note": "compiled at bundle time; the int8 file's "
                                                              "parity verdict applies"}, src.file))
-    return (json.dumps(replace(m, files=tuple(entries)).to_dict(), indent=2) + "\n").encode()
+    return (json.dumps(finite(replace(m, files=tuple(entries)).to_dict()), indent=2, allow_nan=False) + "\n").encode()
 
 
 def make_bundle(export_dir: "str | Path", device: "str | Profile", out: "str | Path | None" = None,

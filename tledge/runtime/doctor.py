@@ -258,10 +258,11 @@ def threads() -> dict:
     from tledge.runtime.backends import default_threads
 
     try:
-        default: "int | str" = default_threads()
+        default, error = default_threads(), None
     except ArgumentError as exc:  # the doctor says so; the commands refuse to run with it
-        default = f"none: {exc}"
-    return {"default": default, "TLEDGE_THREADS": os.environ.get("TLEDGE_THREADS") or None}
+        default, error = None, str(exc)  # (an int or null, as --json's readers expect; the reason beside it)
+    return {"default": default, "TLEDGE_THREADS": os.environ.get("TLEDGE_THREADS") or None,
+            **({"error": error} if error else {})}
 
 
 def environment(probe: bool = True) -> dict:

@@ -30,7 +30,7 @@ import numpy as np
 from tledge import artifacts
 from tledge import trust
 from tledge.runtime.bench import one_image_ms
-from tledge.safejson import loads_json
+from tledge.safejson import finite, loads_json
 from tledge.errors import MissingDependency, TledgeError
 from tledge.contract import DECISION
 from tledge.parity import ParityReport, ParityResult, Thresholds, compare, independent_scores, thresholds_from_dict
@@ -163,7 +163,7 @@ def save(golden: Golden, path: str | Path) -> Path:
     labels = golden.labels if golden.labels is not None else np.full(len(golden.pixels), -1, np.int64)
     np.savez_compressed(buf, pixels=golden.pixels, reference=golden.reference.astype(np.float32),
                         labels=labels.astype(np.int64), names=np.array(golden.names, dtype=str),
-                        sha256=np.array(golden.sha256, dtype=str), meta=np.array(json.dumps(golden.meta)))
+                        sha256=np.array(golden.sha256, dtype=str), meta=np.array(json.dumps(finite(golden.meta), allow_nan=False)))
     return atomic_write_bytes(Path(path), buf.getvalue())
 
 
@@ -284,6 +284,10 @@ def _check_once(d: Path, thresholds, device, threads) -> ParityReport:
     notes += [f"{s['file']}: not checked: {s['reason']}" for s in skipped]
     if missing and not results:  # the runtime is not installed (exit 2), not "the board disagrees" (exit 1)
         raise MissingDependency(f"{missing[0]}; nothing was compared")
+    models = [e for e in m.files if e.role in ("model", "rejected")]
+    if not results and models and not any(e.vouched for e in models):  # (not "copy the folder again")
+        raise TledgeError(f"{d}: no file of this export passed parity at export ({', '.join(e.file for e in models)}): "
+                          "there is nothing to check on a board; see parity.md, then export again")
     if not results:  # an empty table is no comparison: the folder (or bundle) is not what was exported
         raise TledgeError(f"{d}: no model file to check ({'; '.join(notes) or 'none vouched for'}): copy the whole "
                           "export folder (or bundle) again")

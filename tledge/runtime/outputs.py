@@ -54,19 +54,34 @@ def readable(name: str) -> str:
         return name
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet evaluates at the start of a cell
+
+
+def _cell(text: str) -> str:
+    """A text cell a spreadsheet shows as text: one that starts as a formula gets a leading ' (OWASP's CSV injection
+    advice): a label `=HYPERLINK(...)` of a file made elsewhere, or a photo named `=1+2.jpg`, ran in Excel."""
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
 def json_line(r: Result) -> str:
     d = r.to_dict()
     d["source"] = readable(d["source"])
+    return json_text(d)
+
+
+def json_text(d, indent: int | None = None) -> str:
+    """JSON for standard output: UTF-8 where it is and can be (a name that is not UTF-8, held as surrogates, in
+    JSON's own \udce9 escape: `info --json` wrote the raw byte, or a UnicodeEncodeError traceback)."""
     if not stdout_is_utf8():
-        return json.dumps(d, ensure_ascii=True)
-    text = json.dumps(d, ensure_ascii=False)  # JSON escapes control characters itself
+        return json.dumps(d, ensure_ascii=True, indent=indent)
+    text = json.dumps(d, ensure_ascii=False, indent=indent)  # JSON escapes control characters itself
     try:
         text.encode("utf-8")
         # but not U+0085, U+2028, U+2029 (a label of a file made elsewhere may hold them): str.splitlines() and
         # other line readers split one JSON line there
         return text.translate(_LINE_BREAKS)
     except UnicodeEncodeError:  # a lone surrogate: JSON's own \udce9 escape, which JSON readers take back
-        return json.dumps(d, ensure_ascii=True)
+        return json.dumps(d, ensure_ascii=True, indent=indent)
 
 
 class CsvSink:
@@ -97,11 +112,11 @@ class CsvSink:
     def _row(self, r: Result) -> None:
         best = r.top[0] if r.top else None
         self._w.writerow({
-            "source": readable(r.source), "index": r.index, "status": r.status,
-            "label": best.label if best else "", "score": f"{best.score:.6f}" if best else "",
+            "source": _cell(readable(r.source)), "index": r.index, "status": r.status,
+            "label": _cell(best.label) if best else "", "score": f"{best.score:.6f}" if best else "",
             "latency_ms": "" if r.latency_ms is None else f"{r.latency_ms:.3f}",
             "prep_ms": "" if r.prep_ms is None else f"{r.prep_ms:.3f}",
-            "top": ";".join(f"{_escaped(p.label)}:{p.score:.6f}" for p in r.top), "error": r.error or ""})
+            "top": _cell(";".join(f"{_escaped(p.label)}:{p.score:.6f}" for p in r.top)), "error": _cell(r.error or "")})
 
     def close(self) -> None:
         self._fh.close()

@@ -67,7 +67,8 @@ class Summary:
 
     @property
     def fps(self) -> float:
-        return self.total / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        """Inputs classified per second (skipped and failed ones are no frames: 0 ok was "1780.9 FPS")."""
+        return self.ok / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def to_dict(self) -> dict:
         lat = sorted(self.latencies_ms) if self.latencies_ms else None
