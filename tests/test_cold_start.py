@@ -17,9 +17,9 @@ pytestmark = pytest.mark.runtime_only
 # what `tledge run FILE.tflite --source IMAGE` may import of tledge: a new module on this path is a cold-start cost
 RUN_PATH = {"tledge", "tledge._deps", "tledge.artifacts", "tledge.cli", "tledge.cli.run", "tledge.cli.validate",
             "tledge.cli.model_options", "tledge.cli.oserrors",
-            "tledge.contract", "tledge.errors", "tledge.flatbuf", "tledge.images", "tledge.log", "tledge.logfiles", "tledge.metadata",
+            "tledge.contract", "tledge.contract_types", "tledge.errors", "tledge.flatbuf", "tledge.images", "tledge.log", "tledge.logfiles", "tledge.metadata",
             "tledge.paths", "tledge.safejson", "tledge.signals", "tledge.text", "tledge.trust",
-            "tledge.runtime", "tledge.runtime.backends", "tledge.runtime.litert", "tledge.runtime.foreign", "tledge.runtime.model",
+            "tledge.runtime", "tledge.runtime.backends", "tledge.runtime.litert", "tledge.runtime.lookup", "tledge.runtime.foreign", "tledge.runtime.model",
             "tledge.runtime.outputs", "tledge.runtime.pipeline", "tledge.runtime.scores",
             "tledge.runtime.sources", "tledge.runtime.frames", "tledge.version", "tledge.imagebytes"}
 # never on that path (beyond what numpy, OpenCV and LiteRT import themselves): other backends and converters,

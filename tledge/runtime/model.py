@@ -17,10 +17,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from tledge.artifacts import CONTRACT_FILE
-from tledge.contract import DECISION, METADATA_KEY, ColorOrder, Contract, Layout, Norm
+from tledge.contract import DECISION, METADATA_KEY, Contract, Layout
 from tledge.errors import ArgumentError, ContractError, ModelLoadError, ModelRunError, warnings_held
-from tledge.runtime.backends import MAX_THREADS, TensorInfo, open_backend
+from tledge.runtime.backends import MAX_THREADS, open_backend
 from tledge.runtime.scores import scores_of
+from tledge.runtime.lookup import IDENTITY_TABLE, lookup_table  # noqa: F401 (re-exported)
 from tledge.runtime.foreign import (STANDARD_ORIGIN, check_fits, check_integer_input,  # noqa: F401
                                     class_count, complete, infer_contract, infer_for_file, labels_option, read_standard)
 
@@ -253,29 +254,6 @@ class EdgeModel:
     def __repr__(self) -> str:
         c = self.contract
         return f"EdgeModel({self.path.name}, {self.format}/{self.provider}, {c.height}x{c.width})"
-
-
-IDENTITY_TABLE = object()
-
-
-def lookup_table(contract: Contract, inp: TensorInfo, in_quant):
-    """A cv2.LUT table equal to prepare+quantize per pixel value, IDENTITY_TABLE, or None when it does not apply."""
-    if inp.dtype not in ("uint8", "int8", "float32"):
-        return None
-    if not contract.baked and contract.norm is Norm.CAFFE and contract.color is ColorOrder.RGB:
-        return None  # caffe swaps channels inside normalize: not per-channel elementwise
-    n = contract.channels
-    ramp = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], n, axis=2)  # (256, 1, C)
-    x = ramp.astype(contract.input_dtype) if contract.baked else contract.normalize(ramp)
-    q = in_quant.quantize(x) if in_quant is not None else x.astype(inp.dtype)
-    if q.dtype.name != inp.dtype:
-        return None
-    if q.dtype == np.uint8 and np.array_equal(q, ramp):
-        return IDENTITY_TABLE
-    table = q.reshape(256, n)
-    if n == 1 or all(np.array_equal(table[:, 0], table[:, i]) for i in range(1, n)):
-        return np.ascontiguousarray(table[:, 0])
-    return np.ascontiguousarray(table.reshape(1, 256, n))
 
 
 # ---- loading ---------------------------------------------------------------------------------------
