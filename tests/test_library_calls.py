@@ -31,12 +31,20 @@ def test_an_export_into_another_models_train_run_is_refused(tmp_path):
 
 
 def test_with_preprocessing_refuses_a_model_that_normalises_itself():
-    pytest.importorskip("keras")
-    from tledge.contract import Contract
+    keras = pytest.importorskip("keras")
+    from tledge.backbones import contract_for
     from tledge.layers import with_preprocessing
 
-    with pytest.raises(ContractError, match="baked"):
-        with_preprocessing(object(), Contract(8, 8, norm="tf", baked=True))
+    contract = contract_for("mobilenet", 32)
+    i = keras.Input((32, 32, 3))
+    plain = keras.Model(i, keras.layers.GlobalAveragePooling2D()(i))
+    x = np.full((1, 32, 32, 3), 255.0, np.float32)
+    assert np.allclose(np.asarray(with_preprocessing(plain, contract)(x)), 1.0)  # tf: 255 -> 1.0
+    j = keras.Input((32, 32, 3))
+    baked = keras.Model(j, keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 127.5, -1,
+                                                                                          name="tledge_preprocess")(j)))
+    with pytest.raises(ContractError, match="normalises its input itself"):
+        with_preprocessing(baked, contract)
 
 
 def test_training_puts_the_callers_random_generators_back():
@@ -53,6 +61,12 @@ def test_training_puts_the_callers_random_generators_back():
     assert (random.random(), np.random.rand()) == want
 
 
+def test_a_nan_loss_stored_as_null_is_no_crash_on_resume():
+    from tledge.train.finetune import _better  # (the comparison itself is what broke)
+
+    assert _better(0.5, 0.3, [0.5, None, "head", 1]) and not _better(0.4, 0.3, [0.5, None, "head", 1])
+
+
 def test_config_paths_as_a_notebook_gives_them(tmp_path, monkeypatch):
     from tledge.export.config import ExportConfig
     from tledge.train.config import TrainConfig
@@ -64,6 +78,10 @@ def test_config_paths_as_a_notebook_gives_them(tmp_path, monkeypatch):
     with pytest.raises(ArgumentError, match="empty"):
         ExportConfig(val="")
     assert TrainConfig(out="~/runs/a").out == tmp_path / "runs" / "a"
+    (tmp_path / "w.h5").write_bytes(b"x")
+    assert TrainConfig(weights="~/w.h5").weights == str(tmp_path / "w.h5")
+    assert ExportConfig(calib="./random").calib == "./random" and ExportConfig(calib=Path("random")).calib != "random"
+    assert ExportConfig(calib="random").calib == "random"  # the noise keyword, only as that exact string
     for bad in ({"out": ""}, {"out": " "}, {"val_dir": ""}):
         with pytest.raises(TledgeError, match="empty"):
             TrainConfig(**bad)
@@ -81,4 +99,6 @@ def test_library_numbers_are_checked_not_coerced(tmp_path):
     for kwargs in ({"n_train": "50"}, {"size": 64.0}):
         with pytest.raises(TledgeError, match="must be an integer"):
             run_demo(tmp_path / "d", **kwargs)
+    with pytest.raises(TledgeError, match="size must be >= 32"):  # numpy's int64 is an integer
+        run_demo(tmp_path / "d", n_train=np.int64(50), size=np.int64(16))
     assert not (tmp_path / "d").exists()

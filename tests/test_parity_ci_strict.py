@@ -55,6 +55,7 @@ def test_fidelity_gate_is_kept_with_a_files_int8_entry():
     ("twice.json", '{"int8": {"max_abs": 1e-6}, "fp32": {}, "int8": {"min_agreement": 0.98}}', "'int8' is given twice"),
     ("k.toml", "[int8]\ntop_k = 1.5\n", "int8.top_k must be a whole number"),
     ("m.json", '{"int8": {"many_classes": 20.0}}', "int8.many_classes must be a whole number"),
+    ("nan.json", '{"int8": {"max_abs": NaN}}', "NaN is no number"),  # (read as null: the check switched off)
 ])
 def test_thresholds_files_that_would_loosen_the_check_are_refused(tmp_path, name, text, said):
     (tmp_path / name).write_text(text)

@@ -21,6 +21,7 @@ local weights file under `train_init/`), then trains the whole network in one ph
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import shutil
 import socket
@@ -221,7 +222,7 @@ def run_demo(out: str | Path = "demo_out", *, weights: str | None = None, size: 
     out = Path(out)
     for name, v in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test), ("size", size), ("seed", seed),
                     ("epochs", 1 if epochs is None else epochs)):  # n_train="50" was a TypeError, size=64.0 taken
-        if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
             raise TledgeError(f"{name} must be an integer, got {v!r}")
     for name, v in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
         if v < 1:

@@ -222,13 +222,13 @@ def _match(scale: np.ndarray, offset: np.ndarray, channels: int, *, flip: bool):
 
 
 def with_preprocessing(model, contract, name: str = "tledge_model"):
-    """Wrap a Keras 3 model that expects normalised input so it takes raw pixels (float32 0..255). A contract whose
-    normalisation is baked (every `tledge train` model's) is refused: the model normalises already, and wrapping it
-    normalised twice (top-1 agreement 0.425 with the model itself)."""
-    if contract.baked:
+    """Wrap a Keras 3 model that expects normalised input so it takes raw pixels (float32 0..255). A model that holds
+    tledge's baked preprocessing layer (every `tledge train` model) is refused: it takes raw pixels already, and
+    wrapping it normalised twice (top-1 agreement 0.425 with the model itself)."""
+    if any(str(getattr(layer, "name", "")).startswith("tledge_preprocess") for layer in getattr(model, "layers", ())):
         from tledge.errors import ContractError
 
-        raise ContractError("with_preprocessing: the contract says the model normalises its input itself (baked): "
+        raise ContractError("with_preprocessing: the model normalises its input itself (it holds tledge_preprocess): "
                             "it takes raw pixels as it is; wrap only a model that expects normalised input")
     inp = keras.Input(shape=(contract.height, contract.width, contract.channels), dtype="float32", name="pixels")
     return keras.Model(inp, model(for_contract(contract)(inp)), name=name)

@@ -11,13 +11,15 @@ class NestedTooDeeply(ValueError):
     """JSON nested deeper than MAX_JSON_DEPTH."""
 
 
-def loads_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH, *, unique: bool = False):
+def loads_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH, *, unique: bool = False, numbers_only: bool = False):
     """json.loads, refusing nesting deeper than `max_depth` (NestedTooDeeply, a ValueError): Python 3.13's json
     parses thousands of levels that 3.11's refused, and code walking the result (dataclasses.asdict) then recursed
     into a RecursionError traceback. The depth is measured without recursion. `unique`: a key twice in one object
-    is a ValueError (json keeps the last one silently; TOML refuses it)."""
+    is a ValueError (json keeps the last one silently; TOML refuses it). NaN and Infinity are read as null, or with
+    `numbers_only` refused (a ValueError): in a thresholds file null switches a check off."""
     try:
-        value = json.loads(text, object_pairs_hook=_unique_keys if unique else None, parse_constant=_no_number)
+        value = json.loads(text, object_pairs_hook=_unique_keys if unique else None,
+                           parse_constant=_refuse_constant if numbers_only else _no_number)
     except RecursionError:
         raise NestedTooDeeply("nested too deeply") from None
     stack = [(value, 1)]
@@ -34,6 +36,10 @@ def _no_number(name: str) -> None:
     """NaN, Infinity and -Infinity, which JSON has not (Python's json.dump writes them): read as null, so that what
     tledge writes back (an exported tledge.json, a bundle's manifest, `info --json`) is JSON a strict parser reads."""
     return None
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is no number JSON has")
 
 
 def finite(v):

@@ -47,7 +47,7 @@ def _parse_thresholds_text(p: Path, text: str) -> dict:
         except RecursionError:
             raise TledgeError(f"--thresholds {p}: not valid TOML (nested too deeply)") from None
     try:
-        return loads_json(text, unique=True)
+        return loads_json(text, unique=True, numbers_only=True)  # (NaN as null switched the check off)
     except ValueError as exc:  # (JSONDecodeError, or nested too deeply)
         raise TledgeError(f"--thresholds {p}: not valid JSON ({exc}); TOML files need a .toml name") from None
 

@@ -42,7 +42,9 @@ def run(args) -> int:
     results = bench(args.models, runs=args.runs, warmup=args.warmup, batch=args.batch, threads=threads,
                     load_kwargs=kw, subprocesses=not args.same_process)
     if args.json:
-        print(json.dumps(results, indent=2))
+        from tledge.safejson import finite
+
+        print(json.dumps(finite(results), indent=2, allow_nan=False))
     else:
         print(table(results))
     from tledge import log

@@ -8,6 +8,7 @@ from pathlib import Path
 from tledge.artifacts import KINDS
 from tledge.cli.model_options import FITS, LAYOUTS, RESIZES
 from tledge.errors import TledgeError
+from tledge.safejson import finite
 from tledge.export.repair_budget import REPAIR_SECONDS
 
 
@@ -267,8 +268,9 @@ def _note(message: str) -> None:
 
 def _print(result, args) -> None:
     if args.json:
-        print(json.dumps({**result.report.to_dict(), "out": str(result.out),
-                          "files": [str(f) for f in result.files], "seconds": result.seconds}, indent=2))
+        print(json.dumps(finite({**result.report.to_dict(), "out": str(result.out),
+                                 "files": [str(f) for f in result.files], "seconds": result.seconds}), indent=2,
+                         allow_nan=False))
         return
     print(result.report.table())
     for note in result.report.notes:  # on stderr with tledge's other notes, not with -q (all are in parity.md)

@@ -136,8 +136,11 @@ def run(args) -> int:
         result = train(args.data, cfg)
     m = result.metrics
     if args.json:
-        print(json.dumps({"out": str(result.out), "files": m["files"], **{k: v for k, v in m.items() if k != "files"}},
-                         indent=2, default=str))
+        from tledge.safejson import finite
+
+        print(json.dumps(finite({"out": str(result.out), "files": m["files"], **{k: v for k, v in m.items()
+                                                                                 if k != "files"}}),
+                         indent=2, default=str, allow_nan=False))
         return 0
     print(f"val accuracy {result.val_accuracy:.3f} on {m['val_images']} images, {m['wall_time_s']:.0f}s")
     if m["files"]:  # a non-chief worker of a multi-worker run writes nothing

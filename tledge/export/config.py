@@ -55,9 +55,13 @@ class ExportConfig:
                 from tledge.errors import ArgumentError
 
                 raise ArgumentError(f"ExportConfig({name}='') is empty: give a path, or leave it out")
-            if isinstance(v, (str, os.PathLike)) and v != "random":
-                p = expand(v)
-                object.__setattr__(self, name, p if name == "out" else os.fspath(p))
+            if name == "out" and isinstance(v, (str, os.PathLike)):
+                object.__setattr__(self, name, expand(v))
+            elif isinstance(v, os.PathLike):  # a folder named random stays a folder (not the noise keyword)
+                object.__setattr__(self, name, os.path.join(".", os.fspath(v)) if os.fspath(v) == "random"
+                                   else os.fspath(expand(v)))
+            elif isinstance(v, str) and v.startswith("~"):  # strings otherwise as given: "./random" is a folder
+                object.__setattr__(self, name, os.fspath(expand(v)))
 
 
 @dataclass

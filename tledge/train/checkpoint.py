@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tledge.safejson import loads_json
+from tledge.safejson import finite, loads_json
 from tledge.errors import TledgeError
 from tledge.io import atomic_write_text, check_space
 
@@ -82,12 +82,13 @@ class Checkpoints:
             with temp_sibling(self.folder / f"best-{tag}.weights.h5") as tmp, numpy2_quiet():
                 model.save_weights(str(tmp))
         state = dict(state, format=FORMAT, last=last, best=f"best-{tag}" if best else state.get("best"))
-        atomic_write_text(self.state_path, json.dumps(state, indent=1) + "\n")
+        atomic_write_text(self.state_path, json.dumps(finite(state), indent=1, allow_nan=False) + "\n")
         self._prune(state)
         return state
 
     def mark_complete(self, state: dict) -> None:
-        atomic_write_text(self.state_path, json.dumps(dict(state, format=FORMAT, complete=True), indent=1) + "\n")
+        atomic_write_text(self.state_path, json.dumps(finite(dict(state, format=FORMAT, complete=True)), indent=1,
+                                                      allow_nan=False) + "\n")
 
     def load_weights(self, model, state: dict, which: str = "last") -> None:
         path = self.folder / f"{state[which]}.weights.h5"

@@ -82,7 +82,8 @@ class TrainConfig:
             if getattr(self, name) is not None and not str(getattr(self, name)).strip():
                 raise TledgeError(f"{name} is empty: give a folder")
         object.__setattr__(self, "out", expand(self.out))  # `~` as the CLI expands it (not a folder named ~)
-        object.__setattr__(self, "weights", str(self.weights))  # a Path was refused: "expected str"
+        w = str(self.weights)  # a Path was refused: "expected str"; `~` expanded as for out
+        object.__setattr__(self, "weights", w if w in (WEIGHTS_IMAGENET, WEIGHTS_NONE) else str(expand(w)))
         if self.val_dir is not None:
             object.__setattr__(self, "val_dir", expand(self.val_dir))
         if isinstance(self.fine_tune_at, str) and re.fullmatch(r"-?[0-9]+", self.fine_tune_at):

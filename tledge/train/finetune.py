@@ -94,7 +94,8 @@ def scores(probs: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 
 def _better(acc: float, loss: float, best: list | None) -> bool:
-    return best is None or acc > best[0] or (acc == best[0] and loss < best[1])
+    """(a NaN loss is stored as null in the checkpoint state: no loss to beat)"""
+    return best is None or acc > best[0] or (acc == best[0] and (best[1] is None or loss < best[1]))
 
 
 def below_head(history: list[dict], val_accuracy: float, max_drop: float, n_val: int) -> float | None:

@@ -21,6 +21,7 @@ import numpy as np
 from tledge.artifacts import CONTRACT_FILE, LABELS_FILE
 from tledge._deps import available, require
 from tledge.errors import ExportError, TledgeWarning
+from tledge.safejson import finite
 from tledge.io import atomic_path, atomic_write_text, check_space, name_outside
 from tledge.signals import signals_held
 from tledge.train.checkpoint import numpy2_quiet, temp_sibling, weight_bytes
@@ -246,5 +247,5 @@ def _write_staged(stage: Path, model, contract, metrics, check_x, expected, t0, 
     metrics["files"] = dict(names) | {"metrics": "metrics.json"}
     if t0 is not None:
         metrics["wall_time_s"] = round(time.perf_counter() - t0, 2)
-    names["metrics"] = atomic_write_text(stage / "metrics.json", json.dumps(metrics, indent=2) + "\n").name
+    names["metrics"] = atomic_write_text(stage / "metrics.json", json.dumps(finite(metrics), indent=2, allow_nan=False) + "\n").name
     return names
