@@ -47,6 +47,18 @@ def blas_threads(n: int = 1):
         yield
 
 
+@contextlib.contextmanager
+def swapped(get, put, value):
+    """`put(value)` for the block, and what `get()` gave before it put back after: a library's global (Keras's dtype
+    policy, its image data format) set for tledge's work, the caller's own restored."""
+    old = get()
+    put(value)
+    try:
+        yield
+    finally:
+        put(old)
+
+
 def quiet_tensorflow() -> None:
     """For tledge's own process (the CLI): keep TensorFlow's C++ INFO/WARNING lines out of the terminal
     and use Keras 3 on TensorFlow. Library calls never change the environment."""

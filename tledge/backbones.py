@@ -150,12 +150,8 @@ def build(name: str, input_shape: tuple[int, int, int], *, weights: str | Path |
 def _channels_last():
     """keras.applications build under the global image data format: a caller's channels_first read (64, 64, 3) as 64
     channels of 3 x 64 ("Input size must be at least 32x32"). tledge's models are channels-last."""
-    from tledge._deps import require
+    from tledge._deps import require, swapped
 
     keras = require("keras")
-    old = keras.config.image_data_format()
-    keras.config.set_image_data_format("channels_last")
-    try:
+    with swapped(keras.config.image_data_format, keras.config.set_image_data_format, "channels_last"):
         yield
-    finally:
-        keras.config.set_image_data_format(old)

@@ -256,8 +256,7 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
         raise TledgeError(f"--preprocess {preprocess}: every exported file carries its contract (normalisation "
                           f"{known[0].norm.value}), and the reference is checked with it: drop --preprocess")
     groups = _reference_groups(reference, files, contracts, signature)
-    results: list = [None] * len(files)
-    loaded: dict = {}
+    results, loaded = [None] * len(files), {}  # (a ParityResult per file; a LoadedModel per signature)
     paths = y = lm = None
     unmatched: list[str] = []
     for (sig, _), members in groups.items():

@@ -20,15 +20,11 @@ def policy():
     """Keras's global dtype policy float32 for an export, the caller's back after: under a caller's mixed_float16
     a float32 model loaded as mixed (a false "rebuilt in float32" note) and models built for repairs computed in
     float16."""
-    from tledge._deps import require
+    from tledge._deps import require, swapped
 
     keras = require("keras", extra="export")  # (KERAS_BACKEND=jax: the one line, not a traceback)
-    old = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
-    try:
+    with swapped(keras.mixed_precision.global_policy, keras.mixed_precision.set_global_policy, "float32"):
         yield
-    finally:
-        keras.mixed_precision.set_global_policy(old)
 
 
 HALF = ("float16", "bfloat16")  # plain half-precision policies: a model built under set_dtype_policy("float16"), or a

@@ -21,7 +21,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from tledge._deps import require
+from tledge._deps import require, swapped
 from tledge.train.config import Precision
 
 
@@ -62,15 +62,11 @@ def environment(precision: Precision, *, grayscale: bool = False):
         strategy, where = tf.distribute.MirroredStrategy(), f"{len(gpus)} GPUs (MirroredStrategy)"
     else:
         strategy, where = None, "1 GPU" if gpus else f"CPU ({os.cpu_count()} cores)"
-    old = keras.mixed_precision.global_policy().name
-    # float32 set too: a caller's mixed_float16 trained a float32 run (a grayscale one as well) in float16 and saved it
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
     desc = f"{where}, {'mixed_float16' if mixed else 'float32'}"
-    try:
-        with strategy.scope() if strategy is not None else nullcontext():
-            yield Env(strategy, mixed, desc, strategy or tf.distribute.get_strategy())
-    finally:
-        keras.mixed_precision.set_global_policy(old)
+    # float32 set too: a caller's mixed_float16 trained a float32 run (a grayscale one as well) in float16 and saved it
+    with swapped(keras.mixed_precision.global_policy, keras.mixed_precision.set_global_policy,
+                 "mixed_float16" if mixed else "float32"), strategy.scope() if strategy is not None else nullcontext():
+        yield Env(strategy, mixed, desc, strategy or tf.distribute.get_strategy())
 
 
 @contextmanager
