@@ -117,7 +117,8 @@ TFLITE_PASS = {"RESHAPE", "SQUEEZE", "DEQUANTIZE", "QUANTIZE"}
 BUFFER_DATA, BUFFER_OFFSET, BUFFER_SIZE = 0, 1, 2
 METADATA_NAME, METADATA_BUFFER = 0, 1
 SUBGRAPH_TENSORS, SUBGRAPH_INPUTS, SUBGRAPH_OUTPUTS = 0, 1, 2
-TENSOR_SHAPE, TENSOR_NAME, TENSOR_SHAPE_SIGNATURE = 0, 3, 7
+TENSOR_SHAPE, TENSOR_NAME, TENSOR_QUANTIZATION, TENSOR_SHAPE_SIGNATURE = 0, 3, 4, 7
+QUANT_SCALE = 2
 SIGNATURE_INPUTS, SIGNATURE_OUTPUTS, SIGNATURE_KEY, SIGNATURE_SUBGRAPH = 0, 1, 2, 4
 TENSORMAP_NAME, TENSORMAP_INDEX = 0, 1
 
@@ -216,3 +217,22 @@ def tflite_output_op(data) -> str | None:
             return name
         tensor = first
     return None
+
+
+@guarded
+def tflite_bad_scales(data) -> list[tuple[str, float]]:
+    """(tensor name, scale) of every tensor with a NaN or infinite quantisation scale, or a per-tensor scale of zero
+    or less. LiteRT does not check them: `allocate_tensors` or the first call crashed the process (SIGSEGV or abort,
+    no message). A zero among per-channel scales (a weight channel that is all zeros) is left to LiteRT, which runs
+    it or refuses it with an error."""
+    import math
+
+    bad = []
+    for sg in tflite_model(data).tables(MODEL_SUBGRAPHS):
+        for t in sg.tables(SUBGRAPH_TENSORS):
+            q = t.table(TENSOR_QUANTIZATION)
+            scales = q.scalars(QUANT_SCALE, "f") if q is not None else ()
+            wrong = [s for s in scales if not math.isfinite(s) or (len(scales) == 1 and s <= 0)]
+            if wrong:
+                bad.append((t.string(TENSOR_NAME) or "", wrong[0]))
+    return bad

@@ -79,6 +79,22 @@ def _identity(src) -> tuple | None:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
+def _refuse_bad_scales(path: Path) -> None:
+    """A file LiteRT would crash on (a NaN, infinite or non-positive quantisation scale) is refused in one line."""
+    from tledge import flatbuf
+
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return  # the interpreter says what is wrong with the path
+    bad = flatbuf.tflite_bad_scales(data) if data[4:8] == flatbuf.TFLITE_IDENTIFIER else []
+    if bad:
+        name, scale = bad[0]
+        more = f" (and {len(bad) - 1} other tensor(s))" if len(bad) > 1 else ""
+        raise ModelLoadError(f"cannot load TFLite model {path}: tensor {name[:80]!r} has quantisation scale {scale:g}"
+                             f"{more}; LiteRT would crash on it: the file is corrupt")
+
+
 def load_reason(exc) -> str:
     """A runtime's load error in one line of at most ~300 characters, said plainly where tledge knows it: the cut
     used to end inside a C++ signature before onnxruntime's reason ("Opset 28 is under development"), or inside
@@ -102,6 +118,7 @@ class TFLiteBackend:
         self.path, self.threads = Path(path), threads or default_threads()
         self.notes: list[str] = []
         loaded = [litert.delegate(mod, d) if isinstance(d, str) else d for d in delegates]
+        _refuse_bad_scales(self.path)
         try:
             src = loadable(path)
             self._open = functools.partial(mod.Interpreter, **({"model_path": src} if isinstance(src, str) else
