@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from tledge.contract import decision_name, same_decision
 from tledge.paths import utf8_name
 
 HOW_TO_MEASURE = ("in a venv with `pip install -e '.[runtime,clients]'` (in the checkout; mediapipe brings its own cv2: "
@@ -93,7 +94,7 @@ OPENCV_IMAGES = 64  # cv2.dnn runs image by image: an even sample of the parity 
 
 def opencv(folder: Path, files: Sequence[str], pixels: np.ndarray, threads: int | None = None) -> dict:
     """cv2.dnn.readNetFromONNX on each .onnx among `files`, fed the prepared input `tledge run` feeds on up to
-    OPENCV_IMAGES of the parity images: top-1 agreement with tledge run and the largest score difference, or
+    OPENCV_IMAGES of the parity images: top-1 agreement (label sets for independent scores) with tledge run and the largest score difference, or
     OpenCV's error. {} without an .onnx file."""
     names = [f for f in files if f.endswith(".onnx") and (folder / f).is_file()]
     if not names:
@@ -127,7 +128,9 @@ def opencv(folder: Path, files: Sequence[str], pixels: np.ndarray, threads: int 
             section["files"].append({"file": name, "error": " ".join(str(exc).split())[-200:]})
             continue
         theirs_a = np.stack(theirs)
-        section["files"].append({"file": name, "tledge": int((theirs_a.argmax(1) == ours.argmax(1)).sum()),
+        section["agreement_of"] = decision_name(model.contract.independent)
+        section["files"].append({"file": name, "tledge": int(same_decision(theirs_a, ours,
+                                                                              model.contract.independent).sum()),
                                  "max_abs": float(np.abs(theirs_a - ours).max()) if theirs_a.shape == ours.shape
                                  else None})
     return section
@@ -155,17 +158,19 @@ def _mediapipe(folder: Path, files: Sequence[str], pixels: np.ndarray, reference
     from tledge.runtime import load
 
     section.update(measured=True, images=len(photos), version=getattr(mediapipe, "__version__", "?"))
-    keras_top = np.asarray(reference).argmax(1)
     for name in tflite:
         model = load(folder / name, threads=threads)
         row: dict = {"file": name, "resize": model.contract.resize.value, "fit": model.contract.fit.value}
         try:
-            theirs = mediapipe_scores(folder / name, photos).argmax(1)
+            theirs = mediapipe_scores(folder / name, photos)
         except Exception as exc:  # noqa: BLE001 - MediaPipe refusing a file is a finding, not a crash
             section["files"].append({**row, "error": f"{exc.__class__.__name__}: {exc}"[:200]})
             continue
         ours = np.concatenate([model.predict(model.from_nhwc(pixels[i:i + 32])) for i in range(0, len(pixels), 32)])
-        row.update(tledge=int((theirs == ours.argmax(1)).sum()), keras=int((theirs == keras_top).sum()))
+        ind = model.contract.independent  # (a label set: MediaPipe's categories over 0.5, as its users threshold)
+        section["agreement_of"] = decision_name(ind)
+        row.update(tledge=int(same_decision(theirs, ours, ind).sum()),
+                   keras=int(same_decision(theirs, reference, ind).sum()))
         section["files"].append(row)
     return section
 
@@ -244,8 +249,8 @@ def _mediapipe_markdown(section: dict) -> list[str]:
         return lines
     n = section["images"]
     lines += [(f"MediaPipe Tasks ImageClassifier {section.get('version', '')} on the {n} parity photos, each "
-               "resized by MediaPipe itself (its CPU resize is `warp-linear`): top-1 agreement with `tledge run` and "
-               "with the Keras reference."), "",
+               f"resized by MediaPipe itself (its CPU resize is `warp-linear`): {section.get('agreement_of', 'top-1')} "
+               "agreement with `tledge run` and with the Keras reference."), "",
               "| file | tledge resize | MediaPipe = tledge run | MediaPipe = Keras |", "|---|---|---|---|"]
     for r in section["files"]:
         if "error" in r:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tledge.contract_types import (DECISION, INDEPENDENT, ColorOrder, Fit, Layout, Norm,  # noqa: F401 (re-exported)
-                                   Output, Quant, Resize)
+                                   Output, Quant, Resize, decision_name, same_decision)
 from tledge.errors import ContractError
 from tledge.safejson import KIND_WORDS, NestedTooDeeply, finite, is_kind, loads_json
 

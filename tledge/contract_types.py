@@ -59,6 +59,20 @@ class Output(str, Enum):
 INDEPENDENT, DECISION = "independent", 0.5
 
 
+def same_decision(a: np.ndarray, b: np.ndarray, independent: bool = False) -> np.ndarray:
+    """Per image (row): the two score arrays decide alike: the same argmax, or for independent scores the same label
+    set (every label on the same side of DECISION, what their clients threshold)."""
+    a, b = (np.asarray(v, np.float32).reshape(len(v), -1) for v in (a, b))
+    if independent:
+        return np.all((a > DECISION) == (b > DECISION), axis=1)
+    return np.argmax(a, 1) == np.argmax(b, 1)
+
+
+def decision_name(independent: bool) -> str:
+    """What `same_decision` compares, as reports say it."""
+    return "label-set" if independent else "top-1"
+
+
 @dataclass(frozen=True)
 class Quant:
     """Affine quantisation of a tensor: real = (q - zero_point) * scale."""

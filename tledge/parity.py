@@ -16,7 +16,7 @@ import numpy as np
 # the thresholds and their defaults are the file table's (tledge.artifacts); thresholds files: tledge.thresholds
 from tledge.artifacts import DEFAULT_THRESHOLDS, Thresholds, precision_in_name  # noqa: F401
 from tledge import stats
-from tledge.contract import DECISION
+from tledge.contract import DECISION, same_decision  # noqa: F401 (re-exported)
 from tledge.errors import ParityError
 from tledge.safejson import finite
 from tledge.thresholds import load_thresholds, thresholds_from_dict  # noqa: F401
@@ -114,10 +114,7 @@ def compare(reference: np.ndarray, outputs: np.ndarray, *, file: str, format: st
         return ParityResult(file, format, precision, len(ref), float("inf"), float("inf"), float("inf"),
                             0.0, None, None, False, failures, incompatible=True)
     diff = np.abs(out - ref)
-    if independent:  # its clients' decisions: every label over DECISION, the same set
-        same = np.all((out > DECISION) == (ref > DECISION), axis=1)
-    else:
-        same = np.argmax(out, 1) == np.argmax(ref, 1)
+    same = same_decision(ref, out, independent)
     agree = float(np.mean(same)) if len(ref) else 0.0
     acc = ref_acc = ref_ok = out_ok = None
     if labels is not None:  # (independent: the folder's label is given, whatever else is)

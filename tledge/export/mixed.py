@@ -48,7 +48,8 @@ def selection(model, ctx, shared, stem: int = 0, ranges: str = "minmax"):
                 original = Path(tmp) / "original.onnx"
                 original.write_bytes(shared.onnx_float(None, None))
             shared.mixed[key] = sensitivity.select(src, quantize, conv.calib(ctx.calib), workdir=Path(tmp), aim=AIM,
-                                                   reference=original, stop=shared.stop, **BUDGET)
+                                                   reference=original, stop=shared.stop,
+                                                   independent=ctx.contract.independent, **BUDGET)
     return shared.mixed[key]
 
 

@@ -266,7 +266,7 @@ def _fidelity(cfg: ExportConfig, report: ParityReport, x: FidelityInputs) -> boo
                                            "no repair needed, every file within its budget" if not failing else
                                            "no calibration images to repair with")):
             pass
-    report.notes += kernels.kernel_notes(report.results, x.out, x.val_x, cfg.threads)
+    report.notes += kernels.kernel_notes(report.results, x.out, x.val_x, cfg.threads, x.contract.independent)
     return ran
 
 

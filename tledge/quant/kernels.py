@@ -68,16 +68,20 @@ def cpu_flags() -> str:
     return f"{platform.machine()}: {' '.join(f for f in keep if f in flags) or 'no int8 dot-product extensions'}"
 
 
-def kernel_check(path: Path, pixels: np.ndarray, threads: int | None = None) -> tuple[str, bool]:
-    """Top-1 agreement of the file's default session with the other paths: (note, consistent?). Only
-    the int kernel paths count for `consistent`; the unfused float emulation is reported beside them
-    (fused integer requantisation rounds differently from Dequantize -> float -> Quantize)."""
+def kernel_check(path: Path, pixels: np.ndarray, threads: int | None = None,
+                 independent: bool = False) -> tuple[str, bool]:
+    """Top-1 agreement (label sets for `independent` scores) of the file's default session with the other paths:
+    (note, consistent?). Only the int kernel paths count for `consistent`; the unfused float emulation is reported
+    beside them (fused integer requantisation rounds differently from Dequantize -> float -> Quantize)."""
+    from tledge.contract import decision_name, same_decision
+
     outs = run_paths(path, pixels, threads)
-    base = np.argmax(outs["default"], 1)
-    figures = {name: (float(np.mean(np.argmax(out, 1) == base)), float(np.abs(out - outs["default"]).max()))
+    figures = {name: (float(np.mean(same_decision(outs["default"], out, independent))),
+                      float(np.abs(out - outs["default"]).max()))
                for name, out in outs.items() if name != "default"}
     x64, ref = figures["x64quantprecision"], figures["reference"]
-    note = (f"{path.name} on onnxruntime's kernel paths ({cpu_flags()}): top-1 agreement with the default "
+    note = (f"{path.name} on onnxruntime's kernel paths ({cpu_flags()}): {decision_name(independent)} agreement "
+            "with the default "
             f"session, x64quantprecision {x64[0]:.3f} (max abs {x64[1]:.3g}); unfused float emulation "
             f"{ref[0]:.3f} (max abs {ref[1]:.3g}); {len(pixels)} images; {_reach(path)}")
     return note, x64[0] >= 0.995
@@ -100,7 +104,8 @@ def _reach(path: Path) -> str:
     return "; ".join(p for p in (weights, where) if p)
 
 
-def kernel_notes(results: Sequence, out: Path, pixels: np.ndarray, threads: int | None = None) -> list[str]:
+def kernel_notes(results: Sequence, out: Path, pixels: np.ndarray, threads: int | None = None,
+                 independent: bool = False) -> list[str]:
     """Each int8 ONNX file run on onnxruntime's x86 kernel paths (default, x64quantprecision, reference):
     one note per file with this CPU's flags; a warning when the paths disagree."""
     notes = []
@@ -109,7 +114,7 @@ def kernel_notes(results: Sequence, out: Path, pixels: np.ndarray, threads: int 
         if r.format != "onnx" or r.precision != "int8" or not path.is_file():
             continue
         try:
-            note, same = kernel_check(path, pixels[:256], threads)
+            note, same = kernel_check(path, pixels[:256], threads, independent)
         except Exception as exc:  # a check of the check: never break an export
             notes.append(f"{r.file}: kernel-path check unavailable ({exc.__class__.__name__}: {str(exc)[:120]})")
             continue

@@ -62,9 +62,12 @@ class Score:
     agreement: float  # held-out top-1 agreement with the float graph
     expected: float  # expected top-1 agreement from the margin-error distribution
     margin_rmse: float  # RMS change of the float top-1 vs runner-up log-probability margin
+    of: str = "top-1"  # what agrees: "top-1", or "label sets" (independent scores: each label's log-odds margin)
 
     def text(self) -> str:
-        return f"agreement {self.agreement:.3f}, expected {self.expected:.4f}, margin rmse {self.margin_rmse:.4f}"
+        kind = "" if self.of == "top-1" else f"{self.of} "
+        return (f"{kind}agreement {self.agreement:.3f}, expected {self.expected:.4f}, "
+                f"margin rmse {self.margin_rmse:.4f}")
 
 
 @dataclass
@@ -104,9 +107,15 @@ class Evaluator:
     """Runs QDQ variants unfused (onnxruntime, optimisation off) on the held-out images and scores
     them against the float graph's outputs there."""
 
-    def __init__(self, reference: np.ndarray, pixels: np.ndarray, batch: int = 32, stop=None):
-        self.ref, self.pixels, self.batch, self.runs = _as_logprob(reference), pixels, batch, 0
+    def __init__(self, reference: np.ndarray, pixels: np.ndarray, batch: int = 32, stop=None,
+                 independent: bool = False):
+        self.pixels, self.batch, self.runs, self.independent = pixels, batch, 0, independent
         self.stop = stop  # () -> a reason to stop now (the export's --repair-time), or None: checked per trial
+        if independent:  # multi-label: each label's decision is its log-odds' sign; its margin, their size
+            self.ref = _as_logodds(reference)
+            self.margin = np.abs(self.ref)
+            return
+        self.ref = _as_logprob(reference)
         order = np.argsort(-self.ref, axis=1)
         self.top, self.second = order[:, 0], order[:, 1]
         rows = np.arange(len(self.ref))
@@ -121,6 +130,8 @@ class Evaluator:
         if why:
             raise RepairTimeout(f"the sensitivity search stopped after {self.runs} trial graphs: {why}")
         self.runs += 1
+        if self.independent:
+            return self._score_sets(_as_logodds(self.outputs(model)))
         q = _as_logprob(self.outputs(model))
         rows = np.arange(len(q))
         err = (q[rows, self.top] - q[rows, self.second]) - self.margin
@@ -129,6 +140,16 @@ class Evaluator:
         return Score(float(np.mean(q.argmax(1) == self.top)), 1.0 - float(np.mean(flip)),
                      float(np.sqrt(np.mean(err ** 2))))
 
+    def _score_sets(self, q: np.ndarray) -> Score:
+        """Independent scores: agreement of the label sets (every label's side of the decision), expected from each
+        label's margin change (an image agrees when none of its labels flips)."""
+        err = (q - self.ref) * np.where(self.ref > 0, 1.0, -1.0)  # how much nearer the decision each label moved
+        mu, s = float(err.mean()), float(err.std()) + 1e-9
+        flip = 0.5 * _erfc((self.margin + mu) / s / math.sqrt(2))
+        same = np.all((q > 0) == (self.ref > 0), axis=1)
+        return Score(float(np.mean(same)), float(np.mean(np.prod(1.0 - flip, axis=1))),
+                     float(np.sqrt(np.mean(err ** 2))), of="label sets")
+
 
 def _as_logprob(y: np.ndarray) -> np.ndarray:
     y = np.asarray(y, np.float64).reshape(len(y), -1)
@@ -136,6 +157,18 @@ def _as_logprob(y: np.ndarray) -> np.ndarray:
         return np.log(np.clip(y, 1e-12, None))
     y = y - y.max(1, keepdims=True)  # logits
     return y - np.log(np.exp(y).sum(1, keepdims=True))
+
+
+def _as_logodds(y: np.ndarray) -> np.ndarray:
+    """Independent scores as log-odds (the decision at 0.5 is the sign): sigmoid scores in [0, 1], else logits."""
+    y = np.asarray(y, np.float64).reshape(len(y), -1)
+    if np.all((y >= 0) & (y <= 1)):
+        p = np.clip(y, 1e-12, 1 - 1e-12)
+        return np.log(p) - np.log1p(-p)
+    return y
+
+
+_erfc = np.vectorize(math.erfc)
 
 
 def run(model_bytes: bytes, pixels: np.ndarray, batch: int = 32) -> np.ndarray:
@@ -241,11 +274,12 @@ def choose(qdq, ev: Evaluator, *, aim: float = 0.995, max_float_macs: float = 0.
 
 
 def select(float_onnx, quantize: Callable, calib: np.ndarray, *, workdir, reference=None, stop=None,
-           **options) -> Selection:
+           independent: bool = False, **options) -> Selection:
     """Quantise the float graph (`quantize(src, dst, images)`, the export's own quantiser) on the fit
     split of `calib`, score on the held-out split against `reference` (the ORIGINAL model's float
     graph when `float_onnx` is a repaired one: its weight residual counts too; default `float_onnx`),
-    choose (`choose` options). `stop`: as the weight repair's (RepairTimeout before a trial graph)."""
+    choose (`choose` options). `stop`: as the weight repair's (RepairTimeout before a trial graph). `independent`:
+    multi-label scores, judged by their label sets (each label's side of 0.5), not the argmax."""
     onnx = require("onnx", extra="export")
     start = time.perf_counter()
     fit, held = split(len(calib))
@@ -253,7 +287,7 @@ def select(float_onnx, quantize: Callable, calib: np.ndarray, *, workdir, refere
     quantize(float_onnx, dst, calib[fit])
     qdq = onnx.load(str(dst))
     reference = run(open(reference or float_onnx, "rb").read(), calib[held])
-    sel = choose(qdq, Evaluator(reference, calib[held], stop=stop), **options)
+    sel = choose(qdq, Evaluator(reference, calib[held], stop=stop, independent=independent), **options)
     sel.seconds = time.perf_counter() - start
     return sel
 
