@@ -16,8 +16,10 @@ from tledge.errors import DataError, ImageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
                   ".pbm", ".pnm", ".jp2"}
-# folders no one means as data: macOS zips' resource forks, Synology's thumbnails (hidden ones start with ".")
-SYSTEM_FOLDERS = {"__MACOSX", "@eaDir"}
+# folders no one means as data: macOS zips' resource forks, Synology's thumbnails (hidden ones start with "."),
+# Windows' hidden folders at a drive's root (a USB stick's): System Volume Information, $RECYCLE.BIN (RECYCLER before
+# Vista); macOS's .Trashes starts with "."
+SYSTEM_FOLDERS = {"__MACOSX", "@eaDir", "System Volume Information", "$RECYCLE.BIN", "RECYCLER"}
 # What `tledge train` leaves in OUT for the export: split/train/<class>/ and split/val/<class>/, symbolic links to the
 # images it trained and validated on (tledge.train.report writes it; tledge.export.imagesets reads it).
 TRAINING_SPLIT = "split"
@@ -264,21 +266,52 @@ def check_links(root: Path) -> None:
                         + ": mount or restore it, or remove the link")
 
 
-def iter_image_files(root: str | Path, recursive: bool = True) -> Iterator[Path]:
-    """Image files under `root` in sorted order (by suffix; decoding errors surface later)."""
+def iter_image_files(root: str | Path, recursive: bool = True, dangling: list[Path] | None = None) -> Iterator[Path]:
+    """Image files under `root` in sorted order (by suffix; decoding errors surface later). `dangling` (recursive
+    only): filled with the image names there that are symbolic links to nothing."""
     p = Path(root)
-    files = data_files(p) if recursive else sorted(f for f in p.glob("*") if f.is_file() and not skipped_name(f.name))
+    lost: list[Path] = []
+    files = data_files(p, lost) if recursive else \
+        sorted(f for f in p.glob("*") if f.is_file() and not skipped_name(f.name))
+    if dangling is not None:
+        dangling += [f for f in lost if f.suffix.lower() in IMAGE_SUFFIXES]
     yield from (f for f in files if f.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def class_folders(root: str | Path) -> list[tuple[str, list[Path]]]:
-    """[(class name, [image files])] for a folder of class folders, sorted by name."""
+def class_folders(root: str | Path, dangling: dict[str, list[Path]] | None = None) -> list[tuple[str, list[Path]]]:
+    """[(class name, [image files])] for a folder of class folders, sorted by name. `dangling`: filled with
+    {class name: its images that are symbolic links to nothing} (an unmounted disk, a moved data set)."""
     p = Path(root)
     if not p.is_dir():
         raise DataError(f"not a folder: {p}")
     check_links(p)
-    classes = sorted(d for d in p.iterdir() if d.is_dir() and not skipped_name(d.name))
-    return [(d.name, list(iter_image_files(d))) for d in classes]
+    out = []
+    for d in sorted(d for d in p.iterdir() if d.is_dir() and not skipped_name(d.name)):
+        lost: list[Path] = []
+        out.append((d.name, list(iter_image_files(d, dangling=lost))))
+        if lost and dangling is not None:
+            dangling[d.name] = lost
+    return out
+
+
+def _refuse_lost_classes(root: Path, classes, dangling: dict[str, list[Path]]) -> None:
+    """Images that are links to missing files: a class left with none of its images is an error (it was left out of
+    calibration and parity without a word, exit 0); fewer images in a class, a warning."""
+    if not dangling:
+        return
+    files = dict(classes)
+    gone = [name for name in dangling if not files[name]]
+    first = dangling[(gone or list(dangling))[0]][0]
+    where = f"{first} is a link to {os.readlink(first)}, which does not exist"
+    if gone:
+        raise DataError(f"class folder(s) {', '.join(gone)} in {root}: every image is a symbolic link to a missing file "
+                        f"({where}): mount or restore the images, or remove the class folder")
+    import warnings
+
+    from tledge.errors import TledgeWarning
+
+    warnings.warn(f"ignoring {sum(map(len, dangling.values()))} image(s) in {root} that are symbolic links to missing "
+                  f"files ({where})", TledgeWarning, stacklevel=3)
 
 
 def has_images(root: str | Path) -> bool:
@@ -298,7 +331,9 @@ def labelled_images(root: str | Path, labels: tuple[str, ...] | None = None):
     p = Path(root)
     if not p.is_dir():
         raise DataError(f"image folder not found: {p}")
-    classes = class_folders(p)
+    dangling: dict[str, list[Path]] = {}
+    classes = class_folders(p, dangling)
+    _refuse_lost_classes(p, classes, dangling)
     from tledge.isobmff import warn_skipped
 
     warn_skipped(data_files(p), p)  # HEIC / AVIF: skipped without a word

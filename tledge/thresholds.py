@@ -96,6 +96,9 @@ def thresholds_from_dict(raw: dict) -> dict[str, Thresholds]:
                               f"known: {', '.join(THRESHOLD_FIELDS)}")
         for name, value in vals.items():
             _check_value(key, name, value)
+        if "/" in key or "\\" in key:  # files are matched by name: a path never matched, and the check stayed off
+            raise TledgeError(f"thresholds key {key!r} is a path: name the exported file alone "
+                              f"({key.replace(chr(92), '/').rsplit('/', 1)[-1]!r})")
         if key not in DEFAULT_THRESHOLDS and Path(key).suffix.lower() not in (".tflite", ".onnx"):
             raise TledgeError(f"thresholds key {key!r} is neither a precision ({', '.join(DEFAULT_THRESHOLDS)}) nor "
                               "an exported file's name (.tflite, .onnx)")

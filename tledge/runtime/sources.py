@@ -308,8 +308,10 @@ def _file_source(s: str, on_event) -> Source:
     if p.is_dir():
         from tledge.isobmff import skipped
 
-        every = data_files(p)
+        lost: list[Path] = []
+        every = data_files(p, lost)
         files = [f for f in every if f.suffix.lower() in IMAGE_SUFFIXES]
+        lost = [f for f in lost if f.suffix.lower() in IMAGE_SUFFIXES]
         videos = [f for f in every if f.suffix.lower() in VIDEO_SUFFIXES]  # a folder source is its images
         said = f"; its {len(videos)} video(s) ({videos[0].name}...) are read one per --source" if videos else ""
         unread = skipped(every)  # HEIC / AVIF: skipped without a word
@@ -321,6 +323,8 @@ def _file_source(s: str, on_event) -> Source:
             source.event(f"{p}: the images only{said}")
         if unread:
             source.event(f"{p}: {unread}")
+        if lost:  # (the summary counted only the images that are there: "25 ok", of 49 listed)
+            source.event(f"{p}: {len(lost)} image(s) are symbolic links to missing files, not read ({lost[0]}...)")
         return source
     if p.is_file():
         if p.suffix.lower() in VIDEO_SUFFIXES:
