@@ -66,3 +66,47 @@ def test_a_usb_sticks_system_folders_are_not_classes(tmp_path):
         (tmp_path / junk / "IndexerVolumeGuid").write_text("x")
     _, _, names = labelled_images(tmp_path)
     assert names == ("ants", "bees")
+
+
+def test_two_bundles_of_one_export_are_the_same_bytes_with_source_date_epoch(tmp_path, monkeypatch):
+    """Member times were now, the gzip header held the time and the temporary file's hidden name
+    (`gunzip -N` made `.tiny-rpi4.tar.gz.xxxx.tmp`), and bundle.json's "created" was now."""
+    import gzip
+    import tarfile
+
+    from tiny import TINY
+    from tledge.devices.bundle import make_bundle
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    a = make_bundle(TINY, "rpi4", tmp_path / "a" / "tiny-rpi4.tar.gz").path
+    monkeypatch.setattr("time.time", lambda: 1800000000.0)  # a later build: nothing of it may show
+    b = make_bundle(TINY, "rpi4", tmp_path / "b" / "tiny-rpi4.tar.gz").path
+    assert a.read_bytes() == b.read_bytes()
+    head = a.read_bytes()[:10]
+    assert not head[3] & 0x08 and int.from_bytes(head[4:8], "little") == 1700000000  # no FNAME; MTIME the epoch
+    with tarfile.open(a) as tar:
+        assert {m.mtime for m in tar.getmembers()} == {1700000000}
+        assert b'"created": "2023-11-14T22:13:20Z"' in tar.extractfile("tiny-rpi4/bundle.json").read()
+    assert gzip.decompress(a.read_bytes())[:9] == b"tiny-rpi4"
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(TledgeError, match="SOURCE_DATE_EPOCH='yesterday' is not a whole number"):
+        make_bundle(TINY, "rpi4", tmp_path / "c.tar.gz")
+    assert not (tmp_path / "c.tar.gz").exists()
+
+
+def test_a_folder_whose_text_files_got_crlf_line_endings_says_so(tmp_path):
+    """git's core.autocrlf rewrote labels.txt and tledge.json: "changed since export ...; run tledge export again",
+    which a board without TensorFlow cannot do."""
+    from tiny import TINY
+    from tledge.trust import vouched
+
+    d = tmp_path / "e"
+    shutil.copytree(TINY, d)
+    for name in ("labels.txt", "tledge.json"):
+        (d / name).write_bytes((d / name).read_bytes().replace(b"\n", b"\r\n"))
+    with pytest.raises(TledgeError, match=r"labels.txt: changed since export only by CRLF line endings.*"
+                                          r"convert them back to LF line endings"):
+        vouched(d, "tledge run")
+    (d / "labels.txt").write_bytes(b"other\n" + (TINY / "labels.txt").read_bytes())
+    with pytest.raises(TledgeError, match=r"labels.txt: changed since export \(sha256.*run tledge export again"):
+        vouched(d, "tledge run")

@@ -66,8 +66,25 @@ def problems(folder: Path, entries: Iterable[Entry]) -> list[str]:
         if not p.is_file():
             out.append(f"{e.file}: missing")
         elif p.stat().st_size != e.bytes or sha256_of(p) != e.sha256:
-            out.append(f"{e.file}: changed since export (sha256 differs from {MANIFEST})")
+            out.append(f"{e.file}: changed since export " + (_line_endings(p, e) or f"(sha256 differs from {MANIFEST})"))
     return out
+
+
+def _line_endings(path: Path, entry: Entry) -> str:
+    """What changed, when it is only a text file's line endings or a byte-order mark (git's core.autocrlf, an editor on
+    Windows): a user on the board cannot export again, but can convert the file back."""
+    if path.suffix not in (".json", ".txt") or path.stat().st_size > 1 << 24:
+        return ""
+    import hashlib
+
+    data = path.read_bytes()
+    plain = data.removeprefix(b"\xef\xbb\xbf").replace(b"\r\n", b"\n")
+    if plain == data or hashlib.sha256(plain).hexdigest() != entry.sha256:
+        return ""
+    return f"only by {CRLF}"
+
+
+CRLF = "CRLF line endings or a byte-order mark (git core.autocrlf?)"
 
 
 def vouched(folder: str | Path, what: str) -> tuple[Manifest, list[Entry], list[str]]:
@@ -79,7 +96,9 @@ def vouched(folder: str | Path, what: str) -> tuple[Manifest, list[Entry], list[
     issues = {e.file: problems(d, [e]) for e in m.files if e.role != "rejected"}
     changed = [i[0] for e in m.files for i in [issues.get(e.file)] if i and (e.role == "side" or "changed" in i[0])]
     if changed:
-        raise TledgeError(f"{d}: {'; '.join(changed)}: {what} refuses the folder; run tledge export again")
+        fix = "convert them back to LF line endings without a BOM (dos2unix)" if all(CRLF in c for c in changed) \
+            else "run tledge export again"
+        raise TledgeError(f"{d}: {'; '.join(changed)}: {what} refuses the folder; {fix}")
     ok, notes = [], []
     for e in m.files:
         if e.role != "model":

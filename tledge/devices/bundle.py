@@ -15,6 +15,8 @@ board, no network), and the package is pure Python.
 """
 from __future__ import annotations
 
+import contextlib
+import gzip
 import hashlib
 import io
 import json
@@ -257,13 +259,36 @@ def vendored_sources() -> list[tuple[Path, str]]:
     return out
 
 
+def build_time() -> int:
+    """The bundle's time (its members' and bundle.json's): SOURCE_DATE_EPOCH when set (reproducible builds: two bundles
+    of one export are then the same bytes), else now."""
+    import os
+
+    given = os.environ.get("SOURCE_DATE_EPOCH")
+    if given is None or given == "":
+        return int(time.time())
+    if not given.strip().isdigit():
+        raise TledgeError(f"SOURCE_DATE_EPOCH={given!r} is not a whole number of seconds since 1970")
+    return int(given)
+
+
+@contextlib.contextmanager
+def _archive(path: Path, top: str, when: int):
+    """A .tar.gz at `path` whose gzip header holds no file name and `when` (tarfile's "w:gz" put the temporary file's
+    hidden name and the time now there: two bundles of one export always differed, and `gunzip -N` made the
+    hidden file)."""
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=when) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        yield _Tar(tar, top, when)
+
+
 class _Tar:
-    def __init__(self, tar: tarfile.TarFile, top: str):
-        self.tar, self.top, self.hashes = tar, top, {}
+    def __init__(self, tar: tarfile.TarFile, top: str, when: int):
+        self.tar, self.top, self.when, self.hashes = tar, top, when, {}
 
     def add_bytes(self, rel: str, data: bytes, mode: int = 0o644) -> None:
         info = tarfile.TarInfo(f"{self.top}/{rel}")
-        info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+        info.size, info.mode, info.mtime = len(data), mode, self.when
         self.tar.addfile(info, io.BytesIO(data))
         self.hashes[rel] = hashlib.sha256(data).hexdigest()
 
@@ -276,14 +301,14 @@ class _Tar:
         self.add_bytes(rel, data)
 
 
-def _manifest(profile: Profile, models: list[str], opts: Options, notes: list[str], hashes: dict) -> bytes:
+def _manifest(profile: Profile, models: list[str], opts: Options, notes: list[str], hashes: dict, when: int) -> bytes:
     import tledge
 
     data = {"format": "tledge.bundle", "version": 1, "device": profile.name, "title": profile.title,
             "model": f"model/{models[0]}", "fallback": f"model/{models[1]}" if len(models) > 1 else None,
             "options": opts.to_dict(), "tledge": tledge.__version__,
             "built_with_python": ".".join(map(str, sys.version_info[:3])),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "notes": notes,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when)), "notes": notes,
             "sha256": dict(sorted(hashes.items()))}
     return (json.dumps(finite(data), indent=2, allow_nan=False) + "\n").encode()
 
@@ -311,6 +336,7 @@ def make_bundle(export_dir: "str | Path", device: "str | Profile", out: "str | P
     from tledge.io import atomic_path
 
     src = Path(export_dir)
+    when = build_time()
     profile = get_profile(device)
     m, ok, notes = trust.vouched(src, "tledge bundle")
     names = [e.file for e in ok]
@@ -329,8 +355,7 @@ def make_bundle(export_dir: "str | Path", device: "str | Profile", out: "str | P
         names = [f.name for f in files]
         compiled = files[0] if files[0].parent != src else None
         with atomic_path(dst) as tmp:
-            with tarfile.open(tmp, "w:gz") as tar:
-                t = _Tar(tar, top)
+            with _archive(tmp, top, when) as t:
                 for f in files:
                     entry = m.entry(f.name) if f.parent == src else None
                     t.add_file(f"model/{f.name}", f, entry.sha256 if entry else None)
@@ -348,6 +373,6 @@ def make_bundle(export_dir: "str | Path", device: "str | Profile", out: "str | P
                 golden = any(e.file == "golden.npz" for e in sides)
                 t.add_bytes("README.md", readme(profile, names, opts, notes, golden=golden).encode())
                 members = sorted(t.hashes) + ["bundle.json"]
-                t.add_bytes("bundle.json", _manifest(profile, names, opts, notes, t.hashes))
+                t.add_bytes("bundle.json", _manifest(profile, names, opts, notes, t.hashes, when))
     return BundleResult(dst, top, profile.name, names[0], names[1] if len(names) > 1 else None,
                         tuple(members), opts, tuple(notes))
