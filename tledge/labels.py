@@ -20,7 +20,9 @@ def read_labels(path: str | Path, numbered: bool = True) -> tuple[str, ...]:
     if p.suffix.lower() == ".json":
         return _json_labels(p)
     try:
-        lines = [ln.strip() for ln in p.read_text(encoding="utf-8-sig").splitlines()]
+        # lines end at "\n" only, as MediaPipe and labels.txt writers split them (str.splitlines also broke at a
+        # form feed or U+2028 inside a label: "12 labels for 11 outputs", "line 4 is empty" of a line that was not)
+        lines = [ln.strip() for ln in p.read_text(encoding="utf-8-sig").split("\n")]
     except UnicodeDecodeError as exc:  # was read with U+FFFD in place of the letter, and embedded so
         line = p.read_bytes()[: exc.start].count(b"\n") + 1
         raise ContractError(f"labels file {p}: line {line} is not UTF-8 (byte 0x{exc.object[exc.start]:02x}): "
@@ -110,6 +112,27 @@ def label_key(name: str, *, drop_index: bool) -> str:
     macOS and its zips write 'bées' decomposed (NFD), other systems composed."""
     key = re.sub(r"[\s_\-]+", " ", unicodedata.normalize("NFC", name).lower()).strip()
     return re.sub(r"^\d+ ", "", key) if drop_index else key
+
+
+def reordered_at(given, own) -> int | None:
+    """The first position where `given` and `own` differ when they name the same labels in another order (names
+    compared as `match_labels` does: case, spaces, Unicode form aside); None otherwise."""
+    a, b = ([label_key(n, drop_index=False) for n in names] for names in (given, own))
+    if len(a) != len(b) or a == b or sorted(a) != sorted(b):
+        return None
+    return next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+
+
+def refuse_reordered(given: tuple[str, ...], path, own: tuple[str, ...], where: str) -> None:
+    """A ContractError when the labels file `path` names the model's own labels (`own`, read from `where`) in another
+    order: exported so, every answer was named wrongly and parity passed (Keras accuracy 0.136 by those names, the
+    file's as low, so no change). Names compare as `match_labels` does (case, spaces, Unicode form aside)."""
+    i = reordered_at(given, own)
+    if i is None:
+        return
+    raise ContractError(f"--labels {path} names the {len(own)} labels of {where} in another order (line {i + 1}: "
+                        f"{given[i]!r}, where {where} has {own[i]!r}): the model's outputs are in {where}'s order, so "
+                        f"every answer would be named wrongly; drop --labels, or correct {where} if it is the wrong one")
 
 
 def match_labels(folders: list[str], labels: tuple[str, ...], *, where: Path | str = "") -> dict[str, int]:

@@ -52,9 +52,15 @@ def export_labels(model, labels: str | None, folders: dict[str, str | None], not
     from tledge.labels import match_labels
 
     if labels:  # checked against the folders now, not after minutes of loading the model
-        from tledge.labels import read_labels
+        from tledge.labels import read_labels, refuse_reordered
 
         own, where = read_labels(labels), f"--labels {labels}"
+        try:
+            model_own, model_where = _own_labels(Path(str(model)))
+        except TledgeError:  # its labels.txt and tledge.json disagree: --labels is how the user says which
+            model_own = ()
+        if model_own:
+            refuse_reordered(own, labels, model_own, model_where)
     else:
         own, where = _own_labels(Path(str(model)))
     for flag, folder in folders.items():

@@ -257,9 +257,9 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
                           f"{known[0].norm.value}), and the reference is checked with it: drop --preprocess")
     groups = _reference_groups(reference, files, contracts, signature)
     results, loaded = [None] * len(files), {}  # (a ParityResult per file; a LoadedModel per signature)
-    paths = y = lm = None
+    paths = truth = lm = None
     unmatched: list[str] = []
-    for (sig, _), members in groups.items():
+    for (sig, *_), members in groups.items():
         if sig not in loaded:
             with float32.policy():  # a caller's mixed_float16 loaded a float32 reference as mixed
                 loaded[sig] = loader.load_model(reference, unsafe=unsafe, signature=sig,
@@ -269,11 +269,12 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
         contract, add = _reference_contract(lm, base, preprocess)
         serve, _ = loader.trace(lm, contract, add)
         if paths is None:
-            paths, y = _images(images, contract.labels, contract, limit)
-            inputs = _Inputs(paths)
+            paths, truth = _images(images, contract.labels, contract, limit)
+            inputs, truth_labels = _Inputs(paths), contract.labels
+        y, said = (truth, []) if contract.labels == truth_labels else _relabelled(images, paths, contract.labels)
         ref = loader.run_reference(serve, inputs.for_contract(contract))
-        y, said = _folder_truth(images, contract, ref, y)
-        unmatched += said
+        y, more = _folder_truth(images, contract, ref, y)
+        unmatched += said + more
         geometry = {"resize": contract.resize.value, "fit": contract.fit.value}
         if contract.fit.value == "crop":
             geometry = {"resize": contract.resize.value, "crop": contract.crop_fraction}
@@ -281,6 +282,7 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
             results[i] = check_file(files[i], contracts[i] is not None, ref, inputs, labels=y,
                                     thresholds=thresholds or {}, preprocess=preprocess, size=contract.size,
                                     threads=threads, name=display_names(files)[i], geometry=geometry)
+            _refuse_reordered_labels(results[i], contracts[i], lm)
     report = ParityReport(images=len(paths), results=results, reference=str(reference))
     report.notes += unmatched + _misnamed(results)
     foreign = [n for f, c, n in zip(files, contracts, display_names(files)) if c is None and f not in unreadable]
@@ -298,8 +300,37 @@ def _reference_groups(reference, files: list[Path], contracts: list, signature: 
     groups: dict[tuple, list[int]] = {}
     for i, (f, c) in enumerate(zip(files, contracts)):
         sig = signature or (_recorded([f], "signature") if Path(reference).is_dir() else None)
-        groups.setdefault((sig, _prep_key(c.replace(layout="nhwc")) if c is not None else None), []).append(i)
-    return groups or {(signature, None): []}
+        key = (sig, _prep_key(c.replace(layout="nhwc")) if c is not None else None, c.labels if c is not None else ())
+        groups.setdefault(key, []).append(i)  # (and its labels: each file's accuracy by its own labels)
+    return groups or {(signature, None, ()): []}
+
+
+def _relabelled(images, paths: list[Path], labels: tuple[str, ...]) -> tuple:
+    """(the true output index of each of `paths` by `labels`, notes): files of one parity run with other labels were
+    all scored by the first file's (a file with its labels reversed got the right file's accuracy, and passed)."""
+    from tledge.images import labelled_images
+
+    try:
+        files, ys, _ = labelled_images(images, labels or None)
+    except TledgeError as exc:
+        return None, [f"accuracy not measured for the files labelled {', '.join(labels[:3])}...: {exc}"]
+    if ys is None:
+        return None, []
+    index = dict(zip(files, ys.tolist()))
+    return np.asarray([index[p] for p in paths], np.int64), []
+
+
+def _refuse_reordered_labels(result, contract, lm) -> None:
+    """A file naming the reference's own labels (its tledge.json) in another order names every answer wrongly, and its
+    accuracy by those names matched the reference's run with them: a failure of that file."""
+    from tledge.labels import reordered_at
+
+    own = lm.contract.labels if lm.contract is not None else ()
+    i = reordered_at(contract.labels, own) if contract is not None and own else None
+    if i is not None and result is not None:
+        result.failures.append(f"its labels are the reference's {len(own)} labels in another order (output {i}: "
+                               f"{contract.labels[i]!r} here, {own[i]!r} in the reference's tledge.json)")
+        result.passed = False
 
 
 def _misnamed(results) -> list[str]:

@@ -62,6 +62,10 @@ def labels_for(cfg: ExportConfig, lm) -> tuple[str, ...]:
     if cfg.labels:
         labels = _labels_file(cfg)
         _say_duplicates(cfg.labels, labels)
+        if getattr(lm, "contract", None) is not None and lm.contract.labels:
+            from tledge.labels import refuse_reordered
+
+            refuse_reordered(labels, cfg.labels, lm.contract.labels, "the model's tledge.json")
         return labels
     if lm.contract is not None and lm.contract.labels:
         return lm.contract.labels
