@@ -211,9 +211,10 @@ class Shared:
                 exclude = with_activations(raw, onnx_stem(raw, rung.stem))
             if rung.graph == "onnx-bias":  # the weights (and scheme) of the file without the correction
                 base = Path(tmp) / "base.onnx"
-                if stem is None and (self.out / filename_of("onnx", "int8")).is_file():
-                    base = self.out / filename_of("onnx", "int8")  # the plain file, as the export wrote it
-                else:
+                plain = self.out / filename_of("onnx", "int8")
+                if stem is None and plain.is_file():  # the plain file as the export wrote it: a better rung's file
+                    base.write_bytes(self.original(plain))  # may have replaced it since (its node names are not the
+                else:  # float graph's: nothing was corrected, and the row gave the plain file's figures as its own)
                     self.onnx_qdq(src, base, key=stem, exclude=exclude)
                 scheme = onnx_export.scheme_of(base)
                 applied["onnx_bias_correction"] = self.onnx_bias(src, scheme, base)
@@ -249,6 +250,8 @@ class Shared:
         pre = onnx_export.preprocess(src, src.with_name("pre.onnx"))
         log = onnx_bias.correct(pre, src, calib, functools.partial(onnx_export.quantize_int8, scheme=scheme),
                                 qdq=qdq)
+        if not log.layers:  # the plain file again, measured as if it were a repair
+            raise TledgeError(f"nothing to change: {log.summary()}")
         return log.summary()
 
 
