@@ -98,6 +98,18 @@ def tiff_values(data: np.ndarray, tag: int) -> tuple[int, ...]:
                  for i in range(min(count, 64)))
 
 
+def tiff_alpha_unmarked(data: np.ndarray) -> np.ndarray:
+    """A copy of a TIFF with its IFD0's ExtraSamples (338) marks set to 0, unspecified. libtiff's RGBA interface
+    (OpenCV reads 8-bit TIFFs through it) multiplies the colour by an unassociated alpha (2, what PIL, GIMP and
+    Photoshop write): a half-transparent photo decoded half as bright. Unspecified extra samples are dropped."""
+    order, entries = _tiff_entries(data)
+    out = data.copy()
+    if 338 in entries:
+        size, count, where = entries[338]
+        out[where:where + size * min(count, 64)] = 0
+    return out
+
+
 def _jpeg_pixels(data: np.ndarray) -> int | None:
     """Height x width of a JPEG's frame header (SOF0-15 but DHT, JPG, DAC), walking the header segments."""
     n, pos = int(data.size), 2

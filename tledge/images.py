@@ -63,9 +63,13 @@ def decode(data: np.ndarray, name) -> np.ndarray:
     if stated is not None and stated > MAX_PIXELS:  # an 873 KB PNG of 30000 x 30000 took 5.3 GB to decode
         raise ImageError(f"cannot decode image {name}: its header says {stated / 1e6:.0f} megapixels, over tledge's "
                          f"{MAX_PIXELS / 1e6:.0f} (a decompression bomb, or a scan too large to decode in memory)")
+    alpha = imagebytes.tiff_values(data, 338)  # a TIFF's ExtraSamples: 1 premultiplied alpha, 2 unassociated alpha
+    if 2 in alpha:  # libtiff's RGBA reader multiplied the colour by an unassociated alpha: darkened
+        data = imagebytes.tiff_alpha_unmarked(data)
     # IMREAD_ANYDEPTH keeps 16-bit data for a correct scale; IMREAD_COLOR applies EXIF orientation.
     try:
         img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+        img = _unpremultiplied(data, img) if 1 in alpha and img is not None else img
     except cv2.error as exc:  # a header over OpenCV's 2^30-pixel limit (a gigapixel scan, a forged size) raises
         why = "larger than OpenCV decodes (2^30 pixels)" if "MAX_IMAGE_PIXELS" in str(exc) else \
             "too large to decode in the memory there is" if "llocat" in str(exc) else "corrupt"
@@ -79,6 +83,24 @@ def decode(data: np.ndarray, name) -> np.ndarray:
     if img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3:  # in place: no second full-size copy
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img)
     return to_uint8_rgb(img, bgr=True)
+
+
+def _unpremultiplied(data: np.ndarray, bgr: np.ndarray) -> np.ndarray:
+    """The BGR of a TIFF whose colour is premultiplied by its alpha (ExtraSamples 1), divided by that alpha as PIL,
+    GIMP and Photoshop show it (it was left darkened); `bgr` as is when the alpha cannot be lined up with it."""
+    import cv2
+
+    full = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # keeps alpha; oriented by OpenCV 5's TIFF reader, not by all
+    if full is None or full.ndim != 3 or full.shape[2] != 4 or full.dtype != bgr.dtype or bgr.dtype.kind != "u":
+        return bgr
+    o = (imagebytes.tiff_values(data, 274) or (1,))[0]  # TIFF orientation, as IMREAD_COLOR applies it
+    turned = np.rot90(full, {3: 2, 4: 2, 5: -1, 6: -1, 7: 1, 8: 1}.get(o, 0))
+    for x in (full, turned[:, ::-1] if o in (2, 4, 5, 7) else turned):
+        if x.shape[:2] == bgr.shape[:2] and np.array_equal(x[:, :, :3], bgr):  # the same pixels, the same way up
+            top = float(np.iinfo(bgr.dtype).max)
+            a = np.maximum(x[:, :, 3:].astype(np.float32), 1)
+            return np.ascontiguousarray(np.clip(np.round(x[:, :, :3] * (top / a)), 0, top), bgr.dtype)
+    return bgr
 
 
 def _gif_first_frame(data: np.ndarray):
