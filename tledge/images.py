@@ -80,6 +80,9 @@ def decode(data: np.ndarray, name) -> np.ndarray:
         img = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)  # channel assertion (OpenCV 4 and 5)
     if img is None:
         raise ImageError(f"cannot decode image {name}: not an image or corrupt")
+    if img.dtype.kind == "i":  # a signed-integer TIFF (cv2.imwrite's int8/16/32) was clipped to 0..255: white or dark
+        raise ImageError(f"cannot decode image {name}: its pixels are signed {img.dtype.itemsize * 8}-bit integers "
+                         f"({img.dtype}); tledge reads 8/16-bit unsigned and float images")
     if img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3:  # in place: no second full-size copy
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img)
     return to_uint8_rgb(img, bgr=True)
