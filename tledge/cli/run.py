@@ -152,8 +152,8 @@ def _keep_inputs(args) -> None:
 
 
 def _foreign_image(folder: Path, limit: int = 20000) -> str | None:
-    """An image in `folder` (at any depth) when no earlier --save marked it as its own (SAVE_MARKER); a folder too
-    large to look through is treated as holding some."""
+    """An image in `folder` (at any depth), or a link to a folder, when no earlier --save marked it as its own
+    (SAVE_MARKER); a folder too large to look through is treated as holding some."""
     from tledge.images import IMAGE_SUFFIXES
     from tledge.runtime.outputs import SAVE_MARKER
 
@@ -169,6 +169,8 @@ def _foreign_image(folder: Path, limit: int = 20000) -> str | None:
             seen += 1
             if seen > limit:
                 return f"over {limit} entries"
+            if e.is_symlink() and e.is_dir():  # a link to a folder (of photos): copies were written through it
+                return os.path.relpath(e.path, folder) + os.sep + " (a link to a folder)"
             if e.is_dir(follow_symlinks=False):
                 stack.append(Path(e.path))
             elif Path(e.name).suffix.lower() in IMAGE_SUFFIXES:

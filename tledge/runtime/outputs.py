@@ -181,6 +181,7 @@ class SaveSink:
             from tledge.io import atomic_write_bytes
 
             dst = self._image_path(r)
+            self._check_inside(dst, r.frame.path)
             dst.parent.mkdir(parents=True, exist_ok=True)
             # encoded here and written by Python: cv2.imwrite crashed (SIGSEGV) on a file name that is not UTF-8
             done, data = cv2.imencode(dst.suffix, img)
@@ -188,6 +189,18 @@ class SaveSink:
                 raise TledgeError(f"cannot encode {dst}")
             atomic_write_bytes(dst, data.tobytes())
         self.written += 1
+
+    def _check_inside(self, dst: Path, src: Path | None) -> None:
+        """Refuse a copy that would land outside the --save folder or on its own input: a folder in it that is a
+        link (to the photos) was written through and the originals replaced, with exit 0. (A link at `dst` itself is
+        replaced, not followed: atomic_path.)"""
+        real = Path(os.path.realpath(dst.parent)) / dst.name
+        root = Path(os.path.realpath(self.path))
+        same = src is not None and Path(os.path.realpath(src)) == real
+        if same or root not in real.parents:
+            why = "its own input" if same else f"{real}, outside {root} (a linked folder?)"
+            raise TledgeError(f"--save {self.path}: the annotated copy {dst} would be written to {why}; "
+                              "pass a new or empty folder")
 
     def _image_path(self, r: Result) -> Path:
         p = r.frame.path

@@ -1,0 +1,75 @@
+"""`tledge run --save` never writes over what it reads: not through a linked folder, not over its own inputs."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from tiny import IMAGES, TINY
+
+from tledge.cli import main
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "symlink") or os.name == "nt", reason="symbolic links")
+JPG = next(p for p in IMAGES if p.suffix == ".jpg")
+
+
+def run(capsys, *argv) -> tuple[int, str]:
+    code = main(["run", str(TINY), *map(str, argv)])
+    return code, capsys.readouterr().err
+
+
+def photo(path: Path) -> bytes:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(JPG, path)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("marked", [False, True])
+def test_linked_folder_in_save_is_not_written_through(tmp_path, capsys, monkeypatch, marked):
+    monkeypatch.chdir(tmp_path)
+    before = photo(tmp_path / "disk" / "day1" / "x.jpg")
+    (tmp_path / "shots").mkdir()
+    os.symlink("../disk/day1", tmp_path / "shots" / "day1")
+    if marked:  # an earlier --save's folder: no look for foreign images, the copy itself is refused
+        (tmp_path / "shots" / ".tledge-save").touch()
+    code, err = run(capsys, "--source", "shots/*/*.jpg", "--save", "shots")
+    assert code == 2 and "--save shots" in err and "Traceback" not in err
+    assert (tmp_path / "disk" / "day1" / "x.jpg").read_bytes() == before
+    assert os.listdir(tmp_path / "disk" / "day1") == ["x.jpg"]
+
+
+@pytest.mark.parametrize("marked", [False, True])
+def test_save_folder_linking_to_the_source_folder(tmp_path, capsys, monkeypatch, marked):
+    monkeypatch.chdir(tmp_path)
+    before = photo(tmp_path / "disk" / "day1" / "x.jpg")
+    (tmp_path / "out").mkdir()
+    os.symlink("../disk/day1", tmp_path / "out" / "day1")
+    if marked:
+        (tmp_path / "out" / ".tledge-save").touch()
+    code, err = run(capsys, "--source", "disk", "--save", "out")
+    assert code == 2 and "--save out" in err
+    assert (tmp_path / "disk" / "day1" / "x.jpg").read_bytes() == before
+    assert os.listdir(tmp_path / "disk" / "day1") == ["x.jpg"]
+
+
+def test_marked_save_folder_with_a_link_elsewhere(tmp_path, capsys, monkeypatch):
+    """Not an input, but outside the --save folder: nothing is written there either."""
+    monkeypatch.chdir(tmp_path)
+    photo(tmp_path / "src" / "day1" / "x.jpg")
+    (tmp_path / "elsewhere" / "day1").mkdir(parents=True)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".tledge-save").touch()
+    os.symlink("../elsewhere/day1", tmp_path / "out" / "day1")
+    code, err = run(capsys, "--source", "src", "--save", "out")
+    assert code == 2 and "outside" in err
+    assert os.listdir(tmp_path / "elsewhere" / "day1") == []
+
+
+def test_plain_save_still_writes(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    photo(tmp_path / "src" / "day1" / "x.jpg")
+    code, _ = run(capsys, "--source", "src", "--save", "out")
+    assert code == 0 and (tmp_path / "out" / "day1" / "x.jpg").is_file()
+    code, _ = run(capsys, "--source", "src", "--save", "out")  # again into its own (marked) folder
+    assert code == 0
