@@ -73,3 +73,27 @@ def test_plain_save_still_writes(tmp_path, capsys, monkeypatch):
     assert code == 0 and (tmp_path / "out" / "day1" / "x.jpg").is_file()
     code, _ = run(capsys, "--source", "src", "--save", "out")  # again into its own (marked) folder
     assert code == 0
+
+
+@pytest.mark.parametrize("save", ["shots", "."])
+def test_marked_save_folder_holding_a_globs_inputs(tmp_path, capsys, monkeypatch, save):
+    """A non-recursive glob whose inputs lie in sub-folders of a --save folder an earlier --save marked."""
+    monkeypatch.chdir(tmp_path)
+    before = {p: photo(tmp_path / "shots" / p / "x.jpg") for p in ("a", "b")}
+    (tmp_path / save / ".tledge-save").touch()
+    code, err = run(capsys, "--source", "shots/*/x.jpg", "--save", save)
+    assert code == 2 and "holds input files" in err
+    assert {p: (tmp_path / "shots" / p / "x.jpg").read_bytes() for p in before} == before
+    assert sorted(p.name for p in (tmp_path / "shots").rglob("*") if p.name != ".tledge-save") == ["a", "b", "x.jpg",
+                                                                                                 "x.jpg"]
+
+
+def test_source_folder_inside_a_marked_save_folder(tmp_path, capsys, monkeypatch):
+    """out/photos/photos/z.jpg's copy (relative to out/photos) was out/photos/z.jpg: another input."""
+    monkeypatch.chdir(tmp_path)
+    before = photo(tmp_path / "out" / "photos" / "z.jpg")
+    photo(tmp_path / "out" / "photos" / "photos" / "z.jpg")
+    (tmp_path / "out" / ".tledge-save").touch()
+    code, err = run(capsys, "--source", "out/photos", "--save", "out")
+    assert code == 2 and "holds input files" in err
+    assert (tmp_path / "out" / "photos" / "z.jpg").read_bytes() == before

@@ -121,7 +121,8 @@ def _validate(args) -> None:
 
 def _keep_inputs(args) -> None:
     """--csv / --save never replace what is being classified: not an input file, not the source folder (or a
-    folder inside it, whose annotated copies the next run would read), not a folder an input file lies in."""
+    folder inside it, whose annotated copies the next run would read), not a folder input files lie in (at any
+    depth)."""
     from tledge.errors import TledgeError
     from tledge.runtime.sources import VIDEO_SUFFIXES
 
@@ -149,6 +150,12 @@ def _keep_inputs(args) -> None:
             if other is not None:
                 raise TledgeError(f"--save {out} already holds images an earlier --save did not write ({other}): "
                                   "annotated copies of the same name would replace them; pass a new or empty folder")
+            # a marked folder holding them deeper, or the folder (a glob's fixed part) they are listed under:
+            # `shots/*/x.jpg` into a marked `shots` wrote shots/a/x.jpg's copy over shots/a/x.jpg
+            root = folder.resolve() if folder is not None else None
+            if any(o in f.parents for f in inputs) or (root is not None and (root == o or o in root.parents)):
+                raise TledgeError(f"--save {out} holds input files of --source {args.source}: their annotated "
+                                  "copies would overwrite them; pass another folder")
 
 
 def _foreign_image(folder: Path, limit: int = 20000) -> str | None:
