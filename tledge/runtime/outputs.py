@@ -228,8 +228,7 @@ class SaveSink:
 
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            h, w = img.shape[:2]
-            self._size = (w - w % 2, h - h % 2)  # most codecs want even sizes
+            self._size = video_size(img.shape[1], img.shape[0])
             fourcc = cv2.VideoWriter_fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
             import tempfile  # (not at import: tledge run's cold start)
 
@@ -247,8 +246,9 @@ class SaveSink:
             if not writer.isOpened():  # not kept: close() must not move a file never written over this error
                 writer.release()
                 Path(self._tmp).unlink(missing_ok=True)
-                raise TledgeError(f"cannot write video {self.path} (no encoder for {self.path.suffix} in this "
-                                  "OpenCV; .avi and .mp4 work everywhere)")
+                w, h = self._size
+                raise TledgeError(f"cannot write video {self.path} at {w}x{h} px (the frames' size; no encoder for "
+                                  f"{self.path.suffix} at that size in this OpenCV)")
             self._writer = writer
         if (img.shape[1], img.shape[0]) != self._size:
             img = cv2.resize(img, self._size, interpolation=cv2.INTER_AREA)
@@ -283,6 +283,17 @@ class SaveSink:
             self._writer.release()
             self._writer = None
             self._tmp.unlink(missing_ok=True)
+
+
+VIDEO_MAX_SIDE = 4096  # MPEG-4 (mp4v) opens nothing at 8192 px
+
+
+def video_size(w: int, h: int, limit: int = VIDEO_MAX_SIDE) -> tuple[int, int]:
+    """The saved video's (width, height) for a first frame of w x h: even (codecs want it), at least 2 and at most
+    `limit` px a side, the aspect kept. Rounded down to even, a 1 px frame was 0 wide: "no encoder for .mp4", or a
+    cv2.error traceback for .avi; a 12000 px one was "no encoder" too."""
+    f = min(1.0, limit / max(w, h, 1))
+    return tuple(max(2, round(n * f) // 2 * 2) for n in (w, h))
 
 
 def _reads_back(path: Path, frames: int) -> bool:

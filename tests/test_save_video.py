@@ -1,0 +1,55 @@
+"""`tledge run --save VIDEO`: what a first frame of any size and which suffixes give a video."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from tiny import TINY
+
+from tledge.cli import main
+
+
+def run(capsys, *argv) -> tuple[int, str]:
+    code = main(["run", str(TINY), "-q", *map(str, argv)])
+    return code, capsys.readouterr().err
+
+
+def size_of(video) -> tuple[int, int, int]:
+    cap = cv2.VideoCapture(str(video))
+    try:
+        return int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), \
+            int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    finally:
+        cap.release()
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".avi"])
+@pytest.mark.parametrize("hw, want", [((64, 1), (2, 64)), ((1, 64), (64, 2)), ((10, 9000), (4096, 4))])
+def test_first_frame_of_any_size(tmp_path, capsys, suffix, hw, want):
+    """A 1 px frame was rounded to 0 ("no encoder for .mp4", a cv2.error traceback for .avi); one over 8192 px
+    wide opened no MPEG-4 encoder."""
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), np.full((*hw, 3), 128, np.uint8))
+    video = tmp_path / f"out{suffix}"
+    code, err = run(capsys, "--source", image, "--save", video)
+    assert code == 0, err
+    assert size_of(video) == (*want, 1)
+
+
+def test_an_encoder_that_does_not_open_is_named_with_the_size(tmp_path, capsys, monkeypatch):
+    class Closed:
+        def __init__(self, *a):
+            pass
+
+        def isOpened(self):  # noqa: N802 (OpenCV's name)
+            return False
+
+        def release(self):
+            pass
+
+    monkeypatch.setattr(cv2, "VideoWriter", Closed)
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), np.full((64, 1, 3), 128, np.uint8))
+    code, err = run(capsys, "--source", image, "--save", tmp_path / "out.mp4")
+    assert code == 2 and "at 2x64 px" in err and "Traceback" not in err
+    assert not (tmp_path / "out.mp4").exists() and not list(tmp_path.glob(".tledge-save-*"))
