@@ -53,3 +53,22 @@ def test_an_encoder_that_does_not_open_is_named_with_the_size(tmp_path, capsys, 
     code, err = run(capsys, "--source", image, "--save", tmp_path / "out.mp4")
     assert code == 2 and "at 2x64 px" in err and "Traceback" not in err
     assert not (tmp_path / "out.mp4").exists() and not list(tmp_path.glob(".tledge-save-*"))
+
+
+@pytest.mark.parametrize("suffix", [".mpg", ".mpeg", ".webm", ".flv", ".mjpeg", ".mjpg"])
+def test_a_video_suffix_tledge_only_reads_is_refused_up_front(tmp_path, capsys, suffix):
+    """.mpg/.mpeg failed only after the whole run ("unreadable (a full disk?)"), the others with "no encoder"."""
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), np.full((32, 32, 3), 128, np.uint8))
+    code, err = run(capsys, "--source", image, "--save", tmp_path / f"out{suffix}")
+    assert code == 2 and "writes only .mp4, .avi" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frame.png"]  # refused before the run: nothing written
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mov", ".m4v"])
+def test_the_other_written_suffixes_read_back(tmp_path, capsys, suffix):
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), np.full((32, 32, 3), 128, np.uint8))
+    code, err = run(capsys, "--source", image, "--save", tmp_path / f"out{suffix}")
+    assert code == 0, err
+    assert size_of(tmp_path / f"out{suffix}") == (32, 32, 1)

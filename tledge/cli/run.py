@@ -25,7 +25,8 @@ def add_arguments(p) -> None:
     p.add_argument("--threshold", type=float, help="only report predictions scoring at least T")
     p.add_argument("--json", action="store_true", help="one JSON object per input on stdout (summary on stderr)")
     p.add_argument("--csv", help="also write the results to a CSV file (written atomically)")  # str: keeps a "/"
-    p.add_argument("--save", type=Path, help="write annotated frames: a folder, or a video file (.mp4, .avi)")
+    p.add_argument("--save", type=Path, help="write annotated frames: a folder, or a video file (.mp4, .avi, .mkv, "
+                                              ".mov, .m4v)")
     p.add_argument("--max-frames", type=int, help="stop after N inputs")
     p.add_argument("--workers", type=int, help="preparation threads for folders/videos (default: half the usable "
                                                "cores, the other half infers)")
@@ -80,7 +81,7 @@ def _validate(args) -> None:
     from tledge.errors import TledgeError
     from tledge.cli.model_options import check_model_options
     from tledge.images import IMAGE_SUFFIXES
-    from tledge.runtime.sources import VIDEO_SUFFIXES
+    from tledge.runtime.sources import SAVE_VIDEO_SUFFIXES, VIDEO_SUFFIXES
 
     # (`~/x` in a path option was expanded by tledge.cli.main, as --source reads it)
     V.edge_model_or_export(args.model)
@@ -104,10 +105,13 @@ def _validate(args) -> None:
         if args.save and Path(args.csv).resolve() == args.save.resolve():
             raise TledgeError(f"--csv and --save are both {args.csv}: one would replace the other")
     if args.save:
+        videos = ", ".join(SAVE_VIDEO_SUFFIXES)
+        if args.save.suffix.lower() in VIDEO_SUFFIXES and args.save.suffix.lower() not in SAVE_VIDEO_SUFFIXES:
+            raise TledgeError(f"--save {args.save}: tledge reads {args.save.suffix} video but writes only {videos}")
         if args.save.suffix.lower() in VIDEO_SUFFIXES:
             V.output_file(args.save, "--save")
         elif args.save.suffix.lower() in IMAGE_SUFFIXES:  # `--save out.gif` made a folder of that name
-            raise TledgeError(f"--save {args.save}: pass a folder (annotated images) or a video file (.mp4, .avi)")
+            raise TledgeError(f"--save {args.save}: pass a folder (annotated images) or a video file ({videos})")
         else:
             V.output_dir(args.save, "--save")
     _keep_inputs(args)

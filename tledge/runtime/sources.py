@@ -28,6 +28,9 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 # an http(s) address ending in one of these is a video file (every frame, then the end), not a live stream; .ts, .mjpg
 # and .mjpeg addresses are usually live (IP cameras, broadcast streams)
 VIDEO_FILES = VIDEO_SUFFIXES - {".ts", ".mjpeg", ".mjpg"}
+# what `run --save` writes (mp4v, MJPG for .avi), each checked to read back; the others it reads (.mpg, .webm, .flv,
+# .mjpeg...) failed: "no encoder", or only after the whole run, "it came out unreadable (a full disk?)"
+SAVE_VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".m4v")
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 
 
