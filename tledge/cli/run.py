@@ -198,7 +198,8 @@ def _loop(runner, source, args) -> int | None:
 
     csv_sink = CsvSink(args.csv) if args.csv else None
     # annotated images keep their paths under the folder (or a glob's fixed part): the root alone, nothing listed
-    save = SaveSink(args.save, fps=source.fps, root=_local_inputs(source.name, listed=False)[1]) if args.save else None
+    save = SaveSink(args.save, fps=source.fps, root=_local_inputs(source.name, listed=False)[1],
+                    inputs=getattr(source, "files", None)) if args.save else None
     results = runner.run(source)
     ok, stopped, check_log = False, None, time.monotonic() + 10
     try:

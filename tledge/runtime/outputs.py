@@ -156,11 +156,15 @@ def _escaped(label: str) -> str:
 class SaveSink:
     """Annotated frames: a video when `path` ends in a video suffix, else image files in a folder."""
 
-    def __init__(self, path: str | Path, *, fps: float | None = None, root: Path | None = None):
+    def __init__(self, path: str | Path, *, fps: float | None = None, root: Path | None = None,
+                 inputs: list[Path] | None = None):
         self.path = Path(path)
         self.video = self.path.suffix.lower() in VIDEO_SUFFIXES
         self.fps, self.root = fps or 10.0, root
         self._writer, self._size, self.written, self._used = None, None, 0, set()
+        # the names the listed inputs that keep theirs will take: a renamed copy (x.gif -> x.gif.png) gives way
+        kept = (self._relative(f) for f in (inputs or ()) if not self.video)
+        self._kept = {self.path / rel for rel in kept if rel.suffix.lower() in _WRITABLE}
         self._tmp = None  # a video's own temporary name beside it (two runs saving one video shared one name)
         if not self.video:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -206,22 +210,28 @@ class SaveSink:
         p = r.frame.path
         if p is None:
             return self.path / f"frame_{r.index:06d}.jpg"
-        rel = Path(p.name)
-        if self.root is not None:  # as listed (a symlinked file keeps its place), else resolved
-            for path, root in ((p, self.root), (p.resolve(), self.root.resolve())):
-                try:
-                    rel = path.relative_to(root)
-                    break
-                except ValueError:
-                    pass
-        if rel.suffix.lower() not in _WRITABLE:  # x.gif beside x.png: x.gif.png and x.png
+        rel = self._relative(p)
+        renamed = rel.suffix.lower() not in _WRITABLE
+        if renamed:  # x.gif beside x.png: x.gif.png and x.png
             rel = rel.with_name(rel.name + ".png")
         dst, n = self.path / rel, 1
-        while dst in self._used:  # two inputs of one name (a glob over folders, links): x.jpg, x_2.jpg
+        # two inputs of one name (a glob over folders, links): x.jpg, x_2.jpg; a renamed copy never takes the name of
+        # an input that keeps its own (x.gif's copy was x.gif.png and the real x.gif.png's x.gif_2.png)
+        while dst in self._used or (renamed and dst in self._kept):
             n += 1
             dst = self.path / rel.with_name(f"{rel.stem}_{n}{rel.suffix}")
         self._used.add(dst)
         return dst
+
+    def _relative(self, p: Path) -> Path:
+        """Where an input's copy goes under the --save folder (before any rename)."""
+        if self.root is not None:  # as listed (a symlinked file keeps its place), else resolved
+            for path, root in ((p, self.root), (p.resolve(), self.root.resolve())):
+                try:
+                    return path.relative_to(root)
+                except ValueError:
+                    pass
+        return Path(p.name)
 
     def _write_video(self, img: np.ndarray) -> None:
         import cv2
