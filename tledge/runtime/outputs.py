@@ -137,14 +137,34 @@ def annotate(rgb: np.ndarray, r: Result) -> np.ndarray:
     img = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     h, w = img.shape[:2]
     scale = max(0.35, min(1.5, w / 640))
-    lines = [f"{p.label} {p.score:.2f}" for p in r.top] or ["(below threshold)"]
+    font = (cv2.FONT_HERSHEY_SIMPLEX, 0.7 * scale, max(1, int(2 * scale)))
+    lines = [_caption(p, w - 12, font) for p in r.top] or ["(below threshold)"]
     step = int(22 * scale) + 4
     band = min(h, step * len(lines) + 6)
     img[:band] = (img[:band] * 0.35).astype(np.uint8)
     for i, text in enumerate(lines):
-        cv2.putText(img, text, (6, step * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, 0.7 * scale,
-                    (255, 255, 255), max(1, int(2 * scale)), cv2.LINE_AA)
+        cv2.putText(img, text, (6, step * (i + 1)), font[0], font[1], (255, 255, 255), font[2], cv2.LINE_AA)
     return img
+
+
+def _caption(p, width: int, font: tuple) -> str:
+    """`label score` within `width` px: a long label is cut (`...`) so the score stays on the image (it was pushed
+    off it), and a label with letters OpenCV's Hershey font lacks is its class index `#1` (drawn as `??`)."""
+    import cv2
+
+    score = f" {p.score:.2f}"
+    label = p.label if all(" " <= c <= "~" for c in p.label) else f"#{p.index}"
+
+    def fits(text: str) -> bool:
+        return cv2.getTextSize(text, *font)[0][0] <= width
+
+    if fits(label + score):
+        return label + score
+    lo, hi = 0, len(label)  # the longest cut that fits
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(label[:mid] + "..." + score) else (lo, mid - 1)
+    return label[:lo] + "..." + score if lo or fits("..." + score) else score.strip()
 
 
 def _escaped(label: str) -> str:
