@@ -118,7 +118,7 @@ BUFFER_DATA, BUFFER_OFFSET, BUFFER_SIZE = 0, 1, 2
 METADATA_NAME, METADATA_BUFFER = 0, 1
 SUBGRAPH_TENSORS, SUBGRAPH_INPUTS, SUBGRAPH_OUTPUTS = 0, 1, 2
 TENSOR_SHAPE, TENSOR_NAME, TENSOR_QUANTIZATION, TENSOR_SHAPE_SIGNATURE = 0, 3, 4, 7
-QUANT_SCALE = 2
+QUANT_SCALE, QUANT_ZERO_POINT = 2, 3
 SIGNATURE_INPUTS, SIGNATURE_OUTPUTS, SIGNATURE_KEY, SIGNATURE_SUBGRAPH = 0, 1, 2, 4
 TENSORMAP_NAME, TENSORMAP_INDEX = 0, 1
 
@@ -188,8 +188,10 @@ def tflite_io_tensors(data: bytes, subgraph: int = 0) -> dict[str, list[dict]]:
 
     def info(i):
         t = tensors[i]
+        q = t.table(TENSOR_QUANTIZATION)
         return {"index": i, "name": t.string(TENSOR_NAME) or "", "shape": list(t.scalars(TENSOR_SHAPE, "i")),
-                "shape_signature": list(t.scalars(TENSOR_SHAPE_SIGNATURE, "i")) or None}
+                "shape_signature": list(t.scalars(TENSOR_SHAPE_SIGNATURE, "i")) or None,
+                "quant": (list(q.scalars(QUANT_SCALE, "f")), list(q.scalars(QUANT_ZERO_POINT, "q"))) if q else None}
     return {"inputs": [info(i) for i in sg.scalars(SUBGRAPH_INPUTS, "i")],
             "outputs": [info(i) for i in sg.scalars(SUBGRAPH_OUTPUTS, "i")]}
 

@@ -203,6 +203,38 @@ def not_compiled_from(compiled: Path, src: Path) -> str | None:
     return None
 
 
+def fallback_problem(compiled: Path, cpu: Path) -> str | None:
+    """Why `cpu` (the file beside an Edge TPU file, by its name) is not the model `compiled` was made from, or None.
+    The CPU fallback took any file of that name: another model's (1001 ImageNet classes beside a 2-class file) ran
+    "instead" and labelled bees "sea urchin", exit 0. Checked: the input/output shapes and quantisation (edgetpu_compiler
+    keeps them), and the labels where both files carry a tledge contract."""
+    from tledge import flatbuf
+    from tledge.errors import ModelLoadError
+    from tledge.metadata import read_tflite_contract
+
+    try:
+        io = [[[(t["shape"], t["quant"]) for t in tensors[k]] for k in ("inputs", "outputs")]
+              for tensors in (flatbuf.tflite_io_tensors(p.read_bytes()) for p in (compiled, cpu))]
+    except (OSError, ModelLoadError) as exc:
+        return f"not a readable TFLite file ({exc})"
+    if io[0] != io[1]:
+        shapes = [[[shape for shape, _ in side] for side in sides] for sides in io]
+        return (f"its input/output shapes {shapes[1]} differ from {shapes[0]}" if shapes[0] != shapes[1] else
+                "its input/output quantisation differs")
+    labels = []
+    for p in (compiled, cpu):
+        try:
+            contract = read_tflite_contract(p)
+        except Exception:  # noqa: BLE001 - an unreadable contract: the load that follows says what is wrong
+            return None
+        if contract is None:  # nothing to compare (edgetpu_compiler may drop the metadata)
+            return None
+        labels.append(contract.labels)
+    if labels[0] and labels[1] and labels[0] != labels[1]:
+        return "its labels differ from the CPU file's"
+    return None
+
+
 def float_notes(src: Path) -> list[str]:
     """What the int8 file `src` keeps float, from its contract (the repair's float layers, the ops kept float for
     CPU delegates), as a note. edgetpu_compiler maps the ops up to the first float one: a coral bundle of a CPU
