@@ -117,7 +117,8 @@ TFLITE_PASS = {"RESHAPE", "SQUEEZE", "DEQUANTIZE", "QUANTIZE"}
 BUFFER_DATA, BUFFER_OFFSET, BUFFER_SIZE = 0, 1, 2
 METADATA_NAME, METADATA_BUFFER = 0, 1
 SUBGRAPH_TENSORS, SUBGRAPH_INPUTS, SUBGRAPH_OUTPUTS = 0, 1, 2
-TENSOR_SHAPE, TENSOR_NAME, TENSOR_QUANTIZATION, TENSOR_SHAPE_SIGNATURE = 0, 3, 4, 7
+TENSOR_SHAPE, TENSOR_TYPE, TENSOR_NAME, TENSOR_QUANTIZATION, TENSOR_SHAPE_SIGNATURE = 0, 1, 3, 4, 7
+TENSOR_TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 7: "int16", 9: "int8"}  # (schema.fbs TensorType)
 QUANT_SCALE, QUANT_ZERO_POINT = 2, 3
 SIGNATURE_INPUTS, SIGNATURE_OUTPUTS, SIGNATURE_KEY, SIGNATURE_SUBGRAPH = 0, 1, 2, 4
 TENSORMAP_NAME, TENSORMAP_INDEX = 0, 1
@@ -190,6 +191,7 @@ def tflite_io_tensors(data: bytes, subgraph: int = 0) -> dict[str, list[dict]]:
         t = tensors[i]
         q = t.table(TENSOR_QUANTIZATION)
         return {"index": i, "name": t.string(TENSOR_NAME) or "", "shape": list(t.scalars(TENSOR_SHAPE, "i")),
+                "type": TENSOR_TYPES.get(t.scalar(TENSOR_TYPE, "b", 0), "other"),
                 "shape_signature": list(t.scalars(TENSOR_SHAPE_SIGNATURE, "i")) or None,
                 "quant": (list(q.scalars(QUANT_SCALE, "f")), list(q.scalars(QUANT_ZERO_POINT, "q"))) if q else None}
     return {"inputs": [info(i) for i in sg.scalars(SUBGRAPH_INPUTS, "i")],

@@ -166,7 +166,8 @@ def _agreement_rule(res: ParityResult, ref: np.ndarray, out: np.ndarray, t: Thre
         res.warnings += stats.resolution_warnings(n, min_share=t.min_topk_agreement, share_name=f"top-{t.top_k} "
                                                   "agreement", max_accuracy_drop=None, labelled=False)
         if res.topk_agreement < t.min_topk_agreement:
-            return [f"top-{t.top_k} agreement {res.topk_agreement:.3f} {stats.fmt_interval(*res.topk_ci)} "
+            return [f"top-{t.top_k} agreement {below(res.topk_agreement, t.min_topk_agreement)} "
+                    f"{stats.fmt_interval(*res.topk_ci)} "
                     f"< {t.min_topk_agreement:g} ({res.classes} classes: top-1 agreement {res.top1_agreement:.3f})"]
         return []
     what = f"{res.agreement_of} agreement"
@@ -177,9 +178,18 @@ def _agreement_rule(res: ParityResult, ref: np.ndarray, out: np.ndarray, t: Thre
             if res.near_tie_flips is not None else ""
         sets = f" (images whose every score is on the reference's side of {DECISION:g})" \
             if res.agreement_of != "top-1" else ""
-        return [f"{what} {res.top1_agreement:.3f} {stats.fmt_interval(*res.agreement_ci)} "
+        return [f"{what} {below(res.top1_agreement, t.min_agreement)} {stats.fmt_interval(*res.agreement_ci)} "
                 f"< {t.min_agreement:g}{ties}{sets}"]
     return []
+
+
+def below(value: float, limit: float) -> str:
+    """`value`, under `limit`, with the digits that show it is under: 48/49 read "0.980 < 0.98"."""
+    for digits in range(3, 8):
+        text = f"{value:.{digits}f}"
+        if float(text) < limit:
+            return text
+    return repr(value)
 
 
 def _accuracy_rule(res: ParityResult, ref_ok: np.ndarray, out_ok: np.ndarray, t: Thresholds) -> list[str]:

@@ -86,6 +86,7 @@ def export(model_path: str | Path, cfg: ExportConfig = ExportConfig()) -> Export
                       _inputs(stage, [r.file for r in report.results]),
                       {"signature": cfg.signature, "binary_output": cfg.binary_output})
     written = [out / r.file for r in report.results if "/" not in r.file and (out / r.file).is_file()]
+    written += [out / name for name in derived if (out / name).is_file()]  # the compiled Edge TPU file
     return ExportResult(out, contract, written, report, seconds)
 
 
@@ -183,7 +184,8 @@ def _compile_edgetpu(stage: Path, report: ParityReport, out: Path) -> dict[str, 
     if not src.is_file():
         return {}
     res = edgetpu_compile(src, shown_dir=out)
-    report.notes.append("edgetpu: " + res.summary())
+    shown = str(out / res.output.name) if res.compiled and res.output is not None else None
+    report.notes.append("edgetpu: " + res.summary(shown=shown))  # (it named the staging folder, deleted by then)
     if res.compiled and res.output is not None and res.output.parent == stage:
         return {res.output.name: src.name}
     return {}

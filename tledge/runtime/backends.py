@@ -107,6 +107,9 @@ def load_reason(exc) -> str:
     if "Select TensorFlow op" in text or "Flex" in text and "delegate" in text.lower():
         return ("it uses TensorFlow ops (Flex, SELECT_TF_OPS), which the LiteRT and tflite_runtime interpreters cannot "
                 "run: convert it with TFLite builtin ops only")
+    if "edgetpu-custom-op" in text:  # (LiteRT's own words pointed at custom-op docs)
+        return ("it is compiled for the Edge TPU (edgetpu-custom-op): run it with --device coral-usb (or coral-pcie) "
+                "on a machine with the Edge TPU runtime, libedgetpu, or run the plain int8 file it was compiled from")
     return text if len(text) <= 300 else f"{text[:140]} ... {text[-150:]}"
 
 

@@ -57,9 +57,11 @@ def device_hints(name: str, fmt: str | None = None, path: str | Path | None = No
         delegates = ()  # a plain file: the accelerator's delegate would run none of it
         if path:
             f = Path(path)
+            how = (f"on an x86-64 Linux machine `edgetpu_compiler -s -o {f.parent} {f}` makes "
+                   f"{f.stem}_edgetpu{f.suffix}" if _integer_input(f) else  # (the compiler takes int8 files only)
+                   "the accelerator runs int8 files only: export with --device coral-usb and compile its int8 file")
             notes = (f"{f.name} is not compiled for the {getattr(profile, 'name', profile)} accelerator: it runs on "
-                     f"the host CPU (on an x86-64 Linux machine `edgetpu_compiler -s -o {f.parent} {f}` makes "
-                     f"{f.stem}_edgetpu{f.suffix})",)
+                     f"the host CPU ({how})",)
     fallback = None
     if delegates and callable(getattr(devices, "load_delegates", None)):
         delegates = tuple(devices.load_delegates(delegates))  # warns and skips what cannot load
@@ -73,6 +75,16 @@ def device_hints(name: str, fmt: str | None = None, path: str | Path | None = No
             notes = (f"{f.name} needs the Edge TPU runtime: {fallback.name}, the same model for the CPU, runs instead",)
     return DeviceHints(str(name), int(threads) if threads else None,
                        tuple(providers) if providers and fmt != "tflite" else None, delegates, notes, fallback)
+
+
+def _integer_input(path: Path) -> bool:
+    """Whether a TFLite file takes integer pixels (a fully quantised file, which edgetpu_compiler takes)."""
+    from tledge import flatbuf
+
+    try:
+        return flatbuf.tflite_io_tensors(path.read_bytes())["inputs"][0]["type"] in ("uint8", "int8")
+    except Exception:  # noqa: BLE001 - a note only: the load says what is wrong with the file
+        return False
 
 
 def _refuse_other_model(compiled: Path, cpu: Path) -> None:
