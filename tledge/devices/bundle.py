@@ -66,7 +66,7 @@ def _cpu_fallback(names: list[str], profile: Profile, primary: str) -> str | Non
 
 def _maybe_compile(export_dir: Path, names: list[str], opts: Options, work: Path, notes: list[str]) -> Path | None:
     """For an Edge TPU profile without a compiled file: compile the (vouched) int8 file, or note how to."""
-    from tledge.devices.edgetpu import edgetpu_compile, float_notes, not_compiled_from
+    from tledge.devices.edgetpu import edgetpu_compile, fallback_problem, float_notes, not_compiled_from
 
     src = export_dir / artifacts.filename_of("tflite", "int8")
     if not opts.compile_edgetpu or opts.model_file != src.name or src.name not in names:
@@ -76,14 +76,15 @@ def _maybe_compile(export_dir: Path, names: list[str], opts: Options, work: Path
     if manual.is_file() and manual.stat().st_mtime >= src.stat().st_mtime:
         import shutil
 
-        why = not_compiled_from(manual, src)
-        if why:
+        why = not_compiled_from(manual, src) or fallback_problem(manual, src)  # (quantisation, labels: shapes alone
+        if why:  # took another int8 file's compilation as this one's)
             raise TledgeError(f"{manual}: {why}, so it is not model_int8.tflite compiled for the Edge TPU: delete it "
                               f"(tledge bundle compiles the int8 file where edgetpu_compiler is installed) or "
                               f"compile again: edgetpu_compiler -s -o {export_dir} {src}")
         notes[:] = [n for n in notes if not n.startswith(f"{manual.name}: not in ")]
-        notes.append(f"{manual.name}: compiled outside tledge from the vouched model_int8.tflite (newer than it); "
-                     "the int8 file's parity verdict applies: run ./run.sh --check on the board")
+        notes.append(f"{manual.name}: compiled outside tledge, unverified: newer than the vouched model_int8.tflite, "
+                     "with its input/output shapes and quantisation; the int8 file's parity verdict applies: run "
+                     "./run.sh --check on the board")
         return Path(shutil.copy(manual, work / manual.name))  # as a file compiled now: listed in the manifest
     res = edgetpu_compile(src, work, shown_dir=export_dir)  # not the bundle's temporary folder
     if res.compiled and res.output:
@@ -107,7 +108,9 @@ def choose_models(export_dir: Path, profile: Profile, work: Path, notes: list[st
     if best != opts.model_file and not explicit and not opts.compile_edgetpu:  # (coral: compiled below, or said)
         notes.append(f"{profile.name}'s best file, {best}, is not in the export (or failed parity): {opts.model_file} "
                      f"ships instead (tledge export --device {profile.name} makes it)")
-    compiled = _maybe_compile(export_dir, names, opts, work, notes) if not explicit.get("backend") else None
+    # (--format tflite is the format the Edge TPU runs: it skipped the compile and every Edge TPU note)
+    compiled = _maybe_compile(export_dir, names, opts, work, notes) if explicit.get("backend") in (None, "tflite") \
+        else None
     if compiled is not None:
         opts = resolve(profile, available=[compiled.name], **explicit)
         return [compiled, model], opts
@@ -227,7 +230,8 @@ def readme(profile: Profile, models: list[str], opts: Options, notes: list[str],
                   "(`model/golden.npz`: prepared pixels and the Keras model's outputs) and compares, with the "
                   "export's thresholds: exit 0 when this board reproduces them, 1 when it disagrees (a "
                   "different runtime version, a broken delegate or kernel), 2 when a file changed since "
-                  "export. `--json` and `--junit FILE` as for `tledge parity`.", ""]
+                  "export or a runtime it needs is missing (nothing compared: the Edge TPU runtime for an "
+                  "`_edgetpu` file). `--json` and `--junit FILE` as for `tledge parity`.", ""]
     else:
         lines += ["No golden outputs in this export (made by an older tledge): re-export to get "
                   "`./run.sh --check`.", ""]
