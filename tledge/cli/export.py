@@ -190,6 +190,9 @@ def run(args) -> int:
     if args.int8_only and "onnx" in formats:  # it was applied to the TFLite writer only, without a word
         raise TledgeError("--int8-only is for TFLite int8 delegates (NPUs, the Edge TPU); an int8 ONNX file keeps "
                           "float ops at its input and output: add --formats tflite")
+    if device is not None and device.compile_edgetpu and "onnx" in formats:  # (int8-only as --int8-only is)
+        raise TledgeError(f"--device {args.device} runs compiled TFLite int8 files only (the Edge TPU): an ONNX file "
+                          "is nothing it can run; drop --formats onnx, or pick another --device")
     _check_onnx_options(args, formats)
     labels = _labels(args, notes)
     for note in notes:  # everything checked: what export chose for the user

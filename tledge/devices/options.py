@@ -116,6 +116,8 @@ def _export_pairs(profile: Profile | None, formats, precisions) -> tuple[tuple[s
         fs = formats or [t.format.value for t in targets] or ["tflite"]
         ps = precisions or [t.precision.value for t in targets] or ["fp32"]
         pairs = [(f, p) for f in fs for p in ps]
+    covered = {f for f, _ in pairs}  # a named format the profile has no file of was dropped without a word
+    pairs += [(f, p) for f in (formats or ()) if f not in covered for p in (precisions or ["fp32"])]
     return tuple(dict.fromkeys(pairs))
 
 
