@@ -110,3 +110,24 @@ def test_a_folder_whose_text_files_got_crlf_line_endings_says_so(tmp_path):
     (d / "labels.txt").write_bytes(b"other\n" + (TINY / "labels.txt").read_bytes())
     with pytest.raises(TledgeError, match=r"labels.txt: changed since export \(sha256.*run tledge export again"):
         vouched(d, "tledge run")
+
+
+def test_a_bundles_top_folder_points_at_its_export_folder_and_a_manifest_bom_is_read(tmp_path):
+    """`tledge info BUNDLE` said "not a tledge export folder (no manifest.json)"; a manifest an editor saved with a
+    BOM was "not a valid tledge manifest ... re-export"."""
+    import tarfile
+
+    from tiny import TINY
+    from tledge.artifacts import read
+    from tledge.devices.bundle import make_bundle
+    from tledge.trust import require
+
+    b = make_bundle(TINY, "rpi4", tmp_path / "tiny-rpi4.tar.gz").path
+    with tarfile.open(b) as tar:
+        tar.extractall(tmp_path / "x", filter="data")
+    with pytest.raises(TledgeError, match=r"is a deploy bundle: pass its export folder, .*tiny-rpi4/model"):
+        require(tmp_path / "x" / "tiny-rpi4", "tledge info")
+    d = tmp_path / "e"
+    shutil.copytree(TINY, d)
+    (d / "manifest.json").write_bytes(b"\xef\xbb\xbf" + (d / "manifest.json").read_bytes())
+    assert read(d).files == read(TINY).files

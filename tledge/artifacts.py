@@ -309,6 +309,6 @@ def read(folder: str | Path) -> Manifest | None:
     if not p.is_file():
         return None
     try:  # (a ValueError names JSON nested too deeply)
-        return Manifest.from_dict(loads_json(p.read_text(encoding="utf-8")))
+        return Manifest.from_dict(loads_json(p.read_text(encoding="utf-8-sig")))  # (an editor's BOM: "re-export")
     except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
         raise TledgeError(f"{p} is not a valid tledge manifest ({exc}): re-export with tledge export") from None

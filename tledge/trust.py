@@ -36,6 +36,8 @@ def require(folder: str | Path, what: str) -> Manifest:
     m = read(d)
     if m is not None:
         return m
+    if (d / "bundle.json").is_file() and (d / "model" / MANIFEST).is_file():  # (said "not an export folder")
+        raise TledgeError(f"{d} is a deploy bundle: pass its export folder, {d / 'model'}, or run its ./run.sh")
     trained = trained_model(d)
     if trained is not None and not any((d / n).is_file() for n in BY_FILENAME):  # `tledge train`'s folder
         raise TledgeError(f"{d} holds a Keras model ({trained.name}), not exported files: export it first "
