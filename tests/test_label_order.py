@@ -91,3 +91,24 @@ def test_export_refuses_labels_reordering_the_models_own(tiny_model, shapes_data
                  "--formats", "tflite", "--val", str(shapes_dataset / "val"), "--out", str(tmp_path / "out")])
     assert code == 2 and not (tmp_path / "out").exists()
     assert "in another order" in capsys.readouterr().err
+
+
+def test_decomposed_folder_names_that_sort_otherwise_composed_are_refused_as_labels(tiny_model, shapes_dataset,
+                                                                                   tmp_path, capsys):
+    """A model with no labels of its own, exported with val folders a macOS zip wrote decomposed: `cafe\\u0301` sorts
+    before `cafz`, `café` after, and two outputs were named the other's (accuracy 0.333, parity PASSED)."""
+    from tledge.cli import main
+    from tledge.errors import DataError
+    from tledge.labels import refuse_unicode_order
+
+    refuse_unicode_order(["ant", "cafz", "caf\u00e9"], where="x")  # composed: as written
+    refuse_unicode_order(["ant", "be\u0301e"], where="x")  # decomposed, the same order either way
+    with pytest.raises(DataError, match="decomposed"):
+        refuse_unicode_order(["ant", "cafe\u0301", "cafz"], where="x")
+    val = tmp_path / "val"
+    for folder, name in zip(sorted(p.name for p in (shapes_dataset / "val").iterdir()),
+                            ("ant", "cafe\u0301", "cafz")):
+        shutil.copytree(shapes_dataset / "val" / folder, val / name)
+    code = main(["export", str(tiny_model["keras"]), "--formats", "tflite", "--val", str(val),
+                 "--out", str(tmp_path / "out")])
+    assert code == 2 and "decomposed" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -95,6 +95,19 @@ def name_problem(name: str) -> str | None:
     return None
 
 
+def refuse_unicode_order(names, *, where: str) -> None:
+    """A DataError when class folder names sort otherwise written composed (NFC) than as they are (NFD: macOS and
+    its zips): as the outputs' names, their order is the training machine's, which depends on how it spelt them
+    (`cafe\u0301` sorts before `cafz`, `café` after: a model with no labels of its own had two outputs swapped)."""
+    names = list(names)
+    composed = [unicodedata.normalize("NFC", n) for n in names]
+    if composed == names or sorted(composed) == [unicodedata.normalize("NFC", n) for n in sorted(names)]:
+        return
+    raise DataError(f"class folder names in {where} are written decomposed (NFD, as macOS writes them) and sort in "
+                    "another order than composed (NFC): which output each one names depends on how the training "
+                    "machine spelt them; pass --labels FILE with the model's labels in output order")
+
+
 def check_names(names, *, where: str, encoding_only: bool = False) -> None:
     """DataError naming every class name `name_problem` refuses, in one line. encoding_only: names that are matched
     to labels, never become them (validation folders): only their encoding counts."""

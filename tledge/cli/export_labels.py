@@ -78,8 +78,13 @@ def export_labels(model, labels: str | None, folders: dict[str, str | None], not
             raise TledgeError(f"{exc} (in {where}): " + ("make the file name every class folder" if labels else
                               "pass --labels FILE to say what the outputs mean, or rename the folders")) from None
         if not own:  # the names become labels only with one folder per output (checked then: export.contracting)
+            from tledge.labels import refuse_unicode_order
             from tledge.text import printable
 
+            try:
+                refuse_unicode_order(names, where=f"{flag} {folder}")
+            except DataError as exc:
+                raise TledgeError(str(exc)) from None
             shown = ", ".join(map(printable, names[:6])) + (f", ... ({len(names)} folders)" if len(names) > 6 else "")
             note(f"the model has no labels of its own: its outputs are named after the class folders of {flag} "
                  f"({shown}) if there is one folder per output; pass --labels FILE if they mean something else")

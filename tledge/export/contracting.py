@@ -11,7 +11,7 @@ import numpy as np
 
 from tledge.artifacts import CONTRACT_FILE, LABELS_FILE
 from tledge.contract import INDEPENDENT, Contract, Output
-from tledge.labels import check_names, read_labels
+from tledge.labels import check_names, read_labels, refuse_unicode_order
 from tledge.errors import TledgeError, TledgeWarning
 
 if TYPE_CHECKING:
@@ -83,6 +83,7 @@ def labels_folder(cfg: ExportConfig, lm) -> tuple[str | None, tuple[str, ...]]:
             # a subset of the classes (725 folders of a 1000-class set) names nothing: no labels then
             if len(names) > 1 and lm.num_outputs in (None, len(names)):
                 check_names(names, where=folder)  # as tledge train refuses them
+                refuse_unicode_order(names, where=folder)
                 return folder, tuple(names)
     return None, ()
 
