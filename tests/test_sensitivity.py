@@ -309,3 +309,41 @@ def test_the_search_stops_when_the_repair_time_is_spent():
     assert ev.score(None).agreement == 1.0
     with pytest.raises(RepairTimeout, match=r"stopped after 1 trial graphs: repair time budget spent \(151 s"):
         ev.score(None)
+
+
+def test_a_chosen_layer_the_tflite_graph_lacks_is_recorded_int8(tiny_model, shapes_dataset, tmp_path, monkeypatch):
+    """helper 146: a chosen activation not found in the TFLite graph was left int8 (the note said so) while the file's
+    contract listed it among the float layers."""
+    from tledge.export import fidelity
+    from tledge.quant import sensitivity
+    from tledge.export.parity import Thresholds
+    from tledge.export.pipeline import ExportConfig, export
+    from tledge.metadata import read_tflite_contract
+
+    def forced(qdq, ev, **_):
+        cands = sensitivity.candidates(qdq)
+        pick = cands[1]
+        return sensitivity.Selection(layers=[pick.layer, "not_in_graph_1"], tensors=list(pick.tensors),
+                                     all_layers=[c.layer for c in cands] + ["not_in_graph_1"],
+                                     before=ev.score(qdq), after=ev.score(sensitivity.bypass(qdq, pick.tensors)),
+                                     images=len(ev.pixels))
+
+    from tledge.export import rungs
+
+    made = []
+    plain_tflite = rungs.Shared.tflite
+
+    def keep(self, *args, **kwargs):  # the rung's file, as its contract was embedded
+        made.append(plain_tflite(self, *args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(rungs.Shared, "tflite", keep)
+    monkeypatch.setattr(sensitivity, "choose", forced)
+    monkeypatch.setattr(fidelity, "LADDER", (fidelity.Rung("repaired+sensitive", mixed=True),))
+    cfg = ExportConfig(out=tmp_path, int8=True, formats=("tflite",), calib=str(shapes_dataset / "train"),
+                       val=str(shapes_dataset / "val"), thresholds={"int8": Thresholds(max_abs=1e-9, min_agreement=1.0)})
+    with pytest.warns(Warning):
+        export(tiny_model["keras"], cfg)
+    extra = read_tflite_contract(made[-1]).extra
+    assert extra["int8_repair"] == "repaired+sensitive" and "not_in_graph_1" in extra["layers_left_int8"]
+    assert "not_in_graph_1" not in extra["float_layers"] and extra["layer_precision"]["not_in_graph_1"] == "int8"

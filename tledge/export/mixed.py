@@ -81,6 +81,16 @@ def contract_extra(sel, kind: str) -> dict:
             "sensitivity": sel.summary()}
 
 
+def left_int8(applied: dict, names) -> None:
+    """The chosen layers the TFLite graph does not have stay int8, and the file's contract says so (it listed them
+    as float layers while the note said "left int8")."""
+    if not names:
+        return
+    applied["float_layers"] = [n for n in applied.get("float_layers", []) if n not in names]
+    if "layer_precision" in applied:
+        applied["layer_precision"] = {k: "int8" if k in names else v for k, v in applied["layer_precision"].items()}
+
+
 def note(file: str, sel, kind: str, unmatched: list[str]) -> str:
     how = "kept float (denylisted ops)" if kind == "tflite" else "int16 activations (TensorQuantOverrides)"
     text = f"{file}: {sel.summary()}; in the file: {how}"

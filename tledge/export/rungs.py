@@ -101,6 +101,7 @@ class Shared:
                 keep = list(selective.tflite_stem(cal, stem)) if stem else []
                 if layers:
                     more, applied["layers_left_int8"] = mixed.tflite_keep(cal, layers)
+                    mixed.left_int8(applied, applied["layers_left_int8"])
                     keep += more
                 def convert():
                     return selective.quantize_tflite(cal, keep_float=keep, float_ops=self.float_ops)
