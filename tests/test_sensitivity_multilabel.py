@@ -90,4 +90,3 @@ def test_kernel_paths_compare_label_sets(monkeypatch):
     assert same and "top-1 agreement with the default session, x64quantprecision 1.000" in note
     note, same = kernels.kernel_check(TINY / "model_int8.onnx", np.zeros((4, 1)), independent=True)
     assert not same and "label-set agreement with the default session, x64quantprecision 0.750" in note
-
