@@ -29,7 +29,7 @@ def header_pixels(data: np.ndarray) -> int | None:
         return None
     if b[:2] in (b"II", b"MM"):
         w, h = tiff_values(data, 256)[:1], tiff_values(data, 257)[:1]
-        return w[0] * h[0] if w and h else None
+        return abs(w[0] * h[0]) if w and h else None
     if b[:4] == b"\xff\x4f\xff\x51" and len(b) >= 24:  # a JPEG 2000 codestream (.j2k): SOC, then SIZ
         return max(0, num(8, 4) - num(16, 4)) * max(0, num(12, 4) - num(20, 4))
     if b[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n":  # a JP2 file: its jp2h box holds ihdr (height, width)
@@ -59,12 +59,15 @@ def _jp2_pixels(data: np.ndarray) -> int | None:
 
 
 # ---- TIFF: the first image file directory (IFD0, the page OpenCV decodes) -----------------------------------
-_TIFF_SIZES = {3: 2, 4: 4, 16: 8}  # SHORT, LONG, LONG8 (BigTIFF): the integer types of the tags read here
+# the integer types of the tags read here: SHORT, LONG, LONG8 (BigTIFF) and the signed SSHORT, SLONG, SLONG8, which
+# libtiff takes for a width too (a 20000 x 20000 bomb with SLONG sizes was decoded: the check did not see them)
+_TIFF_SIZES = {3: 2, 4: 4, 16: 8, 8: 2, 9: 4, 17: 8}
+_TIFF_SIGNED = {8, 9, 17}
 
 
-def _tiff_entries(data: np.ndarray) -> tuple[str, dict[int, tuple[int, int, int]]]:
-    """(byte order, {tag: (value size, count, offset of the values)}) of a TIFF's IFD0, classic or BigTIFF, for
-    its integer tags; {} when `data` is no TIFF."""
+def _tiff_entries(data: np.ndarray) -> tuple[str, dict[int, tuple[int, int, int, bool]]]:
+    """(byte order, {tag: (value size, count, offset of the values, signed)}) of a TIFF's IFD0, classic or BigTIFF,
+    for its integer tags; {} when `data` is no TIFF. A tag given twice is its first entry's, as libtiff reads it."""
     order = {b"II": "little", b"MM": "big"}.get(data[:2].tobytes())
     if order is None or data.size < 16:
         return "little", {}
@@ -81,10 +84,11 @@ def _tiff_entries(data: np.ndarray) -> tuple[str, dict[int, tuple[int, int, int]
     first = off + cnt
     out = {}
     for e in range(first, min(first + min(num(off, cnt), 1000) * step, int(data.size) - step + 1), step):
-        size, count = _TIFF_SIZES.get(num(e + 2, 2), 0), num(e + 4, word)
+        kind = num(e + 2, 2)
+        size, count = _TIFF_SIZES.get(kind, 0), num(e + 4, word)
         where = e + 4 + word if size * count <= word else num(e + 4 + word, word)
-        if size and where + size * count <= data.size:
-            out[num(e, 2)] = (size, count, where)
+        if size and where + size * count <= data.size and num(e, 2) not in out:
+            out[num(e, 2)] = (size, count, where, kind in _TIFF_SIGNED)
     return order, out
 
 
@@ -93,8 +97,8 @@ def tiff_values(data: np.ndarray, tag: int) -> tuple[int, ...]:
     order, entries = _tiff_entries(data)
     if tag not in entries:
         return ()
-    size, count, where = entries[tag]
-    return tuple(int.from_bytes(data[where + i * size:where + (i + 1) * size].tobytes(), order)
+    size, count, where, signed = entries[tag]
+    return tuple(int.from_bytes(data[where + i * size:where + (i + 1) * size].tobytes(), order, signed=signed)
                  for i in range(min(count, 64)))
 
 
@@ -105,24 +109,30 @@ def tiff_alpha_unmarked(data: np.ndarray) -> np.ndarray:
     order, entries = _tiff_entries(data)
     out = data.copy()
     if 338 in entries:
-        size, count, where = entries[338]
+        size, count, where, _ = entries[338]
         out[where:where + size * min(count, 64)] = 0
     return out
 
 
 def _jpeg_pixels(data: np.ndarray) -> int | None:
-    """Height x width of a JPEG's frame header (SOF0-15 but DHT, JPG, DAC), walking the header segments."""
-    n, pos = int(data.size), 2
-    while pos + 8 < n and data[pos] == 0xFF:
-        kind = int(data[pos + 1])
-        if kind == 0xFF or kind in _STANDALONE:
+    """Height x width of a JPEG's frame header (SOF0-15 but DHT, JPG, DAC), walking the header segments. Bytes between
+    segments are skipped as libjpeg skips them ("extraneous bytes before marker"): one stray byte ended the walk, and
+    a 400-megapixel frame went past the size check."""
+    raw = data.tobytes()
+    n, pos = len(raw), 2
+    for _ in range(100_000):
+        pos = raw.find(b"\xff", pos)
+        if pos < 0 or pos + 8 >= n:
+            return None
+        kind = raw[pos + 1]
+        if kind == 0xFF or kind == 0 or kind in _STANDALONE:  # a fill byte, a stuffed zero, a marker alone
             pos += 1 if kind == 0xFF else 2
             continue
         if kind == _SOS:
             return None
         if 0xC0 <= kind <= 0xCF and kind not in (0xC4, 0xC8, 0xCC):
-            return (int(data[pos + 5]) << 8 | int(data[pos + 6])) * (int(data[pos + 7]) << 8 | int(data[pos + 8]))
-        pos += 2 + (int(data[pos + 2]) << 8 | int(data[pos + 3]))
+            return (raw[pos + 5] << 8 | raw[pos + 6]) * (raw[pos + 7] << 8 | raw[pos + 8])
+        pos += 2 + (raw[pos + 2] << 8 | raw[pos + 3])
     return None
 
 
