@@ -41,6 +41,16 @@ def is_mixed(layers) -> bool:
     return any(_half(str(getattr(getattr(layer, "dtype_policy", None), "name", ""))) for layer in layers)
 
 
+def quantized(layers) -> str | None:
+    """Why a model is no float model to export, or None: layers Keras's `model.quantize()` made int8/int4/float8 (every
+    repair rung failed "a tledge bug: please report it", and the TFLite converters on their int8 kernels)."""
+    done = sorted({str(m) for m in (getattr(layer, "quantization_mode", None) for layer in layers) if m})
+    if not done:
+        return None
+    return (f"it is already quantised ({', '.join(done)}, by Keras's model.quantize()): tledge quantises a float model "
+            "itself; export the model before model.quantize()")
+
+
 def rebuild(model, tf_keras=None):
     """(model, note): the mixed-precision `model` in float32 when the rebuild computes the same, else as is with the
     reason. `tf_keras`: that module, for a model it loaded (a tf.keras 2 file only it reads)."""

@@ -184,7 +184,9 @@ def _tf_keras_model(p: Path, model, tf_keras) -> LoadedModel:
 def _keras3(p: Path, model, kind: str) -> LoadedModel:
     from tledge.export import float32
 
-    note = None
+    note, why = None, float32.quantized(walk(model))
+    if why:
+        raise ModelLoadError(f"{p}: {why}")
     if float32.is_mixed(walk(model)):  # mixed precision: TFLite's converter fails on its float16 ops
         model, note = float32.rebuild(model)
     lm = _describe(p, model, kind)
