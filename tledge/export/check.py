@@ -275,9 +275,7 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
         ref = loader.run_reference(serve, inputs.for_contract(contract))
         y, more = _folder_truth(images, contract, ref, y)
         unmatched += said + more
-        geometry = {"resize": contract.resize.value, "fit": contract.fit.value}
-        if contract.fit.value == "crop":
-            geometry = {"resize": contract.resize.value, "crop": contract.crop_fraction}
+        geometry = _geometry(contract)
         for i in members:
             results[i] = check_file(files[i], contracts[i] is not None, ref, inputs, labels=y,
                                     thresholds=thresholds or {}, preprocess=preprocess, size=contract.size,
@@ -292,6 +290,13 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
                             + f", resized as the reference ({contract.resize.value}, {contract.fit.value})")
     report.notes += loader.report_notes(lm)
     return report
+
+
+def _geometry(contract) -> dict:
+    """The reference's resize, as a file without a contract is run with it."""
+    if contract.fit.value == "crop":
+        return {"resize": contract.resize.value, "crop": contract.crop_fraction}
+    return {"resize": contract.resize.value, "fit": contract.fit.value}
 
 
 def _reference_groups(reference, files: list[Path], contracts: list, signature: str | None) -> dict[tuple, list[int]]:

@@ -175,17 +175,15 @@ def _figures(r: ParityResult) -> dict:
 
 
 def _compile_edgetpu(stage: Path, report: ParityReport, out: Path) -> dict[str, str]:
-    """edgetpu_compiler on the int8 TFLite file, inside the staging folder: the compiled file is
-    listed in the manifest as derived from it (no Edge TPU here to run parity on it). Without the
-    compiler, the command to run names the export folder `out`, not the staging folder."""
+    """edgetpu_compiler on the int8 TFLite file, inside the staging folder: the compiled file is listed in the manifest
+    as derived from it (no Edge TPU here to run parity on it). The notes name the export folder `out`."""
     from tledge.devices.edgetpu import edgetpu_compile
 
     src = stage / filename_of("tflite", "int8")
     if not src.is_file():
         return {}
-    res = edgetpu_compile(src, shown_dir=out)
-    shown = str(out / res.output.name) if res.compiled and res.output is not None else None
-    report.notes.append("edgetpu: " + res.summary(shown=shown))  # (it named the staging folder, deleted by then)
+    res = edgetpu_compile(src, shown_dir=out)  # (the note named the staging folder, deleted by then)
+    report.notes.append("edgetpu: " + res.summary(shown=str(out / res.output.name) if res.compiled else None))
     if res.compiled and res.output is not None and res.output.parent == stage:
         return {res.output.name: src.name}
     return {}
