@@ -71,7 +71,7 @@ def json_line(r: Result) -> str:
 
 def json_text(d, indent: int | None = None) -> str:
     """JSON for standard output: UTF-8 where it is and can be (a name that is not UTF-8, held as surrogates, in
-    JSON's own \udce9 escape: `info --json` wrote the raw byte, or a UnicodeEncodeError traceback)."""
+    JSON's own \\udce9 escape: `info --json` wrote the raw byte, or a UnicodeEncodeError traceback)."""
     if not stdout_is_utf8():
         return json.dumps(d, ensure_ascii=True, indent=indent)
     text = json.dumps(d, ensure_ascii=False, indent=indent)  # JSON escapes control characters itself
@@ -80,7 +80,7 @@ def json_text(d, indent: int | None = None) -> str:
         # but not U+0085, U+2028, U+2029 (a label of a file made elsewhere may hold them): str.splitlines() and
         # other line readers split one JSON line there
         return text.translate(_LINE_BREAKS)
-    except UnicodeEncodeError:  # a lone surrogate: JSON's own \udce9 escape, which JSON readers take back
+    except UnicodeEncodeError:  # a lone surrogate: JSON's own \\udce9 escape, which JSON readers take back
         return json.dumps(d, ensure_ascii=True, indent=indent)
 
 
