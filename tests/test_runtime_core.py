@@ -193,7 +193,12 @@ def test_tflite_fallbacks_warn_loudly(monkeypatch):
 
     from tledge.errors import MissingDependency
 
-    monkeypatch.delattr(ai_edge_litert, "interpreter")  # LiteRT's interpreter "not installed"
+    import importlib.util
+
+    find_spec = importlib.util.find_spec  # LiteRT "not installed" (installed but failing is another message)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ai_edge_litert" else
+                        find_spec(name, *a))
+    monkeypatch.delattr(ai_edge_litert, "interpreter")
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
     monkeypatch.setitem(sys.modules, "tflite_runtime", None)
     monkeypatch.delitem(sys.modules, "tensorflow", raising=False)

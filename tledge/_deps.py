@@ -125,6 +125,12 @@ def _echo(text: str) -> None:
         sys.stderr.write(text)
 
 
+def not_importing(name: str, exc: BaseException) -> str:
+    """Why the installed package `name` does not import (an ImportError, or the OSError of a shared library it loads
+    itself), in one line."""
+    return _broken(name, exc, "")
+
+
 def _broken(name: str, exc: ImportError, printed: str) -> str:
     """Why an installed package does not import, in one line, with the fix where it is known."""
     top = name.split(".")[0]

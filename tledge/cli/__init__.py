@@ -374,6 +374,14 @@ def _run(args, console) -> int:
 
         _say(f"{prefix}: error: {os_error_message(exc)}")
         return 2
+    except MemoryError:  # the machine's memory or a limit on it: one line, not a traceback
+        _say(f"{prefix}: error: out of memory (the machine's, or the process's limit: ulimit -v)")
+        return 2
+    except RuntimeError as exc:
+        if "can't start new thread" not in str(exc):
+            raise
+        _say(f"{prefix}: error: cannot start a thread ({exc}): a memory or process limit (ulimit -v, ulimit -u)")
+        return 2
     except KeyboardInterrupt:
         _say(f"{prefix}: interrupted")
         return 130

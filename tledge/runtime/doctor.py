@@ -366,6 +366,9 @@ def check_model(path: Path, threads: int | None = None) -> ModelReport:
     except TledgeError as exc:
         rep.checks.append(CheckResult("load", False, str(exc)))
         return rep
+    except (OSError, MemoryError) as exc:  # a runtime's library that does not load (the report had none at all)
+        rep.checks.append(CheckResult("load", False, f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"))
+        return rep
     rep.backend, rep.provider = model.format, model.provider
     rep.contract, rep.load_ms = model.load_info.contract_origin, model.load_info.load_ms
     rep.checks.append(CheckResult("load", True, f"{model.format} via {model.provider}", model.load_info.load_ms))

@@ -19,8 +19,13 @@ def interpreter_module():
         from ai_edge_litert import interpreter as mod
 
         return mod, "ai_edge_litert"
-    except ImportError:
-        pass
+    except (ImportError, OSError) as exc:  # installed but failing (out of memory: "failed to map segment") was
+        from importlib.util import find_spec  # called "no TFLite interpreter installed: pip install ai-edge-litert"
+
+        if find_spec("ai_edge_litert") is not None:
+            from tledge._deps import not_importing
+
+            raise MissingDependency(not_importing("ai_edge_litert", exc)) from None
     try:
         from tflite_runtime import interpreter as mod
     except ImportError:
