@@ -214,7 +214,7 @@ def test_fast_path_cli_class_weights_and_fine_tune_at(tmp_path, weights, capsys)
 
 
 
-@pytest.mark.parametrize("at", ["nosuchlayer", "9999"])
+@pytest.mark.parametrize("at", ["nosuchlayer", "9999", "unfreeze 2", "conv_pw_13_bn"])
 def test_a_bad_fine_tune_at_is_refused_before_the_head_trains(tmp_path, weights, capsys, at):
     """The layer is looked up once the backbone is built, not when phase 2 starts: no head epoch is lost."""
     from tledge.cli import main
@@ -223,9 +223,10 @@ def test_a_bad_fine_tune_at_is_refused_before_the_head_trains(tmp_path, weights,
     data = make_shapes(tmp_path / "data", n_per_class=6, size=40)
     code = main(["train", str(data), "--backbone", "mobilenet", "--alpha", "0.25", "--weights", str(weights),
                  "--size", str(SIZE), "--epochs", "2", "--fine-tune-epochs", "1", "--no-augment", "--batch", "8",
-                 "--fine-tune-at", at, "--out", str(tmp_path / "out")])
-    err = capsys.readouterr().err
-    assert code == 2 and "--fine-tune-at" in err, err
+                 *(["--unfreeze", "2"] if at == "unfreeze 2" else ["--fine-tune-at", at]),
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err  # (--unfreeze 2 took a ReLU and the pooling: phase 2 trained the head only)
+    assert code == 2 and ("--unfreeze 2" if at == "unfreeze 2" else "--fine-tune-at") in err, err
     assert "head: loss" not in err and not (tmp_path / "out" / "model.keras").exists(), err
 
 

@@ -306,8 +306,8 @@ def _fit_and_save(cfg, out, plan, contract, ckpt, resumed, data, read, reporters
             f"{env.description}{', resuming' if resumed else ''}")
         parts = dist.guard(lambda: tm.build(cfg, contract, len(plan.classes), pretrained=resumed is None),
                            topo=topo)  # variables are made in step with the peers: one gone is said, not traced
-        if cfg.fine_tune_at is not None and cfg.fine_tune_epochs:  # a bad layer name stops here, not after phase 1
-            tm.cut_index(parts.backbone.layers, cfg.unfreeze, cfg.fine_tune_at)
+        if cfg.fine_tune_epochs:  # a bad layer name, or no weights to train, stops here, not after phase 1
+            tm.check_fine_tune(parts.backbone.layers, cfg.unfreeze, cfg.fine_tune_at)
         run = finetune.Run(cfg, parts, data, ckpt, resumed or {**finetune.new_state(cfg, plan.classes),
                                                                "data": td.fingerprint(plan), "mixed": env.mixed,
                                                                "replicas": topo.replicas}, log,

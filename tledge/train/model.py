@@ -153,6 +153,20 @@ def cut_index(layers: list, unfreeze: int | None, fine_tune_at: str | int | None
     return max(0, n - count)
 
 
+def check_fine_tune(layers, unfreeze: int | None, fine_tune_at: str | int | None) -> None:
+    """A TledgeError when the layers phase 2 would unfreeze hold no weights it trains (batch norm stays frozen):
+    `--unfreeze 2` took a ReLU and the pooling, and fine-tuning trained the head only, without a word."""
+    keras = require("keras")
+    cut = cut_index(layers, unfreeze, fine_tune_at)
+    top = layers[cut:]
+    if not top or any(layer.weights and not isinstance(layer, keras.layers.BatchNormalization) for layer in top):
+        return
+    flag = f"--fine-tune-at {fine_tune_at}" if fine_tune_at is not None else f"--unfreeze {len(top)}"
+    raise TledgeError(f"{flag} unfreezes {', '.join(layer.name for layer in top[:4])}"
+                      f"{', ...' if len(top) > 4 else ''}: no layer with weights to train (batch norm stays frozen), "
+                      "so fine-tuning would train the head only: unfreeze more layers, or pass --fine-tune-epochs 0")
+
+
 def unfreeze_top(parts: Parts, unfreeze: int | None, fine_tune_at: str | int | None) -> dict:
     """Make the top backbone layers trainable (batch norm excepted). Returns what was unfrozen."""
     keras = require("keras")
