@@ -18,7 +18,8 @@ names; it exists for every loader. Its intermediate tensors are read with the in
 `experimental_preserve_all_tensors`. Each int8 op is paired with a float op by output tensor name,
 else by position among the ops of its kind and weight shape, and a pair counts only when the int8
 weight is the rounding of the float one (|Wdq - Wf| <= s/2 everywhere); ops that cannot be paired are
-skipped and counted, never guessed.
+skipped and counted, never guessed. An op whose int32 bias is not the rounding of the float bias (already
+corrected) is skipped too: correcting a corrected file would add the same shift again.
 """
 from __future__ import annotations
 
@@ -127,9 +128,12 @@ def dequantised(model, op: LinearOp) -> tuple[np.ndarray, np.ndarray] | None:
     return (q.astype(np.float64) - zp.reshape(shape)) * s, s
 
 
-def pair(q_model, f_model, log: BiasLog, *, steps: float = 0.501) -> list[tuple[LinearOp, LinearOp, np.ndarray]]:
+def pair(q_model, f_model, log: BiasLog, *, steps: float = 0.501,
+         plain_bias: bool = False) -> list[tuple[LinearOp, LinearOp, np.ndarray]]:
     """(int8 op, float op, Wdq - Wf) for every int8 linear op whose float twin is found and checked: its
-    int8 weight within `steps` grid steps of the float one everywhere (0.501: the rounding of it)."""
+    int8 weight within `steps` grid steps of the float one everywhere (0.501: the rounding of it).
+    plain_bias: its int32 bias the rounding of the float one's too, else the op is skipped (bias correction
+    moves biases only: a corrected file passed the weight check and got the correction again on top)."""
     f_ops = linear_ops(f_model)
     by_name = {(tensor_name(f_model, f.output), f.kind): f for f in f_ops}
     rank: dict[tuple, list[LinearOp]] = {}
@@ -151,12 +155,33 @@ def pair(q_model, f_model, log: BiasLog, *, steps: float = 0.501) -> list[tuple[
         for f, is_named in candidates:
             wf = _twin_weight(f_model, f, op, wq, steps)
             if wf is not None:
-                out.append((op, f, wq[0] - wf))
-                log.by_name += is_named
                 break
         else:
             log.skip("without a float twin")
+            continue
+        if plain_bias and not bias_rounded(q_model, f_model, op, f):
+            log.skip("with a bias already corrected (not the float one's rounding)")
+            continue
+        out.append((op, f, wq[0] - wf))
+        log.by_name += is_named
     return out
+
+
+def bias_rounded(q_model, f_model, op: LinearOp, f: LinearOp) -> bool:
+    """Whether the int8 op's int32 bias is the rounding of the float op's bias on its scale (s_in * s_w), within
+    1 step plus the converter's float32 error (half a float32 step of the quotient: 64 near 2**30, the clamped
+    bias of a dead channel). True when there is no int32 bias to check (`_apply` skips those)."""
+    b = tensor_array(q_model, op.bias) if op.bias >= 0 else None
+    quant = q_model.subgraphs[0].tensors[op.bias].quantization if b is not None else None
+    if b is None or b.dtype != np.int32 or quant is None or quant.scale is None or len(quant.scale) == 0:
+        return True
+    fb = tensor_array(f_model, f.bias) if f.bias >= 0 else None
+    fb = np.zeros(b.size) if fb is None else fb.astype(np.float64).ravel()
+    scale = np.asarray(quant.scale, np.float64).ravel()
+    if fb.size != b.size or scale.size not in (1, b.size):
+        return False
+    expected = np.clip(np.round(fb / np.where(scale > 0, scale, np.inf)), -2**31, 2**31 - 1)
+    return bool(np.all(np.abs(b.astype(np.float64).ravel() - expected) <= 1 + np.abs(expected) * 2.0**-23))
 
 
 def _twin_weight(f_model, f: LinearOp, op: LinearOp, wq: tuple[np.ndarray, np.ndarray],
@@ -261,7 +286,7 @@ def correct(int8: bytes, fp32: bytes, calib: np.ndarray, *, images: int = 64,
     entries and files packed after the flatbuffer (labels.txt) are kept."""
     q_model, f_model = load(int8), load(fp32)
     log = BiasLog()
-    pairs = pair(q_model, f_model, log, steps=steps)
+    pairs = pair(q_model, f_model, log, steps=steps, plain_bias=True)
     means = tap_means(fp32, pairs, np.asarray(spread(calib, images), np.float32)) if pairs else {}
     rel = []
     for op, f, dw in pairs:
