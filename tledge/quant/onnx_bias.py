@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tledge._deps import require
+from tledge.errors import TledgeError
 from tledge.quant.subset import spread
 
 
@@ -25,9 +26,11 @@ from tledge.quant.subset import spread
 class BiasLog:
     layers: int = 0
     relative_shift: float = 0.0  # mean over layers of mean |shift| / mean |bias|
+    skipped: int = 0  # linear layers without a QDQ twin whose weights are the rounding of theirs
 
     def summary(self) -> str:
-        return f"bias correction on {self.layers} layers (mean |shift| / |bias| {self.relative_shift:.4f})"
+        skipped = f"; {self.skipped} skipped (no int8 twin rounding their weights)" if self.skipped else ""
+        return f"bias correction on {self.layers} layers (mean |shift| / |bias| {self.relative_shift:.4f}){skipped}"
 
 
 def linear_nodes(model) -> list[tuple[str, str, str | None]]:
@@ -53,8 +56,11 @@ def linear_nodes(model) -> list[tuple[str, str, str | None]]:
     return out
 
 
-def weight_errors(fp32_model, qdq_model, nodes) -> dict[str, np.ndarray]:
-    """Node name -> dequantised QDQ weight minus the float weight (same layout as the float weight)."""
+def weight_errors(fp32_model, qdq_model, nodes, *, steps: float = 0.501) -> dict[str, np.ndarray]:
+    """Node name -> dequantised QDQ weight minus the float weight (same layout as the float weight), for the
+    nodes whose QDQ weight is the rounding of the float one: within `steps` grid steps everywhere. (Shapes
+    alone were checked before: a float graph not pre-processed like the QDQ one, its BN unfolded, paired
+    with weights of another scale and got shifts 10^6 times its biases.)"""
     from onnx import numpy_helper
 
     f_init = {i.name: i for i in fp32_model.graph.initializer}
@@ -77,7 +83,7 @@ def weight_errors(fp32_model, qdq_model, nodes) -> dict[str, np.ndarray]:
             shape[axis] = scale.size
         w_q = (q - zp.reshape(shape)) * scale.reshape(shape)
         w_f = numpy_helper.to_array(f_init[f_nodes[name].input[1]]).astype(np.float64)
-        if w_q.shape == w_f.shape:
+        if w_q.shape == w_f.shape and np.all(np.abs(w_q - w_f) <= steps * np.abs(scale.reshape(shape)) + 1e-7):
             out[name] = w_q - w_f
     return out
 
@@ -145,7 +151,8 @@ def correct(fp32: Path, dst: Path, calib: np.ndarray, quantize, *, images: int =
             qdq: Path | None = None) -> BiasLog:
     """Write to `dst` the float graph `fp32` with every linear layer's bias absorbing the expected
     output shift of its int8 weights (those of `qdq`, else of `quantize(src, dst, calib)`); `fp32`
-    should be quant_pre_process'ed already so its node names are the quantised file's."""
+    should be quant_pre_process'ed already so its node names are the quantised file's. Layers whose int8
+    weights are not the rounding of their float ones are skipped and counted; TledgeError when none pair."""
     onnx = require("onnx", extra="export")
     from onnx import numpy_helper
 
@@ -157,10 +164,14 @@ def correct(fp32: Path, dst: Path, calib: np.ndarray, quantize, *, images: int =
             q = Path(tmp) / "q.onnx"
             quantize(fp32, q, calib)
         errors = weight_errors(model, onnx.load(str(q)), nodes)
+    if nodes and not errors:
+        raise TledgeError(f"onnx bias correction: none of the {len(nodes)} linear layers has an int8 twin whose "
+                          "weights are the rounding of its own (a float graph not pre-processed like the quantised "
+                          "one, or another model's)")
     by_name = {n.name: n for n in model.graph.node}
     convs = [by_name[name] for name, _, _ in nodes if name in errors]
     taps = tap_means(model.SerializeToString(), convs, np.asarray(spread(calib, images), np.float32))
-    log = BiasLog(layers=len(convs))
+    log = BiasLog(layers=len(convs), skipped=len(nodes) - len(convs))
     inits = {i.name: i for i in model.graph.initializer}
     rel = []
     for name, _, bias in nodes:
