@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from tledge._deps import require
+from tledge.quant.calibdata import checked
 
 
 @dataclass
@@ -68,6 +69,7 @@ def tflite_debugger(model_or_converter, calib, *, debug_images: int = 32, keep_f
     tf = require("tensorflow", purpose="the TFLite quantization debugger")
     from tledge.quant.selective import representative_data
 
+    calib = checked(calib)
     conv = _converter(model_or_converter, calib, io="float32")
     opts = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(keep_float) or None)
     dbg = tf.lite.experimental.QuantizationDebugger(
@@ -102,6 +104,7 @@ def onnx_layer_errors(float_onnx: bytes, qdq_onnx: bytes, calib, *, debug_images
 
     import onnx
 
+    calib = checked(calib)
     with tempfile.TemporaryDirectory() as tmp:
         acts = {}
         for tag, content in (("float", float_onnx), ("qdq", qdq_onnx)):
@@ -145,8 +148,8 @@ def activation_sensitivity(model, images, *, limit: int = 32) -> list[LayerError
     Thin early layers usually lead: keep those float (`selective.tflite_stem` / `onnx_stem`)."""
     from tledge.quant import repair
 
+    x = np.asarray(checked(images, "images"), np.float32)[:limit]
     flat, _ = repair.fold_bn(model)
-    x = np.asarray(images, np.float32)[:limit]
     base, ranges = forward_pass(flat, x)
     rows = []
     for op, _ in repair.nodes(flat):

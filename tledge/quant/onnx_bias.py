@@ -19,6 +19,7 @@ import numpy as np
 
 from tledge._deps import require
 from tledge.errors import TledgeError
+from tledge.quant import calibdata
 from tledge.quant.subset import spread
 
 
@@ -156,6 +157,7 @@ def correct(fp32: Path, dst: Path, calib: np.ndarray, quantize, *, images: int =
     onnx = require("onnx", extra="export")
     from onnx import numpy_helper
 
+    calib = calibdata.checked(calib)
     model = onnx.load(str(fp32))
     nodes = linear_nodes(model)
     with tempfile.TemporaryDirectory() as tmp:

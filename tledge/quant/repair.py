@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tledge.errors import ExportError, RepairTimeout
-from tledge.quant import floatweights, gptq, moments
+from tledge.quant import calibdata, floatweights, gptq, moments
 from tledge.quant.kerasgraph import (  # noqa: F401  (re-exported: repair.fold_bn, repair.predict, ...)
     HOMOGENEOUS, apply_layer, call_layer, clip_of, clone_layer, flat_model, keras_lib, linear_kind,
     rebuild_model, single_use, flatten, fold_bn, kernel_out, nodes, operations, predict, use_counts)
@@ -371,13 +371,13 @@ def apply(model, calib, steps=DEFAULT_STEPS, *, stem: int = 0, keep=(), act_quan
     if "nearest" in steps and "adaptive" in steps:
         raise ExportError("choose one rounding: 'nearest' or 'adaptive'")
     t0 = time.perf_counter()
-    calib = np.asarray(calib, np.float32)
+    calib = np.asarray(calibdata.checked(calib), np.float32)
     log = RepairLog(steps)
     sample = calib[:check]
     ref = predict(model, sample)
     m, log.folded_bn = fold_bn(model)
     log.fold_max_abs = float(np.abs(predict(m, sample) - ref).max())
-    if log.fold_max_abs > FOLD_TOLERANCE * max(1.0, float(np.abs(ref).max())):
+    if not log.fold_max_abs <= FOLD_TOLERANCE * max(1.0, float(np.abs(ref).max())):  # NaN fails too
         raise ExportError(f"int8 repair: the rebuilt, BN-folded model differs from the original by "
                           f"{log.fold_max_abs:.3g} (max abs): a layer does not survive the rebuild; no repair")
     if "fold" not in steps:

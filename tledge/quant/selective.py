@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from tledge._deps import require
+from tledge.quant.calibdata import checked
 
 
 def concrete_function(model, batch: int | None = 1):
@@ -77,7 +78,7 @@ def tflite_fp32(model, *, optimize: bool = False) -> bytes:
 def calibrate_tflite(model, calib) -> bytes:
     """The calibrated float TFLite model (min/max recorded) of a Keras 3 model or a traced concrete
     function (as `tflite_converter` takes): quantise it with `quantize_tflite`."""
-    conv = tflite_converter(model, calib)
+    conv = tflite_converter(model, checked(calib))
     conv._experimental_calibrate_only = True  # the debugger's own path
     conv.experimental_mlir_quantizer = True
     return conv.convert()

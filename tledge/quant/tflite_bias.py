@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tledge._deps import tflite_schema as schema
+from tledge.quant import calibdata
 from tledge.quant.subset import spread
 
 LINEAR = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
@@ -284,6 +285,7 @@ def correct(int8: bytes, fp32: bytes, calib: np.ndarray, *, images: int = 64,
     """The int8 TFLite file `int8` with every pairable linear op's int32 bias absorbing the expected
     output shift of its int8 weights; `fp32` is the float TFLite file of the same model. Metadata
     entries and files packed after the flatbuffer (labels.txt) are kept."""
+    calib = calibdata.checked(calib)
     q_model, f_model = load(int8), load(fp32)
     log = BiasLog()
     pairs = pair(q_model, f_model, log, steps=steps, plain_bias=True)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tledge.quant import moments, repair
+from tledge.quant import calibdata, moments, repair
 from tledge.quant.tflite_bias import (BiasLog, LinearOp, Skips, dequantised, interpreter, load, pack, pair, repack,
                                       tensor_array)
 from tledge.quant.subset import spread
@@ -129,6 +129,7 @@ def correct(int8: bytes, fp32: bytes, calib: np.ndarray, *, images: int = IMAGES
     (see the module doc); `fp32` is the float TFLite file of the same model. Metadata entries and files
     packed after the flatbuffer (labels.txt) are kept."""
     t0 = time.perf_counter()
+    calib = calibdata.checked(calib)
     q_model, f_model = load(int8), load(fp32)
     log, blog = RoundingLog(), BiasLog()
     pairs = pair(q_model, f_model, blog)
