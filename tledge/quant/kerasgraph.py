@@ -16,6 +16,16 @@ def keras_lib():
     return require("keras", purpose="int8 repairs")
 
 
+def require_keras3(model) -> None:
+    """ArgumentError for a tf_keras (Keras 2) model: the graph surgery here reads Keras 3 internals (before, the
+    repair and activation_sensitivity failed with AttributeError '_run_through_graph' from `rebuild_model`)."""
+    if any(c.__module__.split(".")[0] == "tf_keras" for c in type(model).__mro__):
+        from tledge.errors import ArgumentError
+
+        raise ArgumentError("a tf_keras model: rebuild it first with tledge.quant.rebuild.from_tf_keras(model) "
+                            "(it returns None when a layer cannot be carried over to Keras 3)")
+
+
 # ---- graph rebuilding -------------------------------------------------------------------------
 def nodes(model):
     """(operation, node) of a functional model in topological order."""
@@ -64,6 +74,7 @@ def copy_operation(op):
 def rebuild_model(model, make):
     """A flat functional copy of `model`: nested functional/Sequential models are inlined and every
     layer is replaced by `make(layer) -> (new_layer | None, weights)` (None: identity)."""
+    require_keras3(model)
     keras = keras_lib()
     inputs = [keras.Input(shape=t.shape[1:], dtype=t.dtype, name=t.name) for t in model.inputs]
     pending = []
