@@ -49,8 +49,9 @@ TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
 
 
 def check(names, kind: str, *, int8_only: bool) -> str | None:
-    """Why this combination of techniques cannot apply to a `kind` file (None: it can)."""
-    for name in names:
+    """Why this combination of techniques cannot apply to a `kind` file (None: it can). A str is one name (it was
+    read letter by letter: "unknown technique 'w'")."""
+    for name in (names,) if isinstance(names, str) else names:
         t = TECHNIQUES.get(name)
         if t is None:
             return f"unknown technique {name!r}; known: {', '.join(TECHNIQUES)}"

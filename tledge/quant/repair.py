@@ -354,7 +354,7 @@ def quantize_weights(model, calib, *, method="adaptive", bias_correction=True, r
 def apply(model, calib, steps=DEFAULT_STEPS, *, stem: int = 0, keep=(), act_quant=True, damp=0.01, ridge=0.05,
           extra: dict | None = None, extra_after: dict | None = None, check=16, errors=True, stop=None,
           ranges="minmax"):
-    """Run the repair `steps` (see KNOWN_STEPS) on a Keras model that takes float32 pixels NHWC.
+    """Run the repair `steps` (see KNOWN_STEPS; a str is one step) on a Keras model that takes float32 pixels NHWC.
 
     Returns (new_model, RepairLog). `calib` are calibration inputs exactly as the model takes them (float32 pixels
     for a model with baked preprocessing). `extra` / `extra_after`: named callables (model, calib, log) -> model run
@@ -364,7 +364,7 @@ def apply(model, calib, steps=DEFAULT_STEPS, *, stem: int = 0, keep=(), act_quan
     (floatweights.float_set). `ranges`: the activation grids' ranges (ranges.RANGE_OF; the file must get the same)."""
     if ranges not in RANGE_OF:
         raise ExportError(f"unknown activation ranges {ranges!r}; known: {', '.join(RANGE_OF)}")
-    steps = tuple(steps) + tuple(extra or ()) + tuple(extra_after or ())
+    steps = ((steps,) if isinstance(steps, str) else tuple(steps)) + tuple(extra or ()) + tuple(extra_after or ())
     unknown = [s for s in steps if s not in KNOWN_STEPS + tuple(extra or ()) + tuple(extra_after or ())]
     if unknown:
         raise ExportError(f"unknown repair steps {unknown}; known: {', '.join(KNOWN_STEPS)}")
