@@ -45,11 +45,22 @@ def test_an_installed_litert_that_does_not_load_is_said_so(monkeypatch):
     from tledge.errors import MissingDependency
     from tledge.runtime import litert
 
+    import types
+
+    from tledge.errors import TledgeWarning
+
     package = pytest.importorskip("ai_edge_litert")
     monkeypatch.delattr(package, "interpreter", raising=False)
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # its import fails
+    monkeypatch.setitem(sys.modules, "tflite_runtime", None)
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
     with pytest.raises(MissingDependency, match="ai_edge_litert is installed but does not import"):
         litert.interpreter_module()
+    # another interpreter is there (a TensorFlow the caller imported): it runs, and the warning says why
+    lite = types.SimpleNamespace(Interpreter=object, experimental=types.SimpleNamespace(load_delegate=None))
+    monkeypatch.setitem(sys.modules, "tensorflow", types.SimpleNamespace(lite=lite))
+    with pytest.warns(TledgeWarning, match="installed but does not import.*falling back to tensorflow.lite"):
+        assert litert.interpreter_module()[1] == "tensorflow.lite"
 
 
 def test_doctor_reports_a_runtime_that_does_not_load(monkeypatch):

@@ -88,9 +88,10 @@ def test_two_bundles_of_one_export_are_the_same_bytes_with_source_date_epoch(tmp
         assert {m.mtime for m in tar.getmembers()} == {1700000000}
         assert b'"created": "2023-11-14T22:13:20Z"' in tar.extractfile("tiny-rpi4/bundle.json").read()
     assert gzip.decompress(a.read_bytes())[:9] == b"tiny-rpi4"
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
-    with pytest.raises(TledgeError, match="SOURCE_DATE_EPOCH='yesterday' is not a whole number"):
-        make_bundle(TINY, "rpi4", tmp_path / "c.tar.gz")
+    for bad in ("yesterday", str(2**32)):
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", bad)
+        with pytest.raises(TledgeError, match=f"SOURCE_DATE_EPOCH='{bad}' is not a whole number"):
+            make_bundle(TINY, "rpi4", tmp_path / "c.tar.gz")
     assert not (tmp_path / "c.tar.gz").exists()
 
 

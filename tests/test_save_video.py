@@ -72,3 +72,17 @@ def test_the_other_written_suffixes_read_back(tmp_path, capsys, suffix):
     code, err = run(capsys, "--source", image, "--save", tmp_path / f"out{suffix}")
     assert code == 0, err
     assert size_of(tmp_path / f"out{suffix}") == (32, 32, 1)
+
+
+def test_frames_of_a_video_in_a_subfolder_of_the_save_folder(tmp_path, capsys):
+    """--source proj/clips/cam.mp4 --save proj: the frames are frame_NNNNNN.jpg, never the video; refused as "holds
+    input files ... would overwrite them" by the check of a glob's inputs (helper 154)."""
+    clips = tmp_path / "proj" / "clips"
+    clips.mkdir(parents=True)
+    w = cv2.VideoWriter(str(clips / "cam.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5, (32, 32))
+    for i in range(3):
+        w.write(np.full((32, 32, 3), 60 * i, np.uint8))
+    w.release()
+    code, err = run(capsys, "--source", clips / "cam.avi", "--save", tmp_path / "proj")
+    assert code == 0, err
+    assert len(list((tmp_path / "proj").glob("frame_*.jpg"))) == 3 and (clips / "cam.avi").stat().st_size > 0

@@ -156,8 +156,11 @@ def _keep_inputs(args) -> None:
                                   "annotated copies of the same name would replace them; pass a new or empty folder")
             # a marked folder holding them deeper, or the folder (a glob's fixed part) they are listed under:
             # `shots/*/x.jpg` into a marked `shots` wrote shots/a/x.jpg's copy over shots/a/x.jpg
-            root = folder.resolve() if folder is not None else None
-            if any(o in f.parents for f in inputs) or (root is not None and (root == o or o in root.parents)):
+            # (images only: a video's frames are saved as frame_NNNNNN.jpg, never over the video)
+            images = [f for f in inputs if f.suffix.lower() in IMAGE_SUFFIXES]
+            video = Path(str(args.source)).suffix.lower() in VIDEO_SUFFIXES
+            root = folder.resolve() if folder is not None and not video else None
+            if any(o in f.parents for f in images) or (root is not None and (root == o or o in root.parents)):
                 raise TledgeError(f"--save {out} holds input files of --source {args.source}: their annotated "
                                   "copies would overwrite them; pass another folder")
 

@@ -271,8 +271,8 @@ def build_time() -> int:
     given = os.environ.get("SOURCE_DATE_EPOCH")
     if given is None or given == "":
         return int(time.time())
-    if not given.strip().isdigit():
-        raise TledgeError(f"SOURCE_DATE_EPOCH={given!r} is not a whole number of seconds since 1970")
+    if not given.strip().isdigit() or int(given) > 2**32 - 1:  # (a gzip header holds 32 bits: a traceback)
+        raise TledgeError(f"SOURCE_DATE_EPOCH={given!r} is not a whole number of seconds since 1970 (up to 2**32 - 1)")
     return int(given)
 
 

@@ -15,32 +15,33 @@ from tledge.errors import MissingDependency, ModelLoadError, TledgeWarning
 
 def interpreter_module():
     """(interpreter module, provider name) in the order of preference."""
-    try:
+    broken = None  # why an installed ai-edge-litert does not import (out of memory: "failed to map segment"): said
+    try:  # when no other interpreter is there, instead of "not installed"; the others are still tried first
         from ai_edge_litert import interpreter as mod
 
         return mod, "ai_edge_litert"
-    except (ImportError, OSError) as exc:  # installed but failing (out of memory: "failed to map segment") was
-        from importlib.util import find_spec  # called "no TFLite interpreter installed: pip install ai-edge-litert"
+    except (ImportError, OSError) as exc:
+        from importlib.util import find_spec
 
         if find_spec("ai_edge_litert") is not None:
             from tledge._deps import not_importing
 
-            raise MissingDependency(not_importing("ai_edge_litert", exc)) from None
+            broken = not_importing("ai_edge_litert", exc)
     try:
         from tflite_runtime import interpreter as mod
     except ImportError:
         pass
     else:
         numpy1_build()
-        warnings.warn("SLOW BACKEND: ai-edge-litert is not installed, using tflite_runtime, which is 10-40x "
-                      "slower for int8 models and cannot load files with newer op versions. "
+        warnings.warn(f"SLOW BACKEND: {broken or 'ai-edge-litert is not installed'}; using tflite_runtime, which is "
+                      "10-40x slower for int8 models and cannot load files with newer op versions. "
                       "Fix: pip install ai-edge-litert", TledgeWarning, stacklevel=4)
         return mod, "tflite_runtime"
     if "tensorflow" in sys.modules:  # only if the caller already paid for TensorFlow
-        warnings.warn("no TFLite runtime installed (ai-edge-litert): falling back to tensorflow.lite, which "
-                      "is deprecated and heavy. Fix: pip install ai-edge-litert", TledgeWarning, stacklevel=4)
+        warnings.warn(f"{broken or 'no TFLite runtime installed (ai-edge-litert)'}: falling back to tensorflow.lite, "
+                      "which is deprecated and heavy. Fix: pip install ai-edge-litert", TledgeWarning, stacklevel=4)
         return TFModule(sys.modules["tensorflow"]), "tensorflow.lite"
-    raise MissingDependency("no TFLite interpreter installed: pip install ai-edge-litert (tledge[runtime])")
+    raise MissingDependency(broken or "no TFLite interpreter installed: pip install ai-edge-litert (tledge[runtime])")
 
 
 def numpy1_build() -> None:
