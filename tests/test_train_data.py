@@ -218,3 +218,16 @@ def test_split_layout_and_held_out_split_are_stratified(tmp_path):
     assert p.classes == ("a", "b") and len(p.val.files) == 4 and "validation" in p.source
     shutil.rmtree(split / "validation")
     assert len(td.plan(split).val.files) == 2  # train/ only: held out from it
+
+
+def test_resume_takes_a_default_given_explicitly(tmp_path):
+    """A run made without --val-split / --fine-tune-lr, resumed with them at the values it used (0.2, LR/300), was
+    refused: "val_split None -> 0.2" (helper 152). Another value is still a difference."""
+    from tledge.train.resume import resume_differences
+
+    made = TrainConfig(out=tmp_path / "o", weights="none", size=SIZE, lr=3e-3)
+    state = {"config": made.to_dict(), "labels": ["cat", "dog"], "phase": "head", "phases_done": []}
+    same = TrainConfig(out=tmp_path / "o", weights="none", size=SIZE, lr=3e-3, val_split=0.2, fine_tune_lr=1e-5)
+    assert resume_differences(state, same, ("cat", "dog")) == []
+    other = TrainConfig(out=tmp_path / "o", weights="none", size=SIZE, lr=3e-3, val_split=0.3, fine_tune_lr=1e-4)
+    assert resume_differences(state, other, ("cat", "dog")) == ["val_split None -> 0.3", "fine_tune_lr None -> 0.0001"]

@@ -45,6 +45,20 @@ def _known(fp: dict, keys: dict) -> dict:
     return {k: v for k, v in fp.items() if k in keys}
 
 
+def _effective(config: dict, key: str):
+    """A setting as the run used it: --val-split 0.2 or --fine-tune-lr LR/300 given explicitly are the defaults a run
+    made without them used (resuming with them was refused: "val_split None -> 0.2")."""
+    from tledge.train.config import FINE_TUNE_LR_DIVISOR
+    from tledge.train.data import DEFAULT_VAL_SPLIT
+
+    value = config.get(key)
+    if value is None and key == "val_split" and not config.get("val_dir"):
+        return DEFAULT_VAL_SPLIT
+    if value is None and key == "fine_tune_lr" and isinstance(config.get("lr"), (int, float)):
+        return config["lr"] / FINE_TUNE_LR_DIVISOR
+    return value
+
+
 def resume_differences(state: dict, cfg: TrainConfig, labels, data: dict | None = None) -> list[str]:
     """What differs from the run being resumed: the model's shape, the data's meaning and split, and what the
     restored optimizer and schedule would silently ignore (--lr, --epochs of a finished phase)."""
@@ -52,7 +66,8 @@ def resume_differences(state: dict, cfg: TrainConfig, labels, data: dict | None 
     done = {p.get("name") for p in state.get("phases_done") or ()}
     keys = RESUME_KEYS + (("epochs",) if state.get("phase") != "head" or done else ()) + \
         (("fine_tune_epochs",) if "fine_tune" in done or state.get("phase") == "done" else ())
-    diff = [f"{k} {old.get(k)} -> {now.get(k)}" for k in keys if k in old and old.get(k) != now.get(k)]
+    diff = [f"{k} {old.get(k)} -> {now.get(k)}" for k in keys
+            if k in old and old.get(k) != now.get(k) and _effective(old, k) != _effective(now, k)]
     if list(labels) != state["labels"]:
         diff.append(f"classes {state['labels']} -> {list(labels)}")
     if data is not None and state.get("data") not in (None, data) and _known(state["data"], data) != \
