@@ -272,6 +272,7 @@ def test_mixed_precision_run_saves_a_float32_model(shapes_dataset, weights, tmp_
     m = keras.saving.load_model(str(out / "model.keras"), custom_objects=CUSTOM_OBJECTS, safe_mode=True)
     bb = next(l for l in m.layers if l.__class__.__name__ == "Functional")
     assert {l.dtype_policy.name for l in [*m.layers, *bb.layers]} == {"float32"}
+    assert not bb.trainable_weights  # as trained (head only): the rebuilt copy saved every layer trainable
 
 
 def test_random_init_sets_batchnorm_statistics_so_features_vary(shapes_dataset):

@@ -113,7 +113,16 @@ def _final_model(cfg, env, parts, contract, n):
 
     clean = tm.build(cfg, contract, n, pretrained=False)
     clean.model.set_weights(parts.model.get_weights())
+    _same_trainable(parts.model, clean.model)
     return clean.model
+
+
+def _same_trainable(trained, clean) -> None:
+    """The trained model's trainable flags on its rebuilt copy (outer before inner: setting a model's flag sets its
+    layers'): a mixed-precision run saved every layer trainable, batch norm included, a float32 run only the top."""
+    clean.trainable = trained.trainable
+    for a, b in zip(getattr(trained, "layers", ()), getattr(clean, "layers", ())):
+        _same_trainable(a, b)
 
 
 def _metrics(cfg, run, probs, plan, env, skipped) -> dict:
