@@ -144,14 +144,9 @@ def test_coral_without_compiler_ships_int8_and_says_how(export_dir, tmp_path, mo
 
 
 def test_coral_with_compiler_ships_the_compiled_file(export_dir, tmp_path, monkeypatch):
-    from test_devices_edgetpu import FAKE_COMPILER, PARTIAL_LOG
+    from test_devices_edgetpu import install_fake_compiler
 
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    script = bindir / "edgetpu_compiler"
-    script.write_text(FAKE_COMPILER.replace("@LOG@", PARTIAL_LOG))
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    install_fake_compiler(tmp_path, monkeypatch)
     res = make_bundle(export_dir, "coral-usb", tmp_path / "c.tar.gz")
     assert (res.model, res.fallback) == ("model_int8_edgetpu.tflite", "model_int8.tflite")
     assert res.options.delegates == ("libedgetpu.so.1",)
@@ -170,13 +165,17 @@ def test_coral_bundle_takes_a_file_compiled_by_hand_as_the_docs_say(tmp_path, mo
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     if shutil.which("edgetpu_compiler"):
         pytest.skip("a real edgetpu_compiler is installed here")
+    from test_edgetpu_fallback import _rescaled_output
     from tiny import TINY, edgetpu_stand_in
 
     export_dir = tmp_path / "e"
     shutil.copytree(TINY, export_dir)
     compiled = export_dir / "model_int8_edgetpu.tflite"
+    other = tmp_path / "other_int8.tflite"  # another calibration of the same graph: the same shapes
+    other.write_bytes(_rescaled_output((export_dir / "model_int8.tflite").read_bytes()))
     for bad, why in ((b"", "not a readable TFLite file"),
-                     ((export_dir / "model_int8.tflite").read_bytes(), "it has no edgetpu-custom-op")):
+                     ((export_dir / "model_int8.tflite").read_bytes(), "it has no edgetpu-custom-op"),
+                     (edgetpu_stand_in(other), "quantisation differs")):
         compiled.write_bytes(bad)  # an empty file, a copy: shipped as the primary model with the int8 verdict
         with pytest.raises(TledgeError, match=why):
             make_bundle(export_dir, "coral-usb", tmp_path / "c.tar.gz")
@@ -184,7 +183,7 @@ def test_coral_bundle_takes_a_file_compiled_by_hand_as_the_docs_say(tmp_path, mo
     compiled.write_bytes(edgetpu_stand_in(export_dir / "model_int8.tflite"))  # stands in for the compiler's output
     res = make_bundle(export_dir, "coral-usb", tmp_path / "c.tar.gz")
     assert (res.model, res.fallback) == ("model_int8_edgetpu.tflite", "model_int8.tflite")
-    assert any("compiled outside tledge" in n for n in res.notes) and not any("not in" in n for n in res.notes)
+    assert any("compiled outside tledge, unverified" in n for n in res.notes) and not any("not in" in n for n in res.notes)
     manifest = json.loads(member_text(res.path, "c/model/manifest.json"))
     assert "model_int8_edgetpu.tflite" in {e["file"] for e in manifest["files"]}
     os.utime(compiled, (0, 0))  # older than the int8 file: compiled from another export, not used

@@ -102,8 +102,8 @@ sed -e "s|{src}|$model|" -e "s|{out}|$out/${base}_edgetpu.tflite|" -e "s|{log}|$
 """
 
 
-@pytest.fixture
-def fake_compiler(tmp_path, monkeypatch):
+def install_fake_compiler(tmp_path, monkeypatch):
+    """The stand-in edgetpu_compiler first on PATH (also for other test modules)."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     script = bindir / "edgetpu_compiler"
@@ -111,6 +111,11 @@ def fake_compiler(tmp_path, monkeypatch):
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
     return script
+
+
+@pytest.fixture
+def fake_compiler(tmp_path, monkeypatch):
+    return install_fake_compiler(tmp_path, monkeypatch)
 
 
 def test_edgetpu_compile_without_compiler_says_how(tmp_path, monkeypatch):

@@ -3,9 +3,6 @@ an fp32 file was told to go through edgetpu_compiler (int8 files only); the expo
 staging folder and ExportResult.written left the compiled file out; a failing 48/49 read "0.980 < 0.98"."""
 from __future__ import annotations
 
-import os
-import stat
-
 from tiny import IMAGES, TINY, need
 
 
@@ -35,16 +32,11 @@ def test_a_failing_agreement_shows_the_digits_that_make_it_fail():
 
 def test_the_compile_note_names_the_export_folder_and_the_file_is_written(tiny_model, shapes_dataset, tmp_path,
                                                                           monkeypatch):
-    from test_devices_edgetpu import FAKE_COMPILER, PARTIAL_LOG
+    from test_devices_edgetpu import install_fake_compiler
 
     from tledge.export.pipeline import ExportConfig, export
 
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    script = bindir / "edgetpu_compiler"
-    script.write_text(FAKE_COMPILER.replace("@LOG@", PARTIAL_LOG))
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
+    install_fake_compiler(tmp_path, monkeypatch)
     out = tmp_path / "e"
     cfg = ExportConfig(out=out, formats=("tflite",), int8=True, compile_edgetpu=True, repair=False,
                        calib=str(shapes_dataset / "train"), val=str(shapes_dataset / "val"))
