@@ -15,8 +15,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tledge.contract_types import (DECISION, INDEPENDENT, ColorOrder, Fit, Layout, Norm,  # noqa: F401 (re-exported)
-                                   Output, Quant, Resize, decision_name, same_decision)
+from tledge.contract_types import DECISION as DECISION, INDEPENDENT as INDEPENDENT  # re-exported ("X as X": type
+from tledge.contract_types import ColorOrder as ColorOrder, Fit as Fit, Layout as Layout, Norm as Norm  # checkers
+from tledge.contract_types import Output as Output, Quant as Quant, Resize as Resize  # of a py.typed package see them
+from tledge.contract_types import decision_name as decision_name, same_decision as same_decision  # as public)
 from tledge.errors import ContractError
 from tledge.safejson import KIND_WORDS, NestedTooDeeply, finite, is_kind, loads_json
 

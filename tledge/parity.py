@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 
 # the thresholds and their defaults are the file table's (tledge.artifacts); thresholds files: tledge.thresholds
-from tledge.artifacts import DEFAULT_THRESHOLDS, Thresholds, precision_in_name  # noqa: F401
+from tledge.artifacts import DEFAULT_THRESHOLDS as DEFAULT_THRESHOLDS, Thresholds as Thresholds  # re-exported
 from tledge import stats
-from tledge.contract import DECISION, same_decision  # noqa: F401 (re-exported)
+from tledge.contract import DECISION, same_decision as same_decision  # (re-exported)
 from tledge.errors import ParityError
 from tledge.safejson import finite
-from tledge.thresholds import load_thresholds, thresholds_from_dict  # noqa: F401
+from tledge.thresholds import load_thresholds as load_thresholds, thresholds_from_dict as thresholds_from_dict
 
 
 @dataclass

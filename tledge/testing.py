@@ -10,7 +10,10 @@ Importing this module does not import TensorFlow; checking does.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from tledge.export.parity import ParityReport
 
 try:
     import pytest
@@ -19,7 +22,7 @@ except ImportError:  # assert_parity works without pytest (a script, another tes
 
 
 def assert_parity(reference: str | Path, exported: str | Path | Sequence[str | Path], images: str | Path, *,
-                  thresholds: str | Path | dict | None = None, preprocess: str | None = None):
+                  thresholds: str | Path | dict | None = None, preprocess: str | None = None) -> "ParityReport":
     """Raise AssertionError listing every failing file; return the report when all pass."""
     from tledge.export.check import parity
     from tledge.export.parity import load_thresholds

@@ -156,6 +156,8 @@ def edgetpu_compile(tflite_path: "str | Path", out_dir: "str | Path | None" = No
     `shown_dir`: the folder that command names, where the file will be once the caller is done (an
     export's staging folder is gone by the time the user reads it).
     """
+    if isinstance(extra_args, (str, bytes)):  # (a str is a sequence: "--timeout_sec=60" went in letter by letter)
+        raise TledgeError(f"extra_args must be a list of arguments, not one string: [{extra_args!r}]")
     src = Path(tflite_path)
     if not src.is_file():
         raise TledgeError(f"no such TFLite file: {src}")

@@ -12,7 +12,10 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+if TYPE_CHECKING:
+    from tledge.runtime.model import EdgeModel
 
 from tledge.devices.profiles import Accel, Format, Precision, Profile, Target, get_profile
 from tledge.errors import ArgumentError, TledgeError, TledgeWarning
@@ -163,7 +166,7 @@ def resolve(profile: "str | Profile | None", *, available: Sequence[str] | None 
         target=target)
 
 
-def pick_model(export_dir: "str | Path", profile: "str | Profile", **explicit: Any) -> tuple[Path, Options]:
+def pick_model(export_dir: "str | Path", profile: "str | Profile | None", **explicit: Any) -> tuple[Path, Options]:
     """The best model file in an export folder for `profile` among those its manifest.json vouches
     for (tledge.artifacts), and the options to run it with."""
     from tledge import trust
@@ -214,7 +217,7 @@ def _load_other_delegate(name: str):
         return None
 
 
-def load_for_device(path: "str | Path", device: "str | Profile | None" = None, **explicit: Any):
+def load_for_device(path: "str | Path", device: "str | Profile | None" = None, **explicit: Any) -> "EdgeModel":
     """`tledge.runtime.load` with the device's threads/providers/delegates (explicit values win).
 
     An Edge TPU file whose delegate cannot be loaded falls back to the plain int8 file beside it

@@ -30,9 +30,21 @@ class Family(str, Enum):
     GENERIC = "generic"
 
 
-# the formats and precisions of tledge.artifacts' table, as enums
-Format = Enum("Format", {k.upper(): k for k in KINDS}, type=str)
-Precision = Enum("Precision", {p.upper(): p for p in PRECISIONS}, type=str)
+# the formats and precisions of tledge.artifacts' table, as enums (classes, not Enum("Format", ...): type checkers
+# saw no members in the functional form)
+class Format(str, Enum):
+    TFLITE = "tflite"
+    ONNX = "onnx"
+
+
+class Precision(str, Enum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    DYNAMIC = "dynamic"
+    INT8 = "int8"
+
+
+assert tuple(f.value for f in Format) == KINDS and tuple(p.value for p in Precision) == PRECISIONS  # one table
 
 
 class Accel(str, Enum):

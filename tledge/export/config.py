@@ -13,14 +13,14 @@ from tledge.export.repair_budget import REPAIR_SECONDS
 
 @dataclass(frozen=True)
 class ExportConfig:
-    out: Path | None = None
+    out: str | Path | None = None  # (a str, a Path or ~: Path-like values are taken as the CLI gives them)
     formats: tuple[str, ...] = ("tflite", "onnx")
     int8: bool = False
     fp16: bool = False
     dynamic: bool = False
-    calib: str | None = None  # folder, or "random"
-    val: str | None = None
-    labels: str | None = None
+    calib: str | Path | None = None  # folder, or "random"
+    val: str | Path | None = None
+    labels: str | Path | None = None
     preprocess: str | None = None  # a mode, a backbone name, or "auto"
     input_size: tuple[int, int] | None = None
     unsafe: bool = False

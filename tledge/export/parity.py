@@ -9,8 +9,10 @@ from typing import Sequence
 
 import numpy as np
 
-from tledge.parity import (DEFAULT_THRESHOLDS, ParityReport, ParityResult, Thresholds,  # noqa: F401
-                           compare, degenerate, independent_scores, load_thresholds, thresholds_from_dict)
+from tledge.parity import (DEFAULT_THRESHOLDS as DEFAULT_THRESHOLDS, ParityReport as ParityReport,  # re-exported
+                           ParityResult as ParityResult, Thresholds as Thresholds, compare as compare,
+                           degenerate as degenerate, independent_scores as independent_scores,
+                           load_thresholds as load_thresholds, thresholds_from_dict as thresholds_from_dict)
 
 
 def check_files(reference: np.ndarray, files: Sequence[tuple[Path, str, str]], pixels: np.ndarray, *,

@@ -18,7 +18,7 @@ from tledge.errors import DataError, NothingConverted, TledgeError, TledgeWarnin
 from tledge.export import contracting, imagesets, savedmodel, unit
 from tledge.export import formats as F
 from tledge.export.parity import ParityReport, ParityResult, Thresholds, check_files, unconfirmed
-from tledge.export.config import ExportConfig, ExportResult  # noqa: F401 (ExportConfig re-exported)
+from tledge.export.config import ExportConfig as ExportConfig, ExportResult as ExportResult  # (re-exported)
 
 
 def warn_if_onednn_off(cfg: ExportConfig) -> None:

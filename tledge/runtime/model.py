@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, overload
 
 import numpy as np
 
@@ -186,6 +186,16 @@ class EdgeModel:
         if self._out_quant is not None:
             return self._out_quant.dequantize(y)
         return y if y.dtype == np.float32 else y.astype(np.float32)
+
+    @overload
+    def classify(self, images: str | os.PathLike | bytes, top_k: int | None = None,
+                 batch: int = CLASSIFY_BATCH) -> list[Prediction]: ...
+    @overload
+    def classify(self, images: list | tuple, top_k: int | None = None,
+                 batch: int = CLASSIFY_BATCH) -> list[list[Prediction]]: ...
+    @overload
+    def classify(self, images: Any, top_k: int | None = None,
+                 batch: int = CLASSIFY_BATCH) -> list[Prediction] | list[list[Prediction]]: ...
 
     def classify(self, images: Any, top_k: int | None = None, batch: int = CLASSIFY_BATCH):
         """Raw images -> top-k predictions per image (`top`: top_k None is 1, or every label given for a multi-label

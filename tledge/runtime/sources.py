@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from tledge.errors import TledgeError
 from tledge.paths import expand, glob_paths, utf8_alias
-from tledge.runtime.frames import Frame, Source, print_event, redact  # noqa: F401 (Frame, Source re-exported)
+from tledge.runtime.frames import Frame as Frame, Source as Source, print_event, redact  # (Frame, Source re-exported)
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts",
                   ".3gp", ".mjpeg", ".mjpg"}

@@ -73,6 +73,8 @@ def _request(url: str):
     u = urllib.parse.urlsplit(url)
     if u.username is None:
         return urllib.request.Request(url)
+    if not u.hostname:  # (`user:pw@/x.jpg`: a TypeError traceback)
+        raise TledgeError(f"cannot fetch {redact(url)}: no host given")
     host = u.hostname + (f":{u.port}" if u.port else "")
     if ":" in u.hostname:  # IPv6
         host = f"[{u.hostname}]" + (f":{u.port}" if u.port else "")

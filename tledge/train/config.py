@@ -6,7 +6,10 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tledge.contract import Contract
 
 from tledge.errors import TledgeError
 from tledge.paths import expand
@@ -163,7 +166,7 @@ class TrainResult:
     out: Path
     model_path: Path  # model.keras
     h5_path: Path | None  # model.h5; None where Keras 3 could not reload it (MobileNetV3's bare ops)
-    contract: Any  # tledge.contract.Contract (tledge.json)
+    contract: Contract  # (tledge.json)
     labels: tuple[str, ...]
     val_accuracy: float  # of the saved model on the validation images
     wall_time_s: float
