@@ -66,7 +66,7 @@ def _cpu_fallback(names: list[str], profile: Profile, primary: str) -> str | Non
 
 def _maybe_compile(export_dir: Path, names: list[str], opts: Options, work: Path, notes: list[str]) -> Path | None:
     """For an Edge TPU profile without a compiled file: compile the (vouched) int8 file, or note how to."""
-    from tledge.devices.edgetpu import edgetpu_compile, fallback_problem, float_notes, not_compiled_from
+    from tledge.devices.edgetpu import edgetpu_compile, float_notes, not_compiled_from
 
     src = export_dir / artifacts.filename_of("tflite", "int8")
     if not opts.compile_edgetpu or opts.model_file != src.name or src.name not in names:
@@ -76,8 +76,8 @@ def _maybe_compile(export_dir: Path, names: list[str], opts: Options, work: Path
     if manual.is_file() and manual.stat().st_mtime >= src.stat().st_mtime:
         import shutil
 
-        why = not_compiled_from(manual, src) or fallback_problem(manual, src)  # (quantisation, labels: shapes alone
-        if why:  # took another int8 file's compilation as this one's)
+        why = not_compiled_from(manual, src)  # (its quantisation and labels too: shapes alone took another int8
+        if why:  # file's compilation as this one's)
             raise TledgeError(f"{manual}: {why}, so it is not model_int8.tflite compiled for the Edge TPU: delete it "
                               f"(tledge bundle compiles the int8 file where edgetpu_compiler is installed) or "
                               f"compile again: edgetpu_compiler -s -o {export_dir} {src}")

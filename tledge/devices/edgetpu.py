@@ -186,23 +186,18 @@ def edgetpu_compile(tflite_path: "str | Path", out_dir: "str | Path | None" = No
 
 def not_compiled_from(compiled: Path, src: Path) -> str | None:
     """Why `compiled` cannot be edgetpu_compiler's output for `src` (None: it can): an empty or foreign file, a
-    file without the Edge TPU's custom op, or other input/output shapes. Newer than src alone said nothing: an
-    empty file, or another model's, shipped as the primary model with the int8 file's parity verdict."""
+    file without the Edge TPU's custom op, or another model than `src` (fallback_problem). Newer than src alone said
+    nothing: an empty file, or another model's, shipped as the primary model with the int8 file's parity verdict."""
     from tledge import flatbuf
     from tledge.errors import ModelLoadError
 
     try:
-        data = compiled.read_bytes()
-        customs = flatbuf.tflite_custom_codes(data)
-        shapes = [[[t["shape"] for t in io[k]] for k in ("inputs", "outputs")]
-                  for io in (flatbuf.tflite_io_tensors(data), flatbuf.tflite_io_tensors(src.read_bytes()))]
+        customs = flatbuf.tflite_custom_codes(compiled.read_bytes())
     except (OSError, ModelLoadError) as exc:
         return f"not a readable TFLite file ({exc})"
     if "edgetpu-custom-op" not in customs:
         return "it has no edgetpu-custom-op (edgetpu_compiler's output has one)"
-    if shapes[0] != shapes[1]:
-        return f"its input/output shapes {shapes[0]} differ from the int8 file's {shapes[1]}"
-    return None
+    return fallback_problem(compiled, src)
 
 
 def fallback_problem(compiled: Path, cpu: Path) -> str | None:
@@ -221,8 +216,8 @@ def fallback_problem(compiled: Path, cpu: Path) -> str | None:
         return f"not a readable TFLite file ({exc})"
     if io[0] != io[1]:
         shapes = [[[shape for shape, _ in side] for side in sides] for sides in io]
-        return (f"its input/output shapes {shapes[1]} differ from {shapes[0]}" if shapes[0] != shapes[1] else
-                "its input/output quantisation differs")
+        return (f"input/output shapes {shapes[0]} against {shapes[1]}" if shapes[0] != shapes[1] else
+                "their input/output quantisation differs")
     labels = []
     for p in (compiled, cpu):
         try:
@@ -233,8 +228,19 @@ def fallback_problem(compiled: Path, cpu: Path) -> str | None:
             return None
         labels.append(contract.labels)
     if labels[0] and labels[1] and labels[0] != labels[1]:
-        return "its labels differ from the CPU file's"
+        return "their labels differ"
     return None
+
+
+def refuse_other_model(compiled: Path, cpu: Path) -> None:
+    """TledgeError when `cpu`, the file an Edge TPU file without its runtime would fall back to, is another model
+    (fallback_problem): for `tledge.runtime.load` and `load_for_device` alike."""
+    why = fallback_problem(compiled, cpu)
+    if why:
+        from tledge.errors import TledgeError
+
+        raise TledgeError(f"{compiled.name} needs the Edge TPU runtime, which could not be loaded, and {cpu.name} "
+                          f"beside it is not the model it was compiled from ({why}): it would answer instead")
 
 
 def float_notes(src: Path) -> list[str]:

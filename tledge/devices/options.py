@@ -245,12 +245,9 @@ def load_for_device(path: "str | Path", device: "str | Profile | None" = None, *
         cpu = p.with_name(p.stem[: -len("_edgetpu")] + p.suffix)
         if not cpu.is_file():
             raise TledgeError(f"{p.name} needs the Edge TPU runtime and there is no {cpu.name} beside it to fall back to")
-        from tledge.devices.edgetpu import fallback_problem
+        from tledge.devices.edgetpu import refuse_other_model
 
-        why = fallback_problem(p, cpu)
-        if why:
-            raise TledgeError(f"{p.name} needs the Edge TPU runtime, which could not be loaded, and {cpu.name} beside "
-                              f"it is not the model it was compiled from ({why}): it would answer instead")
+        refuse_other_model(p, cpu)
         return runtime.load(cpu, threads=opts.threads)
     return runtime.load(p, threads=opts.threads, delegates=delegates)
 

@@ -71,7 +71,9 @@ def device_hints(name: str, fmt: str | None = None, path: str | Path | None = No
             if not fallback.is_file():
                 raise TledgeError(f"{f.name} needs the Edge TPU runtime, which could not be loaded, and there is no "
                                   f"{fallback.name} beside it to run on the CPU instead")
-            _refuse_other_model(f, fallback)
+            from tledge.devices.edgetpu import refuse_other_model
+
+            refuse_other_model(f, fallback)
             notes = (f"{f.name} needs the Edge TPU runtime: {fallback.name}, the same model for the CPU, runs instead",)
     return DeviceHints(str(name), int(threads) if threads else None,
                        tuple(providers) if providers and fmt != "tflite" else None, delegates, notes, fallback)
@@ -85,15 +87,6 @@ def _integer_input(path: Path) -> bool:
         return flatbuf.tflite_io_tensors(path.read_bytes())["inputs"][0]["type"] in ("uint8", "int8")
     except Exception:  # noqa: BLE001 - a note only: the load says what is wrong with the file
         return False
-
-
-def _refuse_other_model(compiled: Path, cpu: Path) -> None:
-    from tledge.devices.edgetpu import fallback_problem
-
-    why = fallback_problem(compiled, cpu)
-    if why:
-        raise TledgeError(f"{compiled.name} needs the Edge TPU runtime, which could not be loaded, and {cpu.name} "
-                          f"beside it is not the model it was compiled from ({why}): it would answer instead")
 
 
 def with_device(device: str, path: Path, trust: list[str], threads, providers, delegates) -> tuple:
