@@ -271,10 +271,14 @@ def data_files(root: str | Path, dangling: list[Path] | None = None) -> list[Pat
             continue
         seen.add((st.st_dev, st.st_ino))
         dirs[:] = [d for d in dirs if not skipped_name(d)]
-        found += [Path(top) / f for f in files if not skipped_name(f) and os.path.isfile(os.path.join(top, f))]
-        if dangling is not None:
-            dangling += [Path(top) / f for f in files
-                         if not skipped_name(f) and not os.path.exists(os.path.join(top, f))]
+        for f in files:  # one stat a file (the dangling links were a second pass of stats over every file)
+            path = os.path.join(top, f)
+            if skipped_name(f):
+                continue
+            if os.path.isfile(path):
+                found.append(Path(path))
+            elif dangling is not None and not os.path.exists(path):
+                dangling.append(Path(path))
     if dangling is not None:
         dangling.sort()
     return sorted(found)
