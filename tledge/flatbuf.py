@@ -236,7 +236,9 @@ def tflite_bad_scales(data) -> list[tuple[str, float]]:
         for t in sg.tables(SUBGRAPH_TENSORS):
             q = t.table(TENSOR_QUANTIZATION)
             scales = q.scalars(QUANT_SCALE, "f") if q is not None else ()
-            wrong = [s for s in scales if not math.isfinite(s) or (len(scales) == 1 and s <= 0)]
-            if wrong:
-                bad.append((t.string(TENSOR_NAME) or "", wrong[0]))
+            # (a sum in C first: float32 values summed in doubles cannot overflow, so only NaN or inf make it
+            # non-finite; a loop in Python over every per-channel scale cost 28 ms a load of MobileNetV2)
+            if math.isfinite(sum(scales)) and not (len(scales) == 1 and scales[0] <= 0):
+                continue
+            bad.append((t.string(TENSOR_NAME) or "", next((s for s in scales if not math.isfinite(s)), scales[0])))
     return bad

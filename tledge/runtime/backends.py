@@ -81,13 +81,15 @@ def _identity(src) -> tuple | None:
 
 def _refuse_bad_scales(path: Path) -> None:
     """A file LiteRT would crash on (a NaN, infinite or non-positive quantisation scale) is refused in one line."""
+    import mmap
+
     from tledge import flatbuf
 
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return  # the interpreter says what is wrong with the path
-    bad = flatbuf.tflite_bad_scales(data) if data[4:8] == flatbuf.TFLITE_IDENTIFIER else []
+    try:  # mapped, not read: the scan touches the tensor tables only, never the weights (a 512 MB board)
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            bad = flatbuf.tflite_bad_scales(data) if data[4:8] == flatbuf.TFLITE_IDENTIFIER else []
+    except (OSError, ValueError):  # (an empty file cannot be mapped): the interpreter says what is wrong
+        return
     if bad:
         name, scale = bad[0]
         more = f" (and {len(bad) - 1} other tensor(s))" if len(bad) > 1 else ""
