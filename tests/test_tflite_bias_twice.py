@@ -48,3 +48,16 @@ def test_a_bias_one_step_off_still_counts_as_the_rounding(files):
     model.buffers[t.buffer].data = np.frombuffer(b.astype("<i4").tobytes(), np.uint8).copy()
     _, log = tb.correct(tb.pack(model), fp32, calib)
     assert log.layers == 4 and not log.skipped, log.summary()
+
+
+def test_an_op_paired_but_without_a_bias_is_not_counted(files):
+    """Before, `by_name` counted at pairing, so an op paired by name and then skipped for having no bias
+    tensor still counted, and the summary said "-1 by position"."""
+    int8, fp32, calib = files
+    model = tb.load(int8)
+    first = tb.linear_ops(model)[0]
+    op = next(o for o in model.subgraphs[0].operators if int(o.outputs[0]) == first.output)
+    op.inputs = np.asarray([*op.inputs[:2], -1], np.int32)
+    _, log = tb.correct(tb.pack(model), fp32, calib)
+    assert log.layers == 3 and log.by_name <= log.layers, log.summary()
+    assert "without a bias tensor" in log.summary() and "-1 by position" not in log.summary()

@@ -150,10 +150,10 @@ def pair(q_model, f_model, log: BiasLog, *, steps: float = 0.501,
             log.skip("without int8 weights")
             continue
         named = by_name.get((tensor_name(q_model, op.output), op.kind))
-        candidates = [(named, True)] if named is not None else []
+        candidates = [named] if named is not None else []
         if pos < len(rank.get(key, [])):
-            candidates.append((rank[key][pos], False))
-        for f, is_named in candidates:
+            candidates.append(rank[key][pos])
+        for f in candidates:
             wf = _twin_weight(f_model, f, op, wq, steps)
             if wf is not None:
                 break
@@ -164,7 +164,6 @@ def pair(q_model, f_model, log: BiasLog, *, steps: float = 0.501,
             log.skip("with a bias already corrected (not the float one's rounding)")
             continue
         out.append((op, f, wq[0] - wf))
-        log.by_name += is_named
     return out
 
 
@@ -294,8 +293,9 @@ def correct(int8: bytes, fp32: bytes, calib: np.ndarray, *, images: int = 64,
     for op, f, dw in pairs:
         s = shift(op, dw, means[(f.input, op.kind, kernel_of(op, dw), op_geometry(f))])
         moved = None if s is None else _apply(q_model, op, s, log)
-        if moved is not None:
+        if moved is not None:  # counted by name here, once applied: a paired op skipped later is not a layer
             log.layers += 1
+            log.by_name += tensor_name(q_model, op.output) == tensor_name(f_model, f.output)
             log.changed += moved[0]
             rel.append(moved[1])
         elif s is None:
