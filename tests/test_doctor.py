@@ -136,3 +136,17 @@ def test_registered_check_runs_and_its_failure_counts(capsys):
 def test_emulation_is_noticed():
     assert doctor.emulation("aarch64", "x86_64").startswith("aarch64 userland on a x86_64 kernel")
     assert doctor.emulation("arm64", "aarch64") is None and doctor.emulation("x86_64", "x86_64") is None
+
+
+def test_an_installed_litert_that_does_not_import_is_not_named_the_runtime(monkeypatch):
+    """Before, the doctor named ai-edge-litert the interpreter in use from its wheel alone, while `run` could not
+    import it (out of memory, a broken install) and fell through to the next one."""
+    package = pytest.importorskip("ai_edge_litert")
+    monkeypatch.setattr(doctor, "importable", lambda name: "/x" if name == "ai_edge_litert" else None)
+    monkeypatch.delattr(package, "interpreter", raising=False)
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # its import fails
+    c = doctor.tflite_choice({"ai-edge-litert": "2.3.0"})
+    assert c["interpreter"] is None and "ai_edge_litert is installed but does not import" in c["why"], c
+    assert doctor.tflite_choice({"ai-edge-litert": "2.3.0"}, probe=False)["interpreter"] == "ai_edge_litert"
+    monkeypatch.setattr(doctor, "importable", lambda name: "/x")
+    assert doctor.tflite_choice({})["interpreter"] == "tflite_runtime"

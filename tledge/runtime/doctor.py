@@ -178,20 +178,36 @@ def _major(version: str | None) -> int | None:
         return None
 
 
-def tflite_choice(w: dict[str, str | None]) -> dict:
-    """The interpreter tledge.runtime.backends will use for .tflite files (same order), and why."""
+def litert_broken() -> str | None:
+    """Why an installed ai-edge-litert does not import (None: it does). Before, the doctor named it the runtime in
+    use from its wheel alone, while `tledge run` fell through to the next interpreter or failed."""
+    try:
+        from ai_edge_litert import interpreter  # noqa: F401
+    except (ImportError, OSError) as exc:
+        from tledge._deps import not_importing
+
+        return not_importing("ai_edge_litert", exc)
+    return None
+
+
+def tflite_choice(w: dict[str, str | None], probe: bool = True) -> dict:
+    """The interpreter tledge.runtime.backends will use for .tflite files (same order), and why (probe: importing
+    ai-edge-litert to see that it loads)."""
+    broken = None
     if importable("ai_edge_litert"):
-        return {"interpreter": "ai_edge_litert", "version": w.get("ai-edge-litert"),
-                "why": "ai-edge-litert is installed: the preferred TFLite runtime (XNNPACK, current op versions)"}
+        broken = litert_broken() if probe else None
+        if broken is None:
+            return {"interpreter": "ai_edge_litert", "version": w.get("ai-edge-litert"),
+                    "why": "ai-edge-litert is installed: the preferred TFLite runtime (XNNPACK, current op versions)"}
     if importable("tflite_runtime"):
-        why = ("ai-edge-litert is not installed: tflite_runtime is used, 10-40x slower for int8 and unable to "
-               "load files with newer op versions. Fix: pip install ai-edge-litert")
+        why = (f"{broken or 'ai-edge-litert is not installed'}: tflite_runtime is used, 10-40x slower for int8 and "
+               "unable to load files with newer op versions. Fix: pip install ai-edge-litert")
         ver = w.get("tflite-runtime")
         if (_major(w.get("numpy")) or 0) >= 2:  # the last tflite-runtime (2.14) was built against numpy 1
             why += f"; tflite-runtime {ver} was built for numpy<2 and numpy {w['numpy']} is installed: " \
                    "pip install 'numpy<2'"
         return {"interpreter": "tflite_runtime", "version": ver, "why": why}
-    why = "no TFLite interpreter installed: pip install ai-edge-litert (tledge[runtime])"
+    why = broken or "no TFLite interpreter installed: pip install ai-edge-litert (tledge[runtime])"
     if w.get("tensorflow") or w.get("tensorflow-cpu"):
         why += "; tensorflow.lite is used only when the calling program has already imported TensorFlow"
     return {"interpreter": None, "version": None, "why": why}
@@ -272,7 +288,7 @@ def environment(probe: bool = True) -> dict:
     w = wheels()
     return {"tledge": tledge.__version__, "tledge_path": str(Path(tledge.__file__).parent),
             "python": python_info(), "wheels": {k: v for k, v in w.items() if v},
-            "imports": _imports_ok() if probe else {}, "tflite": tflite_choice(w), "onnx": onnx_choice(w, probe),
+            "imports": _imports_ok() if probe else {}, "tflite": tflite_choice(w, probe), "onnx": onnx_choice(w, probe),
             "threads": threads(), "cpu": cpu_info(), "delegates": delegates(), "cameras": cameras(),
             "device": device_profile(), "emulation": emulation(),
             "tensorflow_imported": "tensorflow" in sys.modules}
