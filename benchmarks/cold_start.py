@@ -107,6 +107,10 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     image = a.image or sorted((TINY / "images").iterdir())[0]
     r = measure(a.model, image, a.runs, a.threads)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from run import machine_info
+
+    r["machine"] = machine_info()  # the figures' CPU, versions, commit and date (the README's were typed by hand)
     print_report(r)
     if a.json:
         a.json.write_text(json.dumps(r, indent=2) + "\n")

@@ -142,13 +142,24 @@ def metrics(p, ref, y) -> dict:
             "max_abs": float(d.max()), "median_abs": float(np.median(d))}
 
 
+def quant_code_hash() -> str:
+    """A hash of tledge/quant's source: part of the repaired models' cache key (a cache keyed by name alone gave
+    the last repair's rows after the repair code changed)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted((Path(__file__).resolve().parents[1] / "tledge" / "quant").glob("*.py")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def repaired(model, calib, cache: Path, tag: str, stem: int, steps):
-    """repair.apply, cached as .keras (the repaired weights are plain Keras weights)."""
+    """repair.apply, cached as .keras (the repaired weights are plain Keras weights), keyed by tledge/quant's code."""
     import keras
 
     from tledge.quant import repair
 
-    path = cache / f"{tag}_{model.name}_repaired_{'-'.join(steps)}_stem{stem}.keras"
+    path = cache / f"{tag}_{model.name}_repaired_{'-'.join(steps)}_stem{stem}_{quant_code_hash()}.keras"
     if path.is_file():
         return keras.saving.load_model(path), None
     m, log = repair.apply(model, calib, steps, stem=stem)

@@ -94,6 +94,9 @@ def measure(path: str | Path, *, runs: int = 50, warmup: int = 5, batch: int = 1
     from tledge.runtime.onnxgraph import size_with_data
 
     start = time.perf_counter()
+    import_runtime(path)
+    import_ms = 1000 * (time.perf_counter() - start)
+    start = time.perf_counter()
     model = load(path, threads=threads, **(load_kwargs or {}))
     load_ms = 1000 * (time.perf_counter() - start)
     c = model.contract
@@ -108,14 +111,35 @@ def measure(path: str | Path, *, runs: int = 50, warmup: int = 5, batch: int = 1
     return {"file": str(path), "name": Path(path).name, "format": model.format, "provider": model.provider,
             "threads": model.backend.threads, "batch": batch, "runs": runs,
             "input": f"{list(model.backend.inp.shape)} {model.backend.inp.dtype}",
-            "size_mb": round(size_with_data(path) / 1e6, 3),
+            "size_mb": round(size_with_data(path) / 2**20, 3),  # MiB, as peak_rss_mb (it was 1e6 bytes)
             "first_result_s": None if first_result_s is None else round(first_result_s, 3),
-            "load_ms": round(load_ms, 2), "first_ms": round(first_ms, 2),
+            "import_ms": round(import_ms, 2), "load_ms": round(load_ms, 2), "first_ms": round(first_ms, 2),
             "p50_ms": round(float(np.percentile(ms, 50)), 3), "p90_ms": round(float(np.percentile(ms, 90)), 3),
             "p99_ms": round(float(np.percentile(ms, 99)), 3), "mean_ms": round(float(ms.mean()), 3),
             "throughput_ips": round(batch * runs / max(1e-9, ms.sum() / 1000), 1),
             "peak_rss_mb": round(peak_rss_mb(), 1), "notes": model.load_info.notes,
             "tensorflow_imported": "tensorflow" in sys.modules}
+
+
+def import_runtime(path: str | Path) -> None:
+    """Import the runtime that opens `path` before its load is timed: "load ms" was the import of onnxruntime or
+    LiteRT (75-135 ms) for the first file of a format and the load alone for the next. A runtime that does not
+    import is left to `load`, which says why."""
+    import warnings
+
+    with warnings.catch_warnings():  # load warns again, where the notes are collected
+        warnings.simplefilter("ignore")
+        try:
+            if Path(path).suffix.lower() == ".onnx":
+                from tledge._deps import require
+
+                require("onnxruntime")
+            else:
+                from tledge.runtime.litert import interpreter_module
+
+                interpreter_module()
+        except Exception:  # noqa: BLE001 - load() gives the one-line reason
+            pass
 
 
 # `python -m tledge.runtime.bench` put the current folder first on sys.path: a numpy.py beside the model ran. The
@@ -125,7 +149,11 @@ _LAUNCH = ("import sys; sys.path[:] = [sys.argv.pop(1)] + [p for p in sys.path i
 
 
 def measure_in_subprocess(path: str | Path, *, runs: int, warmup: int, batch: int, threads: int | None,
-                          load_kwargs: dict | None = None, timeout: float = 600) -> dict:
+                          load_kwargs: dict | None = None, timeout: float | None = None) -> dict:
+    """One file measured in a fresh process. timeout: 600 s plus 0.5 s per image asked for (a fixed 600 s stopped
+    the --runs the command accepts: 10 minutes of waiting, then nothing)."""
+    if timeout is None:
+        timeout = 600 + 0.5 * (runs + warmup) * batch
     cmd = [sys.executable, "-c", _LAUNCH, str(Path(__file__).resolve().parents[2]),  # this tledge, nothing of cwd's
            str(path), "--runs", str(runs), "--warmup", str(warmup),
            "--batch", str(batch), "--options", json.dumps(load_kwargs or {}), "--t0", repr(time.time())]
@@ -141,11 +169,29 @@ def measure_in_subprocess(path: str | Path, *, runs: int, warmup: int, batch: in
     wall = time.perf_counter() - start
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
-        err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"file": str(path), "name": Path(path).name, "error": err.removeprefix("error: ")[:300]}
+        return {"file": str(path), "name": Path(path).name, "error": failure(proc.returncode, proc.stderr)[:300]}
     result = json.loads(lines[-1])
     result["process_s"] = round(wall, 3)  # the whole process, measurement runs included
     return result
+
+
+def failure(code: int, stderr: str) -> str:
+    """Why the measuring process gave no result. Before, the last line of its stderr whatever it was: a process
+    killed (out of memory) showed LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."."""
+    if code < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        why = " (out of memory?)" if name == "SIGKILL" else ""
+        return f"the measuring process was killed by {name}{why}"
+    lines = stderr.strip().splitlines()
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    if errors:
+        return errors[-1].removeprefix("error: ")
+    return f"the measuring process ended with exit code {code}: {lines[-1] if lines else 'no output'}"
 
 
 def bench(paths: Sequence[str | Path], *, runs: int = 50, warmup: int = 5, batch: int = 1,
@@ -165,10 +211,11 @@ def bench(paths: Sequence[str | Path], *, runs: int = 50, warmup: int = 5, batch
 
 
 COLUMNS = (("name", "file", "{}"), ("format", "fmt", "{}"), ("provider", "provider", "{}"),
-           ("threads", "thr", "{}"), ("load_ms", "load ms", "{:.1f}"), ("first_ms", "1st ms", "{:.1f}"),
+           ("threads", "thr", "{}"), ("batch", "batch", "{}"), ("load_ms", "load ms", "{:.1f}"),
+           ("first_ms", "1st ms", "{:.1f}"),
            ("p50_ms", "p50 ms", "{:.2f}"), ("p90_ms", "p90 ms", "{:.2f}"), ("p99_ms", "p99 ms", "{:.2f}"),
-           ("throughput_ips", "img/s", "{:.1f}"), ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
-           ("first_result_s", "1st result s", "{:.2f}"), ("size_mb", "MB", "{:.2f}"))
+           ("throughput_ips", "img/s", "{:.1f}"), ("peak_rss_mb", "peak RSS MiB", "{:.0f}"),
+           ("first_result_s", "1st result s", "{:.2f}"), ("size_mb", "MiB", "{:.2f}"))  # p50-p99: per call (of `batch` images); img/s: per image
 
 
 def table(results: list[dict]) -> str:
