@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
 from pathlib import Path
 
 from tledge.errors import ContractError, DataError
@@ -180,7 +181,8 @@ def match_labels(folders: list[str], labels: tuple[str, ...], *, where: Path | s
     if missing:
         raise DataError(f"class folder(s) {_few(missing)}{_in(where)} match none of the model's {len(labels)} "
                         f"labels ({_few(list(labels))}){_hint(missing, labels)}")
-    clash = {i for i in out.values() if list(out.values()).count(i) > 1}
+    seen = Counter(out.values())  # (list.count per folder: 16 s for 21,843 folders, twice an export)
+    clash = {i for i, n in seen.items() if n > 1}
     if clash:
         both = sorted(n for n, i in out.items() if i in clash)
         raise DataError(f"class folders {_few(both)}{_in(where)} map to the same label {labels[min(clash)]!r}")

@@ -129,19 +129,20 @@ def _metrics(cfg, run, probs, plan, env, skipped) -> dict:
     import tledge
     from tledge._deps import require
     from tledge.train.finetune import scores
-    from tledge.train.report import confusion
+    from tledge.train.report import confusion_fields
 
     keras, tf = require("keras"), require("tensorflow")
 
     yv = run.data.yv
     acc, loss = scores(probs, yv)
-    cm = confusion(yv, probs.argmax(1), len(plan.classes))
-    per_class = {c: (float(cm[i, i] / cm[i].sum()) if cm[i].sum() else None) for i, c in enumerate(plan.classes)}
+    n, pred = len(plan.classes), probs.argmax(1)
+    right, total = np.bincount(yv[pred == yv], minlength=n), np.bincount(yv, minlength=n)
+    per_class = {c: (float(right[i] / total[i]) if total[i] else None) for i, c in enumerate(plan.classes)}
     best = run.state["best_score"]
     return {"val_accuracy": acc, "val_loss": loss, "val_images": int(len(yv)), "train_images": int(len(run.data.y)),
             "classes": list(plan.classes), "train_counts": np.bincount(run.data.y, minlength=len(plan.classes)).tolist(),
             "val_counts": np.bincount(yv, minlength=len(plan.classes)).tolist(), "val_source": plan.source,
-            "skipped_files": skipped, "per_class_accuracy": per_class, "confusion_matrix": cm.tolist(),
+            "skipped_files": skipped, "per_class_accuracy": per_class, **confusion_fields(yv, pred, n),
             "best": None if best is None else {"val_accuracy": best[0], "val_loss": best[1], "phase": best[2],
                                                "epoch": best[3]},
             "phases": run.state["phases_done"], "history": run.state["history"], "wall_time_s": None,
