@@ -156,7 +156,11 @@ def _seconds(t: float) -> str:
 @contextlib.contextmanager
 def step(title: str):
     """One long step: on a terminal a live line with a bar and the elapsed time, otherwise one line
-    when it ends: `[3/6] int8 TFLite: calibrating 256 images ... 41 s`."""
+    when it ends: `[3/6] int8 TFLite: calibrating 256 images ... 41 s`. A stop the CLI saw and lost (see
+    tledge.signals.stop_if_signalled) is raised again here, before the step starts."""
+    from tledge.signals import stop_if_signalled
+
+    stop_if_signalled()
     c = _console
     if c is None or c.level < NORMAL:
         yield

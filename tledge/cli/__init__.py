@@ -7,6 +7,7 @@ import os
 import sys
 
 from tledge.errors import TledgeError, warnings_not_errors
+from tledge.signals import SEEN as _SIGNALS_SEEN, Terminated as Terminated  # (os and threading only)
 
 # subcommand -> module under tledge.cli with `add_arguments(parser)` and `run(args) -> int`
 COMMANDS = {
@@ -304,12 +305,6 @@ def _more_files(args, extra: list[str]) -> bool:
     return True
 
 
-class Terminated(BaseException):
-    """SIGTERM (a scheduler, `kill`, systemd), raised in the main thread so that every `finally` runs: the run's log
-    is kept in its folder, staging folders and locks go. It killed the process outright, its log left in /tmp."""
-
-
-_SIGNALS_SEEN: set[str] = set()
 
 
 def _on_sigterm(signum, frame):
@@ -388,3 +383,9 @@ def _run(args, console) -> int:
     except Terminated:
         _say(f"{prefix}: terminated (SIGTERM)")
         return 143  # 128 + SIGTERM, as the shell reports a process the signal ended
+    except Exception:  # a signal that landed in TensorFlow's tracing became a SystemError: a traceback, exit 1
+        if not _SIGNALS_SEEN:
+            raise
+        sigterm = "SIGTERM" in _SIGNALS_SEEN
+        _say(f"{prefix}: {'terminated (SIGTERM)' if sigterm else 'interrupted'}")
+        return 143 if sigterm else 130

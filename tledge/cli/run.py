@@ -195,7 +195,7 @@ def _foreign_image(folder: Path, limit: int = 20000) -> str | None:
 def _loop(runner, source, args) -> int | None:
     """Results to stdout, --csv and --save; 143 when SIGTERM stopped it (`timeout`, systemd), which keeps what was
     written as Ctrl-C does."""
-    from tledge.cli import Terminated
+    from tledge.signals import Terminated
     from tledge.runtime.outputs import CsvSink, SaveSink, human_line, json_line
     from tledge.signals import signals_held  # here: a second Ctrl-C in its first import skipped every close below
 

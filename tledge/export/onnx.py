@@ -283,6 +283,9 @@ def preprocess(src: Path, dst: Path) -> Path:
         with shape_inference_scratch():
             quant_pre_process(str(src.resolve()), str(dst.resolve()), skip_symbolic_shape=False)
     except Exception:
+        from tledge.signals import stop_if_signalled
+
+        stop_if_signalled()  # a Ctrl-C / SIGTERM in onnxruntime's import became its ImportError: a stop, no fallback
         dst.write_bytes(src.read_bytes())
     model = onnx.load(str(dst))
     if zero_dead(model):

@@ -109,6 +109,9 @@ class ExportFolder:
                loading: dict | None = None) -> artifacts.Manifest:
         """Write the manifest of the staging folder (last), then swap the staging folder in. `loading`: how the
         source was loaded (signature, binary_output), recorded for parity to load it the same way."""
+        from tledge.signals import stop_if_signalled
+
+        stop_if_signalled()  # a stop that got lost (tledge.signals) swaps in nothing: --out keeps the previous export
         manifest = artifacts.build(self.staging, source, verdicts, derived, inputs, loading)
         artifacts.write(self.staging, manifest)
         swap_in(self.staging, self.out, manifest)

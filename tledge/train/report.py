@@ -23,7 +23,7 @@ from tledge._deps import available, require
 from tledge.errors import ExportError, TledgeWarning
 from tledge.safejson import finite
 from tledge.io import atomic_path, atomic_write_text, check_space, name_outside
-from tledge.signals import signals_held
+from tledge.signals import signals_held, stop_if_signalled
 from tledge.train.checkpoint import numpy2_quiet, temp_sibling, weight_bytes
 
 RELOAD_TOLERANCE = 1e-5  # the reloaded file against the model in memory, both through predict_on_batch
@@ -209,6 +209,7 @@ def write_all(out: Path, model, contract, metrics: dict, check_x: np.ndarray, ex
         except OSError as exc:
             name_outside(exc, stage, out)  # --out's path in the message, not the staging folder's (gone by then)
             raise
+        stop_if_signalled()  # a stop that got lost (tledge.signals) swaps in nothing
         if "h5" not in names:
             (out / "model.h5").unlink(missing_ok=True)  # an earlier run's file would not be this model
         with signals_held():  # Ctrl-C / SIGTERM between two renames left a new model beside the old labels
