@@ -122,7 +122,8 @@ def baked_norm(layer) -> tuple[str, list[float] | None, list[float] | None] | No
 # takes raw pixels and normalises them itself)
 PASS_THROUGH = frozenset({"InputLayer", "RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation",
                           "RandomContrast", "RandomBrightness", "Dropout", "GaussianNoise", "Resizing",
-                          "CenterCrop", "RandomCrop", "Cropping2D"})
+                          "CenterCrop", "RandomCrop", "Cropping2D", "Identity", "RandomHue", "RandomSaturation",
+                          "RandomGrayscale", "RandomSharpness", "RandomPosterization", "RandomColorDegeneration"})
 
 
 def input_rescaling(model) -> str | None:

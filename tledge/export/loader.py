@@ -20,7 +20,7 @@ from tledge._deps import require
 from tledge.contract import Contract
 from tledge.export.names import INPUT_NAME
 from tledge.errors import ModelLoadError
-from tledge.export import binary, keras2, keras3_compat, kerasconfig
+from tledge.export import augment, binary, keras2, keras3_compat, kerasconfig
 from tledge.export import signature as sig
 from tledge.export.baked import baked_mode, graph_mode, walk
 from tledge.export.loaded import KERAS3_KINDS, KINDS, LoadedModel  # noqa: F401 (re-exported)
@@ -189,8 +189,9 @@ def _keras3(p: Path, model, kind: str) -> LoadedModel:
         raise ModelLoadError(f"{p}: {why}")
     if float32.is_mixed(walk(model)):  # mixed precision: TFLite's converter fails on its float16 ops
         model, note = float32.rebuild(model)
+    model, stripped = augment.strip(model)  # seeds written at inference: the graph did not freeze
     lm = _describe(p, model, kind)
-    lm.notes += [note] if note else []
+    lm.notes += [n for n in (note, stripped) if n]
     return lm
 
 
