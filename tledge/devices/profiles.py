@@ -265,7 +265,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
                 "! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! appsink drop=1'"),
         notes=(
             "The first TensorRT start builds an engine (minutes); later starts load it from "
-            f"{TRT_CACHE_DIR}. Delete that folder after changing the model or TensorRT.",
+            f"{TRT_CACHE_DIR}, one folder per model file's content. Delete it after changing TensorRT.",
             "onnxruntime from PyPI (CPU) and onnxruntime-gpu both install the `onnxruntime` module: keep one.",
             "Python 3.10 (JetPack 6): onnxruntime from PyPI stops at 1.23 there; numpy 2.3+ needs 3.11.",
             "Cores: Orin Nano 6, NX 8, AGX 12; threads only matter for ops that fall back to the CPU.",

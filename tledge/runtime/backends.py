@@ -284,7 +284,9 @@ class OnnxBackend:
             self.notes.append(f"not available in this onnxruntime: {', '.join(missing)}")
         if "CPUExecutionProvider" not in [_pname(p) for p in chosen]:
             chosen.append("CPUExecutionProvider")
-        return chosen
+        from tledge.runtime.onnxgraph import engine_cache_per_model
+
+        return [engine_cache_per_model(p, self.path) for p in chosen]
 
     def _session(self, ort, opts, chosen: list):
         last = None

@@ -102,10 +102,14 @@ def op_types(path: str | Path) -> set[str]:
 def size_with_data(path: str | Path) -> int:
     """Bytes of a model file with the external data files an ONNX graph's initializers name (TensorProto
     external_data, key `location`): `info` and `bench` gave a 0.84 MB model as its 0.05 MB graph."""
+    return sum(f.stat().st_size for f in with_data(path))
+
+
+def with_data(path: str | Path) -> list[Path]:
+    """The model file, then the external data files its ONNX graph's initializers name (inside its folder)."""
     p = Path(path)
-    size = p.stat().st_size
     if p.suffix.lower() != ".onnx":
-        return size
+        return [p]
     names: set[str] = set()
     try:
         with _mapped(p) as buf:
@@ -119,12 +123,28 @@ def size_with_data(path: str | Path) -> int:
                             if entry.get(1) == "location":
                                 names.add(entry.get(2, ""))
     except (OSError, StopIteration, IndexError, ValueError, TypeError):
-        return size
-    for name in names:
-        f = p.parent / name
-        if name and f.is_file() and f.resolve().is_relative_to(p.parent.resolve()):
-            size += f.stat().st_size
-    return size
+        return [p]
+    files = [p.parent / name for name in sorted(names) if name]
+    return [p] + [f for f in files if f.is_file() and f.resolve().is_relative_to(p.parent.resolve())]
+
+
+def engine_cache_per_model(provider, path: Path):
+    """A provider whose TensorRT engine cache folder is one of the model's content (sha256 of the file and its
+    external data): onnxruntime names a cached engine by the graph's names and shapes, not its weights, so a
+    retrained model of the same architecture in the same file name (every tledge bundle's model_fp32.onnx) ran the
+    previous model's engine."""
+    if not isinstance(provider, tuple) or not isinstance(provider[1].get("trt_engine_cache_path"), str):
+        return provider
+    import hashlib
+    import os
+
+    h = hashlib.sha256()
+    for f in with_data(path):
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    name, opts = provider
+    return (name, {**opts, "trt_engine_cache_path": os.path.join(opts["trt_engine_cache_path"], h.hexdigest()[:16])})
 
 
 def _graph(buf) -> tuple[int, int]:
