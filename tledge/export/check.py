@@ -220,6 +220,9 @@ def check_file(path: Path, has_contract: bool, reference: np.ndarray, inputs: _I
         precision = exported_precision(path) or precision_of(model)
         x = inputs.for_contract(model.contract)
         out = np.concatenate([model.predict(x[i:i + 32]) for i in range(0, len(x), 32)])
+        if out.ndim == 2 and out.shape[1] == 1 and reference.shape[-1] == 2:
+            out = model.scores(out)  # one score made elsewhere, widened to [1 - p, p] as the reference and `tledge
+            # run` do (its raw (N, 1) output was called "not an export" of its own Keras model)
         latency = one_image_ms(model.predict, x)
     except Exception as exc:  # a broken file is a parity failure, reported with the others
         return _failed(name, kind, "?", len(reference), f"could not run: {exc.__class__.__name__}: {exc}")
