@@ -12,7 +12,8 @@ from typing import Sequence
 import numpy as np
 
 from tledge.artifacts import PRECISIONS
-from tledge.errors import ContractError, DataError, TledgeError
+from tledge.errors import DataError, TledgeError
+from tledge.export.check_load import load_file
 from tledge.export.parity import ParityReport, ParityResult, Thresholds, compare, independent_scores
 from tledge.runtime.bench import one_image_ms
 
@@ -189,20 +190,6 @@ def _folder_truth(images, contract, ref: np.ndarray, y) -> tuple:
 
 # ---- one file ----------------------------------------------------------------------------------------
 
-def _load(path: Path, has_contract: bool, preprocess: str | None, size: tuple[int, int], threads, geometry=None):
-    from tledge.runtime import load
-
-    # a file without a contract resizes as the reference does (a TFLite file made elsewhere defaults to warp-linear
-    # in tledge run, and the same graph as the ONNX file beside it failed parity, max abs 0.54)
-    options = {} if has_contract else {"preprocess": preprocess, **(geometry or {})}
-    try:
-        return load(path, threads=threads, **options)
-    except ContractError as exc:
-        if has_contract or "dynamic" not in str(exc):
-            raise
-        return load(path, threads=threads, input_size=size, **options)
-
-
 def _failed(name: str, kind: str, precision: str, n: int, message: str) -> ParityResult:
     return ParityResult(name, kind, precision, n, float("inf"), float("inf"), float("inf"), 0.0, None, None,
                         False, [message])
@@ -210,13 +197,14 @@ def _failed(name: str, kind: str, precision: str, n: int, message: str) -> Parit
 
 def check_file(path: Path, has_contract: bool, reference: np.ndarray, inputs: _Inputs, *, labels,
                thresholds: dict[str, Thresholds], preprocess: str | None, size, threads=None,
-               name: str | None = None, geometry: dict | None = None) -> ParityResult:
+               name: str | None = None, geometry: dict | None = None, raw_fed: list[Path] | None = None
+               ) -> ParityResult:
     """Load `path`, feed it its own prepared inputs, compare with the reference outputs; the result is `name`d
-    (default: the file's name)."""
+    (default: the file's name). `raw_fed`: tledge.export.check_load.load_file's."""
     kind = _SUFFIX_KIND.get(path.suffix.lower(), path.suffix)
     name = name or path.name
     try:
-        model = _load(path, has_contract, preprocess, size, threads, geometry)
+        model = load_file(path, has_contract, preprocess, size, threads, geometry, raw_fed)
         precision = exported_precision(path) or precision_of(model)
         x = inputs.for_contract(model.contract)
         out = np.concatenate([model.predict(x[i:i + 32]) for i in range(0, len(x), 32)])
@@ -262,6 +250,7 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
     results, loaded = [None] * len(files), {}  # (a ParityResult per file; a LoadedModel per signature)
     paths = truth = lm = None
     unmatched: list[str] = []
+    raw_fed: list[Path] = []
     for (sig, *_), members in groups.items():
         if sig not in loaded:
             with float32.policy():  # a caller's mixed_float16 loaded a float32 reference as mixed
@@ -282,15 +271,20 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
         for i in members:
             results[i] = check_file(files[i], contracts[i] is not None, ref, inputs, labels=y,
                                     thresholds=thresholds or {}, preprocess=preprocess, size=contract.size,
-                                    threads=threads, name=display_names(files)[i], geometry=geometry)
+                                    threads=threads, name=display_names(files)[i], geometry=geometry,
+                                    raw_fed=raw_fed)
             _refuse_reordered_labels(results[i], contracts[i], lm)
     report = ParityReport(images=len(paths), results=results, reference=str(reference))
     report.notes += unmatched + _misnamed(results)
     foreign = [n for f, c, n in zip(files, contracts, display_names(files)) if c is None and f not in unreadable]
+    raw = [n for f, n in zip(files, display_names(files)) if f in raw_fed]
     if foreign:
         report.notes.append(f"no tledge contract in {', '.join(foreign)}: input inferred from the file"
-                            + (f" with --preprocess {preprocess}" if preprocess else "")
+                            + (f" with --preprocess {preprocess}" if preprocess and len(raw) < len(foreign) else "")
                             + f", resized as the reference ({contract.resize.value}, {contract.fit.value})")
+    if raw:
+        report.notes.append(f"{', '.join(raw)}: uint8 input with no quantisation, so raw pixels in, as tledge run "
+                            f"feeds it without --preprocess (--preprocess {preprocess} is the reference's)")
     report.notes += loader.report_notes(lm)
     return report
 
