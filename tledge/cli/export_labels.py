@@ -8,7 +8,7 @@ from tledge.artifacts import CONTRACT_FILE, LABELS_FILE
 from tledge.errors import TledgeError
 
 
-def _own_labels(model: Path) -> tuple[tuple[str, ...], str]:
+def own_labels(model: Path) -> tuple[tuple[str, ...], str]:
     """The labels a model brings: its tledge.json, else a labels.txt beside it."""
     from tledge.contract import Contract
     from tledge.labels import read_labels
@@ -31,6 +31,23 @@ def _own_labels(model: Path) -> tuple[tuple[str, ...], str]:
     return (), ""
 
 
+def given_or_own_labels(model, labels: str | None) -> tuple[tuple[str, ...], str]:
+    """(labels, where from): the --labels file (refused when it names the model's own labels in another order), else
+    the model's own (own_labels); ((), "") when neither."""
+    if not labels:
+        return own_labels(Path(str(model)))
+    from tledge.labels import read_labels, refuse_reordered
+
+    own, where = read_labels(labels), f"--labels {labels}"
+    try:
+        model_own, model_where = own_labels(Path(str(model)))
+    except TledgeError:  # its labels.txt and tledge.json disagree: --labels is how the user says which
+        model_own = ()
+    if model_own:
+        refuse_reordered(own, labels, model_own, model_where)
+    return own, where
+
+
 def _matches_verbatim(names, labels) -> bool:
     """Whether class folders `0 ants`, `1 bees` are the lines of a numbered labels file, numbers and all."""
     from tledge.errors import DataError
@@ -51,18 +68,7 @@ def export_labels(model, labels: str | None, folders: dict[str, str | None], not
     from tledge.images import class_folders
     from tledge.labels import match_labels
 
-    if labels:  # checked against the folders now, not after minutes of loading the model
-        from tledge.labels import read_labels, refuse_reordered
-
-        own, where = read_labels(labels), f"--labels {labels}"
-        try:
-            model_own, model_where = _own_labels(Path(str(model)))
-        except TledgeError:  # its labels.txt and tledge.json disagree: --labels is how the user says which
-            model_own = ()
-        if model_own:
-            refuse_reordered(own, labels, model_own, model_where)
-    else:
-        own, where = _own_labels(Path(str(model)))
+    own, where = given_or_own_labels(model, labels)  # checked against the folders now, not after minutes of loading
     for flag, folder in folders.items():
         if not folder or folder == "random" or not Path(folder).is_dir():
             continue

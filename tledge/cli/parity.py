@@ -26,6 +26,9 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, help="with --golden: inference threads")
     p.add_argument("--thresholds", help="JSON/TOML thresholds per precision or per file name")
     p.add_argument("--preprocess", help="only for files without an embedded contract")
+    p.add_argument("--labels", metavar="FILE", help="the reference's labels (one per line, or '0 name' lines), to "
+                   "match --images class folders by name for it and files without an embedded contract (default: "
+                   "the reference's tledge.json or a labels.txt beside it)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--junit", help="write JUnit XML (one test case per file)")  # str: keeps a trailing "/"
     p.add_argument("--unsafe", action="store_true", help="allow code inside the reference model file")
@@ -62,7 +65,8 @@ def _validate(args) -> None:
         default_threads()  # a TLEDGE_THREADS out of range (and no --threads): refused before anything is loaded
     if args.golden:
         extra = [n for n, v in (("REFERENCE", args.reference), ("EXPORTED", args.exported), ("--images", args.images),
-                                ("--preprocess", args.preprocess), ("--unsafe", args.unsafe),
+                                ("--preprocess", args.preprocess), ("--labels", args.labels),
+                                ("--unsafe", args.unsafe),
                                 ("--signature", args.signature), ("--binary-output", args.binary_output)) if v]
         if extra:
             raise TledgeError(f"--golden compares with the outputs stored at export: it takes no {', '.join(extra)}")
@@ -82,12 +86,15 @@ def _validate(args) -> None:
         V.edge_models(args.exported, "EXPORTED")
         V.input_dir(args.images, "--images")
         V.preprocess(args.preprocess)
+        if args.labels:
+            V.labels_file(args.labels)
     if args.junit:
         V.output_file(args.junit, "--junit")
         from tledge.trust import export_files
 
         models = [f for m in (args.reference, *args.exported) if m for f in export_files(m)]
-        V.not_an_input(args.junit, "--junit", [p for p in (*models, args.golden, args.thresholds, args.images) if p],
+        V.not_an_input(args.junit, "--junit", [p for p in (*models, args.golden, args.thresholds, args.images,
+                                                           args.labels) if p],
                        replaces=b"<testsuite")
 
 
@@ -108,10 +115,13 @@ def run(args) -> int:
             raise TledgeError("this tledge has no exporter (a deploy bundle?): use tledge parity --golden") from None
         from tledge.cli import validate as V
 
+        from tledge.cli.export_labels import given_or_own_labels
+
         V.image_dir(args.images, "--images")  # after the exporter check (a board is told about --golden first)
+        labels, labels_from = given_or_own_labels(args.reference, args.labels)  # as export reads them
         report = parity(args.reference, args.exported, args.images, preprocess=args.preprocess,
                         unsafe=args.unsafe, thresholds=thresholds, signature=args.signature,
-                        binary_output=args.binary_output)
+                        binary_output=args.binary_output, labels=labels, labels_from=labels_from)
     unmatched = report.unmatched(thresholds)
     if unmatched:  # a misspelt file name would leave that file on its precision's defaults, silently
         from tledge import log

@@ -121,12 +121,15 @@ def _onnx_precision(path: Path, backend) -> str:
 
 # ---- the reference ---------------------------------------------------------------------------------
 
-def _reference_contract(lm, base, preprocess: str | None):
+def _reference_contract(lm, base, preprocess: str | None, labels: tuple[str, ...] = (), labels_from: str = ""):
     """The reference's own contract (raw pixels in; normalisation added in front when it does not bake
-    it): from the model, a tledge.json beside it, the exported files' embedded contract, or --preprocess."""
+    it): from the model, a tledge.json beside it, the exported files' embedded contract, or --preprocess.
+    `labels` (read from `labels_from`) name its outputs instead of `base`'s."""
     from tledge.export import resolve
 
     embedded = "the exported files' embedded contract"
+    if not labels:
+        labels, labels_from = (base.labels if base else ()), embedded
     if lm.baked_mode is not None:
         mode, mode_from = None, None
     elif base is not None:
@@ -136,7 +139,7 @@ def _reference_contract(lm, base, preprocess: str | None):
     else:
         mode, mode_from = preprocess, "--preprocess"
     contract, add = resolve.resolve_contract(lm, preprocess=mode, input_size=None,  # the size comes from `base`
-                                            labels=base.labels if base else (), labels_from=embedded,
+                                            labels=labels, labels_from=labels_from,
                                             preprocess_from=mode_from or "--preprocess",
                                             base=base, base_from=embedded if base is not None else None)
     if base is not None:  # the same geometry as the exported files
@@ -185,7 +188,7 @@ def _folder_truth(images, contract, ref: np.ndarray, y) -> tuple:
     if n == ref.shape[-1]:
         return y, []
     return None, [f"accuracy not measured: {n} class folders in {images} for {ref.shape[-1]} outputs and no labels "
-                  "in the reference's contract to match them by name"]
+                  "in the reference's contract to match them by name (pass --labels FILE)"]
 
 
 # ---- one file ----------------------------------------------------------------------------------------
@@ -224,11 +227,13 @@ def check_file(path: Path, has_contract: bool, reference: np.ndarray, inputs: _I
 def parity(reference: str | Path, exported: Sequence[str | Path], images: str | Path, *,
            thresholds: dict[str, Thresholds] | None = None, preprocess: str | None = None,
            unsafe: bool = False, limit: int = 1000, threads: int | None = None,
-           signature: str | None = None, binary_output: str | None = None) -> ParityReport:
+           signature: str | None = None, binary_output: str | None = None, labels: Sequence[str] = (),
+           labels_from: str = "--labels") -> ParityReport:
     """Run each exported file and the reference on the same images, each prepared by its own contract;
     collect every failure. `preprocess` completes the contract of files without one (and of the
     reference when nothing else says how it normalises). `signature`: a reference SavedModel's KEY[:OUTPUT],
-    `binary_output`: what its one output is; each by default what the export recorded in its manifest."""
+    `binary_output`: what its one output is; each by default what the export recorded in its manifest.
+    `labels` (read from `labels_from`) name the reference's outputs for files without embedded labels."""
     from tledge.export import float32, loader
     from tledge.metadata import read_contract
 
@@ -257,8 +262,10 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
                 loaded[sig] = loader.load_model(reference, unsafe=unsafe, signature=sig,
                                                 binary_output=binary_output or _recorded(files, "binary_output"))
         lm = loaded[sig]
-        base = next((contracts[i] for i in members if contracts[i] is not None), known[0] if known else None)
-        contract, add = _reference_contract(lm, base, preprocess)
+        own = next((contracts[i] for i in members if contracts[i] is not None), None)
+        base = own or (known[0] if known else None)
+        given = () if own is not None and own.labels else tuple(labels)  # a file's own labels score it
+        contract, add = _reference_contract(lm, base, preprocess, given, labels_from)
         serve, _ = loader.trace(lm, contract, add)
         if paths is None:
             paths, truth = _images(images, contract.labels, contract, limit)
