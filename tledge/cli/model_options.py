@@ -50,7 +50,7 @@ def check_model_options(args, models=()) -> None:
     V.geometry(getattr(args, "fit", None), args.crop)  # as export: --crop means --fit crop
 
 
-def add_model_options(p, *, foreign: bool = True) -> None:
+def add_model_options(p) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--threads", type=int, help="inference threads (default: usable cores, at most 4, or "
                                                "TLEDGE_THREADS; tledge run on several files or a video: half "
@@ -60,9 +60,6 @@ def add_model_options(p, *, foreign: bool = True) -> None:
                                        "(default TensorRT,CUDA,CPU: the unavailable ones are skipped)")
     g.add_argument("--delegate", action="append", default=[], metavar="LIB",
                    help="TFLite delegate library to load (e.g. libedgetpu.so.1); repeatable")
-    if not foreign:  # the input's geometry still: a dynamic-size file could not be measured ("pass --input-size")
-        _add_input_size(p.add_argument_group("files made elsewhere"))
-        return
     f = p.add_argument_group("files made elsewhere (no tledge metadata)")
     f.add_argument("--labels", help="labels file: one per line (a leading 'background' line is kept), "
                                     "or Teachable Machine '0 name' lines numbered from 0")
@@ -77,12 +74,8 @@ def add_model_options(p, *, foreign: bool = True) -> None:
                    help="resize the short side to size/FRACTION then centre-crop (e.g. 0.875)")
     f.add_argument("--fit", choices=FITS, help="how the image fits the input")
     f.add_argument("--color", choices=("rgb", "bgr"), help="channel order the model wants (default rgb)")
-    _add_input_size(f)
+    f.add_argument("--input-size", help="HxW, for models with a dynamic input size")
     f.add_argument("--logits", action="store_true", help="the model outputs logits: softmax them for scores")
-
-
-def _add_input_size(group) -> None:
-    group.add_argument("--input-size", help="HxW, for models with a dynamic input size")
 
 
 def load_kwargs(args) -> dict:
