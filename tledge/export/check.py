@@ -141,7 +141,8 @@ def _reference_contract(lm, base, preprocess: str | None, labels: tuple[str, ...
     contract, add = resolve.resolve_contract(lm, preprocess=mode, input_size=None,  # the size comes from `base`
                                             labels=labels, labels_from=labels_from,
                                             preprocess_from=mode_from or "--preprocess",
-                                            base=base, base_from=embedded if base is not None else None)
+                                            base=base, base_from=embedded if base is not None else None,
+                                            auto=False)  # (parity has no --preprocess auto)
     if base is not None:  # the same geometry as the exported files
         contract = contract.replace(resize=base.resize, fit=base.fit, crop_fraction=base.crop_fraction,
                                     pad_value=base.pad_value)

@@ -2,10 +2,13 @@
 elsewhere, with the contract `tledge run` infers, completed by the reference's preprocessing and resize."""
 from __future__ import annotations
 
+import contextlib
+import warnings
 from pathlib import Path
 
 from tledge.errors import ContractError
 from tledge.runtime import load
+from tledge.runtime.foreign import RAW_PIXELS, RawPixelsAssumed
 
 
 def load_file(path: Path, has_contract: bool, preprocess: str | None, size: tuple[int, int], threads,
@@ -17,7 +20,8 @@ def load_file(path: Path, has_contract: bool, preprocess: str | None, size: tupl
     # in tledge run, and the same graph as the ONNX file beside it failed parity, max abs 0.54)
     options = {} if has_contract else {"preprocess": preprocess, **(geometry or {})}
     try:
-        return _load_sized(path, has_contract, size, threads, options)
+        with _parity_wording():
+            return _load_sized(path, has_contract, size, threads, options)
     except ContractError:
         if has_contract or not preprocess:
             raise
@@ -42,8 +46,6 @@ def _raw_pixels_file(path: Path, size, threads, options: dict):
     """The file loaded without --preprocess when its input is uint8 with no quantisation (raw pixels go in as they
     are), else None. Parity gave the reference's --preprocess to it, refused ("leave out --preprocess"), and without
     one the reference could not run: no way to check such a file against an unbaked reference."""
-    import warnings
-
     try:
         with warnings.catch_warnings():  # (a float file's "feeding raw pixels": it is not loaded this way)
             warnings.simplefilter("ignore")
@@ -55,3 +57,21 @@ def _raw_pixels_file(path: Path, size, threads, options: dict):
         return model
     model.close()
     return None
+
+
+@contextlib.contextmanager
+def _parity_wording():
+    """The runtime's "feeding raw pixels" warning, advising what parity takes: it named --mean/--std, which parity
+    has not (the reference could not take them). Other warnings are shown as they are."""
+    shown = warnings.showwarning
+
+    def show(message, category, *rest):
+        if issubclass(category, RawPixelsAssumed):
+            message = RawPixelsAssumed(RAW_PIXELS + " If that is wrong, pass --preprocess MODE|BACKBONE.")
+        shown(message, category, *rest)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown

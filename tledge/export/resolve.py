@@ -12,13 +12,14 @@ def resolve_contract(lm: LoadedModel, *, preprocess: str | None, input_size: tup
                      labels: tuple[str, ...] = (), labels_from: str = "--labels",
                      preprocess_from: str = "--preprocess", base: Contract | None = None,
                      base_from: str | None = None,
-                     geometry_flags: dict[str, str] | None = None) -> tuple[Contract, str | None]:
+                     geometry_flags: dict[str, str] | None = None, auto: bool = True) -> tuple[Contract, str | None]:
     """The contract the exported files take (raw pixels), and the normalisation to add (or None).
 
     Precedence: what the model itself fixes (its input size, a baked preprocessing layer), then explicit
     flags (--preprocess, --labels, --input-size), then `base`: by default the tledge.json beside the
     model, refused when it disagrees with the model. Where each part came from is kept in
-    `lm.contract_source` for the report."""
+    `lm.contract_source` for the report. `auto`: whether the command takes --preprocess auto (export; parity does
+    not, and its error advised it)."""
     from tledge.backbones import preprocess_mode_for
 
     if base is None and lm.contract is not None:
@@ -26,7 +27,7 @@ def resolve_contract(lm: LoadedModel, *, preprocess: str | None, input_size: tup
         base, base_from = lm.contract, f"the sidecar {lm.contract_path}"
     src: dict[str, str] = {}
     hw = _size(lm, input_size, base, base_from, src)
-    mode, add = _norm(lm, preprocess and preprocess_mode_for(preprocess), preprocess_from, base, base_from, src)
+    mode, add = _norm(lm, preprocess and preprocess_mode_for(preprocess), preprocess_from, base, base_from, src, auto)
     if labels:
         if lm.num_outputs is not None and len(labels) != lm.num_outputs:
             has = ("one output, a binary classifier's (the files give two scores: labels for p < 0.5, then p >= 0.5)"
@@ -71,8 +72,9 @@ def _size(lm: LoadedModel, flag, base, base_from, src: dict) -> tuple[int, int]:
     raise ContractError("the model's input size is dynamic: pass --input-size HxW")
 
 
-def _norm(lm: LoadedModel, flag: str | None, flag_from: str, base, base_from, src: dict):
+def _norm(lm: LoadedModel, flag: str | None, flag_from: str, base, base_from, src: dict, auto: bool = True):
     """(mode, mode to add in front of the model or None)."""
+    or_auto = " or --preprocess auto with labelled --val images" if auto else ""
     if lm.integer_input and flag not in (None, "raw", lm.baked_mode):  # normalised pixels would be cast inside
         raise ContractError(f"{lm.path.name} takes {lm.integer_input} pixels: raw values 0..255, which it normalises "
                             f"itself if at all; {flag_from} `{flag}` would be cast to {lm.integer_input} inside the "
@@ -97,13 +99,13 @@ def _norm(lm: LoadedModel, flag: str | None, flag_from: str, base, base_from, sr
         why = lm.opaque or lm.unread_preprocessing
         raise ContractError(f"tledge cannot read {lm.path.name}'s preprocessing: {why}. Pass --preprocess raw "
                             "if the model normalises its input itself (a Rescaling or preprocess_input inside), "
-                            "else its mode (tf, caffe, torch, scale) or --preprocess auto with labelled --val images")
+                            f"else its mode (tf, caffe, torch, scale){or_auto}")
     raise ContractError(
         "this model does not bake its preprocessing and none was given. Pass --preprocess MODE "
         "(tf = x/127.5-1 for MobileNet/Inception; caffe = BGR minus ImageNet means for ResNet50/VGG; "
         "torch = x/255 then ImageNet mean/std for DenseNet; scale = x/255; raw = the model normalises "
-        "itself, e.g. EfficientNet, MobileNetV3), a backbone name such as mobilenet_v2 or resnet50, "
-        "or --preprocess auto with labelled --val images.")
+        f"itself, e.g. EfficientNet, MobileNetV3){',' if auto else ' or'} a backbone name such as mobilenet_v2 or "
+        f"resnet50{',' + or_auto if auto else ''}.")
 
 
 def check_sidecar(lm: LoadedModel) -> None:

@@ -20,6 +20,13 @@ if TYPE_CHECKING:  # read only for files made elsewhere: not imported on a tledg
 
 STANDARD_ORIGIN = "standard TFLite metadata"
 
+RAW_PIXELS = "a float-input model made elsewhere and no preprocessing given: feeding raw 0..255 pixels."
+
+
+class RawPixelsAssumed(TledgeWarning):
+    """RAW_PIXELS and what to pass instead (tledge run's options: `tledge parity` words it for its own)."""
+
+
 # options that describe preprocessing; `labels` is separate (it may also rename an embedded contract's)
 PREPROCESS_OPTIONS = ("preprocess", "mean", "std", "layout", "resize", "crop", "fit", "color", "input_size",
                       "logits")
@@ -298,8 +305,7 @@ def _normalisation(inp, options: dict, standard: StandardMetadata | None = None,
         if all(m == 0 for m in md.mean) and all(s == 1 for s in md.std):
             return dict(norm=Norm.RAW, baked=False)
         return dict(norm=Norm.CUSTOM, baked=False, mean=tuple(md.mean), std=tuple(md.std))
-    warnings.warn("a float-input model made elsewhere and no preprocessing given: feeding raw 0..255 pixels. "
-                  "If that is wrong, pass --preprocess MODE|BACKBONE or --mean/--std.", TledgeWarning,
+    warnings.warn(RAW_PIXELS + " If that is wrong, pass --preprocess MODE|BACKBONE or --mean/--std.", RawPixelsAssumed,
                   stacklevel=4)
     return dict(norm=Norm.RAW, baked=False)
 
