@@ -150,3 +150,21 @@ def test_an_installed_litert_that_does_not_import_is_not_named_the_runtime(monke
     assert doctor.tflite_choice({"ai-edge-litert": "2.3.0"}, probe=False)["interpreter"] == "ai_edge_litert"
     monkeypatch.setattr(doctor, "importable", lambda name: "/x")
     assert doctor.tflite_choice({})["interpreter"] == "tflite_runtime"
+
+
+def test_an_installed_litert_that_fails_with_any_error_is_said_not_a_traceback(monkeypatch):
+    """A broken wheel raises anything on import (numpy 2 and `np.float`: AttributeError); the doctor is what people
+    paste into bug reports, so it reports, it does not crash."""
+    package = pytest.importorskip("ai_edge_litert")
+    monkeypatch.setattr(doctor, "importable", lambda name: "/x" if name == "ai_edge_litert" else None)
+    monkeypatch.delattr(package, "interpreter", raising=False)
+
+    class Broken:
+        def find_spec(self, name, path=None, target=None):
+            if name == "ai_edge_litert.interpreter":
+                raise AttributeError("module 'numpy' has no attribute 'float'")
+
+    monkeypatch.delitem(sys.modules, "ai_edge_litert.interpreter", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Broken(), *sys.meta_path])
+    c = doctor.tflite_choice({"ai-edge-litert": "2.3.0"})
+    assert c["interpreter"] is None and "does not import" in c["why"] and "float" in c["why"], c

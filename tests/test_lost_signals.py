@@ -101,3 +101,21 @@ def test_ctrl_c_while_tledge_imports_is_one_line():
               "runpy.run_module('tledge', run_name='__main__')\n")
     res = _python(script)
     assert res.returncode == 130 and res.stderr.strip() == "tledge: interrupted", res.stderr[-2000:]
+
+
+def test_a_signal_of_an_earlier_command_does_not_stop_later_library_calls():
+    """main() cleared the seen signals when it started, not when it returned: after one interrupted command, every
+    library export in that process stopped at its first step, and a training threw its finished run away."""
+    script = ("import os, signal\n"
+              "import tledge.cli.info as verb\n"
+              "def run(args):\n"
+              "    os.kill(os.getpid(), signal.SIGINT)\n"
+              "verb.run = run\n"
+              "from tledge.cli import main\n"
+              "print(main(['info', 'x.tflite']))\n"
+              "from tledge import log, signals\n"
+              "signals.stop_if_signalled()\n"
+              "with log.step('a library step'):\n"
+              "    print('ran')\n")
+    res = _python(script)
+    assert res.stdout.split() == ["130", "ran"], (res.stdout, res.stderr[-2000:])

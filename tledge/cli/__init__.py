@@ -282,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGINT, previous_int)
         for k, v in environ.items():
             os.environ.pop(k, None) if v is None else os.environ.update({k: v})
+        _SIGNALS_SEEN.clear()  # this command's: a library export after an interrupted main() stopped at its first step
     if from_shell:  # (at exit: a program that calls main() keeps its Ctrl-C until it ends)
         from tledge.signals import quiet_at_exit
 

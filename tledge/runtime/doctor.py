@@ -183,7 +183,7 @@ def litert_broken() -> str | None:
     use from its wheel alone, while `tledge run` fell through to the next interpreter or failed."""
     try:
         from ai_edge_litert import interpreter  # noqa: F401
-    except (ImportError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a broken wheel raises anything (an AttributeError from numpy)
         from tledge._deps import not_importing
 
         return not_importing("ai_edge_litert", exc)
