@@ -276,10 +276,9 @@ def main(argv: list[str] | None = None) -> int:
             log.uninstall()
         import signal
 
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        if previous_int is not None:
-            signal.signal(signal.SIGINT, previous_int)
+        for sig, handler in ((signal.SIGTERM, previous), (signal.SIGINT, previous_int)):
+            if handler is not None:
+                signal.signal(sig, handler)
         for k, v in environ.items():
             os.environ.pop(k, None) if v is None else os.environ.update({k: v})
         _SIGNALS_SEEN.clear()  # this command's: a library export after an interrupted main() stopped at its first step

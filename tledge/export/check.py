@@ -236,18 +236,9 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
     `binary_output`: what its one output is; each by default what the export recorded in its manifest.
     `labels` (read from `labels_from`) name the reference's outputs for files without embedded labels."""
     from tledge.export import float32, loader
-    from tledge.metadata import read_contract
 
     files = exported_files(exported)
-    unreadable: set[Path] = set()
-
-    def contract_of(f: Path):
-        try:
-            return read_contract(f)
-        except Exception:  # noqa: BLE001 - a corrupt file is that file's failure (check_file reports it), not all
-            unreadable.add(f)
-            return None
-    contracts = [contract_of(f) for f in files]
+    contracts, unreadable = _contracts(files)
     known = [c for c in contracts if c is not None]
     if preprocess and files and len(known) == len(files):  # used by nothing: `tledge run` refuses it the same way
         raise TledgeError(f"--preprocess {preprocess}: every exported file carries its contract (normalisation "
@@ -284,17 +275,39 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
             _refuse_reordered_labels(results[i], contracts[i], lm)
     report = ParityReport(images=len(paths), results=results, reference=str(reference))
     report.notes += unmatched + _misnamed(results)
+    report.notes += _foreign_notes(files, contracts, unreadable, raw_fed, preprocess, contract)
+    report.notes += loader.report_notes(lm)
+    return report
+
+
+def _contracts(files: list[Path]) -> tuple[list, set[Path]]:
+    """(each file's embedded contract or None, the files whose metadata could not be read)."""
+    from tledge.metadata import read_contract
+
+    unreadable: set[Path] = set()
+
+    def contract_of(f: Path):
+        try:
+            return read_contract(f)
+        except Exception:  # noqa: BLE001 - a corrupt file is that file's failure (check_file reports it), not all
+            unreadable.add(f)
+            return None
+    return [contract_of(f) for f in files], unreadable
+
+
+def _foreign_notes(files, contracts, unreadable, raw_fed, preprocess, contract) -> list[str]:
+    """What parity assumed for files made elsewhere: their input inferred, raw pixels for a uint8 input."""
+    notes = []
     foreign = [n for f, c, n in zip(files, contracts, display_names(files)) if c is None and f not in unreadable]
     raw = [n for f, n in zip(files, display_names(files)) if f in raw_fed]
     if foreign:
-        report.notes.append(f"no tledge contract in {', '.join(foreign)}: input inferred from the file"
-                            + (f" with --preprocess {preprocess}" if preprocess and len(raw) < len(foreign) else "")
-                            + f", resized as the reference ({contract.resize.value}, {contract.fit.value})")
+        notes.append(f"no tledge contract in {', '.join(foreign)}: input inferred from the file"
+                     + (f" with --preprocess {preprocess}" if preprocess and len(raw) < len(foreign) else "")
+                     + f", resized as the reference ({contract.resize.value}, {contract.fit.value})")
     if raw:
-        report.notes.append(f"{', '.join(raw)}: uint8 input with no quantisation, so raw pixels in, as tledge run "
-                            f"feeds it without --preprocess (--preprocess {preprocess} is the reference's)")
-    report.notes += loader.report_notes(lm)
-    return report
+        notes.append(f"{', '.join(raw)}: uint8 input with no quantisation, so raw pixels in, as tledge run "
+                     f"feeds it without --preprocess (--preprocess {preprocess} is the reference's)")
+    return notes
 
 
 def _geometry(contract) -> dict:
