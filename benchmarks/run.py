@@ -196,7 +196,7 @@ def skip_reason(section: Section, assets: Path) -> str | None:
             return f"shared asset not available: {assets / rel}"
     for mod in section.modules:
         if importlib.util.find_spec(mod) is None:
-            return f"package not installed: {mod} (pip install 'tledge[all]')"
+            return f"package not installed: {mod} (make install, or pip install './dist/tledge-*.whl[all]')"
     return None
 
 

@@ -55,3 +55,16 @@ def test_the_library_fallback_checks_it_too(tmp_path):
     with pytest.warns(TledgeWarning, match="Edge TPU runtime"), \
             pytest.raises(TledgeError, match="not the model it was compiled from"):
         load_for_device(compiled, "coral-usb")
+
+
+def test_a_compiled_file_not_made_yet_is_not_found_not_blamed_on_the_plain_one(tmp_path):
+    """docs/devices.md's load_for_device("out/model_int8_edgetpu.tflite", "coral-usb") before edgetpu_compiler ran:
+    "model_int8.tflite beside it is not the model it was compiled from" blamed the valid CPU file."""
+    import shutil
+
+    from tledge.devices import load_for_device
+    from tledge.errors import ModelLoadError
+
+    shutil.copy(TINY / "model_int8.tflite", tmp_path / "model_int8.tflite")
+    with pytest.raises(ModelLoadError, match=r"^model file not found: .*model_int8_edgetpu\.tflite$"):
+        load_for_device(tmp_path / "model_int8_edgetpu.tflite", "coral-usb")

@@ -69,7 +69,9 @@ def test_no_install_line_fetches_tledge_from_pypi():
     from tledge.devices.profiles import PROFILES
 
     texts = {str(p.relative_to(REPO)): p.read_text(encoding="utf-8")
-             for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "tledge").rglob("*.py"))]}
+             for p in [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md")), *sorted((REPO / "docs").rglob("*.yaml")),
+                       *sorted((REPO / "docs").rglob("*.sh")), *sorted((REPO / "tledge").rglob("*.py")),
+                       *sorted((REPO / "benchmarks").glob("*.py")), *sorted((REPO / "ci").glob("*"))] if p.is_file()}
     texts["profiles"] = "\n".join(line for p in PROFILES.values() for line in p.install)
     bad = []
     for name, text in texts.items():
@@ -78,9 +80,24 @@ def test_no_install_line_fetches_tledge_from_pypi():
                 words = shlex.split(cmd)
             except ValueError:
                 words = cmd.split()
-            if any(re.fullmatch(r"tledge(\[[\w,]*\])?", w) for w in words):
+            if any(re.fullmatch(r"(['\"]?)tledge(\[[\w,]*\])?\1", w) for w in _packages(words)):
                 bad.append(f"{name}: pip install {cmd.strip()}")
     assert not bad, bad
+
+
+def _packages(words: list[str]) -> list[str]:
+    """The words of a `pip install` line up to the prose after it (a word ending in a comma, one in brackets),
+    with the closing quote and bracket of the sentence around it taken off: `'tledge[runtime]' there` and
+    `(pip install 'tledge[all]')"` (quotes kept when shlex could not split the line) name tledge, `matplotlib, in
+    tledge[train]` and `ai-edge-litert (tledge[runtime])` do not."""
+    out = []
+    for w in words:
+        if w.startswith("("):
+            break
+        out.append(w.rstrip(')",;'))
+        if w.endswith(","):
+            break
+    return out
 
 
 def test_importing_tledge_io_reads_the_umask_without_setting_it():

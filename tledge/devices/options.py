@@ -233,6 +233,10 @@ def load_for_device(path: "str | Path", device: "str | Profile | None" = None, *
         device = detect().profile
     if p.is_dir():  # an export folder: the profile's file among those its manifest vouches for (was its .tflite)
         p, _ = pick_model(p, device, **explicit)
+    elif not p.is_file():  # a compiled file not made yet blamed the plain file beside it ("not the model ...")
+        from tledge.errors import ModelLoadError
+
+        raise ModelLoadError(f"model file not found: {p}")
     backend = "onnx" if p.suffix == ".onnx" else "tflite"
     opts = resolve(device, backend=backend, **{k: v for k, v in explicit.items() if k != "backend"})
     names = opts.delegates

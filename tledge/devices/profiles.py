@@ -304,7 +304,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
         cores=None, memory_mb=None, threads=None,
         targets=(TFLITE_INT8, ONNX_INT8_CPU, TFLITE_FP32, ONNX_FP32_CPU),
         os="64-bit Linux with Python 3.10-3.14 (a bundle's run.sh and LiteRT; Windows and Intel macOS have no "
-           "ai-edge-litert wheels: pip install 'tledge[runtime]' there and run the ONNX int8 file)",
+           "ai-edge-litert wheels: install the wheel with its [runtime] extra there and run the ONNX int8 file)",
         install=(f"python3 -m venv ~/tledge-venv && ~/tledge-venv/bin/pip install './{WHEEL}[runtime]'   "
                  "# on Windows and Intel Macs the extra brings onnxruntime only (no ai-edge-litert 2.x wheels "
                  "there): use the ONNX int8 file",),
