@@ -191,6 +191,15 @@ def _first_gif_frame(p: Path):
 PIL_AS_IS = ("L", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I;16N", "F", "I")
 
 
+def cmyk_as_decoded(img) -> np.ndarray:
+    """A PIL CMYK image as RGB the way a CMYK JPEG's path is decoded (OpenCV's conversion of the stored, Adobe-inverted
+    values: k - ((255 - c) * k >> 8)). PIL's own convert("RGB") rounds otherwise: the same photo given as a PIL image
+    differed by 1-2 on 99.9 % of its values, and 7 of 120 int8 top-1 answers changed."""
+    raw = 255 - np.asarray(img, np.int32)
+    k = raw[..., 3:4]
+    return (k - (((255 - raw[..., :3]) * k) >> 8)).astype(np.uint8)
+
+
 def to_uint8_rgb(img: np.ndarray, *, bgr: bool = False) -> np.ndarray:
     """Any HxW, HxWx1, HxWx3 or HxWx4 (RGBA) array, or a PIL image of any mode -> HxWx3 uint8 RGB. uint16 is
     scaled from 0..65535; float is 0..1, or 0..255 when its maximum is over 1.5 (Keras's `img_to_array`, a float
@@ -198,7 +207,9 @@ def to_uint8_rgb(img: np.ndarray, *, bgr: bool = False) -> np.ndarray:
     import cv2
 
     mode = getattr(img, "mode", None)  # a PIL image: palette, CMYK, YCbCr, LAB, HSV... arrays are not pixels
-    if isinstance(mode, str) and callable(getattr(img, "convert", None)) and mode not in PIL_AS_IS:
+    if mode == "CMYK" and callable(getattr(img, "convert", None)):
+        img = cmyk_as_decoded(img)
+    elif isinstance(mode, str) and callable(getattr(img, "convert", None)) and mode not in PIL_AS_IS:
         if mode == "La":  # premultiplied: Pillow converts it to LA only
             img = img.convert("LA")
         img = img.convert("RGBA" if mode in ("LA", "La", "PA", "RGBa") or "transparency" in getattr(img, "info", {})
