@@ -28,8 +28,13 @@ SWALLOW = ("import os, signal, sys, time\n"
 
 
 def _python(script: str) -> subprocess.CompletedProcess:
+    """`python -c script` with Ctrl-C at its default (a background job, as CI runs, ignores it: main() then installs
+    no handler and the SIGINT cases tested nothing)."""
+    import signal
+
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120,
-                          env={**os.environ, "PYTHONPATH": REPO})
+                          env={**os.environ, "PYTHONPATH": REPO},
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 @pytest.mark.parametrize("sig,code,said", [("SIGTERM", 143, "terminated (SIGTERM)"), ("SIGINT", 130, "interrupted")])

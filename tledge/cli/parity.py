@@ -118,7 +118,10 @@ def run(args) -> int:
         from tledge.cli.export_labels import given_or_own_labels
 
         V.image_dir(args.images, "--images")  # after the exporter check (a board is told about --golden first)
-        labels, labels_from = given_or_own_labels(args.reference, args.labels)  # as export reads them
+        if args.labels:  # as export reads them; the reference's own only when a file without labels needs them
+            labels, labels_from = given_or_own_labels(args.reference, args.labels)
+        else:  # (its labels.txt was read and refused first, even where every file's own labels were used)
+            labels, labels_from = (lambda: given_or_own_labels(args.reference, None)), ""
         report = parity(args.reference, args.exported, args.images, preprocess=args.preprocess,
                         unsafe=args.unsafe, thresholds=thresholds, signature=args.signature,
                         binary_output=args.binary_output, labels=labels, labels_from=labels_from)

@@ -7,7 +7,7 @@ for a file made elsewhere the contract `tledge run` would infer from its input t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -228,21 +228,22 @@ def check_file(path: Path, has_contract: bool, reference: np.ndarray, inputs: _I
 def parity(reference: str | Path, exported: Sequence[str | Path], images: str | Path, *,
            thresholds: dict[str, Thresholds] | None = None, preprocess: str | None = None,
            unsafe: bool = False, limit: int = 1000, threads: int | None = None,
-           signature: str | None = None, binary_output: str | None = None, labels: Sequence[str] = (),
+           signature: str | None = None, binary_output: str | None = None,
+           labels: Sequence[str] | Callable[[], tuple[Sequence[str], str]] = (),
            labels_from: str = "--labels") -> ParityReport:
     """Run each exported file and the reference on the same images, each prepared by its own contract;
     collect every failure. `preprocess` completes the contract of files without one (and of the
     reference when nothing else says how it normalises). `signature`: a reference SavedModel's KEY[:OUTPUT],
     `binary_output`: what its one output is; each by default what the export recorded in its manifest.
-    `labels` (read from `labels_from`) name the reference's outputs for files without embedded labels."""
+    `labels` (read from `labels_from`) name the reference's outputs for files without embedded labels; a callable
+    giving (labels, labels_from) is called only when such a file is checked (the reference's own labels.txt, read
+    and refused when nothing used it)."""
     from tledge.export import float32, loader
 
     files = exported_files(exported)
     contracts, unreadable = _contracts(files)
     known = [c for c in contracts if c is not None]
-    if preprocess and files and len(known) == len(files):  # used by nothing: `tledge run` refuses it the same way
-        raise TledgeError(f"--preprocess {preprocess}: every exported file carries its contract (normalisation "
-                          f"{known[0].norm.value}), and the reference is checked with it: drop --preprocess")
+    _refuse_unused(files, contracts, preprocess, labels, labels_from)
     groups = _reference_groups(reference, files, contracts, signature)
     results, loaded = [None] * len(files), {}  # (a ParityResult per file; a LoadedModel per signature)
     paths = truth = lm = None
@@ -256,7 +257,9 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
         lm = loaded[sig]
         own = next((contracts[i] for i in members if contracts[i] is not None), None)
         base = own or (known[0] if known else None)
-        given = () if own is not None and own.labels else tuple(labels)  # a file's own labels score it
+        if callable(labels) and not (own is not None and own.labels):  # read now: a group needs them
+            labels, labels_from = labels()
+        given = () if own is not None and own.labels or callable(labels) else tuple(labels)  # its own labels score it
         contract, add = _reference_contract(lm, base, preprocess, given, labels_from)
         serve, _ = loader.trace(lm, contract, add)
         if paths is None:
@@ -278,6 +281,18 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
     report.notes += _foreign_notes(files, contracts, unreadable, raw_fed, preprocess, contract)
     report.notes += loader.report_notes(lm)
     return report
+
+
+def _refuse_unused(files, contracts, preprocess, labels, labels_from) -> None:
+    """--preprocess or --labels where every exported file carries its own: used by nothing (`tledge run` refuses
+    --preprocess the same way; --labels of any count passed, ignored)."""
+    known = [c for c in contracts if c is not None]
+    if preprocess and files and len(known) == len(files):
+        raise TledgeError(f"--preprocess {preprocess}: every exported file carries its contract (normalisation "
+                          f"{known[0].norm.value}), and the reference is checked with it: drop --preprocess")
+    if labels and not callable(labels) and files and all(c is not None and c.labels for c in contracts):
+        raise TledgeError(f"{labels_from}: every exported file carries its labels, and each is scored by its own "
+                          "(it was ignored, whatever it named): drop --labels")
 
 
 def _contracts(files: list[Path]) -> tuple[list, set[Path]]:

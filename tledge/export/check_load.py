@@ -65,13 +65,15 @@ def _parity_wording():
     has not (the reference could not take them). Other warnings are shown as they are."""
     shown = warnings.showwarning
 
+    advice = RAW_PIXELS + " If that is wrong, pass --preprocess MODE|BACKBONE."
+
     def show(message, category, *rest):
-        if issubclass(category, RawPixelsAssumed):
-            message = RawPixelsAssumed(RAW_PIXELS + " If that is wrong, pass --preprocess MODE|BACKBONE.")
-        shown(message, category, *rest)
+        shown(RawPixelsAssumed(advice) if issubclass(category, RawPixelsAssumed) else message, category, *rest)
 
     warnings.showwarning = show
     try:
         yield
+    except RawPixelsAssumed:  # the warning raised as an error (-W error, pytest's filters): never shown, same advice
+        raise RawPixelsAssumed(advice) from None
     finally:
         warnings.showwarning = shown
