@@ -37,47 +37,39 @@ def _python(script: str) -> subprocess.CompletedProcess:
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
+def _info_running(body: str, head: str = "", tail: str = "", swallow: bool = True) -> subprocess.CompletedProcess:
+    """`tledge info` in a process of its own, its verb replaced by `def run(args):` + `body` (indented lines);
+    `head` before, `tail` after the main() call."""
+    return _python((SWALLOW if swallow else "import os, signal\nimport tledge.cli.info as verb\n") + head +
+                   "def run(args):\n" + body + "verb.run = run\nfrom tledge.cli import main\n"
+                   "print(main(['info', 'x.tflite']))\n" + tail)
+
+
 @pytest.mark.parametrize("sig,code,said", [("SIGTERM", 143, "terminated (SIGTERM)"), ("SIGINT", 130, "interrupted")])
 def test_no_step_runs_after_a_lost_signal(sig, code, said):
-    script = SWALLOW + ("def run(args):\n"
-                        f"    swallowed(signal.{sig})\n"
+    res = _info_running(f"    swallowed(signal.{sig})\n"
                         "    with log.step('the next step'):\n"
                         "        print('went on', flush=True)\n"
-                        "    return 0\n"
-                        "verb.run = run\n"
-                        "from tledge.cli import main\n"
-                        "print(main(['info', 'x.tflite']))\n")
-    res = _python(script)
+                        "    return 0\n")
     assert res.stdout.split() == [str(code)], (res.stdout, res.stderr[-2000:])
     assert f"tledge info: {said}" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_an_error_that_a_signal_became_is_the_stop_not_a_traceback():
-    script = SWALLOW + ("def run(args):\n"
-                        "    swallowed(signal.SIGTERM)\n"
-                        "    raise SystemError('Objects/listobject.c:338: bad argument to internal function')\n"
-                        "verb.run = run\n"
-                        "from tledge.cli import main\n"
-                        "print(main(['info', 'x.tflite']))\n")
-    res = _python(script)
+    res = _info_running("    swallowed(signal.SIGTERM)\n"
+                        "    raise SystemError('Objects/listobject.c:338: bad argument to internal function')\n")
     assert res.stdout.split() == ["143"], (res.stdout, res.stderr[-2000:])
     assert "tledge info: terminated (SIGTERM)" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_an_export_folder_swaps_in_nothing_after_a_lost_signal(tmp_path):
     out = tmp_path / "out"
-    script = SWALLOW + ("from tledge.export.unit import ExportFolder\n"
-                        f"out = {str(out)!r}\n"
-                        "def run(args):\n"
-                        "    with ExportFolder(out) as f:\n"
+    res = _info_running("    with ExportFolder(out) as f:\n"
                         "        (f.staging / 'model_fp32.tflite').write_bytes(b'new')\n"
                         "        swallowed(signal.SIGTERM)\n"
                         "        f.commit('m.keras', {})\n"
-                        "    return 0\n"
-                        "verb.run = run\n"
-                        "from tledge.cli import main\n"
-                        "print(main(['info', 'x.tflite']))\n")
-    res = _python(script)
+                        "    return 0\n",
+                        head=f"from tledge.export.unit import ExportFolder\nout = {str(out)!r}\n")
     assert res.stdout.split() == ["143"], (res.stdout, res.stderr[-2000:])
     assert not (out / "model_fp32.tflite").exists() and not (out / "manifest.json").exists(), os.listdir(out)
 
@@ -111,16 +103,9 @@ def test_ctrl_c_while_tledge_imports_is_one_line():
 def test_a_signal_of_an_earlier_command_does_not_stop_later_library_calls():
     """main() cleared the seen signals when it started, not when it returned: after one interrupted command, every
     library export in that process stopped at its first step, and a training threw its finished run away."""
-    script = ("import os, signal\n"
-              "import tledge.cli.info as verb\n"
-              "def run(args):\n"
-              "    os.kill(os.getpid(), signal.SIGINT)\n"
-              "verb.run = run\n"
-              "from tledge.cli import main\n"
-              "print(main(['info', 'x.tflite']))\n"
-              "from tledge import log, signals\n"
-              "signals.stop_if_signalled()\n"
-              "with log.step('a library step'):\n"
-              "    print('ran')\n")
-    res = _python(script)
+    res = _info_running("    os.kill(os.getpid(), signal.SIGINT)\n", swallow=False,
+                        tail="from tledge import log, signals\n"
+                             "signals.stop_if_signalled()\n"  # after main() returned: nothing seen any more
+                             "with log.step('a library step'):\n"
+                             "    print('ran')\n")
     assert res.stdout.split() == ["130", "ran"], (res.stdout, res.stderr[-2000:])
