@@ -94,7 +94,10 @@ def _packages(words: list[str]) -> list[str]:
     for w in words:
         if w.startswith("("):
             break
-        out.append(w.rstrip(')",;'))
+        name = w.rstrip("),;")
+        if not name.startswith('"'):  # the sentence's closing quote, not the name's: `'tledge[all]')"`
+            name = name.rstrip('"').rstrip("),;")
+        out.append(name)
         if w.endswith(","):
             break
     return out

@@ -57,3 +57,15 @@ def test_the_raw_pixels_advice_under_an_error_filter_names_what_parity_takes(tin
         report = parity(tiny_model["keras"], [float_file], shapes_dataset / "val")
     why = " ".join(report.results[0].failures)
     assert "could not run" in why and why.endswith("pass --preprocess MODE|BACKBONE."), why
+
+
+def test_labels_given_as_an_array_to_the_library(exported, shapes_dataset):
+    """`if labels` on a numpy array: a ValueError traceback where a list worked."""
+    import numpy as np
+
+    from tledge.errors import TledgeError
+    from tledge.export.check import parity
+
+    with pytest.raises(TledgeError, match="drop --labels"):  # every file has its own: refused, not a ValueError
+        parity(exported / "ref" / "model.keras", [exported / "exp"], shapes_dataset / "val",
+               labels=np.array(["circle", "hstripes", "vstripes"]))

@@ -124,7 +124,8 @@ def as_rgb(image) -> np.ndarray:
         from PIL import ImageOps
 
         try:  # PIL decodes lazily: a truncated upload raised OSError here, a closed image ValueError
-            return to_uint8_rgb(ImageOps.exif_transpose(image))
+            turned = ImageOps.exif_transpose(image)  # (a copy, without the format that picks a CMYK's rounding)
+            return to_uint8_rgb(cmyk_as_decoded(turned) if _cmyk_jpeg(image) else turned)
         except (OSError, ValueError, SyntaxError) as exc:
             raise ImageError(f"cannot decode PIL image: {exc}") from None
     if callable(getattr(image, "read", None)):  # BytesIO, an open file (whose .mode is "rb")
@@ -191,10 +192,14 @@ def _first_gif_frame(p: Path):
 PIL_AS_IS = ("L", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I;16N", "F", "I")
 
 
+def _cmyk_jpeg(img) -> bool:
+    """A PIL image of a CMYK JPEG (a CMYK TIFF's path is decoded by libtiff, which rounds as PIL's convert does)."""
+    return getattr(img, "mode", None) == "CMYK" and getattr(img, "format", None) in ("JPEG", "MPO")
+
+
 def cmyk_as_decoded(img) -> np.ndarray:
-    """A PIL CMYK image as RGB the way a CMYK JPEG's path is decoded (OpenCV's conversion of the stored, Adobe-inverted
-    values: k - ((255 - c) * k >> 8)). PIL's own convert("RGB") rounds otherwise: the same photo given as a PIL image
-    differed by 1-2 on 99.9 % of its values, and 7 of 120 int8 top-1 answers changed."""
+    """A PIL CMYK JPEG as RGB the way its path is decoded (OpenCV: k - ((255 - c) * k >> 8) on the stored, inverted
+    values). PIL's convert("RGB") rounds otherwise: 1-2 on 99.9 % of values, 7 of 120 int8 top-1 answers changed."""
     raw = 255 - np.asarray(img, np.int32)
     k = raw[..., 3:4]
     return (k - (((255 - raw[..., :3]) * k) >> 8)).astype(np.uint8)
@@ -207,7 +212,7 @@ def to_uint8_rgb(img: np.ndarray, *, bgr: bool = False) -> np.ndarray:
     import cv2
 
     mode = getattr(img, "mode", None)  # a PIL image: palette, CMYK, YCbCr, LAB, HSV... arrays are not pixels
-    if mode == "CMYK" and callable(getattr(img, "convert", None)):
+    if _cmyk_jpeg(img):
         img = cmyk_as_decoded(img)
     elif isinstance(mode, str) and callable(getattr(img, "convert", None)) and mode not in PIL_AS_IS:
         if mode == "La":  # premultiplied: Pillow converts it to LA only

@@ -243,6 +243,7 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
     files = exported_files(exported)
     contracts, unreadable = _contracts(files)
     known = [c for c in contracts if c is not None]
+    labels = labels if callable(labels) else tuple(labels)  # (a numpy array has no truth value)
     _refuse_unused(files, contracts, preprocess, labels, labels_from)
     groups = _reference_groups(reference, files, contracts, signature)
     results, loaded = [None] * len(files), {}  # (a ParityResult per file; a LoadedModel per signature)
