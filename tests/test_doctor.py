@@ -149,7 +149,9 @@ def test_an_installed_litert_that_does_not_import_is_not_named_the_runtime(monke
     assert c["interpreter"] is None and "ai_edge_litert is installed but does not import" in c["why"], c
     assert doctor.tflite_choice({"ai-edge-litert": "2.3.0"}, probe=False)["interpreter"] == "ai_edge_litert"
     monkeypatch.setattr(doctor, "importable", lambda name: "/x")
-    assert doctor.tflite_choice({})["interpreter"] == "tflite_runtime"
+    c = doctor.tflite_choice({})
+    assert c["interpreter"] == "tflite_runtime" and "does not import" in c["why"], c
+    assert "pip install ai-edge-litert" not in c["why"], c  # it is installed: reinstalling it is the broken text's fix
 
 
 def test_an_installed_litert_that_fails_with_any_error_is_said_not_a_traceback(monkeypatch):

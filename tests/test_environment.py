@@ -75,12 +75,12 @@ def test_no_install_line_fetches_tledge_from_pypi():
     texts["profiles"] = "\n".join(line for p in PROFILES.values() for line in p.install)
     bad = []
     for name, text in texts.items():
-        for cmd in re.findall(r"pip install ([^\n`#]*)", text):
+        for cmd in re.findall(r"(?:pip3?|pipx|uv pip) install ([^\n`#]*)", text):
             try:
                 words = shlex.split(cmd)
             except ValueError:
                 words = cmd.split()
-            if any(re.fullmatch(r"(['\"]?)tledge(\[[\w,]*\])?\1", w) for w in _packages(words)):
+            if any(re.fullmatch(r"(['\"]?)tledge(\[[\w,]*\])?([<>=!~]=?[^'\"]*)?\1", w) for w in _packages(words)):
                 bad.append(f"{name}: pip install {cmd.strip()}")
     assert not bad, bad
 

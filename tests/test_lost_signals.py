@@ -55,9 +55,10 @@ def test_no_step_runs_after_a_lost_signal(sig, code, said):
     assert f"tledge info: {said}" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_an_error_that_a_signal_became_is_the_stop_not_a_traceback():
-    res = _info_running("    swallowed(signal.SIGTERM)\n"
-                        "    raise SystemError('Objects/listobject.c:338: bad argument to internal function')\n")
+@pytest.mark.parametrize("error", ["SystemError('Objects/listobject.c:338: bad argument to internal function')",
+                                   "RuntimeError('a graph op failed')"])  # (RuntimeError had a branch of its own)
+def test_an_error_that_a_signal_became_is_the_stop_not_a_traceback(error):
+    res = _info_running(f"    swallowed(signal.SIGTERM)\n    raise {error}\n")
     assert res.stdout.split() == ["143"], (res.stdout, res.stderr[-2000:])
     assert "tledge info: terminated (SIGTERM)" in res.stderr and "Traceback" not in res.stderr
 

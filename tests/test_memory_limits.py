@@ -72,3 +72,25 @@ def test_doctor_reports_a_runtime_that_does_not_load(monkeypatch):
     monkeypatch.setattr(model, "load", unmappable)
     rep = doctor.check_model(TINY / "model_int8.tflite")
     assert [(c.name, c.ok) for c in rep.checks] == [("load", False)] and "failed to map segment" in rep.checks[0].detail
+
+
+def test_an_installed_litert_that_fails_with_any_error_falls_through_as_the_doctor_says(monkeypatch):
+    """A broken wheel raises anything on import (numpy 2 and `np.float`: AttributeError): the doctor said "does not
+    import" while `tledge run` gave the AttributeError's traceback."""
+    from tledge.errors import MissingDependency
+    from tledge.runtime import litert
+
+    package = pytest.importorskip("ai_edge_litert")
+    monkeypatch.delattr(package, "interpreter", raising=False)
+    monkeypatch.delitem(sys.modules, "ai_edge_litert.interpreter", raising=False)
+
+    class Broken:
+        def find_spec(self, name, path=None, target=None):
+            if name == "ai_edge_litert.interpreter":
+                raise AttributeError("module 'numpy' has no attribute 'float'")
+
+    monkeypatch.setattr(sys, "meta_path", [Broken(), *sys.meta_path])
+    monkeypatch.setitem(sys.modules, "tflite_runtime", None)
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
+    with pytest.raises(MissingDependency, match="ai_edge_litert is installed but does not import.*float"):
+        litert.interpreter_module()

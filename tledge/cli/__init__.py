@@ -374,6 +374,8 @@ def _run(args, console) -> int:
         return 2
     except RuntimeError as exc:
         if "can't start new thread" not in str(exc):
+            if _SIGNALS_SEEN:  # (re-raised here, the Exception branch below never saw it)
+                return _stopped(prefix)
             raise
         _say(f"{prefix}: error: cannot start a thread ({exc}): a memory or process limit (ulimit -v, ulimit -u)")
         return 2
@@ -386,6 +388,11 @@ def _run(args, console) -> int:
     except Exception:  # a signal that landed in TensorFlow's tracing became a SystemError: a traceback, exit 1
         if not _SIGNALS_SEEN:
             raise
-        sigterm = "SIGTERM" in _SIGNALS_SEEN
-        _say(f"{prefix}: {'terminated (SIGTERM)' if sigterm else 'interrupted'}")
-        return 143 if sigterm else 130
+        return _stopped(prefix)
+
+
+def _stopped(prefix: str) -> int:
+    """An error after a signal the CLI saw is that stop: said in one line, 143 (SIGTERM) or 130."""
+    sigterm = "SIGTERM" in _SIGNALS_SEEN
+    _say(f"{prefix}: {'terminated (SIGTERM)' if sigterm else 'interrupted'}")
+    return 143 if sigterm else 130

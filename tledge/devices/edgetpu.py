@@ -43,7 +43,7 @@ def delegate_loaders() -> list[tuple[str, Callable]]:
         from ai_edge_litert.interpreter import load_delegate
 
         loaders.append(("ai_edge_litert", load_delegate))
-    except ImportError:
+    except Exception:  # noqa: BLE001 - a broken wheel raises anything; the interpreter's load says why
         pass
     try:
         from tflite_runtime.interpreter import load_delegate as tr_load

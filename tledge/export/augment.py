@@ -1,11 +1,12 @@
-"""Keras 3's random augmentation layers left in a model, replaced by nothing for export.
+"""Keras 3 augmentation layers that write their random seed when traced, replaced by nothing for export.
 
-They return their input unchanged at inference (`training=False`), but RandomHue, RandomSaturation, RandomGrayscale,
-RandomSharpness, RandomPosterization and RandomColorDegeneration still advance their random seed when traced (an
+RandomHue, RandomSaturation, RandomGrayscale, RandomSharpness, RandomPosterization and RandomColorDegeneration
+return their input unchanged at inference (`training=False`) but still advance their seed when traced (an
 AssignVariableOp in the graph): the graph did not freeze, so the model's Rescaling behind them was read as "does
 not bake its preprocessing" (whose advice, --preprocess tf, normalised twice), and then every converter failed
-with a TensorFlow-internal message, exit 1. The model is cloned with every random augmentation layer an Identity,
-and kept only when the clone computes the same as the model at inference.
+with a TensorFlow-internal message, exit 1. The model is cloned with those layers an Identity (the other Random*
+layers convert as they are; RandomCrop is no identity at inference: it crops), and the clone is kept only when it
+computes the same as the model at inference.
 """
 from __future__ import annotations
 
@@ -15,19 +16,16 @@ from tledge.export.baked import walk
 
 TRACED_STATE = frozenset({"RandomHue", "RandomSaturation", "RandomGrayscale", "RandomSharpness", "RandomPosterization",
                           "RandomColorDegeneration"})  # the kinds that write their seed when traced at inference
-AUGMENTATION = frozenset({"RandAugment", "AugMix"})  # besides keras's Random* layers
 
 
 def _augmenting(layer) -> bool:
-    kind = type(layer).__name__
-    return type(layer).__module__.startswith("keras.") and (kind.startswith("Random") or kind in AUGMENTATION)
+    return type(layer).__module__.startswith("keras.") and type(layer).__name__ in TRACED_STATE
 
 
 def strip(model) -> tuple[object, str | None]:
-    """(model, note): `model` with its random augmentation layers replaced by Identity when one of them writes its
-    seed at inference (TRACED_STATE), else the model as is."""
+    """(model, note): `model` with its TRACED_STATE layers replaced by Identity, else the model as is."""
     found = sorted({type(layer).__name__ for layer in walk(model) if _augmenting(layer)})
-    if not TRACED_STATE.intersection(found):
+    if not found:
         return model, None
     import keras
 

@@ -34,7 +34,7 @@ def expand_models(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process, MB. Linux: VmHWM of /proc/self/status, because
+    """Peak resident memory of this process, MiB. Linux: VmHWM of /proc/self/status, because
     getrusage's ru_maxrss keeps the *parent's* peak across fork/vfork + exec."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():

@@ -201,7 +201,7 @@ def tflite_choice(w: dict[str, str | None], probe: bool = True) -> dict:
                     "why": "ai-edge-litert is installed: the preferred TFLite runtime (XNNPACK, current op versions)"}
     if importable("tflite_runtime"):
         why = (f"{broken or 'ai-edge-litert is not installed'}: tflite_runtime is used, 10-40x slower for int8 and "
-               "unable to load files with newer op versions. Fix: pip install ai-edge-litert")
+               "unable to load files with newer op versions" + ("" if broken else ". Fix: pip install ai-edge-litert"))
         ver = w.get("tflite-runtime")
         if (_major(w.get("numpy")) or 0) >= 2:  # the last tflite-runtime (2.14) was built against numpy 1
             why += f"; tflite-runtime {ver} was built for numpy<2 and numpy {w['numpy']} is installed: " \

@@ -20,7 +20,7 @@ def interpreter_module():
         from ai_edge_litert import interpreter as mod
 
         return mod, "ai_edge_litert"
-    except (ImportError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a broken wheel raises anything (numpy 2 and `np.float`: AttributeError)
         from importlib.util import find_spec
 
         if find_spec("ai_edge_litert") is not None:
