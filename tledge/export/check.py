@@ -258,9 +258,12 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
         lm = loaded[sig]
         own = next((contracts[i] for i in members if contracts[i] is not None), None)
         base = own or (known[0] if known else None)
-        if callable(labels) and not (own is not None and own.labels):  # read now: a group needs them
-            labels, labels_from = labels()
-        given = () if own is not None and own.labels or callable(labels) else tuple(labels)  # its own labels score it
+        if own is not None and own.labels:
+            given = ()  # a file's own labels score it
+        else:
+            if callable(labels):  # read now: a group needs them
+                labels, labels_from = labels()
+            given = tuple(labels)
         contract, add = _reference_contract(lm, base, preprocess, given, labels_from)
         serve, _ = loader.trace(lm, contract, add)
         if paths is None:

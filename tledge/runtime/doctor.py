@@ -178,24 +178,14 @@ def _major(version: str | None) -> int | None:
         return None
 
 
-def litert_broken() -> str | None:
-    """Why an installed ai-edge-litert does not import (None: it does). Before, the doctor named it the runtime in
-    use from its wheel alone, while `tledge run` fell through to the next interpreter or failed."""
-    try:
-        from ai_edge_litert import interpreter  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - a broken wheel raises anything (an AttributeError from numpy)
-        from tledge._deps import not_importing
-
-        return not_importing("ai_edge_litert", exc)
-    return None
-
-
 def tflite_choice(w: dict[str, str | None], probe: bool = True) -> dict:
     """The interpreter tledge.runtime.backends will use for .tflite files (same order), and why (probe: importing
     ai-edge-litert to see that it loads)."""
     broken = None
     if importable("ai_edge_litert"):
-        broken = litert_broken() if probe else None
+        from tledge.runtime.litert import litert_module  # (what the runtime asks: before, the doctor named it the
+        # runtime in use from its wheel alone, while `tledge run` fell through to the next interpreter or failed)
+        broken = litert_module()[1] if probe else None
         if broken is None:
             return {"interpreter": "ai_edge_litert", "version": w.get("ai-edge-litert"),
                     "why": "ai-edge-litert is installed: the preferred TFLite runtime (XNNPACK, current op versions)"}

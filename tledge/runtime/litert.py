@@ -13,20 +13,28 @@ import numpy as np
 from tledge.errors import MissingDependency, ModelLoadError, TledgeWarning
 
 
-def interpreter_module():
-    """(interpreter module, provider name) in the order of preference."""
-    broken = None  # why an installed ai-edge-litert does not import (out of memory: "failed to map segment"): said
-    try:  # when no other interpreter is there, instead of "not installed"; the others are still tried first
+def litert_module():
+    """(ai-edge-litert's interpreter module, None); (None, why) when it is installed but does not import (out of
+    memory: "failed to map segment"; a wheel built for numpy 1: an AttributeError); (None, None) when it is not
+    installed. The runtime and `tledge doctor` both ask here."""
+    try:
         from ai_edge_litert import interpreter as mod
-
-        return mod, "ai_edge_litert"
-    except Exception as exc:  # noqa: BLE001 - a broken wheel raises anything (numpy 2 and `np.float`: AttributeError)
+    except Exception as exc:  # noqa: BLE001 - a broken wheel raises anything
         from importlib.util import find_spec
 
-        if find_spec("ai_edge_litert") is not None:
-            from tledge._deps import not_importing
+        if find_spec("ai_edge_litert") is None:
+            return None, None
+        from tledge._deps import not_importing
 
-            broken = not_importing("ai_edge_litert", exc)
+        return None, not_importing("ai_edge_litert", exc)
+    return mod, None
+
+
+def interpreter_module():
+    """(interpreter module, provider name) in the order of preference."""
+    mod, broken = litert_module()  # why an installed one does not import is said when no other interpreter is
+    if mod is not None:  # there, instead of "not installed"; the others are still tried first
+        return mod, "ai_edge_litert"
     try:
         from tflite_runtime import interpreter as mod
     except ImportError:

@@ -138,13 +138,11 @@ def engine_cache_per_model(provider, path: Path):
     import hashlib
     import os
 
-    h = hashlib.sha256()
-    for f in with_data(path):
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
+    from tledge.artifacts import sha256_of
+
+    key = hashlib.sha256(" ".join(sha256_of(f) for f in with_data(path)).encode()).hexdigest()[:16]
     name, opts = provider
-    return (name, {**opts, "trt_engine_cache_path": os.path.join(opts["trt_engine_cache_path"], h.hexdigest()[:16])})
+    return (name, {**opts, "trt_engine_cache_path": os.path.join(opts["trt_engine_cache_path"], key)})
 
 
 def _graph(buf) -> tuple[int, int]:
