@@ -303,7 +303,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
         "x86-cpu", "x86-64 CPU (Linux; on Windows and Intel Macs the ONNX files)", Family.X86, Arch.X86_64,
         cores=None, memory_mb=None, threads=None,
         targets=(TFLITE_INT8, ONNX_INT8_CPU, TFLITE_FP32, ONNX_FP32_CPU),
-        os="64-bit Linux with Python 3.10-3.14 (a bundle's run.sh and LiteRT; Windows and Intel macOS have no "
+        os="64-bit Linux with Python 3.10-3.13 (a bundle's run.sh and LiteRT; Windows and Intel macOS have no "
            "ai-edge-litert wheels: install the wheel with its [runtime] extra there and run the ONNX int8 file)",
         install=(f"python3 -m venv ~/tledge-venv && ~/tledge-venv/bin/pip install './{WHEEL}[runtime]'   "
                  "# on Windows and Intel Macs the extra brings onnxruntime only (no ai-edge-litert 2.x wheels "
