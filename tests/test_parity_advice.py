@@ -1,5 +1,6 @@
 """What `tledge parity` advises is what it takes: the "feeding raw 0..255 pixels" warning for a float file made
-elsewhere said "pass --preprocess ... or --mean/--std" (parity has no --mean/--std), and a reference that does not
+elsewhere says "pass --preprocess ... or --mean/--std" (parity had no --mean/--std and said --preprocess only; it
+takes them now, as run does), and a reference that does not
 bake its preprocessing was told "--preprocess auto with labelled --val images" (parity: "unknown preprocessing
 'auto'"). `tledge run` and `tledge export` keep their wording."""
 from pathlib import Path
@@ -28,7 +29,7 @@ def test_the_raw_pixels_warning_names_parity_options(tiny_model, float_file, sha
     with pytest.warns(TledgeWarning, match="feeding raw 0..255 pixels") as said:  # (the CLI leaves them to pytest)
         rc = main(["parity", str(tiny_model["keras"]), str(float_file), "--images", str(shapes_dataset / "val")])
     text = [str(w.message) for w in said if "feeding raw" in str(w.message)]
-    assert rc == 0 and text[0].endswith("If that is wrong, pass --preprocess MODE|BACKBONE."), text
+    assert rc == 0 and text[0].endswith("If that is wrong, pass --preprocess MODE|BACKBONE or --mean/--std."), text
 
 
 def test_run_keeps_its_wording(float_file):

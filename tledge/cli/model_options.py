@@ -1,4 +1,5 @@
-"""Command-line options shared by `tledge run`, `info` and `bench`: how to open a model file.
+"""Command-line options shared by `tledge run`, `info` and `bench` (and --mean/--std by `parity`): how to open a
+model file.
 
 Imports nothing heavy (the CLI builds every subcommand's parser at start-up).
 """
@@ -45,8 +46,7 @@ def check_model_options(args, models=()) -> None:
     if args.labels:
         V.labels_file(args.labels)
     V.preprocess(args.preprocess)
-    V.numbers(args.mean, "--mean")
-    V.numbers(args.std, "--std", positive=True)
+    check_mean_std(args)
     V.geometry(getattr(args, "fit", None), args.crop)  # as export: --crop means --fit crop
 
 
@@ -65,8 +65,7 @@ def add_model_options(p) -> None:
                                     "or Teachable Machine '0 name' lines numbered from 0")
     f.add_argument("--preprocess", help="normalisation: tf, caffe, torch, scale, raw, or a backbone name "
                                         "(mobilenet_v2, resnet50, ...)")
-    f.add_argument("--mean", help="per-channel mean in 0..255 pixel units, e.g. 123.7,116.3,103.5")
-    f.add_argument("--std", help="per-channel std in 0..255 pixel units, e.g. 58.4,57.1,57.4")
+    add_mean_std(f)
     f.add_argument("--layout", choices=LAYOUTS, help="input layout (default: guessed from the shape)")
     f.add_argument("--resize", choices=RESIZES, help="resize method (default: the file's contract; a file made elsewhere: warp-linear "
                    "for TFLite, area for ONNX)")
@@ -76,6 +75,18 @@ def add_model_options(p) -> None:
     f.add_argument("--color", choices=("rgb", "bgr"), help="channel order the model wants (default rgb)")
     f.add_argument("--input-size", help="HxW, for models with a dynamic input size")
     f.add_argument("--logits", action="store_true", help="the model outputs logits: softmax them for scores")
+
+
+def add_mean_std(group) -> None:
+    """--mean/--std: how a file made elsewhere takes pixels (run, info, bench; parity for the files it checks)."""
+    group.add_argument("--mean", help="per-channel mean in 0..255 pixel units, e.g. 123.7,116.3,103.5")
+    group.add_argument("--std", help="per-channel std in 0..255 pixel units, e.g. 58.4,57.1,57.4")
+
+
+def check_mean_std(args) -> None:
+    """--mean/--std are 1 or 3 finite numbers, the std's > 0 (TledgeError, exit 2)."""
+    V.numbers(args.mean, "--mean")
+    V.numbers(args.std, "--std", positive=True)
 
 
 def load_kwargs(args) -> dict:

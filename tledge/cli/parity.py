@@ -29,6 +29,10 @@ def add_arguments(p) -> None:
     p.add_argument("--labels", metavar="FILE", help="the reference's labels (one per line, or '0 name' lines), to "
                    "match --images class folders by name for it and files without an embedded contract (default: "
                    "the reference's tledge.json or a labels.txt beside it)")
+    from tledge.cli.model_options import add_mean_std
+
+    add_mean_std(p.add_argument_group("files without an embedded contract, as tledge run takes them (then "
+                                      "--preprocess is the reference's only)"))
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--junit", help="write JUnit XML (one test case per file)")  # str: keeps a trailing "/"
     p.add_argument("--unsafe", action="store_true", help="allow code inside the reference model file")
@@ -59,6 +63,7 @@ def check_signature(text: str, model: Path, flag: str = "MODEL") -> None:
 
 def _validate(args) -> None:
     from tledge.cli import validate as V
+    from tledge.cli.model_options import check_mean_std
     from tledge.runtime.backends import MAX_THREADS, default_threads
 
     if getattr(args, "threads", None) is None:
@@ -66,6 +71,7 @@ def _validate(args) -> None:
     if args.golden:
         extra = [n for n, v in (("REFERENCE", args.reference), ("EXPORTED", args.exported), ("--images", args.images),
                                 ("--preprocess", args.preprocess), ("--labels", args.labels),
+                                ("--mean", args.mean), ("--std", args.std),
                                 ("--unsafe", args.unsafe),
                                 ("--signature", args.signature), ("--binary-output", args.binary_output)) if v]
         if extra:
@@ -86,6 +92,7 @@ def _validate(args) -> None:
         V.edge_models(args.exported, "EXPORTED")
         V.input_dir(args.images, "--images")
         V.preprocess(args.preprocess)
+        check_mean_std(args)
         if args.labels:
             V.labels_file(args.labels)
     if args.junit:
@@ -124,7 +131,8 @@ def run(args) -> int:
             labels, labels_from = (lambda: given_or_own_labels(args.reference, None)), ""
         report = parity(args.reference, args.exported, args.images, preprocess=args.preprocess,
                         unsafe=args.unsafe, thresholds=thresholds, signature=args.signature,
-                        binary_output=args.binary_output, labels=labels, labels_from=labels_from)
+                        binary_output=args.binary_output, labels=labels, labels_from=labels_from,
+                        mean=args.mean, std=args.std)
     unmatched = report.unmatched(thresholds)
     if unmatched:  # a misspelt file name would leave that file on its precision's defaults, silently
         from tledge import log

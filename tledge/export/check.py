@@ -2,7 +2,8 @@
 
 Each file gets the input its own contract asks for: the embedded one (or tledge.json beside it), or
 for a file made elsewhere the contract `tledge run` would infer from its input tensor, completed by
-`--preprocess`. The reference gets its own. A file's precision comes from its tensors, not its name.
+`--mean/--std` or `--preprocess`. The reference gets its own. A file's precision comes from its tensors, not its
+name.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from tledge.artifacts import PRECISIONS
 from tledge.errors import DataError, TledgeError
-from tledge.export.check_load import load_file
+from tledge.export.check_load import file_normalisation, foreign_notes, load_file, refuse_unused
 from tledge.export.parity import ParityReport, ParityResult, Thresholds, compare, independent_scores
 from tledge.runtime.bench import one_image_ms
 
@@ -200,15 +201,15 @@ def _failed(name: str, kind: str, precision: str, n: int, message: str) -> Parit
 
 
 def check_file(path: Path, has_contract: bool, reference: np.ndarray, inputs: _Inputs, *, labels,
-               thresholds: dict[str, Thresholds], preprocess: str | None, size, threads=None,
+               thresholds: dict[str, Thresholds], normalisation: dict, size, threads=None,
                name: str | None = None, geometry: dict | None = None, raw_fed: list[Path] | None = None
                ) -> ParityResult:
     """Load `path`, feed it its own prepared inputs, compare with the reference outputs; the result is `name`d
-    (default: the file's name). `raw_fed`: tledge.export.check_load.load_file's."""
+    (default: the file's name). `normalisation`, `raw_fed`: tledge.export.check_load.load_file's."""
     kind = _SUFFIX_KIND.get(path.suffix.lower(), path.suffix)
     name = name or path.name
     try:
-        model = load_file(path, has_contract, preprocess, size, threads, geometry, raw_fed)
+        model = load_file(path, has_contract, normalisation, size, threads, geometry, raw_fed)
         precision = exported_precision(path) or precision_of(model)
         x = inputs.for_contract(model.contract)
         out = np.concatenate([model.predict(x[i:i + 32]) for i in range(0, len(x), 32)])
@@ -230,11 +231,13 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
            unsafe: bool = False, limit: int = 1000, threads: int | None = None,
            signature: str | None = None, binary_output: str | None = None,
            labels: Sequence[str] | Callable[[], tuple[Sequence[str], str]] = (),
-           labels_from: str = "--labels") -> ParityReport:
+           labels_from: str = "--labels", mean=None, std=None) -> ParityReport:
     """Run each exported file and the reference on the same images, each prepared by its own contract;
     collect every failure. `preprocess` completes the contract of files without one (and of the
-    reference when nothing else says how it normalises). `signature`: a reference SavedModel's KEY[:OUTPUT],
-    `binary_output`: what its one output is; each by default what the export recorded in its manifest.
+    reference when nothing else says how it normalises); `mean`/`std` (as tledge.runtime.load takes them), when
+    given, complete those files' instead, and `preprocess` is then the reference's only. `signature`: a reference
+    SavedModel's KEY[:OUTPUT], `binary_output`: what its one output is; each by default what the export recorded in
+    its manifest.
     `labels` (read from `labels_from`) name the reference's outputs for files without embedded labels; a callable
     giving (labels, labels_from) is called only when such a file is checked (the reference's own labels.txt, read
     and refused when nothing used it)."""
@@ -244,7 +247,9 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
     contracts, unreadable = _contracts(files)
     known = [c for c in contracts if c is not None]
     labels = labels if callable(labels) else tuple(labels)  # (a numpy array has no truth value)
-    _refuse_unused(files, contracts, preprocess, labels, labels_from)
+    normalisation = file_normalisation(preprocess, mean, std)
+    refuse_unused(files, contracts, {**({"preprocess": preprocess} if preprocess else {}), **normalisation}, labels,
+                  labels_from)
     groups = _reference_groups(reference, files, contracts, signature)
     results, loaded = [None] * len(files), {}  # (a ParityResult per file; a LoadedModel per signature)
     paths = truth = lm = None
@@ -276,27 +281,16 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
         geometry = _geometry(contract)
         for i in members:
             results[i] = check_file(files[i], contracts[i] is not None, ref, inputs, labels=y,
-                                    thresholds=thresholds or {}, preprocess=preprocess, size=contract.size,
+                                    thresholds=thresholds or {}, normalisation=normalisation, size=contract.size,
                                     threads=threads, name=display_names(files)[i], geometry=geometry,
                                     raw_fed=raw_fed)
             _refuse_reordered_labels(results[i], contracts[i], lm)
     report = ParityReport(images=len(paths), results=results, reference=str(reference))
     report.notes += unmatched + _misnamed(results)
-    report.notes += _foreign_notes(files, contracts, unreadable, raw_fed, preprocess, contract)
+    report.notes += foreign_notes(files, display_names(files), contracts, unreadable, raw_fed, normalisation,
+                                  preprocess, contract)
     report.notes += loader.report_notes(lm)
     return report
-
-
-def _refuse_unused(files, contracts, preprocess, labels, labels_from) -> None:
-    """--preprocess or --labels where every exported file carries its own: used by nothing (`tledge run` refuses
-    --preprocess the same way; --labels of any count passed, ignored)."""
-    known = [c for c in contracts if c is not None]
-    if preprocess and files and len(known) == len(files):
-        raise TledgeError(f"--preprocess {preprocess}: every exported file carries its contract (normalisation "
-                          f"{known[0].norm.value}), and the reference is checked with it: drop --preprocess")
-    if labels and not callable(labels) and files and all(c is not None and c.labels for c in contracts):
-        raise TledgeError(f"{labels_from}: every exported file carries its labels, and each is scored by its own "
-                          "(it was ignored, whatever it named): drop --labels")
 
 
 def _contracts(files: list[Path]) -> tuple[list, set[Path]]:
@@ -312,21 +306,6 @@ def _contracts(files: list[Path]) -> tuple[list, set[Path]]:
             unreadable.add(f)
             return None
     return [contract_of(f) for f in files], unreadable
-
-
-def _foreign_notes(files, contracts, unreadable, raw_fed, preprocess, contract) -> list[str]:
-    """What parity assumed for files made elsewhere: their input inferred, raw pixels for a uint8 input."""
-    notes = []
-    foreign = [n for f, c, n in zip(files, contracts, display_names(files)) if c is None and f not in unreadable]
-    raw = [n for f, n in zip(files, display_names(files)) if f in raw_fed]
-    if foreign:
-        notes.append(f"no tledge contract in {', '.join(foreign)}: input inferred from the file"
-                     + (f" with --preprocess {preprocess}" if preprocess and len(raw) < len(foreign) else "")
-                     + f", resized as the reference ({contract.resize.value}, {contract.fit.value})")
-    if raw:
-        notes.append(f"{', '.join(raw)}: uint8 input with no quantisation, so raw pixels in, as tledge run "
-                     f"feeds it without --preprocess (--preprocess {preprocess} is the reference's)")
-    return notes
 
 
 def _geometry(contract) -> dict:

@@ -1,31 +1,40 @@
 """How `tledge parity` loads each exported file (tledge.export.check): with its own contract, or, for a file made
-elsewhere, with the contract `tledge run` infers, completed by the reference's preprocessing and resize."""
+elsewhere, with the contract `tledge run` infers, completed by --mean/--std or the reference's preprocessing, and
+the reference's resize."""
 from __future__ import annotations
 
-import contextlib
 import warnings
 from pathlib import Path
 
-from tledge.errors import ContractError
+from tledge.errors import ContractError, TledgeError
 from tledge.runtime import load
-from tledge.runtime.foreign import RAW_PIXELS, RawPixelsAssumed
+
+NORMALISATION = ("preprocess", "mean", "std")  # the options that say how a file made elsewhere takes pixels
 
 
-def load_file(path: Path, has_contract: bool, preprocess: str | None, size: tuple[int, int], threads,
+def file_normalisation(preprocess: str | None, mean=None, std=None) -> dict:
+    """The options that normalise a file without a contract: --mean/--std as `tledge run` takes them (--preprocess is
+    then the reference's only: a reference that needs its mode and an int8 file that takes pixel - 128), else
+    --preprocess, which goes to both."""
+    given = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
+    return given or ({"preprocess": preprocess} if preprocess else {})
+
+
+def load_file(path: Path, has_contract: bool, normalisation: dict, size: tuple[int, int], threads,
               geometry: dict | None = None, raw_fed: list[Path] | None = None):
-    """`path` loaded as parity runs it: with its contract, or inferred as `tledge run` does, completed by the
-    reference's --preprocess and resize (`geometry`), at the reference's `size` when its input is dynamic. A file
-    made elsewhere fed raw pixels instead of --preprocess (a uint8 input with no quantisation) joins `raw_fed`."""
+    """`path` loaded as parity runs it: with its contract, or inferred as `tledge run` does, completed by
+    `normalisation` (file_normalisation) and the reference's resize (`geometry`), at the reference's `size` when its
+    input is dynamic. A file made elsewhere fed raw pixels instead of `normalisation` (a uint8 input with no
+    quantisation) joins `raw_fed`."""
     # a file without a contract resizes as the reference does (a TFLite file made elsewhere defaults to warp-linear
     # in tledge run, and the same graph as the ONNX file beside it failed parity, max abs 0.54)
-    options = {} if has_contract else {"preprocess": preprocess, **(geometry or {})}
+    options = {} if has_contract else {**normalisation, **(geometry or {})}
     try:
-        with _parity_wording():
-            return _load_sized(path, has_contract, size, threads, options)
+        return _load_sized(path, has_contract, size, threads, options)
     except ContractError:
-        if has_contract or not preprocess:
+        if has_contract or not normalisation:
             raise
-        model = _raw_pixels_file(path, size, threads, {**options, "preprocess": None})
+        model = _raw_pixels_file(path, size, threads, {k: v for k, v in options.items() if k not in NORMALISATION})
         if model is None:
             raise
     if raw_fed is not None:
@@ -59,21 +68,33 @@ def _raw_pixels_file(path: Path, size, threads, options: dict):
     return None
 
 
-@contextlib.contextmanager
-def _parity_wording():
-    """The runtime's "feeding raw pixels" warning, advising what parity takes: it named --mean/--std, which parity
-    has not (the reference could not take them). Other warnings are shown as they are."""
-    shown = warnings.showwarning
+def refuse_unused(files, contracts, given: dict, labels, labels_from) -> None:
+    """--preprocess, --mean/--std (`given`: those given) or --labels where every exported file carries its own: used
+    by nothing (`tledge run` refuses --preprocess the same way; --labels of any count passed, ignored)."""
+    known = [c for c in contracts if c is not None]
+    if given and files and len(known) == len(files):
+        also = ", and the reference is checked with it" if "preprocess" in given else ""
+        raise TledgeError(f"{' '.join(f'--{k} {v}' for k, v in given.items())}: every exported file carries its "
+                          f"contract (normalisation {known[0].norm.value}){also}: drop "
+                          f"{' '.join(f'--{k}' for k in given)}")
+    if labels and not callable(labels) and files and all(c is not None and c.labels for c in contracts):
+        raise TledgeError(f"{labels_from}: every exported file carries its labels, and each is scored by its own "
+                          "(it was ignored, whatever it named): drop --labels")
 
-    advice = RAW_PIXELS + " If that is wrong, pass --preprocess MODE|BACKBONE."
 
-    def show(message, category, *rest):
-        shown(RawPixelsAssumed(advice) if issubclass(category, RawPixelsAssumed) else message, category, *rest)
-
-    warnings.showwarning = show
-    try:
-        yield
-    except RawPixelsAssumed:  # the warning raised as an error (-W error, pytest's filters): never shown, same advice
-        raise RawPixelsAssumed(advice) from None
-    finally:
-        warnings.showwarning = shown
+def foreign_notes(files, names, contracts, unreadable, raw_fed, normalisation: dict, preprocess, contract) -> list[str]:
+    """What parity assumed for files made elsewhere: their input inferred, raw pixels for a uint8 input."""
+    notes = []
+    foreign = [n for f, c, n in zip(files, contracts, names) if c is None and f not in unreadable]
+    raw = [n for f, n in zip(files, names) if f in raw_fed]
+    given = " ".join(f"--{k} {v}" for k, v in normalisation.items())
+    if foreign:
+        notes.append(f"no tledge contract in {', '.join(foreign)}: input inferred from the file"
+                     + (f" with {given}" if given and len(raw) < len(foreign) else "")
+                     + f", resized as the reference ({contract.resize.value}, {contract.fit.value})")
+    if raw:
+        whose = f"--preprocess {preprocess} is the reference's" if "preprocess" in normalisation else \
+            f"{given} did not fit it"
+        notes.append(f"{', '.join(raw)}: uint8 input with no quantisation, so raw pixels in, as tledge run "
+                     f"feeds it without {' '.join(f'--{k}' for k in normalisation)} ({whose})")
+    return notes

@@ -24,7 +24,7 @@ RAW_PIXELS = "a float-input model made elsewhere and no preprocessing given: fee
 
 
 class RawPixelsAssumed(TledgeWarning):
-    """RAW_PIXELS and what to pass instead (tledge run's options: `tledge parity` words it for its own)."""
+    """RAW_PIXELS and what to pass instead (tledge run's options, which bench and parity take too)."""
 
 
 # options that describe preprocessing; `labels` is separate (it may also rename an embedded contract's)
