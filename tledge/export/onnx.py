@@ -89,6 +89,7 @@ def convert_fp32(serve, contract):
         inputs = [t.name for t in frozen.inputs if t.dtype != tf.resource]
         outputs = [t.name for t in frozen.outputs]
         nchw = inputs if Conventions.of(contract).layout == "nchw" else None
+        fresh_names()
         with warnings_not_errors():  # tf2onnx's and TensorFlow's warnings under -W error: not the model's failure
             model, _ = convert.from_graph_def(graph_def, input_names=inputs, output_names=outputs, opset=OPSET,
                                               inputs_as_nchw=nchw)
@@ -104,6 +105,16 @@ def convert_fp32(serve, contract):
     onnx_reshapes.drop_identity(model)  # what tf2onnx writes for transposes of 1x1 maps, once they cancel
     onnx_fakequant.as_float(model)  # a QAT model's fake-quant pairs: onnxruntime would quantise its float weights
     return _rename_io(model)
+
+
+FIRST_NAME = 2  # tf2onnx's name counter once it is imported (its import makes one name, invalid_input_id__2)
+
+
+def fresh_names() -> None:
+    """tf2onnx numbers the names it makes (`mul_1__6`, `const_fold_opt__21`) from a counter of its module, never reset:
+    a second export in one process wrote the same model with other names (`mul_1__29`), so not the same bytes. Called
+    before each conversion, it starts every one where a fresh process starts its first (the files as before)."""
+    require("tf2onnx.utils", extra="export").INTERNAL_NAME = FIRST_NAME
 
 
 def unconverted_ops(model) -> list[str]:

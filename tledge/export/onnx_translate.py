@@ -21,6 +21,7 @@ import numpy as np
 from tledge._deps import require
 from tledge.errors import ExportError
 from tledge.export.names import INPUT_NAME, OUTPUT_NAME
+from tledge.export import onnx_names
 from tledge.export.onnx import OPSET, SCHEMES
 
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
@@ -62,6 +63,7 @@ def from_tflite(data: bytes, layout: str, calib: np.ndarray):
         unsigned_weights(graph)
         _prune(graph)  # the int8 weights
         scheme = SCHEMES["u8u8-all-grid"]
+    onnx_names.in_graph_order(model)  # tf2onnx's names numbered in graph order: the same bytes from every translation
     return model, scheme
 
 
