@@ -226,6 +226,16 @@ def check_file(path: Path, has_contract: bool, reference: np.ndarray, inputs: _I
     return r
 
 
+def _labels_for(own, labels, labels_from):
+    """(given, labels, labels_from) for a group: no labels where its file carries its own (they score it); a callable
+    `labels` is read now, once (a group needs them)."""
+    if own is not None and own.labels:
+        return (), labels, labels_from
+    if callable(labels):
+        labels, labels_from = labels()
+    return tuple(labels), labels, labels_from
+
+
 def parity(reference: str | Path, exported: Sequence[str | Path], images: str | Path, *,
            thresholds: dict[str, Thresholds] | None = None, preprocess: str | None = None,
            unsafe: bool = False, limit: int = 1000, threads: int | None = None,
@@ -263,12 +273,7 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
         lm = loaded[sig]
         own = next((contracts[i] for i in members if contracts[i] is not None), None)
         base = own or (known[0] if known else None)
-        if own is not None and own.labels:
-            given = ()  # a file's own labels score it
-        else:
-            if callable(labels):  # read now: a group needs them
-                labels, labels_from = labels()
-            given = tuple(labels)
+        given, labels, labels_from = _labels_for(own, labels, labels_from)
         contract, add = _reference_contract(lm, base, preprocess, given, labels_from)
         serve, _ = loader.trace(lm, contract, add)
         if paths is None:
