@@ -1,6 +1,5 @@
-"""Loading a Keras model for export: `.keras`, `.h5` (Keras 3, or Keras 2 era translated for Keras 3,
-tf_keras as a last resort) or a SavedModel folder, in safe mode, traced once into a function that
-takes raw pixels.
+"""Loading a Keras model for export: `.keras`, `.h5` (Keras 3, or Keras 2 era translated for Keras 3, tf_keras as a
+last resort) or a SavedModel folder, in safe mode, traced once into a function that takes raw pixels.
 
 Code in a model file never runs without `unsafe`: the config of a `.keras` / `.h5` is parsed and
 walked (tledge.export.kerasconfig) before any loader sees the file, and tf_keras, which has no safe
@@ -349,6 +348,8 @@ def trace(lm: LoadedModel, contract: Contract, add_norm: str | None):
         mean, std = norm.mean_std()
         # plain lists: constants made inside the function (captured tensors become ONNX inputs)
         scale, offset = (1.0 / std).tolist(), (-mean / std).tolist()
+        if len(set(scale)) == 1 and len(set(offset)) == 1:  # tf, scale, grey: scalars, as tledge.layers bakes them
+            scale, offset = scale[0], offset[0]  # (a [3] constant on NHWC pixels: onnxruntime went 3 floats at a time)
         flip = add_norm == "caffe" and contract.channels == 3
         # RGB -> BGR and the map as one 1x1 convolution (what tledge train bakes): as slices + concat (REVERSE_V2
         # corrupts int8 values) the converter gave the concat's output range to the int8 file's input, which then

@@ -19,7 +19,8 @@ import numpy as np
 
 from tledge._deps import require
 from tledge.errors import ExportError, warnings_not_errors
-from tledge.export import onnx_describe, onnx_fakequant, onnx_pads, onnx_reshapes, onnx_scalars, onnx_tfops
+from tledge.export import (onnx_describe, onnx_fakequant, onnx_pads, onnx_prep, onnx_reshapes, onnx_scalars,
+                           onnx_tfops)
 from tledge.export.names import INPUT_NAME, OUTPUT_NAME
 from tledge.io import raise_if_disk, shape_inference_scratch
 
@@ -103,6 +104,7 @@ def convert_fp32(serve, contract):
             "model and left them in the graph, which no ONNX runtime loads; export the TFLite files alone with "
             "--formats tflite")
     onnx_reshapes.drop_identity(model)  # what tf2onnx writes for transposes of 1x1 maps, once they cancel
+    onnx_prep.tile_constants(model)  # a per-channel normalisation on NHWC pixels: constants tiled to [W, C]
     onnx_fakequant.as_float(model)  # a QAT model's fake-quant pairs: onnxruntime would quantise its float weights
     return _rename_io(model)
 
