@@ -174,3 +174,54 @@ def test_ties_the_reference_nearly_has_are_not_degenerate(rng=np.random.default_
     saturated[:60, 2] = saturated[:60, 0] = 1.0  # the reference gives class 2 nothing
     r = compare(ref, saturated, file="m", format="tflite", precision="int8", thresholds=INT8)
     assert any("60 images with a tie for top-1" in f for f in r.failures), r.failures
+
+
+def test_topk_agreement_boundary_is_k_classes_ahead():
+    """In the top k: fewer than k classes score above the reference's class (k ahead -> out, k - 1 ahead -> in)."""
+    ref = np.eye(6)[[0, 0]]
+    out = np.full((2, 6), -1.0)
+    out[:, 0] = 0.0
+    out[0, 1:4] = 1.0  # 3 classes above class 0
+    out[1, 1:3] = 1.0  # 2 classes above class 0
+    assert stats.topk_agreement(ref, out, 3).tolist() == [False, True]
+
+
+def _paired(n, lost, gained):
+    ref = np.ones(n, bool)
+    out = ref.copy()
+    out[:lost] = False
+    ref[lost:lost + gained] = False
+    return ref, out
+
+
+@pytest.mark.parametrize("lost,gained,n", [(2, 0, 100), (10, 3, 500)])
+def test_mcnemar_interval_is_agresti_min(lost, gained, n):
+    """Agresti & Min (2005): half an observation added to each of the four paired cells (n + 2 in all), then the
+    Wald interval of p21 - p12 with variance (p12 + p21 - d^2) / (n + 2)."""
+    p12, p21 = (lost + 0.5) / (n + 2), (gained + 0.5) / (n + 2)
+    d = p21 - p12
+    half = stats.Z95 * math.sqrt((p12 + p21 - d * d) / (n + 2))
+    m = stats.mcnemar(*_paired(n, lost, gained))
+    assert (m.lost, m.gained) == (lost, gained)
+    assert (m.low, m.high) == pytest.approx((d - half, d + half), abs=1e-12)
+
+
+def test_a_drop_fails_when_the_interval_excludes_zero_even_if_mcnemar_does_not(rng=np.random.default_rng(6)):
+    """Either test suffices: 5 lost, 0 gained of 200 has p = 2 / 2^5 = 0.0625 (>= 0.05), but the Agresti-Min
+    interval of the change lies below 0, so a drop of 2.5 points against a 1-point budget fails."""
+    ref, out, labels = _two_class(200, 5, rng)
+    t = Thresholds(min_agreement=0.9, max_accuracy_drop=0.01, significance=0.05)
+    r = compare(ref, out, file="m.tflite", format="tflite", precision="int8", thresholds=t, labels=labels)
+    p12, p21 = 5.5 / 202, 0.5 / 202
+    high = (p21 - p12) + stats.Z95 * math.sqrt((p12 + p21 - (p21 - p12) ** 2) / 202)
+    assert r.mcnemar_p == pytest.approx(2 / 2 ** 5) and r.mcnemar_p >= t.significance
+    assert r.accuracy_change_ci[1] == pytest.approx(high) and high < 0
+    assert not r.passed and any("5 lost, 0 gained" in f for f in r.failures), (r.failures, r.warnings)
+
+
+def test_many_classes_boundary_switches_to_top_k_at_exactly_many_classes(rng=np.random.default_rng(7)):
+    t = Thresholds()
+    for classes, top_k in [(t.many_classes, t.top_k), (t.many_classes - 1, None)]:
+        ref = rng.normal(size=(50, classes))
+        r = compare(ref, ref, file="m", format="tflite", precision="fp32", thresholds=t)
+        assert r.top_k == top_k, classes
