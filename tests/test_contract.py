@@ -181,3 +181,36 @@ def test_prepare_batch_takes_any_iterable_and_refuses_one_path():
     assert empty.shape == (0, 8, 8, 3) and empty.dtype == c.prepare(img).dtype
     with pytest.raises(ContractError, match="one image goes to prepare"):
         c.prepare_batch("photo.jpg")
+
+
+def test_quantize_rounds_to_nearest_half_to_even():
+    # q = clip(rint(x / scale) + zero_point): 6.6 -> 7, -1.4 -> -1, 2.5 -> 2 (numpy's rint: half to even)
+    assert Quant(0.5, 10).quantize(np.array([3.3, -0.7, 1.25], np.float32)).tolist() == [17, 9, 12]
+
+
+def test_gray_is_itu_r_bt601_of_rgb():
+    """Gray = 0.299 R + 0.587 G + 0.114 B (ITU-R BT.601), rounded: pure red, green and blue give 76, 150, 29."""
+    c = Contract(4, 4, channels=1, color="gray")
+    for rgb, weight in [((255, 0, 0), 0.299), ((0, 255, 0), 0.587), ((0, 0, 255), 0.114)]:
+        x = c.prepare(np.full((4, 4, 3), rgb, np.uint8))
+        assert x.dtype == np.uint8 and x.shape == (4, 4, 1)
+        assert (x == round(weight * 255)).all(), (rgb, x[0, 0])
+
+
+@pytest.mark.parametrize("norm,mean,std", [
+    ("torch", (0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)),  # ImageNet, RGB
+    ("caffe", (103.939, 116.779, 123.68), (1.0, 1.0, 1.0)),  # ImageNet means, BGR
+])
+def test_gray_mean_and_std_are_the_average_of_the_three_channels(norm, mean, std):
+    c = Contract(4, 4, channels=1, color="gray", norm=norm, baked=False)
+    m, s = c.mean_std()
+    assert m.tolist() == pytest.approx([sum(mean) / 3]) and s.tolist() == pytest.approx([sum(std) / 3])
+    x = c.prepare(np.full((4, 4), 100, np.uint8))
+    np.testing.assert_allclose(x, (100 - sum(mean) / 3) / (sum(std) / 3), rtol=1e-5)
+
+
+def test_16_bit_and_float_pixels_are_rounded_to_the_nearest_8_bit_value():
+    c = Contract(4, 4)
+    assert (c.prepare(np.full((6, 6, 3), 65280, np.uint16)) == round(65280 * 255 / 65535)).all()  # 254.008 -> 254
+    assert (c.prepare(np.full((6, 6, 3), 0.5, np.float32)) == 128).all()  # 127.5 -> 128 (not truncated to 127)
+    assert (c.prepare(np.full((6, 6, 3), 100.6, np.float32)) == 101).all()  # 0..255 floats: 100.6 -> 101
