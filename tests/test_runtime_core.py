@@ -269,3 +269,23 @@ def test_parity_latency_is_one_image_at_a_time():
     pauses = iter([0.0] * 3 + [0.05] * 20)  # 50 ms a call against a 0.12 s budget: 3 timed calls, not 20
     assert one_image_ms(predict, np.zeros((2, 8, 8, 3), np.uint8), runs=20, warmup=3, budget_s=0.12) >= 50.0
     assert len(shapes) == 3 + 3
+
+
+def test_softmax_is_taken_per_image_in_a_batch():
+    m = load(TINY / "model_fp32.tflite")
+    m.contract = m.contract.replace(output="logits")
+    y = np.array([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0], [-4.0, 1.0, 1.5]], np.float32)
+    s = m.scores(y)
+    np.testing.assert_allclose(s.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(s, np.exp(y) / np.exp(y).sum(axis=1, keepdims=True), rtol=1e-5)
+    x = list(np.random.default_rng(4).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8))
+    batched = [p[0].score for p in m.classify(x, batch=3)]
+    alone = [m.classify(i)[0].score for i in x]
+    assert batched == pytest.approx(alone, rel=1e-5)
+
+
+def test_raw_float_pixels_into_a_uint8_tensor_are_rounded_and_clipped():
+    m = FakeModel(Contract(4, 4, baked=True, input_dtype="uint8"), TensorInfo("x", (1, 4, 4, 3), "uint8")).m
+    x = np.array([254.6, 0.4, 127.5, 300.0, -3.0], np.float32)
+    q = m.quantize(x)  # clip(rint(x), 0, 255): nearest, half to even
+    assert q.dtype == np.uint8 and q.tolist() == [255, 0, 128, 255, 0]
