@@ -27,7 +27,8 @@ RUNTIME_TESTS=(tests/test_runtime_only.py tests/test_doctor.py tests/test_cold_s
                tests/test_run_at_scale.py tests/test_runtime_service.py tests/test_parity_ci_strict.py tests/test_outputs_strict.py
                tests/test_tflite_scales.py tests/test_portability.py tests/test_edgetpu_fallback.py
                tests/test_header_evasions.py tests/test_memory_limits.py tests/test_source_text.py
-               tests/test_public_api_types.py tests/test_bench_figures.py tests/test_trt_engine_cache.py)
+               tests/test_public_api_types.py tests/test_bench_figures.py tests/test_trt_engine_cache.py
+               tests/test_images_labels.py tests/test_parity_stats.py)
 
 log() { echo "runtime_venv: $*" >&2; }
 # shellcheck source=ci/venv.sh

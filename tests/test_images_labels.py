@@ -84,3 +84,13 @@ def test_prepare_all_keeps_order_and_puts_a_rejected_file_s_error_in_its_place(t
         if i != 4:
             np.testing.assert_array_equal(got[i], c.prepare(f))
     assert [type(x) for x in prepare_all(c.prepare, files, threads=1)] == [type(x) for x in got]
+
+
+def test_an_empty_class_folder_keeps_its_number(tmp_path):
+    """Without labels, folder i (sorted) is class i, an empty one too: a/ (1 image), b/ (none), c/ (1 image) give
+    y = [0, 2] (as parity's folder truth counts them), not c's images labelled 1."""
+    root = _folder(tmp_path, ["a", "c"], per=1)
+    (root / "b").mkdir()
+    files, y, names = labelled_images(root)
+    assert names == ("a", "b", "c") and y.tolist() == [0, 2]
+    assert [f.parent.name for f in files] == ["a", "c"]

@@ -91,6 +91,32 @@ def test_fp32_onnx_with_uint8_pixels_is_fp32(tmp_path):
     assert precision_of(load(TINY / "model_int8.onnx")) == "int8"
 
 
+@pytest.mark.parametrize("quantise,precision", [("dynamic", "dynamic"), ("qdq", "int8")])
+def test_onnx_precision_from_its_quantisation_ops(tmp_path, quantise, precision):
+    """DynamicQuantizeLinear (activations quantised at run time, float in between): dynamic's budget; a
+    QuantizeLinear / DequantizeLinear pair with fixed scales (static QDQ): int8's."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from tledge.export.check import precision_of
+    from tledge.runtime import load
+
+    consts = [helper.make_tensor("w", TensorProto.FLOAT, [3, 2], [0.1, -0.2, 0.3, 0.4, -0.5, 0.6]),
+              helper.make_tensor("s", TensorProto.FLOAT, [], [0.01]),
+              helper.make_tensor("z", TensorProto.UINT8, [], [0])]
+    q = [helper.make_node("DynamicQuantizeLinear", ["flat"], ["q", "qs", "qz"]),
+         helper.make_node("DequantizeLinear", ["q", "qs", "qz"], ["dq"])] if quantise == "dynamic" else \
+        [helper.make_node("QuantizeLinear", ["flat", "s", "z"], ["q"]),
+         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"])]
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["pixels"], ["flat"]), *q, helper.make_node("MatMul", ["dq", "w"], ["scores"])],
+        "g", [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, [1, 1, 1, 3])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 2])], consts)
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
+    assert precision_of(load(path, preprocess="raw", labels=["a", "b"])) == precision
+
+
 def test_run_sh_check_without_bundle_json_is_one_line(bundle):
     (bundle / "bundle.json").unlink()
     proc = subprocess.run(["sh", str(bundle / "run.sh"), "--check"], capture_output=True, text=True, timeout=120,
