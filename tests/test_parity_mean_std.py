@@ -67,7 +67,9 @@ def test_mean_and_std_are_checked_as_run_checks_them_and_refused_where_no_file_n
 
     val = shapes_dataset / "val"
     for bad, said in ((("--mean", "red"), "--mean wants 1 or 3 numbers"),
-                      (("--std", "1,0,1"), "--std values must be > 0")):
+                      (("--std", "1,0,1"), "--std values must be > 0"),
+                      # values for 0..1 pixels: tledge run refuses them (exit 2); parity said 'could not run', exit 1
+                      (("--mean", "0.5", "--std", "0.25"), "look like values for 0..1 pixels")):
         rc, out, err = _parity(capsys, unbaked_model["keras"], int8_file, "--images", val, *bad)
         assert rc == 2 and said in err and len(err.strip().splitlines()) == 1 and out == "", err
     # a file with its contract (tledge's own export): nothing would use them

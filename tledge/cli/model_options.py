@@ -84,9 +84,14 @@ def add_mean_std(group) -> None:
 
 
 def check_mean_std(args) -> None:
-    """--mean/--std are 1 or 3 finite numbers, the std's > 0 (TledgeError, exit 2)."""
+    """--mean/--std are 1 or 3 finite numbers, the std's > 0, in 0..255 pixel units (TledgeError, exit 2): refused
+    before any model is loaded (parity reported values for 0..1 pixels as a file that could not run, exit 1)."""
     V.numbers(args.mean, "--mean")
     V.numbers(args.std, "--std", positive=True)
+    if args.mean is not None or args.std is not None:
+        from tledge.runtime.foreign import pixel_units
+
+        pixel_units(args.mean if args.mean is not None else "0", args.std if args.std is not None else "1")
 
 
 def load_kwargs(args) -> dict:

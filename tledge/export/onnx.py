@@ -115,7 +115,8 @@ FIRST_NAME = 2  # tf2onnx's name counter once it is imported (its import makes o
 def fresh_names() -> None:
     """tf2onnx numbers the names it makes (`mul_1__6`, `const_fold_opt__21`) from a counter of its module, never reset:
     a second export in one process wrote the same model with other names (`mul_1__29`), so not the same bytes. Called
-    before each conversion, it starts every one where a fresh process starts its first (the files as before)."""
+    before each conversion, it starts every one where a fresh process starts its first. (A real model's files still
+    differ by the name tf2onnx's constant folding gives a shared constant: docs/onnx-files.md.)"""
     require("tf2onnx.utils", extra="export").INTERNAL_NAME = FIRST_NAME
 
 

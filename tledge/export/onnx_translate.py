@@ -63,7 +63,7 @@ def from_tflite(data: bytes, layout: str, calib: np.ndarray):
         unsigned_weights(graph)
         _prune(graph)  # the int8 weights
         scheme = SCHEMES["u8u8-all-grid"]
-    onnx_names.in_graph_order(model)  # tf2onnx's names numbered in graph order: the same bytes from every translation
+    onnx_names.in_graph_order(model)  # tf2onnx's made names numbered in graph order, not in its run-dependent order
     return model, scheme
 
 
