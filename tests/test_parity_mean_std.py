@@ -79,3 +79,14 @@ def test_mean_and_std_are_checked_as_run_checks_them_and_refused_where_no_file_n
     assert "every exported file carries its contract" in err and "drop --mean --std" in err, err
     rc, out, err = _parity(capsys, "--golden", TINY, "--mean", "128")
     assert rc == 2 and "it takes no --mean" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_preprocess_the_reference_does_not_take_is_refused_beside_mean_and_std(tiny_model, int8_file,
+                                                                                shapes_dataset, capsys):
+    """--mean/--std normalise the files without a contract and --preprocess is then the reference's; a reference that
+    bakes its normalisation takes none, so --preprocess was used by nothing, exit 0 (tledge run refuses the two
+    together)."""
+    rc, out, err = _parity(capsys, tiny_model["keras"], int8_file, "--images", shapes_dataset / "val",
+                           "--preprocess", "torch", "--mean", "128", "--std", "1")
+    assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert "--preprocess torch: the reference does not take it (it bakes its normalisation)" in err, err

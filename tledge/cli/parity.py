@@ -25,7 +25,8 @@ def add_arguments(p) -> None:
     p.add_argument("--device", metavar="NAME", help="with --golden: run the files as on this device profile")
     p.add_argument("--threads", type=int, help="with --golden: inference threads")
     p.add_argument("--thresholds", help="JSON/TOML thresholds per precision or per file name")
-    p.add_argument("--preprocess", help="only for files without an embedded contract")
+    p.add_argument("--preprocess", help="the normalisation of files without an embedded contract, and of a reference "
+                   "that neither bakes one nor has a tledge.json (with --mean/--std: the reference's only)")
     p.add_argument("--labels", metavar="FILE", help="the reference's labels (one per line, or '0 name' lines), to "
                    "match --images class folders by name for it and files without an embedded contract (default: "
                    "the reference's tledge.json or a labels.txt beside it)")

@@ -122,10 +122,12 @@ def _onnx_precision(path: Path, backend) -> str:
 
 # ---- the reference ---------------------------------------------------------------------------------
 
-def _reference_contract(lm, base, preprocess: str | None, labels: tuple[str, ...] = (), labels_from: str = ""):
+def _reference_contract(lm, base, preprocess: str | None, labels: tuple[str, ...] = (), labels_from: str = "",
+                        files_normalised: bool = False):
     """The reference's own contract (raw pixels in; normalisation added in front when it does not bake
     it): from the model, a tledge.json beside it, the exported files' embedded contract, or --preprocess.
-    `labels` (read from `labels_from`) name its outputs instead of `base`'s."""
+    `labels` (read from `labels_from`) name its outputs instead of `base`'s. `files_normalised`: --mean/--std
+    normalise the files without a contract, so a --preprocess the reference does not take is used by nothing."""
     from tledge.export import resolve
 
     embedded = "the exported files' embedded contract"
@@ -139,6 +141,11 @@ def _reference_contract(lm, base, preprocess: str | None, labels: tuple[str, ...
         mode, mode_from = None, None  # the tledge.json beside the model
     else:
         mode, mode_from = preprocess, "--preprocess"
+    if preprocess and files_normalised and mode_from != "--preprocess":  # (tledge run refuses the two together)
+        said = "it bakes its normalisation" if lm.baked_mode is not None else \
+            f"{mode_from or 'the tledge.json beside it'} says its normalisation"
+        raise TledgeError(f"--preprocess {preprocess}: the reference does not take it ({said}) and --mean/--std "
+                          "normalise the files without a contract: it is used by nothing: drop --preprocess")
     contract, add = resolve.resolve_contract(lm, preprocess=mode, input_size=None,  # the size comes from `base`
                                             labels=labels, labels_from=labels_from,
                                             preprocess_from=mode_from or "--preprocess",
@@ -274,7 +281,7 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
         own = next((contracts[i] for i in members if contracts[i] is not None), None)
         base = own or (known[0] if known else None)
         given, labels, labels_from = _labels_for(own, labels, labels_from)
-        contract, add = _reference_contract(lm, base, preprocess, given, labels_from)
+        contract, add = _reference_contract(lm, base, preprocess, given, labels_from, "preprocess" not in normalisation)
         serve, _ = loader.trace(lm, contract, add)
         if paths is None:
             paths, truth = _images(images, contract.labels, contract, limit)
