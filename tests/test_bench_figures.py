@@ -63,3 +63,44 @@ def test_the_table_shows_the_batch_and_one_memory_unit():
     head, row = bench.table([r]).splitlines()
     titles = head.split("  ")
     assert "batch" in head and "MB" not in titles and "MiB" in head and row.split()[4] == "3", (head, row)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_measuring_process_ends_when_bench_is_killed(tmp_path):
+    """`tledge bench` killed (kill -9, or a hang-up) left its measuring process running the rest of its runs."""
+    import signal
+    import time
+
+    code = ("import sys\nfrom tledge.runtime.bench import measure_in_subprocess\n"
+            "measure_in_subprocess(sys.argv[1], runs=10**6, warmup=0, batch=1, threads=1)")
+    parent = subprocess.Popen([sys.executable, "-c", code, str(ONNX)],
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    child = None
+    try:
+        for _ in range(600):  # its measuring process started and past its start-up (the model loaded)
+            assert parent.poll() is None, "the parent ended by itself"
+            kids = Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()
+            if kids and "onnxruntime" in Path(f"/proc/{kids[0]}/maps").read_text():
+                child = int(kids[0])
+                break
+            time.sleep(0.1)
+        assert child is not None, "no measuring process"
+        parent.kill()
+        parent.wait()
+        for _ in range(300):
+            if _gone(child):
+                break
+            time.sleep(0.1)
+        assert _gone(child), "the measuring process outlived its parent"
+    finally:
+        parent.kill()
+        if child is not None and not _gone(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def _gone(pid: int) -> bool:
+    """Ended (a zombie its new parent has not reaped yet counts)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

@@ -237,16 +237,26 @@ def _rest_of(stream, into: list) -> None:
     into.append(stream.read())
 
 
-@pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGTERM", 143)])
+def _hangup_at(disposition):
+    """A preexec_fn: SIGHUP at `disposition` in the child (the test's own may be nohup's SIG_IGN)."""
+    import signal
+
+    return lambda: signal.signal(signal.SIGHUP, disposition)
+
+
+@pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGTERM", 143), ("SIGHUP", 129)])
 def test_real_ctrl_c_or_sigterm_on_a_live_camera_stops_with_a_summary_and_keeps_the_csv(sig, code, tmp_path):
-    """SIGTERM (`timeout 60 tledge run 0 --csv log.csv`, systemd) threw the whole --csv away; Ctrl-C kept it."""
+    """SIGTERM (`timeout 60 tledge run 0 --csv log.csv`, systemd) threw the whole --csv away; Ctrl-C kept it.
+    SIGHUP (an ssh connection dropped, the terminal closed) killed the run outright: exit 129, no message, the CSV
+    left as a hidden temporary file; it stops as SIGTERM does now."""
     import signal
     import threading
     import time
 
     log_csv = tmp_path / "log.csv"
     proc = subprocess.Popen([sys.executable, "-c", SIGINT_SCRIPT, str(TINY / "model_int8.tflite"), str(log_csv)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            preexec_fn=_hangup_at(signal.SIG_DFL))
     out, err = [], []
     try:
         assert proc.stderr.readline().strip() == "started"
@@ -269,12 +279,35 @@ def test_real_ctrl_c_or_sigterm_on_a_live_camera_stops_with_a_summary_and_keeps_
     out, err = "".join(out), "".join(err)
     assert proc.returncode == code, err[-2000:]
     assert "interrupted" in err and "Traceback" not in err
+    if sig != "SIGINT":
+        assert f"terminated ({sig}); the results so far are kept" in err, err[-2000:]
+    assert [p.name for p in tmp_path.iterdir()] == ["log.csv"]  # no hidden temporary file left beside it
     rows = [json.loads(line) for line in [first, *out.splitlines()]]
     assert all(r["status"] == "ok" for r in rows)
     with open(log_csv, newline="") as f:
         kept = [r["source"] for r in csv.DictReader(f)]
     # every row printed is in the CSV, in order; the CSV is written first, so the signal may leave it one row ahead
     assert kept[:len(rows)] == [r["source"] for r in rows] and len(kept) - len(rows) in (0, 1), (kept, len(rows))
+
+
+def test_a_hangup_under_nohup_is_ignored(tmp_path):
+    """nohup starts the command with SIGHUP ignored: the CLI leaves it so (the run goes on after a hang-up)."""
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-c", SIGINT_SCRIPT, str(TINY / "model_int8.tflite"),
+                             str(tmp_path / "log.csv")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=REPO, preexec_fn=_hangup_at(signal.SIG_IGN))
+    try:
+        assert proc.stderr.readline().strip() == "started"
+        assert json.loads(proc.stdout.readline())["source"] == "camera:0#0"
+        proc.send_signal(signal.SIGHUP)
+        proc.stdout.read(1 << 14)  # results still coming after the hang-up (it did not stop)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-2000:]  # stopped by the SIGTERM, not the SIGHUP before it
+    assert "terminated (SIGTERM)" in err and "SIGHUP" not in err
 
 
 def _one_line_error(code: int, err: str) -> bool:

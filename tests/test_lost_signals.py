@@ -28,13 +28,16 @@ SWALLOW = ("import os, signal, sys, time\n"
 
 
 def _python(script: str) -> subprocess.CompletedProcess:
-    """`python -c script` with Ctrl-C at its default (a background job, as CI runs, ignores it: main() then installs
-    no handler and the SIGINT cases tested nothing)."""
+    """`python -c script` with Ctrl-C and SIGHUP at their defaults (a background job, as CI runs, ignores Ctrl-C, and
+    nohup SIGHUP: main() then installs no handler and those cases tested nothing)."""
     import signal
 
+    def defaults():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120,
-                          env={**os.environ, "PYTHONPATH": REPO},
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                          env={**os.environ, "PYTHONPATH": REPO}, preexec_fn=defaults)
 
 
 def _info_running(body: str, head: str = "", tail: str = "", swallow: bool = True) -> subprocess.CompletedProcess:
@@ -45,7 +48,8 @@ def _info_running(body: str, head: str = "", tail: str = "", swallow: bool = Tru
                    "print(main(['info', 'x.tflite']))\n" + tail)
 
 
-@pytest.mark.parametrize("sig,code,said", [("SIGTERM", 143, "terminated (SIGTERM)"), ("SIGINT", 130, "interrupted")])
+@pytest.mark.parametrize("sig,code,said", [("SIGTERM", 143, "terminated (SIGTERM)"), ("SIGINT", 130, "interrupted"),
+                                            ("SIGHUP", 129, "terminated (SIGHUP)")])
 def test_no_step_runs_after_a_lost_signal(sig, code, said):
     res = _info_running(f"    swallowed(signal.{sig})\n"
                         "    with log.step('the next step'):\n"
@@ -86,6 +90,22 @@ def test_the_onnx_preprocessing_does_not_fall_back_after_a_signal(tmp_path, monk
     with pytest.raises(signals.Terminated):
         tonnx.preprocess(TINY / "model_fp32.onnx", tmp_path / "b.onnx")
     assert not (tmp_path / "b.onnx").exists()
+
+
+def test_a_hangup_in_an_export_folder_removes_its_lock_and_staging(tmp_path):
+    """SIGHUP (an ssh connection dropped) killed an export outright: `.tledge-export.lock` and the staging folder
+    were left in --out. It stops as SIGTERM does now: exit 129, one line, --out as it was."""
+    out = tmp_path / "out"
+    res = _info_running("    with ExportFolder(out) as f:\n"
+                        "        (f.staging / 'model_fp32.tflite').write_bytes(b'new')\n"
+                        "        os.kill(os.getpid(), signal.SIGHUP)\n"
+                        "        time.sleep(30)\n"
+                        "    return 0\n",
+                        head=f"import time\nfrom tledge.export.unit import ExportFolder\nout = {str(out)!r}\n",
+                        swallow=False)
+    assert res.stdout.split() == ["129"], (res.stdout, res.stderr[-2000:])
+    assert "tledge info: terminated (SIGHUP)" in res.stderr and "Traceback" not in res.stderr
+    assert not out.exists() or os.listdir(out) == [], os.listdir(out)
 
 
 def test_ctrl_c_while_tledge_imports_is_one_line():

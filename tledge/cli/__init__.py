@@ -7,7 +7,7 @@ import os
 import sys
 
 from tledge.errors import TledgeError, warnings_not_errors
-from tledge.signals import SEEN as _SIGNALS_SEEN, Terminated as Terminated  # (os and threading only)
+from tledge.signals import SEEN as _SIGNALS_SEEN, STOP_CODES, Terminated as Terminated, catch_stops  # (os, threading)
 
 # subcommand -> module under tledge.cli with `add_arguments(parser)` and `run(args) -> int`
 COMMANDS = {
@@ -260,23 +260,21 @@ def main(argv: list[str] | None = None) -> int:
     console = log.install(args.command, level(args))
     if args.command in REPAIRING:  # (docs/int8-fidelity.md, "Repeat exports")
         os.environ.pop("TF_ENABLE_ONEDNN_OPTS", None)
-    rc, previous, previous_int = None, _catch_sigterm(), _catch_sigint()
+    rc, caught = None, catch_stops()
     try:
         rc = _run(args, console)
         # it landed in a finalizer or a weakref callback (`Exception ignored in ...`): the stop is still said
-        if _SIGNALS_SEEN and rc not in (130, 143):
-            sigterm = "SIGTERM" in _SIGNALS_SEEN
-            print(f"tledge {args.command}: {'terminated (SIGTERM)' if sigterm else 'interrupted'}", file=sys.stderr)
-            rc = 143 if sigterm else 130
+        if _SIGNALS_SEEN and rc not in STOP_CODES:
+            rc = _stopped(f"tledge {args.command}")
     finally:  # a crash (a traceback follows) or a stop: say where the libraries' messages are, if not kept
         from tledge.signals import signals_held
 
-        with signals_held(reraise=rc not in (130, 143)):  # a second signal while stopping: a traceback, exit 1
-            log.finish(console, rc is None, stopped=rc in (130, 143))
+        with signals_held(reraise=rc not in STOP_CODES):  # a second signal while stopping: a traceback, exit 1
+            log.finish(console, rc is None, stopped=rc in STOP_CODES)
             log.uninstall()
         import signal
 
-        for sig, handler in ((signal.SIGTERM, previous), (signal.SIGINT, previous_int)):
+        for sig, handler in caught.items():
             if handler is not None:
                 signal.signal(sig, handler)
         for k, v in environ.items():
@@ -305,40 +303,6 @@ def _more_files(args, extra: list[str]) -> bool:
     return True
 
 
-
-
-def _on_sigterm(signum, frame):
-    _SIGNALS_SEEN.add("SIGTERM")
-    raise Terminated
-
-
-def _on_sigint(signum, frame):
-    """Python's own Ctrl-C, remembered: a KeyboardInterrupt raised in a weakref callback is ignored by CPython, and a
-    training went on to the end, exit 0."""
-    _SIGNALS_SEEN.add("SIGINT")
-    raise KeyboardInterrupt
-
-
-def _catch_sigint():
-    """Python's default Ctrl-C handler replaced by one that remembers (an ignored SIGINT, as CI's background jobs
-    have, or a host program's handler stays); the one it replaced."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        return None
-    return signal.signal(signal.SIGINT, _on_sigint)
-
-
-def _catch_sigterm():
-    """Install the SIGTERM handler when nobody else has one (a host program's own stays); the one it replaced."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
-        return None
-    return signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def _run(args, console) -> int:
@@ -382,9 +346,9 @@ def _run(args, console) -> int:
     except KeyboardInterrupt:
         _say(f"{prefix}: interrupted")
         return 130
-    except Terminated:
-        _say(f"{prefix}: terminated (SIGTERM)")
-        return 143  # 128 + SIGTERM, as the shell reports a process the signal ended
+    except Terminated as exc:  # (SIGTERM, or SIGHUP: HungUp)
+        _say(f"{prefix}: terminated ({exc.signal_name})")
+        return exc.exit_code  # 128 + the signal's number, as the shell reports a process the signal ended
     except Exception:  # a signal that landed in TensorFlow's tracing became a SystemError: a traceback, exit 1
         if not _SIGNALS_SEEN:
             raise
@@ -392,7 +356,12 @@ def _run(args, console) -> int:
 
 
 def _stopped(prefix: str) -> int:
-    """An error after a signal the CLI saw is that stop: said in one line, 143 (SIGTERM) or 130."""
-    sigterm = "SIGTERM" in _SIGNALS_SEEN
-    _say(f"{prefix}: {'terminated (SIGTERM)' if sigterm else 'interrupted'}")
-    return 143 if sigterm else 130
+    """An error after a signal the CLI saw is that stop: said in one line, 129 (SIGHUP), 143 (SIGTERM) or 130."""
+    from tledge.signals import seen_stop
+
+    stop = seen_stop()
+    if stop is KeyboardInterrupt:
+        _say(f"{prefix}: interrupted")
+        return 130
+    _say(f"{prefix}: terminated ({stop.signal_name})")
+    return stop.exit_code

@@ -63,11 +63,13 @@ def run(args) -> int:
     s = runner.summary
     if args.json:  # the results are on stdout: a full or closed stderr loses the summary only
         _event(s.line(), prefix="")
+    elif stopped:  # a hang-up closed the terminal: stdout may be gone, the exit code still says the stop
+        _event(s.line(), prefix="", out=sys.stdout)
     else:
         print(s.line(), flush=True)
     if stopped:
-        _event("terminated (SIGTERM); the results so far are kept")
-        return stopped
+        _event(f"terminated ({stopped.signal_name}); the results so far are kept")
+        return stopped.exit_code
     if s.interrupted:
         return 130
     if s.lost:
@@ -192,9 +194,9 @@ def _foreign_image(folder: Path, limit: int = 20000) -> str | None:
     return None
 
 
-def _loop(runner, source, args) -> int | None:
-    """Results to stdout, --csv and --save; 143 when SIGTERM stopped it (`timeout`, systemd), which keeps what was
-    written as Ctrl-C does."""
+def _loop(runner, source, args):
+    """Results to stdout, --csv and --save; the Terminated (SIGTERM: `timeout`, systemd; SIGHUP: HungUp, an ssh
+    connection dropped) that stopped it, which keeps what was written as Ctrl-C does; else None."""
     from tledge.signals import Terminated
     from tledge.runtime.outputs import CsvSink, SaveSink, human_line, json_line
     from tledge.signals import signals_held  # here: a second Ctrl-C in its first import skipped every close below
@@ -229,9 +231,9 @@ def _loop(runner, source, args) -> int | None:
         raise
     except KeyboardInterrupt:
         runner.summary.interrupted = ok = True
-    except Terminated:
+    except Terminated as exc:  # exit 143, or 129 for SIGHUP
         runner.summary.interrupted = ok = True
-        stopped = 143  # 128 + SIGTERM
+        stopped = exc
     finally:
         # a second Ctrl-C or SIGTERM while the outputs are closed is held back (dropped when the run is already
         # stopping): it landed in the join of the preparation threads and lost the CSV and the video, or hung
@@ -255,11 +257,11 @@ def _note(message: str) -> None:
         _event(message)
 
 
-def _event(message: str, prefix: str = "tledge run: ") -> None:
+def _event(message: str, prefix: str = "tledge run: ", out=None) -> None:
     """A source's events (a stream lost, reconnected, given up), on stderr even with -q (if stderr takes them: a
     full or closed one lost the results on stdout)."""
     try:
-        print(f"{prefix}{message}", file=sys.stderr, flush=True)
+        print(f"{prefix}{message}", file=out or sys.stderr, flush=True)
     except (OSError, ValueError):
         pass
 

@@ -156,7 +156,8 @@ def measure_in_subprocess(path: str | Path, *, runs: int, warmup: int, batch: in
         timeout = 600 + 0.5 * (runs + warmup) * batch
     cmd = [sys.executable, "-c", _LAUNCH, str(Path(__file__).resolve().parents[2]),  # this tledge, nothing of cwd's
            str(path), "--runs", str(runs), "--warmup", str(warmup),
-           "--batch", str(batch), "--options", json.dumps(load_kwargs or {}), "--t0", repr(time.time())]
+           "--batch", str(batch), "--options", json.dumps(load_kwargs or {}), "--t0", repr(time.time()),
+           "--parent", str(os.getpid())]
     if threads:
         cmd += ["--threads", str(threads)]
     env = dict(os.environ, PYTHONWARNINGS=os.environ.get("PYTHONWARNINGS", "ignore"))
@@ -233,6 +234,33 @@ def table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def end_with_parent(parent: int) -> None:
+    """This process killed when `parent` ends: a `tledge bench` killed (kill -9, out of memory) or hung up left its
+    measuring process running the rest of its runs, minutes at full load. Linux: prctl(PR_SET_PDEATHSIG, SIGKILL);
+    elsewhere a daemon thread that checks the parent process id every second."""
+    import signal
+    import threading
+
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        set_by_kernel = sys.platform.startswith("linux") and libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError, ImportError):  # no libc's prctl (macOS, a static build)
+        set_by_kernel = False
+    if os.getppid() != parent:  # the parent ended before the line above
+        os._exit(1)
+    if set_by_kernel:
+        return
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="tledge-bench-parent").start()
+
+
 def subprocess_main(argv: list[str] | None = None) -> int:
     """The measuring process (`measure_in_subprocess`): one file, a JSON line on stdout."""
     import argparse
@@ -245,7 +273,10 @@ def subprocess_main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int)
     p.add_argument("--options", default="{}", help="JSON of tledge.runtime.load keyword arguments")
     p.add_argument("--t0", type=float, help="time.time() when the parent started this process")
+    p.add_argument("--parent", type=int, help="the parent's process id: this process ends when the parent does")
     a = p.parse_args(argv)
+    if a.parent:
+        end_with_parent(a.parent)
     try:
         r = measure(a.model, runs=a.runs, warmup=a.warmup, batch=a.batch, threads=a.threads,
                     load_kwargs=json.loads(a.options), t0=a.t0)
