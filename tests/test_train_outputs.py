@@ -206,3 +206,20 @@ def test_split_links_never_collide_and_a_run_without_links_leaves_no_old_split(t
     report.write_all(out, model, Contract(4, 4, labels=("ants", "bees")), _metrics(), x, model.predict_on_batch(x),
                      split=plan)
     assert not (out / "split").exists() and (out / "model.keras").is_file()
+
+
+def test_resume_on_a_finished_run_keeps_its_train_log(tmp_path, capsys):
+    """`train --resume` on a finished run (a scheduler's restart) replaced OUT/train.log by the one line "the run in
+    OUT is complete: nothing to resume": the finished run's log was lost. That line now comes after it."""
+    from tledge.cli import main
+
+    data, run = _colour_classes(tmp_path / "photos", 10), tmp_path / "run"
+    argv = ["train", str(data), "--weights", "none", "--size", "32", "--epochs", "1", "--fine-tune-epochs", "0",
+            "--out", str(run)]
+    assert main(argv) == 0
+    first = (run / "train.log").read_text()
+    assert first.strip()
+    assert main([*argv, "--resume"]) == 0
+    assert "nothing to resume" in capsys.readouterr().err
+    after = (run / "train.log").read_text()
+    assert after.startswith(first) and "nothing to resume" in after[len(first):], after

@@ -35,6 +35,7 @@ class Console:
         self.total, self.done = 0, 0
         self.log_path: Path | None = None  # the file fd 2 goes to while a command runs
         self.keep: Path | None = None  # where the verb wants the log kept
+        self.append = False  # kept after the log already there (a resumed training's), not in its place
         self.written = False  # the verb's outputs are in place (`outputs_written`): its log goes with them
         self.displaced = False  # a failed run's log left in the temporary folder: the earlier run's stays
         self.logfile = None  # the open log while fd 2 goes to it (None with -v and outside `capture`)
@@ -106,10 +107,11 @@ def warn(message: str) -> None:
         warnings.warn(message, TledgeWarning, stacklevel=2)
 
 
-def keep_log(path: str | Path) -> None:
-    """Keep this command's third-party log at `path` when it ends (if its folder exists then)."""
+def keep_log(path: str | Path, append: bool = False) -> None:
+    """Keep this command's third-party log at `path` when it ends (if its folder exists then); append: after the log
+    already there (`train --resume` on a finished run replaced its train.log by one line)."""
     if _console is not None:
-        _console.keep = Path(path)
+        _console.keep, _console.append = Path(path), append
 
 
 def outputs_written() -> None:
@@ -368,7 +370,11 @@ def _settle_log(c: Console) -> None:
         try:
             import shutil
 
-            shutil.copyfile(log, tmp)
+            joined = c.append and c.keep.is_file()
+            shutil.copyfile(c.keep if joined else log, tmp)
+            if joined:
+                with open(tmp, "ab") as out, open(log, "rb") as new:
+                    shutil.copyfileobj(new, out)
             os.replace(tmp, c.keep)
             log.unlink()
             c.log_path = c.keep

@@ -127,7 +127,7 @@ def run(args) -> int:
     from tledge.train.hardware import is_chief
 
     if is_chief():  # TensorFlow's own messages (shown with -v); the other workers of a cluster write nothing to OUT
-        log.keep_log(f"{args.out}/train.log")
+        log.keep_log(f"{args.out}/train.log", append=bool(args.resume))  # a resumed run's log after the run's own
     from tledge.train import train
 
     # train() says its notes and epoch lines on stderr (tledge.log); anything else it prints goes there too
