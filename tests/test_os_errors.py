@@ -207,6 +207,39 @@ def test_disk_filling_up_during_training_is_one_line_exit_2(tmp_path):
         _umount(small)
 
 
+def test_a_disk_filling_up_under_a_saved_video_stops_the_run(tmp_path):
+    """OpenCV's video writer fails silently: a disk that filled up during `run --save v.mp4` was said only when the
+    input ended (a camera's run went on for ever with the disk full). The run stops soon after, exit 2 and one
+    line; the CSV so far is kept and no partial video is left."""
+    import cv2
+    import numpy as np
+    from tiny import TINY
+
+    small = tmp_path / "small"
+    if not _mount_tmpfs(small, "size=1m"):
+        pytest.skip("cannot mount a small tmpfs here (needs root): no real full disk to test with")
+    try:
+        frames, src = 400, tmp_path / "noise.avi"  # noise: frames that do not compress, the disk fills quickly
+        w = cv2.VideoWriter(str(src), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (160, 120))
+        rng = np.random.default_rng(0)
+        for _ in range(frames):
+            w.write(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8))
+        w.release()
+        r = subprocess.run([sys.executable, "-m", "tledge", "run", str(TINY / "model_int8.tflite"), "--source", str(src),
+                            "--json", "--csv", str(tmp_path / "r.csv"), "--save", str(small / "v.mp4")],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        printed = len(r.stdout.splitlines())
+        assert 0 < printed < frames, (printed, r.stderr[-2000:])  # stopped, not at the input's end
+        assert r.returncode == 2, r.stderr[-3000:]
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"tledge run: error: cannot write video {small / 'v.mp4'}: the disk is full"), last
+        assert "Traceback" not in r.stderr
+        assert len((tmp_path / "r.csv").read_text().splitlines()) - 1 in (printed, printed + 1)
+        assert [f.name for f in small.iterdir()] == [], "a partial video left behind"
+    finally:
+        _umount(small)
+
+
 def test_symbolic_links_as_outputs(tmp_path, capsys):
     """A link given as --csv is replaced, never written through (it may point at an input: a model); a dangling
     link given as a folder said "already exists"."""

@@ -186,6 +186,8 @@ class SaveSink:
         kept = (self._relative(f) for f in (inputs or ()) if not self.video)
         self._kept = {self.path / rel for rel in kept if rel.suffix.lower() in _WRITABLE}
         self._tmp = None  # a video's own temporary name beside it (two runs saving one video shared one name)
+        self._grown = -1  # the partial video's size at the last check (`_check_growing`)
+        self.disk_full = False  # the disk filled under the video: stopped, the partial video removed
         if not self.video:
             self.path.mkdir(parents=True, exist_ok=True)
             marker = self.path / SAVE_MARKER  # the next --save here may replace what this one writes
@@ -283,6 +285,24 @@ class SaveSink:
         if (img.shape[1], img.shape[0]) != self._size:
             img = cv2.resize(img, self._size, interpolation=cv2.INTER_AREA)
         self._writer.write(img)
+        if (self.written + 1) % GROWTH_CHECK_FRAMES == 0:
+            self._check_growing()
+
+    def _check_growing(self) -> None:
+        """Stop when the partial video stopped growing while frames were written and its disk has no room: OpenCV's
+        writer fails silently, and a full disk was said only when the input ended (a camera: never)."""
+        try:
+            size, fs = os.stat(self._tmp).st_size, os.statvfs(self._tmp.parent)
+        except (OSError, AttributeError):  # (no statvfs on Windows)
+            return
+        free = (fs.f_bfree if os.geteuid() == 0 else fs.f_bavail) * fs.f_frsize  # root writes into the reserve
+        stuck, self._grown = size == self._grown and free < FULL_BELOW, size
+        if stuck:
+            self.disk_full = True
+            self.abort()
+            raise TledgeError(f"cannot write video {self.path}: the disk is full ({free >> 10} KiB free; the video "
+                              f"stopped growing by frame {self.written + 1}); "
+                              f"{'the earlier video is kept' if self.path.exists() else 'nothing written'}")
 
     def close(self) -> None:
         """The video replaces `path` when it reads back whole. OpenCV's writer fails silently (a full disk): the
@@ -315,6 +335,8 @@ class SaveSink:
             self._tmp.unlink(missing_ok=True)
 
 
+GROWTH_CHECK_FRAMES = 25  # a saved video's size checked every that many frames
+FULL_BELOW = 1 << 20  # bytes free under which a video that stopped growing is on a full disk (an encoder buffers)
 VIDEO_MAX_SIDE = 4096  # MPEG-4 (mp4v) opens nothing at 8192 px
 
 
