@@ -111,3 +111,34 @@ def test_no_private_name_crosses_a_module_boundary():
                  if target.startswith("tledge.") and any(part.startswith("_") and part not in ("_deps",)
                                                          for part in target.split(".")[1:])]
     assert not crossing, "private names imported from other modules:\n" + "\n".join(crossing)
+
+
+TEMP_CALLS = {"mkdtemp", "mkstemp", "TemporaryDirectory", "NamedTemporaryFile", "TemporaryFile", "SpooledTemporaryFile"}
+
+
+def _temp_calls_without_our_prefix(path: Path) -> list[str]:
+    """tempfile calls in `path` that make a file or folder in $TMPDIR (no dir=) without a `tledge-` prefix."""
+    bad = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
+        kw = {k.arg: k.value for k in node.keywords}
+        if name not in TEMP_CALLS or "dir" in kw:
+            continue
+        prefix = kw.get("prefix")
+        if isinstance(prefix, ast.JoinedStr) and prefix.values:
+            prefix = prefix.values[0]
+        if isinstance(prefix, ast.Name):  # a name the caller gives (logfiles: tledge-VERB-)
+            continue
+        if not (isinstance(prefix, ast.Constant) and str(prefix.value).startswith("tledge-")):
+            bad.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+    return bad
+
+
+def test_temporary_files_and_folders_in_tmpdir_are_named_tledge():
+    """A killed export left tmpXXXXXXXX folders in $TMPDIR that nothing told apart from other programs': every
+    temporary file or folder tledge makes there starts with `tledge-`."""
+    bad = [hit for path in _modules().values() for hit in _temp_calls_without_our_prefix(path)]
+    assert bad == [], bad

@@ -108,7 +108,7 @@ def _onnx_int8(serve, contract: Contract, conv, calib, folder: Path):
     from tledge.export import onnx as onnx_export
 
     onnx = require("onnx", extra="export")
-    with tempfile.TemporaryDirectory() as tmpdir:
+    with tempfile.TemporaryDirectory(prefix="tledge-onnx-int8-") as tmpdir:
         src = Path(tmpdir) / "fp32.onnx"
         fp32 = folder / filename_of("onnx", "fp32")
         if fp32.is_file():  # the fp32 file's own graph (same layout and tensor names), float input

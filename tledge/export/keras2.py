@@ -383,7 +383,7 @@ def load_translated(path: str | Path, translation: Translation, custom_objects: 
 
     h5py = require("h5py", extra="export")
     keras = require("keras", extra="export")
-    with tempfile.TemporaryDirectory(prefix="tledge_keras2_") as tmp:
+    with tempfile.TemporaryDirectory(prefix="tledge-keras2-") as tmp:
         dst = Path(tmp) / "translated.h5"
         with h5py.File(path, "r") as src, h5py.File(dst, "w") as out:
             if not isinstance(src.get("model_weights", getlink=True), h5py.HardLink):

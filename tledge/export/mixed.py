@@ -36,7 +36,7 @@ def selection(model, ctx, shared, stem: int = 0, ranges: str = "minmax"):
     key = ("sensitivity", id(model))
     if key not in shared.mixed:
         conv = onnx_export.Conventions.of(ctx.contract)
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory(prefix="tledge-mixed-") as tmp:
             src = Path(tmp) / "fp32.onnx"
             src.write_bytes(shared.onnx_float(model, None if model is None else stem, ranges))
             raw = src.read_bytes()

@@ -189,7 +189,7 @@ def quantize_int8(fp32_path: Path, dst: Path, calib: np.ndarray, *, method: str 
     TensorQuantOverrides (e.g. int16 activations, tledge.quant.sensitivity). `act_ranges="mse"`: every activation's
     upper bound cut by least squared error (tledge.quant.ranges; any other override of a tensor wins). Returns the
     scheme."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="tledge-onnx-int8-") as tmp:
         pre = preprocess(fp32_path, Path(tmp) / "pre.onnx")
         ranges = _ranges_path(pre, method, Path(calib_cache) if calib_cache else Path(tmp))
         cut = None

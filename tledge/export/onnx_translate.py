@@ -34,7 +34,7 @@ def from_tflite(data: bytes, layout: str, calib: np.ndarray):
 
     onnx = require("onnx", extra="export")
     convert = require("tf2onnx.convert", extra="export")  # (its import set TF_CPP_MIN_LOG_LEVEL)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="tledge-onnx-translate-") as tmp:
         src = Path(tmp) / "int8.tflite"
         src.write_bytes(data)
         try:

@@ -86,7 +86,7 @@ def latencies_in_turns(files: dict[str, Path | bytes], pixels: np.ndarray, *, su
     from tledge.runtime import load
     from tledge.runtime.bench import best_in_turns, one_image_ms
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="tledge-latency-") as tmp:
         models = {}
         for name, f in files.items():
             if isinstance(f, bytes):

@@ -203,7 +203,7 @@ class Shared:
         onnx = require("onnx", extra="export")
         conv = onnx_export.Conventions.of(self.contract)
         stem = rung.stem if rung.repair and model is not None else None
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory(prefix="tledge-onnx-rung-") as tmp:
             src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
             src.write_bytes(self.onnx_float(model, stem, rung.ranges))
             exclude, scheme = (), None

@@ -105,7 +105,7 @@ def onnx_layer_errors(float_onnx: bytes, qdq_onnx: bytes, calib, *, debug_images
     import onnx
 
     calib = checked(calib)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="tledge-layer-errors-") as tmp:
         acts = {}
         for tag, content in (("float", float_onnx), ("qdq", qdq_onnx)):
             src, aug = Path(tmp) / f"{tag}.onnx", Path(tmp) / f"{tag}_aug.onnx"

@@ -160,7 +160,7 @@ def correct(fp32: Path, dst: Path, calib: np.ndarray, quantize, *, images: int =
     calib = calibdata.checked(calib)
     model = onnx.load(str(fp32))
     nodes = linear_nodes(model)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="tledge-bias-") as tmp:
         q = qdq  # an int8 file quantised from this graph already (its weights are what count)
         if q is None:
             q = Path(tmp) / "q.onnx"

@@ -77,7 +77,7 @@ def _levels(pre: Path, feeds: list[str]) -> dict[str, np.ndarray]:
     dtype = {onnx.TensorProto.UINT8: np.uint8}.get(inp.type.tensor_type.elem_type, np.float32)
     x = np.broadcast_to(np.arange(256, dtype=np.float32).reshape(256, *[1] * (len(dims) - 1)),
                         (256, *dims[1:])).astype(dtype)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="tledge-pixelgrid-") as tmp:
         sub = Path(tmp) / "chain.onnx"
         onnx.utils.extract_model(str(pre), str(sub), [inp.name], feeds)
         outs = ort.InferenceSession(loadable(sub), providers=["CPUExecutionProvider"]).run(feeds, {inp.name: x})
