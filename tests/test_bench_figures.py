@@ -104,3 +104,16 @@ def _gone(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_the_measuring_process_on_windows_does_not_watch_a_launcher(monkeypatch):
+    """On Windows ctypes.CDLL(None) raised TypeError (every file's measurement failed), and a venv's python.exe is a
+    launcher whose child is the interpreter, so the parent process id is not tledge's: nothing is set up there."""
+    import threading
+
+    before = {t.ident for t in threading.enumerate()}
+    monkeypatch.setattr(bench.os, "name", "nt")
+    monkeypatch.setattr(bench.sys, "platform", "win32")
+    bench.end_with_parent(os.getppid())  # (the POSIX path started a thread watching it)
+    monkeypatch.undo()
+    assert not [t for t in threading.enumerate() if t.ident not in before and t.name == "tledge-bench-parent"]

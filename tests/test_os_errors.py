@@ -240,6 +240,34 @@ def test_a_disk_filling_up_under_a_saved_video_stops_the_run(tmp_path):
         _umount(small)
 
 
+
+def test_a_video_that_fits_is_not_called_a_full_disk_on_a_nearly_full_one(tmp_path):
+    """FFmpeg's writer grows the file in 256 KiB steps, so a video of small or still frames stands still for many
+    growth checks: with 1 MiB free taken as 'full', a 470 KB video on a disk with 1.2 MiB free stopped the run (exit
+    2) and was removed. It is written whole."""
+    import cv2
+    import numpy as np
+    from tiny import TINY
+
+    small = tmp_path / "small"
+    if not _mount_tmpfs(small, "size=3m"):
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        (small / "filler").write_bytes(bytes(3072 * 1024 - 1024 * 1024 - 200 * 1024))  # about 1.2 MiB left free
+        src, rng = tmp_path / "still.avi", np.random.default_rng(0)
+        w = cv2.VideoWriter(str(src), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (160, 160))
+        for i in range(300):  # some noise, then a still grey scene that compresses to almost nothing
+            w.write(rng.integers(0, 256, (160, 160, 3), dtype=np.uint8) if i < 60 else np.full((160, 160, 3), 128,
+                                                                                             np.uint8))
+        w.release()
+        r = subprocess.run([sys.executable, "-m", "tledge", "run", str(TINY / "model_int8.tflite"), "--source", str(src),
+                            "-q", "--save", str(small / "v.mp4")], capture_output=True, text=True, timeout=300,
+                           cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert cv2.VideoCapture(str(small / "v.mp4")).get(cv2.CAP_PROP_FRAME_COUNT) == 300
+    finally:
+        _umount(small)
+
 def test_symbolic_links_as_outputs(tmp_path, capsys):
     """A link given as --csv is replaced, never written through (it may point at an input: a model); a dangling
     link given as a folder said "already exists"."""

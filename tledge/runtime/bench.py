@@ -237,17 +237,22 @@ def table(results: list[dict]) -> str:
 def end_with_parent(parent: int) -> None:
     """This process killed when `parent` ends: a `tledge bench` killed (kill -9, out of memory) or hung up left its
     measuring process running the rest of its runs, minutes at full load. Linux: prctl(PR_SET_PDEATHSIG, SIGKILL);
-    elsewhere a daemon thread that checks the parent process id every second."""
+    other POSIX systems: a daemon thread that checks the parent process id every second. Windows: nothing (a venv's
+    python.exe is a launcher that starts the interpreter as its own child, so the parent process id is not tledge's;
+    ctypes.CDLL(None) raised TypeError there, and every file's measurement failed)."""
     import signal
     import threading
 
-    try:
-        import ctypes
+    if os.name == "nt":
+        return
+    set_by_kernel = False
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        set_by_kernel = sys.platform.startswith("linux") and libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0
-    except (OSError, AttributeError, ImportError):  # no libc's prctl (macOS, a static build)
-        set_by_kernel = False
+            set_by_kernel = ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0
+        except Exception:  # no libc's prctl (a static build, a sandbox): the watch below
+            set_by_kernel = False
     if os.getppid() != parent:  # the parent ended before the line above
         os._exit(1)
     if set_by_kernel:
