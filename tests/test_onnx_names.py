@@ -41,3 +41,18 @@ def test_a_second_translation_of_a_tflite_file_is_the_same_graph():
     data = (TINY / "model_int8.tflite").read_bytes()
     first, second = (onnx_translate.from_tflite(data, "nhwc", x)[0].SerializeToString() for _ in range(2))
     assert first == second
+
+
+def test_the_first_name_is_what_a_fresh_tf2onnx_starts_at():
+    """fresh_names resets tf2onnx's name counter to onnx.FIRST_NAME, the value a fresh import of tf2onnx.convert (as
+    the export imports it) leaves: a tf2onnx release that starts elsewhere would make a first export's names differ
+    from a second's again."""
+    import os
+    import subprocess
+    import sys
+
+    from tledge.export.onnx import FIRST_NAME
+
+    got = subprocess.run([sys.executable, "-c", "import tf2onnx.convert, tf2onnx.utils as u; print(u.INTERNAL_NAME)"],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert got.returncode == 0 and int(got.stdout.split()[-1]) == FIRST_NAME, got.stderr[-2000:]

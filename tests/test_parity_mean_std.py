@@ -90,3 +90,13 @@ def test_preprocess_the_reference_does_not_take_is_refused_beside_mean_and_std(t
                            "--preprocess", "torch", "--mean", "128", "--std", "1")
     assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1, err
     assert "--preprocess torch: the reference does not take it (it bakes its normalisation)" in err, err
+
+
+def test_the_library_refuses_values_for_0_to_1_pixels_before_loading(unbaked_model, int8_file, shapes_dataset):
+    """tledge.export.check.parity(mean=0.5, std=0.25) fed a uint8 file raw pixels ('did not fit it') and reported
+    others as 'could not run'; it refuses the values as the CLI does, before any model is loaded."""
+    from tledge.errors import ContractError
+    from tledge.export.check import parity
+
+    with pytest.raises(ContractError, match="look like values for 0..1 pixels"):
+        parity(unbaked_model["keras"], [int8_file], shapes_dataset / "val", mean="0.5", std="0.25")

@@ -286,6 +286,6 @@ def test_softmax_is_taken_per_image_in_a_batch():
 
 def test_raw_float_pixels_into_a_uint8_tensor_are_rounded_and_clipped():
     m = FakeModel(Contract(4, 4, baked=True, input_dtype="uint8"), TensorInfo("x", (1, 4, 4, 3), "uint8")).m
-    x = np.array([254.6, 0.4, 127.5, 300.0, -3.0], np.float32)
-    q = m.quantize(x)  # clip(rint(x), 0, 255): nearest, half to even
-    assert q.dtype == np.uint8 and q.tolist() == [255, 0, 128, 255, 0]
+    x = np.array([254.6, 0.4, 127.5, 126.5, 300.0, -3.0], np.float32)
+    q = m.quantize(x)  # clip(rint(x), 0, 255): nearest, half to even (126.5 -> 126, where half up gives 127)
+    assert q.dtype == np.uint8 and q.tolist() == [255, 0, 128, 126, 255, 0]

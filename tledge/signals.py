@@ -24,7 +24,7 @@ class HungUp(Terminated):
 
 
 SEEN: set[str] = set()  # "SIGINT" / "SIGTERM" / "SIGHUP": the signals the CLI's handlers have seen in this command
-STOP_CODES = (130, 143, 129)  # a command's exit codes when a signal stopped it (Ctrl-C, SIGTERM, SIGHUP)
+STOP_CODES = (130, Terminated.exit_code, HungUp.exit_code)  # a command's exit codes when a signal stopped it
 
 
 def seen_stop() -> type[BaseException]:

@@ -91,7 +91,7 @@ def check_mean_std(args) -> None:
     if args.mean is not None or args.std is not None:
         from tledge.runtime.foreign import pixel_units
 
-        pixel_units(args.mean if args.mean is not None else "0", args.std if args.std is not None else "1")
+        pixel_units(args.mean, args.std)
 
 
 def load_kwargs(args) -> dict:

@@ -1,7 +1,8 @@
 """tledge run MODEL --source SRC [--top-k K] [--threshold T] [--json] [--csv FILE] [--save PATH] ...
 
 Exit codes: 0 done (unreadable inputs are skipped and counted), 1 a live source was lost (gave up
-reconnecting), 2 bad arguments / model / source, or nothing could be read at all, 130 Ctrl-C.
+reconnecting), 2 bad arguments / model / source, or nothing could be read at all, 130 Ctrl-C, 143 SIGTERM,
+129 SIGHUP (the results so far kept).
 No TensorFlow is imported.
 """
 from __future__ import annotations

@@ -123,10 +123,10 @@ def _onnx_precision(path: Path, backend) -> str:
 # ---- the reference ---------------------------------------------------------------------------------
 
 def _reference_contract(lm, base, preprocess: str | None, labels: tuple[str, ...] = (), labels_from: str = "",
-                        files_normalised: bool = False):
+                        *, mean_std_given: bool = False):
     """The reference's own contract (raw pixels in; normalisation added in front when it does not bake
     it): from the model, a tledge.json beside it, the exported files' embedded contract, or --preprocess.
-    `labels` (read from `labels_from`) name its outputs instead of `base`'s. `files_normalised`: --mean/--std
+    `labels` (read from `labels_from`) name its outputs instead of `base`'s. `mean_std_given`: --mean/--std
     normalise the files without a contract, so a --preprocess the reference does not take is used by nothing."""
     from tledge.export import resolve
 
@@ -141,7 +141,7 @@ def _reference_contract(lm, base, preprocess: str | None, labels: tuple[str, ...
         mode, mode_from = None, None  # the tledge.json beside the model
     else:
         mode, mode_from = preprocess, "--preprocess"
-    if preprocess and files_normalised and mode_from != "--preprocess":  # (tledge run refuses the two together)
+    if preprocess and mean_std_given and mode_from != "--preprocess":  # (tledge run refuses the two together)
         said = "it bakes its normalisation" if lm.baked_mode is not None else \
             f"{mode_from or 'the tledge.json beside it'} says its normalisation"
         raise TledgeError(f"--preprocess {preprocess}: the reference does not take it ({said}) and --mean/--std "
@@ -254,10 +254,9 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
     reference when nothing else says how it normalises); `mean`/`std` (as tledge.runtime.load takes them), when
     given, complete those files' instead, and `preprocess` is then the reference's only. `signature`: a reference
     SavedModel's KEY[:OUTPUT], `binary_output`: what its one output is; each by default what the export recorded in
-    its manifest.
-    `labels` (read from `labels_from`) name the reference's outputs for files without embedded labels; a callable
-    giving (labels, labels_from) is called only when such a file is checked (the reference's own labels.txt, read
-    and refused when nothing used it)."""
+    its manifest. `labels` (from `labels_from`) name the reference's outputs for files without embedded labels; a
+    callable giving (labels, labels_from) is called only when such a file is checked (the reference's own labels.txt,
+    read and refused when nothing used it)."""
     from tledge.export import float32, loader
 
     files = exported_files(exported)
@@ -281,7 +280,8 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
         own = next((contracts[i] for i in members if contracts[i] is not None), None)
         base = own or (known[0] if known else None)
         given, labels, labels_from = _labels_for(own, labels, labels_from)
-        contract, add = _reference_contract(lm, base, preprocess, given, labels_from, "preprocess" not in normalisation)
+        contract, add = _reference_contract(lm, base, preprocess, given, labels_from,
+                                            mean_std_given=(mean, std) != (None, None))
         serve, _ = loader.trace(lm, contract, add)
         if paths is None:
             paths, truth = _images(images, contract.labels, contract, limit)

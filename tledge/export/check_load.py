@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tledge.errors import ContractError, TledgeError
 from tledge.runtime import load
+from tledge.runtime.foreign import pixel_units
 
 NORMALISATION = ("preprocess", "mean", "std")  # the options that say how a file made elsewhere takes pixels
 
@@ -17,6 +18,8 @@ def file_normalisation(preprocess: str | None, mean=None, std=None) -> dict:
     then the reference's only: a reference that needs its mode and an int8 file that takes pixel - 128), else
     --preprocess, which goes to both."""
     given = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
+    if given:  # values for 0..1 pixels refused before anything loads (a file that fits no normalisation is fed raw
+        pixel_units(mean, std)  # pixels, and one that refused them 'could not run', exit 1)
     return given or ({"preprocess": preprocess} if preprocess else {})
 
 

@@ -348,9 +348,9 @@ def trace(lm: LoadedModel, contract: Contract, add_norm: str | None):
         mean, std = norm.mean_std()
         # plain lists: constants made inside the function (captured tensors become ONNX inputs)
         scale, offset = (1.0 / std).tolist(), (-mean / std).tolist()
-        if len(set(scale)) == 1 and len(set(offset)) == 1:  # tf, scale, grey: scalars, as tledge.layers bakes them
-            scale, offset = scale[0], offset[0]  # (a [3] constant on NHWC pixels: onnxruntime went 3 floats at a time)
         flip = add_norm == "caffe" and contract.channels == 3
+        if not flip and len(set(scale)) == 1 and len(set(offset)) == 1:  # tf, scale, grey: scalars, as tledge.layers
+            scale, offset = scale[0], offset[0]  # bakes them ([3] on NHWC pixels: onnxruntime went 3 floats at a time)
         # RGB -> BGR and the map as one 1x1 convolution (what tledge train bakes): as slices + concat (REVERSE_V2
         # corrupts int8 values) the converter gave the concat's output range to the int8 file's input, which then
         # took pixels at scale 1.49, zero point 83 where every client feeds raw pixels (MediaPipe 11 of 15 right)

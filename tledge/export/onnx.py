@@ -109,7 +109,7 @@ def convert_fp32(serve, contract):
     return _rename_io(model)
 
 
-FIRST_NAME = 2  # tf2onnx's name counter once it is imported (its import makes one name, invalid_input_id__2)
+FIRST_NAME = 2  # tf2onnx's name counter once tf2onnx.convert is imported (it makes one name; tests/test_onnx_names.py)
 
 
 def fresh_names() -> None:

@@ -7,7 +7,7 @@ first Conv's NCHW. onnxruntime broadcasts a [3] constant against [N, H, W, 3] th
 Transpose as [C, 1, 1] helps the fp32 file only: in the int8 file onnxruntime's own layout pass (QLinearConv runs
 NHWC) pushes that Transpose back through them, and their constants are [1, 1, 1, 3] again. The same values tiled to
 [W, C] broadcast over whole image rows (W x C floats at a time) in both files, wherever onnxruntime puts the
-Transpose: fp32 2.49 -> 1.27 ms, int8 2.95 -> 1.72 ms (benchmarks/onnx_prep_cost.py). Every element gets the same
+Transpose: fp32 2.56 -> 1.25 ms, int8 2.99 -> 1.74 ms (benchmarks/onnx_prep_cost.py, docs/onnx-files.md). Every element gets the same
 float32 operation with the same operand, so the outputs are bit-identical, and no op or tensor name changes (the
 int8 quantiser keeps this chain float: tledge.quant.pixelgrid). One value for every channel (`tf`, `scale`) is a
 scalar already (tledge.export.loader.trace), which onnxruntime runs fast as it is.

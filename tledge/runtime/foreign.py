@@ -284,7 +284,7 @@ def _normalisation(inp, options: dict, standard: StandardMetadata | None = None,
                 raise ContractError("give either --preprocess MODE or --mean/--std, not both")
             return dict(norm=Norm(mode), baked=False)
     if "mean" in options or "std" in options:
-        mean, std = pixel_units(options.get("mean", (0.0,)), options.get("std", (1.0,)))
+        mean, std = pixel_units(options.get("mean"), options.get("std"))
         return dict(norm=Norm.CUSTOM, baked=False, mean=mean, std=std)
     q = inp.quant
     if q is not None and inp.dtype in ("uint8", "int8"):
@@ -304,11 +304,11 @@ def _normalisation(inp, options: dict, standard: StandardMetadata | None = None,
     return dict(norm=Norm.RAW, baked=False)
 
 
-def pixel_units(mean, std) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """--mean/--std as numbers, refused (ContractError) when they look like values for 0..1 pixels: torchvision's
-    Normalize(mean=[0.485, ...], std=[0.229, ...]) took pixels in at 0..1100 (0.49 agreement), silently. The CLI asks
-    it before loading anything (every verb that takes them)."""
-    mean, std = _floats(mean), _floats(std)
+def pixel_units(mean=None, std=None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """--mean/--std as numbers (None: 0 and 1), refused (ContractError) when they look like values for 0..1 pixels:
+    torchvision's Normalize(mean=[0.485, ...], std=[0.229, ...]) took pixels in at 0..1100 (0.49 agreement), silently.
+    Asked before anything is loaded (the CLI's verbs, parity's library call)."""
+    mean, std = _floats((0.0,) if mean is None else mean), _floats((1.0,) if std is None else std)
     if mean and std and max(map(abs, mean)) <= 1 and max(std) <= 1 and (any(mean) or any(s != 1 for s in std)):
         raise ContractError(f"--mean {','.join(map(str, mean))} --std {','.join(map(str, std))} look like values "
                             "for 0..1 pixels; tledge's are in 0..255 pixel units: multiply both by 255 (ImageNet's "

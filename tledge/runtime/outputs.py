@@ -337,8 +337,8 @@ class SaveSink:
 
 GROWTH_CHECK_FRAMES = 25  # a saved video's size checked every that many frames
 FULL_BELOW = 64 << 10  # bytes free under which a video that stopped growing is on a full disk: FFmpeg's writer grows
-# the file in 256 KiB steps, so a video on a disk with 1 MiB free stood still for 8 checks and was called full (a
-# write that does not fit fills the disk to its last blocks first)
+# the file in 256 KiB steps (with 1 MiB as this threshold, a 470 KB video on a disk with 1.2 MiB free stood still for
+# 8 checks and was called full); a write that does not fit fills the disk to its last blocks first
 VIDEO_MAX_SIDE = 4096  # MPEG-4 (mp4v) opens nothing at 8192 px
 
 
