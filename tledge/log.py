@@ -389,7 +389,7 @@ def _settle_log(c: Console) -> None:
 
 def finish(c: Console, crashed: bool, stopped: bool = False) -> None:
     """A log left in the temporary folder: named when the command crashed (and it says something), or was stopped
-    (Ctrl-C, SIGTERM) after its output folder, where the log was to go, was removed; else removed."""
+    (Ctrl-C, SIGTERM, SIGHUP) after its output folder, where the log was to go, was removed; else removed."""
     log = c.log_path
     if log is None or c.keep == log or not log.exists():
         return

@@ -4,7 +4,7 @@
         ... write everything into folder.staging ...
         folder.commit(source, verdicts)    # manifest into staging, then swapped in, manifest last
 
-Swap order, with Ctrl-C / SIGTERM held back until it is done: (1) the old manifest is moved aside, so from here
+Swap order, with Ctrl-C / SIGTERM / SIGHUP held back until it is done: (1) the old manifest is moved aside, so from here
 until (4) the folder vouches for nothing; (2) the previous export's files (the old manifest's list, every name in
 tledge.artifacts' table) are moved aside into the staging folder (and back if a rename fails); (3) the new files
 are moved in (os.replace, same file system); (4) the new manifest is moved in. A `kill -9` at any point leaves
@@ -119,9 +119,9 @@ class ExportFolder:
 
 
 def swap_in(staging: Path, out: Path, manifest: artifacts.Manifest) -> None:
-    """The new export in place of the old, with Ctrl-C / SIGTERM held back (tledge.signals.signals_held): the previous
-    export's files (its manifest's list and the table's names, in rejected/ too) are moved aside into the staging
-    folder, not deleted, and moved back if a rename fails; other files in rejected/ are left alone."""
+    """The new export in place of the old, with Ctrl-C / SIGTERM / SIGHUP held back (tledge.signals.signals_held): the
+    previous export's files (its manifest's list and the table's names, in rejected/ too) are moved aside into the
+    staging folder, not deleted, and moved back if a rename fails; other files in rejected/ are left alone."""
     from tledge.signals import signals_held
 
     try:

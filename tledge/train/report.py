@@ -212,7 +212,7 @@ def write_all(out: Path, model, contract, metrics: dict, check_x: np.ndarray, ex
         stop_if_signalled()  # a stop that got lost (tledge.signals) swaps in nothing
         if "h5" not in names:
             (out / "model.h5").unlink(missing_ok=True)  # an earlier run's file would not be this model
-        with signals_held():  # Ctrl-C / SIGTERM between two renames left a new model beside the old labels
+        with signals_held():  # Ctrl-C / SIGTERM / SIGHUP between two renames left a new model beside the old labels
             old_split = out / TRAINING_SPLIT
             if linked is None and old_split.is_dir() and not old_split.is_symlink():  # an earlier run's images:
                 os.replace(old_split, stage / f".old-{TRAINING_SPLIT}")  # export would calibrate on them
