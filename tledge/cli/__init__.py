@@ -344,22 +344,22 @@ def _run(args, console) -> int:
         _say(f"{prefix}: error: cannot start a thread ({exc}): a memory or process limit (ulimit -v, ulimit -u)")
         return 2
     except KeyboardInterrupt:
-        _say(f"{prefix}: interrupted")
-        return 130
+        return _stopped(prefix, KeyboardInterrupt)
     except Terminated as exc:  # (SIGTERM, or SIGHUP: HungUp)
-        _say(f"{prefix}: terminated ({exc.signal_name})")
-        return exc.exit_code  # 128 + the signal's number, as the shell reports a process the signal ended
+        return _stopped(prefix, type(exc))
     except Exception:  # a signal that landed in TensorFlow's tracing became a SystemError: a traceback, exit 1
         if not _SIGNALS_SEEN:
             raise
         return _stopped(prefix)
 
 
-def _stopped(prefix: str) -> int:
-    """An error after a signal the CLI saw is that stop: said in one line, 129 (SIGHUP), 143 (SIGTERM) or 130."""
+def _stopped(prefix: str, stop: type[BaseException] | None = None) -> int:
+    """A stop said in one line: `stop` (KeyboardInterrupt, Terminated or HungUp), by default the one the CLI's
+    handlers saw (an error after that signal is the stop); its exit code: 130 (Ctrl-C), 143 (SIGTERM) or 129
+    (SIGHUP), 128 + the signal's number, as the shell reports a process the signal ended."""
     from tledge.signals import seen_stop
 
-    stop = seen_stop()
+    stop = stop or seen_stop()
     if stop is KeyboardInterrupt:
         _say(f"{prefix}: interrupted")
         return 130
