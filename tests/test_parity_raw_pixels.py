@@ -33,5 +33,6 @@ def test_a_uint8_input_without_quantisation_gets_raw_pixels_and_passes(unbaked_m
     r = rep["results"][0]
     assert r["max_abs_error"] < 1e-4 and r["top1_agreement"] == 1.0, r["failures"]
     assert rc == 0 and rep["passed"], rep
-    assert any("u8in.tflite: uint8 input with no quantisation, so raw pixels in" in n for n in rep["notes"])
+    (note,) = [n for n in rep["notes"] if "u8in.tflite: uint8 input with no quantisation, so raw pixels in" in n]
+    assert note.endswith("(--preprocess tf is the reference's)"), note  # the option the command was given
 

@@ -299,8 +299,7 @@ def parity(reference: str | Path, exported: Sequence[str | Path], images: str | 
             _refuse_reordered_labels(results[i], contracts[i], lm)
     report = ParityReport(images=len(paths), results=results, reference=str(reference))
     report.notes += unmatched + _misnamed(results)
-    report.notes += foreign_notes(files, display_names(files), contracts, unreadable, raw_fed, normalisation,
-                                  preprocess, contract)
+    report.notes += foreign_notes(files, display_names(files), contracts, unreadable, raw_fed, normalisation, contract)
     report.notes += loader.report_notes(lm)
     return report
 

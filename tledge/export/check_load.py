@@ -85,7 +85,7 @@ def refuse_unused(files, contracts, given: dict, labels, labels_from) -> None:
                           "(it was ignored, whatever it named): drop --labels")
 
 
-def foreign_notes(files, names, contracts, unreadable, raw_fed, normalisation: dict, preprocess, contract) -> list[str]:
+def foreign_notes(files, names, contracts, unreadable, raw_fed, normalisation: dict, contract) -> list[str]:
     """What parity assumed for files made elsewhere: their input inferred, raw pixels for a uint8 input."""
     notes = []
     foreign = [n for f, c, n in zip(files, contracts, names) if c is None and f not in unreadable]
@@ -96,8 +96,7 @@ def foreign_notes(files, names, contracts, unreadable, raw_fed, normalisation: d
                      + (f" with {given}" if given and len(raw) < len(foreign) else "")
                      + f", resized as the reference ({contract.resize.value}, {contract.fit.value})")
     if raw:
-        whose = f"--preprocess {preprocess} is the reference's" if "preprocess" in normalisation else \
-            f"{given} did not fit it"
+        whose = f"{given} is the reference's" if "preprocess" in normalisation else f"{given} did not fit it"
         notes.append(f"{', '.join(raw)}: uint8 input with no quantisation, so raw pixels in, as tledge run "
                      f"feeds it without {' '.join(f'--{k}' for k in normalisation)} ({whose})")
     return notes
