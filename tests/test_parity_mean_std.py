@@ -100,3 +100,16 @@ def test_the_library_refuses_values_for_0_to_1_pixels_before_loading(unbaked_mod
 
     with pytest.raises(ContractError, match="look like values for 0..1 pixels"):
         parity(unbaked_model["keras"], [int8_file], shapes_dataset / "val", mean="0.5", std="0.25")
+
+
+def test_assert_parity_takes_mean_and_std_as_the_command_does(unbaked_model, int8_file, shapes_dataset):
+    """tledge.testing.assert_parity had no mean/std: a file made elsewhere that `tledge parity --mean 128 --std 1`
+    passes could not be checked from a user's test suite (it 'could not run' there, a TypeError with mean=)."""
+    from tledge.testing import assert_parity
+
+    val = shapes_dataset / "val"
+    with pytest.raises(AssertionError, match="pixel - 128 is --mean 128 --std 1"):
+        assert_parity(unbaked_model["keras"], int8_file, val, preprocess="tf")
+    report = assert_parity(unbaked_model["keras"], int8_file, val, preprocess="tf", mean=128, std=1)
+    (r,) = report.results
+    assert report.passed and r.precision != "?" and r.max_abs_error < 1e-4, r

@@ -22,8 +22,11 @@ except ImportError:  # assert_parity works without pytest (a script, another tes
 
 
 def assert_parity(reference: str | Path, exported: str | Path | Sequence[str | Path], images: str | Path, *,
-                  thresholds: str | Path | dict | None = None, preprocess: str | None = None) -> "ParityReport":
-    """Raise AssertionError listing every failing file; return the report when all pass."""
+                  thresholds: str | Path | dict | None = None, preprocess: str | None = None,
+                  mean=None, std=None) -> "ParityReport":
+    """Raise AssertionError listing every failing file; return the report when all pass. `preprocess`, `mean` and
+    `std` as tledge.export.check.parity takes them (`tledge parity --preprocess/--mean/--std`): --mean/--std complete
+    the files made elsewhere, and --preprocess is then the reference's only."""
     from tledge.export.check import parity
     from tledge.export.parity import load_thresholds
 
@@ -34,7 +37,7 @@ def assert_parity(reference: str | Path, exported: str | Path | Sequence[str | P
 
         thresholds = thresholds_from_dict(thresholds)
     files = [exported] if isinstance(exported, (str, Path)) else list(exported)
-    report = parity(reference, files, images, thresholds=thresholds, preprocess=preprocess)
+    report = parity(reference, files, images, thresholds=thresholds, preprocess=preprocess, mean=mean, std=std)
     unmatched = report.unmatched(thresholds)
     if unmatched:  # as `tledge parity --thresholds` warns: that file stayed on its precision's defaults
         import warnings
