@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tledge.quant.constadds import tensor_consumers
+
 _RANGES = {2: (0, 255), 3: (-128, 127)}  # TensorProto UINT8, INT8
 
 
@@ -23,10 +25,7 @@ def as_float(model) -> int:
 
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    users: dict[str, list] = {}
-    for n in graph.node:
-        for name in n.input:
-            users.setdefault(name, []).append(n)
+    users = tensor_consumers(graph)
     outputs = {o.name for o in graph.output}
     replace, drop, count = {}, set(), 0
     for q in graph.node:

@@ -14,6 +14,8 @@ keeps every runtime to the file's meaning. cv2.dnn reads it too.
 """
 from __future__ import annotations
 
+from tledge.quant.constadds import tensor_consumers
+
 POOLS = ("MaxPool", "AveragePool")
 
 
@@ -22,10 +24,7 @@ def keep_zero_pads(model) -> int:
     its own. Returns how many."""
     from onnx import helper
 
-    consumers: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = tensor_consumers(model.graph)
     done = 0
     for node in model.graph.node:
         if node.op_type != "Pad" or len(consumers.get(node.output[0], [])) != 1:

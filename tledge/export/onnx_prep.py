@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tledge.quant.constadds import tensor_consumers
+
 ELEMENTWISE = ("Mul", "Add", "Sub", "Div")
 NHWC_TO_NCHW = [0, 3, 1, 2]
 SUFFIX = "_rows"
@@ -42,10 +44,7 @@ def _chain(graph, channels: int):
     from onnx import helper, numpy_helper
 
     inits = {i.name: i for i in graph.initializer}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = tensor_consumers(graph)
     outputs = {o.name for o in graph.output}
     chain, constants, tensor = [], [], graph.input[0].name
     while len(consumers.get(tensor, [])) == 1 and tensor not in outputs:

@@ -16,6 +16,16 @@ with the unfused graph.
 from __future__ import annotations
 
 
+def tensor_consumers(graph) -> dict[str, list]:
+    """{tensor name: the nodes of an onnx GraphProto that take it as an input, in graph order} (the ONNX graph
+    rewrites of tledge.export and tledge.quant share it)."""
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    return consumers
+
+
 def constants(model) -> set[str]:
     """Tensor names of an onnx ModelProto that hold constants: initializers, Constant outputs, and the outputs
     of any node whose inputs are all constants (a Cast, Identity, Reshape or Unsqueeze of a constant: what a

@@ -20,6 +20,7 @@ import numpy as np
 from tledge._deps import require
 from tledge.errors import TledgeError
 from tledge.quant import calibdata
+from tledge.quant.constadds import tensor_consumers
 from tledge.quant.subset import spread
 
 
@@ -37,10 +38,7 @@ class BiasLog:
 def linear_nodes(model) -> list[tuple[str, str, str | None]]:
     """(node name, output tensor, bias initializer or None) for each Conv, and MatMul + Add(const)."""
     inits = {i.name for i in model.graph.initializer}
-    consumers: dict[str, list] = {}
-    for n in model.graph.node:
-        for t in n.input:
-            consumers.setdefault(t, []).append(n)
+    consumers = tensor_consumers(model.graph)
     out = []
     for n in model.graph.node:
         if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in inits:

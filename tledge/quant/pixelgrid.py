@@ -25,7 +25,7 @@ import numpy as np
 
 from tledge._deps import require
 from tledge.paths import loadable
-from tledge.quant.constadds import constants
+from tledge.quant.constadds import constants, tensor_consumers
 
 CHAIN = frozenset({"Mul", "Add", "Sub", "Div", "Transpose", "Cast", "Identity", "Reshape", "Pad"})
 LINEAR = frozenset({"Conv", "Gemm", "MatMul", "ConvTranspose"})
@@ -43,10 +43,7 @@ def _chain(model) -> tuple[list[str], list[str]]:
     """(chain node names, tensors fed by the chain into linear ops), or ([], []) when the pixel input
     reaches anything but constant elementwise ops and linear ops first."""
     consts = constants(model)
-    consumers: dict[str, list] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = tensor_consumers(model.graph)
     if len(model.graph.input) != 1:
         return [], []
     live, nodes, feeds, todo = {model.graph.input[0].name}, [], [], [model.graph.input[0].name]

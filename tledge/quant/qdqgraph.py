@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from tledge._deps import require
+from tledge.quant.constadds import tensor_consumers
 
 PASS_THROUGH = ("Pad", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose", "MaxPool", "Identity")
 LINEAR = ("Conv", "Gemm", "MatMul")
@@ -60,10 +61,7 @@ def layer_of(tensor: str) -> str:
 def _graph(qdq):
     """(initializer names, consumers per tensor, producer per tensor, float tensor -> its DQ output)."""
     inits = {i.name for i in qdq.graph.initializer}
-    consumers: dict[str, list] = {}
-    for n in qdq.graph.node:
-        for t in n.input:
-            consumers.setdefault(t, []).append(n)
+    consumers = tensor_consumers(qdq.graph)
     producer = {o: n for n in qdq.graph.node for o in n.output}
     qdq_of = {}
     for n in qdq.graph.node:
