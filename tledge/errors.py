@@ -46,6 +46,11 @@ class RepairTimeout(ExportError):
     """An int8 repair stopped part-way: the repair time budget (`--repair-time`) was spent while it ran."""
 
 
+class VideoDiskFull(TledgeError):
+    """The disk filled up under the video `tledge run --save` was writing: the partial video was removed and the run
+    stops (what it wrote elsewhere, the --csv, is kept)."""
+
+
 class ParityError(TledgeError):
     """An exported file does not behave like the reference model."""
 

@@ -198,7 +198,7 @@ def _foreign_image(folder: Path, limit: int = 20000) -> str | None:
 def _loop(runner, source, args):
     """Results to stdout, --csv and --save; the Terminated (SIGTERM: `timeout`, systemd; SIGHUP: HungUp, an ssh
     connection dropped) that stopped it, which keeps what was written as Ctrl-C does; else None."""
-    from tledge.errors import TledgeError
+    from tledge.errors import VideoDiskFull
     from tledge.signals import Terminated
     from tledge.runtime.outputs import CsvSink, SaveSink, human_line, json_line
     from tledge.signals import signals_held  # here: a second Ctrl-C in its first import skipped every close below
@@ -221,8 +221,8 @@ def _loop(runner, source, args):
             if save:
                 try:
                     save.write(r)
-                except TledgeError:  # a full disk under the video: the CSV so far kept, as at the video's close
-                    ok = save.disk_full
+                except VideoDiskFull:  # the CSV so far kept, as at the video's close (the partial video is gone)
+                    ok = True
                     raise
             try:
                 print(json_line(r) if args.json else human_line(r), flush=source.live)

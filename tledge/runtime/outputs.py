@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tledge.errors import TledgeError
+from tledge.errors import TledgeError, VideoDiskFull
 from tledge.paths import utf8_name
 from tledge.text import printable  # noqa: F401 (re-exported: tledge.cli.info, export_labels)
 from tledge.runtime.pipeline import Result
@@ -187,7 +187,6 @@ class SaveSink:
         self._kept = {self.path / rel for rel in kept if rel.suffix.lower() in _WRITABLE}
         self._tmp = None  # a video's own temporary name beside it (two runs saving one video shared one name)
         self._grown = -1  # the partial video's size at the last check (`_check_growing`)
-        self.disk_full = False  # the disk filled under the video: stopped, the partial video removed
         if not self.video:
             self.path.mkdir(parents=True, exist_ok=True)
             marker = self.path / SAVE_MARKER  # the next --save here may replace what this one writes
@@ -298,11 +297,10 @@ class SaveSink:
         free = (fs.f_bfree if os.geteuid() == 0 else fs.f_bavail) * fs.f_frsize  # root writes into the reserve
         stuck, self._grown = size == self._grown and free < FULL_BELOW, size
         if stuck:
-            self.disk_full = True
             self.abort()
-            raise TledgeError(f"cannot write video {self.path}: the disk is full ({free >> 10} KiB free; the video "
-                              f"stopped growing by frame {self.written + 1}); "
-                              f"{'the earlier video is kept' if self.path.exists() else 'nothing written'}")
+            raise VideoDiskFull(f"cannot write video {self.path}: the disk is full ({free >> 10} KiB free; the video "
+                                f"stopped growing by frame {self.written + 1}); "
+                                f"{'the earlier video is kept' if self.path.exists() else 'nothing written'}")
 
     def close(self) -> None:
         """The video replaces `path` when it reads back whole. OpenCV's writer fails silently (a full disk): the
