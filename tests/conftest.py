@@ -12,6 +12,7 @@ pytest_plugins = ["tledge.testing"]  # the `tledge_parity` fixture is opt-in for
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
+USER_XDG_CACHE_HOME = os.environ.get("XDG_CACHE_HOME")  # the user's, before pytest_configure gives the tests their own
 
 
 
@@ -25,6 +26,11 @@ def pytest_configure(config):
     config._tledge_tmpdir = tempfile.mkdtemp(prefix="tledge-tests-")
     os.environ["TMPDIR"] = config._tledge_tmpdir
     tempfile.tempdir = None  # re-read from TMPDIR
+    # A bundle's run.sh keeps its compiled code in $XDG_CACHE_HOME/tledge/pycache, else ~/.cache/tledge/pycache
+    # (tledge.devices.runsh): the bundles the tests run left a tree of their pytest folders in the user's cache at
+    # every session (45 MB in a day). They get this session's own; pip, which also reads XDG_CACHE_HOME, is given the
+    # user's back where a test installs a venv (USER_XDG_CACHE_HOME).
+    os.environ["XDG_CACHE_HOME"] = os.path.join(config._tledge_tmpdir, "cache")
     # Smoke trainings here run one or two epochs from random weights (formats, files, errors; not accuracy): their
     # val accuracy is chance, and whether it lands under the largest class's share, which the baseline warning says,
     # varies with the CPU's kernels (it failed CI once). Its own test uses pytest.warns, which this does not silence;

@@ -344,6 +344,23 @@ def test_run_sh_without_a_home_keeps_its_bytecode_in_the_temporary_folder(export
     assert got == f"{home}/.cache/tledge/pycache", got
 
 
+def test_run_sh_run_by_the_tests_keeps_its_bytecode_out_of_the_users_cache(export_dir, tmp_path):
+    """The bundles the tests run, run.sh given the tests' environment, kept their compiled code in the user's
+    ~/.cache/tledge/pycache: a tree of each session's pytest folders (45 MB in a day). The tests give run.sh a cache
+    of the session's own (tests/conftest.py: XDG_CACHE_HOME in its temporary folder)."""
+    if os.environ.get("PYTHONPYCACHEPREFIX"):
+        pytest.skip("PYTHONPYCACHEPREFIX is set: run.sh uses it, as the user asked")
+    out = tmp_path / "pi.tar.gz"
+    make_bundle(export_dir, "rpi4", out)
+    text = member_text(out, "pi/run.sh")
+    part = text[text.index('if [ -z "${PYTHONPYCACHEPREFIX:-}" ]'):text.index("export PYTHONPYCACHEPREFIX")]
+    got = Path(subprocess.run(["sh", "-c", part + 'echo "$PYTHONPYCACHEPREFIX"'], capture_output=True, text=True,
+                              env=dict(os.environ), check=True).stdout.strip())
+    user_cache = Path(os.path.expanduser("~"), ".cache")
+    assert not got.is_relative_to(user_cache), got
+    assert got.is_relative_to(os.environ["TMPDIR"]), got  # the session's own folder, removed at its end
+
+
 def test_profiles_do_not_claim_systems_their_bundles_cannot_install_on():
     """x86-cpu said "Linux, macOS, Windows", but its bundle ships a TFLite file that has no runtime wheels on Windows
     or Intel Macs; coral-usb said any Debian/Ubuntu/Pi OS host, but ai-edge-litert 2.3 needs Python >= 3.10."""

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import USER_XDG_CACHE_HOME
 from tiny import CLASSES, IMAGES, TINY, images_of, keras_label
 
 from tledge.devices.bundle import make_bundle
@@ -62,15 +63,18 @@ def venv_python(unpacked) -> Path:
     venv = unpacked / ".venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     py = venv / "bin" / "python"
+    env = {k: v for k, v in os.environ.items() if k != "XDG_CACHE_HOME"}  # pip's cache: the user's (conftest.py)
+    env.update({"XDG_CACHE_HOME": USER_XDG_CACHE_HOME} if USER_XDG_CACHE_HOME else {})
     proc = subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check",
                            "-r", str(unpacked / "requirements.txt")],
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, f"pip install -r requirements.txt failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return py
 
 
 def _clean_env(**extra: str) -> dict:
-    keep = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR") if k in os.environ}
+    # (XDG_CACHE_HOME: the tests' own, conftest.py; run.sh keeps its compiled code there, not in the user's cache)
+    keep = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR", "XDG_CACHE_HOME") if k in os.environ}
     return {**keep, "PYTHONNOUSERSITE": "1", **extra}
 
 
@@ -171,7 +175,7 @@ def test_run_sh_never_runs_compiled_code_planted_beside_lib(unpacked, venv_pytho
     pyc.parent.mkdir(exist_ok=True)
     pyc.write_bytes(importlib.util.MAGIC_NUMBER + (0).to_bytes(4, "little") + int(st.st_mtime).to_bytes(4, "little")
                     + (st.st_size & 0xFFFFFFFF).to_bytes(4, "little") + marshal.dumps(code))
-    home = _clean_env(PYTHON=str(venv_python), HOME=str(tmp_path))
+    home = {k: v for k, v in _clean_env(PYTHON=str(venv_python), HOME=str(tmp_path)).items() if k != "XDG_CACHE_HOME"}
     homeless = {k: v for k, v in home.items() if k != "HOME"}  # (a service account: the temporary folder's cache)
     for env in (home, homeless):
         for argv in (["--check"], [str(IMAGES[0]), "--json"]):
