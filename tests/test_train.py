@@ -235,7 +235,8 @@ def test_training_arrays_equal_contract_prepare(tmp_path):
     import cv2
 
     from tledge.train.api import make_contract
-    from tledge.train.augment import Augment, batches
+    from tledge.train import distributed as dist
+    from tledge.train.augment import Augment, local_batches
 
     rng = np.random.default_rng(0)
     for cls in ("a", "b"):
@@ -248,8 +249,14 @@ def test_training_arrays_equal_contract_prepare(tmp_path):
     split = td.plan(tmp_path, val_split=0.25).train
     x, y, kept = td.load(split, contract)
     assert x.dtype == np.uint8 and len(kept.files) == len(x) == 6
-    seen = np.concatenate([xb for xb, _, _ in batches(x, y, 4, rng, shuffle=False)])
-    assert seen.dtype == np.float32
+    # the call finetune._epoch makes without augmentation (one process, one replica): shuffled, so each batch
+    # image is matched to its file through the batch's positions in x
+    topo = dist.Topology(1, 1, 0, dist.Cluster(("localhost",), 0))
+    seen = {}
+    for b in local_batches(x, y, 4, topo.local_bounds, 0, 1, 0, weights=None, augment=None):
+        assert b.x.dtype == np.float32
+        seen.update({int(i): xb for i, xb in zip(b.index, b.x)})
+    assert sorted(seen) == list(range(len(x)))
     for i, f in enumerate(kept.files):
         assert np.array_equal(seen[i], contract.prepare(f)), f  # exactly what the runtime feeds the model
     keep = x.copy()

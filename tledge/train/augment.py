@@ -70,17 +70,6 @@ def step_rng(seed: int, phase: int, epoch: int, step: int) -> np.random.Generato
     return np.random.default_rng([seed, phase, epoch, step, 1])
 
 
-def batches(x: np.ndarray, y: np.ndarray, batch: int, rng: np.random.Generator, *,
-            weights: np.ndarray | None = None, augment: Augment | None = None,
-            shuffle: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
-    """(x float32, y, sample weights or None) batches of one epoch, in one process."""
-    order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
-    for start in range(0, len(order), batch):
-        idx = np.sort(order[start:start + batch]) if not shuffle else order[start:start + batch]
-        xb = augment(x[idx], rng) if augment is not None else np.asarray(x[idx], np.float32)
-        yield xb, y[idx], (None if weights is None else weights[y[idx]])
-
-
 @dataclass(frozen=True)
 class LocalBatch:
     x: np.ndarray  # float32, this process's share of the global batch
