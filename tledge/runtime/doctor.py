@@ -5,7 +5,8 @@ importlib.metadata: TensorFlow is never imported), which TFLite interpreter and 
 runtime will pick, delegates present (Edge TPU, GPU), CPU features that decide kernel speed (AVX2,
 AVX-512 VNNI, AVX-VNNI; NEON, dot product, i8mm), camera backends and the detected device profile.
 
-`check_models(paths)` loads each model file with the runtime and runs it once. The per-file checks
+`model_files(target)` lists the model files under a path and `check_model(path)` loads one with the runtime
+and runs it once (`tledge doctor` calls both). The per-file checks
 are a table (`MODEL_CHECKS`): "load" and "one inference" here; a golden-output check registers
 itself with `register_check` (it receives the loaded model and the file's path).
 """
@@ -384,7 +385,3 @@ def check_model(path: Path, threads: int | None = None) -> ModelReport:
         except Exception as exc:  # a check failing is a finding, not a crash of the report
             rep.checks.append(CheckResult(check.name, False, f"{type(exc).__name__}: {exc}"))
     return rep
-
-
-def check_models(target: "str | Path", threads: int | None = None) -> list[ModelReport]:
-    return [check_model(f, threads) for f in model_files(target)]
