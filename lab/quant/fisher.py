@@ -107,10 +107,10 @@ def patched(grads: dict, beta: float, log: list):
         seen[layer.name] = xq
         return orig_collect(layer, xq, xf, **kw)
 
-    def solve(layer, mom, method, bias_correction, refit, damp, ridge):
+    def solve(layer, mom, method, bias_correction, damp):
         xq = seen.pop(layer.name, None)
-        if layer.name not in grads or xq is None or method != "adaptive" or refit:
-            return orig_solve(layer, mom, method, bias_correction, refit, damp, ridge)
+        if layer.name not in grads or xq is None or method != "adaptive":
+            return orig_solve(layer, mom, method, bias_correction, damp)
         kind = type(layer).__name__
         kernel, bias = layer.get_weights()
         g = repair.to_groups(kind, kernel.astype(np.float64))

@@ -67,8 +67,8 @@ class Moments:
 
     `hqq` ([xq,1]^T [xq,1]) and `fsum` (sum of [xf,1]) cover every calibration image: the rounding
     and the bias correction need nothing else. `hqf`, `hff` and `sub_qq` (cross and float second
-    moments, and hqq over the same images) cover the first `cross_images` images only unless the refit
-    needs them in full: they serve the logged error figures, whose cost would otherwise be 2/3 of
+    moments, and hqq over the same images) cover the first `cross_images` images only (all with
+    `cross_images=None`): they serve the logged error figures, whose cost would otherwise be 2/3 of
     the pass (issue 11: the repair pass was most of an int8 export); None with `cross_images=0` (the
     export's rungs do not read the errors)."""
 

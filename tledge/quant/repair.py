@@ -10,13 +10,12 @@ a pure function model -> new Keras 3 functional model (the input model is never 
   see docs/int8-fidelity.md) live in lab/quant/ and plug in as `extra` steps: `apply(model, calib, steps,
   extra={"cle": lab.quant.cle.step()})` (callables model, calib, log -> model, run before rounding; `extra_after`
   after it).
-- `nearest` / `adaptive`, `bias_correction`, `refit`: one sequential pass over the calibration set (`quantize_weights`)
+- `nearest` / `adaptive`, `bias_correction`: one sequential pass over the calibration set (`quantize_weights`)
   that puts every conv/depthwise/dense kernel on the exact per-channel symmetric int8 grid the converters use (scale =
   max|w|/127, one element per channel at +-127, so TFLite and onnxruntime re-derive the same scale and keep every
   value). `adaptive` picks each rounding to minimise the layer's output error on calibration inputs (GPTQ/OBQ closed
   form on the input second moments, tledge.quant.gptq: an AdaRound-style objective without training);
-  `bias_correction` sets the bias that removes the expected output shift (empirical, on calibration data); `refit`
-  first re-solves the float kernel for the already-quantised inputs (ridge towards the original).
+  `bias_correction` sets the bias that removes the expected output shift (empirical, on calibration data).
 - `stem=k`: the first k conv layers and all before them keep float weights (`selective.tflite_stem` / `onnx_stem`).
 
 The repaired model's float weights *are* the int8 weights: check parity of the exported files
@@ -40,7 +39,7 @@ from tledge.quant.ranges import RANGE_OF
 
 DEFAULT_STEPS = ("fold", "exact_input", "adaptive", "bias_correction")
 FOLD_TOLERANCE = 1e-3  # max abs change the rebuild + BN folding may make (measured ~2e-6), x max(1, |output|)
-KNOWN_STEPS = ("fold", "exact_input", "nearest", "adaptive", "bias_correction", "refit")
+KNOWN_STEPS = ("fold", "exact_input", "nearest", "adaptive", "bias_correction")
 # `adaptive` (GPTQ) compensates each rounding along the calibration inputs' second moments. A kernel with far fewer
 # calibration rows than kernel rows (a squeeze-excite or head layer on 1x1 inputs: one row per image) has strongly
 # rank-deficient moments: the compensation then fits the calibration set's own activation noise and moves weights along
@@ -197,22 +196,20 @@ def output_errors(ws, wf, hqq, hqf, hff) -> tuple[float, ...]:
     return tuple(out)
 
 
-def rounded(wf, mom: moments.Moments, scale, *, target=None, method="adaptive", bias_correction=True,
-            damp=0.01):
+def rounded(wf, mom: moments.Moments, scale, *, method="adaptive", bias_correction=True, damp=0.01):
     """Groups [W; b] (G, d, k) of float weights `wf` with W on the int8 grid `scale` (G, 1, k): `adaptive`
     (GPTQ on the quantised inputs' second moments; nearest where they are `undersampled`) or `nearest` rounding of
-    `target` (default wf), and the bias that makes the mean output on the quantised inputs match the float layer's
+    wf, and the bias that makes the mean output on the quantised inputs match the float layer's
     on the float inputs (`bias_correction`; else wf's bias). Shared by the Keras repair and
     tledge.quant.tflite_rounding."""
-    target = wf if target is None else target
     hqq = mom.hqq
     if method == "adaptive" and undersampled(hqq):
         method = "nearest"
     if method == "adaptive":
-        w = gptq.solve(target, hqq, scale, damp)
+        w = gptq.solve(wf, hqq, scale, damp)
     else:
-        w = target.copy()
-        w[:, :-1] = round_nearest(target[:, :-1], scale)
+        w = wf.copy()
+        w[:, :-1] = round_nearest(wf[:, :-1], scale)
     if bias_correction:  # the bias that makes the mean output match the float layer's
         n = hqq[:, -1, -1][:, None]
         mean_f = np.einsum("gd,gdk->gk", mom.fsum, wf) / n
@@ -227,20 +224,14 @@ def undersampled(hqq) -> bool:
     return float(hqq[0, -1, -1]) < MIN_SAMPLES_PER_ROW * (hqq.shape[1] - 1)
 
 
-def _solve_layer(layer, mom: moments.Moments, method, bias_correction, refit, damp, ridge):
+def _solve_layer(layer, mom: moments.Moments, method, bias_correction, damp):
     kind = type(layer).__name__
     weights = layer.get_weights()
     kernel = weights[0]
     bias = weights[1] if len(weights) > 1 else np.zeros(kernel_out(layer, kernel), np.float32)
     g = to_groups(kind, kernel.astype(np.float64))
     wf = np.concatenate([g, bias.reshape(g.shape[0], 1, -1).astype(np.float64)], 1)
-    hqq, hqf = mom.hqq, mom.hqf
-    target = wf
-    if refit:  # quantize_weights gives full cross moments when refitting
-        reg = ridge * np.einsum("gii->gi", hqq).mean(axis=1)[:, None, None] * np.eye(hqq.shape[1])
-        target = np.linalg.solve(hqq + reg, np.einsum("gde,gek->gdk", hqf, wf) + reg @ wf)
-    w = rounded(wf, mom, grid_scale(target[:, :-1]), target=target, method=method,
-                bias_correction=bias_correction, damp=damp)
+    w = rounded(wf, mom, grid_scale(g), method=method, bias_correction=bias_correction, damp=damp)
     errs = (float("nan"), float("nan"))
     if mom.hqf is not None:
         near = wf.copy()
@@ -293,8 +284,8 @@ def quantised_output(op, keep) -> bool:
     return any(n.operation.name not in keep for n in op._outbound_nodes)  # leaves the float stem
 
 
-def quantize_weights(model, calib, *, method="adaptive", bias_correction=True, refit=False, act_quant=True,
-                     keep_float=(), damp=0.01, ridge=0.05, log: RepairLog | None = None, errors=True, stop=None,
+def quantize_weights(model, calib, *, method="adaptive", bias_correction=True, act_quant=True,
+                     keep_float=(), damp=0.01, log: RepairLog | None = None, errors=True, stop=None,
                      ranges="minmax"):
     """Sequentially put every kernel of a folded flat model on the int8 grid (see module doc).
 
@@ -324,8 +315,8 @@ def quantize_weights(model, calib, *, method="adaptive", bias_correction=True, r
                 raise RepairTimeout(f"the weight repair stopped after {done} of {kernels} kernels: {why}")
             done += 1
             mom = moments.collect(op, np.asarray(flat_q[0]), np.asarray(flat_f[0]),
-                                  cross_images=None if refit else 32 if errors else 0)
-            new, errs = _solve_layer(qop, mom, method, bias_correction, refit, damp, ridge)
+                                  cross_images=32 if errors else 0)
+            new, errs = _solve_layer(qop, mom, method, bias_correction, damp)
             qop.set_weights(new)
             if log is not None:
                 rounding = "nearest" if method == "nearest" or undersampled(mom.hqq) else method
@@ -351,7 +342,7 @@ def quantize_weights(model, calib, *, method="adaptive", bias_correction=True, r
 
 
 # ---- the pipeline ------------------------------------------------------------------------------
-def apply(model, calib, steps=DEFAULT_STEPS, *, stem: int = 0, keep=(), act_quant=True, damp=0.01, ridge=0.05,
+def apply(model, calib, steps=DEFAULT_STEPS, *, stem: int = 0, keep=(), act_quant=True, damp=0.01,
           extra: dict | None = None, extra_after: dict | None = None, check=16, errors=True, stop=None,
           ranges="minmax"):
     """Run the repair `steps` (see KNOWN_STEPS; a str is one step) on a Keras model that takes float32 pixels NHWC.
@@ -388,11 +379,10 @@ def apply(model, calib, steps=DEFAULT_STEPS, *, stem: int = 0, keep=(), act_quan
     for step in (extra or {}).values():
         m = step(m, calib, log)
     rounding = "adaptive" if "adaptive" in steps else "nearest"
-    if rounding in steps or "bias_correction" in steps or "refit" in steps:
+    if rounding in steps or "bias_correction" in steps:
         m = quantize_weights(m, calib, method=rounding, bias_correction="bias_correction" in steps,
-                             refit="refit" in steps, act_quant=act_quant,
-                             keep_float=stem_layers(m, stem) + floatweights.float_set(m, keep),
-                             damp=damp, ridge=ridge, log=log, errors=errors, stop=stop, ranges=ranges)
+                             act_quant=act_quant, keep_float=stem_layers(m, stem) + floatweights.float_set(m, keep),
+                             damp=damp, log=log, errors=errors, stop=stop, ranges=ranges)
     for step in (extra_after or {}).values():
         m = step(m, calib, log)
     log.seconds = time.perf_counter() - t0
