@@ -210,51 +210,6 @@ def test_a_savedmodel_gets_the_graph_level_rung(tiny_model, shapes_dataset, tmp_
     assert row.get("float_layers") or row["error"].startswith("no layer worth raising: sensitivity on "), row
 
 
-def test_role_groups_partition_the_units_by_structural_role(graphs):
-    """Units with the same producer op and input op types form one candidate, its cost the sum of its
-    members' (the tiny model: the depthwise and pointwise conv outputs are both Conv(Conv))."""
-    from tledge.quant import qdqgraph
-
-    _, qdq, *_ = graphs
-    units = [u for u, _ in qdqgraph.units(qdq)]
-    found = qdqgraph.groups(qdq)
-    assert found, [u.layer for u in units]
-    for g in found:
-        members = [u for u in units if u.tensors[0] in g.tensors]
-        assert len(members) >= 2 and g.members == tuple(u.layer for u in members)
-        assert g.macs == pytest.approx(sum(u.macs for u in members))
-        assert g.layer.startswith(f"{len(members)} x ")
-    roles = [g.layer.split(" x ", 1)[1] for g in found]
-    assert len(set(roles)) == len(roles)
-    assert sum(len(g.members) for g in found) <= len(units)
-
-
-def test_a_role_whose_members_are_all_coarse_is_chosen_as_one(graphs):
-    """Every member of one role coarser: the group's gain (beyond its best member) beats every single
-    outside it, and the group counts as ONE choice (max_layers=1) that keeps all its layers precise."""
-    from tledge.quant import qdqgraph, sensitivity
-
-    src, qdq, calib, held, _, _ = graphs
-    group = max(qdqgraph.groups(qdq), key=lambda g: len(g.members))
-    bad = qdq
-    for t in group.tensors:  # 32x: at 16x the tiny model's gains are within noise of the singles' (0.002-0.004)
-        bad = _damaged(bad, t, factor=32.0)
-    ev = sensitivity.Evaluator(sensitivity.run(src.read_bytes(), calib[held]), calib[held])
-    assert not sensitivity.ROLE_GROUPS and all(not c.members for c in sensitivity.rank(bad, ev)[0])  # off by default
-    ranked, base = sensitivity.rank(bad, ev, use_groups=True)
-    by_name = {c.layer: c for c in ranked}
-    assert by_name[group.layer].gain > 0
-    outside = [c for c in ranked if not c.members and c.layer not in group.members]
-    assert all(by_name[group.layer].gain > c.gain for c in outside), [(c.layer, round(c.gain, 4)) for c in ranked]
-    # no single measured (max_trials=0): the group is the one choice, its layers all kept precise
-    sel = sensitivity.choose(bad, ev, aim=2.0, max_float_macs=1.0, max_layers=1, max_trials=0, use_groups=True)
-    assert sel.choices == [group.layer]
-    assert sorted(sel.layers) == sorted(group.members) and sorted(sel.tensors) == sorted(group.tensors)
-    assert sel.after.margin_rmse < base.margin_rmse
-    assert {sel.precision("float")[name] for name in group.members} == {"float"}
-    assert f"{group.layer}" in sel.summary()
-
-
 def test_the_local_noise_proxy_caps_the_leave_one_out_trials(graphs):
     """More singles than max_trials: only the noisiest are measured (a damaged one among them), and the
     graphs run are counted."""
@@ -265,13 +220,13 @@ def test_the_local_noise_proxy_caps_the_leave_one_out_trials(graphs):
     victim = cands[-1]
     bad = _damaged(qdq, victim.tensors[0])
     ev = sensitivity.Evaluator(sensitivity.run(src.read_bytes(), calib[held]), calib[held])
-    ranked, _ = sensitivity.rank(bad, ev, max_trials=1, use_groups=False)
+    ranked, _ = sensitivity.rank(bad, ev, max_trials=1)
     measured = [c for c in ranked if c.measured]
     assert [c.layer for c in measured] == [victim.layer]
     assert len(ranked) == len(cands) and all(c.gain == 0.0 for c in ranked if not c.measured)
     assert max(ranked, key=lambda c: c.noise).layer == victim.layer
     assert ev.runs == 3  # the all-int8 score, the proxy pass, one leave-one-out
-    sel = sensitivity.choose(bad, ev, aim=2.0, max_float_macs=1.0, max_layers=1, max_trials=1, use_groups=False)
+    sel = sensitivity.choose(bad, ev, aim=2.0, max_float_macs=1.0, max_layers=1, max_trials=1)
     assert sel.layers == [victim.layer] and sel.trials == 4 and "graphs run" in sel.summary()
 
 

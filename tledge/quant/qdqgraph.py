@@ -2,14 +2,8 @@
 what that costs, and the graph a candidate's bypass runs.
 
 A unit is an activation tensor plus the pass-through tensors after it (Pad, Reshape: one grid).
-Single candidates (`candidates`) are the units that feed a linear op. A role group (`groups`) is every
-unit whose producer has the same structural role (op type and the op types producing its inputs, e.g.
-every Mul(Conv, Sigmoid) = every swish output, every Mul(Mul, Sigmoid) = every squeeze-excite gate
-output), taken as ONE candidate: in deep models the rounding noise is spread over many tensors of one
-kind (EfficientNet's swish / squeeze-excite outputs, docs/int8-fidelity.md), where each single tensor's
-leave-one-out gain is too small to choose but the role's is not. Groups cover every quantised
-activation (a sigmoid or swish output feeding no linear op too). No names are matched: the role comes
-from the graph's op types.
+Candidates (`candidates`) are the units that feed a linear op. A candidate with `members` stands for several
+units chosen as one (the role groups of lab/quant/role_groups.py: measured, not in the export).
 """
 from __future__ import annotations
 
@@ -31,7 +25,7 @@ class Candidate:
     layer: str  # the Keras / graph layer that produces it (as named in both files' tensor names)
     macs: float  # multiply-adds of non-depthwise linear ops that would run float (per image)
     gain: float = 0.0  # leave-one-out drop of the margin error variance on the held-out images
-    members: tuple[str, ...] = ()  # a role group (`groups`): the layers of its units, graph order
+    members: tuple[str, ...] = ()  # several units as one (lab/quant/role_groups.py): their layers, graph order
     noise: float = 0.0  # local rounding noise-to-signal ratio (`local_noise`: the cheap proxy)
     measured: bool = True  # False: not among the `max_trials` singles with the most local noise
 
@@ -99,41 +93,6 @@ def candidates(qdq) -> list[Candidate]:
     """Quantised activations of a QDQ onnx.ModelProto that feed a linear op (directly or through
     pass-through ops), graph order."""
     return [c for c, linear in units(qdq) if linear]
-
-
-def _role(graph, tensor: str) -> str:
-    """A tensor's structural role: its producer's op type and the op types producing that op's
-    non-constant inputs (through QuantizeLinear / DequantizeLinear), e.g. `Mul(Conv,Sigmoid)`.
-    `graph`: `_graph(qdq)`."""
-    inits, _, producer, _ = graph
-
-    def source(t):
-        n = producer.get(t)
-        while n is not None and n.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            n = None if n.input[0] in inits else producer.get(n.input[0])
-        return n
-    node = producer.get(tensor)
-    if node is None:
-        return "input"
-    ins = sorted(src.op_type for src in (source(t) for t in node.input if t and t not in inits) if src is not None)
-    return f"{node.op_type}({','.join(ins)})"
-
-
-def groups(qdq, *, min_size: int = 2) -> list[Candidate]:
-    """Role groups (module doc): the units of every role with at least `min_size` units, each as one
-    candidate (its tensors, its members' layers, the float cost of all of them)."""
-    graph = _graph(qdq)
-    by_role: dict[str, list[Candidate]] = {}
-    for unit, _ in units(qdq):
-        by_role.setdefault(_role(graph, unit.tensors[0]), []).append(unit)
-    out = []
-    for name, members in by_role.items():
-        if len(members) < min_size:
-            continue
-        layers = tuple(dict.fromkeys(m.layer for m in members))
-        out.append(Candidate(tuple(t for m in members for t in m.tensors), f"{len(members)} x {name}",
-                             sum(m.macs for m in members), members=layers))
-    return out
 
 
 def macs_per_node(qdq) -> dict[str, float]:

@@ -16,11 +16,11 @@ non-depthwise linear ops that stop running int8; thin early layers and depthwise
 free, and measured faster in float on x86, docs/int8-fidelity.md), re-measured after each step,
 until E reaches the aim or the cost / count budget is spent.
 
-Candidates (tledge.quant.qdqgraph): the single units that feed a linear op, and the role groups
-(every unit of one structural role, e.g. every swish output, as ONE candidate). Leave-one-out costs
-one graph run per candidate; a deep model has hundreds of units, so the singles are first ranked by a
-cheap proxy (`local_noise`: each tensor's own rounding noise-to-signal ratio, one run) and only the
-`max_trials` noisiest are measured; the groups are always measured (a few dozen at most).
+Candidates (tledge.quant.qdqgraph): the single units that feed a linear op (role groups, every unit of one
+structural role as ONE candidate, were measured and are not a gain that generalises: lab/quant/role_groups.py,
+on `rank` and `greedy`). Leave-one-out costs one graph run per candidate; a deep model has hundreds of units, so
+they are first ranked by a cheap proxy (`local_noise`: each tensor's own rounding noise-to-signal ratio, one run)
+and only the `max_trials` noisiest are measured.
 
 A unit is an activation tensor plus the pass-through tensors after it (Pad, Reshape: same grid).
 Keeping it precise means, in the files:
@@ -43,18 +43,14 @@ import numpy as np
 
 from tledge._deps import require
 from tledge.errors import RepairTimeout
-from tledge.quant.qdqgraph import LINEAR, PASS_THROUGH, Candidate, bypass, candidates, groups, layer_of, macs_per_node
+from tledge.quant.qdqgraph import LINEAR, PASS_THROUGH, Candidate, bypass, candidates, layer_of, macs_per_node
 
 # singles measured by leave-one-out at most: MobileNet v1 has 27-28 (all measured, as before); on
 # EfficientNetB0's 82, 16 and 40 chose alike (held-out E 0.970 / 0.971) in 39 / 69 graphs (docs)
 MAX_TRIALS = 32
-# role groups as candidates: measured on EfficientNetB0 (docs/int8-fidelity.md, "EfficientNetB0: which
-# precision change fixes it"): TFLite +2-4 photos, ONNX -4-5 photos, neither file passing either way, and
-# the same choice on MobileNet v1. Not a gain that generalises, so off in the export; `use_groups=True` on.
-ROLE_GROUPS = False
 
 __all__ = ["LINEAR", "PASS_THROUGH", "Candidate", "Evaluator", "Score", "Selection", "bypass", "candidates", "choose",
-           "groups", "layer_of", "local_noise", "onnx_overrides", "rank", "run", "select", "split", "tflite_keep_float"]
+           "greedy", "layer_of", "local_noise", "onnx_overrides", "rank", "run", "select", "split", "tflite_keep_float"]
 
 
 @dataclass
@@ -220,35 +216,40 @@ def local_noise(qdq, ev: Evaluator, cands: Sequence[Candidate], images: int = 16
         c.noise = float(np.mean((q - x) ** 2) / (np.mean(x ** 2) + 1e-30))
 
 
-def rank(qdq, ev: Evaluator, *, max_trials: int = MAX_TRIALS,
-         use_groups: bool = ROLE_GROUPS) -> tuple[list[Candidate], Score]:
-    """Every candidate (singles, and role groups unless `use_groups` is False) with its leave-one-out
-    gain (a group's: beyond its best single member's, so that one damaged tensor is chosen alone),
-    most sensitive first; and the all-int8 score. With more than `max_trials` singles, only the
-    `max_trials` with the most local rounding noise are measured (the rest: gain 0, measured False)."""
+def rank(qdq, ev: Evaluator, *, max_trials: int = MAX_TRIALS) -> tuple[list[Candidate], Score]:
+    """Every candidate with its leave-one-out gain, most sensitive first; and the all-int8 score. With more
+    than `max_trials` candidates, only the `max_trials` with the most local rounding noise are measured (the
+    rest: gain 0, measured False)."""
     base = ev.score(qdq)
     singles = candidates(qdq)
     if len(singles) > max_trials:
         local_noise(qdq, ev, singles)
         for c in sorted(singles, key=lambda c: -c.noise)[max_trials:]:
             c.measured = False
-    cands = singles + (groups(qdq) if use_groups else [])
-    for c in cands:
+    for c in singles:
         if c.measured:
             c.gain = base.margin_rmse ** 2 - ev.score(bypass(qdq, c.tensors)).margin_rmse ** 2
-    for c in cands[len(singles):]:  # a group's gain: what it adds over its best single member
-        inside = set(c.tensors)
-        c.gain -= max([s.gain for s in singles if s.measured and s.tensors[0] in inside] + [0.0])
-    return sorted(cands, key=lambda c: -c.gain), base
+    return sorted(singles, key=lambda c: -c.gain), base
 
 
 def choose(qdq, ev: Evaluator, *, aim: float = 0.995, max_float_macs: float = 0.2, max_layers: int = 8,
-           free_macs: float = 0.01, max_trials: int = MAX_TRIALS, use_groups: bool = ROLE_GROUPS) -> Selection:
-    """Greedy: best gain per cost first (cost: the float multiply-adds, plus `free_macs` of the
-    total so that free layers still rank by gain), until the expected agreement reaches `aim`.
-    `max_layers` counts choices: a role group is one choice (its layers all go into `layers`)."""
+           free_macs: float = 0.01, max_trials: int = MAX_TRIALS) -> Selection:
+    """`rank`, then `greedy` (its options); the selection's time and graphs run count both."""
     start, runs = time.perf_counter(), ev.runs
-    ranked, base = rank(qdq, ev, max_trials=max_trials, use_groups=use_groups)
+    ranked, base = rank(qdq, ev, max_trials=max_trials)
+    sel = greedy(qdq, ev, ranked, base, aim=aim, max_float_macs=max_float_macs, max_layers=max_layers,
+                 free_macs=free_macs)
+    sel.seconds, sel.trials = time.perf_counter() - start, ev.runs - runs
+    return sel
+
+
+def greedy(qdq, ev: Evaluator, ranked: Sequence[Candidate], base: Score, *, aim: float = 0.995,
+           max_float_macs: float = 0.2, max_layers: int = 8, free_macs: float = 0.01) -> Selection:
+    """Best gain per cost first among `ranked` (measured from the all-int8 score `base`; cost: the float
+    multiply-adds, plus `free_macs` of the total so that free layers still rank by gain), each step re-measured,
+    until the expected agreement reaches `aim`. `max_layers` counts choices: a candidate with `members` is one
+    choice (its layers all go into `layers`)."""
+    ranked = list(ranked)
     total = sum(v for v in macs_per_node(qdq).values()) or 1.0
     every = [layer for c in ranked for layer in c.layers]
     sel = Selection(all_layers=[c.layer for c in candidates(qdq)], ranked=ranked, before=base, after=base,
@@ -269,7 +270,7 @@ def choose(qdq, ev: Evaluator, *, aim: float = 0.995, max_float_macs: float = 0.
         sel.layers += [name for name in c.layers if name not in sel.layers]
         sel.tensors += tensors
         sel.after, spent = trial, spent + c.macs / total
-    sel.float_macs, sel.seconds, sel.trials = spent, time.perf_counter() - start, ev.runs - runs
+    sel.float_macs = spent
     return sel
 
 
