@@ -204,3 +204,27 @@ def test_run_sh_check_needs_one_runtime_not_every_one(tmp_path):
                           env=env, cwd=tmp_path)
     assert proc.returncode == 0 and "parity: PASSED" in proc.stdout, proc.stdout + proc.stderr
     assert "model_int8.tflite: not checked" in proc.stderr and "model_fp32.onnx" in proc.stdout
+
+
+def test_raise_if_failed_raises_parity_error_with_every_failure():
+    """ParityReport.raise_if_failed, a script's one-line gate (tledge.ParityError, exit 1; assert_parity raises
+    AssertionError for pytest instead): every failing file's every failure in one message, the report attached;
+    a passing report is returned; a report that checked no file is not a pass."""
+    from tledge.errors import ParityError
+
+    def result(name, failures):
+        return ParityResult(file=name, format="tflite", precision="int8", images=3, max_abs_error=0.1,
+                            mean_abs_error=0.0, median_image_max_abs=0.0, top1_agreement=1.0, accuracy=None,
+                            reference_accuracy=None, passed=not failures, failures=failures)
+
+    good = ParityReport(images=3, results=[result("a.tflite", [])])
+    assert good.raise_if_failed() is good
+    bad = ParityReport(images=3, results=[result("a.tflite", []), result("b.tflite", ["agreement 0.5", "max abs 2"]),
+                                          result("c.onnx", ["accuracy drop 0.2"])])
+    with pytest.raises(ParityError) as err:
+        bad.raise_if_failed()
+    lines = str(err.value).splitlines()
+    assert lines[1:] == ["  b.tflite: agreement 0.5", "  b.tflite: max abs 2", "  c.onnx: accuracy drop 0.2"]
+    assert err.value.report is bad and err.value.exit_code == 1
+    with pytest.raises(ParityError, match="no files checked"):
+        ParityReport(images=0, results=[]).raise_if_failed()

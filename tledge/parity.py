@@ -320,6 +320,8 @@ class ParityReport:
         return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows)
 
     def raise_if_failed(self) -> "ParityReport":
+        """Raise tledge.ParityError (exit 1) listing every failure of every file, a report that checked no file
+        included; return the report when it passed (tledge.testing.assert_parity raises AssertionError instead)."""
         if not self.passed:
             fails = [f"{r.file}: {f}" for r in self.results for f in r.failures] or ["no files checked"]
             raise ParityError("parity failed:\n  " + "\n  ".join(fails), report=self)
