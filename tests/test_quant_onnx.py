@@ -174,3 +174,30 @@ def test_tap_means_of_a_matmul_on_tokens_are_per_input_channel():
     x = rng.normal(size=(5, 4, 8)).astype(np.float32)
     taps = onnx_bias.tap_means(m.SerializeToString(), [nodes[0]], x, batch=2)["proj"]
     assert taps.shape == (8,) and np.allclose(taps, x.reshape(-1, 8).mean(0), atol=1e-6)
+
+
+def test_unfused_session_adds_inner_tensors_once_and_runs_them_unoptimised():
+    """tledge.quant.unfused.session, the session of the bias correction, the activation ranges and sensitivity:
+    graph optimisation off, inner tensors asked for become outputs once (already outputs or asked twice: once)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from tledge.quant import unfused
+
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(8, 3)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Relu", ["xw"], ["y"])],
+                          "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+                          initializer=[helper.make_tensor("w", TensorProto.FLOAT, [8, 3], w.ravel().tolist())])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    x = rng.normal(size=(4, 8)).astype(np.float32)
+    plain = unfused.session(m.SerializeToString())
+    assert [o.name for o in plain.get_outputs()] == ["y"]
+    assert plain.get_session_options().graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = unfused.session(m.SerializeToString(), ["xw", "y", "xw"])
+    assert [o.name for o in sess.get_outputs()] == ["y", "xw"]
+    y, xw = sess.run(None, {"x": x})
+    assert np.allclose(xw, x @ w, atol=1e-5) and np.allclose(y, np.maximum(x @ w, 0), atol=1e-5)
+    unfused.session(m, ["xw"])  # a ModelProto is changed in place (the callers' own copies)
+    assert [o.name for o in m.graph.output] == ["y", "xw"]

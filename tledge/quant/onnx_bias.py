@@ -19,7 +19,7 @@ import numpy as np
 
 from tledge._deps import require
 from tledge.errors import TledgeError
-from tledge.quant import calibdata
+from tledge.quant import calibdata, unfused
 from tledge.quant.constadds import tensor_consumers
 from tledge.quant.subset import spread
 
@@ -91,17 +91,9 @@ def tap_means(model_bytes: bytes, convs: list, pixels: np.ndarray, batch: int = 
     """Node name -> mean of its input at every kernel tap over all output positions (zero padding
     included): (Cin, kh, kw) for a Conv, (Cin,) for MatMul / Gemm. Float graph, no optimisation."""
     onnx = require("onnx", extra="export")
-    ort = require("onnxruntime", extra="export")
     model = onnx.load_from_string(model_bytes)
-    have = {o.name for o in model.graph.output} | {i.name for i in model.graph.input}
-    for n in convs:
-        if n.input[0] not in have:
-            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(n.input[0]))
-            have.add(n.input[0])
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    inputs = {i.name for i in model.graph.input}
+    sess = unfused.session(model, [n.input[0] for n in convs if n.input[0] not in inputs])
     inp = sess.get_inputs()[0].name
     names = sorted({n.input[0] for n in convs})
     sums: dict[str, np.ndarray] = {}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from tledge._deps import require
+from tledge.quant import unfused
 from tledge.quant.fakequant import fake_quant
 
 FRACTIONS = np.linspace(0.25, 1.0, 31)  # candidate upper bounds, as fractions of the calibration max
@@ -93,9 +94,6 @@ def onnx_overrides(pre_path, calib, skip=(), batch: int = 8) -> dict:
     node output but the graph's outputs and the tensors in `skip` (those with overrides of their own), its
     calibration min and its `best_hi` upper bound, in one pass over `calib` with them as extra outputs."""
     onnx = require("onnx", extra="export")
-    ort = require("onnxruntime", extra="export")
-    from onnx import helper
-
     model = onnx.load(str(pre_path))
     outputs = {o.name for o in model.graph.output}
     consts = {i.name for i in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
@@ -103,11 +101,7 @@ def onnx_overrides(pre_path, calib, skip=(), batch: int = 8) -> dict:
     skip = outputs | consts | set(skip)
     names = [o for n in model.graph.node if n.op_type not in ("Shape", "Softmax") for o in n.output
              if o and o not in skip]
-    model.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in names)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = unfused.session(model, names)
     feed = sess.get_inputs()[0].name
     got = [o.name for o in sess.get_outputs()]
     values: dict[str, list] = {t: [] for t in names}

@@ -43,6 +43,7 @@ import numpy as np
 
 from tledge._deps import require
 from tledge.errors import RepairTimeout
+from tledge.quant import unfused
 from tledge.quant.qdqgraph import LINEAR, PASS_THROUGH, Candidate, bypass, candidates, layer_of, macs_per_node
 
 # singles measured by leave-one-out at most: MobileNet v1 has 27-28 (all measured, as before); on
@@ -169,11 +170,7 @@ _erfc = np.vectorize(math.erfc)
 
 def run(model_bytes: bytes, pixels: np.ndarray, batch: int = 32) -> np.ndarray:
     """Outputs of an ONNX model on float32 pixels, graph optimisation off (the QDQ simulation)."""
-    ort = require("onnxruntime", extra="export")
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+    sess = unfused.session(model_bytes)
     name = sess.get_inputs()[0].name
     return np.concatenate([sess.run(None, {name: np.asarray(pixels[i:i + batch], np.float32)})[0]
                            for i in range(0, len(pixels), batch)])
@@ -185,7 +182,7 @@ def local_noise(qdq, ev: Evaluator, cands: Sequence[Candidate], images: int = 16
     run of the all-int8 graph with those tensors as extra outputs. Sets `Candidate.noise`."""
     import copy
 
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     model = copy.deepcopy(qdq)
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
@@ -195,14 +192,8 @@ def local_noise(qdq, ev: Evaluator, cands: Sequence[Candidate], images: int = 16
             zp = inits[n.input[2]] if len(n.input) > 2 and n.input[2] else np.zeros((), np.uint8)
             grid[n.input[0]] = (inits[n.input[1]].astype(np.float64), zp.astype(np.float64), np.iinfo(zp.dtype))
     names = [c.tensors[0] for c in cands if c.tensors[0] in grid]
-    known = {o.name for o in model.graph.output}
-    model.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in names if t not in known)
     ev.runs += 1
-    ort = require("onnxruntime", extra="export")
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = unfused.session(model, names)
     outs = dict(zip([o.name for o in sess.get_outputs()],
                     sess.run(None, {sess.get_inputs()[0].name: np.asarray(ev.pixels[:images], np.float32)})))
     for c in cands:
