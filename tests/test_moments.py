@@ -107,3 +107,21 @@ def test_depthwise_grams_from_views_equal_the_patch_grams(hw, kw):
         ref = np.stack([x.T @ y for x, y in zip(a, b)])
         np.testing.assert_allclose(getattr(got, key), ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max(), err_msg=key)
     np.testing.assert_allclose(got.fsum, ones_f.sum(1), rtol=1e-12)
+
+
+@pytest.mark.parametrize("size,k,stride,dilation", [(7, 3, 2, 1), (8, 3, 2, 1), (9, 5, 3, 1), (5, 4, 2, 1), (1, 3, 2, 1),
+                                                    (6, 3, 1, 2), (7, 2, 1, 3), (4, 1, 3, 1), (3, 7, 1, 1)])
+def test_tf_pad_is_tensorflows_same_padding(size, k, stride, dilation):
+    """tf_pad's 'same' rule (the weight repair's windows and the TFLite bias correction's taps, which share it)
+    against TensorFlow's own SAME convolution: the output size and where the zeros go (before / after)."""
+    import tensorflow as tf
+
+    out, before, after = moments.tf_pad(size, k, stride, dilation, "same")
+    rng = np.random.default_rng(size * 100 + k * 10 + stride + dilation)
+    x, w = rng.normal(size=size), rng.normal(size=k)
+    xp = np.pad(x, (before, after))
+    assert (len(xp) - (k - 1) * dilation - 1) // stride + 1 == out
+    mine = [sum(w[u] * xp[q * stride + u * dilation] for u in range(k)) for q in range(out)]
+    ref = tf.nn.conv2d(x.reshape(1, 1, size, 1), w.reshape(1, k, 1, 1), strides=[1, 1, stride, 1], padding="SAME",
+                       dilations=[1, 1, dilation, 1])
+    np.testing.assert_allclose(mine, np.asarray(ref).reshape(-1), rtol=1e-9, atol=1e-12)

@@ -246,8 +246,9 @@ def window_sums(x, kernel_size):
     return out.reshape(-1)
 
 
-def _tf_pad(size: int, k: int, stride: int, dilation: int, padding: str) -> tuple[int, int, int]:
-    """(output size, pad before, pad after) of one axis, TensorFlow's rule ('same': the extra pad after)."""
+def tf_pad(size: int, k: int, stride: int, dilation: int, padding: str) -> tuple[int, int, int]:
+    """(output size, pad before, pad after) of one axis, TensorFlow's rule ('same': the extra pad after; also
+    TFLite's SAME, tledge.quant.tflite_bias)."""
     reach = (k - 1) * dilation + 1
     if padding == "same":
         out = -(-size // stride)
@@ -260,8 +261,8 @@ def window_views(x, g: Geometry) -> list:
     """The kernel offsets' strided views of the padded input (N, H', W', C) float64, in the order of
     `patches`' rows (kernel row, kernel column): view u at output position q is the input tap u of q."""
     (kh, kw), (sh, sw), (dh, dw) = g.kernel_size, g.strides, g.dilation_rate
-    oh, th, bh = _tf_pad(x.shape[1], kh, sh, dh, g.padding)
-    ow, tw, bw = _tf_pad(x.shape[2], kw, sw, dw, g.padding)
+    oh, th, bh = tf_pad(x.shape[1], kh, sh, dh, g.padding)
+    ow, tw, bw = tf_pad(x.shape[2], kw, sw, dw, g.padding)
     xp = np.pad(np.asarray(x, np.float64), ((0, 0), (th, bh), (tw, bw), (0, 0)))
     return [xp[:, uy * dh:uy * dh + (oh - 1) * sh + 1:sh, ux * dw:ux * dw + (ow - 1) * sw + 1:sw]
             for uy in range(kh) for ux in range(kw)]

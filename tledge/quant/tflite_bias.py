@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tledge._deps import tflite_schema as schema
-from tledge.quant import calibdata
+from tledge.quant import calibdata, moments
 from tledge.quant.subset import spread
 
 LINEAR = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
@@ -194,12 +194,6 @@ def _twin_weight(f_model, f: LinearOp, op: LinearOp, wq: tuple[np.ndarray, np.nd
     return wf if np.all(np.abs(wq[0] - wf) <= steps * wq[1] + 1e-7) else None
 
 
-def _same_pads(size: int, k: int, stride: int, dil: int) -> tuple[int, int]:
-    out = -(-size // stride)
-    total = max((out - 1) * stride + (k - 1) * dil + 1 - size, 0)
-    return total // 2, total - total // 2
-
-
 def taps(op: LinearOp, kernel: tuple[int, int], x: np.ndarray) -> np.ndarray:
     """Sum over the batch of the mean of input `x` (NHWC) at every kernel tap over all output positions,
     (kh, kw, C) for a convolution (SAME padding as zeros), (C,) for a fully connected op."""
@@ -211,7 +205,7 @@ def taps(op: LinearOp, kernel: tuple[int, int], x: np.ndarray) -> np.ndarray:
     sh, sw = int(o.strideH), int(o.strideW)
     dh, dw = int(o.dilationHFactor or 1), int(o.dilationWFactor or 1)
     if int(o.padding) == 0:  # SAME
-        ph, pw = _same_pads(x.shape[1], kh, sh, dh), _same_pads(x.shape[2], kw, sw, dw)
+        ph, pw = moments.tf_pad(x.shape[1], kh, sh, dh, "same")[1:], moments.tf_pad(x.shape[2], kw, sw, dw, "same")[1:]
         x = np.pad(x, ((0, 0), ph, pw, (0, 0)))
     oh, ow = (x.shape[1] - dh * (kh - 1) - 1) // sh + 1, (x.shape[2] - dw * (kw - 1) - 1) // sw + 1
     out = np.empty((kh, kw, x.shape[3]))
