@@ -1,0 +1,185 @@
+"""Pair-safe s8 weights (tledge.quant.pairsafe): a QDQ U8S8 file whose u8 x s8 pair sums cannot saturate the AVX2
+kernels, moving as few weights as it must, and quantize_int8 choosing it before the slower u8u8-grid."""
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+
+def _qdq_conv(w: np.ndarray, bias: np.ndarray | None = None) -> bytes:
+    """x (n, cin, 3, 3) float -> Q/DQ uint8 (scale 1, zp 0) -> Conv 1x1 with int8 weights w (cout, cin, 1, 1)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    cout, cin = w.shape[:2]
+    inits = [helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+             helper.make_tensor("zu", TensorProto.UINT8, [], [0]),
+             numpy_helper.from_array(np.ones(cout, np.float32), "ws"),
+             numpy_helper.from_array(np.zeros(cout, np.int8), "wz"),
+             numpy_helper.from_array(w.astype(np.int8), "w_quantized")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "one", "zu"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "one", "zu"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w_quantized", "ws", "wz"], ["wd"], axis=0)]
+    conv_in = ["xd", "wd"]
+    if bias is not None:
+        inits += [numpy_helper.from_array(bias.astype(np.int32), "b_quantized"),
+                  numpy_helper.from_array(np.ones(cout, np.float32), "bs"),
+                  numpy_helper.from_array(np.zeros(cout, np.int32), "bz")]
+        nodes.append(helper.make_node("DequantizeLinear", ["b_quantized", "bs", "bz"], ["bd"], axis=0))
+        conv_in.append("bd")
+    nodes.append(helper.make_node("Conv", conv_in, ["y"], name="pw"))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", cin, 3, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", cout, 3, 3])], initializer=inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
+
+
+def _init(data: bytes, name: str = "w_quantized") -> np.ndarray:
+    from onnx import numpy_helper
+
+    m = onnx.load_from_string(data)
+    return next(numpy_helper.to_array(i) for i in m.graph.initializer if i.name == name)
+
+
+def _run(data: bytes, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the QDQ arithmetic, no int kernels
+    s = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    return s.run(None, {"x": x})[0]
+
+
+def _pixels(n=4, cin=8, top=255.0):
+    return np.full((n, cin, 3, 3), top, np.float32)
+
+
+def _saturating_weights():
+    rng = np.random.default_rng(0)
+    w = rng.integers(-40, 41, (6, 8, 1, 1))
+    w[0, 0:2] = 127  # one same-sign pair at 2 x 255 x 127 = 64770
+    w[3, 4:6] = -100  # another at 51000
+    w[5, 2:4, 0, 0] = [127, -127]  # opposite signs: never over 255 x 127
+    return w
+
+
+def test_pairs_that_saturate_before_do_not_after_and_only_their_channels_change():
+    from tledge.quant import pairsafe, saturation
+
+    w = _saturating_weights()
+    data = _qdq_conv(w, bias=np.arange(6) * 100)
+    pixels = np.random.default_rng(1).uniform(0, 255, (4, 8, 3, 3)).astype(np.float32)
+    pixels[0] = 255.0
+    before = saturation.check(data, pixels)
+    assert before[0].saturated > 0 and before[0].worst == 2 * 255 * 127
+    safe, moved = pairsafe.make_safe(data)  # no images: bounded for any input, no bias correction
+    after = saturation.check(safe, pixels)
+    assert after[0].saturated == 0 and after[0].worst <= saturation.INT16_MAX
+    assert pairsafe.is_safe(onnx.load_from_string(safe)) and not pairsafe.is_safe(onnx.load_from_string(data))
+    new, scale = _init(safe).astype(int), _init(safe, "ws")
+    assert {int(o) for o in np.argwhere(new != w)[:, 0]} <= {0, 3} and moved[0].coarser == 2
+    grow = np.ones(6)
+    grow[[0, 3]] = [255 * 254 / 32767, 255 * 200 / 32767]  # just coarse enough: the pair's sum / int16
+    np.testing.assert_allclose(scale, grow, rtol=1e-6)
+    assert np.all(np.abs(new * grow[:, None, None, None] - w) <= grow[:, None, None, None])  # within a new step
+    np.testing.assert_allclose(_init(safe, "bs"), grow, rtol=1e-6)  # bias on the new grid, same real value
+    assert np.all(np.abs(_init(safe, "b_quantized") * grow - np.arange(6) * 100) <= grow / 2 + 1e-9)
+    np.testing.assert_allclose(_run(safe, pixels), _run(data, pixels), atol=2 * 127 * 2)  # same layer, coarser
+
+
+def test_shrinking_only_the_pairs_moves_four_weights_just_under_the_bound():
+    from tledge.quant import pairsafe, saturation
+
+    w = _saturating_weights()
+    safe, moved = pairsafe.make_safe(_qdq_conv(w), method="shrink")
+    new = _init(safe)
+    assert {(int(o), int(c)) for o, c, _, _ in np.argwhere(new != w.astype(np.int8))} == {(0, 0), (0, 1), (3, 4),
+                                                                                          (3, 5)}
+    assert moved[0].moved == 4 and moved[0].weights == w.size and moved[0].coarser == 0
+    assert np.all(np.sign(new) * np.sign(w) >= 0) and np.all(np.abs(new) <= np.abs(w))  # towards zero only
+    for o, c in ((0, 0), (3, 4)):  # one step back would saturate again
+        total = 255 * (abs(int(new[o, c, 0, 0])) + abs(int(new[o, c + 1, 0, 0])))
+        assert total <= saturation.INT16_MAX < total + 2 * 255
+
+
+def test_observed_activation_bounds_move_nothing_that_cannot_saturate():
+    """With activations that never pass 100 (calibration images), 2 x 100 x 127 fits int16: nothing moves; bounded
+    by 255 (any input) the same pair's channel changes."""
+    from tledge.quant import pairsafe
+
+    w = np.zeros((2, 4, 1, 1), np.int64)
+    w[0, 0:2] = 127
+    data = _qdq_conv(w, bias=np.zeros(2))
+    same, moved = pairsafe.make_safe(data, _pixels(cin=4, top=100.0), observed=True, margin=1.25)
+    assert moved == [] and same == data
+    _, moved = pairsafe.make_safe(data)
+    assert moved[0].coarser == 1 and moved[0].moved == 2
+
+
+def test_bias_correction_puts_the_changes_mean_effect_back():
+    from tledge.quant import pairsafe
+
+    w = np.zeros((2, 4, 1, 1), np.int64)
+    w[1, 2:4] = 120
+    w[1, 0] = 7  # rounded on the coarser grid too
+    data = _qdq_conv(w, bias=np.zeros(2))
+    pixels = _pixels(cin=4, top=200.0)  # every activation 200: the outputs' mean is their value
+    safe, _ = pairsafe.make_safe(data, pixels)
+    assert _init(safe, "ws")[1] > 1.8 and not np.array_equal(_init(safe), w)
+    np.testing.assert_allclose(_run(safe, pixels), _run(data, pixels), atol=_init(safe, "ws")[1] / 2 + 1e-3)
+    unfixed, _ = pairsafe.make_safe(data)
+    assert np.abs(_run(unfixed, pixels) - _run(data, pixels)).max() > 50  # what the bias correction put back
+
+
+def test_shrink_pairs_balanced_and_larger_first():
+    from tledge.quant.pairsafe import shrink_pairs
+
+    w = np.array([[127, 127, 127, 1, -3]])
+    a = np.full(5, 255)
+    assert shrink_pairs(w, a, 32767).tolist() == [[64, 64, 127, 1, -3]]
+    assert shrink_pairs(w, a, 32767, balanced=False).tolist() == [[1, 127, 127, 1, -3]]
+    assert shrink_pairs(np.array([[127, -127]]), a[:2], 24575).tolist() == [[96, -96]]  # a Dense layer's headroom
+
+
+def _float_model(path):
+    """pixels (n, 3, 6, 6) -> 1x1 Conv 3->8 + Relu -> 1x1 Conv 8->4 whose first two weights of each output channel
+    are large and of one sign (their u8 x s8 pair saturates int16) -> Softmax over the channel means."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    w1 = rng.uniform(0.2, 1.0, (8, 3, 1, 1)).astype(np.float32)
+    w2 = rng.uniform(-0.1, 0.1, (4, 8, 1, 1)).astype(np.float32)
+    w2[:, 0:2] = 1.0
+    w2[1, 0:2] = -1.0
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(np.zeros(8, np.float32), "b1"),
+             numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(np.full(4, 0.1, np.float32), "b2")]
+    nodes = [helper.make_node("Conv", ["pixels", "w1", "b1"], ["c1"], name="c1"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="r1"),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="c2"),
+             helper.make_node("GlobalAveragePool", ["c2"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+             helper.make_node("Softmax", ["f"], ["scores"], name="softmax")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["n", 3, 6, 6])],
+                          [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n", 4])], initializer=inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+
+
+def test_quantize_int8_ships_pair_safe_u8s8_where_u8s8_saturates(tmp_path):
+    """A file whose U8S8 pair sums saturate was written with uint8 weights (U8U8: onnxruntime's 2.8x slower
+    convolutions); now it keeps int8 weights made pair-safe, and the replay finds nothing over int16."""
+    from tledge.export import onnx as ox
+    from tledge.quant import saturation
+
+    src = tmp_path / "fp32.onnx"
+    _float_model(src)
+    calib = np.random.default_rng(4).uniform(0, 1, (16, 3, 6, 6)).astype(np.float32)
+    calib[:4] = 1.0  # the largest activations, in the first images the convolutions' replay uses
+    plain = tmp_path / "u8s8.onnx"
+    ox.quantize_int8(src, plain, calib, scheme=ox.SCHEMES["u8s8"])
+    assert any(lay.saturated for lay in saturation.check(plain.read_bytes(), calib))
+    auto = tmp_path / "auto.onnx"
+    used = ox.quantize_int8(src, auto, calib)
+    assert (used.activations, used.weights) == ("uint8", "int8")  # was uint8 weights (U8U8)
+    assert used == ox.SCHEMES[ox.PAIR_SAFE_SCHEME]
+    assert not any(lay.saturated for lay in saturation.check(auto.read_bytes(), calib))
+    assert ox.scheme_of(auto) == used and ox.scheme_of(plain) != used
+    assert "pair-safe" in used.describe()
