@@ -183,3 +183,18 @@ def test_quantize_int8_ships_pair_safe_u8s8_where_u8s8_saturates(tmp_path):
     assert not any(lay.saturated for lay in saturation.check(auto.read_bytes(), calib))
     assert ox.scheme_of(auto) == used and ox.scheme_of(plain) != used
     assert "pair-safe" in used.describe()
+
+
+def test_bias_correction_takes_its_images_from_all_the_calibration_classes():
+    """The export reads calibration folders class by class: the first 64 images were one class (all ants), and the
+    correction was that class's, not the calibration set's."""
+    from tledge.quant import pairsafe
+
+    w = np.zeros((2, 4, 1, 1), np.int64)
+    w[1, 2:4] = 120
+    w[1, 0] = 7
+    data = _qdq_conv(w, bias=np.zeros(2))
+    pixels = np.concatenate([_pixels(n=64, cin=4, top=0.0), _pixels(n=64, cin=4, top=200.0)])  # two "classes"
+    safe, _ = pairsafe.make_safe(data, pixels, images=64)
+    mean_shift = (_run(safe, pixels) - _run(data, pixels)).mean(axis=(0, 2, 3))
+    assert abs(mean_shift[1]) <= _init(safe, "ws")[1] / 2 + 1e-3, mean_shift  # the whole set's mean output kept

@@ -23,6 +23,7 @@ import numpy as np
 
 from tledge._deps import require
 from tledge.quant.saturation import DENSE_HEADROOM, INT16_MAX, conv_inputs
+from tledge.quant.subset import spread
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,8 @@ class _Layer:
 def make_safe(qdq_bytes: bytes, pixels: np.ndarray | None = None, *, method: str = "coarsen", observed: bool = False,
               margin: float = 1.25, images: int = 64) -> tuple[bytes, list[Moved]]:
     """The file with pair-safe weights, and what changed per layer. Every activation is bounded by 255 (safe on any
-    input), or with `observed` by each input channel's largest value on `pixels[:images]` times `margin`.
+    input), or with `observed` by each input channel's largest value on `images` of `pixels` (an even spread) times
+    `margin`.
     `method="coarsen"`: each output channel with a pair over the bound is rounded again on a grid just coarse enough
     (its scale times need / limit, at most about 2: a 7-bit grid), then any pair still over is shrunk; "shrink":
     only the pairs over the bound move (shrink_pairs), scales kept. With `pixels`, the change's mean effect on those
@@ -62,7 +64,8 @@ def make_safe(qdq_bytes: bytes, pixels: np.ndarray | None = None, *, method: str
     layers = _layers(model)
     if not layers:
         return qdq_bytes, []
-    stats = _activation_stats(model, sorted({ly.act for ly in layers}), pixels[:images]) if pixels is not None else {}
+    stats = _activation_stats(model, sorted({ly.act for ly in layers}), spread(pixels, images)) \
+        if pixels is not None else {}
     inits = {i.name: i for i in model.graph.initializer}
     report = []
     for ly in layers:
