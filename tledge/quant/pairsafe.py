@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tledge._deps import require
+from tledge.quant import unfused
 from tledge.quant.saturation import DENSE_HEADROOM, INT16_MAX, conv_inputs
 from tledge.quant.subset import spread
 
@@ -214,22 +215,13 @@ def _bounds(ly: _Layer, stat, margin: float, observed: bool) -> tuple[np.ndarray
 def _activation_stats(model, tensors: list[str], pixels: np.ndarray) -> dict:
     """{uint8 tensor: (per-channel max, per-channel mean, zero point)} on `pixels` (channel axis 1, or the last of a
     2-D tensor)."""
-    onnx = require("onnx", extra="export")
-    ort = require("onnxruntime", extra="export")
     from onnx import numpy_helper
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    m.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors if t not in have)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = unfused.session(model.SerializeToString(), tensors)  # (bytes: a copy gets the outputs, not `model`)
     feed = sess.get_inputs()[0].name
-    inits = {i.name: i for i in m.graph.initializer}
+    inits = {i.name: i for i in model.graph.initializer}
     zps = {}
-    for n in m.graph.node:
+    for n in model.graph.node:
         if n.op_type == "DequantizeLinear" and n.input[0] in tensors and len(n.input) > 2 and n.input[2] in inits:
             zps[n.input[0]] = float(numpy_helper.to_array(inits[n.input[2]]).reshape(-1)[0])
     acc: dict = {}
