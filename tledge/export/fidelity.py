@@ -14,7 +14,8 @@ Rungs (`LADDER`, in order of cost, each one's seconds recorded):
   2. `repaired-stem6` (CPU targets only): BN folding, an exact input grid, adaptive rounding + bias
      correction of every kernel on the calibration images (`repair.apply`), the first 6 convolutions
      and what precedes them kept float (selective quantisation). Before the all-int8 repair: cheaper,
-     more faithful, and faster on x86 (docs/int8-fidelity.md; 6 rather than 4 since the eighteenth session:
+     more faithful, and about as fast on x86 (docs/int8-fidelity.md; it looked faster while the plain files paid a
+     [3]-constant normalisation; 6 rather than 4 since the eighteenth session:
      "The float stem: 6 convolutions"); for ONNX then `repaired-stem6+translated`: that rung's int8 TFLite file
      translated to ONNX (tledge.export.onnx_translate), so the ONNX file computes the grids the repair simulated.
      A translated rung whose TFLite file the TFLite ladder already built moves up to just after the first repair
@@ -95,7 +96,7 @@ LADDER: tuple[Rung, ...] = (
     Rung("onnx-bias", repair=False, graph="onnx-bias"),
     Rung("tflite-bias", repair=False, graph="tflite-bias"),  # the same on the int8 TFLite file itself
     Rung("tflite-rounding", repair=False, graph="tflite-rounding", keras_free=True),  # GPTQ + bias, int8 inputs
-    Rung(f"repaired-stem{STEM}", stem=STEM),  # CPU targets: the cheaper repair pass, and the faster file
+    Rung(f"repaired-stem{STEM}", stem=STEM),  # CPU targets: the cheaper repair pass, the more faithful file
     Rung(f"repaired-stem{STEM}+translated", stem=STEM, translated=True),  # ONNX: that rung's TFLite file, translated
     Rung("calibration-percentile", repair=False, calibrate="percentile"),
     Rung("repaired"),

@@ -14,6 +14,7 @@
 - `pixelgrid`: the baked preprocessing stays float up to the first convolution, whose input gets a grid that
   keeps the 256 pixel levels apart (onnxruntime's calibrated grid merged them in pairs); every ONNX int8 file;
 - `rebuild`: a verified Keras 3 copy of a tf_keras model, so the Keras-level repairs apply;
+- `unfused`: onnxruntime sessions that run a graph as written (optimisation off), inner tensors as outputs;
 - `kernels`: each int8 ONNX file on onnxruntime's x86 kernel paths at export (a note with the CPU flags);
 - `sensitivity`: which activations to keep precise (leave-one-out on the QDQ graph, held-out calibration
   images, greedy by gain per float cost) and how (TFLite float ops, ONNX int16 activations).

@@ -13,7 +13,7 @@ variance drops when it alone stays high precision.
 
 Greedy choice (`choose`): best gain per unit of float cost first (cost: multiply-adds of the
 non-depthwise linear ops that stop running int8; thin early layers and depthwise ones are nearly
-free, and measured faster in float on x86, docs/int8-fidelity.md), re-measured after each step,
+free, and measured no slower in float on x86, docs/int8-fidelity.md), re-measured after each step,
 until E reaches the aim or the cost / count budget is spent.
 
 Candidates (tledge.quant.qdqgraph): the single units that feed a linear op (role groups, every unit of one
