@@ -55,7 +55,8 @@ def int8_weights(data: bytes) -> bytes:
 def build(export_dir: Path, calib: np.ndarray, tmp: Path) -> dict[str, Path]:
     """{name: path} of the files compared; prints what pair-safe changed and the saturation replay."""
     from tledge.export import onnx as ox
-    from tledge.quant import pairsafe, saturation
+    from lab.quant import pairsafe
+    from tledge.quant import saturation
 
     files = {"fp32": export_dir / "model_fp32.onnx", "shipped u8u8-grid": export_dir / "model_int8.onnx"}
     (tmp / "shipped_s8.onnx").write_bytes(int8_weights(files["shipped u8u8-grid"].read_bytes()))

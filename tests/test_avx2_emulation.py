@@ -107,10 +107,10 @@ def test_emulated_haswell_reaches_the_saturating_kernels(emulated_tiny):
 
 @pytest.mark.slow
 def test_tledge_choice_same_on_vnni_and_emulated_avx2(emulated_tiny):
-    from tledge.export.onnx import PAIR_SAFE_SCHEME, SCHEMES
+    from tledge.export.onnx import ROBUST_SCHEME, SCHEMES
 
     assert emulated_tiny["saturated"], "the tiny model's plain U8S8 file no longer saturates: pick another case"
-    assert emulated_tiny["chosen"] == SCHEMES[PAIR_SAFE_SCHEME]  # int8 weights no pair of which can saturate
+    assert emulated_tiny["chosen"] == SCHEMES[ROBUST_SCHEME]
     nat, emu_out = emulated_tiny["native"]["chosen|default"], emulated_tiny["emulated"]["chosen|default"]
     np.testing.assert_array_equal(nat.argmax(1), emu_out.argmax(1))
     np.testing.assert_allclose(emu_out, nat, rtol=0, atol=1e-6)

@@ -1,7 +1,5 @@
 """Graph-level int8 pieces for ONNX: quantisation schemes, bias correction on the float graph, and
 the kernel-path check (tledge.export.onnx, tledge.quant.onnx_bias)."""
-import functools
-
 import numpy as np
 import pytest
 
@@ -69,15 +67,12 @@ def test_bias_correction_moves_int8_means_to_the_float_ones(tiny_onnx, tmp_path)
     fp32, calib, val, _ = tiny_onnx
     pre = ox.preprocess(fp32, tmp_path / "pre.onnx")
     fixed = tmp_path / "fixed.onnx"
-    # U8S8 as quantised: the pair-safe scheme quantize_int8 picks for this model re-rounds 3 of its 4 layers on a
-    # coarser grid with their own bias correction (tledge.quant.pairsafe), which onnx_bias leaves to it (skipped)
-    u8s8 = functools.partial(ox.quantize_int8, scheme=ox.SCHEMES["u8s8"])
-    log = onnx_bias.correct(pre, fixed, calib, u8s8)
+    log = onnx_bias.correct(pre, fixed, calib, ox.quantize_int8)
     assert log.layers >= 4 and 0.0 < log.relative_shift < 1.0
     # the corrected float graph is nearly the float model (biases moved by the small int8 shifts)
     assert np.mean(np.argmax(_run(fixed, val), 1) == np.argmax(_run(fp32, val), 1)) >= 0.97
-    u8s8(pre, tmp_path / "plain.onnx", calib)
-    u8s8(fixed, tmp_path / "bc.onnx", calib)
+    ox.quantize_int8(pre, tmp_path / "plain.onnx", calib)
+    ox.quantize_int8(fixed, tmp_path / "bc.onnx", calib)
     # what the correction is for: the int8 model's mean output moves to the float model's
     ref = _run(fp32, calib).mean(0)
     err = {k: float(np.abs(_run(tmp_path / k, calib).mean(0) - ref).sum()) for k in ("plain.onnx", "bc.onnx")}
@@ -154,7 +149,7 @@ def test_saturation_replay_on_a_real_file_and_the_auto_scheme(tiny_onnx, tmp_pat
     auto = tmp_path / "auto.onnx"
     used = ox.quantize_int8(fp32, auto, calib)
     saturates = any(lay.saturated for lay in saturation.check(full.read_bytes(), calib))
-    assert used == ox.SCHEMES[ox.PAIR_SAFE_SCHEME if saturates else "u8s8"]  # pair-safe s8, not the slow U8U8
+    assert used == ox.SCHEMES[ox.ROBUST_SCHEME if saturates else "u8s8"]
     assert ox.scheme_of(auto) == used
 
 

@@ -314,9 +314,9 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             "Measured here (2 cores, AVX-512 VNNI, MobileNetV2-224): LiteRT int8 2.8 ms, onnxruntime int8 "
             "(U8S8) 3.7 ms, LiteRT fp32 4.8 ms, onnxruntime fp32 8.3 ms; dynamic-range TFLite is slower than fp32.",
             "onnxruntime int8 with int8 activations (S8S8) can be slower than fp32 on x86: export U8S8.",
-            "Where U8S8 would saturate on AVX2 CPUs without VNNI, tledge's int8 ONNX files keep pair-safe int8 weights "
-            "(U8S8 kernels: MobileNet 0.25 0.7x its fp32 file); uint8 weights (U8U8) only when that fails: no fast "
-            "x86 kernel, about the fp32 file's latency (MobileNetV2-224 7.2 against 7.5 ms, AMD EPYC, 2026-12-07).",
+            "tledge's int8 ONNX files use uint8 weights (U8U8) where U8S8 would saturate on AVX2 CPUs without VNNI: "
+            "no fast x86 kernel, about the fp32 file's latency (MobileNetV2-224 7.2 against 7.5 ms, AMD EPYC, "
+            "2026-12-07); the int8 TFLite file is the fast one.",
             "Small models can be faster in fp32 than in int8 on x86 (MobileNet v1 0.25 1000-class: int8 1.3-1.7x "
             "the fp32 latency on an AVX-512/AMX Xeon): `tledge bench model_int8.tflite model_fp32.tflite` on the "
             "machine decides.",

@@ -156,28 +156,24 @@ class Scheme:
     # Keras repair rounds to, so its kernels survive a U8U8 file exactly
     int8_grid: bool = False
     grid_ops: str = "conv"  # which weights int8_grid covers: conv (onnxruntime's files) | all (TFLite translations)
-    pair_safe: bool = False  # int8 weights no u8 x s8 pair of which can leave int16 on any input (quant.pairsafe)
 
     def describe(self) -> str:
         code = "".join("U8" if t == "uint8" else "S8" for t in (self.activations, self.weights))
         return (f"QDQ {code} {'per-channel' if self.per_channel else 'per-tensor'}"
                 + (", reduce_range (7-bit weights)" if self.reduce_range else "")
-                + (f", {self.grid_ops} weights on the symmetric int8 grid" if self.int8_grid else "")
-                + (", pair-safe weights (no int16 saturation on AVX2)" if self.pair_safe else ""))
+                + (f", {self.grid_ops} weights on the symmetric int8 grid" if self.int8_grid else ""))
 
 
 SCHEMES = {
     "u8s8": Scheme(),
     "u8s8-rr": Scheme(reduce_range=True),
-    "u8s8-pairsafe": Scheme(pair_safe=True),
     "s8s8": Scheme(activations="int8"),
     "u8u8": Scheme(weights="uint8"),
     "u8u8-grid": Scheme(weights="uint8", int8_grid=True),
     "u8u8-all-grid": Scheme(weights="uint8", int8_grid=True, grid_ops="all"),  # a TFLite file's int8 weights + 128
 }
-DEFAULT_SCHEME = "u8s8"  # the first choice; PAIR_SAFE_SCHEME when its pair sums would saturate on AVX2
-PAIR_SAFE_SCHEME = "u8s8-pairsafe"  # the same file made unable to saturate: still the fast U8S8 kernels
-ROBUST_SCHEME = "u8u8-grid"  # exact on every kernel path (2.8x slower kernels): when pair-safe still saturates
+DEFAULT_SCHEME = "u8s8"  # the first choice; ROBUST_SCHEME when its pair sums would saturate on AVX2
+ROBUST_SCHEME = "u8u8-grid"  # exact on every kernel path, and on the grid the Keras repair rounds to
 
 
 def quantize_int8(fp32_path: Path, dst: Path, calib: np.ndarray, *, method: str = "minmax",
@@ -185,9 +181,8 @@ def quantize_int8(fp32_path: Path, dst: Path, calib: np.ndarray, *, method: str 
                   calib_cache: Path | None = None, overrides: dict | None = None, act_ranges: str = "minmax") -> Scheme:
     """onnxruntime static QDQ, the final Softmax kept in float so probabilities are not rounded to
     1/256. Without `scheme`: U8S8 (fastest, exact on VNNI and ARM) unless the file's own pair sums
-    saturate the AVX2 u8 x s8 kernels on the calibration images (tledge.quant.saturation); then the same file
-    with pair-safe weights (tledge.quant.pairsafe: still U8S8, no pair can leave int16), and only if that still
-    saturates U8U8 with conv weights on the symmetric int8 grid, which every x86 path and ARM compute exactly.
+    saturate the AVX2 u8 x s8 kernels on the calibration images (tledge.quant.saturation); then U8U8
+    with conv weights on the symmetric int8 grid, which every x86 path and ARM compute exactly.
     The graph is pre-processed once and calibrated once (the activation ranges do not depend on the
     scheme); `calib_cache`: a folder keeping those ranges across calls, keyed by the pre-processed
     graph and the method - the caller guarantees the same `calib` for one folder. `overrides`: extra
@@ -210,19 +205,8 @@ def quantize_int8(fp32_path: Path, dst: Path, calib: np.ndarray, *, method: str 
         _quantize(pre, dst, calib, method, nodes_to_exclude, SCHEMES["u8s8"], ranges, overrides, cut)
         if not any(layer.saturated for layer in saturation.check(dst.read_bytes(), calib)):
             return SCHEMES["u8s8"]
-        _pair_safe(dst, calib)
-        if not any(layer.saturated for layer in saturation.check(dst.read_bytes(), calib)):
-            return SCHEMES[PAIR_SAFE_SCHEME]
         _quantize(pre, dst, calib, method, nodes_to_exclude, SCHEMES[ROBUST_SCHEME], ranges, overrides, cut)
         return SCHEMES[ROBUST_SCHEME]
-
-
-def _pair_safe(path: Path, calib: np.ndarray) -> None:
-    """The U8S8 file at `path` rewritten with pair-safe weights, bias corrected on the calibration images."""
-    from tledge.quant import pairsafe
-
-    data, _ = pairsafe.make_safe(path.read_bytes(), np.asarray(calib, np.float32))
-    path.write_bytes(data)
 
 
 def _ranges_path(pre: Path, method: str, folder: Path) -> Path:
@@ -264,8 +248,6 @@ def _quantize(pre: Path, dst: Path, calib: np.ndarray, method: str, nodes_to_exc
     except Exception as exc:
         raise_if_disk(exc)
         raise ExportError(f"ONNX int8 quantisation failed: {str(exc).strip().splitlines()[-1][:400]}") from None
-    if scheme.pair_safe:
-        _pair_safe(dst, calib)
 
 
 def _grid_overrides(model_path: Path) -> dict:
@@ -299,10 +281,6 @@ def scheme_of(path: Path) -> Scheme:
     act = "uint8" if not acts or acts[0] == u8 else "int8"
     if weights and weights[0] == u8 and act == "uint8":
         return SCHEMES[ROBUST_SCHEME]  # quantize_int8 makes uint8 weights only as its robust choice
-    from tledge.quant import pairsafe
-
-    if weights and act == "uint8" and pairsafe.is_safe(model):  # no pair can saturate: a re-quantisation keeps that
-        return SCHEMES[PAIR_SAFE_SCHEME]
     return Scheme(activations=act, weights="uint8" if weights and weights[0] == u8 else "int8")
 
 

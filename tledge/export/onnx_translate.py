@@ -7,9 +7,8 @@ The translation is then given the export's ONNX conventions: float32 input in th
 the uint8 Cast when asked), the last op's float output (a Softmax is not rounded to 1/256), a free batch
 dimension (checked: a batch of two gives the two single outputs), float constants for a Gemm bias and elementwise
 ops (what OpenCV can run), and uint8 activations (zero points + 128:
-the same values); when the u8 x s8 pair sums would saturate onnxruntime's AVX2 kernels (tledge.quant.saturation),
-the int8 weights are made pair-safe (tledge.quant.pairsafe), and only if that still saturates they become uint8 on
-the symmetric int8 grid (zero point 128), as `onnx.quantize_int8` chooses.
+the same values), with the weights uint8 on the symmetric int8 grid (zero point 128) when the u8 x s8 pair sums
+would saturate onnxruntime's AVX2 kernels (tledge.quant.saturation), as `onnx.quantize_int8` chooses.
 """
 from __future__ import annotations
 
@@ -31,6 +30,8 @@ _QDQ = ("QuantizeLinear", "DequantizeLinear")
 def from_tflite(data: bytes, layout: str, calib: np.ndarray):
     """(onnx.ModelProto taking float32 pixels in `layout`, Scheme) of an int8 TFLite file; `calib`: prepared
     NHWC images for the batch and saturation checks."""
+    from tledge.quant import saturation
+
     onnx = require("onnx", extra="export")
     convert = require("tf2onnx.convert", extra="export")  # (its import set TF_CPP_MIN_LOG_LEVEL)
     with tempfile.TemporaryDirectory(prefix="tledge-onnx-translate-") as tmp:
@@ -57,26 +58,13 @@ def from_tflite(data: bytes, layout: str, calib: np.ndarray):
     except Exception as exc:  # a graph the rewrites above do not cover
         raise ExportError(f"the translated graph is not valid ONNX: {str(exc).strip()[:300]}") from None
     _check_batch(model, _layout(calib[:2], layout))
-    model, scheme = _kernel_robust(model, _layout(calib, layout))
+    scheme = SCHEMES["u8s8"]
+    if any(layer.saturated for layer in saturation.check(model.SerializeToString(), _layout(calib, layout))):
+        unsigned_weights(graph)
+        _prune(graph)  # the int8 weights
+        scheme = SCHEMES["u8u8-all-grid"]
     onnx_names.in_graph_order(model)  # tf2onnx's made names numbered in graph order, not in its run-dependent order
     return model, scheme
-
-
-def _kernel_robust(model, calib: np.ndarray):
-    """(model, Scheme): U8S8 when no pair sum saturates AVX2's int16 on `calib`, else the pair-safe weights
-    (tledge.quant.pairsafe) when they hold, else uint8 weights on the int8 grid."""
-    from tledge.quant import pairsafe, saturation
-
-    onnx = require("onnx", extra="export")
-    data = model.SerializeToString()
-    if not any(layer.saturated for layer in saturation.check(data, calib)):
-        return model, SCHEMES["u8s8"]
-    safe, _ = pairsafe.make_safe(data, calib)
-    if not any(layer.saturated for layer in saturation.check(safe, calib)):
-        return onnx.load_from_string(safe), SCHEMES["u8s8-pairsafe"]
-    unsigned_weights(model.graph)
-    _prune(model.graph)  # the int8 weights
-    return model, SCHEMES["u8u8-all-grid"]
 
 
 def _layout(x: np.ndarray, layout: str) -> np.ndarray:

@@ -7,8 +7,6 @@
   their int32 biases are clipped in U8U8 files); every ONNX int8 file;
 - `subset`: the calibration images a technique measures on (spread over the classes);
 - `saturation`: replays onnxruntime's AVX2 u8 x s8 pair sums to check a QDQ file for int16 saturation;
-- `pairsafe`: a U8S8 file's int8 weights rewritten so no pair sum can leave int16 on any input (the output channels
-  that could on a just-coarser grid, bias corrected): the fast U8S8 kernels instead of U8U8 where U8S8 saturates;
 - `constadds`: Adds of a constant stay float in every ONNX int8 file (onnxruntime's fused QLinearAdd departs
   from the file's QDQ arithmetic and differs between x86 and ARM);
 - `pixelgrid`: the baked preprocessing stays float up to the first convolution, whose input gets a grid that

@@ -96,11 +96,7 @@ def _reach(path: Path) -> str:
     s8 = any(types.get(n.input[0]) == onnx.TensorProto.INT8 for n in model.graph.node
              if n.op_type == "DequantizeLinear")
     vnni = any(f in cpu_flags().split() for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
-    from tledge.quant.pairsafe import is_safe
-
-    weights = ("int8 pair-safe weights: no u8 x s8 pair sum can leave int16 on any input (tledge.quant.pairsafe)"
-               if s8 and is_safe(model) else
-               "int8 weights: their u8 x s8 pair sums were replayed on the calibration images at export, none over "
+    weights = ("int8 weights: their u8 x s8 pair sums were replayed on the calibration images at export, none over "
                "int16" if s8 else "uint8 weights: no u8 x s8 products, so no int16 saturation on AVX2 CPUs without "
                "VNNI, and x64quantprecision (int8 weights only) agrees by construction")
     where = ("this CPU's default session takes the VNNI path, not AVX2's vpmaddubsw (docs/int8-fidelity.md: the "

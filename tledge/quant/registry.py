@@ -40,8 +40,7 @@ TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
               "the ONNX file translated from the rung's int8 TFLite file (tf2onnx), so it computes the TFLite file's "
               "grids and weights; uint8 activations, the kernel-robust weight scheme"),
     Technique("kernel-robust-scheme", "saturation", "onnx-graph", ("onnx",), True,
-              "when U8S8 would saturate on AVX2 without VNNI: pair-safe int8 weights (still U8S8), else U8U8 on the "
-              "symmetric int8 weight grid"),
+              "U8U8 on the symmetric int8 weight grid when U8S8 would saturate on AVX2 without VNNI"),
     Technique("float-constant-adds", "constadds", "onnx-graph", ("onnx",), False,
               "Adds of a constant kept float, so every onnxruntime kernel path computes the file's QDQ arithmetic"),
     Technique("pixel-grid", "pixelgrid", "onnx-graph", ("onnx",), False,

@@ -1,10 +1,16 @@
-"""Pair-safe s8 weights (tledge.quant.pairsafe): a QDQ U8S8 file whose u8 x s8 pair sums cannot saturate the AVX2
-kernels, moving as few weights as it must, and quantize_int8 choosing it before the slower u8u8-grid."""
+"""Pair-safe s8 weights (lab.quant.pairsafe): a QDQ U8S8 file whose u8 x s8 pair sums cannot saturate the AVX2
+kernels, moving as few weights as it must (lab.quant.pairsafe: not in the export, OpenCV 5.1 cannot load U8S8 files)."""
+import sys
+
 import numpy as np
 import pytest
 
+from conftest import REPO
+
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 
 def _qdq_conv(w: np.ndarray, bias: np.ndarray | None = None) -> bytes:
@@ -63,7 +69,8 @@ def _saturating_weights():
 
 
 def test_pairs_that_saturate_before_do_not_after_and_only_their_channels_change():
-    from tledge.quant import pairsafe, saturation
+    from lab.quant import pairsafe
+    from tledge.quant import saturation
 
     w = _saturating_weights()
     data = _qdq_conv(w, bias=np.arange(6) * 100)
@@ -87,7 +94,8 @@ def test_pairs_that_saturate_before_do_not_after_and_only_their_channels_change(
 
 
 def test_shrinking_only_the_pairs_moves_four_weights_just_under_the_bound():
-    from tledge.quant import pairsafe, saturation
+    from lab.quant import pairsafe
+    from tledge.quant import saturation
 
     w = _saturating_weights()
     safe, moved = pairsafe.make_safe(_qdq_conv(w), method="shrink")
@@ -104,7 +112,7 @@ def test_shrinking_only_the_pairs_moves_four_weights_just_under_the_bound():
 def test_observed_activation_bounds_move_nothing_that_cannot_saturate():
     """With activations that never pass 100 (calibration images), 2 x 100 x 127 fits int16: nothing moves; bounded
     by 255 (any input) the same pair's channel changes."""
-    from tledge.quant import pairsafe
+    from lab.quant import pairsafe
 
     w = np.zeros((2, 4, 1, 1), np.int64)
     w[0, 0:2] = 127
@@ -116,7 +124,7 @@ def test_observed_activation_bounds_move_nothing_that_cannot_saturate():
 
 
 def test_bias_correction_puts_the_changes_mean_effect_back():
-    from tledge.quant import pairsafe
+    from lab.quant import pairsafe
 
     w = np.zeros((2, 4, 1, 1), np.int64)
     w[1, 2:4] = 120
@@ -131,7 +139,7 @@ def test_bias_correction_puts_the_changes_mean_effect_back():
 
 
 def test_shrink_pairs_balanced_and_larger_first():
-    from tledge.quant.pairsafe import shrink_pairs
+    from lab.quant.pairsafe import shrink_pairs
 
     w = np.array([[127, 127, 127, 1, -3]])
     a = np.full(5, 255)
@@ -163,32 +171,10 @@ def _float_model(path):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
 
 
-def test_quantize_int8_ships_pair_safe_u8s8_where_u8s8_saturates(tmp_path):
-    """A file whose U8S8 pair sums saturate was written with uint8 weights (U8U8: onnxruntime's 2.8x slower
-    convolutions); now it keeps int8 weights made pair-safe, and the replay finds nothing over int16."""
-    from tledge.export import onnx as ox
-    from tledge.quant import saturation
-
-    src = tmp_path / "fp32.onnx"
-    _float_model(src)
-    calib = np.random.default_rng(4).uniform(0, 1, (16, 3, 6, 6)).astype(np.float32)
-    calib[:4] = 1.0  # the largest activations, in the first images the convolutions' replay uses
-    plain = tmp_path / "u8s8.onnx"
-    ox.quantize_int8(src, plain, calib, scheme=ox.SCHEMES["u8s8"])
-    assert any(lay.saturated for lay in saturation.check(plain.read_bytes(), calib))
-    auto = tmp_path / "auto.onnx"
-    used = ox.quantize_int8(src, auto, calib)
-    assert (used.activations, used.weights) == ("uint8", "int8")  # was uint8 weights (U8U8)
-    assert used == ox.SCHEMES[ox.PAIR_SAFE_SCHEME]
-    assert not any(lay.saturated for lay in saturation.check(auto.read_bytes(), calib))
-    assert ox.scheme_of(auto) == used and ox.scheme_of(plain) != used
-    assert "pair-safe" in used.describe()
-
-
 def test_bias_correction_takes_its_images_from_all_the_calibration_classes():
     """The export reads calibration folders class by class: the first 64 images were one class (all ants), and the
     correction was that class's, not the calibration set's."""
-    from tledge.quant import pairsafe
+    from lab.quant import pairsafe
 
     w = np.zeros((2, 4, 1, 1), np.int64)
     w[1, 2:4] = 120
