@@ -1,7 +1,7 @@
-"""Pair-safe U8S8 (tledge.quant.pairsafe) against the u8u8-grid file an export shipped, on both x86 kernel paths.
+"""Pair-safe U8S8 (lab.quant.pairsafe) against the u8u8-grid file an export shipped, on both x86 kernel paths.
 
 For an export folder holding model_fp32.onnx, tledge.json and a model_int8.onnx with uint8 weights on the int8 grid
-(zero point 128; what tledge wrote before pair-safe weights): that file's weights as int8 (exact: minus 128), the
+(zero point 128; what tledge's export writes when a u8s8 pair would saturate): that file's weights as int8 (exact: minus 128), the
 same made pair-safe, and plain `u8u8-grid` / `u8s8` / pair-safe quantisations of the fp32 file on --calib images.
 Each runs on --val images natively and, with --emulate-cpu Haswell, under qemu (benchmarks/ort_emulation.py: AVX2
 without VNNI, the saturating vpmaddubsw kernels). Prints agreement with the fp32 file [95 % Wilson], the photos whose

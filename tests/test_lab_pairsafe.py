@@ -148,29 +148,6 @@ def test_shrink_pairs_balanced_and_larger_first():
     assert shrink_pairs(np.array([[127, -127]]), a[:2], 24575).tolist() == [[96, -96]]  # a Dense layer's headroom
 
 
-def _float_model(path):
-    """pixels (n, 3, 6, 6) -> 1x1 Conv 3->8 + Relu -> 1x1 Conv 8->4 whose first two weights of each output channel
-    are large and of one sign (their u8 x s8 pair saturates int16) -> Softmax over the channel means."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(3)
-    w1 = rng.uniform(0.2, 1.0, (8, 3, 1, 1)).astype(np.float32)
-    w2 = rng.uniform(-0.1, 0.1, (4, 8, 1, 1)).astype(np.float32)
-    w2[:, 0:2] = 1.0
-    w2[1, 0:2] = -1.0
-    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(np.zeros(8, np.float32), "b1"),
-             numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(np.full(4, 0.1, np.float32), "b2")]
-    nodes = [helper.make_node("Conv", ["pixels", "w1", "b1"], ["c1"], name="c1"),
-             helper.make_node("Relu", ["c1"], ["r1"], name="r1"),
-             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="c2"),
-             helper.make_node("GlobalAveragePool", ["c2"], ["g"], name="gap"),
-             helper.make_node("Flatten", ["g"], ["f"], name="flat"),
-             helper.make_node("Softmax", ["f"], ["scores"], name="softmax")]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["n", 3, 6, 6])],
-                          [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n", 4])], initializer=inits)
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
-
-
 def test_bias_correction_takes_its_images_from_all_the_calibration_classes():
     """The export reads calibration folders class by class: the first 64 images were one class (all ants), and the
     correction was that class's, not the calibration set's."""

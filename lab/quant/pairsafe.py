@@ -8,7 +8,7 @@ Without VNNI, onnxruntime's u8 x s8 kernels (`vpmaddubsw`) add two neighbouring 
 (im2col order (kh, kw, cin), cin fastest; a MatMul's K) into a saturating int16 (tledge.quant.saturation). Both
 activations are >= 0, so a pair can only saturate when its two weights have the same sign; it cannot when
 `a1 * |w1| + a2 * |w2| <= limit`, a1, a2 the largest uint8 values those two input positions take (255 on any
-input). tledge fell back to uint8 weights (U8U8, exact everywhere) when any pair saturated, and onnxruntime's U8U8
+input). tledge falls back to uint8 weights (U8U8, exact everywhere) when any pair saturated, and onnxruntime's U8U8
 convolutions take 2.8x the time of U8S8 ones. Here only the output channels with a pair over the bound change: each
 is rounded again on a grid just coarse enough (scale x need / limit, at most about 2x: 7 bits for that channel),
 a pair still over after rounding is shrunk towards zero, and the change's mean effect goes into the int32 bias

@@ -14,8 +14,8 @@ Rungs (`LADDER`, in order of cost, each one's seconds recorded):
   2. `repaired-stem6` (CPU targets only): BN folding, an exact input grid, adaptive rounding + bias
      correction of every kernel on the calibration images (`repair.apply`), the first 6 convolutions
      and what precedes them kept float (selective quantisation). Before the all-int8 repair: cheaper,
-     more faithful, and about as fast on x86 (docs/int8-fidelity.md; it looked faster while the plain files paid a
-     [3]-constant normalisation; 6 rather than 4 since the eighteenth session:
+     more faithful, and about as fast on x86 on LiteRT (docs/int8-fidelity.md; it looked faster while the plain
+     files paid a [3]-constant normalisation; 6 rather than 4 since the eighteenth session:
      "The float stem: 6 convolutions"); for ONNX then `repaired-stem6+translated`: that rung's int8 TFLite file
      translated to ONNX (tledge.export.onnx_translate), so the ONNX file computes the grids the repair simulated.
      A translated rung whose TFLite file the TFLite ladder already built moves up to just after the first repair
