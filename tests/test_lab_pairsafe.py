@@ -1,5 +1,5 @@
 """Pair-safe s8 weights (lab.quant.pairsafe): a QDQ U8S8 file whose u8 x s8 pair sums cannot saturate the AVX2
-kernels, moving as few weights as it must (lab.quant.pairsafe: not in the export, OpenCV 5.1 cannot load its files as written)."""
+kernels, moving as few weights as it must (lab.quant.pairsafe: not in the export)."""
 import sys
 
 import numpy as np

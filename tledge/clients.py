@@ -66,7 +66,9 @@ def measure(folder: Path, files: Sequence[str], pixels: np.ndarray, reference: n
 
 # the first onnxruntime release implementing each ONNX opset / IR version (onnxruntime's docs/Versioning.md); NVIDIA's
 # onnxruntime-gpu builds for JetPack 5/6 are 1.16-1.20, OpenCV's dnn parses tledge's opset 17 files from 4.7 on
-# (measured: 4.5.5 and 4.6 refuse Clip with three inputs and DequantizeLinear) and int16 tensors from 5.0 on
+# (measured: 4.5.5 and 4.6 refuse Clip with three inputs and DequantizeLinear) and int16 tensors from 5.0 on; an int8
+# file with int8 weights loads in OpenCV 5.1 because tledge writes an int8-weight Gemm's bias as a float constant
+# (tledge.quant.constadds.float_gemm_biases; tests/test_onnx_gemm_bias.py)
 ORT_FOR_OPSET = {17: "1.13", 18: "1.14", 19: "1.15", 20: "1.17", 21: "1.18", 22: "1.21"}
 ORT_FOR_IR = {8: "1.13", 9: "1.15", 10: "1.18"}
 

@@ -1,8 +1,9 @@
 """Pair-safe s8 weights: a QDQ U8S8 file whose u8 x s8 pair sums cannot saturate onnxruntime's AVX2 kernels.
 
 A LAB EXPERIMENT, not in the export: it holds on both x86 kernel paths and makes int8 ONNX files faster than fp32,
-but OpenCV 5.1's dnn cannot load onnxruntime's U8S8 files as written (a Gemm head's int32 bias), and on the zoo
-it lost fidelity (docs/int8-fidelity.md, "Pair-safe U8S8").
+but on the zoo it lost fidelity (docs/int8-fidelity.md, "Pair-safe U8S8"). (OpenCV 5.1's dnn refused onnxruntime's U8S8
+files as written, a Gemm head's int32 bias; quantize_int8 now writes that bias as a float constant, which the bias
+correction here does not touch.)
 
 Without VNNI, onnxruntime's u8 x s8 kernels (`vpmaddubsw`) add two neighbouring products of the reduction axis
 (im2col order (kh, kw, cin), cin fastest; a MatMul's K) into a saturating int16 (tledge.quant.saturation). Both

@@ -182,7 +182,8 @@ def quantize_int8(fp32_path: Path, dst: Path, calib: np.ndarray, *, method: str 
     """onnxruntime static QDQ, the final Softmax kept in float so probabilities are not rounded to
     1/256. Without `scheme`: U8S8 (fastest, exact on VNNI and ARM) unless the file's own pair sums
     saturate the AVX2 u8 x s8 kernels on the calibration images (tledge.quant.saturation); then U8U8
-    with conv weights on the symmetric int8 grid, which every x86 path and ARM compute exactly.
+    with conv weights on the symmetric int8 grid, which every x86 path and ARM compute exactly. An int8-weight Gemm's
+    bias is written float (tledge.quant.constadds.float_gemm_biases: OpenCV 5.1 refused it as an int32 DequantizeLinear).
     The graph is pre-processed once and calibrated once (the activation ranges do not depend on the
     scheme); `calib_cache`: a folder keeping those ranges across calls, keyed by the pre-processed
     graph and the method - the caller guarantees the same `calib` for one folder. `overrides`: extra
@@ -223,7 +224,7 @@ def _quantize(pre: Path, dst: Path, calib: np.ndarray, method: str, nodes_to_exc
     (read when it exists, written otherwise); `ranges_of`: activation range overrides (tledge.quant.ranges), which
     every other override of a tensor replaces."""
     from tledge.quant import pixelgrid
-    from tledge.quant.constadds import constant_adds
+    from tledge.quant.constadds import constant_adds, float_gemm_biases
 
     onnx = require("onnx", extra="export")
     q = require("onnxruntime.quantization", extra="export")
@@ -248,6 +249,9 @@ def _quantize(pre: Path, dst: Path, calib: np.ndarray, method: str, nodes_to_exc
     except Exception as exc:
         raise_if_disk(exc)
         raise ExportError(f"ONNX int8 quantisation failed: {str(exc).strip().splitlines()[-1][:400]}") from None
+    quantized = onnx.load(str(dst))
+    if float_gemm_biases(quantized):  # an int8-weight Gemm's int32 bias as float: else OpenCV 5.1 refuses the file
+        onnx.save(quantized, str(dst))
 
 
 def _grid_overrides(model_path: Path) -> dict:

@@ -167,29 +167,9 @@ def _float_constants(graph) -> int:
     as the DequantizeLinear would). OpenCV 5.1 refuses a Gemm whose bias is not a constant ("bufidx >= 0 in function
     'argTensor'") and runs a baked preprocessing's int8 Mul / Add with a wrong output (the tiny model: top-1 agreement
     with onnxruntime 0.67); onnxruntime's own QDQ files keep these float too. Returns the constants folded."""
-    from onnx import numpy_helper
+    from tledge.quant.constadds import fold_dequantized
 
-    inits = {i.name: i for i in graph.initializer}
-    consumers: dict[str, list] = {}
-    for n in graph.node:
-        for k, i in enumerate(n.input):
-            consumers.setdefault(i, []).append((n.op_type, k))
-    folded = 0
-    for dq in [n for n in graph.node if n.op_type == "DequantizeLinear"]:
-        uses = consumers.get(dq.output[0], [])
-        if not uses or not all(op in _ELEMENTWISE or (op == "Gemm" and k == 2) for op, k in uses) \
-                or not all(i in inits for i in dq.input):
-            continue
-        q, scale, zp = [numpy_helper.to_array(inits[i]) for i in dq.input] + [np.zeros((), np.int64)] * (3 - len(dq.input))
-        if scale.size > 1:  # per-axis: along `axis` (default 1)
-            axis = next((a.i for a in dq.attribute if a.name == "axis"), 1) % q.ndim
-            shape = [-1 if d == axis else 1 for d in range(q.ndim)]
-            scale, zp = scale.reshape(shape), (zp.reshape(shape) if zp.size > 1 else zp)
-        value = (q.astype(np.int64) - zp.astype(np.int64)).astype(np.float32) * scale.astype(np.float32)
-        graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), dq.output[0]))
-        graph.node.remove(dq)
-        folded += 1
-    return folded
+    return fold_dequantized(graph, lambda n, k: n.op_type in _ELEMENTWISE or (n.op_type == "Gemm" and k == 2))
 
 
 def _check_batch(model, x: np.ndarray) -> None:
