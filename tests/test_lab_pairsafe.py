@@ -161,3 +161,43 @@ def test_bias_correction_takes_its_images_from_all_the_calibration_classes():
     safe, _ = pairsafe.make_safe(data, pixels, images=64)
     mean_shift = (_run(safe, pixels) - _run(data, pixels)).mean(axis=(0, 2, 3))
     assert abs(mean_shift[1]) <= _init(safe, "ws")[1] / 2 + 1e-3, mean_shift  # the whole set's mean output kept
+
+
+def _qdq_gemm(w: np.ndarray, bias: np.ndarray) -> bytes:
+    """x (n, cin) float -> Q/DQ uint8 (scale 1, zp 0) -> Gemm (transB) with int8 weights w (cout, cin) and a FLOAT
+    bias: what quantize_int8 writes for a Dense head (tledge.quant.constadds.float_gemm_biases)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    cout, cin = w.shape
+    inits = [helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+             helper.make_tensor("zu", TensorProto.UINT8, [], [0]),
+             numpy_helper.from_array(np.full(cout, 0.5, np.float32), "ws"),
+             numpy_helper.from_array(np.zeros(cout, np.int8), "wz"),
+             numpy_helper.from_array(w.astype(np.int8), "w_quantized"),
+             numpy_helper.from_array(bias.astype(np.float32), "b")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "one", "zu"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "one", "zu"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w_quantized", "ws", "wz"], ["wd"], axis=0),
+             helper.make_node("Gemm", ["xd", "wd", "b"], ["y"], name="head", transB=1)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", cin])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", cout])], initializer=inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
+
+
+def test_bias_correction_moves_a_float_gemm_bias():
+    """quantize_int8 writes a Dense head's bias as a float constant (for OpenCV): the correction went only into int32
+    biases, so a Gemm's mean output moved by the coarsened weights' whole effect."""
+    from lab.quant import pairsafe
+
+    w = np.zeros((2, 4), np.int64)
+    w[1, 2:4] = 120  # one same-sign pair at 2 x 200 x 120 = 48000: over the Gemm's headroom
+    w[1, 0] = 7
+    data = _qdq_gemm(w, np.zeros(2))
+    pixels = np.full((32, 4), 200.0, np.float32)
+    safe, moved = pairsafe.make_safe(data, pixels)
+    assert moved and moved[0].node == "head"
+    unfixed, _ = pairsafe.make_safe(data)
+    assert np.array_equal(_init(unfixed, "w_quantized"), _init(safe, "w_quantized"))  # the same weights either way
+    shift = np.abs((_run(safe, pixels) - _run(data, pixels)).mean(axis=0))
+    before = np.abs((_run(unfixed, pixels) - _run(data, pixels)).mean(axis=0))
+    assert before[1] > 10 and shift[1] <= _init(safe, "ws")[1] / 2 + 1e-3, (shift, before)

@@ -3,7 +3,7 @@
 A LAB EXPERIMENT, not in the export: it holds on both x86 kernel paths and makes int8 ONNX files faster than fp32,
 but on the zoo it lost fidelity (docs/int8-fidelity.md, "Pair-safe U8S8"). (OpenCV 5.1's dnn refused onnxruntime's U8S8
 files as written, a Gemm head's int32 bias; quantize_int8 now writes that bias as a float constant, which the bias
-correction here does not touch.)
+correction here moves in float units.)
 
 Without VNNI, onnxruntime's u8 x s8 kernels (`vpmaddubsw`) add two neighbouring products of the reduction axis
 (im2col order (kh, kw, cin), cin fastest; a MatMul's K) into a saturating int16 (tledge.quant.saturation). Both
@@ -52,6 +52,7 @@ class _Layer:
     scale: str  # its per-channel (or per-tensor) scale initializer
     wk: np.ndarray  # (O, K) int32 in the kernels' reduction order
     bias: tuple[str, str] | None  # the int32 bias initializer and its scale (Conv / Gemm input 2 through a DQ)
+    float_bias: tuple[str, str] | None = None  # a float bias initializer (quantize_int8's Gemm) and the input's scale
 
 
 def make_safe(qdq_bytes: bytes, pixels: np.ndarray | None = None, *, method: str = "coarsen", observed: bool = False,
@@ -83,6 +84,11 @@ def make_safe(qdq_bytes: bytes, pixels: np.ndarray | None = None, *, method: str
         new = shrink_pairs(np.rint(ly.wk / grow[:, None]).astype(np.int64), amax, limit)
         if np.array_equal(new, ly.wk) and grow.max() == 1.0:
             continue
+        if ly.float_bias is not None and mean is not None:  # float units: old weight steps x input scale
+            steps = numpy_helper.to_array(inits[ly.scale]).astype(np.float64) * \
+                float(numpy_helper.to_array(inits[ly.float_bias[1]]).reshape(-1)[0])
+            fb = numpy_helper.to_array(inits[ly.float_bias[0]]).astype(np.float64)
+            _put(inits, ly.float_bias[0], (fb - (new * grow[:, None] - ly.wk) @ mean * steps).astype(np.float32))
         _put(inits, ly.init, _from_rows(new, numpy_helper.to_array(inits[ly.init]), ly.node).astype(np.int8))
         _widen(inits, ly.scale, grow)
         if ly.bias is not None:
@@ -179,10 +185,12 @@ def _layers(model) -> list[_Layer]:
         bdq = producer.get(node.input[2]) if len(node.input) > 2 else None
         if bdq is not None and bdq.op_type == "DequantizeLinear" and bdq.input[0] in inits and bdq.input[1] in inits:
             bias = (bdq.input[0], bdq.input[1])
-        names = [dq.input[0], dq.input[1], *(bias or ())]
+        fbias = (node.input[2], producer[node.input[0]].input[1]) if bias is None and len(node.input) > 2 \
+            and node.input[2] in inits else None
+        names = [dq.input[0], dq.input[1], *(bias or ()), *(fbias[:1] if fbias else ())]
         if len(dq.input) < 2 or any(n not in inits or uses.get(n, 0) != 1 for n in names):
             continue  # a shared initializer: rescaling it would change another node too
-        out.append(_Layer(node, act, dq.input[0], dq.input[1], _rows(w, node), bias))
+        out.append(_Layer(node, act, dq.input[0], dq.input[1], _rows(w, node), bias, fbias))
     return out
 
 
