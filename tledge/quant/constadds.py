@@ -104,8 +104,9 @@ def float_gemm_biases(model) -> int:
     """Each Gemm of an onnx ModelProto whose weight is dequantised from int8 gets its dequantised (int32) bias as
     a float constant of the same values; the int32 bias and its scale and zero point are dropped. OpenCV 5.1's dnn
     refused such a Gemm ("bufidx >= 0 in function 'argTensor'": onnxruntime's U8S8 files with a Dense head) and
-    loads it with the float bias; onnxruntime quantises a Gemm's float bias back to int32 with the same scale
-    (activation scale x weight scale) and keeps its QGemm (docs/int8-fidelity.md, "What OpenCV refuses").
+    loads it with the float bias; onnxruntime 1.31 quantises a Gemm's float bias back to int32 with the same scale
+    (activation scale x weight scale) and keeps its QGemm, 1.17 runs that Gemm in float between its Q / DQ
+    (docs/int8-fidelity.md, "What OpenCV refuses").
     Returns the biases folded."""
     import numpy as np
 
