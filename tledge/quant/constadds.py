@@ -88,11 +88,11 @@ def fold_dequantized(graph, takes) -> int:
     return folded
 
 
-def prune_initializers(graph) -> int:
-    """Drop the initializers of an onnx GraphProto no node and no graph output reads (onnxruntime warns about each
-    when it loads the file). Returns how many."""
+def prune_initializers(graph, among=None) -> int:
+    """Drop the initializers of an onnx GraphProto (only those named in `among`, when given) that no node and no
+    graph output reads (onnxruntime warns about each when it loads the file). Returns how many."""
     used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    keep = [i for i in graph.initializer if i.name in used]
+    keep = [i for i in graph.initializer if i.name in used or (among is not None and i.name not in among)]
     dropped = len(graph.initializer) - len(keep)
     if dropped:
         del graph.initializer[:]
@@ -120,7 +120,8 @@ def float_gemm_biases(model) -> int:
         return dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits and \
             helper.tensor_dtype_to_np_dtype(inits[dq.input[0]].data_type) == np.int8
 
+    read = {i for n in model.graph.node if n.op_type == "DequantizeLinear" for i in n.input}
     folded = fold_dequantized(model.graph, lambda n, k: n.op_type == "Gemm" and k == 2 and int8_weight(n))
     if folded:
-        prune_initializers(model.graph)
+        prune_initializers(model.graph, among=read)  # the folded biases' own, nothing else of the quantiser's
     return folded
