@@ -39,3 +39,40 @@ def test_a_file_with_int16_activations_says_what_it_takes(tmp_path):
     section = {"opencv": {"version": "5", "images": 0, "files": [], "readers": {"model_int8.onnx": r}}}
     (note,) = clients.notes(section)
     assert note.startswith("model_int8.onnx takes onnxruntime >= 1.18 (opset 21") and "JetPack" in note
+
+
+def test_a_file_the_measured_opencv_refuses_is_not_said_to_load_in_it(tmp_path):
+    """OpenCV 5.1 refuses a U8S8 file whose int16 activation feeds the int8-weight Gemm (docs/int8-fidelity.md, "What
+    OpenCV refuses": the tiny model with its last ReLU int16); by its opset and tensor types alone onnx_readers says OpenCV 5.0 reads it. The Clients section
+    must report the refusal on the readers line too, not "OpenCV dnn >= 5.0" under a table saying it cannot load it."""
+    cv2 = pytest.importorskip("cv2")
+    import onnx
+    from onnxruntime.quantization import QuantType
+
+    from tledge.export.onnx import SCHEMES, quantize_int8
+
+    src = onnx.load(str(TINY / "model_fp32.onnx"))
+    last_relu = [n.output[0] for n in src.graph.node if n.op_type in ("Relu", "Clip")][-1]
+    calib = np.load(TINY / "golden.npz")["pixels"][:8].astype(np.float32)
+    dst = tmp_path / "model_int8.onnx"
+    quantize_int8(TINY / "model_fp32.onnx", dst, calib, scheme=SCHEMES["u8s8"],
+                  overrides={last_relu: [{"quant_type": QuantType.QInt16}]})
+    q = onnx.load(str(dst))
+    del q.metadata_props[:]
+    q.metadata_props.extend(src.metadata_props)  # the contract tledge run loads it by
+    onnx.save(q, str(dst))
+    try:
+        net = cv2.dnn.readNetFromONNX(str(dst))
+        net.setInput(calib[:1])
+        net.forward()  # 5.1 refuses it here, not when reading
+        pytest.skip(f"OpenCV {cv2.__version__} runs this file")
+    except cv2.error:
+        pass
+    section = {"opencv": clients.opencv(tmp_path, ["model_int8.onnx"], calib)}
+    r = section["opencv"]["readers"]["model_int8.onnx"]
+    assert r["opencv"] is None and r["opencv_refused"] == cv2.__version__, r
+    text = "\n".join(clients.markdown(section))
+    assert "cannot load or run it" in text and f"OpenCV dnn {cv2.__version__} refused it" in text
+    assert "OpenCV dnn >=" not in text
+    notes = clients.notes(section)
+    assert any("cannot load or run it" in n for n in notes) and not any("OpenCV dnn >=" in n for n in notes), notes

@@ -88,7 +88,8 @@ def onnx_readers(path: Path) -> dict:
 
 def _readers_text(r: dict) -> str:
     ort = f"onnxruntime >= {r['onnxruntime']}" if r.get("onnxruntime") else "a recent onnxruntime"
-    return f"{ort} (opset {r['opset']}, IR {r['ir']}), OpenCV dnn >= {r['opencv']}"
+    cv = f"OpenCV dnn >= {r['opencv']}" if r.get("opencv") else f"OpenCV dnn {r.get('opencv_refused')} refused it"
+    return f"{ort} (opset {r['opset']}, IR {r['ir']}), {cv}"
 
 
 OPENCV_IMAGES = 64  # cv2.dnn runs image by image: an even sample of the parity images bounds its cost
@@ -128,6 +129,9 @@ def opencv(folder: Path, files: Sequence[str], pixels: np.ndarray, threads: int 
                 theirs.append(np.asarray(net.forward(), np.float32).reshape(-1))
         except cv2.error as exc:  # OpenCV refusing a file is a finding, not a crash
             section["files"].append({"file": name, "error": " ".join(str(exc).split())[-200:]})
+            if "opencv" in section["readers"][name]:  # by opset it would read: this version refused it
+                section["readers"][name]["opencv"] = None
+                section["readers"][name]["opencv_refused"] = cv2.__version__
             continue
         theirs_a = np.stack(theirs)
         section["agreement_of"] = decision_name(model.contract.independent)
@@ -209,7 +213,7 @@ def notes(section: dict) -> list[str]:
                 out.append(f"{r['file']}: {client.strip()} agrees with tledge run on only {r['tledge']}/{n} images; "
                            "see parity.md")
     for f, r in ((section.get("opencv") or {}).get("readers") or {}).items():  # beyond what the usual files take
-        if r.get("opset", 0) > 17 or r.get("opencv") != "4.7":
+        if r.get("opset", 0) > 17 or r.get("opencv") not in ("4.7", None):  # None: its refusal is noted above
             out.append(f"{f} takes {_readers_text(r)}: older ones (NVIDIA's onnxruntime-gpu 1.16-1.17 for JetPack, a "
                        "distribution's OpenCV 4.x) cannot load it; see parity.md")
     return out
