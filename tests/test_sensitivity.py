@@ -61,12 +61,14 @@ def test_chosen_layers_are_precise_in_both_files(graphs, tiny_model):
     ev = sensitivity.Evaluator(sensitivity.run(src.read_bytes(), calib[held]), calib[held])
     sel = sensitivity.choose(bad, ev, aim=2.0, max_float_macs=1.0, max_layers=2)
     assert sorted(sel.layers) == sorted([cands[0].layer, cands[2].layer])
-    # ONNX: the chosen activations are int16 QDQ, the others stay 8-bit
+    # ONNX: the chosen activations are int16 QDQ, or float (a Clip to the int16 range) where an int8-weight Conv
+    # writes or reads them (for OpenCV: tledge.quant.int16convs); the others stay 8-bit
     quantize(src, d / "mixed.onnx", calib, overrides=sensitivity.onnx_overrides(sel))
     m = onnx.load(str(d / "mixed.onnx"))
     zp_type = {i.name: i.data_type for i in m.graph.initializer}
     q_type = {n.input[0]: zp_type[n.input[2]] for n in m.graph.node if n.op_type == "QuantizeLinear"}
-    assert all(q_type[t] == onnx.TensorProto.INT16 for t in sel.tensors)
+    clipped = {n.input[0] for n in m.graph.node if n.op_type == "Clip"}
+    assert all(q_type[t] == onnx.TensorProto.INT16 if t in q_type else t in clipped for t in sel.tensors)
     assert any(v == onnx.TensorProto.UINT8 for v in q_type.values())
     # TFLite: the chosen layers' ops are float (float32 outputs), the rest int8
     cal = selective.calibrate_tflite(tiny_model["model"], calib)

@@ -68,7 +68,11 @@ def measure(folder: Path, files: Sequence[str], pixels: np.ndarray, reference: n
 # onnxruntime-gpu builds for JetPack 5/6 are 1.16-1.20, OpenCV's dnn parses tledge's opset 17 files from 4.7 on
 # (measured: 4.5.5 and 4.6 refuse Clip with three inputs and DequantizeLinear) and int16 tensors from 5.0 on; an int8
 # file with int8 weights loads in OpenCV 5.1 because tledge writes an int8-weight Gemm's bias as a float constant
-# (tledge.quant.constadds.float_gemm_biases; tests/test_onnx_gemm_bias.py)
+# (tledge.quant.constadds.float_gemm_biases; tests/test_onnx_gemm_bias.py) and an int16 activation that an int8-weight
+# Conv writes or reads as a float Clip (5.1 fuses that Conv as 8-bit whatever its activations: it refused such a file or,
+# int16 between two Convs, ran it with top-1 = onnxruntime on 29 of 64 photos; tledge.quant.int16convs,
+# tests/test_onnx_int16_opencv.py). Such a file keeps opset 21 (onnxruntime >= 1.18) but, with no int16 tensor left,
+# ran in OpenCV 4.8 and 4.10 (measured); int16 files left (uint8 weights, int16 between other ops) need 5.0
 ORT_FOR_OPSET = {17: "1.13", 18: "1.14", 19: "1.15", 20: "1.17", 21: "1.18", 22: "1.21"}
 ORT_FOR_IR = {8: "1.13", 9: "1.15", 10: "1.18"}
 

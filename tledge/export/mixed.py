@@ -76,7 +76,7 @@ def tflite_keep(calibrated: bytes, layers) -> tuple[list[str], list[str]]:
 
 def contract_extra(sel, kind: str) -> dict:
     """What the file's contract records: every candidate layer's final precision."""
-    high = "float" if kind == "tflite" else "int16 activations (float op on int8 weights)"
+    high = "float" if kind == "tflite" else "int16 or float activations (float op on int8 weights)"
     return {"float_layers": list(sel.layers), "layer_precision": sel.precision(high),
             "sensitivity": sel.summary()}
 
@@ -92,7 +92,8 @@ def left_int8(applied: dict, names) -> None:
 
 
 def note(file: str, sel, kind: str, unmatched: list[str]) -> str:
-    how = "kept float (denylisted ops)" if kind == "tflite" else "int16 activations (TensorQuantOverrides)"
+    how = "kept float (denylisted ops)" if kind == "tflite" else \
+        "int16 activations (TensorQuantOverrides), float where an int8-weight Conv writes or reads them"
     text = f"{file}: {sel.summary()}; in the file: {how}"
     if unmatched:
         text += f"; not found in the TFLite graph (left int8): {', '.join(unmatched)}"

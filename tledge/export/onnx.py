@@ -183,7 +183,8 @@ def quantize_int8(fp32_path: Path, dst: Path, calib: np.ndarray, *, method: str 
     1/256. Without `scheme`: U8S8 (fastest, exact on VNNI and ARM) unless the file's own pair sums
     saturate the AVX2 u8 x s8 kernels on the calibration images (tledge.quant.saturation); then U8U8
     with conv weights on the symmetric int8 grid, which every x86 path and ARM compute exactly. An int8-weight Gemm's
-    bias is written float (tledge.quant.constadds.float_gemm_biases: OpenCV 5.1 refused it as an int32 DequantizeLinear).
+    bias is written float (tledge.quant.constadds.float_gemm_biases: OpenCV 5.1 refused it as an int32 DequantizeLinear),
+    and so is an int16 activation (`overrides`) that an int8-weight Conv writes or reads (tledge.quant.int16convs).
     The graph is pre-processed once and calibrated once (the activation ranges do not depend on the
     scheme); `calib_cache`: a folder keeping those ranges across calls, keyed by the pre-processed
     graph and the method - the caller guarantees the same `calib` for one folder. `overrides`: extra
@@ -225,6 +226,7 @@ def _quantize(pre: Path, dst: Path, calib: np.ndarray, method: str, nodes_to_exc
     every other override of a tensor replaces."""
     from tledge.quant import pixelgrid
     from tledge.quant.constadds import constant_adds, float_gemm_biases
+    from tledge.quant.int16convs import float_int16_at_int8_convs
 
     onnx = require("onnx", extra="export")
     q = require("onnxruntime.quantization", extra="export")
@@ -250,7 +252,10 @@ def _quantize(pre: Path, dst: Path, calib: np.ndarray, method: str, nodes_to_exc
         raise_if_disk(exc)
         raise ExportError(f"ONNX int8 quantisation failed: {str(exc).strip().splitlines()[-1][:400]}") from None
     quantized = onnx.load(str(dst))
-    if float_gemm_biases(quantized):  # an int8-weight Gemm's int32 bias as float: else OpenCV 5.1 refuses the file
+    folded = float_gemm_biases(quantized)  # an int8-weight Gemm's int32 bias as float: else OpenCV 5.1 refuses the file
+    # an int16 activation an int8-weight Conv writes or reads: float (a Clip to its range), else OpenCV 5.1 refuses
+    # the file or runs it wrong
+    if float_int16_at_int8_convs(quantized) or folded:
         onnx.save(quantized, str(dst))
 
 

@@ -15,7 +15,9 @@
 - `unfused`: onnxruntime sessions that run a graph as written (optimisation off), inner tensors as outputs;
 - `kernels`: each int8 ONNX file on onnxruntime's x86 kernel paths at export (a note with the CPU flags);
 - `sensitivity`: which activations to keep precise (leave-one-out on the QDQ graph, held-out calibration
-  images, greedy by gain per float cost) and how (TFLite float ops, ONNX int16 activations).
+  images, greedy by gain per float cost) and how (TFLite float ops, ONNX int16 activations);
+- `int16convs`: an int16 activation an int8-weight Conv writes or reads is written float, clipped to its range
+  (OpenCV 5.1 computes that Conv as 8-bit: it refused such files or ran them wrong); every ONNX int8 file.
 
 Keras-level techniques (any loader, through `rebuild` for tf_keras files):
 - `repair`: BN folding, an exact input grid, adaptive rounding + bias correction of every kernel;

@@ -25,7 +25,9 @@ and only the `max_trials` noisiest are measured.
 A unit is an activation tensor plus the pass-through tensors after it (Pad, Reshape: same grid).
 Keeping it precise means, in the files:
 - ONNX (`onnx_overrides`): the tensors get int16 QDQ (TensorQuantOverrides); onnxruntime has no
-  int16 Conv kernel, so its producer and consumers run in float on int8 weights. Excluding a node
+  int16 Conv kernel, so its producer and consumers run in float on int8 weights. Where an int8-weight
+  Conv writes or reads one, quantize_int8 writes it float, a Clip to the int16 range (what `bypass`
+  simulates; OpenCV 5.1 refused or miscomputed the int16 pair: tledge.quant.int16convs). Excluding a node
   instead (`nodes_to_exclude`) does not work mid-graph: onnxruntime re-quantises an excluded Conv's
   float weights per tensor at load (WeightBiasQuantization).
 - TFLite (`tflite_keep_float`): its producer and consumers are denylisted (float ops), matched by
