@@ -56,3 +56,58 @@ def test_the_first_name_is_what_a_fresh_tf2onnx_starts_at():
     got = subprocess.run([sys.executable, "-c", "import tf2onnx.convert, tf2onnx.utils as u; print(u.INTERNAL_NAME)"],
                          capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert got.returncode == 0 and int(got.stdout.split()[-1]) == FIRST_NAME, got.stderr[-2000:]
+
+
+def _relu6_twice(first: str, second: str):
+    """Two Relu6 Clips sharing tf2onnx's folded min / max constants, named after `first` or `second` Clip (what its
+    constant folding does, by whichever reader a set yields first), with a made-name node between them."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    lo, hi = f"{first}/Relu6_min__{len(second)}", f"{second}/Relu6_max__{len(first) * 7}"
+    nodes = [helper.make_node("Clip", ["x", lo, hi], ["a"], name="a/Relu6"),
+             helper.make_node("Mul", ["a", "two"], [f"mul__{len(first)}:0"], name=f"mul__{len(first)}"),
+             helper.make_node("Clip", [f"mul__{len(first)}:0", lo, hi], ["y"], name="b/Relu6")]
+    inits = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in ((hi, 6.0), ("two", 2.0), (lo, 0.0))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_a_shared_folded_constant_gets_the_same_name_whoever_tf2onnx_named_it_after():
+    """On a real MobileNet two exports were not byte-identical, in one process or two: tf2onnx's constant folding
+    named the Relu6 Clips' shared min / max after whichever Clip a set yielded first. The same graph named both ways
+    gives the same bytes, and computes what it did."""
+    import onnxruntime as ort
+
+    from tledge.export import onnx_names
+
+    models = [_relu6_twice("a", "bbbb"), _relu6_twice("bbbb", "a")]
+    x = np.array([-3, 1, 2.5, 9], np.float32)
+    before = [ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0] for m in models]
+    assert models[0].SerializeToString() != models[1].SerializeToString()
+    for m in models:
+        assert len(onnx_names.shared_constants(m)) == 2
+        onnx_names.in_graph_order(m)
+    assert models[0].SerializeToString() == models[1].SerializeToString()
+    after = ort.InferenceSession(models[0].SerializeToString()).run(None, {"x": x})[0]
+    assert np.array_equal(after, before[0]) and np.array_equal(after, before[1])
+    names = sorted(i.name for i in models[0].graph.initializer)  # after the first reader in graph order and its slot
+    assert [n.split("__")[0] for n in names] == ["a/Relu6_in1", "a/Relu6_in2", "two"], names
+
+
+def test_a_real_mobilenet_converts_to_the_same_onnx_bytes_twice(shared_assets):
+    """The real case: MobileNet v1 0.25 with the shared ImageNet weights (its Relu6 Clips share folded constants),
+    converted twice in one process."""
+    import keras
+    from realdata import WEIGHTS
+
+    from tledge.contract import Contract
+    from tledge.export.onnx import convert_fp32
+    from tledge.export.rungs import serve
+
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNet(input_shape=(96, 96, 3), alpha=0.25, include_top=False, pooling="avg",
+                                         weights=str(shared_assets / WEIGHTS))
+    contract = Contract(96, 96, norm="tf", baked=False)
+    first, second = (convert_fp32(serve(model, contract), contract).SerializeToString() for _ in range(2))
+    assert first == second

@@ -19,8 +19,8 @@ import numpy as np
 
 from tledge._deps import require
 from tledge.errors import ExportError, warnings_not_errors
-from tledge.export import (onnx_describe, onnx_fakequant, onnx_pads, onnx_prep, onnx_reshapes, onnx_scalars,
-                           onnx_tfops)
+from tledge.export import (onnx_describe, onnx_fakequant, onnx_names, onnx_pads, onnx_prep, onnx_reshapes,
+                           onnx_scalars, onnx_tfops)
 from tledge.export.names import INPUT_NAME, OUTPUT_NAME
 from tledge.io import raise_if_disk, shape_inference_scratch
 
@@ -106,6 +106,8 @@ def convert_fp32(serve, contract):
     onnx_reshapes.drop_identity(model)  # what tf2onnx writes for transposes of 1x1 maps, once they cancel
     onnx_prep.tile_constants(model)  # a per-channel normalisation on NHWC pixels: constants tiled to [W, C]
     onnx_fakequant.as_float(model)  # a QAT model's fake-quant pairs: onnxruntime would quantise its float weights
+    onnx_names.shared_constants(model)  # tf2onnx's run-dependent names: the same model, the same bytes
+    onnx_names.in_graph_order(model)
     return _rename_io(model)
 
 
@@ -115,8 +117,8 @@ FIRST_NAME = 2  # tf2onnx's name counter once tf2onnx.convert is imported (it ma
 def fresh_names() -> None:
     """tf2onnx numbers the names it makes (`mul_1__6`, `const_fold_opt__21`) from a counter of its module, never reset:
     a second export in one process wrote the same model with other names (`mul_1__29`), so not the same bytes. Called
-    before each conversion, it starts every one where a fresh process starts its first. (A real model's files still
-    differ by the name tf2onnx's constant folding gives a shared constant: docs/onnx-files.md.)"""
+    before each conversion, it starts every one where a fresh process starts its first. (The name tf2onnx's constant
+    folding gives a shared constant changes from run to run too: convert_fp32 renames it, onnx_names.shared_constants.)"""
     require("tf2onnx.utils", extra="export").INTERNAL_NAME = FIRST_NAME
 
 

@@ -1,7 +1,8 @@
-"""Names of a graph tf2onnx's TFLite reader made, numbered in graph order. That reader visits some nodes in an order
-that changes from run to run (sets of node objects), so the numbers of the names it makes (`zero_point__84` or
-`zero_point__15`) and the order of the initializers differed between two translations of the same file: the same
-graph, other bytes. Only names and the initializer order change: what the graph computes does not."""
+"""Names of a graph tf2onnx made, numbered in graph order. Its TFLite reader visits some nodes in an order that changes
+from run to run (sets of node objects), so the numbers of the names it makes (`zero_point__84` or `zero_point__15`)
+and the order of the initializers differed between two translations of the same file: the same graph, other bytes.
+Its constant folding (every tf2onnx conversion) names a shared constant after whichever reader a set yields first
+(`shared_constants`). Only names and the initializer order change: what the graph computes does not."""
 from __future__ import annotations
 
 import re
@@ -37,6 +38,28 @@ def in_graph_order(model) -> None:
     ordered = [type(t).FromString(t.SerializeToString()) for t in ordered]  # (copies: the originals are cleared)
     del graph.initializer[:]
     graph.initializer.extend(ordered)
+
+
+def shared_constants(model) -> dict[str, str]:
+    """tf2onnx's constant folding shares one made constant between several nodes (every Relu6 Clip's min and max, a
+    Pad's zero) and names it after whichever of them a set yields first (`conv_pw_7_relu_1/Relu6_min__118` in one run,
+    `conv_pw_11_relu_1/Relu6_min__178` in the next). Each initializer with a made name that several node inputs read
+    is renamed after its first reader in graph order and that input's slot (`<node>_in1__N`), in place; run
+    `in_graph_order` after it for the numbers. Returns {old: new}."""
+    graph = model.graph
+    inits = {t.name for t in graph.initializer}
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name in inits:
+                readers.setdefault(name, []).append((node, k))
+    new = {name: f"{_MADE.sub('', r[0][0].name)}_in{r[0][1]}__0" for name, r in readers.items()
+           if len(r) > 1 and _MADE.search(name)}
+    for node in graph.node:
+        node.input[:] = [new.get(n, n) for n in node.input]
+    for t in graph.initializer:
+        t.name = new.get(t.name, t.name)
+    return new
 
 
 def _names(graph):
