@@ -110,16 +110,43 @@ def test_savedmodel_export_runs_the_keras_rungs(tiny_model, shapes_dataset, tmp_
         assert extra["int8_repair"] == best["rung"], (extra, best)
 
 
-def test_without_a_float_tflite_file_there_is_no_model(tiny_savedmodel_tflite, tmp_path):
-    """pixel_model needs the export's model_fp32.tflite; missing, it returns None (the graph-level rungs run)."""
-    from types import SimpleNamespace
+def test_without_a_float_tflite_file_the_graph_is_converted_for_the_loop(tiny_savedmodel_tflite, tmp_path):
+    """An export that writes no model_fp32.tflite (`--formats onnx`): the loop converts the export's traced function
+    itself, writes it nowhere, and rebuilds the SavedModel from it (it returned None, so the ONNX-only export of a
+    SavedModel got no weight repair). The copy computes what the fixture export's own model_fp32.tflite computes."""
+    from tledge.export import loader, repair_model
+    from tledge.export.fidelity import FidelityContext
+    from tledge.export.repair_model import tflite_difference
 
-    from tledge.export import repair_model
-
-    _, calib, _ = tiny_savedmodel_tflite
-    ctx = SimpleNamespace(lm=SimpleNamespace(kind="saved_model"), out=tmp_path, calib=calib)
+    res, calib, folder = tiny_savedmodel_tflite
+    lm = loader.load_model(folder / "sm")
+    ctx = FidelityContext(lm, res.contract, None, calib, None, None, None, tmp_path, {})
     model, note = repair_model.pixel_model_and_note(ctx)
-    assert model is None and "no float TFLite file" in note
+    assert model is not None, note
+    assert "rebuilt as Keras 3 from its float TFLite graph" in note
+    assert tflite_difference(model, (res.out / "model_fp32.tflite").read_bytes(), calib[:8])[0] < 1e-4
+    assert list(tmp_path.iterdir()) == []  # converted in memory: nothing written to the export's folder
+    assert ctx.float_tflite() is ctx.float_tflite()  # once: the TFLite graph rungs reuse it
+
+
+def test_onnx_only_savedmodel_export_gets_the_weight_repair(tiny_model, shapes_dataset, tmp_path):
+    """`--formats onnx --int8` of a SavedModel, an impossible budget: the ONNX ladder runs the Keras repair on the
+    model rebuilt from the float TFLite graph, as the both-format export's does (it had only onnx-bias, percentile
+    and sensitive, then fell back to fp32), and the folder holds no TFLite file."""
+    from tledge.export.parity import Thresholds
+    from tledge.export.pipeline import ExportConfig, export
+
+    tiny_model["model"].export(str(tmp_path / "sm"), verbose=False)
+    cfg = ExportConfig(out=tmp_path / "e", formats=("onnx",), int8=True, calib=str(shapes_dataset / "train"),
+                       preprocess="raw", val=str(shapes_dataset / "val"),
+                       thresholds={"int8": Thresholds(max_abs=1e-9, min_agreement=1.0)})
+    with pytest.warns(Warning, match="FALLBACK"):
+        res = export(tmp_path / "sm", cfg)
+    rows = [r for r in res.report.fidelity if r["file"] == "model_int8.onnx"]
+    repaired = [r for r in rows if r["rung"] == "repaired"]
+    assert repaired and "error" not in repaired[0] and repaired[0]["agreement"] >= 0.8, rows
+    assert any("rebuilt as Keras 3 from its float TFLite graph" in n for n in res.report.notes), res.report.notes
+    assert not list((tmp_path / "e").rglob("*.tflite"))
 
 
 def test_every_whitelisted_op_is_rebuilt_equal(tmp_path):

@@ -139,6 +139,7 @@ class FidelityContext:
     explain: bool = False
     traced: tuple | None = None  # (serve, concrete): the export's own loader.trace, traced here when None
     repair_time: float | None = None  # seconds after which no new rung starts (tledge.export.repair_budget)
+    float_tflite_bytes: bytes | None = None  # the fp32 TFLite graph, read or converted once (`float_tflite`)
 
     def trace(self):
         """The export's (serve, concrete function), traced once."""
@@ -147,6 +148,19 @@ class FidelityContext:
         if self.traced is None:
             self.traced = loader.trace(self.lm, self.contract, self.add_norm)
         return self.traced
+
+    def float_tflite(self) -> bytes:
+        """The export's fp32 TFLite graph: its `model_fp32.tflite`, or where the export wrote none (`--formats onnx`)
+        the traced function converted here, once, and written nowhere. The SavedModel rebuild (tledge.export.
+        repair_model) and the TFLite graph rungs start from it: an ONNX-only export of a SavedModel got no Keras
+        rebuild, so no weight repair (`onnx-bias` shipped where the both-format export's file was `repaired-stem6`,
+        and a model no graph rung saves fell back to fp32)."""
+        if self.float_tflite_bytes is None:
+            from tledge.export import tflite
+
+            fp32 = self.out / filename_of("tflite", "fp32")
+            self.float_tflite_bytes = fp32.read_bytes() if fp32.is_file() else tflite.convert(self.trace()[1], "fp32")
+        return self.float_tflite_bytes
 
 
 @dataclass
@@ -360,7 +374,7 @@ def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, cache,
             key = None
     if rung.graph in ("tflite-bias", "tflite-rounding"):  # on the plain file (a repaired file's weights are
         # not the rounding of the fp32 file's: every op would be skipped, and the rung fail)
-        data = cache.tflite_graph(rung.graph, cache.original(ctx.out / plain.file), _float_tflite(ctx), applied)
+        data = cache.tflite_graph(rung.graph, cache.original(ctx.out / plain.file), ctx.float_tflite(), applied)
     elif rung.translated:
         data = cache.onnx_translated(src, rung, applied, key)
     elif kind == "tflite":
@@ -376,16 +390,6 @@ def _attempt(rung: Rung, plain: ParityResult, ctx: FidelityContext, cache,
                          thresholds={precision: _threshold(ctx, plain.file, precision)}, threads=ctx.threads)[0]
     result.file = plain.file
     return result, data, applied
-
-
-def _float_tflite(ctx: FidelityContext) -> bytes:
-    """The export's fp32 TFLite file (converted again only where the export did not write it)."""
-    from tledge.export import tflite
-
-    fp32 = ctx.out / filename_of("tflite", "fp32")
-    if fp32.is_file():
-        return fp32.read_bytes()
-    return tflite.convert(ctx.trace()[1], "fp32")
 
 
 def _threshold(ctx: FidelityContext, name: str, precision: str) -> Thresholds:

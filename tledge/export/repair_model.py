@@ -2,10 +2,11 @@
 
 - Keras 3 models: the model itself, behind the preprocessing the export adds (`ctx.add_norm`);
 - tf_keras models: rebuilt as Keras 3 from their config and weights (tledge.quant.rebuild), checked equal;
-- SavedModels (no Keras model at all): rebuilt from the export's float TFLite file, `model_fp32.tflite`
-  (tledge.quant.from_tflite: data only, a whitelist of ops), checked equal to that file on calibration
-  images. That file was converted from the export's own traced function, so its input is the export's:
-  float pixels with the preprocessing already inside; nothing is added in front of it.
+- SavedModels (no Keras model at all): rebuilt from the export's float TFLite graph, its `model_fp32.tflite` or,
+  where the export writes no TFLite file (`--formats onnx`), the same conversion made for the loop and written
+  nowhere (`FidelityContext.float_tflite`) (tledge.quant.from_tflite: data only, a whitelist of ops), checked
+  equal to that graph on calibration images. It was converted from the export's own traced function, so its
+  input is the export's: float pixels with the preprocessing already inside; nothing is added in front of it.
 
 `pixel_model_and_note(ctx)` also says what was done (for parity.md).
 """
@@ -15,8 +16,8 @@ import warnings
 
 import numpy as np
 
-from tledge.artifacts import filename_of
 from tledge._deps import require
+from tledge.errors import TledgeError
 
 TFLITE_TOLERANCE = 1e-4  # max abs difference to the float TFLite file, x max(1, max |output|)
 CHECK_IMAGES = 8
@@ -79,13 +80,14 @@ def _rebuilt(ctx):
 
 
 def from_float_tflite(ctx) -> tuple[object | None, str]:
-    """The export's fp32 TFLite file rebuilt as Keras 3 and checked equal to it, or (None, why)."""
+    """The export's fp32 TFLite graph (`ctx.float_tflite()`) rebuilt as Keras 3 and checked equal to it, or
+    (None, why)."""
     from tledge.quant import from_tflite
 
-    path = ctx.out / filename_of("tflite", "fp32")
-    if not path.is_file():
-        return None, _missing(ctx, ": no float TFLite file to rebuild it from")
-    data = path.read_bytes()
+    try:
+        data = ctx.float_tflite()  # the export's model_fp32.tflite, or converted for the loop (`--formats onnx`)
+    except TledgeError as exc:
+        return None, _missing(ctx, f": no float TFLite graph to rebuild it from ({str(exc)[:120]})")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
