@@ -274,3 +274,41 @@ def test_a_chosen_layer_the_tflite_graph_lacks_is_recorded_int8(tiny_model, shap
     extra = read_tflite_contract(made[-1]).extra
     assert extra["int8_repair"] == "repaired+sensitive" and "not_in_graph_1" in extra["layers_left_int8"]
     assert "not_in_graph_1" not in extra["float_layers"] and extra["layer_precision"]["not_in_graph_1"] == "int8"
+
+
+def test_a_tflite_only_export_measures_sensitivity_against_the_original(tiny_model, shapes_dataset, tmp_path,
+                                                                          monkeypatch):
+    """`--formats tflite` writes no fp32 ONNX file: the sensitivity rungs scored the repaired model's own float graph
+    as the target (the both-format export scores against the original's). Now the traced function is converted for
+    it: the reference graph computes the Keras model's outputs."""
+    from pathlib import Path
+
+    import onnxruntime as ort
+
+    from tledge.export import fidelity
+    from tledge.export.parity import Thresholds
+    from tledge.export.pipeline import ExportConfig, export
+    from tledge.images import labelled_images
+    from tledge.quant import sensitivity
+
+    seen = {}
+    real = sensitivity.select
+
+    def spy(float_onnx, quantize, calib, *, reference=None, **kw):
+        seen["reference"] = None if reference is None else Path(reference).read_bytes()
+        return real(float_onnx, quantize, calib, reference=reference, **kw)
+
+    monkeypatch.setattr(sensitivity, "select", spy)
+    monkeypatch.setattr(fidelity, "LADDER", (fidelity.Rung("repaired+sensitive", mixed=True),))
+    cfg = ExportConfig(out=tmp_path / "e", int8=True, formats=("tflite",), calib=str(shapes_dataset / "train"),
+                       val=str(shapes_dataset / "val"),
+                       thresholds={"int8": Thresholds(max_abs=1e-9, min_agreement=1.0)})
+    with pytest.warns(Warning):
+        export(tiny_model["keras"], cfg)
+    assert seen.get("reference") is not None, "sensitivity measured against the repaired model"
+    files, _, _ = labelled_images(shapes_dataset / "val")
+    x = np.stack([tiny_model["contract"].prepare(f) for f in files[:8]]).astype(np.float32)
+    sess = ort.InferenceSession(seen["reference"], providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    assert np.max(np.abs(got - np.asarray(tiny_model["model"](x)))) < 1e-4
+    assert not list((tmp_path / "e").rglob("*.onnx"))

@@ -43,8 +43,10 @@ def selection(model, ctx, shared, stem: int = 0, ranges: str = "minmax"):
             exclude = selective.with_activations(raw, selective.onnx_stem(raw, stem)) if stem else ()
             quantize = functools.partial(onnx_export.quantize_int8, scheme=scheme(ctx), nodes_to_exclude=exclude,
                                          act_ranges=ranges)
-            original = None  # the target: the original model, not the repaired one (when its graph is here)
-            if model is not None and (ctx.out / filename_of("onnx", "fp32")).is_file():
+            original = None  # the target: the original model, not the repaired one: the fp32 ONNX file's graph, or
+            # the traced function converted once where the export wrote none (`--formats tflite`: it measured
+            # against the repaired model)
+            if model is not None:
                 original = Path(tmp) / "original.onnx"
                 original.write_bytes(shared.onnx_float(None, None))
             shared.mixed[key] = sensitivity.select(src, quantize, conv.calib(ctx.calib), workdir=Path(tmp), aim=AIM,
