@@ -9,7 +9,7 @@ import warnings
 from tledge.artifacts import REJECTED
 from tledge.errors import TledgeWarning
 from tledge.export import repair_budget
-from tledge.export.parity import ParityResult, check_files
+from tledge.export.parity import ParityResult, Thresholds, check_files, confirmable
 
 
 def ship(plain: ParityResult, best: ParityResult, ctx, outcome) -> list[ParityResult]:
@@ -34,6 +34,7 @@ def ship(plain: ParityResult, best: ParityResult, ctx, outcome) -> list[ParityRe
            f"{REJECTED}/ and {fmt.filename} ships instead" + ("" if result.passed else
                                                             f", though it fails parity too ({result.failures[0]})"
                                                             if result.failures else ", though it fails parity too"))
+    msg += unresolved(best, Thresholds.lookup(ctx.thresholds, plain.file, plain.precision))
     warnings.warn(msg, TledgeWarning, stacklevel=3)
     outcome.notes.append(msg)
     best.file = f"{REJECTED}/{plain.file}"
@@ -52,3 +53,19 @@ def write_float(kind: str, ctx):
         F.write(fmt, ctx.out / fmt.filename, serve=serve, concrete=concrete, contract=ctx.contract,
                 calib=ctx.calib, folder=ctx.out)
     return fmt
+
+
+def unresolved(best: ParityResult, t: Thresholds) -> str:
+    """What to add to the FALLBACK line when the val set was too small to tell the best file's agreement from the
+    budget (its 95 % interval straddles it, and no result on that many images could be confirmed): on the 49 photos
+    of a `tledge train` run's default split, one near-tie flip (48/49 = 0.980 [0.893, 0.996] < 0.98) sent the int8
+    TFLite file to rejected/. The gate stays; the line says what would settle it. '' otherwise."""
+    from tledge import stats
+
+    ci, share, budget = (best.topk_ci, best.topk_agreement, t.min_topk_agreement) if best.topk_ci is not None else \
+        (best.agreement_ci, best.top1_agreement, t.min_agreement)
+    if ci is None or budget is None or share is None or share >= budget or confirmable(best, t) or ci[1] < budget:
+        return ""
+    return (f"; {best.images} val images cannot tell this file from the {budget:g} budget (one image is "
+            f"{100 / best.images:.2f} points, its 95 % interval [{ci[0]:.3f}, {ci[1]:.3f}]): --val with "
+            f"{stats.images_needed(budget)} or more photos can")
