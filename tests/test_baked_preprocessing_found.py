@@ -115,6 +115,10 @@ def test_a_channels_first_model_is_refused_as_such(tmp_path):
 
 
 def test_augmentation_layers_are_named_not_pruning(models):
-    """A model.export() with RandomFlip inside was blamed on tfmot's prune_low_magnitude (helper hunt)."""
-    lm = loader.load_model(models / "augment_sm")
-    assert "Keras augmentation layers" in lm.opaque and "prune" not in lm.opaque
+    """A model.export() with RandomFlip inside was blamed on tfmot's prune_low_magnitude (helper hunt). No converter
+    freezes it, so it is refused when loaded (exit 2); it was told to pass --preprocess raw, which then ended in
+    exit 1 with TensorFlow's words (the outside audit of 2026-12-08)."""
+    with pytest.raises(loader.ModelLoadError) as err:
+        loader.load_model(models / "augment_sm")
+    text = str(err.value)
+    assert "Keras augmentation layers" in text and "prune" not in text and "--preprocess" not in text, text

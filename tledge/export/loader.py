@@ -273,7 +273,10 @@ def _load_saved_model(p: Path, unsafe: bool, choice: sig.Choice) -> LoadedModel:
     lm = LoadedModel(p, call, "saved_model", hw, int(shape[3] or 3), mode, None, _last_dim(out_shape))
     lm._keep = obj  # keep the trackable alive
     lm.integer_input = spec[0].dtype.name if spec[0].dtype.is_integer else None
-    lm.opaque = binary.opaque(fn) or (None if lm.baked_mode else savedmodel.freeze_problem(fn))
+    lm.opaque = binary.opaque(fn)
+    frozen_not = None if lm.opaque or lm.baked_mode else savedmodel.freeze_problem(fn)
+    if frozen_not:  # every converter freezes first: no flag gets past it (--preprocess raw was suggested, then exit 1)
+        raise ModelLoadError(f"SavedModel {p.name} cannot be exported: {frozen_not}")
     lm.unread_preprocessing = unread
     lm.notes += [n for n in (chosen.note, note) if n]
     return lm
