@@ -94,3 +94,17 @@ def test_an_empty_class_folder_keeps_its_number(tmp_path):
     files, y, names = labelled_images(root)
     assert names == ("a", "b", "c") and y.tolist() == [0, 2]
     assert [f.parent.name for f in files] == ["a", "c"]
+
+
+def test_a_labels_file_shifted_by_a_background_line_is_not_answered_with_a_rename():
+    """Coral's 1001-line ImageNet labels (a 'background' line first) against the 1000-class model's val folders
+    (outside audit, 2026-12-08): the ambiguous 'crane' folders were reported first and told to become '135_crane or
+    518_crane' - the shifted indices - though they were numbered right and 356 folders matched nothing. The
+    unmatched folders come first now, and a numbered ambiguous folder is told what its number names in the file."""
+    shifted = ("background", "tench", "crane", "goldfish", "crane")
+    with pytest.raises(DataError, match=r"'zebra' match none of the model's 5 labels"):
+        match_labels(["000_tench", "001_crane", "003_crane", "zebra"], shifted)
+    with pytest.raises(DataError) as err:
+        match_labels(["000_tench", "001_crane", "003_crane"], shifted)
+    text = str(err.value)
+    assert "class 1 of the labels is 'tench'" in text and "background" in text and "2_crane" not in text, text

@@ -172,21 +172,34 @@ def match_labels(folders: list[str], labels: tuple[str, ...], *, where: Path | s
             ambiguous.append(name)
         else:
             out[name] = i
-    if ambiguous:  # the later class used to win: crane photos scored as the machine
-        key = label_key(ambiguous[0], drop_index=True)
-        idx = [i for i, n in enumerate(labels) if label_key(n, drop_index=True) == key][:3]
-        named = " or ".join(f"{i}_{key}".replace(" ", "_") for i in idx[:2])
-        raise DataError(f"class folder(s) {_few(ambiguous)}{_in(where)} name more than one of the model's labels "
-                        f"(classes {', '.join(map(str, idx))}): put the class index in front of the name ({named})")
-    if missing:
+    if missing:  # before the ambiguous ones: a shifted labels file (a 'background' line) makes both, and this is why
         raise DataError(f"class folder(s) {_few(missing)}{_in(where)} match none of the model's {len(labels)} "
                         f"labels ({_few(list(labels))}){_hint(missing, labels)}")
+    if ambiguous:  # the later class used to win: crane photos scored as the machine
+        raise DataError(_ambiguous(ambiguous, labels, where))
     seen = Counter(out.values())  # (list.count per folder: 16 s for 21,843 folders, twice an export)
     clash = {i for i, n in seen.items() if n > 1}
     if clash:
         both = sorted(n for n, i in out.items() if i in clash)
         raise DataError(f"class folders {_few(both)}{_in(where)} map to the same label {labels[min(clash)]!r}")
     return out
+
+
+def _ambiguous(ambiguous: list[str], labels: tuple[str, ...], where) -> str:
+    """Folders naming a label two classes share ('crane'): put the class index in front, unless the folder has one
+    already, which then names another label in this file (a labels file shifted by a 'background' line told
+    '134_crane' to become '135_crane')."""
+    key = label_key(ambiguous[0], drop_index=True)
+    idx = [i for i, n in enumerate(labels) if label_key(n, drop_index=True) == key][:3]
+    m = re.match(r"\s*(\d+)[\s_\-]+", ambiguous[0])
+    if m and int(m.group(1)) < len(labels):
+        return (f"class folder(s) {_few(ambiguous)}{_in(where)} name more than one of the model's labels (classes "
+                f"{', '.join(map(str, idx))}), and class {int(m.group(1))} of the labels is "
+                f"{labels[int(m.group(1))]!r}: is the labels file in the model's output order (one label per output, "
+                "no 'background' line)?")
+    named = " or ".join(f"{i}_{key}".replace(" ", "_") for i in idx[:2])
+    return (f"class folder(s) {_few(ambiguous)}{_in(where)} name more than one of the model's labels "
+            f"(classes {', '.join(map(str, idx))}): put the class index in front of the name ({named})")
 
 
 def _by_index(name: str, labels: tuple[str, ...]) -> int:
