@@ -107,4 +107,13 @@ def test_a_labels_file_shifted_by_a_background_line_is_not_answered_with_a_renam
     with pytest.raises(DataError) as err:
         match_labels(["000_tench", "001_crane", "003_crane"], shifted)
     text = str(err.value)
-    assert "class 1 of the labels is 'tench'" in text and "background" in text and "2_crane" not in text, text
+    assert "find their label 1 line after their number" in text and "background" in text and "2_crane" not in text, \
+        text
+
+
+def test_a_folder_numbered_its_own_way_still_gets_the_rename_advice():
+    """Review of 2026-12-08: folders numbered by the user (01_crane) against a labels file in the right order were told
+    the file might be shifted; that hint is for a file with the folder's label one line off its number."""
+    labels = ("tench", "goldfish", "crane", "cat", "crane", "dog")
+    with pytest.raises(DataError, match=r"put the class index in front of the name \(2_crane or 4_crane\)"):
+        match_labels(["01_crane", "02_dog"], labels)

@@ -86,13 +86,13 @@ def test_a_shared_folded_constant_gets_the_same_name_whoever_tf2onnx_named_it_af
     before = [ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0] for m in models]
     assert models[0].SerializeToString() != models[1].SerializeToString()
     for m in models:
+        onnx_names.in_graph_order(m, suffix_only=True)
         assert len(onnx_names.shared_constants(m)) == 2
-        onnx_names.in_graph_order(m)
     assert models[0].SerializeToString() == models[1].SerializeToString()
     after = ort.InferenceSession(models[0].SerializeToString()).run(None, {"x": x})[0]
     assert np.array_equal(after, before[0]) and np.array_equal(after, before[1])
     names = sorted(i.name for i in models[0].graph.initializer)  # after the first reader in graph order and its slot
-    assert [n.split("__")[0] for n in names] == ["a/Relu6_in1", "a/Relu6_in2", "two"], names
+    assert names == ["a/Relu6_in1", "a/Relu6_in2", "two"], names
 
 
 def test_a_real_mobilenet_converts_to_the_same_onnx_bytes_twice(shared_assets):
@@ -111,3 +111,32 @@ def test_a_real_mobilenet_converts_to_the_same_onnx_bytes_twice(shared_assets):
     contract = Contract(96, 96, norm="tf", baked=False)
     first, second = (convert_fp32(serve(model, contract), contract).SerializeToString() for _ in range(2))
     assert first == second
+
+
+def test_constants_first_read_by_nodes_tf2onnx_named_alike_stay_apart_and_keras_dunder_names_stay():
+    """Review of 2026-12-08: named after the first reader with its made number stripped, two shared constants first
+    read by `Mul__5` and `Mul__9` both became `Mul_in1`: onnxruntime took one value for both (36 -> 81, exit 0). And
+    renumbering every `__N` renamed a Keras layer `block__2` (its scope in the node names) to `block__4`, which the
+    per-layer diagnosis and the repair's float layers look up by name."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tledge.export import onnx_names
+
+    c = [numpy_helper.from_array(np.array([v], np.float32), n) for n, v in (("c_two__11", 2.0), ("c_three__12", 3.0))]
+    nodes = [helper.make_node("Mul", ["x", "c_two__11"], ["Mul__5:0"], name="Mul__5"),
+             helper.make_node("Mul", ["Mul__5:0", "c_three__12"], ["Mul__9:0"], name="Mul__9"),
+             helper.make_node("Mul", ["Mul__9:0", "c_two__11"], ["m:0"], name="model/block__2/mul"),
+             helper.make_node("Mul", ["m:0", "c_three__12"], ["y"], name="model/block__2/mul_1")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], c)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = np.array([1.0], np.float32)
+    before = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    onnx_names.in_graph_order(model, suffix_only=True)
+    renamed = onnx_names.shared_constants(model)
+    assert len(set(renamed.values())) == 2, renamed
+    assert len({i.name for i in model.graph.initializer}) == 2
+    after = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    assert np.array_equal(before, after) and before[0] == 36.0
+    assert [n.name for n in model.graph.node][2:] == ["model/block__2/mul", "model/block__2/mul_1"]

@@ -110,10 +110,10 @@ def test_a_serving_function_that_assigns_variables_is_said_so(shapes_dataset, tm
             "--calib", "random", "--labels", str(tmp_path / "labels.txt")]
     assert main(args + ["--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "SavedModel assigning_sm cannot be exported: its serving function cannot be frozen (it assigns variables" \
+    assert "SavedModel assigning_sm cannot be used: its serving function cannot be frozen (it assigns variables" \
         in err and "--preprocess" not in err, err
     # the advice it gave with that line, --preprocess raw, ended in exit 1 and TensorFlow's words (2026-12-08)
     assert main(args + ["--preprocess", "raw", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "cannot be exported: its serving function cannot be frozen" in err, err
+    assert "cannot be used: its serving function cannot be frozen" in err, err
     assert not (tmp_path / "o").exists()

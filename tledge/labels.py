@@ -176,7 +176,7 @@ def match_labels(folders: list[str], labels: tuple[str, ...], *, where: Path | s
         raise DataError(f"class folder(s) {_few(missing)}{_in(where)} match none of the model's {len(labels)} "
                         f"labels ({_few(list(labels))}){_hint(missing, labels)}")
     if ambiguous:  # the later class used to win: crane photos scored as the machine
-        raise DataError(_ambiguous(ambiguous, labels, where))
+        raise DataError(_ambiguous(ambiguous, labels, where, folders))
     seen = Counter(out.values())  # (list.count per folder: 16 s for 21,843 folders, twice an export)
     clash = {i for i, n in seen.items() if n > 1}
     if clash:
@@ -185,21 +185,37 @@ def match_labels(folders: list[str], labels: tuple[str, ...], *, where: Path | s
     return out
 
 
-def _ambiguous(ambiguous: list[str], labels: tuple[str, ...], where) -> str:
-    """Folders naming a label two classes share ('crane'): put the class index in front, unless the folder has one
-    already, which then names another label in this file (a labels file shifted by a 'background' line told
-    '134_crane' to become '135_crane')."""
+def _ambiguous(ambiguous: list[str], labels: tuple[str, ...], where, folders: list[str]) -> str:
+    """Folders naming a label two classes share ('crane'): put the class index in front, unless most numbered folders
+    find their label one line off their number (`_shifted`: a labels file with a 'background' line told '134_crane'
+    to become '135_crane'). A folder numbered its own way gets the rename advice."""
     key = label_key(ambiguous[0], drop_index=True)
     idx = [i for i, n in enumerate(labels) if label_key(n, drop_index=True) == key][:3]
-    m = re.match(r"\s*(\d+)[\s_\-]+", ambiguous[0])
-    if m and int(m.group(1)) < len(labels):
+    shift = _shifted(folders, labels)
+    if shift:
         return (f"class folder(s) {_few(ambiguous)}{_in(where)} name more than one of the model's labels (classes "
-                f"{', '.join(map(str, idx))}), and class {int(m.group(1))} of the labels is "
-                f"{labels[int(m.group(1))]!r}: is the labels file in the model's output order (one label per output, "
-                "no 'background' line)?")
+                f"{', '.join(map(str, idx))}), and most numbered folders find their label {abs(shift)} line "
+                f"{'after' if shift > 0 else 'before'} their number: is the labels file in the model's output order "
+                "(one label per output, no 'background' line)?")
     named = " or ".join(f"{i}_{key}".replace(" ", "_") for i in idx[:2])
     return (f"class folder(s) {_few(ambiguous)}{_in(where)} name more than one of the model's labels "
             f"(classes {', '.join(map(str, idx))}): put the class index in front of the name ({named})")
+
+
+def _shifted(folders: list[str], labels: tuple[str, ...]) -> int:
+    """+1 or -1 when more than half of the numbered folders (at least 2) have their label one line after (before)
+    their number in `labels` and not at it, else 0."""
+    numbered = [(int(m.group(1)), label_key(f, drop_index=True)) for f in folders
+                if (m := re.match(r"\s*(\d+)[\s_\-]+", f))]
+
+    def at(i: int, key: str) -> bool:
+        return 0 <= i < len(labels) and label_key(labels[i], drop_index=True) == key
+
+    for d in (1, -1):
+        off = sum(at(n + d, k) and not at(n, k) for n, k in numbered)
+        if off >= 2 and off > len(numbered) / 2:
+            return d
+    return 0
 
 
 def _by_index(name: str, labels: tuple[str, ...]) -> int:

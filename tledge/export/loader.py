@@ -1,10 +1,9 @@
 """Loading a Keras model for export: `.keras`, `.h5` (Keras 3, or Keras 2 era translated for Keras 3, tf_keras as a
 last resort) or a SavedModel folder, in safe mode, traced once into a function that takes raw pixels.
 
-Code in a model file never runs without `unsafe`: the config of a `.keras` / `.h5` is parsed and
-walked (tledge.export.kerasconfig) before any loader sees the file, and tf_keras, which has no safe
-mode for `.h5`, is only tried after that walk found nothing.
-"""
+Code in a model file never runs without `unsafe`: the config of a `.keras` / `.h5` is parsed and walked
+(tledge.export.kerasconfig) before any loader sees the file, and tf_keras, which has no safe mode for `.h5`, is only
+tried after that walk found nothing."""
 from __future__ import annotations
 
 import re
@@ -273,11 +272,9 @@ def _load_saved_model(p: Path, unsafe: bool, choice: sig.Choice) -> LoadedModel:
     lm = LoadedModel(p, call, "saved_model", hw, int(shape[3] or 3), mode, None, _last_dim(out_shape))
     lm._keep = obj  # keep the trackable alive
     lm.integer_input = spec[0].dtype.name if spec[0].dtype.is_integer else None
-    lm.opaque = binary.opaque(fn)
-    frozen_not = None if lm.opaque or lm.baked_mode else savedmodel.freeze_problem(fn)
-    if frozen_not:  # every converter freezes first: no flag gets past it (--preprocess raw was suggested, then exit 1)
-        raise ModelLoadError(f"SavedModel {p.name} cannot be exported: {frozen_not}")
-    lm.unread_preprocessing = unread
+    lm.opaque, lm.unread_preprocessing = binary.opaque(fn), unread
+    if not (lm.opaque or lm.baked_mode):
+        savedmodel.refuse_unfrozen(fn, p.name)
     lm.notes += [n for n in (chosen.note, note) if n]
     return lm
 

@@ -106,8 +106,8 @@ def convert_fp32(serve, contract):
     onnx_reshapes.drop_identity(model)  # what tf2onnx writes for transposes of 1x1 maps, once they cancel
     onnx_prep.tile_constants(model)  # a per-channel normalisation on NHWC pixels: constants tiled to [W, C]
     onnx_fakequant.as_float(model)  # a QAT model's fake-quant pairs: onnxruntime would quantise its float weights
-    onnx_names.shared_constants(model)  # tf2onnx's run-dependent names: the same model, the same bytes
-    onnx_names.in_graph_order(model)
+    onnx_names.in_graph_order(model, suffix_only=True)  # tf2onnx's run-dependent names: the same model, the same
+    onnx_names.shared_constants(model)  # bytes
     return _rename_io(model)
 
 

@@ -8,21 +8,26 @@ from __future__ import annotations
 import re
 
 _MADE = re.compile(r"__(\d+)")  # tf2onnx's made names: `name__N` (tf2onnx.utils.make_name), also inside longer names
+# only where a made name ends (`mul_1__6`, `Conv__211:0`): a Keras layer named `block__2` keeps its name
+_MADE_SUFFIX = re.compile(r"__(\d+)(?=(?::\d+)?$)")
 
 
-def in_graph_order(model) -> None:
+def in_graph_order(model, *, suffix_only: bool = False) -> None:
     """Renumber every `__N` of `model`'s main graph by first appearance (inputs, then each node's inputs, outputs and
-    name), and order its initializers by first use, in place. A graph with subgraphs (If, Loop) is left as it is."""
+    name), and order its initializers by first use, in place. `suffix_only`: only an `__N` that ends a name (before
+    an output's `:k`), for graphs converted from Keras, whose layer names may hold `__N` themselves (the TFLite
+    reader's graphs take every `__N`). A graph with subgraphs (If, Loop) is left as it is."""
     graph = model.graph
     if any(a.g.node or a.graphs for n in graph.node for a in n.attribute):
         return
+    made = _MADE_SUFFIX if suffix_only else _MADE
     numbers: dict[str, str] = {}
     for name in _names(graph):
-        for digits in _MADE.findall(name):
+        for digits in made.findall(name):
             numbers.setdefault(digits, str(len(numbers) + 1))
 
     def renamed(name: str) -> str:
-        return _MADE.sub(lambda m: "__" + numbers[m.group(1)], name)
+        return made.sub(lambda m: "__" + numbers[m.group(1)], name)
 
     for info in (*graph.input, *graph.output, *graph.value_info, *graph.initializer):
         info.name = renamed(info.name)
@@ -44,8 +49,11 @@ def shared_constants(model) -> dict[str, str]:
     """tf2onnx's constant folding shares one made constant between several nodes (every Relu6 Clip's min and max, a
     Pad's zero) and names it after whichever of them a set yields first (`conv_pw_7_relu_1/Relu6_min__118` in one run,
     `conv_pw_11_relu_1/Relu6_min__178` in the next). Each initializer with a made name that several node inputs read
-    is renamed after its first reader in graph order and that input's slot (`<node>_in1__N`), in place; run
-    `in_graph_order` after it for the numbers. Returns {old: new}."""
+    is renamed after its first reader in graph order and that input's slot (`<node>_in1`: the reader's whole name,
+    so two constants whose first readers tf2onnx named alike, `Mul__5` and `Mul__9`, stay apart), in place. Run it
+    after `in_graph_order(model, suffix_only=True)`, so that the readers' own made numbers are settled; the
+    initializers keep the order of first use it gave them. Nothing is renamed if a new name were taken. Returns
+    {old: new}."""
     graph = model.graph
     inits = {t.name for t in graph.initializer}
     readers: dict[str, list] = {}
@@ -53,8 +61,11 @@ def shared_constants(model) -> dict[str, str]:
         for k, name in enumerate(node.input):
             if name in inits:
                 readers.setdefault(name, []).append((node, k))
-    new = {name: f"{_MADE.sub('', r[0][0].name)}_in{r[0][1]}__0" for name, r in readers.items()
-           if len(r) > 1 and _MADE.search(name)}
+    new = {name: f"{r[0][0].name}_in{r[0][1]}" for name, r in readers.items()
+           if len(r) > 1 and _MADE_SUFFIX.search(name)}
+    taken = inits | {o for node in graph.node for o in node.output}
+    if len(set(new.values())) < len(new) or taken & set(new.values()):  # (node names are unique: not seen)
+        return {}
     for node in graph.node:
         node.input[:] = [new.get(n, n) for n in node.input]
     for t in graph.initializer:

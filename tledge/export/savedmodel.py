@@ -217,6 +217,15 @@ def serving_tags(folder: str | Path) -> list[str] | None:
     return next((t for t in tag_sets if t == ["serve"]), None) or next((t for t in tag_sets if "serve" in t), None)
 
 
+def refuse_unfrozen(fn, name: str) -> None:
+    """A ModelLoadError (exit 2) when a SavedModel's signature cannot be frozen (`freeze_problem`): every converter
+    and the parity reference's graph reading freeze it first, so no flag gets past it (tledge had suggested
+    --preprocess raw, which then ended in exit 1 with TensorFlow's words)."""
+    problem = freeze_problem(fn)
+    if problem:
+        raise ModelLoadError(f"SavedModel {name} cannot be used: {problem}")
+
+
 def freeze_problem(fn) -> str | None:
     """Why a signature's variables cannot be made constants (what every converter and the preprocessing reader
     do first), or None. A pruning wrapper left in (tfmot's prune_low_magnitude) assigns its mask in the serving
@@ -232,8 +241,8 @@ def freeze_problem(fn) -> str | None:
         if re.search(r"Assign\w*VariableOp", text) and re.search(r"random_\w+|seed_generator", text):
             # Keras 3's RandomFlip / RandomRotation / ... advance their seed even at inference (not tfmot at all)
             hint = ("it assigns variables while serving: Keras augmentation layers (RandomFlip, RandomRotation, ...) "
-                    "advance their seed in the exported function; export the model's .keras file, or export a model "
-                    "without them (they do nothing at inference)")
+                    "advance their seed in the exported function, and still augment there; export the model's .keras "
+                    "file, or export a model without them")
         elif re.search(r"Assign\w*VariableOp", text):
             hint = ("it assigns variables while serving: a training-time wrapper such as tfmot's prune_low_magnitude "
                     "(tfmot.sparsity.keras.strip_pruning(model) before saving)")
