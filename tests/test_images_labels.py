@@ -117,3 +117,5 @@ def test_a_folder_numbered_its_own_way_still_gets_the_rename_advice():
     labels = ("tench", "goldfish", "crane", "cat", "crane", "dog")
     with pytest.raises(DataError, match=r"put the class index in front of the name \(2_crane or 4_crane\)"):
         match_labels(["01_crane", "02_dog"], labels)
+    with pytest.raises(DataError, match=r"or are the folders numbered from 1\? Their index from 0: 1_crane or 3_crane"):
+        match_labels(["1_tench", "2_crane", "3_goldfish"], ("tench", "crane", "goldfish", "crane"))

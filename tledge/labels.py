@@ -192,12 +192,13 @@ def _ambiguous(ambiguous: list[str], labels: tuple[str, ...], where, folders: li
     key = label_key(ambiguous[0], drop_index=True)
     idx = [i for i, n in enumerate(labels) if label_key(n, drop_index=True) == key][:3]
     shift = _shifted(folders, labels)
+    named = " or ".join(f"{i}_{key}".replace(" ", "_") for i in idx[:2])
     if shift:
         return (f"class folder(s) {_few(ambiguous)}{_in(where)} name more than one of the model's labels (classes "
                 f"{', '.join(map(str, idx))}), and most numbered folders find their label {abs(shift)} line "
                 f"{'after' if shift > 0 else 'before'} their number: is the labels file in the model's output order "
-                "(one label per output, no 'background' line)?")
-    named = " or ".join(f"{i}_{key}".replace(" ", "_") for i in idx[:2])
+                "(one label per output, no 'background' line)" + ("?" if shift > 0 else ", or are the folders "
+                                                                  f"numbered from 1? Their index from 0: {named}"))
     return (f"class folder(s) {_few(ambiguous)}{_in(where)} name more than one of the model's labels "
             f"(classes {', '.join(map(str, idx))}): put the class index in front of the name ({named})")
 
