@@ -268,3 +268,19 @@ def test_the_csv_top_column_parses_back_whatever_the_labels(tmp_path, capsys):
              for part in re.findall(r"(?:\\.|[^\\;])+", row["top"])]
     got = [(re.sub(r"\\(.)", r"\1", lab), round(float(score), 6)) for lab, score in pairs]
     assert got == want and {lab for lab, _ in got} == set(labels)
+
+
+def test_the_files_own_labels_in_another_order_are_refused(tmp_path, capsys):
+    """Outside audit of 2026-12-08: `tledge run --labels` with the model's own labels reversed printed every photo
+    under another class's name, exit 0 (a note only, hidden by -q), where export and parity refuse such a file."""
+    import pytest
+
+    from tledge.errors import ContractError
+    from tledge.runtime import load
+
+    labels = tmp_path / "l.txt"
+    labels.write_text("".join(f"{c}\n" for c in reversed(CLASSES)))
+    code, out, err = _run(capsys, "run", MODEL, "--source", images_of(CLASSES[0])[0], "--labels", labels, "-q")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "in another order" in err, (code, out, err)
+    with pytest.raises(ContractError, match=r"the labels given names the .* in another order"):
+        load(MODEL, labels=tuple(reversed(CLASSES)))

@@ -138,13 +138,15 @@ def reordered_at(given, own) -> int | None:
 
 
 def refuse_reordered(given: tuple[str, ...], path, own: tuple[str, ...], where: str) -> None:
-    """A ContractError when the labels file `path` names the model's own labels (`own`, read from `where`) in another
-    order: exported so, every answer was named wrongly and parity passed (Keras accuracy 0.136 by those names, the
-    file's as low, so no change). Names compare as `match_labels` does (case, spaces, Unicode form aside)."""
+    """A ContractError when the labels file `path` (None: labels given by name) names the model's own labels (`own`,
+    read from `where`) in another order: exported so, every answer was named wrongly and parity passed (Keras accuracy
+    0.136 by those names, the file's as low, so no change); `tledge run` printed them with exit 0. Names compare as
+    `match_labels` does (case, spaces, Unicode form aside)."""
     i = reordered_at(given, own)
     if i is None:
         return
-    raise ContractError(f"--labels {path} names the {len(own)} labels of {where} in another order (line {i + 1}: "
+    what = f"--labels {path}" if path is not None else "the labels given"
+    raise ContractError(f"{what} names the {len(own)} labels of {where} in another order (line {i + 1}: "
                         f"{given[i]!r}, where {where} has {own[i]!r}): the model's outputs are in {where}'s order, so "
                         f"every answer would be named wrongly; drop --labels, or correct {where} if it is the wrong one")
 

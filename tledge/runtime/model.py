@@ -368,7 +368,11 @@ def _resolve_contract(p: Path, backend, contract: Contract | None, options: dict
     else:
         own = contract.labels
         contract = complete(contract, options, embedded=origin != "given")
-        if origin != "given" and own and contract.labels != own:  # allowed (a translation), but said
+        if origin != "given" and own and contract.labels != own:  # allowed (a translation), but said; the same
+            from tledge.labels import refuse_reordered  # names in another order named every answer wrongly, exit 0
+
+            where = f"the contract embedded in {p.name}" if origin == "embedded" else str(p.parent / CONTRACT_FILE)
+            refuse_reordered(contract.labels, None, own, where)
             said.append(f"labels given replace the file's own ({', '.join(own[:3])}{', ...' if len(own) > 3 else ''})")
     try:
         check_fits(contract, backend.inp, class_count(backend.out))
