@@ -362,3 +362,27 @@ def test_a_folder_replaced_during_the_check_is_checked_again(tmp_path, monkeypat
     monkeypatch.setattr(golden, "check_file", swapping)
     report = golden.check(d)
     assert report.passed and len(calls) == 2 * len(report.results)  # the first pass was thrown away
+
+
+def test_a_bundle_whose_own_model_cannot_run_on_the_board_is_exit_2(tmp_path):
+    """Outside audit of 2026-12-08: a Jetson bundle (its model an ONNX file) on a board without onnxruntime said
+    "parity: PASSED", exit 0, on its LiteRT fallback alone; `./run.sh` then failed. The file run.sh runs not being
+    checked is exit 2 (the bundle README: "the runtime of the model `./run.sh` runs is missing"); a folder that is not a bundle keeps
+    checking what it can (above)."""
+    import json
+
+    from tledge.devices.bundle import make_bundle
+
+    res = make_bundle(TINY, "jetson-orin", tmp_path / "b.tar.gz")
+    with tarfile.open(res.path) as tar:
+        tar.extractall(tmp_path / "board", filter="data")
+    board = tmp_path / "board" / res.top
+    model = json.loads((board / "bundle.json").read_text())["model"]
+    assert model.endswith(".onnx") and (board / "model" / "model_int8.tflite").is_file(), model
+    code = ("import sys; sys.modules.update({m: None for m in ('onnxruntime', 'onnx')}); from tledge.cli import main; "
+            f"sys.exit(main(['parity', '--golden', {str(board / 'model')!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and f"{model.split('/')[-1]}, the model ./run.sh runs, cannot run here" in err[-1], \
+        proc.stdout + proc.stderr

@@ -230,8 +230,8 @@ def readme(profile: Profile, models: list[str], opts: Options, notes: list[str],
                   "(`model/golden.npz`: prepared pixels and the Keras model's outputs) and compares, with the "
                   "export's thresholds: exit 0 when this board reproduces them, 1 when it disagrees (a "
                   "different runtime version, a broken delegate or kernel), 2 when a file changed since "
-                  "export or a runtime it needs is missing (nothing compared: the Edge TPU runtime for an "
-                  "`_edgetpu` file). `--json` and `--junit FILE` as for `tledge parity`.", ""]
+                  "export or the runtime of the model `./run.sh` runs is missing (the Edge TPU runtime for an "
+                  "`_edgetpu` file; other files this board cannot run are noted, not failed). `--json` and `--junit FILE` as for `tledge parity`.", ""]
     else:
         lines += ["No golden outputs in this export (made by an older tledge): re-export to get "
                   "`./run.sh --check`.", ""]

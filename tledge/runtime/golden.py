@@ -287,6 +287,7 @@ def _check_once(d: Path, thresholds, device, threads) -> ParityReport:
     notes += [f"{s['file']}: not checked: {s['reason']}" for s in skipped]
     if missing and not results:  # the runtime is not installed (exit 2), not "the board disagrees" (exit 1)
         raise MissingDependency(f"{missing[0]}; nothing was compared")
+    _refuse_bundle_model_unchecked(d, skipped)
     models = [e for e in m.files if e.role in ("model", "rejected")]
     if not results and models and not any(e.vouched for e in models):  # (not "copy the folder again")
         raise TledgeError(f"{d}: no file of this export passed parity at export ({', '.join(e.file for e in models)}): "
@@ -334,6 +335,24 @@ def check_file(path: Path, entry: artifacts.Entry, g: Golden, x: np.ndarray, thr
 def _not_run(path: Path, kind: str, precision: str, n: int, exc: Exception) -> ParityResult:
     return ParityResult(path.name, kind, precision, n, float("inf"), float("inf"), float("inf"), 0.0, None, None,
                         False, [f"could not run: {exc.__class__.__name__}: {exc}"])
+
+
+def _refuse_bundle_model_unchecked(d: Path, skipped: list[dict]) -> None:
+    """MissingDependency (exit 2) when `d` is a bundle's model folder and the model its run.sh runs (bundle.json's
+    "model") was skipped for a runtime this board lacks: a Jetson bundle without onnxruntime said "parity: PASSED",
+    exit 0, on its LiteRT fallback alone, and `./run.sh` then failed (outside audit of 2026-12-08)."""
+    bundle = d.parent / "bundle.json"
+    if not skipped or not bundle.is_file():
+        return
+    try:
+        model = loads_json(bundle.read_bytes()).get("model")
+    except (OSError, ValueError, AttributeError):  # (a changed bundle.json: --check refuses it elsewhere)
+        return
+    name = Path(model).name if isinstance(model, str) else None
+    why = next((s["reason"] for s in skipped if s["file"] == name and "compiled for" not in s["reason"]), None)
+    if why:
+        raise MissingDependency(f"{name}, the model ./run.sh runs, cannot run here ({why}): install what it needs "
+                                "(see README.md), then ./run.sh --check again")
 
 
 def _notes(g: Golden, m: artifacts.Manifest, results: list[ParityResult]) -> list[str]:
