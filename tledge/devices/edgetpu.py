@@ -260,6 +260,9 @@ def float_notes(src: Path) -> list[str]:
         parts.insert(0, f"a float stem of {stem} convolutions (int8 repair)")
     if extra.get("cpu_float_ops"):
         parts.append(", ".join(f"{n} {op}" for op, n in sorted(extra["cpu_float_ops"].items())) + " ops")
-    said = (f"{src.name} keeps {' and '.join(parts)} float: on the Edge TPU only the ops before the first float one "
-            "run there, the rest on the host CPU (tledge export --device coral-usb keeps every op int8)")
+    where = ("a float stem is at the input, so none of it runs on the Edge TPU, all on the host CPU"
+             if isinstance(stem, int) and not isinstance(stem, bool) and stem > 0 else
+             "on the Edge TPU only the ops before the first float one run there, the rest on the host CPU")
+    said = (f"{src.name} keeps {' and '.join(parts)} float: {where} (tledge export --device coral-usb keeps every op "
+            "int8)")
     return [said] if parts else []
