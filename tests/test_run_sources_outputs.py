@@ -284,3 +284,20 @@ def test_the_files_own_labels_in_another_order_are_refused(tmp_path, capsys):
     assert code == 2 and out == "" and err.count("\n") == 1 and "in another order" in err, (code, out, err)
     with pytest.raises(ContractError, match=r"the labels given names the .* in another order"):
         load(MODEL, labels=tuple(reversed(CLASSES)))
+
+
+def test_a_tledge_onnx_file_whose_contract_was_stripped_is_not_guessed(tmp_path, capsys):
+    """Outside audit of 2026-12-08: an exported ONNX file with its metadata_props removed (what some ONNX tools do)
+    was run as a file made elsewhere - raw pixels, another resize, no labels - with exit 0, though its producer says
+    tledge. It is refused unless the preprocessing is given."""
+    import onnx
+
+    m = onnx.load(str(TINY / "model_int8.onnx"))
+    assert m.producer_name == "tledge"
+    del m.metadata_props[:]
+    onnx.save(m, str(tmp_path / "stripped.onnx"))
+    photo = images_of(CLASSES[0])[0]
+    code, out, err = _run(capsys, "run", tmp_path / "stripped.onnx", "--source", photo)
+    assert code == 2 and out == "" and err.count("\n") == 1 and "the contract embedded in it is gone" in err, err
+    code, out, err = _run(capsys, "run", tmp_path / "stripped.onnx", "--source", photo, "--preprocess", "raw")
+    assert code == 0 and out, err
