@@ -107,7 +107,7 @@ def test_a_labels_file_shifted_by_a_background_line_is_not_answered_with_a_renam
     with pytest.raises(DataError) as err:
         match_labels(["000_tench", "001_crane", "003_crane"], shifted)
     text = str(err.value)
-    assert "find their label 1 line after their number" in text and "background" in text and "2_crane" not in text, \
+    assert "find their label one line after their number" in text and "background" in text and "2_crane" not in text, \
         text
 
 
@@ -117,5 +117,9 @@ def test_a_folder_numbered_its_own_way_still_gets_the_rename_advice():
     labels = ("tench", "goldfish", "crane", "cat", "crane", "dog")
     with pytest.raises(DataError, match=r"put the class index in front of the name \(2_crane or 4_crane\)"):
         match_labels(["01_crane", "02_dog"], labels)
-    with pytest.raises(DataError, match=r"or are the folders numbered from 1\? Their index from 0: 1_crane or 3_crane"):
+    with pytest.raises(DataError, match=r"are the folders numbered from 1\? .*\('2_crane' -> '1_crane'\)"):
         match_labels(["1_tench", "2_crane", "3_goldfish"], ("tench", "crane", "goldfish", "crane"))
+    with pytest.raises(DataError) as err:  # review 197: 518_crane numbered from 1 is 517, not "134_crane or 517_crane"
+        match_labels(["1_tench", "2_goldfish", "518_crane"], ("tench", "goldfish") + ("x",) * 132 + ("crane",) +
+                     ("y",) * 382 + ("crane",))
+    assert "'518_crane' -> '517_crane'" in str(err.value) and "134" not in str(err.value).split("->")[-1], err.value

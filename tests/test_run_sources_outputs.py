@@ -286,18 +286,33 @@ def test_the_files_own_labels_in_another_order_are_refused(tmp_path, capsys):
         load(MODEL, labels=tuple(reversed(CLASSES)))
 
 
-def test_a_tledge_onnx_file_whose_contract_was_stripped_is_not_guessed(tmp_path, capsys):
+def test_a_tledge_onnx_file_whose_contract_was_stripped_is_said(tmp_path, capsys):
     """Outside audit of 2026-12-08: an exported ONNX file with its metadata_props removed (what some ONNX tools do)
-    was run as a file made elsewhere - raw pixels, another resize, no labels - with exit 0, though its producer says
-    tledge. It is refused unless the preprocessing is given."""
+    ran as a file made elsewhere - guessed preprocessing, another resize, no labels - and the warning called it made
+    elsewhere, though its producer says tledge. (Refusing it, tried first, sent users to --preprocess tf, which for
+    a file with its normalisation inside gave 'circle' for every photo: review 197.) It runs, and says so and how to
+    give it its contract back: its tledge.json beside it in a folder of their own."""
+    import shutil
+
     import onnx
 
     m = onnx.load(str(TINY / "model_int8.onnx"))
     assert m.producer_name == "tledge"
     del m.metadata_props[:]
-    onnx.save(m, str(tmp_path / "stripped.onnx"))
-    photo = images_of(CLASSES[0])[0]
-    code, out, err = _run(capsys, "run", tmp_path / "stripped.onnx", "--source", photo)
-    assert code == 2 and out == "" and err.count("\n") == 1 and "the contract embedded in it is gone" in err, err
-    code, out, err = _run(capsys, "run", tmp_path / "stripped.onnx", "--source", photo, "--preprocess", "raw")
-    assert code == 0 and out, err
+    (tmp_path / "alone").mkdir()
+    onnx.save(m, str(tmp_path / "alone" / "stripped.onnx"))
+    import warnings
+
+    photo = images_of(CLASSES[1])[0]
+    with warnings.catch_warnings(record=True) as seen:  # (with the raw-pixels guess's own warning)
+        warnings.simplefilter("always")
+        code, out, err = _run(capsys, "run", tmp_path / "alone" / "stripped.onnx", "--source", photo)
+    said = [str(w.message) for w in seen if "the contract embedded in it is gone" in str(w.message)]
+    assert code == 0 and said and "tledge.json" in said[0] and "exported by tledge" in said[0], [str(w) for w in seen]
+    (tmp_path / "again").mkdir()
+    shutil.copy(tmp_path / "alone" / "stripped.onnx", tmp_path / "again")
+    shutil.copy(TINY / "tledge.json", tmp_path / "again")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        code, out, err = _run(capsys, "run", tmp_path / "again" / "stripped.onnx", "--source", photo)
+    assert code == 0 and CLASSES[1] in out and not any("is gone" in str(w.message) for w in seen), (out, err)

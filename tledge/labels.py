@@ -195,14 +195,17 @@ def _ambiguous(ambiguous: list[str], labels: tuple[str, ...], where, folders: li
     idx = [i for i, n in enumerate(labels) if label_key(n, drop_index=True) == key][:3]
     shift = _shifted(folders, labels)
     named = " or ".join(f"{i}_{key}".replace(" ", "_") for i in idx[:2])
-    if shift:
-        return (f"class folder(s) {_few(ambiguous)}{_in(where)} name more than one of the model's labels (classes "
-                f"{', '.join(map(str, idx))}), and most numbered folders find their label {abs(shift)} line "
-                f"{'after' if shift > 0 else 'before'} their number: is the labels file in the model's output order "
-                "(one label per output, no 'background' line)" + ("?" if shift > 0 else ", or are the folders "
-                                                                  f"numbered from 1? Their index from 0: {named}"))
-    return (f"class folder(s) {_few(ambiguous)}{_in(where)} name more than one of the model's labels "
-            f"(classes {', '.join(map(str, idx))}): put the class index in front of the name ({named})")
+    head = (f"class folder(s) {_few(ambiguous)}{_in(where)} name more than one of the model's labels (classes "
+            f"{', '.join(map(str, idx))})")
+    if shift > 0:
+        return (f"{head}, and most numbered folders find their label one line after their number: is the labels "
+                "file in the model's output order (one label per output, no 'background' line)?")
+    if shift < 0:  # numbered from 1: each folder's own index from 0, not either crane
+        m = re.match(r"\s*(\d+)(.*)", ambiguous[0], re.S)
+        own = f"{int(m.group(1)) - 1}{m.group(2)}" if m else named
+        return (f"{head}, and most numbered folders find their label one line before their number: are the folders "
+                f"numbered from 1? Number them from 0, the model's class index ({ambiguous[0]!r} -> {own!r})")
+    return f"{head}: put the class index in front of the name ({named})"
 
 
 def _shifted(folders: list[str], labels: tuple[str, ...]) -> int:

@@ -53,7 +53,7 @@ def write_foreign(export_dir: Path, out: Path, keras_model) -> None:
     m = onnx.load(str(export_dir / "model_fp32.onnx"))
     del m.metadata_props[:]
     m.producer_name, m.producer_version = "tf2onnx", "1.17.0"  # as tf2onnx writes it: tledge's producer name with no
-    onnx.save(m, str(out / "model_fp32.onnx"))  # contract is a stripped tledge file, refused (tledge.runtime.foreign)
+    onnx.save(m, str(out / "model_fp32.onnx"))  # contract is a stripped tledge file, said so (tledge.runtime.foreign)
     inp = keras.Input((48, 48, 3), batch_size=4)
     fixed = keras.Model(inp, keras_model(inp))
     (out / "fixed_batch4.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(fixed).convert())

@@ -70,11 +70,11 @@ def infer_for_file(path: Path, backend, standard: StandardMetadata | None, optio
         from tledge.runtime.onnxgraph import output_op
 
         producer, last = backend.describe().get("producer") or "", output_op(path)
-        if producer == "tledge" and not any(k in options for k in ("preprocess", "mean", "std")):
-            raise ContractError(f"{Path(path).name} was exported by tledge, but the contract embedded in it is gone "
-                                "(an ONNX tool that drops metadata_props?), and guessing would feed it raw pixels: "
-                                "run the exported file, put its tledge.json beside this one, or give --preprocess "
-                                "MODE (and --labels) to run it as a file made elsewhere")
+        if producer == "tledge":  # (its producer name and its contract are written together: tledge.export.onnx)
+            warnings.warn(f"{Path(path).name} was exported by tledge, but the contract embedded in it is gone (an ONNX "
+                          "tool that drops metadata_props?): it runs as a file made elsewhere, its labels, resize and "
+                          "normalisation guessed; run the exported file, or copy this one with the export's tledge.json "
+                          "into a folder of their own (tledge.json is then its contract)", TledgeWarning, stacklevel=3)
     elif Path(path).suffix.lower() == ".tflite":
         from tledge.runtime.onnxgraph import tflite_output_op
 
